@@ -1,0 +1,71 @@
+"""``python -m core <command>``: thin command-line entry points over the core functions.
+
+Each command lives in its own module ``core.cli.<name>`` with two functions:
+``add_arguments(parser)`` and ``run(args, settings) -> int``. Modules are imported only when
+their command runs, so ``python -m core ndvi`` never imports torch.
+
+Errors a user can fix (:class:`core.errors.FieldFlowError`) print as one ``error:`` line and
+exit with status 2; they never show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from core.config import Settings
+from core.errors import FieldFlowError
+
+COMMANDS: dict[str, str] = {
+    "fetch": "Fetch an S1/S2 cube for a field from a STAC API (Planetary Computer by default).",
+    "reconstruct": "Reconstruct cloud-free S2 frames of a cube at any dates.",
+    "ndvi": "Write the field's daily NDVI curve (with uncertainty) as CSV.",
+    "evaluate": "Score reconstruction methods on real cubes with hidden clear pixels.",
+    "bench": "Time and peak memory of the reconstruction methods vs field size.",
+    "train": "Train the reconstruction model on real cubes.",
+    "batch": "Fetch and reconstruct many fields on a Dask cluster.",
+}
+
+
+def _available_commands() -> dict[str, str]:
+    return {
+        name: help_text
+        for name, help_text in COMMANDS.items()
+        if importlib.util.find_spec(f"core.cli.{name}") is not None
+    }
+
+
+def build_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
+    """Parser with one sub-command per available command module."""
+    parser = argparse.ArgumentParser(
+        prog="python -m core", description="FieldFlow: cloud-free Sentinel-2 time series for fields."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in commands.items():
+        module = importlib.import_module(f"core.cli.{name}")
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return the process exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    commands = _available_commands()
+    # Only import the module of the command asked for (keeps `ndvi` free of torch).
+    wanted = next((a for a in args_list if not a.startswith("-")), None)
+    selected = {wanted: commands[wanted]} if wanted in commands else commands
+    parser = build_parser(selected)
+    args = parser.parse_args(args_list)
+    module = importlib.import_module(f"core.cli.{args.command}")
+    try:
+        return int(module.run(args, Settings.from_env()) or 0)
+    except FieldFlowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing partial was kept.", file=sys.stderr)
+        return 130

@@ -1,0 +1,200 @@
+"""The cube: one S1/S2 time series of one place, in memory and on disk.
+
+A cube is an :class:`xarray.Dataset` in exactly the format of ``../shared/data/README.md``, so
+one reader and one writer serve the fetch cache, training, evaluation and the demo:
+
+===========  ==============================  ==============================================
+variable     dims                            meaning
+===========  ==============================  ==============================================
+``s2``       (time_s2, band, y, x)           L2A surface reflectance, float; NaN = no data
+``valid``    (time_s2, y, x)                 1 = clear observation (SCL 4/5/6 and data)
+``scl``      (time_s2, y, x)                 optional Sen2Cor scene classification, 0 = none
+``s1``       (time_s1, polarization, y, x)   optional backscatter in dB; NaN = no data
+``crop_type`` (y, x)                         optional crop code, 0 = none
+===========  ==============================  ==============================================
+
+Attributes ``crs`` and ``resolution_m`` are required; ``site``, ``source``, ``license`` and
+others are kept. The optional coordinate ``orbit_state`` (time_s1) records each S1 frame's
+orbit direction. On disk ``s2`` and ``s1`` are scaled int16 (0.0001 and 0.01 dB).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from core.errors import CubeError
+from core.storage import atomic_output
+
+S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+"""The ten S2 bands of every cube, in this order."""
+POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
+CLEAR_SCL_CLASSES: tuple[int, ...] = (4, 5, 6)
+"""Sen2Cor classes counted as clear: vegetation, not vegetated (bare soil), water."""
+S2_SCALE = 1e-4
+S1_SCALE = 0.01
+INT16_FILL = np.int16(-32768)
+
+_ENCODING: dict[str, dict[str, object]] = {
+    "s2": {"dtype": "int16", "scale_factor": S2_SCALE, "_FillValue": INT16_FILL, "zlib": True,
+           "complevel": 5, "shuffle": True},
+    "s1": {"dtype": "int16", "scale_factor": S1_SCALE, "_FillValue": INT16_FILL, "zlib": True,
+           "complevel": 5, "shuffle": True},
+    "valid": {"dtype": "uint8", "zlib": True, "complevel": 5},
+    "scl": {"dtype": "uint8", "zlib": True, "complevel": 5},
+    "crop_type": {"dtype": "int32", "zlib": True, "complevel": 5},
+}
+
+
+def valid_from_scl(scl: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """Clear mask from the scene classification and the reflectance.
+
+    Args:
+        scl: Sen2Cor classes, shape (T, H, W).
+        s2: reflectance, shape (T, B, H, W); a pixel with every band NaN has no data.
+
+    Returns:
+        uint8 array (T, H, W): 1 where SCL is 4, 5 or 6 and some band holds data.
+    """
+    present = np.any(np.isfinite(s2), axis=1)
+    return (np.isin(scl, CLEAR_SCL_CLASSES) & present).astype(np.uint8)
+
+
+def build_cube(
+    s2: np.ndarray,
+    time_s2: np.ndarray,
+    y: np.ndarray,
+    x: np.ndarray,
+    attrs: Mapping[str, object],
+    *,
+    valid: np.ndarray | None = None,
+    scl: np.ndarray | None = None,
+    s1: np.ndarray | None = None,
+    time_s1: np.ndarray | None = None,
+    orbit_state: np.ndarray | None = None,
+    crop_type: np.ndarray | None = None,
+) -> xr.Dataset:
+    """Assemble a cube from arrays.
+
+    Args:
+        s2: reflectance (T2, 10, H, W) in :data:`S2_BANDS` order, NaN where absent.
+        time_s2: acquisition times (T2,), datetime64.
+        y, x: pixel-centre coordinates (H,), (W,) in the cube's CRS.
+        attrs: at least ``crs`` and ``resolution_m``.
+        valid: clear mask (T2, H, W); derived from ``scl`` when omitted.
+        scl: scene classification (T2, H, W).
+        s1: backscatter in dB (T1, 2, H, W), VV then VH; needs ``time_s1``.
+        orbit_state: "ascending"/"descending" per S1 frame (T1,).
+        crop_type: crop code per pixel (H, W).
+    """
+    if valid is None:
+        if scl is None:
+            raise CubeError("A cube needs either a 'valid' mask or an 'scl' layer to derive it.")
+        valid = valid_from_scl(scl, s2)
+    data_vars: dict[str, tuple] = {
+        "s2": (("time_s2", "band", "y", "x"), np.asarray(s2, dtype=np.float32)),
+        "valid": (("time_s2", "y", "x"), np.asarray(valid, dtype=np.uint8)),
+    }
+    coords: dict[str, object] = {
+        "time_s2": np.asarray(time_s2, dtype="datetime64[ns]"),
+        "band": list(S2_BANDS),
+        "y": np.asarray(y, dtype=np.float64),
+        "x": np.asarray(x, dtype=np.float64),
+    }
+    if scl is not None:
+        data_vars["scl"] = (("time_s2", "y", "x"), np.asarray(scl, dtype=np.uint8))
+    if s1 is not None:
+        if time_s1 is None:
+            raise CubeError("S1 data was given without its acquisition times (time_s1).")
+        data_vars["s1"] = (("time_s1", "polarization", "y", "x"), np.asarray(s1, np.float32))
+        coords["time_s1"] = np.asarray(time_s1, dtype="datetime64[ns]")
+        coords["polarization"] = list(POLARIZATIONS)
+        if orbit_state is not None:
+            coords["orbit_state"] = ("time_s1", np.asarray(orbit_state, dtype=str))
+    if crop_type is not None:
+        data_vars["crop_type"] = (("y", "x"), np.asarray(crop_type, dtype=np.int32))
+    return validate_cube(xr.Dataset(data_vars, coords=coords, attrs=dict(attrs)))
+
+
+def validate_cube(ds: xr.Dataset) -> xr.Dataset:
+    """Check that ``ds`` is in the cube format; return it normalised (float32, ``valid`` present).
+
+    Raises:
+        CubeError: with a message naming what is missing or malformed.
+    """
+    if "s2" not in ds:
+        raise CubeError("Not a FieldFlow cube: it has no 's2' variable (time_s2, band, y, x).")
+    dims = ds["s2"].dims
+    if dims != ("time_s2", "band", "y", "x"):
+        raise CubeError(f"Cube variable 's2' has dims {dims}; expected (time_s2, band, y, x).")
+    bands = tuple(str(b) for b in ds["band"].values)
+    if bands != S2_BANDS:
+        raise CubeError(f"Cube bands are {bands}; expected the ten bands {S2_BANDS} in order.")
+    for attr in ("crs", "resolution_m"):
+        if attr not in ds.attrs:
+            raise CubeError(f"Cube lacks the '{attr}' attribute; write it with core.cube.")
+    if ds.sizes["time_s2"] == 0:
+        raise CubeError("Cube has no Sentinel-2 frames.")
+    times = ds["time_s2"].values
+    if np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) <= 0):
+        raise CubeError("Cube S2 times are not strictly increasing; merge same-day frames first.")
+    out = ds.copy()
+    out["s2"] = out["s2"].astype(np.float32)
+    if "valid" not in out:
+        if "scl" not in out:
+            raise CubeError("Cube has neither 'valid' nor 'scl': cannot tell clear pixels.")
+        out["valid"] = (("time_s2", "y", "x"), valid_from_scl(out["scl"].values, out["s2"].values))
+    elif out["valid"].dims != ("time_s2", "y", "x"):
+        raise CubeError(f"Cube variable 'valid' has dims {out['valid'].dims}; expected "
+                        "(time_s2, y, x).")
+    out["valid"] = out["valid"].astype(np.uint8)
+    if "s1" in out:
+        if out["s1"].dims != ("time_s1", "polarization", "y", "x"):
+            raise CubeError(f"Cube variable 's1' has dims {out['s1'].dims}; expected "
+                            "(time_s1, polarization, y, x).")
+        out["s1"] = out["s1"].astype(np.float32)
+    return out
+
+
+def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
+    """Read a cube file fully into memory and validate it.
+
+    Raises:
+        CubeError: the file is missing, unreadable or not a cube.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CubeError(f"Cube file not found: {p}. Check the path, or fetch one with "
+                        "'python -m core fetch'.")
+    try:
+        with xr.open_dataset(p) as ds:
+            loaded = ds.load()
+    except (OSError, ValueError) as exc:
+        raise CubeError(f"Cannot read {p} as a NetCDF cube ({exc}). Is it a complete .nc file?")
+    for var in loaded.variables.values():
+        var.encoding = {}
+    return validate_cube(loaded)
+
+
+def write_cube(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
+    """Write ``ds`` in the cube format, atomically (temp file + rename). Returns the path."""
+    cube = validate_cube(ds)
+    encoding = {name: dict(enc) for name, enc in _ENCODING.items() if name in cube}
+    target = Path(path)
+    with atomic_output(target) as tmp:
+        cube.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+    return target
+
+
+def has_s1(ds: xr.Dataset) -> bool:
+    """True if the cube holds at least one Sentinel-1 frame."""
+    return "s1" in ds and ds.sizes.get("time_s1", 0) > 0
+
+
+def bands_present(ds: xr.Dataset) -> np.ndarray:
+    """Boolean (10,): which S2 bands hold any finite value."""
+    return np.asarray(np.isfinite(ds["s2"]).any(dim=("time_s2", "y", "x")).values)

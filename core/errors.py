@@ -1,0 +1,36 @@
+"""Exceptions that carry a message a user can act on.
+
+Every failure a user can cause or fix (bad field, no scenes, network down, a broken cube) raises
+a subclass of :class:`FieldFlowError`. The CLI prints its message as one line and exits non-zero;
+the app shows it as an error box. Anything else is a bug and may surface as a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FieldFlowError(Exception):
+    """Base class: ``str(err)`` is a complete sentence telling what is wrong and what to do."""
+
+
+class InputError(FieldFlowError, ValueError):
+    """Something the user gave us (a file, a date, an option) is not usable."""
+
+
+class FieldError(InputError):
+    """The field outline is not a usable polygon."""
+
+
+class CubeError(InputError):
+    """A cube file is missing, unreadable or not in the cube format."""
+
+
+class NoScenesError(FieldFlowError):
+    """A search found no acquisitions for the field and period."""
+
+
+class NetworkError(FieldFlowError):
+    """A remote service could not be reached or kept failing after retries."""
+
+
+class AccessDeniedError(NetworkError):
+    """A remote service refused access (HTTP 401/403), e.g. a missing subscription key."""

@@ -1,0 +1,87 @@
+"""Cube format: round trips against the real shared cubes, validation, atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from core.cube import S2_BANDS, build_cube, read_cube, valid_from_scl, write_cube
+from core.errors import CubeError
+
+
+@pytest.mark.parametrize(
+    "name", ["be-flanders-a_2017-2018.nc", "es-field_2019.nc", "pt-santarem_2021.nc"]
+)
+def test_round_trip_reproduces_shared_cube_exactly(cubes_dir, tmp_path, name) -> None:
+    original = read_cube(cubes_dir / name)
+    write_cube(original, tmp_path / name)
+    again = read_cube(tmp_path / name)
+    assert set(again.data_vars) == set(original.data_vars)
+    for var in original.data_vars:
+        np.testing.assert_array_equal(again[var].values, original[var].values, err_msg=var)
+    np.testing.assert_array_equal(again["time_s2"].values, original["time_s2"].values)
+    assert again.attrs["crs"] == original.attrs["crs"]
+
+
+def test_read_matches_plain_xarray_decoding(cubes_dir) -> None:
+    path = cubes_dir / "tz-arusha_2019-2021.nc"
+    cube = read_cube(path)
+    with xr.open_dataset(path) as raw:
+        np.testing.assert_allclose(cube["s2"].values, raw["s2"].values, atol=1e-7)
+        np.testing.assert_allclose(cube["s1"].values, raw["s1"].values, atol=1e-5)
+
+
+def test_valid_from_scl_counts_only_clear_classes_with_data() -> None:
+    scl = np.array([[[4, 5, 6, 8, 9, 3, 0, 4]]], dtype=np.uint8)  # (T=1, H=1, W=8)
+    s2 = np.full((1, 10, 1, 8), 0.1, dtype=np.float32)
+    s2[0, :, 0, 7] = np.nan  # SCL says vegetation, but no reflectance: not valid
+    assert valid_from_scl(scl, s2).tolist() == [[[1, 1, 1, 0, 0, 0, 0, 0]]]
+
+
+def _tiny_cube(**kwargs) -> xr.Dataset:
+    t = np.array(["2021-05-01", "2021-05-06"], dtype="datetime64[ns]")
+    s2 = np.full((2, 10, 2, 3), 0.2, dtype=np.float32)
+    scl = np.array([[[4, 4, 9], [4, 8, 4]], [[4, 4, 4], [4, 4, 4]]], dtype=np.uint8)
+    args = dict(
+        s2=s2, time_s2=t, y=[5.0, -5.0], x=[5.0, 15.0, 25.0],
+        attrs={"crs": "EPSG:32631", "resolution_m": 10.0}, scl=scl,
+    )
+    args.update(kwargs)
+    return build_cube(**args)
+
+
+def test_build_cube_derives_valid_from_scl() -> None:
+    cube = _tiny_cube()
+    assert cube["valid"].values[0].tolist() == [[1, 1, 0], [1, 0, 1]]
+    assert tuple(cube["band"].values) == S2_BANDS
+
+
+def test_validate_rejects_unsorted_times() -> None:
+    t = np.array(["2021-05-06", "2021-05-01"], dtype="datetime64[ns]")
+    with pytest.raises(CubeError, match="strictly increasing"):
+        _tiny_cube(time_s2=t)
+
+
+def test_read_cube_missing_and_garbage_files(tmp_path) -> None:
+    with pytest.raises(CubeError, match="not found"):
+        read_cube(tmp_path / "nope.nc")
+    garbage = tmp_path / "garbage.nc"
+    garbage.write_bytes(b"this is not netcdf")
+    with pytest.raises(CubeError, match="Cannot read"):
+        read_cube(garbage)
+
+
+def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch) -> None:
+    target = tmp_path / "cube.nc"
+    write_cube(_tiny_cube(), target)
+    before = target.read_bytes()
+
+    def explode(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the process were stopped mid-write
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", explode)
+    with pytest.raises(KeyboardInterrupt):
+        write_cube(_tiny_cube(), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["cube.nc"]
