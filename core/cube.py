@@ -40,10 +40,22 @@ S1_SCALE = 0.01
 INT16_FILL = np.int16(-32768)
 
 _ENCODING: dict[str, dict[str, object]] = {
-    "s2": {"dtype": "int16", "scale_factor": S2_SCALE, "_FillValue": INT16_FILL, "zlib": True,
-           "complevel": 5, "shuffle": True},
-    "s1": {"dtype": "int16", "scale_factor": S1_SCALE, "_FillValue": INT16_FILL, "zlib": True,
-           "complevel": 5, "shuffle": True},
+    "s2": {
+        "dtype": "int16",
+        "scale_factor": S2_SCALE,
+        "_FillValue": INT16_FILL,
+        "zlib": True,
+        "complevel": 5,
+        "shuffle": True,
+    },
+    "s1": {
+        "dtype": "int16",
+        "scale_factor": S1_SCALE,
+        "_FillValue": INT16_FILL,
+        "zlib": True,
+        "complevel": 5,
+        "shuffle": True,
+    },
     "valid": {"dtype": "uint8", "zlib": True, "complevel": 5},
     "scl": {"dtype": "uint8", "zlib": True, "complevel": 5},
     "crop_type": {"dtype": "int32", "zlib": True, "complevel": 5},
@@ -149,13 +161,16 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
             raise CubeError("Cube has neither 'valid' nor 'scl': cannot tell clear pixels.")
         out["valid"] = (("time_s2", "y", "x"), valid_from_scl(out["scl"].values, out["s2"].values))
     elif out["valid"].dims != ("time_s2", "y", "x"):
-        raise CubeError(f"Cube variable 'valid' has dims {out['valid'].dims}; expected "
-                        "(time_s2, y, x).")
+        raise CubeError(
+            f"Cube variable 'valid' has dims {out['valid'].dims}; expected (time_s2, y, x)."
+        )
     out["valid"] = out["valid"].astype(np.uint8)
     if "s1" in out:
         if out["s1"].dims != ("time_s1", "polarization", "y", "x"):
-            raise CubeError(f"Cube variable 's1' has dims {out['s1'].dims}; expected "
-                            "(time_s1, polarization, y, x).")
+            raise CubeError(
+                f"Cube variable 's1' has dims {out['s1'].dims}; expected "
+                "(time_s1, polarization, y, x)."
+            )
         out["s1"] = out["s1"].astype(np.float32)
     return out
 
@@ -168,13 +183,16 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
     """
     p = Path(path)
     if not p.is_file():
-        raise CubeError(f"Cube file not found: {p}. Check the path, or fetch one with "
-                        "'python -m core fetch'.")
+        raise CubeError(
+            f"Cube file not found: {p}. Check the path, or fetch one with 'python -m core fetch'."
+        )
     try:
         with xr.open_dataset(p) as ds:
             loaded = ds.load()
     except (OSError, ValueError) as exc:
-        raise CubeError(f"Cannot read {p} as a NetCDF cube ({exc}). Is it a complete .nc file?")
+        raise CubeError(
+            f"Cannot read {p} as a NetCDF cube ({exc}). Is it a complete .nc file?"
+        ) from exc
     for var in loaded.variables.values():
         var.encoding = {}
     return validate_cube(loaded)

@@ -41,7 +41,8 @@ def _available_commands() -> dict[str, str]:
 def build_parser(commands: dict[str, str]) -> argparse.ArgumentParser:
     """Parser with one sub-command per available command module."""
     parser = argparse.ArgumentParser(
-        prog="python -m core", description="FieldFlow: cloud-free Sentinel-2 time series for fields."
+        prog="python -m core",
+        description="FieldFlow: cloud-free Sentinel-2 time series for fields.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in commands.items():

@@ -44,8 +44,12 @@ def _tiny_cube(**kwargs) -> xr.Dataset:
     s2 = np.full((2, 10, 2, 3), 0.2, dtype=np.float32)
     scl = np.array([[[4, 4, 9], [4, 8, 4]], [[4, 4, 4], [4, 4, 4]]], dtype=np.uint8)
     args = dict(
-        s2=s2, time_s2=t, y=[5.0, -5.0], x=[5.0, 15.0, 25.0],
-        attrs={"crs": "EPSG:32631", "resolution_m": 10.0}, scl=scl,
+        s2=s2,
+        time_s2=t,
+        y=[5.0, -5.0],
+        x=[5.0, 15.0, 25.0],
+        attrs={"crs": "EPSG:32631", "resolution_m": 10.0},
+        scl=scl,
     )
     args.update(kwargs)
     return build_cube(**args)

@@ -1,4 +1,4 @@
-"""The layers stay honest: core never imports streamlit; app never imports the heavy I/O/ML stack."""
+"""Layer boundary: core never imports streamlit; app never imports the heavy I/O and ML stack."""
 
 from __future__ import annotations
 

@@ -1,0 +1,239 @@
+"""The reconstruction contract: cloud-free S2 reflectance of a cube at any dates.
+
+One function, :func:`reconstruct`, serves the CLI (``python -m core reconstruct``), the app,
+the NDVI curve and the evaluation, whatever the method (``linear``, ``whittaker``, ``model``).
+
+What every method may rely on, and what the contract guarantees:
+
+* Methods see :func:`observations` of the cube: reflectance set to NaN wherever ``valid`` is 0.
+  A cloudy pixel's value never reaches a method, so a method cannot be fooled by bright clouds
+  and a hidden evaluation pixel cannot leak.
+* The output holds ``s2`` (time, band, y, x) at exactly the requested dates on the input grid,
+  NaN for bands the input lacks, ``ndvi`` (time, y, x) and ``observed`` (time, y, x: 1 where the
+  value is a kept clear observation). With ``samples > 1`` it also holds ``s2_p10``, ``s2_p90``,
+  ``ndvi_p10`` and ``ndvi_p90``.
+* With ``keep_observed`` (the default), clear pixels of an acquisition on a requested calendar
+  day are returned as observed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from core.cube import S2_BANDS, bands_present, validate_cube
+from core.errors import InputError
+from core.indices import ndvi
+from core.storage import atomic_output
+from core.timeline import calendar_day
+
+QUANTILES = (10, 90)
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    """How to reconstruct; every method reads the fields it understands and ignores the rest."""
+
+    samples: int = 1
+    """Number of generated samples K; K > 1 adds the p10/p90 band (methods without a
+    generative part return K identical samples, i.e. a zero-width band)."""
+    steps: int | None = None
+    """ODE solver steps of the model (None: the model's default)."""
+    device: str = "auto"
+    """"auto", "cpu" or "cuda" (model only)."""
+    seed: int = 0
+    """Random seed of the samples, for reproducible output."""
+    keep_observed: bool = True
+    """Return clear observed pixels unchanged at requested observed dates."""
+    whittaker_lambda: float | None = None
+    """Smoothing of the Whittaker baseline; None chooses it per series (see core.baselines)."""
+    checkpoint: Path | None = None
+    """Model checkpoint (None: the shipped one in assets/)."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a method returns for Q query dates of a cube of B bands and H x W pixels."""
+
+    mean: np.ndarray
+    """Best estimate, (Q, B, H, W) float32."""
+    samples: np.ndarray | None = None
+    """Generated samples, (K, Q, B, H, W) float32, or None for deterministic methods."""
+
+
+Method = Callable[[xr.Dataset, np.ndarray, ReconstructOptions], Prediction]
+"""A method: (observations, query times datetime64[ns] (Q,), options) -> Prediction."""
+
+# name -> "module:function"; imported only when used, so the baselines never load torch.
+METHODS: dict[str, str] = {
+    "linear": "core.baselines:linear_method",
+    "whittaker": "core.baselines:whittaker_method",
+    "model": "core.model.inference:model_method",
+}
+
+
+def available_methods() -> list[str]:
+    """Names of the methods whose implementation is installed."""
+    return [name for name, target in METHODS.items() if _importable(target.split(":")[0])]
+
+
+def _importable(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def resolve_method(name: str) -> Method:
+    """The method called ``name``; InputError listing the choices if unknown."""
+    if name not in available_methods():
+        choices = ", ".join(available_methods())
+        raise InputError(f"Unknown reconstruction method '{name}'; choose one of {choices}.")
+    module_name, func_name = METHODS[name].split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def observations(cube: xr.Dataset) -> xr.Dataset:
+    """The cube as methods see it: ``s2`` is NaN wherever ``valid`` is 0 (clouds never trusted)."""
+    cube = validate_cube(cube)
+    clear = cube["valid"].values.astype(bool)[:, None, :, :]
+    masked = cube.copy()
+    masked["s2"] = cube["s2"].where(clear)
+    return masked
+
+
+def reconstruct(
+    cube: xr.Dataset,
+    dates: np.ndarray,
+    method: str = "linear",
+    options: ReconstructOptions | None = None,
+) -> xr.Dataset:
+    """Reconstruct cloud-free S2 frames of ``cube`` at ``dates``.
+
+    Args:
+        cube: a cube (see core.cube); pixels whose ``valid`` is 0 are treated as missing.
+        dates: query times (Q,), datetime64; sorted and de-duplicated here. Each must lie
+            within the cube's S2 period (calendar days of its first and last acquisition).
+        method: a name from :func:`available_methods`.
+        options: see :class:`ReconstructOptions`.
+
+    Returns:
+        The reconstruction dataset described in the module docstring.
+    """
+    options = options or ReconstructOptions()
+    if options.samples < 1:
+        raise InputError(f"--samples must be at least 1, not {options.samples}.")
+    query = _check_dates(cube, dates)
+    observed = observations(cube)
+    prediction = resolve_method(method)(observed, query, options)
+    return _assemble(observed, query, prediction, method, options)
+
+
+def _check_dates(cube: xr.Dataset, dates: np.ndarray) -> np.ndarray:
+    query = np.unique(np.asarray(dates, dtype="datetime64[ns]"))
+    if query.size == 0:
+        raise InputError("No query dates given: pass at least one date.")
+    first, last = calendar_day(cube["time_s2"].values[[0, -1]])
+    outside = [str(d) for d in calendar_day(query) if d < first or d > last]
+    if outside:
+        raise InputError(
+            f"Date(s) {', '.join(outside[:3])} lie outside the cube's period {first} to {last}; "
+            "fetch a longer period or pick dates inside it."
+        )
+    return query
+
+
+def _assemble(
+    observed: xr.Dataset,
+    query: np.ndarray,
+    prediction: Prediction,
+    method: str,
+    options: ReconstructOptions,
+) -> xr.Dataset:
+    n_query, n_bands = query.size, len(S2_BANDS)
+    height, width = observed.sizes["y"], observed.sizes["x"]
+    expected = (n_query, n_bands, height, width)
+    mean = np.asarray(prediction.mean, dtype=np.float32)
+    if mean.shape != expected:
+        raise RuntimeError(f"method {method} returned shape {mean.shape}, expected {expected}")
+    samples = prediction.samples
+    if options.samples > 1 and samples is None:
+        samples = np.broadcast_to(mean, (options.samples, *expected))
+    if samples is not None:
+        samples = np.array(samples, dtype=np.float32)
+
+    absent = ~bands_present(observed)
+    mean = mean.copy()
+    mean[:, absent] = np.nan
+    if samples is not None:
+        samples[:, :, absent] = np.nan
+
+    kept = np.zeros((n_query, height, width), dtype=np.uint8)
+    if options.keep_observed:
+        obs_days = calendar_day(observed["time_s2"].values)
+        obs_s2 = observed["s2"].values
+        obs_valid = observed["valid"].values.astype(bool)
+        for qi, day in enumerate(calendar_day(query)):
+            for ti in np.flatnonzero(obs_days == day):
+                clear = obs_valid[ti]
+                mean[qi][:, clear] = obs_s2[ti][:, clear]
+                if samples is not None:
+                    samples[:, qi][:, :, clear] = obs_s2[ti][None][:, :, clear]
+                kept[qi] |= clear
+
+    dims3, dims4 = ("time", "y", "x"), ("time", "band", "y", "x")
+    data_vars: dict[str, tuple] = {
+        "s2": (dims4, mean),
+        "ndvi": (dims3, ndvi(mean, band_axis=1)),
+        "observed": (dims3, kept),
+    }
+    if samples is not None:
+        low, high = (
+            np.nanpercentile(samples, QUANTILES, axis=0)
+            if samples.shape[0] > 1
+            else (samples[0], samples[0])
+        )
+        ndvi_samples = ndvi(samples, band_axis=2)
+        nlow, nhigh = np.nanpercentile(ndvi_samples, QUANTILES, axis=0)
+        data_vars.update(
+            s2_p10=(dims4, low.astype(np.float32)),
+            s2_p90=(dims4, high.astype(np.float32)),
+            ndvi_p10=(dims3, nlow.astype(np.float32)),
+            ndvi_p90=(dims3, nhigh.astype(np.float32)),
+        )
+    attrs = {
+        key: observed.attrs[key]
+        for key in ("crs", "resolution_m", "site", "source", "license")
+        if key in observed.attrs
+    }
+    attrs.update(
+        method=method, samples=int(options.samples), keep_observed=int(options.keep_observed)
+    )
+    coords = {
+        "time": query,
+        "band": list(S2_BANDS),
+        "y": observed["y"].values,
+        "x": observed["x"].values,
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def write_reconstruction(result: xr.Dataset, path: str | os.PathLike[str]) -> Path:
+    """Write a reconstruction dataset to NetCDF atomically (float32, compressed)."""
+    encoding = {name: {"zlib": True, "complevel": 4} for name in result.data_vars}
+    target = Path(path)
+    with atomic_output(target) as tmp:
+        result.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
+    return target
+
+
+def with_samples(options: ReconstructOptions, samples: int) -> ReconstructOptions:
+    """Copy of ``options`` with another sample count."""
+    return replace(options, samples=samples)

@@ -1,0 +1,72 @@
+"""Dates: parsing user input, regular query grids, and day numbers for the maths.
+
+Acquisition times keep their time of day in the cube; user queries are calendar days. Methods
+work on float day numbers (days since 1970-01-01, UTC), so everything here converts to and from
+that one representation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from core.errors import InputError
+
+DAY_NS = np.int64(86_400 * 10**9)
+
+
+def parse_date(text: str) -> np.datetime64:
+    """Parse a calendar date ``YYYY-MM-DD`` (ISO 8601) into datetime64[ns] at midnight UTC."""
+    try:
+        stamp = pd.Timestamp(str(text).strip())
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"Cannot read the date '{text}': write it as YYYY-MM-DD.") from exc
+    if stamp is pd.NaT:
+        raise InputError(f"Cannot read the date '{text}': write it as YYYY-MM-DD.")
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return np.datetime64(stamp.normalize().to_datetime64(), "ns")
+
+
+def parse_date_list(text: str | Iterable[str]) -> np.ndarray:
+    """Parse ``"2019-05-03,2019-06-10"`` (or an iterable of strings) into sorted unique dates."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    parts = [p for p in (str(p).strip() for p in parts) if p]
+    if not parts:
+        raise InputError("No dates given: pass one or more dates as YYYY-MM-DD,YYYY-MM-DD.")
+    return np.unique(np.array([parse_date(p) for p in parts], dtype="datetime64[ns]"))
+
+
+def regular_dates(
+    start: str | np.datetime64, end: str | np.datetime64, every_days: int
+) -> np.ndarray:
+    """Every ``every_days`` days from ``start`` to ``end`` inclusive, as datetime64[ns]."""
+    if every_days < 1:
+        raise InputError(f"--every-days must be a whole number of days >= 1, not {every_days}.")
+    first = parse_date(str(start)) if not isinstance(start, np.datetime64) else start
+    last = parse_date(str(end)) if not isinstance(end, np.datetime64) else end
+    first = np.datetime64(first, "D")
+    last = np.datetime64(last, "D")
+    if last < first:
+        raise InputError(f"The period ends ({last}) before it starts ({first}); swap the dates.")
+    return np.arange(first, last + np.timedelta64(1, "D"), every_days).astype("datetime64[ns]")
+
+
+def to_days(times: np.ndarray) -> np.ndarray:
+    """datetime64 array -> float64 days since 1970-01-01 (fractional: keeps the time of day)."""
+    ns = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
+    return ns / float(DAY_NS)
+
+
+def calendar_day(times: np.ndarray) -> np.ndarray:
+    """datetime64 array -> datetime64[D] (the UTC calendar day of each time)."""
+    return np.asarray(times, dtype="datetime64[ns]").astype("datetime64[D]")
+
+
+def day_of_year(times: np.ndarray) -> np.ndarray:
+    """Day of year (1..366) of each time, as float64."""
+    days = calendar_day(times)
+    years = days.astype("datetime64[Y]")
+    return (days - years).astype(np.int64).astype(np.float64) + 1.0
