@@ -1,0 +1,851 @@
+"""The field: one farm field's outline in longitude/latitude, read from whatever the user has.
+
+A :class:`Field` is a frozen value object: a valid Polygon or MultiPolygon in EPSG:4326
+(x = longitude, y = latitude) and a name, with derived properties (geodesic area, bounds, UTM
+zone, a cache key). The ``field_from_*`` functions read GeoJSON (text, bytes or a mapping), a
+shape drawn on the map, or a file (GeoJSON, zipped shapefile, KML/KMZ, GeoPackage, shapefile)
+and either return a checked :class:`Field` or raise :class:`~core.errors.FieldError` whose
+message says what is wrong and what to do. When a source holds several polygons, the
+``candidates_from_*`` functions list them so a UI can offer a choice and pass back ``index=``.
+
+Every source goes through the same steps: read the features (reprojected to EPSG:4326 when the
+source names another CRS), choose one, then :func:`_checked_field`: polygonal, 2D, coordinates
+in range, valid (or repaired within 1 % of its area), area within limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS, Geod, Transformer
+from pyproj.exceptions import CRSError
+from shapely.geometry import MultiPolygon, Polygon, shape
+from shapely.geometry.base import BaseGeometry
+
+from core.errors import FieldError
+
+MIN_AREA_HA = 0.1
+"""Smallest field accepted: below this a 10 m pixel grid holds almost nothing."""
+DEFAULT_MAX_AREA_HA = 2500.0
+"""Default largest field; the same default as :attr:`core.config.Settings.max_area_ha`."""
+MAX_FILE_MB = 20.0
+"""Largest outline file (or upload) accepted; a field boundary is normally a few kB."""
+MAX_UNZIPPED_MB = 100.0
+"""Largest total size of the files inside a zip or KMZ, against zip bombs."""
+REPAIR_TOLERANCE = 0.01
+"""A self-crossing outline is repaired only if that changes its area by at most this fraction."""
+KEY_GRID_DEG = 1e-7
+"""Coordinates are snapped to this grid (about 1 cm) before hashing into :attr:`Field.key`."""
+SUPPORTED_SUFFIXES: tuple[str, ...] = (".geojson", ".json", ".kml", ".kmz", ".gpkg", ".zip", ".shp")
+"""File types :func:`field_from_file` reads; ``.zip`` is a zipped shapefile."""
+LABEL_KEYS: tuple[str, ...] = (
+    "name",
+    "field",
+    "field_name",
+    "fieldname",
+    "title",
+    "label",
+    "parcel",
+    "id",
+)
+"""Feature properties (any case) that name a feature, in order of preference."""
+
+_GEOJSON_GEOMETRY_TYPES = frozenset(
+    {
+        "Point",
+        "MultiPoint",
+        "LineString",
+        "MultiLineString",
+        "Polygon",
+        "MultiPolygon",
+        "GeometryCollection",
+    }
+)
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_SHP_MAGIC = b"\x00\x00\x27\x0a"
+_LISTED_NAMES = 5
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field outline. Build it with a ``field_from_*`` function, which checks and repairs it."""
+
+    geometry: Polygon | MultiPolygon
+    """The outline in EPSG:4326 (x = longitude, y = latitude), 2D and valid; holes are kept."""
+    name: str
+    """A label for the user: the feature's name, else the file name, else "Field"."""
+    repaired: bool = False
+    """True when the outline crossed itself and was repaired (its area changed by at most 1 %)."""
+
+    def __post_init__(self) -> None:
+        geometry = self.geometry
+        if not isinstance(geometry, Polygon | MultiPolygon) or geometry.is_empty:
+            kind = type(geometry).__name__
+            raise FieldError(f"A Field needs a non-empty Polygon or MultiPolygon, not a {kind}.")
+        if not geometry.is_valid:
+            raise FieldError(
+                f"A Field needs a valid outline ({shapely.is_valid_reason(geometry)}); "
+                "build it with core.field.field_from_geojson, which repairs what it can."
+            )
+
+    @property
+    def area_ha(self) -> float:
+        """Geodesic area on the WGS 84 ellipsoid in hectares, holes excluded."""
+        return _geodesic_area_m2(self.geometry) / 10_000.0
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(west, south, east, north) in degrees."""
+        west, south, east, north = self.geometry.bounds
+        return float(west), float(south), float(east), float(north)
+
+    @property
+    def centroid(self) -> tuple[float, float]:
+        """(longitude, latitude) of the centroid, computed in degrees (fine at field scale)."""
+        point = self.geometry.centroid
+        return float(point.x), float(point.y)
+
+    @property
+    def utm_crs(self) -> str:
+        """EPSG code of the UTM zone of the centroid: "EPSG:326zz" north, "EPSG:327zz" south."""
+        lon, lat = self.centroid
+        zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+        return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+    @property
+    def key(self) -> str:
+        """16 hex digits identifying the outline, for cache keys.
+
+        The geometry is snapped to a 1e-7 degree grid and normalised (ring orientation, start
+        vertex, part order), so the same shape drawn from another vertex or the other way round
+        gives the same key. The name is not part of it.
+        """
+        snapped = shapely.normalize(shapely.set_precision(self.geometry, KEY_GRID_DEG))
+        wkb = shapely.to_wkb(snapped, output_dimension=2, byte_order=1)
+        return hashlib.sha256(wkb).hexdigest()[:16]
+
+    def to_geojson(self) -> dict[str, Any]:
+        """A GeoJSON Feature (plain JSON types) with ``name``, ``area_ha`` and ``repaired``."""
+        return {
+            "type": "Feature",
+            "geometry": json.loads(shapely.to_geojson(self.geometry)),
+            "properties": {
+                "name": self.name,
+                "area_ha": round(self.area_ha, 4),
+                "repaired": self.repaired,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One feature of a source that holds several, for a UI to offer as a choice."""
+
+    index: int
+    """Position of the feature in the source; pass it back as ``index=``."""
+    name: str
+    """The feature's name, or "feature <index>" when it has none."""
+    geometry_type: str
+    """"Polygon", "MultiPolygon", "LineString"...; "None" for a feature without geometry."""
+    area_ha: float | None
+    """Geodesic area for a polygon with longitude/latitude coordinates, else None."""
+    layer: str | None = None
+    """The layer (KML folder, GeoPackage table, shapefile) it came from; None for GeoJSON."""
+
+
+@dataclass(frozen=True)
+class _Feature:
+    """A feature as read from a source, reprojected to EPSG:4326 but not yet checked."""
+
+    geometry: BaseGeometry | None
+    labels: tuple[str, ...]
+    layer: str | None = None
+
+
+# --- public constructors ------------------------------------------------------------------------
+
+
+def field_from_geojson(
+    source: str | bytes | Mapping[str, Any],
+    *,
+    index: int | None = None,
+    name: str | None = None,
+    max_area_ha: float = DEFAULT_MAX_AREA_HA,
+) -> Field:
+    """Read a field from GeoJSON.
+
+    Args:
+        source: GeoJSON text, UTF-8 bytes, or a parsed mapping: a Feature, a FeatureCollection,
+            or a bare Polygon/MultiPolygon. An old-style ``crs`` member naming another CRS is
+            honoured (the outline is reprojected to EPSG:4326).
+        index: which feature of a collection to take (0-based), when it holds several polygons.
+        name: which feature to take, matched against its name-like properties (see
+            :data:`LABEL_KEYS`), case-insensitively.
+        max_area_ha: largest area accepted.
+
+    Raises:
+        FieldError: the GeoJSON is unreadable, holds no usable polygon, or holds several and
+            neither ``index`` nor ``name`` picks one.
+    """
+    features = _geojson_features(source, "GeoJSON")
+    return _field_from_features(
+        features,
+        index=index,
+        name=name,
+        origin="GeoJSON",
+        default_name="Field",
+        max_area_ha=max_area_ha,
+    )
+
+
+def field_from_drawing(
+    drawing: Mapping[str, Any],
+    *,
+    name: str = "Drawn field",
+    max_area_ha: float = DEFAULT_MAX_AREA_HA,
+) -> Field:
+    """Read a field from what the map's draw tool returns: a GeoJSON Feature or geometry.
+
+    Args:
+        drawing: the drawn shape as a GeoJSON mapping (lon/lat).
+        name: the label the field gets.
+        max_area_ha: largest area accepted.
+
+    Raises:
+        FieldError: the drawing is not a usable polygon (e.g. a line, a marker or a circle).
+    """
+    if not isinstance(drawing, Mapping):
+        raise FieldError("The drawing is not a GeoJSON shape; draw the field again as a polygon.")
+    features = _geojson_features(drawing, "drawing")
+    field = _field_from_features(
+        features,
+        index=None,
+        name=None,
+        origin="drawing",
+        default_name=name,
+        max_area_ha=max_area_ha,
+    )
+    return replace(field, name=name)
+
+
+def field_from_file(
+    path: str | Path,
+    *,
+    index: int | None = None,
+    name: str | None = None,
+    layer: str | None = None,
+    max_area_ha: float = DEFAULT_MAX_AREA_HA,
+) -> Field:
+    """Read a field from a file, chosen by its extension (see :data:`SUPPORTED_SUFFIXES`).
+
+    Coordinates are taken as EPSG:4326 unless the file names its CRS (a shapefile's ``.prj``,
+    a GeoPackage layer's SRS, a GeoJSON ``crs`` member); then they are reprojected.
+
+    Args:
+        path: a .geojson/.json, .kml, .kmz, .gpkg, .zip (zipped shapefile) or .shp file.
+        index: which feature to take (0-based, across all layers read), when there are several.
+        name: which feature to take, matched against its name-like properties.
+        layer: read only this layer (GeoPackage table, KML folder, shapefile name in a zip);
+            by default every layer with geometries is read.
+        max_area_ha: largest area accepted.
+
+    Raises:
+        FieldError: the file is missing, too large, of an unknown type, unreadable, unsafe, or
+            holds no usable polygon or several without a choice.
+    """
+    p = Path(path)
+    features = _file_features(p, layer)
+    return _field_from_features(
+        features,
+        index=index,
+        name=name,
+        origin=_file_origin(p),
+        default_name=p.stem,
+        max_area_ha=max_area_ha,
+    )
+
+
+def field_from_upload(
+    data: bytes,
+    filename: str,
+    *,
+    index: int | None = None,
+    name: str | None = None,
+    layer: str | None = None,
+    max_area_ha: float = DEFAULT_MAX_AREA_HA,
+) -> Field:
+    """Read a field from an uploaded file's bytes, as :func:`field_from_file` would.
+
+    The bytes are written into a private temporary folder (removed afterwards) under the
+    upload's base name, so the extension picks the format and the stem is the default name.
+
+    Raises:
+        FieldError: as :func:`field_from_file`; also for a lone ``.shp`` without its sidecars.
+    """
+    with _uploaded(data, filename) as path:
+        return field_from_file(path, index=index, name=name, layer=layer, max_area_ha=max_area_ha)
+
+
+def candidates_from_geojson(source: str | bytes | Mapping[str, Any]) -> list[Candidate]:
+    """The features of a GeoJSON source, for a UI to let the user pick one by index."""
+    return _candidates(_geojson_features(source, "GeoJSON"))
+
+
+def candidates_from_file(path: str | Path, *, layer: str | None = None) -> list[Candidate]:
+    """The features of a file (every layer, or only ``layer``), for the user to pick one."""
+    return _candidates(_file_features(Path(path), layer))
+
+
+def candidates_from_upload(
+    data: bytes, filename: str, *, layer: str | None = None
+) -> list[Candidate]:
+    """The features of an uploaded file, for the user to pick one."""
+    with _uploaded(data, filename) as path:
+        return candidates_from_file(path, layer=layer)
+
+
+# --- choosing and checking ----------------------------------------------------------------------
+
+
+def _field_from_features(
+    features: Sequence[_Feature],
+    *,
+    index: int | None,
+    name: str | None,
+    origin: str,
+    default_name: str,
+    max_area_ha: float,
+) -> Field:
+    chosen = _choose(features, index=index, name=name, origin=origin)
+    label = chosen.labels[0] if chosen.labels else default_name
+    return _checked_field(chosen.geometry, label, origin=origin, max_area_ha=max_area_ha)
+
+
+def _choose(
+    features: Sequence[_Feature], *, index: int | None, name: str | None, origin: str
+) -> _Feature:
+    """The feature picked by ``index`` or ``name``, or the only polygon among ``features``."""
+    count = len(features)
+    if count == 0:
+        raise FieldError(
+            f"The {origin} holds no features; draw or upload a polygon outlining the field."
+        )
+    if index is not None:
+        if not 0 <= index < count:
+            raise FieldError(
+                f"index={index} is out of range: the {origin} holds {_plural(count, 'feature')}, "
+                f"numbered 0 to {count - 1}."
+            )
+        return features[index]
+    candidates = _candidates(features)
+    if name is not None:
+        wanted = name.strip().casefold()
+        hits = [i for i, f in enumerate(features) if wanted in {x.casefold() for x in f.labels}]
+        if len(hits) == 1:
+            return features[hits[0]]
+        if hits:
+            raise FieldError(
+                f"{len(hits)} features in the {origin} are named '{name}' (indices "
+                f"{', '.join(map(str, hits))}); choose one with index=."
+            )
+        named = [c for c in candidates if features[c.index].labels]
+        found = f"the names found are: {_listing(named)}" if named else "its features have no names"
+        raise FieldError(f"No feature in the {origin} is named '{name}'; {found}.")
+    if count == 1:
+        return features[0]
+    polygons = [c for c in candidates if c.geometry_type in ("Polygon", "MultiPolygon")]
+    if len(polygons) == 1:
+        return features[polygons[0].index]
+    if not polygons:
+        kinds = Counter(c.geometry_type for c in candidates)
+        found = " and ".join(_plural(n, kind) for kind, n in kinds.most_common())
+        raise FieldError(
+            f"The {origin} holds {found} but no polygon; draw or upload a polygon outlining "
+            "the field."
+        )
+    raise FieldError(
+        f"The {origin} holds {len(polygons)} polygons; choose one with index= or name=: "
+        f"{_listing(polygons)}."
+    )
+
+
+def _checked_field(
+    geometry: BaseGeometry | None, name: str, *, origin: str, max_area_ha: float
+) -> Field:
+    """Check (and if need be repair) one geometry in EPSG:4326 and wrap it as a :class:`Field`."""
+    if geometry is None or geometry.is_empty:
+        raise FieldError(
+            f"The {origin} holds an empty geometry: there are no coordinates to outline a "
+            "field. Draw or upload a polygon."
+        )
+    polygonal = _as_polygonal(geometry)
+    if polygonal is None:
+        raise FieldError(
+            f"The {origin} holds a {_describe(geometry)}; draw or upload a polygon outlining "
+            "the field."
+        )
+    polygonal = shapely.force_2d(polygonal)
+    _check_lonlat(polygonal, origin)
+    polygonal, repaired = _repaired(polygonal, origin)
+    area_ha = _geodesic_area_m2(polygonal) / 10_000.0
+    if area_ha < MIN_AREA_HA:
+        raise FieldError(
+            f"The field in the {origin} is {area_ha:.3g} ha, below the smallest accepted, "
+            f"{MIN_AREA_HA} ha. Check that the outline is the whole field, or draw a larger one."
+        )
+    if area_ha > max_area_ha:
+        raise FieldError(
+            f"The field in the {origin} is {area_ha:,.1f} ha, above the limit of "
+            f"{max_area_ha:,.0f} ha. Outline a single field (or raise FIELDFLOW_MAX_AREA_HA)."
+        )
+    return Field(geometry=polygonal, name=name, repaired=repaired)
+
+
+def _as_polygonal(geometry: BaseGeometry) -> Polygon | MultiPolygon | None:
+    """The geometry as a Polygon/MultiPolygon; a collection of polygons is merged; else None."""
+    if isinstance(geometry, Polygon | MultiPolygon):
+        return geometry
+    if isinstance(geometry, shapely.GeometryCollection):
+        parts = list(geometry.geoms)
+        if parts and all(isinstance(p, Polygon | MultiPolygon) for p in parts):
+            return _polygonal_parts(geometry)
+    return None
+
+
+def _polygonal_parts(geometry: BaseGeometry) -> Polygon | MultiPolygon:
+    """Only the polygons inside ``geometry`` (e.g. the output of make_valid), possibly empty."""
+    polygons = [g for g in shapely.get_parts(shapely.get_parts(geometry)) if isinstance(g, Polygon)]
+    if not polygons:
+        return Polygon()
+    return polygons[0] if len(polygons) == 1 else MultiPolygon(polygons)
+
+
+def _check_lonlat(geometry: BaseGeometry, origin: str) -> None:
+    """Refuse coordinates that cannot be longitude/latitude (usually metres without a CRS)."""
+    xy = shapely.get_coordinates(geometry)
+    if not np.isfinite(xy).all():
+        raise FieldError(
+            f"The {origin} has coordinates that are not numbers (NaN or infinite); export the "
+            "outline again."
+        )
+    lon_min, lat_min = xy.min(axis=0)
+    lon_max, lat_max = xy.max(axis=0)
+    if lon_min < -180 or lon_max > 180 or lat_min < -90 or lat_max > 90:
+        raise FieldError(
+            f"The {origin} has coordinates out of range for longitude/latitude (x {lon_min:.10g} "
+            f"to {lon_max:.10g}, y {lat_min:.10g} to {lat_max:.10g}; longitude must be within "
+            "-180..180 and latitude within -90..90). These are most likely projected "
+            "coordinates (e.g. metres) without a CRS: include the .prj file or the CRS, or "
+            "export the outline in EPSG:4326 (WGS 84)."
+        )
+
+
+def _repaired(geometry: Polygon | MultiPolygon, origin: str) -> tuple[Polygon | MultiPolygon, bool]:
+    """The valid geometry and whether it had to be repaired; refuse repairs that change area."""
+    if geometry.is_valid:
+        return geometry, False
+    reason = shapely.is_valid_reason(geometry)
+    fixed = _polygonal_parts(shapely.make_valid(geometry))
+    after = 0.0 if fixed.is_empty else _geodesic_area_m2(fixed)
+    if after <= 0.0:
+        raise FieldError(
+            f"The outline in the {origin} encloses no area ({reason}); draw a polygon around "
+            "the field."
+        )
+    change = abs(after - _geodesic_area_m2(geometry)) / after
+    if change > REPAIR_TOLERANCE:
+        raise FieldError(
+            f"The outline in the {origin} crosses itself ({reason}); repairing it would change "
+            f"its area by {change:.0%}, so it was not accepted. Redraw the outline so that its "
+            "edges do not cross."
+        )
+    return fixed, True
+
+
+def _geodesic_area_m2(geometry: Polygon | MultiPolygon) -> float:
+    """Area on the WGS 84 ellipsoid in m², whatever the ring orientation; holes subtracted.
+
+    For a self-crossing ring this is the absolute signed area (crossing lobes cancel), which is
+    what makes a bow-tie differ from its repair.
+    """
+    geod = Geod(ellps="WGS84")
+    total = 0.0
+    for polygon in shapely.get_parts(geometry):
+        rings = [polygon.exterior, *polygon.interiors]
+        areas = [abs(geod.polygon_area_perimeter(*ring.xy)[0]) for ring in rings]
+        total += areas[0] - sum(areas[1:])
+    return total
+
+
+def _candidates(features: Sequence[_Feature]) -> list[Candidate]:
+    out = []
+    for i, feature in enumerate(features):
+        geometry = feature.geometry
+        kind = "None" if geometry is None else geometry.geom_type
+        area_ha = None
+        if isinstance(geometry, Polygon | MultiPolygon) and not geometry.is_empty:
+            lon, lat = np.abs(shapely.get_coordinates(geometry)).T
+            if lon.max() <= 180.0 and lat.max() <= 90.0:  # False for NaN too
+                area_ha = _geodesic_area_m2(geometry) / 10_000.0
+        name = feature.labels[0] if feature.labels else f"feature {i}"
+        out.append(Candidate(i, name, kind, area_ha, feature.layer))
+    return out
+
+
+def _listing(candidates: Sequence[Candidate]) -> str:
+    """ "0 'North' (12.3 ha), 1 'South' (4.0 ha) and 3 more" for messages."""
+    shown = []
+    for c in candidates[:_LISTED_NAMES]:
+        area = f" ({c.area_ha:,.1f} ha)" if c.area_ha is not None else ""
+        shown.append(f"{c.index} '{c.name}'{area}")
+    more = len(candidates) - _LISTED_NAMES
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _describe(geometry: BaseGeometry) -> str:
+    if isinstance(geometry, shapely.GeometryCollection) and not geometry.is_empty:
+        kinds = sorted({g.geom_type for g in geometry.geoms})
+        return f"GeometryCollection ({', '.join(kinds)})"
+    return geometry.geom_type
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"a {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# --- GeoJSON ------------------------------------------------------------------------------------
+
+
+def _geojson_features(source: str | bytes | Mapping[str, Any], origin: str) -> list[_Feature]:
+    """The features of a GeoJSON source, each geometry reprojected to EPSG:4326."""
+    doc = _parse_json(source, origin)
+    kind = doc.get("type")
+    crs = _geojson_crs(doc, origin)
+    if kind == "FeatureCollection":
+        items = doc.get("features")
+        if not isinstance(items, list):
+            raise FieldError(f"The {origin} FeatureCollection has no 'features' list.")
+        if not all(isinstance(f, Mapping) for f in items):
+            raise FieldError(f"The {origin} FeatureCollection has entries that are not objects.")
+        raw = [(f.get("geometry"), _geojson_labels(f)) for f in items]
+    elif kind == "Feature":
+        raw = [(doc.get("geometry"), _geojson_labels(doc))]
+    elif kind in _GEOJSON_GEOMETRY_TYPES:
+        raw = [(doc, ())]
+    else:
+        raise FieldError(
+            f"The {origin} is JSON but not GeoJSON: its type is {kind!r}, not a Feature, "
+            "FeatureCollection, Polygon or MultiPolygon. (TopoJSON and Esri JSON are not "
+            "supported: export GeoJSON.)"
+        )
+    return [_Feature(_to_lonlat(_geojson_shape(g, origin), crs), labels) for g, labels in raw]
+
+
+def _parse_json(source: str | bytes | Mapping[str, Any], origin: str) -> Mapping[str, Any]:
+    if isinstance(source, Mapping):
+        return source
+    if isinstance(source, bytes | bytearray):
+        _check_size(len(source), origin)
+        text = _decode_utf8(bytes(source), origin)
+    elif isinstance(source, str):
+        _check_size(len(source.encode("utf-8", "surrogatepass")), origin)
+        text = source
+    else:
+        raise FieldError(
+            f"The {origin} must be text, bytes or a mapping, not {type(source).__name__}."
+        )
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FieldError(
+            f"The {origin} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+            f"{exc.colno}. Check that it is complete, or export it again."
+        ) from None
+    except RecursionError:
+        raise FieldError(f"The {origin} is nested too deeply to be an outline.") from None
+    if not isinstance(doc, dict):
+        raise FieldError(
+            f"The {origin} is JSON but not GeoJSON: its top level is a {type(doc).__name__}, "
+            "not an object with a 'type'."
+        )
+    return doc
+
+
+def _geojson_labels(feature: Mapping[str, Any]) -> tuple[str, ...]:
+    properties = feature.get("properties")
+    props = dict(properties) if isinstance(properties, Mapping) else {}
+    if feature.get("id") is not None:
+        props.setdefault("id", feature["id"])
+    return _labels(props)
+
+
+def _geojson_shape(geometry: Any, origin: str) -> BaseGeometry | None:
+    if geometry is None:
+        return None
+    if not isinstance(geometry, Mapping):
+        raise FieldError(f"The {origin} has a geometry that is not a GeoJSON object.")
+    kind = geometry.get("type")
+    if kind not in _GEOJSON_GEOMETRY_TYPES:
+        raise FieldError(f"The {origin} has a geometry of unknown type {kind!r}.")
+    try:
+        return shape(geometry)
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        shapely.GEOSException,
+    ) as exc:
+        raise FieldError(
+            f"The {origin} has a malformed {kind} ({exc}); export the outline again."
+        ) from None
+
+
+def _geojson_crs(doc: Mapping[str, Any], origin: str) -> CRS | None:
+    """The CRS named by an old-style (2008) GeoJSON ``crs`` member, or None."""
+    member = doc.get("crs")
+    if member is None:
+        return None
+    props = member.get("properties") if isinstance(member, Mapping) else None
+    if not isinstance(props, Mapping) or member.get("type") not in ("name", "EPSG"):
+        raise FieldError(
+            f"The {origin} has a 'crs' member FieldFlow cannot read (only named CRSs are); "
+            "export the outline in EPSG:4326 (WGS 84) without a 'crs'."
+        )
+    value = props.get("name") if member.get("type") == "name" else f"EPSG:{props.get('code')}"
+    try:
+        return CRS.from_user_input(value)
+    except CRSError:
+        raise FieldError(
+            f"The {origin} names its CRS {value!r}, which is not a known coordinate reference "
+            "system; export the outline in EPSG:4326 (WGS 84)."
+        ) from None
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def _file_origin(path: Path) -> str:
+    return f"file '{path.name}'"
+
+
+def _file_features(path: Path, layer: str | None) -> list[_Feature]:
+    """Dispatch on the extension; every reader returns features in EPSG:4326."""
+    origin = _file_origin(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise FieldError(
+            f"Unsupported file type {suffix or '(no extension)'!r} for '{path.name}'. Use one "
+            f"of: {', '.join(SUPPORTED_SUFFIXES)} (.zip: a zipped shapefile)."
+        )
+    if not path.is_file():
+        raise FieldError(f"File not found: {path}. Check the path.")
+    _check_size(path.stat().st_size, origin)
+    if suffix in (".geojson", ".json"):
+        return _geojson_features(path.read_bytes(), origin)
+    if suffix in (".zip", ".kmz"):
+        wanted = ".shp" if suffix == ".zip" else ".kml"
+        with TemporaryDirectory(prefix="fieldflow-zip-") as tmp:
+            sources = _extract(path, Path(tmp), wanted, origin)
+            return _ogr_features(sources, layer, origin)
+    return _ogr_features([path], layer, origin)
+
+
+def _ogr_features(sources: Sequence[Path], layer: str | None, origin: str) -> list[_Feature]:
+    """Read every layer with geometries (or only ``layer``) of the given files with pyogrio."""
+    import geopandas as gpd  # heavy; only file reading needs it
+    import pyogrio
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    available: list[tuple[Path, str]] = []
+    for source in sources:
+        _sniff(source, origin)
+        try:
+            layers = pyogrio.list_layers(source)
+        except (DataSourceError, DataLayerError, OSError) as exc:
+            raise FieldError(
+                f"Cannot read the {origin}: {_first_line(exc)}. Is it complete and really the "
+                "format its extension says?"
+            ) from None
+        available += [(source, str(name)) for name, kind in layers if kind is not None]
+    chosen = available if layer is None else [a for a in available if a[1] == layer]
+    if layer is not None and not chosen:
+        names = ", ".join(f"'{n}'" for _, n in available) or "none with geometries"
+        raise FieldError(f"The {origin} has no layer '{layer}'; its layers are: {names}.")
+    features: list[_Feature] = []
+    for source, layer_name in chosen:
+        try:
+            frame = gpd.read_file(source, layer=layer_name, engine="pyogrio")
+        except (DataSourceError, DataLayerError, OSError, ValueError) as exc:
+            raise FieldError(
+                f"Cannot read layer '{layer_name}' of the {origin}: {_first_line(exc)}."
+            ) from None
+        crs = CRS.from_user_input(frame.crs) if frame.crs is not None else None
+        columns = [c for c in frame.columns if c != frame.geometry.name]
+        for row, geometry in zip(frame[columns].to_dict("records"), frame.geometry, strict=True):
+            features.append(_Feature(_to_lonlat(geometry, crs), _labels(row), layer_name))
+    return features
+
+
+def _sniff(path: Path, origin: str) -> None:
+    """Refuse content that does not match the extension, and unsafe or non-UTF-8 KML.
+
+    GDAL picks its driver from the content, so this keeps e.g. a KML renamed to .gpkg from
+    bypassing the KML checks.
+    """
+    suffix = path.suffix.lower()
+    with path.open("rb") as handle:
+        head = handle.read(len(_SQLITE_MAGIC))
+    if suffix == ".gpkg" and head != _SQLITE_MAGIC:
+        raise FieldError(f"The {origin} is not a GeoPackage (it lacks the SQLite header).")
+    if suffix == ".shp" and not head.startswith(_SHP_MAGIC):
+        raise FieldError(f"The {origin} is not a shapefile (.shp) (it lacks the file code 9994).")
+    if suffix == ".kml":
+        text = _decode_utf8(path.read_bytes(), origin)
+        if re.search(r"<!\s*(DOCTYPE|ENTITY)", text, flags=re.IGNORECASE):
+            raise FieldError(
+                f"The {origin} declares a DOCTYPE or XML entities, which FieldFlow refuses for "
+                "safety; export the KML again from your mapping tool."
+            )
+
+
+def _extract(archive: Path, target: Path, wanted: str, origin: str) -> list[Path]:
+    """Check every member name and size, then extract; return the paths ending in ``wanted``.
+
+    Nothing is written unless every member stays inside ``target`` (no zip-slip) and the total
+    unpacked size is reasonable.
+    """
+    try:
+        bundle = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise FieldError(f"The {origin} is not a readable zip archive ({exc}).") from None
+    with bundle:
+        members = [m for m in bundle.infolist() if not m.is_dir()]
+        for member in members:
+            if _escapes(member.filename):
+                raise FieldError(
+                    f"The {origin} contains a path that leads outside the archive "
+                    f"({member.filename!r}); it was refused for safety and nothing was "
+                    "extracted. Zip the files themselves, without '..' or absolute paths."
+                )
+        unpacked_mb = sum(m.file_size for m in members) / 1e6
+        if unpacked_mb > MAX_UNZIPPED_MB:
+            raise FieldError(
+                f"The {origin} unpacks to {unpacked_mb:,.0f} MB, more than the "
+                f"{MAX_UNZIPPED_MB:.0f} MB accepted; zip only the field outline."
+            )
+        members = [m for m in members if not _is_junk(m.filename)]
+        outlines = [m for m in members if PurePosixPath(m.filename).suffix.lower() == wanted]
+        if not outlines:
+            names = ", ".join(m.filename for m in members[:8]) or "nothing"
+            if wanted == ".shp":
+                hint = "Zip the .shp together with its .shx, .dbf and .prj files."
+            else:
+                hint = "A KMZ must contain a .kml document."
+            raise FieldError(f"The {origin} holds no {wanted} file (it contains: {names}). {hint}")
+        try:
+            for member in members:
+                bundle.extract(member, target)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
+            raise FieldError(
+                f"Cannot unpack the {origin} ({exc}); is it damaged or password-protected?"
+            ) from None
+    return [target / m.filename for m in outlines]
+
+
+def _escapes(member_name: str) -> bool:
+    """True for an absolute member path or one with a '..' part (zip-slip)."""
+    parts = re.split(r"[\\/]", member_name)
+    absolute = member_name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member_name)
+    return bool(absolute) or ".." in parts
+
+
+def _is_junk(member_name: str) -> bool:
+    """macOS resource forks (``__MACOSX/``, ``._name``) that zips made on a Mac carry."""
+    parts = re.split(r"[\\/]", member_name)
+    return parts[0] == "__MACOSX" or parts[-1].startswith("._")
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+
+@contextmanager
+def _uploaded(data: bytes, filename: str) -> Iterator[Path]:
+    """Write an upload into a private temporary folder under its (sanitised) base name."""
+    base = PurePosixPath(str(filename).replace("\\", "/")).name
+    base = "".join(ch for ch in base if ch.isprintable())[-120:]
+    if base in ("", ".", ".."):
+        base = "upload"
+    origin = _file_origin(Path(base))
+    _check_size(len(data), origin)
+    if Path(base).suffix.lower() == ".shp":
+        raise FieldError(
+            f"A .shp file alone cannot be read ('{base}'): zip it together with its .shx, "
+            ".dbf and .prj files and upload the .zip."
+        )
+    with TemporaryDirectory(prefix="fieldflow-upload-") as tmp:
+        path = Path(tmp) / base
+        path.write_bytes(data)
+        yield path
+
+
+def _check_size(size_bytes: int, origin: str) -> None:
+    if size_bytes > MAX_FILE_MB * 1e6:
+        raise FieldError(
+            f"The {origin} is {size_bytes / 1e6:,.1f} MB; at most {MAX_FILE_MB:.0f} MB is "
+            "accepted for a field outline (a boundary is normally a few kB). Export only the "
+            "field's boundary."
+        )
+
+
+def _decode_utf8(data: bytes, origin: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FieldError(
+            f"The {origin} is not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at "
+            f"position {exc.start}). GeoJSON and KML must be UTF-8: save or export it again "
+            "as UTF-8."
+        ) from None
+
+
+def _labels(properties: Mapping[str, Any]) -> tuple[str, ...]:
+    """The non-empty name-like property values, in :data:`LABEL_KEYS` order."""
+    by_key: dict[str, Any] = {}
+    for key, value in properties.items():
+        by_key.setdefault(str(key).casefold(), value)
+    labels = []
+    for key in LABEL_KEYS:
+        value = by_key.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        text = str(value).strip()
+        if text and text not in labels:
+            labels.append(text)
+    return tuple(labels)
+
+
+def _to_lonlat(geometry: BaseGeometry | None, crs: CRS | None) -> BaseGeometry | None:
+    """Reproject from ``crs`` to EPSG:4326 (lon, lat); None means already there."""
+    if geometry is None or crs is None or crs.equals("EPSG:4326", ignore_axis_order=True):
+        return geometry
+    transformer = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    return shapely.transform(geometry, transformer.transform, interleaved=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,644 @@
+"""Field outlines: every format read, every bad input refused with a message a user can act on.
+
+Test files are made here with geopandas inside ``tmp_path``; nothing binary is committed. Shapes
+are built in UTM zone 31N (EPSG:32631) in metres, where sizes are easy to check by eye, and
+reprojected to longitude/latitude. Easting 500 000 m is the zone's central meridian, 3°E.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import shapely
+from pyproj import Transformer
+from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
+
+from core.errors import FieldError
+from core.field import (
+    Candidate,
+    Field,
+    candidates_from_file,
+    candidates_from_geojson,
+    candidates_from_upload,
+    field_from_drawing,
+    field_from_file,
+    field_from_geojson,
+    field_from_upload,
+)
+
+UTM = "EPSG:32631"
+EAST, NORTH = 500_000.0, 5_650_000.0
+"""A corner near Ghent (3°E, about 51°N)."""
+TO_LONLAT = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True)
+
+
+def utm_square(size_m: float, east: float = EAST, north: float = NORTH) -> Polygon:
+    return box(east, north, east + size_m, north + size_m)
+
+
+def to_lonlat(geometry: shapely.Geometry) -> shapely.Geometry:
+    return shapely.transform(geometry, TO_LONLAT.transform, interleaved=False)
+
+
+def ha_square(size_m: float = 100.0, east: float = EAST, north: float = NORTH) -> Polygon:
+    """A size_m x size_m square in lon/lat (100 m: one hectare)."""
+    return to_lonlat(utm_square(size_m, east, north))
+
+
+def assert_same_vertices(field: Field, utm_polygon: Polygon) -> None:
+    """The field's vertices are the UTM polygon's corners reprojected, to about 0.1 mm."""
+    got = sorted(shapely.get_coordinates(field.geometry).tolist())
+    expected = sorted(shapely.get_coordinates(to_lonlat(utm_polygon)).tolist())
+    assert len(got) == len(expected)
+    for (lon, lat), (lon_e, lat_e) in zip(got, expected, strict=True):
+        assert (lon, lat) == pytest.approx((lon_e, lat_e), abs=1e-9)
+
+
+def feature(geometry: shapely.Geometry, **properties: object) -> dict:
+    return {
+        "type": "Feature",
+        "properties": properties,
+        "geometry": json.loads(shapely.to_geojson(geometry)),
+    }
+
+
+def collection(*features: dict) -> dict:
+    return {"type": "FeatureCollection", "features": list(features)}
+
+
+def write_frame(
+    path: Path, names: list[str], geometries: list, crs: str = "EPSG:4326", **kwargs: object
+) -> Path:
+    frame = gpd.GeoDataFrame({"name": names}, geometry=geometries, crs=crs)
+    frame.to_file(path, engine="pyogrio", **kwargs)
+    return path
+
+
+def zip_files(archive: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for name, data in files.items():
+            bundle.writestr(name, data)
+    return archive
+
+
+def shapefile_parts(folder: Path, geometries: list, crs: str | None) -> dict[str, bytes]:
+    """The files of a shapefile named 'parcel' as {name: bytes}; no .prj when crs is None."""
+    folder.mkdir()
+    frame = gpd.GeoDataFrame({"name": ["Parcel 7"] * len(geometries)}, geometry=geometries)
+    if crs is not None:
+        frame = frame.set_crs(crs)
+    frame.to_file(folder / "parcel.shp", engine="pyogrio")
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Route tempfile into a folder of our own, to see what the reader leaves behind."""
+    folder = tmp_path / "tempdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+KML = """<?xml version="1.0" encoding="UTF-8"?>
+<kml xmlns="http://www.opengis.net/kml/2.2">
+<Document><name>Farm</name>
+  <Placemark><name>Gate</name><Point><coordinates>3.0005,51.0005,0</coordinates></Point></Placemark>
+  <Folder><name>Fields</name>
+    <Placemark><name>Élan</name><Polygon><outerBoundaryIs><LinearRing><coordinates>
+      {coordinates}
+    </coordinates></LinearRing></outerBoundaryIs></Polygon></Placemark>
+  </Folder>
+</Document></kml>
+"""
+
+
+def kml_text(polygon: Polygon) -> str:
+    """Google-Earth-style KML: a marker, and a polygon with 3D coordinates in a folder."""
+    coordinates = " ".join(f"{x!r},{y!r},12.5" for x, y in polygon.exterior.coords)
+    return KML.format(coordinates=coordinates)
+
+
+# --- the value object ---------------------------------------------------------------------------
+
+
+def test_area_of_a_100_m_square_is_one_hectare() -> None:
+    field = field_from_geojson(shapely.to_geojson(ha_square(100.0)))
+    assert field.area_ha == pytest.approx(1.0, rel=0.005)
+    assert field.area_ha != pytest.approx(1.0, rel=1e-6)  # geodesic, not the UTM plane area
+
+
+def test_area_excludes_holes_and_ignores_ring_orientation() -> None:
+    outer = utm_square(100.0)
+    hole = utm_square(50.0, EAST + 25, NORTH + 25)
+    with_hole = to_lonlat(Polygon(outer.exterior.coords, [hole.exterior.coords]))
+    same_orientation = Polygon(with_hole.exterior.coords, [with_hole.interiors[0].coords[::-1]])
+    field = field_from_geojson(shapely.to_geojson(with_hole))
+    assert len(field.geometry.interiors) == 1
+    assert field.area_ha == pytest.approx(0.75, rel=0.005)
+    assert field_from_geojson(shapely.to_geojson(same_orientation)).area_ha == pytest.approx(
+        field.area_ha, rel=1e-9
+    )
+
+
+def test_bounds_centroid_and_utm_zone() -> None:
+    polygon = Polygon([(4.0, 50.0), (4.02, 50.0), (4.02, 50.01), (4.0, 50.01)])
+    field = field_from_geojson(shapely.to_geojson(polygon))
+    assert field.bounds == pytest.approx((4.0, 50.0, 4.02, 50.01))
+    assert field.centroid == pytest.approx((4.01, 50.005))
+    assert field.utm_crs == "EPSG:32631"
+
+
+@pytest.mark.parametrize(
+    ("lon", "lat", "expected"),
+    [
+        (3.0, 51.0, "EPSG:32631"),
+        (-70.65, -33.45, "EPSG:32719"),
+        (-179.99, 0.5, "EPSG:32601"),
+        (179.99, 0.5, "EPSG:32660"),
+        (5.99, -0.5, "EPSG:32731"),
+    ],
+)
+def test_utm_zone_of_the_centroid(lon: float, lat: float, expected: str) -> None:
+    polygon = Point(lon, lat).buffer(0.003, quad_segs=4)
+    assert field_from_geojson(shapely.to_geojson(polygon)).utm_crs == expected
+
+
+def test_key_ignores_start_vertex_orientation_and_name() -> None:
+    coords = list(ha_square().exterior.coords)[:-1]
+    rotated = Polygon(coords[2:] + coords[:2])
+    reversed_ = Polygon(coords[::-1])
+    keys = {
+        field_from_geojson(shapely.to_geojson(Polygon(coords))).key,
+        field_from_geojson(shapely.to_geojson(rotated)).key,
+        field_from_geojson(feature(reversed_, name="Other name")).key,
+    }
+    assert len(keys) == 1
+    key = keys.pop()
+    assert len(key) == 16 and int(key, 16) >= 0
+    moved = shapely.affinity.translate(Polygon(coords), xoff=1e-5)  # about 70 cm east
+    assert field_from_geojson(shapely.to_geojson(moved)).key != key
+
+
+def test_to_geojson_is_plain_json_and_round_trips() -> None:
+    field = field_from_geojson(feature(ha_square(200.0), name="North"))
+    doc = json.loads(json.dumps(field.to_geojson()))
+    assert doc["type"] == "Feature"
+    assert doc["properties"] == {
+        "name": "North",
+        "area_ha": round(field.area_ha, 4),
+        "repaired": False,
+    }
+    assert doc["properties"]["area_ha"] == pytest.approx(4.0, rel=0.005)
+    assert field_from_geojson(doc) == field
+
+
+def test_field_itself_refuses_a_line_or_an_invalid_polygon() -> None:
+    with pytest.raises(FieldError, match=r"not a LineString"):
+        Field(LineString([(3, 51), (3.1, 51)]), "x")
+    bow_tie = Polygon([(3, 51), (3.01, 51.01), (3.01, 51), (3, 51.01)])
+    with pytest.raises(FieldError, match=r"valid outline.*Self-intersection"):
+        Field(bow_tie, "x")
+
+
+# --- GeoJSON and drawings -----------------------------------------------------------------------
+
+
+def test_feature_as_mapping_text_and_bytes_give_the_same_field() -> None:
+    doc = feature(ha_square(), name="North", crop="wheat")
+    text = json.dumps(doc, indent=2)
+    fields = [
+        field_from_geojson(doc),
+        field_from_geojson(text),
+        field_from_geojson(text.encode("utf-8")),
+        field_from_geojson(b"\xef\xbb\xbf" + text.encode("utf-8")),  # with a byte-order mark
+    ]
+    assert all(f == fields[0] for f in fields)
+    assert fields[0].name == "North"
+    assert fields[0].repaired is False
+
+
+def test_bare_polygon_gets_the_default_name() -> None:
+    assert field_from_geojson(shapely.to_geojson(ha_square())).name == "Field"
+
+
+def test_multipolygon_is_kept_with_both_parts() -> None:
+    parts = MultiPolygon([ha_square(100.0), ha_square(100.0, EAST + 300)])
+    field = field_from_geojson(feature(parts, name="Two plots"))
+    assert isinstance(field.geometry, MultiPolygon)
+    assert len(field.geometry.geoms) == 2
+    assert field.area_ha == pytest.approx(2.0, rel=0.005)
+
+
+def test_three_d_coordinates_are_flattened() -> None:
+    square = ha_square()
+    with_z = Polygon([(x, y, 35.0) for x, y in square.exterior.coords])
+    field = field_from_geojson(shapely.to_geojson(with_z))
+    assert not field.geometry.has_z
+    assert field.geometry.equals_exact(square, 0.0)
+
+
+def test_collection_with_one_polygon_and_a_marker_takes_the_polygon() -> None:
+    doc = collection(feature(Point(3.0, 51.0), name="Gate"), feature(ha_square(), name="North"))
+    assert field_from_geojson(doc).name == "North"
+
+
+def test_collection_feature_chosen_by_index_or_name() -> None:
+    doc = collection(
+        feature(ha_square(100.0), name="North"),
+        feature(ha_square(200.0, EAST + 500), Name="South"),  # key case does not matter
+        feature(ha_square(300.0, EAST + 1000), id=17),
+    )
+    assert field_from_geojson(doc, index=1).name == "South"
+    assert field_from_geojson(doc, index=1).area_ha == pytest.approx(4.0, rel=0.005)
+    assert field_from_geojson(doc, name="south").area_ha == pytest.approx(4.0, rel=0.005)
+    assert field_from_geojson(doc, name="17").area_ha == pytest.approx(9.0, rel=0.005)
+
+
+def test_old_style_crs_member_is_reprojected() -> None:
+    doc = feature(utm_square(100.0), name="In metres")
+    doc["crs"] = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32631"}}
+    field = field_from_geojson(doc)
+    west, south, _, _ = field.bounds
+    assert west == pytest.approx(3.0, abs=1e-9)  # easting 500 000 m is the central meridian
+    assert 51.0 < south < 51.1
+    assert_same_vertices(field, utm_square(100.0))
+    assert field.area_ha == pytest.approx(1.0, rel=0.005)
+
+
+def test_crs84_member_is_taken_as_is() -> None:
+    doc = feature(ha_square(), name="North")
+    doc["crs"] = {"type": "name", "properties": {"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}}
+    assert field_from_geojson(doc).geometry.equals_exact(ha_square(), 0.0)
+
+
+def test_drawn_feature_and_drawn_geometry() -> None:
+    drawn = {  # what the map's draw plugin hands back
+        "type": "Feature",
+        "properties": {},
+        "geometry": json.loads(shapely.to_geojson(ha_square(150.0))),
+    }
+    field = field_from_drawing(drawn)
+    assert field.name == "Drawn field"
+    assert field.area_ha == pytest.approx(2.25, rel=0.005)
+    assert field_from_drawing(drawn["geometry"], name="Back paddock").name == "Back paddock"
+
+
+def test_drawn_circle_is_refused_as_a_point() -> None:
+    geometry = {"type": "Point", "coordinates": [3.0, 51.0]}
+    circle = {"type": "Feature", "properties": {"radius": 80.0}, "geometry": geometry}
+    with pytest.raises(FieldError, match=r"The drawing holds a Point; draw or upload a polygon"):
+        field_from_drawing(circle)
+
+
+def test_candidates_list_every_feature_for_a_picker() -> None:
+    doc = collection(
+        feature(ha_square(100.0), name="North"),
+        feature(Point(3.0, 51.0), name="Gate"),
+        feature(ha_square(200.0, EAST + 500)),
+    )
+    candidates = candidates_from_geojson(json.dumps(doc))
+    assert [(c.index, c.name, c.geometry_type, c.layer) for c in candidates] == [
+        (0, "North", "Polygon", None),
+        (1, "Gate", "Point", None),
+        (2, "feature 2", "Polygon", None),
+    ]
+    assert candidates[0].area_ha == pytest.approx(1.0, rel=0.005)
+    assert candidates[1].area_ha is None
+
+
+# --- repair -------------------------------------------------------------------------------------
+
+
+def test_bow_tie_is_refused() -> None:
+    bow_tie = to_lonlat(
+        Polygon(
+            [(EAST, NORTH), (EAST + 100, NORTH + 100), (EAST + 100, NORTH), (EAST, NORTH + 100)]
+        )
+    )
+    with pytest.raises(FieldError, match=r"crosses itself \(Self-intersection.*area by 100%"):
+        field_from_geojson(shapely.to_geojson(bow_tie))
+
+
+def test_tiny_self_crossing_spike_is_repaired() -> None:
+    ring = [(0, 0), (100, 0), (100, 100), (51, 100), (49, 101), (51, 101), (49, 100), (0, 100)]
+    spiked = to_lonlat(Polygon([(EAST + x, NORTH + y) for x, y in ring]))
+    assert not spiked.is_valid
+    field = field_from_geojson(shapely.to_geojson(spiked))
+    assert field.repaired is True
+    assert field.geometry.is_valid
+    assert field.area_ha == pytest.approx(1.0001, rel=0.005)  # a 1 m² loop on a hectare
+    assert field.to_geojson()["properties"]["repaired"] is True
+
+
+def test_outline_that_encloses_nothing_is_refused() -> None:
+    flat = Polygon([(3.0, 51.0), (3.01, 51.0), (3.02, 51.0), (3.0, 51.0)])
+    with pytest.raises(FieldError, match=r"encloses no area"):
+        field_from_geojson(shapely.to_geojson(flat))
+
+
+# --- refused GeoJSON ----------------------------------------------------------------------------
+
+
+def test_line_is_refused_naming_its_type(tmp_path: Path) -> None:
+    path = tmp_path / "track.geojson"
+    path.write_text(json.dumps(feature(LineString([(3.0, 51.0), (3.01, 51.01)]))))
+    with pytest.raises(
+        FieldError, match=r"The file 'track.geojson' holds a LineString; draw or upload a polygon"
+    ):
+        field_from_file(path)
+
+
+def test_only_non_polygons_are_refused_with_their_count() -> None:
+    doc = collection(
+        feature(LineString([(3.0, 51.0), (3.01, 51.01)])),
+        feature(LineString([(3.0, 51.0), (3.02, 51.01)])),
+        feature(Point(3.0, 51.0)),
+    )
+    with pytest.raises(FieldError, match=r"holds 2 LineStrings and a Point but no polygon"):
+        field_from_geojson(doc)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (collection(), "holds no features"),
+        ({"type": "Feature", "properties": {}, "geometry": None}, "holds an empty geometry"),
+        ({"type": "Polygon", "coordinates": []}, "holds an empty geometry"),
+    ],
+)
+def test_empty_input_is_refused(doc: dict, message: str) -> None:
+    with pytest.raises(FieldError, match=message):
+        field_from_geojson(doc)
+
+
+def test_several_polygons_ask_for_a_choice_listing_five_names() -> None:
+    doc = collection(
+        *(feature(ha_square(100.0, EAST + 300 * i), name=f"Plot {i}") for i in range(7))
+    )
+    with pytest.raises(FieldError) as caught:
+        field_from_geojson(doc)
+    message = str(caught.value)
+    assert "holds 7 polygons; choose one with index= or name=" in message
+    assert "0 'Plot 0' (1.0 ha)" in message and "4 'Plot 4'" in message
+    assert "Plot 5" not in message and message.endswith("and 2 more.")
+
+
+def test_unknown_name_lists_the_names() -> None:
+    doc = collection(feature(ha_square(), name="North"), feature(ha_square(200.0), name="South"))
+    with pytest.raises(FieldError, match=r"No feature .* is named 'East'; .*'North'.*'South'"):
+        field_from_geojson(doc, name="East")
+
+
+def test_ambiguous_name_and_bad_index_are_refused() -> None:
+    doc = collection(feature(ha_square(), name="Plot"), feature(ha_square(200.0), name="Plot"))
+    with pytest.raises(FieldError, match=r"2 features .* are named 'Plot' \(indices 0, 1\)"):
+        field_from_geojson(doc, name="Plot")
+    with pytest.raises(
+        FieldError, match=r"index=2 is out of range: .* 2 features, numbered 0 to 1"
+    ):
+        field_from_geojson(doc, index=2)
+
+
+def test_field_under_a_tenth_of_a_hectare_is_refused() -> None:
+    with pytest.raises(FieldError, match=r"is 0\.0225 ha, below the smallest accepted, 0\.1 ha"):
+        field_from_geojson(shapely.to_geojson(ha_square(15.0)))
+
+
+def test_field_over_the_limit_is_refused_with_area_and_limit() -> None:
+    big = shapely.to_geojson(ha_square(6000.0))  # 3,600 ha
+    with pytest.raises(FieldError, match=r"is 3,60\d\.\d ha, above the limit of 2,500 ha"):
+        field_from_geojson(big)
+    with pytest.raises(FieldError, match=r"is 4\.0 ha, above the limit of 3 ha"):
+        field_from_geojson(shapely.to_geojson(ha_square(200.0)), max_area_ha=3.0)
+    assert field_from_geojson(big, max_area_ha=4000.0).area_ha == pytest.approx(3600, rel=0.005)
+
+
+def test_projected_coordinates_without_crs_are_refused() -> None:
+    with pytest.raises(
+        FieldError,
+        match=r"out of range .*x 500000 to 500100, y 5650000 to 5650100.*projected coordinates",
+    ):
+        field_from_geojson(shapely.to_geojson(utm_square(100.0)))
+
+
+def test_invalid_json_says_line_and_column() -> None:
+    text = '{\n  "type": "Polygon",\n  "coordinates": [[[3, 51], [3.1 51]]]\n}'
+    with pytest.raises(
+        FieldError, match=r"not valid JSON: Expecting ',' delimiter at line 3, column 34"
+    ):
+        field_from_geojson(text)
+
+
+def test_json_that_is_not_geojson_is_refused() -> None:
+    with pytest.raises(FieldError, match=r"its top level is a list"):
+        field_from_geojson("[1, 2]")
+    with pytest.raises(FieldError, match=r"its type is 'Topology'.*TopoJSON"):
+        field_from_geojson({"type": "Topology", "objects": {}})
+
+
+def test_unknown_crs_name_is_refused() -> None:
+    doc = feature(ha_square())
+    doc["crs"] = {"type": "name", "properties": {"name": "EPSG:999999"}}
+    with pytest.raises(FieldError, match=r"names its CRS 'EPSG:999999'.*not a known"):
+        field_from_geojson(doc)
+
+
+def test_non_utf8_geojson_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.geojson"
+    path.write_bytes(
+        json.dumps(feature(ha_square(), name="Prés"), ensure_ascii=False).encode("latin-1")
+    )
+    with pytest.raises(FieldError, match=r"is not UTF-8 text \(invalid byte 0xe9.*save or export"):
+        field_from_file(path)
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def test_geojson_file_uses_the_stem_when_features_have_no_name(tmp_path: Path) -> None:
+    path = tmp_path / "home_field.geojson"
+    path.write_text(json.dumps(collection(feature(ha_square()))), encoding="utf-8")
+    field = field_from_file(path)
+    assert field.name == "home_field"
+    assert field.area_ha == pytest.approx(1.0, rel=0.005)
+
+
+def test_zipped_shapefile_in_utm_is_reprojected(tmp_path: Path) -> None:
+    parts = shapefile_parts(tmp_path / "shp", [utm_square(100.0)], UTM)
+    assert set(parts) == {"parcel.shp", "parcel.shx", "parcel.dbf", "parcel.prj", "parcel.cpg"}
+    archive = zip_files(tmp_path / "parcel.zip", {f"export/{n}": b for n, b in parts.items()})
+    field = field_from_file(archive)
+    assert field.name == "Parcel 7"
+    assert field.bounds[0] == pytest.approx(3.0, abs=1e-9)
+    assert_same_vertices(field, utm_square(100.0))
+    assert field.area_ha == pytest.approx(1.0, rel=0.005)
+    assert field.utm_crs == "EPSG:32631"
+
+
+def test_zip_made_on_a_mac_ignores_resource_forks(tmp_path: Path) -> None:
+    parts = shapefile_parts(tmp_path / "shp", [ha_square()], "EPSG:4326")
+    files = {**parts, "__MACOSX/._parcel.shp": b"\x00\x05\x16\x07junk", "._parcel.dbf": b"junk"}
+    field = field_from_file(zip_files(tmp_path / "mac.zip", files))
+    assert field.area_ha == pytest.approx(1.0, rel=0.005)
+
+
+def test_shapefile_read_directly(tmp_path: Path) -> None:
+    path = write_frame(tmp_path / "plots.shp", ["A", "B"], [ha_square(), ha_square(300.0)])
+    assert field_from_file(path, name="b").area_ha == pytest.approx(9.0, rel=0.005)
+
+
+def test_kml_with_marker_folder_and_3d_coordinates(tmp_path: Path) -> None:
+    path = tmp_path / "farm.kml"
+    path.write_text(kml_text(ha_square(200.0)), encoding="utf-8")
+    field = field_from_file(path)
+    assert field.name == "Élan"
+    assert not field.geometry.has_z
+    assert field.area_ha == pytest.approx(4.0, rel=0.005)
+    assert field.geometry.equals_exact(ha_square(200.0), 1e-12)
+    kinds = {(c.name, c.geometry_type, c.layer) for c in candidates_from_file(path)}
+    assert kinds == {("Gate", "Point", "Farm"), ("Élan", "Polygon", "Fields")}
+
+
+def test_kml_written_by_gdal_and_kmz(tmp_path: Path) -> None:
+    kml = write_frame(tmp_path / "doc.kml", ["North"], [ha_square(100.0)], driver="KML")
+    assert field_from_file(kml).name == "North"
+    kmz = zip_files(tmp_path / "farm.kmz", {"doc.kml": kml.read_bytes()})
+    assert field_from_file(kmz).area_ha == pytest.approx(1.0, rel=0.005)
+
+
+def test_geopackage_layer_and_features_by_index_and_name(tmp_path: Path) -> None:
+    path = tmp_path / "farm.gpkg"
+    squares = [utm_square(100.0), utm_square(200.0, EAST + 500), utm_square(300.0, EAST + 1000)]
+    write_frame(path, ["North", "South", "East"], squares, crs=UTM, layer="fields")
+    tracks = [LineString([(3.0, 51.0), (3.01, 51.01)])]
+    write_frame(path, ["Track"], tracks, layer="tracks", mode="a")
+    with pytest.raises(FieldError, match=r"holds 3 polygons"):
+        field_from_file(path)
+    south = field_from_file(path, layer="fields", index=1)
+    assert south.name == "South"
+    assert south.area_ha == pytest.approx(4.0, rel=0.005)
+    assert_same_vertices(south, squares[1])
+    assert field_from_file(path, name="EAST").area_ha == pytest.approx(9.0, rel=0.005)
+    with pytest.raises(FieldError, match=r"holds a LineString"):
+        field_from_file(path, layer="tracks")
+    with pytest.raises(
+        FieldError, match=r"has no layer 'roads'; its layers are: 'fields', 'tracks'"
+    ):
+        field_from_file(path, layer="roads")
+
+
+def test_upload_reads_the_bytes_and_cleans_up(tmp_path: Path, private_tmp: Path) -> None:
+    parts = shapefile_parts(tmp_path / "shp", [utm_square(100.0)], UTM)
+    data = zip_files(tmp_path / "x.zip", parts).read_bytes()
+    field = field_from_upload(data, "C:\\Users\\me\\Desktop\\My farm.zip")
+    assert field.name == "Parcel 7"
+    assert field.area_ha == pytest.approx(1.0, rel=0.005)
+    candidates = candidates_from_upload(data, "My farm.zip")
+    assert candidates == [Candidate(0, "Parcel 7", "Polygon", candidates[0].area_ha, "parcel")]
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_upload_of_geojson_uses_the_file_name(private_tmp: Path) -> None:
+    data = shapely.to_geojson(ha_square()).encode("utf-8")
+    assert field_from_upload(data, "../../Top paddock.geojson").name == "Top paddock"
+    assert list(private_tmp.iterdir()) == []
+
+
+# --- refused files ------------------------------------------------------------------------------
+
+
+def test_unknown_extension_lists_the_supported_ones(tmp_path: Path) -> None:
+    path = tmp_path / "field.csv"
+    path.write_text("lon,lat\n3,51\n")
+    with pytest.raises(
+        FieldError, match=r"Unsupported file type '\.csv'.*\.geojson, \.json, \.kml"
+    ):
+        field_from_file(path)
+
+
+def test_missing_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(FieldError, match=r"File not found: .*nowhere.geojson"):
+        field_from_file(tmp_path / "nowhere.geojson")
+
+
+def test_too_large_file_and_upload_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.geojson"
+    with path.open("wb") as handle:
+        handle.truncate(21_000_000)  # sparse: costs no disk
+    with pytest.raises(FieldError, match=r"is 21\.0 MB; at most 20 MB is accepted"):
+        field_from_file(path)
+    with pytest.raises(FieldError, match=r"'huge.kml' is 20\.5 MB; at most 20 MB"):
+        field_from_upload(b" " * 20_500_000, "huge.kml")
+
+
+def test_zip_without_shapefile_is_refused(tmp_path: Path) -> None:
+    archive = zip_files(tmp_path / "docs.zip", {"readme.txt": b"hi", "parcel.dbf": b""})
+    with pytest.raises(
+        FieldError, match=r"holds no \.shp file \(it contains: readme.txt, parcel.dbf\)"
+    ):
+        field_from_file(archive)
+
+
+@pytest.mark.parametrize(
+    "evil", ["../evil.shp", "/tmp/evil.shp", "a/../../evil.shp", "C:/evil.shp"]
+)
+def test_zip_slip_is_refused_before_extracting(
+    tmp_path: Path, private_tmp: Path, evil: str
+) -> None:
+    parts = shapefile_parts(tmp_path / "shp", [ha_square()], "EPSG:4326")
+    archive = zip_files(tmp_path / "evil.zip", {**parts, evil: b"\x00\x00\x27\x0a"})
+    with pytest.raises(FieldError, match=r"leads outside the archive.*nothing was extracted"):
+        field_from_file(archive)
+    assert list(private_tmp.iterdir()) == []
+    assert not (tmp_path / "evil.shp").exists()
+
+
+def test_damaged_zip_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cut.zip"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(FieldError, match=r"not a readable zip archive"):
+        field_from_file(path)
+
+
+@pytest.mark.filterwarnings("ignore:'crs' was not provided")
+def test_shapefile_without_prj_in_metres_is_refused(tmp_path: Path) -> None:
+    parts = shapefile_parts(tmp_path / "shp", [utm_square(100.0)], None)
+    assert "parcel.prj" not in parts
+    archive = zip_files(tmp_path / "noprj.zip", parts)
+    with pytest.raises(FieldError, match=r"out of range.*x 500000 to 500100.*include the \.prj"):
+        field_from_file(archive)
+
+
+def test_lone_shp_upload_is_refused() -> None:
+    with pytest.raises(FieldError, match=r"A \.shp file alone cannot be read.*upload the \.zip"):
+        field_from_upload(b"\x00\x00\x27\x0a" + b"\x00" * 96, "parcel.shp")
+
+
+def test_non_utf8_kml_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "farm.kml"
+    path.write_bytes(kml_text(ha_square()).encode("latin-1"))
+    with pytest.raises(FieldError, match=r"'farm.kml' is not UTF-8 text"):
+        field_from_file(path)
+
+
+def test_kml_with_doctype_is_refused(tmp_path: Path) -> None:
+    text = kml_text(ha_square()).replace(
+        "<kml ", '<!DOCTYPE kml [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n<kml ', 1
+    )
+    path = tmp_path / "farm.kml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(FieldError, match=r"declares a DOCTYPE or XML entities"):
+        field_from_file(path)
+
+
+def test_file_whose_content_does_not_match_its_extension_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "farm.gpkg"
+    path.write_text(kml_text(ha_square()), encoding="utf-8")
+    with pytest.raises(FieldError, match=r"is not a GeoPackage"):
+        field_from_file(path)
