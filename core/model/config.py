@@ -1,0 +1,91 @@
+"""Model and training configuration; both are saved inside every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and inference geometry of the network."""
+
+    patch: int = 4
+    """Side of the square pixel patch that forms one token."""
+    width: int = 64
+    """Token width D."""
+    depth: int = 4
+    """Number of space-time blocks (spatial attention + temporal attention + MLP)."""
+    heads: int = 4
+    """Attention heads."""
+    mlp_ratio: float = 2.0
+    """Hidden width of the block MLPs, as a multiple of ``width``."""
+    rope_min_period_days: float = 4.0
+    """Shortest period of the rotary time encoding."""
+    rope_max_period_days: float = 1500.0
+    """Longest period of the rotary time encoding."""
+    time_buckets: int = 0
+    """Log-spaced buckets of |day difference| for a learned temporal attention bias (0: off;
+    an additive mask takes CPU attention off its fast kernel, and the rotary encoding already
+    carries relative time)."""
+    flow_hidden: int = 256
+    """Hidden width of the flow (residual velocity) head."""
+    flow_layers: int = 3
+    """Hidden layers of the flow head."""
+    s2_window: int = 40
+    """Most S2 frames (observed + queried) processed together; longer series are windowed."""
+    s1_margin_days: float = 12.0
+    """S1 frames this many days beyond an S2 window's ends are still given to it."""
+    tile: int = 64
+    """Spatial tile side in pixels for inference on large fields."""
+    tile_overlap: int = 16
+    """Overlap between neighbouring tiles, blended with linear ramps."""
+    default_steps: int = 8
+    """ODE steps of the flow head when the caller does not choose."""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a checkpoint was (or will be) trained."""
+
+    steps: int = 3000
+    """Optimizer steps."""
+    batch_size: int = 8
+    """Episodes per step."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW (cosine decay after a short warm-up)."""
+    weight_decay: float = 0.01
+    crop: int = 32
+    """Spatial crop side of a training episode (pixels)."""
+    min_frames: int = 10
+    """Fewest S2 frames in a training window."""
+    max_frames: int = 28
+    """Most S2 frames in a training window."""
+    ndvi_weight: float = 0.5
+    """Weight of the NDVI L1 term next to the reflectance L1 term."""
+    flow_weight: float = 1.0
+    """Weight of the flow-matching loss on the residual."""
+    max_s1_frames: int = 24
+    """Most S1 frames given to a training episode (a random subset when there are more)."""
+    s1_dropout: float = 0.3
+    """Probability of hiding all S1 frames of an episode (so S2-only inputs work)."""
+    ema_decay: float = 0.995
+    """Decay of the exponential moving average of the weights that is saved."""
+    seed: int = 0
+    threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

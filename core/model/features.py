@@ -1,0 +1,258 @@
+"""From cube arrays to model inputs (numpy; no torch here).
+
+The model never sees a hidden or cloudy pixel's reflectance: every function here takes
+observations where missing values are NaN (see ``core.reconstruct.observations``).
+
+Per S2 frame and pixel the model gets (channel order of :func:`s2_channels`):
+
+* the observed reflectance (0 where not clear) x 10 bands, and the clear flag;
+* a *leave-one-out* linear interpolation in time x 10 bands: built from the other frames'
+  clear observations only, so at a clear training frame it shows how the frame departs from
+  the trend (with ordinary interpolation the model only ever sees the frame itself there);
+* which bands the cube has x 10;
+* days to the previous and next clear observation (log-scaled), day of year (sin, cos).
+
+Per S1 frame: VV, VH and VV - VH in dB minus their per-pixel mean over the series (so GRD
+sigma0 and RTC gamma0, which differ mostly by a per-pixel factor, look alike), a data flag,
+the orbit direction and day of year.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.timeline import calendar_day, day_of_year, to_days
+
+REFL_SCALE = 5.0
+"""Reflectance is multiplied by this inside the model (0.2 -> 1.0)."""
+S1_SCALE_DB = 5.0
+"""S1 anomalies in dB are divided by this."""
+GAP_CAP_DAYS = 365.0
+N_BANDS = 10
+S2_CHANNELS = 3 * N_BANDS + 5
+S1_CHANNELS = 7
+
+
+@dataclass(frozen=True)
+class Frames:
+    """One spatial window of a series, at its own dates: what the network consumes.
+
+    S2 frames are the observed acquisitions plus the query dates that fall on no acquisition
+    day (those carry no observation at all).
+    """
+
+    s2: np.ndarray
+    """Clear reflectance (T, 10, H, W), NaN where not observed or band absent."""
+    days: np.ndarray
+    """S2 frame times (T,) in days since 1970 (fractional)."""
+    doy: np.ndarray
+    """Day of year of each S2 frame (T,)."""
+    band_present: np.ndarray
+    """(10,) bool: bands the cube holds."""
+    s1: np.ndarray
+    """S1 anomalies (T1, 3, H, W) (VV, VH, VV-VH; dB minus per-pixel mean), NaN = no data."""
+    s1_days: np.ndarray
+    """S1 frame times (T1,) in days since 1970."""
+    s1_doy: np.ndarray
+    """Day of year of each S1 frame (T1,)."""
+    s1_ascending: np.ndarray
+    """(T1,) bool: ascending orbit."""
+
+    @property
+    def clear(self) -> np.ndarray:
+        """(T, H, W) bool: some band observed."""
+        return np.isfinite(self.s2).any(axis=1)
+
+
+def s1_anomalies(s1_db: np.ndarray) -> np.ndarray:
+    """VV, VH (dB, (T1, 2, H, W)) -> (T1, 3, H, W) anomalies: each minus its per-pixel mean."""
+    s1_db = np.asarray(s1_db, dtype=np.float32)
+    stack = np.concatenate([s1_db, s1_db[:, :1] - s1_db[:, 1:2]], axis=1)
+    if stack.shape[0] == 0:
+        return stack
+    with _quiet():
+        mean = np.nanmean(stack, axis=0, keepdims=True)
+    return (stack - np.nan_to_num(mean)).astype(np.float32)
+
+
+def bracketing_indices(observed: np.ndarray, exclusive: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the previous and next observed frame for every frame, along axis 0.
+
+    Args:
+        observed: bool (T, ...).
+        exclusive: if True, frame t itself never counts (leave-one-out).
+
+    Returns:
+        ``prev``, ``next``: int arrays (T, ...); -1 / T where there is none.
+    """
+    n = observed.shape[0]
+    index = np.arange(n).reshape((n,) + (1,) * (observed.ndim - 1))
+    prev = np.maximum.accumulate(np.where(observed, index, -1), axis=0)
+    nxt = np.flip(np.minimum.accumulate(np.flip(np.where(observed, index, n), 0), axis=0), 0)
+    if exclusive:
+        prev = np.concatenate([np.full_like(prev[:1], -1), prev[:-1]], axis=0)
+        nxt = np.concatenate([nxt[1:], np.full_like(nxt[:1], n)], axis=0)
+    return prev, nxt
+
+
+def interpolate_at_frames(
+    values: np.ndarray, days: np.ndarray, exclusive: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel linear interpolation in time at every frame (nearest value beyond the ends).
+
+    Args:
+        values: (T, B, H, W), NaN = missing.
+        days: (T,) frame times in days.
+        exclusive: leave each frame's own value out (leave-one-out interpolation).
+
+    Returns:
+        interpolation (T, B, H, W) (NaN where a series has no other value), and the days to
+        the previous and next observation (T, B, H, W), inf where there is none.
+    """
+    observed = np.isfinite(values)
+    prev, nxt = bracketing_indices(observed, exclusive)
+    n = values.shape[0]
+    has_prev, has_next = prev >= 0, nxt < n
+    prev_c, next_c = np.clip(prev, 0, n - 1), np.clip(nxt, 0, n - 1)
+    v_prev = np.take_along_axis(values, prev_c, axis=0)
+    v_next = np.take_along_axis(values, next_c, axis=0)
+    shape = (n,) + (1,) * (values.ndim - 1)
+    t = days.reshape(shape)
+    d_prev = np.where(has_prev, t - days[prev_c], np.inf)
+    d_next = np.where(has_next, days[next_c] - t, np.inf)
+    span = d_prev + d_next
+    with np.errstate(invalid="ignore", divide="ignore"):
+        w_next = np.where(np.isfinite(span) & (span > 0), d_prev / span, 0.0)
+    both = has_prev & has_next
+    out = np.where(both, v_prev * (1 - w_next) + v_next * w_next, np.nan)
+    out = np.where(has_prev & ~has_next, v_prev, out)
+    out = np.where(~has_prev & has_next, v_next, out)
+    return out.astype(np.float32), d_prev.astype(np.float32), d_next.astype(np.float32)
+
+
+def _gap_feature(days_to: np.ndarray) -> np.ndarray:
+    capped = np.minimum(np.nan_to_num(days_to, nan=GAP_CAP_DAYS, posinf=GAP_CAP_DAYS), GAP_CAP_DAYS)
+    return (np.log1p(capped) / np.log1p(GAP_CAP_DAYS)).astype(np.float32)
+
+
+def fill_missing(interp: np.ndarray, band_present: np.ndarray) -> np.ndarray:
+    """Replace NaN in an interpolation (T, B, H, W) by each band's mean (0 for absent bands)."""
+    with _quiet():
+        band_mean = np.nanmean(interp, axis=(0, 2, 3))
+    band_mean = np.where(band_present & np.isfinite(band_mean), band_mean, 0.0)
+    return np.where(np.isfinite(interp), interp, band_mean[None, :, None, None]).astype(np.float32)
+
+
+def s2_channels(frames: Frames) -> tuple[np.ndarray, np.ndarray]:
+    """Network input of the S2 frames and the interpolation the output corrects.
+
+    Returns:
+        channels (T, S2_CHANNELS, H, W) float32 and ``base`` (T, 10, H, W): the filled
+        leave-one-out interpolation in model units (reflectance x REFL_SCALE).
+    """
+    s2 = frames.s2
+    n, _, height, width = s2.shape
+    interp, _, _ = interpolate_at_frames(s2, frames.days, exclusive=True)
+    base = fill_missing(interp, frames.band_present) * REFL_SCALE
+    clear = frames.clear
+    # Gap lengths from the pixel-level clear flags (any band).
+    _, gap_prev, gap_next = interpolate_at_frames(
+        np.where(clear, 1.0, np.nan)[:, None].astype(np.float32), frames.days, exclusive=True
+    )
+    obs = np.nan_to_num(s2, nan=0.0) * REFL_SCALE
+    present = np.broadcast_to(
+        frames.band_present.astype(np.float32)[None, :, None, None], (n, N_BANDS, height, width)
+    )
+    angle = 2 * np.pi * frames.doy / 365.25
+    seasonal = np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
+    seasonal = np.broadcast_to(seasonal[:, :, None, None], (n, 2, height, width))
+    channels = np.concatenate(
+        [
+            obs,
+            clear[:, None].astype(np.float32),
+            base,
+            present,
+            _gap_feature(gap_prev),
+            _gap_feature(gap_next),
+            seasonal,
+        ],
+        axis=1,
+    )
+    return channels.astype(np.float32), base.astype(np.float32)
+
+
+def s1_channels(frames: Frames) -> np.ndarray:
+    """Network input of the S1 frames: (T1, S1_CHANNELS, H, W) float32."""
+    s1 = frames.s1
+    n = s1.shape[0]
+    height, width = frames.s2.shape[2:]
+    if n == 0:
+        return np.zeros((0, S1_CHANNELS, height, width), dtype=np.float32)
+    has = np.isfinite(s1).all(axis=1, keepdims=True)
+    anomalies = np.where(has, np.nan_to_num(s1, nan=0.0), 0.0) / S1_SCALE_DB
+    angle = 2 * np.pi * frames.s1_doy / 365.25
+    per_frame = np.stack(
+        [frames.s1_ascending.astype(np.float32), np.sin(angle), np.cos(angle)], axis=1
+    ).astype(np.float32)
+    per_frame = np.broadcast_to(per_frame[:, :, None, None], (n, 3, height, width))
+    return np.concatenate([anomalies, has.astype(np.float32), per_frame], axis=1).astype(np.float32)
+
+
+def frames_for_query(
+    s2: np.ndarray,
+    times_s2: np.ndarray,
+    query_times: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Merge acquisitions and query dates into one frame list.
+
+    A query on the calendar day of an acquisition uses that acquisition's frame (cloud
+    removal); any other query becomes a frame with no observation (anytime reconstruction).
+
+    Args:
+        s2: clear reflectance (T, 10, H, W), NaN where missing.
+        times_s2: acquisition times (T,) datetime64.
+        query_times: (Q,) datetime64.
+
+    Returns:
+        s2 of all frames (N, 10, H, W), frame times (N,) datetime64[ns], and for each query the
+        index of its frame (Q,).
+    """
+    obs_day = calendar_day(times_s2)
+    extra = [
+        q
+        for q in np.asarray(query_times, "datetime64[ns]")
+        if not np.any(obs_day == calendar_day(np.array([q]))[0])
+    ]
+    extra_times = np.array(extra, dtype="datetime64[ns]")
+    all_times = np.concatenate([np.asarray(times_s2, "datetime64[ns]"), extra_times])
+    order = np.argsort(all_times, kind="stable")
+    blank = np.full((len(extra), *s2.shape[1:]), np.nan, dtype=np.float32)
+    all_s2 = np.concatenate([s2.astype(np.float32), blank])[order]
+    all_times = all_times[order]
+    frame_day = calendar_day(all_times)
+    is_obs = order < len(times_s2)
+    query_index = np.empty(len(query_times), dtype=np.int64)
+    for qi, q in enumerate(calendar_day(np.asarray(query_times, "datetime64[ns]"))):
+        matches = np.flatnonzero((frame_day == q) & is_obs)
+        if matches.size == 0:
+            matches = np.flatnonzero(all_times == np.asarray(query_times, "datetime64[ns]")[qi])
+        query_index[qi] = matches[0]
+    return all_s2, all_times, query_index
+
+
+def times_to_days_and_doy(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) datetime64 -> (days since 1970, day of year), both float64."""
+    return to_days(times), day_of_year(times)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence numpy's 'mean of empty slice' warnings for all-NaN series (expected here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        yield

@@ -1,0 +1,267 @@
+"""The ``model`` method of the reconstruction contract: windows, tiles, trunk once, K samples.
+
+A request is cut into temporal windows of at most ``s2_window`` S2 frames (each query goes to
+the window where it sits most centrally) and spatial tiles of ``tile`` pixels that overlap by
+``tile_overlap`` and are blended with linear ramps. Per window and tile the trunk runs once;
+the flow head then integrates K residual samples for the query frames' tokens only.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from core.cube import has_s1
+from core.errors import InputError
+from core.model.checkpoint import Checkpoint, load_checkpoint
+from core.model.features import (
+    REFL_SCALE,
+    Frames,
+    frames_for_query,
+    s1_anomalies,
+    s1_channels,
+    s2_channels,
+    times_to_days_and_doy,
+)
+from core.model.flow import SOLVERS
+from core.reconstruct import Prediction, ReconstructOptions
+
+
+def resolve_device(device: str) -> str:
+    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; refuse "cuda" without one."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            "--device cuda was asked for, but no CUDA GPU is visible; use auto or cpu."
+        )
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"Unknown device '{device}'; choose auto, cpu or cuda.")
+    return device
+
+
+@functools.lru_cache(maxsize=4)
+def cached_checkpoint(path: str | None, device: str) -> Checkpoint:
+    """Load a checkpoint once per process (and per worker under Dask)."""
+    return load_checkpoint(path, device=device)
+
+
+@dataclass(frozen=True)
+class SeriesInputs:
+    """The whole request's inputs, before windowing and tiling."""
+
+    frames: Frames
+    """All S2 frames (acquisitions + query-only dates) and S1 frames of the cube."""
+    query_frame: np.ndarray
+    """(Q,) index of each query's frame."""
+
+
+def prepare_series(observed: xr.Dataset, query: np.ndarray, use_s1: bool = True) -> SeriesInputs:
+    """Frames of the full series for the query dates (see core.model.features)."""
+    s2, times, query_frame = frames_for_query(
+        observed["s2"].values, observed["time_s2"].values, query
+    )
+    days, doy = times_to_days_and_doy(times)
+    height, width = s2.shape[2:]
+    if use_s1 and has_s1(observed):
+        s1 = s1_anomalies(observed["s1"].values)
+        s1_days, s1_doy = times_to_days_and_doy(observed["time_s1"].values)
+        if "orbit_state" in observed.coords:
+            ascending = np.char.lower(observed["orbit_state"].values.astype(str)) == "ascending"
+        else:
+            ascending = np.ones(s1.shape[0], dtype=bool)
+    else:
+        s1 = np.zeros((0, 3, height, width), np.float32)
+        s1_days = s1_doy = np.zeros(0)
+        ascending = np.zeros(0, dtype=bool)
+    present = np.isfinite(observed["s2"].values).any(axis=(0, 2, 3))
+    frames = Frames(s2, days, doy, present, s1, s1_days, s1_doy, ascending)
+    return SeriesInputs(frames, query_frame)
+
+
+def temporal_windows(
+    n_frames: int, query_frame: np.ndarray, size: int
+) -> list[tuple[int, int, np.ndarray]]:
+    """Windows [start, stop) of at most ``size`` frames covering the queries.
+
+    Returns (start, stop, query indices) for every window that holds queries; each query is
+    assigned to the window whose centre is nearest its frame.
+    """
+    if n_frames <= size:
+        return [(0, n_frames, np.arange(query_frame.size))]
+    stride = max(1, size // 2)
+    starts = list(range(0, n_frames - size + 1, stride))
+    if starts[-1] != n_frames - size:
+        starts.append(n_frames - size)
+    centres = np.array([s + (size - 1) / 2 for s in starts])
+    owner = np.abs(query_frame[:, None] - centres[None, :]).argmin(axis=1)
+    return [
+        (starts[w], starts[w] + size, np.flatnonzero(owner == w))
+        for w in range(len(starts))
+        if np.any(owner == w)
+    ]
+
+
+def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of side ``tile`` covering ``length`` pixels with ``overlap``."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    origins = list(range(0, length - tile + 1, stride))
+    if origins[-1] != length - tile:
+        origins.append(length - tile)
+    return origins
+
+
+def blend_weights(size_y: int, size_x: int, overlap: int) -> np.ndarray:
+    """(H, W) linear-ramp weights that fall towards a tile's edges over ``overlap`` pixels."""
+
+    def ramp(n: int) -> np.ndarray:
+        r = np.ones(n, dtype=np.float32)
+        k = min(overlap, n // 2)
+        if k > 0:
+            edge = (np.arange(k, dtype=np.float32) + 1) / (k + 1)
+            r[:k] = edge
+            r[n - k :] = edge[::-1]
+        return r
+
+    return np.outer(ramp(size_y), ramp(size_x))
+
+
+def window_frames(
+    frames: Frames, start: int, stop: int, ys: slice, xs: slice, margin_days: float
+) -> Frames:
+    """The frames of one temporal window and spatial tile (S1 within the window's span)."""
+    days = frames.days[start:stop]
+    keep = (frames.s1_days >= days[0] - margin_days) & (frames.s1_days <= days[-1] + margin_days)
+    return Frames(
+        s2=frames.s2[start:stop, :, ys, xs],
+        days=days,
+        doy=frames.doy[start:stop],
+        band_present=frames.band_present,
+        s1=frames.s1[keep][:, :, ys, xs],
+        s1_days=frames.s1_days[keep],
+        s1_doy=frames.s1_doy[keep],
+        s1_ascending=frames.s1_ascending[keep],
+    )
+
+
+def pad_to_multiple(frames: Frames, multiple: int) -> tuple[Frames, int, int]:
+    """Pad H and W with missing pixels up to a multiple of the patch size."""
+    height, width = frames.s2.shape[2:]
+    pad_y, pad_x = (-height) % multiple, (-width) % multiple
+    if pad_y == 0 and pad_x == 0:
+        return frames, height, width
+    spec = ((0, 0), (0, 0), (0, pad_y), (0, pad_x))
+    padded = Frames(
+        s2=np.pad(frames.s2, spec, constant_values=np.nan),
+        days=frames.days,
+        doy=frames.doy,
+        band_present=frames.band_present,
+        s1=np.pad(frames.s1, spec, constant_values=np.nan),
+        s1_days=frames.s1_days,
+        s1_doy=frames.s1_doy,
+        s1_ascending=frames.s1_ascending,
+    )
+    return padded, height, width
+
+
+@torch.no_grad()
+def predict_window(
+    checkpoint: Checkpoint,
+    frames: Frames,
+    targets: np.ndarray,
+    samples: int,
+    steps: int,
+    generator: torch.Generator,
+    device: str,
+    solver: str = "euler",
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and samples at frames ``targets`` of one window/tile.
+
+    Returns:
+        mean (Q, 10, H, W) and samples (K, Q, 10, H, W) or None, in reflectance units.
+    """
+    model = checkpoint.model
+    patch = model.config.patch
+    frames, height, width = pad_to_multiple(frames, patch)
+    channels, base = s2_channels(frames)
+    s1 = s1_channels(frames)
+    origin = frames.days[0]
+    as_tensor = functools.partial(torch.as_tensor, device=device, dtype=torch.float32)
+    features = model.encode(
+        as_tensor(channels)[None],
+        as_tensor(frames.days - origin)[None],
+        as_tensor(s1)[None],
+        as_tensor(frames.s1_days - origin)[None],
+    )
+    hp, wp = channels.shape[2:]
+    target_index = torch.as_tensor(targets, device=device)
+    features = features[:, target_index]  # (1, Q, P, D)
+    correction = model.mean_correction(features, hp, wp)[0]
+    mean = as_tensor(base[targets]) + correction  # (Q, 10, H, W) model units
+    mean_np = (mean.cpu().numpy() / REFL_SCALE)[:, :, :height, :width]
+    if samples <= 1:
+        return mean_np, None
+    flat = features.reshape(-1, features.shape[-1])  # (Q*P, D)
+    cond = flat.repeat(samples, 1)
+    noise = torch.randn(cond.shape[0], patch * patch * 10, generator=generator).to(device)
+    residual = SOLVERS[solver](lambda x, tau: model.flow_head(x, tau, cond), noise, steps)
+    residual = residual.view(samples, 1, len(targets), -1, residual.shape[-1])
+    residual = torch.stack([model.unpatchify(r, hp, wp)[0] for r in residual])
+    draws = mean[None] + checkpoint.spread_scale * residual
+    return mean_np, (draws.cpu().numpy() / REFL_SCALE)[..., :height, :width]
+
+
+def model_method(
+    observed: xr.Dataset, query: np.ndarray, options: ReconstructOptions
+) -> Prediction:
+    """Reconstruct with the trained model (see the module docstring)."""
+    device = resolve_device(options.device)
+    path = str(options.checkpoint) if options.checkpoint else None
+    checkpoint = cached_checkpoint(path, device)
+    config = checkpoint.config
+    steps = options.steps or config.default_steps
+    if steps < 1:
+        raise InputError(f"--steps must be at least 1, not {steps}.")
+    series = prepare_series(observed, query)
+    frames = series.frames
+    n_query = query.size
+    height, width = frames.s2.shape[2:]
+    mean = np.zeros((n_query, 10, height, width), np.float32)
+    draws = (
+        np.zeros((options.samples, n_query, 10, height, width), np.float32)
+        if options.samples > 1
+        else None
+    )
+    weight = np.zeros((height, width), np.float32)
+    generator = torch.Generator().manual_seed(options.seed)
+    tiles = [
+        (y0, x0)
+        for y0 in tile_origins(height, config.tile, config.tile_overlap)
+        for x0 in tile_origins(width, config.tile, config.tile_overlap)
+    ]
+    for y0, x0 in tiles:
+        ys = slice(y0, min(y0 + config.tile, height))
+        xs = slice(x0, min(x0 + config.tile, width))
+        ramp = blend_weights(ys.stop - ys.start, xs.stop - xs.start, config.tile_overlap)
+        weight[ys, xs] += ramp
+        for start, stop, queries in temporal_windows(
+            len(frames.days), series.query_frame, config.s2_window
+        ):
+            window = window_frames(frames, start, stop, ys, xs, config.s1_margin_days)
+            targets = series.query_frame[queries] - start
+            m, s = predict_window(
+                checkpoint, window, targets, options.samples, steps, generator, device
+            )
+            mean[queries, :, ys, xs] += m * ramp
+            if draws is not None and s is not None:
+                draws[:, queries, :, ys, xs] += s * ramp
+    mean /= weight
+    if draws is not None:
+        draws /= weight
+    return Prediction(mean=mean, samples=draws)

@@ -1,0 +1,237 @@
+"""The network: a space-time transformer over S2 and S1 frames at their own dates.
+
+Shapes: a batch of E episodes, each with T S2 frames and T1 S1 frames (padded to the longest
+in the batch), H x W pixels cut into P = (H/p) x (W/p) patch tokens of width D.
+
+One block = spatial attention among the P tokens of each frame (S2 and S1 frames alike), then
+temporal attention among all frames of one patch location (S2 and S1 together; rotary encoding
+of the real acquisition day plus a learned bias on bucketed day differences, so no date
+pairing or resampling is ever done), then an MLP. The mean head maps each S2 token to a
+correction of the leave-one-out interpolation (zero-initialised: the untrained model *is* the
+interpolation). The flow head is a small conditional velocity field over the residual of one
+patch, conditioned on the token's features: it is run many times per request while the trunk
+runs once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.model.config import ModelConfig
+from core.model.features import N_BANDS, S1_CHANNELS, S2_CHANNELS
+
+
+def rotary_angles(
+    days: torch.Tensor, dim: int, min_period: float, max_period: float
+) -> torch.Tensor:
+    """Rotation angles for continuous positions ``days`` (..., N) -> (..., N, dim // 2)."""
+    periods = torch.logspace(
+        math.log10(min_period), math.log10(max_period), dim // 2, device=days.device
+    )
+    return days[..., None] * (2 * math.pi / periods)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (i, i + dim/2) of ``x`` (..., N, dim) by angles given as their
+    ``cos``, ``sin`` (..., N, dim // 2). Relative: q.k depends only on angle differences."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def bucket_day_differences(days: torch.Tensor, buckets: int) -> torch.Tensor:
+    """|day_i - day_j| (..., N, N) into ``buckets`` log-spaced classes (0: same day)."""
+    diff = (days[..., :, None] - days[..., None, :]).abs()
+    scaled = torch.log2(1.0 + diff) * (buckets - 1) / math.log2(1.0 + 1024.0)
+    return scaled.floor().clamp(0, buckets - 1).long()
+
+
+class SpatialAttention(nn.Module):
+    """Self-attention among the patch tokens of one frame: (F, P, D) -> (F, P, D)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames, tokens, width = x.shape
+        qkv = self.qkv(self.norm(x)).view(frames, tokens, 3, self.heads, width // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.out(y.transpose(1, 2).reshape(frames, tokens, width))
+
+
+class TemporalAttention(nn.Module):
+    """Attention among all frames at one patch location, timed by real acquisition days.
+
+    Input (S, N, D) for S sequences (episode x patch) of N frames; ``rotary`` the (cos, sin)
+    of the frames' day angles (S, 1, N, head_dim // 2); ``bias`` None or (S, heads, N, N),
+    additive.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.head_dim = config.width // config.heads
+        self.config = config
+        self.norm = nn.LayerNorm(config.width)
+        self.qkv = nn.Linear(config.width, 3 * config.width)
+        self.out = nn.Linear(config.width, config.width)
+
+    def forward(
+        self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        seqs, n, width = x.shape
+        qkv = self.qkv(self.norm(x)).view(seqs, n, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (S, heads, N, hd)
+        q = apply_rotary(q, *rotary)
+        k = apply_rotary(k, *rotary)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        return x + self.out(y.transpose(1, 2).reshape(seqs, n, width))
+
+
+class Block(nn.Module):
+    """Spatial attention, temporal attention, MLP (all pre-norm residual)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.spatial = SpatialAttention(config.width, config.heads)
+        self.temporal = TemporalAttention(config)
+        hidden = int(config.width * config.mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(config.width),
+            nn.Linear(config.width, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, config.width),
+        )
+
+    def forward(
+        self, x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        episodes, n, tokens, width = x.shape
+        x = self.spatial(x.reshape(episodes * n, tokens, width)).view(episodes, n, tokens, width)
+        seq = x.permute(0, 2, 1, 3).reshape(episodes * tokens, n, width)
+        seq = self.temporal(seq, rotary, bias)
+        x = seq.view(episodes, tokens, n, width).permute(0, 2, 1, 3)
+        return x + self.mlp(x)
+
+
+class FlowHead(nn.Module):
+    """Velocity v(r_t, t | token features) of the residual of one patch (p*p*10 values)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        out = config.patch * config.patch * N_BANDS
+        layers: list[nn.Module] = [
+            nn.Linear(out + config.width + 16, config.flow_hidden),
+            nn.SiLU(),
+        ]
+        for _ in range(config.flow_layers - 1):
+            layers += [nn.Linear(config.flow_hidden, config.flow_hidden), nn.SiLU()]
+        layers.append(nn.Linear(config.flow_hidden, out))
+        self.net = nn.Sequential(*layers)
+        self.cond = nn.Sequential(nn.LayerNorm(config.width), nn.Linear(config.width, config.width))
+
+    def forward(
+        self, state: torch.Tensor, tau: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        """state (M, p*p*10), tau (M,) in [0, 1], features (M, D) -> velocity (M, p*p*10)."""
+        freqs = torch.arange(8, device=tau.device, dtype=state.dtype)
+        phase = tau[:, None] * (2.0**freqs) * math.pi
+        t_embed = torch.cat([phase.sin(), phase.cos()], dim=1)
+        return self.net(torch.cat([state, self.cond(features), t_embed], dim=1))
+
+
+class FieldFlowNet(nn.Module):
+    """Trunk + mean head + flow head. See the module docstring for the data flow."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        p, width = config.patch, config.width
+        self.s2_embed = nn.Linear(S2_CHANNELS * p * p, width)
+        self.s1_embed = nn.Linear(S1_CHANNELS * p * p, width)
+        self.modality = nn.Parameter(torch.zeros(2, width))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.time_bias = (
+            nn.Parameter(torch.zeros(config.depth, config.heads, config.time_buckets))
+            if config.time_buckets > 0
+            else None
+        )
+        self.norm = nn.LayerNorm(width)
+        self.mean_head = nn.Linear(width, p * p * N_BANDS)
+        nn.init.zeros_(self.mean_head.weight)
+        nn.init.zeros_(self.mean_head.bias)
+        self.flow_head = FlowHead(config)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(E, N, C, H, W) -> (E, N, P, C*p*p)."""
+        e, n, c, h, w = x.shape
+        p = self.config.patch
+        x = x.view(e, n, c, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6)
+        return x.reshape(e, n, (h // p) * (w // p), c * p * p)
+
+    def unpatchify(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(E, N, P, 10*p*p) -> (E, N, 10, H, W)."""
+        e, n, _, _ = tokens.shape
+        p = self.config.patch
+        x = tokens.view(e, n, height // p, width // p, N_BANDS, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return x.reshape(e, n, N_BANDS, height, width)
+
+    def encode(
+        self,
+        s2: torch.Tensor,
+        s2_days: torch.Tensor,
+        s1: torch.Tensor,
+        s1_days: torch.Tensor,
+    ) -> torch.Tensor:
+        """Token features of the S2 frames.
+
+        Args:
+            s2: S2 channels (E, T, S2_CHANNELS, H, W).
+            s2_days: (E, T) days, relative to any origin (only differences matter).
+            s1: S1 channels (E, T1, S1_CHANNELS, H, W); T1 may be 0. Episodes of a batch with
+                fewer S1 frames are padded with no-data frames (data flag 0), not masked.
+            s1_days: (E, T1).
+
+        Returns:
+            features (E, T, P, D).
+        """
+        t2 = s2.shape[1]
+        tokens = self.s2_embed(self.patchify(s2)) + self.modality[0]
+        days = s2_days
+        if s1.shape[1] > 0:
+            s1_tokens = self.s1_embed(self.patchify(s1)) + self.modality[1]
+            tokens = torch.cat([tokens, s1_tokens], dim=1)
+            days = torch.cat([s2_days, s1_days], dim=1)
+        n_tokens = tokens.shape[2]
+        cfg = self.config
+        angles = rotary_angles(
+            days, cfg.width // cfg.heads, cfg.rope_min_period_days, cfg.rope_max_period_days
+        )
+        # (E, N, hd/2) -> (E*P, 1, N, hd/2), shared by every block and head.
+        rotary = tuple(
+            f(angles).repeat_interleave(n_tokens, dim=0)[:, None] for f in (torch.cos, torch.sin)
+        )
+        buckets = (
+            bucket_day_differences(days, cfg.time_buckets) if self.time_bias is not None else None
+        )
+        x = tokens
+        for depth, block in enumerate(self.blocks):
+            bias = None
+            if self.time_bias is not None:
+                bias = self.time_bias[depth][:, buckets].permute(1, 0, 2, 3)  # (E, h, N, N)
+                bias = bias.repeat_interleave(n_tokens, dim=0)
+            x = block(x, rotary, bias)
+        return self.norm(x[:, :t2])
+
+    def mean_correction(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Correction to the interpolation, (E, T, 10, H, W) in model units."""
+        return self.unpatchify(self.mean_head(features), height, width)
