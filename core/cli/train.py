@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     record.update(
         data=str(Path(data).resolve()),
         holdout_sites=sorted(holdout),
-        validation_sites=sorted({s.site for s in validation}),
+        tuned_sites=sorted({s.site for s in validation}),
         validation=figures,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
@@ -105,3 +105,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f" -> {figures['coverage_calibrated']:.2f} with spread scale {figures['spread_scale']:.2f}"
     )
     return 0
+
+
+def _site_list(text: str, sites: set[str], flag: str) -> set[str]:
+    chosen = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = chosen - sites
+    if unknown:
+        raise InputError(f"{flag} names unknown sites {sorted(unknown)}; sites: {sorted(sites)}.")
+    return chosen

@@ -39,8 +39,11 @@ class Checkpoint:
 
     @property
     def seen_sites(self) -> list[str]:
-        """Sites (cube ``site`` attributes) the model was trained or tuned on."""
-        return list(self.record.get("seen_sites", []))
+        """Sites (cube ``site`` attributes) the model was trained or tuned on: an honest
+        evaluation never scores it on these."""
+        return sorted(
+            set(self.record.get("seen_sites", [])) | set(self.record.get("tuned_sites", []))
+        )
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path:
@@ -87,6 +90,11 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
         spread_scale=float(payload["spread_scale"]),
         record=dict(payload["record"]),
     )
+
+
+def training_sites(path: str | os.PathLike[str] | None = None) -> list[str]:
+    """Sites a checkpoint was trained or tuned on, from its training record."""
+    return load_checkpoint(path).seen_sites
 
 
 def _summary(payload: dict[str, object]) -> dict[str, object]:

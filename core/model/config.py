@@ -35,6 +35,8 @@ class ModelConfig:
     """Most S2 frames (observed + queried) processed together; longer series are windowed."""
     s1_margin_days: float = 12.0
     """S1 frames this many days beyond an S2 window's ends are still given to it."""
+    max_s1_frames: int = 64
+    """Most S1 frames given to one window (evenly thinned beyond that, to bound the cost)."""
     tile: int = 64
     """Spatial tile side in pixels for inference on large fields."""
     tile_overlap: int = 16

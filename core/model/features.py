@@ -33,6 +33,8 @@ REFL_SCALE = 5.0
 S1_SCALE_DB = 5.0
 """S1 anomalies in dB are divided by this."""
 GAP_CAP_DAYS = 365.0
+S1_MARGIN_DAYS = 12.0
+"""S1 frames this many days beyond a window's first/last S2 frame still belong to it."""
 N_BANDS = 10
 S2_CHANNELS = 3 * N_BANDS + 5
 S1_CHANNELS = 7
@@ -256,3 +258,49 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
         yield
+
+
+@dataclass(frozen=True)
+class WindowInputs:
+    """Network-ready arrays of one temporal window of one spatial tile."""
+
+    s2: np.ndarray
+    """S2 channels (T, S2_CHANNELS, H, W)."""
+    base: np.ndarray
+    """Filled leave-one-out interpolation (T, 10, H, W), model units."""
+    days: np.ndarray
+    """(T,) S2 frame days."""
+    band_present: np.ndarray
+    """(10,) bool."""
+    s1: np.ndarray
+    """S1 channels (T1, S1_CHANNELS, H, W)."""
+    s1_days: np.ndarray
+    """(T1,) S1 frame days."""
+
+
+def series_inputs(frames: Frames) -> WindowInputs:
+    """Channels of a whole series (one spatial tile): the interpolation and gap features use
+    every frame of the series, so windows cut from it lose no information."""
+    channels, base = s2_channels(frames)
+    return WindowInputs(
+        s2=channels,
+        base=base,
+        days=frames.days,
+        band_present=frames.band_present,
+        s1=s1_channels(frames),
+        s1_days=frames.s1_days,
+    )
+
+
+def window_inputs(series: WindowInputs, start: int, stop: int, margin_days: float) -> WindowInputs:
+    """S2 frames [start, stop) of ``series`` and the S1 frames within their span +- margin."""
+    days = series.days[start:stop]
+    keep = (series.s1_days >= days[0] - margin_days) & (series.s1_days <= days[-1] + margin_days)
+    return WindowInputs(
+        s2=series.s2[start:stop],
+        base=series.base[start:stop],
+        days=days,
+        band_present=series.band_present,
+        s1=series.s1[keep],
+        s1_days=series.s1_days[keep],
+    )

@@ -8,6 +8,7 @@ the flow head then integrates K residual samples for the query frames' tokens on
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -21,11 +22,12 @@ from core.model.checkpoint import Checkpoint, load_checkpoint
 from core.model.features import (
     REFL_SCALE,
     Frames,
+    WindowInputs,
     frames_for_query,
     s1_anomalies,
-    s1_channels,
-    s2_channels,
+    series_inputs,
     times_to_days_and_doy,
+    window_inputs,
 )
 from core.model.flow import SOLVERS
 from core.reconstruct import Prediction, ReconstructOptions
@@ -132,22 +134,9 @@ def blend_weights(size_y: int, size_x: int, overlap: int) -> np.ndarray:
     return np.outer(ramp(size_y), ramp(size_x))
 
 
-def window_frames(
-    frames: Frames, start: int, stop: int, ys: slice, xs: slice, margin_days: float
-) -> Frames:
-    """The frames of one temporal window and spatial tile (S1 within the window's span)."""
-    days = frames.days[start:stop]
-    keep = (frames.s1_days >= days[0] - margin_days) & (frames.s1_days <= days[-1] + margin_days)
-    return Frames(
-        s2=frames.s2[start:stop, :, ys, xs],
-        days=days,
-        doy=frames.doy[start:stop],
-        band_present=frames.band_present,
-        s1=frames.s1[keep][:, :, ys, xs],
-        s1_days=frames.s1_days[keep],
-        s1_doy=frames.s1_doy[keep],
-        s1_ascending=frames.s1_ascending[keep],
-    )
+def tile_frames(frames: Frames, ys: slice, xs: slice) -> Frames:
+    """The whole series of one spatial tile."""
+    return dataclasses.replace(frames, s2=frames.s2[:, :, ys, xs], s1=frames.s1[:, :, ys, xs])
 
 
 def pad_to_multiple(frames: Frames, multiple: int) -> tuple[Frames, int, int]:
@@ -170,10 +159,19 @@ def pad_to_multiple(frames: Frames, multiple: int) -> tuple[Frames, int, int]:
     return padded, height, width
 
 
+def thin_s1(window: WindowInputs, most: int) -> WindowInputs:
+    """Keep at most ``most`` S1 frames of a window, evenly spread in time."""
+    n = window.s1.shape[0]
+    if n <= most:
+        return window
+    pick = np.unique(np.linspace(0, n - 1, most).round().astype(int))
+    return dataclasses.replace(window, s1=window.s1[pick], s1_days=window.s1_days[pick])
+
+
 @torch.no_grad()
 def predict_window(
     checkpoint: Checkpoint,
-    frames: Frames,
+    window: WindowInputs,
     targets: np.ndarray,
     samples: int,
     steps: int,
@@ -181,40 +179,35 @@ def predict_window(
     device: str,
     solver: str = "euler",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Mean and samples at frames ``targets`` of one window/tile.
+    """Mean and samples at frames ``targets`` of one window of one (patch-aligned) tile.
 
     Returns:
         mean (Q, 10, H, W) and samples (K, Q, 10, H, W) or None, in reflectance units.
     """
     model = checkpoint.model
     patch = model.config.patch
-    frames, height, width = pad_to_multiple(frames, patch)
-    channels, base = s2_channels(frames)
-    s1 = s1_channels(frames)
-    origin = frames.days[0]
+    origin = window.days[0]
     as_tensor = functools.partial(torch.as_tensor, device=device, dtype=torch.float32)
     features = model.encode(
-        as_tensor(channels)[None],
-        as_tensor(frames.days - origin)[None],
-        as_tensor(s1)[None],
-        as_tensor(frames.s1_days - origin)[None],
+        as_tensor(window.s2)[None],
+        as_tensor(window.days - origin)[None],
+        as_tensor(window.s1)[None],
+        as_tensor(window.s1_days - origin)[None],
     )
-    hp, wp = channels.shape[2:]
-    target_index = torch.as_tensor(targets, device=device)
-    features = features[:, target_index]  # (1, Q, P, D)
-    correction = model.mean_correction(features, hp, wp)[0]
-    mean = as_tensor(base[targets]) + correction  # (Q, 10, H, W) model units
-    mean_np = (mean.cpu().numpy() / REFL_SCALE)[:, :, :height, :width]
+    height, width = window.s2.shape[2:]
+    features = features[:, torch.as_tensor(targets, device=device)]  # (1, Q, P, D)
+    correction = model.mean_correction(features, height, width)[0]
+    mean = as_tensor(window.base[targets]) + correction  # (Q, 10, H, W) model units
+    mean_np = mean.cpu().numpy() / REFL_SCALE
     if samples <= 1:
         return mean_np, None
-    flat = features.reshape(-1, features.shape[-1])  # (Q*P, D)
-    cond = flat.repeat(samples, 1)
+    cond = features.reshape(-1, features.shape[-1]).repeat(samples, 1)  # (K*Q*P, D)
     noise = torch.randn(cond.shape[0], patch * patch * 10, generator=generator).to(device)
     residual = SOLVERS[solver](lambda x, tau: model.flow_head(x, tau, cond), noise, steps)
     residual = residual.view(samples, 1, len(targets), -1, residual.shape[-1])
-    residual = torch.stack([model.unpatchify(r, hp, wp)[0] for r in residual])
+    residual = torch.stack([model.unpatchify(r, height, width)[0] for r in residual])
     draws = mean[None] + checkpoint.spread_scale * residual
-    return mean_np, (draws.cpu().numpy() / REFL_SCALE)[..., :height, :width]
+    return mean_np, draws.cpu().numpy() / REFL_SCALE
 
 
 def model_method(
@@ -245,22 +238,25 @@ def model_method(
         for y0 in tile_origins(height, config.tile, config.tile_overlap)
         for x0 in tile_origins(width, config.tile, config.tile_overlap)
     ]
+    windows = temporal_windows(len(frames.days), series.query_frame, config.s2_window)
     for y0, x0 in tiles:
         ys = slice(y0, min(y0 + config.tile, height))
         xs = slice(x0, min(x0 + config.tile, width))
         ramp = blend_weights(ys.stop - ys.start, xs.stop - xs.start, config.tile_overlap)
         weight[ys, xs] += ramp
-        for start, stop, queries in temporal_windows(
-            len(frames.days), series.query_frame, config.s2_window
-        ):
-            window = window_frames(frames, start, stop, ys, xs, config.s1_margin_days)
+        tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
+        inputs = series_inputs(tile)
+        for start, stop, queries in windows:
+            window = thin_s1(
+                window_inputs(inputs, start, stop, config.s1_margin_days), config.max_s1_frames
+            )
             targets = series.query_frame[queries] - start
             m, s = predict_window(
                 checkpoint, window, targets, options.samples, steps, generator, device
             )
-            mean[queries, :, ys, xs] += m * ramp
+            mean[queries, :, ys, xs] += m[..., :tile_h, :tile_w] * ramp
             if draws is not None and s is not None:
-                draws[:, queries, :, ys, xs] += s * ramp
+                draws[:, queries, :, ys, xs] += s[..., :tile_h, :tile_w] * ramp
     mean /= weight
     if draws is not None:
         draws /= weight

@@ -11,6 +11,7 @@ trunk's features detached so the point estimate never pays for the sampling nois
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,11 +26,13 @@ from core.indices import NIR, NIR_NARROW, RED
 from core.model.config import ModelConfig, TrainConfig
 from core.model.features import (
     REFL_SCALE,
+    S1_MARGIN_DAYS,
     Frames,
+    WindowInputs,
     s1_anomalies,
-    s1_channels,
-    s2_channels,
+    series_inputs,
     times_to_days_and_doy,
+    window_inputs,
 )
 from core.model.flow import path_point, sample_tau, velocity_target
 from core.model.network import FieldFlowNet
@@ -96,9 +99,9 @@ def load_series(path: Path) -> SeriesData:
 
 @dataclass(frozen=True)
 class Episode:
-    """One training example: inputs with hidden pixels, and the truth where it is clear."""
+    """One training example: network inputs of a window with hidden pixels, and the truth."""
 
-    frames: Frames
+    inputs: WindowInputs
     truth: np.ndarray
     """(T, 10, H, W) clear reflectance of hidden pixels, NaN elsewhere."""
 
@@ -113,7 +116,8 @@ def make_episode(
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
-    Returns None when the window holds no usable target.
+    As at inference, the interpolation features come from the whole (subsampled) series, not
+    only the window. Returns None when the window holds no usable target.
     """
     total, _, height, width = series.clear_s2.shape
     crop = min(crop, height, width)
@@ -123,11 +127,11 @@ def make_episode(
     if keep.size < n_frames:
         keep = np.arange(total)
     n_frames = min(n_frames, keep.size)
-    start = rng.integers(0, keep.size - n_frames + 1)
-    index = keep[start : start + n_frames]
-    s2 = series.clear_s2[index][:, :, ys, xs].copy()
-    days = series.days[index]
-    clear = np.isfinite(s2).any(axis=1)
+    start = int(rng.integers(0, keep.size - n_frames + 1))
+    window = slice(start, start + n_frames)
+    s2 = series.clear_s2[keep][:, :, ys, xs]
+    days = series.days[keep]
+    clear = np.isfinite(s2[window]).any(axis=1)
     fraction = clear.mean(axis=(1, 2))
     targets = np.flatnonzero(fraction >= 0.5)
     if targets.size == 0:
@@ -142,40 +146,37 @@ def make_episode(
         if cloudy.size == 0:
             break
         donor = series.clear_s2[rng.choice(cloudy)][:, ys, xs]
-        mask = ~np.isfinite(donor).any(axis=0)
-        hidden[t] |= mask
+        hidden[t] |= ~np.isfinite(donor).any(axis=0)
     if rng.random() < 0.3:  # a long gap
         span = rng.uniform(20, 60)
-        centre = rng.uniform(days[0], days[-1])
-        hidden[np.abs(days - centre) <= span / 2] = True
+        centre = rng.uniform(days[window][0], days[window][-1])
+        hidden[np.abs(days[window] - centre) <= span / 2] = True
     hidden &= clear
     if not hidden.any():
         return None
-    truth = np.where(hidden[:, None], s2, np.nan).astype(np.float32)
-    inputs = np.where(hidden[:, None], np.nan, s2).astype(np.float32)
-    margin = 12.0
+    truth = np.where(hidden[:, None], s2[window], np.nan).astype(np.float32)
+    inputs = s2.copy()
+    inputs[window] = np.where(hidden[:, None], np.nan, s2[window])
     use_s1 = series.s1.shape[0] > 0 and rng.random() >= s1_dropout
-    sel = np.zeros(series.s1_days.shape, dtype=bool)
-    if use_s1:
-        inside = np.flatnonzero(
-            (series.s1_days >= days[0] - margin) & (series.s1_days <= days[-1] + margin)
-        )
-        if inside.size > max_s1_frames:
-            inside = np.sort(rng.choice(inside, max_s1_frames, replace=False))
-        sel[inside] = True
+    s1_keep = np.arange(series.s1_days.size) if use_s1 else np.zeros(0, dtype=np.int64)
     frames = Frames(
         s2=inputs,
         days=days,
-        doy=series.doy[index],
+        doy=series.doy[keep],
         band_present=series.band_present,
-        s1=series.s1[sel][:, :, ys, xs],
-        s1_days=series.s1_days[sel],
-        s1_doy=series.s1_doy[sel],
-        s1_ascending=series.s1_ascending[sel],
+        s1=series.s1[s1_keep][:, :, ys, xs],
+        s1_days=series.s1_days[s1_keep],
+        s1_doy=series.s1_doy[s1_keep],
+        s1_ascending=series.s1_ascending[s1_keep],
     )
     k = int(rng.integers(0, 4))
     flip = bool(rng.integers(0, 2))
-    return Episode(frames=_augment(frames, k, flip), truth=_spatial(truth, k, flip))
+    frames = _augment(frames, k, flip)
+    view = window_inputs(series_inputs(frames), start, start + n_frames, S1_MARGIN_DAYS)
+    if view.s1.shape[0] > max_s1_frames:
+        pick = np.sort(rng.choice(view.s1.shape[0], max_s1_frames, replace=False))
+        view = dataclasses.replace(view, s1=view.s1[pick], s1_days=view.s1_days[pick])
+    return Episode(inputs=view, truth=_spatial(truth, k, flip))
 
 
 def _spatial(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -184,15 +185,8 @@ def _spatial(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
 
 
 def _augment(frames: Frames, k: int, flip: bool) -> Frames:
-    return Frames(
-        s2=_spatial(frames.s2, k, flip),
-        days=frames.days,
-        doy=frames.doy,
-        band_present=frames.band_present,
-        s1=_spatial(frames.s1, k, flip),
-        s1_days=frames.s1_days,
-        s1_doy=frames.s1_doy,
-        s1_ascending=frames.s1_ascending,
+    return dataclasses.replace(
+        frames, s2=_spatial(frames.s2, k, flip), s1=_spatial(frames.s1, k, flip)
     )
 
 
@@ -215,11 +209,10 @@ def collate(episodes: Sequence[Episode], device: str = "cpu") -> Batch:
     """Stack episodes (same T and size) into a :class:`Batch`."""
     s2, base, s1_list, truth, target = [], [], [], [], []
     for ep in episodes:
-        channels, b = s2_channels(ep.frames)
-        s2.append(channels)
-        base.append(b)
-        s1_list.append(s1_channels(ep.frames))
-        finite = np.isfinite(ep.truth) & ep.frames.band_present[None, :, None, None]
+        s2.append(ep.inputs.s2)
+        base.append(ep.inputs.base)
+        s1_list.append(ep.inputs.s1)
+        finite = np.isfinite(ep.truth) & ep.inputs.band_present[None, :, None, None]
         truth.append(np.where(finite, ep.truth, 0.0) * REFL_SCALE)
         target.append(finite)
     t1 = max(x.shape[0] for x in s1_list)
@@ -230,9 +223,9 @@ def collate(episodes: Sequence[Episode], device: str = "cpu") -> Batch:
     for i, (ep, x) in enumerate(zip(episodes, s1_list, strict=True)):
         n = x.shape[0]
         s1[i, :n] = x  # frames beyond n stay all-zero: data flag 0, i.e. "no S1 here"
-        s1_days[i, :n] = ep.frames.s1_days - ep.frames.days[0]
-        s1_days[i, n:] = (ep.frames.days[-1] - ep.frames.days[0]) / 2
-    s2_days = np.stack([ep.frames.days - ep.frames.days[0] for ep in episodes]).astype(np.float32)
+        s1_days[i, :n] = ep.inputs.s1_days - ep.inputs.days[0]
+        s1_days[i, n:] = (ep.inputs.days[-1] - ep.inputs.days[0]) / 2
+    s2_days = np.stack([ep.inputs.days - ep.inputs.days[0] for ep in episodes]).astype(np.float32)
 
     def t(a: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)

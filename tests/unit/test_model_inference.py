@@ -1,0 +1,198 @@
+"""The model method: masking, identity at initialisation, S1/band absence, tiling, samples,
+checkpoints, devices, and that a tiny model can learn one series."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.errors import InputError
+from core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_sites
+from core.model.config import ModelConfig, TrainConfig
+from core.model.inference import resolve_device, temporal_windows, tile_origins
+from core.model.network import FieldFlowNet
+from core.model.training import Episode, collate, load_series, losses, make_episode
+from core.reconstruct import ReconstructOptions, reconstruct
+
+TINY = ModelConfig(
+    width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1, tile=32, tile_overlap=8, s2_window=12
+)
+
+
+def _checkpoint(tmp_path, *, perturb: bool, config: ModelConfig = TINY) -> str:
+    torch.manual_seed(0)
+    model = FieldFlowNet(config)
+    if perturb:  # a model that is not the identity, so masking tests mean something
+        with torch.no_grad():
+            model.mean_head.weight.normal_(0, 0.05)
+    path = tmp_path / f"model-{int(perturb)}.pt"
+    save_checkpoint(Checkpoint(model=model, record={"seen_sites": ["nowhere"]}), path)
+    return str(path)
+
+
+def _crop(cube, size: int = 24, frames: slice = slice(0, 20)):
+    return cube.isel(y=slice(0, size), x=slice(0, size), time_s2=frames)
+
+
+def _options(path: str, **kwargs) -> ReconstructOptions:
+    return ReconstructOptions(checkpoint=path, device="cpu", **kwargs)
+
+
+def test_untrained_model_equals_linear_interpolation(flanders_cube, tmp_path) -> None:
+    cube = _crop(flanders_cube)
+    times = cube["time_s2"].values
+    # Acquisition times (cloud removal) and a date between acquisitions (anytime query).
+    query = np.concatenate([times[[3, 8]], times[[5]] + np.timedelta64(2, "D")])
+    model = reconstruct(cube, query, "model", _options(_checkpoint(tmp_path, perturb=False)))
+    linear = reconstruct(cube, query, "linear")
+    both = np.isfinite(linear["s2"].values)
+    assert both.sum() > 1000
+    np.testing.assert_allclose(model["s2"].values[both], linear["s2"].values[both], atol=2e-5)
+
+
+def test_hidden_pixel_values_never_reach_the_model(flanders_cube, tmp_path) -> None:
+    cube = _crop(flanders_cube).copy(deep=True)
+    path = _checkpoint(tmp_path, perturb=True)
+    query = cube["time_s2"].values[[6, 7]]
+    cube["valid"][6, 5:12, 5:12] = 0
+    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
+    bright["s2"][6, :, 5:12, 5:12] = 0.9
+    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    a = reconstruct(bright, query, "model", _options(path)).s2.values
+    b = reconstruct(dark, query, "model", _options(path)).s2.values
+    np.testing.assert_array_equal(a, b)
+    # ...while a visible pixel's value does reach it.
+    dark["s2"][7, :, 0, 0] = 0.5
+    dark["valid"][7, 0, 0] = 1
+    c = reconstruct(dark, query, "model", _options(path, keep_observed=False)).s2.values
+    d = reconstruct(bright, query, "model", _options(path, keep_observed=False)).s2.values
+    assert not np.array_equal(c, d)
+
+
+def test_model_works_without_s1_and_with_missing_bands(cubes_dir, flanders_cube, tmp_path) -> None:
+    from core.cube import read_cube
+
+    path = _checkpoint(tmp_path, perturb=True)
+    es = read_cube(cubes_dir / "es-field_2019.nc").isel(y=slice(8, 40), x=slice(8, 40))
+    query = es["time_s2"].values[[4, 10]] + np.timedelta64(1, "D")
+    out = reconstruct(es, query, "model", _options(path))
+    present = [list(out.band.values).index(b) for b in ("B04", "B08")]
+    absent = [i for i in range(10) if i not in present]
+    assert np.isfinite(out["s2"].values[:, present]).mean() > 0.5
+    assert np.isnan(out["s2"].values[:, absent]).all()
+    assert np.isfinite(out["ndvi"].values).mean() > 0.5
+
+    cube = _crop(flanders_cube)
+    q = cube["time_s2"].values[[9]] + np.timedelta64(1, "D")
+    with_s1 = reconstruct(cube, q, "model", _options(path)).s2.values
+    without = reconstruct(
+        cube.drop_vars(["s1", "time_s1", "polarization"]), q, "model", _options(path)
+    ).s2.values
+    assert np.isfinite(without).all()
+    assert not np.allclose(with_s1, without)
+
+
+def test_tiles_and_windows_cover_a_large_long_request(flanders_cube, tmp_path) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    cube = flanders_cube.isel(y=slice(0, 50), x=slice(0, 45), time_s2=slice(0, 40))
+    times = cube["time_s2"].values
+    query = np.array([times[1], times[20], times[38]]).astype("datetime64[D]")
+    query = (query + np.timedelta64(1, "D")).astype("datetime64[ns]")
+    out = reconstruct(cube, query, "model", _options(path, samples=3))
+    assert out["s2"].shape == (3, 10, 50, 45)
+    assert np.isfinite(out["s2"].values).all()
+    assert (out["s2_p10"].values <= out["s2_p90"].values + 1e-6).all()
+    assert (out["s2_p90"].values - out["s2_p10"].values).mean() > 0
+
+
+def test_window_and_tile_helpers_cover_everything_once() -> None:
+    frames = np.array([0, 5, 30, 59, 99])
+    windows = temporal_windows(100, frames, 40)
+    assigned = np.concatenate([q for _, _, q in windows])
+    assert sorted(assigned.tolist()) == [0, 1, 2, 3, 4]
+    for start, stop, queries in windows:
+        assert stop - start == 40
+        assert all(start <= frames[q] < stop for q in queries)
+    assert tile_origins(100, 64, 16) == [0, 36]
+    assert tile_origins(30, 64, 16) == [0]
+
+
+def test_samples_are_reproducible_with_a_seed(flanders_cube, tmp_path) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    cube = _crop(flanders_cube, size=16)
+    q = cube["time_s2"].values[[4]] + np.timedelta64(1, "D")
+    a = reconstruct(cube, q, "model", _options(path, samples=4, seed=3))
+    b = reconstruct(cube, q, "model", _options(path, samples=4, seed=3))
+    c = reconstruct(cube, q, "model", _options(path, samples=4, seed=4))
+    np.testing.assert_array_equal(a["s2_p90"].values, b["s2_p90"].values)
+    assert not np.array_equal(a["s2_p90"].values, c["s2_p90"].values)
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    loaded = load_checkpoint(path)
+    again = tmp_path / "again.pt"
+    save_checkpoint(dataclasses.replace(loaded, spread_scale=1.7), again)
+    reloaded = load_checkpoint(again)
+    assert reloaded.config == TINY
+    assert reloaded.spread_scale == pytest.approx(1.7)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, reloaded.model.state_dict()[key])
+    record = json.loads(again.with_suffix(".json").read_text())
+    assert record["model_config"]["width"] == TINY.width
+    assert training_sites(again) == ["nowhere"]
+
+
+def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:
+    with pytest.raises(InputError, match="No model checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="Cannot read the model checkpoint"):
+        load_checkpoint(broken)
+
+
+def test_device_selection() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="Unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_model_runs_on_cuda(flanders_cube, tmp_path) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    cube = _crop(flanders_cube, size=16)
+    q = cube["time_s2"].values[[4]] + np.timedelta64(1, "D")
+    gpu = reconstruct(cube, q, "model", ReconstructOptions(checkpoint=path, device="cuda"))
+    cpu = reconstruct(cube, q, "model", ReconstructOptions(checkpoint=path, device="cpu"))
+    np.testing.assert_allclose(gpu["s2"].values, cpu["s2"].values, atol=1e-4)
+
+
+def test_tiny_model_overfits_one_series(cubes_dir) -> None:
+    series = load_series(cubes_dir / "be-flanders-a_2017-2018.nc")
+    rng = np.random.default_rng(0)
+    episode: Episode | None = None
+    while episode is None:
+        episode = make_episode(series, 10, 16, rng, s1_dropout=0.0)
+    batch = collate([episode])
+    torch.manual_seed(0)
+    model = FieldFlowNet(dataclasses.replace(TINY, width=32))
+    config = TrainConfig()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    first = float(losses(model, batch, config, generator)["l1"])
+    for _ in range(150):
+        parts = losses(model, batch, config, generator)
+        optimizer.zero_grad()
+        parts["loss"].backward()
+        optimizer.step()
+    last = float(losses(model, batch, config, generator)["l1"])
+    assert last < 0.5 * first
