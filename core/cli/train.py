@@ -17,7 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("assets/model.pt"), help="checkpoint path")
     parser.add_argument(
-        "--holdout", default="", help="comma-separated sites kept out for validation"
+        "--holdout", default="", help="comma-separated sites never used (for honest evaluation)"
+    )
+    parser.add_argument(
+        "--calibrate-on",
+        default="",
+        help="comma-separated sites, not trained on, used to fit the uncertainty spread and to "
+        "validate (default: the training sites)",
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -59,20 +65,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config = replace(train_config, batch_size=args.batch_size)
 
     all_series = [load_series(p) for p in paths]
-    holdout = {s.strip() for s in args.holdout.split(",") if s.strip()}
-    unknown = holdout - {s.site for s in all_series}
-    if unknown:
-        raise InputError(
-            f"--holdout names unknown sites {sorted(unknown)}; sites: "
-            f"{sorted(s.site for s in all_series)}."
-        )
-    training = [s for s in all_series if s.site not in holdout]
-    validation = [s for s in all_series if s.site in holdout] or training
+    sites = {s.site for s in all_series}
+    holdout = _site_list(args.holdout, sites, "--holdout")
+    calibration_sites = _site_list(args.calibrate_on, sites, "--calibrate-on")
+    if holdout & calibration_sites:
+        raise InputError("A site cannot be both held out and used for calibration.")
+    training = [s for s in all_series if s.site not in holdout | calibration_sites]
     if not training:
         raise InputError("Every site is held out; keep at least one for training.")
+    validation = [s for s in all_series if s.site in calibration_sites] or training
     print(
-        f"training on {[s.site for s in training]}; validating on {[s.site for s in validation]}"
-        f" ({'held out' if holdout else 'training sites: no hold-out'}); device {device}",
+        f"training on {[s.site for s in training]}; calibrating on "
+        f"{[s.site for s in validation]}; never used: {sorted(holdout)}; device {device}",
         file=sys.stderr,
     )
     started = time.time()

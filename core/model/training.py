@@ -327,7 +327,7 @@ def train(
                 s, min(n_frames, s.clear_s2.shape[0]), config.crop, rng, config.s1_dropout
             )
             if ep is not None and (
-                not episodes or ep.frames.s2.shape == episodes[0].frames.s2.shape
+                not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape
             ):
                 episodes.append(ep)
         batch = collate(episodes, device)
