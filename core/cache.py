@@ -1,0 +1,283 @@
+"""A disk cache of fetched cubes, so asking twice for the same field and period costs nothing.
+
+An entry is two files in the cache folder, named by the SHA-256 of the request
+(:class:`CacheKey`: field outline, period, collections, grid, cloud limit, STAC URL, format
+version):
+
+* ``<hash>.nc``: the cube, written atomically by :func:`core.cube.write_cube`;
+* ``<hash>.json``: the request, the fetch summary, and the cube file's size and SHA-256,
+  written atomically *after* the cube. Its presence marks a complete entry.
+
+A hit needs both files, a matching request, size and checksum, and a readable cube; anything
+else (a killed writer, a truncated or corrupt file, a foreign file) is deleted and counts as a
+miss, so a broken entry is refetched and never returned. A writer killed mid-write leaves at
+most a ``.tmp-*`` file, which :meth:`CubeCache.remove_stale_temporaries` clears.
+
+Results with Sentinel-1 refused or failed are not cached (a key or a network may come back),
+and an entry whose period reaches into the last days before it was fetched expires after a day
+(new acquisitions may have been published since).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import planetary_computer
+
+from core.config import Settings
+from core.cube import read_cube, write_cube
+from core.errors import CubeError
+from core.fetch import FetchResult, ProgressCallback, fetch_cube, parse_period
+from core.grid import Grid, grid_for_field
+from core.stac import S1_COLLECTION, S2_COLLECTION, Signer, StacClient
+from core.storage import atomic_output, remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from core.field import Field
+
+CACHE_FORMAT_VERSION = 1
+"""Bump when the cube content for the same request changes (loader or format changes)."""
+RECENT_DAYS = 7
+"""A period ending within this many days of its fetch is "open": new scenes may still appear."""
+OPEN_PERIOD_MAX_AGE = dt.timedelta(days=1)
+"""How long an entry for an open period is served."""
+CACHEABLE_S1_STATUS = frozenset({"loaded", "skipped", "none"})
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that determines a fetched cube's content."""
+
+    field_key: str
+    """:attr:`core.field.Field.key` (the outline, not its name)."""
+    start: str
+    """First day, ISO ``YYYY-MM-DD``."""
+    end: str
+    """Last day, ISO ``YYYY-MM-DD``."""
+    collections: tuple[str, ...]
+    """STAC collections asked for, e.g. ``("sentinel-2-l2a", "sentinel-1-rtc")``."""
+    crs: str
+    """Grid CRS."""
+    bounds: tuple[float, float, float, float]
+    """Grid bounds ``(left, bottom, right, top)`` in the grid CRS."""
+    resolution_m: float
+    """Grid pixel size."""
+    max_cloud_cover: float | None
+    """Scene cloud limit in percent, or None."""
+    stac_api_url: str
+    """Where the scenes come from."""
+    version: int = CACHE_FORMAT_VERSION
+    """Cache format version."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (tuples as lists)."""
+        data = asdict(self)
+        data["collections"] = list(self.collections)
+        data["bounds"] = [float(b) for b in self.bounds]
+        return data
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 (hex) of the canonical JSON of :meth:`to_dict`."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def cache_key(
+    field: Field,
+    start: str | dt.date,
+    end: str | dt.date,
+    *,
+    grid: Grid,
+    settings: Settings,
+    include_s1: bool = True,
+    max_cloud_cover: float | None = None,
+) -> CacheKey:
+    """The :class:`CacheKey` of a fetch request (dates are validated and normalised)."""
+    first, last = parse_period(start, end)
+    collections = (S2_COLLECTION, S1_COLLECTION) if include_s1 else (S2_COLLECTION,)
+    return CacheKey(
+        field_key=str(field.key),
+        start=first.isoformat(),
+        end=last.isoformat(),
+        collections=collections,
+        crs=grid.crs,
+        bounds=tuple(float(b) for b in grid.bounds),
+        resolution_m=float(grid.resolution_m),
+        max_cloud_cover=None if max_cloud_cover is None else float(max_cloud_cover),
+        stac_api_url=settings.stac_api_url,
+    )
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _grid_from_summary(data: dict[str, Any]) -> Grid:
+    return Grid(
+        crs=str(data["crs"]),
+        resolution_m=float(data["resolution_m"]),
+        x0=float(data["x0"]),
+        y0=float(data["y0"]),
+        width=int(data["width"]),
+        height=int(data["height"]),
+    )
+
+
+class CubeCache:
+    """Cubes on disk under ``folder``, one entry per :class:`CacheKey`."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def paths(self, key: CacheKey) -> tuple[Path, Path]:
+        """``(cube .nc, sidecar .json)`` paths of an entry."""
+        stem = self.folder / key.digest
+        return stem.with_suffix(".nc"), stem.with_suffix(".json")
+
+    def get(self, key: CacheKey, *, now: dt.datetime | None = None) -> FetchResult | None:
+        """The cached result for ``key``, or None. A broken or expired entry is deleted."""
+        cube_path, meta_path = self.paths(key)
+        if not meta_path.is_file():
+            if cube_path.exists():  # cube without sidecar: its writer died before finishing
+                self.discard(key)
+            return None
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("request") != key.to_dict():
+                raise CubeError("the sidecar describes another request")
+            if self._expired(key, meta, now or dt.datetime.now(dt.UTC)):
+                raise CubeError("the entry covers a recent period and is older than a day")
+            if cube_path.stat().st_size != int(meta["cube_bytes"]):
+                raise CubeError("the cube file has the wrong size")
+            if _sha256_of(cube_path) != meta["cube_sha256"]:
+                raise CubeError("the cube file's checksum does not match")
+            cube = read_cube(cube_path)
+            summary = meta["summary"]
+            return FetchResult(
+                cube=cube,
+                grid=_grid_from_summary(summary["grid"]),
+                scenes_found={str(k): int(v) for k, v in summary["scenes_found"].items()},
+                frames_loaded={str(k): int(v) for k, v in summary["frames_loaded"].items()},
+                s1_status=str(summary["s1_status"]),
+                s1_message=str(summary["s1_message"]),
+                from_cache=True,
+                elapsed_s=0.0,
+            )
+        except (OSError, ValueError, KeyError, TypeError, CubeError):
+            self.discard(key)
+            return None
+
+    @staticmethod
+    def _expired(key: CacheKey, meta: dict[str, Any], now: dt.datetime) -> bool:
+        fetched = dt.datetime.fromisoformat(str(meta["fetched_at"]))
+        period_end = dt.date.fromisoformat(key.end)
+        is_open = period_end >= fetched.date() - dt.timedelta(days=RECENT_DAYS)
+        return is_open and now - fetched > OPEN_PERIOD_MAX_AGE
+
+    def put(self, key: CacheKey, result: FetchResult, *, now: dt.datetime | None = None) -> Path:
+        """Store a result (cube first, sidecar last, each atomically); return the cube path."""
+        cube_path, meta_path = self.paths(key)
+        write_cube(result.cube, cube_path)
+        meta = {
+            "version": CACHE_FORMAT_VERSION,
+            "request": key.to_dict(),
+            "summary": result.summary(),
+            "cube_file": cube_path.name,
+            "cube_bytes": cube_path.stat().st_size,
+            "cube_sha256": _sha256_of(cube_path),
+            "fetched_at": (now or dt.datetime.now(dt.UTC)).isoformat(),
+        }
+        with atomic_output(meta_path) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        return cube_path
+
+    def discard(self, key: CacheKey) -> None:
+        """Delete an entry's files (sidecar first, so no reader trusts a half-deleted entry)."""
+        cube_path, meta_path = self.paths(key)
+        for path in (meta_path, cube_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete ``.tmp-*`` files left by killed writers; returns how many.
+
+        Only call this when no other process is writing to the cache: it cannot tell a dead
+        writer's file from a live one's.
+        """
+        if not self.folder.is_dir():
+            return 0
+        return remove_stale_temporaries(self.folder)
+
+
+def fetch_cached(
+    field: Field,
+    start: str | dt.date,
+    end: str | dt.date,
+    *,
+    settings: Settings,
+    cache: CubeCache | None = None,
+    use_cache: bool = True,
+    client: StacClient | None = None,
+    signer: Signer | None = planetary_computer.sign_inplace,
+    progress: ProgressCallback | None = None,
+    include_s1: bool = True,
+    max_cloud_cover: float | None = None,
+    threads: int = 8,
+) -> FetchResult:
+    """:func:`core.fetch.fetch_cube` through the disk cache.
+
+    A hit is served from disk without any network request. On a miss the cube is fetched,
+    stored (when cacheable) and returned as read back from disk, so a first and a repeated
+    request give bit-identical cubes (disk stores reflectance to 1e-4 and dB to 0.01).
+
+    Args:
+        cache: the cache; ``CubeCache(settings.cache_dir)`` by default.
+        use_cache: False bypasses the cache (no read, no write).
+        Other arguments: as for :func:`~core.fetch.fetch_cube`.
+    """
+    grid = grid_for_field(field)
+    fetch_kwargs: dict[str, Any] = {
+        "settings": settings,
+        "client": client,
+        "signer": signer,
+        "progress": progress,
+        "include_s1": include_s1,
+        "max_cloud_cover": max_cloud_cover,
+        "grid": grid,
+        "threads": threads,
+    }
+    if not use_cache:
+        return fetch_cube(field, start, end, **fetch_kwargs)
+    cache = cache or CubeCache(settings.cache_dir)
+    key = cache_key(
+        field,
+        start,
+        end,
+        grid=grid,
+        settings=settings,
+        include_s1=include_s1,
+        max_cloud_cover=max_cloud_cover,
+    )
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    result = fetch_cube(field, start, end, **fetch_kwargs)
+    if result.s1_status not in CACHEABLE_S1_STATUS:
+        return result
+    cache.put(key, result)
+    stored = cache.get(key)
+    if stored is None:
+        return result
+    return replace(stored, from_cache=False, elapsed_s=result.elapsed_s)

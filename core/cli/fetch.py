@@ -1,0 +1,146 @@
+"""``python -m core fetch``: fetch a field's S2/S1 cube from the STAC API into a NetCDF file.
+
+    python -m core fetch --geojson field.geojson --start 2023-03-01 --end 2023-10-31 \\
+        --out cube.nc [--no-s1] [--max-cloud 80] [--no-cache]
+
+The field file may be any format :func:`core.field.field_from_file` reads. Progress goes to
+stderr (a tqdm bar on a terminal), a summary to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from core.config import Settings
+from core.errors import InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``fetch`` command."""
+    parser.add_argument(
+        "--geojson",
+        "--field",
+        dest="field_path",
+        required=True,
+        metavar="FILE",
+        help="field outline: GeoJSON, KML/KMZ, GeoPackage, zipped or plain shapefile",
+    )
+    parser.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="which feature of the file (0-based), if it holds several",
+    )
+    parser.add_argument("--name", default=None, help="which feature of the file, by its name")
+    parser.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    parser.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
+    parser.add_argument("--out", required=True, type=Path, help="cube file to write (.nc)")
+    parser.add_argument("--no-s1", action="store_true", help="Sentinel-2 only")
+    parser.add_argument(
+        "--max-cloud",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="skip S2 scenes with more cloud cover than this (0-100)",
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the cube cache (FIELDFLOW_CACHE_DIR)",
+    )
+
+
+class _TqdmProgress:
+    """A progress callback showing one tqdm bar per stage on stderr (only on a terminal)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._stage: str | None = None
+        self._bar = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = tqdm(
+                total=total, desc=stage, file=self._stream, disable=None, leave=False, unit="task"
+            )
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.n = done
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = None
+        self._stage = None
+
+
+def clear_table(times: np.ndarray, fractions: np.ndarray, *, columns: int = 4) -> list[str]:
+    """Rows of ``YYYY-MM-DD  nn%`` cells, ``columns`` per row."""
+    cells = [
+        f"{np.datetime64(t, 'D')!s} {round(100 * f):3d}%"
+        for t, f in zip(times, fractions, strict=True)
+    ]
+    return ["   ".join(cells[i : i + columns]) for i in range(0, len(cells), columns)]
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Fetch, write the cube, print a summary. Returns 0; errors raise FieldFlowError."""
+    from core.cache import fetch_cached
+    from core.cube import write_cube
+    from core.fetch import clear_fraction, parse_period
+    from core.field import field_from_file
+    from core.grid import field_mask
+
+    if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:
+        raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
+    start, end = parse_period(args.start, args.end)
+    field = field_from_file(
+        args.field_path, index=args.index, name=args.name, max_area_ha=settings.max_area_ha
+    )
+    progress = _TqdmProgress(sys.stderr)
+    try:
+        result = fetch_cached(
+            field,
+            start,
+            end,
+            settings=settings,
+            use_cache=not args.no_cache,
+            progress=progress,
+            include_s1=not args.no_s1,
+            max_cloud_cover=args.max_cloud,
+        )
+    finally:
+        progress.close()
+    out = write_cube(result.cube, args.out)
+
+    grid = result.grid
+    cube = result.cube
+    fractions = clear_fraction(cube, field_mask(field, grid))
+    scenes = ", ".join(f"{name} {count}" for name, count in result.scenes_found.items())
+    origin = (
+        "the cache" if result.from_cache else f"{settings.stac_api_url} in {result.elapsed_s:.1f} s"
+    )
+    lines = [
+        f"Field: {field.name} ({field.area_ha:.2f} ha); grid {grid.width} x {grid.height} px at "
+        f"{grid.resolution_m:g} m in {grid.crs}",
+        f"Period: {start} to {end}; from {origin}",
+        f"Scenes found: {scenes}",
+        f"Frames loaded (same solar day merged): S2 {result.frames_loaded.get('s2', 0)}, "
+        f"S1 {result.frames_loaded.get('s1', 0)}",
+        result.s1_message,
+        f"Clear fraction of the field per S2 frame (mean {100 * fractions.mean():.0f}%):",
+        *("  " + row for row in clear_table(cube["time_s2"].values, fractions)),
+        f"Wrote {out}",
+    ]
+    print("\n".join(lines))
+    return 0

@@ -1,0 +1,701 @@
+"""Fetching a field's Sentinel-2 (and Sentinel-1) time series from a STAC API into a cube.
+
+Only the field's window is read: the field's :class:`~core.grid.Grid` becomes an odc-geo
+``GeoBox`` and ``odc.stac.load`` reads the overlapping part of each COG, in parallel threads.
+
+Choices worth knowing:
+
+* **Resampling: nearest for every band.** The grid's pixel edges are multiples of 10 m, like
+  Sentinel-2's own 10 m pixels, so 10 m bands are copied without resampling and each 10 m pixel
+  lies inside exactly one 20 m pixel: nearest neighbour replicates 20 m bands (and SCL, a class
+  map that must never be interpolated) 2x2, exactly as the shared real cubes were made.
+  Bilinear would blur 20 m bands across their pixel edges and invent values a sensor never saw.
+* **Harmonisation per item.** L2A products of processing baseline 04.00 and later carry a
+  +1000 DN offset: reflectance = (DN - 1000) / 10000, else DN / 10000, decided by each item's
+  ``s2:processing_baseline`` (reprocessed old scenes carry the offset too), never by date.
+  Items of one solar day may mix baselines (tile overlaps, reprocessing), so odc-stac groups by
+  *(solar day, has offset)*: pixels are fused in DN only among items of one baseline, then
+  harmonised, then the groups of one day are fused as reflectance. Fusion is "first valid
+  wins" in (time, id) order, per band; DN 0 is no data.
+* **Every S2 acquisition is kept**, cloudy ones too (``valid`` marks clear pixels); only frames
+  with no data at all over the grid are dropped.
+* **Sentinel-1** (``sentinel-1-rtc``, linear gamma0 float32, nodata -32768) is grouped by
+  (solar day, orbit direction) and converted to dB; values <= 0 become NaN. Refusal (401/403),
+  no scenes or unreadable S1 never fail the fetch: the result carries S2 alone and says why.
+* **GDAL settings** for HTTP COG reads live in a ``rasterio.Env`` around each load (odc-stac
+  hands the active environment to its reader threads), never set at import time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import planetary_computer
+import pyproj
+import pystac
+import rasterio
+import rasterio.errors
+import requests
+import xarray as xr
+from shapely.geometry import mapping
+
+from core.config import Settings
+from core.cube import S2_BANDS, build_cube
+from core.errors import AccessDeniedError, FieldError, InputError, NetworkError, NoScenesError
+from core.grid import Grid, grid_for_field
+from core.stac import (
+    S1_COLLECTION,
+    S2_COLLECTION,
+    Signer,
+    StacClient,
+    item_datetime,
+    open_client,
+    search_scenes,
+)
+from core.timeline import parse_date
+
+if TYPE_CHECKING:
+    from odc.geo.geobox import GeoBox
+
+    from core.field import Field
+
+S2_ASSETS: tuple[str, ...] = (*S2_BANDS, "SCL")
+"""Assets read from each ``sentinel-2-l2a`` item: the ten cube bands and the class map."""
+S1_ASSETS: tuple[str, ...] = ("vv", "vh")
+"""Assets read from each ``sentinel-1-rtc`` item, in cube polarization order (VV, VH)."""
+OFFSET_BASELINE: tuple[int, int] = (4, 0)
+"""First processing baseline whose DN carry :data:`BOA_ADD_OFFSET`."""
+BOA_ADD_OFFSET = 1000
+QUANTIFICATION = 10000.0
+S1_NODATA = -32768.0
+OFFSET_START = dt.datetime(2022, 1, 25)
+"""Baseline 04.00 went live on this day; used only for items without a baseline property."""
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``(stage, done, total)``: e.g. ``("loading 12 Sentinel-2 scenes", 40, 132)``."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """A fetched cube and what happened on the way."""
+
+    cube: xr.Dataset
+    """The cube (see :mod:`core.cube`), on :attr:`grid`."""
+    grid: Grid
+    """The field's grid the cube was loaded onto."""
+    scenes_found: dict[str, int]
+    """Items the search found per collection, e.g. ``{"sentinel-2-l2a": 70}``."""
+    frames_loaded: dict[str, int]
+    """Frames in the cube after same-day merging: ``{"s2": 41, "s1": 30}``."""
+    s1_status: str
+    """``"loaded"``, ``"skipped"`` (not asked for), ``"none"`` (no scenes/data),
+    ``"denied"`` (access refused) or ``"failed"`` (search or read failed)."""
+    s1_message: str
+    """One sentence for the user about Sentinel-1, e.g. why it is missing."""
+    from_cache: bool = False
+    """True when the cube was served from the disk cache (see :mod:`core.cache`)."""
+    elapsed_s: float = 0.0
+    """Wall time of the fetch (0 for a cache hit)."""
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary (everything except the cube)."""
+        return {
+            "grid": {
+                "crs": self.grid.crs,
+                "resolution_m": self.grid.resolution_m,
+                "x0": self.grid.x0,
+                "y0": self.grid.y0,
+                "width": self.grid.width,
+                "height": self.grid.height,
+            },
+            "scenes_found": dict(self.scenes_found),
+            "frames_loaded": dict(self.frames_loaded),
+            "s1_status": self.s1_status,
+            "s1_message": self.s1_message,
+            "elapsed_s": round(float(self.elapsed_s), 3),
+        }
+
+
+# --- pure pieces -------------------------------------------------------------------------------
+
+
+def parse_baseline(text: object) -> tuple[int, int] | None:
+    """``"04.00"`` -> ``(4, 0)``; ``None`` for a missing or unreadable value."""
+    match = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", str(text)) if text is not None else None
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def has_boa_offset(properties: dict[str, Any], when: dt.datetime | None = None) -> bool:
+    """Whether an S2 L2A item's DN carry the +1000 offset, from ``s2:processing_baseline``.
+
+    Decided by the property alone when present: a scene of 2019 reprocessed with baseline
+    05.00 has the offset. Only an item without the property falls back to its date.
+    """
+    baseline = parse_baseline(properties.get("s2:processing_baseline"))
+    if baseline is not None:
+        return baseline >= OFFSET_BASELINE
+    return when is not None and when >= OFFSET_START
+
+
+def harmonise_s2(dn: np.ndarray, *, offset: bool) -> np.ndarray:
+    """L2A digital numbers to surface reflectance.
+
+    Args:
+        dn: uint16 DN, any shape; 0 means no data.
+        offset: the product carries the +1000 offset (baseline >= 04.00).
+
+    Returns:
+        float32 reflectance of the same shape, NaN where DN is 0. Not clipped: DN below the
+        offset give small negative reflectance, as delivered.
+    """
+    values = np.asarray(dn)
+    out = values.astype(np.float32)
+    if offset:
+        out -= BOA_ADD_OFFSET
+    out /= QUANTIFICATION
+    out[values == 0] = np.nan
+    return out
+
+
+def linear_to_db(linear: np.ndarray, nodata: float = S1_NODATA) -> np.ndarray:
+    """Linear backscatter (gamma0/sigma0) to decibels; nodata, <= 0 and non-finite -> NaN.
+
+    Args:
+        linear: float array, any shape.
+        nodata: the source's no-data value.
+
+    Returns:
+        float32 array of the same shape: ``10 * log10(linear)``.
+    """
+    values = np.asarray(linear, dtype=np.float64)
+    usable = np.isfinite(values) & (values > 0) & (values != nodata)
+    out = np.full(values.shape, np.nan, dtype=np.float32)
+    out[usable] = (10.0 * np.log10(values[usable])).astype(np.float32)
+    return out
+
+
+def solar_day(when: dt.datetime, lon: float) -> dt.date:
+    """Local solar calendar day of a UTC time at a longitude (odc-stac's whole-hour rule)."""
+    return (when + dt.timedelta(hours=int(lon / 15.0))).date()
+
+
+def fuse_first_valid(
+    stack: np.ndarray, keys: Sequence[Hashable], *, missing: Callable[[np.ndarray], np.ndarray]
+) -> tuple[np.ndarray, list[Hashable], list[int]]:
+    """Merge frames that share a key: per element, the first frame with data wins.
+
+    Args:
+        stack: frames along axis 0, shape (N, ...).
+        keys: one key per frame (N,); frames with equal keys are merged in stack order.
+        missing: marks elements without data, e.g. ``np.isnan``.
+
+    Returns:
+        ``(merged, unique_keys, first_index)``: merged frames (K, ...) in order of each key's
+        first appearance, those keys, and for each the index of its first frame.
+    """
+    order: dict[Hashable, list[int]] = {}
+    for index, key in enumerate(keys):
+        order.setdefault(key, []).append(index)
+    merged = np.empty((len(order), *stack.shape[1:]), dtype=stack.dtype)
+    for out_index, members in enumerate(order.values()):
+        frame = stack[members[0]].copy()
+        for other in members[1:]:
+            holes = missing(frame)
+            frame[holes] = stack[other][holes]
+        merged[out_index] = frame
+    return merged, list(order), [members[0] for members in order.values()]
+
+
+def clear_fraction(cube: xr.Dataset, mask: np.ndarray | None = None) -> np.ndarray:
+    """Fraction of clear pixels per S2 frame, over ``mask`` (H, W) or the whole grid.
+
+    Returns:
+        float64 (T2,).
+    """
+    valid = np.asarray(cube["valid"].values, dtype=bool)
+    if mask is None:
+        return valid.reshape(valid.shape[0], -1).mean(axis=1)
+    if not mask.any():
+        return np.zeros(valid.shape[0])
+    return valid[:, mask].mean(axis=1)
+
+
+def parse_period(start: str | dt.date, end: str | dt.date) -> tuple[dt.date, dt.date]:
+    """Validate a period given as ``YYYY-MM-DD`` strings or dates; return it as dates.
+
+    Raises:
+        InputError: a date cannot be read, or the period ends before it starts.
+    """
+    first = start if isinstance(start, dt.date) else _to_date(start)
+    last = end if isinstance(end, dt.date) else _to_date(end)
+    if isinstance(first, dt.datetime):
+        first = first.date()
+    if isinstance(last, dt.datetime):
+        last = last.date()
+    if last < first:
+        raise InputError(
+            f"The period ends ({last}) before it starts ({first}); give --start before --end."
+        )
+    return first, last
+
+
+def _to_date(text: str) -> dt.date:
+    return dt.date.fromisoformat(str(np.datetime64(parse_date(text), "D")))
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def gdal_options(settings: Settings) -> dict[str, str]:
+    """GDAL configuration for reading COGs over HTTP with retries and time-outs."""
+    timeout = max(1, math.ceil(settings.timeout_s))
+    return {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "GDAL_HTTP_MAX_RETRY": str(max(0, settings.retries)),
+        "GDAL_HTTP_RETRY_DELAY": "0.5",
+        "GDAL_HTTP_TIMEOUT": str(timeout),
+        "GDAL_HTTP_CONNECTTIMEOUT": str(min(timeout, 10)),
+        "GDAL_HTTP_MULTIRANGE": "YES",
+        "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    }
+
+
+def _geobox(grid: Grid) -> GeoBox:
+    from odc.geo.geobox import GeoBox
+
+    return GeoBox(grid.shape, grid.transform, grid.crs)
+
+
+def _grid_lon(grid: Grid) -> float:
+    left, bottom, right, top = grid.bounds
+    to_lonlat = pyproj.Transformer.from_crs(grid.crs, "EPSG:4326", always_xy=True)
+    lon, _ = to_lonlat.transform((left + right) / 2, (bottom + top) / 2)
+    return float(lon)
+
+
+def _odc_progress(
+    progress: ProgressCallback | None,
+    stage: str,
+    items_before: int,
+    items_here: int,
+    items_total: int,
+) -> Callable[[Any], Iterator[Any]] | None:
+    """Adapt odc-stac's ``progress=`` (wraps its task iterable) to a ``(stage, done, total)``
+    callback counting items, across several partial loads."""
+    if progress is None:
+        return None
+
+    def wrap(work: Any) -> Iterator[Any]:
+        tasks = max(1, len(work))
+        progress(stage, items_before, items_total)
+
+        def counted() -> Iterator[Any]:
+            for done, task in enumerate(work, start=1):
+                progress(stage, items_before + (done * items_here) // tasks, items_total)
+                yield task
+
+        return counted()
+
+    return wrap
+
+
+_HTTP_CODE = re.compile(r"HTTP response code:\s*(\d{3})")
+
+
+def _read_error(exc: Exception, what: str) -> NetworkError:
+    """A GDAL read error, or a signer's token request error, as a :mod:`core.errors` error."""
+    response = getattr(exc, "response", None)
+    match = _HTTP_CODE.search(str(exc))
+    status = getattr(response, "status_code", None) or (int(match.group(1)) if match else None)
+    if status in (401, 403):
+        return AccessDeniedError(
+            f"Access to the {what} imagery was refused (HTTP {status}). If the catalogue needs "
+            "a key, set PC_SDK_SUBSCRIPTION_KEY."
+        )
+    detail = " ".join(str(exc).split())[:200]
+    return NetworkError(
+        f"Could not read the {what} imagery after retries: {detail}. Check your connection."
+    )
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One odc-stac output plane: the fused items of one group key."""
+
+    key: tuple[Any, ...]
+    time: dt.datetime
+    bands: dict[str, np.ndarray]
+
+
+def _load(
+    items: Sequence[pystac.Item],
+    grid: Grid,
+    *,
+    bands: Sequence[str],
+    keys: Sequence[tuple[Any, ...]],
+    dtype: str,
+    nodata: float,
+    settings: Settings,
+    signer: Signer | None,
+    threads: int,
+    progress: ProgressCallback | None,
+    stage: str,
+    what: str,
+) -> list[_Frame]:
+    """odc-stac load of ``items`` onto ``grid``, fusing items of equal key (first valid wins).
+
+    odc-stac takes the band list from the first item, so items are loaded in partitions of
+    equal available assets (e.g. single-polarisation S1 scenes apart); a band an item lacks
+    is filled with ``nodata``. Items with none of ``bands`` are skipped.
+
+    Returns:
+        Frames (each band (H, W)) sorted by (earliest item time, key).
+    """
+    import odc.stac
+
+    partitions: dict[tuple[str, ...], list[int]] = {}
+    for index, item in enumerate(items):
+        available = tuple(band for band in bands if band in item.assets)
+        if available:
+            partitions.setdefault(available, []).append(index)
+    total = sum(len(members) for members in partitions.values())
+    frames: list[_Frame] = []
+    done = 0
+    with rasterio.Env(**gdal_options(settings)):
+        for available, members in partitions.items():
+            part_keys = [keys[i] for i in members]
+            unique = sorted(set(part_keys))
+            try:
+                ds = odc.stac.load(
+                    [items[i] for i in members],
+                    bands=list(available),
+                    geobox=_geobox(grid),
+                    groupby=lambda _item, _parsed, index, part_keys=part_keys: part_keys[index],
+                    dtype=dtype,
+                    nodata=nodata,
+                    resampling="nearest",
+                    patch_url=signer,
+                    pool=max(1, threads),
+                    progress=_odc_progress(progress, stage, done, len(members), total),
+                    fail_on_error=True,
+                )
+            except (rasterio.errors.RasterioError, requests.RequestException) as exc:
+                raise _read_error(exc, what) from exc
+            done += len(members)
+            if ds.sizes["time"] != len(unique):
+                raise RuntimeError(
+                    f"odc-stac made {ds.sizes['time']} frames for {len(unique)} groups."
+                )
+            for plane, key in enumerate(unique):
+                first = min(
+                    item_datetime(items[i])
+                    for i, k in zip(members, part_keys, strict=True)
+                    if k == key
+                )
+                data = {
+                    band: (
+                        np.asarray(ds[band].values[plane])
+                        if band in available
+                        else np.full(grid.shape, nodata, dtype=dtype)
+                    )
+                    for band in bands
+                }
+                frames.append(_Frame(key=key, time=first, bands=data))
+    return sorted(frames, key=lambda frame: (frame.time, frame.key))
+
+
+def load_s2(
+    items: Sequence[pystac.Item],
+    grid: Grid,
+    *,
+    settings: Settings,
+    signer: Signer | None = None,
+    threads: int = 8,
+    progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read S2 L2A items onto a grid, harmonised and merged per solar day.
+
+    Returns:
+        ``(times (T,), s2 (T, 10, H, W) float32 reflectance, scl (T, H, W) uint8)``; times
+        are each day's earliest item time (datetime64[ns], UTC). Frames without any data over
+        the grid are dropped.
+
+    Raises:
+        NetworkError / AccessDeniedError: a COG cannot be read.
+    """
+    lon = _grid_lon(grid)
+    keys = [
+        (solar_day(item_datetime(item), lon), has_boa_offset(item.properties, item_datetime(item)))
+        for item in items
+    ]
+    frames = _load(
+        items,
+        grid,
+        bands=S2_ASSETS,
+        keys=keys,
+        dtype="uint16",
+        nodata=0,
+        settings=settings,
+        signer=signer,
+        threads=threads,
+        progress=progress,
+        stage=f"loading {len(items)} Sentinel-2 scenes",
+        what="Sentinel-2",
+    )
+    if not frames:
+        return (
+            np.array([], "datetime64[ns]"),
+            np.empty((0, len(S2_BANDS), *grid.shape), np.float32),
+            np.empty((0, *grid.shape), np.uint8),
+        )
+    # Harmonise each (day, baseline) frame, then fuse a day's frames in time order.
+    reflectance = np.stack(
+        [
+            harmonise_s2(np.stack([frame.bands[band] for band in S2_BANDS]), offset=frame.key[1])
+            for frame in frames
+        ]
+    )
+    scl = np.stack([frame.bands["SCL"] for frame in frames]).astype(np.uint8)
+    days = [frame.key[0] for frame in frames]
+    s2, _, first = fuse_first_valid(reflectance, days, missing=np.isnan)
+    scl, _, _ = fuse_first_valid(scl, days, missing=lambda a: a == 0)
+    times = np.array([np.datetime64(frames[i].time, "ns") for i in first], "datetime64[ns]")
+    keep = np.isfinite(s2).any(axis=(1, 2, 3)) | (scl > 0).any(axis=(1, 2))
+    return times[keep], s2[keep], scl[keep]
+
+
+def load_s1(
+    items: Sequence[pystac.Item],
+    grid: Grid,
+    *,
+    settings: Settings,
+    signer: Signer | None = None,
+    threads: int = 8,
+    progress: ProgressCallback | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read S1 RTC items onto a grid in dB, merged per (solar day, orbit direction).
+
+    Returns:
+        ``(times (T,), s1 (T, 2, H, W) float32 dB VV/VH, orbit_state (T,) str)``; times are
+        each group's earliest item time. Frames without any data over the grid are dropped.
+
+    Raises:
+        NetworkError / AccessDeniedError: a COG cannot be read.
+    """
+    lon = _grid_lon(grid)
+    keys = [
+        (
+            solar_day(item_datetime(item), lon),
+            str(item.properties.get("sat:orbit_state", "unknown")),
+        )
+        for item in items
+    ]
+    frames = _load(
+        items,
+        grid,
+        bands=S1_ASSETS,
+        keys=keys,
+        dtype="float32",
+        nodata=S1_NODATA,
+        settings=settings,
+        signer=signer,
+        threads=threads,
+        progress=progress,
+        stage=f"loading {len(items)} Sentinel-1 scenes",
+        what="Sentinel-1",
+    )
+    if not frames:
+        return (
+            np.array([], "datetime64[ns]"),
+            np.empty((0, len(S1_ASSETS), *grid.shape), np.float32),
+            np.array([], str),
+        )
+    decibels = np.stack(
+        [np.stack([linear_to_db(frame.bands[band]) for band in S1_ASSETS]) for frame in frames]
+    )
+    s1, groups, first = fuse_first_valid(
+        decibels, [frame.key for frame in frames], missing=np.isnan
+    )
+    times = np.array([np.datetime64(frames[i].time, "ns") for i in first], "datetime64[ns]")
+    orbit = np.array([key[1] for key in groups], dtype=str)
+    keep = np.isfinite(s1).any(axis=(1, 2, 3))
+    return times[keep], s1[keep], orbit[keep]
+
+
+# --- the fetch ---------------------------------------------------------------------------------
+
+
+def _license(years: Sequence[int], with_s1: bool) -> str:
+    span = f"{min(years)}" if min(years) == max(years) else f"{min(years)}-{max(years)}"
+    text = f"Contains modified Copernicus Sentinel data {span}"
+    if with_s1:
+        text += "; Sentinel-1 RTC from Microsoft Planetary Computer (CC BY 4.0)"
+    return text
+
+
+def _search(
+    client: StacClient,
+    collection: str,
+    geometry: Any,
+    start: dt.date,
+    end: dt.date,
+    max_cloud_cover: float | None,
+    progress: ProgressCallback | None,
+) -> list[pystac.Item]:
+    stage = f"searching {collection}"
+    if progress:
+        progress(stage, 0, 1)
+    items = search_scenes(client, collection, geometry, start, end, max_cloud_cover=max_cloud_cover)
+    if progress:
+        progress(stage, 1, 1)
+    return items
+
+
+def fetch_cube(
+    field: Field,
+    start: str | dt.date,
+    end: str | dt.date,
+    *,
+    settings: Settings,
+    client: StacClient | None = None,
+    signer: Signer | None = planetary_computer.sign_inplace,
+    progress: ProgressCallback | None = None,
+    include_s1: bool = True,
+    max_cloud_cover: float | None = None,
+    grid: Grid | None = None,
+    threads: int = 8,
+) -> FetchResult:
+    """Search and load a field's S2 (and S1) time series onto its grid.
+
+    Args:
+        field: the field (EPSG:4326 outline, name, GeoJSON).
+        start, end: first and last day, ``YYYY-MM-DD`` or dates.
+        settings: STAC URL, retries, time-outs, area limit.
+        client: an opened client; opened from ``settings`` with ``signer`` when ``None``.
+        signer: signs asset hrefs (items in place, or href strings); PC's by default.
+        progress: called as ``(stage, done, total)`` while searching and loading.
+        include_s1: also fetch Sentinel-1 RTC.
+        max_cloud_cover: keep only S2 scenes with at most this cloud cover (percent).
+        grid: the grid to load onto; :func:`core.grid.grid_for_field` by default.
+        threads: parallel COG reads.
+
+    Returns:
+        A :class:`FetchResult` whose cube holds ``s2`` (T2, 10, H, W), ``valid``, ``scl`` and,
+        when available, ``s1`` (T1, 2, H, W) with ``orbit_state``.
+
+    Raises:
+        InputError: bad dates; FieldError: field too large.
+        NoScenesError: no S2 scene (with data) for the field and period.
+        NetworkError / AccessDeniedError: the STAC API or S2 imagery cannot be reached.
+    """
+    started = time.monotonic()
+    first, last = parse_period(start, end)
+    area_ha = getattr(field, "area_ha", None)
+    if area_ha is not None and area_ha > settings.max_area_ha:
+        raise FieldError(
+            f"The field covers {area_ha:.0f} ha, more than the {settings.max_area_ha:.0f} ha "
+            "limit (FIELDFLOW_MAX_AREA_HA); draw a smaller field."
+        )
+    grid = grid or grid_for_field(field)
+    client = client or open_client(settings, signer=signer)
+    geometry = field.geometry
+    cloud_text = "" if max_cloud_cover is None else f" with at most {max_cloud_cover:g}% clouds"
+
+    s2_items = _search(client, S2_COLLECTION, geometry, first, last, max_cloud_cover, progress)
+    if not s2_items:
+        raise NoScenesError(
+            f"No {S2_COLLECTION} scenes{cloud_text} cover the field between {first} and {last}. "
+            "Try a wider period or a higher cloud limit."
+        )
+    scenes = {S2_COLLECTION: len(s2_items)}
+    times, s2, scl = load_s2(
+        s2_items, grid, settings=settings, signer=signer, threads=threads, progress=progress
+    )
+    if times.size == 0:
+        raise NoScenesError(
+            f"{len(s2_items)} {S2_COLLECTION} scenes were found between {first} and {last}, but "
+            "none has data over the field. Try a wider period."
+        )
+
+    s1_times = s1 = orbit = None
+    if not include_s1:
+        s1_status, s1_message = "skipped", "Sentinel-1 not requested."
+    else:
+        try:
+            s1_items = _search(client, S1_COLLECTION, geometry, first, last, None, progress)
+            scenes[S1_COLLECTION] = len(s1_items)
+            if s1_items:
+                s1_times, s1, orbit = load_s1(
+                    s1_items,
+                    grid,
+                    settings=settings,
+                    signer=signer,
+                    threads=threads,
+                    progress=progress,
+                )
+        except AccessDeniedError as exc:
+            s1_status = "denied"
+            s1_message = (
+                f"Sentinel-1 unavailable (access refused): continuing with Sentinel-2 only. {exc}"
+            )
+        except NetworkError as exc:
+            s1_status = "failed"
+            s1_message = f"Sentinel-1 unavailable ({exc}): continuing with Sentinel-2 only."
+        else:
+            if s1_times is not None and s1_times.size:
+                s1_status = "loaded"
+                s1_message = f"Sentinel-1: {s1_times.size} frames."
+            else:
+                s1_status, s1_times, s1, orbit = "none", None, None, None
+                s1_message = (
+                    "Sentinel-1 unavailable (no scenes with data for this field and "
+                    "period): continuing with Sentinel-2 only."
+                )
+
+    years = sorted({int(str(t)[:4]) for t in times})
+    attrs: dict[str, Any] = {
+        "crs": grid.crs,
+        "resolution_m": float(grid.resolution_m),
+        "site": str(getattr(field, "name", "") or "field"),
+        "source": (
+            f"Planetary Computer STAC {client.url}: {S2_COLLECTION}"
+            + (f" and {S1_COLLECTION}" if s1 is not None else "")
+            + "; 20 m bands and SCL resampled to 10 m by nearest neighbour (pixel replication)"
+        ),
+        "license": _license(years, s1 is not None),
+        "field_geojson": _geojson_text(field),
+        "start_date": first.isoformat(),
+        "end_date": last.isoformat(),
+        "s1_status": s1_status,
+    }
+    if max_cloud_cover is not None:
+        attrs["max_cloud_cover"] = float(max_cloud_cover)
+    cube = build_cube(
+        s2, times, grid.y, grid.x, attrs, scl=scl, s1=s1, time_s1=s1_times, orbit_state=orbit
+    )
+    frames = {"s2": int(times.size), "s1": int(0 if s1_times is None else s1_times.size)}
+    return FetchResult(
+        cube=cube,
+        grid=grid,
+        scenes_found=scenes,
+        frames_loaded=frames,
+        s1_status=s1_status,
+        s1_message=s1_message,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _geojson_text(field: Any) -> str:
+    to_geojson = getattr(field, "to_geojson", None)
+    if callable(to_geojson):
+        text = to_geojson()
+        return text if isinstance(text, str) else json.dumps(text)
+    return json.dumps({"type": "Feature", "properties": {}, "geometry": mapping(field.geometry)})

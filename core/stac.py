@@ -1,0 +1,223 @@
+"""Searching a STAC API (Planetary Computer by default) for a field's Sentinel scenes.
+
+:func:`open_client` returns a :class:`StacClient`: a ``pystac_client.Client`` whose HTTP session
+retries connection errors, 429 and 5xx answers on every method (searches are POSTs, which
+requests' default retries skip), honours ``Retry-After``, and times out every call. URL signing
+is a parameter (``signer``): Planetary Computer's ``sign_inplace`` signs only
+``*.blob.core.windows.net`` hrefs and leaves any other host (a local test server) unchanged.
+:func:`search_scenes` follows the result pages to the end. Failures become
+:class:`~core.errors.NetworkError` / :class:`~core.errors.AccessDeniedError` with a message a
+user can act on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import planetary_computer
+import pystac
+import requests
+from pystac_client import Client
+from pystac_client.exceptions import APIError
+from pystac_client.stac_api_io import StacApiIO
+from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
+from urllib3.util.retry import Retry
+
+from core.config import Settings
+from core.errors import AccessDeniedError, FieldFlowError, NetworkError
+
+S2_COLLECTION = "sentinel-2-l2a"
+S1_COLLECTION = "sentinel-1-rtc"
+RETRY_STATUS: tuple[int, ...] = (429, 500, 502, 503, 504)
+"""HTTP answers worth retrying: rate limiting and server-side trouble."""
+PAGE_SIZE = 100
+"""Items asked for per result page (the API may cap it lower)."""
+
+Signer = Callable[[Any], Any]
+"""Signs a pystac Item/Collection/dict in place, or returns a signed copy of an href string."""
+
+
+@dataclass(frozen=True)
+class StacClient:
+    """An opened STAC API with the settings it was opened with."""
+
+    catalog: Client
+    """The pystac-client client (its session retries and times out)."""
+    url: str
+    """The API's base URL, for messages and cube provenance."""
+    tries: int
+    """How many times one HTTP call is attempted before giving up (retries + 1)."""
+    signer: Signer | None
+    """What signs asset hrefs (applied to every item found); ``None`` for no signing."""
+
+
+def make_retry(retries: int, *, backoff_factor: float = 0.5) -> Retry:
+    """urllib3 retry policy: connection errors, 429 and 5xx on any method, with backoff.
+
+    Args:
+        retries: retries after the first try (``Settings.retries``).
+        backoff_factor: sleep ``backoff_factor * 2 ** (n - 1)`` seconds before retry ``n``,
+            unless the server sends ``Retry-After``.
+    """
+    return Retry(
+        total=max(0, int(retries)),
+        backoff_factor=backoff_factor,
+        backoff_max=30.0,
+        status_forcelist=RETRY_STATUS,
+        allowed_methods=None,
+        respect_retry_after_header=True,
+        raise_on_status=True,
+    )
+
+
+def open_client(
+    settings: Settings,
+    *,
+    signer: Signer | None = planetary_computer.sign_inplace,
+    backoff_factor: float = 0.5,
+) -> StacClient:
+    """Open the STAC API at ``settings.stac_api_url``.
+
+    A Planetary Computer subscription key, when needed, is read by ``planetary_computer`` itself
+    from ``PC_SDK_SUBSCRIPTION_KEY``; it is passed on explicitly only when that variable is set.
+
+    Args:
+        settings: gives the URL, ``retries`` and ``timeout_s``.
+        signer: modifier applied to every item and collection the client returns.
+        backoff_factor: see :func:`make_retry`.
+
+    Raises:
+        NetworkError: the API cannot be reached, keeps failing, or is not a STAC API.
+        AccessDeniedError: the API answers 401/403.
+    """
+    key = os.environ.get("PC_SDK_SUBSCRIPTION_KEY")
+    if key and signer is not None:
+        planetary_computer.set_subscription_key(key)
+    tries = max(0, int(settings.retries)) + 1
+    io = StacApiIO(
+        max_retries=make_retry(settings.retries, backoff_factor=backoff_factor),
+        timeout=settings.timeout_s,
+    )
+    url = settings.stac_api_url
+    with translate_errors(url, tries, what="open the STAC API"):
+        catalog = Client.open(url, modifier=signer, stac_io=io, timeout=settings.timeout_s)
+    return StacClient(catalog=catalog, url=url, tries=tries, signer=signer)
+
+
+def search_scenes(
+    client: StacClient,
+    collection: str,
+    geometry: BaseGeometry,
+    start: dt.date,
+    end: dt.date,
+    *,
+    max_cloud_cover: float | None = None,
+    page_size: int = PAGE_SIZE,
+) -> list[pystac.Item]:
+    """All items of ``collection`` intersecting ``geometry`` between two dates, inclusive.
+
+    Follows the API's result pages to the end. With ``max_cloud_cover`` the API is asked for
+    ``eo:cloud_cover <= max_cloud_cover`` and the answer is filtered again here, so a server that
+    ignores the ``query`` extension cannot slip cloudier scenes through.
+
+    Args:
+        client: from :func:`open_client`.
+        collection: e.g. :data:`S2_COLLECTION`.
+        geometry: the field in EPSG:4326.
+        start, end: first and last calendar day (UTC) of the period.
+        max_cloud_cover: largest scene cloud cover in percent, or ``None`` for all scenes.
+        page_size: items asked for per page.
+
+    Returns:
+        Signed items sorted by (datetime, id); empty if none match.
+
+    Raises:
+        NetworkError: the API cannot be reached or keeps failing after retries.
+        AccessDeniedError: the API (or the signer's token service) answers 401/403.
+    """
+    params: dict[str, Any] = {
+        "collections": [collection],
+        "intersects": mapping(geometry),
+        "datetime": f"{start.isoformat()}/{end.isoformat()}",
+        "limit": int(page_size),
+    }
+    if max_cloud_cover is not None:
+        params["query"] = {"eo:cloud_cover": {"lte": float(max_cloud_cover)}}
+    with translate_errors(client.url, client.tries, what=f"search {collection}"):
+        items = list(client.catalog.search(**params).items())
+    if max_cloud_cover is not None:
+        items = [
+            item
+            for item in items
+            if float(item.properties.get("eo:cloud_cover", 0.0)) <= max_cloud_cover
+        ]
+    return sorted(items, key=lambda item: (item_datetime(item), item.id))
+
+
+def item_datetime(item: pystac.Item) -> dt.datetime:
+    """The item's nominal acquisition time as naive UTC (``datetime`` or ``start_datetime``)."""
+    stamp = item.datetime or item.common_metadata.start_datetime
+    if stamp is None:
+        raise NetworkError(f"The STAC item {item.id} has no datetime; the API answer is broken.")
+    if stamp.tzinfo is not None:
+        stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+    return stamp
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if status is None and isinstance(exc, requests.HTTPError) and exc.response is not None:
+        status = exc.response.status_code
+    return int(status) if status is not None else None
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@contextmanager
+def translate_errors(url: str, tries: int, *, what: str) -> Iterator[None]:
+    """Turn HTTP client failures inside the block into :mod:`core.errors` exceptions.
+
+    Args:
+        url: the service, named in the message.
+        tries: how many attempts were made per call, named in the message.
+        what: the action, e.g. ``"search sentinel-2-l2a"``.
+    """
+    try:
+        yield
+    except FieldFlowError:
+        raise
+    except (APIError, requests.RequestException) as exc:
+        status = _status_of(exc)
+        if status in (401, 403):
+            raise AccessDeniedError(
+                f"The STAC API at {url} refused access (HTTP {status}) when trying to {what}. "
+                "If it needs a key, set PC_SDK_SUBSCRIPTION_KEY."
+            ) from exc
+        if status is not None and 400 <= status < 500:
+            raise NetworkError(
+                f"The STAC API at {url} rejected the request to {what} (HTTP {status}): "
+                f"{_short(exc)}. Check STAC_API_URL."
+            ) from exc
+        raise NetworkError(
+            f"Could not reach the STAC API at {url} after {tries} tries (trying to {what}): "
+            f"{_short(exc)}. Check your connection or STAC_API_URL."
+        ) from exc
+    except (pystac.STACError, pystac.STACTypeError, ValueError, KeyError) as exc:
+        raise NetworkError(
+            f"The answer of {url} is not a usable STAC API response (trying to {what}): "
+            f"{_short(exc)}. Check STAC_API_URL."
+        ) from exc
+    except NotImplementedError as exc:
+        raise NetworkError(
+            f"The service at {url} does not offer STAC item search ({_short(exc)}). "
+            "Check STAC_API_URL."
+        ) from exc

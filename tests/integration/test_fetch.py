@@ -1,0 +1,393 @@
+"""``python -m core fetch`` against real cubes published like Planetary Computer.
+
+Each shared UTM cube is served as PC-like STAC items and COGs by local servers
+(``published_site``); the fetch must give the source cube's pixels back on the field's window:
+reflectance to 1e-4, S1 to 0.01 dB, SCL and the clear mask equal, the same dates (one frame per
+solar day). The real client stack runs: pystac-client over HTTP, GDAL range reads, odc-stac.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+import xarray as xr
+
+from core.cache import CubeCache, cache_key, fetch_cached
+from core.cli import main
+from core.config import Settings
+from core.cube import read_cube, valid_from_scl
+from core.fetch import fetch_cube
+from core.field import Field
+from core.grid import grid_for_field, grid_from_cube
+from tests.support.site import PublishedSite
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def write_field(site: PublishedSite, folder: Path, inset_m: float = 30.0) -> tuple[Field, Path]:
+    """The site's field as a GeoJSON file."""
+    field = Field(site.field(inset_m), f"{site.name} field")
+    path = folder / "field.geojson"
+    path.write_text(json.dumps(field.to_geojson()), encoding="utf-8")
+    return field, path
+
+
+def period_of(site: PublishedSite) -> tuple[str, str]:
+    """First and last published S2 day."""
+    days = site.s2_times().astype("datetime64[D]")
+    return str(days.min()), str(days.max())
+
+
+def cli_env(site: PublishedSite, cache_dir: Path, retries: int = 2) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "STAC_API_URL": site.stac_url,
+            "FIELDFLOW_CACHE_DIR": str(cache_dir),
+            "FIELDFLOW_RETRIES": str(retries),
+            "FIELDFLOW_TIMEOUT_S": "20",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
+        }
+    )
+    return env
+
+
+def run_fetch_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core", "fetch", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def first_per_day(times: np.ndarray) -> np.ndarray:
+    """Indices of the first acquisition of each UTC day (the sites lie within 3 h of UTC
+    noon, so UTC days are solar days)."""
+    days = times.astype("datetime64[D]")
+    return np.array([i for i in range(len(days)) if i == 0 or days[i] != days[i - 1]])
+
+
+def assert_reproduces(fetched: xr.Dataset, source: xr.Dataset, start: str, end: str) -> None:
+    """``fetched`` equals ``source`` on fetched's window, one S2 frame per day, S1 in period."""
+    row, col = grid_from_cube(fetched).offset_in(grid_from_cube(source))
+    height, width = fetched.sizes["y"], fetched.sizes["x"]
+    window = {"y": slice(row, row + height), "x": slice(col, col + width)}
+    s2_src = source.isel(time_s2=first_per_day(source["time_s2"].values), **window)
+
+    np.testing.assert_array_equal(fetched["time_s2"].values, s2_src["time_s2"].values)
+    np.testing.assert_allclose(fetched["s2"].values, s2_src["s2"].values, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(fetched["scl"].values, s2_src["scl"].values)
+    np.testing.assert_array_equal(fetched["valid"].values, s2_src["valid"].values)
+
+    if "s1" not in source.data_vars or source.sizes.get("time_s1", 0) == 0:
+        assert "s1" not in fetched.data_vars
+        return
+    days = source["time_s1"].values.astype("datetime64[D]")
+    in_period = (days >= np.datetime64(start)) & (days <= np.datetime64(end))
+    s1_src = source.isel(time_s1=np.flatnonzero(in_period), **window)
+    np.testing.assert_array_equal(fetched["time_s1"].values, s1_src["time_s1"].values)
+    np.testing.assert_allclose(fetched["s1"].values, s1_src["s1"].values, atol=0.01, rtol=0)
+    assert set(fetched["orbit_state"].values) <= {"ascending", "descending"}
+
+
+# --- the command on three real sites -----------------------------------------------------------
+
+
+def test_cli_reproduces_flanders_with_offsets_split_tiles_retries_and_cache(
+    flanders_site: PublishedSite, tmp_path: Path
+) -> None:
+    """be-flanders-a (EPSG:32631): 2017 scenes, one claiming baseline 05.00 (offset before
+    2022), one split over two overlapping tiles; a 503 on the search and on a COG are retried.
+    A second identical run is served from the cache without a single request."""
+    site = flanders_site
+    field, field_path = write_field(site, tmp_path)
+    start, end = period_of(site)
+    reprocessed = [i for i in site.s2_items if i["properties"]["s2:processing_baseline"] == "05.00"]
+    assert reprocessed and reprocessed[0]["properties"]["datetime"] < "2022"
+    env = cli_env(site, tmp_path / "cache")
+    out = tmp_path / "cube.nc"
+    args = ["--geojson", str(field_path), "--start", start, "--end", end, "--out", str(out)]
+
+    site.stac_server.faults.fail_next(1, 503, prefix=site.stac_server.search_path)
+    site.cog_server.faults.fail_next(1, 503, prefix="/sentinel2-l2/")
+    started = time.monotonic()
+    first = run_fetch_cli(args, env)
+    elapsed = time.monotonic() - started
+    assert first.returncode == 0, first.stderr
+    fetched = read_cube(out)
+    assert_reproduces(fetched, site.cube, start, end)
+    assert fetched.attrs["crs"] == "EPSG:32631"
+    assert fetched.attrs["site"] == field.name
+    assert json.loads(fetched.attrs["field_geojson"])["geometry"]["type"] == "Polygon"
+    assert site.stac_url in fetched.attrs["source"]
+    statuses = [e.status for e in site.stac_server.searches()]
+    assert statuses[0] == 503 and statuses[1] == 200
+    assert any(e.status == 503 for e in site.cog_server.requests)
+    assert any(e.status == 206 for e in site.cog_server.requests)  # windows, not whole files
+    n_items = len(site.s2_items)
+    assert f"Scenes found: sentinel-2-l2a {n_items}, sentinel-1-rtc" in first.stdout
+    assert f"S2 {fetched.sizes['time_s2']}" in first.stdout
+    assert "Clear fraction of the field per S2 frame" in first.stdout
+    print(
+        f"flanders fetch via CLI: {elapsed:.1f} s for {n_items} S2 and "
+        f"{len(site.s1_items)} S1 items"
+    )
+
+    site.reset()
+    out2 = tmp_path / "again.nc"
+    second = run_fetch_cli([*args[:-1], str(out2)], env)
+    assert second.returncode == 0, second.stderr
+    assert "from the cache" in second.stdout
+    assert site.stac_server.requests == []
+    assert site.cog_server.requests == []
+    again = read_cube(out2)
+    xr.testing.assert_identical(again.drop_attrs(), fetched.drop_attrs())
+
+
+def test_cli_reproduces_arusha_in_the_southern_hemisphere_merging_same_day_tiles(
+    published_site, tmp_path: Path
+) -> None:
+    """tz-arusha (EPSG:32737, 20 m bands only): Nov 2019 - Jan 2020 holds two days with two
+    acquisitions each; the fetch keeps one frame per day (the first valid pixels)."""
+    site = published_site("tz-arusha", start="2019-11-01", end="2020-01-31")
+    times = site.s2_times()
+    assert len(np.unique(times.astype("datetime64[D]"))) == len(times) - 2
+    _, field_path = write_field(site, tmp_path)
+    start, end = period_of(site)
+    out = tmp_path / "cube.nc"
+    result = run_fetch_cli(
+        ["--geojson", str(field_path), "--start", start, "--end", end, "--out", str(out)],
+        cli_env(site, tmp_path / "cache"),
+    )
+    assert result.returncode == 0, result.stderr
+    fetched = read_cube(out)
+    assert fetched.attrs["crs"] == "EPSG:32737"
+    assert fetched["y"].values.min() > 9e6  # false northing of the south
+    assert fetched.sizes["time_s2"] == len(times) - 2
+    assert_reproduces(fetched, site.cube, start, end)
+
+
+def test_cli_reproduces_the_spanish_field_without_s1(published_site, tmp_path: Path) -> None:
+    """es-field (EPSG:32630, B04/B08 only, NaN outside the field, SCL with 10 m detail, times
+    at midnight UTC). Its stored ``valid`` came from another mask; the fetch derives ``valid``
+    from SCL, so it is compared with the SCL rule applied to the source."""
+    site = published_site("es-field", max_dates=12)
+    _, field_path = write_field(site, tmp_path, inset_m=20.0)
+    start, end = period_of(site)
+    out = tmp_path / "cube.nc"
+    result = run_fetch_cli(
+        [
+            "--geojson",
+            str(field_path),
+            "--start",
+            start,
+            "--end",
+            end,
+            "--out",
+            str(out),
+            "--no-cache",
+        ],
+        cli_env(site, tmp_path / "cache"),
+    )
+    assert result.returncode == 0, result.stderr
+    fetched = read_cube(out)
+    source = site.cube.copy()
+    source["valid"] = (
+        ("time_s2", "y", "x"),
+        valid_from_scl(source["scl"].values, source["s2"].values),
+    )
+    assert_reproduces(fetched, source, start, end)
+    assert "Sentinel-1 unavailable (no scenes" in result.stdout
+    assert not (tmp_path / "cache").exists()  # --no-cache writes nothing
+
+
+# --- Sentinel-1 refused, cache repair ----------------------------------------------------------
+
+
+def test_s1_assets_refused_gives_an_s2_only_result_that_says_so(published_site) -> None:
+    # fresh servers: GDAL caches /vsicurl/ reads per URL, and this test needs real refusals
+    site = published_site("be-flanders-a", fresh=True, max_dates=3)
+    site.cog_server.faults.deny("/sentinel1-grd-rtc/", 403)
+    settings = Settings(stac_api_url=site.stac_url, retries=1)
+    field = Field(site.field(), "refused")
+    result = fetch_cube(field, *period_of(site), settings=settings, threads=2)
+    assert result.s1_status == "denied"
+    assert result.s1_message.startswith(
+        "Sentinel-1 unavailable (access refused): continuing with Sentinel-2 only."
+    )
+    assert "s1" not in result.cube.data_vars
+    assert result.frames_loaded == {"s2": 3, "s1": 0}
+    assert 0 < result.scenes_found["sentinel-1-rtc"] <= len(site.s1_items)
+    assert any(e.status == 403 for e in site.cog_server.requests)
+    assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), *period_of(site))
+
+
+def test_corrupt_cache_entry_is_refetched(flanders_site: PublishedSite, tmp_path: Path) -> None:
+    site = flanders_site
+    settings = Settings(stac_api_url=site.stac_url, retries=1, cache_dir=tmp_path)
+    field = Field(site.field(), "cached")
+    start, end = period_of(site)
+    kwargs = {"settings": settings, "include_s1": False, "threads": 2}
+    first = fetch_cached(field, start, end, **kwargs)
+    assert not first.from_cache
+    cache = CubeCache(tmp_path)
+    key = cache_key(
+        field, start, end, grid=grid_for_field(field), settings=settings, include_s1=False
+    )
+    cube_path, _ = cache.paths(key)
+    data = cube_path.read_bytes()
+    cube_path.write_bytes(data[: len(data) // 3])  # a torn file
+
+    site.reset()
+    second = fetch_cached(field, start, end, **kwargs)
+    assert not second.from_cache
+    assert len(site.stac_server.searches()) >= 1  # fetched again, not served broken
+    xr.testing.assert_identical(second.cube, first.cube)
+    site.reset()
+    third = fetch_cached(field, start, end, **kwargs)
+    assert third.from_cache and site.stac_server.requests == []
+
+
+# --- errors a user sees: one line, exit status 2 -----------------------------------------------
+
+
+@pytest.fixture()
+def cli_in_process(flanders_site: PublishedSite, tmp_path: Path, monkeypatch):
+    """Run ``python -m core fetch`` in this process against the flanders site."""
+    monkeypatch.setenv("STAC_API_URL", flanders_site.stac_url)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FIELDFLOW_RETRIES", "1")
+    _, field_path = write_field(flanders_site, tmp_path)
+
+    def run(*extra: str, start: str = "2017-08-01", end: str = "2017-09-30") -> int:
+        return main(
+            [
+                "fetch",
+                "--geojson",
+                str(field_path),
+                "--start",
+                start,
+                "--end",
+                end,
+                "--out",
+                str(tmp_path / "out.nc"),
+                *extra,
+            ]
+        )
+
+    return run
+
+
+def test_no_scenes_names_collection_and_dates(cli_in_process, capsys) -> None:
+    assert cli_in_process(start="2030-01-01", end="2030-02-01") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: No sentinel-2-l2a scenes cover the field between 2030-01-01 and "
+        "2030-02-01. Try a wider period or a higher cloud limit."
+    )
+
+
+def test_cloud_limit_named_when_it_filters_everything(cli_in_process, capsys) -> None:
+    assert cli_in_process("--max-cloud", "0", start="2017-08-01", end="2017-08-05") == 2
+    assert "with at most 0% clouds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        ("2017-09-30", "2017-08-01", "ends (2017-08-01) before it starts (2017-09-30)"),
+        ("01/08/2017x", "2017-09-30", "write it as YYYY-MM-DD"),
+    ],
+)
+def test_bad_dates(cli_in_process, capsys, start: str, end: str, message: str) -> None:
+    assert cli_in_process(start=start, end=end) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_bad_field_file(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    line = tmp_path / "line.geojson"
+    line.write_text(json.dumps({"type": "LineString", "coordinates": [[3.0, 50.0], [3.1, 50.1]]}))
+    code = main(
+        [
+            "fetch",
+            "--geojson",
+            str(line),
+            "--start",
+            "2020-01-01",
+            "--end",
+            "2020-02-01",
+            "--out",
+            str(tmp_path / "x.nc"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "polygon" in err.lower()
+    assert not (tmp_path / "x.nc").exists()
+
+
+def test_network_down_after_retries(tmp_path: Path, capsys, monkeypatch) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api/stac/v1"
+    monkeypatch.setenv("STAC_API_URL", url)
+    monkeypatch.setenv("FIELDFLOW_RETRIES", "1")
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    field = Field(shapely.box(3.02, 50.80, 3.025, 50.805), "f")
+    path = tmp_path / "f.geojson"
+    path.write_text(json.dumps(field.to_geojson()))
+    code = main(
+        [
+            "fetch",
+            "--geojson",
+            str(path),
+            "--start",
+            "2020-01-01",
+            "--end",
+            "2020-02-01",
+            "--out",
+            str(tmp_path / "x.nc"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Could not reach the STAC API at {url} after 2 tries")
+    assert "Check your connection or STAC_API_URL" in err
+
+
+# --- heavier -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_flanders_period_in_process(published_site) -> None:
+    """All 118 S2 and 159 S1 acquisitions of be-flanders-a, with splits and reprocessing."""
+    site = published_site("be-flanders-a", split=(5, 40, 90), reprocessed=(0, 10, 60), pad_px=8)
+    start, end = period_of(site)
+    started = time.monotonic()
+    result = fetch_cube(
+        Field(site.field(), "full"),
+        start,
+        end,
+        settings=Settings(stac_api_url=site.stac_url, retries=1),
+        threads=8,
+    )
+    print(f"full flanders: {time.monotonic() - started:.1f} s")
+    assert_reproduces(result.cube, site.cube, start, end)

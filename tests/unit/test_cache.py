@@ -1,0 +1,186 @@
+"""The cube cache: keys, round trips, broken entries, and atomic writes under SIGKILL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.cache import CacheKey, CubeCache
+from core.cube import build_cube
+from core.fetch import FetchResult
+from core.grid import Grid
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID = Grid("EPSG:32631", 10.0, x0=500000.0, y0=5600040.0, width=4, height=4)
+NOW = dt.datetime(2024, 1, 10, 12, tzinfo=dt.UTC)
+
+
+def make_key(**changes: object) -> CacheKey:
+    fields: dict[str, object] = {
+        "field_key": "0123456789abcdef",
+        "start": "2023-03-01",
+        "end": "2023-10-31",
+        "collections": ("sentinel-2-l2a", "sentinel-1-rtc"),
+        "crs": GRID.crs,
+        "bounds": GRID.bounds,
+        "resolution_m": 10.0,
+        "max_cloud_cover": None,
+        "stac_api_url": "http://127.0.0.1:1/api",
+    }
+    fields.update(changes)
+    return CacheKey(**fields)  # type: ignore[arg-type]
+
+
+def make_result(grid: Grid = GRID, frames: int = 2, seed: int = 0) -> FetchResult:
+    rng = np.random.default_rng(seed)
+    s2 = rng.random((frames, 10, *grid.shape), dtype=np.float32) * 0.5
+    s2[0, :, 0, 0] = np.nan
+    scl = np.array([4, 5, 8, 9], np.uint8)[rng.integers(0, 4, (frames, *grid.shape))]
+    times = np.datetime64("2023-03-02T10:30", "ns") + np.arange(frames) * np.timedelta64(5, "D")
+    cube = build_cube(
+        s2, times, grid.y, grid.x, {"crs": grid.crs, "resolution_m": 10.0, "site": "test"}, scl=scl
+    )
+    return FetchResult(
+        cube=cube,
+        grid=grid,
+        scenes_found={"sentinel-2-l2a": frames + 1},
+        frames_loaded={"s2": frames, "s1": 0},
+        s1_status="none",
+        s1_message="Sentinel-1 unavailable.",
+        elapsed_s=1.5,
+    )
+
+
+def test_key_digest_is_stable_and_sensitive() -> None:
+    key = make_key()
+    assert key.digest == make_key().digest
+    assert len(key.digest) == 64
+    for change in (
+        {"end": "2023-11-01"},
+        {"max_cloud_cover": 80.0},
+        {"collections": ("sentinel-2-l2a",)},
+        {"field_key": "fedcba9876543210"},
+        {"bounds": (500000.0, 5600000.0, 500050.0, 5600040.0)},
+        {"stac_api_url": "http://127.0.0.1:2/api"},
+        {"version": 99},
+    ):
+        assert make_key(**change).digest != key.digest, change
+    assert json.loads(json.dumps(key.to_dict())) == key.to_dict()
+
+
+def test_round_trip_keeps_cube_and_summary(tmp_path: Path) -> None:
+    cache = CubeCache(tmp_path)
+    key = make_key()
+    assert cache.get(key) is None
+    result = make_result()
+    cube_path = cache.put(key, result, now=NOW)
+    assert cube_path == tmp_path / f"{key.digest}.nc"
+    hit = cache.get(key, now=NOW)
+    assert hit is not None and hit.from_cache
+    assert hit.grid == GRID
+    assert hit.scenes_found == result.scenes_found
+    assert hit.frames_loaded == result.frames_loaded
+    assert hit.s1_message == result.s1_message
+    np.testing.assert_allclose(hit.cube["s2"].values, result.cube["s2"].values, atol=5.1e-5)
+    np.testing.assert_array_equal(hit.cube["valid"].values, result.cube["valid"].values)
+    np.testing.assert_array_equal(hit.cube["time_s2"].values, result.cube["time_s2"].values)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key.digest}.json", f"{key.digest}.nc"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate", "flip", "delete_sidecar", "garbage_sidecar", "other_request", "delete_cube"],
+)
+def test_broken_entries_are_discarded_never_returned(tmp_path: Path, damage: str) -> None:
+    cache = CubeCache(tmp_path)
+    key = make_key()
+    cube_path, meta_path = cache.paths(key)
+    cache.put(key, make_result(), now=NOW)
+    if damage == "truncate":
+        data = cube_path.read_bytes()
+        cube_path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":  # same size, one byte changed somewhere in the data
+        data = bytearray(cube_path.read_bytes())
+        data[len(data) * 2 // 3] ^= 0xFF
+        cube_path.write_bytes(bytes(data))
+    elif damage == "delete_sidecar":
+        meta_path.unlink()
+    elif damage == "garbage_sidecar":
+        meta_path.write_text("{not json", encoding="utf-8")
+    elif damage == "other_request":
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta["request"]["end"] = "2030-01-01"
+        meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    elif damage == "delete_cube":
+        cube_path.unlink()
+    assert cache.get(key, now=NOW) is None
+    assert list(tmp_path.iterdir()) == []  # the broken entry is gone, ready to be refetched
+
+
+def test_recent_periods_expire_after_a_day(tmp_path: Path) -> None:
+    cache = CubeCache(tmp_path)
+    open_key = make_key(end="2024-01-08")  # ends two days before the fetch
+    closed_key = make_key(end="2023-10-31")
+    cache.put(open_key, make_result(), now=NOW)
+    cache.put(closed_key, make_result(), now=NOW)
+    later = NOW + dt.timedelta(hours=25)
+    assert cache.get(open_key, now=NOW + dt.timedelta(hours=2)) is not None
+    assert cache.get(open_key, now=later) is None
+    assert cache.get(closed_key, now=later + dt.timedelta(days=400)) is not None
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {root!r})
+    from tests.unit.test_cache import make_key, make_result
+    from core.cache import CubeCache
+    from core.grid import Grid
+    grid = Grid("EPSG:32631", 10.0, 500000.0, 5600000.0, 256, 256)
+    result = make_result(grid, frames=32)
+    print("ready", flush=True)
+    CubeCache({folder!r}).put(make_key(), result)
+    print("done", flush=True)
+    """
+)
+
+
+def test_writer_killed_mid_write_leaves_no_entry(tmp_path: Path) -> None:
+    """SIGKILL a process while it writes a ~40 MB cube into the cache: the final path never
+    appears, only a ``.tmp-*`` file, which remove_stale_temporaries clears."""
+    folder = tmp_path / "cache"
+    script = CHILD.format(root=str(ROOT), folder=str(folder))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        temporaries: list[Path] = []
+        while time.monotonic() < deadline and child.poll() is None:
+            temporaries = [p for p in folder.glob(".tmp-*") if p.stat().st_size > 1 << 20]
+            if temporaries:
+                break
+            time.sleep(0.005)
+        assert temporaries, "the child finished before it could be caught mid-write"
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    cache = CubeCache(folder)
+    cube_path, meta_path = cache.paths(make_key())
+    assert not cube_path.exists() and not meta_path.exists()
+    leftovers = sorted(p.name for p in folder.iterdir())
+    assert leftovers and all(name.startswith(".tmp-") for name in leftovers)
+    assert cache.get(make_key()) is None
+    assert cache.remove_stale_temporaries() == len(leftovers)
+    assert list(folder.iterdir()) == []

@@ -1,0 +1,186 @@
+"""The field grid: UTM zone choice, snapping to S2's 10 m pixel edges, field masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyproj
+import pytest
+import shapely
+from shapely.geometry import Polygon
+
+from core.cube import build_cube
+from core.errors import FieldError, InputError
+from core.field import Field
+from core.grid import (
+    Grid,
+    field_mask,
+    grid_for_field,
+    grid_from_cube,
+    project_geometry,
+    utm_crs_for,
+)
+
+
+def lonlat_box(crs: str, left: float, bottom: float, right: float, top: float) -> Polygon:
+    """A rectangle given in UTM metres, as a polygon in EPSG:4326."""
+    to_lonlat = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    box = shapely.box(left, bottom, right, top)
+    return shapely.transform(box, lambda xy: np.column_stack(to_lonlat.transform(*xy.T)))
+
+
+def test_grid_derived_properties_by_hand() -> None:
+    grid = Grid("EPSG:32631", 10.0, x0=500000.0, y0=5600040.0, width=3, height=4)
+    assert grid.shape == (4, 3)
+    assert grid.bounds == (500000.0, 5600000.0, 500030.0, 5600040.0)
+    np.testing.assert_array_equal(grid.x, [500005.0, 500015.0, 500025.0])
+    np.testing.assert_array_equal(grid.y, [5600035.0, 5600025.0, 5600015.0, 5600005.0])
+    assert grid.transform @ (0, 0) == (500000.0, 5600040.0)
+    assert grid.transform @ (3, 4) == (500030.0, 5600000.0)
+
+
+def test_grid_rejects_empty_or_bad_resolution() -> None:
+    with pytest.raises(InputError):
+        Grid("EPSG:32631", 10.0, 0.0, 0.0, width=0, height=3)
+    with pytest.raises(InputError):
+        Grid("EPSG:32631", -10.0, 0.0, 0.0, width=2, height=3)
+
+
+@pytest.mark.parametrize(
+    ("lon", "lat", "expected"),
+    [
+        (3.0, 50.8, "EPSG:32631"),  # Flanders
+        (36.7, -3.4, "EPSG:32737"),  # Arusha: southern hemisphere
+        (-4.8, 41.8, "EPSG:32630"),  # Spain, west of Greenwich
+        (6.0, 45.0, "EPSG:32632"),  # a zone's west edge belongs to it
+        (5.999, 45.0, "EPSG:32631"),
+        (180.0, 10.0, "EPSG:32660"),
+        (-180.0, -10.0, "EPSG:32701"),
+        (10.0, 0.0, "EPSG:32632"),  # the equator counts as north
+    ],
+)
+def test_utm_zone_choice(lon: float, lat: float, expected: str) -> None:
+    assert utm_crs_for(lon, lat) == expected
+
+
+def test_utm_zone_rejects_projected_coordinates() -> None:
+    with pytest.raises(FieldError, match="EPSG:4326"):
+        utm_crs_for(501365.0, 5629675.0)
+
+
+def test_grid_snaps_outward_to_multiples_of_the_resolution() -> None:
+    # A field from x 501503.2 to 501697.9 and y 5629201.5 to 5629498.1 in zone 31.
+    field = lonlat_box("EPSG:32631", 501503.2, 5629201.5, 501697.9, 5629498.1)
+    grid = grid_for_field(field, resolution_m=10, margin_m=20)
+    assert grid.crs == "EPSG:32631"
+    left, bottom, right, top = grid.bounds
+    # bounds +- 20 m margin, then out to the next 10 m edge (the 4326 round trip moves
+    # vertices by far less than a millimetre)
+    assert (left, bottom, right, top) == (501480.0, 5629180.0, 501720.0, 5629520.0)
+    assert grid.shape == (34, 24)
+    assert all(value % 10 == 0 for value in grid.bounds)
+
+
+def test_grid_on_exact_edges_gets_no_extra_pixel() -> None:
+    field = lonlat_box("EPSG:32631", 501500.0, 5629200.0, 501700.0, 5629500.0)
+    grid = grid_for_field(field, margin_m=0)
+    assert grid.bounds == (501500.0, 5629200.0, 501700.0, 5629500.0)
+    assert grid.shape == (30, 20)
+
+
+def test_grid_in_southern_hemisphere_uses_327xx_and_false_northing() -> None:
+    field = lonlat_box("EPSG:32737", 261000.0, 9595200.0, 261300.0, 9595600.0)
+    grid = grid_for_field(field)
+    assert grid.crs == "EPSG:32737"
+    assert grid.bounds == (260980.0, 9595180.0, 261320.0, 9595620.0)
+
+
+def test_grid_uses_the_fields_own_utm_zone_and_accepts_a_field() -> None:
+    polygon = lonlat_box("EPSG:32630", 344200.0, 4626100.0, 344500.0, 4626400.0)
+    field = Field(polygon, "es")
+    assert field.utm_crs == "EPSG:32630"
+    assert grid_for_field(field) == grid_for_field(polygon)
+
+
+def test_grid_rejects_a_negative_margin_and_empty_geometry() -> None:
+    with pytest.raises(InputError, match="margin"):
+        grid_for_field(lonlat_box("EPSG:32631", 0, 0, 10, 10), margin_m=-1)
+    with pytest.raises(FieldError):
+        grid_for_field(Polygon())
+
+
+@pytest.mark.parametrize(
+    "name", ["be-flanders-a_2017-2018.nc", "tz-arusha_2019-2021.nc", "es-field_2019.nc"]
+)
+def test_shared_cube_grids_are_subgrids_of_a_field_grid(cubes_dir, name: str) -> None:
+    """The shared UTM cubes have pixel edges on multiples of 10 m, so a field inside one gets a
+    grid whose pixels coincide with the cube's (a pure offset, no resampling)."""
+    from core.cube import read_cube
+
+    cube = read_cube(cubes_dir / name)
+    outer = grid_from_cube(cube)
+    assert outer.x0 % 10 == 0 and outer.y0 % 10 == 0
+    left, bottom, right, top = outer.bounds
+    field = lonlat_box(outer.crs, left + 103.0, bottom + 96.0, right - 151.0, top - 88.0)
+    inner = grid_for_field(field)
+    assert inner.crs == outer.crs
+    row, col = inner.offset_in(outer)
+    np.testing.assert_allclose(inner.x, cube["x"].values[col : col + inner.width])
+    np.testing.assert_allclose(inner.y, cube["y"].values[row : row + inner.height])
+
+
+def test_offset_in_rejects_misaligned_grids() -> None:
+    outer = Grid("EPSG:32631", 10.0, 0.0, 100.0, 10, 10)
+    with pytest.raises(InputError, match="aligned"):
+        Grid("EPSG:32631", 10.0, 5.0, 100.0, 2, 2).offset_in(outer)
+    with pytest.raises(InputError, match="differ"):
+        Grid("EPSG:32632", 10.0, 0.0, 100.0, 2, 2).offset_in(outer)
+    assert Grid("EPSG:32631", 10.0, 30.0, 80.0, 2, 2).offset_in(outer) == (2, 3)
+
+
+def test_grid_from_cube_round_trips() -> None:
+    grid = Grid("EPSG:32631", 10.0, 500000.0, 5600040.0, 3, 4)
+    cube = build_cube(
+        np.zeros((1, 10, 4, 3), np.float32),
+        np.array(["2020-01-01"], "datetime64[ns]"),
+        grid.y,
+        grid.x,
+        {"crs": grid.crs, "resolution_m": 10.0},
+        valid=np.ones((1, 4, 3), np.uint8),
+    )
+    assert grid_from_cube(cube) == grid
+
+
+def test_field_mask_counts_pixel_centres_only() -> None:
+    grid = Grid("EPSG:32631", 10.0, 500000.0, 5600050.0, 5, 5)
+    # x 500010..500030 covers the centres of columns 1 and 2; y 5600012..5600041 covers the
+    # centres of rows 1, 2 and 3 (5600045 is outside, 5600015 inside). Columns 0 and 3 are
+    # touched but their centres are outside.
+    field = lonlat_box("EPSG:32631", 500008.0, 5600012.0, 500032.0, 5600041.0)
+    expected = np.zeros((5, 5), bool)
+    expected[1:4, 1:3] = True
+    np.testing.assert_array_equal(field_mask(field, grid), expected)
+    np.testing.assert_array_equal(field_mask(Field(field, "f"), grid), expected)
+
+
+def test_field_mask_on_a_cube_and_outside_the_grid() -> None:
+    grid = Grid("EPSG:32631", 10.0, 500000.0, 5600050.0, 5, 5)
+    cube = build_cube(
+        np.zeros((1, 10, 5, 5), np.float32),
+        np.array(["2020-01-01"], "datetime64[ns]"),
+        grid.y,
+        grid.x,
+        {"crs": grid.crs, "resolution_m": 10.0},
+        valid=np.ones((1, 5, 5), np.uint8),
+    )
+    inside = lonlat_box("EPSG:32631", 500000.0, 5600000.0, 500050.0, 5600050.0)
+    assert field_mask(inside, cube).all()
+    far = lonlat_box("EPSG:32631", 600000.0, 5600000.0, 600050.0, 5600050.0)
+    assert not field_mask(far, cube).any()
+
+
+def test_project_geometry_round_trip_is_submillimetre() -> None:
+    field = lonlat_box("EPSG:32631", 501500.0, 5629200.0, 501700.0, 5629500.0)
+    projected = project_geometry(field, "EPSG:32631")
+    np.testing.assert_allclose(
+        projected.bounds, (501500.0, 5629200.0, 501700.0, 5629500.0), atol=1e-3
+    )

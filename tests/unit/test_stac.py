@@ -1,0 +1,189 @@
+"""The STAC search client against the local PC-like STAC API: paging, filters, retries,
+time-outs, refusals and signing. The real pystac-client/requests/urllib3 stack talks HTTP to a
+real server process; nothing in the client is mocked."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+from collections.abc import Iterator
+
+import planetary_computer
+import pytest
+import shapely
+from shapely.geometry import mapping
+
+from core.config import Settings
+from core.errors import AccessDeniedError, NetworkError
+from core.stac import S1_COLLECTION, S2_COLLECTION, open_client, search_scenes
+from tests.support.stac_server import StacServer
+from tests.support.templates import default_stac_dir, item_template
+
+FIELD = shapely.box(3.02, 50.80, 3.03, 50.81)
+ASSET_BASE = "http://127.0.0.1:9/cogs"  # never read here: only searched and signed
+
+
+NEAR_FIELD = FIELD.buffer(0.05)
+
+
+def s2_item(
+    index: int, when: dt.datetime, *, cloud: float = 10.0, footprint: shapely.Polygon = NEAR_FIELD
+) -> dict:
+    """A real PC ``sentinel-2-l2a`` item with a new id, time, footprint and local hrefs."""
+    item = item_template(default_stac_dir(), S2_COLLECTION)
+    item["id"] = f"S2X_TEST_{index:04d}"
+    item["properties"]["datetime"] = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    item["properties"]["eo:cloud_cover"] = cloud
+    item["geometry"] = mapping(footprint)
+    item["bbox"] = list(footprint.bounds)
+    for name, asset in item["assets"].items():
+        asset["href"] = f"{ASSET_BASE}/{item['id']}/{name}.tif"
+    item["links"] = []
+    return item
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[StacServer]:
+    with StacServer() as stac:
+        yield stac
+
+
+@pytest.fixture()
+def stac(server: StacServer) -> Iterator[StacServer]:
+    server.reset()
+    server.clear_items()
+    yield server
+    server.reset()
+    server.clear_items()
+
+
+def settings_for(stac: StacServer, *, retries: int = 2, timeout_s: float = 10.0) -> Settings:
+    return Settings(stac_api_url=stac.url, retries=retries, timeout_s=timeout_s)
+
+
+def test_search_follows_every_page_and_sorts_oldest_first(stac: StacServer) -> None:
+    start = dt.datetime(2023, 3, 1, 10, 30)
+    stac.add_items({S2_COLLECTION: [s2_item(i, start + dt.timedelta(days=i)) for i in range(25)]})
+    client = open_client(settings_for(stac), backoff_factor=0)
+    items = search_scenes(
+        client, S2_COLLECTION, FIELD, dt.date(2023, 3, 1), dt.date(2023, 3, 25), page_size=10
+    )
+    assert [item.id for item in items] == [f"S2X_TEST_{i:04d}" for i in range(25)]
+    searches = stac.searches()
+    assert [e.method for e in searches] == ["POST"] * 3  # pages of 10, 10, 5
+    assert all(e.status == 200 for e in searches)
+
+
+def test_search_filters_period_place_and_cloud_cover(stac: StacServer) -> None:
+    far = shapely.box(40.0, -3.0, 40.1, -2.9)
+    stac.add_items(
+        {
+            S2_COLLECTION: [
+                s2_item(0, dt.datetime(2023, 2, 28, 23, 59)),  # the day before: out
+                s2_item(1, dt.datetime(2023, 3, 1, 0, 0)),  # first instant of the period: in
+                s2_item(2, dt.datetime(2023, 3, 31, 23, 59, 59)),  # last second of the end day: in
+                s2_item(3, dt.datetime(2023, 3, 10, 10), footprint=far),  # elsewhere: out
+                s2_item(4, dt.datetime(2023, 3, 11, 10), cloud=95.0),
+                s2_item(5, dt.datetime(2023, 3, 12, 10), cloud=80.0),
+            ]
+        }
+    )
+    client = open_client(settings_for(stac), backoff_factor=0)
+    period = (dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    ids = [i.id[-1] for i in search_scenes(client, S2_COLLECTION, FIELD, *period)]
+    assert ids == ["1", "4", "5", "2"]
+    cloudless = search_scenes(client, S2_COLLECTION, FIELD, *period, max_cloud_cover=80)
+    assert [i.id[-1] for i in cloudless] == ["1", "5", "2"]
+    assert search_scenes(client, S1_COLLECTION, FIELD, *period) == []
+
+
+def test_503_twice_then_success_is_retried_on_post(stac: StacServer) -> None:
+    stac.add_items({S2_COLLECTION: [s2_item(0, dt.datetime(2023, 3, 5, 10))]})
+    client = open_client(settings_for(stac, retries=2), backoff_factor=0)
+    stac.clear_requests()
+    stac.faults.fail_next(2, 503, prefix=stac.search_path)
+    items = search_scenes(client, S2_COLLECTION, FIELD, dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    assert [i.id for i in items] == ["S2X_TEST_0000"]
+    assert [(e.method, e.status) for e in stac.searches()] == [
+        ("POST", 503),
+        ("POST", 503),
+        ("POST", 200),
+    ]
+
+
+def test_429_with_retry_after_is_honoured(stac: StacServer) -> None:
+    stac.add_items({S2_COLLECTION: [s2_item(0, dt.datetime(2023, 3, 5, 10))]})
+    client = open_client(settings_for(stac, retries=1), backoff_factor=0)
+    stac.faults.fail_next(1, 429, retry_after_s=1, prefix=stac.search_path)
+    started = time.monotonic()
+    items = search_scenes(client, S2_COLLECTION, FIELD, dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    assert len(items) == 1
+    assert time.monotonic() - started >= 0.9  # waited as the server asked
+
+
+def test_persistent_503_gives_network_error_after_all_tries(stac: StacServer) -> None:
+    client = open_client(settings_for(stac, retries=2), backoff_factor=0)
+    stac.clear_requests()
+    stac.faults.fail_next(50, 503, prefix=stac.search_path)
+    with pytest.raises(NetworkError) as caught:
+        search_scenes(client, S2_COLLECTION, FIELD, dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    message = str(caught.value)
+    assert f"Could not reach the STAC API at {stac.url} after 3 tries" in message
+    assert "Check your connection or STAC_API_URL" in message
+    assert not isinstance(caught.value, AccessDeniedError)
+    assert len(stac.searches()) == 3
+
+
+def test_unreachable_api_gives_network_error() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api/stac/v1"
+    with pytest.raises(NetworkError, match=r"after 2 tries.*STAC_API_URL"):
+        open_client(Settings(stac_api_url=url, retries=1, timeout_s=2), backoff_factor=0)
+
+
+def test_403_gives_access_denied_without_retrying(stac: StacServer) -> None:
+    client = open_client(settings_for(stac), backoff_factor=0)
+    stac.clear_requests()
+    stac.faults.deny(stac.search_path, status=403)
+    with pytest.raises(AccessDeniedError, match=r"HTTP 403.*PC_SDK_SUBSCRIPTION_KEY"):
+        search_scenes(client, S1_COLLECTION, FIELD, dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    assert len(stac.searches()) == 1
+
+
+def test_slow_answer_times_out_and_is_retried(stac: StacServer) -> None:
+    stac.add_items({S2_COLLECTION: [s2_item(0, dt.datetime(2023, 3, 5, 10))]})
+    client = open_client(settings_for(stac, retries=1, timeout_s=1.0), backoff_factor=0)
+    stac.faults.delay_next(1, 3.0, prefix=stac.search_path)
+    started = time.monotonic()
+    items = search_scenes(client, S2_COLLECTION, FIELD, dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    assert len(items) == 1
+    assert time.monotonic() - started < 2.9  # gave up on the slow answer after ~1 s
+
+
+def test_pc_signer_leaves_local_hrefs_alone_and_a_custom_signer_is_used(
+    stac: StacServer,
+) -> None:
+    stac.add_items({S2_COLLECTION: [s2_item(0, dt.datetime(2023, 3, 5, 10))]})
+    period = (dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    pc = open_client(settings_for(stac), signer=planetary_computer.sign_inplace)
+    (item,) = search_scenes(pc, S2_COLLECTION, FIELD, *period)
+    assert item.assets["B04"].href == f"{ASSET_BASE}/S2X_TEST_0000/B04.tif"
+
+    def mark(obj: object) -> object:
+        """Sign href strings (returned) and result pages (dicts, in place, as pystac-client
+        hands them to its modifier)."""
+        if isinstance(obj, str):
+            return obj + "?signed=1"
+        if isinstance(obj, dict):
+            for feature in obj.get("features", []):
+                for asset in feature["assets"].values():
+                    asset["href"] += "?signed=1"
+        return None
+
+    custom = open_client(settings_for(stac), signer=mark)
+    (item,) = search_scenes(custom, S2_COLLECTION, FIELD, *period)
+    assert item.assets["B04"].href.endswith("B04.tif?signed=1")
+    assert planetary_computer.sign("https://example.com/a.tif") == "https://example.com/a.tif"
