@@ -210,15 +210,12 @@ class CubeCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
-    def remove_stale_temporaries(self) -> int:
-        """Delete ``.tmp-*`` files left by killed writers; returns how many.
-
-        Only call this when no other process is writing to the cache: it cannot tell a dead
-        writer's file from a live one's.
-        """
+    def remove_stale_temporaries(self, older_than_s: float = 3600.0) -> int:
+        """Delete ``.tmp-*`` files left by killed writers and untouched for ``older_than_s``
+        seconds (a live writer keeps touching its file); returns how many."""
         if not self.folder.is_dir():
             return 0
-        return remove_stale_temporaries(self.folder)
+        return remove_stale_temporaries(self.folder, older_than_s)
 
 
 def fetch_cached(
@@ -273,6 +270,7 @@ def fetch_cached(
     hit = cache.get(key)
     if hit is not None:
         return hit
+    cache.remove_stale_temporaries()  # leftovers of writers killed over an hour ago
     result = fetch_cube(field, start, end, **fetch_kwargs)
     if result.s1_status not in CACHEABLE_S1_STATUS:
         return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     )
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
     try:
         yield tmp
         with open(tmp, "rb") as handle:
@@ -43,11 +45,23 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> int:
-    """Delete temporaries left in ``folder`` by killed writers; return how many were removed."""
+def remove_stale_temporaries(folder: str | os.PathLike[str], older_than_s: float = 3600.0) -> int:
+    """Delete temporaries left in ``folder`` by killed writers; return how many were removed.
+
+    Only files not modified for ``older_than_s`` seconds are removed, so a writer that is still
+    busy in another process keeps its file.
+    """
     removed = 0
+    cutoff = time.time() - older_than_s
     for leftover in Path(folder).glob(f"{TEMP_PREFIX}*"):
         with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
-            removed += 1
+            if leftover.stat().st_mtime <= cutoff:
+                leftover.unlink()
+                removed += 1
     return removed
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
