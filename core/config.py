@@ -8,6 +8,8 @@ from pathlib import Path
 
 PLANETARY_COMPUTER_STAC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "model.pt"
+"""The shipped model checkpoint (made by ``python -m core train``)."""
 
 
 def _default_data_dir() -> Path:

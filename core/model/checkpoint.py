@@ -9,13 +9,12 @@ from pathlib import Path
 
 import torch
 
-from core.config import REPO_ROOT
+from core.config import DEFAULT_CHECKPOINT
 from core.errors import InputError
 from core.model.config import ModelConfig, TrainConfig
 from core.model.network import FieldFlowNet
 from core.storage import atomic_output
 
-DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "model.pt"
 FORMAT_VERSION = 1
 
 

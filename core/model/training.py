@@ -38,6 +38,7 @@ from core.model.flow import path_point, sample_tau, velocity_target
 from core.model.network import FieldFlowNet
 
 Progress = Callable[[int, int, dict[str, float]], None]
+CONTEXT_FRAMES = 12
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,11 @@ def make_episode(
         keep = np.arange(total)
     n_frames = min(n_frames, keep.size)
     start = int(rng.integers(0, keep.size - n_frames + 1))
+    # Interpolation context: the window plus CONTEXT_FRAMES on each side (at inference it is
+    # the whole series; beyond a dozen frames the difference is negligible and costs time).
+    lo = max(0, start - CONTEXT_FRAMES)
+    keep = keep[lo : start + n_frames + CONTEXT_FRAMES]
+    start -= lo
     window = slice(start, start + n_frames)
     s2 = series.clear_s2[keep][:, :, ys, xs]
     days = series.days[keep]

@@ -1,0 +1,59 @@
+"""``python -m core ndvi``: the field's NDVI curve (with uncertainty) as CSV."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.cli.reconstruct import add_method_arguments, default_method, options_from_args
+from core.config import Settings
+from core.cube import read_cube
+from core.curve import ndvi_curve, write_curve_csv
+from core.errors import FieldError
+from core.field import field_from_file
+from core.grid import field_mask
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m core ndvi``."""
+    parser.add_argument("--cube", required=True, help="input cube (.nc, see core.cube)")
+    parser.add_argument(
+        "--geojson",
+        help="field outline (GeoJSON, KML, shapefile zip, ...); default: every pixel with data",
+    )
+    parser.add_argument("--start", required=True, help="first day YYYY-MM-DD")
+    parser.add_argument("--end", required=True, help="last day YYYY-MM-DD")
+    parser.add_argument("--every-days", type=int, default=1, help="spacing of the days")
+    parser.add_argument("--out", required=True, help="output CSV file")
+    add_method_arguments(parser)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Compute the curve, write the CSV and print a one-line summary."""
+    method = args.method or default_method()
+    cube = read_cube(args.cube)
+    mask = None
+    if args.geojson:
+        field = field_from_file(args.geojson, max_area_ha=settings.max_area_ha)
+        mask = field_mask(field, cube)
+        if not mask.any():
+            raise FieldError(
+                f"The field '{field.name}' does not overlap the cube {args.cube} (no pixel centre "
+                "inside it); check that the cube was fetched for this field."
+            )
+    curve = ndvi_curve(
+        cube,
+        args.start,
+        args.end,
+        every_days=args.every_days,
+        method=method,
+        options=options_from_args(args),
+        field_mask=mask,
+    )
+    path = write_curve_csv(curve, args.out)
+    observed = int((curve["source"] == "observed").sum())
+    print(
+        f"Wrote {len(curve)} day(s) of NDVI ({observed} observed) for "
+        f"{curve.attrs['field_pixels']} field pixels "
+        f"with {method} -> {path}"
+    )
+    return 0

@@ -1,0 +1,105 @@
+"""``python -m core reconstruct``: cloud-free S2 frames of a cube at chosen dates, as NetCDF."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from core.config import Settings
+from core.cube import read_cube
+from core.errors import InputError
+from core.reconstruct import (
+    ReconstructOptions,
+    available_methods,
+    default_method,
+    reconstruct,
+    write_reconstruction,
+)
+from core.timeline import parse_date_list, regular_dates
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with ``python -m core ndvi``: method and its settings."""
+    parser.add_argument(
+        "--method",
+        default=None,
+        help=f"one of {', '.join(available_methods())} (default: {default_method()})",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1, help="generated samples K; K > 1 adds p10/p90"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="ODE steps of the model")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--whittaker-lambda",
+        type=float,
+        default=None,
+        help="fixed Whittaker smoothing (default: chosen per pixel by GCV)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
+
+
+def options_from_args(
+    args: argparse.Namespace, *, keep_observed: bool = True
+) -> ReconstructOptions:
+    """The :class:`ReconstructOptions` the method arguments ask for."""
+    return ReconstructOptions(
+        samples=args.samples,
+        steps=args.steps,
+        device=args.device,
+        seed=args.seed,
+        keep_observed=keep_observed,
+        whittaker_lambda=args.whittaker_lambda,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m core reconstruct``."""
+    parser.add_argument("--cube", required=True, help="input cube (.nc, see core.cube)")
+    parser.add_argument("--dates", help="query dates YYYY-MM-DD,YYYY-MM-DD,...")
+    parser.add_argument("--start", help="first query date (with --end)")
+    parser.add_argument("--end", help="last query date (with --start)")
+    parser.add_argument(
+        "--every-days", type=int, default=None, help="spacing of --start..--end (default 1)"
+    )
+    parser.add_argument("--out", required=True, help="output NetCDF file")
+    parser.add_argument(
+        "--no-keep-observed",
+        dest="keep_observed",
+        action="store_false",
+        help="reconstruct clear observed pixels too instead of returning them as observed",
+    )
+    add_method_arguments(parser)
+
+
+def query_dates(args: argparse.Namespace) -> np.ndarray:
+    """The query dates of ``--dates``, or of ``--start``/``--end``/``--every-days``."""
+    if args.dates is not None:
+        if args.start or args.end or args.every_days is not None:
+            raise InputError("Give either --dates or --start/--end/--every-days, not both.")
+        return parse_date_list(args.dates)
+    if not (args.start and args.end):
+        raise InputError(
+            "No query dates: give --dates YYYY-MM-DD,... or --start and --end "
+            "(with --every-days N, default 1)."
+        )
+    every = 1 if args.every_days is None else args.every_days
+    return regular_dates(args.start, args.end, every)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Reconstruct, write the NetCDF and print a one-line summary."""
+    method = args.method or default_method()
+    dates = query_dates(args)
+    cube = read_cube(args.cube)
+    options = options_from_args(args, keep_observed=args.keep_observed)
+    result = reconstruct(cube, dates, method=method, options=options)
+    path = write_reconstruction(result, args.out)
+    kept = int(result["observed"].values.sum())
+    height, width = result.sizes["y"], result.sizes["x"]
+    print(
+        f"Reconstructed {result.sizes['time']} date(s) of {height}x{width} pixels with "
+        f"{method} (samples={options.samples}, observed pixels kept: {kept}) -> {path}"
+    )
+    return 0

@@ -1,0 +1,203 @@
+"""The field's NDVI curve: one row per day, reconstructed and observed, ready for a CSV.
+
+:func:`ndvi_curve` reconstructs the cube at the requested days (through
+:func:`core.reconstruct.reconstruct`, any method) and reduces each frame to field means;
+:func:`curve_csv` / :func:`write_curve_csv` format it. The CLI (``python -m core ndvi``) and
+the app's download button use these same functions.
+
+Columns of the curve (:data:`CURVE_COLUMNS`):
+
+* ``date``: the query day.
+* ``ndvi``: mean reconstructed NDVI over the field's pixels (clear observed pixels are kept as
+  observed on acquisition days, per the reconstruction contract).
+* ``ndvi_p10``, ``ndvi_p90``: field means of the per-pixel 10th/90th percentiles of the
+  samples; NaN (an empty CSV cell) unless ``samples > 1``.
+* ``observed_ndvi``: mean NDVI of the clear field pixels acquired that day (every clear pixel
+  of every acquisition that day counts once); NaN on days without an acquisition or without a
+  clear field pixel.
+* ``clear_fraction``: fraction of field pixels clear in some acquisition of that day; NaN on
+  days without an acquisition.
+* ``source``: ``"observed"`` when at least :data:`OBSERVED_MIN_CLEAR_FRACTION` of the field was
+  seen clear that day (and gave an NDVI), else ``"reconstructed"``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from core.cube import bands_present, validate_cube
+from core.errors import InputError
+from core.indices import can_compute_ndvi, ndvi
+from core.reconstruct import ReconstructOptions, reconstruct
+from core.storage import atomic_output
+from core.timeline import calendar_day, regular_dates
+
+CURVE_COLUMNS: tuple[str, ...] = (
+    "date",
+    "ndvi",
+    "ndvi_p10",
+    "ndvi_p90",
+    "observed_ndvi",
+    "clear_fraction",
+    "source",
+)
+OBSERVED_MIN_CLEAR_FRACTION = 0.5
+"""A day counts as "observed" when at least this fraction of the field was seen clear."""
+CHUNK_BYTES = 2**30
+"""Rough working-memory budget of one chunk of reconstructed dates."""
+FLOAT_FORMAT = "%.4f"
+
+
+def ndvi_curve(
+    cube: xr.Dataset,
+    start: str | np.datetime64,
+    end: str | np.datetime64,
+    *,
+    every_days: int = 1,
+    method: str = "linear",
+    options: ReconstructOptions | None = None,
+    field_mask: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The field's NDVI curve from ``start`` to ``end`` (clipped to the cube's S2 period).
+
+    Dates are reconstructed in chunks sized to :data:`CHUNK_BYTES`, each reduced to field means
+    at once, so a long daily curve of a large cube never holds all frames in memory.
+
+    Args:
+        cube: a cube (see :mod:`core.cube`) with red (B04) and a NIR band (B08 or B8A).
+        start, end: the period, calendar days (``YYYY-MM-DD`` or datetime64), inclusive.
+        every_days: spacing of the query days, counted from ``start``.
+        method: a reconstruction method name (see :func:`core.reconstruct.available_methods`).
+        options: reconstruction options (samples, seed, ...).
+        field_mask: bool (H, W), the field's pixels; by default every pixel that holds data.
+
+    Returns:
+        DataFrame with :data:`CURVE_COLUMNS`, one row per query day; ``date`` is datetime64.
+        ``attrs`` holds ``field_pixels``, ``method`` and ``samples``.
+
+    Raises:
+        InputError: no NDVI bands, a period outside the cube, or an unusable field mask.
+    """
+    cube = validate_cube(cube)
+    options = options or ReconstructOptions()
+    if not can_compute_ndvi(bands_present(cube)):
+        raise InputError(
+            "This cube has no red (B04) and near-infrared (B08 or B8A) bands, so NDVI cannot be "
+            "computed; use a cube fetched with B04 and B08."
+        )
+    dates = _dates_in_cube(cube, start, end, every_days)
+    mask = _checked_mask(cube, field_mask)
+    observed_ndvi, clear_fraction = _observed(cube, dates, mask)
+
+    mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
+    for chunk in _chunks(dates.size, _dates_per_chunk(cube, options.samples)):
+        result = reconstruct(cube, dates[chunk], method=method, options=options)
+        mean[chunk] = _field_mean(result["ndvi"].values, mask)
+        if options.samples > 1:
+            p10[chunk] = _field_mean(result["ndvi_p10"].values, mask)
+            p90[chunk] = _field_mean(result["ndvi_p90"].values, mask)
+
+    seen = (clear_fraction >= OBSERVED_MIN_CLEAR_FRACTION) & np.isfinite(observed_ndvi)
+    curve = pd.DataFrame(
+        {
+            "date": dates,
+            "ndvi": mean,
+            "ndvi_p10": p10,
+            "ndvi_p90": p90,
+            "observed_ndvi": observed_ndvi,
+            "clear_fraction": clear_fraction,
+            "source": np.where(seen, "observed", "reconstructed"),
+        },
+        columns=list(CURVE_COLUMNS),
+    )
+    curve.attrs.update(field_pixels=int(mask.sum()), method=method, samples=options.samples)
+    return curve
+
+
+def curve_csv(curve: pd.DataFrame) -> str:
+    """The curve as CSV text: ISO dates, 4 decimals, empty cells for missing values."""
+    missing = [c for c in CURVE_COLUMNS if c not in curve.columns]
+    if missing:
+        raise InputError(f"Not an NDVI curve: it lacks the column(s) {', '.join(missing)}.")
+    table = curve.loc[:, list(CURVE_COLUMNS)].copy()
+    table["date"] = pd.to_datetime(table["date"]).dt.strftime("%Y-%m-%d")
+    return table.to_csv(index=False, float_format=FLOAT_FORMAT, na_rep="", lineterminator="\n")
+
+
+def write_curve_csv(curve: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`curve_csv` to ``path`` atomically; return the path."""
+    text = curve_csv(curve)
+    target = Path(path)
+    with atomic_output(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target
+
+
+def _dates_in_cube(
+    cube: xr.Dataset, start: str | np.datetime64, end: str | np.datetime64, every_days: int
+) -> np.ndarray:
+    dates = regular_dates(start, end, every_days)
+    first, last = calendar_day(cube["time_s2"].values[[0, -1]])
+    days = calendar_day(dates)
+    inside = (days >= first) & (days <= last)
+    if not inside.any():
+        raise InputError(
+            f"The period {days[0]} to {days[-1]} does not overlap the cube's period {first} to "
+            f"{last}; pick dates inside it or fetch a cube for that period."
+        )
+    return dates[inside]
+
+
+def _checked_mask(cube: xr.Dataset, field_mask: np.ndarray | None) -> np.ndarray:
+    shape = (cube.sizes["y"], cube.sizes["x"])
+    if field_mask is None:
+        return np.asarray(np.isfinite(cube["s2"].values).any(axis=(0, 1)))
+    mask = np.asarray(field_mask)
+    if mask.shape != shape:
+        raise InputError(f"The field mask has shape {mask.shape}; the cube's grid is {shape}.")
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise InputError("The field covers no pixel of the cube; check the field and the cube.")
+    return mask
+
+
+def _observed(cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Observed NDVI and clear fraction of the field per query day (NaN: no acquisition)."""
+    acquired = calendar_day(cube["time_s2"].values)
+    observed_ndvi = np.full(dates.size, np.nan)
+    clear_fraction = np.full(dates.size, np.nan)
+    for qi, day in enumerate(calendar_day(dates)):
+        frames = np.flatnonzero(acquired == day)
+        if frames.size == 0:
+            continue
+        clear = cube["valid"].values[frames].astype(bool) & mask  # (F, H, W)
+        clear_fraction[qi] = clear.any(axis=0).sum() / mask.sum()
+        values = ndvi(cube["s2"].values[frames], band_axis=1)[clear]
+        values = values[np.isfinite(values)]
+        if values.size:
+            observed_ndvi[qi] = float(values.astype(np.float64).mean())
+    return observed_ndvi, clear_fraction
+
+
+def _field_mean(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean over the mask's pixels of each frame (Q, H, W) -> (Q,), ignoring NaN pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN frame -> NaN
+        return np.nanmean(frames[:, mask].astype(np.float64), axis=1)
+
+
+def _dates_per_chunk(cube: xr.Dataset, samples: int) -> int:
+    # Per date the contract holds the mean, the samples and their quantiles (bands x pixels).
+    pixels = cube.sizes["band"] * cube.sizes["y"] * cube.sizes["x"]
+    bytes_per_date = pixels * 4 * (samples + 6)
+    return max(1, int(CHUNK_BYTES // bytes_per_date))
+
+
+def _chunks(total: int, size: int) -> list[slice]:
+    return [slice(lo, min(lo + size, total)) for lo in range(0, total, size)]

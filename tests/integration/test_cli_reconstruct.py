@@ -1,0 +1,160 @@
+"""``python -m core reconstruct`` and ``python -m core ndvi`` on a real shared cube."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import pytest
+import xarray as xr
+from shapely.geometry import Polygon, box, mapping
+
+from core.cli import main
+from core.config import REPO_ROOT
+from core.cube import read_cube
+from core.curve import curve_csv, ndvi_curve
+from core.reconstruct import reconstruct
+
+ES_FIELD = "es-field_2019.nc"
+
+
+def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *map(str, args)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def es_path(cubes_dir) -> Path:
+    return cubes_dir / ES_FIELD
+
+
+@pytest.fixture(scope="module")
+def es_cube(es_path) -> xr.Dataset:
+    return read_cube(es_path)
+
+
+def _field_file(cube: xr.Dataset, path: Path, *, shift_m: float = 0.0) -> Path:
+    """A GeoJSON (EPSG:4326) field whose outline holds the centres of pixels [20:30, 20:30]."""
+    x, y = cube["x"].values, cube["y"].values
+    outline = box(x[20] - 4 + shift_m, y[29] - 4, x[29] + 4 + shift_m, y[20] + 4)
+    to_lonlat = pyproj.Transformer.from_crs(cube.attrs["crs"], "EPSG:4326", always_xy=True)
+    lonlat = Polygon([to_lonlat.transform(*xy) for xy in outline.exterior.coords])
+    feature = {"type": "Feature", "geometry": mapping(lonlat), "properties": {"name": "test"}}
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return path
+
+
+def test_reconstruct_writes_the_requested_dates(es_path, es_cube, tmp_path) -> None:
+    out = tmp_path / "rec.nc"
+    done = _cli(
+        "reconstruct", "--cube", es_path, "--dates", "2019-06-10,2019-05-03",
+        "--method", "linear", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Reconstructed 2 date(s) of 57x56 pixels with linear")
+    dates = np.array(["2019-05-03", "2019-06-10"], dtype="datetime64[ns]")
+    expected = reconstruct(es_cube, dates, "linear")
+    with xr.open_dataset(out) as written:
+        np.testing.assert_array_equal(written["time"].values, dates)
+        np.testing.assert_array_equal(written["s2"].values, expected["s2"].values)
+        np.testing.assert_array_equal(written["observed"].values, expected["observed"].values)
+
+
+def test_reconstruct_regular_dates_with_samples_and_no_kept_observations(es_path, tmp_path) -> None:
+    out = tmp_path / "rec.nc"
+    done = _cli(
+        "reconstruct", "--cube", es_path, "--start", "2019-05-01", "--end", "2019-05-29",
+        "--every-days", "7", "--method", "whittaker", "--whittaker-lambda", "100",
+        "--samples", "2", "--no-keep-observed", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with xr.open_dataset(out) as written:
+        assert [str(d)[:10] for d in written["time"].values] == [
+            "2019-05-01", "2019-05-08", "2019-05-15", "2019-05-22", "2019-05-29",
+        ]  # fmt: skip
+        assert {"s2_p10", "s2_p90", "ndvi_p10", "ndvi_p90"} <= set(written.data_vars)
+        assert int(written["observed"].sum()) == 0
+        assert written.attrs["method"] == "whittaker"
+
+
+def test_ndvi_writes_the_field_curve(es_path, es_cube, tmp_path) -> None:
+    field = _field_file(es_cube, tmp_path / "field.geojson")
+    out = tmp_path / "curve.csv"
+    done = _cli(
+        "ndvi", "--cube", es_path, "--geojson", field, "--start", "2019-05-01",
+        "--end", "2019-05-31", "--method", "linear", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "for 100 field pixels" in done.stdout
+    mask = np.zeros((57, 56), dtype=bool)
+    mask[20:30, 20:30] = True
+    expected = ndvi_curve(es_cube, "2019-05-01", "2019-05-31", field_mask=mask)
+    text = out.read_text()
+    assert text == curve_csv(expected)
+    lines = text.splitlines()
+    assert lines[0] == "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source"
+    assert len(lines) == 32 and lines[1].startswith("2019-05-01,")
+
+
+def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
+    done = _cli("ndvi", "--cube", tmp_path / "none.nc", "--start", "2019-05-01",
+                "--end", "2019-05-02", "--out", tmp_path / "c.csv")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: Cube file not found")
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "c.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["reconstruct", "--dates", "2019-02-30"], "Cannot read the date '2019-02-30'"),
+        (["reconstruct", "--dates", "2020-03-01"], "outside the cube's period"),
+        (["reconstruct", "--dates", "2019-05-01", "--method", "cubic"], "Unknown reconstruction"),
+        (["reconstruct", "--dates", "2019-05-01", "--start", "2019-05-01"], "not both"),
+        (["reconstruct", "--start", "2019-05-01"], "No query dates"),
+        (["reconstruct", "--dates", "2019-05-01", "--samples", "0"], "at least 1"),
+        (["ndvi", "--start", "2019-05-01", "--end", "2019-04-01"], "ends (2019-04-01) before"),
+        (["ndvi", "--start", "2021-01-01", "--end", "2021-02-01"], "does not overlap"),
+    ],
+)
+def test_bad_input_is_refused_with_an_actionable_line(
+    es_path, tmp_path, capsys, args, message
+) -> None:
+    command, *rest = args
+    out = str(tmp_path / "out")
+    status = main([command, "--cube", str(es_path), "--out", out, "--method", "linear", *rest])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_ndvi_refuses_cube_without_red_band(cubes_dir, tmp_path, capsys) -> None:
+    status = main(
+        ["ndvi", "--cube", str(cubes_dir / "be-flanders-c_2018-2019.nc"), "--method", "linear",
+         "--start", "2019-01-01", "--end", "2019-01-02", "--out", str(tmp_path / "c.csv")]
+    )  # fmt: skip
+    assert status == 2
+    assert "NDVI cannot be computed" in capsys.readouterr().err
+
+
+def test_ndvi_refuses_a_field_outside_the_cube(es_path, es_cube, tmp_path, capsys) -> None:
+    field = _field_file(es_cube, tmp_path / "far.geojson", shift_m=5_000.0)
+    status = main(
+        ["ndvi", "--cube", str(es_path), "--geojson", str(field), "--method", "linear",
+         "--start", "2019-05-01", "--end", "2019-05-02", "--out", str(tmp_path / "c.csv")]
+    )  # fmt: skip
+    assert status == 2
+    assert "does not overlap the cube" in capsys.readouterr().err

@@ -1,0 +1,139 @@
+"""The field's NDVI curve and its CSV, on small windows of the real shared cubes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import core.curve
+from core.cube import S2_BANDS, read_cube
+from core.curve import CURVE_COLUMNS, curve_csv, ndvi_curve, write_curve_csv
+from core.errors import InputError
+from core.reconstruct import ReconstructOptions, reconstruct
+from core.timeline import calendar_day
+
+RED, NIR = S2_BANDS.index("B04"), S2_BANDS.index("B08")
+
+
+@pytest.fixture(scope="module")
+def flanders(flanders_cube) -> xr.Dataset:
+    return flanders_cube.isel(y=slice(30, 40), x=slice(10, 20))
+
+
+def _acquisition_days(cube: xr.Dataset) -> list[np.datetime64]:
+    return list(calendar_day(cube["time_s2"].values))
+
+
+def test_curve_has_the_columns_and_one_row_per_day(flanders) -> None:
+    curve = ndvi_curve(flanders, "2018-03-01", "2018-04-30")
+    assert tuple(curve.columns) == CURVE_COLUMNS
+    assert len(curve) == 61
+    np.testing.assert_array_equal(
+        curve["date"].values,
+        np.arange("2018-03-01", "2018-05-01", dtype="datetime64[D]").astype("datetime64[ns]"),
+    )
+    assert np.isfinite(curve["ndvi"]).all()
+    assert curve["ndvi_p10"].isna().all() and curve["ndvi_p90"].isna().all()
+    assert curve.attrs["field_pixels"] == 100
+
+
+def test_observed_rows_are_the_mean_of_clear_field_pixels(flanders) -> None:
+    curve = ndvi_curve(flanders, "2018-03-01", "2018-06-30").set_index("date")
+    s2, valid = flanders["s2"].values, flanders["valid"].values.astype(bool)
+    acquired = _acquisition_days(flanders)
+    checked = 0
+    for t, day in enumerate(acquired):
+        if not np.datetime64("2018-03-01") <= day <= np.datetime64("2018-06-30"):
+            continue
+        row = curve.loc[pd.Timestamp(day)]
+        red, nir = s2[t, RED][valid[t]], s2[t, NIR][valid[t]]
+        assert row["clear_fraction"] == pytest.approx(valid[t].sum() / 100)
+        if valid[t].any():
+            expected = np.mean((nir - red) / (nir + red))
+            assert row["observed_ndvi"] == pytest.approx(expected, abs=1e-6)
+            checked += 1
+        else:
+            assert np.isnan(row["observed_ndvi"])
+        expected_source = "observed" if valid[t].mean() >= 0.5 else "reconstructed"
+        assert row["source"] == expected_source
+    assert checked >= 3
+    not_acquired = curve[~curve.index.isin(pd.DatetimeIndex(acquired))]
+    assert not_acquired["observed_ndvi"].isna().all()
+    assert not_acquired["clear_fraction"].isna().all()
+    assert (not_acquired["source"] == "reconstructed").all()
+
+
+def test_ndvi_is_the_field_mean_of_the_reconstruction(flanders) -> None:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[2:5, 3:9] = True
+    curve = ndvi_curve(flanders, "2018-04-01", "2018-04-20", method="whittaker", field_mask=mask)
+    dates = curve["date"].values
+    frames = reconstruct(flanders, dates, "whittaker")["ndvi"].values
+    np.testing.assert_allclose(curve["ndvi"], frames[:, mask].mean(axis=1), rtol=1e-6)
+    assert curve.attrs["field_pixels"] == 18
+
+
+def test_samples_fill_p10_p90_and_chunks_change_nothing(flanders, monkeypatch) -> None:
+    options = ReconstructOptions(samples=2)
+    whole = ndvi_curve(flanders, "2018-04-01", "2018-04-10", options=options)
+    assert np.isfinite(whole["ndvi_p10"]).all() and np.isfinite(whole["ndvi_p90"]).all()
+    np.testing.assert_allclose(whole["ndvi_p10"], whole["ndvi"], atol=1e-6)  # linear: no spread
+    monkeypatch.setattr(core.curve, "CHUNK_BYTES", 1)  # one date per chunk
+    chunked = ndvi_curve(flanders, "2018-04-01", "2018-04-10", options=options)
+    pd.testing.assert_frame_equal(chunked, whole)
+
+
+def test_period_is_clipped_to_the_cube_and_must_overlap(flanders) -> None:
+    curve = ndvi_curve(flanders, "2017-07-01", "2017-08-10", every_days=1)
+    assert curve["date"].iloc[0] == pd.Timestamp("2017-08-04")  # the cube's first acquisition
+    assert len(curve) == 7
+    with pytest.raises(InputError, match="does not overlap the cube's period 2017-08-04"):
+        ndvi_curve(flanders, "2019-01-01", "2019-02-01")
+
+
+def test_cube_without_red_or_nir_is_refused(cubes_dir) -> None:
+    cube = read_cube(cubes_dir / "be-flanders-c_2018-2019.nc").isel(y=slice(0, 4), x=slice(0, 4))
+    with pytest.raises(InputError, match="NDVI cannot be computed"):
+        ndvi_curve(cube, "2019-01-01", "2019-01-31")
+
+
+def test_field_mask_must_fit_the_grid_and_cover_a_pixel(flanders) -> None:
+    with pytest.raises(InputError, match="shape"):
+        ndvi_curve(flanders, "2018-04-01", "2018-04-02", field_mask=np.ones((3, 3), bool))
+    with pytest.raises(InputError, match="covers no pixel"):
+        ndvi_curve(flanders, "2018-04-01", "2018-04-02", field_mask=np.zeros((10, 10), bool))
+
+
+def test_default_mask_skips_pixels_without_data(cubes_dir) -> None:
+    cube = read_cube(cubes_dir / "es-field_2019.nc")  # pixels outside the field are NaN
+    with_data = np.isfinite(cube["s2"].values).any(axis=(0, 1))
+    assert 0 < with_data.sum() < with_data.size
+    curve = ndvi_curve(cube, "2019-01-27", "2019-01-27")
+    assert curve.attrs["field_pixels"] == with_data.sum()
+    assert curve["clear_fraction"].iloc[0] > 0.5
+
+
+def test_csv_has_iso_dates_four_decimals_and_empty_cells(tmp_path) -> None:
+    curve = pd.DataFrame(
+        {
+            "date": pd.to_datetime(["2019-05-03", "2019-05-04"]),
+            "ndvi": [0.123456, 0.5],
+            "ndvi_p10": [np.nan, np.nan],
+            "ndvi_p90": [np.nan, np.nan],
+            "observed_ndvi": [0.12, np.nan],
+            "clear_fraction": [1.0, np.nan],
+            "source": ["observed", "reconstructed"],
+        }
+    )
+    path = write_curve_csv(curve, tmp_path / "out" / "curve.csv")
+    assert path.read_text().splitlines() == [
+        "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source",
+        "2019-05-03,0.1235,,,0.1200,1.0000,observed",
+        "2019-05-04,0.5000,,,,,reconstructed",
+    ]
+    assert curve_csv(curve) == path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["curve.csv"]  # no temporary left
+    with pytest.raises(InputError, match="source"):
+        curve_csv(curve.drop(columns="source"))

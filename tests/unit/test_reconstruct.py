@@ -1,0 +1,155 @@
+"""The reconstruction contract on small windows of the real shared cubes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import core.reconstruct
+from core.cube import S2_BANDS, read_cube
+from core.errors import InputError
+from core.reconstruct import Prediction, ReconstructOptions, reconstruct
+from core.timeline import calendar_day, to_days
+
+
+def _window(cube: xr.Dataset, y0: int, x0: int, size: int = 8) -> xr.Dataset:
+    return cube.isel(y=slice(y0, y0 + size), x=slice(x0, x0 + size))
+
+
+@pytest.fixture(scope="module")
+def flanders(flanders_cube) -> xr.Dataset:
+    return _window(flanders_cube, 20, 20)
+
+
+@pytest.fixture(scope="module")
+def es_field(cubes_dir) -> xr.Dataset:
+    return _window(read_cube(cubes_dir / "es-field_2019.nc"), 20, 20)
+
+
+def _band(name: str) -> int:
+    return S2_BANDS.index(name)
+
+
+@pytest.mark.parametrize("method", ["linear", "whittaker"])
+def test_output_has_requested_dates_grid_and_only_present_bands(es_field, method) -> None:
+    dates = np.array(["2019-06-10", "2019-05-03", "2019-05-03"], dtype="datetime64[ns]")
+    out = reconstruct(es_field, dates, method=method)
+    assert out["s2"].dims == ("time", "band", "y", "x")
+    assert out["s2"].shape == (2, 10, 8, 8)
+    np.testing.assert_array_equal(
+        out["time"].values, np.array(["2019-05-03", "2019-06-10"], dtype="datetime64[ns]")
+    )
+    np.testing.assert_array_equal(out["y"].values, es_field["y"].values)
+    assert list(out["band"].values) == list(S2_BANDS)
+    s2 = out["s2"].values
+    present = [_band("B04"), _band("B08")]  # es-field carries only red and NIR
+    assert np.isfinite(s2[:, present]).all()
+    absent = [i for i in range(10) if i not in present]
+    assert np.isnan(s2[:, absent]).all()
+    assert np.isfinite(out["ndvi"].values).all()
+    assert out.attrs["method"] == method and out.attrs["crs"] == "EPSG:32630"
+
+
+def test_twenty_metre_cube_gives_its_bands_and_no_ndvi(cubes_dir) -> None:
+    cube = _window(read_cube(cubes_dir / "be-flanders-c_2018-2019.nc"), 0, 0)
+    out = reconstruct(cube, np.array(["2019-03-01"], dtype="datetime64[ns]"), "whittaker")
+    s2 = out["s2"].values
+    for name in S2_BANDS:
+        finite = np.isfinite(s2[:, _band(name)]).all()
+        assert finite == (name in ("B05", "B06", "B07", "B8A", "B11", "B12")), name
+    assert np.isnan(out["ndvi"].values).all()
+
+
+def test_keep_observed_returns_clear_pixels_unchanged(flanders) -> None:
+    t0 = int(np.argmax(flanders["valid"].values.mean(axis=(1, 2))))  # the clearest date
+    day = calendar_day(flanders["time_s2"].values[t0 : t0 + 1]).astype("datetime64[ns]")
+    clear = flanders["valid"].values[t0].astype(bool)
+    assert clear.sum() > 0
+    observed_values = flanders["s2"].values[t0][:, clear]
+
+    kept = reconstruct(flanders, day, "whittaker")
+    np.testing.assert_array_equal(kept["observed"].values[0], clear.astype(np.uint8))
+    np.testing.assert_array_equal(kept["s2"].values[0][:, clear], observed_values)
+
+    smoothed = reconstruct(flanders, day, "whittaker", ReconstructOptions(keep_observed=False))
+    assert smoothed["observed"].values.sum() == 0
+    assert smoothed.attrs["keep_observed"] == 0
+    assert not np.allclose(smoothed["s2"].values[0][:, clear], observed_values, atol=1e-4)
+
+
+def test_samples_add_quantile_variables_of_zero_width_for_baselines(es_field) -> None:
+    dates = np.array(["2019-05-03"], dtype="datetime64[ns]")
+    single = reconstruct(es_field, dates, "linear")
+    assert "ndvi_p10" not in single and "s2_p90" not in single
+    out = reconstruct(es_field, dates, "linear", ReconstructOptions(samples=3))
+    for name in ("s2_p10", "s2_p90", "ndvi_p10", "ndvi_p90"):
+        assert name in out, name
+    np.testing.assert_allclose(out["ndvi_p10"].values, out["ndvi"].values, atol=1e-6)
+    np.testing.assert_allclose(out["ndvi_p90"].values, out["ndvi"].values, atol=1e-6)
+
+
+def test_sample_quantiles_match_numpy_nanpercentile(es_field, monkeypatch) -> None:
+    """A generative method's spread: p10/p90 per pixel, NaN-aware like np.nanpercentile."""
+    rng = np.random.default_rng(0)
+    holder: dict[str, np.ndarray] = {}
+
+    def spread_method(observed, dates, options) -> Prediction:
+        shape = (dates.size, 10, observed.sizes["y"], observed.sizes["x"])
+        samples = rng.uniform(0.05, 0.5, (options.samples, *shape)).astype(np.float32)
+        samples[0, :, :, 0, 0] = np.nan  # one sample missing at one pixel
+        holder["samples"] = samples
+        return Prediction(mean=np.nanmean(samples, axis=0), samples=samples)
+
+    monkeypatch.setattr(core.reconstruct, "resolve_method", lambda name: spread_method)
+    dates = np.array(["2019-05-04", "2019-05-05"], dtype="datetime64[ns]")
+    out = reconstruct(es_field, dates, "spread", ReconstructOptions(samples=5, keep_observed=False))
+    samples = holder["samples"]
+    present = [_band("B04"), _band("B08")]
+    low, high = np.nanpercentile(samples[:, :, present], [10, 90], axis=0)
+    np.testing.assert_allclose(out["s2_p10"].values[:, present], low, rtol=1e-5)
+    np.testing.assert_allclose(out["s2_p90"].values[:, present], high, rtol=1e-5)
+    assert np.isnan(out["s2_p10"].values[:, _band("B02")]).all()
+    red, nir = samples[:, :, _band("B04")], samples[:, :, _band("B08")]
+    ndvi_low = np.nanpercentile((nir - red) / (nir + red), 10, axis=0)
+    np.testing.assert_allclose(out["ndvi_p10"].values, ndvi_low, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["linear", "whittaker"])
+def test_a_cloudy_pixel_never_leaks_into_the_output(flanders, method) -> None:
+    valid = flanders["valid"].values.astype(bool)
+    # A pixel and date that is clear, with clear observations of that pixel before and after.
+    candidates = np.argwhere(valid[5:-5])
+    t0, row, col = candidates[len(candidates) // 2]
+    t0 += 5
+    hidden = flanders.copy(deep=True)
+    hidden["valid"].values[t0, row, col] = 0
+    hidden["s2"].values[t0, :, row, col] = 0.9  # bright, cloud-like
+    day = calendar_day(flanders["time_s2"].values[t0 : t0 + 1]).astype("datetime64[ns]")
+    out = reconstruct(hidden, day, method)
+    assert out["observed"].values[0, row, col] == 0
+
+    if method == "linear":
+        series_valid = hidden["valid"].values[:, row, col].astype(bool)
+        days = to_days(flanders["time_s2"].values)
+        before = np.flatnonzero(series_valid[:t0])[-1]
+        after = t0 + 1 + np.flatnonzero(series_valid[t0 + 1 :])[0]
+        weight = (to_days(day)[0] - days[before]) / (days[after] - days[before])
+        s2 = flanders["s2"].values[:, :, row, col]
+        expected = s2[before] + weight * (s2[after] - s2[before])
+        np.testing.assert_allclose(out["s2"].values[0, :, row, col], expected, rtol=1e-5)
+    assert np.all(out["s2"].values[0, :, row, col] < 0.6)
+
+    hidden["s2"].values[t0, :, row, col] = 0.01  # another hidden value: same output
+    again = reconstruct(hidden, day, method)
+    np.testing.assert_array_equal(again["s2"].values, out["s2"].values)
+
+
+def test_dates_outside_the_cube_period_are_refused(es_field) -> None:
+    with pytest.raises(InputError, match="outside the cube's period 2019-01-27 to 2019-12-28"):
+        reconstruct(es_field, np.array(["2020-02-01"], dtype="datetime64[ns]"))
+
+
+def test_unknown_method_lists_the_choices(es_field) -> None:
+    with pytest.raises(InputError, match="choose one of linear, whittaker"):
+        reconstruct(es_field, np.array(["2019-05-01"], dtype="datetime64[ns]"), "cubic")
