@@ -133,7 +133,8 @@ def whittaker_method(
     the smoothing, None chooses it per series by GCV."""
     values, obs_days, query_days = _method_inputs(observed, dates)
     smoothed = smooth_whittaker(values, obs_days, query_days, lam=options.whittaker_lambda)
-    return Prediction(mean=smoothed)
+    # Across long gaps the smoother can swing below zero; reflectance cannot.
+    return Prediction(mean=np.maximum(smoothed, 0.0))
 
 
 def _method_inputs(

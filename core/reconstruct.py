@@ -57,6 +57,8 @@ class ReconstructOptions:
     """Smoothing of the Whittaker baseline; None chooses it per series (see core.baselines)."""
     checkpoint: Path | None = None
     """Model checkpoint (None: the shipped one in assets/)."""
+    keep_samples: bool = False
+    """Also return the K samples as ``s2_samples`` (sample, time, band, y, x), e.g. for CRPS."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,8 @@ def _assemble(
         )
         ndvi_samples = ndvi(samples, band_axis=2)
         nlow, nhigh = _nan_percentiles(ndvi_samples, QUANTILES)
+        if options.keep_samples:
+            data_vars["s2_samples"] = (("sample", *dims4), samples)
         data_vars.update(
             s2_p10=(dims4, low.astype(np.float32)),
             s2_p90=(dims4, high.astype(np.float32)),

@@ -1,0 +1,110 @@
+"""``python -m core evaluate`` and ``python -m core bench`` as a user runs them, on real cubes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CUBES = ("pt-santarem_2021.nc", "hu-alfold_2021.nc")
+
+
+def _core(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "core", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def evaluated(cubes_dir, tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path_factory.mktemp("evaluate") / "eval.json"
+    cube_args = [arg for name in CUBES for arg in ("--cube", str(cubes_dir / name))]
+    done = _core(
+        "evaluate", *cube_args, "--methods", "linear,whittaker", "--max-size", "32",
+        "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done, json.loads(out.read_text(encoding="utf-8"))
+
+
+def test_evaluate_writes_every_task_and_method(evaluated) -> None:
+    _, data = evaluated
+    rows = {(r["cube"], r["task"], r["method"]): r for r in data["rows"]}
+    stems = [name.removesuffix(".nc") for name in CUBES]
+    assert set(rows) == {
+        (cube, task, method)
+        for cube in stems
+        for task in ("missing", "cloud", "gap")
+        for method in ("linear", "whittaker")
+    }
+    for key, row in rows.items():
+        assert row["status"] == "ok", key
+        s = row["scores"]
+        assert 0.001 < s["mae"] < 0.2, key
+        assert s["mae"] <= s["rmse"] < 0.3, key
+        assert 10 < s["psnr_db"] < 60, key
+        assert 0 < s["sam_deg"] < 45, key
+        assert 0 <= s["ndvi_mae"] < 0.5, key
+        assert s["n_frames"] >= 1 and s["n_pixels"] >= 1, key
+        assert s["n_unpredicted"] == 0, key
+        assert math.isfinite(row["ratio"]) and row["ratio"] >= 1.0 - 1e-9, key
+    assert {c["shape"][1] for c in data["cubes"]} == {32}
+    assert data["protocol"]["max_size"] == 32 and data["protocol"]["seed"] == 0
+    assert data["seen_cubes"] == {"linear": [], "whittaker": []}
+    assert data["software"]["fieldflow"]
+    pooled = [r for r in data["pooled"] if r["cube"].startswith("pooled (pixel")]
+    assert {(r["task"], r["method"]) for r in pooled} == {
+        (t, m) for t in ("missing", "cloud", "gap") for m in ("linear", "whittaker")
+    }
+
+
+def test_evaluate_prints_a_readable_table(evaluated) -> None:
+    done, _ = evaluated
+    header = done.stdout.splitlines()[0].split()
+    assert header[:6] == ["cube", "task", "method", "n_fr", "n_px", "MAE"]
+    assert "ratio" in header
+    assert "pt-santarem_2021" in done.stdout and "pooled (cube mean)" in done.stdout
+
+
+def test_evaluate_skips_a_method_on_the_cubes_it_saw(cubes_dir, tmp_path) -> None:
+    out = tmp_path / "eval.json"
+    done = _core(
+        "evaluate", "--cube", str(cubes_dir / CUBES[0]), "--methods", "linear,whittaker",
+        "--max-size", "16", "--seen", "whittaker=pt-santarem", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["skipped_cubes"] == {"linear": [], "whittaker": ["pt-santarem_2021"]}
+    statuses = {r["method"]: r["status"] for r in data["rows"]}
+    assert statuses["linear"] == "ok" and statuses["whittaker"].startswith("skipped")
+
+
+def test_evaluate_refuses_a_missing_cube_in_one_line(tmp_path) -> None:
+    done = _core("evaluate", "--cube", str(tmp_path / "absent.nc"), "--methods", "linear")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: Cube file not found")
+    assert "Traceback" not in done.stderr
+
+
+def test_bench_measures_in_subprocesses_and_writes_json(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    done = _core(
+        "bench", "--methods", "linear", "--sizes", "16,24", "--dates", "12", "--repeats", "1",
+        "--queries", "5", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["machine"]["cpu"] and data["machine"]["cores"]
+    assert [(r["case"]["size_px"], r["error"]) for r in data["results"]] == [(16, None), (24, None)]
+    assert all(r["seconds"] > 0 and r["input_mib"] > 0 for r in data["results"])
+    assert "cpu:" in done.stdout and "linear" in done.stdout

@@ -1,0 +1,467 @@
+"""The yardstick: target selection, hidden pixels, metrics, honest splits, determinism, and the
+bench inputs, on hand-made cubes small enough to check by eye."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from core.bench import BenchCase, make_bench_cube, measure_case, query_dates
+from core.cube import S2_BANDS, build_cube
+from core.errors import InputError
+from core.evaluate import (
+    POOLED_PIXEL,
+    Protocol,
+    Scores,
+    centre_crop,
+    clear_fraction,
+    crps_ensemble,
+    default_seen_sites,
+    evaluate,
+    evaluation_to_dict,
+    format_table,
+    hide,
+    interval_coverage,
+    plan_tasks,
+    pool_scores,
+    psnr_db,
+    score_values,
+    select_targets,
+    spectral_angle_deg,
+)
+from core.reconstruct import ReconstructOptions, observations
+
+PRESENT = ("B02", "B04", "B08")
+BAND = {name: i for i, name in enumerate(S2_BANDS)}
+
+
+def _cube(
+    valid: np.ndarray,
+    *,
+    covered: np.ndarray | None = None,
+    every_days: int = 5,
+    site: str = "test-site",
+    s1: bool = False,
+) -> xr.Dataset:
+    """A cube whose frames t have reflectance 0.1 + 0.01 t (B02), 0.05 + 0.002 t (B04) and
+    0.3 + 0.01 t (B08) plus a per-pixel offset of 0.001 (y * W + x); other bands NaN."""
+    n_t, height, width = valid.shape
+    t = np.arange(n_t, dtype=np.float32)[:, None, None]
+    pixel = 0.001 * np.arange(height * width, dtype=np.float32).reshape(1, height, width)
+    s2 = np.full((n_t, 10, height, width), np.nan, dtype=np.float32)
+    s2[:, BAND["B02"]] = 0.1 + 0.01 * t + pixel
+    s2[:, BAND["B04"]] = 0.05 + 0.002 * t + pixel
+    s2[:, BAND["B08"]] = 0.3 + 0.01 * t + pixel
+    if covered is not None:
+        s2[~np.broadcast_to(covered[:, None], s2.shape)] = np.nan
+        valid = valid & covered
+    scl = np.where(valid, 4, 8).astype(np.uint8)
+    times = np.datetime64("2021-03-01T00:00") + np.arange(n_t) * np.timedelta64(every_days, "D")
+    extra = {}
+    if s1:
+        extra = {
+            "s1": np.full((3, 2, height, width), -12.0, dtype=np.float32),
+            "time_s1": times[[0, n_t // 2, -1]],
+        }
+    return build_cube(
+        s2=s2,
+        time_s2=times,
+        y=np.arange(height) * -10.0,
+        x=np.arange(width) * 10.0,
+        attrs={"crs": "EPSG:32631", "resolution_m": 10.0, "site": site},
+        valid=valid.astype(np.uint8),
+        scl=scl,
+        **extra,
+    )
+
+
+def _series_cube(n_t: int = 20, size: int = 6, site: str = "test-site", s1: bool = False):
+    """Every 4th frame half cloudy (left half of the pixels), the others clear."""
+    valid = np.ones((n_t, size, size), dtype=bool)
+    valid[2::4, :, : size // 2] = False
+    return _cube(valid, site=site, s1=s1)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def test_targets_need_80_percent_of_covered_pixels_clear() -> None:
+    valid = np.ones((6, 4, 4), dtype=bool)  # 16 pixels per frame
+    covered = np.ones((6, 4, 4), dtype=bool)
+    valid[1].flat[:3] = False  # 13/16 = 81 % clear: a target
+    valid[2].flat[:4] = False  # 12/16 = 75 %: not
+    covered[3] = False
+    covered[3, 0, :] = True
+    covered[3, 1, 0] = True  # 5 covered pixels ...
+    valid[3, 0, 0] = False  # ... 4 of them clear = 80 %: a target
+    covered[4] = False  # no coverage at all: never a target
+    cube = _cube(valid, covered=covered)
+    np.testing.assert_allclose(clear_fraction(cube)[:4], [1.0, 13 / 16, 12 / 16, 0.8])
+    assert np.isnan(clear_fraction(cube)[4])
+    assert select_targets(cube, Protocol()).tolist() == [0, 1, 3, 5]
+
+
+def test_frame_sharing_its_day_with_another_is_not_a_target() -> None:
+    cube = _cube(np.ones((4, 2, 2), dtype=bool))
+    times = cube["time_s2"].values.copy()
+    times[2] = times[1] + np.timedelta64(2, "h")  # two acquisitions on one calendar day
+    cube = cube.assign_coords(time_s2=times)
+    assert select_targets(cube, Protocol()).tolist() == [0, 3]
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def test_missing_and_cloud_take_disjoint_quarters_of_the_targets() -> None:
+    cube = _series_cube(n_t=20)  # 15 targets, 5 half-cloudy frames
+    plan = plan_tasks(cube, "a", Protocol())
+    assert len(plan.targets) == 15
+    missing, cloud = set(plan.missing.frames), set(plan.cloud.frames)
+    assert len(missing) == 4 and len(cloud) == 4  # round(0.25 * 15)
+    assert not missing & cloud
+    assert missing | cloud <= set(plan.targets)
+    # the missing frames are hidden wherever they have data, nothing else is
+    hidden = plan.missing.hidden
+    assert hidden[sorted(missing)].all()
+    assert not np.delete(hidden, sorted(missing), axis=0).any()
+
+
+def test_cloud_task_pastes_the_real_mask_of_a_cloudy_frame() -> None:
+    cube = _series_cube(n_t=20)
+    plan = plan_tasks(cube, "a", Protocol())
+    valid = cube["valid"].values.astype(bool)
+    fractions = clear_fraction(cube)
+    for frame, source in zip(plan.cloud.frames, plan.cloud.cloud_sources, strict=True):
+        assert source != frame
+        assert 0.1 <= fractions[source] <= 0.9
+        np.testing.assert_array_equal(plan.cloud.hidden[frame], ~valid[source])
+    # exactly the left half (3 of 6 columns) of each cloud frame is hidden
+    assert plan.cloud.hidden.sum() == len(plan.cloud.frames) * 6 * 3
+
+
+def test_cloud_task_is_not_applicable_without_cloudy_frames() -> None:
+    plan = plan_tasks(_cube(np.ones((12, 3, 3), dtype=bool)), "clear", Protocol())
+    assert not plan.cloud.applicable
+    assert "no cloudy frame" in plan.cloud.reason
+    assert plan.missing.applicable
+
+
+def test_hidden_pixels_look_like_cloud_and_keep_no_original_value() -> None:
+    cube = _series_cube(n_t=20, s1=True)
+    protocol = Protocol()
+    plan = plan_tasks(cube, "a", protocol)
+    hidden = plan.missing.hidden | plan.cloud.hidden
+    degraded = hide(cube, hidden, protocol)
+
+    s2 = np.moveaxis(degraded["s2"].values, 1, -1)[hidden]  # (N, 10)
+    present = [BAND[b] for b in PRESENT]
+    absent = [i for i in range(10) if i not in present]
+    assert (s2[:, present] == np.float32(0.8)).all()
+    assert np.isnan(s2[:, absent]).all()
+    assert (degraded["valid"].values[hidden] == 0).all()
+    assert (degraded["scl"].values[hidden] == 9).all()
+    original = np.moveaxis(cube["s2"].values, 1, -1)[hidden][:, present]
+    assert not np.isin(original, s2).any()
+    # everything else is untouched, S1 included
+    np.testing.assert_array_equal(degraded["valid"].values[~hidden], cube["valid"].values[~hidden])
+    np.testing.assert_array_equal(
+        np.moveaxis(degraded["s2"].values, 1, -1)[~hidden],
+        np.moveaxis(cube["s2"].values, 1, -1)[~hidden],
+    )
+    np.testing.assert_array_equal(degraded["s1"].values, cube["s1"].values)
+    assert cube["valid"].values[hidden].any()  # the original was not modified in place
+
+
+def test_bright_hidden_pixels_catch_a_method_that_ignores_the_mask() -> None:
+    cube = _series_cube(n_t=20)
+    protocol = Protocol()
+    plan = plan_tasks(cube, "a", protocol)
+    degraded = hide(cube, plan.missing.hidden, protocol)
+    frames = list(plan.missing.frames)
+    truth = np.moveaxis(cube["s2"].values[frames], 1, -1)[plan.missing.hidden[frames]]
+    raw = np.moveaxis(degraded["s2"].values[frames], 1, -1)[plan.missing.hidden[frames]]
+    present = np.isin(np.array(S2_BANDS), PRESENT)
+    cheat = score_values(truth, raw, present, n_frames=len(frames))
+    assert cheat.mae > 0.4  # reading the reflectance under the mask scores terribly
+    # ... and the contract never lets a method see it
+    masked = observations(degraded)["s2"].values
+    assert np.isnan(np.moveaxis(masked, 1, -1)[plan.missing.hidden]).all()
+
+
+def test_gap_hides_every_acquisition_of_one_45_day_window() -> None:
+    cube = _series_cube(n_t=20, s1=True)  # a frame every 5 days: 9 frames per window
+    protocol = Protocol()
+    gap = plan_tasks(cube, "a", protocol).gap
+    assert gap.applicable
+    first, last = gap.window
+    assert last - first == np.timedelta64(44, "D")
+    days = cube["time_s2"].values.astype("datetime64[D]")
+    inside = (days >= first) & (days <= last)
+    assert inside.sum() == 9
+    np.testing.assert_array_equal(gap.hidden.any(axis=(1, 2)), inside)
+    assert gap.hidden[inside].all()
+    targets = select_targets(cube, protocol)
+    assert gap.frames == tuple(int(i) for i in targets if inside[i])
+    assert len(gap.frames) >= 2
+    assert targets.min() < np.flatnonzero(inside).min()  # a target before the window
+    assert targets.max() > np.flatnonzero(inside).max()  # and one after it
+    degraded = hide(cube, gap.hidden, protocol)
+    np.testing.assert_array_equal(degraded["s1"].values, cube["s1"].values)
+
+
+def test_gap_is_not_applicable_when_no_window_fits_inside_the_series() -> None:
+    cube = _cube(np.ones((8, 2, 2), dtype=bool), every_days=5)  # 36 days in all
+    gap = plan_tasks(cube, "short", Protocol()).gap
+    assert not gap.applicable
+    assert "45-day window" in gap.reason
+
+
+def test_centre_crop_takes_the_middle() -> None:
+    cube = _cube(np.ones((2, 10, 9), dtype=bool))
+    crop = centre_crop(cube, 4)
+    assert crop["s2"].shape == (2, 10, 4, 4)
+    np.testing.assert_array_equal(crop["y"].values, cube["y"].values[3:7])
+    np.testing.assert_array_equal(crop["x"].values, cube["x"].values[2:6])
+    assert centre_crop(cube, None) is cube
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_error_metrics_on_known_vectors() -> None:
+    present = np.isin(np.array(S2_BANDS), ("B02", "B04"))
+    truth = np.full((2, 10), np.nan)
+    pred = np.full((2, 10), np.nan)
+    truth[:, [BAND["B02"], BAND["B04"]]] = [[0.2, 0.4], [0.1, 0.3]]
+    pred[:, [BAND["B02"], BAND["B04"]]] = [[0.1, 0.2], [0.1, 0.3]]
+    s = score_values(truth, pred, present, n_frames=1)
+    assert s.mae == pytest.approx((0.1 + 0.2) / 4)
+    assert s.rmse == pytest.approx(math.sqrt((0.01 + 0.04) / 4))
+    assert s.psnr_db == pytest.approx(10 * math.log10(1 / 0.0125))  # 19.03 dB
+    assert s.sam_deg == pytest.approx(0.0, abs=1e-6)  # both spectra are parallel
+    assert (s.n_pixels, s.n_values, s.n_unpredicted) == (2, 4, 0)
+    assert [(b.band, b.mae) for b in s.bands] == [
+        ("B02", pytest.approx(0.05)),
+        ("B04", pytest.approx(0.1)),
+    ]
+    assert s.ndvi_mae is None  # no NIR band
+    assert s.coverage is None and s.crps is None
+
+
+def test_psnr_and_spectral_angle() -> None:
+    assert psnr_db(0.01) == pytest.approx(20.0)
+    assert psnr_db(1e-4, data_range=1.0) == pytest.approx(40.0)
+    angles = spectral_angle_deg(
+        np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0], [0.0, 0.0]]),
+        np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 4.0], [1.0, 1.0]]),
+    )
+    np.testing.assert_allclose(angles[:3], [90.0, 45.0, 0.0], atol=1e-6)
+    assert np.isnan(angles[3])
+
+
+def test_unpredicted_values_are_counted_and_left_out() -> None:
+    present = np.isin(np.array(S2_BANDS), PRESENT)
+    truth = np.full((3, 10), np.nan)
+    truth[:, present] = 0.2
+    pred = truth + 0.01
+    pred[0, BAND["B02"]] = np.nan
+    s = score_values(truth, pred, present, n_frames=1)
+    assert s.n_unpredicted == 1 and s.n_values == 9
+    assert s.mae == pytest.approx(0.01)
+    assert s.psnr_db == pytest.approx(40.0)
+    assert s.n_sam == 2  # the pixel with a NaN band has no spectral angle
+    assert s.ndvi_mae is not None and s.n_ndvi == 3
+
+
+def test_crps_of_a_degenerate_ensemble_is_its_absolute_error() -> None:
+    truth = np.array([0.1, 0.2, 0.5])
+    pred = np.array([0.15, 0.1, 0.5])
+    np.testing.assert_allclose(crps_ensemble(np.tile(pred, (8, 1)), truth), np.abs(pred - truth))
+
+
+def test_crps_matches_the_pairwise_formula() -> None:
+    # samples {0, 1}, truth 0: mean |x - y| = 0.5, sum |xi - xj| / (2 K²) = 2 / 8
+    assert crps_ensemble(np.array([[0.0], [1.0]]), np.array([0.0]))[0] == pytest.approx(0.25)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(5, 7)), rng.normal(size=7)
+    brute = np.abs(x - y).mean(axis=0) - np.abs(x[:, None] - x[None]).sum(axis=(0, 1)) / 50
+    np.testing.assert_allclose(crps_ensemble(x, y), brute)
+
+
+def test_interval_coverage_and_scores_with_samples() -> None:
+    truth = np.array([0.1, 0.2, 0.3, 0.4])
+    low, high = np.array([0.0, 0.25, 0.3, 0.0]), np.array([0.2, 0.3, 0.3, 0.35])
+    assert interval_coverage(low, high, truth) == 0.5
+    present = np.isin(np.array(S2_BANDS), ("B04",))
+    t = np.full((4, 10), np.nan)
+    t[:, BAND["B04"]] = truth
+    pred = t.copy()
+    samples = np.stack([t - 0.1, t + 0.1])  # p10/p90 far enough apart to cover every value
+    s = score_values(t, pred, present, n_frames=2, low=t - 0.05, high=t + 0.05, samples=samples)
+    assert s.coverage == 1.0
+    assert s.crps == pytest.approx(0.1 - 0.2 / 4)
+
+
+def test_pooling_weights_by_values_or_by_cube() -> None:
+    def scores(mae: float, n: int) -> Scores:
+        return Scores(1, n, n, mae, mae, psnr_db(mae**2), None, 0, None, 0, None, None, 0)
+
+    a, b = scores(0.01, 300), scores(0.04, 100)
+    pixel = pool_scores([a, b], "pixel")
+    assert pixel.mae == pytest.approx((0.01 * 300 + 0.04 * 100) / 400)
+    assert pixel.rmse == pytest.approx(math.sqrt((0.0001 * 300 + 0.0016 * 100) / 400))
+    assert pixel.n_values == 400
+    assert pool_scores([a, b], "cube").mae == pytest.approx(0.025)
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def _two_cubes():
+    yield "cube-a", _series_cube(n_t=20, site="site-a")
+    yield "cube-b", _series_cube(n_t=24, site="site-b")
+
+
+def test_evaluate_scores_every_task_and_method_with_ratios() -> None:
+    result = evaluate(_two_cubes(), ["linear", "whittaker"], Protocol(max_size=4))
+    assert len(result.rows) == 2 * 3 * 2
+    assert all(row.status == "ok" for row in result.rows)
+    for row in result.rows:
+        assert row.scores.n_frames >= 1
+        assert 0 <= row.scores.mae < 0.2
+        assert row.ratio >= 1.0 - 1e-12
+    for cube in ("cube-a", "cube-b"):
+        for task in ("missing", "cloud", "gap"):
+            ratios = [r.ratio for r in result.rows if r.cube == cube and r.task == task]
+            assert min(ratios) == pytest.approx(1.0)
+    pooled = [r for r in result.pooled if r.cube == POOLED_PIXEL]
+    assert len(pooled) == 6 and all(r.n_cubes == 2 for r in pooled)
+    assert result.cubes[0].shape == (20, 4, 4) and result.cubes[0].original_shape == (6, 6)
+    table = format_table(result)
+    assert "cube-a" in table and POOLED_PIXEL in table
+
+
+def test_linear_is_exact_on_a_linear_series() -> None:
+    """The hand-made reflectance is linear in time and acquired at midnight (the evaluation
+    queries calendar days), so linear interpolation recovers every hidden pixel exactly, except
+    where a hidden frame ends the series and it holds the last clear value instead."""
+    result = evaluate(_two_cubes(), ["linear"], Protocol())
+    ends = {
+        name: {str(d) for d in cube["time_s2"].values[[0, -1]].astype("datetime64[D]")}
+        for name, cube in _two_cubes()
+    }
+    interior = 0
+    for row, report in zip(result.rows, [c for c in result.cubes for _ in range(3)], strict=True):
+        frames = set(report.tasks[row.task]["frames"])
+        if frames & ends[row.cube]:
+            assert row.scores.mae > 0.001
+        else:
+            assert row.scores.mae == pytest.approx(0.0, abs=1e-6)
+            interior += 1
+    assert interior >= 4
+
+
+def test_seen_cubes_are_skipped_and_recorded() -> None:
+    seen = {"whittaker": {"site-b"}}  # matched through the cube's site attribute
+    result = evaluate(_two_cubes(), ["linear", "whittaker"], Protocol(max_size=4), seen_sites=seen)
+    skipped = [r for r in result.rows if r.status.startswith("skipped")]
+    assert {(r.cube, r.method) for r in skipped} == {("cube-b", "whittaker")}
+    assert len(skipped) == 3 and all(r.scores is None for r in skipped)
+    assert result.skipped == {"linear": [], "whittaker": ["cube-b"]}
+    assert result.seen == {"linear": [], "whittaker": ["site-b"]}
+    assert all(r.n_cubes == 1 for r in result.pooled if r.method == "whittaker")
+    # the whittaker ratio compares it with linear on the cube it was scored on only
+    data = evaluation_to_dict(result)
+    assert data["skipped_cubes"]["whittaker"] == ["cube-b"]
+
+    kept = evaluate(
+        _two_cubes(), ["whittaker"], Protocol(max_size=4), seen_sites=seen, exclude_seen=False
+    )
+    assert all(r.status == "ok" for r in kept.rows)
+    assert kept.seen == {"whittaker": ["site-b"]}
+
+
+def test_a_learned_method_needs_its_training_record(monkeypatch) -> None:
+    seen = default_seen_sites(ReconstructOptions())
+    assert seen("linear") == frozenset() and seen("whittaker") == frozenset()
+    monkeypatch.setitem(sys.modules, "core.model.checkpoint", types.ModuleType("stub"))
+    with pytest.raises(InputError, match="--no-exclude-seen"):
+        seen("model")
+    stub = types.ModuleType("stub")
+    stub.training_sites = lambda path: ["be-flanders-a", "tz-arusha"]
+    monkeypatch.setitem(sys.modules, "core.model.checkpoint", stub)
+    assert seen("model") == {"be-flanders-a", "tz-arusha"}
+
+
+def _figures(result) -> str:
+    data = evaluation_to_dict(result)
+    for key in ("seconds", "software"):
+        data.pop(key)
+    for row in data["rows"] + data["pooled"]:
+        row.pop("seconds")
+    return json.dumps(data, sort_keys=True)
+
+
+def test_same_seed_gives_identical_figures_and_another_seed_other_draws() -> None:
+    def run(seed: int):
+        return evaluate(_two_cubes(), ["linear", "whittaker"], Protocol(seed=seed, max_size=4))
+
+    first, again = run(0), run(0)
+    assert _figures(first) == _figures(again)
+    other = run(1)
+    assert [c.tasks for c in other.cubes] != [c.tasks for c in first.cubes]
+
+
+def test_bad_input_is_refused_with_a_message() -> None:
+    with pytest.raises(InputError, match="No methods"):
+        evaluate(_two_cubes(), [])
+    with pytest.raises(InputError, match="Unknown reconstruction method"):
+        evaluate(_two_cubes(), ["nonsense"])
+    with pytest.raises(InputError, match="No cubes"):
+        evaluate(iter(()), ["linear"])
+    with pytest.raises(InputError, match="max-size"):
+        Protocol(max_size=-1)
+
+
+# --------------------------------------------------------------------------- bench inputs
+
+
+def test_bench_cube_is_mirror_tiled_and_stretched_in_time(flanders_cube) -> None:
+    cube = make_bench_cube(flanders_cube, 100, 150)  # source: 118 dates, 64 x 64
+    assert cube["s2"].shape == (150, 10, 100, 100)
+    times = cube["time_s2"].values
+    assert (np.diff(times) > np.timedelta64(0)).all()
+    np.testing.assert_array_equal(times[:118], flanders_cube["time_s2"].values)
+    # mirror: column 64 repeats column 63, column 65 repeats column 62 (first 118 dates)
+    s2 = cube["s2"].values
+    np.testing.assert_array_equal(s2[:118, :, :64, 64], flanders_cube["s2"].values[:, :, :, 63])
+    np.testing.assert_array_equal(s2[:118, :, :64, 65], flanders_cube["s2"].values[:, :, :, 62])
+    # the first tile keeps its clear mask; the next one's is rolled by one date
+    valid, source = cube["valid"].values, flanders_cube["valid"].values
+    np.testing.assert_array_equal(valid[:118, :64, :64], source)
+    assert not np.array_equal(valid[:118, :64, 64:], source[:, :, ::-1][:, :, :36])
+    assert cube["time_s1"].values[-1] <= times[-1]
+    assert cube["time_s1"].values[-1] > flanders_cube["time_s1"].values[-1]
+
+    short = make_bench_cube(flanders_cube, 32, 30)
+    assert short["s2"].shape == (30, 10, 32, 32)
+    assert (
+        short["time_s2"].values[[0, -1]].tolist()
+        == flanders_cube["time_s2"].values[[0, -1]].tolist()
+    )
+    assert query_dates(short, 20).size == 20
+
+
+def test_measure_case_reports_time_and_memory(cubes_dir) -> None:
+    case = BenchCase("linear", 16, 10, str(cubes_dir / "be-flanders-a_2017-2018.nc"), repeats=2)
+    result = measure_case(case)
+    assert result.error is None
+    assert len(result.seconds_all) == 2 and result.seconds > 0
+    assert result.input_mib == pytest.approx(10 * 10 * 16 * 16 * 4 / 1024**2)
+    assert result.traced_peak_mib > 0 and result.peak_rss_mib >= 0
