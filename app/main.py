@@ -1,0 +1,174 @@
+"""FieldFlow's page: field and period in the sidebar, the map and the season's results in the
+main area. Start with ``streamlit run app/main.py`` from the project folder.
+
+This file only lays the page out; the widgets live in :mod:`app.widgets`, the cached core calls
+in :mod:`app.services`, the session state in :mod:`app.state`, and all the work in :mod:`core`.
+The map and everything that depends on the selected date form one ``st.fragment``: moving the
+date slider, switching the map layer or clicking the chart reruns only that part, and nothing
+is recomputed (the result holds every frame).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts only app/ on the path
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import services  # noqa: E402
+from app.config import AppConfig  # noqa: E402
+from app.state import Key, PageState, page_state, widget_value  # noqa: E402
+from app.widgets.chart import ndvi_chart  # noqa: E402
+from app.widgets.downloads import downloads_row  # noqa: E402
+from app.widgets.field import accept_drawing, field_panel  # noqa: E402
+from app.widgets.map import field_map  # noqa: E402
+from app.widgets.period import period_panel  # noqa: E402
+from app.widgets.settings import RunSettings, settings_panel  # noqa: E402
+from app.widgets.status import result_summary, show_messages  # noqa: E402
+from app.widgets.timeline import (  # noqa: E402
+    date_slider,
+    forget_selection,
+    frames_row,
+    query_panel,
+    reset_selection,
+)
+from core.config import Settings  # noqa: E402
+from core.errors import FieldFlowError  # noqa: E402
+from core.season import SeasonRequest  # noqa: E402
+
+OVERLAYS = {"rgb": "True colour", "ndvi": "NDVI", "none": "None"}
+
+
+def main() -> None:
+    """Build the page."""
+    st.set_page_config(page_title="FieldFlow", page_icon="🌾", layout="wide")
+    state = page_state()
+    settings = services.settings()
+    with st.sidebar:
+        st.title("FieldFlow")
+        field_panel(state, settings)
+        run_clicked = period_panel(state)
+        run_settings = settings_panel(settings)
+
+    st.markdown("### Cloud-free Sentinel-2 for your field")
+    request = current_request(state, run_settings)
+    drop_stale_result(state, request, settings)
+    # One container above the map for progress, messages and the summary: whatever it holds,
+    # the map keeps its place in the page, so the browser never remounts it (a remount would
+    # lose the view and any drawing not yet sent).
+    with st.container():
+        if run_clicked:
+            run(state, request, settings)
+        show_messages(state)
+        if state.result is not None:
+            result_summary(state.result)
+    workspace(AppConfig.from_env(), settings)
+
+
+def current_request(state: PageState, chosen: RunSettings) -> SeasonRequest | None:
+    """The request the inputs describe now (None without a field or with a reversed period)."""
+    start, end = widget_value(Key.START), widget_value(Key.END)
+    if state.field is None or not isinstance(start, dt.date) or not isinstance(end, dt.date):
+        return None
+    demo = state.demo_source
+    return SeasonRequest(
+        field=state.field,
+        start=start,
+        end=end,
+        method=chosen.method,
+        options=chosen.options,
+        max_cloud_cover=chosen.max_cloud_cover,
+        cube_path=demo.cube_path if demo is not None and demo.mode == "offline" else None,
+    )
+
+
+def drop_stale_result(state: PageState, request: SeasonRequest | None, settings: Settings) -> None:
+    """Forget the result when the field, period or settings no longer match it."""
+    result = state.result
+    if result is None:
+        return
+    if request is None or request.key(settings.stac_api_url) != result.key:
+        state.result = None
+        forget_selection()
+        state.say("info", "The field, period or settings changed: press Run for new results.")
+
+
+def run(state: PageState, request: SeasonRequest | None, settings: Settings) -> None:
+    """Compute (or recall) the season, with its progress shown here."""
+    if request is None:
+        state.say("error", "Draw, upload or pick a field first, then press Run.")
+        return
+    if request.end < request.start:
+        state.say(
+            "error",
+            f"The period ends ({request.end}) before it starts ({request.start}): swap the dates.",
+        )
+        return
+    try:
+        result = services.season(request, settings)
+    except FieldFlowError as exc:
+        state.say("error", str(exc))
+        return
+    except Exception as exc:  # a bug, not the user's doing: say so, with the details folded
+        state.say("error", f"Something unexpected went wrong ({type(exc).__name__}).")
+        with st.expander("Technical details"):
+            st.exception(exc)
+        return
+    state.result = result
+    reset_selection(result)
+
+
+@st.fragment
+def workspace(config: AppConfig, settings: Settings) -> None:
+    """The map and, after a Run, the date slider, frames, chart, query date and downloads."""
+    state = page_state()
+    result = state.result
+    index = None
+    overlay = None
+    if result is not None:
+        selected = widget_value(Key.DATE)
+        index = result.index_of(selected) if isinstance(selected, dt.date) else 0
+        frame = result.frames[index]
+        layer = widget_value(Key.OVERLAY, "rgb")
+        overlay = {"rgb": frame.overlay_rgb_png, "ndvi": frame.overlay_ndvi_png}.get(str(layer))
+    drawing = field_map(
+        config,
+        field=state.field,
+        center=state.map_center,
+        zoom=state.map_zoom,
+        overlay_png=overlay,
+        overlay_bounds=result.overlay_bounds if result is not None else None,
+    )
+    if drawing is not None and accept_drawing(state, drawing, settings):
+        st.rerun()
+    if result is None:
+        st.caption(
+            "Pick the period and press **Run** in the sidebar."
+            if state.field is not None
+            else "Draw the field with the polygon or rectangle tool (left edge of the map), "
+            "upload its outline, or press **Demo field** in the sidebar; then press **Run**."
+        )
+        return
+    st.radio(
+        "Map layer",
+        list(OVERLAYS),
+        format_func=OVERLAYS.get,
+        key=str(Key.OVERLAY),
+        horizontal=True,
+    )
+    index = date_slider(result)
+    frames_row(result, index)
+    chart_column, query_column = st.columns([2, 1])
+    with chart_column:
+        ndvi_chart(result, result.days[index])
+    with query_column:
+        query_panel(result)
+    downloads_row(result, result.days[index])
+
+
+main()

@@ -1,0 +1,113 @@
+"""Cached wrappers around the core calls the page makes.
+
+* :func:`settings`: ``Settings.from_env()`` once per process.
+* :func:`season`: the whole computation of a Run (:func:`core.season.compute_season`), cached
+  per request key (field outline, period, method and options, data source) for every session;
+  the progress panel drawn inside it is replayed on a cache hit, so a second Run with the same
+  inputs shows its finished progress at once. The fetch below it also goes through core's disk
+  cache, so even a restarted server does not fetch twice.
+* :func:`day_view`: one reconstructed day for the "Query date", cached per (result, day).
+* :func:`model`: the model is loaded once per process.
+* :func:`stac_available`: whether the STAC API answers, checked at most once a minute.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import streamlit as st
+
+from core.config import Settings
+from core.demo import DemoPreset, demo_preset, stac_reachable
+from core.season import (
+    DayView,
+    SeasonRequest,
+    SeasonResult,
+    compute_season,
+    load_model,
+)
+from core.season import (
+    day_view as core_day_view,
+)
+
+SEASON_CACHE_ENTRIES = 8
+"""Results kept in memory (each holds the cube and every picture: a few MB to a few 100 MB)."""
+
+
+@st.cache_resource(show_spinner=False)
+def settings() -> Settings:
+    """Process-wide settings from the environment."""
+    return Settings.from_env()
+
+
+@st.cache_resource(show_spinner="Loading the reconstruction model…")
+def model(device: str) -> object:
+    """The model, loaded once per process and device."""
+    return load_model(device)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def stac_available(url: str) -> bool:
+    """Whether the STAC API at ``url`` answers (re-checked after a minute)."""
+    return stac_reachable(url)
+
+
+@st.cache_data(show_spinner=False)
+def demo(cube_path: str) -> DemoPreset:
+    """The demo preset (the parcel is polygonised from the cube once per process)."""
+    return demo_preset(Path(cube_path))
+
+
+def season(request: SeasonRequest, config: Settings) -> SeasonResult:
+    """Run (or recall) a season computation, drawing its progress where it is called.
+
+    Raises:
+        FieldFlowError: with a message for the user; the progress box shows the failure.
+    """
+    if request.method == "model":
+        model(request.options.device)
+    return _season(request.key(config.stac_api_url), request, config)
+
+
+@st.cache_data(max_entries=SEASON_CACHE_ENTRIES, show_spinner=False)
+def _season(key: str, _request: SeasonRequest, _config: Settings) -> SeasonResult:
+    # Every element drawn here is recorded and replayed on a cache hit, so the progress panel
+    # is made of placeholders created here (a status box's label updates would not replay).
+    del key  # the cache key: names everything in _request and the STAC URL
+    panel = st.container(border=True)
+    headline = panel.empty()
+    bar = panel.empty()
+    steps = panel.container()
+    last = {"stage": "", "fraction": -1.0}
+
+    def report(stage: str, done: int, total: int) -> None:
+        fraction = min(1.0, done / total) if total else 0.0
+        if stage != last["stage"]:
+            headline.markdown(f"**{stage[:1].upper()}{stage[1:]}…**")
+            steps.caption(f"• {stage}")
+        elif fraction - float(last["fraction"]) < 0.05 and done < total:
+            return  # throttled: every update is replayed on a cache hit
+        last.update(stage=stage, fraction=fraction)
+        bar.progress(fraction, text=f"{stage}: {done} of {total}")
+
+    try:
+        result = compute_season(_request, _config, progress=report)
+    except Exception:
+        headline.markdown(f"**Stopped while {last['stage'] or 'starting'}.**")
+        raise
+    frames = result.frames_loaded
+    headline.markdown(
+        f"**Computed in {result.elapsed_s:.1f} s**: {len(result.timeline)} dates from "
+        f"{frames.get('s2', 0)} Sentinel-2 and {frames.get('s1', 0)} Sentinel-1 frames "
+        f"({result.source})."
+    )
+    bar.empty()
+    return result
+
+
+@st.cache_data(max_entries=64, show_spinner="Reconstructing that day…")
+def day_view(result_key: str, day: dt.date, _result: SeasonResult) -> DayView:
+    """One day of a result, reconstructed on demand (cached per result and day)."""
+    del result_key
+    return core_day_view(_result, day)

@@ -1,0 +1,148 @@
+"""The page's session state, in one typed place.
+
+Each browser session has its own :class:`PageState` (stored under one key of
+``st.session_state``) and its own widget values (keys in :class:`Key`). Nothing is shared
+between sessions except the caches in :mod:`app.services`, which are keyed by the field's
+outline, so one user never sees another's field or result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+
+import streamlit as st
+
+from core.demo import DemoSource
+from core.field import Candidate, Field
+from core.location import zoom_for_bounds
+from core.season import SeasonResult
+
+DEFAULT_CENTER: tuple[float, float] = (50.85, 4.35)
+"""Where the map opens (lat, lon): Belgium."""
+DEFAULT_ZOOM = 7
+_STATE_KEY = "fieldflow_page"
+
+
+class Key(StrEnum):
+    """Widget keys: every widget with a key uses one of these."""
+
+    LOCATION = "location_text"
+    UPLOAD = "upload_file"
+    UPLOAD_CHOICE = "upload_choice"
+    OFFLINE_DEMO = "offline_demo"
+    START = "period_start"
+    END = "period_end"
+    METHOD = "method"
+    SAMPLES = "samples"
+    STEPS = "steps"
+    DEVICE = "device"
+    MAX_CLOUD = "max_cloud_cover"
+    DATE = "timeline_date"
+    QUERY = "query_date"
+    OVERLAY = "map_overlay"
+    REFERENCE = "show_reference"
+    CHART = "ndvi_chart"
+    MAP = "field_map"
+
+
+@dataclass
+class Message:
+    """A message for the top of the page."""
+
+    kind: str
+    """"error", "warning", "info" or "success"."""
+    text: str
+
+
+@dataclass
+class Upload:
+    """An uploaded file that holds several polygons, waiting for the user's choice."""
+
+    file_id: str
+    name: str
+    data: bytes
+    candidates: list[Candidate]
+
+
+@dataclass
+class PageState:
+    """Everything the page remembers between reruns of one session."""
+
+    field: Field | None = None
+    """The current field."""
+    field_origin: str = ""
+    """How it was given: "drawn on the map", "uploaded (name)", "demo"."""
+    demo_source: DemoSource | None = None
+    """Where the demo's data comes from, while the field is the demo field."""
+    result: SeasonResult | None = None
+    """The result of the last Run, while its inputs are unchanged."""
+    messages: list[Message] = dataclasses.field(default_factory=list)
+    """Shown once at the top of the page, then cleared."""
+    map_center: tuple[float, float] = DEFAULT_CENTER
+    map_zoom: int = DEFAULT_ZOOM
+    handled_drawing: str | None = None
+    """Fingerprint of the last map drawing turned into a field (the map returns it again on
+    every rerun)."""
+    handled_upload: str | None = None
+    """File id of the last upload read."""
+    pending_upload: Upload | None = None
+    """An upload with several polygons, until one is chosen."""
+    upload_error: str | None = None
+    """Why the current upload cannot be used, shown under the uploader while it stays."""
+
+    def set_field(self, new: Field, origin: str, *, demo: DemoSource | None = None) -> None:
+        """Make ``new`` the field, centre the map on it and forget a result for another one."""
+        if self.field is None or self.field.key != new.key:
+            self.result = None
+        self.field = new
+        self.field_origin = origin
+        self.demo_source = demo
+        lon, lat = new.centroid
+        self.map_center = (lat, lon)
+        self.map_zoom = zoom_for_bounds(new.bounds)
+
+    def clear_field(self) -> None:
+        """Forget the field and its result."""
+        self.field = None
+        self.field_origin = ""
+        self.demo_source = None
+        self.result = None
+
+    def say(self, kind: str, text: str) -> None:
+        """Queue a message for the top of the page."""
+        self.messages.append(Message(kind, text))
+
+
+def page_state() -> PageState:
+    """This session's :class:`PageState` (created on first use)."""
+    if _STATE_KEY not in st.session_state:
+        st.session_state[_STATE_KEY] = PageState()
+    return st.session_state[_STATE_KEY]
+
+
+def widget_value(key: Key, default: object = None) -> object:
+    """The current value of a keyed widget (``default`` before it was drawn)."""
+    return st.session_state.get(str(key), default)
+
+
+def set_widget_value(key: Key, value: object) -> None:
+    """Set a keyed widget's value; only before it is drawn in this run (or in a callback)."""
+    st.session_state[str(key)] = value
+
+
+def forget_widget(key: Key) -> None:
+    """Drop a widget's value so it starts from its default next time."""
+    st.session_state.pop(str(key), None)
+
+
+def default_period(today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """The last 12 months, ending today."""
+    end = today or dt.date.today()
+    try:
+        start = end.replace(year=end.year - 1) + dt.timedelta(days=1)
+    except ValueError:  # 29 February
+        start = end.replace(year=end.year - 1, day=28) + dt.timedelta(days=1)
+    return start, end

@@ -1,0 +1,172 @@
+"""The NDVI chart: daily curve with its p10-p90 band, observations, cloudy acquisitions, the
+Whittaker reference, and the selected date. Clicking a point selects its date."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.state import Key, widget_value
+from app.widgets.timeline import select_day
+from core.curve import OBSERVED_MIN_CLEAR_FRACTION
+from core.season import SeasonResult
+
+CURVE_COLOUR = "#1a9850"
+BAND_COLOUR = "rgba(26, 152, 80, 0.18)"
+OBSERVED_COLOUR = "#08306b"
+CLOUDY_COLOUR = "#8c8c8c"
+REFERENCE_COLOUR = "#d95f02"
+SELECTED_COLOUR = "#e7298a"
+
+
+def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool) -> go.Figure:
+    """The chart for ``result`` with a vertical line on ``selected``."""
+    curve = result.curve
+    dates = pd.to_datetime(curve["date"])
+    fig = go.Figure()
+    if np.isfinite(curve["ndvi_p10"]).any():
+        fig.add_trace(
+            go.Scatter(
+                x=dates,
+                y=curve["ndvi_p90"],
+                mode="lines",
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                name="p90",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=dates,
+                y=curve["ndvi_p10"],
+                mode="lines",
+                line={"width": 0},
+                fill="tonexty",
+                fillcolor=BAND_COLOUR,
+                name="p10–p90",
+                hoverinfo="skip",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=dates,
+            y=curve["ndvi"],
+            mode="lines+markers",
+            line={"color": CURVE_COLOUR, "width": 2},
+            marker={"size": 3},
+            name=f"Reconstructed ({result.request.method})",
+            hovertemplate="%{x|%Y-%m-%d}: NDVI %{y:.3f}<extra></extra>",
+        )
+    )
+    acquired = curve[np.isfinite(curve["clear_fraction"])]
+    clear = acquired[acquired["clear_fraction"] >= OBSERVED_MIN_CLEAR_FRACTION]
+    clear = clear[np.isfinite(clear["observed_ndvi"])]
+    cloudy = acquired.drop(clear.index)
+    fig.add_trace(
+        go.Scatter(
+            x=pd.to_datetime(clear["date"]),
+            y=clear["observed_ndvi"],
+            mode="markers",
+            marker={"color": OBSERVED_COLOUR, "size": 8},
+            name="Clear observation",
+            customdata=np.round(clear["clear_fraction"].to_numpy() * 100),
+            hovertemplate="%{x|%Y-%m-%d}: observed %{y:.3f} (%{customdata:.0f} % clear)"
+            "<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=pd.to_datetime(cloudy["date"]),
+            y=cloudy["ndvi"],
+            mode="markers",
+            marker={"color": CLOUDY_COLOUR, "size": 8, "symbol": "x"},
+            name="Cloudy acquisition",
+            customdata=np.round(cloudy["clear_fraction"].to_numpy() * 100),
+            hovertemplate="%{x|%Y-%m-%d}: cloudy (%{customdata:.0f} % clear)<extra></extra>",
+        )
+    )
+    if show_reference and not result.reference.empty:
+        fig.add_trace(
+            go.Scatter(
+                x=pd.to_datetime(result.reference["date"]),
+                y=result.reference["ndvi"],
+                mode="lines",
+                line={"color": REFERENCE_COLOUR, "dash": "dash", "width": 1.5},
+                name="Whittaker reference",
+                hoverinfo="skip",
+            )
+        )
+    stamp = pd.Timestamp(selected)
+    fig.add_shape(
+        type="line",
+        x0=stamp,
+        x1=stamp,
+        y0=0,
+        y1=1,
+        yref="paper",
+        line={"color": SELECTED_COLOUR, "width": 2},
+    )
+    fig.add_annotation(
+        x=stamp,
+        y=1,
+        yref="paper",
+        text=selected.isoformat(),
+        showarrow=False,
+        yanchor="bottom",
+        font={"color": SELECTED_COLOUR},
+    )
+    fig.update_layout(
+        height=380,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        yaxis={"title": "NDVI", "range": [-0.1, 1.0]},
+        xaxis={"title": None},
+        legend={"orientation": "h", "y": -0.15},
+        hovermode="closest",
+        clickmode="event+select",
+    )
+    return fig
+
+
+def ndvi_chart(result: SeasonResult, selected: dt.date) -> None:
+    """Draw the chart with the reference toggle; a click selects the clicked date."""
+    show_reference = st.toggle(
+        "Whittaker reference",
+        value=True,
+        key=str(Key.REFERENCE),
+        help="Whittaker smoother (lambda by cross-validation) through the clear observations.",
+    )
+
+    def on_select() -> None:
+        day = clicked_day(widget_value(Key.CHART))
+        if day is not None:
+            select_day(result, day)
+
+    st.plotly_chart(
+        ndvi_figure(result, selected, show_reference=show_reference),
+        key=str(Key.CHART),
+        on_select=on_select,
+        selection_mode="points",
+        config={"displaylogo": False},
+    )
+
+
+def clicked_day(event: Any) -> dt.date | None:
+    """The date of the first point of a plotly selection event, or None."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    for point in points or []:
+        x = point.get("x") if isinstance(point, dict) else None
+        if isinstance(x, str) and len(x) >= 10:
+            try:
+                return dt.date.fromisoformat(x[:10])
+            except ValueError:
+                continue
+    return None

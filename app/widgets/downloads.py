@@ -1,0 +1,46 @@
+"""Downloads: the NDVI curve as CSV (exactly :func:`core.curve.curve_csv`), the selected frame
+as GeoTIFF (made only when clicked) and the field as GeoJSON. None of them reruns the page."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import streamlit as st
+
+from core.curve import curve_csv
+from core.export import field_geojson, safe_file_stem
+from core.season import SeasonResult, frame_geotiff_for_day
+
+
+def downloads_row(result: SeasonResult, day: dt.date) -> None:
+    """Three download buttons for ``result`` and the selected ``day``."""
+    field = result.request.field
+    stem = safe_file_stem(field.name)
+    period = f"{result.first_day:%Y%m%d}-{result.last_day:%Y%m%d}"
+    left, middle, right = st.columns(3)
+    left.download_button(
+        "Download NDVI CSV",
+        data=curve_csv(result.curve),
+        file_name=f"{stem}_ndvi_{period}.csv",
+        mime="text/csv",
+        on_click="ignore",
+        icon=":material/download:",
+    )
+    middle.download_button(
+        f"Download frame {day.isoformat()} (GeoTIFF)",
+        data=lambda: frame_geotiff_for_day(result, day),
+        file_name=f"{stem}_{day:%Y%m%d}_{result.request.method}.tif",
+        mime="image/tiff",
+        on_click="ignore",
+        icon=":material/download:",
+        help="Ten reflectance bands, NDVI (and its p10/p90 when sampled), float32, on the "
+        f"field's grid ({result.grid.crs}, {result.grid.resolution_m:g} m).",
+    )
+    right.download_button(
+        "Download field (GeoJSON)",
+        data=field_geojson(field),
+        file_name=f"{stem}.geojson",
+        mime="application/geo+json",
+        on_click="ignore",
+        icon=":material/download:",
+    )

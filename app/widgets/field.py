@@ -1,0 +1,181 @@
+"""The field panel: jump to a location, upload an outline, pick the demo, see the field.
+
+Drawing happens on the map (:mod:`app.widgets.map`); :func:`accept_drawing` turns a drawing into
+the field. Every bad input ends as a message the user can act on (the core's
+:class:`~core.errors.FieldFlowError` text) and leaves the page usable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from app import services
+from app.state import Key, PageState, Upload, widget_value
+from app.widgets.map import drawing_fingerprint
+from core.config import Settings
+from core.demo import choose_source, demo_cube_path
+from core.errors import FieldFlowError
+from core.field import candidates_from_upload, field_from_drawing, field_from_upload
+from core.location import parse_lat_lon
+
+UPLOAD_TYPES = ["geojson", "json", "zip", "kml", "kmz", "gpkg"]
+LOCATION_ZOOM = 16
+
+
+def field_panel(state: PageState, settings: Settings) -> None:
+    """The sidebar section "Field"."""
+    st.subheader("1 · Field")
+    st.caption("Draw it on the map (polygon or rectangle tool), upload it, or try the demo.")
+    _location_box(state)
+    _upload(state, settings)
+    _demo(state, settings)
+    _field_summary(state)
+
+
+def accept_drawing(state: PageState, drawing: dict[str, Any], settings: Settings) -> bool:
+    """Make a new map drawing the field; True when the state changed (a rerun is due)."""
+    fingerprint = drawing_fingerprint(drawing)
+    if fingerprint == state.handled_drawing:
+        return False
+    state.handled_drawing = fingerprint
+    try:
+        field = field_from_drawing(drawing, max_area_ha=settings.max_area_ha)
+    except FieldFlowError as exc:
+        state.say("error", f"The drawn shape cannot be used: {exc}")
+        return True
+    state.set_field(field, "drawn on the map")
+    state.say("success", f"Field drawn: {field.area_ha:,.2f} ha. Pick the period and press Run.")
+    return True
+
+
+def _location_box(state: PageState) -> None:
+    def go() -> None:
+        text = str(widget_value(Key.LOCATION, "") or "")
+        if not text.strip():
+            return
+        try:
+            lat, lon = parse_lat_lon(text)
+        except FieldFlowError as exc:
+            state.say("error", str(exc))
+            return
+        state.map_center, state.map_zoom = (lat, lon), LOCATION_ZOOM
+
+    st.text_input(
+        "Go to (lat, lon)",
+        key=str(Key.LOCATION),
+        placeholder="51.05, 3.02",
+        help="Decimal degrees, latitude first; press Enter to move the map there.",
+        on_change=go,
+    )
+
+
+def _upload(state: PageState, settings: Settings) -> None:
+    uploaded = st.file_uploader(
+        "Upload field",
+        type=UPLOAD_TYPES,
+        key=str(Key.UPLOAD),
+        help="GeoJSON, zipped shapefile (.zip with .shp/.shx/.dbf/.prj), KML/KMZ or "
+        "GeoPackage. With several polygons you choose one.",
+    )
+    if uploaded is None:
+        state.pending_upload = state.upload_error = None
+        return
+    if uploaded.file_id != state.handled_upload:
+        state.handled_upload = uploaded.file_id
+        state.pending_upload = state.upload_error = None
+        _read_upload(state, settings, uploaded.file_id, uploaded.name, uploaded.getvalue())
+    if state.upload_error:
+        st.error(state.upload_error)
+    pending = state.pending_upload
+    if pending is not None and pending.file_id == uploaded.file_id:
+        _choose_feature(state, settings, pending)
+
+
+def _read_upload(
+    state: PageState, settings: Settings, file_id: str, name: str, data: bytes
+) -> None:
+    """Read an upload: one polygon becomes the field, several wait for a choice."""
+    try:
+        polygons = [
+            c
+            for c in candidates_from_upload(data, name)
+            if c.geometry_type in ("Polygon", "MultiPolygon")
+        ]
+        if len(polygons) > 1:
+            state.pending_upload = Upload(file_id, name, data, polygons)
+            return
+        index = polygons[0].index if polygons else None
+        field = field_from_upload(data, name, index=index, max_area_ha=settings.max_area_ha)
+    except FieldFlowError as exc:
+        state.upload_error = f"{name} cannot be used: {exc}"
+        return
+    state.set_field(field, f"uploaded ({name})")
+    state.say("success", f"Field '{field.name}' loaded from {name}: {field.area_ha:,.2f} ha.")
+
+
+def _choose_feature(state: PageState, settings: Settings, pending: Upload) -> None:
+    labels = {
+        c.index: f"{c.name} ({c.area_ha:,.2f} ha)" if c.area_ha is not None else c.name
+        for c in pending.candidates
+    }
+    choice = st.selectbox(
+        f"{pending.name} holds {len(labels)} polygons: which is the field?",
+        options=list(labels),
+        format_func=labels.get,
+        index=None,
+        key=str(Key.UPLOAD_CHOICE),
+        placeholder="Choose a field",
+    )
+    if choice is None:
+        return
+    try:
+        field = field_from_upload(
+            pending.data, pending.name, index=int(choice), max_area_ha=settings.max_area_ha
+        )
+    except FieldFlowError as exc:
+        st.error(str(exc))
+        return
+    if state.field is None or state.field.key != field.key:
+        state.set_field(field, f"uploaded ({pending.name})")
+
+
+def _demo(state: PageState, settings: Settings) -> None:
+    def use_demo() -> None:
+        preset = services.demo(str(demo_cube_path(settings)))
+        reachable = services.stac_available(settings.stac_api_url)
+        try:
+            source = choose_source(
+                preset,
+                stac_url=settings.stac_api_url,
+                stac_available=reachable,
+                prefer_offline=bool(widget_value(Key.OFFLINE_DEMO, False)),
+            )
+        except FieldFlowError as exc:
+            state.say("error", str(exc))
+            return
+        state.set_field(preset.field, "demo", demo=source)
+        st.session_state[str(Key.START)] = preset.start
+        st.session_state[str(Key.END)] = preset.end
+        state.say("info", f"{source.message} Press Run.")
+
+    st.button("Demo field", on_click=use_demo, help="A real crop parcel in West Flanders, 2018.")
+    st.checkbox(
+        "Use the offline demo cube",
+        key=str(Key.OFFLINE_DEMO),
+        help="Read the demo from the shared cube file instead of the STAC API (used "
+        "automatically when the STAC API does not answer).",
+    )
+
+
+def _field_summary(state: PageState) -> None:
+    field = state.field
+    if field is None:
+        st.info("No field yet.")
+        return
+    repaired = " (outline repaired)" if field.repaired else ""
+    st.success(f"**{field.name}**: {field.area_ha:,.2f} ha, {state.field_origin}{repaired}")
+    if st.button("Clear field"):
+        state.clear_field()
+        st.rerun()

@@ -1,0 +1,159 @@
+"""The map: drawing tools, the field outline, and the selected frame as an overlay.
+
+The base map (tiles, draw control) never changes, so ``st_folium`` never remounts it; the field
+outline and the frame overlay travel in a ``FeatureGroup`` (``feature_group_to_add``) that is
+swapped in place, and the view moves with ``center``/``zoom``.
+
+Leaflet, leaflet-draw, jQuery and Bootstrap are served from the app's static folder
+(``app/static/vendor``, filled by ``npm ci`` / ``python scripts/setup_static.py``) instead of
+CDNs, so the map works offline. Folium's other CDN assets (Font Awesome, glyphicons, awesome
+markers) are not needed by this map and are dropped. If the vendored files are missing, the CDN
+URLs are kept and a warning says how to install them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import folium
+import folium.plugins
+import folium.raster_layers
+import streamlit as st
+from streamlit_folium import st_folium
+
+from app.config import STATIC_DIR, AppConfig
+from app.state import DEFAULT_CENTER, DEFAULT_ZOOM, Key
+from core.field import Field
+from core.render import data_url
+
+MAP_HEIGHT_PX = 480
+VENDOR_FILES: dict[str, str] = {
+    "leaflet": "vendor/leaflet/leaflet.js",
+    "leaflet_css": "vendor/leaflet/leaflet.css",
+    "jquery": "vendor/jquery/jquery.min.js",
+    "bootstrap": "vendor/bootstrap/js/bootstrap.bundle.min.js",
+    "bootstrap_css": "vendor/bootstrap/css/bootstrap.min.css",
+    "leaflet_draw_js": "vendor/leaflet-draw/leaflet.draw.js",
+    "leaflet_draw_css": "vendor/leaflet-draw/leaflet.draw.css",
+}
+"""Folium asset name -> file under ``app/static``; assets not listed are dropped."""
+FIELD_STYLE = {"color": "#00e5ff", "weight": 3, "fill": False}
+DRAWN_STYLE = {"color": "#ffffff", "weight": 1, "dashArray": "4 4", "fillOpacity": 0.0}
+"""Shapes as drawn: a thin dashed line, no fill (the field outline and overlay show through)."""
+
+
+def vendored_assets_present() -> bool:
+    """True when every file of :data:`VENDOR_FILES` is in the static folder."""
+    return all((STATIC_DIR / path).is_file() for path in VENDOR_FILES.values())
+
+
+def static_url(path: str) -> str:
+    """URL of a file under ``app/static`` as the browser sees it (honours baseUrlPath)."""
+    base = str(st.get_option("server.baseUrlPath") or "").strip("/")
+    prefix = f"/{base}" if base else ""
+    return f"{prefix}/app/static/{path}"
+
+
+def localize_assets(element: folium.Element) -> None:
+    """Point every JS/CSS asset of ``element`` and its children at the vendored copies."""
+    for attr in ("default_js", "default_css"):
+        assets = getattr(element, attr, None)
+        if assets:
+            kept = [name for name, _ in assets if name in VENDOR_FILES]
+            setattr(element, attr, [(name, static_url(VENDOR_FILES[name])) for name in kept])
+    for child in getattr(element, "_children", {}).values():
+        localize_assets(child)
+
+
+def base_map(config: AppConfig) -> folium.Map:
+    """The map with tiles (if any) and the polygon/rectangle draw tools."""
+    fmap = folium.Map(
+        location=DEFAULT_CENTER,
+        zoom_start=DEFAULT_ZOOM,
+        tiles=None,
+        control_scale=True,
+        max_zoom=20,
+    )
+    if config.tile_url:
+        folium.TileLayer(
+            tiles=config.tile_url,
+            attr=config.tile_attribution,
+            max_zoom=20,
+            max_native_zoom=19,
+            name="Base map",
+        ).add_to(fmap)
+    folium.plugins.Draw(
+        draw_options={
+            "polyline": False,
+            "circle": False,
+            "marker": False,
+            "circlemarker": False,
+            "polygon": {"allowIntersection": False, "showArea": True, "shapeOptions": DRAWN_STYLE},
+            "rectangle": {"showArea": True, "shapeOptions": DRAWN_STYLE},
+        },
+        edit_options={"edit": False, "remove": True},
+    ).add_to(fmap)
+    if vendored_assets_present():
+        localize_assets(fmap)
+    return fmap
+
+
+def field_layer(
+    field: Field | None, overlay_png: bytes | None, bounds: list[list[float]] | None
+) -> folium.FeatureGroup:
+    """The feature group swapped into the map: the frame overlay and the field outline."""
+    group = folium.FeatureGroup(name="Field")
+    if overlay_png is not None and bounds is not None:
+        folium.raster_layers.ImageOverlay(
+            image=data_url(overlay_png), bounds=bounds, opacity=0.9, interactive=False
+        ).add_to(group)
+    if field is not None:
+        folium.GeoJson(
+            field.to_geojson(),
+            style_function=lambda _feature: FIELD_STYLE,
+            tooltip=f"{field.name}: {field.area_ha:,.2f} ha",
+        ).add_to(group)
+    return group
+
+
+def field_map(
+    config: AppConfig,
+    *,
+    field: Field | None,
+    center: tuple[float, float],
+    zoom: int,
+    overlay_png: bytes | None = None,
+    overlay_bounds: list[list[float]] | None = None,
+) -> dict[str, Any] | None:
+    """Draw the map; return the newest drawing (a GeoJSON mapping) or None.
+
+    Returns None under AppTest, where the component cannot run.
+    """
+    if not vendored_assets_present():
+        st.warning(
+            "Map scripts are not installed locally, so the map loads them from the internet. "
+            "Run `npm ci` (or `python scripts/setup_static.py`) in the project folder."
+        )
+    value = st_folium(
+        base_map(config),
+        key=str(Key.MAP),
+        height=MAP_HEIGHT_PX,
+        use_container_width=True,
+        returned_objects=["last_active_drawing", "all_drawings"],
+        feature_group_to_add=field_layer(field, overlay_png, overlay_bounds),
+        center=center,
+        zoom=zoom,
+        pixelated=True,
+    )
+    if not isinstance(value, dict):
+        return None
+    drawing = value.get("last_active_drawing")
+    return drawing if isinstance(drawing, dict) and drawing.get("geometry") else None
+
+
+def drawing_fingerprint(drawing: dict[str, Any]) -> str:
+    """A short hash of a drawing's geometry, to recognise one already turned into a field."""
+    text = json.dumps(drawing.get("geometry"), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

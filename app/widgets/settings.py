@@ -1,0 +1,98 @@
+"""The settings panel: reconstruction method and its options, the scene cloud limit, and the
+data sources (read-only, from the environment)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from app.state import Key
+from core.config import Settings
+from core.reconstruct import ReconstructOptions
+from core.season import default_method, method_choices
+
+METHOD_HELP = {
+    "model": "The trained space-time model (Sentinel-2 + Sentinel-1), with an uncertainty band "
+    "from its samples.",
+    "linear": "Linear interpolation in time between clear observations, per pixel.",
+    "whittaker": "Whittaker smoother through the clear observations, per pixel.",
+}
+DEVICES = ["auto", "cpu", "cuda"]
+DEFAULT_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the settings panel asks for."""
+
+    method: str
+    options: ReconstructOptions
+    max_cloud_cover: float | None
+    """Scene cloud limit in percent; None: every scene."""
+
+
+def settings_panel(settings: Settings) -> RunSettings:
+    """Draw the panel (in an expander) and return the chosen settings."""
+    with st.expander("Settings", expanded=False):
+        methods = method_choices()
+        default = default_method()
+        if (
+            str(Key.METHOD) not in st.session_state
+            or st.session_state[str(Key.METHOD)] not in methods
+        ):
+            st.session_state[str(Key.METHOD)] = default
+        method = st.selectbox(
+            "Reconstruction method",
+            methods,
+            key=str(Key.METHOD),
+            help="; ".join(f"{m}: {METHOD_HELP.get(m, m)}" for m in methods),
+        )
+        if "model" not in methods:
+            st.caption("The model is not available (no checkpoint at assets/model.pt).")
+        is_model = method == "model"
+        samples = st.number_input(
+            "Samples",
+            min_value=1,
+            max_value=64,
+            value=DEFAULT_SAMPLES,
+            key=str(Key.SAMPLES),
+            disabled=not is_model,
+            help="Samples drawn by the model; more than 1 gives the p10-p90 band and the "
+            "uncertainty map. The baselines are deterministic (one sample).",
+        )
+        steps = st.number_input(
+            "Steps (0 = model default)",
+            min_value=0,
+            max_value=200,
+            value=0,
+            key=str(Key.STEPS),
+            disabled=not is_model,
+            help="ODE solver steps per sample: fewer is faster, more is smoother.",
+        )
+        device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)
+        cloud = st.slider(
+            "Maximum scene cloud cover (%)",
+            min_value=0,
+            max_value=100,
+            value=100,
+            step=5,
+            key=str(Key.MAX_CLOUD),
+            help="Skip scenes whose whole-tile cloud cover is above this. 100 keeps every "
+            "scene: cloudy scenes often still see the field.",
+        )
+        st.text_input("STAC API (STAC_API_URL)", value=settings.stac_api_url, disabled=True)
+        st.caption(
+            f"Cube cache: `{settings.cache_dir}` · shared data: `{settings.data_dir}` · "
+            f"largest field: {settings.max_area_ha:,.0f} ha"
+        )
+    options = ReconstructOptions(
+        samples=int(samples) if is_model else 1,
+        steps=int(steps) or None if is_model else None,
+        device=str(device) if is_model else "auto",
+    )
+    return RunSettings(
+        method=str(method),
+        options=options,
+        max_cloud_cover=None if int(cloud) >= 100 else float(cloud),
+    )

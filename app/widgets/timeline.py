@@ -1,0 +1,161 @@
+"""The "Date" slider and the frames of the selected date; the "Query date" for any day.
+
+Everything the slider shows comes from the precomputed :class:`~core.season.SeasonResult`;
+only the query date of a day off the timeline is reconstructed (once, then cached).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import streamlit as st
+
+from app import services
+from app.state import Key, forget_widget, set_widget_value, widget_value
+from core.errors import FieldFlowError
+from core.render import colour_bar
+from core.season import FrameView, SeasonResult
+
+CLEAR_ENOUGH = 0.5
+
+
+def default_day(result: SeasonResult) -> dt.date:
+    """The most recent date with a mostly clear acquisition, else the last date."""
+    clear = [e.day for e in result.timeline if (e.clear_fraction or 0.0) >= CLEAR_ENOUGH]
+    return clear[-1] if clear else result.timeline[-1].day
+
+
+def reset_selection(result: SeasonResult) -> None:
+    """Select the default date on the slider and in the query date (for a new result)."""
+    day = default_day(result)
+    set_widget_value(Key.DATE, day)
+    set_widget_value(Key.QUERY, day)
+
+
+def forget_selection() -> None:
+    """Drop the slider's and the query date's values (their result is gone)."""
+    for key in (Key.DATE, Key.QUERY):
+        forget_widget(key)
+
+
+def select_day(result: SeasonResult, day: dt.date) -> None:
+    """Select ``day``: the slider goes to the nearest timeline date, the query date to the day."""
+    set_widget_value(Key.DATE, result.days[result.index_of(day)])
+    set_widget_value(Key.QUERY, min(max(day, result.first_day), result.last_day))
+
+
+def date_slider(result: SeasonResult) -> int:
+    """The "Date" slider over the timeline; returns the selected index."""
+    labels = {entry.day: entry.label for entry in result.timeline}
+    if widget_value(Key.DATE) not in labels:
+        set_widget_value(Key.DATE, default_day(result))
+    day = st.select_slider(
+        "Date",
+        options=result.days,
+        format_func=lambda d: labels[d],
+        key=str(Key.DATE),
+        help="Every Sentinel-2 acquisition (clear and cloudy) and a date every "
+        f"{result.request.every_days} days. Nothing is recomputed when you move it.",
+    )
+    return result.days.index(day)
+
+
+def frames_row(result: SeasonResult, index: int) -> None:
+    """The selected date side by side: as acquired, reconstructed, NDVI, uncertainty, radar."""
+    frame = result.frames[index]
+    sampled = frame.uncertainty_png is not None
+    columns = st.columns(5 if sampled else 4)
+    with columns[0]:
+        _raw(frame)
+    with columns[1]:
+        _picture(frame.rgb_png, _recon_caption(result, frame), "Reconstructed true colour")
+    with columns[2]:
+        _picture(frame.ndvi_png, "Reconstructed NDVI", "Reconstructed NDVI")
+        _legend("ndvi", "-0.2", "NDVI", "1.0")
+    if sampled:
+        with columns[3]:
+            _picture(frame.uncertainty_png, "Uncertainty: NDVI p90 − p10", "Uncertainty")
+            _legend("uncertainty", "0", "p90 − p10", "0.3")
+    with columns[-1]:
+        _radar(result, index)
+
+
+def query_panel(result: SeasonResult) -> None:
+    """The "Query date" picker: any day of the period, its frame and the field's NDVI."""
+    if not isinstance(widget_value(Key.QUERY), dt.date):
+        set_widget_value(Key.QUERY, default_day(result))
+    day = st.date_input(
+        "Query date",
+        min_value=result.first_day,
+        max_value=result.last_day,
+        key=str(Key.QUERY),
+        help="Any day of the period: its reconstructed frame and the field's NDVI.",
+    )
+    if not isinstance(day, dt.date):
+        return
+    try:
+        view = services.day_view(result.key, day, result)
+    except FieldFlowError as exc:
+        st.error(str(exc))
+        return
+    band = ""
+    if math.isfinite(view.ndvi_p10) and math.isfinite(view.ndvi_p90):
+        band = f"p10–p90: {view.ndvi_p10:.2f} – {view.ndvi_p90:.2f}"
+    st.metric(f"Field NDVI on {day.isoformat()}", f"{view.ndvi:.3f}", help=band or None)
+    if band:
+        st.caption(band)
+    if math.isfinite(view.observed_ndvi):
+        st.caption(f"Observed that day: {view.observed_ndvi:.3f} ({view.source}).")
+    else:
+        st.caption("No clear observation that day: reconstructed.")
+    left, right = st.columns(2)
+    with left:
+        _picture(view.rgb_png, "Reconstructed", "Query date true colour")
+    with right:
+        _picture(view.ndvi_png, "NDVI", "Query date NDVI")
+
+
+def _raw(frame: FrameView) -> None:
+    if frame.raw_png is None:
+        st.info(f"No Sentinel-2 acquisition on {frame.day.isoformat()}.")
+        return
+    clear = frame.clear_fraction or 0.0
+    _picture(
+        frame.raw_png,
+        f"Sentinel-2 as acquired: {clear:.0%} of the field clear (magenta: cloud mask)",
+        "Sentinel-2 as acquired",
+    )
+
+
+def _recon_caption(result: SeasonResult, frame: FrameView) -> str:
+    ndvi = f"field NDVI {frame.ndvi:.2f}" if math.isfinite(frame.ndvi) else "no NDVI"
+    return (
+        f"Reconstructed ({result.request.method}): {ndvi}, {frame.observed_fraction:.0%} observed"
+    )
+
+
+def _radar(result: SeasonResult, index: int) -> None:
+    radar = result.radar_for(index)
+    if radar is None:
+        st.info("No Sentinel-1 frame for this field and period.")
+        return
+    gap = (radar.day - result.frames[index].day).days
+    when = (
+        "same day"
+        if gap == 0
+        else f"{abs(gap)} day{'s' if abs(gap) > 1 else ''} " + ("later" if gap > 0 else "earlier")
+    )
+    orbit = f", {radar.orbit}" if radar.orbit in ("ascending", "descending") else ""
+    _picture(radar.png, f"Sentinel-1 VV, {radar.day.isoformat()} ({when}{orbit})", "Sentinel-1 VV")
+    _legend("radar", "-25 dB", "VV", "0 dB")
+
+
+def _picture(png: bytes, caption: str, alt: str) -> None:
+    """A frame picture, kept as PNG (Streamlit would re-encode it as JPEG and blur the pixels)."""
+    st.image(png, caption=caption, alt=alt, width="stretch", output_format="PNG")
+
+
+def _legend(kind: str, low: str, name: str, high: str) -> None:
+    st.image(colour_bar(kind), alt=f"{name} colour scale", width="stretch", output_format="PNG")
+    st.caption(f"{low} ← {name} → {high}")

@@ -1,0 +1,673 @@
+"""A field's season in one call: cube, frames at every timeline date, NDVI curves, pictures.
+
+:func:`compute_season` is what the app's "Run" does, and all it does:
+
+1. get the cube: fetched through the disk cache (:func:`core.cache.fetch_cached`), or read
+   from a cube file for the offline demo (cropped to the field's grid);
+2. build the **timeline**: every Sentinel-2 acquisition day in the period (clear or cloudy)
+   plus a regular grid every :data:`GRID_EVERY_DAYS` days;
+3. reconstruct the cloud-free frame at every timeline date (in chunks, reporting progress) and
+   draw its pictures (:mod:`core.render`): the raw acquisition with its cloud mask, the
+   reconstructed true colour, NDVI and uncertainty, and the map overlays in lon/lat;
+4. draw the nearest Sentinel-1 VV frame of each timeline date;
+5. compute the daily NDVI curve (:func:`core.curve.ndvi_curve`) and a Whittaker reference
+   through the clear observations (:func:`core.baselines.smooth_whittaker`).
+
+The :class:`SeasonResult` holds everything a viewer needs, so moving through the dates never
+computes anything. Only a day off the timeline (:func:`day_view`) or a GeoTIFF download
+(:func:`frame_geotiff_for_day`) reconstructs again, one date.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
+from core.cache import CubeCache, fetch_cached
+from core.config import REPO_ROOT, Settings
+from core.cube import has_s1, read_cube
+from core.curve import ndvi_curve
+from core.errors import FieldError, InputError, NoScenesError
+from core.export import frame_geotiff
+from core.field import Field
+from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
+from core.reconstruct import ReconstructOptions, available_methods, reconstruct
+from core.render import (
+    LonLatWarp,
+    display_scale,
+    ndvi_colours,
+    picture,
+    png_bytes,
+    radar_grey,
+    true_colour,
+    uncertainty_colours,
+)
+from core.stac import Signer, StacClient
+from core.timeline import calendar_day, regular_dates, to_days
+
+GRID_EVERY_DAYS = 5
+"""Spacing of the regular query dates added to the acquisitions."""
+RECONSTRUCT_CHUNK = 16
+"""Dates reconstructed per call (the progress step; bounds memory for large fields)."""
+S1_SEARCH_MARGIN_DAYS = 15
+"""Sentinel-1 frames this far outside the period may still be the nearest to its ends."""
+MODEL_CHECKPOINT = REPO_ROOT / "assets" / "model.pt"
+"""The shipped checkpoint (``core.model.checkpoint.DEFAULT_CHECKPOINT``, which imports torch)."""
+
+SeasonProgress = Callable[[str, int, int], None]
+"""``(stage, done, total)``, e.g. ``("reconstructing 140 frames", 32, 140)``."""
+
+
+# --- request --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeasonRequest:
+    """What to compute: a field, a period, a method and where the data comes from."""
+
+    field: Field
+    """The field (EPSG:4326)."""
+    start: dt.date
+    """First day of the period."""
+    end: dt.date
+    """Last day of the period."""
+    method: str = "linear"
+    """Reconstruction method (:func:`core.reconstruct.available_methods`)."""
+    options: ReconstructOptions = dataclasses.field(default_factory=ReconstructOptions)
+    """Samples, steps, device, seed..."""
+    max_cloud_cover: float | None = None
+    """Search only scenes with at most this cloud cover (percent); None: all scenes."""
+    cube_path: Path | None = None
+    """Read this cube file instead of fetching (the offline demo)."""
+    include_s1: bool = True
+    """Fetch Sentinel-1 too."""
+    every_days: int = GRID_EVERY_DAYS
+    """Spacing of the regular timeline dates."""
+
+    def key(self, stac_api_url: str) -> str:
+        """20 hex digits naming the result: equal requests (same outline, period, method,
+        options, data source) give equal keys; the field's name is not part of it."""
+        options = dataclasses.asdict(self.options)
+        parts = {
+            "field": self.field.key,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "method": self.method,
+            "options": {k: (str(v) if v is not None else None) for k, v in options.items()},
+            "max_cloud_cover": self.max_cloud_cover,
+            "cube": str(self.cube_path) if self.cube_path else None,
+            "stac": None if self.cube_path else stac_api_url,
+            "s1": self.include_s1,
+            "every_days": self.every_days,
+        }
+        text = json.dumps(parts, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
+
+
+# --- result ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimelineDate:
+    """One stop of the date slider."""
+
+    day: dt.date
+    """The calendar day."""
+    acquired: bool
+    """A Sentinel-2 acquisition exists that day (clear or cloudy)."""
+    clear_fraction: float | None
+    """Fraction of the field's pixels seen clear that day; None without an acquisition."""
+
+    @property
+    def label(self) -> str:
+        """E.g. ``"2018-05-03 · S2, 92 % clear"`` or ``"2018-05-05 · reconstructed only"``."""
+        if not self.acquired:
+            return f"{self.day.isoformat()} · no acquisition"
+        clear = self.clear_fraction or 0.0
+        kind = "clear" if clear >= 0.5 else "cloudy"
+        return f"{self.day.isoformat()} · S2 {kind} ({clear:.0%} clear)"
+
+
+@dataclass(frozen=True)
+class FrameView:
+    """Everything shown for one timeline date; pictures are PNG bytes."""
+
+    day: dt.date
+    raw_png: bytes | None
+    """The acquisition as delivered, cloud mask outlined in magenta; None: no acquisition."""
+    clear_fraction: float | None
+    """Fraction of field pixels clear in the acquisition; None: no acquisition."""
+    rgb_png: bytes
+    """Reconstructed true colour."""
+    ndvi_png: bytes
+    """Reconstructed NDVI."""
+    uncertainty_png: bytes | None
+    """NDVI p90 - p10 of the samples; None unless samples > 1."""
+    overlay_rgb_png: bytes
+    """Reconstructed true colour in lon/lat, transparent outside the field (map overlay)."""
+    overlay_ndvi_png: bytes
+    """Reconstructed NDVI in lon/lat, transparent outside the field."""
+    radar_index: int | None
+    """Index into :attr:`SeasonResult.radar` of the nearest Sentinel-1 frame."""
+    ndvi: float
+    """Field mean of the reconstructed NDVI."""
+    ndvi_p10: float
+    """Field mean of the per-pixel NDVI p10 (NaN unless samples > 1)."""
+    ndvi_p90: float
+    """Field mean of the per-pixel NDVI p90 (NaN unless samples > 1)."""
+    observed_fraction: float
+    """Fraction of field pixels that are clear observations kept as observed."""
+
+
+@dataclass(frozen=True)
+class RadarView:
+    """One Sentinel-1 frame, drawn."""
+
+    day: dt.date
+    orbit: str
+    """"ascending", "descending" or "unknown"."""
+    png: bytes
+    """VV backscatter in dB, grey, field outlined."""
+
+
+@dataclass(frozen=True)
+class DayView:
+    """The reconstruction of any one day of the period (the "Query date")."""
+
+    day: dt.date
+    rgb_png: bytes
+    ndvi_png: bytes
+    uncertainty_png: bytes | None
+    ndvi: float
+    ndvi_p10: float
+    ndvi_p90: float
+    observed_ndvi: float
+    """Mean NDVI of the clear field pixels acquired that day; NaN without."""
+    source: str
+    """``"observed"`` or ``"reconstructed"`` (see :mod:`core.curve`)."""
+
+
+@dataclass(frozen=True)
+class SeasonResult:
+    """A field's season, ready to display. Treat as read-only."""
+
+    key: str
+    """:meth:`SeasonRequest.key`."""
+    request: SeasonRequest
+    grid: Grid
+    """The grid of :attr:`cube` (the field's grid, possibly clipped to an offline cube)."""
+    cube: xr.Dataset
+    """The cube the season was reconstructed from (for on-demand days and downloads)."""
+    mask: np.ndarray
+    """bool (H, W): the field's pixels."""
+    first_day: dt.date
+    """First day with data: the later of the period's start and the first acquisition."""
+    last_day: dt.date
+    """Last day with data: the earlier of the period's end and the last acquisition."""
+    timeline: tuple[TimelineDate, ...]
+    frames: tuple[FrameView, ...]
+    """One per timeline date, same order."""
+    radar: tuple[RadarView, ...]
+    curve: pd.DataFrame
+    """Daily curve, :data:`core.curve.CURVE_COLUMNS`."""
+    reference: pd.DataFrame
+    """Whittaker reference: ``date``, ``ndvi`` (empty when too few clear observations)."""
+    overlay_bounds: list[list[float]]
+    """``[[south, west], [north, east]]`` of the overlays."""
+    scale: int
+    """Whole-pixel enlargement of the pictures."""
+    source: str
+    """Where the cube came from, for the user (STAC API, disk cache, offline cube)."""
+    notes: tuple[str, ...]
+    """Sentences for the user (Sentinel-1 status, clipped period...)."""
+    scenes_found: dict[str, int]
+    frames_loaded: dict[str, int]
+    elapsed_s: float
+
+    @property
+    def days(self) -> list[dt.date]:
+        """The timeline's days."""
+        return [entry.day for entry in self.timeline]
+
+    def index_of(self, day: dt.date) -> int:
+        """Index of the timeline date nearest to ``day`` (the earlier one on a tie)."""
+        gaps = [abs((entry.day - day).days) for entry in self.timeline]
+        return int(np.argmin(gaps))
+
+    def radar_for(self, index: int) -> RadarView | None:
+        """The nearest Sentinel-1 frame of timeline date ``index``, or None."""
+        radar_index = self.frames[index].radar_index
+        return None if radar_index is None else self.radar[radar_index]
+
+    def curve_row(self, day: dt.date) -> dict[str, Any]:
+        """The daily curve's row of ``day``.
+
+        Raises:
+            InputError: the day lies outside :attr:`first_day` .. :attr:`last_day`.
+        """
+        dates = calendar_day(self.curve["date"].to_numpy())
+        hits = np.flatnonzero(dates == np.datetime64(day, "D"))
+        if hits.size == 0:
+            raise InputError(
+                f"{day} lies outside the reconstructed period {self.first_day} to "
+                f"{self.last_day}; pick a day inside it."
+            )
+        return self.curve.iloc[int(hits[0])].to_dict()
+
+
+# --- the computation ------------------------------------------------------------------------
+
+
+def compute_season(
+    request: SeasonRequest,
+    settings: Settings,
+    *,
+    progress: SeasonProgress | None = None,
+    client: StacClient | None = None,
+    signer: Signer | None = None,
+    cache: CubeCache | None = None,
+) -> SeasonResult:
+    """Fetch (or read) the cube and compute everything the viewer shows.
+
+    Args:
+        request: field, period, method and data source.
+        settings: STAC URL, cache folder, limits.
+        progress: called as ``(stage, done, total)`` throughout.
+        client, signer, cache: seams for tests; see :func:`core.cache.fetch_cached`.
+
+    Raises:
+        FieldFlowError subclasses: bad field or period, no scenes, network trouble, broken
+            cube; each message says what to do.
+    """
+    started = time.perf_counter()
+    report = progress or (lambda _stage, _done, _total: None)
+    if request.end < request.start:
+        raise InputError(
+            f"The period ends ({request.end}) before it starts ({request.start}); swap the dates."
+        )
+    cube, grid, origin = _load(request, settings, report, client, signer, cache)
+    mask = field_mask(request.field, grid)
+    if not mask.any():
+        raise FieldError("The field covers no pixel centre of the 10 m grid; draw a larger field.")
+    acquired = calendar_day(cube["time_s2"].values)
+    first = max(np.datetime64(request.start, "D"), acquired.min())
+    last = min(np.datetime64(request.end, "D"), acquired.max())
+    notes = list(origin.notes)
+    if first > np.datetime64(request.start, "D") or last < np.datetime64(request.end, "D"):
+        notes.append(
+            f"Frames and the curve cover {first} to {last}: the first and last Sentinel-2 "
+            "acquisitions of the period (nothing can be reconstructed outside them)."
+        )
+
+    days = _timeline_days(acquired, first, last, request.every_days)
+    timeline = _timeline(cube, mask, days)
+    scale = display_scale(grid.shape)
+    warp = LonLatWarp.for_grid(grid)
+    radar, radar_of_day = _radar(cube, mask, days, scale)
+
+    frames: list[FrameView] = []
+    stage = f"reconstructing and drawing {len(days)} frames ({request.method})"
+    report(stage, 0, len(days))
+    for lo in range(0, len(days), RECONSTRUCT_CHUNK):
+        chunk = days[lo : lo + RECONSTRUCT_CHUNK]
+        result = reconstruct(cube, chunk.astype("datetime64[ns]"), request.method, request.options)
+        for qi, day in enumerate(chunk):
+            frames.append(
+                _frame_view(cube, result.isel(time=qi), mask, day, scale, warp, radar_of_day)
+            )
+        report(stage, len(frames), len(days))
+
+    stage = "computing the daily NDVI curve"
+    report(stage, 0, 1)
+    curve = ndvi_curve(
+        cube,
+        first,
+        last,
+        every_days=1,
+        method=request.method,
+        options=request.options,
+        field_mask=mask,
+    )
+    reference = whittaker_reference(curve)
+    if reference.empty:
+        notes.append(
+            f"No Whittaker reference: fewer than {MIN_WHITTAKER_OBSERVATIONS} clear "
+            "observations of the field in the period."
+        )
+    report(stage, 1, 1)
+    return SeasonResult(
+        key=request.key(settings.stac_api_url),
+        request=request,
+        grid=grid,
+        cube=cube,
+        mask=mask,
+        first_day=_to_date(first),
+        last_day=_to_date(last),
+        timeline=timeline,
+        frames=tuple(frames),
+        radar=radar,
+        curve=curve,
+        reference=reference,
+        overlay_bounds=warp.folium_bounds,
+        scale=scale,
+        source=origin.source,
+        notes=tuple(notes),
+        scenes_found=origin.scenes_found,
+        frames_loaded={"s2": int(cube.sizes["time_s2"]), "s1": _s1_count(cube)},
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+def whittaker_reference(curve: pd.DataFrame) -> pd.DataFrame:
+    """Whittaker smoother (lambda by GCV) through the curve's clear observations.
+
+    Uses the days whose ``source`` is ``"observed"`` (at least half the field clear) and their
+    ``observed_ndvi``; answers on every day of ``curve``.
+
+    Returns:
+        DataFrame ``date``, ``ndvi``; empty when fewer than
+        :data:`core.baselines.MIN_WHITTAKER_OBSERVATIONS` days are observed.
+    """
+    seen = curve[(curve["source"] == "observed") & np.isfinite(curve["observed_ndvi"])]
+    if len(seen) < MIN_WHITTAKER_OBSERVATIONS:
+        return pd.DataFrame({"date": pd.Series([], dtype="datetime64[ns]"), "ndvi": []})
+    values = seen["observed_ndvi"].to_numpy(dtype=np.float64)[:, None]
+    smoothed = smooth_whittaker(
+        values,
+        to_days(seen["date"].to_numpy()),
+        to_days(curve["date"].to_numpy()),
+    )
+    return pd.DataFrame({"date": curve["date"].to_numpy(), "ndvi": smoothed[:, 0]})
+
+
+def reconstruct_day(result: SeasonResult, day: dt.date) -> xr.Dataset:
+    """Reconstruct one day of a season with its request's method and options.
+
+    Raises:
+        InputError: the day lies outside :attr:`SeasonResult.first_day` .. ``last_day``.
+    """
+    if not result.first_day <= day <= result.last_day:
+        raise InputError(
+            f"{day} lies outside the reconstructed period {result.first_day} to "
+            f"{result.last_day}; pick a day inside it."
+        )
+    request = result.request
+    query = np.array([np.datetime64(day, "ns")])
+    return reconstruct(result.cube, query, request.method, request.options).isel(time=0)
+
+
+def day_view(result: SeasonResult, day: dt.date) -> DayView:
+    """Pictures and field NDVI of any day in the period (reconstructed on demand)."""
+    frame = reconstruct_day(result, day)
+    row = result.curve_row(day)
+    rgb, ndvi_img, spread = _recon_colours(frame)
+    scale = result.scale
+    return DayView(
+        day=day,
+        rgb_png=picture(rgb, scale=scale, field_mask=result.mask),
+        ndvi_png=picture(ndvi_img, scale=scale, field_mask=result.mask),
+        uncertainty_png=None
+        if spread is None
+        else picture(spread, scale=scale, field_mask=result.mask),
+        ndvi=float(row["ndvi"]),
+        ndvi_p10=float(row["ndvi_p10"]),
+        ndvi_p90=float(row["ndvi_p90"]),
+        observed_ndvi=float(row["observed_ndvi"]),
+        source=str(row["source"]),
+    )
+
+
+def frame_geotiff_for_day(result: SeasonResult, day: dt.date) -> bytes:
+    """The reconstructed frame of ``day`` as GeoTIFF bytes on the season's grid."""
+    frame = reconstruct_day(result, day)
+    tags = {"field": result.request.field.name, "field_key": result.request.field.key}
+    return frame_geotiff(frame, result.grid, tags=tags)
+
+
+# --- methods and the model ------------------------------------------------------------------
+
+
+def default_method() -> str:
+    """ "model" when it is installed and its checkpoint exists, else "linear"."""
+    if "model" in available_methods() and MODEL_CHECKPOINT.is_file():
+        return "model"
+    return "linear"
+
+
+def method_choices() -> list[str]:
+    """Methods a user can pick: the installed ones, "model" only with its checkpoint."""
+    return [m for m in available_methods() if m != "model" or MODEL_CHECKPOINT.is_file()]
+
+
+def load_model(device: str = "auto") -> object:
+    """Load the shipped model once per process (the reconstruction reuses it); returns it."""
+    from core.model.inference import cached_checkpoint, resolve_device
+
+    return cached_checkpoint(None, resolve_device(device))
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Origin:
+    source: str
+    notes: tuple[str, ...]
+    scenes_found: dict[str, int]
+
+
+def _load(
+    request: SeasonRequest,
+    settings: Settings,
+    report: SeasonProgress,
+    client: StacClient | None,
+    signer: Signer | None,
+    cache: CubeCache | None,
+) -> tuple[xr.Dataset, Grid, _Origin]:
+    """The season's cube and grid: read from ``request.cube_path`` or fetched (cached)."""
+    if request.cube_path is not None:
+        report(f"reading the offline cube {request.cube_path.name}", 0, 1)
+        cube, grid = _offline_cube(request, request.cube_path)
+        report(f"reading the offline cube {request.cube_path.name}", 1, 1)
+        origin = _Origin(
+            source=f"offline cube {request.cube_path.name}",
+            notes=() if has_s1(cube) else ("Sentinel-1: none in the offline cube.",),
+            scenes_found={"sentinel-2-l2a": int(cube.sizes["time_s2"])},
+        )
+        return cube, grid, origin
+    fetched = fetch_cached(
+        request.field,
+        request.start,
+        request.end,
+        settings=settings,
+        cache=cache,
+        client=client,
+        signer=signer,
+        progress=report,
+        include_s1=request.include_s1,
+        max_cloud_cover=request.max_cloud_cover,
+    )
+    source = (
+        f"disk cache ({settings.stac_api_url})" if fetched.from_cache else settings.stac_api_url
+    )
+    notes = () if fetched.s1_status in ("loaded", "skipped") else (fetched.s1_message,)
+    origin = _Origin(source, notes, dict(fetched.scenes_found))
+    return fetched.cube, fetched.grid, origin
+
+
+def _offline_cube(request: SeasonRequest, path: Path) -> tuple[xr.Dataset, Grid]:
+    """The cube at ``path`` cropped to the field's grid (clipped to the cube) and the period."""
+    cube = read_cube(path)
+    cube, grid = crop_to_field(cube, request.field)
+    start, end = np.datetime64(request.start, "D"), np.datetime64(request.end, "D")
+    s2_days = calendar_day(cube["time_s2"].values)
+    inside = (s2_days >= start) & (s2_days <= end)
+    if not inside.any():
+        raise NoScenesError(
+            f"The offline cube {path.name} has no Sentinel-2 acquisition between "
+            f"{request.start} and {request.end}; it covers {s2_days.min()} to "
+            f"{s2_days.max()}. Pick a period inside it."
+        )
+    cube = cube.isel(time_s2=np.flatnonzero(inside))
+    if has_s1(cube):
+        margin = np.timedelta64(S1_SEARCH_MARGIN_DAYS, "D")
+        s1_days = calendar_day(cube["time_s1"].values)
+        keep = (s1_days >= start - margin) & (s1_days <= end + margin)
+        cube = cube.isel(time_s1=np.flatnonzero(keep))
+    return cube, grid
+
+
+def crop_to_field(cube: xr.Dataset, field: Field) -> tuple[xr.Dataset, Grid]:
+    """The part of ``cube`` on the field's grid (:func:`core.grid.grid_for_field`).
+
+    The window is clipped to the cube; a cube in another CRS or off the field's pixel lattice is
+    returned whole.
+
+    Raises:
+        FieldError: the field's grid does not overlap the cube.
+    """
+    outer = grid_from_cube(cube)
+    wanted = grid_for_field(field)
+    try:
+        row, col = wanted.offset_in(outer)
+    except InputError:
+        return cube, outer
+    r0, c0 = max(row, 0), max(col, 0)
+    r1, c1 = min(row + wanted.height, outer.height), min(col + wanted.width, outer.width)
+    if r1 <= r0 or c1 <= c0:
+        raise FieldError(
+            f"The field lies outside the cube ({cube.attrs.get('site', 'offline cube')}); "
+            "draw it inside the cube's area or fetch its data online."
+        )
+    cropped = cube.isel(y=slice(r0, r1), x=slice(c0, c1))
+    return cropped, grid_from_cube(cropped)
+
+
+def _timeline_days(
+    acquired: np.ndarray, first: np.datetime64, last: np.datetime64, every_days: int
+) -> np.ndarray:
+    """Acquisition days in [first, last] and the regular grid, sorted, unique (datetime64[D])."""
+    inside = acquired[(acquired >= first) & (acquired <= last)]
+    regular = calendar_day(regular_dates(first, last, every_days))
+    return np.unique(np.concatenate([inside, regular]).astype("datetime64[D]"))
+
+
+def _timeline(cube: xr.Dataset, mask: np.ndarray, days: np.ndarray) -> tuple[TimelineDate, ...]:
+    acquired = calendar_day(cube["time_s2"].values)
+    valid = cube["valid"].values
+    entries = []
+    for day in days:
+        hits = np.flatnonzero(acquired == day)
+        clear = float(valid[hits][:, mask].astype(bool).any(axis=0).mean()) if hits.size else None
+        entries.append(TimelineDate(_to_date(day), bool(hits.size), clear))
+    return tuple(entries)
+
+
+def _radar(
+    cube: xr.Dataset, mask: np.ndarray, days: np.ndarray, scale: int
+) -> tuple[tuple[RadarView, ...], dict[np.datetime64, int]]:
+    """Pictures of the S1 frames nearest to the days, and which picture each day gets."""
+    if not has_s1(cube):
+        return (), {}
+    vv = cube["s1"].sel(polarization="VV").values  # (T1, H, W)
+    usable = np.flatnonzero(np.isfinite(vv).any(axis=(1, 2)))
+    if usable.size == 0:
+        return (), {}
+    times = cube["time_s1"].values[usable].astype("datetime64[ns]")
+    orbits = (
+        cube["orbit_state"].values[usable]
+        if "orbit_state" in cube.coords
+        else np.full(usable.size, "unknown")
+    )
+    noon = days.astype("datetime64[ns]") + np.timedelta64(12, "h")
+    nearest = np.abs(noon[:, None] - times[None, :]).argmin(axis=1)
+    views: list[RadarView] = []
+    picture_of: dict[int, int] = {}
+    of_day: dict[np.datetime64, int] = {}
+    for day, which in zip(days, nearest, strict=True):
+        if which not in picture_of:
+            picture_of[int(which)] = len(views)
+            png = picture(radar_grey(vv[usable[which]]), scale=scale, field_mask=mask)
+            views.append(
+                RadarView(
+                    _to_date(calendar_day(times[which : which + 1])[0]), str(orbits[which]), png
+                )
+            )
+        of_day[day] = picture_of[int(which)]
+    return tuple(views), of_day
+
+
+def _recon_colours(frame: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """True colour, NDVI and (when sampled) uncertainty colours of one reconstructed date."""
+    rgb = true_colour(frame["s2"].values)
+    ndvi_img = ndvi_colours(frame["ndvi"].values)
+    spread = None
+    if "ndvi_p10" in frame and "ndvi_p90" in frame:
+        spread = uncertainty_colours(frame["ndvi_p90"].values - frame["ndvi_p10"].values)
+    return rgb, ndvi_img, spread
+
+
+def _frame_view(
+    cube: xr.Dataset,
+    frame: xr.Dataset,
+    mask: np.ndarray,
+    day: np.datetime64,
+    scale: int,
+    warp: LonLatWarp,
+    radar_of_day: dict[np.datetime64, int],
+) -> FrameView:
+    """Draw one reconstructed date and its acquisition (if any)."""
+    acquired = calendar_day(cube["time_s2"].values)
+    hits = np.flatnonzero(acquired == day)
+    raw_png = clear = None
+    if hits.size:
+        ti = int(hits[0])
+        not_clear = ~cube["valid"].values[ti].astype(bool)
+        raw = true_colour(cube["s2"].values[ti])
+        raw_png = picture(raw, scale=scale, field_mask=mask, cloud_mask=not_clear)
+        clear = float(cube["valid"].values[hits][:, mask].astype(bool).any(axis=0).mean())
+    rgb, ndvi_img, spread = _recon_colours(frame)
+    ndvi = frame["ndvi"].values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN field -> NaN
+        mean = float(np.nanmean(ndvi[mask]))
+        p10 = float(np.nanmean(frame["ndvi_p10"].values[mask])) if spread is not None else math.nan
+        p90 = float(np.nanmean(frame["ndvi_p90"].values[mask])) if spread is not None else math.nan
+    shown = mask & np.isfinite(ndvi)
+    return FrameView(
+        day=_to_date(day),
+        raw_png=raw_png,
+        clear_fraction=clear,
+        rgb_png=picture(rgb, scale=scale, field_mask=mask),
+        ndvi_png=picture(ndvi_img, scale=scale, field_mask=mask),
+        uncertainty_png=None if spread is None else picture(spread, scale=scale, field_mask=mask),
+        overlay_rgb_png=png_bytes(warp.apply(rgb, valid=shown)),
+        overlay_ndvi_png=png_bytes(warp.apply(ndvi_img, valid=shown)),
+        radar_index=radar_of_day.get(day),
+        ndvi=mean,
+        ndvi_p10=p10,
+        ndvi_p90=p90,
+        observed_fraction=float(frame["observed"].values[mask].mean()),
+    )
+
+
+def _s1_count(cube: xr.Dataset) -> int:
+    return int(cube.sizes["time_s1"]) if has_s1(cube) else 0
+
+
+def _to_date(day: np.datetime64) -> dt.date:
+    return dt.date.fromisoformat(str(np.datetime64(day, "D")))

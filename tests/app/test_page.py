@@ -1,0 +1,308 @@
+"""The page, headless (AppTest), with the core running for real on real cubes.
+
+Nothing in core is patched: the demo reads the shared Flanders cube offline, and uploaded fields
+are fetched from a local STAC API + COG server publishing the same real cube. The map cannot run
+under AppTest (it renders as an unknown element), so fields come from the upload path and the
+demo button; drawing is covered by the browser tests.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+from shapely.geometry import mapping
+from streamlit.testing.v1 import AppTest
+
+from app.state import PageState
+from core.curve import CURVE_COLUMNS, curve_csv
+from core.season import SeasonResult
+from tests.support.site import PublishedSite
+
+OpenPage = Callable[..., AppTest]
+SITE_WINDOW = {"start": "2018-05-01", "end": "2018-06-15"}
+"""Published part of the Flanders cube for the fetching tests (about 14 S2 acquisitions)."""
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def state(page: AppTest) -> PageState:
+    return page.session_state["fieldflow_page"]
+
+
+def button(page: AppTest, label: str):
+    matches = [b for b in page.button if b.label == label]
+    assert matches, f"no button {label!r}; have {[b.label for b in page.button]}"
+    return matches[0]
+
+
+def texts(page: AppTest, kind: str) -> list[str]:
+    return [str(element.value) for element in getattr(page, kind)]
+
+
+def image_urls(page: AppTest) -> list[str]:
+    return [url for node in page.get("image") for url in node.value]
+
+
+def no_exceptions(page: AppTest) -> None:
+    assert not page.exception, [e.value for e in page.exception]
+
+
+def upload(page: AppTest, name: str, data: bytes) -> AppTest:
+    return page.file_uploader(key="upload_file").set_value((name, data, "application/octet-stream"))
+
+
+def site_field_geojson(site: PublishedSite, inset_m: float = 150.0, name: str = "North") -> bytes:
+    feature = {
+        "type": "Feature",
+        "properties": {"name": name},
+        "geometry": mapping(site.field(inset_m)),
+    }
+    return json.dumps({"type": "FeatureCollection", "features": [feature]}).encode()
+
+
+def set_period(page: AppTest, start: str, end: str) -> None:
+    page.date_input(key="period_start").set_value(dt.date.fromisoformat(start))
+    page.date_input(key="period_end").set_value(dt.date.fromisoformat(end))
+    page.run()
+
+
+@pytest.fixture
+def site(published_site) -> PublishedSite:
+    return published_site("be-flanders-a", **SITE_WINDOW)
+
+
+# --- tests --------------------------------------------------------------------------------------
+
+
+def test_first_page_offers_field_inputs_and_waits_for_a_field(open_page: OpenPage) -> None:
+    page = open_page()
+    assert button(page, "Run").disabled
+    assert {"Demo field"} <= {b.label for b in page.button}
+    assert page.file_uploader(key="upload_file").label == "Upload field"
+    start = page.date_input(key="period_start").value
+    end = page.date_input(key="period_end").value
+    assert end == dt.date.today() and 364 <= (end - start).days <= 366
+    assert page.text_input(key="location_text").label == "Go to (lat, lon)"
+    assert page.selectbox(key="method").value == "linear"  # no model checkpoint in the repo
+    assert "No field yet." in texts(page, "info")
+
+
+def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None:
+    page = open_page()
+    button(page, "Demo field").click().run()  # STAC unreachable: the demo goes offline
+    no_exceptions(page)
+    assert any("offline cube" in t for t in texts(page, "info"))
+    assert page.date_input(key="period_start").value == dt.date(2018, 3, 1)
+    assert "6.29 ha" in texts(page, "success")[-1]
+
+    button(page, "Run").click().run()
+    no_exceptions(page)
+    assert not page.error, texts(page, "error")
+    result: SeasonResult = state(page).result
+    assert result is not None and result.source.startswith("offline cube")
+    assert page.get("plotly_chart"), "the NDVI chart is missing"
+
+    # The slider covers every acquisition and the 5-day grid; moving it changes the frames.
+    slider = page.select_slider(key="timeline_date")
+    assert list(slider.options) == [entry.label for entry in result.timeline]
+    before = image_urls(page)
+    cloudy = next(e.day for e in result.timeline if e.acquired and e.clear_fraction < 0.2)
+    page.select_slider(key="timeline_date").set_value(cloudy).run()
+    no_exceptions(page)
+    after = image_urls(page)
+    assert after != before
+    frame = result.frames[result.days.index(cloudy)]
+    assert any(
+        c.startswith("Sentinel-2 as acquired: ") for n in page.get("image") for c in n.captions
+    )
+    assert f"field NDVI {frame.ndvi:.2f}" in " ".join(
+        c for n in page.get("image") for c in n.captions
+    )
+    grid_day = next(e.day for e in result.timeline if not e.acquired)
+    page.select_slider(key="timeline_date").set_value(grid_day).run()
+    assert any(
+        t.startswith(f"No Sentinel-2 acquisition on {grid_day}") for t in texts(page, "info")
+    )
+
+    # Query date: any day, its NDVI from the daily curve.
+    query = result.first_day + dt.timedelta(days=40)
+    page.date_input(key="query_date").set_value(query).run()
+    no_exceptions(page)
+    expected = result.curve_row(query)["ndvi"]
+    metric = page.metric[0]
+    assert metric.label == f"Field NDVI on {query.isoformat()}"
+    assert metric.value == f"{expected:.3f}"
+
+    # The CSV offered is core's CSV of the daily curve.
+    labels = [node.proto.label for node in page.get("download_button")]
+    assert labels[0] == "Download NDVI CSV" and "GeoTIFF" in labels[1] and "GeoJSON" in labels[2]
+    assert page.get("download_button")[0].proto.url.endswith(".csv")
+    table = pd.read_csv(io.StringIO(curve_csv(result.curve)))
+    assert list(table.columns) == list(CURVE_COLUMNS)
+    assert len(table) == (result.last_day - result.first_day).days + 1
+    assert table["date"].iloc[0] == result.first_day.isoformat()
+
+
+def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
+    open_page: OpenPage, site: PublishedSite
+) -> None:
+    page = open_page(site.stac_url)
+    upload(page, "north.geojson", site_field_geojson(site)).run()
+    no_exceptions(page)
+    assert state(page).field is not None and state(page).field.name == "North"
+    assert "uploaded (north.geojson)" in texts(page, "success")[-1]
+    set_period(page, *SITE_WINDOW.values())
+
+    started = time.perf_counter()
+    button(page, "Run").click().run()
+    first_s = time.perf_counter() - started
+    no_exceptions(page)
+    assert not page.error, texts(page, "error")
+    result: SeasonResult = state(page).result
+    assert result.source == site.stac_url  # fetched, not from a cache
+    assert result.frames_loaded["s2"] == site.cube.sizes["time_s2"]
+    assert page.get("plotly_chart")
+    assert sum(e.acquired for e in result.timeline) == len(
+        np.unique(site.s2_times().astype("datetime64[D]"))
+    )
+
+    # The same inputs again: served from the in-memory cache, without a request to the servers.
+    site.reset()
+    started = time.perf_counter()
+    button(page, "Run").click().run()
+    again_s = time.perf_counter() - started
+    assert state(page).result.key == result.key
+    assert site.stac_server.requests == [] and site.cog_server.requests == []
+    assert again_s < max(1.5, first_s / 3), (first_s, again_s)
+
+    # A new period makes the result stale: it is dropped until the next Run.
+    page.date_input(key="period_end").set_value(dt.date(2018, 6, 1)).run()
+    assert state(page).result is None
+    assert not page.get("plotly_chart")
+    assert any("press Run" in t for t in texts(page, "info"))
+
+
+def test_period_without_scenes_says_so_and_the_page_stays_usable(
+    open_page: OpenPage, site: PublishedSite
+) -> None:
+    page = open_page(site.stac_url)
+    upload(page, "north.geojson", site_field_geojson(site)).run()
+    set_period(page, "2018-01-01", "2018-01-31")
+    button(page, "Run").click().run()
+    no_exceptions(page)
+    assert any(
+        "No sentinel-2-l2a scenes" in t and "wider period" in t for t in texts(page, "error")
+    )
+    assert state(page).result is None
+    set_period(page, *SITE_WINDOW.values())
+    button(page, "Run").click().run()
+    assert state(page).result is not None and not page.error
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        (
+            "track.geojson",
+            json.dumps(
+                {"type": "LineString", "coordinates": [[3.0, 51.0], [3.01, 51.01]]}
+            ).encode(),
+            "LineString",
+        ),
+        ("broken.geojson", b'{"type": "Feature", ', "not valid JSON"),
+        (
+            "huge.geojson",
+            json.dumps(
+                {"type": "Polygon", "coordinates": [[[3, 50], [4, 50], [4, 51], [3, 50]]]}
+            ).encode(),
+            "above the limit",
+        ),
+        (
+            "pin.kml",
+            b'<?xml version="1.0" encoding="UTF-8"?><kml xmlns="http://www.opengis.net/kml/2.2">'
+            b"<Placemark><name>Pin</name><Point><coordinates>3.0,51.0</coordinates></Point>"
+            b"</Placemark></kml>",
+            "Point",
+        ),
+    ],
+)
+def test_bad_upload_shows_its_message_and_the_page_stays_usable(
+    open_page: OpenPage, name: str, data: bytes, message: str
+) -> None:
+    page = open_page()
+    upload(page, name, data).run()
+    no_exceptions(page)
+    errors = texts(page, "error")
+    assert any(message in t and name in t for t in errors), errors
+    assert state(page).field is None
+    assert button(page, "Run").disabled
+    # Still usable: the demo still loads a field.
+    button(page, "Demo field").click().run()
+    assert state(page).field is not None and not button(page, "Run").disabled
+
+
+def test_zipped_shapefile_and_geopackage_uploads(open_page: OpenPage, tmp_path) -> None:
+    import zipfile
+
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    frame = gpd.GeoDataFrame(
+        {"name": ["Zipped", "Second"]},
+        geometry=[box(3.0, 51.0, 3.003, 51.002), box(3.01, 51.0, 3.013, 51.002)],
+        crs="EPSG:4326",
+    ).to_crs("EPSG:32631")  # projected: the app must reproject it
+    frame.iloc[:1].to_file(tmp_path / "parcel.shp")
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for part in tmp_path.glob("parcel.*"):
+            archive.write(part, part.name)
+    page = open_page()
+    upload(page, "parcel.zip", bundle.getvalue()).run()
+    no_exceptions(page)
+    assert state(page).field.name == "Zipped"
+    assert state(page).field.area_ha == pytest.approx(4.68, abs=0.05)
+
+    frame.to_file(tmp_path / "farm.gpkg", layer="parcels")
+    upload(page, "farm.gpkg", (tmp_path / "farm.gpkg").read_bytes()).run()
+    page.selectbox(key="upload_choice").set_value(1).run()
+    assert state(page).field.name == "Second"
+
+
+def test_upload_with_several_polygons_asks_which_one(open_page: OpenPage) -> None:
+    def square(lon: float, name: str) -> dict:
+        ring = [[lon, 51.0], [lon + 0.003, 51.0], [lon + 0.003, 51.002], [lon, 51.002], [lon, 51.0]]
+        return {
+            "type": "Feature",
+            "properties": {"name": name},
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+        }
+
+    doc = {"type": "FeatureCollection", "features": [square(3.0, "West"), square(3.01, "East")]}
+    page = open_page()
+    upload(page, "farm.geojson", json.dumps(doc).encode()).run()
+    choice = page.selectbox(key="upload_choice")
+    assert "2 polygons" in choice.label
+    assert state(page).field is None
+    choice.set_value(1).run()
+    no_exceptions(page)
+    assert state(page).field is not None and state(page).field.name == "East"
+
+
+def test_two_sessions_do_not_share_fields_or_results(open_page: OpenPage) -> None:
+    first = open_page()
+    button(first, "Demo field").click().run()
+    button(first, "Run").click().run()
+    assert state(first).result is not None
+    second = open_page()  # another browser session of the same server process
+    assert state(second).field is None and state(second).result is None
+    assert not second.get("plotly_chart")
+    assert button(second, "Run").disabled

@@ -1,0 +1,63 @@
+"""The app's small pure pieces: map assets, tiles, chart clicks, default period."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import folium
+import folium.plugins
+import pytest
+
+from app.config import OSM_TILES, AppConfig
+from app.state import default_period
+from app.widgets.chart import clicked_day
+from app.widgets.map import VENDOR_FILES, base_map, localize_assets
+
+
+def test_map_assets_point_at_the_static_folder_and_cdn_extras_are_dropped() -> None:
+    fmap = folium.Map(tiles=None)
+    draw = folium.plugins.Draw().add_to(fmap)
+    localize_assets(fmap)
+    assets = [item for element in (fmap, draw) for item in element.default_js + element.default_css]
+    assert assets and all(url.startswith("/app/static/vendor/") for _, url in assets)
+    names = {name for name, _ in assets}
+    assert names == set(VENDOR_FILES)  # awesome markers, Font Awesome, glyphicons: dropped
+    # The class defaults (other maps in the process) are untouched.
+    assert folium.Map.default_js[0][1].startswith("https://")
+
+
+def test_base_map_has_the_draw_tools_and_the_configured_tiles() -> None:
+    html = base_map(AppConfig(tile_url="http://tiles.local/{z}/{x}/{y}.png")).get_root().render()
+    assert "tiles.local" in html and "L.Control.Draw" in html
+    blank = base_map(AppConfig(tile_url=None)).get_root().render()
+    assert "tileLayer" not in blank
+
+
+@pytest.mark.parametrize(
+    ("env", "url"),
+    [
+        ({}, OSM_TILES),
+        ({"FIELDFLOW_TILE_URL": "none"}, None),
+        ({"FIELDFLOW_TILE_URL": "https://t.example/{z}/{x}/{y}"}, "https://t.example/{z}/{x}/{y}"),
+    ],
+)
+def test_tile_url_from_the_environment(env: dict[str, str], url: str | None) -> None:
+    config = AppConfig.from_env(env)
+    assert config.tile_url == url
+    if url and "example" in url:
+        assert config.tile_attribution == "t.example"
+
+
+def test_clicked_day_reads_plotly_selection_events() -> None:
+    event = {"selection": {"points": [{"x": "2018-05-03", "y": 0.4}]}}
+    assert clicked_day(event) == dt.date(2018, 5, 3)
+    with_time = {"selection": {"points": [{"x": "2018-05-03 00:00"}]}}
+    assert clicked_day(with_time) == dt.date(2018, 5, 3)
+    assert clicked_day({"selection": {"points": []}}) is None
+    assert clicked_day(None) is None
+    assert clicked_day({"selection": {"points": [{"x": 3}]}}) is None
+
+
+def test_default_period_is_the_last_twelve_months() -> None:
+    assert default_period(dt.date(2024, 6, 15)) == (dt.date(2023, 6, 16), dt.date(2024, 6, 15))
+    assert default_period(dt.date(2024, 2, 29)) == (dt.date(2023, 3, 1), dt.date(2024, 2, 29))

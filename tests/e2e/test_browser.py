@@ -1,0 +1,296 @@
+"""The app in a real browser: draw, upload and demo fields, run, browse dates, download.
+
+The app runs as ``streamlit run app/main.py`` against a local STAC API and COG server that
+publish the real Flanders cube (see ``conftest.py``); Chromium drives it with the mouse and
+keyboard like a user. Screenshots are saved in ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from shapely.geometry import mapping
+
+from core.curve import CURVE_COLUMNS
+from core.export import read_geotiff_bands
+from core.field import Field, field_from_geojson
+from tests.e2e.conftest import ARTIFACTS, SITE_WINDOW
+from tests.support.site import PublishedSite
+
+pytestmark = pytest.mark.e2e
+
+MAP_FRAME = 'iframe[title="streamlit_folium.st_folium"]'
+RUN_TIMEOUT_MS = 180_000
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def shot(page, name: str) -> None:
+    time.sleep(0.5)  # let images and the map finish painting
+    page.screenshot(path=str(ARTIFACTS / f"e2e-{name}.png"))
+
+
+def wait_idle(page, timeout_s: float = 180.0) -> None:
+    """Wait until Streamlit has finished running the script (its status widget is gone)."""
+    time.sleep(0.4)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+        timeout=timeout_s * 1000,
+    )
+
+
+def centre_of(site: PublishedSite) -> tuple[float, float]:
+    lon, lat = np.asarray(site.field().centroid.coords[0])
+    return float(lat), float(lon)
+
+
+def go_to(page, lat: float, lon: float) -> None:
+    box = page.get_by_role("textbox", name="Go to (lat, lon)")
+    box.fill(f"{lat:.5f}, {lon:.5f}")
+    box.press("Enter")
+    wait_idle(page)
+
+
+def set_date(page, label: str, day: dt.date) -> None:
+    """Type a date into a Streamlit date input (year, month, day segments), then leave it."""
+    page.get_by_role("spinbutton", name=f"year, {label}").click()
+    page.keyboard.type(day.strftime("%Y%m%d"))
+    page.get_by_role("heading", name="2 · Period").click()  # blur: Streamlit commits the value
+    wait_idle(page)
+
+
+def set_period(page, start: str, end: str) -> None:
+    set_date(page, "Start", dt.date.fromisoformat(start))
+    set_date(page, "End", dt.date.fromisoformat(end))
+    assert page.get_by_role("group", name="End").inner_text().replace("\n", "") == end.replace(
+        "-", "/"
+    )
+
+
+def map_box(page) -> dict[str, float]:
+    frame = page.locator(MAP_FRAME)
+    frame.wait_for()
+    page.frame_locator(MAP_FRAME).locator(".leaflet-draw-draw-polygon").wait_for()
+    return frame.bounding_box()
+
+
+def draw_rectangle(page, half_width_px: float, half_height_px: float) -> None:
+    box = map_box(page)
+    page.frame_locator(MAP_FRAME).get_by_title("Draw a rectangle").click()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - half_width_px, y - half_height_px)
+    page.mouse.down()
+    page.mouse.move(x, y, steps=5)
+    page.mouse.move(x + half_width_px, y + half_height_px, steps=5)
+    page.mouse.up()
+
+
+def draw_polygon(page, offsets_px: list[tuple[float, float]]) -> None:
+    """Click the vertices (offsets from the map's centre), then the first one to close it."""
+    box = map_box(page)
+    page.frame_locator(MAP_FRAME).get_by_title("Draw a polygon").click()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    for dx, dy in [*offsets_px, offsets_px[0]]:
+        page.mouse.click(x + dx, y + dy)
+        time.sleep(0.2)
+
+
+def run(page) -> None:
+    """Press Run and wait for this run's results (the progress panel says "Computed in")."""
+    wait_idle(page)  # no stale results of an earlier run left on screen
+    page.get_by_role("button", name="Run").click()
+    page.mouse.move(5, 5)  # no hover tooltips over the sidebar afterwards
+    page.get_by_text("Computed in").wait_for(timeout=RUN_TIMEOUT_MS)
+    page.get_by_role("img", name="Reconstructed true colour").wait_for(timeout=RUN_TIMEOUT_MS)
+    page.locator('[data-testid="stPlotlyChart"]').wait_for()
+    wait_idle(page)
+
+
+def reconstructed_src(page) -> str:
+    return page.get_by_role("img", name="Reconstructed true colour").get_attribute("src")
+
+
+def download_csv(page) -> list[dict[str, str]]:
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download NDVI CSV").click()
+    text = Path(info.value.path()).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert text.splitlines()[0] == ",".join(CURVE_COLUMNS)
+    return rows
+
+
+def expected_days(site: PublishedSite) -> int:
+    """Days of the curve: first to last published acquisition day."""
+    days = site.s2_times().astype("datetime64[D]")
+    return int((days.max() - days.min()).astype(int)) + 1
+
+
+def upload(page, tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(path))
+    wait_idle(page)
+
+
+def no_app_errors(page, js_errors: list[str]) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert js_errors == []
+
+
+# --- tests --------------------------------------------------------------------------------------
+
+
+def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors) -> None:
+    go_to(page, *centre_of(site))
+    set_period(page, *SITE_WINDOW.values())
+    draw_polygon(page, [(-90, -60), (80, -70), (100, 50), (-70, 70)])
+    page.get_by_text("Field drawn:").wait_for()
+    summary = page.locator('[data-testid="stSidebar"] [data-testid="stAlertContentSuccess"]')
+    assert re.search(r"Drawn field: [\d.]+ ha, drawn on the map", summary.inner_text())
+    shot(page, "1-drawn")
+
+    run(page)
+    shot(page, "2-results")
+    assert "15 Sentinel-2 acquisitions" in page.get_by_text("Sentinel-2 acquisitions").inner_text()
+
+    # The date slider: moving it swaps the frames (all precomputed) and the map overlay.
+    slider = page.get_by_role("slider", name="Date")
+    before_label = slider.get_attribute("aria-valuetext")
+    before_src = reconstructed_src(page)
+    overlay = page.frame_locator(MAP_FRAME).locator("img.leaflet-image-layer")
+    before_overlay = overlay.get_attribute("src")
+    slider.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowLeft")
+    wait_idle(page)
+    page.wait_for_function(
+        "([old]) => { const img = document.querySelector('img[alt=\"Reconstructed true colour\"]');"
+        " return img && img.src !== old; }",
+        arg=[before_src],
+    )
+    assert slider.get_attribute("aria-valuetext") != before_label
+    assert overlay.get_attribute("src") != before_overlay
+    shot(page, "3-slider-moved")
+
+    # Query date: any day of the period, with the field's NDVI.
+    query = dt.date(2018, 5, 23)
+    set_date(page, "Query date", query)
+    metric = page.locator('[data-testid="stMetric"]')
+    assert f"Field NDVI on {query.isoformat()}" in metric.inner_text()
+    value = float(page.locator('[data-testid="stMetricValue"]').inner_text())
+
+    # Clicking a clear observation on the chart selects its date (slider and query date).
+    chart = page.locator('[data-testid="stPlotlyChart"]')
+    chart.scroll_into_view_if_needed()
+    clear_points = chart.locator("g.trace.scatter").nth(1).locator("path.point")
+    before_label = slider.get_attribute("aria-valuetext")
+    clear_points.first.click(force=True)
+    wait_idle(page)
+    picked = slider.get_attribute("aria-valuetext")
+    assert picked != before_label and "S2 clear" in picked
+    query_text = page.get_by_role("group", name="Query date").inner_text().replace("\n", "")
+    assert picked.startswith(query_text.replace("/", "-"))
+    shot(page, "4-chart-click")
+
+    rows = download_csv(page)
+    assert len(rows) == expected_days(site)
+    assert rows[0]["date"] == SITE_WINDOW["start"]
+    by_day = {row["date"]: row for row in rows}
+    assert float(by_day[query.isoformat()]["ndvi"]) == pytest.approx(value, abs=6e-4)
+    assert {row["source"] for row in rows} == {"observed", "reconstructed"}
+    no_app_errors(page, js_errors)
+
+
+def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_errors) -> None:
+    feature = {
+        "type": "Feature",
+        "properties": {"name": "Upload test"},
+        "geometry": mapping(site.field(inset_m=120)),
+    }
+    upload(page, tmp_path, "field.geojson", json.dumps(feature).encode())
+    page.get_by_text("Field 'Upload test' loaded from field.geojson").wait_for()
+    set_period(page, *SITE_WINDOW.values())
+    run(page)
+    shot(page, "5-uploaded")
+    rows = download_csv(page)
+    assert len(rows) == expected_days(site)
+
+    # The selected frame as GeoTIFF (made on click) and the field as GeoJSON.
+    day = page.get_by_role("slider", name="Date").get_attribute("aria-valuetext")[:10]
+    with page.expect_download() as info:
+        page.get_by_role("button", name=f"Download frame {day} (GeoTIFF)").click()
+    bands, meta = read_geotiff_bands(Path(info.value.path()).read_bytes())
+    assert bands.shape[0] == 11 and meta["crs"] == site.crs and meta["tags"]["date"] == day
+    assert np.isfinite(bands[10]).mean() > 0.5  # NDVI over most of the grid
+    with page.expect_download() as info:
+        page.get_by_role("button", name="Download field (GeoJSON)").click()
+    field = field_from_geojson(Path(info.value.path()).read_bytes())
+    assert field.name == "Upload test"
+    assert field.area_ha == pytest.approx(Field(site.field(inset_m=120), "x").area_ha, rel=1e-4)
+    no_app_errors(page, js_errors)
+
+
+def test_demo_field_live_then_offline(page, js_errors) -> None:
+    page.get_by_role("button", name="Demo field").click()
+    page.get_by_text("Demo data: fetched live from").wait_for()
+    run(page)  # the local STAC API answers: the demo is fetched like any field
+    assert page.get_by_text("Frames and the curve cover 2018-05-01").count() == 1
+
+    page.get_by_text("Use the offline demo cube").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Demo field").click()
+    page.get_by_text("Demo data: the offline cube be-flanders-a_2017-2018.nc").wait_for()
+    run(page)
+    assert page.get_by_text("data: offline cube be-flanders-a_2017-2018.nc").count() == 1
+    page.get_by_text("NDVI", exact=True).first.click()  # map layer: NDVI
+    wait_idle(page)
+    shot(page, "6-demo-offline")
+    no_app_errors(page, js_errors)
+
+
+def test_bad_inputs_show_messages_and_the_page_stays_usable(
+    page, site: PublishedSite, tmp_path: Path, js_errors
+) -> None:
+    # A file without a polygon.
+    line = {"type": "LineString", "coordinates": [[3.02, 50.81], [3.03, 50.82]]}
+    upload(page, tmp_path, "track.geojson", json.dumps(line).encode())
+    page.get_by_text("track.geojson cannot be used").wait_for()
+    assert "LineString" in page.locator('[data-testid="stSidebar"]').inner_text()
+    shot(page, "7-not-a-polygon")
+
+    # A field over the size limit, drawn zoomed out.
+    go_to(page, *centre_of(site))
+    frame = page.frame_locator(MAP_FRAME)
+    for _ in range(7):
+        frame.get_by_title("Zoom out").click()
+        time.sleep(0.2)
+    draw_rectangle(page, 250, 150)
+    page.get_by_text("The drawn shape cannot be used").wait_for()
+    assert "above the limit" in page.get_by_text("The drawn shape cannot be used").inner_text()
+    shot(page, "8-too-large")
+
+    # A period without scenes, for a good field.
+    for _ in range(7):
+        frame.get_by_title("Zoom in").click()
+        time.sleep(0.2)
+    draw_rectangle(page, 60, 50)
+    page.get_by_text("Field drawn:").wait_for()
+    set_period(page, "2018-01-01", "2018-01-31")
+    page.get_by_role("button", name="Run").click()
+    page.mouse.move(5, 5)
+    page.get_by_text("No sentinel-2-l2a scenes").wait_for(timeout=RUN_TIMEOUT_MS)
+    shot(page, "9-no-scenes")
+
+    # Still usable: the right period runs.
+    set_period(page, *SITE_WINDOW.values())
+    run(page)
+    no_app_errors(page, js_errors)

@@ -1,0 +1,47 @@
+"""The location box ("lat, lon") and the zoom that fits a field."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import InputError
+from core.location import MAX_ZOOM, MIN_ZOOM, parse_lat_lon, zoom_for_bounds
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("51.05, 3.02", (51.05, 3.02)),
+        ("  -33.9;18.4 ", (-33.9, 18.4)),
+        ("51.05 3.02", (51.05, 3.02)),
+        ("51,05, 3,02", (51.05, 3.02)),
+        ("+45 -120", (45.0, -120.0)),
+    ],
+)
+def test_parse_lat_lon_reads_common_forms(text: str, expected: tuple[float, float]) -> None:
+    assert parse_lat_lon(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Ghent", "decimal degrees"),
+        ("", "decimal degrees"),
+        ("51.05", "decimal degrees"),
+        ("151.05, 3.02", "Latitude 151.05 is out of range"),
+        ("51, 200", "Longitude 200.0 is out of range"),
+    ],
+)
+def test_parse_lat_lon_refuses_with_a_hint(text: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_lat_lon(text)
+
+
+def test_zoom_for_bounds_fits_a_field_and_the_world() -> None:
+    # A 640 m square at 51 deg N. At zoom 16 a screen pixel is 1.5 m there, so 480 px show
+    # 720 m: less than 1.5 x 640 m. Zoom 15 fits; a map 4 x larger fits two levels deeper.
+    field = (3.0, 51.0, 3.0092, 51.00576)
+    assert zoom_for_bounds(field) == 15
+    assert zoom_for_bounds(field, width_px=3200, height_px=1920) == 17
+    assert zoom_for_bounds((-180.0, -80.0, 180.0, 80.0)) == MIN_ZOOM
+    assert zoom_for_bounds((3.0, 51.0, 3.0, 51.0)) == MAX_ZOOM  # a point

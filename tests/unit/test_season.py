@@ -1,0 +1,221 @@
+"""A field's season in one call, on the real Flanders cube read offline (the demo's path)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from PIL import Image
+
+from core.config import Settings
+from core.curve import CURVE_COLUMNS
+from core.demo import DEMO_CUBE_NAME, demo_field
+from core.errors import FieldError, InputError, NoScenesError
+from core.export import read_geotiff_bands
+from core.field import Field
+from core.reconstruct import ReconstructOptions
+from core.season import (
+    SeasonRequest,
+    SeasonResult,
+    compute_season,
+    crop_to_field,
+    day_view,
+    frame_geotiff_for_day,
+    whittaker_reference,
+)
+from core.timeline import calendar_day
+
+START, END = dt.date(2018, 5, 1), dt.date(2018, 6, 15)
+
+
+@pytest.fixture(scope="module")
+def request_(cubes_dir: Path) -> SeasonRequest:
+    path = cubes_dir / DEMO_CUBE_NAME
+    return SeasonRequest(demo_field(path), START, END, cube_path=path)
+
+
+@pytest.fixture(scope="module")
+def season(request_: SeasonRequest) -> tuple[SeasonResult, list[tuple[str, int, int]]]:
+    calls: list[tuple[str, int, int]] = []
+    result = compute_season(request_, Settings(), progress=lambda *a: calls.append(a))
+    return result, calls
+
+
+def test_timeline_holds_every_acquisition_and_the_regular_grid(season, flanders_cube) -> None:
+    result, _ = season
+    acquired = calendar_day(flanders_cube["time_s2"].values)
+    in_period = {
+        dt.date.fromisoformat(str(d))
+        for d in acquired
+        if np.datetime64(START) <= d <= np.datetime64(END)
+    }
+    first = min(in_period)
+    grid = {first + dt.timedelta(days=5 * k) for k in range(100)}
+    grid = {d for d in grid if d <= max(in_period)}
+    assert set(result.days) == in_period | grid
+    assert result.days == sorted(result.days)
+    assert (result.first_day, result.last_day) == (min(in_period), max(in_period))
+    for entry, frame in zip(result.timeline, result.frames, strict=True):
+        assert entry.day == frame.day
+        assert entry.acquired == (entry.day in in_period) == (frame.raw_png is not None)
+        assert (entry.clear_fraction is None) == (not entry.acquired)
+
+
+def test_frames_agree_with_the_daily_curve(season) -> None:
+    result, _ = season
+    curve = result.curve
+    assert list(curve.columns) == list(CURVE_COLUMNS)
+    assert len(curve) == (result.last_day - result.first_day).days + 1
+    for index in range(0, len(result.frames), 5):
+        frame = result.frames[index]
+        row = result.curve_row(frame.day)
+        assert frame.ndvi == pytest.approx(row["ndvi"], abs=1e-5)
+        if frame.clear_fraction is not None:
+            assert frame.clear_fraction == pytest.approx(row["clear_fraction"])
+    # A clear acquisition is shown mostly as observed; a grid date without one not at all.
+    clear = [f for f in result.frames if (f.clear_fraction or 0) > 0.9]
+    assert clear and all(f.observed_fraction > 0.9 for f in clear)
+    assert all(f.observed_fraction == 0 for f in result.frames if f.raw_png is None)
+
+
+def test_pictures_have_the_display_size_and_overlays_are_transparent_outside(season) -> None:
+    result, _ = season
+    frame = next(f for f in result.frames if f.raw_png is not None)
+    height, width = result.grid.shape
+    for png in (frame.raw_png, frame.rgb_png, frame.ndvi_png):
+        image = Image.open(io.BytesIO(png))
+        assert image.size == (width * result.scale, height * result.scale)
+    overlay = np.asarray(Image.open(io.BytesIO(frame.overlay_rgb_png)))
+    assert overlay.shape[2] == 4
+    opaque = (overlay[..., 3] == 255).mean()
+    assert 0.1 < opaque < result.mask.mean() * 1.2  # only the field shows
+    (south, west), (north, east) = result.overlay_bounds
+    lon, lat = result.request.field.centroid
+    assert west < lon < east and south < lat < north
+
+
+def test_radar_is_the_nearest_sentinel1_frame(season, flanders_cube) -> None:
+    result, _ = season
+    s1_days = calendar_day(flanders_cube["time_s1"].values)
+    for index in (0, len(result.frames) // 2, len(result.frames) - 1):
+        day = np.datetime64(result.frames[index].day)
+        radar = result.radar_for(index)
+        assert radar is not None
+        best = np.abs((s1_days - day).astype(int)).min()
+        assert abs((radar.day - result.frames[index].day).days) == best
+
+
+def test_progress_reports_stages_with_counts(season) -> None:
+    result, calls = season
+    stages = [stage for stage, _, _ in calls]
+    assert stages[0].startswith("reading the offline cube")
+    recon = [c for c in calls if c[0].startswith("reconstructing")]
+    assert recon[0][1:] == (0, len(result.days)) and recon[-1][1:] == (len(result.days),) * 2
+    assert calls[-1] == ("computing the daily NDVI curve", 1, 1)
+
+
+def test_whittaker_reference_follows_the_clear_observations(season) -> None:
+    result, _ = season
+    reference = result.reference
+    assert len(reference) == len(result.curve)
+    seen = result.curve[result.curve["source"] == "observed"]
+    at_seen = reference.set_index("date").loc[seen["date"], "ndvi"].to_numpy()
+    assert np.abs(at_seen - seen["observed_ndvi"].to_numpy()).mean() < 0.05
+    too_few = result.curve.assign(source="reconstructed")
+    assert whittaker_reference(too_few).empty
+
+
+def test_query_day_off_the_timeline_matches_the_curve(season) -> None:
+    result, _ = season
+    day = next(
+        result.first_day + dt.timedelta(days=k)
+        for k in range(60)
+        if result.first_day + dt.timedelta(days=k) not in result.days
+    )
+    view = day_view(result, day)
+    assert view.ndvi == pytest.approx(result.curve_row(day)["ndvi"], abs=1e-5)
+    assert Image.open(io.BytesIO(view.rgb_png)).size[0] == result.grid.width * result.scale
+    with pytest.raises(InputError, match="outside the reconstructed period"):
+        day_view(result, END + dt.timedelta(days=30))
+
+
+def test_geotiff_for_a_day_is_on_the_season_grid(season) -> None:
+    result, _ = season
+    bands, info = read_geotiff_bands(frame_geotiff_for_day(result, result.days[3]))
+    assert bands.shape == (11, *result.grid.shape)
+    assert info["crs"] == result.grid.crs
+    assert info["tags"]["field_key"] == result.request.field.key
+
+
+def test_request_key_names_what_changes_the_result(request_: SeasonRequest) -> None:
+    key = request_.key("http://stac")
+    renamed = dataclasses.replace(request_, field=Field(request_.field.geometry, "Other name"))
+    assert renamed.key("http://stac") == key
+    assert request_.key("http://elsewhere") == key  # offline: the STAC URL plays no part
+    live = dataclasses.replace(request_, cube_path=None)
+    assert live.key("http://stac") != live.key("http://elsewhere")
+    for change in (
+        {"end": END + dt.timedelta(days=1)},
+        {"method": "whittaker"},
+        {"options": ReconstructOptions(samples=4)},
+        {"max_cloud_cover": 50.0},
+    ):
+        assert dataclasses.replace(request_, **change).key("http://stac") != key
+
+
+def test_offline_cube_period_without_scenes_and_field_outside(request_: SeasonRequest) -> None:
+    empty = dataclasses.replace(request_, start=dt.date(2016, 1, 1), end=dt.date(2016, 2, 1))
+    with pytest.raises(NoScenesError, match="no Sentinel-2 acquisition between 2016-01-01"):
+        compute_season(empty, Settings())
+    far = Field(shapely.affinity.translate(request_.field.geometry, xoff=0.5), "Far away")
+    with pytest.raises(FieldError, match="outside the cube"):
+        compute_season(dataclasses.replace(request_, field=far), Settings())
+    with pytest.raises(InputError, match="before it starts"):
+        compute_season(dataclasses.replace(request_, start=END, end=START), Settings())
+
+
+def test_crop_to_field_clips_the_window_to_the_cube(flanders_cube, request_) -> None:
+    cropped, grid = crop_to_field(flanders_cube, request_.field)
+    # The parcel touches the cube's east edge: the window stops there.
+    assert cropped["x"].values[-1] == flanders_cube["x"].values[-1]
+    assert grid.shape == (cropped.sizes["y"], cropped.sizes["x"])
+    assert grid.shape[0] < flanders_cube.sizes["y"]
+
+
+def test_sampled_request_draws_the_uncertainty(request_: SeasonRequest) -> None:
+    short = dataclasses.replace(
+        request_, end=dt.date(2018, 5, 20), options=ReconstructOptions(samples=2)
+    )
+    result = compute_season(short, Settings())
+    assert all(frame.uncertainty_png is not None for frame in result.frames)
+    assert np.isfinite(result.curve["ndvi_p10"]).all()
+    # The baselines are deterministic: their band has zero width.
+    assert (result.curve["ndvi_p90"] - result.curve["ndvi_p10"]).abs().max() < 1e-6
+
+
+def test_curve_is_a_dataframe_with_datetimes(season) -> None:
+    result, _ = season
+    assert pd.api.types.is_datetime64_any_dtype(result.curve["date"])
+
+
+@pytest.mark.slow
+def test_model_method_with_a_tiny_checkpoint(request_: SeasonRequest, tmp_path: Path) -> None:
+    """The model path end to end (about 30 s): a throw-away tiny checkpoint, 4 samples."""
+    from core.cli import main
+
+    checkpoint = tmp_path / "tiny.pt"
+    assert main(["train", "--tiny", "--out", str(checkpoint), "--threads", "1"]) == 0
+    options = ReconstructOptions(samples=4, steps=2, checkpoint=checkpoint)
+    short = dataclasses.replace(request_, end=dt.date(2018, 5, 20), method="model", options=options)
+    result = compute_season(short, Settings())
+    assert all(frame.uncertainty_png is not None for frame in result.frames)
+    spread = result.curve["ndvi_p90"] - result.curve["ndvi_p10"]
+    assert (spread >= -1e-6).all() and spread.max() > 0.01
+    view = day_view(result, dt.date(2018, 5, 13))
+    assert view.uncertainty_png is not None and view.ndvi_p10 <= view.ndvi_p90
