@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--validation-episodes", type=int, default=48)
+    parser.add_argument(
+        "--band-dropout", type=float, default=None, help="probability of hiding bands in training"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config = replace(train_config, steps=args.steps)
     if args.batch_size is not None:
         train_config = replace(train_config, batch_size=args.batch_size)
+    if args.band_dropout is not None:
+        train_config = replace(train_config, band_dropout=args.band_dropout)
 
     all_series = [load_series(p) for p in paths]
     sites = {s.site for s in all_series}

@@ -76,6 +76,8 @@ class TrainConfig:
     """Weight of the flow-matching loss on the residual."""
     max_s1_frames: int = 24
     """Most S1 frames given to a training episode (a random subset when there are more)."""
+    band_dropout: float = 0.3
+    """Probability of hiding a random subset of an episode's bands (the cubes differ in bands)."""
     s1_dropout: float = 0.3
     """Probability of hiding all S1 frames of an episode (so S2-only inputs work)."""
     ema_decay: float = 0.995

@@ -114,6 +114,7 @@ def make_episode(
     rng: np.random.Generator,
     s1_dropout: float,
     max_s1_frames: int = 24,
+    band_dropout: float = 0.0,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
@@ -163,13 +164,22 @@ def make_episode(
     truth = np.where(hidden[:, None], s2[window], np.nan).astype(np.float32)
     inputs = s2.copy()
     inputs[window] = np.where(hidden[:, None], np.nan, s2[window])
+    band_present = series.band_present
+    if rng.random() < band_dropout:  # drop some bands, so unseen band sets still work
+        present = np.flatnonzero(band_present)
+        if present.size > 2:
+            drop = rng.choice(present, int(rng.integers(1, present.size - 1)), replace=False)
+            band_present = band_present.copy()
+            band_present[drop] = False
+            inputs[:, drop] = np.nan
+            truth[:, drop] = np.nan
     use_s1 = series.s1.shape[0] > 0 and rng.random() >= s1_dropout
     s1_keep = np.arange(series.s1_days.size) if use_s1 else np.zeros(0, dtype=np.int64)
     frames = Frames(
         s2=inputs,
         days=days,
         doy=series.doy[keep],
-        band_present=series.band_present,
+        band_present=band_present,
         s1=series.s1[s1_keep][:, :, ys, xs],
         s1_days=series.s1_days[s1_keep],
         s1_doy=series.s1_doy[s1_keep],
