@@ -21,6 +21,7 @@ orbit direction. On disk ``s2`` and ``s1`` are scaled int16 (0.0001 and 0.01 dB)
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +39,9 @@ CLEAR_SCL_CLASSES: tuple[int, ...] = (4, 5, 6)
 S2_SCALE = 1e-4
 S1_SCALE = 0.01
 INT16_FILL = np.int16(-32768)
+NETCDF_LOCK = threading.Lock()
+"""HDF5 (under netCDF4) is not thread-safe: concurrent reads/writes in one process segfault.
+Every NetCDF open in the product holds this lock."""
 
 _ENCODING: dict[str, dict[str, object]] = {
     "s2": {
@@ -187,7 +191,7 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
             f"Cube file not found: {p}. Check the path, or fetch one with 'python -m core fetch'."
         )
     try:
-        with xr.open_dataset(p) as ds:
+        with NETCDF_LOCK, xr.open_dataset(p) as ds:
             loaded = ds.load()
     except (OSError, ValueError) as exc:
         raise CubeError(
@@ -203,7 +207,7 @@ def write_cube(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     cube = validate_cube(ds)
     encoding = {name: dict(enc) for name, enc in _ENCODING.items() if name in cube}
     target = Path(path)
-    with atomic_output(target) as tmp:
+    with atomic_output(target) as tmp, NETCDF_LOCK:
         cube.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
     return target
 

@@ -35,6 +35,7 @@ from rasterio import features
 from shapely.geometry import Polygon, shape
 
 from core.config import Settings
+from core.cube import NETCDF_LOCK
 from core.errors import CubeError, FieldFlowError
 from core.field import Field
 from core.grid import grid_from_cube
@@ -158,7 +159,7 @@ def demo_field(cube_path: Path | None = None) -> Field:
     :data:`DEMO_OUTLINE_WKT` (the same outline).
     """
     if cube_path is not None and cube_path.is_file():
-        with xr.open_dataset(cube_path) as ds:
+        with NETCDF_LOCK, xr.open_dataset(cube_path) as ds:
             parcel = ds[["crop_type"]].load()
         return Field(to_lonlat(parcel_polygon(parcel), str(parcel.attrs["crs"])), DEMO_NAME)
     return Field(to_lonlat(shapely.from_wkt(DEMO_OUTLINE_WKT), DEMO_CRS), DEMO_NAME)

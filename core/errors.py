@@ -34,3 +34,7 @@ class NetworkError(FieldFlowError):
 
 class AccessDeniedError(NetworkError):
     """A remote service refused access (HTTP 401/403), e.g. a missing subscription key."""
+
+
+class ClusterError(NetworkError):
+    """The Dask scheduler cannot be reached, has no workers, or lost the work."""

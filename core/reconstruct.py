@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from core.config import DEFAULT_CHECKPOINT
-from core.cube import S2_BANDS, bands_present, validate_cube
+from core.cube import NETCDF_LOCK, S2_BANDS, bands_present, validate_cube
 from core.errors import InputError
 from core.indices import ndvi
 from core.storage import atomic_output
@@ -262,7 +262,7 @@ def write_reconstruction(result: xr.Dataset, path: str | os.PathLike[str]) -> Pa
     """Write a reconstruction dataset to NetCDF atomically (float32, compressed)."""
     encoding = {name: {"zlib": True, "complevel": 4} for name in result.data_vars}
     target = Path(path)
-    with atomic_output(target) as tmp:
+    with atomic_output(target) as tmp, NETCDF_LOCK:
         result.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
     return target
 

@@ -1,0 +1,661 @@
+"""Many fields in one run: fetch, reconstruct and write each field's outputs on a Dask cluster.
+
+Every feature of a fields file becomes two tasks: :func:`fetch_task` (I/O: the cube through
+the disk cache, :func:`core.cache.fetch_cached`) and :func:`reconstruct_task`, which depends on
+it, reconstructs, writes the field's outputs and returns its :class:`FieldRow`. The second task
+asks for the ``GPU`` resource when the method needs one and the cluster has GPU workers (see
+:mod:`core.distributed`); fetch tasks run on any worker.
+
+Outputs, in ``<out>/<field_id>/`` (written by the worker, so ``<out>`` must be a folder every
+worker sees under the same path):
+
+* ``ndvi.csv``: the field's NDVI curve, daily by default (:mod:`core.curve`, field mask from
+  the outline);
+* ``frames.tif``: cloud-free frames at every acquisition day and every ``every_days`` days, as
+  one COG (:mod:`core.cog`);
+* ``done.json``: written last, atomically: the request, each output's size and SHA-256, and
+  the field's summary row. Its presence with a matching request and intact outputs is what
+  makes a re-run skip the field (no fetch, no request to the STAC API). Anything less (a run
+  killed half-way, an output changed or missing, other dates or method) redoes the field.
+
+and ``<out>/summary.csv``, one row per field in input order (:data:`SUMMARY_COLUMNS`). A field
+that fails is a row with status ``failed`` and its message; the other fields carry on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.cache import fetch_cached
+from core.cog import write_frame_stack
+from core.config import Settings
+from core.curve import ndvi_curve, write_curve_csv
+from core.errors import FieldError, FieldFlowError, InputError
+from core.export import safe_file_stem
+from core.fetch import FetchResult, clear_fraction, parse_period
+from core.field import DEFAULT_MAX_AREA_HA, Field, candidates_from_file, field_from_file
+from core.grid import field_mask
+from core.reconstruct import ReconstructOptions, reconstruct
+from core.storage import atomic_output
+from core.timeline import calendar_day, regular_dates
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from core.distributed import Cluster
+
+FORMAT_VERSION = 1
+"""Bump when the outputs for the same request change; older markers then count as stale."""
+CURVE_FILE = "ndvi.csv"
+FRAMES_FILE = "frames.tif"
+MARKER_FILE = "done.json"
+SUMMARY_FILE = "summary.csv"
+OUTPUT_FILES: tuple[str, ...] = (CURVE_FILE, FRAMES_FILE)
+"""Files the marker vouches for."""
+DEFAULT_EVERY_DAYS = 5
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "field_id",
+    "name",
+    "status",
+    "scenes_s2",
+    "scenes_s1",
+    "s1_status",
+    "frames",
+    "clear_fraction_mean",
+    "ndvi_peak_date",
+    "ndvi_peak",
+    "seconds",
+    "error",
+)
+"""Columns of ``summary.csv``; see :class:`FieldRow` for their meaning."""
+_GEOJSON_SUFFIXES = (".geojson", ".json")
+
+
+# --- value objects -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """What to do with every field of a batch."""
+
+    start: str
+    """First day, ``YYYY-MM-DD`` (normalised to ISO on construction)."""
+    end: str
+    """Last day, ``YYYY-MM-DD``."""
+    method: str = "linear"
+    """Reconstruction method (see :func:`core.reconstruct.available_methods`)."""
+    options: ReconstructOptions = field(default_factory=ReconstructOptions)
+    """Reconstruction options (samples, seed, checkpoint...)."""
+    every_days: int = DEFAULT_EVERY_DAYS
+    """Spacing of the regular frames added to the acquisition days in ``frames.tif``."""
+    curve_every_days: int = 1
+    """Spacing of the days of ``ndvi.csv`` (1: daily, like ``python -m core ndvi``)."""
+    include_s1: bool = True
+    """Also fetch Sentinel-1 (the model uses it; the baselines ignore it)."""
+    max_cloud_cover: float | None = None
+    """Skip S2 scenes cloudier than this (percent), or None."""
+
+    def __post_init__(self) -> None:
+        if self.every_days < 1 or self.curve_every_days < 1:
+            raise InputError(
+                "--every-days and --curve-every-days must be 1 or more, not "
+                f"{self.every_days} and {self.curve_every_days}."
+            )
+        if self.options.samples < 1:
+            raise InputError(f"--samples must be 1 or more, not {self.options.samples}.")
+        first, last = parse_period(self.start, self.end)  # InputError for unreadable dates
+        object.__setattr__(self, "start", first.isoformat())
+        object.__setattr__(self, "end", last.isoformat())
+
+    def fingerprint(self, field: Field, settings: Settings) -> dict[str, Any]:
+        """Everything that determines a field's outputs, as plain JSON (stored in the marker).
+
+        The device is left out: a re-run on a GPU cluster does not redo CPU results.
+        """
+        options = {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in asdict(self.options).items()
+            if k != "device"
+        }
+        payload = {
+            "version": FORMAT_VERSION,
+            "field_key": field.key,
+            "start": self.start,
+            "end": self.end,
+            "method": self.method,
+            "options": options,
+            "every_days": self.every_days,
+            "curve_every_days": self.curve_every_days,
+            "include_s1": self.include_s1,
+            "max_cloud_cover": self.max_cloud_cover,
+            "stac_api_url": settings.stac_api_url,
+        }
+        return json.loads(json.dumps(payload))
+
+
+@dataclass(frozen=True)
+class BatchField:
+    """One feature of the fields file, ready to submit (or already known to be unusable)."""
+
+    index: int
+    """Position in the file (0-based, across the layers read)."""
+    field_id: str
+    """Folder name of its outputs: unique in the batch, file-name safe."""
+    name: str
+    """The feature's name (or ``"feature <index>"``), for messages."""
+    field: Field | None
+    """The checked outline, or None when the feature is not a usable field."""
+    error: str = ""
+    """Why :attr:`field` is None."""
+
+
+@dataclass(frozen=True)
+class FieldRow:
+    """One line of the summary: how a field went."""
+
+    field_id: str
+    name: str
+    status: str
+    """``ok``, ``failed`` or ``skipped`` (complete outputs of an earlier run)."""
+    scenes_s2: int | None = None
+    """S2 items the search found."""
+    scenes_s1: int | None = None
+    """S1 items the search found (None when not searched)."""
+    s1_status: str = ""
+    """``loaded``, ``skipped``, ``none``, ``denied`` or ``failed`` (see FetchResult)."""
+    frames: int | None = None
+    """Frames in ``frames.tif``."""
+    clear_fraction_mean: float | None = None
+    """Mean over the S2 frames of the field's clear fraction."""
+    ndvi_peak_date: str = ""
+    """Day of the curve's highest NDVI."""
+    ndvi_peak: float | None = None
+    """That NDVI."""
+    seconds: float = 0.0
+    """Work time of the field's tasks in this run (0 when skipped)."""
+    error: str = ""
+    """Why the field failed."""
+
+    def record(self) -> dict[str, str]:
+        """The row as CSV cells (empty for missing values)."""
+
+        def number(value: float | None, digits: int) -> str:
+            if value is None or not math.isfinite(value):
+                return ""
+            return f"{value:.{digits}f}"
+
+        return {
+            "field_id": self.field_id,
+            "name": self.name,
+            "status": self.status,
+            "scenes_s2": "" if self.scenes_s2 is None else str(self.scenes_s2),
+            "scenes_s1": "" if self.scenes_s1 is None else str(self.scenes_s1),
+            "s1_status": self.s1_status,
+            "frames": "" if self.frames is None else str(self.frames),
+            "clear_fraction_mean": number(self.clear_fraction_mean, 3),
+            "ndvi_peak_date": self.ndvi_peak_date,
+            "ndvi_peak": number(self.ndvi_peak, 4),
+            "seconds": number(self.seconds, 1),
+            "error": self.error,
+        }
+
+    def line(self) -> str:
+        """One line for the terminal, e.g. ``"west: ok in 4.2 s (8 S2 scenes, ...)"``."""
+        if self.status == FAILED:
+            return f"{self.field_id}: failed after {self.seconds:.1f} s: {self.error}"
+        details = [f"{self.scenes_s2} S2 / {self.scenes_s1 or 0} S1 scenes"]
+        details.append(f"{self.frames} frames")
+        if self.clear_fraction_mean is not None:
+            details.append(f"{100 * self.clear_fraction_mean:.0f}% clear")
+        if self.ndvi_peak is not None:
+            details.append(f"NDVI peak {self.ndvi_peak:.2f} on {self.ndvi_peak_date}")
+        if self.status == SKIPPED:
+            return f"{self.field_id}: skipped, complete from an earlier run ({', '.join(details)})"
+        return f"{self.field_id}: ok in {self.seconds:.1f} s ({', '.join(details)})"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What :func:`fetch_task` hands to :func:`reconstruct_task`."""
+
+    result: FetchResult | None
+    """The fetch, or None when it failed."""
+    error: str = ""
+    """Why it failed."""
+    seconds: float = 0.0
+    """Time the fetch took."""
+
+
+# --- fields ------------------------------------------------------------------------------------
+
+
+def list_fields(
+    path: str | Path,
+    *,
+    id_column: str | None = None,
+    layer: str | None = None,
+    max_area_ha: float = DEFAULT_MAX_AREA_HA,
+) -> list[BatchField]:
+    """Every feature of a fields file, with its output folder name and checked outline.
+
+    A feature that is not a usable field (a line, a self-crossing outline, too large...) is
+    kept with its :class:`~core.errors.FieldError` message, to be reported as failed.
+
+    Args:
+        path: any file :func:`core.field.field_from_file` reads (GeoPackage, GeoJSON, ...).
+        id_column: the attribute that names the output folders (case-insensitive). By default
+            the feature's name-like attribute (:data:`core.field.LABEL_KEYS`), else
+            ``feature-<index>``.
+        layer: read only this layer.
+        max_area_ha: largest field accepted.
+
+    Raises:
+        InputError: the file is unreadable, holds no features, or has no column ``id_column``.
+    """
+    candidates = candidates_from_file(path, layer=layer)
+    if not candidates:
+        raise InputError(f"The fields file {path} holds no features.")
+    if id_column is None:
+        labels: list[str | None] = [
+            None if c.name == f"feature {c.index}" else c.name for c in candidates
+        ]
+    else:
+        labels = column_values(path, id_column, layer=layer)
+        if len(labels) != len(candidates):
+            raise InputError(
+                f"Read {len(labels)} values of column '{id_column}' but {len(candidates)} "
+                f"features from {path}; convert the file to GeoPackage or GeoJSON."
+            )
+    ids = unique_ids(labels)
+    fields = []
+    for candidate, field_id in zip(candidates, ids, strict=True):
+        try:
+            outline = field_from_file(
+                path, index=candidate.index, layer=layer, max_area_ha=max_area_ha
+            )
+        except FieldError as exc:
+            fields.append(BatchField(candidate.index, field_id, candidate.name, None, str(exc)))
+        else:
+            fields.append(BatchField(candidate.index, field_id, candidate.name, outline))
+    return fields
+
+
+def column_values(path: str | Path, column: str, *, layer: str | None = None) -> list[str | None]:
+    """The values of attribute ``column`` (any case) of every feature, in file order; None
+    where empty. A GeoJSON feature's own ``id`` counts as a column named ``id``.
+
+    Raises:
+        InputError: no feature has that column (the message lists the columns found).
+    """
+    records = _attribute_records(Path(path), layer)
+    found: dict[str, str] = {}
+    for record in records:
+        for key in record:
+            found.setdefault(str(key).casefold(), str(key))
+    wanted = column.strip().casefold()
+    if wanted not in found:
+        names = ", ".join(sorted(set(found.values()))) or "none"
+        raise InputError(f"The fields file {path} has no column '{column}'; its columns: {names}.")
+    values: list[str | None] = []
+    for record in records:
+        by_key = {str(k).casefold(): v for k, v in record.items()}
+        value = by_key.get(wanted)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            values.append(None)
+        else:
+            text = str(value).strip()
+            values.append(text or None)
+    return values
+
+
+def unique_ids(labels: Sequence[str | None]) -> list[str]:
+    """File-name-safe, unique (ignoring case) folder names for features named ``labels``.
+
+    A missing or unusable label gives ``feature-<index>``; a repeated one gets ``-2``, ``-3``...
+    in file order, so the same file always gives the same ids (which resuming relies on).
+    """
+    seen: set[str] = set()
+    ids = []
+    for index, label in enumerate(labels):
+        base = safe_file_stem(label, default="") if label else ""
+        base = base or f"feature-{index}"
+        candidate, n = base, 2
+        while candidate.casefold() in seen:
+            candidate, n = f"{base}-{n}", n + 1
+        seen.add(candidate.casefold())
+        ids.append(candidate)
+    return ids
+
+
+def _attribute_records(path: Path, layer: str | None) -> list[Mapping[str, Any]]:
+    """Feature attributes in the order :func:`core.field.candidates_from_file` lists them."""
+    if path.suffix.lower() in _GEOJSON_SUFFIXES:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"Cannot read {path} as GeoJSON: {exc}") from None
+        kind = doc.get("type") if isinstance(doc, dict) else None
+        features = doc.get("features", []) if kind == "FeatureCollection" else [doc]
+        records = []
+        for feature in features:
+            properties = feature.get("properties") if isinstance(feature, dict) else None
+            record = dict(properties) if isinstance(properties, dict) else {}
+            if isinstance(feature, dict) and feature.get("id") is not None:
+                record.setdefault("id", feature["id"])
+            records.append(record)
+        return records
+    import pyogrio
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    try:
+        layers = [str(n) for n, kind in pyogrio.list_layers(path) if kind is not None]
+        chosen = layers if layer is None else [n for n in layers if n == layer]
+        records = []
+        for name in chosen:
+            frame = pyogrio.read_dataframe(path, layer=name, read_geometry=False)
+            records += frame.to_dict("records")
+    except (DataSourceError, DataLayerError, OSError) as exc:
+        raise InputError(f"Cannot read the attributes of {path}: {exc}") from None
+    return records
+
+
+# --- the two tasks -----------------------------------------------------------------------------
+
+
+def failure_message(exc: BaseException) -> str:
+    """A FieldFlowError's own message; anything else as ``"TypeName: message"``."""
+    if isinstance(exc, FieldFlowError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def fetch_task(item: BatchField, request: BatchRequest, settings: Settings) -> Fetched:
+    """Fetch one field's cube (through the disk cache); a failure is returned, not raised."""
+    started = time.perf_counter()
+    if item.field is None:
+        return Fetched(None, item.error)
+    try:
+        result = fetch_cached(
+            item.field,
+            request.start,
+            request.end,
+            settings=settings,
+            include_s1=request.include_s1,
+            max_cloud_cover=request.max_cloud_cover,
+        )
+    except Exception as exc:  # reported in the summary; the other fields carry on
+        return Fetched(None, failure_message(exc), time.perf_counter() - started)
+    return Fetched(result, "", time.perf_counter() - started)
+
+
+def reconstruct_task(
+    fetched: Fetched,
+    item: BatchField,
+    request: BatchRequest,
+    folder: str,
+    fingerprint: Mapping[str, Any],
+) -> FieldRow:
+    """Reconstruct one fetched field and write its outputs; a failure becomes a failed row."""
+    started = time.perf_counter()
+    result = fetched.result
+    if result is None or item.field is None:
+        return FieldRow(
+            item.field_id, item.name, FAILED, seconds=fetched.seconds, error=fetched.error
+        )
+    fetch_stats = _fetch_stats(result)
+    try:
+        row = write_field_outputs(
+            item.field, result, request, Path(folder), fingerprint, item.field_id, item.name
+        )
+    except Exception as exc:  # reported in the summary; the other fields carry on
+        return FieldRow(
+            item.field_id,
+            item.name,
+            FAILED,
+            **fetch_stats,
+            seconds=fetched.seconds + time.perf_counter() - started,
+            error=failure_message(exc),
+        )
+    return dataclasses.replace(row, seconds=fetched.seconds + time.perf_counter() - started)
+
+
+def frame_dates(cube: xr.Dataset, start: str, end: str, every_days: int) -> np.ndarray:
+    """Days of the frame stack: every acquisition day and every ``every_days`` days from
+    ``start``, within the cube's S2 period; datetime64[ns] at midnight, sorted."""
+    acquired = np.unique(calendar_day(cube["time_s2"].values))
+    regular = calendar_day(regular_dates(start, end, every_days))
+    first, last = np.datetime64(start, "D"), np.datetime64(end, "D")
+    days = np.union1d(acquired[(acquired >= first) & (acquired <= last)], regular)
+    days = days[(days >= acquired[0]) & (days <= acquired[-1])]
+    return days.astype("datetime64[ns]")
+
+
+def write_field_outputs(
+    field: Field,
+    fetched: FetchResult,
+    request: BatchRequest,
+    folder: Path,
+    fingerprint: Mapping[str, Any],
+    field_id: str,
+    name: str,
+) -> FieldRow:
+    """Reconstruct, then write the frames, the curve and, last, the marker.
+
+    A stale marker is removed first, so a run killed half-way never leaves a marker vouching
+    for outputs of another request.
+
+    Raises:
+        FieldError: the outline covers no pixel centre of its grid.
+        FieldFlowError: as :func:`core.reconstruct.reconstruct` and :func:`core.curve.ndvi_curve`.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (folder / MARKER_FILE).unlink()
+    cube = fetched.cube
+    mask = field_mask(field, cube)
+    if not mask.any():
+        raise FieldError(
+            f"The field '{name}' covers no pixel centre of its 10 m grid; outline a larger field."
+        )
+    dates = frame_dates(cube, request.start, request.end, request.every_days)
+    frames = reconstruct(cube, dates, method=request.method, options=request.options)
+    write_frame_stack(
+        frames, folder / FRAMES_FILE, grid=fetched.grid, tags={"FIELD_ID": field_id, "FIELD": name}
+    )
+    del frames
+    curve = ndvi_curve(
+        cube,
+        request.start,
+        request.end,
+        every_days=request.curve_every_days,
+        method=request.method,
+        options=request.options,
+        field_mask=mask,
+    )
+    write_curve_csv(curve, folder / CURVE_FILE)
+    peak_date, peak = _peak(curve["date"].to_numpy(), curve["ndvi"].to_numpy())
+    row = FieldRow(
+        field_id,
+        name,
+        OK,
+        **_fetch_stats(fetched),
+        frames=int(dates.size),
+        clear_fraction_mean=float(np.mean(clear_fraction(cube, mask))),
+        ndvi_peak_date=peak_date,
+        ndvi_peak=peak,
+    )
+    write_marker(folder, fingerprint, row)
+    return row
+
+
+def _fetch_stats(result: FetchResult) -> dict[str, Any]:
+    return {
+        "scenes_s2": result.scenes_found.get("sentinel-2-l2a"),
+        "scenes_s1": result.scenes_found.get("sentinel-1-rtc"),
+        "s1_status": result.s1_status,
+    }
+
+
+def _peak(dates: np.ndarray, values: np.ndarray) -> tuple[str, float | None]:
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).any():
+        return "", None
+    best = int(np.nanargmax(values))
+    return str(np.datetime64(dates[best], "D")), float(values[best])
+
+
+# --- resuming ----------------------------------------------------------------------------------
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex}`` of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_marker(folder: Path, fingerprint: Mapping[str, Any], row: FieldRow) -> Path:
+    """Write ``done.json`` atomically: the request, each output's size and hash, the row."""
+    payload = {
+        "request": dict(fingerprint),
+        "outputs": {name: file_digest(folder / name) for name in OUTPUT_FILES},
+        "row": asdict(row),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    target = folder / MARKER_FILE
+    with atomic_output(target) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    return target
+
+
+def completed_row(folder: Path, fingerprint: Mapping[str, Any]) -> FieldRow | None:
+    """The ``skipped`` row of a field whose outputs are complete for this request, else None.
+
+    Complete means: ``done.json`` reads, names the same request, and every output it lists
+    exists with the size and SHA-256 it recorded.
+    """
+    try:
+        payload = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
+        if payload["request"] != dict(fingerprint):
+            return None
+        outputs = payload["outputs"]
+        if set(outputs) != set(OUTPUT_FILES):
+            return None
+        for name, recorded in outputs.items():
+            path = folder / name
+            if path.stat().st_size != recorded["bytes"] or file_digest(path) != recorded:
+                return None
+        row = FieldRow(**payload["row"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return dataclasses.replace(row, status=SKIPPED, seconds=0.0, error="")
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+RowCallback = Callable[[FieldRow, int, int], None]
+"""``(row, done, total)``, called as each field finishes (or is skipped or refused)."""
+
+
+def run_batch(
+    fields: Sequence[BatchField],
+    request: BatchRequest,
+    out_dir: str | Path,
+    *,
+    cluster: Cluster,
+    settings: Settings,
+    on_row: RowCallback | None = None,
+) -> list[FieldRow]:
+    """Process every field on ``cluster``; return the rows in the order of ``fields``.
+
+    Fields with complete outputs are skipped before anything is submitted; unusable outlines
+    are failed rows at once; the rest become a fetch task and a reconstruct task each, the
+    latter with higher priority (a fetched cube is consumed before more are fetched) and the
+    GPU resource when :meth:`Cluster.resources_for` says so.
+    """
+    from distributed import as_completed
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows: dict[int, FieldRow] = {}
+
+    def report(item: BatchField, row: FieldRow) -> None:
+        rows[item.index] = row
+        if on_row is not None:
+            on_row(row, len(rows), len(fields))
+
+    client = cluster.client
+    resources = cluster.resources_for(request.method)
+    run = uuid.uuid4().hex[:8]
+    pending = {}
+    for item in fields:
+        if item.field is None:
+            report(item, FieldRow(item.field_id, item.name, FAILED, error=item.error))
+            continue
+        fingerprint = request.fingerprint(item.field, settings)
+        folder = out / item.field_id
+        finished = completed_row(folder, fingerprint)
+        if finished is not None:
+            report(item, finished)
+            continue
+        fetched = client.submit(
+            fetch_task, item, request, settings, key=f"fieldflow-fetch-{item.field_id}-{run}"
+        )
+        final = client.submit(
+            reconstruct_task,
+            fetched,
+            item,
+            request,
+            str(folder),
+            fingerprint,
+            key=f"fieldflow-reconstruct-{item.field_id}-{run}",
+            resources=resources,
+            priority=1,
+        )
+        del fetched  # the scheduler frees each cube once its reconstruction is done
+        pending[final] = item
+    for future in as_completed(list(pending), loop=client.loop):
+        item = pending.pop(future)
+        try:
+            row = future.result()
+        except Exception as exc:  # a lost worker, an unpicklable result...
+            row = FieldRow(item.field_id, item.name, FAILED, error=failure_message(exc))
+        future.release()
+        report(item, row)
+    return [rows[item.index] for item in fields]
+
+
+def summary_csv(rows: Sequence[FieldRow]) -> str:
+    """The summary table as CSV text (:data:`SUMMARY_COLUMNS`)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(SUMMARY_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(row.record() for row in rows)
+    return buffer.getvalue()
+
+
+def write_summary(rows: Sequence[FieldRow], path: str | Path) -> Path:
+    """Write :func:`summary_csv` atomically; return the path."""
+    target = Path(path)
+    with atomic_output(target) as tmp:
+        tmp.write_text(summary_csv(rows), encoding="utf-8")
+    return target

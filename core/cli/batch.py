@@ -1,0 +1,172 @@
+"""``python -m core batch``: fetch and reconstruct every field of a file on a Dask cluster.
+
+    python -m core batch --fields fields.gpkg --start 2023-03-01 --end 2023-10-31 \\
+        --out results/ [--id-column NAME] [--scheduler tcp://host:8786 | --workers 4] \\
+        [--method linear] [--samples K] [--every-days 5] [--curve-every-days 1]
+
+Each field's outputs go to ``<out>/<field_id>/`` and a table of all fields to
+``<out>/summary.csv`` (see :mod:`core.batch`). A re-run skips the fields whose outputs are
+complete. One line is printed per field as it finishes.
+
+Where it runs: ``--scheduler ADDRESS`` (or ``DASK_SCHEDULER_ADDRESS``) uses that cluster, whose
+workers must see ``--out`` and the cache folder under the same paths; otherwise a local cluster
+of ``--workers`` single-threaded workers starts, as processes by default (this works from a
+plain command line; where worker processes cannot start, it falls back to threads and says so)
+or as threads of this process with ``--local-mode threads``. ``--scheduler local`` ignores
+``DASK_SCHEDULER_ADDRESS``.
+
+Exit status: 0 when every field is ok or skipped, 1 when some field failed (the summary says
+which and why), 2 for a bad command (unreadable fields file, bad dates, scheduler unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from core.cli.reconstruct import add_method_arguments, default_method, options_from_args
+from core.config import DEFAULT_CHECKPOINT, Settings
+from core.errors import InputError
+
+DEFAULT_WORKERS = 2
+LOCAL = "local"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``batch`` command."""
+    parser.add_argument(
+        "--fields",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="fields file: GeoPackage, GeoJSON, zipped shapefile, KML...; one field per feature",
+    )
+    parser.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    parser.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
+    parser.add_argument("--out", required=True, type=Path, help="results folder")
+    parser.add_argument(
+        "--id-column",
+        default=None,
+        metavar="NAME",
+        help="attribute naming each field's output folder (default: a name-like attribute, "
+        "else feature-<index>)",
+    )
+    parser.add_argument("--layer", default=None, help="read only this layer of the file")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Dask scheduler, e.g. tcp://host:8786 (default: $DASK_SCHEDULER_ADDRESS, else a "
+        "local cluster; 'local' forces a local cluster)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"workers of the local cluster (default {DEFAULT_WORKERS})",
+    )
+    parser.add_argument(
+        "--local-mode",
+        choices=("processes", "threads"),
+        default="processes",
+        help="local workers as processes (default) or as threads of this process",
+    )
+    parser.add_argument(
+        "--every-days",
+        type=int,
+        default=None,
+        metavar="N",
+        help="frames at every acquisition and every N days (default 5)",
+    )
+    parser.add_argument(
+        "--curve-every-days",
+        type=int,
+        default=1,
+        metavar="N",
+        help="days of the NDVI curve (default 1: daily)",
+    )
+    parser.add_argument("--no-s1", action="store_true", help="Sentinel-2 only")
+    parser.add_argument(
+        "--max-cloud",
+        type=float,
+        default=None,
+        metavar="PERCENT",
+        help="skip S2 scenes with more cloud cover than this (0-100)",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="model checkpoint (method 'model')"
+    )
+    add_method_arguments(parser)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the batch, print a line per field and a total; 1 if some field failed."""
+    from core.batch import (
+        DEFAULT_EVERY_DAYS,
+        FAILED,
+        SUMMARY_FILE,
+        BatchRequest,
+        FieldRow,
+        list_fields,
+        run_batch,
+        write_summary,
+    )
+    from core.distributed import connect, local_cluster, scheduler_address
+    from core.reconstruct import resolve_method
+
+    started = time.monotonic()
+    method = args.method or default_method()
+    resolve_method(method)  # InputError naming the choices
+    if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:
+        raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
+    options = dataclasses.replace(options_from_args(args), checkpoint=args.checkpoint)
+    request = BatchRequest(
+        start=args.start,
+        end=args.end,
+        method=method,
+        options=options,
+        every_days=DEFAULT_EVERY_DAYS if args.every_days is None else args.every_days,
+        curve_every_days=args.curve_every_days,
+        include_s1=not args.no_s1,
+        max_cloud_cover=args.max_cloud,
+    )
+    fields = list_fields(
+        args.fields, id_column=args.id_column, layer=args.layer, max_area_ha=settings.max_area_ha
+    )
+
+    address = args.scheduler or scheduler_address()
+    if address and address != LOCAL:
+        cluster = connect(address)
+    else:
+        if method == "model" and not Path(options.checkpoint or DEFAULT_CHECKPOINT).is_file():
+            raise InputError(
+                f"No model checkpoint at {options.checkpoint or DEFAULT_CHECKPOINT}; give "
+                "--checkpoint, train one ('python -m core train') or use --method linear."
+            )
+        cluster = local_cluster(args.workers, processes=args.local_mode == "processes")
+
+    def on_row(row: FieldRow, done: int, total: int) -> None:
+        print(f"[{done}/{total}] {row.line()}", flush=True)
+
+    with cluster:
+        print(
+            f"Batch of {len(fields)} field(s) from {args.fields}, {request.start} to "
+            f"{request.end}, method {method}, on {cluster.info().describe()}",
+            flush=True,
+        )
+        if cluster.note:
+            print(f"note: {cluster.note}", file=sys.stderr)
+        rows = run_batch(
+            fields, request, args.out, cluster=cluster, settings=settings, on_row=on_row
+        )
+    summary = write_summary(rows, Path(args.out) / SUMMARY_FILE)
+    counts = {status: sum(r.status == status for r in rows) for status in ("ok", "skipped")}
+    failed = sum(r.status == FAILED for r in rows)
+    print(
+        f"Done in {time.monotonic() - started:.1f} s: {counts['ok']} ok, {counts['skipped']} "
+        f"skipped, {failed} failed. Summary: {summary}"
+    )
+    return 1 if failed else 0

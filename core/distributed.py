@@ -1,0 +1,291 @@
+"""Running FieldFlow work on a Dask cluster: connecting, GPU-aware submission, local clusters.
+
+A :class:`Cluster` wraps a ``distributed.Client`` (and the local cluster it may own) so that
+Streamlit's ``st.cache_resource`` can hold it: it refuses a bare ``Client``, which looks
+awaitable. Build one with:
+
+* :func:`connect`: a running scheduler, from an explicit address or ``DASK_SCHEDULER_ADDRESS``,
+  with a short time-out and a :class:`ClusterError` that says what to do when it is unreachable;
+* :func:`local_cluster`: workers on this machine, in processes or in threads of this process.
+
+**GPU routing.** GPU workers are started with ``dask worker ADDRESS --resources "GPU=1"`` and
+advertise that resource to the scheduler. :func:`reconstruct_resources` asks for ``{"GPU": 1}``
+when the method runs on a GPU (:data:`GPU_METHODS`: the model) *and* some worker advertises a
+GPU; the scheduler then runs that task only on such a worker, one task per GPU unit at a time.
+The baselines (``linear``, ``whittaker``) never ask: they are numpy code and would only queue
+behind the model on the GPU workers. Without GPU workers nothing is asked and any worker runs
+the task (the model then runs on that worker's CPU, ``device="auto"``).
+
+**The model is loaded once per worker process**: a reconstruction task carries the cube, the
+dates and :class:`~core.reconstruct.ReconstructOptions` (a checkpoint *path*), never the model;
+the worker loads it through :func:`core.model.inference.cached_checkpoint`, an ``lru_cache``
+that lives as long as the worker process.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ClusterError, InputError
+from core.reconstruct import ReconstructOptions, reconstruct
+
+if TYPE_CHECKING:
+    import numpy as np
+    import xarray as xr
+    from distributed import Client
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+"""Environment variable naming the scheduler, e.g. ``tcp://scheduler:8786``."""
+GPU_RESOURCE = "GPU"
+"""Resource name GPU workers advertise (``dask worker ... --resources "GPU=1"``)."""
+GPU_METHODS = frozenset({"model"})
+"""Reconstruction methods worth sending to a GPU worker."""
+CONNECT_TIMEOUT_S = 5.0
+"""Default time allowed to reach a scheduler."""
+RESULT_TIMEOUT_S = 900.0
+"""Default time :func:`submit_reconstruction` waits for its result."""
+
+Reconstructor = Callable[..., "xr.Dataset"]
+"""``(cube, dates, method, options) -> reconstruction``, as :func:`core.reconstruct.reconstruct`."""
+
+
+def scheduler_address(environ: Mapping[str, str] | None = None) -> str | None:
+    """The scheduler address in ``DASK_SCHEDULER_ADDRESS`` (stripped), or None when unset."""
+    env = os.environ if environ is None else environ
+    address = env.get(SCHEDULER_ENV, "").strip()
+    return address or None
+
+
+def gpu_capacity(scheduler_info: Mapping[str, Any]) -> float:
+    """Total ``GPU`` resource units the workers in ``client.scheduler_info()`` advertise."""
+    workers = scheduler_info.get("workers") or {}
+    return float(
+        sum(
+            float((worker.get("resources") or {}).get(GPU_RESOURCE, 0.0))
+            for worker in workers.values()
+        )
+    )
+
+
+def reconstruct_resources(
+    scheduler_info: Mapping[str, Any], method: str
+) -> dict[str, float] | None:
+    """The ``resources=`` a reconstruction task should ask for (see the module docstring).
+
+    Args:
+        scheduler_info: ``client.scheduler_info()``; only ``workers[*].resources`` is read.
+        method: the reconstruction method name.
+
+    Returns:
+        ``{"GPU": 1.0}`` for a GPU method on a cluster with GPU workers, else None (any worker).
+    """
+    if method in GPU_METHODS and gpu_capacity(scheduler_info) >= 1.0:
+        return {GPU_RESOURCE: 1.0}
+    return None
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What a cluster offers, for a line of output or the app's sidebar."""
+
+    address: str
+    """Scheduler address."""
+    workers: int
+    """Connected workers."""
+    threads: int
+    """Worker threads in all."""
+    gpus: float
+    """``GPU`` resource units advertised in all (0: no GPU workers)."""
+
+    def describe(self) -> str:
+        """E.g. ``"tcp://scheduler:8786: 3 workers, 6 threads, 1 GPU"``."""
+        gpus = f", {self.gpus:g} GPU" if self.gpus else ", no GPU workers"
+        return f"{self.address}: {self.workers} workers, {self.threads} threads{gpus}"
+
+
+class Cluster:
+    """A Dask client, and the local cluster it owns if any; close it when done.
+
+    Holding the client in a plain object lets ``st.cache_resource`` cache it (the app keeps one
+    per process) and gives the rest of the code one small surface to call.
+    """
+
+    def __init__(self, client: Client, *, local: Any = None, note: str = "") -> None:
+        self.client = client
+        """The ``distributed.Client``."""
+        self.local = local
+        """The ``LocalCluster`` this object started and closes, or None for a remote one."""
+        self.note = note
+        """One sentence about how the cluster was made (e.g. a fallback to threads), or ""."""
+
+    @property
+    def address(self) -> str:
+        """Scheduler address."""
+        return str(self.client.scheduler.address)
+
+    def info(self) -> ClusterInfo:
+        """Workers, threads and GPUs now connected."""
+        details = self.client.scheduler_info(n_workers=-1)
+        workers = details.get("workers") or {}
+        return ClusterInfo(
+            address=self.address,
+            workers=len(workers),
+            threads=sum(int(w.get("nthreads", 0)) for w in workers.values()),
+            gpus=gpu_capacity(details),
+        )
+
+    def resources_for(self, method: str) -> dict[str, float] | None:
+        """:func:`reconstruct_resources` for the workers connected now."""
+        return reconstruct_resources(self.client.scheduler_info(n_workers=-1), method)
+
+    def close(self) -> None:
+        """Close the client, and the local cluster if this object started it."""
+        self.client.close()
+        if self.local is not None:
+            self.local.close()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(
+    address: str | None = None,
+    *,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+    environ: Mapping[str, str] | None = None,
+) -> Cluster:
+    """Connect to a running scheduler.
+
+    Args:
+        address: e.g. ``tcp://scheduler:8786``; by default ``DASK_SCHEDULER_ADDRESS``.
+        timeout_s: how long to try before giving up.
+        environ: where to read ``DASK_SCHEDULER_ADDRESS`` (default ``os.environ``).
+
+    Raises:
+        InputError: no address given and ``DASK_SCHEDULER_ADDRESS`` unset.
+        ClusterError: the scheduler does not answer within ``timeout_s``.
+    """
+    from distributed import Client
+
+    target = (address or "").strip() or scheduler_address(environ)
+    if target is None:
+        raise InputError(
+            f"No Dask scheduler given: pass its address (tcp://host:8786) or set {SCHEDULER_ENV}."
+        )
+    try:
+        client = Client(target, timeout=f"{timeout_s}s", set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ClusterError(
+            f"Cannot reach the Dask scheduler at {target} within {timeout_s:g} s ({exc}). Start "
+            f"it ('dask scheduler', then 'dask worker {target}'), fix the address, or unset "
+            f"{SCHEDULER_ENV} to work on this machine."
+        ) from None
+    return Cluster(client)
+
+
+def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: int = 1) -> Cluster:
+    """Start ``workers`` workers on this machine.
+
+    With ``processes=True`` each worker is a process of its own (GIL-free, its own model copy);
+    if that cannot start (its nanny fails under some launchers, e.g. ``streamlit run``), the
+    workers run as threads of this process instead and :attr:`Cluster.note` says so.
+
+    Raises:
+        InputError: ``workers`` or ``threads_per_worker`` below 1.
+    """
+    from distributed import Client, LocalCluster
+
+    if workers < 1 or threads_per_worker < 1:
+        raise InputError(
+            f"A local cluster needs at least 1 worker and 1 thread, not {workers} and "
+            f"{threads_per_worker}."
+        )
+    note = ""
+    kwargs: dict[str, Any] = {
+        "n_workers": workers,
+        "threads_per_worker": threads_per_worker,
+        "dashboard_address": None,
+    }
+    try:
+        local = LocalCluster(processes=processes, **kwargs)
+    except Exception as exc:  # a nanny that cannot start raises various types
+        if not processes:
+            raise
+        note = (
+            f"Worker processes could not start ({type(exc).__name__}: {exc}); running "
+            f"{workers} workers as threads of this process instead."
+        )
+        local = LocalCluster(processes=False, **kwargs)
+    return Cluster(Client(local, set_as_default=False), local=local, note=note)
+
+
+def submit_reconstruction(
+    cluster: Cluster,
+    cube: xr.Dataset,
+    dates: np.ndarray,
+    method: str,
+    options: ReconstructOptions | None = None,
+    *,
+    timeout_s: float = RESULT_TIMEOUT_S,
+) -> xr.Dataset:
+    """:func:`core.reconstruct.reconstruct` on the cluster; wait for and return its result.
+
+    The cube is sent once (scattered); the task asks for a GPU when :func:`reconstruct_resources`
+    says so. Errors the task raises (e.g. :class:`~core.errors.InputError`) come back as
+    themselves.
+
+    Raises:
+        ClusterError: no workers, or no result within ``timeout_s``, or the worker was lost.
+    """
+    from distributed import KilledWorker
+    from distributed import TimeoutError as DaskTimeoutError
+    from distributed.client import FutureCancelledError
+
+    client = cluster.client
+    details = client.scheduler_info(n_workers=-1)
+    if not details.get("workers"):
+        raise ClusterError(
+            f"The Dask scheduler at {cluster.address} has no workers; start one with "
+            f"'dask worker {cluster.address}'."
+        )
+    resources = reconstruct_resources(details, method)
+    cube_future = client.scatter(cube, hash=False)
+    future = client.submit(
+        reconstruct,
+        cube_future,
+        dates,
+        method,
+        options or ReconstructOptions(),
+        resources=resources,
+        key=f"fieldflow-reconstruct-{uuid.uuid4().hex[:12]}",
+    )
+    try:
+        return future.result(timeout=timeout_s)
+    except (TimeoutError, DaskTimeoutError):
+        raise ClusterError(
+            f"The cluster returned no reconstruction within {timeout_s:g} s"
+            + (" (it waits for a free GPU worker)" if resources else "")
+            + "; try again later or with fewer dates."
+        ) from None
+    except (FutureCancelledError, KilledWorker) as exc:
+        raise ClusterError(f"The cluster lost the reconstruction ({exc}); try again.") from None
+    finally:
+        future.release()
+        cube_future.release()
+
+
+def reconstructor(cluster: Cluster | None) -> Reconstructor:
+    """:func:`core.reconstruct.reconstruct` itself without a cluster; with one, a function of the
+    same signature that runs it there (:func:`submit_reconstruction`). For callers such as the
+    app, which use a cluster only when ``DASK_SCHEDULER_ADDRESS`` is set."""
+    if cluster is None:
+        return reconstruct
+    return functools.partial(submit_reconstruction, cluster)

@@ -1,0 +1,425 @@
+"""``python -m core batch`` on a local Dask cluster against the local STAC API and COG server.
+
+Three fields (the west, middle and east thirds of be-flanders-a, published like Planetary
+Computer) go through fetch -> reconstruct -> outputs on two workers (threads of this process:
+LocalCluster(processes=True) cannot start its nanny under pytest on some machines). Checked:
+the outputs hold the right numbers, a re-run skips every field without a single request, a
+field without scenes fails with its message while the others finish, a field with partial
+outputs is redone, and model reconstructions are routed to the GPU worker, which loads the
+model once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import torch
+from pyproj import Transformer
+from shapely.geometry import box
+
+from core import batch
+from core.batch import MARKER_FILE, SUMMARY_COLUMNS, BatchRequest, list_fields, run_batch
+from core.cache import fetch_cached
+from core.cli import main
+from core.config import REPO_ROOT, Settings
+from core.curve import CURVE_COLUMNS, curve_csv, ndvi_curve
+from core.distributed import Cluster
+from core.field import field_from_file
+from core.grid import field_mask, grid_for_field, grid_from_cube
+from core.model import inference
+from core.model.checkpoint import Checkpoint, save_checkpoint
+from core.model.config import ModelConfig
+from core.model.network import FieldFlowNet
+from core.reconstruct import ReconstructOptions
+from tests.support.site import PublishedSite
+
+NAMES = ("West strip", "Middle strip", "East strip")
+IDS = ("W-01", "M-02", "E-03")
+
+
+@pytest.fixture(scope="module")
+def site(published_site) -> PublishedSite:
+    return published_site("be-flanders-a", max_dates=8)
+
+
+def period(site: PublishedSite) -> tuple[str, str]:
+    days = site.s2_times().astype("datetime64[D]")
+    return str(days.min()), str(days.max())
+
+
+def strips(site: PublishedSite) -> list[shapely.Polygon]:
+    """Three lon/lat strips side by side, 40 m inside the published cube."""
+    x, y = site.cube["x"].values, site.cube["y"].values
+    left, right, bottom, top = x[0] + 35, x[-1] - 35, y[-1] + 35, y[0] - 35
+    edges = np.linspace(left, right, 4)
+    to_lonlat = Transformer.from_crs(site.crs, "EPSG:4326", always_xy=True)
+    return [
+        shapely.transform(
+            box(a, bottom, b, top).segmentize(50.0), to_lonlat.transform, interleaved=False
+        )
+        for a, b in itertools.pairwise(edges)
+    ]
+
+
+def write_fields(path: Path, geometries: list, names: list[str], ids: list[str]) -> Path:
+    frame = gpd.GeoDataFrame(
+        {"name": names, "parcel_id": ids}, geometry=geometries, crs="EPSG:4326"
+    )
+    frame.to_file(path, driver="GPKG", layer="fields")
+    return path
+
+
+def read_summary(out: Path) -> list[dict[str, str]]:
+    with (out / "summary.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def batch_args(
+    fields: Path, out: Path, site: PublishedSite, *, local_mode: str = "threads"
+) -> list[str]:
+    start, end = period(site)
+    return [
+        "batch",
+        "--fields",
+        str(fields),
+        "--start",
+        start,
+        "--end",
+        end,
+        "--out",
+        str(out),
+        "--id-column",
+        "parcel_id",
+        "--method",
+        "linear",
+        "--every-days",
+        "7",
+        "--workers",
+        "2",
+        "--local-mode",
+        local_mode,
+        "--scheduler",
+        "local",
+    ]
+
+
+@pytest.fixture(scope="module")
+def first_run(site, tmp_path_factory):
+    """The three strips batched once; returns (fields file, results folder, cache, stdout)."""
+    folder = tmp_path_factory.mktemp("batch")
+    fields = write_fields(folder / "fields.gpkg", strips(site), list(NAMES), list(IDS))
+    out, cache = folder / "results", folder / "cache"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STAC_API_URL", site.stac_url)
+        patch.setenv("FIELDFLOW_CACHE_DIR", str(cache))
+        patch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+        site.reset()
+        code, printed = run_cli(batch_args(fields, out, site))
+    assert code == 0, printed
+    return fields, out, cache, printed
+
+
+def run_cli(args: list[str]) -> tuple[int, str]:
+    """``python -m core ARGS`` in this process; (exit status, stdout)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(args)
+    return code, buffer.getvalue()
+
+
+def test_outputs_hold_the_curve_and_frames_of_each_field(site, first_run) -> None:
+    fields, out, cache, printed = first_run
+    start, end = period(site)
+    lines = [line for line in printed.splitlines() if line.startswith("[")]
+    assert len(lines) == 3 and all(": ok in " in line for line in lines)
+    assert "Done in" in printed and "3 ok, 0 skipped, 0 failed" in printed
+
+    summary = read_summary(out)
+    assert list(summary[0]) == list(SUMMARY_COLUMNS)
+    assert [r["field_id"] for r in summary] == list(IDS)  # input order, not completion order
+    assert [r["name"] for r in summary] == list(NAMES)
+    assert {r["status"] for r in summary} == {"ok"}
+    assert {r["scenes_s2"] for r in summary} == {str(len(site.s2_items))}
+    s1_days = [item["properties"]["datetime"][:10] for item in site.s1_items]
+    assert {r["scenes_s1"] for r in summary} == {str(sum(start <= d <= end for d in s1_days))}
+
+    settings = Settings(stac_api_url=site.stac_url, cache_dir=cache)
+    site_grid = grid_from_cube(site.cube)
+    for index, (field_id, row) in enumerate(zip(IDS, summary, strict=True)):
+        folder = out / field_id
+        assert sorted(p.name for p in folder.iterdir()) == ["done.json", "frames.tif", "ndvi.csv"]
+        field = field_from_file(fields, index=index)
+        cube = fetch_cached(field, start, end, settings=settings).cube  # from the cache
+        mask = field_mask(field, cube)
+        # The CSV is exactly the field's daily curve of the fetched cube.
+        expected = ndvi_curve(cube, start, end, method="linear", field_mask=mask)
+        text = (folder / "ndvi.csv").read_text()
+        assert text == curve_csv(expected)
+        table = list(csv.DictReader(text.splitlines()))
+        assert list(table[0]) == list(CURVE_COLUMNS)
+        days = np.datetime64(end) - np.datetime64(start)
+        assert len(table) == days.astype(int) + 1
+        peak = max(table, key=lambda r: float(r["ndvi"]))
+        assert row["ndvi_peak_date"] == peak["date"]
+        assert float(row["ndvi_peak"]) == pytest.approx(float(peak["ndvi"]), abs=1e-4)
+
+        # The COG: every acquisition day plus every 7 days, on the field's grid.
+        grid = grid_for_field(field)
+        acquired = np.unique(site.s2_times().astype("datetime64[D]"))
+        with rasterio.open(folder / "frames.tif") as src:
+            dates = src.tags()["DATES"].split(",")
+            assert set(map(str, acquired)) <= set(dates)
+            assert int(row["frames"]) == len(dates) and src.count == 11 * len(dates)
+            assert src.crs.to_string() == "EPSG:32631"
+            assert src.transform == grid.transform
+            assert (src.height, src.width) == grid.shape
+            # Kept clear observations are the published reflectance: B04 of the clearest day.
+            row0, col0 = grid.offset_in(site_grid)
+            window = {"y": slice(row0, row0 + grid.height), "x": slice(col0, col0 + grid.width)}
+            valid = site.cube["valid"].isel(**window).values.astype(bool)
+            best = int(valid.sum(axis=(1, 2)).argmax())
+            day = str(site.s2_times()[best].astype("datetime64[D]"))
+            b04 = src.read(11 * dates.index(day) + 3)
+            assert src.descriptions[11 * dates.index(day) + 2] == f"{day} B04"
+        clear = valid[best]
+        published = site.cube["s2"].isel(time_s2=best, **window).sel(band="B04").values
+        assert clear.sum() > 100
+        np.testing.assert_allclose(b04[clear], published[clear], atol=1.5e-4)
+
+
+def test_a_rerun_skips_every_field_without_a_request(site, first_run, tmp_path, monkeypatch):
+    fields, out, _cache, _ = first_run
+    rerun = tmp_path / "results"
+    shutil.copytree(out, rerun)
+    before = read_summary(rerun)
+    monkeypatch.setenv("STAC_API_URL", site.stac_url)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "empty-cache"))  # a fetch would ask
+    site.reset()
+    code, printed = run_cli(batch_args(fields, rerun, site))
+    assert code == 0
+    assert site.stac_server.requests == [] and site.cog_server.requests == []
+    assert printed.count("skipped, complete from an earlier run") == 3
+    after = read_summary(rerun)
+    assert [r["status"] for r in after] == ["skipped"] * 3
+    for old, new in zip(before, after, strict=True):  # the earlier run's figures are kept
+        assert {k: v for k, v in new.items() if k not in ("status", "seconds")} == {
+            k: v for k, v in old.items() if k not in ("status", "seconds")
+        }
+
+
+def test_a_field_without_scenes_fails_and_partial_outputs_are_redone(
+    site, first_run, tmp_path, monkeypatch
+) -> None:
+    _fields, out, cache, _ = first_run
+    results = tmp_path / "results"
+    shutil.copytree(out, results)
+    # The middle strip's run "died" after writing its frames: no marker, a truncated COG.
+    (results / "M-02" / MARKER_FILE).unlink()
+    frames = results / "M-02" / "frames.tif"
+    frames.write_bytes(frames.read_bytes()[:1000])
+    far = box(36.70, -3.40, 36.703, -3.397)  # near Arusha: nothing published there
+    geometries = [*strips(site), far]
+    more = write_fields(tmp_path / "more.gpkg", geometries, [*NAMES, "Far field"], [*IDS, "F-04"])
+    monkeypatch.setenv("STAC_API_URL", site.stac_url)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(cache))
+    site.reset()
+    code, printed = run_cli(batch_args(more, results, site))
+    assert code == 1  # some field failed
+    summary = {r["field_id"]: r for r in read_summary(results)}
+    assert [summary[i]["status"] for i in (*IDS, "F-04")] == ["skipped", "ok", "skipped", "failed"]
+    start, end = period(site)
+    assert summary["F-04"]["error"] == (
+        f"No sentinel-2-l2a scenes cover the field between {start} and {end}. Try a wider "
+        "period or a higher cloud limit."
+    )
+    assert "F-04: failed after" in printed
+    assert (results / "M-02" / MARKER_FILE).is_file()
+    with rasterio.open(frames) as src:
+        assert src.count == 11 * int(summary["M-02"]["frames"])
+    assert frames.read_bytes() == (out / "M-02" / "frames.tif").read_bytes()
+    # The middle strip came from the cube cache; only the far field searched (and found none).
+    assert len(site.stac_server.searches()) == 1 and site.cog_server.requests == []
+
+
+def test_model_reconstructions_go_to_the_gpu_worker_which_loads_the_model_once(
+    site, first_run, tmp_path, monkeypatch
+) -> None:
+    from distributed import Client, Scheduler, SpecCluster, Worker, get_worker
+
+    fields, _out, cache, _ = first_run
+    torch.manual_seed(0)
+    config = ModelConfig(
+        width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1, tile=32, tile_overlap=8
+    )
+    checkpoint = save_checkpoint(Checkpoint(model=FieldFlowNet(config)), tmp_path / "tiny.pt")
+
+    where: dict[str, list[str]] = {"fetch": [], "reconstruct": [], "load": []}
+    real_fetch, real_reconstruct, real_load = (
+        batch.fetch_cached,
+        batch.reconstruct,
+        inference.load_checkpoint,
+    )
+
+    def spy(kind, real):
+        def wrapped(*args, **kwargs):
+            where[kind].append(get_worker().name)
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(batch, "fetch_cached", spy("fetch", real_fetch))
+    monkeypatch.setattr(batch, "reconstruct", spy("reconstruct", real_reconstruct))
+    monkeypatch.setattr(inference, "load_checkpoint", spy("load", real_load))
+    inference.cached_checkpoint.cache_clear()
+
+    workers = {
+        "cpu": {"cls": Worker, "options": {"nthreads": 1}},
+        "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}},
+    }
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": None}}
+    spec = SpecCluster(workers=workers, scheduler=scheduler)
+    settings = Settings(stac_api_url=site.stac_url, cache_dir=cache)
+    start, end = period(site)
+    request = BatchRequest(
+        start=start,
+        end=end,
+        method="model",
+        options=ReconstructOptions(checkpoint=checkpoint, device="cpu"),
+        every_days=7,
+        curve_every_days=7,
+    )
+    with Cluster(Client(spec, set_as_default=False), local=spec) as cluster:
+        assert cluster.info().gpus == 1.0 and cluster.resources_for("model") == {"GPU": 1.0}
+        rows = run_batch(
+            list_fields(fields), request, tmp_path / "out", cluster=cluster, settings=settings
+        )
+    inference.cached_checkpoint.cache_clear()
+    assert [r.status for r in rows] == ["ok"] * 3, [r.error for r in rows]
+    assert len(where["fetch"]) == 3
+    assert where["reconstruct"] == ["gpu"] * 3
+    assert where["load"] == ["gpu"]  # once for the three fields (and the curves)
+    marker = json.loads((tmp_path / "out" / rows[0].field_id / MARKER_FILE).read_text())
+    assert marker["request"]["method"] == "model"
+    assert marker["request"]["options"]["checkpoint"] == str(checkpoint)
+
+
+@pytest.mark.slow
+def test_the_command_line_runs_on_worker_processes_by_default(site, first_run, tmp_path):
+    """A plain ``python -m core batch`` starts a LocalCluster of processes (cube cache hits)."""
+    fields, _out, cache, _ = first_run
+    env = {
+        **os.environ,
+        "STAC_API_URL": site.stac_url,
+        "FIELDFLOW_CACHE_DIR": str(cache),
+    }
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            *batch_args(fields, tmp_path / "out", site, local_mode="processes"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "on tcp://127.0.0.1:" in done.stdout  # worker processes talk over TCP
+    assert "note:" not in done.stderr  # no fallback to threads was needed
+    assert done.stdout.count(": ok in ") == 3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_separately_started_cluster_runs_the_model_on_its_gpu_worker(site, first_run, tmp_path):
+    """The compose topology without Docker: ``dask scheduler``, a CPU ``dask worker`` and one
+    started with ``--resources GPU=1``; ``python -m core batch --scheduler`` sends the model's
+    reconstructions to the GPU worker, which loads the checkpoint once for the three fields."""
+    from distributed import Client
+
+    def model_loads() -> dict[str, int]:
+        """On a worker: how often it loaded a checkpoint, and how often it reused it (a local
+        function, so it travels by value: the workers cannot import this test module)."""
+        from core.model.inference import cached_checkpoint
+
+        info = cached_checkpoint.cache_info()
+        return {"loads": info.misses, "reuses": info.hits}
+
+    fields, _out, cache, _ = first_run
+    torch.manual_seed(0)
+    config = ModelConfig(
+        width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1, tile=32, tile_overlap=8
+    )
+    checkpoint = save_checkpoint(Checkpoint(model=FieldFlowNet(config)), tmp_path / "tiny.pt")
+    env = {**os.environ, "STAC_API_URL": site.stac_url, "FIELDFLOW_CACHE_DIR": str(cache)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        worker = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1"]
+        for name, extra in (("cpu", []), ("gpu", ["--resources", "GPU=1"])):
+            started.append(
+                subprocess.Popen(
+                    [*worker, "--name", name, *extra],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            args = batch_args(fields, tmp_path / "out", site)
+            args[args.index("--scheduler") + 1] = address
+            args[args.index("--method") + 1] = "model"
+            args += ["--checkpoint", str(checkpoint), "--device", "cpu"]
+            done = subprocess.run(
+                [sys.executable, "-m", "core", *args],
+                cwd=REPO_ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"on {address}: 2 workers, 2 threads, 1 GPU" in done.stdout
+            assert done.stdout.count(": ok in ") == 3
+            names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+            loads = {names[a]: n for a, n in client.run(model_loads).items()}
+        assert loads["cpu"] == {"loads": 0, "reuses": 0}
+        assert loads["gpu"]["loads"] == 1 and loads["gpu"]["reuses"] >= 2
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in started:
+            process.wait(timeout=30)

@@ -1,0 +1,458 @@
+"""Batch pieces without a cluster: field ids, the request, resuming, outputs, summary, GPU
+routing and the scheduler connection."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import socket
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from pyproj import Transformer
+from shapely.geometry import LineString, Polygon, box, mapping
+
+from core import batch
+from core.batch import (
+    CURVE_FILE,
+    FRAMES_FILE,
+    MARKER_FILE,
+    SUMMARY_COLUMNS,
+    BatchField,
+    BatchRequest,
+    Fetched,
+    FieldRow,
+    completed_row,
+    failure_message,
+    frame_dates,
+    list_fields,
+    reconstruct_task,
+    summary_csv,
+    unique_ids,
+    write_field_outputs,
+    write_marker,
+)
+from core.config import Settings
+from core.cube import build_cube
+from core.curve import CURVE_COLUMNS
+from core.distributed import (
+    Cluster,
+    ClusterError,
+    connect,
+    gpu_capacity,
+    local_cluster,
+    reconstruct_resources,
+    reconstructor,
+    scheduler_address,
+    submit_reconstruction,
+)
+from core.errors import InputError, NoScenesError
+from core.fetch import FetchResult
+from core.field import Field
+from core.grid import Grid
+from core.reconstruct import ReconstructOptions, reconstruct
+
+SETTINGS = Settings(stac_api_url="http://stac.test/api", cache_dir=Path("/nonexistent"))
+GRID = Grid("EPSG:32631", 10.0, x0=500000.0, y0=5600120.0, width=12, height=12)
+TIMES = np.array(
+    ["2023-05-02T10:30", "2023-05-07T10:30", "2023-05-12T10:30", "2023-05-22T10:30"],
+    dtype="datetime64[ns]",
+)
+TO_LONLAT = Transformer.from_crs(GRID.crs, "EPSG:4326", always_xy=True)
+
+
+def lonlat_box(left: float, bottom: float, right: float, top: float) -> Polygon:
+    """A UTM (EPSG:32631) rectangle as a lon/lat polygon."""
+    ring = box(left, bottom, right, top).exterior.coords
+    return Polygon([TO_LONLAT.transform(x, y) for x, y in ring])
+
+
+# The field holds the centres of pixels rows 2..9, columns 2..9 (8 x 8 = 64 pixels).
+FIELD = Field(lonlat_box(500021.0, 5600021.0, 500099.0, 5600099.0), "Test field")
+
+
+def make_cube() -> object:
+    """4 dates of a 12 x 12 grid: reflectance rising by 0.01 per date; date 2 all cloudy."""
+    s2 = np.full((4, 10, 12, 12), 0.05, dtype=np.float32)
+    s2[:, 6] = 0.30  # B08 (NIR)
+    s2 += (np.arange(4, dtype=np.float32) * 0.01)[:, None, None, None]
+    valid = np.ones((4, 12, 12), dtype=np.uint8)
+    valid[2] = 0
+    return build_cube(
+        s2, TIMES, GRID.y, GRID.x, {"crs": GRID.crs, "resolution_m": 10.0}, valid=valid
+    )
+
+
+def fetch_result(cube: object | None = None) -> FetchResult:
+    return FetchResult(
+        cube=make_cube() if cube is None else cube,
+        grid=GRID,
+        scenes_found={"sentinel-2-l2a": 5, "sentinel-1-rtc": 3},
+        frames_loaded={"s2": 4, "s1": 0},
+        s1_status="none",
+        s1_message="",
+    )
+
+
+REQUEST = BatchRequest(start="2023-05-01", end="2023-05-31", every_days=10)
+
+
+# --- field ids and listing ---------------------------------------------------------------------
+
+
+def test_unique_ids_are_safe_stable_and_case_insensitively_unique() -> None:
+    labels = ["North", "north", None, "a/b c", "..", "North", "  "]
+    assert unique_ids(labels) == [
+        "North",
+        "north-2",
+        "feature-2",
+        "a_b_c",
+        "feature-4",
+        "North-3",
+        "feature-6",
+    ]
+    assert unique_ids(labels) == unique_ids(list(labels))  # same file, same ids (resuming)
+
+
+def _write_geojson(path: Path, features: list[dict]) -> Path:
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def _feature(geometry, **properties) -> dict:
+    return {"type": "Feature", "geometry": mapping(geometry), "properties": properties}
+
+
+def test_list_fields_default_ids_names_then_index_and_keeps_bad_features(tmp_path) -> None:
+    outline = FIELD.geometry
+    path = _write_geojson(
+        tmp_path / "fields.geojson",
+        [
+            _feature(outline, name="West block", code="W1"),
+            _feature(outline, code="X9"),  # no name-like attribute
+            _feature(LineString([(4.0, 50.0), (4.01, 50.01)]), name="A ditch"),
+            _feature(outline, Field="West block"),  # any case of a label key
+        ],
+    )
+    fields = list_fields(path)
+    assert [f.field_id for f in fields] == ["West_block", "feature-1", "A_ditch", "West_block-2"]
+    assert [f.name for f in fields] == ["West block", "feature 1", "A ditch", "West block"]
+    assert [f.index for f in fields] == [0, 1, 2, 3]
+    assert fields[0].field is not None and fields[0].field.key == FIELD.key
+    assert fields[2].field is None and "LineString" in fields[2].error
+
+
+def test_list_fields_id_column_any_case_geojson_id_and_missing_values(tmp_path) -> None:
+    outline = FIELD.geometry
+    features = [_feature(outline, name="a", Parcel="P-1"), _feature(outline, name="b")]
+    features[1]["id"] = "feat-7"
+    path = _write_geojson(tmp_path / "fields.geojson", features)
+    assert [f.field_id for f in list_fields(path, id_column="parcel")] == ["P-1", "feature-1"]
+    assert [f.field_id for f in list_fields(path, id_column="id")] == ["feature-0", "feat-7"]
+    with pytest.raises(InputError, match=r"no column 'crop'.*Parcel.*name"):
+        list_fields(path, id_column="crop")
+
+
+def test_list_fields_reads_a_geopackage_in_order_with_an_id_column(tmp_path) -> None:
+    frame = gpd.GeoDataFrame(
+        {"name": ["one", "two", "three"], "parcel_no": [101, 102, 101]},
+        geometry=[FIELD.geometry] * 3,
+        crs="EPSG:4326",
+    )
+    path = tmp_path / "fields.gpkg"
+    frame.to_file(path, layer="parcels", driver="GPKG")
+    fields = list_fields(path, id_column="PARCEL_NO")
+    assert [f.field_id for f in fields] == ["101", "102", "101-2"]
+    assert [f.name for f in fields] == ["one", "two", "three"]
+    assert all(f.field is not None for f in fields)
+
+
+# --- request -----------------------------------------------------------------------------------
+
+
+def test_request_validates_and_normalises_and_its_fingerprint_ignores_the_device() -> None:
+    request = BatchRequest(start="2023-5-1", end="2023-05-31T00:00")
+    assert (request.start, request.end) == ("2023-05-01", "2023-05-31")
+    with pytest.raises(InputError, match="every-days"):
+        BatchRequest(start="2023-05-01", end="2023-05-31", every_days=0)
+    with pytest.raises(InputError, match="ends"):
+        BatchRequest(start="2023-05-31", end="2023-05-01")
+    with pytest.raises(InputError, match="samples"):
+        BatchRequest(start="2023-05-01", end="2023-05-31", options=ReconstructOptions(samples=0))
+    cpu = BatchRequest(
+        start="2023-05-01", end="2023-05-31", options=ReconstructOptions(device="cpu")
+    )
+    gpu = BatchRequest(
+        start="2023-05-01", end="2023-05-31", options=ReconstructOptions(device="cuda")
+    )
+    assert cpu.fingerprint(FIELD, SETTINGS) == gpu.fingerprint(FIELD, SETTINGS)
+    other = BatchRequest(start="2023-05-01", end="2023-05-31", method="whittaker")
+    assert other.fingerprint(FIELD, SETTINGS) != cpu.fingerprint(FIELD, SETTINGS)
+    fingerprint = cpu.fingerprint(FIELD, SETTINGS)
+    assert fingerprint == json.loads(json.dumps(fingerprint))  # plain JSON, compares after I/O
+    assert fingerprint["field_key"] == FIELD.key
+    assert fingerprint["stac_api_url"] == SETTINGS.stac_api_url
+
+
+def test_frame_dates_are_acquisitions_plus_regular_days_inside_the_cube_period() -> None:
+    days = frame_dates(make_cube(), "2023-05-01", "2023-05-31", 10)
+    # regular: 05-01 (before the first acquisition), 05-11, 05-21, 05-31 (after the last)
+    expected = ["2023-05-02", "2023-05-07", "2023-05-11", "2023-05-12", "2023-05-21", "2023-05-22"]
+    assert [str(d) for d in days.astype("datetime64[D]")] == expected
+    assert days.dtype == np.dtype("datetime64[ns]")
+
+
+# --- outputs and resuming ----------------------------------------------------------------------
+
+
+def test_outputs_are_correct_and_the_marker_is_written_last(tmp_path, monkeypatch) -> None:
+    replaced: list[str] = []
+    real_replace = os.replace
+
+    def spy(src, dst, *args, **kwargs):
+        replaced.append(Path(dst).name)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", spy)
+    folder = tmp_path / "field"
+    fingerprint = REQUEST.fingerprint(FIELD, SETTINGS)
+    row = write_field_outputs(
+        FIELD, fetch_result(), REQUEST, folder, fingerprint, "field", "Test field"
+    )
+    assert replaced[-1] == MARKER_FILE
+    assert set(replaced) == {FRAMES_FILE, CURVE_FILE, MARKER_FILE}
+
+    with (folder / CURVE_FILE).open() as handle:
+        curve = list(csv.DictReader(handle))
+    assert list(curve[0]) == list(CURVE_COLUMNS)
+    assert [r["date"] for r in curve][:2] == ["2023-05-02", "2023-05-03"]
+    assert len(curve) == 21  # daily 05-02 .. 05-22 (the cube's period)
+    # NDVI of date 0: (0.30 - 0.05) / (0.30 + 0.05) on all 64 field pixels
+    assert float(curve[0]["ndvi"]) == pytest.approx(0.25 / 0.35, abs=1e-4)
+    assert curve[0]["source"] == "observed" and float(curve[0]["clear_fraction"]) == 1.0
+    with rasterio.open(folder / FRAMES_FILE) as src:
+        assert src.count == 6 * 11
+        assert src.transform == GRID.transform
+        assert src.descriptions[0] == "2023-05-02 B02"
+
+    assert row.status == "ok"
+    assert (row.scenes_s2, row.scenes_s1, row.s1_status, row.frames) == (5, 3, "none", 6)
+    assert row.clear_fraction_mean == pytest.approx(0.75)  # 3 of 4 dates clear
+    # NDVI rises with the date (both bands +0.01): (0.33 - 0.08) / 0.41 ~ 0.6098 is lower,
+    # so the peak is on the first day.
+    assert (row.ndvi_peak_date, round(row.ndvi_peak, 4)) == ("2023-05-02", 0.7143)
+    assert completed_row(folder, fingerprint) == FieldRow(
+        **{**row.__dict__, "status": "skipped", "seconds": 0.0}
+    )
+
+
+@pytest.mark.parametrize(
+    "damage", ["no marker", "changed output", "missing output", "other request", "bad json"]
+)
+def test_incomplete_outputs_are_not_skipped(tmp_path, damage) -> None:
+    folder = tmp_path / "field"
+    folder.mkdir()
+    (folder / CURVE_FILE).write_text("date,ndvi\n2023-05-02,0.5\n")
+    (folder / FRAMES_FILE).write_bytes(b"frames")
+    fingerprint = REQUEST.fingerprint(FIELD, SETTINGS)
+    row = FieldRow("field", "Test field", "ok", scenes_s2=5, frames=3, seconds=2.5)
+    write_marker(folder, fingerprint, row)
+    assert completed_row(folder, fingerprint) is not None
+    if damage == "no marker":
+        (folder / MARKER_FILE).unlink()
+    elif damage == "changed output":
+        (folder / FRAMES_FILE).write_bytes(b"FRAMES")  # same size, other bytes
+    elif damage == "missing output":
+        (folder / CURVE_FILE).unlink()
+    elif damage == "other request":
+        fingerprint = {**fingerprint, "end": "2023-06-30"}
+    else:
+        (folder / MARKER_FILE).write_text("{not json")
+    assert completed_row(folder, fingerprint) is None
+
+
+def test_a_failure_mid_way_leaves_no_marker_and_the_field_is_redone(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "field"
+    fingerprint = REQUEST.fingerprint(FIELD, SETTINGS)
+    write_field_outputs(FIELD, fetch_result(), REQUEST, folder, fingerprint, "field", "F")
+    other = BatchRequest(start="2023-05-01", end="2023-05-31", every_days=3)
+    other_print = other.fingerprint(FIELD, SETTINGS)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(batch, "write_curve_csv", broken)
+    item = BatchField(0, "field", "F", FIELD)
+    row = reconstruct_task(
+        Fetched(fetch_result(), seconds=1.0), item, other, str(folder), other_print
+    )
+    assert row.status == "failed" and row.error == "OSError: disk full"
+    assert row.scenes_s2 == 5 and row.seconds >= 1.0
+    assert not (folder / MARKER_FILE).exists()  # the old marker went first
+    assert (folder / FRAMES_FILE).exists()  # a partial output, not vouched for
+    assert completed_row(folder, fingerprint) is None and completed_row(folder, other_print) is None
+
+    monkeypatch.undo()
+    row = reconstruct_task(Fetched(fetch_result()), item, other, str(folder), other_print)
+    assert row.status == "ok"
+    assert completed_row(folder, other_print) is not None
+    with rasterio.open(folder / FRAMES_FILE) as src:
+        assert src.count == 11 * frame_dates(make_cube(), other.start, other.end, 3).size
+
+
+def test_failed_fetch_and_failures_outside_fieldflow_are_reported(tmp_path) -> None:
+    item = BatchField(2, "far", "Far away", FIELD)
+    message = "No sentinel-2-l2a scenes cover the field."
+    row = reconstruct_task(Fetched(None, message, 0.4), item, REQUEST, str(tmp_path), {})
+    assert (row.status, row.error, row.seconds) == ("failed", message, 0.4)
+    assert failure_message(NoScenesError(message)) == message
+    assert failure_message(ValueError("bad value\nmore detail")) == "ValueError: bad value"
+    assert failure_message(KeyError()) == "KeyError"
+
+
+def test_a_field_covering_no_pixel_centre_fails_with_a_message(tmp_path) -> None:
+    tiny = Field(lonlat_box(500026.0, 5600026.0, 500034.0, 5600034.0), "Tiny")
+    with pytest.raises(InputError, match="covers no pixel centre"):
+        write_field_outputs(
+            tiny, fetch_result(), REQUEST, tmp_path, REQUEST.fingerprint(tiny, SETTINGS), "t", "T"
+        )
+
+
+# --- summary -----------------------------------------------------------------------------------
+
+
+def test_summary_rows_and_lines() -> None:
+    rows = [
+        FieldRow("west", "West", "ok", 8, 6, "loaded", 17, 0.4567, "2023-07-01", 0.81234, 4.26),
+        FieldRow("east", "East", "skipped", 8, None, "skipped", 17, 0.5, "2023-07-03", 0.8),
+        FieldRow("far", "Far", "failed", seconds=0.35, error="No scenes, try later."),
+    ]
+    table = list(csv.DictReader(io.StringIO(summary_csv(rows))))
+    assert list(table[0]) == list(SUMMARY_COLUMNS)
+    assert table[0] == {
+        "field_id": "west",
+        "name": "West",
+        "status": "ok",
+        "scenes_s2": "8",
+        "scenes_s1": "6",
+        "s1_status": "loaded",
+        "frames": "17",
+        "clear_fraction_mean": "0.457",
+        "ndvi_peak_date": "2023-07-01",
+        "ndvi_peak": "0.8123",
+        "seconds": "4.3",
+        "error": "",
+    }
+    assert table[1]["scenes_s1"] == "" and table[1]["status"] == "skipped"
+    assert table[2]["error"] == "No scenes, try later." and table[2]["frames"] == ""
+    assert rows[0].line() == (
+        "west: ok in 4.3 s (8 S2 / 6 S1 scenes, 17 frames, 46% clear, NDVI peak 0.81 on 2023-07-01)"
+    )
+    assert rows[1].line().startswith("east: skipped, complete from an earlier run (")
+    assert rows[2].line() == "far: failed after 0.3 s: No scenes, try later."
+
+
+# --- GPU routing and the scheduler -------------------------------------------------------------
+
+
+def _info(*resources: dict[str, float]) -> dict:
+    return {
+        "workers": {
+            f"tcp://10.0.0.{i}:4000": {"nthreads": 2, "resources": r}
+            for i, r in enumerate(resources)
+        }
+    }
+
+
+def test_gpu_is_requested_only_for_the_model_on_clusters_with_gpu_workers() -> None:
+    cpu_only, mixed = _info({}, {}), _info({}, {"GPU": 1}, {"GPU": 2.0})
+    assert gpu_capacity({}) == 0.0 and gpu_capacity(cpu_only) == 0.0
+    assert gpu_capacity(mixed) == 3.0
+    assert reconstruct_resources(mixed, "model") == {"GPU": 1.0}
+    assert reconstruct_resources(cpu_only, "model") is None
+    assert reconstruct_resources(mixed, "linear") is None
+    assert reconstruct_resources(mixed, "whittaker") is None
+    assert reconstruct_resources(_info({"GPU": 0}), "model") is None
+    assert reconstruct_resources({"workers": {"w": {}}}, "model") is None
+
+
+def test_scheduler_address_comes_from_the_environment() -> None:
+    assert scheduler_address({}) is None
+    assert scheduler_address({"DASK_SCHEDULER_ADDRESS": "  "}) is None
+    assert scheduler_address({"DASK_SCHEDULER_ADDRESS": " tcp://s:8786 "}) == "tcp://s:8786"
+    with pytest.raises(InputError, match="DASK_SCHEDULER_ADDRESS"):
+        connect(environ={})
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_within_the_timeout() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ClusterError, match=rf"tcp://127.0.0.1:{port} within 1 s.*dask scheduler"):
+        connect(environ={"DASK_SCHEDULER_ADDRESS": f"tcp://127.0.0.1:{port}"}, timeout_s=1.0)
+
+
+# --- the cluster wrapper -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def threads_cluster():
+    with local_cluster(2, processes=False) as cluster:
+        yield cluster
+
+
+def test_submit_reconstruction_matches_a_local_call_and_passes_errors_back(threads_cluster):
+    cube = make_cube()
+    dates = np.array(["2023-05-04", "2023-05-12"], dtype="datetime64[ns]")
+    remote = submit_reconstruction(threads_cluster, cube, dates, "linear")
+    local = reconstruct(cube, dates, "linear")
+    xr.testing.assert_identical(remote, local)
+    # 05-04 00:00 lies (2 days - 10.5 h) / 5 days of the way from 0.05 (05-02) to 0.06 (05-07)
+    expected = 0.05 + 0.01 * (2 - 10.5 / 24) / 5
+    assert float(remote["s2"].sel(band="B02").values[0, 5, 5]) == pytest.approx(expected)
+    info = threads_cluster.info()
+    assert (info.workers, info.threads, info.gpus) == (2, 2, 0.0)
+    assert info.describe().endswith(": 2 workers, 2 threads, no GPU workers")
+    with pytest.raises(InputError, match="outside the cube's period"):
+        submit_reconstruction(threads_cluster, cube, np.array(["2024-01-01"], "M8[ns]"), "linear")
+    assert reconstructor(None) is reconstruct
+    on_cluster = reconstructor(threads_cluster)
+    xr.testing.assert_identical(on_cluster(cube, dates, "linear", ReconstructOptions()), local)
+
+
+def test_a_scheduler_without_workers_is_a_clear_error() -> None:
+    from distributed import Client, LocalCluster
+
+    empty = LocalCluster(n_workers=0, processes=False, dashboard_address=None)
+    with (
+        Cluster(Client(empty, set_as_default=False), local=empty) as cluster,
+        pytest.raises(ClusterError, match=r"has no workers.*dask worker"),
+    ):
+        submit_reconstruction(cluster, make_cube(), TIMES[:1], "linear")
+    with pytest.raises(InputError, match="at least 1 worker"):
+        local_cluster(0)
+
+
+def test_streamlit_can_cache_the_wrapper_but_not_a_bare_client(threads_cluster) -> None:
+    import streamlit as st
+    from streamlit.runtime.caching.cache_errors import CachedFunctionReturnedAwaitableError
+
+    @st.cache_resource
+    def wrapper() -> Cluster:
+        return threads_cluster
+
+    @st.cache_resource
+    def bare() -> object:
+        return threads_cluster.client
+
+    assert wrapper() is wrapper() is threads_cluster
+    with pytest.raises(CachedFunctionReturnedAwaitableError):
+        bare()
+    wrapper.clear()
+    bare.clear()
