@@ -9,6 +9,8 @@
 * :func:`day_view`: one reconstructed day for the "Query date", cached per (result, day).
 * :func:`model`: the model is loaded once per process.
 * :func:`stac_available`: whether the STAC API answers, checked at most once a minute.
+* :func:`reconstructor`: with ``DASK_SCHEDULER_ADDRESS`` set, reconstructions run on that Dask
+  cluster (its GPU workers when it has some); the client is made once per process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import streamlit as st
 
 from core.config import Settings
 from core.demo import DemoPreset, demo_preset, stac_reachable
+from core.distributed import Cluster, connect, scheduler_address
+from core.distributed import reconstructor as cluster_reconstructor
+from core.reconstruct import Reconstructor
 from core.season import (
     DayView,
     SeasonRequest,
@@ -47,6 +52,22 @@ def model(device: str) -> object:
     return load_model(device)
 
 
+@st.cache_resource(show_spinner="Connecting to the Dask cluster…")
+def cluster(address: str) -> Cluster:
+    """The client of the cluster at ``address``, once per process."""
+    return connect(address)
+
+
+def reconstructor() -> Reconstructor:
+    """Where Run reconstructs: the cluster at ``DASK_SCHEDULER_ADDRESS``, else this process.
+
+    Raises:
+        ClusterError: the scheduler is set but cannot be reached (the page shows the message).
+    """
+    address = scheduler_address()
+    return cluster_reconstructor(cluster(address) if address else None)
+
+
 @st.cache_data(ttl=60, show_spinner=False)
 def stac_available(url: str) -> bool:
     """Whether the STAC API at ``url`` answers (re-checked after a minute)."""
@@ -65,13 +86,16 @@ def season(request: SeasonRequest, config: Settings) -> SeasonResult:
     Raises:
         FieldFlowError: with a message for the user; the progress box shows the failure.
     """
-    if request.method == "model":
+    runner = reconstructor()
+    if request.method == "model" and scheduler_address() is None:
         model(request.options.device)
-    return _season(request.key(config.stac_api_url), request, config)
+    return _season(request.key(config.stac_api_url), request, config, runner)
 
 
 @st.cache_data(max_entries=SEASON_CACHE_ENTRIES, show_spinner=False)
-def _season(key: str, _request: SeasonRequest, _config: Settings) -> SeasonResult:
+def _season(
+    key: str, _request: SeasonRequest, _config: Settings, _runner: Reconstructor
+) -> SeasonResult:
     # Every element drawn here is recorded and replayed on a cache hit, so the progress panel
     # is made of placeholders created here (a status box's label updates would not replay).
     del key  # the cache key: names everything in _request and the STAC URL
@@ -92,7 +116,7 @@ def _season(key: str, _request: SeasonRequest, _config: Settings) -> SeasonResul
         bar.progress(fraction, text=f"{stage}: {done} of {total}")
 
     try:
-        result = compute_season(_request, _config, progress=report)
+        result = compute_season(_request, _config, progress=report, reconstructor=_runner)
     except Exception:
         headline.markdown(f"**Stopped while {last['stage'] or 'starting'}.**")
         raise
@@ -110,4 +134,4 @@ def _season(key: str, _request: SeasonRequest, _config: Settings) -> SeasonResul
 def day_view(result_key: str, day: dt.date, _result: SeasonResult) -> DayView:
     """One day of a result, reconstructed on demand (cached per result and day)."""
     del result_key
-    return core_day_view(_result, day)
+    return core_day_view(_result, day, reconstructor())

@@ -34,7 +34,7 @@ import xarray as xr
 from core.cube import bands_present, validate_cube
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
-from core.reconstruct import ReconstructOptions, reconstruct
+from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates
 
@@ -63,6 +63,7 @@ def ndvi_curve(
     method: str = "linear",
     options: ReconstructOptions | None = None,
     field_mask: np.ndarray | None = None,
+    reconstructor: Reconstructor = reconstruct,
 ) -> pd.DataFrame:
     """The field's NDVI curve from ``start`` to ``end`` (clipped to the cube's S2 period).
 
@@ -76,6 +77,7 @@ def ndvi_curve(
         method: a reconstruction method name (see :func:`core.reconstruct.available_methods`).
         options: reconstruction options (samples, seed, ...).
         field_mask: bool (H, W), the field's pixels; by default every pixel that holds data.
+        reconstructor: runs the reconstructions (default in-process; see core.distributed).
 
     Returns:
         DataFrame with :data:`CURVE_COLUMNS`, one row per query day; ``date`` is datetime64.
@@ -97,7 +99,7 @@ def ndvi_curve(
 
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
     for chunk in _chunks(dates.size, _dates_per_chunk(cube, options.samples)):
-        result = reconstruct(cube, dates[chunk], method=method, options=options)
+        result = reconstructor(cube, dates[chunk], method, options)
         mean[chunk] = _field_mean(result["ndvi"].values, mask)
         if options.samples > 1:
             p10[chunk] = _field_mean(result["ndvi_p10"].values, mask)

@@ -27,12 +27,12 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ClusterError, InputError
-from core.reconstruct import ReconstructOptions, reconstruct
+from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,9 +49,6 @@ CONNECT_TIMEOUT_S = 5.0
 """Default time allowed to reach a scheduler."""
 RESULT_TIMEOUT_S = 900.0
 """Default time :func:`submit_reconstruction` waits for its result."""
-
-Reconstructor = Callable[..., "xr.Dataset"]
-"""``(cube, dates, method, options) -> reconstruction``, as :func:`core.reconstruct.reconstruct`."""
 
 
 def scheduler_address(environ: Mapping[str, str] | None = None) -> str | None:

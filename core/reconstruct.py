@@ -74,6 +74,10 @@ class Prediction:
 Method = Callable[[xr.Dataset, np.ndarray, ReconstructOptions], Prediction]
 """A method: (observations, query times datetime64[ns] (Q,), options) -> Prediction."""
 
+Reconstructor = Callable[..., xr.Dataset]
+"""Anything with :func:`reconstruct`'s signature ``(cube, dates, method, options)``: the function
+itself, or one that runs it on a Dask cluster (:func:`core.distributed.reconstructor`)."""
+
 # name -> "module:function"; imported only when used, so the baselines never load torch.
 METHODS: dict[str, str] = {
     "linear": "core.baselines:linear_method",

@@ -45,7 +45,7 @@ from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
-from core.reconstruct import ReconstructOptions, available_methods, reconstruct
+from core.reconstruct import ReconstructOptions, Reconstructor, available_methods, reconstruct
 from core.render import (
     LonLatWarp,
     display_scale,
@@ -280,6 +280,7 @@ def compute_season(
     client: StacClient | None = None,
     signer: Signer | None = None,
     cache: CubeCache | None = None,
+    reconstructor: Reconstructor = reconstruct,
 ) -> SeasonResult:
     """Fetch (or read) the cube and compute everything the viewer shows.
 
@@ -288,6 +289,9 @@ def compute_season(
         settings: STAC URL, cache folder, limits.
         progress: called as ``(stage, done, total)`` throughout.
         client, signer, cache: seams for tests; see :func:`core.cache.fetch_cached`.
+        reconstructor: runs the reconstructions: in-process by default, or on a Dask cluster
+            (:func:`core.distributed.reconstructor`, used by the app when
+            ``DASK_SCHEDULER_ADDRESS`` is set).
 
     Raises:
         FieldFlowError subclasses: bad field or period, no scenes, network trouble, broken
@@ -324,7 +328,9 @@ def compute_season(
     report(stage, 0, len(days))
     for lo in range(0, len(days), RECONSTRUCT_CHUNK):
         chunk = days[lo : lo + RECONSTRUCT_CHUNK]
-        result = reconstruct(cube, chunk.astype("datetime64[ns]"), request.method, request.options)
+        result = reconstructor(
+            cube, chunk.astype("datetime64[ns]"), request.method, request.options
+        )
         for qi, day in enumerate(chunk):
             frames.append(
                 _frame_view(cube, result.isel(time=qi), mask, day, scale, warp, radar_of_day)
@@ -341,6 +347,7 @@ def compute_season(
         method=request.method,
         options=request.options,
         field_mask=mask,
+        reconstructor=reconstructor,
     )
     reference = whittaker_reference(curve)
     if reference.empty:
@@ -394,7 +401,9 @@ def whittaker_reference(curve: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"date": curve["date"].to_numpy(), "ndvi": smoothed[:, 0]})
 
 
-def reconstruct_day(result: SeasonResult, day: dt.date) -> xr.Dataset:
+def reconstruct_day(
+    result: SeasonResult, day: dt.date, reconstructor: Reconstructor = reconstruct
+) -> xr.Dataset:
     """Reconstruct one day of a season with its request's method and options.
 
     Raises:
@@ -407,12 +416,14 @@ def reconstruct_day(result: SeasonResult, day: dt.date) -> xr.Dataset:
         )
     request = result.request
     query = np.array([np.datetime64(day, "ns")])
-    return reconstruct(result.cube, query, request.method, request.options).isel(time=0)
+    return reconstructor(result.cube, query, request.method, request.options).isel(time=0)
 
 
-def day_view(result: SeasonResult, day: dt.date) -> DayView:
+def day_view(
+    result: SeasonResult, day: dt.date, reconstructor: Reconstructor = reconstruct
+) -> DayView:
     """Pictures and field NDVI of any day in the period (reconstructed on demand)."""
-    frame = reconstruct_day(result, day)
+    frame = reconstruct_day(result, day, reconstructor)
     row = result.curve_row(day)
     rgb, ndvi_img, spread = _recon_colours(frame)
     scale = result.scale

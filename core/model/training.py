@@ -340,7 +340,13 @@ def train(
         while len(episodes) < config.batch_size:
             s = usable[rng.integers(0, len(usable))]
             ep = make_episode(
-                s, min(n_frames, s.clear_s2.shape[0]), config.crop, rng, config.s1_dropout
+                s,
+                min(n_frames, s.clear_s2.shape[0]),
+                config.crop,
+                rng,
+                config.s1_dropout,
+                config.max_s1_frames,
+                config.band_dropout,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape

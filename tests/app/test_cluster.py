@@ -1,0 +1,46 @@
+"""With DASK_SCHEDULER_ADDRESS set, Run reconstructs on that Dask cluster (a real one here)."""
+
+from __future__ import annotations
+
+import pytest
+from distributed import LocalCluster
+
+from tests.app.test_page import OpenPage, button, no_exceptions, state, texts
+
+
+@pytest.fixture
+def scheduler():
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        yield cluster
+
+
+def test_run_reconstructs_on_the_cluster_named_by_the_environment(
+    open_page: OpenPage, scheduler: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", scheduler.scheduler_address)
+    page = open_page()
+    button(page, "Demo field").click().run()
+    button(page, "Run").click().run()
+    no_exceptions(page)
+    assert not page.error, texts(page, "error")
+    assert state(page).result is not None
+    finished = {
+        str(key)
+        for key, _start, finish, *_ in scheduler.scheduler.transition_log
+        if finish == "memory"
+    }
+    assert sum(key.startswith("fieldflow-reconstruct-") for key in finished) >= 2, finished
+
+
+def test_an_unreachable_scheduler_is_a_clear_message(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:9")
+    page = open_page()
+    button(page, "Demo field").click().run()
+    button(page, "Run").click().run()
+    no_exceptions(page)
+    assert any("Dask scheduler" in t for t in texts(page, "error")), texts(page, "error")
+    assert state(page).result is None
