@@ -91,7 +91,9 @@ def test_first_page_offers_field_inputs_and_waits_for_a_field(open_page: OpenPag
     end = page.date_input(key="period_end").value
     assert end == dt.date.today() and 364 <= (end - start).days <= 366
     assert page.text_input(key="location_text").label == "Go to (lat, lon)"
-    assert page.selectbox(key="method").value == "linear"  # no model checkpoint in the repo
+    method = page.selectbox(key="method")
+    assert method.value == "model"  # the shipped checkpoint is the default
+    assert {"model", "linear", "whittaker"} <= set(method.options)
     assert "No field yet." in texts(page, "info")
 
 
