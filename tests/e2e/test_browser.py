@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from shapely.geometry import mapping
 
+from core.cube import S2_BANDS
 from core.curve import CURVE_COLUMNS
 from core.export import read_geotiff_bands
 from core.field import Field, field_from_geojson
@@ -191,7 +192,8 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
     # Clicking a clear observation on the chart selects its date (slider and query date).
     chart = page.locator('[data-testid="stPlotlyChart"]')
     chart.scroll_into_view_if_needed()
-    clear_points = chart.locator("g.trace.scatter").nth(1).locator("path.point")
+    # Clear observations are the dark-blue markers (#08306b), whatever traces come before them.
+    clear_points = chart.locator('path.point[style*="rgb(8, 48, 107)"]')
     before_label = slider.get_attribute("aria-valuetext")
     clear_points.first.click(force=True)
     wait_idle(page)
@@ -229,8 +231,13 @@ def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_err
     with page.expect_download() as info:
         page.get_by_role("button", name=f"Download frame {day} (GeoTIFF)").click()
     bands, meta = read_geotiff_bands(Path(info.value.path()).read_bytes())
-    assert bands.shape[0] == 11 and meta["crs"] == site.crs and meta["tags"]["date"] == day
-    assert np.isfinite(bands[10]).mean() > 0.5  # NDVI over most of the grid
+    # The default method (the shipped model) samples, so the NDVI band comes with p10 and p90.
+    assert meta["names"] == [*S2_BANDS, "NDVI", "NDVI_p10", "NDVI_p90"]
+    assert bands.shape[0] == 13 and meta["crs"] == site.crs and meta["tags"]["date"] == day
+    ndvi, p10, p90 = bands[10], bands[11], bands[12]
+    assert np.isfinite(ndvi).mean() > 0.5  # NDVI over most of the grid
+    both = np.isfinite(ndvi) & np.isfinite(p10) & np.isfinite(p90)
+    assert (p10[both] <= p90[both] + 1e-6).all()
     with page.expect_download() as info:
         page.get_by_role("button", name="Download field (GeoJSON)").click()
     field = field_from_geojson(Path(info.value.path()).read_bytes())
