@@ -1,6 +1,6 @@
 """Print the README's evaluation tables (markdown) from `python -m core evaluate --json` files.
 
-    python benchmarks/readme_tables.py benchmarks/baselines_eval.json [benchmarks/model_eval.json]
+python benchmarks/readme_tables.py benchmarks/baselines_eval.json [benchmarks/model_eval.json]
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -18,7 +19,7 @@ def main(paths: list[str]) -> None:
     rows = defaultdict(dict)
     methods: list[str] = []
     for path in paths:
-        data = json.load(open(path, encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
         for row in data["rows"]:
             if row["status"] != "ok":
                 continue

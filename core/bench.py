@@ -95,6 +95,8 @@ class BenchResult:
     cuda_peak_mib: float | None = None
     input_mib: float | None = None
     """Size of the input reflectance array (T, 10, H, W) float32."""
+    n_s1_dates: int | None = None
+    """Sentinel-1 dates of the input (all of the source's within the S2 span)."""
     error: str | None = None
 
 
@@ -227,6 +229,7 @@ def measure_case(case: BenchCase) -> BenchResult:
     query = query_dates(cube, case.n_queries)
     options = ReconstructOptions(samples=case.samples, device=case.device)
     input_mib = cube["s2"].values.nbytes / MIB
+    n_s1 = cube.sizes.get("time_s1", 0) if "s1" in cube else 0
     gc.collect()
     _release_free_memory()
     exact = _reset_peak_rss()
@@ -260,6 +263,7 @@ def measure_case(case: BenchCase) -> BenchResult:
         traced_peak_mib=traced_peak,
         cuda_peak_mib=cuda_peak,
         input_mib=input_mib,
+        n_s1_dates=n_s1,
     )
 
 
@@ -414,8 +418,8 @@ def format_bench_table(results: Sequence[BenchResult], machine: dict[str, str]) 
             f"time: median of 'calls' calls; samples {c.samples}; device {c.device}"
         )
     header = (
-        f"{'method':<10} {'size':>5} {'dates':>5} {'input MiB':>9} {'calls':>5} {'time s':>8} "
-        f"{'base MiB':>8} {'+peak RSS MiB':>13} {'traced MiB':>10} {'CUDA MiB':>8}"
+        f"{'method':<10} {'size':>5} {'dates':>5} {'S1':>4} {'input MiB':>9} {'calls':>5} "
+        f"{'time s':>8} {'base MiB':>8} {'+peak RSS MiB':>13} {'traced MiB':>10} {'CUDA MiB':>8}"
     )
     lines += ["", header, "-" * len(header)]
     for r in results:
@@ -424,7 +428,8 @@ def format_bench_table(results: Sequence[BenchResult], machine: dict[str, str]) 
             lines.append(f"{start} error: {r.error}")
             continue
         lines.append(
-            f"{start} {_cell(r.input_mib, 1):>9} {len(r.seconds_all):>5} {_cell(r.seconds, 3):>8} "
+            f"{start} {r.n_s1_dates if r.n_s1_dates is not None else '-':>4} "
+            f"{_cell(r.input_mib, 1):>9} {len(r.seconds_all):>5} {_cell(r.seconds, 3):>8} "
             f"{_cell(r.base_rss_mib, 0):>8} {_cell(r.peak_rss_mib, 1):>13} "
             f"{_cell(r.traced_peak_mib, 1):>10} "
             f"{_cell(r.cuda_peak_mib, 1):>8}"

@@ -29,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--width", type=int, default=None, help="token width")
     parser.add_argument("--depth", type=int, default=None, help="transformer blocks")
+    parser.add_argument(
+        "--smooth-features",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="feed the leave-one-out kernel smoother as input channels (default: on)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
@@ -60,7 +66,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config = replace(
             train_config, steps=10, batch_size=2, crop=16, min_frames=6, max_frames=8
         )
-    overrides = {"width": args.width, "depth": args.depth}
+    overrides = {
+        "width": args.width,
+        "depth": args.depth,
+        "smooth_features": args.smooth_features,
+    }
     model_config = replace(model_config, **{k: v for k, v in overrides.items() if v is not None})
     if args.steps is not None:
         train_config = replace(train_config, steps=args.steps)
@@ -93,7 +103,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     model, record = train(training, model_config, train_config, device=device, progress=progress)
     model = model.cpu()
-    episodes = validation_episodes(validation, args.validation_episodes, train_config, seed=1234)
+    episodes = validation_episodes(
+        validation,
+        args.validation_episodes,
+        train_config,
+        seed=1234,
+        smooth_features=model_config.smooth_features,
+    )
     figures = calibrate(model, episodes, seed=train_config.seed)
     record.update(
         data=str(Path(data).resolve()),

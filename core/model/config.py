@@ -43,6 +43,9 @@ class ModelConfig:
     """Overlap between neighbouring tiles, blended with linear ramps."""
     default_steps: int = 8
     """ODE steps of the flow head when the caller does not choose."""
+    smooth_features: bool = True
+    """Feed the leave-one-out kernel smoother as extra S2 channels (see core.model.features);
+    checkpoints written before this option existed have it off."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -50,6 +53,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
+        data = {"smooth_features": False, **data}  # older checkpoints: no smoother channels
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

@@ -10,7 +10,12 @@ Per S2 frame and pixel the model gets (channel order of :func:`s2_channels`):
   clear observations only, so at a clear training frame it shows how the frame departs from
   the trend (with ordinary interpolation the model only ever sees the frame itself there);
 * which bands the cube has x 10;
-* days to the previous and next clear observation (log-scaled), day of year (sin, cos).
+* days to the previous and next clear observation (log-scaled), day of year (sin, cos);
+* with ``ModelConfig.smooth_features``: a *leave-one-out* Gaussian-kernel smoother in time
+  x 10 bands (bandwidth :data:`SMOOTH_BANDWIDTH_DAYS`): an average of every other clear
+  observation nearby, so a long gap between two noisy frames is not bridged by those two
+  alone (what the Whittaker smoother does better than linear interpolation), and the kernel
+  weight it rests on (how much clear data is near that date).
 
 Per S1 frame: VV, VH and VV - VH in dB minus their per-pixel mean over the series (so GRD
 sigma0 and RTC gamma0, which differ mostly by a per-pixel factor, look alike), a data flag,
@@ -37,7 +42,19 @@ S1_MARGIN_DAYS = 12.0
 """S1 frames this many days beyond a window's first/last S2 frame still belong to it."""
 N_BANDS = 10
 S2_CHANNELS = 3 * N_BANDS + 5
+"""S2 channels without the smoother features."""
+S2_SMOOTH_CHANNELS = N_BANDS + 1
+"""Channels the smoother features add."""
 S1_CHANNELS = 7
+SMOOTH_BANDWIDTH_DAYS = 20.0
+"""Standard deviation of the smoother's Gaussian kernel in time."""
+SMOOTH_REACH = 3.0
+"""Frames beyond this many bandwidths are left out of the smoother."""
+
+
+def s2_channel_count(smooth_features: bool) -> int:
+    """Number of S2 input channels of a model with or without the smoother features."""
+    return S2_CHANNELS + (S2_SMOOTH_CHANNELS if smooth_features else 0)
 
 
 @dataclass(frozen=True)
@@ -137,6 +154,36 @@ def interpolate_at_frames(
     return out.astype(np.float32), d_prev.astype(np.float32), d_next.astype(np.float32)
 
 
+def kernel_smooth_loo(
+    values: np.ndarray, days: np.ndarray, bandwidth: float = SMOOTH_BANDWIDTH_DAYS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out Gaussian-kernel average in time of every pixel and band.
+
+    Args:
+        values: (T, B, H, W), NaN = missing.
+        days: (T,) frame times in days (any order).
+        bandwidth: kernel standard deviation in days.
+
+    Returns:
+        the smoothed values (T, B, H, W), NaN where no other observation lies within reach,
+        and the kernel weight behind each value (T, B, H, W).
+    """
+    observed = np.isfinite(values)
+    n = values.shape[0]
+    filled = np.where(observed, values, 0.0).astype(np.float32).reshape(n, -1)
+    offset = (np.asarray(days, np.float64)[:, None] - np.asarray(days, np.float64)[None, :]) / (
+        bandwidth
+    )
+    kernel = np.where(np.abs(offset) <= SMOOTH_REACH, np.exp(-0.5 * offset**2), 0.0)
+    np.fill_diagonal(kernel, 0.0)  # leave each frame out of its own estimate
+    kernel = kernel.astype(np.float32)
+    total = (kernel @ filled).reshape(values.shape)
+    weight = (kernel @ observed.astype(np.float32).reshape(n, -1)).reshape(values.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        smooth = np.where(weight > 1e-3, total / weight, np.nan)
+    return smooth.astype(np.float32), weight
+
+
 def _gap_feature(days_to: np.ndarray) -> np.ndarray:
     capped = np.minimum(np.nan_to_num(days_to, nan=GAP_CAP_DAYS, posinf=GAP_CAP_DAYS), GAP_CAP_DAYS)
     return (np.log1p(capped) / np.log1p(GAP_CAP_DAYS)).astype(np.float32)
@@ -150,12 +197,13 @@ def fill_missing(interp: np.ndarray, band_present: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(interp), interp, band_mean[None, :, None, None]).astype(np.float32)
 
 
-def s2_channels(frames: Frames) -> tuple[np.ndarray, np.ndarray]:
+def s2_channels(frames: Frames, smooth_features: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Network input of the S2 frames and the interpolation the output corrects.
 
     Returns:
-        channels (T, S2_CHANNELS, H, W) float32 and ``base`` (T, 10, H, W): the filled
-        leave-one-out interpolation in model units (reflectance x REFL_SCALE).
+        channels (T, s2_channel_count(smooth_features), H, W) float32 and ``base``
+        (T, 10, H, W): the filled leave-one-out interpolation in model units (reflectance x
+        REFL_SCALE).
     """
     s2 = frames.s2
     n, _, height, width = s2.shape
@@ -173,18 +221,21 @@ def s2_channels(frames: Frames) -> tuple[np.ndarray, np.ndarray]:
     angle = 2 * np.pi * frames.doy / 365.25
     seasonal = np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
     seasonal = np.broadcast_to(seasonal[:, :, None, None], (n, 2, height, width))
-    channels = np.concatenate(
-        [
-            obs,
-            clear[:, None].astype(np.float32),
-            base,
-            present,
-            _gap_feature(gap_prev),
-            _gap_feature(gap_next),
-            seasonal,
-        ],
-        axis=1,
-    )
+    parts = [
+        obs,
+        clear[:, None].astype(np.float32),
+        base,
+        present,
+        _gap_feature(gap_prev),
+        _gap_feature(gap_next),
+        seasonal,
+    ]
+    if smooth_features:
+        smooth, weight = kernel_smooth_loo(s2, frames.days)
+        smooth = np.where(np.isfinite(smooth), smooth * REFL_SCALE, base)
+        support = np.log1p(weight.max(axis=1, keepdims=True)) / np.log1p(10.0)
+        parts += [smooth.astype(np.float32), support.astype(np.float32)]
+    channels = np.concatenate(parts, axis=1)
     return channels.astype(np.float32), base.astype(np.float32)
 
 
@@ -278,10 +329,10 @@ class WindowInputs:
     """(T1,) S1 frame days."""
 
 
-def series_inputs(frames: Frames) -> WindowInputs:
+def series_inputs(frames: Frames, smooth_features: bool = False) -> WindowInputs:
     """Channels of a whole series (one spatial tile): the interpolation and gap features use
     every frame of the series, so windows cut from it lose no information."""
-    channels, base = s2_channels(frames)
+    channels, base = s2_channels(frames, smooth_features)
     return WindowInputs(
         s2=channels,
         base=base,

@@ -245,7 +245,7 @@ def model_method(
         ramp = blend_weights(ys.stop - ys.start, xs.stop - xs.start, config.tile_overlap)
         weight[ys, xs] += ramp
         tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
-        inputs = series_inputs(tile)
+        inputs = series_inputs(tile, config.smooth_features)
         for start, stop, queries in windows:
             window = thin_s1(
                 window_inputs(inputs, start, stop, config.s1_margin_days), config.max_s1_frames

@@ -115,6 +115,7 @@ def make_episode(
     s1_dropout: float,
     max_s1_frames: int = 24,
     band_dropout: float = 0.0,
+    smooth_features: bool = False,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
@@ -188,7 +189,9 @@ def make_episode(
     k = int(rng.integers(0, 4))
     flip = bool(rng.integers(0, 2))
     frames = _augment(frames, k, flip)
-    view = window_inputs(series_inputs(frames), start, start + n_frames, S1_MARGIN_DAYS)
+    view = window_inputs(
+        series_inputs(frames, smooth_features), start, start + n_frames, S1_MARGIN_DAYS
+    )
     if view.s1.shape[0] > max_s1_frames:
         pick = np.sort(rng.choice(view.s1.shape[0], max_s1_frames, replace=False))
         view = dataclasses.replace(view, s1=view.s1[pick], s1_days=view.s1_days[pick])
@@ -347,6 +350,7 @@ def train(
                 config.s1_dropout,
                 config.max_s1_frames,
                 config.band_dropout,
+                model_config.smooth_features,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape
@@ -382,7 +386,11 @@ def train(
 
 
 def validation_episodes(
-    series: Sequence[SeriesData], count: int, config: TrainConfig, seed: int
+    series: Sequence[SeriesData],
+    count: int,
+    config: TrainConfig,
+    seed: int,
+    smooth_features: bool = False,
 ) -> list[Episode]:
     """A fixed set of episodes (deterministic for ``seed``) for calibration and validation."""
     rng = np.random.default_rng(seed)
@@ -393,7 +401,9 @@ def validation_episodes(
         attempts += 1
         s = usable[len(episodes) % len(usable)]
         n_frames = min((config.min_frames + config.max_frames) // 2, s.clear_s2.shape[0])
-        ep = make_episode(s, n_frames, config.crop, rng, 0.0, config.max_s1_frames)
+        ep = make_episode(
+            s, n_frames, config.crop, rng, 0.0, config.max_s1_frames, 0.0, smooth_features
+        )
         if ep is not None:
             episodes.append(ep)
     return episodes

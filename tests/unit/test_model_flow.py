@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core.model.config import ModelConfig
+from core.model.features import s2_channel_count
 from core.model.flow import euler_solve, heun_solve, path_point, velocity_target
 from core.model.network import FieldFlowNet, apply_rotary, rotary_angles
 
@@ -64,7 +65,7 @@ def test_network_is_invariant_to_a_shift_of_all_dates() -> None:
     torch.manual_seed(0)
     config = ModelConfig(width=16, depth=2, heads=2, flow_hidden=16, flow_layers=1)
     net = FieldFlowNet(config).eval()
-    s2 = torch.randn(1, 5, 35, 8, 8)
+    s2 = torch.randn(1, 5, s2_channel_count(config.smooth_features), 8, 8)
     s1 = torch.randn(1, 3, 7, 8, 8)
     d2 = torch.tensor([[0.0, 5.0, 12.0, 30.0, 31.0]])
     d1 = torch.tensor([[2.0, 14.0, 29.0]])

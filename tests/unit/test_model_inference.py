@@ -181,7 +181,7 @@ def test_tiny_model_overfits_one_series(cubes_dir) -> None:
     rng = np.random.default_rng(0)
     episode: Episode | None = None
     while episode is None:
-        episode = make_episode(series, 10, 16, rng, s1_dropout=0.0)
+        episode = make_episode(series, 10, 16, rng, s1_dropout=0.0, smooth_features=True)
     batch = collate([episode])
     torch.manual_seed(0)
     model = FieldFlowNet(dataclasses.replace(TINY, width=32))

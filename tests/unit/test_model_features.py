@@ -1,0 +1,94 @@
+"""The model's input features: leave-one-out interpolation and smoother, S1 anomalies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.model.config import ModelConfig
+from core.model.features import (
+    S2_CHANNELS,
+    S2_SMOOTH_CHANNELS,
+    Frames,
+    interpolate_at_frames,
+    kernel_smooth_loo,
+    s1_anomalies,
+    s2_channel_count,
+    s2_channels,
+)
+
+
+def _series(n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    days = np.sort(rng.uniform(0, 300, n))
+    values = rng.random((n, 10, 4, 5)).astype(np.float32)
+    values[rng.random(values.shape) < 0.4] = np.nan
+    return values, days
+
+
+def test_leave_one_out_features_ignore_the_frame_itself() -> None:
+    values, days = _series()
+    changed = values.copy()
+    changed[7] = 0.9
+    for feature in (
+        lambda v: interpolate_at_frames(v, days, exclusive=True)[0],
+        lambda v: kernel_smooth_loo(v, days)[0],
+    ):
+        np.testing.assert_array_equal(feature(values)[7], feature(changed)[7])
+        assert not np.array_equal(feature(values)[8], feature(changed)[8])
+
+
+def test_kernel_smoother_matches_a_direct_weighted_mean() -> None:
+    values, days = _series()
+    smooth, weight = kernel_smooth_loo(values, days, bandwidth=20.0)
+    t, band, y, x = 12, 3, 2, 1
+    series = values[:, band, y, x]
+    w = np.exp(-0.5 * ((days - days[t]) / 20.0) ** 2) * (np.abs(days - days[t]) <= 60.0)
+    w[t] = 0.0
+    w = np.where(np.isfinite(series), w, 0.0)
+    assert weight[t, band, y, x] == pytest.approx(w.sum(), rel=1e-5)
+    assert smooth[t, band, y, x] == pytest.approx(
+        np.nansum(w * np.nan_to_num(series)) / w.sum(), rel=1e-5
+    )
+
+
+def test_kernel_smoother_keeps_a_constant_and_says_nan_when_nothing_is_near() -> None:
+    days = np.array([0.0, 5.0, 10.0, 400.0])
+    values = np.full((4, 1, 1, 1), 0.3, dtype=np.float32)
+    smooth, weight = kernel_smooth_loo(values, days)
+    np.testing.assert_allclose(smooth[:3, 0, 0, 0], 0.3, rtol=1e-6)
+    assert np.isnan(smooth[3, 0, 0, 0]) and weight[3, 0, 0, 0] == 0.0
+
+
+def test_s2_channels_with_and_without_the_smoother() -> None:
+    values, days = _series(n=12)
+    frames = Frames(
+        s2=values,
+        days=days,
+        doy=days % 365,
+        band_present=np.ones(10, bool),
+        s1=np.zeros((0, 3, 4, 5), np.float32),
+        s1_days=np.zeros(0),
+        s1_doy=np.zeros(0),
+        s1_ascending=np.zeros(0, bool),
+    )
+    plain, base = s2_channels(frames, smooth_features=False)
+    rich, base_too = s2_channels(frames, smooth_features=True)
+    assert plain.shape[1] == S2_CHANNELS == s2_channel_count(False)
+    assert rich.shape[1] == S2_CHANNELS + S2_SMOOTH_CHANNELS == s2_channel_count(True)
+    np.testing.assert_array_equal(rich[:, :S2_CHANNELS], plain)
+    np.testing.assert_array_equal(base, base_too)
+    assert np.isfinite(rich).all()
+
+
+def test_s1_anomalies_remove_a_per_pixel_offset() -> None:
+    rng = np.random.default_rng(1)
+    s1 = rng.normal(-12, 2, (20, 2, 3, 3)).astype(np.float32)
+    shifted = s1 + rng.normal(0, 3, (1, 1, 3, 3)).astype(np.float32)  # e.g. GRD vs RTC
+    np.testing.assert_allclose(s1_anomalies(s1), s1_anomalies(shifted), atol=1e-4)
+
+
+def test_checkpoints_from_before_the_smoother_load_without_it() -> None:
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "smooth_features"}
+    assert ModelConfig.from_dict(old).smooth_features is False
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).smooth_features is True
