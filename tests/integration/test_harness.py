@@ -398,6 +398,14 @@ def test_stac_503_then_success_with_retries(flanders_site: PublishedSite) -> Non
     assert [e.status for e in site.stac_server.searches()] == [503, 503, 200]
 
 
+def wait_for_searches(site: PublishedSite, count: int, timeout_s: float = 10.0) -> None:
+    """Wait until the STAC server has logged ``count`` searches: it logs an answer after
+    writing it, so the client may see the answer before the log does (more so under load)."""
+    deadline = time.monotonic() + timeout_s
+    while len(site.stac_server.searches()) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_stac_429_retry_after_and_dropped_connection(flanders_site: PublishedSite) -> None:
     site = flanders_site
     session = requests.Session()
@@ -409,6 +417,7 @@ def test_stac_429_retry_after_and_dropped_connection(flanders_site: PublishedSit
     resp = session.post(site.stac_url + "/search", json={"collections": [S1]}, timeout=10)
     assert resp.status_code == 200 and resp.json()["numberMatched"] == 12
     assert (datetime.now(UTC) - t0).total_seconds() >= 1  # Retry-After was honoured
+    wait_for_searches(site, 3)
     assert [(e.status, e.fault) for e in site.stac_server.searches()] == [
         (429, "fail"),
         (0, "drop"),
@@ -425,10 +434,7 @@ def test_stac_delay_trips_client_timeout(flanders_site: PublishedSite) -> None:
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(site.stac_url + "/search", json={}, timeout=0.3)
     assert requests.post(site.stac_url + "/search", json={}, timeout=5).status_code == 200
-    for _ in range(50):  # the delayed answer is logged once written, after its delay
-        if len(site.stac_server.searches()) == 2:
-            break
-        time.sleep(0.05)
+    wait_for_searches(site, 2)  # the delayed answer is logged once written, after its delay
     assert sorted(str(e.fault) for e in site.stac_server.searches()) == ["None", "delay"]
 
 
