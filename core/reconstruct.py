@@ -59,6 +59,9 @@ class ReconstructOptions:
     """Model checkpoint (None: the shipped one in assets/)."""
     keep_samples: bool = False
     """Also return the K samples as ``s2_samples`` (sample, time, band, y, x), e.g. for CRPS."""
+    adapt_steps: int = 0
+    """Model only: steps of per-field self-supervised adaptation on the cube's own clear
+    observations before reconstructing (0: none)."""
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="samples per reconstruction (K > 1 adds coverage and CRPS)",
     )
     parser.add_argument("--steps", type=int, default=None, help="ODE steps of the model")
+    parser.add_argument(
+        "--adapt-steps",
+        type=int,
+        default=0,
+        help="model: steps of self-supervised tuning on this cube's clear pixels first (0: none)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (model only)")
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="model checkpoint (default: the shipped one)"
@@ -130,6 +136,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     options = ReconstructOptions(
         samples=args.samples,
         steps=args.steps,
+        adapt_steps=args.adapt_steps,
         device=args.device,
         seed=args.seed,
         checkpoint=args.checkpoint,

@@ -30,6 +30,12 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=1, help="generated samples K; K > 1 adds p10/p90"
     )
     parser.add_argument("--steps", type=int, default=None, help="ODE steps of the model")
+    parser.add_argument(
+        "--adapt-steps",
+        type=int,
+        default=0,
+        help="model: steps of self-supervised tuning on this cube's clear pixels first (0: none)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--whittaker-lambda",
@@ -47,6 +53,7 @@ def options_from_args(
     return ReconstructOptions(
         samples=args.samples,
         steps=args.steps,
+        adapt_steps=args.adapt_steps,
         device=args.device,
         seed=args.seed,
         keep_observed=keep_observed,

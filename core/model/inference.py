@@ -210,6 +210,34 @@ def predict_window(
     return mean_np, draws.cpu().numpy() / REFL_SCALE
 
 
+def adapted_checkpoint(
+    checkpoint: Checkpoint,
+    observed: xr.Dataset,
+    adapt_steps: int,
+    options: ReconstructOptions,
+    device: str,
+) -> Checkpoint:
+    """``checkpoint`` with its network tuned for ``adapt_steps`` steps on ``observed``'s own
+    clear pixels (see :func:`core.model.training.adapt`); the cached original is untouched."""
+    from core.model.training import adapt, series_from_cube
+
+    series = series_from_cube(observed, "this field")
+    if series.clear_s2.shape[0] < 4:
+        raise InputError(
+            "Per-field adaptation needs at least 4 Sentinel-2 acquisitions; this cube has "
+            f"{series.clear_s2.shape[0]}. Run without --adapt-steps or choose a longer period."
+        )
+    model = adapt(
+        checkpoint.model,
+        series,
+        adapt_steps,
+        checkpoint.train_config,
+        seed=options.seed,
+        device=device,
+    )
+    return dataclasses.replace(checkpoint, model=model)
+
+
 def model_method(
     observed: xr.Dataset, query: np.ndarray, options: ReconstructOptions
 ) -> Prediction:
@@ -221,6 +249,10 @@ def model_method(
     steps = options.steps or config.default_steps
     if steps < 1:
         raise InputError(f"--steps must be at least 1, not {steps}.")
+    if options.adapt_steps < 0:
+        raise InputError(f"--adapt-steps must be 0 or more, not {options.adapt_steps}.")
+    if options.adapt_steps > 0:
+        checkpoint = adapted_checkpoint(checkpoint, observed, options.adapt_steps, options, device)
     series = prepare_series(observed, query)
     frames = series.frames
     n_query = query.size

@@ -5,12 +5,12 @@ in the batch), H x W pixels cut into P = (H/p) x (W/p) patch tokens of width D.
 
 One block = spatial attention among the P tokens of each frame (S2 and S1 frames alike), then
 temporal attention among all frames of one patch location (S2 and S1 together; rotary encoding
-of the real acquisition day plus a learned bias on bucketed day differences, so no date
-pairing or resampling is ever done), then an MLP. The mean head maps each S2 token to a
-correction of the leave-one-out interpolation (zero-initialised: the untrained model *is* the
-interpolation). The flow head is a small conditional velocity field over the residual of one
-patch, conditioned on the token's features: it is run many times per request while the trunk
-runs once.
+of the real acquisition day, optionally a learned bias on bucketed day differences
+(``ModelConfig.time_buckets``, off by default); no date pairing or resampling is ever
+done), then an MLP. The mean head maps each S2 token to a correction of the leave-one-out
+interpolation (zero-initialised: the untrained model *is* the interpolation). The flow head
+is a small conditional velocity field over the residual of one patch, conditioned on the
+token's features: it is run many times per request while the trunk runs once.
 """
 
 from __future__ import annotations

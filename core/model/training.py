@@ -11,6 +11,7 @@ trunk's features detached so the point estimate never pays for the sampling nois
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
 from core.cube import has_s1, read_cube
 from core.indices import NIR, NIR_NARROW, RED
@@ -63,6 +65,11 @@ class SeriesData:
 def load_series(path: Path) -> SeriesData:
     """Read a cube file into :class:`SeriesData`."""
     cube = read_cube(path)
+    return series_from_cube(cube, str(cube.attrs.get("site", path.stem)))
+
+
+def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
+    """A cube (or a method's observations of one) as :class:`SeriesData`."""
     s2 = cube["s2"].values
     valid = cube["valid"].values.astype(bool)
     clear = np.where(valid[:, None], s2, np.nan).astype(np.float32)
@@ -85,7 +92,7 @@ def load_series(path: Path) -> SeriesData:
             np.zeros(0, bool),
         )
     return SeriesData(
-        site=str(cube.attrs.get("site", path.stem)),
+        site=site,
         clear_s2=clear,
         clear_fraction=fraction,
         days=days,
@@ -480,3 +487,61 @@ def calibrate(
         "mae_ratio": mae_model / max(mae_interp, 1e-9),
         "n_values": int(truth.size),
     }
+
+
+def adapt(
+    model: FieldFlowNet,
+    series: SeriesData,
+    steps: int,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    lr: float = 1e-4,
+    device: str = "cpu",
+) -> FieldFlowNet:
+    """Per-field adaptation: ``steps`` steps of the training objective on the user's own series.
+
+    A copy of ``model`` is tuned on episodes cut from ``series`` (its clear observations only:
+    pixels a caller wants reconstructed are not clear, so they are never a training target)
+    at a low constant learning rate; ``model`` itself is left unchanged.
+
+    Returns:
+        The adapted copy, in eval mode.
+    """
+    tuned = copy.deepcopy(model).to(device)
+    tuned.train()
+    optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    n_total = series.clear_s2.shape[0]
+    crop = min(config.crop, *series.clear_s2.shape[2:])
+    done = 0
+    attempts = 0
+    while done < steps and attempts < steps * 20:
+        n_frames = min(int(rng.integers(config.min_frames, config.max_frames + 1)), n_total)
+        episodes: list[Episode] = []
+        while len(episodes) < config.batch_size and attempts < steps * 20:
+            attempts += 1
+            ep = make_episode(
+                series,
+                n_frames,
+                crop,
+                rng,
+                config.s1_dropout,
+                config.max_s1_frames,
+                0.0,
+                tuned.config.smooth_features,
+            )
+            if ep is not None and (
+                not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape
+            ):
+                episodes.append(ep)
+        if not episodes:
+            break
+        parts = losses(tuned, collate(episodes, device), config, generator)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(tuned.parameters(), 1.0)
+        optimizer.step()
+        done += 1
+    return tuned.eval()

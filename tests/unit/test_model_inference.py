@@ -196,3 +196,35 @@ def test_tiny_model_overfits_one_series(cubes_dir) -> None:
         optimizer.step()
     last = float(losses(model, batch, config, generator)["l1"])
     assert last < 0.5 * first
+
+
+def test_per_field_adaptation_learns_from_clear_pixels_only(flanders_cube, tmp_path) -> None:
+    from core.model.inference import cached_checkpoint
+
+    cube = _crop(flanders_cube).copy(deep=True)
+    path = _checkpoint(tmp_path, perturb=True)
+    query = cube["time_s2"].values[[6, 7]]
+    cube["valid"][6, 5:12, 5:12] = 0
+    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
+    bright["s2"][6, :, 5:12, 5:12] = 0.9
+    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    before = {k: v.clone() for k, v in cached_checkpoint(path, "cpu").model.state_dict().items()}
+    tuned = _options(path, adapt_steps=3)
+    a = reconstruct(bright, query, "model", tuned).s2.values
+    b = reconstruct(dark, query, "model", tuned).s2.values
+    np.testing.assert_array_equal(a, b)  # hidden values reach neither the tuning nor the model
+    plain = reconstruct(bright, query, "model", _options(path)).s2.values
+    assert not np.array_equal(a, plain)  # the tuning changed the answer...
+    after = cached_checkpoint(path, "cpu").model.state_dict()
+    for key, value in before.items():  # ...but not the shared, cached checkpoint
+        assert torch.equal(value, after[key])
+
+
+def test_per_field_adaptation_refuses_too_short_series(flanders_cube, tmp_path) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    cube = _crop(flanders_cube, frames=slice(0, 3))
+    query = cube["time_s2"].values[[1]]
+    with pytest.raises(InputError, match="at least 4 Sentinel-2 acquisitions"):
+        reconstruct(cube, query, "model", _options(path, adapt_steps=2))
+    with pytest.raises(InputError, match="--adapt-steps must be 0 or more"):
+        reconstruct(cube, query, "model", _options(path, adapt_steps=-1))
