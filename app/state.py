@@ -38,6 +38,7 @@ class Key(StrEnum):
     METHOD = "method"
     SAMPLES = "samples"
     STEPS = "steps"
+    ADAPT = "adapt_steps"
     DEVICE = "device"
     MAX_CLOUD = "max_cloud_cover"
     DATE = "timeline_date"

@@ -94,6 +94,11 @@ def test_first_page_offers_field_inputs_and_waits_for_a_field(open_page: OpenPag
     method = page.selectbox(key="method")
     assert method.value == "model"  # the shipped checkpoint is the default
     assert {"model", "linear", "whittaker"} <= set(method.options)
+    model_only = ("samples", "steps", "adapt_steps")
+    assert not any(page.number_input(key=k).disabled for k in model_only)
+    assert page.number_input(key="adapt_steps").value == 0  # per-field tuning is opt-in
+    method.set_value("linear").run()
+    assert all(page.number_input(key=k).disabled for k in model_only)
     assert "No field yet." in texts(page, "info")
 
 
