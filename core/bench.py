@@ -72,6 +72,8 @@ class BenchCase:
     """Device option of the reconstruction (model only)."""
     samples: int = 1
     """Samples per reconstruction."""
+    steps: int | None = None
+    """ODE steps of the model (None: its default)."""
     trace: bool = True
     """Also make one untimed call under tracemalloc (slow for methods with many allocations)."""
 
@@ -227,7 +229,7 @@ def measure_case(case: BenchCase) -> BenchResult:
     resolve_method(case.method)  # import the method's module before measuring
     cube = make_bench_cube(read_cube(case.source), case.size_px, case.n_dates)
     query = query_dates(cube, case.n_queries)
-    options = ReconstructOptions(samples=case.samples, device=case.device)
+    options = ReconstructOptions(samples=case.samples, steps=case.steps, device=case.device)
     input_mib = cube["s2"].values.nbytes / MIB
     n_s1 = cube.sizes.get("time_s1", 0) if "s1" in cube else 0
     gc.collect()
@@ -320,6 +322,7 @@ def bench(
     repeats: int = 3,
     device: str = "auto",
     samples: int = 1,
+    steps: int | None = None,
     trace: bool = True,
     timeout_s: float = 600.0,
     runner: Callable[[BenchCase, float], BenchResult] = run_case,
@@ -350,6 +353,7 @@ def bench(
         repeats=repeats,
         device=device,
         samples=samples,
+        steps=steps,
         trace=trace,
     )
     results = []
@@ -415,7 +419,8 @@ def format_bench_table(results: Sequence[BenchResult], machine: dict[str, str]) 
         c = results[0].case
         lines.append(
             f"input: {Path(c.source).name} mirror-tiled; {c.n_queries} query dates; "
-            f"time: median of 'calls' calls; samples {c.samples}; device {c.device}"
+            f"time: median of 'calls' calls; samples {c.samples}; "
+            f"steps {c.steps or 'default'}; device {c.device}"
         )
     header = (
         f"{'method':<10} {'size':>5} {'dates':>5} {'S1':>4} {'input MiB':>9} {'calls':>5} "

@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls; median reported")
     parser.add_argument("--samples", type=int, default=1, help="samples per reconstruction")
     parser.add_argument(
+        "--steps", type=int, default=None, help="ODE steps of the model (default: its own)"
+    )
+    parser.add_argument(
         "--no-trace",
         action="store_true",
         help="skip the extra untimed call under tracemalloc (faster)",
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         repeats=args.repeats,
         device=args.device,
         samples=args.samples,
+        steps=args.steps,
         trace=not args.no_trace,
         timeout_s=args.timeout,
         progress=_report,
