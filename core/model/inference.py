@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,6 +213,31 @@ def predict_window(
     return mean_np, draws.cpu().numpy() / REFL_SCALE
 
 
+ADAPTED_CACHE_SIZE = 2
+"""Per-field tuned networks kept per process: a Run asks for frames and for the curve in many
+calls on the same cube, and each must not tune again."""
+_adapted: OrderedDict[tuple, tuple[Checkpoint, Checkpoint]] = OrderedDict()
+_adapted_lock = threading.Lock()
+
+
+def observed_fingerprint(observed: xr.Dataset) -> str:
+    """A digest of everything per-field tuning reads: the clear reflectance (NaN elsewhere), the
+    S2 dates and, where present, the S1 series. Hidden or cloudy pixels' values are not in it."""
+    digest = hashlib.blake2b(digest_size=16)
+    names = ["s2", "time_s2"] + (["s1", "time_s1"] if has_s1(observed) else [])
+    for name in names:
+        values = np.ascontiguousarray(observed[name].values)
+        digest.update(name.encode() + str(values.shape).encode() + str(values.dtype).encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def clear_adapted_cache() -> None:
+    """Forget every per-field tuned network (tests; memory)."""
+    with _adapted_lock:
+        _adapted.clear()
+
+
 def adapted_checkpoint(
     checkpoint: Checkpoint,
     observed: xr.Dataset,
@@ -218,9 +246,19 @@ def adapted_checkpoint(
     device: str,
 ) -> Checkpoint:
     """``checkpoint`` with its network tuned for ``adapt_steps`` steps on ``observed``'s own
-    clear pixels (see :func:`core.model.training.adapt`); the cached original is untouched."""
+    clear pixels (see :func:`core.model.training.adapt`); the cached original is untouched.
+
+    Tuning is seeded, so the same checkpoint, cube, steps and seed give the same network: it is
+    kept (:data:`ADAPTED_CACHE_SIZE` per process) and reused by later calls on the same cube.
+    """
     from core.model.training import adapt, series_from_cube
 
+    key = (id(checkpoint), observed_fingerprint(observed), adapt_steps, options.seed, device)
+    with _adapted_lock:
+        entry = _adapted.get(key)
+        if entry is not None and entry[0] is checkpoint:  # not a new object at a reused id
+            _adapted.move_to_end(key)
+            return entry[1]
     series = series_from_cube(observed, "this field")
     if series.clear_s2.shape[0] < 4:
         raise InputError(
@@ -235,7 +273,12 @@ def adapted_checkpoint(
         seed=options.seed,
         device=device,
     )
-    return dataclasses.replace(checkpoint, model=model)
+    tuned = dataclasses.replace(checkpoint, model=model)
+    with _adapted_lock:
+        _adapted[key] = (checkpoint, tuned)
+        while len(_adapted) > ADAPTED_CACHE_SIZE:
+            _adapted.popitem(last=False)
+    return tuned
 
 
 def model_method(

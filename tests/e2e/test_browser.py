@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 from shapely.geometry import mapping
 
 from core.cube import S2_BANDS
@@ -186,7 +187,8 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
     query = dt.date(2018, 5, 23)
     set_date(page, "Query date", query)
     metric = page.locator('[data-testid="stMetric"]')
-    assert f"Field NDVI on {query.isoformat()}" in metric.inner_text()
+    # The rerun that takes the new date may start after wait_idle looked (a loaded machine).
+    expect(metric).to_contain_text(f"Field NDVI on {query.isoformat()}", timeout=60_000)
     value = float(page.locator('[data-testid="stMetricValue"]').inner_text())
 
     # Clicking a clear observation on the chart selects its date (slider and query date).
@@ -196,6 +198,7 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
     clear_points = chart.locator('path.point[style*="rgb(8, 48, 107)"]')
     before_label = slider.get_attribute("aria-valuetext")
     clear_points.first.click(force=True)
+    expect(slider).not_to_have_attribute("aria-valuetext", before_label, timeout=60_000)
     wait_idle(page)
     picked = slider.get_attribute("aria-valuetext")
     assert picked != before_label and "S2 clear" in picked

@@ -13,7 +13,12 @@ import torch
 from core.errors import InputError
 from core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_sites
 from core.model.config import ModelConfig, TrainConfig
-from core.model.inference import resolve_device, temporal_windows, tile_origins
+from core.model.inference import (
+    clear_adapted_cache,
+    resolve_device,
+    temporal_windows,
+    tile_origins,
+)
 from core.model.network import FieldFlowNet
 from core.model.training import Episode, collate, load_series, losses, make_episode
 from core.reconstruct import ReconstructOptions, reconstruct
@@ -210,7 +215,9 @@ def test_per_field_adaptation_learns_from_clear_pixels_only(flanders_cube, tmp_p
     dark["s2"][6, :, 5:12, 5:12] = 0.01
     before = {k: v.clone() for k, v in cached_checkpoint(path, "cpu").model.state_dict().items()}
     tuned = _options(path, adapt_steps=3)
+    clear_adapted_cache()
     a = reconstruct(bright, query, "model", tuned).s2.values
+    clear_adapted_cache()  # tune afresh on the dark cube: no reuse of the first tuning
     b = reconstruct(dark, query, "model", tuned).s2.values
     np.testing.assert_array_equal(a, b)  # hidden values reach neither the tuning nor the model
     plain = reconstruct(bright, query, "model", _options(path)).s2.values
@@ -218,6 +225,32 @@ def test_per_field_adaptation_learns_from_clear_pixels_only(flanders_cube, tmp_p
     after = cached_checkpoint(path, "cpu").model.state_dict()
     for key, value in before.items():  # ...but not the shared, cached checkpoint
         assert torch.equal(value, after[key])
+
+
+def test_per_field_adaptation_tunes_once_per_cube(flanders_cube, tmp_path, monkeypatch) -> None:
+    import core.model.training as training
+    runs = []
+    real_adapt = training.adapt
+    monkeypatch.setattr(training, "adapt", lambda *a, **k: runs.append(1) or real_adapt(*a, **k))
+    cube = _crop(flanders_cube)
+    path = _checkpoint(tmp_path, perturb=True)
+    tuned = _options(path, adapt_steps=2)
+    clear_adapted_cache()
+    days = cube["time_s2"].values
+    first = reconstruct(cube, days[[3]], "model", tuned).s2.values
+    reconstruct(cube, days[[5, 6]], "model", tuned)  # another chunk of the same Run
+    again = reconstruct(cube, days[[3]], "model", tuned).s2.values
+    assert len(runs) == 1
+    np.testing.assert_array_equal(first, again)
+    other = cube.copy(deep=True)
+    t, y, x = np.argwhere(other["valid"].values == 1)[0]
+    other["valid"][t, y, x] = 0  # one more cloudy pixel is a different field state
+    reconstruct(other, days[[3]], "model", tuned)
+    assert len(runs) == 2
+    clear_adapted_cache()
+    retuned = reconstruct(cube, days[[3]], "model", tuned).s2.values
+    assert len(runs) == 3
+    np.testing.assert_allclose(retuned, first, atol=1e-5)  # seeded: the cache changes no answer
 
 
 def test_per_field_adaptation_refuses_too_short_series(flanders_cube, tmp_path) -> None:
