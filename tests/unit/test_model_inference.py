@@ -229,6 +229,7 @@ def test_per_field_adaptation_learns_from_clear_pixels_only(flanders_cube, tmp_p
 
 def test_per_field_adaptation_tunes_once_per_cube(flanders_cube, tmp_path, monkeypatch) -> None:
     import core.model.training as training
+
     runs = []
     real_adapt = training.adapt
     monkeypatch.setattr(training, "adapt", lambda *a, **k: runs.append(1) or real_adapt(*a, **k))
