@@ -254,11 +254,16 @@ class _Handler(BaseHTTPRequestHandler):
                 response = owner.respond(request)
             except Exception as exc:  # a bug in the test server: answer 500, do not hang
                 response = Response.error(500, f"Test server error: {exc!r}")
+        # Logged before the answer is written: a client that has read the answer then finds
+        # it in the log (no race); corrected below if the client went away mid-answer.
+        planned = 0 if self.command == "HEAD" else len(response.body)
+        entry = Exchange(request, response.status, planned, kind)
+        owner._record(entry)
         try:
-            sent = self._write(response)
+            self._write(response)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (time-out)
-            sent, self.close_connection = 0, True
-        owner._record(Exchange(request, response.status, sent, kind))
+            self.close_connection = True
+            owner._replace(entry, Exchange(request, response.status, 0, kind))
 
     def _write(self, response: Response) -> int:
         """Send ``response``; returns the body bytes sent."""
@@ -397,3 +402,10 @@ class LocalHTTPServer:
     def _record(self, exchange: Exchange) -> None:
         with self._log_lock:
             self._log.append(exchange)
+
+    def _replace(self, old: Exchange, new: Exchange) -> None:
+        with self._log_lock:
+            for i, logged in enumerate(self._log):
+                if logged is old:
+                    self._log[i] = new
+                    return
