@@ -1,11 +1,11 @@
 """Batch throughput (fields per minute) vs local workers, processes vs threads (a printout).
 
     python benchmarks/batch_throughput.py [--fields 8] [--max-dates 12] [--workers 1,2]
-        [--out benchmarks/batch_throughput.txt]
+        [--method linear|whittaker|model] [--samples 1] [--out benchmarks/batch_throughput.txt]
 
 be-flanders-a is published like Planetary Computer by the offline test harness (local STAC API
 and HTTP-Range COG server, :mod:`tests.support`); ``--fields`` small fields tile the cube. Each
-configuration runs :func:`core.batch.run_batch` with ``--method linear`` on a fresh local
+configuration runs :func:`core.batch.run_batch` with ``--method`` (linear) on a fresh local
 cluster with an empty cube cache and results folder, so every field is really fetched (S2 and
 S1) and reconstructed. Wall time excludes starting the cluster (shown apart). Threads share
 one process: fetches then run one at a time (HDF5, see ``core.batch._FETCH_LOCK``) and the
@@ -34,6 +34,7 @@ from core.bench import machine_description
 from core.config import Settings
 from core.cube import read_cube
 from core.distributed import local_cluster
+from core.reconstruct import ReconstructOptions
 from tests.support.publish import PublishOptions
 from tests.support.site import find_cube, serve_site
 
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fields", type=int, default=8)
     parser.add_argument("--max-dates", type=int, default=12, help="S2 and S1 dates published")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument("--method", default="linear", help="reconstruction method")
+    parser.add_argument("--samples", type=int, default=1, help="samples (model only)")
     parser.add_argument("--out", type=Path, default=None, help="also write the printout here")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
@@ -93,15 +96,22 @@ def main(argv: list[str] | None = None) -> int:
             fields_path = write_fields(site.cube, args.fields, root / "fields.geojson")
             fields = list_fields(fields_path)
             areas = [f.field.area_ha for f in fields if f.field is not None]
-            request = BatchRequest(start=start, end=end, method="linear", every_days=7)
+            request = BatchRequest(
+                start=start,
+                end=end,
+                method=args.method,
+                options=ReconstructOptions(samples=args.samples),
+                every_days=7,
+            )
             for key, value in machine.items():
                 say(f"{key}: {value}")
             say(f"load average at start: {load_average()} (1, 5, 15 min)")
             say(
                 f"input: {CUBE} published locally, {len(site.s2_items)} S2 + "
                 f"{len(site.s1_items)} S1 items, {start} to {end}; {len(fields)} fields of "
-                f"{min(areas):.1f}-{max(areas):.1f} ha; method linear, frames every 7 days + "
-                "acquisitions, daily curve; empty cache per run"
+                f"{min(areas):.1f}-{max(areas):.1f} ha; method {args.method}, "
+                f"{args.samples} sample(s); frames every 7 days + acquisitions, daily curve; "
+                "empty cache per run"
             )
             say()
             header = (
@@ -131,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
     say()
     say(
-        "2 CPU cores shared with other work (a model training in the background): figures are "
-        "noisy; compare rows of one run only."
+        "Wall time per configuration, one run each: the load averages show what else ran; "
+        "compare rows of one run only."
     )
     if args.out is not None:
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -33,6 +33,7 @@ import json
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,12 @@ OFFSET_START = dt.datetime(2022, 1, 25)
 
 ProgressCallback = Callable[[str, int, int], None]
 """``(stage, done, total)``: e.g. ``("loading 12 Sentinel-2 scenes", 40, 132)``."""
+
+# odc-stac resamples in memory (MEM -> MEM rasterio.warp.reproject), which warns "Dataset has
+# no geotransform" although both sides are georeferenced (odc-geo issue #131): spurious here.
+warnings.filterwarnings(
+    "ignore", category=rasterio.errors.NotGeoreferencedWarning, module=r"rasterio\.warp"
+)
 
 
 @dataclass(frozen=True)
