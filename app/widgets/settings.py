@@ -78,8 +78,9 @@ def settings_panel(settings: Settings) -> RunSettings:
             key=str(Key.ADAPT),
             disabled=not is_model,
             help="Before reconstructing, train a copy of the model for this many steps on the "
-            "field's own clear pixels. Slower (about a second per step on a CPU); on held-out "
-            "fields 50 steps helped cloud removal a little and long gaps not at all (README).",
+            "field's own clear pixels, once per Run. Slower (about half a second per step on a "
+            "CPU); on the held-out cubes 50 steps helped most where the model had seen no "
+            "similar region (README, 'per-field tuning').",
         )
         device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)
         cloud = st.slider(
