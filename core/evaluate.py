@@ -102,6 +102,9 @@ class Protocol:
     """SCL class written into hidden pixels (9 = cloud, high probability)."""
     psnr_data_range: float = 1.0
     """Data range of the PSNR: reflectance 0 to 1."""
+    query_every_days: int | None = None
+    """Also query every this many days of the cube's period, as the app's daily NDVI curve
+    does (1: daily); only the target frames are scored. None: query the targets only."""
 
     def __post_init__(self) -> None:
         if self.max_size is not None and self.max_size < 1:
@@ -110,6 +113,8 @@ class Protocol:
             )
         if self.missing_fraction + self.cloud_fraction > 1:
             raise InputError("The missing and cloud fractions together cannot exceed 1.")
+        if self.query_every_days is not None and self.query_every_days < 1:
+            raise InputError(f"--query-every-days must be 1 or more, not {self.query_every_days}.")
 
 
 @dataclass(frozen=True)
@@ -688,7 +693,12 @@ def evaluate_cube(
         hidden = np.logical_or.reduce([s.hidden for s in task_sets])
         degraded = hide(cube, hidden, protocol)
         frames = sorted({f for s in task_sets for f in s.frames})
-        query = calendar_day(cube["time_s2"].values[frames]).astype("datetime64[ns]")
+        query = calendar_day(cube["time_s2"].values[frames])
+        if protocol.query_every_days is not None:
+            first, last = calendar_day(cube["time_s2"].values[[0, -1]])
+            step = np.timedelta64(protocol.query_every_days, "D")
+            query = np.union1d(query, np.arange(first, last + np.timedelta64(1, "D"), step))
+        query = query.astype("datetime64[ns]")
         for method in methods:
             if method in skip:
                 continue

@@ -78,6 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"cut larger cubes to their centre PX x PX (default {Protocol.max_size}; 0: none)",
     )
     parser.add_argument(
+        "--query-every-days",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also query every N days of the period, as the app's daily curve does (1: daily); "
+        "only the targets are scored",
+    )
+    parser.add_argument(
         "--exclude-seen",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -132,7 +140,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(f"--max-size must be 0 (no crop) or pixels, not {args.max_size}.")
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, not {args.samples}.")
-    protocol = Protocol(seed=args.seed, max_size=args.max_size or None)
+    protocol = Protocol(
+        seed=args.seed, max_size=args.max_size or None, query_every_days=args.query_every_days
+    )
     options = ReconstructOptions(
         samples=args.samples,
         steps=args.steps,

@@ -418,6 +418,22 @@ def test_same_seed_gives_identical_figures_and_another_seed_other_draws() -> Non
     assert [c.tasks for c in other.cubes] != [c.tasks for c in first.cubes]
 
 
+def test_dense_queries_score_the_same_targets() -> None:
+    # The app's daily curve queries every day; --query-every-days evaluates that path. A
+    # per-pixel method's answer on a target day cannot depend on the other query days.
+    sparse = evaluate(_two_cubes(), ["linear"], Protocol(max_size=4))
+    daily = evaluate(_two_cubes(), ["linear"], Protocol(max_size=4, query_every_days=1))
+
+    def scores(result) -> list:
+        return [(r.cube, r.task, r.scores) for r in (*result.rows, *result.pooled)]
+
+    assert scores(daily) == scores(sparse)
+    assert evaluation_to_dict(daily)["protocol"]["query_every_days"] == 1
+    assert [c.tasks for c in daily.cubes] == [c.tasks for c in sparse.cubes]
+    with pytest.raises(InputError, match="query-every-days"):
+        Protocol(query_every_days=0)
+
+
 def test_bad_input_is_refused_with_a_message() -> None:
     with pytest.raises(InputError, match="No methods"):
         evaluate(_two_cubes(), [])
