@@ -56,7 +56,7 @@ from core.cube import S2_BANDS, bands_present, validate_cube
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
 from core.reconstruct import ReconstructOptions, reconstruct, resolve_method
-from core.timeline import calendar_day
+from core.timeline import calendar_day, regular_dates
 
 TASKS: tuple[str, ...] = ("missing", "cloud", "gap")
 BASELINES: tuple[str, ...] = ("linear", "whittaker")
@@ -693,12 +693,10 @@ def evaluate_cube(
         hidden = np.logical_or.reduce([s.hidden for s in task_sets])
         degraded = hide(cube, hidden, protocol)
         frames = sorted({f for s in task_sets for f in s.frames})
-        query = calendar_day(cube["time_s2"].values[frames])
+        query = calendar_day(cube["time_s2"].values[frames]).astype("datetime64[ns]")
         if protocol.query_every_days is not None:
             first, last = calendar_day(cube["time_s2"].values[[0, -1]])
-            step = np.timedelta64(protocol.query_every_days, "D")
-            query = np.union1d(query, np.arange(first, last + np.timedelta64(1, "D"), step))
-        query = query.astype("datetime64[ns]")
+            query = np.union1d(query, regular_dates(first, last, protocol.query_every_days))
         for method in methods:
             if method in skip:
                 continue

@@ -265,18 +265,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             owner._replace(entry, Exchange(request, response.status, 0, kind))
 
-    def _write(self, response: Response) -> int:
-        """Send ``response``; returns the body bytes sent."""
+    def _write(self, response: Response) -> None:
+        """Send ``response`` (no body for HEAD)."""
         headers = {"Content-Type": "application/octet-stream", **response.headers}
         headers.setdefault("Content-Length", str(len(response.body)))
         self.send_response(response.status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command == "HEAD" or not response.body:
-            return 0
-        self.wfile.write(response.body)
-        return len(response.body)
+        if self.command != "HEAD" and response.body:
+            self.wfile.write(response.body)
 
 
 class _Server(ThreadingHTTPServer):

@@ -36,6 +36,7 @@ from core.evaluate import (
     spectral_angle_deg,
 )
 from core.reconstruct import ReconstructOptions, observations
+from core.timeline import calendar_day
 
 PRESENT = ("B02", "B04", "B08")
 BAND = {name: i for i, name in enumerate(S2_BANDS)}
@@ -418,11 +419,25 @@ def test_same_seed_gives_identical_figures_and_another_seed_other_draws() -> Non
     assert [c.tasks for c in other.cubes] != [c.tasks for c in first.cubes]
 
 
-def test_dense_queries_score_the_same_targets() -> None:
+def test_dense_queries_score_the_same_targets(monkeypatch) -> None:
     # The app's daily curve queries every day; --query-every-days evaluates that path. A
     # per-pixel method's answer on a target day cannot depend on the other query days.
+    import core.evaluate as evaluation
+
+    asked: list[int] = []
+    real = evaluation.reconstruct
+    monkeypatch.setattr(
+        evaluation, "reconstruct", lambda c, q, *a: asked.append(len(q)) or real(c, q, *a)
+    )
     sparse = evaluate(_two_cubes(), ["linear"], Protocol(max_size=4))
+    n_sparse = len(asked)
     daily = evaluate(_two_cubes(), ["linear"], Protocol(max_size=4, query_every_days=1))
+    spans = set()
+    for _, cube in _two_cubes():
+        days = calendar_day(cube["time_s2"].values)
+        spans.add(int((days[-1] - days[0]).astype(int)) + 1)
+    assert set(asked[n_sparse:]) == spans  # every day of each cube's period was asked for
+    assert max(asked[:n_sparse]) < min(spans)
 
     def scores(result) -> list:
         return [(r.cube, r.task, r.scores) for r in (*result.rows, *result.pooled)]
