@@ -27,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this checkpoint's weights and model config (fine-tuning); the record "
+        "keeps its sites and steps",
+    )
     parser.add_argument("--width", type=int, default=None, help="token width")
     parser.add_argument("--depth", type=int, default=None, help="transformer blocks")
     parser.add_argument(
@@ -66,6 +74,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config = replace(
             train_config, steps=10, batch_size=2, crop=16, min_frames=6, max_frames=8
         )
+    init = None
+    if args.init is not None:
+        from core.model.checkpoint import load_checkpoint
+
+        init = load_checkpoint(args.init)
+        if args.tiny or args.width or args.depth or args.smooth_features is not None:
+            raise InputError(
+                "--init takes the model config from the checkpoint; drop "
+                "--tiny/--width/--depth/--smooth-features."
+            )
+        model_config = init.config
     overrides = {
         "width": args.width,
         "depth": args.depth,
@@ -76,12 +95,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config = replace(train_config, steps=args.steps)
     if args.batch_size is not None:
         train_config = replace(train_config, batch_size=args.batch_size)
+    if args.lr is not None:
+        if args.lr <= 0:
+            raise InputError(f"--lr must be positive, not {args.lr}.")
+        train_config = replace(train_config, lr=args.lr)
     if args.band_dropout is not None:
         train_config = replace(train_config, band_dropout=args.band_dropout)
 
     all_series = [load_series(p) for p in paths]
     sites = {s.site for s in all_series}
     holdout = _site_list(args.holdout, sites, "--holdout")
+    if init is not None:
+        init_holdout = set(init.record.get("holdout_sites", []))
+        if not init_holdout <= holdout:
+            raise InputError(
+                f"{args.init} held out {sorted(init_holdout)}; hold them out again (--holdout) "
+                "or the fine-tuned model will have seen them."
+            )
     calibration_sites = _site_list(args.calibrate_on, sites, "--calibrate-on")
     if holdout & calibration_sites:
         raise InputError("A site cannot be both held out and used for calibration.")
@@ -101,7 +131,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             shown = " ".join(f"{k}={v:.4f}" for k, v in figures.items())
             print(f"step {step}/{total} {shown} ({time.time() - started:.0f}s)", file=sys.stderr)
 
-    model, record = train(training, model_config, train_config, device=device, progress=progress)
+    model, record = train(
+        training,
+        model_config,
+        train_config,
+        device=device,
+        progress=progress,
+        init=init.model if init is not None else None,
+    )
+    if init is not None:
+        record.update(
+            initialised_from=str(args.init),
+            seen_sites=sorted(set(record["seen_sites"]) | set(init.seen_sites)),
+            steps_before=init.record.get("steps"),
+            seconds_before=init.record.get("seconds"),
+        )
     model = model.cpu()
     episodes = validation_episodes(
         validation,

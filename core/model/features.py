@@ -345,11 +345,17 @@ def series_inputs(frames: Frames, smooth_features: bool = False) -> WindowInputs
 
 def window_inputs(series: WindowInputs, start: int, stop: int, margin_days: float) -> WindowInputs:
     """S2 frames [start, stop) of ``series`` and the S1 frames within their span +- margin."""
-    days = series.days[start:stop]
+    return select_frames(series, np.arange(start, stop), margin_days)
+
+
+def select_frames(series: WindowInputs, frames: np.ndarray, margin_days: float) -> WindowInputs:
+    """The S2 frames ``frames`` (sorted indices) of ``series`` and the S1 frames within their
+    span +- margin."""
+    days = series.days[frames]
     keep = (series.s1_days >= days[0] - margin_days) & (series.s1_days <= days[-1] + margin_days)
     return WindowInputs(
-        s2=series.s2[start:stop],
-        base=series.base[start:stop],
+        s2=series.s2[frames],
+        base=series.base[frames],
         days=days,
         band_present=series.band_present,
         s1=series.s1[keep],

@@ -28,12 +28,13 @@ from core.model.features import (
     WindowInputs,
     frames_for_query,
     s1_anomalies,
+    select_frames,
     series_inputs,
     times_to_days_and_doy,
-    window_inputs,
 )
 from core.model.flow import SOLVERS
 from core.reconstruct import Prediction, ReconstructOptions
+from core.timeline import calendar_day
 
 
 def resolve_device(device: str) -> str:
@@ -63,6 +64,8 @@ class SeriesInputs:
     """All S2 frames (acquisitions + query-only dates) and S1 frames of the cube."""
     query_frame: np.ndarray
     """(Q,) index of each query's frame."""
+    acquired: np.ndarray
+    """(N,) bool: the frame is an acquisition (False: a query-only date with no observation)."""
 
 
 def prepare_series(observed: xr.Dataset, query: np.ndarray, use_s1: bool = True) -> SeriesInputs:
@@ -85,7 +88,8 @@ def prepare_series(observed: xr.Dataset, query: np.ndarray, use_s1: bool = True)
         ascending = np.zeros(0, dtype=bool)
     present = np.isfinite(observed["s2"].values).any(axis=(0, 2, 3))
     frames = Frames(s2, days, doy, present, s1, s1_days, s1_doy, ascending)
-    return SeriesInputs(frames, query_frame)
+    acquired = np.isin(calendar_day(times), calendar_day(observed["time_s2"].values))
+    return SeriesInputs(frames, query_frame, acquired)
 
 
 def temporal_windows(
@@ -109,6 +113,66 @@ def temporal_windows(
         for w in range(len(starts))
         if np.any(owner == w)
     ]
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One trunk pass: a set of frames seen together and the queries predicted from it."""
+
+    frames: np.ndarray
+    """Sorted indices of the series frames in this pass."""
+    queries: np.ndarray
+    """Indices of the queries it answers."""
+    targets: np.ndarray
+    """Position of each of those queries' frames within ``frames``."""
+
+
+def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> list[Pass]:
+    """Cut a series into trunk passes of at most ``size`` frames that cover every query.
+
+    Acquisitions are cut into windows as :func:`temporal_windows` does; query-only frames (dates
+    with no acquisition) are *added* to the window they fall nearest, in groups, instead of
+    being windowed with the acquisitions. A dense query set (every day of a season) would
+    otherwise fill the windows with blank frames and leave each query a few acquisitions of
+    context; here each pass keeps ``size - group`` acquisitions, where ``group`` is the number
+    of query-only frames per pass (at most half the window, fewer when fewer are asked for).
+
+    Args:
+        acquired: (N,) bool, True for acquisition frames.
+        query_frame: (Q,) frame index of each query.
+        size: the model's window (``ModelConfig.s2_window``).
+    """
+    acquisitions = np.flatnonzero(acquired)
+    only = ~acquired[query_frame]  # queries on a date with no acquisition
+    n_only = int(np.unique(query_frame[only]).size)
+    if acquisitions.size == 0 or n_only == 0:
+        return [
+            Pass(np.arange(start, stop), queries, query_frame[queries] - start)
+            for start, stop, queries in temporal_windows(len(acquired), query_frame, size)
+        ]
+    group = min(n_only, max(1, size // 2))
+    # Each query's position on the acquisition axis (a query-only frame sits between two).
+    position = np.searchsorted(acquisitions, query_frame).astype(float)
+    position = np.where(only, position - 0.5, position)
+    windows = temporal_windows(acquisitions.size, np.clip(position, 0, None), size - group)
+    passes: list[Pass] = []
+    for start, stop, queries in windows:
+        context = acquisitions[start:stop]
+        on_acquisition = queries[~only[queries]]
+        extra_frames = np.unique(query_frame[queries[only[queries]]])
+        chunks = [extra_frames[i : i + group] for i in range(0, extra_frames.size, group)] or [
+            extra_frames
+        ]
+        for i, chunk in enumerate(chunks):
+            frames = np.union1d(context, chunk)
+            answered = np.flatnonzero(np.isin(query_frame, chunk) & only)
+            answered = np.intersect1d(answered, queries)
+            if i == 0:
+                answered = np.concatenate([on_acquisition, answered])
+            if answered.size:
+                targets = np.searchsorted(frames, query_frame[answered])
+                passes.append(Pass(frames, answered, targets))
+    return passes
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
@@ -313,7 +377,7 @@ def model_method(
         for y0 in tile_origins(height, config.tile, config.tile_overlap)
         for x0 in tile_origins(width, config.tile, config.tile_overlap)
     ]
-    windows = temporal_windows(len(frames.days), series.query_frame, config.s2_window)
+    passes = plan_passes(series.acquired, series.query_frame, config.s2_window)
     for y0, x0 in tiles:
         ys = slice(y0, min(y0 + config.tile, height))
         xs = slice(x0, min(x0 + config.tile, width))
@@ -321,17 +385,16 @@ def model_method(
         weight[ys, xs] += ramp
         tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
         inputs = series_inputs(tile, config.smooth_features)
-        for start, stop, queries in windows:
+        for step in passes:
             window = thin_s1(
-                window_inputs(inputs, start, stop, config.s1_margin_days), config.max_s1_frames
+                select_frames(inputs, step.frames, config.s1_margin_days), config.max_s1_frames
             )
-            targets = series.query_frame[queries] - start
             m, s = predict_window(
-                checkpoint, window, targets, options.samples, steps, generator, device
+                checkpoint, window, step.targets, options.samples, steps, generator, device
             )
-            mean[queries, :, ys, xs] += m[..., :tile_h, :tile_w] * ramp
+            mean[step.queries, :, ys, xs] += m[..., :tile_h, :tile_w] * ramp
             if draws is not None and s is not None:
-                draws[:, queries, :, ys, xs] += s[..., :tile_h, :tile_w] * ramp
+                draws[:, step.queries, :, ys, xs] += s[..., :tile_h, :tile_w] * ramp
     mean /= weight
     if draws is not None:
         draws /= weight

@@ -317,14 +317,23 @@ def train(
     config: TrainConfig,
     device: str = "cpu",
     progress: Progress | None = None,
+    init: FieldFlowNet | None = None,
 ) -> tuple[FieldFlowNet, dict[str, object]]:
-    """Train a model on ``series``; return the EMA model and a training record."""
+    """Train a model on ``series``; return the EMA model and a training record.
+
+    ``init``: start from this network's weights (its config must equal ``model_config``) instead
+    of a fresh initialisation; the schedule (warm-up, cosine decay to 0) starts afresh.
+    """
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model = FieldFlowNet(model_config).to(device)
+    if init is not None:
+        if init.config != model_config:
+            raise ValueError("The initial network's config differs from the model config.")
+        model.load_state_dict(init.state_dict())
     ema = FieldFlowNet(model_config).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)

@@ -15,6 +15,7 @@ from core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, 
 from core.model.config import ModelConfig, TrainConfig
 from core.model.inference import (
     clear_adapted_cache,
+    plan_passes,
     resolve_device,
     temporal_windows,
     tile_origins,
@@ -126,6 +127,30 @@ def test_window_and_tile_helpers_cover_everything_once() -> None:
     assert tile_origins(30, 64, 16) == [0]
 
 
+def test_dense_queries_join_the_acquisitions_instead_of_crowding_them_out() -> None:
+    rng = np.random.default_rng(0)
+    acquired = np.zeros(160, dtype=bool)
+    acquired[np.sort(rng.choice(160, 30, replace=False))] = True
+    every_day = np.arange(160)
+    passes = plan_passes(acquired, every_day, 40)
+    answered = np.concatenate([p.queries for p in passes])
+    assert sorted(answered.tolist()) == every_day.tolist()  # each query once
+    for p in passes:
+        assert len(p.frames) <= 40 and np.all(np.diff(p.frames) > 0)
+        np.testing.assert_array_equal(p.frames[p.targets], every_day[p.queries])
+        assert acquired[p.frames].sum() >= 20  # at least half the window is acquisitions
+        assert (~acquired[p.frames]).sum() <= 20
+    # A few query-only dates barely shrink the acquisitions' window.
+    few = np.array([3, 50, 51, 120])
+    passes = plan_passes(acquired, few, 40)
+    assert sorted(np.concatenate([p.queries for p in passes]).tolist()) == [0, 1, 2, 3]
+    assert all(acquired[p.frames].sum() == 30 for p in passes)
+    # Queries on acquisition days only (every frame is an acquisition): one plain window.
+    (single,) = plan_passes(np.ones(30, dtype=bool), np.array([0, 10, 29]), 40)
+    np.testing.assert_array_equal(single.frames, np.arange(30))
+    np.testing.assert_array_equal(single.targets, [0, 10, 29])
+
+
 def test_samples_are_reproducible_with_a_seed(flanders_cube, tmp_path) -> None:
     path = _checkpoint(tmp_path, perturb=True)
     cube = _crop(flanders_cube, size=16)
@@ -193,13 +218,13 @@ def test_tiny_model_overfits_one_series(cubes_dir) -> None:
     config = TrainConfig()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
-    first = float(losses(model, batch, config, generator)["l1"])
+    first = float(losses(model, batch, config, generator)["l1"].detach())
     for _ in range(150):
         parts = losses(model, batch, config, generator)
         optimizer.zero_grad()
         parts["loss"].backward()
         optimizer.step()
-    last = float(losses(model, batch, config, generator)["l1"])
+    last = float(losses(model, batch, config, generator)["l1"].detach())
     assert last < 0.5 * first
 
 

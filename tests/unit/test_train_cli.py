@@ -1,0 +1,81 @@
+"""`python -m core train`: held-out sites stay unseen, and fine-tuning from a checkpoint keeps
+that promise and its record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from core.model.checkpoint import load_checkpoint
+
+SMALL = ("es-field_2019.nc", "hu-alfold_2021.nc", "pt-santarem_2021.nc")
+
+
+@pytest.fixture(scope="module")
+def small_data(cubes_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder of three small real cubes (links to the shared files, nothing copied)."""
+    folder = tmp_path_factory.mktemp("cubes")
+    for name in SMALL:
+        (folder / name).symlink_to(cubes_dir / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base_checkpoint(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "base.pt"
+    argv = ["train", "--tiny", "--data", str(small_data), "--out", str(out), "--threads", "1"]
+    assert main([*argv, "--holdout", "hu-alfold", "--validation-episodes", "4"]) == 0
+    return out
+
+
+def test_held_out_sites_are_never_seen(base_checkpoint: Path) -> None:
+    checkpoint = load_checkpoint(base_checkpoint)
+    assert checkpoint.record["holdout_sites"] == ["hu-alfold"]
+    assert "hu-alfold" not in checkpoint.seen_sites
+    assert checkpoint.seen_sites == ["es-field", "pt-santarem"]
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_record(
+    small_data: Path, base_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "tuned.pt"
+    argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data), "--out", str(out)]
+    argv += ["--holdout", "hu-alfold", "--steps", "3", "--lr", "1e-4", "--threads", "1"]
+    assert main([*argv, "--validation-episodes", "4"]) == 0
+    base, tuned = load_checkpoint(base_checkpoint), load_checkpoint(out)
+    assert tuned.config == base.config
+    assert tuned.record["initialised_from"] == str(base_checkpoint)
+    assert tuned.record["steps_before"] == base.record["steps"]
+    assert tuned.train_config.lr == pytest.approx(1e-4)
+    assert "hu-alfold" not in tuned.seen_sites
+    # Three small steps move the weights a little: started from the base, not from scratch.
+    distance = sum(
+        (a - b).abs().sum().item()
+        for a, b in zip(tuned.model.parameters(), base.model.parameters(), strict=True)
+    )
+    scale = sum(p.abs().sum().item() for p in base.model.parameters())
+    assert 0 < distance < 0.05 * scale
+
+
+def test_fine_tuning_refuses_to_see_the_checkpoints_holdout(
+    small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "leaky.pt"
+    argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data), "--out", str(out)]
+    assert main([*argv, "--steps", "2"]) == 2
+    assert "hold them out again" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_fine_tuning_takes_the_model_config_from_the_checkpoint(
+    small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data)]
+    argv += ["--out", str(tmp_path / "x.pt"), "--holdout", "hu-alfold", "--width", "32"]
+    assert main(argv) == 2
+    assert "model config from the checkpoint" in capsys.readouterr().err
+    argv = ["train", "--tiny", "--data", str(small_data), "--out", str(tmp_path / "y.pt")]
+    assert main([*argv, "--lr", "0"]) == 2
+    assert "--lr must be positive" in capsys.readouterr().err
