@@ -134,8 +134,10 @@ def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> lis
     with no acquisition) are *added* to the window they fall nearest, in groups, instead of
     being windowed with the acquisitions. A dense query set (every day of a season) would
     otherwise fill the windows with blank frames and leave each query a few acquisitions of
-    context; here each pass keeps ``size - group`` acquisitions, where ``group`` is the number
-    of query-only frames per pass (at most half the window, fewer when fewer are asked for).
+    context; here each pass keeps ``size - group`` acquisitions, where ``group``, the number of
+    query-only frames per pass, is what their density among the acquisitions would bring into
+    a window (so sparse queries cost no extra pass), but at most half the window (so dense ones
+    leave it at least half acquisitions, at the price of more passes).
 
     Args:
         acquired: (N,) bool, True for acquisition frames.
@@ -150,7 +152,10 @@ def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> lis
             Pass(np.arange(start, stop), queries, query_frame[queries] - start)
             for start, stop, queries in temporal_windows(len(acquired), query_frame, size)
         ]
-    group = min(n_only, max(1, size // 2))
+    # As many query-only frames per pass as the acquisitions' own density would bring into a
+    # window of ``size`` frames, but never more than half of it.
+    density = n_only / acquisitions.size
+    group = min(n_only, size // 2, max(1, size - int(size / (1 + density))))
     # Each query's position on the acquisition axis (a query-only frame sits between two).
     position = np.searchsorted(acquisitions, query_frame).astype(float)
     position = np.where(only, position - 0.5, position)
