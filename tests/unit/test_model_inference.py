@@ -60,6 +60,22 @@ def test_untrained_model_equals_linear_interpolation(flanders_cube, tmp_path) ->
     np.testing.assert_allclose(model["s2"].values[both], linear["s2"].values[both], atol=2e-5)
 
 
+def test_every_day_queried_runs_in_grouped_passes_and_misses_none(flanders_cube, tmp_path) -> None:
+    cube = _crop(flanders_cube, size=16)
+    times = cube["time_s2"].values
+    first, last = times[0].astype("datetime64[D]"), times[-1].astype("datetime64[D]")
+    days = np.arange(first, last + 1)
+    # Every day (more passes than one window): the acquisitions at their own times (a query on
+    # an acquisition day is that acquisition), the other days at midnight.
+    others = days[~np.isin(days, times.astype("datetime64[D]"))].astype("datetime64[ns]")
+    query = np.sort(np.concatenate([times, others]))
+    model = reconstruct(cube, query, "model", _options(_checkpoint(tmp_path, perturb=False)))
+    linear = reconstruct(cube, query, "linear")
+    both = np.isfinite(linear["s2"].values)
+    assert both.mean() > 0.5
+    np.testing.assert_allclose(model["s2"].values[both], linear["s2"].values[both], atol=2e-5)
+
+
 def test_hidden_pixel_values_never_reach_the_model(flanders_cube, tmp_path) -> None:
     cube = _crop(flanders_cube).copy(deep=True)
     path = _checkpoint(tmp_path, perturb=True)
