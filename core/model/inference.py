@@ -180,6 +180,16 @@ def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> lis
     return passes
 
 
+def s1_limit(acquired: np.ndarray, most: int) -> int:
+    """S1 frames a pass may hold: ``most``, or for a pass with query-only frames (which spans
+    more days than a window of every frame would), at most one per S2 acquisition in it, so
+    that a daily curve costs about what it did with plain windows (their S1 count followed
+    their shorter span)."""
+    if acquired.all():
+        return most
+    return max(1, min(most, int(acquired.sum())))
+
+
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of side ``tile`` covering ``length`` pixels with ``overlap``."""
     if length <= tile:
@@ -392,7 +402,8 @@ def model_method(
         inputs = series_inputs(tile, config.smooth_features)
         for step in passes:
             window = thin_s1(
-                select_frames(inputs, step.frames, config.s1_margin_days), config.max_s1_frames
+                select_frames(inputs, step.frames, config.s1_margin_days),
+                s1_limit(series.acquired[step.frames], config.max_s1_frames),
             )
             m, s = predict_window(
                 checkpoint, window, step.targets, options.samples, steps, generator, device
