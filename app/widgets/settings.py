@@ -78,7 +78,7 @@ def settings_panel(settings: Settings) -> RunSettings:
             key=str(Key.ADAPT),
             disabled=not is_model,
             help="Before reconstructing, train a copy of the model for this many steps on the "
-            "field's own clear pixels, once per Run. Slower (about a second per step on a "
+            "field's own clear pixels, once per Run. Slower (about half a second per step on a "
             "CPU); on the held-out cubes 50 steps helped most where the model had seen no "
             "similar region (README, 'per-field tuning').",
         )

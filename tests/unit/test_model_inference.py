@@ -268,6 +268,28 @@ def test_per_field_adaptation_learns_from_clear_pixels_only(flanders_cube, tmp_p
         assert torch.equal(value, after[key])
 
 
+def test_per_field_adaptation_batch_does_not_follow_the_training_batch(
+    cubes_dir, monkeypatch
+) -> None:
+    from core.model import training
+
+    sizes: list[int] = []
+    real_collate = training.collate
+
+    def counting_collate(episodes, device="cpu"):
+        sizes.append(len(episodes))
+        return real_collate(episodes, device)
+
+    monkeypatch.setattr(training, "collate", counting_collate)
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    config = TrainConfig(batch_size=8, crop=16, min_frames=6, max_frames=8)
+    training.adapt(FieldFlowNet(TINY), series, 2, config)
+    assert sizes == [training.ADAPT_BATCH_SIZE] * 2
+    sizes.clear()
+    training.adapt(FieldFlowNet(TINY), series, 1, config, batch_size=3)
+    assert sizes == [3]
+
+
 def test_per_field_adaptation_tunes_once_per_cube(flanders_cube, tmp_path, monkeypatch) -> None:
     import core.model.training as training
 
