@@ -20,6 +20,7 @@ import pytest
 from playwright.sync_api import expect
 from shapely.geometry import mapping
 
+from app.widgets.field import LOCATION_ZOOM
 from core.cube import S2_BANDS
 from core.curve import CURVE_COLUMNS
 from core.export import read_geotiff_bands
@@ -60,6 +61,17 @@ def go_to(page, lat: float, lon: float) -> None:
     box.fill(f"{lat:.5f}, {lon:.5f}")
     box.press("Enter")
     wait_idle(page)
+
+
+def wait_map_zoom(page, zoom: int, timeout_s: float = 60.0) -> None:
+    """Wait until the Leaflet map (``window.map`` of the map component's frame) sits at ``zoom``:
+    the app moves the view after a rerun, asynchronously, so clicks before that are lost."""
+    frame = page.locator(MAP_FRAME).element_handle().content_frame()
+    frame.wait_for_function(
+        "z => window.map && typeof window.map.getZoom === 'function' && window.map.getZoom() === z",
+        arg=zoom,
+        timeout=timeout_s * 1000,
+    )
 
 
 def set_date(page, label: str, day: dt.date) -> None:
@@ -279,10 +291,12 @@ def test_bad_inputs_show_messages_and_the_page_stays_usable(
 
     # A field over the size limit, drawn zoomed out.
     go_to(page, *centre_of(site))
+    wait_map_zoom(page, LOCATION_ZOOM)  # the go-to view, not the start view, is zoomed out
     frame = page.frame_locator(MAP_FRAME)
     for _ in range(7):
         frame.get_by_title("Zoom out").click()
         time.sleep(0.2)
+    wait_map_zoom(page, LOCATION_ZOOM - 7)
     draw_rectangle(page, 250, 150)
     page.get_by_text("The drawn shape cannot be used").wait_for()
     assert "above the limit" in page.get_by_text("The drawn shape cannot be used").inner_text()
