@@ -170,8 +170,7 @@ def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> lis
         ]
         for i, chunk in enumerate(chunks):
             frames = np.union1d(context, chunk)
-            answered = np.flatnonzero(np.isin(query_frame, chunk) & only)
-            answered = np.intersect1d(answered, queries)
+            answered = queries[only[queries] & np.isin(query_frame[queries], chunk)]
             if i == 0:
                 answered = np.concatenate([on_acquisition, answered])
             if answered.size:

@@ -511,12 +511,12 @@ def adapt(
     seed: int = 0,
     lr: float = 1e-4,
     device: str = "cpu",
-    batch_size: int | None = None,
+    batch_size: int = ADAPT_BATCH_SIZE,
 ) -> FieldFlowNet:
     """Per-field adaptation: ``steps`` steps of the training objective on the user's own series.
 
-    Episodes come in batches of ``batch_size`` (default :data:`ADAPT_BATCH_SIZE`, whatever batch
-    the checkpoint was trained with, so that a step costs the same for every checkpoint).
+    Episodes come in batches of ``batch_size``, not the checkpoint's training batch, so that a
+    step costs the same for every checkpoint.
 
     A copy of ``model`` is tuned on episodes cut from ``series`` (its clear observations only:
     pixels a caller wants reconstructed are not clear, so they are never a training target)
@@ -537,7 +537,7 @@ def adapt(
     while done < steps and attempts < steps * 20:
         n_frames = min(int(rng.integers(config.min_frames, config.max_frames + 1)), n_total)
         episodes: list[Episode] = []
-        while len(episodes) < (batch_size or ADAPT_BATCH_SIZE) and attempts < steps * 20:
+        while len(episodes) < batch_size and attempts < steps * 20:
             attempts += 1
             ep = make_episode(
                 series,
