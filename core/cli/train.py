@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--band-dropout", type=float, default=None, help="probability of hiding bands in training"
     )
+    parser.add_argument(
+        "--spectral-jitter",
+        type=float,
+        default=None,
+        help="std of the random log gain on each training episode's reflectance (0: off)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -101,6 +107,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config = replace(train_config, lr=args.lr)
     if args.band_dropout is not None:
         train_config = replace(train_config, band_dropout=args.band_dropout)
+    if args.spectral_jitter is not None:
+        if not 0 <= args.spectral_jitter <= 1:
+            raise InputError(
+                f"--spectral-jitter must be between 0 and 1, not {args.spectral_jitter}."
+            )
+        train_config = replace(train_config, spectral_jitter=args.spectral_jitter)
 
     all_series = [load_series(p) for p in paths]
     sites = {s.site for s in all_series}

@@ -84,6 +84,10 @@ class TrainConfig:
     """Probability of hiding a random subset of an episode's bands (the cubes differ in bands)."""
     s1_dropout: float = 0.3
     """Probability of hiding all S1 frames of an episode (so S2-only inputs work)."""
+    spectral_jitter: float = 0.0
+    """Standard deviation of the log gain applied to a training episode's S2 reflectance: one
+    gain for all bands plus half as much per band, so that a site's brightness and colour are
+    not learned as facts about the world (0: off)."""
     ema_decay: float = 0.995
     """Decay of the exponential moving average of the weights that is saved."""
     seed: int = 0

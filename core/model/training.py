@@ -123,6 +123,7 @@ def make_episode(
     max_s1_frames: int = 24,
     band_dropout: float = 0.0,
     smooth_features: bool = False,
+    spectral_jitter: float = 0.0,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
@@ -145,6 +146,9 @@ def make_episode(
     start -= lo
     window = slice(start, start + n_frames)
     s2 = series.clear_s2[keep][:, :, ys, xs]
+    if spectral_jitter > 0:  # brightness and colour of this episode (see TrainConfig)
+        log_gain = rng.normal(0.0, spectral_jitter) + rng.normal(0.0, spectral_jitter / 2, 10)
+        s2 = s2 * np.exp(log_gain).astype(s2.dtype)[None, :, None, None]
     days = series.days[keep]
     clear = np.isfinite(s2[window]).any(axis=1)
     fraction = clear.mean(axis=(1, 2))
@@ -367,6 +371,7 @@ def train(
                 config.max_s1_frames,
                 config.band_dropout,
                 model_config.smooth_features,
+                config.spectral_jitter,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape

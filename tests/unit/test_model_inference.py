@@ -325,3 +325,29 @@ def test_per_field_adaptation_refuses_too_short_series(flanders_cube, tmp_path) 
         reconstruct(cube, query, "model", _options(path, adapt_steps=2))
     with pytest.raises(InputError, match="--adapt-steps must be 0 or more"):
         reconstruct(cube, query, "model", _options(path, adapt_steps=-1))
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.2])
+def test_spectral_jitter_scales_each_band_of_an_episode(cubes_dir, jitter) -> None:
+    series = load_series(cubes_dir / "be-flanders-a_2017-2018.nc")
+    level = np.linspace(0.05, 0.5, 10, dtype=np.float32)[None, :, None, None]
+    flat = dataclasses.replace(
+        series, clear_s2=np.where(np.isfinite(series.clear_s2), level, np.nan)
+    )
+    rng = np.random.default_rng(3)
+    episode = None
+    while episode is None:
+        episode = make_episode(flat, 10, 16, rng, s1_dropout=0.0, spectral_jitter=jitter)
+    gains = []
+    for band in range(10):
+        values = episode.truth[:, band][np.isfinite(episode.truth[:, band])]
+        assert values.size > 0
+        assert np.ptp(values) < 1e-6  # one gain per band for the whole episode
+        gains.append(values[0] / level[0, band, 0, 0])
+    gains = np.array(gains)
+    if jitter == 0:
+        np.testing.assert_allclose(gains, 1.0, rtol=1e-6)
+    else:
+        assert np.abs(np.log(gains)).max() > 0.01  # reflectance was changed ...
+        assert np.ptp(np.log(gains)) > 0.01  # ... and not by one gain for all bands
+        assert np.abs(np.log(gains)).max() < 6 * 1.5 * jitter

@@ -43,12 +43,13 @@ def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_record(
     out = tmp_path / "tuned.pt"
     argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data), "--out", str(out)]
     argv += ["--holdout", "hu-alfold", "--steps", "3", "--lr", "1e-4", "--threads", "1"]
-    assert main([*argv, "--validation-episodes", "4"]) == 0
+    assert main([*argv, "--validation-episodes", "4", "--spectral-jitter", "0.1"]) == 0
     base, tuned = load_checkpoint(base_checkpoint), load_checkpoint(out)
     assert tuned.config == base.config
     assert tuned.record["initialised_from"] == str(base_checkpoint)
     assert tuned.record["steps_before"] == base.record["steps"]
     assert tuned.train_config.lr == pytest.approx(1e-4)
+    assert tuned.train_config.spectral_jitter == pytest.approx(0.1)
     assert "hu-alfold" not in tuned.seen_sites
     # Three small steps move the weights a little: started from the base, not from scratch.
     distance = sum(
@@ -79,3 +80,5 @@ def test_fine_tuning_takes_the_model_config_from_the_checkpoint(
     argv = ["train", "--tiny", "--data", str(small_data), "--out", str(tmp_path / "y.pt")]
     assert main([*argv, "--lr", "0"]) == 2
     assert "--lr must be positive" in capsys.readouterr().err
+    assert main([*argv, "--spectral-jitter", "-0.1"]) == 2
+    assert "--spectral-jitter must be between 0 and 1" in capsys.readouterr().err
