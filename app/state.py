@@ -39,6 +39,7 @@ class Key(StrEnum):
     SAMPLES = "samples"
     STEPS = "steps"
     ADAPT = "adapt_steps"
+    CALIBRATE = "calibrate_field"
     DEVICE = "device"
     MAX_CLOUD = "max_cloud_cover"
     DATE = "timeline_date"

@@ -62,6 +62,10 @@ class ReconstructOptions:
     adapt_steps: int = 0
     """Model only: steps of per-field self-supervised adaptation on the cube's own clear
     observations before reconstructing (0: none)."""
+    calibrate_field: bool = False
+    """Model only, K > 1: refit the width of the p10-p90 band on the cube's own clear
+    observations (hidden in turn) instead of using the checkpoint's, fitted on its training
+    sites."""
 
 
 @dataclass(frozen=True)

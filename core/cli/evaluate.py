@@ -65,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="model: steps of self-supervised tuning on this cube's clear pixels first (0: none)",
     )
+    parser.add_argument(
+        "--calibrate-field",
+        action="store_true",
+        help="model, K > 1: fit the p10-p90 band's width on this cube's own clear pixels",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (model only)")
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="model checkpoint (default: the shipped one)"
@@ -147,6 +152,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         samples=args.samples,
         steps=args.steps,
         adapt_steps=args.adapt_steps,
+        calibrate_field=args.calibrate_field,
         device=args.device,
         seed=args.seed,
         checkpoint=args.checkpoint,

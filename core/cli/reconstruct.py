@@ -36,6 +36,11 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="model: steps of self-supervised tuning on this cube's clear pixels first (0: none)",
     )
+    parser.add_argument(
+        "--calibrate-field",
+        action="store_true",
+        help="model, K > 1: fit the p10-p90 band's width on this cube's own clear pixels",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--whittaker-lambda",
@@ -54,6 +59,7 @@ def options_from_args(
         samples=args.samples,
         steps=args.steps,
         adapt_steps=args.adapt_steps,
+        calibrate_field=args.calibrate_field,
         device=args.device,
         seed=args.seed,
         keep_observed=keep_observed,

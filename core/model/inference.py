@@ -291,11 +291,14 @@ def predict_window(
     return mean_np, draws.cpu().numpy() / REFL_SCALE
 
 
-ADAPTED_CACHE_SIZE = 2
-"""Per-field tuned networks kept per process: a Run asks for frames and for the curve in many
-calls on the same cube, and each must not tune again."""
-_adapted: OrderedDict[tuple, tuple[Checkpoint, Checkpoint]] = OrderedDict()
-_adapted_lock = threading.Lock()
+FIELD_CACHE_SIZE = 2
+"""Per-field tuned or calibrated checkpoints kept per process: a Run asks for frames and for the
+curve in many calls on the same cube, and each must not tune or calibrate again."""
+_field: OrderedDict[tuple, tuple[Checkpoint, Checkpoint]] = OrderedDict()
+_field_lock = threading.Lock()
+
+FIELD_CALIBRATION_EPISODES = 16
+"""Self-supervised episodes (hidden clear pixels) on which per-field calibration fits the spread."""
 
 
 def observed_fingerprint(observed: xr.Dataset) -> str:
@@ -310,53 +313,92 @@ def observed_fingerprint(observed: xr.Dataset) -> str:
     return digest.hexdigest()
 
 
-def clear_adapted_cache() -> None:
-    """Forget every per-field tuned network (tests; memory)."""
-    with _adapted_lock:
-        _adapted.clear()
+def clear_field_cache() -> None:
+    """Forget every per-field tuned or calibrated checkpoint (tests; memory)."""
+    with _field_lock:
+        _field.clear()
 
 
-def adapted_checkpoint(
+def field_checkpoint(
     checkpoint: Checkpoint,
     observed: xr.Dataset,
-    adapt_steps: int,
     options: ReconstructOptions,
+    steps: int,
     device: str,
 ) -> Checkpoint:
-    """``checkpoint`` with its network tuned for ``adapt_steps`` steps on ``observed``'s own
-    clear pixels (see :func:`core.model.training.adapt`); the cached original is untouched.
+    """``checkpoint`` as this field's request asks for it; the cached original is untouched.
 
-    Tuning is seeded, so the same checkpoint, cube, steps and seed give the same network: it is
-    kept (:data:`ADAPTED_CACHE_SIZE` per process) and reused by later calls on the same cube.
+    - ``options.adapt_steps`` > 0: its network tuned for that many steps on ``observed``'s own
+      clear pixels (see :func:`core.model.training.adapt`).
+    - ``options.calibrate_field`` with K > 1 samples: its spread scale refitted so that the
+      p10-p90 band of K samples covers 80 % of ``observed``'s clear pixels when they are hidden
+      (:data:`FIELD_CALIBRATION_EPISODES` episodes as in training: whole frames, real cloud
+      masks, long gaps). A cube with under 4 acquisitions, or none at least half clear, keeps
+      the checkpoint's spread. With tuning too, the tuned network is calibrated on pixels it was
+      tuned on, so its band may come out narrower than it should.
+
+    Both are seeded, so the same checkpoint, cube, options and seed give the same result: it is
+    kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
     """
-    from core.model.training import adapt, series_from_cube
+    from core.model.training import adapt, calibrate, series_from_cube, validation_episodes
 
-    key = (id(checkpoint), observed_fingerprint(observed), adapt_steps, options.seed, device)
-    with _adapted_lock:
-        entry = _adapted.get(key)
+    calibration_k = options.samples if options.calibrate_field and options.samples > 1 else 0
+    if options.adapt_steps == 0 and calibration_k == 0:
+        return checkpoint
+    key = (
+        id(checkpoint),
+        observed_fingerprint(observed),
+        options.adapt_steps,
+        calibration_k,
+        steps if calibration_k else 0,
+        options.seed,
+        device,
+    )
+    with _field_lock:
+        entry = _field.get(key)
         if entry is not None and entry[0] is checkpoint:  # not a new object at a reused id
-            _adapted.move_to_end(key)
+            _field.move_to_end(key)
             return entry[1]
     series = series_from_cube(observed, "this field")
-    if series.clear_s2.shape[0] < 4:
+    if options.adapt_steps > 0 and series.clear_s2.shape[0] < 4:
         raise InputError(
             "Per-field adaptation needs at least 4 Sentinel-2 acquisitions; this cube has "
             f"{series.clear_s2.shape[0]}. Run without --adapt-steps or choose a longer period."
         )
-    model = adapt(
-        checkpoint.model,
-        series,
-        adapt_steps,
-        checkpoint.train_config,
-        seed=options.seed,
-        device=device,
-    )
-    tuned = dataclasses.replace(checkpoint, model=model)
-    with _adapted_lock:
-        _adapted[key] = (checkpoint, tuned)
-        while len(_adapted) > ADAPTED_CACHE_SIZE:
-            _adapted.popitem(last=False)
-    return tuned
+    result = checkpoint
+    if options.adapt_steps > 0:
+        model = adapt(
+            checkpoint.model,
+            series,
+            options.adapt_steps,
+            checkpoint.train_config,
+            seed=options.seed,
+            device=device,
+        )
+        result = dataclasses.replace(result, model=model)
+    if calibration_k:
+        episodes = validation_episodes(
+            [series],
+            FIELD_CALIBRATION_EPISODES,
+            checkpoint.train_config,
+            seed=options.seed,
+            smooth_features=checkpoint.config.smooth_features,
+        )
+        if episodes:  # else (under 4 acquisitions, none half clear): the checkpoint's spread
+            figures = calibrate(
+                result.model,
+                episodes,
+                samples=calibration_k,
+                steps=steps,
+                seed=options.seed,
+                device=device,
+            )
+            result = dataclasses.replace(result, spread_scale=figures["spread_scale"])
+    with _field_lock:
+        _field[key] = (checkpoint, result)
+        while len(_field) > FIELD_CACHE_SIZE:
+            _field.popitem(last=False)
+    return result
 
 
 def model_method(
@@ -372,8 +414,7 @@ def model_method(
         raise InputError(f"--steps must be at least 1, not {steps}.")
     if options.adapt_steps < 0:
         raise InputError(f"--adapt-steps must be 0 or more, not {options.adapt_steps}.")
-    if options.adapt_steps > 0:
-        checkpoint = adapted_checkpoint(checkpoint, observed, options.adapt_steps, options, device)
+    checkpoint = field_checkpoint(checkpoint, observed, options, steps, device)
     series = prepare_series(observed, query)
     frames = series.frames
     n_query = query.size

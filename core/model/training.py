@@ -418,7 +418,7 @@ def validation_episodes(
     episodes: list[Episode] = []
     usable = [s for s in series if s.clear_s2.shape[0] >= 4]
     attempts = 0
-    while len(episodes) < count and attempts < count * 20:
+    while usable and len(episodes) < count and attempts < count * 20:
         attempts += 1
         s = usable[len(episodes) % len(usable)]
         n_frames = min((config.min_frames + config.max_frames) // 2, s.clear_s2.shape[0])
@@ -432,31 +432,39 @@ def validation_episodes(
 
 @torch.no_grad()
 def residual_draws(
-    model: FieldFlowNet, episode: Episode, samples: int, steps: int, generator: torch.Generator
+    model: FieldFlowNet,
+    episode: Episode,
+    samples: int,
+    steps: int,
+    generator: torch.Generator,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean, interpolation base, residual samples and truth at an episode's target values.
 
-    Returns 1-D arrays over target (frame, band, pixel) values: mean (M,), base (M,),
-    draws (K, M), truth (M,), in model units.
+    ``generator`` is a CPU generator (the noise is drawn on the CPU, then moved to ``device``,
+    so a seed gives the same draws on every device). Returns 1-D arrays over target (frame,
+    band, pixel) values: mean (M,), base (M,), draws (K, M), truth (M,), in model units.
     """
     from core.model.flow import euler_solve
 
-    batch = collate([episode])
+    batch = collate([episode], device)
     features = model.encode(batch.s2, batch.s2_days, batch.s1, batch.s1_days)
     h, w = batch.s2.shape[-2:]
-    mean = batch.base + model.mean_correction(features, h, w)
+    frames = batch.target[0].flatten(1).any(dim=1)  # only frames with targets are generated
+    features = features[:, frames]
+    mean = batch.base[:, frames] + model.mean_correction(features, h, w)
     flat = features.reshape(-1, features.shape[-1]).repeat(samples, 1)
     dim = model.config.patch**2 * 10
-    noise = torch.randn(flat.shape[0], dim, generator=generator)
+    noise = torch.randn(flat.shape[0], dim, generator=generator).to(device)
     res = euler_solve(lambda x, tau: model.flow_head(x, tau, flat), noise, steps)
-    res = res.view(samples, 1, batch.s2.shape[1], -1, dim)
-    res = torch.stack([model.unpatchify(r, h, w)[0] for r in res])  # (K, T, 10, H, W)
-    target = batch.target[0]
+    res = res.view(samples, 1, features.shape[1], -1, dim)
+    res = torch.stack([model.unpatchify(r, h, w)[0] for r in res])  # (K, T', 10, H, W)
+    target = batch.target[0][frames]
     return (
-        mean[0][target].numpy(),
-        batch.base[0][target].numpy(),
-        res[:, target].numpy(),
-        batch.truth[0][target].numpy(),
+        mean[0][target].cpu().numpy(),
+        batch.base[0][frames][target].cpu().numpy(),
+        res[:, target].cpu().numpy(),
+        batch.truth[0][frames][target].cpu().numpy(),
     )
 
 
@@ -473,11 +481,12 @@ def calibrate(
     steps: int = 8,
     target_coverage: float = 0.8,
     seed: int = 0,
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Fit the spread scale so the p10-p90 band covers ``target_coverage`` of held-out targets,
     and measure the point estimate against the interpolation on the same targets."""
     generator = torch.Generator().manual_seed(seed)
-    parts = [residual_draws(model, ep, samples, steps, generator) for ep in episodes]
+    parts = [residual_draws(model, ep, samples, steps, generator, device) for ep in episodes]
     mean = np.concatenate([p[0] for p in parts])
     base = np.concatenate([p[1] for p in parts])
     draws = np.concatenate([p[2] for p in parts], axis=1)

@@ -97,8 +97,11 @@ def test_first_page_offers_field_inputs_and_waits_for_a_field(open_page: OpenPag
     model_only = ("samples", "steps", "adapt_steps")
     assert not any(page.number_input(key=k).disabled for k in model_only)
     assert page.number_input(key="adapt_steps").value == 0  # per-field tuning is opt-in
+    band = page.checkbox(key="calibrate_field")
+    assert band.value and not band.disabled  # the band is fitted on the field by default
     method.set_value("linear").run()
     assert all(page.number_input(key=k).disabled for k in model_only)
+    assert page.checkbox(key="calibrate_field").disabled
     assert "No field yet." in texts(page, "info")
 
 
@@ -115,6 +118,8 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert not page.error, texts(page, "error")
     result: SeasonResult = state(page).result
     assert result is not None and result.source.startswith("offline cube")
+    options = result.request.options
+    assert options.calibrate_field and options.samples > 1  # the app's defaults
     assert page.get("plotly_chart"), "the NDVI chart is missing"
 
     # The slider covers every acquisition and the 5-day grid; moving it changes the frames.

@@ -14,7 +14,7 @@ from core.errors import InputError
 from core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_sites
 from core.model.config import ModelConfig, TrainConfig
 from core.model.inference import (
-    clear_adapted_cache,
+    clear_field_cache,
     plan_passes,
     resolve_device,
     temporal_windows,
@@ -256,9 +256,9 @@ def test_per_field_adaptation_learns_from_clear_pixels_only(flanders_cube, tmp_p
     dark["s2"][6, :, 5:12, 5:12] = 0.01
     before = {k: v.clone() for k, v in cached_checkpoint(path, "cpu").model.state_dict().items()}
     tuned = _options(path, adapt_steps=3)
-    clear_adapted_cache()
+    clear_field_cache()
     a = reconstruct(bright, query, "model", tuned).s2.values
-    clear_adapted_cache()  # tune afresh on the dark cube: no reuse of the first tuning
+    clear_field_cache()  # tune afresh on the dark cube: no reuse of the first tuning
     b = reconstruct(dark, query, "model", tuned).s2.values
     np.testing.assert_array_equal(a, b)  # hidden values reach neither the tuning nor the model
     plain = reconstruct(bright, query, "model", _options(path)).s2.values
@@ -299,7 +299,7 @@ def test_per_field_adaptation_tunes_once_per_cube(flanders_cube, tmp_path, monke
     cube = _crop(flanders_cube)
     path = _checkpoint(tmp_path, perturb=True)
     tuned = _options(path, adapt_steps=2)
-    clear_adapted_cache()
+    clear_field_cache()
     days = cube["time_s2"].values
     first = reconstruct(cube, days[[3]], "model", tuned).s2.values
     reconstruct(cube, days[[5, 6]], "model", tuned)  # another chunk of the same Run
@@ -311,7 +311,7 @@ def test_per_field_adaptation_tunes_once_per_cube(flanders_cube, tmp_path, monke
     other["valid"][t, y, x] = 0  # one more cloudy pixel is a different field state
     reconstruct(other, days[[3]], "model", tuned)
     assert len(runs) == 2
-    clear_adapted_cache()
+    clear_field_cache()
     retuned = reconstruct(cube, days[[3]], "model", tuned).s2.values
     assert len(runs) == 3
     np.testing.assert_allclose(retuned, first, atol=1e-5)  # seeded: the cache changes no answer
@@ -325,6 +325,59 @@ def test_per_field_adaptation_refuses_too_short_series(flanders_cube, tmp_path) 
         reconstruct(cube, query, "model", _options(path, adapt_steps=2))
     with pytest.raises(InputError, match="--adapt-steps must be 0 or more"):
         reconstruct(cube, query, "model", _options(path, adapt_steps=-1))
+
+
+def test_calibration_fits_the_spread_to_80_percent_coverage(cubes_dir) -> None:
+    from core.model.training import calibrate, validation_episodes
+
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    config = TrainConfig(crop=16, min_frames=6, max_frames=8)
+    episodes = validation_episodes([series], 4, config, 0, TINY.smooth_features)
+    assert len(episodes) == 4
+    torch.manual_seed(0)
+    figures = calibrate(FieldFlowNet(TINY), episodes, samples=8, steps=2)
+    assert figures["n_values"] > 1000
+    assert figures["coverage_calibrated"] == pytest.approx(0.8, abs=0.01)
+    assert figures["spread_scale"] != pytest.approx(1.0, abs=0.01)
+    short = dataclasses.replace(series, clear_s2=series.clear_s2[:3])
+    assert validation_episodes([short], 4, config, 0) == []  # too short: none, not an error
+
+
+def test_per_field_calibration_rescales_the_band_from_clear_pixels_only(
+    flanders_cube, tmp_path
+) -> None:
+    from core.model.inference import cached_checkpoint, field_checkpoint
+
+    cube = _crop(flanders_cube).copy(deep=True)
+    path = _checkpoint(tmp_path, perturb=True)
+    query = cube["time_s2"].values[[6]] + np.timedelta64(1, "D")
+    cube["valid"][6, 5:12, 5:12] = 0
+    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
+    bright["s2"][6, :, 5:12, 5:12] = 0.9
+    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    plain_options = _options(path, samples=8)
+    fitted = dataclasses.replace(plain_options, calibrate_field=True)
+    clear_field_cache()
+    a = reconstruct(bright, query, "model", fitted)
+    clear_field_cache()
+    b = reconstruct(dark, query, "model", fitted)
+    np.testing.assert_array_equal(a["s2_p90"].values, b["s2_p90"].values)  # hidden values unseen
+    plain = reconstruct(bright, query, "model", plain_options)
+    np.testing.assert_array_equal(a["s2"].values, plain["s2"].values)  # the mean is untouched
+    base = cached_checkpoint(path, "cpu")
+    field = field_checkpoint(base, bright, fitted, base.config.default_steps, "cpu")
+    assert field.spread_scale != pytest.approx(base.spread_scale, rel=0.01)
+    assert field.model is base.model  # calibration trains nothing
+    width = (a["s2_p90"] - a["s2_p10"]).values
+    plain_width = (plain["s2_p90"] - plain["s2_p10"]).values
+    ok = plain_width > 1e-4
+    ratio = np.median(width[ok] / plain_width[ok])
+    assert ratio == pytest.approx(field.spread_scale / base.spread_scale, rel=0.02)
+    # One sample has no band to fit; a series too short to hide anything keeps the spread.
+    single = dataclasses.replace(fitted, samples=1)
+    assert field_checkpoint(base, bright, single, 8, "cpu") is base
+    short = _crop(flanders_cube, frames=slice(0, 3))
+    assert field_checkpoint(base, short, fitted, 8, "cpu").spread_scale == base.spread_scale
 
 
 @pytest.mark.parametrize("jitter", [0.0, 0.2])
