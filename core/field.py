@@ -229,7 +229,10 @@ def field_from_drawing(
     """
     if not isinstance(drawing, Mapping):
         raise FieldError("The drawing is not a GeoJSON shape; draw the field again as a polygon.")
-    features = _geojson_features(drawing, "drawing")
+    features = [
+        replace(f, geometry=_wrapped_longitudes(f.geometry))
+        for f in _geojson_features(drawing, "drawing")
+    ]
     field = _field_from_features(
         features,
         index=None,
@@ -239,6 +242,31 @@ def field_from_drawing(
         max_area_ha=max_area_ha,
     )
     return replace(field, name=name)
+
+
+def _wrapped_longitudes(geometry: BaseGeometry | None) -> BaseGeometry | None:
+    """A drawn shape with its longitudes brought into -180..180.
+
+    A web map that was panned across the 180th meridian reports longitudes beyond +-180
+    (e.g. 190 for -170); the whole shape is shifted by the multiple of 360 degrees that brings
+    it back. A shape that still spans the meridian is refused: it cannot be one field.
+    """
+    if geometry is None or geometry.is_empty:
+        return geometry
+    xy = shapely.get_coordinates(geometry)
+    if not np.isfinite(xy).all():
+        return geometry  # refused with its own message later
+    lon_min, lon_max = float(xy[:, 0].min()), float(xy[:, 0].max())
+    turns = math.floor((lon_min + 180.0) / 360.0)
+    if turns:
+        geometry = shapely.transform(geometry, lambda c: c - np.array([360.0 * turns, 0.0]))
+        lon_min, lon_max = lon_min - 360.0 * turns, lon_max - 360.0 * turns
+    if lon_max > 180.0 and lon_max - lon_min < 360.0:
+        raise FieldError(
+            "The drawn field crosses the 180th meridian (the date line), so its outline falls on "
+            "both edges of the map. Draw a field that lies on one side of it."
+        )
+    return geometry
 
 
 def field_from_file(

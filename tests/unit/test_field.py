@@ -289,6 +289,21 @@ def test_drawn_feature_and_drawn_geometry() -> None:
     assert field_from_drawing(drawn["geometry"], name="Back paddock").name == "Back paddock"
 
 
+def test_drawing_on_a_map_panned_past_the_date_line_is_wrapped_back() -> None:
+    def drawn(lon0: float, lon1: float) -> dict:
+        box = shapely.box(lon0, -17.001, lon1, -17.0)
+        return {"type": "Feature", "properties": {}, "geometry": json.loads(shapely.to_geojson(box))}
+
+    wrapped = field_from_drawing(drawn(190.0, 190.002))  # Fiji, one world to the east
+    west, _, east, _ = wrapped.bounds
+    assert west == pytest.approx(-170.0) and east == pytest.approx(-169.998)
+    assert wrapped.area_ha == pytest.approx(field_from_drawing(drawn(-170.0, -169.998)).area_ha)
+    assert field_from_drawing(drawn(-530.0, -529.998)).bounds == pytest.approx(wrapped.bounds)
+    for lon0 in (179.999, -180.001, 539.999):
+        with pytest.raises(FieldError, match="crosses the 180th meridian"):
+            field_from_drawing(drawn(lon0, lon0 + 0.002))
+
+
 def test_drawn_circle_is_refused_as_a_point() -> None:
     geometry = {"type": "Point", "coordinates": [3.0, 51.0]}
     circle = {"type": "Feature", "properties": {"radius": 80.0}, "geometry": geometry}
