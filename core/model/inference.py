@@ -297,7 +297,7 @@ curve in many calls on the same cube, and each must not tune or calibrate again.
 _field: OrderedDict[tuple, tuple[Checkpoint, Checkpoint]] = OrderedDict()
 _field_lock = threading.Lock()
 
-FIELD_CALIBRATION_EPISODES = 16
+FIELD_CALIBRATION_EPISODES = 24
 """Self-supervised episodes (hidden clear pixels) on which per-field calibration fits the spread."""
 
 
@@ -383,6 +383,7 @@ def field_checkpoint(
             checkpoint.train_config,
             seed=options.seed,
             smooth_features=checkpoint.config.smooth_features,
+            stratified=True,
         )
         if episodes:  # else (under 4 acquisitions, none half clear): the checkpoint's spread
             figures = calibrate(

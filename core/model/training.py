@@ -105,6 +105,10 @@ def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
     )
 
 
+LONG_GAP_SHARE = 0.3
+"""Share of episodes that hide a long gap as well (whole frames and cloud masks are in all)."""
+
+
 @dataclass(frozen=True)
 class Episode:
     """One training example: network inputs of a window with hidden pixels, and the truth."""
@@ -124,8 +128,12 @@ def make_episode(
     band_dropout: float = 0.0,
     smooth_features: bool = False,
     spectral_jitter: float = 0.0,
+    long_gap: bool | None = None,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
+
+    ``long_gap``: also hide every frame of a 20-60 day window (None: in a share
+    :data:`LONG_GAP_SHARE` of episodes, at random).
 
     As at inference, the interpolation features come from the whole (subsampled) series, not
     only the window. Returns None when the window holds no usable target.
@@ -166,7 +174,7 @@ def make_episode(
             break
         donor = series.clear_s2[rng.choice(cloudy)][:, ys, xs]
         hidden[t] |= ~np.isfinite(donor).any(axis=0)
-    if rng.random() < 0.3:  # a long gap
+    if (rng.random() < LONG_GAP_SHARE) if long_gap is None else long_gap:
         span = rng.uniform(20, 60)
         centre = rng.uniform(days[window][0], days[window][-1])
         hidden[np.abs(days[window] - centre) <= span / 2] = True
@@ -412,18 +420,33 @@ def validation_episodes(
     config: TrainConfig,
     seed: int,
     smooth_features: bool = False,
+    stratified: bool = False,
 ) -> list[Episode]:
-    """A fixed set of episodes (deterministic for ``seed``) for calibration and validation."""
+    """A fixed set of episodes (deterministic for ``seed``) for calibration and validation.
+
+    ``stratified``: exactly a share :data:`LONG_GAP_SHARE` of them (rounded) hide a long gap,
+    instead of each at random; a few episodes then give a steadier figure, because the long-gap
+    ones have the largest errors.
+    """
     rng = np.random.default_rng(seed)
     episodes: list[Episode] = []
     usable = [s for s in series if s.clear_s2.shape[0] >= 4]
+    n_gap = round(LONG_GAP_SHARE * count)
     attempts = 0
     while usable and len(episodes) < count and attempts < count * 20:
         attempts += 1
         s = usable[len(episodes) % len(usable)]
         n_frames = min((config.min_frames + config.max_frames) // 2, s.clear_s2.shape[0])
         ep = make_episode(
-            s, n_frames, config.crop, rng, 0.0, config.max_s1_frames, 0.0, smooth_features
+            s,
+            n_frames,
+            config.crop,
+            rng,
+            0.0,
+            config.max_s1_frames,
+            0.0,
+            smooth_features,
+            long_gap=len(episodes) < n_gap if stratified else None,
         )
         if ep is not None:
             episodes.append(ep)

@@ -380,6 +380,19 @@ def test_per_field_calibration_rescales_the_band_from_clear_pixels_only(
     assert field_checkpoint(base, short, fitted, 8, "cpu").spread_scale == base.spread_scale
 
 
+def test_long_gap_can_be_forced_for_stratified_episodes(cubes_dir) -> None:
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    more = 0
+    for seed in range(6):
+        hidden = {}
+        for gap in (False, True):
+            episode = make_episode(series, 10, 16, np.random.default_rng(seed), 0.0, long_gap=gap)
+            hidden[gap] = -1 if episode is None else int(np.isfinite(episode.truth).sum())
+        assert hidden[True] >= hidden[False]  # the same episode, plus a gap
+        more += hidden[True] > hidden[False]
+    assert more >= 3
+
+
 @pytest.mark.parametrize("jitter", [0.0, 0.2])
 def test_spectral_jitter_scales_each_band_of_an_episode(cubes_dir, jitter) -> None:
     series = load_series(cubes_dir / "be-flanders-a_2017-2018.nc")
