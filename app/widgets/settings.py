@@ -89,7 +89,7 @@ def settings_panel(settings: Settings) -> RunSettings:
             disabled=not is_model,
             help="Before reconstructing, hide the field's own clear pixels in turn and widen or "
             "narrow the p10-p90 band until it holds 80 % of them, instead of using the width "
-            "fitted on the training sites. Adds about 5-10 s per Run on a CPU, whatever the "
+            "fitted on the training sites. Adds about 5-15 s per Run on a CPU, whatever the "
             "field size (README, 'uncertainty band').",
         )
         device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)

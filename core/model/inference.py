@@ -334,8 +334,9 @@ def field_checkpoint(
       p10-p90 band of K samples covers 80 % of ``observed``'s clear pixels when they are hidden
       (:data:`FIELD_CALIBRATION_EPISODES` episodes as in training: whole frames, real cloud
       masks, long gaps). A cube with under 4 acquisitions, or none at least half clear, keeps
-      the checkpoint's spread. With tuning too, the tuned network is calibrated on pixels it was
-      tuned on, so its band may come out narrower than it should.
+      the checkpoint's spread. With tuning too, the tuned network is calibrated on the field it
+      was tuned on, which could make its band too narrow; on the held-out cubes it did not
+      (README, "The uncertainty band").
 
     Both are seeded, so the same checkpoint, cube, options and seed give the same result: it is
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
