@@ -165,6 +165,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config,
         seed=1234,
         smooth_features=model_config.smooth_features,
+        patch=model_config.patch,
     )
     figures = calibrate(model, episodes, seed=train_config.seed)
     record.update(

@@ -385,6 +385,7 @@ def field_checkpoint(
             seed=options.seed,
             smooth_features=checkpoint.config.smooth_features,
             stratified=True,
+            patch=checkpoint.config.patch,
         )
         if episodes:  # else (under 4 acquisitions, none half clear): the checkpoint's spread
             figures = calibrate(

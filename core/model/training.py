@@ -129,17 +129,22 @@ def make_episode(
     smooth_features: bool = False,
     spectral_jitter: float = 0.0,
     long_gap: bool | None = None,
+    patch: int = 4,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
     ``long_gap``: also hide every frame of a 20-60 day window (None: in a share
-    :data:`LONG_GAP_SHARE` of episodes, at random).
+    :data:`LONG_GAP_SHARE` of episodes, at random). ``patch``: the model's patch side; the crop
+    is cut to a multiple of it, so a field smaller than ``crop`` whose side is not one still
+    gives episodes (None if it is smaller than one patch).
 
     As at inference, the interpolation features come from the whole (subsampled) series, not
     only the window. Returns None when the window holds no usable target.
     """
     total, _, height, width = series.clear_s2.shape
-    crop = min(crop, height, width)
+    crop = min(crop, height, width) // patch * patch
+    if crop == 0:
+        return None
     y0, x0 = rng.integers(0, height - crop + 1), rng.integers(0, width - crop + 1)
     ys, xs = slice(y0, y0 + crop), slice(x0, x0 + crop)
     keep = np.flatnonzero(rng.random(total) > 0.15)  # temporal subsampling
@@ -380,6 +385,7 @@ def train(
                 config.band_dropout,
                 model_config.smooth_features,
                 config.spectral_jitter,
+                patch=model_config.patch,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape
@@ -421,6 +427,7 @@ def validation_episodes(
     seed: int,
     smooth_features: bool = False,
     stratified: bool = False,
+    patch: int = 4,
 ) -> list[Episode]:
     """A fixed set of episodes (deterministic for ``seed``) for calibration and validation.
 
@@ -447,6 +454,7 @@ def validation_episodes(
             0.0,
             smooth_features,
             long_gap=len(episodes) < n_gap if stratified else None,
+            patch=patch,
         )
         if ep is not None:
             episodes.append(ep)
@@ -568,7 +576,6 @@ def adapt(
     rng = np.random.default_rng(seed)
     generator = torch.Generator(device=device).manual_seed(seed)
     n_total = series.clear_s2.shape[0]
-    crop = min(config.crop, *series.clear_s2.shape[2:])
     done = 0
     attempts = 0
     while done < steps and attempts < steps * 20:
@@ -579,12 +586,13 @@ def adapt(
             ep = make_episode(
                 series,
                 n_frames,
-                crop,
+                config.crop,
                 rng,
                 config.s1_dropout,
                 config.max_s1_frames,
                 0.0,
                 tuned.config.smooth_features,
+                patch=tuned.config.patch,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape

@@ -380,6 +380,24 @@ def test_per_field_calibration_rescales_the_band_from_clear_pixels_only(
     assert field_checkpoint(base, short, fitted, 8, "cpu").spread_scale == base.spread_scale
 
 
+def test_tuning_and_calibration_work_on_a_field_whose_side_is_not_a_whole_patch(
+    flanders_cube, tmp_path
+) -> None:
+    from core.model.inference import cached_checkpoint, field_checkpoint
+
+    cube = flanders_cube.isel(y=slice(0, 13), x=slice(0, 17), time_s2=slice(0, 20))
+    path = _checkpoint(tmp_path, perturb=True)
+    base = cached_checkpoint(path, "cpu")
+    options = _options(path, samples=8, adapt_steps=2, calibrate_field=True)
+    clear_field_cache()
+    field = field_checkpoint(base, cube, options, 2, "cpu")
+    assert field.model is not base.model  # tuned ...
+    assert field.spread_scale != pytest.approx(base.spread_scale, rel=0.01)  # ... and calibrated
+    query = cube["time_s2"].values[[4]] + np.timedelta64(1, "D")
+    out = reconstruct(cube, query, "model", dataclasses.replace(options, steps=2))
+    assert out["s2_p90"].shape[-2:] == (13, 17)
+
+
 def test_long_gap_can_be_forced_for_stratified_episodes(cubes_dir) -> None:
     series = load_series(cubes_dir / "es-field_2019.nc")
     more = 0
