@@ -333,8 +333,8 @@ def field_checkpoint(
     - ``options.calibrate_field`` with K > 1 samples: its spread scale refitted so that the
       p10-p90 band of K samples covers 80 % of ``observed``'s clear pixels when they are hidden
       (:data:`FIELD_CALIBRATION_EPISODES` episodes as in training: whole frames, real cloud
-      masks, long gaps). A cube with under 4 acquisitions, or none at least half clear, keeps
-      the checkpoint's spread. With tuning too, the tuned network is calibrated on the field it
+      masks, long gaps). A cube with under 4 acquisitions, none at least half clear, or a side
+      under one patch keeps the checkpoint's spread. With tuning too, the tuned network is calibrated on the field it
       was tuned on, which could make its band too narrow; on the held-out cubes it did not
       (README, "The uncertainty band").
 
@@ -387,7 +387,7 @@ def field_checkpoint(
             stratified=True,
             patch=checkpoint.config.patch,
         )
-        if episodes:  # else (under 4 acquisitions, none half clear): the checkpoint's spread
+        if episodes:  # else the checkpoint's spread (see above)
             figures = calibrate(
                 result.model,
                 episodes,
