@@ -20,7 +20,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from core.config import Settings
+from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.errors import InputError
 from core.evaluate import Protocol, evaluate, evaluation_to_dict, format_table
@@ -171,6 +171,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json is not None:
         data = evaluation_to_dict(evaluation)
         data["cube_files"] = [str(p) for p in paths]
+        if "model" in methods:  # what the model's figures depend on besides the protocol
+            data["model_options"] = {
+                "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT),
+                "steps": args.steps,
+                "adapt_steps": args.adapt_steps,
+                "calibrate_field": args.calibrate_field,
+                "device": args.device,
+            }
         with atomic_output(args.json) as tmp:
             tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")

@@ -43,6 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="feed the leave-one-out kernel smoother as input channels (default: on)",
     )
+    parser.add_argument(
+        "--scale-head",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="predict a per-pixel residual scale so the band follows the expected error "
+        "(default: on; with --init, adds one to a checkpoint that has none)",
+    )
+    parser.add_argument(
+        "--heads-only",
+        action="store_true",
+        help="train only the scale and flow heads (with --init: the best estimate stays the "
+        "initial checkpoint's)",
+    )
     parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
@@ -91,10 +104,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "--tiny/--width/--depth/--smooth-features."
             )
         model_config = init.config
+        if init.config.scale_head and args.scale_head is False:
+            raise InputError(f"{args.init} has a scale head; it cannot be dropped (--scale-head).")
     overrides = {
         "width": args.width,
         "depth": args.depth,
         "smooth_features": args.smooth_features,
+        "scale_head": args.scale_head,
     }
     model_config = replace(model_config, **{k: v for k, v in overrides.items() if v is not None})
     if args.steps is not None:
@@ -105,6 +121,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.lr <= 0:
             raise InputError(f"--lr must be positive, not {args.lr}.")
         train_config = replace(train_config, lr=args.lr)
+    if args.heads_only:
+        if init is None:
+            raise InputError(
+                "--heads-only trains the heads on top of a trained trunk; give it with --init."
+            )
+        train_config = replace(train_config, heads_only=True)
     if args.band_dropout is not None:
         train_config = replace(train_config, band_dropout=args.band_dropout)
     if args.spectral_jitter is not None:

@@ -46,6 +46,11 @@ class ModelConfig:
     smooth_features: bool = True
     """Feed the leave-one-out kernel smoother as extra S2 channels (see core.model.features);
     checkpoints written before this option existed have it off."""
+    scale_head: bool = True
+    """Predict a scale b for every value (pixel and band) of the residual of the best estimate
+    (Laplace likelihood), and let the flow head generate residual / b: the band then widens
+    where the estimate is less sure (long gaps, fields in change) and narrows where it is sure.
+    Checkpoints written before this option existed have it off (one spread everywhere)."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -53,7 +58,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ModelConfig:
         known = {f.name for f in fields(cls)}
-        data = {"smooth_features": False, **data}  # older checkpoints: no smoother channels
+        # Older checkpoints: no smoother channels, no scale head.
+        data = {"smooth_features": False, "scale_head": False, **data}
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -88,6 +94,9 @@ class TrainConfig:
     """Standard deviation of the log gain applied to a training episode's S2 reflectance: one
     gain for all bands plus half as much per band, so that a site's brightness and colour are
     not learned as facts about the world (0: off)."""
+    heads_only: bool = False
+    """Train only the scale and flow heads (the trunk and the mean head stay as initialised, so
+    the best estimate is the initial checkpoint's; the spread is learned on top of it)."""
     ema_decay: float = 0.995
     """Decay of the exponential moving average of the weights that is saved."""
     seed: int = 0

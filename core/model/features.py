@@ -45,6 +45,9 @@ S2_CHANNELS = 3 * N_BANDS + 5
 """S2 channels without the smoother features."""
 S2_SMOOTH_CHANNELS = N_BANDS + 1
 """Channels the smoother features add."""
+GAP_PREV_CHANNEL = 3 * N_BANDS + 1
+"""Index of the S2 channel holding the (log-scaled) days to the previous clear observation; the
+next channel holds the days to the next one (see :func:`gap_days`)."""
 S1_CHANNELS = 7
 SMOOTH_BANDWIDTH_DAYS = 20.0
 """Standard deviation of the smoother's Gaussian kernel in time."""
@@ -187,6 +190,12 @@ def kernel_smooth_loo(
 def _gap_feature(days_to: np.ndarray) -> np.ndarray:
     capped = np.minimum(np.nan_to_num(days_to, nan=GAP_CAP_DAYS, posinf=GAP_CAP_DAYS), GAP_CAP_DAYS)
     return (np.log1p(capped) / np.log1p(GAP_CAP_DAYS)).astype(np.float32)
+
+
+def gap_days(feature: np.ndarray) -> np.ndarray:
+    """Days back from a gap channel's value (the inverse of the log scaling, capped at
+    :data:`GAP_CAP_DAYS`)."""
+    return np.expm1(np.asarray(feature, np.float64) * np.log1p(GAP_CAP_DAYS))
 
 
 def fill_missing(interp: np.ndarray, band_present: np.ndarray) -> np.ndarray:

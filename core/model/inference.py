@@ -287,6 +287,9 @@ def predict_window(
     residual = SOLVERS[solver](lambda x, tau: model.flow_head(x, tau, cond), noise, steps)
     residual = residual.view(samples, 1, len(targets), -1, residual.shape[-1])
     residual = torch.stack([model.unpatchify(r, height, width)[0] for r in residual])
+    log_b = model.log_scale(features, height, width)
+    if log_b is not None:  # the flow generated residual / b
+        residual = residual * torch.exp(log_b[0])[None]
     draws = mean[None] + checkpoint.spread_scale * residual
     return mean_np, draws.cpu().numpy() / REFL_SCALE
 
@@ -334,9 +337,9 @@ def field_checkpoint(
       p10-p90 band of K samples covers 80 % of ``observed``'s clear pixels when they are hidden
       (:data:`FIELD_CALIBRATION_EPISODES` episodes as in training: whole frames, real cloud
       masks, long gaps). A cube with under 4 acquisitions, none at least half clear, or a side
-      under one patch keeps the checkpoint's spread. With tuning too, the tuned network is calibrated on the field it
-      was tuned on, which could make its band too narrow; on the held-out cubes it did not
-      (README, "The uncertainty band").
+      under one patch keeps the checkpoint's spread. With tuning too, the tuned network is
+      calibrated on the field it was tuned on, which could make its band too narrow; on the
+      held-out cubes it did not (README, "The uncertainty band").
 
     Both are seeded, so the same checkpoint, cube, options and seed give the same result: it is
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.

@@ -10,7 +10,10 @@ of the real acquisition day, optionally a learned bias on bucketed day differenc
 done), then an MLP. The mean head maps each S2 token to a correction of the leave-one-out
 interpolation (zero-initialised: the untrained model *is* the interpolation). The flow head
 is a small conditional velocity field over the residual of one patch, conditioned on the
-token's features: it is run many times per request while the trunk runs once.
+token's features: it is run many times per request while the trunk runs once. With
+``ModelConfig.scale_head``, a scale head predicts how large each value's residual is (a Laplace
+scale b per pixel and band); the flow head then generates residual / b, and samples are
+mean + b x (generated), so the spread follows the expected error from pixel to pixel.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ from torch import nn
 
 from core.model.config import ModelConfig
 from core.model.features import N_BANDS, S1_CHANNELS, s2_channel_count
+
+INITIAL_LOG_SCALE = math.log(0.15)
+"""Initial log scale of the residual, model units (0.15 = reflectance error 0.03)."""
+LOG_SCALE_RANGE = (-7.0, 3.0)
+"""Clamp of the predicted log scale (about 2e-4 to 4 reflectance)."""
 
 
 def rotary_angles(
@@ -170,6 +178,11 @@ class FieldFlowNet(nn.Module):
         nn.init.zeros_(self.mean_head.weight)
         nn.init.zeros_(self.mean_head.bias)
         self.flow_head = FlowHead(config)
+        self.scale_head: nn.Linear | None = None
+        if config.scale_head:
+            self.scale_head = nn.Linear(width, p * p * N_BANDS)
+            nn.init.zeros_(self.scale_head.weight)
+            nn.init.constant_(self.scale_head.bias, INITIAL_LOG_SCALE)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(E, N, C, H, W) -> (E, N, P, C*p*p)."""
@@ -235,3 +248,11 @@ class FieldFlowNet(nn.Module):
     def mean_correction(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Correction to the interpolation, (E, T, 10, H, W) in model units."""
         return self.unpatchify(self.mean_head(features), height, width)
+
+    def log_scale(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor | None:
+        """Log of the residual scale b, (E, T, 10, H, W) in model units; None without a scale
+        head (then b = 1)."""
+        if self.scale_head is None:
+            return None
+        raw = self.unpatchify(self.scale_head(features), height, width)
+        return raw.clamp(*LOG_SCALE_RANGE)

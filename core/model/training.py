@@ -6,7 +6,9 @@ queries), real cloud masks borrowed from other dates (cloud removal), and every 
 20-60 day window (long gaps). The loss is taken only on hidden pixels whose truth is clear:
 L1 on reflectance, L1 on NDVI (so a better reflectance does not come with a worse red/NIR
 ratio), and flow matching of the residual (truth - mean) by the flow head, which sees the
-trunk's features detached so the point estimate never pays for the sampling noise.
+trunk's features detached so the point estimate never pays for the sampling noise. With a
+scale head, a Laplace likelihood teaches it each value's residual scale b (features detached
+too), and the flow matches residual / b.
 """
 
 from __future__ import annotations
@@ -307,8 +309,16 @@ def losses(
     else:
         ndvi_l1 = pred.new_zeros(())
 
-    # Flow matching on the residual, per patch token, where the patch holds targets.
+    # The residual's scale (Laplace negative log likelihood, on detached features: it does not
+    # pull the trunk away from the best estimate), then flow matching on residual / scale, per
+    # patch token, where the patch holds targets.
     residual = (batch.truth - pred.detach()) * mask
+    log_b = model.log_scale(features.detach(), h, w)
+    if log_b is not None:
+        nll = ((log_b + residual.abs() * torch.exp(-log_b)) * mask).sum() / n
+        residual = residual * torch.exp(-log_b.detach())
+    else:
+        nll = pred.new_zeros(())
     r_tok = model.patchify(residual)  # (E, T, P, 10*p*p) in (c, py, px) order
     m_tok = model.patchify(mask.float())
     flat_r = r_tok.reshape(-1, r_tok.shape[-1])
@@ -324,8 +334,19 @@ def losses(
         flow = err.sum() / flat_m[rows].sum()
     else:
         flow = pred.new_zeros(())
-    total = l1 + config.ndvi_weight * ndvi_l1 + config.flow_weight * flow
-    return {"loss": total, "l1": l1, "ndvi": ndvi_l1, "flow": flow}
+    total = l1 + config.ndvi_weight * ndvi_l1 + config.flow_weight * flow + nll
+    return {"loss": total, "l1": l1, "ndvi": ndvi_l1, "flow": flow, "scale_nll": nll}
+
+
+def load_initial_weights(model: FieldFlowNet, init: FieldFlowNet) -> None:
+    """Copy ``init``'s weights into ``model``; ``model`` may add a scale head ``init`` lacks."""
+    if dataclasses.replace(init.config, scale_head=model.config.scale_head) != model.config or (
+        init.config.scale_head and not model.config.scale_head
+    ):
+        raise ValueError("The initial network's config differs from the model config.")
+    missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("scale_head.") for k in missing):
+        raise ValueError(f"Initial weights do not fit: missing {missing}, unexpected {unexpected}")
 
 
 def train(
@@ -338,8 +359,10 @@ def train(
 ) -> tuple[FieldFlowNet, dict[str, object]]:
     """Train a model on ``series``; return the EMA model and a training record.
 
-    ``init``: start from this network's weights (its config must equal ``model_config``) instead
-    of a fresh initialisation; the schedule (warm-up, cosine decay to 0) starts afresh.
+    ``init``: start from this network's weights instead of a fresh initialisation; its config
+    must equal ``model_config``, except that ``model_config`` may add a scale head (which then
+    starts from its own initialisation). The schedule (warm-up, cosine decay to 0) starts afresh.
+    ``config.heads_only``: only the scale and flow heads learn.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -348,14 +371,19 @@ def train(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model = FieldFlowNet(model_config).to(device)
     if init is not None:
-        if init.config != model_config:
-            raise ValueError("The initial network's config differs from the model config.")
-        model.load_state_dict(init.state_dict())
+        load_initial_weights(model, init)
     ema = FieldFlowNet(model_config).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
+    if config.heads_only:
+        model.requires_grad_(False)
+        model.flow_head.requires_grad_(True)
+        if model.scale_head is not None:
+            model.scale_head.requires_grad_(True)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
     warmup = max(1, config.steps // 20)
 
@@ -397,7 +425,7 @@ def train(
         parts = losses(model, batch, config, generator)
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         with torch.no_grad():
             decay = min(config.ema_decay, (1 + step) / (10 + step))
@@ -490,6 +518,9 @@ def residual_draws(
     res = euler_solve(lambda x, tau: model.flow_head(x, tau, flat), noise, steps)
     res = res.view(samples, 1, features.shape[1], -1, dim)
     res = torch.stack([model.unpatchify(r, h, w)[0] for r in res])  # (K, T', 10, H, W)
+    log_b = model.log_scale(features, h, w)
+    if log_b is not None:
+        res = res * torch.exp(log_b[0])[None]
     target = batch.target[0][frames]
     return (
         mean[0][target].cpu().numpy(),

@@ -61,6 +61,7 @@ def test_evaluate_writes_every_task_and_method(evaluated) -> None:
     assert {c["shape"][1] for c in data["cubes"]} == {32}
     assert data["protocol"]["max_size"] == 32 and data["protocol"]["seed"] == 0
     assert data["seen_cubes"] == {"linear": [], "whittaker": []}
+    assert "model_options" not in data
     assert data["software"]["fieldflow"]
     pooled = [r for r in data["pooled"] if r["cube"].startswith("pooled (pixel")]
     assert {(r["task"], r["method"]) for r in pooled} == {
@@ -79,14 +80,22 @@ def test_evaluate_prints_a_readable_table(evaluated) -> None:
 def test_evaluate_skips_a_method_on_the_cubes_it_saw(cubes_dir, tmp_path) -> None:
     out = tmp_path / "eval.json"
     done = _core(
-        "evaluate", "--cube", str(cubes_dir / CUBES[0]), "--methods", "linear,whittaker",
+        "evaluate", "--cube", str(cubes_dir / CUBES[0]), "--methods", "linear,whittaker,model",
         "--max-size", "16", "--seen", "whittaker=pt-santarem", "--json", str(out),
+        "--steps", "4", "--calibrate-field",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
-    assert data["skipped_cubes"] == {"linear": [], "whittaker": ["pt-santarem_2021"]}
+    # The shipped model was trained on pt-santarem (its record says so): skipped too.
+    assert data["skipped_cubes"] == {
+        "linear": [], "whittaker": ["pt-santarem_2021"], "model": ["pt-santarem_2021"]
+    }  # fmt: skip
     statuses = {r["method"]: r["status"] for r in data["rows"]}
     assert statuses["linear"] == "ok" and statuses["whittaker"].startswith("skipped")
+    assert statuses["model"].startswith("skipped")
+    options = data["model_options"]  # what the model's figures would depend on is recorded
+    assert options["steps"] == 4 and options["calibrate_field"] is True
+    assert options["adapt_steps"] == 0 and options["checkpoint"].endswith("model.pt")
 
 
 def test_evaluate_refuses_a_missing_cube_in_one_line(tmp_path) -> None:

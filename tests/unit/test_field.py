@@ -292,7 +292,11 @@ def test_drawn_feature_and_drawn_geometry() -> None:
 def test_drawing_on_a_map_panned_past_the_date_line_is_wrapped_back() -> None:
     def drawn(lon0: float, lon1: float) -> dict:
         box = shapely.box(lon0, -17.001, lon1, -17.0)
-        return {"type": "Feature", "properties": {}, "geometry": json.loads(shapely.to_geojson(box))}
+        return {
+            "type": "Feature",
+            "properties": {},
+            "geometry": json.loads(shapely.to_geojson(box)),
+        }
 
     wrapped = field_from_drawing(drawn(190.0, 190.002))  # Fiji, one world to the east
     west, _, east, _ = wrapped.bounds

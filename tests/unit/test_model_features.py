@@ -7,11 +7,14 @@ import pytest
 
 from core.model.config import ModelConfig
 from core.model.features import (
+    GAP_CAP_DAYS,
+    GAP_PREV_CHANNEL,
     S2_CHANNELS,
     S2_SMOOTH_CHANNELS,
     Frames,
     interpolate_at_frames,
     kernel_smooth_loo,
+    gap_days,
     s1_anomalies,
     s2_channel_count,
     s2_channels,
@@ -79,6 +82,28 @@ def test_s2_channels_with_and_without_the_smoother() -> None:
     np.testing.assert_array_equal(rich[:, :S2_CHANNELS], plain)
     np.testing.assert_array_equal(base, base_too)
     assert np.isfinite(rich).all()
+
+
+def test_gap_channels_decode_to_the_days_to_the_other_clear_observations() -> None:
+    days = np.array([0.0, 10.0, 40.0, 41.0])
+    values = np.full((4, 10, 2, 2), 0.2, np.float32)
+    values[3, :, 0, 0] = np.nan  # pixel (0, 0) is not clear on day 41
+    frames = Frames(
+        s2=values,
+        days=days,
+        doy=days,
+        band_present=np.ones(10, bool),
+        s1=np.zeros((0, 3, 2, 2), np.float32),
+        s1_days=np.zeros(0),
+        s1_doy=np.zeros(0),
+        s1_ascending=np.zeros(0, bool),
+    )
+    channels, _ = s2_channels(frames)
+    prev = gap_days(channels[:, GAP_PREV_CHANNEL, 0, 0])
+    nxt = gap_days(channels[:, GAP_PREV_CHANNEL + 1, 0, 0])
+    np.testing.assert_allclose(prev, [GAP_CAP_DAYS, 10, 30, 1], rtol=1e-5)  # leave-one-out
+    np.testing.assert_allclose(nxt, [10, 30, GAP_CAP_DAYS, GAP_CAP_DAYS], rtol=1e-5)
+    assert gap_days(channels[2, GAP_PREV_CHANNEL + 1, 1, 1]) == pytest.approx(1, rel=1e-5)
 
 
 def test_s1_anomalies_remove_a_per_pixel_offset() -> None:

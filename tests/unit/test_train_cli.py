@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.cli import main
 from core.model.checkpoint import load_checkpoint
@@ -82,3 +83,28 @@ def test_fine_tuning_takes_the_model_config_from_the_checkpoint(
     assert "--lr must be positive" in capsys.readouterr().err
     assert main([*argv, "--spectral-jitter", "-0.1"]) == 2
     assert "--spectral-jitter must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_scale_head_is_added_and_trained_alone_on_top_of_a_checkpoint(
+    small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base_path, out = tmp_path / "plain.pt", tmp_path / "scaled.pt"
+    argv = ["--data", str(small_data), "--holdout", "hu-alfold", "--threads", "1"]
+    argv += ["--validation-episodes", "4"]
+    assert main(["train", "--tiny", "--no-scale-head", "--out", str(base_path), *argv]) == 0
+    base = load_checkpoint(base_path)
+    assert base.model.scale_head is None
+    tuned_argv = ["train", "--init", str(base_path), "--scale-head", "--heads-only"]
+    assert main([*tuned_argv, "--steps", "4", "--out", str(out), *argv]) == 0
+    tuned = load_checkpoint(out)
+    assert tuned.config.scale_head and tuned.train_config.heads_only
+    before, after = base.model.state_dict(), tuned.model.state_dict()
+    trunk = [k for k in before if not k.startswith("flow_head.")]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # the mean's weights
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("flow_head."))
+    assert any(k.startswith("scale_head.") for k in after)
+    # A scale head cannot be dropped, and --heads-only needs a trained trunk.
+    assert main([*tuned_argv[:3], "--no-scale-head", "--out", str(tmp_path / "x.pt"), *argv]) == 2
+    assert "cannot be dropped" in capsys.readouterr().err
+    assert main(["train", "--heads-only", "--out", str(tmp_path / "y.pt"), *argv]) == 2
+    assert "give it with --init" in capsys.readouterr().err
