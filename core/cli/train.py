@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="predict a per-pixel residual scale so the band follows the expected error "
-        "(default: on; with --init, adds one to a checkpoint that has none)",
+        "(default: off; with --init, adds one to a checkpoint that has none)",
     )
     parser.add_argument(
         "--heads-only",

@@ -430,7 +430,8 @@ def train(
         with torch.no_grad():
             decay = min(config.ema_decay, (1 + step) / (10 + step))
             for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+                if pm.requires_grad:  # frozen weights stay bit-identical (heads_only)
+                    pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
         figures = {k: float(v.detach()) for k, v in parts.items()}
         history.append(figures)
         if progress is not None:

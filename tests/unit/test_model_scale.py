@@ -17,7 +17,15 @@ from core.model.training import collate, load_initial_weights, load_series, loss
 from core.reconstruct import ReconstructOptions, reconstruct
 
 TINY = ModelConfig(
-    width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1, tile=32, tile_overlap=8, s2_window=12
+    width=16,
+    depth=1,
+    heads=2,
+    flow_hidden=32,
+    flow_layers=1,
+    tile=32,
+    tile_overlap=8,
+    s2_window=12,
+    scale_head=True,
 )
 
 

@@ -104,7 +104,8 @@ def test_a_scale_head_is_added_and_trained_alone_on_top_of_a_checkpoint(
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("flow_head."))
     assert any(k.startswith("scale_head.") for k in after)
     # A scale head cannot be dropped, and --heads-only needs a trained trunk.
-    assert main([*tuned_argv[:3], "--no-scale-head", "--out", str(tmp_path / "x.pt"), *argv]) == 2
+    drop = ["train", "--init", str(out), "--no-scale-head", "--steps", "2"]
+    assert main([*drop, "--out", str(tmp_path / "x.pt"), *argv]) == 2
     assert "cannot be dropped" in capsys.readouterr().err
     assert main(["train", "--heads-only", "--out", str(tmp_path / "y.pt"), *argv]) == 2
     assert "give it with --init" in capsys.readouterr().err
