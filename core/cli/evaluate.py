@@ -20,6 +20,7 @@ from pathlib import Path
 
 import xarray as xr
 
+from core.cli.reconstruct import add_model_arguments
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.errors import InputError
@@ -58,19 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help="samples per reconstruction (K > 1 adds coverage and CRPS)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="ODE steps of the model")
-    parser.add_argument(
-        "--adapt-steps",
-        type=int,
-        default=0,
-        help="model: steps of self-supervised tuning on this cube's clear pixels first (0: none)",
-    )
-    parser.add_argument(
-        "--calibrate-field",
-        action="store_true",
-        help="model, K > 1: fit the p10-p90 band's width on this cube's own clear pixels",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (model only)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--checkpoint", type=Path, default=None, help="model checkpoint (default: the shipped one)"
     )

@@ -19,16 +19,8 @@ from core.reconstruct import (
 from core.timeline import parse_date_list, regular_dates
 
 
-def add_method_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared with ``python -m core ndvi``: method and its settings."""
-    parser.add_argument(
-        "--method",
-        default=None,
-        help=f"one of {', '.join(available_methods())} (default: {default_method()})",
-    )
-    parser.add_argument(
-        "--samples", type=int, default=1, help="generated samples K; K > 1 adds p10/p90"
-    )
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model's own options (``reconstruct``, ``ndvi``, ``batch`` and ``evaluate``)."""
     parser.add_argument("--steps", type=int, default=None, help="ODE steps of the model")
     parser.add_argument(
         "--adapt-steps",
@@ -41,7 +33,22 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="model, K > 1: fit the p10-p90 band's width on this cube's own clear pixels",
     )
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
+    )
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with ``python -m core ndvi``: method and its settings."""
+    parser.add_argument(
+        "--method",
+        default=None,
+        help=f"one of {', '.join(available_methods())} (default: {default_method()})",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1, help="generated samples K; K > 1 adds p10/p90"
+    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--whittaker-lambda",
         type=float,
