@@ -287,9 +287,7 @@ def predict_window(
     residual = SOLVERS[solver](lambda x, tau: model.flow_head(x, tau, cond), noise, steps)
     residual = residual.view(samples, 1, len(targets), -1, residual.shape[-1])
     residual = torch.stack([model.unpatchify(r, height, width)[0] for r in residual])
-    log_b = model.log_scale(features, height, width)
-    if log_b is not None:  # the flow generated residual / b
-        residual = residual * torch.exp(log_b[0])[None]
+    residual = model.scale_generated(residual, features, height, width)
     draws = mean[None] + checkpoint.spread_scale * residual
     return mean_np, draws.cpu().numpy() / REFL_SCALE
 

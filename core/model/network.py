@@ -256,3 +256,11 @@ class FieldFlowNet(nn.Module):
             return None
         raw = self.unpatchify(self.scale_head(features), height, width)
         return raw.clamp(*LOG_SCALE_RANGE)
+
+    def scale_generated(
+        self, generated: torch.Tensor, features: torch.Tensor, height: int, width: int
+    ) -> torch.Tensor:
+        """Residual samples from what the flow head generated (K, T, 10, H, W) for one episode
+        with ``features`` (1, T, P, D): times b with a scale head, as they are without one."""
+        log_b = self.log_scale(features, height, width)
+        return generated if log_b is None else generated * torch.exp(log_b[0])[None]

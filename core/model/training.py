@@ -340,13 +340,12 @@ def losses(
 
 def load_initial_weights(model: FieldFlowNet, init: FieldFlowNet) -> None:
     """Copy ``init``'s weights into ``model``; ``model`` may add a scale head ``init`` lacks."""
-    if dataclasses.replace(init.config, scale_head=model.config.scale_head) != model.config or (
-        init.config.scale_head and not model.config.scale_head
+    adds_head = not init.config.scale_head and model.config.scale_head
+    if init.config != model.config and not (
+        adds_head and dataclasses.replace(init.config, scale_head=True) == model.config
     ):
         raise ValueError("The initial network's config differs from the model config.")
-    missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("scale_head.") for k in missing):
-        raise ValueError(f"Initial weights do not fit: missing {missing}, unexpected {unexpected}")
+    model.load_state_dict(init.state_dict(), strict=not adds_head)
 
 
 def train(
@@ -519,9 +518,7 @@ def residual_draws(
     res = euler_solve(lambda x, tau: model.flow_head(x, tau, flat), noise, steps)
     res = res.view(samples, 1, features.shape[1], -1, dim)
     res = torch.stack([model.unpatchify(r, h, w)[0] for r in res])  # (K, T', 10, H, W)
-    log_b = model.log_scale(features, h, w)
-    if log_b is not None:
-        res = res * torch.exp(log_b[0])[None]
+    res = model.scale_generated(res, features, h, w)
     target = batch.target[0][frames]
     return (
         mean[0][target].cpu().numpy(),

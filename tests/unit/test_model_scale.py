@@ -15,18 +15,10 @@ from core.model.inference import clear_field_cache
 from core.model.network import FieldFlowNet
 from core.model.training import collate, load_initial_weights, load_series, losses, make_episode
 from core.reconstruct import ReconstructOptions, reconstruct
+from tests.unit.test_model_inference import TINY as INFERENCE_TINY
+from tests.unit.test_model_inference import _crop
 
-TINY = ModelConfig(
-    width=16,
-    depth=1,
-    heads=2,
-    flow_hidden=32,
-    flow_layers=1,
-    tile=32,
-    tile_overlap=8,
-    s2_window=12,
-    scale_head=True,
-)
+TINY = dataclasses.replace(INFERENCE_TINY, scale_head=True)
 
 
 def _save(model: FieldFlowNet, path) -> str:
@@ -46,14 +38,10 @@ def _model(log_scale_bias: float, perturb_scale: bool = False) -> FieldFlowNet:
     return model
 
 
-def _crop(cube, size: int = 16):
-    return cube.isel(y=slice(0, size), x=slice(0, size), time_s2=slice(0, 20))
-
-
 def test_the_band_widens_with_the_predicted_scale_and_the_estimate_does_not_move(
     flanders_cube, tmp_path
 ) -> None:
-    cube = _crop(flanders_cube)
+    cube = _crop(flanders_cube, size=16)
     query = cube["time_s2"].values[[4]] + np.timedelta64(1, "D")  # a fully missing frame
     options = {"samples": 6, "seed": 1, "device": "cpu"}
     narrow = reconstruct(
@@ -78,7 +66,7 @@ def test_the_band_widens_with_the_predicted_scale_and_the_estimate_does_not_move
 
 
 def test_hidden_pixel_values_never_reach_the_band(flanders_cube, tmp_path) -> None:
-    cube = _crop(flanders_cube, size=24).copy(deep=True)
+    cube = _crop(flanders_cube).copy(deep=True)
     path = _save(_model(-1.0, perturb_scale=True), tmp_path / "m.pt")
     query = cube["time_s2"].values[[6, 7]]
     cube["valid"][6, 5:12, 5:12] = 0
