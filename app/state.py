@@ -40,6 +40,7 @@ class Key(StrEnum):
     STEPS = "steps"
     ADAPT = "adapt_steps"
     CALIBRATE = "calibrate_field"
+    BLEND = "blend_field"
     DEVICE = "device"
     MAX_CLOUD = "max_cloud_cover"
     DATE = "timeline_date"

@@ -66,6 +66,10 @@ class ReconstructOptions:
     """Model only, K > 1: refit the width of the p10-p90 band on the cube's own clear
     observations (hidden in turn) instead of using the checkpoint's, fitted on its training
     sites."""
+    blend_field: bool = False
+    """Model only: blend the model's estimate with the Whittaker smoother, per band and distance
+    to the nearest clear observation, with weights fitted on the cube's own clear observations
+    (hidden in turn; see core.model.blend)."""
 
 
 @dataclass(frozen=True)

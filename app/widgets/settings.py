@@ -92,6 +92,16 @@ def settings_panel(settings: Settings) -> RunSettings:
             "fitted on the training sites. Adds about 5-15 s per Run on a CPU, whatever the "
             "field size (README, 'uncertainty band').",
         )
+        blend_field = st.checkbox(
+            "Lean on the Whittaker smoother where it does better here",
+            value=False,
+            key=str(Key.BLEND),
+            disabled=not is_model,
+            help="Before reconstructing, hide the field's own clear pixels in turn and measure, "
+            "per band and distance to the nearest clear observation, how far to move the "
+            "model's estimate toward the Whittaker smoother; then do so (README, 'field "
+            "blend'). Adds a few seconds per Run.",
+        )
         device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)
         cloud = st.slider(
             "Maximum scene cloud cover (%)",
@@ -114,6 +124,7 @@ def settings_panel(settings: Settings) -> RunSettings:
         device=str(device) if is_model else "auto",
         adapt_steps=int(adapt) if is_model else 0,
         calibrate_field=bool(calibrate_field) and is_model,
+        blend_field=bool(blend_field) and is_model,
     )
     return RunSettings(
         method=str(method),

@@ -142,6 +142,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         adapt_steps=args.adapt_steps,
         calibrate_field=args.calibrate_field,
+        blend_field=args.blend_field,
         device=args.device,
         seed=args.seed,
         checkpoint=args.checkpoint,
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "steps": args.steps,
                 "adapt_steps": args.adapt_steps,
                 "calibrate_field": args.calibrate_field,
+                "blend_field": args.blend_field,
                 "device": args.device,
             }
         with atomic_output(args.json) as tmp:

@@ -34,6 +34,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="model, K > 1: fit the p10-p90 band's width on this cube's own clear pixels",
     )
     parser.add_argument(
+        "--blend-field",
+        action="store_true",
+        help="model: blend with the Whittaker smoother where, on this cube's own clear pixels "
+        "(hidden in turn), that does better",
+    )
+    parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
     )
 
@@ -67,6 +73,7 @@ def options_from_args(
         steps=args.steps,
         adapt_steps=args.adapt_steps,
         calibrate_field=args.calibrate_field,
+        blend_field=args.blend_field,
         device=args.device,
         seed=args.seed,
         keep_observed=keep_observed,

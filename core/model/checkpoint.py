@@ -11,6 +11,7 @@ import torch
 
 from core.config import DEFAULT_CHECKPOINT
 from core.errors import InputError
+from core.model.blend import FieldBlend
 from core.model.config import ModelConfig, TrainConfig
 from core.model.network import FieldFlowNet
 from core.storage import atomic_output
@@ -31,6 +32,9 @@ class Checkpoint:
     about 80 % of hidden clear pixels (1.0 = uncalibrated)."""
     record: dict[str, object] = field(default_factory=dict)
     """Training record: data, sites seen, steps, time, device, validation figures."""
+    blend: FieldBlend | None = None
+    """A field's blend with the Whittaker smoother (core.model.blend), set per request by
+    per-field fitting; never saved."""
 
     @property
     def config(self) -> ModelConfig:

@@ -21,6 +21,7 @@ import xarray as xr
 
 from core.cube import has_s1
 from core.errors import InputError
+from core.model.blend import blend_inputs
 from core.model.checkpoint import Checkpoint, load_checkpoint
 from core.model.features import (
     REFL_SCALE,
@@ -34,7 +35,7 @@ from core.model.features import (
 )
 from core.model.flow import SOLVERS
 from core.reconstruct import Prediction, ReconstructOptions
-from core.timeline import calendar_day
+from core.timeline import calendar_day, to_days
 
 
 def resolve_device(device: str) -> str:
@@ -342,17 +343,27 @@ def field_checkpoint(
     Both are seeded, so the same checkpoint, cube, options and seed give the same result: it is
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
     """
-    from core.model.training import adapt, calibrate, series_from_cube, validation_episodes
+    from core.model.blend import fit_blend
+    from core.model.training import (
+        adapt,
+        blend_targets,
+        episode_predictions,
+        fit_spread,
+        series_from_cube,
+        validation_episodes,
+    )
 
     calibration_k = options.samples if options.calibrate_field and options.samples > 1 else 0
-    if options.adapt_steps == 0 and calibration_k == 0:
+    if options.adapt_steps == 0 and calibration_k == 0 and not options.blend_field:
         return checkpoint
     key = (
         id(checkpoint),
         observed_fingerprint(observed),
         options.adapt_steps,
         calibration_k,
-        steps if calibration_k else 0,
+        steps if calibration_k or options.blend_field else 0,
+        options.blend_field,
+        options.whittaker_lambda if options.blend_field else None,
         options.seed,
         device,
     )
@@ -378,7 +389,7 @@ def field_checkpoint(
             device=device,
         )
         result = dataclasses.replace(result, model=model)
-    if calibration_k:
+    if calibration_k or options.blend_field:
         episodes = validation_episodes(
             [series],
             FIELD_CALIBRATION_EPISODES,
@@ -387,17 +398,20 @@ def field_checkpoint(
             smooth_features=checkpoint.config.smooth_features,
             stratified=True,
             patch=checkpoint.config.patch,
+            with_smoother=options.blend_field,
+            smoother_lambda=options.whittaker_lambda,
         )
-        if episodes:  # else the checkpoint's spread (see above)
-            figures = calibrate(
-                result.model,
-                episodes,
-                samples=calibration_k,
-                steps=steps,
-                seed=options.seed,
-                device=device,
+        if episodes:  # else the checkpoint's spread and no blend (see above)
+            mean, _, draws, truth = episode_predictions(
+                result.model, episodes, max(calibration_k, 1), steps, options.seed, device
             )
-            result = dataclasses.replace(result, spread_scale=figures["spread_scale"])
+            if options.blend_field:
+                smoother, band, distance = blend_targets(episodes)
+                blend = fit_blend(mean, smoother, truth, band, distance)
+                mean = mean + blend.delta_values(mean, smoother, band, distance)
+                result = dataclasses.replace(result, blend=blend)
+            if calibration_k:
+                result = dataclasses.replace(result, spread_scale=fit_spread(mean, draws, truth))
     with _field_lock:
         _field[key] = (checkpoint, result)
         while len(_field) > FIELD_CACHE_SIZE:
@@ -437,6 +451,10 @@ def model_method(
         for x0 in tile_origins(width, config.tile, config.tile_overlap)
     ]
     passes = plan_passes(series.acquired, series.query_frame, config.s2_window)
+    blend = checkpoint.blend
+    if blend is not None:
+        obs_values = observed["s2"].values
+        obs_days, query_days = to_days(observed["time_s2"].values), to_days(query)
     for y0, x0 in tiles:
         ys = slice(y0, min(y0 + config.tile, height))
         xs = slice(x0, min(x0 + config.tile, width))
@@ -444,6 +462,7 @@ def model_method(
         weight[ys, xs] += ramp
         tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
         inputs = series_inputs(tile, config.smooth_features)
+        tile_mean = np.zeros((n_query, 10, tile_h, tile_w), np.float32)
         for step in passes:
             window = thin_s1(
                 select_frames(inputs, step.frames, config.s1_margin_days),
@@ -452,9 +471,18 @@ def model_method(
             m, s = predict_window(
                 checkpoint, window, step.targets, options.samples, steps, generator, device
             )
-            mean[step.queries, :, ys, xs] += m[..., :tile_h, :tile_w] * ramp
+            tile_mean[step.queries] = m[..., :tile_h, :tile_w]
             if draws is not None and s is not None:
                 draws[:, step.queries, :, ys, xs] += s[..., :tile_h, :tile_w] * ramp
+        if blend is not None:  # samples move with their mean
+            smoother, distance = blend_inputs(
+                obs_values[:, :, ys, xs], obs_days, query_days, options.whittaker_lambda
+            )
+            shift = blend.delta(tile_mean, smoother, distance)
+            tile_mean += shift
+            if draws is not None:
+                draws[:, :, :, ys, xs] += shift[None] * ramp
+        mean[:, :, ys, xs] += tile_mean * ramp
     mean /= weight
     if draws is not None:
         draws /= weight

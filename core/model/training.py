@@ -53,7 +53,7 @@ class SeriesData:
     clear_s2: np.ndarray
     """(T, 10, H, W): reflectance where valid, NaN elsewhere."""
     clear_fraction: np.ndarray
-    """(T,) fraction of covered pixels that are clear."""
+    """(T,) fraction of the series' footprint (pixels it ever covers) that is clear."""
     days: np.ndarray
     doy: np.ndarray
     band_present: np.ndarray
@@ -75,8 +75,11 @@ def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
     s2 = cube["s2"].values
     valid = cube["valid"].values.astype(bool)
     clear = np.where(valid[:, None], s2, np.nan).astype(np.float32)
-    covered = np.isfinite(s2).any(axis=1)
-    fraction = valid.sum(axis=(1, 2)) / np.maximum(covered.sum(axis=(1, 2)), 1)
+    # Of the pixels the series ever covers (the field), not of each frame's: a method's
+    # observations are NaN wherever a frame is not clear, so per frame every fraction would be 1
+    # and per-field tuning and calibration would find no real cloud mask to borrow.
+    footprint = np.isfinite(s2).any(axis=(0, 1))
+    fraction = valid.sum(axis=(1, 2)) / max(int(footprint.sum()), 1)
     days, doy = times_to_days_and_doy(cube["time_s2"].values)
     if has_s1(cube):
         s1 = s1_anomalies(cube["s1"].values)
@@ -118,6 +121,17 @@ class Episode:
     inputs: WindowInputs
     truth: np.ndarray
     """(T, 10, H, W) clear reflectance of hidden pixels, NaN elsewhere."""
+    smoother: np.ndarray | None = None
+    """(T, 10, H, W) the Whittaker smoother of the visible observations at the window's dates,
+    in reflectance (only with ``make_episode(with_smoother=True)``; see core.model.blend)."""
+    distance: np.ndarray | None = None
+    """(T, H, W) days from each pixel to its nearest visible clear observation (ditto)."""
+
+    @property
+    def target(self) -> np.ndarray:
+        """(T, 10, H, W) bool: the values scored, hidden, clear and of a band present; the
+        order of their flattening is the order of :func:`residual_draws`' arrays."""
+        return np.isfinite(self.truth) & self.inputs.band_present[None, :, None, None]
 
 
 def make_episode(
@@ -132,13 +146,17 @@ def make_episode(
     spectral_jitter: float = 0.0,
     long_gap: bool | None = None,
     patch: int = 4,
+    with_smoother: bool = False,
+    smoother_lambda: float | None = None,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
     ``long_gap``: also hide every frame of a 20-60 day window (None: in a share
     :data:`LONG_GAP_SHARE` of episodes, at random). ``patch``: the model's patch side; the crop
     is cut to a multiple of it, so a field smaller than ``crop`` whose side is not one still
-    gives episodes (None if it is smaller than one patch).
+    gives episodes (None if it is smaller than one patch). ``with_smoother``: also give the
+    Whittaker smoother (``smoother_lambda``; None: GCV) and the distances that a per-field blend
+    is fitted on.
 
     As at inference, the interpolation features come from the whole (subsampled) series, not
     only the window. Returns None when the window holds no usable target.
@@ -221,7 +239,13 @@ def make_episode(
     if view.s1.shape[0] > max_s1_frames:
         pick = np.sort(rng.choice(view.s1.shape[0], max_s1_frames, replace=False))
         view = dataclasses.replace(view, s1=view.s1[pick], s1_days=view.s1_days[pick])
-    return Episode(inputs=view, truth=_spatial(truth, k, flip))
+    episode = Episode(inputs=view, truth=_spatial(truth, k, flip))
+    if with_smoother:
+        from core.model.blend import blend_inputs
+
+        smoother, distance = blend_inputs(frames.s2, days, days[window], smoother_lambda)
+        episode = dataclasses.replace(episode, smoother=smoother, distance=distance)
+    return episode
 
 
 def _spatial(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -257,7 +281,7 @@ def collate(episodes: Sequence[Episode], device: str = "cpu") -> Batch:
         s2.append(ep.inputs.s2)
         base.append(ep.inputs.base)
         s1_list.append(ep.inputs.s1)
-        finite = np.isfinite(ep.truth) & ep.inputs.band_present[None, :, None, None]
+        finite = ep.target
         truth.append(np.where(finite, ep.truth, 0.0) * REFL_SCALE)
         target.append(finite)
     t1 = max(x.shape[0] for x in s1_list)
@@ -456,6 +480,8 @@ def validation_episodes(
     smooth_features: bool = False,
     stratified: bool = False,
     patch: int = 4,
+    with_smoother: bool = False,
+    smoother_lambda: float | None = None,
 ) -> list[Episode]:
     """A fixed set of episodes (deterministic for ``seed``) for calibration and validation.
 
@@ -483,6 +509,8 @@ def validation_episodes(
             smooth_features,
             long_gap=len(episodes) < n_gap if stratified else None,
             patch=patch,
+            with_smoother=with_smoother,
+            smoother_lambda=smoother_lambda,
         )
         if ep is not None:
             episodes.append(ep)
@@ -534,6 +562,39 @@ def coverage(mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, scale: floa
     return float(np.mean((truth >= low) & (truth <= high)))
 
 
+def episode_predictions(
+    model: FieldFlowNet,
+    episodes: Sequence[Episode],
+    samples: int = 8,
+    steps: int = 8,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`residual_draws` of every episode, concatenated: mean, base, draws, truth."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = [residual_draws(model, ep, samples, steps, generator, device) for ep in episodes]
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts], axis=1),
+        np.concatenate([p[3] for p in parts]),
+    )
+
+
+def fit_spread(
+    mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, target_coverage: float = 0.8
+) -> float:
+    """The spread scale whose p10-p90 band covers ``target_coverage`` of ``truth``."""
+    low, high = 0.01, 50.0
+    for _ in range(40):
+        mid = math.sqrt(low * high)
+        if coverage(mean, draws, truth, mid) < target_coverage:
+            low = mid
+        else:
+            high = mid
+    return math.sqrt(low * high)
+
+
 def calibrate(
     model: FieldFlowNet,
     episodes: Sequence[Episode],
@@ -545,20 +606,8 @@ def calibrate(
 ) -> dict[str, float]:
     """Fit the spread scale so the p10-p90 band covers ``target_coverage`` of held-out targets,
     and measure the point estimate against the interpolation on the same targets."""
-    generator = torch.Generator().manual_seed(seed)
-    parts = [residual_draws(model, ep, samples, steps, generator, device) for ep in episodes]
-    mean = np.concatenate([p[0] for p in parts])
-    base = np.concatenate([p[1] for p in parts])
-    draws = np.concatenate([p[2] for p in parts], axis=1)
-    truth = np.concatenate([p[3] for p in parts])
-    low, high = 0.01, 50.0
-    for _ in range(40):
-        mid = math.sqrt(low * high)
-        if coverage(mean, draws, truth, mid) < target_coverage:
-            low = mid
-        else:
-            high = mid
-    scale = math.sqrt(low * high)
+    mean, base, draws, truth = episode_predictions(model, episodes, samples, steps, seed, device)
+    scale = fit_spread(mean, draws, truth, target_coverage)
     mae_model = float(np.mean(np.abs(mean - truth)) / REFL_SCALE)
     mae_interp = float(np.mean(np.abs(base - truth)) / REFL_SCALE)
     return {
@@ -570,6 +619,22 @@ def calibrate(
         "mae_ratio": mae_model / max(mae_interp, 1e-9),
         "n_values": int(truth.size),
     }
+
+
+def blend_targets(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smoother (model units), band index and distance of every target value of episodes made
+    ``with_smoother``, in the order of :func:`episode_predictions`' arrays."""
+    smoother, band, distance = [], [], []
+    for ep in episodes:
+        if ep.smoother is None or ep.distance is None:
+            raise ValueError("blend_targets needs episodes made with_smoother=True")
+        target = ep.target
+        smoother.append(ep.smoother[target] * REFL_SCALE)
+        band.append(
+            np.broadcast_to(np.arange(target.shape[1])[None, :, None, None], target.shape)[target]
+        )
+        distance.append(np.broadcast_to(ep.distance[:, None], target.shape)[target])
+    return np.concatenate(smoother), np.concatenate(band), np.concatenate(distance)
 
 
 ADAPT_BATCH_SIZE = 4

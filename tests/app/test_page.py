@@ -102,6 +102,7 @@ def test_first_page_offers_field_inputs_and_waits_for_a_field(open_page: OpenPag
     method.set_value("linear").run()
     assert all(page.number_input(key=k).disabled for k in model_only)
     assert page.checkbox(key="calibrate_field").disabled
+    assert page.checkbox(key="blend_field").disabled
     assert "No field yet." in texts(page, "info")
 
 

@@ -82,7 +82,7 @@ def test_evaluate_skips_a_method_on_the_cubes_it_saw(cubes_dir, tmp_path) -> Non
     done = _core(
         "evaluate", "--cube", str(cubes_dir / CUBES[0]), "--methods", "linear,whittaker,model",
         "--max-size", "16", "--seen", "whittaker=pt-santarem", "--json", str(out),
-        "--steps", "4", "--calibrate-field",
+        "--steps", "4", "--calibrate-field", "--blend-field",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     data = json.loads(out.read_text(encoding="utf-8"))
@@ -95,6 +95,7 @@ def test_evaluate_skips_a_method_on_the_cubes_it_saw(cubes_dir, tmp_path) -> Non
     assert statuses["model"].startswith("skipped")
     options = data["model_options"]  # what the model's figures would depend on is recorded
     assert options["steps"] == 4 and options["calibrate_field"] is True
+    assert options["blend_field"] is True
     assert options["adapt_steps"] == 0 and options["checkpoint"].endswith("model.pt")
 
 

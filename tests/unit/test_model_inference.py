@@ -343,6 +343,17 @@ def test_calibration_fits_the_spread_to_80_percent_coverage(cubes_dir) -> None:
     assert validation_episodes([short], 4, config, 0) == []  # too short: none, not an error
 
 
+def test_a_fields_observations_still_lend_real_cloud_masks_to_its_episodes(flanders_cube) -> None:
+    from core.model.training import series_from_cube
+    from core.reconstruct import observations
+
+    # Per-field tuning and calibration see the cube as methods do: NaN wherever not clear.
+    raw = series_from_cube(flanders_cube, "raw")
+    seen = series_from_cube(observations(flanders_cube), "observed")
+    np.testing.assert_allclose(seen.clear_fraction, raw.clear_fraction)
+    assert ((seen.clear_fraction > 0.1) & (seen.clear_fraction < 0.9)).sum() >= 10
+
+
 def test_per_field_calibration_rescales_the_band_from_clear_pixels_only(
     flanders_cube, tmp_path
 ) -> None:

@@ -1,0 +1,146 @@
+"""Per-field blend of the model's best estimate with the Whittaker smoother.
+
+A model trained on a handful of sites corrects interpolation well where it has seen similar
+fields and less well elsewhere; on some fields the Whittaker smoother is the better guess,
+mostly far from any clear observation. Which one to trust is measured on the user's own cube:
+its clear observations are hidden in self-supervised episodes (the ones per-field calibration
+uses), both reconstruct them, and for each band and each bucket of distance to the nearest
+clear observation the blend weight ``w`` of the smoother that minimises the MAE is kept. At
+inference every value moves by ``w * (whittaker - model)``; the samples move with their mean.
+
+Nothing else is fitted: the weights use only the cube's own clear observations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.model.features import N_BANDS, bracketing_indices
+
+DISTANCE_EDGES_DAYS = (8.0, 20.0)
+"""Buckets of days to the nearest clear observation of a pixel: <= 8, 8-20, > 20."""
+BLEND_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
+"""Weights of the smoother that are tried."""
+MIN_VALUES = 200
+"""A (band, bucket) with fewer hidden values takes its band's weight; a band with fewer, 0."""
+
+
+@dataclass(frozen=True)
+class FieldBlend:
+    """Weights of the Whittaker smoother per band and distance bucket (0: the model alone)."""
+
+    weights: np.ndarray
+    """(N_BANDS, len(DISTANCE_EDGES_DAYS) + 1) in [0, 1]."""
+
+    def delta(self, mean: np.ndarray, smoother: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """What the blend adds to ``mean`` (Q, B, H, W): ``w * (smoother - mean)``, 0 where the
+        smoother has no value. ``distance`` (Q, H, W): days to the nearest clear observation."""
+        w = np.moveaxis(self.weights[:, distance_bucket(distance)], 0, 1)  # (Q, B, H, W)
+        return _shift(w, mean, smoother)
+
+    def delta_values(
+        self, mean: np.ndarray, smoother: np.ndarray, band: np.ndarray, distance: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`delta` of single values (1-D arrays, ``band`` the band index of each)."""
+        return _shift(self.weights[band, distance_bucket(distance)], mean, smoother)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-friendly form (the evaluation records it)."""
+        return {
+            "distance_edges_days": list(DISTANCE_EDGES_DAYS),
+            "weights": np.round(self.weights, 2).tolist(),
+        }
+
+
+def _shift(w: np.ndarray, mean: np.ndarray, smoother: np.ndarray) -> np.ndarray:
+    gap = np.where(np.isfinite(smoother), smoother - mean, 0.0)
+    return (w * gap).astype(np.float32)
+
+
+def distance_bucket(distance: np.ndarray) -> np.ndarray:
+    """Bucket index of each distance in days (see :data:`DISTANCE_EDGES_DAYS`)."""
+    return np.searchsorted(np.asarray(DISTANCE_EDGES_DAYS), distance, side="left")
+
+
+def nearest_clear_days(clear: np.ndarray, days: np.ndarray, query_days: np.ndarray) -> np.ndarray:
+    """Days from each query to the nearest clear observation of each pixel.
+
+    Args:
+        clear: (T, H, W) bool, a pixel's clear observations.
+        days: (T,) their times in days, increasing.
+        query_days: (Q,) query times in days.
+
+    Returns:
+        (Q, H, W) float32; inf where a pixel has no clear observation.
+    """
+    days = np.asarray(days, np.float64)
+    query_days = np.asarray(query_days, np.float64)
+    n = days.size
+    out = np.full((query_days.size, *clear.shape[1:]), np.inf, np.float32)
+    if n == 0:
+        return out
+    prev, nxt = bracketing_indices(clear, exclusive=False)
+    at_or_before = np.searchsorted(days, query_days, side="right") - 1
+    at_or_after = np.searchsorted(days, query_days, side="left")
+    for q, (before, after) in enumerate(zip(at_or_before, at_or_after, strict=True)):
+        best = out[q]
+        if before >= 0:
+            p = prev[before]
+            d = query_days[q] - days[np.clip(p, 0, n - 1)]
+            best = np.where(p >= 0, np.minimum(best, d), best)
+        if after < n:
+            x = nxt[after]
+            d = days[np.clip(x, 0, n - 1)] - query_days[q]
+            best = np.where(x < n, np.minimum(best, d), best)
+        out[q] = best
+    return out
+
+
+def blend_inputs(
+    values: np.ndarray, days: np.ndarray, query_days: np.ndarray, lam: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """What a blend needs at the query days: the Whittaker smoother of ``values`` (T, B, H, W,
+    NaN where not observed; as the ``whittaker`` method, GCV unless ``lam`` is given, and never
+    below 0) and each pixel's days to its nearest clear observation (Q, H, W)."""
+    from core.baselines import smooth_whittaker
+
+    smoother = np.maximum(smooth_whittaker(values, days, query_days, lam=lam), 0.0)
+    clear = np.isfinite(values).any(axis=1)
+    return smoother, nearest_clear_days(clear, days, query_days)
+
+
+def fit_blend(
+    model: np.ndarray,
+    smoother: np.ndarray,
+    truth: np.ndarray,
+    band: np.ndarray,
+    distance: np.ndarray,
+) -> FieldBlend:
+    """The weights that minimise the MAE of the blend on hidden values (all 1-D, one entry per
+    hidden clear value: model mean, smoother (NaN: none), truth, band index, distance in days).
+    """
+    usable = np.isfinite(smoother) & np.isfinite(truth) & np.isfinite(model)
+    bucket = distance_bucket(distance)
+    n_buckets = len(DISTANCE_EDGES_DAYS) + 1
+    weights = np.zeros((N_BANDS, n_buckets))
+    for b in range(N_BANDS):
+        in_band = usable & (band == b)
+        if in_band.sum() < MIN_VALUES:
+            continue
+        band_weight = _best_weight(model[in_band], smoother[in_band], truth[in_band])
+        for k in range(n_buckets):
+            sel = in_band & (bucket == k)
+            weights[b, k] = (
+                _best_weight(model[sel], smoother[sel], truth[sel])
+                if sel.sum() >= MIN_VALUES
+                else band_weight
+            )
+    return FieldBlend(weights=weights)
+
+
+def _best_weight(model: np.ndarray, smoother: np.ndarray, truth: np.ndarray) -> float:
+    """The grid weight with the lowest MAE; ties go to the smaller weight (the model)."""
+    errors = [np.mean(np.abs(model + w * (smoother - model) - truth)) for w in BLEND_GRID]
+    return float(BLEND_GRID[int(np.argmin(errors))])

@@ -1,0 +1,161 @@
+"""The per-field blend with the Whittaker smoother: distances, the fit, the order of the values it
+is fitted on, and what it does to a reconstruction (mean and samples move together, hidden
+pixels never reach it)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from core.baselines import smooth_whittaker
+from core.model.blend import (
+    BLEND_GRID,
+    MIN_VALUES,
+    FieldBlend,
+    distance_bucket,
+    fit_blend,
+    nearest_clear_days,
+)
+from core.model.config import TrainConfig
+from core.model.features import REFL_SCALE
+from core.model.inference import cached_checkpoint, clear_field_cache, field_checkpoint
+from core.model.network import FieldFlowNet
+from core.model.training import blend_targets, episode_predictions, load_series, validation_episodes
+from core.reconstruct import ReconstructOptions, observations, reconstruct
+from core.timeline import to_days
+from tests.unit.test_model_inference import TINY, _checkpoint, _crop
+
+
+def test_nearest_clear_days_matches_a_brute_force_search() -> None:
+    rng = np.random.default_rng(0)
+    days = np.sort(rng.choice(400, 30, replace=False)).astype(float) + 0.4
+    clear = rng.random((30, 5, 6)) < 0.3
+    clear[:, 0, 0] = False  # a pixel never seen
+    query = np.concatenate([days[[0, 7, 29]], rng.uniform(-20, 420, 40)])
+    got = nearest_clear_days(clear, days, query)
+    gaps = np.abs(query[:, None] - days[None])  # (Q, T)
+    want = np.where(clear[None], gaps[:, :, None, None], np.inf).min(axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert np.isinf(got[:, 0, 0]).all()
+
+
+def test_fit_blend_picks_the_better_estimate_per_band_and_distance() -> None:
+    rng = np.random.default_rng(1)
+    n = 6000
+    truth = rng.uniform(0, 1, n)
+    band = rng.integers(0, 3, n)  # bands 3-9 have no values: weight 0
+    distance = rng.choice([2.0, 12.0, 40.0], n)
+    near = distance <= 8
+    noise = rng.laplace(0, 0.05, n)
+    # Near a clear observation the model is exact; far from one, the smoother is.
+    model = np.where(near, truth, truth + noise)
+    smoother = np.where(near, truth + noise, np.where(distance > 20, truth, truth - noise))
+    blend = fit_blend(model, smoother, truth, band, distance)
+    for b in range(3):
+        assert blend.weights[b, 0] == 0.0
+        assert blend.weights[b, 1] == pytest.approx(0.5)  # errors cancel half-way
+        assert blend.weights[b, 2] == 1.0
+    assert (blend.weights[3:] == 0).all()
+    # A bucket with too few values takes its band's weight over all buckets.
+    few = (band == 0) & (distance > 20)
+    keep = ~few | (np.cumsum(few) <= MIN_VALUES // 2)
+    sparse = fit_blend(model[keep], smoother[keep], truth[keep], band[keep], distance[keep])
+    sel = keep & (band == 0)
+    errors = [
+        np.abs(model[sel] + w * (smoother[sel] - model[sel]) - truth[sel]).mean()
+        for w in BLEND_GRID
+    ]
+    assert sparse.weights[0, 2] == BLEND_GRID[int(np.argmin(errors))]
+    assert sparse.weights[1, 2] == 1.0
+
+
+def test_blend_moves_values_toward_the_smoother_by_their_weight() -> None:
+    weights = np.zeros((10, 3))
+    weights[2, 2] = 1.0
+    weights[7, 1] = 0.3
+    blend = FieldBlend(weights)
+    mean = np.full((2, 10, 1, 3), 0.2, np.float32)
+    smoother = np.full_like(mean, 0.4)
+    smoother[0, 2, 0, 0] = np.nan  # no smoother there: no change
+    distance = np.array([[[30.0, 10.0, 1.0]], [[30.0, 10.0, 1.0]]], np.float32)
+    delta = blend.delta(mean, smoother, distance)
+    assert delta[1, 2, 0, 0] == pytest.approx(0.2) and delta[0, 2, 0, 0] == 0
+    assert delta[:, 7, 0, 1] == pytest.approx(0.06)
+    assert np.count_nonzero(delta) == 3
+    assert (distance_bucket(np.array([8.0, 8.01, 20.0, 20.5, np.inf])) == [0, 1, 1, 2, 2]).all()
+
+
+def test_blend_targets_line_up_with_the_models_predictions(cubes_dir) -> None:
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    config = TrainConfig(crop=16, min_frames=6, max_frames=8)
+    episodes = validation_episodes([series], 4, config, 0, TINY.smooth_features, with_smoother=True)
+    assert len(episodes) == 4
+    _, _, _, truth = episode_predictions(FieldFlowNet(TINY), episodes, samples=1, steps=1)
+    smoother, band, distance = blend_targets(episodes)
+    assert smoother.shape == band.shape == distance.shape == truth.shape
+    want = np.concatenate([ep.truth[ep.target] for ep in episodes]) * REFL_SCALE
+    np.testing.assert_allclose(truth, want, rtol=1e-6)  # same values, same order
+    # A hidden value is no clear observation: none of them is at distance 0 from one.
+    assert (distance > 0).all()
+
+
+def test_reconstruction_moves_mean_and_samples_by_the_fitted_weights(
+    flanders_cube, tmp_path
+) -> None:
+    cube = _crop(flanders_cube, size=16)
+    times = cube["time_s2"].values
+    query = np.concatenate([times[[5]], times[[9]] + np.timedelta64(3, "D")])
+    path = _checkpoint(tmp_path, perturb=True)
+    plain_options = ReconstructOptions(checkpoint=path, device="cpu", samples=4, seed=2)
+    blend_options = dataclasses.replace(plain_options, blend_field=True)
+    clear_field_cache()
+    plain = reconstruct(cube, query, "model", plain_options)
+    blended = reconstruct(cube, query, "model", blend_options)
+    base = cached_checkpoint(path, "cpu")
+    steps = base.config.default_steps
+    field = field_checkpoint(base, observations(cube), blend_options, steps, "cpu")
+    assert field.blend is not None and field.blend.weights.max() > 0
+    assert field.model is base.model and field.spread_scale == base.spread_scale
+    observed = cube["s2"].where(cube["valid"] == 1).values
+    smoother = np.maximum(smooth_whittaker(observed, to_days(times), to_days(query)), 0)
+    distance = nearest_clear_days(cube["valid"].values == 1, to_days(times), to_days(query))
+    want = plain["s2"].values + field.blend.delta(plain["s2"].values, smoother, distance)
+    kept = blended["observed"].values.astype(bool)[:, None] | ~np.isfinite(want)
+    np.testing.assert_allclose(blended["s2"].values[~kept], want[~kept], atol=2e-6)
+    assert np.abs(blended["s2"].values - plain["s2"].values)[~kept].max() > 1e-3
+    for bound in ("s2_p10", "s2_p90"):  # the samples moved with their mean
+        np.testing.assert_allclose(
+            (blended[bound] - blended["s2"]).values[~kept],
+            (plain[bound] - plain["s2"]).values[~kept],
+            atol=2e-6,
+        )
+
+
+def test_hidden_pixel_values_never_reach_the_blend(flanders_cube, tmp_path) -> None:
+    cube = _crop(flanders_cube).copy(deep=True)
+    path = _checkpoint(tmp_path, perturb=True)
+    query = cube["time_s2"].values[[6, 7]]
+    cube["valid"][6, 5:12, 5:12] = 0
+    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
+    bright["s2"][6, :, 5:12, 5:12] = 0.9
+    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    options = ReconstructOptions(
+        checkpoint=path, device="cpu", samples=4, blend_field=True, calibrate_field=True
+    )
+    clear_field_cache()
+    a = reconstruct(bright, query, "model", options)
+    clear_field_cache()
+    b = reconstruct(dark, query, "model", options)
+    for name in ("s2", "s2_p10", "s2_p90"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+def test_a_series_too_short_to_fit_keeps_the_model_alone(flanders_cube, tmp_path) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    base = cached_checkpoint(path, "cpu")
+    short = _crop(flanders_cube, frames=slice(0, 3))
+    options = ReconstructOptions(checkpoint=path, device="cpu", blend_field=True)
+    clear_field_cache()
+    assert field_checkpoint(base, short, options, 2, "cpu").blend is None
