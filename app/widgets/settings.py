@@ -94,13 +94,14 @@ def settings_panel(settings: Settings) -> RunSettings:
         )
         blend_field = st.checkbox(
             "Lean on the Whittaker smoother where it does better here",
-            value=False,
+            value=True,
             key=str(Key.BLEND),
             disabled=not is_model,
             help="Before reconstructing, hide the field's own clear pixels in turn and measure, "
             "per band and distance to the nearest clear observation, how far to move the "
             "model's estimate toward the Whittaker smoother; then do so (README, 'field "
-            "blend'). Adds a few seconds per Run.",
+            "blend'): on the held-out cubes this lowered the error of every task. Adds a few "
+            "seconds per Run.",
         )
         device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)
         cloud = st.slider(

@@ -35,9 +35,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--blend-field",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="model: blend with the Whittaker smoother where, on this cube's own clear pixels "
-        "(hidden in turn), that does better",
+        "(hidden in turn), that does better (default: on; --no-blend-field: the network alone)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"

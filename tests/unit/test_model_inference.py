@@ -45,7 +45,8 @@ def _crop(cube, size: int = 24, frames: slice = slice(0, 20)):
 
 
 def _options(path: str, **kwargs) -> ReconstructOptions:
-    return ReconstructOptions(checkpoint=path, device="cpu", **kwargs)
+    """The network alone unless asked: the field blend has its own tests."""
+    return ReconstructOptions(checkpoint=path, device="cpu", **{"blend_field": False, **kwargs})
 
 
 def test_untrained_model_equals_linear_interpolation(flanders_cube, tmp_path) -> None:
