@@ -4,7 +4,9 @@
         [--samples 8] [--steps 1,2,4,8,16] [--json FILE]
 
 Every variant uses the same trained weights and the yardstick protocol of :mod:`core.evaluate`
-on the cubes the checkpoint never saw (default: its record's held-out sites):
+on the cubes the checkpoint never saw (default: its record's held-out sites). They measure the
+network itself, so the field blend (core.model.blend, the product's default) is off unless
+``--blend-field`` is given:
 
 - ``model``: as shipped.
 - ``model-no-s1``: the cube's Sentinel-1 removed before reconstruction. Training dropped S1
@@ -21,6 +23,7 @@ on the cubes the checkpoint never saw (default: its record's held-out sites):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -122,7 +125,9 @@ def print_rows(rows: list[dict[str, object]]) -> None:
 def time_steps(checkpoint: Path, steps: int, samples: int, source: Path) -> float:
     cube = make_bench_cube(read_cube(source), 64, 70)
     query = query_dates(cube, 20)
-    options = ReconstructOptions(samples=samples, steps=steps, checkpoint=checkpoint)
+    options = ReconstructOptions(
+        samples=samples, steps=steps, checkpoint=checkpoint, blend_field=False
+    )  # the network's time; the blend's own cost is in core.bench's figures
     reconstruct(cube, query, "model", options)  # warm-up: load the checkpoint
     times = []
     for _ in range(3):
@@ -139,6 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--steps", default="1,2,4,8,16")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--blend-field",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="with the field blend (default: the network alone)",
+    )
     parser.add_argument(
         "--timing",
         action=argparse.BooleanOptionalAction,
@@ -159,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     protocol = Protocol()
     cubes = [(p.stem, read_cube(p)) for p in paths]
     seen = {m: checkpoint.seen_sites for m in ("model", "model-no-s1", "model-shuffled")}
-    base = ReconstructOptions(samples=args.samples, checkpoint=args.checkpoint)
+    base = ReconstructOptions(
+        samples=args.samples, checkpoint=args.checkpoint, blend_field=args.blend_field
+    )
     print(f"checkpoint {args.checkpoint}; cubes: {', '.join(name for name, _ in cubes)}")
 
     start = time.perf_counter()
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     step_rows = []
     source = cubes_dir / "be-flanders-a_2017-2018.nc"
     for steps in [int(s) for s in args.steps.split(",")]:
-        options = ReconstructOptions(samples=args.samples, steps=steps, checkpoint=args.checkpoint)
+        options = dataclasses.replace(base, steps=steps)
         result = evaluate(
             cubes, ["linear", "whittaker", "model"], protocol, options, seen_sites=seen
         )

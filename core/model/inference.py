@@ -403,7 +403,7 @@ def field_checkpoint(
         )
         if episodes:  # else the checkpoint's spread and no blend (see above)
             mean, _, draws, truth = episode_predictions(
-                result.model, episodes, max(calibration_k, 1), steps, options.seed, device
+                result.model, episodes, calibration_k, steps, options.seed, device
             )
             if options.blend_field:
                 smoother, band, distance = blend_targets(episodes)

@@ -531,6 +531,7 @@ def residual_draws(
     ``generator`` is a CPU generator (the noise is drawn on the CPU, then moved to ``device``,
     so a seed gives the same draws on every device). Returns 1-D arrays over target (frame,
     band, pixel) values: mean (M,), base (M,), draws (K, M), truth (M,), in model units.
+    ``samples`` 0 skips the flow head (draws (0, M)): the best estimate alone.
     """
     from core.model.flow import euler_solve
 
@@ -540,6 +541,14 @@ def residual_draws(
     frames = batch.target[0].flatten(1).any(dim=1)  # only frames with targets are generated
     features = features[:, frames]
     mean = batch.base[:, frames] + model.mean_correction(features, h, w)
+    target = batch.target[0][frames]
+    values = (
+        mean[0][target].cpu().numpy(),
+        batch.base[0][frames][target].cpu().numpy(),
+        batch.truth[0][frames][target].cpu().numpy(),
+    )
+    if samples == 0:
+        return values[0], values[1], np.zeros((0, values[0].size), np.float32), values[2]
     flat = features.reshape(-1, features.shape[-1]).repeat(samples, 1)
     dim = model.config.patch**2 * 10
     noise = torch.randn(flat.shape[0], dim, generator=generator).to(device)
@@ -547,13 +556,7 @@ def residual_draws(
     res = res.view(samples, 1, features.shape[1], -1, dim)
     res = torch.stack([model.unpatchify(r, h, w)[0] for r in res])  # (K, T', 10, H, W)
     res = model.scale_generated(res, features, h, w)
-    target = batch.target[0][frames]
-    return (
-        mean[0][target].cpu().numpy(),
-        batch.base[0][frames][target].cpu().numpy(),
-        res[:, target].cpu().numpy(),
-        batch.truth[0][frames][target].cpu().numpy(),
-    )
+    return values[0], values[1], res[:, target].cpu().numpy(), values[2]
 
 
 def coverage(mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, scale: float) -> float:
