@@ -14,6 +14,8 @@ What every method may rely on, and what the contract guarantees:
   ``ndvi_p10`` and ``ndvi_p90``.
 * With ``keep_observed`` (the default), clear pixels of an acquisition on a requested calendar
   day are returned as observed.
+* The output's attributes name the method and its settings, and whatever the method records
+  of how it made this result (:attr:`Prediction.attrs`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,9 @@ class Prediction:
     """Best estimate, (Q, B, H, W) float32."""
     samples: np.ndarray | None = None
     """Generated samples, (K, Q, B, H, W) float32, or None for deterministic methods."""
+    attrs: dict[str, object] = field(default_factory=dict)
+    """How the method made it, for the output's attributes (numbers, strings or 1-D number
+    arrays, as NetCDF holds them): e.g. the model's per-field fits."""
 
 
 Method = Callable[[xr.Dataset, np.ndarray, ReconstructOptions], Prediction]
@@ -244,6 +249,7 @@ def _assemble(
     attrs.update(
         method=method, samples=int(options.samples), keep_observed=int(options.keep_observed)
     )
+    attrs.update(prediction.attrs)
     coords = {
         "time": query,
         "band": list(S2_BANDS),

@@ -331,6 +331,8 @@ def compute_season(
         result = reconstructor(
             cube, chunk.astype("datetime64[ns]"), request.method, request.options
         )
+        if lo == 0:
+            notes += fit_notes(result.attrs)
         for qi, day in enumerate(chunk):
             frames.append(
                 _frame_view(cube, result.isel(time=qi), mask, day, scale, warp, radar_of_day)
@@ -630,6 +632,29 @@ def _recon_colours(frame: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if "ndvi_p10" in frame and "ndvi_p90" in frame:
         spread = uncertainty_colours(frame["ndvi_p90"].values - frame["ndvi_p10"].values)
     return rgb, ndvi_img, spread
+
+
+def fit_notes(attrs: dict) -> list[str]:
+    """Sentences on what the model fitted on this field (from a reconstruction's attributes)."""
+    notes = []
+    if "blend_mean_weights" in attrs:
+        near, mid, far = (round(100 * float(w)) for w in attrs["blend_mean_weights"])
+        notes.append(
+            "Field blend: measured on this field's own clear pixels, the model's estimate "
+            f"leans {near} % on the Whittaker smoother within 8 days of a clear observation, "
+            f"{mid} % at 8-20 days and {far} % further away."
+        )
+    elif attrs.get("model_blend_field"):
+        notes.append(
+            "Field blend: too few clear acquisitions to measure it; the model's estimate alone."
+        )
+    if attrs.get("model_calibrate_field") and "model_spread_scale" in attrs:
+        factor = float(attrs["model_spread_scale"]) / float(attrs["model_checkpoint_spread_scale"])
+        notes.append(
+            f"Uncertainty band fitted on this field: {factor:.2f} x the width fitted on the "
+            "model's training sites."
+        )
+    return notes
 
 
 def _frame_view(

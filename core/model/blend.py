@@ -33,6 +33,8 @@ class FieldBlend:
 
     weights: np.ndarray
     """(N_BANDS, len(DISTANCE_EDGES_DAYS) + 1) in [0, 1]."""
+    fitted: np.ndarray | None = None
+    """(N_BANDS,) bool: the bands that had values enough to fit (None: all)."""
 
     def delta(self, mean: np.ndarray, smoother: np.ndarray, distance: np.ndarray) -> np.ndarray:
         """What the blend adds to ``mean`` (Q, B, H, W): ``w * (smoother - mean)``, 0 where the
@@ -46,11 +48,16 @@ class FieldBlend:
         """:meth:`delta` of single values (1-D arrays, ``band`` the band index of each)."""
         return _shift(self.weights[band, distance_bucket(distance)], mean, smoother)
 
-    def to_dict(self) -> dict[str, object]:
-        """JSON-friendly form (the evaluation records it)."""
+    def attrs(self) -> dict[str, object]:
+        """The weights as NetCDF attributes: all of them (bands x buckets, flattened band by
+        band), the bucket edges, and per bucket their mean over the bands that were fitted
+        (a band without values keeps 0 and is left out)."""
+        fitted = np.ones(N_BANDS, bool) if self.fitted is None else self.fitted
+        mean = self.weights[fitted].mean(axis=0) if fitted.any() else np.zeros(len(self.weights[0]))
         return {
-            "distance_edges_days": list(DISTANCE_EDGES_DAYS),
-            "weights": np.round(self.weights, 2).tolist(),
+            "blend_distance_edges_days": np.asarray(DISTANCE_EDGES_DAYS),
+            "blend_weights": np.round(self.weights, 2).ravel(),
+            "blend_mean_weights": np.round(mean, 3),
         }
 
 
@@ -125,10 +132,12 @@ def fit_blend(
     bucket = distance_bucket(distance)
     n_buckets = len(DISTANCE_EDGES_DAYS) + 1
     weights = np.zeros((N_BANDS, n_buckets))
+    fitted = np.zeros(N_BANDS, bool)
     for b in range(N_BANDS):
         in_band = usable & (band == b)
         if in_band.sum() < MIN_VALUES:
             continue
+        fitted[b] = True
         band_weight = _best_weight(model[in_band], smoother[in_band], truth[in_band])
         for k in range(n_buckets):
             sel = in_band & (bucket == k)
@@ -137,7 +146,7 @@ def fit_blend(
                 if sel.sum() >= MIN_VALUES
                 else band_weight
             )
-    return FieldBlend(weights=weights)
+    return FieldBlend(weights=weights, fitted=fitted)
 
 
 def _best_weight(model: np.ndarray, smoother: np.ndarray, truth: np.ndarray) -> float:

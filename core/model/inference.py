@@ -432,7 +432,7 @@ def model_method(
         raise InputError(f"--steps must be at least 1, not {steps}.")
     if options.adapt_steps < 0:
         raise InputError(f"--adapt-steps must be 0 or more, not {options.adapt_steps}.")
-    checkpoint = field_checkpoint(checkpoint, observed, options, steps, device)
+    base, checkpoint = checkpoint, field_checkpoint(checkpoint, observed, options, steps, device)
     series = prepare_series(observed, query)
     frames = series.frames
     n_query = query.size
@@ -486,4 +486,21 @@ def model_method(
     mean /= weight
     if draws is not None:
         draws /= weight
-    return Prediction(mean=mean, samples=draws)
+    return Prediction(mean=mean, samples=draws, attrs=field_attrs(base, checkpoint, options))
+
+
+def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions) -> dict:
+    """What a reconstruction records of the model's per-field fits (its output's attributes):
+    the spread factor used and the checkpoint's, what was asked, and the field blend's weights
+    where it was fitted (per band, then per distance bucket; their mean over the bands the
+    field has)."""
+    attrs: dict[str, object] = {
+        "model_spread_scale": float(used.spread_scale),
+        "model_checkpoint_spread_scale": float(base.spread_scale),
+        "model_adapt_steps": int(options.adapt_steps),
+        "model_calibrate_field": int(options.calibrate_field and options.samples > 1),
+        "model_blend_field": int(options.blend_field),
+    }
+    if used.blend is not None:
+        attrs.update(used.blend.attrs())
+    return attrs

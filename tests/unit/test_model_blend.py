@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import xarray as xr
 
 from core.baselines import smooth_whittaker
 from core.model.blend import (
@@ -23,7 +24,8 @@ from core.model.features import REFL_SCALE
 from core.model.inference import cached_checkpoint, clear_field_cache, field_checkpoint
 from core.model.network import FieldFlowNet
 from core.model.training import blend_targets, episode_predictions, load_series, validation_episodes
-from core.reconstruct import ReconstructOptions, observations, reconstruct
+from core.reconstruct import ReconstructOptions, observations, reconstruct, write_reconstruction
+from core.season import fit_notes
 from core.timeline import to_days
 from tests.unit.test_model_inference import TINY, _checkpoint, _crop
 
@@ -161,3 +163,32 @@ def test_a_series_too_short_to_fit_keeps_the_model_alone(flanders_cube, tmp_path
     options = ReconstructOptions(checkpoint=path, device="cpu", blend_field=True)
     clear_field_cache()
     assert field_checkpoint(base, short, options, 2, "cpu").blend is None
+
+
+def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp_path) -> None:
+    cube = _crop(flanders_cube, size=16)
+    query = cube["time_s2"].values[[9]] + np.timedelta64(3, "D")
+    path = _checkpoint(tmp_path, perturb=True)
+    options = ReconstructOptions(checkpoint=path, device="cpu", samples=4, calibrate_field=True)
+    clear_field_cache()
+    out = reconstruct(cube, query, "model", options)
+    field = field_checkpoint(cached_checkpoint(path, "cpu"), observations(cube), options, 8, "cpu")
+    np.testing.assert_allclose(out.attrs["blend_weights"], field.blend.weights.ravel())
+    assert out.attrs["model_spread_scale"] == pytest.approx(field.spread_scale)
+    written = write_reconstruction(out, tmp_path / "out.nc")
+    with xr.open_dataset(written) as again:
+        np.testing.assert_allclose(
+            again.attrs["blend_mean_weights"], out.attrs["blend_mean_weights"]
+        )
+        notes = fit_notes(dict(again.attrs))
+    assert len(notes) == 2
+    near = round(100 * float(out.attrs["blend_mean_weights"][0]))
+    assert notes[0].startswith("Field blend:") and f"leans {near} %" in notes[0]
+    factor = field.spread_scale / out.attrs["model_checkpoint_spread_scale"]
+    assert f"{factor:.2f} x the width" in notes[1]
+    # Too short a series to fit the blend says so; the baselines say nothing.
+    short = _crop(flanders_cube, frames=slice(0, 3))
+    alone = reconstruct(short, short["time_s2"].values[[1]], "model", options)
+    assert "blend_weights" not in alone.attrs
+    assert fit_notes(alone.attrs)[0].startswith("Field blend: too few clear acquisitions")
+    assert fit_notes(reconstruct(cube, query, "linear").attrs) == []
