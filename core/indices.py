@@ -16,6 +16,9 @@ def ndvi(s2: np.ndarray, band_axis: int = -3) -> np.ndarray:
 
     NIR is B08 where present, else B8A (the narrow NIR band, which the 4-band GreenEarthNet
     cubes carry instead). Where red or both NIR bands are NaN, or NIR + red <= 0, NDVI is NaN.
+    Negative reflectance (a generated sample's noise around a dark pixel) counts as 0, so NDVI
+    stays within [-1, 1]: near NIR + red = 0 a slightly negative band would otherwise send it
+    to hundreds.
 
     Args:
         s2: reflectance with the ten bands on ``band_axis``, e.g. (T, B, H, W).
@@ -25,9 +28,9 @@ def ndvi(s2: np.ndarray, band_axis: int = -3) -> np.ndarray:
         NDVI with ``band_axis`` removed, float32.
     """
     s2 = np.asarray(s2, dtype=np.float32)
-    red = np.take(s2, RED, axis=band_axis)
+    red = np.maximum(np.take(s2, RED, axis=band_axis), 0.0)  # NaN stays NaN
     nir = np.take(s2, NIR, axis=band_axis)
-    nir = np.where(np.isfinite(nir), nir, np.take(s2, NIR_NARROW, axis=band_axis))
+    nir = np.maximum(np.where(np.isfinite(nir), nir, np.take(s2, NIR_NARROW, axis=band_axis)), 0.0)
     total = nir + red
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(total > 0, (nir - red) / total, np.nan)

@@ -59,7 +59,9 @@ def settings_panel(settings: Settings) -> RunSettings:
             key=str(Key.SAMPLES),
             disabled=not is_model,
             help="Samples drawn by the model; more than 1 gives the p10-p90 band and the "
-            "uncertainty map. The baselines are deterministic (one sample).",
+            "uncertainty map. Below 8 the band is a rough estimate, and fitting it to the field "
+            "widens it a lot (on one field 4 samples needed a 4 x wider band than 8 to hold 80 "
+            "%). The baselines are deterministic (one sample).",
         )
         steps = st.number_input(
             "Steps (0 = model default)",

@@ -153,3 +153,21 @@ def test_dates_outside_the_cube_period_are_refused(es_field) -> None:
 def test_unknown_method_lists_the_choices(es_field) -> None:
     with pytest.raises(InputError, match="choose one of linear, whittaker"):
         reconstruct(es_field, np.array(["2019-05-01"], dtype="datetime64[ns]"), "cubic")
+
+
+def test_ndvi_stays_within_minus_one_and_one_when_samples_dip_below_zero() -> None:
+    from core.indices import NIR, NIR_NARROW, RED, ndvi
+
+    # Dark pixels whose generated samples scatter around 0: NIR + red can be a hair above 0
+    # with one band negative, which made sample NDVI reach hundreds (field p10 -184).
+    rng = np.random.default_rng(0)
+    s2 = np.full((2000, 10), np.nan, np.float32)
+    s2[:, RED] = rng.normal(0.005, 0.01, 2000)
+    s2[:, NIR] = rng.normal(0.006, 0.01, 2000)
+    values = ndvi(s2, band_axis=1)
+    finite = np.isfinite(values)
+    assert finite.sum() > 1000 and np.abs(values[finite]).max() <= 1.0
+    s2[:3, RED], s2[:3, NIR] = [-0.01, 0.02, np.nan], [0.02, -0.01, 0.3]
+    np.testing.assert_allclose(ndvi(s2[:3], band_axis=1), [1.0, -1.0, np.nan])
+    s2[3, NIR], s2[3, NIR_NARROW], s2[3, RED] = np.nan, 0.3, 0.1  # B8A stands in for B08
+    assert ndvi(s2[3:4], band_axis=1)[0] == pytest.approx(0.5)
