@@ -3,7 +3,9 @@
 A request is cut into temporal windows of at most ``s2_window`` S2 frames (each query goes to
 the window where it sits most centrally) and spatial tiles of ``tile`` pixels that overlap by
 ``tile_overlap`` and are blended with linear ramps. Per window and tile the trunk runs once;
-the flow head then integrates K residual samples for the query frames' tokens only.
+the flow head then integrates K residual samples for the query frames' tokens only. With
+the field blend (the default), each tile's estimate and samples then move toward the Whittaker
+smoother by the weights fitted on the field (:mod:`core.model.blend`).
 """
 
 from __future__ import annotations
@@ -339,8 +341,12 @@ def field_checkpoint(
       under one patch keeps the checkpoint's spread. With tuning too, the tuned network is
       calibrated on the field it was tuned on, which could make its band too narrow; on the
       held-out cubes it did not (README, "The uncertainty band").
+    - ``options.blend_field``: a :class:`core.model.blend.FieldBlend` fitted on the same
+      episodes (how far to move the estimate toward the Whittaker smoother, per band and
+      distance to clear data); with calibration, the spread is fitted around the blended
+      estimate. Too short a series (as above) gets no blend: the network's estimate alone.
 
-    Both are seeded, so the same checkpoint, cube, options and seed give the same result: it is
+    All are seeded, so the same checkpoint, cube, options and seed give the same result: it is
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
     """
     from core.model.blend import fit_blend
