@@ -367,7 +367,7 @@ def field_checkpoint(
         observed_fingerprint(observed),
         options.adapt_steps,
         calibration_k,
-        steps if calibration_k or options.blend_field else 0,
+        steps if calibration_k else 0,  # the blend uses the estimate, which steps do not move
         options.blend_field,
         options.whittaker_lambda if options.blend_field else None,
         options.seed,

@@ -27,7 +27,7 @@ from core.model.training import blend_targets, episode_predictions, load_series,
 from core.reconstruct import ReconstructOptions, observations, reconstruct, write_reconstruction
 from core.season import fit_notes
 from core.timeline import to_days
-from tests.unit.test_model_inference import TINY, _checkpoint, _crop
+from tests.unit.test_model_inference import TINY, _checkpoint, _crop, hidden_bright_and_dark
 
 
 def test_nearest_clear_days_matches_a_brute_force_search() -> None:
@@ -138,13 +138,9 @@ def test_reconstruction_moves_mean_and_samples_by_the_fitted_weights(
 
 
 def test_hidden_pixel_values_never_reach_the_blend(flanders_cube, tmp_path) -> None:
-    cube = _crop(flanders_cube).copy(deep=True)
     path = _checkpoint(tmp_path, perturb=True)
-    query = cube["time_s2"].values[[6, 7]]
-    cube["valid"][6, 5:12, 5:12] = 0
-    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
-    bright["s2"][6, :, 5:12, 5:12] = 0.9
-    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    bright, dark = hidden_bright_and_dark(flanders_cube)
+    query = bright["time_s2"].values[[6, 7]]
     options = ReconstructOptions(
         checkpoint=path, device="cpu", samples=4, blend_field=True, calibrate_field=True
     )

@@ -44,6 +44,18 @@ def _crop(cube, size: int = 24, frames: slice = slice(0, 20)):
     return cube.isel(y=slice(0, size), x=slice(0, size), time_s2=frames)
 
 
+def hidden_bright_and_dark(cube):
+    """Two copies of a crop of ``cube`` whose frame 6 has a cloudy 7 x 7 block (valid 0) with
+    very different values under it (0.9 and 0.01): a method that never reads a hidden value
+    gives both the same answer."""
+    cube = _crop(cube).copy(deep=True)
+    cube["valid"][6, 5:12, 5:12] = 0
+    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
+    bright["s2"][6, :, 5:12, 5:12] = 0.9
+    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    return bright, dark
+
+
 def _options(path: str, **kwargs) -> ReconstructOptions:
     """The network alone unless asked: the field blend has its own tests."""
     return ReconstructOptions(checkpoint=path, device="cpu", **{"blend_field": False, **kwargs})
@@ -78,13 +90,9 @@ def test_every_day_queried_runs_in_grouped_passes_and_misses_none(flanders_cube,
 
 
 def test_hidden_pixel_values_never_reach_the_model(flanders_cube, tmp_path) -> None:
-    cube = _crop(flanders_cube).copy(deep=True)
     path = _checkpoint(tmp_path, perturb=True)
-    query = cube["time_s2"].values[[6, 7]]
-    cube["valid"][6, 5:12, 5:12] = 0
-    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
-    bright["s2"][6, :, 5:12, 5:12] = 0.9
-    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    bright, dark = hidden_bright_and_dark(flanders_cube)
+    query = bright["time_s2"].values[[6, 7]]
     a = reconstruct(bright, query, "model", _options(path)).s2.values
     b = reconstruct(dark, query, "model", _options(path)).s2.values
     np.testing.assert_array_equal(a, b)
@@ -248,13 +256,9 @@ def test_tiny_model_overfits_one_series(cubes_dir) -> None:
 def test_per_field_adaptation_learns_from_clear_pixels_only(flanders_cube, tmp_path) -> None:
     from core.model.inference import cached_checkpoint
 
-    cube = _crop(flanders_cube).copy(deep=True)
     path = _checkpoint(tmp_path, perturb=True)
-    query = cube["time_s2"].values[[6, 7]]
-    cube["valid"][6, 5:12, 5:12] = 0
-    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
-    bright["s2"][6, :, 5:12, 5:12] = 0.9
-    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    bright, dark = hidden_bright_and_dark(flanders_cube)
+    query = bright["time_s2"].values[[6, 7]]
     before = {k: v.clone() for k, v in cached_checkpoint(path, "cpu").model.state_dict().items()}
     tuned = _options(path, adapt_steps=3)
     clear_field_cache()
@@ -360,13 +364,9 @@ def test_per_field_calibration_rescales_the_band_from_clear_pixels_only(
 ) -> None:
     from core.model.inference import cached_checkpoint, field_checkpoint
 
-    cube = _crop(flanders_cube).copy(deep=True)
     path = _checkpoint(tmp_path, perturb=True)
-    query = cube["time_s2"].values[[6]] + np.timedelta64(1, "D")
-    cube["valid"][6, 5:12, 5:12] = 0
-    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
-    bright["s2"][6, :, 5:12, 5:12] = 0.9
-    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    bright, dark = hidden_bright_and_dark(flanders_cube)
+    query = bright["time_s2"].values[[6]] + np.timedelta64(1, "D")
     plain_options = _options(path, samples=8)
     fitted = dataclasses.replace(plain_options, calibrate_field=True)
     clear_field_cache()

@@ -16,7 +16,7 @@ from core.model.network import FieldFlowNet
 from core.model.training import collate, load_initial_weights, load_series, losses, make_episode
 from core.reconstruct import ReconstructOptions, reconstruct
 from tests.unit.test_model_inference import TINY as INFERENCE_TINY
-from tests.unit.test_model_inference import _crop
+from tests.unit.test_model_inference import _crop, hidden_bright_and_dark
 
 TINY = dataclasses.replace(INFERENCE_TINY, scale_head=True)
 
@@ -66,13 +66,9 @@ def test_the_band_widens_with_the_predicted_scale_and_the_estimate_does_not_move
 
 
 def test_hidden_pixel_values_never_reach_the_band(flanders_cube, tmp_path) -> None:
-    cube = _crop(flanders_cube).copy(deep=True)
     path = _save(_model(-1.0, perturb_scale=True), tmp_path / "m.pt")
-    query = cube["time_s2"].values[[6, 7]]
-    cube["valid"][6, 5:12, 5:12] = 0
-    bright, dark = cube.copy(deep=True), cube.copy(deep=True)
-    bright["s2"][6, :, 5:12, 5:12] = 0.9
-    dark["s2"][6, :, 5:12, 5:12] = 0.01
+    bright, dark = hidden_bright_and_dark(flanders_cube)
+    query = bright["time_s2"].values[[6, 7]]
     options = ReconstructOptions(checkpoint=path, device="cpu", samples=4, seed=0)
     a, b = (reconstruct(c, query, "model", options) for c in (bright, dark))
     for name in ("s2", "s2_p10", "s2_p90"):
