@@ -561,8 +561,21 @@ def residual_draws(
 
 def coverage(mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, scale: float) -> float:
     """Fraction of ``truth`` inside the p10-p90 band of ``mean + scale * draws``."""
-    low, high = np.percentile(mean[None] + scale * draws, [10, 90], axis=0)
-    return float(np.mean((truth >= low) & (truth <= high)))
+    return _covered(mean, *band_offsets(draws), truth, scale)
+
+
+def band_offsets(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """p10 and p90 of residual ``draws`` (K, N) over the samples. For any scale s > 0 the band
+    of ``mean + s * draws`` is ``mean + s * offset``: percentiles commute with a shift and a
+    positive scale, so a search over s sorts the samples once."""
+    low, high = np.percentile(draws, [10, 90], axis=0)
+    return low, high
+
+
+def _covered(
+    mean: np.ndarray, low: np.ndarray, high: np.ndarray, truth: np.ndarray, scale: float
+) -> float:
+    return float(np.mean((truth >= mean + scale * low) & (truth <= mean + scale * high)))
 
 
 def episode_predictions(
@@ -588,10 +601,11 @@ def fit_spread(
     mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, target_coverage: float = 0.8
 ) -> float:
     """The spread scale whose p10-p90 band covers ``target_coverage`` of ``truth``."""
+    offsets = band_offsets(draws)
     low, high = 0.01, 50.0
     for _ in range(40):
         mid = math.sqrt(low * high)
-        if coverage(mean, draws, truth, mid) < target_coverage:
+        if _covered(mean, *offsets, truth, mid) < target_coverage:
             low = mid
         else:
             high = mid

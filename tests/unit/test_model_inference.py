@@ -447,3 +447,25 @@ def test_spectral_jitter_scales_each_band_of_an_episode(cubes_dir, jitter) -> No
         assert np.abs(np.log(gains)).max() > 0.01  # reflectance was changed ...
         assert np.ptp(np.log(gains)) > 0.01  # ... and not by one gain for all bands
         assert np.abs(np.log(gains)).max() < 6 * 1.5 * jitter
+
+
+def test_spread_fit_matches_the_band_of_every_scaled_draw() -> None:
+    """fit_spread sorts the samples once; it must find the scale a search over the band of
+    ``mean + s * draws`` itself finds, and that scale must cover 80 %."""
+    from core.model.training import coverage, fit_spread
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    mean = rng.normal(0.2, 0.1, n)
+    draws = rng.normal(0.0, 1.0, (5, n)) * rng.gamma(2.0, 0.02, n)  # per-value spread
+    truth = mean + rng.standard_t(3, n) * 0.03  # heavy tails, unrelated to the spread
+
+    def covered(scale: float) -> float:
+        low, high = np.percentile(mean[None] + scale * draws, [10, 90], axis=0)
+        return float(np.mean((truth >= low) & (truth <= high)))
+
+    scale = fit_spread(mean, draws, truth)
+    assert covered(scale) == pytest.approx(0.8, abs=1e-3)
+    assert covered(scale * 0.98) < 0.8 <= covered(scale * 1.02)
+    for s in (0.3, 1.0, scale, 4.0):
+        assert coverage(mean, draws, truth, s) == pytest.approx(covered(s), abs=1e-4)
