@@ -228,7 +228,12 @@ def _whittaker_single_thread(
     grid_day = np.floor(obs_days).astype(np.int64)
 
     finite = np.isfinite(series)
-    patterns, group_of = np.unique(np.packbits(finite, axis=0).T, axis=0, return_inverse=True)
+    # One byte string per series (its valid frames, bit-packed), grouped: far faster than
+    # np.unique(..., axis=0), which compares the bytes one column at a time.
+    packed = np.ascontiguousarray(np.packbits(finite, axis=0).T)
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+    patterns, group_of = np.unique(keys, return_inverse=True)
+    group_of = group_of.ravel()
     order = np.argsort(group_of, kind="stable")
     starts = np.searchsorted(group_of[order], np.arange(len(patterns) + 1))
     for g in range(len(patterns)):
@@ -264,7 +269,9 @@ class _PatternOperator:
         self.first_day = int(days[0])
         n_grid = int(days[-1] - days[0]) + 1
         observed = (days - days[0]).astype(np.int64)
-        missing = np.setdiff1d(np.arange(n_grid), observed)
+        is_missing = np.ones(n_grid, dtype=bool)
+        is_missing[observed] = False
+        missing = np.flatnonzero(is_missing)
         table = _second_difference_penalty(n_grid)
         p_oo = _penalty(table, observed[:, None], observed[None, :])
         # extend[i] is the row mapping observed values to grid day i: identity rows on the

@@ -113,9 +113,12 @@ def bracketing_indices(observed: np.ndarray, exclusive: bool) -> tuple[np.ndarra
         ``prev``, ``next``: int arrays (T, ...); -1 / T where there is none.
     """
     n = observed.shape[0]
-    index = np.arange(n).reshape((n,) + (1,) * (observed.ndim - 1))
-    prev = np.maximum.accumulate(np.where(observed, index, -1), axis=0)
-    nxt = np.flip(np.minimum.accumulate(np.flip(np.where(observed, index, n), 0), axis=0), 0)
+    # int32: half the memory traffic of the default int64 on these (T, B, H, W) arrays.
+    index = np.arange(n, dtype=np.int32).reshape((n,) + (1,) * (observed.ndim - 1))
+    prev = np.maximum.accumulate(np.where(observed, index, np.int32(-1)), axis=0)
+    nxt = np.flip(
+        np.minimum.accumulate(np.flip(np.where(observed, index, np.int32(n)), 0), axis=0), 0
+    )
     if exclusive:
         prev = np.concatenate([np.full_like(prev[:1], -1), prev[:-1]], axis=0)
         nxt = np.concatenate([nxt[1:], np.full_like(nxt[:1], n)], axis=0)

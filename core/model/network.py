@@ -47,6 +47,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate channel pairs (i, i + dim/2) of ``x`` (..., N, dim) by angles given as their
     ``cos``, ``sin`` (..., N, dim // 2). Relative: q.k depends only on angle differences."""
     half = x.shape[-1] // 2
+    x = x.contiguous()  # q and k arrive as strided views of qkv: copying first is faster
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
