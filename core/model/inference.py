@@ -458,9 +458,13 @@ def model_method(
     ]
     passes = plan_passes(series.acquired, series.query_frame, config.s2_window)
     blend = checkpoint.blend
-    if blend is not None:
-        obs_values = observed["s2"].values
-        obs_days, query_days = to_days(observed["time_s2"].values), to_days(query)
+    if blend is not None:  # once for the field: tiles overlap, and each pixel's smoother is its own
+        smoother, distance = blend_inputs(
+            observed["s2"].values,
+            to_days(observed["time_s2"].values),
+            to_days(query),
+            options.whittaker_lambda,
+        )
     for y0, x0 in tiles:
         ys = slice(y0, min(y0 + config.tile, height))
         xs = slice(x0, min(x0 + config.tile, width))
@@ -481,10 +485,7 @@ def model_method(
             if draws is not None and s is not None:
                 draws[:, step.queries, :, ys, xs] += s[..., :tile_h, :tile_w] * ramp
         if blend is not None:  # samples move with their mean
-            smoother, distance = blend_inputs(
-                obs_values[:, :, ys, xs], obs_days, query_days, options.whittaker_lambda
-            )
-            shift = blend.delta(tile_mean, smoother, distance)
+            shift = blend.delta(tile_mean, smoother[:, :, ys, xs], distance[:, ys, xs])
             tile_mean += shift
             if draws is not None:
                 draws[:, :, :, ys, xs] += shift[None] * ramp
