@@ -444,12 +444,17 @@ def model_method(
     n_query = query.size
     height, width = frames.s2.shape[2:]
     mean = np.zeros((n_query, 10, height, width), np.float32)
-    draws = (
+    # Samples are blended as residuals around the mean: sum(w * r) / sqrt(sum(w^2)). The tiles'
+    # residuals are independent draws, so a plain weighted mean would shrink their spread where
+    # tiles overlap (to 0.71 x halfway across a two-tile overlap, 0.5 x where four meet); this
+    # keeps it, and under one tile it is that tile's residual.
+    residuals = (
         np.zeros((options.samples, n_query, 10, height, width), np.float32)
         if options.samples > 1
         else None
     )
     weight = np.zeros((height, width), np.float32)
+    weight_sq = np.zeros((height, width), np.float32)
     generator = torch.Generator().manual_seed(options.seed)
     tiles = [
         (y0, x0)
@@ -470,6 +475,7 @@ def model_method(
         xs = slice(x0, min(x0 + config.tile, width))
         ramp = blend_weights(ys.stop - ys.start, xs.stop - xs.start, config.tile_overlap)
         weight[ys, xs] += ramp
+        weight_sq[ys, xs] += ramp**2
         tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
         inputs = series_inputs(tile, config.smooth_features)
         tile_mean = np.zeros((n_query, 10, tile_h, tile_w), np.float32)
@@ -482,17 +488,18 @@ def model_method(
                 checkpoint, window, step.targets, options.samples, steps, generator, device
             )
             tile_mean[step.queries] = m[..., :tile_h, :tile_w]
-            if draws is not None and s is not None:
-                draws[:, step.queries, :, ys, xs] += s[..., :tile_h, :tile_w] * ramp
-        if blend is not None:  # samples move with their mean
-            shift = blend.delta(tile_mean, smoother[:, :, ys, xs], distance[:, ys, xs])
-            tile_mean += shift
-            if draws is not None:
-                draws[:, :, :, ys, xs] += shift[None] * ramp
+            if residuals is not None and s is not None:
+                residual = (s - m[None])[..., :tile_h, :tile_w]
+                residuals[:, step.queries, :, ys, xs] += residual * ramp
+        if blend is not None:  # samples move with their mean: their residuals stay
+            tile_mean += blend.delta(tile_mean, smoother[:, :, ys, xs], distance[:, ys, xs])
         mean[:, :, ys, xs] += tile_mean * ramp
     mean /= weight
-    if draws is not None:
-        draws /= weight
+    draws = None
+    if residuals is not None:
+        residuals /= np.sqrt(weight_sq)
+        residuals += mean[None]
+        draws = residuals
     return Prediction(mean=mean, samples=draws, attrs=field_attrs(base, checkpoint, options))
 
 

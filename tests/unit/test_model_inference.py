@@ -469,3 +469,20 @@ def test_spread_fit_matches_the_band_of_every_scaled_draw() -> None:
     assert covered(scale * 0.98) < 0.8 <= covered(scale * 1.02)
     for s in (0.3, 1.0, scale, 4.0):
         assert coverage(mean, draws, truth, s) == pytest.approx(covered(s), abs=1e-4)
+
+
+def test_samples_keep_their_spread_where_tiles_overlap(flanders_cube, tmp_path) -> None:
+    """Two tiles' samples are independent draws: averaged with the ramp weights they would
+    shrink the band in the overlap (to 0.71 x at its centre); blended as residuals they don't."""
+    path = _checkpoint(tmp_path, perturb=True)
+    cube = flanders_cube.isel(y=slice(0, 32), x=slice(0, 56), time_s2=slice(0, 20))
+    assert tile_origins(56, TINY.tile, TINY.tile_overlap) == [0, 24]  # overlap: columns 24-31
+    times = cube["time_s2"].values
+    query = times[[3, 9, 15]] + np.timedelta64(1, "D")
+    out = reconstruct(cube, query, "model", _options(path, samples=48, keep_samples=True))
+    samples = out["s2_samples"].values  # (K, Q, B, H, W)
+    spread = np.nanstd(samples, axis=0).mean(axis=(0, 1, 2))  # per column
+    single, overlap = spread[8:20].mean(), spread[26:30].mean()
+    assert overlap / single == pytest.approx(1.0, abs=0.12)
+    # The mean is the ramp-weighted blend, and the samples sit around it.
+    np.testing.assert_allclose(samples.mean(axis=0), out["s2"].values, atol=spread.max())
