@@ -285,9 +285,10 @@ def predict_window(
     mean_np = mean.cpu().numpy() / REFL_SCALE
     if samples <= 1:
         return mean_np, None
-    cond = features.reshape(-1, features.shape[-1]).repeat(samples, 1)  # (K*Q*P, D)
-    noise = torch.randn(cond.shape[0], patch * patch * 10, generator=generator).to(device)
-    residual = SOLVERS[solver](lambda x, tau: model.flow_head(x, tau, cond), noise, steps)
+    velocity = model.flow_head.velocity_given(features.reshape(-1, features.shape[-1]))
+    n_rows = samples * features.shape[1] * features.shape[2]  # K x Q x P, sample-major
+    noise = torch.randn(n_rows, patch * patch * 10, generator=generator).to(device)
+    residual = SOLVERS[solver](velocity, noise, steps)
     residual = residual.view(samples, 1, len(targets), -1, residual.shape[-1])
     residual = torch.stack([model.unpatchify(r, height, width)[0] for r in residual])
     residual = model.scale_generated(residual, features, height, width)

@@ -84,3 +84,17 @@ def test_patchify_round_trip() -> None:
     assert tokens.shape == (2, 3, (8 // 4) * (12 // 4), 10 * 16)
     assert torch.equal(net.unpatchify(tokens, 8, 12), x)
     assert math.isclose(float(tokens[0, 0, 0, 0]), float(x[0, 0, 0, 0, 0]))
+
+
+def test_flow_velocity_given_features_equals_the_full_forward() -> None:
+    """Sampling computes the features' share of the flow head once; it must be the same
+    velocity as the full forward on the features repeated for every sample."""
+    torch.manual_seed(0)
+    config = ModelConfig(width=16, depth=1, heads=2, flow_hidden=32, flow_layers=2)
+    head = FieldFlowNet(config).flow_head
+    samples, tokens = 3, 7
+    features = torch.randn(tokens, config.width)
+    state = torch.randn(samples * tokens, config.patch**2 * 10)
+    for tau in (torch.full((samples * tokens,), 0.25), torch.rand(samples * tokens)):
+        full = head(state, tau, features.repeat(samples, 1))
+        torch.testing.assert_close(head.velocity_given(features)(state, tau), full)
