@@ -486,3 +486,28 @@ def test_samples_keep_their_spread_where_tiles_overlap(flanders_cube, tmp_path) 
     assert overlap / single == pytest.approx(1.0, abs=0.12)
     # The mean is the ramp-weighted blend, and the samples sit around it.
     np.testing.assert_allclose(samples.mean(axis=0), out["s2"].values, atol=spread.max())
+
+
+def test_each_pixel_takes_its_samples_from_the_tile_it_is_deepest_in() -> None:
+    from core.model.inference import blend_weights, patches_touched, tile_owners
+
+    origins = tile_origins(100, 64, 16)  # [0, 36]
+    tiles = [(y0, x0) for y0 in origins for x0 in origins]
+    owner = tile_owners(100, 100, tiles, 64, 16)
+    assert set(np.unique(owner)) == {0, 1, 2, 3}
+    ramps = []
+    for y0, x0 in tiles:  # every tile's ramp over the whole field, 0 outside it
+        full = np.zeros((100, 100), np.float32)
+        full[y0 : y0 + 64, x0 : x0 + 64] = blend_weights(64, 64, 16)
+        ramps.append(full)
+    deepest = np.max(ramps, axis=0)
+    np.testing.assert_array_equal(np.take_along_axis(np.array(ramps), owner[None], 0)[0], deepest)
+    assert owner[10, 10] == 0 and owner[90, 90] == 3 and owner[10, 90] == 1
+    # Tokens to sample: the patches holding an owned pixel (a 6 x 10 block in 4 px patches).
+    owned = np.zeros((8, 12), bool)
+    owned[2:8, 2:12] = True
+    touched = patches_touched(owned, 4).reshape(2, 3)
+    np.testing.assert_array_equal(touched, [[True, True, True], [True, True, True]])
+    owned[:, :] = False
+    owned[5, 9] = True
+    np.testing.assert_array_equal(patches_touched(owned, 4).reshape(2, 3), [[0, 0, 0], [0, 0, 1]])
