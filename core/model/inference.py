@@ -300,7 +300,6 @@ def predict_window(
         mean (Q, 10, H, W) and samples (K, Q, 10, H, W) or None, in reflectance units.
     """
     model = checkpoint.model
-    patch = model.config.patch
     origin = window.days[0]
     as_tensor = functools.partial(torch.as_tensor, device=device, dtype=torch.float32)
     features = model.encode(
@@ -316,21 +315,12 @@ def predict_window(
     mean_np = mean.cpu().numpy() / REFL_SCALE
     if samples <= 1:
         return mean_np, None
-    picked = features
-    if sampled_tokens is not None:
-        picked = features[:, :, torch.as_tensor(np.flatnonzero(sampled_tokens), device=device)]
-    velocity = model.flow_head.velocity_given(picked.reshape(-1, picked.shape[-1]))
-    n_rows = samples * picked.shape[1] * picked.shape[2]  # K x Q x P', sample-major
-    dim = patch * patch * 10
-    noise = torch.randn(n_rows, dim, generator=generator).to(device)
-    generated = SOLVERS[solver](velocity, noise, steps).view(samples, len(targets), -1, dim)
-    if sampled_tokens is None:
-        residual = generated
-    else:
-        residual = generated.new_zeros(samples, len(targets), features.shape[2], dim)
-        residual[:, :, torch.as_tensor(sampled_tokens, device=device)] = generated
-    residual = torch.stack([model.unpatchify(r[None], height, width)[0] for r in residual])
-    residual = model.scale_generated(residual, features, height, width)
+    if sampled_tokens is not None and sampled_tokens.all():
+        sampled_tokens = None  # all of them: no gather and scatter
+    tokens = None if sampled_tokens is None else torch.as_tensor(sampled_tokens, device=device)
+    residual = model.sample_residuals(
+        features, height, width, samples, steps, generator, SOLVERS[solver], tokens
+    )
     draws = mean[None] + checkpoint.spread_scale * residual
     return mean_np, draws.cpu().numpy() / REFL_SCALE
 

@@ -299,3 +299,32 @@ class FieldFlowNet(nn.Module):
         with ``features`` (1, T, P, D): times b with a scale head, as they are without one."""
         log_b = self.log_scale(features, height, width)
         return generated if log_b is None else generated * torch.exp(log_b[0])[None]
+
+    def sample_residuals(
+        self,
+        features: torch.Tensor,
+        height: int,
+        width: int,
+        samples: int,
+        steps: int,
+        generator: torch.Generator,
+        solver: Callable[[Callable, torch.Tensor, int], torch.Tensor],
+        tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """K residual samples (K, T, 10, H, W), model units, for one episode's ``features``
+        (1, T, P, D): the flow head integrated from noise by ``solver`` in ``steps`` steps,
+        then :meth:`scale_generated`. ``tokens`` (P,) bool: sample only these patches (the
+        others' residuals are 0); None: all. The noise is drawn on the CPU by ``generator``
+        (sample-major), so a seed gives the same draws on every device."""
+        picked = features if tokens is None else features[:, :, tokens]
+        dim = self.config.patch**2 * N_BANDS
+        n_rows = samples * picked.shape[1] * picked.shape[2]
+        noise = torch.randn(n_rows, dim, generator=generator).to(features.device)
+        velocity = self.flow_head.velocity_given(picked.reshape(-1, picked.shape[-1]))
+        generated = solver(velocity, noise, steps).view(samples, picked.shape[1], -1, dim)
+        if tokens is not None:
+            full = generated.new_zeros(samples, features.shape[1], features.shape[2], dim)
+            full[:, :, tokens] = generated
+            generated = full
+        residual = torch.stack([self.unpatchify(r[None], height, width)[0] for r in generated])
+        return self.scale_generated(residual, features, height, width)

@@ -549,13 +549,7 @@ def residual_draws(
     )
     if samples == 0:
         return values[0], values[1], np.zeros((0, values[0].size), np.float32), values[2]
-    flat = features.reshape(-1, features.shape[-1])
-    dim = model.config.patch**2 * 10
-    noise = torch.randn(samples * flat.shape[0], dim, generator=generator).to(device)
-    res = euler_solve(model.flow_head.velocity_given(flat), noise, steps)
-    res = res.view(samples, 1, features.shape[1], -1, dim)
-    res = torch.stack([model.unpatchify(r, h, w)[0] for r in res])  # (K, T', 10, H, W)
-    res = model.scale_generated(res, features, h, w)
+    res = model.sample_residuals(features, h, w, samples, steps, generator, euler_solve)
     return values[0], values[1], res[:, target].cpu().numpy(), values[2]
 
 

@@ -473,7 +473,7 @@ def test_spread_fit_matches_the_band_of_every_scaled_draw() -> None:
 
 def test_samples_keep_their_spread_where_tiles_overlap(flanders_cube, tmp_path) -> None:
     """Two tiles' samples are independent draws: averaged with the ramp weights they would
-    shrink the band in the overlap (to 0.71 x at its centre); blended as residuals they don't."""
+    shrink the band in the overlap (to 0.71 x at its centre); taken from one tile they don't."""
     path = _checkpoint(tmp_path, perturb=True)
     cube = flanders_cube.isel(y=slice(0, 32), x=slice(0, 56), time_s2=slice(0, 20))
     assert tile_origins(56, TINY.tile, TINY.tile_overlap) == [0, 24]  # overlap: columns 24-31
