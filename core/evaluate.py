@@ -55,8 +55,9 @@ import xarray as xr
 from core.cube import S2_BANDS, bands_present, validate_cube
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
-from core.reconstruct import ReconstructOptions, reconstruct, resolve_method
-from core.timeline import calendar_day, regular_dates
+from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket, nearest_clear_days
+from core.reconstruct import ReconstructOptions, observations, reconstruct, resolve_method
+from core.timeline import calendar_day, regular_dates, to_days
 
 TASKS: tuple[str, ...] = ("missing", "cloud", "gap")
 BASELINES: tuple[str, ...] = ("linear", "whittaker")
@@ -192,6 +193,12 @@ class Scores:
     n_unpredicted: int
     """Scored values the method left NaN; they are left out of every figure above."""
     bands: tuple[BandScores, ...] = ()
+    coverage_by_distance: tuple[float | None, ...] = ()
+    """:attr:`coverage` per bucket of days from the value's date to its pixel's nearest clear
+    observation in the degraded cube (:data:`DISTANCE_EDGES_DAYS`: <= 8, 8-20, > 20 days);
+    empty without samples. Is the band as honest far from clear data as near it?"""
+    n_by_distance: tuple[int, ...] = ()
+    """Values behind each entry of :attr:`coverage_by_distance`."""
 
 
 @dataclass(frozen=True)
@@ -323,6 +330,7 @@ def score_values(
     high: np.ndarray | None = None,
     samples: np.ndarray | None = None,
     data_range: float = 1.0,
+    distance: np.ndarray | None = None,
 ) -> Scores:
     """Every figure of one method on one task from the pooled hidden clear pixels.
 
@@ -334,6 +342,8 @@ def score_values(
         low, high: p10 and p90 (N, 10) for K > 1 samples.
         samples: (K, N, 10) samples for the CRPS.
         data_range: PSNR data range.
+        distance: (N,) days from each pixel's date to its nearest clear observation, for the
+            coverage by distance (with ``low`` and ``high``).
     """
     present = np.asarray(present, bool)
     t = np.asarray(truth, np.float64)[:, present]
@@ -375,10 +385,22 @@ def score_values(
         ndvi_mae = mean_absolute_error(ndvi_p[both], ndvi_t[both]) if n_ndvi else None
 
     coverage = None
+    by_distance: tuple[float | None, ...] = ()
+    n_by_distance: tuple[int, ...] = ()
     if low is not None and high is not None:
         lo = np.asarray(low, np.float64)[:, present][ok]
         hi = np.asarray(high, np.float64)[:, present][ok]
         coverage = interval_coverage(lo, hi, t[ok]) if n_ok else None
+        if distance is not None:
+            inside = (t[ok] >= lo) & (t[ok] <= hi)
+            bucket = np.broadcast_to(distance_bucket(np.asarray(distance))[:, None], ok.shape)[ok]
+            n_by_distance = tuple(
+                int(n) for n in np.bincount(bucket, minlength=len(DISTANCE_EDGES_DAYS) + 1)
+            )
+            by_distance = tuple(
+                float(inside[bucket == k].mean()) if n else None
+                for k, n in enumerate(n_by_distance)
+            )
     crps = None
     if samples is not None and n_ok:
         members = np.asarray(samples, np.float64)[:, :, present][:, ok]
@@ -400,6 +422,8 @@ def score_values(
         crps=crps,
         n_unpredicted=int((has_truth & ~np.isfinite(p)).sum()),
         bands=tuple(band_scores),
+        coverage_by_distance=by_distance,
+        n_by_distance=n_by_distance,
     )
 
 
@@ -628,7 +652,10 @@ def _score_task(
     task: HiddenSet,
     samples: np.ndarray | None,
     protocol: Protocol,
+    distance: np.ndarray | None = None,
 ) -> Scores:
+    """``distance`` (T, H, W): days from each S2 frame's calendar day to each pixel's nearest
+    clear observation in the degraded cube (see :func:`clear_distance`)."""
     frames = list(task.frames)
     scored = task.hidden & original["valid"].values.astype(bool)
     result_days = calendar_day(result["time"].values)
@@ -643,6 +670,9 @@ def _score_task(
         low = _gather(result["s2_p10"].values, frames, rows, scored)
         high = _gather(result["s2_p90"].values, frames, rows, scored)
     members = _gather(samples, frames, rows, scored) if samples is not None else None
+    days_away = None
+    if distance is not None:
+        days_away = np.concatenate([distance[f][scored[f]] for f in frames])
     return score_values(
         truth,
         pred,
@@ -652,7 +682,18 @@ def _score_task(
         high=high,
         samples=members,
         data_range=protocol.psnr_data_range,
+        distance=days_away,
     )
+
+
+def clear_distance(degraded: xr.Dataset) -> np.ndarray:
+    """(T, H, W) days from each S2 frame's calendar day (a user's query) to each pixel's nearest
+    clear observation that a method sees in ``degraded``: hidden pixels are not clear."""
+    seen = observations(degraded)
+    clear = np.isfinite(seen["s2"].values).any(axis=1)
+    times = degraded["time_s2"].values
+    query = calendar_day(times).astype("datetime64[ns]")
+    return nearest_clear_days(clear, to_days(times), to_days(query))
 
 
 def _samples_of(result: xr.Dataset, options: ReconstructOptions) -> np.ndarray | None:
@@ -692,6 +733,7 @@ def evaluate_cube(
     for task_sets in runs:
         hidden = np.logical_or.reduce([s.hidden for s in task_sets])
         degraded = hide(cube, hidden, protocol)
+        distance = None
         frames = sorted({f for s in task_sets for f in s.frames})
         query = calendar_day(cube["time_s2"].values[frames]).astype("datetime64[ns]")
         if protocol.query_every_days is not None:
@@ -704,8 +746,10 @@ def evaluate_cube(
             result = reconstruct(degraded, query, method, options)
             seconds = time.perf_counter() - start
             samples = _samples_of(result, options)
+            if samples is not None and distance is None:
+                distance = clear_distance(degraded)
             for task in task_sets:
-                scores = _score_task(cube, result, task, samples, protocol)
+                scores = _score_task(cube, result, task, samples, protocol, distance)
                 rows[(task.task, method)] = Row(
                     name, task.task, method, "ok", scores, seconds=round(seconds, 3)
                 )
@@ -815,6 +859,8 @@ def pool_scores(scores: Sequence[Scores], weighting: str) -> Scores:
             band_psnr = _nan(mean([b.psnr_db for b in per], weights))
         band_mae = _nan(mean([b.mae for b in per], weights))
         bands.append(BandScores(band, sum(weights), band_mae, band_rmse, band_psnr))
+    with_distance = [s for s in scores if s.n_by_distance]
+    n_buckets = len(with_distance[0].n_by_distance) if with_distance else 0
     return Scores(
         n_frames=sum(s.n_frames for s in scores),
         n_pixels=sum(s.n_pixels for s in scores),
@@ -830,6 +876,16 @@ def pool_scores(scores: Sequence[Scores], weighting: str) -> Scores:
         crps=mean([s.crps for s in scores], n_ok),
         n_unpredicted=sum(s.n_unpredicted for s in scores),
         bands=tuple(bands),
+        coverage_by_distance=tuple(
+            mean(
+                [s.coverage_by_distance[k] for s in with_distance],
+                [s.n_by_distance[k] for s in with_distance],
+            )
+            for k in range(n_buckets)
+        ),
+        n_by_distance=tuple(
+            sum(s.n_by_distance[k] for s in with_distance) for k in range(n_buckets)
+        ),
     )
 
 
@@ -1009,7 +1065,8 @@ def format_table(evaluation: Evaluation) -> str:
     """The results as a fixed-width text table, per cube then pooled."""
     header = (
         f"{'cube':<26} {'task':<7} {'method':<9} {'n_fr':>4} {'n_px':>7} {'MAE':>7} {'RMSE':>7} "
-        f"{'PSNR':>6} {'SAM':>6} {'NDVI':>6} {'cov':>5} {'CRPS':>7} {'ratio':>6}"
+        f"{'PSNR':>6} {'SAM':>6} {'NDVI':>6} {'cov':>5} {'CRPS':>7} {'ratio':>6} "
+        f"{'cov by distance':>15}"
     )
     lines = [header, "-" * len(header)]
     previous = None
@@ -1033,13 +1090,16 @@ def format_table(evaluation: Evaluation) -> str:
         lines.append(
             f"{start} {s.n_frames:>4} {s.n_pixels:>7} {_fmt(s.mae, 4):>7} {_fmt(s.rmse, 4):>7} "
             f"{_fmt(s.psnr_db, 2):>6} {_fmt(s.sam_deg, 2):>6} {_fmt(s.ndvi_mae, 3):>6} "
-            f"{_fmt(s.coverage, 2):>5} {_fmt(s.crps, 4):>7} {_fmt(row.ratio, 3):>6}{flag}"
+            f"{_fmt(s.coverage, 2):>5} {_fmt(s.crps, 4):>7} {_fmt(row.ratio, 3):>6}"
+            f"{flag:<5} {'/'.join(_fmt(c, 2) for c in s.coverage_by_distance)}".rstrip()
         )
     p = evaluation.protocol
     lines += [
         "",
         f"MAE/RMSE: reflectance; PSNR dB with data range 1.0; SAM degrees; NDVI: NDVI MAE; "
-        f"cov: share of values in p10-p90; ratio: MAE / best baseline MAE (targets: "
+        f"cov: share of values in p10-p90 (by distance: <= {DISTANCE_EDGES_DAYS[0]:g}, "
+        f"{DISTANCE_EDGES_DAYS[0]:g}-{DISTANCE_EDGES_DAYS[1]:g}, > {DISTANCE_EDGES_DAYS[1]:g} "
+        "days to the pixel's nearest clear observation); ratio: MAE / best baseline MAE (targets: "
         f"missing/gap <= {TARGET_RATIOS['missing']}, cloud <= {TARGET_RATIOS['cloud']}).",
         f"seed {p.seed}, crop {p.max_size or 'none'}, targets >= {p.target_clear_fraction:.0%} "
         f"clear, missing {p.missing_fraction:.0%} + cloud {p.cloud_fraction:.0%} of targets, "

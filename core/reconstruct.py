@@ -68,6 +68,10 @@ class ReconstructOptions:
     """Model only, K > 1: refit the width of the p10-p90 band on the cube's own clear
     observations (hidden in turn) instead of using the checkpoint's, fitted on its training
     sites."""
+    band_by_distance: bool = False
+    """Model only, with ``calibrate_field``: fit the band's width per bucket of days to the
+    pixel's nearest clear observation (<= 8, 8-20, > 20) instead of once for the field, so
+    that the band holds 80 % far from clear data as well as near it."""
     blend_field: bool = True
     """Model only: blend the model's estimate with the Whittaker smoother, per band and distance
     to the nearest clear observation, with weights fitted on the cube's own clear observations

@@ -648,7 +648,15 @@ def fit_notes(attrs: dict) -> list[str]:
         notes.append(
             "Field blend: too few clear acquisitions to measure it; the model's estimate alone."
         )
-    if attrs.get("model_calibrate_field") and "model_spread_scale" in attrs:
+    if attrs.get("model_calibrate_field") and "model_spread_by_distance" in attrs:
+        base = float(attrs["model_checkpoint_spread_scale"])
+        near, mid, far = (float(s) / base for s in attrs["model_spread_by_distance"])
+        notes.append(
+            "Uncertainty band fitted on this field by distance to clear data: "
+            f"{near:.2f} x the width fitted on the model's training sites within 8 days of a "
+            f"clear observation, {mid:.2f} x at 8-20 days and {far:.2f} x further away."
+        )
+    elif attrs.get("model_calibrate_field") and "model_spread_scale" in attrs:
         factor = float(attrs["model_spread_scale"]) / float(attrs["model_checkpoint_spread_scale"])
         notes.append(
             f"Uncertainty band fitted on this field: {factor:.2f} x the width fitted on the "

@@ -142,6 +142,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         adapt_steps=args.adapt_steps,
         calibrate_field=args.calibrate_field,
+        band_by_distance=args.band_by_distance,
         blend_field=args.blend_field,
         device=args.device,
         seed=args.seed,
@@ -167,6 +168,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "steps": args.steps,
                 "adapt_steps": args.adapt_steps,
                 "calibrate_field": args.calibrate_field,
+                "band_by_distance": args.band_by_distance,
                 "blend_field": args.blend_field,
                 "device": args.device,
             }

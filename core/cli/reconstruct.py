@@ -34,6 +34,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="model, K > 1: fit the p10-p90 band's width on this cube's own clear pixels",
     )
     parser.add_argument(
+        "--band-by-distance",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="model, with --calibrate-field: fit the band's width per distance to the nearest "
+        "clear observation (<= 8, 8-20, > 20 days) rather than once for the field",
+    )
+    parser.add_argument(
         "--blend-field",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -74,6 +81,7 @@ def options_from_args(
         steps=args.steps,
         adapt_steps=args.adapt_steps,
         calibrate_field=args.calibrate_field,
+        band_by_distance=args.band_by_distance,
         blend_field=args.blend_field,
         device=args.device,
         seed=args.seed,

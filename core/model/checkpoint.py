@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from core.config import DEFAULT_CHECKPOINT
@@ -35,6 +36,10 @@ class Checkpoint:
     blend: FieldBlend | None = None
     """A field's blend with the Whittaker smoother (core.model.blend), set per request by
     per-field fitting; never saved."""
+    spread_by_distance: np.ndarray | None = None
+    """A field's spread factors per bucket of days to the nearest clear observation
+    (core.model.blend.DISTANCE_EDGES_DAYS), set per request by per-field calibration in place
+    of ``spread_scale``; never saved."""
 
     @property
     def config(self) -> ModelConfig:

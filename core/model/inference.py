@@ -24,7 +24,7 @@ import xarray as xr
 
 from core.cube import has_s1
 from core.errors import InputError
-from core.model.blend import blend_inputs
+from core.model.blend import blend_inputs, distance_bucket, nearest_clear_days
 from core.model.checkpoint import Checkpoint, load_checkpoint
 from core.model.features import (
     REFL_SCALE,
@@ -375,6 +375,9 @@ def field_checkpoint(
       episodes (how far to move the estimate toward the Whittaker smoother, per band and
       distance to clear data); with calibration, the spread is fitted around the blended
       estimate. Too short a series (as above) gets no blend: the network's estimate alone.
+    - ``options.band_by_distance`` with calibration: the spread is fitted per bucket of days to
+      the nearest clear observation (``spread_by_distance``; a bucket with under 200 hidden
+      values takes the field's overall factor).
 
     All are seeded, so the same checkpoint, cube, options and seed give the same result: it is
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
@@ -385,11 +388,14 @@ def field_checkpoint(
         blend_targets,
         episode_predictions,
         fit_spread,
+        fit_spread_by_distance,
         series_from_cube,
+        target_distances,
         validation_episodes,
     )
 
     calibration_k = options.samples if options.calibrate_field and options.samples > 1 else 0
+    by_distance = bool(calibration_k) and options.band_by_distance
     if options.adapt_steps == 0 and calibration_k == 0 and not options.blend_field:
         return checkpoint
     key = (
@@ -398,6 +404,7 @@ def field_checkpoint(
         options.adapt_steps,
         calibration_k,
         steps if calibration_k else 0,  # the blend uses the estimate, which steps do not move
+        by_distance,
         options.blend_field,
         options.whittaker_lambda if options.blend_field else None,
         options.seed,
@@ -436,6 +443,7 @@ def field_checkpoint(
             patch=checkpoint.config.patch,
             with_smoother=options.blend_field,
             smoother_lambda=options.whittaker_lambda,
+            with_distance=by_distance,
         )
         if episodes:  # else the checkpoint's spread and no blend (see above)
             mean, _, draws, truth = episode_predictions(
@@ -446,7 +454,14 @@ def field_checkpoint(
                 blend = fit_blend(mean, smoother, truth, band, distance)
                 mean = mean + blend.delta_values(mean, smoother, band, distance)
                 result = dataclasses.replace(result, blend=blend)
-            if calibration_k:
+            if calibration_k and by_distance:
+                overall, scales = fit_spread_by_distance(
+                    mean, draws, truth, target_distances(episodes)
+                )
+                result = dataclasses.replace(
+                    result, spread_scale=overall, spread_by_distance=scales
+                )
+            elif calibration_k:
                 result = dataclasses.replace(result, spread_scale=fit_spread(mean, draws, truth))
     with _field_lock:
         _field[key] = (checkpoint, result)
@@ -494,6 +509,7 @@ def model_method(
     owner = tile_owners(height, width, tiles, config.tile, config.tile_overlap)
     passes = plan_passes(series.acquired, series.query_frame, config.s2_window)
     blend = checkpoint.blend
+    distance = None
     if blend is not None:  # once for the field: tiles overlap, and each pixel's smoother is its own
         smoother, distance = blend_inputs(
             observed["s2"].values,
@@ -536,9 +552,23 @@ def model_method(
     mean /= weight
     draws = None
     if residuals is not None:
+        if checkpoint.spread_by_distance is not None:
+            if distance is None:
+                clear = np.isfinite(observed["s2"].values).any(axis=1)
+                distance = nearest_clear_days(
+                    clear, to_days(observed["time_s2"].values), to_days(query)
+                )
+            residuals *= spread_multiplier(checkpoint, distance)[None, :, None]
         residuals += mean[None]
         draws = residuals
     return Prediction(mean=mean, samples=draws, attrs=field_attrs(base, checkpoint, options))
+
+
+def spread_multiplier(checkpoint: Checkpoint, distance: np.ndarray) -> np.ndarray:
+    """(Q, H, W) factor on the residuals that :func:`predict_window` scaled by the overall
+    ``spread_scale``, so that they carry the factor of each pixel's distance bucket instead."""
+    scales = np.asarray(checkpoint.spread_by_distance, np.float32)
+    return scales[distance_bucket(distance)] / np.float32(checkpoint.spread_scale)
 
 
 def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions) -> dict:
@@ -553,6 +583,8 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         "model_calibrate_field": int(options.calibrate_field and options.samples > 1),
         "model_blend_field": int(options.blend_field),
     }
+    if used.spread_by_distance is not None:
+        attrs["model_spread_by_distance"] = np.round(used.spread_by_distance, 4)
     if used.blend is not None:
         attrs.update(used.blend.attrs())
     return attrs

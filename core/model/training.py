@@ -148,6 +148,7 @@ def make_episode(
     patch: int = 4,
     with_smoother: bool = False,
     smoother_lambda: float | None = None,
+    with_distance: bool = False,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
@@ -156,7 +157,7 @@ def make_episode(
     is cut to a multiple of it, so a field smaller than ``crop`` whose side is not one still
     gives episodes (None if it is smaller than one patch). ``with_smoother``: also give the
     Whittaker smoother (``smoother_lambda``; None: GCV) and the distances that a per-field blend
-    is fitted on.
+    is fitted on; ``with_distance``: the distances alone (for a band fitted by distance).
 
     As at inference, the interpolation features come from the whole (subsampled) series, not
     only the window. Returns None when the window holds no usable target.
@@ -245,6 +246,12 @@ def make_episode(
 
         smoother, distance = blend_inputs(frames.s2, days, days[window], smoother_lambda)
         episode = dataclasses.replace(episode, smoother=smoother, distance=distance)
+    elif with_distance:
+        from core.model.blend import nearest_clear_days
+
+        clear_seen = np.isfinite(frames.s2).any(axis=1)
+        distance = nearest_clear_days(clear_seen, days, days[window])
+        episode = dataclasses.replace(episode, distance=distance)
     return episode
 
 
@@ -482,6 +489,7 @@ def validation_episodes(
     patch: int = 4,
     with_smoother: bool = False,
     smoother_lambda: float | None = None,
+    with_distance: bool = False,
 ) -> list[Episode]:
     """A fixed set of episodes (deterministic for ``seed``) for calibration and validation.
 
@@ -511,6 +519,7 @@ def validation_episodes(
             patch=patch,
             with_smoother=with_smoother,
             smoother_lambda=smoother_lambda,
+            with_distance=with_distance,
         )
         if ep is not None:
             episodes.append(ep)
@@ -604,6 +613,43 @@ def fit_spread(
         else:
             high = mid
     return math.sqrt(low * high)
+
+
+MIN_SPREAD_VALUES = 200
+"""A distance bucket with fewer hidden values takes the factor fitted on all of them."""
+
+
+def fit_spread_by_distance(
+    mean: np.ndarray,
+    draws: np.ndarray,
+    truth: np.ndarray,
+    distance: np.ndarray,
+    target_coverage: float = 0.8,
+) -> tuple[float, np.ndarray]:
+    """The spread scale fitted on all values, and one per bucket of ``distance`` (days to the
+    nearest clear observation, :data:`core.model.blend.DISTANCE_EDGES_DAYS`) fitted on that
+    bucket's values alone (:data:`MIN_SPREAD_VALUES` at least; else the overall one)."""
+    from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket
+
+    overall = fit_spread(mean, draws, truth, target_coverage)
+    bucket = distance_bucket(distance)
+    scales = np.full(len(DISTANCE_EDGES_DAYS) + 1, overall)
+    for k in range(scales.size):
+        sel = bucket == k
+        if sel.sum() >= MIN_SPREAD_VALUES:
+            scales[k] = fit_spread(mean[sel], draws[:, sel], truth[sel], target_coverage)
+    return overall, scales
+
+
+def target_distances(episodes: Sequence[Episode]) -> np.ndarray:
+    """Days to the nearest visible clear observation of every target value of episodes made
+    with distances, in the order of :func:`episode_predictions`' arrays."""
+    out = []
+    for ep in episodes:
+        if ep.distance is None:
+            raise ValueError("target_distances needs episodes made with distances")
+        out.append(np.broadcast_to(ep.distance[:, None], ep.target.shape)[ep.target])
+    return np.concatenate(out)
 
 
 def calibrate(

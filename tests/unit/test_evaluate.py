@@ -20,6 +20,7 @@ from core.evaluate import (
     Protocol,
     Scores,
     centre_crop,
+    clear_distance,
     clear_fraction,
     crps_ensemble,
     default_seen_sites,
@@ -36,7 +37,7 @@ from core.evaluate import (
     spectral_angle_deg,
 )
 from core.reconstruct import ReconstructOptions, observations
-from core.timeline import calendar_day
+from core.timeline import calendar_day, to_days
 
 PRESENT = ("B02", "B04", "B08")
 BAND = {name: i for i, name in enumerate(S2_BANDS)}
@@ -496,3 +497,41 @@ def test_measure_case_reports_time_and_memory(cubes_dir) -> None:
     assert len(result.seconds_all) == 2 and result.seconds > 0
     assert result.input_mib == pytest.approx(10 * 10 * 16 * 16 * 4 / 1024**2)
     assert result.traced_peak_mib > 0 and result.peak_rss_mib >= 0
+
+
+def test_coverage_is_broken_down_by_days_to_the_nearest_clear_observation() -> None:
+    present = np.isin(np.array(S2_BANDS), ("B04", "B08"))
+    n = 6
+    t = np.full((n, 10), np.nan)
+    t[:, present] = 0.2
+    low, high = t - 0.01, t + 0.01
+    high[4:, BAND["B08"]] = 0.1  # far pixels: their NIR misses the band
+    distance = np.array([1.0, 8.0, 9.0, 20.0, 21.0, 300.0])  # <= 8, 8-20, > 20 (edges inside)
+    s = score_values(t, t, present, n_frames=1, low=low, high=high, distance=distance)
+    assert s.n_by_distance == (4, 4, 4)
+    assert s.coverage_by_distance == (1.0, 1.0, 0.5)
+    assert s.coverage == pytest.approx(10 / 12)
+    without = score_values(t, t, present, n_frames=1, low=low, high=high)
+    assert without.coverage_by_distance == () and without.n_by_distance == ()
+    # Pooled: pixel-weighted by each bucket's values, or the plain mean of the cubes'.
+    far_only = score_values(
+        t[4:], t[4:], present, n_frames=1, low=low[4:], high=high[4:], distance=distance[4:]
+    )
+    assert far_only.coverage_by_distance == (None, None, 0.5)
+    both = pool_scores([s, far_only], "pixel")
+    assert both.n_by_distance == (4, 4, 8)
+    assert both.coverage_by_distance == (1.0, 1.0, 0.5)
+
+
+def test_clear_distance_counts_only_what_a_method_sees() -> None:
+    cube = _cube(np.ones((12, 4, 4), dtype=bool))
+    days = to_days(calendar_day(cube["time_s2"].values).astype("datetime64[ns]"))
+    hidden = np.zeros(cube["valid"].shape, bool)
+    hidden[3:6] = True  # three frames hidden: the middle one is two acquisitions from clear data
+    distance = clear_distance(hide(cube, hidden, Protocol()))
+    times = to_days(cube["time_s2"].values)
+    assert distance.shape == cube["valid"].shape
+    assert np.allclose(distance[4], min(days[4] - times[2], times[6] - days[4]))
+    assert distance[4].min() > 1
+    assert (distance[[3, 5]] < distance[4]).all()
+    assert (distance[8] < 1).all()  # a clear frame: its own acquisition, hours after midnight

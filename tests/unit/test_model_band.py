@@ -1,0 +1,114 @@
+"""The band fitted by distance to clear data: the fit per bucket, and what it does to a
+reconstruction (the mean never moves; each pixel's band takes its bucket's factor; hidden
+pixels never reach it)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from core.model.blend import distance_bucket, nearest_clear_days
+from core.model.inference import cached_checkpoint, clear_field_cache, field_checkpoint
+from core.model.training import (
+    MIN_SPREAD_VALUES,
+    coverage,
+    fit_spread,
+    fit_spread_by_distance,
+)
+from core.reconstruct import ReconstructOptions, observations, reconstruct
+from core.season import fit_notes
+from core.timeline import to_days
+from tests.unit.test_model_inference import _checkpoint, _crop, hidden_bright_and_dark
+
+
+def test_each_distance_bucket_gets_the_factor_that_covers_80_percent_of_it() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    distance = np.repeat([3.0, 12.0, 40.0], n)
+    truth = rng.normal(0.0, np.repeat([0.5, 1.0, 2.0], n))  # errors grow with the distance
+    mean = np.zeros_like(truth)
+    draws = rng.normal(size=(16, truth.size))  # ... the samples' spread does not
+    overall, scales = fit_spread_by_distance(mean, draws, truth, distance)
+    assert overall == pytest.approx(fit_spread(mean, draws, truth))
+    assert scales[0] < scales[1] < scales[2]
+    assert scales[2] / scales[0] == pytest.approx(4.0, rel=0.15)
+    for k in range(3):
+        sel = distance_bucket(distance) == k
+        assert coverage(mean[sel], draws[:, sel], truth[sel], scales[k]) == pytest.approx(
+            0.8, abs=0.01
+        )
+    # A bucket with too few values to fit takes the overall factor.
+    few = np.concatenate([np.arange(2 * n), 2 * n + np.arange(MIN_SPREAD_VALUES - 1)])
+    overall, scales = fit_spread_by_distance(mean[few], draws[:, few], truth[few], distance[few])
+    assert scales[2] == overall and scales[0] != overall
+
+
+def _options(path: str, **kwargs) -> ReconstructOptions:
+    return ReconstructOptions(
+        checkpoint=path, device="cpu", samples=8, calibrate_field=True, blend_field=False, **kwargs
+    )
+
+
+def test_each_pixels_band_takes_its_distance_buckets_factor(flanders_cube, tmp_path) -> None:
+    cube = _crop(flanders_cube, size=16)
+    times = cube["time_s2"].values
+    # An acquisition (cloud removal) and dates between acquisitions (anytime queries).
+    query = np.concatenate([times[[5]], times[[9, 14]] + np.timedelta64(3, "D")])
+    path = _checkpoint(tmp_path, perturb=True)
+    clear_field_cache()
+    plain = reconstruct(cube, query, "model", _options(path))
+    by_distance = reconstruct(cube, query, "model", _options(path, band_by_distance=True))
+    np.testing.assert_array_equal(by_distance["s2"].values, plain["s2"].values)
+    base = cached_checkpoint(path, "cpu")
+    steps = base.config.default_steps
+    single = field_checkpoint(base, observations(cube), _options(path), steps, "cpu")
+    field = field_checkpoint(
+        base, observations(cube), _options(path, band_by_distance=True), steps, "cpu"
+    )
+    assert field.spread_scale == single.spread_scale  # the overall factor is the same fit
+    assert field.spread_by_distance.shape == (3,)
+    assert np.ptp(field.spread_by_distance) > 0.01
+    clear = cube["valid"].values.astype(bool)
+    distance = nearest_clear_days(clear, to_days(times), to_days(query))
+    want = field.spread_by_distance[distance_bucket(distance)] / field.spread_scale
+    for bound in ("s2_p10", "s2_p90"):
+        half = (by_distance[bound] - by_distance["s2"]).values
+        plain_half = (plain[bound] - plain["s2"]).values
+        ok = np.abs(plain_half) > 1e-4
+        ratio = np.broadcast_to(want[:, None], half.shape)
+        np.testing.assert_allclose(half[ok], plain_half[ok] * ratio[ok], rtol=1e-3, atol=1e-6)
+    attrs = by_distance.attrs
+    np.testing.assert_allclose(attrs["model_spread_by_distance"], field.spread_by_distance, 1e-3)
+    (note,) = [n for n in fit_notes(attrs) if n.startswith("Uncertainty band")]
+    assert "by distance to clear data" in note and "further away" in note
+    assert "model_spread_by_distance" not in plain.attrs
+
+
+def test_hidden_pixel_values_never_reach_the_band_by_distance(flanders_cube, tmp_path) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    bright, dark = hidden_bright_and_dark(flanders_cube)
+    query = bright["time_s2"].values[[6, 7]]
+    options = dataclasses.replace(_options(path, band_by_distance=True), blend_field=True)
+    clear_field_cache()
+    a = reconstruct(bright, query, "model", options)
+    clear_field_cache()
+    b = reconstruct(dark, query, "model", options)
+    for name in ("s2", "s2_p10", "s2_p90"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    np.testing.assert_array_equal(
+        a.attrs["model_spread_by_distance"], b.attrs["model_spread_by_distance"]
+    )
+
+
+def test_without_field_calibration_the_option_changes_nothing(flanders_cube, tmp_path) -> None:
+    cube = _crop(flanders_cube, size=16)
+    query = cube["time_s2"].values[[9]] + np.timedelta64(3, "D")
+    path = _checkpoint(tmp_path, perturb=True)
+    clear_field_cache()
+    plain = dataclasses.replace(_options(path), calibrate_field=False)
+    a = reconstruct(cube, query, "model", plain)
+    b = reconstruct(cube, query, "model", dataclasses.replace(plain, band_by_distance=True))
+    for name in ("s2", "s2_p10", "s2_p90"):
+        np.testing.assert_array_equal(a[name].values, b[name].values)
