@@ -48,7 +48,8 @@ class ReconstructOptions:
     """Number of generated samples K; K > 1 adds the p10/p90 band (methods without a
     generative part return K identical samples, i.e. a zero-width band)."""
     steps: int | None = None
-    """ODE solver steps of the model (None: the model's default)."""
+    """ODE solver steps of the model (None: the model's default; see
+    :func:`core.model.inference.default_steps`)."""
     device: str = "auto"
     """"auto", "cpu" or "cuda" (model only)."""
     seed: int = 0

@@ -21,7 +21,12 @@ from core.timeline import parse_date_list, regular_dates
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model's own options (``reconstruct``, ``ndvi``, ``batch`` and ``evaluate``)."""
-    parser.add_argument("--steps", type=int, default=None, help="ODE steps of the model")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="ODE steps of the model (default: the checkpoint's, 8; 4 with --calibrate-field)",
+    )
     parser.add_argument(
         "--adapt-steps",
         type=int,

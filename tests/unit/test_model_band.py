@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from core.model.blend import distance_bucket, nearest_clear_days
-from core.model.inference import cached_checkpoint, clear_field_cache, field_checkpoint
+from core.model.inference import (
+    cached_checkpoint,
+    clear_field_cache,
+    default_steps,
+    field_checkpoint,
+)
 from core.model.training import (
     MIN_SPREAD_VALUES,
     coverage,
@@ -62,7 +67,7 @@ def test_each_pixels_band_takes_its_distance_buckets_factor(flanders_cube, tmp_p
     by_distance = reconstruct(cube, query, "model", _options(path, band_by_distance=True))
     np.testing.assert_array_equal(by_distance["s2"].values, plain["s2"].values)
     base = cached_checkpoint(path, "cpu")
-    steps = base.config.default_steps
+    steps = default_steps(base, _options(path))
     single = field_checkpoint(base, observations(cube), _options(path), steps, "cpu")
     field = field_checkpoint(
         base, observations(cube), _options(path, band_by_distance=True), steps, "cpu"
@@ -112,3 +117,33 @@ def test_without_field_calibration_the_option_changes_nothing(flanders_cube, tmp
     b = reconstruct(cube, query, "model", dataclasses.replace(plain, band_by_distance=True))
     for name in ("s2", "s2_p10", "s2_p90"):
         np.testing.assert_array_equal(a[name].values, b[name].values)
+
+
+def test_a_band_fitted_on_the_field_samples_with_fewer_steps_by_default(
+    flanders_cube, tmp_path
+) -> None:
+    from core.model.inference import CALIBRATED_STEPS
+
+    cube = _crop(flanders_cube, size=16)
+    query = cube["time_s2"].values[[9]] + np.timedelta64(3, "D")
+    path = _checkpoint(tmp_path, perturb=True)
+    base = cached_checkpoint(path, "cpu")
+    calibrated = _options(path)
+    assert base.config.default_steps > CALIBRATED_STEPS
+    assert default_steps(base, calibrated) == CALIBRATED_STEPS
+    plain = dataclasses.replace(calibrated, calibrate_field=False)
+    assert default_steps(base, plain) == base.config.default_steps  # its factor's steps
+    one = dataclasses.replace(calibrated, samples=1)  # nothing to fit: the checkpoint's
+    assert default_steps(base, one) == base.config.default_steps
+    clear_field_cache()
+    default = reconstruct(cube, query, "model", calibrated)
+    assert default.attrs["model_steps"] == CALIBRATED_STEPS
+    named = reconstruct(
+        cube, query, "model", dataclasses.replace(calibrated, steps=CALIBRATED_STEPS)
+    )
+    for name in ("s2", "s2_p10", "s2_p90"):  # the same request as naming the steps
+        np.testing.assert_array_equal(default[name].values, named[name].values)
+    eight = reconstruct(cube, query, "model", dataclasses.replace(calibrated, steps=8))
+    assert eight.attrs["model_steps"] == 8
+    np.testing.assert_array_equal(eight["s2"].values, default["s2"].values)  # estimate: same
+    assert reconstruct(cube, query, "model", plain).attrs["model_steps"] == 8

@@ -21,7 +21,12 @@ from core.model.blend import (
 )
 from core.model.config import TrainConfig
 from core.model.features import REFL_SCALE
-from core.model.inference import cached_checkpoint, clear_field_cache, field_checkpoint
+from core.model.inference import (
+    cached_checkpoint,
+    clear_field_cache,
+    default_steps,
+    field_checkpoint,
+)
 from core.model.network import FieldFlowNet
 from core.model.training import blend_targets, episode_predictions, load_series, validation_episodes
 from core.reconstruct import ReconstructOptions, observations, reconstruct, write_reconstruction
@@ -118,7 +123,7 @@ def test_reconstruction_moves_mean_and_samples_by_the_fitted_weights(
     plain = reconstruct(cube, query, "model", plain_options)
     blended = reconstruct(cube, query, "model", blend_options)
     base = cached_checkpoint(path, "cpu")
-    steps = base.config.default_steps
+    steps = default_steps(base, blend_options)
     field = field_checkpoint(base, observations(cube), blend_options, steps, "cpu")
     assert field.blend is not None and field.blend.weights.max() > 0
     assert field.model is base.model and field.spread_scale == base.spread_scale
@@ -168,7 +173,8 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
     options = ReconstructOptions(checkpoint=path, device="cpu", samples=4, calibrate_field=True)
     clear_field_cache()
     out = reconstruct(cube, query, "model", options)
-    field = field_checkpoint(cached_checkpoint(path, "cpu"), observations(cube), options, 8, "cpu")
+    base = cached_checkpoint(path, "cpu")
+    field = field_checkpoint(base, observations(cube), options, default_steps(base, options), "cpu")
     np.testing.assert_allclose(out.attrs["blend_weights"], field.blend.weights.ravel())
     assert out.attrs["model_spread_scale"] == pytest.approx(field.spread_scale)
     written = write_reconstruction(out, tmp_path / "out.nc")

@@ -362,7 +362,7 @@ def test_a_fields_observations_still_lend_real_cloud_masks_to_its_episodes(fland
 def test_per_field_calibration_rescales_the_band_from_clear_pixels_only(
     flanders_cube, tmp_path
 ) -> None:
-    from core.model.inference import cached_checkpoint, field_checkpoint
+    from core.model.inference import cached_checkpoint, default_steps, field_checkpoint
 
     path = _checkpoint(tmp_path, perturb=True)
     bright, dark = hidden_bright_and_dark(flanders_cube)
@@ -377,7 +377,7 @@ def test_per_field_calibration_rescales_the_band_from_clear_pixels_only(
     plain = reconstruct(bright, query, "model", plain_options)
     np.testing.assert_array_equal(a["s2"].values, plain["s2"].values)  # the mean is untouched
     base = cached_checkpoint(path, "cpu")
-    field = field_checkpoint(base, bright, fitted, base.config.default_steps, "cpu")
+    field = field_checkpoint(base, bright, fitted, default_steps(base, fitted), "cpu")
     assert field.spread_scale != pytest.approx(base.spread_scale, rel=0.01)
     assert field.model is base.model  # calibration trains nothing
     width = (a["s2_p90"] - a["s2_p10"]).values
