@@ -10,8 +10,10 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
 * ``date``: the query day.
 * ``ndvi``: mean reconstructed NDVI over the field's pixels (clear observed pixels are kept as
   observed on acquisition days, per the reconstruction contract).
-* ``ndvi_p10``, ``ndvi_p90``: field means of the per-pixel 10th/90th percentiles of the
-  samples; NaN (an empty CSV cell) unless ``samples > 1``.
+* ``ndvi_p10``, ``ndvi_p90``: the band of the field-mean NDVI (:func:`field_ndvi_band`):
+  the field means of the per-pixel 10th/90th percentiles of the samples, brought toward
+  ``ndvi`` by the factor the model fitted on the field's own hidden frames where it did (the
+  band fitted on the field); NaN (an empty CSV cell) unless ``samples > 1``.
 * ``observed_ndvi``: mean NDVI of the clear field pixels acquired that day (every clear pixel
   of every acquisition that day counts once); NaN on days without an acquisition or without a
   clear field pixel.
@@ -34,7 +36,12 @@ import xarray as xr
 from core.cube import bands_present, validate_cube
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
-from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
+from core.reconstruct import (
+    FIELD_NDVI_SCALE_ATTR,
+    ReconstructOptions,
+    Reconstructor,
+    reconstruct,
+)
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates
 
@@ -98,12 +105,11 @@ def ndvi_curve(
     observed_ndvi, clear_fraction = _observed(cube, dates, mask)
 
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
+    band_scale = None
     for chunk in _chunks(dates.size, _dates_per_chunk(cube, options.samples)):
         result = reconstructor(cube, dates[chunk], method, options)
-        mean[chunk] = _field_mean(result["ndvi"].values, mask)
-        if options.samples > 1:
-            p10[chunk] = _field_mean(result["ndvi_p10"].values, mask)
-            p90[chunk] = _field_mean(result["ndvi_p90"].values, mask)
+        mean[chunk], p10[chunk], p90[chunk] = field_ndvi_band(result, mask)
+        band_scale = result.attrs.get(FIELD_NDVI_SCALE_ATTR, band_scale)
 
     seen = (clear_fraction >= OBSERVED_MIN_CLEAR_FRACTION) & np.isfinite(observed_ndvi)
     curve = pd.DataFrame(
@@ -119,7 +125,32 @@ def ndvi_curve(
         columns=list(CURVE_COLUMNS),
     )
     curve.attrs.update(field_pixels=int(mask.sum()), method=method, samples=options.samples)
+    if band_scale is not None:
+        curve.attrs["ndvi_band_scale"] = float(band_scale)
     return curve
+
+
+def field_ndvi_band(
+    result: xr.Dataset, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Field-mean NDVI of each frame of a reconstruction and its p10-p90 band, (Q,) each.
+
+    The band's edges are the field means of the per-pixel NDVI p10 and p90: the band of a field
+    whose pixels all err together. Where the method fitted how far its field means really err
+    (``FIELD_NDVI_SCALE_ATTR``, the model with the band fitted on the field), the distances
+    from the mean to the edges are scaled by that factor. NaN band without samples."""
+    mean = _field_mean(result["ndvi"].values, mask)
+    if "ndvi_p10" not in result:
+        nan = np.full(mean.shape, np.nan)
+        return mean, nan, nan.copy()
+    p10 = _field_mean(result["ndvi_p10"].values, mask)
+    p90 = _field_mean(result["ndvi_p90"].values, mask)
+    scale = result.attrs.get(FIELD_NDVI_SCALE_ATTR)
+    if scale is not None:
+        scale = float(scale)
+        p10 = mean - scale * np.maximum(mean - p10, 0.0)
+        p90 = mean + scale * np.maximum(p90 - mean, 0.0)
+    return mean, p10, p90
 
 
 def curve_csv(curve: pd.DataFrame) -> str:

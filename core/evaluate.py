@@ -56,7 +56,13 @@ from core.cube import S2_BANDS, bands_present, validate_cube
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
 from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket, nearest_clear_days
-from core.reconstruct import ReconstructOptions, observations, reconstruct, resolve_method
+from core.reconstruct import (
+    FIELD_NDVI_SCALE_ATTR,
+    ReconstructOptions,
+    observations,
+    reconstruct,
+    resolve_method,
+)
 from core.timeline import calendar_day, regular_dates, to_days
 
 TASKS: tuple[str, ...] = ("missing", "cloud", "gap")
@@ -199,6 +205,17 @@ class Scores:
     empty without samples. Is the band as honest far from clear data as near it?"""
     n_by_distance: tuple[int, ...] = ()
     """Values behind each entry of :attr:`coverage_by_distance`."""
+    field_ndvi_mae: float | None = None
+    """MAE of the frame's mean NDVI over its scored pixels (the whole field's clear pixels for
+    a missing frame or a gap: what the NDVI curve shows), one error per frame; None without
+    red and NIR."""
+    field_ndvi_coverage: float | None = None
+    """Share of frames whose true mean NDVI lies between the means of the per-pixel NDVI p10
+    and p90 over the same pixels (the curve's band; K > 1 only)."""
+    field_ndvi_band: float | None = None
+    """Mean width of that band, NDVI units."""
+    n_field_ndvi: int = 0
+    """Frames behind the three figures above."""
 
 
 @dataclass(frozen=True)
@@ -673,7 +690,8 @@ def _score_task(
     days_away = None
     if distance is not None:
         days_away = np.concatenate([distance[f][scored[f]] for f in frames])
-    return score_values(
+    field = field_ndvi_scores(original, result, frames, rows, scored)
+    scores = score_values(
         truth,
         pred,
         bands_present(original),
@@ -684,6 +702,50 @@ def _score_task(
         data_range=protocol.psnr_data_range,
         distance=days_away,
     )
+    return replace(scores, **field)
+
+
+def field_ndvi_scores(
+    original: xr.Dataset,
+    result: xr.Dataset,
+    frames: Sequence[int],
+    rows: Sequence[int],
+    scored: np.ndarray,
+) -> dict[str, object]:
+    """The field-mean NDVI figures of :class:`Scores`: per scored frame, the mean NDVI over its
+    scored pixels (where truth and prediction both have one), true and reconstructed, and the
+    means of the per-pixel NDVI p10 and p90 over the same pixels, narrowed as the curve does
+    where the method fitted a field-mean band (``FIELD_NDVI_SCALE_ATTR``)."""
+    if not can_compute_ndvi(bands_present(original)):
+        return {}
+    truth_ndvi = ndvi(original["s2"].values, band_axis=1)
+    errors, inside, widths = [], [], []
+    has_band = "ndvi_p10" in result
+    scale = result.attrs.get(FIELD_NDVI_SCALE_ATTR)
+    scale = None if scale is None else float(scale)
+    for f, r in zip(frames, rows, strict=True):
+        pred = result["ndvi"].values[r]
+        ok = scored[f] & np.isfinite(truth_ndvi[f]) & np.isfinite(pred)
+        if not ok.any():
+            continue
+        true_mean, pred_mean = float(truth_ndvi[f][ok].mean()), float(pred[ok].mean())
+        errors.append(abs(pred_mean - true_mean))
+        if has_band:
+            low = float(np.nanmean(result["ndvi_p10"].values[r][ok]))
+            high = float(np.nanmean(result["ndvi_p90"].values[r][ok]))
+            if scale is not None:  # as the curve narrows it (core.curve.field_ndvi_band)
+                low = pred_mean - scale * max(pred_mean - low, 0.0)
+                high = pred_mean + scale * max(high - pred_mean, 0.0)
+            inside.append(low <= true_mean <= high)
+            widths.append(high - low)
+    if not errors:
+        return {}
+    return {
+        "field_ndvi_mae": float(np.mean(errors)),
+        "field_ndvi_coverage": float(np.mean(inside)) if inside else None,
+        "field_ndvi_band": float(np.mean(widths)) if widths else None,
+        "n_field_ndvi": len(errors),
+    }
 
 
 def clear_distance(degraded: xr.Dataset) -> np.ndarray:
@@ -886,6 +948,12 @@ def pool_scores(scores: Sequence[Scores], weighting: str) -> Scores:
         n_by_distance=tuple(
             sum(s.n_by_distance[k] for s in with_distance) for k in range(n_buckets)
         ),
+        field_ndvi_mae=mean([s.field_ndvi_mae for s in scores], [s.n_field_ndvi for s in scores]),
+        field_ndvi_coverage=mean(
+            [s.field_ndvi_coverage for s in scores], [s.n_field_ndvi for s in scores]
+        ),
+        field_ndvi_band=mean([s.field_ndvi_band for s in scores], [s.n_field_ndvi for s in scores]),
+        n_field_ndvi=sum(s.n_field_ndvi for s in scores),
     )
 
 
@@ -1061,12 +1129,19 @@ def _fmt(value: float | None, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def _field_band(s: Scores) -> str:
+    """The field-mean NDVI band: its coverage and mean width ("0.75/0.123"), or "-"."""
+    if s.field_ndvi_coverage is None:
+        return "-"
+    return f"{s.field_ndvi_coverage:.2f}/{_fmt(s.field_ndvi_band, 3)}"
+
+
 def format_table(evaluation: Evaluation) -> str:
     """The results as a fixed-width text table, per cube then pooled."""
     header = (
         f"{'cube':<26} {'task':<7} {'method':<9} {'n_fr':>4} {'n_px':>7} {'MAE':>7} {'RMSE':>7} "
-        f"{'PSNR':>6} {'SAM':>6} {'NDVI':>6} {'cov':>5} {'CRPS':>7} {'ratio':>6} "
-        f"{'cov by distance':>15}"
+        f"{'PSNR':>6} {'SAM':>6} {'NDVI':>6} {'fNDVI':>6} {'fband':>10} {'cov':>5} {'CRPS':>7} "
+        f"{'ratio':>6}       {'cov by distance'}"
     )
     lines = [header, "-" * len(header)]
     previous = None
@@ -1090,6 +1165,7 @@ def format_table(evaluation: Evaluation) -> str:
         lines.append(
             f"{start} {s.n_frames:>4} {s.n_pixels:>7} {_fmt(s.mae, 4):>7} {_fmt(s.rmse, 4):>7} "
             f"{_fmt(s.psnr_db, 2):>6} {_fmt(s.sam_deg, 2):>6} {_fmt(s.ndvi_mae, 3):>6} "
+            f"{_fmt(s.field_ndvi_mae, 3):>6} {_field_band(s):>10} "
             f"{_fmt(s.coverage, 2):>5} {_fmt(s.crps, 4):>7} {_fmt(row.ratio, 3):>6}"
             f"{flag:<5} {'/'.join(_fmt(c, 2) for c in s.coverage_by_distance)}".rstrip()
         )
@@ -1097,6 +1173,9 @@ def format_table(evaluation: Evaluation) -> str:
     lines += [
         "",
         f"MAE/RMSE: reflectance; PSNR dB with data range 1.0; SAM degrees; NDVI: NDVI MAE; "
+        "fNDVI: MAE of each frame's mean NDVI over its scored pixels (the curve's figure); "
+        "fband: share of frames whose true mean NDVI is inside the curve's band, and its mean "
+        "width; "
         f"cov: share of values in p10-p90 (by distance: <= {DISTANCE_EDGES_DAYS[0]:g}, "
         f"{DISTANCE_EDGES_DAYS[0]:g}-{DISTANCE_EDGES_DAYS[1]:g}, > {DISTANCE_EDGES_DAYS[1]:g} "
         "days to the pixel's nearest clear observation); ratio: MAE / best baseline MAE (targets: "

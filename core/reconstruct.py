@@ -69,6 +69,11 @@ class ReconstructOptions:
     """Model only, K > 1: refit the width of the p10-p90 band on the cube's own clear
     observations (hidden in turn) instead of using the checkpoint's, fitted on its training
     sites."""
+    fit_curve_band: bool = True
+    """Model only, with ``calibrate_field``: also fit how wide the band of a field-mean NDVI is
+    (``FIELD_NDVI_SCALE_ATTR``; the NDVI curve's band), on the field's own hidden frames.
+    False: the field means of the per-pixel NDVI percentiles, the band of a field whose pixels
+    all err together."""
     band_by_distance: bool = False
     """Model only, with ``calibrate_field``: fit the band's width per bucket of days to the
     pixel's nearest clear observation (<= 8, 8-20, > 20) instead of once for the field, so
@@ -78,6 +83,12 @@ class ReconstructOptions:
     to the nearest clear observation, with weights fitted on the cube's own clear observations
     (hidden in turn; see core.model.blend). On by default: it lowered every held-out error
     (README, "The field blend"); False gives the network alone."""
+
+
+FIELD_NDVI_SCALE_ATTR = "model_field_ndvi_band_scale"
+"""Attribute of a reconstruction whose method fitted how wide a field-mean NDVI band is: the
+factor on the distances from the field's mean NDVI to the field means of the per-pixel NDVI p10
+and p90 (see :func:`core.curve.field_ndvi_band`)."""
 
 
 @dataclass(frozen=True)

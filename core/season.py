@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
 from core.cache import CubeCache, fetch_cached
 from core.config import REPO_ROOT, Settings
 from core.cube import has_s1, read_cube
-from core.curve import ndvi_curve
+from core.curve import field_ndvi_band, ndvi_curve
 from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff
 from core.field import Field
@@ -686,11 +685,10 @@ def _frame_view(
         clear = float(cube["valid"].values[hits][:, mask].astype(bool).any(axis=0).mean())
     rgb, ndvi_img, spread = _recon_colours(frame)
     ndvi = frame["ndvi"].values
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN field -> NaN
-        mean = float(np.nanmean(ndvi[mask]))
-        p10 = float(np.nanmean(frame["ndvi_p10"].values[mask])) if spread is not None else math.nan
-        p90 = float(np.nanmean(frame["ndvi_p90"].values[mask])) if spread is not None else math.nan
+    means, lows, highs = field_ndvi_band(frame.expand_dims("time"), mask)
+    mean = float(means[0])
+    p10 = float(lows[0]) if spread is not None else math.nan
+    p90 = float(highs[0]) if spread is not None else math.nan
     shown = mask & np.isfinite(ndvi)
     return FrameView(
         day=_to_date(day),

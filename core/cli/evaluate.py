@@ -142,6 +142,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         adapt_steps=args.adapt_steps,
         calibrate_field=args.calibrate_field,
+        fit_curve_band=args.fit_curve_band,
         band_by_distance=args.band_by_distance,
         blend_field=args.blend_field,
         device=args.device,
@@ -169,6 +170,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "adapt_steps": args.adapt_steps,
                 "calibrate_field": args.calibrate_field,
                 "band_by_distance": args.band_by_distance,
+                "fit_curve_band": args.fit_curve_band,
                 "blend_field": args.blend_field,
                 "device": args.device,
             }

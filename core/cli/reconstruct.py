@@ -39,6 +39,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="model, K > 1: fit the p10-p90 band's width on this cube's own clear pixels",
     )
     parser.add_argument(
+        "--fit-curve-band",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="model, with --calibrate-field: fit the NDVI curve's field-mean band on this "
+        "cube's hidden frames (default: on; --no-fit-curve-band: field means of the per-pixel "
+        "percentiles)",
+    )
+    parser.add_argument(
         "--band-by-distance",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -86,6 +94,7 @@ def options_from_args(
         steps=args.steps,
         adapt_steps=args.adapt_steps,
         calibrate_field=args.calibrate_field,
+        fit_curve_band=args.fit_curve_band,
         band_by_distance=args.band_by_distance,
         blend_field=args.blend_field,
         device=args.device,

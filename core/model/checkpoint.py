@@ -40,6 +40,9 @@ class Checkpoint:
     """A field's spread factors per bucket of days to the nearest clear observation
     (core.model.blend.DISTANCE_EDGES_DAYS), set per request by per-field calibration in place
     of ``spread_scale``; never saved."""
+    field_ndvi_scale: float | None = None
+    """A field's factor on its NDVI curve's band (see core.model.training.fit_field_ndvi_scale),
+    set per request by per-field calibration; never saved."""
 
     @property
     def config(self) -> ModelConfig:

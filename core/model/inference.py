@@ -37,7 +37,7 @@ from core.model.features import (
     times_to_days_and_doy,
 )
 from core.model.flow import SOLVERS
-from core.reconstruct import Prediction, ReconstructOptions
+from core.reconstruct import FIELD_NDVI_SCALE_ATTR, Prediction, ReconstructOptions
 from core.timeline import calendar_day, to_days
 
 
@@ -375,6 +375,9 @@ def field_checkpoint(
       episodes (how far to move the estimate toward the Whittaker smoother, per band and
       distance to clear data); with calibration, the spread is fitted around the blended
       estimate. Too short a series (as above) gets no blend: the network's estimate alone.
+    - ``options.fit_curve_band`` with calibration: the factor on a field-mean NDVI band
+      (``field_ndvi_scale``; :func:`core.model.training.fit_field_ndvi_scale`), fitted on the
+      episodes' hidden frames; None with under 20 of them.
     - ``options.band_by_distance`` with calibration: the spread is fitted per bucket of days to
       the nearest clear observation (``spread_by_distance``; a bucket with under 200 hidden
       values takes the field's overall factor).
@@ -386,7 +389,9 @@ def field_checkpoint(
     from core.model.training import (
         adapt,
         blend_targets,
+        episode_field_ndvi,
         episode_predictions,
+        fit_field_ndvi_scale,
         fit_spread,
         fit_spread_by_distance,
         series_from_cube,
@@ -405,6 +410,7 @@ def field_checkpoint(
         calibration_k,
         steps if calibration_k else 0,  # the blend uses the estimate, which steps do not move
         by_distance,
+        bool(calibration_k) and options.fit_curve_band,
         options.blend_field,
         options.whittaker_lambda if options.blend_field else None,
         options.seed,
@@ -454,6 +460,7 @@ def field_checkpoint(
                 blend = fit_blend(mean, smoother, truth, band, distance)
                 mean = mean + blend.delta_values(mean, smoother, band, distance)
                 result = dataclasses.replace(result, blend=blend)
+            scale: float | np.ndarray = result.spread_scale
             if calibration_k and by_distance:
                 overall, scales = fit_spread_by_distance(
                     mean, draws, truth, target_distances(episodes)
@@ -461,8 +468,13 @@ def field_checkpoint(
                 result = dataclasses.replace(
                     result, spread_scale=overall, spread_by_distance=scales
                 )
+                scale = scales[distance_bucket(target_distances(episodes))]
             elif calibration_k:
                 result = dataclasses.replace(result, spread_scale=fit_spread(mean, draws, truth))
+                scale = result.spread_scale
+            if calibration_k and options.fit_curve_band:  # field means, on hidden frames
+                rows = episode_field_ndvi(episodes, mean, draws, truth, scale)
+                result = dataclasses.replace(result, field_ndvi_scale=fit_field_ndvi_scale(rows))
     with _field_lock:
         _field[key] = (checkpoint, result)
         while len(_field) > FIELD_CACHE_SIZE:
@@ -600,6 +612,8 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         "model_calibrate_field": int(options.calibrate_field and options.samples > 1),
         "model_blend_field": int(options.blend_field),
     }
+    if used.field_ndvi_scale is not None:
+        attrs[FIELD_NDVI_SCALE_ATTR] = float(used.field_ndvi_scale)
     if used.spread_by_distance is not None:
         attrs["model_spread_by_distance"] = np.round(used.spread_by_distance, 4)
     if used.blend is not None:

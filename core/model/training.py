@@ -641,6 +641,91 @@ def fit_spread_by_distance(
     return overall, scales
 
 
+MIN_FIELD_NDVI_FRAMES = 20
+"""Hidden frames with NDVI that a field needs before its curve's band is fitted."""
+MIN_FRAME_PIXELS = 16
+"""Hidden pixels with NDVI a frame of an episode needs to count as one of them."""
+
+
+def episode_field_ndvi(
+    episodes: Sequence[Episode],
+    mean: np.ndarray,
+    draws: np.ndarray,
+    truth: np.ndarray,
+    scale: float | np.ndarray,
+) -> np.ndarray:
+    """What an NDVI curve shows, on every frame of ``episodes`` with hidden pixels: (F, 4) rows
+    of the true mean NDVI over the frame's hidden pixels, the estimate's, and the means over the
+    same pixels of the per-pixel NDVI p10 and p90 of the samples ``mean + scale * draws``.
+
+    ``mean``, ``draws`` (K, M) and ``truth`` are :func:`episode_predictions`' arrays (model
+    units: NDVI does not see the scale), ``scale`` a number or one per value. A frame needs
+    :data:`MIN_FRAME_PIXELS` hidden pixels with an NDVI (red and a NIR band present).
+    """
+    from core.indices import ndvi
+
+    samples = mean[None] + np.asarray(scale, np.float32) * draws
+    rows: list[tuple[float, float, float, float]] = []
+    offset = 0
+    for ep in episodes:
+        target = ep.target
+        n = int(target.sum())
+        part = slice(offset, offset + n)
+        offset += n
+        if draws.shape[0] < 2:
+            continue
+
+        def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
+            out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)
+            out[..., target] = values
+            return out
+
+        true_ndvi = ndvi(scatter(truth[part]), band_axis=1)  # (T, H, W)
+        est_ndvi = ndvi(scatter(mean[part]), band_axis=1)
+        sample_ndvi = ndvi(scatter(samples[:, part]), band_axis=2)  # (K, T, H, W)
+        for frame in range(target.shape[0]):
+            ok = np.isfinite(true_ndvi[frame]) & np.isfinite(est_ndvi[frame])
+            ok &= np.isfinite(sample_ndvi[:, frame]).all(axis=0)
+            if ok.sum() < MIN_FRAME_PIXELS:
+                continue
+            low, high = np.percentile(sample_ndvi[:, frame][:, ok], [10, 90], axis=0)
+            rows.append(
+                (
+                    float(true_ndvi[frame][ok].mean()),
+                    float(est_ndvi[frame][ok].mean()),
+                    float(low.mean()),
+                    float(high.mean()),
+                )
+            )
+    return np.asarray(rows, np.float64).reshape(-1, 4)
+
+
+def fit_field_ndvi_scale(rows: np.ndarray, target_coverage: float = 0.8) -> float | None:
+    """The factor c on the distances from a frame's mean NDVI to its band's edges (the means of
+    the per-pixel p10 and p90) that makes the band hold ``target_coverage`` of the frames' true
+    mean NDVI (:func:`episode_field_ndvi` rows); None with under :data:`MIN_FIELD_NDVI_FRAMES`.
+
+    The means of per-pixel percentiles are the band of a field whose pixels all err together;
+    they do not, so the field mean's own band is narrower (c < 1) unless the errors are
+    shared across the field."""
+    if rows.shape[0] < MIN_FIELD_NDVI_FRAMES:
+        return None
+    true, est, low, high = rows.T
+    below, above = np.maximum(est - low, 0.0), np.maximum(high - est, 0.0)
+
+    def covered(c: float) -> float:
+        return float(np.mean((true >= est - c * below) & (true <= est + c * above)))
+
+    lo, hi = 0.01, 50.0
+    for _ in range(40):
+        mid = math.sqrt(lo * hi)
+        if covered(mid) < target_coverage:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
 def target_distances(episodes: Sequence[Episode]) -> np.ndarray:
     """Days to the nearest visible clear observation of every target value of episodes made
     with distances, in the order of :func:`episode_predictions`' arrays."""

@@ -535,3 +535,36 @@ def test_clear_distance_counts_only_what_a_method_sees() -> None:
     assert distance[4].min() > 1
     assert (distance[[3, 5]] < distance[4]).all()
     assert (distance[8] < 1).all()  # a clear frame: its own acquisition, hours after midnight
+
+
+def test_field_ndvi_scores_are_per_frame_means_and_the_curves_band() -> None:
+    from core.evaluate import field_ndvi_scores
+    from core.indices import ndvi
+    from core.reconstruct import FIELD_NDVI_SCALE_ATTR
+
+    cube = _cube(np.ones((4, 3, 3), dtype=bool))
+    true_ndvi = ndvi(cube["s2"].values, band_axis=1)
+    scored = np.zeros((4, 3, 3), bool)
+    scored[1] = True  # a whole frame ...
+    scored[2, 0] = True  # ... and a row of another
+    pred = true_ndvi + 0.05
+    pred[2] = true_ndvi[2] - 0.01
+    result = xr.Dataset(
+        {
+            "ndvi": (("time", "y", "x"), pred),
+            "ndvi_p10": (("time", "y", "x"), pred - 0.04),
+            "ndvi_p90": (("time", "y", "x"), pred + 0.04),
+        }
+    )
+    got = field_ndvi_scores(cube, result, [1, 2], [1, 2], scored)
+    assert got["n_field_ndvi"] == 2
+    assert got["field_ndvi_mae"] == pytest.approx((0.05 + 0.01) / 2, abs=1e-6)
+    assert got["field_ndvi_coverage"] == 0.5  # 0.05 off is outside +-0.04, 0.01 inside
+    assert got["field_ndvi_band"] == pytest.approx(0.08, abs=1e-6)
+    result.attrs[FIELD_NDVI_SCALE_ATTR] = 0.2  # the curve's band, narrowed to +-0.008
+    narrowed = field_ndvi_scores(cube, result, [1, 2], [1, 2], scored)
+    assert narrowed["field_ndvi_coverage"] == 0.0
+    assert narrowed["field_ndvi_band"] == pytest.approx(0.016, abs=1e-6)
+    without_red = cube.copy(deep=True)
+    without_red["s2"][:, BAND["B04"]] = np.nan
+    assert field_ndvi_scores(without_red, result, [1, 2], [1, 2], scored) == {}

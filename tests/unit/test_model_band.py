@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from core.model.blend import distance_bucket, nearest_clear_days
+from core.model.features import REFL_SCALE
 from core.model.inference import (
     cached_checkpoint,
     clear_field_cache,
@@ -17,14 +18,17 @@ from core.model.inference import (
     field_checkpoint,
 )
 from core.model.training import (
+    MIN_FIELD_NDVI_FRAMES,
     MIN_SPREAD_VALUES,
     coverage,
+    episode_field_ndvi,
+    fit_field_ndvi_scale,
     fit_spread,
     fit_spread_by_distance,
 )
 from core.reconstruct import ReconstructOptions, observations, reconstruct
 from core.season import fit_notes
-from core.timeline import to_days
+from core.timeline import calendar_day, to_days
 from tests.unit.test_model_inference import _checkpoint, _crop, hidden_bright_and_dark
 
 
@@ -105,6 +109,7 @@ def test_hidden_pixel_values_never_reach_the_band_by_distance(flanders_cube, tmp
     np.testing.assert_array_equal(
         a.attrs["model_spread_by_distance"], b.attrs["model_spread_by_distance"]
     )
+    assert a.attrs["model_field_ndvi_band_scale"] == b.attrs["model_field_ndvi_band_scale"]
 
 
 def test_without_field_calibration_the_option_changes_nothing(flanders_cube, tmp_path) -> None:
@@ -147,3 +152,97 @@ def test_a_band_fitted_on_the_field_samples_with_fewer_steps_by_default(
     assert eight.attrs["model_steps"] == 8
     np.testing.assert_array_equal(eight["s2"].values, default["s2"].values)  # estimate: same
     assert reconstruct(cube, query, "model", plain).attrs["model_steps"] == 8
+
+
+# --------------------------------------------------------------------------- the curve's band
+
+
+def test_the_field_ndvi_factor_makes_the_band_hold_80_percent_of_frames() -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    est = rng.uniform(0.2, 0.8, n)
+    true = est + rng.normal(0.0, 0.02, n)  # the field means err by 0.02 ...
+    rows = np.stack([true, est, est - 0.06, est + 0.06], axis=1)  # ... the pixels' band is 3 x
+    scale = fit_field_ndvi_scale(rows)
+    assert scale == pytest.approx(1.2816 * 0.02 / 0.06, rel=0.12)
+    inside = np.abs(true - est) <= scale * 0.06
+    assert inside.mean() == pytest.approx(0.8, abs=0.01)
+    assert fit_field_ndvi_scale(rows[: MIN_FIELD_NDVI_FRAMES - 1]) is None  # too few frames
+
+
+def test_episode_field_ndvi_is_the_hidden_pixels_means_of_each_frame(cubes_dir) -> None:
+    from core.indices import ndvi
+    from core.model.config import TrainConfig
+    from core.model.training import load_series, validation_episodes
+
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    config = TrainConfig(crop=16, min_frames=6, max_frames=8)
+    episodes = validation_episodes([series], 3, config, 0)
+    truth = np.concatenate([ep.truth[ep.target] for ep in episodes]) * REFL_SCALE
+    mean = truth * 1.1  # an estimate 10 % too bright everywhere: NDVI unchanged
+    rng = np.random.default_rng(0)
+    draws = rng.normal(0.0, 0.01, (4, truth.size)).astype(np.float32)
+    rows = episode_field_ndvi(episodes, mean, draws, truth, 2.0)
+    n_frames = sum(
+        int((ndvi(np.where(ep.target, ep.truth, np.nan), band_axis=1) > -2).any(axis=(1, 2)).sum())
+        for ep in episodes
+    )
+    assert 0 < rows.shape[0] <= n_frames
+    np.testing.assert_allclose(rows[:, 1], rows[:, 0], atol=1e-5)  # NDVI ignores brightness
+    assert (rows[:, 2] < rows[:, 1]).all() and (rows[:, 3] > rows[:, 1]).all()
+    first = episodes[0]
+    frame = int(np.flatnonzero(np.isfinite(first.truth).any(axis=(1, 2, 3)))[0])
+    want = np.nanmean(ndvi(first.truth[frame], band_axis=0))
+    assert rows[0, 0] == pytest.approx(want, abs=1e-5)
+    wider = episode_field_ndvi(episodes, mean, draws, truth, 4.0)
+    np.testing.assert_allclose(wider[:, 3] - wider[:, 1], 2 * (rows[:, 3] - rows[:, 1]), rtol=0.05)
+
+
+def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
+    flanders_cube, tmp_path
+) -> None:
+    from core.curve import field_ndvi_band, ndvi_curve
+    from core.reconstruct import FIELD_NDVI_SCALE_ATTR
+
+    cube = _crop(flanders_cube, size=16, frames=slice(0, 40))
+    path = _checkpoint(tmp_path, perturb=True)
+    options = _options(path)
+    clear_field_cache()
+    times = cube["time_s2"].values
+    query = (calendar_day(times[[20]]) + np.timedelta64(2, "D")).astype("datetime64[ns]")
+    out = reconstruct(cube, query, "model", options)
+    base = cached_checkpoint(path, "cpu")
+    steps = default_steps(base, options)
+    field = field_checkpoint(base, observations(cube), options, steps, "cpu")
+    assert field.field_ndvi_scale is not None and field.field_ndvi_scale > 0
+    scale = out.attrs[FIELD_NDVI_SCALE_ATTR]
+    assert scale == pytest.approx(field.field_ndvi_scale)
+    mask = np.ones((16, 16), bool)
+    mean, low, high = field_ndvi_band(out, mask)
+    raw_low = np.nanmean(out["ndvi_p10"].values[:, mask], axis=1)
+    raw_high = np.nanmean(out["ndvi_p90"].values[:, mask], axis=1)
+    np.testing.assert_allclose(mean - low, scale * (mean - raw_low), rtol=1e-5)
+    np.testing.assert_allclose(high - mean, scale * (raw_high - mean), rtol=1e-5)
+    day = calendar_day(query)[0]
+    curve = ndvi_curve(cube, day, day, method="model", options=options, field_mask=mask)
+    np.testing.assert_allclose(curve[["ndvi_p10", "ndvi_p90"]].values[0], [low[0], high[0]], 1e-5)
+    assert curve.attrs["ndvi_band_scale"] == pytest.approx(scale)
+    # Without the band fitted on the field, the field means of the per-pixel percentiles.
+    plain = reconstruct(cube, query, "model", dataclasses.replace(options, calibrate_field=False))
+    assert FIELD_NDVI_SCALE_ATTR not in plain.attrs
+    _, low, _ = field_ndvi_band(plain, mask)
+    np.testing.assert_allclose(low, np.nanmean(plain["ndvi_p10"].values[:, mask], axis=1), 1e-6)
+
+
+def test_the_curve_band_fit_can_be_switched_off(flanders_cube, tmp_path) -> None:
+    from core.reconstruct import FIELD_NDVI_SCALE_ATTR
+
+    cube = _crop(flanders_cube, size=16, frames=slice(0, 40))
+    query = cube["time_s2"].values[[20]] + np.timedelta64(2, "D")
+    path = _checkpoint(tmp_path, perturb=True)
+    clear_field_cache()
+    on = reconstruct(cube, query, "model", _options(path))
+    off = reconstruct(cube, query, "model", _options(path, fit_curve_band=False))
+    assert FIELD_NDVI_SCALE_ATTR in on.attrs and FIELD_NDVI_SCALE_ATTR not in off.attrs
+    for name in ("s2", "s2_p10", "s2_p90"):  # nothing else moves
+        np.testing.assert_array_equal(on[name].values, off[name].values)
