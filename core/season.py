@@ -44,7 +44,13 @@ from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
-from core.reconstruct import ReconstructOptions, Reconstructor, available_methods, reconstruct
+from core.reconstruct import (
+    FIELD_NDVI_SCALE_ATTR,
+    ReconstructOptions,
+    Reconstructor,
+    available_methods,
+    reconstruct,
+)
 from core.render import (
     LonLatWarp,
     display_scale,
@@ -660,6 +666,12 @@ def fit_notes(attrs: dict) -> list[str]:
         notes.append(
             f"Uncertainty band fitted on this field: {factor:.2f} x the width fitted on the "
             "model's training sites."
+        )
+    if FIELD_NDVI_SCALE_ATTR in attrs:
+        notes.append(
+            "NDVI curve band fitted on this field: its mean NDVI errs less than its pixels do, "
+            f"so the curve's band is {float(attrs[FIELD_NDVI_SCALE_ATTR]):.2f} x the field "
+            "mean of the pixels' bands, the width that held 80 % of its hidden frames."
         )
     return notes
 
