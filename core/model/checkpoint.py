@@ -41,7 +41,7 @@ class Checkpoint:
     (core.model.blend.DISTANCE_EDGES_DAYS), set per request by per-field calibration in place
     of ``spread_scale``; never saved."""
     field_ndvi_scale: float | None = None
-    """A field's factor on its NDVI curve's band (see core.model.training.fit_field_ndvi_scale),
+    """A field's factor on its NDVI curve's band (see core.model.calibration.fit_field_ndvi_scale),
     set per request by per-field calibration; never saved."""
 
     @property

@@ -376,7 +376,7 @@ def field_checkpoint(
       distance to clear data); with calibration, the spread is fitted around the blended
       estimate. Too short a series (as above) gets no blend: the network's estimate alone.
     - ``options.fit_curve_band`` with calibration: the factor on a field-mean NDVI band
-      (``field_ndvi_scale``; :func:`core.model.training.fit_field_ndvi_scale`), fitted on the
+      (``field_ndvi_scale``; :func:`core.model.calibration.fit_field_ndvi_scale`), fitted on the
       episodes' hidden frames; None with under 20 of them.
     - ``options.band_by_distance`` with calibration: the spread is fitted per bucket of days to
       the nearest clear observation (``spread_by_distance``; a bucket with under 200 hidden
@@ -386,14 +386,16 @@ def field_checkpoint(
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
     """
     from core.model.blend import fit_blend
-    from core.model.training import (
-        adapt,
-        blend_targets,
+    from core.model.calibration import (
         episode_field_ndvi,
-        episode_predictions,
         fit_field_ndvi_scale,
         fit_spread,
         fit_spread_by_distance,
+    )
+    from core.model.training import (
+        adapt,
+        blend_targets,
+        episode_predictions,
         series_from_cube,
         target_distances,
         validation_episodes,

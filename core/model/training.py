@@ -27,6 +27,7 @@ import xarray as xr
 
 from core.cube import has_s1, read_cube
 from core.indices import NIR, NIR_NARROW, RED
+from core.model.calibration import coverage, fit_spread
 from core.model.config import ModelConfig, TrainConfig
 from core.model.features import (
     REFL_SCALE,
@@ -562,25 +563,6 @@ def residual_draws(
     return values[0], values[1], res[:, target].cpu().numpy(), values[2]
 
 
-def coverage(mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, scale: float) -> float:
-    """Fraction of ``truth`` inside the p10-p90 band of ``mean + scale * draws``."""
-    return _covered(mean, *band_offsets(draws), truth, scale)
-
-
-def band_offsets(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """p10 and p90 of residual ``draws`` (K, N) over the samples. For any scale s > 0 the band
-    of ``mean + s * draws`` is ``mean + s * offset``: percentiles commute with a shift and a
-    positive scale, so a search over s sorts the samples once."""
-    low, high = np.percentile(draws, [10, 90], axis=0)
-    return low, high
-
-
-def _covered(
-    mean: np.ndarray, low: np.ndarray, high: np.ndarray, truth: np.ndarray, scale: float
-) -> float:
-    return float(np.mean((truth >= mean + scale * low) & (truth <= mean + scale * high)))
-
-
 def episode_predictions(
     model: FieldFlowNet,
     episodes: Sequence[Episode],
@@ -598,132 +580,6 @@ def episode_predictions(
         np.concatenate([p[2] for p in parts], axis=1),
         np.concatenate([p[3] for p in parts]),
     )
-
-
-def fit_spread(
-    mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, target_coverage: float = 0.8
-) -> float:
-    """The spread scale whose p10-p90 band covers ``target_coverage`` of ``truth``."""
-    offsets = band_offsets(draws)
-    low, high = 0.01, 50.0
-    for _ in range(40):
-        mid = math.sqrt(low * high)
-        if _covered(mean, *offsets, truth, mid) < target_coverage:
-            low = mid
-        else:
-            high = mid
-    return math.sqrt(low * high)
-
-
-MIN_SPREAD_VALUES = 200
-"""A distance bucket with fewer hidden values takes the factor fitted on all of them."""
-
-
-def fit_spread_by_distance(
-    mean: np.ndarray,
-    draws: np.ndarray,
-    truth: np.ndarray,
-    distance: np.ndarray,
-    target_coverage: float = 0.8,
-) -> tuple[float, np.ndarray]:
-    """The spread scale fitted on all values, and one per bucket of ``distance`` (days to the
-    nearest clear observation, :data:`core.model.blend.DISTANCE_EDGES_DAYS`) fitted on that
-    bucket's values alone (:data:`MIN_SPREAD_VALUES` at least; else the overall one)."""
-    from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket
-
-    overall = fit_spread(mean, draws, truth, target_coverage)
-    bucket = distance_bucket(distance)
-    scales = np.full(len(DISTANCE_EDGES_DAYS) + 1, overall)
-    for k in range(scales.size):
-        sel = bucket == k
-        if sel.sum() >= MIN_SPREAD_VALUES:
-            scales[k] = fit_spread(mean[sel], draws[:, sel], truth[sel], target_coverage)
-    return overall, scales
-
-
-MIN_FIELD_NDVI_FRAMES = 20
-"""Hidden frames with NDVI that a field needs before its curve's band is fitted."""
-MIN_FRAME_PIXELS = 16
-"""Hidden pixels with NDVI a frame of an episode needs to count as one of them."""
-
-
-def episode_field_ndvi(
-    episodes: Sequence[Episode],
-    mean: np.ndarray,
-    draws: np.ndarray,
-    truth: np.ndarray,
-    scale: float | np.ndarray,
-) -> np.ndarray:
-    """What an NDVI curve shows, on every frame of ``episodes`` with hidden pixels: (F, 4) rows
-    of the true mean NDVI over the frame's hidden pixels, the estimate's, and the means over the
-    same pixels of the per-pixel NDVI p10 and p90 of the samples ``mean + scale * draws``.
-
-    ``mean``, ``draws`` (K, M) and ``truth`` are :func:`episode_predictions`' arrays (model
-    units: NDVI does not see the scale), ``scale`` a number or one per value. A frame needs
-    :data:`MIN_FRAME_PIXELS` hidden pixels with an NDVI (red and a NIR band present).
-    """
-    from core.indices import ndvi
-
-    samples = mean[None] + np.asarray(scale, np.float32) * draws
-    rows: list[tuple[float, float, float, float]] = []
-    offset = 0
-    for ep in episodes:
-        target = ep.target
-        n = int(target.sum())
-        part = slice(offset, offset + n)
-        offset += n
-        if draws.shape[0] < 2:
-            continue
-
-        def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
-            out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)
-            out[..., target] = values
-            return out
-
-        true_ndvi = ndvi(scatter(truth[part]), band_axis=1)  # (T, H, W)
-        est_ndvi = ndvi(scatter(mean[part]), band_axis=1)
-        sample_ndvi = ndvi(scatter(samples[:, part]), band_axis=2)  # (K, T, H, W)
-        for frame in range(target.shape[0]):
-            ok = np.isfinite(true_ndvi[frame]) & np.isfinite(est_ndvi[frame])
-            ok &= np.isfinite(sample_ndvi[:, frame]).all(axis=0)
-            if ok.sum() < MIN_FRAME_PIXELS:
-                continue
-            low, high = np.percentile(sample_ndvi[:, frame][:, ok], [10, 90], axis=0)
-            rows.append(
-                (
-                    float(true_ndvi[frame][ok].mean()),
-                    float(est_ndvi[frame][ok].mean()),
-                    float(low.mean()),
-                    float(high.mean()),
-                )
-            )
-    return np.asarray(rows, np.float64).reshape(-1, 4)
-
-
-def fit_field_ndvi_scale(rows: np.ndarray, target_coverage: float = 0.8) -> float | None:
-    """The factor c on the distances from a frame's mean NDVI to its band's edges (the means of
-    the per-pixel p10 and p90) that makes the band hold ``target_coverage`` of the frames' true
-    mean NDVI (:func:`episode_field_ndvi` rows); None with under :data:`MIN_FIELD_NDVI_FRAMES`.
-
-    The means of per-pixel percentiles are the band of a field whose pixels all err together;
-    they do not, so the field mean's own band is narrower (c < 1) unless the errors are
-    shared across the field."""
-    if rows.shape[0] < MIN_FIELD_NDVI_FRAMES:
-        return None
-    true, est, low, high = rows.T
-    below, above = np.maximum(est - low, 0.0), np.maximum(high - est, 0.0)
-
-    def covered(c: float) -> float:
-        return float(np.mean((true >= est - c * below) & (true <= est + c * above)))
-
-    lo, hi = 0.01, 50.0
-    for _ in range(40):
-        mid = math.sqrt(lo * hi)
-        if covered(mid) < target_coverage:
-            lo = mid
-        else:
-            hi = mid
-    return math.sqrt(lo * hi)
 
 
 def target_distances(episodes: Sequence[Episode]) -> np.ndarray:

@@ -10,14 +10,7 @@ import numpy as np
 import pytest
 
 from core.model.blend import distance_bucket, nearest_clear_days
-from core.model.features import REFL_SCALE
-from core.model.inference import (
-    cached_checkpoint,
-    clear_field_cache,
-    default_steps,
-    field_checkpoint,
-)
-from core.model.training import (
+from core.model.calibration import (
     MIN_FIELD_NDVI_FRAMES,
     MIN_SPREAD_VALUES,
     coverage,
@@ -25,6 +18,14 @@ from core.model.training import (
     fit_field_ndvi_scale,
     fit_spread,
     fit_spread_by_distance,
+    smallest_scale,
+)
+from core.model.features import REFL_SCALE
+from core.model.inference import (
+    cached_checkpoint,
+    clear_field_cache,
+    default_steps,
+    field_checkpoint,
 )
 from core.reconstruct import ReconstructOptions, observations, reconstruct
 from core.season import fit_notes
@@ -246,3 +247,9 @@ def test_the_curve_band_fit_can_be_switched_off(flanders_cube, tmp_path) -> None
     assert FIELD_NDVI_SCALE_ATTR in on.attrs and FIELD_NDVI_SCALE_ATTR not in off.attrs
     for name in ("s2", "s2_p10", "s2_p90"):  # nothing else moves
         np.testing.assert_array_equal(on[name].values, off[name].values)
+
+
+def test_smallest_scale_finds_where_a_growing_coverage_reaches_its_target() -> None:
+    assert smallest_scale(lambda s: min(1.0, s / 10.0)) == pytest.approx(8.0, rel=1e-6)
+    assert smallest_scale(lambda s: min(1.0, s / 10.0), 0.5) == pytest.approx(5.0, rel=1e-6)
+    assert smallest_scale(lambda s: 1.0) == pytest.approx(0.01, rel=1e-6)  # always covered

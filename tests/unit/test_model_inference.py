@@ -452,7 +452,7 @@ def test_spectral_jitter_scales_each_band_of_an_episode(cubes_dir, jitter) -> No
 def test_spread_fit_matches_the_band_of_every_scaled_draw() -> None:
     """fit_spread sorts the samples once; it must find the scale a search over the band of
     ``mean + s * draws`` itself finds, and that scale must cover 80 %."""
-    from core.model.training import coverage, fit_spread
+    from core.model.calibration import coverage, fit_spread
 
     rng = np.random.default_rng(3)
     n = 20_000

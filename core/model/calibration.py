@@ -1,0 +1,166 @@
+"""Fitting the uncertainty band on hidden clear observations.
+
+The band of a reconstruction is the p10-p90 of its samples, ``mean + s * draws``: a spread factor
+``s`` times the flow head's residual draws. These functions fit ``s`` so that the band holds a
+share (80 %) of values whose truth was hidden: on a checkpoint's calibration site, or on the
+user's own field (per-field calibration, :func:`core.model.inference.field_checkpoint`), once
+for all values or once per bucket of distance to clear data. The NDVI curve's band, a band of
+field means, gets its own factor. All of them are the smallest factor whose band covers the
+share (:func:`smallest_scale`): coverage only grows with the factor.
+
+Inputs are the 1-D arrays of :func:`core.model.training.episode_predictions`: one entry per
+hidden clear value (frame, band, pixel) of a set of episodes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.indices import ndvi
+from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket
+
+if TYPE_CHECKING:
+    from core.model.training import Episode
+
+
+def smallest_scale(covered: Callable[[float], float], target_coverage: float = 0.8) -> float:
+    """The scale in [0.01, 50] at which ``covered(scale)``, a coverage that grows with the
+    scale, reaches ``target_coverage`` (bisection on a log scale, 40 steps)."""
+    low, high = 0.01, 50.0
+    for _ in range(40):
+        mid = math.sqrt(low * high)
+        if covered(mid) < target_coverage:
+            low = mid
+        else:
+            high = mid
+    return math.sqrt(low * high)
+
+
+def coverage(mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, scale: float) -> float:
+    """Fraction of ``truth`` inside the p10-p90 band of ``mean + scale * draws``."""
+    return _covered(mean, *band_offsets(draws), truth, scale)
+
+
+def band_offsets(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """p10 and p90 of residual ``draws`` (K, N) over the samples. For any scale s > 0 the band
+    of ``mean + s * draws`` is ``mean + s * offset``: percentiles commute with a shift and a
+    positive scale, so a search over s sorts the samples once."""
+    low, high = np.percentile(draws, [10, 90], axis=0)
+    return low, high
+
+
+def _covered(
+    mean: np.ndarray, low: np.ndarray, high: np.ndarray, truth: np.ndarray, scale: float
+) -> float:
+    return float(np.mean((truth >= mean + scale * low) & (truth <= mean + scale * high)))
+
+
+def fit_spread(
+    mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, target_coverage: float = 0.8
+) -> float:
+    """The spread scale whose p10-p90 band covers ``target_coverage`` of ``truth``."""
+    offsets = band_offsets(draws)
+    return smallest_scale(lambda s: _covered(mean, *offsets, truth, s), target_coverage)
+
+
+MIN_SPREAD_VALUES = 200
+"""A distance bucket with fewer hidden values takes the factor fitted on all of them."""
+
+
+def fit_spread_by_distance(
+    mean: np.ndarray,
+    draws: np.ndarray,
+    truth: np.ndarray,
+    distance: np.ndarray,
+    target_coverage: float = 0.8,
+) -> tuple[float, np.ndarray]:
+    """The spread scale fitted on all values, and one per bucket of ``distance`` (days to the
+    nearest clear observation, :data:`core.model.blend.DISTANCE_EDGES_DAYS`) fitted on that
+    bucket's values alone (:data:`MIN_SPREAD_VALUES` at least; else the overall one)."""
+    overall = fit_spread(mean, draws, truth, target_coverage)
+    bucket = distance_bucket(distance)
+    scales = np.full(len(DISTANCE_EDGES_DAYS) + 1, overall)
+    for k in range(scales.size):
+        sel = bucket == k
+        if sel.sum() >= MIN_SPREAD_VALUES:
+            scales[k] = fit_spread(mean[sel], draws[:, sel], truth[sel], target_coverage)
+    return overall, scales
+
+
+MIN_FIELD_NDVI_FRAMES = 20
+"""Hidden frames with NDVI that a field needs before its curve's band is fitted."""
+MIN_FRAME_PIXELS = 16
+"""Hidden pixels with NDVI a frame of an episode needs to count as one of them."""
+
+
+def episode_field_ndvi(
+    episodes: Sequence[Episode],
+    mean: np.ndarray,
+    draws: np.ndarray,
+    truth: np.ndarray,
+    scale: float | np.ndarray,
+) -> np.ndarray:
+    """What an NDVI curve shows, on every frame of ``episodes`` with hidden pixels: (F, 4) rows
+    of the true mean NDVI over the frame's hidden pixels, the estimate's, and the means over the
+    same pixels of the per-pixel NDVI p10 and p90 of the samples ``mean + scale * draws``.
+
+    ``mean``, ``draws`` (K, M) and ``truth`` are the episodes' arrays (see the module
+    docstring; model units: NDVI does not see the scale), ``scale`` a number or one per value.
+    A frame needs :data:`MIN_FRAME_PIXELS` hidden pixels with an NDVI (red and a NIR band)."""
+    samples = mean[None] + np.asarray(scale, np.float32) * draws
+    rows: list[tuple[float, float, float, float]] = []
+    offset = 0
+    for ep in episodes:
+        target = ep.target
+        n = int(target.sum())
+        part = slice(offset, offset + n)
+        offset += n
+        if draws.shape[0] < 2:
+            continue
+
+        def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
+            out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)
+            out[..., target] = values
+            return out
+
+        true_ndvi = ndvi(scatter(truth[part]), band_axis=1)  # (T, H, W)
+        est_ndvi = ndvi(scatter(mean[part]), band_axis=1)
+        sample_ndvi = ndvi(scatter(samples[:, part]), band_axis=2)  # (K, T, H, W)
+        for frame in range(target.shape[0]):
+            ok = np.isfinite(true_ndvi[frame]) & np.isfinite(est_ndvi[frame])
+            ok &= np.isfinite(sample_ndvi[:, frame]).all(axis=0)
+            if ok.sum() < MIN_FRAME_PIXELS:
+                continue
+            low, high = np.percentile(sample_ndvi[:, frame][:, ok], [10, 90], axis=0)
+            rows.append(
+                (
+                    float(true_ndvi[frame][ok].mean()),
+                    float(est_ndvi[frame][ok].mean()),
+                    float(low.mean()),
+                    float(high.mean()),
+                )
+            )
+    return np.asarray(rows, np.float64).reshape(-1, 4)
+
+
+def fit_field_ndvi_scale(rows: np.ndarray, target_coverage: float = 0.8) -> float | None:
+    """The factor c on the distances from a frame's mean NDVI to its band's edges (the means of
+    the per-pixel p10 and p90) that makes the band hold ``target_coverage`` of the frames' true
+    mean NDVI (:func:`episode_field_ndvi` rows); None with under :data:`MIN_FIELD_NDVI_FRAMES`.
+
+    The means of per-pixel percentiles are the band of a field whose pixels all err together;
+    they do not, so the field mean's own band is narrower (c < 1) unless the errors are
+    shared across the field."""
+    if rows.shape[0] < MIN_FIELD_NDVI_FRAMES:
+        return None
+    true, est, low, high = rows.T
+    below, above = np.maximum(est - low, 0.0), np.maximum(high - est, 0.0)
+
+    def covered(c: float) -> float:
+        return float(np.mean((true >= est - c * below) & (true <= est + c * above)))
+
+    return smallest_scale(covered, target_coverage)
