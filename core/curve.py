@@ -95,7 +95,14 @@ def ndvi_curve(
     """
     cube = validate_cube(cube)
     options = options or ReconstructOptions()
-    if not can_compute_ndvi(bands_present(cube)):
+    present = bands_present(cube)
+    if not present.any():
+        raise InputError(
+            "The cube holds no Sentinel-2 reflectance at all (every acquisition is nodata over "
+            "this area), so there is no NDVI to reconstruct; check that the field lies inside "
+            "the scenes' footprint, or choose another period."
+        )
+    if not can_compute_ndvi(present):
         raise InputError(
             "This cube has no red (B04) and near-infrared (B08 or B8A) bands, so NDVI cannot be "
             "computed; use a cube fetched with B04 and B08."

@@ -97,6 +97,10 @@ def test_cube_without_red_or_nir_is_refused(cubes_dir) -> None:
     cube = read_cube(cubes_dir / "be-flanders-c_2018-2019.nc").isel(y=slice(0, 4), x=slice(0, 4))
     with pytest.raises(InputError, match="NDVI cannot be computed"):
         ndvi_curve(cube, "2019-01-01", "2019-01-31")
+    empty = cube.copy(deep=True)
+    empty["s2"][:] = np.nan  # nodata everywhere: not a missing-band problem
+    with pytest.raises(InputError, match="no Sentinel-2 reflectance at all"):
+        ndvi_curve(empty, "2019-01-01", "2019-01-31")
 
 
 def test_field_mask_must_fit_the_grid_and_cover_a_pixel(flanders) -> None:
