@@ -4,7 +4,8 @@
         [--sizes 64,128] [--repeats 3] [--seeds 0,1,2] [--json FILE]
 
 1. Cost: a 64 x 64 px cube of 70 S2 dates built from a real one (``core.bench``), 20 query
-   dates, K = 8 samples, the model's default steps: the median of ``--repeats`` timed calls of
+   dates, K = 8 samples, the model's default steps (8; 4 with calibration): the median of
+   ``--repeats`` timed calls of
    :func:`core.reconstruct.reconstruct` without and with ``calibrate_field`` (the per-field
    cache is emptied before each call, so every call calibrates afresh), per field size.
 2. Stability: the spread scale fitted on each cube the checkpoint never saw (its record's
@@ -28,7 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.bench import DEFAULT_SOURCE, make_bench_cube, query_dates
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
-from core.model.inference import cached_checkpoint, clear_field_cache, field_checkpoint
+from core.model.inference import (
+    cached_checkpoint,
+    clear_field_cache,
+    default_steps,
+    field_checkpoint,
+)
 from core.reconstruct import ReconstructOptions, reconstruct
 
 
@@ -50,14 +56,17 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     settings = Settings.from_env()
     checkpoint = cached_checkpoint(str(args.checkpoint), "cpu")
-    steps = checkpoint.config.default_steps
     plain = ReconstructOptions(samples=args.samples, checkpoint=args.checkpoint, device="cpu")
     fitted = ReconstructOptions(
         samples=args.samples, checkpoint=args.checkpoint, device="cpu", calibrate_field=True
     )
+    steps = default_steps(checkpoint, fitted)
     source = read_cube(settings.cubes_dir / DEFAULT_SOURCE)
     out: dict[str, object] = {"threads": torch.get_num_threads(), "cost": [], "scales": []}
-    print(f"torch threads {torch.get_num_threads()}, K = {args.samples}, {steps} steps")
+    print(
+        f"torch threads {torch.get_num_threads()}, K = {args.samples}, "
+        f"{default_steps(checkpoint, plain)} steps, {steps} with calibration (the defaults)"
+    )
     print("size px | reconstruct s | with calibration s | calibration alone s")
     for size in args.sizes:
         cube = make_bench_cube(source, size, 70)
