@@ -30,7 +30,10 @@ Protocol (fixed seed, deterministic; every number below is a field of :class:`Pr
 7. Metrics pool every hidden pixel that was clear in the ORIGINAL cube across the task's frames,
    over the bands the cube has: MAE, RMSE, PSNR (data range 1.0 reflectance), SAM (mean per-pixel
    spectral angle in degrees), NDVI MAE (where red and a NIR band exist) and, with K > 1
-   samples, the coverage of the p10-p90 band and the ensemble CRPS.
+   samples, the coverage of the p10-p90 band (also per bucket of days to the pixel's nearest
+   clear observation in the degraded cube) and the ensemble CRPS. Per scored frame, the mean
+   NDVI over its hidden pixels is scored too (what the NDVI curve shows: its MAE, and with
+   K > 1 the share of frames inside the curve's band and the band's width).
 8. Honest splits: a method is never scored on a cube it was trained or tuned on (see
    :data:`SeenSites`); those rows are reported as skipped.
 
