@@ -112,11 +112,11 @@ def ndvi_curve(
     observed_ndvi, clear_fraction = _observed(cube, dates, mask)
 
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
-    band_scale = None
+    fits: dict[str, object] = {}
     for chunk in _chunks(dates.size, _dates_per_chunk(cube, options.samples)):
         result = reconstructor(cube, dates[chunk], method, options)
         mean[chunk], p10[chunk], p90[chunk] = field_ndvi_band(result, mask)
-        band_scale = result.attrs.get(FIELD_NDVI_SCALE_ATTR, band_scale)
+        fits = {k: v for k, v in result.attrs.items() if k.startswith(FIT_ATTR_PREFIXES)}
 
     seen = (clear_fraction >= OBSERVED_MIN_CLEAR_FRACTION) & np.isfinite(observed_ndvi)
     curve = pd.DataFrame(
@@ -131,10 +131,17 @@ def ndvi_curve(
         },
         columns=list(CURVE_COLUMNS),
     )
-    curve.attrs.update(field_pixels=int(mask.sum()), method=method, samples=options.samples)
-    if band_scale is not None:
-        curve.attrs["ndvi_band_scale"] = float(band_scale)
+    curve.attrs.update(
+        field_pixels=int(mask.sum()), method=method, samples=options.samples, fits=fits
+    )
+    if FIELD_NDVI_SCALE_ATTR in fits:
+        curve.attrs["ndvi_band_scale"] = float(fits[FIELD_NDVI_SCALE_ATTR])
     return curve
+
+
+FIT_ATTR_PREFIXES = ("model_", "blend_")
+"""Attributes of a reconstruction that record what a method fitted on the field (the curve keeps
+them in its ``attrs["fits"]``, e.g. for :func:`core.season.fit_notes`)."""
 
 
 def field_ndvi_band(

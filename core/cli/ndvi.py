@@ -56,4 +56,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"{curve.attrs['field_pixels']} field pixels "
         f"with {method} -> {path}"
     )
+    from core.season import fit_notes  # the app's sentences, on what the model fitted here
+
+    for note in fit_notes(curve.attrs.get("fits", {})):
+        print(note)
     return 0

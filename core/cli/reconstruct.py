@@ -152,4 +152,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"Reconstructed {result.sizes['time']} date(s) of {height}x{width} pixels with "
         f"{method} (samples={options.samples}, observed pixels kept: {kept}) -> {path}"
     )
+    from core.season import fit_notes  # the app's sentences, on what the model fitted here
+
+    for note in fit_notes(result.attrs):
+        print(note)
     return 0

@@ -158,3 +158,22 @@ def test_ndvi_refuses_a_field_outside_the_cube(es_path, es_cube, tmp_path, capsy
     )  # fmt: skip
     assert status == 2
     assert "does not overlap the cube" in capsys.readouterr().err
+
+
+def test_ndvi_with_the_model_says_what_it_fitted_on_the_field(es_path, es_cube, tmp_path) -> None:
+    field = _field_file(es_cube, tmp_path / "field.geojson")
+    out = tmp_path / "curve.csv"
+    done = _cli(
+        "ndvi", "--cube", es_path, "--geojson", field, "--start", "2019-05-01",
+        "--end", "2019-05-31", "--every-days", "10", "--method", "model", "--samples", "4",
+        "--steps", "2", "--calibrate-field", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Wrote 4 day(s) of NDVI")
+    assert lines[1].startswith("Field blend: measured on this field's own clear pixels")
+    assert lines[2].startswith("Uncertainty band fitted on this field:")
+    assert lines[3].startswith("NDVI curve band fitted on this field:")
+    curve = out.read_text().splitlines()[1:]
+    widths = [float(r.split(",")[3]) - float(r.split(",")[2]) for r in curve]
+    assert min(widths) >= 0 and max(widths) > 0.01  # narrowed, and still a band
