@@ -61,6 +61,11 @@ CHUNK_BYTES = 2**30
 FLOAT_FORMAT = "%.4f"
 
 
+FIT_ATTR_PREFIXES = ("model_", "blend_")
+"""Attributes of a reconstruction that record what a method fitted on the field (the curve keeps
+them in its ``attrs["fits"]``, e.g. for :func:`core.season.fit_notes`)."""
+
+
 def ndvi_curve(
     cube: xr.Dataset,
     start: str | np.datetime64,
@@ -139,11 +144,6 @@ def ndvi_curve(
     return curve
 
 
-FIT_ATTR_PREFIXES = ("model_", "blend_")
-"""Attributes of a reconstruction that record what a method fitted on the field (the curve keeps
-them in its ``attrs["fits"]``, e.g. for :func:`core.season.fit_notes`)."""
-
-
 def field_ndvi_band(
     result: xr.Dataset, mask: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,10 +161,19 @@ def field_ndvi_band(
     p90 = _field_mean(result["ndvi_p90"].values, mask)
     scale = result.attrs.get(FIELD_NDVI_SCALE_ATTR)
     if scale is not None:
-        scale = float(scale)
-        p10 = mean - scale * np.maximum(mean - p10, 0.0)
-        p90 = mean + scale * np.maximum(p90 - mean, 0.0)
+        p10, p90 = narrow_band(mean, p10, p90, float(scale))
     return mean, p10, p90
+
+
+def narrow_band(
+    mean: np.ndarray | float, low: np.ndarray | float, high: np.ndarray | float, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The band ``low``..``high`` around ``mean`` with both distances to it scaled by
+    ``scale`` (an edge on the wrong side of the mean counts as on it)."""
+    return (
+        mean - scale * np.maximum(np.subtract(mean, low), 0.0),
+        mean + scale * np.maximum(np.subtract(high, mean), 0.0),
+    )
 
 
 def curve_csv(curve: pd.DataFrame) -> str:

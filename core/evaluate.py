@@ -56,9 +56,10 @@ import numpy as np
 import xarray as xr
 
 from core.cube import S2_BANDS, bands_present, validate_cube
+from core.curve import narrow_band
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
-from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket, nearest_clear_days
+from core.model.blend import DISTANCE_EDGES_DAYS, days_to_clear, distance_bucket
 from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
     ReconstructOptions,
@@ -737,8 +738,7 @@ def field_ndvi_scores(
             low = float(np.nanmean(result["ndvi_p10"].values[r][ok]))
             high = float(np.nanmean(result["ndvi_p90"].values[r][ok]))
             if scale is not None:  # as the curve narrows it (core.curve.field_ndvi_band)
-                low = pred_mean - scale * max(pred_mean - low, 0.0)
-                high = pred_mean + scale * max(high - pred_mean, 0.0)
+                low, high = (float(v) for v in narrow_band(pred_mean, low, high, scale))
             inside.append(low <= true_mean <= high)
             widths.append(high - low)
     if not errors:
@@ -754,11 +754,9 @@ def field_ndvi_scores(
 def clear_distance(degraded: xr.Dataset) -> np.ndarray:
     """(T, H, W) days from each S2 frame's calendar day (a user's query) to each pixel's nearest
     clear observation that a method sees in ``degraded``: hidden pixels are not clear."""
-    seen = observations(degraded)
-    clear = np.isfinite(seen["s2"].values).any(axis=1)
     times = degraded["time_s2"].values
     query = calendar_day(times).astype("datetime64[ns]")
-    return nearest_clear_days(clear, to_days(times), to_days(query))
+    return days_to_clear(observations(degraded)["s2"].values, to_days(times), to_days(query))
 
 
 def _samples_of(result: xr.Dataset, options: ReconstructOptions) -> np.ndarray | None:

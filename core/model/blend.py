@@ -105,6 +105,12 @@ def nearest_clear_days(clear: np.ndarray, days: np.ndarray, query_days: np.ndarr
     return out
 
 
+def days_to_clear(values: np.ndarray, days: np.ndarray, query_days: np.ndarray) -> np.ndarray:
+    """:func:`nearest_clear_days` of observations ``values`` (T, B, H, W, NaN where not
+    observed): a pixel is clear at a date where any band holds a value."""
+    return nearest_clear_days(np.isfinite(values).any(axis=1), days, query_days)
+
+
 def blend_inputs(
     values: np.ndarray, days: np.ndarray, query_days: np.ndarray, lam: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -114,8 +120,7 @@ def blend_inputs(
     from core.baselines import smooth_whittaker
 
     smoother = np.maximum(smooth_whittaker(values, days, query_days, lam=lam), 0.0)
-    clear = np.isfinite(values).any(axis=1)
-    return smoother, nearest_clear_days(clear, days, query_days)
+    return smoother, days_to_clear(values, days, query_days)
 
 
 def fit_blend(

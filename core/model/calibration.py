@@ -111,16 +111,16 @@ def episode_field_ndvi(
     ``mean``, ``draws`` (K, M) and ``truth`` are the episodes' arrays (see the module
     docstring; model units: NDVI does not see the scale), ``scale`` a number or one per value.
     A frame needs :data:`MIN_FRAME_PIXELS` hidden pixels with an NDVI (red and a NIR band)."""
-    samples = mean[None] + np.asarray(scale, np.float32) * draws
     rows: list[tuple[float, float, float, float]] = []
+    if draws.shape[0] < 2:  # no band without samples
+        return np.zeros((0, 4))
+    samples = mean[None] + np.asarray(scale, np.float32) * draws
     offset = 0
     for ep in episodes:
         target = ep.target
         n = int(target.sum())
         part = slice(offset, offset + n)
         offset += n
-        if draws.shape[0] < 2:
-            continue
 
         def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
             out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)

@@ -24,7 +24,7 @@ import xarray as xr
 
 from core.cube import has_s1
 from core.errors import InputError
-from core.model.blend import blend_inputs, distance_bucket, nearest_clear_days
+from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint
 from core.model.features import (
     REFL_SCALE,
@@ -464,13 +464,12 @@ def field_checkpoint(
                 result = dataclasses.replace(result, blend=blend)
             scale: float | np.ndarray = result.spread_scale
             if calibration_k and by_distance:
-                overall, scales = fit_spread_by_distance(
-                    mean, draws, truth, target_distances(episodes)
-                )
+                days_away = target_distances(episodes)
+                overall, scales = fit_spread_by_distance(mean, draws, truth, days_away)
                 result = dataclasses.replace(
                     result, spread_scale=overall, spread_by_distance=scales
                 )
-                scale = scales[distance_bucket(target_distances(episodes))]
+                scale = scales[distance_bucket(days_away)]
             elif calibration_k:
                 result = dataclasses.replace(result, spread_scale=fit_spread(mean, draws, truth))
                 scale = result.spread_scale
@@ -583,10 +582,8 @@ def model_method(
     if residuals is not None:
         if checkpoint.spread_by_distance is not None:
             if distance is None:
-                clear = np.isfinite(observed["s2"].values).any(axis=1)
-                distance = nearest_clear_days(
-                    clear, to_days(observed["time_s2"].values), to_days(query)
-                )
+                days = to_days(observed["time_s2"].values)
+                distance = days_to_clear(observed["s2"].values, days, to_days(query))
             residuals *= spread_multiplier(checkpoint, distance)[None, :, None]
         residuals += mean[None]
         draws = residuals

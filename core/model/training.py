@@ -248,10 +248,9 @@ def make_episode(
         smoother, distance = blend_inputs(frames.s2, days, days[window], smoother_lambda)
         episode = dataclasses.replace(episode, smoother=smoother, distance=distance)
     elif with_distance:
-        from core.model.blend import nearest_clear_days
+        from core.model.blend import days_to_clear
 
-        clear_seen = np.isfinite(frames.s2).any(axis=1)
-        distance = nearest_clear_days(clear_seen, days, days[window])
+        distance = days_to_clear(frames.s2, days, days[window])
         episode = dataclasses.replace(episode, distance=distance)
     return episode
 
