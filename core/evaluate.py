@@ -220,6 +220,12 @@ class Scores:
     """Mean width of that band, NDVI units."""
     n_field_ndvi: int = 0
     """Frames behind the three figures above."""
+    band_width: float | None = None
+    """Mean width p90 - p10 of the band over the scored values (K > 1 only), reflectance."""
+    interval_score: float | None = None
+    """Mean interval score of the p10-p90 band (:func:`interval_score`; K > 1 only): its
+    width plus 10 x how far the truth falls outside it. A proper score for an 80 % band:
+    lower is better, and no band scores better in expectation than the true p10-p90."""
 
 
 @dataclass(frozen=True)
@@ -336,6 +342,24 @@ def crps_ensemble(samples: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return skill - spread
 
 
+BAND_ALPHA = 0.2
+"""The p10-p90 band is a central interval of nominal coverage 1 - alpha."""
+
+
+def interval_score(
+    low: np.ndarray, high: np.ndarray, truth: np.ndarray, alpha: float = BAND_ALPHA
+) -> np.ndarray:
+    """Interval score of central (1 - ``alpha``) intervals, per value (lower is better):
+    ``(high - low) + 2/alpha * (low - y)+ + 2/alpha * (y - high)+`` (Gneiting and Raftery 2007,
+    eq. 43). It rewards a narrow band and charges every miss by its distance, so a band that
+    reaches its coverage by being wide where errors are small scores worse than one whose
+    width follows the error."""
+    low, high, y = (np.asarray(a, np.float64) for a in (low, high, truth))
+    below = np.maximum(low - y, 0.0)
+    above = np.maximum(y - high, 0.0)
+    return (high - low) + (2.0 / alpha) * (below + above)
+
+
 def interval_coverage(low: np.ndarray, high: np.ndarray, truth: np.ndarray) -> float:
     """Fraction of ``truth`` values inside [low, high] (all arrays the same shape)."""
     return float(np.mean((truth >= low) & (truth <= high)))
@@ -405,13 +429,16 @@ def score_values(
         n_ndvi = int(both.sum())
         ndvi_mae = mean_absolute_error(ndvi_p[both], ndvi_t[both]) if n_ndvi else None
 
-    coverage = None
+    coverage = width = score = None
     by_distance: tuple[float | None, ...] = ()
     n_by_distance: tuple[int, ...] = ()
     if low is not None and high is not None:
         lo = np.asarray(low, np.float64)[:, present][ok]
         hi = np.asarray(high, np.float64)[:, present][ok]
-        coverage = interval_coverage(lo, hi, t[ok]) if n_ok else None
+        if n_ok:
+            coverage = interval_coverage(lo, hi, t[ok])
+            width = float(np.mean(hi - lo))
+            score = float(np.mean(interval_score(lo, hi, t[ok])))
         if distance is not None:
             inside = (t[ok] >= lo) & (t[ok] <= hi)
             bucket = np.broadcast_to(distance_bucket(np.asarray(distance))[:, None], ok.shape)[ok]
@@ -445,6 +472,8 @@ def score_values(
         bands=tuple(band_scores),
         coverage_by_distance=by_distance,
         n_by_distance=n_by_distance,
+        band_width=width,
+        interval_score=score,
     )
 
 
@@ -955,6 +984,8 @@ def pool_scores(scores: Sequence[Scores], weighting: str) -> Scores:
         ),
         field_ndvi_band=mean([s.field_ndvi_band for s in scores], [s.n_field_ndvi for s in scores]),
         n_field_ndvi=sum(s.n_field_ndvi for s in scores),
+        band_width=mean([s.band_width for s in scores], n_ok),
+        interval_score=mean([s.interval_score for s in scores], n_ok),
     )
 
 
@@ -1167,7 +1198,8 @@ def format_table(evaluation: Evaluation) -> str:
             f"{start} {s.n_frames:>4} {s.n_pixels:>7} {_fmt(s.mae, 4):>7} {_fmt(s.rmse, 4):>7} "
             f"{_fmt(s.psnr_db, 2):>6} {_fmt(s.sam_deg, 2):>6} {_fmt(s.ndvi_mae, 3):>6} "
             f"{_fmt(s.field_ndvi_mae, 3):>6} {_field_band(s):>10} "
-            f"{_fmt(s.coverage, 2):>5} {_fmt(s.crps, 4):>7} {_fmt(row.ratio, 3):>6}"
+            f"{_fmt(s.coverage, 2):>5} {_fmt(s.band_width, 4):>6} {_fmt(s.interval_score, 4):>6} "
+            f"{_fmt(s.crps, 4):>7} {_fmt(row.ratio, 3):>6}"
             f"{flag:<5} {'/'.join(_fmt(c, 2) for c in s.coverage_by_distance)}".rstrip()
         )
     p = evaluation.protocol
@@ -1179,7 +1211,8 @@ def format_table(evaluation: Evaluation) -> str:
         "width; "
         f"cov: share of values in p10-p90 (by distance: <= {DISTANCE_EDGES_DAYS[0]:g}, "
         f"{DISTANCE_EDGES_DAYS[0]:g}-{DISTANCE_EDGES_DAYS[1]:g}, > {DISTANCE_EDGES_DAYS[1]:g} "
-        "days to the pixel's nearest clear observation); ratio: MAE / best baseline MAE (targets: "
+        "days to the pixel's nearest clear observation); width: mean p90 - p10; IS: interval "
+        "score of that band (width + 10 x the misses' distances, lower is better); ratio: MAE / best baseline MAE (targets: "
         f"missing/gap <= {TARGET_RATIOS['missing']}, cloud <= {TARGET_RATIOS['cloud']}).",
         f"seed {p.seed}, crop {p.max_size or 'none'}, targets >= {p.target_clear_fraction:.0%} "
         f"clear, missing {p.missing_fraction:.0%} + cloud {p.cloud_fraction:.0%} of targets, "

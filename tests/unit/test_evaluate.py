@@ -29,6 +29,7 @@ from core.evaluate import (
     format_table,
     hide,
     interval_coverage,
+    interval_score,
     plan_tasks,
     pool_scores,
     psnr_db,
@@ -308,6 +309,21 @@ def test_interval_coverage_and_scores_with_samples() -> None:
     s = score_values(t, pred, present, n_frames=2, low=t - 0.05, high=t + 0.05, samples=samples)
     assert s.coverage == 1.0
     assert s.crps == pytest.approx(0.1 - 0.2 / 4)
+    assert s.band_width == pytest.approx(0.1)
+    assert s.interval_score == pytest.approx(0.1)  # nothing missed: the width alone
+
+
+def test_interval_score_charges_misses_by_their_distance() -> None:
+    low, high = np.array([0.0, 0.0, 0.0]), np.array([0.2, 0.2, 0.2])
+    truth = np.array([0.1, 0.25, -0.1])  # inside, 0.05 above, 0.1 below
+    np.testing.assert_allclose(interval_score(low, high, truth), [0.2, 0.7, 1.2])
+    # The true p10-p90 of a distribution scores better than a narrower or a wider band.
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=200_000)
+    z = 1.2815515655446004
+    exact = interval_score(np.full_like(y, -z), np.full_like(y, z), y).mean()
+    for factor in (0.7, 1.4):
+        assert interval_score(np.full_like(y, -z * factor), np.full_like(y, z * factor), y).mean() > exact
 
 
 def test_pooling_weights_by_values_or_by_cube() -> None:
