@@ -1212,7 +1212,8 @@ def format_table(evaluation: Evaluation) -> str:
         f"cov: share of values in p10-p90 (by distance: <= {DISTANCE_EDGES_DAYS[0]:g}, "
         f"{DISTANCE_EDGES_DAYS[0]:g}-{DISTANCE_EDGES_DAYS[1]:g}, > {DISTANCE_EDGES_DAYS[1]:g} "
         "days to the pixel's nearest clear observation); width: mean p90 - p10; IS: interval "
-        "score of that band (width + 10 x the misses' distances, lower is better); ratio: MAE / best baseline MAE (targets: "
+        "score of that band (width + 10 x the misses' distances, lower is better); "
+        "ratio: MAE / best baseline MAE (targets: "
         f"missing/gap <= {TARGET_RATIOS['missing']}, cloud <= {TARGET_RATIOS['cloud']}).",
         f"seed {p.seed}, crop {p.max_size or 'none'}, targets >= {p.target_clear_fraction:.0%} "
         f"clear, missing {p.missing_fraction:.0%} + cloud {p.cloud_fraction:.0%} of targets, "

@@ -78,6 +78,14 @@ class ReconstructOptions:
     """Model only, with ``calibrate_field``: fit the band's width per bucket of days to the
     pixel's nearest clear observation (<= 8, 8-20, > 20) instead of once for the field, so
     that the band holds 80 % far from clear data as well as near it."""
+    error_band: bool = True
+    """Model only, with ``calibrate_field``: the reflectance band s2_p10 / s2_p90 from the
+    field's own errors instead of the samples: the estimate +- the 80th percentile of its
+    absolute error on the field's hidden clear pixels, per band and bucket of days to the
+    nearest clear observation (split conformal; :func:`core.model.calibration.fit_error_band`).
+    The samples, the NDVI bands and the curve band are unchanged. On by default: on the
+    held-out cubes its interval score was 9-24 % lower than the samples' band's at the same
+    coverage (README, "The uncertainty band"); False gives the samples' p10-p90."""
     blend_field: bool = True
     """Model only: blend the model's estimate with the Whittaker smoother, per band and distance
     to the nearest clear observation, with weights fitted on the cube's own clear observations
@@ -91,6 +99,12 @@ factor on the distances from the field's mean NDVI to the field means of the per
 and p90 (see :func:`core.curve.field_ndvi_band`)."""
 
 
+ERROR_BAND_ATTR = "model_error_band_half_width"
+"""Attribute of a reconstruction whose reflectance band came from the field's own errors
+(``ReconstructOptions.error_band``): the half widths, reflectance, per band (S2_BANDS order)
+and within it per bucket of days to the nearest clear observation (<= 8, 8-20, > 20)."""
+
+
 @dataclass(frozen=True)
 class Prediction:
     """What a method returns for Q query dates of a cube of B bands and H x W pixels."""
@@ -99,6 +113,9 @@ class Prediction:
     """Best estimate, (Q, B, H, W) float32."""
     samples: np.ndarray | None = None
     """Generated samples, (K, Q, B, H, W) float32, or None for deterministic methods."""
+    band_half: np.ndarray | None = None
+    """Half width of the reflectance band around ``mean``, (Q, B, H, W) float32, where the
+    method fits its band apart from the samples (None: the samples' p10-p90)."""
     attrs: dict[str, object] = field(default_factory=dict)
     """How the method made it, for the output's attributes (numbers, strings or 1-D number
     arrays, as NetCDF holds them): e.g. the model's per-field fits."""
@@ -222,6 +239,12 @@ def _assemble(
     if samples is not None:
         samples[:, :, absent] = np.nan
 
+    half = None
+    if prediction.band_half is not None and samples is not None:
+        half = np.array(prediction.band_half, dtype=np.float32)
+        if half.shape != expected:
+            raise RuntimeError(f"method {method} returned a band of shape {half.shape}")
+
     kept = np.zeros((n_query, height, width), dtype=np.uint8)
     if options.keep_observed:
         obs_days = calendar_day(observed["time_s2"].values)
@@ -233,6 +256,8 @@ def _assemble(
                 mean[qi][:, clear] = obs_s2[ti][:, clear]
                 if samples is not None:
                     samples[:, qi][:, :, clear] = obs_s2[ti][None][:, :, clear]
+                if half is not None:
+                    half[qi][:, clear] = 0.0
                 kept[qi] |= clear
 
     dims3, dims4 = ("time", "y", "x"), ("time", "band", "y", "x")
@@ -242,11 +267,12 @@ def _assemble(
         "observed": (dims3, kept),
     }
     if samples is not None:
-        low, high = (
-            _nan_percentiles(samples, QUANTILES)
-            if samples.shape[0] > 1
-            else (samples[0], samples[0])
-        )
+        if half is not None:  # around the estimate; reflectance is never below 0
+            low, high = np.maximum(mean - half, np.minimum(mean, 0.0)), mean + half
+        elif samples.shape[0] > 1:
+            low, high = _nan_percentiles(samples, QUANTILES)
+        else:
+            low, high = samples[0], samples[0]
         ndvi_samples = ndvi(samples, band_axis=2)
         nlow, nhigh = _nan_percentiles(ndvi_samples, QUANTILES)
         if options.keep_samples:

@@ -38,13 +38,14 @@ import xarray as xr
 from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
 from core.cache import CubeCache, fetch_cached
 from core.config import REPO_ROOT, Settings
-from core.cube import has_s1, read_cube
+from core.cube import S2_BANDS, has_s1, read_cube
 from core.curve import field_ndvi_band, ndvi_curve
 from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
 from core.reconstruct import (
+    ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
     ReconstructOptions,
     Reconstructor,
@@ -639,6 +640,24 @@ def _recon_colours(frame: xr.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return rgb, ndvi_img, spread
 
 
+def _error_band_note(flat: np.ndarray) -> str:
+    """The error band's sentence: its NIR half widths by distance to clear data."""
+    half = flat.reshape(len(S2_BANDS), -1)
+    names = list(S2_BANDS)
+    nir = next((b for b in ("B08", "B8A") if np.isfinite(half[names.index(b)]).all()), None)
+    text = (
+        "Reflectance band (p10-p90) from this field's own errors: the estimate +- the width "
+        "that held 80 % of its hidden clear pixels, per band and distance to clear data"
+    )
+    if nir is None or half.shape[1] != 3:
+        return text + "."
+    near, mid, far = half[names.index(nir)]
+    return (
+        f"{text} ({nir}: +-{near:.3f} within 8 days of a clear observation, +-{mid:.3f} at "
+        f"8-20 days, +-{far:.3f} further away)."
+    )
+
+
 def fit_notes(attrs: dict) -> list[str]:
     """Sentences on what the model fitted on this field (from a reconstruction's attributes)."""
     notes = []
@@ -663,10 +682,17 @@ def fit_notes(attrs: dict) -> list[str]:
         )
     elif attrs.get("model_calibrate_field") and "model_spread_scale" in attrs:
         factor = float(attrs["model_spread_scale"]) / float(attrs["model_checkpoint_spread_scale"])
-        notes.append(
-            f"Uncertainty band fitted on this field: {factor:.2f} x the width fitted on the "
-            "model's training sites."
+        what = (
+            "Samples' spread (the NDVI band and map)"
+            if ERROR_BAND_ATTR in attrs
+            else ("Uncertainty band")
         )
+        notes.append(
+            f"{what} fitted on this field: {factor:.2f} x the width fitted on the model's "
+            "training sites."
+        )
+    if ERROR_BAND_ATTR in attrs:
+        notes.append(_error_band_note(np.asarray(attrs[ERROR_BAND_ATTR], np.float64)))
     if FIELD_NDVI_SCALE_ATTR in attrs:
         notes.append(
             "NDVI curve band fitted on this field: its mean NDVI errs less than its pixels do, "

@@ -59,9 +59,10 @@ def settings_panel(settings: Settings) -> RunSettings:
             key=str(Key.SAMPLES),
             disabled=not is_model,
             help="Samples drawn by the model; more than 1 gives the p10-p90 band and the "
-            "uncertainty map. Below 8 the band is a rough estimate, and fitting it to the field "
-            "widens it a lot (on one field 4 samples needed a 4 x wider band than 8 to hold 80 "
-            "%). The baselines are deterministic (one sample).",
+            "uncertainty map. Below 8 the NDVI band and map are rough, and fitting them to the "
+            "field widens them a lot (on one field 4 samples needed a 4 x wider band than 8 to "
+            "hold 80 %); the reflectance band fitted on the field does not depend on it. The "
+            "baselines are deterministic (one sample).",
         )
         steps = st.number_input(
             "Steps (0 = model default)",
@@ -92,12 +93,15 @@ def settings_panel(settings: Settings) -> RunSettings:
             value=True,
             key=str(Key.CALIBRATE),
             disabled=not is_model,
-            help="Before reconstructing, hide the field's own clear pixels in turn and widen or "
-            "narrow the p10-p90 band until it holds 80 % of them, instead of using the width "
-            "fitted on the training sites; the NDVI curve's band (a field mean, which errs "
-            "less than single pixels) is fitted the same way on the hidden frames. Adds a few "
-            "seconds per Run on a CPU, whatever the field size, and lets the model sample with "
-            "4 steps instead of 8 (README, 'uncertainty band').",
+            help="Before reconstructing, hide the field's own clear pixels in turn and measure "
+            "how far off the model is. The reflectance band (p10-p90 in the downloads) is then "
+            "the estimate +- the error that 80 % of those pixels stayed within, per band and "
+            "distance to the nearest clear observation; the samples' spread (the NDVI band and "
+            "map) is widened or narrowed to hold 80 % of them, and the NDVI curve's band (a "
+            "field mean, which errs less than single pixels) is fitted on the hidden frames. "
+            "Otherwise the widths fitted on the training sites are used. Adds a few seconds "
+            "per Run on a CPU, whatever the field size, and lets the model sample with 4 steps "
+            "instead of 8 (README, 'uncertainty band').",
         )
         blend_field = st.checkbox(
             "Lean on the Whittaker smoother where it does better here",

@@ -54,6 +54,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "clear observation (<= 8, 8-20, > 20 days) rather than once for the field",
     )
     parser.add_argument(
+        "--error-band",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="model, with --calibrate-field: the reflectance p10/p90 from the estimate's own "
+        "errors on this cube's hidden clear pixels, per band and distance to clear data "
+        "(default: on; --no-error-band: the samples' percentiles)",
+    )
+    parser.add_argument(
         "--blend-field",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -96,6 +104,7 @@ def options_from_args(
         calibrate_field=args.calibrate_field,
         fit_curve_band=args.fit_curve_band,
         band_by_distance=args.band_by_distance,
+        error_band=args.error_band,
         blend_field=args.blend_field,
         device=args.device,
         seed=args.seed,

@@ -4,7 +4,9 @@ The band of a reconstruction is the p10-p90 of its samples, ``mean + s * draws``
 ``s`` times the flow head's residual draws. These functions fit ``s`` so that the band holds a
 share (80 %) of values whose truth was hidden: on a checkpoint's calibration site, or on the
 user's own field (per-field calibration, :func:`core.model.inference.field_checkpoint`), once
-for all values or once per bucket of distance to clear data. The NDVI curve's band, a band of
+for all values or once per bucket of distance to clear data. The error band
+(:func:`fit_error_band`) does without the samples: its half widths are quantiles of the
+estimate's own errors on the field. The NDVI curve's band, a band of
 field means, gets its own factor. All of them are the smallest factor whose band covers the
 share (:func:`smallest_scale`): coverage only grows with the factor.
 
@@ -89,6 +91,47 @@ def fit_spread_by_distance(
         if sel.sum() >= MIN_SPREAD_VALUES:
             scales[k] = fit_spread(mean[sel], draws[:, sel], truth[sel], target_coverage)
     return overall, scales
+
+
+ERROR_BAND_SHARE = 0.8
+"""Share of hidden values the error band's half width holds (the p10-p90 band's nominal 80 %)."""
+
+
+def fit_error_band(
+    mean: np.ndarray,
+    truth: np.ndarray,
+    band: np.ndarray,
+    distance: np.ndarray,
+    n_bands: int,
+    share: float = ERROR_BAND_SHARE,
+) -> np.ndarray:
+    """(n_bands, buckets) half widths of a band around the estimate from its own errors: per
+    band and bucket of ``distance`` (days to the nearest clear observation,
+    :data:`core.model.blend.DISTANCE_EDGES_DAYS`), the ``share`` quantile of |truth - mean|
+    over the hidden values in that cell (split conformal prediction). A cell with under
+    :data:`MIN_SPREAD_VALUES` values takes its band's quantile over all distances, a band with
+    under that many the quantile over every value; a band without values (one the cube lacks)
+    is NaN.
+
+    Inputs are 1-D over hidden values (``band`` the band index of each), in any one unit; the
+    widths are in that unit."""
+    error = np.abs(np.asarray(truth, np.float64) - np.asarray(mean, np.float64))
+    ok = np.isfinite(error)
+    error, band, bucket = error[ok], np.asarray(band)[ok], distance_bucket(np.asarray(distance)[ok])
+    overall = float(np.quantile(error, share)) if error.size else math.nan
+    half = np.full((n_bands, len(DISTANCE_EDGES_DAYS) + 1), overall)
+    for b in range(n_bands):
+        in_band = band == b
+        if not in_band.any():
+            half[b] = math.nan
+        if in_band.sum() < MIN_SPREAD_VALUES:
+            continue
+        half[b] = np.quantile(error[in_band], share)
+        for k in range(half.shape[1]):
+            cell = in_band & (bucket == k)
+            if cell.sum() >= MIN_SPREAD_VALUES:
+                half[b, k] = np.quantile(error[cell], share)
+    return half
 
 
 MIN_FIELD_NDVI_FRAMES = 20

@@ -40,6 +40,11 @@ class Checkpoint:
     """A field's spread factors per bucket of days to the nearest clear observation
     (core.model.blend.DISTANCE_EDGES_DAYS), set per request by per-field calibration in place
     of ``spread_scale``; never saved."""
+    error_band: np.ndarray | None = None
+    """A field's reflectance band half widths (bands x buckets of days to the nearest clear
+    observation; reflectance) from the estimate's errors on its own hidden clear pixels (see
+    core.model.calibration.fit_error_band), set per request by per-field calibration; never
+    saved."""
     field_ndvi_scale: float | None = None
     """A field's factor on its NDVI curve's band (see core.model.calibration.fit_field_ndvi_scale),
     set per request by per-field calibration; never saved."""

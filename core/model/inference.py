@@ -27,6 +27,7 @@ from core.errors import InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint
 from core.model.features import (
+    N_BANDS,
     REFL_SCALE,
     Frames,
     WindowInputs,
@@ -37,7 +38,12 @@ from core.model.features import (
     times_to_days_and_doy,
 )
 from core.model.flow import SOLVERS
-from core.reconstruct import FIELD_NDVI_SCALE_ATTR, Prediction, ReconstructOptions
+from core.reconstruct import (
+    ERROR_BAND_ATTR,
+    FIELD_NDVI_SCALE_ATTR,
+    Prediction,
+    ReconstructOptions,
+)
 from core.timeline import calendar_day, to_days
 
 
@@ -378,6 +384,9 @@ def field_checkpoint(
     - ``options.fit_curve_band`` with calibration: the factor on a field-mean NDVI band
       (``field_ndvi_scale``; :func:`core.model.calibration.fit_field_ndvi_scale`), fitted on the
       episodes' hidden frames; None with under 20 of them.
+    - ``options.error_band`` with calibration: the reflectance band's half widths from the
+      estimate's own errors on the episodes, per band and distance bucket (``error_band``;
+      :func:`core.model.calibration.fit_error_band`), fitted around the blended estimate.
     - ``options.band_by_distance`` with calibration: the spread is fitted per bucket of days to
       the nearest clear observation (``spread_by_distance``; a bucket with under 200 hidden
       values takes the field's overall factor).
@@ -388,6 +397,7 @@ def field_checkpoint(
     from core.model.blend import fit_blend
     from core.model.calibration import (
         episode_field_ndvi,
+        fit_error_band,
         fit_field_ndvi_scale,
         fit_spread,
         fit_spread_by_distance,
@@ -397,12 +407,14 @@ def field_checkpoint(
         blend_targets,
         episode_predictions,
         series_from_cube,
+        target_bands,
         target_distances,
         validation_episodes,
     )
 
     calibration_k = options.samples if options.calibrate_field and options.samples > 1 else 0
     by_distance = bool(calibration_k) and options.band_by_distance
+    error_band = bool(calibration_k) and options.error_band
     if options.adapt_steps == 0 and calibration_k == 0 and not options.blend_field:
         return checkpoint
     key = (
@@ -412,6 +424,7 @@ def field_checkpoint(
         calibration_k,
         steps if calibration_k else 0,  # the blend uses the estimate, which steps do not move
         by_distance,
+        error_band,
         bool(calibration_k) and options.fit_curve_band,
         options.blend_field,
         options.whittaker_lambda if options.blend_field else None,
@@ -451,7 +464,7 @@ def field_checkpoint(
             patch=checkpoint.config.patch,
             with_smoother=options.blend_field,
             smoother_lambda=options.whittaker_lambda,
-            with_distance=by_distance,
+            with_distance=by_distance or error_band,
         )
         if episodes:  # else the checkpoint's spread and no blend (see above)
             mean, _, draws, truth = episode_predictions(
@@ -473,6 +486,11 @@ def field_checkpoint(
             elif calibration_k:
                 result = dataclasses.replace(result, spread_scale=fit_spread(mean, draws, truth))
                 scale = result.spread_scale
+            if error_band:  # around the (blended) estimate, from its errors alone
+                half = fit_error_band(
+                    mean, truth, target_bands(episodes), target_distances(episodes), N_BANDS
+                )
+                result = dataclasses.replace(result, error_band=half / REFL_SCALE)
             if calibration_k and options.fit_curve_band:  # field means, on hidden frames
                 rows = episode_field_ndvi(episodes, mean, draws, truth, scale)
                 result = dataclasses.replace(result, field_ndvi_scale=fit_field_ndvi_scale(rows))
@@ -587,9 +605,18 @@ def model_method(
             residuals *= spread_multiplier(checkpoint, distance)[None, :, None]
         residuals += mean[None]
         draws = residuals
+    band_half = None
+    if draws is not None and checkpoint.error_band is not None:
+        if distance is None:
+            days = to_days(observed["time_s2"].values)
+            distance = days_to_clear(observed["s2"].values, days, to_days(query))
+        half = np.asarray(checkpoint.error_band, np.float32)  # (bands, buckets)
+        if np.isnan(half).any():  # a band the episodes never hid: the widest fitted
+            half = np.where(np.isnan(half), np.nanmax(half), half)
+        band_half = np.moveaxis(half[:, distance_bucket(distance)], 0, 1)  # (Q, B, H, W)
     attrs = field_attrs(base, checkpoint, options)
     attrs["model_steps"] = int(steps)
-    return Prediction(mean=mean, samples=draws, attrs=attrs)
+    return Prediction(mean=mean, samples=draws, band_half=band_half, attrs=attrs)
 
 
 def spread_multiplier(checkpoint: Checkpoint, distance: np.ndarray) -> np.ndarray:
@@ -615,6 +642,8 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         attrs[FIELD_NDVI_SCALE_ATTR] = float(used.field_ndvi_scale)
     if used.spread_by_distance is not None:
         attrs["model_spread_by_distance"] = np.round(used.spread_by_distance, 4)
+    if used.error_band is not None:  # band by band, then bucket by bucket
+        attrs[ERROR_BAND_ATTR] = np.round(used.error_band.ravel(), 5)
     if used.blend is not None:
         attrs.update(used.blend.attrs())
     return attrs

@@ -592,6 +592,17 @@ def target_distances(episodes: Sequence[Episode]) -> np.ndarray:
     return np.concatenate(out)
 
 
+def target_bands(episodes: Sequence[Episode]) -> np.ndarray:
+    """Band index of every target value of ``episodes``, in the order of
+    :func:`episode_predictions`' arrays."""
+    out = []
+    for ep in episodes:
+        target = ep.target
+        bands = np.arange(target.shape[1])[None, :, None, None]
+        out.append(np.broadcast_to(bands, target.shape)[target])
+    return np.concatenate(out) if out else np.zeros(0, np.intp)
+
+
 def calibrate(
     model: FieldFlowNet,
     episodes: Sequence[Episode],
@@ -627,9 +638,7 @@ def blend_targets(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray, 
             raise ValueError("blend_targets needs episodes made with_smoother=True")
         target = ep.target
         smoother.append(ep.smoother[target] * REFL_SCALE)
-        band.append(
-            np.broadcast_to(np.arange(target.shape[1])[None, :, None, None], target.shape)[target]
-        )
+        band.append(target_bands([ep]))
         distance.append(np.broadcast_to(ep.distance[:, None], target.shape)[target])
     return np.concatenate(smoother), np.concatenate(band), np.concatenate(distance)
 

@@ -323,7 +323,10 @@ def test_interval_score_charges_misses_by_their_distance() -> None:
     z = 1.2815515655446004
     exact = interval_score(np.full_like(y, -z), np.full_like(y, z), y).mean()
     for factor in (0.7, 1.4):
-        assert interval_score(np.full_like(y, -z * factor), np.full_like(y, z * factor), y).mean() > exact
+        assert (
+            interval_score(np.full_like(y, -z * factor), np.full_like(y, z * factor), y).mean()
+            > exact
+        )
 
 
 def test_pooling_weights_by_values_or_by_cube() -> None:

@@ -56,8 +56,10 @@ def test_each_distance_bucket_gets_the_factor_that_covers_80_percent_of_it() -> 
 
 
 def _options(path: str, **kwargs) -> ReconstructOptions:
+    """Calibrated on the field, the band read off the samples (these tests are about them)."""
+    settings = dict(error_band=False, blend_field=False) | kwargs
     return ReconstructOptions(
-        checkpoint=path, device="cpu", samples=8, calibrate_field=True, blend_field=False, **kwargs
+        checkpoint=path, device="cpu", samples=8, calibrate_field=True, **settings
     )
 
 

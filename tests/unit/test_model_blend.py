@@ -183,13 +183,14 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
             again.attrs["blend_mean_weights"], out.attrs["blend_mean_weights"]
         )
         notes = fit_notes(dict(again.attrs))
-    assert len(notes) == 3  # the blend, the band's width and the curve's band
+    assert len(notes) == 4  # the blend, the samples' width, the error band and the curve's band
     near = round(100 * float(out.attrs["blend_mean_weights"][0]))
     assert notes[0].startswith("Field blend:") and f"leans {near} %" in notes[0]
     factor = field.spread_scale / out.attrs["model_checkpoint_spread_scale"]
     assert f"{factor:.2f} x the width" in notes[1]
     curve_factor = float(again.attrs["model_field_ndvi_band_scale"])
-    assert notes[2].startswith("NDVI curve band") and f"{curve_factor:.2f} x" in notes[2]
+    assert notes[2].startswith("Reflectance band (p10-p90) from this field's own errors")
+    assert notes[3].startswith("NDVI curve band") and f"{curve_factor:.2f} x" in notes[3]
     # Too short a series to fit the blend says so; the baselines say nothing.
     short = _crop(flanders_cube, frames=slice(0, 3))
     alone = reconstruct(short, short["time_s2"].values[[1]], "model", options)
