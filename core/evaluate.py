@@ -220,6 +220,12 @@ class Scores:
     """Mean width of that band, NDVI units."""
     n_field_ndvi: int = 0
     """Frames behind the three figures above."""
+    ndvi_coverage: float | None = None
+    """Share of scored pixels whose true NDVI lies in [ndvi_p10, ndvi_p90] (K > 1 only)."""
+    ndvi_band_width: float | None = None
+    """Mean width of the per-pixel NDVI band over those pixels (NDVI units)."""
+    ndvi_interval_score: float | None = None
+    """Mean interval score of the per-pixel NDVI band (:func:`interval_score`), NDVI units."""
     band_width: float | None = None
     """Mean width p90 - p10 of the band over the scored values (K > 1 only), reflectance."""
     interval_score: float | None = None
@@ -376,6 +382,8 @@ def score_values(
     samples: np.ndarray | None = None,
     data_range: float = 1.0,
     distance: np.ndarray | None = None,
+    ndvi_low: np.ndarray | None = None,
+    ndvi_high: np.ndarray | None = None,
 ) -> Scores:
     """Every figure of one method on one task from the pooled hidden clear pixels.
 
@@ -389,6 +397,8 @@ def score_values(
         data_range: PSNR data range.
         distance: (N,) days from each pixel's date to its nearest clear observation, for the
             coverage by distance (with ``low`` and ``high``).
+        ndvi_low, ndvi_high: (N,) the method's per-pixel NDVI p10 and p90, for the NDVI band's
+            figures.
     """
     present = np.asarray(present, bool)
     t = np.asarray(truth, np.float64)[:, present]
@@ -423,11 +433,22 @@ def score_values(
         sam_deg = float(np.mean(angles[good])) if n_sam else None
 
     ndvi_mae, n_ndvi = None, 0
+    ndvi_band: dict[str, float] = {}
     if can_compute_ndvi(present):
         ndvi_t, ndvi_p = ndvi(truth, band_axis=1), ndvi(pred, band_axis=1)
         both = np.isfinite(ndvi_t) & np.isfinite(ndvi_p)
         n_ndvi = int(both.sum())
         ndvi_mae = mean_absolute_error(ndvi_p[both], ndvi_t[both]) if n_ndvi else None
+        if ndvi_low is not None and ndvi_high is not None:
+            nlo, nhi = (np.asarray(a, np.float64) for a in (ndvi_low, ndvi_high))
+            banded = both & np.isfinite(nlo) & np.isfinite(nhi)
+            if banded.any():
+                lo, hi, y = nlo[banded], nhi[banded], ndvi_t[banded]
+                ndvi_band = {
+                    "ndvi_coverage": interval_coverage(lo, hi, y),
+                    "ndvi_band_width": float(np.mean(hi - lo)),
+                    "ndvi_interval_score": float(np.mean(interval_score(lo, hi, y))),
+                }
 
     coverage = width = score = None
     by_distance: tuple[float | None, ...] = ()
@@ -474,6 +495,7 @@ def score_values(
         n_by_distance=n_by_distance,
         band_width=width,
         interval_score=score,
+        **ndvi_band,
     )
 
 
@@ -715,10 +737,17 @@ def _score_task(
     ]
     truth = _gather(original["s2"].values, frames, frames, scored)
     pred = _gather(result["s2"].values, frames, rows, scored)
-    low = high = None
+    low = high = ndvi_low = ndvi_high = None
     if "s2_p10" in result:
         low = _gather(result["s2_p10"].values, frames, rows, scored)
         high = _gather(result["s2_p90"].values, frames, rows, scored)
+    if "ndvi_p10" in result:
+        ndvi_low, ndvi_high = (
+            np.concatenate(
+                [result[name].values[r][scored[f]] for f, r in zip(frames, rows, strict=True)]
+            )
+            for name in ("ndvi_p10", "ndvi_p90")
+        )
     members = _gather(samples, frames, rows, scored) if samples is not None else None
     days_away = None
     if distance is not None:
@@ -734,6 +763,8 @@ def _score_task(
         samples=members,
         data_range=protocol.psnr_data_range,
         distance=days_away,
+        ndvi_low=ndvi_low,
+        ndvi_high=ndvi_high,
     )
     return replace(scores, **field)
 
@@ -984,6 +1015,11 @@ def pool_scores(scores: Sequence[Scores], weighting: str) -> Scores:
         ),
         field_ndvi_band=mean([s.field_ndvi_band for s in scores], [s.n_field_ndvi for s in scores]),
         n_field_ndvi=sum(s.n_field_ndvi for s in scores),
+        ndvi_coverage=mean([s.ndvi_coverage for s in scores], [s.n_ndvi for s in scores]),
+        ndvi_band_width=mean([s.ndvi_band_width for s in scores], [s.n_ndvi for s in scores]),
+        ndvi_interval_score=mean(
+            [s.ndvi_interval_score for s in scores], [s.n_ndvi for s in scores]
+        ),
         band_width=mean([s.band_width for s in scores], n_ok),
         interval_score=mean([s.interval_score for s in scores], n_ok),
     )
@@ -1168,12 +1204,19 @@ def _field_band(s: Scores) -> str:
     return f"{s.field_ndvi_coverage:.2f}/{_fmt(s.field_ndvi_band, 3)}"
 
 
+def _ndvi_band(s: Scores) -> str:
+    """The per-pixel NDVI band: its coverage and interval score ("0.80/0.123"), or "-"."""
+    if s.ndvi_coverage is None:
+        return "-"
+    return f"{s.ndvi_coverage:.2f}/{_fmt(s.ndvi_interval_score, 3)}"
+
+
 def format_table(evaluation: Evaluation) -> str:
     """The results as a fixed-width text table, per cube then pooled."""
     header = (
         f"{'cube':<26} {'task':<7} {'method':<9} {'n_fr':>4} {'n_px':>7} {'MAE':>7} {'RMSE':>7} "
-        f"{'PSNR':>6} {'SAM':>6} {'NDVI':>6} {'fNDVI':>6} {'fband':>10} {'cov':>5} {'CRPS':>7} "
-        f"{'ratio':>6}       {'cov by distance'}"
+        f"{'PSNR':>6} {'SAM':>6} {'NDVI':>6} {'nband':>10} {'fNDVI':>6} {'fband':>10} "
+        f"{'cov':>5} {'width':>6} {'IS':>6} {'CRPS':>7} {'ratio':>6}       {'cov by distance'}"
     )
     lines = [header, "-" * len(header)]
     previous = None
@@ -1197,6 +1240,7 @@ def format_table(evaluation: Evaluation) -> str:
         lines.append(
             f"{start} {s.n_frames:>4} {s.n_pixels:>7} {_fmt(s.mae, 4):>7} {_fmt(s.rmse, 4):>7} "
             f"{_fmt(s.psnr_db, 2):>6} {_fmt(s.sam_deg, 2):>6} {_fmt(s.ndvi_mae, 3):>6} "
+            f"{_ndvi_band(s):>10} "
             f"{_fmt(s.field_ndvi_mae, 3):>6} {_field_band(s):>10} "
             f"{_fmt(s.coverage, 2):>5} {_fmt(s.band_width, 4):>6} {_fmt(s.interval_score, 4):>6} "
             f"{_fmt(s.crps, 4):>7} {_fmt(row.ratio, 3):>6}"
@@ -1206,6 +1250,8 @@ def format_table(evaluation: Evaluation) -> str:
     lines += [
         "",
         f"MAE/RMSE: reflectance; PSNR dB with data range 1.0; SAM degrees; NDVI: NDVI MAE; "
+        "nband: share of pixels whose true NDVI is in the per-pixel NDVI p10-p90, and that "
+        "band's interval score; "
         "fNDVI: MAE of each frame's mean NDVI over its scored pixels (the curve's figure); "
         "fband: share of frames whose true mean NDVI is inside the curve's band, and its mean "
         "width; "

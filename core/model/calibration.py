@@ -134,6 +134,52 @@ def fit_error_band(
     return half
 
 
+def episode_pixel_ndvi(
+    episodes: Sequence[Episode],
+    mean: np.ndarray,
+    truth: np.ndarray,
+    draws: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Per hidden pixel with an NDVI (red and a NIR band hidden and clear) of ``episodes``: its
+    true NDVI (``"true"``), the estimate's (``"estimate"``), its days to the nearest clear
+    observation (``"distance"``, episodes made with distances; else absent) and, with
+    ``draws`` (K, M), the NDVI of each sample ``mean + draws`` (``"samples"``, (K, P)).
+
+    ``mean``, ``truth`` and ``draws`` are the episodes' 1-D value arrays (module docstring)."""
+    parts: dict[str, list[np.ndarray]] = {"true": [], "estimate": [], "distance": [], "samples": []}
+    offset = 0
+    for ep in episodes:
+        target = ep.target
+        n = int(target.sum())
+        part = slice(offset, offset + n)
+        offset += n
+
+        def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
+            out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)
+            out[..., target] = values
+            return out
+
+        true_ndvi = ndvi(scatter(truth[part]), band_axis=1)  # (T, H, W)
+        est_ndvi = ndvi(scatter(mean[part]), band_axis=1)
+        ok = np.isfinite(true_ndvi) & np.isfinite(est_ndvi)
+        if draws is not None and draws.shape[0]:
+            sample_ndvi = ndvi(scatter(mean[part][None] + draws[:, part]), band_axis=2)
+            ok &= np.isfinite(sample_ndvi).all(axis=0)
+            parts["samples"].append(sample_ndvi[:, ok])
+        parts["true"].append(true_ndvi[ok])
+        parts["estimate"].append(est_ndvi[ok])
+        if ep.distance is not None:
+            parts["distance"].append(np.asarray(ep.distance)[ok])
+    out = {
+        key: np.concatenate(values, axis=-1)
+        for key, values in parts.items()
+        if values and len(values) == len(episodes)
+    }
+    for key in ("true", "estimate"):
+        out.setdefault(key, np.zeros(0, np.float32))
+    return out
+
+
 MIN_FIELD_NDVI_FRAMES = 20
 """Hidden frames with NDVI that a field needs before its curve's band is fitted."""
 MIN_FRAME_PIXELS = 16

@@ -313,6 +313,22 @@ def test_interval_coverage_and_scores_with_samples() -> None:
     assert s.interval_score == pytest.approx(0.1)  # nothing missed: the width alone
 
 
+def test_the_per_pixel_ndvi_band_is_scored_where_ndvi_is_known() -> None:
+    present = np.isin(np.array(S2_BANDS), ("B04", "B08"))
+    t = np.full((4, 10), np.nan)
+    t[:, BAND["B04"]], t[:, BAND["B08"]] = 0.1, 0.3  # NDVI 0.5 everywhere
+    pred = t.copy()
+    pred[3, BAND["B08"]] = np.nan  # no NDVI predicted: not scored
+    low = np.array([0.4, 0.55, 0.3, 0.0])
+    high = np.array([0.6, 0.65, 0.45, 1.0])
+    s = score_values(t, pred, present, n_frames=1, ndvi_low=low, ndvi_high=high)
+    assert s.ndvi_coverage == pytest.approx(1 / 3)
+    assert s.ndvi_band_width == pytest.approx((0.2 + 0.1 + 0.15) / 3)
+    # widths + 10 x misses: 0.2; 0.1 + 10 x 0.05; 0.15 + 10 x 0.05
+    assert s.ndvi_interval_score == pytest.approx((0.2 + 0.6 + 0.65) / 3)
+    assert score_values(t, pred, present, n_frames=1).ndvi_coverage is None
+
+
 def test_interval_score_charges_misses_by_their_distance() -> None:
     low, high = np.array([0.0, 0.0, 0.0]), np.array([0.2, 0.2, 0.2])
     truth = np.array([0.1, 0.25, -0.1])  # inside, 0.05 above, 0.1 below
