@@ -47,6 +47,7 @@ from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
 from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
+    NDVI_ERROR_BAND_ATTR,
     ReconstructOptions,
     Reconstructor,
     available_methods,
@@ -693,6 +694,13 @@ def fit_notes(attrs: dict) -> list[str]:
         )
     if ERROR_BAND_ATTR in attrs:
         notes.append(_error_band_note(np.asarray(attrs[ERROR_BAND_ATTR], np.float64)))
+    if NDVI_ERROR_BAND_ATTR in attrs:
+        near, mid, far = (float(v) for v in attrs[NDVI_ERROR_BAND_ATTR])
+        notes.append(
+            "NDVI band and map from this field's own NDVI errors: +-"
+            f"{near:.3f} within 8 days of a clear observation, +-{mid:.3f} at 8-20 days, "
+            f"+-{far:.3f} further away."
+        )
     if FIELD_NDVI_SCALE_ATTR in attrs:
         notes.append(
             "NDVI curve band fitted on this field: its mean NDVI errs less than its pixels do, "

@@ -47,6 +47,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "percentiles)",
     )
     parser.add_argument(
+        "--ndvi-error-band",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="model, with --calibrate-field and the error band: the per-pixel NDVI p10/p90 "
+        "from the field's own NDVI errors too (per distance to clear data), not the samples'",
+    )
+    parser.add_argument(
         "--band-by-distance",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -105,6 +112,7 @@ def options_from_args(
         fit_curve_band=args.fit_curve_band,
         band_by_distance=args.band_by_distance,
         error_band=args.error_band,
+        ndvi_error_band=args.ndvi_error_band,
         blend_field=args.blend_field,
         device=args.device,
         seed=args.seed,

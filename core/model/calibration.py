@@ -192,10 +192,13 @@ def episode_field_ndvi(
     draws: np.ndarray,
     truth: np.ndarray,
     scale: float | np.ndarray,
+    ndvi_half: np.ndarray | None = None,
 ) -> np.ndarray:
     """What an NDVI curve shows, on every frame of ``episodes`` with hidden pixels: (F, 4) rows
     of the true mean NDVI over the frame's hidden pixels, the estimate's, and the means over the
-    same pixels of the per-pixel NDVI p10 and p90 of the samples ``mean + scale * draws``.
+    same pixels of the per-pixel NDVI p10 and p90: of the samples ``mean + scale * draws``, or
+    with ``ndvi_half`` (half widths per distance bucket, :func:`fit_error_band`; episodes made
+    with distances) the estimate's NDVI -+ its pixel's half width, as the product makes them.
 
     ``mean``, ``draws`` (K, M) and ``truth`` are the episodes' arrays (see the module
     docstring; model units: NDVI does not see the scale), ``scale`` a number or one per value.
@@ -224,7 +227,13 @@ def episode_field_ndvi(
             ok &= np.isfinite(sample_ndvi[:, frame]).all(axis=0)
             if ok.sum() < MIN_FRAME_PIXELS:
                 continue
-            low, high = np.percentile(sample_ndvi[:, frame][:, ok], [10, 90], axis=0)
+            if ndvi_half is None:
+                low, high = np.percentile(sample_ndvi[:, frame][:, ok], [10, 90], axis=0)
+            else:
+                est = est_ndvi[frame][ok]
+                half = np.asarray(ndvi_half)[distance_bucket(ep.distance[frame][ok])]
+                low = np.maximum(est - half, np.minimum(est, -1.0))
+                high = np.minimum(est + half, np.maximum(est, 1.0))
             rows.append(
                 (
                     float(true_ndvi[frame][ok].mean()),

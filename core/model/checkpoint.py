@@ -45,6 +45,10 @@ class Checkpoint:
     observation; reflectance) from the estimate's errors on its own hidden clear pixels (see
     core.model.calibration.fit_error_band), set per request by per-field calibration; never
     saved."""
+    ndvi_error_band: np.ndarray | None = None
+    """A field's per-pixel NDVI band half widths per bucket of days to the nearest clear
+    observation, from the estimate's NDVI errors on its own hidden clear pixels, set with
+    ``error_band``; None where the field has no NDVI; never saved."""
     field_ndvi_scale: float | None = None
     """A field's factor on its NDVI curve's band (see core.model.calibration.fit_field_ndvi_scale),
     set per request by per-field calibration; never saved."""

@@ -41,6 +41,7 @@ from core.model.flow import SOLVERS
 from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
+    NDVI_ERROR_BAND_ATTR,
     Prediction,
     ReconstructOptions,
 )
@@ -387,6 +388,9 @@ def field_checkpoint(
     - ``options.error_band`` with calibration: the reflectance band's half widths from the
       estimate's own errors on the episodes, per band and distance bucket (``error_band``;
       :func:`core.model.calibration.fit_error_band`), fitted around the blended estimate.
+      With ``options.ndvi_error_band`` too, the per-pixel NDVI band's half widths per
+      distance bucket from the estimate's NDVI errors (``ndvi_error_band``; None without red
+      and NIR), and the curve band's factor fitted on them.
     - ``options.band_by_distance`` with calibration: the spread is fitted per bucket of days to
       the nearest clear observation (``spread_by_distance``; a bucket with under 200 hidden
       values takes the field's overall factor).
@@ -397,6 +401,7 @@ def field_checkpoint(
     from core.model.blend import fit_blend
     from core.model.calibration import (
         episode_field_ndvi,
+        episode_pixel_ndvi,
         fit_error_band,
         fit_field_ndvi_scale,
         fit_spread,
@@ -415,6 +420,7 @@ def field_checkpoint(
     calibration_k = options.samples if options.calibrate_field and options.samples > 1 else 0
     by_distance = bool(calibration_k) and options.band_by_distance
     error_band = bool(calibration_k) and options.error_band
+    ndvi_error_band = error_band and options.ndvi_error_band
     if options.adapt_steps == 0 and calibration_k == 0 and not options.blend_field:
         return checkpoint
     key = (
@@ -425,6 +431,7 @@ def field_checkpoint(
         steps if calibration_k else 0,  # the blend uses the estimate, which steps do not move
         by_distance,
         error_band,
+        ndvi_error_band,
         bool(calibration_k) and options.fit_curve_band,
         options.blend_field,
         options.whittaker_lambda if options.blend_field else None,
@@ -486,13 +493,22 @@ def field_checkpoint(
             elif calibration_k:
                 result = dataclasses.replace(result, spread_scale=fit_spread(mean, draws, truth))
                 scale = result.spread_scale
+            ndvi_half = None
             if error_band:  # around the (blended) estimate, from its errors alone
                 half = fit_error_band(
                     mean, truth, target_bands(episodes), target_distances(episodes), N_BANDS
                 )
-                result = dataclasses.replace(result, error_band=half / REFL_SCALE)
+                pixels = episode_pixel_ndvi(episodes, mean, truth) if ndvi_error_band else {}
+                if ndvi_error_band and pixels["true"].size:
+                    no_band = np.zeros(pixels["true"].size, np.intp)
+                    ndvi_half = fit_error_band(
+                        pixels["estimate"], pixels["true"], no_band, pixels["distance"], 1
+                    )[0]
+                result = dataclasses.replace(
+                    result, error_band=half / REFL_SCALE, ndvi_error_band=ndvi_half
+                )
             if calibration_k and options.fit_curve_band:  # field means, on hidden frames
-                rows = episode_field_ndvi(episodes, mean, draws, truth, scale)
+                rows = episode_field_ndvi(episodes, mean, draws, truth, scale, ndvi_half)
                 result = dataclasses.replace(result, field_ndvi_scale=fit_field_ndvi_scale(rows))
     with _field_lock:
         _field[key] = (checkpoint, result)
@@ -614,9 +630,14 @@ def model_method(
         if np.isnan(half).any():  # a band the episodes never hid: the widest fitted
             half = np.where(np.isnan(half), np.nanmax(half), half)
         band_half = np.moveaxis(half[:, distance_bucket(distance)], 0, 1)  # (Q, B, H, W)
+    ndvi_half = None
+    if band_half is not None and checkpoint.ndvi_error_band is not None:
+        ndvi_half = np.asarray(checkpoint.ndvi_error_band, np.float32)[distance_bucket(distance)]
     attrs = field_attrs(base, checkpoint, options)
     attrs["model_steps"] = int(steps)
-    return Prediction(mean=mean, samples=draws, band_half=band_half, attrs=attrs)
+    return Prediction(
+        mean=mean, samples=draws, band_half=band_half, ndvi_half=ndvi_half, attrs=attrs
+    )
 
 
 def spread_multiplier(checkpoint: Checkpoint, distance: np.ndarray) -> np.ndarray:
@@ -644,6 +665,8 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         attrs["model_spread_by_distance"] = np.round(used.spread_by_distance, 4)
     if used.error_band is not None:  # band by band, then bucket by bucket
         attrs[ERROR_BAND_ATTR] = np.round(used.error_band.ravel(), 5)
+    if used.ndvi_error_band is not None:
+        attrs[NDVI_ERROR_BAND_ATTR] = np.round(used.ndvi_error_band, 5)
     if used.blend is not None:
         attrs.update(used.blend.attrs())
     return attrs

@@ -97,15 +97,52 @@ def test_each_pixels_band_is_its_cells_half_width_around_the_estimate(
     assert not any(n.startswith("Reflectance band") for n in fit_notes(samples_band.attrs))
 
 
+def test_the_ndvi_error_band_is_opt_in_and_follows_the_distance_to_clear_data(
+    flanders_cube, tmp_path
+) -> None:
+    cube = _crop(flanders_cube, size=16)
+    times = cube["time_s2"].values
+    clearest = np.sort(np.argsort(cube["valid"].values.mean(axis=(1, 2)))[-2:])
+    query = np.concatenate([times[clearest], times[[9, 14]] + np.timedelta64(3, "D")])
+    path = _checkpoint(tmp_path, perturb=True)
+    clear_field_cache()
+    default = reconstruct(cube, query, "model", _options(path))
+    options = _options(path, ndvi_error_band=True)
+    out = reconstruct(cube, query, "model", options)
+    for name in ("s2", "s2_p10", "s2_p90", "ndvi"):  # the NDVI band alone moves
+        np.testing.assert_array_equal(out[name].values, default[name].values)
+    assert "model_ndvi_error_band_half_width" not in default.attrs
+    field = field_checkpoint(cached_checkpoint(path, "cpu"), observations(cube), options, 4, "cpu")
+    assert field.ndvi_error_band.shape == (3,) and (field.ndvi_error_band > 0).all()
+    distance = nearest_clear_days(
+        cube["valid"].values.astype(bool), to_days(times), to_days(out["time"].values)
+    )
+    want = field.ndvi_error_band[distance_bucket(distance)]
+    est, low, high = (out[n].values for n in ("ndvi", "ndvi_p10", "ndvi_p90"))
+    kept = out["observed"].values.astype(bool)
+    free = ~kept & np.isfinite(est) & (est + want < 1) & (est - want > -1)
+    assert free.any()
+    np.testing.assert_allclose((high - est)[free], want[free], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose((est - low)[free], want[free], rtol=1e-5, atol=1e-6)
+    assert ((low >= -1) & (high <= 1))[np.isfinite(est)].all()
+    assert (low[kept] == est[kept]).all() and (high[kept] == est[kept]).all()
+    np.testing.assert_allclose(
+        out.attrs["model_ndvi_error_band_half_width"], field.ndvi_error_band, atol=1e-5
+    )
+    assert any(
+        n.startswith("NDVI band and map from this field's own") for n in fit_notes(out.attrs)
+    )
+
+
 def test_hidden_pixel_values_never_reach_the_error_band(flanders_cube, tmp_path) -> None:
     path = _checkpoint(tmp_path, perturb=True)
     bright, dark = hidden_bright_and_dark(flanders_cube)
     query = bright["time_s2"].values[[6, 7]]
     clear_field_cache()
-    a = reconstruct(bright, query, "model", _options(path))
+    a = reconstruct(bright, query, "model", _options(path, ndvi_error_band=True))
     clear_field_cache()
-    b = reconstruct(dark, query, "model", _options(path))
-    for name in ("s2", "s2_p10", "s2_p90"):
+    b = reconstruct(dark, query, "model", _options(path, ndvi_error_band=True))
+    for name in ("s2", "s2_p10", "s2_p90", "ndvi_p10", "ndvi_p90"):
         np.testing.assert_array_equal(a[name].values, b[name].values)
     np.testing.assert_array_equal(
         a.attrs["model_error_band_half_width"], b.attrs["model_error_band_half_width"]
@@ -127,3 +164,25 @@ def test_without_field_calibration_or_samples_there_is_no_error_band(
     assert "model_error_band_half_width" not in a.attrs
     single = reconstruct(cube, query, "model", _options(path, samples=1))
     assert "s2_p10" not in single and "model_error_band_half_width" not in single.attrs
+
+
+def test_episode_pixel_ndvi_pairs_each_hidden_pixels_true_and_estimated_ndvi(cubes_dir) -> None:
+    from core.model.calibration import episode_pixel_ndvi
+    from core.model.config import TrainConfig
+    from core.model.features import REFL_SCALE
+    from core.model.training import load_series, target_distances, validation_episodes
+
+    series = load_series(cubes_dir / "es-field_2019.nc")  # B04 and B08 only
+    episodes = validation_episodes([series], 4, TrainConfig(), seed=0, with_distance=True)
+    truth = np.concatenate([ep.truth[ep.target] * REFL_SCALE for ep in episodes])
+    pixels = episode_pixel_ndvi(episodes, truth, truth, np.zeros((2, truth.size)))
+    # Every hidden pixel has both bands here: one NDVI per two values.
+    assert pixels["true"].size == truth.size // 2 > 0
+    np.testing.assert_allclose(pixels["estimate"], pixels["true"])
+    np.testing.assert_allclose(
+        pixels["samples"], np.broadcast_to(pixels["true"], (2, truth.size // 2))
+    )
+    assert pixels["distance"].size == pixels["true"].size
+    assert set(np.unique(target_distances(episodes))) >= set(np.unique(pixels["distance"]))
+    biased = episode_pixel_ndvi(episodes, truth * 1.1, truth)  # NDVI is scale-free
+    np.testing.assert_allclose(biased["estimate"], pixels["true"], atol=1e-5)
