@@ -21,6 +21,10 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
   days without an acquisition.
 * ``source``: ``"observed"`` when at least :data:`OBSERVED_MIN_CLEAR_FRACTION` of the field was
   seen clear that day (and gave an NDVI), else ``"reconstructed"``.
+* ``days_to_clear``: how far that day's value is from real data: the median over the field's
+  pixels of the days from that day to the pixel's nearest clear observation, in whole days
+  (0 where the pixel was seen clear that day); empty when most of the field is never seen
+  clear. The model's errors grow with it (README, "The uncertainty band").
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import xarray as xr
 from core.cube import bands_present, validate_cube
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
+from core.model.blend import nearest_clear_days
 from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
     ReconstructOptions,
@@ -43,7 +48,7 @@ from core.reconstruct import (
     reconstruct,
 )
 from core.storage import atomic_output
-from core.timeline import calendar_day, regular_dates
+from core.timeline import calendar_day, regular_dates, to_days
 
 CURVE_COLUMNS: tuple[str, ...] = (
     "date",
@@ -53,6 +58,7 @@ CURVE_COLUMNS: tuple[str, ...] = (
     "observed_ndvi",
     "clear_fraction",
     "source",
+    "days_to_clear",
 )
 OBSERVED_MIN_CLEAR_FRACTION = 0.5
 """A day counts as "observed" when at least this fraction of the field was seen clear."""
@@ -133,6 +139,7 @@ def ndvi_curve(
             "observed_ndvi": observed_ndvi,
             "clear_fraction": clear_fraction,
             "source": np.where(seen, "observed", "reconstructed"),
+            "days_to_clear": _days_to_clear(cube, dates, mask),
         },
         columns=list(CURVE_COLUMNS),
     )
@@ -239,6 +246,24 @@ def _observed(cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray) -> tuple[np
         if values.size:
             observed_ndvi[qi] = float(values.astype(np.float64).mean())
     return observed_ndvi, clear_fraction
+
+
+DAYS_CHUNK = 64
+"""Query days per pass of :func:`_days_to_clear` (it holds one (days, H, W) array at a time)."""
+
+
+def _days_to_clear(cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray) -> pd.Series:
+    """Per query day, the field's median of the days to each pixel's nearest clear observation
+    (calendar days; a nullable integer, NA where most of the field is never clear)."""
+    clear = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)
+    days = to_days(calendar_day(cube["time_s2"].values).astype("datetime64[ns]"))
+    query = to_days(calendar_day(dates).astype("datetime64[ns]"))
+    out = np.full(dates.size, np.nan)
+    for chunk in _chunks(dates.size, DAYS_CHUNK):
+        away = nearest_clear_days(clear, days, query[chunk])[:, mask]  # (Q, field pixels)
+        out[chunk] = np.median(away, axis=1)  # inf (never clear) sorts last
+    out[~np.isfinite(out)] = np.nan
+    return pd.Series(np.round(out), dtype="Int64")
 
 
 def _field_mean(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:

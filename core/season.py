@@ -206,6 +206,9 @@ class DayView:
     """Mean NDVI of the clear field pixels acquired that day; NaN without."""
     source: str
     """``"observed"`` or ``"reconstructed"`` (see :mod:`core.curve`)."""
+    days_to_clear: float = math.nan
+    """The field's median days to its pixels' nearest clear observation (NaN: most of the
+    field never seen clear; see :mod:`core.curve`)."""
 
 
 @dataclass(frozen=True)
@@ -448,7 +451,12 @@ def day_view(
         ndvi_p90=float(row["ndvi_p90"]),
         observed_ndvi=float(row["observed_ndvi"]),
         source=str(row["source"]),
+        days_to_clear=_days_or_nan(row.get("days_to_clear")),
     )
+
+
+def _days_or_nan(value: object) -> float:
+    return math.nan if value is None or pd.isna(value) else float(value)
 
 
 def frame_geotiff_for_day(result: SeasonResult, day: dt.date) -> bytes:

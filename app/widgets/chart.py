@@ -61,7 +61,8 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
             line={"color": CURVE_COLOUR, "width": 2},
             marker={"size": 3},
             name=f"Reconstructed ({result.request.method})",
-            hovertemplate="%{x|%Y-%m-%d}: NDVI %{y:.3f}<extra></extra>",
+            text=[_distance_text(d) for d in curve["days_to_clear"]],
+            hovertemplate="%{x|%Y-%m-%d}: NDVI %{y:.3f}<br>%{text}<extra></extra>",
         )
     )
     acquired = curve[np.isfinite(curve["clear_fraction"])]
@@ -170,3 +171,12 @@ def clicked_day(event: Any) -> dt.date | None:
             except ValueError:
                 continue
     return None
+
+
+def _distance_text(days: object) -> str:
+    """The hover line on how far a day's value is from clear data (field median)."""
+    if days is None or pd.isna(days):
+        return "most of the field never seen clear"
+    if int(days) == 0:
+        return "seen clear that day"
+    return f"nearest clear observation {int(days)} d away"

@@ -107,6 +107,11 @@ def query_panel(result: SeasonResult) -> None:
         st.caption(band)
     if math.isfinite(view.observed_ndvi):
         st.caption(f"Observed that day: {view.observed_ndvi:.3f} ({view.source}).")
+    elif math.isfinite(view.days_to_clear):
+        st.caption(
+            "No clear observation that day: reconstructed; the field's nearest clear "
+            f"observations are a median {view.days_to_clear:.0f} days away."
+        )
     else:
         st.caption("No clear observation that day: reconstructed.")
     left, right = st.columns(2)

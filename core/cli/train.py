@@ -65,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--band-dropout", type=float, default=None, help="probability of hiding bands in training"
     )
     parser.add_argument(
+        "--field-ndvi-weight",
+        type=float,
+        default=None,
+        help="weight of an L1 term on each hidden frame's mean NDVI (the curve's figure; 0: off)",
+    )
+    parser.add_argument(
         "--spectral-jitter",
         type=float,
         default=None,
@@ -135,6 +141,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 f"--spectral-jitter must be between 0 and 1, not {args.spectral_jitter}."
             )
         train_config = replace(train_config, spectral_jitter=args.spectral_jitter)
+
+    if args.field_ndvi_weight is not None:
+        if args.field_ndvi_weight < 0:
+            raise InputError(
+                f"--field-ndvi-weight must be 0 or more, not {args.field_ndvi_weight}."
+            )
+        train_config = replace(train_config, field_ndvi_weight=args.field_ndvi_weight)
 
     all_series = [load_series(p) for p in paths]
     sites = {s.site for s in all_series}

@@ -84,6 +84,9 @@ class TrainConfig:
     """Most S2 frames in a training window."""
     ndvi_weight: float = 0.5
     """Weight of the NDVI L1 term next to the reflectance L1 term."""
+    field_ndvi_weight: float = 0.0
+    """Weight of an L1 term on each hidden frame's mean NDVI over its hidden pixels (what the
+    NDVI curve shows: a field mean), next to the per-pixel terms; 0: off."""
     flow_weight: float = 1.0
     """Weight of the flow-matching loss on the residual."""
     max_s1_frames: int = 24

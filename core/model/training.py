@@ -320,7 +320,8 @@ def collate(episodes: Sequence[Episode], device: str = "cpu") -> Batch:
 def losses(
     model: FieldFlowNet, batch: Batch, config: TrainConfig, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """Reflectance L1, NDVI L1 and flow-matching loss of one batch."""
+    """Reflectance L1, NDVI L1 and flow-matching loss of one batch (and, with
+    ``config.field_ndvi_weight``, the L1 of each hidden frame's mean NDVI)."""
     features = model.encode(batch.s2, batch.s2_days, batch.s1, batch.s1_days)
     h, w = batch.s2.shape[-2:]
     pred = batch.base + model.mean_correction(features, h, w)
@@ -337,8 +338,9 @@ def losses(
             return (n_ - r) / (n_ + r).clamp_min(1e-2)
 
         ndvi_l1 = ((nd(pred) - nd(batch.truth)).abs() * red_ok).sum() / red_ok.sum()
+        field_ndvi_l1 = field_mean_l1(nd(pred), nd(batch.truth), red_ok)
     else:
-        ndvi_l1 = pred.new_zeros(())
+        ndvi_l1 = field_ndvi_l1 = pred.new_zeros(())
 
     # The residual's scale (Laplace negative log likelihood, on detached features: it does not
     # pull the trunk away from the best estimate), then flow matching on residual / scale, per
@@ -366,7 +368,28 @@ def losses(
     else:
         flow = pred.new_zeros(())
     total = l1 + config.ndvi_weight * ndvi_l1 + config.flow_weight * flow + nll
-    return {"loss": total, "l1": l1, "ndvi": ndvi_l1, "flow": flow, "scale_nll": nll}
+    parts = {"loss": total, "l1": l1, "ndvi": ndvi_l1, "flow": flow, "scale_nll": nll}
+    if config.field_ndvi_weight > 0:
+        parts["loss"] = total + config.field_ndvi_weight * field_ndvi_l1
+        parts["field_ndvi"] = field_ndvi_l1
+    return parts
+
+
+MIN_FIELD_PIXELS = 16
+"""Hidden pixels with an NDVI a frame needs for its mean to enter the field-mean NDVI term."""
+
+
+def field_mean_l1(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over (episode, frame) of |mean of ``pred`` - mean of ``truth``| over the frame's
+    ``mask`` pixels ((E, T, H, W) each), for frames with :data:`MIN_FIELD_PIXELS` at least;
+    0 when no frame has that many."""
+    weight = mask.float()
+    count = weight.sum(dim=(-2, -1))
+    enough = count >= MIN_FIELD_PIXELS
+    if not bool(enough.any()):
+        return pred.new_zeros(())
+    diff = ((pred - truth) * weight).sum(dim=(-2, -1)) / count.clamp_min(1)
+    return diff.abs()[enough].mean()
 
 
 def load_initial_weights(model: FieldFlowNet, init: FieldFlowNet) -> None:

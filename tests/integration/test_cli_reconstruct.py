@@ -101,7 +101,9 @@ def test_ndvi_writes_the_field_curve(es_path, es_cube, tmp_path) -> None:
     text = out.read_text()
     assert text == curve_csv(expected)
     lines = text.splitlines()
-    assert lines[0] == "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source"
+    assert lines[0] == (
+        "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source,days_to_clear"
+    )
     assert len(lines) == 32 and lines[1].startswith("2019-05-01,")
 
 

@@ -65,6 +65,26 @@ def test_observed_rows_are_the_mean_of_clear_field_pixels(flanders) -> None:
     assert (not_acquired["source"] == "reconstructed").all()
 
 
+def test_days_to_clear_is_the_fields_median_distance_to_clear_data(flanders) -> None:
+    cube = flanders.isel(time_s2=slice(0, 12)).copy(deep=True)
+    acquired = _acquisition_days(cube)
+    valid = np.zeros(cube["valid"].shape, np.uint8)
+    valid[2] = 1  # the whole field clear on the third acquisition ...
+    valid[8, :3] = 1  # ... and 30 of its 100 pixels on the ninth
+    cube["valid"].values[:] = valid
+    start, end = acquired[0], acquired[-1]
+    curve = ndvi_curve(cube, start, end).set_index("date")
+    days = (pd.DatetimeIndex(curve.index).values.astype("datetime64[D]") - acquired[2]).astype(int)
+    # The median pixel (70 of 100 clear only on the third acquisition) counts from that one.
+    np.testing.assert_array_equal(curve["days_to_clear"].to_numpy(dtype=float), np.abs(days))
+    assert curve.loc[pd.Timestamp(acquired[2]), "days_to_clear"] == 0
+    # A field mostly never seen clear (40 of 100 pixels, once) has no figure.
+    only = np.zeros_like(valid)
+    only[2, :4] = 1
+    cube["valid"].values[:] = only
+    assert ndvi_curve(cube, start, end)["days_to_clear"].isna().all()
+
+
 def test_ndvi_is_the_field_mean_of_the_reconstruction(flanders) -> None:
     mask = np.zeros((10, 10), dtype=bool)
     mask[2:5, 3:9] = True
@@ -129,13 +149,14 @@ def test_csv_has_iso_dates_four_decimals_and_empty_cells(tmp_path) -> None:
             "observed_ndvi": [0.12, np.nan],
             "clear_fraction": [1.0, np.nan],
             "source": ["observed", "reconstructed"],
+            "days_to_clear": pd.array([0, pd.NA], dtype="Int64"),
         }
     )
     path = write_curve_csv(curve, tmp_path / "out" / "curve.csv")
     assert path.read_text().splitlines() == [
-        "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source",
-        "2019-05-03,0.1235,,,0.1200,1.0000,observed",
-        "2019-05-04,0.5000,,,,,reconstructed",
+        "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source,days_to_clear",
+        "2019-05-03,0.1235,,,0.1200,1.0000,observed,0",
+        "2019-05-04,0.5000,,,,,reconstructed,",
     ]
     assert curve_csv(curve) == path.read_text()
     assert [p.name for p in path.parent.iterdir()] == ["curve.csv"]  # no temporary left

@@ -140,6 +140,7 @@ def test_query_day_off_the_timeline_matches_the_curve(season) -> None:
     )
     view = day_view(result, day)
     assert view.ndvi == pytest.approx(result.curve_row(day)["ndvi"], abs=1e-5)
+    assert view.days_to_clear == result.curve_row(day)["days_to_clear"] >= 1  # no acquisition
     assert Image.open(io.BytesIO(view.rgb_png)).size[0] == result.grid.width * result.scale
     with pytest.raises(InputError, match="outside the reconstructed period"):
         day_view(result, END + dt.timedelta(days=30))

@@ -44,13 +44,16 @@ def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_record(
     out = tmp_path / "tuned.pt"
     argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data), "--out", str(out)]
     argv += ["--holdout", "hu-alfold", "--steps", "3", "--lr", "1e-4", "--threads", "1"]
-    assert main([*argv, "--validation-episodes", "4", "--spectral-jitter", "0.1"]) == 0
+    argv += ["--spectral-jitter", "0.1", "--field-ndvi-weight", "2"]
+    assert main([*argv, "--validation-episodes", "4"]) == 0
     base, tuned = load_checkpoint(base_checkpoint), load_checkpoint(out)
     assert tuned.config == base.config
     assert tuned.record["initialised_from"] == str(base_checkpoint)
     assert tuned.record["steps_before"] == base.record["steps"]
     assert tuned.train_config.lr == pytest.approx(1e-4)
     assert tuned.train_config.spectral_jitter == pytest.approx(0.1)
+    assert tuned.train_config.field_ndvi_weight == pytest.approx(2.0)
+    assert "field_ndvi" in tuned.record["final_losses"]  # the term was trained on
     assert "hu-alfold" not in tuned.seen_sites
     # Three small steps move the weights a little: started from the base, not from scratch.
     distance = sum(
@@ -109,3 +112,20 @@ def test_a_scale_head_is_added_and_trained_alone_on_top_of_a_checkpoint(
     assert "cannot be dropped" in capsys.readouterr().err
     assert main(["train", "--heads-only", "--out", str(tmp_path / "y.pt"), *argv]) == 2
     assert "give it with --init" in capsys.readouterr().err
+
+
+def test_the_field_mean_ndvi_term_is_the_error_of_each_frames_mean() -> None:
+    from core.model.training import MIN_FIELD_PIXELS, field_mean_l1
+
+    pred = torch.zeros(2, 3, 8, 8)
+    truth = torch.zeros(2, 3, 8, 8)
+    mask = torch.zeros(2, 3, 8, 8, dtype=torch.bool)
+    mask[0, 0] = True  # 64 pixels: mean error +0.1 (pixel errors +0.3 and -0.1 average out)
+    pred[0, 0, :4] = 0.3
+    pred[0, 0, 4:] = -0.1
+    mask[1, 2, :2] = True  # 16 pixels: mean error -0.2
+    pred[1, 2] = -0.2
+    mask[1, 1, 0, : MIN_FIELD_PIXELS - 1] = True  # too few pixels: left out
+    pred[1, 1] = 5.0
+    assert field_mean_l1(pred, truth, mask).item() == pytest.approx((0.1 + 0.2) / 2)
+    assert field_mean_l1(pred, truth, torch.zeros_like(mask)).item() == 0.0
