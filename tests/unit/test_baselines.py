@@ -190,3 +190,45 @@ def test_gcv_picks_larger_lambda_for_noisier_series() -> None:
 def test_whittaker_rejects_negative_lambda() -> None:
     with pytest.raises(InputError, match="lambda"):
         smooth_whittaker(np.zeros((3, 1, 1, 1)), np.arange(3.0), np.arange(3.0), lam=-1.0)
+
+
+def test_whittaker_in_worker_processes_equals_one_process(flanders_cube, monkeypatch) -> None:
+    import core.baselines
+    from core.baselines import WORKERS_ENV, whittaker_lambdas, whittaker_workers
+    from core.timeline import to_days
+
+    cube = flanders_cube.isel(y=slice(0, 24), x=slice(0, 24), time_s2=slice(0, 40))
+    values = np.where(cube["valid"].values[:, None] == 1, cube["s2"].values, np.nan)
+    days = to_days(cube["time_s2"].values)
+    query = np.linspace(days[0] - 3, days[-1] + 3, 25)
+    monkeypatch.setenv(WORKERS_ENV, "1")
+    serial = smooth_whittaker(values, days, query)
+    serial_lambdas = whittaker_lambdas(values, days)
+    monkeypatch.setattr(core.baselines, "PARALLEL_MIN_SERIES", 1000)  # 5,760 series here
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    assert whittaker_workers(values[0].size) == 2
+    parallel = smooth_whittaker(values, days, query)
+    np.testing.assert_allclose(parallel, serial, rtol=1e-6, atol=1e-7, equal_nan=True)
+    np.testing.assert_array_equal(np.isnan(parallel), np.isnan(serial))
+    np.testing.assert_array_equal(whittaker_lambdas(values, days), serial_lambdas)
+
+
+def test_whittaker_worker_count_comes_from_the_size_and_the_environment(monkeypatch) -> None:
+    import multiprocessing
+
+    from core.baselines import PARALLEL_MIN_SERIES, WORKERS_ENV, whittaker_workers
+
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    assert whittaker_workers(PARALLEL_MIN_SERIES - 1) == 1  # small: not worth the processes
+    assert whittaker_workers(PARALLEL_MIN_SERIES) == 3
+    monkeypatch.setenv(WORKERS_ENV, "0")
+    assert whittaker_workers(PARALLEL_MIN_SERIES) == 1
+    monkeypatch.setenv(WORKERS_ENV, "many")
+    with pytest.raises(InputError, match="whole number"):
+        whittaker_workers(PARALLEL_MIN_SERIES)
+    monkeypatch.delenv(WORKERS_ENV)
+    assert whittaker_workers(PARALLEL_MIN_SERIES) >= 1
+    # A daemonic process (a Dask worker) may not start children: it smooths in itself.
+    monkeypatch.setenv(WORKERS_ENV, "3")
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    assert whittaker_workers(PARALLEL_MIN_SERIES) == 1
