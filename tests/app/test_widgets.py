@@ -61,3 +61,18 @@ def test_clicked_day_reads_plotly_selection_events() -> None:
 def test_default_period_is_the_last_twelve_months() -> None:
     assert default_period(dt.date(2024, 6, 15)) == (dt.date(2023, 6, 16), dt.date(2024, 6, 15))
     assert default_period(dt.date(2024, 2, 29)) == (dt.date(2023, 3, 1), dt.date(2024, 2, 29))
+
+
+def test_the_curves_hover_says_how_far_the_day_is_from_clear_data() -> None:
+    import pandas as pd
+
+    from app.widgets.chart import _distance_text
+
+    assert _distance_text(0) == "seen clear that day"
+    assert _distance_text(12) == "nearest clear observation 12 d away"
+    assert _distance_text(pd.NA) == "most of the field never seen clear"
+    column = pd.array([3, pd.NA], dtype="Int64")  # as the curve holds it
+    assert [_distance_text(d) for d in column] == [
+        "nearest clear observation 3 d away",
+        "most of the field never seen clear",
+    ]
