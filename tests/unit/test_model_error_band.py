@@ -186,3 +186,23 @@ def test_episode_pixel_ndvi_pairs_each_hidden_pixels_true_and_estimated_ndvi(cub
     assert set(np.unique(target_distances(episodes))) >= set(np.unique(pixels["distance"]))
     biased = episode_pixel_ndvi(episodes, truth * 1.1, truth)  # NDVI is scale-free
     np.testing.assert_allclose(biased["estimate"], pixels["true"], atol=1e-5)
+
+
+def test_a_pixel_never_seen_clear_gets_a_value_and_the_farthest_buckets_band(
+    flanders_cube, tmp_path
+) -> None:
+    cube = _crop(flanders_cube, size=16).copy(deep=True)
+    cube["valid"].values[:, 3, 4] = 0  # cloudy on every date
+    query = cube["time_s2"].values[[9]] + np.timedelta64(3, "D")
+    path = _checkpoint(tmp_path, perturb=True)
+    clear_field_cache()
+    out = reconstruct(cube, query, "model", _options(path))
+    linear = reconstruct(cube, query, "linear")
+    present = np.isfinite(cube["s2"].values).any(axis=(0, 2, 3))
+    assert np.isnan(linear["s2"].values[0][present, 3, 4]).all()  # pixel by pixel: nothing
+    assert np.isfinite(out["s2"].values[0][present, 3, 4]).all()  # from its neighbours
+    field = field_checkpoint(
+        cached_checkpoint(path, "cpu"), observations(cube), _options(path), 4, "cpu"
+    )
+    half = (out["s2_p90"] - out["s2"]).values[0][present, 3, 4]
+    np.testing.assert_allclose(half, field.error_band[present, -1], rtol=1e-5)
