@@ -247,6 +247,9 @@ class SeasonResult:
     scenes_found: dict[str, int]
     frames_loaded: dict[str, int]
     elapsed_s: float
+    fits: tuple[str, ...] = ()
+    """What the method fitted on this field, in sentences (:func:`fit_notes`; the model's
+    blend and bands); empty for the baselines."""
 
     @property
     def days(self) -> list[dt.date]:
@@ -334,6 +337,7 @@ def compute_season(
     radar, radar_of_day = _radar(cube, mask, days, scale)
 
     frames: list[FrameView] = []
+    fits: tuple[str, ...] = ()
     stage = f"reconstructing and drawing {len(days)} frames ({request.method})"
     report(stage, 0, len(days))
     for lo in range(0, len(days), RECONSTRUCT_CHUNK):
@@ -342,7 +346,7 @@ def compute_season(
             cube, chunk.astype("datetime64[ns]"), request.method, request.options
         )
         if lo == 0:
-            notes += fit_notes(result.attrs)
+            fits = tuple(fit_notes(result.attrs))
         for qi, day in enumerate(chunk):
             frames.append(
                 _frame_view(cube, result.isel(time=qi), mask, day, scale, warp, radar_of_day)
@@ -388,6 +392,7 @@ def compute_season(
         scenes_found=origin.scenes_found,
         frames_loaded={"s2": int(cube.sizes["time_s2"]), "s1": _s1_count(cube)},
         elapsed_s=time.perf_counter() - started,
+        fits=fits,
     )
 
 

@@ -22,7 +22,7 @@ def show_messages(state: PageState) -> None:
 
 
 def result_summary(result: SeasonResult) -> None:
-    """One line on what the result holds, and its notes."""
+    """One line on what the result holds, its notes, and (folded) what the model fitted."""
     acquisitions = [e for e in result.timeline if e.acquired]
     clear = sum((e.clear_fraction or 0.0) >= 0.5 for e in acquisitions)
     request = result.request
@@ -34,3 +34,7 @@ def result_summary(result: SeasonResult) -> None:
     )
     for note in result.notes:
         st.caption(f"Note: {note}")
+    if result.fits:
+        with st.expander("What the model measured on this field"):
+            for fit in result.fits:
+                st.caption(fit)

@@ -122,6 +122,10 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     options = result.request.options
     assert options.calibrate_field and options.samples > 1  # the app's defaults
     assert page.get("plotly_chart"), "the NDVI chart is missing"
+    # What the model fitted is folded away, not among the notes above the map.
+    assert any(f.startswith("Reflectance band (p10-p90)") for f in result.fits)
+    assert not any(n.startswith(("Field blend", "Reflectance band")) for n in result.notes)
+    assert any(e.label == "What the model measured on this field" for e in page.expander)
 
     # The slider covers every acquisition and the 5-day grid; moving it changes the frames.
     slider = page.select_slider(key="timeline_date")

@@ -194,6 +194,7 @@ def test_sampled_request_draws_the_uncertainty(request_: SeasonRequest) -> None:
         request_, end=dt.date(2018, 5, 20), options=ReconstructOptions(samples=2)
     )
     result = compute_season(short, Settings())
+    assert any(f.startswith("Field blend") for f in result.fits)  # apart from the notes
     assert all(frame.uncertainty_png is not None for frame in result.frames)
     assert np.isfinite(result.curve["ndvi_p10"]).all()
     # The baselines are deterministic: their band has zero width.
