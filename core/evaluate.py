@@ -218,6 +218,8 @@ class Scores:
     and p90 over the same pixels (the curve's band; K > 1 only)."""
     field_ndvi_band: float | None = None
     """Mean width of that band, NDVI units."""
+    field_ndvi_interval_score: float | None = None
+    """Mean interval score of that band over the frames (:func:`interval_score`)."""
     n_field_ndvi: int = 0
     """Frames behind the three figures above."""
     ndvi_coverage: float | None = None
@@ -783,7 +785,7 @@ def field_ndvi_scores(
     if not can_compute_ndvi(bands_present(original)):
         return {}
     truth_ndvi = ndvi(original["s2"].values, band_axis=1)
-    errors, inside, widths = [], [], []
+    errors, inside, widths, scores = [], [], [], []
     has_band = "ndvi_p10" in result
     scale = result.attrs.get(FIELD_NDVI_SCALE_ATTR)
     scale = None if scale is None else float(scale)
@@ -801,12 +803,14 @@ def field_ndvi_scores(
                 low, high = (float(v) for v in narrow_band(pred_mean, low, high, scale))
             inside.append(low <= true_mean <= high)
             widths.append(high - low)
+            scores.append(float(interval_score(low, high, true_mean)))
     if not errors:
         return {}
     return {
         "field_ndvi_mae": float(np.mean(errors)),
         "field_ndvi_coverage": float(np.mean(inside)) if inside else None,
         "field_ndvi_band": float(np.mean(widths)) if widths else None,
+        "field_ndvi_interval_score": float(np.mean(scores)) if scores else None,
         "n_field_ndvi": len(errors),
     }
 
@@ -1014,6 +1018,9 @@ def pool_scores(scores: Sequence[Scores], weighting: str) -> Scores:
             [s.field_ndvi_coverage for s in scores], [s.n_field_ndvi for s in scores]
         ),
         field_ndvi_band=mean([s.field_ndvi_band for s in scores], [s.n_field_ndvi for s in scores]),
+        field_ndvi_interval_score=mean(
+            [s.field_ndvi_interval_score for s in scores], [s.n_field_ndvi for s in scores]
+        ),
         n_field_ndvi=sum(s.n_field_ndvi for s in scores),
         ndvi_coverage=mean([s.ndvi_coverage for s in scores], [s.n_ndvi for s in scores]),
         ndvi_band_width=mean([s.ndvi_band_width for s in scores], [s.n_ndvi for s in scores]),

@@ -596,10 +596,14 @@ def test_field_ndvi_scores_are_per_frame_means_and_the_curves_band() -> None:
     assert got["field_ndvi_mae"] == pytest.approx((0.05 + 0.01) / 2, abs=1e-6)
     assert got["field_ndvi_coverage"] == 0.5  # 0.05 off is outside +-0.04, 0.01 inside
     assert got["field_ndvi_band"] == pytest.approx(0.08, abs=1e-6)
+    # widths 0.08, plus 10 x the one miss's 0.01: (0.18 + 0.08) / 2
+    assert got["field_ndvi_interval_score"] == pytest.approx(0.13, abs=1e-6)
     result.attrs[FIELD_NDVI_SCALE_ATTR] = 0.2  # the curve's band, narrowed to +-0.008
     narrowed = field_ndvi_scores(cube, result, [1, 2], [1, 2], scored)
     assert narrowed["field_ndvi_coverage"] == 0.0
     assert narrowed["field_ndvi_band"] == pytest.approx(0.016, abs=1e-6)
+    # (0.016 + 10 x 0.042) and (0.016 + 10 x 0.002)
+    assert narrowed["field_ndvi_interval_score"] == pytest.approx((0.436 + 0.036) / 2, abs=1e-6)
     without_red = cube.copy(deep=True)
     without_red["s2"][:, BAND["B04"]] = np.nan
     assert field_ndvi_scores(without_red, result, [1, 2], [1, 2], scored) == {}
