@@ -78,6 +78,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "s1_status",
     "frames",
     "clear_fraction_mean",
+    "days_to_clear_max",
     "ndvi_peak_date",
     "ndvi_peak",
     "seconds",
@@ -191,6 +192,10 @@ class FieldRow:
     """Work time of the field's tasks in this run (0 when skipped)."""
     error: str = ""
     """Why the field failed."""
+    days_to_clear_max: int | None = None
+    """The most days any day of the curve lies from the field's clear data (the curve's
+    ``days_to_clear``, a field median): half the longest run without a clear view, about.
+    None when most of the field is never seen clear."""
 
     def record(self) -> dict[str, str]:
         """The row as CSV cells (empty for missing values)."""
@@ -209,6 +214,9 @@ class FieldRow:
             "s1_status": self.s1_status,
             "frames": "" if self.frames is None else str(self.frames),
             "clear_fraction_mean": number(self.clear_fraction_mean, 3),
+            "days_to_clear_max": ""
+            if self.days_to_clear_max is None
+            else str(self.days_to_clear_max),
             "ndvi_peak_date": self.ndvi_peak_date,
             "ndvi_peak": number(self.ndvi_peak, 4),
             "seconds": number(self.seconds, 1),
@@ -223,6 +231,8 @@ class FieldRow:
         details.append(f"{self.frames} frames")
         if self.clear_fraction_mean is not None:
             details.append(f"{100 * self.clear_fraction_mean:.0f}% clear")
+        if self.days_to_clear_max is not None:
+            details.append(f"at most {self.days_to_clear_max} d from clear data")
         if self.ndvi_peak is not None:
             details.append(f"NDVI peak {self.ndvi_peak:.2f} on {self.ndvi_peak_date}")
         if self.status == SKIPPED:
@@ -498,6 +508,7 @@ def write_field_outputs(
         **_fetch_stats(fetched),
         frames=int(dates.size),
         clear_fraction_mean=float(np.mean(clear_fraction(cube, mask))),
+        days_to_clear_max=_most_days(curve["days_to_clear"]),
         ndvi_peak_date=peak_date,
         ndvi_peak=peak,
     )
@@ -511,6 +522,12 @@ def _fetch_stats(result: FetchResult) -> dict[str, Any]:
         "scenes_s1": result.scenes_found.get("sentinel-1-rtc"),
         "s1_status": result.s1_status,
     }
+
+
+def _most_days(days: Any) -> int | None:
+    """The largest of a curve's ``days_to_clear`` column (None when every day is NA)."""
+    known = days.dropna()
+    return int(known.max()) if len(known) else None
 
 
 def _peak(dates: np.ndarray, values: np.ndarray) -> tuple[str, float | None]:

@@ -244,6 +244,7 @@ def test_outputs_are_correct_and_the_marker_is_written_last(tmp_path, monkeypatc
     assert row.status == "ok"
     assert (row.scenes_s2, row.scenes_s1, row.s1_status, row.frames) == (5, 3, "none", 6)
     assert row.clear_fraction_mean == pytest.approx(0.75)  # 3 of 4 dates clear
+    assert row.days_to_clear_max == max(int(r["days_to_clear"]) for r in curve)
     # NDVI rises with the date (both bands +0.01): (0.33 - 0.08) / 0.41 ~ 0.6098 is lower,
     # so the peak is on the first day.
     assert (row.ndvi_peak_date, round(row.ndvi_peak, 4)) == ("2023-05-02", 0.7143)
@@ -329,7 +330,20 @@ def test_a_field_covering_no_pixel_centre_fails_with_a_message(tmp_path) -> None
 
 def test_summary_rows_and_lines() -> None:
     rows = [
-        FieldRow("west", "West", "ok", 8, 6, "loaded", 17, 0.4567, "2023-07-01", 0.81234, 4.26),
+        FieldRow(
+            "west",
+            "West",
+            "ok",
+            8,
+            6,
+            "loaded",
+            17,
+            0.4567,
+            "2023-07-01",
+            0.81234,
+            4.26,
+            days_to_clear_max=12,
+        ),
         FieldRow("east", "East", "skipped", 8, None, "skipped", 17, 0.5, "2023-07-03", 0.8),
         FieldRow("far", "Far", "failed", seconds=0.35, error="No scenes, try later."),
     ]
@@ -344,6 +358,7 @@ def test_summary_rows_and_lines() -> None:
         "s1_status": "loaded",
         "frames": "17",
         "clear_fraction_mean": "0.457",
+        "days_to_clear_max": "12",
         "ndvi_peak_date": "2023-07-01",
         "ndvi_peak": "0.8123",
         "seconds": "4.3",
@@ -352,7 +367,8 @@ def test_summary_rows_and_lines() -> None:
     assert table[1]["scenes_s1"] == "" and table[1]["status"] == "skipped"
     assert table[2]["error"] == "No scenes, try later." and table[2]["frames"] == ""
     assert rows[0].line() == (
-        "west: ok in 4.3 s (8 S2 / 6 S1 scenes, 17 frames, 46% clear, NDVI peak 0.81 on 2023-07-01)"
+        "west: ok in 4.3 s (8 S2 / 6 S1 scenes, 17 frames, 46% clear, at most 12 d from clear "
+        "data, NDVI peak 0.81 on 2023-07-01)"
     )
     assert rows[1].line().startswith("east: skipped, complete from an earlier run (")
     assert rows[2].line() == "far: failed after 0.3 s: No scenes, try later."
