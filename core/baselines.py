@@ -58,7 +58,8 @@ PARALLEL_MIN_SERIES = 250_000
 starting them (a second or two) costs more than it saves (a 128 px, 10-band cube is 164 k
 series and smooths in about 7 s on one core)."""
 _CHUNKS_PER_WORKER = 4
-"""Pixel chunks per worker, so that an uneven chunk does not leave the others idle."""
+"""Bundles of cloud patterns per worker, so that an uneven bundle does not leave the others
+idle."""
 
 
 def interpolate_linear(

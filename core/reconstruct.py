@@ -289,14 +289,13 @@ def _assemble(
     }
     if samples is not None:
         if half is not None:  # around the estimate; reflectance is never below 0
-            low, high = np.maximum(mean - half, np.minimum(mean, 0.0)), mean + half
+            low, high = band_around(mean, half, 0.0, np.inf)
         elif samples.shape[0] > 1:
             low, high = _nan_percentiles(samples, QUANTILES)
         else:
             low, high = samples[0], samples[0]
         if ndvi_half is not None:  # around the estimate's NDVI, within NDVI's range
-            nlow = np.maximum(mean_ndvi - ndvi_half, np.minimum(mean_ndvi, -1.0))
-            nhigh = np.minimum(mean_ndvi + ndvi_half, np.maximum(mean_ndvi, 1.0))
+            nlow, nhigh = band_around(mean_ndvi, ndvi_half, -1.0, 1.0)
         else:
             nlow, nhigh = _nan_percentiles(ndvi(samples, band_axis=2), QUANTILES)
         if options.keep_samples:
@@ -323,6 +322,16 @@ def _assemble(
         "x": observed["x"].values,
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def band_around(
+    centre: np.ndarray, half: np.ndarray, lowest: float, highest: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The band ``centre`` -+ ``half``, cut to [``lowest``, ``highest``] (a quantity's range)
+    but never so far that it leaves out ``centre`` itself."""
+    low = np.maximum(centre - half, np.minimum(centre, lowest))
+    high = np.minimum(centre + half, np.maximum(centre, highest))
+    return low, high
 
 
 def _nan_percentiles(samples: np.ndarray, percents: tuple[int, ...]) -> list[np.ndarray]:

@@ -17,13 +17,14 @@ hidden clear value (frame, band, pixel) of a set of episodes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.indices import ndvi
 from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket
+from core.reconstruct import band_around
 
 if TYPE_CHECKING:
     from core.model.training import Episode
@@ -134,6 +135,36 @@ def fit_error_band(
     return half
 
 
+def _episode_ndvi_maps(
+    episodes: Sequence[Episode],
+    mean: np.ndarray,
+    truth: np.ndarray,
+    samples: np.ndarray | None = None,
+) -> Iterator[tuple[Episode, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Per episode: the NDVI maps of ``truth`` and ``mean`` (T, H, W) and, with ``samples``
+    (K, M), of each sample (K, T, H, W), from the episodes' 1-D value arrays (NaN where a
+    value was not hidden)."""
+    offset = 0
+    for ep in episodes:
+        target = ep.target
+        n = int(target.sum())
+        part = slice(offset, offset + n)
+        offset += n
+
+        def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
+            out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)
+            out[..., target] = values
+            return out
+
+        sample_ndvi = None if samples is None else ndvi(scatter(samples[:, part]), band_axis=2)
+        yield (
+            ep,
+            ndvi(scatter(truth[part]), band_axis=1),
+            ndvi(scatter(mean[part]), band_axis=1),
+            sample_ndvi,
+        )
+
+
 def episode_pixel_ndvi(
     episodes: Sequence[Episode],
     mean: np.ndarray,
@@ -147,23 +178,11 @@ def episode_pixel_ndvi(
 
     ``mean``, ``truth`` and ``draws`` are the episodes' 1-D value arrays (module docstring)."""
     parts: dict[str, list[np.ndarray]] = {"true": [], "estimate": [], "distance": [], "samples": []}
-    offset = 0
-    for ep in episodes:
-        target = ep.target
-        n = int(target.sum())
-        part = slice(offset, offset + n)
-        offset += n
-
-        def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
-            out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)
-            out[..., target] = values
-            return out
-
-        true_ndvi = ndvi(scatter(truth[part]), band_axis=1)  # (T, H, W)
-        est_ndvi = ndvi(scatter(mean[part]), band_axis=1)
+    with_samples = draws is not None and draws.shape[0] > 0
+    samples = mean[None] + draws if with_samples else None
+    for ep, true_ndvi, est_ndvi, sample_ndvi in _episode_ndvi_maps(episodes, mean, truth, samples):
         ok = np.isfinite(true_ndvi) & np.isfinite(est_ndvi)
-        if draws is not None and draws.shape[0]:
-            sample_ndvi = ndvi(scatter(mean[part][None] + draws[:, part]), band_axis=2)
+        if sample_ndvi is not None:
             ok &= np.isfinite(sample_ndvi).all(axis=0)
             parts["samples"].append(sample_ndvi[:, ok])
         parts["true"].append(true_ndvi[ok])
@@ -207,22 +226,8 @@ def episode_field_ndvi(
     if draws.shape[0] < 2:  # no band without samples
         return np.zeros((0, 4))
     samples = mean[None] + np.asarray(scale, np.float32) * draws
-    offset = 0
-    for ep in episodes:
-        target = ep.target
-        n = int(target.sum())
-        part = slice(offset, offset + n)
-        offset += n
-
-        def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
-            out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)
-            out[..., target] = values
-            return out
-
-        true_ndvi = ndvi(scatter(truth[part]), band_axis=1)  # (T, H, W)
-        est_ndvi = ndvi(scatter(mean[part]), band_axis=1)
-        sample_ndvi = ndvi(scatter(samples[:, part]), band_axis=2)  # (K, T, H, W)
-        for frame in range(target.shape[0]):
+    for ep, true_ndvi, est_ndvi, sample_ndvi in _episode_ndvi_maps(episodes, mean, truth, samples):
+        for frame in range(true_ndvi.shape[0]):
             ok = np.isfinite(true_ndvi[frame]) & np.isfinite(est_ndvi[frame])
             ok &= np.isfinite(sample_ndvi[:, frame]).all(axis=0)
             if ok.sum() < MIN_FRAME_PIXELS:
@@ -230,10 +235,8 @@ def episode_field_ndvi(
             if ndvi_half is None:
                 low, high = np.percentile(sample_ndvi[:, frame][:, ok], [10, 90], axis=0)
             else:
-                est = est_ndvi[frame][ok]
                 half = np.asarray(ndvi_half)[distance_bucket(ep.distance[frame][ok])]
-                low = np.maximum(est - half, np.minimum(est, -1.0))
-                high = np.minimum(est + half, np.maximum(est, 1.0))
+                low, high = band_around(est_ndvi[frame][ok], half, -1.0, 1.0)  # as the output
             rows.append(
                 (
                     float(true_ndvi[frame][ok].mean()),

@@ -498,8 +498,8 @@ def field_checkpoint(
                 half = fit_error_band(
                     mean, truth, target_bands(episodes), target_distances(episodes), N_BANDS
                 )
-                pixels = episode_pixel_ndvi(episodes, mean, truth) if ndvi_error_band else {}
-                if ndvi_error_band and pixels["true"].size:
+                pixels = episode_pixel_ndvi(episodes, mean, truth) if ndvi_error_band else None
+                if pixels is not None and pixels["true"].size:
                     no_band = np.zeros(pixels["true"].size, np.intp)
                     ndvi_half = fit_error_band(
                         pixels["estimate"], pixels["true"], no_band, pixels["distance"], 1

@@ -51,15 +51,20 @@ def _options(path: str, **kwargs) -> ReconstructOptions:
     return ReconstructOptions(checkpoint=path, device="cpu", **settings)
 
 
+def _cube_and_queries(flanders_cube):
+    """A 16 px crop, its two clearest acquisitions (cloud removal, kept clear pixels) and two
+    dates between acquisitions (anytime queries)."""
+    cube = _crop(flanders_cube, size=16)
+    times = cube["time_s2"].values
+    clearest = np.sort(np.argsort(cube["valid"].values.mean(axis=(1, 2)))[-2:])
+    return cube, np.concatenate([times[clearest], times[[9, 14]] + np.timedelta64(3, "D")])
+
+
 def test_each_pixels_band_is_its_cells_half_width_around_the_estimate(
     flanders_cube, tmp_path
 ) -> None:
-    cube = _crop(flanders_cube, size=16)
+    cube, query = _cube_and_queries(flanders_cube)
     times = cube["time_s2"].values
-    # The two clearest acquisitions (cloud removal, kept clear pixels) and dates between
-    # acquisitions (anytime queries).
-    clearest = np.sort(np.argsort(cube["valid"].values.mean(axis=(1, 2)))[-2:])
-    query = np.concatenate([times[clearest], times[[9, 14]] + np.timedelta64(3, "D")])
     path = _checkpoint(tmp_path, perturb=True)
     clear_field_cache()
     options = _options(path, keep_samples=True)
@@ -100,10 +105,8 @@ def test_each_pixels_band_is_its_cells_half_width_around_the_estimate(
 def test_the_ndvi_error_band_is_opt_in_and_follows_the_distance_to_clear_data(
     flanders_cube, tmp_path
 ) -> None:
-    cube = _crop(flanders_cube, size=16)
+    cube, query = _cube_and_queries(flanders_cube)
     times = cube["time_s2"].values
-    clearest = np.sort(np.argsort(cube["valid"].values.mean(axis=(1, 2)))[-2:])
-    query = np.concatenate([times[clearest], times[[9, 14]] + np.timedelta64(3, "D")])
     path = _checkpoint(tmp_path, perturb=True)
     clear_field_cache()
     default = reconstruct(cube, query, "model", _options(path))
