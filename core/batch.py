@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import xarray as xr
 
 from core.cache import fetch_cached
 from core.cog import write_frame_stack
@@ -55,11 +56,9 @@ from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates
 
 if TYPE_CHECKING:
-    import xarray as xr
-
     from core.distributed import Cluster
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the outputs for the same request change; older markers then count as stale."""
 CURVE_FILE = "ndvi.csv"
 FRAMES_FILE = "frames.tif"
@@ -485,11 +484,17 @@ def write_field_outputs(
             f"The field '{name}' covers no pixel centre of its 10 m grid; outline a larger field."
         )
     dates = frame_dates(cube, request.start, request.end, request.every_days)
-    frames = reconstruct(cube, dates, method=request.method, options=request.options)
-    write_frame_stack(
-        frames, folder / FRAMES_FILE, grid=fetched.grid, tags={"FIELD_ID": field_id, "FIELD": name}
-    )
-    del frames
+    # The frames that fall on the curve's days are kept from the curve's own reconstruction
+    # (the two then agree, and those days are reconstructed once); the others, if any (a
+    # curve every few days), are reconstructed on their own.
+    wanted = set(calendar_day(dates))
+    kept: list[xr.Dataset] = []
+
+    def keep(chunk_dates: np.ndarray, result: xr.Dataset) -> None:
+        hits = [qi for qi, day in enumerate(calendar_day(chunk_dates)) if day in wanted]
+        if hits:
+            kept.append(result.isel(time=hits))
+
     curve = ndvi_curve(
         cube,
         request.start,
@@ -498,7 +503,18 @@ def write_field_outputs(
         method=request.method,
         options=request.options,
         field_mask=mask,
+        on_chunk=keep,
     )
+    covered = {day for part in kept for day in calendar_day(part["time"].values)}
+    rest = dates[[day not in covered for day in calendar_day(dates)]]
+    if rest.size:
+        kept.append(reconstruct(cube, rest, method=request.method, options=request.options))
+    frames = xr.concat(kept, dim="time", combine_attrs="override").sortby("time")
+    del kept
+    write_frame_stack(
+        frames, folder / FRAMES_FILE, grid=fetched.grid, tags={"FIELD_ID": field_id, "FIELD": name}
+    )
+    del frames
     write_curve_csv(curve, folder / CURVE_FILE)
     peak_date, peak = _peak(curve["date"].to_numpy(), curve["ndvi"].to_numpy())
     row = FieldRow(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,15 @@ OBSERVED_MIN_CLEAR_FRACTION = 0.5
 """A day counts as "observed" when at least this fraction of the field was seen clear."""
 CHUNK_BYTES = 2**30
 """Rough working-memory budget of one chunk of reconstructed dates."""
+CHUNK_MOST_DATES = 40
+"""Most dates per reconstruction call, whatever the memory allows. On hu-alfold (128 px, K = 8,
+the app's model settings; 2 cores) a daily curve of 146 days took 50.5 / 43.1 / 45.8 / 53.6 s
+with 146 / 73 / 37 / 16 dates per call: one call holding them all is slower (its samples alone
+are 0.8 GB), and below some 30 dates the model's per-call work (the acquisitions' tokens, the
+blend's smoother) starts to add up. About 40 also gives a Run's progress bar steps to show."""
+
+ChunkHandler = Callable[[np.ndarray, xr.Dataset], None]
+"""``(dates, reconstruction)`` of one chunk of the curve's dates, as it is reconstructed."""
 FLOAT_FORMAT = "%.4f"
 
 
@@ -82,11 +92,14 @@ def ndvi_curve(
     options: ReconstructOptions | None = None,
     field_mask: np.ndarray | None = None,
     reconstructor: Reconstructor = reconstruct,
+    on_chunk: ChunkHandler | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """The field's NDVI curve from ``start`` to ``end`` (clipped to the cube's S2 period).
 
-    Dates are reconstructed in chunks sized to :data:`CHUNK_BYTES`, each reduced to field means
-    at once, so a long daily curve of a large cube never holds all frames in memory.
+    Dates are reconstructed in chunks sized to :data:`CHUNK_BYTES` (at most
+    :data:`CHUNK_MOST_DATES`), each reduced to field means at once, so a long daily curve of a
+    large cube never holds all frames in memory.
 
     Args:
         cube: a cube (see :mod:`core.cube`) with red (B04) and a NIR band (B08 or B8A).
@@ -96,6 +109,10 @@ def ndvi_curve(
         options: reconstruction options (samples, seed, ...).
         field_mask: bool (H, W), the field's pixels; by default every pixel that holds data.
         reconstructor: runs the reconstructions (default in-process; see core.distributed).
+        on_chunk: also given each chunk's dates (datetime64[ns]) and full reconstruction, e.g.
+            to draw or keep the frames of some of those days from the same reconstruction
+            (then a frame and the curve agree on that day, and nothing is reconstructed twice).
+        progress: called as ``(dates done, dates in all)`` after each chunk.
 
     Returns:
         DataFrame with :data:`CURVE_COLUMNS`, one row per query day; ``date`` is datetime64.
@@ -128,6 +145,10 @@ def ndvi_curve(
         result = reconstructor(cube, dates[chunk], method, options)
         mean[chunk], p10[chunk], p90[chunk] = field_ndvi_band(result, mask)
         fits = {k: v for k, v in result.attrs.items() if k.startswith(FIT_ATTR_PREFIXES)}
+        if on_chunk is not None:
+            on_chunk(dates[chunk], result)
+        if progress is not None:
+            progress(chunk.stop, dates.size)
 
     seen = (clear_fraction >= OBSERVED_MIN_CLEAR_FRACTION) & np.isfinite(observed_ndvi)
     curve = pd.DataFrame(
@@ -277,7 +298,7 @@ def _dates_per_chunk(cube: xr.Dataset, samples: int) -> int:
     # Per date the contract holds the mean, the samples and their quantiles (bands x pixels).
     pixels = cube.sizes["band"] * cube.sizes["y"] * cube.sizes["x"]
     bytes_per_date = pixels * 4 * (samples + 6)
-    return max(1, int(CHUNK_BYTES // bytes_per_date))
+    return max(1, min(CHUNK_MOST_DATES, int(CHUNK_BYTES // bytes_per_date)))
 
 
 def _chunks(total: int, size: int) -> list[slice]:

@@ -6,12 +6,14 @@
    from a cube file for the offline demo (cropped to the field's grid);
 2. build the **timeline**: every Sentinel-2 acquisition day in the period (clear or cloudy)
    plus a regular grid every :data:`GRID_EVERY_DAYS` days;
-3. reconstruct the cloud-free frame at every timeline date (in chunks, reporting progress) and
-   draw its pictures (:mod:`core.render`): the raw acquisition with its cloud mask, the
-   reconstructed true colour, NDVI and uncertainty, and the map overlays in lon/lat;
-4. draw the nearest Sentinel-1 VV frame of each timeline date;
-5. compute the daily NDVI curve (:func:`core.curve.ndvi_curve`) and a Whittaker reference
-   through the clear observations (:func:`core.baselines.smooth_whittaker`).
+3. draw the nearest Sentinel-1 VV frame of each timeline date;
+4. reconstruct every day of the period once, in chunks, reporting progress: each chunk gives
+   the daily NDVI curve its rows (:func:`core.curve.ndvi_curve`) and, for the timeline dates
+   in it, the frame's pictures (:mod:`core.render`): the raw acquisition with its cloud mask,
+   the reconstructed true colour, NDVI and uncertainty, and the map overlays in lon/lat. A
+   frame and the curve therefore show the same reconstruction of their day;
+5. fit a Whittaker reference through the clear observations
+   (:func:`core.baselines.smooth_whittaker`).
 
 The :class:`SeasonResult` holds everything a viewer needs, so moving through the dates never
 computes anything. Only a day off the timeline (:func:`day_view`) or a GeoTIFF download
@@ -68,8 +70,6 @@ from core.timeline import calendar_day, regular_dates, to_days
 
 GRID_EVERY_DAYS = 5
 """Spacing of the regular query dates added to the acquisitions."""
-RECONSTRUCT_CHUNK = 16
-"""Dates reconstructed per call (the progress step; bounds memory for large fields)."""
 S1_SEARCH_MARGIN_DAYS = 15
 """Sentinel-1 frames this far outside the period may still be the nearest to its ends."""
 MODEL_CHECKPOINT = REPO_ROOT / "assets" / "model.pt"
@@ -336,25 +336,27 @@ def compute_season(
     warp = LonLatWarp.for_grid(grid)
     radar, radar_of_day = _radar(cube, mask, days, scale)
 
-    frames: list[FrameView] = []
-    fits: tuple[str, ...] = ()
-    stage = f"reconstructing and drawing {len(days)} frames ({request.method})"
-    report(stage, 0, len(days))
-    for lo in range(0, len(days), RECONSTRUCT_CHUNK):
-        chunk = days[lo : lo + RECONSTRUCT_CHUNK]
-        result = reconstructor(
-            cube, chunk.astype("datetime64[ns]"), request.method, request.options
-        )
-        if lo == 0:
-            fits = tuple(fit_notes(result.attrs))
-        for qi, day in enumerate(chunk):
-            frames.append(
-                _frame_view(cube, result.isel(time=qi), mask, day, scale, warp, radar_of_day)
-            )
-        report(stage, len(frames), len(days))
+    # One pass reconstructs every day of the curve; the timeline's frames are drawn from the
+    # same reconstruction as it goes, so a frame and the curve agree on its day and no day is
+    # reconstructed twice.
+    views: dict[np.datetime64, FrameView] = {}
+    fits: list[str] = []
+    n_days = int((last - first).astype(int)) + 1
+    stage = (
+        f"reconstructing {n_days} days and drawing {len(days)} frames ({request.method})"
+    )
+    report(stage, 0, n_days)
 
-    stage = "computing the daily NDVI curve"
-    report(stage, 0, 1)
+    def draw(dates: np.ndarray, result: xr.Dataset) -> None:
+        if not fits:
+            fits.extend(fit_notes(result.attrs))
+        for qi, day in enumerate(calendar_day(dates)):
+            if day in wanted:
+                views[day] = _frame_view(
+                    cube, result.isel(time=qi), mask, day, scale, warp, radar_of_day
+                )
+
+    wanted = set(days)
     curve = ndvi_curve(
         cube,
         first,
@@ -364,14 +366,16 @@ def compute_season(
         options=request.options,
         field_mask=mask,
         reconstructor=reconstructor,
+        on_chunk=draw,
+        progress=lambda done, total: report(stage, done, total),
     )
+    frames = [views[day] for day in days]  # the timeline lies within the curve's days
     reference = whittaker_reference(curve)
     if reference.empty:
         notes.append(
             f"No Whittaker reference: fewer than {MIN_WHITTAKER_OBSERVATIONS} clear "
             "observations of the field in the period."
         )
-    report(stage, 1, 1)
     return SeasonResult(
         key=request.key(settings.stac_api_url),
         request=request,
@@ -392,7 +396,7 @@ def compute_season(
         scenes_found=origin.scenes_found,
         frames_loaded={"s2": int(cube.sizes["time_s2"]), "s1": _s1_count(cube)},
         elapsed_s=time.perf_counter() - started,
-        fits=fits,
+        fits=tuple(fits),
     )
 
 

@@ -41,6 +41,39 @@ def test_leave_one_out_features_ignore_the_frame_itself() -> None:
         assert not np.array_equal(feature(values)[8], feature(changed)[8])
 
 
+def test_leave_one_out_interpolation_matches_np_interp_of_the_other_frames() -> None:
+    values, days = _series()
+    interp, d_prev, d_next = interpolate_at_frames(values, days, exclusive=True)
+    for t, band, y, x in [(0, 0, 0, 0), (7, 3, 2, 1), (15, 9, 3, 4), (29, 5, 1, 2)]:
+        series = values[:, band, y, x]
+        others = np.isfinite(series) & (np.arange(days.size) != t)
+        expected = np.interp(days[t], days[others], series[others])  # nearest beyond the ends
+        assert interp[t, band, y, x] == pytest.approx(expected, rel=1e-5)
+        before, after = days[others & (days < days[t])], days[others & (days > days[t])]
+        assert d_prev[t, band, y, x] == pytest.approx(days[t] - before.max() if before.size else np.inf)
+        assert d_next[t, band, y, x] == pytest.approx(after.min() - days[t] if after.size else np.inf)
+
+
+def test_interpolation_per_pixel_pattern_equals_band_by_band() -> None:
+    """Where every band the cube has is observed together, the neighbours are found once per
+    pixel; a band absent from the cube and a pixel with one band missing on its own (handled
+    band by band) must give exactly what each band alone gives."""
+    rng = np.random.default_rng(3)
+    days = np.sort(rng.uniform(0, 300, 40))
+    values = rng.random((40, 10, 6, 7)).astype(np.float32)
+    values[rng.random((40, 1, 6, 7)).repeat(10, axis=1) < 0.5] = np.nan  # clouds: all bands
+    values[:, 4] = np.nan  # a band the cube lacks
+    values[:, 2, 3, 3] = np.nan  # a pixel never observed
+    values[11, 7, 1, 2] = np.nan  # nodata in one band of one clear pixel
+    values[12, 7, 1, 2] = 0.5
+    for exclusive in (True, False):
+        whole = interpolate_at_frames(values, days, exclusive)
+        for band in range(10):
+            alone = interpolate_at_frames(values[:, band : band + 1], days, exclusive)
+            for got, expected in zip(whole, alone):
+                np.testing.assert_array_equal(got[:, band : band + 1], expected)
+
+
 def test_kernel_smoother_matches_a_direct_weighted_mean() -> None:
     values, days = _series()
     smooth, weight = kernel_smooth_loo(values, days, bandwidth=20.0)

@@ -116,8 +116,11 @@ def test_progress_reports_stages_with_counts(season) -> None:
     stages = [stage for stage, _, _ in calls]
     assert stages[0].startswith("reading the offline cube")
     recon = [c for c in calls if c[0].startswith("reconstructing")]
-    assert recon[0][1:] == (0, len(result.days)) and recon[-1][1:] == (len(result.days),) * 2
-    assert calls[-1] == ("computing the daily NDVI curve", 1, 1)
+    n_days = (result.last_day - result.first_day).days + 1
+    assert recon[0][0] == f"reconstructing {n_days} days and drawing {len(result.days)} frames (linear)"
+    assert recon[0][1:] == (0, n_days) and calls[-1][1:] == (n_days, n_days)
+    done = [c[1] for c in recon]
+    assert done == sorted(done) and len(done) >= 3  # more than one step on this 46-day period
 
 
 def test_whittaker_reference_follows_the_clear_observations(season) -> None:
@@ -222,3 +225,10 @@ def test_model_method_with_a_tiny_checkpoint(request_: SeasonRequest, tmp_path: 
     assert (spread >= -1e-6).all() and spread.max() > 0.01
     view = day_view(result, dt.date(2018, 5, 13))
     assert view.uncertainty_png is not None and view.ndvi_p10 <= view.ndvi_p90
+    # The frames come from the curve's own reconstruction: the map and the chart agree,
+    # samples and band included.
+    for frame in result.frames:
+        row = result.curve_row(frame.day)
+        assert (frame.ndvi, frame.ndvi_p10, frame.ndvi_p90) == pytest.approx(
+            (row["ndvi"], row["ndvi_p10"], row["ndvi_p90"]), abs=1e-9
+        )

@@ -1,0 +1,88 @@
+"""What an app Run costs: :func:`core.season.compute_season` on an offline cube, timed by stage.
+
+    python benchmarks/season_run.py [--cube ../shared/data/cubes/be-flanders-a_2017-2018.nc]
+        [--days 183] [--repeats 2] [--threads 2] [--method model]
+
+The field is the cube's extent less a 3 % rim (the cube must be on a projected grid, as the
+app's are); the period is ``--days`` days from the cube's first S2 acquisition; the
+options are the app's defaults for the method (model: K = 8, the field blend, the band fitted on
+the field). The per-field cache is emptied before each repeat, so each fits afresh, as a new Run
+does. Prints the wall time of each progress stage and of the whole Run, and the frame and curve
+counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import shapely
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.config import Settings
+from core.cube import read_cube
+from core.field import Field
+from core.model.inference import clear_field_cache
+from core.reconstruct import ReconstructOptions
+from core.season import SeasonRequest, compute_season
+from core.timeline import calendar_day
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = Settings.from_env().cubes_dir / "be-flanders-a_2017-2018.nc"
+    parser.add_argument("--cube", type=Path, default=default)
+    parser.add_argument("--days", type=int, default=183)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--method", default="model")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cube = read_cube(args.cube)
+    if str(cube.attrs.get("crs", "EPSG:4326")).upper() != "EPSG:4326":
+        from core.demo import to_lonlat
+
+        def lonlat(polygon: shapely.Polygon) -> shapely.Polygon:
+            return to_lonlat(polygon, str(cube.attrs["crs"]))
+    else:
+
+        def lonlat(polygon: shapely.Polygon) -> shapely.Polygon:
+            return polygon
+
+    xs, ys = cube["x"].values, cube["y"].values
+    rim_x, rim_y = 0.03 * np.ptp(xs), 0.03 * np.ptp(ys)
+    box = shapely.box(xs.min() + rim_x, ys.min() + rim_y, xs.max() - rim_x, ys.max() - rim_y)
+    field = Field(lonlat(box), "benchmark field")
+    acquired = calendar_day(cube["time_s2"].values)
+    last = min(acquired[-1], acquired[0] + np.timedelta64(args.days - 1, "D"))
+    start, end = (np.datetime64(d, "D").item() for d in (acquired[0], last))
+    model = args.method == "model"
+    options = ReconstructOptions(samples=8, calibrate_field=True) if model else ReconstructOptions()
+    request = SeasonRequest(field, start, end, method=args.method, options=options, cube_path=args.cube)
+    print(f"{args.cube.name}: {dict(cube.sizes)}, {start} to {end}, {args.method}", flush=True)
+    for repeat in range(args.repeats):
+        clear_field_cache()
+        marks: list[tuple[str, float]] = []
+        began = time.perf_counter()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if not marks or marks[-1][0] != stage:
+                marks.append((stage, time.perf_counter()))
+
+        result = compute_season(request, Settings.from_env(), progress=progress)
+        total = time.perf_counter() - began
+        ends = [t for _, t in marks[1:]] + [began + total]
+        print(f"repeat {repeat}: {total:.1f} s, {len(result.frames)} frames, "
+              f"{len(result.curve)} curve days, grid {result.grid.shape}", flush=True)
+        for (stage, t0), t1 in zip(marks, ends):
+            print(f"  {t1 - t0:6.1f} s  {stage}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
