@@ -38,6 +38,7 @@ from core.model.features import (
     times_to_days_and_doy,
 )
 from core.model.flow import SOLVERS
+from core.model.network import flow_in_bf16
 from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
@@ -635,6 +636,9 @@ def model_method(
         ndvi_half = np.asarray(checkpoint.ndvi_error_band, np.float32)[distance_bucket(distance)]
     attrs = field_attrs(base, checkpoint, options)
     attrs["model_steps"] = int(steps)
+    if draws is not None:
+        bf16 = flow_in_bf16(torch.device(device).type)
+        attrs["model_flow_precision"] = "bfloat16" if bf16 else "float32"
     return Prediction(
         mean=mean, samples=draws, band_half=band_half, ndvi_half=ndvi_half, attrs=attrs
     )
