@@ -12,7 +12,8 @@ worker sees under the same path):
 * ``ndvi.csv``: the field's NDVI curve, daily by default (:mod:`core.curve`, field mask from
   the outline);
 * ``frames.tif``: cloud-free frames at every acquisition day and every ``every_days`` days, as
-  one COG (:mod:`core.cog`);
+  one COG (:mod:`core.cog`); those on the curve's days (all of them with a daily curve) are
+  the curve's own reconstruction of that day;
 * ``done.json``: written last, atomically: the request, each output's size and SHA-256, and
   the field's summary row. Its presence with a matching request and intact outputs is what
   makes a re-run skip the field (no fetch, no request to the STAC API). Anything less (a run
