@@ -92,7 +92,9 @@ def head_check(cube, repeats: int) -> None:
 
 def run_check(cube) -> None:
     times = cube["time_s2"].values
-    dates = regular_dates(times[0], times[-1], max(1, int((times[-1] - times[0]) / np.timedelta64(1, "D")) // 20))[:20]
+    dates = regular_dates(
+        times[0], times[-1], max(1, int((times[-1] - times[0]) / np.timedelta64(1, "D")) // 20)
+    )[:20]
     options = ReconstructOptions(samples=8, calibrate_field=True)
     mask = np.isfinite(cube["s2"].values).any(axis=(0, 1))
     results = {}
@@ -101,8 +103,12 @@ def run_check(cube) -> None:
         clear_field_cache()
         began = time.perf_counter()
         results[flag] = reconstruct(cube, dates, "model", options)
-        print(f"  {FLOW_BF16_ENV}={flag}: reconstruction of {dates.size} dates {time.perf_counter() - began:.1f} s "
-              f"({results[flag].attrs.get('model_flow_precision')})", flush=True)
+        spent = time.perf_counter() - began
+        print(
+            f"  {FLOW_BF16_ENV}={flag}: reconstruction of {dates.size} dates {spent:.1f} s "
+            f"({results[flag].attrs.get('model_flow_precision')})",
+            flush=True,
+        )
     os.environ.pop(FLOW_BF16_ENV)
     a, b = results["0"], results["1"]
     width = np.nanmean(a["ndvi_p90"].values - a["ndvi_p10"].values)
@@ -111,8 +117,10 @@ def run_check(cube) -> None:
         print(f"  per-pixel {name}: mean |difference| {d:.4f} (band mean width {width:.3f})")
     _, lo_a, hi_a = field_ndvi_band(a, mask)
     _, lo_b, hi_b = field_ndvi_band(b, mask)
-    print(f"  curve band edges: mean |difference| {np.mean(np.abs(lo_a - lo_b)):.4f} / "
-          f"{np.mean(np.abs(hi_a - hi_b)):.4f}, width {np.mean(hi_a - lo_a):.3f}")
+    print(
+        f"  curve band edges: mean |difference| {np.mean(np.abs(lo_a - lo_b)):.4f} / "
+        f"{np.mean(np.abs(hi_a - hi_b)):.4f}, width {np.mean(hi_a - lo_a):.3f}"
+    )
     same = np.array_equal(a["s2"].values, b["s2"].values, equal_nan=True)
     print(f"  best estimate identical: {same}")
 
@@ -125,8 +133,10 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.cube or ["be-flanders-a_2017-2018.nc", "pt-santarem_2021.nc"]
-    print(f"native bfloat16 on this CPU: {cpu_has_native_bf16()}; torch {torch.__version__}, "
-          f"{args.threads} threads")
+    print(
+        f"native bfloat16 on this CPU: {cpu_has_native_bf16()}; torch {torch.__version__}, "
+        f"{args.threads} threads"
+    )
     for name in names:
         cube = read_cube(Settings.from_env().cubes_dir / name)
         print(f"{name}: {dict(cube.sizes)}", flush=True)

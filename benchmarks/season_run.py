@@ -63,23 +63,28 @@ def main() -> int:
     start, end = (np.datetime64(d, "D").item() for d in (acquired[0], last))
     model = args.method == "model"
     options = ReconstructOptions(samples=8, calibrate_field=True) if model else ReconstructOptions()
-    request = SeasonRequest(field, start, end, method=args.method, options=options, cube_path=args.cube)
+    request = SeasonRequest(
+        field, start, end, method=args.method, options=options, cube_path=args.cube
+    )
     print(f"{args.cube.name}: {dict(cube.sizes)}, {start} to {end}, {args.method}", flush=True)
     for repeat in range(args.repeats):
         clear_field_cache()
         marks: list[tuple[str, float]] = []
         began = time.perf_counter()
 
-        def progress(stage: str, done: int, total: int) -> None:
+        def progress(stage: str, done: int, total: int, marks: list = marks) -> None:
             if not marks or marks[-1][0] != stage:
                 marks.append((stage, time.perf_counter()))
 
         result = compute_season(request, Settings.from_env(), progress=progress)
         total = time.perf_counter() - began
         ends = [t for _, t in marks[1:]] + [began + total]
-        print(f"repeat {repeat}: {total:.1f} s, {len(result.frames)} frames, "
-              f"{len(result.curve)} curve days, grid {result.grid.shape}", flush=True)
-        for (stage, t0), t1 in zip(marks, ends):
+        print(
+            f"repeat {repeat}: {total:.1f} s, {len(result.frames)} frames, "
+            f"{len(result.curve)} curve days, grid {result.grid.shape}",
+            flush=True,
+        )
+        for (stage, t0), t1 in zip(marks, ends, strict=True):
             print(f"  {t1 - t0:6.1f} s  {stage}", flush=True)
     return 0
 

@@ -511,7 +511,7 @@ def write_field_outputs(
     if rest.size:
         kept.append(reconstruct(cube, rest, method=request.method, options=request.options))
     frames = xr.concat(kept, dim="time", combine_attrs="override").sortby("time")
-    del kept
+    kept.clear()
     write_frame_stack(
         frames, folder / FRAMES_FILE, grid=fetched.grid, tags={"FIELD_ID": field_id, "FIELD": name}
     )

@@ -341,6 +341,19 @@ def _nan_percentiles(samples: np.ndarray, percents: tuple[int, ...]) -> list[np.
     never-observed pixels), which takes minutes on a year of daily frames.
     """
     ordered = np.sort(samples, axis=0)  # NaN sorts last
+    if not (np.isnan(ordered[-1]) & ~np.isnan(ordered[0])).any():
+        # Every slice is all numbers or all NaN (the usual case: NaN only for an absent band or
+        # a pixel without data): the same positions everywhere, no gathering. The same numbers
+        # as below (float64 weights, then back to the samples' type); NaN stays NaN.
+        last = samples.shape[0] - 1
+        out = []
+        for percent in percents:
+            position = last * (percent / 100.0)
+            below = int(np.floor(position))
+            above = min(below + 1, last)
+            low, high = ordered[below], ordered[above]
+            out.append((low + np.float64(position - below) * (high - low)).astype(samples.dtype))
+        return out
     count = (~np.isnan(ordered)).sum(axis=0)
     last = np.maximum(count - 1, 0)
     out = []

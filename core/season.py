@@ -342,9 +342,7 @@ def compute_season(
     views: dict[np.datetime64, FrameView] = {}
     fits: list[str] = []
     n_days = int((last - first).astype(int)) + 1
-    stage = (
-        f"reconstructing {n_days} days and drawing {len(days)} frames ({request.method})"
-    )
+    stage = f"reconstructing {n_days} days and drawing {len(days)} frames ({request.method})"
     report(stage, 0, n_days)
 
     def draw(dates: np.ndarray, result: xr.Dataset) -> None:

@@ -164,7 +164,7 @@ def interpolate_at_frames(
 
     Returns:
         interpolation (T, B, H, W) (NaN where a series has no other value), and the days to
-        the previous and next observation (T, B, H, W), inf where there is none.
+        the previous and next observation (T, B, H, W; read-only), inf where there is none.
     """
     observed = np.isfinite(values)
     if values.shape[1] == 1:
@@ -181,7 +181,8 @@ def interpolate_at_frames(
         redo = _interpolate(
             values[:, :, odd][..., None], observed[:, :, odd][..., None], days, exclusive, None
         )
-        for whole, part in zip(out, redo):
+        out = tuple(np.array(whole) for whole in out)  # the distances may be shared views
+        for whole, part in zip(out, redo, strict=True):
             whole[:, :, odd] = part[..., 0]
     return out
 
@@ -197,20 +198,18 @@ def _interpolate(
     band (1, B, 1, 1)) from one observed pattern per pixel (right where observed equals
     pixel & band)."""
     pattern = observed if by_pixel is None else by_pixel[0]
-    take_prev, take_next, w_prev, w_next, some, d_prev, d_next = _bracket(
-        pattern, days, exclusive
-    )
+    take_prev, take_next, w_prev, w_next, some, d_prev, d_next = _bracket(pattern, days, exclusive)
     v_prev = np.take_along_axis(values, np.broadcast_to(take_prev, values.shape), axis=0)
     v_next = np.take_along_axis(values, np.broadcast_to(take_next, values.shape), axis=0)
-    out = np.where(some, v_prev * w_prev + v_next * w_next, np.nan)
-    if by_pixel is not None:  # an absent band has no neighbour anywhere (its values are all NaN)
-        d_prev, d_next = (np.where(by_pixel[1], d, np.inf) for d in (d_prev, d_next))
+    out = v_prev * w_prev  # float64, as the weights
+    out += v_next * w_next
+    out[np.broadcast_to(~some, out.shape)] = np.nan
     shape = values.shape
-    return (
-        out.astype(np.float32),
-        np.broadcast_to(d_prev, shape).astype(np.float32),
-        np.broadcast_to(d_next, shape).astype(np.float32),
-    )
+    d_prev, d_next = (d.astype(np.float32) for d in (d_prev, d_next))
+    if by_pixel is not None:  # an absent band has no neighbour anywhere (its values are all NaN)
+        d_prev, d_next = (np.where(by_pixel[1], d, np.float32(np.inf)) for d in (d_prev, d_next))
+    # With one pattern per pixel the distances are read-only views shared by the bands.
+    return out.astype(np.float32), np.broadcast_to(d_prev, shape), np.broadcast_to(d_next, shape)
 
 
 def kernel_smooth_loo(
@@ -301,7 +300,7 @@ def s2_channels(frames: Frames, smooth_features: bool = False) -> tuple[np.ndarr
         support = np.log1p(weight.max(axis=1, keepdims=True)) / np.log1p(10.0)
         parts += [smooth.astype(np.float32), support.astype(np.float32)]
     channels = np.concatenate(parts, axis=1)
-    return channels.astype(np.float32), base.astype(np.float32)
+    return channels.astype(np.float32, copy=False), base.astype(np.float32, copy=False)
 
 
 def s1_channels(frames: Frames) -> np.ndarray:

@@ -14,8 +14,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +29,7 @@ from core.cube import has_s1
 from core.errors import InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint
+from core.model.config import ModelConfig
 from core.model.features import (
     N_BANDS,
     REFL_SCALE,
@@ -276,6 +280,67 @@ def pad_to_multiple(frames: Frames, multiple: int) -> tuple[Frames, int, int]:
         s1_ascending=frames.s1_ascending,
     )
     return padded, height, width
+
+
+FEATURE_THREADS_ENV = "FIELDFLOW_FEATURE_THREADS"
+"""Environment variable: threads that prepare the next tiles' input features while the network
+runs on the current one (default: half the CPUs this process may use, 1 to 4; 0: none, each
+tile's features are prepared in turn in the calling thread)."""
+
+
+def feature_threads() -> int:
+    """Threads of :func:`tile_inputs`: :data:`FEATURE_THREADS_ENV` (0: none), else half the
+    usable CPUs (at least 1, at most 4)."""
+    text = os.environ.get(FEATURE_THREADS_ENV, "").strip()
+    if text:
+        try:
+            return max(0, int(text))
+        except ValueError:
+            raise InputError(
+                f"{FEATURE_THREADS_ENV} must be a whole number of threads, not {text!r}."
+            ) from None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(4, max(1, cpus // 2))
+
+
+def tile_inputs(
+    frames: Frames, tiles: list[tuple[int, int]], config: ModelConfig
+) -> Iterator[tuple[int, int, WindowInputs]]:
+    """Each tile's unpadded height and width and its network inputs, in the order of ``tiles``.
+
+    The inputs (interpolations, smoothers, gap lengths: numpy, per pixel) are worked out by
+    :func:`feature_threads` threads a few tiles ahead, so that on a GPU the CPU prepares the
+    next tiles while the network runs and on many cores several tiles are prepared at once.
+    They depend on nothing random, so the output is the same with any number of threads."""
+
+    def prepare(origin: tuple[int, int]) -> tuple[int, int, WindowInputs]:
+        y0, x0 = origin
+        height, width = frames.s2.shape[2:]
+        ys = slice(y0, min(y0 + config.tile, height))
+        xs = slice(x0, min(x0 + config.tile, width))
+        tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
+        return tile_h, tile_w, series_inputs(tile, config.smooth_features)
+
+    workers = feature_threads()
+    if workers == 0:
+        yield from map(prepare, tiles)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile-inputs") as pool:
+        ahead: deque[Future] = deque()
+        following = iter(tiles)
+        for origin in following:
+            ahead.append(pool.submit(prepare, origin))
+            if len(ahead) > workers:
+                break
+        while ahead:
+            done = ahead.popleft().result()
+            for origin in following:
+                ahead.append(pool.submit(prepare, origin))
+                break
+            yield done
 
 
 def thin_s1(window: WindowInputs, most: int) -> WindowInputs:
@@ -580,15 +645,15 @@ def model_method(
             to_days(query),
             options.whittaker_lambda,
         )
+    prepared = tile_inputs(frames, tiles, config)
     for index, (y0, x0) in enumerate(tiles):
         ys = slice(y0, min(y0 + config.tile, height))
         xs = slice(x0, min(x0 + config.tile, width))
         ramp = blend_weights(ys.stop - ys.start, xs.stop - xs.start, config.tile_overlap)
         weight[ys, xs] += ramp
         owned = owner[ys, xs] == index
-        tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
+        tile_h, tile_w, inputs = next(prepared)
         sampled = patches_touched(owned, config.patch)
-        inputs = series_inputs(tile, config.smooth_features)
         tile_mean = np.zeros((n_query, 10, tile_h, tile_w), np.float32)
         for step in passes:
             window = thin_s1(

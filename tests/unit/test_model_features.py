@@ -50,8 +50,12 @@ def test_leave_one_out_interpolation_matches_np_interp_of_the_other_frames() -> 
         expected = np.interp(days[t], days[others], series[others])  # nearest beyond the ends
         assert interp[t, band, y, x] == pytest.approx(expected, rel=1e-5)
         before, after = days[others & (days < days[t])], days[others & (days > days[t])]
-        assert d_prev[t, band, y, x] == pytest.approx(days[t] - before.max() if before.size else np.inf)
-        assert d_next[t, band, y, x] == pytest.approx(after.min() - days[t] if after.size else np.inf)
+        assert d_prev[t, band, y, x] == pytest.approx(
+            days[t] - before.max() if before.size else np.inf
+        )
+        assert d_next[t, band, y, x] == pytest.approx(
+            after.min() - days[t] if after.size else np.inf
+        )
 
 
 def test_interpolation_per_pixel_pattern_equals_band_by_band() -> None:
@@ -70,7 +74,7 @@ def test_interpolation_per_pixel_pattern_equals_band_by_band() -> None:
         whole = interpolate_at_frames(values, days, exclusive)
         for band in range(10):
             alone = interpolate_at_frames(values[:, band : band + 1], days, exclusive)
-            for got, expected in zip(whole, alone):
+            for got, expected in zip(whole, alone, strict=True):
                 np.testing.assert_array_equal(got[:, band : band + 1], expected)
 
 

@@ -523,7 +523,7 @@ def test_flow_precision_follows_the_setting_and_a_gpu_stays_float32(monkeypatch)
         assert flow_in_bf16("cpu") is expected
         assert flow_in_bf16("cuda") is False
     monkeypatch.setenv(FLOW_BF16_ENV, "yes")
-    with pytest.raises(InputError, match="must be 1 .* or 0"):
+    with pytest.raises(InputError, match=r"must be 1 .* or 0"):
         flow_in_bf16("cpu")
 
 
@@ -549,3 +549,44 @@ def test_bf16_flow_moves_the_samples_a_little_and_the_estimate_not_at_all(
     spread = np.nanstd(draws_a - plain["s2"].values[None])
     moved = np.nanmean(np.abs(draws_a - draws_b))
     assert spread > 0.005 and 0 < moved < 0.05 * spread
+
+
+def test_tile_inputs_are_the_same_in_order_with_any_number_of_threads(
+    flanders_cube, monkeypatch
+) -> None:
+    from core.model.features import series_inputs
+    from core.model.inference import (
+        FEATURE_THREADS_ENV,
+        feature_threads,
+        pad_to_multiple,
+        prepare_series,
+        tile_frames,
+        tile_inputs,
+    )
+
+    cube = _crop(flanders_cube, size=40, frames=slice(0, 16))
+    frames = prepare_series(cube, cube["time_s2"].values[[2, 9]]).frames
+    tiles = [(y0, x0) for y0 in tile_origins(40, 32, 8) for x0 in tile_origins(40, 32, 8)]
+    runs = {}
+    for threads in ("0", "1", "3"):
+        monkeypatch.setenv(FEATURE_THREADS_ENV, threads)
+        assert feature_threads() == int(threads)
+        runs[threads] = list(tile_inputs(frames, tiles, TINY))
+    y0, x0 = tiles[-1]
+    last, h, w = pad_to_multiple(
+        tile_frames(frames, slice(y0, min(y0 + 32, 40)), slice(x0, min(x0 + 32, 40))), TINY.patch
+    )
+    expected = series_inputs(last, TINY.smooth_features)
+    for run in runs.values():
+        assert len(run) == len(tiles) == 4
+        assert run[-1][:2] == (h, w)
+        np.testing.assert_array_equal(run[-1][2].s2, expected.s2)
+        for (h_a, w_a, a), (h_b, w_b, b) in zip(runs["0"], run, strict=True):
+            assert (h_a, w_a) == (h_b, w_b)
+            np.testing.assert_array_equal(a.s2, b.s2)
+            np.testing.assert_array_equal(a.base, b.base)
+    monkeypatch.setenv(FEATURE_THREADS_ENV, "many")
+    with pytest.raises(InputError, match="whole number of threads"):
+        feature_threads()
+    monkeypatch.delenv(FEATURE_THREADS_ENV)
+    assert 1 <= feature_threads() <= 4

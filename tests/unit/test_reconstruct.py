@@ -89,15 +89,18 @@ def test_samples_add_quantile_variables_of_zero_width_for_baselines(es_field) ->
     np.testing.assert_allclose(out["ndvi_p90"].values, out["ndvi"].values, atol=1e-6)
 
 
-def test_sample_quantiles_match_numpy_nanpercentile(es_field, monkeypatch) -> None:
-    """A generative method's spread: p10/p90 per pixel, NaN-aware like np.nanpercentile."""
+@pytest.mark.parametrize("one_missing", [True, False])
+def test_sample_quantiles_match_numpy_nanpercentile(es_field, monkeypatch, one_missing) -> None:
+    """A generative method's spread: p10/p90 per pixel, NaN-aware like np.nanpercentile; with
+    one sample missing at one pixel, and with NaN only where a band is absent (a shortcut)."""
     rng = np.random.default_rng(0)
     holder: dict[str, np.ndarray] = {}
 
     def spread_method(observed, dates, options) -> Prediction:
         shape = (dates.size, 10, observed.sizes["y"], observed.sizes["x"])
         samples = rng.uniform(0.05, 0.5, (options.samples, *shape)).astype(np.float32)
-        samples[0, :, :, 0, 0] = np.nan  # one sample missing at one pixel
+        if one_missing:
+            samples[0, :, :, 0, 0] = np.nan  # one sample missing at one pixel
         holder["samples"] = samples
         return Prediction(mean=np.nanmean(samples, axis=0), samples=samples)
 

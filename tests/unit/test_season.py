@@ -117,7 +117,10 @@ def test_progress_reports_stages_with_counts(season) -> None:
     assert stages[0].startswith("reading the offline cube")
     recon = [c for c in calls if c[0].startswith("reconstructing")]
     n_days = (result.last_day - result.first_day).days + 1
-    assert recon[0][0] == f"reconstructing {n_days} days and drawing {len(result.days)} frames (linear)"
+    assert (
+        recon[0][0]
+        == f"reconstructing {n_days} days and drawing {len(result.days)} frames (linear)"
+    )
     assert recon[0][1:] == (0, n_days) and calls[-1][1:] == (n_days, n_days)
     done = [c[1] for c in recon]
     assert done == sorted(done) and len(done) >= 3  # more than one step on this 46-day period
