@@ -339,6 +339,7 @@ def compute_season(
     # One pass reconstructs every day of the curve; the timeline's frames are drawn from the
     # same reconstruction as it goes, so a frame and the curve agree on its day and no day is
     # reconstructed twice.
+    wanted = set(days)
     views: dict[np.datetime64, FrameView] = {}
     fits: list[str] = []
     n_days = int((last - first).astype(int)) + 1
@@ -354,7 +355,6 @@ def compute_season(
                     cube, result.isel(time=qi), mask, day, scale, warp, radar_of_day
                 )
 
-    wanted = set(days)
     curve = ndvi_curve(
         cube,
         first,

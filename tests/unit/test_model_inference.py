@@ -570,8 +570,8 @@ def test_tile_inputs_are_the_same_in_order_with_any_number_of_threads(
     runs = {}
     for threads in ("0", "1", "3"):
         monkeypatch.setenv(FEATURE_THREADS_ENV, threads)
-        assert feature_threads() == int(threads)
-        runs[threads] = list(tile_inputs(frames, tiles, TINY))
+        assert feature_threads("cpu") == feature_threads("cuda") == int(threads)
+        runs[threads] = list(tile_inputs(frames, tiles, TINY, feature_threads()))
     y0, x0 = tiles[-1]
     last, h, w = pad_to_multiple(
         tile_frames(frames, slice(y0, min(y0 + 32, 40)), slice(x0, min(x0 + 32, 40))), TINY.patch
@@ -589,4 +589,4 @@ def test_tile_inputs_are_the_same_in_order_with_any_number_of_threads(
     with pytest.raises(InputError, match="whole number of threads"):
         feature_threads()
     monkeypatch.delenv(FEATURE_THREADS_ENV)
-    assert 1 <= feature_threads() <= 4
+    assert feature_threads("cpu") == 0 and 1 <= feature_threads("cuda") <= 4
