@@ -8,8 +8,9 @@
 #
 # On the machine: torch's CUDA device, then `python -m core bench` for the model on the
 # benchmark cube (be-flanders-a mirror-tiled, 70 S2 dates, 20 queries): 64 px with 8 samples and
-# with 1 (target <= 2 s), 512 px with 8 samples (target <= 30 s), then 200 training steps on the
-# GPU (steps per second, for planning a longer run). Each step is bounded by `timeout` so one
+# with 1 (target <= 2 s), 512 px with 8 samples (target <= 30 s), the same 512 px with a tiny
+# network (the CPU-side floor, benchmarks/cpu_floor.py), then 200 training steps on the GPU
+# (steps per second, for planning a longer run). Each step is bounded by `timeout` so one
 # slow check cannot eat the lease. DEVICE=cpu QUICK=1 runs the same steps small on a CPU, to
 # check the script here before spending device time.
 set -uo pipefail
@@ -72,6 +73,13 @@ bench() {  # name, timeout s, bench arguments...
 bench "${small}_k8" 150 --sizes "$small" --samples 8 --repeats "$repeats"
 bench "${small}_k1" 120 --sizes "$small" --samples 1 --repeats "$repeats"
 bench "${large}_k8" 200 --sizes "$large" --samples 8 --repeats 1 --no-trace --timeout 190
+
+# The same large field with a tiny network: the CPU-side floor of the GPU target on this
+# machine's cores (input features in threads, the smoother's processes, percentiles).
+say "cpu floor $large"
+timeout 120 python3 benchmarks/cpu_floor.py --size "$large" --top 25 >"$OUT/cpu_floor_$large.txt" 2>&1
+echo "exit $?" | tee -a "$log"
+grep -m 1 "^size" "$OUT/cpu_floor_$large.txt" | tee -a "$log"
 
 say "train $steps steps"
 timeout 150 python3 -m core train --device "$DEVICE" --steps "$steps" --batch-size 8 \
