@@ -472,3 +472,49 @@ def test_streamlit_can_cache_the_wrapper_but_not_a_bare_client(threads_cluster) 
         bare()
     wrapper.clear()
     bare.clear()
+
+
+def test_model_frames_are_the_curves_own_reconstruction(flanders_cube, cubes_dir, tmp_path):
+    """With the model (whose estimate of a day depends a little on the other days asked for)
+    the frames written for a field are taken from the daily curve's reconstruction: each
+    frame's field-mean NDVI is the curve's on that day, acquisition or not."""
+    from core.demo import DEMO_CUBE_NAME, demo_field
+    from core.grid import field_mask
+    from core.season import crop_to_field
+
+    field = demo_field(cubes_dir / DEMO_CUBE_NAME)
+    cube, grid = crop_to_field(flanders_cube, field)
+    fetched = FetchResult(
+        cube=cube,
+        grid=grid,
+        scenes_found={},
+        frames_loaded={},
+        s1_status="loaded",
+        s1_message="",
+    )
+    request = BatchRequest(
+        start="2018-05-01",
+        end="2018-05-20",
+        every_days=6,
+        method="model",
+        options=ReconstructOptions(samples=4, steps=2, blend_field=False),
+    )
+    folder = tmp_path / "demo"
+    row = write_field_outputs(
+        field, fetched, request, folder, request.fingerprint(field, SETTINGS), "demo", "Demo"
+    )
+    assert row.status == "ok"
+    with (folder / CURVE_FILE).open() as handle:
+        curve = {r["date"]: float(r["ndvi"]) for r in csv.DictReader(handle)}
+    mask = field_mask(field, grid)
+    acquired = {str(d) for d in np.unique(cube["time_s2"].values.astype("datetime64[D]"))}
+    checked = {True: 0, False: 0}
+    with rasterio.open(folder / FRAMES_FILE) as src:
+        for index, name in enumerate(src.descriptions, start=1):
+            day, layer = name.split()
+            if layer != "NDVI":
+                continue
+            values = src.read(index)[mask]
+            assert float(np.nanmean(values)) == pytest.approx(curve[day], abs=1e-4)
+            checked[day in acquired] += 1
+    assert checked[True] and checked[False]  # acquisitions and days without one
