@@ -141,7 +141,7 @@ def ndvi_curve(
 
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
     fits: dict[str, object] = {}
-    for chunk in _chunks(dates.size, _dates_per_chunk(cube, options.samples)):
+    for chunk in curve_chunks(cube, dates.size, options.samples):
         result = reconstructor(cube, dates[chunk], method, options)
         mean[chunk], p10[chunk], p90[chunk] = field_ndvi_band(result, mask)
         fits = {k: v for k, v in result.attrs.items() if k.startswith(FIT_ATTR_PREFIXES)}
@@ -292,6 +292,13 @@ def _field_mean(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN frame -> NaN
         return np.nanmean(frames[:, mask].astype(np.float64), axis=1)
+
+
+def curve_chunks(cube: xr.Dataset, n_dates: int, samples: int) -> list[slice]:
+    """How :func:`ndvi_curve` splits ``n_dates`` query dates of ``cube`` into reconstruction
+    calls with ``samples`` samples. A day reconstructed again within the same chunk of dates
+    (:func:`core.season.reconstruct_day`) is exactly the curve's."""
+    return _chunks(n_dates, _dates_per_chunk(cube, samples))
 
 
 def _dates_per_chunk(cube: xr.Dataset, samples: int) -> int:

@@ -16,8 +16,9 @@
    (:func:`core.baselines.smooth_whittaker`).
 
 The :class:`SeasonResult` holds everything a viewer needs, so moving through the dates never
-computes anything. Only a day off the timeline (:func:`day_view`) or a GeoTIFF download
-(:func:`frame_geotiff_for_day`) reconstructs again, one date.
+computes anything. Only a day off the timeline (:func:`day_view`, one date) or a GeoTIFF
+download (:func:`frame_geotiff_for_day`, the curve's chunk of dates holding the day, so that
+the file is exactly what the Run showed) reconstructs again.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
 from core.cache import CubeCache, fetch_cached
 from core.config import REPO_ROOT, Settings
 from core.cube import S2_BANDS, has_s1, read_cube
-from core.curve import field_ndvi_band, ndvi_curve
+from core.curve import curve_chunks, field_ndvi_band, ndvi_curve
 from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff
 from core.field import Field
@@ -266,8 +267,8 @@ class SeasonResult:
         radar_index = self.frames[index].radar_index
         return None if radar_index is None else self.radar[radar_index]
 
-    def curve_row(self, day: dt.date) -> dict[str, Any]:
-        """The daily curve's row of ``day``.
+    def curve_index(self, day: dt.date) -> int:
+        """Position of ``day`` in the daily curve.
 
         Raises:
             InputError: the day lies outside :attr:`first_day` .. :attr:`last_day`.
@@ -279,7 +280,11 @@ class SeasonResult:
                 f"{day} lies outside the reconstructed period {self.first_day} to "
                 f"{self.last_day}; pick a day inside it."
             )
-        return self.curve.iloc[int(hits[0])].to_dict()
+        return int(hits[0])
+
+    def curve_row(self, day: dt.date) -> dict[str, Any]:
+        """The daily curve's row of ``day`` (raises as :meth:`curve_index`)."""
+        return self.curve.iloc[self.curve_index(day)].to_dict()
 
 
 # --- the computation ------------------------------------------------------------------------
@@ -423,36 +428,53 @@ def whittaker_reference(curve: pd.DataFrame) -> pd.DataFrame:
 def reconstruct_day(
     result: SeasonResult, day: dt.date, reconstructor: Reconstructor = reconstruct
 ) -> xr.Dataset:
-    """Reconstruct one day of a season with its request's method and options.
+    """Reconstruct one day of a season exactly as its Run did: together with the other days of
+    the daily curve's chunk that held it (:func:`core.curve.curve_chunks`), so the frame is the
+    one the curve and the timeline show (with the model, a day's estimate and samples depend a
+    little on the other days of the same call).
 
     Raises:
         InputError: the day lies outside :attr:`SeasonResult.first_day` .. ``last_day``.
     """
-    if not result.first_day <= day <= result.last_day:
-        raise InputError(
-            f"{day} lies outside the reconstructed period {result.first_day} to "
-            f"{result.last_day}; pick a day inside it."
-        )
+    index = result.curve_index(day)
+    dates = result.curve["date"].to_numpy().astype("datetime64[ns]")
     request = result.request
-    query = np.array([np.datetime64(day, "ns")])
-    return reconstructor(result.cube, query, request.method, request.options).isel(time=0)
+    chunk = next(
+        c
+        for c in curve_chunks(result.cube, dates.size, request.options.samples)
+        if c.start <= index < c.stop
+    )
+    frames = reconstructor(result.cube, dates[chunk], request.method, request.options)
+    return frames.isel(time=index - chunk.start)
 
 
 def day_view(
     result: SeasonResult, day: dt.date, reconstructor: Reconstructor = reconstruct
 ) -> DayView:
-    """Pictures and field NDVI of any day in the period (reconstructed on demand)."""
-    frame = reconstruct_day(result, day, reconstructor)
+    """Pictures and field NDVI of any day in the period: a timeline day's pictures are its
+    frame's (nothing is computed); any other day is reconstructed on its own (one date, quick;
+    its pictures can differ from the curve's reconstruction of that day by the model's
+    dependence on the other days asked for). The numbers are the curve's either way."""
     row = result.curve_row(day)
-    rgb, ndvi_img, spread = _recon_colours(frame)
-    scale = result.scale
+    if day in result.days:
+        frame = result.frames[result.days.index(day)]
+        pictures = (frame.rgb_png, frame.ndvi_png, frame.uncertainty_png)
+    else:
+        request = result.request
+        query = np.array([np.datetime64(day, "ns")])
+        single = reconstructor(result.cube, query, request.method, request.options).isel(time=0)
+        rgb, ndvi_img, spread = _recon_colours(single)
+        scale = result.scale
+        pictures = (
+            picture(rgb, scale=scale, field_mask=result.mask),
+            picture(ndvi_img, scale=scale, field_mask=result.mask),
+            None if spread is None else picture(spread, scale=scale, field_mask=result.mask),
+        )
     return DayView(
         day=day,
-        rgb_png=picture(rgb, scale=scale, field_mask=result.mask),
-        ndvi_png=picture(ndvi_img, scale=scale, field_mask=result.mask),
-        uncertainty_png=None
-        if spread is None
-        else picture(spread, scale=scale, field_mask=result.mask),
+        rgb_png=pictures[0],
+        ndvi_png=pictures[1],
+        uncertainty_png=pictures[2],
         ndvi=float(row["ndvi"]),
         ndvi_p10=float(row["ndvi_p10"]),
         ndvi_p90=float(row["ndvi_p90"]),

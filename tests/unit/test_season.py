@@ -235,3 +235,13 @@ def test_model_method_with_a_tiny_checkpoint(request_: SeasonRequest, tmp_path: 
         assert (frame.ndvi, frame.ndvi_p10, frame.ndvi_p90) == pytest.approx(
             (row["ndvi"], row["ndvi_p10"], row["ndvi_p90"]), abs=1e-9
         )
+    # A GeoTIFF download is that same reconstruction, on the timeline or off it.
+    for day in (result.days[2], dt.date(2018, 5, 13)):
+        bands, info = read_geotiff_bands(frame_geotiff_for_day(result, day))
+        layer = bands[info["names"].index("NDVI")]
+        field_ndvi = float(np.nanmean(layer[result.mask].astype(np.float64)))
+        assert field_ndvi == pytest.approx(result.curve_row(day)["ndvi"], abs=1e-6)
+    # A timeline day's view is its frame's pictures, computed again nowhere.
+    frame = result.frames[4]
+    again = day_view(result, frame.day)
+    assert (again.rgb_png, again.ndvi_png) == (frame.rgb_png, frame.ndvi_png)
