@@ -34,6 +34,7 @@ import scipy.linalg
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
+from core.config import usable_cpus
 from core.errors import InputError
 from core.reconstruct import Prediction, ReconstructOptions
 from core.timeline import to_days
@@ -271,10 +272,7 @@ def whittaker_workers(n_series: int) -> int:
                 f"{WORKERS_ENV} must be a whole number of processes, not {text!r}."
             ) from None
         return max(1, wanted)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def _pattern_groups(finite: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from core.config import usable_cpus
 from core.cube import read_cube, validate_cube
 from core.errors import InputError
 from core.evaluate import software_versions
@@ -398,7 +399,7 @@ def machine_description(probe_torch: bool = True) -> dict[str, str]:
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     info = {
         "cpu": cpu,
         "cores": f"{usable} usable of {os.cpu_count()}",

@@ -12,6 +12,14 @@ DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "model.pt"
 """The shipped model checkpoint (made by ``python -m core train``)."""
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity on Linux, else all of them)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _default_data_dir() -> Path:
     return (REPO_ROOT.parent / "shared" / "data").resolve()
 

@@ -341,30 +341,29 @@ def _nan_percentiles(samples: np.ndarray, percents: tuple[int, ...]) -> list[np.
     never-observed pixels), which takes minutes on a year of daily frames.
     """
     ordered = np.sort(samples, axis=0)  # NaN sorts last
-    if not (np.isnan(ordered[-1]) & ~np.isnan(ordered[0])).any():
-        # Every slice is all numbers or all NaN (the usual case: NaN only for an absent band or
-        # a pixel without data): the same positions everywhere, no gathering. The same numbers
-        # as below (float64 weights, then back to the samples' type); NaN stays NaN.
-        last = samples.shape[0] - 1
-        out = []
-        for percent in percents:
-            position = last * (percent / 100.0)
-            below = int(np.floor(position))
-            above = min(below + 1, last)
-            low, high = ordered[below], ordered[above]
-            out.append((low + np.float64(position - below) * (high - low)).astype(samples.dtype))
-        return out
-    count = (~np.isnan(ordered)).sum(axis=0)
-    last = np.maximum(count - 1, 0)
+    # Usually every slice is all numbers or all NaN (NaN only for an absent band or a pixel
+    # without data): then the positions are the same everywhere and need no gathering; NaN
+    # stays NaN.
+    uniform = not (np.isnan(ordered[-1]) & ~np.isnan(ordered[0])).any()
+    if uniform:
+        last = np.intp(samples.shape[0] - 1)
+    else:
+        count = (~np.isnan(ordered)).sum(axis=0)
+        last = np.maximum(count - 1, 0)
     out = []
     for percent in percents:
         position = last * (percent / 100.0)
         below = np.floor(position).astype(np.intp)
         above = np.minimum(below + 1, last)
-        low = np.take_along_axis(ordered, below[None], axis=0)[0]
-        high = np.take_along_axis(ordered, above[None], axis=0)[0]
+        if uniform:
+            low, high = ordered[below], ordered[above]
+        else:
+            low = np.take_along_axis(ordered, below[None], axis=0)[0]
+            high = np.take_along_axis(ordered, above[None], axis=0)[0]
         value = low + (position - below) * (high - low)
-        out.append(np.where(count > 0, value, np.nan).astype(samples.dtype))
+        if not uniform:
+            value = np.where(count > 0, value, np.nan)
+        out.append(value.astype(samples.dtype))
     return out
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from core.config import usable_cpus
 from core.cube import has_s1
 from core.errors import InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
@@ -302,11 +303,7 @@ def feature_threads(device_type: str = "cpu") -> int:
             ) from None
     if device_type == "cpu":
         return 0
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return min(4, max(1, cpus // 2))
+    return min(4, max(1, usable_cpus() // 2))
 
 
 def tile_inputs(
@@ -328,23 +325,17 @@ def tile_inputs(
         tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
         return tile_h, tile_w, series_inputs(tile, config.smooth_features)
 
-    workers = threads
-    if workers == 0:
+    if threads == 0:
         yield from map(prepare, tiles)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tile-inputs") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tile-inputs") as pool:
         ahead: deque[Future] = deque()
-        following = iter(tiles)
-        for origin in following:
+        for origin in tiles:
             ahead.append(pool.submit(prepare, origin))
-            if len(ahead) > workers:
-                break
+            if len(ahead) > threads:
+                yield ahead.popleft().result()
         while ahead:
-            done = ahead.popleft().result()
-            for origin in following:
-                ahead.append(pool.submit(prepare, origin))
-                break
-            yield done
+            yield ahead.popleft().result()
 
 
 def thin_s1(window: WindowInputs, most: int) -> WindowInputs:
