@@ -59,7 +59,9 @@ class SeriesData:
     doy: np.ndarray
     band_present: np.ndarray
     s1: np.ndarray
-    """(T1, 3, H, W) S1 anomalies (see core.model.features.s1_anomalies)."""
+    """(T1, 2, H, W) S1 VV, VH in dB; an episode takes the anomalies of its crop
+    (:func:`core.model.features.s1_anomalies`, per pixel: the same as the whole field's cut to
+    the crop, without computing them for a large field's every pixel)."""
     s1_days: np.ndarray
     s1_doy: np.ndarray
     s1_ascending: np.ndarray
@@ -75,7 +77,7 @@ def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
     """A cube (or a method's observations of one) as :class:`SeriesData`."""
     s2 = cube["s2"].values
     valid = cube["valid"].values.astype(bool)
-    clear = np.where(valid[:, None], s2, np.nan).astype(np.float32)
+    clear = np.where(valid[:, None], s2, np.float32(np.nan)).astype(np.float32, copy=False)
     # Of the pixels the series ever covers (the field), not of each frame's: a method's
     # observations are NaN wherever a frame is not clear, so per frame every fraction would be 1
     # and per-field tuning and calibration would find no real cloud mask to borrow.
@@ -83,7 +85,7 @@ def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
     fraction = valid.sum(axis=(1, 2)) / max(int(footprint.sum()), 1)
     days, doy = times_to_days_and_doy(cube["time_s2"].values)
     if has_s1(cube):
-        s1 = s1_anomalies(cube["s1"].values)
+        s1 = np.asarray(cube["s1"].values, dtype=np.float32)
         s1_days, s1_doy = times_to_days_and_doy(cube["time_s1"].values)
         if "orbit_state" in cube.coords:
             asc = np.char.lower(cube["orbit_state"].values.astype(str)) == "ascending"
@@ -92,7 +94,7 @@ def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
     else:
         h, w = s2.shape[2:]
         s1, s1_days, s1_doy, asc = (
-            np.zeros((0, 3, h, w), np.float32),
+            np.zeros((0, 2, h, w), np.float32),
             np.zeros(0),
             np.zeros(0),
             np.zeros(0, bool),
@@ -180,7 +182,7 @@ def make_episode(
     keep = keep[lo : start + n_frames + CONTEXT_FRAMES]
     start -= lo
     window = slice(start, start + n_frames)
-    s2 = series.clear_s2[keep][:, :, ys, xs]
+    s2 = series.clear_s2[:, :, ys, xs][keep]  # crop first: a large field's frames are not copied
     if spectral_jitter > 0:  # brightness and colour of this episode (see TrainConfig)
         log_gain = rng.normal(0.0, spectral_jitter) + rng.normal(0.0, spectral_jitter / 2, 10)
         s2 = s2 * np.exp(log_gain).astype(s2.dtype)[None, :, None, None]
@@ -227,7 +229,7 @@ def make_episode(
         days=days,
         doy=series.doy[keep],
         band_present=band_present,
-        s1=series.s1[s1_keep][:, :, ys, xs],
+        s1=s1_anomalies(series.s1[:, :, ys, xs])[s1_keep],
         s1_days=series.s1_days[s1_keep],
         s1_doy=series.s1_doy[s1_keep],
         s1_ascending=series.s1_ascending[s1_keep],

@@ -150,6 +150,16 @@ def test_s1_anomalies_remove_a_per_pixel_offset() -> None:
     np.testing.assert_allclose(s1_anomalies(s1), s1_anomalies(shifted), atol=1e-4)
 
 
+def test_s1_anomalies_of_a_crop_are_the_fields_cut_to_it() -> None:
+    # Training and per-field fits take each episode's anomalies from its crop alone
+    # (core.model.training.make_episode); they must be exactly the whole field's.
+    rng = np.random.default_rng(2)
+    s1 = rng.normal(-12, 2, (30, 2, 40, 50)).astype(np.float32)
+    s1[rng.random(s1.shape) < 0.2] = np.nan  # border noise, missing looks
+    crop = (slice(None), slice(None), slice(7, 39), slice(11, 43))
+    np.testing.assert_array_equal(s1_anomalies(s1[crop]), s1_anomalies(s1)[crop])
+
+
 def test_checkpoints_from_before_the_smoother_load_without_it() -> None:
     old = {k: v for k, v in ModelConfig().to_dict().items() if k != "smooth_features"}
     assert ModelConfig.from_dict(old).smooth_features is False
