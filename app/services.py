@@ -24,6 +24,7 @@ from core.config import Settings
 from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
+from core.progress import StageClock, time_left_text
 from core.reconstruct import Reconstructor
 from core.season import (
     DayView,
@@ -104,16 +105,19 @@ def _season(
     bar = panel.empty()
     steps = panel.container()
     last = {"stage": "", "fraction": -1.0}
+    clock = StageClock()
 
     def report(stage: str, done: int, total: int) -> None:
         fraction = min(1.0, done / total) if total else 0.0
+        left = time_left_text(clock.seconds_left(stage, done, total))
         if stage != last["stage"]:
             headline.markdown(f"**{stage[:1].upper()}{stage[1:]}…**")
             steps.caption(f"• {stage}")
         elif fraction - float(last["fraction"]) < 0.05 and done < total:
             return  # throttled: every update is replayed on a cache hit
         last.update(stage=stage, fraction=fraction)
-        bar.progress(fraction, text=f"{stage}: {done} of {total}")
+        text = f"{stage}: {done} of {total}" + (f" ({left})" if left else "")
+        bar.progress(fraction, text=text)
 
     try:
         result = compute_season(_request, _config, progress=report, reconstructor=_runner)

@@ -1,0 +1,60 @@
+"""Time left in a long stage (fetching, reconstructing a season), from its own pace so far.
+
+A Run on a large field takes minutes on a CPU; a progress bar that also says roughly how long
+is left lets the user decide whether to wait. The estimate starts from the stage's first
+progress report after its start, not from the start itself: a stage's fixed costs (the
+per-field fits before the first chunk of days, a search before the first download) come
+before any progress and would otherwise inflate every later estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+FIRST_SHOWN_S = 10.0
+"""Estimates shorter than this are not shown: the stage is nearly done anyway."""
+
+
+class StageClock:
+    """Estimates the seconds left in the current stage of ``(stage, done, total)`` reports.
+
+    Args:
+        clock: seconds, monotonic (tests pass their own).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._stage: str | None = None
+        self._first: tuple[float, int] | None = None
+        """(time, done) of the stage's first report with some work done."""
+
+    def seconds_left(self, stage: str, done: int, total: int) -> float | None:
+        """Seconds left at the pace measured since the stage's first report of progress; None
+        until two reports with progress have come (no pace yet), or when nothing is left."""
+        now = self._clock()
+        if stage != self._stage:
+            self._stage, self._first = stage, None
+        if done <= 0 or total <= 0 or done >= total:
+            return None
+        if self._first is None or done < self._first[1]:  # a stage that restarted its count
+            self._first = (now, done)
+            return None
+        began, done_then = self._first
+        if done == done_then:
+            return None
+        return (now - began) / (done - done_then) * (total - done)
+
+
+def time_left_text(seconds: float | None) -> str | None:
+    """``"about 40 s left"``, ``"about 3 min left"``; None when there is no estimate or it is
+    under :data:`FIRST_SHOWN_S`."""
+    if seconds is None or not math.isfinite(seconds) or seconds < FIRST_SHOWN_S:
+        return None
+    if seconds < 60:
+        return f"about {int(round(seconds, -1))} s left"
+    minutes = seconds / 60
+    if minutes < 90:
+        return f"about {max(1, round(minutes))} min left"
+    return f"about {minutes / 60:.1f} h left"

@@ -1,0 +1,52 @@
+"""The time left in a stage, from its pace (core.progress), with a clock the test sets."""
+
+from __future__ import annotations
+
+from core.progress import StageClock, time_left_text
+
+
+class Clock:
+    """Seconds that the test sets by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pace_is_measured_from_the_first_progress_not_the_stage_start() -> None:
+    clock = Clock()
+    stage = StageClock(clock)
+    assert stage.seconds_left("reconstructing", 0, 176) is None
+    clock.now = 30.0  # the fits before the first chunk: not part of the pace
+    assert stage.seconds_left("reconstructing", 40, 176) is None  # no pace yet
+    clock.now = 40.0  # 40 more days in 10 s: 4 days a second, 96 days left
+    assert stage.seconds_left("reconstructing", 80, 176) == 24.0
+    clock.now = 50.0  # 80 days in 20 s since the first chunk, still 4 a second
+    assert stage.seconds_left("reconstructing", 120, 176) == 14.0
+    assert stage.seconds_left("reconstructing", 176, 176) is None  # done
+
+
+def test_a_new_stage_starts_a_new_pace() -> None:
+    clock = Clock()
+    stage = StageClock(clock)
+    stage.seconds_left("fetching S2", 1, 10)
+    clock.now = 1.0
+    assert stage.seconds_left("fetching S2", 2, 10) == 8.0  # 1 s a frame
+    clock.now = 2.0
+    assert stage.seconds_left("fetching S1", 1, 10) is None  # the S2 pace does not carry over
+    clock.now = 12.0
+    assert stage.seconds_left("fetching S1", 2, 10) == 80.0  # 10 s a frame
+    clock.now = 13.0  # the same stage counting again from the start
+    assert stage.seconds_left("fetching S1", 1, 10) is None
+
+
+def test_time_left_text() -> None:
+    assert time_left_text(None) is None
+    assert time_left_text(6.0) is None  # nearly done: not worth saying
+    assert time_left_text(float("inf")) is None
+    assert time_left_text(44.0) == "about 40 s left"
+    assert time_left_text(56.0) == "about 60 s left"
+    assert time_left_text(150.0) == "about 2 min left"
+    assert time_left_text(3 * 3600.0) == "about 3.0 h left"
