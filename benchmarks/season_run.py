@@ -1,13 +1,15 @@
 """What an app Run costs: :func:`core.season.compute_season` on an offline cube, timed by stage.
 
     python benchmarks/season_run.py [--cube ../shared/data/cubes/be-flanders-a_2017-2018.nc]
-        [--days 183] [--repeats 2] [--threads 2] [--method model]
+        [--days 183] [--repeats 2] [--threads 2] [--method model] [--size PX]
 
 The field is the cube's extent less a 3 % rim (the cube must be on a projected grid, as the
 app's are); the period is ``--days`` days from the cube's first S2 acquisition; the
 options are the app's defaults for the method (model: K = 8, the field blend, the band fitted on
 the field). The per-field cache is emptied before each repeat, so each fits afresh, as a new Run
-does. Prints the wall time of each progress stage and of the whole Run, and the frame and curve
+does. ``--size``: the cube mirror-tiled to PX x PX pixels first, all its dates kept
+(:func:`core.bench.make_bench_cube`, written to a temporary file), for a large field. Prints
+the wall time of each progress stage and of the whole Run, and the frame and curve
 counts.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.bench import make_bench_cube
 from core.config import Settings
-from core.cube import read_cube
+from core.cube import read_cube, write_cube
 from core.field import Field
 from core.model.inference import clear_field_cache
 from core.reconstruct import ReconstructOptions
@@ -41,8 +45,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", default="model")
+    parser.add_argument("--size", type=int, default=0, help="mirror-tile to this many px")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as folder:
+        if args.size:
+            source = read_cube(args.cube)
+            tiled = make_bench_cube(source, args.size, source.sizes["time_s2"])
+            args.cube = write_cube(tiled, Path(folder) / f"{args.cube.stem}_{args.size}px.nc")
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time ``args.repeats`` Runs on ``args.cube``."""
     cube = read_cube(args.cube)
     if str(cube.attrs.get("crs", "EPSG:4326")).upper() != "EPSG:4326":
         from core.demo import to_lonlat
