@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -54,6 +55,10 @@ _COLUMN_CHUNK = 1 << 16
 WORKERS_ENV = "FIELDFLOW_WHITTAKER_WORKERS"
 """Environment variable: worker processes of the Whittaker smoother on large inputs (default:
 the CPUs this process may use; 1 keeps it in the calling process)."""
+_pools: dict[int, ProcessPoolExecutor] = {}
+"""The smoother's worker processes, per number of workers, kept for the life of this process
+(see :func:`_worker_pool`)."""
+_pools_lock = threading.Lock()
 PARALLEL_MIN_SERIES = 250_000
 """Series (pixels x bands) from which the Whittaker smoother runs in worker processes: below,
 starting them (a second or two) costs more than it saves (a 128 px, 10-band cube is 164 k
@@ -343,8 +348,8 @@ def _smooth_in_processes(
         load[lightest] += cost[index]
     bundles = [b for b in bundles if b]
     results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(tasks)
-    context = multiprocessing.get_context("spawn")  # never fork a process running torch
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    pool = _worker_pool(workers)
+    try:
         jobs = [
             pool.submit(
                 _smooth_bundle, [tasks[i] for i in bundle], obs_days, query_days, lambdas, gcv_gamma
@@ -354,7 +359,26 @@ def _smooth_in_processes(
         for bundle, job in zip(bundles, jobs, strict=True):
             for index, result in zip(bundle, job.result(), strict=True):
                 results[index] = result
+    except BrokenProcessPool:  # a worker died (killed, out of memory): start afresh next time
+        with _pools_lock:
+            if _pools.get(workers) is pool:
+                del _pools[workers]
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     return results  # type: ignore[return-value]
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The smoother's pool of ``workers`` spawned processes, started on first use and kept: a
+    season's daily curve smooths the field once per chunk of days, and starting two workers
+    (each importing numpy and scipy) took 1.5-2 s every time. Idle workers hold about 100 MB
+    each; they end with this process."""
+    with _pools_lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            context = multiprocessing.get_context("spawn")  # never fork a process running torch
+            pool = _pools[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+        return pool
 
 
 def _smooth_bundle(

@@ -232,3 +232,33 @@ def test_whittaker_worker_count_comes_from_the_size_and_the_environment(monkeypa
     monkeypatch.setenv(WORKERS_ENV, "3")
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
     assert whittaker_workers(PARALLEL_MIN_SERIES) == 1
+
+
+def test_whittaker_workers_are_kept_and_a_dead_one_is_survived(flanders_cube, monkeypatch) -> None:
+    import os
+    import signal
+
+    import core.baselines
+    from core.baselines import WORKERS_ENV
+    from core.timeline import to_days
+
+    cube = flanders_cube.isel(y=slice(0, 24), x=slice(0, 24), time_s2=slice(0, 40))
+    values = np.where(cube["valid"].values[:, None] == 1, cube["s2"].values, np.nan)
+    days = to_days(cube["time_s2"].values)
+    query = np.linspace(days[0], days[-1], 9)
+    monkeypatch.setattr(core.baselines, "PARALLEL_MIN_SERIES", 1000)  # 5,760 series here
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    first = smooth_whittaker(values, days, query)
+    pool = core.baselines._pools[2]
+    workers = set(pool._processes)
+    assert len(workers) == 2
+    # A second call (a season's next chunk of days) uses the same processes: none started.
+    np.testing.assert_array_equal(smooth_whittaker(values, days, query), first)
+    assert core.baselines._pools[2] is pool and set(pool._processes) == workers
+    for pid in workers:  # e.g. killed for memory
+        os.kill(pid, signal.SIGKILL)
+    # The call that finds them dead still answers (in this process), and the next starts anew.
+    close = {"rtol": 1e-6, "atol": 1e-7, "equal_nan": True}
+    np.testing.assert_allclose(smooth_whittaker(values, days, query), first, **close)
+    np.testing.assert_allclose(smooth_whittaker(values, days, query), first, **close)
+    assert core.baselines._pools[2] is not pool
