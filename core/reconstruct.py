@@ -118,7 +118,11 @@ the half widths per bucket of days to the nearest clear observation (<= 8, 8-20,
 
 @dataclass(frozen=True)
 class Prediction:
-    """What a method returns for Q query dates of a cube of B bands and H x W pixels."""
+    """What a method returns for Q query dates of a cube of B bands and H x W pixels.
+
+    The arrays are handed over: :func:`reconstruct` writes into them (absent bands, observed
+    pixels) rather than copy a large field's samples, so a method returns arrays that nothing
+    else holds (a read-only array is copied)."""
 
     mean: np.ndarray
     """Best estimate, (Q, B, H, W) float32."""
@@ -238,28 +242,27 @@ def _assemble(
     n_query, n_bands = query.size, len(S2_BANDS)
     height, width = observed.sizes["y"], observed.sizes["x"]
     expected = (n_query, n_bands, height, width)
-    mean = np.asarray(prediction.mean, dtype=np.float32)
+    mean = _writable(prediction.mean)
     if mean.shape != expected:
         raise RuntimeError(f"method {method} returned shape {mean.shape}, expected {expected}")
     samples = prediction.samples
     if options.samples > 1 and samples is None:
         samples = np.broadcast_to(mean, (options.samples, *expected))
     if samples is not None:
-        samples = np.array(samples, dtype=np.float32)
+        samples = _writable(samples)  # before the mean is written into: a broadcast is copied
 
     absent = ~bands_present(observed)
-    mean = mean.copy()
     mean[:, absent] = np.nan
     if samples is not None:
         samples[:, :, absent] = np.nan
 
     half = ndvi_half = None
     if prediction.band_half is not None and samples is not None:
-        half = np.array(prediction.band_half, dtype=np.float32)
+        half = _writable(prediction.band_half)
         if half.shape != expected:
             raise RuntimeError(f"method {method} returned a band of shape {half.shape}")
     if prediction.ndvi_half is not None and samples is not None:
-        ndvi_half = np.array(prediction.ndvi_half, dtype=np.float32)
+        ndvi_half = _writable(prediction.ndvi_half)
         if ndvi_half.shape != (n_query, height, width):
             raise RuntimeError(f"method {method} returned an NDVI band of shape {ndvi_half.shape}")
 
@@ -322,6 +325,14 @@ def _assemble(
         "x": observed["x"].values,
     }
     return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+
+
+def _writable(values: np.ndarray) -> np.ndarray:
+    """``values`` as float32 to write into: a method's own array as it is (see
+    :class:`Prediction`), a copy when it is read-only (a broadcast, a view of shared data) or
+    of another type."""
+    out = np.asarray(values, dtype=np.float32)
+    return out if out.flags.writeable else out.copy()
 
 
 def band_around(
