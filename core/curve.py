@@ -63,8 +63,13 @@ CURVE_COLUMNS: tuple[str, ...] = (
 )
 OBSERVED_MIN_CLEAR_FRACTION = 0.5
 """A day counts as "observed" when at least this fraction of the field was seen clear."""
-CHUNK_BYTES = 2**30
-"""Rough working-memory budget of one chunk of reconstructed dates."""
+CHUNK_BYTES = 3 * 2**30
+"""Rough working-memory budget of one chunk of reconstructed dates. It decides the number of
+reconstruction calls only on large fields (from about 300 px; smaller ones reach
+:data:`CHUNK_MOST_DATES` first), and there each call's fixed work (every tile's context
+tokens, input features and the smoother over the whole field) dominates: a 486 px field's
+176-day curve took 22 calls of 8 dates and 1,417 s with a budget of 1 GiB (2 cores; see the
+README's large-field figures)."""
 CHUNK_MOST_DATES = 40
 """Most dates per reconstruction call, whatever the memory allows. On hu-alfold (128 px, K = 8,
 the app's model settings; 2 cores) a daily curve of 146 days took 50.5 / 43.1 / 45.8 / 53.6 s
