@@ -4,8 +4,11 @@
 * :func:`season`: the whole computation of a Run (:func:`core.season.compute_season`), cached
   per request key (field outline, period, method and options, data source) for every session;
   the progress panel drawn inside it is replayed on a cache hit, so a second Run with the same
-  inputs shows its finished progress at once. The fetch below it also goes through core's disk
-  cache, so even a restarted server does not fetch twice.
+  inputs shows its finished progress at once. The result is read-only and kept as one object
+  (``st.cache_resource``), not pickled: a large field's result holds its cube (about 1 GB at
+  500 px), of which ``st.cache_data`` kept a second, pickled copy and unpickled it on every
+  hit. The fetch below it also goes through core's disk cache, so even a restarted server
+  does not fetch twice.
 * :func:`day_view`: one reconstructed day for the "Query date", cached per (result, day).
 * :func:`model`: the model is loaded once per process.
 * :func:`stac_available`: whether the STAC API answers, checked at most once a minute.
@@ -38,7 +41,8 @@ from core.season import (
 )
 
 SEASON_CACHE_ENTRIES = 8
-"""Results kept in memory (each holds the cube and every picture: a few MB to a few 100 MB)."""
+"""Results kept in memory, shared by the sessions that asked for the same Run (each holds its
+cube and every picture: about 10 MB for the demo field, over 1 GB for a 500 px field)."""
 
 
 @st.cache_resource(show_spinner=False)
@@ -93,7 +97,7 @@ def season(request: SeasonRequest, config: Settings) -> SeasonResult:
     return _season(request.key(config.stac_api_url), request, config, runner)
 
 
-@st.cache_data(max_entries=SEASON_CACHE_ENTRIES, show_spinner=False)
+@st.cache_resource(max_entries=SEASON_CACHE_ENTRIES, show_spinner=False)
 def _season(
     key: str, _request: SeasonRequest, _config: Settings, _runner: Reconstructor
 ) -> SeasonResult:

@@ -197,6 +197,8 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     button(page, "Run").click().run()
     again_s = time.perf_counter() - started
     assert state(page).result.key == result.key
+    assert state(page).result is result  # the one cached object, not an unpickled copy
+    assert any(t.startswith("**Computed in") for t in texts(page, "markdown"))  # replayed
     assert site.stac_server.requests == [] and site.cog_server.requests == []
     assert again_s < max(1.5, first_s / 3), (first_s, again_s)
 
