@@ -170,8 +170,13 @@ def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> lis
             for start, stop, queries in temporal_windows(len(acquired), query_frame, size)
         ]
     # As many query-only frames per pass as the acquisitions' own density would bring into a
-    # window of ``size`` frames, but never more than half of it.
-    density = n_only / acquisitions.size
+    # window of ``size`` frames, but never more than half of it. The density is that among the
+    # acquisitions the queries span: a chunk of a daily curve (a few weeks of a longer series)
+    # is as dense as the whole curve, and measured against every acquisition it looked sparse
+    # and took twice the passes, each with a few query frames.
+    lo, hi = query_frame.min(), query_frame.max()
+    spanned = int(np.count_nonzero((acquisitions >= lo) & (acquisitions <= hi)))
+    density = n_only / max(spanned, 1)
     group = min(n_only, size // 2, max(1, size - int(size / (1 + density))))
     # Each query's position on the acquisition axis (a query-only frame sits between two).
     position = np.searchsorted(acquisitions, query_frame).astype(float)

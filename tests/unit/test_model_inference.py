@@ -176,6 +176,24 @@ def test_dense_queries_join_the_acquisitions_instead_of_crowding_them_out() -> N
     np.testing.assert_array_equal(single.targets, [0, 10, 29])
 
 
+def test_a_chunk_of_a_daily_curve_is_planned_as_densely_as_the_whole_curve() -> None:
+    # The app reconstructs a daily curve in chunks of a few weeks (core.curve.curve_chunks).
+    # Within a chunk the query-only days are as dense among the acquisitions as in the whole
+    # curve, so they share passes the same way, not in small groups as if they were sparse.
+    acquired = np.zeros(400, dtype=bool)
+    acquired[::5] = True  # over a year, an acquisition every 5 days
+    whole = plan_passes(acquired, np.arange(400), 40)
+    assert max(int((~acquired[p.frames]).sum()) for p in whole) == 20  # half the window
+    for lo in (0, 100, 380):
+        days = np.arange(lo, lo + 20)
+        (chunk,) = plan_passes(acquired, days, 40)  # 16 query-only days: one pass
+        assert (~acquired[chunk.frames]).sum() == 16 and acquired[chunk.frames].sum() == 24
+        np.testing.assert_array_equal(np.sort(chunk.queries), np.arange(20))
+        np.testing.assert_array_equal(chunk.frames[chunk.targets], days[chunk.queries])
+    passes = plan_passes(acquired, np.arange(100, 140), 40)  # 32 query-only days: 20 + 12
+    assert sorted((~acquired[p.frames]).sum() for p in passes) == [12, 20]
+
+
 def test_samples_are_reproducible_with_a_seed(flanders_cube, tmp_path) -> None:
     path = _checkpoint(tmp_path, perturb=True)
     cube = _crop(flanders_cube, size=16)
