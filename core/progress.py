@@ -52,7 +52,7 @@ def time_left_text(seconds: float | None) -> str | None:
     under :data:`FIRST_SHOWN_S`."""
     if seconds is None or not math.isfinite(seconds) or seconds < FIRST_SHOWN_S:
         return None
-    if seconds < 60:
+    if seconds < 55:  # 55 s and up reads as a minute
         return f"about {int(round(seconds, -1))} s left"
     minutes = seconds / 60
     if minutes < 90:

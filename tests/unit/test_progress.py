@@ -47,6 +47,7 @@ def test_time_left_text() -> None:
     assert time_left_text(6.0) is None  # nearly done: not worth saying
     assert time_left_text(float("inf")) is None
     assert time_left_text(44.0) == "about 40 s left"
-    assert time_left_text(56.0) == "about 60 s left"
+    assert time_left_text(54.0) == "about 50 s left"
+    assert time_left_text(56.0) == "about 1 min left"
     assert time_left_text(150.0) == "about 2 min left"
     assert time_left_text(3 * 3600.0) == "about 3.0 h left"
