@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -178,9 +177,7 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     assert "uploaded (north.geojson)" in texts(page, "success")[-1]
     set_period(page, *SITE_WINDOW.values())
 
-    started = time.perf_counter()
     button(page, "Run").click().run()
-    first_s = time.perf_counter() - started
     no_exceptions(page)
     assert not page.error, texts(page, "error")
     result: SeasonResult = state(page).result
@@ -193,14 +190,11 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
 
     # The same inputs again: served from the in-memory cache, without a request to the servers.
     site.reset()
-    started = time.perf_counter()
     button(page, "Run").click().run()
-    again_s = time.perf_counter() - started
     assert state(page).result.key == result.key
     assert state(page).result is result  # the one cached object, not an unpickled copy
     assert any(t.startswith("**Computed in") for t in texts(page, "markdown"))  # replayed
     assert site.stac_server.requests == [] and site.cog_server.requests == []
-    assert again_s < max(1.5, first_s / 3), (first_s, again_s)
 
     # A new period makes the result stale: it is dropped until the next Run.
     page.date_input(key="period_end").set_value(dt.date(2018, 6, 1)).run()
