@@ -61,8 +61,9 @@ _pools: dict[int, ProcessPoolExecutor] = {}
 _pools_lock = threading.Lock()
 PARALLEL_MIN_SERIES = 250_000
 """Series (pixels x bands) from which the Whittaker smoother runs in worker processes: below,
-starting them (a second or two) costs more than it saves (a 128 px, 10-band cube is 164 k
-series and smooths in about 7 s on one core)."""
+shipping the patterns to them, and starting them on a process's first such call (a second or
+two), costs more than it saves (a 128 px, 10-band cube is 164 k series and smooths in about
+7 s on one core)."""
 _CHUNKS_PER_WORKER = 4
 """Bundles of cloud patterns per worker, so that an uneven bundle does not leave the others
 idle."""
