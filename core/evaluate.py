@@ -56,7 +56,7 @@ import numpy as np
 import xarray as xr
 
 from core.cube import S2_BANDS, bands_present, validate_cube
-from core.curve import narrow_band
+from core.curve import curve_chunks, narrow_band
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
 from core.model.blend import DISTANCE_EDGES_DAYS, days_to_clear, distance_bucket
@@ -116,6 +116,10 @@ class Protocol:
     query_every_days: int | None = None
     """Also query every this many days of the cube's period, as the app's daily NDVI curve
     does (1: daily); only the target frames are scored. None: query the targets only."""
+    in_chunks: bool = False
+    """Reconstruct the query days in the calls an app Run makes for its daily curve
+    (:func:`core.curve.curve_chunks`: at most 40 days per call) instead of in one call, so that
+    the figures are those of the frames a Run shows."""
 
     def __post_init__(self) -> None:
         if self.max_size is not None and self.max_size < 1:
@@ -823,6 +827,33 @@ def clear_distance(degraded: xr.Dataset) -> np.ndarray:
     return days_to_clear(observations(degraded)["s2"].values, to_days(times), to_days(query))
 
 
+def _reconstruct_query(
+    degraded: xr.Dataset,
+    query: np.ndarray,
+    method: str,
+    options: ReconstructOptions,
+    in_chunks: bool,
+) -> xr.Dataset:
+    """All of ``query`` reconstructed in one call, or in a Run's chunks joined along time."""
+    if not in_chunks:
+        return reconstruct(degraded, query, method, options)
+    query = np.unique(np.asarray(query, dtype="datetime64[ns]"))
+    parts = [
+        reconstruct(degraded, query[chunk], method, options)
+        for chunk in curve_chunks(degraded, query.size, options.samples)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return xr.concat(
+        parts,
+        dim="time",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        combine_attrs="override",
+    )
+
+
 def _samples_of(result: xr.Dataset, options: ReconstructOptions) -> np.ndarray | None:
     """(K, Q, 10, H, W) samples for the CRPS, or None for K = 1."""
     if options.samples <= 1:
@@ -870,7 +901,7 @@ def evaluate_cube(
             if method in skip:
                 continue
             start = time.perf_counter()
-            result = reconstruct(degraded, query, method, options)
+            result = _reconstruct_query(degraded, query, method, options, protocol.in_chunks)
             seconds = time.perf_counter() - start
             samples = _samples_of(result, options)
             if samples is not None and distance is None:

@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "only the targets are scored",
     )
     parser.add_argument(
+        "--in-chunks",
+        action="store_true",
+        help="reconstruct the query days in the calls an app Run makes for its daily curve "
+        "(at most 40 days each) instead of in one call; use with --query-every-days 1",
+    )
+    parser.add_argument(
         "--exclude-seen",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -135,7 +141,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, not {args.samples}.")
     protocol = Protocol(
-        seed=args.seed, max_size=args.max_size or None, query_every_days=args.query_every_days
+        seed=args.seed, max_size=args.max_size or None, query_every_days=args.query_every_days,
+        in_chunks=args.in_chunks,
     )
     options = ReconstructOptions(
         samples=args.samples,

@@ -485,6 +485,41 @@ def test_dense_queries_score_the_same_targets(monkeypatch) -> None:
         Protocol(query_every_days=0)
 
 
+def test_in_chunks_reconstructs_the_daily_query_in_a_runs_calls(monkeypatch) -> None:
+    # --in-chunks scores what a Run shows: the daily query split into the calls of the app's
+    # curve (core.curve.curve_chunks), the parts joined back along time. A per-pixel method
+    # answers each day alone, so every figure (the band's included) is the one-call figure.
+    import core.curve as curve
+    import core.evaluate as evaluation
+
+    monkeypatch.setattr(curve, "CHUNK_MOST_DATES", 7)
+    asked: list[int] = []
+    real = evaluation.reconstruct
+    monkeypatch.setattr(
+        evaluation, "reconstruct", lambda c, q, *a: asked.append(len(q)) or real(c, q, *a)
+    )
+    options = ReconstructOptions(samples=2)
+    one_call = evaluate(
+        _two_cubes(), ["linear", "whittaker"], Protocol(max_size=4, query_every_days=1), options
+    )
+    n_one = len(asked)
+    chunked = evaluate(
+        _two_cubes(),
+        ["linear", "whittaker"],
+        Protocol(max_size=4, query_every_days=1, in_chunks=True),
+        options,
+    )
+    calls = asked[n_one:]
+    assert max(calls) == 7 and len(calls) > 2 * n_one  # several calls where there was one
+    assert sum(calls) == sum(asked[:n_one])  # each day asked for once
+
+    def scores(result) -> list:
+        return [(r.cube, r.task, r.method, r.scores) for r in (*result.rows, *result.pooled)]
+
+    assert scores(chunked) == scores(one_call)
+    assert evaluation_to_dict(chunked)["protocol"]["in_chunks"] is True
+
+
 def test_bad_input_is_refused_with_a_message() -> None:
     with pytest.raises(InputError, match="No methods"):
         evaluate(_two_cubes(), [])
