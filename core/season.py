@@ -505,6 +505,26 @@ def default_method() -> str:
     return "linear"
 
 
+GPU_ADAPT_STEPS = 50
+"""Per-field tuning steps a Run takes by default on a GPU (a second or two there; about 28 s on
+2 CPU cores, where it stays off by default). On the held-out cubes 50 steps on top of the
+field blend took missing frames from 0.862 to 0.842 x the better baseline and put the NDVI
+error under both baselines in all three tasks (README, "per-field tuning")."""
+
+
+def default_adapt_steps(device: str = "auto") -> int:
+    """Per-field tuning steps a Run takes unless the user says otherwise: :data:`GPU_ADAPT_STEPS`
+    when the model runs on a GPU, 0 on a CPU or without the model."""
+    if "model" not in method_choices():
+        return 0
+    from core.model.inference import resolve_device
+
+    try:
+        return GPU_ADAPT_STEPS if resolve_device(device) == "cuda" else 0
+    except InputError:  # "cuda" asked for on a machine without one: the Run will say so
+        return 0
+
+
 def method_choices() -> list[str]:
     """Methods a user can pick: the installed ones, "model" only with its checkpoint."""
     return [m for m in available_methods() if m != "model" or MODEL_CHECKPOINT.is_file()]

@@ -10,7 +10,7 @@ import streamlit as st
 from app.state import Key
 from core.config import Settings
 from core.reconstruct import ReconstructOptions
-from core.season import default_method, method_choices
+from core.season import GPU_ADAPT_STEPS, default_adapt_steps, default_method, method_choices
 
 METHOD_HELP = {
     "model": "The trained space-time model (Sentinel-2 + Sentinel-1), with an uncertainty band "
@@ -80,13 +80,16 @@ def settings_panel(settings: Settings) -> RunSettings:
             "Tune to this field (steps, 0 = off)",
             min_value=0,
             max_value=500,
-            value=0,
+            value=default_adapt_steps(),
             key=str(Key.ADAPT),
             disabled=not is_model,
             help="Before reconstructing, train a copy of the model for this many steps on the "
-            "field's own clear pixels, once per Run. Slower (about half a second per step on a "
-            "CPU); on the held-out cubes 50 steps helped most where the model had seen no "
-            "similar region (README, 'per-field tuning').",
+            "field's own clear pixels, once per Run. About half a second per step on a CPU, so "
+            f"off there unless you ask; {GPU_ADAPT_STEPS} steps by default when a GPU is "
+            "visible, where they take a second or two. On the held-out cubes 50 steps took the "
+            "error on missing frames from 0.86 to 0.84 x the better baseline and put the NDVI "
+            "error under both baselines in all three tasks, long gaps included (README, "
+            "'per-field tuning').",
         )
         calibrate_field = st.checkbox(
             "Fit the uncertainty band to this field",
