@@ -116,6 +116,12 @@ class Protocol:
     query_every_days: int | None = None
     """Also query every this many days of the cube's period, as the app's daily NDVI curve
     does (1: daily); only the target frames are scored. None: query the targets only."""
+    drop_hidden_frames: bool = False
+    """Remove from the cube the frames a task hides entirely (the missing frames, the gap's
+    frames; never the first or last acquisition) and query their dates as dates with no
+    acquisition, as the app's anytime queries and most days of its daily curve are. False
+    keeps them as acquisitions with every pixel cloudy. The baselines, which skip missing
+    values, score the same either way."""
     in_chunks: bool = False
     """Reconstruct the query days in the calls an app Run makes for its daily curve
     (:func:`core.curve.curve_chunks`: at most 40 days per call) instead of in one call, so that
@@ -664,6 +670,17 @@ def hide(cube: xr.Dataset, hidden: np.ndarray, protocol: Protocol) -> xr.Dataset
     return out
 
 
+def drop_hidden_frames(
+    degraded: xr.Dataset, original: xr.Dataset, hidden: np.ndarray
+) -> xr.Dataset:
+    """``degraded`` without the acquisitions whose every clear pixel ``hidden`` hid (T, H, W),
+    but for the first and the last (which hold the period)."""
+    had = original["valid"].values.astype(bool)
+    gone = had.any(axis=(1, 2)) & ~(had & ~hidden).any(axis=(1, 2))
+    gone[[0, -1]] = False
+    return degraded.isel(time_s2=np.flatnonzero(~gone)) if gone.any() else degraded
+
+
 # --------------------------------------------------------------------------- running methods
 
 
@@ -891,6 +908,9 @@ def evaluate_cube(
     for task_sets in runs:
         hidden = np.logical_or.reduce([s.hidden for s in task_sets])
         degraded = hide(cube, hidden, protocol)
+        inputs = (
+            drop_hidden_frames(degraded, cube, hidden) if protocol.drop_hidden_frames else degraded
+        )
         distance = None
         frames = sorted({f for s in task_sets for f in s.frames})
         query = calendar_day(cube["time_s2"].values[frames]).astype("datetime64[ns]")
@@ -901,7 +921,7 @@ def evaluate_cube(
             if method in skip:
                 continue
             start = time.perf_counter()
-            result = _reconstruct_query(degraded, query, method, options, protocol.in_chunks)
+            result = _reconstruct_query(inputs, query, method, options, protocol.in_chunks)
             seconds = time.perf_counter() - start
             samples = _samples_of(result, options)
             if samples is not None and distance is None:

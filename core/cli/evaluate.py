@@ -80,6 +80,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "only the targets are scored",
     )
     parser.add_argument(
+        "--drop-hidden-frames",
+        action="store_true",
+        help="remove the frames a task hides entirely (missing frames, the gap's frames) from "
+        "the cube and query their dates as dates with no acquisition, as the app's anytime "
+        "queries are (default: keep them as fully cloudy acquisitions)",
+    )
+    parser.add_argument(
         "--in-chunks",
         action="store_true",
         help="reconstruct the query days in the calls an app Run makes for its daily curve "
@@ -141,8 +148,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, not {args.samples}.")
     protocol = Protocol(
-        seed=args.seed, max_size=args.max_size or None, query_every_days=args.query_every_days,
+        seed=args.seed,
+        max_size=args.max_size or None,
+        query_every_days=args.query_every_days,
         in_chunks=args.in_chunks,
+        drop_hidden_frames=args.drop_hidden_frames,
     )
     options = ReconstructOptions(
         samples=args.samples,

@@ -520,6 +520,53 @@ def test_in_chunks_reconstructs_the_daily_query_in_a_runs_calls(monkeypatch) -> 
     assert evaluation_to_dict(chunked)["protocol"]["in_chunks"] is True
 
 
+def test_dropped_hidden_frames_are_queried_as_dates_with_no_acquisition(monkeypatch) -> None:
+    # --drop-hidden-frames takes the frames a task hides entirely out of the cube, so that the
+    # model meets them as the app's anytime queries (no acquisition that day). The baselines
+    # skip missing values, so they score exactly as with the frames kept.
+    import core.evaluate as evaluation
+
+    seen: list[int] = []
+    real = evaluation.reconstruct
+    monkeypatch.setattr(
+        evaluation,
+        "reconstruct",
+        lambda c, q, *a: seen.append(c.sizes["time_s2"]) or real(c, q, *a),
+    )
+    kept = evaluate(_two_cubes(), ["linear", "whittaker"], Protocol(max_size=4))
+    n_kept = len(seen)
+    dropped = evaluate(
+        _two_cubes(), ["linear", "whittaker"], Protocol(max_size=4, drop_hidden_frames=True)
+    )
+    assert len(seen) == 2 * n_kept
+    # Per cube: missing + cloud, then the gap, each for both methods (4 calls).
+    for i, cube in enumerate(dropped.cubes):
+        before, after = seen[4 * i], seen[n_kept + 4 * i]
+        n_missing = len(cube.tasks["missing"]["frames"])
+        assert before - n_missing <= after < before  # the missing frames went (ends excepted)
+        assert seen[n_kept + 4 * i + 2] < seen[4 * i + 2]  # and the gap's
+
+    def scores(result) -> list:
+        return [(r.cube, r.task, r.method, r.scores) for r in (*result.rows, *result.pooled)]
+
+    assert scores(dropped) == scores(kept)
+    assert evaluation_to_dict(dropped)["protocol"]["drop_hidden_frames"] is True
+
+
+def test_drop_hidden_frames_keeps_the_ends_and_partly_hidden_frames() -> None:
+    from core.evaluate import drop_hidden_frames
+
+    cube = _series_cube(n_t=8, size=4)
+    hidden = np.zeros((8, 4, 4), dtype=bool)
+    hidden[[0, 3, 7]] = True  # whole frames, two of them the ends
+    hidden[5, :2] = True  # part of a frame
+    out = drop_hidden_frames(cube, cube, hidden)
+    assert out.sizes["time_s2"] == 7
+    np.testing.assert_array_equal(
+        out["time_s2"].values, cube["time_s2"].values[[0, 1, 2, 4, 5, 6, 7]]
+    )
+
+
 def test_bad_input_is_refused_with_a_message() -> None:
     with pytest.raises(InputError, match="No methods"):
         evaluate(_two_cubes(), [])
