@@ -35,9 +35,9 @@ from core.model.flow import euler_solve
 from core.model.inference import (
     cached_checkpoint,
     clear_field_cache,
+    frames_unseen,
     plan_passes,
     prepare_series,
-    s1_limit,
     thin_s1,
 )
 from core.model.network import FLOW_BF16_ENV, cpu_has_native_bf16
@@ -54,9 +54,9 @@ def head_check(cube, repeats: int) -> None:
     inputs = series_inputs(series.frames, config.smooth_features)
     step = plan_passes(series.acquired, series.query_frame, config.s2_window)[0]
     window = thin_s1(
-        select_frames(inputs, step.frames, config.s1_margin_days),
-        s1_limit(series.acquired[step.frames], config.max_s1_frames),
+        select_frames(inputs, step.frames, config.s1_margin_days), config.max_s1_frames
     )
+    unseen = frames_unseen(series.acquired[step.frames])
     origin = window.days[0]
     with torch.no_grad():
         features = model.encode(
@@ -64,6 +64,7 @@ def head_check(cube, repeats: int) -> None:
             torch.as_tensor(window.days - origin, dtype=torch.float32)[None],
             torch.as_tensor(window.s1)[None],
             torch.as_tensor(window.s1_days - origin, dtype=torch.float32)[None],
+            None if unseen is None else torch.as_tensor(unseen)[None],
         )[:, torch.as_tensor(step.targets)]
         rows = features.reshape(-1, features.shape[-1])
         noise = torch.randn(8 * rows.shape[0], 160, generator=torch.Generator().manual_seed(0))

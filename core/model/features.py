@@ -253,10 +253,13 @@ def gap_days(feature: np.ndarray) -> np.ndarray:
     return np.expm1(np.asarray(feature, np.float64) * np.log1p(GAP_CAP_DAYS))
 
 
-def fill_missing(interp: np.ndarray, band_present: np.ndarray) -> np.ndarray:
-    """Replace NaN in an interpolation (T, B, H, W) by each band's mean (0 for absent bands)."""
+def fill_missing(interp: np.ndarray, band_present: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Replace NaN in an interpolation (T, B, H, W) by each band's mean over the clear
+    observations ``observed`` (T, B, H, W; 0 for absent bands). A pixel with no other clear
+    observation gets it. Taken over the observations, not the interpolation, so that it does
+    not depend on which dates with no acquisition are asked for."""
     with _quiet():
-        band_mean = np.nanmean(interp, axis=(0, 2, 3))
+        band_mean = np.nanmean(observed, axis=(0, 2, 3))
     band_mean = np.where(band_present & np.isfinite(band_mean), band_mean, 0.0)
     return np.where(np.isfinite(interp), interp, band_mean[None, :, None, None]).astype(np.float32)
 
@@ -272,7 +275,7 @@ def s2_channels(frames: Frames, smooth_features: bool = False) -> tuple[np.ndarr
     s2 = frames.s2
     n, _, height, width = s2.shape
     interp, _, _ = interpolate_at_frames(s2, frames.days, exclusive=True)
-    base = fill_missing(interp, frames.band_present) * REFL_SCALE
+    base = fill_missing(interp, frames.band_present, s2) * REFL_SCALE
     clear = frames.clear
     # Gap lengths from the pixel-level clear flags (any band).
     _, gap_prev, gap_next = interpolate_at_frames(

@@ -1,9 +1,10 @@
 """The ``model`` method of the reconstruction contract: windows, tiles, trunk once, K samples.
 
-A request is cut into temporal windows of at most ``s2_window`` S2 frames (each query goes to
-the window where it sits most centrally) and spatial tiles of ``tile`` pixels that overlap by
-``tile_overlap``; their estimates are blended with linear ramps. Per window and tile the trunk
-runs once; the flow head then integrates K residual samples for the query frames' tokens only,
+A request is cut into temporal windows of at most ``s2_window`` S2 acquisitions (each query
+goes to the window where it sits most centrally; dates asked for with no acquisition join
+their window's pass, unseen by the other frames, see :func:`plan_passes`) and spatial tiles of
+``tile`` pixels that overlap by ``tile_overlap``; their estimates are blended with linear
+ramps. Per pass and tile the trunk runs once; the flow head then integrates K residual samples for the query frames' tokens only,
 and only for the tokens whose pixels the tile owns (each pixel's samples come from one tile). With
 the field blend (the default), each tile's estimate and samples then move toward the Whittaker
 smoother by the weights fitted on the field (:mod:`core.model.blend`).
@@ -145,16 +146,16 @@ class Pass:
 
 
 def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> list[Pass]:
-    """Cut a series into trunk passes of at most ``size`` frames that cover every query.
+    """Cut a series into trunk passes that cover every query.
 
-    Acquisitions are cut into windows as :func:`temporal_windows` does; query-only frames (dates
-    with no acquisition) are *added* to the window they fall nearest, in groups, instead of
-    being windowed with the acquisitions. A dense query set (every day of a season) would
-    otherwise fill the windows with blank frames and leave each query a few acquisitions of
-    context; here each pass keeps ``size - group`` acquisitions, where ``group``, the number of
-    query-only frames per pass, is what their density among the acquisitions would bring into
-    a window (so sparse queries cost no extra pass), but at most half the window (so dense ones
-    leave it at least half acquisitions, at the price of more passes).
+    Acquisitions are cut into windows of at most ``size`` as :func:`temporal_windows` does;
+    query-only frames (dates with no acquisition) are *added* to the window they fall in, at
+    most ``size`` of them per pass (one pass more per further ``size``). The network lets no
+    other frame attend to a query-only frame (:func:`frames_unseen`,
+    :meth:`core.model.network.FieldFlowNet.encode`), so an acquisition's estimate is the one
+    it gets with no query-only date asked for, and each query-only date's is the one it gets
+    asked for alone: neither depends on how many other dates are asked for or how they are
+    grouped, and a daily curve reconstructed in chunks is the curve reconstructed in one call.
 
     Args:
         acquired: (N,) bool, True for acquisition frames.
@@ -163,36 +164,25 @@ def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> lis
     """
     acquisitions = np.flatnonzero(acquired)
     only = ~acquired[query_frame]  # queries on a date with no acquisition
-    n_only = int(np.unique(query_frame[only]).size)
-    if acquisitions.size == 0 or n_only == 0:
+    if acquisitions.size == 0 or not only.any():
         return [
             Pass(np.arange(start, stop), queries, query_frame[queries] - start)
             for start, stop, queries in temporal_windows(len(acquired), query_frame, size)
         ]
-    # As many query-only frames per pass as the acquisitions' own density would bring into a
-    # window of ``size`` frames, but never more than half of it. The density is that among the
-    # acquisitions the queries span: a chunk of a daily curve (a few weeks of a longer series)
-    # is as dense as the whole curve, and measured against every acquisition it looked sparse
-    # and took twice the passes, each with a few query frames.
-    lo, hi = query_frame.min(), query_frame.max()
-    spanned = int(np.count_nonzero((acquisitions >= lo) & (acquisitions <= hi)))
-    density = n_only / max(spanned, 1)
-    group = min(n_only, size // 2, max(1, size - int(size / (1 + density))))
     # Each query's position on the acquisition axis (a query-only frame sits between two).
     position = np.searchsorted(acquisitions, query_frame).astype(float)
     position = np.where(only, position - 0.5, position)
-    windows = temporal_windows(acquisitions.size, np.clip(position, 0, None), size - group)
     passes: list[Pass] = []
-    for start, stop, queries in windows:
+    for start, stop, queries in temporal_windows(
+        acquisitions.size, np.clip(position, 0, None), size
+    ):
         context = acquisitions[start:stop]
         on_acquisition = queries[~only[queries]]
-        extra_frames = np.unique(query_frame[queries[only[queries]]])
-        chunks = [extra_frames[i : i + group] for i in range(0, extra_frames.size, group)] or [
-            extra_frames
-        ]
-        for i, chunk in enumerate(chunks):
-            frames = np.union1d(context, chunk)
-            answered = queries[only[queries] & np.isin(query_frame[queries], chunk)]
+        extra = np.unique(query_frame[queries[only[queries]]])
+        groups = [extra[i : i + size] for i in range(0, extra.size, size)] or [extra]
+        for i, group in enumerate(groups):
+            frames = np.union1d(context, group)
+            answered = queries[only[queries] & np.isin(query_frame[queries], group)]
             if i == 0:
                 answered = np.concatenate([on_acquisition, answered])
             if answered.size:
@@ -201,14 +191,11 @@ def plan_passes(acquired: np.ndarray, query_frame: np.ndarray, size: int) -> lis
     return passes
 
 
-def s1_limit(acquired: np.ndarray, most: int) -> int:
-    """S1 frames a pass may hold: ``most``, or for a pass with query-only frames (which spans
-    more days than a window of every frame would), at most one per S2 acquisition in it, so
-    that a daily curve costs about what it did with plain windows (their S1 count followed
-    their shorter span)."""
-    if acquired.all():
-        return most
-    return max(1, min(most, int(acquired.sum())))
+def frames_unseen(acquired: np.ndarray) -> np.ndarray | None:
+    """(T,) bool of a pass's frames that no other frame may attend to: its query-only dates
+    (``acquired`` False); None when it has none (the network's plain attention)."""
+    unseen = ~np.asarray(acquired, dtype=bool)
+    return unseen if unseen.any() else None
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
@@ -363,11 +350,13 @@ def predict_window(
     device: str,
     solver: str = "euler",
     sampled_tokens: np.ndarray | None = None,
+    unseen: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean and samples at frames ``targets`` of one window of one (patch-aligned) tile.
 
     ``sampled_tokens`` (P,) bool, row-major patches: generate samples for these tokens only
-    (the others' samples equal the mean); None: all of them.
+    (the others' samples equal the mean); None: all of them. ``unseen`` (T,) bool: frames no
+    other frame attends to (see :func:`frames_unseen`); None: none.
 
     Returns:
         mean (Q, 10, H, W) and samples (K, Q, 10, H, W) or None, in reflectance units.
@@ -380,6 +369,7 @@ def predict_window(
         as_tensor(window.days - origin)[None],
         as_tensor(window.s1)[None],
         as_tensor(window.s1_days - origin)[None],
+        None if unseen is None else torch.as_tensor(unseen, device=device)[None],
     )
     height, width = window.s2.shape[2:]
     features = features[:, torch.as_tensor(targets, device=device)]  # (1, Q, P, D)
@@ -657,8 +647,7 @@ def model_method(
         tile_mean = np.zeros((n_query, 10, tile_h, tile_w), np.float32)
         for step in passes:
             window = thin_s1(
-                select_frames(inputs, step.frames, config.s1_margin_days),
-                s1_limit(series.acquired[step.frames], config.max_s1_frames),
+                select_frames(inputs, step.frames, config.s1_margin_days), config.max_s1_frames
             )
             m, s = predict_window(
                 checkpoint,
@@ -669,6 +658,7 @@ def model_method(
                 generator,
                 device,
                 sampled_tokens=sampled,
+                unseen=frames_unseen(series.acquired[step.frames]),
             )
             tile_mean[step.queries] = m[..., :tile_h, :tile_w]
             if residuals is not None and s is not None:

@@ -133,8 +133,8 @@ class TemporalAttention(nn.Module):
     """Attention among all frames at one patch location, timed by real acquisition days.
 
     Input (S, N, D) for S sequences (episode x patch) of N frames; ``rotary`` the (cos, sin)
-    of the frames' day angles (S, 1, N, head_dim // 2); ``bias`` None or (S, heads, N, N),
-    additive.
+    of the frames' day angles (S, 1, N, head_dim // 2); ``bias`` None, an additive float mask
+    or a bool mask (True: may attend), broadcastable to (S, heads, N, N).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -281,6 +281,7 @@ class FieldFlowNet(nn.Module):
         s2_days: torch.Tensor,
         s1: torch.Tensor,
         s1_days: torch.Tensor,
+        s2_unseen: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Token features of the S2 frames.
 
@@ -290,6 +291,11 @@ class FieldFlowNet(nn.Module):
             s1: S1 channels (E, T1, S1_CHANNELS, H, W); T1 may be 0. Episodes of a batch with
                 fewer S1 frames are padded with no-data frames (data flag 0), not masked.
             s1_days: (E, T1).
+            s2_unseen: None, or (E, T) bool: S2 frames no other frame attends to (each still
+                attends to every frame and to itself). Inference marks the query dates with no
+                acquisition so: each then reads the series as if it were the only date asked
+                for, and the acquisitions read it as if no date were asked for, however many
+                dates share the pass (a daily curve), and however they are grouped.
 
         Returns:
             features (E, T, P, D).
@@ -313,12 +319,23 @@ class FieldFlowNet(nn.Module):
         buckets = (
             bucket_day_differences(days, cfg.time_buckets) if self.time_bias is not None else None
         )
+        allowed = None  # (E, 1, N, N): may frame i attend to frame j
+        if s2_unseen is not None and bool(s2_unseen.any()):
+            seen = torch.cat(
+                [~s2_unseen, s2_unseen.new_ones(s2_unseen.shape[0], days.shape[1] - t2)], 1
+            )
+            itself = torch.eye(days.shape[1], dtype=torch.bool, device=days.device)
+            allowed = (seen[:, None, :] | itself)[:, None]
         x = tokens
         for depth, block in enumerate(self.blocks):
             bias = None
             if self.time_bias is not None:
                 bias = self.time_bias[depth][:, buckets].permute(1, 0, 2, 3)  # (E, h, N, N)
+                if allowed is not None:
+                    bias = bias.masked_fill(~allowed, float("-inf"))
                 bias = bias.repeat_interleave(n_tokens, dim=0)
+            elif allowed is not None:  # one episode broadcasts over its patches as it is
+                bias = allowed if allowed.shape[0] == 1 else allowed.repeat_interleave(n_tokens, 0)
             x = block(x, rotary, bias)
         return self.norm(x[:, :t2])
 

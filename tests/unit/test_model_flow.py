@@ -77,6 +77,46 @@ def test_network_is_invariant_to_a_shift_of_all_dates() -> None:
     assert not torch.allclose(a, c, atol=1e-3)
 
 
+@pytest.mark.parametrize("time_buckets", [0, 8])
+@pytest.mark.parametrize("episodes", [1, 2])
+def test_unseen_frames_change_nothing_but_their_own_features(time_buckets, episodes) -> None:
+    # Query dates with no acquisition enter unseen: each reads the series, none is read. Then
+    # the acquisitions' features are those without any query date, and a query date's are the
+    # same whatever other query dates share the pass (a daily curve, in any grouping).
+    torch.manual_seed(0)
+    config = ModelConfig(
+        width=16, depth=2, heads=2, flow_hidden=16, flow_layers=1, time_buckets=time_buckets
+    )
+    net = FieldFlowNet(config).eval()
+    if net.time_bias is not None:
+        torch.nn.init.normal_(net.time_bias)
+    channels = s2_channel_count(config.smooth_features)
+    acquisitions = torch.randn(episodes, 5, channels, 8, 8)
+    queries = torch.randn(episodes, 3, channels, 8, 8)
+    s1, d1 = torch.randn(episodes, 2, 7, 8, 8), torch.tensor([[3.0, 20.0]]).repeat(episodes, 1)
+    d_acq = torch.tensor([[0.0, 5.0, 12.0, 30.0, 31.0]]).repeat(episodes, 1)
+    d_query = torch.tensor([[7.0, 8.0, 25.0]]).repeat(episodes, 1)
+    unseen = torch.tensor([[False] * 5 + [True] * 3]).repeat(episodes, 1)
+    with torch.no_grad():
+        alone = net.encode(acquisitions, d_acq, s1, d1)
+        both = net.encode(
+            torch.cat([acquisitions, queries], 1), torch.cat([d_acq, d_query], 1), s1, d1, unseen
+        )
+        one = net.encode(
+            torch.cat([acquisitions, queries[:, 1:2]], 1),
+            torch.cat([d_acq, d_query[:, 1:2]], 1),
+            s1,
+            d1,
+            unseen[:, :6],
+        )
+        seen_by_all = net.encode(
+            torch.cat([acquisitions, queries], 1), torch.cat([d_acq, d_query], 1), s1, d1
+        )
+    assert torch.allclose(both[:, :5], alone, atol=1e-5)
+    assert torch.allclose(both[:, 6], one[:, 5], atol=1e-5)
+    assert not torch.allclose(seen_by_all[:, :5], alone, atol=1e-3)  # plain attention reads them
+
+
 def test_patchify_round_trip() -> None:
     net = FieldFlowNet(ModelConfig(width=16, depth=1, heads=2, flow_hidden=16, flow_layers=1))
     x = torch.arange(2 * 3 * 10 * 8 * 12, dtype=torch.float32).view(2, 3, 10, 8, 12)

@@ -15,6 +15,7 @@ from core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, 
 from core.model.config import ModelConfig, TrainConfig
 from core.model.inference import (
     clear_field_cache,
+    frames_unseen,
     plan_passes,
     resolve_device,
     temporal_windows,
@@ -161,37 +162,69 @@ def test_dense_queries_join_the_acquisitions_instead_of_crowding_them_out() -> N
     answered = np.concatenate([p.queries for p in passes])
     assert sorted(answered.tolist()) == every_day.tolist()  # each query once
     for p in passes:
-        assert len(p.frames) <= 40 and np.all(np.diff(p.frames) > 0)
+        assert np.all(np.diff(p.frames) > 0)
         np.testing.assert_array_equal(p.frames[p.targets], every_day[p.queries])
-        assert acquired[p.frames].sum() >= 20  # at least half the window is acquisitions
-        assert (~acquired[p.frames]).sum() <= 20
-    # A few query-only dates barely shrink the acquisitions' window.
-    few = np.array([3, 50, 51, 120])
-    passes = plan_passes(acquired, few, 40)
-    assert sorted(np.concatenate([p.queries for p in passes]).tolist()) == [0, 1, 2, 3]
-    assert all(acquired[p.frames].sum() == 30 for p in passes)
+        assert acquired[p.frames].sum() == 30  # the whole window of acquisitions, always
+        assert (~acquired[p.frames]).sum() <= 40  # and at most a window of query-only dates
+    assert len(passes) == 4  # 130 query-only dates
     # Queries on acquisition days only (every frame is an acquisition): one plain window.
     (single,) = plan_passes(np.ones(30, dtype=bool), np.array([0, 10, 29]), 40)
     np.testing.assert_array_equal(single.frames, np.arange(30))
     np.testing.assert_array_equal(single.targets, [0, 10, 29])
 
 
-def test_a_chunk_of_a_daily_curve_is_planned_as_densely_as_the_whole_curve() -> None:
-    # The app reconstructs a daily curve in chunks of a few weeks (core.curve.curve_chunks).
-    # Within a chunk the query-only days are as dense among the acquisitions as in the whole
-    # curve, so they share passes the same way, not in small groups as if they were sparse.
-    acquired = np.zeros(400, dtype=bool)
-    acquired[::5] = True  # over a year, an acquisition every 5 days
-    whole = plan_passes(acquired, np.arange(400), 40)
-    assert max(int((~acquired[p.frames]).sum()) for p in whole) == 20  # half the window
-    for lo in (0, 100, 380):
-        days = np.arange(lo, lo + 20)
-        (chunk,) = plan_passes(acquired, days, 40)  # 16 query-only days: one pass
-        assert (~acquired[chunk.frames]).sum() == 16 and acquired[chunk.frames].sum() == 24
-        np.testing.assert_array_equal(np.sort(chunk.queries), np.arange(20))
-        np.testing.assert_array_equal(chunk.frames[chunk.targets], days[chunk.queries])
-    passes = plan_passes(acquired, np.arange(100, 140), 40)  # 32 query-only days: 20 + 12
-    assert sorted((~acquired[p.frames]).sum() for p in passes) == [12, 20]
+def test_a_date_gets_the_same_acquisitions_however_the_dates_are_asked_for() -> None:
+    # With query-only dates unseen by the other frames (frames_unseen), a date's estimate
+    # depends only on the acquisitions of its pass. Those must not depend on the other dates
+    # asked for: a day alone, in a chunk of the app's daily curve, or in the whole curve.
+    acquisitions = np.arange(0, 400, 5)  # over a year, an acquisition every 5 days
+    acquisitions = acquisitions[(acquisitions < 200) | (acquisitions >= 260)]  # a 2-month gap
+
+    def context(days: np.ndarray) -> dict[int, tuple[int, ...]]:
+        # The series' frames are the acquisitions and the dates asked for (frames_for_query).
+        frames = np.union1d(acquisitions, days)
+        acquired = np.isin(frames, acquisitions)
+        out = {}
+        for p in plan_passes(acquired, np.searchsorted(frames, days), 40):
+            for q in p.queries:
+                out[int(days[q])] = tuple(frames[p.frames[acquired[p.frames]]].tolist())
+        return out
+
+    whole = context(np.arange(400))
+    assert len(whole) == 400
+    for lo in range(0, 400, 40):
+        assert context(np.arange(lo, min(lo + 40, 400))) == {
+            d: whole[d] for d in range(lo, min(lo + 40, 400))
+        }
+    for day in (0, 3, 131, 230, 399):
+        assert context(np.array([day])) == {day: whole[day]}
+
+
+def test_only_query_only_dates_are_unseen() -> None:
+    assert frames_unseen(np.ones(4, dtype=bool)) is None
+    np.testing.assert_array_equal(
+        frames_unseen(np.array([True, False, True, False])), [False, True, False, True]
+    )
+
+
+def test_a_dates_estimate_does_not_depend_on_the_other_dates_asked_for(
+    flanders_cube, tmp_path
+) -> None:
+    # A date asked for alone, or among every day of the period (the app's daily curve, in
+    # chunks or in one call), gets the same estimate: query-only dates are unseen by the
+    # other frames, and a date's acquisitions do not depend on the others (plan_passes).
+    path = _checkpoint(tmp_path, perturb=True)
+    cube = _crop(flanders_cube, size=16)
+    days = cube["time_s2"].values.astype("datetime64[D]")
+    asked = np.array([days[3], days[5] + 2, days[12] + 1, days[17]]).astype("datetime64[ns]")
+    every_day = np.arange(days[0], days[-1] + 1).astype("datetime64[ns]")
+    assert every_day.size > 3 * TINY.s2_window  # several passes
+    alone = reconstruct(cube, asked, "model", _options(path))
+    among = reconstruct(cube, np.union1d(asked, every_day), "model", _options(path))
+    among = among.sel(time=alone["time"].values)
+    np.testing.assert_allclose(among["s2"].values, alone["s2"].values, atol=1e-5)
+    observed = alone["observed"].values.astype(bool)
+    assert (~observed).sum() > 500  # mostly estimates, not kept observations
 
 
 def test_samples_are_reproducible_with_a_seed(flanders_cube, tmp_path) -> None:
