@@ -430,8 +430,9 @@ def reconstruct_day(
 ) -> xr.Dataset:
     """Reconstruct one day of a season exactly as its Run did: together with the other days of
     the daily curve's chunk that held it (:func:`core.curve.curve_chunks`), so the frame is the
-    one the curve and the timeline show (with the model, a day's estimate and samples depend a
-    little on the other days of the same call).
+    one the curve and the timeline show (with the model, a day's estimate does not depend on
+    the other days asked for, but its samples, and so its NDVI band, come from random draws
+    that do).
 
     Raises:
         InputError: the day lies outside :attr:`SeasonResult.first_day` .. ``last_day``.
@@ -453,8 +454,9 @@ def day_view(
 ) -> DayView:
     """Pictures and field NDVI of any day in the period: a timeline day's pictures are its
     frame's (nothing is computed); any other day is reconstructed on its own (one date, quick;
-    its pictures can differ from the curve's reconstruction of that day by the model's
-    dependence on the other days asked for). The numbers are the curve's either way."""
+    its estimate is the curve's, since a date's estimate does not depend on the other dates
+    asked for, but its uncertainty picture comes from other random draws). The numbers are
+    the curve's either way."""
     row = result.curve_row(day)
     if day in result.days:
         frame = result.frames[result.days.index(day)]

@@ -71,6 +71,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight of an L1 term on each hidden frame's mean NDVI (the curve's figure; 0: off)",
     )
     parser.add_argument(
+        "--unseen-share",
+        type=float,
+        default=None,
+        help="share of episodes whose blank frames enter unseen by the others, as dates asked "
+        "for with no acquisition do at inference (0: never)",
+    )
+    parser.add_argument(
         "--spectral-jitter",
         type=float,
         default=None,
@@ -141,6 +148,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 f"--spectral-jitter must be between 0 and 1, not {args.spectral_jitter}."
             )
         train_config = replace(train_config, spectral_jitter=args.spectral_jitter)
+
+    if args.unseen_share is not None:
+        if not 0 <= args.unseen_share <= 1:
+            raise InputError(f"--unseen-share must be between 0 and 1, not {args.unseen_share}.")
+        train_config = replace(train_config, unseen_share=args.unseen_share)
 
     if args.field_ndvi_weight is not None:
         if args.field_ndvi_weight < 0:

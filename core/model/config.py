@@ -99,6 +99,10 @@ class TrainConfig:
     """Standard deviation of the log gain applied to a training episode's S2 reflectance: one
     gain for all bands plus half as much per band, so that a site's brightness and colour are
     not learned as facts about the world (0: off)."""
+    unseen_share: float = 0.0
+    """Share of episodes whose frames left with no observation at all (whole hidden frames,
+    a gap's frames) enter unseen by the other frames, as dates asked for with no acquisition
+    do at inference (``s2_unseen`` of :meth:`FieldFlowNet.encode`); 0: never."""
     heads_only: bool = False
     """Train only the scale and flow heads (the trunk and the mean head stay as initialised, so
     the best estimate is the initial checkpoint's; the spread is learned on top of it)."""

@@ -129,6 +129,8 @@ class Episode:
     in reflectance (only with ``make_episode(with_smoother=True)``; see core.model.blend)."""
     distance: np.ndarray | None = None
     """(T, H, W) days from each pixel to its nearest visible clear observation (ditto)."""
+    unseen: np.ndarray | None = None
+    """(T,) bool: frames the other frames may not attend to (see ``make_episode``)."""
 
     @property
     def target(self) -> np.ndarray:
@@ -152,6 +154,7 @@ def make_episode(
     with_smoother: bool = False,
     smoother_lambda: float | None = None,
     with_distance: bool = False,
+    unseen_share: float = 0.0,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
@@ -161,6 +164,9 @@ def make_episode(
     gives episodes (None if it is smaller than one patch). ``with_smoother``: also give the
     Whittaker smoother (``smoother_lambda``; None: GCV) and the distances that a per-field blend
     is fitted on; ``with_distance``: the distances alone (for a band fitted by distance).
+    ``unseen_share``: the probability that the window's frames left with no observation at all
+    are marked unseen by the other frames (:attr:`Episode.unseen`), as inference marks dates
+    asked for with no acquisition.
 
     As at inference, the interpolation features come from the whole (subsampled) series, not
     only the window. Returns None when the window holds no usable target.
@@ -243,7 +249,11 @@ def make_episode(
     if view.s1.shape[0] > max_s1_frames:
         pick = np.sort(rng.choice(view.s1.shape[0], max_s1_frames, replace=False))
         view = dataclasses.replace(view, s1=view.s1[pick], s1_days=view.s1_days[pick])
-    episode = Episode(inputs=view, truth=_spatial(truth, k, flip))
+    unseen = None
+    if unseen_share > 0 and rng.random() < unseen_share:
+        blank = ~np.isfinite(inputs[window]).any(axis=(1, 2, 3))
+        unseen = blank if blank.any() else None
+    episode = Episode(inputs=view, truth=_spatial(truth, k, flip), unseen=unseen)
     if with_smoother:
         from core.model.blend import blend_inputs
 
@@ -281,6 +291,8 @@ class Batch:
     """(E, T, 10, H, W) in model units, 0 where not a target."""
     target: torch.Tensor
     """(E, T, 10, H, W) bool: hidden, clear and band present."""
+    unseen: torch.Tensor | None = None
+    """(E, T) bool: frames the others may not attend to; None: none."""
 
 
 def collate(episodes: Sequence[Episode], device: str = "cpu") -> Batch:
@@ -308,7 +320,15 @@ def collate(episodes: Sequence[Episode], device: str = "cpu") -> Batch:
     def t(a: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=dtype, device=device)
 
+    unseen = None
+    if any(ep.unseen is not None for ep in episodes):
+        n = s2[0].shape[0]
+        unseen = t(
+            np.stack([np.zeros(n, bool) if ep.unseen is None else ep.unseen for ep in episodes]),
+            torch.bool,
+        )
     return Batch(
+        unseen=unseen,
         s2=t(np.stack(s2)),
         s2_days=t(s2_days),
         s1=t(s1),
@@ -324,7 +344,7 @@ def losses(
 ) -> dict[str, torch.Tensor]:
     """Reflectance L1, NDVI L1 and flow-matching loss of one batch (and, with
     ``config.field_ndvi_weight``, the L1 of each hidden frame's mean NDVI)."""
-    features = model.encode(batch.s2, batch.s2_days, batch.s1, batch.s1_days)
+    features = model.encode(batch.s2, batch.s2_days, batch.s1, batch.s1_days, batch.unseen)
     h, w = batch.s2.shape[-2:]
     pred = batch.base + model.mean_correction(features, h, w)
     mask = batch.target
@@ -469,6 +489,7 @@ def train(
                 model_config.smooth_features,
                 config.spectral_jitter,
                 patch=model_config.patch,
+                unseen_share=config.unseen_share,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape

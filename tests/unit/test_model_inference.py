@@ -654,3 +654,40 @@ def test_a_run_tunes_to_its_field_by_default_on_a_gpu_only(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_adapt_steps("auto") == GPU_ADAPT_STEPS > 0
     assert default_adapt_steps("cpu") == 0
+
+
+def test_unseen_share_marks_an_episodes_blank_frames_and_reaches_the_network(cubes_dir) -> None:
+    # Training can meet blank frames as inference meets dates with no acquisition: unseen.
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    marked = []
+    for seed in range(8):
+        episode = make_episode(
+            series,
+            12,
+            16,
+            np.random.default_rng(seed),
+            0.0,
+            smooth_features=TINY.smooth_features,
+            long_gap=True,
+            unseen_share=1.0,
+        )
+        if episode is None or episode.unseen is None:
+            continue
+        marked.append(episode)
+        blank = ~(episode.inputs.s2[:, 10] > 0).any(axis=(1, 2))  # channel 10: the clear flag
+        np.testing.assert_array_equal(episode.unseen, blank)
+        plain = make_episode(series, 12, 16, np.random.default_rng(seed), 0.0, long_gap=True)
+        assert plain.unseen is None
+    assert len(marked) >= 4
+    batch = collate([marked[0], marked[0]])
+    assert batch.unseen is not None and batch.unseen.shape == (2, marked[0].inputs.s2.shape[0])
+    torch.manual_seed(0)
+    model = FieldFlowNet(TINY)
+    with torch.no_grad():
+        model.mean_head.weight.normal_(0, 0.05)
+
+    def loss(b) -> float:
+        parts = losses(model, b, TrainConfig(), torch.Generator().manual_seed(0))
+        return float(parts["l1"])
+
+    assert loss(batch) != loss(dataclasses.replace(batch, unseen=None))
