@@ -32,7 +32,8 @@ class ModelConfig:
     flow_layers: int = 3
     """Hidden layers of the flow head."""
     s2_window: int = 40
-    """Most S2 frames (observed + queried) processed together; longer series are windowed."""
+    """Most S2 acquisitions processed together (longer series are windowed); a pass adds at
+    most as many dates asked for with no acquisition (see core.model.inference.plan_passes)."""
     s1_margin_days: float = 12.0
     """S1 frames this many days beyond an S2 window's ends are still given to it."""
     max_s1_frames: int = 64
