@@ -6,9 +6,9 @@ their window's pass, unseen by the other frames, see :func:`plan_passes`) and sp
 ``tile`` pixels that overlap by ``tile_overlap``; their estimates are blended with linear
 ramps. Per pass and tile the trunk runs once; the flow head then integrates K residual samples
 for the query frames' tokens only, and only for the tokens whose pixels the tile owns (each
-pixel's samples come from one tile). With
-the field blend (the default), each tile's estimate and samples then move toward the Whittaker
-smoother by the weights fitted on the field (:mod:`core.model.blend`).
+pixel's samples come from one tile). With the field blend (the default), each tile's estimate
+and samples then move toward the Whittaker smoother by the weights fitted on the field
+(:mod:`core.model.blend`).
 """
 
 from __future__ import annotations
