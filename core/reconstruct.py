@@ -92,6 +92,12 @@ class ReconstructOptions:
     bucket of days to the nearest clear observation, and the curve band fitted on it. Off by
     default: held out it lowered the NDVI band's interval score by 13-40 % but over-covered
     (0.95 in the long gap; README, "The uncertainty band")."""
+    smooth_days: int = 2
+    """Model only: a date off the acquisitions' cadence (not a whole number of 5 days from an
+    acquisition) is the triangular-weighted mean of the network's estimates at it and up to
+    this many days either side (acquisitions' clear pixels as observed; see
+    :func:`core.model.inference.query_kernel`); 0: the network's own estimate at every date.
+    Dates on the cadence, acquisitions among them, are never mixed."""
     blend_field: bool = True
     """Model only: blend the model's estimate with the Whittaker smoother, per band and distance
     to the nearest clear observation, with weights fitted on the cube's own clear observations

@@ -164,6 +164,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         error_band=args.error_band,
         ndvi_error_band=args.ndvi_error_band,
         blend_field=args.blend_field,
+        smooth_days=args.smooth_days,
         device=args.device,
         seed=args.seed,
         checkpoint=args.checkpoint,
@@ -193,6 +194,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "ndvi_error_band": args.ndvi_error_band,
                 "fit_curve_band": args.fit_curve_band,
                 "blend_field": args.blend_field,
+                "smooth_days": args.smooth_days,
                 "device": args.device,
             }
         with atomic_output(args.json) as tmp:

@@ -76,6 +76,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "(hidden in turn), that does better (default: on; --no-blend-field: the network alone)",
     )
     parser.add_argument(
+        "--smooth-days",
+        type=int,
+        default=ReconstructOptions.smooth_days,
+        help="model: a date with no acquisition is the weighted mean of the network's estimates "
+        f"up to N days either side (default: {ReconstructOptions.smooth_days}; 0: the network's "
+        "own estimate at every date)",
+    )
+    parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
     )
 
@@ -114,6 +122,7 @@ def options_from_args(
         error_band=args.error_band,
         ndvi_error_band=args.ndvi_error_band,
         blend_field=args.blend_field,
+        smooth_days=args.smooth_days,
         device=args.device,
         seed=args.seed,
         keep_observed=keep_observed,

@@ -126,6 +126,10 @@ def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
         (["reconstruct", "--dates", "2019-05-01", "--start", "2019-05-01"], "not both"),
         (["reconstruct", "--start", "2019-05-01"], "No query dates"),
         (["reconstruct", "--dates", "2019-05-01", "--samples", "0"], "at least 1"),
+        (
+            ["reconstruct", "--dates", "2019-05-01", "--method", "model", "--smooth-days", "-1"],
+            "--smooth-days must be 0 or more",
+        ),
         (["ndvi", "--start", "2019-05-01", "--end", "2019-04-01"], "ends (2019-04-01) before"),
         (["ndvi", "--start", "2021-01-01", "--end", "2021-02-01"], "does not overlap"),
     ],

@@ -16,7 +16,10 @@ from core.model.config import ModelConfig, TrainConfig
 from core.model.inference import (
     clear_field_cache,
     frames_unseen,
+    mix_residuals,
+    on_cadence,
     plan_passes,
+    query_kernel,
     resolve_device,
     temporal_windows,
     tile_origins,
@@ -67,7 +70,9 @@ def test_untrained_model_equals_linear_interpolation(flanders_cube, tmp_path) ->
     times = cube["time_s2"].values
     # Acquisition times (cloud removal) and a date between acquisitions (anytime query).
     query = np.concatenate([times[[3, 8]], times[[5]] + np.timedelta64(2, "D")])
-    model = reconstruct(cube, query, "model", _options(_checkpoint(tmp_path, perturb=False)))
+    # The network's own estimate at every day (smoothing would mix days around the kinks).
+    options = _options(_checkpoint(tmp_path, perturb=False), smooth_days=0)
+    model = reconstruct(cube, query, "model", options)
     linear = reconstruct(cube, query, "linear")
     both = np.isfinite(linear["s2"].values)
     assert both.sum() > 1000
@@ -83,7 +88,9 @@ def test_every_day_queried_runs_in_grouped_passes_and_misses_none(flanders_cube,
     # an acquisition day is that acquisition), the other days at midnight.
     others = days[~np.isin(days, times.astype("datetime64[D]"))].astype("datetime64[ns]")
     query = np.sort(np.concatenate([times, others]))
-    model = reconstruct(cube, query, "model", _options(_checkpoint(tmp_path, perturb=False)))
+    # The network's own estimate at every day (smoothing would mix days around the kinks).
+    options = _options(_checkpoint(tmp_path, perturb=False), smooth_days=0)
+    model = reconstruct(cube, query, "model", options)
     linear = reconstruct(cube, query, "linear")
     both = np.isfinite(linear["s2"].values)
     assert both.mean() > 0.5
@@ -207,8 +214,9 @@ def test_only_query_only_dates_are_unseen() -> None:
     )
 
 
+@pytest.mark.parametrize("smooth_days", [0, 2])
 def test_a_dates_estimate_does_not_depend_on_the_other_dates_asked_for(
-    flanders_cube, tmp_path
+    flanders_cube, tmp_path, smooth_days
 ) -> None:
     # A date asked for alone, or among every day of the period (the app's daily curve, in
     # chunks or in one call), gets the same estimate: query-only dates are unseen by the
@@ -219,12 +227,79 @@ def test_a_dates_estimate_does_not_depend_on_the_other_dates_asked_for(
     asked = np.array([days[3], days[5] + 2, days[12] + 1, days[17]]).astype("datetime64[ns]")
     every_day = np.arange(days[0], days[-1] + 1).astype("datetime64[ns]")
     assert every_day.size > 3 * TINY.s2_window  # several passes
-    alone = reconstruct(cube, asked, "model", _options(path))
-    among = reconstruct(cube, np.union1d(asked, every_day), "model", _options(path))
+    options = _options(path, smooth_days=smooth_days)
+    alone = reconstruct(cube, asked, "model", options)
+    among = reconstruct(cube, np.union1d(asked, every_day), "model", options)
     among = among.sel(time=alone["time"].values)
     np.testing.assert_allclose(among["s2"].values, alone["s2"].values, atol=1e-5)
     observed = alone["observed"].values.astype(bool)
     assert (~observed).sum() > 500  # mostly estimates, not kept observations
+
+
+def test_a_date_off_the_cadence_mixes_the_days_around_it_within_the_period() -> None:
+    base = np.datetime64("2021-03-01")
+    acquired = (base + np.array([0, 5, 15, 17]).astype("timedelta64[D]")).astype("datetime64[ns]")
+    acquired = acquired + np.timedelta64(10, "h")  # 10:00 UTC
+    query = np.arange(base, base + np.timedelta64(18, "D")).astype("datetime64[ns]")
+    kernel = query_kernel(query, acquired, 2)
+    np.testing.assert_allclose(kernel.weight.sum(axis=1), 1.0, rtol=1e-6)
+    # Two orbits: days 0, 5, 10, 15 (+ 5 n) and 17 (2, 7, 12, ...) are on the cadence.
+    np.testing.assert_array_equal(kernel.direct, np.isin(np.arange(18) % 5, [0, 2]))
+    np.testing.assert_array_equal(on_cadence(query, acquired), kernel.direct)
+    for q in range(18):
+        used = kernel.weight[q] > 0
+        days = (kernel.dates[kernel.index[q, used]] - query[q]) // np.timedelta64(1, "D")
+        if kernel.direct[q]:
+            assert days.tolist() == [0]
+            continue
+        assert set(days.tolist()) == {d for d in range(-2, 3) if 0 <= q + d <= 17}
+        raw = 3 - np.abs(days)  # triangular: 1 2 3 2 1
+        np.testing.assert_allclose(kernel.weight[q, used], raw / raw.sum(), rtol=1e-6)
+    # Day 9 mixes days 7-11, whatever else is asked.
+    alone = query_kernel(query[[9]], acquired, 2)
+    assert alone.dates.size == 5 and not alone.direct[0]
+    # 0: the network at every date asked for.
+    plain = query_kernel(query, acquired, 0)
+    np.testing.assert_array_equal(plain.dates, query)
+    assert plain.direct.all()
+    with pytest.raises(InputError, match="smooth-days"):
+        query_kernel(query, acquired, -1)
+
+
+def test_mixed_samples_keep_their_spread() -> None:
+    rng = np.random.default_rng(0)
+    draws = list(rng.normal(0, 1, (3, 20000, 3)).astype(np.float32))
+    # Independent draws of equal spread: the mix keeps it (a plain mix would give 0.71, 0.61).
+    np.testing.assert_allclose(mix_residuals(draws[:2], [0.5, 0.5]).std(axis=0), 1, atol=0.02)
+    np.testing.assert_allclose(mix_residuals(draws, [0.25, 0.5, 0.25]).std(axis=0), 1, atol=0.02)
+    # Half observed (no spread) and half uncertain: half the spread.
+    observed = np.zeros_like(draws[0])
+    half = mix_residuals([observed, draws[0]], [0.5, 0.5]).std(axis=0)
+    np.testing.assert_allclose(half, 0.5, atol=0.02)
+    assert (mix_residuals([observed, observed], [0.3, 0.7]) == 0).all()
+
+
+def test_a_smoothed_date_is_the_weighted_mean_of_the_frames_around_it(
+    flanders_cube, tmp_path
+) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    cube = _crop(flanders_cube, size=16)
+    days = cube["time_s2"].values.astype("datetime64[D]")
+    every = np.arange(days[0] + 1, days[-1])
+    free = every[~on_cadence(every, cube["time_s2"].values)]
+    asked = free[:: max(1, len(free) // 6)][:6].astype("datetime64[ns]")
+    options = _options(path, smooth_days=2, samples=4)
+    out = reconstruct(cube, asked, "model", options)
+    kernel = query_kernel(asked, cube["time_s2"].values, 2)
+    # The network's own frames at those dates, observed pixels kept as a user sees them.
+    at = reconstruct(cube, kernel.dates, "model", _options(path, samples=4, smooth_days=0))
+    want = np.einsum("qm,qmbyx->qbyx", kernel.weight, at["s2"].values[kernel.index])
+    np.testing.assert_allclose(out["s2"].values, want, atol=1e-5)
+    assert not kernel.direct.any() and not out["observed"].values.any()
+    own = at.sel(time=asked)["s2"].values
+    assert np.abs(own - out["s2"].values).mean() > 1e-4  # it does mix
+    width = (out["s2_p90"] - out["s2_p10"]).values
+    assert np.isfinite(width).all() and (width > 0).mean() > 0.9
 
 
 def test_samples_are_reproducible_with_a_seed(flanders_cube, tmp_path) -> None:
@@ -530,7 +605,8 @@ def test_samples_keep_their_spread_where_tiles_overlap(flanders_cube, tmp_path) 
     assert tile_origins(56, TINY.tile, TINY.tile_overlap) == [0, 24]  # overlap: columns 24-31
     times = cube["time_s2"].values
     query = times[[3, 9, 15]] + np.timedelta64(1, "D")
-    out = reconstruct(cube, query, "model", _options(path, samples=48, keep_samples=True))
+    options = _options(path, samples=48, keep_samples=True, smooth_days=0)  # the tiles alone
+    out = reconstruct(cube, query, "model", options)
     samples = out["s2_samples"].values  # (K, Q, B, H, W)
     spread = np.nanstd(samples, axis=0).mean(axis=(0, 1, 2))  # per column
     single, overlap = spread[8:20].mean(), spread[26:30].mean()
