@@ -8,7 +8,9 @@ ramps. Per pass and tile the trunk runs once; the flow head then integrates K re
 for the query frames' tokens only, and only for the tokens whose pixels the tile owns (each
 pixel's samples come from one tile). With the field blend (the default), each tile's estimate
 and samples then move toward the Whittaker smoother by the weights fitted on the field
-(:mod:`core.model.blend`).
+(:mod:`core.model.blend`). A date off the acquisitions' cadence is the weighted mean of the
+network's estimates up to ``ReconstructOptions.smooth_days`` days either side (see
+:func:`query_kernel`).
 """
 
 from __future__ import annotations

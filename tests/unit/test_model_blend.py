@@ -115,8 +115,8 @@ def test_reconstruction_moves_mean_and_samples_by_the_fitted_weights(
     times = cube["time_s2"].values
     query = np.concatenate([times[[5]], times[[9]] + np.timedelta64(3, "D")])
     path = _checkpoint(tmp_path, perturb=True)
-    plain_options = ReconstructOptions(
-        checkpoint=path, device="cpu", samples=4, seed=2, blend_field=False
+    plain_options = ReconstructOptions(  # the network's own estimate at each date
+        checkpoint=path, device="cpu", samples=4, seed=2, blend_field=False, smooth_days=0
     )
     blend_options = dataclasses.replace(plain_options, blend_field=True)
     clear_field_cache()
