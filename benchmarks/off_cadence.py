@@ -14,7 +14,8 @@ be-flanders-a and be-flanders-c): every acquisition of one orbit leaves the cube
 dates of that orbit's clear frames (>= 95 % of the best frame's clear share) are asked for:
 they lie 2 or 3 days off the remaining orbit's cadence. Each orbit in turn; MAE over the
 frames' clear pixels, per orbit left out, for linear, Whittaker and the model at each
-``--smooth-days``, with the app's model settings (the field blend on).
+``--smooth-days``, with the app's model settings (the field blend on; ``--band``: also K = 8
+with the band fitted on the field, and the share of the truth inside p10-p90).
 
 ``moved`` (any cube): it drops a clear frame at day d (up to ``--frames`` per cube, evenly
 spread, none of the first or last three), moves every other acquisition, S2 and S1, k days
@@ -30,6 +31,7 @@ date itself), then their mean over k = 1-4. The model runs without the field ble
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -62,14 +64,18 @@ def cube_path(name: str, folder: Path) -> Path:
     return Path(name) if name.endswith(".nc") else folder / f"{name}.nc"
 
 
-def orbit_test(paths: list[Path], smooth_days: str) -> int:
-    """The ``orbit`` test (module docstring); prints a table."""
+def orbit_test(paths: list[Path], smooth_days: str, band: bool = False) -> int:
+    """The ``orbit`` test (module docstring); prints a table. ``band``: the model with the
+    app's band (K = 8, fitted on the field), and the share of the truth inside its p10-p90."""
+    model = ReconstructOptions(samples=8, calibrate_field=True) if band else ReconstructOptions()
     runs = [("linear", ReconstructOptions()), ("whittaker", ReconstructOptions())]
     runs += [
-        (f"model h={h}", ReconstructOptions(smooth_days=h))
+        (f"model h={h}", dataclasses.replace(model, smooth_days=h))
         for h in (int(v) for v in smooth_days.split(","))
     ]
     print("one orbit left out, its clear frames' dates asked for; MAE (model: field blend on)")
+    if band:
+        print("model rows: K = 8, band fitted on the field; cov = share of truth in p10-p90")
     print(f"{'cube':26s} {'left out':>8s} {'frames':>6s} " + " ".join(f"{n:>11s}" for n, _ in runs))
     totals: dict[str, list[float]] = {name: [] for name, _ in runs}
     for path in paths:
@@ -88,14 +94,20 @@ def orbit_test(paths: list[Path], smooth_days: str) -> int:
             truth = cube["s2"].values[asked]
             valid = cube["valid"].values[asked].astype(bool)[:, None] & np.isfinite(truth)
             query = cube["time_s2"].values[asked]
-            row = []
+            row, covers = [], []
             for name, options in runs:
                 clear_field_cache()
-                got = reconstruct(kept, query, name.split()[0], options)["s2"].values
+                out = reconstruct(kept, query, name.split()[0], options)
+                got = out["s2"].values
                 mae = float(np.nanmean(np.abs(got - truth)[valid]))
                 totals[name].append(mae)
                 row.append(f"{mae:11.4f}")
-            print(f"{path.stem:26s} {int(phase):8d} {asked.size:6d} " + " ".join(row), flush=True)
+                if band and name.startswith("model"):
+                    low, high = out["s2_p10"].values, out["s2_p90"].values
+                    inside = (truth >= low) & (truth <= high)
+                    covers.append(f"{name} cov {inside[valid].mean():.2f}")
+            line = f"{path.stem:26s} {int(phase):8d} {asked.size:6d} " + " ".join(row)
+            print(line + ("   " + ", ".join(covers) if covers else ""), flush=True)
     means = " ".join(f"{np.mean(v):11.4f}" for v in totals.values())
     print(f"{'mean':26s} {'':8s} {'':6s} {means}")
     return 0
@@ -127,13 +139,14 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--smooth-days", default="0,2")
     parser.add_argument("--blend-field", action="store_true")
+    parser.add_argument("--band", action="store_true", help="orbit: the app's band, coverage")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Settings.from_env().cubes_dir
     if args.test == "orbit":
         cubes = args.cube or list(TWO_ORBIT_CUBES)
-        return orbit_test([cube_path(c, folder) for c in cubes], args.smooth_days)
+        return orbit_test([cube_path(c, folder) for c in cubes], args.smooth_days, args.band)
     paths = [cube_path(c, folder) for c in (args.cube or DEFAULT_CUBES)]
     runs = [("linear", ReconstructOptions()), ("whittaker", ReconstructOptions())]
     runs += [
