@@ -354,15 +354,18 @@ def predict_window(
     solver: str = "euler",
     sampled_tokens: np.ndarray | None = None,
     unseen: np.ndarray | None = None,
+    sampled_targets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean and samples at frames ``targets`` of one window of one (patch-aligned) tile.
 
     ``sampled_tokens`` (P,) bool, row-major patches: generate samples for these tokens only
     (the others' samples equal the mean); None: all of them. ``unseen`` (T,) bool: frames no
-    other frame attends to (see :func:`frames_unseen`); None: none.
+    other frame attends to (see :func:`frames_unseen`); None: none. ``sampled_targets`` (Q,)
+    bool: generate samples for these targets only; None: all of them.
 
     Returns:
-        mean (Q, 10, H, W) and samples (K, Q, 10, H, W) or None, in reflectance units.
+        mean (Q, 10, H, W) and samples (K, S, 10, H, W) of the S sampled targets (None when
+        K = 1 or none is sampled), in reflectance units.
     """
     model = checkpoint.model
     origin = window.days[0]
@@ -379,6 +382,11 @@ def predict_window(
     correction = model.mean_correction(features, height, width)[0]
     mean = as_tensor(window.base[targets]) + correction  # (Q, 10, H, W) model units
     mean_np = mean.cpu().numpy() / REFL_SCALE
+    if sampled_targets is not None and not sampled_targets.all():
+        if not sampled_targets.any():
+            return mean_np, None
+        chosen = torch.as_tensor(np.flatnonzero(sampled_targets), device=device)
+        features, mean = features[:, chosen], mean[chosen]
     if samples <= 1:
         return mean_np, None
     if sampled_tokens is not None and sampled_tokens.all():
@@ -658,68 +666,33 @@ def query_kernel(query: np.ndarray, acquisitions: np.ndarray, half_width: int) -
     return QueryKernel(dates, index, weight.astype(np.float32), direct)
 
 
-def mix_residuals(residuals: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """Sample residuals (K, ...) of a weighted mean of estimates, from each one's (K, ...).
-
-    Each sample is the same weighted mix of its draws at the dates mixed as the estimate. The
-    draws at two dates are independent, so a plain mix would shrink the spread (to 0.71 x for
-    two equal weights), where the estimate's error is no smaller than at any of them; the mix is
-    therefore scaled to the spread of fully dependent draws, the weighted sum of the samples'
-    standard deviations at each date (0 where the value was observed)."""
-    mixed = sum(np.float32(w) * r for w, r in zip(weights, residuals, strict=True))
-    spreads = [w * r.std(axis=0) for w, r in zip(weights, residuals, strict=True)]
-    dependent = sum(spreads)
-    independent = np.sqrt(sum(s**2 for s in spreads))
-    scale = np.divide(dependent, independent, out=np.ones_like(independent), where=independent > 0)
-    return mixed * scale[None]
-
-
-def read_off_kernel(
-    observed: xr.Dataset,
-    kernel: QueryKernel,
-    mean: np.ndarray,
-    residuals: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The estimate (Q, ...) and samples' residuals (K, Q, ...) at the queries, from those at
-    ``kernel.dates`` (E, ...; K, E, ...). A direct query takes the network's own estimate; any
-    other mixes its dates (:func:`mix_residuals`), with an acquisition's clear pixels as
-    observed (residual 0), as the frame a user sees at that date shows them. One query at a
-    time, so that a large field's chunk holds no more than its inputs and outputs."""
-    n_query = kernel.direct.size
-    out_mean = np.empty((n_query, *mean.shape[1:]), np.float32)
-    out_res = (
-        None
-        if residuals is None
-        else np.empty((residuals.shape[0], n_query, *residuals.shape[2:]), np.float32)
-    )
+def read_off_kernel(observed: xr.Dataset, kernel: QueryKernel, mean: np.ndarray) -> np.ndarray:
+    """The estimate (Q, ...) at the queries from the network's at ``kernel.dates`` (E, ...). A
+    direct query takes the network's own estimate; any other mixes its dates, with an
+    acquisition's clear pixels as observed, as the frame a user sees at that date shows them.
+    The samples are not mixed: a query's are the network's own at its date, around the mixed
+    estimate, so only the queries' own dates are sampled (mixing independent draws of five dates
+    would also need five times the samples' memory). One query at a time, so that a large
+    field's chunk holds no more than its inputs and outputs."""
+    out = np.empty((kernel.direct.size, *mean.shape[1:]), np.float32)
     obs_days = calendar_day(observed["time_s2"].values)
     dates = calendar_day(kernel.dates)
 
-    def at(e: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def at(e: int) -> np.ndarray:
         value = mean[e]
-        spread = None if residuals is None else residuals[:, e]
         for t in np.flatnonzero(obs_days == dates[e]):
             obs = observed["s2"].values[t]
             clear = observed["valid"].values[t].astype(bool)[None] & np.isfinite(obs)
             value = np.where(clear, obs, value)
-            if spread is not None:
-                spread = np.where(clear[None], np.float32(0), spread)
-        return value, spread
+        return value
 
-    for q in range(n_query):
+    for q in range(kernel.direct.size):
         if kernel.direct[q]:
-            out_mean[q] = mean[kernel.index[q, 0]]
-            if out_res is not None:
-                out_res[:, q] = residuals[:, kernel.index[q, 0]]
+            out[q] = mean[kernel.index[q, 0]]
             continue
         used = np.flatnonzero(kernel.weight[q] > 0)
-        parts = [at(kernel.index[q, m]) for m in used]
-        weights = [float(kernel.weight[q, m]) for m in used]
-        values = [value for value, _ in parts]
-        out_mean[q] = sum(np.float32(w) * v for w, v in zip(weights, values, strict=True))
-        if out_res is not None:
-            out_res[:, q] = mix_residuals([spread for _, spread in parts], weights)
-    return out_mean, out_res
+        out[q] = sum(np.float32(kernel.weight[q, m]) * at(kernel.index[q, m]) for m in used)
+    return out
 
 
 def model_method(
@@ -736,9 +709,13 @@ def model_method(
         raise InputError(f"--adapt-steps must be 0 or more, not {options.adapt_steps}.")
     kernel = query_kernel(query, observed["time_s2"].values, options.smooth_days)
     base, checkpoint = checkpoint, field_checkpoint(checkpoint, observed, options, steps, device)
-    mean, residuals = network_at(observed, kernel.dates, options, checkpoint, steps, device)
+    own = np.zeros(kernel.dates.size, dtype=bool)
+    own[kernel.index[:, 0]] = True  # each query's own date: the only ones sampled
+    mean, residuals = network_at(
+        observed, kernel.dates, options, checkpoint, steps, device, sampled=own
+    )
     if not kernel.direct.all():
-        mean, residuals = read_off_kernel(observed, kernel, mean, residuals)
+        mean = read_off_kernel(observed, kernel, mean)
     distance = None
     if residuals is not None and (
         checkpoint.spread_by_distance is not None or checkpoint.error_band is not None
@@ -777,13 +754,18 @@ def network_at(
     checkpoint: Checkpoint,
     steps: int,
     device: str,
+    sampled: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The network's (field-blended) estimate (Q, 10, H, W) at ``query`` and, with K > 1, the
-    samples' residuals around it (K, Q, 10, H, W): tiles, passes, trunk once, flow head."""
+    samples' residuals around it (K, S, 10, H, W) at the S dates ``sampled`` marks ((Q,) bool;
+    None: all): tiles, passes, trunk once, flow head."""
     config = checkpoint.config
     series = prepare_series(observed, query)
     frames = series.frames
     n_query = query.size
+    if sampled is None:
+        sampled = np.ones(n_query, dtype=bool)
+    slot = np.cumsum(sampled) - 1  # each sampled date's place in the residuals
     height, width = frames.s2.shape[2:]
     mean = np.zeros((n_query, 10, height, width), np.float32)
     # The mean is blended across overlapping tiles with linear ramps. The samples are not: each
@@ -792,8 +774,8 @@ def network_at(
     # their spread in the overlaps (to 0.71 x across a two-tile overlap, 0.5 x where four
     # meet), and sampling every tile's overlap costs the flow head up to 2.25 x the work.
     residuals = (
-        np.zeros((options.samples, n_query, 10, height, width), np.float32)
-        if options.samples > 1
+        np.zeros((options.samples, int(sampled.sum()), 10, height, width), np.float32)
+        if options.samples > 1 and sampled.any()
         else None
     )
     weight = np.zeros((height, width), np.float32)
@@ -822,7 +804,7 @@ def network_at(
         weight[ys, xs] += ramp
         owned = owner[ys, xs] == index
         tile_h, tile_w, inputs = next(prepared)
-        sampled = patches_touched(owned, config.patch)
+        tokens = patches_touched(owned, config.patch)
         tile_mean = np.zeros((n_query, 10, tile_h, tile_w), np.float32)
         for step in passes:
             window = thin_s1(
@@ -836,13 +818,15 @@ def network_at(
                 steps,
                 generator,
                 device,
-                sampled_tokens=sampled,
+                sampled_tokens=tokens,
                 unseen=frames_unseen(series.acquired[step.frames]),
+                sampled_targets=sampled[step.queries],
             )
             tile_mean[step.queries] = m[..., :tile_h, :tile_w]
             if residuals is not None and s is not None:
-                residual = (s - m[None])[..., :tile_h, :tile_w]
-                residuals[:, step.queries, :, ys, xs] += residual * owned
+                chosen = sampled[step.queries]
+                residual = (s - m[chosen][None])[..., :tile_h, :tile_w]
+                residuals[:, slot[step.queries[chosen]], :, ys, xs] += residual * owned
         if blend is not None:  # samples move with their mean: their residuals stay
             tile_mean += blend.delta(tile_mean, smoother[:, :, ys, xs], distance[:, ys, xs])
         mean[:, :, ys, xs] += tile_mean * ramp
