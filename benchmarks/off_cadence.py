@@ -60,6 +60,13 @@ DEFAULT_CUBES = (
 TWO_ORBIT_CUBES = ("be-flanders-a_2017-2018",)
 
 
+def clear_frames(cube) -> np.ndarray:
+    """(T,) bool: the frame is clear over >= 95 % of what the clearest frame covers (a field's
+    frames never cover the pixels outside it)."""
+    share = cube["valid"].values.mean(axis=(1, 2))
+    return share / max(share.max(), 1e-9) > 0.95
+
+
 def cube_path(name: str, folder: Path) -> Path:
     return Path(name) if name.endswith(".nc") else folder / f"{name}.nc"
 
@@ -81,8 +88,7 @@ def orbit_test(paths: list[Path], smooth_days: str, band: bool = False) -> int:
     for path in paths:
         cube = read_cube(path)
         day = calendar_day(cube["time_s2"].values).astype(np.int64)
-        share = cube["valid"].values.mean(axis=(1, 2))
-        clear = share / max(share.max(), 1e-9) > 0.95
+        clear = clear_frames(cube)
         for phase in np.unique(day % 5):
             out = day % 5 == phase
             asked = np.flatnonzero(out & clear)
@@ -116,8 +122,7 @@ def orbit_test(paths: list[Path], smooth_days: str, band: bool = False) -> int:
 def dropped_frames(cube, most: int) -> list[int]:
     """Indices of clear frames to drop: >= 95 % of the best frame's clear share, not among the
     first or last three, evenly spread, at most ``most``."""
-    share = cube["valid"].values.mean(axis=(1, 2))
-    clear = share / max(share.max(), 1e-9) > 0.95
+    clear = clear_frames(cube)
     usable = [i for i in range(3, cube.sizes["time_s2"] - 3) if clear[i]]
     return usable[:: max(1, len(usable) // most)][:most]
 

@@ -79,9 +79,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--smooth-days",
         type=int,
         default=ReconstructOptions.smooth_days,
-        help="model: a date with no acquisition is the weighted mean of the network's estimates "
-        f"up to N days either side (default: {ReconstructOptions.smooth_days}; 0: the network's "
-        "own estimate at every date)",
+        help="model: a date off the acquisitions' 5-day cadence is the weighted mean of the "
+        "network's estimates up to N days either side (default: "
+        f"{ReconstructOptions.smooth_days}; 0: the network's own estimate at every date)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"

@@ -709,8 +709,10 @@ def model_method(
         raise InputError(f"--adapt-steps must be 0 or more, not {options.adapt_steps}.")
     kernel = query_kernel(query, observed["time_s2"].values, options.smooth_days)
     base, checkpoint = checkpoint, field_checkpoint(checkpoint, observed, options, steps, device)
+    # Each query's own date is the only one sampled. The queries are sorted and unique (see
+    # core.reconstruct), so the residuals come back one per query, in the queries' order.
     own = np.zeros(kernel.dates.size, dtype=bool)
-    own[kernel.index[:, 0]] = True  # each query's own date: the only ones sampled
+    own[kernel.index[:, 0]] = True
     mean, residuals = network_at(
         observed, kernel.dates, options, checkpoint, steps, device, sampled=own
     )
