@@ -53,12 +53,21 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=240)
     parser.add_argument("--smooth-days", default="0,2")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", type=Path, help="the model's (default: the shipped one)")
+    parser.add_argument(
+        "--cube", action="append", default=[], help="only these cubes (names; default: all)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     spacings = [int(a) for a in args.smooth_days.split(",")]
     runs = [("linear", ReconstructOptions()), ("whittaker", ReconstructOptions())]
     runs += [
-        (f"model h={h}", ReconstructOptions(samples=8, calibrate_field=True, smooth_days=h))
+        (
+            f"model h={h}",
+            ReconstructOptions(
+                samples=8, calibrate_field=True, smooth_days=h, checkpoint=args.checkpoint
+            ),
+        )
         for h in spacings
     ]
     print(f"daily NDVI curve, first {args.days} days of each cube")
@@ -66,6 +75,8 @@ def main() -> int:
     print(f"{'cube':26s} {'method':11s} {header}")
     totals: dict[str, list[tuple[float, float]]] = {}
     for path in sorted(args.cubes_dir.glob("*.nc")):
+        if args.cube and path.stem not in args.cube:
+            continue
         cube = read_cube(path)
         acquired = calendar_day(cube["time_s2"].values)
         last = min(acquired[-1], acquired[0] + np.timedelta64(args.days - 1, "D"))

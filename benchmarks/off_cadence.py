@@ -71,10 +71,15 @@ def cube_path(name: str, folder: Path) -> Path:
     return Path(name) if name.endswith(".nc") else folder / f"{name}.nc"
 
 
-def orbit_test(paths: list[Path], smooth_days: str, band: bool = False) -> int:
+def orbit_test(
+    paths: list[Path], smooth_days: str, band: bool = False, checkpoint: Path | None = None
+) -> int:
     """The ``orbit`` test (module docstring); prints a table. ``band``: the model with the
-    app's band (K = 8, fitted on the field), and the share of the truth inside its p10-p90."""
-    model = ReconstructOptions(samples=8, calibrate_field=True) if band else ReconstructOptions()
+    app's band (K = 8, fitted on the field), and the share of the truth inside its p10-p90.
+    ``checkpoint``: the model's (None: the shipped one)."""
+    model = ReconstructOptions(checkpoint=checkpoint)
+    if band:
+        model = dataclasses.replace(model, samples=8, calibrate_field=True)
     runs = [("linear", ReconstructOptions()), ("whittaker", ReconstructOptions())]
     runs += [
         (f"model h={h}", dataclasses.replace(model, smooth_days=h))
@@ -146,16 +151,23 @@ def main() -> int:
     parser.add_argument("--blend-field", action="store_true")
     parser.add_argument("--band", action="store_true", help="orbit: the app's band, coverage")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint", type=Path, help="the model's (default: the shipped one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Settings.from_env().cubes_dir
     if args.test == "orbit":
         cubes = args.cube or list(TWO_ORBIT_CUBES)
-        return orbit_test([cube_path(c, folder) for c in cubes], args.smooth_days, args.band)
+        paths = [cube_path(c, folder) for c in cubes]
+        return orbit_test(paths, args.smooth_days, args.band, args.checkpoint)
     paths = [cube_path(c, folder) for c in (args.cube or DEFAULT_CUBES)]
     runs = [("linear", ReconstructOptions()), ("whittaker", ReconstructOptions())]
     runs += [
-        (f"model h={h}", ReconstructOptions(smooth_days=h, blend_field=args.blend_field))
+        (
+            f"model h={h}",
+            ReconstructOptions(
+                smooth_days=h, blend_field=args.blend_field, checkpoint=args.checkpoint
+            ),
+        )
         for h in (int(v) for v in args.smooth_days.split(","))
     ]
     print(f"model: field blend {'on' if args.blend_field else 'off'}; MAE by k = {SHIFTS}")

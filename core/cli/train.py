@@ -78,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "for with no acquisition do at inference (0: never)",
     )
     parser.add_argument(
+        "--date-jitter",
+        type=float,
+        default=None,
+        help="probability that a hidden frame with no observation left is moved 1-2 days, off "
+        "Sentinel-2's 5-day cadence, where most days of a daily curve lie (0: never)",
+    )
+    parser.add_argument(
         "--spectral-jitter",
         type=float,
         default=None,
@@ -153,6 +160,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not 0 <= args.unseen_share <= 1:
             raise InputError(f"--unseen-share must be between 0 and 1, not {args.unseen_share}.")
         train_config = replace(train_config, unseen_share=args.unseen_share)
+
+    if args.date_jitter is not None:
+        if not 0 <= args.date_jitter <= 1:
+            raise InputError(f"--date-jitter must be between 0 and 1, not {args.date_jitter}.")
+        train_config = replace(train_config, date_jitter=args.date_jitter)
 
     if args.field_ndvi_weight is not None:
         if args.field_ndvi_weight < 0:

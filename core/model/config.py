@@ -104,6 +104,9 @@ class TrainConfig:
     """Share of episodes whose frames left with no observation at all (whole hidden frames,
     a gap's frames) enter unseen by the other frames, as dates asked for with no acquisition
     do at inference (``s2_unseen`` of :meth:`FieldFlowNet.encode`); 0: never."""
+    date_jitter: float = 0.0
+    """Probability that a hidden frame with no observation left is moved 1-2 days, off
+    Sentinel-2's 5-day cadence, where most dates of a daily curve lie (0: never)."""
     heads_only: bool = False
     """Train only the scale and flow heads (the trunk and the mean head stay as initialised, so
     the best estimate is the initial checkpoint's; the spread is learned on top of it)."""

@@ -155,6 +155,7 @@ def make_episode(
     smoother_lambda: float | None = None,
     with_distance: bool = False,
     unseen_share: float = 0.0,
+    date_jitter: float = 0.0,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
@@ -166,7 +167,10 @@ def make_episode(
     is fitted on; ``with_distance``: the distances alone (for a band fitted by distance).
     ``unseen_share``: the probability that the window's frames left with no observation at all
     are marked unseen by the other frames (:attr:`Episode.unseen`), as inference marks dates
-    asked for with no acquisition.
+    asked for with no acquisition. ``date_jitter``: the probability that a frame left with no
+    observation at all is moved 1 or 2 days (earlier or later, never past its neighbours), so
+    that hidden frames do not all lie on Sentinel-2's 5-day cadence, as most dates a daily curve
+    asks for do not; its truth is then the acquisition 1-2 days off.
 
     As at inference, the interpolation features come from the whole (subsampled) series, not
     only the window. Returns None when the window holds no usable target.
@@ -219,6 +223,10 @@ def make_episode(
     truth = np.where(hidden[:, None], s2[window], np.nan).astype(np.float32)
     inputs = s2.copy()
     inputs[window] = np.where(hidden[:, None], np.nan, s2[window])
+    days, doy = days.copy(), series.doy[keep].copy()
+    if date_jitter > 0:
+        # A child generator: the episode's other draws (crop, masks, rotation) stay as without.
+        jitter_blank_dates(days, doy, inputs, window, date_jitter, rng.spawn(1)[0])
     band_present = series.band_present
     if rng.random() < band_dropout:  # drop some bands, so unseen band sets still work
         present = np.flatnonzero(band_present)
@@ -233,7 +241,7 @@ def make_episode(
     frames = Frames(
         s2=inputs,
         days=days,
-        doy=series.doy[keep],
+        doy=doy,
         band_present=band_present,
         s1=s1_anomalies(series.s1[:, :, ys, xs])[s1_keep],
         s1_days=series.s1_days[s1_keep],
@@ -265,6 +273,33 @@ def make_episode(
         distance = days_to_clear(frames.s2, days, days[window])
         episode = dataclasses.replace(episode, distance=distance)
     return episode
+
+
+JITTER_DAYS = np.array([-2, -1, 1, 2])
+"""The day shifts a hidden frame's date may get (``make_episode(date_jitter=...)``)."""
+
+
+def jitter_blank_dates(
+    days: np.ndarray,
+    doy: np.ndarray,
+    s2: np.ndarray,
+    window: slice,
+    share: float,
+    rng: np.random.Generator,
+) -> None:
+    """Move, in place, each frame of ``window`` with no observation left in ``s2`` by a day
+    shift from :data:`JITTER_DAYS` with probability ``share``, keeping the dates strictly
+    increasing (a shift that would reach a neighbour's date is not made)."""
+    blank = np.flatnonzero(~np.isfinite(s2[window]).any(axis=(1, 2, 3))) + window.start
+    for i in blank:
+        if rng.random() >= share:
+            continue
+        shift = float(rng.choice(JITTER_DAYS))
+        before = days[i - 1] if i > 0 else -np.inf
+        after = days[i + 1] if i + 1 < days.size else np.inf
+        if before < days[i] + shift < after:
+            days[i] += shift
+            doy[i] += shift
 
 
 def _spatial(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -490,6 +525,7 @@ def train(
                 config.spectral_jitter,
                 patch=model_config.patch,
                 unseen_share=config.unseen_share,
+                date_jitter=config.date_jitter,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape

@@ -24,7 +24,14 @@ from core.model.inference import (
     tile_origins,
 )
 from core.model.network import FieldFlowNet
-from core.model.training import Episode, collate, load_series, losses, make_episode
+from core.model.training import (
+    Episode,
+    collate,
+    jitter_blank_dates,
+    load_series,
+    losses,
+    make_episode,
+)
 from core.reconstruct import ReconstructOptions, reconstruct
 
 TINY = ModelConfig(
@@ -755,3 +762,51 @@ def test_unseen_share_marks_an_episodes_blank_frames_and_reaches_the_network(cub
         return float(parts["l1"])
 
     assert loss(batch) != loss(dataclasses.replace(batch, unseen=None))
+
+
+def test_date_jitter_moves_only_blank_frames_and_keeps_the_dates_in_order() -> None:
+    # Frames 1, 2 and 4 have no observation; 2 can only move earlier, and only past 1 if it moved.
+    days = np.array([0.0, 5.0, 6.0, 7.0, 20.0, 25.0])
+    doy = days + 100
+    s2 = np.ones((6, 10, 2, 2), np.float32)
+    s2[[1, 2, 4]] = np.nan
+    moved = []
+    for seed in range(40):
+        d, y = days.copy(), doy.copy()
+        jitter_blank_dates(d, y, s2, slice(0, 6), 1.0, np.random.default_rng(seed))
+        assert np.all(np.diff(d) > 0)
+        np.testing.assert_array_equal(y - d, doy - days)  # day of year moves with the date
+        np.testing.assert_array_equal(d[[0, 3, 5]], days[[0, 3, 5]])  # observed: never moved
+        assert d[2] <= 6.0  # the observed frame 1 day later blocks any later shift
+        shift = d - days
+        assert set(np.abs(shift[[1, 4]])) <= {0.0, 1.0, 2.0}
+        moved.append(shift[4])
+    assert {-2.0, -1.0, 1.0, 2.0} <= set(moved)  # every shift occurs
+    d = days.copy()
+    jitter_blank_dates(d, doy.copy(), s2, slice(0, 6), 0.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(d, days)  # share 0: nothing moves
+
+
+def test_date_jitter_reaches_the_episodes_dates_and_features(cubes_dir) -> None:
+    # A moved frame's inputs are computed at its new date (the interpolation there), as a date
+    # off the cadence is at inference; frames with observations keep their dates.
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    checked = 0
+    for seed in range(8):
+        kwargs = dict(smooth_features=TINY.smooth_features, long_gap=True)
+        plain = make_episode(series, 12, 16, np.random.default_rng(seed), 0.0, **kwargs)
+        moved = make_episode(
+            series, 12, 16, np.random.default_rng(seed), 0.0, date_jitter=1.0, **kwargs
+        )
+        if plain is None:
+            continue
+        blank = ~(plain.inputs.s2[:, 10] > 0).any(axis=(1, 2))  # channel 10: the clear flag
+        shift = moved.inputs.days - plain.inputs.days
+        assert np.all(shift[~blank] == 0)
+        assert set(np.abs(shift[blank])) <= {0.0, 1.0, 2.0}
+        np.testing.assert_array_equal(moved.truth, plain.truth)
+        if np.any(shift[blank] != 0):
+            checked += 1
+            t = np.flatnonzero(shift != 0)[0]
+            assert not np.allclose(moved.inputs.base[t], plain.inputs.base[t])
+    assert checked >= 3
