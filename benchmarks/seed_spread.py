@@ -1,0 +1,142 @@
+"""How much the yardstick's held-out ratios move with its seed alone, and whether checkpoints
+differ by more than that.
+
+    python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
+        [--cube CUBE ...] [--json OUT.json]
+
+The yardstick (``core.evaluate``) draws with one seed which clear frames are hidden (missing
+frames, cloud removal's frames and the cloud masks they borrow, the long gap's window). The
+targets table quotes seed 0. This script scores linear, Whittaker and the model with the app's
+settings (K = 8, the band fitted on the field, the field blend, the default smoothing) on the
+held-out cubes once per seed, and prints each seed's pooled ratio (model MAE / the better
+baseline's, the mean over the cubes, as the targets table), then their median, range and the
+ratio of the MAEs summed over the seeds. With several ``--checkpoint``\\ s every seed scores
+each of them on the same hidden pixels, so their differences are paired: the script prints
+the median difference and on how many seeds each checkpoint wins.
+
+Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
+had to judge changes against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.config import Settings
+from core.cube import read_cube
+from core.evaluate import POOLED_CUBE, Protocol, evaluate
+from core.reconstruct import ReconstructOptions
+
+TASKS = ("missing", "cloud", "gap")
+HELD_OUT = ("be-flanders-c_2018-2019", "hu-alfold_2021")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"`` or ``"0,3,5"``."""
+    if "-" in text:
+        first, last = (int(v) for v in text.split("-"))
+        return list(range(first, last + 1))
+    return [int(v) for v in text.split(",")]
+
+
+def pooled_maes(evaluation) -> dict[tuple[str, str], float]:
+    """(task, method) -> the cube-mean pooled MAE."""
+    return {
+        (row.task, row.method): row.scores.mae
+        for row in evaluation.pooled
+        if row.cube == POOLED_CUBE and row.scores is not None
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0-9")
+    parser.add_argument("--checkpoint", type=Path, action="append", default=[])
+    parser.add_argument("--cube", action="append", default=[], help="cube names (held out)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    folder = Settings.from_env().cubes_dir
+    cubes = [(name, read_cube(folder / f"{name}.nc")) for name in (args.cube or HELD_OUT)]
+    checkpoints = args.checkpoint or [None]
+    labels = [c.stem if c is not None else "shipped" for c in checkpoints]
+    seeds = parse_seeds(args.seeds)
+    # maes[label][seed][(task, method)]
+    maes: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
+    print(f"held out: {', '.join(n for n, _ in cubes)}; the app's settings; pooled ratio per seed")
+    print(f"{'seed':>4s} {'checkpoint':12s} " + " ".join(f"{t:>8s}" for t in TASKS) + "   s")
+    for seed in seeds:
+        for label, checkpoint in zip(labels, checkpoints, strict=True):
+            began = time.perf_counter()
+            options = ReconstructOptions(samples=8, calibrate_field=True, checkpoint=checkpoint)
+            evaluation = evaluate(
+                cubes, ["linear", "whittaker", "model"], Protocol(seed=seed), options
+            )
+            maes[label][seed] = pooled_maes(evaluation)
+            ratios = [ratio(maes[label][seed], task) for task in TASKS]
+            print(
+                f"{seed:4d} {label:12s} "
+                + " ".join(f"{r:8.3f}" for r in ratios)
+                + f" {time.perf_counter() - began:5.0f}",
+                flush=True,
+            )
+    summary: dict[str, object] = {"seeds": seeds, "cubes": [n for n, _ in cubes], "ratios": {}}
+    print("\nover the seeds: median [min - max]; ratio of the MAEs summed over the seeds")
+    for label in labels:
+        for task in TASKS:
+            per_seed = np.array([ratio(maes[label][s], task) for s in seeds])
+            total = sum_ratio(maes[label], seeds, task)
+            summary["ratios"][f"{label} {task}"] = {  # type: ignore[index]
+                "per_seed": per_seed.round(4).tolist(),
+                "median": float(np.median(per_seed)),
+                "summed": total,
+            }
+            print(
+                f"{label:12s} {task:8s} {np.median(per_seed):.3f} "
+                f"[{per_seed.min():.3f} - {per_seed.max():.3f}]  summed {total:.3f}"
+            )
+    if len(labels) > 1:
+        print(f"\npaired against {labels[0]}: median difference of the ratio, seeds won / lost")
+        for label in labels[1:]:
+            for task in TASKS:
+                diff = np.array(
+                    [ratio(maes[label][s], task) - ratio(maes[labels[0]][s], task) for s in seeds]
+                )
+                print(
+                    f"{label:12s} {task:8s} {np.median(diff):+.3f}  "
+                    f"better on {int((diff < 0).sum())}, worse on {int((diff > 0).sum())}"
+                )
+    if args.json is not None:
+        summary["maes"] = {
+            label: {str(s): {f"{t} {m}": v for (t, m), v in d.items()} for s, d in runs.items()}
+            for label, runs in maes.items()
+        }
+        args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+def ratio(maes: dict[tuple[str, str], float], task: str) -> float:
+    """The model's MAE over the better baseline's, for one seed's pooled figures."""
+    best = min(maes.get((task, "linear"), np.inf), maes.get((task, "whittaker"), np.inf))
+    return maes.get((task, "model"), np.nan) / best
+
+
+def sum_ratio(runs: dict[int, dict[tuple[str, str], float]], seeds: list[int], task: str) -> float:
+    """The ratio of the MAEs summed over the seeds (each seed weighs alike)."""
+    total = {m: sum(runs[s].get((task, m), np.nan) for s in seeds) for m in ("linear", "whittaker")}
+    model = sum(runs[s].get((task, "model"), np.nan) for s in seeds)
+    return float(model / min(total.values()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
