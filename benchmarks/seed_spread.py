@@ -31,12 +31,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.config import Settings
+from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.evaluate import POOLED_CUBE, Protocol, evaluate
 from core.reconstruct import ReconstructOptions
 
 TASKS = ("missing", "cloud", "gap")
+BASELINES = ("linear", "whittaker")
 HELD_OUT = ("be-flanders-c_2018-2019", "hu-alfold_2021")
 
 
@@ -48,13 +49,15 @@ def parse_seeds(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
-def pooled_maes(evaluation) -> dict[tuple[str, str], float]:
-    """(task, method) -> the cube-mean pooled MAE."""
-    return {
-        (row.task, row.method): row.scores.mae
-        for row in evaluation.pooled
-        if row.cube == POOLED_CUBE and row.scores is not None
-    }
+def pooled_figures(evaluation, figure: str) -> dict[tuple[str, str], float]:
+    """(task, method) -> a figure of the cube-mean pooled scores (``mae``, ``ndvi_mae``,
+    ``coverage``), NaN where it has none."""
+    out = {}
+    for row in evaluation.pooled:
+        if row.cube == POOLED_CUBE and row.scores is not None:
+            value = getattr(row.scores, figure)
+            out[(row.task, row.method)] = np.nan if value is None else float(value)
+    return out
 
 
 def main() -> int:
@@ -69,10 +72,12 @@ def main() -> int:
     folder = Settings.from_env().cubes_dir
     cubes = [(name, read_cube(folder / f"{name}.nc")) for name in (args.cube or HELD_OUT)]
     checkpoints = args.checkpoint or [None]
-    labels = [c.stem if c is not None else "shipped" for c in checkpoints]
+    labels = [label_of(c) for c in checkpoints]
     seeds = parse_seeds(args.seeds)
     # maes[label][seed][(task, method)]
     maes: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
+    ndvi: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
+    cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     print(f"held out: {', '.join(n for n, _ in cubes)}; the app's settings; pooled ratio per seed")
     print(f"{'seed':>4s} {'checkpoint':12s} " + " ".join(f"{t:>8s}" for t in TASKS) + "   s")
     for seed in seeds:
@@ -82,7 +87,9 @@ def main() -> int:
             evaluation = evaluate(
                 cubes, ["linear", "whittaker", "model"], Protocol(seed=seed), options
             )
-            maes[label][seed] = pooled_maes(evaluation)
+            maes[label][seed] = pooled_figures(evaluation, "mae")
+            ndvi[label][seed] = pooled_figures(evaluation, "ndvi_mae")
+            cover[label][seed] = pooled_figures(evaluation, "coverage")
             ratios = [ratio(maes[label][seed], task) for task in TASKS]
             print(
                 f"{seed:4d} {label:12s} "
@@ -105,6 +112,27 @@ def main() -> int:
                 f"{label:12s} {task:8s} {np.median(per_seed):.3f} "
                 f"[{per_seed.min():.3f} - {per_seed.max():.3f}]  summed {total:.3f}"
             )
+    print("\nthe model's p10-p90 coverage (target 70-90 %) and NDVI MAE against both baselines")
+    print("(NDVI: the cubes with red and NIR only) per seed: median [min - max]")
+    for label in labels:
+        for task in TASKS:
+            covers = np.array([cover[label][s].get((task, "model"), np.nan) for s in seeds])
+            own = np.array([ndvi[label][s].get((task, "model"), np.nan) for s in seeds])
+            best = np.array(
+                [min(ndvi[label][s].get((task, m), np.nan) for m in BASELINES) for s in seeds]
+            )
+            inside = int(((covers >= 0.7) & (covers <= 0.9)).sum())
+            summary["ratios"][f"{label} {task}"].update(  # type: ignore[index]
+                coverage=covers.round(3).tolist(),
+                ndvi_model=own.round(4).tolist(),
+                ndvi_best_baseline=best.round(4).tolist(),
+            )
+            print(
+                f"{label:12s} {task:8s} coverage {np.median(covers):.2f} "
+                f"[{covers.min():.2f} - {covers.max():.2f}], inside 70-90 % on {inside}; "
+                f"NDVI {np.median(own):.4f} vs the better baseline {np.median(best):.4f}, "
+                f"below both on {int((own < best).sum())} of {len(seeds)} seeds"
+            )
     if len(labels) > 1:
         print(f"\npaired against {labels[0]}: median difference of the ratio, seeds won / lost")
         for label in labels[1:]:
@@ -125,15 +153,22 @@ def main() -> int:
     return 0
 
 
+def label_of(checkpoint: Path | None) -> str:
+    """A checkpoint's name in the table: its file's stem, or "shipped" for the default."""
+    if checkpoint is None or checkpoint.resolve() == DEFAULT_CHECKPOINT.resolve():
+        return "shipped"
+    return checkpoint.stem
+
+
 def ratio(maes: dict[tuple[str, str], float], task: str) -> float:
     """The model's MAE over the better baseline's, for one seed's pooled figures."""
-    best = min(maes.get((task, "linear"), np.inf), maes.get((task, "whittaker"), np.inf))
+    best = min(maes.get((task, m), np.inf) for m in BASELINES)
     return maes.get((task, "model"), np.nan) / best
 
 
 def sum_ratio(runs: dict[int, dict[tuple[str, str], float]], seeds: list[int], task: str) -> float:
     """The ratio of the MAEs summed over the seeds (each seed weighs alike)."""
-    total = {m: sum(runs[s].get((task, m), np.nan) for s in seeds) for m in ("linear", "whittaker")}
+    total = {m: sum(runs[s].get((task, m), np.nan) for s in seeds) for m in BASELINES}
     model = sum(runs[s].get((task, "model"), np.nan) for s in seeds)
     return float(model / min(total.values()))
 
