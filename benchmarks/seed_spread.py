@@ -2,7 +2,7 @@
 differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
-        [--cube CUBE ...] [--json OUT.json]
+        [--adapt-steps N] [--against EARLIER.json] [--cube CUBE ...] [--json OUT.json]
 
 The yardstick (``core.evaluate``) draws with one seed which clear frames are hidden (missing
 frames, cloud removal's frames and the cloud masks they borrow, the long gap's window). The
@@ -12,7 +12,9 @@ held-out cubes once per seed, and prints each seed's pooled ratio (model MAE / t
 baseline's, the mean over the cubes, as the targets table), then their median, range and the
 ratio of the MAEs summed over the seeds. With several ``--checkpoint``\\ s every seed scores
 each of them on the same hidden pixels, so their differences are paired: the script prints
-the median difference and on how many seeds each checkpoint wins.
+the median difference and on how many seeds each checkpoint wins. ``--adapt-steps N`` tunes the
+network on each field first (``ReconstructOptions.adapt_steps``); ``--against`` pairs the run
+with an earlier run's JSON on the same seeds and cubes (e.g. the same checkpoint untuned).
 
 Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
 had to judge changes against.
@@ -66,24 +68,33 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, action="append", default=[])
     parser.add_argument("--cube", action="append", default=[], help="cube names (held out)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
+    parser.add_argument("--against", type=Path, help="an earlier run's JSON to pair with")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     folder = Settings.from_env().cubes_dir
     cubes = [(name, read_cube(folder / f"{name}.nc")) for name in (args.cube or HELD_OUT)]
     checkpoints = args.checkpoint or [None]
-    labels = [label_of(c) for c in checkpoints]
+    labels = [
+        label_of(c) + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "") for c in checkpoints
+    ]
     seeds = parse_seeds(args.seeds)
     # maes[label][seed][(task, method)]
     maes: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     ndvi: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     print(f"held out: {', '.join(n for n, _ in cubes)}; the app's settings; pooled ratio per seed")
-    print(f"{'seed':>4s} {'checkpoint':12s} " + " ".join(f"{t:>8s}" for t in TASKS) + "   s")
+    print(f"{'seed':>4s} {'checkpoint':16s} " + " ".join(f"{t:>8s}" for t in TASKS) + "   s")
     for seed in seeds:
         for label, checkpoint in zip(labels, checkpoints, strict=True):
             began = time.perf_counter()
-            options = ReconstructOptions(samples=8, calibrate_field=True, checkpoint=checkpoint)
+            options = ReconstructOptions(
+                samples=8,
+                calibrate_field=True,
+                checkpoint=checkpoint,
+                adapt_steps=args.adapt_steps,
+            )
             evaluation = evaluate(
                 cubes, ["linear", "whittaker", "model"], Protocol(seed=seed), options
             )
@@ -92,7 +103,7 @@ def main() -> int:
             cover[label][seed] = pooled_figures(evaluation, "coverage")
             ratios = [ratio(maes[label][seed], task) for task in TASKS]
             print(
-                f"{seed:4d} {label:12s} "
+                f"{seed:4d} {label:16s} "
                 + " ".join(f"{r:8.3f}" for r in ratios)
                 + f" {time.perf_counter() - began:5.0f}",
                 flush=True,
@@ -109,7 +120,7 @@ def main() -> int:
                 "summed": total,
             }
             print(
-                f"{label:12s} {task:8s} {np.median(per_seed):.3f} "
+                f"{label:16s} {task:8s} {np.median(per_seed):.3f} "
                 f"[{per_seed.min():.3f} - {per_seed.max():.3f}]  summed {total:.3f}"
             )
     print("\nthe model's p10-p90 coverage (target 70-90 %) and NDVI MAE against both baselines")
@@ -128,11 +139,24 @@ def main() -> int:
                 ndvi_best_baseline=best.round(4).tolist(),
             )
             print(
-                f"{label:12s} {task:8s} coverage {np.median(covers):.2f} "
+                f"{label:16s} {task:8s} coverage {np.median(covers):.2f} "
                 f"[{covers.min():.2f} - {covers.max():.2f}], inside 70-90 % on {inside}; "
                 f"NDVI {np.median(own):.4f} vs the better baseline {np.median(best):.4f}, "
                 f"below both on {int((own < best).sum())} of {len(seeds)} seeds"
             )
+    own = list(labels)
+    if args.against is not None:
+        earlier = json.loads(args.against.read_text(encoding="utf-8"))
+        for name, runs in earlier["maes"].items():
+            if name in maes:
+                raise SystemExit(f"{args.against} has a run named {name} too: rename one.")
+            maes[name] = {
+                int(s): {tuple(k.split(" ", 1)): v for k, v in d.items()} for s, d in runs.items()
+            }
+            missing = set(seeds) - set(maes[name])
+            if missing or earlier["cubes"] != summary["cubes"]:
+                raise SystemExit(f"{args.against} does not hold these cubes and seeds.")
+        labels = list(earlier["maes"]) + labels
     if len(labels) > 1:
         print(f"\npaired against {labels[0]}: median difference of the ratio, seeds won / lost")
         for label in labels[1:]:
@@ -141,13 +165,14 @@ def main() -> int:
                     [ratio(maes[label][s], task) - ratio(maes[labels[0]][s], task) for s in seeds]
                 )
                 print(
-                    f"{label:12s} {task:8s} {np.median(diff):+.3f}  "
+                    f"{label:16s} {task:8s} {np.median(diff):+.3f}  "
                     f"better on {int((diff < 0).sum())}, worse on {int((diff > 0).sum())}"
                 )
     if args.json is not None:
         summary["maes"] = {
             label: {str(s): {f"{t} {m}": v for (t, m), v in d.items()} for s, d in runs.items()}
             for label, runs in maes.items()
+            if label in own
         }
         args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return 0
