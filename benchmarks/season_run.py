@@ -46,6 +46,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--method", default="model")
     parser.add_argument("--size", type=int, default=0, help="mirror-tile to this many px")
+    parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -77,11 +78,18 @@ def run(args: argparse.Namespace) -> int:
     last = min(acquired[-1], acquired[0] + np.timedelta64(args.days - 1, "D"))
     start, end = (np.datetime64(d, "D").item() for d in (acquired[0], last))
     model = args.method == "model"
-    options = ReconstructOptions(samples=8, calibrate_field=True) if model else ReconstructOptions()
+    options = (
+        ReconstructOptions(samples=8, calibrate_field=True, adapt_steps=args.adapt_steps)
+        if model
+        else ReconstructOptions()
+    )
     request = SeasonRequest(
         field, start, end, method=args.method, options=options, cube_path=args.cube
     )
-    print(f"{args.cube.name}: {dict(cube.sizes)}, {start} to {end}, {args.method}", flush=True)
+    tuned = f", tuned {args.adapt_steps} steps" if model and args.adapt_steps else ""
+    print(
+        f"{args.cube.name}: {dict(cube.sizes)}, {start} to {end}, {args.method}{tuned}", flush=True
+    )
     for repeat in range(args.repeats):
         clear_field_cache()
         marks: list[tuple[str, float]] = []

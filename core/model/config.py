@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+MIN_ADAPT_FRAMES = 4
+"""Fewest S2 acquisitions a cube needs for per-field tuning (``adapt_steps``)."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -34,7 +34,7 @@ from core.cube import has_s1
 from core.errors import InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint
-from core.model.config import ModelConfig
+from core.model.config import MIN_ADAPT_FRAMES, ModelConfig
 from core.model.features import (
     N_BANDS,
     REFL_SCALE,
@@ -511,9 +511,10 @@ def field_checkpoint(
             _field.move_to_end(key)
             return entry[1]
     series = series_from_cube(observed, "this field")
-    if options.adapt_steps > 0 and series.clear_s2.shape[0] < 4:
+    if options.adapt_steps > 0 and series.clear_s2.shape[0] < MIN_ADAPT_FRAMES:
         raise InputError(
-            "Per-field adaptation needs at least 4 Sentinel-2 acquisitions; this cube has "
+            f"Per-field adaptation needs at least {MIN_ADAPT_FRAMES} Sentinel-2 acquisitions; "
+            "this cube has "
             f"{series.clear_s2.shape[0]}. Run without --adapt-steps or choose a longer period."
         )
     result = checkpoint

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.state import PageState
 from core.curve import CURVE_COLUMNS, curve_csv
-from core.season import SeasonResult
+from core.season import DEFAULT_ADAPT_STEPS, SeasonResult
 from tests.support.site import PublishedSite
 
 OpenPage = Callable[..., AppTest]
@@ -95,7 +95,8 @@ def test_first_page_offers_field_inputs_and_waits_for_a_field(open_page: OpenPag
     assert {"model", "linear", "whittaker"} <= set(method.options)
     model_only = ("samples", "steps", "adapt_steps")
     assert not any(page.number_input(key=k).disabled for k in model_only)
-    assert page.number_input(key="adapt_steps").value == 0  # per-field tuning is opt-in
+    # The model is tuned to the field by default (README, "per-field tuning").
+    assert page.number_input(key="adapt_steps").value == DEFAULT_ADAPT_STEPS
     band = page.checkbox(key="calibrate_field")
     assert band.value and not band.disabled  # the band is fitted on the field by default
     method.set_value("linear").run()

@@ -714,19 +714,6 @@ def test_tile_inputs_are_the_same_in_order_with_any_number_of_threads(
     assert feature_threads("cpu") == 0 and 1 <= feature_threads("cuda") <= 4
 
 
-def test_a_run_tunes_to_its_field_by_default_on_a_gpu_only(monkeypatch) -> None:
-    # Tuning costs ~28 s on 2 CPU cores and a second or two on a GPU: on by default there only.
-    from core.season import GPU_ADAPT_STEPS, default_adapt_steps
-
-    assert default_adapt_steps("cpu") == 0
-    visible = torch.cuda.is_available()
-    assert default_adapt_steps("auto") == (GPU_ADAPT_STEPS if visible else 0)
-    assert default_adapt_steps("cuda") == (GPU_ADAPT_STEPS if visible else 0)  # never raises
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert default_adapt_steps("auto") == GPU_ADAPT_STEPS > 0
-    assert default_adapt_steps("cpu") == 0
-
-
 def test_unseen_share_marks_an_episodes_blank_frames_and_reaches_the_network(cubes_dir) -> None:
     # Training can meet blank frames as inference meets dates with no acquisition: unseen.
     series = load_series(cubes_dir / "es-field_2019.nc")

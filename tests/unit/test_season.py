@@ -13,6 +13,7 @@ import pytest
 import shapely
 from PIL import Image
 
+from core import season as season_module
 from core.config import Settings
 from core.curve import CURVE_COLUMNS
 from core.demo import DEMO_CUBE_NAME, demo_field
@@ -21,11 +22,13 @@ from core.export import read_geotiff_bands
 from core.field import Field
 from core.reconstruct import ReconstructOptions
 from core.season import (
+    DEFAULT_ADAPT_STEPS,
     SeasonRequest,
     SeasonResult,
     compute_season,
     crop_to_field,
     day_view,
+    default_adapt_steps,
     frame_geotiff_for_day,
     whittaker_reference,
 )
@@ -245,3 +248,29 @@ def test_model_method_with_a_tiny_checkpoint(request_: SeasonRequest, tmp_path: 
     frame = result.frames[4]
     again = day_view(result, frame.day)
     assert (again.rgb_png, again.ndvi_png) == (frame.rgb_png, frame.ndvi_png)
+
+
+def test_a_run_tunes_the_model_to_its_field_by_default(monkeypatch) -> None:
+    # Measured on ten paired draws of the held-out yardstick (README, "per-field tuning").
+    assert default_adapt_steps() == DEFAULT_ADAPT_STEPS > 0  # the shipped checkpoint is here
+    monkeypatch.setattr(season_module, "method_choices", lambda: ["linear", "whittaker"])
+    assert default_adapt_steps() == 0  # no model, nothing to tune
+
+
+def test_a_period_too_short_to_tune_runs_untuned_and_says_so(request_: SeasonRequest) -> None:
+    # 1-6 May 2018: three acquisitions, one fewer than tuning needs. The default must not turn
+    # a short period into an error; the Run goes on untuned, says so, and its days are
+    # reconstructed again the same way.
+    short = dataclasses.replace(
+        request_,
+        end=dt.date(2018, 5, 6),
+        method="model",
+        options=ReconstructOptions(adapt_steps=DEFAULT_ADAPT_STEPS),
+    )
+    result = compute_season(short, Settings())
+    assert result.frames_loaded["s2"] == 3
+    assert any("not tuned to this field" in note for note in result.notes)
+    assert result.request.options.adapt_steps == 0
+    assert result.key == short.key(Settings().stac_api_url)  # the request as asked
+    view = day_view(result, dt.date(2018, 5, 2))  # off the timeline: reconstructed again
+    assert view.ndvi == pytest.approx(result.curve_row(dt.date(2018, 5, 2))["ndvi"], abs=1e-6)
