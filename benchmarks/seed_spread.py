@@ -80,6 +80,8 @@ def main() -> int:
         label_of(c) + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "") for c in checkpoints
     ]
     seeds = parse_seeds(args.seeds)
+    names = [n for n, _ in cubes]
+    earlier = {} if args.against is None else earlier_maes(args.against, names, seeds, labels)
     # maes[label][seed][(task, method)]
     maes: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     ndvi: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
@@ -108,7 +110,7 @@ def main() -> int:
                 + f" {time.perf_counter() - began:5.0f}",
                 flush=True,
             )
-    summary: dict[str, object] = {"seeds": seeds, "cubes": [n for n, _ in cubes], "ratios": {}}
+    summary: dict[str, object] = {"seeds": seeds, "cubes": names, "ratios": {}}
     print("\nover the seeds: median [min - max]; ratio of the MAEs summed over the seeds")
     for label in labels:
         for task in TASKS:
@@ -128,35 +130,24 @@ def main() -> int:
     for label in labels:
         for task in TASKS:
             covers = np.array([cover[label][s].get((task, "model"), np.nan) for s in seeds])
-            own = np.array([ndvi[label][s].get((task, "model"), np.nan) for s in seeds])
+            model_ndvi = np.array([ndvi[label][s].get((task, "model"), np.nan) for s in seeds])
             best = np.array(
                 [min(ndvi[label][s].get((task, m), np.nan) for m in BASELINES) for s in seeds]
             )
             inside = int(((covers >= 0.7) & (covers <= 0.9)).sum())
             summary["ratios"][f"{label} {task}"].update(  # type: ignore[index]
                 coverage=covers.round(3).tolist(),
-                ndvi_model=own.round(4).tolist(),
+                ndvi_model=model_ndvi.round(4).tolist(),
                 ndvi_best_baseline=best.round(4).tolist(),
             )
             print(
                 f"{label:16s} {task:8s} coverage {np.median(covers):.2f} "
                 f"[{covers.min():.2f} - {covers.max():.2f}], inside 70-90 % on {inside}; "
-                f"NDVI {np.median(own):.4f} vs the better baseline {np.median(best):.4f}, "
-                f"below both on {int((own < best).sum())} of {len(seeds)} seeds"
+                f"NDVI {np.median(model_ndvi):.4f} vs the better baseline {np.median(best):.4f}, "
+                f"below both on {int((model_ndvi < best).sum())} of {len(seeds)} seeds"
             )
-    own = list(labels)
-    if args.against is not None:
-        earlier = json.loads(args.against.read_text(encoding="utf-8"))
-        for name, runs in earlier["maes"].items():
-            if name in maes:
-                raise SystemExit(f"{args.against} has a run named {name} too: rename one.")
-            maes[name] = {
-                int(s): {tuple(k.split(" ", 1)): v for k, v in d.items()} for s, d in runs.items()
-            }
-            missing = set(seeds) - set(maes[name])
-            if missing or earlier["cubes"] != summary["cubes"]:
-                raise SystemExit(f"{args.against} does not hold these cubes and seeds.")
-        labels = list(earlier["maes"]) + labels
+    labels = [*earlier, *labels]
+    maes.update(earlier)
     if len(labels) > 1:
         print(f"\npaired against {labels[0]}: median difference of the ratio, seeds won / lost")
         for label in labels[1:]:
@@ -172,10 +163,28 @@ def main() -> int:
         summary["maes"] = {
             label: {str(s): {f"{t} {m}": v for (t, m), v in d.items()} for s, d in runs.items()}
             for label, runs in maes.items()
-            if label in own
+            if label not in earlier
         }
         args.json.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     return 0
+
+
+def earlier_maes(
+    path: Path, cubes: list[str], seeds: list[int], labels: list[str]
+) -> dict[str, dict[int, dict[tuple[str, str], float]]]:
+    """An earlier run's pooled MAEs (``--against``), checked to hold these cubes and seeds and
+    no run named as one of ``labels``, before anything is evaluated."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data["cubes"] != cubes or set(seeds) - {int(s) for s in data["seeds"]}:
+        raise SystemExit(f"{path} does not hold these cubes and seeds.")
+    runs = {
+        name: {int(s): {tuple(k.split(" ", 1)): v for k, v in d.items()} for s, d in per.items()}
+        for name, per in data["maes"].items()
+    }
+    clash = set(runs) & set(labels)
+    if clash:
+        raise SystemExit(f"{path} has a run named {', '.join(clash)} too: rename one.")
+    return runs  # type: ignore[return-value]
 
 
 def label_of(checkpoint: Path | None) -> str:

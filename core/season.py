@@ -524,7 +524,8 @@ DEFAULT_ADAPT_STEPS = 50
 ten draws of the held-out yardstick, 50 steps on top of the field blend lowered the pooled
 ratios from 0.845 / 0.850 / 0.920 to 0.832 / 0.837 / 0.899 (missing / cloud / gap), better on 8,
 8 and 6 of the 10 draws (README, "per-field tuning"). It costs about 30 s on 2 CPU cores,
-whatever the field's size (a 64 px Run: 17 s -> 49 s), and a second or two on a GPU."""
+whatever the field's size (a 64 px Run: 17 s -> 49 s); on a GPU it should take a second or
+two (not measured: no GPU has been lent to this project)."""
 
 
 def default_adapt_steps() -> int:

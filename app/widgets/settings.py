@@ -85,12 +85,12 @@ def settings_panel(settings: Settings) -> RunSettings:
             disabled=not is_model,
             help="Before reconstructing, train a copy of the model for this many steps on the "
             "field's own clear pixels, once per Run. About 30 s on 2 CPU cores whatever the "
-            "field's size (a second or two on a GPU); 0 skips it. On ten draws of the held-out "
-            "test, 50 steps lowered the error on missing frames, cloud removal and long gaps "
-            "from 0.845 / 0.850 / 0.920 to 0.832 / 0.837 / 0.899 x the better baseline, better "
-            "on 8, 8 and 6 draws of 10 (README, 'per-field tuning'). Needs at least 4 "
-            "Sentinel-2 acquisitions in the period; with fewer the Run goes on untuned and "
-            "says so.",
+            "field's size (on a GPU it should take a second or two); 0 skips it. On ten "
+            "draws of the held-out test, 50 steps lowered the error on missing frames, cloud "
+            "removal and long gaps from 0.845 / 0.850 / 0.920 to 0.832 / 0.837 / 0.899 x the "
+            "better baseline, better on 8, 8 and 6 draws of 10 (README, 'per-field tuning'). "
+            "Needs at least 4 Sentinel-2 acquisitions in the period; with fewer the Run goes "
+            "on untuned and says so.",
         )
         calibrate_field = st.checkbox(
             "Fit the uncertainty band to this field",

@@ -514,8 +514,8 @@ def field_checkpoint(
     if options.adapt_steps > 0 and series.clear_s2.shape[0] < MIN_ADAPT_FRAMES:
         raise InputError(
             f"Per-field adaptation needs at least {MIN_ADAPT_FRAMES} Sentinel-2 acquisitions; "
-            "this cube has "
-            f"{series.clear_s2.shape[0]}. Run without --adapt-steps or choose a longer period."
+            f"this cube has {series.clear_s2.shape[0]}. Run without --adapt-steps or choose a "
+            "longer period."
         )
     result = checkpoint
     if options.adapt_steps > 0:
