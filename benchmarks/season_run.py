@@ -2,13 +2,17 @@
 
     python benchmarks/season_run.py [--cube ../shared/data/cubes/be-flanders-a_2017-2018.nc]
         [--days 183] [--repeats 2] [--threads 2] [--method model] [--size PX]
+        [--adapt-steps N] [--workers N]
 
 The field is the cube's extent less a 3 % rim (the cube must be on a projected grid, as the
 app's are); the period is ``--days`` days from the cube's first S2 acquisition; the
 options are the app's defaults for the method (model: K = 8, the field blend, the band fitted on
 the field). The per-field cache is emptied before each repeat, so each fits afresh, as a new Run
-does. ``--size``: the cube mirror-tiled to PX x PX pixels first, all its dates kept
-(:func:`core.bench.make_bench_cube`, written to a temporary file), for a large field. Prints
+does. ``--workers N``: the reconstructions run on a local Dask cluster of N worker processes
+(one thread each), as the app's do with ``DASK_SCHEDULER_ADDRESS`` set; it then also prints how
+many per-field fits each worker made. ``--size``: the cube mirror-tiled to PX x PX pixels
+first, all its dates kept (:func:`core.bench.make_bench_cube`, written to a temporary file),
+for a large field. Prints
 the wall time of each progress stage and of the whole Run, and the frame and curve
 counts.
 """
@@ -30,9 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.bench import make_bench_cube
 from core.config import Settings
 from core.cube import read_cube, write_cube
+from core.distributed import Cluster, local_cluster, reconstructor
 from core.field import Field
 from core.model.inference import clear_field_cache
-from core.reconstruct import ReconstructOptions
+from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
 from core.season import SeasonRequest, compute_season
 from core.timeline import calendar_day
 
@@ -47,6 +52,7 @@ def main() -> int:
     parser.add_argument("--method", default="model")
     parser.add_argument("--size", type=int, default=0, help="mirror-tile to this many px")
     parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
+    parser.add_argument("--workers", type=int, default=0, help="local Dask worker processes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -54,10 +60,22 @@ def main() -> int:
             source = read_cube(args.cube)
             tiled = make_bench_cube(source, args.size, source.sizes["time_s2"])
             args.cube = write_cube(tiled, Path(folder) / f"{args.cube.stem}_{args.size}px.nc")
-        return run(args)
+        if not args.workers:
+            return run(args, reconstruct)
+        with local_cluster(args.workers, processes=True) as cluster:
+            if cluster.note:
+                print(cluster.note, flush=True)
+            return run(args, reconstructor(cluster), cluster)
 
 
-def run(args: argparse.Namespace) -> int:
+def fits_held() -> int:
+    """Per-field fits (tuned, blended or calibrated checkpoints) this process holds."""
+    from core.model import inference
+
+    return len(inference._field)
+
+
+def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None = None) -> int:
     """Time ``args.repeats`` Runs on ``args.cube``."""
     cube = read_cube(args.cube)
     if str(cube.attrs.get("crs", "EPSG:4326")).upper() != "EPSG:4326":
@@ -87,11 +105,15 @@ def run(args: argparse.Namespace) -> int:
         field, start, end, method=args.method, options=options, cube_path=args.cube
     )
     tuned = f", tuned {args.adapt_steps} steps" if model and args.adapt_steps else ""
+    where = f", on {args.workers} Dask worker processes" if cluster else ""
     print(
-        f"{args.cube.name}: {dict(cube.sizes)}, {start} to {end}, {args.method}{tuned}", flush=True
+        f"{args.cube.name}: {dict(cube.sizes)}, {start} to {end}, {args.method}{tuned}{where}",
+        flush=True,
     )
     for repeat in range(args.repeats):
         clear_field_cache()
+        if cluster:
+            cluster.client.run(clear_field_cache)
         marks: list[tuple[str, float]] = []
         began = time.perf_counter()
 
@@ -99,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
             if not marks or marks[-1][0] != stage:
                 marks.append((stage, time.perf_counter()))
 
-        result = compute_season(request, Settings.from_env(), progress=progress)
+        result = compute_season(
+            request, Settings.from_env(), progress=progress, reconstructor=runner
+        )
         total = time.perf_counter() - began
         ends = [t for _, t in marks[1:]] + [began + total]
         print(
@@ -109,6 +133,9 @@ def run(args: argparse.Namespace) -> int:
         )
         for (stage, t0), t1 in zip(marks, ends, strict=True):
             print(f"  {t1 - t0:6.1f} s  {stage}", flush=True)
+        if cluster:
+            held = cluster.client.run(fits_held)
+            print(f"  per-field fits made on the workers: {sorted(held.values())}", flush=True)
     return 0
 
 

@@ -2,7 +2,8 @@
 differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
-        [--adapt-steps N] [--against EARLIER.json] [--cube CUBE ...] [--json OUT.json]
+        [--adapt-steps N] [--field-episodes N] [--against EARLIER.json] [--cube CUBE ...]
+        [--json OUT.json]
 
 The yardstick (``core.evaluate``) draws with one seed which clear frames are hidden (missing
 frames, cloud removal's frames and the cloud masks they borrow, the long gap's window). The
@@ -15,6 +16,8 @@ each of them on the same hidden pixels, so their differences are paired: the scr
 the median difference and on how many seeds each checkpoint wins. ``--adapt-steps N`` tunes the
 network on each field first (``ReconstructOptions.adapt_steps``); ``--against`` pairs the run
 with an earlier run's JSON on the same seeds and cubes (e.g. the same checkpoint untuned).
+``--field-episodes N`` fits the field blend and band on N self-supervised episodes of the field
+instead of :data:`core.model.inference.FIELD_CALIBRATION_EPISODES` (a candidate's trial).
 
 Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
 had to judge changes against.
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.evaluate import POOLED_CUBE, Protocol, evaluate
+from core.model import inference
 from core.reconstruct import ReconstructOptions
 
 TASKS = ("missing", "cloud", "gap")
@@ -69,6 +73,7 @@ def main() -> int:
     parser.add_argument("--cube", action="append", default=[], help="cube names (held out)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
+    parser.add_argument("--field-episodes", type=int, help="episodes per field fit (a trial)")
     parser.add_argument("--against", type=Path, help="an earlier run's JSON to pair with")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -76,8 +81,15 @@ def main() -> int:
     folder = Settings.from_env().cubes_dir
     cubes = [(name, read_cube(folder / f"{name}.nc")) for name in (args.cube or HELD_OUT)]
     checkpoints = args.checkpoint or [None]
+    if args.field_episodes is not None:
+        if args.field_episodes < 1:
+            raise SystemExit("--field-episodes must be 1 or more.")
+        inference.FIELD_CALIBRATION_EPISODES = args.field_episodes  # read at each field fit
     labels = [
-        label_of(c) + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "") for c in checkpoints
+        label_of(c)
+        + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "")
+        + (f"+ep{args.field_episodes}" if args.field_episodes is not None else "")
+        for c in checkpoints
     ]
     seeds = parse_seeds(args.seeds)
     names = [n for n, _ in cubes]

@@ -224,6 +224,42 @@ def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: i
     return Cluster(Client(local, set_as_default=False), local=local, note=note)
 
 
+def field_worker(
+    scheduler_info: Mapping[str, Any],
+    cube: xr.Dataset,
+    resources: Mapping[str, float] | None = None,
+) -> str:
+    """The worker every reconstruction of ``cube`` is sent to (see :func:`submit_reconstruction`).
+
+    A hash of the cube's coordinates (dates, bands, grid; cheap, unlike its data) picks one of
+    the workers that can run the task (those with ``resources`` when some are asked for), so
+    the same cube always goes to the same worker while the cluster keeps its workers, and
+    different fields spread over them. This only routes work: the worker's own caches still
+    check what they hold.
+
+    Raises:
+        ClusterError: no worker offers ``resources``.
+    """
+    from dask.base import tokenize
+
+    workers = scheduler_info.get("workers") or {}
+    able = sorted(
+        address
+        for address, worker in workers.items()
+        if all(
+            float((worker.get("resources") or {}).get(name, 0.0)) >= amount
+            for name, amount in (resources or {}).items()
+        )
+    )
+    if not able:
+        raise ClusterError(
+            f"No worker of the cluster offers {dict(resources or {})}; start one with "
+            "'dask worker ADDRESS --resources \"GPU=1\"'."
+        )
+    coords = {name: cube[name].values for name in sorted(map(str, cube.coords))}
+    return able[int(tokenize(coords)[:12], 16) % len(able)]
+
+
 def submit_reconstruction(
     cluster: Cluster,
     cube: xr.Dataset,
@@ -236,8 +272,11 @@ def submit_reconstruction(
     """:func:`core.reconstruct.reconstruct` on the cluster; wait for and return its result.
 
     The cube is sent once (scattered); the task asks for a GPU when :func:`reconstruct_resources`
-    says so. Errors the task raises (e.g. :class:`~core.errors.InputError`) come back as
-    themselves.
+    says so. Every call with the same cube goes to the same worker (:func:`field_worker`; another
+    only if that one leaves): the model's per-field tuning, blend and band are fitted once per
+    worker process and kept there (:func:`core.model.inference.field_checkpoint`), so a Run's
+    chunks, sent one after another, fit them once instead of once on each worker they land on.
+    Errors the task raises (e.g. :class:`~core.errors.InputError`) come back as themselves.
 
     Raises:
         ClusterError: no workers, or no result within ``timeout_s``, or the worker was lost.
@@ -254,7 +293,8 @@ def submit_reconstruction(
             f"'dask worker {cluster.address}'."
         )
     resources = reconstruct_resources(details, method)
-    cube_future = client.scatter(cube, hash=False)
+    worker = field_worker(details, cube, resources)
+    cube_future = client.scatter(cube, hash=False, workers=[worker])
     future = client.submit(
         reconstruct,
         cube_future,
@@ -262,6 +302,8 @@ def submit_reconstruction(
         method,
         options or ReconstructOptions(),
         resources=resources,
+        workers=[worker],
+        allow_other_workers=True,
         key=f"fieldflow-reconstruct-{uuid.uuid4().hex[:12]}",
     )
     try:

@@ -45,6 +45,7 @@ from core.distributed import (
     Cluster,
     ClusterError,
     connect,
+    field_worker,
     gpu_capacity,
     local_cluster,
     reconstruct_resources,
@@ -398,6 +399,22 @@ def test_gpu_is_requested_only_for_the_model_on_clusters_with_gpu_workers() -> N
     assert reconstruct_resources({"workers": {"w": {}}}, "model") is None
 
 
+def test_a_cube_is_always_sent_to_the_same_able_worker() -> None:
+    cube, info = make_cube(), _info({}, {"GPU": 1}, {}, {"GPU": 1})
+    gpu_workers = {"tcp://10.0.0.1:4000", "tcp://10.0.0.3:4000"}
+    assert field_worker(info, cube, {"GPU": 1.0}) in gpu_workers
+    chosen = field_worker(info, cube)
+    assert chosen in info["workers"]
+    assert all(field_worker(info, make_cube()) == chosen for _ in range(3))  # a copy: the same
+    # other fields (other grids) spread over the workers
+    others = {
+        field_worker(info, cube.assign_coords(x=cube["x"] + 10.0 * shift)) for shift in range(40)
+    }
+    assert others == set(info["workers"])
+    with pytest.raises(ClusterError, match=r"No worker of the cluster offers.*GPU=1"):
+        field_worker(_info({}, {}), cube, {"GPU": 1.0})
+
+
 def test_scheduler_address_comes_from_the_environment() -> None:
     assert scheduler_address({}) is None
     assert scheduler_address({"DASK_SCHEDULER_ADDRESS": "  "}) is None
@@ -440,6 +457,25 @@ def test_submit_reconstruction_matches_a_local_call_and_passes_errors_back(threa
     assert reconstructor(None) is reconstruct
     on_cluster = reconstructor(threads_cluster)
     xr.testing.assert_identical(on_cluster(cube, dates, "linear", ReconstructOptions()), local)
+
+
+def test_every_reconstruction_of_a_cube_runs_on_one_worker(threads_cluster) -> None:
+    """So the model's per-field fits, kept per worker process, are made once per Run."""
+    from distributed import get_task_stream
+
+    cube = make_cube()
+    dates = np.array(["2023-05-04", "2023-05-12"], dtype="datetime64[ns]")
+    with get_task_stream(client=threads_cluster.client) as stream:
+        for _ in range(6):
+            submit_reconstruction(threads_cluster, cube, dates, "linear")
+    ran_on = {
+        task["worker"]
+        for task in stream.data
+        if str(task["key"]).startswith("fieldflow-reconstruct-")
+    }
+    assert len(ran_on) == 1, stream.data
+    details = threads_cluster.client.scheduler_info(n_workers=-1)
+    assert ran_on == {field_worker(details, cube)}
 
 
 def test_a_scheduler_without_workers_is_a_clear_error() -> None:
