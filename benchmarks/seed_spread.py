@@ -2,8 +2,8 @@
 differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
-        [--adapt-steps N] [--field-episodes N] [--against EARLIER.json] [--cube CUBE ...]
-        [--json OUT.json]
+        [--adapt-steps N] [--field-episodes N] [--blend-by span] [--against EARLIER.json]
+        [--cube CUBE ...] [--json OUT.json]
 
 The yardstick (``core.evaluate``) draws with one seed which clear frames are hidden (missing
 frames, cloud removal's frames and the cloud masks they borrow, the long gap's window). The
@@ -17,7 +17,9 @@ the median difference and on how many seeds each checkpoint wins. ``--adapt-step
 network on each field first (``ReconstructOptions.adapt_steps``); ``--against`` pairs the run
 with an earlier run's JSON on the same seeds and cubes (e.g. the same checkpoint untuned).
 ``--field-episodes N`` fits the field blend and band on N self-supervised episodes of the field
-instead of :data:`core.model.inference.FIELD_CALIBRATION_EPISODES` (a candidate's trial).
+instead of :data:`core.model.inference.FIELD_CALIBRATION_EPISODES`, and ``--blend-by`` buckets
+the field blend's weights by another measure (:data:`core.model.blend.MEASURES`) than
+:data:`core.model.blend.BLEND_MEASURE` (candidates' trials).
 
 Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
 had to judge changes against.
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.evaluate import POOLED_CUBE, Protocol, evaluate
-from core.model import inference
+from core.model import blend, inference
 from core.reconstruct import ReconstructOptions
 
 TASKS = ("missing", "cloud", "gap")
@@ -74,6 +76,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
     parser.add_argument("--field-episodes", type=int, help="episodes per field fit (a trial)")
+    parser.add_argument("--blend-by", choices=sorted(blend.MEASURES), help="(a trial)")
     parser.add_argument("--against", type=Path, help="an earlier run's JSON to pair with")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -85,10 +88,13 @@ def main() -> int:
         if args.field_episodes < 1:
             raise SystemExit("--field-episodes must be 1 or more.")
         inference.FIELD_CALIBRATION_EPISODES = args.field_episodes  # read at each field fit
+    if args.blend_by is not None:
+        blend.BLEND_MEASURE = args.blend_by  # ditto
     labels = [
         label_of(c)
         + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "")
         + (f"+ep{args.field_episodes}" if args.field_episodes is not None else "")
+        + (f"+{args.blend_by}" if args.blend_by is not None else "")
         for c in checkpoints
     ]
     seeds = parse_seeds(args.seeds)

@@ -730,10 +730,19 @@ def fit_notes(attrs: dict) -> list[str]:
     notes = []
     if "blend_mean_weights" in attrs:
         near, mid, far = (round(100 * float(w)) for w in attrs["blend_mean_weights"])
+        where = (
+            (
+                "in gaps of up to 20 days between clear observations",
+                "in gaps of 20-40 days",
+                "in longer gaps and beyond the first or last clear observation",
+            )
+            if attrs.get("blend_measure") == "span"
+            else ("within 8 days of a clear observation", "at 8-20 days", "further away")
+        )
         notes.append(
             "Field blend: measured on this field's own clear pixels, the model's estimate "
-            f"leans {near} % on the Whittaker smoother within 8 days of a clear observation, "
-            f"{mid} % at 8-20 days and {far} % further away."
+            f"leans {near} % on the Whittaker smoother {where[0]}, {mid} % {where[1]} and "
+            f"{far} % {where[2]}."
         )
     elif attrs.get("model_blend_field"):
         notes.append(

@@ -21,6 +21,14 @@ from core.model.features import N_BANDS, bracketing_indices
 
 DISTANCE_EDGES_DAYS = (8.0, 20.0)
 """Buckets of days to the nearest clear observation of a pixel: <= 8, 8-20, > 20."""
+SPAN_EDGES_DAYS = (20.0, 40.0)
+"""Buckets of the span of a pixel's gap, days from its clear observation before to the one
+after: <= 20 (a frame or a few missing), 20-40, > 40 (a long gap; or clear data on one side
+only)."""
+MEASURES = {"distance": DISTANCE_EDGES_DAYS, "span": SPAN_EDGES_DAYS}
+"""What a blend's weights are bucketed by, and the buckets' edges."""
+BLEND_MEASURE = "distance"
+"""The measure a field's blend is fitted with (:func:`core.model.inference.field_checkpoint`)."""
 BLEND_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
 """Weights of the smoother that are tried."""
 MIN_VALUES = 200
@@ -32,30 +40,40 @@ class FieldBlend:
     """Weights of the Whittaker smoother per band and distance bucket (0: the model alone)."""
 
     weights: np.ndarray
-    """(N_BANDS, len(DISTANCE_EDGES_DAYS) + 1) in [0, 1]."""
+    """(N_BANDS, number of buckets of ``measure``) in [0, 1]."""
     fitted: np.ndarray | None = None
     """(N_BANDS,) bool: the bands that had values enough to fit (None: all)."""
+    measure: str = "distance"
+    """What the buckets are of (:data:`MEASURES`): a pixel's days to its nearest clear
+    observation, or the span of its gap."""
 
-    def delta(self, mean: np.ndarray, smoother: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    @property
+    def edges(self) -> tuple[float, ...]:
+        """The buckets' edges in days."""
+        return MEASURES[self.measure]
+
+    def delta(self, mean: np.ndarray, smoother: np.ndarray, key: np.ndarray) -> np.ndarray:
         """What the blend adds to ``mean`` (Q, B, H, W): ``w * (smoother - mean)``, 0 where the
-        smoother has no value. ``distance`` (Q, H, W): days to the nearest clear observation."""
-        w = np.moveaxis(self.weights[:, distance_bucket(distance)], 0, 1)  # (Q, B, H, W)
+        smoother has no value. ``key`` (Q, H, W): each pixel's :attr:`measure` in days
+        (:func:`blend_inputs`)."""
+        w = np.moveaxis(self.weights[:, bucket_of(key, self.edges)], 0, 1)  # (Q, B, H, W)
         return _shift(w, mean, smoother)
 
     def delta_values(
-        self, mean: np.ndarray, smoother: np.ndarray, band: np.ndarray, distance: np.ndarray
+        self, mean: np.ndarray, smoother: np.ndarray, band: np.ndarray, key: np.ndarray
     ) -> np.ndarray:
         """:meth:`delta` of single values (1-D arrays, ``band`` the band index of each)."""
-        return _shift(self.weights[band, distance_bucket(distance)], mean, smoother)
+        return _shift(self.weights[band, bucket_of(key, self.edges)], mean, smoother)
 
     def attrs(self) -> dict[str, object]:
         """The weights as NetCDF attributes: all of them (bands x buckets, flattened band by
-        band), the bucket edges, and per bucket their mean over the bands that were fitted
-        (a band without values keeps 0 and is left out)."""
+        band), what they are bucketed by and the edges, and per bucket their mean over the
+        bands that were fitted (a band without values keeps 0 and is left out)."""
         fitted = np.ones(N_BANDS, bool) if self.fitted is None else self.fitted
         mean = self.weights[fitted].mean(axis=0) if fitted.any() else np.zeros(len(self.weights[0]))
         return {
-            "blend_distance_edges_days": np.asarray(DISTANCE_EDGES_DAYS),
+            "blend_measure": self.measure,
+            f"blend_{self.measure}_edges_days": np.asarray(self.edges),
             "blend_weights": np.round(self.weights, 2).ravel(),
             "blend_mean_weights": np.round(mean, 3),
         }
@@ -68,7 +86,12 @@ def _shift(w: np.ndarray, mean: np.ndarray, smoother: np.ndarray) -> np.ndarray:
 
 def distance_bucket(distance: np.ndarray) -> np.ndarray:
     """Bucket index of each distance in days (see :data:`DISTANCE_EDGES_DAYS`)."""
-    return np.searchsorted(np.asarray(DISTANCE_EDGES_DAYS), distance, side="left")
+    return bucket_of(distance, DISTANCE_EDGES_DAYS)
+
+
+def bucket_of(days: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """Bucket index of each value in days: 0 up to ``edges[0]`` inclusive, and so on."""
+    return np.searchsorted(np.asarray(edges), days, side="left")
 
 
 def nearest_clear_days(clear: np.ndarray, days: np.ndarray, query_days: np.ndarray) -> np.ndarray:
@@ -105,22 +128,69 @@ def nearest_clear_days(clear: np.ndarray, days: np.ndarray, query_days: np.ndarr
     return out
 
 
+def clear_span_days(clear: np.ndarray, days: np.ndarray, query_days: np.ndarray) -> np.ndarray:
+    """The span of the gap each query falls in, per pixel: days from the last clear observation
+    at or before it to the first at or after it (0 at a clear observation).
+
+    Args:
+        clear: (T, H, W) bool, a pixel's clear observations.
+        days: (T,) their times in days, increasing.
+        query_days: (Q,) query times in days.
+
+    Returns:
+        (Q, H, W) float32; inf where a pixel has no clear observation on one side or both.
+    """
+    days = np.asarray(days, np.float64)
+    query_days = np.asarray(query_days, np.float64)
+    n = days.size
+    out = np.full((query_days.size, *clear.shape[1:]), np.inf, np.float32)
+    if n == 0:
+        return out
+    prev, nxt = bracketing_indices(clear, exclusive=False)
+    at_or_before = np.searchsorted(days, query_days, side="right") - 1
+    at_or_after = np.searchsorted(days, query_days, side="left")
+    for q, (before, after) in enumerate(zip(at_or_before, at_or_after, strict=True)):
+        if before < 0 or after >= n:
+            continue
+        p, x = prev[before], nxt[after]
+        both = (p >= 0) & (x < n)
+        span = days[np.clip(x, 0, n - 1)] - days[np.clip(p, 0, n - 1)]
+        out[q] = np.where(both, span, np.inf)
+    return out
+
+
 def days_to_clear(values: np.ndarray, days: np.ndarray, query_days: np.ndarray) -> np.ndarray:
     """:func:`nearest_clear_days` of observations ``values`` (T, B, H, W, NaN where not
     observed): a pixel is clear at a date where any band holds a value."""
     return nearest_clear_days(np.isfinite(values).any(axis=1), days, query_days)
 
 
+def blend_key(
+    values: np.ndarray, days: np.ndarray, query_days: np.ndarray, measure: str
+) -> np.ndarray:
+    """Each pixel's ``measure`` (:data:`MEASURES`) at the query days (Q, H, W), from
+    observations ``values`` (T, B, H, W, NaN where not observed; a pixel is clear at a date
+    where any band holds a value)."""
+    clear = np.isfinite(values).any(axis=1)
+    if measure == "span":
+        return clear_span_days(clear, days, query_days)
+    return nearest_clear_days(clear, days, query_days)
+
+
 def blend_inputs(
-    values: np.ndarray, days: np.ndarray, query_days: np.ndarray, lam: float | None = None
+    values: np.ndarray,
+    days: np.ndarray,
+    query_days: np.ndarray,
+    lam: float | None = None,
+    measure: str = "distance",
 ) -> tuple[np.ndarray, np.ndarray]:
     """What a blend needs at the query days: the Whittaker smoother of ``values`` (T, B, H, W,
     NaN where not observed; as the ``whittaker`` method, GCV unless ``lam`` is given, and never
-    below 0) and each pixel's days to its nearest clear observation (Q, H, W)."""
+    below 0) and each pixel's ``measure`` (Q, H, W; :func:`blend_key`)."""
     from core.baselines import smooth_whittaker
 
     smoother = np.maximum(smooth_whittaker(values, days, query_days, lam=lam), 0.0)
-    return smoother, days_to_clear(values, days, query_days)
+    return smoother, blend_key(values, days, query_days, measure)
 
 
 def fit_blend(
@@ -128,14 +198,16 @@ def fit_blend(
     smoother: np.ndarray,
     truth: np.ndarray,
     band: np.ndarray,
-    distance: np.ndarray,
+    key: np.ndarray,
+    measure: str = "distance",
 ) -> FieldBlend:
     """The weights that minimise the MAE of the blend on hidden values (all 1-D, one entry per
-    hidden clear value: model mean, smoother (NaN: none), truth, band index, distance in days).
+    hidden clear value: model mean, smoother (NaN: none), truth, band index, and the value's
+    ``measure`` in days: its distance to clear data or its gap's span, see :data:`MEASURES`).
     """
     usable = np.isfinite(smoother) & np.isfinite(truth) & np.isfinite(model)
-    bucket = distance_bucket(distance)
-    n_buckets = len(DISTANCE_EDGES_DAYS) + 1
+    bucket = bucket_of(key, MEASURES[measure])
+    n_buckets = len(MEASURES[measure]) + 1
     weights = np.zeros((N_BANDS, n_buckets))
     fitted = np.zeros(N_BANDS, bool)
     for b in range(N_BANDS):
@@ -151,7 +223,7 @@ def fit_blend(
                 if sel.sum() >= MIN_VALUES
                 else band_weight
             )
-    return FieldBlend(weights=weights, fitted=fitted)
+    return FieldBlend(weights=weights, fitted=fitted, measure=measure)
 
 
 def _best_weight(model: np.ndarray, smoother: np.ndarray, truth: np.ndarray) -> float:

@@ -465,6 +465,7 @@ def field_checkpoint(
     All are seeded, so the same checkpoint, cube, options and seed give the same result: it is
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
     """
+    from core.model import blend as blend_module
     from core.model.blend import fit_blend
     from core.model.calibration import (
         episode_field_ndvi,
@@ -502,6 +503,7 @@ def field_checkpoint(
         bool(calibration_k) and options.fit_curve_band,
         options.blend_field,
         options.whittaker_lambda if options.blend_field else None,
+        blend_module.BLEND_MEASURE if options.blend_field else None,
         options.seed,
         device,
     )
@@ -546,9 +548,10 @@ def field_checkpoint(
                 result.model, episodes, calibration_k, steps, options.seed, device
             )
             if options.blend_field:
-                smoother, band, distance = blend_targets(episodes)
-                blend = fit_blend(mean, smoother, truth, band, distance)
-                mean = mean + blend.delta_values(mean, smoother, band, distance)
+                measure = blend_module.BLEND_MEASURE
+                smoother, band, blend_at = blend_targets(episodes, measure)
+                blend = fit_blend(mean, smoother, truth, band, blend_at, measure)
+                mean = mean + blend.delta_values(mean, smoother, band, blend_at)
                 result = dataclasses.replace(result, blend=blend)
             scale: float | np.ndarray = result.spread_scale
             if calibration_k and by_distance:
@@ -791,13 +794,14 @@ def network_at(
     owner = tile_owners(height, width, tiles, config.tile, config.tile_overlap)
     passes = plan_passes(series.acquired, series.query_frame, config.s2_window)
     blend = checkpoint.blend
-    distance = None
+    key = None
     if blend is not None:  # once for the field: tiles overlap, and each pixel's smoother is its own
-        smoother, distance = blend_inputs(
+        smoother, key = blend_inputs(
             observed["s2"].values,
             to_days(observed["time_s2"].values),
             to_days(query),
             options.whittaker_lambda,
+            blend.measure,
         )
     prepared = tile_inputs(frames, tiles, config, feature_threads(torch.device(device).type))
     for index, (y0, x0) in enumerate(tiles):
@@ -831,7 +835,7 @@ def network_at(
                 residual = (s - m[chosen][None])[..., :tile_h, :tile_w]
                 residuals[:, slot[step.queries[chosen]], :, ys, xs] += residual * owned
         if blend is not None:  # samples move with their mean: their residuals stay
-            tile_mean += blend.delta(tile_mean, smoother[:, :, ys, xs], distance[:, ys, xs])
+            tile_mean += blend.delta(tile_mean, smoother[:, :, ys, xs], key[:, ys, xs])
         mean[:, :, ys, xs] += tile_mean * ramp
     mean /= weight
     return mean, residuals

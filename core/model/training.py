@@ -129,6 +129,9 @@ class Episode:
     in reflectance (only with ``make_episode(with_smoother=True)``; see core.model.blend)."""
     distance: np.ndarray | None = None
     """(T, H, W) days from each pixel to its nearest visible clear observation (ditto)."""
+    span: np.ndarray | None = None
+    """(T, H, W) the span of the gap each pixel's hidden value lies in, days between its visible
+    clear observations before and after (with the smoother; see core.model.blend)."""
     unseen: np.ndarray | None = None
     """(T,) bool: frames the other frames may not attend to (see ``make_episode``)."""
 
@@ -263,10 +266,11 @@ def make_episode(
         unseen = blank if blank.any() else None
     episode = Episode(inputs=view, truth=_spatial(truth, k, flip), unseen=unseen)
     if with_smoother:
-        from core.model.blend import blend_inputs
+        from core.model.blend import blend_inputs, blend_key
 
         smoother, distance = blend_inputs(frames.s2, days, days[window], smoother_lambda)
-        episode = dataclasses.replace(episode, smoother=smoother, distance=distance)
+        span = blend_key(frames.s2, days, days[window], "span")
+        episode = dataclasses.replace(episode, smoother=smoother, distance=distance, span=span)
     elif with_distance:
         from core.model.blend import days_to_clear
 
@@ -711,18 +715,22 @@ def calibrate(
     }
 
 
-def blend_targets(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Smoother (model units), band index and distance of every target value of episodes made
-    ``with_smoother``, in the order of :func:`episode_predictions`' arrays."""
-    smoother, band, distance = [], [], []
+def blend_targets(
+    episodes: Sequence[Episode], measure: str = "distance"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Smoother (model units), band index and ``measure`` (distance to clear data or the gap's
+    span, core.model.blend.MEASURES) of every target value of episodes made ``with_smoother``,
+    in the order of :func:`episode_predictions`' arrays."""
+    smoother, band, key = [], [], []
     for ep in episodes:
-        if ep.smoother is None or ep.distance is None:
+        days = ep.span if measure == "span" else ep.distance
+        if ep.smoother is None or days is None:
             raise ValueError("blend_targets needs episodes made with_smoother=True")
         target = ep.target
         smoother.append(ep.smoother[target] * REFL_SCALE)
         band.append(target_bands([ep]))
-        distance.append(np.broadcast_to(ep.distance[:, None], target.shape)[target])
-    return np.concatenate(smoother), np.concatenate(band), np.concatenate(distance)
+        key.append(np.broadcast_to(days[:, None], target.shape)[target])
+    return np.concatenate(smoother), np.concatenate(band), np.concatenate(key)
 
 
 ADAPT_BATCH_SIZE = 4
