@@ -11,10 +11,13 @@ import pytest
 import xarray as xr
 
 from core.baselines import smooth_whittaker
+from core.model import blend as blend_module
 from core.model.blend import (
     BLEND_GRID,
     MIN_VALUES,
     FieldBlend,
+    bucket_of,
+    clear_span_days,
     distance_bucket,
     fit_blend,
     nearest_clear_days,
@@ -48,6 +51,28 @@ def test_nearest_clear_days_matches_a_brute_force_search() -> None:
     assert np.isinf(got[:, 0, 0]).all()
 
 
+def test_clear_span_days_matches_a_brute_force_search() -> None:
+    rng = np.random.default_rng(3)
+    days = np.sort(rng.choice(400, 30, replace=False)).astype(float) + 0.4
+    clear = rng.random((30, 5, 6)) < 0.3
+    clear[:, 0, 0] = False  # a pixel never seen
+    query = np.concatenate([days[[0, 7, 29]], rng.uniform(-20, 420, 40)])
+    got = clear_span_days(clear, days, query)
+    for q, at in enumerate(query):
+        for y, x in np.ndindex(5, 6):
+            seen = days[clear[:, y, x]]
+            before, after = seen[seen <= at], seen[seen >= at]
+            want = after.min() - before.max() if before.size and after.size else np.inf
+            assert got[q, y, x] == pytest.approx(want, rel=1e-6), (q, y, x)
+    assert np.isinf(got[:, 0, 0]).all()
+    # a clear observation spans 0 days; the buckets' edges belong to the lower bucket
+    assert (got[:3][clear[[0, 7, 29]]] == 0).all()
+    assert (
+        bucket_of(np.array([0.0, 20.0, 20.5, 40.0, 41.0, np.inf]), (20.0, 40.0))
+        == [0, 0, 1, 1, 2, 2]
+    ).all()
+
+
 def test_fit_blend_picks_the_better_estimate_per_band_and_distance() -> None:
     rng = np.random.default_rng(1)
     n = 6000
@@ -76,6 +101,47 @@ def test_fit_blend_picks_the_better_estimate_per_band_and_distance() -> None:
     ]
     assert sparse.weights[0, 2] == BLEND_GRID[int(np.argmin(errors))]
     assert sparse.weights[1, 2] == 1.0
+
+
+def test_a_blend_by_span_fits_and_applies_by_the_gaps_span() -> None:
+    rng = np.random.default_rng(4)
+    n = 4000
+    truth = rng.uniform(0, 1, n)
+    band = np.zeros(n, int)
+    span = rng.choice([10.0, 30.0, 60.0], n)
+    noise = rng.laplace(0, 0.05, n)
+    model = np.where(span > 40, truth + noise, truth)  # the smoother wins in long gaps only
+    smoother = np.where(span > 40, truth, truth + noise)
+    blend = fit_blend(model, smoother, truth, band, span, "span")
+    assert blend.measure == "span" and blend.edges == (20.0, 40.0)
+    np.testing.assert_array_equal(blend.weights[0], [0.0, 0.0, 1.0])
+    assert blend.attrs()["blend_measure"] == "span"
+    np.testing.assert_array_equal(blend.attrs()["blend_span_edges_days"], [20.0, 40.0])
+    moved = blend.delta_values(model, smoother, band, span)
+    np.testing.assert_allclose((model + moved)[span > 40], truth[span > 40], atol=1e-6)
+    assert not moved[span <= 40].any()
+    notes = fit_notes(blend.attrs())
+    assert "leans 0 % on the Whittaker smoother in gaps of up to 20 days" in notes[0]
+    assert "100 % in longer gaps" in notes[0]  # the mean over the bands fitted: band 0 alone
+
+
+def test_a_field_blend_by_span_reaches_the_reconstruction(
+    flanders_cube, tmp_path, monkeypatch
+) -> None:
+    cube = _crop(flanders_cube, size=16)
+    query = cube["time_s2"].values[[9]] + np.timedelta64(3, "D")
+    path = _checkpoint(tmp_path, perturb=True)
+    options = ReconstructOptions(checkpoint=path, device="cpu", samples=2, smooth_days=0)
+    clear_field_cache()
+    by_distance = reconstruct(cube, query, "model", options)
+    monkeypatch.setattr(blend_module, "BLEND_MEASURE", "span")
+    by_span = reconstruct(cube, query, "model", options)  # not the cached distance fit
+    assert by_distance.attrs["blend_measure"] == "distance"
+    assert by_span.attrs["blend_measure"] == "span" and "blend_span_edges_days" in by_span.attrs
+    base = cached_checkpoint(path, "cpu")
+    field = field_checkpoint(base, observations(cube), options, default_steps(base, options), "cpu")
+    np.testing.assert_allclose(by_span.attrs["blend_weights"], field.blend.weights.ravel())
+    clear_field_cache()
 
 
 def test_blend_moves_values_toward_the_smoother_by_their_weight() -> None:
