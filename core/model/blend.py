@@ -37,7 +37,8 @@ MIN_VALUES = 200
 
 @dataclass(frozen=True)
 class FieldBlend:
-    """Weights of the Whittaker smoother per band and distance bucket (0: the model alone)."""
+    """Weights of the Whittaker smoother per band and bucket of :attr:`measure` (0: the model
+    alone)."""
 
     weights: np.ndarray
     """(N_BANDS, number of buckets of ``measure``) in [0, 1]."""
