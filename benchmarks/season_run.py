@@ -9,10 +9,10 @@ app's are); the period is ``--days`` days from the cube's first S2 acquisition; 
 options are the app's defaults for the method (model: K = 8, the field blend, the band fitted on
 the field). The per-field cache is emptied before each repeat, so each fits afresh, as a new Run
 does. ``--workers N``: the reconstructions run on a local Dask cluster of N worker processes
-(one thread each), as the app's do with ``DASK_SCHEDULER_ADDRESS`` set; it then also prints how
-many per-field fits each worker made. ``--size``: the cube mirror-tiled to PX x PX pixels
-first, all its dates kept (:func:`core.bench.make_bench_cube`, written to a temporary file),
-for a large field. Prints
+(``--threads-per-worker``, default 1), as the app's do with ``DASK_SCHEDULER_ADDRESS`` set;
+it then also prints how many per-field fits each worker made. ``--size``: the cube mirror-tiled
+to PX x PX pixels first, all its dates kept (:func:`core.bench.make_bench_cube`, written to a
+temporary file), for a large field. Prints
 the wall time of each progress stage and of the whole Run, and the frame and curve
 counts.
 """
@@ -53,6 +53,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=0, help="mirror-tile to this many px")
     parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
     parser.add_argument("--workers", type=int, default=0, help="local Dask worker processes")
+    parser.add_argument("--threads-per-worker", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
@@ -62,7 +63,9 @@ def main() -> int:
             args.cube = write_cube(tiled, Path(folder) / f"{args.cube.stem}_{args.size}px.nc")
         if not args.workers:
             return run(args, reconstruct)
-        with local_cluster(args.workers, processes=True) as cluster:
+        with local_cluster(
+            args.workers, processes=True, threads_per_worker=args.threads_per_worker
+        ) as cluster:
             if cluster.note:
                 print(cluster.note, flush=True)
             return run(args, reconstructor(cluster), cluster)
@@ -105,7 +108,11 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
         field, start, end, method=args.method, options=options, cube_path=args.cube
     )
     tuned = f", tuned {args.adapt_steps} steps" if model and args.adapt_steps else ""
-    where = f", on {args.workers} Dask worker processes" if cluster else ""
+    where = (
+        f", on {args.workers} Dask worker processes of {args.threads_per_worker} thread(s)"
+        if cluster
+        else ""
+    )
     print(
         f"{args.cube.name}: {dict(cube.sizes)}, {start} to {end}, {args.method}{tuned}{where}",
         flush=True,

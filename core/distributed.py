@@ -24,10 +24,11 @@ that lives as long as the worker process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -296,7 +297,7 @@ def submit_reconstruction(
     worker = field_worker(details, cube, resources)
     cube_future = client.scatter(cube, hash=False, workers=[worker])
     future = client.submit(
-        reconstruct,
+        reconstruct_on_worker,
         cube_future,
         dates,
         method,
@@ -319,6 +320,40 @@ def submit_reconstruction(
     finally:
         future.release()
         cube_future.release()
+
+
+def reconstruct_on_worker(
+    cube: xr.Dataset, dates: np.ndarray, method: str, options: ReconstructOptions
+) -> xr.Dataset:
+    """:func:`core.reconstruct.reconstruct` as a task of :func:`submit_reconstruction`.
+
+    A worker's nanny starts its process with ``OMP_NUM_THREADS=1`` (Dask's default, meant for
+    many small numpy tasks at once), so PyTorch would use one core however many threads the
+    worker was given. A Run sends its chunks one after another, so for the model this task
+    lets PyTorch use as many threads as the worker has (never fewer than it already uses),
+    and puts the count back afterwards, for the worker's other tasks (a batch's fields run
+    side by side, one thread each).
+    """
+    if method not in GPU_METHODS:
+        return reconstruct(cube, dates, method, options)
+    with worker_torch_threads():
+        return reconstruct(cube, dates, method, options)
+
+
+@contextlib.contextmanager
+def worker_torch_threads() -> Iterator[int]:
+    """Inside a Dask task: PyTorch's threads raised to the worker's thread count (never
+    lowered) for the block, and put back after it. Yields the count in use."""
+    import torch
+    from distributed import get_worker
+
+    before = torch.get_num_threads()
+    wanted = max(before, int(get_worker().state.nthreads))
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(before)
 
 
 def reconstructor(cluster: Cluster | None) -> Reconstructor:

@@ -478,6 +478,26 @@ def test_every_reconstruction_of_a_cube_runs_on_one_worker(threads_cluster) -> N
     assert ran_on == {field_worker(details, cube)}
 
 
+def test_a_model_task_uses_as_many_torch_threads_as_its_worker_has() -> None:
+    """A worker process starts with OMP_NUM_THREADS=1, so PyTorch would use one core."""
+
+    def probe() -> tuple[int, int, int]:
+        import torch
+
+        from core.distributed import worker_torch_threads
+
+        first = torch.get_num_threads()
+        with worker_torch_threads() as inside:
+            during = torch.get_num_threads()
+        return first, inside if inside == during else -1, torch.get_num_threads()
+
+    with local_cluster(1, processes=True, threads_per_worker=2) as cluster:
+        if cluster.note:  # worker processes could not start here: nothing to measure
+            pytest.skip(cluster.note)
+        first, during, after = cluster.client.submit(probe, pure=False).result(timeout=60)
+    assert (first, during, after) == (1, 2, 1)
+
+
 def test_a_scheduler_without_workers_is_a_clear_error() -> None:
     from distributed import Client, LocalCluster
 
