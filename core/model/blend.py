@@ -106,58 +106,49 @@ def nearest_clear_days(clear: np.ndarray, days: np.ndarray, query_days: np.ndarr
     Returns:
         (Q, H, W) float32; inf where a pixel has no clear observation.
     """
-    days = np.asarray(days, np.float64)
-    query_days = np.asarray(query_days, np.float64)
-    n = days.size
-    out = np.full((query_days.size, *clear.shape[1:]), np.inf, np.float32)
-    if n == 0:
-        return out
-    prev, nxt = bracketing_indices(clear, exclusive=False)
-    at_or_before = np.searchsorted(days, query_days, side="right") - 1
-    at_or_after = np.searchsorted(days, query_days, side="left")
-    for q, (before, after) in enumerate(zip(at_or_before, at_or_after, strict=True)):
-        best = out[q]
-        if before >= 0:
-            p = prev[before]
-            d = query_days[q] - days[np.clip(p, 0, n - 1)]
-            best = np.where(p >= 0, np.minimum(best, d), best)
-        if after < n:
-            x = nxt[after]
-            d = days[np.clip(x, 0, n - 1)] - query_days[q]
-            best = np.where(x < n, np.minimum(best, d), best)
-        out[q] = best
-    return out
+    before, after, at = _clear_around(clear, days, query_days)
+    return np.minimum(at - before, after - at).astype(np.float32)
 
 
 def clear_span_days(clear: np.ndarray, days: np.ndarray, query_days: np.ndarray) -> np.ndarray:
     """The span of the gap each query falls in, per pixel: days from the last clear observation
     at or before it to the first at or after it (0 at a clear observation).
 
-    Args:
-        clear: (T, H, W) bool, a pixel's clear observations.
-        days: (T,) their times in days, increasing.
-        query_days: (Q,) query times in days.
+    Args: as :func:`nearest_clear_days`.
 
     Returns:
         (Q, H, W) float32; inf where a pixel has no clear observation on one side or both.
     """
+    before, after, _ = _clear_around(clear, days, query_days)
+    return (after - before).astype(np.float32)
+
+
+def _clear_around(
+    clear: np.ndarray, days: np.ndarray, query_days: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per query and pixel, the day of the last clear observation at or before the query and
+    of the first at or after it ((Q, H, W) float64; -inf / inf where there is none), and the
+    query days shaped to broadcast against them."""
     days = np.asarray(days, np.float64)
     query_days = np.asarray(query_days, np.float64)
     n = days.size
-    out = np.full((query_days.size, *clear.shape[1:]), np.inf, np.float32)
+    shape = (query_days.size, *clear.shape[1:])
+    before = np.full(shape, -np.inf)
+    after = np.full(shape, np.inf)
+    at = query_days.reshape((-1,) + (1,) * (clear.ndim - 1))
     if n == 0:
-        return out
+        return before, after, at
     prev, nxt = bracketing_indices(clear, exclusive=False)
     at_or_before = np.searchsorted(days, query_days, side="right") - 1
     at_or_after = np.searchsorted(days, query_days, side="left")
-    for q, (before, after) in enumerate(zip(at_or_before, at_or_after, strict=True)):
-        if before < 0 or after >= n:
-            continue
-        p, x = prev[before], nxt[after]
-        both = (p >= 0) & (x < n)
-        span = days[np.clip(x, 0, n - 1)] - days[np.clip(p, 0, n - 1)]
-        out[q] = np.where(both, span, np.inf)
-    return out
+    for q, (b, a) in enumerate(zip(at_or_before, at_or_after, strict=True)):
+        if b >= 0:
+            p = prev[b]
+            before[q] = np.where(p >= 0, days[np.clip(p, 0, n - 1)], -np.inf)
+        if a < n:
+            x = nxt[a]
+            after[q] = np.where(x < n, days[np.clip(x, 0, n - 1)], np.inf)
+    return before, after, at
 
 
 def days_to_clear(values: np.ndarray, days: np.ndarray, query_days: np.ndarray) -> np.ndarray:

@@ -38,12 +38,19 @@ from core.timeline import to_days
 from tests.unit.test_model_inference import TINY, _checkpoint, _crop, hidden_bright_and_dark
 
 
-def test_nearest_clear_days_matches_a_brute_force_search() -> None:
-    rng = np.random.default_rng(0)
+def random_series(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """30 dates of 5 x 6 pixels, clear 30 % of the time, pixel (0, 0) never; 43 query dates, the
+    first three at acquisitions 0, 7 and 29."""
+    rng = np.random.default_rng(seed)
     days = np.sort(rng.choice(400, 30, replace=False)).astype(float) + 0.4
     clear = rng.random((30, 5, 6)) < 0.3
     clear[:, 0, 0] = False  # a pixel never seen
     query = np.concatenate([days[[0, 7, 29]], rng.uniform(-20, 420, 40)])
+    return days, clear, query
+
+
+def test_nearest_clear_days_matches_a_brute_force_search() -> None:
+    days, clear, query = random_series(0)
     got = nearest_clear_days(clear, days, query)
     gaps = np.abs(query[:, None] - days[None])  # (Q, T)
     want = np.where(clear[None], gaps[:, :, None, None], np.inf).min(axis=1)
@@ -52,11 +59,7 @@ def test_nearest_clear_days_matches_a_brute_force_search() -> None:
 
 
 def test_clear_span_days_matches_a_brute_force_search() -> None:
-    rng = np.random.default_rng(3)
-    days = np.sort(rng.choice(400, 30, replace=False)).astype(float) + 0.4
-    clear = rng.random((30, 5, 6)) < 0.3
-    clear[:, 0, 0] = False  # a pixel never seen
-    query = np.concatenate([days[[0, 7, 29]], rng.uniform(-20, 420, 40)])
+    days, clear, query = random_series(3)
     got = clear_span_days(clear, days, query)
     for q, at in enumerate(query):
         for y, x in np.ndindex(5, 6):
