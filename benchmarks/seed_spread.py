@@ -3,7 +3,7 @@ differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
         [--adapt-steps N] [--field-episodes N] [--blend-by span] [--against EARLIER.json]
-        [--cube CUBE ...] [--json OUT.json]
+        [--network-alone] [--cube CUBE ...] [--json OUT.json]
 
 The yardstick (``core.evaluate``) draws with one seed which clear frames are hidden (missing
 frames, cloud removal's frames and the cloud masks they borrow, the long gap's window). The
@@ -19,7 +19,9 @@ with an earlier run's JSON on the same seeds and cubes (e.g. the same checkpoint
 ``--field-episodes N`` fits the field blend and band on N self-supervised episodes of the field
 instead of :data:`core.model.inference.FIELD_CALIBRATION_EPISODES`, and ``--blend-by`` buckets
 the field blend's weights by another measure (:data:`core.model.blend.MEASURES`) than
-:data:`core.model.blend.BLEND_MEASURE` (candidates' trials).
+:data:`core.model.blend.BLEND_MEASURE` (candidates' trials). ``--network-alone`` scores the
+network's best estimate only (no field blend, no band, K = 1), for comparing what checkpoints
+learned without the smoother the blend leans on.
 
 Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
 had to judge changes against.
@@ -78,6 +80,11 @@ def main() -> int:
     parser.add_argument("--field-episodes", type=int, help="episodes per field fit (a trial)")
     parser.add_argument("--blend-by", choices=sorted(blend.MEASURES), help="(a trial)")
     parser.add_argument("--against", type=Path, help="an earlier run's JSON to pair with")
+    parser.add_argument(
+        "--network-alone",
+        action="store_true",
+        help="the network's estimate only: no field blend, no band, K = 1 (checkpoint trials)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,6 +102,7 @@ def main() -> int:
         + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "")
         + (f"+ep{args.field_episodes}" if args.field_episodes is not None else "")
         + (f"+{args.blend_by}" if args.blend_by is not None else "")
+        + ("+alone" if args.network_alone else "")
         for c in checkpoints
     ]
     seeds = parse_seeds(args.seeds)
@@ -104,14 +112,16 @@ def main() -> int:
     maes: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     ndvi: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
-    print(f"held out: {', '.join(n for n, _ in cubes)}; the app's settings; pooled ratio per seed")
+    settings = "the network alone (K = 1)" if args.network_alone else "the app's settings"
+    print(f"held out: {', '.join(n for n, _ in cubes)}; {settings}; pooled ratio per seed")
     print(f"{'seed':>4s} {'checkpoint':16s} " + " ".join(f"{t:>8s}" for t in TASKS) + "   s")
     for seed in seeds:
         for label, checkpoint in zip(labels, checkpoints, strict=True):
             began = time.perf_counter()
             options = ReconstructOptions(
-                samples=8,
-                calibrate_field=True,
+                samples=1 if args.network_alone else 8,
+                calibrate_field=not args.network_alone,
+                blend_field=not args.network_alone,
                 checkpoint=checkpoint,
                 adapt_steps=args.adapt_steps,
             )
@@ -158,9 +168,14 @@ def main() -> int:
                 ndvi_model=model_ndvi.round(4).tolist(),
                 ndvi_best_baseline=best.round(4).tolist(),
             )
+            band = (
+                "no band (K = 1)"
+                if np.isnan(covers).all()
+                else f"coverage {np.median(covers):.2f} [{covers.min():.2f} - {covers.max():.2f}], "
+                f"inside 70-90 % on {inside}"
+            )
             print(
-                f"{label:16s} {task:8s} coverage {np.median(covers):.2f} "
-                f"[{covers.min():.2f} - {covers.max():.2f}], inside 70-90 % on {inside}; "
+                f"{label:16s} {task:8s} {band}; "
                 f"NDVI {np.median(model_ndvi):.4f} vs the better baseline {np.median(best):.4f}, "
                 f"below both on {int((model_ndvi < best).sum())} of {len(seeds)} seeds"
             )
