@@ -2,7 +2,7 @@
 
     python benchmarks/season_run.py [--cube ../shared/data/cubes/be-flanders-a_2017-2018.nc]
         [--days 183] [--repeats 2] [--threads 2] [--method model] [--size PX]
-        [--adapt-steps N] [--workers N]
+        [--adapt-steps N] [--workers N [--threads-per-worker T] [--resend]]
 
 The field is the cube's extent less a 3 % rim (the cube must be on a projected grid, as the
 app's are); the period is ``--days`` days from the cube's first S2 acquisition; the
@@ -10,11 +10,12 @@ options are the app's defaults for the method (model: K = 8, the field blend, th
 the field). The per-field cache is emptied before each repeat, so each fits afresh, as a new Run
 does. ``--workers N``: the reconstructions run on a local Dask cluster of N worker processes
 (``--threads-per-worker``, default 1), as the app's do with ``DASK_SCHEDULER_ADDRESS`` set;
-it then also prints how many per-field fits each worker made. ``--size``: the cube mirror-tiled
-to PX x PX pixels first, all its dates kept (:func:`core.bench.make_bench_cube`, written to a
-temporary file), for a large field. Prints
-the wall time of each progress stage and of the whole Run, and the frame and curve
-counts.
+it then also prints how many per-field fits each worker made; ``--resend`` sends the cube with
+every call, as before 2026-12-02, instead of once per Run
+(:meth:`core.distributed.Cluster.cube_on`). ``--size``: the cube mirror-tiled to PX x PX pixels
+first, all its dates kept (:func:`core.bench.make_bench_cube`, written to a temporary file), for
+a large field. Prints the wall time of each progress stage and of the whole Run, and the frame
+and curve counts.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core import distributed
 from core.bench import make_bench_cube
 from core.config import Settings
 from core.cube import read_cube, write_cube
@@ -54,7 +56,12 @@ def main() -> int:
     parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
     parser.add_argument("--workers", type=int, default=0, help="local Dask worker processes")
     parser.add_argument("--threads-per-worker", type=int, default=1)
+    parser.add_argument(
+        "--resend", action="store_true", help="send the cube with every call (as before)"
+    )
     args = parser.parse_args()
+    if args.resend:
+        distributed.HELD_CUBES = 0  # read at each call: nothing is kept between calls
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         if args.size:
@@ -110,6 +117,7 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
     tuned = f", tuned {args.adapt_steps} steps" if model and args.adapt_steps else ""
     where = (
         f", on {args.workers} Dask worker processes of {args.threads_per_worker} thread(s)"
+        + (", the cube sent with every call" if args.resend else "")
         if cluster
         else ""
     )

@@ -27,7 +27,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import uuid
+import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,7 +41,7 @@ from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
 if TYPE_CHECKING:
     import numpy as np
     import xarray as xr
-    from distributed import Client
+    from distributed import Client, Future
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 """Environment variable naming the scheduler, e.g. ``tcp://scheduler:8786``."""
@@ -50,6 +53,9 @@ CONNECT_TIMEOUT_S = 5.0
 """Default time allowed to reach a scheduler."""
 RESULT_TIMEOUT_S = 900.0
 """Default time :func:`submit_reconstruction` waits for its result."""
+HELD_CUBES = 4
+"""Cubes a :class:`Cluster` keeps on their workers between calls (the most recently used; see
+:meth:`Cluster.cube_on`)."""
 
 
 def scheduler_address(environ: Mapping[str, str] | None = None) -> str | None:
@@ -120,6 +126,8 @@ class Cluster:
         """The ``LocalCluster`` this object started and closes, or None for a remote one."""
         self.note = note
         """One sentence about how the cluster was made (e.g. a fallback to threads), or ""."""
+        self._held: OrderedDict[int, _HeldCube] = OrderedDict()
+        self._held_lock = threading.Lock()
 
     @property
     def address(self) -> str:
@@ -141,8 +149,47 @@ class Cluster:
         """:func:`reconstruct_resources` for the workers connected now."""
         return reconstruct_resources(self.client.scheduler_info(n_workers=-1), method)
 
+    def cube_on(self, cube: xr.Dataset, worker: str) -> Future:
+        """``cube`` as data on ``worker``: sent (scattered) the first time, the same future after.
+
+        A Run reconstructs one cube in several calls (chunks of days, then the frames); sending
+        it once saves each later call the pickling and transfer (a 512 px field-season is about
+        0.7 GB). The cube *object* is the key: reconstruction never modifies a cube in place,
+        and neither may its callers. It is sent again if the worker differs (workers came or
+        went) or lost it. The :data:`HELD_CUBES` most recently used cubes stay on the workers;
+        an older one, or one no longer referenced here, is released (a future is freed on the
+        workers once no caller holds it).
+        """
+        key = id(cube)
+        with self._held_lock:
+            held = self._held.get(key)
+            if (
+                held is not None
+                and held.cube() is cube
+                and held.worker == worker
+                and held.future.status == "finished"
+            ):
+                self._held.move_to_end(key)
+                return held.future
+        future = self.client.scatter(cube, hash=False, workers=[worker])
+        entry = _HeldCube(weakref.ref(cube), worker, future)
+        with self._held_lock:
+            self._held[key] = entry
+            self._held.move_to_end(key)
+            while len(self._held) > HELD_CUBES:
+                self._held.popitem(last=False)
+        weakref.finalize(cube, _forget_cube, weakref.ref(self), key, future.key)
+        return future
+
+    def held_cubes(self) -> int:
+        """Cubes kept on the workers now (see :meth:`cube_on`)."""
+        with self._held_lock:
+            return len(self._held)
+
     def close(self) -> None:
         """Close the client, and the local cluster if this object started it."""
+        with self._held_lock:
+            self._held.clear()
         self.client.close()
         if self.local is not None:
             self.local.close()
@@ -152,6 +199,27 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class _HeldCube:
+    """A cube :meth:`Cluster.cube_on` sent, the worker it went to and its future."""
+
+    cube: weakref.ref
+    worker: str
+    future: Future
+
+
+def _forget_cube(cluster: weakref.ref, key: int, future_key: str) -> None:
+    """Drop a collected cube's entry (if still its own) so its data leaves the workers. Holds
+    no reference to the entry itself, which would keep an evicted cube's data alive."""
+    owner = cluster()
+    if owner is None:
+        return
+    with owner._held_lock:
+        held = owner._held.get(key)
+        if held is not None and held.future.key == future_key:
+            del owner._held[key]
 
 
 def connect(
@@ -272,11 +340,12 @@ def submit_reconstruction(
 ) -> xr.Dataset:
     """:func:`core.reconstruct.reconstruct` on the cluster; wait for and return its result.
 
-    The cube is sent once (scattered); the task asks for a GPU when :func:`reconstruct_resources`
-    says so. Every call with the same cube goes to the same worker (:func:`field_worker`; another
-    only if that one leaves): the model's per-field tuning, blend and band are fitted once per
-    worker process and kept there (:func:`core.model.inference.field_checkpoint`), so a Run's
-    chunks, sent one after another, fit them once instead of once on each worker they land on.
+    The task asks for a GPU when :func:`reconstruct_resources` says so. Every call with the same
+    cube goes to the same worker (:func:`field_worker`; another only if that one leaves): the
+    model's per-field tuning, blend and band are fitted once per worker process and kept there
+    (:func:`core.model.inference.field_checkpoint`), so a Run's chunks, sent one after another,
+    fit them once instead of once on each worker they land on; and the cube is sent to that
+    worker once, not once per call (:meth:`Cluster.cube_on`).
     Errors the task raises (e.g. :class:`~core.errors.InputError`) come back as themselves.
 
     Raises:
@@ -295,7 +364,7 @@ def submit_reconstruction(
         )
     resources = reconstruct_resources(details, method)
     worker = field_worker(details, cube, resources)
-    cube_future = client.scatter(cube, hash=False, workers=[worker])
+    cube_future = cluster.cube_on(cube, worker)
     future = client.submit(
         reconstruct_on_worker,
         cube_future,
@@ -319,7 +388,6 @@ def submit_reconstruction(
         raise ClusterError(f"The cluster lost the reconstruction ({exc}); try again.") from None
     finally:
         future.release()
-        cube_future.release()
 
 
 def reconstruct_on_worker(

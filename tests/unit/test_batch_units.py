@@ -4,10 +4,12 @@ routing and the scheduler connection."""
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -42,6 +44,7 @@ from core.config import Settings
 from core.cube import build_cube
 from core.curve import CURVE_COLUMNS
 from core.distributed import (
+    HELD_CUBES,
     Cluster,
     ClusterError,
     connect,
@@ -476,6 +479,62 @@ def test_every_reconstruction_of_a_cube_runs_on_one_worker(threads_cluster) -> N
     assert len(ran_on) == 1, stream.data
     details = threads_cluster.client.scheduler_info(n_workers=-1)
     assert ran_on == {field_worker(details, cube)}
+
+
+def _cubes_on_workers(cluster: Cluster) -> set[str]:
+    """Keys of the datasets the workers hold now."""
+    held = cluster.client.has_what()
+    return {str(k) for keys in held.values() for k in keys if str(k).startswith("Dataset-")}
+
+
+def _wait_for(condition, timeout_s: float = 10.0) -> bool:
+    """Poll ``condition`` (the scheduler forgets released data asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_cube_is_sent_once_per_run_and_released_when_dropped() -> None:
+    """A Run's chunks reuse the cube already on the worker; old or dropped cubes leave it.
+
+    Worker processes, as in production: in-process workers hold the cube object itself.
+    """
+    dates = np.array(["2023-05-04", "2023-05-12"], dtype="datetime64[ns]")
+    with local_cluster(1, processes=True) as cluster:
+        if cluster.note:  # worker processes could not start here: nothing to measure
+            pytest.skip(cluster.note)
+        cube = make_cube()
+        seen = []
+        for _ in range(4):
+            submit_reconstruction(cluster, cube, dates, "linear")
+            seen.append(_cubes_on_workers(cluster))
+        assert len(seen[0]) == 1 and all(keys == seen[0] for keys in seen), seen
+        # the same data in another object is another cube; the first stays while referenced
+        twin = cube.copy(deep=True)
+        submit_reconstruction(cluster, twin, dates, "linear")
+        assert len(_cubes_on_workers(cluster)) == 2
+        # a cube nobody references any more leaves the workers
+        del twin
+        gc.collect()
+        assert _wait_for(lambda: _cubes_on_workers(cluster) == seen[0])
+        # at most HELD_CUBES stay: the least recently used goes first
+        others = [make_cube() for _ in range(HELD_CUBES)]
+        for other in others:
+            submit_reconstruction(cluster, other, dates, "linear")
+        assert cluster.held_cubes() == HELD_CUBES
+        assert _wait_for(lambda: len(_cubes_on_workers(cluster)) == HELD_CUBES)
+        assert not seen[0] & _cubes_on_workers(cluster)
+        # and an evicted cube is simply sent again
+        xr.testing.assert_identical(
+            submit_reconstruction(cluster, cube, dates, "linear"),
+            reconstruct(cube, dates, "linear"),
+        )
+        del others, other
+        gc.collect()
+        assert _wait_for(lambda: len(_cubes_on_workers(cluster)) == 1)
 
 
 def test_a_model_task_uses_as_many_torch_threads_as_its_worker_has() -> None:
