@@ -56,6 +56,9 @@ RUN groupadd --gid 10001 fieldflow \
 COPY .streamlit/ .streamlit/
 COPY assets/ assets/
 COPY core/ core/
+# Dask reads /etc/dask/: `dask worker` starts its processes with glibc's own allocation settings
+# (core/dask.yaml says why).
+COPY core/dask.yaml /etc/dask/fieldflow.yaml
 COPY app/ app/
 COPY --from=static /build/app/static/vendor/ app/static/vendor/
 

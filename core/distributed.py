@@ -33,6 +33,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ClusterError, InputError
@@ -53,6 +54,9 @@ CONNECT_TIMEOUT_S = 5.0
 """Default time allowed to reach a scheduler."""
 RESULT_TIMEOUT_S = 900.0
 """Default time :func:`submit_reconstruction` waits for its result."""
+WORKER_SETTINGS_FILE = Path(__file__).with_name("dask.yaml")
+"""Dask configuration for worker processes (:func:`worker_settings`); the Docker image puts it in
+``/etc/dask/``."""
 HELD_CUBES = 4
 """Cubes a :class:`Cluster` keeps on their workers between calls (the most recently used; see
 :meth:`Cluster.cube_on`)."""
@@ -257,16 +261,33 @@ def connect(
     return Cluster(client)
 
 
+def worker_settings(path: Path = WORKER_SETTINGS_FILE) -> dict[str, Any]:
+    """The Dask settings of :data:`WORKER_SETTINGS_FILE` as dotted keys, for ``dask.config.set``
+    (which would replace a whole section given as a nested dict)."""
+    import yaml
+
+    def flat(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+        for key, value in tree.items():
+            if isinstance(value, Mapping):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
+
+
 def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: int = 1) -> Cluster:
     """Start ``workers`` workers on this machine.
 
-    With ``processes=True`` each worker is a process of its own (GIL-free, its own model copy);
+    With ``processes=True`` each worker is a process of its own (GIL-free, its own model copy),
+    started with :func:`worker_settings` (glibc's own memory allocation, not Dask's default);
     if that cannot start (its nanny fails under some launchers, e.g. ``streamlit run``), the
     workers run as threads of this process instead and :attr:`Cluster.note` says so.
 
     Raises:
         InputError: ``workers`` or ``threads_per_worker`` below 1.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     if workers < 1 or threads_per_worker < 1:
@@ -281,7 +302,8 @@ def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: i
         "dashboard_address": None,
     }
     try:
-        local = LocalCluster(processes=processes, **kwargs)
+        with dask.config.set(worker_settings()):  # read as the nannies are made
+            local = LocalCluster(processes=processes, **kwargs)
     except Exception as exc:  # a nanny that cannot start raises various types
         if not processes:
             raise

@@ -12,6 +12,7 @@ import socket
 import time
 from pathlib import Path
 
+import dask
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -538,9 +539,10 @@ def test_a_cube_is_sent_once_per_run_and_released_when_dropped() -> None:
 
 
 def test_a_model_task_uses_as_many_torch_threads_as_its_worker_has() -> None:
-    """A worker process starts with OMP_NUM_THREADS=1, so PyTorch would use one core."""
+    """A worker process starts with OMP_NUM_THREADS=1, so PyTorch would use one core; and
+    without Dask's MALLOC_TRIM_THRESHOLD_, which made every large buffer a fresh mapping."""
 
-    def probe() -> tuple[int, int, int]:
+    def probe() -> tuple[int, int, int, str | None]:
         import torch
 
         from core.distributed import worker_torch_threads
@@ -548,13 +550,17 @@ def test_a_model_task_uses_as_many_torch_threads_as_its_worker_has() -> None:
         first = torch.get_num_threads()
         with worker_torch_threads() as inside:
             during = torch.get_num_threads()
-        return first, inside if inside == during else -1, torch.get_num_threads()
+        trim = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+        return first, inside if inside == during else -1, torch.get_num_threads(), trim
 
     with local_cluster(1, processes=True, threads_per_worker=2) as cluster:
         if cluster.note:  # worker processes could not start here: nothing to measure
             pytest.skip(cluster.note)
-        first, during, after = cluster.client.submit(probe, pure=False).result(timeout=60)
+        first, during, after, trim = cluster.client.submit(probe, pure=False).result(timeout=60)
     assert (first, during, after) == (1, 2, 1)
+    assert trim is None
+    # the setting applies to the cluster's start only
+    assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_")
 
 
 def test_a_scheduler_without_workers_is_a_clear_error() -> None:

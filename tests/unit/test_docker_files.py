@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,36 @@ def test_hadolint_finds_nothing() -> None:
         ["hadolint", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_image_gives_dask_workers_fieldflows_settings(tmp_path) -> None:
+    """The file the image copies to /etc/dask/ is read by a fresh ``dask worker``'s nanny.
+
+    A Python process with DASK_CONFIG pointing at a copy of it (as /etc/dask/ is for the image)
+    computes the environment its nanny gives worker processes: Dask's MALLOC_TRIM_THRESHOLD_
+    is gone, its thread limits stay.
+    """
+    (copy,) = [
+        rest.split()
+        for keyword, rest in instructions()
+        if keyword == "COPY" and rest.endswith("/etc/dask/fieldflow.yaml")
+    ]
+    (tmp_path / "fieldflow.yaml").write_text((ROOT / copy[0]).read_text())
+    probe = (
+        "import json; from distributed.nanny import _get_env_variables; "
+        "print(json.dumps(_get_env_variables('distributed.nanny.pre-spawn-environ')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    for config, expect_trim in ((tmp_path, False), (tmp_path / "empty", True)):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**env, "DASK_CONFIG": str(config)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        spawned = json.loads(done.stdout)
+        assert ("MALLOC_TRIM_THRESHOLD_" in spawned) is expect_trim, spawned
+        assert spawned["OMP_NUM_THREADS"] == "1"
