@@ -22,10 +22,14 @@ def test_run_reconstructs_on_the_cluster_named_by_the_environment(
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", scheduler.scheduler_address)
     page = open_page()
     button(page, "Demo field").click().run()
+    # Routing is what is tested here; untuned, the Run stays well inside the page's time-out on
+    # a busy machine (tuning on a cluster: tests/unit/test_batch_units.py).
+    page.number_input(key="adapt_steps").set_value(0).run()
     button(page, "Run").click().run()
     no_exceptions(page)
     assert not page.error, texts(page, "error")
     assert state(page).result is not None
+    assert state(page).result.request.options.adapt_steps == 0
     finished = {
         str(key)
         for key, _start, finish, *_ in scheduler.scheduler.transition_log
