@@ -557,10 +557,26 @@ def test_a_model_task_uses_as_many_torch_threads_as_its_worker_has() -> None:
         if cluster.note:  # worker processes could not start here: nothing to measure
             pytest.skip(cluster.note)
         first, during, after, trim = cluster.client.submit(probe, pure=False).result(timeout=60)
+        assert cluster.info().trimming_workers == 0
     assert (first, during, after) == (1, 2, 1)
     assert trim is None
     # the setting applies to the cluster's start only
     assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_")
+
+
+def test_workers_started_without_fieldflows_settings_are_pointed_out() -> None:
+    """A cluster of one's own, started with Dask's defaults: the batch's first line says so."""
+    from distributed import Client, LocalCluster
+
+    try:
+        local = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
+    except Exception as exc:  # a nanny that cannot start here: nothing to measure
+        pytest.skip(f"worker processes could not start: {exc}")
+    with Cluster(Client(local, set_as_default=False), local=local) as cluster:
+        info = cluster.info()
+    assert info.trimming_workers == 1
+    assert "1 started with Dask's MALLOC_TRIM_THRESHOLD_" in info.describe()
+    assert "core/dask.yaml in /etc/dask/" in info.describe()
 
 
 def test_a_scheduler_without_workers_is_a_clear_error() -> None:
