@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import threading
 import uuid
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     import numpy as np
     import xarray as xr
     from distributed import Client, Future
+
+LOG = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 """Environment variable naming the scheduler, e.g. ``tcp://scheduler:8786``."""
@@ -277,7 +280,12 @@ def connect(
             f"it ('dask scheduler', then 'dask worker {target}'), fix the address, or unset "
             f"{SCHEDULER_ENV} to work on this machine."
         ) from None
-    return Cluster(client)
+    cluster = Cluster(client)
+    with contextlib.suppress(Exception):  # a warning only: never stop a connection for it
+        info = cluster.info()
+        if info.trimming_workers:
+            LOG.warning("Dask cluster %s", info.describe())
+    return cluster
 
 
 def worker_settings(path: Path = WORKER_SETTINGS_FILE) -> dict[str, Any]:

@@ -564,16 +564,22 @@ def test_a_model_task_uses_as_many_torch_threads_as_its_worker_has() -> None:
     assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_")
 
 
-def test_workers_started_without_fieldflows_settings_are_pointed_out() -> None:
-    """A cluster of one's own, started with Dask's defaults: the batch's first line says so."""
-    from distributed import Client, LocalCluster
+def test_workers_started_without_fieldflows_settings_are_pointed_out(caplog) -> None:
+    """A cluster of one's own, started with Dask's defaults: connecting logs a warning (the
+    app's server log) and the batch's first line says so."""
+    from distributed import LocalCluster
 
     try:
         local = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
     except Exception as exc:  # a nanny that cannot start here: nothing to measure
         pytest.skip(f"worker processes could not start: {exc}")
-    with Cluster(Client(local, set_as_default=False), local=local) as cluster:
+    with (
+        local,
+        caplog.at_level("WARNING", logger="core.distributed"),
+        connect(local.scheduler_address) as cluster,
+    ):
         info = cluster.info()
+    assert any("core/dask.yaml" in r.getMessage() for r in caplog.records), caplog.records
     assert info.trimming_workers == 1
     assert "1 started with Dask's MALLOC_TRIM_THRESHOLD_" in info.describe()
     assert "core/dask.yaml in /etc/dask/" in info.describe()
