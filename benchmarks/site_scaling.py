@@ -51,6 +51,9 @@ def main() -> int:
     parser.add_argument("--four", type=Path, action="append", default=[])
     parser.add_argument("--reference", type=Path)
     parser.add_argument("--loso", type=Path, action="append", default=[])
+    parser.add_argument(
+        "--sites", type=int, default=5, help="four-site models the rule asks for (one per site)"
+    )
     args = parser.parse_args()
     if len(args.five) != 2 or len(args.four) < 2:
         raise SystemExit("Give two --five runs and at least two --four runs.")
@@ -90,7 +93,13 @@ def main() -> int:
         reading = "contradicted at this scale"
     else:
         reading = "not resolved at this scale"
-    print(f'\nthe rule\'s reading: "more sites close the gap" is {reading}')
+    if len(four) < args.sites:
+        print(
+            f"\nthe rule's reading needs all {args.sites} four-site models; {len(four)} so far: "
+            f'(would read "{reading}"; not a reading yet)'
+        )
+    else:
+        print(f'\nthe rule\'s reading: "more sites close the gap" is {reading}')
     if args.loso:
         print("\nleave-one-site-out: each four-site model on the site it left out")
         print("MAE, mean over the draws: linear / Whittaker / model (ratio of the sums)")
