@@ -23,7 +23,8 @@ def test_run_reconstructs_on_the_cluster_named_by_the_environment(
     page = open_page()
     button(page, "Demo field").click().run()
     # Routing is what is tested here; untuned, the Run stays well inside the page's time-out on
-    # a busy machine (tuning on a cluster: tests/unit/test_batch_units.py).
+    # a busy machine (tuning itself: tests/unit/test_model_inference.py and the demo Run of
+    # tests/app/test_page.py, which keeps the default).
     page.number_input(key="adapt_steps").set_value(0).run()
     button(page, "Run").click().run()
     no_exceptions(page)
