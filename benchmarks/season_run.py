@@ -2,7 +2,8 @@
 
     python benchmarks/season_run.py [--cube ../shared/data/cubes/be-flanders-a_2017-2018.nc]
         [--days 183] [--repeats 2] [--threads 2] [--method model] [--size PX]
-        [--adapt-steps N] [--workers N [--threads-per-worker T] [--resend]]
+        [--adapt-steps N] [--workers N [--threads-per-worker T] [--resend]
+        [--dask-defaults connect|bare]]
 
 The field is the cube's extent less a 3 % rim (the cube must be on a projected grid, as the
 app's are); the period is ``--days`` days from the cube's first S2 acquisition; the
@@ -12,10 +13,13 @@ does. ``--workers N``: the reconstructions run on a local Dask cluster of N work
 (``--threads-per-worker``, default 1), as the app's do with ``DASK_SCHEDULER_ADDRESS`` set;
 it then also prints how many per-field fits each worker made; ``--resend`` sends the cube with
 every call, as before 2026-12-02, instead of once per Run
-(:meth:`core.distributed.Cluster.cube_on`). ``--size``: the cube mirror-tiled to PX x PX pixels
-first, all its dates kept (:func:`core.bench.make_bench_cube`, written to a temporary file), for
-a large field. Prints the wall time of each progress stage and of the whole Run, and the frame
-and curve counts.
+(:meth:`core.distributed.Cluster.cube_on`). ``--dask-defaults``: the workers start with Dask's
+own settings (``MALLOC_TRIM_THRESHOLD_`` set, as on a cluster of one's own without
+core/dask.yaml), and are reached with :func:`core.distributed.connect`, which gives them glibc's
+allocation back (``connect``), or with a bare Client, which does not (``bare``). ``--size``:
+the cube mirror-tiled to PX x PX pixels first, all its dates kept
+(:func:`core.bench.make_bench_cube`, written to a temporary file), for a large field. Prints the
+wall time of each progress stage and of the whole Run, and the frame and curve counts.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from core import distributed
 from core.bench import make_bench_cube
 from core.config import Settings
 from core.cube import read_cube, write_cube
-from core.distributed import Cluster, local_cluster, reconstructor
+from core.distributed import Cluster, connect, local_cluster, reconstructor
 from core.field import Field
 from core.model.inference import clear_field_cache
 from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
@@ -59,7 +63,14 @@ def main() -> int:
     parser.add_argument(
         "--resend", action="store_true", help="send the cube with every call (as before)"
     )
+    parser.add_argument(
+        "--dask-defaults",
+        choices=("connect", "bare"),
+        help="workers with Dask's own settings, reached with core's connect or a bare Client",
+    )
     args = parser.parse_args()
+    if args.dask_defaults and not args.workers:
+        parser.error("--dask-defaults needs --workers")
     if args.resend:
         distributed.HELD_CUBES = 0  # read at each call: nothing is kept between calls
     torch.set_num_threads(args.threads)
@@ -70,11 +81,31 @@ def main() -> int:
             args.cube = write_cube(tiled, Path(folder) / f"{args.cube.stem}_{args.size}px.nc")
         if not args.workers:
             return run(args, reconstruct)
+        if args.dask_defaults:
+            return run_on_dask_defaults(args)
         with local_cluster(
             args.workers, processes=True, threads_per_worker=args.threads_per_worker
         ) as cluster:
             if cluster.note:
                 print(cluster.note, flush=True)
+            return run(args, reconstructor(cluster), cluster)
+
+
+def run_on_dask_defaults(args: argparse.Namespace) -> int:
+    """:func:`run` on worker processes started with Dask's own settings (``--dask-defaults``)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        dashboard_address=None,
+    ) as local:
+        if args.dask_defaults == "connect":
+            cluster = connect(local.scheduler_address)
+        else:
+            cluster = Cluster(Client(local, set_as_default=False))
+        with cluster:
+            print(cluster.info().describe(), flush=True)
             return run(args, reconstructor(cluster), cluster)
 
 
@@ -118,6 +149,11 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
     where = (
         f", on {args.workers} Dask worker processes of {args.threads_per_worker} thread(s)"
         + (", the cube sent with every call" if args.resend else "")
+        + (
+            f", started with Dask's own settings, reached with {args.dask_defaults}"
+            if args.dask_defaults
+            else ""
+        )
         if cluster
         else ""
     )

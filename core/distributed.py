@@ -113,8 +113,9 @@ class ClusterInfo:
     gpus: float
     """``GPU`` resource units advertised in all (0: no GPU workers)."""
     trimming_workers: int = 0
-    """Workers started with Dask's ``MALLOC_TRIM_THRESHOLD_`` (not :data:`WORKER_SETTINGS_FILE`'s
-    settings): the model runs about 1.6 x slower on them."""
+    """Workers that allocate as Dask's ``MALLOC_TRIM_THRESHOLD_`` makes them (started without
+    :data:`WORKER_SETTINGS_FILE`'s settings, and :func:`restore_allocation` could not undo it,
+    e.g. off glibc): the model runs about 1.6 x slower on them."""
 
     def describe(self) -> str:
         """E.g. ``"tcp://scheduler:8786: 3 workers, 6 threads, 1 GPU"``, and a warning when some
@@ -123,16 +124,69 @@ class ClusterInfo:
         line = f"{self.address}: {self.workers} workers, {self.threads} threads{gpus}"
         if self.trimming_workers:
             line += (
-                f" ({self.trimming_workers} started with Dask's MALLOC_TRIM_THRESHOLD_, which "
-                "makes the model about 1.6 x slower there: put core/dask.yaml in /etc/dask/ "
-                "on the machines that start the workers, and restart them)"
+                f" ({self.trimming_workers} allocate memory as Dask's MALLOC_TRIM_THRESHOLD_ "
+                "makes them, which makes the model about 1.6 x slower there: put "
+                "core/dask.yaml in /etc/dask/ on the machines that start the workers, and "
+                "restart them)"
             )
         return line
 
 
+MMAP_THRESHOLD_BYTES = 32 * 2**20
+"""Where glibc's adaptive mmap threshold stops climbing on 64-bit systems
+(``DEFAULT_MMAP_THRESHOLD_MAX``): :func:`restore_allocation` sets it there."""
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_allocation_restored = False
+
+
+def restore_allocation() -> bool:
+    """In a process started with ``MALLOC_TRIM_THRESHOLD_`` (Dask's worker processes, unless
+    core/dask.yaml removed it), give glibc back the allocation the variable took away.
+
+    The variable turns off glibc's adaptive mmap threshold, so every buffer over 128 kB is
+    mapped afresh and faulted in page by page; the model runs about 1.6 x slower. The adaptive
+    rule would raise the mmap threshold to the largest buffer freed (up to
+    :data:`MMAP_THRESHOLD_BYTES`) and the trim threshold to twice that. glibc cannot switch the
+    rule back on once off, so this sets both thresholds where it ends up (``mallopt``). Nothing is
+    done without the variable (the adaptive rule is still on there) or off glibc.
+
+    Returns:
+        True when the process's allocation is glibc's own (now or already), False when the
+        variable is set and could not be undone (not glibc).
+    """
+    global _allocation_restored
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or _allocation_restored:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES)
+        )
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
+        ok = False
+    _allocation_restored = ok
+    return ok
+
+
 def _malloc_trimming() -> bool:
-    """On a worker: was its process started with ``MALLOC_TRIM_THRESHOLD_`` (see core/dask.yaml)?"""
-    return "MALLOC_TRIM_THRESHOLD_" in os.environ
+    """On a worker: does its process still allocate as Dask's ``MALLOC_TRIM_THRESHOLD_`` makes
+    it (started with the variable, and :func:`restore_allocation` could not undo it)?"""
+    return "MALLOC_TRIM_THRESHOLD_" in os.environ and not _allocation_restored
+
+
+def prepare_workers(client: Client) -> None:
+    """Have every worker of ``client``'s cluster, present and future, run
+    :func:`restore_allocation` as it starts (a worker plugin). Never raises: a cluster whose
+    workers cannot import FieldFlow is reported by :meth:`Cluster.info`, not refused here."""
+    from core.worker_plugin import AllocationPlugin
+
+    try:
+        client.register_plugin(AllocationPlugin())
+    except Exception as exc:  # a warning only: the work still runs, more slowly
+        LOG.warning("Could not set up the Dask workers' memory allocation: %s", exc)
 
 
 class Cluster:
@@ -280,6 +334,7 @@ def connect(
             f"it ('dask scheduler', then 'dask worker {target}'), fix the address, or unset "
             f"{SCHEDULER_ENV} to work on this machine."
         ) from None
+    prepare_workers(client)
     cluster = Cluster(client)
     with contextlib.suppress(Exception):  # a warning only: never stop a connection for it
         info = cluster.info()
@@ -339,7 +394,9 @@ def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: i
             f"{workers} workers as threads of this process instead."
         )
         local = LocalCluster(processes=False, **kwargs)
-    return Cluster(Client(local, set_as_default=False), local=local, note=note)
+    client = Client(local, set_as_default=False)
+    prepare_workers(client)
+    return Cluster(client, local=local, note=note)
 
 
 def field_worker(

@@ -564,25 +564,69 @@ def test_a_model_task_uses_as_many_torch_threads_as_its_worker_has() -> None:
     assert dask.config.get("distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_")
 
 
-def test_workers_started_without_fieldflows_settings_are_pointed_out(caplog) -> None:
-    """A cluster of one's own, started with Dask's defaults: connecting logs a warning (the
-    app's server log) and the batch's first line says so."""
-    from distributed import LocalCluster
+def _allocation_probe() -> tuple[str | None, bool, bool]:
+    from core import distributed
+    from tests.support.allocation import second_big_malloc_is_mapped
+
+    return (
+        os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        second_big_malloc_is_mapped(),
+        distributed._malloc_trimming(),
+    )
+
+
+def test_restore_allocation_undoes_dasks_malloc_setting_in_a_process() -> None:
+    """A process started as Dask starts its workers maps every big buffer afresh; after
+    restore_allocation it reuses the heap, as a process started normally does."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.path[:0] = [{str(Path(__file__).parents[2])!r}]\n"
+        "from tests.support.allocation import second_big_malloc_is_mapped as mapped\n"
+        "from core.distributed import restore_allocation, _malloc_trimming\n"
+        "print(mapped(), _malloc_trimming(), restore_allocation(), mapped(), _malloc_trimming())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    plain = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    dasks = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "MALLOC_TRIM_THRESHOLD_": "65536"},
+        capture_output=True,
+        text=True,
+    )
+    assert plain.stdout.split() == ["False", "False", "True", "False", "False"], plain.stderr
+    assert dasks.stdout.split() == ["True", "True", "True", "False", "False"], dasks.stderr
+
+
+def test_workers_started_with_dasks_defaults_get_glibcs_allocation_back(caplog) -> None:
+    """A cluster of one's own, started with Dask's defaults (MALLOC_TRIM_THRESHOLD_ in its
+    workers' environment): connecting sets each worker's allocation back to glibc's own, so
+    nothing needs pointing out; a bare Client (no FieldFlow connect) is pointed out."""
+    from distributed import Client, LocalCluster
 
     try:
         local = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)
     except Exception as exc:  # a nanny that cannot start here: nothing to measure
         pytest.skip(f"worker processes could not start: {exc}")
-    with (
-        local,
-        caplog.at_level("WARNING", logger="core.distributed"),
-        connect(local.scheduler_address) as cluster,
-    ):
-        info = cluster.info()
-    assert any("core/dask.yaml" in r.getMessage() for r in caplog.records), caplog.records
-    assert info.trimming_workers == 1
-    assert "1 started with Dask's MALLOC_TRIM_THRESHOLD_" in info.describe()
-    assert "core/dask.yaml in /etc/dask/" in info.describe()
+    with local:
+        with Cluster(Client(local, set_as_default=False)) as bare:
+            before = bare.client.submit(_allocation_probe, pure=False).result(timeout=60)
+            bare_info = bare.info()
+        with (
+            caplog.at_level("WARNING", logger="core.distributed"),
+            connect(local.scheduler_address) as cluster,
+        ):
+            after = cluster.client.submit(_allocation_probe, pure=False).result(timeout=60)
+            info = cluster.info()
+    assert before == ("65536", True, True)
+    assert bare_info.trimming_workers == 1
+    assert "1 allocate memory as Dask's MALLOC_TRIM_THRESHOLD_" in bare_info.describe()
+    assert "core/dask.yaml in /etc/dask/" in bare_info.describe()
+    assert after == ("65536", False, False)
+    assert info.trimming_workers == 0
+    assert "MALLOC" not in info.describe()
+    assert not [r for r in caplog.records if "core/dask.yaml" in r.getMessage()], caplog.records
 
 
 def test_a_scheduler_without_workers_is_a_clear_error() -> None:
