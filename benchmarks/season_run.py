@@ -109,6 +109,13 @@ def run_on_dask_defaults(args: argparse.Namespace) -> int:
             return run(args, reconstructor(cluster), cluster)
 
 
+def resident_mb() -> int:
+    """This process's resident memory, MB (what a worker keeps between Runs)."""
+    import psutil
+
+    return round(psutil.Process().memory_info().rss / 2**20)
+
+
 def fits_held() -> int:
     """Per-field fits (tuned, blended or calibrated checkpoints) this process holds."""
     from core.model import inference
@@ -187,6 +194,8 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
         if cluster:
             held = cluster.client.run(fits_held)
             print(f"  per-field fits made on the workers: {sorted(held.values())}", flush=True)
+            rss = cluster.client.run(resident_mb)
+            print(f"  workers' resident memory now (MB): {sorted(rss.values())}", flush=True)
     return 0
 
 
