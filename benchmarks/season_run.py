@@ -116,6 +116,11 @@ def resident_mb() -> int:
     return round(psutil.Process().memory_info().rss / 2**20)
 
 
+def idle_trims() -> int:
+    """Trims this worker made once idle (:func:`core.distributed.model_task`)."""
+    return distributed.idle_trims
+
+
 def fits_held() -> int:
     """Per-field fits (tuned, blended or calibrated checkpoints) this process holds."""
     from core.model import inference
@@ -195,7 +200,15 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
             held = cluster.client.run(fits_held)
             print(f"  per-field fits made on the workers: {sorted(held.values())}", flush=True)
             rss = cluster.client.run(resident_mb)
-            print(f"  workers' resident memory now (MB): {sorted(rss.values())}", flush=True)
+            time.sleep(min(distributed.TRIM_AFTER_IDLE_S + 1.0, 10.0))
+            idle = cluster.client.run(resident_mb)
+            trims = cluster.client.run(idle_trims)
+            print(
+                f"  workers' resident memory (MB) at the end {sorted(rss.values())}, "
+                f"{distributed.TRIM_AFTER_IDLE_S + 1.0:g} s later {sorted(idle.values())}; "
+                f"trims when idle so far {sorted(trims.values())}",
+                flush=True,
+            )
     return 0
 
 

@@ -705,3 +705,29 @@ def test_model_frames_are_the_curves_own_reconstruction(flanders_cube, cubes_dir
             assert float(np.nanmean(values)) == pytest.approx(curve[day], abs=1e-4)
             checked[day in acquired] += 1
     assert checked[True] and checked[False]  # acquisitions and days without one
+
+
+def test_a_worker_gives_freed_memory_back_once_no_model_task_runs() -> None:
+    """model_task: memory the model freed stays while tasks follow each other (so the next does
+    not fault its pages in again) and goes back to the system once the worker is idle."""
+    import psutil
+
+    from core import distributed
+
+    process = psutil.Process()
+    trims = distributed.idle_trims
+    with distributed.model_task(idle_s=0.3):
+        with distributed.model_task(idle_s=0.3):  # a second task, ending first
+            blocks = [np.ones(12_800) for _ in range(2_000)]  # 100 kB each: the heap's
+            keep = blocks[-1]  # pins the heap's top, so only a trim gives the rest back
+            del blocks
+        held = process.memory_info().rss
+        time.sleep(0.6)  # one task still runs: nothing is given back
+        assert distributed.idle_trims == trims
+        assert process.memory_info().rss > held - 20 * 2**20
+    assert _wait_for(lambda: distributed.idle_trims == trims + 1)
+    assert _wait_for(lambda: process.memory_info().rss < held - 60 * 2**20), (
+        held,
+        process.memory_info().rss,
+    )
+    del keep
