@@ -422,7 +422,10 @@ def reconstruct_task(
     folder: str,
     fingerprint: Mapping[str, Any],
 ) -> FieldRow:
-    """Reconstruct one fetched field and write its outputs; a failure becomes a failed row."""
+    """Reconstruct one fetched field and write its outputs; a failure becomes a failed row.
+
+    With the model, the memory it freed goes back to the system once the worker has run no
+    model task for a while (:func:`core.distributed.model_task`), not between fields."""
     started = time.perf_counter()
     result = fetched.result
     if result is None or item.field is None:
@@ -430,10 +433,14 @@ def reconstruct_task(
             item.field_id, item.name, FAILED, seconds=fetched.seconds, error=fetched.error
         )
     fetch_stats = _fetch_stats(result)
+    from core.distributed import model_task  # core.distributed imports the reconstruction
+
+    idle_trim = model_task() if request.method == "model" else contextlib.nullcontext()
     try:
-        row = write_field_outputs(
-            item.field, result, request, Path(folder), fingerprint, item.field_id, item.name
-        )
+        with idle_trim:
+            row = write_field_outputs(
+                item.field, result, request, Path(folder), fingerprint, item.field_id, item.name
+            )
     except Exception as exc:  # reported in the summary; the other fields carry on
         return FieldRow(
             item.field_id,

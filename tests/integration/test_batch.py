@@ -21,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -32,7 +33,7 @@ import torch
 from pyproj import Transformer
 from shapely.geometry import box
 
-from core import batch
+from core import batch, distributed
 from core.batch import MARKER_FILE, SUMMARY_COLUMNS, BatchRequest, list_fields, run_batch
 from core.cache import fetch_cached
 from core.cli import main
@@ -286,6 +287,8 @@ def test_model_reconstructions_go_to_the_gpu_worker_which_loads_the_model_once(
     monkeypatch.setattr(batch, "reconstruct", spy("reconstruct", real_reconstruct))
     monkeypatch.setattr(inference, "load_checkpoint", spy("load", real_load))
     inference.cached_checkpoint.cache_clear()
+    monkeypatch.setattr(distributed, "TRIM_AFTER_IDLE_S", 0.2)
+    trims = distributed.idle_trims
 
     workers = {
         "cpu": {"cls": Worker, "options": {"nthreads": 1}},
@@ -313,6 +316,11 @@ def test_model_reconstructions_go_to_the_gpu_worker_which_loads_the_model_once(
     assert len(where["fetch"]) == 3
     assert where["reconstruct"] == ["gpu"] * 3
     assert where["load"] == ["gpu"]  # once for the three fields (and the curves)
+    # the worker (in this process) gave the model's freed memory back once idle
+    deadline = time.monotonic() + 10
+    while distributed.idle_trims == trims and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert distributed.idle_trims > trims
     marker = json.loads((tmp_path / "out" / rows[0].field_id / MARKER_FILE).read_text())
     assert marker["request"]["method"] == "model"
     assert marker["request"]["options"]["checkpoint"] == str(checkpoint)
