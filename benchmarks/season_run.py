@@ -200,12 +200,13 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
             held = cluster.client.run(fits_held)
             print(f"  per-field fits made on the workers: {sorted(held.values())}", flush=True)
             rss = cluster.client.run(resident_mb)
-            time.sleep(min(distributed.TRIM_AFTER_IDLE_S + 1.0, 10.0))
+            later = min(distributed.TRIM_AFTER_IDLE_S + 1.0, 10.0)
+            time.sleep(later)
             idle = cluster.client.run(resident_mb)
             trims = cluster.client.run(idle_trims)
             print(
                 f"  workers' resident memory (MB) at the end {sorted(rss.values())}, "
-                f"{distributed.TRIM_AFTER_IDLE_S + 1.0:g} s later {sorted(idle.values())}; "
+                f"{later:g} s later {sorted(idle.values())}; "
                 f"trims when idle so far {sorted(trims.values())}",
                 flush=True,
             )

@@ -47,6 +47,7 @@ from core.cache import fetch_cached
 from core.cog import write_frame_stack
 from core.config import Settings
 from core.curve import ndvi_curve, write_curve_csv
+from core.distributed import model_task
 from core.errors import FieldError, FieldFlowError, InputError
 from core.export import safe_file_stem
 from core.fetch import FetchResult, clear_fraction, parse_period
@@ -433,8 +434,6 @@ def reconstruct_task(
             item.field_id, item.name, FAILED, seconds=fetched.seconds, error=fetched.error
         )
     fetch_stats = _fetch_stats(result)
-    from core.distributed import model_task  # core.distributed imports the reconstruction
-
     idle_trim = model_task() if request.method == "model" else contextlib.nullcontext()
     try:
         with idle_trim:

@@ -140,6 +140,18 @@ _M_MMAP_THRESHOLD = -3
 _allocation_restored = False
 
 
+def _glibc() -> Any:
+    """The C library as ``ctypes`` sees it, or None off glibc (musl, macOS)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc's own calls, absent elsewhere)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def restore_allocation() -> bool:
     """In a process started with ``MALLOC_TRIM_THRESHOLD_`` (Dask's worker processes, unless
     core/dask.yaml removed it), give glibc back the allocation the variable took away.
@@ -158,30 +170,26 @@ def restore_allocation() -> bool:
     global _allocation_restored
     if "MALLOC_TRIM_THRESHOLD_" not in os.environ or _allocation_restored:
         return True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES)
-        )
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
-        ok = False
+    libc = _glibc()
+    ok = (
+        libc is not None
+        and bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD_BYTES))
+    )
     _allocation_restored = ok
     return ok
 
 
 def release_free_memory() -> None:
     """Give the memory this process has freed back to the system (glibc's ``malloc_trim``)."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 TRIM_AFTER_IDLE_S = 3.0
 """How long a worker waits, with no model task running, before :func:`release_free_memory`."""
-_idle = threading.Condition()
+_idle = threading.Lock()
 _running_tasks = 0
 _trim_timer: threading.Timer | None = None
 idle_trims = 0
@@ -189,9 +197,9 @@ idle_trims = 0
 
 
 @contextlib.contextmanager
-def model_task(idle_s: float | None = None) -> Iterator[None]:
-    """Around a model task on a worker: once no model task has run for ``idle_s`` seconds
-    (default :data:`TRIM_AFTER_IDLE_S`), the memory freed is given back to the system.
+def model_task() -> Iterator[None]:
+    """Around a model task on a worker: once no model task has run for
+    :data:`TRIM_AFTER_IDLE_S` seconds, the memory freed is given back to the system.
 
     With glibc's own allocation (:func:`restore_allocation`, core/dask.yaml) a process keeps
     what the model freed for its next buffers: a worker held about 1.8 GB after a tuned 64 px
@@ -200,7 +208,6 @@ def model_task(idle_s: float | None = None) -> Iterator[None]:
     measured), so the trim waits for the worker to fall idle.
     """
     global _running_tasks, _trim_timer
-    wait = TRIM_AFTER_IDLE_S if idle_s is None else idle_s
     with _idle:
         _running_tasks += 1
         if _trim_timer is not None:
@@ -212,7 +219,7 @@ def model_task(idle_s: float | None = None) -> Iterator[None]:
         with _idle:
             _running_tasks -= 1
             if _running_tasks == 0:
-                _trim_timer = threading.Timer(wait, _trim_if_idle)
+                _trim_timer = threading.Timer(TRIM_AFTER_IDLE_S, _trim_if_idle)
                 _trim_timer.daemon = True
                 _trim_timer.start()
 
@@ -234,8 +241,8 @@ def _malloc_trimming() -> bool:
 
 def prepare_workers(client: Client) -> None:
     """Have every worker of ``client``'s cluster, present and future, run
-    :func:`restore_allocation` as it starts (a worker plugin). Never raises: a cluster whose
-    workers cannot import FieldFlow is reported by :meth:`Cluster.info`, not refused here."""
+    :func:`restore_allocation` as it starts (a worker plugin). Never raises: if the plugin
+    cannot be registered, that is logged and the work still runs, more slowly."""
     from core.worker_plugin import AllocationPlugin
 
     try:

@@ -707,7 +707,7 @@ def test_model_frames_are_the_curves_own_reconstruction(flanders_cube, cubes_dir
     assert checked[True] and checked[False]  # acquisitions and days without one
 
 
-def test_a_worker_gives_freed_memory_back_once_no_model_task_runs() -> None:
+def test_a_worker_gives_freed_memory_back_once_no_model_task_runs(monkeypatch) -> None:
     """model_task: memory the model freed stays while tasks follow each other (so the next does
     not fault its pages in again) and goes back to the system once the worker is idle."""
     import psutil
@@ -715,9 +715,10 @@ def test_a_worker_gives_freed_memory_back_once_no_model_task_runs() -> None:
     from core import distributed
 
     process = psutil.Process()
+    monkeypatch.setattr(distributed, "TRIM_AFTER_IDLE_S", 0.3)
     trims = distributed.idle_trims
-    with distributed.model_task(idle_s=0.3):
-        with distributed.model_task(idle_s=0.3):  # a second task, ending first
+    with distributed.model_task():
+        with distributed.model_task():  # a second task, ending first
             blocks = [np.ones(12_800) for _ in range(2_000)]  # 100 kB each: the heap's
             keep = blocks[-1]  # pins the heap's top, so only a trim gives the rest back
             del blocks
