@@ -51,7 +51,7 @@ def head_check(cube, repeats: int) -> None:
     first = cube["time_s2"].values[0].astype("datetime64[D]")
     query = np.arange(first, first + np.timedelta64(60, "D")).astype("datetime64[ns]")
     series = prepare_series(cube, query)
-    inputs = series_inputs(series.frames, config.smooth_features)
+    inputs = series_inputs(series.frames, config.smooth_features, config.whittaker_features)
     step = plan_passes(series.acquired, series.query_frame, config.s2_window)[0]
     window = thin_s1(
         select_frames(inputs, step.frames, config.s1_margin_days), config.max_s1_frames

@@ -47,7 +47,8 @@ def main() -> int:
     def predictions(series, seed: int, blend=None):
         episodes = validation_episodes(
             [series], 24, checkpoint.train_config, seed=seed,
-            smooth_features=checkpoint.config.smooth_features, stratified=True,
+            smooth_features=checkpoint.config.smooth_features,
+            whittaker_features=checkpoint.config.whittaker_features, stratified=True,
             patch=checkpoint.config.patch, with_smoother=True,
         )  # fmt: skip
         mean, _, draws, truth = episode_predictions(

@@ -61,6 +61,7 @@ def spread_figures(checkpoint, series, episodes: int, samples: int, seed: int) -
         checkpoint.train_config,
         seed=seed,
         smooth_features=config.smooth_features,
+        whittaker_features=config.whittaker_features,
         stratified=True,
         patch=config.patch,
     )

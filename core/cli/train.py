@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="feed the leave-one-out kernel smoother as input channels (default: on)",
     )
     parser.add_argument(
+        "--whittaker-features",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="feed the Whittaker smoother's curve (GCV) as input channels (default: off)",
+    )
+    parser.add_argument(
         "--scale-head",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -118,10 +124,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from core.model.checkpoint import load_checkpoint
 
         init = load_checkpoint(args.init)
-        if args.tiny or args.width or args.depth or args.smooth_features is not None:
+        if (
+            args.tiny
+            or args.width
+            or args.depth
+            or args.smooth_features is not None
+            or args.whittaker_features is not None
+        ):
             raise InputError(
                 "--init takes the model config from the checkpoint; drop "
-                "--tiny/--width/--depth/--smooth-features."
+                "--tiny/--width/--depth/--smooth-features/--whittaker-features."
             )
         model_config = init.config
         if init.config.scale_head and args.scale_head is False:
@@ -130,6 +142,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "width": args.width,
         "depth": args.depth,
         "smooth_features": args.smooth_features,
+        "whittaker_features": args.whittaker_features,
         "scale_head": args.scale_head,
     }
     model_config = replace(model_config, **{k: v for k, v in overrides.items() if v is not None})
@@ -224,6 +237,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config,
         seed=1234,
         smooth_features=model_config.smooth_features,
+        whittaker_features=model_config.whittaker_features,
         patch=model_config.patch,
     )
     figures = calibrate(model, episodes, seed=train_config.seed)

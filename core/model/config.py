@@ -50,6 +50,9 @@ class ModelConfig:
     smooth_features: bool = True
     """Feed the leave-one-out kernel smoother as extra S2 channels (see core.model.features);
     checkpoints written before this option existed have it off."""
+    whittaker_features: bool = False
+    """Feed the Whittaker smoother (GCV, the ``whittaker`` baseline) as 10 more S2 channels (see
+    core.model.features); off in every checkpoint written before this option existed."""
     scale_head: bool = False
     """Predict a scale b for every value (pixel and band) of the residual of the best estimate
     (Laplace likelihood), and let the flow head generate residual / b: the band then widens

@@ -15,7 +15,11 @@ Per S2 frame and pixel the model gets (channel order of :func:`s2_channels`):
   x 10 bands (bandwidth :data:`SMOOTH_BANDWIDTH_DAYS`): an average of every other clear
   observation nearby, so a long gap between two noisy frames is not bridged by those two
   alone (what the Whittaker smoother does better than linear interpolation), and the kernel
-  weight it rests on (how much clear data is near that date).
+  weight it rests on (how much clear data is near that date);
+* with ``ModelConfig.whittaker_features``: the Whittaker smoother of :mod:`core.baselines`
+  (GCV, the ``whittaker`` baseline exactly) x 10 bands, fitted to each pixel's observations and
+  read at the frame's date. Across a long gap its curve carries the slopes at the gap's ends,
+  which linear interpolation and the kernel average do not.
 
 Per S1 frame: VV, VH and VV - VH in dB minus their per-pixel mean over the series (so GRD
 sigma0 and RTC gamma0, which differ mostly by a per-pixel factor, look alike), a data flag,
@@ -45,6 +49,8 @@ S2_CHANNELS = 3 * N_BANDS + 5
 """S2 channels without the smoother features."""
 S2_SMOOTH_CHANNELS = N_BANDS + 1
 """Channels the smoother features add."""
+S2_WHITTAKER_CHANNELS = N_BANDS
+"""Channels the Whittaker features add."""
 GAP_PREV_CHANNEL = 3 * N_BANDS + 1
 """Index of the S2 channel holding the (log-scaled) days to the previous clear observation; the
 next channel holds the days to the next one (see :func:`gap_days`)."""
@@ -55,9 +61,13 @@ SMOOTH_REACH = 3.0
 """Frames beyond this many bandwidths are left out of the smoother."""
 
 
-def s2_channel_count(smooth_features: bool) -> int:
+def s2_channel_count(smooth_features: bool, whittaker_features: bool = False) -> int:
     """Number of S2 input channels of a model with or without the smoother features."""
-    return S2_CHANNELS + (S2_SMOOTH_CHANNELS if smooth_features else 0)
+    return (
+        S2_CHANNELS
+        + (S2_SMOOTH_CHANNELS if smooth_features else 0)
+        + (S2_WHITTAKER_CHANNELS if whittaker_features else 0)
+    )
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,28 @@ def kernel_smooth_loo(
     return smooth.astype(np.float32), weight
 
 
+def whittaker_at_frames(values: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """The ``whittaker`` baseline (GCV per pixel and band) fitted to the observations of
+    ``values`` (T, B, H, W; NaN = missing) and read at every frame's day (T, B, H, W; NaN where
+    a series has no observation).
+
+    Only frames with some observation enter the fit, so frames with none (dates asked for, a
+    hidden frame) change nothing but where the curve is read. Two frames on one day share
+    that grid day (the smoother averages them)."""
+    from core.baselines import smooth_whittaker
+
+    days = np.asarray(days, dtype=np.float64)
+    has = np.isfinite(values).any(axis=tuple(range(1, values.ndim)))
+    out = np.full(values.shape, np.nan, dtype=np.float32)
+    if not has.any():
+        return out
+    obs_days = days[has].copy()
+    # Strictly increasing for the smoother; a tie keeps its calendar day (the grid is daily).
+    for i in range(1, obs_days.size):
+        obs_days[i] = max(obs_days[i], obs_days[i - 1] + 1e-6)
+    return smooth_whittaker(values[has], obs_days, days)
+
+
 def _gap_feature(days_to: np.ndarray) -> np.ndarray:
     capped = np.minimum(np.nan_to_num(days_to, nan=GAP_CAP_DAYS, posinf=GAP_CAP_DAYS), GAP_CAP_DAYS)
     return (np.log1p(capped) / np.log1p(GAP_CAP_DAYS)).astype(np.float32)
@@ -264,11 +296,14 @@ def fill_missing(interp: np.ndarray, band_present: np.ndarray, observed: np.ndar
     return np.where(np.isfinite(interp), interp, band_mean[None, :, None, None]).astype(np.float32)
 
 
-def s2_channels(frames: Frames, smooth_features: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def s2_channels(
+    frames: Frames, smooth_features: bool = False, whittaker_features: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Network input of the S2 frames and the interpolation the output corrects.
 
     Returns:
-        channels (T, s2_channel_count(smooth_features), H, W) float32 and ``base``
+        channels (T, s2_channel_count(smooth_features, whittaker_features), H, W) float32 and
+        ``base``
         (T, 10, H, W): the filled leave-one-out interpolation in model units (reflectance x
         REFL_SCALE).
     """
@@ -302,6 +337,9 @@ def s2_channels(frames: Frames, smooth_features: bool = False) -> tuple[np.ndarr
         smooth = np.where(np.isfinite(smooth), smooth * REFL_SCALE, base)
         support = np.log1p(weight.max(axis=1, keepdims=True)) / np.log1p(10.0)
         parts += [smooth.astype(np.float32), support.astype(np.float32)]
+    if whittaker_features:
+        curve = np.maximum(whittaker_at_frames(s2, frames.days), 0.0) * REFL_SCALE
+        parts.append(np.where(np.isfinite(curve), curve, base).astype(np.float32))
     channels = np.concatenate(parts, axis=1)
     return channels.astype(np.float32, copy=False), base.astype(np.float32, copy=False)
 
@@ -396,10 +434,12 @@ class WindowInputs:
     """(T1,) S1 frame days."""
 
 
-def series_inputs(frames: Frames, smooth_features: bool = False) -> WindowInputs:
+def series_inputs(
+    frames: Frames, smooth_features: bool = False, whittaker_features: bool = False
+) -> WindowInputs:
     """Channels of a whole series (one spatial tile): the interpolation and gap features use
     every frame of the series, so windows cut from it lose no information."""
-    channels, base = s2_channels(frames, smooth_features)
+    channels, base = s2_channels(frames, smooth_features, whittaker_features)
     return WindowInputs(
         s2=channels,
         base=base,

@@ -318,7 +318,11 @@ def tile_inputs(
         ys = slice(y0, min(y0 + config.tile, height))
         xs = slice(x0, min(x0 + config.tile, width))
         tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
-        return tile_h, tile_w, series_inputs(tile, config.smooth_features)
+        return (
+            tile_h,
+            tile_w,
+            series_inputs(tile, config.smooth_features, config.whittaker_features),
+        )
 
     if threads == 0:
         yield from map(prepare, tiles)
@@ -537,6 +541,7 @@ def field_checkpoint(
             checkpoint.train_config,
             seed=options.seed,
             smooth_features=checkpoint.config.smooth_features,
+            whittaker_features=checkpoint.config.whittaker_features,
             stratified=True,
             patch=checkpoint.config.patch,
             with_smoother=options.blend_field,

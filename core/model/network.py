@@ -241,7 +241,9 @@ class FieldFlowNet(nn.Module):
         super().__init__()
         self.config = config
         p, width = config.patch, config.width
-        self.s2_embed = nn.Linear(s2_channel_count(config.smooth_features) * p * p, width)
+        self.s2_embed = nn.Linear(
+            s2_channel_count(config.smooth_features, config.whittaker_features) * p * p, width
+        )
         self.s1_embed = nn.Linear(S1_CHANNELS * p * p, width)
         self.modality = nn.Parameter(torch.zeros(2, width))
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
@@ -286,7 +288,7 @@ class FieldFlowNet(nn.Module):
         """Token features of the S2 frames.
 
         Args:
-            s2: S2 channels (E, T, s2_channel_count(config.smooth_features), H, W).
+            s2: S2 channels (E, T, s2_channel_count(...) of the config, H, W).
             s2_days: (E, T) days, relative to any origin (only differences matter).
             s1: S1 channels (E, T1, S1_CHANNELS, H, W); T1 may be 0. Episodes of a batch with
                 fewer S1 frames are padded with no-data frames (data flag 0), not masked.

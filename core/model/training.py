@@ -159,6 +159,7 @@ def make_episode(
     with_distance: bool = False,
     unseen_share: float = 0.0,
     date_jitter: float = 0.0,
+    whittaker_features: bool = False,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
@@ -173,7 +174,8 @@ def make_episode(
     asked for with no acquisition. ``date_jitter``: the probability that a frame left with no
     observation at all is moved 1 or 2 days (earlier or later, never past its neighbours), so
     that hidden frames do not all lie on Sentinel-2's 5-day cadence, as most dates a daily curve
-    asks for do not; its truth is then the acquisition 1-2 days off.
+    asks for do not; its truth is then the acquisition 1-2 days off. ``smooth_features``,
+    ``whittaker_features``: the model's optional input channels (:class:`ModelConfig`).
 
     As at inference, the interpolation features come from the whole (subsampled) series, not
     only the window. Returns None when the window holds no usable target.
@@ -255,7 +257,10 @@ def make_episode(
     flip = bool(rng.integers(0, 2))
     frames = _augment(frames, k, flip)
     view = window_inputs(
-        series_inputs(frames, smooth_features), start, start + n_frames, S1_MARGIN_DAYS
+        series_inputs(frames, smooth_features, whittaker_features),
+        start,
+        start + n_frames,
+        S1_MARGIN_DAYS,
     )
     if view.s1.shape[0] > max_s1_frames:
         pick = np.sort(rng.choice(view.s1.shape[0], max_s1_frames, replace=False))
@@ -528,6 +533,7 @@ def train(
                 model_config.smooth_features,
                 config.spectral_jitter,
                 patch=model_config.patch,
+                whittaker_features=model_config.whittaker_features,
                 unseen_share=config.unseen_share,
                 date_jitter=config.date_jitter,
             )
@@ -576,6 +582,7 @@ def validation_episodes(
     with_smoother: bool = False,
     smoother_lambda: float | None = None,
     with_distance: bool = False,
+    whittaker_features: bool = False,
 ) -> list[Episode]:
     """A fixed set of episodes (deterministic for ``seed``) for calibration and validation.
 
@@ -606,6 +613,7 @@ def validation_episodes(
             with_smoother=with_smoother,
             smoother_lambda=smoother_lambda,
             with_distance=with_distance,
+            whittaker_features=whittaker_features,
         )
         if ep is not None:
             episodes.append(ep)
@@ -783,6 +791,7 @@ def adapt(
                 0.0,
                 tuned.config.smooth_features,
                 patch=tuned.config.patch,
+                whittaker_features=tuned.config.whittaker_features,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape

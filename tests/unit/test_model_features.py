@@ -11,6 +11,7 @@ from core.model.features import (
     GAP_PREV_CHANNEL,
     S2_CHANNELS,
     S2_SMOOTH_CHANNELS,
+    S2_WHITTAKER_CHANNELS,
     Frames,
     gap_days,
     interpolate_at_frames,
@@ -18,6 +19,7 @@ from core.model.features import (
     s1_anomalies,
     s2_channel_count,
     s2_channels,
+    whittaker_at_frames,
 )
 
 
@@ -164,3 +166,65 @@ def test_checkpoints_from_before_the_smoother_load_without_it() -> None:
     old = {k: v for k, v in ModelConfig().to_dict().items() if k != "smooth_features"}
     assert ModelConfig.from_dict(old).smooth_features is False
     assert ModelConfig.from_dict(ModelConfig().to_dict()).smooth_features is True
+
+
+def _frames(values: np.ndarray, days: np.ndarray) -> Frames:
+    height, width = values.shape[2:]
+    return Frames(
+        s2=values,
+        days=days,
+        doy=days % 365,
+        band_present=np.ones(10, bool),
+        s1=np.zeros((0, 3, height, width), np.float32),
+        s1_days=np.zeros(0),
+        s1_doy=np.zeros(0),
+        s1_ascending=np.zeros(0, bool),
+    )
+
+
+def test_whittaker_channels_are_the_baseline_read_at_every_frame() -> None:
+    from core.baselines import smooth_whittaker
+
+    values, days = _series(n=16)
+    values = values * 0.4  # reflectance-like
+    values[5] = np.nan  # a frame nothing was seen in (a hidden frame, a date asked for)
+    rich, base = s2_channels(_frames(values, days), smooth_features=True, whittaker_features=True)
+    assert rich.shape[1] == s2_channel_count(True, True)
+    assert s2_channel_count(True, True) == S2_CHANNELS + S2_SMOOTH_CHANNELS + S2_WHITTAKER_CHANNELS
+    without, _ = s2_channels(_frames(values, days), smooth_features=True)
+    np.testing.assert_array_equal(rich[:, : without.shape[1]], without)  # appended, nothing moved
+    curve = rich[:, without.shape[1] :] / 5.0  # REFL_SCALE
+    seen = np.isfinite(values).any(axis=(1, 2, 3))
+    expected = np.maximum(smooth_whittaker(values[seen], days[seen], days), 0.0)
+    np.testing.assert_allclose(curve, np.where(np.isfinite(expected), expected, base / 5.0), 1e-5)
+    assert np.isfinite(rich).all()
+
+
+def test_whittaker_channels_ignore_frames_with_nothing_seen() -> None:
+    values, days = _series(n=16)
+    values = values * 0.4
+    full = whittaker_at_frames(values, days)
+    # A date asked for (a frame with no observation) between two acquisitions.
+    asked = np.sort(np.append(days, days[6] + 0.5 * (days[7] - days[6])))
+    blank = np.insert(values, 7, np.nan, axis=0)
+    with_query = whittaker_at_frames(blank, asked)
+    np.testing.assert_allclose(np.delete(with_query, 7, axis=0), full, atol=1e-6)
+    assert np.isfinite(with_query[7]).any()
+
+
+def test_whittaker_channels_bridge_a_gap_with_a_curve_not_a_chord() -> None:
+    # A season's peak inside a 45-day gap: the smoother's fill keeps rising past the chord.
+    days = np.arange(0.0, 150.0, 5.0)
+    truth = 0.1 + 0.3 * np.sin(np.pi * days / 150.0)
+    values = np.broadcast_to(truth[:, None, None, None], (days.size, 10, 2, 2)).copy()
+    gap = (days > 52) & (days < 98)
+    values[gap] = np.nan
+    curve = whittaker_at_frames(values, days)[:, 0, 0, 0]
+    chord = interpolate_at_frames(values, days, exclusive=False)[0][:, 0, 0, 0]
+    middle = np.flatnonzero(gap)[gap.sum() // 2]
+    assert abs(curve[middle] - truth[middle]) < 0.5 * abs(chord[middle] - truth[middle])
+
+
+def test_checkpoints_from_before_the_whittaker_channels_load_without_them() -> None:
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "whittaker_features"}
+    assert ModelConfig.from_dict(old).whittaker_features is False

@@ -37,6 +37,8 @@ from core.reconstruct import ReconstructOptions, reconstruct
 TINY = ModelConfig(
     width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1, tile=32, tile_overlap=8, s2_window=12
 )
+WHITTAKER = dataclasses.replace(TINY, whittaker_features=True)
+"""TINY with the Whittaker smoother's channels (``ModelConfig.whittaker_features``)."""
 
 
 def _checkpoint(tmp_path, *, perturb: bool, config: ModelConfig = TINY) -> str:
@@ -103,8 +105,9 @@ def test_every_day_queried_runs_in_grouped_passes_and_misses_none(flanders_cube,
     np.testing.assert_allclose(model["s2"].values[both], linear["s2"].values[both], atol=2e-5)
 
 
-def test_hidden_pixel_values_never_reach_the_model(flanders_cube, tmp_path) -> None:
-    path = _checkpoint(tmp_path, perturb=True)
+@pytest.mark.parametrize("config", [TINY, WHITTAKER], ids=["plain", "whittaker"])
+def test_hidden_pixel_values_never_reach_the_model(flanders_cube, tmp_path, config) -> None:
+    path = _checkpoint(tmp_path, perturb=True, config=config)
     bright, dark = hidden_bright_and_dark(flanders_cube)
     query = bright["time_s2"].values[[6, 7]]
     a = reconstruct(bright, query, "model", _options(path)).s2.values
@@ -220,14 +223,17 @@ def test_only_query_only_dates_are_unseen() -> None:
     )
 
 
-@pytest.mark.parametrize("smooth_days", [0, 2])
+@pytest.mark.parametrize(
+    ("smooth_days", "config"), [(0, TINY), (2, TINY), (0, WHITTAKER)], ids=["0", "2", "whittaker"]
+)
 def test_a_dates_estimate_does_not_depend_on_the_other_dates_asked_for(
-    flanders_cube, tmp_path, smooth_days
+    flanders_cube, tmp_path, smooth_days, config
 ) -> None:
     # A date asked for alone, or among every day of the period (the app's daily curve, in
     # chunks or in one call), gets the same estimate: query-only dates are unseen by the
     # other frames, and a date's acquisitions do not depend on the others (plan_passes).
-    path = _checkpoint(tmp_path, perturb=True)
+    # The Whittaker channels are fitted to the acquisitions alone, so they keep this too.
+    path = _checkpoint(tmp_path, perturb=True, config=config)
     cube = _crop(flanders_cube, size=16)
     days = cube["time_s2"].values.astype("datetime64[D]")
     asked = np.array([days[3], days[5] + 2, days[12] + 1, days[17]]).astype("datetime64[ns]")
@@ -374,10 +380,13 @@ def test_tiny_model_overfits_one_series(cubes_dir) -> None:
     assert last < 0.5 * first
 
 
-def test_per_field_adaptation_learns_from_clear_pixels_only(flanders_cube, tmp_path) -> None:
+@pytest.mark.parametrize("config", [TINY, WHITTAKER], ids=["plain", "whittaker"])
+def test_per_field_adaptation_learns_from_clear_pixels_only(
+    flanders_cube, tmp_path, config
+) -> None:
     from core.model.inference import cached_checkpoint
 
-    path = _checkpoint(tmp_path, perturb=True)
+    path = _checkpoint(tmp_path, perturb=True, config=config)
     bright, dark = hidden_bright_and_dark(flanders_cube)
     query = bright["time_s2"].values[[6, 7]]
     before = {k: v.clone() for k, v in cached_checkpoint(path, "cpu").model.state_dict().items()}
