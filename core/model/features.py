@@ -297,9 +297,15 @@ def fill_missing(interp: np.ndarray, band_present: np.ndarray, observed: np.ndar
 
 
 def s2_channels(
-    frames: Frames, smooth_features: bool = False, whittaker_features: bool = False
+    frames: Frames,
+    smooth_features: bool = False,
+    whittaker_features: bool = False,
+    whittaker: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Network input of the S2 frames and the interpolation the output corrects.
+
+    ``whittaker``: :func:`whittaker_at_frames` of these frames if already worked out (it is per
+    pixel, so a field's, cut to a tile, is the tile's), else it is worked out here.
 
     Returns:
         channels (T, s2_channel_count(smooth_features, whittaker_features), H, W) float32 and
@@ -338,7 +344,9 @@ def s2_channels(
         support = np.log1p(weight.max(axis=1, keepdims=True)) / np.log1p(10.0)
         parts += [smooth.astype(np.float32), support.astype(np.float32)]
     if whittaker_features:
-        curve = np.maximum(whittaker_at_frames(s2, frames.days), 0.0) * REFL_SCALE
+        if whittaker is None:
+            whittaker = whittaker_at_frames(s2, frames.days)
+        curve = np.maximum(whittaker, 0.0) * REFL_SCALE
         parts.append(np.where(np.isfinite(curve), curve, base).astype(np.float32))
     channels = np.concatenate(parts, axis=1)
     return channels.astype(np.float32, copy=False), base.astype(np.float32, copy=False)
@@ -435,11 +443,15 @@ class WindowInputs:
 
 
 def series_inputs(
-    frames: Frames, smooth_features: bool = False, whittaker_features: bool = False
+    frames: Frames,
+    smooth_features: bool = False,
+    whittaker_features: bool = False,
+    whittaker: np.ndarray | None = None,
 ) -> WindowInputs:
     """Channels of a whole series (one spatial tile): the interpolation and gap features use
-    every frame of the series, so windows cut from it lose no information."""
-    channels, base = s2_channels(frames, smooth_features, whittaker_features)
+    every frame of the series, so windows cut from it lose no information. ``whittaker``: see
+    :func:`s2_channels`."""
+    channels, base = s2_channels(frames, smooth_features, whittaker_features, whittaker)
     return WindowInputs(
         s2=channels,
         base=base,

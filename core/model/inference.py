@@ -45,6 +45,7 @@ from core.model.features import (
     select_frames,
     series_inputs,
     times_to_days_and_doy,
+    whittaker_at_frames,
 )
 from core.model.flow import SOLVERS
 from core.model.network import flow_in_bf16
@@ -310,7 +311,9 @@ def tile_inputs(
     ``threads`` threads a few tiles ahead (see :func:`feature_threads`), so that on a GPU the
     CPU prepares the next tiles while the network runs, several at once on many cores; 0: in
     turn, in the calling thread. They depend on nothing random, so the output is the same with
-    any number of threads."""
+    any number of threads. The Whittaker channels (``config.whittaker_features``) are worked out
+    once for the field, not per tile: tiles overlap, and each pixel's smoother is its own."""
+    field_curve = whittaker_at_frames(frames.s2, frames.days) if config.whittaker_features else None
 
     def prepare(origin: tuple[int, int]) -> tuple[int, int, WindowInputs]:
         y0, x0 = origin
@@ -318,10 +321,15 @@ def tile_inputs(
         ys = slice(y0, min(y0 + config.tile, height))
         xs = slice(x0, min(x0 + config.tile, width))
         tile, tile_h, tile_w = pad_to_multiple(tile_frames(frames, ys, xs), config.patch)
+        curve = None
+        if field_curve is not None:
+            curve = field_curve[:, :, ys, xs]
+            pad = ((0, 0), (0, 0), (0, tile.s2.shape[2] - tile_h), (0, tile.s2.shape[3] - tile_w))
+            curve = np.pad(curve, pad, constant_values=np.nan)
         return (
             tile_h,
             tile_w,
-            series_inputs(tile, config.smooth_features, config.whittaker_features),
+            series_inputs(tile, config.smooth_features, config.whittaker_features, curve),
         )
 
     if threads == 0:

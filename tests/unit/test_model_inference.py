@@ -13,6 +13,7 @@ import torch
 from core.errors import InputError
 from core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_sites
 from core.model.config import ModelConfig, TrainConfig
+from core.model.features import s2_channel_count
 from core.model.inference import (
     clear_field_cache,
     frames_unseen,
@@ -682,9 +683,12 @@ def test_bf16_flow_moves_the_samples_a_little_and_the_estimate_not_at_all(
     assert spread > 0.005 and 0 < moved < 0.05 * spread
 
 
+@pytest.mark.parametrize("config", [TINY, WHITTAKER], ids=["plain", "whittaker"])
 def test_tile_inputs_are_the_same_in_order_with_any_number_of_threads(
-    flanders_cube, monkeypatch
+    flanders_cube, monkeypatch, config
 ) -> None:
+    # With the Whittaker channels, worked out once for the field and cut to each tile: the
+    # same as the tile's own (the smoother is per pixel), padding included (38 px: 2 px pad).
     from core.model.features import series_inputs
     from core.model.inference import (
         FEATURE_THREADS_ENV,
@@ -695,23 +699,31 @@ def test_tile_inputs_are_the_same_in_order_with_any_number_of_threads(
         tile_inputs,
     )
 
-    cube = _crop(flanders_cube, size=40, frames=slice(0, 16))
+    size = 38
+    cube = _crop(flanders_cube, size=size, frames=slice(0, 16))
     frames = prepare_series(cube, cube["time_s2"].values[[2, 9]]).frames
-    tiles = [(y0, x0) for y0 in tile_origins(40, 32, 8) for x0 in tile_origins(40, 32, 8)]
+    origins = tile_origins(size, 32, 8)
+    tiles = [(y0, x0) for y0 in origins for x0 in origins]
     runs = {}
     for threads in ("0", "1", "3"):
         monkeypatch.setenv(FEATURE_THREADS_ENV, threads)
         assert feature_threads("cpu") == feature_threads("cuda") == int(threads)
-        runs[threads] = list(tile_inputs(frames, tiles, TINY, feature_threads()))
-    y0, x0 = tiles[-1]
-    last, h, w = pad_to_multiple(
-        tile_frames(frames, slice(y0, min(y0 + 32, 40)), slice(x0, min(x0 + 32, 40))), TINY.patch
+        runs[threads] = list(tile_inputs(frames, tiles, config, feature_threads()))
+    for y0, x0 in (tiles[0], tiles[-1]):
+        tile, h, w = pad_to_multiple(
+            tile_frames(frames, slice(y0, min(y0 + 32, size)), slice(x0, min(x0 + 32, size))),
+            config.patch,
+        )
+        expected = series_inputs(tile, config.smooth_features, config.whittaker_features)
+        index = tiles.index((y0, x0))
+        for run in runs.values():
+            assert len(run) == len(tiles) == 4
+            assert run[index][:2] == (h, w)
+            np.testing.assert_allclose(run[index][2].s2, expected.s2, atol=1e-6)
+    assert runs["0"][-1][2].s2.shape[1] == s2_channel_count(
+        config.smooth_features, config.whittaker_features
     )
-    expected = series_inputs(last, TINY.smooth_features)
     for run in runs.values():
-        assert len(run) == len(tiles) == 4
-        assert run[-1][:2] == (h, w)
-        np.testing.assert_array_equal(run[-1][2].s2, expected.s2)
         for (h_a, w_a, a), (h_b, w_b, b) in zip(runs["0"], run, strict=True):
             assert (h_a, w_a) == (h_b, w_b)
             np.testing.assert_array_equal(a.s2, b.s2)
