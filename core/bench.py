@@ -77,6 +77,8 @@ class BenchCase:
     """ODE steps of the model (None: its default)."""
     trace: bool = True
     """Also make one untimed call under tracemalloc (slow for methods with many allocations)."""
+    checkpoint: str | None = None
+    """Model checkpoint (None: the shipped one)."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,12 @@ def measure_case(case: BenchCase) -> BenchResult:
     resolve_method(case.method)  # import the method's module before measuring
     cube = make_bench_cube(read_cube(case.source), case.size_px, case.n_dates)
     query = query_dates(cube, case.n_queries)
-    options = ReconstructOptions(samples=case.samples, steps=case.steps, device=case.device)
+    options = ReconstructOptions(
+        samples=case.samples,
+        steps=case.steps,
+        device=case.device,
+        checkpoint=None if case.checkpoint is None else Path(case.checkpoint),
+    )
     input_mib = cube["s2"].values.nbytes / MIB
     n_s1 = cube.sizes.get("time_s1", 0) if "s1" in cube else 0
     gc.collect()
@@ -338,6 +345,7 @@ def bench(
     steps: int | None = None,
     trace: bool = True,
     timeout_s: float = 600.0,
+    checkpoint: str | os.PathLike[str] | None = None,
     runner: Callable[[BenchCase, float], BenchResult] = run_case,
     progress: Callable[[BenchResult], None] | None = None,
 ) -> list[BenchResult]:
@@ -348,6 +356,7 @@ def bench(
         sizes_px: field sides in pixels, e.g. (32, 64, 128, 256).
         n_dates: S2 series lengths, e.g. (30, 70, 150).
         source: the real cube the inputs are made from.
+        checkpoint: the model's checkpoint (None: the shipped one).
         runner: how a case is run (default: a subprocess; tests pass an in-process one).
         progress: called with each result as it comes.
     """
@@ -355,6 +364,8 @@ def bench(
         raise InputError("--repeats and the number of query dates must be at least 1.")
     if not Path(source).is_file():
         raise InputError(f"Bench source cube not found: {source}; pass --source FILE.")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise InputError(f"Model checkpoint not found: {checkpoint}; pass --checkpoint FILE.")
     for method in methods:
         resolve_method(method)
     base = BenchCase(
@@ -368,6 +379,7 @@ def bench(
         samples=samples,
         steps=steps,
         trace=trace,
+        checkpoint=None if checkpoint is None else str(checkpoint),
     )
     results = []
     for dates in n_dates:

@@ -73,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (model only)")
     parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="model checkpoint (default: the shipped one)",
+    )
+    parser.add_argument(
         "--source",
         type=Path,
         default=None,
@@ -116,6 +123,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         trace=not args.no_trace,
         timeout_s=args.timeout,
+        checkpoint=args.checkpoint,
         progress=_report,
     )
     print(format_bench_table(results, machine))

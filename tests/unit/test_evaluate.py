@@ -3,6 +3,7 @@ bench inputs, on hand-made cubes small enough to check by eye."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -614,6 +615,29 @@ def test_measure_case_reports_time_and_memory(cubes_dir) -> None:
     assert len(result.seconds_all) == 2 and result.seconds > 0
     assert result.input_mib == pytest.approx(10 * 10 * 16 * 16 * 4 / 1024**2)
     assert result.traced_peak_mib > 0 and result.peak_rss_mib >= 0
+
+
+def test_a_bench_case_runs_the_checkpoint_it_names(cubes_dir, tmp_path) -> None:
+    import torch
+
+    from core.bench import bench
+    from core.model.checkpoint import Checkpoint, save_checkpoint
+    from core.model.config import ModelConfig
+    from core.model.network import FieldFlowNet
+
+    source = str(cubes_dir / "be-flanders-a_2017-2018.nc")
+    config = ModelConfig(width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1)
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(Checkpoint(model=FieldFlowNet(config), record={"seen_sites": ["x"]}), path)
+    case = BenchCase("model", 16, 10, source, repeats=1, trace=False, checkpoint=str(path))
+    assert measure_case(case).error is None
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match=r"broken\.pt"):  # this file, not the shipped one
+        measure_case(dataclasses.replace(case, checkpoint=str(broken)))
+    with pytest.raises(InputError, match="checkpoint not found"):
+        bench(["model"], [16], [10], source, checkpoint=tmp_path / "missing.pt")
 
 
 def test_coverage_is_broken_down_by_days_to_the_nearest_clear_observation() -> None:
