@@ -31,6 +31,20 @@ def _series(n: int = 30, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return values, days
 
 
+def _frames(values: np.ndarray, days: np.ndarray) -> Frames:
+    height, width = values.shape[2:]
+    return Frames(
+        s2=values,
+        days=days,
+        doy=days % 365,
+        band_present=np.ones(10, bool),
+        s1=np.zeros((0, 3, height, width), np.float32),
+        s1_days=np.zeros(0),
+        s1_doy=np.zeros(0),
+        s1_ascending=np.zeros(0, bool),
+    )
+
+
 def test_leave_one_out_features_ignore_the_frame_itself() -> None:
     values, days = _series()
     changed = values.copy()
@@ -104,16 +118,7 @@ def test_kernel_smoother_keeps_a_constant_and_says_nan_when_nothing_is_near() ->
 
 def test_s2_channels_with_and_without_the_smoother() -> None:
     values, days = _series(n=12)
-    frames = Frames(
-        s2=values,
-        days=days,
-        doy=days % 365,
-        band_present=np.ones(10, bool),
-        s1=np.zeros((0, 3, 4, 5), np.float32),
-        s1_days=np.zeros(0),
-        s1_doy=np.zeros(0),
-        s1_ascending=np.zeros(0, bool),
-    )
+    frames = _frames(values, days)
     plain, base = s2_channels(frames, smooth_features=False)
     rich, base_too = s2_channels(frames, smooth_features=True)
     assert plain.shape[1] == S2_CHANNELS == s2_channel_count(False)
@@ -166,20 +171,6 @@ def test_checkpoints_from_before_the_smoother_load_without_it() -> None:
     old = {k: v for k, v in ModelConfig().to_dict().items() if k != "smooth_features"}
     assert ModelConfig.from_dict(old).smooth_features is False
     assert ModelConfig.from_dict(ModelConfig().to_dict()).smooth_features is True
-
-
-def _frames(values: np.ndarray, days: np.ndarray) -> Frames:
-    height, width = values.shape[2:]
-    return Frames(
-        s2=values,
-        days=days,
-        doy=days % 365,
-        band_present=np.ones(10, bool),
-        s1=np.zeros((0, 3, height, width), np.float32),
-        s1_days=np.zeros(0),
-        s1_doy=np.zeros(0),
-        s1_ascending=np.zeros(0, bool),
-    )
 
 
 def test_whittaker_channels_are_the_baseline_read_at_every_frame() -> None:
