@@ -229,19 +229,66 @@ def field_mask(field: FieldLike, grid: Grid | xr.Dataset) -> np.ndarray:
 
     Args:
         field: a :class:`core.field.Field` or shapely geometry in EPSG:4326.
-        grid: a :class:`Grid`, or a cube whose grid is derived with :func:`grid_from_cube`.
+        grid: a :class:`Grid`, or a cube whose pixels are read with :func:`cube_raster`
+            (projected or lon/lat).
 
     Returns:
         bool array of shape (H, W); all False if the field misses the grid.
     """
-    target = grid_from_cube(grid) if isinstance(grid, xr.Dataset) else grid
-    projected = project_geometry(_geometry_of(field), target.crs)
+    if isinstance(grid, xr.Dataset):
+        crs, transform, shape = cube_raster(grid)
+    else:
+        crs, transform, shape = grid.crs, grid.transform, grid.shape
+    projected = project_geometry(_geometry_of(field), crs)
     mask = features.rasterize(
         [(projected, 1)],
-        out_shape=target.shape,
-        transform=target.transform,
+        out_shape=shape,
+        transform=transform,
         fill=0,
         all_touched=False,
         dtype="uint8",
     )
     return mask.astype(bool)
+
+
+def cube_raster(cube: xr.Dataset) -> tuple[str, Affine, tuple[int, int]]:
+    """CRS, affine transform and ``(height, width)`` of a cube's pixels, from its coordinates.
+
+    A cube in a projected CRS is read as its :class:`Grid` (square pixels of ``resolution_m``).
+    A cube in a geographic CRS (e.g. EPSG:4326, as two of the shared cubes are) has pixels of
+    some 1e-4 degrees, not square in degrees, which a :class:`Grid` cannot describe; its
+    transform is taken from the regular spacing of its coordinates instead.
+
+    Raises:
+        InputError: the coordinates are not a regular north-up grid.
+    """
+    crs = str(cube.attrs["crs"])
+    if not _is_geographic(crs):
+        grid = grid_from_cube(cube)
+        return grid.crs, grid.transform, grid.shape
+    x = np.asarray(cube["x"].values, dtype=np.float64)
+    y = np.asarray(cube["y"].values, dtype=np.float64)
+    if x.size < 2 or y.size < 2:
+        raise InputError(
+            f"The cube is {y.size} x {x.size} pixels in {crs}: with a single row or column its "
+            "pixel size in degrees is unknown. Use a cube of at least 2 x 2 pixels."
+        )
+    dx, dy = float(np.median(np.diff(x))), float(np.median(np.diff(y)))
+    regular = (
+        dx > 0 and dy < 0 and np.allclose(np.diff(x), dx, rtol=1e-4, atol=0)
+    ) and np.allclose(np.diff(y), dy, rtol=1e-4, atol=0)
+    if not regular:
+        raise InputError(
+            f"The cube's {crs} coordinates are not a regular north-up grid (x rising, y falling "
+            "by equal steps); cannot place a field outline on it. Write the cube with "
+            "core.cube, or fetch it with 'python -m core fetch'."
+        )
+    transform = Affine(dx, 0.0, x[0] - dx / 2, 0.0, dy, y[0] - dy / 2)
+    return crs, transform, (int(y.size), int(x.size))
+
+
+def _is_geographic(crs: str) -> bool:
+    try:
+        return bool(pyproj.CRS.from_user_input(crs).is_geographic)
+    except pyproj.exceptions.CRSError as exc:
+        raise InputError(f"The cube's CRS '{crs}' is not one pyproj knows ({exc}).") from exc

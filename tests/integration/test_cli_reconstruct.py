@@ -107,6 +107,30 @@ def test_ndvi_writes_the_field_curve(es_path, es_cube, tmp_path) -> None:
     assert len(lines) == 32 and lines[1].startswith("2019-05-01,")
 
 
+def test_ndvi_takes_a_field_outline_on_a_lonlat_cube(cubes_dir, tmp_path) -> None:
+    # hu-alfold's grid is EPSG:4326 (about 20 m pixels in degrees); an outline drawn on it
+    # selects the pixels whose centres it holds, as on a UTM cube.
+    path = cubes_dir / "hu-alfold_2021.nc"
+    cube = read_cube(path)
+    x, y = cube["x"].values, cube["y"].values
+    dx, dy = float(x[1] - x[0]), float(y[0] - y[1])
+    outline = box(x[40] - dx / 3, y[69] - dy / 3, x[59] + dx / 3, y[60] + dy / 3)
+    field = tmp_path / "field.geojson"
+    field.write_text(json.dumps({"type": "Feature", "properties": {"name": "hu"},
+                                 "geometry": mapping(outline)}))  # fmt: skip
+    out = tmp_path / "curve.csv"
+    done = _cli(
+        "ndvi", "--cube", path, "--geojson", field, "--start", "2021-05-01",
+        "--end", "2021-05-20", "--method", "linear", "--out", out,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "for 200 field pixels" in done.stdout
+    mask = np.zeros(cube["valid"].shape[1:], dtype=bool)
+    mask[60:70, 40:60] = True
+    expected = ndvi_curve(cube, "2021-05-01", "2021-05-20", field_mask=mask)
+    assert out.read_text() == curve_csv(expected)
+
+
 def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
     done = _cli("ndvi", "--cube", tmp_path / "none.nc", "--start", "2019-05-01",
                 "--end", "2019-05-02", "--out", tmp_path / "c.csv")  # fmt: skip

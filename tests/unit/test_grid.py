@@ -13,6 +13,7 @@ from core.errors import FieldError, InputError
 from core.field import Field
 from core.grid import (
     Grid,
+    cube_raster,
     field_mask,
     grid_for_field,
     grid_from_cube,
@@ -176,6 +177,45 @@ def test_field_mask_on_a_cube_and_outside_the_grid() -> None:
     assert field_mask(inside, cube).all()
     far = lonlat_box("EPSG:32631", 600000.0, 5600000.0, 600050.0, 5600050.0)
     assert not field_mask(far, cube).any()
+
+
+def _lonlat_cube(x: np.ndarray, y: np.ndarray):
+    return build_cube(
+        np.zeros((1, 10, y.size, x.size), np.float32),
+        np.array(["2021-05-01"], "datetime64[ns]"),
+        y,
+        x,
+        {"crs": "EPSG:4326", "resolution_m": 20.0},
+        valid=np.ones((1, y.size, x.size), np.uint8),
+    )
+
+
+def test_field_mask_on_a_lonlat_cube_uses_its_degree_spacing(cubes_dir) -> None:
+    # hu-alfold is one of the shared cubes in EPSG:4326: pixels of 0.00027 x 0.00018 degrees
+    # (about 20 m), which no square-metre Grid describes. A box through the centres of rows
+    # 10-19 and columns 30-44, shrunk by a third of a pixel, must select exactly those.
+    import xarray as xr
+
+    with xr.open_dataset(cubes_dir / "hu-alfold_2021.nc") as ds:
+        x, y = ds["x"].values.astype(np.float64), ds["y"].values.astype(np.float64)
+    cube = _lonlat_cube(x, y)
+    dx, dy = x[1] - x[0], y[0] - y[1]
+    box = shapely.box(x[30] - dx / 3, y[19] - dy / 3, x[44] + dx / 3, y[10] + dy / 3)
+    expected = np.zeros((y.size, x.size), bool)
+    expected[10:20, 30:45] = True
+    np.testing.assert_array_equal(field_mask(box, cube), expected)
+    crs, transform, shape = cube_raster(cube)
+    assert crs == "EPSG:4326" and shape == (y.size, x.size)
+    assert transform @ (0.5, 0.5) == pytest.approx((x[0], y[0]), abs=1e-12)
+
+
+def test_lonlat_cube_with_irregular_or_single_row_coordinates_is_refused() -> None:
+    x = np.array([22.0, 22.0003, 22.0007, 22.0009])  # uneven steps
+    y = np.array([47.3, 47.2998, 47.2996])
+    with pytest.raises(InputError, match="not a regular north-up grid"):
+        cube_raster(_lonlat_cube(x, y))
+    with pytest.raises(InputError, match="single row or column"):
+        cube_raster(_lonlat_cube(np.array([22.0, 22.0003]), np.array([47.3])))
 
 
 def test_project_geometry_round_trip_is_submillimetre() -> None:
