@@ -44,9 +44,12 @@ from core.indices import can_compute_ndvi, ndvi
 from core.model.blend import nearest_clear_days
 from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
+    PIXELWISE_METHODS,
     ReconstructOptions,
     Reconstructor,
+    clear_pixels,
     reconstruct,
+    require_clear_pixels,
 )
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates, to_days
@@ -121,10 +124,12 @@ def ndvi_curve(
 
     Returns:
         DataFrame with :data:`CURVE_COLUMNS`, one row per query day; ``date`` is datetime64.
-        ``attrs`` holds ``field_pixels``, ``method`` and ``samples``.
+        ``attrs`` holds ``field_pixels``, ``field_clear_observations`` (clear pixel-dates of
+        the field in the whole cube), ``method`` and ``samples``.
 
     Raises:
-        InputError: no NDVI bands, a period outside the cube, or an unusable field mask.
+        InputError: no NDVI bands, a period outside the cube, an unusable field mask, no
+            clear pixel in the cube, or (a pixel-by-pixel method) none in the field.
     """
     cube = validate_cube(cube)
     options = options or ReconstructOptions()
@@ -142,6 +147,15 @@ def ndvi_curve(
         )
     dates = _dates_in_cube(cube, start, end, every_days)
     mask = _checked_mask(cube, field_mask)
+    require_clear_pixels(cube)
+    field_clear = int(clear_pixels(cube, mask).sum())
+    if field_clear == 0 and method in PIXELWISE_METHODS:
+        raise InputError(
+            f"Not one pixel of the field is clear in any of the cube's "
+            f"{cube.sizes['time_s2']} Sentinel-2 acquisitions, and '{method}' fills each pixel "
+            "from its own clear observations, so it has nothing to go on. Choose a longer "
+            "period, or the model, which borrows from the clear pixels around the field."
+        )
     observed_ndvi, clear_fraction = _observed(cube, dates, mask)
 
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
@@ -170,7 +184,11 @@ def ndvi_curve(
         columns=list(CURVE_COLUMNS),
     )
     curve.attrs.update(
-        field_pixels=int(mask.sum()), method=method, samples=options.samples, fits=fits
+        field_pixels=int(mask.sum()),
+        field_clear_observations=field_clear,
+        method=method,
+        samples=options.samples,
+        fits=fits,
     )
     if FIELD_NDVI_SCALE_ATTR in fits:
         curve.attrs["ndvi_band_scale"] = float(fits[FIELD_NDVI_SCALE_ATTR])

@@ -159,6 +159,10 @@ METHODS: dict[str, str] = {
     "model": "core.model.inference:model_method",
 }
 
+PIXELWISE_METHODS = frozenset({"linear", "whittaker"})
+"""Methods that fill a pixel from its own clear observations only: a pixel never seen clear
+stays NaN. The model also borrows from the pixels around it."""
+
 
 def available_methods() -> list[str]:
     """Names of the methods whose implementation is installed."""
@@ -220,8 +224,34 @@ def reconstruct(
         raise InputError(f"--samples must be at least 1, not {options.samples}.")
     query = _check_dates(cube, dates)
     observed = observations(cube)
+    require_clear_pixels(observed)
     prediction = resolve_method(method)(observed, query, options)
     return _assemble(observed, query, prediction, method, options)
+
+
+def clear_pixels(cube: xr.Dataset, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per acquisition, how many pixels (of ``mask``, default all) are clear and hold data."""
+    clear = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)
+    if mask is not None:
+        clear = clear[:, mask]
+    return clear.reshape(clear.shape[0], -1).sum(axis=1)
+
+
+def require_clear_pixels(cube: xr.Dataset) -> None:
+    """InputError when not one pixel of any acquisition is clear: nothing to reconstruct from."""
+    if clear_pixels(cube).any():
+        return
+    first, last = calendar_day(cube["time_s2"].values[[0, -1]])
+    n = cube.sizes["time_s2"]
+    which = (
+        f"its one acquisition ({first}) is"
+        if n == 1
+        else f"all {n} acquisitions from {first} to {last} are"
+    )
+    raise InputError(
+        f"Not one clear Sentinel-2 pixel: {which} cloud, shadow, snow or nodata here, so "
+        "there is nothing to reconstruct from. Choose a longer period or another season."
+    )
 
 
 def _check_dates(cube: xr.Dataset, dates: np.ndarray) -> np.ndarray:

@@ -385,6 +385,8 @@ def compute_season(
         progress=lambda done, total: report(stage, done, total),
     )
     frames = [views[day] for day in days]  # the timeline lies within the curve's days
+    if curve.attrs.get("field_clear_observations", 1) == 0:
+        notes.append(NEVER_CLEAR_NOTE)
     reference = whittaker_reference(curve)
     if reference.empty:
         notes.append(
@@ -413,6 +415,13 @@ def compute_season(
         elapsed_s=time.perf_counter() - started,
         fits=tuple(fits),
     )
+
+
+NEVER_CLEAR_NOTE = (
+    "Not one pixel of the field is clear in any acquisition of the period: its frames and "
+    "curve are borrowed from the clear pixels around it (and Sentinel-1), with nothing of the "
+    "field itself to check them against. Read them as a guess, or choose a longer period."
+)
 
 
 def whittaker_reference(curve: pd.DataFrame) -> pd.DataFrame:

@@ -56,8 +56,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"{curve.attrs['field_pixels']} field pixels "
         f"with {method} -> {path}"
     )
-    from core.season import fit_notes  # the app's sentences, on what the model fitted here
+    from core.season import NEVER_CLEAR_NOTE, fit_notes  # the app's sentences
 
+    if curve.attrs["field_clear_observations"] == 0:
+        print(NEVER_CLEAR_NOTE)
     for note in fit_notes(curve.attrs.get("fits", {})):
         print(note)
     return 0

@@ -123,6 +123,40 @@ def test_cube_without_red_or_nir_is_refused(cubes_dir) -> None:
         ndvi_curve(empty, "2019-01-01", "2019-01-31")
 
 
+def test_a_field_never_seen_clear(flanders) -> None:
+    # The centre 4 x 4 pixels are cloudy in every acquisition; their neighbours are not.
+    cube = flanders.sel(time_s2=slice("2018-04-01", "2018-05-31")).copy(deep=True)
+    cube["valid"][:, 3:7, 3:7] = 0
+    mask = np.zeros((10, 10), bool)
+    mask[3:7, 3:7] = True
+    # A pixel-by-pixel baseline has nothing to go on: said, not an all-NaN curve.
+    for method in ("linear", "whittaker"):
+        with pytest.raises(InputError, match=f"'{method}' fills each pixel from its own"):
+            ndvi_curve(cube, "2018-04-01", "2018-05-31", method=method, field_mask=mask)
+    # The model borrows from the clear pixels around the field, and the curve says how much
+    # of the field itself it saw (none).
+    curve = ndvi_curve(
+        cube, "2018-04-10", "2018-04-20", method="model", options=ReconstructOptions(samples=1),
+        field_mask=mask,
+    )  # fmt: skip
+    assert np.isfinite(curve["ndvi"]).all()
+    assert curve.attrs["field_clear_observations"] == 0
+    whole = ndvi_curve(cube, "2018-04-10", "2018-04-20")
+    assert whole.attrs["field_clear_observations"] == int(cube["valid"].values.sum())
+
+
+def test_a_cube_without_one_clear_pixel_is_refused_by_every_method(flanders) -> None:
+    cube = flanders.sel(time_s2=slice("2018-04-01", "2018-05-31")).copy(deep=True)
+    cube["valid"][:] = 0
+    for method in ("linear", "whittaker", "model"):
+        with pytest.raises(InputError, match="clear Sentinel-2 pixel: all 20 acquisitions from"):
+            ndvi_curve(cube, "2018-04-01", "2018-05-31", method=method)
+        with pytest.raises(InputError, match="nothing to reconstruct from"):
+            reconstruct(cube, cube["time_s2"].values[:2], method)
+    with pytest.raises(InputError, match=r"its one acquisition \(2018-04-04\) is cloud"):
+        reconstruct(cube.isel(time_s2=[1]), cube["time_s2"].values[1:2], "linear")
+
+
 def test_field_mask_must_fit_the_grid_and_cover_a_pixel(flanders) -> None:
     with pytest.raises(InputError, match="shape"):
         ndvi_curve(flanders, "2018-04-01", "2018-04-02", field_mask=np.ones((3, 3), bool))
