@@ -220,10 +220,13 @@ def narrow_band(
     mean: np.ndarray | float, low: np.ndarray | float, high: np.ndarray | float, scale: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """The band ``low``..``high`` around ``mean`` with both distances to it scaled by
-    ``scale`` (an edge on the wrong side of the mean counts as on it)."""
+    ``scale`` (an edge on the wrong side of the mean counts as on it), kept within NDVI's
+    range [-1, 1] (but never so far that it leaves out ``mean``)."""
+    below = scale * np.maximum(np.subtract(mean, low), 0.0)
+    above = scale * np.maximum(np.subtract(high, mean), 0.0)
     return (
-        mean - scale * np.maximum(np.subtract(mean, low), 0.0),
-        mean + scale * np.maximum(np.subtract(high, mean), 0.0),
+        np.maximum(np.subtract(mean, below), np.minimum(mean, -1.0)),
+        np.minimum(np.add(mean, above), np.maximum(mean, 1.0)),
     )
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app.state import Key
 from core.config import Settings
-from core.reconstruct import ReconstructOptions
+from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions
 from core.season import default_adapt_steps, default_method, method_choices
 
 METHOD_HELP = {
@@ -59,10 +59,10 @@ def settings_panel(settings: Settings) -> RunSettings:
             key=str(Key.SAMPLES),
             disabled=not is_model,
             help="Samples drawn by the model; more than 1 gives the p10-p90 band and the "
-            "uncertainty map. Below 8 the NDVI band and map are rough, and fitting them to the "
-            "field widens them a lot (on one field 4 samples needed a 4 x wider band than 8 to "
-            "hold 80 %); the reflectance band fitted on the field does not depend on it. The "
-            "baselines are deterministic (one sample).",
+            "uncertainty map. Below 8 the NDVI band and map are rough, and fitting the band to "
+            f"the field needs at least {MIN_CALIBRATION_SAMPLES} (with fewer, a Run with the fit "
+            f"on draws {MIN_CALIBRATION_SAMPLES}: held out, 4 samples gave 4 x the CRPS of 8). "
+            "The baselines are deterministic (one sample).",
         )
         steps = st.number_input(
             "Steps (0 = model default)",
@@ -135,8 +135,16 @@ def settings_panel(settings: Settings) -> RunSettings:
             f"Cube cache: `{settings.cache_dir}` · shared data: `{settings.data_dir}` · "
             f"largest field: {settings.max_area_ha:,.0f} ha"
         )
+    samples = int(samples)
+    if is_model and calibrate_field and 1 < samples < MIN_CALIBRATION_SAMPLES:
+        st.caption(
+            f"Fitting the band to the field needs {MIN_CALIBRATION_SAMPLES} samples or more: "
+            f"this Run draws {MIN_CALIBRATION_SAMPLES}, not {samples} (or choose 1 sample, or "
+            "leave the band unfitted)."
+        )
+        samples = MIN_CALIBRATION_SAMPLES
     options = ReconstructOptions(
-        samples=int(samples) if is_model else 1,
+        samples=samples if is_model else 1,
         steps=int(steps) or None if is_model else None,
         device=str(device) if is_model else "auto",
         adapt_steps=int(adapt) if is_model else 0,

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         write_summary,
     )
     from core.distributed import connect, local_cluster, scheduler_address
-    from core.reconstruct import resolve_method
+    from core.reconstruct import check_options, resolve_method
 
     started = time.monotonic()
     method = args.method or default_method()
@@ -123,6 +123,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:
         raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
     options = dataclasses.replace(options_from_args(args), checkpoint=args.checkpoint)
+    check_options(method, options)  # once, not as every field's error
     request = BatchRequest(
         start=args.start,
         end=args.end,

@@ -25,7 +25,7 @@ from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.errors import InputError
 from core.evaluate import Protocol, evaluate, evaluation_to_dict, format_table
-from core.reconstruct import ReconstructOptions
+from core.reconstruct import ReconstructOptions, check_options
 from core.storage import atomic_output
 
 
@@ -169,6 +169,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         checkpoint=args.checkpoint,
     )
+    for method in methods:
+        check_options(method, options)
     paths = cube_paths(args.cube, args.cubes_dir, settings)
     evaluation = evaluate(
         _read_each(paths),

@@ -106,6 +106,19 @@ def test_first_page_offers_field_inputs_and_waits_for_a_field(open_page: OpenPag
     assert "No field yet." in texts(page, "info")
 
 
+def test_too_few_samples_for_a_fitted_band_are_raised_and_said(open_page: OpenPage) -> None:
+    page = open_page()
+    page.number_input(key="samples").set_value(4).run()
+    no_exceptions(page)
+    said = [t for t in texts(page, "caption") if "needs 8 samples or more" in t]
+    assert said and "this Run draws 8, not 4" in said[0]
+    page.checkbox(key="calibrate_field").uncheck().run()  # an unfitted band takes 4
+    assert not [t for t in texts(page, "caption") if "needs 8 samples or more" in t]
+    page.checkbox(key="calibrate_field").check().run()
+    page.number_input(key="samples").set_value(1).run()  # no band: nothing to fit
+    assert not [t for t in texts(page, "caption") if "needs 8 samples or more" in t]
+
+
 def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None:
     page = open_page()
     button(page, "Demo field").click().run()  # STAC unreachable: the demo goes offline

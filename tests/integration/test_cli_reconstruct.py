@@ -195,7 +195,7 @@ def test_ndvi_with_the_model_says_what_it_fitted_on_the_field(es_path, es_cube, 
     out = tmp_path / "curve.csv"
     done = _cli(
         "ndvi", "--cube", es_path, "--geojson", field, "--start", "2019-05-01",
-        "--end", "2019-05-31", "--every-days", "10", "--method", "model", "--samples", "4",
+        "--end", "2019-05-31", "--every-days", "10", "--method", "model", "--samples", "8",
         "--steps", "2", "--calibrate-field", "--out", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -9,7 +9,7 @@ import xarray as xr
 
 import core.curve
 from core.cube import S2_BANDS, read_cube
-from core.curve import CURVE_COLUMNS, curve_csv, ndvi_curve, write_curve_csv
+from core.curve import CURVE_COLUMNS, curve_csv, narrow_band, ndvi_curve, write_curve_csv
 from core.errors import InputError
 from core.reconstruct import ReconstructOptions, reconstruct
 from core.timeline import calendar_day
@@ -155,6 +155,21 @@ def test_a_cube_without_one_clear_pixel_is_refused_by_every_method(flanders) -> 
             reconstruct(cube, cube["time_s2"].values[:2], method)
     with pytest.raises(InputError, match=r"its one acquisition \(2018-04-04\) is cloud"):
         reconstruct(cube.isel(time_s2=[1]), cube["time_s2"].values[1:2], "linear")
+
+
+def test_the_curve_band_is_scaled_but_stays_within_ndvi_range() -> None:
+    mean = np.array([0.5, 0.9, -0.95, 0.2])
+    low = np.array([0.4, 0.7, -0.99, 0.3])  # the last edge lies on the wrong side of its mean
+    high = np.array([0.55, 0.95, -0.9, 0.25])
+    lo, hi = narrow_band(mean, low, high, 0.5)
+    np.testing.assert_allclose(lo, [0.45, 0.8, -0.97, 0.2])
+    np.testing.assert_allclose(hi, [0.525, 0.925, -0.925, 0.225])
+    # A wide factor (a band fitted on few samples) is cut at -1 and 1, never past the mean.
+    lo, hi = narrow_band(mean, low, high, 40.0)
+    np.testing.assert_allclose(lo, [-1.0, -1.0, -1.0, 0.2])
+    np.testing.assert_allclose(hi, [1.0, 1.0, 1.0, 1.0])
+    lo, hi = narrow_band(np.array([1.2]), np.array([1.1]), np.array([1.3]), 3.0)
+    assert lo[0] <= 1.2 <= hi[0] and hi[0] == pytest.approx(1.2)
 
 
 def test_field_mask_must_fit_the_grid_and_cover_a_pixel(flanders) -> None:

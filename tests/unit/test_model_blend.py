@@ -216,7 +216,7 @@ def test_hidden_pixel_values_never_reach_the_blend(flanders_cube, tmp_path) -> N
     bright, dark = hidden_bright_and_dark(flanders_cube)
     query = bright["time_s2"].values[[6, 7]]
     options = ReconstructOptions(
-        checkpoint=path, device="cpu", samples=4, blend_field=True, calibrate_field=True
+        checkpoint=path, device="cpu", samples=8, blend_field=True, calibrate_field=True
     )
     clear_field_cache()
     a = reconstruct(bright, query, "model", options)
@@ -239,7 +239,7 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
     cube = _crop(flanders_cube, size=16)
     query = cube["time_s2"].values[[9]] + np.timedelta64(3, "D")
     path = _checkpoint(tmp_path, perturb=True)
-    options = ReconstructOptions(checkpoint=path, device="cpu", samples=4, calibrate_field=True)
+    options = ReconstructOptions(checkpoint=path, device="cpu", samples=8, calibrate_field=True)
     clear_field_cache()
     out = reconstruct(cube, query, "model", options)
     base = cached_checkpoint(path, "cpu")

@@ -174,3 +174,13 @@ def test_ndvi_stays_within_minus_one_and_one_when_samples_dip_below_zero() -> No
     np.testing.assert_allclose(ndvi(s2[:3], band_axis=1), [1.0, -1.0, np.nan])
     s2[3, NIR], s2[3, NIR_NARROW], s2[3, RED] = np.nan, 0.3, 0.1  # B8A stands in for B08
     assert ndvi(s2[3:4], band_axis=1)[0] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("samples", [2, 4, 7])
+def test_a_band_fitted_on_the_field_needs_eight_samples(flanders, samples) -> None:
+    # With fewer, each value's p10-p90 is so noisy that the fit widens every band (README).
+    options = ReconstructOptions(samples=samples, calibrate_field=True)
+    dates = flanders["time_s2"].values[:1]
+    with pytest.raises(InputError, match=f"at least 8 samples, not {samples}"):
+        reconstruct(flanders, dates, "model", options)
+    reconstruct(flanders, dates, "linear", options)  # a baseline fits nothing: no matter
