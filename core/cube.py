@@ -194,8 +194,9 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
         with NETCDF_LOCK, xr.open_dataset(p) as ds:
             loaded = ds.load()
     except (OSError, ValueError) as exc:
+        reason = str(exc).split(". ")[0].splitlines()[0]  # xarray's advice on backends: no use
         raise CubeError(
-            f"Cannot read {p} as a NetCDF cube ({exc}). Is it a complete .nc file?"
+            f"Cannot read {p} as a NetCDF cube ({reason}). Is it a complete .nc file?"
         ) from exc
     for var in loaded.variables.values():
         var.encoding = {}

@@ -26,6 +26,7 @@ import torch
 import xarray as xr
 
 from core.cube import has_s1, read_cube
+from core.errors import InputError
 from core.indices import NIR, NIR_NARROW, RED
 from core.model.calibration import coverage, fit_spread
 from core.model.config import ModelConfig, TrainConfig
@@ -140,6 +141,35 @@ class Episode:
         """(T, 10, H, W) bool: the values scored, hidden, clear and of a band present; the
         order of their flattening is the order of :func:`residual_draws`' arrays."""
         return np.isfinite(self.truth) & self.inputs.band_present[None, :, None, None]
+
+
+EPISODE_ATTEMPTS = 50
+"""Tries per episode of a batch before training gives up on its cubes (each try cuts a random
+window and crop; a cube with clear pixels gives one within a few)."""
+
+
+def trainable_series(series: Sequence[SeriesData], patch: int) -> list[SeriesData]:
+    """The series training can cut episodes from: at least 4 S2 frames, at least one patch.
+
+    Raises:
+        InputError: none is, with what each one lacks.
+    """
+    usable, why = [], []
+    for s in series:
+        frames, (height, width) = s.clear_s2.shape[0], s.clear_s2.shape[2:]
+        if frames < 4:
+            why.append(f"{s.site} has {frames} Sentinel-2 frame(s)")
+        elif min(height, width) < patch:
+            why.append(f"{s.site} is {height} x {width} px")
+        else:
+            usable.append(s)
+    if not usable:
+        raise InputError(
+            "Nothing to train on: a cube needs at least 4 Sentinel-2 frames and "
+            f"{patch} x {patch} pixels (one patch), and {'; '.join(why) or 'none was given'}. "
+            "Train on longer or larger cubes."
+        )
+    return usable
 
 
 def make_episode(
@@ -514,13 +544,19 @@ def train(
 
     started = time.time()
     history: list[dict[str, float]] = []
-    usable = [s for s in series if s.clear_s2.shape[0] >= 4]
-    if not usable:
-        raise ValueError("No training series with at least 4 S2 frames.")
+    usable = trainable_series(series, model_config.patch)
     for step in range(config.steps):
         n_frames = int(rng.integers(config.min_frames, config.max_frames + 1))
         episodes: list[Episode] = []
+        attempts = 0
         while len(episodes) < config.batch_size:
+            attempts += 1
+            if attempts > EPISODE_ATTEMPTS * config.batch_size:
+                raise InputError(
+                    f"No training episode could be cut from {', '.join(s.site for s in usable)} "
+                    f"in {attempts - 1} tries: each needs a clear pixel to hide in a window of "
+                    "its frames. Train on cubes with more clear observations."
+                )
             s = usable[rng.integers(0, len(usable))]
             ep = make_episode(
                 s,
