@@ -137,7 +137,8 @@ def build_cube(
 
 
 def validate_cube(ds: xr.Dataset) -> xr.Dataset:
-    """Check that ``ds`` is in the cube format; return it normalised (float32, ``valid`` present).
+    """Check that ``ds`` is in the cube format; return it normalised (float32, +-inf as NaN,
+    ``valid`` present).
 
     Raises:
         CubeError: with a message naming what is missing or malformed.
@@ -159,7 +160,7 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
     if np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) <= 0):
         raise CubeError("Cube S2 times are not strictly increasing; merge same-day frames first.")
     out = ds.copy()
-    out["s2"] = out["s2"].astype(np.float32)
+    out["s2"] = _finite_or_nan(out["s2"])
     if "valid" not in out:
         if "scl" not in out:
             raise CubeError("Cube has neither 'valid' nor 'scl': cannot tell clear pixels.")
@@ -175,7 +176,18 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
                 f"Cube variable 's1' has dims {out['s1'].dims}; expected "
                 "(time_s1, polarization, y, x)."
             )
-        out["s1"] = out["s1"].astype(np.float32)
+        out["s1"] = _finite_or_nan(out["s1"])
+    return out
+
+
+def _finite_or_nan(values: xr.DataArray) -> xr.DataArray:
+    """float32, with +-inf as NaN (missing): a decibel conversion of a zero backscatter gives
+    -inf, and one infinite input would make every estimate of the model non-finite."""
+    out = values.astype(np.float32)
+    data = out.values
+    infinite = np.isinf(data)
+    if infinite.any():
+        out = out.copy(data=np.where(infinite, np.float32(np.nan), data))
     return out
 
 

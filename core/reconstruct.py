@@ -329,10 +329,15 @@ def _assemble(
         obs_valid = observed["valid"].values.astype(bool)
         for qi, day in enumerate(calendar_day(query)):
             for ti in np.flatnonzero(obs_days == day):
-                clear = obs_valid[ti]
-                mean[qi][:, clear] = obs_s2[ti][:, clear]
+                # Clear and holding data: a pixel flagged clear without reflectance (a nodata
+                # value the mask missed) keeps the method's estimate.
+                clear = obs_valid[ti] & np.isfinite(obs_s2[ti]).any(axis=0)
+                seen = obs_s2[ti][:, clear]
+                mean[qi][:, clear] = np.where(np.isfinite(seen), seen, mean[qi][:, clear])
                 if samples is not None:
-                    samples[:, qi][:, :, clear] = obs_s2[ti][None][:, :, clear]
+                    samples[:, qi][:, :, clear] = np.where(
+                        np.isfinite(seen)[None], seen[None], samples[:, qi][:, :, clear]
+                    )
                 if half is not None:
                     half[qi][:, clear] = 0.0
                 if ndvi_half is not None:

@@ -78,6 +78,28 @@ def test_keep_observed_returns_clear_pixels_unchanged(flanders) -> None:
     assert not np.allclose(smoothed["s2"].values[0][:, clear], observed_values, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["linear", "model"])
+def test_infinite_inputs_count_as_missing_and_clear_nodata_is_estimated(flanders, method) -> None:
+    # A user's cube may hold -inf dB (a zero backscatter through log10) or an infinite
+    # reflectance; and a pixel flagged clear may hold no reflectance (a nodata the mask missed).
+    cube = flanders.sel(time_s2=slice("2018-04-01", "2018-05-31")).copy(deep=True)
+    t = int(np.argmax(cube["valid"].values.mean(axis=(1, 2))))  # a clear date
+    cube["s1"].values[:, :, :3, :3] = -np.inf
+    cube["s2"].values[t, :, 4, 4] = np.inf
+    cube["s2"].values[t, :, 5, 5] = np.nan
+    cube["valid"].values[t, 4:6, 4:6] = 1
+    day = calendar_day(cube["time_s2"].values[t : t + 1]).astype("datetime64[ns]")
+    options = ReconstructOptions(samples=2 if method == "model" else 1)
+    out = reconstruct(cube, day, method, options)
+    present = [S2_BANDS.index(b) for b in ("B02", "B03", "B04", "B08")]
+    values = out["s2"].values[0][present]
+    assert np.isfinite(values).all()  # estimated, not inf and not the NaN as 'observed'
+    assert out["observed"].values[0, 4, 4] == 0 and out["observed"].values[0, 5, 5] == 0
+    clear = cube["valid"].values[t].astype(bool)
+    clear[4:6, 4:6] = False
+    np.testing.assert_array_equal(out["s2"].values[0][:, clear], cube["s2"].values[t][:, clear])
+
+
 def test_samples_add_quantile_variables_of_zero_width_for_baselines(es_field) -> None:
     dates = np.array(["2019-05-03"], dtype="datetime64[ns]")
     single = reconstruct(es_field, dates, "linear")
