@@ -177,7 +177,34 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
                 "(time_s1, polarization, y, x)."
             )
         out["s1"] = _finite_or_nan(out["s1"])
+        out = _s1_in_order(out)
     return out
+
+
+def _s1_in_order(cube: xr.Dataset) -> xr.Dataset:
+    """The S1 frames in time order and the polarizations as :data:`POLARIZATIONS` (a missing one
+    all NaN), whatever order a cube written elsewhere holds them in.
+
+    Raises:
+        CubeError: a polarization FieldFlow does not read (e.g. HH), or none named.
+    """
+    if "polarization" not in cube.coords:
+        raise CubeError(
+            f"Cube variable 's1' has no 'polarization' coordinate; name its layers {POLARIZATIONS}."
+        )
+    names = [str(p) for p in cube["polarization"].values]
+    unknown = sorted(set(names) - set(POLARIZATIONS))
+    if unknown or len(set(names)) != len(names):
+        raise CubeError(
+            f"Cube S1 polarizations are {tuple(names)}; FieldFlow reads {POLARIZATIONS} "
+            "(Sentinel-1 IW dual-pol), each once."
+        )
+    if tuple(names) != POLARIZATIONS:
+        cube = cube.assign_coords(polarization=names).reindex(polarization=list(POLARIZATIONS))
+    times = cube["time_s1"].values
+    if times.size > 1 and np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) < 0):
+        cube = cube.sortby("time_s1")
+    return cube
 
 
 def _finite_or_nan(values: xr.DataArray) -> xr.DataArray:

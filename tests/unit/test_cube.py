@@ -89,3 +89,27 @@ def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch) -> None:
         write_cube(_tiny_cube(), target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["cube.nc"]
+
+
+def test_s1_layers_and_frames_are_put_in_order_and_infinities_made_missing(flanders_cube) -> None:
+    from core.cube import validate_cube
+
+    cube = flanders_cube.isel(y=slice(0, 4), x=slice(0, 4), time_s1=slice(0, 6))
+    vv, vh = cube["s1"].sel(polarization="VV").values, cube["s1"].sel(polarization="VH").values
+    # Written elsewhere: VH first, frames newest first, one layer only: read as (VV, VH), in time.
+    swapped = validate_cube(cube.isel(polarization=[1, 0], time_s1=slice(None, None, -1)))
+    assert [str(p) for p in swapped["polarization"].values] == ["VV", "VH"]
+    np.testing.assert_array_equal(swapped["time_s1"].values, cube["time_s1"].values)
+    np.testing.assert_array_equal(swapped["s1"].sel(polarization="VV").values, vv)
+    only_vh = validate_cube(cube.isel(polarization=[1]))
+    assert np.isnan(only_vh["s1"].sel(polarization="VV").values).all()
+    np.testing.assert_array_equal(only_vh["s1"].sel(polarization="VH").values, vh)
+    with pytest.raises(CubeError, match=r"polarizations are \('HH', 'HV'\)"):
+        validate_cube(cube.assign_coords(polarization=["HH", "HV"]))
+    # -inf dB (log10 of a zero backscatter) and an infinite reflectance are missing values.
+    broken = cube.copy(deep=True)
+    broken["s1"].values[0, 0, 0, 0] = -np.inf
+    broken["s2"].values[0, 0, 0, 0] = np.inf
+    fixed = validate_cube(broken)
+    assert np.isnan(fixed["s1"].values[0, 0, 0, 0]) and np.isnan(fixed["s2"].values[0, 0, 0, 0])
+    assert np.isinf(broken["s2"].values[0, 0, 0, 0])  # the caller's cube is not changed
