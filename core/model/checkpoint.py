@@ -95,7 +95,11 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
     try:
         payload = torch.load(source, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise InputError(f"Cannot read the model checkpoint {source}: {exc}") from exc
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+        raise InputError(
+            f"Cannot read the model checkpoint {source} ({reason[:160] or type(exc).__name__}). "
+            "Is it a whole .pt file written by 'python -m core train'?"
+        ) from exc
     if payload.get("format_version") != FORMAT_VERSION:
         raise InputError(
             f"Checkpoint {source} has format {payload.get('format_version')}, this code reads "

@@ -335,8 +335,17 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="Cannot read the model checkpoint"):
+    with pytest.raises(InputError, match="Cannot read the model checkpoint") as caught:
         load_checkpoint(broken)
+    assert "\n" not in str(caught.value)  # one line, not torch's page of advice
+    assert str(caught.value).endswith("written by 'python -m core train'?")
+    # A checkpoint cut short (an interrupted copy) says the same.
+    from core.config import DEFAULT_CHECKPOINT
+
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(DEFAULT_CHECKPOINT.read_bytes()[:100_000])
+    with pytest.raises(InputError, match=r"Cannot read the model checkpoint .*cut\.pt"):
+        load_checkpoint(cut)
 
 
 def test_device_selection() -> None:
