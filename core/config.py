@@ -45,6 +45,11 @@ class Settings:
     """Time-out of every HTTP call (``FIELDFLOW_TIMEOUT_S``)."""
     retries: int = 4
     """Retries with exponential backoff on 429/5xx and connection errors (``FIELDFLOW_RETRIES``)."""
+    max_pixel_dates: float = 4.0e7
+    """Largest request fetched: the field grid's pixels times its Sentinel-2 acquisition days
+    (``FIELDFLOW_MAX_PIXEL_DATES``). A Run's peak memory grows with it, about 380 bytes per
+    pixel-date (10.5 GB for a 486 x 486 px field over 118 days, README "Benchmarks"), so the
+    default, 40 million (a 2,500 ha field over about a year), keeps a Run near 15 GB."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -63,6 +68,8 @@ class Settings:
             kwargs["timeout_s"] = float(env["FIELDFLOW_TIMEOUT_S"])
         if env.get("FIELDFLOW_RETRIES"):
             kwargs["retries"] = int(env["FIELDFLOW_RETRIES"])
+        if env.get("FIELDFLOW_MAX_PIXEL_DATES"):
+            kwargs["max_pixel_dates"] = float(env["FIELDFLOW_MAX_PIXEL_DATES"])
         return cls(**kwargs)
 
     @property

@@ -566,6 +566,40 @@ def _search(
     return items
 
 
+BYTES_PER_PIXEL_DATE = 380
+"""A Run's peak memory per pixel-date of its cube, measured (README, "Benchmarks": 10.5 GB for
+486 x 486 px over 118 days); used only to say what a refused request would have needed."""
+
+
+def check_request_size(
+    grid: Grid,
+    s2_items: Sequence[pystac.Item],
+    first: dt.date,
+    last: dt.date,
+    most: float,
+) -> None:
+    """Refuse, before anything is loaded, a request whose cube would hold more than ``most``
+    pixel-dates (the grid's pixels times the S2 items' distinct days).
+
+    Raises:
+        InputError: saying how big the request is and what would fit.
+    """
+    days = {item.datetime.date() for item in s2_items if item.datetime is not None}
+    pixels = grid.width * grid.height
+    if not days or pixels * len(days) <= most:
+        return
+    span = max((last - first).days + 1, 1)
+    fitting = max(int(span * most / (pixels * len(days))), 1)
+    need = pixels * len(days) * BYTES_PER_PIXEL_DATE / 1e9
+    raise InputError(
+        f"This request is too large to run: {grid.height} x {grid.width} px over "
+        f"{len(days)} Sentinel-2 acquisition days is {pixels * len(days) / 1e6:.0f} million "
+        f"pixel-dates, more than the {most / 1e6:.0f} million allowed (a Run would need about "
+        f"{need:.0f} GB of memory). Choose a shorter period (about {fitting} days fit for this "
+        "field) or a smaller field, or raise FIELDFLOW_MAX_PIXEL_DATES on a larger machine."
+    )
+
+
 def fetch_cube(
     field: Field,
     start: str | dt.date,
@@ -622,6 +656,7 @@ def fetch_cube(
             f"No {S2_COLLECTION} scenes{cloud_text} cover the field between {first} and {last}. "
             "Try a wider period or a higher cloud limit."
         )
+    check_request_size(grid, s2_items, first, last, settings.max_pixel_dates)
     scenes = {S2_COLLECTION: len(s2_items)}
     times, s2, scl = load_s2(
         s2_items, grid, settings=settings, signer=signer, threads=threads, progress=progress

@@ -25,6 +25,7 @@ from core.cache import CubeCache, cache_key, fetch_cached
 from core.cli import main
 from core.config import Settings
 from core.cube import read_cube, valid_from_scl
+from core.errors import InputError
 from core.fetch import fetch_cube
 from core.field import Field
 from core.grid import grid_for_field, grid_from_cube
@@ -235,6 +236,33 @@ def test_s1_assets_refused_gives_an_s2_only_result_that_says_so(published_site) 
     assert 0 < result.scenes_found["sentinel-1-rtc"] <= len(site.s1_items)
     assert any(e.status == 403 for e in site.cog_server.requests)
     assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), *period_of(site))
+
+
+def test_a_request_too_large_to_run_is_refused_before_any_pixel_is_read(
+    flanders_site: PublishedSite,
+) -> None:
+    # The limit is on the field grid's pixels times its S2 acquisition days; set it just under
+    # this request so that the real search finds the real items, and nothing is loaded.
+    site = flanders_site
+    field = Field(site.field(), "large")
+    grid = grid_for_field(field)
+    start, end = period_of(site)
+    days = len(np.unique(site.s2_times().astype("datetime64[D]")))
+    most = grid.width * grid.height * days - 1
+    site.reset()
+    settings = Settings(stac_api_url=site.stac_url, retries=1, max_pixel_dates=most)
+    with pytest.raises(InputError, match="This request is too large to run") as caught:
+        fetch_cube(field, start, end, settings=settings, threads=2)
+    message = str(caught.value)
+    assert f"{grid.height} x {grid.width} px over {days} Sentinel-2 acquisition days" in message
+    assert "FIELDFLOW_MAX_PIXEL_DATES" in message and "days fit for this field" in message
+    assert len(site.stac_server.searches()) >= 1
+    assert site.cog_server.requests == []  # refused before a single range read
+    # At the limit itself it loads.
+    site.reset()
+    exact = Settings(stac_api_url=site.stac_url, retries=1, max_pixel_dates=most + 1)
+    result = fetch_cube(field, start, end, settings=exact, include_s1=False, threads=2)
+    assert result.frames_loaded["s2"] == days
 
 
 def test_corrupt_cache_entry_is_refetched(flanders_site: PublishedSite, tmp_path: Path) -> None:
