@@ -7,6 +7,7 @@ that one representation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -17,12 +18,21 @@ from core.errors import InputError
 DAY_NS = np.int64(86_400 * 10**9)
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?")
+"""A calendar date, optionally with a time of day and a UTC offset (ISO 8601)."""
+
+
 def parse_date(text: str) -> np.datetime64:
     """Parse a calendar date ``YYYY-MM-DD`` (ISO 8601) into datetime64[ns] at midnight UTC."""
+    given = str(text).strip()
+    if not _ISO_DATE.fullmatch(given):  # pandas reads 'may' or '5' as some date
+        raise InputError(f"Cannot read the date '{text}': write it as YYYY-MM-DD.")
     try:
-        stamp = pd.Timestamp(str(text).strip())
+        stamp = pd.Timestamp(given)
     except (ValueError, TypeError) as exc:
-        raise InputError(f"Cannot read the date '{text}': write it as YYYY-MM-DD.") from exc
+        raise InputError(
+            f"The date '{text}' does not exist in the calendar; write it as YYYY-MM-DD."
+        ) from exc
     if stamp is pd.NaT:
         raise InputError(f"Cannot read the date '{text}': write it as YYYY-MM-DD.")
     if stamp.tzinfo is not None:

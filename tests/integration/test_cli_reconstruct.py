@@ -144,7 +144,8 @@ def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["reconstruct", "--dates", "2019-02-30"], "Cannot read the date '2019-02-30'"),
+        (["reconstruct", "--dates", "2019-02-30"], "'2019-02-30' does not exist in the calendar"),
+        (["reconstruct", "--dates", "may"], "Cannot read the date 'may': write it as YYYY-MM-DD"),
         (["reconstruct", "--dates", "2020-03-01"], "outside the cube's period"),
         (["reconstruct", "--dates", "2019-05-01", "--method", "cubic"], "Unknown reconstruction"),
         (["reconstruct", "--dates", "2019-05-01", "--start", "2019-05-01"], "not both"),

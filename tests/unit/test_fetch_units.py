@@ -132,6 +132,14 @@ def test_parse_period() -> None:
         parse_period("2023-10-31", "2023-03-01")
     with pytest.raises(InputError, match="YYYY-MM-DD"):
         parse_period("31/13/2023", "2023-03-01")
+    # pandas alone reads 'may' as 1754-12-28 and '5' as 1970: neither is a date given.
+    for text in ("may", "5", "2023/03/01"):
+        with pytest.raises(InputError, match=f"Cannot read the date '{text}'"):
+            parse_period(text, "2023-03-01")
+    with pytest.raises(InputError, match="'2023-02-29' does not exist in the calendar"):
+        parse_period("2023-02-29", "2023-03-01")
+    # ISO 8601 with a time of day (and an offset) is the calendar day it names.
+    assert parse_period("2023-03-01T10:30:00Z", "2023-03-02 23:00")[0] == dt.date(2023, 3, 1)
 
 
 def test_clear_fraction_over_mask() -> None:
