@@ -18,8 +18,9 @@ from core.errors import InputError
 DAY_NS = np.int64(86_400 * 10**9)
 
 
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?")
-"""A calendar date, optionally with a time of day and a UTC offset (ISO 8601)."""
+_ISO_DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?")
+"""A calendar date (month and day with or without a leading zero), optionally with a time of
+day and a UTC offset (ISO 8601)."""
 
 
 def parse_date(text: str) -> np.datetime64:
