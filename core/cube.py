@@ -161,6 +161,7 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         raise CubeError("Cube S2 times are not strictly increasing; merge same-day frames first.")
     out = ds.copy()
     out["s2"] = _finite_or_nan(out["s2"])
+    _check_reflectance_scale(out["s2"].values)
     if "valid" not in out:
         if "scl" not in out:
             raise CubeError("Cube has neither 'valid' nor 'scl': cannot tell clear pixels.")
@@ -205,6 +206,26 @@ def _s1_in_order(cube: xr.Dataset) -> xr.Dataset:
     if times.size > 1 and np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) < 0):
         cube = cube.sortby("time_s1")
     return cube
+
+
+REFLECTANCE_MEDIAN_MAX = 1.5
+"""Above this median (clouds included), a cube's 's2' holds digital numbers, not reflectance."""
+
+
+def _check_reflectance_scale(s2: np.ndarray) -> None:
+    """CubeError when ``s2`` (T, 10, H, W) holds L2A digital numbers (0-10000) instead of
+    reflectance (0 to about 1): every method would run and give numbers 10,000 x too large,
+    and NDVI would look fine. Judged on every 4th pixel of at most 16 frames, so it costs
+    little."""
+    frames = s2[:: max(1, s2.shape[0] // 16), :, ::4, ::4]
+    finite = frames[np.isfinite(frames)]
+    if finite.size and float(np.median(finite)) > REFLECTANCE_MEDIAN_MAX:
+        raise CubeError(
+            f"The cube's 's2' looks like digital numbers, not reflectance (median "
+            f"{float(np.median(finite)):,.0f}; reflectance lies between 0 and about 1). Divide "
+            "Sentinel-2 L2A values by 10000 (after subtracting 1000 for processing baseline "
+            "04.00 and later) before writing the cube, or fetch it with 'python -m core fetch'."
+        )
 
 
 def _finite_or_nan(values: xr.DataArray) -> xr.DataArray:

@@ -128,6 +128,12 @@ def grid_from_cube(cube: xr.Dataset) -> Grid:
         y.size < 2 or np.allclose(np.diff(y), -res)
     )
     if not regular:
+        crs = str(cube.attrs["crs"])
+        if _is_geographic(crs):
+            raise InputError(
+                f"The cube is on a longitude/latitude grid ({crs}); this needs one in metres, "
+                "as 'python -m core fetch' writes (a UTM zone)."
+            )
         raise InputError(
             f"Cube coordinates are not a regular north-up {res} m grid; cannot derive its grid."
         )

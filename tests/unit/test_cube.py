@@ -113,3 +113,14 @@ def test_s1_layers_and_frames_are_put_in_order_and_infinities_made_missing(fland
     fixed = validate_cube(broken)
     assert np.isnan(fixed["s1"].values[0, 0, 0, 0]) and np.isnan(fixed["s2"].values[0, 0, 0, 0])
     assert np.isinf(broken["s2"].values[0, 0, 0, 0])  # the caller's cube is not changed
+
+
+def test_digital_numbers_instead_of_reflectance_are_refused(cubes_dir) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "es-field_2019.nc")
+    as_dn = cube.copy()
+    as_dn["s2"] = cube["s2"] * 10000 + 1000  # L2A DN of processing baseline 04.00
+    with pytest.raises(CubeError, match="looks like digital numbers, not reflectance"):
+        validate_cube(as_dn)
+    validate_cube(cube)  # reflectance, clouds and all, passes

@@ -209,6 +209,15 @@ def test_field_mask_on_a_lonlat_cube_uses_its_degree_spacing(cubes_dir) -> None:
     assert transform @ (0.5, 0.5) == pytest.approx((x[0], y[0]), abs=1e-12)
 
 
+def test_a_grid_in_metres_is_not_derived_from_a_lonlat_cube(cubes_dir) -> None:
+    import xarray as xr
+
+    with xr.open_dataset(cubes_dir / "hu-alfold_2021.nc") as ds:
+        cube = _lonlat_cube(ds["x"].values[:4], ds["y"].values[:3])
+    with pytest.raises(InputError, match=r"longitude/latitude grid \(EPSG:4326\); this needs"):
+        grid_from_cube(cube)
+
+
 def test_lonlat_cube_with_irregular_or_single_row_coordinates_is_refused() -> None:
     x = np.array([22.0, 22.0003, 22.0007, 22.0009])  # uneven steps
     y = np.array([47.3, 47.2998, 47.2996])
