@@ -150,7 +150,7 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         raise CubeError(f"Cube variable 's2' has dims {dims}; expected (time_s2, band, y, x).")
     bands = tuple(str(b) for b in ds["band"].values)
     if bands != S2_BANDS:
-        raise CubeError(f"Cube bands are {bands}; expected the ten bands {S2_BANDS} in order.")
+        ds = _ten_bands(ds, bands)
     for attr in ("crs", "resolution_m"):
         if attr not in ds.attrs:
             raise CubeError(f"Cube lacks the '{attr}' attribute; write it with core.cube.")
@@ -170,6 +170,16 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         raise CubeError(
             f"Cube variable 'valid' has dims {out['valid'].dims}; expected (time_s2, y, x)."
         )
+    flags = out["valid"].values
+    if flags.dtype != np.uint8 or flags.max(initial=0) > 1:  # the usual case costs one max
+        odd = np.unique(flags[~np.isin(flags, (0, 1))])
+        if odd.size:
+            shown = ", ".join(str(v) for v in odd[:5])
+            raise CubeError(
+                f"Cube variable 'valid' holds {shown}{' ...' if odd.size > 5 else ''}; it must "
+                "be 1 for a clear observation and 0 for anything else (cloud, shadow, nodata). "
+                "Map other codes to 0 or 1 before writing the cube (SCL: core.cube.valid_from_scl)."
+            )
     out["valid"] = out["valid"].astype(np.uint8)
     if "s1" in out:
         if out["s1"].dims != ("time_s1", "polarization", "y", "x"):
@@ -206,6 +216,28 @@ def _s1_in_order(cube: xr.Dataset) -> xr.Dataset:
     if times.size > 1 and np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) < 0):
         cube = cube.sortby("time_s1")
     return cube
+
+
+UNUSED_S2_BANDS = ("B01", "B09", "B10")
+"""Sentinel-2 bands a cube may hold that FieldFlow does not read (60 m aerosol, water vapour,
+cirrus): dropped when a cube is read."""
+
+
+def _ten_bands(ds: xr.Dataset, bands: tuple[str, ...]) -> xr.Dataset:
+    """``ds`` with the ten :data:`S2_BANDS` in order: a cube written elsewhere may hold some of
+    them, in another order, or with the unused 60 m bands; the absent ones are all NaN (as in
+    the 20 m-only shared cubes).
+
+    Raises:
+        CubeError: a band name Sentinel-2 does not have, a band twice, or none of the ten.
+    """
+    unknown = [b for b in bands if b not in S2_BANDS and b not in UNUSED_S2_BANDS]
+    if unknown or len(set(bands)) != len(bands) or not set(bands) & set(S2_BANDS):
+        raise CubeError(
+            f"Cube bands are {bands}; expected Sentinel-2 band names, each once, among the ten "
+            f"FieldFlow reads {S2_BANDS} (e.g. B04 and B08 for NDVI)."
+        )
+    return ds.reindex(band=list(S2_BANDS))
 
 
 REFLECTANCE_MEDIAN_MAX = 1.5

@@ -124,3 +124,38 @@ def test_digital_numbers_instead_of_reflectance_are_refused(cubes_dir) -> None:
     with pytest.raises(CubeError, match="looks like digital numbers, not reflectance"):
         validate_cube(as_dn)
     validate_cube(cube)  # reflectance, clouds and all, passes
+
+
+@pytest.mark.parametrize("code", [255, 2, np.nan])
+def test_valid_flags_other_than_zero_and_one_are_refused(code) -> None:
+    from core.cube import validate_cube
+
+    valid = np.ones((1, 2, 2), np.float32)
+    valid[0, 0, 0] = code  # e.g. a nodata code kept from another product: was read as clear
+    cube = build_cube(
+        np.full((1, 10, 2, 2), 0.2, np.float32),
+        np.array(["2020-01-01"], "datetime64[ns]"),
+        np.array([5.0, -5.0]),
+        np.array([0.0, 10.0]),
+        {"crs": "EPSG:32631", "resolution_m": 10.0},
+        valid=np.ones((1, 2, 2), np.uint8),
+    )
+    cube["valid"] = (("time_s2", "y", "x"), valid)
+    with pytest.raises(CubeError, match=r"Cube variable 'valid' holds .*it must be 1 for a clear"):
+        validate_cube(cube)
+
+
+def test_a_cube_with_some_bands_in_another_order_is_read_as_the_ten(cubes_dir) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "es-field_2019.nc")  # B04 and B08 only
+    written = cube.sel(band=["B08", "B04"])  # as one's own script might write it
+    read = validate_cube(written)
+    assert tuple(str(b) for b in read["band"].values) == S2_BANDS
+    xr.testing.assert_identical(read["s2"], cube["s2"])  # the others all NaN, as stored
+    with_b01 = cube.sel(band=["B02", "B04", "B08"]).assign_coords(band=["B01", "B04", "B08"])
+    np.testing.assert_array_equal(validate_cube(with_b01)["s2"].values, cube["s2"].values)
+    for bad in (["B04", "B04"], ["red", "nir"], ["B01", "B09"]):
+        wrong = cube.isel(band=[3, 6]).assign_coords(band=bad)
+        with pytest.raises(CubeError, match="expected Sentinel-2 band names, each once"):
+            validate_cube(wrong)
