@@ -152,10 +152,14 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
     if bands != S2_BANDS:
         ds = _ten_bands(ds, bands)
     for attr in ("crs", "resolution_m"):
-        if attr not in ds.attrs:
+        if attr not in ds.attrs or ds.attrs[attr] is None or str(ds.attrs[attr]).strip() == "":
             raise CubeError(f"Cube lacks the '{attr}' attribute; write it with core.cube.")
+    _check_crs(str(ds.attrs["crs"]))
     if ds.sizes["time_s2"] == 0:
         raise CubeError("Cube has no Sentinel-2 frames.")
+    if ds.sizes["y"] == 0 or ds.sizes["x"] == 0:
+        raise CubeError(f"Cube has no pixels ({ds.sizes['y']} x {ds.sizes['x']}).")
+    ds = _dated(_dated(ds, "time_s2"), "time_s1")
     times = ds["time_s2"].values
     if np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) <= 0):
         raise CubeError("Cube S2 times are not strictly increasing; merge same-day frames first.")
@@ -216,6 +220,35 @@ def _s1_in_order(cube: xr.Dataset) -> xr.Dataset:
     if times.size > 1 and np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) < 0):
         cube = cube.sortby("time_s1")
     return cube
+
+
+def _check_crs(crs: str) -> None:
+    import pyproj  # here: reading a cube does not otherwise need it
+
+    try:
+        pyproj.CRS.from_user_input(crs)
+    except pyproj.exceptions.CRSError as exc:
+        raise CubeError(
+            f"Cube CRS '{crs}' is not one pyproj knows; write it as an authority code such as "
+            "'EPSG:32631'."
+        ) from exc
+
+
+def _dated(ds: xr.Dataset, name: str) -> xr.Dataset:
+    """``ds`` with its ``name`` coordinate as datetime64[ns]: ISO date strings are read as
+    dates; numbers (days? seconds? since when?) are refused."""
+    if name not in ds.coords or np.issubdtype(ds[name].dtype, np.datetime64):
+        return ds
+    values = ds[name].values
+    if values.size and not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
+        try:
+            return ds.assign_coords({name: values.astype("datetime64[ns]")})
+        except (ValueError, TypeError):
+            pass
+    raise CubeError(
+        f"Cube coordinate '{name}' holds {values.dtype} values, not dates; write it as "
+        "datetime64 (or ISO dates such as 2021-05-03)."
+    )
 
 
 UNUSED_S2_BANDS = ("B01", "B09", "B10")

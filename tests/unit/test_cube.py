@@ -159,3 +159,21 @@ def test_a_cube_with_some_bands_in_another_order_is_read_as_the_ten(cubes_dir) -
         wrong = cube.isel(band=[3, 6]).assign_coords(band=bad)
         with pytest.raises(CubeError, match="expected Sentinel-2 band names, each once"):
             validate_cube(wrong)
+
+
+def test_dates_crs_and_pixels_of_a_cube_written_elsewhere(cubes_dir) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "es-field_2019.nc")
+    days = [str(t)[:10] for t in cube["time_s2"].values]
+    as_text = validate_cube(cube.assign_coords(time_s2=days))  # ISO strings are dates
+    np.testing.assert_array_equal(as_text["time_s2"].values, np.array(days, dtype="datetime64[ns]"))
+    refused = {
+        "holds int64 values, not dates": cube.assign_coords(time_s2=np.arange(len(days))),
+        "Cube lacks the 'crs' attribute": cube.assign_attrs(crs=None),
+        "not one pyproj knows": cube.assign_attrs(crs="EPSG:99999999"),
+        r"no pixels \(57 x 0\)": cube.isel(x=slice(0, 0)),
+    }
+    for message, wrong in refused.items():
+        with pytest.raises(CubeError, match=message):
+            validate_cube(wrong)
