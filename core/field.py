@@ -427,6 +427,14 @@ def _checked_field(
         )
     polygonal = shapely.force_2d(polygonal)
     _check_lonlat(polygonal, origin)
+    lon_min, _, lon_max, _ = polygonal.bounds
+    if lon_max - lon_min > 180.0:  # no field spans half the globe: it jumps the date line
+        raise FieldError(
+            f"The outline in the {origin} runs from longitude {lon_min:g} to {lon_max:g}: it "
+            "crosses the 180th meridian (the date line), where one edge's longitudes are "
+            "written near -180 and the other's near 180. FieldFlow cannot fetch such a field; "
+            "outline the part on one side of the date line."
+        )
     polygonal, repaired = _repaired(polygonal, origin)
     area_ha = _geodesic_area_m2(polygonal) / 10_000.0
     if area_ha < MIN_AREA_HA:

@@ -308,6 +308,21 @@ def test_drawing_on_a_map_panned_past_the_date_line_is_wrapped_back() -> None:
             field_from_drawing(drawn(lon0, lon0 + 0.002))
 
 
+def test_an_uploaded_outline_across_the_date_line_is_refused_not_fetched_worldwide() -> None:
+    # A file writes a Taveuni (Fiji) field across the 180th meridian with longitudes near
+    # -180 on one edge and near 180 on the other. Its geodesic area is small (59 ha), but
+    # planar, it spans the globe: its UTM zone was chosen off the centroid (zone 21, in South
+    # America) and its search covered every scene at that latitude.
+    ring = [[179.995, -17.0], [-179.995, -17.0], [-179.995, -17.01], [179.995, -17.0]]
+    outline = {"type": "Polygon", "coordinates": [ring]}
+    with pytest.raises(FieldError, match="crosses the 180th meridian"):
+        field_from_upload(json.dumps(outline).encode(), "taveuni.geojson")
+    east = [[179.985, -17.0], [179.995, -17.0], [179.995, -17.01], [179.985, -17.0]]
+    data = json.dumps({"type": "Polygon", "coordinates": [east]}).encode()
+    field = field_from_upload(data, "east.geojson")
+    assert field.utm_crs == "EPSG:32760"  # one side of it is a field like any other
+
+
 def test_drawn_circle_is_refused_as_a_point() -> None:
     geometry = {"type": "Point", "coordinates": [3.0, 51.0]}
     circle = {"type": "Feature", "properties": {"radius": 80.0}, "geometry": geometry}
