@@ -284,10 +284,11 @@ def _check_reflectance_scale(s2: np.ndarray) -> None:
     little."""
     frames = s2[:: max(1, s2.shape[0] // 16), :, ::4, ::4]
     finite = frames[np.isfinite(frames)]
-    if finite.size and float(np.median(finite)) > REFLECTANCE_MEDIAN_MAX:
+    median = float(np.median(finite)) if finite.size else 0.0
+    if median > REFLECTANCE_MEDIAN_MAX:
         raise CubeError(
             f"The cube's 's2' looks like digital numbers, not reflectance (median "
-            f"{float(np.median(finite)):,.0f}; reflectance lies between 0 and about 1). Divide "
+            f"{median:,.0f}; reflectance lies between 0 and about 1). Divide "
             "Sentinel-2 L2A values by 10000 (after subtracting 1000 for processing baseline "
             "04.00 and later) before writing the cube, or fetch it with 'python -m core fetch'."
         )

@@ -280,10 +280,10 @@ def cube_raster(cube: xr.Dataset) -> tuple[str, Affine, tuple[int, int]]:
             "pixel size in degrees is unknown. Use a cube of at least 2 x 2 pixels."
         )
     dx, dy = float(np.median(np.diff(x))), float(np.median(np.diff(y)))
-    regular = (
-        dx > 0 and dy < 0 and np.allclose(np.diff(x), dx, rtol=1e-4, atol=0)
-    ) and np.allclose(np.diff(y), dy, rtol=1e-4, atol=0)
-    if not regular:
+    steady = np.allclose(np.diff(x), dx, rtol=1e-4, atol=0) and np.allclose(
+        np.diff(y), dy, rtol=1e-4, atol=0
+    )
+    if not (dx > 0 and dy < 0 and steady):
         raise InputError(
             f"The cube's {crs} coordinates are not a regular north-up grid (x rising, y falling "
             "by equal steps); cannot place a field outline on it. Write the cube with "

@@ -86,20 +86,29 @@ def test_reconstruct_regular_dates_with_samples_and_no_kept_observations(es_path
         assert written.attrs["method"] == "whittaker"
 
 
-def test_ndvi_writes_the_field_curve(es_path, es_cube, tmp_path) -> None:
-    field = _field_file(es_cube, tmp_path / "field.geojson")
-    out = tmp_path / "curve.csv"
+def _linear_curve_of_outline(
+    path: Path, cube: xr.Dataset, field: Path, period: tuple[str, str], rows: slice, cols: slice
+) -> str:
+    """``ndvi --geojson`` with linear interpolation over ``period``; asserts that it took the
+    pixels ``rows`` x ``cols`` and wrote their curve; returns the CSV text."""
+    out = field.parent / "curve.csv"
     done = _cli(
-        "ndvi", "--cube", es_path, "--geojson", field, "--start", "2019-05-01",
-        "--end", "2019-05-31", "--method", "linear", "--out", out,
+        "ndvi", "--cube", path, "--geojson", field, "--start", period[0], "--end", period[1],
+        "--method", "linear", "--out", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "for 100 field pixels" in done.stdout
-    mask = np.zeros((57, 56), dtype=bool)
-    mask[20:30, 20:30] = True
-    expected = ndvi_curve(es_cube, "2019-05-01", "2019-05-31", field_mask=mask)
+    mask = np.zeros(cube["valid"].shape[1:], dtype=bool)
+    mask[rows, cols] = True
+    assert f"for {int(mask.sum())} field pixels" in done.stdout
     text = out.read_text()
-    assert text == curve_csv(expected)
+    assert text == curve_csv(ndvi_curve(cube, *period, field_mask=mask))
+    return text
+
+
+def test_ndvi_writes_the_field_curve(es_path, es_cube, tmp_path) -> None:
+    field = _field_file(es_cube, tmp_path / "field.geojson")
+    period = ("2019-05-01", "2019-05-31")
+    text = _linear_curve_of_outline(es_path, es_cube, field, period, slice(20, 30), slice(20, 30))
     lines = text.splitlines()
     assert lines[0] == (
         "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source,days_to_clear"
@@ -118,17 +127,8 @@ def test_ndvi_takes_a_field_outline_on_a_lonlat_cube(cubes_dir, tmp_path) -> Non
     field = tmp_path / "field.geojson"
     field.write_text(json.dumps({"type": "Feature", "properties": {"name": "hu"},
                                  "geometry": mapping(outline)}))  # fmt: skip
-    out = tmp_path / "curve.csv"
-    done = _cli(
-        "ndvi", "--cube", path, "--geojson", field, "--start", "2021-05-01",
-        "--end", "2021-05-20", "--method", "linear", "--out", out,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "for 200 field pixels" in done.stdout
-    mask = np.zeros(cube["valid"].shape[1:], dtype=bool)
-    mask[60:70, 40:60] = True
-    expected = ndvi_curve(cube, "2021-05-01", "2021-05-20", field_mask=mask)
-    assert out.read_text() == curve_csv(expected)
+    period = ("2021-05-01", "2021-05-20")
+    _linear_curve_of_outline(path, cube, field, period, slice(60, 70), slice(40, 60))
 
 
 def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
