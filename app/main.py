@@ -48,7 +48,11 @@ def main() -> None:
     """Build the page."""
     st.set_page_config(page_title="FieldFlow", page_icon="🌾", layout="wide")
     state = page_state()
-    settings = services.settings()
+    try:
+        settings = services.settings()
+    except FieldFlowError as exc:  # a server set up with a wrong value: say which, start nothing
+        st.error(str(exc))
+        st.stop()
     with st.sidebar:
         st.title("FieldFlow")
         field_panel(state, settings)

@@ -7,8 +7,10 @@
   inputs shows its finished progress at once. The result is read-only and kept as one object
   (``st.cache_resource``), not pickled: a large field's result holds its cube (about 1 GB at
   500 px), of which ``st.cache_data`` kept a second, pickled copy and unpickled it on every
-  hit. The fetch below it also goes through core's disk cache, so even a restarted server
-  does not fetch twice.
+  hit. The results kept are bounded by the memory they hold (``FIELDFLOW_RESULT_CACHE_MB``,
+  :class:`core.memory.MemoryBudget`; the least recently used go first) and their number. The
+  fetch below it also goes through core's disk cache, so even a restarted server does not
+  fetch twice.
 * :func:`day_view`: one reconstructed day for the "Query date", cached per (result, day).
 * :func:`model`: the model is loaded once per process.
 * :func:`stac_available`: whether the STAC API answers, checked at most once a minute.
@@ -27,6 +29,7 @@ from core.config import Settings
 from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
+from core.memory import MIB, MemoryBudget
 from core.progress import StageClock, time_left_text
 from core.reconstruct import Reconstructor
 from core.season import (
@@ -40,9 +43,10 @@ from core.season import (
     day_view as core_day_view,
 )
 
-SEASON_CACHE_ENTRIES = 8
-"""Results kept in memory, shared by the sessions that asked for the same Run (each holds its
-cube and every picture: about 10 MB for the demo field, over 1 GB for a 500 px field)."""
+SEASON_CACHE_ENTRIES = 16
+"""Most results kept in memory, shared by the sessions that asked for the same Run; what they
+hold together is bounded by :attr:`Settings.result_cache_mb` (each holds its cube and every
+picture: about 10 MB for the demo field, over 1 GB for a 500 px field)."""
 
 
 @st.cache_resource(show_spinner=False)
@@ -94,10 +98,20 @@ def season(request: SeasonRequest, config: Settings) -> SeasonResult:
     runner = reconstructor()
     if request.method == "model" and scheduler_address() is None:
         model(request.options.device)
-    return _season(request.key(config.stac_api_url), request, config, runner)
+    key = request.key(config.stac_api_url)
+    result = _season(key, request, config, runner)
+    for old_key in result_budget(config.result_cache_mb).use(key, result.nbytes):
+        _season.clear(old_key, None, None, None)  # the arguments named _ are not in the key
+    return result
 
 
-@st.cache_resource(max_entries=SEASON_CACHE_ENTRIES, show_spinner=False)
+@st.cache_resource(show_spinner=False)
+def result_budget(limit_mb: float) -> MemoryBudget:
+    """The books of the results :func:`season` keeps, once per process."""
+    return MemoryBudget(limit_mb * MIB, max_entries=SEASON_CACHE_ENTRIES)
+
+
+@st.cache_resource(show_spinner=False)  # bounded by result_budget
 def _season(
     key: str, _request: SeasonRequest, _config: Settings, _runner: Reconstructor
 ) -> SeasonResult:

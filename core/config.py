@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from core.errors import InputError
 
 PLANETARY_COMPUTER_STAC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,29 +54,66 @@ class Settings:
     (``FIELDFLOW_MAX_PIXEL_DATES``). A Run's peak memory grows with it, about 380 bytes per
     pixel-date (10.5 GB for a 486 x 486 px field over 118 days, README "Benchmarks"), so the
     default, 40 million (a 2,500 ha field over about a year), keeps a Run near 15 GB."""
+    result_cache_mb: float = 4096.0
+    """Memory the app's finished Runs may hold, shared by its sessions
+    (``FIELDFLOW_RESULT_CACHE_MB``). The least recently used are dropped past it (a 64 px Run
+    holds about 10 MB, a 500 px one over 1 GB); a session keeps the Run it shows either way."""
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
-        """Read settings from ``environ`` (default ``os.environ``); unset keys keep defaults."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``); unset keys keep defaults.
+
+        Raises:
+            InputError: a numeric variable is not a number in its range (names the variable).
+        """
         env = os.environ if environ is None else environ
         kwargs: dict[str, object] = {}
-        if env.get("STAC_API_URL"):
-            kwargs["stac_api_url"] = env["STAC_API_URL"].rstrip("/")
-        if env.get("FIELDFLOW_DATA_DIR"):
-            kwargs["data_dir"] = Path(env["FIELDFLOW_DATA_DIR"])
-        if env.get("FIELDFLOW_CACHE_DIR"):
-            kwargs["cache_dir"] = Path(env["FIELDFLOW_CACHE_DIR"])
-        if env.get("FIELDFLOW_MAX_AREA_HA"):
-            kwargs["max_area_ha"] = float(env["FIELDFLOW_MAX_AREA_HA"])
-        if env.get("FIELDFLOW_TIMEOUT_S"):
-            kwargs["timeout_s"] = float(env["FIELDFLOW_TIMEOUT_S"])
-        if env.get("FIELDFLOW_RETRIES"):
-            kwargs["retries"] = int(env["FIELDFLOW_RETRIES"])
-        if env.get("FIELDFLOW_MAX_PIXEL_DATES"):
-            kwargs["max_pixel_dates"] = float(env["FIELDFLOW_MAX_PIXEL_DATES"])
+        if env.get("STAC_API_URL", "").strip():
+            kwargs["stac_api_url"] = env["STAC_API_URL"].strip().rstrip("/")
+        for name, key in (("FIELDFLOW_DATA_DIR", "data_dir"), ("FIELDFLOW_CACHE_DIR", "cache_dir")):
+            if env.get(name, "").strip():
+                kwargs[key] = Path(env[name].strip()).expanduser()
+        for name, key, lowest in (
+            ("FIELDFLOW_MAX_AREA_HA", "max_area_ha", 0.0),
+            ("FIELDFLOW_TIMEOUT_S", "timeout_s", 0.0),
+            ("FIELDFLOW_MAX_PIXEL_DATES", "max_pixel_dates", 0.0),
+            ("FIELDFLOW_RESULT_CACHE_MB", "result_cache_mb", None),
+        ):
+            if env.get(name, "").strip():
+                kwargs[key] = _env_number(name, env[name], above=lowest)
+        if env.get("FIELDFLOW_RETRIES", "").strip():
+            retries = _env_number("FIELDFLOW_RETRIES", env["FIELDFLOW_RETRIES"], above=None)
+            if retries != int(retries):
+                raise InputError(
+                    f"FIELDFLOW_RETRIES is {env['FIELDFLOW_RETRIES'].strip()!r}: give a whole "
+                    "number of retries, 0 or more (0: no retry), or unset it for the default, 4."
+                )
+            kwargs["retries"] = int(retries)
         return cls(**kwargs)
 
     @property
     def cubes_dir(self) -> Path:
         """Folder of the shared real cubes."""
         return self.data_dir / "cubes"
+
+
+def _env_number(name: str, text: str, *, above: float | None) -> float:
+    """``text`` (the value of environment variable ``name``) as a finite number, greater than
+    ``above`` (None: 0 or more).
+
+    Raises:
+        InputError: not a number, or out of range; the message names the variable and the fix.
+    """
+    value = text.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    in_range = number > above if above is not None else number >= 0
+    if math.isfinite(number) and in_range:
+        return number
+    wanted = f"a number above {above:g}" if above is not None else "a number, 0 or more"
+    raise InputError(
+        f"{name} is {value!r}: it must be {wanted}. Correct it, or unset it to use the default, "
+        "and start again."
+    )

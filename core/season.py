@@ -254,6 +254,30 @@ class SeasonResult:
     blend and bands); empty for the baselines."""
 
     @property
+    def nbytes(self) -> int:
+        """Memory the result holds: its cube, mask, pictures and curves."""
+        pictures = [
+            picture
+            for frame in self.frames
+            for picture in (
+                frame.raw_png,
+                frame.rgb_png,
+                frame.ndvi_png,
+                frame.uncertainty_png,
+                frame.overlay_rgb_png,
+                frame.overlay_ndvi_png,
+            )
+            if picture is not None
+        ] + [view.png for view in self.radar]
+        tables = (self.curve, self.reference)
+        return (
+            int(self.cube.nbytes)
+            + int(self.mask.nbytes)
+            + sum(len(picture) for picture in pictures)
+            + sum(int(table.memory_usage(deep=True).sum()) for table in tables)
+        )
+
+    @property
     def days(self) -> list[dt.date]:
         """The timeline's days."""
         return [entry.day for entry in self.timeline]

@@ -333,3 +333,45 @@ def test_two_sessions_do_not_share_fields_or_results(open_page: OpenPage) -> Non
     assert state(second).field is None and state(second).result is None
     assert not second.get("plotly_chart")
     assert button(second, "Run").disabled
+
+
+def test_kept_results_are_bounded_by_the_memory_they_hold(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def run_demo(page: AppTest, method: str) -> SeasonResult:
+        page.selectbox(key="method").set_value(method).run()
+        button(page, "Run").click().run()
+        no_exceptions(page)
+        assert not page.error, texts(page, "error")
+        return state(page).result
+
+    # A budget under one result: only the newest Run stays in memory.
+    monkeypatch.setenv("FIELDFLOW_RESULT_CACHE_MB", "0.5")
+    page = open_page()
+    button(page, "Demo field").click().run()
+    first = run_demo(page, "linear")
+    assert first.nbytes > 0.5 * 1024 * 1024  # the cube alone is larger
+    assert run_demo(page, "linear") is first  # the newest is kept, even over the budget
+    run_demo(page, "whittaker")
+    again = run_demo(page, "linear")
+    assert again.key == first.key and again is not first  # dropped for the whittaker Run
+
+    # With room for both, the same sequence gets the kept result back.
+    monkeypatch.setenv("FIELDFLOW_RESULT_CACHE_MB", "1024")
+    page = open_page()
+    button(page, "Demo field").click().run()
+    first = run_demo(page, "linear")
+    run_demo(page, "whittaker")
+    assert run_demo(page, "linear") is first
+
+
+def test_a_wrong_setting_in_the_environment_is_named_on_the_page(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDFLOW_MAX_AREA_HA", "lots")
+    page = open_page()
+    assert texts(page, "error") == [
+        "FIELDFLOW_MAX_AREA_HA is 'lots': it must be a number above 0. Correct it, or unset it "
+        "to use the default, and start again."
+    ]
+    assert not page.button  # nothing to press until the server is set up right

@@ -172,6 +172,19 @@ def test_bad_input_is_refused_with_an_actionable_line(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_wrong_setting_in_the_environment_is_one_error_line(
+    es_path, tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("FIELDFLOW_RETRIES", "two")
+    out = str(tmp_path / "c.csv")
+    status = main(["ndvi", "--cube", str(es_path), "--start", "2019-05-01", "--end",
+                   "2019-06-01", "--method", "linear", "--out", out])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: FIELDFLOW_RETRIES is 'two': it must be a number, 0 or more.")
+    assert not (tmp_path / "c.csv").exists()
+
+
 def test_ndvi_refuses_cube_without_red_band(cubes_dir, tmp_path, capsys) -> None:
     status = main(
         ["ndvi", "--cube", str(cubes_dir / "be-flanders-c_2018-2019.nc"), "--method", "linear",

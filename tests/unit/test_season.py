@@ -114,6 +114,16 @@ def test_radar_is_the_nearest_sentinel1_frame(season, flanders_cube) -> None:
         assert abs((radar.day - result.frames[index].day).days) == best
 
 
+def test_a_result_counts_the_memory_it_holds(season) -> None:
+    result, _ = season
+    pictures = sum(
+        len(f.rgb_png) + len(f.ndvi_png) + len(f.overlay_ndvi_png) for f in result.frames
+    )
+    least = result.cube.nbytes + result.mask.nbytes + pictures + len(result.curve) * 8
+    # ... plus the raw and uncertainty pictures, the true-colour overlays, radar and tables
+    assert least < result.nbytes < least + 20 * 1024 * 1024
+
+
 def test_progress_reports_stages_with_counts(season) -> None:
     result, calls = season
     stages = [stage for stage, _, _ in calls]

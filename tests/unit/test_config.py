@@ -1,0 +1,54 @@
+"""Settings from the environment: defaults, values read, and wrong values named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import Settings
+from core.errors import InputError
+
+
+def test_unset_and_blank_variables_keep_the_defaults() -> None:
+    blank = {name: " " for name in ("STAC_API_URL", "FIELDFLOW_RETRIES", "FIELDFLOW_TIMEOUT_S")}
+    assert Settings.from_env({}) == Settings() == Settings.from_env(blank)
+
+
+def test_values_are_read_and_trimmed() -> None:
+    settings = Settings.from_env(
+        {
+            "STAC_API_URL": " http://127.0.0.1:8000/api/stac/v1/ ",
+            "FIELDFLOW_CACHE_DIR": "/tmp/ff-cache",
+            "FIELDFLOW_MAX_AREA_HA": "12.5",
+            "FIELDFLOW_TIMEOUT_S": " 3 ",
+            "FIELDFLOW_RETRIES": "0",
+            "FIELDFLOW_MAX_PIXEL_DATES": "1e6",
+            "FIELDFLOW_RESULT_CACHE_MB": "0",
+        }
+    )
+    assert settings.stac_api_url == "http://127.0.0.1:8000/api/stac/v1"
+    assert settings.cache_dir == Path("/tmp/ff-cache")
+    assert (settings.max_area_ha, settings.timeout_s, settings.retries) == (12.5, 3.0, 0)
+    assert settings.max_pixel_dates == 1e6 and settings.result_cache_mb == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("FIELDFLOW_MAX_AREA_HA", "lots", "it must be a number above 0"),
+        ("FIELDFLOW_MAX_AREA_HA", "0", "it must be a number above 0"),
+        ("FIELDFLOW_TIMEOUT_S", "-1", "it must be a number above 0"),
+        ("FIELDFLOW_TIMEOUT_S", "inf", "it must be a number above 0"),
+        ("FIELDFLOW_MAX_PIXEL_DATES", "nan", "it must be a number above 0"),
+        ("FIELDFLOW_RESULT_CACHE_MB", "-5", "it must be a number, 0 or more"),
+        ("FIELDFLOW_RETRIES", "two", "it must be a number, 0 or more"),
+        ("FIELDFLOW_RETRIES", "1.5", "give a whole number of retries"),
+    ],
+)
+def test_a_wrong_value_names_the_variable_and_the_fix(name: str, value: str, said: str) -> None:
+    with pytest.raises(InputError) as raised:
+        Settings.from_env({name: value})
+    message = str(raised.value)
+    assert message.startswith(f"{name} is {value!r}") and said in message
+    assert "unset it" in message
