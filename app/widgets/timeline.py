@@ -13,6 +13,7 @@ import streamlit as st
 
 from app import services
 from app.state import Key, forget_widget, set_widget_value, widget_value
+from app.widgets.period import DATE_FORMAT
 from core.errors import FieldFlowError
 from core.render import colour_bar
 from core.season import FrameView, SeasonResult
@@ -90,6 +91,7 @@ def query_panel(result: SeasonResult) -> None:
         min_value=result.first_day,
         max_value=result.last_day,
         key=str(Key.QUERY),
+        format=DATE_FORMAT,
         help="Any day of the period: its reconstructed frame and the field's NDVI.",
     )
     if not isinstance(day, dt.date):
