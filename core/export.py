@@ -1,4 +1,5 @@
-"""Files a user takes away: one reconstructed frame as a GeoTIFF, the field as GeoJSON.
+"""Files a user takes away: one reconstructed frame as a GeoTIFF, a season's frames as NetCDF,
+the field as GeoJSON.
 
 The GeoTIFF keeps the cube's own grid (CRS and transform, no resampling): bands are the ten
 Sentinel-2 reflectances in :data:`core.cube.S2_BANDS` order, then NDVI, then NDVI p10 and p90
@@ -10,6 +11,8 @@ description, and the date, method and source in the file's tags. The CSV of the 
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -19,6 +22,7 @@ from core.cube import S2_BANDS
 from core.errors import InputError
 from core.field import Field
 from core.grid import Grid
+from core.reconstruct import write_reconstruction
 
 
 def frame_band_names(frame: xr.Dataset) -> list[str]:
@@ -102,6 +106,16 @@ def read_geotiff_bands(data: bytes) -> tuple[np.ndarray, dict[str, object]]:
             "tags": src.tags(),
         }
         return src.read(), info
+
+
+def reconstruction_netcdf(frames: xr.Dataset) -> bytes:
+    """A reconstruction (any number of dates; :func:`core.reconstruct.reconstruct`'s dataset,
+    possibly with more variables) as the bytes of the NetCDF file
+    :func:`core.reconstruct.write_reconstruction` writes (compressed float32, the CRS and the
+    method's settings in its attributes)."""
+    with tempfile.TemporaryDirectory(prefix="fieldflow-export-") as folder:
+        path = write_reconstruction(frames, Path(folder) / "frames.nc")
+        return path.read_bytes()
 
 
 def field_geojson(field: Field) -> str:

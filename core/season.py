@@ -44,7 +44,7 @@ from core.config import REPO_ROOT, Settings
 from core.cube import S2_BANDS, has_s1, read_cube
 from core.curve import curve_chunks, field_ndvi_band, ndvi_curve
 from core.errors import FieldError, InputError, NoScenesError
-from core.export import frame_geotiff
+from core.export import frame_geotiff, reconstruction_netcdf
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
 from core.model.config import MIN_ADAPT_FRAMES
@@ -482,16 +482,76 @@ def reconstruct_day(
     Raises:
         InputError: the day lies outside :attr:`SeasonResult.first_day` .. ``last_day``.
     """
-    index = result.curve_index(day)
+    return _curve_days(result, [result.curve_index(day)], reconstructor).isel(time=0)
+
+
+def season_frames(result: SeasonResult, reconstructor: Reconstructor = reconstruct) -> xr.Dataset:
+    """Every timeline date of a season (the frames the slider shows), reconstructed exactly as
+    its Run did (see :func:`reconstruct_day`), with the field's pixels (``field``, (y, x) 1 in
+    the field) and whether each date has a Sentinel-2 acquisition (``acquired``, (time,))."""
+    frames = _curve_days(result, [result.curve_index(day) for day in result.days], reconstructor)
+    frames["field"] = (("y", "x"), result.mask.astype(np.uint8))
+    frames["acquired"] = ("time", np.array([e.acquired for e in result.timeline], np.uint8))
+    field = result.request.field
+    frames.attrs.update(
+        field=field.name,
+        field_key=field.key,
+        period=f"{result.first_day.isoformat()}/{result.last_day.isoformat()}",
+        data_source=result.source,
+    )
+    return frames
+
+
+SEASON_FILE_MAX_MB = 500.0
+"""Largest season file the page makes (uncompressed; :func:`season_file_mb`): one click must
+not hold the server's memory. Larger seasons are written by ``python -m core reconstruct``."""
+
+
+def season_file_mb(result: SeasonResult) -> float:
+    """Uncompressed size in MB of :func:`season_frames` of ``result`` (its file is smaller:
+    compressed, and NaN outside the field)."""
+    layers = len(S2_BANDS) + 1  # reflectance and NDVI, float32
+    if result.request.options.samples > 1:
+        layers += 2 * len(S2_BANDS) + 2  # their p10 and p90
+    per_pixel = 4 * layers + 1  # and the observed flag, one byte
+    return len(result.timeline) * per_pixel * result.mask.size / 1e6
+
+
+def season_netcdf(result: SeasonResult, reconstructor: Reconstructor = reconstruct) -> bytes:
+    """:func:`season_frames` of ``result`` as NetCDF bytes (see
+    :func:`core.export.reconstruction_netcdf`).
+
+    Raises:
+        InputError: the file would be larger than :data:`SEASON_FILE_MAX_MB`.
+    """
+    size_mb = season_file_mb(result)
+    if size_mb > SEASON_FILE_MAX_MB:
+        raise InputError(
+            f"The season's frames would take {size_mb:,.0f} MB, over the {SEASON_FILE_MAX_MB:g} "
+            "MB a download from the page may; write them with `python -m core reconstruct` "
+            "(see the README), or choose a shorter period, a smaller field or fewer samples."
+        )
+    return reconstruction_netcdf(season_frames(result, reconstructor))
+
+
+def _curve_days(
+    result: SeasonResult, indices: list[int], reconstructor: Reconstructor
+) -> xr.Dataset:
+    """The curve's days at ``indices`` (increasing), each reconstructed with the other days of
+    its chunk, as the Run did, in one dataset."""
     dates = result.curve["date"].to_numpy().astype("datetime64[ns]")
     request = result.request
-    chunk = next(
-        c
-        for c in curve_chunks(result.cube, dates.size, request.options.samples)
-        if c.start <= index < c.stop
+    parts = []
+    for chunk in curve_chunks(result.cube, dates.size, request.options.samples):
+        inside = [i - chunk.start for i in indices if chunk.start <= i < chunk.stop]
+        if inside:
+            frames = reconstructor(result.cube, dates[chunk], request.method, request.options)
+            parts.append(frames.isel(time=inside))
+    if len(parts) == 1:
+        return parts[0]
+    return xr.concat(
+        parts, dim="time", data_vars="minimal", coords="minimal", combine_attrs="override"
     )
-    frames = reconstructor(result.cube, dates[chunk], request.method, request.options)
-    return frames.isel(time=index - chunk.start)
 
 
 def day_view(

@@ -1,5 +1,6 @@
 """Downloads: the NDVI curve as CSV (exactly :func:`core.curve.curve_csv`), the selected frame
-as GeoTIFF (made only when clicked) and the field as GeoJSON. None of them reruns the page."""
+as GeoTIFF and every frame of the slider as NetCDF (both made only when clicked), and the field
+as GeoJSON. None of them reruns the page."""
 
 from __future__ import annotations
 
@@ -9,15 +10,21 @@ import streamlit as st
 
 from core.curve import curve_csv
 from core.export import field_geojson, safe_file_stem
-from core.season import SeasonResult, frame_geotiff_for_day
+from core.season import (
+    SEASON_FILE_MAX_MB,
+    SeasonResult,
+    frame_geotiff_for_day,
+    season_file_mb,
+    season_netcdf,
+)
 
 
 def downloads_row(result: SeasonResult, day: dt.date) -> None:
-    """Three download buttons for ``result`` and the selected ``day``."""
+    """Four download buttons for ``result`` and the selected ``day``."""
     field = result.request.field
     stem = safe_file_stem(field.name)
     period = f"{result.first_day:%Y%m%d}-{result.last_day:%Y%m%d}"
-    left, middle, right = st.columns(3)
+    left, middle, season, right = st.columns(4)
     left.download_button(
         "Download NDVI CSV",
         data=curve_csv(result.curve),
@@ -35,6 +42,27 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
         icon=":material/download:",
         help="Ten reflectance bands, NDVI (and its p10/p90 when sampled), float32, on the "
         f"field's grid ({result.grid.crs}, {result.grid.resolution_m:g} m).",
+    )
+    size_mb = season_file_mb(result)
+    too_large = size_mb > SEASON_FILE_MAX_MB
+    season.download_button(
+        f"Download all {len(result.timeline)} frames (NetCDF)",
+        data=b"" if too_large else lambda: season_netcdf(result),
+        file_name=f"{stem}_frames_{period}_{result.request.method}.nc",
+        mime="application/x-netcdf",
+        on_click="ignore",
+        icon=":material/download:",
+        disabled=too_large,
+        help=(
+            f"Too large to download from the page ({size_mb:,.0f} MB, the most is "
+            f"{SEASON_FILE_MAX_MB:g}): write it with `python -m core reconstruct` (README), or "
+            "choose a shorter period or a smaller field."
+            if too_large
+            else "The slider's dates: the ten reflectance bands, NDVI, the observed flag (and "
+            "p10/p90 when sampled) per pixel, the field's pixels and which dates are "
+            f"acquisitions; float32 on the field's grid ({result.grid.crs}), compressed. Made "
+            "when clicked (a few seconds)."
+        ),
     )
     right.download_button(
         "Download field (GeoJSON)",

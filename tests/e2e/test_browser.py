@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from playwright.sync_api import expect
 from shapely.geometry import mapping
 
@@ -269,6 +270,16 @@ def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_err
     assert np.isfinite(ndvi).mean() > 0.5  # NDVI over most of the grid
     both = np.isfinite(ndvi) & np.isfinite(p10) & np.isfinite(p90)
     assert (p10[both] <= p90[both] + 1e-6).all()
+    # Every frame of the slider as NetCDF (made on click): the same frame as the GeoTIFF.
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_role("button", name=re.compile(r"Download all \d+ frames \(NetCDF\)")).click()
+    with xr.open_dataset(info.value.path(), engine="netcdf4") as opened:
+        frames = opened.load()
+    slider_days = frames["time"].values.astype("datetime64[D]").astype(str).tolist()
+    assert day in slider_days and frames.attrs["crs"] == site.crs
+    at_day = frames.sel(time=np.datetime64(day))
+    np.testing.assert_allclose(at_day["ndvi"].values, ndvi, atol=1e-6, equal_nan=True)
+    assert frames["field"].values.any() and frames["acquired"].values.any()
     with page.expect_download() as info:
         page.get_by_role("button", name="Download field (GeoJSON)").click()
     field = field_from_geojson(Path(info.value.path()).read_bytes())

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
+import xarray as xr
 from PIL import Image
 
 from core import season as season_module
@@ -30,6 +31,9 @@ from core.season import (
     day_view,
     default_adapt_steps,
     frame_geotiff_for_day,
+    season_file_mb,
+    season_frames,
+    season_netcdf,
     whittaker_reference,
 )
 from core.timeline import calendar_day
@@ -173,6 +177,41 @@ def test_geotiff_for_a_day_is_on_the_season_grid(season) -> None:
     assert info["tags"]["field_key"] == result.request.field.key
 
 
+def test_the_season_file_holds_every_frame_of_the_slider_as_the_run_made_it(
+    season, tmp_path
+) -> None:
+    result, _ = season
+    assert season_module.curve_chunks(result.cube, len(result.curve), 1)[1:]  # several chunks
+    data = season_netcdf(result)
+    (tmp_path / "season.nc").write_bytes(data)
+    with xr.open_dataset(tmp_path / "season.nc", engine="netcdf4") as opened:
+        frames = opened.load()
+    assert [dt.date.fromisoformat(str(t)[:10]) for t in frames["time"].values] == result.days
+    assert frames["s2"].shape == (len(result.days), 10, *result.grid.shape)
+    field = frames["field"].values.astype(bool)
+    np.testing.assert_array_equal(field, result.mask)
+    assert frames["acquired"].values.tolist() == [int(e.acquired) for e in result.timeline]
+    for index, frame in enumerate(result.frames):  # the curve's field means, day by day
+        assert float(np.nanmean(frames["ndvi"].values[index][field])) == pytest.approx(
+            frame.ndvi, abs=1e-5
+        )
+    assert frames.attrs["crs"] == result.grid.crs and frames.attrs["field_key"]
+    assert frames.attrs["period"] == f"{result.first_day}/{result.last_day}"
+    # The estimate of what it holds, uncompressed, and the file, compressed, below it.
+    per_pixel = sum(v.nbytes for v in frames.data_vars.values() if {"time", "y"} <= set(v.dims))
+    assert len(data) < season_file_mb(result) * 1e6 == per_pixel
+
+
+def test_a_season_file_too_large_for_the_page_is_refused_with_the_way_out(
+    season, monkeypatch
+) -> None:
+    result, _ = season
+    monkeypatch.setattr(season_module, "SEASON_FILE_MAX_MB", season_file_mb(result) / 2)
+    with pytest.raises(InputError, match="python -m core reconstruct"):
+        season_netcdf(result)
+    assert season_frames(result)["s2"].sizes["time"] == len(result.days)  # the data is fine
+
+
 def test_request_key_names_what_changes_the_result(request_: SeasonRequest) -> None:
     key = request_.key("http://stac")
     renamed = dataclasses.replace(request_, field=Field(request_.field.geometry, "Other name"))
@@ -218,6 +257,10 @@ def test_sampled_request_draws_the_uncertainty(request_: SeasonRequest) -> None:
     assert np.isfinite(result.curve["ndvi_p10"]).all()
     # The baselines are deterministic: their band has zero width.
     assert (result.curve["ndvi_p90"] - result.curve["ndvi_p10"]).abs().max() < 1e-6
+    frames = season_frames(result)  # the season file holds the band too, as estimated
+    assert {"s2_p10", "s2_p90", "ndvi_p10", "ndvi_p90"} <= set(frames.data_vars)
+    per_pixel = sum(v.nbytes for v in frames.data_vars.values() if {"time", "y"} <= set(v.dims))
+    assert season_file_mb(result) * 1e6 == per_pixel
 
 
 def test_curve_is_a_dataframe_with_datetimes(season) -> None:
