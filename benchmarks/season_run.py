@@ -2,7 +2,7 @@
 
     python benchmarks/season_run.py [--cube ../shared/data/cubes/be-flanders-a_2017-2018.nc]
         [--days 183] [--repeats 2] [--threads 2] [--method model] [--size PX]
-        [--adapt-steps N] [--workers N [--threads-per-worker T] [--resend]
+        [--adapt-steps N] [--samples K] [--workers N [--threads-per-worker T] [--resend]
         [--dask-defaults connect|bare]]
 
 The field is the cube's extent less a 3 % rim (the cube must be on a projected grid, as the
@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--method", default="model")
     parser.add_argument("--size", type=int, default=0, help="mirror-tile to this many px")
     parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
+    parser.add_argument("--samples", type=int, default=8, help="samples K (model; 8 or more)")
     parser.add_argument("--workers", type=int, default=0, help="local Dask worker processes")
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument(
@@ -150,14 +151,15 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
     start, end = (np.datetime64(d, "D").item() for d in (acquired[0], last))
     model = args.method == "model"
     options = (
-        ReconstructOptions(samples=8, calibrate_field=True, adapt_steps=args.adapt_steps)
+        ReconstructOptions(samples=args.samples, calibrate_field=True, adapt_steps=args.adapt_steps)
         if model
         else ReconstructOptions()
     )
     request = SeasonRequest(
         field, start, end, method=args.method, options=options, cube_path=args.cube
     )
-    tuned = f", tuned {args.adapt_steps} steps" if model and args.adapt_steps else ""
+    tuned = f", K = {args.samples}" if model else ""
+    tuned += f", tuned {args.adapt_steps} steps" if model and args.adapt_steps else ""
     where = (
         f", on {args.workers} Dask worker processes of {args.threads_per_worker} thread(s)"
         + (", the cube sent with every call" if args.resend else "")
