@@ -97,9 +97,11 @@ class PageState:
     """Why the current upload cannot be used, shown under the uploader while it stays."""
 
     def set_field(self, new: Field, origin: str, *, demo: DemoSource | None = None) -> None:
-        """Make ``new`` the field, centre the map on it and forget a result for another one."""
+        """Make ``new`` the field, centre the map on it and forget a result for another one
+        and the error of an earlier upload (the field no longer comes from that file)."""
         if self.field is None or self.field.key != new.key:
             self.result = None
+        self.upload_error = None
         self.field = new
         self.field_origin = origin
         self.demo_source = demo
