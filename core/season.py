@@ -517,20 +517,30 @@ def season_file_mb(result: SeasonResult) -> float:
     return len(result.timeline) * per_pixel * result.mask.size / 1e6
 
 
+def season_file_refusal(result: SeasonResult) -> str | None:
+    """Why the page does not make ``result``'s season file (over :data:`SEASON_FILE_MAX_MB`),
+    in a sentence saying what to do instead; None when it does."""
+    size_mb = season_file_mb(result)
+    if size_mb <= SEASON_FILE_MAX_MB:
+        return None
+    return (
+        f"The season's frames would take {size_mb:,.0f} MB, over the {SEASON_FILE_MAX_MB:g} MB "
+        "a download from the page may: write them with `python -m core reconstruct` (see the "
+        "README), or choose a shorter period, a smaller field or fewer samples."
+    )
+
+
 def season_netcdf(result: SeasonResult, reconstructor: Reconstructor = reconstruct) -> bytes:
     """:func:`season_frames` of ``result`` as NetCDF bytes (see
     :func:`core.export.reconstruction_netcdf`).
 
     Raises:
-        InputError: the file would be larger than :data:`SEASON_FILE_MAX_MB`.
+        InputError: the file would be larger than :data:`SEASON_FILE_MAX_MB`
+            (:func:`season_file_refusal`).
     """
-    size_mb = season_file_mb(result)
-    if size_mb > SEASON_FILE_MAX_MB:
-        raise InputError(
-            f"The season's frames would take {size_mb:,.0f} MB, over the {SEASON_FILE_MAX_MB:g} "
-            "MB a download from the page may; write them with `python -m core reconstruct` "
-            "(see the README), or choose a shorter period, a smaller field or fewer samples."
-        )
+    refusal = season_file_refusal(result)
+    if refusal is not None:
+        raise InputError(refusal)
     return reconstruction_netcdf(season_frames(result, reconstructor))
 
 

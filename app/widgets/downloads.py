@@ -11,10 +11,9 @@ import streamlit as st
 from core.curve import curve_csv
 from core.export import field_geojson, safe_file_stem
 from core.season import (
-    SEASON_FILE_MAX_MB,
     SeasonResult,
     frame_geotiff_for_day,
-    season_file_mb,
+    season_file_refusal,
     season_netcdf,
 )
 
@@ -43,26 +42,20 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
         help="Ten reflectance bands, NDVI (and its p10/p90 when sampled), float32, on the "
         f"field's grid ({result.grid.crs}, {result.grid.resolution_m:g} m).",
     )
-    size_mb = season_file_mb(result)
-    too_large = size_mb > SEASON_FILE_MAX_MB
+    refusal = season_file_refusal(result)
     season.download_button(
         f"Download all {len(result.timeline)} frames (NetCDF)",
-        data=b"" if too_large else lambda: season_netcdf(result),
+        data=b"" if refusal else lambda: season_netcdf(result),
         file_name=f"{stem}_frames_{period}_{result.request.method}.nc",
         mime="application/x-netcdf",
         on_click="ignore",
         icon=":material/download:",
-        disabled=too_large,
-        help=(
-            f"Too large to download from the page ({size_mb:,.0f} MB, the most is "
-            f"{SEASON_FILE_MAX_MB:g}): write it with `python -m core reconstruct` (README), or "
-            "choose a shorter period or a smaller field."
-            if too_large
-            else "The slider's dates: the ten reflectance bands, NDVI, the observed flag (and "
-            "p10/p90 when sampled) per pixel, the field's pixels and which dates are "
-            f"acquisitions; float32 on the field's grid ({result.grid.crs}), compressed. Made "
-            "when clicked (a few seconds)."
-        ),
+        disabled=refusal is not None,
+        help=refusal
+        or "The slider's dates: the ten reflectance bands, NDVI, the observed flag (and p10/p90 "
+        "when sampled) per pixel, the field's pixels and which dates are acquisitions; float32 "
+        f"on the field's grid ({result.grid.crs}), compressed. Made when clicked (a few "
+        "seconds).",
     )
     right.download_button(
         "Download field (GeoJSON)",

@@ -20,6 +20,7 @@ from shapely.geometry import mapping
 from streamlit.testing.v1 import AppTest
 
 from app.state import PageState
+from core import season as season_module
 from core.curve import CURVE_COLUMNS, curve_csv
 from core.season import DEFAULT_ADAPT_STEPS, SeasonResult
 from tests.support.site import PublishedSite
@@ -173,7 +174,8 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
 
     # The CSV offered is core's CSV of the daily curve.
     labels = [node.proto.label for node in page.get("download_button")]
-    assert labels[0] == "Download NDVI CSV" and "GeoTIFF" in labels[1] and "GeoJSON" in labels[2]
+    assert labels[0] == "Download NDVI CSV" and "GeoTIFF" in labels[1] and "GeoJSON" in labels[3]
+    assert labels[2] == f"Download all {len(result.timeline)} frames (NetCDF)"
     assert page.get("download_button")[0].proto.url.endswith(".csv")
     table = pd.read_csv(io.StringIO(curve_csv(result.curve)))
     assert list(table.columns) == list(CURVE_COLUMNS)
@@ -365,6 +367,21 @@ def test_kept_results_are_bounded_by_the_memory_they_hold(
     first = run_demo(page, "linear")
     run_demo(page, "whittaker")
     assert run_demo(page, "linear") is first
+
+
+def test_a_season_file_too_large_for_the_page_is_not_offered_and_says_why(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(season_module, "SEASON_FILE_MAX_MB", 0.01)
+    page = open_page()
+    button(page, "Demo field").click().run()
+    page.selectbox(key="method").set_value("linear").run()
+    button(page, "Run").click().run()
+    no_exceptions(page)
+    offer = [n for n in page.get("download_button") if "(NetCDF)" in n.proto.label]
+    assert len(offer) == 1 and offer[0].proto.disabled
+    assert "python -m core reconstruct" in offer[0].proto.help
+    assert not any(n.proto.disabled for n in page.get("download_button") if n not in offer)
 
 
 def test_a_wrong_setting_in_the_environment_is_named_on_the_page(
