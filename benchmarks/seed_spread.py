@@ -2,7 +2,8 @@
 differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
-        [--adapt-steps N] [--field-episodes N] [--blend-by span] [--against EARLIER.json]
+        [--adapt-steps N] [--field-episodes N] [--field-crop PX] [--blend-by span]
+        [--against EARLIER.json]
         [--network-alone] [--cube CUBE ...] [--json OUT.json]
 
 The yardstick (``core.evaluate``) draws with one seed which clear frames are hidden (missing
@@ -17,7 +18,9 @@ the median difference and on how many seeds each checkpoint wins. ``--adapt-step
 network on each field first (``ReconstructOptions.adapt_steps``); ``--against`` pairs the run
 with an earlier run's JSON on the same seeds and cubes (e.g. the same checkpoint untuned).
 ``--field-episodes N`` fits the field blend and band on N self-supervised episodes of the field
-instead of :data:`core.model.inference.FIELD_CALIBRATION_EPISODES`, and ``--blend-by`` buckets
+instead of :data:`core.model.inference.FIELD_CALIBRATION_EPISODES`, ``--field-crop PX`` on
+PX-pixel crops instead of the training crop (:data:`core.model.inference.FIELD_EPISODE_CROP`),
+and ``--blend-by`` buckets
 the field blend's weights by another measure (:data:`core.model.blend.MEASURES`) than
 :data:`core.model.blend.BLEND_MEASURE` (candidates' trials). ``--network-alone`` scores the
 network's best estimate only (no field blend, no band, K = 1), for comparing what checkpoints
@@ -78,6 +81,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
     parser.add_argument("--field-episodes", type=int, help="episodes per field fit (a trial)")
+    parser.add_argument("--field-crop", type=int, help="field episodes' crop in px (a trial)")
     parser.add_argument("--blend-by", choices=sorted(blend.MEASURES), help="(a trial)")
     parser.add_argument("--against", type=Path, help="an earlier run's JSON to pair with")
     parser.add_argument(
@@ -95,12 +99,17 @@ def main() -> int:
         if args.field_episodes < 1:
             raise SystemExit("--field-episodes must be 1 or more.")
         inference.FIELD_CALIBRATION_EPISODES = args.field_episodes  # read at each field fit
+    if args.field_crop is not None:
+        if args.field_crop < 8:
+            raise SystemExit("--field-crop must be 8 px or more.")
+        inference.FIELD_EPISODE_CROP = args.field_crop  # ditto
     if args.blend_by is not None:
         blend.BLEND_MEASURE = args.blend_by  # ditto
     labels = [
         label_of(c)
         + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "")
         + (f"+ep{args.field_episodes}" if args.field_episodes is not None else "")
+        + (f"+crop{args.field_crop}" if args.field_crop is not None else "")
         + (f"+{args.blend_by}" if args.blend_by is not None else "")
         + ("+alone" if args.network_alone else "")
         for c in checkpoints

@@ -419,6 +419,8 @@ _field_lock = threading.Lock()
 
 FIELD_CALIBRATION_EPISODES = 24
 """Self-supervised episodes (hidden clear pixels) on which per-field calibration fits the spread."""
+FIELD_EPISODE_CROP: int | None = None
+"""Side in pixels of those episodes' crops; None: the checkpoint's training crop (32 px)."""
 
 
 def observed_fingerprint(observed: xr.Dataset) -> str:
@@ -516,6 +518,7 @@ def field_checkpoint(
         options.blend_field,
         options.whittaker_lambda if options.blend_field else None,
         blend_module.BLEND_MEASURE if options.blend_field else None,
+        FIELD_EPISODE_CROP,
         options.seed,
         device,
     )
@@ -543,10 +546,11 @@ def field_checkpoint(
         )
         result = dataclasses.replace(result, model=model)
     if calibration_k or options.blend_field:
+        crop = FIELD_EPISODE_CROP or checkpoint.train_config.crop
         episodes = validation_episodes(
             [series],
             FIELD_CALIBRATION_EPISODES,
-            checkpoint.train_config,
+            dataclasses.replace(checkpoint.train_config, crop=crop),
             seed=options.seed,
             smooth_features=checkpoint.config.smooth_features,
             whittaker_features=checkpoint.config.whittaker_features,
