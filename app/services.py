@@ -29,9 +29,11 @@ from core.config import Settings
 from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
+from core.errors import ClusterError
 from core.memory import MIB, MemoryBudget
 from core.progress import StageClock, time_left_text
 from core.reconstruct import Reconstructor
+from core.reconstruct import reconstruct as core_reconstruct
 from core.season import (
     DayView,
     SeasonRequest,
@@ -75,6 +77,16 @@ def reconstructor() -> Reconstructor:
     """
     address = scheduler_address()
     return cluster_reconstructor(cluster(address) if address else None)
+
+
+def download_reconstructor() -> Reconstructor:
+    """Where a download made on click reconstructs: as :func:`reconstructor` (the Run's
+    cluster, whose workers hold the network tuned to the field), or in this process if that
+    cluster can no longer be reached (the file is the same, made more slowly)."""
+    try:
+        return reconstructor()
+    except ClusterError:
+        return core_reconstruct
 
 
 @st.cache_data(ttl=60, show_spinner=False)

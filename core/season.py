@@ -605,9 +605,11 @@ def _days_or_nan(value: object) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
 
 
-def frame_geotiff_for_day(result: SeasonResult, day: dt.date) -> bytes:
+def frame_geotiff_for_day(
+    result: SeasonResult, day: dt.date, reconstructor: Reconstructor = reconstruct
+) -> bytes:
     """The reconstructed frame of ``day`` as GeoTIFF bytes on the season's grid."""
-    frame = reconstruct_day(result, day)
+    frame = reconstruct_day(result, day, reconstructor)
     tags = {"field": result.request.field.name, "field_key": result.request.field.key}
     return frame_geotiff(frame, result.grid, tags=tags)
 

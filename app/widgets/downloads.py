@@ -8,6 +8,7 @@ import datetime as dt
 
 import streamlit as st
 
+from app import services
 from core.curve import curve_csv
 from core.export import field_geojson, safe_file_stem
 from core.season import (
@@ -24,6 +25,7 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     stem = safe_file_stem(field.name)
     period = f"{result.first_day:%Y%m%d}-{result.last_day:%Y%m%d}"
     left, middle, season, right = st.columns(4)
+    runner = services.download_reconstructor()  # the files are made as the Run's frames were
     left.download_button(
         "Download NDVI CSV",
         data=curve_csv(result.curve),
@@ -34,7 +36,7 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     )
     middle.download_button(
         f"Download frame {day.isoformat()} (GeoTIFF)",
-        data=lambda: frame_geotiff_for_day(result, day),
+        data=lambda: frame_geotiff_for_day(result, day, runner),
         file_name=f"{stem}_{day:%Y%m%d}_{result.request.method}.tif",
         mime="image/tiff",
         on_click="ignore",
@@ -45,7 +47,7 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     refusal = season_file_refusal(result)
     season.download_button(
         f"Download all {len(result.timeline)} frames (NetCDF)",
-        data=b"" if refusal else lambda: season_netcdf(result),
+        data=b"" if refusal else lambda: season_netcdf(result, runner),
         file_name=f"{stem}_frames_{period}_{result.request.method}.nc",
         mime="application/x-netcdf",
         on_click="ignore",

@@ -202,6 +202,21 @@ def test_the_season_file_holds_every_frame_of_the_slider_as_the_run_made_it(
     assert len(data) < season_file_mb(result) * 1e6 == per_pixel
 
 
+def test_the_season_file_made_on_a_cluster_holds_the_same_frames(season, tmp_path) -> None:
+    from core.distributed import local_cluster, reconstructor
+
+    result, _ = season
+    with local_cluster(1, processes=False) as cluster:
+        frames = season_frames(result, reconstructor(cluster))
+        ran = cluster.client.run_on_scheduler(
+            lambda dask_scheduler: [str(k) for k, *_ in dask_scheduler.transition_log]
+        )
+    assert any(key.startswith("fieldflow-reconstruct-") for key in ran)  # made there
+    here = season_frames(result)
+    np.testing.assert_array_equal(frames["s2"].values, here["s2"].values)
+    np.testing.assert_array_equal(frames["observed"].values, here["observed"].values)
+
+
 def test_a_season_file_too_large_for_the_page_is_refused_with_the_way_out(
     season, monkeypatch
 ) -> None:
