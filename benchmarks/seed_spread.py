@@ -121,6 +121,8 @@ def main() -> int:
     maes: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     ndvi: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
+    ndvi_cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
+    curve_cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
     settings = "the network alone (K = 1)" if args.network_alone else "the app's settings"
     print(f"held out: {', '.join(n for n, _ in cubes)}; {settings}; pooled ratio per seed")
     print(f"{'seed':>4s} {'checkpoint':16s} " + " ".join(f"{t:>8s}" for t in TASKS) + "   s")
@@ -140,6 +142,8 @@ def main() -> int:
             maes[label][seed] = pooled_figures(evaluation, "mae")
             ndvi[label][seed] = pooled_figures(evaluation, "ndvi_mae")
             cover[label][seed] = pooled_figures(evaluation, "coverage")
+            ndvi_cover[label][seed] = pooled_figures(evaluation, "ndvi_coverage")
+            curve_cover[label][seed] = pooled_figures(evaluation, "field_ndvi_coverage")
             ratios = [ratio(maes[label][seed], task) for task in TASKS]
             print(
                 f"{seed:4d} {label:16s} "
@@ -172,8 +176,16 @@ def main() -> int:
                 [min(ndvi[label][s].get((task, m), np.nan) for m in BASELINES) for s in seeds]
             )
             inside = int(((covers >= 0.7) & (covers <= 0.9)).sum())
+            pixel_ndvi = np.array(
+                [ndvi_cover[label][s].get((task, "model"), np.nan) for s in seeds]
+            )
+            curve_ndvi = np.array(
+                [curve_cover[label][s].get((task, "model"), np.nan) for s in seeds]
+            )
             summary["ratios"][f"{label} {task}"].update(  # type: ignore[index]
                 coverage=covers.round(3).tolist(),
+                ndvi_coverage=pixel_ndvi.round(3).tolist(),
+                field_ndvi_coverage=curve_ndvi.round(3).tolist(),
                 ndvi_model=model_ndvi.round(4).tolist(),
                 ndvi_best_baseline=best.round(4).tolist(),
             )
@@ -188,6 +200,14 @@ def main() -> int:
                 f"NDVI {np.median(model_ndvi):.4f} vs the better baseline {np.median(best):.4f}, "
                 f"below both on {int((model_ndvi < best).sum())} of {len(seeds)} seeds"
             )
+            if not np.isnan(pixel_ndvi).all():
+                print(
+                    f"{'':16s} {task:8s} per-pixel NDVI band coverage "
+                    f"{np.nanmedian(pixel_ndvi):.2f} "
+                    f"[{np.nanmin(pixel_ndvi):.2f} - {np.nanmax(pixel_ndvi):.2f}]; the curve's "
+                    f"band (field means) {np.nanmedian(curve_ndvi):.2f} "
+                    f"[{np.nanmin(curve_ndvi):.2f} - {np.nanmax(curve_ndvi):.2f}]"
+                )
     labels = [*earlier, *labels]
     maes.update(earlier)
     if len(labels) > 1:
