@@ -157,11 +157,29 @@ def demo_field(cube_path: Path | None = None) -> Field:
 
     Derived from the cube's ``crop_type`` when ``cube_path`` exists, else from
     :data:`DEMO_OUTLINE_WKT` (the same outline).
+
+    Raises:
+        CubeError: ``cube_path`` is not a readable cube with a ``crop_type`` layer on a
+            projected grid (e.g. ``FIELDFLOW_DEMO_CUBE`` names another cube); the message says
+            which file and what to do.
     """
     if cube_path is not None and cube_path.is_file():
-        with NETCDF_LOCK, xr.open_dataset(cube_path) as ds:
-            parcel = ds[["crop_type"]].load()
-        return Field(to_lonlat(parcel_polygon(parcel), str(parcel.attrs["crs"])), DEMO_NAME)
+        fix = (
+            f"The demo reads {DEMO_CUBE_NAME} of the shared data: point {DEMO_CUBE_ENV} at that "
+            "file (or a copy of it), or unset it."
+        )
+        try:
+            with NETCDF_LOCK, xr.open_dataset(cube_path) as ds:
+                parcel = ds[["crop_type"]].load() if "crop_type" in ds else ds[[]]
+        except (OSError, ValueError):  # not NetCDF, truncated
+            raise CubeError(
+                f"The demo cube {cube_path} is not a readable NetCDF cube. {fix}"
+            ) from None
+        try:
+            polygon = parcel_polygon(parcel)
+        except CubeError as exc:  # no crop_type, no parcel, a lon/lat grid
+            raise CubeError(f"{cube_path}: {exc} {fix}") from None
+        return Field(to_lonlat(polygon, str(parcel.attrs.get("crs", DEMO_CRS))), DEMO_NAME)
     return Field(to_lonlat(shapely.from_wkt(DEMO_OUTLINE_WKT), DEMO_CRS), DEMO_NAME)
 
 

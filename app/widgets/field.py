@@ -143,7 +143,11 @@ def _choose_feature(state: PageState, settings: Settings, pending: Upload) -> No
 
 def _demo(state: PageState, settings: Settings) -> None:
     def use_demo() -> None:
-        preset = services.demo(str(demo_cube_path(settings)))
+        try:
+            preset = services.demo(str(demo_cube_path(settings)))
+        except FieldFlowError as exc:  # FIELDFLOW_DEMO_CUBE names no usable demo cube
+            state.say("error", str(exc))
+            return
         reachable = services.stac_available(settings.stac_api_url)
         try:
             source = choose_source(

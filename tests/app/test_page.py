@@ -384,6 +384,17 @@ def test_a_season_file_too_large_for_the_page_is_not_offered_and_says_why(
     assert not any(n.proto.disabled for n in page.get("download_button") if n not in offer)
 
 
+def test_a_demo_cube_without_parcels_is_a_message_not_a_traceback(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch, cubes_dir
+) -> None:
+    monkeypatch.setenv("FIELDFLOW_DEMO_CUBE", str(cubes_dir / "es-field_2019.nc"))
+    page = open_page()
+    button(page, "Demo field").click().run()
+    no_exceptions(page)
+    assert any("has no 'crop_type' layer" in t for t in texts(page, "error")), texts(page, "error")
+    assert state(page).field is None
+
+
 def test_a_wrong_setting_in_the_environment_is_named_on_the_page(
     open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -114,6 +114,22 @@ def test_choose_source(tmp_path: Path, cube: bool, stac: bool, offline: bool, mo
     assert (source.cube_path == path) if mode == "offline" else source.cube_path is None
 
 
+def test_a_demo_cube_that_cannot_be_the_demo_says_which_file_and_what_to_do(
+    cubes_dir: Path, tmp_path: Path
+) -> None:
+    not_netcdf = tmp_path / "demo.nc"
+    not_netcdf.write_text("not a cube")
+    for path, why in (
+        (cubes_dir / "es-field_2019.nc", "has no 'crop_type' layer"),  # a real cube, no parcels
+        (not_netcdf, "is not a readable NetCDF cube"),
+    ):
+        with pytest.raises(CubeError) as raised:
+            demo_field(path)
+        message = str(raised.value)
+        assert str(path) in message and why in message
+        assert "FIELDFLOW_DEMO_CUBE" in message and DEMO_CUBE_NAME in message
+
+
 def test_choose_source_says_how_to_get_data_when_there_is_none(tmp_path: Path) -> None:
     preset = DemoPreset(demo_field(None), DEMO_START, DEMO_END, tmp_path / "missing.nc")
     with pytest.raises(DemoUnavailableError, match="FIELDFLOW_DATA_DIR") as info:
