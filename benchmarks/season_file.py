@@ -1,4 +1,4 @@
-"""What the page's "Download all frames (NetCDF)" costs: the demo season's Run (offline cube,
+"""What the page's "All N frames (NetCDF)" download costs: the demo season's Run (offline cube,
 the app's settings: the model, K = 8, the band fitted on the field, tuned 50 steps), then
 :func:`core.season.season_netcdf` three times (the tuned network is reused, as in the app's
 process) and one frame's GeoTIFF for comparison.

@@ -24,10 +24,13 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     field = result.request.field
     stem = safe_file_stem(field.name)
     period = f"{result.first_day:%Y%m%d}-{result.last_day:%Y%m%d}"
+    # Short labels under one heading: "Download frame 2018-05-04 (GeoTIFF)" did not fit its
+    # quarter of the page and was cut.
+    st.caption("Downloads")
     left, middle, season, right = st.columns(4)
     runner = services.download_reconstructor()  # the files are made as the Run's frames were
     left.download_button(
-        "Download NDVI CSV",
+        "NDVI curve (CSV)",
         data=curve_csv(result.curve),
         file_name=f"{stem}_ndvi_{period}.csv",
         mime="text/csv",
@@ -35,7 +38,7 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
         icon=":material/download:",
     )
     middle.download_button(
-        f"Download frame {day.isoformat()} (GeoTIFF)",
+        f"Frame {day.isoformat()} (GeoTIFF)",
         data=lambda: frame_geotiff_for_day(result, day, runner),
         file_name=f"{stem}_{day:%Y%m%d}_{result.request.method}.tif",
         mime="image/tiff",
@@ -46,7 +49,7 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     )
     refusal = season_file_refusal(result)
     season.download_button(
-        f"Download all {len(result.timeline)} frames (NetCDF)",
+        f"All {len(result.timeline)} frames (NetCDF)",
         data=b"" if refusal else lambda: season_netcdf(result, runner),
         file_name=f"{stem}_frames_{period}_{result.request.method}.nc",
         mime="application/x-netcdf",
@@ -60,7 +63,7 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
         "seconds).",
     )
     right.download_button(
-        "Download field (GeoJSON)",
+        "Field outline (GeoJSON)",
         data=field_geojson(field),
         file_name=f"{stem}.geojson",
         mime="application/geo+json",

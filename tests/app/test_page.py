@@ -174,8 +174,8 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
 
     # The CSV offered is core's CSV of the daily curve.
     labels = [node.proto.label for node in page.get("download_button")]
-    assert labels[0] == "Download NDVI CSV" and "GeoTIFF" in labels[1] and "GeoJSON" in labels[3]
-    assert labels[2] == f"Download all {len(result.timeline)} frames (NetCDF)"
+    assert labels[0] == "NDVI curve (CSV)" and "GeoTIFF" in labels[1] and "GeoJSON" in labels[3]
+    assert labels[2] == f"All {len(result.timeline)} frames (NetCDF)"
     assert page.get("download_button")[0].proto.url.endswith(".csv")
     table = pd.read_csv(io.StringIO(curve_csv(result.curve)))
     assert list(table.columns) == list(CURVE_COLUMNS)

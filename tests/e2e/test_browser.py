@@ -152,7 +152,7 @@ def reconstructed_src(page) -> str:
 
 def download_csv(page) -> list[dict[str, str]]:
     with page.expect_download() as info:
-        page.get_by_role("button", name="Download NDVI CSV").click()
+        page.get_by_role("button", name="NDVI curve (CSV)").click()
     text = Path(info.value.path()).read_text(encoding="utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert text.splitlines()[0] == ",".join(CURVE_COLUMNS)
@@ -261,7 +261,7 @@ def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_err
     # The selected frame as GeoTIFF (made on click) and the field as GeoJSON.
     day = page.get_by_role("slider", name="Date").get_attribute("aria-valuetext")[:10]
     with page.expect_download() as info:
-        page.get_by_role("button", name=f"Download frame {day} (GeoTIFF)").click()
+        page.get_by_role("button", name=f"Frame {day} (GeoTIFF)").click()
     bands, meta = read_geotiff_bands(Path(info.value.path()).read_bytes())
     # The default method (the shipped model) samples, so the NDVI band comes with p10 and p90.
     assert meta["names"] == [*S2_BANDS, "NDVI", "NDVI_p10", "NDVI_p90"]
@@ -272,7 +272,7 @@ def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_err
     assert (p10[both] <= p90[both] + 1e-6).all()
     # Every frame of the slider as NetCDF (made on click): the same frame as the GeoTIFF.
     with page.expect_download(timeout=120_000) as info:
-        page.get_by_role("button", name=re.compile(r"Download all \d+ frames \(NetCDF\)")).click()
+        page.get_by_role("button", name=re.compile(r"All \d+ frames \(NetCDF\)")).click()
     with xr.open_dataset(info.value.path(), engine="netcdf4") as opened:
         frames = opened.load()
     slider_days = frames["time"].values.astype("datetime64[D]").astype(str).tolist()
@@ -281,7 +281,7 @@ def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_err
     np.testing.assert_allclose(at_day["ndvi"].values, ndvi, atol=1e-6, equal_nan=True)
     assert frames["field"].values.any() and frames["acquired"].values.any()
     with page.expect_download() as info:
-        page.get_by_role("button", name="Download field (GeoJSON)").click()
+        page.get_by_role("button", name="Field outline (GeoJSON)").click()
     field = field_from_geojson(Path(info.value.path()).read_bytes())
     assert field.name == "Upload test"
     assert field.area_ha == pytest.approx(Field(site.field(inset_m=120), "x").area_ha, rel=1e-4)
