@@ -159,9 +159,10 @@ def demo_field(cube_path: Path | None = None) -> Field:
     :data:`DEMO_OUTLINE_WKT` (the same outline).
 
     Raises:
-        CubeError: ``cube_path`` is not a readable cube with a ``crop_type`` layer on a
-            projected grid (e.g. ``FIELDFLOW_DEMO_CUBE`` names another cube); the message says
-            which file and what to do.
+        CubeError: ``cube_path`` is not readable NetCDF, or holds no ``crop_type`` parcel
+            (e.g. ``FIELDFLOW_DEMO_CUBE`` names another cube); the message says which file and
+            what to do.
+        InputError: its grid is not a regular projected one (:func:`parcel_polygon`).
     """
     if cube_path is not None and cube_path.is_file():
         fix = (
@@ -177,7 +178,7 @@ def demo_field(cube_path: Path | None = None) -> Field:
             ) from None
         try:
             polygon = parcel_polygon(parcel)
-        except CubeError as exc:  # no crop_type, no parcel, a lon/lat grid
+        except CubeError as exc:  # no crop_type layer, or no parcel in it
             raise CubeError(f"{cube_path}: {exc} {fix}") from None
         return Field(to_lonlat(polygon, str(parcel.attrs.get("crs", DEMO_CRS))), DEMO_NAME)
     return Field(to_lonlat(shapely.from_wkt(DEMO_OUTLINE_WKT), DEMO_CRS), DEMO_NAME)
