@@ -36,7 +36,7 @@ from shapely.geometry import Polygon, shape
 
 from core.config import Settings
 from core.cube import NETCDF_LOCK
-from core.errors import CubeError, FieldFlowError
+from core.errors import CubeError, FieldFlowError, InputError
 from core.field import Field
 from core.grid import grid_from_cube
 
@@ -159,10 +159,9 @@ def demo_field(cube_path: Path | None = None) -> Field:
     :data:`DEMO_OUTLINE_WKT` (the same outline).
 
     Raises:
-        CubeError: ``cube_path`` is not readable NetCDF, or holds no ``crop_type`` parcel
-            (e.g. ``FIELDFLOW_DEMO_CUBE`` names another cube); the message says which file and
-            what to do.
-        InputError: its grid is not a regular projected one (:func:`parcel_polygon`).
+        CubeError: ``cube_path`` is not readable NetCDF, holds no ``crop_type`` parcel (e.g.
+            ``FIELDFLOW_DEMO_CUBE`` names another cube) or its grid is not a regular projected
+            one; the message says which file and what to do.
     """
     if cube_path is not None and cube_path.is_file():
         fix = (
@@ -178,7 +177,7 @@ def demo_field(cube_path: Path | None = None) -> Field:
             ) from None
         try:
             polygon = parcel_polygon(parcel)
-        except CubeError as exc:  # no crop_type layer, or no parcel in it
+        except (CubeError, InputError) as exc:  # no crop_type or no parcel; a lon/lat grid
             raise CubeError(f"{cube_path}: {exc} {fix}") from None
         return Field(to_lonlat(polygon, str(parcel.attrs.get("crs", DEMO_CRS))), DEMO_NAME)
     return Field(to_lonlat(shapely.from_wkt(DEMO_OUTLINE_WKT), DEMO_CRS), DEMO_NAME)

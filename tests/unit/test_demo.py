@@ -119,9 +119,23 @@ def test_a_demo_cube_that_cannot_be_the_demo_says_which_file_and_what_to_do(
 ) -> None:
     not_netcdf = tmp_path / "demo.nc"
     not_netcdf.write_text("not a cube")
+    # The demo cube's parcel layer on the longitude/latitude grid of the shared hu-alfold cube.
+    with (
+        xr.open_dataset(cubes_dir / DEMO_CUBE_NAME) as demo,
+        xr.open_dataset(cubes_dir / "hu-alfold_2021.nc") as lonlat,
+    ):
+        size = min(demo.sizes["y"], lonlat.sizes["y"]), min(demo.sizes["x"], lonlat.sizes["x"])
+        codes = demo["crop_type"].values[: size[0], : size[1]]
+        geographic = xr.Dataset(
+            {"crop_type": (("y", "x"), codes)},
+            coords={"y": lonlat["y"].values[: size[0]], "x": lonlat["x"].values[: size[1]]},
+            attrs=dict(lonlat.attrs),
+        )
+    geographic.to_netcdf(tmp_path / "lonlat.nc")
     for path, why in (
         (cubes_dir / "es-field_2019.nc", "has no 'crop_type' layer"),  # a real cube, no parcels
         (not_netcdf, "is not a readable NetCDF cube"),
+        (tmp_path / "lonlat.nc", "longitude/latitude grid"),
     ):
         with pytest.raises(CubeError) as raised:
             demo_field(path)
