@@ -3,7 +3,6 @@ differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
         [--adapt-steps N] [--field-episodes N] [--field-crop PX] [--blend-by span]
-        [--views N]
         [--against EARLIER.json]
         [--network-alone] [--cube CUBE ...] [--json OUT.json]
 
@@ -48,7 +47,6 @@ from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.evaluate import POOLED_CUBE, Protocol, evaluate
 from core.model import blend, inference
-from core.model.network import VIEWS
 from core.reconstruct import ReconstructOptions
 
 TASKS = ("missing", "cloud", "gap")
@@ -85,9 +83,6 @@ def main() -> int:
     parser.add_argument("--field-episodes", type=int, help="episodes per field fit (a trial)")
     parser.add_argument("--field-crop", type=int, help="field episodes' crop in px (a trial)")
     parser.add_argument("--blend-by", choices=sorted(blend.MEASURES), help="(a trial)")
-    parser.add_argument(
-        "--views", type=int, help="turned/mirrored copies the estimate averages (a trial)"
-    )
     parser.add_argument("--against", type=Path, help="an earlier run's JSON to pair with")
     parser.add_argument(
         "--network-alone",
@@ -110,17 +105,12 @@ def main() -> int:
         inference.FIELD_EPISODE_CROP = args.field_crop  # ditto
     if args.blend_by is not None:
         blend.BLEND_MEASURE = args.blend_by  # ditto
-    if args.views is not None:
-        if not 1 <= args.views <= len(VIEWS):
-            raise SystemExit(f"--views must be 1 to {len(VIEWS)}.")
-        inference.MEAN_VIEWS = args.views  # ditto
     labels = [
         label_of(c)
         + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "")
         + (f"+ep{args.field_episodes}" if args.field_episodes is not None else "")
         + (f"+crop{args.field_crop}" if args.field_crop is not None else "")
         + (f"+{args.blend_by}" if args.blend_by is not None else "")
-        + (f"+views{args.views}" if args.views is not None else "")
         + ("+alone" if args.network_alone else "")
         for c in checkpoints
     ]

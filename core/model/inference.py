@@ -367,16 +367,13 @@ def predict_window(
     sampled_tokens: np.ndarray | None = None,
     unseen: np.ndarray | None = None,
     sampled_targets: np.ndarray | None = None,
-    views: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean and samples at frames ``targets`` of one window of one (patch-aligned) tile.
 
     ``sampled_tokens`` (P,) bool, row-major patches: generate samples for these tokens only
     (the others' samples equal the mean); None: all of them. ``unseen`` (T,) bool: frames no
     other frame attends to (see :func:`frames_unseen`); None: none. ``sampled_targets`` (Q,)
-    bool: generate samples for these targets only; None: all of them. ``views``: the mean
-    averaged over that many turned and mirrored copies of the window
-    (:meth:`core.model.network.FieldFlowNet.viewed_correction`).
+    bool: generate samples for these targets only; None: all of them.
 
     Returns:
         mean (Q, 10, H, W) and samples (K, S, 10, H, W) of the S sampled targets (None when
@@ -385,17 +382,17 @@ def predict_window(
     model = checkpoint.model
     origin = window.days[0]
     as_tensor = functools.partial(torch.as_tensor, device=device, dtype=torch.float32)
-    features, correction = model.viewed_correction(
+    features = model.encode(
         as_tensor(window.s2)[None],
         as_tensor(window.days - origin)[None],
         as_tensor(window.s1)[None],
         as_tensor(window.s1_days - origin)[None],
         None if unseen is None else torch.as_tensor(unseen, device=device)[None],
-        torch.as_tensor(targets, device=device),
-        views,
-    )  # features (1, Q, P, D)
+    )
     height, width = window.s2.shape[2:]
-    mean = as_tensor(window.base[targets]) + correction[0]  # (Q, 10, H, W) model units
+    features = features[:, torch.as_tensor(targets, device=device)]  # (1, Q, P, D)
+    correction = model.mean_correction(features, height, width)[0]
+    mean = as_tensor(window.base[targets]) + correction  # (Q, 10, H, W) model units
     mean_np = mean.cpu().numpy() / REFL_SCALE
     if sampled_targets is not None and not sampled_targets.all():
         if not sampled_targets.any():
@@ -424,9 +421,6 @@ FIELD_CALIBRATION_EPISODES = 24
 """Self-supervised episodes (hidden clear pixels) on which per-field calibration fits the spread."""
 FIELD_EPISODE_CROP: int | None = None
 """Side in pixels of those episodes' crops; None: the checkpoint's training crop (32 px)."""
-MEAN_VIEWS = 1
-"""Turned and mirrored copies of each window whose corrections the best estimate averages
-(:meth:`core.model.network.FieldFlowNet.viewed_correction`); the field's fits use the same."""
 
 
 def observed_fingerprint(observed: xr.Dataset) -> str:
@@ -525,7 +519,6 @@ def field_checkpoint(
         options.whittaker_lambda if options.blend_field else None,
         blend_module.BLEND_MEASURE if options.blend_field else None,
         FIELD_EPISODE_CROP,
-        MEAN_VIEWS,
         options.seed,
         device,
     )
@@ -569,7 +562,7 @@ def field_checkpoint(
         )
         if episodes:  # else the checkpoint's spread and no blend (see above)
             mean, _, draws, truth = episode_predictions(
-                result.model, episodes, calibration_k, steps, options.seed, device, MEAN_VIEWS
+                result.model, episodes, calibration_k, steps, options.seed, device
             )
             if options.blend_field:
                 measure = blend_module.BLEND_MEASURE
@@ -852,7 +845,6 @@ def network_at(
                 sampled_tokens=tokens,
                 unseen=frames_unseen(series.acquired[step.frames]),
                 sampled_targets=sampled[step.queries],
-                views=MEAN_VIEWS,
             )
             tile_mean[step.queries] = m[..., :tile_h, :tile_w]
             if residuals is not None and s is not None:

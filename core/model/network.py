@@ -37,35 +37,6 @@ INITIAL_LOG_SCALE = math.log(0.15)
 """Initial log scale of the residual, model units (0.15 = reflectance error 0.03)."""
 LOG_SCALE_RANGE = (-7.0, 3.0)
 """Clamp of the predicted log scale (about 2e-4 to 4 reflectance)."""
-VIEWS: tuple[tuple[int, bool], ...] = (
-    (0, False),
-    (2, False),
-    (0, True),
-    (2, True),
-    (1, False),
-    (3, False),
-    (1, True),
-    (3, True),
-)
-"""The eight symmetries of the square as (quarter turns, mirrored): the first is the series as
-it is, the first four keep a tile's height and width (flips and the half turn)."""
-
-
-def to_view(x: torch.Tensor, view: tuple[int, bool]) -> torch.Tensor:
-    """``x`` (..., H, W) turned ``view[0]`` quarter turns, then mirrored left-right if
-    ``view[1]``."""
-    turns, mirrored = view
-    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
-    return x.flip(-1) if mirrored else x
-
-
-def from_view(x: torch.Tensor, view: tuple[int, bool]) -> torch.Tensor:
-    """The inverse of :func:`to_view`."""
-    turns, mirrored = view
-    x = x.flip(-1) if mirrored else x
-    return torch.rot90(x, -turns, dims=(-2, -1)) if turns else x
-
-
 TIME_EMBED = 16
 """Width of the flow time embedding (sin and cos of 8 octaves)."""
 FLOW_BF16_ENV = "FIELDFLOW_FLOW_BF16"
@@ -373,35 +344,6 @@ class FieldFlowNet(nn.Module):
     def mean_correction(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Correction to the interpolation, (E, T, 10, H, W) in model units."""
         return self.unpatchify(self.mean_head(features), height, width)
-
-    def viewed_correction(
-        self,
-        s2: torch.Tensor,
-        s2_days: torch.Tensor,
-        s1: torch.Tensor,
-        s1_days: torch.Tensor,
-        s2_unseen: torch.Tensor | None,
-        frames: torch.Tensor,
-        views: int = 1,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and mean correction of the S2 frames ``frames`` (indices or a (T,) mask),
-        the correction averaged over the first ``views`` of :data:`VIEWS` (the series turned
-        and mirrored, encoded, corrected and turned back). Arguments as :meth:`encode`.
-
-        Returns:
-            the untransformed view's features (E, F, P, D), which the flow head samples from,
-            and the mean correction (E, F, 10, H, W) in model units.
-        """
-        if not 1 <= views <= len(VIEWS):
-            raise ValueError(f"views must be 1 to {len(VIEWS)}, not {views}")
-        height, width = s2.shape[-2:]
-        features = self.encode(s2, s2_days, s1, s1_days, s2_unseen)[:, frames]
-        correction = self.mean_correction(features, height, width)
-        for view in VIEWS[1:views]:
-            turned = self.encode(to_view(s2, view), s2_days, to_view(s1, view), s1_days, s2_unseen)
-            h, w = (width, height) if view[0] % 2 else (height, width)
-            correction = correction + from_view(self.mean_correction(turned[:, frames], h, w), view)
-        return features, correction / views if views > 1 else correction
 
     def log_scale(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor | None:
         """Log of the residual scale b, (E, T, 10, H, W) in model units; None without a scale

@@ -664,26 +664,22 @@ def residual_draws(
     steps: int,
     generator: torch.Generator,
     device: str = "cpu",
-    views: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean, interpolation base, residual samples and truth at an episode's target values.
 
     ``generator`` is a CPU generator (the noise is drawn on the CPU, then moved to ``device``,
     so a seed gives the same draws on every device). Returns 1-D arrays over target (frame,
     band, pixel) values: mean (M,), base (M,), draws (K, M), truth (M,), in model units.
-    ``samples`` 0 skips the flow head (draws (0, M)): the best estimate alone. ``views``: the
-    mean averaged over that many turned and mirrored copies (see
-    :meth:`core.model.network.FieldFlowNet.viewed_correction`).
+    ``samples`` 0 skips the flow head (draws (0, M)): the best estimate alone.
     """
     from core.model.flow import euler_solve
 
     batch = collate([episode], device)
+    features = model.encode(batch.s2, batch.s2_days, batch.s1, batch.s1_days)
     h, w = batch.s2.shape[-2:]
     frames = batch.target[0].flatten(1).any(dim=1)  # only frames with targets are generated
-    features, correction = model.viewed_correction(
-        batch.s2, batch.s2_days, batch.s1, batch.s1_days, None, frames, views
-    )
-    mean = batch.base[:, frames] + correction
+    features = features[:, frames]
+    mean = batch.base[:, frames] + model.mean_correction(features, h, w)
     target = batch.target[0][frames]
     values = (
         mean[0][target].cpu().numpy(),
@@ -703,11 +699,10 @@ def episode_predictions(
     steps: int = 8,
     seed: int = 0,
     device: str = "cpu",
-    views: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`residual_draws` of every episode, concatenated: mean, base, draws, truth."""
     generator = torch.Generator().manual_seed(seed)
-    parts = [residual_draws(model, ep, samples, steps, generator, device, views) for ep in episodes]
+    parts = [residual_draws(model, ep, samples, steps, generator, device) for ep in episodes]
     return (
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),

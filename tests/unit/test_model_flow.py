@@ -10,14 +10,7 @@ import torch
 from core.model.config import ModelConfig
 from core.model.features import s2_channel_count
 from core.model.flow import euler_solve, heun_solve, path_point, velocity_target
-from core.model.network import (
-    VIEWS,
-    FieldFlowNet,
-    apply_rotary,
-    from_view,
-    rotary_angles,
-    to_view,
-)
+from core.model.network import FieldFlowNet, apply_rotary, rotary_angles
 
 MU, SIGMA = 2.0, 0.5
 
@@ -145,64 +138,3 @@ def test_flow_velocity_given_features_equals_the_full_forward() -> None:
     for tau in (torch.full((samples * tokens,), 0.25), torch.rand(samples * tokens)):
         full = head(state, tau, features.repeat(samples, 1))
         torch.testing.assert_close(head.velocity_given(features)(state, tau), full)
-
-
-def test_the_views_are_the_eight_symmetries_of_the_square_and_invert() -> None:
-    x = torch.arange(2 * 8 * 12, dtype=torch.float32).view(2, 8, 12)
-    turned = [to_view(x, view) for view in VIEWS]
-    assert len({tuple(t.flatten().tolist()) for t in turned if t.shape == (2, 12, 8)}) == 4
-    assert len({tuple(t.flatten().tolist()) for t in turned if t.shape == (2, 8, 12)}) == 4
-    assert all(t.shape == x.shape for t in turned[:4])  # the first four keep height and width
-    for view, t in zip(VIEWS, turned, strict=True):
-        assert torch.equal(from_view(t, view), x)
-
-
-def _views_net() -> tuple[FieldFlowNet, tuple[torch.Tensor, ...]]:
-    torch.manual_seed(0)
-    config = ModelConfig(width=16, depth=2, heads=2, flow_hidden=16, flow_layers=1)
-    net = FieldFlowNet(config).eval()
-    torch.nn.init.normal_(net.mean_head.weight, std=0.5)  # a correction that is not ~0
-    channels = s2_channel_count(config.smooth_features)
-    series = (
-        torch.randn(1, 4, channels, 8, 12),
-        torch.tensor([[0.0, 5.0, 12.0, 30.0]]),
-        torch.randn(1, 2, 7, 8, 12),
-        torch.tensor([[3.0, 20.0]]),
-    )
-    return net, series
-
-
-def test_one_view_is_the_plain_correction() -> None:
-    net, (s2, d2, s1, d1) = _views_net()
-    frames = torch.tensor([1, 3])
-    with torch.no_grad():
-        features, correction = net.viewed_correction(s2, d2, s1, d1, None, frames, 1)
-        plain = net.encode(s2, d2, s1, d1)[:, frames]
-        torch.testing.assert_close(features, plain)
-        torch.testing.assert_close(correction, net.mean_correction(plain, 8, 12))
-
-
-def test_averaging_all_views_makes_the_estimate_turn_with_the_field() -> None:
-    # The average over the whole group is equivariant: turning or mirroring the series turns
-    # or mirrors the correction, which no single view is (patches have an inside). This fails
-    # if any view is not turned back exactly.
-    net, (s2, d2, s1, d1) = _views_net()
-    frames = torch.tensor([0, 2])
-    with torch.no_grad():
-        _, averaged = net.viewed_correction(s2, d2, s1, d1, None, frames, len(VIEWS))
-        _, single = net.viewed_correction(s2, d2, s1, d1, None, frames, 1)
-        for view in VIEWS[1:]:
-            _, turned = net.viewed_correction(
-                to_view(s2, view), d2, to_view(s1, view), d1, None, frames, len(VIEWS)
-            )
-            torch.testing.assert_close(from_view(turned, view), averaged, atol=1e-5, rtol=1e-4)
-            _, turned_single = net.viewed_correction(
-                to_view(s2, view), d2, to_view(s1, view), d1, None, frames, 1
-            )
-            assert not torch.allclose(from_view(turned_single, view), single, atol=1e-4)
-
-
-def test_views_out_of_range_are_refused() -> None:
-    net, (s2, d2, s1, d1) = _views_net()
-    with pytest.raises(ValueError, match="views must be 1 to 8"):
-        net.viewed_correction(s2, d2, s1, d1, None, torch.tensor([0]), 9)
