@@ -62,11 +62,12 @@ def main() -> None:
     st.markdown("### Cloud-free Sentinel-2 for your field")
     request = current_request(state, run_settings)
     drop_stale_result(state, request, settings)
+    unfinished = unfinished_run(state, request, settings)
     # One container above the map for progress, messages and the summary: whatever it holds,
     # the map keeps its place in the page, so the browser never remounts it (a remount would
     # lose the view and any drawing not yet sent).
     with st.container():
-        if run_clicked:
+        if run_clicked or unfinished:
             run(state, request, settings)
         show_messages(state)
         if state.result is not None:
@@ -102,6 +103,18 @@ def drop_stale_result(state: PageState, request: SeasonRequest | None, settings:
         state.say("info", "The field, period or settings changed: press Run for new results.")
 
 
+def unfinished_run(state: PageState, request: SeasonRequest | None, settings: Settings) -> bool:
+    """Whether a Run of these very inputs was started and stopped before it ended (see
+    :attr:`PageState.running`); a started Run whose inputs changed is forgotten, with a word."""
+    if state.running is None:
+        return False
+    if request is not None and request.key(settings.stac_api_url) == state.running:
+        return state.result is None
+    state.running = None
+    state.say("info", "The field, period or settings changed during the Run: press Run again.")
+    return False
+
+
 def run(state: PageState, request: SeasonRequest | None, settings: Settings) -> None:
     """Compute (or recall) the season, with its progress shown here."""
     if request is None:
@@ -113,16 +126,22 @@ def run(state: PageState, request: SeasonRequest | None, settings: Settings) -> 
             f"The period ends ({request.end}) before it starts ({request.start}): swap the dates.",
         )
         return
+    # Not cleared in a `finally`: Streamlit stops the script for a rerun with an exception
+    # outside Exception, and the rerun must find the Run unfinished.
+    state.running = request.key(settings.stac_api_url)
     try:
         result = services.season(request, settings)
     except FieldFlowError as exc:
+        state.running = None
         state.say("error", str(exc))
         return
     except Exception as exc:  # a bug, not the user's doing: say so, with the details folded
+        state.running = None
         state.say("error", f"Something unexpected went wrong ({type(exc).__name__}).")
         with st.expander("Technical details"):
             st.exception(exc)
         return
+    state.running = None
     state.result = result
     reset_selection(result)
 

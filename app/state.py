@@ -82,6 +82,11 @@ class PageState:
     """Where the demo's data comes from, while the field is the demo field."""
     result: SeasonResult | None = None
     """The result of the last Run, while its inputs are unchanged."""
+    running: str | None = None
+    """The request key of a Run started and not finished. Streamlit stops a running script when
+    any widget changes (the user moves the map, types a place), so the rerun that follows
+    starts that Run again (the fetched data is on disk, a tuned network in memory) instead of
+    losing it; cleared when the Run ends, fails, or its inputs change."""
     messages: list[Message] = dataclasses.field(default_factory=list)
     """Shown once at the top of the page, then cleared."""
     map_center: tuple[float, float] = DEFAULT_CENTER
@@ -115,6 +120,7 @@ class PageState:
         self.field_origin = ""
         self.demo_source = None
         self.result = None
+        self.running = None
 
     def say(self, kind: str, text: str) -> None:
         """Queue a message for the top of the page."""

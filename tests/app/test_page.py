@@ -405,3 +405,29 @@ def test_a_wrong_setting_in_the_environment_is_named_on_the_page(
         "to use the default, and start again."
     ]
     assert not page.button  # nothing to press until the server is set up right
+
+
+def test_a_run_stopped_by_a_rerun_carries_on_and_one_whose_inputs_changed_does_not(
+    open_page: OpenPage,
+) -> None:
+    # Streamlit stops a running script when any widget changes: the Run was started (its key
+    # noted) and never finished. The next rerun, with the same inputs, runs it again unasked.
+    page = open_page()
+    button(page, "Demo field").click().run()
+    page.selectbox(key="method").set_value("linear").run()
+    button(page, "Run").click().run()
+    key = state(page).result.key
+    assert state(page).running is None  # a finished Run leaves nothing pending
+    state(page).result, state(page).running = None, key
+    page.run()  # no click
+    no_exceptions(page)
+    assert state(page).result is not None and state(page).result.key == key
+    assert state(page).running is None
+    assert page.get("plotly_chart"), "the carried-on Run's results are not shown"
+
+    # Stopped by a change of its inputs (here the method): forgotten, and the page says so.
+    state(page).result, state(page).running = None, key
+    page.selectbox(key="method").set_value("whittaker").run()
+    no_exceptions(page)
+    assert state(page).result is None and state(page).running is None
+    assert any("changed during the Run" in t for t in texts(page, "info"))

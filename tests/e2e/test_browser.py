@@ -339,3 +339,27 @@ def test_bad_inputs_show_messages_and_the_page_stays_usable(
     set_period(page, *SITE_WINDOW.values())
     run(page)
     no_app_errors(page, js_errors)
+
+
+def test_a_run_carries_on_when_the_user_does_something_else_meanwhile(
+    page, site: PublishedSite, js_errors
+) -> None:
+    # Streamlit stops a running script when a widget changes; a Run must not be lost to it.
+    page.get_by_text("Use the offline demo cube").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Demo field").click()
+    page.get_by_text("Demo data: the offline cube").wait_for()
+    wait_idle(page)
+    page.get_by_role("button", name="Run").click()
+    page.locator('[data-testid="stProgress"]').wait_for(timeout=RUN_TIMEOUT_MS)
+    # Mid-Run, the user moves the map elsewhere (the field, period and settings stay).
+    box = page.get_by_role("textbox", name="Go to (lat, lon)")
+    lat, lon = centre_of(site)
+    box.fill(f"{lat:.5f}, {lon:.5f}")
+    box.press("Enter")
+    # The rerun starts the Run again (the field's data is on disk), so allow for two Runs.
+    page.get_by_text("Computed in").wait_for(timeout=2 * RUN_TIMEOUT_MS)
+    page.get_by_role("img", name="Reconstructed true colour").wait_for(timeout=RUN_TIMEOUT_MS)
+    wait_idle(page)
+    shot(page, "10-run-carried-on")
+    no_app_errors(page, js_errors)
