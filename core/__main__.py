@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from core.cli import main
-
 if __name__ == "__main__":
+    try:
+        from core.cli import main
+    except KeyboardInterrupt:  # Ctrl-C while Python is still importing
+        print("error: interrupted; nothing was done.", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())

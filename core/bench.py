@@ -45,7 +45,7 @@ import xarray as xr
 
 from core.config import usable_cpus
 from core.cube import read_cube, validate_cube
-from core.errors import InputError
+from core.errors import FieldFlowError, InputError
 from core.evaluate import software_versions
 from core.reconstruct import ReconstructOptions, reconstruct, resolve_method
 from core.timeline import calendar_day
@@ -300,7 +300,10 @@ def _cuda_module():
 def worker_main() -> None:
     """Subprocess entry: read a :class:`BenchCase` as JSON on stdin, print the result JSON."""
     case = BenchCase(**json.loads(sys.stdin.read()))
-    result = measure_case(case)
+    try:
+        result = measure_case(case)
+    except FieldFlowError as exc:  # the user's to fix: its sentence, not a traceback's tail
+        result = BenchResult(case, None, error=str(exc))
     print(json.dumps(asdict(result)))
 
 

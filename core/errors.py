@@ -38,3 +38,8 @@ class AccessDeniedError(NetworkError):
 
 class ClusterError(NetworkError):
     """The Dask scheduler cannot be reached, has no workers, or lost the work."""
+
+
+class OutputError(FieldFlowError):
+    """A file the user asked for cannot be written there (a folder, a device, no permission,
+    the input itself, disk full)."""

@@ -853,7 +853,12 @@ def fit_notes(attrs: dict) -> list[str]:
         notes.append(
             "Field blend: too few clear acquisitions to measure it; the model's estimate alone."
         )
-    if attrs.get("model_calibrate_field") and "model_spread_by_distance" in attrs:
+    if attrs.get("model_calibrate_field") and not attrs.get("model_band_fitted", 1):
+        notes.append(
+            "Uncertainty band: too few clear acquisitions to fit it on this field; the width "
+            "fitted on the model's training sites."
+        )
+    elif attrs.get("model_calibrate_field") and "model_spread_by_distance" in attrs:
         base = float(attrs["model_checkpoint_spread_scale"])
         near, mid, far = (float(s) / base for s in attrs["model_spread_by_distance"])
         notes.append(

@@ -5,16 +5,20 @@ Each command lives in its own module ``core.cli.<name>`` with two functions:
 their command runs, so ``python -m core ndvi`` never imports torch.
 
 Errors a user can fix (:class:`core.errors.FieldFlowError`) print as one ``error:`` line and
-exit with status 2; they never show a traceback.
+exit with status 2; they never show a traceback. Ctrl-C and SIGTERM stop a command with one line
+too, after the files being written are removed (status 130 and 143).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from core.config import Settings
 from core.errors import FieldFlowError
@@ -59,14 +63,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Only import the module of the command asked for (keeps `ndvi` free of torch).
     wanted = next((a for a in args_list if not a.startswith("-")), None)
     selected = {wanted: commands[wanted]} if wanted in commands else commands
-    parser = build_parser(selected)
-    args = parser.parse_args(args_list)
-    module = importlib.import_module(f"core.cli.{args.command}")
     try:
-        return int(module.run(args, Settings.from_env()) or 0)
+        with _terminate_as_interrupt():
+            parser = build_parser(selected)
+            args = parser.parse_args(args_list)
+            module = importlib.import_module(f"core.cli.{args.command}")
+            return int(module.run(args, Settings.from_env()) or 0)
     except FieldFlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted; nothing partial was kept.", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: stopped (SIGTERM); nothing partial was kept.", file=sys.stderr)
+        return 143
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so every file being written is removed."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while the block runs (by default
+    it kills the process on the spot, leaving temporaries of half-written files behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

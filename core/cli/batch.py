@@ -116,8 +116,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     from core.distributed import connect, local_cluster, scheduler_address
     from core.reconstruct import check_options, resolve_method
+    from core.storage import check_output_folder
 
     started = time.monotonic()
+    check_output_folder(args.out)
     method = args.method or default_method()
     resolve_method(method)  # InputError naming the choices
     if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:

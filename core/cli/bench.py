@@ -26,7 +26,7 @@ from core.bench import (
 from core.config import Settings
 from core.errors import InputError
 from core.evaluate import BASELINES
-from core.storage import atomic_output
+from core.storage import atomic_output, check_output_path
 
 
 def _int_list(text: str) -> list[int]:
@@ -110,6 +110,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not methods:
         raise InputError("No methods given: pass e.g. --methods linear,whittaker.")
     source = args.source or settings.cubes_dir / DEFAULT_SOURCE
+    if args.json is not None:
+        check_output_path(args.json, option="--json", inputs=[source])
     machine = machine_description(probe_torch=any(m not in BASELINES for m in methods))
     results = bench(
         methods,

@@ -26,7 +26,7 @@ from core.cube import read_cube
 from core.errors import InputError
 from core.evaluate import Protocol, evaluate, evaluation_to_dict, format_table
 from core.reconstruct import ReconstructOptions, check_options
-from core.storage import atomic_output
+from core.storage import atomic_output, check_output_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,6 +172,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for method in methods:
         check_options(method, options)
     paths = cube_paths(args.cube, args.cubes_dir, settings)
+    if args.json is not None:
+        check_output_path(args.json, option="--json", inputs=paths)
     evaluation = evaluate(
         _read_each(paths),
         methods,

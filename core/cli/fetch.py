@@ -100,7 +100,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from core.fetch import clear_fraction, parse_period
     from core.field import field_from_file
     from core.grid import field_mask
+    from core.storage import check_output_path
 
+    check_output_path(args.out, inputs=[args.field_path])
     if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:
         raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
     start, end = parse_period(args.start, args.end)

@@ -11,6 +11,8 @@ from core.curve import ndvi_curve, write_curve_csv
 from core.errors import FieldError
 from core.field import field_from_file
 from core.grid import field_mask
+from core.storage import check_output_path
+from core.timeline import calendar_day, regular_dates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Compute the curve, write the CSV and print a one-line summary."""
     method = args.method or default_method()
+    check_output_path(args.out, inputs=[args.cube, *([args.geojson] if args.geojson else [])])
     cube = read_cube(args.cube)
     mask = None
     if args.geojson:
@@ -56,6 +59,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"{curve.attrs['field_pixels']} field pixels "
         f"with {method} -> {path}"
     )
+    asked = regular_dates(args.start, args.end, args.every_days).size
+    if len(curve) < asked:
+        first, last = calendar_day(cube["time_s2"].values[[0, -1]])
+        print(
+            f"note: {asked - len(curve)} of the {asked} day(s) asked for lie outside the "
+            f"cube's Sentinel-2 acquisitions ({first} to {last}) and were left out; fetch a "
+            "cube for the whole period to have them."
+        )
     from core.season import NEVER_CLEAR_NOTE, fit_notes  # the app's sentences
 
     if curve.attrs["field_clear_observations"] == 0:

@@ -16,6 +16,7 @@ from core.reconstruct import (
     reconstruct,
     write_reconstruction,
 )
+from core.storage import check_output_path
 from core.timeline import parse_date_list, regular_dates
 
 
@@ -167,6 +168,7 @@ def query_dates(args: argparse.Namespace) -> np.ndarray:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Reconstruct, write the NetCDF and print a one-line summary."""
     method = args.method or default_method()
+    check_output_path(args.out, inputs=[args.cube])
     dates = query_dates(args)
     cube = read_cube(args.cube)
     options = options_from_args(args, keep_observed=args.keep_observed)

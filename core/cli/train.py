@@ -105,11 +105,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from core.model.config import ModelConfig, TrainConfig
     from core.model.inference import resolve_device
     from core.model.training import calibrate, load_series, train, validation_episodes
+    from core.storage import check_output_path
 
     data = args.data or settings.cubes_dir
     paths = sorted(Path(data).glob("*.nc"))
     if not paths:
         raise InputError(f"No cube files (*.nc) in {data}; pass --data with a folder of cubes.")
+    inputs = [*paths, *([args.init] if args.init is not None else [])]
+    check_output_path(args.out, inputs=inputs)
+    check_output_path(args.out.with_suffix(".json"), inputs=inputs)  # the training record
     device = resolve_device(args.device)
     model_config, train_config = ModelConfig(), TrainConfig(seed=args.seed, threads=args.threads)
     if args.tiny:

@@ -100,19 +100,34 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
             f"Cannot read the model checkpoint {source} ({reason[:160] or type(exc).__name__}). "
             "Is it a whole .pt file written by 'python -m core train'?"
         ) from exc
-    if payload.get("format_version") != FORMAT_VERSION:
+    if not isinstance(payload, dict) or "format_version" not in payload:
         raise InputError(
-            f"Checkpoint {source} has format {payload.get('format_version')}, this code reads "
+            f"{source} is a PyTorch file but not a FieldFlow model checkpoint; give one "
+            "written by 'python -m core train' (the shipped one is assets/model.pt)."
+        )
+    if payload["format_version"] != FORMAT_VERSION:
+        raise InputError(
+            f"Checkpoint {source} has format {payload['format_version']}, this code reads "
             f"{FORMAT_VERSION}; retrain it with 'python -m core train'."
         )
-    model = FieldFlowNet(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["state_dict"])
+    try:
+        model = FieldFlowNet(ModelConfig.from_dict(payload["model_config"]))
+        model.load_state_dict(payload["state_dict"])
+        train_config = TrainConfig.from_dict(payload["train_config"])
+        spread_scale = float(payload["spread_scale"])
+        record = dict(payload["record"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # RuntimeError: shapes
+        raise InputError(
+            f"The model checkpoint {source} is incomplete or its weights do not fit its "
+            f"configuration ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            "retrain it with 'python -m core train' or restore the shipped assets/model.pt."
+        ) from exc
     model.to(device).eval()
     return Checkpoint(
         model=model,
-        train_config=TrainConfig.from_dict(payload["train_config"]),
-        spread_scale=float(payload["spread_scale"]),
-        record=dict(payload["record"]),
+        train_config=train_config,
+        spread_scale=spread_scale,
+        record=record,
     )
 
 

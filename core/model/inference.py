@@ -723,11 +723,7 @@ def model_method(
     device = resolve_device(options.device)
     path = str(options.checkpoint) if options.checkpoint else None
     checkpoint = cached_checkpoint(path, device)
-    steps = options.steps or default_steps(checkpoint, options)
-    if steps < 1:
-        raise InputError(f"--steps must be at least 1, not {steps}.")
-    if options.adapt_steps < 0:
-        raise InputError(f"--adapt-steps must be 0 or more, not {options.adapt_steps}.")
+    steps = options.steps or default_steps(checkpoint, options)  # checked: core.reconstruct
     kernel = query_kernel(query, observed["time_s2"].values, options.smooth_days)
     base, checkpoint = checkpoint, field_checkpoint(checkpoint, observed, options, steps, device)
     # Each query's own date is the only one sampled. The queries are sorted and unique (see
@@ -875,6 +871,10 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         "model_checkpoint_spread_scale": float(base.spread_scale),
         "model_adapt_steps": int(options.adapt_steps),
         "model_calibrate_field": int(options.calibrate_field and options.samples > 1),
+        # Asked for and done: a field with too few clear acquisitions keeps the checkpoint's.
+        "model_band_fitted": int(
+            used.spread_by_distance is not None or used.spread_scale != base.spread_scale
+        ),
         "model_blend_field": int(options.blend_field),
     }
     if used.field_ndvi_scale is not None:

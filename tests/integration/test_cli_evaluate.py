@@ -118,3 +118,22 @@ def test_bench_measures_in_subprocesses_and_writes_json(tmp_path) -> None:
     assert [(r["case"]["size_px"], r["error"]) for r in data["results"]] == [(16, None), (24, None)]
     assert all(r["seconds"] > 0 and r["input_mib"] > 0 for r in data["results"])
     assert "cpu:" in done.stdout and "linear" in done.stdout
+
+
+def test_a_bench_row_that_cannot_run_says_why_in_the_users_words(tmp_path) -> None:
+    source = tmp_path / "not-a-cube.nc"
+    source.write_text("a text file")
+    done = _core(
+        "bench", "--methods", "linear", "--sizes", "16", "--dates", "12", "--repeats", "1",
+        "--source", str(source), "--json", str(tmp_path),
+    )  # fmt: skip
+    # A folder as --json: refused before any measuring.
+    assert done.returncode == 2 and done.stderr.startswith(f"error: --json {tmp_path} is a folder")
+    done = _core(
+        "bench", "--methods", "linear", "--sizes", "16", "--dates", "12", "--repeats", "1",
+        "--source", str(source),
+    )  # fmt: skip
+    assert done.returncode == 1  # a row failed
+    row = next(line for line in done.stdout.splitlines() if line.startswith("linear"))
+    assert f"error: Cannot read {source} as a NetCDF cube" in row
+    assert "core.errors" not in row and "exit 1" not in row

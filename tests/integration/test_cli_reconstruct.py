@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from core.config import REPO_ROOT
 from core.cube import read_cube
 from core.curve import curve_csv, ndvi_curve
 from core.reconstruct import reconstruct
+from core.storage import TEMP_PREFIX
 
 ES_FIELD = "es-field_2019.nc"
 
@@ -116,6 +119,18 @@ def test_ndvi_writes_the_field_curve(es_path, es_cube, tmp_path) -> None:
     assert len(lines) == 32 and lines[1].startswith("2019-05-01,")
 
 
+def test_ndvi_says_which_days_lie_outside_the_cube(es_path, tmp_path, capsys) -> None:
+    # es-field's first acquisition is 2019-01-27: 26 of the 36 days asked for are before it.
+    out_csv = str(tmp_path / "c.csv")
+    status = main(["ndvi", "--cube", str(es_path), "--start", "2019-01-01", "--end",
+                   "2019-02-05", "--method", "linear", "--out", out_csv])  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.startswith("Wrote 10 day(s) of NDVI")
+    assert "note: 26 of the 36 day(s) asked for lie outside the cube's Sentinel-2 " in out
+    assert "(2019-01-27 to 2019-12-28)" in out
+
+
 def test_ndvi_takes_a_field_outline_on_a_lonlat_cube(cubes_dir, tmp_path) -> None:
     # hu-alfold's grid is EPSG:4326 (about 20 m pixels in degrees); an outline drawn on it
     # selects the pixels whose centres it holds, as on a UTM cube.
@@ -155,6 +170,12 @@ def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
             ["reconstruct", "--dates", "2019-05-01", "--method", "model", "--smooth-days", "-1"],
             "--smooth-days must be 0 or more",
         ),
+        (["reconstruct", "--dates", "2019-05-01", "--steps", "0"], "--steps must be at least 1"),
+        (["reconstruct", "--dates", "2019-05-01", "--samples", "100000"], "at most 256"),
+        (
+            ["reconstruct", "--dates", "2019-05-01", "--whittaker-lambda", "-5"],
+            "--whittaker-lambda must be a positive number",
+        ),
         (["ndvi", "--start", "2019-05-01", "--end", "2019-04-01"], "ends (2019-04-01) before"),
         (["ndvi", "--start", "2021-01-01", "--end", "2021-02-01"], "does not overlap"),
     ],
@@ -170,6 +191,50 @@ def test_bad_input_is_refused_with_an_actionable_line(
     assert err.startswith("error: ") and message in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "ndvi"])
+def test_an_unusable_output_is_refused_before_any_work(es_path, tmp_path, capsys, command) -> None:
+    # A folder as --out: told at once (the cube named does not even exist, so no work began),
+    # not as a traceback after the whole computation.
+    args = ["--start", "2019-05-01", "--end", "2019-05-10", "--method", "linear"]
+    status = main([command, "--cube", str(tmp_path / "none.nc"), "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: --out {tmp_path} is a folder: give a file name inside it")
+
+
+def test_the_input_cube_is_never_overwritten(es_path, tmp_path, capsys) -> None:
+    cube = tmp_path / "cube.nc"
+    cube.write_bytes(es_path.read_bytes())
+    status = main(["reconstruct", "--cube", str(cube), "--dates", "2019-05-03",
+                   "--method", "linear", "--out", str(cube)])  # fmt: skip
+    assert status == 2
+    assert "is also the input: writing it would replace the file being read" in (
+        capsys.readouterr().err
+    )
+    assert cube.read_bytes() == es_path.read_bytes()
+
+
+def test_sigterm_stops_with_one_line_and_leaves_no_partial_file(es_path, tmp_path) -> None:
+    out = tmp_path / "results" / "rec.nc"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core", "reconstruct", "--cube", str(es_path), "--start",
+         "2019-04-01", "--end", "2019-09-30", "--method", "model", "--samples", "64",
+         "--out", str(out)],
+        cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(8)  # past the imports: the model is working
+        assert process.poll() is None, process.stderr.read()
+        process.send_signal(signal.SIGTERM)
+        err = process.communicate(timeout=60)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == ["error: stopped (SIGTERM); nothing partial was kept."]
+    assert not out.exists()
+    assert not list(tmp_path.rglob(f"{TEMP_PREFIX}*"))
 
 
 def test_a_wrong_setting_in_the_environment_is_one_error_line(

@@ -264,5 +264,9 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
     short = _crop(flanders_cube, frames=slice(0, 3))
     alone = reconstruct(short, short["time_s2"].values[[1]], "model", options)
     assert "blend_weights" not in alone.attrs
-    assert fit_notes(alone.attrs)[0].startswith("Field blend: too few clear acquisitions")
+    assert fit_notes(alone.attrs)[:2] == [
+        "Field blend: too few clear acquisitions to measure it; the model's estimate alone.",
+        "Uncertainty band: too few clear acquisitions to fit it on this field; the width "
+        "fitted on the model's training sites.",
+    ]  # nothing fitted, nothing claimed
     assert fit_notes(reconstruct(cube, query, "linear").attrs) == []

@@ -346,6 +346,18 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:
     cut.write_bytes(DEFAULT_CHECKPOINT.read_bytes()[:100_000])
     with pytest.raises(InputError, match=r"Cannot read the model checkpoint .*cut\.pt"):
         load_checkpoint(cut)
+    # Some other PyTorch file, and a checkpoint whose weights do not fit its configuration.
+    other = tmp_path / "other.pt"
+    for payload in ([1, 2], {"weights": torch.zeros(2)}):
+        torch.save(payload, other)
+        with pytest.raises(InputError, match="is a PyTorch file but not a FieldFlow model"):
+            load_checkpoint(other)
+    edited = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+    name = next(iter(edited["state_dict"]))
+    edited["state_dict"][name] = torch.zeros(3)
+    torch.save(edited, other)
+    with pytest.raises(InputError, match=r"weights do not fit its configuration \(RuntimeError"):
+        load_checkpoint(other)
 
 
 def test_device_selection() -> None:
