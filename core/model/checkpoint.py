@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Pat
         "record": checkpoint.record,
         "state_dict": {k: v.detach().cpu() for k, v in checkpoint.model.state_dict().items()},
     }
+    payload["weights_sha256"] = weights_digest(payload["state_dict"])
     with atomic_output(target) as tmp:
         torch.save(payload, tmp)
     with atomic_output(target.with_suffix(".json")) as tmp:
@@ -110,6 +112,13 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
             f"Checkpoint {source} has format {payload['format_version']}, this code reads "
             f"{FORMAT_VERSION}; retrain it with 'python -m core train'."
         )
+    expected = payload.get("weights_sha256")  # checkpoints saved before it have none
+    if expected is not None and weights_digest(payload.get("state_dict", {})) != expected:
+        raise InputError(
+            f"The model checkpoint {source} is damaged: its weights do not match the digest "
+            "saved with them (a bad copy or disk?). Copy it again, restore the shipped "
+            "assets/model.pt, or retrain with 'python -m core train'."
+        )
     try:
         model = FieldFlowNet(ModelConfig.from_dict(payload["model_config"]))
         model.load_state_dict(payload["state_dict"])
@@ -134,6 +143,18 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
 def training_sites(path: str | os.PathLike[str] | None = None) -> list[str]:
     """Sites a checkpoint was trained or tuned on, from its training record."""
     return load_checkpoint(path).seen_sites
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights' names, shapes, types and bytes. torch's file format keeps the
+    tensors' bytes without a checksum it verifies: flipped bytes load silently as other
+    weights, and the model then answers nonsense."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _summary(payload: dict[str, object]) -> dict[str, object]:

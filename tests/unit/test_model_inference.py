@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from core.errors import InputError
-from core.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, training_sites
+from core.model.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    training_sites,
+    weights_digest,
+)
 from core.model.config import ModelConfig, TrainConfig
 from core.model.features import s2_channel_count
 from core.model.inference import (
@@ -326,6 +332,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     for key, value in loaded.model.state_dict().items():
         assert torch.equal(value, reloaded.model.state_dict()[key])
     record = json.loads(again.with_suffix(".json").read_text())
+    assert record["weights_sha256"] == weights_digest(reloaded.model.state_dict())
     assert record["model_config"]["width"] == TINY.width
     assert training_sites(again) == ["nowhere"]
 
@@ -355,9 +362,29 @@ def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:
     edited = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
     name = next(iter(edited["state_dict"]))
     edited["state_dict"][name] = torch.zeros(3)
+    del edited["weights_sha256"]  # an edit that also dropped the digest
     torch.save(edited, other)
     with pytest.raises(InputError, match=r"weights do not fit its configuration \(RuntimeError"):
         load_checkpoint(other)
+
+
+def test_a_checkpoint_with_flipped_bytes_in_its_weights_is_refused(tmp_path) -> None:
+    # torch loads such a file without complaint (its archive's checksums are not verified):
+    # the digest saved with the weights is what tells.
+    from core.config import DEFAULT_CHECKPOINT
+
+    data = bytearray(DEFAULT_CHECKPOINT.read_bytes())
+    weights = torch.load(DEFAULT_CHECKPOINT, weights_only=True)["state_dict"]
+    largest = max(weights.values(), key=torch.Tensor.numel)
+    at = bytes(data).find(largest.reshape(-1).view(torch.uint8).numpy().tobytes())
+    assert at > 0
+    data[at + 1000] ^= 0xFF
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    torch.load(damaged, weights_only=True)  # torch itself sees nothing wrong
+    with pytest.raises(InputError, match="is damaged: its weights do not match the digest"):
+        load_checkpoint(damaged)
+    assert load_checkpoint(DEFAULT_CHECKPOINT).record  # the shipped one carries a true digest
 
 
 def test_device_selection() -> None:
