@@ -20,6 +20,8 @@ orbit direction. On disk ``s2`` and ``s1`` are scaled int16 (0.0001 and 0.01 dB)
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -31,6 +33,7 @@ import xarray as xr
 from core.errors import CubeError
 from core.storage import atomic_output
 
+LOG = logging.getLogger(__name__)
 S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
 """The ten S2 bands of every cube, in this order."""
 POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
@@ -155,15 +158,14 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         if attr not in ds.attrs or ds.attrs[attr] is None or str(ds.attrs[attr]).strip() == "":
             raise CubeError(f"Cube lacks the '{attr}' attribute; write it with core.cube.")
     _check_crs(str(ds.attrs["crs"]))
+    resolution_m = _resolution_m(ds.attrs["resolution_m"])
     if ds.sizes["time_s2"] == 0:
         raise CubeError("Cube has no Sentinel-2 frames.")
     if ds.sizes["y"] == 0 or ds.sizes["x"] == 0:
         raise CubeError(f"Cube has no pixels ({ds.sizes['y']} x {ds.sizes['x']}).")
-    ds = _dated(_dated(ds, "time_s2"), "time_s1")
-    times = ds["time_s2"].values
-    if np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) <= 0):
-        raise CubeError("Cube S2 times are not strictly increasing; merge same-day frames first.")
+    ds = _s2_in_order(_dated(_dated(ds, "time_s2"), "time_s1"))
     out = ds.copy()
+    out.attrs["resolution_m"] = resolution_m
     out["s2"] = _finite_or_nan(out["s2"])
     _check_reflectance_scale(out["s2"].values)
     if "valid" not in out:
@@ -196,6 +198,48 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def _resolution_m(value: object) -> float:
+    """The ``resolution_m`` attribute as a finite positive float (a number written as text,
+    e.g. "10", is read as one).
+
+    Raises:
+        CubeError: anything else (a word, 0, a negative number, NaN).
+    """
+    try:
+        resolution_m = float(value)
+    except (TypeError, ValueError):
+        resolution_m = math.nan
+    if not (math.isfinite(resolution_m) and resolution_m > 0):
+        raise CubeError(
+            f"Cube attribute 'resolution_m' is {value!r}; it must be the pixel size in metres, a "
+            "positive number (10 for a cube on Sentinel-2's 10 m grid). Set it, e.g. "
+            "ds.attrs['resolution_m'] = 10.0, and write the cube again."
+        )
+    return resolution_m
+
+
+def _s2_in_order(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its S2 frames (and their ``valid``/``scl``) in time order.
+
+    Raises:
+        CubeError: two frames at the same time; they must be merged into one.
+    """
+    times = ds["time_s2"].values.astype("datetime64[ns]")
+    if not np.any(np.diff(times.astype(np.int64)) <= 0):
+        return ds
+    ordered = np.sort(times)
+    twice = ordered[1:][np.diff(ordered.astype(np.int64)) == 0]
+    if twice.size:
+        at = twice[0]
+        when = str(np.datetime_as_string(at, unit="s")).removesuffix("T00:00:00")
+        raise CubeError(
+            f"Cube has {int(np.sum(times == at))} Sentinel-2 frames at {when}; merge frames of "
+            "the same time into one (e.g. per pixel the first clear value), as 'python -m core "
+            "fetch' does, then write the cube again."
+        )
+    return ds.sortby("time_s2")
+
+
 def _s1_in_order(cube: xr.Dataset) -> xr.Dataset:
     """The S1 frames in time order and the polarizations as :data:`POLARIZATIONS` (a missing one
     all NaN), whatever order a cube written elsewhere holds them in.
@@ -220,6 +264,24 @@ def _s1_in_order(cube: xr.Dataset) -> xr.Dataset:
     if times.size > 1 and np.any(np.diff(times.astype("datetime64[ns]").astype(np.int64)) < 0):
         cube = cube.sortby("time_s1")
     return cube
+
+
+def _note_one_polarization(s1: xr.DataArray) -> None:
+    """Log a warning when ``s1`` (time_s1, polarization, y, x) holds one polarization only: the
+    model takes S1 at a pixel and date only with both VV and VH (and VV - VH), so it would
+    ignore every frame while the cube looks as if it had S1 (frame counts, radar pictures)."""
+    held = [str(p) for p in s1["polarization"].values if np.isfinite(s1.sel(polarization=p)).any()]
+    if len(held) == 1:
+        (other,) = set(POLARIZATIONS) - set(held)
+        LOG.warning(
+            "Cube S1 holds %s but no %s: the model ignores all its %d S1 frames (it takes S1 "
+            "only where both polarizations are present). Add the %s layer, or fetch the cube "
+            "with 'python -m core fetch', to use them.",
+            held[0],
+            other,
+            s1.sizes["time_s1"],
+            other,
+        )
 
 
 def _check_crs(crs: str) -> None:
@@ -264,33 +326,62 @@ def _ten_bands(ds: xr.Dataset, bands: tuple[str, ...]) -> xr.Dataset:
     Raises:
         CubeError: a band name Sentinel-2 does not have, a band twice, or none of the ten.
     """
-    unknown = [b for b in bands if b not in S2_BANDS and b not in UNUSED_S2_BANDS]
-    if unknown or len(set(bands)) != len(bands) or not set(bands) & set(S2_BANDS):
+    unknown = tuple(b for b in bands if b not in S2_BANDS and b not in UNUSED_S2_BANDS)
+    twice = sorted({b for b in bands if bands.count(b) > 1})
+    if unknown or twice or not set(bands) & set(S2_BANDS):
+        if unknown:
+            wrong = "not Sentinel-2 bands: " + ", ".join(unknown)
+        elif twice:
+            wrong = "given twice: " + ", ".join(twice)
+        else:
+            wrong = "none of the ten FieldFlow reads"
         raise CubeError(
-            f"Cube bands are {bands}; expected Sentinel-2 band names, each once, among the ten "
-            f"FieldFlow reads {S2_BANDS} (e.g. B04 and B08 for NDVI)."
+            f"Cube bands are {bands} ({wrong}); expected Sentinel-2 band names, each once, among "
+            f"the ten FieldFlow reads {S2_BANDS} (NDVI needs B04, and B08 or B8A)."
         )
     return ds.reindex(band=list(S2_BANDS))
 
 
 REFLECTANCE_MEDIAN_MAX = 1.5
-"""Above this median (clouds included), a cube's 's2' holds digital numbers, not reflectance."""
+"""Above this median (clouds and snow included, whose medians stay below about 1), a cube's
+'s2' is not reflectance."""
+PERCENT_MEDIAN_MAX = 100.0
+"""Up to this median, values above :data:`REFLECTANCE_MEDIAN_MAX` are read as percent
+reflectance (0-100); above it as L2A digital numbers (0-10000, 1000-11000 with the offset)."""
 
 
 def _check_reflectance_scale(s2: np.ndarray) -> None:
-    """CubeError when ``s2`` (T, 10, H, W) holds L2A digital numbers (0-10000) instead of
-    reflectance (0 to about 1): every method would run and give numbers 10,000 x too large,
-    and NDVI would look fine. Judged on every 4th pixel of at most 16 frames, so it costs
-    little."""
+    """CubeError when ``s2`` (T, 10, H, W) is not reflectance (0 to about 1): L2A digital
+    numbers or percent (every method would run and give numbers 10,000 or 100 x too large,
+    and NDVI would look fine), or mostly negative (an offset taken away twice: NDVI would be
+    empty). Judged on the non-zero values (0 is a common nodata code of integer exports) of
+    every 4th pixel of at most 16 frames, so it costs little. A few slightly negative values
+    are real L2A (water, shadow) and pass."""
     frames = s2[:: max(1, s2.shape[0] // 16), :, ::4, ::4]
-    finite = frames[np.isfinite(frames)]
-    median = float(np.median(finite)) if finite.size else 0.0
-    if median > REFLECTANCE_MEDIAN_MAX:
+    values = frames[np.isfinite(frames) & (frames != 0)]
+    if values.size == 0:  # the sample fell on nodata only: look at every value
+        values = s2[np.isfinite(s2) & (s2 != 0)]
+    median = float(np.median(values)) if values.size else 0.0
+    if median > PERCENT_MEDIAN_MAX:
         raise CubeError(
             f"The cube's 's2' looks like digital numbers, not reflectance (median "
             f"{median:,.0f}; reflectance lies between 0 and about 1). Divide "
             "Sentinel-2 L2A values by 10000 (after subtracting 1000 for processing baseline "
             "04.00 and later) before writing the cube, or fetch it with 'python -m core fetch'."
+        )
+    if median > REFLECTANCE_MEDIAN_MAX:
+        raise CubeError(
+            f"The cube's 's2' looks like percent reflectance (median {median:.0f}; reflectance "
+            "lies between 0 and about 1). Divide its values by 100 before writing the cube, or "
+            "fetch it with 'python -m core fetch'."
+        )
+    if median < 0:
+        raise CubeError(
+            f"The cube's 's2' is mostly negative (median {median:.2f}); reflectance lies "
+            "between 0 and about 1, with only a few values slightly below 0 (water, shadow). "
+            "The L2A offset looks wrong: for processing baseline 04.00 and later subtract 1000 "
+            "from the digital numbers once (BOA_ADD_OFFSET), then divide by 10000; or fetch "
+            "the cube with 'python -m core fetch'."
         )
 
 
@@ -326,7 +417,10 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
         ) from exc
     for var in loaded.variables.values():
         var.encoding = {}
-    return validate_cube(loaded)
+    cube = validate_cube(loaded)
+    if has_s1(cube):
+        _note_one_polarization(cube["s1"])  # here, not in validate_cube: once per file read
+    return cube
 
 
 def write_cube(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
@@ -347,3 +441,26 @@ def has_s1(ds: xr.Dataset) -> bool:
 def bands_present(ds: xr.Dataset) -> np.ndarray:
     """Boolean (10,): which S2 bands hold any finite value."""
     return np.asarray(np.isfinite(ds["s2"]).any(dim=("time_s2", "y", "x")).values)
+
+
+def ndvi_band_problem(present: np.ndarray) -> str | None:
+    """Why a cube with these bands present (bool (10,), as :func:`bands_present` gives) has no
+    NDVI, naming exactly what it lacks; None when it has red (B04) and a near-infrared band
+    (B08, else B8A). Absent bands do not make a cube unusable: its others can still be
+    reconstructed."""
+    held = [b for b, p in zip(S2_BANDS, present, strict=True) if p]
+    lacks = [] if "B04" in held else ["no red band (B04)"]
+    if "B08" not in held and "B8A" not in held:
+        lacks.append("no near-infrared band (B08 or B8A)")
+    if not lacks:
+        return None
+    usable = (
+        f"; its bands {', '.join(held)} can still be reconstructed with 'python -m core "
+        "reconstruct'"
+        if held
+        else ""
+    )
+    return (
+        f"This cube has {' and '.join(lacks)}, so NDVI cannot be computed (it needs B04, and "
+        f"B08 or B8A){usable}. For NDVI use a cube fetched with B04 and B08."
+    )

@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from core.cube import bands_present, validate_cube
+from core.cube import bands_present, ndvi_band_problem, validate_cube
 from core.errors import InputError
-from core.indices import can_compute_ndvi, ndvi
+from core.indices import ndvi
 from core.model.blend import nearest_clear_days
 from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
@@ -140,11 +140,9 @@ def ndvi_curve(
             "this area), so there is no NDVI to reconstruct; check that the field lies inside "
             "the scenes' footprint, or choose another period."
         )
-    if not can_compute_ndvi(present):
-        raise InputError(
-            "This cube has no red (B04) and near-infrared (B08 or B8A) bands, so NDVI cannot be "
-            "computed; use a cube fetched with B04 and B08."
-        )
+    problem = ndvi_band_problem(present)
+    if problem:
+        raise InputError(problem)
     dates = _dates_in_cube(cube, start, end, every_days)
     mask = _checked_mask(cube, field_mask)
     require_clear_pixels(cube)

@@ -61,10 +61,23 @@ def test_build_cube_derives_valid_from_scl() -> None:
     assert tuple(cube["band"].values) == S2_BANDS
 
 
-def test_validate_rejects_unsorted_times() -> None:
+def test_unsorted_s2_frames_are_put_in_time_order_with_their_masks() -> None:
     t = np.array(["2021-05-06", "2021-05-01"], dtype="datetime64[ns]")
-    with pytest.raises(CubeError, match="strictly increasing"):
-        _tiny_cube(time_s2=t)
+    s2 = np.full((2, 10, 2, 3), 0.2, dtype=np.float32)
+    s2[0] = 0.3  # the frame of 05-06, written first
+    scl = np.array([[[4, 4, 9], [4, 8, 4]], [[4, 4, 4], [4, 4, 4]]], dtype=np.uint8)
+    cube = _tiny_cube(time_s2=t, s2=s2, scl=scl)
+    assert [str(d)[:10] for d in cube["time_s2"].values] == ["2021-05-01", "2021-05-06"]
+    assert cube["s2"].values[:, 0, 0, 0].tolist() == pytest.approx([0.2, 0.3])
+    assert cube["scl"].values[1].tolist() == [[4, 4, 9], [4, 8, 4]]
+    assert cube["valid"].values[1].tolist() == [[1, 1, 0], [1, 0, 1]]
+
+
+def test_duplicated_s2_times_are_refused_naming_the_date() -> None:
+    t = np.array(["2021-05-06", "2021-05-01", "2021-05-06"], dtype="datetime64[ns]")
+    with pytest.raises(CubeError, match=r"2 Sentinel-2 frames at 2021-05-06.*merge"):
+        _tiny_cube(time_s2=t, s2=np.full((3, 10, 2, 3), 0.2, np.float32), scl=None,
+                   valid=np.ones((3, 2, 3), np.uint8))  # fmt: skip
 
 
 def test_read_cube_missing_and_garbage_files(tmp_path) -> None:
@@ -177,3 +190,122 @@ def test_dates_crs_and_pixels_of_a_cube_written_elsewhere(cubes_dir) -> None:
     for message, wrong in refused.items():
         with pytest.raises(CubeError, match=message):
             validate_cube(wrong)
+
+
+def test_digital_numbers_with_zero_as_nodata_are_refused(cubes_dir) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "es-field_2019.nc")  # B04, B08 in one field; 86 % NaN
+    # As an L2A export writes it: uint16 DN with 0 for nodata (outside the field, absent bands).
+    dn = (cube["s2"] * 10000 + 1000).fillna(0).astype(np.uint16)
+    assert float(np.median(dn.values)) == 0.0  # the zeros outvote the field
+    with pytest.raises(
+        CubeError, match=r"digital numbers, not reflectance \(median 3,\d{3};.*by 10000"
+    ):
+        validate_cube(cube.assign(s2=dn))
+
+
+@pytest.mark.parametrize(
+    ("factor", "message"),
+    [
+        (100, r"looks like percent reflectance \(median 21;.*Divide its values by 100 "),
+        (10000, r"looks like digital numbers, not reflectance \(median 2,100;.*by 10000"),
+    ],
+)
+def test_the_scale_advice_fits_the_values(cubes_dir, factor, message) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "es-field_2019.nc")  # median 0.21 on the checked pixels
+    with pytest.raises(CubeError, match=message):
+        validate_cube(cube.assign(s2=cube["s2"] * factor))
+
+
+def test_bright_and_slightly_negative_reflectance_is_accepted(flanders_cube) -> None:
+    from core.cube import validate_cube
+
+    _tiny_cube(s2=np.full((2, 10, 2, 3), 0.95, np.float32))  # all snow or thick cloud
+    validate_cube(flanders_cube.assign(s2=flanders_cube["s2"] * 4))  # median 1.05, p99 4.8
+    # L2A with the 04.00 offset: water and deep shadow dip below 0 (here 20 % of all values).
+    dark = flanders_cube["s2"].copy()
+    dark[:, :, :, :13] = -0.02
+    validate_cube(flanders_cube.assign(s2=dark))
+
+
+def test_mostly_negative_reflectance_is_refused_as_a_wrong_offset(cubes_dir) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "es-field_2019.nc")
+    shifted = cube.assign(s2=cube["s2"] - 0.25)  # e.g. the offset taken away more than once
+    with pytest.raises(CubeError, match=r"mostly negative \(median -0.04\).*offset looks wrong"):
+        validate_cube(shifted)
+
+
+@pytest.mark.parametrize("value", ["ten", 0, -10.0, np.nan, np.inf])
+def test_a_resolution_that_is_not_a_positive_number_is_refused(cubes_dir, value) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "es-field_2019.nc")
+    with pytest.raises(CubeError, match=r"'resolution_m'.*pixel size in metres"):
+        validate_cube(cube.assign_attrs(resolution_m=value))
+
+
+def test_a_resolution_written_as_text_is_read_as_a_number(cubes_dir, tmp_path) -> None:
+    cube = read_cube(cubes_dir / "es-field_2019.nc")
+    path = tmp_path / "text.nc"
+    cube.assign_attrs(resolution_m="10").to_netcdf(path)  # as another tool might write it
+    assert read_cube(path).attrs["resolution_m"] == 10.0
+
+
+def test_ndvi_band_problem_names_exactly_what_is_missing() -> None:
+    from core.cube import ndvi_band_problem
+
+    def present(*names: str) -> np.ndarray:
+        return np.array([b in names for b in S2_BANDS])
+
+    assert ndvi_band_problem(present("B04", "B08")) is None
+    assert ndvi_band_problem(present("B02", "B03", "B04", "B8A")) is None  # GreenEarthNet
+    no_red = ndvi_band_problem(present("B02", "B03", "B08", "B8A"))
+    assert no_red.startswith("This cube has no red band (B04), so NDVI cannot be computed")
+    assert "its bands B02, B03, B08, B8A can still be reconstructed" in no_red
+    no_nir = ndvi_band_problem(present("B02", "B03", "B04"))
+    assert no_nir.startswith(
+        "This cube has no near-infrared band (B08 or B8A), so NDVI cannot be computed"
+    )
+    both = ndvi_band_problem(present("B11", "B12"))
+    assert both.startswith("This cube has no red band (B04) and no near-infrared band (B08 or")
+
+
+def test_wrong_band_names_are_named(cubes_dir) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "es-field_2019.nc")
+    wrong = cube.isel(band=[2, 6]).assign_coords(band=["red", "B08"])
+    with pytest.raises(CubeError, match=r"\('red', 'B08'\) \(not Sentinel-2 bands: red\)"):
+        validate_cube(wrong)
+    twice = cube.isel(band=[2, 6]).assign_coords(band=["B08", "B08"])
+    with pytest.raises(CubeError, match=r"\(given twice: B08\)"):
+        validate_cube(twice)
+
+
+def test_s1_with_one_polarization_is_read_and_the_unused_model_input_said(
+    flanders_cube, tmp_path, caplog
+) -> None:
+    from core.model.features import s1_anomalies
+
+    cube = flanders_cube.isel(y=slice(0, 4), x=slice(0, 4), time_s1=slice(0, 6))
+    cube.isel(polarization=[0]).to_netcdf(tmp_path / "vv.nc")  # as another tool might write it
+    write_cube(cube, tmp_path / "both.nc")
+    with caplog.at_level("WARNING", logger="core.cube"):
+        only_vv = read_cube(tmp_path / "vv.nc")
+    np.testing.assert_allclose(
+        only_vv["s1"].sel(polarization="VV").values, cube["s1"].sel(polarization="VV").values
+    )
+    assert np.isnan(only_vv["s1"].sel(polarization="VH").values).all()
+    # Why the warning: the model takes an S1 frame at a pixel only with VV, VH and VV-VH all
+    # finite, so VV alone reaches it as "no S1 here" everywhere.
+    assert not np.isfinite(s1_anomalies(only_vv["s1"].values)).all(axis=1).any()
+    assert "Cube S1 holds VV but no VH: the model ignores all its 6 S1 frames" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="core.cube"):
+        read_cube(tmp_path / "both.nc")
+    assert caplog.text == ""
