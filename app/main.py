@@ -110,6 +110,7 @@ def unfinished_run(state: PageState, request: SeasonRequest | None, settings: Se
         return False
     if request is not None and request.key(settings.stac_api_url) == state.running:
         return state.result is None
+    services.leave_run(state.running)  # its job stops, unless another session waits for it
     state.running = None
     state.say("info", "The field, period or settings changed during the Run: press Run again.")
     return False

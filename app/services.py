@@ -1,10 +1,11 @@
 """Cached wrappers around the core calls the page makes.
 
 * :func:`settings`: ``Settings.from_env()`` once per process.
-* :func:`season`: the whole computation of a Run (:func:`core.season.compute_season`), cached
-  per request key (field outline, period, method and options, data source) for every session;
-  the progress panel drawn inside it is replayed on a cache hit, so a second Run with the same
-  inputs shows its finished progress at once. The result is read-only and kept as one object
+* :func:`season`: the whole computation of a Run (:func:`core.season.compute_season`), run as
+  a job of its own (:mod:`core.jobs`) that a rerun does not stop, and cached per request key
+  (field outline, period, method and options, data source) for every session; the finished
+  Run's panel is replayed on a cache hit, so a second Run with the same inputs shows it at
+  once. The result is read-only and kept as one object
   (``st.cache_resource``), not pickled: a large field's result holds its cube (about 1 GB at
   500 px), of which ``st.cache_data`` kept a second, pickled copy and unpickled it on every
   hit. The results kept are bounded by the memory they hold (``FIELDFLOW_RESULT_CACHE_MB``,
@@ -21,15 +22,18 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.config import Settings
 from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
 from core.errors import ClusterError
+from core.jobs import Job, JobBoard, Progress, latest_per_stage
 from core.memory import MIB, MemoryBudget
 from core.progress import StageClock, time_left_text
 from core.reconstruct import Reconstructor
@@ -104,6 +108,10 @@ def demo(cube_path: str) -> DemoPreset:
 def season(request: SeasonRequest, config: Settings) -> SeasonResult:
     """Run (or recall) a season computation, drawing its progress where it is called.
 
+    The computation runs as a :class:`core.jobs.Job` of its own: when Streamlit stops this
+    script for a rerun (the user touched a widget), the job goes on, and the next call with the
+    same request (the rerun's, or another session's) watches the same job from where it is.
+
     Raises:
         FieldFlowError: with a message for the user; the progress box shows the failure.
     """
@@ -111,10 +119,39 @@ def season(request: SeasonRequest, config: Settings) -> SeasonResult:
     if request.method == "model" and scheduler_address() is None:
         model(request.options.device)
     key = request.key(config.stac_api_url)
-    result = _season(key, request, config, runner)
-    for old_key in result_budget(config.result_cache_mb).use(key, result.nbytes):
-        _season.clear(old_key, None, None, None)  # the arguments named _ are not in the key
+    budget = result_budget(config.result_cache_mb)
+
+    def compute(progress: Progress) -> SeasonResult:
+        return compute_season(request, config, progress=progress, reconstructor=runner)
+
+    if key not in budget.keys:  # not kept yet: watch the job, live
+        live = st.empty()
+        with live.container():
+            job = _watch(jobs().join(key, compute, session_id()))
+        if job.error is None:
+            live.empty()  # the kept result's own panel below takes its place
+    result = _season(key, compute)
+    for old_key in budget.use(key, result.nbytes):
+        _season.clear(old_key, None)  # the arguments named _ are not in the key
     return result
+
+
+def leave_run(key: str) -> None:
+    """This session no longer waits for the Run of ``key`` (its inputs changed): the job is
+    cancelled unless another session waits for it too."""
+    jobs().leave(key, session_id())
+
+
+@st.cache_resource(show_spinner=False)
+def jobs() -> JobBoard:
+    """The Runs being computed in this process, by request key."""
+    return JobBoard()
+
+
+def session_id() -> str:
+    """This browser session's id (the watcher of the jobs it waits for)."""
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "bare"
 
 
 @st.cache_resource(show_spinner=False)
@@ -123,44 +160,62 @@ def result_budget(limit_mb: float) -> MemoryBudget:
     return MemoryBudget(limit_mb * MIB, max_entries=SEASON_CACHE_ENTRIES)
 
 
-@st.cache_resource(show_spinner=False)  # bounded by result_budget
-def _season(
-    key: str, _request: SeasonRequest, _config: Settings, _runner: Reconstructor
-) -> SeasonResult:
-    # Every element drawn here is recorded and replayed on a cache hit, so the progress panel
-    # is made of placeholders created here (a status box's label updates would not replay).
-    del key  # the cache key: names everything in _request and the STAC URL
+POLL_S = 0.25
+"""How often the page looks at a running job. Each look draws (the same bar): Streamlit
+only notices a widget change, and stops the script for its rerun, when something is drawn."""
+
+
+def _watch(job: Job[SeasonResult]) -> Job[SeasonResult]:
+    """Draw ``job``'s progress until it ends: a headline per stage, a bar with the time left.
+    Joined midway, the stages so far are listed and the bar starts where the job is."""
     panel = st.container(border=True)
     headline = panel.empty()
     bar = panel.empty()
     steps = panel.container()
-    last = {"stage": "", "fraction": -1.0}
     clock = StageClock()
+    stage, text, fraction, seen = "", "", 0.0, 0
+    first = True
+    while True:
+        finished = job.wait(POLL_S)
+        new = job.reports(seen)
+        seen += len(new)
+        # A backlog (joined midway) counts from its last report per stage: its reports came
+        # over minutes, and read at once they would make the pace look instant.
+        for report in latest_per_stage(new) if first else new:
+            if report.stage != stage:
+                stage = report.stage
+                headline.markdown(f"**{stage[:1].upper()}{stage[1:]}…**")
+                steps.caption(f"• {stage}")
+            fraction = min(1.0, report.done / report.total) if report.total else 0.0
+            left = time_left_text(clock.seconds_left(stage, report.done, report.total))
+            text = f"{stage}: {report.done} of {report.total}" + (f" ({left})" if left else "")
+        first = False
+        if finished:
+            break
+        bar.progress(fraction, text=text or "starting…")
+    if job.error is not None:
+        headline.markdown(f"**Stopped while {stage or 'starting'}.**")
+        bar.empty()
+    return job
 
-    def report(stage: str, done: int, total: int) -> None:
-        fraction = min(1.0, done / total) if total else 0.0
-        left = time_left_text(clock.seconds_left(stage, done, total))
-        if stage != last["stage"]:
-            headline.markdown(f"**{stage[:1].upper()}{stage[1:]}…**")
-            steps.caption(f"• {stage}")
-        elif fraction - float(last["fraction"]) < 0.05 and done < total:
-            return  # throttled: every update is replayed on a cache hit
-        last.update(stage=stage, fraction=fraction)
-        text = f"{stage}: {done} of {total}" + (f" ({left})" if left else "")
-        bar.progress(fraction, text=text)
 
-    try:
-        result = compute_season(_request, _config, progress=report, reconstructor=_runner)
-    except Exception:
-        headline.markdown(f"**Stopped while {last['stage'] or 'starting'}.**")
-        raise
+@st.cache_resource(show_spinner=False)  # bounded by result_budget
+def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> SeasonResult:
+    # What is drawn here is recorded and replayed on a cache hit: the finished Run's panel.
+    board = jobs()
+    job = board.join(key, _compute, session_id())  # done, unless the kept result was dropped
+    job.wait(None)
+    board.collect(key, job)
+    result = job.outcome()  # a failure is raised, and nothing is kept
+    panel = st.container(border=True)
     frames = result.frames_loaded
-    headline.markdown(
+    panel.markdown(
         f"**Computed in {result.elapsed_s:.1f} s**: {len(result.timeline)} dates from "
         f"{frames.get('s2', 0)} Sentinel-2 and {frames.get('s1', 0)} Sentinel-1 frames "
         f"({result.source})."
     )
-    bar.empty()
+    for stage in dict.fromkeys(report.stage for report in job.reports()):
+        panel.caption(f"• {stage}")
     return result
 
 

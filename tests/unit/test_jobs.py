@@ -1,0 +1,101 @@
+"""Jobs outlive the script that started them, are shared by key, and stop when nobody waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from core.errors import InputError
+from core.jobs import UNCLAIMED_KEEP_S, JobBoard, JobCancelled, Report, latest_per_stage
+
+
+class Steps:
+    """A computation of ``n`` steps that waits for a go-ahead before each one."""
+
+    def __init__(self, n: int, fail_at: int | None = None) -> None:
+        self.n, self.fail_at = n, fail_at
+        self.go = threading.Semaphore(0)
+        self.calls = 0
+        self.steps_done = 0
+
+    def __call__(self, progress) -> str:
+        self.calls += 1
+        for i in range(self.n):
+            progress("working", i, self.n)
+            assert self.go.acquire(timeout=10), "never let go on"
+            if i == self.fail_at:
+                raise InputError("no clear pixel")
+            self.steps_done += 1
+        progress("working", self.n, self.n)
+        return f"result after {self.steps_done} steps"
+
+
+def _until(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_rejoined_job_goes_on_where_it_was_and_its_work_is_done_once() -> None:
+    board, work = JobBoard(), Steps(3)
+    job = board.join("run-a", work, "session-1")
+    work.go.release()
+    _until(lambda: len(job.reports()) == 2)
+    # The script that started it is gone (a rerun); the next one asks for the same key.
+    again = board.join("run-a", Steps(3), "session-1")
+    assert again is job
+    assert [r.done for r in again.reports()] == [0, 1]  # where it is, not from the start
+    work.go.release()
+    work.go.release()
+    assert job.wait(5)
+    assert job.outcome() == "result after 3 steps" and work.calls == 1
+    assert board.running() == []
+    board.collect("run-a", job)
+    assert board.join("run-a", Steps(0), "session-1") is not job  # collected: a new Run
+
+
+def test_two_sessions_share_a_job_and_it_stops_only_when_both_leave() -> None:
+    board, work = JobBoard(), Steps(5)
+    job = board.join("run-a", work, "session-1")
+    assert board.join("run-a", Steps(5), "session-2") is job
+    assert board.leave("run-a", "session-1") is False  # session 2 still waits
+    work.go.release()
+    _until(lambda: work.steps_done == 1)
+    assert board.leave("run-a", "session-2") is True
+    work.go.release()  # the next progress report stops it
+    assert job.wait(5)
+    assert isinstance(job.error, JobCancelled) and work.steps_done == 2
+    assert board.running() == []
+    # Asked for again later: a fresh job, not the cancelled one.
+    fresh = board.join("run-a", Steps(0), "session-1")
+    assert fresh is not job and fresh.wait(5) and fresh.outcome() == "result after 0 steps"
+
+
+def test_a_failure_is_raised_to_whoever_collects_the_job() -> None:
+    board, work = JobBoard(), Steps(3, fail_at=1)
+    job = board.join("run-a", work, "session-1")
+    work.go.release()
+    work.go.release()
+    assert job.wait(5)
+    with pytest.raises(InputError, match="no clear pixel"):
+        job.outcome()
+
+
+def test_a_finished_job_nobody_collects_is_dropped_after_a_while() -> None:
+    now = [time.monotonic()]
+    board = JobBoard(clock=lambda: now[0])
+    job = board.join("run-a", Steps(0), "session-1")
+    assert job.wait(5)
+    assert board.join("run-a", Steps(0), "session-2") is job  # kept: the user may come back
+    now[0] += UNCLAIMED_KEEP_S + 1
+    assert board.join("run-a", Steps(0), "session-2") is not job
+
+
+def test_a_backlog_counts_from_the_last_report_of_each_stage() -> None:
+    reports = [Report("fetching", 0, 4), Report("fetching", 4, 4), Report("reconstructing", 0, 9),
+               Report("reconstructing", 3, 9)]  # fmt: skip
+    assert latest_per_stage(reports) == [reports[1], reports[3]]
+    assert latest_per_stage([]) == []
