@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -19,9 +20,11 @@ import pytest
 from shapely.geometry import mapping
 from streamlit.testing.v1 import AppTest
 
+from app import services
 from app.state import PageState
 from core import season as season_module
 from core.curve import CURVE_COLUMNS, curve_csv
+from core.jobs import JobCancelled
 from core.season import DEFAULT_ADAPT_STEPS, SeasonResult
 from tests.support.site import PublishedSite
 
@@ -408,10 +411,11 @@ def test_a_wrong_setting_in_the_environment_is_named_on_the_page(
 
 
 def test_a_run_stopped_by_a_rerun_carries_on_and_one_whose_inputs_changed_does_not(
-    open_page: OpenPage,
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Streamlit stops a running script when any widget changes: the Run was started (its key
-    # noted) and never finished. The next rerun, with the same inputs, runs it again unasked.
+    # noted) and never finished. The next rerun, with the same inputs, picks it up unasked.
+    monkeypatch.setattr(services, "session_id", lambda: "session-1")
     page = open_page()
     button(page, "Demo field").click().run()
     page.selectbox(key="method").set_value("linear").run()
@@ -426,8 +430,19 @@ def test_a_run_stopped_by_a_rerun_carries_on_and_one_whose_inputs_changed_does_n
     assert page.get("plotly_chart"), "the carried-on Run's results are not shown"
 
     # Stopped by a change of its inputs (here the method): forgotten, and the page says so.
+    # Its job, still going (here one that never ends by itself), is stopped.
+    still = threading.Event()
+    job = services.jobs().join(key, lambda progress: _forever(progress, still), "session-1")
     state(page).result, state(page).running = None, key
     page.selectbox(key="method").set_value("whittaker").run()
     no_exceptions(page)
     assert state(page).result is None and state(page).running is None
     assert any("changed during the Run" in t for t in texts(page, "info"))
+    assert job.wait(10) and isinstance(job.error, JobCancelled)
+    assert key not in services.jobs().running()
+
+
+def _forever(progress, still: threading.Event) -> None:
+    while True:
+        progress("working", 0, 1)
+        still.wait(0.02)
