@@ -266,22 +266,25 @@ def _s1_in_order(cube: xr.Dataset) -> xr.Dataset:
     return cube
 
 
-def _note_one_polarization(s1: xr.DataArray) -> None:
-    """Log a warning when ``s1`` (time_s1, polarization, y, x) holds one polarization only: the
-    model takes S1 at a pixel and date only with both VV and VH (and VV - VH), so it would
-    ignore every frame while the cube looks as if it had S1 (frame counts, radar pictures)."""
-    held = [str(p) for p in s1["polarization"].values if np.isfinite(s1.sel(polarization=p)).any()]
-    if len(held) == 1:
-        (other,) = set(POLARIZATIONS) - set(held)
-        LOG.warning(
-            "Cube S1 holds %s but no %s: the model ignores all its %d S1 frames (it takes S1 "
-            "only where both polarizations are present). Add the %s layer, or fetch the cube "
-            "with 'python -m core fetch', to use them.",
-            held[0],
-            other,
-            s1.sizes["time_s1"],
-            other,
-        )
+def single_polarization_note(s1: xr.DataArray) -> str | None:
+    """A sentence when some frames of ``s1`` (time_s1, polarization, y, x) hold one
+    polarization only, else None. The model takes S1 at a pixel and date only with both VV and
+    VH (and VV - VH), so such frames (single-polarization acquisitions, which some regions
+    only have) do not inform it, while the cube looks as if it had them (frame counts, radar
+    pictures)."""
+    held = np.isfinite(s1.values).reshape(*s1.shape[:2], -1).any(axis=2)  # (T, 2)
+    single = held.any(axis=1) & ~held.all(axis=1)
+    if not single.any():
+        return None
+    n, total = int(single.sum()), s1.sizes["time_s1"]
+    which = "all" if n == total else f"{n} of the"
+    names = s1["polarization"].values
+    only = ", ".join(str(p) for p, h in zip(names, held[single].any(axis=0), strict=True) if h)
+    return (
+        f"Sentinel-1 holds one polarization only ({only}) in {which} {total} radar frames: the "
+        "model uses radar only where VV and VH are both present, so those frames do not "
+        "inform the reconstruction (it rests on Sentinel-2 there)."
+    )
 
 
 def _check_crs(crs: str) -> None:
@@ -418,8 +421,9 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
     for var in loaded.variables.values():
         var.encoding = {}
     cube = validate_cube(loaded)
-    if has_s1(cube):
-        _note_one_polarization(cube["s1"])  # here, not in validate_cube: once per file read
+    note = single_polarization_note(cube["s1"]) if has_s1(cube) else None
+    if note:  # here, not in validate_cube: once per file read
+        LOG.warning("%s: %s", p, note)
     return cube
 
 

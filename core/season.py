@@ -41,7 +41,7 @@ import xarray as xr
 from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
 from core.cache import CubeCache, fetch_cached
 from core.config import REPO_ROOT, Settings
-from core.cube import S2_BANDS, has_s1, read_cube
+from core.cube import S2_BANDS, has_s1, read_cube, single_polarization_note
 from core.curve import curve_chunks, field_ndvi_band, ndvi_curve
 from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff, reconstruction_netcdf
@@ -359,6 +359,10 @@ def compute_season(
             f"Frames and the curve cover {first} to {last}: the first and last Sentinel-2 "
             "acquisitions of the period (nothing can be reconstructed outside them)."
         )
+
+    radar_note = single_polarization_note(cube["s1"]) if has_s1(cube) else None
+    if request.method == "model" and radar_note:
+        notes.append(radar_note)
 
     options = request.options
     if request.method == "model" and options.adapt_steps > 0 and acquired.size < MIN_ADAPT_FRAMES:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from core.cube import S2_BANDS, build_cube, read_cube, valid_from_scl, write_cube
+from core.cube import (
+    S2_BANDS,
+    build_cube,
+    read_cube,
+    single_polarization_note,
+    valid_from_scl,
+    write_cube,
+)
 from core.errors import CubeError
 
 
@@ -304,7 +311,15 @@ def test_s1_with_one_polarization_is_read_and_the_unused_model_input_said(
     # Why the warning: the model takes an S1 frame at a pixel only with VV, VH and VV-VH all
     # finite, so VV alone reaches it as "no S1 here" everywhere.
     assert not np.isfinite(s1_anomalies(only_vv["s1"].values)).all(axis=1).any()
-    assert "Cube S1 holds VV but no VH: the model ignores all its 6 S1 frames" in caplog.text
+    assert (
+        "vv.nc: Sentinel-1 holds one polarization only (VV) in all 6 radar frames: the model "
+        "uses radar only where VV and VH are both present"
+    ) in caplog.text
+    mixed = cube.copy(deep=True)
+    mixed["s1"].values[:2, 1] = np.nan  # two VV-only frames among six
+    assert single_polarization_note(mixed["s1"]).startswith(
+        "Sentinel-1 holds one polarization only (VV) in 2 of the 6 radar frames"
+    )
     caplog.clear()
     with caplog.at_level("WARNING", logger="core.cube"):
         read_cube(tmp_path / "both.nc")

@@ -342,3 +342,27 @@ def test_a_period_too_short_to_tune_runs_untuned_and_says_so(request_: SeasonReq
     assert result.key == short.key(Settings().stac_api_url)  # the request as asked
     view = day_view(result, dt.date(2018, 5, 2))  # off the timeline: reconstructed again
     assert view.ndvi == pytest.approx(result.curve_row(dt.date(2018, 5, 2))["ndvi"], abs=1e-6)
+
+
+def test_a_run_on_radar_with_one_polarization_says_the_model_did_not_use_it(
+    request_: SeasonRequest, flanders_cube, tmp_path: Path
+) -> None:
+    # Some regions have single-polarization (VV) Sentinel-1 only: the frames are counted and
+    # drawn, but the model takes radar only with VV and VH, and the Run must not imply it did.
+    cube = flanders_cube.copy(deep=True)
+    cube["s1"].loc[{"polarization": "VH"}] = np.nan
+    path = tmp_path / "vv-only.nc"
+    cube.to_netcdf(path)
+    short = dataclasses.replace(
+        request_,
+        cube_path=path,
+        end=dt.date(2018, 5, 20),
+        method="model",
+        options=ReconstructOptions(blend_field=False),
+    )
+    result = compute_season(short, Settings())
+    assert result.frames_loaded["s1"] > 0
+    (note,) = [n for n in result.notes if "one polarization only (VV)" in n]
+    assert "in all " in note and "do not inform the reconstruction" in note
+    both = compute_season(dataclasses.replace(short, cube_path=request_.cube_path), Settings())
+    assert not [n for n in both.notes if "polarization" in n]
