@@ -281,11 +281,13 @@ def check_memory(cube: xr.Dataset, n_dates: int, samples: int) -> None:
     """InputError when the reconstruction of ``n_dates`` dates with ``samples`` samples would
     need more memory than the machine has free, before any of it is allocated.
 
-    Counts what the contract holds per date (mean, samples, their quantiles: 10 bands per
-    pixel, float32) twice over for the method's own working copies. Known to be a floor.
+    Counts only what the returned reconstruction holds per date (mean, samples, their
+    quantiles: 10 bands per pixel, float32), not the method's working copies: a floor, so that
+    a request that could still fit is never refused (the NDVI curve sizes its chunks of dates
+    to :data:`core.curve.CHUNK_BYTES` of the same count).
     """
     pixels = len(S2_BANDS) * cube.sizes["y"] * cube.sizes["x"]
-    need = 2 * 4 * pixels * n_dates * (samples + 6)
+    need = 4 * pixels * n_dates * (samples + 6)
     free = available_memory_bytes()
     if free is not None and need > free:
         raise InputError(

@@ -214,8 +214,8 @@ def test_a_request_larger_than_free_memory_is_refused_before_allocating() -> Non
     free = available_memory_bytes()
     assert free is not None and free > 2**28  # Linux: MemAvailable is read
     grid = xr.Dataset(coords={"y": np.arange(2000), "x": np.arange(2000)})
-    # 2 x 4 bytes x 10 bands x 4e6 pixels x (8 + 6) per date: 4.2 GiB a date.
-    too_many = int(free // (2 * 4 * 10 * 4e6 * 14)) + 1
+    # 4 bytes x 10 bands x 4e6 pixels x (8 + 6) per date: 2.1 GiB a date.
+    too_many = int(free // (4 * 10 * 4e6 * 14)) + 1
     with pytest.raises(InputError, match=r"needs at least [\d.]+ GiB of memory; this machine has"):
         check_memory(grid, too_many, 8)
     check_memory(grid.isel(y=slice(0, 64), x=slice(0, 64)), 20, 8)  # a usual field: fine
