@@ -317,6 +317,28 @@ def _odc_progress(
 _HTTP_CODE = re.compile(r"HTTP response code:\s*(\d{3})")
 
 
+def forget_failed_reads() -> bool:
+    """Clear GDAL's per-process memory of ``/vsicurl/`` URLs (``VSICurlClearCache``).
+
+    GDAL remembers which URLs failed and answers later reads of them from that memory without
+    asking the server: after one refused or failed read, every later fetch of those scenes in
+    the process (the app's, for every user; a Dask worker's) failed the same way until a
+    restart. rasterio does not expose the call, so it is made on the libgdal that rasterio
+    loaded. Returns whether it was made (False where that library is not found).
+    """
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "libgdal" in line})
+        if not paths:
+            return False
+        ctypes.CDLL(paths[0]).VSICurlClearCache()
+    except (OSError, AttributeError):  # not Linux, or a GDAL without the call
+        return False
+    return True
+
+
 def _read_error(exc: Exception, what: str) -> NetworkError:
     """A GDAL read error, or a signer's token request error, as a :mod:`core.errors` error."""
     response = getattr(exc, "response", None)
@@ -395,6 +417,7 @@ def _load(
                     fail_on_error=True,
                 )
             except (rasterio.errors.RasterioError, requests.RequestException) as exc:
+                forget_failed_reads()  # so that the next try asks the server again
                 raise _read_error(exc, what) from exc
             done += len(members)
             if ds.sizes["time"] != len(unique):

@@ -238,6 +238,25 @@ def test_s1_assets_refused_gives_an_s2_only_result_that_says_so(published_site) 
     assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), *period_of(site))
 
 
+def test_a_refused_read_is_tried_again_once_the_server_answers(published_site) -> None:
+    # GDAL remembers per process which URLs failed, and answered later reads of them from
+    # that memory without asking: after one refusal, every later Run in the app's process
+    # failed the same way, for every user, until a restart.
+    from core.errors import AccessDeniedError
+
+    site = published_site("be-flanders-a", fresh=True, max_dates=3)
+    settings = Settings(stac_api_url=site.stac_url, retries=0)
+    field = Field(site.field(), "refused, then allowed")
+    site.cog_server.faults.deny("/sentinel2-l2/", 403)
+    with pytest.raises(AccessDeniedError, match="refused"):
+        fetch_cube(field, *period_of(site), settings=settings, threads=2, include_s1=False)
+    site.cog_server.faults.clear()
+    site.cog_server.clear_requests()
+    result = fetch_cube(field, *period_of(site), settings=settings, threads=2, include_s1=False)
+    assert result.frames_loaded["s2"] == 3
+    assert site.cog_server.requests  # read again, not answered from GDAL's memory
+
+
 def test_a_request_too_large_to_run_is_refused_before_any_pixel_is_read(
     flanders_site: PublishedSite,
 ) -> None:
