@@ -131,6 +131,9 @@ def season(request: SeasonRequest, config: Settings) -> SeasonResult:
         if job.error is None:
             live.empty()  # the kept result's own panel below takes its place
     result = _season(key, compute)
+    if not result.complete:  # shown, not kept: the next Run tries the missing part again
+        _season.clear(key, None)
+        return result
     for old_key in budget.use(key, result.nbytes):
         _season.clear(old_key, None)  # the arguments named _ are not in the key
     return result

@@ -39,7 +39,7 @@ import pandas as pd
 import xarray as xr
 
 from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
-from core.cache import CubeCache, fetch_cached
+from core.cache import CACHEABLE_S1_STATUS, CubeCache, fetch_cached
 from core.config import REPO_ROOT, Settings
 from core.cube import S2_BANDS, has_s1, read_cube, single_polarization_note
 from core.curve import curve_chunks, field_ndvi_band, ndvi_curve
@@ -252,6 +252,10 @@ class SeasonResult:
     fits: tuple[str, ...] = ()
     """What the method fitted on this field, in sentences (:func:`fit_notes`; the model's
     blend and bands); empty for the baselines."""
+    complete: bool = True
+    """False when part of the data failed for a reason that may pass (Sentinel-1 refused or
+    unreachable): such a result is shown but not kept for later Runs, which try again (the
+    disk cache does not keep its cube either)."""
 
     @property
     def nbytes(self) -> int:
@@ -439,6 +443,7 @@ def compute_season(
         source=origin.source,
         notes=tuple(notes),
         scenes_found=origin.scenes_found,
+        complete=origin.complete,
         frames_loaded={"s2": int(cube.sizes["time_s2"]), "s1": _s1_count(cube)},
         elapsed_s=time.perf_counter() - started,
         fits=tuple(fits),
@@ -663,6 +668,7 @@ class _Origin:
     source: str
     notes: tuple[str, ...]
     scenes_found: dict[str, int]
+    complete: bool = True
 
 
 def _load(
@@ -700,7 +706,8 @@ def _load(
         f"disk cache ({settings.stac_api_url})" if fetched.from_cache else settings.stac_api_url
     )
     notes = () if fetched.s1_status in ("loaded", "skipped") else (fetched.s1_message,)
-    origin = _Origin(source, notes, dict(fetched.scenes_found))
+    complete = fetched.s1_status in CACHEABLE_S1_STATUS
+    origin = _Origin(source, notes, dict(fetched.scenes_found), complete)
     return fetched.cube, fetched.grid, origin
 
 

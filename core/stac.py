@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -182,6 +183,21 @@ def _short(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _reason(exc: BaseException, status: int | None) -> str:
+    """Why a request failed, in words (urllib3's retry text names pools and classes)."""
+    kept = re.search(r"too many (\d{3}) error responses", str(exc))
+    if kept:
+        return f"it kept answering HTTP {kept.group(1)} (the service is down or overloaded)"
+    if status is not None:
+        return f"HTTP {status}"
+    text = str(exc)
+    if isinstance(exc, requests.Timeout) or "timed out" in text.lower():
+        return "no answer in time"
+    if isinstance(exc, requests.ConnectionError) or "NewConnectionError" in text:
+        return "no connection (refused, dropped or the name not found)"
+    return _short(exc)
+
+
 @contextmanager
 def translate_errors(url: str, tries: int, *, what: str) -> Iterator[None]:
     """Turn HTTP client failures inside the block into :mod:`core.errors` exceptions.
@@ -209,7 +225,7 @@ def translate_errors(url: str, tries: int, *, what: str) -> Iterator[None]:
             ) from exc
         raise NetworkError(
             f"Could not reach the STAC API at {url} after {tries} tries (trying to {what}): "
-            f"{_short(exc)}. Check your connection or STAC_API_URL."
+            f"{_reason(exc, status)}. Check your connection or STAC_API_URL."
         ) from exc
     except (pystac.STACError, pystac.STACTypeError, ValueError, KeyError) as exc:
         raise NetworkError(

@@ -222,6 +222,28 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     assert any("press Run" in t for t in texts(page, "info"))
 
 
+def test_a_run_missing_radar_for_a_passing_reason_is_not_kept_and_run_again_gets_it(
+    open_page: OpenPage, site: PublishedSite
+) -> None:
+    # The radar's COGs are refused once: the Run goes on with Sentinel-2 and says so. Once the
+    # server answers again, the same Run must fetch the radar, not replay the first result.
+    page = open_page(site.stac_url)
+    upload(page, "north.geojson", site_field_geojson(site)).run()
+    set_period(page, *SITE_WINDOW.values())
+    site.cog_server.faults.deny("/sentinel1-grd-rtc/", 403)
+    button(page, "Run").click().run()
+    no_exceptions(page)
+    first: SeasonResult = state(page).result
+    assert first.frames_loaded["s1"] == 0 and not first.complete
+    assert any("Sentinel-1 unavailable (access refused)" in n for n in first.notes)
+    site.cog_server.faults.clear()
+    button(page, "Run").click().run()
+    no_exceptions(page)
+    again: SeasonResult = state(page).result
+    assert again is not first and again.complete
+    assert again.frames_loaded["s1"] > 0
+
+
 def test_period_without_scenes_says_so_and_the_page_stays_usable(
     open_page: OpenPage, site: PublishedSite
 ) -> None:
