@@ -206,7 +206,8 @@ def _watch(job: Job[SeasonResult]) -> Job[SeasonResult]:
 def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> SeasonResult:
     # What is drawn here is recorded and replayed on a cache hit: the finished Run's panel.
     board = jobs()
-    job = board.join(key, _compute, session_id())  # done, unless the kept result was dropped
+    # The job just watched (done), unless the kept result was dropped meanwhile.
+    job = board.join(key, _compute, session_id(), retry_failed=False)
     job.wait(None)
     board.collect(key, job)
     result = job.outcome()  # a failure is raised, and nothing is kept

@@ -317,7 +317,7 @@ def _odc_progress(
 _HTTP_CODE = re.compile(r"HTTP response code:\s*(\d{3})")
 
 
-def forget_failed_reads() -> bool:
+def clear_gdal_http_cache() -> bool:
     """Clear GDAL's per-process memory of ``/vsicurl/`` URLs (``VSICurlClearCache``).
 
     GDAL remembers which URLs failed and answers later reads of them from that memory without
@@ -417,7 +417,7 @@ def _load(
                     fail_on_error=True,
                 )
             except (rasterio.errors.RasterioError, requests.RequestException) as exc:
-                forget_failed_reads()  # so that the next try asks the server again
+                clear_gdal_http_cache()  # so that the next try asks the server again
                 raise _read_error(exc, what) from exc
             done += len(members)
             if ds.sizes["time"] != len(unique):

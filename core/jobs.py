@@ -127,14 +127,24 @@ class JobBoard:
         self._lock = threading.Lock()
         self._clock = clock
 
-    def join(self, key: str, compute: Callable[[Progress], T], watcher: str) -> Job[T]:
+    def join(
+        self,
+        key: str,
+        compute: Callable[[Progress], T],
+        watcher: str,
+        *,
+        retry_failed: bool = True,
+    ) -> Job[T]:
         """The running (or finished, not yet collected) job of ``key``, started with
         ``compute`` if there is none or the one there was cancelled; ``watcher`` is noted
-        as waiting for it."""
+        as waiting for it. With ``retry_failed``, one that failed is started again too: a
+        failure nobody saw (the page was reloaded) is not replayed to a user asking anew, who
+        may be asking because the network is back."""
         with self._lock:
             self._drop_unclaimed()
             job = self._jobs.get(key)
-            if job is None or job.cancelled:
+            failed = job is not None and job.done and job.error is not None
+            if job is None or job.cancelled or (failed and retry_failed):
                 job = self._jobs[key] = Job(compute).start()
             job.watch(watcher)
             return job

@@ -10,6 +10,10 @@ from app.state import Key, PageState, default_period, set_widget_value
 
 SENTINEL2_START = dt.date(2015, 6, 23)
 """Launch of Sentinel-2A: no earlier period makes sense."""
+EARLIEST = dt.date(2000, 1, 1)
+"""Earliest date the inputs take (a typo such as 2105 or 1015 is still refused)."""
+LATEST_AHEAD = dt.timedelta(days=366)
+"""How far past today the inputs go: a season planned ahead still runs on what exists."""
 DATE_FORMAT = "YYYY-MM-DD"
 """How the page's date inputs show dates: as the CSV and the slider write them."""
 
@@ -22,11 +26,17 @@ def period_panel(state: PageState) -> bool:
         set_widget_value(Key.START, start)
     if str(Key.END) not in st.session_state:
         set_widget_value(Key.END, end)
-    # One above the other: side by side, the sidebar cut the dates to "2018/03/0".
+    # One above the other: side by side, the sidebar cut the dates to "2018/03/0". Wide
+    # bounds, said in words below: with Sentinel-2's launch and today as the bounds, the
+    # browser showed a date typed outside them while the page silently kept the old one.
     today = dt.date.today()
-    dates = {"min_value": SENTINEL2_START, "max_value": today, "format": DATE_FORMAT}
-    st.date_input("Start", key=str(Key.START), **dates)
-    st.date_input("End", key=str(Key.END), **dates)
+    dates = {"min_value": EARLIEST, "max_value": today + LATEST_AHEAD, "format": DATE_FORMAT}
+    start_day = st.date_input("Start", key=str(Key.START), **dates)
+    end_day = st.date_input("End", key=str(Key.END), **dates)
+    if isinstance(start_day, dt.date) and start_day < SENTINEL2_START:
+        st.caption(f"Sentinel-2 images begin on {SENTINEL2_START}: the days before it have none.")
+    if isinstance(end_day, dt.date) and end_day > today:
+        st.caption("The days after today have no images yet: the Run ends at the last one.")
     clicked = st.button("Run", type="primary", disabled=state.field is None, width="stretch")
     if state.field is None:
         st.caption("Draw, upload or pick a field first.")

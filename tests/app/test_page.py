@@ -24,6 +24,7 @@ from app import services
 from app.state import PageState
 from core import season as season_module
 from core.curve import CURVE_COLUMNS, curve_csv
+from core.fetch import clear_gdal_http_cache
 from core.jobs import JobCancelled
 from core.season import DEFAULT_ADAPT_STEPS, SeasonResult
 from tests.support.site import PublishedSite
@@ -229,7 +230,8 @@ def test_a_run_missing_radar_for_a_passing_reason_is_not_kept_and_run_again_gets
     # server answers again, the same Run must fetch the radar, not replay the first result.
     page = open_page(site.stac_url)
     upload(page, "north.geojson", site_field_geojson(site)).run()
-    set_period(page, *SITE_WINDOW.values())
+    set_period(page, "2018-05-01", "2018-06-10")  # a period no other test runs (no cache hit)
+    clear_gdal_http_cache()  # GDAL would answer from the radar read by earlier tests
     site.cog_server.faults.deny("/sentinel1-grd-rtc/", 403)
     button(page, "Run").click().run()
     no_exceptions(page)
@@ -468,3 +470,19 @@ def _forever(progress, still: threading.Event) -> None:
     while True:
         progress("working", 0, 1)
         still.wait(0.02)
+
+
+def test_dates_outside_the_images_are_taken_and_said_not_silently_dropped(
+    open_page: OpenPage,
+) -> None:
+    # With Sentinel-2's launch and today as the inputs' bounds, a date typed outside them
+    # showed in the box while the page kept the old one (the Run used a period not on screen).
+    page = open_page()
+    ahead = dt.date.today() + dt.timedelta(days=30)
+    set_period(page, "2014-01-01", ahead.isoformat())
+    no_exceptions(page)
+    assert page.date_input(key="period_start").value == dt.date(2014, 1, 1)
+    assert page.date_input(key="period_end").value == ahead
+    captions = texts(page, "caption")
+    assert "Sentinel-2 images begin on 2015-06-23: the days before it have none." in captions
+    assert any(c.startswith("The days after today have no images yet") for c in captions)

@@ -82,6 +82,11 @@ def test_a_failure_is_raised_to_whoever_collects_the_job() -> None:
     assert job.wait(5)
     with pytest.raises(InputError, match="no clear pixel"):
         job.outcome()
+    # Collected by the page that watched it: the same job and its failure...
+    assert board.join("run-a", Steps(0), "session-1", retry_failed=False) is job
+    # ...but a user asking anew (the page was reloaded meanwhile) gets a fresh try.
+    fresh = board.join("run-a", Steps(0), "session-1")
+    assert fresh is not job and fresh.wait(5) and fresh.outcome() == "result after 0 steps"
 
 
 def test_a_finished_job_nobody_collects_is_dropped_after_a_while() -> None:
