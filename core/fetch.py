@@ -317,6 +317,24 @@ def _odc_progress(
 _HTTP_CODE = re.compile(r"HTTP response code:\s*(\d{3})")
 
 
+SENTINEL2_FIRST_DAY = dt.date(2015, 6, 23)
+"""Launch of Sentinel-2A: no L2A scene is older."""
+
+
+def _no_scenes_advice(first: dt.date, last: dt.date, max_cloud_cover: float | None) -> str:
+    """What to change when a search found nothing, fitted to the request."""
+    if last < SENTINEL2_FIRST_DAY:
+        return f"Sentinel-2 images begin on {SENTINEL2_FIRST_DAY}: choose a later period."
+    if first > dt.date.today():
+        return "The period lies after today: there are no images of it yet."
+    limited = max_cloud_cover is not None and max_cloud_cover < 100
+    return (
+        f"Try a wider period{' or a higher cloud limit' if limited else ''}; if the field "
+        "should have images, check that its outline is where you meant (GeoJSON coordinates "
+        "are longitude, latitude)."
+    )
+
+
 def clear_gdal_http_cache() -> bool:
     """Clear GDAL's per-process memory of ``/vsicurl/`` URLs (``VSICurlClearCache``).
 
@@ -677,7 +695,7 @@ def fetch_cube(
     if not s2_items:
         raise NoScenesError(
             f"No {S2_COLLECTION} scenes{cloud_text} cover the field between {first} and {last}. "
-            "Try a wider period or a higher cloud limit."
+            + _no_scenes_advice(first, last, max_cloud_cover)
         )
     check_request_size(grid, s2_items, first, last, settings.max_pixel_dates)
     scenes = {S2_COLLECTION: len(s2_items)}

@@ -246,7 +246,8 @@ def test_a_field_without_scenes_fails_and_partial_outputs_are_redone(
     start, end = period(site)
     assert summary["F-04"]["error"] == (
         f"No sentinel-2-l2a scenes cover the field between {start} and {end}. Try a wider "
-        "period or a higher cloud limit."
+        "period; if the field should have images, check that its outline is where you meant "
+        "(GeoJSON coordinates are longitude, latitude)."
     )
     assert "F-04: failed after" in printed
     assert (results / "M-02" / MARKER_FILE).is_file()

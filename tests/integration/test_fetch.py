@@ -345,13 +345,19 @@ def test_no_scenes_names_collection_and_dates(cli_in_process, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert err == (
         "error: No sentinel-2-l2a scenes cover the field between 2030-01-01 and "
-        "2030-02-01. Try a wider period or a higher cloud limit."
+        "2030-02-01. The period lies after today: there are no images of it yet."
     )
 
 
 def test_cloud_limit_named_when_it_filters_everything(cli_in_process, capsys) -> None:
     assert cli_in_process("--max-cloud", "0", start="2017-08-01", end="2017-08-05") == 2
-    assert "with at most 0% clouds" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "with at most 0% clouds" in err and "or a higher cloud limit;" in err
+    # Before Sentinel-2 existed: no cloud limit would help, and the message says what would.
+    assert cli_in_process(start="2014-05-01", end="2014-09-30") == 2
+    err = capsys.readouterr().err
+    assert "Sentinel-2 images begin on 2015-06-23: choose a later period." in err
+    assert "cloud limit" not in err
 
 
 @pytest.mark.parametrize(
