@@ -346,10 +346,12 @@ def test_upload_with_several_polygons_asks_which_one(open_page: OpenPage) -> Non
 
     doc = {"type": "FeatureCollection", "features": [square(3.0, "West"), square(3.01, "East")]}
     page = open_page()
+    button(page, "Demo field").click().run()  # a field before: not the one Run takes now
     upload(page, "farm.geojson", json.dumps(doc).encode()).run()
     choice = page.selectbox(key="upload_choice")
     assert "2 polygons" in choice.label
     assert state(page).field is None
+    assert button(page, "Run").disabled  # until the field is chosen
     choice.set_value(1).run()
     no_exceptions(page)
     assert state(page).field is not None and state(page).field.name == "East"
