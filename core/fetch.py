@@ -321,6 +321,11 @@ SENTINEL2_FIRST_DAY = dt.date(2015, 6, 23)
 """Launch of Sentinel-2A: no L2A scene is older."""
 
 
+def _catalogue_name(url: str) -> str:
+    """How a file's ``source`` names the STAC API: Planetary Computer only when it is."""
+    return "Planetary Computer STAC" if "planetarycomputer" in url.lower() else "STAC API"
+
+
 def _no_scenes_advice(first: dt.date, last: dt.date, max_cloud_cover: float | None) -> str:
     """What to change when a search found nothing, fitted to the request."""
     if last < SENTINEL2_FIRST_DAY:
@@ -749,7 +754,7 @@ def fetch_cube(
         "resolution_m": float(grid.resolution_m),
         "site": str(getattr(field, "name", "") or "field"),
         "source": (
-            f"Planetary Computer STAC {client.url}: {S2_COLLECTION}"
+            f"{_catalogue_name(client.url)} {client.url}: {S2_COLLECTION}"
             + (f" and {S1_COLLECTION}" if s1 is not None else "")
             + "; 20 m bands and SCL resampled to 10 m by nearest neighbour (pixel replication)"
         ),

@@ -135,7 +135,7 @@ def test_cli_reproduces_flanders_with_offsets_split_tiles_retries_and_cache(
     assert fetched.attrs["crs"] == "EPSG:32631"
     assert fetched.attrs["site"] == field.name
     assert json.loads(fetched.attrs["field_geojson"])["geometry"]["type"] == "Polygon"
-    assert site.stac_url in fetched.attrs["source"]
+    assert fetched.attrs["source"].startswith(f"STAC API {site.stac_url}: sentinel-2-l2a")  # not PC
     statuses = [e.status for e in site.stac_server.searches()]
     assert statuses[0] == 503 and statuses[1] == 200
     assert any(e.status == 503 for e in site.cog_server.requests)
