@@ -32,6 +32,7 @@ import datetime as dt
 import json
 import math
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -340,26 +341,35 @@ def _no_scenes_advice(first: dt.date, last: dt.date, max_cloud_cover: float | No
     )
 
 
+_FAILED_READS = threading.Event()
+"""Set when a COG read failed in this process (GDAL's URL memory is per process, too)."""
+
+
 def clear_gdal_http_cache() -> bool:
     """Clear GDAL's per-process memory of ``/vsicurl/`` URLs (``VSICurlClearCache``).
 
     GDAL remembers which URLs failed and answers later reads of them from that memory without
     asking the server: after one refused or failed read, every later fetch of those scenes in
     the process (the app's, for every user; a Dask worker's) failed the same way until a
-    restart. rasterio does not expose the call, so it is made on the libgdal that rasterio
-    loaded. Returns whether it was made (False where that library is not found).
+    restart. rasterio does not expose the call, so it is made on every libgdal the process
+    has loaded (pyogrio's wheel brings a second one; clearing only the first one found missed
+    rasterio's once the app had read an upload). Returns whether any call was made.
     """
     import ctypes
 
     try:
         with open("/proc/self/maps", encoding="utf-8") as maps:
             paths = sorted({line.split()[-1] for line in maps if "libgdal" in line})
-        if not paths:
-            return False
-        ctypes.CDLL(paths[0]).VSICurlClearCache()
-    except (OSError, AttributeError):  # not Linux, or a GDAL without the call
+    except OSError:  # not Linux
         return False
-    return True
+    cleared = False
+    for path in paths:
+        try:
+            ctypes.CDLL(path).VSICurlClearCache()
+            cleared = True
+        except (OSError, AttributeError):  # a GDAL without the call
+            continue
+    return cleared
 
 
 def _read_error(exc: Exception, what: str) -> NetworkError:
@@ -413,6 +423,9 @@ def _load(
     """
     import odc.stac
 
+    if _FAILED_READS.is_set():  # again here: reads still under way at the failure may have
+        _FAILED_READS.clear()  # recorded theirs after the first clear
+        clear_gdal_http_cache()
     partitions: dict[tuple[str, ...], list[int]] = {}
     for index, item in enumerate(items):
         available = tuple(band for band in bands if band in item.assets)
@@ -440,7 +453,8 @@ def _load(
                     fail_on_error=True,
                 )
             except (rasterio.errors.RasterioError, requests.RequestException) as exc:
-                clear_gdal_http_cache()  # so that the next try asks the server again
+                _FAILED_READS.set()  # the next load clears GDAL's memory of them first
+                clear_gdal_http_cache()
                 raise _read_error(exc, what) from exc
             done += len(members)
             if ds.sizes["time"] != len(unique):

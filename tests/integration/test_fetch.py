@@ -242,6 +242,8 @@ def test_a_refused_read_is_tried_again_once_the_server_answers(published_site) -
     # GDAL remembers per process which URLs failed, and answered later reads of them from
     # that memory without asking: after one refusal, every later Run in the app's process
     # failed the same way, for every user, until a restart.
+    import pyogrio  # noqa: F401 - its own libgdal in the process, as in the app after an upload
+
     from core.errors import AccessDeniedError
 
     site = published_site("be-flanders-a", fresh=True, max_dates=3)
