@@ -32,7 +32,6 @@ import datetime as dt
 import json
 import math
 import re
-import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -341,10 +340,6 @@ def _no_scenes_advice(first: dt.date, last: dt.date, max_cloud_cover: float | No
     )
 
 
-_FAILED_READS = threading.Event()
-"""Set when a COG read failed in this process (GDAL's URL memory is per process, too)."""
-
-
 def clear_gdal_http_cache() -> bool:
     """Clear GDAL's per-process memory of ``/vsicurl/`` URLs (``VSICurlClearCache``).
 
@@ -423,9 +418,6 @@ def _load(
     """
     import odc.stac
 
-    if _FAILED_READS.is_set():  # again here: reads still under way at the failure may have
-        _FAILED_READS.clear()  # recorded theirs after the first clear
-        clear_gdal_http_cache()
     partitions: dict[tuple[str, ...], list[int]] = {}
     for index, item in enumerate(items):
         available = tuple(band for band in bands if band in item.assets)
@@ -453,8 +445,7 @@ def _load(
                     fail_on_error=True,
                 )
             except (rasterio.errors.RasterioError, requests.RequestException) as exc:
-                _FAILED_READS.set()  # the next load clears GDAL's memory of them first
-                clear_gdal_http_cache()
+                clear_gdal_http_cache()  # so that the next try asks the server again
                 raise _read_error(exc, what) from exc
             done += len(members)
             if ds.sizes["time"] != len(unique):

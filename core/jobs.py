@@ -57,7 +57,6 @@ class Job(Generic[T]):
         self.result: T | None = None
         self.error: BaseException | None = None
         self.finished_at: float | None = None
-        self.started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="fieldflow-job", daemon=True)
 
     def start(self) -> Job[T]:
@@ -87,8 +86,9 @@ class Job(Generic[T]):
     def cancelled(self) -> bool:
         return self._cancelled
 
-    def wait(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for the job to end; whether it has."""
+    def wait(self, timeout_s: float | None) -> bool:
+        """Wait up to ``timeout_s`` (None: as long as it takes) for the job to end; whether
+        it has."""
         return self._done.wait(timeout_s)
 
     def reports(self, since: int = 0) -> list[Report]:
