@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +31,7 @@ from app.widgets.field import accept_drawing, field_panel  # noqa: E402
 from app.widgets.map import field_map  # noqa: E402
 from app.widgets.period import period_panel  # noqa: E402
 from app.widgets.settings import RunSettings, settings_panel  # noqa: E402
-from app.widgets.status import result_summary, show_messages  # noqa: E402
+from app.widgets.status import result_summary, run_panel, show_messages  # noqa: E402
 from app.widgets.timeline import (  # noqa: E402
     date_slider,
     forget_selection,
@@ -42,6 +44,8 @@ from core.errors import FieldFlowError  # noqa: E402
 from core.season import SeasonRequest  # noqa: E402
 
 OVERLAYS = {"rgb": "True colour", "ndvi": "NDVI", "none": "None"}
+WATCH_EVERY_S = 0.5  # how often a Run's progress is redrawn while it computes (a string here
+# would be drawn on the page: Streamlit's "magic" writes a script's bare expressions)
 
 
 def main() -> None:
@@ -62,14 +66,19 @@ def main() -> None:
     st.markdown("### Cloud-free Sentinel-2 for your field")
     request = current_request(state, run_settings)
     drop_stale_result(state, request, settings)
-    unfinished = unfinished_run(state, request, settings)
+    leave_changed_run(state, request, settings)
     # One container above the map for progress, messages and the summary: whatever it holds,
     # the map keeps its place in the page, so the browser never remounts it (a remount would
     # lose the view and any drawing not yet sent).
     with st.container():
-        if run_clicked or unfinished:
-            run(state, request, settings)
+        if run_clicked:
+            start_run(state, request, settings)
+        if state.running is not None and request is not None:
+            follow_run(request, settings)
         show_messages(state)
+        if state.last_run is not None:
+            run_panel(state.last_run)
+            state.last_run = None
         if state.result is not None:
             result_summary(state.result)
     workspace(AppConfig.from_env(), settings)
@@ -103,21 +112,20 @@ def drop_stale_result(state: PageState, request: SeasonRequest | None, settings:
         state.say("info", "The field, period or settings changed: press Run for new results.")
 
 
-def unfinished_run(state: PageState, request: SeasonRequest | None, settings: Settings) -> bool:
-    """Whether a Run of these very inputs was started and stopped before it ended (see
-    :attr:`PageState.running`); a started Run whose inputs changed is forgotten, with a word."""
+def leave_changed_run(state: PageState, request: SeasonRequest | None, settings: Settings) -> None:
+    """Stop following a Run whose inputs changed (or whose field was cleared) while it
+    computed, with a word; its job stops unless another session waits for it."""
     if state.running is None:
-        return False
+        return
     if request is not None and request.key(settings.stac_api_url) == state.running:
-        return state.result is None
-    services.leave_run(state.running)  # its job stops, unless another session waits for it
+        return
+    services.leave_run(state.running)
     state.running = None
     state.say("info", "The field, period or settings changed during the Run: press Run again.")
-    return False
 
 
-def run(state: PageState, request: SeasonRequest | None, settings: Settings) -> None:
-    """Compute (or recall) the season, with its progress shown here."""
+def start_run(state: PageState, request: SeasonRequest | None, settings: Settings) -> None:
+    """Start the Run of the inputs (or show its kept result at once)."""
     if request is None:
         state.say("error", "Draw, upload or pick a field first, then press Run.")
         return
@@ -127,24 +135,55 @@ def run(state: PageState, request: SeasonRequest | None, settings: Settings) -> 
             f"The period ends ({request.end}) before it starts ({request.start}): swap the dates.",
         )
         return
-    # Not cleared in a `finally`: Streamlit stops the script for a rerun with an exception
-    # outside Exception, and the rerun must find the Run unfinished.
     state.running = request.key(settings.stac_api_url)
-    try:
-        result = services.season(request, settings)
-    except FieldFlowError as exc:
-        state.running = None
-        state.say("error", str(exc))
-        return
-    except Exception as exc:  # a bug, not the user's doing: say so, with the details folded
-        state.running = None
-        state.say("error", f"Something unexpected went wrong ({type(exc).__name__}).")
-        with st.expander("Technical details"):
-            st.exception(exc)
-        return
+    with failures_said(state):
+        finished = services.start_run(request, settings)
+        if finished is not None:
+            ended(state, finished)
+
+
+@st.fragment(run_every=WATCH_EVERY_S)
+def follow_run(request: SeasonRequest, settings: Settings) -> None:
+    """The Run's progress, redrawn on a timer while it computes; the whole page is redrawn
+    once it has ended. A fragment, so the page's script is not held by the Run: a field drawn
+    or a place typed meanwhile is taken at once."""
+    state = page_state()
+    if state.running != request.key(settings.stac_api_url):
+        return  # ended or left since the page drew this
+    with failures_said(state):
+        finished = services.watch_run(request, settings)
+        if finished is None:
+            return
+        ended(state, finished)
+    st.rerun()  # the whole page: the results below, the panel above
+
+
+def ended(state: PageState, finished: services.Finished) -> None:
     state.running = None
-    state.result = result
-    reset_selection(result)
+    state.result = finished.result
+    state.last_run = finished.panel
+    reset_selection(finished.result)
+
+
+@contextmanager
+def failures_said(state: PageState) -> Iterator[None]:
+    """A failed Run ends as a message (and the panel of where it stopped), never a traceback."""
+    try:
+        yield
+    except services.RunStopped as stop:
+        state.running = None
+        state.last_run = stop.panel
+        _say_failure(state, stop.cause)
+    except Exception as exc:
+        state.running = None
+        _say_failure(state, exc)
+
+
+def _say_failure(state: PageState, exc: BaseException) -> None:
+    if isinstance(exc, FieldFlowError):
+        state.say("error", str(exc))
+    else:  # a bug, not the user's doing: say so, with the details folded
+        state.say("error", f"Something unexpected went wrong ({type(exc).__name__}).", exc)
 
 
 @st.fragment
@@ -172,7 +211,11 @@ def workspace(config: AppConfig, settings: Settings) -> None:
         st.rerun()
     if result is None:
         st.caption(
-            "Pick the period and press **Run** in the sidebar."
+            "The frames, the NDVI curve and the downloads appear here when the Run ends; the "
+            "map and the inputs stay usable meanwhile (changing the field, period or settings "
+            "stops the Run)."
+            if state.running is not None
+            else "Pick the period and press **Run** in the sidebar."
             if state.field is not None
             else "Draw the field with the polygon or rectangle tool (left edge of the map), "
             "upload its outline, or press **Demo field** in the sidebar; then press **Run**."

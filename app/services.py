@@ -1,11 +1,12 @@
 """Cached wrappers around the core calls the page makes.
 
 * :func:`settings`: ``Settings.from_env()`` once per process.
-* :func:`season`: the whole computation of a Run (:func:`core.season.compute_season`), run as
-  a job of its own (:mod:`core.jobs`) that a rerun does not stop, and cached per request key
-  (field outline, period, method and options, data source) for every session; the finished
-  Run's panel is replayed on a cache hit, so a second Run with the same inputs shows it at
-  once. The result is read-only and kept as one object
+* :func:`start_run` and :func:`watch_run`: the whole computation of a Run
+  (:func:`core.season.compute_season`), run as a job of its own (:mod:`core.jobs`) that the
+  page's script only looks at (so the script ends at once and the page stays live), and
+  cached per request key (field outline, period, method and options, data source) for every
+  session, with the panel that says how it was made: a second Run with the same inputs shows
+  both at once. The result is read-only and kept as one object
   (``st.cache_resource``), not pickled: a large field's result holds its cube (about 1 GB at
   500 px), of which ``st.cache_data`` kept a second, pickled copy and unpickled it on every
   hit. The results kept are bounded by the memory they hold (``FIELDFLOW_RESULT_CACHE_MB``,
@@ -22,7 +23,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
@@ -33,9 +36,9 @@ from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
 from core.errors import ClusterError
-from core.jobs import Job, JobBoard, Progress, latest_per_stage
+from core.jobs import Job, JobBoard, Progress, Report, seconds_left
 from core.memory import MIB, MemoryBudget
-from core.progress import StageClock, time_left_text
+from core.progress import time_left_text
 from core.reconstruct import Reconstructor
 from core.reconstruct import reconstruct as core_reconstruct
 from core.season import (
@@ -105,38 +108,91 @@ def demo(cube_path: str) -> DemoPreset:
     return demo_preset(Path(cube_path))
 
 
-def season(request: SeasonRequest, config: Settings) -> SeasonResult:
-    """Run (or recall) a season computation, drawing its progress where it is called.
+@dataclass(frozen=True)
+class RunPanel:
+    """What the page says of a Run once it has ended: a headline and the stages it went
+    through."""
 
-    The computation runs as a :class:`core.jobs.Job` of its own: when Streamlit stops this
-    script for a rerun (the user touched a widget), the job goes on, and the next call with the
-    same request (the rerun's, or another session's) watches the same job from where it is.
+    headline: str
+    stages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A Run's result and the panel that tells how it was made."""
+
+    result: SeasonResult
+    panel: RunPanel
+
+
+class RunStopped(Exception):
+    """A Run's computation failed: ``cause`` says why (a FieldFlowError has the user's
+    message), ``panel`` where it stopped."""
+
+    def __init__(self, cause: BaseException, panel: RunPanel) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.panel = panel
+
+
+def start_run(request: SeasonRequest, config: Settings) -> Finished | None:
+    """Start (or join) the Run of ``request``: its result at once when it is kept, else None
+    and the Run computes as a :class:`core.jobs.Job` of its own, to be followed with
+    :func:`watch_run`. A Run that failed unwatched before is started again (the user may be
+    asking anew because the network is back).
 
     Raises:
-        FieldFlowError: with a message for the user; the progress box shows the failure.
+        RunStopped: a kept result's collection failed (not expected).
+        ClusterError: the Dask scheduler is set but cannot be reached.
     """
     runner = reconstructor()
     if request.method == "model" and scheduler_address() is None:
         model(request.options.device)
     key = request.key(config.stac_api_url)
-    budget = result_budget(config.result_cache_mb)
+    compute = _computation(request, config, runner)
+    if key in result_budget(config.result_cache_mb).keys:
+        return _keep(key, compute, config)
+    jobs().join(key, compute, session_id())
+    return None
 
+
+def watch_run(request: SeasonRequest, config: Settings) -> Finished | None:
+    """Draw the progress of ``request``'s Run here (a headline per stage, a bar with the time
+    left); its result once it has ended, None while it runs. Call it again to follow it: the
+    page does so from a fragment that reruns on a timer, so the page's script is not held while
+    the Run computes and the map and inputs stay live.
+
+    Raises:
+        RunStopped: the Run failed; its cause and the stage it stopped in.
+    """
+    key = request.key(config.stac_api_url)
+    compute = _computation(request, config, reconstructor())
+    job = jobs().join(key, compute, session_id(), retry_failed=False)
+    if not job.done:
+        _draw_progress(job)
+        return None
+    return _keep(key, compute, config)
+
+
+def _computation(
+    request: SeasonRequest, config: Settings, runner: Reconstructor
+) -> Callable[[Progress], SeasonResult]:
     def compute(progress: Progress) -> SeasonResult:
         return compute_season(request, config, progress=progress, reconstructor=runner)
 
-    if key not in budget.keys:  # not kept yet: watch the job, live
-        live = st.empty()
-        with live.container():
-            job = _watch(jobs().join(key, compute, session_id()))
-        if job.error is None:
-            live.empty()  # the kept result's own panel below takes its place
-    result = _season(key, compute)
-    if not result.complete:  # shown, not kept: the next Run tries the missing part again
+    return compute
+
+
+def _keep(key: str, compute: Callable[[Progress], SeasonResult], config: Settings) -> Finished:
+    """The ended Run of ``key``, kept for every session while the memory budget allows."""
+    finished = _season(key, compute)
+    if not finished.result.complete:  # shown, not kept: the next Run tries the missing part
         _season.clear(key, None)
-        return result
-    for old_key in budget.use(key, result.nbytes):
+        return finished
+    budget = result_budget(config.result_cache_mb)
+    for old_key in budget.use(key, finished.result.nbytes):
         _season.clear(old_key, None)  # the arguments named _ are not in the key
-    return result
+    return finished
 
 
 def leave_run(key: str) -> None:
@@ -159,68 +215,52 @@ def session_id() -> str:
 
 @st.cache_resource(show_spinner=False)
 def result_budget(limit_mb: float) -> MemoryBudget:
-    """The books of the results :func:`season` keeps, once per process."""
+    """The books of the results :func:`start_run` and :func:`watch_run` keep, once per process."""
     return MemoryBudget(limit_mb * MIB, max_entries=SEASON_CACHE_ENTRIES)
 
 
-POLL_S = 0.25
-"""How often the page looks at a running job. Each look draws (the same bar): Streamlit
-only notices a widget change, and stops the script for its rerun, when something is drawn."""
-
-
-def _watch(job: Job[SeasonResult]) -> Job[SeasonResult]:
-    """Draw ``job``'s progress until it ends: a headline per stage, a bar with the time left.
-    Joined midway, the stages so far are listed and the bar starts where the job is."""
+def _draw_progress(job: Job[SeasonResult]) -> None:
+    """The job's progress as it stands: the current stage as the headline, a bar with its
+    share done and the time left, and the stages so far."""
+    reports = job.reports()
     panel = st.container(border=True)
-    headline = panel.empty()
-    bar = panel.empty()
-    steps = panel.container()
-    clock = StageClock()
-    stage, text, fraction, seen = "", "", 0.0, 0
-    first = True
-    while True:
-        finished = job.wait(POLL_S)
-        new = job.reports(seen)
-        seen += len(new)
-        # A backlog (joined midway) counts from its last report per stage: its reports came
-        # over minutes, and read at once they would make the pace look instant.
-        for report in latest_per_stage(new) if first else new:
-            if report.stage != stage:
-                stage = report.stage
-                headline.markdown(f"**{stage[:1].upper()}{stage[1:]}…**")
-                steps.caption(f"• {stage}")
-            fraction = min(1.0, report.done / report.total) if report.total else 0.0
-            left = time_left_text(clock.seconds_left(stage, report.done, report.total))
-            text = f"{stage}: {report.done} of {report.total}" + (f" ({left})" if left else "")
-        first = False
-        if finished:
-            break
-        bar.progress(fraction, text=text or "starting…")
-    if job.error is not None:
-        headline.markdown(f"**Stopped while {stage or 'starting'}.**")
-        bar.empty()
-    return job
+    if not reports:
+        panel.markdown("**Starting…**")
+        panel.progress(0.0, text="starting…")
+        return
+    last = reports[-1]
+    panel.markdown(f"**{last.stage[:1].upper()}{last.stage[1:]}…**")
+    fraction = min(1.0, last.done / last.total) if last.total > 0 else 0.0
+    left = time_left_text(seconds_left(reports, time.monotonic()))
+    text = f"{last.stage}: {last.done} of {last.total}" + (f" ({left})" if left else "")
+    panel.progress(fraction, text=text)
+    for stage in _stages(reports):
+        panel.caption(f"• {stage}")
+
+
+def _stages(reports: list[Report]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(report.stage for report in reports))
 
 
 @st.cache_resource(show_spinner=False)  # bounded by result_budget
-def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> SeasonResult:
-    # What is drawn here is recorded and replayed on a cache hit: the finished Run's panel.
+def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> Finished:
     board = jobs()
     # The job just watched (done), unless the kept result was dropped meanwhile.
     job = board.join(key, _compute, session_id(), retry_failed=False)
     job.wait(None)
     board.collect(key, job)
-    result = job.outcome()  # a failure is raised, and nothing is kept
-    panel = st.container(border=True)
+    reports = job.reports()
+    if job.error is not None:  # raised, and nothing is kept
+        stage = reports[-1].stage if reports else "starting"
+        raise RunStopped(job.error, RunPanel(f"Stopped while {stage}.", _stages(reports)))
+    result = job.outcome()
     frames = result.frames_loaded
-    panel.markdown(
-        f"**Computed in {result.elapsed_s:.1f} s**: {len(result.timeline)} dates from "
+    headline = (
+        f"Computed in {result.elapsed_s:.1f} s: {len(result.timeline)} dates from "
         f"{frames.get('s2', 0)} Sentinel-2 and {frames.get('s1', 0)} Sentinel-1 frames "
         f"({result.source})."
     )
-    for stage in dict.fromkeys(report.stage for report in job.reports()):
-        panel.caption(f"• {stage}")
-    return result
+    return Finished(result, RunPanel(headline, _stages(reports)))
 
 
 @st.cache_data(max_entries=64, show_spinner="Reconstructing that day…")

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -19,6 +20,9 @@ from core.demo import DemoSource
 from core.field import Candidate, Field
 from core.location import zoom_for_bounds
 from core.season import SeasonResult
+
+if TYPE_CHECKING:
+    from app.services import RunPanel
 
 DEFAULT_CENTER: tuple[float, float] = (50.85, 4.35)
 """Where the map opens (lat, lon): Belgium."""
@@ -58,6 +62,8 @@ class Message:
     kind: str
     """"error", "warning", "info" or "success"."""
     text: str
+    details: BaseException | None = None
+    """An unexpected error behind the message, shown folded ("Technical details")."""
 
 
 @dataclass
@@ -83,10 +89,12 @@ class PageState:
     result: SeasonResult | None = None
     """The result of the last Run, while its inputs are unchanged."""
     running: str | None = None
-    """The request key of a Run started and not finished. Streamlit stops a running script when
-    any widget changes (the user moves the map, types a place), so the rerun that follows
-    starts that Run again (the fetched data is on disk, a tuned network in memory) instead of
-    losing it; cleared when the Run ends, fails, or its inputs change."""
+    """The request key of a Run started and not ended: it computes as a job of its own, which
+    the page follows from a fragment on a timer while the rest of the page stays live; cleared
+    when the Run ends or fails, and its job left (stopped, unless another session waits for
+    it) when its inputs change or the field is cleared."""
+    last_run: RunPanel | None = None
+    """The panel of the Run that just ended (:class:`app.services.RunPanel`), shown once."""
     messages: list[Message] = dataclasses.field(default_factory=list)
     """Shown once at the top of the page, then cleared."""
     map_center: tuple[float, float] = DEFAULT_CENTER
@@ -115,16 +123,16 @@ class PageState:
         self.map_zoom = zoom_for_bounds(new.bounds)
 
     def clear_field(self) -> None:
-        """Forget the field and its result."""
+        """Forget the field and its result (a Run still going is stopped by the page, which
+        finds its inputs gone)."""
         self.field = None
         self.field_origin = ""
         self.demo_source = None
         self.result = None
-        self.running = None
 
-    def say(self, kind: str, text: str) -> None:
+    def say(self, kind: str, text: str, details: BaseException | None = None) -> None:
         """Queue a message for the top of the page."""
-        self.messages.append(Message(kind, text))
+        self.messages.append(Message(kind, text, details))
 
 
 def page_state() -> PageState:

@@ -504,9 +504,9 @@ def _repaired(geometry: Polygon | MultiPolygon, origin: str) -> tuple[Polygon | 
     change = abs(after - _geodesic_area_m2(geometry)) / after
     if change > REPAIR_TOLERANCE:
         raise FieldError(
-            f"The outline in the {origin} crosses itself ({reason}); repairing it would change "
-            f"its area by {change:.0%}, so it was not accepted. Redraw the outline so that its "
-            "edges do not cross."
+            f"The outline in the {origin} crosses itself ({reason}), and no repair keeps the "
+            "field it seems to draw, so it was not accepted. Redraw the outline with its "
+            "corners in order around the field, so that its edges do not cross."
         )
     return fixed, True
 

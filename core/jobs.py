@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from core.progress import StageClock, listening
+
 T = TypeVar("T")
 
 Progress = Callable[[str, int, int], None]
@@ -38,6 +40,8 @@ class Report:
     stage: str
     done: int
     total: int
+    at: float = 0.0
+    """When it came (``time.monotonic()``)."""
 
 
 class Job(Generic[T]):
@@ -65,7 +69,10 @@ class Job(Generic[T]):
 
     def _run(self) -> None:
         try:
-            self.result = self._compute(self._report)
+            # The computation's inner loops report through core.progress.beat: they show on
+            # the bar too, and a cancelled job stops there rather than at the next stage.
+            with listening(self._report):
+                self.result = self._compute(self._report)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -76,7 +83,7 @@ class Job(Generic[T]):
         if self._cancelled:
             raise JobCancelled
         with self._lock:
-            self._reports.append(Report(stage, done, total))
+            self._reports.append(Report(stage, done, total, time.monotonic()))
 
     @property
     def done(self) -> bool:
@@ -167,6 +174,11 @@ class JobBoard:
                 del self._jobs[key]
             return cancelled
 
+    def job(self, key: str) -> Job | None:
+        """The job of ``key``, if there is one (running, or ended and not collected)."""
+        with self._lock:
+            return self._jobs.get(key)
+
     def running(self) -> list[str]:
         """Keys of the jobs not yet finished."""
         with self._lock:
@@ -179,8 +191,15 @@ class JobBoard:
                 del self._jobs[key]
 
 
-def latest_per_stage(reports: list[Report]) -> list[Report]:
-    """The last report of each run of reports with the same stage, in order."""
-    return [
-        r for i, r in enumerate(reports) if i + 1 == len(reports) or reports[i + 1].stage != r.stage
-    ]
+def seconds_left(reports: list[Report], now: float) -> float | None:
+    """Seconds left in the stage of the last report at ``now``, at the pace of that stage's
+    reports so far (:class:`core.progress.StageClock`), counting down between reports; None
+    without a pace yet."""
+    if not reports:
+        return None
+    at = iter([r.at for r in reports])
+    clock = StageClock(lambda: next(at))
+    left = None
+    for report in reports:
+        left = clock.seconds_left(report.stage, report.done, report.total)
+    return None if left is None else left - (now - reports[-1].at)

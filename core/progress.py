@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 FIRST_SHOWN_S = 10.0
 """Estimates shorter than this are not shown: the stage is nearly done anyway."""
@@ -58,3 +60,32 @@ def time_left_text(seconds: float | None) -> str | None:
     if minutes < 90:
         return f"about {max(1, round(minutes))} min left"
     return f"about {minutes / 60:.1f} h left"
+
+
+Beat = Callable[[str, int, int], None]
+"""``(what, done, total)``: a step of a long piece of work deep inside a computation."""
+
+_listener: ContextVar[Beat | None] = ContextVar("fieldflow_beat", default=None)
+
+
+def beat(what: str, done: int, total: int) -> None:
+    """Say that ``done`` of ``total`` steps of ``what`` are done, to whoever listens in this
+    thread (:func:`listening`); nothing happens when nobody does.
+
+    Long inner loops (tuning the model to a field, measuring its error there) call this, so
+    that a Run's progress moves during them and a Run that is no longer wanted stops there:
+    the listener may raise, and the loop then ends with that exception.
+    """
+    listener = _listener.get()
+    if listener is not None:
+        listener(what, done, total)
+
+
+@contextmanager
+def listening(listener: Beat) -> Iterator[None]:
+    """Send the :func:`beat` calls made in this thread (context) to ``listener`` while inside."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)

@@ -180,6 +180,9 @@ class FrameView:
     """Field mean of the per-pixel NDVI p90 (NaN unless samples > 1)."""
     observed_fraction: float
     """Fraction of field pixels that are clear observations kept as observed."""
+    blank_fraction: float = 0.0
+    """Fraction of field pixels with no reconstructed value (a baseline cannot fill a pixel
+    never clear in the period; nothing fills one outside the imagery)."""
 
 
 @dataclass(frozen=True)
@@ -354,10 +357,13 @@ def compute_season(
     mask = field_mask(request.field, grid)
     if not mask.any():
         raise FieldError("The field covers no pixel centre of the 10 m grid; draw a larger field.")
+    covered, outside_note = imagery_cover(request.field, grid, mask, cube)
     acquired = calendar_day(cube["time_s2"].values)
     first = max(np.datetime64(request.start, "D"), acquired.min())
     last = min(np.datetime64(request.end, "D"), acquired.max())
     notes = list(origin.notes)
+    if outside_note:
+        notes.append(outside_note)
     if first > np.datetime64(request.start, "D") or last < np.datetime64(request.end, "D"):
         notes.append(
             f"Frames and the curve cover {first} to {last}: the first and last Sentinel-2 "
@@ -378,10 +384,10 @@ def compute_season(
         )
 
     days = _timeline_days(acquired, first, last, request.every_days)
-    timeline = _timeline(cube, mask, days)
+    timeline = _timeline(cube, covered, days)
     scale = display_scale(grid.shape)
     warp = LonLatWarp.for_grid(grid)
-    radar, radar_of_day = _radar(cube, mask, days, scale)
+    radar, radar_of_day = _radar(cube, covered, days, scale)
 
     # One pass reconstructs every day of the curve; the timeline's frames are drawn from the
     # same reconstruction as it goes, so a frame and the curve agree on its day and no day is
@@ -401,7 +407,7 @@ def compute_season(
         for qi, day in enumerate(calendar_day(dates)):
             if day in wanted:
                 views[day] = _frame_view(
-                    cube, result.isel(time=qi), mask, day, scale, warp, radar_of_day
+                    cube, result.isel(time=qi), mask, covered, day, scale, warp, radar_of_day
                 )
 
     curve = ndvi_curve(
@@ -411,7 +417,7 @@ def compute_season(
         every_days=1,
         method=request.method,
         options=options,
-        field_mask=mask,
+        field_mask=covered,
         reconstructor=reconstructor,
         on_chunk=draw,
         progress=lambda done, total: report(stage, done, total),
@@ -733,6 +739,42 @@ def _offline_cube(request: SeasonRequest, path: Path) -> tuple[xr.Dataset, Grid]
     return cube, grid
 
 
+OUTSIDE_NOTED = 0.01
+"""Share of a field outside the imagery from which the page says so."""
+
+
+def imagery_cover(
+    field: Field, grid: Grid, mask: np.ndarray, cube: xr.Dataset
+) -> tuple[np.ndarray, str | None]:
+    """The field's pixels that some Sentinel-2 acquisition covers, and a note when a share of
+    the field (over :data:`OUTSIDE_NOTED`) lies outside the imagery: past an offline cube's
+    edge, or in a strip no acquisition of the period covers (a swath or tile edge). Field
+    figures (clear shares, the curve) are measured over the covered pixels; measured over the
+    whole field, a field half outside had no day "mostly clear"."""
+    s2 = cube["s2"].values
+    has_data = np.zeros(mask.shape, bool)
+    for frame in s2:  # a frame at a time: the whole cube's test would double its memory
+        has_data |= np.isfinite(frame).any(axis=0)
+    covered = mask & has_data
+    pixels = int(mask.sum())
+    wanted = grid_for_field(field)
+    try:  # cropped from a larger cube on the same lattice: the part cut off counts too
+        wanted.offset_in(grid)
+        pixels = max(pixels, int(field_mask(field, wanted).sum()))
+    except InputError:  # another CRS or lattice: only the pixels on this grid are known
+        pass
+    if not covered.any():
+        return mask, None  # nothing to measure over; the reconstruction says why
+    outside = 1.0 - covered.sum() / pixels
+    if outside <= OUTSIDE_NOTED:
+        return covered, None
+    return covered, (
+        f"About {outside:.0%} of the field ({outside * field.area_ha:.2f} ha) lies outside the "
+        "imagery: no Sentinel-2 acquisition of the period covers it. The clear shares and the "
+        "NDVI curve describe the rest of the field."
+    )
+
+
 def crop_to_field(cube: xr.Dataset, field: Field) -> tuple[xr.Dataset, Grid]:
     """The part of ``cube`` on the field's grid (:func:`core.grid.grid_for_field`).
 
@@ -910,12 +952,14 @@ def _frame_view(
     cube: xr.Dataset,
     frame: xr.Dataset,
     mask: np.ndarray,
+    covered: np.ndarray,
     day: np.datetime64,
     scale: int,
     warp: LonLatWarp,
     radar_of_day: dict[np.datetime64, int],
 ) -> FrameView:
-    """Draw one reconstructed date and its acquisition (if any)."""
+    """Draw one reconstructed date and its acquisition (if any): pictures over the field
+    (``mask``), field figures over its part the imagery covers (``covered``)."""
     acquired = calendar_day(cube["time_s2"].values)
     hits = np.flatnonzero(acquired == day)
     raw_png = clear = None
@@ -924,10 +968,10 @@ def _frame_view(
         not_clear = ~cube["valid"].values[ti].astype(bool)
         raw = true_colour(cube["s2"].values[ti])
         raw_png = picture(raw, scale=scale, field_mask=mask, cloud_mask=not_clear)
-        clear = float(cube["valid"].values[hits][:, mask].astype(bool).any(axis=0).mean())
+        clear = float(cube["valid"].values[hits][:, covered].astype(bool).any(axis=0).mean())
     rgb, ndvi_img, spread = _recon_colours(frame)
     ndvi = frame["ndvi"].values
-    means, lows, highs = field_ndvi_band(frame.expand_dims("time"), mask)
+    means, lows, highs = field_ndvi_band(frame.expand_dims("time"), covered)
     mean = float(means[0])
     p10 = float(lows[0]) if spread is not None else math.nan
     p90 = float(highs[0]) if spread is not None else math.nan
@@ -945,7 +989,8 @@ def _frame_view(
         ndvi=mean,
         ndvi_p10=p10,
         ndvi_p90=p90,
-        observed_fraction=float(frame["observed"].values[mask].mean()),
+        observed_fraction=float(frame["observed"].values[covered].mean()),
+        blank_fraction=float(1.0 - shown.sum() / mask.sum()),
     )
 
 

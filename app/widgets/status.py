@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.services import RunPanel
 from app.state import PageState
 from core.season import SeasonResult
 
@@ -18,7 +19,18 @@ def show_messages(state: PageState) -> None:
     }
     for message in state.messages:
         shown.get(message.kind, st.info)(message.text)
+        if message.details is not None:
+            with st.expander("Technical details"):
+                st.exception(message.details)
     state.messages.clear()
+
+
+def run_panel(panel: RunPanel) -> None:
+    """How the Run that just ended went: its headline and stages, in a box."""
+    box = st.container(border=True)
+    box.markdown(f"**{panel.headline}**")
+    for stage in panel.stages:
+        box.caption(f"• {stage}")
 
 
 def result_summary(result: SeasonResult) -> None:

@@ -71,6 +71,8 @@ def frames_row(result: SeasonResult, index: int) -> None:
         _raw(frame)
     with columns[1]:
         _picture(frame.rgb_png, _recon_caption(result, frame), "Reconstructed true colour")
+        if frame.blank_fraction >= 0.005:
+            st.caption(_blank_caption(result, frame))
     with columns[2]:
         _picture(frame.ndvi_png, "Reconstructed NDVI", "Reconstructed NDVI")
         _legend("ndvi", "-0.2", "NDVI", "1.0")
@@ -140,6 +142,17 @@ def _recon_caption(result: SeasonResult, frame: FrameView) -> str:
     return (
         f"Reconstructed ({result.request.method}): {ndvi}, {frame.observed_fraction:.0%} observed"
     )
+
+
+def _blank_caption(result: SeasonResult, frame: FrameView) -> str:
+    method = result.request.method
+    text = (
+        f"Blank: {frame.blank_fraction:.0%} of the field, pixels with no clear observation "
+        f"in the period (or outside the imagery) that {method} could draw from."
+    )
+    if method != "model":
+        text += " The model fills pixels never clear from the pixels around them and the radar."
+    return text
 
 
 def _radar(result: SeasonResult, index: int) -> None:

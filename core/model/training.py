@@ -42,6 +42,7 @@ from core.model.features import (
 )
 from core.model.flow import path_point, sample_tau, velocity_target
 from core.model.network import FieldFlowNet
+from core.progress import beat
 
 Progress = Callable[[int, int, dict[str, float]], None]
 CONTEXT_FRAMES = 12
@@ -702,7 +703,10 @@ def episode_predictions(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`residual_draws` of every episode, concatenated: mean, base, draws, truth."""
     generator = torch.Generator().manual_seed(seed)
-    parts = [residual_draws(model, ep, samples, steps, generator, device) for ep in episodes]
+    parts = []
+    for i, ep in enumerate(episodes):
+        parts.append(residual_draws(model, ep, samples, steps, generator, device))
+        beat(MEASURE_BEAT, i + 1, len(episodes))
     return (
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
@@ -777,6 +781,12 @@ def blend_targets(
     return np.concatenate(smoother), np.concatenate(band), np.concatenate(key)
 
 
+ADAPT_BEAT = "tuning the model to this field"
+"""What :func:`adapt` reports to :func:`core.progress.beat`, a step at a time."""
+MEASURE_BEAT = "measuring the model's error on this field"
+"""What :func:`episode_predictions` reports, an episode at a time (the field's band and blend
+are fitted from these)."""
+
 ADAPT_BATCH_SIZE = 4
 """Episodes per step of per-field adaptation."""
 
@@ -841,4 +851,5 @@ def adapt(
         torch.nn.utils.clip_grad_norm_(tuned.parameters(), 1.0)
         optimizer.step()
         done += 1
+        beat(ADAPT_BEAT, done, steps)
     return tuned.eval()

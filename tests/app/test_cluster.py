@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from distributed import LocalCluster
 
-from tests.app.test_page import OpenPage, button, no_exceptions, state, texts
+from tests.app.test_page import OpenPage, button, no_exceptions, press_run, state, texts
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_run_reconstructs_on_the_cluster_named_by_the_environment(
     # a busy machine (tuning itself: tests/unit/test_model_inference.py and the demo Run of
     # tests/app/test_page.py, which keeps the default).
     page.number_input(key="adapt_steps").set_value(0).run()
-    button(page, "Run").click().run()
+    press_run(page)
     no_exceptions(page)
     assert not page.error, texts(page, "error")
     assert state(page).result is not None
@@ -45,7 +45,7 @@ def test_an_unreachable_scheduler_is_a_clear_message(
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:9")
     page = open_page()
     button(page, "Demo field").click().run()
-    button(page, "Run").click().run()
+    press_run(page)
     no_exceptions(page)
     assert any("Dask scheduler" in t for t in texts(page, "error")), texts(page, "error")
     assert state(page).result is None

@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import json
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -45,6 +46,26 @@ def button(page: AppTest, label: str):
     matches = [b for b in page.button if b.label == label]
     assert matches, f"no button {label!r}; have {[b.label for b in page.button]}"
     return matches[0]
+
+
+def press_run(page: AppTest, timeout_s: float = 180.0) -> AppTest:
+    """Press Run and rerun the page until the Run has ended. In a browser the page follows the
+    Run from a fragment that reruns on a timer; AppTest has no timer, so whole reruns stand in
+    for it (the fragment runs inline in each)."""
+    button(page, "Run").click().run()
+    return follow(page, timeout_s)
+
+
+def follow(page: AppTest, timeout_s: float = 180.0) -> AppTest:
+    """Rerun the page until the Run it follows has ended (or ``timeout_s`` passed)."""
+    deadline = time.monotonic() + timeout_s
+    while state(page).running is not None:
+        assert time.monotonic() < deadline, "the Run did not end in time"
+        job = services.jobs().job(state(page).running)
+        if job is not None:  # no rerun until it ends: each takes the cores from the Run
+            job.wait(max(0.0, deadline - time.monotonic()))
+        page.run()
+    return page
 
 
 def texts(page: AppTest, kind: str) -> list[str]:
@@ -132,7 +153,7 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert page.date_input(key="period_start").value == dt.date(2018, 3, 1)
     assert "6.29 ha" in texts(page, "success")[-1]
 
-    button(page, "Run").click().run()
+    press_run(page)
     no_exceptions(page)
     assert not page.error, texts(page, "error")
     result: SeasonResult = state(page).result
@@ -197,7 +218,7 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     assert "uploaded (north.geojson)" in texts(page, "success")[-1]
     set_period(page, *SITE_WINDOW.values())
 
-    button(page, "Run").click().run()
+    press_run(page)
     no_exceptions(page)
     assert not page.error, texts(page, "error")
     result: SeasonResult = state(page).result
@@ -210,7 +231,7 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
 
     # The same inputs again: served from the in-memory cache, without a request to the servers.
     site.reset()
-    button(page, "Run").click().run()
+    press_run(page)
     assert state(page).result.key == result.key
     assert state(page).result is result  # the one cached object, not an unpickled copy
     assert any(t.startswith("**Computed in") for t in texts(page, "markdown"))  # replayed
@@ -233,13 +254,13 @@ def test_a_run_missing_radar_for_a_passing_reason_is_not_kept_and_run_again_gets
     set_period(page, "2018-05-01", "2018-06-10")  # a period no other test runs (no cache hit)
     clear_gdal_http_cache()  # GDAL would answer from the radar read by earlier tests
     site.cog_server.faults.deny("/sentinel1-grd-rtc/", 403)
-    button(page, "Run").click().run()
+    press_run(page)
     no_exceptions(page)
     first: SeasonResult = state(page).result
     assert first.frames_loaded["s1"] == 0 and not first.complete
     assert any("Sentinel-1 unavailable (access refused)" in n for n in first.notes)
     site.cog_server.faults.clear()
-    button(page, "Run").click().run()
+    press_run(page)
     no_exceptions(page)
     again: SeasonResult = state(page).result
     assert again is not first and again.complete
@@ -252,14 +273,14 @@ def test_period_without_scenes_says_so_and_the_page_stays_usable(
     page = open_page(site.stac_url)
     upload(page, "north.geojson", site_field_geojson(site)).run()
     set_period(page, "2018-01-01", "2018-01-31")
-    button(page, "Run").click().run()
+    press_run(page)
     no_exceptions(page)
     assert any(
         "No sentinel-2-l2a scenes" in t and "wider period" in t for t in texts(page, "error")
     )
     assert state(page).result is None
     set_period(page, *SITE_WINDOW.values())
-    button(page, "Run").click().run()
+    press_run(page)
     assert state(page).result is not None and not page.error
 
 
@@ -360,7 +381,7 @@ def test_upload_with_several_polygons_asks_which_one(open_page: OpenPage) -> Non
 def test_two_sessions_do_not_share_fields_or_results(open_page: OpenPage) -> None:
     first = open_page()
     button(first, "Demo field").click().run()
-    button(first, "Run").click().run()
+    press_run(first)
     assert state(first).result is not None
     second = open_page()  # another browser session of the same server process
     assert state(second).field is None and state(second).result is None
@@ -373,7 +394,7 @@ def test_kept_results_are_bounded_by_the_memory_they_hold(
 ) -> None:
     def run_demo(page: AppTest, method: str) -> SeasonResult:
         page.selectbox(key="method").set_value(method).run()
-        button(page, "Run").click().run()
+        press_run(page)
         no_exceptions(page)
         assert not page.error, texts(page, "error")
         return state(page).result
@@ -405,7 +426,7 @@ def test_a_season_file_too_large_for_the_page_is_not_offered_and_says_why(
     page = open_page()
     button(page, "Demo field").click().run()
     page.selectbox(key="method").set_value("linear").run()
-    button(page, "Run").click().run()
+    press_run(page)
     no_exceptions(page)
     offer = [n for n in page.get("download_button") if "(NetCDF)" in n.proto.label]
     assert len(offer) == 1 and offer[0].proto.disabled
@@ -436,24 +457,30 @@ def test_a_wrong_setting_in_the_environment_is_named_on_the_page(
     assert not page.button  # nothing to press until the server is set up right
 
 
-def test_a_run_stopped_by_a_rerun_carries_on_and_one_whose_inputs_changed_does_not(
+def test_a_run_computes_apart_from_the_page_and_stops_when_its_inputs_change(
     open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Streamlit stops a running script when any widget changes: the Run was started (its key
-    # noted) and never finished. The next rerun, with the same inputs, picks it up unasked.
+    # The page's script must not wait for a Run: while it ran, Streamlit held every other
+    # rerun (a field drawn on the map was taken only when the Run ended). The script ends at
+    # once with the Run's progress drawn; the Run goes on as a job that later reruns follow.
     monkeypatch.setattr(services, "session_id", lambda: "session-1")
     page = open_page()
     button(page, "Demo field").click().run()
     page.selectbox(key="method").set_value("linear").run()
     button(page, "Run").click().run()
-    key = state(page).result.key
-    assert state(page).running is None  # a finished Run leaves nothing pending
-    state(page).result, state(page).running = None, key
-    page.run()  # no click
     no_exceptions(page)
-    assert state(page).result is not None and state(page).result.key == key
-    assert state(page).running is None
-    assert page.get("plotly_chart"), "the carried-on Run's results are not shown"
+    key = state(page).running
+    assert key is not None and state(page).result is None  # the script did not wait
+    job = services.jobs().job(key)
+    assert job is not None and page.get("progress"), "no progress drawn for the running Run"
+    page.run()  # another rerun (the user did something else) follows the same job
+    assert services.jobs().job(key) in (job, None)  # the same one, or collected once ended
+    follow(page)
+    no_exceptions(page)
+    result = state(page).result
+    assert result is not None and result.key == key and job.result is result  # not restarted
+    assert any(t.startswith("**Computed in") for t in texts(page, "markdown"))
+    assert page.get("plotly_chart"), "the Run's results are not shown"
 
     # Stopped by a change of its inputs (here the method): forgotten, and the page says so.
     # Its job, still going (here one that never ends by itself), is stopped.
@@ -466,6 +493,35 @@ def test_a_run_stopped_by_a_rerun_carries_on_and_one_whose_inputs_changed_does_n
     assert any("changed during the Run" in t for t in texts(page, "info"))
     assert job.wait(10) and isinstance(job.error, JobCancelled)
     assert key not in services.jobs().running()
+
+    # "Clear field" during a Run stops it too (it ran on unseen before).
+    page.selectbox(key="method").set_value("linear").run()
+    job = services.jobs().join(key, lambda progress: _forever(progress, still), "session-1")
+    state(page).running = key
+    button(page, "Clear field").click().run()
+    no_exceptions(page)
+    assert state(page).field is None and state(page).running is None
+    assert job.wait(10) and isinstance(job.error, JobCancelled)
+
+
+def test_a_failed_run_says_why_and_where_it_stopped(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = open_page()
+    button(page, "Demo field").click().run()
+    page.selectbox(key="method").set_value("linear").run()
+
+    def broken(*_args, **_kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(services, "compute_season", broken)
+    press_run(page)
+    assert texts(page, "error") == ["Something unexpected went wrong (ZeroDivisionError)."]
+    details = [e for e in page.expander if e.label == "Technical details"]
+    assert details and [x.message for x in details[0].exception] == ["a bug"]  # folded
+    assert len(page.exception) == 1
+    assert any(t == "**Stopped while starting.**" for t in texts(page, "markdown"))
+    assert state(page).result is None and state(page).running is None
 
 
 def _forever(progress, still: threading.Event) -> None:

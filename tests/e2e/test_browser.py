@@ -380,3 +380,27 @@ def test_a_run_carries_on_when_the_user_does_something_else_meanwhile(
     wait_idle(page)
     shot(page, "10-run-carried-on")
     no_app_errors(page, js_errors)
+
+
+def test_a_field_drawn_during_a_run_is_taken_at_once(page, js_errors) -> None:
+    # The page follows a Run from a fragment on a timer: its script is not held, so the map
+    # (a fragment of its own, which Streamlit holds while the page's script runs) answers.
+    # Before, a field drawn mid-Run was taken only when the Run ended (38 s later here).
+    page.get_by_text("Use the offline demo cube").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Demo field").click()
+    page.get_by_text("Demo data: the offline cube").wait_for()
+    wait_idle(page)
+    set_period(page, "2018-03-15", "2018-08-31")  # a period no other test runs
+    page.get_by_role("button", name="Run").click()
+    page.locator('[data-testid="stProgress"]').first.wait_for(timeout=RUN_TIMEOUT_MS)
+    drawn = time.monotonic()
+    draw_rectangle(page, 60, 40)
+    page.get_by_text("changed during the Run").wait_for(timeout=30_000)
+    summary = page.locator('[data-testid="stSidebar"] [data-testid="stAlertContentSuccess"]')
+    assert "drawn on the map" in summary.inner_text()
+    assert time.monotonic() - drawn < 30
+    assert page.get_by_text("Computed in").count() == 0  # the old Run was not waited for
+    assert page.locator('[data-testid="stProgress"]').count() == 0  # nor is it followed
+    shot(page, "11-drawn-during-run")
+    no_app_errors(page, js_errors)

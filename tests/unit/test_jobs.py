@@ -8,7 +8,8 @@ import time
 import pytest
 
 from core.errors import InputError
-from core.jobs import UNCLAIMED_KEEP_S, JobBoard, JobCancelled, Report, latest_per_stage
+from core.jobs import UNCLAIMED_KEEP_S, JobBoard, JobCancelled, Report, seconds_left
+from core.progress import beat
 
 
 class Steps:
@@ -99,8 +100,34 @@ def test_a_finished_job_nobody_collects_is_dropped_after_a_while() -> None:
     assert board.join("run-a", Steps(0), "session-2") is not job
 
 
-def test_a_backlog_counts_from_the_last_report_of_each_stage() -> None:
-    reports = [Report("fetching", 0, 4), Report("fetching", 4, 4), Report("reconstructing", 0, 9),
-               Report("reconstructing", 3, 9)]  # fmt: skip
-    assert latest_per_stage(reports) == [reports[1], reports[3]]
-    assert latest_per_stage([]) == []
+def test_a_cancelled_job_stops_inside_an_inner_loop_that_only_beats() -> None:
+    # Tuning the model to a field reports no stage progress, only core.progress.beat: a job
+    # nobody waits for any more must stop there too, not keep the cores to the loop's end.
+    started, steps = threading.Event(), []
+
+    def tuning(progress) -> None:
+        progress("reconstructing", 0, 10)
+        for i in range(10_000):
+            started.set()
+            steps.append(i)
+            beat("tuning the model to this field", i + 1, 10_000)
+            time.sleep(0.001)
+
+    board = JobBoard()
+    job = board.join("run-a", tuning, "session-1")
+    assert started.wait(5)
+    _until(lambda: any(r.stage.startswith("tuning") for r in job.reports()))
+    assert board.leave("run-a", "session-1")
+    assert job.wait(5) and isinstance(job.error, JobCancelled)
+    assert len(steps) < 10_000
+    beat("outside any job", 1, 1)  # nobody listens: nothing happens
+
+
+def test_time_left_comes_from_the_reports_own_times_and_counts_down_between_them() -> None:
+    reports = [Report("fetching", 4, 4, at=0.0), Report("reconstructing", 0, 100, at=10.0),
+               Report("reconstructing", 10, 100, at=40.0),  # fits before: not in the pace
+               Report("reconstructing", 30, 100, at=50.0)]  # fmt: skip
+    assert seconds_left(reports, now=50.0) == 35.0  # 2 days a second, 70 left
+    assert seconds_left(reports, now=60.0) == 25.0  # no report since: counting down
+    assert seconds_left(reports[:3], now=40.0) is None  # no pace yet
+    assert seconds_left([], now=0.0) is None

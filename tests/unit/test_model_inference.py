@@ -474,6 +474,27 @@ def test_per_field_adaptation_batch_does_not_follow_the_training_batch(
     assert sizes == [3]
 
 
+def test_per_field_adaptation_and_calibration_report_each_step(cubes_dir) -> None:
+    # A Run's bar moves during them, and a Run no longer wanted stops there (core.jobs).
+    from core.model import training
+    from core.progress import listening
+
+    heard: list[tuple[str, int, int]] = []
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    config = TrainConfig(batch_size=8, crop=16, min_frames=6, max_frames=8)
+    with listening(lambda *step: heard.append(step)):
+        model = training.adapt(FieldFlowNet(TINY), series, 3, config)
+    assert heard == [(training.ADAPT_BEAT, i, 3) for i in (1, 2, 3)]
+    episodes = training.validation_episodes(
+        [series], 2, config, seed=0, smooth_features=TINY.smooth_features, patch=TINY.patch
+    )
+    assert episodes
+    heard.clear()
+    with listening(lambda *step: heard.append(step)):
+        training.episode_predictions(model, episodes, samples=2, steps=1)
+    assert heard == [(training.MEASURE_BEAT, i + 1, len(episodes)) for i in range(len(episodes))]
+
+
 def test_per_field_adaptation_tunes_once_per_cube(flanders_cube, tmp_path, monkeypatch) -> None:
     import core.model.training as training
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 
 from core import season as season_module
 from core.config import Settings
+from core.cube import write_cube
 from core.curve import CURVE_COLUMNS
 from core.demo import DEMO_CUBE_NAME, demo_field
 from core.errors import FieldError, InputError, NoScenesError
@@ -252,6 +254,46 @@ def test_offline_cube_period_without_scenes_and_field_outside(request_: SeasonRe
         compute_season(dataclasses.replace(request_, field=far), Settings())
     with pytest.raises(InputError, match="before it starts"):
         compute_season(dataclasses.replace(request_, start=END, end=START), Settings())
+
+
+def test_a_field_partly_outside_the_imagery_is_said_and_measured_over_the_rest(
+    request_: SeasonRequest,
+) -> None:
+    # Moved east by about half its width, the demo parcel sticks out of the cube's east edge.
+    # Said nowhere before, and its clear shares counted the part outside as never clear (no
+    # day was "mostly clear").
+    field = request_.field
+    west, _, east, _ = field.geometry.bounds
+    moved = Field(shapely.affinity.translate(field.geometry, xoff=(east - west) / 2), "Moved")
+    short = dataclasses.replace(request_, field=moved, end=dt.date(2018, 5, 31), method="linear")
+    result = compute_season(short, Settings())
+    note = next((n for n in result.notes if "outside the imagery" in n), None)
+    assert note is not None, result.notes
+    share = float(re.search(r"About (\d+)%", note)[1]) / 100
+    assert 0.2 < share < 0.8
+    whole = compute_season(dataclasses.replace(short, field=field), Settings())
+    assert not any("outside the imagery" in n for n in whole.notes)
+    # Shares are of the covered part: a fully clear day reads as 1, not as the covered share.
+    assert max(e.clear_fraction or 0 for e in result.timeline) > 0.95
+
+
+def test_pixels_never_clear_are_counted_as_blank_in_a_baselines_frames(
+    request_: SeasonRequest, flanders_cube, tmp_path: Path
+) -> None:
+    # Linear interpolation has nothing to draw a pixel never clear from: its frames show a
+    # hole there, which the page explains with this share.
+    cube, grid = crop_to_field(flanders_cube, request_.field)
+    mask = season_module.field_mask(request_.field, grid)
+    rows = np.flatnonzero(mask.any(axis=1))
+    hidden = np.zeros_like(mask)
+    hidden[rows[: rows.size // 3]] = True  # the field's northern third: never clear
+    cube = cube.copy(deep=True)
+    cube["valid"].values[:, hidden] = 0
+    path = write_cube(cube, tmp_path / "never-clear.nc")
+    short = dataclasses.replace(request_, end=dt.date(2018, 5, 31), method="linear", cube_path=path)
+    result = compute_season(short, Settings())
+    expected = (hidden & mask).sum() / mask.sum()
+    assert all(f.blank_fraction == pytest.approx(expected, abs=0.01) for f in result.frames)
 
 
 def test_crop_to_field_clips_the_window_to_the_cube(flanders_cube, request_) -> None:
