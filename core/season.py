@@ -396,9 +396,9 @@ def compute_season(
     views: dict[np.datetime64, FrameView] = {}
     fits: list[str] = []
     n_days = int((last - first).astype(int)) + 1
+    # The model's fits on the field (tuning, error measurement) come inside the first chunk
+    # and report their own steps as stages (core.progress.beat).
     stage = f"reconstructing {n_days} days and drawing {len(days)} frames ({request.method})"
-    if request.method == "model" and options.adapt_steps:
-        stage += f", tuning it to the field first ({options.adapt_steps} steps)"
     report(stage, 0, n_days)
 
     def draw(dates: np.ndarray, result: xr.Dataset) -> None:

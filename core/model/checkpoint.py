@@ -79,6 +79,7 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Pat
         "state_dict": {k: v.detach().cpu() for k, v in checkpoint.model.state_dict().items()},
     }
     payload["weights_sha256"] = weights_digest(payload["state_dict"])
+    payload["settings_sha256"] = settings_digest(payload)
     with atomic_output(target) as tmp:
         torch.save(payload, tmp)
     with atomic_output(target.with_suffix(".json")) as tmp:
@@ -119,6 +120,14 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
             "saved with them (a bad copy or disk?). Copy it again, restore the shipped "
             "assets/model.pt, or retrain with 'python -m core train'."
         )
+    expected = payload.get("settings_sha256")  # nor checkpoints saved before 2026-12-03
+    if expected is not None and settings_digest(payload) != expected:
+        raise InputError(
+            f"The model checkpoint {source} is damaged: its settings (configuration, band "
+            "width, record) do not match the digest saved with them (a bad copy, or edited by "
+            "hand?). Copy it again, restore the shipped assets/model.pt, or retrain with "
+            "'python -m core train'."
+        )
     try:
         model = FieldFlowNet(ModelConfig.from_dict(payload["model_config"]))
         model.load_state_dict(payload["state_dict"])
@@ -155,6 +164,19 @@ def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+SETTINGS_KEYS = ("model_config", "train_config", "spread_scale", "record")
+"""What a checkpoint holds besides its weights: the settings digest covers these. A changed
+``spread_scale`` (the band's width) or config value loads without any error, so only a digest
+tells."""
+
+
+def settings_digest(payload: dict[str, object]) -> str:
+    """SHA-256 of a checkpoint payload's :data:`SETTINGS_KEYS`, as canonical JSON."""
+    settings = {key: payload.get(key) for key in SETTINGS_KEYS}
+    text = json.dumps(settings, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _summary(payload: dict[str, object]) -> dict[str, object]:

@@ -387,6 +387,26 @@ def test_a_checkpoint_with_flipped_bytes_in_its_weights_is_refused(tmp_path) -> 
     assert load_checkpoint(DEFAULT_CHECKPOINT).record  # the shipped one carries a true digest
 
 
+def test_a_checkpoint_with_changed_settings_is_refused(tmp_path) -> None:
+    # A band width or config value changed (by hand, or a damaged copy) loads without error
+    # and the model answers differently: the settings digest tells.
+    from core.config import DEFAULT_CHECKPOINT
+
+    payload = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+    assert "settings_sha256" in payload  # the shipped one carries it
+    edited = tmp_path / "edited.pt"
+    for change in (
+        lambda p: p.update(spread_scale=p["spread_scale"] * 1.01),
+        lambda p: p["model_config"].update(tile=p["model_config"]["tile"] // 2),
+        lambda p: p["record"].update(seen_sites=[]),
+    ):
+        changed = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+        change(changed)
+        torch.save(changed, edited)
+        with pytest.raises(InputError, match="is damaged: its settings"):
+            load_checkpoint(edited)
+
+
 def test_device_selection() -> None:
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
