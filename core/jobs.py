@@ -98,10 +98,10 @@ class Job(Generic[T]):
         it has."""
         return self._done.wait(timeout_s)
 
-    def reports(self, since: int = 0) -> list[Report]:
-        """The progress reports from the ``since``-th on (all of them by default)."""
+    def reports(self) -> list[Report]:
+        """The progress reports so far (a copy)."""
         with self._lock:
-            return self._reports[since:]
+            return list(self._reports)
 
     def watch(self, watcher: str) -> None:
         with self._lock:
