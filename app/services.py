@@ -36,17 +36,20 @@ from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
 from core.errors import ClusterError
-from core.jobs import Job, JobBoard, Progress, Report, seconds_left
+from core.jobs import Job, JobBoard, Progress, Report, seconds_left, stage_spans
 from core.memory import MIB, MemoryBudget
-from core.progress import time_left_text
+from core.progress import duration_text, time_left_text
 from core.reconstruct import Reconstructor
 from core.reconstruct import reconstruct as core_reconstruct
 from core.season import (
     DayView,
+    PlannedStage,
     SeasonRequest,
     SeasonResult,
     compute_season,
     load_model,
+    run_plan,
+    stages_to_come,
 )
 from core.season import (
     day_view as core_day_view,
@@ -166,10 +169,11 @@ def watch_run(request: SeasonRequest, config: Settings) -> Finished | None:
         RunStopped: the Run failed; its cause and the stage it stopped in.
     """
     key = request.key(config.stac_api_url)
-    compute = _computation(request, config, reconstructor())
+    runner = reconstructor()
+    compute = _computation(request, config, runner)
     job = jobs().join(key, compute, session_id(), retry_failed=False)
     if not job.done:
-        _draw_progress(job)
+        _draw_progress(job, run_plan(request, in_process=runner is core_reconstruct))
         return None
     return _keep(key, compute, config)
 
@@ -219,27 +223,44 @@ def result_budget(limit_mb: float) -> MemoryBudget:
     return MemoryBudget(limit_mb * MIB, max_entries=SEASON_CACHE_ENTRIES)
 
 
-def _draw_progress(job: Job[SeasonResult]) -> None:
+def _draw_progress(job: Job[SeasonResult], plan: tuple[PlannedStage, ...]) -> None:
     """The job's progress as it stands: the current stage as the headline, a bar with its
-    share done and the time left, and the stages so far."""
+    share done and the time left in it, the stages so far with the time each took, the
+    stages of ``plan`` still to come, and the Run's time so far."""
     reports = job.reports()
     panel = st.container(border=True)
     if not reports:
         panel.markdown("**Starting…**")
         panel.progress(0.0, text="starting…")
         return
+    now = time.monotonic()
     last = reports[-1]
     panel.markdown(f"**{last.stage[:1].upper()}{last.stage[1:]}…**")
     fraction = min(1.0, last.done / last.total) if last.total > 0 else 0.0
-    left = time_left_text(seconds_left(reports, time.monotonic()))
-    text = f"{last.stage}: {last.done} of {last.total}" + (f" ({left})" if left else "")
-    panel.progress(fraction, text=text)
-    for stage in _stages(reports):
-        panel.caption(f"• {stage}")
+    left = time_left_text(seconds_left(reports, now))
+    count = f"{last.done} of {last.total}" if last.total > 1 else "under way"
+    panel.progress(fraction, text=count + (f" · this stage: {left}" if left else ""))
+    for line in _stage_lines(reports, now):
+        panel.caption(line)
+    to_come = stages_to_come(plan, last.stage)
+    if to_come:
+        panel.caption("Then: " + "; ".join(to_come) + ".")
+    panel.caption(f"The Run so far: {duration_text(now - job.started_at)}.")
 
 
-def _stages(reports: list[Report]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(report.stage for report in reports))
+_MARK = {"running": "▸", "done": "✓", "stopped": "✗"}
+_AFTER = {"running": " so far", "done": "", "stopped": ", stopped there"}
+
+
+def _stage_lines(reports: list[Report], now: float, run: str = "running") -> tuple[str, ...]:
+    """A line per stage, with the time spent in it: ✓ for one done; the last one ▸ while the
+    Run is ``"running"``, ✓ once it is ``"done"``, ✗ when it ``"stopped"`` there (``now``:
+    when the job ended, for an ended one)."""
+    return tuple(
+        f"{_MARK[run] if span.current else '✓'} {span.stage} "
+        f"({duration_text(span.seconds)}{_AFTER[run] if span.current else ''})"
+        for span in stage_spans(reports, now)
+    )
 
 
 @st.cache_resource(show_spinner=False)  # bounded by result_budget
@@ -250,9 +271,11 @@ def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> Finished:
     job.wait(None)
     board.collect(key, job)
     reports = job.reports()
+    ended = job.finished_at if job.finished_at is not None else time.monotonic()
     if job.error is not None:  # raised, and nothing is kept
         stage = reports[-1].stage if reports else "starting"
-        raise RunStopped(job.error, RunPanel(f"Stopped while {stage}.", _stages(reports)))
+        stages = _stage_lines(reports, ended, "stopped")
+        raise RunStopped(job.error, RunPanel(f"Stopped while {stage}.", stages))
     result = job.outcome()
     frames = result.frames_loaded
     headline = (
@@ -260,7 +283,7 @@ def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> Finished:
         f"{frames.get('s2', 0)} Sentinel-2 and {frames.get('s1', 0)} Sentinel-1 frames "
         f"({result.source})."
     )
-    return Finished(result, RunPanel(headline, _stages(reports)))
+    return Finished(result, RunPanel(headline, _stage_lines(reports, ended, "done")))
 
 
 @st.cache_data(max_entries=64, show_spinner="Reconstructing that day…")

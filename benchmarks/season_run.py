@@ -43,6 +43,7 @@ from core.cube import read_cube, write_cube
 from core.distributed import Cluster, connect, local_cluster, reconstructor
 from core.field import Field
 from core.model.inference import clear_field_cache
+from core.progress import listening
 from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
 from core.season import SeasonRequest, compute_season
 from core.timeline import calendar_day
@@ -186,9 +187,10 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
             if not marks or marks[-1][0] != stage:
                 marks.append((stage, time.perf_counter()))
 
-        result = compute_season(
-            request, Settings.from_env(), progress=progress, reconstructor=runner
-        )
+        with listening(progress):  # the tuning's and error measurement's steps, as the app's
+            result = compute_season(
+                request, Settings.from_env(), progress=progress, reconstructor=runner
+            )
         total = time.perf_counter() - began
         ends = [t for _, t in marks[1:]] + [began + total]
         print(

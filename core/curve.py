@@ -42,6 +42,7 @@ from core.cube import bands_present, ndvi_band_problem, validate_cube
 from core.errors import InputError
 from core.indices import ndvi
 from core.model.blend import nearest_clear_days
+from core.progress import portion
 from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
     PIXELWISE_METHODS,
@@ -159,7 +160,10 @@ def ndvi_curve(
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
     fits: dict[str, object] = {}
     for chunk in curve_chunks(cube, dates.size, options.samples):
-        result = reconstructor(cube, dates[chunk], method, options)
+        # A method that reports parts of its call (core.progress.part: the model's tiles)
+        # moves the progress within the chunk; a large field's chunk takes a minute or more.
+        with portion(_within(progress, chunk, dates.size)):
+            result = reconstructor(cube, dates[chunk], method, options)
         mean[chunk], p10[chunk], p90[chunk] = field_ndvi_band(result, mask)
         fits = {k: v for k, v in result.attrs.items() if k.startswith(FIT_ATTR_PREFIXES)}
         if on_chunk is not None:
@@ -316,6 +320,16 @@ def _field_mean(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN frame -> NaN
         return np.nanmean(frames[:, mask].astype(np.float64), axis=1)
+
+
+def _within(
+    progress: Callable[[int, int], None] | None, chunk: slice, total: int
+) -> Callable[[float], None]:
+    """``progress`` in dates done for a fraction done of ``chunk``'s reconstruction."""
+    if progress is None:
+        return lambda _fraction: None
+    size = chunk.stop - chunk.start
+    return lambda fraction: progress(chunk.start + int(fraction * size), total)
 
 
 def curve_chunks(cube: xr.Dataset, n_dates: int, samples: int) -> list[slice]:

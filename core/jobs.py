@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from core.progress import StageClock, listening
+from core.progress import PART, StageClock, listening
 
 T = TypeVar("T")
 
@@ -60,10 +60,12 @@ class Job(Generic[T]):
         self._done = threading.Event()
         self.result: T | None = None
         self.error: BaseException | None = None
+        self.started_at = time.monotonic()
         self.finished_at: float | None = None
         self._thread = threading.Thread(target=self._run, name="fieldflow-job", daemon=True)
 
     def start(self) -> Job[T]:
+        self.started_at = time.monotonic()
         self._thread.start()
         return self
 
@@ -82,8 +84,12 @@ class Job(Generic[T]):
     def _report(self, stage: str, done: int, total: int) -> None:
         if self._cancelled:
             raise JobCancelled
+        if stage == PART:  # a share of no stage the job knows (core.progress.part): stop here only
+            return
         with self._lock:
-            self._reports.append(Report(stage, done, total, time.monotonic()))
+            last = self._reports[-1] if self._reports else None
+            if last is None or (last.stage, last.done, last.total) != (stage, done, total):
+                self._reports.append(Report(stage, done, total, time.monotonic()))
 
     @property
     def done(self) -> bool:
@@ -189,6 +195,37 @@ class JobBoard:
         for key, job in list(self._jobs.items()):
             if job.finished_at is not None and now - job.finished_at > UNCLAIMED_KEEP_S:
                 del self._jobs[key]
+
+
+@dataclass(frozen=True)
+class StageSpan:
+    """How long a job spent in one stage so far, from its reports."""
+
+    stage: str
+    seconds: float
+    done: int
+    total: int
+    current: bool
+    """The stage of the last report (still going while the job runs)."""
+
+
+def stage_spans(reports: list[Report], now: float) -> list[StageSpan]:
+    """The stages of ``reports`` in the order they first came, each with the seconds from its
+    first report to the next stage's (the current one: to ``now``) summed over every stretch
+    in it, and its last counts."""
+    if not reports:
+        return []
+    seconds: dict[str, float] = {}
+    last: dict[str, Report] = {}
+    for report, after in zip(reports, [*reports[1:], None], strict=True):
+        last[report.stage] = report
+        until = now if after is None else after.at
+        seconds[report.stage] = seconds.get(report.stage, 0.0) + max(0.0, until - report.at)
+    current = reports[-1].stage
+    return [
+        StageSpan(stage, seconds[stage], last[stage].done, last[stage].total, stage == current)
+        for stage in seconds
+    ]
 
 
 def seconds_left(reports: list[Report], now: float) -> float | None:

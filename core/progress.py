@@ -62,10 +62,27 @@ def time_left_text(seconds: float | None) -> str | None:
     return f"about {minutes / 60:.1f} h left"
 
 
+def duration_text(seconds: float) -> str:
+    """``"0.4 s"``, ``"52 s"``, ``"3 min 10 s"``, ``"1 h 05 min"``: a time taken, to the
+    precision that matters at its size."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
+
+
 Beat = Callable[[str, int, int], None]
 """``(what, done, total)``: a step of a long piece of work deep inside a computation."""
 
 _listener: ContextVar[Beat | None] = ContextVar("fieldflow_beat", default=None)
+
+
+PART = ""
+"""The ``what`` of a :func:`part` beat: a share of the work of whoever called in, unnamed."""
 
 
 def beat(what: str, done: int, total: int) -> None:
@@ -81,6 +98,15 @@ def beat(what: str, done: int, total: int) -> None:
         listener(what, done, total)
 
 
+def part(done: int, total: int) -> None:
+    """Say that ``done`` of ``total`` parts of the current piece of work are done, without
+    naming it: the caller that knows what the piece is (e.g. the chunk of days a Run's curve is
+    reconstructing) turns it into its own progress (:func:`portion`). A loop that does not know
+    what it serves calls this (the tiles of one reconstruction call); like :func:`beat`, the
+    listener may raise to stop it."""
+    beat(PART, done, total)
+
+
 @contextmanager
 def listening(listener: Beat) -> Iterator[None]:
     """Send the :func:`beat` calls made in this thread (context) to ``listener`` while inside."""
@@ -89,3 +115,20 @@ def listening(listener: Beat) -> Iterator[None]:
         yield
     finally:
         _listener.reset(token)
+
+
+@contextmanager
+def portion(share: Callable[[float], None]) -> Iterator[None]:
+    """While inside, :func:`part` beats go to ``share`` as the fraction done (0 to 1) of the
+    piece of work inside; named beats go on to the listener outside, as before."""
+    outer = _listener.get()
+
+    def listener(what: str, done: int, total: int) -> None:
+        if what != PART:
+            if outer is not None:
+                outer(what, done, total)
+        elif total > 0:
+            share(min(1.0, max(0.0, done / total)))
+
+    with listening(listener):
+        yield

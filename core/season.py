@@ -396,10 +396,15 @@ def compute_season(
     views: dict[np.datetime64, FrameView] = {}
     fits: list[str] = []
     n_days = int((last - first).astype(int)) + 1
-    # The model's fits on the field (tuning, error measurement) come inside the first chunk
-    # and report their own steps as stages (core.progress.beat).
-    stage = f"reconstructing {n_days} days and drawing {len(days)} frames ({request.method})"
-    report(stage, 0, n_days)
+    frames_drawn = f"{n_days} days and drawing {len(days)} frames ({request.method})"
+    stage = RECONSTRUCTING_PREFIX + frames_drawn
+    if request.method == "model" and reconstructor is reconstruct:
+        # The model's fits on the field (tuning, error measurement) come first, inside the
+        # first chunk, and report their own steps as stages (core.progress.beat); this stage
+        # shows once the reconstruction proper starts (its tiles report as parts of a chunk).
+        report(PREPARING_STAGE, 0, 1)
+    else:  # on a cluster, the fits run on its worker and report nothing here
+        report(stage, 0, n_days)
 
     def draw(dates: np.ndarray, result: xr.Dataset) -> None:
         if not fits:
@@ -454,6 +459,50 @@ def compute_season(
         elapsed_s=time.perf_counter() - started,
         fits=tuple(fits),
     )
+
+
+PREPARING_STAGE = "preparing the field's series"
+"""A model Run's stage between reading the cube and its first fit on the field."""
+RECONSTRUCTING_PREFIX = "reconstructing "
+"""How the reports of a Run's last stage begin (days and frames are counted after it)."""
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """A stage a Run will go through once its data is read."""
+
+    prefix: str
+    """How its reports' stage begins."""
+    label: str
+    """How to name it before it starts."""
+
+
+def run_plan(request: SeasonRequest, in_process: bool = True) -> tuple[PlannedStage, ...]:
+    """The stages of ``request``'s Run after its data is read, in order (the fetch's own are
+    not known ahead: they depend on what the cache holds). ``in_process``: the reconstruction
+    runs here, not on a cluster (whose worker makes the model's fits without reporting them).
+    A period too short to tune skips the tuning it lists (:data:`MIN_ADAPT_FRAMES`)."""
+    stages = []
+    if request.method == "model" and in_process:
+        from core.model.training import ADAPT_BEAT, MEASURE_BEAT  # torch: only for the model
+
+        options = request.options
+        stages.append(PlannedStage(PREPARING_STAGE, PREPARING_STAGE))
+        if options.adapt_steps > 0:
+            stages.append(PlannedStage(ADAPT_BEAT, ADAPT_BEAT))
+        if options.blend_field or (options.calibrate_field and options.samples > 1):
+            stages.append(PlannedStage(MEASURE_BEAT, MEASURE_BEAT))
+    label = "reconstructing the period's days and drawing the frames"
+    return (*stages, PlannedStage(RECONSTRUCTING_PREFIX, label))
+
+
+def stages_to_come(plan: tuple[PlannedStage, ...], stage: str) -> tuple[str, ...]:
+    """The labels of ``plan``'s stages after ``stage``, the one a Run reports now (all of them
+    while it is still reading its data)."""
+    for i, planned in enumerate(plan):
+        if stage.startswith(planned.prefix):
+            return tuple(p.label for p in plan[i + 1 :])
+    return tuple(p.label for p in plan)
 
 
 NEVER_CLEAR_NOTE = (

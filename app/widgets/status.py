@@ -30,7 +30,7 @@ def run_panel(panel: RunPanel) -> None:
     box = st.container(border=True)
     box.markdown(f"**{panel.headline}**")
     for stage in panel.stages:
-        box.caption(f"• {stage}")
+        box.caption(stage)
 
 
 def result_summary(result: SeasonResult) -> None:

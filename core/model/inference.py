@@ -49,6 +49,7 @@ from core.model.features import (
 )
 from core.model.flow import SOLVERS
 from core.model.network import flow_in_bf16
+from core.progress import beat, part
 from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
@@ -490,6 +491,7 @@ def field_checkpoint(
         fit_spread_by_distance,
     )
     from core.model.training import (
+        MEASURE_BEAT,
         adapt,
         blend_targets,
         episode_predictions,
@@ -546,6 +548,7 @@ def field_checkpoint(
         )
         result = dataclasses.replace(result, model=model)
     if calibration_k or options.blend_field:
+        beat(MEASURE_BEAT, 0, FIELD_CALIBRATION_EPISODES)  # cutting the episodes takes seconds
         crop = FIELD_EPISODE_CROP or checkpoint.train_config.crop
         episodes = validation_episodes(
             [series],
@@ -806,6 +809,8 @@ def network_at(
     ]
     owner = tile_owners(height, width, tiles, config.tile, config.tile_overlap)
     passes = plan_passes(series.acquired, series.query_frame, config.s2_window)
+    parts = len(tiles) * len(passes)
+    part(0, parts)  # the reconstruction proper starts (the field's fits, if any, are done)
     blend = checkpoint.blend
     key = None
     if blend is not None:  # once for the field: tiles overlap, and each pixel's smoother is its own
@@ -826,7 +831,7 @@ def network_at(
         tile_h, tile_w, inputs = next(prepared)
         tokens = patches_touched(owned, config.patch)
         tile_mean = np.zeros((n_query, 10, tile_h, tile_w), np.float32)
-        for step in passes:
+        for done, step in enumerate(passes, start=index * len(passes) + 1):
             window = thin_s1(
                 select_frames(inputs, step.frames, config.s1_margin_days), config.max_s1_frames
             )
@@ -847,6 +852,7 @@ def network_at(
                 chosen = sampled[step.queries]
                 residual = (s - m[chosen][None])[..., :tile_h, :tile_w]
                 residuals[:, slot[step.queries[chosen]], :, ys, xs] += residual * owned
+            part(done, parts)  # a Run's bar moves, and a cancelled Run stops, within a chunk
         if blend is not None:  # samples move with their mean: their residuals stay
             tile_mean += blend.delta(tile_mean, smoother[:, :, ys, xs], key[:, ys, xs])
         mean[:, :, ys, xs] += tile_mean * ramp

@@ -814,6 +814,7 @@ def adapt(
     Returns:
         The adapted copy, in eval mode.
     """
+    beat(ADAPT_BEAT, 0, steps)
     tuned = copy.deepcopy(model).to(device)
     tuned.train()
     optimizer = torch.optim.AdamW(tuned.parameters(), lr=lr, weight_decay=0.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -473,6 +474,7 @@ def test_a_run_computes_apart_from_the_page_and_stops_when_its_inputs_change(
     assert key is not None and state(page).result is None  # the script did not wait
     job = services.jobs().job(key)
     assert job is not None and page.get("progress"), "no progress drawn for the running Run"
+    assert any(t.startswith("The Run so far: ") for t in texts(page, "caption"))
     page.run()  # another rerun (the user did something else) follows the same job
     assert services.jobs().job(key) in (job, None)  # the same one, or collected once ended
     follow(page)
@@ -480,6 +482,13 @@ def test_a_run_computes_apart_from_the_page_and_stops_when_its_inputs_change(
     result = state(page).result
     assert result is not None and result.key == key and job.result is result  # not restarted
     assert any(t.startswith("**Computed in") for t in texts(page, "markdown"))
+    # Each stage it went through, done, with the time it took.
+    lines = [t for t in texts(page, "caption") if t.startswith("✓ ")]
+    assert [re.sub(r" \([\d.]+ s\)$", "", t) for t in lines] == [
+        "✓ reading the offline cube be-flanders-a_2017-2018.nc",
+        f"✓ reconstructing {len(result.curve)} days and drawing {len(result.frames)} frames "
+        "(linear)",
+    ]
     assert page.get("plotly_chart"), "the Run's results are not shown"
 
     # Stopped by a change of its inputs (here the method): forgotten, and the page says so.

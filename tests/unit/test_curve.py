@@ -211,3 +211,18 @@ def test_csv_has_iso_dates_four_decimals_and_empty_cells(tmp_path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["curve.csv"]  # no temporary left
     with pytest.raises(InputError, match="source"):
         curve_csv(curve.drop(columns="source"))
+
+
+def test_the_model_moves_the_progress_within_a_chunk_of_days(cubes_dir) -> None:
+    # A large field's chunk of days takes a minute or more on a CPU: the model's tiles report
+    # as parts of it (core.progress.part), so the bar moves (and a cancelled Run stops) inside.
+    cube = read_cube(cubes_dir / "hu-alfold_2021.nc")  # 128 px: nine 64-px tiles
+    first = calendar_day(cube["time_s2"].values)[10]
+    heard: list[tuple[int, int]] = []
+    options = ReconstructOptions(samples=1, blend_field=False)
+    ndvi_curve(cube, first, first + np.timedelta64(3, "D"), method="model", options=options,
+               progress=lambda done, total: heard.append((done, total)))  # fmt: skip
+    assert [total for _, total in heard] == [4] * len(heard)
+    done = [d for d, _ in heard]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == 4
+    assert {1, 2, 3} <= set(done)  # inside the one chunk of four days

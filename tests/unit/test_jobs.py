@@ -8,8 +8,15 @@ import time
 import pytest
 
 from core.errors import InputError
-from core.jobs import UNCLAIMED_KEEP_S, JobBoard, JobCancelled, Report, seconds_left
-from core.progress import beat
+from core.jobs import (
+    UNCLAIMED_KEEP_S,
+    JobBoard,
+    JobCancelled,
+    Report,
+    seconds_left,
+    stage_spans,
+)
+from core.progress import beat, part, portion
 
 
 class Steps:
@@ -121,6 +128,57 @@ def test_a_cancelled_job_stops_inside_an_inner_loop_that_only_beats() -> None:
     assert job.wait(5) and isinstance(job.error, JobCancelled)
     assert len(steps) < 10_000
     beat("outside any job", 1, 1)  # nobody listens: nothing happens
+
+
+def test_a_cancelled_job_stops_at_a_part_of_a_chunk_which_is_never_a_stage_of_its_own() -> None:
+    # A large field's chunk of days takes a minute or more; its tiles report as parts of it
+    # (core.progress.part). Outside a portion they only let a cancelled job stop; inside one
+    # they move the stage that the portion names.
+    started, tiles = threading.Event(), []
+
+    def reconstructing(progress) -> None:
+        progress("reconstructing", 0, 40)
+        part(0, 5)  # nobody turns these into progress here: not a stage, not recorded
+        with portion(lambda fraction: progress("reconstructing", int(fraction * 40), 40)):
+            part(1, 4)
+            part(1, 4)  # the same report again: recorded once
+            beat("tuning the model to this field", 1, 2)  # a named one goes on as before
+            for i in range(10_000):
+                started.set()
+                tiles.append(i)
+                part(2 + i, 10_002)
+                time.sleep(0.001)
+
+    board = JobBoard()
+    job = board.join("run-a", reconstructing, "session-1")
+    assert started.wait(5)
+    assert board.leave("run-a", "session-1")
+    assert job.wait(5) and isinstance(job.error, JobCancelled)
+    assert len(tiles) < 10_000
+    reports = [(r.stage, r.done, r.total) for r in job.reports()]
+    assert reports[:3] == [
+        ("reconstructing", 0, 40),
+        ("reconstructing", 10, 40),
+        ("tuning the model to this field", 1, 2),
+    ]
+    named = ("reconstructing", "tuning the model to this field")
+    assert all(stage in named for stage, *_ in reports)
+
+
+def test_stage_spans_sum_each_stages_stretches_in_order_of_first_report() -> None:
+    reports = [Report("reading", 0, 1, at=0.0), Report("reading", 1, 1, at=2.0),
+               Report("preparing", 0, 1, at=3.0), Report("tuning", 0, 50, at=4.0),
+               Report("tuning", 50, 50, at=54.0), Report("preparing", 0, 1, at=60.0),
+               Report("reconstructing", 0, 100, at=61.0),
+               Report("reconstructing", 20, 100, at=71.0)]  # fmt: skip
+    spans = stage_spans(reports, now=75.0)
+    assert [(s.stage, s.seconds, s.done, s.total, s.current) for s in spans] == [
+        ("reading", 3.0, 1, 1, False),
+        ("preparing", 2.0, 0, 1, False),  # 3-4 s and 60-61 s
+        ("tuning", 56.0, 50, 50, False),
+        ("reconstructing", 14.0, 20, 100, True),  # to now
+    ]
+    assert stage_spans([], now=1.0) == []
 
 
 def test_time_left_comes_from_the_reports_own_times_and_counts_down_between_them() -> None:

@@ -504,7 +504,7 @@ def test_per_field_adaptation_and_calibration_report_each_step(cubes_dir) -> Non
     config = TrainConfig(batch_size=8, crop=16, min_frames=6, max_frames=8)
     with listening(lambda *step: heard.append(step)):
         model = training.adapt(FieldFlowNet(TINY), series, 3, config)
-    assert heard == [(training.ADAPT_BEAT, i, 3) for i in (1, 2, 3)]
+    assert heard == [(training.ADAPT_BEAT, i, 3) for i in (0, 1, 2, 3)]  # 0: under way
     episodes = training.validation_episodes(
         [series], 2, config, seed=0, smooth_features=TINY.smooth_features, patch=TINY.patch
     )

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from core.progress import StageClock, time_left_text
+from core.progress import (
+    StageClock,
+    beat,
+    duration_text,
+    listening,
+    part,
+    portion,
+    time_left_text,
+)
 
 
 class Clock:
@@ -51,3 +59,32 @@ def test_time_left_text() -> None:
     assert time_left_text(56.0) == "about 1 min left"
     assert time_left_text(150.0) == "about 2 min left"
     assert time_left_text(3 * 3600.0) == "about 3.0 h left"
+
+
+def test_a_portion_turns_parts_into_its_share_and_passes_named_beats_on() -> None:
+    heard: list[tuple[str, int, int]] = []
+    shares: list[float] = []
+    with listening(lambda *step: heard.append(step)):
+        with portion(shares.append):
+            part(0, 4)
+            part(3, 4)
+            part(9, 4)  # more than all: the share stops at 1
+            part(1, 0)  # nothing to share: ignored
+            beat("tuning the model to this field", 2, 50)
+        part(1, 2)  # outside the portion: the listener hears it as it is
+    assert shares == [0.0, 0.75, 1.0]
+    assert heard == [("tuning the model to this field", 2, 50), ("", 1, 2)]
+    with portion(shares.append):  # nobody listens outside: named beats go nowhere
+        beat("measuring", 1, 2)
+    part(1, 2)  # nobody listens at all: nothing happens
+
+
+def test_duration_text() -> None:
+    assert duration_text(0.42) == "0.4 s"
+    assert duration_text(9.94) == "9.9 s"
+    assert duration_text(9.96) == "10 s"
+    assert duration_text(52.4) == "52 s"
+    assert duration_text(59.7) == "1 min 0 s"
+    assert duration_text(190.0) == "3 min 10 s"
+    assert duration_text(3599.6) == "1 h 00 min"  # rounded first: never "60 min"
+    assert duration_text(3900.0) == "1 h 05 min"

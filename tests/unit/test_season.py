@@ -33,9 +33,11 @@ from core.season import (
     day_view,
     default_adapt_steps,
     frame_geotiff_for_day,
+    run_plan,
     season_file_mb,
     season_frames,
     season_netcdf,
+    stages_to_come,
     whittaker_reference,
 )
 from core.timeline import calendar_day
@@ -143,6 +145,47 @@ def test_progress_reports_stages_with_counts(season) -> None:
     assert recon[0][1:] == (0, n_days) and calls[-1][1:] == (n_days, n_days)
     done = [c[1] for c in recon]
     assert done == sorted(done) and len(done) >= 3  # more than one step on this 46-day period
+
+
+def test_a_model_run_reports_its_stages_in_the_order_they_happen(request_: SeasonRequest) -> None:
+    # Reading, the field's series, tuning, the error measurement, then the reconstruction:
+    # before, the reconstruction's stage came first ("0 of 241") and sat there through the
+    # fits; the page listed it before the tuning it waited for.
+    from core.jobs import JobBoard
+    from core.model.training import ADAPT_BEAT, MEASURE_BEAT
+
+    options = ReconstructOptions(samples=1, adapt_steps=2, blend_field=True)  # the blend measures
+    short = dataclasses.replace(request_, end=dt.date(2018, 5, 20), method="model", options=options)
+    job = JobBoard().join("run", lambda p: compute_season(short, Settings(), progress=p), "me")
+    assert job.wait(300) and job.error is None, job.error
+    stages = list(dict.fromkeys(r.stage for r in job.reports()))
+    assert stages[0].startswith("reading the offline cube")
+    assert stages[1:4] == [season_module.PREPARING_STAGE, ADAPT_BEAT, MEASURE_BEAT]
+    assert stages[4].startswith("reconstructing ") and len(stages) == 5
+    recon = [r for r in job.reports() if r.stage == stages[4]]
+    assert recon[0].done == 0 and recon[-1].done == recon[-1].total
+
+
+def test_the_stages_to_come_follow_the_request(request_: SeasonRequest) -> None:
+    from core.model.training import ADAPT_BEAT, MEASURE_BEAT
+
+    recon = "reconstructing the period's days and drawing the frames"
+    linear = run_plan(request_)
+    assert [p.label for p in linear] == [recon]
+    assert stages_to_come(linear, "reading the offline cube x.nc") == (recon,)
+    assert stages_to_come(linear, "reconstructing 46 days and drawing 9 frames (linear)") == ()
+    tuned = ReconstructOptions(samples=8, adapt_steps=50, calibrate_field=True)
+    model = run_plan(dataclasses.replace(request_, method="model", options=tuned))
+    assert stages_to_come(model, "searching Sentinel-2 scenes") == (
+        season_module.PREPARING_STAGE, ADAPT_BEAT, MEASURE_BEAT, recon
+    )  # fmt: skip
+    assert stages_to_come(model, ADAPT_BEAT) == (MEASURE_BEAT, recon)
+    bare = ReconstructOptions(samples=1, blend_field=False)  # nothing fitted on the field
+    untuned = run_plan(dataclasses.replace(request_, method="model", options=bare))
+    assert [p.label for p in untuned] == [season_module.PREPARING_STAGE, recon]
+    # On a cluster its worker makes the fits without a word here: only the reconstruction.
+    on_cluster = run_plan(dataclasses.replace(request_, method="model", options=tuned), False)
+    assert [p.label for p in on_cluster] == [recon]
 
 
 def test_whittaker_reference_follows_the_clear_observations(season) -> None:
