@@ -55,6 +55,11 @@ from core.season import (
     day_view as core_day_view,
 )
 
+PROGRESS_PANEL_PX = 290
+"""Height of a running Run's panel: its headline, bar and up to :data:`SHOWN_STAGES` stage
+lines, what is to come and the time so far, on a laptop-wide page."""
+SHOWN_STAGES = 4
+"""Stage lines a running Run's panel shows; earlier ones are summed in one."""
 SEASON_CACHE_ENTRIES = 16
 """Most results kept in memory, shared by the sessions that asked for the same Run; what they
 hold together is bounded by :attr:`Settings.result_cache_mb` (each holds its cube and every
@@ -228,7 +233,9 @@ def _draw_progress(job: Job[SeasonResult], plan: tuple[PlannedStage, ...]) -> No
     share done and the time left in it, the stages so far with the time each took, the
     stages of ``plan`` still to come, and the Run's time so far."""
     reports = job.reports()
-    panel = st.container(border=True)
+    # A fixed height: the panel sits above the map, and a panel that grew line by line moved
+    # the map under a user drawing on it during the Run.
+    panel = st.container(border=True, height=PROGRESS_PANEL_PX)
     if not reports:
         panel.markdown("**Starting…**")
         panel.progress(0.0, text="starting…")
@@ -240,12 +247,16 @@ def _draw_progress(job: Job[SeasonResult], plan: tuple[PlannedStage, ...]) -> No
     left = time_left_text(seconds_left(reports, now))
     count = f"{last.done} of {last.total}" if last.total > 1 else "under way"
     panel.progress(fraction, text=count + (f" · this stage: {left}" if left else ""))
-    for line in _stage_lines(reports, now):
-        panel.caption(line)
+    lines = list(_stage_lines(reports, now))
+    if len(lines) > SHOWN_STAGES:  # the earliest done ones in one line
+        spans = stage_spans(reports, now)[: len(lines) - SHOWN_STAGES + 1]
+        took = duration_text(sum(span.seconds for span in spans))
+        lines = [f"✓ {len(spans)} earlier stages ({took})", *lines[len(spans) :]]
     to_come = stages_to_come(plan, last.stage)
     if to_come:
-        panel.caption("Then: " + "; ".join(to_come) + ".")
-    panel.caption(f"The Run so far: {duration_text(now - job.started_at)}.")
+        lines.append("Then: " + "; ".join(to_come) + ".")
+    lines.append(f"The Run so far: {duration_text(now - job.started_at)}.")
+    panel.caption("  \n".join(lines))
 
 
 _MARK = {"running": "▸", "done": "✓", "stopped": "✗"}

@@ -121,7 +121,9 @@ def ndvi_curve(
         on_chunk: also given each chunk's dates (datetime64[ns]) and full reconstruction, e.g.
             to draw or keep the frames of some of those days from the same reconstruction
             (then a frame and the curve agree on that day, and nothing is reconstructed twice).
-        progress: called as ``(dates done, dates in all)`` after each chunk.
+        progress: called as ``(dates done, dates in all)`` after each chunk, and within one
+            as a method that reports parts of its call (:func:`core.progress.part`: the
+            model's tiles) gets through them.
 
     Returns:
         DataFrame with :data:`CURVE_COLUMNS`, one row per query day; ``date`` is datetime64.
