@@ -553,3 +553,48 @@ def test_dates_outside_the_images_are_taken_and_said_not_silently_dropped(
     captions = texts(page, "caption")
     assert "Sentinel-2 images begin on 2015-06-23: the days before it have none." in captions
     assert any(c.startswith("The days after today have no images yet") for c in captions)
+
+
+def test_a_running_runs_panel_lists_its_stages_and_what_is_to_come(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Run already computing for these inputs (here one that goes through six stages and then
+    # waits) is followed: its stages done with their times, the earliest summed past four, the
+    # current one, what is to come, the time so far; all in one caption of a fixed-height panel.
+    monkeypatch.setattr(services, "session_id", lambda: "session-1")
+    page = open_page()
+    button(page, "Demo field").click().run()
+    page.selectbox(key="method").set_value("linear").run()
+    still = threading.Event()
+
+    def six_stages(progress) -> None:
+        for stage in ("searching", "loading", "searching radar", "loading radar", "sorting"):
+            progress(stage, 1, 1)
+        _forever(lambda *_: progress("reconstructing 46 days", 10, 46), still)
+
+    button(page, "Run").click().run()
+    key = state(page).running
+    assert key is not None and services.jobs().leave(key, "session-1")  # the real one stops
+    job = services.jobs().join(key, six_stages, "session-1")  # and this one is followed
+    _until(lambda: any(r.stage.startswith("reconstructing") for r in job.reports()))
+    page.run()
+    no_exceptions(page)
+    (caption,) = [t for t in texts(page, "caption") if "The Run so far: " in t]
+    lines = caption.split("  \n")
+    assert re.fullmatch(r"✓ 3 earlier stages \([\d.]+ s\)", lines[0])
+    assert [re.sub(r" \([\d.]+ s( so far)?\)$", "", line) for line in lines[1:4]] == [
+        "✓ loading radar",
+        "✓ sorting",
+        "▸ reconstructing 46 days",
+    ]
+    assert lines[4].startswith("The Run so far: ")  # linear: nothing after the reconstruction
+    assert any(t == "**Reconstructing 46 days…**" for t in texts(page, "markdown"))
+    button(page, "Clear field").click().run()
+    assert job.wait(10) and isinstance(job.error, JobCancelled)
+
+
+def _until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
