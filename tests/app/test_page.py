@@ -30,6 +30,7 @@ from core.fetch import clear_gdal_http_cache
 from core.jobs import JobCancelled
 from core.season import DEFAULT_ADAPT_STEPS, SeasonResult
 from tests.support.site import PublishedSite
+from tests.support.waiting import until
 
 OpenPage = Callable[..., AppTest]
 SITE_WINDOW = {"start": "2018-05-01", "end": "2018-06-15"}
@@ -66,6 +67,15 @@ def follow(page: AppTest, timeout_s: float = 180.0) -> AppTest:
         if job is not None:  # no rerun until it ends: each takes the cores from the Run
             job.wait(max(0.0, deadline - time.monotonic()))
         page.run()
+    return page
+
+
+def _linear_demo(open_page: OpenPage, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """The page with the demo field and linear chosen, in a session named "session-1"."""
+    monkeypatch.setattr(services, "session_id", lambda: "session-1")
+    page = open_page()
+    button(page, "Demo field").click().run()
+    page.selectbox(key="method").set_value("linear").run()
     return page
 
 
@@ -464,10 +474,7 @@ def test_a_run_computes_apart_from_the_page_and_stops_when_its_inputs_change(
     # The page's script must not wait for a Run: while it ran, Streamlit held every other
     # rerun (a field drawn on the map was taken only when the Run ended). The script ends at
     # once with the Run's progress drawn; the Run goes on as a job that later reruns follow.
-    monkeypatch.setattr(services, "session_id", lambda: "session-1")
-    page = open_page()
-    button(page, "Demo field").click().run()
-    page.selectbox(key="method").set_value("linear").run()
+    page = _linear_demo(open_page, monkeypatch)
     button(page, "Run").click().run()
     no_exceptions(page)
     key = state(page).running
@@ -561,10 +568,7 @@ def test_a_running_runs_panel_lists_its_stages_and_what_is_to_come(
     # A Run already computing for these inputs (here one that goes through six stages and then
     # waits) is followed: its stages done with their times, the earliest summed past four, the
     # current one, what is to come, the time so far; all in one caption of a fixed-height panel.
-    monkeypatch.setattr(services, "session_id", lambda: "session-1")
-    page = open_page()
-    button(page, "Demo field").click().run()
-    page.selectbox(key="method").set_value("linear").run()
+    page = _linear_demo(open_page, monkeypatch)
     still = threading.Event()
 
     def six_stages(progress) -> None:
@@ -576,7 +580,7 @@ def test_a_running_runs_panel_lists_its_stages_and_what_is_to_come(
     key = state(page).running
     assert key is not None and services.jobs().leave(key, "session-1")  # the real one stops
     job = services.jobs().join(key, six_stages, "session-1")  # and this one is followed
-    _until(lambda: any(r.stage.startswith("reconstructing") for r in job.reports()))
+    until(lambda: any(r.stage.startswith("reconstructing") for r in job.reports()), 10.0)
     page.run()
     no_exceptions(page)
     (caption,) = [t for t in texts(page, "caption") if "The Run so far: " in t]
@@ -591,10 +595,3 @@ def test_a_running_runs_panel_lists_its_stages_and_what_is_to_come(
     assert any(t == "**Reconstructing 46 days…**" for t in texts(page, "markdown"))
     button(page, "Clear field").click().run()
     assert job.wait(10) and isinstance(job.error, JobCancelled)
-
-
-def _until(condition, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)

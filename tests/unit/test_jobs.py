@@ -17,6 +17,7 @@ from core.jobs import (
     stage_spans,
 )
 from core.progress import beat, part, portion
+from tests.support.waiting import until
 
 
 class Steps:
@@ -40,18 +41,11 @@ class Steps:
         return f"result after {self.steps_done} steps"
 
 
-def _until(condition, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_a_rejoined_job_goes_on_where_it_was_and_its_work_is_done_once() -> None:
     board, work = JobBoard(), Steps(3)
     job = board.join("run-a", work, "session-1")
     work.go.release()
-    _until(lambda: len(job.reports()) == 2)
+    until(lambda: len(job.reports()) == 2)
     # The script that started it is gone (a rerun); the next one asks for the same key.
     again = board.join("run-a", Steps(3), "session-1")
     assert again is job
@@ -71,7 +65,7 @@ def test_two_sessions_share_a_job_and_it_stops_only_when_both_leave() -> None:
     assert board.join("run-a", Steps(5), "session-2") is job
     assert board.leave("run-a", "session-1") is False  # session 2 still waits
     work.go.release()
-    _until(lambda: work.steps_done == 1)
+    until(lambda: work.steps_done == 1)
     assert board.leave("run-a", "session-2") is True
     work.go.release()  # the next progress report stops it
     assert job.wait(5)
@@ -123,7 +117,7 @@ def test_a_cancelled_job_stops_inside_an_inner_loop_that_only_beats() -> None:
     board = JobBoard()
     job = board.join("run-a", tuning, "session-1")
     assert started.wait(5)
-    _until(lambda: any(r.stage.startswith("tuning") for r in job.reports()))
+    until(lambda: any(r.stage.startswith("tuning") for r in job.reports()))
     assert board.leave("run-a", "session-1")
     assert job.wait(5) and isinstance(job.error, JobCancelled)
     assert len(steps) < 10_000
