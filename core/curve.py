@@ -29,6 +29,7 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from collections.abc import Callable
@@ -338,7 +339,7 @@ def curve_chunks(cube: xr.Dataset, n_dates: int, samples: int) -> list[slice]:
     """How :func:`ndvi_curve` splits ``n_dates`` query dates of ``cube`` into reconstruction
     calls with ``samples`` samples. A day reconstructed again within the same chunk of dates
     (:func:`core.season.reconstruct_day`) is exactly the curve's."""
-    return _chunks(n_dates, _dates_per_chunk(cube, samples))
+    return _even_chunks(n_dates, _dates_per_chunk(cube, samples))
 
 
 def _dates_per_chunk(cube: xr.Dataset, samples: int) -> int:
@@ -346,6 +347,17 @@ def _dates_per_chunk(cube: xr.Dataset, samples: int) -> int:
     pixels = cube.sizes["band"] * cube.sizes["y"] * cube.sizes["x"]
     bytes_per_date = pixels * 4 * (samples + 6)
     return max(1, min(CHUNK_MOST_DATES, int(CHUNK_BYTES // bytes_per_date)))
+
+
+def _even_chunks(total: int, most: int) -> list[slice]:
+    """``total`` items in as few chunks of at most ``most`` as :func:`_chunks` cuts, but of
+    sizes that differ by at most one. A Run's chunks of days then cost about alike: cut 40,
+    40, 40, 40, 16, a 176-day curve's last chunk took 0.6 of a full one's time for 0.4 of its
+    days (each chunk has its fixed work), and the time left, read off the days done, fell
+    short by 40 % in the last chunk."""
+    count = -(-total // most) if total > 0 else 0
+    edges = [i * total // count for i in range(count + 1)] if count else [0]
+    return [slice(lo, hi) for lo, hi in itertools.pairwise(edges)]
 
 
 def _chunks(total: int, size: int) -> list[slice]:

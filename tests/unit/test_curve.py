@@ -105,6 +105,21 @@ def test_samples_fill_p10_p90_and_chunks_change_nothing(flanders, monkeypatch) -
     pd.testing.assert_frame_equal(chunked, whole)
 
 
+@pytest.mark.parametrize("n_dates", [1, 39, 40, 41, 176, 365])
+def test_a_runs_chunks_of_days_are_as_even_as_the_most_per_chunk_allows(
+    flanders, n_dates
+) -> None:
+    # Each chunk has fixed work; a short last chunk (40, 40, 40, 40, 16) cost 0.6 of a full
+    # one for 0.4 of its days, and the time left, read off the days done, fell short there.
+    chunks = core.curve.curve_chunks(flanders, n_dates, 8)
+    sizes = [c.stop - c.start for c in chunks]
+    assert [c.start for c in chunks[1:]] == [c.stop for c in chunks[:-1]]
+    assert chunks[0].start == 0 and chunks[-1].stop == n_dates
+    assert max(sizes) <= core.curve.CHUNK_MOST_DATES
+    assert len(chunks) == -(-n_dates // core.curve.CHUNK_MOST_DATES)  # no more calls than before
+    assert max(sizes) - min(sizes) <= 1
+
+
 def test_period_is_clipped_to_the_cube_and_must_overlap(flanders) -> None:
     curve = ndvi_curve(flanders, "2017-07-01", "2017-08-10", every_days=1)
     assert curve["date"].iloc[0] == pd.Timestamp("2017-08-04")  # the cube's first acquisition
