@@ -106,9 +106,7 @@ def test_samples_fill_p10_p90_and_chunks_change_nothing(flanders, monkeypatch) -
 
 
 @pytest.mark.parametrize("n_dates", [1, 39, 40, 41, 176, 365])
-def test_a_runs_chunks_of_days_are_as_even_as_the_most_per_chunk_allows(
-    flanders, n_dates
-) -> None:
+def test_a_runs_chunks_of_days_are_as_even_as_the_most_per_chunk_allows(flanders, n_dates) -> None:
     # Each chunk has fixed work; a short last chunk (40, 40, 40, 40, 16) cost 0.6 of a full
     # one for 0.4 of its days, and the time left, read off the days done, fell short there.
     chunks = core.curve.curve_chunks(flanders, n_dates, 8)
