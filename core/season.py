@@ -932,6 +932,33 @@ def _error_band_note(flat: np.ndarray) -> str:
     )
 
 
+def _field_score_note(attrs: dict) -> str:
+    """How the model compared with the baselines on the field's own hidden clear pixels."""
+    model, _network, whittaker, linear = (float(v) for v in attrs["model_field_mae"])
+    better, name = min((whittaker, "the Whittaker smoother"), (linear, "linear interpolation"))
+    ratio = model / better if better > 0 else float("nan")
+    if ratio <= 0.98:
+        verdict = f"{100 * (1 - ratio):.0f} % below {name}, the better of the two"
+    elif ratio < 1.02:
+        verdict = (
+            f"on a par with {name}, the better of the two: on this field the model does no "
+            "better than that simpler method"
+        )
+    else:
+        verdict = (
+            f"{100 * (ratio - 1):.0f} % above {name}, the better of the two: on this field that "
+            "simpler method (Settings, Reconstruction method) erred less than the model"
+        )
+    return (
+        "Accuracy measured on this field: its own clear pixels, hidden in turn "
+        f"({int(attrs.get('model_field_mae_episodes', 0))} episodes, "
+        f"{int(attrs.get('model_field_mae_values', 0)):,} values), were reconstructed with a "
+        f"mean reflectance error of {model:.4f} by the model as this Run makes it, "
+        f"{whittaker:.4f} by the Whittaker smoother and {linear:.4f} by linear interpolation: "
+        f"{verdict}."
+    )
+
+
 def fit_notes(attrs: dict) -> list[str]:
     """Sentences on what the model fitted on this field (from a reconstruction's attributes)."""
     notes = []
@@ -955,6 +982,8 @@ def fit_notes(attrs: dict) -> list[str]:
         notes.append(
             "Field blend: too few clear acquisitions to measure it; the model's estimate alone."
         )
+    if "model_field_mae" in attrs:
+        notes.append(_field_score_note(attrs))
     if attrs.get("model_calibrate_field") and not attrs.get("model_band_fitted", 1):
         notes.append(
             "Uncertainty band: too few clear acquisitions to fit it on this field; the width "

@@ -222,3 +222,71 @@ def _best_weight(model: np.ndarray, smoother: np.ndarray, truth: np.ndarray) -> 
     """The grid weight with the lowest MAE; ties go to the smaller weight (the model)."""
     errors = [np.mean(np.abs(model + w * (smoother - model) - truth)) for w in BLEND_GRID]
     return float(BLEND_GRID[int(np.argmin(errors))])
+
+
+@dataclass(frozen=True)
+class FieldScores:
+    """How the methods did on a field's own clear pixels, hidden in turn (the episodes its blend
+    and band are fitted on): mean absolute reflectance error of each, on the same values."""
+
+    model: float
+    """The model's estimate as a Run makes it: the network tuned to the field, blended with the
+    smoother by weights fitted on the *other* half of the episodes (so not flattered by them)."""
+    network: float
+    """The network's own estimate, before the blend."""
+    whittaker: float
+    linear: float
+    values: int
+    """Hidden clear values scored (those every method has a value for)."""
+    episodes: int
+
+    def attrs(self) -> dict[str, object]:
+        return {
+            "model_field_mae": np.round([self.model, self.network, self.whittaker, self.linear], 5),
+            "model_field_mae_values": int(self.values),
+            "model_field_mae_episodes": int(self.episodes),
+        }
+
+
+def field_scores(
+    network: np.ndarray,
+    smoother: np.ndarray,
+    linear: np.ndarray,
+    truth: np.ndarray,
+    band: np.ndarray,
+    key: np.ndarray,
+    episode: np.ndarray,
+    measure: str = "distance",
+    scale: float = 1.0,
+) -> FieldScores | None:
+    """Score the model, the network alone and both baselines on the same hidden values (1-D,
+    one entry per value, as :func:`fit_blend` takes them; ``linear``: linear interpolation
+    of the visible values; ``episode``: the episode each value comes from). The model's blend
+    is cross-fitted: fitted on the odd episodes to score the even ones, and the other way
+    round. Errors divided by ``scale`` (the arrays' units per reflectance unit). None where
+    one half has no values every method has."""
+    usable = np.isfinite(network) & np.isfinite(smoother) & np.isfinite(linear)
+    usable &= np.isfinite(truth)
+    half = episode % 2 == 1
+    blended = np.full(network.shape, np.nan, np.float64)
+    for scored in (half, ~half):
+        fit_on = usable & ~scored
+        if not fit_on.any() or not (usable & scored).any():
+            return None
+        blend = fit_blend(
+            network[fit_on], smoother[fit_on], truth[fit_on], band[fit_on], key[fit_on], measure
+        )
+        at = usable & scored
+        blended[at] = network[at] + blend.delta_values(network[at], smoother[at], band[at], key[at])
+
+    def mae(values: np.ndarray) -> float:
+        return float(np.mean(np.abs(values[usable] - truth[usable])) / scale)
+
+    return FieldScores(
+        model=mae(blended),
+        network=mae(network),
+        whittaker=mae(smoother),
+        linear=mae(linear),
+        values=int(usable.sum()),
+        episodes=int(np.unique(episode).size),
+    )

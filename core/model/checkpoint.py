@@ -13,7 +13,7 @@ import torch
 
 from core.config import DEFAULT_CHECKPOINT
 from core.errors import InputError
-from core.model.blend import FieldBlend
+from core.model.blend import FieldBlend, FieldScores
 from core.model.config import ModelConfig, TrainConfig
 from core.model.network import FieldFlowNet
 from core.storage import atomic_output
@@ -53,6 +53,10 @@ class Checkpoint:
     field_ndvi_scale: float | None = None
     """A field's factor on its NDVI curve's band (see core.model.calibration.fit_field_ndvi_scale),
     set per request by per-field calibration; never saved."""
+
+    field_scores: FieldScores | None = None
+    """How the model, the network alone and both baselines did on the field's own hidden clear
+    pixels (core.model.blend.field_scores), set with a per-field blend; never saved."""
 
     @property
     def config(self) -> ModelConfig:

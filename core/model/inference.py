@@ -481,7 +481,7 @@ def field_checkpoint(
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
     """
     from core.model import blend as blend_module
-    from core.model.blend import fit_blend
+    from core.model.blend import field_scores, fit_blend
     from core.model.calibration import (
         episode_field_ndvi,
         episode_pixel_ndvi,
@@ -495,6 +495,7 @@ def field_checkpoint(
         adapt,
         blend_targets,
         episode_predictions,
+        linear_targets,
         series_from_cube,
         target_bands,
         target_distances,
@@ -570,9 +571,13 @@ def field_checkpoint(
             if options.blend_field:
                 measure = blend_module.BLEND_MEASURE
                 smoother, band, blend_at = blend_targets(episodes, measure)
+                linear, episode = linear_targets(episodes)
+                scores = field_scores(
+                    mean, smoother, linear, truth, band, blend_at, episode, measure, REFL_SCALE
+                )
                 blend = fit_blend(mean, smoother, truth, band, blend_at, measure)
                 mean = mean + blend.delta_values(mean, smoother, band, blend_at)
-                result = dataclasses.replace(result, blend=blend)
+                result = dataclasses.replace(result, blend=blend, field_scores=scores)
             scale: float | np.ndarray = result.spread_scale
             if calibration_k and by_distance:
                 days_away = target_distances(episodes)
@@ -893,4 +898,6 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         attrs[NDVI_ERROR_BAND_ATTR] = np.round(used.ndvi_error_band, 5)
     if used.blend is not None:
         attrs.update(used.blend.attrs())
+    if used.field_scores is not None:
+        attrs.update(used.field_scores.attrs())
     return attrs

@@ -781,6 +781,18 @@ def blend_targets(
     return np.concatenate(smoother), np.concatenate(band), np.concatenate(key)
 
 
+def linear_targets(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation of the visible clear values (model units: the network's input
+    ``base``, which never holds a hidden value) and the episode's index, of every target value,
+    in the order of :func:`episode_predictions`' arrays."""
+    linear, index = [], []
+    for i, ep in enumerate(episodes):
+        target = ep.target
+        linear.append(ep.inputs.base[target])
+        index.append(np.full(int(target.sum()), i, np.intp))
+    return np.concatenate(linear), np.concatenate(index)
+
+
 ADAPT_BEAT = "tuning the model to this field"
 """What :func:`adapt` reports to :func:`core.progress.beat`, a step at a time."""
 MEASURE_BEAT = "measuring the model's error on this field"

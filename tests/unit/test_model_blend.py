@@ -19,6 +19,7 @@ from core.model.blend import (
     bucket_of,
     clear_span_days,
     distance_bucket,
+    field_scores,
     fit_blend,
     nearest_clear_days,
 )
@@ -31,7 +32,13 @@ from core.model.inference import (
     field_checkpoint,
 )
 from core.model.network import FieldFlowNet
-from core.model.training import blend_targets, episode_predictions, load_series, validation_episodes
+from core.model.training import (
+    blend_targets,
+    episode_predictions,
+    linear_targets,
+    load_series,
+    validation_episodes,
+)
 from core.reconstruct import ReconstructOptions, observations, reconstruct, write_reconstruction
 from core.season import fit_notes
 from core.timeline import to_days
@@ -163,6 +170,39 @@ def test_blend_moves_values_toward_the_smoother_by_their_weight() -> None:
     assert (distance_bucket(np.array([8.0, 8.01, 20.0, 20.5, np.inf])) == [0, 1, 1, 2, 2]).all()
 
 
+def test_field_scores_cross_fit_the_blend_and_score_every_method_on_the_same_values() -> None:
+    rng = np.random.default_rng(3)
+    n = 8000
+    truth = rng.uniform(0, 1, n)
+    band = rng.integers(0, 4, n)
+    distance = rng.choice([2.0, 12.0, 40.0], n)
+    episode = rng.integers(0, 24, n)
+    noise = rng.laplace(0, 0.05, n)
+    network = truth + noise
+    linear = truth + 2 * noise
+    smoother = np.where(distance > 20, truth, truth - noise)  # exact far from clear data
+    smoother[:50] = np.nan  # a value the smoother has none for is left out of every score
+    scores = field_scores(network, smoother, linear, truth, band, distance, episode, scale=2.0)
+    used = np.isfinite(smoother)
+    assert scores.values == used.sum() and scores.episodes == 24
+    for got, method in ((scores.network, network), (scores.whittaker, smoother)):
+        assert got == pytest.approx(np.abs(method - truth)[used].mean() / 2.0)
+    assert scores.linear == pytest.approx(np.abs(linear - truth)[used].mean() / 2.0)
+    # The blend takes the smoother far away and half of each near (errors cancel half-way).
+    assert scores.model < 0.5 * min(scores.network, scores.whittaker)
+    # Cross-fitted: a blend fitted on every value would know each value's own error. Here the
+    # smoother is exact on the odd episodes only, which the even ones cannot learn from.
+    odd = episode % 2 == 1
+    tricky = np.where(odd, truth, truth + 0.3)
+    crossed = field_scores(network, tricky, linear, truth, band, distance, episode)
+    in_sample = fit_blend(network, tricky, truth, band, distance)
+    flattered = network + in_sample.delta_values(network, tricky, band, distance)
+    assert crossed.model > np.abs(flattered - truth).mean() + 0.01
+    # One episode: nothing to fit the blend on for scoring it.
+    one = np.zeros(n, np.intp)
+    assert field_scores(network, smoother, linear, truth, band, distance, one) is None
+
+
 def test_blend_targets_line_up_with_the_models_predictions(cubes_dir) -> None:
     series = load_series(cubes_dir / "es-field_2019.nc")
     config = TrainConfig(crop=16, min_frames=6, max_frames=8)
@@ -175,6 +215,10 @@ def test_blend_targets_line_up_with_the_models_predictions(cubes_dir) -> None:
     np.testing.assert_allclose(truth, want, rtol=1e-6)  # same values, same order
     # A hidden value is no clear observation: none of them is at distance 0 from one.
     assert (distance > 0).all()
+    # Linear interpolation of the visible values at the same values: the network's input base.
+    linear, episode = linear_targets(episodes)
+    assert linear.shape == truth.shape and np.isfinite(linear).all()
+    assert list(np.bincount(episode)) == [int(ep.target.sum()) for ep in episodes]
 
 
 def test_reconstruction_moves_mean_and_samples_by_the_fitted_weights(
@@ -252,14 +296,20 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
             again.attrs["blend_mean_weights"], out.attrs["blend_mean_weights"]
         )
         notes = fit_notes(dict(again.attrs))
-    assert len(notes) == 4  # the blend, the samples' width, the error band and the curve's band
+    # the blend, the field's scores, the samples' width, the error band and the curve's band
+    assert len(notes) == 5
     near = round(100 * float(out.attrs["blend_mean_weights"][0]))
     assert notes[0].startswith("Field blend:") and f"leans {near} %" in notes[0]
+    model, _, whittaker, linear = (float(v) for v in again.attrs["model_field_mae"])
+    assert notes[1].startswith("Accuracy measured on this field: its own clear pixels")
+    assert f"{model:.4f} by the model" in notes[1]
+    assert f"{whittaker:.4f} by the Whittaker" in notes[1]
+    assert f"{linear:.4f} by linear interpolation" in notes[1]
     factor = field.spread_scale / out.attrs["model_checkpoint_spread_scale"]
-    assert f"{factor:.2f} x the width" in notes[1]
+    assert f"{factor:.2f} x the width" in notes[2]
     curve_factor = float(again.attrs["model_field_ndvi_band_scale"])
-    assert notes[2].startswith("Reflectance band (p10-p90) from this field's own errors")
-    assert notes[3].startswith("NDVI curve band") and f"{curve_factor:.2f} x" in notes[3]
+    assert notes[3].startswith("Reflectance band (p10-p90) from this field's own errors")
+    assert notes[4].startswith("NDVI curve band") and f"{curve_factor:.2f} x" in notes[4]
     # Too short a series to fit the blend says so; the baselines say nothing.
     short = _crop(flanders_cube, frames=slice(0, 3))
     alone = reconstruct(short, short["time_s2"].values[[1]], "model", options)
