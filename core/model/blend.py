@@ -239,12 +239,16 @@ class FieldScores:
     values: int
     """Hidden clear values scored (those every method has a value for)."""
     episodes: int
+    before_tuning: bool = False
+    """The network scored is the one before its tuning to the field (which learns from the same
+    pixels, so that its error there would flatter it)."""
 
     def attrs(self) -> dict[str, object]:
         return {
             "model_field_mae": np.round([self.model, self.network, self.whittaker, self.linear], 5),
             "model_field_mae_values": int(self.values),
             "model_field_mae_episodes": int(self.episodes),
+            "model_field_mae_before_tuning": int(self.before_tuning),
         }
 
 
@@ -258,13 +262,15 @@ def field_scores(
     episode: np.ndarray,
     measure: str = "distance",
     scale: float = 1.0,
+    tuned: bool = False,
 ) -> FieldScores | None:
     """Score the model, the network alone and both baselines on the same hidden values (1-D,
     one entry per value, as :func:`fit_blend` takes them; ``linear``: linear interpolation
     of the visible values; ``episode``: the episode each value comes from). The model's blend
     is cross-fitted: fitted on the odd episodes to score the even ones, and the other way
     round. Errors divided by ``scale`` (the arrays' units per reflectance unit). None where
-    one half has no values every method has."""
+    one half has no values every method has. ``tuned``: ``network`` is the network before a
+    tuning the Run's model had (recorded as ``before_tuning``)."""
     usable = np.isfinite(network) & np.isfinite(smoother) & np.isfinite(linear)
     usable &= np.isfinite(truth)
     half = episode % 2 == 1
@@ -289,4 +295,5 @@ def field_scores(
         linear=mae(linear),
         values=int(usable.sum()),
         episodes=int(np.unique(episode).size),
+        before_tuning=tuned,
     )

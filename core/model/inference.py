@@ -495,10 +495,10 @@ def field_checkpoint(
         adapt,
         blend_targets,
         episode_predictions,
-        linear_targets,
         series_from_cube,
         target_bands,
         target_distances,
+        target_episodes,
         validation_episodes,
     )
 
@@ -565,16 +565,23 @@ def field_checkpoint(
             with_distance=by_distance or error_band,
         )
         if episodes:  # else the checkpoint's spread and no blend (see above)
-            mean, _, draws, truth = episode_predictions(
+            mean, linear, draws, truth = episode_predictions(
                 result.model, episodes, calibration_k, steps, options.seed, device
             )
             if options.blend_field:
                 measure = blend_module.BLEND_MEASURE
                 smoother, band, blend_at = blend_targets(episodes, measure)
-                linear, episode = linear_targets(episodes)
+                # Tuning learns from these very pixels: the network before it is scored (the
+                # mean needs no samples), so that the figure does not flatter the model.
+                network = mean
+                if options.adapt_steps > 0:
+                    network = episode_predictions(
+                        checkpoint.model, episodes, 1, 1, options.seed, device, report=False
+                    )[0]
                 scores = field_scores(
-                    mean, smoother, linear, truth, band, blend_at, episode, measure, REFL_SCALE
-                )
+                    network, smoother, linear, truth, band, blend_at, target_episodes(episodes),
+                    measure, REFL_SCALE, tuned=options.adapt_steps > 0,
+                )  # fmt: skip
                 blend = fit_blend(mean, smoother, truth, band, blend_at, measure)
                 mean = mean + blend.delta_values(mean, smoother, band, blend_at)
                 result = dataclasses.replace(result, blend=blend, field_scores=scores)

@@ -700,13 +700,17 @@ def episode_predictions(
     steps: int = 8,
     seed: int = 0,
     device: str = "cpu",
+    report: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`residual_draws` of every episode, concatenated: mean, base, draws, truth."""
+    """:func:`residual_draws` of every episode, concatenated: mean, base (the linear
+    interpolation of the visible values), draws, truth. ``report``: a :data:`MEASURE_BEAT`
+    per episode."""
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for i, ep in enumerate(episodes):
         parts.append(residual_draws(model, ep, samples, steps, generator, device))
-        beat(MEASURE_BEAT, i + 1, len(episodes))
+        if report:
+            beat(MEASURE_BEAT, i + 1, len(episodes))
     return (
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
@@ -781,16 +785,11 @@ def blend_targets(
     return np.concatenate(smoother), np.concatenate(band), np.concatenate(key)
 
 
-def linear_targets(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray]:
-    """Linear interpolation of the visible clear values (model units: the network's input
-    ``base``, which never holds a hidden value) and the episode's index, of every target value,
-    in the order of :func:`episode_predictions`' arrays."""
-    linear, index = [], []
-    for i, ep in enumerate(episodes):
-        target = ep.target
-        linear.append(ep.inputs.base[target])
-        index.append(np.full(int(target.sum()), i, np.intp))
-    return np.concatenate(linear), np.concatenate(index)
+def target_episodes(episodes: Sequence[Episode]) -> np.ndarray:
+    """The index of the episode of every target value of ``episodes``, in the order of
+    :func:`episode_predictions`' arrays."""
+    sizes = [int(ep.target.sum()) for ep in episodes]
+    return np.repeat(np.arange(len(episodes)), sizes)
 
 
 ADAPT_BEAT = "tuning the model to this field"

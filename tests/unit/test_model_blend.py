@@ -35,8 +35,8 @@ from core.model.network import FieldFlowNet
 from core.model.training import (
     blend_targets,
     episode_predictions,
-    linear_targets,
     load_series,
+    target_episodes,
     validation_episodes,
 )
 from core.reconstruct import ReconstructOptions, observations, reconstruct, write_reconstruction
@@ -208,16 +208,18 @@ def test_blend_targets_line_up_with_the_models_predictions(cubes_dir) -> None:
     config = TrainConfig(crop=16, min_frames=6, max_frames=8)
     episodes = validation_episodes([series], 4, config, 0, TINY.smooth_features, with_smoother=True)
     assert len(episodes) == 4
-    _, _, _, truth = episode_predictions(FieldFlowNet(TINY), episodes, samples=1, steps=1)
+    _, linear, _, truth = episode_predictions(FieldFlowNet(TINY), episodes, samples=1, steps=1)
     smoother, band, distance = blend_targets(episodes)
     assert smoother.shape == band.shape == distance.shape == truth.shape
     want = np.concatenate([ep.truth[ep.target] for ep in episodes]) * REFL_SCALE
     np.testing.assert_allclose(truth, want, rtol=1e-6)  # same values, same order
     # A hidden value is no clear observation: none of them is at distance 0 from one.
     assert (distance > 0).all()
-    # Linear interpolation of the visible values at the same values: the network's input base.
-    linear, episode = linear_targets(episodes)
-    assert linear.shape == truth.shape and np.isfinite(linear).all()
+    # The field's scores take linear interpolation of the visible values from the same values:
+    # the network's input base; and each value's episode.
+    want = np.concatenate([ep.inputs.base[ep.target] for ep in episodes])
+    np.testing.assert_array_equal(linear, want)
+    episode = target_episodes(episodes)
     assert list(np.bincount(episode)) == [int(ep.target.sum()) for ep in episodes]
 
 
@@ -320,3 +322,24 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
         "fitted on the model's training sites.",
     ]  # nothing fitted, nothing claimed
     assert fit_notes(reconstruct(cube, query, "linear").attrs) == []
+
+
+def test_a_tuned_runs_field_scores_are_of_the_network_before_its_tuning(
+    flanders_cube, tmp_path
+) -> None:
+    # Tuning learns from the field's own clear pixels, the very ones its scores hide: scored
+    # after it, the model's figure would flatter it (2-5 points on the shared cubes).
+    cube = _crop(flanders_cube, size=16)
+    query = cube["time_s2"].values[[9]]
+    path = _checkpoint(tmp_path, perturb=True)
+    plain = ReconstructOptions(checkpoint=path, device="cpu", samples=8, calibrate_field=True)
+    clear_field_cache()
+    untuned = reconstruct(cube, query, "model", plain).attrs
+    tuned = reconstruct(cube, query, "model", dataclasses.replace(plain, adapt_steps=3)).attrs
+    assert untuned["model_field_mae_before_tuning"] == 0
+    assert tuned["model_field_mae_before_tuning"] == 1
+    assert tuned["model_adapt_steps"] == 3
+    # The same episodes, the same network: the same figures, whatever the tuning did.
+    np.testing.assert_allclose(tuned["model_field_mae"], untuned["model_field_mae"])
+    assert "before the tuning to this field" in fit_notes(tuned)[1]
+    assert "as this Run makes it" in fit_notes(untuned)[1]
