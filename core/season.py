@@ -950,8 +950,8 @@ def _field_score_note(attrs: dict) -> str:
             "simpler method (Settings, Reconstruction method) erred less than the model"
         )
     how = (
-        " (its network before the tuning to this field, which learns from these same pixels, "
-        "with the field blend; tuning took another 1-2 % off on the held-out cubes)"
+        " (its network before its tuning to this field, which learns from these pixels; "
+        "tuning took another 1-2 % off on the held-out cubes)"
         if attrs.get("model_field_mae_before_tuning")
         else " as this Run makes it"
     )

@@ -341,5 +341,5 @@ def test_a_tuned_runs_field_scores_are_of_the_network_before_its_tuning(
     assert tuned["model_adapt_steps"] == 3
     # The same episodes, the same network: the same figures, whatever the tuning did.
     np.testing.assert_allclose(tuned["model_field_mae"], untuned["model_field_mae"])
-    assert "before the tuning to this field" in fit_notes(tuned)[1]
+    assert "before its tuning to this field" in fit_notes(tuned)[1]
     assert "as this Run makes it" in fit_notes(untuned)[1]
