@@ -395,6 +395,7 @@ def compute_season(
     wanted = set(days)
     views: dict[np.datetime64, FrameView] = {}
     fits: list[str] = []
+    headline: list[str | None] = []  # how the model did on the field's own pixels, if measured
     n_days = int((last - first).astype(int)) + 1
     frames_drawn = f"{n_days} days and drawing {len(days)} frames ({request.method})"
     stage = RECONSTRUCTING_PREFIX + frames_drawn
@@ -409,6 +410,7 @@ def compute_season(
     def draw(dates: np.ndarray, result: xr.Dataset) -> None:
         if not fits:
             fits.extend(fit_notes(result.attrs))
+            headline.append(accuracy_headline(result.attrs))
         for qi, day in enumerate(calendar_day(dates)):
             if day in wanted:
                 views[day] = _frame_view(
@@ -428,6 +430,7 @@ def compute_season(
         progress=lambda done, total: report(stage, done, total),
     )
     frames = [views[day] for day in days]  # the timeline lies within the curve's days
+    notes.extend(line for line in headline if line)
     if curve.attrs.get("field_clear_observations", 1) == 0:
         notes.append(NEVER_CLEAR_NOTE)
     reference = whittaker_reference(curve)
@@ -932,11 +935,37 @@ def _error_band_note(flat: np.ndarray) -> str:
     )
 
 
-def _field_score_note(attrs: dict) -> str:
-    """How the model compared with the baselines on the field's own hidden clear pixels."""
+def _field_comparison(attrs: dict) -> tuple[float, float, float, str, float]:
+    """Model, Whittaker and linear MAE on the field's own hidden clear pixels, the better
+    baseline's name and the model's ratio to it."""
     model, _network, whittaker, linear = (float(v) for v in attrs["model_field_mae"])
     better, name = min((whittaker, "the Whittaker smoother"), (linear, "linear interpolation"))
-    ratio = model / better if better > 0 else float("nan")
+    return model, whittaker, linear, name, (model / better if better > 0 else float("nan"))
+
+
+def accuracy_headline(attrs: dict) -> str | None:
+    """One sentence on how the model did against the better baseline on the field's own hidden
+    clear pixels (None where the Run did not measure it), for the page's notes."""
+    if "model_field_mae" not in attrs:
+        return None
+    *_, name, ratio = _field_comparison(attrs)
+    said = "Measured on this field's own clear pixels, hidden in turn, the model erred"
+    if ratio <= 0.98:
+        return f"{said} {100 * (1 - ratio):.0f} % less than {name}, the better simpler method."
+    if ratio < 1.02:
+        return (
+            f"{said} about as much as {name}, the better simpler method: on this field it does "
+            "as well (Settings, Reconstruction method)."
+        )
+    return (
+        f"{said} {100 * (ratio - 1):.0f} % more than {name}, the better simpler method: on "
+        "this field choose it (Settings, Reconstruction method)."
+    )
+
+
+def _field_score_note(attrs: dict) -> str:
+    """How the model compared with the baselines on the field's own hidden clear pixels."""
+    model, whittaker, linear, name, ratio = _field_comparison(attrs)
     if ratio <= 0.98:
         verdict = f"{100 * (1 - ratio):.0f} % below {name}, the better of the two"
     elif ratio < 1.02:

@@ -176,6 +176,9 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert any(f.startswith("Reflectance band (p10-p90)") for f in result.fits)
     assert not any(n.startswith(("Field blend", "Reflectance band")) for n in result.notes)
     assert any(e.label == "What the model measured on this field" for e in page.expander)
+    # How the model did against the simpler methods on the field's own pixels: said above it.
+    assert any(n.startswith("Measured on this field's own clear pixels") for n in result.notes)
+    assert any(f.startswith("Accuracy measured on this field") for f in result.fits)
 
     # The slider covers every acquisition and the 5-day grid; moving it changes the frames.
     slider = page.select_slider(key="timeline_date")

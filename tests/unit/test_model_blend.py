@@ -40,7 +40,7 @@ from core.model.training import (
     validation_episodes,
 )
 from core.reconstruct import ReconstructOptions, observations, reconstruct, write_reconstruction
-from core.season import fit_notes
+from core.season import accuracy_headline, fit_notes
 from core.timeline import to_days
 from tests.unit.test_model_inference import TINY, _checkpoint, _crop, hidden_bright_and_dark
 
@@ -343,3 +343,20 @@ def test_a_tuned_runs_field_scores_are_of_the_network_before_its_tuning(
     np.testing.assert_allclose(tuned["model_field_mae"], untuned["model_field_mae"])
     assert "before its tuning to this field" in fit_notes(tuned)[1]
     assert "as this Run makes it" in fit_notes(untuned)[1]
+
+
+@pytest.mark.parametrize(
+    ("maes", "says"),
+    [
+        ([0.0413, 0.0427, 0.0458, 0.0451], "erred 8 % less than linear interpolation"),
+        ([0.0323, 0.0330, 0.0327, 0.0328], "about as much as the Whittaker smoother"),
+        ([0.0360, 0.0350, 0.0330, 0.0340], "erred 9 % more than the Whittaker smoother"),
+    ],
+)
+def test_the_pages_headline_says_how_the_model_did_against_the_better_baseline(maes, says) -> None:
+    attrs = {"model_field_mae": np.array(maes), "model_field_mae_values": 1000}
+    line = accuracy_headline(attrs)
+    assert line.startswith("Measured on this field's own clear pixels") and says in line
+    (note,) = [n for n in fit_notes(attrs) if n.startswith("Accuracy measured")]
+    assert f"{maes[0]:.4f} by the model as this Run makes it" in note
+    assert accuracy_headline({}) is None
