@@ -773,6 +773,8 @@ def model_method(
         ndvi_half = np.asarray(checkpoint.ndvi_error_band, np.float32)[distance_bucket(distance)]
     attrs = field_attrs(base, checkpoint, options)
     attrs["model_steps"] = int(steps)
+    # A cube of a site the network was trained on (the offline demo's): its scores flatter it.
+    attrs["model_trained_on_site"] = int(str(observed.attrs.get("site", "")) in base.seen_sites)
     if draws is not None:
         bf16 = flow_in_bf16(torch.device(device).type)
         attrs["model_flow_precision"] = "bfloat16" if bf16 else "float32"

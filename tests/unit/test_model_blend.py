@@ -40,7 +40,7 @@ from core.model.training import (
     validation_episodes,
 )
 from core.reconstruct import ReconstructOptions, observations, reconstruct, write_reconstruction
-from core.season import accuracy_headline, fit_notes
+from core.season import TRAINED_ON_SITE_NOTE, accuracy_headline, fit_notes
 from core.timeline import to_days
 from tests.unit.test_model_inference import TINY, _checkpoint, _crop, hidden_bright_and_dark
 
@@ -343,6 +343,9 @@ def test_a_tuned_runs_field_scores_are_of_the_network_before_its_tuning(
     np.testing.assert_allclose(tuned["model_field_mae"], untuned["model_field_mae"])
     assert "before its tuning to this field" in fit_notes(tuned)[1]
     assert "as this Run makes it" in fit_notes(untuned)[1]
+    # The checkpoint was trained on "nowhere", not on this cube's site: nothing flatters it.
+    assert untuned["model_trained_on_site"] == 0
+    assert not accuracy_headline(untuned).endswith(TRAINED_ON_SITE_NOTE)
 
 
 @pytest.mark.parametrize(
@@ -360,3 +363,6 @@ def test_the_pages_headline_says_how_the_model_did_against_the_better_baseline(m
     (note,) = [n for n in fit_notes(attrs) if n.startswith("Accuracy measured")]
     assert f"{maes[0]:.4f} by the model as this Run makes it" in note
     assert accuracy_headline({}) is None
+    assert not line.endswith(TRAINED_ON_SITE_NOTE)
+    trained = accuracy_headline({**attrs, "model_trained_on_site": 1})
+    assert trained == line + TRAINED_ON_SITE_NOTE
