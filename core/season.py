@@ -935,12 +935,19 @@ def _error_band_note(flat: np.ndarray) -> str:
     )
 
 
-def _field_comparison(attrs: dict) -> tuple[float, float, float, str, float]:
+ON_A_PAR = 0.02
+"""Within this share of the better baseline's error, the model is said to be on a par with it."""
+
+
+def _field_comparison(attrs: dict) -> tuple[float, float, float, str, float, int]:
     """Model, Whittaker and linear MAE on the field's own hidden clear pixels, the better
-    baseline's name and the model's ratio to it."""
+    baseline's name, the model's ratio to it and the verdict: -1 below it, 0 on a par (within
+    :data:`ON_A_PAR`), 1 above it."""
     model, _network, whittaker, linear = (float(v) for v in attrs["model_field_mae"])
     better, name = min((whittaker, "the Whittaker smoother"), (linear, "linear interpolation"))
-    return model, whittaker, linear, name, (model / better if better > 0 else float("nan"))
+    ratio = model / better if better > 0 else float("nan")
+    verdict = -1 if ratio <= 1 - ON_A_PAR else (0 if ratio < 1 + ON_A_PAR else 1)
+    return model, whittaker, linear, name, ratio, verdict
 
 
 TRAINED_ON_SITE_NOTE = (
@@ -956,11 +963,11 @@ def accuracy_headline(attrs: dict) -> str | None:
     clear pixels (None where the Run did not measure it), for the page's notes."""
     if "model_field_mae" not in attrs:
         return None
-    *_, name, ratio = _field_comparison(attrs)
+    *_, name, ratio, verdict = _field_comparison(attrs)
     said = "Measured on this field's own clear pixels, hidden in turn, the model erred"
-    if ratio <= 0.98:
+    if verdict < 0:
         line = f"{said} {100 * (1 - ratio):.0f} % less than {name}, the better simpler method."
-    elif ratio < 1.02:
+    elif verdict == 0:
         line = (
             f"{said} about as much as {name}, the better simpler method: on this field it does "
             "as well (Settings, Reconstruction method)."
@@ -975,16 +982,16 @@ def accuracy_headline(attrs: dict) -> str | None:
 
 def _field_score_note(attrs: dict) -> str:
     """How the model compared with the baselines on the field's own hidden clear pixels."""
-    model, whittaker, linear, name, ratio = _field_comparison(attrs)
-    if ratio <= 0.98:
-        verdict = f"{100 * (1 - ratio):.0f} % below {name}, the better of the two"
-    elif ratio < 1.02:
-        verdict = (
+    model, whittaker, linear, name, ratio, verdict = _field_comparison(attrs)
+    if verdict < 0:
+        said = f"{100 * (1 - ratio):.0f} % below {name}, the better of the two"
+    elif verdict == 0:
+        said = (
             f"on a par with {name}, the better of the two: on this field the model does no "
             "better than that simpler method"
         )
     else:
-        verdict = (
+        said = (
             f"{100 * (ratio - 1):.0f} % above {name}, the better of the two: on this field that "
             "simpler method (Settings, Reconstruction method) erred less than the model"
         )
@@ -1000,7 +1007,7 @@ def _field_score_note(attrs: dict) -> str:
         f"{int(attrs.get('model_field_mae_values', 0)):,} values), were reconstructed with a "
         f"mean reflectance error of {model:.4f} by the model{how}, "
         f"{whittaker:.4f} by the Whittaker smoother and {linear:.4f} by linear interpolation: "
-        f"{verdict}."
+        f"{said}."
     )
 
 
