@@ -11,7 +11,9 @@ are sub-grids of the grid of any field inside them.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +23,7 @@ import shapely
 import xarray as xr
 from affine import Affine
 from rasterio import features
+from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
 from core.errors import FieldError, InputError
@@ -298,3 +301,69 @@ def _is_geographic(crs: str) -> bool:
         return bool(pyproj.CRS.from_user_input(crs).is_geographic)
     except pyproj.exceptions.CRSError as exc:
         raise InputError(f"The cube's CRS '{crs}' is not one pyproj knows ({exc}).") from exc
+
+
+LonLatBounds = tuple[float, float, float, float]
+"""``(west, south, east, north)`` in degrees (EPSG:4326)."""
+
+
+def cube_lonlat_bounds(cube: xr.Dataset) -> LonLatBounds | None:
+    """The outer pixel edges of a cube in degrees; None where its ``crs`` attribute or its
+    ``x``/``y`` coordinates cannot place it (a cube written without them)."""
+    try:
+        crs, transform, (height, width) = cube_raster(cube)
+    except (InputError, KeyError):
+        return None
+    left, top = transform @ (0, 0)
+    right, bottom = transform @ (width, height)
+    if _is_geographic(crs):
+        return (float(left), float(bottom), float(right), float(top))
+    to_degrees = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    west, south, east, north = to_degrees.transform_bounds(left, bottom, right, top)
+    return (float(west), float(south), float(east), float(north))
+
+
+def cube_outline(cube: xr.Dataset) -> BaseGeometry | None:
+    """The field a cube was fetched for (its ``field_geojson`` attribute, EPSG:4326), or the
+    cube's whole footprint where it has no readable outline; None where neither is known."""
+    text = cube.attrs.get("field_geojson")
+    if text:
+        try:
+            data = text if isinstance(text, dict) else json.loads(str(text))
+            if data.get("type") == "FeatureCollection":
+                parts = [shape(f["geometry"]) for f in data["features"]]
+                geometry = shapely.union_all(parts) if parts else None
+            else:
+                geometry = shape(data["geometry"] if data.get("type") == "Feature" else data)
+        except (ValueError, KeyError, TypeError, AttributeError, shapely.errors.GEOSException):
+            geometry = None  # an outline nobody can read: the cube's footprint stands in
+        if geometry is not None and not geometry.is_empty and geometry.area > 0:
+            return geometry
+    bounds = cube_lonlat_bounds(cube)
+    return shapely.box(*bounds) if bounds is not None else None
+
+
+def share_inside(
+    geometry: BaseGeometry, footprints: Sequence[tuple[str, LonLatBounds]]
+) -> tuple[float, str | None]:
+    """The share of ``geometry``'s area (degrees, EPSG:4326; fine at a field's size) that lies
+    inside any of the named ``footprints``, and the name of the one holding most of it (None
+    where none overlaps)."""
+    if geometry.is_empty or geometry.area <= 0 or not footprints:
+        return 0.0, None
+    parts = [(name, geometry.intersection(shapely.box(*bounds))) for name, bounds in footprints]
+    share = float(shapely.union_all([p for _, p in parts]).area / geometry.area)
+    if share <= 0:
+        return 0.0, None
+    return min(share, 1.0), max(parts, key=lambda item: item[1].area)[0]
+
+
+def distance_km(geometry: BaseGeometry, bounds: LonLatBounds) -> float:
+    """Roughly how far ``geometry`` (EPSG:4326) lies from a footprint, in km: 0 where they
+    touch; the gap between their bounding boxes otherwise (degrees scaled at their latitude;
+    good to a few per cent at the distances where it matters, not across the antimeridian)."""
+    west, south, east, north = geometry.bounds
+    dx = max(0.0, bounds[0] - east, west - bounds[2])
+    dy = max(0.0, bounds[1] - north, south - bounds[3])
+    latitude = math.radians((south + north + bounds[1] + bounds[3]) / 4)
+    return float(math.hypot(dx * 111.32 * math.cos(latitude), dy * 110.57))

@@ -950,12 +950,29 @@ def _field_comparison(attrs: dict) -> tuple[float, float, float, str, float, int
     return model, whittaker, linear, name, ratio, verdict
 
 
-TRAINED_ON_SITE_NOTE = (
-    " The model was trained on this site's own data, which flatters it here: on held-out cubes "
-    "it erred 4-8 % less than the better simpler method, and about as much on a region unlike "
-    "its training sites (README, the model's accuracy)."
+TRAINED_ON_TAIL = (
+    ", which flatters it here: on held-out cubes it erred 4-8 % less than the better simpler "
+    "method, and about as much on a region unlike its training sites (README, the model's "
+    "accuracy)."
 )
-"""Said after the field's verdict where the cube is of a site the model was trained on."""
+"""Ends the warning after the field's verdict where the model was trained on the field."""
+
+
+def trained_on_note(attrs: dict) -> str:
+    """The warning said after the field's verdict where the model was trained on this field
+    (a cube of a training site, or a field fetched inside a training cube's footprint); ""
+    elsewhere."""
+    if not attrs.get("model_trained_on_site"):
+        return ""
+    site = str(attrs.get("model_training_site", "") or "")
+    named = f" ({site})" if site else ""
+    share = float(attrs.get("model_trained_share", 1.0))
+    if share >= 0.995:
+        return f" The model was trained on this place's own data{named}{TRAINED_ON_TAIL}"
+    return (
+        f" {100 * share:.0f} % of this field lies inside data the model was trained on{named}"
+        f"{TRAINED_ON_TAIL}"
+    )
 
 
 def accuracy_headline(attrs: dict) -> str | None:
@@ -977,7 +994,7 @@ def accuracy_headline(attrs: dict) -> str | None:
             f"{said} {100 * (ratio - 1):.0f} % more than {name}, the better simpler method: on "
             "this field choose it (Settings, Reconstruction method)."
         )
-    return line + (TRAINED_ON_SITE_NOTE if attrs.get("model_trained_on_site") else "")
+    return line + trained_on_note(attrs)
 
 
 def _field_score_note(attrs: dict) -> str:
@@ -1007,8 +1024,20 @@ def _field_score_note(attrs: dict) -> str:
         f"{int(attrs.get('model_field_mae_values', 0)):,} values), were reconstructed with a "
         f"mean reflectance error of {model:.4f} by the model{how}, "
         f"{whittaker:.4f} by the Whittaker smoother and {linear:.4f} by linear interpolation: "
-        f"{said}."
+        f"{said}.{_nearest_training_note(attrs)}"
     )
+
+
+def _nearest_training_note(attrs: dict) -> str:
+    """How far the nearest cube the model was trained on lies, for a field it was not trained
+    on (a model is better on fields like its training sites: README, the model's accuracy)."""
+    km = attrs.get("model_nearest_training_km")
+    if km is None or attrs.get("model_trained_on_site"):
+        return ""
+    site = str(attrs.get("model_nearest_training_site", "") or "")
+    where = f" ({site})" if site else ""
+    distance = f"{float(km):,.0f} km" if float(km) >= 1 else "under 1 km"
+    return f" The nearest cube the model was trained on{where} lies about {distance} away."
 
 
 def fit_notes(attrs: dict) -> list[str]:

@@ -104,7 +104,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from core.model.checkpoint import Checkpoint, save_checkpoint
     from core.model.config import ModelConfig, TrainConfig
     from core.model.inference import resolve_device
-    from core.model.training import calibrate, load_series, train, validation_episodes
+    from core.model.training import (
+        calibrate,
+        footprints_of,
+        load_series,
+        merged_footprints,
+        train,
+        validation_episodes,
+    )
     from core.storage import check_output_path
 
     data = args.data or settings.cubes_dir
@@ -231,6 +238,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         record.update(
             initialised_from=str(args.init),
             seen_sites=sorted(set(record["seen_sites"]) | set(init.seen_sites)),
+            seen_footprints=merged_footprints(record["seen_footprints"], init.seen_footprints),
             steps_before=init.record.get("steps"),
             seconds_before=init.record.get("seconds"),
         )
@@ -249,6 +257,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         data=str(Path(data).resolve()),
         holdout_sites=sorted(holdout),
         tuned_sites=sorted({s.site for s in validation}),
+        seen_footprints=merged_footprints(record["seen_footprints"], footprints_of(validation)),
         validation=figures,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 
 from core.config import DEFAULT_CHECKPOINT
 from core.errors import InputError
+from core.grid import cube_outline, distance_km, share_inside
 from core.model.blend import FieldBlend, FieldScores
 from core.model.config import ModelConfig, TrainConfig
 from core.model.network import FieldFlowNet
@@ -69,6 +71,55 @@ class Checkpoint:
         return sorted(
             set(self.record.get("seen_sites", [])) | set(self.record.get("tuned_sites", []))
         )
+
+    @property
+    def seen_footprints(self) -> list[dict[str, object]]:
+        """Where the cubes it was trained or tuned on lie: ``{"site", "bounds"}`` entries
+        (west, south, east, north in degrees); empty for a checkpoint recorded without them."""
+        entries = self.record.get("seen_footprints", [])
+        return [dict(e) for e in entries if isinstance(e, dict) and len(e.get("bounds", [])) == 4]
+
+
+TRAINED_SHARE = 0.01
+"""A field with at least this share of its area inside the cubes a checkpoint was trained or
+tuned on counts as one it was trained on (below it: a sliver along a shared edge)."""
+
+
+@dataclass(frozen=True)
+class TrainingOverlap:
+    """How a cube's field stands to the cubes a checkpoint was trained or tuned on."""
+
+    share: float
+    """Share of the field's area inside them (1.0 for a cube of a training site by name)."""
+    site: str | None
+    """The training site holding most of it; None where none does."""
+    nearest_km: float | None
+    """Roughly how far the nearest training cube lies (0 where one overlaps); None where the
+    checkpoint or the cube does not record where it lies."""
+    nearest_site: str | None
+
+    @property
+    def trained_on(self) -> bool:
+        return self.share >= TRAINED_SHARE
+
+
+def training_overlap(checkpoint: Checkpoint, cube: xr.Dataset) -> TrainingOverlap:
+    """Whether ``cube`` shows a place ``checkpoint`` was trained on: a cube of a training site
+    (its ``site`` attribute, as the shared cubes and the offline demo carry), or a field fetched
+    anywhere whose outline lies inside a training cube's footprint (the record's
+    ``seen_footprints``). A model's scores on such a field flatter it."""
+    site = str(cube.attrs.get("site", ""))
+    named = site in checkpoint.seen_sites
+    footprints = [(str(e["site"]), tuple(e["bounds"])) for e in checkpoint.seen_footprints]
+    outline = cube_outline(cube) if footprints else None
+    if outline is None:
+        return TrainingOverlap(1.0 if named else 0.0, site if named else None, None, None)
+    share, holder = share_inside(outline, footprints)
+    distances = [(distance_km(outline, bounds), name) for name, bounds in footprints]
+    nearest_km, nearest_site = min(distances)
+    if named:
+        share, holder = 1.0, site
+    return TrainingOverlap(share, holder, nearest_km, nearest_site)
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path:

@@ -33,7 +33,7 @@ from core.config import usable_cpus
 from core.cube import has_s1
 from core.errors import InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
-from core.model.checkpoint import Checkpoint, load_checkpoint
+from core.model.checkpoint import Checkpoint, load_checkpoint, training_overlap
 from core.model.config import MIN_ADAPT_FRAMES, ModelConfig
 from core.model.features import (
     N_BANDS,
@@ -773,8 +773,15 @@ def model_method(
         ndvi_half = np.asarray(checkpoint.ndvi_error_band, np.float32)[distance_bucket(distance)]
     attrs = field_attrs(base, checkpoint, options)
     attrs["model_steps"] = int(steps)
-    # A cube of a site the network was trained on (the offline demo's): its scores flatter it.
-    attrs["model_trained_on_site"] = int(str(observed.attrs.get("site", "")) in base.seen_sites)
+    # A field the network was trained on (the offline demo's cube, or one fetched inside a
+    # training cube's footprint): its scores flatter it.
+    overlap = training_overlap(base, observed)
+    attrs["model_trained_on_site"] = int(overlap.trained_on)
+    attrs["model_trained_share"] = round(overlap.share, 4)
+    attrs["model_training_site"] = overlap.site or ""
+    if overlap.nearest_km is not None:
+        attrs["model_nearest_training_km"] = round(overlap.nearest_km, 1)
+        attrs["model_nearest_training_site"] = overlap.nearest_site or ""
     if draws is not None:
         bf16 = flow_in_bf16(torch.device(device).type)
         attrs["model_flow_precision"] = "bfloat16" if bf16 else "float32"

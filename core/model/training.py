@@ -27,6 +27,7 @@ import xarray as xr
 
 from core.cube import has_s1, read_cube
 from core.errors import InputError
+from core.grid import LonLatBounds, cube_lonlat_bounds
 from core.indices import NIR, NIR_NARROW, RED
 from core.model.calibration import coverage, fit_spread
 from core.model.config import ModelConfig, TrainConfig
@@ -67,6 +68,30 @@ class SeriesData:
     s1_days: np.ndarray
     s1_doy: np.ndarray
     s1_ascending: np.ndarray
+    bounds: LonLatBounds | None = None
+    """Where the cube lies (west, south, east, north in degrees), recorded in a checkpoint so
+    that a field fetched there is known to be one the model was trained on; None where the cube
+    cannot say."""
+
+
+def footprints_of(series: Sequence[SeriesData]) -> list[dict[str, object]]:
+    """``[{"site": ..., "bounds": [west, south, east, north]}]`` of the series that know where
+    they lie, once each, for a checkpoint's record (:attr:`Checkpoint.seen_footprints`)."""
+    seen: list[dict[str, object]] = []
+    for s in series:
+        entry = {"site": s.site, "bounds": [round(v, 6) for v in s.bounds]} if s.bounds else None
+        if entry is not None and entry not in seen:
+            seen.append(entry)
+    return seen
+
+
+def merged_footprints(*groups: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """The entries of several :func:`footprints_of` lists, once each, in order."""
+    merged: list[dict[str, object]] = []
+    for entry in (e for group in groups for e in group):
+        if entry not in merged:
+            merged.append(entry)
+    return merged
 
 
 def load_series(path: Path) -> SeriesData:
@@ -112,6 +137,7 @@ def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
         s1_days=s1_days,
         s1_doy=s1_doy,
         s1_ascending=asc,
+        bounds=cube_lonlat_bounds(cube),
     )
 
 
@@ -599,6 +625,7 @@ def train(
     tail = history[-max(1, len(history) // 10) :]
     record = {
         "seen_sites": sorted({s.site for s in usable}),
+        "seen_footprints": footprints_of(usable),
         "steps": config.steps,
         "seconds": round(time.time() - started, 1),
         "device": device,

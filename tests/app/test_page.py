@@ -28,7 +28,7 @@ from core import season as season_module
 from core.curve import CURVE_COLUMNS, curve_csv
 from core.fetch import clear_gdal_http_cache
 from core.jobs import JobCancelled
-from core.season import DEFAULT_ADAPT_STEPS, TRAINED_ON_SITE_NOTE, SeasonResult
+from core.season import DEFAULT_ADAPT_STEPS, TRAINED_ON_TAIL, SeasonResult
 from tests.support.site import PublishedSite
 from tests.support.waiting import until
 
@@ -179,7 +179,9 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     # How the model did against the simpler methods on the field's own pixels: said above it.
     (line,) = [n for n in result.notes if n.startswith("Measured on this field's own clear")]
     # The offline demo is a cube of a site the shipped model was trained on: said with it.
-    assert line.endswith(TRAINED_ON_SITE_NOTE)
+    assert line.endswith(
+        " The model was trained on this place's own data (be-flanders-a)" + TRAINED_ON_TAIL
+    )
     assert any(f.startswith("Accuracy measured on this field") for f in result.fits)
 
     # The slider covers every acquisition and the 5-day grid; moving it changes the frames.

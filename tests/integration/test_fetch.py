@@ -446,3 +446,40 @@ def test_full_flanders_period_in_process(published_site) -> None:
     )
     print(f"full flanders: {time.monotonic() - started:.1f} s")
     assert_reproduces(result.cube, site.cube, start, end)
+
+
+# --- the model knows a fetched field it was trained on ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "trained_on", "nearest"),
+    [("es-field", True, "es-field"), ("be-flanders-c", False, "be-flanders-a")],
+)
+def test_a_field_fetched_where_the_model_was_trained_is_known_as_such(
+    published_site, name: str, trained_on: bool, nearest: str
+) -> None:
+    """The shipped model was trained on es-field's cube, not on be-flanders-c's (held out, some
+    45 km from be-flanders-a). A field fetched there under the user's own name is recognised by
+    where it lies, not by the name, and the page's verdict warns where its scores flatter."""
+    from core.reconstruct import ReconstructOptions, reconstruct
+    from core.season import trained_on_note
+
+    site = published_site(name, max_dates=12)
+    settings = Settings(stac_api_url=site.stac_url, retries=1)
+    field = Field(site.field(20.0), "my own field")
+    cube = fetch_cube(field, *period_of(site), settings=settings, threads=2).cube
+    assert cube.attrs["site"] == "my own field"
+    query = cube["time_s2"].values[[3]]
+    attrs = reconstruct(cube, query, "model", ReconstructOptions(samples=1, device="cpu")).attrs
+    assert attrs["model_trained_on_site"] == int(trained_on)
+    assert attrs["model_nearest_training_site"] == nearest
+    if trained_on:
+        assert attrs["model_training_site"] == name and attrs["model_trained_share"] > 0.99
+        assert attrs["model_nearest_training_km"] == 0
+        assert trained_on_note(attrs).startswith(
+            f" The model was trained on this place's own data ({name})"
+        )
+    else:
+        assert attrs["model_training_site"] == "" and attrs["model_trained_share"] == 0
+        assert 40 < attrs["model_nearest_training_km"] < 50
+        assert trained_on_note(attrs) == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyproj
 import pytest
@@ -13,11 +15,15 @@ from core.errors import FieldError, InputError
 from core.field import Field
 from core.grid import (
     Grid,
+    cube_lonlat_bounds,
+    cube_outline,
     cube_raster,
+    distance_km,
     field_mask,
     grid_for_field,
     grid_from_cube,
     project_geometry,
+    share_inside,
     utm_crs_for,
 )
 
@@ -233,3 +239,56 @@ def test_project_geometry_round_trip_is_submillimetre() -> None:
     np.testing.assert_allclose(
         projected.bounds, (501500.0, 5629200.0, 501700.0, 5629500.0), atol=1e-3
     )
+
+
+def _utm_cube(grid: Grid, attrs: dict | None = None):
+    return build_cube(
+        np.zeros((1, 10, grid.height, grid.width), np.float32),
+        np.array(["2020-01-01"], "datetime64[ns]"),
+        grid.y,
+        grid.x,
+        {"crs": grid.crs, "resolution_m": grid.resolution_m, **(attrs or {})},
+        valid=np.ones((1, grid.height, grid.width), np.uint8),
+    )
+
+
+def test_a_cubes_footprint_in_degrees_holds_its_outer_pixel_edges() -> None:
+    grid = Grid("EPSG:32631", 10.0, 500000.0, 5600000.0, 30, 20)
+    west, south, east, north = cube_lonlat_bounds(_utm_cube(grid))
+    to_utm = pyproj.Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
+    left, top = to_utm.transform(west, north)
+    right, bottom = to_utm.transform(east, south)
+    # The box in degrees holds the grid (and exceeds it by at most the UTM grid's tilt there).
+    assert left <= 500000.0 + 1e-6 and right >= 500300.0 - 1e-6
+    assert bottom <= 5599800.0 + 1e-6 and top >= 5600000.0 - 1e-6
+    assert right - left < 301 and top - bottom < 201
+    bare = _utm_cube(grid).drop_attrs()
+    assert cube_lonlat_bounds(bare) is None and cube_outline(bare) is None
+
+
+def test_a_cubes_outline_is_its_field_where_it_records_one() -> None:
+    grid = Grid("EPSG:32631", 10.0, 500000.0, 5600000.0, 30, 20)
+    field = lonlat_box(grid.crs, 500050.0, 5599850.0, 500100.0, 5599900.0)
+    feature = json.dumps(Field(field, "f").to_geojson())  # as a fetched cube carries it
+    outline = cube_outline(_utm_cube(grid, {"field_geojson": feature}))
+    assert outline.symmetric_difference(field).area < 1e-6 * field.area
+    # Unreadable outlines fall back to the cube's footprint, not to an error.
+    for text in ("not json", '{"type": "Feature"}', '{"type": "Point", "coordinates": [3, 50]}'):
+        fallback = cube_outline(_utm_cube(grid, {"field_geojson": text}))
+        assert fallback.bounds == pytest.approx(cube_lonlat_bounds(_utm_cube(grid)))
+
+
+def test_share_inside_footprints_and_distance_to_them() -> None:
+    field = shapely.box(3.0, 50.0, 3.01, 50.01)
+    assert share_inside(field, []) == (0.0, None)
+    assert share_inside(field, [("far", (4.0, 50.0, 4.1, 50.1))]) == (0.0, None)
+    halves = [("a", (3.005, 49.0, 4.0, 51.0)), ("b", (2.0, 49.0, 3.002, 51.0))]
+    share, site = share_inside(field, halves)
+    assert share == pytest.approx(0.7) and site == "a"
+    # Two footprints over the same part count it once.
+    share, _ = share_inside(field, [("a", (2.0, 49.0, 4.0, 51.0)), ("b", (2.0, 49.0, 4.0, 51.0))])
+    assert share == pytest.approx(1.0)
+    assert distance_km(field, (2.0, 49.0, 4.0, 51.0)) == 0.0
+    # One degree of latitude north is about 111 km; 0.1 degree east at 50 N about 7.2 km.
+    assert distance_km(field, (3.0, 51.01, 3.01, 51.02)) == pytest.approx(110.6, rel=0.01)
+    assert distance_km(field, (3.11, 50.0, 3.12, 50.01)) == pytest.approx(7.16, rel=0.01)

@@ -40,7 +40,7 @@ from core.model.training import (
     validation_episodes,
 )
 from core.reconstruct import ReconstructOptions, observations, reconstruct, write_reconstruction
-from core.season import TRAINED_ON_SITE_NOTE, accuracy_headline, fit_notes
+from core.season import TRAINED_ON_TAIL, accuracy_headline, fit_notes
 from core.timeline import to_days
 from tests.unit.test_model_inference import TINY, _checkpoint, _crop, hidden_bright_and_dark
 
@@ -345,7 +345,7 @@ def test_a_tuned_runs_field_scores_are_of_the_network_before_its_tuning(
     assert "as this Run makes it" in fit_notes(untuned)[1]
     # The checkpoint was trained on "nowhere", not on this cube's site: nothing flatters it.
     assert untuned["model_trained_on_site"] == 0
-    assert not accuracy_headline(untuned).endswith(TRAINED_ON_SITE_NOTE)
+    assert not accuracy_headline(untuned).endswith(TRAINED_ON_TAIL)
 
 
 @pytest.mark.parametrize(
@@ -363,6 +363,19 @@ def test_the_pages_headline_says_how_the_model_did_against_the_better_baseline(m
     (note,) = [n for n in fit_notes(attrs) if n.startswith("Accuracy measured")]
     assert f"{maes[0]:.4f} by the model as this Run makes it" in note
     assert accuracy_headline({}) is None
-    assert not line.endswith(TRAINED_ON_SITE_NOTE)
+    assert not line.endswith(TRAINED_ON_TAIL)
     trained = accuracy_headline({**attrs, "model_trained_on_site": 1})
-    assert trained == line + TRAINED_ON_SITE_NOTE
+    assert trained == line + " The model was trained on this place's own data" + TRAINED_ON_TAIL
+    # A field fetched partly inside a training cube says how much of it, and which.
+    partly = {**attrs, "model_trained_on_site": 1, "model_trained_share": 0.4}
+    assert accuracy_headline({**partly, "model_training_site": "es-field"}) == (
+        line
+        + " 40 % of this field lies inside data the model was trained on (es-field)"
+        + TRAINED_ON_TAIL
+    )
+    # Elsewhere the folded note says how far the nearest training cube lies.
+    far = {**attrs, "model_nearest_training_km": 1436.2, "model_nearest_training_site": "x"}
+    (note,) = [n for n in fit_notes(far) if n.startswith("Accuracy measured")]
+    assert note.endswith(" The nearest cube the model was trained on (x) lies about 1,436 km away.")
+    (note,) = [n for n in fit_notes({**far, **partly}) if n.startswith("Accuracy measured")]
+    assert "nearest cube" not in note

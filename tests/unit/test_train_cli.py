@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from core.cli import main
+from core.config import DEFAULT_CHECKPOINT
+from core.cube import read_cube
+from core.grid import cube_lonlat_bounds
 from core.model.checkpoint import load_checkpoint
 
 SMALL = ("es-field_2019.nc", "hu-alfold_2021.nc", "pt-santarem_2021.nc")
@@ -31,11 +34,23 @@ def base_checkpoint(small_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
-def test_held_out_sites_are_never_seen(base_checkpoint: Path) -> None:
+def test_held_out_sites_are_never_seen(base_checkpoint: Path, small_data: Path) -> None:
     checkpoint = load_checkpoint(base_checkpoint)
     assert checkpoint.record["holdout_sites"] == ["hu-alfold"]
     assert "hu-alfold" not in checkpoint.seen_sites
     assert checkpoint.seen_sites == ["es-field", "pt-santarem"]
+    # Where they lie, so that a field fetched there is known as one the model has seen.
+    footprints = {e["site"]: e["bounds"] for e in checkpoint.seen_footprints}
+    assert sorted(footprints) == checkpoint.seen_sites
+    for site in footprints:
+        (path,) = small_data.glob(f"{site}_*.nc")
+        expected = cube_lonlat_bounds(read_cube(path))
+        assert footprints[site] == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_shipped_checkpoint_records_where_every_site_it_saw_lies() -> None:
+    shipped = load_checkpoint(DEFAULT_CHECKPOINT)
+    assert sorted({e["site"] for e in shipped.seen_footprints}) == shipped.seen_sites
 
 
 def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_record(
@@ -56,6 +71,7 @@ def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_record(
     assert tuned.train_config.date_jitter == pytest.approx(0.5)
     assert "field_ndvi" in tuned.record["final_losses"]  # the term was trained on
     assert "hu-alfold" not in tuned.seen_sites
+    assert tuned.seen_footprints == base.seen_footprints  # the same sites, recorded once
     # Three small steps move the weights a little: started from the base, not from scratch.
     distance = sum(
         (a - b).abs().sum().item()
