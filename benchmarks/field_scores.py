@@ -26,7 +26,7 @@ from core.config import Settings
 from core.cube import read_cube
 from core.model.inference import clear_field_cache
 from core.reconstruct import ReconstructOptions, reconstruct
-from core.season import fit_notes
+from core.season import accuracy_headline, fit_notes
 
 
 def main() -> int:
@@ -59,6 +59,7 @@ def main() -> int:
             f"{model / min(whittaker, linear):.3f}",
             flush=True,
         )
+        print("  page: " + str(accuracy_headline(attrs)), flush=True)
         print("  " + next(n for n in fit_notes(attrs) if n.startswith("Accuracy")), flush=True)
     return 0
 

@@ -136,6 +136,14 @@ def whole_run(request: SeasonRequest) -> int:
     total = reports[recon[-1]].total
     print(f"Run {end - job.started_at:.1f} s; reconstruction {end - reports[recon[0]].at:.1f} s "
           f"in {len(recon)} reports", flush=True)  # fmt: skip
+    first = next((i for i in recon if seconds_left(reports[: i + 1], reports[i].at)), None)
+    if first is not None:
+        estimate = seconds_left(reports[: first + 1], reports[first].at)
+        truth = end - reports[first].at
+        print(f"  first shown at {reports[first].done} of {total} days, "
+              f"{reports[first].at - reports[recon[0]].at:.1f} s into the reconstruction: "
+              f"estimated {estimate:6.1f} s left, took {truth:6.1f} s "
+              f"({estimate / truth:.2f} x)", flush=True)  # fmt: skip
     shown = set()
     for i in recon:
         tenth = reports[i].done * 10 // total

@@ -18,6 +18,12 @@ from contextvars import ContextVar
 FIRST_SHOWN_S = 10.0
 """Estimates shorter than this are not shown: the stage is nearly done anyway."""
 
+MIN_PACE_SHARE = 0.1
+"""A pace is measured over at least this share of a stage's steps before it estimates: a Run's
+reconstruction pays a fixed cost at the start of each chunk of days (the context's trunk pass),
+so a pace over its first day or two read 1.6 x the time it then took
+(benchmarks/run_progress_256.txt)."""
+
 
 class StageClock:
     """Estimates the seconds left in the current stage of ``(stage, done, total)`` reports.
@@ -34,7 +40,8 @@ class StageClock:
 
     def seconds_left(self, stage: str, done: int, total: int) -> float | None:
         """Seconds left at the pace measured since the stage's first report of progress; None
-        until two reports with progress have come (no pace yet), or when nothing is left."""
+        until a later report has come at least :data:`MIN_PACE_SHARE` of the stage's steps
+        further (no pace yet), or when nothing is left."""
         now = self._clock()
         if stage != self._stage:
             self._stage, self._first = stage, None
@@ -44,7 +51,7 @@ class StageClock:
             self._first = (now, done)
             return None
         began, done_then = self._first
-        if done == done_then:
+        if done == done_then or done - done_then < MIN_PACE_SHARE * total:
             return None
         return (now - began) / (done - done_then) * (total - done)
 

@@ -47,6 +47,7 @@ from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff, reconstruction_netcdf
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
+from core.model.blend import DISTANCE_EDGES_DAYS
 from core.model.config import MIN_ADAPT_FRAMES
 from core.reconstruct import (
     ERROR_BAND_ATTR,
@@ -994,7 +995,48 @@ def accuracy_headline(attrs: dict) -> str | None:
             f"{said} {100 * (ratio - 1):.0f} % more than {name}, the better simpler method: on "
             "this field choose it (Settings, Reconstruction method)."
         )
-    return line + trained_on_note(attrs)
+    return line + (_far_warning(attrs) if verdict <= 0 else "") + trained_on_note(attrs)
+
+
+FAR_MIN_VALUES = 2000
+"""The headline speaks of the values hidden furthest from clear data only with this many."""
+
+
+def _by_distance(attrs: dict) -> list[tuple[str, int, float, float, str, int]]:
+    """Per bucket of days to the nearest clear observation (DISTANCE_EDGES_DAYS) with values:
+    its words, values, the model's MAE, the better baseline's, its name and the verdict (as
+    :func:`_field_comparison`'s)."""
+    flat = attrs.get("model_field_mae_by_distance")
+    if flat is None:
+        return []
+    rows = np.asarray(flat, np.float64).reshape(-1, 4)
+    near, far = (f"{d:.0f}" for d in DISTANCE_EDGES_DAYS)
+    words = [f"up to {near} days", f"{near}-{far} days", f"over {far} days"]
+    out = []
+    for said, (values, model, whittaker, linear) in zip(words, rows, strict=True):
+        if values <= 0 or not np.isfinite([model, whittaker, linear]).all():
+            continue
+        better, name = min((whittaker, "the Whittaker smoother"), (linear, "linear interpolation"))
+        ratio = model / better if better > 0 else float("nan")
+        verdict = -1 if ratio <= 1 - ON_A_PAR else (0 if ratio < 1 + ON_A_PAR else 1)
+        out.append((said, int(values), model, better, name, verdict))
+    return out
+
+
+def _far_warning(attrs: dict) -> str:
+    """Where the model did well on the field as a whole but worse than a baseline on the values
+    hidden furthest from clear data (a long cloudy spell), one sentence saying so."""
+    rows = _by_distance(attrs)
+    if not rows or not rows[-1][0].startswith("over"):
+        return ""
+    said, values, model, better, name, verdict = rows[-1]
+    if verdict <= 0 or values < FAR_MIN_VALUES:
+        return ""
+    return (
+        f" More than {said[5:]} from clear data, though, it erred {100 * (model / better - 1):.0f} "
+        f"% more than {name}: over long cloudy spells, compare the curve with that method's "
+        "(Settings, Reconstruction method)."
+    )
 
 
 def _field_score_note(attrs: dict) -> str:
@@ -1024,8 +1066,26 @@ def _field_score_note(attrs: dict) -> str:
         f"{int(attrs.get('model_field_mae_values', 0)):,} values), were reconstructed with a "
         f"mean reflectance error of {model:.4f} by the model{how}, "
         f"{whittaker:.4f} by the Whittaker smoother and {linear:.4f} by linear interpolation: "
-        f"{said}.{_nearest_training_note(attrs)}"
+        f"{said}.{_by_distance_note(attrs)}{_nearest_training_note(attrs)}"
     )
+
+
+def _by_distance_note(attrs: dict) -> str:
+    """The same errors by days from the hidden value to the nearest clear observation."""
+    parts = []
+    for said, values, model, better, name, verdict in _by_distance(attrs):
+        ratio = model / better
+        how = (
+            f"{100 * (1 - ratio):.0f} % less"
+            if verdict < 0
+            else ("on a par" if verdict == 0 else f"{100 * (ratio - 1):.0f} % more")
+        )
+        parts.append(
+            f"{said} ({values:,} values), {model:.4f} against {better:.4f} ({name}): {how}"
+        )
+    if not parts:
+        return ""
+    return " By days to the nearest clear observation: " + "; ".join(parts) + "."
 
 
 def _nearest_training_note(attrs: dict) -> str:

@@ -242,14 +242,22 @@ class FieldScores:
     before_tuning: bool = False
     """The network scored is the one before its tuning to the field (which learns from the same
     pixels, so that its error there would flatter it)."""
+    by_distance: np.ndarray | None = None
+    """(buckets, 4): values scored, then the model's, Whittaker's and linear MAE, per bucket of
+    days from the hidden value to the nearest visible clear observation
+    (:data:`DISTANCE_EDGES_DAYS`: a frame or two missing, a cloudy spell, a long gap); NaN MAEs
+    where a bucket has no values. None where the values' distances were not given."""
 
     def attrs(self) -> dict[str, object]:
-        return {
+        attrs: dict[str, object] = {
             "model_field_mae": np.round([self.model, self.network, self.whittaker, self.linear], 5),
             "model_field_mae_values": int(self.values),
             "model_field_mae_episodes": int(self.episodes),
             "model_field_mae_before_tuning": int(self.before_tuning),
         }
+        if self.by_distance is not None:  # flat: attributes hold 1-D arrays only
+            attrs["model_field_mae_by_distance"] = np.round(self.by_distance, 5).ravel()
+        return attrs
 
 
 def field_scores(
@@ -285,9 +293,19 @@ def field_scores(
         at = usable & scored
         blended[at] = network[at] + blend.delta_values(network[at], smoother[at], band[at], key[at])
 
-    def mae(values: np.ndarray) -> float:
-        return float(np.mean(np.abs(values[usable] - truth[usable])) / scale)
+    def mae(values: np.ndarray, where: np.ndarray = usable) -> float:
+        if not where.any():
+            return float("nan")
+        return float(np.mean(np.abs(values[where] - truth[where])) / scale)
 
+    by_distance = None
+    if measure == "distance":
+        bucket = distance_bucket(key)
+        rows = []
+        for b in range(len(DISTANCE_EDGES_DAYS) + 1):
+            at = usable & (bucket == b)
+            rows.append([at.sum(), mae(blended, at), mae(smoother, at), mae(linear, at)])
+        by_distance = np.asarray(rows, np.float64)
     return FieldScores(
         model=mae(blended),
         network=mae(network),
@@ -296,4 +314,5 @@ def field_scores(
         values=int(usable.sum()),
         episodes=int(np.unique(episode).size),
         before_tuning=tuned,
+        by_distance=by_distance,
     )

@@ -190,6 +190,14 @@ def test_field_scores_cross_fit_the_blend_and_score_every_method_on_the_same_val
     assert scores.linear == pytest.approx(np.abs(linear - truth)[used].mean() / 2.0)
     # The blend takes the smoother far away and half of each near (errors cancel half-way).
     assert scores.model < 0.5 * min(scores.network, scores.whittaker)
+    # By days to clear data (<= 8, 8-20, > 20): each method's error on that bucket's values.
+    for row, days in zip(scores.by_distance, (2.0, 12.0, 40.0), strict=True):
+        at = used & (distance == days)
+        assert row[0] == at.sum()
+        assert row[2] == pytest.approx(np.abs(smoother - truth)[at].mean() / 2.0)
+        assert row[3] == pytest.approx(np.abs(linear - truth)[at].mean() / 2.0)
+    assert scores.by_distance[2, 2] == 0  # the smoother is exact far from clear data
+    assert scores.attrs()["model_field_mae_by_distance"].shape == (12,)
     # Cross-fitted: a blend fitted on every value would know each value's own error. Here the
     # smoother is exact on the odd episodes only, which the even ones cannot learn from.
     odd = episode % 2 == 1
@@ -373,6 +381,28 @@ def test_the_pages_headline_says_how_the_model_did_against_the_better_baseline(m
         + " 40 % of this field lies inside data the model was trained on (es-field)"
         + TRAINED_ON_TAIL
     )
+    # Better on the whole, but worse than a baseline on values far from clear data: said.
+    rows = [[9000, 0.030, 0.034, 0.033], [5000, 0.040, 0.043, 0.044], [3000, 0.060, 0.050, 0.07]]
+    spells = {**attrs, "model_field_mae_by_distance": np.ravel(rows)}
+    far = (
+        " More than 20 days from clear data, though, it erred 20 % more than the Whittaker "
+        "smoother: over long cloudy spells, compare the curve with that method's (Settings, "
+        "Reconstruction method)."
+    )
+    # (where it erred more on the whole, the line already says to choose the other method)
+    assert accuracy_headline(spells) == line + ("" if "% more" in says else far)
+    (note,) = [n for n in fit_notes(spells) if n.startswith("Accuracy measured")]
+    assert note.endswith(
+        " By days to the nearest clear observation: up to 8 days (9,000 values), 0.0300 against "
+        "0.0330 (linear interpolation): 9 % less; 8-20 days (5,000 values), 0.0400 against "
+        "0.0430 (the Whittaker smoother): 7 % less; over 20 days (3,000 values), 0.0600 against "
+        "0.0500 (the Whittaker smoother): 20 % more."
+    )
+    # Too few values that far to speak of in the headline; a far bucket as good: nothing said.
+    few = np.ravel([rows[0], rows[1], [500, 0.060, 0.050, 0.07]])
+    assert accuracy_headline({**attrs, "model_field_mae_by_distance": few}) == line
+    fine = np.ravel([rows[0], rows[1], [3000, 0.049, 0.050, 0.07]])
+    assert accuracy_headline({**attrs, "model_field_mae_by_distance": fine}) == line
     # Elsewhere the folded note says how far the nearest training cube lies.
     far = {**attrs, "model_nearest_training_km": 1436.2, "model_nearest_training_site": "x"}
     (note,) = [n for n in fit_notes(far) if n.startswith("Accuracy measured")]

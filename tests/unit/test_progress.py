@@ -50,6 +50,23 @@ def test_a_new_stage_starts_a_new_pace() -> None:
     assert stage.seconds_left("fetching S1", 1, 10) is None
 
 
+def test_a_pace_waits_for_a_tenth_of_the_stage() -> None:
+    # A chunk of days pays its context's pass first: a pace over a day or two overstates.
+    clock = Clock()
+    stage = StageClock(clock)
+    stage.seconds_left("reconstructing", 1, 176)
+    clock.now = 3.0
+    assert stage.seconds_left("reconstructing", 2, 176) is None
+    clock.now = 10.0
+    assert stage.seconds_left("reconstructing", 17, 176) is None  # 16 days: under a tenth
+    clock.now = 11.0
+    assert stage.seconds_left("reconstructing", 19, 176) == 11.0 / 18 * 157
+    # A short stage: one step is a tenth and more.
+    stage.seconds_left("fetching S2", 1, 8)
+    clock.now = 12.0
+    assert stage.seconds_left("fetching S2", 2, 8) == 6.0
+
+
 def test_time_left_text() -> None:
     assert time_left_text(None) is None
     assert time_left_text(6.0) is None  # nearly done: not worth saying
