@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from core.progress import PART, StageClock, listening
+from core.progress import CHECK, PART, StageClock, listening
 
 T = TypeVar("T")
 
@@ -84,7 +84,7 @@ class Job(Generic[T]):
     def _report(self, stage: str, done: int, total: int) -> None:
         if self._cancelled:
             raise JobCancelled
-        if stage == PART:  # a share of no stage the job knows (core.progress.part): stop here only
+        if stage in (PART, CHECK):  # a share of no stage the job knows, or a check: stop only
             return
         with self._lock:
             last = self._reports[-1] if self._reports else None

@@ -92,6 +92,17 @@ PART = ""
 """The ``what`` of a :func:`part` beat: a share of the work of whoever called in, unnamed."""
 
 
+CHECK = "\x00check"
+"""The ``what`` of a :func:`check` beat: no progress, only a chance to stop."""
+
+
+def check() -> None:
+    """Let whoever listens stop the work here (the listener may raise), saying nothing of its
+    progress: for a wait that has no steps of its own to report, such as a result awaited from
+    a Dask cluster."""
+    beat(CHECK, 0, 0)
+
+
 def beat(what: str, done: int, total: int) -> None:
     """Say that ``done`` of ``total`` steps of ``what`` are done, to whoever listens in this
     thread (:func:`listening`); nothing happens when nobody does.

@@ -463,6 +463,41 @@ def test_submit_reconstruction_matches_a_local_call_and_passes_errors_back(threa
     xr.testing.assert_identical(on_cluster(cube, dates, "linear", ReconstructOptions()), local)
 
 
+def test_a_run_left_during_a_cluster_reconstruction_frees_the_worker_at_its_next_step(
+    threads_cluster, flanders_cube
+) -> None:
+    """The app's Run waits for the cluster's result in short waits; left by the user, it
+    cancels the task, and the task, watching its own state on the worker, stops at its next
+    tuning step instead of running its chunk to the end (here some 200 steps of tuning)."""
+    from core.jobs import JobBoard, JobCancelled
+
+    def executing() -> int:
+        counts = threads_cluster.client.run(lambda dask_worker: dask_worker.state.executing_count)
+        return sum(counts.values())
+
+    cube = flanders_cube.isel(x=slice(0, 32), y=slice(0, 32))
+    dates = cube["time_s2"].values[[20]]
+    options = ReconstructOptions(samples=1, adapt_steps=200, device="cpu")
+    board = JobBoard()
+    job = board.join(
+        "run", lambda _: submit_reconstruction(threads_cluster, cube, dates, "model", options), "me"
+    )
+    deadline = time.monotonic() + 60
+    while executing() == 0 and time.monotonic() < deadline and not job.done:
+        time.sleep(0.1)
+    assert executing() == 1, job.error
+    time.sleep(3.0)  # into the tuning
+    assert not job.done
+    left = time.monotonic()
+    assert board.leave("run", "me")
+    assert job.wait(5.0) and isinstance(job.error, JobCancelled)
+    while executing() and time.monotonic() - left < 30:
+        time.sleep(0.1)
+    freed_after = time.monotonic() - left
+    assert executing() == 0
+    assert freed_after < 10.0, f"the worker kept working {freed_after:.1f} s after the cancel"
+
+
 def test_every_reconstruction_of_a_cube_runs_on_one_worker(threads_cluster) -> None:
     """So the model's per-field fits, kept per worker process, are made once per Run."""
     from distributed import get_task_stream
