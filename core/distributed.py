@@ -255,6 +255,16 @@ def prepare_workers(client: Client) -> None:
         LOG.warning("Could not set up the Dask workers' memory allocation: %s", exc)
 
 
+def scheduler_details(client: Client) -> dict[str, Any]:
+    """The scheduler's identity with every worker, asked for now.
+
+    Not ``client.scheduler_info(n_workers=-1)``: it stores the answer on the client and returns
+    the stored one, which the client's own periodic refresh (every 2 s, workers left out)
+    may have replaced in between; under load the app then read "no workers" from a cluster
+    that had two (seen in the test suite, 2026-12-03)."""
+    return dict(client.sync(client.scheduler.identity, n_workers=-1))
+
+
 class Cluster:
     """A Dask client, and the local cluster it owns if any; close it when done.
 
@@ -280,7 +290,7 @@ class Cluster:
     def info(self) -> ClusterInfo:
         """Workers, threads and GPUs now connected, and how many run without FieldFlow's Dask
         settings (:data:`WORKER_SETTINGS_FILE`)."""
-        details = self.client.scheduler_info(n_workers=-1)
+        details = scheduler_details(self.client)
         workers = details.get("workers") or {}
         trimming = self.client.run(_malloc_trimming) if workers else {}
         return ClusterInfo(
@@ -293,7 +303,7 @@ class Cluster:
 
     def resources_for(self, method: str) -> dict[str, float] | None:
         """:func:`reconstruct_resources` for the workers connected now."""
-        return reconstruct_resources(self.client.scheduler_info(n_workers=-1), method)
+        return reconstruct_resources(scheduler_details(self.client), method)
 
     def cube_on(self, cube: xr.Dataset, worker: str) -> Future:
         """``cube`` as data on ``worker``: sent (scattered) the first time, the same future after.
@@ -528,7 +538,7 @@ def submit_reconstruction(
     from distributed.client import FutureCancelledError
 
     client = cluster.client
-    details = client.scheduler_info(n_workers=-1)
+    details = scheduler_details(client)
     if not details.get("workers"):
         raise ClusterError(
             f"The Dask scheduler at {cluster.address} has no workers; start one with "

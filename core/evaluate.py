@@ -722,6 +722,22 @@ def _seen_lookup(
     )
 
 
+def _trained_inside(
+    method: str, cube: xr.Dataset, seen_sites: SeenSites | None, options: ReconstructOptions
+) -> bool:
+    """Whether a learned method whose cubes are read from its record (no ``seen_sites`` given
+    for it) was trained on where ``cube`` lies: its checkpoint's record says where its training
+    cubes lie (``core.model.checkpoint.trained_inside``)."""
+    if method in BASELINES or callable(seen_sites):
+        return False
+    if seen_sites is not None and method in seen_sites:
+        return False
+    trained_inside = getattr(
+        importlib.import_module("core.model.checkpoint"), "trained_inside", None
+    )
+    return bool(trained_inside(options.checkpoint, cube)) if trained_inside else False
+
+
 def cube_identifiers(name: str, cube: xr.Dataset) -> set[str]:
     """Names a training record may use for this cube: its name, file stem and site."""
     ids = {name, name.removesuffix(".nc")}
@@ -1166,6 +1182,12 @@ def evaluate(
     for name, cube in cubes:
         ids = cube_identifiers(name, cube)
         skip = {m for m in methods if exclude_seen and ids & set(seen[m])}
+        if exclude_seen:  # a cube fetched inside a training cube, under a name of its own
+            skip |= {
+                m
+                for m in methods
+                if m not in skip and _trained_inside(m, cube, seen_sites, options)
+            }
         for method in sorted(skip):
             skipped[method].append(name)
         cube_start = time.perf_counter()

@@ -209,6 +209,12 @@ def training_sites(path: str | os.PathLike[str] | None = None) -> list[str]:
     return load_checkpoint(path).seen_sites
 
 
+def trained_inside(path: str | os.PathLike[str] | None, cube: xr.Dataset) -> bool:
+    """Whether ``cube``'s field lies inside a cube the checkpoint at ``path`` was trained or
+    tuned on (:func:`training_overlap`: by the footprints of its record, or its site name)."""
+    return training_overlap(load_checkpoint(path), cube).trained_on
+
+
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 of the weights' names, shapes, types and bytes. torch's file format keeps the
     tensors' bytes without a checksum it verifies: flipped bytes load silently as other

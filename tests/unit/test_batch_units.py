@@ -55,6 +55,7 @@ from core.distributed import (
     reconstruct_resources,
     reconstructor,
     scheduler_address,
+    scheduler_details,
     submit_reconstruction,
 )
 from core.errors import InputError, NoScenesError
@@ -498,6 +499,16 @@ def test_a_run_left_during_a_cluster_reconstruction_frees_the_worker_at_its_next
     assert freed_after < 10.0, f"the worker kept working {freed_after:.1f} s after the cancel"
 
 
+def test_the_workers_are_asked_for_not_read_from_the_clients_refreshed_copy() -> None:
+    # The client's periodic refresh stores an identity without its workers; with it every
+    # millisecond, client.scheduler_info(n_workers=-1) read "no workers" in 100 of 300 calls.
+    with dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}):
+        with local_cluster(2, processes=False) as cluster:
+            answers = [scheduler_details(cluster.client) for _ in range(200)]
+            assert all(len(a["workers"]) == 2 for a in answers)
+            assert cluster.info().workers == 2
+
+
 def test_every_reconstruction_of_a_cube_runs_on_one_worker(threads_cluster) -> None:
     """So the model's per-field fits, kept per worker process, are made once per Run."""
     from distributed import get_task_stream
@@ -513,7 +524,7 @@ def test_every_reconstruction_of_a_cube_runs_on_one_worker(threads_cluster) -> N
         if str(task["key"]).startswith("fieldflow-reconstruct-")
     }
     assert len(ran_on) == 1, stream.data
-    details = threads_cluster.client.scheduler_info(n_workers=-1)
+    details = scheduler_details(threads_cluster.client)
     assert ran_on == {field_worker(details, cube)}
 
 

@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 from core.bench import BenchCase, make_bench_cube, measure_case, query_dates
-from core.cube import S2_BANDS, build_cube
+from core.cube import S2_BANDS, build_cube, read_cube
 from core.errors import InputError
 from core.evaluate import (
     POOLED_PIXEL,
@@ -423,6 +423,23 @@ def test_seen_cubes_are_skipped_and_recorded() -> None:
     )
     assert all(r.status == "ok" for r in kept.rows)
     assert kept.seen == {"whittaker": ["site-b"]}
+
+
+def test_a_cube_fetched_inside_a_training_cube_is_seen_whatever_its_name(cubes_dir) -> None:
+    # es-field's cube under the name a user's fetch would give it: the shipped model was trained
+    # there, which its record's footprints say; a held-out cube is scored.
+    mine = read_cube(cubes_dir / "es-field_2019.nc").assign_attrs(site="my field")
+    held_out = read_cube(cubes_dir / "hu-alfold_2021.nc")
+    cubes = [("mine", mine), ("hu", held_out)]
+    protocol = Protocol(max_size=8)
+    seen = {"model": ["be-flanders-a"]}  # given by hand: the record's footprints are not read
+    result = evaluate(
+        cubes[:1], ["linear", "model"], protocol, ReconstructOptions(samples=1), seen_sites=seen
+    )
+    assert result.skipped == {"linear": [], "model": []}
+    result = evaluate(cubes, ["linear", "model"], protocol, ReconstructOptions(samples=1))
+    assert result.skipped == {"linear": [], "model": ["mine"]}
+    assert {r.status for r in result.rows if r.cube == "hu"} == {"ok"}
 
 
 def test_a_learned_method_needs_its_training_record(monkeypatch) -> None:
