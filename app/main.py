@@ -60,12 +60,13 @@ def main() -> None:
     with st.sidebar:
         st.title("FieldFlow")
         field_panel(state, settings)
-        run_clicked = period_panel(state)
+        run_clicked = period_panel(state) or state.run_requested
+        state.run_requested = False
         run_settings = settings_panel(settings)
 
     st.markdown("### Cloud-free Sentinel-2 for your field")
     request = current_request(state, run_settings)
-    drop_stale_result(state, request, settings)
+    drop_stale_result(state, request, settings, quiet=run_clicked)
     leave_changed_run(state, request, settings)
     # One container above the map for progress, messages and the summary: whatever it holds,
     # the map keeps its place in the page, so the browser never remounts it (a remount would
@@ -80,7 +81,7 @@ def main() -> None:
             run_panel(state.last_run)
             state.last_run = None
         if state.result is not None:
-            result_summary(state.result)
+            result_summary(state.result, state)
     workspace(AppConfig.from_env(), settings)
 
 
@@ -101,15 +102,19 @@ def current_request(state: PageState, chosen: RunSettings) -> SeasonRequest | No
     )
 
 
-def drop_stale_result(state: PageState, request: SeasonRequest | None, settings: Settings) -> None:
-    """Forget the result when the field, period or settings no longer match it."""
+def drop_stale_result(
+    state: PageState, request: SeasonRequest | None, settings: Settings, *, quiet: bool = False
+) -> None:
+    """Forget the result when the field, period or settings no longer match it (``quiet``:
+    without asking for Run, which is starting)."""
     result = state.result
     if result is None:
         return
     if request is None or request.key(settings.stac_api_url) != result.key:
         state.result = None
         forget_selection()
-        state.say("info", "The field, period or settings changed: press Run for new results.")
+        if not quiet:
+            state.say("info", "The field, period or settings changed: press Run for new results.")
 
 
 def leave_changed_run(state: PageState, request: SeasonRequest | None, settings: Settings) -> None:

@@ -53,6 +53,7 @@ class Key(StrEnum):
     REFERENCE = "show_reference"
     CHART = "ndvi_chart"
     MAP = "field_map"
+    SWITCH_METHOD = "switch_method"
 
 
 @dataclass
@@ -108,6 +109,9 @@ class PageState:
     """An upload with several polygons, until one is chosen."""
     upload_error: str | None = None
     """Why the current upload cannot be used, shown under the uploader while it stays."""
+    run_requested: bool = False
+    """A Run asked for by a button other than Run (e.g. "Run again with linear
+    interpolation"), started on the next rerun as if Run had been pressed."""
 
     def set_field(self, new: Field, origin: str, *, demo: DemoSource | None = None) -> None:
         """Make ``new`` the field, centre the map on it and forget a result for another one

@@ -82,6 +82,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "days_to_clear_max",
     "ndvi_peak_date",
     "ndvi_peak",
+    "model_vs_baseline",
+    "model_trained_here",
     "seconds",
     "error",
 )
@@ -197,6 +199,14 @@ class FieldRow:
     """The most days any day of the curve lies from the field's clear data (the curve's
     ``days_to_clear``, a field median): half the longest run without a clear view, about.
     None when most of the field is never seen clear."""
+    model_vs_baseline: float | None = None
+    """With the model: its mean error on the field's own clear pixels, hidden in turn, over
+    the better of linear interpolation and the Whittaker smoother's (below 1: the model did
+    better on this field; core.model.blend.field_scores). None for a baseline, or where the
+    Run could not measure it."""
+    model_trained_here: int | None = None
+    """With the model: 1 where it was trained on this field's place (the measure above then
+    flatters it), 0 where not; None for a baseline."""
 
     def record(self) -> dict[str, str]:
         """The row as CSV cells (empty for missing values)."""
@@ -220,6 +230,10 @@ class FieldRow:
             else str(self.days_to_clear_max),
             "ndvi_peak_date": self.ndvi_peak_date,
             "ndvi_peak": number(self.ndvi_peak, 4),
+            "model_vs_baseline": number(self.model_vs_baseline, 3),
+            "model_trained_here": ""
+            if self.model_trained_here is None
+            else str(self.model_trained_here),
             "seconds": number(self.seconds, 1),
             "error": self.error,
         }
@@ -236,6 +250,9 @@ class FieldRow:
             details.append(f"at most {self.days_to_clear_max} d from clear data")
         if self.ndvi_peak is not None:
             details.append(f"NDVI peak {self.ndvi_peak:.2f} on {self.ndvi_peak_date}")
+        if self.model_vs_baseline is not None:
+            trained = ", trained here" if self.model_trained_here else ""
+            details.append(f"model {self.model_vs_baseline:.2f} x the better baseline{trained}")
         if self.status == SKIPPED:
             return f"{self.field_id}: skipped, complete from an earlier run ({', '.join(details)})"
         return f"{self.field_id}: ok in {self.seconds:.1f} s ({', '.join(details)})"
@@ -496,8 +513,11 @@ def write_field_outputs(
     # curve every few days), are reconstructed on their own.
     wanted = set(calendar_day(dates))
     kept: list[xr.Dataset] = []
+    measured: dict[str, Any] = {}
 
     def keep(chunk_dates: np.ndarray, result: xr.Dataset) -> None:
+        if not measured:  # the first chunk's: the field's fits are made once per Run
+            measured.update(model_measures(result.attrs))
         hits = [qi for qi, day in enumerate(calendar_day(chunk_dates)) if day in wanted]
         if hits:
             kept.append(result.isel(time=hits))
@@ -534,9 +554,25 @@ def write_field_outputs(
         days_to_clear_max=_most_days(curve["days_to_clear"]),
         ndvi_peak_date=peak_date,
         ndvi_peak=peak,
+        **measured,
     )
     write_marker(folder, fingerprint, row)
     return row
+
+
+def model_measures(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A model reconstruction's word on the field (its attributes): the ratio of its error on
+    the field's own hidden clear pixels to the better baseline's, and whether it was trained
+    there; nothing for a baseline's."""
+    measures: dict[str, Any] = {}
+    if "model_trained_on_site" in attrs:
+        measures["model_trained_here"] = int(attrs["model_trained_on_site"])
+    if "model_field_mae" in attrs:
+        model, _network, whittaker, linear = (float(v) for v in attrs["model_field_mae"])
+        better = min(whittaker, linear)
+        if better > 0 and math.isfinite(model):
+            measures["model_vs_baseline"] = round(model / better, 4)
+    return measures
 
 
 def _fetch_stats(result: FetchResult) -> dict[str, Any]:

@@ -256,6 +256,9 @@ class SeasonResult:
     fits: tuple[str, ...] = ()
     """What the method fitted on this field, in sentences (:func:`fit_notes`; the model's
     blend and bands); empty for the baselines."""
+    better_method: str | None = None
+    """"linear" or "whittaker" where the model erred more than that method on the field's own
+    hidden clear pixels (:func:`better_baseline`); the page offers to run it. None otherwise."""
     complete: bool = True
     """False when part of the data failed for a reason that may pass (Sentinel-1 refused or
     unreachable): such a result is shown but not kept for later Runs, which try again (the
@@ -397,6 +400,7 @@ def compute_season(
     views: dict[np.datetime64, FrameView] = {}
     fits: list[str] = []
     headline: list[str | None] = []  # how the model did on the field's own pixels, if measured
+    better: list[str | None] = []  # the simpler method that did better there, if one did
     n_days = int((last - first).astype(int)) + 1
     frames_drawn = f"{n_days} days and drawing {len(days)} frames ({request.method})"
     stage = RECONSTRUCTING_PREFIX + frames_drawn
@@ -412,6 +416,7 @@ def compute_season(
         if not fits:
             fits.extend(fit_notes(result.attrs))
             headline.append(accuracy_headline(result.attrs))
+            better.append(better_baseline(result.attrs))
         for qi, day in enumerate(calendar_day(dates)):
             if day in wanted:
                 views[day] = _frame_view(
@@ -462,6 +467,7 @@ def compute_season(
         frames_loaded={"s2": int(cube.sizes["time_s2"]), "s1": _s1_count(cube)},
         elapsed_s=time.perf_counter() - started,
         fits=tuple(fits),
+        better_method=next((m for m in better if m), None),
     )
 
 
@@ -974,6 +980,18 @@ def trained_on_note(attrs: dict) -> str:
         f" {100 * share:.0f} % of this field lies inside data the model was trained on{named}"
         f"{TRAINED_ON_TAIL}"
     )
+
+
+def better_baseline(attrs: dict) -> str | None:
+    """ "linear" or "whittaker" where the model erred more than that method (beyond
+    :data:`ON_A_PAR`) on the field's own hidden clear pixels; None where it did not, or where
+    the Run did not measure it."""
+    if "model_field_mae" not in attrs:
+        return None
+    *_, name, _, verdict = _field_comparison(attrs)
+    if verdict <= 0:
+        return None
+    return "whittaker" if "Whittaker" in name else "linear"
 
 
 def accuracy_headline(attrs: dict) -> str | None:

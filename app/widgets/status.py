@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app.services import RunPanel
-from app.state import PageState
-from core.season import SeasonResult
+from app.state import Key, PageState
+from core.season import SeasonResult, method_choices
 
 
 def show_messages(state: PageState) -> None:
@@ -33,7 +33,18 @@ def run_panel(panel: RunPanel) -> None:
         box.caption(stage)
 
 
-def result_summary(result: SeasonResult) -> None:
+METHOD_NAMES = {"linear": "linear interpolation", "whittaker": "the Whittaker smoother"}
+"""How the page names a baseline in a button."""
+
+
+def switch_method(state: PageState, method: str) -> None:
+    """The button's callback (before the rerun, so the settings' selectbox shows the new
+    method): choose ``method`` and ask for a Run of it."""
+    st.session_state[str(Key.METHOD)] = method
+    state.run_requested = True
+
+
+def result_summary(result: SeasonResult, state: PageState) -> None:
     """One line on what the result holds, its notes, and (folded) what the model fitted."""
     acquisitions = [e for e in result.timeline if e.acquired]
     clear = sum((e.clear_fraction or 0.0) >= 0.5 for e in acquisitions)
@@ -46,6 +57,15 @@ def result_summary(result: SeasonResult) -> None:
     )
     for note in result.notes:
         st.caption(f"Note: {note}")
+    if result.better_method is not None and result.better_method in method_choices():
+        st.button(
+            f"Run again with {METHOD_NAMES.get(result.better_method, result.better_method)}",
+            key=str(Key.SWITCH_METHOD),
+            on_click=switch_method,
+            args=(state, result.better_method),
+            help="It erred less than the model on this field's own clear pixels, hidden in "
+            "turn (the note above). Sets Settings > Reconstruction method and runs again.",
+        )
     if result.fits:
         with st.expander("What the model measured on this field"):
             for fit in result.fits:

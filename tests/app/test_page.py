@@ -8,6 +8,7 @@ demo button; drawing is covered by the browser tests.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -602,3 +603,27 @@ def test_a_running_runs_panel_lists_its_stages_and_what_is_to_come(
     assert any(t == "**Reconstructing 46 days…**" for t in texts(page, "markdown"))
     button(page, "Clear field").click().run()
     assert job.wait(10) and isinstance(job.error, JobCancelled)
+
+
+def test_a_simpler_method_that_did_better_on_the_field_is_one_click_away(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = _linear_demo(open_page, monkeypatch)
+    press_run(page)
+    result = state(page).result
+    assert result is not None and result.better_method is None  # a baseline measures nothing
+    assert not [b for b in page.button if b.key == "switch_method"]
+    # As a model Run leaves its result where the model erred more than the Whittaker smoother
+    # on the field's own pixels (core.season.better_baseline; the demo's model is better):
+    state(page).result = dataclasses.replace(result, better_method="whittaker")
+    page.run()
+    (switch,) = [b for b in page.button if b.key == "switch_method"]
+    assert switch.label == "Run again with the Whittaker smoother"
+    switch.click().run()
+    follow(page)
+    no_exceptions(page)
+    assert page.selectbox(key="method").value == "whittaker"
+    assert state(page).result is not None
+    assert state(page).result.request.method == "whittaker"
+    # Not asked to press Run: the Run was started by the button.
+    assert not any("press Run" in t for t in texts(page, "info")), texts(page, "info")

@@ -155,6 +155,8 @@ def test_outputs_hold_the_curve_and_frames_of_each_field(site, first_run) -> Non
     assert [r["field_id"] for r in summary] == list(IDS)  # input order, not completion order
     assert [r["name"] for r in summary] == list(NAMES)
     assert {r["status"] for r in summary} == {"ok"}
+    # linear measures nothing of a model
+    assert {(r["model_vs_baseline"], r["model_trained_here"]) for r in summary} == {("", "")}
     assert {r["scenes_s2"] for r in summary} == {str(len(site.s2_items))}
     s1_days = [item["properties"]["datetime"][:10] for item in site.s1_items]
     assert {r["scenes_s1"] for r in summary} == {str(sum(start <= d <= end for d in s1_days))}
@@ -317,6 +319,14 @@ def test_model_reconstructions_go_to_the_gpu_worker_which_loads_the_model_once(
     assert len(where["fetch"]) == 3
     assert where["reconstruct"] == ["gpu"] * 3
     assert where["load"] == ["gpu"]  # once for the three fields (and the curves)
+    # Each field's row says how the model did on the field's own hidden clear pixels, as the
+    # Run measured it, and that it was not trained there (this checkpoint was trained nowhere).
+    summary = read_summary(tmp_path / "out")
+    for row, summary_row in zip(rows, summary, strict=True):
+        assert row.model_trained_here == 0 and summary_row["model_trained_here"] == "0"
+        assert row.model_vs_baseline is not None and 0.3 < row.model_vs_baseline < 5
+        written = float(summary_row["model_vs_baseline"])
+        assert written == pytest.approx(row.model_vs_baseline, abs=1e-3)
     # the worker (in this process) gave the model's freed memory back once idle
     deadline = time.monotonic() + 10
     while distributed.idle_trims == trims and time.monotonic() < deadline:

@@ -502,11 +502,11 @@ def test_a_run_left_during_a_cluster_reconstruction_frees_the_worker_at_its_next
 def test_the_workers_are_asked_for_not_read_from_the_clients_refreshed_copy() -> None:
     # The client's periodic refresh stores an identity without its workers; with it every
     # millisecond, client.scheduler_info(n_workers=-1) read "no workers" in 100 of 300 calls.
-    with dask.config.set({"distributed.client.scheduler-info-interval": "1ms"}):
-        with local_cluster(2, processes=False) as cluster:
-            answers = [scheduler_details(cluster.client) for _ in range(200)]
-            assert all(len(a["workers"]) == 2 for a in answers)
-            assert cluster.info().workers == 2
+    refresh = {"distributed.client.scheduler-info-interval": "1ms"}
+    with dask.config.set(refresh), local_cluster(2, processes=False) as cluster:
+        answers = [scheduler_details(cluster.client) for _ in range(200)]
+        assert all(len(a["workers"]) == 2 for a in answers)
+        assert cluster.info().workers == 2
 
 
 def test_every_reconstruction_of_a_cube_runs_on_one_worker(threads_cluster) -> None:
