@@ -321,12 +321,14 @@ def test_model_reconstructions_go_to_the_gpu_worker_which_loads_the_model_once(
     assert where["load"] == ["gpu"]  # once for the three fields (and the curves)
     # Each field's row says how the model did on the field's own hidden clear pixels, as the
     # Run measured it, and that it was not trained there (this checkpoint was trained nowhere).
-    summary = read_summary(tmp_path / "out")
-    for row, summary_row in zip(rows, summary, strict=True):
-        assert row.model_trained_here == 0 and summary_row["model_trained_here"] == "0"
+    for row in rows:
+        assert row.model_trained_here == 0 and row.record()["model_trained_here"] == "0"
         assert row.model_vs_baseline is not None and 0.3 < row.model_vs_baseline < 5
-        written = float(summary_row["model_vs_baseline"])
+        written = float(row.record()["model_vs_baseline"])
         assert written == pytest.approx(row.model_vs_baseline, abs=1e-3)
+        # and it survives in the marker a re-run reads
+        marker = json.loads((tmp_path / "out" / row.field_id / MARKER_FILE).read_text())
+        assert marker["row"]["model_vs_baseline"] == row.model_vs_baseline
     # the worker (in this process) gave the model's freed memory back once idle
     deadline = time.monotonic() + 10
     while distributed.idle_trims == trims and time.monotonic() < deadline:

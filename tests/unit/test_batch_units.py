@@ -4,6 +4,7 @@ routing and the scheduler connection."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gc
 import io
 import json
@@ -35,6 +36,7 @@ from core.batch import (
     failure_message,
     frame_dates,
     list_fields,
+    model_measures,
     reconstruct_task,
     summary_csv,
     unique_ids,
@@ -367,6 +369,8 @@ def test_summary_rows_and_lines() -> None:
         "days_to_clear_max": "12",
         "ndvi_peak_date": "2023-07-01",
         "ndvi_peak": "0.8123",
+        "model_vs_baseline": "",
+        "model_trained_here": "",
         "seconds": "4.3",
         "error": "",
     }
@@ -376,6 +380,19 @@ def test_summary_rows_and_lines() -> None:
         "west: ok in 4.3 s (8 S2 / 6 S1 scenes, 17 frames, 46% clear, at most 12 d from clear "
         "data, NDVI peak 0.81 on 2023-07-01)"
     )
+    # With the model: how it did on the field's own pixels, and whether it was trained there.
+    modelled = dataclasses.replace(rows[0], model_vs_baseline=0.9213, model_trained_here=1)
+    assert modelled.record()["model_vs_baseline"] == "0.921"
+    assert modelled.record()["model_trained_here"] == "1"
+    assert modelled.line().endswith(
+        "NDVI peak 0.81 on 2023-07-01, model 0.92 x the better baseline, trained here)"
+    )
+    assert model_measures({"model_trained_on_site": 0}) == {"model_trained_here": 0}
+    measures = model_measures(
+        {"model_field_mae": [0.03, 0.031, 0.034, 0.033], "model_trained_on_site": 1}
+    )
+    assert measures == {"model_trained_here": 1, "model_vs_baseline": pytest.approx(0.9091, 1e-4)}
+    assert model_measures({}) == {}
     assert rows[1].line().startswith("east: skipped, complete from an earlier run (")
     assert rows[2].line() == "far: failed after 0.3 s: No scenes, try later."
 
