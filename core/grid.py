@@ -318,9 +318,13 @@ def cube_lonlat_bounds(cube: xr.Dataset) -> LonLatBounds | None:
     right, bottom = transform @ (width, height)
     if _is_geographic(crs):
         return (float(left), float(bottom), float(right), float(top))
-    to_degrees = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    west, south, east, north = to_degrees.transform_bounds(left, bottom, right, top)
-    return (float(west), float(south), float(east), float(north))
+    try:
+        to_degrees = pyproj.Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+        west, south, east, north = to_degrees.transform_bounds(left, bottom, right, top)
+    except pyproj.exceptions.PyprojError:  # a CRS pyproj reads but cannot take to degrees
+        return None
+    bounds = (float(west), float(south), float(east), float(north))
+    return bounds if all(math.isfinite(v) for v in bounds) else None
 
 
 def cube_outline(cube: xr.Dataset) -> BaseGeometry | None:

@@ -264,6 +264,9 @@ def test_a_cubes_footprint_in_degrees_holds_its_outer_pixel_edges() -> None:
     assert right - left < 301 and top - bottom < 201
     bare = _utm_cube(grid).drop_attrs()
     assert cube_lonlat_bounds(bare) is None and cube_outline(bare) is None
+    # Coordinates no projection takes to degrees: no footprint, not an error.
+    far = Grid("EPSG:32631", 10.0, 5e9, 5e9, 2, 2)
+    assert cube_lonlat_bounds(_utm_cube(far)) is None
 
 
 def test_a_cubes_outline_is_its_field_where_it_records_one() -> None:
