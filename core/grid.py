@@ -341,6 +341,8 @@ def cube_outline(cube: xr.Dataset) -> BaseGeometry | None:
                 geometry = shape(data["geometry"] if data.get("type") == "Feature" else data)
         except (ValueError, KeyError, TypeError, AttributeError, shapely.errors.GEOSException):
             geometry = None  # an outline nobody can read: the cube's footprint stands in
+        if geometry is not None and not geometry.is_valid:  # e.g. a self-crossing ring
+            geometry = shapely.make_valid(geometry)
         if geometry is not None and not geometry.is_empty and geometry.area > 0:
             return geometry
     bounds = cube_lonlat_bounds(cube)

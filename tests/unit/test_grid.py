@@ -275,6 +275,12 @@ def test_a_cubes_outline_is_its_field_where_it_records_one() -> None:
     feature = json.dumps(Field(field, "f").to_geojson())  # as a fetched cube carries it
     outline = cube_outline(_utm_cube(grid, {"field_geojson": feature}))
     assert outline.symmetric_difference(field).area < 1e-6 * field.area
+    # A self-crossing ring (a bow tie) is mended, and its area is what overlaps.
+    ring = [[3, 50], [3.01, 50.01], [3.01, 50], [3, 50.01], [3, 50]]
+    bow = json.dumps({"type": "Polygon", "coordinates": [ring]})
+    mended = cube_outline(_utm_cube(grid, {"field_geojson": bow}))
+    assert mended.is_valid and mended.area == pytest.approx(0.5 * 0.01 * 0.01)
+    assert share_inside(mended, [("a", (3.0, 50.0, 3.005, 50.01))])[0] == pytest.approx(0.5)
     # Unreadable outlines fall back to the cube's footprint, not to an error.
     for text in ("not json", '{"type": "Feature"}', '{"type": "Point", "coordinates": [3, 50]}'):
         fallback = cube_outline(_utm_cube(grid, {"field_geojson": text}))
