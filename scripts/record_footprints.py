@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint.record["seen_footprints"] = footprints
     save_checkpoint(checkpoint, args.checkpoint)
     after = load_checkpoint(args.checkpoint).model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before), "weights changed"
+    if not all(torch.equal(before[k], after[k]) for k in before):
+        raise SystemExit(f"the weights of {args.checkpoint} changed on saving; restore it")
     for entry in footprints:
         print(entry["site"], entry["bounds"])
     return 0
