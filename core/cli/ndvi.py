@@ -67,10 +67,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"cube's Sentinel-2 acquisitions ({first} to {last}) and were left out; fetch a "
             "cube for the whole period to have them."
         )
-    from core.season import NEVER_CLEAR_NOTE, fit_notes  # the app's sentences
+    from core.season import NEVER_CLEAR_NOTE, accuracy_headline, fit_notes  # the app's words
 
     if curve.attrs["field_clear_observations"] == 0:
         print(NEVER_CLEAR_NOTE)
-    for note in fit_notes(curve.attrs.get("fits", {})):
-        print(note)
+    fits = curve.attrs.get("fits", {})
+    for note in [accuracy_headline(fits), *fit_notes(fits)]:
+        if note:
+            print(note)
     return 0

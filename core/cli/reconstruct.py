@@ -180,8 +180,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"Reconstructed {result.sizes['time']} date(s) of {height}x{width} pixels with "
         f"{method} (samples={options.samples}, observed pixels kept: {kept}) -> {path}"
     )
-    from core.season import fit_notes  # the app's sentences, on what the model fitted here
+    from core.season import accuracy_headline, fit_notes  # the app's words on the fits
 
-    for note in fit_notes(result.attrs):
-        print(note)
+    for note in [accuracy_headline(result.attrs), *fit_notes(result.attrs)]:
+        if note:
+            print(note)
     return 0

@@ -280,11 +280,14 @@ def test_ndvi_with_the_model_says_what_it_fitted_on_the_field(es_path, es_cube, 
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Wrote 4 day(s) of NDVI")
-    assert lines[1].startswith("Field blend: measured on this field's own clear pixels")
-    assert lines[2].startswith("Accuracy measured on this field: its own clear pixels")
-    assert lines[3].startswith("Samples' spread (the NDVI band and map) fitted on this field:")
-    assert lines[4].startswith("Reflectance band (p10-p90) from this field's own errors")
-    assert lines[5].startswith("NDVI curve band fitted on this field:")
+    # The page's verdict first: es-field is a site the shipped model was trained on.
+    assert lines[1].startswith("Measured on this field's own clear pixels, hidden in turn")
+    assert "The model was trained on this place's own data (es-field)" in lines[1]
+    assert lines[2].startswith("Field blend: measured on this field's own clear pixels")
+    assert lines[3].startswith("Accuracy measured on this field: its own clear pixels")
+    assert lines[4].startswith("Samples' spread (the NDVI band and map) fitted on this field:")
+    assert lines[5].startswith("Reflectance band (p10-p90) from this field's own errors")
+    assert lines[6].startswith("NDVI curve band fitted on this field:")
     curve = out.read_text().splitlines()[1:]
     widths = [float(r.split(",")[3]) - float(r.split(",")[2]) for r in curve]
     assert min(widths) >= 0 and max(widths) > 0.01  # narrowed, and still a band
