@@ -53,6 +53,7 @@ from core.export import safe_file_stem
 from core.fetch import FetchResult, clear_fraction, parse_period
 from core.field import DEFAULT_MAX_AREA_HA, Field, candidates_from_file, field_from_file
 from core.grid import field_mask
+from core.model.blend import field_ratio
 from core.reconstruct import ReconstructOptions, reconstruct
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates
@@ -567,11 +568,9 @@ def model_measures(attrs: Mapping[str, Any]) -> dict[str, Any]:
     measures: dict[str, Any] = {}
     if "model_trained_on_site" in attrs:
         measures["model_trained_here"] = int(attrs["model_trained_on_site"])
-    if "model_field_mae" in attrs:
-        model, _network, whittaker, linear = (float(v) for v in attrs["model_field_mae"])
-        better = min(whittaker, linear)
-        if better > 0 and math.isfinite(model):
-            measures["model_vs_baseline"] = round(model / better, 4)
+    compared = field_ratio(attrs)
+    if compared is not None and math.isfinite(compared[1]):
+        measures["model_vs_baseline"] = round(compared[1], 4)
     return measures
 
 

@@ -722,20 +722,22 @@ def _seen_lookup(
     )
 
 
-def _trained_inside(
-    method: str, cube: xr.Dataset, seen_sites: SeenSites | None, options: ReconstructOptions
-) -> bool:
-    """Whether a learned method whose cubes are read from its record (no ``seen_sites`` given
-    for it) was trained on where ``cube`` lies: its checkpoint's record says where its training
-    cubes lie (``core.model.checkpoint.trained_inside``)."""
-    if method in BASELINES or callable(seen_sites):
-        return False
-    if seen_sites is not None and method in seen_sites:
-        return False
-    trained_inside = getattr(
-        importlib.import_module("core.model.checkpoint"), "trained_inside", None
-    )
-    return bool(trained_inside(options.checkpoint, cube)) if trained_inside else False
+def _training_places(
+    methods: Sequence[str], seen_sites: SeenSites | None, options: ReconstructOptions
+) -> dict[str, Callable[[xr.Dataset], bool]]:
+    """For each learned method whose cubes are read from its record (no ``seen_sites`` given
+    for it), a test of whether it was trained on where a cube lies: its checkpoint's record
+    says where its training cubes lie (``core.model.checkpoint.trained_inside``)."""
+    if callable(seen_sites):
+        return {}
+    places = getattr(importlib.import_module("core.model.checkpoint"), "trained_inside", None)
+    if places is None:
+        return {}
+    return {
+        m: places(options.checkpoint)
+        for m in methods
+        if m not in BASELINES and (seen_sites is None or m not in seen_sites)
+    }
 
 
 def cube_identifiers(name: str, cube: xr.Dataset) -> set[str]:
@@ -1177,17 +1179,14 @@ def evaluate(
                 raise
             seen[method] = ["unknown"]
     skipped: dict[str, list[str]] = {m: [] for m in methods}
+    places = _training_places(methods, seen_sites, options) if exclude_seen else {}
     reports, rows = [], []
     start = time.perf_counter()
     for name, cube in cubes:
         ids = cube_identifiers(name, cube)
         skip = {m for m in methods if exclude_seen and ids & set(seen[m])}
-        if exclude_seen:  # a cube fetched inside a training cube, under a name of its own
-            skip |= {
-                m
-                for m in methods
-                if m not in skip and _trained_inside(m, cube, seen_sites, options)
-            }
+        # a cube fetched inside a training cube, under a name of its own
+        skip |= {m for m, inside in places.items() if m not in skip and inside(cube)}
         for method in sorted(skip):
             skipped[method].append(name)
         cube_start = time.perf_counter()

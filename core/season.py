@@ -47,7 +47,7 @@ from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff, reconstruction_netcdf
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
-from core.model.blend import DISTANCE_EDGES_DAYS
+from core.model.blend import DISTANCE_EDGES_DAYS, better_baseline_of, field_ratio
 from core.model.config import MIN_ADAPT_FRAMES
 from core.reconstruct import (
     ERROR_BAND_ATTR,
@@ -946,15 +946,22 @@ ON_A_PAR = 0.02
 """Within this share of the better baseline's error, the model is said to be on a par with it."""
 
 
+BASELINE_NAMES = {"linear": "linear interpolation", "whittaker": "the Whittaker smoother"}
+"""How the page and the notes name a baseline."""
+
+
+def _verdict(ratio: float) -> int:
+    """-1: the model erred less than the better baseline, 0: on a par with it (within
+    :data:`ON_A_PAR`), 1: more."""
+    return -1 if ratio <= 1 - ON_A_PAR else (0 if ratio < 1 + ON_A_PAR else 1)
+
+
 def _field_comparison(attrs: dict) -> tuple[float, float, float, str, float, int]:
     """Model, Whittaker and linear MAE on the field's own hidden clear pixels, the better
-    baseline's name, the model's ratio to it and the verdict: -1 below it, 0 on a par (within
-    :data:`ON_A_PAR`), 1 above it."""
+    baseline's name, the model's ratio to it and the verdict (:func:`_verdict`)."""
     model, _network, whittaker, linear = (float(v) for v in attrs["model_field_mae"])
-    better, name = min((whittaker, "the Whittaker smoother"), (linear, "linear interpolation"))
-    ratio = model / better if better > 0 else float("nan")
-    verdict = -1 if ratio <= 1 - ON_A_PAR else (0 if ratio < 1 + ON_A_PAR else 1)
-    return model, whittaker, linear, name, ratio, verdict
+    method, ratio = better_baseline_of(model, whittaker, linear)
+    return model, whittaker, linear, BASELINE_NAMES[method], ratio, _verdict(ratio)
 
 
 TRAINED_ON_TAIL = (
@@ -986,12 +993,10 @@ def better_baseline(attrs: dict) -> str | None:
     """ "linear" or "whittaker" where the model erred more than that method (beyond
     :data:`ON_A_PAR`) on the field's own hidden clear pixels; None where it did not, or where
     the Run did not measure it."""
-    if "model_field_mae" not in attrs:
+    compared = field_ratio(attrs)
+    if compared is None or _verdict(compared[1]) <= 0:
         return None
-    *_, name, _, verdict = _field_comparison(attrs)
-    if verdict <= 0:
-        return None
-    return "whittaker" if "Whittaker" in name else "linear"
+    return compared[0]
 
 
 def accuracy_headline(attrs: dict) -> str | None:
@@ -1034,10 +1039,9 @@ def _by_distance(attrs: dict) -> list[tuple[str, int, float, float, str, int]]:
     for said, (values, model, whittaker, linear) in zip(words, rows, strict=True):
         if values <= 0 or not np.isfinite([model, whittaker, linear]).all():
             continue
-        better, name = min((whittaker, "the Whittaker smoother"), (linear, "linear interpolation"))
-        ratio = model / better if better > 0 else float("nan")
-        verdict = -1 if ratio <= 1 - ON_A_PAR else (0 if ratio < 1 + ON_A_PAR else 1)
-        out.append((said, int(values), model, better, name, verdict))
+        method, ratio = better_baseline_of(model, whittaker, linear)
+        better = whittaker if method == "whittaker" else linear
+        out.append((said, int(values), model, better, BASELINE_NAMES[method], _verdict(ratio)))
     return out
 
 

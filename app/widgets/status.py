@@ -6,7 +6,7 @@ import streamlit as st
 
 from app.services import RunPanel
 from app.state import Key, PageState
-from core.season import SeasonResult, method_choices
+from core.season import BASELINE_NAMES, SeasonResult, method_choices
 
 
 def show_messages(state: PageState) -> None:
@@ -33,10 +33,6 @@ def run_panel(panel: RunPanel) -> None:
         box.caption(stage)
 
 
-METHOD_NAMES = {"linear": "linear interpolation", "whittaker": "the Whittaker smoother"}
-"""How the page names a baseline in a button."""
-
-
 def switch_method(state: PageState, method: str) -> None:
     """The button's callback (before the rerun, so the settings' selectbox shows the new
     method): choose ``method`` and ask for a Run of it."""
@@ -59,7 +55,7 @@ def result_summary(result: SeasonResult, state: PageState) -> None:
         st.caption(f"Note: {note}")
     if result.better_method is not None and result.better_method in method_choices():
         st.button(
-            f"Run again with {METHOD_NAMES.get(result.better_method, result.better_method)}",
+            f"Run again with {BASELINE_NAMES.get(result.better_method, result.better_method)}",
             key=str(Key.SWITCH_METHOD),
             on_click=switch_method,
             args=(state, result.better_method),

@@ -13,7 +13,9 @@ Nothing else is fitted: the weights use only the cube's own clear observations.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -258,6 +260,22 @@ class FieldScores:
         if self.by_distance is not None:  # flat: attributes hold 1-D arrays only
             attrs["model_field_mae_by_distance"] = np.round(self.by_distance, 5).ravel()
         return attrs
+
+
+def better_baseline_of(model: float, whittaker: float, linear: float) -> tuple[str, float]:
+    """The baseline that erred less ("whittaker" or "linear"; linear on a tie) and the model's
+    error over its error (NaN where it erred nothing): how :class:`FieldScores` are read."""
+    method, better = ("whittaker", whittaker) if whittaker < linear else ("linear", linear)
+    return method, (model / better if better > 0 else float("nan"))
+
+
+def field_ratio(attrs: Mapping[str, Any]) -> tuple[str, float] | None:
+    """:func:`better_baseline_of` for a model reconstruction's recorded field scores
+    (``model_field_mae``); None where the Run did not measure them."""
+    if "model_field_mae" not in attrs:
+        return None
+    model, _network, whittaker, linear = (float(v) for v in attrs["model_field_mae"])
+    return better_baseline_of(model, whittaker, linear)
 
 
 def field_scores(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,10 +210,12 @@ def training_sites(path: str | os.PathLike[str] | None = None) -> list[str]:
     return load_checkpoint(path).seen_sites
 
 
-def trained_inside(path: str | os.PathLike[str] | None, cube: xr.Dataset) -> bool:
-    """Whether ``cube``'s field lies inside a cube the checkpoint at ``path`` was trained or
-    tuned on (:func:`training_overlap`: by the footprints of its record, or its site name)."""
-    return training_overlap(load_checkpoint(path), cube).trained_on
+def trained_inside(path: str | os.PathLike[str] | None) -> Callable[[xr.Dataset], bool]:
+    """Whether a cube's field lies inside a cube the checkpoint at ``path`` was trained or tuned
+    on (:func:`training_overlap`: by the footprints of its record, or its site name), as a
+    test of cubes; the checkpoint is read once."""
+    checkpoint = load_checkpoint(path)
+    return lambda cube: training_overlap(checkpoint, cube).trained_on
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
