@@ -73,9 +73,9 @@ def settings() -> Settings:
 
 
 @st.cache_resource(show_spinner="Loading the reconstruction model…")
-def model(device: str) -> object:
-    """The model, loaded once per process and device."""
-    return load_model(device)
+def model(device: str, checkpoint: Path) -> object:
+    """The model of ``checkpoint``, loaded once per process and device."""
+    return load_model(device, checkpoint)
 
 
 @st.cache_resource(show_spinner="Connecting to the Dask cluster…")
@@ -155,7 +155,7 @@ def start_run(request: SeasonRequest, config: Settings) -> Finished | None:
     """
     runner = reconstructor()
     if request.method == "model" and scheduler_address() is None:
-        model(request.options.device)
+        model(request.options.device, request.options.checkpoint or config.checkpoint)
     key = request.key(config.stac_api_url)
     compute = _computation(request, config, runner)
     if key in result_budget(config.result_cache_mb).keys:

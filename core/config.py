@@ -16,6 +16,19 @@ DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "model.pt"
 """The shipped model checkpoint (made by ``python -m core train``)."""
 
 
+def is_shipped_checkpoint(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` is the model shipped in ``assets/``."""
+    return Path(checkpoint).resolve() == DEFAULT_CHECKPOINT.resolve()
+
+
+def checkpoint_option(checkpoint: Path | None) -> Path | None:
+    """``checkpoint`` as ``ReconstructOptions.checkpoint``: None for the shipped one (or None),
+    so that a Run's key and the model's loaded copy stay those of the default."""
+    if checkpoint is None or is_shipped_checkpoint(checkpoint):
+        return None
+    return Path(checkpoint)
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity on Linux, else all of them)."""
     try:
@@ -54,6 +67,9 @@ class Settings:
     (``FIELDFLOW_MAX_PIXEL_DATES``). A Run's peak memory grows with it, about 380 bytes per
     pixel-date (10.5 GB for a 486 x 486 px field over 118 days, README "Benchmarks"), so the
     default, 40 million (a 2,500 ha field over about a year), keeps a Run near 15 GB."""
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    """The model checkpoint a Run uses (``FIELDFLOW_CHECKPOINT``): the shipped one unless a user
+    points at their own (``python -m core train --init assets/model.pt --data MY_CUBES``)."""
     result_cache_mb: float = 4096.0
     """Memory the app's finished Runs may hold, shared by its sessions
     (``FIELDFLOW_RESULT_CACHE_MB``). The least recently used are dropped past it (a 64 px Run
@@ -73,6 +89,8 @@ class Settings:
         for name, key in (("FIELDFLOW_DATA_DIR", "data_dir"), ("FIELDFLOW_CACHE_DIR", "cache_dir")):
             if env.get(name, "").strip():
                 kwargs[key] = Path(env[name].strip()).expanduser()
+        if env.get("FIELDFLOW_CHECKPOINT", "").strip():
+            kwargs["checkpoint"] = _env_file("FIELDFLOW_CHECKPOINT", env["FIELDFLOW_CHECKPOINT"])
         for name, key, lowest in (
             ("FIELDFLOW_MAX_AREA_HA", "max_area_ha", 0.0),
             ("FIELDFLOW_TIMEOUT_S", "timeout_s", 0.0),
@@ -117,3 +135,20 @@ def _env_number(name: str, text: str, *, above: float | None) -> float:
         f"{name} is {value!r}: it must be {wanted}. Correct it, or unset it to use the default, "
         "and start again."
     )
+
+
+def _env_file(name: str, text: str) -> Path:
+    """``text`` (the value of environment variable ``name``) as the path of an existing file.
+
+    Raises:
+        InputError: nothing there, or a folder; the message names the variable and the fix.
+    """
+    path = Path(text.strip()).expanduser()
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "no file"
+        raise InputError(
+            f"{name} is {text.strip()!r}, but there is {what} there: give the path of a "
+            "checkpoint file (made by `python -m core train`), or unset it to use the shipped "
+            "model, and start again."
+        )
+    return path.resolve()

@@ -186,9 +186,11 @@ def _importable(module_name: str) -> bool:
         return False
 
 
-def default_method() -> str:
-    """``model`` when it is installed and its shipped checkpoint exists, else ``linear``."""
-    if "model" in available_methods() and DEFAULT_CHECKPOINT.is_file():
+def default_method(checkpoint: Path | None = None) -> str:
+    """``model`` when it is installed and ``checkpoint`` (None: the shipped one) exists, else
+    ``linear``."""
+    path = DEFAULT_CHECKPOINT if checkpoint is None else Path(checkpoint)
+    if "model" in available_methods() and path.is_file():
         return "model"
     return "linear"
 

@@ -40,7 +40,7 @@ import xarray as xr
 
 from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
 from core.cache import CACHEABLE_S1_STATUS, CubeCache, fetch_cached
-from core.config import REPO_ROOT, Settings
+from core.config import DEFAULT_CHECKPOINT, Settings, checkpoint_option, is_shipped_checkpoint
 from core.cube import S2_BANDS, has_s1, read_cube, single_polarization_note
 from core.curve import curve_chunks, field_ndvi_band, ndvi_curve
 from core.errors import FieldError, InputError, NoScenesError
@@ -75,8 +75,6 @@ GRID_EVERY_DAYS = 5
 """Spacing of the regular query dates added to the acquisitions."""
 S1_SEARCH_MARGIN_DAYS = 15
 """Sentinel-1 frames this far outside the period may still be the nearest to its ends."""
-MODEL_CHECKPOINT = REPO_ROOT / "assets" / "model.pt"
-"""The shipped checkpoint (``core.model.checkpoint.DEFAULT_CHECKPOINT``, which imports torch)."""
 
 SeasonProgress = Callable[[str, int, int], None]
 """``(stage, done, total)``, e.g. ``("reconstructing 140 frames", 32, 140)``."""
@@ -691,13 +689,6 @@ def frame_geotiff_for_day(
 # --- methods and the model ------------------------------------------------------------------
 
 
-def default_method() -> str:
-    """ "model" when it is installed and its checkpoint exists, else "linear"."""
-    if "model" in available_methods() and MODEL_CHECKPOINT.is_file():
-        return "model"
-    return "linear"
-
-
 DEFAULT_ADAPT_STEPS = 50
 """Per-field tuning steps an app Run takes by default (the command line's default is 0). On
 ten draws of the held-out yardstick, 50 steps on top of the field blend lowered the pooled
@@ -707,22 +698,27 @@ whatever the field's size (a 64 px Run: 17 s -> 49 s); on a GPU it should take a
 two (not measured: no GPU has been lent to this project)."""
 
 
-def default_adapt_steps() -> int:
+def default_adapt_steps(checkpoint: Path = DEFAULT_CHECKPOINT) -> int:
     """Per-field tuning steps a Run takes unless the user says otherwise:
     :data:`DEFAULT_ADAPT_STEPS` with the model, 0 without it."""
-    return DEFAULT_ADAPT_STEPS if "model" in method_choices() else 0
+    return DEFAULT_ADAPT_STEPS if "model" in method_choices(checkpoint) else 0
 
 
-def method_choices() -> list[str]:
+def method_choices(checkpoint: Path = DEFAULT_CHECKPOINT) -> list[str]:
     """Methods a user can pick: the installed ones, "model" only with its checkpoint."""
-    return [m for m in available_methods() if m != "model" or MODEL_CHECKPOINT.is_file()]
+    return [m for m in available_methods() if m != "model" or Path(checkpoint).is_file()]
 
 
-def load_model(device: str = "auto") -> object:
-    """Load the shipped model once per process (the reconstruction reuses it); returns it."""
+def load_model(device: str = "auto", checkpoint: Path = DEFAULT_CHECKPOINT) -> object:
+    """Load the model once per process (the reconstruction reuses it); returns it.
+
+    Raises:
+        InputError: the checkpoint is damaged, edited or not one of ours (names the fix).
+    """
     from core.model.inference import cached_checkpoint, resolve_device
 
-    return cached_checkpoint(None, resolve_device(device))
+    option = checkpoint_option(checkpoint)
+    return cached_checkpoint(None if option is None else str(option), resolve_device(device))
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -1186,7 +1182,22 @@ def fit_notes(attrs: dict) -> list[str]:
             f"so the curve's band is {float(attrs[FIELD_NDVI_SCALE_ATTR]):.2f} x the field "
             "mean of the pixels' bands, the width that held 80 % of its hidden frames."
         )
+    if attrs.get("model_weights_sha256"):
+        notes.append(model_note(attrs))
     return notes
+
+
+def model_note(attrs: dict) -> str:
+    """Which model made a reconstruction: its checkpoint, weights and training sites."""
+    source = str(attrs.get("model_checkpoint", "") or "")
+    which = (
+        "the shipped checkpoint (assets/model.pt)"
+        if not source or is_shipped_checkpoint(Path(source))
+        else f"your checkpoint {source}"
+    )
+    sites = [s for s in str(attrs.get("model_trained_sites", "")).split(",") if s]
+    trained = f", trained on {', '.join(sites)}" if sites else ""
+    return f"Model: {which}, weights {str(attrs['model_weights_sha256'])[:12]}{trained}."
 
 
 def _frame_view(

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import streamlit as st
 
 from app.state import Key
-from core.config import Settings
-from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions
-from core.season import default_adapt_steps, default_method, method_choices
+from core.config import Settings, checkpoint_option, is_shipped_checkpoint
+from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions, default_method
+from core.season import default_adapt_steps, method_choices
 
 METHOD_HELP = {
     "model": "The trained space-time model (Sentinel-2 + Sentinel-1), with an uncertainty band "
@@ -35,8 +35,8 @@ class RunSettings:
 def settings_panel(settings: Settings) -> RunSettings:
     """Draw the panel (in an expander) and return the chosen settings."""
     with st.expander("Settings", expanded=False):
-        methods = method_choices()
-        default = default_method()
+        methods = method_choices(settings.checkpoint)
+        default = default_method(settings.checkpoint)
         if (
             str(Key.METHOD) not in st.session_state
             or st.session_state[str(Key.METHOD)] not in methods
@@ -49,7 +49,12 @@ def settings_panel(settings: Settings) -> RunSettings:
             help="; ".join(f"{m}: {METHOD_HELP.get(m, m)}" for m in methods),
         )
         if "model" not in methods:
-            st.caption("The model is not available (no checkpoint at assets/model.pt).")
+            st.caption(f"The model is not available (no checkpoint at {settings.checkpoint}).")
+        elif not is_shipped_checkpoint(settings.checkpoint):
+            st.caption(
+                f"Model: your checkpoint `{settings.checkpoint}` (FIELDFLOW_CHECKPOINT), not "
+                "the shipped one."
+            )
         is_model = method == "model"
         samples = st.number_input(
             "Samples",
@@ -80,7 +85,7 @@ def settings_panel(settings: Settings) -> RunSettings:
             "Tune to this field (steps, 0 = off)",
             min_value=0,
             max_value=500,
-            value=default_adapt_steps(),
+            value=default_adapt_steps(settings.checkpoint),
             key=str(Key.ADAPT),
             disabled=not is_model,
             help="Before reconstructing, train a copy of the model for this many steps on the "
@@ -150,6 +155,7 @@ def settings_panel(settings: Settings) -> RunSettings:
         adapt_steps=int(adapt) if is_model else 0,
         calibrate_field=bool(calibrate_field) and is_model,
         blend_field=bool(blend_field) and is_model,
+        checkpoint=checkpoint_option(settings.checkpoint) if is_model else None,
     )
     return RunSettings(
         method=str(method),

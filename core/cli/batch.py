@@ -22,13 +22,17 @@ which and why), 2 for a bad command (unreadable fields file, bad dates, schedule
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from core.cli.reconstruct import add_method_arguments, default_method, options_from_args
-from core.config import DEFAULT_CHECKPOINT, Settings
+from core.cli.reconstruct import (
+    add_method_arguments,
+    chosen_checkpoint,
+    chosen_method,
+    options_from_args,
+)
+from core.config import Settings
 from core.errors import InputError
 
 DEFAULT_WORKERS = 2
@@ -96,9 +100,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PERCENT",
         help="skip S2 scenes with more cloud cover than this (0-100)",
     )
-    parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="model checkpoint (method 'model')"
-    )
     add_method_arguments(parser)
 
 
@@ -120,11 +121,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     started = time.monotonic()
     check_output_folder(args.out)
-    method = args.method or default_method()
+    method = chosen_method(args, settings)
     resolve_method(method)  # InputError naming the choices
     if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:
         raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
-    options = dataclasses.replace(options_from_args(args), checkpoint=args.checkpoint)
+    options = options_from_args(args, settings)
     check_options(method, options)  # once, not as every field's error
     request = BatchRequest(
         start=args.start,
@@ -144,9 +145,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if address and address != LOCAL:
         cluster = connect(address)
     else:
-        if method == "model" and not Path(options.checkpoint or DEFAULT_CHECKPOINT).is_file():
+        if method == "model" and not chosen_checkpoint(args, settings).is_file():
             raise InputError(
-                f"No model checkpoint at {options.checkpoint or DEFAULT_CHECKPOINT}; give "
+                f"No model checkpoint at {chosen_checkpoint(args, settings)}; give "
                 "--checkpoint, train one ('python -m core train') or use --method linear."
             )
         cluster = local_cluster(args.workers, processes=args.local_mode == "processes")

@@ -23,7 +23,7 @@ from core.bench import (
     machine_description,
     results_to_dict,
 )
-from core.config import Settings
+from core.config import Settings, checkpoint_option
 from core.errors import InputError
 from core.evaluate import BASELINES
 from core.storage import atomic_output, check_output_path
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="FILE",
-        help="model checkpoint (default: the shipped one)",
+        help="model checkpoint (default: FIELDFLOW_CHECKPOINT, else the shipped one)",
     )
     parser.add_argument(
         "--source",
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         trace=not args.no_trace,
         timeout_s=args.timeout,
-        checkpoint=args.checkpoint,
+        checkpoint=checkpoint_option(args.checkpoint or settings.checkpoint),
         progress=_report,
     )
     print(format_bench_table(results, machine))

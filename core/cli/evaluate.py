@@ -20,8 +20,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from core.cli.reconstruct import add_model_arguments
-from core.config import DEFAULT_CHECKPOINT, Settings
+from core.cli.reconstruct import add_model_arguments, chosen_checkpoint
+from core.config import Settings, checkpoint_option
 from core.cube import read_cube
 from core.errors import InputError
 from core.evaluate import Protocol, evaluate, evaluation_to_dict, format_table
@@ -60,9 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="samples per reconstruction (K > 1 adds coverage and CRPS)",
     )
     add_model_arguments(parser)
-    parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="model checkpoint (default: the shipped one)"
-    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument(
         "--max-size",
@@ -167,7 +164,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         smooth_days=args.smooth_days,
         device=args.device,
         seed=args.seed,
-        checkpoint=args.checkpoint,
+        checkpoint=checkpoint_option(chosen_checkpoint(args, settings)),
     )
     for method in methods:
         check_options(method, options)
@@ -189,7 +186,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         data["cube_files"] = [str(p) for p in paths]
         if "model" in methods:  # what the model's figures depend on besides the protocol
             data["model_options"] = {
-                "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT),
+                "checkpoint": str(chosen_checkpoint(args, settings)),
                 "steps": args.steps,
                 "adapt_steps": args.adapt_steps,
                 "calibrate_field": args.calibrate_field,

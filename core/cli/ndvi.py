@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.cli.reconstruct import add_method_arguments, default_method, options_from_args
+from core.cli.reconstruct import add_method_arguments, chosen_method, options_from_args
 from core.config import Settings
 from core.cube import read_cube
 from core.curve import ndvi_curve, write_curve_csv
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Compute the curve, write the CSV and print a one-line summary."""
-    method = args.method or default_method()
+    method = chosen_method(args, settings)
     check_output_path(args.out, inputs=[args.cube, *([args.geojson] if args.geojson else [])])
     cube = read_cube(args.cube)
     mask = None
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         args.end,
         every_days=args.every_days,
         method=method,
-        options=options_from_args(args),
+        options=options_from_args(args, settings),
         field_mask=mask,
     )
     path = write_curve_csv(curve, args.out)

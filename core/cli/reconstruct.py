@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
-from core.config import Settings
+from core.config import Settings, checkpoint_option
 from core.cube import read_cube
 from core.errors import InputError
 from core.reconstruct import (
@@ -87,6 +88,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
     )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="model checkpoint (default: FIELDFLOW_CHECKPOINT, else the shipped assets/model.pt)",
+    )
 
 
 def add_method_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,11 +117,23 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
 
 
+def chosen_checkpoint(args: argparse.Namespace, settings: Settings) -> Path:
+    """The checkpoint a command uses: ``--checkpoint``, else ``FIELDFLOW_CHECKPOINT``, else the
+    shipped one."""
+    return args.checkpoint or settings.checkpoint
+
+
+def chosen_method(args: argparse.Namespace, settings: Settings) -> str:
+    """``--method``, else the model when its checkpoint is there, else linear interpolation."""
+    return args.method or default_method(chosen_checkpoint(args, settings))
+
+
 def options_from_args(
-    args: argparse.Namespace, *, keep_observed: bool = True
+    args: argparse.Namespace, settings: Settings, *, keep_observed: bool = True
 ) -> ReconstructOptions:
     """The :class:`ReconstructOptions` the method arguments ask for."""
     return ReconstructOptions(
+        checkpoint=checkpoint_option(chosen_checkpoint(args, settings)),
         samples=args.samples,
         steps=args.steps,
         adapt_steps=args.adapt_steps,
@@ -167,11 +187,11 @@ def query_dates(args: argparse.Namespace) -> np.ndarray:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Reconstruct, write the NetCDF and print a one-line summary."""
-    method = args.method or default_method()
+    method = chosen_method(args, settings)
     check_output_path(args.out, inputs=[args.cube])
     dates = query_dates(args)
     cube = read_cube(args.cube)
-    options = options_from_args(args, keep_observed=args.keep_observed)
+    options = options_from_args(args, settings, keep_observed=args.keep_observed)
     result = reconstruct(cube, dates, method=method, options=options)
     path = write_reconstruction(result, args.out)
     kept = int(result["observed"].values.sum())

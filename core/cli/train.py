@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--holdout", default="", help="comma-separated sites never used (for honest evaluation)"
     )
     parser.add_argument(
+        "--release-holdout",
+        default="",
+        help="with --init: comma-separated sites the checkpoint held out that this training may "
+        "use on purpose (the new record no longer counts them as held out)",
+    )
+    parser.add_argument(
         "--calibrate-on",
         default="",
         help="comma-separated sites, not trained on, used to fit the uncertainty spread and to "
@@ -199,14 +205,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     all_series = [load_series(p) for p in paths]
     sites = {s.site for s in all_series}
-    holdout = _site_list(args.holdout, sites, "--holdout")
-    if init is not None:
-        init_holdout = set(init.record.get("holdout_sites", []))
-        if not init_holdout <= holdout:
-            raise InputError(
-                f"{args.init} held out {sorted(init_holdout)}; hold them out again (--holdout) "
-                "or the fine-tuned model will have seen them."
-            )
+    init_holdout = set(init.record.get("holdout_sites", [])) if init is not None else set()
+    release = _site_list(args.release_holdout, sites, "--release-holdout")
+    if release and init is None:
+        raise InputError(
+            "--release-holdout names sites a checkpoint held out; give it with --init."
+        )
+    if release - init_holdout:
+        raise InputError(
+            f"--release-holdout names {sorted(release - init_holdout)}, which {args.init} did not "
+            f"hold out; it held out {sorted(init_holdout)}."
+        )
+    # A site the checkpoint held out that is not in this data stays unseen by itself, and may be
+    # named in --holdout all the same (the shipped model's, fine-tuned on one's own cubes).
+    holdout = _site_list(args.holdout, sites | (init_holdout - release), "--holdout") & sites
+    unseen_before = init_holdout - release
+    leaking = (unseen_before & sites) - holdout
+    if leaking:
+        raise InputError(
+            f"{args.init} held out {sorted(leaking)}, which are in {data}; hold them out again "
+            "(--holdout) or the fine-tuned model will have seen them (--release-holdout trains "
+            "on them on purpose)."
+        )
     calibration_sites = _site_list(args.calibrate_on, sites, "--calibrate-on")
     if holdout & calibration_sites:
         raise InputError("A site cannot be both held out and used for calibration.")
@@ -216,7 +236,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     validation = [s for s in all_series if s.site in calibration_sites] or training
     print(
         f"training on {[s.site for s in training]}; calibrating on "
-        f"{[s.site for s in validation]}; never used: {sorted(holdout)}; device {device}",
+        f"{[s.site for s in validation]}; never used: {sorted(holdout | unseen_before)}; "
+        f"device {device}",
         file=sys.stderr,
     )
     started = time.time()
@@ -255,7 +276,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     figures = calibrate(model, episodes, seed=train_config.seed)
     record.update(
         data=str(Path(data).resolve()),
-        holdout_sites=sorted(holdout),
+        holdout_sites=sorted(holdout | unseen_before),
         tuned_sites=sorted({s.site for s in validation}),
         seen_footprints=merged_footprints(record["seen_footprints"], footprints_of(validation)),
         validation=figures,

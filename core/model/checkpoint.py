@@ -57,6 +57,11 @@ class Checkpoint:
     """A field's factor on its NDVI curve's band (see core.model.calibration.fit_field_ndvi_scale),
     set per request by per-field calibration; never saved."""
 
+    source: str = ""
+    """Where it was loaded from ("" for one made in this process)."""
+    weights_sha256: str = ""
+    """SHA-256 of its weights (:func:`weights_digest`), as loaded; "" for one made in this
+    process. Recorded in every reconstruction, so a file says which model made it."""
     field_scores: FieldScores | None = None
     """How the model, the network alone and both baselines did on the field's own hidden clear
     pixels (core.model.blend.field_scores), set with a per-field blend; never saved."""
@@ -169,8 +174,12 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
             f"Checkpoint {source} has format {payload['format_version']}, this code reads "
             f"{FORMAT_VERSION}; retrain it with 'python -m core train'."
         )
+    try:
+        digest = weights_digest(payload.get("state_dict", {}))
+    except (AttributeError, TypeError):  # not a dict of tensors: refused below, by name
+        digest = ""
     expected = payload.get("weights_sha256")  # checkpoints saved before it have none
-    if expected is not None and weights_digest(payload.get("state_dict", {})) != expected:
+    if expected is not None and digest != expected:
         raise InputError(
             f"The model checkpoint {source} is damaged: its weights do not match the digest "
             "saved with them (a bad copy or disk?). Copy it again, restore the shipped "
@@ -202,6 +211,8 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
         train_config=train_config,
         spread_scale=spread_scale,
         record=record,
+        source=str(source),
+        weights_sha256=digest,
     )
 
 

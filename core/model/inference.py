@@ -773,6 +773,10 @@ def model_method(
         ndvi_half = np.asarray(checkpoint.ndvi_error_band, np.float32)[distance_bucket(distance)]
     attrs = field_attrs(base, checkpoint, options)
     attrs["model_steps"] = int(steps)
+    # Which model made it: the file, its weights' digest and what it was trained on.
+    attrs["model_checkpoint"] = base.source
+    attrs["model_weights_sha256"] = base.weights_sha256
+    attrs["model_trained_sites"] = ",".join(base.seen_sites)
     # A field the network was trained on (the offline demo's cube, or one fetched inside a
     # training cube's footprint): its scores flatter it.
     overlap = training_overlap(base, observed)

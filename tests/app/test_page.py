@@ -627,3 +627,37 @@ def test_a_simpler_method_that_did_better_on_the_field_is_one_click_away(
     assert state(page).result.request.method == "whittaker"
     # Not asked to press Run: the Run was started by the button.
     assert not any("press Run" in t for t in texts(page, "info")), texts(page, "info")
+
+
+def test_a_checkpoint_of_ones_own_is_the_model_a_run_uses(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch, cubes_dir, tmp_path
+) -> None:
+    """FIELDFLOW_CHECKPOINT: the page says the model is the user's, and a Run uses it (its
+    result names the weights), without touching the shipped one."""
+    from core.cli import main
+    from core.model.checkpoint import load_checkpoint
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "pt-santarem_2021.nc").symlink_to(cubes_dir / "pt-santarem_2021.nc")
+    mine = tmp_path / "mine.pt"
+    train = ["train", "--tiny", "--data", str(own), "--out", str(mine), "--threads", "1"]
+    assert main([*train, "--validation-episodes", "4"]) == 0
+    monkeypatch.setenv("FIELDFLOW_CHECKPOINT", str(mine))
+    monkeypatch.setattr(services, "session_id", lambda: "session-1")
+    page = open_page()
+    button(page, "Demo field").click().run()
+    assert page.selectbox(key="method").value == "model"
+    assert any(f"your checkpoint `{mine}`" in t for t in texts(page, "caption"))
+    page.number_input(key="samples").set_value(1)
+    page.number_input(key="adapt_steps").set_value(0).run()
+    press_run(page)
+    no_exceptions(page)
+    result = state(page).result
+    assert result is not None and result.request.options.checkpoint == mine
+    digest = load_checkpoint(mine).weights_sha256
+    assert f"Model: your checkpoint {mine}, weights {digest[:12]}, trained on pt-santarem." in (
+        result.fits
+    )
+    # Not trained on the demo's Flanders cube, so no "trained on this place" warning.
+    assert not any(TRAINED_ON_TAIL in t for t in texts(page, "caption"))

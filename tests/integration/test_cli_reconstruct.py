@@ -291,3 +291,49 @@ def test_ndvi_with_the_model_says_what_it_fitted_on_the_field(es_path, es_cube, 
     curve = out.read_text().splitlines()[1:]
     widths = [float(r.split(",")[3]) - float(r.split(",")[2]) for r in curve]
     assert min(widths) >= 0 and max(widths) > 0.01  # narrowed, and still a band
+
+
+def test_a_users_own_checkpoint_is_used_and_named_in_the_output(
+    es_path, tmp_path, capsys, monkeypatch
+) -> None:
+    """--checkpoint, else FIELDFLOW_CHECKPOINT, else the shipped model; the output says which
+    model made it (file, weights' digest, training sites)."""
+    from core.model.checkpoint import load_checkpoint
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "pt-santarem_2021.nc").symlink_to(es_path.parent / "pt-santarem_2021.nc")
+    mine = tmp_path / "mine.pt"
+    train = ["train", "--tiny", "--data", str(own), "--out", str(mine), "--threads", "1"]
+    assert main([*train, "--validation-episodes", "4"]) == 0
+    digest = load_checkpoint(mine).weights_sha256
+    ask = ["reconstruct", "--cube", str(es_path), "--dates", "2019-05-03", "--method", "model"]
+    ask += ["--no-blend-field"]
+
+    def made_by(*extra: str) -> dict:
+        out = tmp_path / f"rec{len(list(tmp_path.glob('rec*')))}.nc"
+        assert main([*ask, "--out", str(out), *extra]) == 0, capsys.readouterr().err
+        with xr.open_dataset(out) as written:
+            return dict(written.attrs)
+
+    by_option = made_by("--checkpoint", str(mine))
+    assert by_option["model_checkpoint"] == str(mine)
+    assert by_option["model_weights_sha256"] == digest
+    assert by_option["model_trained_sites"] == "pt-santarem"
+    monkeypatch.setenv("FIELDFLOW_CHECKPOINT", str(mine))
+    assert made_by()["model_weights_sha256"] == digest
+    shipped = load_checkpoint(None)
+    by_both = made_by("--checkpoint", str(shipped.source))  # the option wins over the variable
+    assert by_both["model_weights_sha256"] == shipped.weights_sha256
+    assert by_both["model_trained_sites"] == ",".join(shipped.seen_sites)
+    # A variable naming no file is one line that names it, before any work.
+    monkeypatch.setenv("FIELDFLOW_CHECKPOINT", str(tmp_path / "gone.pt"))
+    capsys.readouterr()
+    assert main([*ask, "--out", str(tmp_path / "x.nc")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: FIELDFLOW_CHECKPOINT is ") and "gone.pt" in err
+    monkeypatch.delenv("FIELDFLOW_CHECKPOINT")
+    assert (
+        main([*ask, "--out", str(tmp_path / "x.nc"), "--checkpoint", str(tmp_path / "no.pt")]) == 2
+    )
+    assert "No model checkpoint at" in capsys.readouterr().err

@@ -52,3 +52,15 @@ def test_a_wrong_value_names_the_variable_and_the_fix(name: str, value: str, sai
     message = str(raised.value)
     assert message.startswith(f"{name} is {value!r}") and said in message
     assert "unset it" in message
+
+
+def test_a_checkpoint_of_ones_own_is_read_and_a_missing_one_named(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"weights")
+    assert Settings.from_env({"FIELDFLOW_CHECKPOINT": f" {mine} "}).checkpoint == mine.resolve()
+    for wrong, said in ((tmp_path / "gone.pt", "there is no file there"), (tmp_path, "a folder")):
+        with pytest.raises(InputError) as raised:
+            Settings.from_env({"FIELDFLOW_CHECKPOINT": str(wrong)})
+        message = str(raised.value)
+        assert message.startswith(f"FIELDFLOW_CHECKPOINT is {str(wrong)!r}") and said in message
+        assert "unset it to use the shipped model" in message

@@ -91,6 +91,65 @@ def test_fine_tuning_refuses_to_see_the_checkpoints_holdout(
     assert not out.exists()
 
 
+def test_fine_tuning_on_ones_own_cubes_keeps_the_checkpoints_holdout(
+    cubes_dir: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user's folder of their own region's cubes lacks the sites the checkpoint held out: they
+    stay unseen without being named, may be named all the same, and stay in the record."""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "pt-santarem_2021.nc").symlink_to(cubes_dir / "pt-santarem_2021.nc")
+    common = ["--data", str(own), "--steps", "2", "--threads", "1", "--validation-episodes", "4"]
+    for extra in ([], ["--holdout", "hu-alfold"]):
+        out = tmp_path / f"own{len(extra)}.pt"
+        assert (
+            main(["train", "--init", str(base_checkpoint), "--out", str(out), *common, *extra]) == 0
+        )
+        tuned = load_checkpoint(out)
+        assert tuned.record["holdout_sites"] == ["hu-alfold"]
+        assert "hu-alfold" not in tuned.seen_sites
+        assert "never used: ['hu-alfold']" in capsys.readouterr().err
+    # A site neither in the data nor held out by the checkpoint is still a typo.
+    bad = ["train", "--init", str(base_checkpoint), "--out", str(tmp_path / "x.pt"), *common]
+    assert main([*bad, "--holdout", "hu-alfod"]) == 2
+    assert "unknown sites ['hu-alfod']" in capsys.readouterr().err
+
+
+def test_the_shipped_model_fine_tunes_on_ones_own_cubes(cubes_dir: Path, tmp_path: Path) -> None:
+    """The README's way for a region unlike the training sites: the shipped model, fine-tuned on
+    a folder of the user's own cubes, with no --holdout to name."""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "es-field_2019.nc").symlink_to(cubes_dir / "es-field_2019.nc")
+    out = tmp_path / "mine.pt"
+    argv = ["train", "--init", str(DEFAULT_CHECKPOINT), "--data", str(own), "--out", str(out)]
+    argv += ["--steps", "2", "--batch-size", "2", "--threads", "1", "--validation-episodes", "4"]
+    assert main(argv) == 0
+    shipped, mine = load_checkpoint(DEFAULT_CHECKPOINT), load_checkpoint(out)
+    assert mine.record["holdout_sites"] == shipped.record["holdout_sites"]  # still unseen
+    assert mine.seen_sites == shipped.seen_sites  # es-field was among them already
+    assert mine.weights_sha256 != shipped.weights_sha256 and mine.source == str(out)
+
+
+def test_a_held_out_site_is_trained_on_only_when_released_by_name(
+    small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "released.pt"
+    argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data), "--out", str(out)]
+    argv += ["--steps", "2", "--threads", "1", "--validation-episodes", "4"]
+    assert main([*argv, "--release-holdout", "hu-alfold"]) == 0
+    released = load_checkpoint(out)
+    assert released.record["holdout_sites"] == []
+    assert "hu-alfold" in released.seen_sites
+    assert "hu-alfold" in {e["site"] for e in released.seen_footprints}
+    # Only a site the checkpoint held out can be released, and only when fine-tuning one.
+    assert main([*argv, "--release-holdout", "es-field"]) == 2
+    assert "which " + str(base_checkpoint) + " did not hold out" in capsys.readouterr().err
+    fresh = ["train", "--tiny", "--data", str(small_data), "--out", str(tmp_path / "y.pt")]
+    assert main([*fresh, "--release-holdout", "hu-alfold"]) == 2
+    assert "give it with --init" in capsys.readouterr().err
+
+
 def test_fine_tuning_takes_the_model_config_from_the_checkpoint(
     small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
