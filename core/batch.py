@@ -29,6 +29,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -45,7 +46,7 @@ import xarray as xr
 
 from core.cache import fetch_cached
 from core.cog import write_frame_stack
-from core.config import Settings
+from core.config import DEFAULT_CHECKPOINT, Settings
 from core.curve import ndvi_curve, write_curve_csv
 from core.distributed import model_task
 from core.errors import FieldError, FieldFlowError, InputError
@@ -151,7 +152,27 @@ class BatchRequest:
             "max_cloud_cover": self.max_cloud_cover,
             "stac_api_url": settings.stac_api_url,
         }
+        if self.method == "model":  # retrained in place, the same path is another model
+            payload["checkpoint_sha256"] = checkpoint_sha256(
+                self.options.checkpoint or DEFAULT_CHECKPOINT
+            )
         return json.loads(json.dumps(payload))
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint file's bytes ("" where there is none), read once per version of
+    the file however many fields ask."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return ""
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # the cache's key: a changed file is read again
+    return file_digest(Path(path))["sha256"]
 
 
 @dataclass(frozen=True)

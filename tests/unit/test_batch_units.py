@@ -208,6 +208,23 @@ def test_request_validates_and_normalises_and_its_fingerprint_ignores_the_device
     assert fingerprint["stac_api_url"] == SETTINGS.stac_api_url
 
 
+def test_a_model_retrained_in_place_is_another_request(tmp_path: Path) -> None:
+    """A checkpoint file rewritten at the same path (a user's model trained again) must not
+    let a batch skip fields made by the old weights."""
+    mine = tmp_path / "mine.pt"
+    mine.write_bytes(b"first weights")
+    options = ReconstructOptions(checkpoint=mine)
+    request = BatchRequest(start="2023-05-01", end="2023-05-31", method="model", options=options)
+    before = request.fingerprint(FIELD, SETTINGS)
+    assert before == request.fingerprint(FIELD, SETTINGS)
+    mine.write_bytes(b"second weights")
+    assert request.fingerprint(FIELD, SETTINGS) != before
+    shipped = BatchRequest(start="2023-05-01", end="2023-05-31", method="model")
+    assert shipped.fingerprint(FIELD, SETTINGS)["checkpoint_sha256"]  # the shipped file's
+    linear = BatchRequest(start="2023-05-01", end="2023-05-31", method="linear")
+    assert "checkpoint_sha256" not in linear.fingerprint(FIELD, SETTINGS)
+
+
 def test_frame_dates_are_acquisitions_plus_regular_days_inside_the_cube_period() -> None:
     days = frame_dates(make_cube(), "2023-05-01", "2023-05-31", 10)
     # regular: 05-01 (before the first acquisition), 05-11, 05-21, 05-31 (after the last)
