@@ -110,10 +110,10 @@ class TrainingOverlap:
 
 
 def training_overlap(checkpoint: Checkpoint, cube: xr.Dataset) -> TrainingOverlap:
-    """Whether ``cube`` shows a place ``checkpoint`` was trained on: a cube of a training site
-    (its ``site`` attribute, as the shared cubes and the offline demo carry), or a field fetched
-    anywhere whose outline lies inside a training cube's footprint (the record's
-    ``seen_footprints``). A model's scores on such a field flatter it."""
+    """Whether ``cube`` shows a place ``checkpoint`` was trained on: a field (fetched, or a
+    shared cube such as the offline demo's) whose outline lies inside a training cube's
+    footprint (the record's ``seen_footprints``), or, where the place cannot be told, a cube of
+    a training site by its ``site`` attribute. A model's scores on such a field flatter it."""
     site = str(cube.attrs.get("site", ""))
     named = site in checkpoint.seen_sites
     footprints = [(str(e["site"]), tuple(e["bounds"])) for e in checkpoint.seen_footprints]
@@ -123,7 +123,9 @@ def training_overlap(checkpoint: Checkpoint, cube: xr.Dataset) -> TrainingOverla
     share, holder = share_inside(outline, footprints)
     distances = [(distance_km(outline, bounds), name) for name, bounds in footprints]
     nearest_km, nearest_site = min(distances)
-    if named:
+    if named and site not in {name for name, _ in footprints}:
+        # A record without that site's footprint: by its name. With it, where the cube lies
+        # decides: fields fetched under a common name ("field") are not one place.
         share, holder = 1.0, site
     return TrainingOverlap(share, holder, nearest_km, nearest_site)
 

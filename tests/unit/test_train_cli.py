@@ -228,3 +228,23 @@ def test_cubes_too_small_or_too_short_to_train_on_are_said_not_looped_on(
         err = capsys.readouterr().err
         assert "error: Nothing to train on" in err and why in err
         assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_field_is_known_as_trained_on_by_where_it_lies_not_by_a_shared_name(
+    cubes_dir: Path, base_checkpoint: Path
+) -> None:
+    """Fields fetched under one common name ("field") are not one place: where the record knows
+    a site's footprint, the cube's place decides; without a footprint, its name does."""
+    import dataclasses
+
+    from core.model.checkpoint import training_overlap
+
+    checkpoint = load_checkpoint(base_checkpoint)  # trained on es-field and pt-santarem
+    elsewhere = read_cube(cubes_dir / "hu-alfold_2021.nc")
+    elsewhere.attrs["site"] = "es-field"  # the name of a training site, another place
+    assert not training_overlap(checkpoint, elsewhere).trained_on
+    there = read_cube(cubes_dir / "pt-santarem_2021.nc")
+    there.attrs["site"] = "my field"
+    assert training_overlap(checkpoint, there).trained_on
+    no_places = dataclasses.replace(checkpoint, record={**checkpoint.record, "seen_footprints": []})
+    assert training_overlap(no_places, elsewhere).trained_on  # only the name to go by
