@@ -306,8 +306,9 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
             again.attrs["blend_mean_weights"], out.attrs["blend_mean_weights"]
         )
         notes = fit_notes(dict(again.attrs))
-    # the blend, the field's scores, the samples' width, the error band and the curve's band
-    assert len(notes) == 5
+    # the blend, the field's scores, the samples' width, the error band, the curve's band and
+    # the model that made it
+    assert len(notes) == 6
     near = round(100 * float(out.attrs["blend_mean_weights"][0]))
     assert notes[0].startswith("Field blend:") and f"leans {near} %" in notes[0]
     model, _, whittaker, linear = (float(v) for v in again.attrs["model_field_mae"])
@@ -320,6 +321,8 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
     curve_factor = float(again.attrs["model_field_ndvi_band_scale"])
     assert notes[3].startswith("Reflectance band (p10-p90) from this field's own errors")
     assert notes[4].startswith("NDVI curve band") and f"{curve_factor:.2f} x" in notes[4]
+    digest = cached_checkpoint(path, "cpu").weights_sha256
+    assert notes[5].startswith(f"Model: your checkpoint {path}, weights {digest[:12]}")
     # Too short a series to fit the blend says so; the baselines say nothing.
     short = _crop(flanders_cube, frames=slice(0, 3))
     alone = reconstruct(short, short["time_s2"].values[[1]], "model", options)

@@ -115,7 +115,9 @@ def test_fine_tuning_on_ones_own_cubes_keeps_the_checkpoints_holdout(
     assert "unknown sites ['hu-alfod']" in capsys.readouterr().err
 
 
-def test_the_shipped_model_fine_tunes_on_ones_own_cubes(cubes_dir: Path, tmp_path: Path) -> None:
+def test_the_shipped_model_fine_tunes_on_ones_own_cubes(
+    cubes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The README's way for a region unlike the training sites: the shipped model, fine-tuned on
     a folder of the user's own cubes, with no --holdout to name."""
     own = tmp_path / "own"
@@ -129,6 +131,13 @@ def test_the_shipped_model_fine_tunes_on_ones_own_cubes(cubes_dir: Path, tmp_pat
     assert mine.record["holdout_sites"] == shipped.record["holdout_sites"]  # still unseen
     assert mine.seen_sites == shipped.seen_sites  # es-field was among them already
     assert mine.weights_sha256 != shipped.weights_sha256 and mine.source == str(out)
+    assert mine.train_config.lr == pytest.approx(3e-4)  # a fine-tuning's rate, not 1e-3
+    assert "warning: on the calibration values" not in capsys.readouterr().err
+    # Far too high a rate wrecks it in two steps, and the command says so.
+    assert main([*argv, "--lr", "1e-2"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: on the calibration values the model errs" in err
+    assert "warning: the p10-p90 band holds only" in err
 
 
 def test_a_held_out_site_is_trained_on_only_when_released_by_name(
