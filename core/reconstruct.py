@@ -186,13 +186,17 @@ def _importable(module_name: str) -> bool:
         return False
 
 
+def method_choices(checkpoint: Path | None = None) -> list[str]:
+    """Methods a user can pick: the installed ones, ``model`` only where ``checkpoint`` (None:
+    the shipped one) exists."""
+    path = DEFAULT_CHECKPOINT if checkpoint is None else Path(checkpoint)
+    return [m for m in available_methods() if m != "model" or path.is_file()]
+
+
 def default_method(checkpoint: Path | None = None) -> str:
     """``model`` when it is installed and ``checkpoint`` (None: the shipped one) exists, else
     ``linear``."""
-    path = DEFAULT_CHECKPOINT if checkpoint is None else Path(checkpoint)
-    if "model" in available_methods() and path.is_file():
-        return "model"
-    return "linear"
+    return "model" if "model" in method_choices(checkpoint) else "linear"
 
 
 def resolve_method(name: str) -> Method:

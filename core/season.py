@@ -55,7 +55,7 @@ from core.reconstruct import (
     NDVI_ERROR_BAND_ATTR,
     ReconstructOptions,
     Reconstructor,
-    available_methods,
+    method_choices,
     reconstruct,
 )
 from core.render import (
@@ -698,15 +698,10 @@ whatever the field's size (a 64 px Run: 17 s -> 49 s); on a GPU it should take a
 two (not measured: no GPU has been lent to this project)."""
 
 
-def default_adapt_steps(checkpoint: Path = DEFAULT_CHECKPOINT) -> int:
+def default_adapt_steps(checkpoint: Path | None = None) -> int:
     """Per-field tuning steps a Run takes unless the user says otherwise:
     :data:`DEFAULT_ADAPT_STEPS` with the model, 0 without it."""
     return DEFAULT_ADAPT_STEPS if "model" in method_choices(checkpoint) else 0
-
-
-def method_choices(checkpoint: Path = DEFAULT_CHECKPOINT) -> list[str]:
-    """Methods a user can pick: the installed ones, "model" only with its checkpoint."""
-    return [m for m in available_methods() if m != "model" or Path(checkpoint).is_file()]
 
 
 def load_model(device: str = "auto", checkpoint: Path = DEFAULT_CHECKPOINT) -> object:

@@ -23,6 +23,7 @@ from core.bench import (
     machine_description,
     results_to_dict,
 )
+from core.cli.reconstruct import chosen_checkpoint
 from core.config import Settings, checkpoint_option
 from core.errors import InputError
 from core.evaluate import BASELINES
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         steps=args.steps,
         trace=not args.no_trace,
         timeout_s=args.timeout,
-        checkpoint=checkpoint_option(args.checkpoint or settings.checkpoint),
+        checkpoint=checkpoint_option(chosen_checkpoint(args, settings)),
         progress=_report,
     )
     print(format_bench_table(results, machine))
