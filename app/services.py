@@ -31,7 +31,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.config import Settings
+from core.config import Settings, checkpoint_version
 from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
@@ -73,8 +73,9 @@ def settings() -> Settings:
 
 
 @st.cache_resource(show_spinner="Loading the reconstruction model…")
-def model(device: str, checkpoint: Path) -> object:
-    """The model of ``checkpoint``, loaded once per process and device."""
+def model(device: str, checkpoint: Path, version: str | None) -> object:
+    """The model of ``checkpoint``, loaded once per process, device and ``version`` of the file
+    (a checkpoint retrained in place is loaded anew)."""
     return load_model(device, checkpoint)
 
 
@@ -155,7 +156,8 @@ def start_run(request: SeasonRequest, config: Settings) -> Finished | None:
     """
     runner = reconstructor()
     if request.method == "model" and scheduler_address() is None:
-        model(request.options.device, request.options.checkpoint or config.checkpoint)
+        checkpoint = request.options.checkpoint or config.checkpoint
+        model(request.options.device, checkpoint, checkpoint_version(checkpoint))
     key = request.key(config.stac_api_url)
     compute = _computation(request, config, runner)
     if key in result_budget(config.result_cache_mb).keys:

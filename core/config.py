@@ -29,6 +29,18 @@ def checkpoint_option(checkpoint: Path | None) -> Path | None:
     return Path(checkpoint)
 
 
+def checkpoint_version(checkpoint: Path | None) -> str | None:
+    """Which version of the checkpoint file is on disk now, as ``"<bytes>-<mtime ns>"`` (None
+    when there is none): a checkpoint retrained or fine-tuned in place at the same path is
+    another version, so what was loaded or computed with the old one is not taken for it.
+    ``None`` is the shipped checkpoint."""
+    try:
+        stat = Path(checkpoint or DEFAULT_CHECKPOINT).stat()
+    except OSError:
+        return None
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity on Linux, else all of them)."""
     try:

@@ -40,7 +40,13 @@ import xarray as xr
 
 from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
 from core.cache import CACHEABLE_S1_STATUS, CubeCache, fetch_cached
-from core.config import DEFAULT_CHECKPOINT, Settings, checkpoint_option, is_shipped_checkpoint
+from core.config import (
+    DEFAULT_CHECKPOINT,
+    Settings,
+    checkpoint_option,
+    checkpoint_version,
+    is_shipped_checkpoint,
+)
 from core.cube import S2_BANDS, has_s1, read_cube, single_polarization_note
 from core.curve import curve_chunks, field_ndvi_band, ndvi_curve
 from core.errors import FieldError, InputError, NoScenesError
@@ -48,7 +54,7 @@ from core.export import frame_geotiff, reconstruction_netcdf
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
 from core.model.blend import DISTANCE_EDGES_DAYS, better_baseline_of, field_ratio
-from core.model.config import MIN_ADAPT_FRAMES
+from core.model.config import BAND_TARGET, MIN_ADAPT_FRAMES, NARROW_BAND_COVERAGE
 from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
@@ -121,6 +127,10 @@ class SeasonRequest:
             "stac": None if self.cube_path else stac_api_url,
             "s1": self.include_s1,
             "every_days": self.every_days,
+            # a checkpoint retrained in place at the same path is another model
+            "model_version": (
+                checkpoint_version(self.options.checkpoint) if self.method == "model" else None
+            ),
         }
         text = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
@@ -414,6 +424,7 @@ def compute_season(
         if not fits:
             fits.extend(fit_notes(result.attrs))
             headline.append(accuracy_headline(result.attrs))
+            headline.extend(checkpoint_warnings(result.attrs))
             better.append(better_baseline(result.attrs))
         for qi, day in enumerate(calendar_day(dates)):
             if day in wanted:
@@ -1180,6 +1191,34 @@ def fit_notes(attrs: dict) -> list[str]:
     if attrs.get("model_weights_sha256"):
         notes.append(model_note(attrs))
     return notes
+
+
+def checkpoint_warnings(attrs: dict) -> list[str]:
+    """What the checkpoint's own training measured against it, where this Run relies on it
+    (the page shows them with its notes, the command line as warnings):
+    a model that erred more than interpolation on its calibration values, or a band that
+    could not hold 80 % of them at any width, used here unrefitted. Checkpoints trained too
+    briefly (a few fine-tuning steps) do both; ``train`` warns of the same."""
+    said = []
+    ratio = attrs.get("model_checkpoint_mae_ratio")
+    if ratio is not None and float(ratio) > 1:
+        said.append(
+            f"This model's own training measured it erring {float(ratio):.2f} x as "
+            "much as linear interpolation on its calibration values; retrain it (a lower "
+            "learning rate or more steps) or use the shipped model."
+        )
+    coverage = attrs.get("model_checkpoint_coverage")
+    band_from_checkpoint = int(attrs.get("model_samples", 0)) > 1 and not (
+        attrs.get("model_calibrate_field") and attrs.get("model_band_fitted", 1)
+    )
+    if band_from_checkpoint and coverage is not None and float(coverage) < NARROW_BAND_COVERAGE:
+        said.append(
+            f"The uncertainty band is too narrow: this model's band held only "
+            f"{float(coverage):.0%} of its calibration values at its widest ({BAND_TARGET:.0%} "
+            "wanted), and it was not fitted on this field; fit it here (--calibrate-field, the "
+            "app's default) or retrain the checkpoint longer."
+        )
+    return said
 
 
 def model_note(attrs: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from core.cli.reconstruct import add_method_arguments, chosen_method, options_from_args
 from core.config import Settings
@@ -67,7 +68,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"cube's Sentinel-2 acquisitions ({first} to {last}) and were left out; fetch a "
             "cube for the whole period to have them."
         )
-    from core.season import NEVER_CLEAR_NOTE, accuracy_headline, fit_notes  # the app's words
+    from core.season import (  # the app's words
+        NEVER_CLEAR_NOTE,
+        accuracy_headline,
+        checkpoint_warnings,
+        fit_notes,
+    )
 
     if curve.attrs["field_clear_observations"] == 0:
         print(NEVER_CLEAR_NOTE)
@@ -75,4 +81,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for note in [accuracy_headline(fits), *fit_notes(fits)]:
         if note:
             print(note)
+    for warning in checkpoint_warnings(fits):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

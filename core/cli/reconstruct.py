@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,9 +201,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"Reconstructed {result.sizes['time']} date(s) of {height}x{width} pixels with "
         f"{method} (samples={options.samples}, observed pixels kept: {kept}) -> {path}"
     )
-    from core.season import accuracy_headline, fit_notes  # the app's words on the fits
+    from core.season import accuracy_headline, checkpoint_warnings, fit_notes  # the app's words
 
     for note in [accuracy_headline(result.attrs), *fit_notes(result.attrs)]:
         if note:
             print(note)
+    for warning in checkpoint_warnings(result.attrs):
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

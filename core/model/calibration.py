@@ -24,13 +24,16 @@ import numpy as np
 
 from core.indices import ndvi
 from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket
+from core.model.config import BAND_TARGET
 from core.reconstruct import band_around
 
 if TYPE_CHECKING:
     from core.model.training import Episode
 
 
-def smallest_scale(covered: Callable[[float], float], target_coverage: float = 0.8) -> float:
+def smallest_scale(
+    covered: Callable[[float], float], target_coverage: float = BAND_TARGET
+) -> float:
     """The scale in [0.01, 50] at which ``covered(scale)``, a coverage that grows with the
     scale, reaches ``target_coverage`` (bisection on a log scale, 40 steps)."""
     low, high = 0.01, 50.0
@@ -63,7 +66,7 @@ def _covered(
 
 
 def fit_spread(
-    mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, target_coverage: float = 0.8
+    mean: np.ndarray, draws: np.ndarray, truth: np.ndarray, target_coverage: float = BAND_TARGET
 ) -> float:
     """The spread scale whose p10-p90 band covers ``target_coverage`` of ``truth``."""
     offsets = band_offsets(draws)
@@ -79,7 +82,7 @@ def fit_spread_by_distance(
     draws: np.ndarray,
     truth: np.ndarray,
     distance: np.ndarray,
-    target_coverage: float = 0.8,
+    target_coverage: float = BAND_TARGET,
 ) -> tuple[float, np.ndarray]:
     """The spread scale fitted on all values, and one per bucket of ``distance`` (days to the
     nearest clear observation, :data:`core.model.blend.DISTANCE_EDGES_DAYS`) fitted on that
@@ -248,7 +251,7 @@ def episode_field_ndvi(
     return np.asarray(rows, np.float64).reshape(-1, 4)
 
 
-def fit_field_ndvi_scale(rows: np.ndarray, target_coverage: float = 0.8) -> float | None:
+def fit_field_ndvi_scale(rows: np.ndarray, target_coverage: float = BAND_TARGET) -> float | None:
     """The factor c on the distances from a frame's mean NDVI to its band's edges (the means of
     the per-pixel p10 and p90) that makes the band hold ``target_coverage`` of the frames' true
     mean NDVI (:func:`episode_field_ndvi` rows); None with under :data:`MIN_FIELD_NDVI_FRAMES`.

@@ -65,6 +65,9 @@ class Checkpoint:
     field_scores: FieldScores | None = None
     """How the model, the network alone and both baselines did on the field's own hidden clear
     pixels (core.model.blend.field_scores), set with a per-field blend; never saved."""
+    band_fitted: bool = False
+    """The band was fitted on a field's own hidden clear pixels (per-field calibration found
+    enough acquisitions), whatever width it found; never saved."""
 
     @property
     def config(self) -> ModelConfig:

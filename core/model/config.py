@@ -6,6 +6,12 @@ from dataclasses import asdict, dataclass, fields
 
 MIN_ADAPT_FRAMES = 4
 """Fewest S2 acquisitions a cube needs for per-field tuning (``adapt_steps``)."""
+BAND_TARGET = 0.8
+"""The p10-p90 band's coverage the calibration fits (in training, and on a field)."""
+NARROW_BAND_COVERAGE = BAND_TARGET - 0.05
+"""A checkpoint whose band held fewer of its calibration values than this at its widest is too
+narrow: ``train`` warns, and a Run that uses the checkpoint's band (not one fitted on the
+field) says so."""
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,13 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
 
-from core.config import usable_cpus
+from core.config import checkpoint_version, usable_cpus
 from core.cube import has_s1
 from core.errors import InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
@@ -73,9 +74,18 @@ def resolve_device(device: str) -> str:
     return device
 
 
-@functools.lru_cache(maxsize=4)
 def cached_checkpoint(path: str | None, device: str) -> Checkpoint:
-    """Load a checkpoint once per process (and per worker under Dask)."""
+    """The checkpoint at ``path`` (None: the shipped one), loaded once per process (and per
+    worker under Dask) and per version of the file: one replaced at the same path (retrained,
+    fine-tuned) while the app or a worker runs is loaded anew at its next use, not served from
+    the old copy (:func:`core.config.checkpoint_version`)."""
+    return loaded_checkpoint(path, device, checkpoint_version(Path(path) if path else None))
+
+
+@functools.lru_cache(maxsize=4)
+def loaded_checkpoint(path: str | None, device: str, version: str | None) -> Checkpoint:
+    """:func:`cached_checkpoint`'s cache: ``version`` is only part of the key."""
+    del version
     return load_checkpoint(path, device=device)
 
 
@@ -586,6 +596,8 @@ def field_checkpoint(
                 mean = mean + blend.delta_values(mean, smoother, band, blend_at)
                 result = dataclasses.replace(result, blend=blend, field_scores=scores)
             scale: float | np.ndarray = result.spread_scale
+            if calibration_k:
+                result = dataclasses.replace(result, band_fitted=True)
             if calibration_k and by_distance:
                 days_away = target_distances(episodes)
                 overall, scales = fit_spread_by_distance(mean, draws, truth, days_away)
@@ -777,6 +789,14 @@ def model_method(
     attrs["model_checkpoint"] = base.source
     attrs["model_weights_sha256"] = base.weights_sha256
     attrs["model_trained_sites"] = ",".join(base.seen_sites)
+    # How the checkpoint's own training measured it (its calibration values): what a Run that
+    # leans on it unrefitted should tell (core.season.fit_notes).
+    validation = base.record.get("validation")
+    if isinstance(validation, dict):
+        for name, key in (("mae_ratio", "mae_ratio"), ("coverage", "coverage_calibrated")):
+            if isinstance(validation.get(key), int | float):
+                attrs[f"model_checkpoint_{name}"] = round(float(validation[key]), 4)
+    attrs["model_samples"] = int(options.samples)
     # A field the network was trained on (the offline demo's cube, or one fetched inside a
     # training cube's footprint): its scores flatter it.
     overlap = training_overlap(base, observed)
@@ -903,9 +923,7 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         "model_adapt_steps": int(options.adapt_steps),
         "model_calibrate_field": int(options.calibrate_field and options.samples > 1),
         # Asked for and done: a field with too few clear acquisitions keeps the checkpoint's.
-        "model_band_fitted": int(
-            used.spread_by_distance is not None or used.spread_scale != base.spread_scale
-        ),
+        "model_band_fitted": int(used.band_fitted),
         "model_blend_field": int(options.blend_field),
     }
     if used.field_ndvi_scale is not None:

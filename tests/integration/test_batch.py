@@ -289,7 +289,7 @@ def test_model_reconstructions_go_to_the_gpu_worker_which_loads_the_model_once(
     monkeypatch.setattr(batch, "fetch_cached", spy("fetch", real_fetch))
     monkeypatch.setattr(batch, "reconstruct", spy("reconstruct", real_reconstruct))
     monkeypatch.setattr(inference, "load_checkpoint", spy("load", real_load))
-    inference.cached_checkpoint.cache_clear()
+    inference.loaded_checkpoint.cache_clear()
     monkeypatch.setattr(distributed, "TRIM_AFTER_IDLE_S", 0.2)
     trims = distributed.idle_trims
 
@@ -314,7 +314,7 @@ def test_model_reconstructions_go_to_the_gpu_worker_which_loads_the_model_once(
         rows = run_batch(
             list_fields(fields), request, tmp_path / "out", cluster=cluster, settings=settings
         )
-    inference.cached_checkpoint.cache_clear()
+    inference.loaded_checkpoint.cache_clear()
     assert [r.status for r in rows] == ["ok"] * 3, [r.error for r in rows]
     assert len(where["fetch"]) == 3
     assert where["reconstruct"] == ["gpu"] * 3
@@ -384,9 +384,9 @@ def test_a_separately_started_cluster_runs_the_model_on_its_gpu_worker(site, fir
     def model_loads() -> dict[str, int]:
         """On a worker: how often it loaded a checkpoint, and how often it reused it (a local
         function, so it travels by value: the workers cannot import this test module)."""
-        from core.model.inference import cached_checkpoint
+        from core.model.inference import loaded_checkpoint
 
-        info = cached_checkpoint.cache_info()
+        info = loaded_checkpoint.cache_info()
         return {"loads": info.misses, "reuses": info.hits}
 
     fields, _out, cache, _ = first_run

@@ -4,7 +4,9 @@ checkpoints, devices, and that a tiny model can learn one series."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -335,6 +337,58 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     assert record["weights_sha256"] == weights_digest(reloaded.model.state_dict())
     assert record["model_config"]["width"] == TINY.width
     assert training_sites(again) == ["nowhere"]
+
+
+def test_a_checkpoint_replaced_at_the_same_path_is_used_at_its_next_run(
+    flanders_cube, tmp_path
+) -> None:
+    """A model retrained in place (``train --out`` onto the file the app or a worker uses) is
+    loaded anew, not answered by the copy loaded before: the output names the new weights and
+    differs, and the app's Run key changes with it."""
+    import os
+
+    from core.config import checkpoint_version
+    from core.season import SeasonRequest
+
+    path = _checkpoint(tmp_path, perturb=True)
+    cube, query = _crop(flanders_cube), flanders_cube["time_s2"].values[[6, 7]]
+    first = reconstruct(cube, query, "model", _options(path))
+    version = checkpoint_version(Path(path))
+    request = SeasonRequest(
+        field=_field_of(),
+        start=dt.date(2018, 5, 1),
+        end=dt.date(2018, 6, 1),
+        method="model",
+        options=_options(path),
+    )
+    key = request.key("http://stac")
+    linear = dataclasses.replace(request, method="linear")
+    linear_key = linear.key("http://stac")
+    torch.manual_seed(1)
+    other = FieldFlowNet(TINY)
+    with torch.no_grad():
+        other.mean_head.weight.normal_(0, 0.05)
+    save_checkpoint(Checkpoint(model=other, record={"seen_sites": ["nowhere"]}), path)
+    stat = os.stat(path)  # a clock too coarse to tell the two writes apart must not matter here
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = reconstruct(cube, query, "model", _options(path))
+    assert checkpoint_version(Path(path)) != version
+    assert first.attrs["model_weights_sha256"] != second.attrs["model_weights_sha256"]
+    assert second.attrs["model_weights_sha256"] == weights_digest(other.state_dict())
+    assert not np.allclose(first["s2"].values, second["s2"].values)
+    assert request.key("http://stac") != key
+    assert linear.key("http://stac") == linear_key  # a Run without the model is the same Run
+
+
+def _field_of():
+    from core.field import field_from_geojson
+
+    return field_from_geojson(
+        {
+            "type": "Polygon",
+            "coordinates": [[[3.0, 50.8], [3.01, 50.8], [3.01, 50.81], [3.0, 50.8]]],
+        }
+    )
 
 
 def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:

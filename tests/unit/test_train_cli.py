@@ -138,6 +138,26 @@ def test_the_shipped_model_fine_tunes_on_ones_own_cubes(
     err = capsys.readouterr().err
     assert "warning: on the calibration values the model errs" in err
     assert "warning: the p10-p90 band holds only" in err
+    # A Run with that checkpoint says the same where it relies on it: its band only when the
+    # band is not fitted on the field.
+    cube = own / "es-field_2019.nc"
+    run = ["reconstruct", "--cube", str(cube), "--dates", "2019-05-01,2019-06-15"]
+    run += ["--samples", "8", "--steps", "2", "--no-blend-field", "--out"]
+    for index, (checkpoint, calibrate, expected) in enumerate(
+        (
+            (out, [], {"erring", "too narrow"}),
+            (out, ["--calibrate-field"], {"erring"}),
+            (DEFAULT_CHECKPOINT, [], set()),
+        )
+    ):
+        target = tmp_path / f"frames{index}.nc"
+        assert main([*run, str(target), "--checkpoint", str(checkpoint), *calibrate]) == 0
+        printed = capsys.readouterr()
+        said = {w for w in ("erring", "too narrow") if w in printed.err}
+        assert said == expected, printed.err
+        # The band fitted on the field at the same (widest) width as the checkpoint's is fitted
+        # all the same, not "too few clear acquisitions".
+        assert "too few clear acquisitions" not in printed.out
 
 
 def test_a_held_out_site_is_trained_on_only_when_released_by_name(
