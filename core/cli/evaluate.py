@@ -20,12 +20,12 @@ from pathlib import Path
 
 import xarray as xr
 
-from core.cli.reconstruct import add_model_arguments, chosen_checkpoint
-from core.config import Settings, checkpoint_option
+from core.cli.reconstruct import add_model_arguments, chosen_checkpoint, options_from_args
+from core.config import Settings
 from core.cube import read_cube
 from core.errors import InputError
 from core.evaluate import Protocol, evaluate, evaluation_to_dict, format_table
-from core.reconstruct import ReconstructOptions, check_options
+from core.reconstruct import check_options
 from core.storage import atomic_output, check_output_path
 
 
@@ -60,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="samples per reconstruction (K > 1 adds coverage and CRPS)",
     )
     add_model_arguments(parser)
+    parser.add_argument(
+        "--whittaker-lambda",
+        type=float,
+        default=None,
+        help="fixed Whittaker smoothing, for the whittaker method and the model's field blend "
+        "(default: chosen per pixel by GCV, as the yardstick's figures are)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument(
         "--max-size",
@@ -151,21 +158,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         in_chunks=args.in_chunks,
         drop_hidden_frames=args.drop_hidden_frames,
     )
-    options = ReconstructOptions(
-        samples=args.samples,
-        steps=args.steps,
-        adapt_steps=args.adapt_steps,
-        calibrate_field=args.calibrate_field,
-        fit_curve_band=args.fit_curve_band,
-        band_by_distance=args.band_by_distance,
-        error_band=args.error_band,
-        ndvi_error_band=args.ndvi_error_band,
-        blend_field=args.blend_field,
-        smooth_days=args.smooth_days,
-        device=args.device,
-        seed=args.seed,
-        checkpoint=checkpoint_option(chosen_checkpoint(args, settings)),
-    )
+    options = options_from_args(args, settings)
     for method in methods:
         check_options(method, options)
     paths = cube_paths(args.cube, args.cubes_dir, settings)
@@ -184,6 +177,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.json is not None:
         data = evaluation_to_dict(evaluation)
         data["cube_files"] = [str(p) for p in paths]
+        if args.whittaker_lambda is not None:  # the smoother's figures (and the blend's) too
+            data["whittaker_lambda"] = args.whittaker_lambda
         if "model" in methods:  # what the model's figures depend on besides the protocol
             data["model_options"] = {
                 "checkpoint": str(chosen_checkpoint(args, settings)),

@@ -69,6 +69,29 @@ def test_evaluate_writes_every_task_and_method(evaluated) -> None:
     }
 
 
+def test_evaluate_scores_a_fixed_whittaker_smoothing_when_asked(
+    evaluated, cubes_dir, tmp_path
+) -> None:
+    """``--whittaker-lambda`` (as ``reconstruct`` and ``ndvi`` take it) reaches the smoother the
+    yardstick scores, and the JSON says which smoothing it was; linear is untouched."""
+    _, gcv = evaluated
+    out = tmp_path / "fixed.json"
+    done = _core(
+        "evaluate", "--cube", str(cubes_dir / CUBES[0]), "--methods", "linear,whittaker",
+        "--max-size", "32", "--whittaker-lambda", "1000", "--json", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["whittaker_lambda"] == 1000 and "whittaker_lambda" not in gcv
+    stem = CUBES[0].removesuffix(".nc")
+
+    def mae(rows: list[dict], method: str) -> list[float]:
+        return [r["scores"]["mae"] for r in rows if (r["cube"], r["method"]) == (stem, method)]
+
+    assert mae(data["rows"], "linear") == mae(gcv["rows"], "linear")
+    assert mae(data["rows"], "whittaker") != mae(gcv["rows"], "whittaker")
+
+
 def test_evaluate_prints_a_readable_table(evaluated) -> None:
     done, _ = evaluated
     header = done.stdout.splitlines()[0].split()
