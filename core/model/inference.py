@@ -790,7 +790,7 @@ def model_method(
     attrs["model_weights_sha256"] = base.weights_sha256
     attrs["model_trained_sites"] = ",".join(base.seen_sites)
     # How the checkpoint's own training measured it (its calibration values): what a Run that
-    # leans on it unrefitted should tell (core.season.fit_notes).
+    # leans on it unrefitted should tell (core.season.checkpoint_warnings).
     validation = base.record.get("validation")
     if isinstance(validation, dict):
         for name, key in (("mae_ratio", "mae_ratio"), ("coverage", "coverage_calibrated")):

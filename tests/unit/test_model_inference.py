@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -345,9 +346,8 @@ def test_a_checkpoint_replaced_at_the_same_path_is_used_at_its_next_run(
     """A model retrained in place (``train --out`` onto the file the app or a worker uses) is
     loaded anew, not answered by the copy loaded before: the output names the new weights and
     differs, and the app's Run key changes with it."""
-    import os
-
     from core.config import checkpoint_version
+    from core.field import field_from_geojson
     from core.season import SeasonRequest
 
     path = _checkpoint(tmp_path, perturb=True)
@@ -355,7 +355,12 @@ def test_a_checkpoint_replaced_at_the_same_path_is_used_at_its_next_run(
     first = reconstruct(cube, query, "model", _options(path))
     version = checkpoint_version(Path(path))
     request = SeasonRequest(
-        field=_field_of(),
+        field=field_from_geojson(
+            {
+                "type": "Polygon",
+                "coordinates": [[[3, 50.8], [3.01, 50.8], [3.01, 50.81], [3, 50.8]]],
+            }
+        ),
         start=dt.date(2018, 5, 1),
         end=dt.date(2018, 6, 1),
         method="model",
@@ -378,17 +383,6 @@ def test_a_checkpoint_replaced_at_the_same_path_is_used_at_its_next_run(
     assert not np.allclose(first["s2"].values, second["s2"].values)
     assert request.key("http://stac") != key
     assert linear.key("http://stac") == linear_key  # a Run without the model is the same Run
-
-
-def _field_of():
-    from core.field import field_from_geojson
-
-    return field_from_geojson(
-        {
-            "type": "Polygon",
-            "coordinates": [[[3.0, 50.8], [3.01, 50.8], [3.01, 50.81], [3.0, 50.8]]],
-        }
-    )
 
 
 def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:
