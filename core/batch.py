@@ -55,7 +55,7 @@ from core.fetch import FetchResult, clear_fraction, parse_period
 from core.field import DEFAULT_MAX_AREA_HA, Field, candidates_from_file, field_from_file
 from core.grid import field_mask
 from core.model.blend import field_ratio
-from core.reconstruct import ReconstructOptions, reconstruct
+from core.reconstruct import ReconstructOptions, pinned, reconstruct
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates
 
@@ -137,7 +137,7 @@ class BatchRequest:
         options = {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in asdict(self.options).items()
-            if k != "device"
+            if k not in ("device", "checkpoint_version")  # the file's digest is below
         }
         payload = {
             "version": FORMAT_VERSION,
@@ -534,6 +534,8 @@ def write_field_outputs(
     # (the two then agree, and those days are reconstructed once); the others, if any (a
     # curve every few days), are reconstructed on their own.
     wanted = set(calendar_day(dates))
+    # the curve and the frames from one model (a checkpoint replaced meanwhile stops the field)
+    options = pinned(request.options, request.method)
     kept: list[xr.Dataset] = []
     measured: dict[str, Any] = {}
 
@@ -550,14 +552,14 @@ def write_field_outputs(
         request.end,
         every_days=request.curve_every_days,
         method=request.method,
-        options=request.options,
+        options=options,
         field_mask=mask,
         on_chunk=keep,
     )
     covered = {day for part in kept for day in calendar_day(part["time"].values)}
     rest = dates[[day not in covered for day in calendar_day(dates)]]
     if rest.size:
-        kept.append(reconstruct(cube, rest, method=request.method, options=request.options))
+        kept.append(reconstruct(cube, rest, method=request.method, options=options))
     frames = xr.concat(kept, dim="time", combine_attrs="override").sortby("time")
     kept.clear()
     write_frame_stack(

@@ -50,6 +50,7 @@ from core.reconstruct import (
     ReconstructOptions,
     Reconstructor,
     clear_pixels,
+    pinned,
     reconstruct,
     require_clear_pixels,
 )
@@ -136,7 +137,8 @@ def ndvi_curve(
             clear pixel in the cube, or (a pixel-by-pixel method) none in the field.
     """
     cube = validate_cube(cube)
-    options = options or ReconstructOptions()
+    # one model for every chunk (a checkpoint replaced meanwhile stops the curve instead)
+    options = pinned(options or ReconstructOptions(), method)
     present = bands_present(cube)
     if not present.any():
         raise InputError(

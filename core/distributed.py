@@ -19,7 +19,10 @@ the task (the model then runs on that worker's CPU, ``device="auto"``).
 **The model is loaded once per worker process**: a reconstruction task carries the cube, the
 dates and :class:`~core.reconstruct.ReconstructOptions` (a checkpoint *path*), never the model;
 the worker loads it through :func:`core.model.inference.cached_checkpoint`, an ``lru_cache``
-that lives as long as the worker process.
+that lives as long as the worker process. The options pin the file's version (a Run pins it at
+its start, :func:`core.reconstruct.pinned`): a worker that holds that version uses it; one that
+does not, when the file has been replaced since, stops the Run with a message rather than make
+its chunks with other weights than the rest.
 """
 
 from __future__ import annotations

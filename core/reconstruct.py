@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from core.config import DEFAULT_CHECKPOINT
+from core.config import DEFAULT_CHECKPOINT, checkpoint_version
 from core.cube import NETCDF_LOCK, S2_BANDS, bands_present, validate_cube
 from core.errors import InputError
 from core.indices import ndvi
@@ -103,6 +103,21 @@ class ReconstructOptions:
     to the nearest clear observation, with weights fitted on the cube's own clear observations
     (hidden in turn; see core.model.blend). On by default: it lowered every held-out error
     (README, "The field blend"); False gives the network alone."""
+    checkpoint_version: str | None = None
+    """Model only: the version of the checkpoint file this call must use
+    (:func:`core.config.checkpoint_version`); None: the file as it is now. A computation made
+    of several calls (a Run's chunks, a batch field's curve and frames, on any Dask worker) pins
+    it at its start (:func:`pinned`), so a checkpoint replaced at the same path meanwhile stops
+    it with a message instead of giving it chunks from two models."""
+
+
+def pinned(options: ReconstructOptions, method: str) -> ReconstructOptions:
+    """``options`` with the model's checkpoint file pinned to the version on disk now (see
+    :attr:`ReconstructOptions.checkpoint_version`); unchanged for another method or when it is
+    pinned already."""
+    if method != "model" or options.checkpoint_version is not None:
+        return options
+    return replace(options, checkpoint_version=checkpoint_version(options.checkpoint))
 
 
 FIELD_NDVI_SCALE_ATTR = "model_field_ndvi_band_scale"

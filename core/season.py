@@ -62,6 +62,7 @@ from core.reconstruct import (
     ReconstructOptions,
     Reconstructor,
     method_choices,
+    pinned,
     reconstruct,
 )
 from core.render import (
@@ -116,6 +117,7 @@ class SeasonRequest:
         """20 hex digits naming the result: equal requests (same outline, period, method,
         options, data source) give equal keys; the field's name is not part of it."""
         options = dataclasses.asdict(self.options)
+        pinned_version = options.pop("checkpoint_version")  # named below as the model's
         parts = {
             "field": self.field.key,
             "start": self.start.isoformat(),
@@ -129,7 +131,9 @@ class SeasonRequest:
             "every_days": self.every_days,
             # a checkpoint retrained in place at the same path is another model
             "model_version": (
-                checkpoint_version(self.options.checkpoint) if self.method == "model" else None
+                (pinned_version or checkpoint_version(self.options.checkpoint))
+                if self.method == "model"
+                else None
             ),
         }
         text = json.dumps(parts, sort_keys=True)
@@ -360,6 +364,9 @@ def compute_season(
             cube; each message says what to do.
     """
     started = time.perf_counter()
+    # Every chunk of this Run, on any worker, uses the checkpoint as it is now: one replaced
+    # at the same path meanwhile stops the Run with a message instead of mixing two models.
+    request = dataclasses.replace(request, options=pinned(request.options, request.method))
     report = progress or (lambda _stage, _done, _total: None)
     if request.end < request.start:
         raise InputError(

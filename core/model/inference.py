@@ -74,19 +74,39 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def cached_checkpoint(path: str | None, device: str) -> Checkpoint:
+def cached_checkpoint(path: str | None, device: str, version: str | None = None) -> Checkpoint:
     """The checkpoint at ``path`` (None: the shipped one), loaded once per process (and per
     worker under Dask) and per version of the file: one replaced at the same path (retrained,
     fine-tuned) while the app or a worker runs is loaded anew at its next use, not served from
-    the old copy (:func:`core.config.checkpoint_version`)."""
-    return loaded_checkpoint(path, device, checkpoint_version(Path(path) if path else None))
+    the old copy (:func:`core.config.checkpoint_version`).
+
+    ``version``: the version the caller pinned (:func:`core.reconstruct.pinned`); a copy of it
+    already loaded is used even if the file has been replaced since, and a file that is no
+    longer that version raises instead of being used in its place.
+
+    Raises:
+        InputError: the file is no longer the pinned version (names the fix).
+    """
+    file = Path(path) if path else None
+    return loaded_checkpoint(path, device, version or checkpoint_version(file))
 
 
 @functools.lru_cache(maxsize=4)
 def loaded_checkpoint(path: str | None, device: str, version: str | None) -> Checkpoint:
-    """:func:`cached_checkpoint`'s cache: ``version`` is only part of the key."""
-    del version
-    return load_checkpoint(path, device=device)
+    """:func:`cached_checkpoint`'s cache, keyed by the file's version: what is cached under a
+    version was read from that version (checked before and after reading), so a file replaced
+    while it loads is not kept under the old version's key."""
+    file = Path(path) if path else None
+    if checkpoint_version(file) == version:
+        checkpoint = load_checkpoint(path, device=device)
+        if checkpoint_version(file) == version:
+            return checkpoint
+    raise InputError(
+        f"The model checkpoint {path or 'shipped in assets/'} was replaced or removed while this "
+        "computation was using it (it was retrained or copied over at the same path), so its "
+        "remaining parts cannot be made with the same model. Run it again: it will use the new "
+        "checkpoint from the start."
+    )
 
 
 @dataclass(frozen=True)
@@ -749,7 +769,7 @@ def model_method(
     """Reconstruct with the trained model (see the module docstring)."""
     device = resolve_device(options.device)
     path = str(options.checkpoint) if options.checkpoint else None
-    checkpoint = cached_checkpoint(path, device)
+    checkpoint = cached_checkpoint(path, device, options.checkpoint_version)
     steps = options.steps or default_steps(checkpoint, options)  # checked: core.reconstruct
     kernel = query_kernel(query, observed["time_s2"].values, options.smooth_days)
     base, checkpoint = checkpoint, field_checkpoint(checkpoint, observed, options, steps, device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.curve import ndvi_curve
 from core.errors import InputError
 from core.model.checkpoint import (
     Checkpoint,
@@ -26,6 +28,7 @@ from core.model.features import s2_channel_count
 from core.model.inference import (
     clear_field_cache,
     frames_unseen,
+    loaded_checkpoint,
     on_cadence,
     plan_passes,
     query_kernel,
@@ -42,7 +45,8 @@ from core.model.training import (
     losses,
     make_episode,
 )
-from core.reconstruct import ReconstructOptions, reconstruct
+from core.reconstruct import ReconstructOptions, pinned, reconstruct
+from core.timeline import calendar_day
 
 TINY = ModelConfig(
     width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1, tile=32, tile_overlap=8, s2_window=12
@@ -367,15 +371,12 @@ def test_a_checkpoint_replaced_at_the_same_path_is_used_at_its_next_run(
         options=_options(path),
     )
     key = request.key("http://stac")
+    # a Run pins the version at its start (core.season.compute_season): the same Run
+    as_run = dataclasses.replace(request, options=pinned(request.options, "model"))
+    assert as_run.options.checkpoint_version == version and as_run.key("http://stac") == key
     linear = dataclasses.replace(request, method="linear")
     linear_key = linear.key("http://stac")
-    torch.manual_seed(1)
-    other = FieldFlowNet(TINY)
-    with torch.no_grad():
-        other.mean_head.weight.normal_(0, 0.05)
-    save_checkpoint(Checkpoint(model=other, record={"seen_sites": ["nowhere"]}), path)
-    stat = os.stat(path)  # a clock too coarse to tell the two writes apart must not matter here
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    other = _replace_checkpoint(path, seed=1)
     second = reconstruct(cube, query, "model", _options(path))
     assert checkpoint_version(Path(path)) != version
     assert first.attrs["model_weights_sha256"] != second.attrs["model_weights_sha256"]
@@ -383,6 +384,61 @@ def test_a_checkpoint_replaced_at_the_same_path_is_used_at_its_next_run(
     assert not np.allclose(first["s2"].values, second["s2"].values)
     assert request.key("http://stac") != key
     assert linear.key("http://stac") == linear_key  # a Run without the model is the same Run
+
+
+def _replace_checkpoint(path: str, seed: int) -> FieldFlowNet:
+    """Save another model at ``path`` (as ``train --out`` onto it would); returns it."""
+    torch.manual_seed(seed)
+    other = FieldFlowNet(TINY)
+    with torch.no_grad():
+        other.mean_head.weight.normal_(0, 0.05)
+    save_checkpoint(Checkpoint(model=other, record={"seen_sites": ["nowhere"]}), path)
+    stat = os.stat(path)  # a clock too coarse to tell two writes apart must not matter here
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    return other
+
+
+def test_a_curve_whose_checkpoint_is_replaced_midway_never_mixes_two_models(
+    flanders_cube, tmp_path
+) -> None:
+    """A checkpoint replaced while a curve (a Run's chunks) computes: the chunks after it are
+    made with the copy loaded before, so the curve is the first model's throughout; a process
+    with no copy of it (a Dask worker joining late, a cache that dropped it) stops with a
+    message instead of making the rest with the new weights. Unpinned, the next curve uses the
+    new model."""
+    path = _checkpoint(tmp_path, perturb=True)
+    cube = _crop(flanders_cube)
+    days = calendar_day(cube["time_s2"].values)
+    start, end = str(days[0]), str(days[-1])
+    reference = ndvi_curve(cube, start, end, method="model", options=_options(path))
+    made_with: list[str] = []
+
+    def replace_after_the_first(_dates, result, *, forget: bool = False) -> None:
+        made_with.append(result.attrs["model_weights_sha256"])
+        if len(made_with) == 1:
+            _replace_checkpoint(path, seed=len(made_with) + 10 * forget)
+            if forget:
+                loaded_checkpoint.cache_clear()
+
+    curve = ndvi_curve(
+        cube, start, end, method="model", options=_options(path), on_chunk=replace_after_the_first
+    )
+    assert len(made_with) >= 2 and len(set(made_with)) == 1
+    np.testing.assert_array_equal(curve["ndvi"].to_numpy(), reference["ndvi"].to_numpy())
+
+    made_with.clear()
+    with pytest.raises(InputError, match="was replaced or removed while this computation"):
+        ndvi_curve(
+            cube,
+            start,
+            end,
+            method="model",
+            options=_options(path),
+            on_chunk=functools.partial(replace_after_the_first, forget=True),
+        )
+    assert len(made_with) == 1
+    after = ndvi_curve(cube, start, end, method="model", options=_options(path))
+    assert not np.allclose(after["ndvi"].to_numpy(), reference["ndvi"].to_numpy())
 
 
 def test_bad_checkpoints_are_refused_clearly(tmp_path) -> None:

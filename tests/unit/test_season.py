@@ -16,7 +16,7 @@ import xarray as xr
 from PIL import Image
 
 from core import season as season_module
-from core.config import Settings
+from core.config import Settings, checkpoint_version
 from core.cube import write_cube
 from core.curve import CURVE_COLUMNS
 from core.demo import DEMO_CUBE_NAME, demo_field
@@ -164,6 +164,8 @@ def test_a_model_run_reports_its_stages_in_the_order_they_happen(request_: Seaso
     assert stages[4].startswith("reconstructing ") and len(stages) == 5
     recon = [r for r in job.reports() if r.stage == stages[4]]
     assert recon[0].done == 0 and recon[-1].done == recon[-1].total
+    # every chunk of it was made with the shipped checkpoint as it was at its start (pinned)
+    assert job.result.request.options.checkpoint_version == checkpoint_version(None)
 
 
 def test_the_stages_to_come_follow_the_request(request_: SeasonRequest) -> None:
@@ -378,6 +380,9 @@ def test_model_method_with_a_tiny_checkpoint(request_: SeasonRequest, tmp_path: 
     options = ReconstructOptions(samples=4, steps=2, checkpoint=checkpoint)
     short = dataclasses.replace(request_, end=dt.date(2018, 5, 20), method="model", options=options)
     result = compute_season(short, Settings())
+    # the Run's chunks all used the checkpoint as it was at its start (pinned), same Run key
+    assert result.request.options.checkpoint_version == checkpoint_version(checkpoint)
+    assert result.request.key("http://stac") == short.key("http://stac")
     assert any(f.startswith("Field blend") for f in result.fits)  # apart from the notes
     assert all(frame.uncertainty_png is not None for frame in result.frames)
     spread = result.curve["ndvi_p90"] - result.curve["ndvi_p10"]
