@@ -262,6 +262,9 @@ class SeasonResult:
     """Where the cube came from, for the user (STAC API, disk cache, offline cube)."""
     notes: tuple[str, ...]
     """Sentences for the user (Sentinel-1 status, clipped period...)."""
+    warnings: tuple[str, ...]
+    """Sentences the page shows as warnings, above the notes: what the model's checkpoint's
+    own training measured against it, where this Run relies on it (:func:`checkpoint_warnings`)."""
     scenes_found: dict[str, int]
     frames_loaded: dict[str, int]
     elapsed_s: float
@@ -415,6 +418,7 @@ def compute_season(
     views: dict[np.datetime64, FrameView] = {}
     fits: list[str] = []
     headline: list[str | None] = []  # how the model did on the field's own pixels, if measured
+    warned: list[str] = []  # what the checkpoint's own training measured against it
     better: list[str | None] = []  # the simpler method that did better there, if one did
     n_days = int((last - first).astype(int)) + 1
     frames_drawn = f"{n_days} days and drawing {len(days)} frames ({request.method})"
@@ -431,7 +435,7 @@ def compute_season(
         if not fits:
             fits.extend(fit_notes(result.attrs))
             headline.append(accuracy_headline(result.attrs))
-            headline.extend(checkpoint_warnings(result.attrs))
+            warned.extend(checkpoint_warnings(result.attrs))
             better.append(better_baseline(result.attrs))
         for qi, day in enumerate(calendar_day(dates)):
             if day in wanted:
@@ -478,6 +482,7 @@ def compute_season(
         scale=scale,
         source=origin.source,
         notes=tuple(notes),
+        warnings=tuple(warned),
         scenes_found=origin.scenes_found,
         complete=origin.complete,
         frames_loaded={"s2": int(cube.sizes["time_s2"]), "s1": _s1_count(cube)},

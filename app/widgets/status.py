@@ -51,6 +51,8 @@ def result_summary(result: SeasonResult, state: PageState) -> None:
         f"acquisitions ({clear} mostly clear) · {result.frames_loaded.get('s1', 0)} "
         f"Sentinel-1 frames · method: {request.method} · data: {result.source}"
     )
+    for warning in result.warnings:  # the model itself is suspect: not a note among others
+        st.warning(warning)
     for note in result.notes:
         st.caption(f"Note: {note}")
     if result.better_method is not None and result.better_method in method_choices():
