@@ -64,6 +64,7 @@ from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
     ReconstructOptions,
     observations,
+    pinned,
     reconstruct,
     resolve_method,
 )
@@ -1169,6 +1170,8 @@ def evaluate(
         raise InputError("No methods given: pass e.g. --methods linear,whittaker.")
     for method in methods:
         resolve_method(method)
+    if "model" in methods:  # every cube and task scored with one model, however long it takes
+        options = pinned(options, "model")
     lookup = _seen_lookup(seen_sites, options)
     seen: dict[str, list[str]] = {}
     for method in methods:

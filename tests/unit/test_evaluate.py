@@ -730,3 +730,45 @@ def test_field_ndvi_scores_are_per_frame_means_and_the_curves_band() -> None:
     without_red = cube.copy(deep=True)
     without_red["s2"][:, BAND["B04"]] = np.nan
     assert field_ndvi_scores(without_red, result, [1, 2], [1, 2], scored) == {}
+
+
+def test_a_checkpoint_replaced_during_an_evaluation_stops_it(tmp_path) -> None:
+    """Every cube of an evaluation is scored with one model: a checkpoint retrained onto the
+    same path after the first cube (and not held by the process any more, as a fresh worker
+    would not) stops the evaluation with a message instead of scoring the rest with it."""
+    import os
+
+    import torch
+
+    from core.model import inference
+    from core.model.checkpoint import Checkpoint, save_checkpoint
+    from core.model.config import ModelConfig
+    from core.model.network import FieldFlowNet
+
+    config = ModelConfig(width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1)
+    path = tmp_path / "tiny.pt"
+
+    def save(seed: int) -> None:
+        torch.manual_seed(seed)
+        save_checkpoint(Checkpoint(model=FieldFlowNet(config), record={"seen_sites": ["x"]}), path)
+        stat = os.stat(path)  # a coarse clock must not hide the second write
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + seed * 10**9))
+
+    scored: list[str] = []
+
+    def replace_after_the_first(line: str) -> None:
+        scored.append(line)
+        save(1)
+        inference.loaded_checkpoint.cache_clear()
+
+    save(0)
+    options = ReconstructOptions(checkpoint=path, device="cpu", blend_field=False)
+    with pytest.raises(InputError, match="was replaced or removed while this computation"):
+        evaluate(
+            _two_cubes(),
+            ["linear", "model"],
+            Protocol(max_size=4),
+            options=options,
+            progress=replace_after_the_first,
+        )
+    assert len(scored) == 1  # the first cube was scored, with the first model only
