@@ -103,7 +103,7 @@ def loaded_checkpoint(path: str | None, device: str, version: str | None) -> Che
             return checkpoint
     raise InputError(
         f"The model checkpoint {path or 'shipped in assets/'} was replaced or removed while this "
-        "computation was using it (it was retrained or copied over at the same path), so its "
+        "computation was using it (retrained, copied over or deleted at that path), so its "
         "remaining parts cannot be made with the same model. Run it again: it will use the new "
         "checkpoint from the start."
     )
