@@ -89,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--band-dropout", type=float, default=None, help="probability of hiding bands in training"
     )
     parser.add_argument(
+        "--ndvi-weight",
+        type=float,
+        default=None,
+        help="weight of the per-pixel NDVI L1 term beside the reflectance L1 (default 0.5)",
+    )
+    parser.add_argument(
         "--field-ndvi-weight",
         type=float,
         default=None,
@@ -209,6 +215,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not 0 <= args.date_jitter <= 1:
             raise InputError(f"--date-jitter must be between 0 and 1, not {args.date_jitter}.")
         train_config = replace(train_config, date_jitter=args.date_jitter)
+
+    if args.ndvi_weight is not None:
+        if args.ndvi_weight < 0:
+            raise InputError(f"--ndvi-weight must be 0 or more, not {args.ndvi_weight}.")
+        train_config = replace(train_config, ndvi_weight=args.ndvi_weight)
 
     if args.field_ndvi_weight is not None:
         if args.field_ndvi_weight < 0:
