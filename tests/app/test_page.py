@@ -667,3 +667,15 @@ def test_a_checkpoint_of_ones_own_is_the_model_a_run_uses(
     assert len(result.warnings) == 1 and "erring" in result.warnings[0]
     assert result.warnings[0] in [w.value for w in page.warning]
     assert not any("erring" in t for t in texts(page, "caption"))
+    # A real losing Run: measured on the demo field's own clear pixels, this checkpoint (blend
+    # and all) erred more than the Whittaker smoother, so the page offers it in one click, and
+    # the click runs it (the switch test above plants better_method; here the Run found it).
+    assert result.better_method == "whittaker", result.notes
+    assert any("choose it (Settings, Reconstruction method)" in n for n in result.notes)
+    (switch,) = [b for b in page.button if b.key == "switch_method"]
+    switch.click().run()
+    follow(page)
+    no_exceptions(page)
+    assert page.selectbox(key="method").value == "whittaker"
+    assert state(page).result is not None and state(page).result.request.method == "whittaker"
+    assert not [b for b in page.button if b.key == "switch_method"]  # a baseline measures nothing
