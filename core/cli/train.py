@@ -92,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ndvi-weight",
         type=float,
         default=None,
-        help="weight of the per-pixel NDVI L1 term beside the reflectance L1 (default 0.5)",
+        help="weight of the per-pixel NDVI L1 term beside the reflectance L1 "
+        f"(default {TrainConfig.ndvi_weight:g})",
     )
     parser.add_argument(
         "--field-ndvi-weight",
