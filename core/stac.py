@@ -40,6 +40,21 @@ RETRY_STATUS: tuple[int, ...] = (429, 500, 502, 503, 504)
 PAGE_SIZE = 100
 """Items asked for per result page (the API may cap it lower)."""
 
+
+def _load_extension_hooks() -> None:
+    """Register pystac's extension migration hooks now, once, while this module is imported.
+
+    pystac (1.15) registers them lazily at the first item it parses, and marks them loaded
+    before loading them: items parsed by other threads meanwhile (two Runs' first searches,
+    Dask worker threads) are not migrated, e.g. PC's ``proj:epsg`` never becomes ``proj:code``.
+    A module body runs once, under the import lock, before any of its searches."""
+    discover = getattr(pystac.EXTENSION_HOOKS, "_discover", None)
+    if callable(discover):  # absent in a pystac that registers them at import
+        discover()
+
+
+_load_extension_hooks()
+
 Signer = Callable[[Any], Any]
 """Signs a pystac Item/Collection/dict in place, or returns a signed copy of an href string."""
 

@@ -190,3 +190,29 @@ def test_pc_signer_leaves_local_hrefs_alone_and_a_custom_signer_is_used(
     (item,) = search_scenes(custom, S2_COLLECTION, FIELD, *period)
     assert item.assets["B04"].href.endswith("B04.tif?signed=1")
     assert planetary_computer.sign("https://example.com/a.tif") == "https://example.com/a.tif"
+
+
+def test_items_parsed_by_several_threads_at_once_are_all_migrated() -> None:
+    """pystac loads its extension hooks at the first item parsed and is not thread-safe about
+    it; core.stac loads them at import, so the first items parsed by concurrent threads (two
+    Runs' first searches) all get PC's proj:epsg migrated to proj:code. A fresh interpreter,
+    since the hooks load once per process (without the load at import 3 of 4 threads missed)."""
+    import subprocess
+    import sys
+
+    code = """
+import threading, pystac, core.stac
+from tests.support.templates import default_stac_dir, item_template
+raw = item_template(default_stac_dir(), core.stac.S2_COLLECTION)
+start, migrated = threading.Barrier(4), []
+def parse():
+    start.wait()
+    migrated.append("proj:code" in pystac.Item.from_dict(raw).properties)
+threads = [threading.Thread(target=parse) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(sum(migrated), len(migrated))
+"""
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.split() == ["4", "4"], child.stdout
