@@ -36,6 +36,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/app \
     FIELDFLOW_CACHE_DIR=/cache \
     FIELDFLOW_DATA_DIR=/data \
+    FIELDFLOW_MODELS_DIR=/models \
     MPLCONFIGDIR=/tmp/matplotlib \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
 
@@ -50,8 +51,8 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
 
 RUN groupadd --gid 10001 fieldflow \
     && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin fieldflow \
-    && mkdir -p /cache /data /results \
-    && chown fieldflow:fieldflow /cache /results
+    && mkdir -p /cache /data /results /models \
+    && chown fieldflow:fieldflow /cache /results /models
 
 COPY .streamlit/ .streamlit/
 COPY assets/ assets/

@@ -38,6 +38,7 @@ from core.distributed import reconstructor as cluster_reconstructor
 from core.errors import ClusterError
 from core.jobs import Job, JobBoard, Progress, Report, seconds_left, stage_spans
 from core.memory import MIB, MemoryBudget
+from core.model.catalog import ModelChoice, describe_model, model_files
 from core.progress import duration_text, time_left_text
 from core.reconstruct import Reconstructor
 from core.reconstruct import reconstruct as core_reconstruct
@@ -77,6 +78,22 @@ def model(device: str, checkpoint: Path, version: str | None) -> object:
     """The model of ``checkpoint``, loaded once per process, device and ``version`` of the file
     (a checkpoint retrained in place is loaded anew)."""
     return load_model(device, checkpoint)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _described_model(path: str, origin: str, version: str | None) -> ModelChoice:
+    """A checkpoint's description, read once per ``version`` of the file."""
+    return describe_model(Path(path), origin)
+
+
+def model_choices(settings: Settings) -> list[ModelChoice]:
+    """The models on offer (core.model.catalog), listed anew at every rerun so that a model
+    saved into the models folder while the app runs is offered at once; each file is read once
+    per version."""
+    return [
+        _described_model(str(path), origin, checkpoint_version(path))
+        for path, origin in model_files(settings)
+    ]
 
 
 @st.cache_resource(show_spinner="Connecting to the Dask cluster…")

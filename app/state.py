@@ -40,6 +40,7 @@ class Key(StrEnum):
     START = "period_start"
     END = "period_end"
     METHOD = "method"
+    MODEL = "model_checkpoint"
     SAMPLES = "samples"
     STEPS = "steps"
     ADAPT = "adapt_steps"

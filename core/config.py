@@ -53,6 +53,11 @@ def _default_data_dir() -> Path:
     return (REPO_ROOT.parent / "shared" / "data").resolve()
 
 
+def _default_models_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fieldflow" / "models"
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fieldflow"
@@ -82,6 +87,9 @@ class Settings:
     checkpoint: Path = DEFAULT_CHECKPOINT
     """The model checkpoint a Run uses (``FIELDFLOW_CHECKPOINT``): the shipped one unless a user
     points at their own (``python -m core train --init assets/model.pt --data MY_CUBES``)."""
+    models_dir: Path = field(default_factory=_default_models_dir)
+    """Folder of the user's own checkpoints (``FIELDFLOW_MODELS_DIR``): every ``*.pt`` in it is
+    offered beside the shipped model in the app and by name to ``--checkpoint``."""
     result_cache_mb: float = 4096.0
     """Memory the app's finished Runs may hold, shared by its sessions
     (``FIELDFLOW_RESULT_CACHE_MB``). The least recently used are dropped past it (a 64 px Run
@@ -98,9 +106,20 @@ class Settings:
         kwargs: dict[str, object] = {}
         if env.get("STAC_API_URL", "").strip():
             kwargs["stac_api_url"] = env["STAC_API_URL"].strip().rstrip("/")
-        for name, key in (("FIELDFLOW_DATA_DIR", "data_dir"), ("FIELDFLOW_CACHE_DIR", "cache_dir")):
+        for name, key in (
+            ("FIELDFLOW_DATA_DIR", "data_dir"),
+            ("FIELDFLOW_CACHE_DIR", "cache_dir"),
+            ("FIELDFLOW_MODELS_DIR", "models_dir"),
+        ):
             if env.get(name, "").strip():
                 kwargs[key] = Path(env[name].strip()).expanduser()
+        models_dir = kwargs.get("models_dir")
+        if isinstance(models_dir, Path) and models_dir.is_file():
+            raise InputError(
+                f"FIELDFLOW_MODELS_DIR is {str(models_dir)!r}, a file: give the folder that holds "
+                "your checkpoints (it may not exist yet), or unset it for the default, and start "
+                "again."
+            )
         if env.get("FIELDFLOW_CHECKPOINT", "").strip():
             kwargs["checkpoint"] = _env_file("FIELDFLOW_CHECKPOINT", env["FIELDFLOW_CHECKPOINT"])
         for name, key, lowest in (

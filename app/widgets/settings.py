@@ -4,11 +4,14 @@ data sources (read-only, from the environment)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
+from app import services
 from app.state import Key
 from core.config import Settings, checkpoint_option, is_shipped_checkpoint
+from core.model.catalog import ModelChoice
 from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions, default_method
 from core.season import default_adapt_steps, method_choices
 
@@ -35,8 +38,10 @@ class RunSettings:
 def settings_panel(settings: Settings) -> RunSettings:
     """Draw the panel (in an expander) and return the chosen settings."""
     with st.expander("Settings", expanded=False):
-        methods = method_choices(settings.checkpoint)
-        default = default_method(settings.checkpoint)
+        models = services.model_choices(settings)
+        usable = [m for m in models if m.usable]
+        methods = method_choices(usable[0].path if usable else settings.checkpoint)
+        default = default_method(usable[0].path if usable else settings.checkpoint)
         if (
             str(Key.METHOD) not in st.session_state
             or st.session_state[str(Key.METHOD)] not in methods
@@ -48,14 +53,8 @@ def settings_panel(settings: Settings) -> RunSettings:
             key=str(Key.METHOD),
             help="; ".join(f"{m}: {METHOD_HELP.get(m, m)}" for m in methods),
         )
-        if "model" not in methods:
-            st.caption(f"The model is not available (no checkpoint at {settings.checkpoint}).")
-        elif not is_shipped_checkpoint(settings.checkpoint):
-            st.caption(
-                f"Model: your checkpoint `{settings.checkpoint}` (FIELDFLOW_CHECKPOINT), not "
-                "the shipped one."
-            )
         is_model = method == "model"
+        checkpoint = model_picker(settings, models, enabled=is_model)
         samples = st.number_input(
             "Samples",
             min_value=1,
@@ -85,7 +84,7 @@ def settings_panel(settings: Settings) -> RunSettings:
             "Tune to this field (steps, 0 = off)",
             min_value=0,
             max_value=500,
-            value=default_adapt_steps(settings.checkpoint),
+            value=default_adapt_steps(checkpoint),
             key=str(Key.ADAPT),
             disabled=not is_model,
             help="Before reconstructing, train a copy of the model for this many steps on the "
@@ -155,10 +154,51 @@ def settings_panel(settings: Settings) -> RunSettings:
         adapt_steps=int(adapt) if is_model else 0,
         calibrate_field=bool(calibrate_field) and is_model,
         blend_field=bool(blend_field) and is_model,
-        checkpoint=checkpoint_option(settings.checkpoint) if is_model else None,
+        checkpoint=checkpoint_option(checkpoint) if is_model else None,
     )
     return RunSettings(
         method=str(method),
         options=options,
         max_cloud_cover=None if int(cloud) >= 100 else float(cloud),
     )
+
+
+def model_picker(settings: Settings, models: list[ModelChoice], *, enabled: bool) -> Path:
+    """The "Model" choice: the shipped checkpoint, ``FIELDFLOW_CHECKPOINT``'s and the models
+    folder's, each described by its training record; returns the chosen checkpoint's path
+    (``settings.checkpoint`` when none can be used: a Run then says why)."""
+    usable = {str(m.path): m for m in models if m.usable}
+    if not usable:
+        if models:
+            st.caption(f"The model cannot be used: {models[0].problem}")
+        else:
+            st.caption(f"The model is not available (no checkpoint at {settings.checkpoint}).")
+        return settings.checkpoint
+    default = str(settings.checkpoint) if str(settings.checkpoint) in usable else next(iter(usable))
+    if st.session_state.get(str(Key.MODEL)) not in usable:
+        st.session_state[str(Key.MODEL)] = default
+    folder = settings.models_dir
+    chosen = st.selectbox(
+        "Model",
+        list(usable),
+        format_func=lambda path: usable[path].label,
+        key=str(Key.MODEL),
+        disabled=not enabled or len(usable) < 2,
+        help=f"The checkpoints on offer: the shipped model, FIELDFLOW_CHECKPOINT's, and every "
+        f"*.pt in the models folder {folder} (FIELDFLOW_MODELS_DIR), read anew at each page "
+        "change. Make one for your region by fine-tuning the shipped model on a few fields "
+        "fetched there: python -m core train --init assets/model.pt --data MY_CUBES --out "
+        f"{folder}/NAME.pt (README, 'Your own model for your region'). A Run names the model "
+        "that made it.",
+    )
+    choice = usable[str(chosen)]
+    if is_shipped_checkpoint(choice.path):
+        st.caption(choice.summary())
+    else:
+        st.caption(f"Model: your checkpoint `{choice.path}`. {choice.summary()}")
+    for warning in choice.warnings():
+        st.warning(warning)
+    for other in models:
+        if not other.usable:
+            st.caption(f"Not offered: `{other.path.name}`. {other.problem}")
+    return choice.path

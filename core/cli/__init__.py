@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "bench": "Time and peak memory of the reconstruction methods vs field size.",
     "train": "Train the reconstruction model on real cubes.",
     "batch": "Fetch and reconstruct many fields on a Dask cluster.",
+    "models": "List the models on offer (shipped, FIELDFLOW_CHECKPOINT, the models folder).",
 }
 
 

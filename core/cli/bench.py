@@ -77,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        metavar="FILE",
-        help="model checkpoint (default: FIELDFLOW_CHECKPOINT, else the shipped one)",
+        metavar="FILE|NAME",
+        help="model checkpoint: a file, or the name of one in the models folder "
+        "(default: FIELDFLOW_CHECKPOINT, else the shipped one)",
     )
     parser.add_argument(
         "--source",

@@ -11,6 +11,7 @@ import numpy as np
 from core.config import Settings, checkpoint_option
 from core.cube import read_cube
 from core.errors import InputError
+from core.model.catalog import named_checkpoint
 from core.reconstruct import (
     ReconstructOptions,
     available_methods,
@@ -93,8 +94,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        metavar="FILE",
-        help="model checkpoint (default: FIELDFLOW_CHECKPOINT, else the shipped assets/model.pt)",
+        metavar="FILE|NAME",
+        help="model checkpoint: a file, or the name of one in the models folder "
+        "(FIELDFLOW_MODELS_DIR; default: FIELDFLOW_CHECKPOINT, else the shipped assets/model.pt)",
     )
 
 
@@ -119,9 +121,15 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def chosen_checkpoint(args: argparse.Namespace, settings: Settings) -> Path:
-    """The checkpoint a command uses: ``--checkpoint``, else ``FIELDFLOW_CHECKPOINT``, else the
-    shipped one."""
-    return args.checkpoint or settings.checkpoint
+    """The checkpoint a command uses: ``--checkpoint`` (a file, or the name of a model in the
+    models folder), else ``FIELDFLOW_CHECKPOINT``, else the shipped one.
+
+    Raises:
+        InputError: ``--checkpoint`` names neither a file nor a model of the folder.
+    """
+    if args.checkpoint is None:
+        return settings.checkpoint
+    return named_checkpoint(args.checkpoint, settings)
 
 
 def chosen_method(args: argparse.Namespace, settings: Settings) -> str:

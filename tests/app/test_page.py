@@ -80,6 +80,20 @@ def _linear_demo(open_page: OpenPage, monkeypatch: pytest.MonkeyPatch) -> AppTes
     return page
 
 
+def _quick_model_run(page: AppTest, checkpoint) -> tuple[SeasonResult, str]:
+    """Run the model with one sample and no per-field tuning; check that the Run used
+    ``checkpoint`` and return its result and the checkpoint's weights digest."""
+    from core.model.checkpoint import load_checkpoint
+
+    page.number_input(key="samples").set_value(1)
+    page.number_input(key="adapt_steps").set_value(0).run()
+    press_run(page)
+    no_exceptions(page)
+    result = state(page).result
+    assert result is not None and result.request.options.checkpoint == checkpoint
+    return result, load_checkpoint(checkpoint).weights_sha256
+
+
 def texts(page: AppTest, kind: str) -> list[str]:
     return [str(element.value) for element in getattr(page, kind)]
 
@@ -649,14 +663,11 @@ def test_a_checkpoint_of_ones_own_is_the_model_a_run_uses(
     page = open_page()
     button(page, "Demo field").click().run()
     assert page.selectbox(key="method").value == "model"
+    assert page.selectbox(key="model_checkpoint").value == str(mine)  # the environment's
     assert any(f"your checkpoint `{mine}`" in t for t in texts(page, "caption"))
-    page.number_input(key="samples").set_value(1)
-    page.number_input(key="adapt_steps").set_value(0).run()
-    press_run(page)
-    no_exceptions(page)
-    result = state(page).result
-    assert result is not None and result.request.options.checkpoint == mine
-    digest = load_checkpoint(mine).weights_sha256
+    # What its training measured is said before any Run, where the model is chosen.
+    assert any("erring" in w for w in texts(page, "warning"))
+    result, digest = _quick_model_run(page, mine)
     assert f"Model: your checkpoint {mine}, weights {digest[:12]}, trained on pt-santarem." in (
         result.fits
     )
@@ -679,3 +690,43 @@ def test_a_checkpoint_of_ones_own_is_the_model_a_run_uses(
     assert page.selectbox(key="method").value == "whittaker"
     assert state(page).result is not None and state(page).result.request.method == "whittaker"
     assert not [b for b in page.button if b.key == "switch_method"]  # a baseline measures nothing
+
+
+def test_a_model_of_the_models_folder_is_one_choice_away(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch, cubes_dir, tmp_path
+) -> None:
+    """FIELDFLOW_MODELS_DIR: a model fine-tuned there is offered beside the shipped one with
+    what its record says, a Run with it uses it, and going back to the shipped model drops
+    that Run's result as stale. A damaged file there is named with why, not offered."""
+    from core.cli import main
+    from core.config import DEFAULT_CHECKPOINT
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "pt-santarem_2021.nc").symlink_to(cubes_dir / "pt-santarem_2021.nc")
+    models = tmp_path / "models"
+    mine = models / "santarem.pt"
+    train = ["train", "--init", str(DEFAULT_CHECKPOINT), "--data", str(own), "--out", str(mine)]
+    assert main([*train, "--steps", "2", "--threads", "1", "--validation-episodes", "4"]) == 0
+    (models / "broken.pt").write_bytes(mine.read_bytes()[:1000])  # a copy cut short
+    monkeypatch.setenv("FIELDFLOW_MODELS_DIR", str(models))
+    monkeypatch.setattr(services, "session_id", lambda: "session-1")
+    page = open_page()
+    button(page, "Demo field").click().run()
+    picker = page.selectbox(key="model_checkpoint")
+    assert picker.options == ["Shipped model (assets/model.pt)", "santarem"]
+    assert picker.value == str(DEFAULT_CHECKPOINT)
+    said = texts(page, "caption")
+    assert any(t.startswith("Not offered: `broken.pt`. Cannot read") for t in said), said
+    picker.set_value(str(mine)).run()
+    captions = texts(page, "caption")
+    assert any(
+        t.startswith(f"Model: your checkpoint `{mine}`. Trained on be-flanders-a") for t in captions
+    ), captions
+    assert any("fine-tuned from model.pt" in t for t in captions)
+    result, digest = _quick_model_run(page, mine)
+    assert any(f"Model: your checkpoint {mine}, weights {digest[:12]}" in f for f in result.fits)
+    # Back to the shipped model: that Run's result is not shown for it.
+    page.selectbox(key="model_checkpoint").set_value(str(DEFAULT_CHECKPOINT)).run()
+    no_exceptions(page)
+    assert state(page).result is None

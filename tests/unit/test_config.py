@@ -25,8 +25,10 @@ def test_values_are_read_and_trimmed() -> None:
             "FIELDFLOW_RETRIES": "0",
             "FIELDFLOW_MAX_PIXEL_DATES": "1e6",
             "FIELDFLOW_RESULT_CACHE_MB": "0",
+            "FIELDFLOW_MODELS_DIR": " ~/my-models ",
         }
     )
+    assert settings.models_dir == Path.home() / "my-models"  # need not exist yet
     assert settings.stac_api_url == "http://127.0.0.1:8000/api/stac/v1"
     assert settings.cache_dir == Path("/tmp/ff-cache")
     assert (settings.max_area_ha, settings.timeout_s, settings.retries) == (12.5, 3.0, 0)
@@ -52,6 +54,13 @@ def test_a_wrong_value_names_the_variable_and_the_fix(name: str, value: str, sai
     message = str(raised.value)
     assert message.startswith(f"{name} is {value!r}") and said in message
     assert "unset it" in message
+
+
+def test_a_models_folder_that_is_a_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"FIELDFLOW_MODELS_DIR is .*model\.pt', a file: give"):
+        Settings.from_env({"FIELDFLOW_MODELS_DIR": str(tmp_path / "model.pt")})
+    assert Settings.from_env({"FIELDFLOW_MODELS_DIR": str(tmp_path)}).models_dir == tmp_path
 
 
 def test_a_checkpoint_of_ones_own_is_read_and_a_missing_one_named(tmp_path: Path) -> None:

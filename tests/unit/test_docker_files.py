@@ -157,11 +157,14 @@ def test_compose_runs_app_scheduler_cpu_worker_and_an_optional_gpu_worker(compos
 
 
 def test_every_service_shares_the_cache_and_results_and_has_a_health_check(compose) -> None:
-    assert {"cache", "results"} <= set(compose["volumes"])
+    assert {"cache", "results", "models"} <= set(compose["volumes"])
     for name, service in compose["services"].items():
         assert "cache:/cache" in service["volumes"], name
         assert "results:/results" in service["volumes"], name
+        # a model chosen in the app is read by every worker at the same path
+        assert "models:/models" in service["volumes"], name
         assert service["environment"]["FIELDFLOW_CACHE_DIR"] == "/cache", name
+        assert service["environment"]["FIELDFLOW_MODELS_DIR"] == "/models", name
         test = service["healthcheck"]["test"]
         assert test[0] == "CMD" and "/health" in test[-1], name
     assert "/_stcore/health" in compose["services"]["app"]["healthcheck"]["test"][-1]
