@@ -39,6 +39,7 @@ from app.widgets.timeline import (  # noqa: E402
     query_panel,
     reset_selection,
 )
+from app.widgets.tuning import tuning_panel  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.errors import FieldFlowError  # noqa: E402
 from core.season import SeasonRequest  # noqa: E402
@@ -83,6 +84,7 @@ def main() -> None:
         if state.result is not None:
             result_summary(state.result, state)
     workspace(AppConfig.from_env(), settings)
+    tuning_panel(state, settings, run_settings)
 
 
 def current_request(state: PageState, chosen: RunSettings) -> SeasonRequest | None:

@@ -35,10 +35,12 @@ from core.config import Settings, checkpoint_version
 from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
-from core.errors import ClusterError
+from core.errors import ClusterError, FieldFlowError, InputError
 from core.jobs import Job, JobBoard, Progress, Report, seconds_left, stage_spans
 from core.memory import MIB, MemoryBudget
 from core.model.catalog import ModelChoice, describe_model, model_files
+from core.model.tuning import STAGES as TUNING_STAGES
+from core.model.tuning import RegionTuning, TunedModel, tune_for_region
 from core.progress import duration_text, time_left_text
 from core.reconstruct import Reconstructor
 from core.reconstruct import reconstruct as core_reconstruct
@@ -229,6 +231,55 @@ def leave_run(key: str) -> None:
     jobs().leave(key, session_id())
 
 
+def start_tuning(tuning: RegionTuning, result: SeasonResult, site: str) -> str:
+    """Start fine-tuning ``tuning.base`` on ``result``'s cube (core.model.tuning) as a job of
+    its own; its key, to follow with :func:`watch_tuning`.
+
+    Raises:
+        InputError: a model of that name is being trained already.
+    """
+    key = f"tune:{tuning.out}"
+    if key in jobs().running():
+        raise InputError(
+            f"A model called {tuning.out.stem!r} is being trained already; choose another name."
+        )
+    cube = result.cube
+
+    def compute(progress: Progress) -> TunedModel:
+        return tune_for_region(tuning, cube, progress, site=site)
+
+    jobs().join(key, compute, session_id())
+    return key
+
+
+def watch_tuning(key: str) -> TunedModel | None:
+    """Draw the fine-tuning's progress here; the new model once it has ended (None while it
+    runs).
+
+    Raises:
+        FieldFlowError: the training refused the cube or failed (its message), or there is no
+            such job any more.
+    """
+    job = jobs().job(key)
+    if job is None:
+        raise FieldFlowError(
+            "The training is no longer running (was the app restarted?); nothing was saved. "
+            "Start it again."
+        )
+    if not job.done:
+        plan = tuple(PlannedStage(stage, label) for stage, label in TUNING_STAGES)
+        _draw_progress(job, plan, what="The training")
+        return None
+    jobs().collect(key, job)
+    return job.outcome()
+
+
+def stop_tuning(key: str) -> bool:
+    """Stop this session's fine-tuning (the process removes what it was writing); whether it
+    was running."""
+    return jobs().leave(key, session_id())
+
+
 @st.cache_resource(show_spinner=False)
 def jobs() -> JobBoard:
     """The Runs being computed in this process, by request key."""
@@ -247,10 +298,10 @@ def result_budget(limit_mb: float) -> MemoryBudget:
     return MemoryBudget(limit_mb * MIB, max_entries=SEASON_CACHE_ENTRIES)
 
 
-def _draw_progress(job: Job[SeasonResult], plan: tuple[PlannedStage, ...]) -> None:
+def _draw_progress(job: Job, plan: tuple[PlannedStage, ...], what: str = "The Run") -> None:
     """The job's progress as it stands: the current stage as the headline, a bar with its
     share done and the time left in it, the stages so far with the time each took, the
-    stages of ``plan`` still to come, and the Run's time so far."""
+    stages of ``plan`` still to come, and the job's time so far (``what``: its name)."""
     reports = job.reports()
     # A fixed height: the panel sits above the map, and a panel that grew line by line moved
     # the map under a user drawing on it during the Run.
@@ -274,7 +325,7 @@ def _draw_progress(job: Job[SeasonResult], plan: tuple[PlannedStage, ...]) -> No
     to_come = stages_to_come(plan, last.stage)
     if to_come:
         lines.append("Then: " + "; ".join(to_come) + ".")
-    lines.append(f"The Run so far: {duration_text(now - job.started_at)}.")
+    lines.append(f"{what} so far: {duration_text(now - job.started_at)}.")
     panel.caption("  \n".join(lines))
 
 

@@ -55,6 +55,10 @@ class Key(StrEnum):
     CHART = "ndvi_chart"
     MAP = "field_map"
     SWITCH_METHOD = "switch_method"
+    TUNE_NAME = "tune_name"
+    TUNE_STEPS = "tune_steps"
+    TUNE_START = "tune_start"
+    TUNE_STOP = "tune_stop"
 
 
 @dataclass
@@ -110,6 +114,9 @@ class PageState:
     """An upload with several polygons, until one is chosen."""
     upload_error: str | None = None
     """Why the current upload cannot be used, shown under the uploader while it stays."""
+    tuning: str | None = None
+    """The key of the fine-tuning this session started (app.widgets.tuning), while it runs: a
+    job of its own, followed from a fragment on a timer; it goes on if the page is left."""
     run_requested: bool = False
     """A Run asked for by a button other than Run (e.g. "Run again with linear
     interpolation"), started on the next rerun as if Run had been pressed."""

@@ -33,6 +33,9 @@ class RunSettings:
     options: ReconstructOptions
     max_cloud_cover: float | None
     """Scene cloud limit in percent; None: every scene."""
+    model: Path
+    """The model chosen under "Model" (whatever the method): the one a region's model is
+    fine-tuned from."""
 
 
 def settings_panel(settings: Settings) -> RunSettings:
@@ -160,6 +163,7 @@ def settings_panel(settings: Settings) -> RunSettings:
         method=str(method),
         options=options,
         max_cloud_cover=None if int(cloud) >= 100 else float(cloud),
+        model=checkpoint,
     )
 
 

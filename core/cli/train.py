@@ -286,8 +286,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             initialised_from=str(args.init),
             seen_sites=sorted(set(record["seen_sites"]) | set(init.seen_sites)),
             seen_footprints=merged_footprints(record["seen_footprints"], init.seen_footprints),
-            steps_before=init.record.get("steps"),
-            seconds_before=init.record.get("seconds"),
+            # what the checkpoint had been trained for, its own fine-tunings included
+            steps_before=_total(init.record, "steps"),
+            seconds_before=_total(init.record, "seconds"),
         )
     model = model.cpu()
     episodes = validation_episodes(
@@ -322,6 +323,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f" -> {figures['coverage_calibrated']:.2f} with spread scale {figures['spread_scale']:.2f}"
     )
     return 0
+
+
+def _total(record: dict, key: str) -> float | None:
+    """``record[key]`` plus ``record[key + "_before"]`` (a fine-tuned checkpoint's earlier
+    training); None where the record has neither."""
+    parts = [record.get(key), record.get(f"{key}_before")]
+    numbers = [p for p in parts if isinstance(p, int | float)]
+    return sum(numbers) if numbers else None
 
 
 def _training_warnings(figures: dict[str, float]) -> list[str]:

@@ -54,7 +54,7 @@ class ModelChoice:
     def label(self) -> str:
         """How a list names it."""
         if self.origin == "shipped":
-            return "Shipped model (assets/model.pt)"
+            return "Shipped model"
         where = " (FIELDFLOW_CHECKPOINT)" if self.origin == "environment" else ""
         return f"{self.path.stem}{where}"
 

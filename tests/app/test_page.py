@@ -714,7 +714,7 @@ def test_a_model_of_the_models_folder_is_one_choice_away(
     page = open_page()
     button(page, "Demo field").click().run()
     picker = page.selectbox(key="model_checkpoint")
-    assert picker.options == ["Shipped model (assets/model.pt)", "santarem"]
+    assert picker.options == ["Shipped model", "santarem"]
     assert picker.value == str(DEFAULT_CHECKPOINT)
     said = texts(page, "caption")
     assert any(t.startswith("Not offered: `broken.pt`. Cannot read") for t in said), said
@@ -730,3 +730,55 @@ def test_a_model_of_the_models_folder_is_one_choice_away(
     page.selectbox(key="model_checkpoint").set_value(str(DEFAULT_CHECKPOINT)).run()
     no_exceptions(page)
     assert state(page).result is None
+
+
+def test_a_model_for_the_region_is_made_from_the_page_and_offered(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Under a result, "Make a model for this region" fine-tunes the chosen model on the
+    field's cube in a process of its own and saves it in the models folder, where Settings →
+    Model offers it; a training stopped halfway saves nothing; a taken name is refused."""
+    from core.model.checkpoint import load_checkpoint
+
+    models, name = tmp_path / "models", "demo-parcel-west-flanders-2018"
+    monkeypatch.setenv("FIELDFLOW_MODELS_DIR", str(models))
+    page = _linear_demo(open_page, monkeypatch)
+    assert not [e for e in page.expander if e.label == "Make a model for this region"]
+    press_run(page)
+    no_exceptions(page)
+    assert page.text_input(key="tune_name").value == name
+    page.number_input(key="tune_steps").set_value(3)
+    button(page, "Train a model for this region").click().run()
+    key = state(page).tuning
+    assert key == f"tune:{models / f'{name}.pt'}"
+    assert services.jobs().job(key).wait(300)
+    page.run()
+    no_exceptions(page)
+    assert state(page).tuning is None
+    saved = models / f"{name}.pt"
+    (saved_said,) = [t for t in texts(page, "success") if t.startswith("Saved the model")]
+    assert saved_said.startswith(f"Saved the model '{name}' ({saved}) in ")
+    assert "fine-tuned from model.pt" in saved_said and saved_said.endswith("Settings → Model.")
+    tuned = load_checkpoint(saved)
+    assert tuned.record["steps"] == 3
+    assert tuned.record["initialised_from"].endswith("assets/model.pt")
+    assert "Demo parcel (West Flanders)" in tuned.seen_sites  # the field, and where it lies
+    assert "Demo parcel (West Flanders)" in {e["site"] for e in tuned.seen_footprints}
+    picker = page.selectbox(key="model_checkpoint")
+    assert picker.options == ["Shipped model", name]
+    # The next suggestion is a free name; a taken one is refused before anything starts.
+    assert page.text_input(key="tune_name").value == f"{name}-2"
+    page.text_input(key="tune_name").set_value(name)
+    button(page, "Train a model for this region").click().run()
+    assert state(page).tuning is None
+    assert any("is already in the models folder" in t for t in texts(page, "error"))
+    # Stopped halfway (the command's SIGTERM): nothing saved, said so.
+    page.text_input(key="tune_name").set_value("stopped")
+    page.number_input(key="tune_steps").set_value(2000)
+    button(page, "Train a model for this region").click().run()
+    job = services.jobs().job(state(page).tuning)
+    until(lambda: any(r.stage.startswith("fine-tuning") for r in job.reports()), timeout_s=120)
+    button(page, "Stop the training").click().run()
+    assert job.wait(60) and isinstance(job.error, JobCancelled)
+    assert "The training was stopped; nothing was saved." in texts(page, "info")
+    assert sorted(p.name for p in models.iterdir()) == [f"{name}.json", f"{name}.pt"]

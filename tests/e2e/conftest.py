@@ -83,6 +83,7 @@ def app_url(site: PublishedSite, tmp_path_factory: pytest.TempPathFactory) -> It
     env.update(
         STAC_API_URL=site.stac_url,
         FIELDFLOW_CACHE_DIR=str(tmp_path_factory.mktemp("app-cache")),
+        FIELDFLOW_MODELS_DIR=str(tmp_path_factory.mktemp("app-models")),
         FIELDFLOW_TILE_URL="none",
         FIELDFLOW_RETRIES="1",
         FIELDFLOW_TIMEOUT_S="20",

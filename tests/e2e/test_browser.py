@@ -406,3 +406,33 @@ def test_a_field_drawn_during_a_run_is_taken_at_once(page, js_errors) -> None:
     assert page.locator('[data-testid="stProgress"]').count() == 0  # nor is it followed
     shot(page, "11-drawn-during-run")
     no_app_errors(page, js_errors)
+
+
+def test_a_model_for_the_region_is_trained_followed_and_chosen(page, js_errors) -> None:
+    # The training is followed from a fragment on a timer, which AppTest cannot run: here the
+    # page must show its progress by itself and, when it ends, the saved model in the list.
+    page.get_by_text("Use the offline demo cube").click()
+    wait_idle(page)
+    page.get_by_role("button", name="Demo field").click()
+    page.get_by_text("Demo data: the offline cube").wait_for()
+    set_period(page, "2018-05-01", "2018-06-30")  # a period no other test runs
+    run(page)
+    page.get_by_text("Make a model for this region").click()
+    page.get_by_label("Name of the new model").fill("e2e-region")
+    page.get_by_label("Name of the new model").press("Enter")
+    steps = page.get_by_label("Steps", exact=True)
+    steps.fill("3")
+    steps.press("Enter")
+    wait_idle(page)
+    page.get_by_role("button", name="Train a model for this region").click()
+    page.get_by_role("button", name="Stop the training").wait_for()
+    page.get_by_text("Saved the model 'e2e-region'").wait_for(timeout=RUN_TIMEOUT_MS)
+    wait_idle(page)
+    page.get_by_text("Settings", exact=True).click()
+    combobox = page.get_by_role("combobox", name="Model", exact=True)
+    expect(combobox).to_have_value("Shipped model")
+    combobox.click()
+    page.get_by_role("option", name="e2e-region").click()
+    page.get_by_text(re.compile(r"^Model: your checkpoint .*e2e-region\.pt")).wait_for()
+    shot(page, "12-region-model")
+    no_app_errors(page, js_errors)
