@@ -59,6 +59,8 @@ from core.season import (
 )
 
 PROGRESS_PANEL_PX = 290
+TUNING_PREFIX = "tune:"
+"""Job keys of fine-tunings begin so (Runs' are request keys)."""
 """Height of a running Run's panel: its headline, bar and up to :data:`SHOWN_STAGES` stage
 lines, what is to come and the time so far, on a laptop-wide page."""
 SHOWN_STAGES = 4
@@ -236,12 +238,15 @@ def start_tuning(tuning: RegionTuning, result: SeasonResult, site: str) -> str:
     its own; its key, to follow with :func:`watch_tuning`.
 
     Raises:
-        InputError: a model of that name is being trained already.
+        InputError: a model is being trained on this server already (by any session).
     """
-    key = f"tune:{tuning.out}"
-    if key in jobs().running():
+    key = f"{TUNING_PREFIX}{tuning.out}"
+    training = [k for k in jobs().running() if k.startswith(TUNING_PREFIX)]
+    if training:  # each takes every core: two would each take twice as long, Runs longer still
+        other = Path(training[0].removeprefix(TUNING_PREFIX)).stem
         raise InputError(
-            f"A model called {tuning.out.stem!r} is being trained already; choose another name."
+            f"The model {other!r} is being trained on this server; start this one when it has "
+            "ended (it takes every core while it lasts)."
         )
     cube = result.cube
 

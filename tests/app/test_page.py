@@ -738,7 +738,10 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
     """Under a result, "Make a model for this region" fine-tunes the chosen model on the
     field's cube in a process of its own and saves it in the models folder, where Settings →
     Model offers it; a training stopped halfway saves nothing; a taken name is refused."""
+    from core.config import DEFAULT_CHECKPOINT
+    from core.errors import InputError
     from core.model.checkpoint import load_checkpoint
+    from core.model.tuning import RegionTuning
 
     models, name = tmp_path / "models", "demo-parcel-west-flanders-2018"
     monkeypatch.setenv("FIELDFLOW_MODELS_DIR", str(models))
@@ -778,6 +781,10 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
     button(page, "Train a model for this region").click().run()
     job = services.jobs().job(state(page).tuning)
     until(lambda: any(r.stage.startswith("fine-tuning") for r in job.reports()), timeout_s=120)
+    # One training at a time on a server, whichever session asks (each takes every core).
+    other = RegionTuning(DEFAULT_CHECKPOINT, models / "other.pt")
+    with pytest.raises(InputError, match="The model 'stopped' is being trained on this server"):
+        services.start_tuning(other, state(page).result, site="elsewhere")
     button(page, "Stop the training").click().run()
     assert job.wait(60) and isinstance(job.error, JobCancelled)
     assert "The training was stopped; nothing was saved." in texts(page, "info")
