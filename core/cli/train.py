@@ -132,6 +132,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from core.model.training import (
         calibrate,
         footprints_of,
+        held_out_inside,
         load_series,
         merged_footprints,
         train,
@@ -303,9 +304,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     figures = calibrate(model, episodes, target_coverage=BAND_TARGET, seed=train_config.seed)
     for warning in _training_warnings(figures):
         print(f"warning: {warning}", file=sys.stderr)
+    # A cube of one's own (a field fetched, a Run's cube) may lie inside a held-out site's
+    # cube under another name: that site is then no longer unseen, whatever the names say.
+    seen_now = merged_footprints(record["seen_footprints"], footprints_of(validation))
+    folders = [Path(data), settings.cubes_dir]
+    overlapped = held_out_inside(sorted(holdout | unseen_before), seen_now, folders)
+    if overlapped:
+        print(
+            f"warning: the training cubes overlap those of the held-out sites {overlapped}: "
+            "the model has seen part of them, so its record no longer holds them out (evaluate "
+            "scores it elsewhere)",
+            file=sys.stderr,
+        )
     record.update(
         data=str(Path(data).resolve()),
-        holdout_sites=sorted(holdout | unseen_before),
+        holdout_sites=sorted((holdout | unseen_before) - set(overlapped)),
+        seen_inside_holdout=overlapped,
         tuned_sites=sorted({s.site for s in validation}),
         seen_footprints=merged_footprints(record["seen_footprints"], footprints_of(validation)),
         validation=figures,

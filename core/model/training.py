@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import shapely
 import torch
 import xarray as xr
 
@@ -92,6 +93,32 @@ def merged_footprints(*groups: Sequence[dict[str, object]]) -> list[dict[str, ob
         if entry not in merged:
             merged.append(entry)
     return merged
+
+
+def held_out_inside(
+    sites: Sequence[str], footprints: Sequence[dict[str, object]], folders: Sequence[Path]
+) -> list[str]:
+    """Which of the held-out ``sites`` a training on ``footprints`` (:func:`footprints_of` of
+    its cubes) has seen a part of: a site whose cube, found in ``folders`` by its ``site``
+    attribute, overlaps one of them (a field fetched inside a held-out cube's area, under
+    another name). Sites whose cube is not found there cannot be told and are not listed."""
+    wanted, places = set(sites), {}
+    for folder in dict.fromkeys(Path(f).resolve() for f in folders):
+        for path in sorted(folder.glob("*.nc")) if folder.is_dir() else []:
+            try:
+                with xr.open_dataset(path) as cube:
+                    site = str(cube.attrs.get("site", path.stem))
+                    bounds = cube_lonlat_bounds(cube) if site in wanted else None
+            except (OSError, ValueError):
+                continue
+            if bounds is not None:
+                places.setdefault(site, bounds)
+    boxes = [shapely.box(*entry["bounds"]) for entry in footprints if len(entry["bounds"]) == 4]
+    return sorted(
+        site
+        for site, bounds in places.items()
+        if any(shapely.box(*bounds).intersection(box).area > 0 for box in boxes)
+    )
 
 
 def load_series(path: Path) -> SeriesData:

@@ -281,3 +281,30 @@ def test_a_field_is_known_as_trained_on_by_where_it_lies_not_by_a_shared_name(
     assert training_overlap(checkpoint, there).trained_on
     no_places = dataclasses.replace(checkpoint, record={**checkpoint.record, "seen_footprints": []})
     assert training_overlap(no_places, elsewhere).trained_on  # only the name to go by
+
+
+def test_a_cube_inside_a_held_out_site_under_another_name_releases_it(
+    cubes_dir: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A field fetched (or a Run's cube) inside a held-out cube's area carries its own name:
+    the names alone would keep the site "held out" in the record while the model has seen part
+    of it; where it lies says otherwise."""
+    from core.cube import write_cube
+
+    own = tmp_path / "own"
+    own.mkdir()
+    hungary = read_cube(cubes_dir / "hu-alfold_2021.nc")
+    part = hungary.isel(x=slice(0, 24), y=slice(0, 24)).assign_attrs(site="my-field")
+    write_cube(part, own / "my-field.nc")
+    out = tmp_path / "inside.pt"
+    argv = ["train", "--init", str(base_checkpoint), "--data", str(own), "--out", str(out)]
+    assert main([*argv, "--steps", "2", "--threads", "1", "--validation-episodes", "4"]) == 0
+    assert "overlap those of the held-out sites ['hu-alfold']" in capsys.readouterr().err
+    record = load_checkpoint(out).record
+    assert record["holdout_sites"] == [] and record["seen_inside_holdout"] == ["hu-alfold"]
+    # A cube elsewhere leaves the held-out site held out.
+    (own / "my-field.nc").unlink()
+    (own / "pt-santarem_2021.nc").symlink_to(cubes_dir / "pt-santarem_2021.nc")
+    assert main([*argv, "--steps", "2", "--threads", "1", "--validation-episodes", "4"]) == 0
+    assert "overlap" not in capsys.readouterr().err
+    assert load_checkpoint(out).record["holdout_sites"] == ["hu-alfold"]
