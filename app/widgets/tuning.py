@@ -53,7 +53,8 @@ def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Pat
         "cloud removal, 0.891 to 0.879 in long gaps; 7-8 draws of 10). 600 steps take about "
         "10 minutes on 2 CPU cores (the app's "
         "Runs are slower meanwhile); the training goes on if you leave the page. Scores "
-        "of the new model on this field flatter it: it was trained here."
+        "of the new model on this field flatter it: it was trained here. To add another "
+        "field of the region, choose the region's model, Run that field and do this again."
     )
     field_name = state.field.name if state.field is not None else "field"
     if widget_value(Key.TUNE_NAME) is None:
