@@ -41,6 +41,7 @@ class Key(StrEnum):
     END = "period_end"
     METHOD = "method"
     MODEL = "model_checkpoint"
+    REMOVE_MODEL = "remove_model"
     SAMPLES = "samples"
     STEPS = "steps"
     ADAPT = "adapt_steps"

@@ -9,9 +9,10 @@ from pathlib import Path
 import streamlit as st
 
 from app import services
-from app.state import Key
+from app.state import Key, page_state
 from core.config import Settings, checkpoint_option, is_shipped_checkpoint
-from core.model.catalog import ModelChoice
+from core.errors import FieldFlowError
+from core.model.catalog import ModelChoice, remove_model
 from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions, default_method
 from core.season import default_adapt_steps, method_choices
 
@@ -202,7 +203,31 @@ def model_picker(settings: Settings, models: list[ModelChoice], *, enabled: bool
         st.caption(f"Model: your checkpoint `{choice.path}`. {choice.summary()}")
     for warning in choice.warnings():
         st.warning(warning)
+    removable = enabled and choice.origin == "folder"
+    ask = f"Remove '{choice.label}' from the models folder"
+    if removable and st.checkbox(ask, key=str(Key.REMOVE_MODEL)):
+        st.button(
+            "Remove it for good",
+            key=f"{Key.REMOVE_MODEL}_confirm",
+            on_click=_remove,
+            args=(choice, settings),
+            help="Deletes its checkpoint and record from the folder. A Run already using it "
+            "finishes with the copy it has loaded (or stops and says so).",
+        )
     for other in models:
         if not other.usable:
             st.caption(f"Not offered: `{other.path.name}`. {other.problem}")
     return choice.path
+
+
+def _remove(choice: ModelChoice, settings: Settings) -> None:
+    """The confirmed removal of a folder model (a button's callback: the page then redraws
+    with the default model chosen)."""
+    try:
+        remove_model(choice.path, settings)
+    except FieldFlowError as exc:
+        page_state().say("error", str(exc))
+        return
+    st.session_state.pop(str(Key.REMOVE_MODEL), None)
+    st.session_state.pop(str(Key.MODEL), None)
+    page_state().say("info", f"Removed the model '{choice.label}' ({choice.path}).")

@@ -148,6 +148,28 @@ def list_models(settings: Settings) -> list[ModelChoice]:
     return [describe_model(path, origin) for path, origin in model_files(settings)]
 
 
+def remove_model(path: Path, settings: Settings) -> None:
+    """Remove a model of the models folder (its checkpoint and the JSON record beside it).
+
+    Raises:
+        InputError: ``path`` is not a checkpoint in the models folder (the shipped model and
+            ``FIELDFLOW_CHECKPOINT``'s are never removed from here), or cannot be removed.
+    """
+    folder = settings.models_dir.resolve()
+    target = Path(path)
+    if target.suffix != CHECKPOINT_SUFFIX or target.resolve().parent != folder:
+        raise InputError(f"{target} is not a model of the models folder {folder}; not removed.")
+    if target.resolve() == settings.checkpoint.resolve():
+        raise InputError(
+            f"{target.name} is the default model (FIELDFLOW_CHECKPOINT); unset that first."
+        )
+    try:
+        target.unlink(missing_ok=True)
+        target.with_suffix(".json").unlink(missing_ok=True)
+    except OSError as exc:
+        raise InputError(f"Cannot remove {target} ({exc.strerror}); remove it by hand.") from exc
+
+
 def named_checkpoint(name: Path, settings: Settings) -> Path:
     """``--checkpoint``'s value as a file: a path as given where a file is there, else a model
     of the models folder called ``name`` (with or without ``.pt``).

@@ -730,6 +730,18 @@ def test_a_model_of_the_models_folder_is_one_choice_away(
     page.selectbox(key="model_checkpoint").set_value(str(DEFAULT_CHECKPOINT)).run()
     no_exceptions(page)
     assert state(page).result is None
+    # A folder model can be removed from the page, after a confirmation; the shipped one not.
+    assert not [c for c in page.checkbox if c.key == "remove_model"]
+    page.selectbox(key="model_checkpoint").set_value(str(mine)).run()
+    assert not [b for b in page.button if b.key == "remove_model_confirm"]
+    page.checkbox(key="remove_model").check().run()
+    button(page, "Remove it for good").click().run()
+    no_exceptions(page)
+    assert not mine.exists() and not mine.with_suffix(".json").exists()
+    assert (models / "broken.pt").exists()  # nothing else went
+    assert f"Removed the model 'santarem' ({mine})." in texts(page, "info")
+    assert page.selectbox(key="model_checkpoint").value == str(DEFAULT_CHECKPOINT)
+    assert page.selectbox(key="model_checkpoint").options == ["Shipped model"]
 
 
 def test_a_model_for_the_region_is_made_from_the_page_and_offered(

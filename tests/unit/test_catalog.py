@@ -13,7 +13,13 @@ import xarray as xr
 from core.cli import main
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.errors import InputError
-from core.model.catalog import describe_model, list_models, model_files, named_checkpoint
+from core.model.catalog import (
+    describe_model,
+    list_models,
+    model_files,
+    named_checkpoint,
+    remove_model,
+)
 from core.model.checkpoint import load_checkpoint
 
 
@@ -116,3 +122,21 @@ def test_checkpoint_by_name_on_the_command_line(
     assert "  castilla" in printed
     assert any("is damaged" in line for line in printed)
     assert printed[-1].startswith(f"* the default (the shipped one). Models folder: {models_dir}")
+
+
+def test_only_a_folder_model_that_is_not_the_default_is_removed(tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "old.pt").write_bytes(b"weights")
+    (folder / "old.json").write_text("{}")
+    (folder / "default.pt").write_bytes(b"weights")
+    settings = Settings(models_dir=folder, checkpoint=folder / "default.pt")
+    with pytest.raises(InputError, match="is not a model of the models folder"):
+        remove_model(DEFAULT_CHECKPOINT, settings)
+    with pytest.raises(InputError, match="is not a model of the models folder"):
+        remove_model(folder / "old.json", settings)
+    with pytest.raises(InputError, match="is the default model"):
+        remove_model(folder / "default.pt", settings)
+    remove_model(folder / "old.pt", settings)
+    assert sorted(p.name for p in folder.iterdir()) == ["default.pt"]
+    assert DEFAULT_CHECKPOINT.is_file()
