@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="a tiny config for smoke tests")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--log-every", type=int, default=50, metavar="N", help="print a step line every N steps"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--validation-episodes", type=int, default=48)
@@ -147,6 +150,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     inputs = [*paths, *([args.init] if args.init is not None else [])]
     check_output_path(args.out, inputs=inputs)
     check_output_path(args.out.with_suffix(".json"), inputs=inputs)  # the training record
+    if args.log_every < 1:
+        raise InputError(f"--log-every must be 1 or more, not {args.log_every}.")
     device = resolve_device(args.device)
     model_config, train_config = ModelConfig(), TrainConfig(seed=args.seed, threads=args.threads)
     if args.tiny:
@@ -270,7 +275,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     started = time.time()
 
     def progress(step: int, total: int, figures: dict[str, float]) -> None:
-        if step == 1 or step % 50 == 0 or step == total:
+        if step == 1 or step % args.log_every == 0 or step == total:
             shown = " ".join(f"{k}={v:.4f}" for k, v in figures.items())
             print(f"step {step}/{total} {shown} ({time.time() - started:.0f}s)", file=sys.stderr)
 

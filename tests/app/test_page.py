@@ -792,7 +792,12 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
     page.number_input(key="tune_steps").set_value(2000)
     button(page, "Train a model for this region").click().run()
     job = services.jobs().job(state(page).tuning)
-    until(lambda: any(r.stage.startswith("fine-tuning") for r in job.reports()), timeout_s=120)
+
+    # The bar follows the command's step lines as they come (every 5 steps).
+    def steps_shown() -> set[tuple[int, int]]:
+        return {(r.done, r.total) for r in job.reports() if r.stage.startswith("fine-tuning")}
+
+    until(lambda: {(1, 2000), (5, 2000), (10, 2000)} <= steps_shown(), timeout_s=120)
     # One training at a time on a server, whichever session asks (each takes every core).
     other = RegionTuning(DEFAULT_CHECKPOINT, models / "other.pt")
     with pytest.raises(InputError, match="The model 'stopped' is being trained on this server"):

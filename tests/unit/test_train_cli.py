@@ -197,6 +197,8 @@ def test_fine_tuning_takes_the_model_config_from_the_checkpoint(
     assert "--date-jitter must be between 0 and 1" in capsys.readouterr().err
     assert main([*argv, "--ndvi-weight", "-1"]) == 2
     assert "--ndvi-weight must be 0 or more" in capsys.readouterr().err
+    assert main([*argv, "--log-every", "0"]) == 2
+    assert "--log-every must be 1 or more" in capsys.readouterr().err
 
 
 def test_a_scale_head_is_added_and_trained_alone_on_top_of_a_checkpoint(
