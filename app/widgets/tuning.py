@@ -51,8 +51,8 @@ def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Pat
         "a model without Flanders fields, fine-tuned so on the demo field's Run, erred about "
         "a point less on another Flanders field (0.850 to 0.836 x the better baseline in "
         "cloud removal, 0.891 to 0.879 in long gaps; 7-8 draws of 10). 600 steps take about "
-        "10 minutes on 2 CPU cores (the app's "
-        "Runs are slower meanwhile); the training goes on if you leave the page. Scores "
+        "10 minutes on 2 CPU cores, at a lower priority than Runs (a demo Run took 42 s "
+        "instead of 36 s meanwhile); the training goes on if you leave the page. Scores "
         "of the new model on this field flatter it: it was trained here. To add another "
         "field of the region, choose the region's model, Run that field and do this again."
     )
