@@ -11,12 +11,15 @@ import streamlit as st
 from app import services
 from app.state import Key, PageState, forget_widget, page_state, widget_value
 from app.widgets.settings import RunSettings
-from core.config import Settings
+from core.config import Settings, is_shipped_checkpoint
 from core.errors import FieldFlowError
 from core.model.tuning import MAX_STEPS, REGION_STEPS, RegionTuning, model_target, suggested_name
 from core.progress import duration_text
 from core.season import SeasonResult
 
+MEASURED_S2_DATES = 71
+"""Sentinel-2 acquisitions of the demo field's Run on which the button's gain was measured
+(benchmarks/candidates/region_button_rule.txt)."""
 WATCH_EVERY_S = 1.0
 """How often a fine-tuning's progress is redrawn (a number here: Streamlit's "magic" would
 draw a bare string)."""
@@ -42,8 +45,9 @@ def tuning_panel(state: PageState, settings: Settings, chosen: RunSettings) -> N
 
 def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Path) -> None:
     """What a fine-tuning would do, its name and steps, and the button that starts it."""
+    which = "the shipped model" if is_shipped_checkpoint(base) else f"`{base.stem}`"
     st.markdown(
-        f"Fine-tune the model chosen in *Settings → Model* (`{base.name}`) on this field's "
+        f"Fine-tune the model chosen in *Settings → Model* ({which}) on this field's "
         f"cube ({result.frames_loaded.get('s2', 0)} Sentinel-2 and "
         f"{result.frames_loaded.get('s1', 0)} Sentinel-1 acquisitions) and save it in the "
         f"models folder (`{settings.models_dir}`), where *Model* then offers it for the "
@@ -56,6 +60,13 @@ def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Pat
         "of the new model on this field flatter it: it was trained here. To add another "
         "field of the region, choose the region's model, Run that field and do this again."
     )
+    s2_dates = result.frames_loaded.get("s2", 0)
+    if s2_dates < MEASURED_S2_DATES // 2:
+        st.caption(
+            f"This Run has {s2_dates} Sentinel-2 acquisitions; the gain above was measured on "
+            f"a Run of {MEASURED_S2_DATES} (March to October): a Run over the whole season "
+            "gives the training more to learn from."
+        )
     field_name = state.field.name if state.field is not None else "field"
     if widget_value(Key.TUNE_NAME) is None:
         st.session_state[str(Key.TUNE_NAME)] = suggested_name(

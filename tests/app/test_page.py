@@ -762,6 +762,9 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
     press_run(page)
     no_exceptions(page)
     assert page.text_input(key="tune_name").value == name
+    assert any("(the shipped model) on this field's cube" in t for t in texts(page, "markdown"))
+    # The demo's whole season: as many acquisitions as the gain was measured on, no caveat.
+    assert not any("gives the training more" in t for t in texts(page, "caption"))
     page.number_input(key="tune_steps").set_value(3)
     button(page, "Train a model for this region").click().run()
     key = state(page).tuning
