@@ -191,7 +191,8 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
 
     run(page)
     shot(page, "2-results")
-    assert "15 Sentinel-2 acquisitions" in page.get_by_text("Sentinel-2 acquisitions").inner_text()
+    line = page.get_by_text(re.compile(r"^Drawn field \(.*Sentinel-2 acquisitions"))
+    assert "15 Sentinel-2 acquisitions" in line.inner_text()
 
     # The date slider: moving it swaps the frames (all precomputed) and the map overlay.
     slider = page.get_by_role("slider", name="Date")
