@@ -59,10 +59,10 @@ from core.season import (
 )
 
 PROGRESS_PANEL_PX = 290
-TUNING_PREFIX = "tune:"
-"""Job keys of fine-tunings begin so (Runs' are request keys)."""
 """Height of a running Run's panel: its headline, bar and up to :data:`SHOWN_STAGES` stage
 lines, what is to come and the time so far, on a laptop-wide page."""
+TUNING_PREFIX = "tune:"
+"""Job keys of fine-tunings begin so (Runs' are request keys)."""
 SHOWN_STAGES = 4
 """Stage lines a running Run's panel shows; earlier ones are summed in one."""
 SEASON_CACHE_ENTRIES = 16

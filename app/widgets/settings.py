@@ -44,8 +44,8 @@ def settings_panel(settings: Settings) -> RunSettings:
     with st.expander("Settings", expanded=False):
         models = services.model_choices(settings)
         usable = [m for m in models if m.usable]
-        methods = method_choices(usable[0].path if usable else settings.checkpoint)
-        default = default_method(usable[0].path if usable else settings.checkpoint)
+        first = usable[0].path if usable else settings.checkpoint
+        methods, default = method_choices(first), default_method(first)
         if (
             str(Key.METHOD) not in st.session_state
             or st.session_state[str(Key.METHOD)] not in methods

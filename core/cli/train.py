@@ -129,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
-    from core.model.checkpoint import Checkpoint, save_checkpoint
+    from core.model.checkpoint import Checkpoint, save_checkpoint, training_total
     from core.model.config import ModelConfig
     from core.model.inference import resolve_device
     from core.model.training import (
@@ -293,8 +293,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             seen_sites=sorted(set(record["seen_sites"]) | set(init.seen_sites)),
             seen_footprints=merged_footprints(record["seen_footprints"], init.seen_footprints),
             # what the checkpoint had been trained for, its own fine-tunings included
-            steps_before=_total(init.record, "steps"),
-            seconds_before=_total(init.record, "seconds"),
+            steps_before=training_total(init.record, "steps"),
+            seconds_before=training_total(init.record, "seconds"),
         )
     model = model.cpu()
     episodes = validation_episodes(
@@ -326,7 +326,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         holdout_sites=sorted((holdout | unseen_before) - set(overlapped)),
         seen_inside_holdout=overlapped,
         tuned_sites=sorted({s.site for s in validation}),
-        seen_footprints=merged_footprints(record["seen_footprints"], footprints_of(validation)),
+        seen_footprints=seen_now,
         validation=figures,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
@@ -342,14 +342,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f" -> {figures['coverage_calibrated']:.2f} with spread scale {figures['spread_scale']:.2f}"
     )
     return 0
-
-
-def _total(record: dict, key: str) -> float | None:
-    """``record[key]`` plus ``record[key + "_before"]`` (a fine-tuned checkpoint's earlier
-    training); None where the record has neither."""
-    parts = [record.get(key), record.get(f"{key}_before")]
-    numbers = [p for p in parts if isinstance(p, int | float)]
-    return sum(numbers) if numbers else None
 
 
 def _training_warnings(figures: dict[str, float]) -> list[str]:

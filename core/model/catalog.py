@@ -120,7 +120,7 @@ def model_files(settings: Settings) -> list[tuple[Path, str]]:
 def describe_model(path: Path, origin: str) -> ModelChoice:
     """Read the checkpoint at ``path`` (its digests checked, as a Run would) and describe it;
     a file that cannot be used is described by why."""
-    from core.model.checkpoint import load_checkpoint
+    from core.model.checkpoint import load_checkpoint, training_total
 
     try:
         checkpoint = load_checkpoint(path)
@@ -129,13 +129,13 @@ def describe_model(path: Path, origin: str) -> ModelChoice:
     record = checkpoint.record
     validation = record.get("validation")
     validation = validation if isinstance(validation, dict) else {}
-    steps = [record.get("steps"), record.get("steps_before")]
+    steps = training_total(record, "steps")
     return ModelChoice(
         path=path,
         origin=origin,
         sites=tuple(checkpoint.seen_sites),
         holdout=tuple(str(s) for s in record.get("holdout_sites", []) or []),
-        steps=sum(int(s) for s in steps if isinstance(s, int | float)) or None,
+        steps=int(steps) if steps else None,
         fine_tuned_from=str(record.get("initialised_from", "") or ""),
         created=str(record.get("created", "") or ""),
         mae_ratio=_number(validation.get("mae_ratio")),

@@ -234,6 +234,15 @@ def trained_inside(path: str | os.PathLike[str] | None) -> Callable[[xr.Dataset]
     return lambda cube: training_overlap(checkpoint, cube).trained_on
 
 
+def training_total(record: dict[str, object], key: str) -> float | None:
+    """``record[key]`` plus ``record[key + "_before"]``: a fine-tuned checkpoint's training
+    (``steps``, ``seconds``) with that of the checkpoint it started from; None where the record
+    has neither."""
+    parts = [record.get(key), record.get(f"{key}_before")]
+    numbers = [p for p in parts if isinstance(p, int | float)]
+    return sum(numbers) if numbers else None
+
+
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 of the weights' names, shapes, types and bytes. torch's file format keeps the
     tensors' bytes without a checksum it verifies: flipped bytes load silently as other

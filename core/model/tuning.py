@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from core.config import REPO_ROOT, Settings
 from core.cube import write_cube
 from core.errors import FieldFlowError, InputError
 from core.export import safe_file_stem
+from core.jobs import Progress
 from core.model.catalog import CHECKPOINT_SUFFIX, ModelChoice, describe_model
 
 REGION_STEPS = 600
@@ -50,8 +50,6 @@ POLL_S = 0.25
 STOP_WAIT_S = 30.0
 """How long a stopped training may take to remove its files before it is killed."""
 _STEP = re.compile(r"^step (\d+)/(\d+) ")
-
-Progress = Callable[[str, int, int], None]
 
 WRITING_STAGE = "writing the field's cube for the training"
 TRAINING_STAGE = "fine-tuning the model on the field"
