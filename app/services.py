@@ -39,8 +39,9 @@ from core.errors import ClusterError, FieldFlowError, InputError
 from core.jobs import Job, JobBoard, Progress, Report, seconds_left, stage_spans
 from core.memory import MIB, MemoryBudget
 from core.model.catalog import ModelChoice, describe_model, model_files
+from core.model.checkpoint import load_checkpoint
 from core.model.tuning import STAGES as TUNING_STAGES
-from core.model.tuning import RegionTuning, TunedModel, tune_for_region
+from core.model.tuning import RegionTuning, TunedModel, check_cube, tune_for_region
 from core.progress import duration_text, time_left_text
 from core.reconstruct import Reconstructor
 from core.reconstruct import reconstruct as core_reconstruct
@@ -238,7 +239,8 @@ def start_tuning(tuning: RegionTuning, result: SeasonResult, site: str) -> str:
     its own; its key, to follow with :func:`watch_tuning`.
 
     Raises:
-        InputError: a model is being trained on this server already (by any session).
+        InputError: a model is being trained on this server already (by any session), or the
+            Run's cube is too short or too small to train on (core.model.tuning.check_cube).
     """
     key = f"{TUNING_PREFIX}{tuning.out}"
     training = [k for k in jobs().running() if k.startswith(TUNING_PREFIX)]
@@ -249,6 +251,7 @@ def start_tuning(tuning: RegionTuning, result: SeasonResult, site: str) -> str:
             "ended (it takes every core while it lasts)."
         )
     cube = result.cube
+    check_cube(cube, load_checkpoint(tuning.base).model.config.patch)
 
     def compute(progress: Progress) -> TunedModel:
         return tune_for_region(tuning, cube, progress, site=site)

@@ -176,6 +176,7 @@ def model_picker(settings: Settings, models: list[ModelChoice], *, enabled: bool
     if not usable:
         if models:
             st.caption(f"The model cannot be used: {models[0].problem}")
+            _unusable(models[1:], settings, enabled=enabled)
         else:
             st.caption(f"The model is not available (no checkpoint at {settings.checkpoint}).")
         return settings.checkpoint
@@ -214,10 +215,23 @@ def model_picker(settings: Settings, models: list[ModelChoice], *, enabled: bool
             help="Deletes its checkpoint and record from the folder. A Run already using it "
             "finishes with the copy it has loaded (or stops and says so).",
         )
-    for other in models:
-        if not other.usable:
-            st.caption(f"Not offered: `{other.path.name}`. {other.problem}")
+    _unusable(models, settings, enabled=enabled)
     return choice.path
+
+
+def _unusable(models: list[ModelChoice], settings: Settings, *, enabled: bool) -> None:
+    """Each checkpoint that cannot be used, with why; one of the models folder's (damaged, or
+    not a checkpoint) can be removed from here, as a usable one can."""
+    for number, other in enumerate(m for m in models if not m.usable):
+        st.caption(f"Not offered: `{other.path.name}`. {other.problem}")
+        if enabled and other.origin == "folder":
+            st.button(
+                f"Remove {other.path.name}",
+                key=f"{Key.REMOVE_MODEL}_unusable_{number}",
+                on_click=_remove,
+                args=(other, settings),
+                help="Deletes the file (and a JSON record beside it) from the models folder.",
+            )
 
 
 def _remove(choice: ModelChoice, settings: Settings) -> None:
@@ -229,5 +243,6 @@ def _remove(choice: ModelChoice, settings: Settings) -> None:
         page_state().say("error", str(exc))
         return
     st.session_state.pop(str(Key.REMOVE_MODEL), None)
-    st.session_state.pop(str(Key.MODEL), None)
+    if st.session_state.get(str(Key.MODEL)) == str(choice.path):
+        st.session_state.pop(str(Key.MODEL), None)
     page_state().say("info", f"Removed the model '{choice.label}' ({choice.path}).")

@@ -202,26 +202,33 @@ EPISODE_ATTEMPTS = 50
 window and crop; a cube with clear pixels gives one within a few)."""
 
 
+MIN_CLEAR_FRAMES = 4
+"""Sentinel-2 frames with a clear pixel a series needs before episodes are cut from it (some
+are hidden, the rest are what the network learns to reconstruct them from)."""
+
+
 def trainable_series(series: Sequence[SeriesData], patch: int) -> list[SeriesData]:
-    """The series training can cut episodes from: at least 4 S2 frames, at least one patch.
+    """The series training can cut episodes from: at least :data:`MIN_CLEAR_FRAMES` S2 frames
+    with a clear pixel, at least one patch.
 
     Raises:
         InputError: none is, with what each one lacks.
     """
     usable, why = [], []
     for s in series:
-        frames, (height, width) = s.clear_s2.shape[0], s.clear_s2.shape[2:]
-        if frames < 4:
-            why.append(f"{s.site} has {frames} Sentinel-2 frame(s)")
+        frames = int(np.isfinite(s.clear_s2).any(axis=(1, 2, 3)).sum())
+        height, width = s.clear_s2.shape[2:]
+        if frames < MIN_CLEAR_FRAMES:
+            why.append(f"{s.site} has {frames} Sentinel-2 frame(s) with clear pixels")
         elif min(height, width) < patch:
             why.append(f"{s.site} is {height} x {width} px")
         else:
             usable.append(s)
     if not usable:
         raise InputError(
-            "Nothing to train on: a cube needs at least 4 Sentinel-2 frames and "
-            f"{patch} x {patch} pixels (one patch), and {'; '.join(why) or 'none was given'}. "
-            "Train on longer or larger cubes."
+            f"Nothing to train on: a cube needs at least {MIN_CLEAR_FRAMES} Sentinel-2 frames "
+            f"with clear pixels and {patch} x {patch} pixels (one patch), and "
+            f"{'; '.join(why) or 'none was given'}. Train on longer or larger cubes."
         )
     return usable
 

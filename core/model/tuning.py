@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from core.config import REPO_ROOT, Settings
@@ -30,6 +31,7 @@ from core.errors import FieldFlowError, InputError
 from core.export import safe_file_stem
 from core.jobs import Progress
 from core.model.catalog import CHECKPOINT_SUFFIX, ModelChoice, describe_model
+from core.model.training import MIN_CLEAR_FRAMES
 
 REGION_STEPS = 600
 """Fine-tuning steps by default: the README's measured recommendation (150 steps bought 40-55 %
@@ -144,6 +146,33 @@ def suggested_name(field_name: str, year: int, settings: Settings) -> str:
         number += 1
         name = f"{stem}-{number}"
     return name
+
+
+def check_cube(cube: xr.Dataset, patch: int) -> None:
+    """Refuse, in the page's words, a Run's cube the training would refuse in its own (as the
+    command line's ``train`` words it) only after its process had started.
+
+    Raises:
+        InputError: fewer than :data:`MIN_CLEAR_FRAMES` acquisitions with a clear pixel, or a
+            field narrower than one ``patch`` of the network: what
+            core.model.training.trainable_series refuses.
+    """
+    valid = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)
+    clear_dates = int(valid.any(axis=(1, 2)).sum())
+    if clear_dates < MIN_CLEAR_FRAMES:
+        raise InputError(
+            f"This Run has {clear_dates} Sentinel-2 acquisition(s) with clear pixels; a model "
+            f"needs at least {MIN_CLEAR_FRAMES} to learn from (it hides some and learns from the "
+            "rest). Run a longer period of this field, a whole season at best, and try again."
+        )
+    height, width = valid.shape[1:]
+    if min(height, width) < patch:
+        resolution = float(cube.attrs.get("resolution_m", 10) or 10)
+        raise InputError(
+            f"The field's grid is {height} x {width} px; a model learns from patches of "
+            f"{patch} x {patch} px, so it needs a field at least {patch * resolution:.0f} m "
+            "across. Draw a larger field of the region and Run it first."
+        )
 
 
 def tune_for_region(

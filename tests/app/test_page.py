@@ -742,6 +742,33 @@ def test_a_model_of_the_models_folder_is_one_choice_away(
     assert f"Removed the model 'santarem' ({mine})." in texts(page, "info")
     assert page.selectbox(key="model_checkpoint").value == str(DEFAULT_CHECKPOINT)
     assert page.selectbox(key="model_checkpoint").options == ["Shipped model"]
+    # A damaged file of the folder can be removed from the page too (no need to find it).
+    button(page, "Remove broken.pt").click().run()
+    no_exceptions(page)
+    assert not (models / "broken.pt").exists()
+    assert f"Removed the model 'broken' ({models / 'broken.pt'})." in texts(page, "info")
+    assert not any(t.startswith("Not offered") for t in texts(page, "caption"))
+
+
+def test_a_run_too_short_to_train_on_is_refused_before_any_training_starts(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Three weeks of spring over the demo field give the training too few clear acquisitions
+    to learn from: the button says so in the page's words (not the command line's) and starts
+    nothing."""
+    models = tmp_path / "models"
+    monkeypatch.setenv("FIELDFLOW_MODELS_DIR", str(models))
+    page = _linear_demo(open_page, monkeypatch)
+    set_period(page, "2018-03-21", "2018-04-12")
+    press_run(page)
+    no_exceptions(page)
+    button(page, "Train a model for this region").click().run()
+    no_exceptions(page)
+    assert state(page).tuning is None
+    (said,) = texts(page, "error")
+    assert "Sentinel-2 acquisition(s) with clear pixels; a model needs at least 4" in said, said
+    assert "Run a longer period of this field" in said and "--" not in said
+    assert not models.exists() or not any(models.iterdir())
 
 
 def test_a_model_for_the_region_is_made_from_the_page_and_offered(

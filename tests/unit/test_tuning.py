@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.errors import InputError
+from core.model.training import series_from_cube, trainable_series
 from core.model.tuning import (
     NICE,
     RegionTuning,
     _lower_priority,
+    check_cube,
     model_target,
     suggested_name,
 )
@@ -55,3 +58,31 @@ def test_the_training_process_yields_the_cores_to_runs() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_run_too_short_or_too_small_is_refused_in_the_pages_words_as_training_would(
+    flanders_cube,
+) -> None:
+    # Cut from the real Flanders cube: the frames with clear pixels counted, not all frames
+    # (six frames, three of them clouded over entirely, are three to learn from).
+    clear = flanders_cube["valid"].values.astype(bool).any(axis=(1, 2))
+    some, none = np.flatnonzero(clear), np.flatnonzero(~clear)
+    assert none.size >= 3, "the cube has fewer overcast frames than this test needs"
+    cases = {
+        "overcast": (flanders_cube.isel(time_s2=sorted([*some[:3], *none[:3]])), "3 Sentinel-2"),
+        "tiny": (flanders_cube.isel(y=slice(30, 33), x=slice(30, 40)), "3 x 10 px"),
+        "enough": (flanders_cube.isel(time_s2=some[:4]), ""),
+    }
+    for name, (cube, said) in cases.items():
+        refused_by_training = False
+        try:
+            trainable_series([series_from_cube(cube, name)], patch=4)
+        except InputError:
+            refused_by_training = True
+        if said:
+            with pytest.raises(InputError, match=said) as refusal:
+                check_cube(cube, patch=4)
+            assert "Run" in str(refusal.value) and "--" not in str(refusal.value)
+        else:
+            check_cube(cube, patch=4)
+        assert refused_by_training == bool(said), name
