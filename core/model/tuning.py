@@ -11,9 +11,11 @@ threads, and stopping it is the command's SIGTERM, which removes what it was wri
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,8 @@ from core.export import safe_file_stem
 from core.jobs import Progress
 from core.model.catalog import CHECKPOINT_SUFFIX, ModelChoice, describe_model
 from core.model.training import MIN_CLEAR_FRAMES
+
+LOG = logging.getLogger(__name__)
 
 REGION_STEPS = 600
 """Fine-tuning steps by default: the README's measured recommendation (150 steps bought 40-55 %
@@ -187,21 +191,45 @@ def tune_for_region(
     ``site`` names the cube in the new model's record (default: the cube's own ``site``).
 
     Raises:
-        FieldFlowError: the training refused the cube or failed; its ``error:`` line.
+        FieldFlowError: the training refused the cube or stopped (its ``error:`` line), was
+            killed (a signal: what may have caused it), or failed unexpectedly (its last line;
+            the whole output is logged).
     """
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fieldflow-tuning-") as folder:
         named = cube.assign_attrs(site=site or str(cube.attrs.get("site", "") or "field"))
         progress(WRITING_STAGE, 0, 1)
         write_cube(named, Path(folder) / f"{safe_file_stem(str(named.attrs['site']))}.nc")
-        lines = _run_reporting(tuning.command(Path(folder)), tuning.steps, progress)
+        lines, status = _run_reporting(tuning.command(Path(folder)), tuning.steps, progress)
     failure = next((line for line in reversed(lines) if line.startswith("error: ")), None)
-    if failure is not None or not tuning.out.is_file():
-        said = failure.removeprefix("error: ") if failure else (lines[-1] if lines else "")
-        raise FieldFlowError(f"The fine-tuning stopped: {said or 'no output'}")
+    if failure is not None:  # the command refused or stopped, and said why
+        raise FieldFlowError(f"The fine-tuning stopped: {failure.removeprefix('error: ')}")
+    if status != 0 or not tuning.out.is_file():
+        LOG.error("fine-tuning %s ended with status %s:\n%s", tuning.out, status, "\n".join(lines))
+        raise FieldFlowError(_unexpected_end(status, lines))
     warned = "warning: "
     warnings = tuple(line.removeprefix(warned) for line in lines if line.startswith(warned))
     return TunedModel(describe_model(tuning.out, "folder"), warnings, time.monotonic() - started)
+
+
+def _unexpected_end(status: int, lines: list[str]) -> str:
+    """What to tell the user when the training process ended without saying why (a signal, a
+    bug's traceback); its whole output goes to the server's log."""
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return (
+            f"The fine-tuning was killed ({name}) before it saved anything. The system may "
+            "have run out of memory (a large field's cube is read whole): try it from a Run "
+            "of a smaller field or a shorter period, or on a machine with more memory."
+        )
+    last = lines[-1] if lines else "no output"
+    return (
+        f"The fine-tuning failed unexpectedly ({last}); nothing was saved. The server's log "
+        "holds its whole output."
+    )
 
 
 def _lower_priority(pid: int) -> None:
@@ -213,9 +241,10 @@ def _lower_priority(pid: int) -> None:
         os.setpriority(os.PRIO_PROCESS, pid, min(MAX_NICE, own + NICE))
 
 
-def _run_reporting(command: list[str], steps: int, progress: Progress) -> list[str]:
+def _run_reporting(command: list[str], steps: int, progress: Progress) -> tuple[list[str], int]:
     """Run ``command``, reporting its ``step k/N`` lines as they come (and the time after the
-    last step as measuring); its output lines. A report that raises (a stopped job) stops the
+    last step as measuring); its output lines and exit status (negative: the signal that
+    ended it). A report that raises (a stopped job) stops the
     process with SIGTERM, then SIGKILL after :data:`STOP_WAIT_S`, and is raised again."""
     process = subprocess.Popen(
         command,
@@ -264,4 +293,4 @@ def _run_reporting(command: list[str], steps: int, progress: Progress) -> list[s
         raise
     finally:
         reader.join(timeout=5)
-    return said
+    return said, process.returncode

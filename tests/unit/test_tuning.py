@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.config import DEFAULT_CHECKPOINT, Settings
-from core.errors import InputError
+from core.errors import FieldFlowError, InputError
 from core.model.training import series_from_cube, trainable_series
 from core.model.tuning import (
     NICE,
@@ -21,6 +22,7 @@ from core.model.tuning import (
     check_cube,
     model_target,
     suggested_name,
+    tune_for_region,
 )
 
 
@@ -86,3 +88,51 @@ def test_a_run_too_short_or_too_small_is_refused_in_the_pages_words_as_training_
         else:
             check_cube(cube, patch=4)
         assert refused_by_training == bool(said), name
+
+
+@dataclass(frozen=True)
+class _Dying(RegionTuning):
+    """The tuning's process, ended as a crash or the kernel's out-of-memory killer would end it."""
+
+    how: str = ""
+
+    def command(self, data: Path) -> list[str]:
+        return [sys.executable, "-c", self.how]
+
+
+@pytest.mark.parametrize(
+    ("how", "said", "logged"),
+    [
+        (
+            "import os, signal; print('step 5/600 loss 0.5', flush=True); "
+            "os.kill(os.getpid(), signal.SIGKILL)",
+            "The fine-tuning was killed (SIGKILL) before it saved anything. The system may have "
+            "run out of memory",
+            "step 5/600 loss 0.5",
+        ),
+        (
+            "raise MemoryError('Unable to allocate 1.2 GiB')",
+            "The fine-tuning failed unexpectedly (MemoryError: Unable to allocate 1.2 GiB); "
+            "nothing was saved.",
+            "Traceback (most recent call last)",
+        ),
+    ],
+)
+def test_a_training_that_dies_is_said_in_words_not_as_a_traceback(
+    flanders_cube,
+    tmp_path: Path,
+    how: str,
+    said: str,
+    logged: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tuning = _Dying(DEFAULT_CHECKPOINT, tmp_path / "models" / "x.pt", how=how)
+    reports: list[tuple[str, int, int]] = []
+    with pytest.raises(FieldFlowError) as failure:
+        tune_for_region(
+            tuning, flanders_cube.isel(time_s2=slice(0, 6)), lambda *r: reports.append(r)
+        )
+    assert str(failure.value).startswith(said), str(failure.value)
+    assert "Traceback" not in str(failure.value)
+    assert not (tmp_path / "models").exists()
+    assert logged in caplog.text  # the whole output, for the server's log
