@@ -96,3 +96,25 @@ def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) 
     np.testing.assert_array_equal(plain[:, hazy][bands], observed[:, hazy][bands])
     assert np.abs(out[:, hazy][bands] - observed[:, hazy][bands]).mean() > RISE
     np.testing.assert_array_equal(out[:, kept][bands], observed[:, kept][bands])
+
+
+def test_the_yardstick_can_leave_missed_clouds_out_of_its_truth(cubes_dir) -> None:
+    from core.cube import read_cube
+    from core.evaluate import Protocol, evaluate
+
+    cube = read_cube(cubes_dir / "be-flanders-c_2018-2019.nc")
+    runs = {
+        clean: evaluate(
+            [("be-flanders-c", cube)],
+            ["linear"],
+            Protocol(seed=0, max_size=32, screened_truth=clean),
+        )
+        for clean in (False, True)
+    }
+    for task in ("missing", "cloud", "gap"):
+        plain, clean = (
+            next(r.scores for r in runs[c].rows if r.task == task and r.scores is not None)
+            for c in (False, True)
+        )
+        assert clean.n_frames == plain.n_frames  # the same draws
+        assert 0 < clean.n_values < plain.n_values  # fewer truth pixels: the missed clouds out
