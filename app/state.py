@@ -47,7 +47,6 @@ class Key(StrEnum):
     ADAPT = "adapt_steps"
     CALIBRATE = "calibrate_field"
     BLEND = "blend_field"
-    SCREEN = "screen_clouds"
     DEVICE = "device"
     MAX_CLOUD = "max_cloud_cover"
     DATE = "timeline_date"

@@ -1,14 +1,22 @@
-"""How many pixels the scene mask calls clear are clouds it missed, per shared cube.
+"""How many pixels the scene mask calls clear look like clouds it missed, and what two simple
+screens would take out with them (benchmarks/candidates/cloud_screen_rule.txt).
 
     python benchmarks/missed_clouds.py [--pictures DIR] [--frames 3]
 
-Screens every cube of the shared data (:func:`core.screening.screen_cube`) and prints, per
-cube, its clear pixel observations, how many the screen takes out and on how many acquisitions
-(and on how many it takes out over a fifth of that day's clear pixels). ``--pictures DIR``
-writes, for the ``--frames`` acquisitions of each cube with the largest share screened, the
-frame as the mask left it (cloudy pixels dimmed) beside the same frame with the screened pixels
-in magenta: true colour where the cube has it, else SWIR / NIR / red edge (B12, B8A, B05).
-The pictures are of the real data; they are for looking at, not for the repository.
+Two screens of a clear-labelled pixel observation, each needing a clear observation of the same
+pixel at most 30 days before and after it:
+
+* ``above-chord``: brighter in every band the cube holds than the linear interpolation between
+  those two by more than 0.03 reflectance (the rule's screen);
+* ``above-both``: brighter in every band than each of the two by more than 0.03 (a spike, not a
+  step: a harvest that stays bright is a step).
+
+Prints, per shared cube, the clear pixel observations and each screen's share of them, with
+the acquisitions where it takes out over a fifth. ``--pictures DIR`` writes, for the
+``--frames`` acquisitions each screen touches most, the frame as the mask left it (cloudy pixels
+dimmed) beside the same frame with the screened pixels in magenta (true colour where the cube
+has blue, else B12 / B8A / B05, else B04 / B08 / B04). Pictures of real data, for looking at,
+not for the repository. Neither screen is used by the product: both take out harvests too.
 """
 
 from __future__ import annotations
@@ -23,11 +31,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import Settings
 from core.cube import S2_BANDS, read_cube
+from core.model.features import bracketing_indices
 from core.render import enlarge, png_bytes, true_colour
-from core.screening import screen_cube
+from core.timeline import to_days
 
-FALSE_COLOUR = (("B12", 0.35), ("B8A", 0.5), ("B05", 0.2))
+RISE = 0.03
+NEIGHBOUR_DAYS = 30.0
+FALSE_COLOURS = ((("B12", 0.35), ("B8A", 0.5), ("B05", 0.2)), (("B04", 0.2), ("B08", 0.5)))
 MAGENTA = np.array([255, 0, 255], dtype=np.uint8)
+
+
+def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
+    """Both screens of the module docstring, (T, H, W) bool each, for reflectance (T, B, H, W)
+    NaN where not clear (absent bands all NaN)."""
+    bands = np.flatnonzero(np.isfinite(clear_s2).any(axis=(0, 2, 3)))
+    values = clear_s2[:, bands]
+    clear = np.isfinite(values).any(axis=1)
+    prev, nxt = bracketing_indices(clear, exclusive=True)
+    n = days.size
+    before, after = np.clip(prev, 0, n - 1), np.clip(nxt, 0, n - 1)
+    t = days[:, None, None]
+    near = (prev >= 0) & (nxt < n) & (t - days[before] <= NEIGHBOUR_DAYS)
+    near &= days[after] - t <= NEIGHBOUR_DAYS
+    v_before = np.take_along_axis(values, np.broadcast_to(before[:, None], values.shape), 0)
+    v_after = np.take_along_axis(values, np.broadcast_to(after[:, None], values.shape), 0)
+    span = np.where(near, days[after] - days[before], 1.0)
+    w = np.where(near, (t - days[before]) / span, 0.0)[:, None]
+    chord = v_before * (1 - w) + v_after * w
+    with np.errstate(invalid="ignore"):
+        above_chord = (values - chord > RISE).all(axis=1)
+        above_both = ((values - v_before > RISE) & (values - v_after > RISE)).all(axis=1)
+    return {"above-chord": clear & near & above_chord, "above-both": clear & near & above_both}
 
 
 def picture(s2: np.ndarray, clear: np.ndarray, screened: np.ndarray) -> np.ndarray:
@@ -35,11 +69,12 @@ def picture(s2: np.ndarray, clear: np.ndarray, screened: np.ndarray) -> np.ndarr
     if np.isfinite(s2[S2_BANDS.index("B02")]).any():
         image = true_colour(s2)
     else:
-        stack = [np.nan_to_num(s2[S2_BANDS.index(b)]) / top for b, top in FALSE_COLOUR]
-        image = np.round(np.clip(np.stack(stack, -1), 0, 1) * 255).astype(np.uint8)
+        chosen = next(c for c in FALSE_COLOURS if np.isfinite(s2[S2_BANDS.index(c[0][0])]).any())
+        channels = [np.nan_to_num(s2[S2_BANDS.index(b)]) / top for b, top in chosen]
+        channels += channels[:1] * (3 - len(channels))
+        image = np.round(np.clip(np.stack(channels, -1), 0, 1) * 255).astype(np.uint8)
     image = np.where(clear[..., None], image, image // 3)
-    marked = np.where(screened[..., None], MAGENTA, image)
-    return np.concatenate([image, marked], axis=1)
+    return np.concatenate([image, np.where(screened[..., None], MAGENTA, image)], axis=1)
 
 
 def main() -> int:
@@ -47,28 +82,26 @@ def main() -> int:
     parser.add_argument("--pictures", type=Path, default=None)
     parser.add_argument("--frames", type=int, default=3)
     args = parser.parse_args()
-    cubes = sorted(Settings.from_env().cubes_dir.glob("*.nc"))
-    print(f"{'cube':28s} {'clear px-obs':>12s} {'screened':>9s} {'share':>6s}  acquisitions")
-    for path in cubes:
+    print(f"{'cube':24s} {'clear px-obs':>12s}  screen: share, acquisitions over a fifth")
+    for path in sorted(Settings.from_env().cubes_dir.glob("*.nc")):
         cube = read_cube(path)
-        _, screening = screen_cube(cube)
-        clear = cube["valid"].values.astype(bool)
-        per_frame = screening.screened.sum(axis=(1, 2)) / np.maximum(clear.sum(axis=(1, 2)), 1)
-        touched = int(screening.screened.any(axis=(1, 2)).sum())
-        print(
-            f"{path.stem:28s} {screening.clear_before:12,d} {screening.count:9,d} "
-            f"{screening.share:6.1%}  {touched} of {clear.shape[0]} touched, "
-            f"{int((per_frame > 0.2).sum())} over a fifth"
-        )
-        if args.pictures is None:
-            continue
-        args.pictures.mkdir(parents=True, exist_ok=True)
-        for t in np.argsort(-per_frame)[: args.frames]:
-            day = str(cube["time_s2"].values[t])[:10]
-            image = picture(cube["s2"].values[t], clear[t], screening.screened[t])
-            name = args.pictures / f"{path.stem}_{day}.png"
-            name.write_bytes(png_bytes(enlarge(image, 4)))
-            print(f"    {day}: {per_frame[t]:.0%} of {int(clear[t].sum())} clear px -> {name}")
+        clear = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)
+        clear_s2 = np.where(clear[:, None], cube["s2"].values, np.nan).astype(np.float32)
+        found = screens(clear_s2, to_days(cube["time_s2"].values))
+        said = []
+        for name, screened in found.items():
+            per_frame = screened.sum(axis=(1, 2)) / np.maximum(clear.sum(axis=(1, 2)), 1)
+            said.append(f"{name} {screened.sum() / clear.sum():5.1%}, {(per_frame > 0.2).sum()}")
+            if args.pictures is None:
+                continue
+            args.pictures.mkdir(parents=True, exist_ok=True)
+            for t in np.argsort(-per_frame)[: args.frames]:
+                day = str(cube["time_s2"].values[t])[:10]
+                image = picture(cube["s2"].values[t], clear[t], screened[t])
+                (args.pictures / f"{path.stem}_{name}_{day}.png").write_bytes(
+                    png_bytes(enlarge(image, 4))
+                )
+        print(f"{path.stem:24s} {int(clear.sum()):12,d}  " + "; ".join(said))
     return 0
 
 

@@ -14,7 +14,6 @@ from core.config import Settings, checkpoint_option, is_shipped_checkpoint
 from core.errors import FieldFlowError
 from core.model.catalog import ModelChoice, remove_model
 from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions, default_method
-from core.screening import NEIGHBOUR_DAYS, RISE
 from core.season import default_adapt_steps, method_choices
 
 METHOD_HELP = {
@@ -25,9 +24,6 @@ METHOD_HELP = {
 }
 DEVICES = ["auto", "cpu", "cuda"]
 DEFAULT_SAMPLES = 8
-SCREEN_CLOUDS_BY_DEFAULT = True
-"""Whether a Run screens out clouds the scene mask missed unless the user says otherwise
-(benchmarks/candidates/cloud_screen_rule.txt)."""
 
 
 @dataclass(frozen=True)
@@ -131,18 +127,6 @@ def settings_panel(settings: Settings) -> RunSettings:
             "blend'): on the held-out cubes this lowered the error of every task. Adds a few "
             "seconds per Run.",
         )
-        screen = st.checkbox(
-            "Screen out clouds the scene mask missed",
-            value=SCREEN_CLOUDS_BY_DEFAULT,
-            key=str(Key.SCREEN),
-            help="Treat as cloudy the pixels Sentinel-2's scene classification calls clear "
-            f"but that are brighter in every band than the same pixel's clear observations "
-            f"within {NEIGHBOUR_DAYS:.0f} days on both sides, by over {RISE} reflectance: haze, "
-            "thin cloud and cloud edges, which add light in every band at once (growth, "
-            "harvest or mowing darken some bands as they brighten others). They are then "
-            "reconstructed instead of shown as observed. Every method; the Run says how many "
-            "(README, 'Clouds the scene mask missed').",
-        )
         device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)
         cloud = st.slider(
             "Maximum scene cloud cover (%)",
@@ -175,7 +159,6 @@ def settings_panel(settings: Settings) -> RunSettings:
         calibrate_field=bool(calibrate_field) and is_model,
         blend_field=bool(blend_field) and is_model,
         checkpoint=checkpoint_option(checkpoint) if is_model else None,
-        screen_clouds=bool(screen),
     )
     return RunSettings(
         method=str(method),

@@ -88,13 +88,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         f"{ReconstructOptions.smooth_days}; 0: the network's own estimate at every date)",
     )
     parser.add_argument(
-        "--screen-clouds",
-        action="store_true",
-        help="every method: treat as cloudy the clear-labelled pixels brighter in every band "
-        "than their clear observations on both sides (clouds the scene mask missed; the app's "
-        "default, see core.screening)",
-    )
-    parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
     )
     parser.add_argument(
@@ -164,7 +157,6 @@ def options_from_args(
         seed=args.seed,
         keep_observed=keep_observed,
         whittaker_lambda=args.whittaker_lambda,
-        screen_clouds=args.screen_clouds,
     )
 
 
