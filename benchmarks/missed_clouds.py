@@ -9,7 +9,9 @@ pixel at most 30 days before and after it:
 * ``above-chord``: brighter in every band the cube holds than the linear interpolation between
   those two by more than 0.03 reflectance (the rule's screen);
 * ``above-both``: brighter in every band than each of the two by more than 0.03 (a spike, not a
-  step: a harvest that stays bright is a step).
+  step: a harvest that stays bright is a step);
+* ``blue-spike``: ``above-both``, and the rise (over the brighter neighbour) in blue at least
+  that in red and in NIR, as scattering would have it (cubes with blue only).
 
 Prints, per shared cube, the clear pixel observations and each screen's share of them, with
 the acquisitions where it takes out over a fifth. ``--pictures DIR`` writes, for the
@@ -61,7 +63,15 @@ def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
     with np.errstate(invalid="ignore"):
         above_chord = (values - chord > RISE).all(axis=1)
         above_both = ((values - v_before > RISE) & (values - v_after > RISE)).all(axis=1)
-    return {"above-chord": clear & near & above_chord, "above-both": clear & near & above_both}
+    found = {"above-chord": clear & near & above_chord, "above-both": clear & near & above_both}
+    names = [S2_BANDS[i] for i in bands]
+    nir = next((b for b in ("B08", "B8A") if b in names), None)
+    if "B02" in names and "B04" in names and nir is not None:
+        rise = np.minimum(values - v_before, values - v_after)
+        blue, red, infra = (rise[:, names.index(b)] for b in ("B02", "B04", nir))
+        with np.errstate(invalid="ignore"):
+            found["blue-spike"] = found["above-both"] & (blue >= red) & (blue >= infra)
+    return found
 
 
 def picture(s2: np.ndarray, clear: np.ndarray, screened: np.ndarray) -> np.ndarray:
