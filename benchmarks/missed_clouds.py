@@ -11,7 +11,10 @@ pixel at most 30 days before and after it:
 * ``above-both``: brighter in every band than each of the two by more than 0.03 (a spike, not a
   step: a harvest that stays bright is a step);
 * ``blue-spike``: ``above-both``, and the rise (over the brighter neighbour) in blue at least
-  that in red and in NIR, as scattering would have it (cubes with blue only).
+  that in red and in NIR, as scattering would have it (cubes with blue only);
+* ``low-contrast``: ``above-chord``, and the local contrast (standard deviation over 5 x 5
+  pixels) in red (B04; the cube's first band without it) is under 0.8 x that of the chord
+  image there: haze flattens the landscape under it, a harvest does not.
 
 Prints, per shared cube, the clear pixel observations and each screen's share of them, with
 the acquisitions where it takes out over a fifth. ``--pictures DIR`` writes, for the
@@ -28,6 +31,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,6 +45,8 @@ RISE = 0.03
 NEIGHBOUR_DAYS = 30.0
 FALSE_COLOURS = ((("B12", 0.35), ("B8A", 0.5), ("B05", 0.2)), (("B04", 0.2), ("B08", 0.5)))
 MAGENTA = np.array([255, 0, 255], dtype=np.uint8)
+CONTRAST_WINDOW_PX = 5
+FLATTER = 0.8
 
 
 def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
@@ -71,7 +77,34 @@ def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
         blue, red, infra = (rise[:, names.index(b)] for b in ("B02", "B04", nir))
         with np.errstate(invalid="ignore"):
             found["blue-spike"] = found["above-both"] & (blue >= red) & (blue >= infra)
+    red = names.index("B04") if "B04" in names else 0
+    found["low-contrast"] = found["above-chord"] & _flattened(values[:, red], chord[:, red], clear)
     return found
+
+
+def _local_std(image: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Standard deviation over :data:`CONTRAST_WINDOW_PX` squares of ``image`` where ``ok``,
+    and the share of ``ok`` pixels in each square."""
+    share = uniform_filter(ok.astype(np.float64), CONTRAST_WINDOW_PX)
+    mean = uniform_filter(np.where(ok, image, 0.0), CONTRAST_WINDOW_PX)
+    square = uniform_filter(np.where(ok, image, 0.0) ** 2, CONTRAST_WINDOW_PX)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variance = square / share - (mean / share) ** 2
+    return np.sqrt(np.clip(np.nan_to_num(variance), 0.0, None)), share
+
+
+def _flattened(values: np.ndarray, chord: np.ndarray, clear: np.ndarray) -> np.ndarray:
+    """(T, H, W): where a frame's local contrast in one band (``values``, (T, H, W)) is under
+    :data:`FLATTER` x that of the chord image (``chord``) there."""
+    out = np.zeros(clear.shape, dtype=bool)
+    for t in range(values.shape[0]):
+        ok = clear[t] & np.isfinite(chord[t])
+        if not ok.any():
+            continue
+        seen, share = _local_std(np.nan_to_num(values[t]), ok)
+        expected, _ = _local_std(np.nan_to_num(chord[t]), ok)
+        out[t] = (seen < FLATTER * expected) & (share > 0.5)
+    return out
 
 
 def picture(s2: np.ndarray, clear: np.ndarray, screened: np.ndarray) -> np.ndarray:
