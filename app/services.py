@@ -241,6 +241,8 @@ def start_tuning(tuning: RegionTuning, result: SeasonResult, site: str) -> str:
     Raises:
         InputError: a model is being trained on this server already (by any session), or the
             Run's cube is too short or too small to train on (core.model.tuning.check_cube).
+        ClusterError: ``DASK_SCHEDULER_ADDRESS`` is set (the training then runs on a worker
+            of that cluster, as Runs do) but the scheduler cannot be reached.
     """
     key = f"{TUNING_PREFIX}{tuning.out}"
     training = [k for k in jobs().running() if k.startswith(TUNING_PREFIX)]
@@ -252,9 +254,11 @@ def start_tuning(tuning: RegionTuning, result: SeasonResult, site: str) -> str:
         )
     cube = result.cube
     check_cube(cube, load_checkpoint(tuning.base).model.config.patch)
+    address = scheduler_address()
+    on = cluster(address) if address else None  # where Runs go, the training goes too
 
     def compute(progress: Progress) -> TunedModel:
-        return tune_for_region(tuning, cube, progress, site=site)
+        return tune_for_region(tuning, cube, progress, site=site, cluster=on)
 
     jobs().join(key, compute, session_id())
     return key

@@ -12,6 +12,7 @@ from app import services
 from app.state import Key, PageState, forget_widget, page_state, widget_value
 from app.widgets.settings import RunSettings
 from core.config import Settings, is_shipped_checkpoint
+from core.distributed import scheduler_address
 from core.errors import FieldFlowError
 from core.model.tuning import MAX_STEPS, REGION_STEPS, RegionTuning, model_target, suggested_name
 from core.progress import duration_text
@@ -46,6 +47,15 @@ def tuning_panel(state: PageState, settings: Settings, chosen: RunSettings) -> N
 def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Path) -> None:
     """What a fine-tuning would do, its name and steps, and the button that starts it."""
     which = "the shipped model" if is_shipped_checkpoint(base) else f"`{base.stem}`"
+    address = scheduler_address()
+    where = (
+        "600 steps take about 10 minutes on 2 CPU cores, at a lower priority than Runs (a demo "
+        "Run took 42 s instead of 36 s meanwhile)"
+        if address is None
+        else f"It trains on a worker of the Dask cluster at {address}, a GPU worker where one "
+        "is offered (Runs' model work waits for that GPU meanwhile); 600 steps take about 10 "
+        "minutes on 2 CPU cores"
+    )
     st.markdown(
         f"Fine-tune the model chosen in *Settings → Model* ({which}) on this field's "
         f"cube ({result.frames_loaded.get('s2', 0)} Sentinel-2 and "
@@ -54,9 +64,8 @@ def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Pat
         "region's other fields. Measured once (README, 'Your own model for your region'): "
         "a model without Flanders fields, fine-tuned so on the demo field's Run, erred about "
         "a point less on another Flanders field (0.850 to 0.836 x the better baseline in "
-        "cloud removal, 0.891 to 0.879 in long gaps; 7-8 draws of 10). 600 steps take about "
-        "10 minutes on 2 CPU cores, at a lower priority than Runs (a demo Run took 42 s "
-        "instead of 36 s meanwhile); the training goes on if you leave the page. Scores "
+        f"cloud removal, 0.891 to 0.879 in long gaps; 7-8 draws of 10). {where}; the "
+        "training goes on if you leave the page. Scores "
         "of the new model on this field flatter it: it was trained here. To add another "
         "field of the region, choose the region's model, Run that field and do this again."
     )
@@ -111,7 +120,8 @@ def follow_tuning(key: str) -> None:
         state.say(
             "success",
             f"Saved the model '{tuned.choice.path.stem}' ({tuned.choice.path}) in "
-            f"{duration_text(tuned.seconds)}: {tuned.choice.summary()} Choose it in "
+            f"{duration_text(tuned.seconds)} on {tuned.where}: {tuned.choice.summary()} "
+            "Choose it in "
             "Settings → Model.",
         )
         for warning in tuned.warnings:

@@ -6,6 +6,12 @@ MODEL --data CUBES --out MODELS/NAME.pt --steps 600 --batch-size 4``; on be-flan
 Flanders field of fine-tuning took the app's error 2-3 points nearer the shipped model's),
 run as that very command in a process of its own: the app's process keeps its memory and its
 threads, and stopping it is the command's SIGTERM, which removes what it was writing.
+
+With a Dask cluster (the app's ``DASK_SCHEDULER_ADDRESS``), that process runs on one of its
+workers instead of the app's host (:func:`tune_on_worker`): a GPU worker where one is offered,
+as Runs' model work is. The worker reads the base model and writes the new one at the same
+paths the app names, as it reads the models a Run names: the models folder must be the same
+folder on the app and on every worker (the ``models`` volume of ``docker-compose.yml``).
 """
 
 from __future__ import annotations
@@ -21,19 +27,24 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from core.config import REPO_ROOT, Settings
 from core.cube import write_cube
-from core.errors import FieldFlowError, InputError
+from core.errors import ClusterError, FieldFlowError, InputError
 from core.export import safe_file_stem
 from core.jobs import Progress
 from core.model.catalog import CHECKPOINT_SUFFIX, ModelChoice, describe_model
 from core.model.training import MIN_CLEAR_FRAMES
+
+if TYPE_CHECKING:
+    from core.distributed import Cluster
 
 LOG = logging.getLogger(__name__)
 
@@ -56,6 +67,10 @@ POLL_S = 0.25
 STOP_WAIT_S = 30.0
 """How long a stopped training may take to remove its files before it is killed."""
 _STEP = re.compile(r"^step (\d+)/(\d+) ")
+HERE = "this server"
+PROGRESS_METADATA = "fieldflow-tuning"
+"""Where a training on a worker leaves its progress in the scheduler's metadata (under its
+task's key), for the app to read (:func:`_tune_on_cluster`)."""
 
 WRITING_STAGE = "writing the field's cube for the training"
 TRAINING_STAGE = "fine-tuning the model on the field"
@@ -116,6 +131,8 @@ class TunedModel:
     warnings: tuple[str, ...]
     """What the training warned of (a model erring more than interpolation, a narrow band)."""
     seconds: float
+    where: str = HERE
+    """Where it was trained: :data:`HERE`, or a worker of the cluster (:func:`tune_on_worker`)."""
 
 
 def model_target(name: str, settings: Settings) -> Path:
@@ -185,31 +202,135 @@ def tune_for_region(
     progress: Progress,
     *,
     site: str | None = None,
+    cluster: Cluster | None = None,
 ) -> TunedModel:
     """Fine-tune ``tuning.base`` on ``cube`` into ``tuning.out``; ``progress(stage, done,
     total)`` hears the steps (and stops the training by raising, as a cancelled job's does).
     ``site`` names the cube in the new model's record (default: the cube's own ``site``).
+    With ``cluster``, the training runs on one of its workers (:func:`tune_on_worker`).
 
     Raises:
         FieldFlowError: the training refused the cube or stopped (its ``error:`` line), was
             killed (a signal: what may have caused it), or failed unexpectedly (its last line;
             the whole output is logged).
+        ClusterError: the cluster has no worker, lost the training's worker, or saved the
+            model where this process does not see it (the models folder is not shared).
     """
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="fieldflow-tuning-") as folder:
-        named = cube.assign_attrs(site=site or str(cube.attrs.get("site", "") or "field"))
-        progress(WRITING_STAGE, 0, 1)
-        write_cube(named, Path(folder) / f"{safe_file_stem(str(named.attrs['site']))}.nc")
-        lines, status = _run_reporting(tuning.command(Path(folder)), tuning.steps, progress)
+    named = cube.assign_attrs(site=site or str(cube.attrs.get("site", "") or "field"))
+    if cluster is None:
+        where = HERE
+        lines, status = _train_here(tuning, named, progress)
+    else:
+        lines, status, where = _tune_on_cluster(tuning, named, progress, cluster)
     failure = next((line for line in reversed(lines) if line.startswith("error: ")), None)
     if failure is not None:  # the command refused or stopped, and said why
         raise FieldFlowError(f"The fine-tuning stopped: {failure.removeprefix('error: ')}")
+    if status == 0 and not tuning.out.is_file() and cluster is not None:
+        raise ClusterError(
+            f"The fine-tuning ended on {where} but {tuning.out} is not in this app's models "
+            "folder: the worker saved it in a folder of its own. Mount the same models folder "
+            "(FIELDFLOW_MODELS_DIR) on the app and on every worker (docker-compose.yml's "
+            "'models' volume), then train again."
+        )
     if status != 0 or not tuning.out.is_file():
         LOG.error("fine-tuning %s ended with status %s:\n%s", tuning.out, status, "\n".join(lines))
         raise FieldFlowError(_unexpected_end(status, lines))
     warned = "warning: "
     warnings = tuple(line.removeprefix(warned) for line in lines if line.startswith(warned))
-    return TunedModel(describe_model(tuning.out, "folder"), warnings, time.monotonic() - started)
+    return TunedModel(
+        describe_model(tuning.out, "folder"), warnings, time.monotonic() - started, where
+    )
+
+
+def _train_here(
+    tuning: RegionTuning, cube: xr.Dataset, progress: Progress
+) -> tuple[list[str], int]:
+    """The training command on ``cube`` in a process of this machine: its output lines and exit
+    status (:func:`_run_reporting`); the cube's file is removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="fieldflow-tuning-") as folder:
+        progress(WRITING_STAGE, 0, 1)
+        write_cube(cube, Path(folder) / f"{safe_file_stem(str(cube.attrs['site']))}.nc")
+        return _run_reporting(tuning.command(Path(folder)), tuning.steps, progress)
+
+
+def tune_on_worker(tuning: RegionTuning, cube: xr.Dataset) -> tuple[list[str], int, str]:
+    """:func:`_train_here` as a Dask task (:func:`_tune_on_cluster`): its output lines, exit
+    status and where it ran ("the cluster's worker NAME (GPU)"). Its progress goes to the
+    scheduler's metadata under :data:`PROGRESS_METADATA` and the task's key; once the task is
+    cancelled (the user stopped the training), its next report ends the command with SIGTERM,
+    which removes what it was writing."""
+    from distributed import get_client, get_worker
+
+    from core.distributed import RUNNING_STATES, TaskCancelled
+
+    worker = get_worker()
+    key = worker.get_current_task()
+    client = get_client()
+    said: list[tuple[str, int, int]] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        task = worker.state.tasks.get(key)
+        if task is None or task.state not in RUNNING_STATES:
+            raise TaskCancelled(f"{key}: cancelled")
+        if not said or said[-1] != (stage, done, total):
+            said.append((stage, done, total))
+            client.set_metadata([PROGRESS_METADATA, str(key)], [stage, done, total])
+
+    where = f"the cluster's worker {worker.name}"
+    if float(worker.state.total_resources.get("GPU", 0.0)) >= 1.0:
+        where += " (GPU)"
+    lines, status = _train_here(tuning, cube, progress)
+    return lines, status, where
+
+
+def _tune_on_cluster(
+    tuning: RegionTuning, cube: xr.Dataset, progress: Progress, cluster: Cluster
+) -> tuple[list[str], int, str]:
+    """Run :func:`tune_on_worker` on ``cluster`` (a GPU worker where one is offered, the
+    others' Runs then waiting for that GPU while it trains), relaying its progress; a report
+    that raises (the user stopped it) cancels the task, which stops the command there."""
+    from distributed import KilledWorker
+    from distributed import TimeoutError as DaskTimeoutError
+    from distributed.client import FutureCancelledError
+
+    from core.distributed import GPU_RESOURCE, gpu_capacity, scheduler_details
+
+    client = cluster.client
+    details = scheduler_details(client)
+    if not details.get("workers"):
+        raise ClusterError(
+            f"The Dask scheduler at {cluster.address} has no workers to train on; start one "
+            f"with 'dask worker {cluster.address}'."
+        )
+    resources = {GPU_RESOURCE: 1.0} if gpu_capacity(details) >= 1.0 else None
+    key = f"fieldflow-tuning-{uuid.uuid4().hex[:12]}"
+    progress(WRITING_STAGE, 0, 1)
+    future = client.submit(tune_on_worker, tuning, cube, key=key, resources=resources, pure=False)
+    stage, done, total = WRITING_STAGE, 0, 1  # until the worker has started it
+    try:
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except (TimeoutError, DaskTimeoutError):
+                pass
+            latest = client.get_metadata([PROGRESS_METADATA, key], default=None)
+            if latest is not None:
+                stage, done, total = str(latest[0]), int(latest[1]), int(latest[2])
+            progress(stage, done, total)
+    except (FutureCancelledError, KilledWorker) as exc:
+        raise ClusterError(
+            f"The cluster lost the fine-tuning ({type(exc).__name__}: {exc}); nothing was "
+            "saved. Its worker may have run out of memory: try it from a Run of a smaller "
+            "field or a shorter period, or on a worker with more memory."
+        ) from None
+    except BaseException:  # stopped: the worker's next report ends the command
+        future.cancel()
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            client.set_metadata([PROGRESS_METADATA, key], None)
+        future.release()
 
 
 def _unexpected_end(status: int, lines: list[str]) -> str:

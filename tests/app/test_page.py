@@ -804,6 +804,7 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
     (saved_said,) = [t for t in texts(page, "success") if t.startswith("Saved the model")]
     assert saved_said.startswith(f"Saved the model '{name}' ({saved}) in ")
     assert "fine-tuned from model.pt" in saved_said and saved_said.endswith("Settings → Model.")
+    assert " on this server: " in saved_said  # no cluster: trained here
     tuned = load_checkpoint(saved)
     assert tuned.record["steps"] == 3
     assert tuned.record["initialised_from"].endswith("assets/model.pt")

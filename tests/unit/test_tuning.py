@@ -1,11 +1,13 @@
 """The region button's core (core.model.tuning) apart from the page: names, limits, and the
-training's lower priority. The training itself is run end to end by the page tests."""
+training's lower priority, the training on a Dask worker. The training on this server is run
+end to end by the page tests."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +16,13 @@ import pytest
 
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.errors import FieldFlowError, InputError
+from core.model.checkpoint import load_checkpoint
 from core.model.training import series_from_cube, trainable_series
 from core.model.tuning import (
+    MEASURING_STAGE,
     NICE,
+    TRAINING_STAGE,
+    WRITING_STAGE,
     RegionTuning,
     _lower_priority,
     check_cube,
@@ -136,3 +142,85 @@ def test_a_training_that_dies_is_said_in_words_not_as_a_traceback(
     assert "Traceback" not in str(failure.value)
     assert not (tmp_path / "models").exists()
     assert logged in caplog.text  # the whole output, for the server's log
+
+
+def _training_processes(out: Path) -> list[int]:
+    """Processes of this machine whose command line names ``out`` (a training writing it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if str(out).encode() in (proc / "cmdline").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:  # gone meanwhile
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def worker_process():
+    """One Dask worker in a process of its own, as a cluster's worker runs."""
+    from core.distributed import local_cluster
+
+    with local_cluster(1, processes=True) as cluster:
+        if cluster.note:  # worker processes could not start here: nothing to measure
+            pytest.skip(cluster.note)
+        yield cluster
+
+
+def test_with_a_cluster_the_training_runs_on_a_worker_and_lands_in_the_models_folder(
+    flanders_cube, worker_process, tmp_path: Path
+) -> None:
+    cube = flanders_cube.isel(time_s2=slice(0, 30), time_s1=slice(0, 40), y=slice(0, 24))
+    out = tmp_path / "models" / "ghent-2018.pt"
+    reports: list[tuple[str, int, int]] = []
+    tuned = tune_for_region(
+        RegionTuning(DEFAULT_CHECKPOINT, out, steps=6),
+        cube.isel(x=slice(0, 24)),
+        lambda *r: reports.append(r),
+        site="Ghent parcel",
+        cluster=worker_process,
+    )
+    assert tuned.where.startswith("the cluster's worker ")
+    assert tuned.choice.path == out and tuned.choice.usable
+    saved = load_checkpoint(out)
+    assert saved.record["steps"] == 6
+    assert saved.record["initialised_from"] == str(DEFAULT_CHECKPOINT)
+    assert "Ghent parcel" in saved.seen_sites
+    # the worker's progress reached this side, in order: the cube, the steps (the latest the
+    # command said when this side looked: every 5 steps), the measuring
+    stages = list(dict.fromkeys(r[0] for r in reports))
+    assert stages == [WRITING_STAGE, TRAINING_STAGE, MEASURING_STAGE], reports
+    assert {r[2] for r in reports if r[0] == TRAINING_STAGE} == {6}
+    assert not _training_processes(out)
+
+
+def test_a_training_stopped_on_a_worker_ends_there_and_leaves_nothing(
+    flanders_cube, worker_process, tmp_path: Path
+) -> None:
+    out = tmp_path / "models" / "stopped.pt"
+
+    class Stopped(BaseException):  # as the app's cancelled job raises
+        pass
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == TRAINING_STAGE and done >= 5:
+            raise Stopped
+
+    cube = flanders_cube.isel(time_s2=slice(0, 30), time_s1=slice(0, 40))
+    with pytest.raises(Stopped):
+        tune_for_region(
+            RegionTuning(DEFAULT_CHECKPOINT, out, steps=2000),
+            cube.isel(y=slice(0, 24), x=slice(0, 24)),
+            progress,
+            cluster=worker_process,
+        )
+    # the worker ends the command at its next report (within a quarter second), and the
+    # command's SIGTERM removes what it was writing
+    deadline = time.monotonic() + 30
+    while _training_processes(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _training_processes(out)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+    # and the worker is free for the next task at once
+    assert worker_process.client.submit(sum, [1, 2], pure=False).result(timeout=10) == 3
