@@ -12,6 +12,10 @@ pixel at most 30 days before and after it:
   step: a harvest that stays bright is a step);
 * ``blue-spike``: ``above-both``, and the rise (over the brighter neighbour) in blue at least
   that in red and in NIR, as scattering would have it (cubes with blue only);
+* ``bluish-rise``: ``above-chord``, and the rise over the chord in blue at least
+  :data:`BLUISH` x that in red (cubes with blue only): haze and thin cloud brighten blue about
+  as much as red or more; bare soil and straw brighten red more (a harvest's rise in
+  hu-alfold 2021-07-15: blue 0.04, red 0.06);
 * ``low-contrast``: ``above-chord``, and the local contrast (standard deviation over 5 x 5
   pixels) in red (B04; the cube's first band without it) is under 0.8 x that of the chord
   image there: haze flattens the landscape under it, a harvest does not.
@@ -31,7 +35,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import uniform_filter
+from scipy.ndimage import maximum_filter, uniform_filter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,6 +51,7 @@ FALSE_COLOURS = ((("B12", 0.35), ("B8A", 0.5), ("B05", 0.2)), (("B04", 0.2), ("B
 MAGENTA = np.array([255, 0, 255], dtype=np.uint8)
 CONTRAST_WINDOW_PX = 5
 FLATTER = 0.8
+BLUISH = 0.8
 
 
 def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
@@ -77,6 +82,18 @@ def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
         blue, red, infra = (rise[:, names.index(b)] for b in ("B02", "B04", nir))
         with np.errstate(invalid="ignore"):
             found["blue-spike"] = found["above-both"] & (blue >= red) & (blue >= infra)
+    if "B02" in names and "B04" in names:
+        rise = values - chord
+        with np.errstate(invalid="ignore"):
+            bluish = rise[:, names.index("B02")] >= BLUISH * rise[:, names.index("B04")]
+        found["bluish-rise"] = found["above-chord"] & bluish
+        # brighter than the brightest chord pixel within one pixel, in every band: a scene
+        # shifted by up to a pixel against its neighbours (co-registration) cannot do that
+        brightest = maximum_filter(np.nan_to_num(chord, nan=np.inf), size=(1, 1, 3, 3))
+        with np.errstate(invalid="ignore"):
+            unshifted = (values - brightest > RISE).all(axis=1)
+        found["bluish-unshifted"] = found["bluish-rise"] & unshifted
+        found["bluish-unshifted-spike"] = found["bluish-unshifted"] & found["above-both"]
     red = names.index("B04") if "B04" in names else 0
     found["low-contrast"] = found["above-chord"] & _flattened(values[:, red], chord[:, red], clear)
     return found
