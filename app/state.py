@@ -47,6 +47,7 @@ class Key(StrEnum):
     ADAPT = "adapt_steps"
     CALIBRATE = "calibrate_field"
     BLEND = "blend_field"
+    SCREEN = "screen_haze"
     DEVICE = "device"
     MAX_CLOUD = "max_cloud_cover"
     DATE = "timeline_date"

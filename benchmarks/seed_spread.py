@@ -3,6 +3,7 @@ differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
         [--adapt-steps N] [--field-episodes N] [--field-crop PX] [--blend-by span]
+        [--screen-haze] [--screened-truth]
         [--against EARLIER.json]
         [--network-alone] [--cube CUBE ...] [--json OUT.json]
 
@@ -24,7 +25,9 @@ and ``--blend-by`` buckets
 the field blend's weights by another measure (:data:`core.model.blend.MEASURES`) than
 :data:`core.model.blend.BLEND_MEASURE` (candidates' trials). ``--network-alone`` scores the
 network's best estimate only (no field blend, no band, K = 1), for comparing what checkpoints
-learned without the smoother the blend leans on.
+learned without the smoother the blend leans on. ``--screen-haze`` screens haze the scene
+mask missed out of every method's inputs (:mod:`core.screening`); ``--screened-truth`` scores
+only the hidden pixels that are not such haze themselves (the draws are the same).
 
 Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
 had to judge changes against.
@@ -83,6 +86,16 @@ def main() -> int:
     parser.add_argument("--field-episodes", type=int, help="episodes per field fit (a trial)")
     parser.add_argument("--field-crop", type=int, help="field episodes' crop in px (a trial)")
     parser.add_argument("--blend-by", choices=sorted(blend.MEASURES), help="(a trial)")
+    parser.add_argument(
+        "--screened-truth",
+        action="store_true",
+        help="score only hidden pixels that are not themselves missed haze (core.screening)",
+    )
+    parser.add_argument(
+        "--screen-haze",
+        action="store_true",
+        help="screen haze the scene mask missed out of every method's inputs (core.screening)",
+    )
     parser.add_argument("--against", type=Path, help="an earlier run's JSON to pair with")
     parser.add_argument(
         "--network-alone",
@@ -111,6 +124,8 @@ def main() -> int:
         + (f"+ep{args.field_episodes}" if args.field_episodes is not None else "")
         + (f"+crop{args.field_crop}" if args.field_crop is not None else "")
         + (f"+{args.blend_by}" if args.blend_by is not None else "")
+        + ("+screen" if args.screen_haze else "")
+        + ("+cleantruth" if args.screened_truth else "")
         + ("+alone" if args.network_alone else "")
         for c in checkpoints
     ]
@@ -135,10 +150,10 @@ def main() -> int:
                 blend_field=not args.network_alone,
                 checkpoint=checkpoint,
                 adapt_steps=args.adapt_steps,
+                screen_haze=args.screen_haze,
             )
-            evaluation = evaluate(
-                cubes, ["linear", "whittaker", "model"], Protocol(seed=seed), options
-            )
+            protocol = Protocol(seed=seed, screened_truth=args.screened_truth)
+            evaluation = evaluate(cubes, ["linear", "whittaker", "model"], protocol, options)
             maes[label][seed] = pooled_figures(evaluation, "mae")
             ndvi[label][seed] = pooled_figures(evaluation, "ndvi_mae")
             cover[label][seed] = pooled_figures(evaluation, "coverage")

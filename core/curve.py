@@ -33,6 +33,7 @@ import itertools
 import os
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ from core.reconstruct import (
     reconstruct,
     require_clear_pixels,
 )
+from core.screening import screen_cube
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates, to_days
 
@@ -139,6 +141,9 @@ def ndvi_curve(
     cube = validate_cube(cube)
     # one model for every chunk (a checkpoint replaced meanwhile stops the curve instead)
     options = pinned(options or ReconstructOptions(), method)
+    if options.screen_haze:  # once for all chunks, and for the observed NDVI column too
+        cube, _ = screen_cube(cube)
+        options = replace(options, screen_haze=False)
     present = bands_present(cube)
     if not present.any():
         raise InputError(

@@ -68,6 +68,7 @@ from core.reconstruct import (
     reconstruct,
     resolve_method,
 )
+from core.screening import screen_cube
 from core.timeline import calendar_day, regular_dates, to_days
 
 TASKS: tuple[str, ...] = ("missing", "cloud", "gap")
@@ -123,6 +124,11 @@ class Protocol:
     acquisition, as the app's anytime queries and most days of its daily curve are. False
     keeps them as acquisitions with every pixel cloudy. The baselines, which skip missing
     values, score the same either way."""
+    screened_truth: bool = False
+    """Score only the hidden pixels that are not themselves clouds the scene mask missed
+    (:func:`core.screening.screen_cube` of the whole cube): the truth without haze and cloud
+    edges labelled clear. The draws are the same either way. False scores every hidden pixel
+    the scene mask calls clear."""
     in_chunks: bool = False
     """Reconstruct the query days in the calls an app Run makes for its daily curve
     (:func:`core.curve.curve_chunks`: at most 40 days per call) instead of in one call, so that
@@ -923,6 +929,7 @@ def evaluate_cube(
     if plan.gap.applicable:
         runs.append([plan.gap])
 
+    truth = screen_cube(cube)[0] if protocol.screened_truth else cube
     rows: dict[tuple[str, str], Row] = {}
     for task_sets in runs:
         hidden = np.logical_or.reduce([s.hidden for s in task_sets])
@@ -946,7 +953,7 @@ def evaluate_cube(
             if samples is not None and distance is None:
                 distance = clear_distance(degraded)
             for task in task_sets:
-                scores = _score_task(cube, result, task, samples, protocol, distance)
+                scores = _score_task(truth, result, task, samples, protocol, distance)
                 rows[(task.task, method)] = Row(
                     name, task.task, method, "ok", scores, seconds=round(seconds, 3)
                 )

@@ -34,6 +34,7 @@ from core.config import DEFAULT_CHECKPOINT, checkpoint_version
 from core.cube import NETCDF_LOCK, S2_BANDS, bands_present, validate_cube
 from core.errors import InputError
 from core.indices import ndvi
+from core.screening import screen_cube
 from core.storage import atomic_output
 from core.timeline import calendar_day
 
@@ -103,6 +104,11 @@ class ReconstructOptions:
     to the nearest clear observation, with weights fitted on the cube's own clear observations
     (hidden in turn; see core.model.blend). On by default: it lowered every held-out error
     (README, "The field blend"); False gives the network alone."""
+    screen_haze: bool = False
+    """Every method: before reconstructing, treat as cloudy the clear-labelled pixels that
+    look like haze the scene mask missed (:mod:`core.screening`). Off by default. A Run
+    screens its cube once up front instead (:func:`core.season.compute_season`), so that its
+    curve, frames and fits agree."""
     checkpoint_version: str | None = None
     """Model only: the version of the checkpoint file this call must use
     (:func:`core.config.checkpoint_version`); None: the file as it is now. A computation made
@@ -254,6 +260,8 @@ def reconstruct(
     check_options(method, options)
     query = _check_dates(cube, dates)
     check_memory(cube, query.size, options.samples)
+    if options.screen_haze:
+        cube, _ = screen_cube(cube)
     observed = observations(cube)
     require_clear_pixels(observed)
     prediction = resolve_method(method)(observed, query, options)

@@ -75,6 +75,7 @@ from core.render import (
     true_colour,
     uncertainty_colours,
 )
+from core.screening import screen_cube
 from core.stac import Signer, StacClient
 from core.timeline import calendar_day, regular_dates, to_days
 
@@ -379,6 +380,10 @@ def compute_season(
     mask = field_mask(request.field, grid)
     if not mask.any():
         raise FieldError("The field covers no pixel centre of the 10 m grid; draw a larger field.")
+    screened_note = None
+    if request.options.screen_haze:  # once, here: the curve, frames and fits all see it
+        cube, screening = screen_cube(cube)
+        screened_note = screening.summary()
     covered, outside_note = imagery_cover(request.field, grid, mask, cube)
     acquired = calendar_day(cube["time_s2"].values)
     first = max(np.datetime64(request.start, "D"), acquired.min())
@@ -386,6 +391,8 @@ def compute_season(
     notes = list(origin.notes)
     if outside_note:
         notes.append(outside_note)
+    if screened_note:
+        notes.append(screened_note)
     if first > np.datetime64(request.start, "D") or last < np.datetime64(request.end, "D"):
         notes.append(
             f"Frames and the curve cover {first} to {last}: the first and last Sentinel-2 "
@@ -449,7 +456,7 @@ def compute_season(
         last,
         every_days=1,
         method=request.method,
-        options=options,
+        options=dataclasses.replace(options, screen_haze=False),  # screened above
         field_mask=covered,
         reconstructor=reconstructor,
         on_chunk=draw,

@@ -14,6 +14,7 @@ from core.config import Settings, checkpoint_option, is_shipped_checkpoint
 from core.errors import FieldFlowError
 from core.model.catalog import ModelChoice, remove_model
 from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions, default_method
+from core.screening import BLUISH, NEIGHBOUR_DAYS, RISE
 from core.season import default_adapt_steps, method_choices
 
 METHOD_HELP = {
@@ -24,6 +25,9 @@ METHOD_HELP = {
 }
 DEVICES = ["auto", "cpu", "cuda"]
 DEFAULT_SAMPLES = 8
+SCREEN_HAZE_BY_DEFAULT = False
+"""Whether a Run screens out haze the scene mask missed unless the user says otherwise
+(benchmarks/candidates/haze_screen_rule.txt)."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,21 @@ def settings_panel(settings: Settings) -> RunSettings:
             "blend'): on the held-out cubes this lowered the error of every task. Adds a few "
             "seconds per Run.",
         )
+        screen = st.checkbox(
+            "Screen haze the scene mask missed",
+            value=SCREEN_HAZE_BY_DEFAULT,
+            key=str(Key.SCREEN),
+            help="Treat as cloudy the pixels Sentinel-2's scene classification calls clear "
+            "but that are brighter in every band, by over "
+            f"{RISE} reflectance, than the same pixel's clear observations within "
+            f"{NEIGHBOUR_DAYS:.0f} days on both sides, with blue rising at least "
+            f"{BLUISH:g} x as much as red: haze and thin cloud. A harvest that stays bright, "
+            "soil or straw (red rises more than blue) and parcel edges shifted by a pixel are "
+            "left alone. They are then reconstructed instead of shown as observed, and the "
+            "frames as acquired show them as cloud. Every method; imagery without blue and "
+            "red is not screened. Off by default: what it does to the errors is in the README "
+            "('Haze the scene mask missed').",
+        )
         device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)
         cloud = st.slider(
             "Maximum scene cloud cover (%)",
@@ -159,6 +178,7 @@ def settings_panel(settings: Settings) -> RunSettings:
         calibrate_field=bool(calibrate_field) and is_model,
         blend_field=bool(blend_field) and is_model,
         checkpoint=checkpoint_option(checkpoint) if is_model else None,
+        screen_haze=bool(screen),
     )
     return RunSettings(
         method=str(method),

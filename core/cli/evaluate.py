@@ -97,6 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(at most 40 days each) instead of in one call; use with --query-every-days 1",
     )
     parser.add_argument(
+        "--screened-truth",
+        action="store_true",
+        help="score only the hidden pixels that are not themselves haze the scene mask missed "
+        "(core.screening; the draws are the same)",
+    )
+    parser.add_argument(
         "--exclude-seen",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -157,6 +163,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         query_every_days=args.query_every_days,
         in_chunks=args.in_chunks,
         drop_hidden_frames=args.drop_hidden_frames,
+        screened_truth=args.screened_truth,
     )
     options = options_from_args(args, settings)
     for method in methods:
@@ -179,6 +186,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         data["cube_files"] = [str(p) for p in paths]
         if args.whittaker_lambda is not None:  # the smoother's figures (and the blend's) too
             data["whittaker_lambda"] = args.whittaker_lambda
+        if args.screen_haze:  # every method's inputs were screened (the truth was not)
+            data["screen_haze"] = True
         if "model" in methods:  # what the model's figures depend on besides the protocol
             data["model_options"] = {
                 "checkpoint": str(chosen_checkpoint(args, settings)),

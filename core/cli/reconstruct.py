@@ -88,6 +88,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         f"{ReconstructOptions.smooth_days}; 0: the network's own estimate at every date)",
     )
     parser.add_argument(
+        "--screen-haze",
+        action="store_true",
+        help="every method: treat as cloudy the clear-labelled pixels that look like haze the "
+        "scene mask missed: a spike over the pixel's clear observations on both sides in every "
+        "band, blue rising with red (core.screening; imagery without B02 and B04 is not "
+        "screened)",
+    )
+    parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
     )
     parser.add_argument(
@@ -157,6 +165,7 @@ def options_from_args(
         seed=args.seed,
         keep_observed=keep_observed,
         whittaker_lambda=args.whittaker_lambda,
+        screen_haze=args.screen_haze,
     )
 
 

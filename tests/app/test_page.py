@@ -25,6 +25,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import services
 from app.state import PageState
+from app.widgets.settings import SCREEN_HAZE_BY_DEFAULT
 from core import season as season_module
 from core.curve import CURVE_COLUMNS, curve_csv
 from core.fetch import clear_gdal_http_cache
@@ -186,6 +187,10 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert result is not None and result.source.startswith("offline cube")
     options = result.request.options
     assert options.calibrate_field and options.samples > 1  # the app's defaults
+    # Clouds the scene mask missed are screened out by default, and the Run says how many.
+    assert options.screen_haze == SCREEN_HAZE_BY_DEFAULT
+    screened = [n for n in result.notes if n.startswith("Screened out ")]
+    assert len(screened) == int(SCREEN_HAZE_BY_DEFAULT), result.notes
     assert page.get("plotly_chart"), "the NDVI chart is missing"
     # What the model fitted is folded away, not among the notes above the map.
     assert any(f.startswith("Reflectance band (p10-p90)") for f in result.fits)
@@ -748,6 +753,29 @@ def test_a_model_of_the_models_folder_is_one_choice_away(
     assert not (models / "broken.pt").exists()
     assert f"Removed the model 'broken' ({models / 'broken.pt'})." in texts(page, "info")
     assert not any(t.startswith("Not offered") for t in texts(page, "caption"))
+
+
+def test_haze_screening_is_an_option_that_says_what_it_took_out(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off by default; on, the Run screens its cube once, says how many pixel observations it
+    took out, and its frames as acquired count them as cloud (the demo's summer of 2018 has
+    haze Sen2Cor called clear)."""
+    page = _linear_demo(open_page, monkeypatch)
+    assert page.checkbox(key="screen_haze").value is False
+    page.checkbox(key="screen_haze").check()
+    set_period(page, "2018-06-20", "2018-07-20")
+    press_run(page)
+    no_exceptions(page)
+    result = state(page).result
+    assert result is not None and result.request.options.screen_haze
+    (said,) = [n for n in result.notes if n.startswith("Screened")]
+    assert said.startswith("Screened out ") and "reconstructed like cloudy ones" in said, said
+    from core.screening import screen_cube
+
+    # the Run's own cube is the screened one: what its frames and the curve's "observed" read
+    _, again = screen_cube(result.cube)
+    assert again.count == 0, "the Run's cube still holds what the screen takes out"
 
 
 def test_a_run_too_short_to_train_on_is_refused_before_any_training_starts(

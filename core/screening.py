@@ -1,0 +1,154 @@
+"""Haze the scene mask missed: clear-labelled pixels brighter than their own series says they
+should be, the way haze and thin cloud brighten, not the way a harvest does.
+
+Sen2Cor's scene classification (SCL) labels haze, thin cloud and cloud edges as vegetation or
+bare soil often enough to matter: in the shared cubes 0.5-8 % of the pixel observations it
+calls clear are brighter in every band than the linear interpolation of the same pixel's other
+clear observations by more than 0.03 reflectance (``benchmarks/missed_clouds.py``). But so are
+harvested parcels: ripe cereal turned to bright stubble raises every band, and a first screen
+built on that test alone took whole parcels out (``benchmarks/candidates/cloud_screen_rule.txt``,
+withdrawn). This one (``haze_screen_rule.txt``) treats an observation as cloudy only when the
+same pixel has a clear observation at most :data:`NEIGHBOUR_DAYS` days before it and at most
+as many after it, and
+
+* in every band the cube holds it is brighter by more than :data:`RISE` than the linear
+  interpolation between those two (the chord) *and* than each of the two: a spike, where a
+  harvest that stays bright is a step;
+* its rise over the chord in blue is at least :data:`BLUISH` x its rise in red: haze and thin
+  cloud brighten blue about as much as red or more, soil and straw brighten red more;
+* in every band it is brighter by more than :data:`RISE` than the brightest chord value
+  within one pixel: a scene shifted by up to a pixel against its neighbours (co-registration)
+  brightens the edges of bright parcels, and cannot do that.
+
+A cube without blue (B02) or red (B04) is not screened: without them haze cannot be told from
+soil. One pass, no dilation; the thresholds were fixed by the rule, not fitted on any cube.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from scipy.ndimage import maximum_filter
+
+from core.cube import S2_BANDS
+from core.model.features import bracketing_indices
+from core.timeline import to_days
+
+RISE = 0.03
+"""Reflectance by which an observation must exceed its neighbours and their chord, every band."""
+NEIGHBOUR_DAYS = 30.0
+"""The farthest a clear observation of the same pixel may lie on either side."""
+BLUISH = 0.8
+"""The least rise in blue, as a share of the rise in red, of a screened observation."""
+SHIFT_PX = 1
+"""How far (pixels) a scene may be shifted against its neighbours without being screened."""
+BLUE, RED = S2_BANDS.index("B02"), S2_BANDS.index("B04")
+
+
+@dataclass(frozen=True)
+class Screening:
+    """What the screen took out of a cube's clear pixels."""
+
+    screened: np.ndarray
+    """(T, H, W) bool: clear-labelled pixel observations screened out as missed haze."""
+    clear_before: int
+    """Clear pixel observations before the screen."""
+    applicable: bool = True
+    """False when the cube lacks blue or red, so nothing could be screened."""
+
+    @property
+    def count(self) -> int:
+        return int(self.screened.sum())
+
+    @property
+    def share(self) -> float:
+        """Share of the clear pixel observations screened out (0 with none clear)."""
+        return self.count / self.clear_before if self.clear_before else 0.0
+
+    def summary(self) -> str:
+        """One sentence for a Run's notes."""
+        if not self.applicable:
+            return (
+                "Haze the scene mask missed was not screened: the imagery lacks the blue or "
+                "red band the screen compares."
+            )
+        if not self.count:
+            return "Screened for haze the scene mask missed: none found."
+        frames = int(self.screened.any(axis=(1, 2)).sum())
+        return (
+            f"Screened out {self.count:,} pixel observations the scene mask called clear "
+            f"({self.share:.1%} of them, on {frames} acquisition(s)): brighter than the pixel's "
+            f"clear observations on both sides by over {RISE} reflectance in every band, blue "
+            "rising with red, as haze and thin cloud are; they are reconstructed like cloudy "
+            "ones and shown as cloud in the frames as acquired."
+        )
+
+
+def can_screen(clear_s2: np.ndarray) -> bool:
+    """Whether reflectance (T, B, H, W) in :data:`S2_BANDS` order has blue and red somewhere."""
+    return bool(np.isfinite(clear_s2[:, BLUE]).any() and np.isfinite(clear_s2[:, RED]).any())
+
+
+def missed_haze(clear_s2: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """The screen of the module docstring, one frame at a time (memory of one frame's bands).
+
+    Args:
+        clear_s2: reflectance (T, B, H, W) in :data:`S2_BANDS` order where clear, NaN
+            elsewhere and in absent bands.
+        days: (T,) acquisition times in days (sorted).
+
+    Returns:
+        (T, H, W) bool: observations to treat as cloudy (none without blue or red).
+    """
+    n = clear_s2.shape[0]
+    out = np.zeros((n, *clear_s2.shape[2:]), dtype=bool)
+    if n < 3 or not can_screen(clear_s2):
+        return out
+    bands = np.flatnonzero(np.isfinite(clear_s2).any(axis=(0, 2, 3)))
+    blue, red = int(np.flatnonzero(bands == BLUE)[0]), int(np.flatnonzero(bands == RED)[0])
+    clear = np.isfinite(clear_s2[:, bands]).any(axis=1)
+    prev, nxt = bracketing_indices(clear, exclusive=True)
+    rows, cols = np.indices(clear.shape[1:])
+    size = 2 * SHIFT_PX + 1
+    for t in range(n):
+        if not clear[t].any():
+            continue
+        before, after = np.clip(prev[t], 0, n - 1), np.clip(nxt[t], 0, n - 1)
+        near = (prev[t] >= 0) & (nxt[t] < n)  # every pixel's chord counts for the shift test
+        near &= (days[t] - days[before] <= NEIGHBOUR_DAYS) & (
+            days[after] - days[t] <= NEIGHBOUR_DAYS
+        )
+        if not (near & clear[t]).any():
+            continue
+        value = clear_s2[t][bands]  # (B, H, W)
+        v_before = clear_s2[before, :, rows, cols][..., bands].transpose(2, 0, 1)
+        v_after = clear_s2[after, :, rows, cols][..., bands].transpose(2, 0, 1)
+        span = np.maximum(days[after] - days[before], 1e-9)
+        weight = np.where(near, (days[t] - days[before]) / span, 0.0)
+        chord = v_before * (1 - weight) + v_after * weight
+        brightest = maximum_filter(np.nan_to_num(chord, nan=np.inf), size=(1, size, size))
+        rise = value - chord
+        with np.errstate(invalid="ignore"):  # NaN compares False: such a pixel is kept
+            spike = ((rise > RISE) & (value - v_before > RISE) & (value - v_after > RISE)).all(0)
+            bluish = rise[blue] >= BLUISH * rise[red]
+            unshifted = (value - brightest > RISE).all(axis=0)
+        out[t] = clear[t] & near & spike & bluish & unshifted
+    return out
+
+
+def screen_cube(cube: xr.Dataset) -> tuple[xr.Dataset, Screening]:
+    """``cube`` with its missed haze marked not valid (:func:`missed_haze`), and what was
+    screened. The reflectance is left as it is: ``valid`` is what every reader trusts."""
+    valid = cube["valid"].values.astype(bool)
+    s2 = cube["s2"].values
+    clear_s2 = np.where(valid[:, None], s2, np.float32(np.nan)).astype(np.float32, copy=False)
+    screened = missed_haze(clear_s2, to_days(cube["time_s2"].values))
+    clear_before = int((valid & np.isfinite(s2).any(axis=1)).sum())
+    screening = Screening(screened, clear_before, applicable=can_screen(clear_s2))
+    if not screening.count:
+        return cube, screening
+    out = cube.copy()
+    out["valid"] = cube["valid"].copy(data=(valid & ~screened).astype(cube["valid"].dtype))
+    return out, screening

@@ -1,0 +1,138 @@
+"""Haze the scene mask missed (core.screening): hand-written series one can check by eye, a
+parcel edge shifted by a pixel, then the real cubes' haze and harvests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.cube import S2_BANDS
+from core.reconstruct import ReconstructOptions, reconstruct
+from core.screening import BLUISH, NEIGHBOUR_DAYS, RISE, missed_haze, screen_cube
+
+DAYS = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
+CANOPY = {"B02": 0.04, "B03": 0.07, "B04": 0.05, "B08": 0.35}
+"""A green crop's reflectance, in four of the ten bands (the others absent, as in the
+4-band cubes)."""
+
+
+def frame(values: dict[str, float] | None) -> np.ndarray:
+    """One pixel's bands (10,) in S2_BANDS order; None: not clear."""
+    out = np.full(len(S2_BANDS), np.nan, dtype=np.float32)
+    for band, value in (values or {}).items():
+        out[S2_BANDS.index(band)] = value
+    return out
+
+
+def raised(by: dict[str, float], base: dict[str, float] = CANOPY) -> dict[str, float]:
+    return {band: value + by.get(band, 0.0) for band, value in base.items()}
+
+
+HAZE = raised({"B02": 0.06, "B03": 0.06, "B04": 0.06, "B08": 0.05})
+"""Haze and thin cloud: light added about evenly, blue as much as red."""
+
+
+def flagged(frames: list[dict[str, float] | None], days: np.ndarray = DAYS) -> list[bool]:
+    series = np.stack([frame(f) for f in frames])[:, :, None, None]
+    return missed_haze(series, days)[:, 0, 0].tolist()
+
+
+def test_a_bluish_spike_in_every_band_is_haze() -> None:
+    c = CANOPY
+    assert flagged([c, c, HAZE, c, c]) == [False, False, True, False, False]
+    # Just over the rise in every band still counts; under it in one band does not.
+    assert flagged([c, c, raised({b: RISE + 0.005 for b in c}), c, c])[2]
+    assert not flagged([c, c, raised({"B02": 0.06, "B03": 0.06, "B04": 0.06, "B08": 0.02}), c, c])[
+        2
+    ]
+
+
+def test_what_fields_do_is_not_haze() -> None:
+    c = CANOPY
+    # Soil or straw brightens red more than blue: a spike in every band, but not bluish.
+    straw = raised({"B02": 0.04, "B03": 0.06, "B04": 0.04 / BLUISH + 0.01, "B08": 0.05})
+    assert not any(flagged([c, c, straw, c, c]))
+    # A harvest that stays bright is a step: brighter than the chord, not than what follows.
+    assert not any(flagged([c, c, HAZE, HAZE, HAZE]))
+    # Growth: NIR up, red down.
+    assert not any(flagged([c, c, raised({"B04": -0.02, "B08": 0.15}), c, c]))
+
+
+def test_only_between_clear_neighbours_near_enough_in_time() -> None:
+    c = CANOPY
+    # At the ends of the series there is only one side to compare with.
+    assert flagged([HAZE, c, c, c, HAZE]) == [False] * 5
+    # A neighbour farther than NEIGHBOUR_DAYS on one side: a field may change that much.
+    far = np.array([0.0, 1.0, 1.0 + NEIGHBOUR_DAYS + 1, 2 * NEIGHBOUR_DAYS + 2, 80.0])
+    assert not flagged([c, None, HAZE, c, c], far)[2]
+    # Cloudy neighbours do not count: the comparison skips to the clear ones.
+    assert flagged([c, None, HAZE, None, c]) == [False, False, True, False, False]
+    # A clouded frame is not screened again.
+    assert flagged([c, c, None, c, c]) == [False] * 5
+
+
+def test_a_scene_shifted_by_a_pixel_is_not_haze_but_haze_over_it_is() -> None:
+    """A dark field beside a bright one; on the middle date the scene lies one pixel to the
+    side, so the dark field's edge pixel shows the bright field: a spike there in every band,
+    bluish even (the bright field is whitish), which a screen without the shift test takes
+    out."""
+    bright = raised({"B02": 0.15, "B03": 0.15, "B04": 0.15, "B08": 0.05})
+    row = [CANOPY] * 4 + [bright] * 4
+    shifted = row[1:] + row[-1:]
+    cube = np.stack([[[frame(v) for v in r]] for r in (row, row, shifted, row, row)])
+    cube = cube.transpose(0, 3, 1, 2)  # (T, B, 1, 8)
+    assert not missed_haze(cube, DAYS).any()
+    # Haze over the whole shifted scene is screened, inside the dark field at least.
+    hazy = cube.copy()
+    hazy[2] += np.where(np.isfinite(cube[2]), np.float32(0.06), np.float32(np.nan))
+    screened = missed_haze(hazy, DAYS)
+    assert screened[2, 0, :3].all() and not screened[[0, 1, 3, 4]].any()
+
+
+def test_imagery_without_blue_is_not_screened() -> None:
+    c = {b: v for b, v in CANOPY.items() if b != "B02"}
+    h = {b: v for b, v in HAZE.items() if b != "B02"}
+    assert flagged([c, c, h, c, c]) == [False] * 5
+
+
+def test_the_real_haze_is_screened_and_the_real_harvests_are_not(cubes_dir) -> None:
+    from core.cube import read_cube
+
+    def share_on(name: str, day: str) -> float:
+        cube = read_cube(cubes_dir / name)
+        _, screening = screen_cube(cube)
+        days = cube["time_s2"].values.astype("datetime64[D]")
+        t = int(np.flatnonzero(days == np.datetime64(day))[0])
+        clear = cube["valid"].values[t].astype(bool)
+        assert not (screening.screened & ~cube["valid"].values.astype(bool)).any()
+        return float(screening.screened[t].sum() / clear.sum())
+
+    # Haze over much of a frame Sen2Cor called clear (pictures in the rule).
+    assert share_on("be-flanders-a_2017-2018.nc", "2018-07-13") > 0.2
+    # Cereal harvested between two acquisitions: whole parcels brighter in every band.
+    assert share_on("hu-alfold_2021.nc", "2021-07-15") < 0.002
+    # A cube without blue (the 20 m bands only) is said so, not screened.
+    cube = read_cube(cubes_dir / "be-flanders-c_2018-2019.nc")
+    same, screening = screen_cube(cube)
+    assert same is cube and not screening.applicable
+    assert "lacks the blue or red band" in screening.summary()
+
+
+@pytest.mark.parametrize("method", ["linear", "whittaker"])
+def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) -> None:
+    cube = flanders_cube.isel(time_s2=slice(55, 80))
+    screened_cube, screening = screen_cube(cube)
+    frame_index = int(np.argmax(screening.screened.sum(axis=(1, 2))))
+    assert screening.screened[frame_index].sum() > 100
+    assert screening.summary().startswith(f"Screened out {screening.count:,} pixel observations")
+    np.testing.assert_array_equal(screened_cube["s2"].values, cube["s2"].values)
+    date = cube["time_s2"].values[frame_index : frame_index + 1]
+    out = reconstruct(cube, date, method, ReconstructOptions(screen_haze=True))["s2"].values[0]
+    plain = reconstruct(cube, date, method, ReconstructOptions())["s2"].values[0]
+    observed = cube["s2"].values[frame_index]
+    hazy = screening.screened[frame_index]
+    kept = cube["valid"].values[frame_index].astype(bool) & ~hazy
+    bands = np.isfinite(observed).any(axis=(1, 2))
+    np.testing.assert_array_equal(plain[:, hazy][bands], observed[:, hazy][bands])
+    assert np.abs(out[:, hazy][bands] - observed[:, hazy][bands]).mean() > RISE
+    np.testing.assert_array_equal(out[:, kept][bands], observed[:, kept][bands])
