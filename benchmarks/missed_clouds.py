@@ -1,9 +1,9 @@
-"""How many pixels the scene mask calls clear look like clouds it missed, and what two simple
-screens would take out with them (benchmarks/candidates/cloud_screen_rule.txt).
+"""How many pixels the scene mask calls clear look like clouds it missed, and what screens of
+them would take out (benchmarks/candidates/cloud_screen_rule.txt, haze_screen_rule.txt).
 
     python benchmarks/missed_clouds.py [--pictures DIR] [--frames 3]
 
-Two screens of a clear-labelled pixel observation, each needing a clear observation of the same
+Screens of a clear-labelled pixel observation, each needing a clear observation of the same
 pixel at most 30 days before and after it:
 
 * ``above-chord``: brighter in every band the cube holds than the linear interpolation between
@@ -16,6 +16,12 @@ pixel at most 30 days before and after it:
   :data:`BLUISH` x that in red (cubes with blue only): haze and thin cloud brighten blue about
   as much as red or more; bare soil and straw brighten red more (a harvest's rise in
   hu-alfold 2021-07-15: blue 0.04, red 0.06);
+* ``bluish-unshifted``: ``bluish-rise``, and brighter in every band by more than 0.03 than
+  the brightest chord value within one pixel: a scene shifted by up to a pixel against its
+  neighbours (co-registration) brightens the edges of bright parcels, and cannot do that;
+* ``haze-screen``: ``bluish-unshifted`` and ``above-both``: the screen of
+  :mod:`core.screening` (``haze_screen_rule.txt``), the app's "Screen haze the scene mask
+  missed" (cubes with blue and red only);
 * ``low-contrast``: ``above-chord``, and the local contrast (standard deviation over 5 x 5
   pixels) in red (B04; the cube's first band without it) is under 0.8 x that of the chord
   image there: haze flattens the landscape under it, a harvest does not.
@@ -25,7 +31,7 @@ the acquisitions where it takes out over a fifth. ``--pictures DIR`` writes, for
 ``--frames`` acquisitions each screen touches most, the frame as the mask left it (cloudy pixels
 dimmed) beside the same frame with the screened pixels in magenta (true colour where the cube
 has blue, else B12 / B8A / B05, else B04 / B08 / B04). Pictures of real data, for looking at,
-not for the repository. Neither screen is used by the product: both take out harvests too.
+not for the repository. Only ``haze-screen`` is in the product (an option, off by default).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from core.config import Settings
 from core.cube import S2_BANDS, read_cube
 from core.model.features import bracketing_indices
 from core.render import enlarge, png_bytes, true_colour
+from core.screening import missed_haze
 from core.timeline import to_days
 
 RISE = 0.03
@@ -55,7 +62,7 @@ BLUISH = 0.8
 
 
 def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
-    """Both screens of the module docstring, (T, H, W) bool each, for reflectance (T, B, H, W)
+    """The screens of the module docstring, (T, H, W) bool each, for reflectance (T, B, H, W)
     NaN where not clear (absent bands all NaN)."""
     bands = np.flatnonzero(np.isfinite(clear_s2).any(axis=(0, 2, 3)))
     values = clear_s2[:, bands]
@@ -93,7 +100,7 @@ def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
         with np.errstate(invalid="ignore"):
             unshifted = (values - brightest > RISE).all(axis=1)
         found["bluish-unshifted"] = found["bluish-rise"] & unshifted
-        found["bluish-unshifted-spike"] = found["bluish-unshifted"] & found["above-both"]
+        found["haze-screen"] = missed_haze(clear_s2, days)  # the product's: the above, a spike
     red = names.index("B04") if "B04" in names else 0
     found["low-contrast"] = found["above-chord"] & _flattened(values[:, red], chord[:, red], clear)
     return found
