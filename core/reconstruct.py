@@ -38,6 +38,8 @@ from core.screening import screen_cube
 from core.storage import atomic_output
 from core.timeline import calendar_day
 
+HAZE_SCREEN_ATTR = "haze_screen"
+"""A reconstruction's attribute saying what the haze screen took out (``screen_haze`` only)."""
 QUANTILES = (10, 90)
 
 
@@ -260,12 +262,16 @@ def reconstruct(
     check_options(method, options)
     query = _check_dates(cube, dates)
     check_memory(cube, query.size, options.samples)
+    screening = None
     if options.screen_haze:
-        cube, _ = screen_cube(cube)
+        cube, screening = screen_cube(cube)
     observed = observations(cube)
     require_clear_pixels(observed)
     prediction = resolve_method(method)(observed, query, options)
-    return _assemble(observed, query, prediction, method, options)
+    out = _assemble(observed, query, prediction, method, options)
+    if screening is not None:  # what was taken out, in words (the command prints it)
+        out.attrs[HAZE_SCREEN_ATTR] = screening.summary()
+    return out
 
 
 def check_options(method: str, options: ReconstructOptions) -> None:

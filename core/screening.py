@@ -81,8 +81,8 @@ class Screening:
             f"Screened out {self.count:,} pixel observations the scene mask called clear "
             f"({self.share:.1%} of them, on {frames} acquisition(s)): brighter than the pixel's "
             f"clear observations on both sides by over {RISE} reflectance in every band, blue "
-            "rising with red, as haze and thin cloud are; they are reconstructed like cloudy "
-            "ones and shown as cloud in the frames as acquired."
+            "rising with red, as haze and thin cloud are; they are treated as cloudy: "
+            "reconstructed, not kept as observed."
         )
 
 

@@ -13,6 +13,7 @@ from core.cube import read_cube
 from core.errors import InputError
 from core.model.catalog import named_checkpoint
 from core.reconstruct import (
+    HAZE_SCREEN_ATTR,
     ReconstructOptions,
     available_methods,
     default_method,
@@ -220,7 +221,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     from core.season import accuracy_headline, checkpoint_warnings, fit_notes  # the app's words
 
-    for note in [accuracy_headline(result.attrs), *fit_notes(result.attrs)]:
+    screened = result.attrs.get(HAZE_SCREEN_ATTR)
+    for note in [screened, accuracy_headline(result.attrs), *fit_notes(result.attrs)]:
         if note:
             print(note)
     for warning in checkpoint_warnings(result.attrs):

@@ -770,7 +770,7 @@ def test_haze_screening_is_an_option_that_says_what_it_took_out(
     result = state(page).result
     assert result is not None and result.request.options.screen_haze
     (said,) = [n for n in result.notes if n.startswith("Screened")]
-    assert said.startswith("Screened out ") and "reconstructed like cloudy ones" in said, said
+    assert said.startswith("Screened out ") and "treated as cloudy" in said, said
     from core.screening import screen_cube
 
     # the Run's own cube is the screened one: what its frames and the curve's "observed" read
