@@ -758,12 +758,11 @@ def test_a_model_of_the_models_folder_is_one_choice_away(
 def test_haze_screening_is_an_option_that_says_what_it_took_out(
     open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Off by default; on, the Run screens its cube once, says how many pixel observations it
-    took out, and its frames as acquired count them as cloud (the demo's summer of 2018 has
-    haze Sen2Cor called clear)."""
+    """On by default (haze_screen_rule.txt); the Run screens its cube once, says how many
+    pixel observations it took out, and its frames as acquired count them as cloud (the demo's
+    summer of 2018 has haze Sen2Cor called clear). Off, nothing is screened."""
     page = _linear_demo(open_page, monkeypatch)
-    assert page.checkbox(key="screen_haze").value is False
-    page.checkbox(key="screen_haze").check()
+    assert page.checkbox(key="screen_haze").value is True
     set_period(page, "2018-06-20", "2018-07-20")
     press_run(page)
     no_exceptions(page)
@@ -776,6 +775,14 @@ def test_haze_screening_is_an_option_that_says_what_it_took_out(
     # the Run's own cube is the screened one: what its frames and the curve's "observed" read
     _, again = screen_cube(result.cube)
     assert again.count == 0, "the Run's cube still holds what the screen takes out"
+    screened_clear = int(result.cube["valid"].values.sum())
+    page.checkbox(key="screen_haze").uncheck()
+    press_run(page)
+    no_exceptions(page)
+    result = state(page).result
+    assert not result.request.options.screen_haze
+    assert not any(n.startswith("Screened") for n in result.notes), result.notes
+    assert int(result.cube["valid"].values.sum()) > screened_clear
 
 
 def test_a_run_too_short_to_train_on_is_refused_before_any_training_starts(
