@@ -45,6 +45,11 @@ BLUISH = 0.8
 SHIFT_PX = 1
 """How far (pixels) a scene may be shifted against its neighbours without being screened."""
 BLUE, RED = S2_BANDS.index("B02"), S2_BANDS.index("B04")
+SCREENED_ATTR = "haze_screened"
+"""A screened cube's attribute: what the screen took out, in words (:meth:`Screening.summary`).
+A cube that has it is not screened again (a second pass would find new spikes among the
+observations the first one left, so a Run's later reconstructions would differ from its
+frames)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Screening:
     """Clear pixel observations before the screen."""
     applicable: bool = True
     """False when the cube lacks blue or red, so nothing could be screened."""
+    earlier: str = ""
+    """The summary of the screening the cube had already had (:data:`SCREENED_ATTR`), if any."""
 
     @property
     def count(self) -> int:
@@ -69,6 +76,8 @@ class Screening:
 
     def summary(self) -> str:
         """One sentence for a Run's notes."""
+        if self.earlier:
+            return self.earlier
         if not self.applicable:
             return (
                 "Haze the scene mask missed was not screened: the imagery lacks the blue or "
@@ -140,15 +149,19 @@ def missed_haze(clear_s2: np.ndarray, days: np.ndarray) -> np.ndarray:
 
 def screen_cube(cube: xr.Dataset) -> tuple[xr.Dataset, Screening]:
     """``cube`` with its missed haze marked not valid (:func:`missed_haze`), and what was
-    screened. The reflectance is left as it is: ``valid`` is what every reader trusts."""
+    screened. The reflectance is left as it is: ``valid`` is what every reader trusts. A cube
+    screened before (:data:`SCREENED_ATTR`) is returned as it is, with that screening's words."""
     valid = cube["valid"].values.astype(bool)
+    if SCREENED_ATTR in cube.attrs:
+        nothing = np.zeros((valid.shape), dtype=bool)
+        return cube, Screening(nothing, int(valid.sum()), earlier=str(cube.attrs[SCREENED_ATTR]))
     s2 = cube["s2"].values
     clear_s2 = np.where(valid[:, None], s2, np.float32(np.nan)).astype(np.float32, copy=False)
     screened = missed_haze(clear_s2, to_days(cube["time_s2"].values))
     clear_before = int((valid & np.isfinite(s2).any(axis=1)).sum())
     screening = Screening(screened, clear_before, applicable=can_screen(clear_s2))
-    if not screening.count:
-        return cube, screening
     out = cube.copy()
-    out["valid"] = cube["valid"].copy(data=(valid & ~screened).astype(cube["valid"].dtype))
+    if screening.count:
+        out["valid"] = cube["valid"].copy(data=(valid & ~screened).astype(cube["valid"].dtype))
+    out.attrs[SCREENED_ATTR] = screening.summary()
     return out, screening
