@@ -88,6 +88,11 @@ SeasonProgress = Callable[[str, int, int], None]
 """``(stage, done, total)``, e.g. ``("reconstructing 140 frames", 32, 140)``."""
 
 
+NOTEWORTHY_SCREENED_SHARE = 0.001
+"""Below this share of the clear pixel observations, what the haze screen took out is said
+among the folded details, not among the Run's notes (a few pixels are not news)."""
+
+
 # --- request --------------------------------------------------------------------------------
 
 
@@ -381,9 +386,13 @@ def compute_season(
     if not mask.any():
         raise FieldError("The field covers no pixel centre of the 10 m grid; draw a larger field.")
     screened_note = None
+    folded: list[str] = []  # said under the fits, not among the notes above the map
     if request.options.screen_haze:  # once, here: the curve, frames and fits all see it
         cube, screening = screen_cube(cube)
-        screened_note = screening.summary()
+        if screening.applicable and screening.share < NOTEWORTHY_SCREENED_SHARE:
+            folded.append(screening.summary())
+        else:
+            screened_note = screening.summary()
     covered, outside_note = imagery_cover(request.field, grid, mask, cube)
     acquired = calendar_day(cube["time_s2"].values)
     first = max(np.datetime64(request.start, "D"), acquired.min())
@@ -494,7 +503,7 @@ def compute_season(
         complete=origin.complete,
         frames_loaded={"s2": int(cube.sizes["time_s2"]), "s1": _s1_count(cube)},
         elapsed_s=time.perf_counter() - started,
-        fits=tuple(fits),
+        fits=(*fits, *folded),
         better_method=next((m for m in better if m), None),
     )
 

@@ -65,6 +65,11 @@ def result_summary(result: SeasonResult, state: PageState) -> None:
             "turn (the note above). Sets Settings > Reconstruction method and runs again.",
         )
     if result.fits:
-        with st.expander("What the model measured on this field"):
+        folded = (
+            "What the model measured on this field"
+            if request.method == "model"
+            else "Details of this Run"
+        )
+        with st.expander(folded):
             for fit in result.fits:
                 st.caption(fit)

@@ -778,6 +778,15 @@ def test_haze_screening_is_an_option_that_says_what_it_took_out(
     # the Run's own cube is the screened one: what its frames and the curve's "observed" read
     assert result.cube.attrs[SCREENED_ATTR] == said
     screened_clear = int(result.cube["valid"].values.sum())
+    # A spring with next to nothing to screen: said under the folded details, not as news.
+    set_period(page, "2018-05-01", "2018-06-15")
+    press_run(page)
+    no_exceptions(page)
+    spring = state(page).result
+    assert not any(n.startswith("Screened") for n in spring.notes), spring.notes
+    assert any(f.startswith("Screened") for f in spring.fits), spring.fits
+    assert [e.label for e in page.expander if e.label == "Details of this Run"]
+    set_period(page, "2018-06-20", "2018-07-20")
     page.checkbox(key="screen_haze").uncheck()
     press_run(page)
     no_exceptions(page)
