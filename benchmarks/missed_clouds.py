@@ -100,7 +100,7 @@ def screens(clear_s2: np.ndarray, days: np.ndarray) -> dict[str, np.ndarray]:
         with np.errstate(invalid="ignore"):
             unshifted = (values - brightest > RISE).all(axis=1)
         found["bluish-unshifted"] = found["bluish-rise"] & unshifted
-        found["haze-screen"] = missed_haze(clear_s2, days)  # the product's: the above, a spike
+        found["haze-screen"] = missed_haze(clear_s2, clear, days)  # the product's
     red = names.index("B04") if "B04" in names else 0
     found["low-contrast"] = found["above-chord"] & _flattened(values[:, red], chord[:, red], clear)
     return found

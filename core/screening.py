@@ -95,32 +95,55 @@ class Screening:
         )
 
 
-def can_screen(clear_s2: np.ndarray) -> bool:
-    """Whether reflectance (T, B, H, W) in :data:`S2_BANDS` order has blue and red somewhere."""
-    return bool(np.isfinite(clear_s2[:, BLUE]).any() and np.isfinite(clear_s2[:, RED]).any())
+def can_screen(s2: np.ndarray, clear: np.ndarray) -> bool:
+    """Whether reflectance (T, B, H, W) in :data:`S2_BANDS` order has blue and red in some
+    ``clear`` (T, H, W) pixel."""
+    return all(_band_seen(s2, clear, band) for band in (BLUE, RED))
 
 
-def missed_haze(clear_s2: np.ndarray, days: np.ndarray) -> np.ndarray:
-    """The screen of the module docstring, one frame at a time (memory of one frame's bands).
+def _band_seen(s2: np.ndarray, clear: np.ndarray, band: int) -> bool:
+    return any(bool((np.isfinite(s2[t, band]) & clear[t]).any()) for t in range(s2.shape[0]))
+
+
+def clear_observations(s2: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(T, H, W): where the scene mask says clear and some band has a value (frame by frame:
+    no (T, B, H, W) temporary)."""
+    clear = np.asarray(valid, dtype=bool).copy()
+    for t in range(s2.shape[0]):
+        clear[t] &= np.isfinite(s2[t]).any(axis=0)
+    return clear
+
+
+def missed_haze(s2: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """The screen of the module docstring, one frame at a time: no copy of the cube, only one
+    frame's bands at a time (a 512 px field-season's cube is over a gigabyte).
 
     Args:
-        clear_s2: reflectance (T, B, H, W) in :data:`S2_BANDS` order where clear, NaN
-            elsewhere and in absent bands.
+        s2: reflectance (T, B, H, W) in :data:`S2_BANDS` order (NaN: no data, absent band).
+        valid: (T, H, W) the scene mask's clear pixels.
         days: (T,) acquisition times in days (sorted).
 
     Returns:
-        (T, H, W) bool: observations to treat as cloudy (none without blue or red).
+        (T, H, W) bool: clear observations to treat as cloudy (none without blue or red).
     """
-    n = clear_s2.shape[0]
-    out = np.zeros((n, *clear_s2.shape[2:]), dtype=bool)
-    if n < 3 or not can_screen(clear_s2):
+    n = s2.shape[0]
+    clear = clear_observations(s2, valid)
+    out = np.zeros(clear.shape, dtype=bool)
+    if n < 3 or not can_screen(s2, clear):
         return out
-    bands = np.flatnonzero(np.isfinite(clear_s2).any(axis=(0, 2, 3)))
+    bands = np.array([b for b in range(s2.shape[1]) if _band_seen(s2, clear, b)])
     blue, red = int(np.flatnonzero(bands == BLUE)[0]), int(np.flatnonzero(bands == RED)[0])
-    clear = np.isfinite(clear_s2[:, bands]).any(axis=1)
     prev, nxt = bracketing_indices(clear, exclusive=True)
     rows, cols = np.indices(clear.shape[1:])
     size = 2 * SHIFT_PX + 1
+    nan = np.float32(np.nan)
+
+    def observed(frames: np.ndarray) -> np.ndarray:
+        """(B, H, W): each pixel's bands in its own frame of ``frames`` (H, W); NaN where
+        that observation is not clear."""
+        values = s2[frames, :, rows, cols][..., bands].transpose(2, 0, 1)
+        return np.where(clear[frames, rows, cols], values, nan)
+
     for t in range(n):
         if not clear[t].any():
             continue
@@ -131,9 +154,8 @@ def missed_haze(clear_s2: np.ndarray, days: np.ndarray) -> np.ndarray:
         )
         if not (near & clear[t]).any():
             continue
-        value = clear_s2[t][bands]  # (B, H, W)
-        v_before = clear_s2[before, :, rows, cols][..., bands].transpose(2, 0, 1)
-        v_after = clear_s2[after, :, rows, cols][..., bands].transpose(2, 0, 1)
+        value = np.where(clear[t], s2[t][bands], nan)  # (B, H, W)
+        v_before, v_after = observed(before), observed(after)
         span = np.maximum(days[after] - days[before], 1e-9)
         weight = np.where(near, (days[t] - days[before]) / span, 0.0)
         chord = v_before * (1 - weight) + v_after * weight
@@ -153,13 +175,12 @@ def screen_cube(cube: xr.Dataset) -> tuple[xr.Dataset, Screening]:
     screened before (:data:`SCREENED_ATTR`) is returned as it is, with that screening's words."""
     valid = cube["valid"].values.astype(bool)
     if SCREENED_ATTR in cube.attrs:
-        nothing = np.zeros((valid.shape), dtype=bool)
+        nothing = np.zeros(valid.shape, dtype=bool)
         return cube, Screening(nothing, int(valid.sum()), earlier=str(cube.attrs[SCREENED_ATTR]))
     s2 = cube["s2"].values
-    clear_s2 = np.where(valid[:, None], s2, np.float32(np.nan)).astype(np.float32, copy=False)
-    screened = missed_haze(clear_s2, to_days(cube["time_s2"].values))
-    clear_before = int((valid & np.isfinite(s2).any(axis=1)).sum())
-    screening = Screening(screened, clear_before, applicable=can_screen(clear_s2))
+    screened = missed_haze(s2, valid, to_days(cube["time_s2"].values))
+    clear = clear_observations(s2, valid)
+    screening = Screening(screened, int(clear.sum()), applicable=can_screen(s2, clear))
     out = cube.copy()
     if screening.count:
         out["valid"] = cube["valid"].copy(data=(valid & ~screened).astype(cube["valid"].dtype))

@@ -34,7 +34,7 @@ HAZE = raised({"B02": 0.06, "B03": 0.06, "B04": 0.06, "B08": 0.05})
 
 def flagged(frames: list[dict[str, float] | None], days: np.ndarray = DAYS) -> list[bool]:
     series = np.stack([frame(f) for f in frames])[:, :, None, None]
-    return missed_haze(series, days)[:, 0, 0].tolist()
+    return missed_haze(series, np.isfinite(series).any(axis=1), days)[:, 0, 0].tolist()
 
 
 def test_a_bluish_spike_in_every_band_is_haze() -> None:
@@ -81,11 +81,16 @@ def test_a_scene_shifted_by_a_pixel_is_not_haze_but_haze_over_it_is() -> None:
     shifted = row[1:] + row[-1:]
     cube = np.stack([[[frame(v) for v in r]] for r in (row, row, shifted, row, row)])
     cube = cube.transpose(0, 3, 1, 2)  # (T, B, 1, 8)
-    assert not missed_haze(cube, DAYS).any()
+    clear = np.ones((5, 1, 8), dtype=bool)
+    assert not missed_haze(cube, clear, DAYS).any()
     # Haze over the whole shifted scene is screened, inside the dark field at least.
     hazy = cube.copy()
     hazy[2] += np.where(np.isfinite(cube[2]), np.float32(0.06), np.float32(np.nan))
-    screened = missed_haze(hazy, DAYS)
+    screened = missed_haze(hazy, clear, DAYS)
+    # Only the scene mask's clear pixels are ever screened.
+    masked = clear.copy()
+    masked[2, 0, 0] = False
+    assert not missed_haze(hazy, masked, DAYS)[2, 0, 0]
     assert screened[2, 0, :3].all() and not screened[[0, 1, 3, 4]].any()
 
 
