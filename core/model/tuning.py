@@ -262,7 +262,7 @@ def tune_on_worker(tuning: RegionTuning, cube: xr.Dataset) -> tuple[list[str], i
     which removes what it was writing."""
     from distributed import get_client, get_worker
 
-    from core.distributed import RUNNING_STATES, TaskCancelled
+    from core.distributed import GPU_RESOURCE, RUNNING_STATES, TaskCancelled
 
     worker = get_worker()
     key = worker.get_current_task()
@@ -278,7 +278,7 @@ def tune_on_worker(tuning: RegionTuning, cube: xr.Dataset) -> tuple[list[str], i
             client.set_metadata([PROGRESS_METADATA, str(key)], [stage, done, total])
 
     where = f"the cluster's worker {worker.name}"
-    if float(worker.state.total_resources.get("GPU", 0.0)) >= 1.0:
+    if float(worker.state.total_resources.get(GPU_RESOURCE, 0.0)) >= 1.0:
         where += " (GPU)"
     lines, status = _train_here(tuning, cube, progress)
     return lines, status, where
