@@ -33,7 +33,6 @@ import itertools
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -141,9 +140,8 @@ def ndvi_curve(
     cube = validate_cube(cube)
     # one model for every chunk (a checkpoint replaced meanwhile stops the curve instead)
     options = pinned(options or ReconstructOptions(), method)
-    if options.screen_haze:  # once for all chunks, and for the observed NDVI column too
-        cube, _ = screen_cube(cube)
-        options = replace(options, screen_haze=False)
+    if options.screen_haze:  # once for all chunks (marked, so they skip it) and the observed
+        cube, _ = screen_cube(cube)  # NDVI column
     present = bands_present(cube)
     if not present.any():
         raise InputError(

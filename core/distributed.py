@@ -268,6 +268,21 @@ def scheduler_details(client: Client) -> dict[str, Any]:
     return dict(client.sync(client.scheduler.identity, n_workers=-1))
 
 
+def worker_details(cluster: Cluster, purpose: str = "") -> dict[str, Any]:
+    """:func:`scheduler_details` of a cluster that has workers.
+
+    Raises:
+        ClusterError: it has none (``purpose``, e.g. " to train on", says for what).
+    """
+    details = scheduler_details(cluster.client)
+    if not details.get("workers"):
+        raise ClusterError(
+            f"The Dask scheduler at {cluster.address} has no workers{purpose}; start one with "
+            f"'dask worker {cluster.address}'."
+        )
+    return details
+
+
 class Cluster:
     """A Dask client, and the local cluster it owns if any; close it when done.
 
@@ -541,12 +556,7 @@ def submit_reconstruction(
     from distributed.client import FutureCancelledError
 
     client = cluster.client
-    details = scheduler_details(client)
-    if not details.get("workers"):
-        raise ClusterError(
-            f"The Dask scheduler at {cluster.address} has no workers; start one with "
-            f"'dask worker {cluster.address}'."
-        )
+    details = worker_details(cluster)
     resources = reconstruct_resources(details, method)
     worker = field_worker(details, cube, resources)
     cube_future = cluster.cube_on(cube, worker)

@@ -125,9 +125,9 @@ class Protocol:
     keeps them as acquisitions with every pixel cloudy. The baselines, which skip missing
     values, score the same either way."""
     screened_truth: bool = False
-    """Score only the hidden pixels that are not themselves clouds the scene mask missed
-    (:func:`core.screening.screen_cube` of the whole cube): the truth without haze and cloud
-    edges labelled clear. The draws are the same either way. False scores every hidden pixel
+    """Score only the hidden pixels that are not themselves haze the scene mask missed
+    (:func:`core.screening.screen_cube` of the whole cube): the truth without the haze
+    labelled clear. The draws are the same either way. False scores every hidden pixel
     the scene mask calls clear."""
     in_chunks: bool = False
     """Reconstruct the query days in the calls an app Run makes for its daily curve

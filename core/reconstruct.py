@@ -108,9 +108,10 @@ class ReconstructOptions:
     (README, "The field blend"); False gives the network alone."""
     screen_haze: bool = False
     """Every method: before reconstructing, treat as cloudy the clear-labelled pixels that
-    look like haze the scene mask missed (:mod:`core.screening`). Off by default. A Run
-    screens its cube once up front instead (:func:`core.season.compute_season`), so that its
-    curve, frames and fits agree."""
+    look like haze the scene mask missed (:mod:`core.screening`). Off by default. A cube is
+    screened once and marked (:data:`core.screening.SCREENED_ATTR`): a Run screens its cube up
+    front (:func:`core.season.compute_season`), and its later calls on that cube leave it as
+    it is, so its curve, frames, fits and downloads agree."""
     checkpoint_version: str | None = None
     """Model only: the version of the checkpoint file this call must use
     (:func:`core.config.checkpoint_version`); None: the file as it is now. A computation made

@@ -465,7 +465,7 @@ def compute_season(
         last,
         every_days=1,
         method=request.method,
-        options=dataclasses.replace(options, screen_haze=False),  # screened above
+        options=options,  # the cube is marked screened: its chunks are not screened again
         field_mask=covered,
         reconstructor=reconstructor,
         on_chunk=draw,

@@ -294,16 +294,11 @@ def _tune_on_cluster(
     from distributed import TimeoutError as DaskTimeoutError
     from distributed.client import FutureCancelledError
 
-    from core.distributed import GPU_RESOURCE, gpu_capacity, scheduler_details
+    from core.distributed import reconstruct_resources, worker_details
 
     client = cluster.client
-    details = scheduler_details(client)
-    if not details.get("workers"):
-        raise ClusterError(
-            f"The Dask scheduler at {cluster.address} has no workers to train on; start one "
-            f"with 'dask worker {cluster.address}'."
-        )
-    resources = {GPU_RESOURCE: 1.0} if gpu_capacity(details) >= 1.0 else None
+    # a GPU worker where one is offered, as the model's reconstructions ask for
+    resources = reconstruct_resources(worker_details(cluster, " to train on"), "model")
     key = f"fieldflow-tuning-{uuid.uuid4().hex[:12]}"
     progress(WRITING_STAGE, 0, 1)
     future = client.submit(tune_on_worker, tuning, cube, key=key, resources=resources, pure=False)
