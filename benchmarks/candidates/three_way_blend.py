@@ -68,6 +68,10 @@ def fit_three_way(mean, smoother, linear, truth, band, key) -> np.ndarray:
     return weights
 
 
+def mae(values: np.ndarray, truth: np.ndarray, where: np.ndarray) -> float:
+    return float(np.mean(np.abs(values[where] - truth[where]))) if where.any() else np.nan
+
+
 def main() -> int:
     torch.set_num_threads(2)
     checkpoint = load_checkpoint(DEFAULT_CHECKPOINT, "cpu")
@@ -112,11 +116,8 @@ def main() -> int:
             ok = np.isfinite(truth_b) & np.isfinite(mean_b)
             far = ok & (days_b > DISTANCE_EDGES_DAYS[-1])
 
-            def mae(values, where):
-                return float(np.mean(np.abs(values[where] - truth_b[where]))) if where.any() else np.nan
-
             row = {
-                label: (mae(values, ok), mae(values, far))
+                label: (mae(values, truth_b, ok), mae(values, truth_b, far))
                 for label, values in (
                     ("network", mean_b), ("shipped", shipped_b), ("three-way", three_b),
                     ("whittaker", smooth_b), ("linear", lin_b),
