@@ -31,7 +31,9 @@ the acquisitions where it takes out over a fifth. ``--pictures DIR`` writes, for
 ``--frames`` acquisitions each screen touches most, the frame as the mask left it (cloudy pixels
 dimmed) beside the same frame with the screened pixels in magenta (true colour where the cube
 has blue, else B12 / B8A / B05, else B04 / B08 / B04). Pictures of real data, for looking at,
-not for the repository. Only ``haze-screen`` is in the product (an option, off by default).
+not for the repository. Only ``haze-screen`` is in the product (a Settings option, on by default
+in the app since 2026-12-04); its line below each cube names the acquisitions it takes 10 % or
+more of.
 """
 
 from __future__ import annotations
@@ -155,10 +157,13 @@ def main() -> int:
         clear = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)
         clear_s2 = np.where(clear[:, None], cube["s2"].values, np.nan).astype(np.float32)
         found = screens(clear_s2, to_days(cube["time_s2"].values))
-        said = []
+        said, most = [], []
         for name, screened in found.items():
             per_frame = screened.sum(axis=(1, 2)) / np.maximum(clear.sum(axis=(1, 2)), 1)
-            said.append(f"{name} {screened.sum() / clear.sum():5.1%}, {(per_frame > 0.2).sum()}")
+            said.append(f"{name} {screened.sum() / clear.sum():5.2%}, {(per_frame > 0.2).sum()}")
+            if name == "haze-screen":
+                days = [str(d)[:10] for d in cube["time_s2"].values]
+                most = [f"{days[t]} {per_frame[t]:.0%}" for t in np.flatnonzero(per_frame >= 0.1)]
             if args.pictures is None:
                 continue
             args.pictures.mkdir(parents=True, exist_ok=True)
@@ -169,6 +174,7 @@ def main() -> int:
                     png_bytes(enlarge(image, 4))
                 )
         print(f"{path.stem:24s} {int(clear.sum()):12,d}  " + "; ".join(said))
+        print(f"{'':24s} haze-screen takes 10 % or more of: " + (", ".join(most) or "none"))
     return 0
 
 
