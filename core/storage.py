@@ -43,13 +43,16 @@ def check_output_path(
     *,
     option: str = "--out",
     inputs: Iterable[str | os.PathLike[str]] = (),
+    model: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Check, before any long computation, that a file can be written at ``path``.
 
     Refuses an empty path, an existing folder or special file (a device such as /dev/stdout, a
     pipe: the atomic rename would replace it), a path under a file, one of ``inputs`` (the
-    output would overwrite what is being read), and a folder that cannot be written. Missing
-    folders are fine: :func:`atomic_output` creates them. Returns the path.
+    output would overwrite what is being read), the ``model`` checkpoint the command uses
+    (whether or not its method reads it: a result written there would destroy the model), and
+    a folder that cannot be written. Missing folders are fine: :func:`atomic_output` creates
+    them. Returns the path.
 
     Raises:
         OutputError: what is wrong with the path and what to give instead.
@@ -59,6 +62,11 @@ def check_output_path(
     target = Path(path)
     _check_target(target, option)
     resolved = target.resolve()
+    if model is not None and Path(model).resolve() == resolved:
+        raise OutputError(
+            f"{option} {target} is the model checkpoint this command uses: writing it would "
+            "replace the model. Choose another output file."
+        )
     for source in inputs:
         if Path(source).resolve() == resolved:
             raise OutputError(

@@ -113,7 +113,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError("No methods given: pass e.g. --methods linear,whittaker.")
     source = args.source or settings.cubes_dir / DEFAULT_SOURCE
     if args.json is not None:
-        check_output_path(args.json, option="--json", inputs=[source])
+        check_output_path(
+            args.json, option="--json", inputs=[source], model=chosen_checkpoint(args, settings)
+        )
     machine = machine_description(probe_torch=any(m not in BASELINES for m in methods))
     results = bench(
         methods,

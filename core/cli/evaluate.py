@@ -170,7 +170,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         check_options(method, options)
     paths = cube_paths(args.cube, args.cubes_dir, settings)
     if args.json is not None:
-        check_output_path(args.json, option="--json", inputs=paths)
+        check_output_path(
+            args.json, option="--json", inputs=paths, model=chosen_checkpoint(args, settings)
+        )
     evaluation = evaluate(
         _read_each(paths),
         methods,

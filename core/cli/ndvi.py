@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from core.cli.reconstruct import add_method_arguments, chosen_method, options_from_args
+from core.cli.reconstruct import (
+    add_method_arguments,
+    chosen_checkpoint,
+    chosen_method,
+    options_from_args,
+)
 from core.config import Settings
 from core.cube import read_cube
 from core.curve import ndvi_curve, write_curve_csv
@@ -33,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Compute the curve, write the CSV and print a one-line summary."""
     method = chosen_method(args, settings)
-    check_output_path(args.out, inputs=[args.cube, *([args.geojson] if args.geojson else [])])
+    check_output_path(
+        args.out,
+        inputs=[args.cube, *([args.geojson] if args.geojson else [])],
+        model=chosen_checkpoint(args, settings),
+    )
     cube = read_cube(args.cube)
     mask = None
     if args.geojson:
