@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import planetary_computer
 import pystac
@@ -30,8 +31,8 @@ from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 from urllib3.util.retry import Retry
 
-from core.config import Settings
-from core.errors import AccessDeniedError, FieldFlowError, NetworkError
+from core.config import PLANETARY_COMPUTER_STAC_URL, Settings
+from core.errors import AccessDeniedError, FieldFlowError, InputError, NetworkError
 
 S2_COLLECTION = "sentinel-2-l2a"
 S1_COLLECTION = "sentinel-1-rtc"
@@ -92,6 +93,32 @@ def make_retry(retries: int, *, backoff_factor: float = 0.5) -> Retry:
     )
 
 
+def check_stac_url(url: str) -> str:
+    """``url`` if it can be the address of a STAC API: ``http(s)://host[:port][/path]``.
+
+    Checked before any request: pystac-client reads anything else as a local file (a plain word
+    or a folder gives ``FileNotFoundError`` / ``IsADirectoryError``), and requests can never
+    fetch another scheme (``ftp://``), so retrying such a value only wastes time.
+
+    Raises:
+        InputError: names the value and the form it must take.
+    """
+    text = str(url).strip()
+    try:
+        parts = urlsplit(text)
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        usable = usable and (parts.port is None or parts.port > 0)
+    except ValueError:  # a bad port or IPv6 address
+        usable = False
+    if not usable:
+        raise InputError(
+            f"STAC_API_URL is {text!r}: it must be the http(s) URL of a STAC API, e.g. "
+            f"{PLANETARY_COMPUTER_STAC_URL}. Correct it, or unset it to use Planetary Computer, "
+            "and start again."
+        )
+    return text
+
+
 def open_client(
     settings: Settings,
     *,
@@ -109,9 +136,11 @@ def open_client(
         backoff_factor: see :func:`make_retry`.
 
     Raises:
+        InputError: the URL is not an http(s) URL (see :func:`check_stac_url`); nothing is tried.
         NetworkError: the API cannot be reached, keeps failing, or is not a STAC API.
         AccessDeniedError: the API answers 401/403.
     """
+    url = check_stac_url(settings.stac_api_url)
     key = os.environ.get("PC_SDK_SUBSCRIPTION_KEY")
     if key and signer is not None:
         planetary_computer.set_subscription_key(key)
@@ -120,7 +149,6 @@ def open_client(
         max_retries=make_retry(settings.retries, backoff_factor=backoff_factor),
         timeout=settings.timeout_s,
     )
-    url = settings.stac_api_url
     with translate_errors(url, tries, what="open the STAC API"):
         catalog = Client.open(url, modifier=signer, stac_io=io, timeout=settings.timeout_s)
     return StacClient(catalog=catalog, url=url, tries=tries, signer=signer)
@@ -226,6 +254,13 @@ def translate_errors(url: str, tries: int, *, what: str) -> Iterator[None]:
         yield
     except FieldFlowError:
         raise
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
+        # requests refuses the URL itself before sending anything: no retry can help.
+        raise InputError(
+            f"STAC_API_URL is {url!r}, which cannot be requested ({_short(exc)}): it must be "
+            f"the http(s) URL of a STAC API, e.g. {PLANETARY_COMPUTER_STAC_URL}. Correct it, or "
+            "unset it to use Planetary Computer, and start again."
+        ) from exc
     except (APIError, requests.RequestException) as exc:
         status = _status_of(exc)
         if status in (401, 403):

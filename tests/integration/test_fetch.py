@@ -428,6 +428,35 @@ def test_network_down_after_retries(tmp_path: Path, capsys, monkeypatch) -> None
     assert "Check your connection or STAC_API_URL" in err
 
 
+@pytest.mark.parametrize("value", ["notaurl", "a-folder", "ftp://127.0.0.1/stac"])
+def test_stac_api_url_that_is_no_http_url_is_one_error_line(
+    value: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """A word (read as a local file), a folder and an ftp URL: each refused at once by name,
+    without retries (FIELDFLOW_RETRIES 4 with backoff would take seconds)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-folder").mkdir()
+    monkeypatch.setenv("STAC_API_URL", value)
+    monkeypatch.setenv("FIELDFLOW_RETRIES", "4")
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    field = Field(shapely.box(3.02, 50.80, 3.025, 50.805), "f")
+    path = tmp_path / "f.geojson"
+    path.write_text(json.dumps(field.to_geojson()))
+    out = tmp_path / "x.nc"
+    args = ["--geojson", str(path), "--start", "2023-05-01", "--end", "2023-05-10"]
+    started = time.monotonic()
+    code = main(["fetch", *args, "--out", str(out)])
+    assert time.monotonic() - started < 5.0
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"error: STAC_API_URL is {value!r}: it must be the http(s) URL of a STAC API, e.g. "
+        "https://planetarycomputer.microsoft.com/api/stac/v1. Correct it, or unset it to use "
+        "Planetary Computer, and start again."
+    ]
+    assert not out.exists()
+
+
 # --- heavier -----------------------------------------------------------------------------------
 
 

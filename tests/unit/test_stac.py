@@ -15,8 +15,8 @@ import shapely
 from shapely.geometry import mapping
 
 from core.config import Settings
-from core.errors import AccessDeniedError, NetworkError
-from core.stac import S1_COLLECTION, S2_COLLECTION, open_client, search_scenes
+from core.errors import AccessDeniedError, InputError, NetworkError
+from core.stac import S1_COLLECTION, S2_COLLECTION, check_stac_url, open_client, search_scenes
 from tests.support.stac_server import StacServer
 from tests.support.templates import default_stac_dir, item_template
 
@@ -145,6 +145,38 @@ def test_unreachable_api_gives_network_error() -> None:
     refused = r"after 2 tries.*: no connection \(refused.*STAC_API_URL"
     with pytest.raises(NetworkError, match=refused):
         open_client(Settings(stac_api_url=url, retries=1, timeout_s=2), backoff_factor=0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "notaurl",  # read by pystac-client as a local file: FileNotFoundError
+        "/tmp",  # a folder: IsADirectoryError
+        "ftp://example.com/stac",  # requests has no adapter for it: it can never succeed
+        "file:///tmp/catalog.json",
+        "http:",  # "http://" once its trailing slashes are trimmed
+        "https://localhost:99999/stac",  # port out of range
+        "http://[::1/stac",  # broken IPv6 host
+    ],
+)
+def test_a_value_that_is_no_http_url_is_refused_at_once_by_name(
+    url: str, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notaurl").mkdir()  # so that a file read would not even fail the same way
+    started = time.monotonic()
+    with pytest.raises(InputError) as caught:
+        open_client(Settings(stac_api_url=url, retries=4, timeout_s=5), backoff_factor=1.0)
+    assert time.monotonic() - started < 1.0  # no retry with backoff
+    message = str(caught.value)
+    assert message.startswith(f"STAC_API_URL is {url!r}: it must be the http(s) URL of a STAC API")
+    assert "tries" not in message
+    assert not isinstance(caught.value, NetworkError)
+
+
+def test_http_urls_pass_the_check() -> None:
+    for url in ("https://planetarycomputer.microsoft.com/api/stac/v1", "http://127.0.0.1:8080"):
+        assert check_stac_url(url) == url
 
 
 def test_403_gives_access_denied_without_retrying(stac: StacServer) -> None:
