@@ -79,6 +79,61 @@ def scheduler_address(environ: Mapping[str, str] | None = None) -> str | None:
     return address or None
 
 
+ADDRESS_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+"""Transports a Dask scheduler address may name (``inproc`` only within one process)."""
+
+
+def check_scheduler_address(
+    address: str, *, name: str = "The Dask scheduler address", or_else: str = ""
+) -> str:
+    """``address`` (stripped) if it has the form of a Dask scheduler address, else an error.
+
+    Accepted, as :func:`distributed.comm.addressing.parse_address` reads them:
+    ``tcp://HOST:PORT``, ``tls://HOST:PORT`` (also ``ws``, ``wss``, ``ucx``), ``HOST:PORT``
+    (tcp), and ``inproc://...`` of a cluster in this process. Checked before ``Client`` is made:
+    a malformed address otherwise fails inside it and leaves a half-made client whose clean-up
+    prints a ``TimeoutError`` 10 s later.
+
+    Args:
+        address: what was given.
+        name: where it was given, for the message (``--scheduler``, ``DASK_SCHEDULER_ADDRESS``).
+        or_else: other choices the caller offers, appended to the forms (``", or 'local' ..."``).
+
+    Raises:
+        InputError: says what was given and the form it must take.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    text = str(address).strip()
+    problem = ""
+    try:
+        scheme, location = parse_address(text, strict=False)
+        if scheme not in ADDRESS_SCHEMES:
+            problem = f"'{scheme}://' is no Dask transport"
+        elif scheme != "inproc":
+            host, port = parse_host_port(location)
+            if not host or any(c.isspace() for c in host):
+                problem = "it names no host"
+            elif not 0 < int(port) < 65536:
+                problem = f"the port {port} is not one from 1 to 65535"
+        elif not location:
+            problem = "it names no cluster"
+    except ValueError as exc:  # no port, a port that is no number, a bad IPv6 address
+        if "missing port" in str(exc):
+            problem = "it has no :PORT"
+        elif "invalid literal" in str(exc):
+            problem = "its port is no number"
+        else:
+            problem = "it cannot be read as HOST:PORT"
+    if problem:
+        raise InputError(
+            f"{name} is {text!r}, which is not a Dask scheduler address ({problem}): give it as "
+            "tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786, the address 'dask scheduler' prints), "
+            f"tls://HOST:PORT or HOST:PORT{or_else}."
+        )
+    return text
+
+
 def gpu_capacity(scheduler_info: Mapping[str, Any]) -> float:
     """Total ``GPU`` resource units the workers in ``client.scheduler_info()`` advertise."""
     workers = scheduler_info.get("workers") or {}
@@ -410,7 +465,8 @@ def connect(
         environ: where to read ``DASK_SCHEDULER_ADDRESS`` (default ``os.environ``).
 
     Raises:
-        InputError: no address given and ``DASK_SCHEDULER_ADDRESS`` unset.
+        InputError: no address given and ``DASK_SCHEDULER_ADDRESS`` unset, or the address has
+            no scheduler address's form (:func:`check_scheduler_address`).
         ClusterError: the scheduler does not answer within ``timeout_s``.
     """
     from distributed import Client
@@ -420,6 +476,8 @@ def connect(
         raise InputError(
             f"No Dask scheduler given: pass its address (tcp://host:8786) or set {SCHEDULER_ENV}."
         )
+    given = "The Dask scheduler address" if (address or "").strip() else SCHEDULER_ENV
+    target = check_scheduler_address(target, name=given)
     try:
         client = Client(target, timeout=f"{timeout_s}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:

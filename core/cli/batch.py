@@ -115,11 +115,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         run_batch,
         write_summary,
     )
-    from core.distributed import connect, local_cluster, scheduler_address
+    from core.distributed import (
+        SCHEDULER_ENV,
+        check_scheduler_address,
+        connect,
+        local_cluster,
+        scheduler_address,
+    )
     from core.reconstruct import check_options, resolve_method
     from core.storage import check_output_folder
 
     started = time.monotonic()
+    address = args.scheduler or scheduler_address()
+    if address and address != LOCAL:  # refused now, not after the fields are read
+        address = check_scheduler_address(
+            address,
+            name="--scheduler" if args.scheduler else SCHEDULER_ENV,
+            or_else=f", or '{LOCAL}' for a local cluster on this machine",
+        )
     check_output_folder(args.out)
     method = chosen_method(args, settings)
     resolve_method(method)  # InputError naming the choices
@@ -141,7 +154,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         args.fields, id_column=args.id_column, layer=args.layer, max_area_ha=settings.max_area_ha
     )
 
-    address = args.scheduler or scheduler_address()
     if address and address != LOCAL:
         cluster = connect(address)
     else:

@@ -444,3 +444,26 @@ def test_a_separately_started_cluster_runs_the_model_on_its_gpu_worker(site, fir
             process.terminate()
         for process in started:
             process.wait(timeout=30)
+
+
+def test_a_malformed_scheduler_address_is_one_error_line_at_once(tmp_path) -> None:
+    """Refused before the fields file is even read (it does not exist here), with no client
+    left behind to print a TimeoutError from its clean-up 10 s later."""
+    args = ["batch", "--fields", str(tmp_path / "none.geojson"), "--start", "2023-05-01"]
+    args += ["--end", "2023-05-10", "--out", str(tmp_path / "out"), "--method", "linear"]
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "core", *args, "--scheduler", "notanaddress"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: --scheduler is 'notanaddress', which is not a Dask scheduler address (it has no "
+        ":PORT): give it as tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786, the address 'dask "
+        "scheduler' prints), tls://HOST:PORT or HOST:PORT, or 'local' for a local cluster on "
+        "this machine."
+    ]

@@ -50,6 +50,7 @@ from core.distributed import (
     HELD_CUBES,
     Cluster,
     ClusterError,
+    check_scheduler_address,
     connect,
     field_worker,
     gpu_capacity,
@@ -460,6 +461,43 @@ def test_scheduler_address_comes_from_the_environment() -> None:
     assert scheduler_address({"DASK_SCHEDULER_ADDRESS": " tcp://s:8786 "}) == "tcp://s:8786"
     with pytest.raises(InputError, match="DASK_SCHEDULER_ADDRESS"):
         connect(environ={})
+
+
+@pytest.mark.parametrize(
+    "address", ["tcp://10.0.0.5:8786", "tls://sched.example.org:8786", "sched:8786", "[::1]:8786"]
+)
+def test_scheduler_addresses_of_every_accepted_form_pass(address: str) -> None:
+    assert check_scheduler_address(f" {address} ") == address
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("notanaddress", "it has no :PORT"),
+        ("tcp://sched", "it has no :PORT"),
+        ("sched:abc", "its port is no number"),
+        ("tcp://:8786", "it names no host"),
+        ("sched:0", "the port 0 is not one from 1 to 65535"),
+        ("sched:70000", "the port 70000 is not one from 1 to 65535"),
+        ("http://sched:8786", "'http://' is no Dask transport"),
+    ],
+)
+def test_a_malformed_scheduler_address_is_refused_before_any_client(
+    address: str, problem: str
+) -> None:
+    """At once (no connection attempt within the 5 s time-out), naming where the address came
+    from, what is wrong and the forms it may take."""
+    started = time.monotonic()
+    with pytest.raises(InputError) as caught:
+        connect(environ={"DASK_SCHEDULER_ADDRESS": address}, timeout_s=5.0)
+    assert time.monotonic() - started < 1.0
+    assert str(caught.value) == (
+        f"DASK_SCHEDULER_ADDRESS is {address!r}, which is not a Dask scheduler address "
+        f"({problem}): give it as tcp://HOST:PORT (e.g. tcp://127.0.0.1:8786, the address "
+        "'dask scheduler' prints), tls://HOST:PORT or HOST:PORT."
+    )
+    with pytest.raises(InputError, match=r"^The Dask scheduler address is 'notanaddress'"):
+        connect("notanaddress")
 
 
 def test_an_unreachable_scheduler_is_a_clear_error_within_the_timeout() -> None:
