@@ -260,6 +260,27 @@ def field_mask(field: FieldLike, grid: Grid | xr.Dataset) -> np.ndarray:
     return mask.astype(bool)
 
 
+def share_outside(field: FieldLike, cube: xr.Dataset) -> float:
+    """The share (0 to 1) of the field's area that lies beyond the cube's outer pixel edges.
+
+    Measured on the outlines in the cube's CRS (in degrees for a lon/lat cube: fine at a
+    field's size), so a field wholly inside gives 0 whatever its pixel count; no pixel is read.
+    Where the field misses the cube it is 1.
+
+    Raises:
+        InputError: the cube's coordinates are not a regular north-up grid.
+    """
+    crs, transform, (height, width) = cube_raster(cube)
+    projected = project_geometry(_geometry_of(field), crs)
+    if projected.area <= 0:
+        return 0.0
+    left, top = transform @ (0, 0)
+    right, bottom = transform @ (width, height)
+    footprint = shapely.box(min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    inside = projected.intersection(footprint).area / projected.area
+    return float(min(max(1.0 - inside, 0.0), 1.0))
+
+
 def cube_raster(cube: xr.Dataset) -> tuple[str, Affine, tuple[int, int]]:
     """CRS, affine transform and ``(height, width)`` of a cube's pixels, from its coordinates.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import xarray as xr
+
 from core.cli.reconstruct import (
     add_method_arguments,
     chosen_checkpoint,
@@ -15,8 +17,8 @@ from core.config import Settings
 from core.cube import read_cube
 from core.curve import ndvi_curve, write_curve_csv
 from core.errors import FieldError
-from core.field import field_from_file
-from core.grid import field_mask
+from core.field import Field, field_from_file
+from core.grid import field_mask, share_outside
 from core.storage import check_output_path
 from core.timeline import calendar_day, regular_dates
 
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 f"The field '{field.name}' does not overlap the cube {args.cube} (no pixel centre "
                 "inside it); check that the cube was fetched for this field."
             )
+        warn_if_partly_outside(field, cube, args.cube, args.geojson)
     curve = ndvi_curve(
         cube,
         args.start,
@@ -93,3 +96,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for warning in checkpoint_warnings(fits):
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def warn_if_partly_outside(field: Field, cube: xr.Dataset, cube_path: str, outline: str) -> None:
+    """A ``warning:`` line on stderr when a share of the field (over
+    :data:`core.season.OUTSIDE_NOTED`) lies beyond the cube's edges: the curve then describes
+    only the part inside, which nothing else would tell."""
+    from core.season import OUTSIDE_NOTED
+
+    outside = share_outside(field, cube)
+    if outside <= OUTSIDE_NOTED:
+        return
+    print(
+        f"warning: about {outside:.0%} of the field '{field.name}' ({outside * field.area_ha:.2f} "
+        f"of {field.area_ha:.2f} ha) lies outside the cube {cube_path}: the NDVI curve covers only "
+        f"the part inside. Fetch a cube for this field (python -m core fetch --geojson {outline} "
+        "...) to have all of it.",
+        file=sys.stderr,
+    )

@@ -100,6 +100,7 @@ def _linear_curve_of_outline(
         "--method", "linear", "--out", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr  # a field wholly inside the cube
     mask = np.zeros(cube["valid"].shape[1:], dtype=bool)
     mask[rows, cols] = True
     assert f"for {int(mask.sum())} field pixels" in done.stdout
@@ -267,6 +268,35 @@ def test_ndvi_refuses_a_field_outside_the_cube(es_path, es_cube, tmp_path, capsy
     )  # fmt: skip
     assert status == 2
     assert "does not overlap the cube" in capsys.readouterr().err
+
+
+def test_ndvi_warns_when_part_of_the_field_lies_outside_the_cube(
+    es_path, es_cube, tmp_path, capsys
+) -> None:
+    """The curve is still written (over the pixels inside), and a warning line says which share
+    of the field is missing from it and how to have all of it."""
+    x, y = es_cube["x"].values, es_cube["y"].values
+    east_edge = float(x[-1]) + 5.0  # 10 m pixels: the outer edge is half a pixel past the centre
+    # 200 m x 100 m, of which the eastern 60 m lie beyond the cube: 30 %, 0.6 of 2 ha.
+    outline = box(east_edge - 140.0, float(y[40]), east_edge + 60.0, float(y[40]) + 100.0)
+    to_lonlat = pyproj.Transformer.from_crs(es_cube.attrs["crs"], "EPSG:4326", always_xy=True)
+    lonlat = Polygon([to_lonlat.transform(*xy) for xy in outline.exterior.coords])
+    field = tmp_path / "edge.geojson"
+    field.write_text(json.dumps({"type": "Feature", "properties": {"name": "edge"},
+                                 "geometry": mapping(lonlat)}))  # fmt: skip
+    out = tmp_path / "c.csv"
+    status = main(
+        ["ndvi", "--cube", str(es_path), "--geojson", str(field), "--method", "linear",
+         "--start", "2019-05-01", "--end", "2019-05-10", "--out", str(out)]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert status == 0 and out.exists()
+    assert "for 140 field pixels" in captured.out  # 14 columns x 10 rows inside
+    assert captured.err.splitlines() == [
+        f"warning: about 30% of the field 'edge' (0.60 of 2.00 ha) lies outside the cube "
+        f"{es_path}: the NDVI curve covers only the part inside. Fetch a cube for this field "
+        f"(python -m core fetch --geojson {field} ...) to have all of it."
+    ]
 
 
 def test_ndvi_with_the_model_says_what_it_fitted_on_the_field(es_path, es_cube, tmp_path) -> None:

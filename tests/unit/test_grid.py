@@ -24,6 +24,7 @@ from core.grid import (
     grid_from_cube,
     project_geometry,
     share_inside,
+    share_outside,
     utm_crs_for,
 )
 
@@ -301,3 +302,26 @@ def test_share_inside_footprints_and_distance_to_them() -> None:
     # One degree of latitude north is about 111 km; 0.1 degree east at 50 N about 7.2 km.
     assert distance_km(field, (3.0, 51.01, 3.01, 51.02)) == pytest.approx(110.6, rel=0.01)
     assert distance_km(field, (3.11, 50.0, 3.12, 50.01)) == pytest.approx(7.16, rel=0.01)
+
+
+def test_share_of_a_field_outside_a_cube_by_its_outline() -> None:
+    grid = Grid("EPSG:32631", 10.0, 500000.0, 5600000.0, 30, 20)  # 300 m x 200 m
+    cube = _utm_cube(grid)
+    inside = lonlat_box(grid.crs, 500003.0, 5599807.0, 500297.0, 5599993.0)  # few pixel centres
+    assert share_outside(inside, cube) == pytest.approx(0.0, abs=1e-9)
+    # 250 m of 400 m wide lie east of the cube's edge at 500300 m.
+    east = Field(lonlat_box(grid.crs, 500150.0, 5599900.0, 500550.0, 5599950.0), "east")
+    assert share_outside(east, cube) == pytest.approx(250 / 400, abs=1e-4)
+    # Beyond two edges: 1 - (50 m x 40 m) / (100 m x 100 m).
+    corner = lonlat_box(grid.crs, 500250.0, 5599740.0, 500350.0, 5599840.0)
+    assert share_outside(corner, cube) == pytest.approx(1 - 50 * 40 / 100 / 100, abs=1e-4)
+    far = lonlat_box(grid.crs, 600000.0, 5600000.0, 600050.0, 5600050.0)
+    assert share_outside(far, cube) == 1.0
+
+
+def test_share_of_a_field_outside_a_lonlat_cube() -> None:
+    x = 22.0 + 0.0003 * np.arange(10)  # edges at 21.99985 and 22.00285
+    y = 47.3 - 0.0002 * np.arange(10)  # edges at 47.3001 and 47.2981
+    cube = _lonlat_cube(x, y)
+    field = shapely.box(21.99885, 47.2990, 22.00085, 47.2995)  # 0.001 of its 0.002 outside west
+    assert share_outside(field, cube) == pytest.approx(0.5, abs=1e-6)
