@@ -188,6 +188,17 @@ MIN_CALIBRATION_SAMPLES = 8
 (``ReconstructOptions.calibrate_field``): the fit widens the band until 80 % of the field's
 hidden values fall in it, and with fewer samples the p10-p90 of each value is too noisy for
 that (README, "The uncertainty band")."""
+MAX_STEPS = 1000
+"""Most ODE steps of the flow head a request may ask for."""
+MAX_ADAPT_STEPS = 5000
+"""Most steps of per-field tuning (50 by default; 5,000 take about an hour on 2 CPU cores: a
+model of one's own for a region is the train command's job)."""
+MAX_SMOOTH_DAYS = 30
+"""Widest smoothing of the network's estimate at dates with no acquisition, in days each side
+(2 by default; the cadence of Sentinel-2 is 5 days, so a month each side is already a seasonal
+mean)."""
+SEED_LIMIT = 2**63
+"""Seeds must lie below this (torch's generators take a signed 64-bit integer)."""
 MAX_SAMPLES = 256
 """Most samples one reconstruction draws. From 256 samples the p10 is known to within about
 2 percentage points of probability (binomial error sqrt(0.1 x 0.9 / 256)); more only cost time
@@ -285,17 +296,19 @@ def check_options(method: str, options: ReconstructOptions) -> None:
             "the p10-p90 band is steady from a few dozen samples, and each sample is a full "
             "copy of the reconstruction in memory. Draw 8 to 64."
         )
-    if options.steps is not None and options.steps < 1:
+    if options.steps is not None and not 1 <= options.steps <= MAX_STEPS:
         raise InputError(
-            f"--steps must be at least 1, not {options.steps}; leave it out for the model's "
-            "default."
+            f"--steps must be between 1 and {MAX_STEPS}, not {options.steps}; leave it out for "
+            "the model's default (8, or 4 with the band fitted on the field)."
         )
-    for name, value in (
-        ("--adapt-steps", options.adapt_steps),
-        ("--smooth-days", options.smooth_days),
+    for name, value, most in (
+        ("--adapt-steps", options.adapt_steps, MAX_ADAPT_STEPS),
+        ("--smooth-days", options.smooth_days, MAX_SMOOTH_DAYS),
     ):
-        if value < 0:
-            raise InputError(f"{name} must be 0 or more, not {value}.")
+        if not 0 <= value <= most:
+            raise InputError(f"{name} must be between 0 and {most}, not {value}.")
+    if not 0 <= options.seed < SEED_LIMIT:
+        raise InputError(f"--seed must be between 0 and {SEED_LIMIT - 1}, not {options.seed}.")
     lam = options.whittaker_lambda
     if lam is not None and not (np.isfinite(lam) and lam > 0):
         raise InputError(

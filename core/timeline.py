@@ -16,6 +16,9 @@ import pandas as pd
 from core.errors import InputError
 
 DAY_NS = np.int64(86_400 * 10**9)
+YEARS = (1900, 2199)
+"""The years a date may fall in (Sentinel-2 has acquired since 2015; nanosecond times, which
+the cubes use, end in 2262)."""
 
 
 _ISO_DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?")
@@ -38,6 +41,11 @@ def parse_date(text: str) -> np.datetime64:
         raise InputError(f"Cannot read the date '{text}': write it as YYYY-MM-DD.")
     if stamp.tzinfo is not None:
         stamp = stamp.tz_convert("UTC").tz_localize(None)
+    if not YEARS[0] <= stamp.year <= YEARS[1]:
+        raise InputError(
+            f"The date '{text}' is outside the years FieldFlow works with ({YEARS[0]}-{YEARS[1]});"
+            " Sentinel-2 has acquired since 2015 and Sentinel-1 since 2014."
+        )
     return np.datetime64(stamp.normalize().to_datetime64(), "ns")
 
 
@@ -62,7 +70,9 @@ def regular_dates(
     last = np.datetime64(last, "D")
     if last < first:
         raise InputError(f"The period ends ({last}) before it starts ({first}); swap the dates.")
-    return np.arange(first, last + np.timedelta64(1, "D"), every_days).astype("datetime64[ns]")
+    span = int((last - first).astype(np.int64))
+    step = min(int(every_days), span + 1)  # a step past the period's end: its first day alone
+    return np.arange(first, last + np.timedelta64(1, "D"), step).astype("datetime64[ns]")
 
 
 def to_days(times: np.ndarray) -> np.ndarray:

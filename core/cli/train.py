@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
 
 from core.config import Settings
 from core.errors import InputError
-from core.model.config import BAND_TARGET, NARROW_BAND_COVERAGE, TrainConfig
+from core.model.config import BAND_TARGET, NARROW_BAND_COVERAGE, ModelConfig, TrainConfig
+from core.reconstruct import SEED_LIMIT
 
 FINE_TUNE_LR = 3e-4
 """Default peak learning rate with ``--init``: m5 (from m4) and the regional fine-tuning of the
@@ -21,7 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", type=Path, help="folder of cube .nc files (default: shared cubes)"
     )
-    parser.add_argument("--out", type=Path, default=Path("assets/model.pt"), help="checkpoint path")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the checkpoint to write, NAME.pt (its training record goes beside it as NAME.json); "
+        "a file in the models folder is offered by the app",
+    )
     parser.add_argument(
         "--holdout", default="", help="comma-separated sites never used (for honest evaluation)"
     )
@@ -130,7 +138,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import replace
 
     from core.model.checkpoint import Checkpoint, save_checkpoint, training_total
-    from core.model.config import ModelConfig
     from core.model.inference import resolve_device
     from core.model.training import (
         calibrate,
@@ -143,7 +150,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     from core.storage import check_output_path
 
+    check_numbers(args)
     data = args.data or settings.cubes_dir
+    if not Path(data).exists():
+        raise InputError(f"--data {data} does not exist; pass the folder that holds the cubes.")
+    if not Path(data).is_dir():
+        raise InputError(f"--data {data} is a file; pass the folder that holds the cubes (*.nc).")
     paths = sorted(Path(data).glob("*.nc"))
     if not paths:
         raise InputError(f"No cube files (*.nc) in {data}; pass --data with a folder of cubes.")
@@ -193,8 +205,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.batch_size is not None:
         train_config = replace(train_config, batch_size=args.batch_size)
     if args.lr is not None:
-        if args.lr <= 0:
-            raise InputError(f"--lr must be positive, not {args.lr}.")
         train_config = replace(train_config, lr=args.lr)
     elif init is not None:
         train_config = replace(train_config, lr=FINE_TUNE_LR)
@@ -224,15 +234,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         train_config = replace(train_config, date_jitter=args.date_jitter)
 
     if args.ndvi_weight is not None:
-        if args.ndvi_weight < 0:
-            raise InputError(f"--ndvi-weight must be 0 or more, not {args.ndvi_weight}.")
         train_config = replace(train_config, ndvi_weight=args.ndvi_weight)
 
     if args.field_ndvi_weight is not None:
-        if args.field_ndvi_weight < 0:
-            raise InputError(
-                f"--field-ndvi-weight must be 0 or more, not {args.field_ndvi_weight}."
-            )
         train_config = replace(train_config, field_ndvi_weight=args.field_ndvi_weight)
 
     all_series = [load_series(p) for p in paths]
@@ -342,6 +346,49 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f" -> {figures['coverage_calibrated']:.2f} with spread scale {figures['spread_scale']:.2f}"
     )
     return 0
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Refuse, before any cube is read, numbers the training cannot run with.
+
+    Raises:
+        InputError: which option, what it was, and what it must be.
+    """
+    if args.out.suffix != ".pt":
+        raise InputError(
+            f"--out {args.out} must be a .pt file: the checkpoint (its training record is "
+            f"written beside it as {args.out.with_suffix('.json').name})."
+        )
+    at_least_one = {
+        "--steps": args.steps,
+        "--batch-size": args.batch_size,
+        "--depth": args.depth,
+        "--validation-episodes": args.validation_episodes,
+    }
+    for flag, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be 1 or more, not {value}.")
+    if args.threads < 0:
+        raise InputError(f"--threads must be 0 (torch's default) or more, not {args.threads}.")
+    if not 0 <= args.seed < SEED_LIMIT:
+        raise InputError(f"--seed must be between 0 and {SEED_LIMIT - 1}, not {args.seed}.")
+    if args.width is not None:
+        step = 2 * ModelConfig.heads  # each attention head's rotary pairs need an even width
+        if args.width < step or args.width % step:
+            raise InputError(
+                f"--width must be a multiple of {step} (the model's {ModelConfig.heads} "
+                f"attention heads, each of an even width), not {args.width}; e.g. 64 or 96."
+            )
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise InputError(f"--lr must be a positive number, not {args.lr}.")
+    for flag, value in (
+        ("--ndvi-weight", args.ndvi_weight),
+        ("--field-ndvi-weight", args.field_ndvi_weight),
+    ):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{flag} must be 0 or more, not {value}.")
+    if args.band_dropout is not None and not 0 <= args.band_dropout <= 1:
+        raise InputError(f"--band-dropout must be between 0 and 1, not {args.band_dropout}.")
 
 
 def _training_warnings(figures: dict[str, float]) -> list[str]:

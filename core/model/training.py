@@ -652,10 +652,22 @@ def train(
                 if pm.requires_grad:  # frozen weights stay bit-identical (heads_only)
                     pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
         figures = {k: float(v.detach()) for k, v in parts.items()}
+        if not math.isfinite(figures["loss"]):
+            raise InputError(
+                f"The training diverged at step {step + 1} of {config.steps}: its loss became "
+                f"{figures['loss']}, so its weights are no longer numbers. Nothing was saved. "
+                f"Train at a lower --lr (this one peaked at {config.lr:g})."
+            )
         history.append(figures)
         if progress is not None:
             progress(step + 1, config.steps, figures)
     ema.eval()
+    if not all(bool(torch.isfinite(p).all()) for p in ema.parameters()):
+        raise InputError(
+            f"The training diverged in its last step ({config.steps}): the model's weights are "
+            f"no longer all numbers. Nothing was saved. Train at a lower --lr (this one peaked "
+            f"at {config.lr:g})."
+        )
     tail = history[-max(1, len(history) // 10) :]
     record = {
         "seen_sites": sorted({s.site for s in usable}),

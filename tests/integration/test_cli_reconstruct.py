@@ -157,6 +157,11 @@ def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
     assert not (tmp_path / "c.csv").exists()
 
 
+HUGE = str(10**23)
+"""A number past 64 bits, as typed."""
+HUGE_DAYS = str(10**8)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -169,9 +174,35 @@ def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
         (["reconstruct", "--dates", "2019-05-01", "--samples", "0"], "at least 1"),
         (
             ["reconstruct", "--dates", "2019-05-01", "--method", "model", "--smooth-days", "-1"],
-            "--smooth-days must be 0 or more",
+            "--smooth-days must be between 0 and 30",
         ),
-        (["reconstruct", "--dates", "2019-05-01", "--steps", "0"], "--steps must be at least 1"),
+        (
+            [
+                "reconstruct",
+                "--dates",
+                "2019-05-01",
+                "--method",
+                "model",
+                "--smooth-days",
+                HUGE_DAYS,
+            ],
+            "--smooth-days must be between 0 and 30",
+        ),
+        (["reconstruct", "--dates", "2019-05-01", "--steps", "0"], "--steps must be between 1"),
+        (
+            ["reconstruct", "--dates", "2019-05-01", "--steps", HUGE],
+            "--steps must be between",
+        ),
+        (
+            ["reconstruct", "--dates", "2019-05-01", "--seed", HUGE],
+            "--seed must be between 0",
+        ),
+        (
+            ["reconstruct", "--dates", "2019-05-01", "--adapt-steps", HUGE],
+            "between 0 and 5000",
+        ),
+        (["reconstruct", "--start", "0001-01-01", "--end", "0001-01-02"], "outside the years"),
+        (["ndvi", "--start", "2019-06-01", "--end", "9999-12-31"], "outside the years"),
         (["reconstruct", "--dates", "2019-05-01", "--samples", "100000"], "at most 256"),
         (
             ["reconstruct", "--dates", "2019-05-01", "--whittaker-lambda", "-5"],
@@ -215,6 +246,23 @@ def test_the_input_cube_is_never_overwritten(es_path, tmp_path, capsys) -> None:
         capsys.readouterr().err
     )
     assert cube.read_bytes() == es_path.read_bytes()
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "ndvi", "evaluate"])
+def test_the_model_checkpoint_is_never_overwritten(es_path, tmp_path, capsys, command) -> None:
+    model = tmp_path / "mine.pt"
+    model.write_bytes(b"a checkpoint's bytes")
+    where = ["--json"] if command == "evaluate" else ["--out"]
+    period = ["--start", "2019-05-01", "--end", "2019-05-10"]
+    args = {
+        "reconstruct": ["--cube", str(es_path), "--dates", "2019-05-03", "--method", "linear"],
+        "ndvi": ["--cube", str(es_path), *period, "--method", "linear"],
+        "evaluate": ["--cube", str(es_path), "--methods", "linear"],
+    }[command]
+    status = main([command, *args, "--checkpoint", str(model), *where, str(model)])
+    assert status == 2
+    assert "is the model checkpoint this command uses" in capsys.readouterr().err
+    assert model.read_bytes() == b"a checkpoint's bytes"
 
 
 def test_sigterm_stops_with_one_line_and_leaves_no_partial_file(es_path, tmp_path) -> None:

@@ -190,7 +190,7 @@ def test_fine_tuning_takes_the_model_config_from_the_checkpoint(
     assert "model config from the checkpoint" in capsys.readouterr().err
     argv = ["train", "--tiny", "--data", str(small_data), "--out", str(tmp_path / "y.pt")]
     assert main([*argv, "--lr", "0"]) == 2
-    assert "--lr must be positive" in capsys.readouterr().err
+    assert "--lr must be a positive number" in capsys.readouterr().err
     assert main([*argv, "--spectral-jitter", "-0.1"]) == 2
     assert "--spectral-jitter must be between 0 and 1" in capsys.readouterr().err
     assert main([*argv, "--date-jitter", "1.5"]) == 2
@@ -313,3 +313,55 @@ def test_a_cube_inside_a_held_out_site_under_another_name_releases_it(
     assert main([*argv, "--steps", "2", "--threads", "1", "--validation-episodes", "4"]) == 0
     assert "overlap" not in capsys.readouterr().err
     assert load_checkpoint(out).record["holdout_sites"] == ["hu-alfold"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "--steps must be 1 or more"),
+        (["--batch-size", "-1"], "--batch-size must be 1 or more"),
+        (["--validation-episodes", "0"], "--validation-episodes must be 1 or more"),
+        (["--depth", "0"], "--depth must be 1 or more"),
+        (["--threads", "-4"], "--threads must be 0"),
+        (["--seed", str(10**23)], "--seed must be between 0"),
+        (["--width", "3"], "--width must be a multiple of 8"),
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--lr", "inf"], "--lr must be a positive number"),
+        (["--ndvi-weight", "nan"], "--ndvi-weight must be 0 or more"),
+        (["--field-ndvi-weight", "nan"], "--field-ndvi-weight must be 0 or more"),
+        (["--band-dropout", "2"], "--band-dropout must be between 0 and 1"),
+    ],
+)
+def test_numbers_a_training_cannot_run_with_are_refused_before_it_starts(
+    small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra, message
+) -> None:
+    out = tmp_path / "m.pt"
+    assert main(["train", "--tiny", "--data", str(small_data), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert "step 1/" not in err  # refused before the first step
+    assert not out.exists()
+
+
+def test_the_checkpoint_is_a_pt_file_and_the_data_a_folder(
+    small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The record goes beside the checkpoint as NAME.json: an --out of that name was the record.
+    argv = ["train", "--tiny", "--data", str(small_data)]
+    assert main([*argv, "--out", str(tmp_path / "m.json")]) == 2
+    assert "must be a .pt file" in capsys.readouterr().err
+    for data, said in ((tmp_path / "none", "does not exist"), (small_data / SMALL[0], "a file")):
+        assert main(["train", "--tiny", "--data", str(data), "--out", str(tmp_path / "m.pt")]) == 2
+        assert said in capsys.readouterr().err
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_a_diverging_training_saves_nothing_and_says_to_lower_the_rate(
+    small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.pt"
+    argv = ["train", "--tiny", "--data", str(small_data), "--out", str(out), "--threads", "1"]
+    assert main([*argv, "--steps", "4", "--lr", "1e30"]) == 2
+    err = capsys.readouterr().err
+    assert "The training diverged at step" in err and "lower --lr" in err
+    assert not out.exists() and not out.with_suffix(".json").exists()
