@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,7 +28,12 @@ from core.cli.reconstruct import chosen_checkpoint
 from core.config import Settings, checkpoint_option
 from core.errors import InputError
 from core.evaluate import BASELINES
+from core.reconstruct import ReconstructOptions, check_options
 from core.storage import atomic_output, check_output_path
+
+MAX_SIZE_PX = 512
+"""Largest side benchmarked: the largest field accepted (FIELDFLOW_MAX_AREA_HA, 2,500 ha) is
+about 500 px a side at 10 m."""
 
 
 def _int_list(text: str) -> list[int]:
@@ -112,6 +118,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not methods:
         raise InputError("No methods given: pass e.g. --methods linear,whittaker.")
     source = args.source or settings.cubes_dir / DEFAULT_SOURCE
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise InputError(f"--timeout must be a positive number of seconds, not {args.timeout}.")
+    for flag, value in (("--queries", args.queries), ("--repeats", args.repeats)):
+        if value < 1:
+            raise InputError(f"{flag} must be 1 or more, not {value}.")
+    if max(args.sizes) > MAX_SIZE_PX:
+        raise InputError(
+            f"--sizes {max(args.sizes)} px is larger than the largest field FieldFlow takes "
+            f"(about {MAX_SIZE_PX} px a side, 2,500 ha at 10 m); bench sizes up to that."
+        )
+    check_options("model", ReconstructOptions(samples=args.samples, steps=args.steps))
     if args.json is not None:
         check_output_path(
             args.json, option="--json", inputs=[source], model=chosen_checkpoint(args, settings)

@@ -268,7 +268,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError("A site cannot be both held out and used for calibration.")
     training = [s for s in all_series if s.site not in holdout | calibration_sites]
     if not training:
-        raise InputError("Every site is held out; keep at least one for training.")
+        raise InputError(
+            "No site is left to train on: every site is held out (--holdout) or kept for "
+            "calibration (--calibrate-on); keep at least one for training."
+        )
     validation = [s for s in all_series if s.site in calibration_sites] or training
     print(
         f"training on {[s.site for s in training]}; calibrating on "

@@ -160,3 +160,20 @@ def test_a_bench_row_that_cannot_run_says_why_in_the_users_words(tmp_path) -> No
     row = next(line for line in done.stdout.splitlines() if line.startswith("linear"))
     assert f"error: Cannot read {source} as a NetCDF cube" in row
     assert "core.errors" not in row and "exit 1" not in row
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--timeout", "0"], "--timeout must be a positive number"),
+        (["--sizes", "100000"], "larger than the largest field"),
+        (["--samples", "0"], "--samples must be at least 1"),
+        (["--steps", "0"], "--steps must be between 1"),
+        (["--repeats", "0"], "--repeats must be 1 or more"),
+    ],
+)
+def test_bench_numbers_it_cannot_run_with_are_refused_before_measuring(extra, message) -> None:
+    done = _core("bench", "--methods", "linear", "--dates", "12", *extra)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and message in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
