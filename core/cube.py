@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 from core.errors import CubeError
-from core.storage import atomic_output
+from core.storage import atomic_output, signals_deferred
 
 LOG = logging.getLogger(__name__)
 S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
@@ -411,7 +411,7 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
             f"Cube file not found: {p}. Check the path, or fetch one with 'python -m core fetch'."
         )
     try:
-        with NETCDF_LOCK, xr.open_dataset(p) as ds:
+        with signals_deferred(), NETCDF_LOCK, xr.open_dataset(p) as ds:
             loaded = ds.load()
     except (OSError, ValueError) as exc:
         reason = str(exc).split(". ")[0].splitlines()[0]  # xarray's advice on backends: no use
@@ -432,7 +432,7 @@ def write_cube(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     cube = validate_cube(ds)
     encoding = {name: dict(enc) for name, enc in _ENCODING.items() if name in cube}
     target = Path(path)
-    with atomic_output(target) as tmp, NETCDF_LOCK:
+    with atomic_output(target, defer_signals=True) as tmp, NETCDF_LOCK:
         cube.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
     return target
 

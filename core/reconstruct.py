@@ -559,7 +559,7 @@ def write_reconstruction(result: xr.Dataset, path: str | os.PathLike[str]) -> Pa
     """Write a reconstruction dataset to NetCDF atomically (float32, compressed)."""
     encoding = {name: {"zlib": True, "complevel": 4} for name in result.data_vars}
     target = Path(path)
-    with atomic_output(target) as tmp, NETCDF_LOCK:
+    with atomic_output(target, defer_signals=True) as tmp, NETCDF_LOCK:
         result.to_netcdf(tmp, engine="netcdf4", encoding=encoding)
     return target
 

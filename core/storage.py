@@ -5,6 +5,11 @@ Every file the product writes (cubes, cache entries, CSVs, GeoTIFFs, checkpoints
 renamed over the destination only once complete. A process killed mid-write leaves at most a
 ``.tmp-*`` file behind, which :func:`remove_stale_temporaries` can clear; the destination is either
 the old file or the new one, never a mixture.
+
+Libraries that write through C code under a lock (netCDF/HDF5 under xarray) hang for good when
+Ctrl-C or SIGTERM raises inside them: the lock stays held and the clean-up waits on it. Such
+writes (and reads) run under :func:`signals_deferred`, which holds those signals until the library
+call has returned and acts on them then.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from core.errors import OutputError
@@ -36,6 +43,17 @@ _OUTPUT_ERRNOS = frozenset(
         errno.EEXIST,
     }
 )
+
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Signals :func:`signals_deferred` holds: Ctrl-C, and the polite stop of ``kill`` or Docker."""
+
+_Handler = Callable[[int, object], object] | int
+"""A signal handler as :func:`signal.getsignal` gives it: a function, SIG_DFL or SIG_IGN."""
+
+FULL_DISK_MARGIN_BYTES = 1 << 20
+"""A write that fails (for any reason, in any words) with less than this left free on its file
+system is told as "No space left on device": netCDF/HDF5 say only "HDF error", torch "unexpected
+pos", and neither keeps the errno."""
 
 
 def check_output_path(
@@ -159,11 +177,18 @@ def _suffix_hint(option: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], *, defer_signals: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
     The caller writes the whole file to the yielded path. If the block raises, the temporary
-    file is removed and ``path`` is left untouched.
+    file is removed and ``path`` is left untouched. A failure on a full disk (an ``OSError``
+    with its errno, or any ``OSError``/``RuntimeError`` from a library while the file system has
+    no space left) becomes an :class:`OutputError`.
+
+    With ``defer_signals``, the block runs under :func:`signals_deferred` (for library writes
+    that must not be interrupted inside): a Ctrl-C or SIGTERM that arrives meanwhile lets the
+    write finish, then the temporary file is removed and the signal acts (``KeyboardInterrupt``
+    from Python's default handler); ``path`` is left untouched.
     """
     target = Path(path)
     _check_target(target, "output")
@@ -179,17 +204,39 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give what open() would
+    remove = _remover(tmp)
+    deferral = signals_deferred(before_exit=remove) if defer_signals else contextlib.nullcontext()
     try:
-        yield tmp
+        with deferral:
+            yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        full = isinstance(exc, OSError | RuntimeError) and _no_space_left(target.parent)
+        remove()
         if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
             raise _output_error(target, exc) from exc
+        if full:
+            raise _output_error(target, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
         raise
+
+
+def _remover(path: Path) -> Callable[[], None]:
+    def remove() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+    return remove
+
+
+def _no_space_left(folder: Path) -> bool:
+    """True when the file system of ``folder`` has (almost) no space left for this user."""
+    try:
+        usage = os.statvfs(folder)
+    except OSError:
+        return False
+    return usage.f_bavail * usage.f_frsize < FULL_DISK_MARGIN_BYTES
 
 
 def _output_error(target: Path, exc: OSError) -> OutputError:
@@ -197,6 +244,55 @@ def _output_error(target: Path, exc: OSError) -> OutputError:
         f"Could not write {target}: {exc.strerror or exc}. Nothing partial was kept; free "
         "some space or choose a folder you can write to, then run again."
     )
+
+
+@contextlib.contextmanager
+def signals_deferred(before_exit: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the block runs; once it has ended, act on the first that
+    came, as its handler would have (Python's default for SIGINT raises ``KeyboardInterrupt``).
+
+    For calls into libraries that take locks in Python around C code (xarray over
+    netCDF4/HDF5): an exception raised inside them by a signal handler can leave a lock held, so
+    that their own clean-up waits on it for ever, or be swallowed by the C extension, so that
+    Ctrl-C is ignored. The block is not shortened: a signal waits for the call to return.
+
+    Only the main thread receives signals and may set handlers: elsewhere (Streamlit's script
+    threads, Dask workers) the block just runs. A signal whose handler ends the process (no
+    Python handler) calls ``before_exit`` first, so that nothing partial is left behind.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    previous: dict[int, _Handler] = {}
+    try:
+        try:
+            for signum in DEFERRED_SIGNALS:
+                handler = signal.getsignal(signum)
+                if handler is not None:  # None: set outside Python, could not be put back
+                    previous[signum] = signal.signal(signum, hold)
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    finally:
+        if caught:  # also when the block failed: the user's stop comes first
+            _act_on(caught[0], previous[caught[0]], before_exit)
+
+
+def _act_on(signum: int, handler: _Handler, before_exit: Callable[[], None]) -> None:
+    """Do what ``handler`` (the one in place before deferring) does for ``signum``."""
+    if handler == signal.SIG_IGN:
+        return
+    if callable(handler):
+        handler(signum, None)  # e.g. raises KeyboardInterrupt, or the CLI's Terminated
+        return
+    before_exit()  # SIG_DFL: the process ends here
+    signal.raise_signal(signum)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike[str], older_than_s: float = 3600.0) -> int:

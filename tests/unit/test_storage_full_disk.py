@@ -1,0 +1,81 @@
+"""A full disk while writing a NetCDF file or a checkpoint: one OutputError line, nothing kept.
+
+netCDF/HDF5 ("NetCDF: HDF error") and torch.save ("unexpected pos") lose the errno, so the
+translation looks at the file system itself. The disk is a real full one: a 1 MiB tmpfs, which
+needs root (mount); elsewhere these tests skip, as no unprivileged way to fill a real file system
+is known here (/dev/full is a device, which atomic_output rightly refuses).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.cli import main
+from core.cube import read_cube, write_cube
+from core.errors import OutputError
+from core.model.checkpoint import load_checkpoint, save_checkpoint
+from core.storage import atomic_output
+
+FULL = r"Could not write .*: No space left on device\. Nothing partial was kept"
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a real 1 MiB file system (smaller than every file written below)."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real full disk needs root here (mount -t tmpfs)")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_cube_on_a_full_disk_is_an_output_error_and_leaves_nothing(
+    cubes_dir: Path, full_disk: Path
+) -> None:
+    cube = read_cube(cubes_dir / "it-bolzano_2022-06.nc")  # 5.7 MB written
+    with pytest.raises(OutputError, match=FULL):
+        write_cube(cube, full_disk / "cube.nc")
+    assert list(full_disk.iterdir()) == []
+
+
+def test_a_checkpoint_on_a_full_disk_is_an_output_error_and_leaves_nothing(
+    full_disk: Path,
+) -> None:
+    checkpoint = load_checkpoint()  # the shipped model: 2 MB
+    with pytest.raises(OutputError, match=FULL):
+        save_checkpoint(checkpoint, full_disk / "model.pt")
+    assert list(full_disk.iterdir()) == []
+
+
+def test_reconstruct_to_a_full_disk_says_so_in_one_line(
+    cubes_dir: Path, full_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = full_disk / "rec.nc"
+    status = main(
+        ["reconstruct", "--cube", str(cubes_dir / "it-bolzano_2022-06.nc"), "--start",
+         "2022-06-02", "--end", "2022-06-04", "--method", "linear", "--out", str(out)]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith(f"error: Could not write {out}: No space left")
+    assert list(full_disk.iterdir()) == []
+
+
+def test_a_library_error_with_space_left_is_not_called_a_full_disk(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="HDF error"), atomic_output(tmp_path / "c.nc") as tmp:
+        tmp.write_bytes(b"\x89HDF")
+        raise RuntimeError("NetCDF: HDF error")  # what netCDF4 says for many faults
+    assert list(tmp_path.iterdir()) == []
