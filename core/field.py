@@ -167,6 +167,36 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class FeatureChoice:
+    """How the caller lets its user pick one feature of several, as error messages name it:
+    keyword arguments for Python callers (:data:`KEYWORD_CHOICE`), options on a command line
+    (:data:`OPTION_CHOICE`)."""
+
+    index: str = "index={}"
+    """The choice by position, ``{}`` standing for the number."""
+    name: str = "name={}"
+    """The choice by name, ``{}`` standing for the name."""
+    index_hint: str = ""
+    """What stands for the number where no number is given yet (``N``)."""
+    name_hint: str = ""
+    """What stands for the name where no name is given yet (``NAME``)."""
+
+    def by_index(self, value: int | str | None = None) -> str:
+        """E.g. ``index=2``, or ``--index N`` when no value is given."""
+        return self.index.format(self.index_hint if value is None else value)
+
+    def by_name(self) -> str:
+        """E.g. ``name=`` or ``--name NAME``."""
+        return self.name.format(self.name_hint)
+
+
+KEYWORD_CHOICE = FeatureChoice()
+"""Messages for Python callers: ``choose one with index= or name=``."""
+OPTION_CHOICE = FeatureChoice("--index {}", "--name {}", "N", "NAME")
+"""Messages for the command line: ``choose one with --index N or --name NAME``."""
+
+
+@dataclass(frozen=True)
 class _Feature:
     """A feature as read from a source, reprojected to EPSG:4326 but not yet checked."""
 
@@ -184,6 +214,7 @@ def field_from_geojson(
     index: int | None = None,
     name: str | None = None,
     max_area_ha: float = DEFAULT_MAX_AREA_HA,
+    choice: FeatureChoice = KEYWORD_CHOICE,
 ) -> Field:
     """Read a field from GeoJSON.
 
@@ -195,6 +226,7 @@ def field_from_geojson(
         name: which feature to take, matched against its name-like properties (see
             :data:`LABEL_KEYS`), case-insensitively.
         max_area_ha: largest area accepted.
+        choice: how messages name the choice of a feature (see :class:`FeatureChoice`).
 
     Raises:
         FieldError: the GeoJSON is unreadable, holds no usable polygon, or holds several and
@@ -208,6 +240,7 @@ def field_from_geojson(
         origin="GeoJSON",
         default_name="Field",
         max_area_ha=max_area_ha,
+        choice=choice,
     )
 
 
@@ -276,6 +309,7 @@ def field_from_file(
     name: str | None = None,
     layer: str | None = None,
     max_area_ha: float = DEFAULT_MAX_AREA_HA,
+    choice: FeatureChoice = KEYWORD_CHOICE,
 ) -> Field:
     """Read a field from a file, chosen by its extension (see :data:`SUPPORTED_SUFFIXES`).
 
@@ -289,6 +323,8 @@ def field_from_file(
         layer: read only this layer (GeoPackage table, KML folder, shapefile name in a zip);
             by default every layer with geometries is read.
         max_area_ha: largest area accepted.
+        choice: how messages name the choice of a feature (:data:`OPTION_CHOICE` for a
+            command line's ``--index``/``--name``).
 
     Raises:
         FieldError: the file is missing, too large, of an unknown type, unreadable, unsafe, or
@@ -303,6 +339,7 @@ def field_from_file(
         origin=_file_origin(p),
         default_name=p.stem,
         max_area_ha=max_area_ha,
+        choice=choice,
     )
 
 
@@ -314,6 +351,7 @@ def field_from_upload(
     name: str | None = None,
     layer: str | None = None,
     max_area_ha: float = DEFAULT_MAX_AREA_HA,
+    choice: FeatureChoice = KEYWORD_CHOICE,
 ) -> Field:
     """Read a field from an uploaded file's bytes, as :func:`field_from_file` would.
 
@@ -324,7 +362,9 @@ def field_from_upload(
         FieldError: as :func:`field_from_file`; also for a lone ``.shp`` without its sidecars.
     """
     with _uploaded(data, filename) as path:
-        return field_from_file(path, index=index, name=name, layer=layer, max_area_ha=max_area_ha)
+        return field_from_file(
+            path, index=index, name=name, layer=layer, max_area_ha=max_area_ha, choice=choice
+        )
 
 
 def candidates_from_geojson(source: str | bytes | Mapping[str, Any]) -> list[Candidate]:
@@ -356,16 +396,23 @@ def _field_from_features(
     origin: str,
     default_name: str,
     max_area_ha: float,
+    choice: FeatureChoice = KEYWORD_CHOICE,
 ) -> Field:
-    chosen = _choose(features, index=index, name=name, origin=origin)
+    chosen = _choose(features, index=index, name=name, origin=origin, choice=choice)
     label = chosen.labels[0] if chosen.labels else default_name
     return _checked_field(chosen.geometry, label, origin=origin, max_area_ha=max_area_ha)
 
 
 def _choose(
-    features: Sequence[_Feature], *, index: int | None, name: str | None, origin: str
+    features: Sequence[_Feature],
+    *,
+    index: int | None,
+    name: str | None,
+    origin: str,
+    choice: FeatureChoice = KEYWORD_CHOICE,
 ) -> _Feature:
-    """The feature picked by ``index`` or ``name``, or the only polygon among ``features``."""
+    """The feature picked by ``index`` or ``name``, or the only polygon among ``features``;
+    messages name the way to choose as ``choice`` says."""
     count = len(features)
     if count == 0:
         raise FieldError(
@@ -374,8 +421,8 @@ def _choose(
     if index is not None:
         if not 0 <= index < count:
             raise FieldError(
-                f"index={index} is out of range: the {origin} holds {_plural(count, 'feature')}, "
-                f"numbered 0 to {count - 1}."
+                f"{choice.by_index(index)} is out of range: the {origin} holds "
+                f"{_plural(count, 'feature')}, numbered 0 to {count - 1}."
             )
         return features[index]
     candidates = _candidates(features)
@@ -387,7 +434,7 @@ def _choose(
         if hits:
             raise FieldError(
                 f"{len(hits)} features in the {origin} are named '{name}' (indices "
-                f"{', '.join(map(str, hits))}); choose one with index=."
+                f"{', '.join(map(str, hits))}); choose one with {choice.by_index()}."
             )
         named = [c for c in candidates if features[c.index].labels]
         found = f"the names found are: {_listing(named)}" if named else "its features have no names"
@@ -405,7 +452,8 @@ def _choose(
             "the field."
         )
     raise FieldError(
-        f"The {origin} holds {len(polygons)} polygons; choose one with index= or name=: "
+        f"The {origin} holds {len(polygons)} polygons; choose one with {choice.by_index()} or "
+        f"{choice.by_name()}: "
         f"{_listing(polygons)}."
     )
 

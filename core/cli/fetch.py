@@ -30,13 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="field outline: GeoJSON, KML/KMZ, GeoPackage, zipped or plain shapefile",
     )
-    parser.add_argument(
-        "--index",
-        type=int,
-        default=None,
-        help="which feature of the file (0-based), if it holds several",
-    )
-    parser.add_argument("--name", default=None, help="which feature of the file, by its name")
+    add_feature_arguments(parser)
     parser.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     parser.add_argument("--end", required=True, help="last day, YYYY-MM-DD")
     parser.add_argument("--out", required=True, type=Path, help="cube file to write (.nc)")
@@ -53,6 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="neither read nor write the cube cache (FIELDFLOW_CACHE_DIR)",
     )
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--index`` / ``--name``: which feature of a field file holding several (``fetch``,
+    ``ndvi``)."""
+    parser.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="which feature of the file (0-based), if it holds several",
+    )
+    parser.add_argument("--name", default=None, help="which feature of the file, by its name")
 
 
 class _TqdmProgress:
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from core.cache import fetch_cached
     from core.cube import write_cube
     from core.fetch import clear_fraction, parse_period
-    from core.field import field_from_file
+    from core.field import OPTION_CHOICE, field_from_file
     from core.grid import field_mask
     from core.storage import check_output_path
 
@@ -107,7 +113,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
     start, end = parse_period(args.start, args.end)
     field = field_from_file(
-        args.field_path, index=args.index, name=args.name, max_area_ha=settings.max_area_ha
+        args.field_path,
+        index=args.index,
+        name=args.name,
+        max_area_ha=settings.max_area_ha,
+        choice=OPTION_CHOICE,
     )
     progress = _TqdmProgress(sys.stderr)
     try:

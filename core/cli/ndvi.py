@@ -7,6 +7,7 @@ import sys
 
 import xarray as xr
 
+from core.cli.fetch import add_feature_arguments
 from core.cli.reconstruct import (
     add_method_arguments,
     chosen_checkpoint,
@@ -16,8 +17,8 @@ from core.cli.reconstruct import (
 from core.config import Settings
 from core.cube import read_cube
 from core.curve import ndvi_curve, write_curve_csv
-from core.errors import FieldError
-from core.field import Field, field_from_file
+from core.errors import FieldError, InputError
+from core.field import OPTION_CHOICE, Field, field_from_file
 from core.grid import field_mask, share_outside
 from core.storage import check_output_path
 from core.timeline import calendar_day, regular_dates
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--geojson",
         help="field outline (GeoJSON, KML, shapefile zip, ...); default: every pixel with data",
     )
+    add_feature_arguments(parser)
     parser.add_argument("--start", required=True, help="first day YYYY-MM-DD")
     parser.add_argument("--end", required=True, help="last day YYYY-MM-DD")
     parser.add_argument("--every-days", type=int, default=1, help="spacing of the days")
@@ -39,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Compute the curve, write the CSV and print a one-line summary."""
+    if not args.geojson and (args.index is not None or args.name is not None):
+        given = "--index" if args.index is not None else "--name"
+        raise InputError(
+            f"{given} picks one feature of the --geojson file, but no --geojson was given: add "
+            f"--geojson FILE, or leave {given} out to use every pixel of the cube with data."
+        )
     method = chosen_method(args, settings)
     check_output_path(
         args.out,
@@ -48,7 +56,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     cube = read_cube(args.cube)
     mask = None
     if args.geojson:
-        field = field_from_file(args.geojson, max_area_ha=settings.max_area_ha)
+        field = field_from_file(
+            args.geojson,
+            index=args.index,
+            name=args.name,
+            max_area_ha=settings.max_area_ha,
+            choice=OPTION_CHOICE,
+        )
         mask = field_mask(field, cube)
         if not mask.any():
             raise FieldError(

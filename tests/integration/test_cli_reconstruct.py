@@ -147,6 +147,38 @@ def test_ndvi_takes_a_field_outline_on_a_lonlat_cube(cubes_dir, tmp_path) -> Non
     _linear_curve_of_outline(path, cube, field, period, slice(60, 70), slice(40, 60))
 
 
+def test_ndvi_takes_one_field_of_a_file_holding_several(es_path, es_cube, tmp_path) -> None:
+    """``--name`` and ``--index`` pick the feature, as for ``fetch``; without them the error
+    names those options (not the keyword arguments of core.field)."""
+    inside = json.loads(_field_file(es_cube, tmp_path / "in.geojson").read_text())["features"][0]
+    far = json.loads(_field_file(es_cube, tmp_path / "far.geojson", shift_m=5_000.0).read_text())
+    far = far["features"][0] | {"properties": {"name": "far"}}
+    several = tmp_path / "fields.geojson"
+    several.write_text(json.dumps({"type": "FeatureCollection", "features": [far, inside]}))
+    period = ("2019-05-01", "2019-05-10")
+    mask = np.zeros(es_cube["valid"].shape[1:], dtype=bool)
+    mask[20:30, 20:30] = True
+    expected = curve_csv(ndvi_curve(es_cube, *period, field_mask=mask))
+    for choice in (["--name", "TEST"], ["--index", "1"]):
+        out = tmp_path / f"curve{choice[0]}.csv"
+        status = main(["ndvi", "--cube", str(es_path), "--geojson", str(several), *choice,
+                       "--start", period[0], "--end", period[1], "--method", "linear",
+                       "--out", str(out)])  # fmt: skip
+        assert status == 0
+        assert out.read_text() == expected
+    done = _cli("ndvi", "--cube", es_path, "--geojson", several, "--start", period[0],
+                "--end", period[1], "--method", "linear", "--out", tmp_path / "c.csv")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: The file 'fields.geojson' holds 2 polygons; choose one with --index N or "
+        "--name NAME: 0 'far' (1.0 ha), 1 'test' (1.0 ha)."
+    ]
+    done = _cli("ndvi", "--cube", es_path, "--index", "1", "--start", period[0],
+                "--end", period[1], "--method", "linear", "--out", tmp_path / "c.csv")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --index picks one feature of the --geojson file")
+
+
 def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
     done = _cli("ndvi", "--cube", tmp_path / "none.nc", "--start", "2019-05-01",
                 "--end", "2019-05-02", "--out", tmp_path / "c.csv")  # fmt: skip

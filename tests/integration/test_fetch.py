@@ -398,6 +398,30 @@ def test_bad_field_file(tmp_path: Path, capsys, monkeypatch) -> None:
     assert not (tmp_path / "x.nc").exists()
 
 
+def test_a_file_of_several_fields_is_refused_naming_the_options(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Before any request (STAC_API_URL points nowhere): the messages name --index / --name."""
+    monkeypatch.setenv("STAC_API_URL", "http://127.0.0.1:9/api/stac/v1")
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    features = [
+        Field(shapely.box(3.02 + 0.01 * i, 50.80, 3.025 + 0.01 * i, 50.805), n).to_geojson()
+        for i, n in enumerate(["North", "South"])
+    ]
+    path = tmp_path / "two.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    args = ["fetch", "--geojson", str(path), "--start", "2020-01-01", "--end", "2020-02-01"]
+    args += ["--out", str(tmp_path / "x.nc")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The file 'two.geojson' holds 2 polygons; choose one with "
+                          "--index N or --name NAME: 0 'North' (")  # fmt: skip
+    assert main([*args, "--index", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --index 2 is out of range: the file 'two.geojson' holds 2 ")
+    assert not (tmp_path / "x.nc").exists()
+
+
 def test_network_down_after_retries(tmp_path: Path, capsys, monkeypatch) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

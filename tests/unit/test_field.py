@@ -20,6 +20,8 @@ from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
 from core.errors import FieldError
 from core.field import (
+    KEYWORD_CHOICE,
+    OPTION_CHOICE,
     Candidate,
     Field,
     candidates_from_file,
@@ -421,6 +423,22 @@ def test_several_polygons_ask_for_a_choice_listing_five_names() -> None:
     assert "holds 7 polygons; choose one with index= or name=" in message
     assert "0 'Plot 0' (1.0 ha)" in message and "4 'Plot 4'" in message
     assert "Plot 5" not in message and message.endswith("and 2 more.")
+
+
+def test_messages_name_the_command_lines_options_when_asked_to() -> None:
+    """The same three refusals, worded for ``--index``/``--name`` (fetch, ndvi) instead of the
+    keyword arguments."""
+    doc = collection(feature(ha_square(), name="Plot"), feature(ha_square(200.0), name="Plot"))
+    with pytest.raises(FieldError) as caught:
+        field_from_geojson(doc, choice=OPTION_CHOICE)
+    assert "holds 2 polygons; choose one with --index N or --name NAME: 0 'Plot'" in str(
+        caught.value
+    )
+    with pytest.raises(FieldError, match=r"\(indices 0, 1\); choose one with --index N\.$"):
+        field_from_geojson(doc, name="plot", choice=OPTION_CHOICE)
+    with pytest.raises(FieldError, match=r"^--index 5 is out of range: .* numbered 0 to 1\.$"):
+        field_from_geojson(doc, index=5, choice=OPTION_CHOICE)
+    assert KEYWORD_CHOICE.by_index(3) == "index=3" and KEYWORD_CHOICE.by_name() == "name="
 
 
 def test_unknown_name_lists_the_names() -> None:
