@@ -39,6 +39,7 @@ from core.cube import NETCDF_LOCK
 from core.errors import CubeError, FieldFlowError, InputError
 from core.field import Field
 from core.grid import grid_from_cube
+from core.storage import signals_deferred
 
 DEMO_CUBE_NAME = "be-flanders-a_2017-2018.nc"
 DEMO_CUBE_ENV = "FIELDFLOW_DEMO_CUBE"
@@ -169,7 +170,7 @@ def demo_field(cube_path: Path | None = None) -> Field:
             "file (or a copy of it), or unset it."
         )
         try:
-            with NETCDF_LOCK, xr.open_dataset(cube_path) as ds:
+            with signals_deferred(), NETCDF_LOCK, xr.open_dataset(cube_path) as ds:
                 parcel = ds[["crop_type"]].load() if "crop_type" in ds else ds[[]]
         except (OSError, ValueError):  # not NetCDF, truncated
             raise CubeError(

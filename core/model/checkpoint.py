@@ -210,6 +210,14 @@ def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "c
             f"configuration ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
             "retrain it with 'python -m core train' or restore the shipped assets/model.pt."
         ) from exc
+    broken = [name for name, tensor in model.state_dict().items() if not tensor.isfinite().all()]
+    if broken:
+        raise InputError(
+            f"The model checkpoint {source} holds weights that are not numbers (NaN or infinite: "
+            f"{', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}): the training that "
+            "made it diverged, and its reconstructions would be empty. Retrain it at a lower "
+            "--lr, or use another model."
+        )
     model.to(device).eval()
     return Checkpoint(
         model=model,

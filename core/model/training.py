@@ -45,6 +45,7 @@ from core.model.features import (
 from core.model.flow import path_point, sample_tau, velocity_target
 from core.model.network import FieldFlowNet
 from core.progress import beat
+from core.storage import signals_deferred
 
 Progress = Callable[[int, int, dict[str, float]], None]
 CONTEXT_FRAMES = 12
@@ -105,8 +106,8 @@ def held_out_inside(
     wanted, places = set(sites), {}
     for folder in dict.fromkeys(Path(f).resolve() for f in folders):
         for path in sorted(folder.glob("*.nc")) if folder.is_dir() else []:
-            try:
-                with xr.open_dataset(path) as cube:
+            try:  # signals held: an interrupt inside netCDF4 can be lost (core.storage)
+                with signals_deferred(), xr.open_dataset(path) as cube:
                     site = str(cube.attrs.get("site", path.stem))
                     bounds = cube_lonlat_bounds(cube) if site in wanted else None
             except (OSError, ValueError):

@@ -491,6 +491,20 @@ def test_a_checkpoint_with_flipped_bytes_in_its_weights_is_refused(tmp_path) -> 
     assert load_checkpoint(DEFAULT_CHECKPOINT).record  # the shipped one carries a true digest
 
 
+def test_a_checkpoint_whose_weights_are_not_numbers_is_refused(tmp_path) -> None:
+    # A diverged training's weights, saved with a true digest (as the train command did before
+    # it refused to save them): loading says what happened instead of reconstructing NaN.
+    from core.config import DEFAULT_CHECKPOINT
+    from core.model.checkpoint import save_checkpoint
+
+    checkpoint = load_checkpoint(DEFAULT_CHECKPOINT)
+    with torch.no_grad():
+        next(checkpoint.model.parameters()).fill_(float("nan"))
+    save_checkpoint(checkpoint, tmp_path / "diverged.pt")
+    with pytest.raises(InputError, match=r"weights that are not numbers .* lower --lr"):
+        load_checkpoint(tmp_path / "diverged.pt")
+
+
 def test_a_checkpoint_with_changed_settings_is_refused(tmp_path) -> None:
     # A band width or config value changed (by hand, or a damaged copy) loads without error
     # and the model answers differently: the settings digest tells.
