@@ -731,6 +731,11 @@ def _file_features(path: Path, layer: str | None) -> list[_Feature]:
     """Dispatch on the extension; every reader returns features in EPSG:4326."""
     origin = _file_origin(path)
     suffix = path.suffix.lower()
+    if path.is_dir():  # before the extension: a folder named "fields" is no unknown file type
+        raise FieldError(
+            f"{path} is a folder, not a file: give the outline file itself, one of "
+            f"{', '.join(SUPPORTED_SUFFIXES)} (for a shapefile, its .shp or its files zipped)."
+        )
     if suffix not in SUPPORTED_SUFFIXES:
         raise FieldError(
             f"Unsupported file type {suffix or '(no extension)'!r} for '{path.name}'. Use one "

@@ -13,7 +13,9 @@ software versions and the cubes each method saw) is written atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ import xarray as xr
 from core.cli.reconstruct import add_model_arguments, chosen_checkpoint, options_from_args
 from core.config import Settings
 from core.cube import read_cube
-from core.errors import InputError
+from core.errors import CubeError, InputError
 from core.evaluate import Protocol, evaluate, evaluation_to_dict, format_table
 from core.reconstruct import check_options
 from core.storage import atomic_output, check_output_path
@@ -132,12 +134,34 @@ def _parse_seen(items: list[str]) -> dict[str, set[str]]:
 
 
 def cube_paths(cubes: list[Path], cubes_dir: Path | None, settings: Settings) -> list[Path]:
-    """The cube files to evaluate, in the order given (a folder's files sorted by name)."""
+    """The cube files to evaluate, in the order given (a folder's files sorted by name).
+
+    Raises:
+        InputError: a ``--cube`` that is a folder, a ``--cubes-dir`` that is a file or missing,
+            a folder without ``.nc`` files.
+    """
+    for path in cubes:
+        if path.is_dir():
+            raise InputError(
+                f"--cube {path} is a folder: give a cube file (.nc), or evaluate every cube in "
+                f"it with --cubes-dir {path}."
+            )
     paths = list(cubes)
     if cubes_dir is not None or not paths:
         folder = cubes_dir if cubes_dir is not None else settings.cubes_dir
+        if cubes_dir is not None and folder.is_file():
+            raise InputError(
+                f"--cubes-dir {folder} is a file, not a folder: give the folder that holds "
+                f"the cubes, or pass a single cube file with --cube {folder}."
+            )
         if not folder.is_dir():
-            raise InputError(f"Cube folder not found: {folder}. Pass --cube FILE or --cubes-dir.")
+            where = (
+                "Check the path, or pass --cube FILE."
+                if cubes_dir is not None
+                else "It is where the shared cubes are (FIELDFLOW_DATA_DIR/cubes): set "
+                "FIELDFLOW_DATA_DIR, or pass --cube FILE or --cubes-dir DIR."
+            )
+            raise InputError(f"Cube folder not found: {folder}. {where}")
         found = sorted(folder.glob("*.nc"))
         if not found:
             raise InputError(f"No .nc cubes in {folder}.")
@@ -145,9 +169,73 @@ def cube_paths(cubes: list[Path], cubes_dir: Path | None, settings: Settings) ->
     return list(dict.fromkeys(paths))
 
 
+LISTED_BAD_CUBES = 5
+"""Unusable cube files named one by one in the message; the rest are counted."""
+
+
+def _cube_problem(path: Path, exc: CubeError) -> str:
+    """What is wrong with ``path``, naming the file (read_cube's structural messages do not)."""
+    reason = str(exc)
+    return reason if str(path) in reason else f"{path}: {reason}"
+
+
+def check_cubes(paths: list[Path], folder: Path | None) -> None:
+    """Read every cube once before any is evaluated, so a bad file stops the run before hours
+    of work rather than after, and every bad file is named at once.
+
+    Args:
+        paths: the cube files (:func:`cube_paths`).
+        folder: the ``--cubes-dir`` folder (or the shared one) the files were listed from, or
+            None when every file was given with ``--cube``.
+
+    Raises:
+        CubeError: names each unusable file and why; for files listed from a folder, says that
+            it should hold only cubes.
+    """
+    bad: list[tuple[Path, str]] = []
+    for path in paths:
+        try:
+            with _quiet_cube_notes():  # said once, when the cube is read to be evaluated
+                read_cube(path)
+        except CubeError as exc:
+            bad.append((path, _cube_problem(path, exc)))
+    if not bad:
+        return
+    shown = [problem for _, problem in bad[:LISTED_BAD_CUBES]]
+    more = len(bad) - len(shown)
+    listing = " ".join(shown) + (f" {more} more cannot be used either." if more > 0 else "")
+    if len(bad) > 1:
+        listing = f"{len(bad)} of the {len(paths)} cube files cannot be used. {listing}"
+    from_folder = [p for p, _ in bad if folder is not None and p.parent == folder]
+    if from_folder:
+        these = "that file" if len(from_folder) == 1 else "those files"
+        listing += (
+            f" The folder {folder} should hold only cubes: move {these} out of it, or give the "
+            "cubes to evaluate one by one with --cube FILE."
+        )
+    raise CubeError(listing)
+
+
+@contextlib.contextmanager
+def _quiet_cube_notes() -> Iterator[None]:
+    """Hold back core.cube's per-file notes (e.g. one polarization) while a cube is only
+    checked."""
+    logger = logging.getLogger("core.cube")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _read_each(paths: list[Path]) -> Iterator[tuple[str, xr.Dataset]]:
     for path in paths:
-        yield path.stem, read_cube(path)
+        try:
+            cube = read_cube(path)
+        except CubeError as exc:  # changed since check_cubes read it
+            raise CubeError(_cube_problem(path, exc)) from exc
+        yield path.stem, cube
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -173,6 +261,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         check_output_path(
             args.json, option="--json", inputs=paths, model=chosen_checkpoint(args, settings)
         )
+    listed_from = args.cubes_dir or (None if args.cube else settings.cubes_dir)
+    check_cubes(paths, listed_from)
     evaluation = evaluate(
         _read_each(paths),
         methods,

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import xarray as xr
+
+from core.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CUBES = ("pt-santarem_2021.nc", "hu-alfold_2021.nc")
@@ -127,6 +131,57 @@ def test_evaluate_refuses_a_missing_cube_in_one_line(tmp_path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: Cube file not found")
     assert "Traceback" not in done.stderr
+
+
+def test_evaluate_names_every_bad_file_of_a_cubes_folder_before_any_work(
+    cubes_dir, tmp_path, capsys
+) -> None:
+    """A real cube beside a NetCDF file that is no cube and a text file named .nc: both bad
+    files named, with why and what to do, and nothing evaluated (no progress line)."""
+    folder = tmp_path / "cubes"
+    folder.mkdir()
+    (folder / "a_real.nc").symlink_to(cubes_dir / "es-field_2019.nc")
+    xr.Dataset({"t": ("x", np.arange(3.0))}).to_netcdf(folder / "b_other.nc")
+    (folder / "c_text.nc").write_text("not a cube")
+    status = main(["evaluate", "--cubes-dir", str(folder), "--methods", "linear"])
+    err = capsys.readouterr().err
+    assert status == 2
+    (line,) = err.splitlines()  # no "a_real: ... s" progress line before it
+    assert line.startswith(
+        f"error: 2 of the 3 cube files cannot be used. {folder / 'b_other.nc'}: Not a FieldFlow "
+        "cube: it has no 's2' variable (time_s2, band, y, x). Cannot read "
+        f"{folder / 'c_text.nc'} as a NetCDF cube ("
+    )
+    assert line.endswith(
+        f"The folder {folder} should hold only cubes: move those files out of it, or give the "
+        "cubes to evaluate one by one with --cube FILE."
+    )
+    # One bad file given with --cube: named, without the folder's advice.
+    status = main(["evaluate", "--cube", str(folder / "b_other.nc"), "--methods", "linear"])
+    assert status == 2
+    assert capsys.readouterr().err == (
+        f"error: {folder / 'b_other.nc'}: Not a FieldFlow cube: it has no 's2' variable "
+        "(time_s2, band, y, x).\n"
+    )
+
+
+def test_evaluate_tells_a_folder_from_a_file(cubes_dir, tmp_path, capsys) -> None:
+    cube = cubes_dir / "es-field_2019.nc"
+    assert main(["evaluate", "--cube", str(cubes_dir), "--methods", "linear"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --cube {cubes_dir} is a folder: give a cube file (.nc), or evaluate every cube "
+        f"in it with --cubes-dir {cubes_dir}.\n"
+    )
+    assert main(["evaluate", "--cubes-dir", str(cube), "--methods", "linear"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --cubes-dir {cube} is a file, not a folder: give the folder that holds the "
+        f"cubes, or pass a single cube file with --cube {cube}.\n"
+    )
+    missing = tmp_path / "none"
+    assert main(["evaluate", "--cubes-dir", str(missing), "--methods", "linear"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: Cube folder not found: {missing}. Check the path, or pass --cube FILE.\n"
+    )
 
 
 def test_bench_measures_in_subprocesses_and_writes_json(tmp_path) -> None:

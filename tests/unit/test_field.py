@@ -441,6 +441,17 @@ def test_messages_name_the_command_lines_options_when_asked_to() -> None:
     assert KEYWORD_CHOICE.by_index(3) == "index=3" and KEYWORD_CHOICE.by_name() == "name="
 
 
+def test_a_folder_given_as_the_field_file_is_named_a_folder(tmp_path: Path) -> None:
+    for folder in (tmp_path / "fields", tmp_path / "plots.geojson"):  # no suffix, and one
+        folder.mkdir()
+        with pytest.raises(FieldError) as caught:
+            field_from_file(folder)
+        assert str(caught.value) == (
+            f"{folder} is a folder, not a file: give the outline file itself, one of .geojson, "
+            ".json, .kml, .kmz, .gpkg, .zip, .shp (for a shapefile, its .shp or its files zipped)."
+        )
+
+
 def test_unknown_name_lists_the_names() -> None:
     doc = collection(feature(ha_square(), name="North"), feature(ha_square(200.0), name="South"))
     with pytest.raises(FieldError, match=r"No feature .* is named 'East'; .*'North'.*'South'"):
