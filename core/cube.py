@@ -406,6 +406,11 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
         CubeError: the file is missing, unreadable or not a cube.
     """
     p = Path(path)
+    if p.is_dir():
+        raise CubeError(
+            f"{p} is a folder, not a cube file: give one cube's .nc file inside it (evaluate "
+            "takes a folder of cubes with --cubes-dir)."
+        )
     if not p.is_file():
         raise CubeError(
             f"Cube file not found: {p}. Check the path, or fetch one with 'python -m core fetch'."

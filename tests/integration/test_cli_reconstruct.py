@@ -189,6 +189,12 @@ def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
     assert not (tmp_path / "c.csv").exists()
 
 
+def test_a_folder_given_as_the_cube_is_called_a_folder(tmp_path, capsys) -> None:
+    argv = ["reconstruct", "--cube", str(tmp_path), "--dates", "2019-05-01", "--method", "linear"]
+    assert main([*argv, "--out", str(tmp_path / "r.nc")]) == 2
+    assert f"error: {tmp_path} is a folder, not a cube file" in capsys.readouterr().err
+
+
 HUGE = str(10**23)
 """A number past 64 bits, as typed."""
 HUGE_DAYS = str(10**8)
