@@ -78,6 +78,11 @@ def check_output_path(
     if not str(path).strip():
         raise OutputError(f"{option} is empty: give the path of the file to write.")
     target = Path(path)
+    if str(path).endswith(("/", os.sep)):  # Path() drops the slash: a file of that name was written
+        raise OutputError(
+            f"{option} {path} names a folder (it ends in '/'): give a file name inside it, "
+            f"e.g. {target / ('result' + _suffix_hint(option))}."
+        )
     _check_target(target, option)
     resolved = target.resolve()
     if model is not None and Path(model).resolve() == resolved:

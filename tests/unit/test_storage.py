@@ -50,6 +50,7 @@ def test_an_existing_file_may_be_replaced(tmp_path: Path) -> None:
         (lambda tmp: "", "--out is empty"),
         (lambda tmp: "  ", "--out is empty"),
         (lambda tmp: tmp, "is a folder: give a file name inside it"),
+        (lambda tmp: f"{tmp}/new/", "names a folder (it ends in '/')"),
         (lambda tmp: "/dev/null", "is a device or a process's stream, not a file"),
         (lambda tmp: _a_fifo(tmp), "is not a regular file (a device, pipe or socket)"),
         (lambda tmp: _a_file(tmp) / "curve.csv", "is a file, so nothing can be created under"),
