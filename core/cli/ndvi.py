@@ -13,6 +13,7 @@ from core.cli.reconstruct import (
     chosen_checkpoint,
     chosen_method,
     options_from_args,
+    unused_model_options,
 )
 from core.config import Settings
 from core.cube import read_cube
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(note)
     for warning in checkpoint_warnings(fits):
         print(f"warning: {warning}", file=sys.stderr)
+    if note := unused_model_options(args, method):
+        print(note, file=sys.stderr)
     return 0
 
 

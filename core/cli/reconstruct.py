@@ -129,6 +129,28 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
 
 
+def unused_model_options(args: argparse.Namespace, method: str) -> str | None:
+    """A note naming the model's own options given away from their defaults when ``method`` is
+    not the model (they change nothing then), or None."""
+    if method == "model":
+        return None
+    defaults = argparse.ArgumentParser()
+    add_model_arguments(defaults)
+    given = []
+    for action in defaults._actions:
+        value = getattr(args, action.dest, action.default)
+        if action.dest == "help" or value == action.default:
+            continue
+        negated = value is False and len(action.option_strings) > 1  # --no-... was given
+        given.append(action.option_strings[1 if negated else 0])
+    if not given:
+        return None
+    return (
+        f"note: {', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of "
+        f"the model; the {method} method ignores {'it' if len(given) == 1 else 'them'}."
+    )
+
+
 def chosen_checkpoint(args: argparse.Namespace, settings: Settings) -> Path:
     """The checkpoint a command uses: ``--checkpoint`` (a file, or the name of a model in the
     models folder), else ``FIELDFLOW_CHECKPOINT``, else the shipped one.
@@ -227,4 +249,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(note)
     for warning in checkpoint_warnings(result.attrs):
         print(f"warning: {warning}", file=sys.stderr)
+    if note := unused_model_options(args, method):
+        print(note, file=sys.stderr)
     return 0

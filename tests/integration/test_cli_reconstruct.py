@@ -189,6 +189,20 @@ def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
     assert not (tmp_path / "c.csv").exists()
 
 
+@pytest.mark.parametrize("command", ["reconstruct", "ndvi"])
+def test_model_options_given_to_another_method_are_said_to_be_ignored(
+    es_path, tmp_path, capsys, command
+) -> None:
+    period = ["--start", "2019-05-01", "--end", "2019-05-03"]
+    when = ["--dates", "2019-05-03"] if command == "reconstruct" else period
+    argv = [command, "--cube", str(es_path), *when, "--method", "linear"]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--steps", "4", "--no-blend-field"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --steps, --no-blend-field are options of the model; the linear method" in err
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert "options of the model" not in capsys.readouterr().err
+
+
 def test_a_folder_given_as_the_cube_is_called_a_folder(tmp_path, capsys) -> None:
     argv = ["reconstruct", "--cube", str(tmp_path), "--dates", "2019-05-01", "--method", "linear"]
     assert main([*argv, "--out", str(tmp_path / "r.nc")]) == 2
