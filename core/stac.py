@@ -111,12 +111,16 @@ def check_stac_url(url: str) -> str:
     except ValueError:  # a bad port or IPv6 address
         usable = False
     if not usable:
-        raise InputError(
-            f"STAC_API_URL is {text!r}: it must be the http(s) URL of a STAC API, e.g. "
-            f"{PLANETARY_COMPUTER_STAC_URL}. Correct it, or unset it to use Planetary Computer, "
-            "and start again."
-        )
+        raise InputError(f"STAC_API_URL is {text!r}: {_URL_ADVICE}")
     return text
+
+
+_URL_ADVICE = (
+    f"it must be the http(s) URL of a STAC API, e.g. {PLANETARY_COMPUTER_STAC_URL}. Correct it, "
+    "or unset it to use Planetary Computer, and start again."
+)
+"""What to do about a STAC_API_URL that is no usable URL (:func:`check_stac_url`,
+:func:`translate_errors`)."""
 
 
 def open_client(
@@ -257,9 +261,7 @@ def translate_errors(url: str, tries: int, *, what: str) -> Iterator[None]:
     except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
         # requests refuses the URL itself before sending anything: no retry can help.
         raise InputError(
-            f"STAC_API_URL is {url!r}, which cannot be requested ({_short(exc)}): it must be "
-            f"the http(s) URL of a STAC API, e.g. {PLANETARY_COMPUTER_STAC_URL}. Correct it, or "
-            "unset it to use Planetary Computer, and start again."
+            f"STAC_API_URL is {url!r}, which cannot be requested ({_short(exc)}): {_URL_ADVICE}"
         ) from exc
     except (APIError, requests.RequestException) as exc:
         status = _status_of(exc)

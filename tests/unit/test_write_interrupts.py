@@ -49,15 +49,17 @@ def _signal_inside_the_write(process: subprocess.Popen, folder: Path, signum: in
     pytest.fail("the child never began its write")
 
 
-def _stop(process: subprocess.Popen) -> tuple[str, float]:
-    """Wait for the signalled ``process``; its stderr and the seconds it took to end."""
-    start = time.monotonic()
+def _interrupted_in_write(process: subprocess.Popen, folder: Path, signum: int) -> str:
+    """Send ``signum`` to ``process`` inside its write (:func:`_signal_inside_the_write`) and
+    wait for it to end; its stderr. It is killed in any case."""
     try:
-        err = process.communicate(timeout=PROMPT_S)[1]
-    except subprocess.TimeoutExpired:
+        _signal_inside_the_write(process, folder, signum)
+        try:
+            return process.communicate(timeout=PROMPT_S)[1]
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {PROMPT_S:.0f} s after the signal: hung in the write")
+    finally:
         process.kill()
-        pytest.fail(f"still running {PROMPT_S:.0f} s after the signal: hung in the write")
-    return err, time.monotonic() - start
 
 
 @pytest.mark.parametrize(
@@ -77,11 +79,7 @@ def test_a_signal_inside_the_reconstruction_write_stops_the_command_cleanly(
          "--out", str(folder / "rec.nc")],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:
-        _signal_inside_the_write(process, folder, signum)
-        err, _ = _stop(process)
-    finally:
-        process.kill()
+    err = _interrupted_in_write(process, folder, signum)
     assert process.returncode == status, err
     assert err.strip().splitlines() == [line]
     assert list(folder.iterdir()) == []  # neither the result nor its temporary
@@ -123,11 +121,7 @@ def test_a_signal_inside_a_cube_write_ends_it_and_removes_the_temporary(
         [sys.executable, "-c", CUBE_WRITER, str(cubes_dir / BOLZANO), str(folder / "c.nc")],
         cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    try:
-        _signal_inside_the_write(process, folder, signum)
-        err, _ = _stop(process)
-    finally:
-        process.kill()
+    err = _interrupted_in_write(process, folder, signum)
     assert process.returncode == status, err
     assert err.strip().splitlines() == ([err_line] if err_line else [])
     assert list(folder.iterdir()) == []
