@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -764,12 +765,11 @@ def _ogr_features(sources: Sequence[Path], layer: str | None, origin: str) -> li
     for source in sources:
         _sniff(source, origin)
         try:
-            layers = pyogrio.list_layers(source)
+            with warnings.catch_warnings():  # GDAL's warnings reach the user as our message
+                warnings.simplefilter("ignore", RuntimeWarning)
+                layers = pyogrio.list_layers(source)
         except (DataSourceError, DataLayerError, OSError) as exc:
-            raise FieldError(
-                f"Cannot read the {origin}: {_first_line(exc)}. Is it complete and really the "
-                "format its extension says?"
-            ) from None
+            raise FieldError(f"Cannot read the {origin}: {_gdal_reason(exc)}") from None
         available += [(source, str(name)) for name, kind in layers if kind is not None]
     chosen = available if layer is None else [a for a in available if a[1] == layer]
     if layer is not None and not chosen:
@@ -778,10 +778,12 @@ def _ogr_features(sources: Sequence[Path], layer: str | None, origin: str) -> li
     features: list[_Feature] = []
     for source, layer_name in chosen:
         try:
-            frame = gpd.read_file(source, layer=layer_name, engine="pyogrio")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                frame = gpd.read_file(source, layer=layer_name, engine="pyogrio")
         except (DataSourceError, DataLayerError, OSError, ValueError) as exc:
             raise FieldError(
-                f"Cannot read layer '{layer_name}' of the {origin}: {_first_line(exc)}."
+                f"Cannot read layer '{layer_name}' of the {origin}: {_gdal_reason(exc)}"
             ) from None
         crs = CRS.from_user_input(frame.crs) if frame.crs is not None else None
         columns = [c for c in frame.columns if c != frame.geometry.name]
@@ -846,6 +848,8 @@ def _extract(archive: Path, target: Path, wanted: str, origin: str) -> list[Path
             else:
                 hint = "A KMZ must contain a .kml document."
             raise FieldError(f"The {origin} holds no {wanted} file (it contains: {names}). {hint}")
+        if wanted == ".shp":  # GDAL's own message names a temporary path and a config option
+            _check_indexes(outlines, members, origin)
         try:
             for member in members:
                 bundle.extract(member, target)
@@ -854,6 +858,25 @@ def _extract(archive: Path, target: Path, wanted: str, origin: str) -> list[Path
                 f"Cannot unpack the {origin} ({exc}); is it damaged or password-protected?"
             ) from None
     return [target / m.filename for m in outlines]
+
+
+def _check_indexes(
+    outlines: Sequence[zipfile.ZipInfo], members: Sequence[zipfile.ZipInfo], origin: str
+) -> None:
+    """Refuse a zipped .shp whose .shx (the index GDAL cannot read it without) is missing."""
+
+    def stem(member: zipfile.ZipInfo) -> str:
+        return PurePosixPath(member.filename).with_suffix("").as_posix().lower()
+
+    indexes = {stem(m) for m in members if PurePosixPath(m.filename).suffix.lower() == ".shx"}
+    for outline in outlines:
+        if stem(outline) not in indexes:
+            base = PurePosixPath(outline.filename).stem
+            raise FieldError(
+                f"The {origin} holds {base}.shp but not its index file {base}.shx, without "
+                "which the shapes cannot be read. Zip the .shp together with its .shx, .dbf and "
+                ".prj files."
+            )
 
 
 def _escapes(member_name: str) -> bool:
@@ -934,6 +957,24 @@ def _to_lonlat(geometry: BaseGeometry | None, crs: CRS | None) -> BaseGeometry |
         return geometry
     transformer = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     return shapely.transform(geometry, transformer.transform, interleaved=False)
+
+
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's reason in the user's words: no SQL, no temporary paths, and what to do."""
+    reason = _first_line(exc)
+    if "malformed" in reason or "not a database" in reason:
+        return (
+            "the file is damaged (its database is malformed), perhaps cut short by an "
+            "interrupted download or copy. Export the field again."
+        )
+    if "SHAPE_RESTORE_SHX" in reason:
+        return (
+            "the shapefile's index file (.shx) is not beside it, and the shapes cannot be read "
+            "without it. Keep the .shp with its .shx, .dbf and .prj files (or zip them together)."
+        )
+    reason = re.sub(r"sqlite3_\w+\(.*\) failed: ", "", reason)
+    reason = re.sub(r"\S*fieldflow-(?:zip|upload)-[^/\s]+/", "", reason).rstrip(". ")
+    return f"{reason}. Is it complete and really the format its extension says?"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -8,8 +8,11 @@ reprojected to longitude/latitude. Easting 500 000 m is the zone's central merid
 from __future__ import annotations
 
 import json
+import sqlite3
 import tempfile
+import warnings
 import zipfile
+from contextlib import closing
 from pathlib import Path
 
 import geopandas as gpd
@@ -705,3 +708,34 @@ def test_file_whose_content_does_not_match_its_extension_is_refused(tmp_path: Pa
     path.write_text(kml_text(ha_square()), encoding="utf-8")
     with pytest.raises(FieldError, match=r"is not a GeoPackage"):
         field_from_file(path)
+
+
+def test_truncated_geopackage_is_called_damaged_without_sql(tmp_path: Path) -> None:
+    whole = write_frame(tmp_path / "whole.gpkg", ["North"], [ha_square()])
+    cut = tmp_path / "cut.gpkg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(FieldError, match=r"damaged .*Export the field again") as caught:
+        field_from_file(cut)
+    assert "sqlite" not in str(caught.value).lower()
+
+
+def test_sqlite_file_that_is_no_geopackage_gives_no_gdal_warning(tmp_path: Path) -> None:
+    path = tmp_path / "plain.gpkg"
+    with closing(sqlite3.connect(path)) as database:
+        database.execute("CREATE TABLE t (x)")
+        database.commit()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning from GDAL would fail the test
+        with pytest.raises(FieldError, match=r"Cannot read the file 'plain.gpkg'.*GeoPackage"):
+            field_from_file(path)
+
+
+def test_shapefile_without_its_index_names_the_missing_file(tmp_path: Path) -> None:
+    parts = shapefile_parts(tmp_path / "shp", [ha_square()], "EPSG:4326")
+    del parts["parcel.shx"]
+    with pytest.raises(FieldError, match=r"holds parcel\.shp but not its index file parcel\.shx"):
+        field_from_file(zip_files(tmp_path / "parcel.zip", parts))
+    (tmp_path / "shp" / "parcel.shx").unlink()
+    with pytest.raises(FieldError, match=r"index file \(\.shx\) is not beside it") as caught:
+        field_from_file(tmp_path / "shp" / "parcel.shp")
+    assert "SHAPE_RESTORE_SHX" not in str(caught.value)
