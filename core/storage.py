@@ -62,6 +62,8 @@ def check_output_path(
     option: str = "--out",
     inputs: Iterable[str | os.PathLike[str]] = (),
     model: str | os.PathLike[str] | None = None,
+    writes: str | None = None,
+    other_command: str = "",
 ) -> Path:
     """Check, before any long computation, that a file can be written at ``path``.
 
@@ -70,7 +72,10 @@ def check_output_path(
     output would overwrite what is being read), the ``model`` checkpoint the command uses
     (whether or not its method reads it: a result written there would destroy the model), and
     a folder that cannot be written. Missing folders are fine: :func:`atomic_output` creates
-    them. Returns the path.
+    them. With ``writes`` (a key of :data:`FORMAT_SUFFIXES`), a name ending in another known
+    format's suffix is refused too (``x.csv`` holding NetCDF would mislead whoever opens it);
+    ``other_command`` says where that other format comes from. A name with no or an unknown
+    suffix is accepted. Returns the path.
 
     Raises:
         OutputError: what is wrong with the path and what to give instead.
@@ -78,12 +83,13 @@ def check_output_path(
     if not str(path).strip():
         raise OutputError(f"{option} is empty: give the path of the file to write.")
     target = Path(path)
+    example = "result" + (FORMAT_SUFFIXES[writes][0] if writes else _suffix_hint(option))
     if str(path).endswith(("/", os.sep)):  # Path() drops the slash: a file of that name was written
         raise OutputError(
             f"{option} {path} names a folder (it ends in '/'): give a file name inside it, "
-            f"e.g. {target / ('result' + _suffix_hint(option))}."
+            f"e.g. {target / example}."
         )
-    _check_target(target, option)
+    _check_target(target, option, example)
     resolved = target.resolve()
     if model is not None and Path(model).resolve() == resolved:
         raise OutputError(
@@ -96,6 +102,8 @@ def check_output_path(
                 f"{option} {target} is also the input: writing it would replace the file being "
                 "read. Choose another output file."
             )
+    if writes is not None:  # after the checks above: they name the worse mistake
+        _check_suffix(target, option, writes, other_command)
     _check_folder(target.parent, target, option)
     return target
 
@@ -146,7 +154,40 @@ SPECIAL_ROOTS = (Path("/dev"), Path("/proc"), Path("/sys"))
 ``/proc/self/fd/1``, which may even look like a regular file when the output is redirected)."""
 
 
-def _check_target(target: Path, option: str) -> None:
+FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "NetCDF": (".nc", ".nc4", ".netcdf"),
+    "CSV": (".csv",),
+    "JSON": (".json",),
+    "checkpoint": (".pt", ".pth"),
+    "GeoTIFF": (".tif", ".tiff"),
+    "GeoJSON": (".geojson",),
+    "GeoPackage": (".gpkg",),
+    "shapefile": (".shp",),
+    "zip": (".zip",),
+    "KML": (".kml", ".kmz"),
+    "image": (".png", ".jpg", ".jpeg"),
+    "spreadsheet": (".xlsx", ".xls", ".ods"),
+    "Parquet": (".parquet",),
+    "Zarr": (".zarr",),
+}
+"""The formats a user may expect from a file name, and their suffixes (the first is the one
+suggested). Only these are checked: any other suffix, or none, is the user's choice."""
+
+
+def _check_suffix(target: Path, option: str, writes: str, other_command: str) -> None:
+    suffix = target.suffix.lower()
+    named = next((f for f, suffixes in FORMAT_SUFFIXES.items() if suffix in suffixes), None)
+    if named is None or named == writes:
+        return
+    where = f" ({named} comes from {other_command})" if other_command else ""
+    raise OutputError(
+        f"{option} {target} ends in {suffix}, but this command writes a {writes} file: "
+        f"give a name ending in {FORMAT_SUFFIXES[writes][0]}, e.g. "
+        f"{target.with_suffix(FORMAT_SUFFIXES[writes][0])}{where}."
+    )
+
+
+def _check_target(target: Path, option: str, example: str) -> None:
     """OutputError when ``target`` exists and is not a regular file, or names a device or a
     process's stream, whether or not through a link."""
     for candidate in (target.absolute(), target.resolve()):
@@ -166,8 +207,7 @@ def _check_target(target: Path, option: str) -> None:
         raise OutputError(f"{option} {target}: {exc.strerror}.") from exc
     if stat.S_ISDIR(mode):
         raise OutputError(
-            f"{option} {target} is a folder: give a file name inside it, "
-            f"e.g. {target / ('result' + _suffix_hint(option))}."
+            f"{option} {target} is a folder: give a file name inside it, e.g. {target / example}."
         )
     if not stat.S_ISREG(mode):
         raise OutputError(
@@ -196,7 +236,7 @@ def atomic_output(path: str | os.PathLike[str], *, defer_signals: bool = False) 
     from Python's default handler); ``path`` is left untouched.
     """
     target = Path(path)
-    _check_target(target, "output")
+    _check_target(target, "output", "result" + (target.suffix or ".out"))
     if target.is_symlink():  # replace the file it points to, and keep the link
         target = target.resolve()
     try:

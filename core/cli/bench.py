@@ -131,7 +131,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     check_options("model", ReconstructOptions(samples=args.samples, steps=args.steps))
     if args.json is not None:
         check_output_path(
-            args.json, option="--json", inputs=[source], model=chosen_checkpoint(args, settings)
+            args.json,
+            option="--json",
+            inputs=[source],
+            model=chosen_checkpoint(args, settings),
+            writes="JSON",
         )
     machine = machine_description(probe_torch=any(m not in BASELINES for m in methods))
     results = bench(

@@ -259,7 +259,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     paths = cube_paths(args.cube, args.cubes_dir, settings)
     if args.json is not None:
         check_output_path(
-            args.json, option="--json", inputs=paths, model=chosen_checkpoint(args, settings)
+            args.json,
+            option="--json",
+            inputs=paths,
+            model=chosen_checkpoint(args, settings),
+            writes="JSON",
         )
     listed_from = args.cubes_dir or (None if args.cube else settings.cubes_dir)
     check_cubes(paths, listed_from)

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from core.grid import field_mask
     from core.storage import check_output_path
 
-    check_output_path(args.out, inputs=[args.field_path])
+    check_output_path(args.out, inputs=[args.field_path], writes="NetCDF")
     if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:
         raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
     start, end = parse_period(args.start, args.end)

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         args.out,
         inputs=[args.cube, *([args.geojson] if args.geojson else [])],
         model=chosen_checkpoint(args, settings),
+        writes="CSV",
+        other_command="`python -m core reconstruct`, which writes the frames",
     )
     cube = read_cube(args.cube)
     mask = None

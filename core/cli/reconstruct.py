@@ -229,7 +229,13 @@ def query_dates(args: argparse.Namespace) -> np.ndarray:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Reconstruct, write the NetCDF and print a one-line summary."""
     method = chosen_method(args, settings)
-    check_output_path(args.out, inputs=[args.cube], model=chosen_checkpoint(args, settings))
+    check_output_path(
+        args.out,
+        inputs=[args.cube],
+        model=chosen_checkpoint(args, settings),
+        writes="NetCDF",
+        other_command="`python -m core ndvi`, which writes the NDVI table",
+    )
     dates = query_dates(args)
     cube = read_cube(args.cube)
     options = options_from_args(args, settings, keep_observed=args.keep_observed)

@@ -288,6 +288,24 @@ def test_an_unusable_output_is_refused_before_any_work(es_path, tmp_path, capsys
     assert err.startswith(f"error: --out {tmp_path} is a folder: give a file name inside it")
 
 
+@pytest.mark.parametrize(
+    ("command", "name", "message"),
+    [
+        ("reconstruct", "frames.csv", "writes a NetCDF file: give a name ending in .nc"),
+        ("ndvi", "curve.nc", "writes a CSV file: give a name ending in .csv"),
+    ],
+)
+def test_an_output_named_for_another_format_is_refused(
+    es_path, tmp_path, capsys, command, name, message
+) -> None:
+    args = ["--start", "2019-05-01", "--end", "2019-05-10", "--method", "linear"]
+    status = main([command, "--cube", str(es_path), "--out", str(tmp_path / name), *args])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert message in err and "python -m core" in err
+    assert not (tmp_path / name).exists()
+
+
 def test_the_input_cube_is_never_overwritten(es_path, tmp_path, capsys) -> None:
     cube = tmp_path / "cube.nc"
     cube.write_bytes(es_path.read_bytes())

@@ -65,6 +65,18 @@ def test_unusable_outputs_are_refused_with_what_to_do(tmp_path: Path, make, mess
     assert message in str(caught.value)
 
 
+def test_a_name_promising_another_format_is_refused(tmp_path: Path) -> None:
+    for name in ("frames.csv", "frames.JSON", "frames.tif"):
+        with pytest.raises(OutputError, match=r"but this command writes a NetCDF file") as caught:
+            check_output_path(tmp_path / name, writes="NetCDF", other_command="ndvi")
+        assert f"e.g. {tmp_path / 'frames.nc'} (" in str(caught.value)
+    with pytest.raises(OutputError, match=r"ends in \.nc, .* writes a CSV file: .*curve\.csv"):
+        check_output_path(tmp_path / "curve.nc", writes="CSV")
+    for name in ("frames.nc", "frames.NC4", "frames", "frames.out", "frames.2019"):
+        assert check_output_path(tmp_path / name, writes="NetCDF") == tmp_path / name
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_folder_that_cannot_be_written_is_refused(locked: Path) -> None:
     for target in (locked / "curve.csv", locked / "new" / "curve.csv"):
         with pytest.raises(OutputError, match=r"cannot write in the folder .*locked"):
