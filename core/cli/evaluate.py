@@ -267,12 +267,25 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     listed_from = args.cubes_dir or (None if args.cube else settings.cubes_dir)
     check_cubes(paths, listed_from)
+    seen = _parse_seen(args.seen)
+    for method, names in seen.items():
+        if method not in methods:
+            raise InputError(
+                f"--seen names '{method}', which is not among --methods "
+                f"({', '.join(methods)}): give --seen METHOD=CUBE,... for a method evaluated."
+            )
+        if not names and args.exclude_seen:
+            print(
+                f"note: --seen {method}= lists no cubes, so {method} is scored on every cube, "
+                "including any it was trained on.",
+                file=sys.stderr,
+            )
     evaluation = evaluate(
         _read_each(paths),
         methods,
         protocol,
         options,
-        seen_sites=_parse_seen(args.seen),
+        seen_sites=seen,
         exclude_seen=args.exclude_seen,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )

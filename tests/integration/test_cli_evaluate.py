@@ -232,3 +232,12 @@ def test_bench_numbers_it_cannot_run_with_are_refused_before_measuring(extra, me
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and message in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_seen_must_name_a_method_evaluated(cubes_dir, capsys) -> None:
+    cube = str(cubes_dir / "es-field_2019.nc")
+    assert main(["evaluate", "--cube", cube, "--methods", "linear", "--seen", "modle=x"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --seen names 'modle', which is not among --methods (linear): give --seen "
+        "METHOD=CUBE,... for a method evaluated.\n"
+    )
