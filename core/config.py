@@ -105,7 +105,9 @@ class Settings:
         env = os.environ if environ is None else environ
         kwargs: dict[str, object] = {}
         if env.get("STAC_API_URL", "").strip():
-            kwargs["stac_api_url"] = env["STAC_API_URL"].strip().rstrip("/")
+            url = env["STAC_API_URL"].strip()
+            # A trailing slash goes; not the scheme's (check_stac_url must see 'http://' whole)
+            kwargs["stac_api_url"] = url.rstrip("/") if "://" in url.rstrip("/") else url
         for name, key in (
             ("FIELDFLOW_DATA_DIR", "data_dir"),
             ("FIELDFLOW_CACHE_DIR", "cache_dir"),

@@ -35,6 +35,11 @@ def test_values_are_read_and_trimmed() -> None:
     assert settings.max_pixel_dates == 1e6 and settings.result_cache_mb == 0.0
 
 
+def test_a_bare_scheme_is_kept_whole_for_the_url_check_to_name() -> None:
+    for url in ("http://", "https:///", "http:"):
+        assert Settings.from_env({"STAC_API_URL": url}).stac_api_url == url
+
+
 @pytest.mark.parametrize(
     ("name", "value", "said"),
     [
