@@ -13,6 +13,10 @@ from core.errors import InputError
 from core.model.config import BAND_TARGET, NARROW_BAND_COVERAGE, ModelConfig, TrainConfig
 from core.reconstruct import SEED_LIMIT
 
+TINY_MODEL = {"width": 16, "depth": 1, "heads": 2, "flow_hidden": 32, "flow_layers": 1}
+"""The network of ``--tiny`` (smoke tests: trains in seconds)."""
+TINY_TRAINING = {"steps": 10, "batch_size": 2, "crop": 16, "min_frames": 6, "max_frames": 8}
+
 FINE_TUNE_LR = 3e-4
 """Default peak learning rate with ``--init``: m5 (from m4) and the regional fine-tuning of the
 README were trained at it; the from-scratch default (1e-3) for 3 steps on one small cube
@@ -167,12 +171,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     device = resolve_device(args.device)
     model_config, train_config = ModelConfig(), TrainConfig(seed=args.seed, threads=args.threads)
     if args.tiny:
-        model_config = replace(
-            model_config, width=16, depth=1, heads=2, flow_hidden=32, flow_layers=1
-        )
-        train_config = replace(
-            train_config, steps=10, batch_size=2, crop=16, min_frames=6, max_frames=8
-        )
+        model_config = replace(model_config, **TINY_MODEL)
+        train_config = replace(train_config, **TINY_TRAINING)
     init = None
     if args.init is not None:
         from core.model.checkpoint import load_checkpoint
@@ -376,11 +376,12 @@ def check_numbers(args: argparse.Namespace) -> None:
     if not 0 <= args.seed < SEED_LIMIT:
         raise InputError(f"--seed must be between 0 and {SEED_LIMIT - 1}, not {args.seed}.")
     if args.width is not None:
-        step = 2 * ModelConfig.heads  # each attention head's rotary pairs need an even width
+        heads = TINY_MODEL["heads"] if args.tiny else ModelConfig.heads
+        step = 2 * heads  # each attention head's rotary pairs need an even width
         if args.width < step or args.width % step:
             raise InputError(
-                f"--width must be a multiple of {step} (the model's {ModelConfig.heads} "
-                f"attention heads, each of an even width), not {args.width}; e.g. 64 or 96."
+                f"--width must be a multiple of {step} (the model's {heads} attention heads, "
+                f"each of an even width), not {args.width}; e.g. {8 * step} or {12 * step}."
             )
     if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
         raise InputError(f"--lr must be a positive number, not {args.lr}.")

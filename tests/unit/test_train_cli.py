@@ -324,7 +324,7 @@ def test_a_cube_inside_a_held_out_site_under_another_name_releases_it(
         (["--depth", "0"], "--depth must be 1 or more"),
         (["--threads", "-4"], "--threads must be 0"),
         (["--seed", str(10**23)], "--seed must be between 0"),
-        (["--width", "3"], "--width must be a multiple of 8"),
+        (["--width", "3"], "--width must be a multiple of 4 (the model's 2 attention heads"),
         (["--lr", "nan"], "--lr must be a positive number"),
         (["--lr", "inf"], "--lr must be a positive number"),
         (["--ndvi-weight", "nan"], "--ndvi-weight must be 0 or more"),
@@ -341,6 +341,19 @@ def test_numbers_a_training_cannot_run_with_are_refused_before_it_starts(
     assert err.startswith("error: ") and message in err
     assert "step 1/" not in err  # refused before the first step
     assert not out.exists()
+
+
+def test_the_width_is_checked_against_the_heads_of_the_network_trained(
+    small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.pt"
+    argv = ["train", "--data", str(small_data), "--out", str(out), "--width", "20"]
+    assert main(argv) == 2  # the full network has 4 heads: 20 is 4 heads of 5, odd
+    assert "--width must be a multiple of 8 (the model's 4 attention heads" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--tiny", "--threads", "1"]) == 0  # --tiny's 2 heads of 10
+    assert load_checkpoint(out).config.width == 20
 
 
 def test_the_checkpoint_is_a_pt_file_and_the_data_a_folder(
