@@ -14,6 +14,10 @@ What every method may rely on, and what the contract guarantees:
   ``ndvi_p10`` and ``ndvi_p90``.
 * With ``keep_observed`` (the default), clear pixels of an acquisition on a requested calendar
   day are returned as observed.
+* A pixel that no acquisition images (reflectance NaN in every band of every acquisition,
+  cloudy or clear: past the edge of the imagery, or in a strip no swath of the period covers)
+  is NaN in every output, whatever the method: the model could invent it from its neighbours,
+  but nothing was ever seen there. A pixel imaged only under cloud is the method's to fill.
 * The output's attributes name the method and its settings, and whatever the method records
   of how it made this result (:attr:`Prediction.attrs`).
 """
@@ -277,10 +281,11 @@ def reconstruct(
     screening = None
     if options.screen_haze:
         cube, screening = screen_cube(cube)
+    imaged = imaged_pixels(cube)
     observed = observations(cube)
     require_clear_pixels(observed)
     prediction = resolve_method(method)(observed, query, options)
-    out = _assemble(observed, query, prediction, method, options)
+    out = _assemble(observed, query, prediction, method, options, imaged)
     if screening is not None:  # what was taken out, in words (the command prints it)
         out.attrs[HAZE_SCREEN_ATTR] = screening.summary()
     return out
@@ -359,6 +364,16 @@ def available_memory_bytes() -> int | None:
     return None
 
 
+def imaged_pixels(cube: xr.Dataset) -> np.ndarray:
+    """(y, x) bool: the pixels some Sentinel-2 acquisition holds reflectance for, clear or
+    not. Frame by frame: the whole cube's test would double a large field's memory."""
+    s2 = cube["s2"].values
+    imaged = np.zeros((cube.sizes["y"], cube.sizes["x"]), dtype=bool)
+    for frame in s2:
+        imaged |= np.isfinite(frame).any(axis=0)
+    return imaged
+
+
 def clear_pixels(cube: xr.Dataset, mask: np.ndarray | None = None) -> np.ndarray:
     """Per acquisition, how many pixels (of ``mask``, default all) are clear and hold data."""
     clear = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)
@@ -410,6 +425,7 @@ def _assemble(
     prediction: Prediction,
     method: str,
     options: ReconstructOptions,
+    imaged: np.ndarray,
 ) -> xr.Dataset:
     n_query, n_bands = query.size, len(S2_BANDS)
     height, width = observed.sizes["y"], observed.sizes["x"]
@@ -427,6 +443,11 @@ def _assemble(
     mean[:, absent] = np.nan
     if samples is not None:
         samples[:, :, absent] = np.nan
+    unseen = ~imaged  # no acquisition images them: nothing to reconstruct from
+    if unseen.any():
+        mean[:, :, unseen] = np.nan
+        if samples is not None:
+            samples[:, :, :, unseen] = np.nan
 
     half = ndvi_half = None
     if prediction.band_half is not None and samples is not None:

@@ -61,6 +61,7 @@ from core.reconstruct import (
     NDVI_ERROR_BAND_ATTR,
     ReconstructOptions,
     Reconstructor,
+    imaged_pixels,
     method_choices,
     pinned,
     reconstruct,
@@ -840,11 +841,7 @@ def imagery_cover(
     edge, or in a strip no acquisition of the period covers (a swath or tile edge). Field
     figures (clear shares, the curve) are measured over the covered pixels; measured over the
     whole field, a field half outside had no day "mostly clear"."""
-    s2 = cube["s2"].values
-    has_data = np.zeros(mask.shape, bool)
-    for frame in s2:  # a frame at a time: the whole cube's test would double its memory
-        has_data |= np.isfinite(frame).any(axis=0)
-    covered = mask & has_data
+    covered = mask & imaged_pixels(cube)
     pixels = int(mask.sum())
     wanted = grid_for_field(field)
     try:  # cropped from a larger cube on the same lattice: the part cut off counts too

@@ -100,6 +100,28 @@ def test_infinite_inputs_count_as_missing_and_clear_nodata_is_estimated(flanders
     np.testing.assert_array_equal(out["s2"].values[0][:, clear], cube["s2"].values[t][:, clear])
 
 
+@pytest.mark.parametrize("method", ["linear", "model"])
+def test_pixels_no_acquisition_images_stay_empty_whatever_the_method(flanders, method) -> None:
+    # A fetched field past the edge of the imagery: no reflectance there on any date (cloudy
+    # or clear). The model had filled such pixels from their neighbours, and the GeoTIFF held
+    # them as data. A strip imaged only under cloud is the model's to fill.
+    cube = flanders.sel(time_s2=slice("2018-04-01", "2018-05-31")).copy(deep=True)
+    cube["s2"].values[:, :, :, 6:] = np.nan  # the two eastern columns: never imaged
+    cube["valid"].values[:, :, 6:] = 0
+    cube["valid"].values[:, :2, :] = 0  # the two northern rows: imaged, never clear
+    days = calendar_day(cube["time_s2"].values[[2, 9]]).astype("datetime64[ns]")
+    out = reconstruct(cube, days, method, ReconstructOptions(samples=2))
+    present = [S2_BANDS.index(b) for b in ("B02", "B03", "B04", "B08")]
+    for name in ("s2", "s2_p10", "s2_p90"):
+        assert np.isnan(out[name].values[:, :, :, 6:]).all(), name
+        assert np.isfinite(out[name].values[:, present, 2:, :6]).all(), name
+    for name in ("ndvi", "ndvi_p10", "ndvi_p90"):
+        assert np.isnan(out[name].values[:, :, 6:]).all(), name
+    assert not out["observed"].values[:, :, 6:].any()
+    filled = np.isfinite(out["s2"].values[:, present, :2, :6]).all()
+    assert filled == (method == "model")  # linear has no clear observation there
+
+
 def test_samples_add_quantile_variables_of_zero_width_for_baselines(es_field) -> None:
     dates = np.array(["2019-05-03"], dtype="datetime64[ns]")
     single = reconstruct(es_field, dates, "linear")
