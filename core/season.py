@@ -48,7 +48,12 @@ from core.config import (
     is_shipped_checkpoint,
 )
 from core.cube import S2_BANDS, has_s1, read_cube, single_polarization_note
-from core.curve import curve_chunks, field_ndvi_band, ndvi_curve
+from core.curve import (
+    OBSERVED_MIN_CLEAR_FRACTION,
+    curve_chunks,
+    field_ndvi_band,
+    ndvi_curve,
+)
 from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff, reconstruction_netcdf
 from core.field import Field
@@ -163,12 +168,22 @@ class TimelineDate:
 
     @property
     def label(self) -> str:
-        """E.g. ``"2018-05-03 · S2, 92 % clear"`` or ``"2018-05-05 · reconstructed only"``."""
+        """E.g. ``"2018-05-03 · S2 clear (98%)"``, ``"2018-10-28 · S2 partly clear (62%)"``,
+        ``"2018-05-08 · S2 cloudy (12% clear)"`` or ``"2018-05-05 · no acquisition"``."""
         if not self.acquired:
             return f"{self.day.isoformat()} · no acquisition"
         clear = self.clear_fraction or 0.0
-        kind = "clear" if clear >= 0.5 else "cloudy"
-        return f"{self.day.isoformat()} · S2 {kind} ({clear:.0%} clear)"
+        if clear < OBSERVED_MIN_CLEAR_FRACTION:
+            return f"{self.day.isoformat()} · S2 cloudy ({clear:.0%} clear)"
+        kind = "clear" if clear >= WHOLLY_CLEAR_FRACTION else "partly clear"
+        return f"{self.day.isoformat()} · S2 {kind} ({clear:.0%})"
+
+
+WHOLLY_CLEAR_FRACTION = 0.95
+"""From this share of the field seen clear, a day is called clear without "partly": its field
+NDVI is then (almost) the observation's. Below it, the field's value also counts the cloudy
+part, reconstructed, and differs from the mean over the clear pixels where the field is not
+uniform."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +246,8 @@ class DayView:
     """Mean NDVI of the clear field pixels acquired that day; NaN without."""
     source: str
     """``"observed"`` or ``"reconstructed"`` (see :mod:`core.curve`)."""
+    clear_fraction: float = math.nan
+    """Share of the field seen clear that day (NaN: no acquisition)."""
     days_to_clear: float = math.nan
     """The field's median days to its pixels' nearest clear observation (NaN: most of the
     field never seen clear; see :mod:`core.curve`)."""
@@ -709,11 +726,12 @@ def day_view(
         ndvi_p90=float(row["ndvi_p90"]),
         observed_ndvi=float(row["observed_ndvi"]),
         source=str(row["source"]),
-        days_to_clear=_days_or_nan(row.get("days_to_clear")),
+        clear_fraction=_float_or_nan(row.get("clear_fraction")),
+        days_to_clear=_float_or_nan(row.get("days_to_clear")),
     )
 
 
-def _days_or_nan(value: object) -> float:
+def _float_or_nan(value: object) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
 
 

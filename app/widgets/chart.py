@@ -75,10 +75,10 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
             y=clear["observed_ndvi"],
             mode="markers",
             marker={"color": OBSERVED_COLOUR, "size": 8},
-            name="Clear observation",
+            name="Observed (its clear pixels)",
             customdata=np.round(clear["clear_fraction"].to_numpy() * 100),
-            hovertemplate="%{x|%Y-%m-%d}: observed %{y:.3f} (%{customdata:.0f} % clear)"
-            "<extra></extra>",
+            hovertemplate="%{x|%Y-%m-%d}: observed %{y:.3f} on the %{customdata:.0f} % of the "
+            "field seen clear<extra></extra>",
         )
     )
     fig.add_trace(

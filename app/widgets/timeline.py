@@ -16,7 +16,7 @@ from app.state import Key, forget_widget, set_widget_value, widget_value
 from app.widgets.period import DATE_FORMAT
 from core.errors import FieldFlowError
 from core.render import colour_bar
-from core.season import FrameView, SeasonResult
+from core.season import WHOLLY_CLEAR_FRACTION, DayView, FrameView, SeasonResult
 
 CLEAR_ENOUGH = 0.5
 
@@ -110,7 +110,7 @@ def query_panel(result: SeasonResult) -> None:
     if band:
         st.caption(band)
     if math.isfinite(view.observed_ndvi):
-        st.caption(f"Observed that day: {view.observed_ndvi:.3f} ({view.source}).")
+        st.caption(observed_caption(view))
     elif math.isfinite(view.days_to_clear):
         st.caption(
             "No clear observation that day: reconstructed; the field's nearest clear "
@@ -141,6 +141,18 @@ def _recon_caption(result: SeasonResult, frame: FrameView) -> str:
     ndvi = f"field NDVI {frame.ndvi:.2f}" if math.isfinite(frame.ndvi) else "no NDVI"
     return (
         f"Reconstructed ({result.request.method}): {ndvi}, {frame.observed_fraction:.0%} observed"
+    )
+
+
+def observed_caption(view: DayView) -> str:
+    """What was seen that day, told apart from the field's value where only part was clear."""
+    clear = view.clear_fraction
+    if not math.isfinite(clear) or clear >= WHOLLY_CLEAR_FRACTION:
+        return f"Observed that day: {view.observed_ndvi:.3f} (the field seen clear)."
+    return (
+        f"Observed that day on the {clear:.0%} of the field seen clear: "
+        f"{view.observed_ndvi:.3f}. The field's value above also counts the rest, "
+        "reconstructed under the clouds."
     )
 
 

@@ -12,6 +12,8 @@ from app.config import OSM_TILES, AppConfig
 from app.state import default_period
 from app.widgets.chart import clicked_day
 from app.widgets.map import VENDOR_FILES, base_map, localize_assets
+from app.widgets.timeline import observed_caption
+from core.season import DayView, TimelineDate
 
 
 def test_map_assets_point_at_the_static_folder_and_cdn_extras_are_dropped() -> None:
@@ -76,3 +78,23 @@ def test_the_curves_hover_says_how_far_the_day_is_from_clear_data() -> None:
         "nearest clear observation 3 d away",
         "most of the field never seen clear",
     ]
+
+
+def test_a_partly_clear_day_tells_its_observation_from_the_fields_value() -> None:
+    # The demo's 2018-10-28: 62 % clear, the clear pixels' NDVI 0.702, the field's 0.515 (its
+    # cloudy, bare part reconstructed). Both had read as "observed".
+    def view(clear: float) -> DayView:
+        return DayView(dt.date(2018, 10, 28), b"", b"", None, 0.515, 0.48, 0.55, 0.702,
+                       "observed", clear_fraction=clear)  # fmt: skip
+
+    partly = observed_caption(view(0.62))
+    assert partly.startswith("Observed that day on the 62% of the field seen clear: 0.702.")
+    assert "also counts the rest, reconstructed" in partly
+    assert observed_caption(view(0.98)) == "Observed that day: 0.702 (the field seen clear)."
+    labels = [TimelineDate(dt.date(2018, 10, 28), True, c).label for c in (0.98, 0.62, 0.12)]
+    assert labels == [
+        "2018-10-28 · S2 clear (98%)",
+        "2018-10-28 · S2 partly clear (62%)",
+        "2018-10-28 · S2 cloudy (12% clear)",
+    ]
+    assert TimelineDate(dt.date(2018, 10, 29), False, None).label.endswith("no acquisition")
