@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import streamlit as st
@@ -148,6 +148,10 @@ class RunPanel:
     stages: tuple[str, ...]
 
 
+COMPUTED_IN = "Computed in "
+"""How a finished Run's headline starts."""
+
+
 @dataclass(frozen=True)
 class Finished:
     """A Run's result and the panel that tells how it was made."""
@@ -183,9 +187,22 @@ def start_run(request: SeasonRequest, config: Settings) -> Finished | None:
     key = request.key(config.stac_api_url)
     compute = _computation(request, config, runner)
     if key in result_budget(config.result_cache_mb).keys:
-        return _keep(key, compute, config)
+        finished = _keep(key, compute, config)
+        return replace(finished, panel=_shown_again(finished.panel))
     jobs().join(key, compute, session_id())
     return None
+
+
+def _shown_again(panel: RunPanel) -> RunPanel:
+    """The panel of a result kept from an earlier Run: its time is then not this Run's."""
+    computed, sep, rest = panel.headline.partition(COMPUTED_IN)
+    if not sep or computed:  # not a finished Run's headline: leave it as it is
+        return panel
+    seconds, _, summary = rest.partition(": ")
+    return replace(
+        panel,
+        headline=f"Shown again, nothing recomputed (computed earlier in {seconds}): {summary}",
+    )
 
 
 def watch_run(request: SeasonRequest, config: Settings) -> Finished | None:
@@ -372,7 +389,7 @@ def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> Finished:
     result = job.outcome()
     frames = result.frames_loaded
     headline = (
-        f"Computed in {result.elapsed_s:.1f} s: {len(result.timeline)} dates from "
+        f"{COMPUTED_IN}{result.elapsed_s:.1f} s: {len(result.timeline)} dates from "
         f"{frames.get('s2', 0)} Sentinel-2 and {frames.get('s1', 0)} Sentinel-1 frames "
         f"({result.source})."
     )

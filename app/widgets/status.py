@@ -26,11 +26,15 @@ def show_messages(state: PageState) -> None:
 
 
 def run_panel(panel: RunPanel) -> None:
-    """How the Run that just ended went: its headline and stages, in a box."""
+    """How the Run that just ended went: its headline, and its stages folded (the result
+    below is what the user came for; on a laptop's screen the stages had pushed it out of
+    sight)."""
     box = st.container(border=True)
     box.markdown(f"**{panel.headline}**")
-    for stage in panel.stages:
-        box.caption(stage)
+    if panel.stages:
+        with box.expander(f"Its stages ({len(panel.stages)})"):
+            for stage in panel.stages:
+                st.caption(stage)
 
 
 def switch_method(state: PageState, method: str) -> None:

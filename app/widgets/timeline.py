@@ -114,7 +114,7 @@ def query_panel(result: SeasonResult) -> None:
     elif math.isfinite(view.days_to_clear):
         st.caption(
             "No clear observation that day: reconstructed; the field's nearest clear "
-            f"observations are a median {view.days_to_clear:.0f} days away."
+            f"observations are a median {_days(view.days_to_clear)} away."
         )
     else:
         st.caption("No clear observation that day: reconstructed.")
@@ -142,6 +142,10 @@ def _recon_caption(result: SeasonResult, frame: FrameView) -> str:
     return (
         f"Reconstructed ({result.request.method}): {ndvi}, {frame.observed_fraction:.0%} observed"
     )
+
+
+def _days(days: float) -> str:
+    return "1 day" if round(days) == 1 else f"{days:.0f} days"
 
 
 def observed_caption(view: DayView) -> str:

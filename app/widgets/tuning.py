@@ -49,11 +49,12 @@ def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Pat
     which = "the shipped model" if is_shipped_checkpoint(base) else f"`{base.stem}`"
     address = scheduler_address()
     where = (
-        "600 steps take about 10 minutes on 2 CPU cores, at a lower priority than Runs (a demo "
-        "Run took 42 s instead of 36 s meanwhile)"
+        "600 steps take 5-6 minutes on 2 CPU cores with nothing else running, about 12 with "
+        "other work; Runs take the cores first (a demo Run took 42 s instead of 36 s "
+        "meanwhile)"
         if address is None
         else f"It trains on a worker of the Dask cluster at {address}, a GPU worker where one "
-        "is offered (Runs' model work waits for that GPU meanwhile); 600 steps take about 10 "
+        "is offered (Runs' model work waits for that GPU meanwhile); 600 steps take 5-6 "
         "minutes on 2 CPU cores"
     )
     st.markdown(

@@ -272,7 +272,8 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     press_run(page)
     assert state(page).result.key == result.key
     assert state(page).result is result  # the one cached object, not an unpickled copy
-    assert any(t.startswith("**Computed in") for t in texts(page, "markdown"))  # replayed
+    replayed = "**Shown again, nothing recomputed (computed earlier in "
+    assert any(t.startswith(replayed) for t in texts(page, "markdown"))
     assert site.stac_server.requests == [] and site.cog_server.requests == []
 
     # A new period makes the result stale: it is dropped until the next Run.
