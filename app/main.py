@@ -222,7 +222,8 @@ def workspace(config: AppConfig, settings: Settings) -> None:
             "map and the inputs stay usable meanwhile (changing the field, period or settings "
             "stops the Run)."
             if state.running is not None
-            else "Pick the period and press **Run** in the sidebar."
+            else "Pick the period and press **Run**, under the dates at the foot of the sidebar "
+            "(scroll the sidebar on a small screen)."
             if state.field is not None
             else "Draw the field with the polygon or rectangle tool (left edge of the map), "
             "upload its outline, or press **Demo field** in the sidebar; then press **Run**."

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.state import Key, widget_value
-from app.widgets.timeline import select_day
+from app.widgets.timeline import NDVI_SCALE, select_day
 from core.curve import OBSERVED_MIN_CLEAR_FRACTION
 from core.season import SeasonResult
 
@@ -140,7 +140,8 @@ def ndvi_chart(result: SeasonResult, selected: dt.date) -> None:
         "Whittaker reference",
         value=True,
         key=str(Key.REFERENCE),
-        help="Whittaker smoother (lambda by cross-validation) through the clear observations.",
+        help="A smooth curve through the clear observations alone (the Whittaker smoother, a "
+        "standard method; its smoothing chosen by cross-validation), to compare with.",
     )
 
     def on_select() -> None:
@@ -155,6 +156,14 @@ def ndvi_chart(result: SeasonResult, selected: dt.date) -> None:
         selection_mode="points",
         config={"displaylogo": False},
     )
+    st.caption(NDVI_SCALE + (BAND_MEANING if np.isfinite(result.curve["ndvi_p10"]).any() else ""))
+
+
+BAND_MEANING = (
+    " The shaded band (p10-p90) is the range the field's value falls in 8 times in 10 by the "
+    "model's reckoning. On a day seen whole and clear it has no width: the observation is kept "
+    "as it is, and the sensor's own error is not in the band."
+)
 
 
 def clicked_day(event: Any) -> dt.date | None:

@@ -6,7 +6,12 @@ import streamlit as st
 
 from app.services import RunPanel
 from app.state import Key, PageState
-from core.season import BASELINE_NAMES, SeasonResult, method_choices
+from core.season import (
+    BASELINE_NAMES,
+    S1_SEARCH_MARGIN_DAYS,
+    SeasonResult,
+    method_choices,
+)
 
 
 def show_messages(state: PageState) -> None:
@@ -44,6 +49,14 @@ def switch_method(state: PageState, method: str) -> None:
     state.run_requested = True
 
 
+def _radar_count(result: SeasonResult) -> str:
+    frames = result.frames_loaded.get("s1", 0)
+    if not frames:
+        return "no Sentinel-1 frames"
+    margin = f"from {S1_SEARCH_MARGIN_DAYS} days either side of the period too"
+    return f"{frames} Sentinel-1 frame{'s' if frames > 1 else ''} ({margin})"
+
+
 def result_summary(result: SeasonResult, state: PageState) -> None:
     """One line on what the result holds, its notes, and (folded) what the model fitted."""
     acquisitions = [e for e in result.timeline if e.acquired]
@@ -52,8 +65,8 @@ def result_summary(result: SeasonResult, state: PageState) -> None:
     st.caption(
         f"**{request.field.name}** ({request.field.area_ha:,.2f} ha) · "
         f"{result.first_day} to {result.last_day} · {len(acquisitions)} Sentinel-2 "
-        f"acquisitions ({clear} mostly clear) · {result.frames_loaded.get('s1', 0)} "
-        f"Sentinel-1 frames · method: {request.method} · data: {result.source}"
+        f"acquisitions ({clear} mostly clear) · {_radar_count(result)} · method: "
+        f"{request.method} · data: {result.source}"
     )
     for warning in result.warnings:  # the model itself is suspect: not a note among others
         st.warning(warning)

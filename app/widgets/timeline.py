@@ -94,7 +94,8 @@ def query_panel(result: SeasonResult) -> None:
         max_value=result.last_day,
         key=str(Key.QUERY),
         format=DATE_FORMAT,
-        help="Any day of the period: its reconstructed frame and the field's NDVI.",
+        help=f"Any day from {result.first_day} to {result.last_day} (the period's first and "
+        "last Sentinel-2 acquisitions): its reconstructed frame and the field's NDVI.",
     )
     if not isinstance(day, dt.date):
         return
@@ -106,7 +107,11 @@ def query_panel(result: SeasonResult) -> None:
     band = ""
     if math.isfinite(view.ndvi_p10) and math.isfinite(view.ndvi_p90):
         band = f"p10–p90: {view.ndvi_p10:.2f} – {view.ndvi_p90:.2f}"
-    st.metric(f"Field NDVI on {day.isoformat()}", f"{view.ndvi:.3f}", help=band or None)
+    st.metric(
+        f"Field NDVI on {day.isoformat()}",
+        f"{view.ndvi:.3f}",
+        help=NDVI_SCALE + (f" {band}: the range the value falls in 8 times in 10." if band else ""),
+    )
     if band:
         st.caption(band)
     if math.isfinite(view.observed_ndvi):
@@ -142,6 +147,14 @@ def _recon_caption(result: SeasonResult, frame: FrameView) -> str:
     return (
         f"Reconstructed ({result.request.method}): {ndvi}, {frame.observed_fraction:.0%} observed"
     )
+
+
+NDVI_SCALE = (
+    "NDVI runs from about 0.1 over bare soil to 0.8-0.9 under a dense green crop; clouds and "
+    "water read near or below 0."
+)
+"""What NDVI values mean, for a reader who has not met it (the chart's caption, the Query
+date's help)."""
 
 
 def _days(days: float) -> str:
