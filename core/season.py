@@ -1011,7 +1011,7 @@ def _field_comparison(attrs: dict) -> tuple[float, float, float, str, float, int
 
 TRAINED_ON_TAIL = (
     ", which flatters it here: on held-out cubes it erred 4-8 % less than the better simpler "
-    "method, and about as much on a region unlike its training sites (README, the model's "
+    "method, and as much as that method on a region unlike its training sites (README, the model's "
     "accuracy)."
 )
 """Ends the warning after the field's verdict where the model was trained on the field."""
