@@ -15,8 +15,13 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
   ``ndvi`` by the factor the model fitted on the field's own hidden frames where it did (the
   band fitted on the field); NaN (an empty CSV cell) unless ``samples > 1``.
 * ``observed_ndvi``: mean NDVI of the clear field pixels acquired that day (every clear pixel
-  of every acquisition that day counts once); NaN on days without an acquisition or without a
-  clear field pixel.
+  of every acquisition that day counts once); NaN on days without an acquisition, and on days
+  with less than :data:`OBSERVED_MIN_CLEAR_FRACTION` of the field clear: the "clear" pixels of
+  a mostly cloudy scene read low, from the clouds' edges and haze the scene mask misses
+  (``benchmarks/partly_clear_bias.txt``, 36 acquisitions of the shared cubes: under a quarter
+  clear, a median 0.11-0.25 below the same pixels on the nearest clear day within 10 days; a
+  quarter to half clear, 0.02-0.05 below; half clear or more, +0.007), and a spreadsheet
+  plotting the column drew dips that were not there.
 * ``clear_fraction``: fraction of field pixels clear in some acquisition of that day; NaN on
   days without an acquisition.
 * ``source``: ``"observed"`` when at least :data:`OBSERVED_MIN_CLEAR_FRACTION` of the field was
@@ -180,6 +185,7 @@ def ndvi_curve(
             progress(chunk.stop, dates.size)
 
     seen = (clear_fraction >= OBSERVED_MIN_CLEAR_FRACTION) & np.isfinite(observed_ndvi)
+    observed_ndvi = np.where(seen, observed_ndvi, np.nan)  # too little seen to trust
     curve = pd.DataFrame(
         {
             "date": dates,

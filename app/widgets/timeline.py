@@ -116,6 +116,12 @@ def query_panel(result: SeasonResult) -> None:
         st.caption(band)
     if math.isfinite(view.observed_ndvi):
         st.caption(observed_caption(view))
+    elif math.isfinite(view.clear_fraction) and view.clear_fraction > 0:
+        st.caption(
+            f"Only {view.clear_fraction:.0%} of the field seen clear that day: too little to "
+            "trust as an observation (the clear pixels of a mostly cloudy scene read low, at "
+            "the clouds' edges), so the value is reconstructed."
+        )
     elif math.isfinite(view.days_to_clear):
         st.caption(
             "No clear observation that day: reconstructed; the field's nearest clear "

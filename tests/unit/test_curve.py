@@ -50,11 +50,11 @@ def test_observed_rows_are_the_mean_of_clear_field_pixels(flanders) -> None:
         row = curve.loc[pd.Timestamp(day)]
         red, nir = s2[t, RED][valid[t]], s2[t, NIR][valid[t]]
         assert row["clear_fraction"] == pytest.approx(valid[t].sum() / 100)
-        if valid[t].any():
+        if valid[t].mean() >= 0.5:
             expected = np.mean((nir - red) / (nir + red))
             assert row["observed_ndvi"] == pytest.approx(expected, abs=1e-6)
             checked += 1
-        else:
+        else:  # none seen clear, or too little to trust (the clouds' edges read low)
             assert np.isnan(row["observed_ndvi"])
         expected_source = "observed" if valid[t].mean() >= 0.5 else "reconstructed"
         assert row["source"] == expected_source
