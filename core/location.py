@@ -16,32 +16,87 @@ MAX_ZOOM = 18
 MIN_ZOOM = 2
 _NUMBER = r"[-+]?\d+(?:[.,]\d+)?"
 _LAT_LON = re.compile(rf"^\s*({_NUMBER})\s*[,;\s]\s*({_NUMBER})\s*$")
+_UNSIGNED = r"\d+(?:[.,]\d+)?"
+_AMOUNT = (
+    rf"({_UNSIGNED})\s*(°|º|d)?\s*"
+    rf"(?:({_UNSIGNED})\s*['′’]\s*)?(?:({_UNSIGNED})\s*(?:\"|″|''|”)\s*)?"
+)
+_DMS = (  # hemisphere letters before both coordinates, or after (or none, with degree signs)
+    re.compile(rf"^\s*([NSEW])\s*{_AMOUNT}[,;]?\s*([NSEW])\s*{_AMOUNT}$", re.IGNORECASE),
+    re.compile(rf"^\s*{_AMOUNT}([NSEW])?\s*[,;]?\s*{_AMOUNT}([NSEW])?\s*$", re.IGNORECASE),
+)
+_EXAMPLES = "e.g. '51.05, 3.02' or 51°03'N 3°01'E"
 
 
 def parse_lat_lon(text: str) -> tuple[float, float]:
-    """Read ``"lat, lon"`` in decimal degrees, e.g. ``"51.05, 3.02"`` or ``"51.05 3.02"``.
+    """Read ``"lat, lon"`` in decimal degrees, e.g. ``"51.05, 3.02"`` or ``"51.05 3.02"``, or
+    in degrees, minutes and seconds with hemispheres, as maps and GPS units give them, e.g.
+    ``51°03'N 3°01'E``, ``51°3'20"N, 3°1'5"E`` or ``N 51.05 E 3.02`` (with N/S/E/W letters the
+    order may be either).
 
     Returns:
         ``(lat, lon)``.
 
     Raises:
-        InputError: the text is not two numbers, or they are out of range.
+        InputError: the text is not two coordinates, or they are out of range.
     """
     match = _LAT_LON.match(text or "")
-    if match is None:
-        raise InputError(
-            f"Cannot read {text!r} as a location: type latitude and longitude in decimal "
-            "degrees, e.g. '51.05, 3.02'."
-        )
-    lat, lon = (float(group.replace(",", ".")) for group in match.groups())
+    if match is not None:
+        lat, lon = (float(group.replace(",", ".")) for group in match.groups())
+    else:
+        lat, lon = _degrees_minutes_seconds(text or "")
     if not -90.0 <= lat <= 90.0:
         raise InputError(
-            f"Latitude {lat} is out of range (-90 to 90). Type latitude first, then longitude, "
-            "e.g. '51.05, 3.02'."
+            f"Latitude {lat:g} is out of range (-90 to 90). Type latitude first, then "
+            f"longitude, {_EXAMPLES}."
         )
     if not -180.0 <= lon <= 180.0:
-        raise InputError(f"Longitude {lon} is out of range (-180 to 180).")
+        raise InputError(f"Longitude {lon:g} is out of range (-180 to 180).")
     return lat, lon
+
+
+def _degrees_minutes_seconds(text: str) -> tuple[float, float]:
+    """``(lat, lon)`` from two coordinates in degrees [minutes [seconds]] with a hemisphere
+    letter before or after each (or a degree sign, then latitude first)."""
+    refused = InputError(
+        f"Cannot read {text!r} as a location: type latitude and longitude in decimal degrees "
+        f"or degrees and minutes, {_EXAMPLES}."
+    )
+    prefixed, suffixed = (pattern.match(text) for pattern in _DMS)
+    if prefixed is not None:
+        parts = prefixed.groups()
+        pairs = [(parts[0], *parts[1:5]), (parts[5], *parts[6:10])]
+    elif suffixed is not None:
+        parts = suffixed.groups()
+        pairs = [(parts[4], *parts[0:4]), (parts[9], *parts[5:9])]
+    else:
+        raise refused
+    coordinates = []
+    for letter, degrees, sign, minutes, seconds in pairs:
+        hemisphere = (letter or "").upper()
+        if not hemisphere and not sign:  # a bare number: the decimal form's, refused above
+            raise refused
+        if (minutes or seconds) and "." in degrees.replace(",", "."):
+            raise refused  # 51.5°30': which is meant?
+        value = sum(
+            float(part.replace(",", ".")) / scale
+            for part, scale in ((degrees, 1), (minutes, 60), (seconds, 3600))
+            if part
+        )
+        for part, name in ((minutes, "minutes"), (seconds, "seconds")):
+            if part and float(part.replace(",", ".")) >= 60:
+                raise InputError(f"{text!r}: {name} run from 0 to 59, not {part}.")
+        coordinates.append((value * (-1 if hemisphere in ("S", "W") else 1), hemisphere))
+    (first, first_side), (second, second_side) = coordinates
+    if first_side in ("E", "W") and second_side in ("N", "S", ""):
+        return second, first  # longitude written first, said by its letter
+    if first_side in ("N", "S", "") and second_side in ("E", "W", ""):
+        return first, second
+    raise InputError(
+        f"{text!r} names {first_side or 'no hemisphere'} and {second_side or 'no hemisphere'}: "
+        "give one latitude (N or S) and one "
+        f"longitude (E or W), {_EXAMPLES}."
+    )
 
 
 def zoom_for_bounds(

@@ -66,7 +66,9 @@ def _location_box(state: PageState) -> None:
         "Go to (lat, lon)",
         key=str(Key.LOCATION),
         placeholder="51.05, 3.02",
-        help="Decimal degrees, latitude first; press Enter to move the map there.",
+        help="Latitude and longitude in decimal degrees, latitude first (51.05, 3.02), or in "
+        "degrees and minutes with N/S/E/W (51°03'N 3°01'E); press Enter to move the map there. "
+        "Place names are not looked up.",
         on_change=go,
     )
 

@@ -16,6 +16,14 @@ from core.location import MAX_ZOOM, MIN_ZOOM, parse_lat_lon, zoom_for_bounds
         ("51.05 3.02", (51.05, 3.02)),
         ("51,05, 3,02", (51.05, 3.02)),
         ("+45 -120", (45.0, -120.0)),
+        # degrees, minutes, seconds and hemispheres, as maps and GPS units write them
+        ("51°03'N 3°43'E", (51.05, 3 + 43 / 60)),
+        ("51°3'20\"N, 3°1'5\"E", (51 + 3 / 60 + 20 / 3600, 3 + 1 / 60 + 5 / 3600)),
+        ("33°55'S 18°25'E", (-(33 + 55 / 60), 18 + 25 / 60)),
+        ("N 51.05 E 3.02", (51.05, 3.02)),
+        ("51.05N 3.02W", (51.05, -3.02)),
+        ("3°43'E 51°03'N", (51.05, 3 + 43 / 60)),  # longitude first, said by its letter
+        ("51,05°N, 3,02°E", (51.05, 3.02)),
     ],
 )
 def test_parse_lat_lon_reads_common_forms(text: str, expected: tuple[float, float]) -> None:
@@ -29,7 +37,11 @@ def test_parse_lat_lon_reads_common_forms(text: str, expected: tuple[float, floa
         ("", "decimal degrees"),
         ("51.05", "decimal degrees"),
         ("151.05, 3.02", "Latitude 151.05 is out of range"),
-        ("51, 200", "Longitude 200.0 is out of range"),
+        ("51, 200", "Longitude 200 is out of range"),
+        ("51°N 3°N", "names N and N: give one latitude"),
+        ("51°70'N 3°E", "minutes run from 0 to 59, not 70"),
+        ("51.5°30'N 3°E", "or degrees and minutes"),
+        ("95°N 3°E", "Latitude 95 is out of range"),
     ],
 )
 def test_parse_lat_lon_refuses_with_a_hint(text: str, message: str) -> None:
