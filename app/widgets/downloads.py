@@ -38,13 +38,14 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
         icon=":material/download:",
     )
     middle.download_button(
-        f"Frame {day.isoformat()} (GeoTIFF)",
+        f"{day:%b %d} frame (GeoTIFF)",  # the full date did not fit at 1280 px: "(Ge..."
         data=lambda: frame_geotiff_for_day(result, day, runner),
         file_name=f"{stem}_{day:%Y%m%d}_{result.request.method}.tif",
         mime="image/tiff",
         on_click="ignore",
         icon=":material/download:",
-        help="Ten reflectance bands, NDVI (and its p10/p90 when sampled), float32, on the "
+        help=f"The frame of {day.isoformat()}, the slider's date: ten reflectance bands, "
+        "NDVI (and its p10/p90 when sampled), float32, on the "
         f"field's grid ({result.grid.crs}, {result.grid.resolution_m:g} m).",
     )
     refusal = season_file_refusal(result)

@@ -262,7 +262,8 @@ def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_err
     # The selected frame as GeoTIFF (made on click) and the field as GeoJSON.
     day = page.get_by_role("slider", name="Date").get_attribute("aria-valuetext")[:10]
     with page.expect_download() as info:
-        page.get_by_role("button", name=f"Frame {day} (GeoTIFF)").click()
+        label = f"{dt.date.fromisoformat(day):%b %d} frame (GeoTIFF)"
+        page.get_by_role("button", name=label).click()
     bands, meta = read_geotiff_bands(Path(info.value.path()).read_bytes())
     # The default method (the shipped model) samples, so the NDVI band comes with p10 and p90.
     assert meta["names"] == [*S2_BANDS, "NDVI", "NDVI_p10", "NDVI_p90"]
