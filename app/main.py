@@ -206,9 +206,11 @@ def workspace(config: AppConfig, settings: Settings) -> None:
         frame = result.frames[index]
         layer = widget_value(Key.OVERLAY, "rgb")
         overlay = {"rgb": frame.overlay_rgb_png, "ndvi": frame.overlay_ndvi_png}.get(str(layer))
+    pending = state.pending_upload
     drawing = field_map(
         config,
         field=state.field,
+        candidates=pending.candidates if pending is not None and state.field is None else (),
         center=state.map_center,
         zoom=state.map_zoom,
         overlay_png=overlay,
@@ -225,6 +227,9 @@ def workspace(config: AppConfig, settings: Settings) -> None:
             else "Pick the period and press **Run**, under the dates at the foot of the sidebar "
             "(scroll the sidebar on a small screen)."
             if state.field is not None
+            else f"{pending.name} holds {len(pending.candidates)} polygons, dashed on the map: "
+            "choose the field in the sidebar, then press **Run**."
+            if pending is not None
             else "Draw the field with the polygon or rectangle tool (left edge of the map), "
             "upload its outline, or press **Demo field** in the sidebar; then press **Run**."
         )

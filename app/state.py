@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+import shapely
 import streamlit as st
 
 from core.demo import DemoSource
@@ -135,6 +137,15 @@ class PageState:
         lon, lat = new.centroid
         self.map_center = (lat, lon)
         self.map_zoom = zoom_for_bounds(new.bounds)
+
+    def show_candidates(self, candidates: Sequence[Candidate]) -> None:
+        """Centre the map on the polygons of an upload the user is to choose from."""
+        outlines = [c.outline for c in candidates if c.outline is not None]
+        if not outlines:
+            return
+        west, south, east, north = shapely.union_all(outlines).bounds
+        self.map_center = ((south + north) / 2, (west + east) / 2)
+        self.map_zoom = zoom_for_bounds((west, south, east, north))
 
     def clear_field(self) -> None:
         """Forget the field and its result (a Run still going is stopped by the page, which

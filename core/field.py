@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from pathlib import Path, PurePosixPath
 from tempfile import TemporaryDirectory
 from typing import Any
@@ -165,6 +166,10 @@ class Candidate:
     """Geodesic area for a polygon with longitude/latitude coordinates, else None."""
     layer: str | None = None
     """The layer (KML folder, GeoPackage table, shapefile) it came from; None for GeoJSON."""
+    outline: BaseGeometry | None = dataclass_field(default=None, compare=False)
+    """The polygon in longitude/latitude, for a map to show it before the choice; None for
+    other geometries and for coordinates that are no longitude/latitude (projected metres
+    without their CRS)."""
 
 
 @dataclass(frozen=True)
@@ -580,13 +585,14 @@ def _candidates(features: Sequence[_Feature]) -> list[Candidate]:
     for i, feature in enumerate(features):
         geometry = feature.geometry
         kind = "None" if geometry is None else geometry.geom_type
-        area_ha = None
+        area_ha = outline = None
         if isinstance(geometry, Polygon | MultiPolygon) and not geometry.is_empty:
             lon, lat = np.abs(shapely.get_coordinates(geometry)).T
             if lon.max() <= 180.0 and lat.max() <= 90.0:  # False for NaN too
                 area_ha = _geodesic_area_m2(geometry) / 10_000.0
+                outline = geometry
         name = feature.labels[0] if feature.labels else f"feature {i}"
-        out.append(Candidate(i, name, kind, area_ha, feature.layer))
+        out.append(Candidate(i, name, kind, area_ha, feature.layer, outline))
     return out
 
 

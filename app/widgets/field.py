@@ -108,6 +108,7 @@ def _read_upload(
         if len(polygons) > 1:
             state.pending_upload = Upload(file_id, name, data, polygons)
             state.clear_field()  # Run waits for the choice, not runs the field before it
+            state.show_candidates(polygons)
             return
         index = polygons[0].index if polygons else None
         field = field_from_upload(data, name, index=index, max_area_ha=settings.max_area_ha)

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import folium
 import folium.plugins
 import folium.raster_layers
+import shapely.geometry
 import streamlit as st
 from streamlit_folium import st_folium
 
 from app.config import STATIC_DIR, AppConfig
 from app.state import DEFAULT_CENTER, DEFAULT_ZOOM, Key
-from core.field import Field
+from core.field import Candidate, Field
 from core.render import data_url
 
 MAP_HEIGHT_PX = 480
@@ -41,6 +43,8 @@ VENDOR_FILES: dict[str, str] = {
 """Folium asset name -> file under ``app/static``; assets not listed are dropped."""
 FIELD_STYLE = {"color": "#00e5ff", "weight": 3, "fill": False}
 DRAWN_STYLE = {"color": "#ffffff", "weight": 1, "dashArray": "4 4", "fillOpacity": 0.0}
+CANDIDATE_STYLE = {"color": "#ffd600", "weight": 2, "dashArray": "6 4", "fillOpacity": 0.1}
+"""The polygons of an upload waiting for the user's choice: dashed, apart from the field's."""
 """Shapes as drawn: a thin dashed line, no fill (the field outline and overlay show through)."""
 
 
@@ -101,10 +105,22 @@ def base_map(config: AppConfig) -> folium.Map:
 
 
 def field_layer(
-    field: Field | None, overlay_png: bytes | None, bounds: list[list[float]] | None
+    field: Field | None,
+    overlay_png: bytes | None,
+    bounds: list[list[float]] | None,
+    candidates: Sequence[Candidate] = (),
 ) -> folium.FeatureGroup:
-    """The feature group swapped into the map: the frame overlay and the field outline."""
+    """The feature group swapped into the map: the frame overlay, the field outline, and the
+    polygons of an upload the user is to choose from, each labelled with its name."""
     group = folium.FeatureGroup(name="Field")
+    for candidate in candidates:
+        if candidate.outline is None:
+            continue
+        folium.GeoJson(
+            shapely.geometry.mapping(candidate.outline),
+            style_function=lambda _feature: CANDIDATE_STYLE,
+            tooltip=folium.Tooltip(_candidate_label(candidate), permanent=True),
+        ).add_to(group)
     if overlay_png is not None and bounds is not None:
         folium.raster_layers.ImageOverlay(
             image=data_url(overlay_png), bounds=bounds, opacity=0.9, interactive=False
@@ -118,10 +134,16 @@ def field_layer(
     return group
 
 
+def _candidate_label(candidate: Candidate) -> str:
+    area = f" ({candidate.area_ha:,.2f} ha)" if candidate.area_ha is not None else ""
+    return f"{candidate.name}{area}"
+
+
 def field_map(
     config: AppConfig,
     *,
     field: Field | None,
+    candidates: Sequence[Candidate] = (),
     center: tuple[float, float],
     zoom: int,
     overlay_png: bytes | None = None,
@@ -142,7 +164,7 @@ def field_map(
         height=MAP_HEIGHT_PX,
         use_container_width=True,
         returned_objects=["last_active_drawing", "all_drawings"],
-        feature_group_to_add=field_layer(field, overlay_png, overlay_bounds),
+        feature_group_to_add=field_layer(field, overlay_png, overlay_bounds, candidates),
         center=center,
         zoom=zoom,
         pixelated=True,

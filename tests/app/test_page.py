@@ -412,6 +412,11 @@ def test_upload_with_several_polygons_asks_which_one(open_page: OpenPage) -> Non
     assert "2 polygons" in choice.label
     assert state(page).field is None
     assert button(page, "Run").disabled  # until the field is chosen
+    # The map shows both, labelled, before the choice: centred between them, not on the demo.
+    lat, lon = state(page).map_center
+    assert lat == pytest.approx(51.001) and lon == pytest.approx(3.0065)
+    labels = [c.name for c in state(page).pending_upload.candidates if c.outline is not None]
+    assert labels == ["West", "East"]
     choice.set_value(1).run()
     no_exceptions(page)
     assert state(page).field is not None and state(page).field.name == "East"

@@ -7,12 +7,14 @@ import datetime as dt
 import folium
 import folium.plugins
 import pytest
+from shapely.geometry import box
 
 from app.config import OSM_TILES, AppConfig
 from app.state import default_period
 from app.widgets.chart import clicked_day
-from app.widgets.map import VENDOR_FILES, base_map, localize_assets
+from app.widgets.map import VENDOR_FILES, base_map, field_layer, localize_assets
 from app.widgets.timeline import observed_caption
+from core.field import Candidate
 from core.season import DayView, TimelineDate
 
 
@@ -98,3 +100,13 @@ def test_a_partly_clear_day_tells_its_observation_from_the_fields_value() -> Non
         "2018-10-28 · S2 cloudy (12% clear)",
     ]
     assert TimelineDate(dt.date(2018, 10, 29), False, None).label.endswith("no acquisition")
+
+
+def test_an_uploads_polygons_are_drawn_labelled_before_the_choice() -> None:
+    west = Candidate(0, "West", "Polygon", 6.5, outline=box(3.0, 51.0, 3.003, 51.002))
+    east = Candidate(1, "East", "Polygon", 6.5, outline=box(3.01, 51.0, 3.013, 51.002))
+    line = Candidate(2, "Track", "LineString", None)  # nothing to draw
+    html = folium.Map().add_child(field_layer(None, None, None, [west, east, line])).get_root()
+    page = html.render()
+    assert page.count("permanent") >= 2  # the names stay on the map, not on hover only
+    assert "West (6.50 ha)" in page and "East (6.50 ha)" in page and "Track" not in page
