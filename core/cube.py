@@ -39,6 +39,50 @@ S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B
 POLARIZATIONS: tuple[str, ...] = ("VV", "VH")
 CLEAR_SCL_CLASSES: tuple[int, ...] = (4, 5, 6)
 """Sen2Cor classes counted as clear: vegetation, not vegetated (bare soil), water."""
+SCL_NAMES: dict[int, str] = {
+    0: "no data",
+    1: "saturated or defective",
+    2: "dark area (topographic shadow)",
+    3: "cloud shadow",
+    4: "vegetation",
+    5: "not vegetated",
+    6: "water",
+    7: "unclassified",
+    8: "cloud (medium probability)",
+    9: "cloud (high probability)",
+    10: "thin cirrus",
+    11: "snow or ice",
+}
+"""Sen2Cor's scene classes (SCL), as a reader of the cloud mask would want them named."""
+
+
+def mask_breakdown(
+    scl: np.ndarray, masked: np.ndarray, *, least: float = 0.01
+) -> list[tuple[str, float]]:
+    """Why the masked pixels of one acquisition are masked, by scene class.
+
+    Args:
+        scl: the acquisition's SCL classes over the pixels looked at (any shape).
+        masked: True where the pixel is not clear (same shape).
+        least: shares below this are left out.
+
+    Returns:
+        ``(name, share of all the pixels)`` pairs, largest first. A pixel the scene
+        classification calls clear but that is masked (the haze screen, or a clear class with
+        no reflectance) counts as "haze or no data".
+    """
+    total = scl.size
+    if total == 0:
+        return []
+    classes = np.where(np.isin(scl, CLEAR_SCL_CLASSES), -1, scl)[masked]
+    values, counts = np.unique(classes, return_counts=True)
+    names = [
+        SCL_NAMES.get(int(v), f"class {int(v)}") if v >= 0 else "haze or no data" for v in values
+    ]
+    shares = [(name, float(c / total)) for name, c in zip(names, counts, strict=True)]
+    return sorted((s for s in shares if s[1] >= least), key=lambda s: -s[1])
+
+
 S2_SCALE = 1e-4
 S1_SCALE = 0.01
 INT16_FILL = np.int16(-32768)

@@ -47,7 +47,7 @@ from core.config import (
     checkpoint_version,
     is_shipped_checkpoint,
 )
-from core.cube import S2_BANDS, has_s1, read_cube, single_polarization_note
+from core.cube import S2_BANDS, has_s1, mask_breakdown, read_cube, single_polarization_note
 from core.curve import (
     OBSERVED_MIN_CLEAR_FRACTION,
     curve_chunks,
@@ -218,6 +218,10 @@ class FrameView:
     blank_fraction: float = 0.0
     """Fraction of field pixels with no reconstructed value (a baseline cannot fill a pixel
     never clear in the period; nothing fills one outside the imagery)."""
+    masked_as: tuple[tuple[str, float], ...] = ()
+    """What the acquisition's cloud mask over the field is made of: ``(scene class, share of
+    the field)``, largest first (:func:`core.cube.mask_breakdown`); empty without an
+    acquisition, a mask, or a scene classification in the cube."""
 
 
 @dataclass(frozen=True)
@@ -1292,12 +1296,16 @@ def _frame_view(
     acquired = calendar_day(cube["time_s2"].values)
     hits = np.flatnonzero(acquired == day)
     raw_png = clear = None
+    masked_as: tuple[tuple[str, float], ...] = ()
     if hits.size:
         ti = int(hits[0])
         not_clear = ~cube["valid"].values[ti].astype(bool)
         raw = true_colour(cube["s2"].values[ti])
         raw_png = picture(raw, scale=scale, field_mask=mask, cloud_mask=not_clear)
         clear = float(cube["valid"].values[hits][:, covered].astype(bool).any(axis=0).mean())
+        if "scl" in cube:  # what the picture's mask is made of, for a reader to judge it
+            scl = cube["scl"].values[ti][covered]
+            masked_as = tuple(mask_breakdown(scl, not_clear[covered]))
     rgb, ndvi_img, spread = _recon_colours(frame)
     ndvi = frame["ndvi"].values
     means, lows, highs = field_ndvi_band(frame.expand_dims("time"), covered)
@@ -1320,6 +1328,7 @@ def _frame_view(
         ndvi_p90=p90,
         observed_fraction=float(frame["observed"].values[covered].mean()),
         blank_fraction=float(1.0 - shown.sum() / mask.sum()),
+        masked_as=masked_as,
     )
 
 

@@ -141,9 +141,12 @@ def _raw(frame: FrameView) -> None:
         st.info(f"No Sentinel-2 acquisition on {frame.day.isoformat()}.")
         return
     clear = frame.clear_fraction or 0.0
+    masked = "; ".join(f"{name} {share:.0%}" for name, share in frame.masked_as)
     _picture(
         frame.raw_png,
-        f"Sentinel-2 as acquired: {clear:.0%} of the field clear (magenta: cloud mask)",
+        f"Sentinel-2 as acquired: {clear:.0%} of the field clear (magenta: cloud mask"
+        + (f": {masked}" if masked else "")
+        + ")",
         "Sentinel-2 as acquired",
     )
 

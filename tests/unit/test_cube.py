@@ -9,6 +9,7 @@ import xarray as xr
 from core.cube import (
     S2_BANDS,
     build_cube,
+    mask_breakdown,
     read_cube,
     single_polarization_note,
     valid_from_scl,
@@ -324,3 +325,19 @@ def test_s1_with_one_polarization_is_read_and_the_unused_model_input_said(
     with caplog.at_level("WARNING", logger="core.cube"):
         read_cube(tmp_path / "both.nc")
     assert caplog.text == ""
+
+
+def test_the_mask_is_told_by_scene_class_largest_first() -> None:
+    # Sen2Cor's classes over ten pixels: the masked ones are named by class; a pixel the
+    # classification calls clear but masked (the haze screen) is named as such; under 1 % none.
+    scl = np.array([4, 4, 4, 9, 9, 3, 8, 5, 7, 4])
+    masked = np.array([0, 0, 1, 1, 1, 1, 1, 0, 1, 0], dtype=bool)
+    assert mask_breakdown(scl, masked) == [
+        ("cloud (high probability)", 0.2),
+        ("haze or no data", 0.1),
+        ("cloud shadow", 0.1),
+        ("unclassified", 0.1),
+        ("cloud (medium probability)", 0.1),
+    ]
+    assert mask_breakdown(scl, np.zeros(10, dtype=bool)) == []
+    assert mask_breakdown(np.full(1000, 9), np.arange(1000) < 5) == []  # 0.5 %: left out

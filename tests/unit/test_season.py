@@ -17,7 +17,7 @@ from PIL import Image
 
 from core import season as season_module
 from core.config import Settings, checkpoint_version
-from core.cube import write_cube
+from core.cube import SCL_NAMES, write_cube
 from core.curve import CURVE_COLUMNS
 from core.demo import DEMO_CUBE_NAME, demo_field
 from core.errors import FieldError, InputError, NoScenesError
@@ -455,3 +455,17 @@ def test_a_run_on_radar_with_one_polarization_says_the_model_did_not_use_it(
     assert "in all " in note and "do not inform the reconstruction" in note
     both = compute_season(dataclasses.replace(short, cube_path=request_.cube_path), Settings())
     assert not [n for n in both.notes if "polarization" in n]
+
+
+def test_each_acquisitions_mask_is_told_by_scene_class(request_: SeasonRequest) -> None:
+    short = dataclasses.replace(request_, end=dt.date(2018, 5, 31), method="linear")
+    result = compute_season(short, Settings())
+    acquired = [f for f in result.frames if f.raw_png is not None]
+    partly = [f for f in acquired if f.clear_fraction < 0.99]
+    assert partly, "the period has no acquisition with a mask over the field"
+    for frame in acquired:
+        told = sum(share for _, share in frame.masked_as)
+        # The classes named cover the masked share, but for those under 1 % each.
+        assert told <= 1 - frame.clear_fraction + 1e-6
+        assert told >= 1 - frame.clear_fraction - 0.01 * len(SCL_NAMES)
+    assert any(frame.masked_as for frame in partly)
