@@ -88,10 +88,13 @@ def query_panel(result: SeasonResult) -> None:
     """The "Query date" picker: any day of the period, its frame and the field's NDVI."""
     if not isinstance(widget_value(Key.QUERY), dt.date):
         set_widget_value(Key.QUERY, default_day(result))
+    request = result.request
+    # Bounded by the period asked for, not the acquisitions: a day typed between the two was
+    # refused by the box with a bare "outside allowed range" while the old figure stayed.
     day = st.date_input(
         "Query date",
-        min_value=result.first_day,
-        max_value=result.last_day,
+        min_value=min(request.start, result.first_day),
+        max_value=max(request.end, result.last_day),
         key=str(Key.QUERY),
         format=DATE_FORMAT,
         help=f"Any day from {result.first_day} to {result.last_day} (the period's first and "
@@ -99,6 +102,14 @@ def query_panel(result: SeasonResult) -> None:
     )
     if not isinstance(day, dt.date):
         return
+    if not result.first_day <= day <= result.last_day:
+        nearest = result.first_day if day < result.first_day else result.last_day
+        side = "first" if day < result.first_day else "last"
+        st.caption(
+            f"{day} lies outside the acquisitions: nothing can be reconstructed "
+            f"{'before' if side == 'first' else 'after'} the {side} one, so {nearest} is shown."
+        )
+        day = nearest
     try:
         view = services.day_view(result.key, day, result)
     except FieldFlowError as exc:

@@ -234,6 +234,14 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     metric = page.metric[0]
     assert metric.label == f"Field NDVI on {query.isoformat()}"
     assert metric.value == f"{expected:.3f}"
+    # A day of the period before its first acquisition (the demo's 2018-03-01, first image on
+    # 03-05): said, and the first day shown, not a bare range error beside the old figure.
+    before = result.request.start
+    assert before < result.first_day
+    page.date_input(key="query_date").set_value(before).run()
+    no_exceptions(page)
+    assert page.metric[0].label == f"Field NDVI on {result.first_day.isoformat()}"
+    assert any(f"{before} lies outside the acquisitions" in t for t in texts(page, "caption"))
 
     # The CSV offered is core's CSV of the daily curve.
     labels = [node.proto.label for node in page.get("download_button")]
