@@ -425,9 +425,14 @@ def compute_season(
     if screened_note:
         notes.append(screened_note)
     if first > np.datetime64(request.start, "D") or last < np.datetime64(request.end, "D"):
+        held = (
+            f"the offline cube {request.cube_path.name} holds in the period"
+            if request.cube_path is not None  # its own dates, not all Sentinel-2 has
+            else "of the period"
+        )
         notes.append(
             f"Frames and the curve cover {first} to {last}: the first and last Sentinel-2 "
-            "acquisitions of the period (nothing can be reconstructed outside them)."
+            f"acquisitions {held} (nothing can be reconstructed outside them)."
         )
 
     radar_note = single_polarization_note(cube["s1"]) if has_s1(cube) else None

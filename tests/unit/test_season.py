@@ -469,3 +469,14 @@ def test_each_acquisitions_mask_is_told_by_scene_class(request_: SeasonRequest) 
         assert told <= 1 - frame.clear_fraction + 1e-6
         assert told >= 1 - frame.clear_fraction - 0.01 * len(SCL_NAMES)
     assert any(frame.masked_as for frame in partly)
+
+
+def test_a_period_beyond_an_offline_cubes_dates_names_the_cube(request_: SeasonRequest) -> None:
+    # Sentinel-2 images from 2015; the offline cube only from 2017-08-04. The note had said
+    # "the first and last Sentinel-2 acquisitions of the period", as if none existed before.
+    early = dataclasses.replace(
+        request_, start=dt.date(2017, 1, 1), end=dt.date(2017, 8, 31), method="linear"
+    )
+    result = compute_season(early, Settings())
+    (note,) = [n for n in result.notes if n.startswith("Frames and the curve cover")]
+    assert f"acquisitions the offline cube {DEMO_CUBE_NAME} holds in the period" in note
