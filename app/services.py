@@ -148,10 +148,6 @@ class RunPanel:
     stages: tuple[str, ...]
 
 
-COMPUTED_IN = "Computed in "
-"""How a finished Run's headline starts."""
-
-
 @dataclass(frozen=True)
 class Finished:
     """A Run's result and the panel that tells how it was made."""
@@ -187,22 +183,11 @@ def start_run(request: SeasonRequest, config: Settings) -> Finished | None:
     key = request.key(config.stac_api_url)
     compute = _computation(request, config, runner)
     if key in result_budget(config.result_cache_mb).keys:
-        finished = _keep(key, compute, config)
-        return replace(finished, panel=_shown_again(finished.panel))
+        finished = _keep(key, compute, config)  # its time is an earlier Run's
+        again = replace(finished.panel, headline=_headline(finished.result, again=True))
+        return replace(finished, panel=again)
     jobs().join(key, compute, session_id())
     return None
-
-
-def _shown_again(panel: RunPanel) -> RunPanel:
-    """The panel of a result kept from an earlier Run: its time is then not this Run's."""
-    computed, sep, rest = panel.headline.partition(COMPUTED_IN)
-    if not sep or computed:  # not a finished Run's headline: leave it as it is
-        return panel
-    seconds, _, summary = rest.partition(": ")
-    return replace(
-        panel,
-        headline=f"Shown again, nothing recomputed (computed earlier in {seconds}): {summary}",
-    )
 
 
 def watch_run(request: SeasonRequest, config: Settings) -> Finished | None:
@@ -387,13 +372,22 @@ def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> Finished:
         stages = _stage_lines(reports, ended, "stopped")
         raise RunStopped(job.error, RunPanel(f"Stopped while {stage}.", stages))
     result = job.outcome()
+    return Finished(result, RunPanel(_headline(result), _stage_lines(reports, ended, "done")))
+
+
+def _headline(result: SeasonResult, *, again: bool = False) -> str:
+    """What an ended Run made, and how long it took (``again``: shown from memory, made by an
+    earlier Run)."""
     frames = result.frames_loaded
-    headline = (
-        f"{COMPUTED_IN}{result.elapsed_s:.1f} s: {len(result.timeline)} dates from "
-        f"{frames.get('s2', 0)} Sentinel-2 and {frames.get('s1', 0)} Sentinel-1 frames "
-        f"({result.source})."
+    took = (
+        f"Shown again, nothing recomputed (computed earlier in {result.elapsed_s:.1f} s)"
+        if again
+        else f"Computed in {result.elapsed_s:.1f} s"
     )
-    return Finished(result, RunPanel(headline, _stage_lines(reports, ended, "done")))
+    return (
+        f"{took}: {len(result.timeline)} dates from {frames.get('s2', 0)} Sentinel-2 and "
+        f"{frames.get('s1', 0)} Sentinel-1 frames ({result.source})."
+    )
 
 
 @st.cache_data(max_entries=64, show_spinner="Reconstructing that day…")

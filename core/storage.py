@@ -22,7 +22,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from core.errors import OutputError
@@ -63,7 +63,7 @@ def check_output_path(
     inputs: Iterable[str | os.PathLike[str]] = (),
     model: str | os.PathLike[str] | None = None,
     writes: str | None = None,
-    other_command: str = "",
+    made_by: Mapping[str, str] | None = None,
 ) -> Path:
     """Check, before any long computation, that a file can be written at ``path``.
 
@@ -74,8 +74,8 @@ def check_output_path(
     a folder that cannot be written. Missing folders are fine: :func:`atomic_output` creates
     them. With ``writes`` (a key of :data:`FORMAT_SUFFIXES`), a name ending in another known
     format's suffix is refused too (``x.csv`` holding NetCDF would mislead whoever opens it);
-    ``other_command`` says where that other format comes from. A name with no or an unknown
-    suffix is accepted. Returns the path.
+    ``made_by`` names, per format, the command that writes it, said when the name asks for
+    that format. A name with no or an unknown suffix is accepted. Returns the path.
 
     Raises:
         OutputError: what is wrong with the path and what to give instead.
@@ -103,7 +103,7 @@ def check_output_path(
                 "read. Choose another output file."
             )
     if writes is not None:  # after the checks above: they name the worse mistake
-        _check_suffix(target, option, writes, other_command)
+        _check_suffix(target, option, writes, made_by or {})
     _check_folder(target.parent, target, option)
     return target
 
@@ -174,12 +174,12 @@ FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
 suggested). Only these are checked: any other suffix, or none, is the user's choice."""
 
 
-def _check_suffix(target: Path, option: str, writes: str, other_command: str) -> None:
+def _check_suffix(target: Path, option: str, writes: str, made_by: Mapping[str, str]) -> None:
     suffix = target.suffix.lower()
     named = next((f for f, suffixes in FORMAT_SUFFIXES.items() if suffix in suffixes), None)
     if named is None or named == writes:
         return
-    where = f" ({named} comes from {other_command})" if other_command else ""
+    where = f" ({named} comes from {made_by[named]})" if named in made_by else ""
     raise OutputError(
         f"{option} {target} ends in {suffix}, but this command writes a {writes} file: "
         f"give a name ending in {FORMAT_SUFFIXES[writes][0]}, e.g. "

@@ -43,9 +43,9 @@ VENDOR_FILES: dict[str, str] = {
 """Folium asset name -> file under ``app/static``; assets not listed are dropped."""
 FIELD_STYLE = {"color": "#00e5ff", "weight": 3, "fill": False}
 DRAWN_STYLE = {"color": "#ffffff", "weight": 1, "dashArray": "4 4", "fillOpacity": 0.0}
+"""Shapes as drawn: a thin dashed line, no fill (the field outline and overlay show through)."""
 CANDIDATE_STYLE = {"color": "#ffd600", "weight": 2, "dashArray": "6 4", "fillOpacity": 0.1}
 """The polygons of an upload waiting for the user's choice: dashed, apart from the field's."""
-"""Shapes as drawn: a thin dashed line, no fill (the field outline and overlay show through)."""
 
 
 def vendored_assets_present() -> bool:

@@ -103,11 +103,13 @@ def query_panel(result: SeasonResult) -> None:
     if not isinstance(day, dt.date):
         return
     if not result.first_day <= day <= result.last_day:
-        nearest = result.first_day if day < result.first_day else result.last_day
-        side = "first" if day < result.first_day else "last"
+        if day < result.first_day:
+            nearest, which = result.first_day, "before the first"
+        else:
+            nearest, which = result.last_day, "after the last"
         st.caption(
-            f"{day} lies outside the acquisitions: nothing can be reconstructed "
-            f"{'before' if side == 'first' else 'after'} the {side} one, so {nearest} is shown."
+            f"{day} lies outside the acquisitions: nothing can be reconstructed {which} one, "
+            f"so {nearest} is shown."
         )
         day = nearest
     try:

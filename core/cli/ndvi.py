@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         inputs=[args.cube, *([args.geojson] if args.geojson else [])],
         model=chosen_checkpoint(args, settings),
         writes="CSV",
-        other_command="`python -m core reconstruct`, which writes the frames",
+        made_by={"NetCDF": "`python -m core reconstruct`, which writes the frames"},
     )
     cube = read_cube(args.cube)
     mask = None

@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         inputs=[args.cube],
         model=chosen_checkpoint(args, settings),
         writes="NetCDF",
-        other_command="`python -m core ndvi`, which writes the NDVI table",
+        made_by={"CSV": "`python -m core ndvi`, which writes the NDVI table"},
     )
     dates = query_dates(args)
     cube = read_cube(args.cube)

@@ -66,10 +66,14 @@ def test_unusable_outputs_are_refused_with_what_to_do(tmp_path: Path, make, mess
 
 
 def test_a_name_promising_another_format_is_refused(tmp_path: Path) -> None:
+    made_by = {"CSV": "ndvi"}
     for name in ("frames.csv", "frames.JSON", "frames.tif"):
         with pytest.raises(OutputError, match=r"but this command writes a NetCDF file") as caught:
-            check_output_path(tmp_path / name, writes="NetCDF", other_command="ndvi")
-        assert f"e.g. {tmp_path / 'frames.nc'} (" in str(caught.value)
+            check_output_path(tmp_path / name, writes="NetCDF", made_by=made_by)
+        # The command that writes the format asked for is named for that format only.
+        said = str(caught.value)
+        assert f"e.g. {tmp_path / 'frames.nc'}" in said
+        assert ("(CSV comes from ndvi)" in said) == name.endswith(".csv"), said
     with pytest.raises(OutputError, match=r"ends in \.nc, .* writes a CSV file: .*curve\.csv"):
         check_output_path(tmp_path / "curve.nc", writes="CSV")
     for name in ("frames.nc", "frames.NC4", "frames", "frames.out", "frames.2019"):
