@@ -30,6 +30,7 @@ from app.widgets.downloads import downloads_row  # noqa: E402
 from app.widgets.field import accept_drawing, field_panel  # noqa: E402
 from app.widgets.map import field_map  # noqa: E402
 from app.widgets.period import period_panel  # noqa: E402
+from app.widgets.screen import fold_sidebar_if_covering  # noqa: E402
 from app.widgets.settings import RunSettings, settings_panel  # noqa: E402
 from app.widgets.status import result_summary, run_panel, show_messages  # noqa: E402
 from app.widgets.timeline import (  # noqa: E402
@@ -74,11 +75,13 @@ def main() -> None:
     # lose the view and any drawing not yet sent).
     with st.container():
         if run_clicked:
+            fold_sidebar_if_covering()  # on a phone, the progress and result come into view
             start_run(state, request, settings)
         if state.running is not None and request is not None:
             follow_run(request, settings)
         show_messages(state)
         if state.last_run is not None:
+            fold_sidebar_if_covering()  # opened again meanwhile: the result it hid has come
             run_panel(state.last_run)
             state.last_run = None
         if state.result is not None:
@@ -231,7 +234,8 @@ def workspace(config: AppConfig, settings: Settings) -> None:
             "choose the field in the sidebar, then press **Run**."
             if pending is not None
             else "Draw the field with the polygon or rectangle tool (left edge of the map), "
-            "upload its outline, or press **Demo field** in the sidebar; then press **Run**."
+            "upload its outline, or press **Demo field** in the sidebar (on a phone, open it "
+            "with » at the top left); then press **Run**."
         )
         return
     st.radio(

@@ -19,6 +19,12 @@ from core.render import colour_bar
 from core.season import WHOLLY_CLEAR_FRACTION, DayView, FrameView, SeasonResult
 
 CLEAR_ENOUGH = 0.5
+FRAME_MIN_WIDTH_PX = 140
+"""The narrowest a frame of the row is drawn before the row wraps: five fit beside the sidebar
+on a laptop, two on a phone (where Streamlit's columns would stack them one a row, 1,800 px of
+pictures before the chart)."""
+QUERY_MIN_WIDTH_PX = 110
+"""The same for the Query date's two pictures, in the chart's side column."""
 
 
 def default_day(result: SeasonResult) -> dt.date:
@@ -63,24 +69,25 @@ def date_slider(result: SeasonResult) -> int:
 
 
 def frames_row(result: SeasonResult, index: int) -> None:
-    """The selected date side by side: as acquired, reconstructed, NDVI, uncertainty, radar."""
+    """The selected date side by side: as acquired, reconstructed, NDVI, uncertainty, radar
+    (a grid: all in one row on a wide screen, two a row on a phone instead of one)."""
     frame = result.frames[index]
     sampled = frame.uncertainty_png is not None
-    columns = st.columns(5 if sampled else 4)
-    with columns[0]:
+    grid = st.grid(5 if sampled else 4, min_column_width=FRAME_MIN_WIDTH_PX)
+    with grid.cell():
         _raw(frame)
-    with columns[1]:
+    with grid.cell():
         _picture(frame.rgb_png, _recon_caption(result, frame), "Reconstructed true colour")
         if frame.blank_fraction >= 0.005:
             st.caption(_blank_caption(result, frame))
-    with columns[2]:
+    with grid.cell():
         _picture(frame.ndvi_png, "Reconstructed NDVI", "Reconstructed NDVI")
         _legend("ndvi", "-0.2", "NDVI", "1.0")
     if sampled:
-        with columns[3]:
+        with grid.cell():
             _picture(frame.uncertainty_png, "Uncertainty: NDVI p90 − p10", "Uncertainty")
             _legend("uncertainty", "0", "p90 − p10", "0.3")
-    with columns[-1]:
+    with grid.cell():
         _radar(result, index)
 
 
@@ -142,10 +149,10 @@ def query_panel(result: SeasonResult) -> None:
         )
     else:
         st.caption("No clear observation that day: reconstructed.")
-    left, right = st.columns(2)
-    with left:
+    pair = st.grid(2, min_column_width=QUERY_MIN_WIDTH_PX)
+    with pair.cell():
         _picture(view.rgb_png, "Reconstructed", "Query date true colour")
-    with right:
+    with pair.cell():
         _picture(view.ndvi_png, "NDVI", "Query date NDVI")
 
 
