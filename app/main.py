@@ -228,14 +228,15 @@ def workspace(config: AppConfig, settings: Settings) -> None:
             "stops the Run)."
             if state.running is not None
             else "Pick the period and press **Run**, under the dates at the foot of the sidebar "
-            "(scroll the sidebar on a small screen)."
+            "(on a phone, open it with » at the top left)."
             if state.field is not None
             else f"{pending.name} holds {len(pending.candidates)} polygons, dashed on the map: "
             "choose the field in the sidebar, then press **Run**."
             if pending is not None
-            else "Draw the field with the polygon or rectangle tool (left edge of the map), "
-            "upload its outline, or press **Demo field** in the sidebar (on a phone, open it "
-            "with » at the top left); then press **Run**."
+            else "Draw the field with the polygon or rectangle tool (left edge of the map; "
+            "the round button under them goes to where you stand), upload its outline, or "
+            "press **Demo field** in the sidebar (on a phone, open it with » at the top left); "
+            "then press **Run**."
         )
         return
     st.radio(

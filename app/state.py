@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 DEFAULT_CENTER: tuple[float, float] = (50.85, 4.35)
 """Where the map opens (lat, lon): Belgium."""
 DEFAULT_ZOOM = 7
+LOCATION_ZOOM = 16
+"""The zoom of a place gone to (the Go to box, the map's "my location"): a field fills the map."""
 _STATE_KEY = "fieldflow_page"
 
 

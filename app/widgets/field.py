@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from app import services
-from app.state import Key, PageState, Upload, widget_value
+from app.state import LOCATION_ZOOM, Key, PageState, Upload, widget_value
 from app.widgets.map import drawing_fingerprint
 from core.config import Settings
 from core.demo import choose_source, demo_cube_path
@@ -21,7 +21,6 @@ from core.field import candidates_from_upload, field_from_drawing, field_from_up
 from core.location import parse_lat_lon
 
 UPLOAD_TYPES = ["geojson", "json", "zip", "kml", "kmz", "gpkg"]
-LOCATION_ZOOM = 16
 
 
 def field_panel(state: PageState, settings: Settings) -> None:

@@ -23,10 +23,12 @@ import folium.plugins
 import folium.raster_layers
 import shapely.geometry
 import streamlit as st
+from branca.element import MacroElement
+from folium.template import Template
 from streamlit_folium import st_folium
 
 from app.config import STATIC_DIR, AppConfig
-from app.state import DEFAULT_CENTER, DEFAULT_ZOOM, Key
+from app.state import DEFAULT_CENTER, DEFAULT_ZOOM, LOCATION_ZOOM, Key
 from core.field import Candidate, Field
 from core.render import data_url
 
@@ -46,6 +48,103 @@ DRAWN_STYLE = {"color": "#ffffff", "weight": 1, "dashArray": "4 4", "fillOpacity
 """Shapes as drawn: a thin dashed line, no fill (the field outline and overlay show through)."""
 CANDIDATE_STYLE = {"color": "#ffd600", "weight": 2, "dashArray": "6 4", "fillOpacity": 0.1}
 """The polygons of an upload waiting for the user's choice: dashed, apart from the field's."""
+
+
+LOCATE_TIMEOUT_S = 20
+"""How long the browser may take to find the device's position before the map says so."""
+
+
+class LocateButton(MacroElement):
+    """A map button that centres the map on the device's position (the browser's geolocation),
+    for a farmer standing at the field: the position is drawn as a circle of its accuracy,
+    and every failure is said on the map in words (refused, no fix, no https).
+
+    Browsers give a position only to pages served over https or from this computer, and only
+    once the user allows it; nothing is sent to the server: the view moves in the browser.
+    """
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        (function () {
+          var map = {{ this._parent.get_name() }};
+          var here = L.featureGroup().addTo(map);
+          var note = L.control({position: "bottomleft"});
+          note.onAdd = function () {
+            var div = L.DomUtil.create("div", "fieldflow-locate-note");
+            div.setAttribute("role", "status");
+            div.style.cssText = "background: rgba(255,255,255,0.92); padding: 2px 6px; " +
+              "border-radius: 4px; max-width: 260px; font: 12px sans-serif; display: none";
+            return div;
+          };
+          note.addTo(map);
+          function say(text) {
+            var div = note.getContainer();
+            div.textContent = text;
+            div.style.display = text ? "block" : "none";
+          }
+          var button = L.control({position: "topleft"});
+          button.onAdd = function () {
+            var bar = L.DomUtil.create("div", "leaflet-bar leaflet-control");
+            var link = L.DomUtil.create("a", "fieldflow-locate", bar);
+            link.href = "#";
+            link.title = "Go to my location";
+            link.setAttribute("role", "button");
+            link.setAttribute("aria-label", "Go to my location");
+            link.innerHTML = '<svg viewBox="0 0 24 24" width="18" height="18" ' +
+              'style="vertical-align: middle" aria-hidden="true" fill="none" ' +
+              'stroke="#333" stroke-width="2"><circle cx="12" cy="12" r="6"/>' +
+              '<circle cx="12" cy="12" r="1.5" fill="#333"/><path d="M12 1v5M12 18v5' +
+              'M1 12h5M18 12h5"/></svg>';
+            L.DomEvent.disableClickPropagation(bar);
+            L.DomEvent.on(link, "click", function (event) {
+              L.DomEvent.preventDefault(event);
+              if (!window.isSecureContext || !navigator.geolocation) {
+                say("This browser gives no location to a page served over plain http: " +
+                    "open the app over https (or on this computer), or type the " +
+                    "coordinates in Go to.");
+                return;
+              }
+              say("Finding your location…");
+              map.locate({setView: true, maxZoom: {{ this.zoom }},
+                          enableHighAccuracy: true, timeout: {{ this.timeout_ms }}});
+            });
+            return bar;
+          };
+          button.addTo(map);
+          map.on("locationfound", function (event) {
+            here.clearLayers();
+            L.circle(event.latlng, {radius: event.accuracy, weight: 1, color: "#1e88e5",
+                                    fillOpacity: 0.15, interactive: false}).addTo(here);
+            L.circleMarker(event.latlng, {radius: 5, weight: 2, color: "#ffffff",
+                                          fillColor: "#1e88e5", fillOpacity: 1,
+                                          interactive: false}).addTo(here);
+            say("You are here (within about " + Math.round(event.accuracy) + " m): draw " +
+                "your field with the tools above.");
+          });
+          map.on("locationerror", function (event) {
+            var why = {
+              1: "Location refused: allow it for this page in the browser's site settings, " +
+                 "or type the coordinates in Go to.",
+              2: "Your device could not find its position: try again outdoors, or type the " +
+                 "coordinates in Go to.",
+              3: "No position within {{ this.timeout_s }} s: try again, or type the " +
+                 "coordinates in Go to."
+            };
+            say(why[event.code] || ("No location: " + event.message +
+                                    ". Type the coordinates in Go to."));
+          });
+        })();
+        {% endmacro %}
+        """
+    )
+
+    def __init__(self, zoom: int) -> None:
+        super().__init__()
+        self._name = "LocateButton"
+        self.zoom = int(zoom)
+        self.timeout_s = LOCATE_TIMEOUT_S
+        self.timeout_ms = LOCATE_TIMEOUT_S * 1000
 
 
 def vendored_assets_present() -> bool:
@@ -99,6 +198,7 @@ def base_map(config: AppConfig) -> folium.Map:
         },
         edit_options={"edit": False, "remove": True},
     ).add_to(fmap)
+    LocateButton(LOCATION_ZOOM).add_to(fmap)
     if vendored_assets_present():
         localize_assets(fmap)
     return fmap

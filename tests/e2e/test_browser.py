@@ -21,7 +21,7 @@ import xarray as xr
 from playwright.sync_api import expect
 from shapely.geometry import mapping
 
-from app.widgets.field import LOCATION_ZOOM
+from app.state import LOCATION_ZOOM
 from core.cube import S2_BANDS
 from core.curve import CURVE_COLUMNS
 from core.export import read_geotiff_bands
@@ -346,6 +346,43 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     shot(phone, "10-phone")
     no_app_errors(phone, js_errors)
     context.close()
+
+
+def test_my_location_takes_the_map_to_the_device_and_a_refusal_is_said(
+    browser, app_url: str, site: PublishedSite, js_errors
+) -> None:
+    """The map's "Go to my location" (the browser's geolocation, as a farmer at the field
+    would use it) moves the view there; a field drawn then lies there; a refused permission is
+    said in words on the map."""
+    lat, lon = centre_of(site)
+    for allowed in (True, False):
+        context = browser.new_context(
+            viewport={"width": 1500, "height": 1300},
+            geolocation={"latitude": lat, "longitude": lon, "accuracy": 25},
+            permissions=["geolocation"] if allowed else [],
+        )
+        tab = context.new_page()
+        tab.set_default_timeout(30_000)
+        tab.on("pageerror", lambda exc: js_errors.append(str(exc)))
+        tab.goto(app_url, wait_until="domcontentloaded")
+        map_box(tab)
+        tab.frame_locator(MAP_FRAME).get_by_role("button", name="Go to my location").click()
+        note = tab.frame_locator(MAP_FRAME).get_by_role("status")
+        if not allowed:
+            expect(note).to_contain_text("Location refused: allow it for this page")
+            context.close()
+            continue
+        expect(note).to_contain_text("You are here (within about 25 m)")
+        wait_map_zoom(tab, LOCATION_ZOOM)
+        frame = tab.locator(MAP_FRAME).element_handle().content_frame()
+        centre = frame.evaluate("() => window.map.getCenter()")
+        assert centre["lat"] == pytest.approx(lat, abs=1e-4)
+        assert centre["lng"] == pytest.approx(lon, abs=1e-4)
+        draw_rectangle(tab, 60, 50)
+        tab.get_by_text("Field drawn:").wait_for()
+        shot(tab, "11-my-location")
+        no_app_errors(tab, js_errors)
+        context.close()
 
 
 def test_bad_inputs_show_messages_and_the_page_stays_usable(
