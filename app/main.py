@@ -25,6 +25,7 @@ import streamlit as st  # noqa: E402
 from app import services  # noqa: E402
 from app.config import AppConfig  # noqa: E402
 from app.state import Key, PageState, page_state, widget_value  # noqa: E402
+from app.widgets.batch import batch_panel, start_batch  # noqa: E402
 from app.widgets.chart import ndvi_chart  # noqa: E402
 from app.widgets.downloads import downloads_row  # noqa: E402
 from app.widgets.field import accept_drawing, field_panel  # noqa: E402
@@ -65,6 +66,9 @@ def main() -> None:
         run_clicked = period_panel(state) or state.run_requested
         state.run_requested = False
         run_settings = settings_panel(settings)
+    batch_started = state.batch_requested
+    if batch_started:
+        start_batch(state, run_settings, settings)
 
     st.markdown("### Cloud-free Sentinel-2 for your field")
     request = current_request(state, run_settings)
@@ -74,8 +78,9 @@ def main() -> None:
     # the map keeps its place in the page, so the browser never remounts it (a remount would
     # lose the view and any drawing not yet sent).
     with st.container():
-        if run_clicked:
+        if run_clicked or batch_started:
             fold_sidebar_if_covering()  # on a phone, the progress and result come into view
+        if run_clicked:
             start_run(state, request, settings)
         if state.running is not None and request is not None:
             follow_run(request, settings)
@@ -86,6 +91,7 @@ def main() -> None:
             state.last_run = None
         if state.result is not None:
             result_summary(state.result, state)
+        batch_panel(state)
     workspace(AppConfig.from_env(), settings)
     tuning_panel(state, settings, run_settings)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from core.batch import UPLOAD_STAGE, BatchRequest, UploadBatch, run_upload_batch, upload_folder
 from core.config import Settings, checkpoint_version
 from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
@@ -64,6 +65,8 @@ PROGRESS_PANEL_PX = 290
 lines, what is to come and the time so far, on a laptop-wide page."""
 TUNING_PREFIX = "tune:"
 """Job keys of fine-tunings begin so (Runs' are request keys)."""
+BATCH_PREFIX = "batch:"
+"""Job keys of batches of an uploaded fields file begin so."""
 SHOWN_STAGES = 4
 """Stage lines a running Run's panel shows; earlier ones are summed in one."""
 SEASON_CACHE_ENTRIES = 16
@@ -291,6 +294,44 @@ def watch_tuning(key: str) -> TunedModel | None:
 def stop_tuning(key: str) -> bool:
     """Stop this session's fine-tuning (the process removes what it was writing); whether it
     was running."""
+    return jobs().leave(key, session_id())
+
+
+def start_batch(data: bytes, name: str, request: BatchRequest, config: Settings) -> str:
+    """Start every field of an uploaded file through the batch (core.batch.run_upload_batch)
+    as a job of its own; its key, to follow with :func:`watch_batch`. The same file and
+    settings asked again join the running job, or resume where an earlier one stopped."""
+    key = f"{BATCH_PREFIX}{upload_folder(config.cache_dir, data, request).name}"
+
+    def compute(progress: Progress) -> UploadBatch:
+        return run_upload_batch(data, name, request, settings=config, progress=progress)
+
+    jobs().join(key, compute, session_id())
+    return key
+
+
+def watch_batch(key: str) -> UploadBatch | None:
+    """Draw the batch's progress here; its outcome once it has ended (None while it runs).
+
+    Raises:
+        FieldFlowError: the file could not be read (its message), or there is no such job any
+            more.
+    """
+    job = jobs().job(key)
+    if job is None:
+        raise FieldFlowError(
+            "The fields are no longer being processed (was the app restarted?): press "
+            "Process all fields again; the fields done are kept and skipped."
+        )
+    if not job.done:
+        _draw_progress(job, (PlannedStage(UPLOAD_STAGE, UPLOAD_STAGE),), what="The batch")
+        return None
+    jobs().collect(key, job)
+    return job.outcome()
+
+
+def stop_batch(key: str) -> bool:
+    """Stop this session's batch (the fields done so far stay done); whether it ran."""
     return jobs().leave(key, session_id())
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import shapely
 import streamlit as st
 
+from core.batch import UploadBatch
 from core.demo import DemoSource
 from core.field import Candidate, Field
 from core.location import zoom_for_bounds
@@ -65,6 +66,10 @@ class Key(StrEnum):
     TUNE_STEPS = "tune_steps"
     TUNE_START = "tune_start"
     TUNE_STOP = "tune_stop"
+    BATCH_START = "batch_start"
+    BATCH_STOP = "batch_stop"
+    BATCH_CLEAR = "batch_clear"
+    BATCH_ZIP = "batch_zip"
 
 
 @dataclass
@@ -123,6 +128,13 @@ class PageState:
     tuning: str | None = None
     """The key of the fine-tuning this session started (app.widgets.tuning), while it runs: a
     job of its own, followed from a fragment on a timer; it goes on if the page is left."""
+    batch: str | None = None
+    """The key of the batch of an uploaded file this session started ("Process all fields",
+    app.widgets.batch), while it runs: a job of its own, followed from a fragment."""
+    batch_done: UploadBatch | None = None
+    """The last batch's outcome, shown until dismissed or a new one starts."""
+    batch_requested: bool = False
+    """"Process all fields" was pressed: started after the sidebar has drawn the settings."""
     run_requested: bool = False
     """A Run asked for by a button other than Run (e.g. "Run again with linear
     interpolation"), started on the next rerun as if Run had been pressed."""

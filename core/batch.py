@@ -757,3 +757,107 @@ def write_summary(rows: Sequence[FieldRow], path: str | Path) -> Path:
     with atomic_output(target) as tmp:
         tmp.write_text(summary_csv(rows), encoding="utf-8")
     return target
+
+
+# --- a batch of an uploaded file (the app's "Process all fields") ---------------------------------
+
+UPLOAD_STAGE = "processing the fields"
+"""The stage a batch of an upload reports, with the fields done so far of all."""
+ARCHIVE_FRAMES_MAX_BYTES = 200 * 1024**2
+"""The fields' ``frames.tif`` go into the download's ZIP while they weigh this much in all;
+past it the ZIP holds the curves and the summary only (the command line writes everything)."""
+
+
+@dataclass(frozen=True)
+class UploadBatch:
+    """A finished batch of an uploaded fields file: its rows and the download of its outputs."""
+
+    name: str
+    """The uploaded file's name."""
+    rows: tuple[FieldRow, ...]
+    """One per feature of the file, in its order."""
+    seconds: float
+    """Wall time of the batch."""
+    archive: bytes
+    """A ZIP: ``summary.csv`` and, per field done, ``<field_id>/ndvi.csv`` (and its
+    ``frames.tif`` while all of them fit :data:`ARCHIVE_FRAMES_MAX_BYTES`)."""
+    frames_included: bool
+    """Whether the ZIP holds the frames."""
+
+    def count(self, status: str) -> int:
+        """Rows of ``status`` (:data:`OK`, :data:`SKIPPED` or :data:`FAILED`)."""
+        return sum(row.status == status for row in self.rows)
+
+
+def upload_folder(cache_dir: Path, data: bytes, request: BatchRequest) -> Path:
+    """Where the batch of an upload under ``request`` keeps its files: one folder per file
+    content and request, so that the same file asked again resumes (finished fields are
+    skipped) and two sessions' batches with other settings never share outputs."""
+    digest = hashlib.sha256(data)
+    digest.update(repr(request).encode("utf-8"))
+    return Path(cache_dir) / "batches" / digest.hexdigest()[:20]
+
+
+def outputs_archive(rows: Sequence[FieldRow], out_dir: Path) -> tuple[bytes, bool]:
+    """The ZIP of :class:`UploadBatch` (and whether it holds the frames)."""
+    import zipfile
+
+    done = [row for row in rows if row.status != FAILED]
+    frames = [out_dir / row.field_id / FRAMES_FILE for row in done]
+    with_frames = sum(p.stat().st_size for p in frames if p.is_file()) <= ARCHIVE_FRAMES_MAX_BYTES
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(SUMMARY_FILE, summary_csv(rows))
+        for row in done:
+            names = (CURVE_FILE, FRAMES_FILE) if with_frames else (CURVE_FILE,)
+            for name in names:
+                path = out_dir / row.field_id / name
+                if path.is_file():
+                    archive.write(path, f"{row.field_id}/{name}")
+    return buffer.getvalue(), with_frames
+
+
+def run_upload_batch(
+    data: bytes,
+    name: str,
+    request: BatchRequest,
+    *,
+    settings: Settings,
+    progress: Callable[[str, int, int], None],
+    threads: int = 2,
+) -> UploadBatch:
+    """Every feature of an uploaded fields file through :func:`run_batch`, on a local cluster
+    of ``threads`` threads in this process (the app's "Process all fields"); ``progress`` is
+    told ``(UPLOAD_STAGE, done, total)`` as fields end, and may raise to stop the batch (the
+    fields done so far stay done: the same file asked again skips them).
+
+    Raises:
+        InputError: the file is of no supported type, unreadable, or holds no features.
+    """
+    from core.distributed import local_cluster
+
+    started = time.monotonic()
+    suffix = Path(name).suffix.lower()
+    folder = upload_folder(settings.cache_dir, data, request)
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / f"fields{suffix}"
+    if not source.is_file():
+        with atomic_output(source) as tmp:
+            tmp.write_bytes(data)
+    try:
+        fields = list_fields(source, max_area_ha=settings.max_area_ha)
+    except InputError as exc:  # named by the folder's copy: say the user's file instead
+        raise InputError(str(exc).replace(str(source), name)) from None
+    progress(UPLOAD_STAGE, 0, len(fields))
+    out_dir = folder / "results"
+
+    def on_row(_row: FieldRow, done: int, total: int) -> None:
+        progress(UPLOAD_STAGE, done, total)
+
+    with local_cluster(1, processes=False, threads_per_worker=max(1, threads)) as cluster:
+        rows = run_batch(
+            fields, request, out_dir, cluster=cluster, settings=settings, on_row=on_row
+        )
+    write_summary(rows, out_dir / SUMMARY_FILE)
+    archive, with_frames = outputs_archive(rows, out_dir)
+    return UploadBatch(name, tuple(rows), time.monotonic() - started, archive, with_frames)

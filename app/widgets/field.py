@@ -13,6 +13,7 @@ import streamlit as st
 
 from app import services
 from app.state import LOCATION_ZOOM, Key, PageState, Upload, widget_value
+from app.widgets.batch import batch_offer
 from app.widgets.map import drawing_fingerprint
 from core.config import Settings
 from core.demo import choose_source, demo_cube_path
@@ -131,6 +132,7 @@ def _choose_feature(state: PageState, settings: Settings, pending: Upload) -> No
         key=str(Key.UPLOAD_CHOICE),
         placeholder="Choose a field",
     )
+    batch_offer(state, pending)
     if choice is None:
         return
     try:

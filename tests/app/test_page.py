@@ -897,3 +897,83 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
     assert job.wait(60) and isinstance(job.error, JobCancelled)
     assert "The training was stopped; nothing was saved." in texts(page, "info")
     assert sorted(p.name for p in models.iterdir()) == [f"{name}.json", f"{name}.pt"]
+
+
+def test_every_field_of_an_upload_is_processed_at_once_and_resumed(
+    open_page: OpenPage, site: PublishedSite
+) -> None:
+    """ "Process all N fields": the batch of ``python -m core batch`` from the page, on the local
+    STAC/COG site; a table of how each field went, a ZIP of their curves; the same file again
+    skips the fields done."""
+    import zipfile
+
+    def feature(geometry: dict, name: str) -> dict:
+        return {"type": "Feature", "properties": {"name": name}, "geometry": geometry}
+
+    track = {"type": "LineString", "coordinates": [[3.0, 51.0], [3.01, 51.01]]}
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            feature(mapping(site.field(150.0)), "North"),
+            feature(mapping(site.field(400.0)), "Middle"),
+            feature(track, "Track"),
+        ],
+    }
+    data = json.dumps(doc).encode()
+    page = open_page(site.stac_url)
+    upload(page, "farm.geojson", data).run()
+    set_period(page, *SITE_WINDOW.values())
+    page.selectbox(key="method").set_value("linear").run()
+
+    def process_all() -> None:
+        button(page, "Process all 2 fields").click().run()  # the polygons offered
+        no_exceptions(page)
+        deadline = time.monotonic() + 300
+        while state(page).batch is not None:
+            assert time.monotonic() < deadline, "the batch did not end in time"
+            job = services.jobs().job(state(page).batch)
+            if job is not None:
+                job.wait(max(0.0, deadline - time.monotonic()))
+            page.run()
+        no_exceptions(page)
+
+    process_all()
+    done = state(page).batch_done
+    assert done is not None, texts(page, "error")
+    assert [(r.name, r.status) for r in done.rows] == [
+        ("North", "ok"),
+        ("Middle", "ok"),
+        ("Track", "failed"),
+    ]
+    assert "LineString" in done.rows[2].error
+    assert all(r.scenes_s2 == site.cube.sizes["time_s2"] for r in done.rows[:2])
+    headline = [t for t in texts(page, "markdown") if t.startswith("**farm.geojson: 3 features")]
+    assert headline and headline[0].endswith(": 2 done, 1 failed.**")
+    table = page.dataframe[0].value
+    assert list(table["Field"]) == ["North", "Middle", "Track"]
+    assert list(table["Status"]) == ["ok", "ok", "failed"]
+
+    with zipfile.ZipFile(io.BytesIO(done.archive)) as archive:
+        names = set(archive.namelist())
+        summary = pd.read_csv(archive.open("summary.csv"))
+        curves = {
+            row.name: pd.read_csv(archive.open(f"{row.field_id}/ndvi.csv")) for row in done.rows[:2]
+        }
+    assert done.frames_included
+    assert {f"{r.field_id}/frames.tif" for r in done.rows[:2]} <= names
+    assert list(summary["status"]) == ["ok", "ok", "failed"]
+    for curve in curves.values():
+        assert list(curve.columns) == list(CURVE_COLUMNS)
+        assert curve["date"].min() >= SITE_WINDOW["start"]
+        assert curve["date"].max() <= SITE_WINDOW["end"]
+        assert curve["ndvi"].between(-1, 1).all()
+    # The inner field is part of the outer one: their curves follow each other.
+    both = curves["North"].merge(curves["Middle"], on="date")
+    assert np.corrcoef(both["ndvi_x"], both["ndvi_y"])[0, 1] > 0.9
+
+    # The same file and settings again: the fields done are skipped, nothing is fetched.
+    site.reset()
+    process_all()
+    again = state(page).batch_done
+    assert [r.status for r in again.rows] == ["skipped", "skipped", "failed"]
+    assert site.stac_server.requests == [] and site.cog_server.requests == []

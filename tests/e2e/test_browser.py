@@ -13,6 +13,7 @@ import io
 import json
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,40 @@ def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_err
     field = field_from_geojson(Path(info.value.path()).read_bytes())
     assert field.name == "Upload test"
     assert field.area_ha == pytest.approx(Field(site.field(inset_m=120), "x").area_ha, rel=1e-4)
+    no_app_errors(page, js_errors)
+
+
+def test_every_field_of_an_upload_at_once_and_their_zip(
+    page, site: PublishedSite, tmp_path: Path, js_errors
+) -> None:
+    """A farm's file of two fields: "Process all 2 fields" with the default settings (the
+    model), followed on the page, then a table and a ZIP of both fields' curves and frames."""
+    features = [
+        {"type": "Feature", "properties": {"name": name}, "geometry": mapping(site.field(inset))}
+        for name, inset in (("North", 150.0), ("Middle", 400.0))
+    ]
+    doc = {"type": "FeatureCollection", "features": features}
+    upload(page, tmp_path, "farm.geojson", json.dumps(doc).encode())
+    set_period(page, *SITE_WINDOW.values())
+    page.get_by_role("button", name="Process all 2 fields").click()
+    page.get_by_role("button", name="Stop processing the fields").wait_for()
+    page.get_by_text(re.compile(r"^farm\.geojson: 2 features in .*: 2 done\.$")).wait_for(
+        timeout=RUN_TIMEOUT_MS
+    )
+    wait_idle(page)
+    page.locator('[data-testid="stDataFrame"]').wait_for()
+    shot(page, "13-all-fields")
+    with page.expect_download() as info:
+        page.get_by_role("button", name="All fields (ZIP)").click()
+    assert info.value.suggested_filename == "farm-fields.zip"
+    with zipfile.ZipFile(info.value.path()) as archive:
+        names = set(archive.namelist())
+        summary = list(csv.DictReader(io.TextIOWrapper(archive.open("summary.csv"), "utf-8")))
+        curve = list(csv.DictReader(io.TextIOWrapper(archive.open("North/ndvi.csv"), "utf-8")))
+    assert {"North/ndvi.csv", "North/frames.tif", "Middle/ndvi.csv", "Middle/frames.tif"} <= names
+    assert [row["status"] for row in summary] == ["ok", "ok"]
+    assert all(row["model_vs_baseline"] for row in summary)  # the model, measured per field
+    assert curve[0]["date"] >= SITE_WINDOW["start"] and curve[-1]["date"] <= SITE_WINDOW["end"]
     no_app_errors(page, js_errors)
 
 

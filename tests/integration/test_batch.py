@@ -467,3 +467,41 @@ def test_a_malformed_scheduler_address_is_one_error_line_at_once(tmp_path) -> No
         "scheduler' prints), tls://HOST:PORT or HOST:PORT, or 'local' for a local cluster on "
         "this machine."
     ]
+
+
+def test_an_upload_batch_stopped_midway_keeps_the_fields_done_and_resumes(site, tmp_path) -> None:
+    """The page's "Process all fields" (core.batch.run_upload_batch): a stop raised by its
+    progress after the first field ends the batch; that field's outputs stay complete, and
+    the same file asked again does only the other two."""
+    from core.batch import OK, SKIPPED, UPLOAD_STAGE, run_upload_batch, upload_folder
+    from core.jobs import JobCancelled
+
+    data = write_fields(tmp_path / "farm.gpkg", strips(site), list(NAMES), list(IDS)).read_bytes()
+    start, end = period(site)
+    request = BatchRequest(start=start, end=end, method="linear", every_days=7)
+    settings = Settings(stac_api_url=site.stac_url, cache_dir=tmp_path / "cache")
+    told: list[tuple[str, int, int]] = []
+
+    def stop_after_one(stage: str, done: int, total: int) -> None:
+        told.append((stage, done, total))
+        if done == 1:
+            raise JobCancelled()
+
+    site.reset()
+    with pytest.raises(JobCancelled):
+        run_upload_batch(data, "farm.gpkg", request, settings=settings, progress=stop_after_one)
+    assert told == [(UPLOAD_STAGE, 0, 3), (UPLOAD_STAGE, 1, 3)]
+    results = upload_folder(settings.cache_dir, data, request) / "results"
+    finished = [p.parent.name for p in results.glob(f"*/{MARKER_FILE}")]
+    assert len(finished) >= 1  # the one reported; the other thread's may have ended too
+
+    told.clear()
+    done = run_upload_batch(
+        data, "farm.gpkg", request, settings=settings, progress=lambda *t: told.append(t)
+    )
+    assert told[-1] == (UPLOAD_STAGE, 3, 3)
+    assert [row.name for row in done.rows] == list(NAMES)  # folders named by the names
+    statuses = {row.field_id: row.status for row in done.rows}
+    assert all(statuses[f] == SKIPPED for f in finished)
+    assert all(status == OK for f, status in statuses.items() if f not in finished)
+    assert done.count(SKIPPED) + done.count(OK) == 3
