@@ -70,6 +70,7 @@ class Key(StrEnum):
     BATCH_STOP = "batch_stop"
     BATCH_CLEAR = "batch_clear"
     BATCH_ZIP = "batch_zip"
+    BATCH_OPEN = "batch_open"
 
 
 @dataclass

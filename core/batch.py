@@ -783,6 +783,9 @@ class UploadBatch:
     ``frames.tif`` while all of them fit :data:`ARCHIVE_FRAMES_MAX_BYTES`)."""
     frames_included: bool
     """Whether the ZIP holds the frames."""
+    indices: tuple[int, ...] = ()
+    """Each row's feature position in the file (:attr:`BatchField.index`, as
+    :attr:`core.field.Candidate.index`), for a page to open one of them."""
 
     def count(self, status: str) -> int:
         """Rows of ``status`` (:data:`OK`, :data:`SKIPPED` or :data:`FAILED`)."""
@@ -860,4 +863,6 @@ def run_upload_batch(
         )
     write_summary(rows, out_dir / SUMMARY_FILE)
     archive, with_frames = outputs_archive(rows, out_dir)
-    return UploadBatch(name, tuple(rows), time.monotonic() - started, archive, with_frames)
+    seconds = time.monotonic() - started
+    indices = tuple(item.index for item in fields)
+    return UploadBatch(name, tuple(rows), seconds, archive, with_frames, indices)

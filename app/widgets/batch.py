@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from app import services
 from app.state import Key, PageState, Upload, page_state, widget_value
@@ -159,14 +160,14 @@ def batch_outcome(state: PageState, done: UploadBatch) -> None:
         " and frames.tif, its cloud-free frames as GeoTIFF)" if done.frames_included else ")"
     )
     box.caption(
-        f"The ZIP holds summary.csv (every column) and {inside}, in a folder per field. "
-        "To look at one field here, choose it in the sidebar and press Run."
+        f"The ZIP holds summary.csv (every column) and {inside}, in a folder per field."
         + (
             ""
             if done.frames_included
             else " The frames weigh too much for the page: `python -m core batch` writes them."
         )
     )
+    _open_offer(state, done, box)
     left, right = box.columns(2)
     with left:
         st.download_button(
@@ -180,3 +181,38 @@ def batch_outcome(state: PageState, done: UploadBatch) -> None:
         if st.button("Dismiss", key=str(Key.BATCH_CLEAR)):
             state.batch_done = None
             st.rerun()
+
+
+def _open_offer(state: PageState, done: UploadBatch, box: DeltaGenerator) -> None:
+    """A field of the batch, chosen, is Run here (as choosing it in the sidebar and pressing
+    Run would)."""
+    pending = state.pending_upload
+    offered = {c.index for c in pending.candidates} if pending is not None else set()
+    rows = {
+        index: row.name
+        for index, row in zip(done.indices, done.rows, strict=False)
+        if index in offered and row.status != FAILED
+    }
+    if not rows:
+        return
+    box.selectbox(
+        "Look at one field here",
+        options=list(rows),
+        format_func=rows.get,
+        index=None,
+        placeholder="Choose a field to Run it here",
+        key=str(Key.BATCH_OPEN),
+        on_change=_open,
+        args=(state,),
+        help="Its frames, curve and downloads, as a Run of it shows them (the same as "
+        "choosing it in the sidebar and pressing Run).",
+    )
+
+
+def _open(state: PageState) -> None:
+    index = st.session_state.get(str(Key.BATCH_OPEN))
+    if index is None:
+        return
+    st.session_state[str(Key.UPLOAD_CHOICE)] = index
+    st.session_state[str(Key.BATCH_OPEN)] = None
+    state.run_requested = True

@@ -971,6 +971,13 @@ def test_every_field_of_an_upload_is_processed_at_once_and_resumed(
     both = curves["North"].merge(curves["Middle"], on="date")
     assert np.corrcoef(both["ndvi_x"], both["ndvi_y"])[0, 1] > 0.9
 
+    # A field of the batch, chosen under the table, is Run here.
+    page.selectbox(key="batch_open").set_value(done.indices[1]).run()
+    follow(page)
+    no_exceptions(page)
+    assert state(page).field is not None and state(page).field.name == "Middle"
+    assert state(page).result is not None and state(page).result.request.method == "linear"
+
     # The same file and settings again: the fields done are skipped, nothing is fetched.
     site.reset()
     process_all()
