@@ -47,7 +47,7 @@ import xarray as xr
 from core.cache import fetch_cached
 from core.cog import write_frame_stack
 from core.config import DEFAULT_CHECKPOINT, Settings
-from core.curve import ndvi_curve, write_curve_csv
+from core.curve import CURVE_COLUMNS, ndvi_curve, write_curve_csv
 from core.distributed import model_task
 from core.errors import FieldError, FieldFlowError, InputError
 from core.export import safe_file_stem
@@ -763,6 +763,8 @@ def write_summary(rows: Sequence[FieldRow], path: str | Path) -> Path:
 
 UPLOAD_STAGE = "processing the fields"
 """The stage a batch of an upload reports, with the fields done so far of all."""
+ALL_CURVES_FILE = "all_fields_ndvi.csv"
+"""Every field's curve in one table, in the ZIP of a batch of an upload."""
 ARCHIVE_FRAMES_MAX_BYTES = 200 * 1024**2
 """The fields' ``frames.tif`` go into the download's ZIP while they weigh this much in all;
 past it the ZIP holds the curves and the summary only (the command line writes everything)."""
@@ -779,8 +781,9 @@ class UploadBatch:
     seconds: float
     """Wall time of the batch."""
     archive: bytes
-    """A ZIP: ``summary.csv`` and, per field done, ``<field_id>/ndvi.csv`` (and its
-    ``frames.tif`` while all of them fit :data:`ARCHIVE_FRAMES_MAX_BYTES`)."""
+    """A ZIP: ``summary.csv``, :data:`ALL_CURVES_FILE` and, per field done,
+    ``<field_id>/ndvi.csv`` (and its ``frames.tif`` while all of them fit
+    :data:`ARCHIVE_FRAMES_MAX_BYTES`)."""
     frames_included: bool
     """Whether the ZIP holds the frames."""
     indices: tuple[int, ...] = ()
@@ -811,6 +814,7 @@ def outputs_archive(rows: Sequence[FieldRow], out_dir: Path) -> tuple[bytes, boo
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(SUMMARY_FILE, summary_csv(rows))
+        archive.writestr(ALL_CURVES_FILE, joined_curves(done, out_dir))
         for row in done:
             names = (CURVE_FILE, FRAMES_FILE) if with_frames else (CURVE_FILE,)
             for name in names:
@@ -818,6 +822,22 @@ def outputs_archive(rows: Sequence[FieldRow], out_dir: Path) -> tuple[bytes, boo
                 if path.is_file():
                     archive.write(path, f"{row.field_id}/{name}")
     return buffer.getvalue(), with_frames
+
+
+def joined_curves(rows: Sequence[FieldRow], out_dir: Path) -> str:
+    """Every field's ``ndvi.csv`` in one table, a row per field and day: ``field_id`` and
+    ``name`` before the curve's columns (the long format a spreadsheet or pandas groups by)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["field_id", "name", *CURVE_COLUMNS])
+    for row in rows:
+        path = out_dir / row.field_id / CURVE_FILE
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as handle:
+            for record in csv.DictReader(handle):
+                writer.writerow([row.field_id, row.name, *(record[c] for c in CURVE_COLUMNS)])
+    return buffer.getvalue()
 
 
 def run_upload_batch(

@@ -160,7 +160,8 @@ def batch_outcome(state: PageState, done: UploadBatch) -> None:
         " and frames.tif, its cloud-free frames as GeoTIFF)" if done.frames_included else ")"
     )
     box.caption(
-        f"The ZIP holds summary.csv (every column) and {inside}, in a folder per field."
+        f"The ZIP holds summary.csv (every column), all_fields_ndvi.csv (every field's curve in "
+        f"one table) and {inside}, in a folder per field."
         + (
             ""
             if done.frames_included

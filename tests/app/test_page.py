@@ -959,6 +959,11 @@ def test_every_field_of_an_upload_is_processed_at_once_and_resumed(
         curves = {
             row.name: pd.read_csv(archive.open(f"{row.field_id}/ndvi.csv")) for row in done.rows[:2]
         }
+        joined = pd.read_csv(archive.open("all_fields_ndvi.csv"))
+    assert list(joined.columns) == ["field_id", "name", *CURVE_COLUMNS]
+    assert list(joined["name"].unique()) == ["North", "Middle"]  # the failed one has none
+    north = joined[joined["name"] == "North"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(north[list(CURVE_COLUMNS)], curves["North"])
     assert done.frames_included
     assert {f"{r.field_id}/frames.tif" for r in done.rows[:2]} <= names
     assert list(summary["status"]) == ["ok", "ok", "failed"]
