@@ -840,6 +840,14 @@ def joined_curves(rows: Sequence[FieldRow], out_dir: Path) -> str:
     return buffer.getvalue()
 
 
+def write_joined_curves(rows: Sequence[FieldRow], out_dir: str | Path) -> Path:
+    """Write :func:`joined_curves` atomically as ``out_dir``/:data:`ALL_CURVES_FILE`."""
+    target = Path(out_dir) / ALL_CURVES_FILE
+    with atomic_output(target) as tmp:
+        tmp.write_text(joined_curves(rows, Path(out_dir)), encoding="utf-8")
+    return target
+
+
 def run_upload_batch(
     data: bytes,
     name: str,
@@ -882,6 +890,7 @@ def run_upload_batch(
             fields, request, out_dir, cluster=cluster, settings=settings, on_row=on_row
         )
     write_summary(rows, out_dir / SUMMARY_FILE)
+    write_joined_curves(rows, out_dir)
     archive, with_frames = outputs_archive(rows, out_dir)
     seconds = time.monotonic() - started
     indices = tuple(item.index for item in fields)

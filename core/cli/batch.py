@@ -113,6 +113,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         FieldRow,
         list_fields,
         run_batch,
+        write_joined_curves,
         write_summary,
     )
     from core.distributed import (
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             fields, request, args.out, cluster=cluster, settings=settings, on_row=on_row
         )
     summary = write_summary(rows, Path(args.out) / SUMMARY_FILE)
+    write_joined_curves(rows, args.out)
     counts = {status: sum(r.status == status for r in rows) for status in ("ok", "skipped")}
     failed = sum(r.status == FAILED for r in rows)
     print(

@@ -173,6 +173,11 @@ def test_outputs_hold_the_curve_and_frames_of_each_field(site, first_run) -> Non
         expected = ndvi_curve(cube, start, end, method="linear", field_mask=mask)
         text = (folder / "ndvi.csv").read_text()
         assert text == curve_csv(expected)
+        # ... and the joined table holds it under the field's id and name.
+        with (out / "all_fields_ndvi.csv").open() as handle:
+            joined = [r for r in csv.DictReader(handle) if r["field_id"] == field_id]
+        assert {r["name"] for r in joined} == {NAMES[index]}
+        assert [r["date"] for r in joined] == [r["date"] for r in csv.DictReader(io.StringIO(text))]
         table = list(csv.DictReader(text.splitlines()))
         assert list(table[0]) == list(CURVE_COLUMNS)
         days = np.datetime64(end) - np.datetime64(start)
