@@ -91,7 +91,7 @@ def main() -> None:
             state.last_run = None
         if state.result is not None:
             result_summary(state.result, state)
-        batch_panel(state)
+        batch_panel(state, run_settings, settings)
     workspace(AppConfig.from_env(), settings)
     tuning_panel(state, settings, run_settings)
 

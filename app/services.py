@@ -31,7 +31,14 @@ from pathlib import Path
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.batch import UPLOAD_STAGE, BatchRequest, UploadBatch, run_upload_batch, upload_folder
+from core.batch import (
+    UPLOAD_STAGE,
+    BatchRequest,
+    UploadBatch,
+    run_upload_batch,
+    upload_batch_so_far,
+    upload_folder,
+)
 from core.config import Settings, checkpoint_version
 from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import Cluster, connect, scheduler_address
@@ -297,14 +304,17 @@ def stop_tuning(key: str) -> bool:
     return jobs().leave(key, session_id())
 
 
-def start_batch(data: bytes, name: str, request: BatchRequest, config: Settings) -> str:
-    """Start every field of an uploaded file through the batch (core.batch.run_upload_batch)
-    as a job of its own; its key, to follow with :func:`watch_batch`. The same file and
-    settings asked again join the running job, or resume where an earlier one stopped."""
+def start_batch(
+    data: bytes, name: str, request: BatchRequest, config: Settings, only: frozenset[int]
+) -> str:
+    """Start the fields of an uploaded file at ``only``'s feature positions through the batch
+    (core.batch.run_upload_batch) as a job of its own; its key, to follow with
+    :func:`watch_batch`. The same file and settings asked again join the running job, or
+    resume where an earlier one stopped."""
     key = f"{BATCH_PREFIX}{upload_folder(config.cache_dir, data, request).name}"
 
     def compute(progress: Progress) -> UploadBatch:
-        return run_upload_batch(data, name, request, settings=config, progress=progress)
+        return run_upload_batch(data, name, request, settings=config, progress=progress, only=only)
 
     jobs().join(key, compute, session_id())
     return key
@@ -330,9 +340,12 @@ def watch_batch(key: str) -> UploadBatch | None:
     return job.outcome()
 
 
-def stop_batch(key: str) -> bool:
-    """Stop this session's batch (the fields done so far stay done); whether it ran."""
-    return jobs().leave(key, session_id())
+def stop_batch(
+    key: str, data: bytes, name: str, request: BatchRequest, config: Settings, only: frozenset[int]
+) -> UploadBatch:
+    """Stop this session's batch; what it had finished (the fields done so far stay done)."""
+    jobs().leave(key, session_id())
+    return upload_batch_so_far(data, name, request, settings=config, only=only)
 
 
 @st.cache_resource(show_spinner=False)

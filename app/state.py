@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import shapely
 import streamlit as st
 
-from core.batch import UploadBatch
+from core.batch import BatchRequest, UploadBatch
 from core.demo import DemoSource
 from core.field import Candidate, Field
 from core.location import zoom_for_bounds
@@ -94,6 +94,20 @@ class Upload:
     candidates: list[Candidate]
 
 
+@dataclass(frozen=True)
+class BatchJob:
+    """A batch of an uploaded file this session started ("Process all fields")."""
+
+    key: str
+    """Its job's key (app.services.start_batch)."""
+    name: str
+    data: bytes
+    """The uploaded file, to read back what a stopped batch finished."""
+    request: BatchRequest
+    only: frozenset[int]
+    """The feature positions batched: the polygons the page offered."""
+
+
 @dataclass
 class PageState:
     """Everything the page remembers between reruns of one session."""
@@ -129,8 +143,8 @@ class PageState:
     tuning: str | None = None
     """The key of the fine-tuning this session started (app.widgets.tuning), while it runs: a
     job of its own, followed from a fragment on a timer; it goes on if the page is left."""
-    batch: str | None = None
-    """The key of the batch of an uploaded file this session started ("Process all fields",
+    batch: BatchJob | None = None
+    """The batch of an uploaded file this session started ("Process all fields",
     app.widgets.batch), while it runs: a job of its own, followed from a fragment."""
     batch_done: UploadBatch | None = None
     """The last batch's outcome, shown until dismissed or a new one starts."""

@@ -36,7 +36,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -765,6 +765,10 @@ UPLOAD_STAGE = "processing the fields"
 """The stage a batch of an upload reports, with the fields done so far of all."""
 ALL_CURVES_FILE = "all_fields_ndvi.csv"
 """Every field's curve in one table, in the ZIP of a batch of an upload."""
+REQUEST_FILE = "batch.json"
+"""What the batch was asked for (period, method, options), in its ZIP."""
+NOT_DONE = "not done"
+"""The status of a field a stopped batch had not finished."""
 ARCHIVE_FRAMES_MAX_BYTES = 200 * 1024**2
 """The fields' ``frames.tif`` go into the download's ZIP while they weigh this much in all;
 past it the ZIP holds the curves and the summary only (the command line writes everything)."""
@@ -772,27 +776,40 @@ past it the ZIP holds the curves and the summary only (the command line writes e
 
 @dataclass(frozen=True)
 class UploadBatch:
-    """A finished batch of an uploaded fields file: its rows and the download of its outputs."""
+    """A batch of an uploaded fields file, finished or stopped: its rows and the download of
+    its outputs."""
 
     name: str
     """The uploaded file's name."""
+    request: BatchRequest
+    """What it was asked for."""
     rows: tuple[FieldRow, ...]
-    """One per feature of the file, in its order."""
+    """One per field batched, in the file's order."""
     seconds: float
-    """Wall time of the batch."""
+    """Wall time of the batch (0 for one read back after a stop)."""
     archive: bytes
-    """A ZIP: ``summary.csv``, :data:`ALL_CURVES_FILE` and, per field done,
-    ``<field_id>/ndvi.csv`` (and its ``frames.tif`` while all of them fit
+    """A ZIP: ``summary.csv``, :data:`REQUEST_FILE`, :data:`ALL_CURVES_FILE` and, per field
+    done, ``<field_id>/ndvi.csv`` (and its ``frames.tif`` while all of them fit
     :data:`ARCHIVE_FRAMES_MAX_BYTES`)."""
     frames_included: bool
-    """Whether the ZIP holds the frames."""
+    """Whether the ZIP holds the frames of the fields done."""
     indices: tuple[int, ...] = ()
     """Each row's feature position in the file (:attr:`BatchField.index`, as
     :attr:`core.field.Candidate.index`), for a page to open one of them."""
+    left_out: tuple[str, ...] = ()
+    """Features of the file that were not batched (not among those asked for: a line or a
+    point among the polygons), by name."""
+    stopped: bool = False
+    """Stopped before every field was done (the rest are :data:`NOT_DONE`)."""
 
     def count(self, status: str) -> int:
-        """Rows of ``status`` (:data:`OK`, :data:`SKIPPED` or :data:`FAILED`)."""
+        """Rows of ``status`` (:data:`OK`, :data:`SKIPPED`, :data:`FAILED`, :data:`NOT_DONE`)."""
         return sum(row.status == status for row in self.rows)
+
+    @property
+    def done(self) -> int:
+        """Fields whose outputs are in the ZIP (done now or earlier)."""
+        return self.count(OK) + self.count(SKIPPED)
 
 
 def upload_folder(cache_dir: Path, data: bytes, request: BatchRequest) -> Path:
@@ -804,16 +821,19 @@ def upload_folder(cache_dir: Path, data: bytes, request: BatchRequest) -> Path:
     return Path(cache_dir) / "batches" / digest.hexdigest()[:20]
 
 
-def outputs_archive(rows: Sequence[FieldRow], out_dir: Path) -> tuple[bytes, bool]:
+def outputs_archive(
+    rows: Sequence[FieldRow], out_dir: Path, request: BatchRequest
+) -> tuple[bytes, bool]:
     """The ZIP of :class:`UploadBatch` (and whether it holds the frames)."""
     import zipfile
 
-    done = [row for row in rows if row.status != FAILED]
+    done = [row for row in rows if row.status in (OK, SKIPPED)]
     frames = [out_dir / row.field_id / FRAMES_FILE for row in done]
     with_frames = sum(p.stat().st_size for p in frames if p.is_file()) <= ARCHIVE_FRAMES_MAX_BYTES
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(SUMMARY_FILE, summary_csv(rows))
+        archive.writestr(REQUEST_FILE, json.dumps(_request_record(request), indent=1))
         archive.writestr(ALL_CURVES_FILE, joined_curves(done, out_dir))
         for row in done:
             names = (CURVE_FILE, FRAMES_FILE) if with_frames else (CURVE_FILE,)
@@ -821,7 +841,11 @@ def outputs_archive(rows: Sequence[FieldRow], out_dir: Path) -> tuple[bytes, boo
                 path = out_dir / row.field_id / name
                 if path.is_file():
                     archive.write(path, f"{row.field_id}/{name}")
-    return buffer.getvalue(), with_frames
+    return buffer.getvalue(), with_frames and bool(done)
+
+
+def _request_record(request: BatchRequest) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(request), default=str))  # paths as text
 
 
 def joined_curves(rows: Sequence[FieldRow], out_dir: Path) -> str:
@@ -848,26 +872,22 @@ def write_joined_curves(rows: Sequence[FieldRow], out_dir: str | Path) -> Path:
     return target
 
 
-def run_upload_batch(
+@dataclass(frozen=True)
+class _UploadFields:
+    fields: list[BatchField]
+    left_out: tuple[str, ...]
+    out_dir: Path
+
+
+def _upload_fields(
     data: bytes,
     name: str,
     request: BatchRequest,
-    *,
     settings: Settings,
-    progress: Callable[[str, int, int], None],
-    threads: int = 2,
-) -> UploadBatch:
-    """Every feature of an uploaded fields file through :func:`run_batch`, on a local cluster
-    of ``threads`` threads in this process (the app's "Process all fields"); ``progress`` is
-    told ``(UPLOAD_STAGE, done, total)`` as fields end, and may raise to stop the batch (the
-    fields done so far stay done: the same file asked again skips them).
-
-    Raises:
-        InputError: the file is of no supported type, unreadable, or holds no features.
-    """
-    from core.distributed import local_cluster
-
-    started = time.monotonic()
+    only: Collection[int] | None,
+) -> _UploadFields:
+    """The upload's fields (those at ``only``'s feature positions, when given), read from its
+    copy in :func:`upload_folder`, with messages naming the user's file, not the copy."""
     suffix = Path(name).suffix.lower()
     folder = upload_folder(settings.cache_dir, data, request)
     folder.mkdir(parents=True, exist_ok=True)
@@ -875,23 +895,110 @@ def run_upload_batch(
     if not source.is_file():
         with atomic_output(source) as tmp:
             tmp.write_bytes(data)
+
+    def named(text: str) -> str:
+        return text.replace(str(source), name).replace(source.name, name)
+
     try:
-        fields = list_fields(source, max_area_ha=settings.max_area_ha)
-    except InputError as exc:  # named by the folder's copy: say the user's file instead
-        raise InputError(str(exc).replace(str(source), name)) from None
-    progress(UPLOAD_STAGE, 0, len(fields))
-    out_dir = folder / "results"
+        listed = list_fields(source, max_area_ha=settings.max_area_ha)
+    except InputError as exc:
+        raise InputError(named(str(exc))) from None
+    listed = [dataclasses.replace(f, error=named(f.error)) for f in listed]
+    if only is None:
+        return _UploadFields(listed, (), folder / "results")
+    wanted = set(only)
+    return _UploadFields(
+        [f for f in listed if f.index in wanted],
+        tuple(f.name for f in listed if f.index not in wanted),
+        folder / "results",
+    )
+
+
+def _unheard(_what: str, _done: int, _total: int) -> None:
+    """The beats of the fields' own work (tuning, chunks), not passed on: fields run two at a
+    time, so their inner steps would make one bar jump between fields, and a stop raised in
+    them would be logged by every worker as a failed task."""
+
+
+def run_upload_batch(
+    data: bytes,
+    name: str,
+    request: BatchRequest,
+    *,
+    settings: Settings,
+    progress: Callable[[str, int, int], None],
+    only: Collection[int] | None = None,
+    threads: int = 2,
+) -> UploadBatch:
+    """Every field of an uploaded fields file (those at ``only``'s feature positions, when
+    given) through :func:`run_batch`, on a local cluster of ``threads`` threads in this
+    process (the app's "Process all fields"); ``progress`` is told ``(UPLOAD_STAGE, done,
+    total)`` as fields end, and may raise to stop the batch (the fields done so far stay done:
+    the same file asked again skips them, and :func:`upload_batch_so_far` reads them back).
+
+    Raises:
+        InputError: the file is of no supported type, unreadable, or holds no features.
+    """
+    from core.distributed import local_cluster
+    from core.progress import listening
+
+    started = time.monotonic()
+    upload = _upload_fields(data, name, request, settings, only)
+    progress(UPLOAD_STAGE, 0, len(upload.fields))
 
     def on_row(_row: FieldRow, done: int, total: int) -> None:
         progress(UPLOAD_STAGE, done, total)
 
-    with local_cluster(1, processes=False, threads_per_worker=max(1, threads)) as cluster:
+    threads = max(1, threads)
+    with listening(_unheard), local_cluster(1, processes=False, threads_per_worker=threads) as on:
         rows = run_batch(
-            fields, request, out_dir, cluster=cluster, settings=settings, on_row=on_row
+            upload.fields, request, upload.out_dir, cluster=on, settings=settings, on_row=on_row
         )
-    write_summary(rows, out_dir / SUMMARY_FILE)
-    write_joined_curves(rows, out_dir)
-    archive, with_frames = outputs_archive(rows, out_dir)
-    seconds = time.monotonic() - started
-    indices = tuple(item.index for item in fields)
-    return UploadBatch(name, tuple(rows), seconds, archive, with_frames, indices)
+    return _outcome(name, request, upload, rows, time.monotonic() - started)
+
+
+def upload_batch_so_far(
+    data: bytes,
+    name: str,
+    request: BatchRequest,
+    *,
+    settings: Settings,
+    only: Collection[int] | None = None,
+) -> UploadBatch:
+    """What a stopped :func:`run_upload_batch` of the same upload and request has finished:
+    the fields with complete outputs (as done earlier) and the rest :data:`NOT_DONE`."""
+    upload = _upload_fields(data, name, request, settings, only)
+    rows = []
+    for item in upload.fields:
+        row = None
+        if item.field is not None:
+            fingerprint = request.fingerprint(item.field, settings)
+            row = completed_row(upload.out_dir / item.field_id, fingerprint)
+        rows.append(row or FieldRow(item.field_id, item.name, NOT_DONE))
+    return _outcome(name, request, upload, rows, 0.0, stopped=True)
+
+
+def _outcome(
+    name: str,
+    request: BatchRequest,
+    upload: _UploadFields,
+    rows: Sequence[FieldRow],
+    seconds: float,
+    *,
+    stopped: bool = False,
+) -> UploadBatch:
+    upload.out_dir.mkdir(parents=True, exist_ok=True)
+    write_summary(rows, upload.out_dir / SUMMARY_FILE)
+    write_joined_curves(rows, upload.out_dir)
+    archive, with_frames = outputs_archive(rows, upload.out_dir, request)
+    return UploadBatch(
+        name=name,
+        request=request,
+        rows=tuple(rows),
+        seconds=seconds,
+        archive=archive,
+        frames_included=with_frames,
+        indices=tuple(item.index for item in upload.fields),
+        left_out=upload.left_out,
+        stopped=stopped,
+    )

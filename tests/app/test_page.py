@@ -120,6 +120,16 @@ def site_field_geojson(site: PublishedSite, inset_m: float = 150.0, name: str = 
     return json.dumps({"type": "FeatureCollection", "features": [feature]}).encode()
 
 
+def farm_geojson(site: PublishedSite, extra: tuple[dict, ...] = ()) -> bytes:
+    """A farm's file: two fields inside the site ("North", and "Middle" within it), then
+    ``extra`` features."""
+    features = [
+        {"type": "Feature", "properties": {"name": name}, "geometry": mapping(site.field(inset))}
+        for name, inset in (("North", 150.0), ("Middle", 400.0))
+    ]
+    return json.dumps({"type": "FeatureCollection", "features": [*features, *extra]}).encode()
+
+
 def set_period(page: AppTest, start: str, end: str) -> None:
     page.date_input(key="period_start").set_value(dt.date.fromisoformat(start))
     page.date_input(key="period_end").set_value(dt.date.fromisoformat(end))
@@ -907,19 +917,10 @@ def test_every_field_of_an_upload_is_processed_at_once_and_resumed(
     skips the fields done."""
     import zipfile
 
-    def feature(geometry: dict, name: str) -> dict:
-        return {"type": "Feature", "properties": {"name": name}, "geometry": geometry}
-
     track = {"type": "LineString", "coordinates": [[3.0, 51.0], [3.01, 51.01]]}
-    doc = {
-        "type": "FeatureCollection",
-        "features": [
-            feature(mapping(site.field(150.0)), "North"),
-            feature(mapping(site.field(400.0)), "Middle"),
-            feature(track, "Track"),
-        ],
-    }
-    data = json.dumps(doc).encode()
+    data = farm_geojson(
+        site, ({"type": "Feature", "properties": {"name": "Track"}, "geometry": track},)
+    )
     page = open_page(site.stac_url)
     upload(page, "farm.geojson", data).run()
     set_period(page, *SITE_WINDOW.values())
@@ -940,33 +941,33 @@ def test_every_field_of_an_upload_is_processed_at_once_and_resumed(
     process_all()
     done = state(page).batch_done
     assert done is not None, texts(page, "error")
-    assert [(r.name, r.status) for r in done.rows] == [
-        ("North", "ok"),
-        ("Middle", "ok"),
-        ("Track", "failed"),
-    ]
-    assert "LineString" in done.rows[2].error
-    assert all(r.scenes_s2 == site.cube.sizes["time_s2"] for r in done.rows[:2])
-    headline = [t for t in texts(page, "markdown") if t.startswith("**farm.geojson: 3 features")]
-    assert headline and headline[0].endswith(": 2 done, 1 failed.**")
+    assert [(r.name, r.status) for r in done.rows] == [("North", "ok"), ("Middle", "ok")]
+    assert done.left_out == ("Track",)  # not offered as a field: said, not batched
+    assert all(r.scenes_s2 == site.cube.sizes["time_s2"] for r in done.rows)
+    headline = [t for t in texts(page, "markdown") if t.startswith("**farm.geojson, ")]
+    assert re.fullmatch(
+        r"\*\*farm\.geojson, 2018-05-01 to 2018-06-15, linear: 2 fields in .*: 2 done\.\*\*",
+        headline[0],
+    ), headline
+    assert any(t == "Not batched, being no polygons: Track." for t in texts(page, "caption"))
     table = page.dataframe[0].value
-    assert list(table["Field"]) == ["North", "Middle", "Track"]
-    assert list(table["Status"]) == ["ok", "ok", "failed"]
+    assert list(table["Field"]) == ["North", "Middle"]
+    assert list(table["Status"]) == ["done", "done"]
 
     with zipfile.ZipFile(io.BytesIO(done.archive)) as archive:
         names = set(archive.namelist())
         summary = pd.read_csv(archive.open("summary.csv"))
-        curves = {
-            row.name: pd.read_csv(archive.open(f"{row.field_id}/ndvi.csv")) for row in done.rows[:2]
-        }
+        curves = {r.name: pd.read_csv(archive.open(f"{r.field_id}/ndvi.csv")) for r in done.rows}
+        asked = json.loads(archive.read("batch.json"))
         joined = pd.read_csv(archive.open("all_fields_ndvi.csv"))
     assert list(joined.columns) == ["field_id", "name", *CURVE_COLUMNS]
-    assert list(joined["name"].unique()) == ["North", "Middle"]  # the failed one has none
+    assert list(joined["name"].unique()) == ["North", "Middle"]
+    assert (asked["start"], asked["end"], asked["method"]) == ("2018-05-01", "2018-06-15", "linear")
     north = joined[joined["name"] == "North"].reset_index(drop=True)
     pd.testing.assert_frame_equal(north[list(CURVE_COLUMNS)], curves["North"])
     assert done.frames_included
-    assert {f"{r.field_id}/frames.tif" for r in done.rows[:2]} <= names
-    assert list(summary["status"]) == ["ok", "ok", "failed"]
+    assert {f"{r.field_id}/frames.tif" for r in done.rows} <= names
+    assert list(summary["status"]) == ["ok", "ok"]
     for curve in curves.values():
         assert list(curve.columns) == list(CURVE_COLUMNS)
         assert curve["date"].min() >= SITE_WINDOW["start"]
@@ -987,5 +988,34 @@ def test_every_field_of_an_upload_is_processed_at_once_and_resumed(
     site.reset()
     process_all()
     again = state(page).batch_done
-    assert [r.status for r in again.rows] == ["skipped", "skipped", "failed"]
+    assert [r.status for r in again.rows] == ["skipped", "skipped"]
     assert site.stac_server.requests == [] and site.cog_server.requests == []
+    assert list(page.dataframe[0].value["Status"]) == ["done earlier", "done earlier"]
+
+    # Another period in the sidebar: the table stays, said to be for the one it was made for.
+    page.date_input(key="period_end").set_value(dt.date(2018, 6, 1)).run()
+    assert any(t.startswith("These are for 2018-05-01 to 2018-06-15") for t in texts(page, "info"))
+
+
+def test_a_stopped_batch_shows_what_it_finished(open_page: OpenPage, site: PublishedSite) -> None:
+    """Stop during "Process all fields" (the model, as by default): the page at once shows
+    the fields finished so far, the rest "not done", with their ZIP."""
+
+    page = open_page(site.stac_url)
+    upload(page, "farm.geojson", farm_geojson(site)).run()
+    set_period(page, *SITE_WINDOW.values())
+    button(page, "Process all 2 fields").click().run()
+    no_exceptions(page)
+    job = services.jobs().job(state(page).batch.key)
+    assert job is not None and not job.done  # a model batch of two fields takes a while
+    button(page, "Stop processing the fields").click().run()
+    no_exceptions(page)
+    assert state(page).batch is None
+    done = state(page).batch_done
+    assert done is not None and done.stopped
+    assert [r.status for r in done.rows] == ["not done", "not done"]
+    headline = [t for t in texts(page, "markdown") if t.startswith("**farm.geojson, ")]
+    assert headline and headline[0].endswith("model: 2 fields stopped: 2 not done.**")
+    assert any(t.startswith("No field was done: the ZIP holds") for t in texts(page, "caption"))
+    job.wait(300)  # the fields under way end (their outputs kept), then the job stops
+    assert job.cancelled

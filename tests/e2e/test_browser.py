@@ -304,16 +304,16 @@ def test_every_field_of_an_upload_at_once_and_their_zip(
     upload(page, tmp_path, "farm.geojson", json.dumps(doc).encode())
     set_period(page, *SITE_WINDOW.values())
     page.get_by_role("button", name="Process all 2 fields").click()
+    page.mouse.move(5, 5)  # no hover tooltip over the page afterwards
     page.get_by_role("button", name="Stop processing the fields").wait_for()
-    page.get_by_text(re.compile(r"^farm\.geojson: 2 features in .*: 2 done\.$")).wait_for(
-        timeout=RUN_TIMEOUT_MS
-    )
+    headline = r"^farm\.geojson, 2018-05-01 to 2018-06-15, model: 2 fields in .*: 2 done\.$"
+    page.get_by_text(re.compile(headline)).wait_for(timeout=RUN_TIMEOUT_MS)
     wait_idle(page)
     page.locator('[data-testid="stDataFrame"]').wait_for()
     shot(page, "13-all-fields")
     with page.expect_download() as info:
         page.get_by_role("button", name="All fields (ZIP)").click()
-    assert info.value.suggested_filename == "farm-fields.zip"
+    assert info.value.suggested_filename == "farm_2018-05-01_2018-06-15_model.zip"
     with zipfile.ZipFile(info.value.path()) as archive:
         names = set(archive.namelist())
         summary = list(csv.DictReader(io.TextIOWrapper(archive.open("summary.csv"), "utf-8")))

@@ -476,9 +476,19 @@ def test_a_malformed_scheduler_address_is_one_error_line_at_once(tmp_path) -> No
 
 def test_an_upload_batch_stopped_midway_keeps_the_fields_done_and_resumes(site, tmp_path) -> None:
     """The page's "Process all fields" (core.batch.run_upload_batch): a stop raised by its
-    progress after the first field ends the batch; that field's outputs stay complete, and
-    the same file asked again does only the other two."""
-    from core.batch import OK, SKIPPED, UPLOAD_STAGE, run_upload_batch, upload_folder
+    progress after the first field ends the batch; what it finished is read back (the rest
+    "not done", left out of the ZIP), and the same file asked again does only the rest."""
+    import zipfile
+
+    from core.batch import (
+        NOT_DONE,
+        OK,
+        SKIPPED,
+        UPLOAD_STAGE,
+        run_upload_batch,
+        upload_batch_so_far,
+        upload_folder,
+    )
     from core.jobs import JobCancelled
 
     data = write_fields(tmp_path / "farm.gpkg", strips(site), list(NAMES), list(IDS)).read_bytes()
@@ -497,8 +507,16 @@ def test_an_upload_batch_stopped_midway_keeps_the_fields_done_and_resumes(site, 
         run_upload_batch(data, "farm.gpkg", request, settings=settings, progress=stop_after_one)
     assert told == [(UPLOAD_STAGE, 0, 3), (UPLOAD_STAGE, 1, 3)]
     results = upload_folder(settings.cache_dir, data, request) / "results"
-    finished = [p.parent.name for p in results.glob(f"*/{MARKER_FILE}")]
+    finished = {p.parent.name for p in results.glob(f"*/{MARKER_FILE}")}
     assert len(finished) >= 1  # the one reported; the other thread's may have ended too
+
+    so_far = upload_batch_so_far(data, "farm.gpkg", request, settings=settings)
+    assert so_far.stopped and [r.name for r in so_far.rows] == list(NAMES)
+    assert {r.field_id for r in so_far.rows if r.status == SKIPPED} == finished
+    assert so_far.count(NOT_DONE) == 3 - len(finished)
+    with zipfile.ZipFile(io.BytesIO(so_far.archive)) as archive:
+        folders = {name.split("/")[0] for name in archive.namelist() if "/" in name}
+    assert folders == finished
 
     told.clear()
     done = run_upload_batch(
@@ -509,4 +527,31 @@ def test_an_upload_batch_stopped_midway_keeps_the_fields_done_and_resumes(site, 
     statuses = {row.field_id: row.status for row in done.rows}
     assert all(statuses[f] == SKIPPED for f in finished)
     assert all(status == OK for f, status in statuses.items() if f not in finished)
-    assert done.count(SKIPPED) + done.count(OK) == 3
+    assert done.done == 3 and not done.stopped
+
+
+def test_an_upload_batch_reports_fields_only_not_their_inner_steps(site, tmp_path) -> None:
+    """Fields run two at a time: their own steps (the model's tuning to each field) must not
+    reach the job's bar, which jumped between fields (browser review), nor can a stop raised
+    there make every worker log a failed task. Only the count of fields done is told."""
+    from core.batch import UPLOAD_STAGE, run_upload_batch
+    from core.progress import listening
+
+    data = write_fields(tmp_path / "farm.gpkg", strips(site), list(NAMES), list(IDS)).read_bytes()
+    start, end = period(site)
+    shipped = REPO_ROOT / "assets" / "model.pt"
+    options = ReconstructOptions(samples=1, adapt_steps=3, checkpoint=shipped)
+    request = BatchRequest(start=start, end=end, method="model", options=options, every_days=7)
+    settings = Settings(stac_api_url=site.stac_url, cache_dir=tmp_path / "cache")
+    told: list[tuple[str, int, int]] = []
+    with listening(lambda *beat: told.append(beat)):  # as a job of the app listens
+        done = run_upload_batch(
+            data,
+            "farm.gpkg",
+            request,
+            settings=settings,
+            progress=lambda *t: told.append(t),
+            only={0, 1},
+        )
+    assert [r.status for r in done.rows] == ["ok", "ok"] and done.left_out == (NAMES[2],)
+    assert told == [(UPLOAD_STAGE, n, 2) for n in range(3)]
