@@ -237,7 +237,8 @@ def workspace(config: AppConfig, settings: Settings) -> None:
             "(on a phone, open it with » at the top left)."
             if state.field is not None
             else f"{pending.name} holds {len(pending.candidates)} polygons, dashed on the map: "
-            "choose the field in the sidebar, then press **Run**."
+            "choose the field in the sidebar, then press **Run**; or press **Process all "
+            f"{len(pending.candidates)} fields** there for every one of them."
             if pending is not None
             else "Draw the field with the polygon or rectangle tool (left edge of the map; "
             "the round button under them goes to where you stand), upload its outline, or "
