@@ -181,7 +181,8 @@ def _demo(state: PageState, settings: Settings) -> None:
 def _field_summary(state: PageState) -> None:
     field = state.field
     if field is None:
-        st.info("No field yet.")
+        if state.pending_upload is None:  # else the choice above says what to do; on a
+            st.info("No field yet.")  # phone this box had pushed Run below the fold
         return
     repaired = " (outline repaired)" if field.repaired else ""
     st.success(f"**{field.name}**: {field.area_ha:,.2f} ha, {state.field_origin}{repaired}")

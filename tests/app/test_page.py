@@ -429,6 +429,7 @@ def test_upload_with_several_polygons_asks_which_one(open_page: OpenPage) -> Non
     choice = page.selectbox(key="upload_choice")
     assert "2 polygons" in choice.label
     assert state(page).field is None
+    assert "No field yet." not in texts(page, "info")  # the choice says what to do
     assert button(page, "Run").disabled  # until the field is chosen
     # The map shows both, labelled, before the choice: centred between them, not on the demo.
     lat, lon = state(page).map_center
