@@ -33,7 +33,12 @@ from app.widgets.map import field_map  # noqa: E402
 from app.widgets.period import period_panel  # noqa: E402
 from app.widgets.screen import fold_sidebar_if_covering  # noqa: E402
 from app.widgets.settings import RunSettings, settings_panel  # noqa: E402
-from app.widgets.status import result_summary, run_panel, show_messages  # noqa: E402
+from app.widgets.status import (  # noqa: E402
+    result_summary,
+    run_panel,
+    say_failure,
+    show_messages,
+)
 from app.widgets.timeline import (  # noqa: E402
     date_slider,
     forget_selection,
@@ -189,17 +194,10 @@ def failures_said(state: PageState) -> Iterator[None]:
     except services.RunStopped as stop:
         state.running = None
         state.last_run = stop.panel
-        _say_failure(state, stop.cause)
+        say_failure(state, stop.cause)
     except Exception as exc:
         state.running = None
-        _say_failure(state, exc)
-
-
-def _say_failure(state: PageState, exc: BaseException) -> None:
-    if isinstance(exc, FieldFlowError):
-        state.say("error", str(exc))
-    else:  # a bug, not the user's doing: say so, with the details folded
-        state.say("error", f"Something unexpected went wrong ({type(exc).__name__}).", exc)
+        say_failure(state, exc)
 
 
 @st.fragment

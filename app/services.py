@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -284,18 +285,13 @@ def watch_tuning(key: str) -> TunedModel | None:
         FieldFlowError: the training refused the cube or failed (its message), or there is no
             such job any more.
     """
-    job = jobs().job(key)
-    if job is None:
-        raise FieldFlowError(
-            "The training is no longer running (was the app restarted?); nothing was saved. "
-            "Start it again."
-        )
-    if not job.done:
-        plan = tuple(PlannedStage(stage, label) for stage, label in TUNING_STAGES)
-        _draw_progress(job, plan, what="The training")
-        return None
-    jobs().collect(key, job)
-    return job.outcome()
+    return _watch(
+        key,
+        tuple(PlannedStage(stage, label) for stage, label in TUNING_STAGES),
+        what="The training",
+        gone="The training is no longer running (was the app restarted?); nothing was saved. "
+        "Start it again.",
+    )
 
 
 def stop_tuning(key: str) -> bool:
@@ -327,14 +323,27 @@ def watch_batch(key: str) -> UploadBatch | None:
         FieldFlowError: the file could not be read (its message), or there is no such job any
             more.
     """
+    return _watch(
+        key,
+        (PlannedStage(UPLOAD_STAGE, UPLOAD_STAGE),),
+        what="The batch",
+        gone="The fields are no longer being processed (was the app restarted?): press "
+        "Process all fields again; the fields done are kept and skipped.",
+    )
+
+
+def _watch(key: str, plan: tuple[PlannedStage, ...], *, what: str, gone: str) -> Any:
+    """A job of this page's own (a training, a batch): its progress drawn here while it runs
+    (None), its outcome once it has ended (raised, if it failed).
+
+    Raises:
+        FieldFlowError: ``gone``, when there is no such job any more.
+    """
     job = jobs().job(key)
     if job is None:
-        raise FieldFlowError(
-            "The fields are no longer being processed (was the app restarted?): press "
-            "Process all fields again; the fields done are kept and skipped."
-        )
+        raise FieldFlowError(gone)
     if not job.done:
-        _draw_progress(job, (PlannedStage(UPLOAD_STAGE, UPLOAD_STAGE),), what="The batch")
+        _draw_progress(job, plan, what=what)
         return None
     jobs().collect(key, job)
     return job.outcome()

@@ -55,6 +55,7 @@ from core.fetch import FetchResult, clear_fraction, parse_period
 from core.field import DEFAULT_MAX_AREA_HA, Field, candidates_from_file, field_from_file
 from core.grid import field_mask
 from core.model.blend import field_ratio
+from core.progress import listening
 from core.reconstruct import ReconstructOptions, pinned, reconstruct
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates
@@ -940,7 +941,6 @@ def run_upload_batch(
         InputError: the file is of no supported type, unreadable, or holds no features.
     """
     from core.distributed import local_cluster
-    from core.progress import listening
 
     started = time.monotonic()
     upload = _upload_fields(data, name, request, settings, only)

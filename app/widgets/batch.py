@@ -18,6 +18,7 @@ from streamlit.delta_generator import DeltaGenerator
 from app import services
 from app.state import BatchJob, Key, PageState, Upload, page_state, widget_value
 from app.widgets.settings import RunSettings
+from app.widgets.status import say_failure
 from core.batch import FAILED, NOT_DONE, OK, SKIPPED, BatchRequest, UploadBatch
 from core.config import Settings
 from core.errors import FieldFlowError
@@ -69,15 +70,15 @@ def start_batch(state: PageState, chosen: RunSettings, settings: Settings) -> No
     and the settings it uses)."""
     state.batch_requested = False
     pending = state.pending_upload
-    start, end = widget_value(Key.START), widget_value(Key.END)
-    if pending is None or not isinstance(start, dt.date) or not isinstance(end, dt.date):
+    if pending is None:
         return
-    if end < start:
+    start, end = widget_value(Key.START), widget_value(Key.END)
+    if isinstance(start, dt.date) and isinstance(end, dt.date) and end < start:
         state.say("error", f"The period ends ({end}) before it starts ({start}): swap the dates.")
         return
     only = frozenset(c.index for c in pending.candidates)
     try:
-        request = current_request(chosen)
+        request = current_request(chosen)  # None without a period: nothing to start
         if request is None:
             return
         key = services.start_batch(pending.data, pending.name, request, settings, only)
@@ -116,10 +117,8 @@ def follow_batch(key: str) -> None:
         done = services.watch_batch(key)
         if done is None:
             return
-    except FieldFlowError as exc:
-        state.say("error", str(exc))
-    except Exception as exc:  # a bug, not the user's doing: said, with the details folded
-        state.say("error", f"Something unexpected went wrong ({type(exc).__name__}).", exc)
+    except Exception as exc:
+        say_failure(state, exc)
     else:
         state.batch_done = done
     state.batch = None

@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.services import RunPanel
 from app.state import Key, PageState
+from core.errors import FieldFlowError
 from core.season import (
     BASELINE_NAMES,
     S1_SEARCH_MARGIN_DAYS,
@@ -28,6 +29,15 @@ def show_messages(state: PageState) -> None:
             with st.expander("Technical details"):
                 st.exception(message.details)
     state.messages.clear()
+
+
+def say_failure(state: PageState, exc: BaseException) -> None:
+    """Queue what went wrong: our own errors in their words; anything else as a bug, not the
+    user's doing, with the details folded (a Run, a training, a batch: never a traceback)."""
+    if isinstance(exc, FieldFlowError):
+        state.say("error", str(exc))
+    else:
+        state.say("error", f"Something unexpected went wrong ({type(exc).__name__}).", exc)
 
 
 def run_panel(panel: RunPanel) -> None:

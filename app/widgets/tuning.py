@@ -11,6 +11,7 @@ import streamlit as st
 from app import services
 from app.state import Key, PageState, forget_widget, page_state, widget_value
 from app.widgets.settings import RunSettings
+from app.widgets.status import say_failure
 from core.config import Settings, is_shipped_checkpoint
 from core.distributed import scheduler_address
 from core.errors import FieldFlowError
@@ -113,10 +114,8 @@ def follow_tuning(key: str) -> None:
         tuned = services.watch_tuning(key)
         if tuned is None:
             return
-    except FieldFlowError as exc:
-        state.say("error", str(exc))
-    except Exception as exc:  # a bug, not the user's doing: said, with the details folded
-        state.say("error", f"Something unexpected went wrong ({type(exc).__name__}).", exc)
+    except Exception as exc:
+        say_failure(state, exc)
     else:
         state.say(
             "success",
