@@ -53,6 +53,7 @@ class Key(StrEnum):
     CALIBRATE = "calibrate_field"
     BLEND = "blend_field"
     SCREEN = "screen_haze"
+    SCREEN_SCENES = "screen_scenes"
     DEVICE = "device"
     MAX_CLOUD = "max_cloud_cover"
     DATE = "timeline_date"

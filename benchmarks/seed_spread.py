@@ -3,7 +3,7 @@ differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
         [--adapt-steps N] [--field-episodes N] [--field-crop PX] [--blend-by span]
-        [--screen-haze] [--screened-truth] [--include-seen]
+        [--screen-haze] [--screen-scenes] [--screened-truth] [--include-seen]
         [--against EARLIER.json]
         [--network-alone] [--cube CUBE ...] [--json OUT.json]
 
@@ -26,8 +26,10 @@ the field blend's weights by another measure (:data:`core.model.blend.MEASURES`)
 :data:`core.model.blend.BLEND_MEASURE` (candidates' trials). ``--network-alone`` scores the
 network's best estimate only (no field blend, no band, K = 1), for comparing what checkpoints
 learned without the smoother the blend leans on. ``--screen-haze`` screens haze the scene
-mask missed out of every method's inputs (:mod:`core.screening`); ``--screened-truth`` scores
-only the hidden pixels that are not such haze themselves (the draws are the same).
+mask missed out of every method's inputs (:mod:`core.screening`), ``--screen-scenes`` the clear
+pixels of mostly cloudy acquisitions (:func:`core.screening.sparse_scenes`);
+``--screened-truth`` scores only the hidden pixels that are not such haze themselves (the
+draws are the same).
 
 Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
 had to judge changes against.
@@ -97,6 +99,12 @@ def main() -> int:
         help="screen haze the scene mask missed out of every method's inputs (core.screening)",
     )
     parser.add_argument(
+        "--screen-scenes",
+        action="store_true",
+        help="drop the clear pixels of acquisitions under 25 %% clear from every method's "
+        "inputs (core.screening.sparse_scenes)",
+    )
+    parser.add_argument(
         "--include-seen",
         action="store_true",
         help="score the model on a --cube it was trained on too (its figures there flatter it; "
@@ -131,6 +139,7 @@ def main() -> int:
         + (f"+crop{args.field_crop}" if args.field_crop is not None else "")
         + (f"+{args.blend_by}" if args.blend_by is not None else "")
         + ("+screen" if args.screen_haze else "")
+        + ("+scenes" if args.screen_scenes else "")
         + ("+cleantruth" if args.screened_truth else "")
         + ("+alone" if args.network_alone else "")
         for c in checkpoints
@@ -158,6 +167,7 @@ def main() -> int:
                 checkpoint=checkpoint,
                 adapt_steps=args.adapt_steps,
                 screen_haze=args.screen_haze,
+                screen_scenes=args.screen_scenes,
             )
             protocol = Protocol(seed=seed, screened_truth=args.screened_truth)
             evaluation = evaluate(

@@ -58,8 +58,8 @@ from core.reconstruct import (
     pinned,
     reconstruct,
     require_clear_pixels,
+    screened,
 )
-from core.screening import screen_cube
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates, to_days
 
@@ -145,8 +145,8 @@ def ndvi_curve(
     cube = validate_cube(cube)
     # one model for every chunk (a checkpoint replaced meanwhile stops the curve instead)
     options = pinned(options or ReconstructOptions(), method)
-    if options.screen_haze:  # once for all chunks (marked, so they skip it) and the observed
-        cube, _ = screen_cube(cube)  # NDVI column
+    # once for all chunks (marked, so they skip it) and the observed NDVI column
+    cube, _ = screened(cube, options)
     present = bands_present(cube)
     if not present.any():
         raise InputError(

@@ -38,7 +38,7 @@ from core.config import DEFAULT_CHECKPOINT, checkpoint_version
 from core.cube import NETCDF_LOCK, S2_BANDS, bands_present, validate_cube
 from core.errors import InputError
 from core.indices import ndvi
-from core.screening import screen_cube
+from core.screening import Screening, screen_cube
 from core.storage import atomic_output
 from core.timeline import calendar_day
 
@@ -116,6 +116,11 @@ class ReconstructOptions:
     screened once and marked (:data:`core.screening.SCREENED_ATTR`): a Run screens its cube up
     front (:func:`core.season.compute_season`), and its later calls on that cube leave it as
     it is, so its curve, frames, fits and downloads agree."""
+    screen_scenes: bool = False
+    """Every method: before reconstructing, treat as cloudy every clear-labelled pixel of an
+    acquisition under :data:`core.screening.SPARSE_SCENE_SHARE` clear (after the haze screen,
+    when that is on; :func:`core.screening.sparse_scenes`). Off by default. Screened once with
+    ``screen_haze``, as that is (:func:`screened`)."""
     checkpoint_version: str | None = None
     """Model only: the version of the checkpoint file this call must use
     (:func:`core.config.checkpoint_version`); None: the file as it is now. A computation made
@@ -278,9 +283,7 @@ def reconstruct(
     check_options(method, options)
     query = _check_dates(cube, dates)
     check_memory(cube, query.size, options.samples)
-    screening = None
-    if options.screen_haze:
-        cube, screening = screen_cube(cube)
+    cube, screening = screened(cube, options)
     imaged = imaged_pixels(cube)
     observed = observations(cube)
     require_clear_pixels(observed)
@@ -289,6 +292,14 @@ def reconstruct(
     if screening is not None:  # what was taken out, in words (the command prints it)
         out.attrs[HAZE_SCREEN_ATTR] = screening.summary()
     return out
+
+
+def screened(cube: xr.Dataset, options: ReconstructOptions) -> tuple[xr.Dataset, Screening | None]:
+    """``cube`` through the screens ``options`` ask for (:func:`core.screening.screen_cube`),
+    and what they took out; the cube as it is and None when none is asked for."""
+    if not (options.screen_haze or options.screen_scenes):
+        return cube, None
+    return screen_cube(cube, haze=options.screen_haze, scenes=options.screen_scenes)
 
 
 def check_options(method: str, options: ReconstructOptions) -> None:

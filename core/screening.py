@@ -22,6 +22,14 @@ as many after it, and
 
 A cube without blue (B02) or red (B04) is not screened: without them haze cannot be told from
 soil. One pass, no dilation; the thresholds were fixed by the rule, not fitted on any cube.
+
+A second screen, asked for on its own (:func:`screen_cube`'s ``scenes``), takes out whole
+acquisitions: where under :data:`SPARSE_SCENE_SHARE` of the pixels an acquisition images in the
+cube are clear (after the haze screen, when that is on), every one of its clear-labelled pixels
+is treated as cloudy. In such mostly cloudy scenes the pixels the mask calls clear read a median
+0.11-0.25 NDVI below the same pixels on the nearest clear day (cloud edges, thin cloud and
+shadow; ``benchmarks/partly_clear_bias.txt``), which the haze screen does not change
+(``benchmarks/candidates/sparse_scene_rule.txt``).
 """
 
 from __future__ import annotations
@@ -42,6 +50,10 @@ NEIGHBOUR_DAYS = 30.0
 """The farthest a clear observation of the same pixel may lie on either side."""
 BLUISH = 0.8
 """The least rise in blue, as a share of the rise in red, of a screened observation."""
+SPARSE_SCENE_SHARE = 0.25
+"""An acquisition with a smaller share of its imaged pixels clear is dropped whole by the scene
+screen (the edge of partly_clear_bias.txt's bucket above which the median bias is under 0.05
+NDVI; fixed by sparse_scene_rule.txt, not searched)."""
 SHIFT_PX = 1
 """How far (pixels) a scene may be shifted against its neighbours without being screened."""
 BLUE, RED = S2_BANDS.index("B02"), S2_BANDS.index("B04")
@@ -61,13 +73,27 @@ class Screening:
     clear_before: int
     """Clear pixel observations before the screen."""
     applicable: bool = True
-    """False when the cube lacks blue or red, so nothing could be screened."""
+    """False when the cube lacks blue or red, so no haze could be screened."""
     earlier: str = ""
     """The summary of the screening the cube had already had (:data:`SCREENED_ATTR`), if any."""
+    haze: bool = True
+    """Whether haze was screened (:func:`missed_haze`)."""
+    dropped: np.ndarray | None = None
+    """(T, H, W) bool: the clear pixel observations of mostly cloudy acquisitions dropped by
+    the scene screen (:func:`sparse_scenes`); None: that screen was not asked for."""
 
     @property
     def count(self) -> int:
+        """Clear pixel observations taken out by either screen."""
+        return int(self.screened.sum()) + self.dropped_count
+
+    @property
+    def haze_count(self) -> int:
         return int(self.screened.sum())
+
+    @property
+    def dropped_count(self) -> int:
+        return 0 if self.dropped is None else int(self.dropped.sum())
 
     @property
     def share(self) -> float:
@@ -75,23 +101,47 @@ class Screening:
         return self.count / self.clear_before if self.clear_before else 0.0
 
     def summary(self) -> str:
-        """One sentence for a Run's notes."""
+        """A sentence or two for a Run's notes."""
         if self.earlier:
             return self.earlier
+        said = [self._haze_summary()] if self.haze else []
+        if self.dropped is not None:
+            said.append(self._scenes_summary())
+        return " ".join(said)
+
+    def _haze_summary(self) -> str:
         if not self.applicable:
             return (
                 "Haze the scene mask missed was not screened: the imagery lacks the blue or "
                 "red band the screen compares."
             )
-        if not self.count:
+        if not self.haze_count:
             return "Screened for haze the scene mask missed: none found."
         frames = int(self.screened.any(axis=(1, 2)).sum())
+        share = self.haze_count / self.clear_before
         return (
-            f"Screened out {self.count:,} pixel observations the scene mask called clear "
-            f"({self.share:.1%} of them, on {frames} acquisition(s)): brighter than the pixel's "
+            f"Screened out {self.haze_count:,} pixel observations the scene mask called clear "
+            f"({share:.1%} of them, on {frames} acquisition(s)): brighter than the pixel's "
             f"clear observations on both sides by over {RISE} reflectance in every band, blue "
             "rising with red, as haze and thin cloud are; they are treated as cloudy: "
             "reconstructed, not kept as observed."
+        )
+
+    def _scenes_summary(self) -> str:
+        assert self.dropped is not None
+        frames = int(self.dropped.any(axis=(1, 2)).sum())
+        if not frames:
+            return (
+                f"No acquisition was under {SPARSE_SCENE_SHARE:.0%} clear with clear pixels, "
+                "so none was dropped as mostly cloudy."
+            )
+        share = self.dropped_count / self.clear_before
+        return (
+            f"Dropped the {self.dropped_count:,} clear-labelled pixel observations "
+            f"({share:.1%} of them) of {frames} mostly cloudy acquisition(s), under "
+            f"{SPARSE_SCENE_SHARE:.0%} clear: in such scenes they read well below the same "
+            "pixels on clear days (cloud edges, thin cloud, shadow); they are treated as "
+            "cloudy."
         )
 
 
@@ -169,20 +219,52 @@ def missed_haze(s2: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarr
     return out
 
 
-def screen_cube(cube: xr.Dataset) -> tuple[xr.Dataset, Screening]:
-    """``cube`` with its missed haze marked not valid (:func:`missed_haze`), and what was
-    screened. The reflectance is left as it is: ``valid`` is what every reader trusts. A cube
-    screened before (:data:`SCREENED_ATTR`) is returned as it is, with that screening's words."""
+def sparse_scenes(s2: np.ndarray, clear: np.ndarray) -> np.ndarray:
+    """The scene screen of the module docstring.
+
+    Args:
+        s2: reflectance (T, B, H, W) (NaN: no data, absent band).
+        clear: (T, H, W) the clear observations to judge (after the haze screen, if any).
+
+    Returns:
+        (T, H, W) bool: the clear observations of every acquisition under
+        :data:`SPARSE_SCENE_SHARE` clear, over the pixels it images.
+    """
+    out = np.zeros(clear.shape, dtype=bool)
+    for t in range(s2.shape[0]):
+        imaged = int(np.isfinite(s2[t]).any(axis=0).sum())
+        seen = int(clear[t].sum())
+        if seen and seen < SPARSE_SCENE_SHARE * imaged:
+            out[t] = clear[t]
+    return out
+
+
+def screen_cube(
+    cube: xr.Dataset, *, haze: bool = True, scenes: bool = False
+) -> tuple[xr.Dataset, Screening]:
+    """``cube`` with its missed haze (:func:`missed_haze`, ``haze``) and the clear pixels of
+    its mostly cloudy acquisitions (:func:`sparse_scenes`, ``scenes``) marked not valid, and
+    what was screened. The reflectance is left as it is: ``valid`` is what every reader
+    trusts. A cube screened before (:data:`SCREENED_ATTR`) is returned as it is, with that
+    screening's words."""
     valid = cube["valid"].values.astype(bool)
     if SCREENED_ATTR in cube.attrs:
         nothing = np.zeros(valid.shape, dtype=bool)
         return cube, Screening(nothing, int(valid.sum()), earlier=str(cube.attrs[SCREENED_ATTR]))
     s2 = cube["s2"].values
-    screened = missed_haze(s2, valid, to_days(cube["time_s2"].values))
     clear = clear_observations(s2, valid)
-    screening = Screening(screened, int(clear.sum()), applicable=can_screen(s2, clear))
+    screened = (
+        missed_haze(s2, valid, to_days(cube["time_s2"].values))
+        if haze
+        else np.zeros(valid.shape, dtype=bool)
+    )
+    dropped = sparse_scenes(s2, clear & ~screened) if scenes else None
+    screening = Screening(
+        screened, int(clear.sum()), applicable=can_screen(s2, clear), haze=haze, dropped=dropped
+    )
     out = cube.copy()
     if screening.count:
-        out["valid"] = cube["valid"].copy(data=(valid & ~screened).astype(cube["valid"].dtype))
+        out_of = screened if dropped is None else screened | dropped
+        out["valid"] = cube["valid"].copy(data=(valid & ~out_of).astype(cube["valid"].dtype))
     out.attrs[SCREENED_ATTR] = screening.summary()
     return out, screening

@@ -70,6 +70,7 @@ from core.reconstruct import (
     method_choices,
     pinned,
     reconstruct,
+    screened,
 )
 from core.render import (
     LonLatWarp,
@@ -81,7 +82,6 @@ from core.render import (
     true_colour,
     uncertainty_colours,
 )
-from core.screening import screen_cube
 from core.stac import Signer, StacClient
 from core.timeline import calendar_day, regular_dates, to_days
 
@@ -409,9 +409,10 @@ def compute_season(
         raise FieldError("The field covers no pixel centre of the 10 m grid; draw a larger field.")
     screened_note = None
     folded: list[str] = []  # said under the fits, not among the notes above the map
-    if request.options.screen_haze:  # once, here: the curve, frames and fits all see it
-        cube, screening = screen_cube(cube)
-        if screening.applicable and screening.share < NOTEWORTHY_SCREENED_SHARE:
+    cube, screening = screened(cube, request.options)  # once, here: the curve, frames and
+    if screening is not None:  # fits all see it
+        usual = screening.applicable or not screening.haze
+        if usual and screening.share < NOTEWORTHY_SCREENED_SHARE:
             folded.append(screening.summary())
         else:
             screened_note = screening.summary()

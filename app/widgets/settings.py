@@ -14,7 +14,7 @@ from core.config import Settings, checkpoint_option, is_shipped_checkpoint
 from core.errors import FieldFlowError
 from core.model.catalog import ModelChoice, remove_model
 from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions, default_method
-from core.screening import BLUISH, NEIGHBOUR_DAYS, RISE
+from core.screening import BLUISH, NEIGHBOUR_DAYS, RISE, SPARSE_SCENE_SHARE
 from core.season import default_adapt_steps, method_choices
 
 METHOD_HELP = {
@@ -28,6 +28,9 @@ DEFAULT_SAMPLES = 8
 SCREEN_HAZE_BY_DEFAULT = True
 """Whether a Run screens out haze the scene mask missed unless the user says otherwise
 (benchmarks/candidates/haze_screen_rule.txt)."""
+SCREEN_SCENES_BY_DEFAULT = False
+"""Whether a Run drops the clear pixels of mostly cloudy acquisitions unless the user says
+otherwise (benchmarks/candidates/sparse_scene_rule.txt)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,17 @@ def settings_panel(settings: Settings) -> RunSettings:
             "red is not screened. On by default: on the one shared site with haze to find it "
             "lowered the model's error in two tasks of three (README, evaluation protocol).",
         )
+        screen_scenes = st.checkbox(
+            f"Drop mostly cloudy scenes (under {SPARSE_SCENE_SHARE:.0%} clear)",
+            value=SCREEN_SCENES_BY_DEFAULT,
+            key=str(Key.SCREEN_SCENES),
+            help="Where under a quarter of the pixels an acquisition images here are clear, "
+            "treat all of them as cloudy: in such scenes the pixels the scene classification "
+            "calls clear read a median 0.11-0.25 NDVI below the same pixels on the nearest "
+            "clear day (cloud edges, thin cloud, shadow), and every method took them as "
+            "observations. Every method; the timeline then shows those acquisitions as "
+            "cloudy (README, evaluation protocol).",
+        )
         device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)
         cloud = st.slider(
             "Maximum scene cloud cover (%)",
@@ -179,6 +193,7 @@ def settings_panel(settings: Settings) -> RunSettings:
         blend_field=bool(blend_field) and is_model,
         checkpoint=checkpoint_option(checkpoint) if is_model else None,
         screen_haze=bool(screen),
+        screen_scenes=bool(screen_scenes),
     )
     return RunSettings(
         method=str(method),

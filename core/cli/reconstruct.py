@@ -20,6 +20,7 @@ from core.reconstruct import (
     reconstruct,
     write_reconstruction,
 )
+from core.screening import SPARSE_SCENE_SHARE
 from core.storage import check_output_path
 from core.timeline import parse_date_list, regular_dates
 
@@ -95,6 +96,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "scene mask missed: a spike over the pixel's clear observations on both sides in every "
         "band, blue rising with red (core.screening; imagery without B02 and B04 is not "
         "screened)",
+    )
+    parser.add_argument(
+        "--screen-scenes",
+        action="store_true",
+        help="every method: treat as cloudy every clear-labelled pixel of an acquisition under "
+        f"{SPARSE_SCENE_SHARE * 100:.0f}%% clear (in such mostly cloudy scenes they read well below the "
+        "same pixels on clear days; core.screening)",
     )
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
@@ -189,6 +197,7 @@ def options_from_args(
         keep_observed=keep_observed,
         whittaker_lambda=args.whittaker_lambda,
         screen_haze=args.screen_haze,
+        screen_scenes=args.screen_scenes,
     )
 
 

@@ -821,6 +821,41 @@ def test_haze_screening_is_an_option_that_says_what_it_took_out(
     assert int(result.cube["valid"].values.sum()) > screened_clear
 
 
+def test_mostly_cloudy_scenes_can_be_dropped_and_the_run_says_which(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off by default unless sparse_scene_rule.txt made it the default; checked, a Run treats
+    every clear-labelled pixel of an acquisition under 25 % clear as cloudy, says how many it
+    dropped, and its timeline shows that acquisition with none of the field clear. The demo's
+    spring of 2018 holds one such scene (2018-05-21, about 4 % of the cube clear)."""
+    from app.widgets.settings import SCREEN_SCENES_BY_DEFAULT
+
+    page = _linear_demo(open_page, monkeypatch)
+    assert page.checkbox(key="screen_scenes").value is SCREEN_SCENES_BY_DEFAULT
+    page.checkbox(key="screen_scenes").uncheck()
+    set_period(page, "2018-05-01", "2018-06-15")
+    press_run(page)
+    no_exceptions(page)
+    kept = state(page).result
+    assert not any("mostly cloudy acquisition" in n for n in kept.notes + kept.fits)
+    sparse = [e for e in kept.timeline if e.acquired and 0 < (e.clear_fraction or 0) < 0.25]
+    assert dt.date(2018, 5, 21) in [e.day for e in sparse], kept.timeline
+
+    page.checkbox(key="screen_scenes").check()
+    press_run(page)
+    no_exceptions(page)
+    result = state(page).result
+    assert result.request.options.screen_scenes
+    said = [n for n in result.notes + result.fits if "mostly cloudy acquisition" in n]
+    assert len(said) == 1 and "Dropped the " in said[0], result.notes
+    (may21,) = [e for e in result.timeline if e.day == dt.date(2018, 5, 21)]
+    assert may21.acquired and may21.clear_fraction == 0.0
+    assert "S2 cloudy (0% clear)" in may21.label
+    before = {e.day: e.clear_fraction for e in kept.timeline}
+    clearer = [e for e in result.timeline if e.acquired and e.clear_fraction >= 0.25]
+    assert all(e.clear_fraction == before[e.day] for e in clearer)  # the rest as they were
+
+
 def test_a_run_too_short_to_train_on_is_refused_before_any_training_starts(
     open_page: OpenPage, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:

@@ -8,7 +8,15 @@ import pytest
 
 from core.cube import S2_BANDS
 from core.reconstruct import ReconstructOptions, reconstruct
-from core.screening import BLUISH, NEIGHBOUR_DAYS, RISE, missed_haze, screen_cube
+from core.screening import (
+    BLUISH,
+    NEIGHBOUR_DAYS,
+    RISE,
+    SPARSE_SCENE_SHARE,
+    missed_haze,
+    screen_cube,
+    sparse_scenes,
+)
 
 DAYS = np.array([0.0, 10.0, 20.0, 30.0, 40.0])
 CANOPY = {"B02": 0.04, "B03": 0.07, "B04": 0.05, "B08": 0.35}
@@ -147,3 +155,64 @@ def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) 
     np.testing.assert_array_equal(plain[:, hazy][bands], observed[:, hazy][bands])
     assert np.abs(out[:, hazy][bands] - observed[:, hazy][bands]).mean() > RISE
     np.testing.assert_array_equal(out[:, kept][bands], observed[:, kept][bands])
+
+
+def scenes_cube(shares: list[float], imaged: list[float] | None = None) -> tuple:
+    """Reflectance (T, B, 10, 10) and clear (T, 10, 10): acquisition t images its first
+    ``imaged[t]`` share of the pixels (all by default), of which its first ``shares[t]`` of the
+    whole grid are clear."""
+    n = len(shares)
+    s2 = np.full((n, len(S2_BANDS), 10, 10), np.nan, dtype=np.float32)
+    clear = np.zeros((n, 10, 10), dtype=bool)
+    for t, share in enumerate(shares):
+        seen = round(100 * (imaged or [1.0] * n)[t])
+        s2[t, :4].reshape(4, -1)[:, :seen] = 0.1
+        clear[t].reshape(-1)[: round(100 * share)] = True
+    return s2, clear
+
+
+def test_a_mostly_cloudy_scene_is_dropped_whole_and_a_partly_clear_one_is_kept() -> None:
+    s2, clear = scenes_cube([1.0, 0.1, 0.24, 0.25, 0.6, 0.0])
+    dropped = sparse_scenes(s2, clear)
+    assert dropped.any(axis=(1, 2)).tolist() == [False, True, True, False, False, False]
+    np.testing.assert_array_equal(dropped[1], clear[1])  # every clear pixel of it, none other
+    assert not (dropped & ~clear).any()
+
+
+def test_the_share_is_of_the_pixels_the_scene_images() -> None:
+    # The edge of a swath: 20 % of the grid imaged, all of it clear, is a clear scene; 20 % of
+    # the grid clear where it images all of it is a mostly cloudy one.
+    s2, clear = scenes_cube([0.2, 0.2], imaged=[0.2, 1.0])
+    assert sparse_scenes(s2, clear).any(axis=(1, 2)).tolist() == [False, True]
+    assert SPARSE_SCENE_SHARE == 0.25
+
+
+def test_the_scene_screen_on_a_real_cube_says_what_it_dropped(cubes_dir) -> None:
+    from core.cube import read_cube
+
+    cube = read_cube(cubes_dir / "be-flanders-c_2018-2019.nc")
+    valid = cube["valid"].values.astype(bool)
+    imaged = np.isfinite(cube["s2"].values).any(axis=1)
+    share = valid.sum(axis=(1, 2)) / np.maximum(imaged.sum(axis=(1, 2)), 1)
+    out, screening = screen_cube(cube, haze=False, scenes=True)
+    gone = screening.dropped.any(axis=(1, 2))
+    assert gone.sum() >= 5
+    assert (share[gone] < SPARSE_SCENE_SHARE).all() and (share[~gone & (share > 0)] >= 0.25).all()
+    np.testing.assert_array_equal(out["valid"].values.astype(bool), valid & ~screening.dropped)
+    said = screening.summary()
+    assert said.startswith(f"Dropped the {screening.dropped_count:,} clear-labelled pixel")
+    assert f"of {int(gone.sum())} mostly cloudy acquisition(s)" in said
+    assert "Haze" not in said  # not asked for
+    # Both screens: the haze one's words first (here: it could not screen), then the scenes'.
+    _, both = screen_cube(cube, scenes=True)
+    assert both.summary() == f"{both._haze_summary()} {said}"
+    # Asked for through the options, every method reconstructs those pixels, keeps none.
+    t = int(np.flatnonzero(gone)[np.argmax(screening.dropped[gone].sum(axis=(1, 2)))])
+    date = cube["time_s2"].values[t : t + 1]
+    kept = reconstruct(cube, date, "linear", ReconstructOptions())["s2"].values[0]
+    redone = reconstruct(cube, date, "linear", ReconstructOptions(screen_scenes=True))
+    pixels = screening.dropped[t]
+    bands = np.isfinite(cube["s2"].values[t]).any(axis=(1, 2))
+    observed = cube["s2"].values[t][:, pixels][bands]
+    np.testing.assert_array_equal(kept[:, pixels][bands], observed)
+    assert not np.array_equal(redone["s2"].values[0][:, pixels][bands], observed)
