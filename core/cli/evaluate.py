@@ -22,7 +22,12 @@ from pathlib import Path
 
 import xarray as xr
 
-from core.cli.reconstruct import add_model_arguments, chosen_checkpoint, options_from_args
+from core.cli.reconstruct import (
+    add_model_arguments,
+    add_screen_arguments,
+    chosen_checkpoint,
+    options_from_args,
+)
 from core.config import Settings
 from core.cube import read_cube
 from core.errors import CubeError, InputError
@@ -62,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="samples per reconstruction (K > 1 adds coverage and CRPS)",
     )
     add_model_arguments(parser)
+    add_screen_arguments(parser)
     parser.add_argument(
         "--whittaker-lambda",
         type=float,

@@ -90,6 +90,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         f"{ReconstructOptions.smooth_days}; 0: the network's own estimate at every date)",
     )
     parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE|NAME",
+        help="model checkpoint: a file, or the name of one in the models folder "
+        "(FIELDFLOW_MODELS_DIR; default: FIELDFLOW_CHECKPOINT, else the shipped assets/model.pt)",
+    )
+
+
+def add_screen_arguments(parser: argparse.ArgumentParser) -> None:
+    """The screens of what the scene mask calls clear, for every method (``reconstruct``,
+    ``ndvi``, ``batch`` and ``evaluate``)."""
+    parser.add_argument(
         "--screen-haze",
         action="store_true",
         help="every method: treat as cloudy the clear-labelled pixels that look like haze the "
@@ -101,19 +117,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--screen-scenes",
         action="store_true",
         help="every method: treat as cloudy every clear-labelled pixel of an acquisition under "
-        f"{SPARSE_SCENE_SHARE * 100:.0f}%% clear (in such mostly cloudy scenes they read well below the "
-        "same pixels on clear days; core.screening)",
-    )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the model runs"
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        metavar="FILE|NAME",
-        help="model checkpoint: a file, or the name of one in the models folder "
-        "(FIELDFLOW_MODELS_DIR; default: FIELDFLOW_CHECKPOINT, else the shipped assets/model.pt)",
+        f"{SPARSE_SCENE_SHARE * 100:.0f}%% clear (in such mostly cloudy scenes they read well "
+        "below the same pixels on clear days; core.screening)",
     )
 
 
@@ -128,6 +133,7 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         "--samples", type=int, default=1, help="generated samples K; K > 1 adds p10/p90"
     )
     add_model_arguments(parser)
+    add_screen_arguments(parser)
     parser.add_argument(
         "--whittaker-lambda",
         type=float,

@@ -201,6 +201,10 @@ def test_model_options_given_to_another_method_are_said_to_be_ignored(
     assert "note: --steps, --no-blend-field are options of the model; the linear method" in err
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert "options of the model" not in capsys.readouterr().err
+    # The screens are every method's: not said to be ignored (they were, wrongly, until
+    # 2026-12-05, though linear reconstructed from the screened cube).
+    assert main([*argv, "--out", str(tmp_path / "c"), "--screen-haze", "--screen-scenes"]) == 0
+    assert "options of the model" not in capsys.readouterr().err
 
 
 def test_a_folder_given_as_the_cube_is_called_a_folder(tmp_path, capsys) -> None:
