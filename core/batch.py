@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from core.cache import fetch_cached
+from core.cache import BATCHES_FOLDER, fetch_cached
 from core.cog import write_frame_stack
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.curve import CURVE_COLUMNS, ndvi_curve, write_curve_csv
@@ -819,7 +820,7 @@ def upload_folder(cache_dir: Path, data: bytes, request: BatchRequest) -> Path:
     skipped) and two sessions' batches with other settings never share outputs."""
     digest = hashlib.sha256(data)
     digest.update(repr(request).encode("utf-8"))
-    return Path(cache_dir) / "batches" / digest.hexdigest()[:20]
+    return Path(cache_dir) / BATCHES_FOLDER / digest.hexdigest()[:20]
 
 
 def outputs_archive(
@@ -892,6 +893,8 @@ def _upload_fields(
     suffix = Path(name).suffix.lower()
     folder = upload_folder(settings.cache_dir, data, request)
     folder.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # its last use: pruning (core.cache) spares it an hour
+        os.utime(folder)
     source = folder / f"fields{suffix}"
     if not source.is_file():
         with atomic_output(source) as tmp:

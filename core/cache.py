@@ -164,6 +164,8 @@ class CubeCache:
             if _sha256_of(cube_path) != meta["cube_sha256"]:
                 raise CubeError("the cube file's checksum does not match")
             cube = read_cube(cube_path)
+            with contextlib.suppress(OSError):  # its last use, for pruning (a read-only cache
+                os.utime(meta_path)  # is served all the same)
             summary = meta["summary"]
             return FetchResult(
                 cube=cube,
@@ -275,7 +277,134 @@ def fetch_cached(
     if result.s1_status not in CACHEABLE_S1_STATUS:
         return result
     cache.put(key, result)
+    if settings.cache_max_gb > 0:  # the least recently used go past the cap (not this one)
+        prune_cache(cache.folder, max_bytes=settings.cache_max_gb * 1e9)
     stored = cache.get(key)
     if stored is None:
         return result
     return replace(stored, from_cache=False, elapsed_s=result.elapsed_s)
+
+
+# --- keeping the folder's size in check ------------------------------------------------------
+
+BATCHES_FOLDER = "batches"
+"""Subfolder of the cache folder where the app's batches of an upload keep their outputs
+(:func:`core.batch.upload_folder`)."""
+IN_USE_S = 3600.0
+"""What was used (read, written, resumed) more recently than this is never pruned: a Run may
+still be reading a cube, a batch still writing its folder (a field of a large farm can take
+minutes). The folder may exceed its cap meanwhile."""
+
+
+@dataclass(frozen=True)
+class CacheItem:
+    """One thing in the cache folder that pruning removes whole."""
+
+    kind: str
+    """``"cube"`` (a fetched cube and its sidecar), ``"batch"`` (an upload's batch outputs) or
+    ``"broken"`` (a cube file without its sidecar: its writer died)."""
+    paths: tuple[Path, ...]
+    size: int
+    """Bytes on disk."""
+    last_used: float
+    """When it was last written or read (seconds since the epoch): a cube's sidecar is touched
+    at every hit; a batch folder's newest file or the folder itself."""
+    label: str
+    """What it is, in words (a cube's period and field)."""
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What :func:`prune_cache` removed and kept."""
+
+    removed: tuple[CacheItem, ...]
+    kept: tuple[CacheItem, ...]
+
+    @property
+    def freed(self) -> int:
+        return sum(item.size for item in self.removed)
+
+    @property
+    def kept_size(self) -> int:
+        return sum(item.size for item in self.kept)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _cube_item(meta_path: Path) -> CacheItem:
+    cube_path = meta_path.with_suffix(".nc")
+    label = meta_path.stem[:12]
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        request = json.loads(meta_path.read_text(encoding="utf-8"))["request"]
+        label = f"{request['start']} to {request['end']}, field {str(request['field_key'])[:8]}"
+    paths = (meta_path, cube_path) if cube_path.exists() else (meta_path,)
+    size = sum(p.stat().st_size for p in paths if p.exists())
+    return CacheItem("cube", paths, size, _mtime(meta_path), label)
+
+
+def _batch_item(folder: Path) -> CacheItem:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    used = max([_mtime(folder), *(_mtime(p) for p in files)])
+    return CacheItem("batch", (folder,), size, used, f"batch {folder.name[:12]}")
+
+
+def cache_items(folder: str | os.PathLike[str]) -> list[CacheItem]:
+    """Everything :func:`prune_cache` may remove from the cache ``folder``, least recently
+    used first (``.tmp-*`` leftovers of killed writers are not listed: see
+    :meth:`CubeCache.remove_stale_temporaries`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    items = [_cube_item(p) for p in folder.glob("*.json") if not p.name.startswith(".")]
+    for cube_path in folder.glob("*.nc"):
+        if not cube_path.name.startswith(".") and not cube_path.with_suffix(".json").exists():
+            size = cube_path.stat().st_size
+            items.append(CacheItem("broken", (cube_path,), size, _mtime(cube_path), "no sidecar"))
+    batches = folder / BATCHES_FOLDER
+    if batches.is_dir():
+        items += [_batch_item(p) for p in batches.iterdir() if p.is_dir()]
+    return sorted(items, key=lambda item: item.last_used)
+
+
+def prune_cache(
+    folder: str | os.PathLike[str],
+    *,
+    max_bytes: float | None = None,
+    older_than_s: float | None = None,
+    now: float | None = None,
+) -> PruneReport:
+    """Remove from the cache ``folder`` what was not used for ``older_than_s`` seconds and any
+    cube left without its sidecar, then the least recently used until what is left takes
+    ``max_bytes`` or less (None: no such limit).
+    Nothing used within :data:`IN_USE_S` is removed, whatever the limits; a cube goes sidecar
+    first (a reader never trusts a half-removed entry), a batch folder whole."""
+    import shutil
+    import time
+
+    now = time.time() if now is None else now
+    items = cache_items(folder)
+    total = sum(item.size for item in items)
+    removed: list[CacheItem] = []
+    kept: list[CacheItem] = []
+    for item in items:  # least recently used first
+        idle = now - item.last_used
+        stale = item.kind == "broken" or (older_than_s is not None and idle > older_than_s)
+        over = max_bytes is not None and total > max_bytes
+        if idle <= IN_USE_S or not (stale or over):
+            kept.append(item)
+            continue
+        for path in item.paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        removed.append(item)
+        total -= item.size
+    return PruneReport(tuple(removed), tuple(kept))

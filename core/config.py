@@ -73,6 +73,10 @@ class Settings:
     """Folder with the shared real cubes (``FIELDFLOW_DATA_DIR``), used by the demo and training."""
     cache_dir: Path = field(default_factory=_default_cache_dir)
     """Disk cache for fetched cubes (``FIELDFLOW_CACHE_DIR``)."""
+    cache_max_gb: float = 20.0
+    """Size the cache folder is pruned to after each fetch (``FIELDFLOW_CACHE_MAX_GB``): the
+    least recently used cubes and batch outputs go first, nothing used within the hour
+    (:func:`core.cache.prune_cache`); 0: no limit."""
     max_area_ha: float = 2500.0
     """Largest field accepted (``FIELDFLOW_MAX_AREA_HA``)."""
     timeout_s: float = 30.0
@@ -129,6 +133,7 @@ class Settings:
             ("FIELDFLOW_TIMEOUT_S", "timeout_s", 0.0),
             ("FIELDFLOW_MAX_PIXEL_DATES", "max_pixel_dates", 0.0),
             ("FIELDFLOW_RESULT_CACHE_MB", "result_cache_mb", None),
+            ("FIELDFLOW_CACHE_MAX_GB", "cache_max_gb", None),
         ):
             if env.get(name, "").strip():
                 kwargs[key] = _env_number(name, env[name], above=lowest)

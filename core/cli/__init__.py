@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "train": "Train the reconstruction model on real cubes.",
     "batch": "Fetch and reconstruct many fields on a Dask cluster.",
     "models": "List the models on offer (shipped, FIELDFLOW_CHECKPOINT, the models folder).",
+    "cache": "What the cache folder holds; prune it by age or size.",
 }
 
 

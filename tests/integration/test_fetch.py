@@ -8,6 +8,7 @@ solar day). The real client stack runs: pystac-client over HTTP, GDAL range read
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -284,6 +285,30 @@ def test_a_request_too_large_to_run_is_refused_before_any_pixel_is_read(
     exact = Settings(stac_api_url=site.stac_url, retries=1, max_pixel_dates=most + 1)
     result = fetch_cube(field, start, end, settings=exact, include_s1=False, threads=2)
     assert result.frames_loaded["s2"] == days
+
+
+def test_a_fetch_prunes_the_cache_to_its_cap(flanders_site: PublishedSite, tmp_path: Path) -> None:
+    """FIELDFLOW_CACHE_MAX_GB: after a fetch is stored, the least recently used entries go
+    until the folder fits; the new one stays, whatever the cap."""
+    site = flanders_site
+    settings = Settings(stac_api_url=site.stac_url, retries=1, cache_dir=tmp_path)
+    start, end = period_of(site)
+    kwargs = {"include_s1": False, "threads": 2}
+    earlier = Field(site.field(), "earlier")
+    fetch_cached(earlier, start, end, settings=settings, **kwargs)
+    (old,) = list(tmp_path.glob("*.json"))
+    when = time.time() - 2 * 3600  # used two hours ago
+    for path in (old, old.with_suffix(".nc")):
+        os.utime(path, (when, when))
+    tiny = dataclasses.replace(settings, cache_max_gb=1e-9)  # one byte
+    later = Field(site.field(150.0), "later")
+    fetched = fetch_cached(later, start, end, settings=tiny, **kwargs)
+    assert not fetched.from_cache
+    (kept,) = list(tmp_path.glob("*.json"))
+    assert kept != old and not old.with_suffix(".nc").exists()
+    site.reset()
+    assert fetch_cached(later, start, end, settings=tiny, **kwargs).from_cache
+    assert not site.stac_server.searches()
 
 
 def test_corrupt_cache_entry_is_refetched(flanders_site: PublishedSite, tmp_path: Path) -> None:

@@ -185,3 +185,80 @@ def test_writer_killed_mid_write_leaves_no_entry(tmp_path: Path) -> None:
     assert cache.remove_stale_temporaries(older_than_s=3600) == 0  # might be a live writer
     assert cache.remove_stale_temporaries(older_than_s=0) == len(leftovers)
     assert list(folder.iterdir()) == []
+
+
+def _age(paths, hours: float) -> None:
+    """Set the files' last use ``hours`` back from now."""
+    when = time.time() - hours * 3600
+    for path in paths:
+        os.utime(path, (when, when))
+
+
+def test_pruning_goes_by_last_use_and_never_takes_what_is_in_use(tmp_path: Path) -> None:
+    from core.cache import cache_items, prune_cache
+
+    cache = CubeCache(tmp_path)
+    keys = [make_key(start=f"2023-0{m}-01") for m in (3, 4, 5, 6)]
+    for i, key in enumerate(keys):
+        cache.put(key, make_result(seed=i), now=NOW)
+    batch = tmp_path / "batches" / "0123abcd"
+    (batch / "field-1").mkdir(parents=True)
+    (batch / "field-1" / "ndvi.csv").write_text("date,ndvi\n" * 1000)
+    _age([*cache.paths(keys[0]), *cache.paths(keys[1])], hours=72)
+    _age([*cache.paths(keys[2])], hours=48)
+    _age([batch / "field-1" / "ndvi.csv", batch / "field-1", batch], hours=96)
+    # keys[3]: written just now, in use
+    assert cache.get(keys[0], now=NOW) is not None  # a hit is a use: now the most recent
+    items = cache_items(tmp_path)
+    assert [i.kind for i in items] == ["batch", "cube", "cube", "cube", "cube"]
+    assert items[0].paths == (batch,)
+    size = {i.paths[0]: i.size for i in items}
+    one_cube = size[cache.paths(keys[1])[1]]
+    assert one_cube == sum(p.stat().st_size for p in cache.paths(keys[1]))
+
+    # Room for three cubes: the batch (least recently used) and keys[1] go, keys[2] stays.
+    report = prune_cache(tmp_path, max_bytes=3.5 * one_cube)
+    assert [i.paths[0] for i in report.removed] == [batch, cache.paths(keys[1])[1]]
+    assert report.freed == sum(i.size for i in report.removed)
+    assert not batch.exists() and not any(p.exists() for p in cache.paths(keys[1]))
+    assert cache.get(keys[0], now=NOW) is not None and cache.get(keys[2], now=NOW) is not None
+    # Over any cap, what was used within the hour stays (a Run may be reading it).
+    assert prune_cache(tmp_path, max_bytes=0).removed == ()
+    assert len(cache_items(tmp_path)) == 3
+
+
+def test_pruning_by_age_takes_broken_entries_too(tmp_path: Path) -> None:
+    from core.cache import prune_cache
+
+    cache = CubeCache(tmp_path)
+    old, recent, broken = (make_key(start=d) for d in ("2023-03-01", "2023-04-01", "2023-05-01"))
+    for i, key in enumerate((old, recent, broken)):
+        cache.put(key, make_result(seed=i), now=NOW)
+    cache.paths(broken)[1].unlink()  # its writer died before the sidecar
+    _age(cache.paths(old), hours=24 * 40)
+    _age(cache.paths(recent), hours=24 * 2)
+    _age(cache.paths(broken)[:1], hours=2)
+    report = prune_cache(tmp_path, older_than_s=30 * 86400)
+    assert sorted(i.kind for i in report.removed) == ["broken", "cube"]
+    assert [i.kind for i in report.kept] == ["cube"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in cache.paths(recent))
+
+
+def test_the_cache_command_lists_and_prunes(tmp_path: Path, capsys, monkeypatch) -> None:
+    from core.cli import main
+
+    cache = CubeCache(tmp_path / "cache")
+    keys = [make_key(start=d) for d in ("2023-03-01", "2023-04-01")]
+    for i, key in enumerate(keys):
+        cache.put(key, make_result(seed=i), now=NOW)
+    _age(cache.paths(keys[0]), hours=24 * 10)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["cache", "--list"]) == 0
+    said = capsys.readouterr().out
+    assert "Holds 2 fetched cube(s)" in said and "2023-03-01 to 2023-10-31" in said
+    assert main(["cache", "--max-gb", "1"]) == 2
+    assert "add --prune" in capsys.readouterr().err
+    assert main(["cache", "--prune", "--older-than-days", "7"]) == 0
+    said = capsys.readouterr().out
+    assert "Removed 1 fetched cube(s)" in said and "Kept 1 fetched cube(s)" in said
+    assert cache.get(keys[0], now=NOW) is None and cache.get(keys[1], now=NOW) is not None

@@ -25,6 +25,7 @@ def test_values_are_read_and_trimmed() -> None:
             "FIELDFLOW_RETRIES": "0",
             "FIELDFLOW_MAX_PIXEL_DATES": "1e6",
             "FIELDFLOW_RESULT_CACHE_MB": "0",
+            "FIELDFLOW_CACHE_MAX_GB": "2.5",
             "FIELDFLOW_MODELS_DIR": " ~/my-models ",
         }
     )
@@ -33,6 +34,7 @@ def test_values_are_read_and_trimmed() -> None:
     assert settings.cache_dir == Path("/tmp/ff-cache")
     assert (settings.max_area_ha, settings.timeout_s, settings.retries) == (12.5, 3.0, 0)
     assert settings.max_pixel_dates == 1e6 and settings.result_cache_mb == 0.0
+    assert settings.cache_max_gb == 2.5
 
 
 def test_a_bare_scheme_is_kept_whole_for_the_url_check_to_name() -> None:
@@ -49,6 +51,7 @@ def test_a_bare_scheme_is_kept_whole_for_the_url_check_to_name() -> None:
         ("FIELDFLOW_TIMEOUT_S", "inf", "it must be a number above 0"),
         ("FIELDFLOW_MAX_PIXEL_DATES", "nan", "it must be a number above 0"),
         ("FIELDFLOW_RESULT_CACHE_MB", "-5", "it must be a number, 0 or more"),
+        ("FIELDFLOW_CACHE_MAX_GB", "20GB", "it must be a number, 0 or more"),
         ("FIELDFLOW_RETRIES", "two", "it must be a number, 0 or more"),
         ("FIELDFLOW_RETRIES", "1.5", "give a whole number of retries"),
     ],
