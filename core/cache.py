@@ -274,8 +274,8 @@ def fetch_cached(
         return hit
     cache.remove_stale_temporaries()  # leftovers of writers killed over an hour ago
     result = fetch_cube(field, start, end, **fetch_kwargs)
-    if result.s1_status not in CACHEABLE_S1_STATUS:
-        return result
+    if result.s1_status not in CACHEABLE_S1_STATUS or result.skipped_scenes:
+        return result  # the server may have what it lacked next time
     cache.put(key, result)
     if settings.cache_max_gb > 0:  # the least recently used go past the cap (not this one)
         prune_cache(cache.folder, max_bytes=settings.cache_max_gb * 1e9)

@@ -28,6 +28,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -107,10 +108,24 @@ class FetchResult:
     ``"denied"`` (access refused) or ``"failed"`` (search or read failed)."""
     s1_message: str
     """One sentence for the user about Sentinel-1, e.g. why it is missing."""
+    skipped_scenes: tuple[str, ...] = ()
+    """Scenes left out because the server has no file for them (``"<item id> (HTTP 404)"``);
+    a result with any is not cached (the server may have them next time)."""
     from_cache: bool = False
     """True when the cube was served from the disk cache (see :mod:`core.cache`)."""
     elapsed_s: float = 0.0
     """Wall time of the fetch (0 for a cache hit)."""
+
+    @property
+    def skipped_note(self) -> str:
+        """One sentence naming the scenes left out, or ``""``."""
+        if not self.skipped_scenes:
+            return ""
+        return (
+            f"Left out {len(self.skipped_scenes)} scene(s) the server has no file for: "
+            f"{', '.join(self.skipped_scenes)} (the catalogue links to files it does not "
+            "serve; asked again later, they are tried again)."
+        )
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (everything except the cube)."""
@@ -367,20 +382,145 @@ def clear_gdal_http_cache() -> bool:
     return cleared
 
 
-def _read_error(exc: Exception, what: str) -> NetworkError:
-    """A GDAL read error, or a signer's token request error, as a :mod:`core.errors` error."""
+def _status_of(exc: Exception) -> int | None:
+    """The HTTP status a GDAL read error or a signer's request error carries, if any."""
     response = getattr(exc, "response", None)
     match = _HTTP_CODE.search(str(exc))
-    status = getattr(response, "status_code", None) or (int(match.group(1)) if match else None)
+    return getattr(response, "status_code", None) or (int(match.group(1)) if match else None)
+
+
+def _read_error(exc: Exception, what: str, *, skipped: Sequence[str] | None = None) -> NetworkError:
+    """A GDAL read error, or a signer's token request error, as a :mod:`core.errors` error."""
+    status = _status_of(exc)
     if status in (401, 403):
         return AccessDeniedError(
             f"Access to the {what} imagery was refused (HTTP {status}). If the catalogue needs "
             "a key, set PC_SDK_SUBSCRIPTION_KEY."
         )
     detail = " ".join(str(exc).split())[:200]
+    if status in _GONE_CODES:
+        many = (
+            f" {len(skipped)} scene(s) were already left out for the same reason "
+            f"({', '.join(skipped)})."
+            if skipped
+            else ""
+        )
+        return NetworkError(
+            f"Could not read the {what} imagery: the server has no file for a scene ({detail})."
+            f"{many} The catalogue links to files it does not serve; try again later, or a "
+            "shorter period that avoids those dates."
+        )
     return NetworkError(
         f"Could not read the {what} imagery after retries: {detail}. Check your connection."
     )
+
+
+MAX_SKIPPED_SCENES = 3
+"""Most scenes a fetch leaves out as unreadable (a broken asset link) before it gives up: more
+than a few says the catalogue or the connection is at fault, not a scene."""
+_GONE_CODES = frozenset({404, 410})
+"""HTTP codes for which a scene is left out instead of the fetch failing: the file is not there."""
+
+
+@contextlib.contextmanager
+def _read_failures() -> Iterator[list[str]]:
+    """The URLs odc-stac says it failed to read while in the block (its log records; they
+    are kept off the console, where they came before FieldFlow's own one line)."""
+    import logging
+
+    failed: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.args and isinstance(record.args, tuple):
+                failed.append(str(record.args[0]))
+
+    logger = logging.getLogger("odc.loader._rio")
+    handler = Collect(level=logging.ERROR)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield failed
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _url_path(url: str) -> str:
+    """A URL without its query (a signed URL's token) and GDAL's ``/vsicurl/`` prefix."""
+    return url.removeprefix("/vsicurl/").split("?", 1)[0]
+
+
+def _culprit(
+    items: Sequence[pystac.Item], members: Sequence[int], failed: Sequence[str]
+) -> int | None:
+    """The member whose asset is among the ``failed`` URLs, if one is."""
+    gone = {_url_path(url) for url in failed}
+    for index in members:
+        if any(_url_path(asset.href) in gone for asset in items[index].assets.values()):
+            return index
+    return None
+
+
+def _load_partition(
+    items: Sequence[pystac.Item],
+    members: list[int],
+    available: tuple[str, ...],
+    grid: Grid,
+    *,
+    keys: Sequence[tuple[Any, ...]],
+    dtype: str,
+    nodata: float,
+    settings: Settings,
+    signer: Signer | None,
+    threads: int,
+    progress: Callable[[Any], Iterator[Any]] | None,
+    what: str,
+    failed: list[str],
+    skipped: list[str] | None,
+) -> tuple[xr.Dataset | None, list[int]]:
+    """One odc-stac load of the ``members`` sharing the assets ``available``, with the
+    retries and skips of :func:`_load`; returns the dataset (None when every member was
+    skipped) and the members it holds."""
+    import odc.stac
+
+    members = list(members)
+    attempt = 0
+    while members:
+        part_keys = [keys[i] for i in members]
+        failed.clear()
+        try:
+            ds = odc.stac.load(
+                [items[i] for i in members],
+                bands=list(available),
+                geobox=_geobox(grid),
+                groupby=lambda _item, _parsed, index, part_keys=part_keys: part_keys[index],
+                dtype=dtype,
+                nodata=nodata,
+                resampling="nearest",
+                patch_url=signer,
+                pool=max(1, threads),
+                progress=progress if attempt == 0 else None,
+                fail_on_error=True,
+            )
+        except (rasterio.errors.RasterioError, requests.RequestException) as exc:
+            clear_gdal_http_cache()  # so that the next try asks the server again
+            status = _status_of(exc)
+            culprit = _culprit(items, members, failed)
+            if status in _GONE_CODES and culprit is not None and skipped is not None:
+                if len(skipped) >= MAX_SKIPPED_SCENES:
+                    raise _read_error(exc, what, skipped=skipped) from exc
+                skipped.append(f"{items[culprit].id} (HTTP {status})")
+                members.remove(culprit)
+                continue
+            if status in (401, 403) or status in _GONE_CODES or attempt >= settings.retries:
+                raise _read_error(exc, what, skipped=skipped) from exc
+            attempt += 1
+            time.sleep(min(0.5 * 2**attempt, 8.0))
+            continue
+        return ds, members
+    return None, members
 
 
 @dataclass(frozen=True)
@@ -406,8 +546,15 @@ def _load(
     progress: ProgressCallback | None,
     stage: str,
     what: str,
+    skipped: list[str] | None = None,
 ) -> list[_Frame]:
     """odc-stac load of ``items`` onto ``grid``, fusing items of equal key (first valid wins).
+
+    A read that fails for a passing reason (a dropped connection, a time-out, a 5xx that
+    GDAL's own retries did not get past) is tried again, up to ``settings.retries`` times with
+    a growing pause. A scene whose file the server refuses for good (404, 410: catalogues
+    hold items with broken asset links) is left out and named in ``skipped`` (when given),
+    up to :data:`MAX_SKIPPED_SCENES` of them; without ``skipped``, or past that, the read fails.
 
     odc-stac takes the band list from the first item, so items are loaded in partitions of
     equal available assets (e.g. single-polarisation S1 scenes apart); a band an item lacks
@@ -416,8 +563,6 @@ def _load(
     Returns:
         Frames (each band (H, W)) sorted by (earliest item time, key).
     """
-    import odc.stac
-
     partitions: dict[tuple[str, ...], list[int]] = {}
     for index, item in enumerate(items):
         available = tuple(band for band in bands if band in item.assets)
@@ -426,28 +571,29 @@ def _load(
     total = sum(len(members) for members in partitions.values())
     frames: list[_Frame] = []
     done = 0
-    with rasterio.Env(**gdal_options(settings)):
+    with rasterio.Env(**gdal_options(settings)), _read_failures() as failed:
         for available, members in partitions.items():
+            ds, members = _load_partition(
+                items,
+                members,
+                available,
+                grid,
+                keys=keys,
+                dtype=dtype,
+                nodata=nodata,
+                settings=settings,
+                signer=signer,
+                threads=threads,
+                progress=_odc_progress(progress, stage, done, len(members), total),
+                what=what,
+                failed=failed,
+                skipped=skipped,
+            )
+            done += len(members)
+            if ds is None:  # every scene of the partition skipped
+                continue
             part_keys = [keys[i] for i in members]
             unique = sorted(set(part_keys))
-            try:
-                ds = odc.stac.load(
-                    [items[i] for i in members],
-                    bands=list(available),
-                    geobox=_geobox(grid),
-                    groupby=lambda _item, _parsed, index, part_keys=part_keys: part_keys[index],
-                    dtype=dtype,
-                    nodata=nodata,
-                    resampling="nearest",
-                    patch_url=signer,
-                    pool=max(1, threads),
-                    progress=_odc_progress(progress, stage, done, len(members), total),
-                    fail_on_error=True,
-                )
-            except (rasterio.errors.RasterioError, requests.RequestException) as exc:
-                clear_gdal_http_cache()  # so that the next try asks the server again
-                raise _read_error(exc, what) from exc
-            done += len(members)
             if ds.sizes["time"] != len(unique):
                 raise RuntimeError(
                     f"odc-stac made {ds.sizes['time']} frames for {len(unique)} groups."
@@ -478,6 +624,7 @@ def load_s2(
     signer: Signer | None = None,
     threads: int = 8,
     progress: ProgressCallback | None = None,
+    skipped: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read S2 L2A items onto a grid, harmonised and merged per solar day.
 
@@ -485,6 +632,9 @@ def load_s2(
         ``(times (T,), s2 (T, 10, H, W) float32 reflectance, scl (T, H, W) uint8)``; times
         are each day's earliest item time (datetime64[ns], UTC). Frames without any data over
         the grid are dropped.
+
+    Scenes whose files the server does not have are left out and named in ``skipped``, when
+    given (see :func:`_load`).
 
     Raises:
         NetworkError / AccessDeniedError: a COG cannot be read.
@@ -507,6 +657,7 @@ def load_s2(
         progress=progress,
         stage=f"loading {len(items)} Sentinel-2 scenes",
         what="Sentinel-2",
+        skipped=skipped,
     )
     if not frames:
         return (
@@ -538,6 +689,7 @@ def load_s1(
     signer: Signer | None = None,
     threads: int = 8,
     progress: ProgressCallback | None = None,
+    skipped: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read S1 RTC items onto a grid in dB, merged per (solar day, orbit direction).
 
@@ -569,6 +721,7 @@ def load_s1(
         progress=progress,
         stage=f"loading {len(items)} Sentinel-1 scenes",
         what="Sentinel-1",
+        skipped=skipped,
     )
     if not frames:
         return (
@@ -709,8 +862,15 @@ def fetch_cube(
         )
     check_request_size(grid, s2_items, first, last, settings.max_pixel_dates)
     scenes = {S2_COLLECTION: len(s2_items)}
+    skipped: list[str] = []
     times, s2, scl = load_s2(
-        s2_items, grid, settings=settings, signer=signer, threads=threads, progress=progress
+        s2_items,
+        grid,
+        settings=settings,
+        signer=signer,
+        threads=threads,
+        progress=progress,
+        skipped=skipped,
     )
     if times.size == 0:
         raise NoScenesError(
@@ -733,6 +893,7 @@ def fetch_cube(
                     signer=signer,
                     threads=threads,
                     progress=progress,
+                    skipped=skipped,
                 )
         except AccessDeniedError as exc:
             s1_status = "denied"
@@ -782,6 +943,7 @@ def fetch_cube(
         frames_loaded=frames,
         s1_status=s1_status,
         s1_message=s1_message,
+        skipped_scenes=tuple(skipped),
         elapsed_s=time.monotonic() - started,
     )
 

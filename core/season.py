@@ -830,7 +830,9 @@ def _load(
         f"disk cache ({settings.stac_api_url})" if fetched.from_cache else settings.stac_api_url
     )
     notes = () if fetched.s1_status in ("loaded", "skipped") else (fetched.s1_message,)
-    complete = fetched.s1_status in CACHEABLE_S1_STATUS
+    if fetched.skipped_note:
+        notes = (*notes, fetched.skipped_note)
+    complete = fetched.s1_status in CACHEABLE_S1_STATUS and not fetched.skipped_scenes
     origin = _Origin(source, notes, dict(fetched.scenes_found), complete)
     return fetched.cube, fetched.grid, origin
 

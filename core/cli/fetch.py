@@ -150,6 +150,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"Frames loaded (same solar day merged): S2 {result.frames_loaded.get('s2', 0)}, "
         f"S1 {result.frames_loaded.get('s1', 0)}",
         result.s1_message,
+        *([f"note: {result.skipped_note}"] if result.skipped_note else []),
         f"Clear fraction of the field per S2 frame (mean {100 * fractions.mean():.0f}%):",
         *("  " + row for row in clear_table(cube["time_s2"].values, fractions)),
         f"Wrote {out}",

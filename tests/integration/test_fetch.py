@@ -26,8 +26,8 @@ from core.cache import CubeCache, cache_key, fetch_cached
 from core.cli import main
 from core.config import Settings
 from core.cube import read_cube, valid_from_scl
-from core.errors import InputError
-from core.fetch import fetch_cube
+from core.errors import InputError, NetworkError
+from core.fetch import clear_gdal_http_cache, fetch_cube
 from core.field import Field
 from core.grid import grid_for_field, grid_from_cube
 from tests.support.site import PublishedSite
@@ -258,6 +258,50 @@ def test_a_refused_read_is_tried_again_once_the_server_answers(published_site) -
     result = fetch_cube(field, *period_of(site), settings=settings, threads=2, include_s1=False)
     assert result.frames_loaded["s2"] == 3
     assert site.cog_server.requests  # read again, not answered from GDAL's memory
+
+
+def test_a_dropped_connection_is_read_again_and_a_missing_scene_is_left_out_and_named(
+    published_site, tmp_path: Path
+) -> None:
+    """One connection closed without an answer used to fail the whole fetch (GDAL retries
+    HTTP errors, not a dropped connection), and so did one scene whose file the server does
+    not have (catalogues hold broken asset links); S1 then lost every frame for one of them."""
+    site = published_site("be-flanders-a", fresh=True, max_dates=4)
+    settings = Settings(stac_api_url=site.stac_url, retries=2, cache_dir=tmp_path)
+    field = Field(site.field(), "flaky")
+    start, end = period_of(site)
+    site.cog_server.faults.drop_next(1, prefix="/sentinel2-l2/")
+    result = fetch_cube(field, start, end, settings=settings, threads=2, include_s1=False)
+    assert result.frames_loaded["s2"] == 4 and result.skipped_scenes == ()
+    assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), start, end)
+
+    # A scene the server has no file for: left out, named, the rest kept, nothing cached.
+    gone = site.s2_items[1]
+    folder = gone["assets"]["B04"]["href"].split("://", 1)[1].split("/", 1)[1].rsplit("/", 1)[0]
+    site.cog_server.faults.deny(f"/{folder}/", 404)
+    clear_gdal_http_cache()  # GDAL would answer from what it read above, without asking
+    result = fetch_cached(field, start, end, settings=settings, threads=2, include_s1=False)
+    assert result.skipped_scenes == (f"{gone['id']} (HTTP 404)",)
+    assert result.frames_loaded["s2"] == 3
+    assert gone["id"] in result.skipped_note and "Left out 1 scene(s)" in result.skipped_note
+    assert not list(tmp_path.glob("*.json"))  # not cached: asked again, it is tried again
+    kept = np.datetime64(gone["properties"]["datetime"][:10], "D")
+    assert kept not in result.cube["time_s2"].values.astype("datetime64[D]")
+    # The command line says it in a note line and exits 0.
+    _, field_path = write_field(site, tmp_path)
+    done = run_fetch_cli(
+        ["--geojson", str(field_path), "--start", start, "--end", end, "--out",
+         str(tmp_path / "cube.nc"), "--no-s1", "--no-cache"],
+        cli_env(site, tmp_path / "cache"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"note: Left out 1 scene(s) the server has no file for: {gone['id']}" in done.stdout
+    assert "Failed to load" not in done.stderr  # odc-stac's own log lines stay off the console
+    # Past MAX_SKIPPED_SCENES the fetch fails, naming what it left out.
+    site.cog_server.faults.deny("/sentinel2-l2/", 404)
+    clear_gdal_http_cache()
+    with pytest.raises(NetworkError, match="the server has no file for a scene"):
+        fetch_cube(field, start, end, settings=settings, threads=2, include_s1=False)
 
 
 def test_a_request_too_large_to_run_is_refused_before_any_pixel_is_read(
