@@ -467,6 +467,11 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
         raise CubeError(
             f"Cannot read {p} as a NetCDF cube ({reason}). Is it a complete .nc file?"
         ) from exc
+    except RuntimeError as exc:  # netCDF4 on damaged data past a sound header ("HDF error")
+        reason = " ".join(str(exc).split())[:120]
+        raise CubeError(
+            f"Cannot read {p}: the file is damaged ({reason}). Fetch or copy it again."
+        ) from exc
     for var in loaded.variables.values():
         var.encoding = {}
     cube = validate_cube(loaded)

@@ -25,6 +25,7 @@ import planetary_computer
 import pystac
 import requests
 from pystac_client import Client
+from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from shapely.geometry import mapping
@@ -74,15 +75,28 @@ class StacClient:
     """What signs asset hrefs (applied to every item found); ``None`` for no signing."""
 
 
+RETRY_AFTER_MAX_S = 30.0
+"""Longest pause a server's ``Retry-After`` gets before a retry: urllib3 obeys the header
+without a bound, so one 429 asking for an hour held a fetch, silent, for an hour. A server
+still refusing after the capped pauses ends the fetch with its own message."""
+
+
+class _CappedRetry(Retry):
+    """:class:`Retry` whose pauses for ``Retry-After`` last at most :data:`RETRY_AFTER_MAX_S`."""
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        return min(super().parse_retry_after(retry_after), RETRY_AFTER_MAX_S)
+
+
 def make_retry(retries: int, *, backoff_factor: float = 0.5) -> Retry:
     """urllib3 retry policy: connection errors, 429 and 5xx on any method, with backoff.
 
     Args:
         retries: retries after the first try (``Settings.retries``).
         backoff_factor: sleep ``backoff_factor * 2 ** (n - 1)`` seconds before retry ``n``,
-            unless the server sends ``Retry-After``.
+            unless the server sends ``Retry-After`` (obeyed up to :data:`RETRY_AFTER_MAX_S`).
     """
-    return Retry(
+    return _CappedRetry(
         total=max(0, int(retries)),
         backoff_factor=backoff_factor,
         backoff_max=30.0,
@@ -288,4 +302,12 @@ def translate_errors(url: str, tries: int, *, what: str) -> Iterator[None]:
         raise NetworkError(
             f"The service at {url} does not offer STAC item search ({_short(exc)}). "
             "Check STAC_API_URL."
+        ) from exc
+    except ClientTypeError as exc:  # a STAC page, but not the API's root (a collection, /search)
+        found = re.search(r"found type=(\w+)", str(exc))
+        kind = f"a {found.group(1)}" if found and found.group(1) != "None" else "no catalogue"
+        raise InputError(
+            f"STAC_API_URL is {url!r}, which is {kind}, not the root of a STAC API: give the "
+            f"API's root, e.g. {PLANETARY_COMPUTER_STAC_URL} (not a collection's or /search "
+            "page), or unset it to use Planetary Computer, and start again."
         ) from exc

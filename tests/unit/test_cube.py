@@ -97,6 +97,21 @@ def test_read_cube_missing_and_garbage_files(tmp_path) -> None:
         read_cube(garbage)
 
 
+def test_a_cube_damaged_past_its_header_is_said_to_be_damaged(flanders_cube, tmp_path) -> None:
+    # netCDF4 raises RuntimeError ("NetCDF: HDF error") on damaged data behind a sound header:
+    # it came out as a traceback of ndvi, reconstruct and evaluate (review 5, F4).
+    path = tmp_path / "cube.nc"
+    write_cube(flanders_cube.isel(time_s2=slice(0, 10), time_s1=slice(0, 10)), path)
+    data = bytearray(path.read_bytes())
+    third = len(data) // 3
+    data[third : third + 4000] = bytes(b ^ 0xFF for b in data[third : third + 4000])
+    path.write_bytes(bytes(data))
+    with pytest.raises(CubeError) as caught:
+        read_cube(path)
+    assert str(caught.value).startswith(f"Cannot read {path}")
+    assert "damaged" in str(caught.value) or "complete .nc file" in str(caught.value)
+
+
 def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch) -> None:
     target = tmp_path / "cube.nc"
     write_cube(_tiny_cube(), target)

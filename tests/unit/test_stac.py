@@ -122,6 +122,21 @@ def test_429_with_retry_after_is_honoured(stac: StacServer) -> None:
     assert time.monotonic() - started >= 0.9  # waited as the server asked
 
 
+def test_a_retry_after_of_an_hour_is_not_waited_for(
+    stac: StacServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # urllib3 obeys Retry-After without a bound: one 429 asking for an hour held a fetch,
+    # silent, for an hour (review 5, F2). The pause is capped (30 s; 1 s here, to be quick).
+    monkeypatch.setattr("core.stac.RETRY_AFTER_MAX_S", 1.0)
+    stac.add_items({S2_COLLECTION: [s2_item(0, dt.datetime(2023, 3, 5, 10))]})
+    client = open_client(settings_for(stac, retries=1), backoff_factor=0)
+    stac.faults.fail_next(1, 429, retry_after_s=3600, prefix=stac.search_path)
+    started = time.monotonic()
+    items = search_scenes(client, S2_COLLECTION, FIELD, dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+    assert len(items) == 1
+    assert 0.9 <= time.monotonic() - started < 10
+
+
 def test_persistent_503_gives_network_error_after_all_tries(stac: StacServer) -> None:
     client = open_client(settings_for(stac, retries=2), backoff_factor=0)
     stac.clear_requests()
@@ -248,3 +263,21 @@ print(sum(migrated), len(migrated))
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert child.returncode == 0, child.stderr
     assert child.stdout.split() == ["4", "4"], child.stdout
+
+
+@pytest.mark.parametrize(
+    ("page", "kind"),
+    [("/collections/sentinel-2-l2a", "a Collection"), ("/collections", "no catalogue")],
+)
+def test_a_url_of_another_page_of_the_api_is_named_not_a_traceback(
+    stac: StacServer, page: str, kind: str
+) -> None:
+    # pystac-client's ClientTypeError came out as a traceback (review 5, F3): the collection's
+    # URL from the catalogue's docs is a natural slip.
+    stac.add_items({S2_COLLECTION: [s2_item(0, dt.datetime(2023, 3, 5, 10))]})
+    url = f"{stac.url}{page}"
+    with pytest.raises(InputError) as caught:
+        open_client(Settings(stac_api_url=url, retries=0))
+    message = str(caught.value)
+    assert message.startswith(f"STAC_API_URL is {url!r}, which is {kind}, not the root of")
+    assert "ClientTypeError" not in message and "unset it" in message
