@@ -83,8 +83,9 @@ def main() -> None:
     # the map keeps its place in the page, so the browser never remounts it (a remount would
     # lose the view and any drawing not yet sent).
     with st.container():
-        if run_clicked or batch_started:
-            fold_sidebar_if_covering()  # on a phone, the progress and result come into view
+        if run_clicked or batch_started or state.fold_requested:
+            fold_sidebar_if_covering()  # on a phone, the progress, result or map come into view
+            state.fold_requested = False
         if run_clicked:
             start_run(state, request, settings)
         if state.running is not None and request is not None:

@@ -447,10 +447,20 @@ def _headline(result: SeasonResult, *, again: bool = False) -> str:
         if again
         else f"Computed in {result.elapsed_s:.1f} s"
     )
+    dates, s2, s1 = len(result.timeline), frames.get("s2", 0), frames.get("s1", 0)
     return (
-        f"{took}: {len(result.timeline)} dates from {frames.get('s2', 0)} Sentinel-2 and "
-        f"{frames.get('s1', 0)} Sentinel-1 frames ({result.source})."
+        f"{took}: {dates} date{'' if dates == 1 else 's'} from {s2} Sentinel-2 and {s1} "
+        f"Sentinel-1 frame{'' if s1 == 1 else 's'} ({result.source})."
     )
+
+
+@st.cache_resource(show_spinner=False)
+def gpu_here() -> bool:
+    """Whether a Run asked to use cuda could: a CUDA GPU in this process, or a Dask cluster
+    (whose workers may have one)."""
+    import torch
+
+    return scheduler_address() is not None or torch.cuda.is_available()
 
 
 @st.cache_data(max_entries=64, show_spinner="Reconstructing that day…")

@@ -151,6 +151,8 @@ class PageState:
     """The last batch's outcome, shown until dismissed or a new one starts."""
     batch_requested: bool = False
     """"Process all fields" was pressed: started after the sidebar has drawn the settings."""
+    fold_requested: bool = False
+    """The Go to box moved the map: on a phone the sidebar that covers it is folded."""
     run_requested: bool = False
     """A Run asked for by a button other than Run (e.g. "Run again with linear
     interpolation"), started on the next rerun as if Run had been pressed."""

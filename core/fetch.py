@@ -52,7 +52,7 @@ from shapely.geometry import mapping
 from core.config import Settings
 from core.cube import S2_BANDS, build_cube
 from core.errors import AccessDeniedError, FieldError, InputError, NetworkError, NoScenesError
-from core.grid import Grid, grid_for_field
+from core.grid import Grid, field_mask, grid_for_field
 from core.stac import (
     S1_COLLECTION,
     S2_COLLECTION,
@@ -339,6 +339,14 @@ SENTINEL2_FIRST_DAY = dt.date(2015, 6, 23)
 def _catalogue_name(url: str) -> str:
     """How a file's ``source`` names the STAC API: Planetary Computer only when it is."""
     return "Planetary Computer STAC" if "planetarycomputer" in url.lower() else "STAC API"
+
+
+COLLECTION_WORDS = {S2_COLLECTION: "Sentinel-2", S1_COLLECTION: "Sentinel-1"}
+"""Collections as a user's messages name them."""
+
+
+def _pixel_dates(n: float) -> str:
+    return f"{n / 1e6:,.1f} million" if n >= 1e6 else f"{n:,.0f}"
 
 
 def _no_scenes_advice(first: dt.date, last: dt.date, max_cloud_cover: float | None) -> str:
@@ -761,7 +769,7 @@ def _search(
     max_cloud_cover: float | None,
     progress: ProgressCallback | None,
 ) -> list[pystac.Item]:
-    stage = f"searching {collection}"
+    stage = f"searching {COLLECTION_WORDS.get(collection, collection)}"
     if progress:
         progress(stage, 0, 1)
     items = search_scenes(client, collection, geometry, start, end, max_cloud_cover=max_cloud_cover)
@@ -793,14 +801,19 @@ def check_request_size(
     if not days or pixels * len(days) <= most:
         return
     span = max((last - first).days + 1, 1)
-    fitting = max(int(span * most / (pixels * len(days))), 1)
+    fitting = int(span * most / (pixels * len(days)))
     need = pixels * len(days) * BYTES_PER_PIXEL_DATE / 1e9
+    shorter = (
+        f"Choose a shorter period (about {fitting} days fit for this field) or a smaller field"
+        if fitting >= 2
+        else "Not even a short period of this field fits: choose a smaller field"
+    )
     raise InputError(
         f"This request is too large to run: {grid.height} x {grid.width} px over "
-        f"{len(days)} Sentinel-2 acquisition days is {pixels * len(days) / 1e6:.0f} million "
-        f"pixel-dates, more than the {most / 1e6:.0f} million allowed (a Run would need about "
-        f"{need:.0f} GB of memory). Choose a shorter period (about {fitting} days fit for this "
-        "field) or a smaller field, or raise FIELDFLOW_MAX_PIXEL_DATES on a larger machine."
+        f"{len(days)} Sentinel-2 acquisition days is {_pixel_dates(pixels * len(days))} "
+        f"pixel-dates, more than the {_pixel_dates(most)} allowed (a Run would need about "
+        f"{need:.2g} GB of memory). {shorter}, or raise FIELDFLOW_MAX_PIXEL_DATES on a larger "
+        "machine."
     )
 
 
@@ -837,7 +850,7 @@ def fetch_cube(
         when available, ``s1`` (T1, 2, H, W) with ``orbit_state``.
 
     Raises:
-        InputError: bad dates; FieldError: field too large.
+        InputError: bad dates; FieldError: field too large, or covering no pixel centre.
         NoScenesError: no S2 scene (with data) for the field and period.
         NetworkError / AccessDeniedError: the STAC API or S2 imagery cannot be reached.
     """
@@ -850,6 +863,12 @@ def fetch_cube(
             "limit (FIELDFLOW_MAX_AREA_HA); draw a smaller field."
         )
     grid = grid or grid_for_field(field)
+    if not field_mask(field, grid).any():  # before any request: nothing could be measured
+        name = str(getattr(field, "name", "") or "field")
+        raise FieldError(
+            f"The field '{name}' covers no pixel centre of its {grid.resolution_m:g} m grid "
+            "(a sliver thinner than a pixel); outline a larger field."
+        )
     client = client or open_client(settings, signer=signer)
     geometry = field.geometry
     cloud_text = "" if max_cloud_cover is None else f" with at most {max_cloud_cover:g}% clouds"
@@ -857,7 +876,7 @@ def fetch_cube(
     s2_items = _search(client, S2_COLLECTION, geometry, first, last, max_cloud_cover, progress)
     if not s2_items:
         raise NoScenesError(
-            f"No {S2_COLLECTION} scenes{cloud_text} cover the field between {first} and {last}. "
+            f"No Sentinel-2 scenes{cloud_text} cover the field between {first} and {last}. "
             + _no_scenes_advice(first, last, max_cloud_cover)
         )
     check_request_size(grid, s2_items, first, last, settings.max_pixel_dates)

@@ -99,7 +99,7 @@ class Field:
             raise FieldError(f"A Field needs a non-empty Polygon or MultiPolygon, not a {kind}.")
         if not geometry.is_valid:
             raise FieldError(
-                f"A Field needs a valid outline ({shapely.is_valid_reason(geometry)}); "
+                f"A Field needs a valid outline ({invalid_reason_in_words(geometry)}); "
                 "build it with core.field.field_from_geojson, which repairs what it can."
             )
 
@@ -543,11 +543,30 @@ def _check_lonlat(geometry: BaseGeometry, origin: str) -> None:
         )
 
 
+_GEOS_REASON = re.compile(r"^(?P<what>[A-Za-z -]+)\[(?P<x>[-\d.eE+]+) (?P<y>[-\d.eE+]+)\]$")
+
+
+def invalid_reason_in_words(geometry: BaseGeometry) -> str:
+    """Why an outline is not valid, in words: GEOS's ``Self-intersection[3.0238 50.8159]``
+    becomes ``its edges cross near 50.81596, 3.02385 (latitude, longitude)``."""
+    reason = str(shapely.is_valid_reason(geometry))
+    match = _GEOS_REASON.match(reason)
+    if match is None:
+        return reason
+    what = match["what"].strip().lower()
+    where = f"{float(match['y']):.5f}, {float(match['x']):.5f} (latitude, longitude)"
+    if "self-intersection" in what:
+        return f"its edges cross near {where}"
+    if "too few points" in what:
+        return f"too few corners, near {where}"
+    return f"{what} near {where}"
+
+
 def _repaired(geometry: Polygon | MultiPolygon, origin: str) -> tuple[Polygon | MultiPolygon, bool]:
     """The valid geometry and whether it had to be repaired; refuse repairs that change area."""
     if geometry.is_valid:
         return geometry, False
-    reason = shapely.is_valid_reason(geometry)
+    reason = invalid_reason_in_words(geometry)
     fixed = _polygonal_parts(shapely.make_valid(geometry))
     after = 0.0 if fixed.is_empty else _geodesic_area_m2(fixed)
     if after <= 0.0:

@@ -1193,10 +1193,19 @@ def fit_notes(attrs: dict) -> list[str]:
             if attrs.get("blend_measure") == "span"
             else ("within 8 days of a clear observation", "at 8-20 days", "further away")
         )
+        own = attrs.get("blend_measured_buckets")
+        own = [True] * 3 if own is None else [bool(v) for v in np.atleast_1d(own)]
+        unmeasured = [w for w, o in zip(where, own, strict=False) if not o]
+        caveat = (
+            f" Nothing was hidden {' or '.join(unmeasured)} (too few clear pixels that far from "
+            "other clear data): there the weight is the field-wide one, not measured."
+            if unmeasured and any(own)
+            else ""
+        )
         notes.append(
             "Field blend: measured on this field's own clear pixels, the model's estimate "
             f"leans {near} % on the Whittaker smoother {where[0]}, {mid} % {where[1]} and "
-            f"{far} % {where[2]}."
+            f"{far} % {where[2]}.{caveat}"
         )
     elif attrs.get("model_blend_field"):
         notes.append(

@@ -126,7 +126,7 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
         height=380,
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
         yaxis={"title": "NDVI", "range": [-0.1, 1.0]},
-        xaxis={"title": None},
+        xaxis={"title": None, **_day_range(result.first_day, result.last_day)},
         legend={"orientation": "h", "y": -0.15},
         hovermode="closest",
         clickmode="event+select",
@@ -189,3 +189,20 @@ def _distance_text(days: object) -> str:
     if int(days) == 0:
         return "seen clear that day"
     return f"nearest clear observation {int(days)} d away"
+
+
+MIN_AXIS_DAYS = 7
+"""The time axis spans at least this many days: a period of a day or two was drawn in
+fractions of a millisecond ("23:59:59.9995"; browser review)."""
+
+
+def _day_range(first: dt.date, last: dt.date) -> dict[str, object]:
+    """Plotly x-axis settings that show at least :data:`MIN_AXIS_DAYS` around a short period,
+    in days (nothing for a longer one: Plotly's own range)."""
+    span = (last - first).days
+    if span >= MIN_AXIS_DAYS:
+        return {}
+    pad = (MIN_AXIS_DAYS - span) / 2
+    start = pd.Timestamp(first) - pd.Timedelta(days=pad)
+    end = pd.Timestamp(last) + pd.Timedelta(days=pad)
+    return {"range": [start, end], "tickformat": "%b %d", "dtick": 86_400_000}

@@ -61,6 +61,7 @@ def _location_box(state: PageState) -> None:
             state.say("error", str(exc))
             return
         state.map_center, state.map_zoom = (lat, lon), LOCATION_ZOOM
+        state.fold_requested = True  # on a phone, the map moved under the sidebar
 
     st.text_input(
         "Go to (lat, lon)",

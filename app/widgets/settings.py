@@ -161,6 +161,12 @@ def settings_panel(settings: Settings) -> RunSettings:
             "cloudy (README, evaluation protocol).",
         )
         device = st.selectbox("Device", DEVICES, key=str(Key.DEVICE), disabled=not is_model)
+        if is_model and device == "cuda" and not services.gpu_here():
+            st.caption(
+                "This server has no GPU that the model can use (and no Dask cluster is set "
+                "up): a Run on cuda would stop at once. Choose auto, which uses a GPU where "
+                "there is one and the CPU otherwise."
+            )
         cloud = st.slider(
             "Maximum scene cloud cover (%)",
             min_value=0,

@@ -75,7 +75,8 @@ def result_summary(result: SeasonResult, state: PageState) -> None:
     st.caption(
         f"**{request.field.name}** ({request.field.area_ha:,.2f} ha) · "
         f"{result.first_day} to {result.last_day} · {len(acquisitions)} Sentinel-2 "
-        f"acquisitions ({clear} mostly clear) · {_radar_count(result)} · method: "
+        f"acquisition{'' if len(acquisitions) == 1 else 's'} ({clear} mostly clear) · "
+        f"{_radar_count(result)} · method: "
         f"{request.method} · data: {result.source}"
     )
     for warning in result.warnings:  # the model itself is suspect: not a note among others

@@ -52,13 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     """``--index`` / ``--name``: which feature of a field file holding several (``fetch``,
     ``ndvi``)."""
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()  # both given: argparse says which to drop
+    which.add_argument(
         "--index",
         type=int,
         default=None,
         help="which feature of the file (0-based), if it holds several",
     )
-    parser.add_argument("--name", default=None, help="which feature of the file, by its name")
+    which.add_argument("--name", default=None, help="which feature of the file, by its name")
 
 
 class _TqdmProgress:

@@ -49,6 +49,10 @@ class FieldBlend:
     measure: str = "distance"
     """What the buckets are of (:data:`MEASURES`): a pixel's days to its nearest clear
     observation, or the span of its gap."""
+    measured: np.ndarray | None = None
+    """(number of buckets,) bool: the buckets where some band had :data:`MIN_VALUES` hidden
+    values and so a weight of its own; elsewhere every band took its field-wide weight (None:
+    not known)."""
 
     @property
     def edges(self) -> tuple[float, ...]:
@@ -79,6 +83,11 @@ class FieldBlend:
             f"blend_{self.measure}_edges_days": np.asarray(self.edges),
             "blend_weights": np.round(self.weights, 2).ravel(),
             "blend_mean_weights": np.round(mean, 3),
+            **(
+                {"blend_measured_buckets": self.measured.astype(np.int8)}
+                if self.measured is not None
+                else {}
+            ),
         }
 
 
@@ -204,6 +213,7 @@ def fit_blend(
     n_buckets = len(MEASURES[measure]) + 1
     weights = np.zeros((N_BANDS, n_buckets))
     fitted = np.zeros(N_BANDS, bool)
+    measured = np.zeros(n_buckets, bool)
     for b in range(N_BANDS):
         in_band = usable & (band == b)
         if in_band.sum() < MIN_VALUES:
@@ -212,12 +222,12 @@ def fit_blend(
         band_weight = _best_weight(model[in_band], smoother[in_band], truth[in_band])
         for k in range(n_buckets):
             sel = in_band & (bucket == k)
+            own = sel.sum() >= MIN_VALUES
+            measured[k] |= own
             weights[b, k] = (
-                _best_weight(model[sel], smoother[sel], truth[sel])
-                if sel.sum() >= MIN_VALUES
-                else band_weight
+                _best_weight(model[sel], smoother[sel], truth[sel]) if own else band_weight
             )
-    return FieldBlend(weights=weights, fitted=fitted, measure=measure)
+    return FieldBlend(weights=weights, fitted=fitted, measure=measure, measured=measured)
 
 
 def _best_weight(model: np.ndarray, smoother: np.ndarray, truth: np.ndarray) -> float:

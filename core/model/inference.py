@@ -67,7 +67,8 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError(
-            "--device cuda was asked for, but no CUDA GPU is visible; use auto or cpu."
+            "The device cuda was asked for (--device, or the app's Settings > Device), but no "
+            "CUDA GPU is visible here; use auto or cpu."
         )
     if device not in ("cpu", "cuda"):
         raise InputError(f"Unknown device '{device}'; choose auto, cpu or cuda.")

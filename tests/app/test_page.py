@@ -333,7 +333,7 @@ def test_period_without_scenes_says_so_and_the_page_stays_usable(
     press_run(page)
     no_exceptions(page)
     assert any(
-        "No sentinel-2-l2a scenes" in t and "wider period" in t for t in texts(page, "error")
+        "No Sentinel-2 scenes" in t and "wider period" in t for t in texts(page, "error")
     )
     assert state(page).result is None
     set_period(page, *SITE_WINDOW.values())

@@ -6,6 +6,7 @@ import datetime as dt
 
 import folium
 import folium.plugins
+import pandas as pd
 import pytest
 from shapely.geometry import box
 
@@ -110,3 +111,15 @@ def test_an_uploads_polygons_are_drawn_labelled_before_the_choice() -> None:
     page = html.render()
     assert page.count("permanent") >= 2  # the names stay on the map, not on hover only
     assert "West (6.50 ha)" in page and "East (6.50 ha)" in page and "Track" not in page
+
+
+def test_a_short_period_gets_a_time_axis_in_days() -> None:
+    # A one-day Run drew its axis in fractions of a millisecond ("23:59:59.9995"; review 4).
+    from app.widgets.chart import MIN_AXIS_DAYS, _day_range
+
+    day = dt.date(2018, 6, 23)
+    axis = _day_range(day, day)
+    start, end = axis["range"]
+    assert (end - start).days == MIN_AXIS_DAYS and start < pd.Timestamp(day) < end
+    assert axis["dtick"] == 86_400_000  # one tick a day
+    assert _day_range(day, day + dt.timedelta(days=30)) == {}  # Plotly's own range

@@ -252,7 +252,7 @@ def test_a_field_without_scenes_fails_and_partial_outputs_are_redone(
     assert [summary[i]["status"] for i in (*IDS, "F-04")] == ["skipped", "ok", "skipped", "failed"]
     start, end = period(site)
     assert summary["F-04"]["error"] == (
-        f"No sentinel-2-l2a scenes cover the field between {start} and {end}. Try a wider "
+        f"No Sentinel-2 scenes cover the field between {start} and {end}. Try a wider "
         "period; if the field should have images, check that its outline is where you meant "
         "(GeoJSON coordinates are longitude, latitude)."
     )

@@ -304,6 +304,33 @@ def test_a_dropped_connection_is_read_again_and_a_missing_scene_is_left_out_and_
         fetch_cube(field, start, end, settings=settings, threads=2, include_s1=False)
 
 
+def test_a_field_covering_no_pixel_centre_is_refused_before_any_request(
+    flanders_site: PublishedSite,
+) -> None:
+    """A sliver 500 m long and 2.5 m wide between two rows of pixel centres: fetch used to
+    download its scenes and report 0 % clear on every date (review 5, F7)."""
+    from pyproj import Transformer
+    from shapely import box, transform
+
+    from core.errors import FieldError
+    from core.grid import field_mask
+
+    site = flanders_site
+    centre = site.field().centroid
+    to_utm = Transformer.from_crs("EPSG:4326", site.crs, always_xy=True)
+    x, y = to_utm.transform(centre.x, centre.y)
+    row = (y // 10) * 10 + 5  # a pixel centre row of the 10 m lattice
+    sliver_utm = box(x - 250, row + 1.0, x + 250, row + 3.5)
+    back = Transformer.from_crs(site.crs, "EPSG:4326", always_xy=True)
+    field = Field(transform(sliver_utm, back.transform, interleaved=False), "sliver")
+    assert not field_mask(field, grid_for_field(field)).any()
+    site.reset()
+    settings = Settings(stac_api_url=site.stac_url, retries=0)
+    with pytest.raises(FieldError, match="'sliver' covers no pixel centre of its 10 m grid"):
+        fetch_cube(field, *period_of(site), settings=settings, threads=2)
+    assert not site.stac_server.searches() and not site.cog_server.requests
+
+
 def test_a_request_too_large_to_run_is_refused_before_any_pixel_is_read(
     flanders_site: PublishedSite,
 ) -> None:
@@ -415,7 +442,7 @@ def test_no_scenes_names_collection_and_dates(cli_in_process, capsys) -> None:
     assert cli_in_process(start="2030-01-01", end="2030-02-01") == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "error: No sentinel-2-l2a scenes cover the field between 2030-01-01 and "
+        "error: No Sentinel-2 scenes cover the field between 2030-01-01 and "
         "2030-02-01. The period lies after today: there are no images of it yet."
     )
 

@@ -335,7 +335,7 @@ def test_a_failure_mid_way_leaves_no_marker_and_the_field_is_redone(tmp_path, mo
 
 def test_failed_fetch_and_failures_outside_fieldflow_are_reported(tmp_path) -> None:
     item = BatchField(2, "far", "Far away", FIELD)
-    message = "No sentinel-2-l2a scenes cover the field."
+    message = "No Sentinel-2 scenes cover the field."
     row = reconstruct_task(Fetched(None, message, 0.4), item, REQUEST, str(tmp_path), {})
     assert (row.status, row.error, row.seconds) == ("failed", message, 0.4)
     assert failure_message(NoScenesError(message)) == message

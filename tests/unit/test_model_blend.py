@@ -111,6 +111,29 @@ def test_fit_blend_picks_the_better_estimate_per_band_and_distance() -> None:
     ]
     assert sparse.weights[0, 2] == BLEND_GRID[int(np.argmin(errors))]
     assert sparse.weights[1, 2] == 1.0
+    assert blend.measured.tolist() == [True, True, True] == sparse.measured.tolist()
+
+
+def test_a_distance_with_nothing_hidden_is_not_said_to_be_measured() -> None:
+    # A short period: every hidden value lies within 8 days of clear data. The weights further
+    # away are the field-wide ones, and the note said "measured" of them (review 4).
+    rng = np.random.default_rng(2)
+    n = 3000
+    truth = rng.uniform(0, 1, n)
+    band = rng.integers(0, 3, n)
+    model = truth + rng.laplace(0, 0.05, n)
+    smoother = truth + rng.laplace(0, 0.05, n)
+    blend = fit_blend(model, smoother, truth, band, np.full(n, 3.0))
+    assert blend.measured.tolist() == [True, False, False]
+    attrs = {**blend.attrs(), "model_blend_field": 1}
+    (said,) = [n for n in fit_notes(attrs) if n.startswith("Field blend")]
+    assert said.endswith(
+        "Nothing was hidden at 8-20 days or further away (too few clear pixels that far from "
+        "other clear data): there the weight is the field-wide one, not measured."
+    )
+    everywhere = fit_blend(model, smoother, truth, band, rng.choice([2.0, 12.0, 40.0], n))
+    (said,) = [n for n in fit_notes(everywhere.attrs()) if n.startswith("Field blend")]
+    assert "Nothing was hidden" not in said
 
 
 def test_a_blend_by_span_fits_and_applies_by_the_gaps_span() -> None:
