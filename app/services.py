@@ -458,9 +458,9 @@ def _headline(result: SeasonResult, *, again: bool = False) -> str:
 def gpu_here() -> bool:
     """Whether a Run asked to use cuda could: a CUDA GPU in this process, or a Dask cluster
     (whose workers may have one)."""
-    import torch
+    from core.model.inference import cuda_visible
 
-    return scheduler_address() is not None or torch.cuda.is_available()
+    return scheduler_address() is not None or cuda_visible()
 
 
 @st.cache_data(max_entries=64, show_spinner="Reconstructing that day…")

@@ -151,6 +151,9 @@ class PageState:
     """The last batch's outcome, shown until dismissed or a new one starts."""
     batch_requested: bool = False
     """"Process all fields" was pressed: started after the sidebar has drawn the settings."""
+    uploads_cleared: int = 0
+    """How many times Clear field emptied the uploader: its key changes with it (a file left
+    in it beside "No field yet." could not be picked again; browser review)."""
     fold_requested: bool = False
     """The Go to box moved the map: on a phone the sidebar that covers it is folded."""
     run_requested: bool = False

@@ -57,7 +57,7 @@ from core.field import DEFAULT_MAX_AREA_HA, Field, candidates_from_file, field_f
 from core.grid import field_mask
 from core.model.blend import field_ratio
 from core.progress import listening
-from core.reconstruct import ReconstructOptions, pinned, reconstruct
+from core.reconstruct import ReconstructOptions, imaged_part, pinned, reconstruct
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates
 
@@ -531,6 +531,7 @@ def write_field_outputs(
         raise FieldError(
             f"The field '{name}' covers no pixel centre of its 10 m grid; outline a larger field."
         )
+    mask, _ = imaged_part(mask, cube)  # its figures over the part the imagery covers
     dates = frame_dates(cube, request.start, request.end, request.every_days)
     # The frames that fall on the curve's days are kept from the curve's own reconstruction
     # (the two then agree, and those days are reconstructed once); the others, if any (a

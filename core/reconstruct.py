@@ -385,6 +385,17 @@ def imaged_pixels(cube: xr.Dataset) -> np.ndarray:
     return imaged
 
 
+def imaged_part(mask: np.ndarray, cube: xr.Dataset) -> tuple[np.ndarray, float]:
+    """The pixels of ``mask`` that some Sentinel-2 acquisition images, and the share of
+    ``mask`` that none does (a swath or tile edge, or the edge of the data): field figures
+    are measured over the first; measured over the whole field, a field largely outside the
+    imagery had no day "mostly clear". Where none is imaged, ``mask`` itself and 1."""
+    covered = mask & imaged_pixels(cube)
+    if not covered.any():
+        return mask, 1.0
+    return covered, 1.0 - float(covered.sum()) / float(max(int(mask.sum()), 1))
+
+
 def clear_pixels(cube: xr.Dataset, mask: np.ndarray | None = None) -> np.ndarray:
     """Per acquisition, how many pixels (of ``mask``, default all) are clear and hold data."""
     clear = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)

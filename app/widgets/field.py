@@ -78,7 +78,7 @@ def _upload(state: PageState, settings: Settings) -> None:
     uploaded = st.file_uploader(
         "Upload field",
         type=UPLOAD_TYPES,
-        key=str(Key.UPLOAD),
+        key=str(Key.UPLOAD) + (f"-{state.uploads_cleared}" if state.uploads_cleared else ""),
         help="GeoJSON, zipped shapefile (.zip with .shp/.shx/.dbf/.prj), KML/KMZ or "
         "GeoPackage. With several polygons you choose one.",
     )
@@ -189,4 +189,6 @@ def _field_summary(state: PageState) -> None:
     st.success(f"**{field.name}**: {field.area_ha:,.2f} ha, {state.field_origin}{repaired}")
     if st.button("Clear field"):
         state.clear_field()
+        state.uploads_cleared += 1  # a new, empty uploader: the same file can be picked again
+        state.pending_upload = state.upload_error = state.handled_upload = None
         st.rerun()

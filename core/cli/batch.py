@@ -163,6 +163,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 f"No model checkpoint at {chosen_checkpoint(args, settings)}; give "
                 "--checkpoint, train one ('python -m core train') or use --method linear."
             )
+        if method == "model":  # on this machine: refused now, not after every field's fetch
+            from core.model.checkpoint import load_checkpoint
+            from core.model.inference import resolve_device
+
+            resolve_device(options.device)
+            load_checkpoint(chosen_checkpoint(args, settings))
         cluster = local_cluster(args.workers, processes=args.local_mode == "processes")
 
     def on_row(row: FieldRow, done: int, total: int) -> None:

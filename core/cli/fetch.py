@@ -107,6 +107,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from core.fetch import clear_fraction, parse_period
     from core.field import OPTION_CHOICE, field_from_file
     from core.grid import field_mask
+    from core.reconstruct import imaged_part
+    from core.season import OUTSIDE_NOTED
     from core.storage import check_output_path
 
     check_output_path(args.out, inputs=[args.field_path], writes="NetCDF")
@@ -138,7 +140,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     grid = result.grid
     cube = result.cube
-    fractions = clear_fraction(cube, field_mask(field, grid))
+    mask, unseen = imaged_part(field_mask(field, grid), cube)
+    fractions = clear_fraction(cube, mask)
     scenes = ", ".join(f"{name} {count}" for name, count in result.scenes_found.items())
     origin = (
         "the cache" if result.from_cache else f"{settings.stac_api_url} in {result.elapsed_s:.1f} s"
@@ -151,6 +154,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"Frames loaded (same solar day merged): S2 {result.frames_loaded.get('s2', 0)}, "
         f"S1 {result.frames_loaded.get('s1', 0)}",
         result.s1_message,
+        *(
+            [
+                f"note: about {unseen:.0%} of the field is imaged by no Sentinel-2 acquisition "
+                "of the period (a swath or tile edge, or the edge of the data): the clear shares "
+                "below are of the rest."
+            ]
+            if unseen > OUTSIDE_NOTED
+            else []
+        ),
         *([f"note: {result.skipped_note}"] if result.skipped_note else []),
         f"Clear fraction of the field per S2 frame (mean {100 * fractions.mean():.0f}%):",
         *("  " + row for row in clear_table(cube["time_s2"].values, fractions)),

@@ -21,6 +21,7 @@ from core.curve import ndvi_curve, write_curve_csv
 from core.errors import FieldError, InputError
 from core.field import OPTION_CHOICE, Field, field_from_file
 from core.grid import field_mask, share_outside
+from core.reconstruct import imaged_part
 from core.storage import check_output_path
 from core.timeline import calendar_day, regular_dates
 
@@ -73,6 +74,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "inside it); check that the cube was fetched for this field."
             )
         warn_if_partly_outside(field, cube, args.cube, args.geojson)
+        from core.season import OUTSIDE_NOTED
+
+        mask, unseen = imaged_part(mask, cube)
+        if unseen > OUTSIDE_NOTED:
+            print(
+                f"note: about {unseen:.0%} of the field's pixels in the cube are imaged by no "
+                "Sentinel-2 acquisition of it (a swath or tile edge, or the edge of the data): "
+                "the curve, its clear shares and days to clear describe the rest of the field."
+            )
     curve = ndvi_curve(
         cube,
         args.start,

@@ -61,6 +61,11 @@ from core.reconstruct import (
 from core.timeline import calendar_day, to_days
 
 
+def cuda_visible() -> bool:
+    """Whether this process sees a CUDA GPU the model can run on."""
+    return bool(torch.cuda.is_available())
+
+
 def resolve_device(device: str) -> str:
     """ "auto" -> "cuda" when a GPU is visible, else "cpu"; refuse "cuda" without one."""
     if device == "auto":

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
-from shapely.geometry import mapping
+from shapely.geometry import box, mapping
 from streamlit.testing.v1 import AppTest
 
 from app import services
@@ -383,6 +383,32 @@ def test_bad_upload_shows_its_message_and_the_page_stays_usable(
     button(page, "Demo field").click().run()
     assert state(page).field is not None and not button(page, "Run").disabled
     assert not [t for t in texts(page, "error") if name in t]
+
+
+def test_clear_field_empties_the_uploader_so_the_same_file_can_come_back(
+    open_page: OpenPage,
+) -> None:
+    # The file stayed in the uploader beside "No field yet.", and picking it again did nothing
+    # (the browser sends no change for the same selection; review 4).
+    page = open_page()
+    plot = box(3.020, 51.050, 3.023, 51.052)
+    data = json.dumps(
+        {"type": "Feature", "properties": {"name": "Plot"}, "geometry": mapping(plot)}
+    ).encode()
+    upload(page, "plot.geojson", data).run()
+    no_exceptions(page)
+    assert state(page).field is not None
+    button(page, "Clear field").click().run()
+    no_exceptions(page)
+    assert state(page).field is None
+    (uploader,) = page.get("file_uploader")
+    assert uploader.key == "upload_file-1"  # a new, empty one
+    assert not page.file_uploader(key="upload_file-1").value
+    page.file_uploader(key="upload_file-1").set_value(
+        ("plot.geojson", data, "application/octet-stream")
+    ).run()
+    no_exceptions(page)
+    assert state(page).field is not None and state(page).field.name == "Plot"
 
 
 def test_zipped_shapefile_and_geopackage_uploads(open_page: OpenPage, tmp_path) -> None:

@@ -555,3 +555,33 @@ def test_an_upload_batch_reports_fields_only_not_their_inner_steps(site, tmp_pat
         )
     assert [r.status for r in done.rows] == ["ok", "ok"] and done.left_out == (NAMES[2],)
     assert told == [(UPLOAD_STAGE, n, 2) for n in range(3)]
+
+
+def test_a_model_batch_that_cannot_run_here_is_refused_before_any_fetch(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # --device cuda on a machine without a GPU, or a damaged checkpoint, failed every field
+    # after downloading every field's scenes (review 5, F10). The STAC API here is a closed
+    # port: a fetch would fail with another message.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("STAC_API_URL", f"http://127.0.0.1:{port}/api/stac/v1")
+    monkeypatch.setenv("FIELDFLOW_RETRIES", "0")
+    fields = tmp_path / "fields.geojson"
+    plot = box(3.020, 51.050, 3.023, 51.052)
+    fields.write_text(
+        json.dumps(
+            {"type": "Feature", "properties": {"name": "a"}, "geometry": plot.__geo_interface__}
+        )
+    )
+    common = ["batch", "--fields", str(fields), "--start", "2018-05-01", "--end", "2018-06-15",
+              "--workers", "1"]  # fmt: skip
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes((REPO_ROOT / "assets" / "model.pt").read_bytes()[:1000])
+    assert main([*common, "--out", str(tmp_path / "b1"), "--checkpoint", str(broken)]) == 2
+    assert "Cannot read the model checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "b1" / "summary.csv").exists()
+    if not torch.cuda.is_available():
+        assert main([*common, "--out", str(tmp_path / "b2"), "--device", "cuda"]) == 2
+        assert "no CUDA GPU is visible here" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -329,6 +330,40 @@ def test_a_field_covering_no_pixel_centre_is_refused_before_any_request(
     with pytest.raises(FieldError, match="'sliver' covers no pixel centre of its 10 m grid"):
         fetch_cube(field, *period_of(site), settings=settings, threads=2)
     assert not site.stac_server.searches() and not site.cog_server.requests
+
+
+def test_a_field_partly_outside_the_imagery_is_said_and_measured_on_the_rest(
+    flanders_site: PublishedSite, tmp_path: Path
+) -> None:
+    """A field shifted so that most of it lies east of the published scenes: fetch and ndvi
+    counted the never-imaged part as cloud (clear shares of 16 %, "0 observed") without a word
+    (review 5, F6). Now they say how much is outside and measure the rest."""
+    from shapely import affinity
+
+    site = flanders_site
+    whole = site.field()
+    west, _, east, _ = whole.bounds
+    field = Field(affinity.translate(site.field(150.0), xoff=(east - west) * 0.6), "Straddle")
+    path = tmp_path / "straddle.geojson"
+    path.write_text(json.dumps(field.to_geojson()), encoding="utf-8")
+    start, end = period_of(site)
+    env = cli_env(site, tmp_path / "cache")
+    out = tmp_path / "cube.nc"
+    done = run_fetch_cli(
+        ["--geojson", str(path), "--start", start, "--end", end, "--out", str(out), "--no-s1"], env
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"note: about \d+% of the field is imaged by no Sentinel-2", done.stdout)
+    csv_path = tmp_path / "curve.csv"
+    ndvi = subprocess.run(
+        [sys.executable, "-m", "core", "ndvi", "--cube", str(out), "--geojson", str(path),
+         "--start", start, "--end", end, "--method", "linear", "--out", str(csv_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert ndvi.returncode == 0, ndvi.stderr
+    assert "of the field's pixels in the cube are imaged by no Sentinel-2" in ndvi.stdout
+    observed = int(re.search(r"\((\d+) observed\)", ndvi.stdout).group(1))
+    assert observed > 0  # clear days of the part inside count as observed
 
 
 def test_a_request_too_large_to_run_is_refused_before_any_pixel_is_read(
