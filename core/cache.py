@@ -33,11 +33,11 @@ import planetary_computer
 
 from core.config import Settings
 from core.cube import read_cube, write_cube
-from core.errors import CubeError
+from core.errors import CubeError, OutputError
 from core.fetch import FetchResult, ProgressCallback, fetch_cube, parse_period
 from core.grid import Grid, grid_for_field
 from core.stac import S1_COLLECTION, S2_COLLECTION, Signer, StacClient
-from core.storage import atomic_output, remove_stale_temporaries
+from core.storage import atomic_output, check_output_folder, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from core.field import Field
@@ -260,6 +260,13 @@ def fetch_cached(
     if not use_cache:
         return fetch_cube(field, start, end, **fetch_kwargs)
     cache = cache or CubeCache(settings.cache_dir)
+    try:  # before any request: a cache that cannot take the cube threw the download away
+        check_output_folder(cache.folder, option="The cache folder (FIELDFLOW_CACHE_DIR)")
+    except OutputError as exc:
+        raise OutputError(
+            f"{exc} Set FIELDFLOW_CACHE_DIR to a folder you can write to (on the command line, "
+            "--no-cache fetches without it)."
+        ) from exc
     key = cache_key(
         field,
         start,

@@ -262,3 +262,23 @@ def test_the_cache_command_lists_and_prunes(tmp_path: Path, capsys, monkeypatch)
     said = capsys.readouterr().out
     assert "Removed 1 fetched cube(s)" in said and "Kept 1 fetched cube(s)" in said
     assert cache.get(keys[0], now=NOW) is None and cache.get(keys[1], now=NOW) is not None
+
+
+def test_a_cache_folder_that_cannot_be_written_is_said_before_any_request(tmp_path: Path) -> None:
+    # It failed after the whole download, naming a hashed file and "free some space" (review 5).
+    from shapely.geometry import box
+
+    from core.cache import fetch_cached
+    from core.config import Settings
+    from core.errors import OutputError
+    from core.field import Field
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    settings = Settings(stac_api_url="http://127.0.0.1:9/api", cache_dir=blocker, retries=0)
+    field = Field(box(3.020, 51.050, 3.023, 51.052), "plot")
+    with pytest.raises(OutputError) as caught:
+        fetch_cached(field, "2023-05-01", "2023-05-31", settings=settings)
+    message = str(caught.value)
+    assert "The cache folder (FIELDFLOW_CACHE_DIR)" in message and "--no-cache" in message
+    assert "Could not reach" not in message  # nothing was asked of the (closed) STAC API
