@@ -413,7 +413,10 @@ def test_ndvi_warns_when_part_of_the_field_lies_outside_the_cube(
     )  # fmt: skip
     captured = capsys.readouterr()
     assert status == 0 and out.exists()
-    assert "for 140 field pixels" in captured.out  # 14 columns x 10 rows inside
+    # 14 columns x 10 rows inside the cube, of which the cube's last columns are imaged by no
+    # acquisition (es-field's own nodata edge): the curve is of the 121 imaged, and says so.
+    assert "for 121 field pixels" in captured.out
+    assert "note: about 14% of the field's pixels in the cube are imaged by no" in captured.out
     assert captured.err.splitlines() == [
         f"warning: about 30% of the field 'edge' (0.60 of 2.00 ha) lies outside the cube "
         f"{es_path}: the NDVI curve covers only the part inside. Fetch a cube for this field "
