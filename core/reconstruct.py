@@ -598,9 +598,40 @@ def _nan_percentiles(samples: np.ndarray, percents: tuple[int, ...]) -> list[np.
     return out
 
 
+def georeferenced(result: xr.Dataset) -> xr.Dataset:
+    """``result`` with CF georeferencing a GIS reads (GDAL, QGIS, rioxarray): a ``spatial_ref``
+    grid-mapping variable holding the CRS (WKT) and the GeoTransform of pixel edges, named by
+    every (y, x) variable's ``grid_mapping``, and projected-coordinate attributes on x and y.
+    Without them GDAL opened the frames at (0, 0) with no CRS (review 5). Unchanged without a
+    ``crs`` attribute or on a single pixel column or row."""
+    crs = result.attrs.get("crs")
+    if not crs or result.sizes.get("x", 0) < 2 or result.sizes.get("y", 0) < 2:
+        return result
+    import pyproj
+
+    wkt = pyproj.CRS.from_user_input(crs).to_wkt()
+    x, y = result["x"].values.astype(np.float64), result["y"].values.astype(np.float64)
+    dx, dy = float(x[1] - x[0]), float(y[1] - y[0])
+    transform = f"{x[0] - dx / 2} {dx} 0 {y[0] - dy / 2} 0 {dy}"
+    out = result.copy()
+    out["spatial_ref"] = xr.DataArray(
+        np.int32(0), attrs={"crs_wkt": wkt, "spatial_ref": wkt, "GeoTransform": transform}
+    )
+    for name, var in out.data_vars.items():
+        if name != "spatial_ref" and {"y", "x"} <= set(var.dims):
+            out[name].attrs["grid_mapping"] = "spatial_ref"
+    out["x"].attrs.update(standard_name="projection_x_coordinate", units="m", axis="X")
+    out["y"].attrs.update(standard_name="projection_y_coordinate", units="m", axis="Y")
+    return out
+
+
 def write_reconstruction(result: xr.Dataset, path: str | os.PathLike[str]) -> Path:
-    """Write a reconstruction dataset to NetCDF atomically (float32, compressed)."""
-    encoding = {name: {"zlib": True, "complevel": 4} for name in result.data_vars}
+    """Write a reconstruction dataset to NetCDF atomically (float32, compressed), georeferenced
+    for GIS (:func:`georeferenced`)."""
+    result = georeferenced(result)
+    encoding = {
+        name: {"zlib": True, "complevel": 4} for name in result.data_vars if name != "spatial_ref"
+    }
     target = Path(path)
     with atomic_output(target, defer_signals=True) as tmp, NETCDF_LOCK:
         result.to_netcdf(tmp, engine="netcdf4", encoding=encoding)

@@ -70,6 +70,20 @@ def test_reconstruct_writes_the_requested_dates(es_path, es_cube, tmp_path) -> N
         np.testing.assert_array_equal(written["time"].values, dates)
         np.testing.assert_array_equal(written["s2"].values, expected["s2"].values)
         np.testing.assert_array_equal(written["observed"].values, expected["observed"].values)
+    # A GIS opens the frames where they are (GDAL read them at (0, 0) with no CRS; review 5).
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GDAL's notes on the NetCDF's other variables
+        with rasterio.open(f"netcdf:{out}:ndvi") as frames:
+            assert frames.crs == rasterio.crs.CRS.from_user_input(es_cube.attrs["crs"])
+            assert frames.shape == (es_cube.sizes["y"], es_cube.sizes["x"])
+            x0, y0 = float(es_cube["x"].values[0]), float(es_cube["y"].values[0])
+            assert frames.transform.almost_equals(
+                rasterio.Affine(10.0, 0.0, x0 - 5.0, 0.0, -10.0, y0 + 5.0)
+            )
 
 
 def test_reconstruct_regular_dates_with_samples_and_no_kept_observations(es_path, tmp_path) -> None:
