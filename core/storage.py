@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import stat
 import tempfile
@@ -227,8 +228,8 @@ def atomic_output(path: str | os.PathLike[str], *, defer_signals: bool = False) 
 
     The caller writes the whole file to the yielded path. If the block raises, the temporary
     file is removed and ``path`` is left untouched. A failure on a full disk (an ``OSError``
-    with its errno, or any ``OSError``/``RuntimeError`` from a library while the file system has
-    no space left) becomes an :class:`OutputError`.
+    with its errno, or any error from a library while the file system has no space left)
+    becomes an :class:`OutputError`.
 
     With ``defer_signals``, the block runs under :func:`signals_deferred` (for library writes
     that must not be interrupted inside): a Ctrl-C or SIGTERM that arrives meanwhile lets the
@@ -258,13 +259,31 @@ def atomic_output(path: str | os.PathLike[str], *, defer_signals: bool = False) 
             os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException as exc:
-        full = isinstance(exc, OSError | RuntimeError) and _no_space_left(target.parent)
+        # any library's failure (GDAL's CPLE_AppDefinedError "TIFFAppendToStrip" too) with the
+        # disk full is told as the disk being full
+        full = isinstance(exc, Exception) and _no_space_left(target.parent)
         remove()
         if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
             raise _output_error(target, exc) from exc
         if full:
             raise _output_error(target, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
+        if isinstance(exc, Exception) and _WRITE_FAILED.search(str(exc)):
+            # GDAL removes its own temporary files before it raises, so the disk it filled may
+            # look roomy again; its words say only that the write failed
+            raise _output_error(
+                target,
+                OSError(errno.EIO, f"the write failed ({_one_line(exc)}); is the disk full?"),
+            ) from exc
         raise
+
+
+_WRITE_FAILED = re.compile(r"write error|no space left|disk full", re.IGNORECASE)
+"""A library's words for a write the file system refused (libtiff: "TIFFAppendToStrip:Write
+error at scanline 0")."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160]
 
 
 def _remover(path: Path) -> Callable[[], None]:

@@ -79,3 +79,25 @@ def test_a_library_error_with_space_left_is_not_called_a_full_disk(tmp_path: Pat
         tmp.write_bytes(b"\x89HDF")
         raise RuntimeError("NetCDF: HDF error")  # what netCDF4 says for many faults
     assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_on_a_full_disk_are_said_full_not_in_libtiffs_words(
+    cubes_dir: Path, full_disk: Path
+) -> None:
+    # GDAL's "CPLE_AppDefinedError: TIFFAppendToStrip: Write error" was each batch field's
+    # error on a full disk (review 5, F9).
+    from core.cog import write_frame_stack
+    from core.grid import grid_from_cube
+    from core.reconstruct import reconstruct
+
+    cube = read_cube(cubes_dir / "it-bolzano_2022-06.nc")
+    frames = reconstruct(cube, cube["time_s2"].values[:3], "linear")
+    # GDAL removes its temporary files before it raises: the disk may then look roomy again,
+    # so the message names the failed write and asks whether the disk is full.
+    with pytest.raises(
+        OutputError,
+        match=r"Could not write .*frames\.tif: (No space left on "
+        r"device|the write failed \(.*Write error.*\); is the disk full\?)",
+    ):
+        write_frame_stack(frames, full_disk / "frames.tif", grid=grid_from_cube(cube))
+    assert list(full_disk.iterdir()) == []
