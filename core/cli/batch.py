@@ -187,6 +187,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     summary = write_summary(rows, Path(args.out) / SUMMARY_FILE)
     write_joined_curves(rows, args.out)
+    if trimmed := _curves_inside_the_period(rows, Path(args.out), request):
+        print(
+            f"note: {len(trimmed)} field(s)' curves cover less than the period asked for "
+            f"({request.start} to {request.end}): {', '.join(trimmed[:5])}"
+            f"{', ...' if len(trimmed) > 5 else ''}. A curve runs from the field's first to its "
+            "last Sentinel-2 acquisition of the period: nothing is reconstructed outside them."
+        )
     counts = {status: sum(r.status == status for r in rows) for status in ("ok", "skipped")}
     failed = sum(r.status == FAILED for r in rows)
     print(
@@ -194,3 +201,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"skipped, {failed} failed. Summary: {summary}"
     )
     return 1 if failed else 0
+
+
+def _curves_inside_the_period(rows: list, out: Path, request: object) -> list[str]:
+    """``"<field id> (<first> to <last>)"`` for each written curve that starts after the
+    period's first day or ends before its last (batch trimmed them without a word; review 5)."""
+    import csv
+
+    from core.batch import CURVE_FILE
+
+    said = []
+    for row in rows:
+        path = out / row.field_id / CURVE_FILE
+        if row.status not in ("ok", "skipped") or not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as handle:
+            days = [line["date"] for line in csv.DictReader(handle) if line.get("date")]
+        if days and (days[0] > request.start or days[-1] < request.end):
+            said.append(f"{row.field_id} ({days[0]} to {days[-1]})")
+    return said

@@ -149,6 +149,7 @@ def test_outputs_hold_the_curve_and_frames_of_each_field(site, first_run) -> Non
     lines = [line for line in printed.splitlines() if line.startswith("[")]
     assert len(lines) == 3 and all(": ok in " in line for line in lines)
     assert "Done in" in printed and "3 ok, 0 skipped, 0 failed" in printed
+    assert "cover less than the period" not in printed  # the period is the acquisitions' own
 
     summary = read_summary(out)
     assert list(summary[0]) == list(SUMMARY_COLUMNS)
@@ -585,3 +586,23 @@ def test_a_model_batch_that_cannot_run_here_is_refused_before_any_fetch(
     if not torch.cuda.is_available():
         assert main([*common, "--out", str(tmp_path / "b2"), "--device", "cuda"]) == 2
         assert "no CUDA GPU is visible here" in capsys.readouterr().err
+
+
+def test_curves_shorter_than_the_period_are_said(site, tmp_path: Path, monkeypatch) -> None:
+    # A period starting before the first acquisition: each curve starts at that acquisition,
+    # and the batch said nothing of it where ndvi says it (review 5, F13).
+    fields = write_fields(tmp_path / "f.gpkg", strips(site)[:1], ["West"], ["W1"])
+    start, end = period(site)
+    earlier = str(np.datetime64(start, "D") - np.timedelta64(3, "D"))
+    monkeypatch.setenv("STAC_API_URL", site.stac_url)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    site.reset()
+    args = batch_args(fields, tmp_path / "out", site)
+    args[args.index(start)] = earlier
+    code, printed = run_cli(args)
+    assert code == 0, printed
+    assert (
+        f"note: 1 field(s)' curves cover less than the period asked for ({earlier} to {end}): "
+        f"W1 ({start} to {end})."
+    ) in printed
