@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -340,7 +341,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     checkpoint = Checkpoint(
         model=model, train_config=train_config, spread_scale=figures["spread_scale"], record=record
     )
+    kept = _keep_previous(args.out)
     save_checkpoint(checkpoint, args.out)
+    if kept is not None:
+        print(
+            f"The checkpoint that was at {args.out} is kept as {kept} (with its record); to "
+            f"put it back: mv {kept} {args.out} && mv {kept.with_suffix('.json')} "
+            f"{args.out.with_suffix('.json')}"
+        )
     print(
         f"saved {args.out} ({record['parameters']} parameters, {record['seconds']} s); validation "
         f"MAE {figures['mae_model']:.4f} vs interpolation {figures['mae_interpolation']:.4f} "
@@ -349,6 +357,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f" -> {figures['coverage_calibrated']:.2f} with spread scale {figures['spread_scale']:.2f}"
     )
     return 0
+
+
+def _keep_previous(out: Path) -> Path | None:
+    """Move a checkpoint already at ``out`` (and its record) to ``<name>.previous.pt``, so that a
+    training never destroys the model it replaces, the shipped one included (it did, even one
+    warned worse than interpolation; review 5). Returns where it went, or None."""
+    if not out.is_file():
+        return None
+    kept = out.with_name(f"{out.stem}.previous.pt")
+    os.replace(out, kept)
+    record = out.with_suffix(".json")
+    if record.is_file():
+        os.replace(record, kept.with_suffix(".json"))
+    return kept
 
 
 def check_numbers(args: argparse.Namespace) -> None:

@@ -83,6 +83,25 @@ def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_record(
     assert 0 < distance < 0.05 * scale
 
 
+def test_a_training_over_an_existing_checkpoint_keeps_it_as_previous(
+    small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    # A five-step training replaced the shipped model, warned worse than interpolation, with
+    # no way back (review 5): the checkpoint it replaces is kept beside it.
+    out = tmp_path / "mine.pt"
+    out.write_bytes(base_checkpoint.read_bytes())
+    out.with_suffix(".json").write_text(base_checkpoint.with_suffix(".json").read_text())
+    before = out.read_bytes()
+    argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data), "--out", str(out)]
+    argv += ["--holdout", "hu-alfold", "--steps", "2", "--lr", "1e-4", "--threads", "1"]
+    assert main([*argv, "--validation-episodes", "4"]) == 0
+    kept = tmp_path / "mine.previous.pt"
+    assert kept.read_bytes() == before and kept.with_suffix(".json").is_file()
+    assert load_checkpoint(out).record["steps"] != load_checkpoint(kept).record["steps"]
+    said = capsys.readouterr().out
+    assert f"The checkpoint that was at {out} is kept as {kept}" in said
+
+
 def test_fine_tuning_refuses_to_see_the_checkpoints_holdout(
     small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
