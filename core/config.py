@@ -63,6 +63,11 @@ def _default_cache_dir() -> Path:
     return Path(base) / "fieldflow"
 
 
+MAX_RETRIES = 20
+"""The most retries ``FIELDFLOW_RETRIES`` may ask for: with a server down, 100,000 meant days of
+retrying before a word (review 5)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide settings. Build with :meth:`from_env`; pass explicitly, never as a global."""
@@ -139,10 +144,11 @@ class Settings:
                 kwargs[key] = _env_number(name, env[name], above=lowest)
         if env.get("FIELDFLOW_RETRIES", "").strip():
             retries = _env_number("FIELDFLOW_RETRIES", env["FIELDFLOW_RETRIES"], above=None)
-            if retries != int(retries):
+            if retries != int(retries) or retries > MAX_RETRIES:
                 raise InputError(
                     f"FIELDFLOW_RETRIES is {env['FIELDFLOW_RETRIES'].strip()!r}: give a whole "
-                    "number of retries, 0 or more (0: no retry), or unset it for the default, 4."
+                    f"number of retries from 0 to {MAX_RETRIES} (0: no retry; each waits longer "
+                    "than the last), or unset it for the default, 4."
                 )
             kwargs["retries"] = int(retries)
         return cls(**kwargs)

@@ -207,6 +207,8 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         raise CubeError("Cube has no Sentinel-2 frames.")
     if ds.sizes["y"] == 0 or ds.sizes["x"] == 0:
         raise CubeError(f"Cube has no pixels ({ds.sizes['y']} x {ds.sizes['x']}).")
+    for axis in ("x", "y"):
+        _check_lattice(ds, axis)
     ds = _s2_in_order(_dated(_dated(ds, "time_s2"), "time_s1"))
     out = ds.copy()
     out.attrs["resolution_m"] = resolution_m
@@ -242,6 +244,13 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
     return out
 
 
+def _shown(value: object) -> str:
+    """A value as a user wrote it: a number plainly (NumPy's repr says np.float64(-10.0))."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value)
+
+
 def _resolution_m(value: object) -> float:
     """The ``resolution_m`` attribute as a finite positive float (a number written as text,
     e.g. "10", is read as one).
@@ -255,7 +264,8 @@ def _resolution_m(value: object) -> float:
         resolution_m = math.nan
     if not (math.isfinite(resolution_m) and resolution_m > 0):
         raise CubeError(
-            f"Cube attribute 'resolution_m' is {value!r}; it must be the pixel size in metres, a "
+            f"Cube attribute 'resolution_m' is {_shown(value)}; it must be the pixel size in "
+            "metres, a "
             "positive number (10 for a cube on Sentinel-2's 10 m grid). Set it, e.g. "
             "ds.attrs['resolution_m'] = 10.0, and write the cube again."
         )
@@ -441,6 +451,26 @@ def _finite_or_nan(values: xr.DataArray) -> xr.DataArray:
     if infinite.any():
         out = out.copy(data=np.where(infinite, np.float32(np.nan), data))
     return out
+
+
+def _check_lattice(ds: xr.Dataset, axis: str) -> None:
+    """CubeError unless the ``axis`` coordinates step evenly, all one way (in the CRS's units:
+    metres, or degrees for a cube in lon/lat): field masks and GeoTIFFs are built from the first
+    coordinate and the step, and were silently wrong on a cube whose x were all equal or
+    unevenly spaced (review 5)."""
+    if axis not in ds.coords or ds.sizes.get(axis, 0) < 2:
+        return
+    steps = np.diff(np.asarray(ds[axis].values, dtype=np.float64))
+    if not np.all(np.isfinite(steps)):
+        raise CubeError(f"Cube's {axis} coordinates are not all numbers; write it with core.cube.")
+    step = float(np.median(steps))
+    regular = step != 0 and np.all(np.abs(steps - step) <= 1e-3 * abs(step))
+    if not regular:
+        raise CubeError(
+            f"Cube's {axis} coordinates are no regular grid (steps from {steps.min():g} to "
+            f"{steps.max():g}): its pixels must be evenly spaced, in one direction. Write it "
+            "with core.cube (python -m core fetch makes such cubes)."
+        )
 
 
 def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -527,6 +527,14 @@ def _load_partition(
             attempt += 1
             time.sleep(min(0.5 * 2**attempt, 8.0))
             continue
+        except ValueError as exc:  # odc-geo on an item whose footprint and grid disagree
+            detail = " ".join(str(exc).split())[:160]
+            raise NetworkError(
+                f"Could not read the {what} imagery: the catalogue describes a scene's grid in "
+                f"a way that does not hold together ({detail}). Its items' projection metadata "
+                "(proj:epsg, proj:bbox, proj:transform) disagree; check STAC_API_URL, or report "
+                "it to the catalogue."
+            ) from exc
         return ds, members
     return None, members
 

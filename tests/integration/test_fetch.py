@@ -366,6 +366,29 @@ def test_a_field_partly_outside_the_imagery_is_said_and_measured_on_the_rest(
     assert observed > 0  # clear days of the part inside count as observed
 
 
+def test_items_whose_projection_metadata_disagree_are_said_not_a_traceback(
+    published_site,
+) -> None:
+    """Items saying EPSG:4326 while their proj:bbox and proj:transform are in UTM (a catalogue
+    with sloppy metadata): odc-geo's ValueError came out as a traceback (review 5, F5)."""
+    import copy
+
+    site = published_site("be-flanders-a", fresh=True, max_dates=2)
+    sloppy = []
+    for item in site.s2_items:
+        item = copy.deepcopy(item)
+        item["properties"]["proj:epsg"] = 4326
+        for asset in item["assets"].values():
+            if "proj:epsg" in asset:
+                asset["proj:epsg"] = 4326
+        sloppy.append(item)
+    site.stac_server.add_items({"sentinel-2-l2a": sloppy})
+    settings = Settings(stac_api_url=site.stac_url, retries=0)
+    field = Field(site.field(), "sloppy")
+    with pytest.raises(NetworkError, match="projection metadata"):
+        fetch_cube(field, *period_of(site), settings=settings, threads=2, include_s1=False)
+
+
 def test_a_request_too_large_to_run_is_refused_before_any_pixel_is_read(
     flanders_site: PublishedSite,
 ) -> None:

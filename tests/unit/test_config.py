@@ -54,6 +54,7 @@ def test_a_bare_scheme_is_kept_whole_for_the_url_check_to_name() -> None:
         ("FIELDFLOW_CACHE_MAX_GB", "20GB", "it must be a number, 0 or more"),
         ("FIELDFLOW_RETRIES", "two", "it must be a number, 0 or more"),
         ("FIELDFLOW_RETRIES", "1.5", "give a whole number of retries"),
+        ("FIELDFLOW_RETRIES", "100000", "give a whole number of retries from 0 to 20"),
     ],
 )
 def test_a_wrong_value_names_the_variable_and_the_fix(name: str, value: str, said: str) -> None:

@@ -356,3 +356,26 @@ def test_the_mask_is_told_by_scene_class_largest_first() -> None:
     ]
     assert mask_breakdown(scl, np.zeros(10, dtype=bool)) == []
     assert mask_breakdown(np.full(1000, 9), np.arange(1000) < 5) == []  # 0.5 %: left out
+
+
+@pytest.mark.parametrize(
+    ("steps", "said"),
+    [("equal", "steps from 0 to 0"), ("uneven", "steps from 10 to 15")],
+)
+def test_a_cube_whose_pixels_are_not_evenly_spaced_is_refused(
+    cubes_dir, tmp_path, steps: str, said: str
+) -> None:
+    # Field masks and GeoTIFFs are built from the first coordinate and the step: such a cube
+    # was read without a word, and its outputs were wrong (review 5, F16).
+    cube = xr.open_dataset(cubes_dir / "es-field_2019.nc").load()
+    x = cube["x"].values.astype(np.float64)
+    if steps == "equal":
+        x = np.full_like(x, x[0])
+    else:
+        x = x[0] + np.concatenate(
+            [[0.0], np.cumsum(np.where(np.arange(x.size - 1) % 2, 15.0, 10.0))]
+        )
+    from core.cube import validate_cube
+
+    with pytest.raises(CubeError, match=f"x coordinates are no regular grid \\({said}\\)"):
+        validate_cube(cube.assign_coords(x=x))
