@@ -170,6 +170,28 @@ def localize_assets(element: folium.Element) -> None:
         localize_assets(child)
 
 
+class OneDrawingAtATime(MacroElement):
+    """Starting a new drawing takes the earlier drawn shapes off the map: only the newest
+    drawing becomes the field, and the old ones stayed drawn beside it as thin dashed outlines
+    that looked like fields too (browser review). The field itself is drawn from the page's
+    state (:func:`field_layer`), so it stays."""
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        {{ this._parent.get_name() }}.on("draw:drawstart", function () {
+          drawnItems_{{ this.draw.get_name() }}.clearLayers();
+        });
+        {% endmacro %}
+        """
+    )
+
+    def __init__(self, draw: folium.plugins.Draw) -> None:
+        super().__init__()
+        self._name = "OneDrawingAtATime"
+        self.draw = draw
+
+
 def base_map(config: AppConfig) -> folium.Map:
     """The map with tiles (if any) and the polygon/rectangle draw tools."""
     fmap = folium.Map(
@@ -187,7 +209,7 @@ def base_map(config: AppConfig) -> folium.Map:
             max_native_zoom=19,
             name="Base map",
         ).add_to(fmap)
-    folium.plugins.Draw(
+    draw = folium.plugins.Draw(
         draw_options={
             "polyline": False,
             "circle": False,
@@ -198,6 +220,7 @@ def base_map(config: AppConfig) -> folium.Map:
         },
         edit_options={"edit": False, "remove": True},
     ).add_to(fmap)
+    OneDrawingAtATime(draw).add_to(fmap)
     LocateButton(LOCATION_ZOOM).add_to(fmap)
     if vendored_assets_present():
         localize_assets(fmap)

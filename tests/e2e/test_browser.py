@@ -530,6 +530,15 @@ def test_a_field_drawn_during_a_run_is_taken_at_once(page, js_errors) -> None:
     assert page.get_by_text("Computed in").count() == 0  # the old Run was not waited for
     assert page.locator('[data-testid="stProgress"]').count() == 0  # nor is it followed
     shot(page, "11-drawn-during-run")
+    # A second drawing replaces the first on the map too: the old one had stayed drawn beside
+    # the new field as a dashed outline (review 4). On the map: the field and its drawing.
+    paths = page.frame_locator(MAP_FRAME).locator("path.leaflet-interactive")
+    assert paths.count() == 2
+    draw_rectangle(page, 30, 20)
+    page.get_by_text(re.compile(r"^Field drawn: ")).last.wait_for()
+    wait_idle(page)
+    time.sleep(1.0)  # the field layer is swapped in after the rerun
+    assert paths.count() == 2
     no_app_errors(page, js_errors)
 
 
