@@ -157,6 +157,8 @@ def unused_model_options(args: argparse.Namespace, method: str) -> str | None:
             continue
         negated = value is False and len(action.option_strings) > 1  # --no-... was given
         given.append(action.option_strings[1 if negated else 0])
+    if getattr(args, "samples", 1) > 1:  # one value a pixel: p10 and p90 would equal it
+        given.insert(0, "--samples")
     if not given:
         return None
     return (

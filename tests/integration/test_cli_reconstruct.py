@@ -213,6 +213,11 @@ def test_model_options_given_to_another_method_are_said_to_be_ignored(
     assert main([*argv, "--out", str(tmp_path / "a"), "--steps", "4", "--no-blend-field"]) == 0
     err = capsys.readouterr().err
     assert "note: --steps, --no-blend-field are options of the model; the linear method" in err
+    # --samples too: one value a pixel, so its p10 and p90 columns would equal it (review 5)
+    assert main([*argv, "--out", str(tmp_path / "s"), "--samples", "8"]) == 0
+    assert "note: --samples is an option of the model; the linear method" in (
+        capsys.readouterr().err
+    )
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert "options of the model" not in capsys.readouterr().err
     # The screens are every method's: not said to be ignored (they were, wrongly, until
