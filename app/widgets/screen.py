@@ -27,5 +27,14 @@ had), and only when the sidebar covers the main area."""
 
 
 def fold_sidebar_if_covering() -> None:
-    """Fold the sidebar where it covers the page (a phone), so what Run shows is in view."""
-    st.html(FOLD_COVERING_SIDEBAR, unsafe_allow_javascript=True)
+    """Fold the sidebar where it covers the page (a phone), so what Run shows is in view.
+
+    Each call's HTML differs (a counter in a comment): the browser runs an element's script
+    only when it is mounted, and the same HTML at the same place as in the page's previous run
+    is kept, not mounted again (Go to after a Run's end folded nothing)."""
+    calls = st.session_state.get("_fold_calls", 0) + 1
+    st.session_state["_fold_calls"] = calls
+    st.html(
+        FOLD_COVERING_SIDEBAR.replace("<script>", f"<script>/* {calls} */", 1),
+        unsafe_allow_javascript=True,
+    )

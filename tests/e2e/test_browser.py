@@ -382,7 +382,7 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     # Go to moves the map, which the open sidebar covers on a phone: it folds too (review 4).
     phone.locator('[data-testid="stExpandSidebarButton"]').click()
     assert sidebar.get_attribute("data-collapsed") == "false"
-    box = phone.get_by_label("Go to (lat, lon)")
+    box = phone.get_by_role("textbox", name="Go to (lat, lon)")
     box.fill("51.05, 3.02")
     box.press("Enter")
     wait_idle(phone)
