@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--index`` / ``--name``: which feature of a field file holding several (``fetch``,
-    ``ndvi``)."""
+    """``--index`` / ``--name`` / ``--layer``: which feature of a field file holding several
+    (``fetch``, ``ndvi``)."""
     which = parser.add_mutually_exclusive_group()  # both given: argparse says which to drop
     which.add_argument(
         "--index",
@@ -60,6 +60,12 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
         help="which feature of the file (0-based), if it holds several",
     )
     which.add_argument("--name", default=None, help="which feature of the file, by its name")
+    parser.add_argument(
+        "--layer",
+        default=None,
+        help="read only this layer of the file (a GeoPackage table, a KML folder, a shapefile "
+        "in a zip); by default every layer with polygons",
+    )
 
 
 class _TqdmProgress:
@@ -119,6 +125,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         args.field_path,
         index=args.index,
         name=args.name,
+        layer=args.layer,
         max_area_ha=settings.max_area_ha,
         choice=OPTION_CHOICE,
     )

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             args.geojson,
             index=args.index,
             name=args.name,
+            layer=args.layer,
             max_area_ha=settings.max_area_ha,
             choice=OPTION_CHOICE,
         )

@@ -191,6 +191,20 @@ def test_ndvi_takes_one_field_of_a_file_holding_several(es_path, es_cube, tmp_pa
                 "--end", period[1], "--method", "linear", "--out", tmp_path / "c.csv")  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.startswith("error: --index picks one feature of the --geojson file")
+    # A GeoPackage with a layer each: --layer reads one (batch had it; fetch and ndvi had not).
+    import geopandas as gpd
+    from shapely.geometry import shape
+
+    gpkg = tmp_path / "farm.gpkg"
+    for layer, feature in (("far", far), ("near", inside)):
+        gpd.GeoDataFrame(
+            {"name": [layer]}, geometry=[shape(feature["geometry"])], crs="EPSG:4326"
+        ).to_file(gpkg, driver="GPKG", layer=layer)
+    out = tmp_path / "layer.csv"
+    status = main(["ndvi", "--cube", str(es_path), "--geojson", str(gpkg), "--layer", "near",
+                   "--start", period[0], "--end", period[1], "--method", "linear",
+                   "--out", str(out)])  # fmt: skip
+    assert status == 0 and out.read_text() == expected
 
 
 def test_missing_cube_is_one_error_line_and_status_2(tmp_path) -> None:
