@@ -272,7 +272,7 @@ def atomic_output(path: str | os.PathLike[str], *, defer_signals: bool = False) 
             # look roomy again; its words say only that the write failed
             raise _output_error(
                 target,
-                OSError(errno.EIO, f"the write failed ({_one_line(exc)}); is the disk full?"),
+                OSError(errno.EIO, f"the write failed ({_one_line(exc)}): the disk may be full"),
             ) from exc
         raise
 

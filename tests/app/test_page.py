@@ -332,9 +332,7 @@ def test_period_without_scenes_says_so_and_the_page_stays_usable(
     set_period(page, "2018-01-01", "2018-01-31")
     press_run(page)
     no_exceptions(page)
-    assert any(
-        "No Sentinel-2 scenes" in t and "wider period" in t for t in texts(page, "error")
-    )
+    assert any("No Sentinel-2 scenes" in t and "wider period" in t for t in texts(page, "error"))
     assert state(page).result is None
     set_period(page, *SITE_WINDOW.values())
     press_run(page)

@@ -365,7 +365,8 @@ def test_bow_tie_is_refused() -> None:
     )
     with pytest.raises(
         FieldError,
-        match=r"crosses itself \(its edges cross near [\d.]+, [\d.]+ \(latitude, longitude\)\).*corners in order",
+        match=r"crosses itself \(its edges cross near [\d.]+, [\d.]+ \(latitude, "
+        r"longitude\)\).*corners in order",
     ):
         field_from_geojson(shapely.to_geojson(bow_tie))
 

@@ -228,7 +228,8 @@ def test_a_grid_in_metres_is_not_derived_from_a_lonlat_cube(cubes_dir) -> None:
 def test_lonlat_cube_with_irregular_or_single_row_coordinates_is_refused() -> None:
     x = np.array([22.0, 22.0003, 22.0007, 22.0009])  # uneven steps
     y = np.array([47.3, 47.2998, 47.2996])
-    with pytest.raises(InputError, match="not a regular north-up grid"):
+    # refused when the cube is built (core.cube's lattice check), or else by cube_raster
+    with pytest.raises(InputError, match=r"not a regular north-up grid|no regular grid"):
         cube_raster(_lonlat_cube(x, y))
     with pytest.raises(InputError, match="single row or column"):
         cube_raster(_lonlat_cube(np.array([22.0, 22.0003]), np.array([47.3])))
