@@ -589,6 +589,7 @@ def _load(
     done = 0
     with rasterio.Env(**gdal_options(settings)), _read_failures() as failed:
         for available, members in partitions.items():
+            asked = len(members)
             ds, members = _load_partition(
                 items,
                 members,
@@ -600,12 +601,12 @@ def _load(
                 settings=settings,
                 signer=signer,
                 threads=threads,
-                progress=_odc_progress(progress, stage, done, len(members), total),
+                progress=_odc_progress(progress, stage, done, asked, total),
                 what=what,
                 failed=failed,
                 skipped=skipped,
             )
-            done += len(members)
+            done += asked  # skipped scenes count as done for the progress
             if ds is None:  # every scene of the partition skipped
                 continue
             part_keys = [keys[i] for i in members]

@@ -385,6 +385,10 @@ def imaged_pixels(cube: xr.Dataset) -> np.ndarray:
     return imaged
 
 
+OUTSIDE_NOTED = 0.01
+"""Share of a field outside the imagery from which the page and the command line say so."""
+
+
 def imaged_part(mask: np.ndarray, cube: xr.Dataset) -> tuple[np.ndarray, float]:
     """The pixels of ``mask`` that some Sentinel-2 acquisition images, and the share of
     ``mask`` that none does (a swath or tile edge, or the edge of the data): field figures

@@ -64,6 +64,7 @@ from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
     NDVI_ERROR_BAND_ATTR,
+    OUTSIDE_NOTED,
     ReconstructOptions,
     Reconstructor,
     imaged_pixels,
@@ -857,10 +858,6 @@ def _offline_cube(request: SeasonRequest, path: Path) -> tuple[xr.Dataset, Grid]
         keep = (s1_days >= start - margin) & (s1_days <= end + margin)
         cube = cube.isel(time_s1=np.flatnonzero(keep))
     return cube, grid
-
-
-OUTSIDE_NOTED = 0.01
-"""Share of a field outside the imagery from which the page says so."""
 
 
 def imagery_cover(

@@ -25,6 +25,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.cli.reconstruct import (
     add_method_arguments,
@@ -34,6 +35,9 @@ from core.cli.reconstruct import (
 )
 from core.config import Settings
 from core.errors import InputError
+
+if TYPE_CHECKING:
+    from core.batch import BatchRequest, FieldRow
 
 DEFAULT_WORKERS = 2
 LOCAL = "local"
@@ -110,7 +114,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         FAILED,
         SUMMARY_FILE,
         BatchRequest,
-        FieldRow,
         list_fields,
         run_batch,
         write_joined_curves,
@@ -203,7 +206,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def _curves_inside_the_period(rows: list, out: Path, request: object) -> list[str]:
+def _curves_inside_the_period(rows: list[FieldRow], out: Path, request: BatchRequest) -> list[str]:
     """``"<field id> (<first> to <last>)"`` for each written curve that starts after the
     period's first day or ends before its last (batch trimmed them without a word; review 5)."""
     import csv

@@ -113,8 +113,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from core.fetch import clear_fraction, parse_period
     from core.field import OPTION_CHOICE, field_from_file
     from core.grid import field_mask
-    from core.reconstruct import imaged_part
-    from core.season import OUTSIDE_NOTED
+    from core.reconstruct import OUTSIDE_NOTED, imaged_part
     from core.storage import check_output_path
 
     check_output_path(args.out, inputs=[args.field_path], writes="NetCDF")

@@ -21,7 +21,7 @@ from core.curve import ndvi_curve, write_curve_csv
 from core.errors import FieldError, InputError
 from core.field import OPTION_CHOICE, Field, field_from_file
 from core.grid import field_mask, share_outside
-from core.reconstruct import imaged_part
+from core.reconstruct import OUTSIDE_NOTED, imaged_part
 from core.storage import check_output_path
 from core.timeline import calendar_day, regular_dates
 
@@ -75,8 +75,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "inside it); check that the cube was fetched for this field."
             )
         warn_if_partly_outside(field, cube, args.cube, args.geojson)
-        from core.season import OUTSIDE_NOTED
-
         mask, unseen = imaged_part(mask, cube)
         if unseen > OUTSIDE_NOTED:
             print(
@@ -130,9 +128,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def warn_if_partly_outside(field: Field, cube: xr.Dataset, cube_path: str, outline: str) -> None:
     """A ``warning:`` line on stderr when a share of the field (over
-    :data:`core.season.OUTSIDE_NOTED`) lies beyond the cube's edges: the curve then describes
+    :data:`core.reconstruct.OUTSIDE_NOTED`) lies beyond the cube's edges: the curve then describes
     only the part inside, which nothing else would tell."""
-    from core.season import OUTSIDE_NOTED
 
     outside = share_outside(field, cube)
     if outside <= OUTSIDE_NOTED:
