@@ -57,7 +57,13 @@ from core.field import DEFAULT_MAX_AREA_HA, Field, candidates_from_file, field_f
 from core.grid import field_mask
 from core.model.blend import field_ratio
 from core.progress import listening
-from core.reconstruct import ReconstructOptions, imaged_part, pinned, reconstruct
+from core.reconstruct import (
+    OUTSIDE_NOTED,
+    ReconstructOptions,
+    imaged_part,
+    pinned,
+    reconstruct,
+)
 from core.storage import atomic_output
 from core.timeline import calendar_day, regular_dates
 
@@ -83,6 +89,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "s1_status",
     "frames",
     "clear_fraction_mean",
+    "outside_imagery",
     "days_to_clear_max",
     "ndvi_peak_date",
     "ndvi_peak",
@@ -231,6 +238,10 @@ class FieldRow:
     model_trained_here: int | None = None
     """With the model: 1 where it was trained on this field's place (the measure above then
     flatters it), 0 where not; None for a baseline."""
+    outside_imagery: float | None = None
+    """Share of the field that no Sentinel-2 acquisition images (a swath or tile edge, or the
+    edge of the data): the field's figures are over the rest (0 where all is imaged; None
+    for a field done by a version that did not record it)."""
 
     def record(self) -> dict[str, str]:
         """The row as CSV cells (empty for missing values)."""
@@ -249,6 +260,7 @@ class FieldRow:
             "s1_status": self.s1_status,
             "frames": "" if self.frames is None else str(self.frames),
             "clear_fraction_mean": number(self.clear_fraction_mean, 3),
+            "outside_imagery": number(self.outside_imagery, 3),
             "days_to_clear_max": ""
             if self.days_to_clear_max is None
             else str(self.days_to_clear_max),
@@ -270,6 +282,8 @@ class FieldRow:
         details.append(f"{self.frames} frames")
         if self.clear_fraction_mean is not None:
             details.append(f"{100 * self.clear_fraction_mean:.0f}% clear")
+        if self.outside_imagery is not None and self.outside_imagery > OUTSIDE_NOTED:
+            details.append(f"{100 * self.outside_imagery:.0f}% of it outside the imagery")
         if self.days_to_clear_max is not None:
             details.append(f"at most {self.days_to_clear_max} d from clear data")
         if self.ndvi_peak is not None:
@@ -531,7 +545,7 @@ def write_field_outputs(
         raise FieldError(
             f"The field '{name}' covers no pixel centre of its 10 m grid; outline a larger field."
         )
-    mask, _ = imaged_part(mask, cube)  # its figures over the part the imagery covers
+    mask, outside = imaged_part(mask, cube)  # its figures over the part the imagery covers
     dates = frame_dates(cube, request.start, request.end, request.every_days)
     # The frames that fall on the curve's days are kept from the curve's own reconstruction
     # (the two then agree, and those days are reconstructed once); the others, if any (a
@@ -578,6 +592,7 @@ def write_field_outputs(
         **_fetch_stats(fetched),
         frames=int(dates.size),
         clear_fraction_mean=float(np.mean(clear_fraction(cube, mask))),
+        outside_imagery=round(outside, 4),
         days_to_clear_max=_most_days(curve["days_to_clear"]),
         ndvi_peak_date=peak_date,
         ndvi_peak=peak,

@@ -105,11 +105,17 @@ class Settings:
     holds about 10 MB, a 500 px one over 1 GB); a session keeps the Run it shows either way."""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, check_checkpoint: bool = True
+    ) -> Settings:
         """Read settings from ``environ`` (default ``os.environ``); unset keys keep defaults.
 
+        ``check_checkpoint=False`` takes ``FIELDFLOW_CHECKPOINT`` as given, for a command that
+        never loads a model (``fetch``, ``cache``): a wrong path there must not stop it.
+
         Raises:
-            InputError: a numeric variable is not a number in its range (names the variable).
+            InputError: a numeric variable is not a number in its range, or (when checked)
+                ``FIELDFLOW_CHECKPOINT`` is not a file; the message names the variable.
         """
         env = os.environ if environ is None else environ
         kwargs: dict[str, object] = {}
@@ -132,7 +138,12 @@ class Settings:
                 "again."
             )
         if env.get("FIELDFLOW_CHECKPOINT", "").strip():
-            kwargs["checkpoint"] = _env_file("FIELDFLOW_CHECKPOINT", env["FIELDFLOW_CHECKPOINT"])
+            text = env["FIELDFLOW_CHECKPOINT"]
+            kwargs["checkpoint"] = (
+                _env_file("FIELDFLOW_CHECKPOINT", text)
+                if check_checkpoint
+                else Path(text.strip()).expanduser()
+            )
         for name, key, lowest in (
             ("FIELDFLOW_MAX_AREA_HA", "max_area_ha", 0.0),
             ("FIELDFLOW_TIMEOUT_S", "timeout_s", 0.0),

@@ -157,6 +157,7 @@ def outcome_table(done: UploadBatch) -> pd.DataFrame:
             "Status": [STATUS_WORDS.get(r.status, r.status) for r in rows],
             "S2 scenes": [number(r.scenes_s2, "{:.0f}") for r in rows],
             "Clear (mean)": [number(r.clear_fraction_mean, "{:.0%}") for r in rows],
+            "Outside the imagery": [number(r.outside_imagery, "{:.0%}") for r in rows],
             "Most days from clear data": [number(r.days_to_clear_max, "{:.0f}") for r in rows],
             "NDVI peak": [number(r.ndvi_peak, "{:.2f}") for r in rows],
             "Peak date": [r.ndvi_peak_date for r in rows],
@@ -166,6 +167,8 @@ def outcome_table(done: UploadBatch) -> pd.DataFrame:
             "Seconds": [number(r.seconds, "{:.1f}") if r.status == OK else "" for r in rows],
         }
     )
+    if not any(r.outside_imagery for r in rows):  # said only where some field has such a part
+        table = table.drop(columns="Outside the imagery")
     if all(r.model_vs_baseline is None for r in rows):
         table = table.drop(columns="Model error / better baseline's")
     return table

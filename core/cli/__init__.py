@@ -1,8 +1,9 @@
 """``python -m core <command>``: thin command-line entry points over the core functions.
 
 Each command lives in its own module ``core.cli.<name>`` with two functions:
-``add_arguments(parser)`` and ``run(args, settings) -> int``. Modules are imported only when
-their command runs, so ``python -m core ndvi`` never imports torch.
+``add_arguments(parser)`` and ``run(args, settings) -> int``; a module that never loads a model
+sets ``USES_MODEL = False`` (a wrong ``FIELDFLOW_CHECKPOINT`` then does not stop it). Modules
+are imported only when their command runs, so ``python -m core ndvi`` never imports torch.
 
 Errors a user can fix (:class:`core.errors.FieldFlowError`) print as one ``error:`` line and
 exit with status 2; they never show a traceback. Ctrl-C and SIGTERM stop a command with one line
@@ -70,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser(selected)
             args = parser.parse_args(args_list)
             module = importlib.import_module(f"core.cli.{args.command}")
-            return int(module.run(args, Settings.from_env()) or 0)
+            uses_model = getattr(module, "USES_MODEL", True)
+            return int(module.run(args, Settings.from_env(check_checkpoint=uses_model)) or 0)
     except FieldFlowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

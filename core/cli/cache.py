@@ -10,6 +10,9 @@ from core.cache import CacheItem, CubeCache, cache_items, prune_cache
 from core.config import Settings
 from core.errors import InputError
 
+USES_MODEL = False
+"""Never loads a model: a wrong ``FIELDFLOW_CHECKPOINT`` does not stop it."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -19,6 +19,9 @@ import numpy as np
 from core.config import Settings
 from core.errors import InputError
 
+USES_MODEL = False
+"""Never loads a model: a wrong ``FIELDFLOW_CHECKPOINT`` does not stop it."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``fetch`` command."""

@@ -175,10 +175,23 @@ def named_checkpoint(name: Path, settings: Settings) -> Path:
     of the models folder called ``name`` (with or without ``.pt``).
 
     Raises:
-        InputError: neither; the message lists the folder's models.
+        InputError: neither (the message lists the models folder's models), or a folder (the
+            message lists its checkpoints).
     """
     if name.is_file():
         return name
+    if name.is_dir():
+        inside = sorted(
+            p.name
+            for p in name.glob(f"*{CHECKPOINT_SUFFIX}")
+            if p.is_file() and not p.name.startswith(".")  # a write under way
+        )
+        what = ", ".join(inside) if inside else f"no {CHECKPOINT_SUFFIX} file"
+        raise InputError(
+            f"--checkpoint {name} is a folder (it holds {what}): give one checkpoint file, e.g. "
+            f"{name / (inside[0] if inside else 'model.pt')}, or set FIELDFLOW_MODELS_DIR to the "
+            "folder to offer its models by name."
+        )
     if len(name.parts) == 1:
         for candidate in (name.name, name.name + CHECKPOINT_SUFFIX):
             path = settings.models_dir / candidate

@@ -123,3 +123,19 @@ def test_a_short_period_gets_a_time_axis_in_days() -> None:
     assert (end - start).days == MIN_AXIS_DAYS and start < pd.Timestamp(day) < end
     assert axis["dtick"] == 86_400_000  # one tick a day
     assert _day_range(day, day + dt.timedelta(days=30)) == {}  # Plotly's own range
+
+
+def test_the_batch_table_says_outside_imagery_only_where_a_field_has_some() -> None:
+    from app.widgets.batch import outcome_table
+    from core.batch import BatchRequest, FieldRow, UploadBatch
+
+    def done(*rows: FieldRow) -> UploadBatch:
+        request = BatchRequest(start="2023-05-01", end="2023-05-31")
+        return UploadBatch("farm.geojson", request, rows, 1.0, b"", False)
+
+    inside = FieldRow("a", "A", "ok", 8, 0, "none", 5, 0.5, outside_imagery=0.0)
+    older = FieldRow("b", "B", "skipped", 8, 0, "none", 5, 0.5)  # done before it was recorded
+    assert "Outside the imagery" not in outcome_table(done(inside, older)).columns
+    straddling = FieldRow("c", "C", "ok", 8, 0, "none", 5, 0.5, outside_imagery=0.25)
+    table = outcome_table(done(inside, older, straddling))
+    assert list(table["Outside the imagery"]) == ["0%", "", "25%"]

@@ -270,6 +270,7 @@ def test_outputs_are_correct_and_the_marker_is_written_last(tmp_path, monkeypatc
     assert row.status == "ok"
     assert (row.scenes_s2, row.scenes_s1, row.s1_status, row.frames) == (5, 3, "none", 6)
     assert row.clear_fraction_mean == pytest.approx(0.75)  # 3 of 4 dates clear
+    assert row.outside_imagery == 0.0
     assert row.days_to_clear_max == max(int(r["days_to_clear"]) for r in curve)
     # NDVI rises with the date (both bands +0.01): (0.33 - 0.08) / 0.41 ~ 0.6098 is lower,
     # so the peak is on the first day.
@@ -343,6 +344,24 @@ def test_failed_fetch_and_failures_outside_fieldflow_are_reported(tmp_path) -> N
     assert failure_message(KeyError()) == "KeyError"
 
 
+def test_a_field_partly_outside_the_imagery_is_measured_on_the_rest_and_said(tmp_path) -> None:
+    """The field's east half (columns 6..9 of 2..9) holds no data on any date, as past a swath
+    edge: its figures are over the west half, and the summary says how much lies outside
+    (review 5: the summary had no word for it)."""
+    cube = make_cube()
+    cube["s2"].values[:, :, :, 6:] = np.nan
+    cube["valid"].values[:, :, 6:] = 0
+    cube["valid"].values[0, :, :4] = 0  # date 0 cloudy on columns 0..3: 2 of the 4 imaged
+    fingerprint = REQUEST.fingerprint(FIELD, SETTINGS)
+    folder = tmp_path / "field"
+    row = write_field_outputs(FIELD, fetch_result(cube), REQUEST, folder, fingerprint, "f", "F")
+    assert row.outside_imagery == pytest.approx(0.5)
+    # Over the imaged half: date 0 half clear (columns 2, 3 of 2..5), 1 and 3 clear, 2 cloudy.
+    assert row.clear_fraction_mean == pytest.approx((0.5 + 1 + 0 + 1) / 4)
+    assert "50% of it outside the imagery" in row.line()
+    assert completed_row(folder, fingerprint).outside_imagery == pytest.approx(0.5)
+
+
 def test_a_field_covering_no_pixel_centre_fails_with_a_message(tmp_path) -> None:
     tiny = Field(lonlat_box(500026.0, 5600026.0, 500034.0, 5600034.0), "Tiny")
     with pytest.raises(InputError, match="covers no pixel centre"):
@@ -384,6 +403,7 @@ def test_summary_rows_and_lines() -> None:
         "s1_status": "loaded",
         "frames": "17",
         "clear_fraction_mean": "0.457",
+        "outside_imagery": "",
         "days_to_clear_max": "12",
         "ndvi_peak_date": "2023-07-01",
         "ndvi_peak": "0.8123",
@@ -412,6 +432,11 @@ def test_summary_rows_and_lines() -> None:
     assert measures == {"model_trained_here": 1, "model_vs_baseline": pytest.approx(0.9091, 1e-4)}
     assert model_measures({}) == {}
     assert rows[1].line().startswith("east: skipped, complete from an earlier run (")
+    # A field partly outside the imagery says so; a sliver under 1 % does not.
+    straddling = dataclasses.replace(rows[0], outside_imagery=0.3)
+    assert straddling.record()["outside_imagery"] == "0.300"
+    assert "46% clear, 30% of it outside the imagery, at most" in straddling.line()
+    assert "outside" not in dataclasses.replace(rows[0], outside_imagery=0.004).line()
     assert rows[2].line() == "far: failed after 0.3 s: No scenes, try later."
 
 

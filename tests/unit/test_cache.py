@@ -282,3 +282,17 @@ def test_a_cache_folder_that_cannot_be_written_is_said_before_any_request(tmp_pa
     message = str(caught.value)
     assert "The cache folder (FIELDFLOW_CACHE_DIR)" in message and "--no-cache" in message
     assert "Could not reach" not in message  # nothing was asked of the (closed) STAC API
+
+
+def test_a_wrong_checkpoint_setting_stops_only_the_commands_that_load_a_model(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from core.cli import main
+
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FIELDFLOW_CHECKPOINT", str(tmp_path / "gone.pt"))
+    assert main(["cache", "--list"]) == 0  # the cache never loads a model
+    assert "FIELDFLOW_CHECKPOINT" not in capsys.readouterr().err
+    cube = tmp_path / "cube.nc"
+    assert main(["reconstruct", "--cube", str(cube), "--dates", "2023-06-01", "--out", "x"]) == 2
+    assert "FIELDFLOW_CHECKPOINT is" in capsys.readouterr().err

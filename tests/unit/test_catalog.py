@@ -104,6 +104,10 @@ def test_checkpoint_by_name_on_the_command_line(
         named_checkpoint(Path("flanders"), settings)
     with pytest.raises(InputError, match="No model checkpoint at sub/castilla"):
         named_checkpoint(Path("sub/castilla"), settings)  # a path is a path, never a name
+    with pytest.raises(InputError, match=r"is a folder \(it holds broken.pt, castilla.pt\)"):
+        named_checkpoint(models_dir, settings)
+    with pytest.raises(InputError, match=r"is a folder \(it holds no .pt file\)"):
+        named_checkpoint(tmp_path, settings)
     # A command takes the name and records the folder's file as the model that made it.
     monkeypatch.setenv("FIELDFLOW_MODELS_DIR", str(models_dir))
     out = tmp_path / "frames.nc"

@@ -82,3 +82,6 @@ def test_a_checkpoint_of_ones_own_is_read_and_a_missing_one_named(tmp_path: Path
         message = str(raised.value)
         assert message.startswith(f"FIELDFLOW_CHECKPOINT is {str(wrong)!r}") and said in message
         assert "unset it to use the shipped model" in message
+        # A command that never loads a model takes it as given.
+        unchecked = Settings.from_env({"FIELDFLOW_CHECKPOINT": str(wrong)}, check_checkpoint=False)
+        assert unchecked.checkpoint == wrong
