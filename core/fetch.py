@@ -53,6 +53,7 @@ from core.config import Settings
 from core.cube import S2_BANDS, build_cube
 from core.errors import AccessDeniedError, FieldError, InputError, NetworkError, NoScenesError
 from core.grid import Grid, field_mask, grid_for_field
+from core.land import field_swapped_hint
 from core.stac import (
     S1_COLLECTION,
     S2_COLLECTION,
@@ -349,8 +350,14 @@ def _pixel_dates(n: float) -> str:
     return f"{n / 1e6:,.1f} million" if n >= 1e6 else f"{n:,.0f}"
 
 
-def _no_scenes_advice(first: dt.date, last: dt.date, max_cloud_cover: float | None) -> str:
-    """What to change when a search found nothing, fitted to the request."""
+def _no_scenes_advice(
+    first: dt.date, last: dt.date, max_cloud_cover: float | None, field: Field | None = None
+) -> str:
+    """What to change when a search found nothing, fitted to the request: a field in the sea
+    that swapped coordinates would put on land is told so first."""
+    swapped = field_swapped_hint(field.centroid) if field is not None else None
+    if swapped is not None:
+        return swapped
     if last < SENTINEL2_FIRST_DAY:
         return f"Sentinel-2 images begin on {SENTINEL2_FIRST_DAY}: choose a later period."
     if first > dt.date.today():
@@ -886,7 +893,7 @@ def fetch_cube(
     if not s2_items:
         raise NoScenesError(
             f"No Sentinel-2 scenes{cloud_text} cover the field between {first} and {last}. "
-            + _no_scenes_advice(first, last, max_cloud_cover)
+            + _no_scenes_advice(first, last, max_cloud_cover, field)
         )
     check_request_size(grid, s2_items, first, last, settings.max_pixel_dates)
     scenes = {S2_COLLECTION: len(s2_items)}

@@ -19,6 +19,7 @@ from core.config import Settings
 from core.demo import choose_source, demo_cube_path
 from core.errors import FieldFlowError
 from core.field import candidates_from_upload, field_from_drawing, field_from_upload
+from core.land import field_swapped_hint, swapped_hint
 from core.location import parse_lat_lon
 
 UPLOAD_TYPES = ["geojson", "json", "zip", "kml", "kmz", "gpkg"]
@@ -62,6 +63,12 @@ def _location_box(state: PageState) -> None:
             return
         state.map_center, state.map_zoom = (lat, lon), LOCATION_ZOOM
         state.fold_requested = True  # on a phone, the map moved under the sidebar
+        swapped = swapped_hint(lat, lon)
+        if swapped is not None:  # the map went there; say why it may be the wrong place
+            state.say(
+                "warning",
+                f"{swapped}. Go to takes latitude first, then longitude (e.g. '51.05, 3.02').",
+            )
 
     st.text_input(
         "Go to (lat, lon)",
@@ -83,7 +90,12 @@ def _upload(state: PageState, settings: Settings) -> None:
         "GeoPackage. With several polygons you choose one.",
     )
     if uploaded is None:
-        state.pending_upload = state.upload_error = None
+        if state.handled_upload is not None and state.field_origin.startswith("uploaded ("):
+            # The file was taken out with the uploader's x: its field goes with it (a drawing
+            # or the demo made since stays), as Clear field empties the uploader.
+            state.clear_field()
+            state.say("info", "The uploaded file was removed, and its field with it.")
+        state.pending_upload = state.upload_error = state.handled_upload = None
         return
     if uploaded.file_id != state.handled_upload:
         state.handled_upload = uploaded.file_id
@@ -166,9 +178,13 @@ def _demo(state: PageState, settings: Settings) -> None:
             state.say("error", str(exc))
             return
         state.set_field(preset.field, "demo", demo=source)
+        before = (widget_value(Key.START), widget_value(Key.END))
         st.session_state[str(Key.START)] = preset.start
         st.session_state[str(Key.END)] = preset.end
-        state.say("info", f"{source.message} Press Run.")
+        period = ""
+        if before != (preset.start, preset.end):  # the user's own dates are replaced: say so
+            period = f" The period is now the demo's, {preset.start} to {preset.end}."
+        state.say("info", f"{source.message}{period} Press Run.")
 
     st.button("Demo field", on_click=use_demo, help="A real crop parcel in West Flanders, 2018.")
     st.checkbox(
@@ -187,6 +203,9 @@ def _field_summary(state: PageState) -> None:
         return
     repaired = " (outline repaired)" if field.repaired else ""
     st.success(f"**{field.name}**: {field.area_ha:,.2f} ha, {state.field_origin}{repaired}")
+    swapped = field_swapped_hint(field.centroid)
+    if swapped is not None:  # said while the field stays: a Run would find no scenes
+        st.warning(swapped)
     if st.button("Clear field"):
         state.clear_field()
         state.uploads_cleared += 1  # a new, empty uploader: the same file can be picked again

@@ -141,6 +141,10 @@ def site(published_site) -> PublishedSite:
     return published_site("be-flanders-a", **SITE_WINDOW)
 
 
+PLOT = box(3.020, 51.050, 3.023, 51.052)
+"""A small field near Ghent (51.05 N, 3.02 E)."""
+
+
 # --- tests --------------------------------------------------------------------------------------
 
 
@@ -407,6 +411,64 @@ def test_clear_field_empties_the_uploader_so_the_same_file_can_come_back(
     ).run()
     no_exceptions(page)
     assert state(page).field is not None and state(page).field.name == "Plot"
+
+
+def test_removing_the_file_takes_its_field_but_not_a_drawing_made_since(
+    open_page: OpenPage,
+) -> None:
+    # Removing the file with the uploader's x kept its field (review 4).
+    page = open_page()
+    data = json.dumps(
+        {"type": "Feature", "properties": {"name": "Plot"}, "geometry": mapping(PLOT)}
+    ).encode()
+    upload(page, "plot.geojson", data).run()
+    assert state(page).field is not None and state(page).field.name == "Plot"
+    page.file_uploader(key="upload_file").set_value(None).run()
+    no_exceptions(page)
+    assert state(page).field is None
+    assert "The uploaded file was removed, and its field with it." in texts(page, "info")
+    # A field given since (the demo here) stays when the file goes.
+    upload(page, "plot.geojson", data).run()
+    button(page, "Demo field").click().run()
+    page.file_uploader(key="upload_file").set_value(None).run()
+    no_exceptions(page)
+    assert state(page).field is not None and state(page).field_origin == "demo"
+
+
+def test_swapped_coordinates_are_hinted_at_upload_and_at_go_to(open_page: OpenPage) -> None:
+    # A file with latitude and longitude swapped, and "lon, lat" typed in Go to, were taken
+    # without a word until Run (review 4): Ghent's 51.05 N 3.02 E swapped is the Indian Ocean.
+    page = open_page()
+    swapped = box(51.050, 3.020, 51.052, 3.023)  # PLOT, y for x
+    data = json.dumps(
+        {"type": "Feature", "properties": {"name": "Swapped"}, "geometry": mapping(swapped)}
+    ).encode()
+    upload(page, "swapped.geojson", data).run()
+    no_exceptions(page)
+    (said,) = [t for t in texts(page, "warning") if "is in the sea" in t]
+    assert "swapped, it would be 51.05° N, 3.02° E, on land" in said
+    assert "GeoJSON gives longitude first" in said
+    upload(page, "plot.geojson", json.dumps(mapping(PLOT)).encode()).run()
+    assert not [t for t in texts(page, "warning") if "is in the sea" in t]  # where it belongs
+    page.text_input(key="location_text").input("3.02, 51.05").run()
+    no_exceptions(page)
+    (said,) = [t for t in texts(page, "warning") if "is in the sea" in t]
+    assert said.startswith("3.02° N, 51.05° E is in the sea") and "latitude first" in said
+    assert state(page).map_center == (3.02, 51.05)  # it went where it was asked
+    page.text_input(key="location_text").input("51.05, 3.02").run()
+    assert not [t for t in texts(page, "warning") if "is in the sea" in t]
+
+
+def test_the_demo_says_it_replaced_the_users_period(open_page: OpenPage) -> None:
+    page = open_page()
+    set_period(page, "2023-04-01", "2023-09-30")
+    button(page, "Demo field").click().run()
+    no_exceptions(page)
+    (said,) = [t for t in texts(page, "info") if "Press Run" in t]
+    assert "The period is now the demo's, 2018-03-01 to 2018-10-31." in said
+    button(page, "Demo field").click().run()  # the same period again: nothing to say
+    (said,) = [t for t in texts(page, "info") if "Press Run" in t]
+    assert "The period is now" not in said
 
 
 def test_zipped_shapefile_and_geopackage_uploads(open_page: OpenPage, tmp_path) -> None:

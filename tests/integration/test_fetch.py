@@ -505,6 +505,31 @@ def test_no_scenes_names_collection_and_dates(cli_in_process, capsys) -> None:
     )
 
 
+def test_a_field_in_the_sea_that_swapped_coordinates_would_put_on_land_is_told_so(
+    flanders_site: PublishedSite, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """The site's field with longitude and latitude swapped (as a file with the axes the wrong
+    way round gives it) lies in the Indian Ocean: the search finds nothing, and the message
+    says where the field would be with them swapped."""
+    from shapely import affinity
+    from shapely.geometry import mapping
+
+    monkeypatch.setenv("STAC_API_URL", flanders_site.stac_url)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    field = flanders_site.field(150.0)
+    swapped = affinity.affine_transform(field, [0, 1, 1, 0, 0, 0])  # (x, y) -> (y, x)
+    path = tmp_path / "swapped.geojson"
+    path.write_text(json.dumps({"type": "Feature", "properties": {}, "geometry": mapping(swapped)}))
+    start, end = period_of(flanders_site)
+    args = ["fetch", "--geojson", str(path), "--start", start, "--end", end, "--out", "x.nc"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lon, lat = field.centroid.x, field.centroid.y
+    assert f"is in the sea; swapped, it would be {lat:.2f}° N, {lon:.2f}° E, on land" in err
+    assert "check the order of its coordinates" in err
+    assert len(flanders_site.stac_server.searches()) >= 1  # the search ran and found nothing
+
+
 def test_cloud_limit_named_when_it_filters_everything(cli_in_process, capsys) -> None:
     assert cli_in_process("--max-cloud", "0", start="2017-08-01", end="2017-08-05") == 2
     err = capsys.readouterr().err
