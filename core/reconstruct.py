@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -541,6 +542,7 @@ def _assemble(
     attrs.update(
         method=method, samples=int(options.samples), keep_observed=int(options.keep_observed)
     )
+    attrs["options_json"] = options_json(options)  # every setting, to make it again
     attrs.update(prediction.attrs)
     coords = {
         "time": query,
@@ -602,6 +604,46 @@ def _nan_percentiles(samples: np.ndarray, percents: tuple[int, ...]) -> list[np.
     return out
 
 
+def options_json(options: ReconstructOptions) -> str:
+    """Every field of ``options`` as JSON (paths as text), sorted: what made an output."""
+    fields = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in asdict(options).items()}
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+VARIABLE_WORDS: dict[str, tuple[str, str]] = {
+    "s2": ("1", "surface reflectance, Sentinel-2 L2A (0-1)"),
+    "s2_p10": ("1", "surface reflectance, 10th percentile"),
+    "s2_p90": ("1", "surface reflectance, 90th percentile"),
+    "s2_samples": ("1", "surface reflectance, generated samples"),
+    "ndvi": ("1", "NDVI, (NIR - red) / (NIR + red)"),
+    "ndvi_p10": ("1", "NDVI, 10th percentile"),
+    "ndvi_p90": ("1", "NDVI, 90th percentile"),
+}
+"""Units (CF: "1", dimensionless) and long names of a reconstruction's variables."""
+
+
+def described(result: xr.Dataset) -> xr.Dataset:
+    """``result`` with CF words a reader needs (review 6): units and long names, the band
+    order in every band variable's ``band_names`` (GDAL shows no string coordinate, so B04 and
+    B08 could not be told apart there), and ``observed`` as a flag."""
+    out = result.copy()
+    bands = " ".join(str(b) for b in out["band"].values) if "band" in out.coords else ""
+    for name, (units, long_name) in VARIABLE_WORDS.items():
+        if name in out.data_vars:
+            out[name].attrs.update(units=units, long_name=long_name)
+            if bands and "band" in out[name].dims:
+                out[name].attrs["band_names"] = bands
+    if "observed" in out.data_vars:
+        out["observed"].attrs.update(
+            long_name="pixel kept as acquired (clear), else reconstructed",
+            flag_values=np.array(  # of the variable's own type, as CF asks
+                [0, 1], dtype=np.int8 if out["observed"].dtype == bool else out["observed"].dtype
+            ),
+            flag_meanings="reconstructed observed_clear",
+        )
+    return out
+
+
 def georeferenced(result: xr.Dataset) -> xr.Dataset:
     """``result`` with CF georeferencing a GIS reads (GDAL, QGIS, rioxarray): a ``spatial_ref``
     grid-mapping variable holding the CRS (WKT) and the GeoTransform of pixel edges, named by
@@ -624,15 +666,19 @@ def georeferenced(result: xr.Dataset) -> xr.Dataset:
     for name, var in out.data_vars.items():
         if name != "spatial_ref" and {"y", "x"} <= set(var.dims):
             out[name].attrs["grid_mapping"] = "spatial_ref"
-    out["x"].attrs.update(standard_name="projection_x_coordinate", units="m", axis="X")
-    out["y"].attrs.update(standard_name="projection_y_coordinate", units="m", axis="Y")
+    if pyproj.CRS.from_user_input(crs).is_geographic:  # degrees, not metres (review 6)
+        out["x"].attrs.update(standard_name="longitude", units="degrees_east", axis="X")
+        out["y"].attrs.update(standard_name="latitude", units="degrees_north", axis="Y")
+    else:
+        out["x"].attrs.update(standard_name="projection_x_coordinate", units="m", axis="X")
+        out["y"].attrs.update(standard_name="projection_y_coordinate", units="m", axis="Y")
     return out
 
 
 def write_reconstruction(result: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """Write a reconstruction dataset to NetCDF atomically (float32, compressed), georeferenced
-    for GIS (:func:`georeferenced`)."""
-    result = georeferenced(result)
+    for GIS (:func:`georeferenced`), its variables described (:func:`described`)."""
+    result = described(georeferenced(result))
     encoding = {
         name: {"zlib": True, "complevel": 4} for name in result.data_vars if name != "spatial_ref"
     }

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     resolve_method(method)  # InputError naming the choices
     if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:
         raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
-    options = options_from_args(args, settings)
+    options = options_from_args(args, settings, method=method)
     check_options(method, options)  # once, not as every field's error
     request = BatchRequest(
         start=args.start,

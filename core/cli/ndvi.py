@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         args.end,
         every_days=args.every_days,
         method=method,
-        options=options_from_args(args, settings),
+        options=options_from_args(args, settings, method=method),
         field_mask=mask,
     )
     path = write_curve_csv(curve, args.out)

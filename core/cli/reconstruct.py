@@ -16,8 +16,10 @@ from core.reconstruct import (
     HAZE_SCREEN_ATTR,
     ReconstructOptions,
     available_methods,
+    check_options,
     default_method,
     reconstruct,
+    with_samples,
     write_reconstruction,
 )
 from core.screening import SPARSE_SCENE_SHARE
@@ -185,10 +187,17 @@ def chosen_method(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def options_from_args(
-    args: argparse.Namespace, settings: Settings, *, keep_observed: bool = True
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    keep_observed: bool = True,
+    method: str | None = None,
 ) -> ReconstructOptions:
-    """The :class:`ReconstructOptions` the method arguments ask for."""
-    return ReconstructOptions(
+    """The :class:`ReconstructOptions` the method arguments ask for. Given ``method``, a
+    baseline's samples are 1, as :func:`unused_model_options` tells the user: K copies of its
+    one value would write a zero-width p10-p90 band, read as "no uncertainty" (review 6);
+    ``evaluate`` leaves it out, scoring every method with the same K."""
+    options = ReconstructOptions(
         checkpoint=checkpoint_option(chosen_checkpoint(args, settings)),
         samples=args.samples,
         steps=args.steps,
@@ -207,6 +216,10 @@ def options_from_args(
         screen_haze=args.screen_haze,
         screen_scenes=args.screen_scenes,
     )
+    if method in (None, "model"):
+        return options
+    check_options(method, options)  # a count out of range is still refused, as for the model
+    return with_samples(options, 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -255,7 +268,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     dates = query_dates(args)
     cube = read_cube(args.cube)
-    options = options_from_args(args, settings, keep_observed=args.keep_observed)
+    options = options_from_args(args, settings, keep_observed=args.keep_observed, method=method)
     result = reconstruct(cube, dates, method=method, options=options)
     path = write_reconstruction(result, args.out)
     kept = int(result["observed"].values.sum())

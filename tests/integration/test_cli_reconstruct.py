@@ -84,6 +84,16 @@ def test_reconstruct_writes_the_requested_dates(es_path, es_cube, tmp_path) -> N
             assert frames.transform.almost_equals(
                 rasterio.Affine(10.0, 0.0, x0 - 5.0, 0.0, -10.0, y0 + 5.0)
             )
+        # ... and reads what it holds: units, names, the band order GDAL cannot show from a
+        # string coordinate, the flag's meaning, every setting (review 6).
+        with rasterio.open(f"netcdf:{out}:s2") as s2:
+            tags = s2.tags(1)
+            assert tags["units"] == "1" and "surface reflectance" in tags["long_name"]
+            assert tags["band_names"].split() == list(es_cube["band"].values)
+    with xr.open_dataset(out) as written:
+        assert written["x"].attrs["units"] == "m"  # a UTM cube
+        assert written["observed"].attrs["flag_meanings"] == "reconstructed observed_clear"
+        assert json.loads(written.attrs["options_json"])["seed"] == 0
 
 
 def test_reconstruct_regular_dates_with_samples_and_no_kept_observations(es_path, tmp_path) -> None:
@@ -98,9 +108,10 @@ def test_reconstruct_regular_dates_with_samples_and_no_kept_observations(es_path
         assert [str(d)[:10] for d in written["time"].values] == [
             "2019-05-01", "2019-05-08", "2019-05-15", "2019-05-22", "2019-05-29",
         ]  # fmt: skip
-        assert {"s2_p10", "s2_p90", "ndvi_p10", "ndvi_p90"} <= set(written.data_vars)
+        # A baseline's --samples is ignored: no zero-width band (review 6)
+        assert not {"s2_p10", "s2_p90", "ndvi_p10", "ndvi_p90"} & set(written.data_vars)
         assert int(written["observed"].sum()) == 0
-        assert written.attrs["method"] == "whittaker"
+        assert written.attrs["method"] == "whittaker" and written.attrs["samples"] == 1
 
 
 def _linear_curve_of_outline(
@@ -159,6 +170,13 @@ def test_ndvi_takes_a_field_outline_on_a_lonlat_cube(cubes_dir, tmp_path) -> Non
                                  "geometry": mapping(outline)}))  # fmt: skip
     period = ("2021-05-01", "2021-05-20")
     _linear_curve_of_outline(path, cube, field, period, slice(60, 70), slice(40, 60))
+    # Its frames' coordinates are degrees, and a CF reader is told so (review 6: "m").
+    out = tmp_path / "frames.nc"
+    argv = ["reconstruct", "--cube", str(path), "--dates", "2021-05-10", "--method", "linear"]
+    assert main([*argv, "--out", str(out)]) == 0
+    with xr.open_dataset(out) as written:
+        assert written["x"].attrs["units"] == "degrees_east"
+        assert written["y"].attrs["standard_name"] == "latitude"
 
 
 def test_ndvi_takes_one_field_of_a_file_holding_several(es_path, es_cube, tmp_path) -> None:
@@ -232,8 +250,16 @@ def test_model_options_given_to_another_method_are_said_to_be_ignored(
     assert "note: --samples is an option of the model; the linear method" in (
         capsys.readouterr().err
     )
+    # ... and truly ignored: no zero-width band written as if there were no uncertainty
+    # (review 6: "ignored", yet p10 = p90 = the value in every row).
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert "options of the model" not in capsys.readouterr().err
+    if command == "ndvi":
+        assert (tmp_path / "s").read_text() == (tmp_path / "b").read_text()
+    else:
+        with xr.open_dataset(tmp_path / "s") as with_k, xr.open_dataset(tmp_path / "b") as plain:
+            assert set(with_k.data_vars) == set(plain.data_vars)
+            assert "s2_p10" not in with_k.data_vars
     # The screens are every method's: not said to be ignored (they were, wrongly, until
     # 2026-12-05, though linear reconstructed from the screened cube).
     assert main([*argv, "--out", str(tmp_path / "c"), "--screen-haze", "--screen-scenes"]) == 0
