@@ -591,7 +591,7 @@ def write_field_outputs(
         OK,
         **_fetch_stats(fetched),
         frames=int(dates.size),
-        clear_fraction_mean=float(np.mean(clear_fraction(cube, mask))),
+        clear_fraction_mean=_period_mean(clear_fraction(cube, mask), cube, request),
         outside_imagery=round(outside, 4),
         days_to_clear_max=_most_days(curve["days_to_clear"]),
         ndvi_peak_date=peak_date,
@@ -621,6 +621,14 @@ def _fetch_stats(result: FetchResult) -> dict[str, Any]:
         "scenes_s1": result.scenes_found.get("sentinel-1-rtc"),
         "s1_status": result.s1_status,
     }
+
+
+def _period_mean(fractions: np.ndarray, cube: xr.Dataset, request: BatchRequest) -> float:
+    """Mean of per-acquisition ``fractions`` over the acquisitions within the period (the
+    cube also holds the fetch's margin either side, core.fetch.PERIOD_MARGIN_DAYS)."""
+    days = calendar_day(cube["time_s2"].values)
+    inside = (days >= np.datetime64(request.start, "D")) & (days <= np.datetime64(request.end, "D"))
+    return float(np.mean(fractions[inside] if inside.any() else fractions))
 
 
 def _most_days(days: Any) -> int | None:

@@ -34,7 +34,13 @@ import planetary_computer
 from core.config import Settings
 from core.cube import read_cube, write_cube
 from core.errors import CubeError, OutputError
-from core.fetch import FetchResult, ProgressCallback, fetch_cube, parse_period
+from core.fetch import (
+    PERIOD_MARGIN_DAYS,
+    FetchResult,
+    ProgressCallback,
+    fetch_cube,
+    parse_period,
+)
 from core.grid import Grid, grid_for_field
 from core.stac import S1_COLLECTION, S2_COLLECTION, Signer, StacClient
 from core.storage import atomic_output, check_output_folder, remove_stale_temporaries
@@ -73,6 +79,8 @@ class CacheKey:
     """Scene cloud limit in percent, or None."""
     stac_api_url: str
     """Where the scenes come from."""
+    margin_days: int = 0
+    """Days fetched on either side of the period (:data:`core.fetch.PERIOD_MARGIN_DAYS`)."""
     version: int = CACHE_FORMAT_VERSION
     """Cache format version."""
 
@@ -99,6 +107,7 @@ def cache_key(
     settings: Settings,
     include_s1: bool = True,
     max_cloud_cover: float | None = None,
+    margin_days: int = PERIOD_MARGIN_DAYS,
 ) -> CacheKey:
     """The :class:`CacheKey` of a fetch request (dates are validated and normalised)."""
     first, last = parse_period(start, end)
@@ -113,6 +122,7 @@ def cache_key(
         resolution_m=float(grid.resolution_m),
         max_cloud_cover=None if max_cloud_cover is None else float(max_cloud_cover),
         stac_api_url=settings.stac_api_url,
+        margin_days=int(max(margin_days, 0)),
     )
 
 
@@ -184,7 +194,7 @@ class CubeCache:
     @staticmethod
     def _expired(key: CacheKey, meta: dict[str, Any], now: dt.datetime) -> bool:
         fetched = dt.datetime.fromisoformat(str(meta["fetched_at"]))
-        period_end = dt.date.fromisoformat(key.end)
+        period_end = dt.date.fromisoformat(key.end) + dt.timedelta(days=key.margin_days)
         is_open = period_end >= fetched.date() - dt.timedelta(days=RECENT_DAYS)
         return is_open and now - fetched > OPEN_PERIOD_MAX_AGE
 
@@ -234,6 +244,7 @@ def fetch_cached(
     include_s1: bool = True,
     max_cloud_cover: float | None = None,
     threads: int = 8,
+    margin_days: int = PERIOD_MARGIN_DAYS,
 ) -> FetchResult:
     """:func:`core.fetch.fetch_cube` through the disk cache.
 
@@ -256,6 +267,7 @@ def fetch_cached(
         "max_cloud_cover": max_cloud_cover,
         "grid": grid,
         "threads": threads,
+        "margin_days": margin_days,
     }
     if not use_cache:
         return fetch_cube(field, start, end, **fetch_kwargs)
@@ -275,6 +287,7 @@ def fetch_cached(
         settings=settings,
         include_s1=include_s1,
         max_cloud_cover=max_cloud_cover,
+        margin_days=margin_days,
     )
     hit = cache.get(key)
     if hit is not None:

@@ -794,6 +794,19 @@ def _search(
     return items
 
 
+PERIOD_MARGIN_DAYS = 30
+"""Days fetched on either side of the period asked for: the period's first and last days are
+then reconstructed from data on both sides, not held flat from the last acquisition inside
+(review 6: a June 1-15 curve read 0.36 on June 15 where the season's read 0.58, the clear
+acquisition of June 23 0.73). Frames, the curve and field figures stay within the period."""
+
+
+def searched_period(first: dt.date, last: dt.date, margin_days: int) -> tuple[dt.date, dt.date]:
+    """The days searched for a period: ``margin_days`` on either side, never past today."""
+    margin = dt.timedelta(days=max(int(margin_days), 0))
+    return first - margin, max(min(last + margin, dt.date.today()), last)
+
+
 BYTES_PER_PIXEL_DATE = 380
 """A Run's peak memory per pixel-date of its cube, measured (README, "Benchmarks": 10.5 GB for
 486 x 486 px over 118 days); used only to say what a refused request would have needed."""
@@ -805,9 +818,11 @@ def check_request_size(
     first: dt.date,
     last: dt.date,
     most: float,
+    margin_days: int = 0,
 ) -> None:
     """Refuse, before anything is loaded, a request whose cube would hold more than ``most``
-    pixel-dates (the grid's pixels times the S2 items' distinct days).
+    pixel-dates (the grid's pixels times the S2 items' distinct days, found from ``first``
+    to ``last``, the period and ``margin_days`` on either side).
 
     Raises:
         InputError: saying how big the request is and what would fit.
@@ -817,7 +832,7 @@ def check_request_size(
     if not days or pixels * len(days) <= most:
         return
     span = max((last - first).days + 1, 1)
-    fitting = int(span * most / (pixels * len(days)))
+    fitting = int(span * most / (pixels * len(days))) - 2 * max(margin_days, 0)
     need = pixels * len(days) * BYTES_PER_PIXEL_DATE / 1e9
     shorter = (
         f"Choose a shorter period (about {fitting} days fit for this field) or a smaller field"
@@ -846,8 +861,10 @@ def fetch_cube(
     max_cloud_cover: float | None = None,
     grid: Grid | None = None,
     threads: int = 8,
+    margin_days: int = PERIOD_MARGIN_DAYS,
 ) -> FetchResult:
-    """Search and load a field's S2 (and S1) time series onto its grid.
+    """Search and load a field's S2 (and S1) time series onto its grid, over the period and
+    ``margin_days`` on either side (:data:`PERIOD_MARGIN_DAYS`).
 
     Args:
         field: the field (EPSG:4326 outline, name, GeoJSON).
@@ -860,6 +877,9 @@ def fetch_cube(
         max_cloud_cover: keep only S2 scenes with at most this cloud cover (percent).
         grid: the grid to load onto; :func:`core.grid.grid_for_field` by default.
         threads: parallel COG reads.
+        margin_days: days loaded on either side of the period (never past today), so that
+            its ends are reconstructed from data on both sides; the cube's ``start_date`` and
+            ``end_date`` are the period's, ``margin_days`` the margin's.
 
     Returns:
         A :class:`FetchResult` whose cube holds ``s2`` (T2, 10, H, W), ``valid``, ``scl`` and,
@@ -889,13 +909,14 @@ def fetch_cube(
     geometry = field.geometry
     cloud_text = "" if max_cloud_cover is None else f" with at most {max_cloud_cover:g}% clouds"
 
-    s2_items = _search(client, S2_COLLECTION, geometry, first, last, max_cloud_cover, progress)
+    before, after = searched_period(first, last, margin_days)
+    s2_items = _search(client, S2_COLLECTION, geometry, before, after, max_cloud_cover, progress)
     if not s2_items:
         raise NoScenesError(
             f"No Sentinel-2 scenes{cloud_text} cover the field between {first} and {last}. "
             + _no_scenes_advice(first, last, max_cloud_cover, field)
         )
-    check_request_size(grid, s2_items, first, last, settings.max_pixel_dates)
+    check_request_size(grid, s2_items, before, after, settings.max_pixel_dates, margin_days)
     scenes = {S2_COLLECTION: len(s2_items)}
     skipped: list[str] = []
     times, s2, scl = load_s2(
@@ -909,7 +930,7 @@ def fetch_cube(
     )
     if times.size == 0:
         raise NoScenesError(
-            f"{len(s2_items)} {S2_COLLECTION} scenes were found between {first} and {last}, but "
+            f"{len(s2_items)} Sentinel-2 scenes were found between {before} and {after}, but "
             "none has data over the field. Try a wider period."
         )
 
@@ -918,7 +939,7 @@ def fetch_cube(
         s1_status, s1_message = "skipped", "Sentinel-1 not requested."
     else:
         try:
-            s1_items = _search(client, S1_COLLECTION, geometry, first, last, None, progress)
+            s1_items = _search(client, S1_COLLECTION, geometry, before, after, None, progress)
             scenes[S1_COLLECTION] = len(s1_items)
             if s1_items:
                 s1_times, s1, orbit = load_s1(
@@ -963,6 +984,7 @@ def fetch_cube(
         "field_geojson": _geojson_text(field),
         "start_date": first.isoformat(),
         "end_date": last.isoformat(),
+        "margin_days": int(max(margin_days, 0)),
         "s1_status": s1_status,
     }
     if max_cloud_cover is not None:

@@ -56,6 +56,7 @@ from core.curve import (
 )
 from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff, reconstruction_netcdf
+from core.fetch import PERIOD_MARGIN_DAYS
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
 from core.model.blend import DISTANCE_EDGES_DAYS, better_baseline_of, field_ratio
@@ -851,9 +852,13 @@ def _offline_cube(request: SeasonRequest, path: Path) -> tuple[xr.Dataset, Grid]
             f"{request.start} and {request.end}; it covers {s2_days.min()} to "
             f"{s2_days.max()}. Pick a period inside it."
         )
-    cube = cube.isel(time_s2=np.flatnonzero(inside))
+    # The period's margin is kept, as a fetch takes it (core.fetch.PERIOD_MARGIN_DAYS): the
+    # period's ends are reconstructed from data on both sides
+    margin = np.timedelta64(PERIOD_MARGIN_DAYS, "D")
+    kept = (s2_days >= start - margin) & (s2_days <= end + margin)
+    cube = cube.isel(time_s2=np.flatnonzero(kept))
     if has_s1(cube):
-        margin = np.timedelta64(S1_SEARCH_MARGIN_DAYS, "D")
+        margin += np.timedelta64(S1_SEARCH_MARGIN_DAYS, "D")
         s1_days = calendar_day(cube["time_s1"].values)
         keep = (s1_days >= start - margin) & (s1_days <= end + margin)
         cube = cube.isel(time_s1=np.flatnonzero(keep))

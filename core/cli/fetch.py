@@ -10,14 +10,18 @@ stderr (a tqdm bar on a terminal), a summary to stdout.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
 from core.config import Settings
 from core.errors import InputError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 USES_MODEL = False
 """Never loads a model: a wrong ``FIELDFLOW_CHECKPOINT`` does not stop it."""
@@ -50,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="neither read nor write the cube cache (FIELDFLOW_CACHE_DIR)",
     )
+    parser.add_argument(
+        "--margin-days",
+        type=int,
+        default=None,
+        metavar="DAYS",
+        help="days also fetched on either side of the period, so that its first and last days "
+        "are reconstructed from data on both sides (default 30; 0: the period only)",
+    )
 
 
 def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +80,26 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="read only this layer of the file (a GeoPackage table, a KML folder, a shapefile "
         "in a zip); by default every layer with polygons",
+    )
+
+
+MAX_MARGIN_DAYS = 365
+"""Most days fetched on either side of the period."""
+
+
+def _margin_line(cube: xr.Dataset, start: dt.date, end: dt.date, margin: int) -> str:
+    """How many of the cube's S2 frames lie in the margin, and why they are there."""
+    from core.fetch import searched_period
+    from core.timeline import calendar_day
+
+    days = calendar_day(cube["time_s2"].values)
+    first, last = np.datetime64(start, "D"), np.datetime64(end, "D")
+    outside = int(((days < first) | (days > last)).sum())
+    before, after = searched_period(start, end, margin)
+    return (
+        f"Margin: {before} to {after} also fetched ({outside} S2 frame(s) outside the period), "
+        "so that the period's ends are reconstructed from data on both sides; every command "
+        "keeps its outputs within the period you give it (--margin-days 0: the period only)."
     )
 
 
@@ -113,7 +145,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch, write the cube, print a summary. Returns 0; errors raise FieldFlowError."""
     from core.cache import fetch_cached
     from core.cube import write_cube
-    from core.fetch import clear_fraction, parse_period
+    from core.fetch import PERIOD_MARGIN_DAYS, clear_fraction, parse_period
     from core.field import OPTION_CHOICE, field_from_file
     from core.grid import field_mask
     from core.reconstruct import OUTSIDE_NOTED, imaged_part
@@ -123,6 +155,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.max_cloud is not None and not 0 <= args.max_cloud <= 100:
         raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
     start, end = parse_period(args.start, args.end)
+    margin = PERIOD_MARGIN_DAYS if args.margin_days is None else args.margin_days
+    if not 0 <= margin <= MAX_MARGIN_DAYS:
+        raise InputError(
+            f"--margin-days is the days fetched on either side of the period, from 0 to "
+            f"{MAX_MARGIN_DAYS}, not {margin}."
+        )
     field = field_from_file(
         args.field_path,
         index=args.index,
@@ -142,6 +180,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             progress=progress,
             include_s1=not args.no_s1,
             max_cloud_cover=args.max_cloud,
+            margin_days=margin,
         )
     finally:
         progress.close()
@@ -159,6 +198,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"Field: {field.name} ({field.area_ha:.2f} ha); grid {grid.width} x {grid.height} px at "
         f"{grid.resolution_m:g} m in {grid.crs}",
         f"Period: {start} to {end}; from {origin}",
+        *([_margin_line(cube, start, end, margin)] if margin else []),
         f"Scenes found: {scenes}",
         f"Frames loaded (same solar day merged): S2 {result.frames_loaded.get('s2', 0)}, "
         f"S1 {result.frames_loaded.get('s1', 0)}",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import itertools
 import json
@@ -40,6 +41,7 @@ from core.cli import main
 from core.config import REPO_ROOT, Settings
 from core.curve import CURVE_COLUMNS, curve_csv, ndvi_curve
 from core.distributed import Cluster
+from core.fetch import PERIOD_MARGIN_DAYS, searched_period
 from core.field import field_from_file
 from core.grid import field_mask, grid_for_field, grid_from_cube
 from core.model import inference
@@ -160,7 +162,14 @@ def test_outputs_hold_the_curve_and_frames_of_each_field(site, first_run) -> Non
     assert {(r["model_vs_baseline"], r["model_trained_here"]) for r in summary} == {("", "")}
     assert {r["scenes_s2"] for r in summary} == {str(len(site.s2_items))}
     s1_days = [item["properties"]["datetime"][:10] for item in site.s1_items]
-    assert {r["scenes_s1"] for r in summary} == {str(sum(start <= d <= end for d in s1_days))}
+    # Searched over the period and its margin either side (core.fetch.PERIOD_MARGIN_DAYS)
+    before, after = (
+        d.isoformat()
+        for d in searched_period(
+            dt.date.fromisoformat(start), dt.date.fromisoformat(end), PERIOD_MARGIN_DAYS
+        )
+    )
+    assert {r["scenes_s1"] for r in summary} == {str(sum(before <= d <= after for d in s1_days))}
 
     settings = Settings(stac_api_url=site.stac_url, cache_dir=cache)
     site_grid = grid_from_cube(site.cube)
