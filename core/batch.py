@@ -48,7 +48,7 @@ import xarray as xr
 from core.cache import BATCHES_FOLDER, fetch_cached
 from core.cog import write_frame_stack
 from core.config import DEFAULT_CHECKPOINT, Settings
-from core.curve import CURVE_COLUMNS, ndvi_curve, write_curve_csv
+from core.curve import CURVE_COLUMNS, PARTLY_SEEN_NOTED, ndvi_curve, write_curve_csv
 from core.distributed import model_task
 from core.errors import FieldError, FieldFlowError, InputError
 from core.export import safe_file_stem
@@ -59,6 +59,7 @@ from core.model.blend import field_ratio
 from core.progress import listening
 from core.reconstruct import (
     OUTSIDE_NOTED,
+    PIXELWISE_METHODS,
     ReconstructOptions,
     imaged_part,
     pinned,
@@ -90,6 +91,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "frames",
     "clear_fraction_mean",
     "outside_imagery",
+    "seen_fraction",
     "days_to_clear_max",
     "ndvi_peak_date",
     "ndvi_peak",
@@ -242,6 +244,12 @@ class FieldRow:
     """Share of the field that no Sentinel-2 acquisition images (a swath or tile edge, or the
     edge of the data): the field's figures are over the rest (0 where all is imaged; None
     for a field done by a version that did not record it)."""
+    seen_fraction: float | None = None
+    """Share of the field (its imaged part) seen clear in at least one acquisition. With
+    linear or Whittaker the curve is the mean of those pixels alone: each pixel is filled from
+    its own clear observations (the model fills the rest from their neighbours)."""
+    method: str = ""
+    """The reconstruction method, for :meth:`line`'s words on :attr:`seen_fraction`."""
 
     def record(self) -> dict[str, str]:
         """The row as CSV cells (empty for missing values)."""
@@ -261,6 +269,7 @@ class FieldRow:
             "frames": "" if self.frames is None else str(self.frames),
             "clear_fraction_mean": number(self.clear_fraction_mean, 3),
             "outside_imagery": number(self.outside_imagery, 3),
+            "seen_fraction": number(self.seen_fraction, 3),
             "days_to_clear_max": ""
             if self.days_to_clear_max is None
             else str(self.days_to_clear_max),
@@ -284,6 +293,9 @@ class FieldRow:
             details.append(f"{100 * self.clear_fraction_mean:.0f}% clear")
         if self.outside_imagery is not None and self.outside_imagery > OUTSIDE_NOTED:
             details.append(f"{100 * self.outside_imagery:.0f}% of it outside the imagery")
+        partly = self.seen_fraction is not None and self.seen_fraction < PARTLY_SEEN_NOTED
+        if partly and self.method in PIXELWISE_METHODS:
+            details.append(f"curve from the {100 * self.seen_fraction:.0f}% of it ever seen clear")
         if self.days_to_clear_max is not None:
             details.append(f"at most {self.days_to_clear_max} d from clear data")
         if self.ndvi_peak is not None:
@@ -593,6 +605,8 @@ def write_field_outputs(
         frames=int(dates.size),
         clear_fraction_mean=_period_mean(clear_fraction(cube, mask), cube, request),
         outside_imagery=round(outside, 4),
+        seen_fraction=round(float(curve.attrs["field_seen_share"]), 4),
+        method=request.method,
         days_to_clear_max=_most_days(curve["days_to_clear"]),
         ndvi_peak_date=peak_date,
         ndvi_peak=peak,

@@ -202,6 +202,7 @@ def ndvi_curve(
     curve.attrs.update(
         field_pixels=int(mask.sum()),
         field_clear_observations=field_clear,
+        field_seen_share=seen_share(cube, mask),
         method=method,
         samples=options.samples,
         fits=fits,
@@ -209,6 +210,41 @@ def ndvi_curve(
     if FIELD_NDVI_SCALE_ATTR in fits:
         curve.attrs["ndvi_band_scale"] = float(fits[FIELD_NDVI_SCALE_ATTR])
     return curve
+
+
+PARTLY_SEEN_NOTED = 0.99
+"""Share of the field seen clear below which a pixel-by-pixel method's curve is said to be the
+mean of the pixels seen only."""
+
+
+def seen_share(cube: xr.Dataset, mask: np.ndarray) -> float:
+    """Share of the ``mask`` pixels clear (with data) in at least one acquisition of ``cube``:
+    the pixels a pixel-by-pixel method (linear, Whittaker) gives a value; the others stay
+    empty, and the field's mean is over the first only. Frame by frame."""
+    valid, s2 = cube["valid"].values, cube["s2"].values
+    seen = np.zeros(mask.shape, dtype=bool)
+    for t in range(valid.shape[0]):
+        seen |= valid[t].astype(bool) & np.isfinite(s2[t]).any(axis=0)
+    return float(seen[mask].mean()) if mask.any() else 0.0
+
+
+def partly_seen_note(curve: pd.DataFrame) -> str | None:
+    """For a pixel-by-pixel method's curve over a field partly never seen clear (under
+    :data:`PARTLY_SEEN_NOTED`), a sentence saying its values are the mean of the pixels seen
+    (review 6: "ok" from 12 of 169 pixels without a word); None otherwise."""
+    share = curve.attrs.get("field_seen_share")
+    if curve.attrs.get("method") not in PIXELWISE_METHODS or share is None:
+        return None
+    if share >= PARTLY_SEEN_NOTED or share <= 0:
+        return None
+    pixels = int(curve.attrs.get("field_pixels", 0))
+    seen = round(share * pixels)
+    return (
+        f"only {seen} of the field's {pixels} pixels ({share:.0%}) are seen clear in any "
+        f"acquisition, and {curve.attrs['method']} fills each pixel from its own clear "
+        "observations: the curve is the mean of those pixels alone. The model fills the rest "
+        "from their neighbours and Sentinel-1; a longer period sees more of the field."
+    )
 
 
 def field_ndvi_band(

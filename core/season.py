@@ -53,6 +53,7 @@ from core.curve import (
     curve_chunks,
     field_ndvi_band,
     ndvi_curve,
+    partly_seen_note,
 )
 from core.errors import FieldError, InputError, NoScenesError
 from core.export import frame_geotiff, reconstruction_netcdf
@@ -505,6 +506,8 @@ def compute_season(
     notes.extend(line for line in headline if line)
     if curve.attrs.get("field_clear_observations", 1) == 0:
         notes.append(NEVER_CLEAR_NOTE)
+    if partly := partly_seen_note(curve):  # linear or Whittaker over a field partly unseen
+        notes.append(partly[0].upper() + partly[1:])
     reference = whittaker_reference(curve)
     if reference.empty:
         notes.append(

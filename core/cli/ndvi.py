@@ -17,7 +17,7 @@ from core.cli.reconstruct import (
 )
 from core.config import Settings
 from core.cube import read_cube
-from core.curve import ndvi_curve, write_curve_csv
+from core.curve import ndvi_curve, partly_seen_note, write_curve_csv
 from core.errors import FieldError, InputError
 from core.field import OPTION_CHOICE, Field, field_from_file
 from core.grid import field_mask, share_outside
@@ -115,6 +115,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if curve.attrs["field_clear_observations"] == 0:
         print(NEVER_CLEAR_NOTE)
+    if partly := partly_seen_note(curve):
+        print(f"note: {partly}")
     fits = curve.attrs.get("fits", {})
     for note in [accuracy_headline(fits), *fit_notes(fits)]:
         if note:

@@ -551,3 +551,29 @@ def test_a_users_own_checkpoint_is_used_and_named_in_the_output(
         main([*ask, "--out", str(tmp_path / "x.nc"), "--checkpoint", str(tmp_path / "no.pt")]) == 2
     )
     assert "No model checkpoint at" in capsys.readouterr().err
+
+
+def test_ndvi_says_when_a_baselines_curve_stands_on_part_of_the_field(
+    es_cube, tmp_path, capsys
+) -> None:
+    """A field whose first four rows (40 of its 100 pixels) are never seen clear: linear
+    leaves them empty, so its curve is the mean of the other 60, which the command now says
+    (review 6); the model fills them, and nothing is said."""
+    from core.cube import write_cube
+
+    cube = es_cube.copy(deep=True)
+    cube["valid"].values[:, 20:24, :] = 0
+    path = write_cube(cube, tmp_path / "partly.nc")
+    field = _field_file(cube, tmp_path / "field.geojson")
+    argv = ["ndvi", "--cube", str(path), "--geojson", str(field)]
+    argv += ["--start", "2019-05-01", "--end", "2019-05-10", "--out", str(tmp_path / "c.csv")]
+    assert main([*argv, "--method", "linear"]) == 0
+    out = capsys.readouterr().out
+    assert "note: only 60 of the field's 100 pixels (60%) are seen clear in any" in out
+    assert "the curve is the mean of those pixels alone" in out
+    assert main([*argv, "--method", "whittaker"]) == 0
+    assert "of the field's 100 pixels (60%)" in capsys.readouterr().out
+    full = write_cube(es_cube, tmp_path / "whole.nc")
+    whole = [a if a != str(path) else str(full) for a in argv]
+    assert main([*whole, "--method", "linear"]) == 0
+    assert "seen clear in any" not in capsys.readouterr().out

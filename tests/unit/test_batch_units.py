@@ -362,6 +362,27 @@ def test_a_field_partly_outside_the_imagery_is_measured_on_the_rest_and_said(tmp
     assert completed_row(folder, fingerprint).outside_imagery == pytest.approx(0.5)
 
 
+def test_a_baselines_curve_over_a_field_partly_never_seen_says_so(tmp_path) -> None:
+    """Linear fills a pixel from its own clear observations only: over a field a quarter of
+    which is never seen clear, the curve is the mean of the rest, which the summary now says
+    (review 6: "ok" from 12 of 169 pixels without a word)."""
+    cube = make_cube()
+    cube["valid"].values[:, 2:4, :] = 0  # field rows 2-3 (16 of its 64 pixels) never clear
+    fingerprint = REQUEST.fingerprint(FIELD, SETTINGS)
+    row = write_field_outputs(
+        FIELD, fetch_result(cube), REQUEST, tmp_path / "f", fingerprint, "f", "F"
+    )
+    assert row.seen_fraction == pytest.approx(0.75) and row.record()["seen_fraction"] == "0.750"
+    assert "curve from the 75% of it ever seen clear" in row.line()
+    # The model fills every pixel: the share is reported, the line says nothing of it.
+    modelled = dataclasses.replace(row, method="model")
+    assert "ever seen clear" not in modelled.line()
+    whole = write_field_outputs(
+        FIELD, fetch_result(), REQUEST, tmp_path / "g", fingerprint, "g", "G"
+    )
+    assert whole.seen_fraction == 1.0 and "ever seen clear" not in whole.line()
+
+
 def test_a_field_covering_no_pixel_centre_fails_with_a_message(tmp_path) -> None:
     tiny = Field(lonlat_box(500026.0, 5600026.0, 500034.0, 5600034.0), "Tiny")
     with pytest.raises(InputError, match="covers no pixel centre"):
@@ -404,6 +425,7 @@ def test_summary_rows_and_lines() -> None:
         "frames": "17",
         "clear_fraction_mean": "0.457",
         "outside_imagery": "",
+        "seen_fraction": "",
         "days_to_clear_max": "12",
         "ndvi_peak_date": "2023-07-01",
         "ndvi_peak": "0.8123",
