@@ -104,8 +104,8 @@ def query_panel(result: SeasonResult) -> None:
         max_value=max(request.end, result.last_day),
         key=str(Key.QUERY),
         format=DATE_FORMAT,
-        help=f"Any day from {result.first_day} to {result.last_day} (the period's first and "
-        "last Sentinel-2 acquisitions): its reconstructed frame and the field's NDVI.",
+        help=f"Any day from {result.first_day} to {result.last_day} (the period, within the "
+        "Sentinel-2 acquisitions fetched for it): its reconstructed frame and the field's NDVI.",
     )
     if not isinstance(day, dt.date):
         return

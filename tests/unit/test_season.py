@@ -414,15 +414,23 @@ def test_a_run_tunes_the_model_to_its_field_by_default(tmp_path: Path) -> None:
     assert default_adapt_steps(tmp_path / "none.pt") == 0  # no model, nothing to tune
 
 
-def test_a_period_too_short_to_tune_runs_untuned_and_says_so(request_: SeasonRequest) -> None:
-    # 1-6 May 2018: three acquisitions, one fewer than tuning needs. The default must not turn
-    # a short period into an error; the Run goes on untuned, says so, and its days are
-    # reconstructed again the same way.
+def test_a_period_too_short_to_tune_runs_untuned_and_says_so(
+    request_: SeasonRequest, flanders_cube, tmp_path: Path
+) -> None:
+    # 1-6 May 2018 in a cube that holds only those days: three acquisitions, one fewer than
+    # tuning needs (the demo cube gives any period a month either side, as a fetch does). The
+    # default must not turn a short period into an error; the Run goes on untuned, says so,
+    # and its days are reconstructed again the same way.
+    days = calendar_day(flanders_cube["time_s2"].values)
+    keep = (days >= np.datetime64("2018-05-01")) & (days <= np.datetime64("2018-05-06"))
+    path = tmp_path / "three-days.nc"
+    flanders_cube.isel(time_s2=np.flatnonzero(keep)).to_netcdf(path)
     short = dataclasses.replace(
         request_,
         end=dt.date(2018, 5, 6),
         method="model",
         options=ReconstructOptions(adapt_steps=DEFAULT_ADAPT_STEPS),
+        cube_path=path,
     )
     result = compute_season(short, Settings())
     assert result.frames_loaded["s2"] == 3
