@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from core.cube import bands_present, ndvi_band_problem, validate_cube
+from core.cube import S2_BANDS, bands_present, ndvi_band_problem, validate_cube
 from core.errors import InputError
 from core.indices import ndvi
 from core.model.blend import nearest_clear_days
@@ -203,6 +203,7 @@ def ndvi_curve(
         field_pixels=int(mask.sum()),
         field_clear_observations=field_clear,
         field_seen_share=seen_share(cube, mask),
+        nir_band="B08" if present[S2_BANDS.index("B08")] else "B8A",  # core.indices.ndvi's
         method=method,
         samples=options.samples,
         fits=fits,

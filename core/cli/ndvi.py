@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"Wrote {len(curve)} day(s) of NDVI ({observed} observed) for "
         f"{curve.attrs['field_pixels']} field pixels "
-        f"with {method} -> {path}"
+        f"with {method} (NDVI of B04 and {curve.attrs['nir_band']}) -> {path}"
     )
     asked = regular_dates(args.start, args.end, args.every_days).size
     if len(curve) < asked:

@@ -129,6 +129,8 @@ def _linear_curve_of_outline(
     mask = np.zeros(cube["valid"].shape[1:], dtype=bool)
     mask[rows, cols] = True
     assert f"for {int(mask.sum())} field pixels" in done.stdout
+    nir = "B08" if np.isfinite(cube["s2"].sel(band="B08").values).any() else "B8A"
+    assert f"(NDVI of B04 and {nir})" in done.stdout  # which NIR band the cube gave (review 6)
     text = out.read_text()
     assert text == curve_csv(ndvi_curve(cube, *period, field_mask=mask))
     return text
