@@ -90,8 +90,6 @@ from core.timeline import calendar_day, regular_dates, to_days
 
 GRID_EVERY_DAYS = 5
 """Spacing of the regular query dates added to the acquisitions."""
-S1_SEARCH_MARGIN_DAYS = 15
-"""Sentinel-1 frames this far outside the period may still be the nearest to its ends."""
 
 SeasonProgress = Callable[[str, int, int], None]
 """``(stage, done, total)``, e.g. ``("reconstructing 140 frames", 32, 140)``."""
@@ -843,7 +841,8 @@ def _load(
 
 
 def _offline_cube(request: SeasonRequest, path: Path) -> tuple[xr.Dataset, Grid]:
-    """The cube at ``path`` cropped to the field's grid (clipped to the cube) and the period."""
+    """The cube at ``path`` cropped to the field's grid (clipped to the cube) and to the period
+    with :data:`core.fetch.PERIOD_MARGIN_DAYS` either side, as a fetch takes it."""
     cube = read_cube(path)
     cube, grid = crop_to_field(cube, request.field)
     start, end = np.datetime64(request.start, "D"), np.datetime64(request.end, "D")
@@ -855,13 +854,11 @@ def _offline_cube(request: SeasonRequest, path: Path) -> tuple[xr.Dataset, Grid]
             f"{request.start} and {request.end}; it covers {s2_days.min()} to "
             f"{s2_days.max()}. Pick a period inside it."
         )
-    # The period's margin is kept, as a fetch takes it (core.fetch.PERIOD_MARGIN_DAYS): the
-    # period's ends are reconstructed from data on both sides
+    # the period's ends are then reconstructed from data on both sides (S1's and S2's alike)
     margin = np.timedelta64(PERIOD_MARGIN_DAYS, "D")
     kept = (s2_days >= start - margin) & (s2_days <= end + margin)
     cube = cube.isel(time_s2=np.flatnonzero(kept))
     if has_s1(cube):
-        margin += np.timedelta64(S1_SEARCH_MARGIN_DAYS, "D")
         s1_days = calendar_day(cube["time_s1"].values)
         keep = (s1_days >= start - margin) & (s1_days <= end + margin)
         cube = cube.isel(time_s1=np.flatnonzero(keep))

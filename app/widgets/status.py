@@ -7,9 +7,9 @@ import streamlit as st
 from app.services import RunPanel
 from app.state import Key, PageState
 from core.errors import FieldFlowError
+from core.fetch import PERIOD_MARGIN_DAYS
 from core.season import (
     BASELINE_NAMES,
-    S1_SEARCH_MARGIN_DAYS,
     SeasonResult,
     method_choices,
 )
@@ -63,7 +63,7 @@ def _radar_count(result: SeasonResult) -> str:
     frames = result.frames_loaded.get("s1", 0)
     if not frames:
         return "no Sentinel-1 frames"
-    margin = f"from {S1_SEARCH_MARGIN_DAYS} days either side of the period too"
+    margin = f"from {PERIOD_MARGIN_DAYS} days either side of the period too, as Sentinel-2's"
     return f"{frames} Sentinel-1 frame{'s' if frames > 1 else ''} ({margin})"
 
 
