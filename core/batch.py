@@ -71,8 +71,9 @@ from core.timeline import calendar_day, regular_dates
 if TYPE_CHECKING:
     from core.distributed import Cluster
 
-FORMAT_VERSION = 2
-"""Bump when the outputs for the same request change; older markers then count as stale."""
+FORMAT_VERSION = 3
+"""Bump when the outputs for the same request change; older markers then count as stale (3:
+the fetch's margin either side of the period changed every field's ends, 2026-12-05)."""
 CURVE_FILE = "ndvi.csv"
 FRAMES_FILE = "frames.tif"
 MARKER_FILE = "done.json"
