@@ -7,8 +7,9 @@ swapped in place, and the view moves with ``center``/``zoom``.
 Leaflet, leaflet-draw, jQuery and Bootstrap are served from the app's static folder
 (``app/static/vendor``, filled by ``npm ci``, whose postinstall runs
 ``scripts/copy_static.js``) instead of CDNs, so the map works offline. Folium's other CDN
-assets (Font Awesome, glyphicons, awesome markers) are not needed by this map and are dropped. If the vendored files are missing, the CDN
-URLs are kept and a warning says how to install them.
+assets (Font Awesome, glyphicons, awesome markers) are not needed by this map and are
+dropped. If the vendored files are missing, the CDN URLs are kept and a warning says how to
+install them.
 """
 
 from __future__ import annotations
