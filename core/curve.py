@@ -55,6 +55,7 @@ from core.reconstruct import (
     ReconstructOptions,
     Reconstructor,
     clear_pixels,
+    imaged_pixels,
     pinned,
     reconstruct,
     require_clear_pixels,
@@ -221,12 +222,8 @@ mean of the pixels seen only."""
 def seen_share(cube: xr.Dataset, mask: np.ndarray) -> float:
     """Share of the ``mask`` pixels clear (with data) in at least one acquisition of ``cube``:
     the pixels a pixel-by-pixel method (linear, Whittaker) gives a value; the others stay
-    empty, and the field's mean is over the first only. Frame by frame."""
-    valid, s2 = cube["valid"].values, cube["s2"].values
-    seen = np.zeros(mask.shape, dtype=bool)
-    for t in range(valid.shape[0]):
-        seen |= valid[t].astype(bool) & np.isfinite(s2[t]).any(axis=0)
-    return float(seen[mask].mean()) if mask.any() else 0.0
+    empty, and the field's mean is over the first only."""
+    return float(imaged_pixels(cube, clear=True)[mask].mean()) if mask.any() else 0.0
 
 
 def partly_seen_note(curve: pd.DataFrame) -> str | None:

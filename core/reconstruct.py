@@ -376,13 +376,15 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def imaged_pixels(cube: xr.Dataset) -> np.ndarray:
-    """(y, x) bool: the pixels some Sentinel-2 acquisition holds reflectance for, clear or
-    not. Frame by frame: the whole cube's test would double a large field's memory."""
-    s2 = cube["s2"].values
+def imaged_pixels(cube: xr.Dataset, *, clear: bool = False) -> np.ndarray:
+    """(y, x) bool: the pixels some Sentinel-2 acquisition holds reflectance for, clear or not
+    (``clear=True``: clear, the pixels a method of :data:`PIXELWISE_METHODS` gives a value).
+    Frame by frame: the whole cube's test would double a large field's memory."""
+    s2, valid = cube["s2"].values, cube["valid"].values
     imaged = np.zeros((cube.sizes["y"], cube.sizes["x"]), dtype=bool)
-    for frame in s2:
-        imaged |= np.isfinite(frame).any(axis=0)
+    for t, frame in enumerate(s2):
+        held = np.isfinite(frame).any(axis=0)
+        imaged |= (held & valid[t].astype(bool)) if clear else held
     return imaged
 
 
