@@ -2,15 +2,16 @@
 
     python benchmarks/season_run.py [--cube ../shared/data/cubes/be-flanders-a_2017-2018.nc]
         [--days 183] [--repeats 2] [--threads 2] [--method model] [--size PX]
-        [--adapt-steps N] [--samples K] [--workers N [--threads-per-worker T] [--resend]
-        [--dask-defaults connect|bare]]
+        [--adapt-steps N] [--samples K] [--screen-haze]
+        [--workers N [--threads-per-worker T] [--resend] [--dask-defaults connect|bare]]
 
 The field is the cube's extent less a 3 % rim (the cube must be on a projected grid, as the
 app's are); the period is ``--days`` days from the cube's first S2 acquisition; the
 options are the app's defaults for the method (model: K = 8, the field blend, the band fitted on
-the field). The per-field cache is emptied before each repeat, so each fits afresh, as a new Run
-does. ``--workers N``: the reconstructions run on a local Dask cluster of N worker processes
-(``--threads-per-worker``, default 1), as the app's do with ``DASK_SCHEDULER_ADDRESS`` set;
+the field; ``--screen-haze`` adds the app's haze screen). The per-field cache is emptied before
+each repeat, so each fits afresh, as a new Run does. ``--workers N``: the reconstructions run on
+a local Dask cluster of N worker processes (``--threads-per-worker``, default 1), as the app's
+do with ``DASK_SCHEDULER_ADDRESS`` set;
 it then also prints how many per-field fits each worker made; ``--resend`` sends the cube with
 every call, as before 2026-12-02, instead of once per Run
 (:meth:`core.distributed.Cluster.cube_on`). ``--dask-defaults``: the workers start with Dask's
@@ -60,6 +61,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=0, help="mirror-tile to this many px")
     parser.add_argument("--adapt-steps", type=int, default=0, help="per-field tuning steps")
     parser.add_argument("--samples", type=int, default=8, help="samples K (model; 8 or more)")
+    parser.add_argument(
+        "--screen-haze", action="store_true", help="the haze screen on, as in the app"
+    )
     parser.add_argument("--workers", type=int, default=0, help="local Dask worker processes")
     parser.add_argument("--threads-per-worker", type=int, default=1)
     parser.add_argument(
@@ -152,15 +156,21 @@ def run(args: argparse.Namespace, runner: Reconstructor, cluster: Cluster | None
     start, end = (np.datetime64(d, "D").item() for d in (acquired[0], last))
     model = args.method == "model"
     options = (
-        ReconstructOptions(samples=args.samples, calibrate_field=True, adapt_steps=args.adapt_steps)
+        ReconstructOptions(
+            samples=args.samples,
+            calibrate_field=True,
+            adapt_steps=args.adapt_steps,
+            screen_haze=args.screen_haze,
+        )
         if model
-        else ReconstructOptions()
+        else ReconstructOptions(screen_haze=args.screen_haze)
     )
     request = SeasonRequest(
         field, start, end, method=args.method, options=options, cube_path=args.cube
     )
     tuned = f", K = {args.samples}" if model else ""
     tuned += f", tuned {args.adapt_steps} steps" if model and args.adapt_steps else ""
+    tuned += ", haze screen on" if args.screen_haze else ""
     where = (
         f", on {args.workers} Dask worker processes of {args.threads_per_worker} thread(s)"
         + (", the cube sent with every call" if args.resend else "")

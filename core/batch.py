@@ -593,7 +593,11 @@ def write_field_outputs(
     frames = xr.concat(kept, dim="time", combine_attrs="override").sortby("time")
     kept.clear()
     write_frame_stack(
-        frames, folder / FRAMES_FILE, grid=fetched.grid, tags={"FIELD_ID": field_id, "FIELD": name}
+        frames,
+        folder / FRAMES_FILE,
+        grid=fetched.grid,
+        tags={"FIELD_ID": field_id, "FIELD": name},
+        field_mask=mask,
     )
     del frames
     write_curve_csv(curve, folder / CURVE_FILE)

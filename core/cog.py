@@ -5,9 +5,11 @@ single-date download (:func:`core.export.frame_band_names`: the ten Sentinel-2 r
 :data:`core.cube.S2_BANDS` order, then NDVI, then NDVI p10 and p90 when the reconstruction was
 sampled), so band ``k`` (1-based) holds date ``(k - 1) // L`` and layer ``(k - 1) % L`` for
 ``L`` layers per date. Every band is named in its description (``"2019-05-03 B04"``) and tagged
-``DATE``, ``NAME`` and ``OBSERVED_FRACTION`` (share of the grid's pixels that are kept clear
-observations on that day); the file's tags list ``DATES``, ``LAYERS`` and
-``LAYERS_PER_DATE``, plus the method, site, source and licence of the reconstruction. One file
+``DATE``, ``NAME`` and ``OBSERVED_FRACTION`` (share of the field's pixels, or of the grid's
+when no field is given, that are kept clear observations on that day: with the field it is the
+NDVI CSV's ``clear_fraction``); the file's tags list ``DATES``, ``LAYERS``,
+``LAYERS_PER_DATE`` and ``OBSERVED_FRACTION_OF`` ("field" or "grid"), plus the method, site,
+source and licence of the reconstruction. One file
 per field keeps a batch folder small and opens as a time stack in QGIS, GDAL or rioxarray;
 :func:`read_frame_stack` turns it back into the reconstruction's arrays.
 
@@ -89,6 +91,7 @@ def write_frame_stack(
     grid: Grid | None = None,
     tags: dict[str, str] | None = None,
     blocksize: int | None = None,
+    field_mask: np.ndarray | None = None,
 ) -> Path:
     """Write a reconstruction's frames as one COG (layout in the module docstring).
 
@@ -101,6 +104,9 @@ def write_frame_stack(
         tags: extra file-level tags (e.g. the field's name).
         blocksize: tile side (a multiple of 16, 128 to 512); :func:`stack_blocksize` by
             default.
+        field_mask: (H, W) bool, the field's pixels on the grid: ``OBSERVED_FRACTION`` is
+            then the share of them kept clear, as the NDVI CSV's ``clear_fraction``; None:
+            the share of the grid's pixels.
 
     Returns:
         The path written.
@@ -133,7 +139,7 @@ def write_frame_stack(
     side = blocksize or stack_blocksize(
         count, max(grid.width, grid.height), band_interleaved=band_interleaved
     )
-    observed = _observed_fractions(result)
+    observed = _observed_fractions(result, field_mask)
 
     meta = {
         "DATES": ",".join(dates),
@@ -142,6 +148,7 @@ def write_frame_stack(
         "BAND_ORDER": "band k (1-based) = date (k-1) // LAYERS_PER_DATE, "
         "layer (k-1) % LAYERS_PER_DATE",
         "UNITS": "reflectance (0-1); NDVI (-1..1)",
+        "OBSERVED_FRACTION_OF": "grid" if field_mask is None else "field",
     }
     for key in ("method", "samples", "site", "source", "license"):
         if key in result.attrs:
@@ -248,9 +255,15 @@ def _layer(result: xr.Dataset, name: str, time_index: int) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def _observed_fractions(result: xr.Dataset) -> np.ndarray:
-    """Share of the grid's pixels kept as clear observations, per date (0 without ``observed``)."""
+def _observed_fractions(result: xr.Dataset, field_mask: np.ndarray | None) -> np.ndarray:
+    """Share of the field's pixels (``field_mask``; None: the grid's) kept as clear
+    observations, per date (0 without ``observed``)."""
     if "observed" not in result.data_vars:
         return np.zeros(result.sizes["time"])
     kept = np.asarray(result["observed"].values, dtype=bool)
-    return kept.reshape(kept.shape[0], -1).mean(axis=1)
+    if field_mask is None:
+        return kept.reshape(kept.shape[0], -1).mean(axis=1)
+    mask = np.asarray(field_mask, dtype=bool)
+    if mask.shape != kept.shape[1:]:
+        raise ValueError(f"field mask {mask.shape} does not match the frames {kept.shape[1:]}")
+    return kept[:, mask].sum(axis=1) / max(int(mask.sum()), 1)

@@ -214,6 +214,13 @@ def test_outputs_hold_the_curve_and_frames_of_each_field(site, first_run) -> Non
             day = str(site.s2_times()[best].astype("datetime64[D]"))
             b04 = src.read(11 * dates.index(day) + 3)
             assert src.descriptions[11 * dates.index(day) + 2] == f"{day} B04"
+            # Each day's OBSERVED_FRACTION is the CSV's clear_fraction: the field's pixels.
+            assert src.tags()["OBSERVED_FRACTION_OF"] == "field"
+            clear_days = {r["date"]: r["clear_fraction"] for r in table if r["clear_fraction"]}
+            assert len(clear_days) > 3
+            for date, fraction in clear_days.items():
+                tagged = src.tags(11 * dates.index(date) + 1)["OBSERVED_FRACTION"]
+                assert float(tagged) == pytest.approx(float(fraction), abs=1e-4), date
         clear = valid[best]
         published = site.cube["s2"].isel(time_s2=best, **window).sel(band="B04").values
         assert clear.sum() > 100

@@ -71,12 +71,26 @@ def test_layout_values_and_georeferencing(tmp_path) -> None:
         assert tags["LAYERS"] == ",".join([*S2_BANDS, "NDVI"])
         assert tags["LAYERS_PER_DATE"] == "11"
         assert tags["METHOD"] == "linear" and tags["FIELD"] == "North"
+        assert tags["OBSERVED_FRACTION_OF"] == "grid"
         band13 = src.read(13)
         ndvi = src.read(33)
     # date 1, band B03, pixel (row 3, col 7) = 1 + 0.01 + (3 * 50 + 7) / 1e5
     assert band13[3, 7] == pytest.approx(1.01 + 157e-5, abs=1e-6)
     assert np.isnan(band13[0, 0])
     assert np.all(ndvi == np.float32(-0.2))
+
+
+def test_the_observed_fraction_counts_the_fields_pixels_when_the_field_is_given(tmp_path) -> None:
+    result = reconstruction()  # the first date's top 10 of 40 rows kept clear
+    field = np.zeros(GRID.shape, dtype=bool)
+    field[:20, :] = True  # 20 rows, 10 of them kept clear: half, where the grid's is a quarter
+    path = write_frame_stack(result, tmp_path / "frames.tif", field_mask=field)
+    with rasterio.open(path) as src:
+        assert src.tags(1)["OBSERVED_FRACTION"] == "0.5000"
+        assert src.tags(12)["OBSERVED_FRACTION"] == "0.0000"
+        assert src.tags()["OBSERVED_FRACTION_OF"] == "field"
+    with pytest.raises(ValueError, match="does not match the frames"):
+        write_frame_stack(result, tmp_path / "other.tif", field_mask=field[:, :10])
 
 
 def test_is_a_cloud_optimized_geotiff_with_tiles_and_overviews(tmp_path) -> None:
