@@ -5,7 +5,7 @@ differ by more than that.
         [--adapt-steps N] [--field-episodes N] [--field-crop PX] [--blend-by span]
         [--screen-haze] [--screen-scenes] [--screened-truth] [--include-seen]
         [--against EARLIER.json]
-        [--network-alone] [--cube CUBE ...] [--json OUT.json]
+        [--network-alone] [--views N] [--cube CUBE ...] [--json OUT.json]
 
 The yardstick (``core.evaluate``) draws with one seed which clear frames are hidden (missing
 frames, cloud removal's frames and the cloud masks they borrow, the long gap's window). The
@@ -29,7 +29,8 @@ learned without the smoother the blend leans on. ``--screen-haze`` screens haze 
 mask missed out of every method's inputs (:mod:`core.screening`), ``--screen-scenes`` the clear
 pixels of mostly cloudy acquisitions (:func:`core.screening.sparse_scenes`);
 ``--screened-truth`` scores only the hidden pixels that are not such haze themselves (the
-draws are the same).
+draws are the same). ``--views N`` averages the network's estimate over N views of its input
+(``ReconstructOptions.views``; a trial, ``benchmarks/candidates/views_rule.txt``).
 
 Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
 had to judge changes against.
@@ -116,6 +117,13 @@ def main() -> int:
         action="store_true",
         help="the network's estimate only: no field blend, no band, K = 1 (checkpoint trials)",
     )
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        choices=(1, 2, 4, 8),
+        help="the network's estimate averaged over this many views of its input (a trial)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -142,6 +150,7 @@ def main() -> int:
         + ("+scenes" if args.screen_scenes else "")
         + ("+cleantruth" if args.screened_truth else "")
         + ("+alone" if args.network_alone else "")
+        + (f"+views{args.views}" if args.views > 1 else "")
         for c in checkpoints
     ]
     seeds = parse_seeds(args.seeds)
@@ -168,6 +177,7 @@ def main() -> int:
                 adapt_steps=args.adapt_steps,
                 screen_haze=args.screen_haze,
                 screen_scenes=args.screen_scenes,
+                views=args.views,
             )
             protocol = Protocol(seed=seed, screened_truth=args.screened_truth)
             evaluation = evaluate(

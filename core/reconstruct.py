@@ -39,6 +39,7 @@ from core.config import DEFAULT_CHECKPOINT, checkpoint_version
 from core.cube import NETCDF_LOCK, S2_BANDS, bands_present, validate_cube
 from core.errors import InputError
 from core.indices import ndvi
+from core.model.config import VIEW_COUNTS
 from core.screening import Screening, screen_cube
 from core.storage import atomic_output
 from core.timeline import calendar_day
@@ -122,6 +123,11 @@ class ReconstructOptions:
     acquisition under :data:`core.screening.SPARSE_SCENE_SHARE` clear (after the haze screen,
     when that is on; :func:`core.screening.sparse_scenes`). Off by default. Screened once with
     ``screen_haze``, as that is (:func:`screened`)."""
+    views: int = 1
+    """Model only: the network's estimate averaged over this many views of its input (1, 2, 4
+    or 8 of the square's turns and mirror images; :meth:`core.model.network.FieldFlowNet.
+    estimate`), in the reconstruction and in the field's fits; 1: the input as given. Each
+    view costs the network's trunk once more."""
     checkpoint_version: str | None = None
     """Model only: the version of the checkpoint file this call must use
     (:func:`core.config.checkpoint_version`); None: the file as it is now. A computation made
@@ -324,6 +330,8 @@ def check_options(method: str, options: ReconstructOptions) -> None:
     ):
         if not 0 <= value <= most:
             raise InputError(f"{name} must be between 0 and {most}, not {value}.")
+    if options.views not in VIEW_COUNTS:
+        raise InputError(f"--views must be 1, 2, 4 or 8, not {options.views}.")
     if not 0 <= options.seed < SEED_LIMIT:
         raise InputError(f"--seed must be between 0 and {SEED_LIMIT - 1}, not {options.seed}.")
     lam = options.whittaker_lambda

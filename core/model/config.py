@@ -6,6 +6,9 @@ from dataclasses import asdict, dataclass, fields
 
 MIN_ADAPT_FRAMES = 4
 """Fewest S2 acquisitions a cube needs for per-field tuning (``adapt_steps``)."""
+VIEW_COUNTS = (1, 2, 4, 8)
+"""How many views of its input the network's estimate may average (``ReconstructOptions.views``;
+:data:`core.model.network.DIHEDRAL_VIEWS`)."""
 BAND_TARGET = 0.8
 """The p10-p90 band's coverage the calibration fits (in training, and on a field)."""
 NARROW_BAND_COVERAGE = BAND_TARGET - 0.05

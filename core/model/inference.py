@@ -404,13 +404,15 @@ def predict_window(
     sampled_tokens: np.ndarray | None = None,
     unseen: np.ndarray | None = None,
     sampled_targets: np.ndarray | None = None,
+    views: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean and samples at frames ``targets`` of one window of one (patch-aligned) tile.
 
     ``sampled_tokens`` (P,) bool, row-major patches: generate samples for these tokens only
     (the others' samples equal the mean); None: all of them. ``unseen`` (T,) bool: frames no
     other frame attends to (see :func:`frames_unseen`); None: none. ``sampled_targets`` (Q,)
-    bool: generate samples for these targets only; None: all of them.
+    bool: generate samples for these targets only; None: all of them. ``views``: the mean
+    averaged over this many views of the window (:meth:`FieldFlowNet.estimate`).
 
     Returns:
         mean (Q, 10, H, W) and samples (K, S, 10, H, W) of the S sampled targets (None when
@@ -419,16 +421,17 @@ def predict_window(
     model = checkpoint.model
     origin = window.days[0]
     as_tensor = functools.partial(torch.as_tensor, device=device, dtype=torch.float32)
-    features = model.encode(
+    features, correction = model.estimate(
         as_tensor(window.s2)[None],
         as_tensor(window.days - origin)[None],
         as_tensor(window.s1)[None],
         as_tensor(window.s1_days - origin)[None],
         None if unseen is None else torch.as_tensor(unseen, device=device)[None],
-    )
+        frames=torch.as_tensor(targets, device=device),
+        views=views,
+    )  # features (1, Q, P, D)
     height, width = window.s2.shape[2:]
-    features = features[:, torch.as_tensor(targets, device=device)]  # (1, Q, P, D)
-    correction = model.mean_correction(features, height, width)[0]
+    correction = correction[0]
     mean = as_tensor(window.base[targets]) + correction  # (Q, 10, H, W) model units
     mean_np = mean.cpu().numpy() / REFL_SCALE
     if sampled_targets is not None and not sampled_targets.all():
@@ -558,6 +561,7 @@ def field_checkpoint(
         options.whittaker_lambda if options.blend_field else None,
         blend_module.BLEND_MEASURE if options.blend_field else None,
         FIELD_EPISODE_CROP,
+        options.views,
         options.seed,
         device,
     )
@@ -602,8 +606,9 @@ def field_checkpoint(
         )
         if episodes:  # else the checkpoint's spread and no blend (see above)
             mean, linear, draws, truth = episode_predictions(
-                result.model, episodes, calibration_k, steps, options.seed, device
-            )
+                result.model, episodes, calibration_k, steps, options.seed, device,
+                views=options.views,
+            )  # fmt: skip
             if options.blend_field:
                 measure = blend_module.BLEND_MEASURE
                 smoother, band, blend_at = blend_targets(episodes, measure)
@@ -612,8 +617,9 @@ def field_checkpoint(
                 network = mean
                 if options.adapt_steps > 0:
                     network = episode_predictions(
-                        checkpoint.model, episodes, 1, 1, options.seed, device, report=False
-                    )[0]
+                        checkpoint.model, episodes, 1, 1, options.seed, device, report=False,
+                        views=options.views,
+                    )[0]  # fmt: skip
                 scores = field_scores(
                     network, smoother, linear, truth, band, blend_at, target_episodes(episodes),
                     measure, REFL_SCALE, tuned=options.adapt_steps > 0,
@@ -917,6 +923,7 @@ def network_at(
                 sampled_tokens=tokens,
                 unseen=frames_unseen(series.acquired[step.frames]),
                 sampled_targets=sampled[step.queries],
+                views=options.views,
             )
             tile_mean[step.queries] = m[..., :tile_h, :tile_w]
             if residuals is not None and s is not None:

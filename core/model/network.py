@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import InputError
-from core.model.config import ModelConfig
+from core.model.config import VIEW_COUNTS, ModelConfig
 from core.model.features import N_BANDS, S1_CHANNELS, s2_channel_count
 
 INITIAL_LOG_SCALE = math.log(0.15)
@@ -76,6 +76,36 @@ def flow_in_bf16(device_type: str) -> bool:
     if text:
         raise InputError(f"{FLOW_BF16_ENV} must be 1 (bfloat16) or 0 (float32), not {text!r}.")
     return cpu_has_native_bf16()
+
+
+DIHEDRAL_VIEWS = (
+    (0, False),
+    (2, False),
+    (0, True),
+    (2, True),
+    (1, False),
+    (3, False),
+    (1, True),
+    (3, True),
+)
+"""The eight views of a square, as (quarter turns, then mirrored left-right), in the order
+:meth:`FieldFlowNet.estimate` takes them: the first is the input as given, and the first four
+keep its height and width."""
+
+
+def to_view(x: torch.Tensor, view: tuple[int, bool]) -> torch.Tensor:
+    """``x`` (..., H, W) seen in ``view``: turned, then mirrored, as training augments."""
+    turns, mirrored = view
+    x = torch.rot90(x, turns, dims=(-2, -1))
+    return x.flip(-1) if mirrored else x
+
+
+def from_view(x: torch.Tensor, view: tuple[int, bool]) -> torch.Tensor:
+    """The inverse of :func:`to_view`."""
+    turns, mirrored = view
+    if mirrored:
+        x = x.flip(-1)
+    return torch.rot90(x, -turns, dims=(-2, -1))
 
 
 def time_embedding(tau: torch.Tensor) -> torch.Tensor:
@@ -340,6 +370,39 @@ class FieldFlowNet(nn.Module):
                 bias = allowed if allowed.shape[0] == 1 else allowed.repeat_interleave(n_tokens, 0)
             x = block(x, rotary, bias)
         return self.norm(x[:, :t2])
+
+    def estimate(
+        self,
+        s2: torch.Tensor,
+        s2_days: torch.Tensor,
+        s1: torch.Tensor,
+        s1_days: torch.Tensor,
+        s2_unseen: torch.Tensor | None = None,
+        frames: torch.Tensor | None = None,
+        views: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and mean correction of an episode's S2 frames, the correction averaged over
+        the first ``views`` of :data:`DIHEDRAL_VIEWS` (each view's turned back first).
+
+        The arguments are :meth:`encode`'s; ``frames`` picks the S2 frames returned (an index
+        or bool tensor over T; None: all). Training augments with every view, so each is an
+        input the network knows. Returns the features (E, T', P, D) of the input as given (the
+        flow head's condition) and the correction (E, T', 10, H, W), model units.
+        """
+        if views not in VIEW_COUNTS:
+            raise ValueError(f"views must be one of {VIEW_COUNTS}, not {views}")
+        height, width = s2.shape[-2:]
+        features = correction = None
+        for view in DIHEDRAL_VIEWS[:views]:
+            seen = self.encode(to_view(s2, view), s2_days, to_view(s1, view), s1_days, s2_unseen)
+            if frames is not None:
+                seen = seen[:, frames]
+            size = (width, height) if view[0] % 2 else (height, width)
+            part = from_view(self.mean_correction(seen, *size), view)
+            correction = part if correction is None else correction + part
+            if features is None:
+                features = seen
+        return features, correction / views
 
     def mean_correction(self, features: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Correction to the interpolation, (E, T, 10, H, W) in model units."""

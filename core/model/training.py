@@ -739,22 +739,25 @@ def residual_draws(
     steps: int,
     generator: torch.Generator,
     device: str = "cpu",
+    views: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean, interpolation base, residual samples and truth at an episode's target values.
 
     ``generator`` is a CPU generator (the noise is drawn on the CPU, then moved to ``device``,
     so a seed gives the same draws on every device). Returns 1-D arrays over target (frame,
     band, pixel) values: mean (M,), base (M,), draws (K, M), truth (M,), in model units.
-    ``samples`` 0 skips the flow head (draws (0, M)): the best estimate alone.
+    ``samples`` 0 skips the flow head (draws (0, M)): the best estimate alone. ``views``: the
+    mean averaged over this many views of the episode (:meth:`FieldFlowNet.estimate`).
     """
     from core.model.flow import euler_solve
 
     batch = collate([episode], device)
-    features = model.encode(batch.s2, batch.s2_days, batch.s1, batch.s1_days)
     h, w = batch.s2.shape[-2:]
     frames = batch.target[0].flatten(1).any(dim=1)  # only frames with targets are generated
-    features = features[:, frames]
-    mean = batch.base[:, frames] + model.mean_correction(features, h, w)
+    features, correction = model.estimate(
+        batch.s2, batch.s2_days, batch.s1, batch.s1_days, frames=frames, views=views
+    )
+    mean = batch.base[:, frames] + correction
     target = batch.target[0][frames]
     values = (
         mean[0][target].cpu().numpy(),
@@ -775,14 +778,15 @@ def episode_predictions(
     seed: int = 0,
     device: str = "cpu",
     report: bool = True,
+    views: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`residual_draws` of every episode, concatenated: mean, base (the linear
     interpolation of the visible values), draws, truth. ``report``: a :data:`MEASURE_BEAT`
-    per episode."""
+    per episode. ``views``: see :func:`residual_draws`."""
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for i, ep in enumerate(episodes):
-        parts.append(residual_draws(model, ep, samples, steps, generator, device))
+        parts.append(residual_draws(model, ep, samples, steps, generator, device, views))
         if report:
             beat(MEASURE_BEAT, i + 1, len(episodes))
     return (

@@ -24,7 +24,7 @@ from core.model.checkpoint import (
     weights_digest,
 )
 from core.model.config import ModelConfig, TrainConfig
-from core.model.features import s2_channel_count
+from core.model.features import S1_CHANNELS, s2_channel_count
 from core.model.inference import (
     clear_field_cache,
     frames_unseen,
@@ -36,7 +36,7 @@ from core.model.inference import (
     temporal_windows,
     tile_origins,
 )
-from core.model.network import FieldFlowNet
+from core.model.network import DIHEDRAL_VIEWS, FieldFlowNet, from_view, to_view
 from core.model.training import (
     Episode,
     collate,
@@ -133,6 +133,72 @@ def test_hidden_pixel_values_never_reach_the_model(flanders_cube, tmp_path, conf
     c = reconstruct(dark, query, "model", _options(path, keep_observed=False)).s2.values
     d = reconstruct(bright, query, "model", _options(path, keep_observed=False)).s2.values
     assert not np.array_equal(c, d)
+
+
+def test_the_views_are_the_squares_eight_symmetries_and_each_turns_back() -> None:
+    x = torch.arange(2 * 3 * 8 * 12, dtype=torch.float32).view(2, 3, 8, 12)  # H != W
+    for view in DIHEDRAL_VIEWS:
+        assert torch.equal(from_view(to_view(x, view), view), x), view
+    square = torch.arange(16.0).view(4, 4)
+    assert len({tuple(to_view(square, v).flatten().tolist()) for v in DIHEDRAL_VIEWS}) == 8
+    # The first four keep height and width (a window's shape), the others swap them.
+    assert [to_view(x, v).shape[-2:] for v in DIHEDRAL_VIEWS] == [(8, 12)] * 4 + [(12, 8)] * 4
+
+
+def _window_tensors(config: ModelConfig, height: int, width: int) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(3)
+    s2 = torch.randn(1, 5, s2_channel_count(config), height, width, generator=generator)
+    s1 = torch.randn(1, 4, S1_CHANNELS, height, width, generator=generator)
+    return s2, torch.tensor([[0.0, 5, 10, 20, 35]]), s1, torch.tensor([[1.0, 7, 13, 25]])
+
+
+def test_an_estimate_over_all_eight_views_turns_with_its_input() -> None:
+    """Averaged over the whole group, the correction of a turned or mirrored input is the
+    turned or mirrored correction, whatever the weights: a view taken or undone the wrong way
+    round breaks this. One view, the input as given, does not have the property."""
+    torch.manual_seed(0)
+    model = FieldFlowNet(TINY).eval()
+    with torch.no_grad():
+        model.mean_head.weight.normal_(0, 0.05)  # else every correction is 0
+    s2, days, s1, s1_days = _window_tensors(TINY, 8, 12)
+    frames = torch.tensor([1, 3])
+    with torch.no_grad():
+        features, averaged = model.estimate(s2, days, s1, s1_days, frames=frames, views=8)
+        _, alone = model.estimate(s2, days, s1, s1_days, frames=frames, views=1)
+        for view in DIHEDRAL_VIEWS[1:]:
+            turned = model.estimate(
+                to_view(s2, view), days, to_view(s1, view), s1_days, frames=frames, views=8
+            )[1]
+            torch.testing.assert_close(turned, to_view(averaged, view), atol=1e-5, rtol=1e-4)
+            turned_alone = model.estimate(
+                to_view(s2, view), days, to_view(s1, view), s1_days, frames=frames, views=1
+            )[1]
+            assert (turned_alone - to_view(alone, view)).abs().max() > 1e-3
+        # The flow head's condition is the input as given, and one view is today's estimate.
+        encoded = model.encode(s2, days, s1, s1_days)[:, frames]
+        torch.testing.assert_close(features, encoded)
+        torch.testing.assert_close(alone, model.mean_correction(encoded, 8, 12))
+    assert averaged.shape == (1, 2, 10, 8, 12)
+    with pytest.raises(ValueError, match="views must be one of"):
+        model.estimate(s2, days, s1, s1_days, views=3)
+
+
+def test_a_reconstruction_over_eight_views_keeps_hidden_pixels_out_and_moves_the_estimate(
+    flanders_cube, tmp_path
+) -> None:
+    path = _checkpoint(tmp_path, perturb=True)
+    bright, dark = hidden_bright_and_dark(flanders_cube)
+    query = bright["time_s2"].values[[6, 7]]
+    views = _options(path, views=8, samples=2)
+    a = reconstruct(bright, query, "model", views)
+    b = reconstruct(dark, query, "model", views)
+    np.testing.assert_array_equal(a.s2.values, b.s2.values)
+    np.testing.assert_array_equal(a.s2_p90.values, b.s2_p90.values)
+    one = reconstruct(bright, query, "model", _options(path, samples=2)).s2.values
+    hidden = ~np.isnan(one) & (bright["valid"].values[[6, 7]] == 0)[:, None]
+    assert hidden.any() and not np.allclose(a.s2.values[hidden], one[hidden], atol=1e-4)
+    with pytest.raises(InputError, match="--views must be 1, 2, 4 or 8, not 3"):
+        reconstruct(bright, query, "model", _options(path, views=3))
 
 
 def test_model_works_without_s1_and_with_missing_bands(cubes_dir, flanders_cube, tmp_path) -> None:
