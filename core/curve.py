@@ -21,7 +21,9 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
   (``benchmarks/partly_clear_bias.txt``, 36 acquisitions of the shared cubes: under a quarter
   clear, a median 0.11-0.25 below the same pixels on the nearest clear day within 10 days; a
   quarter to half clear, 0.02-0.05 below; half clear or more, +0.007), and a spreadsheet
-  plotting the column drew dips that were not there.
+  plotting the column drew dips that were not there. It is the clear part's mean, where
+  ``ndvi`` and its band are the whole field's (the clear part and the reconstructed rest), so
+  on a partly clear day it can lie outside ``ndvi_p10``..``ndvi_p90``.
 * ``clear_fraction``: fraction of field pixels clear in some acquisition of that day; NaN on
   days without an acquisition.
 * ``source``: ``"observed"`` when at least :data:`OBSERVED_MIN_CLEAR_FRACTION` of the field was
