@@ -5,7 +5,7 @@ differ by more than that.
         [--adapt-steps N] [--field-episodes N] [--field-crop PX] [--blend-by span]
         [--screen-haze] [--screen-scenes] [--screened-truth] [--include-seen]
         [--against EARLIER.json]
-        [--network-alone] [--views N] [--cube CUBE ...] [--json OUT.json]
+        [--network-alone] [--views N] [--adapt-gap-share S] [--cube CUBE ...] [--json OUT.json]
 
 The yardstick (``core.evaluate``) draws with one seed which clear frames are hidden (missing
 frames, cloud removal's frames and the cloud masks they borrow, the long gap's window). The
@@ -31,6 +31,9 @@ pixels of mostly cloudy acquisitions (:func:`core.screening.sparse_scenes`);
 ``--screened-truth`` scores only the hidden pixels that are not such haze themselves (the
 draws are the same). ``--views N`` averages the network's estimate over N views of its input
 (``ReconstructOptions.views``; a trial, ``benchmarks/candidates/views_rule.txt``).
+``--adapt-gap-share S`` hides a long gap in a share S of the per-field tuning's episodes
+instead of training's 0.3 (:data:`core.model.training.ADAPT_LONG_GAP_SHARE`; a trial,
+``benchmarks/candidates/tuning_gaps_rule.txt``).
 
 Nothing is chosen on this: it measures the noise that the rules in ``benchmarks/candidates/``
 had to judge changes against.
@@ -52,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.evaluate import POOLED_CUBE, Protocol, evaluate
-from core.model import blend, inference
+from core.model import blend, inference, training
 from core.reconstruct import ReconstructOptions
 
 TASKS = ("missing", "cloud", "gap")
@@ -124,6 +127,12 @@ def main() -> int:
         choices=(1, 2, 4, 8),
         help="the network's estimate averaged over this many views of its input (a trial)",
     )
+    parser.add_argument(
+        "--adapt-gap-share",
+        type=float,
+        help="share of the per-field tuning's episodes that hide a long gap (a trial; "
+        "default: as training)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,6 +149,10 @@ def main() -> int:
         inference.FIELD_EPISODE_CROP = args.field_crop  # ditto
     if args.blend_by is not None:
         blend.BLEND_MEASURE = args.blend_by  # ditto
+    if args.adapt_gap_share is not None:
+        if not 0.0 <= args.adapt_gap_share <= 1.0:
+            raise SystemExit("--adapt-gap-share must be between 0 and 1.")
+        training.ADAPT_LONG_GAP_SHARE = args.adapt_gap_share  # read at each tuning
     labels = [
         label_of(c)
         + (f"+adapt{args.adapt_steps}" if args.adapt_steps else "")
@@ -151,6 +164,7 @@ def main() -> int:
         + ("+cleantruth" if args.screened_truth else "")
         + ("+alone" if args.network_alone else "")
         + (f"+views{args.views}" if args.views > 1 else "")
+        + (f"+gaps{args.adapt_gap_share:g}" if args.adapt_gap_share is not None else "")
         for c in checkpoints
     ]
     seeds = parse_seeds(args.seeds)

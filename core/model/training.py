@@ -878,6 +878,10 @@ are fitted from these)."""
 
 ADAPT_BATCH_SIZE = 4
 """Episodes per step of per-field adaptation."""
+ADAPT_LONG_GAP_SHARE: float | None = None
+"""Share of per-field adaptation's episodes that hide a long gap; None: :data:`LONG_GAP_SHARE`,
+as training. A trial setting (``benchmarks/seed_spread.py --adapt-gap-share``), read at each
+adaptation."""
 
 
 def adapt(
@@ -917,6 +921,7 @@ def adapt(
         episodes: list[Episode] = []
         while len(episodes) < batch_size and attempts < steps * 20:
             attempts += 1
+            share = ADAPT_LONG_GAP_SHARE
             ep = make_episode(
                 series,
                 n_frames,
@@ -926,6 +931,7 @@ def adapt(
                 config.max_s1_frames,
                 0.0,
                 tuned.config.smooth_features,
+                long_gap=None if share is None else bool(rng.random() < share),
                 patch=tuned.config.patch,
                 whittaker_features=tuned.config.whittaker_features,
             )

@@ -678,6 +678,29 @@ def test_per_field_adaptation_batch_does_not_follow_the_training_batch(
     assert sizes == [3]
 
 
+@pytest.mark.parametrize("share", [None, 0.0, 1.0])
+def test_per_field_adaptation_hides_long_gaps_in_the_share_asked_for(
+    cubes_dir, monkeypatch, share
+) -> None:
+    from core.model import training
+
+    asked: list[bool | None] = []
+    real_make_episode = training.make_episode
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("long_gap"))
+        return real_make_episode(*args, **kwargs)
+
+    monkeypatch.setattr(training, "make_episode", recording)
+    monkeypatch.setattr(training, "ADAPT_LONG_GAP_SHARE", share)
+    series = load_series(cubes_dir / "es-field_2019.nc")
+    config = TrainConfig(crop=16, min_frames=6, max_frames=8)
+    training.adapt(FieldFlowNet(TINY), series, 2, config)
+    assert len(asked) >= 2 * training.ADAPT_BATCH_SIZE
+    # None: make_episode draws it as training does (LONG_GAP_SHARE); else the share decides.
+    assert set(asked) == {None: {None}, 0.0: {False}, 1.0: {True}}[share]
+
+
 def test_per_field_adaptation_and_calibration_report_each_step(cubes_dir) -> None:
     # A Run's bar moves during them, and a Run no longer wanted stops there (core.jobs).
     from core.model import training
