@@ -520,6 +520,7 @@ def field_checkpoint(
     kept (:data:`FIELD_CACHE_SIZE` per process) and reused by later calls on the same cube.
     """
     from core.model import blend as blend_module
+    from core.model import training as training_module
     from core.model.blend import field_scores, fit_blend
     from core.model.calibration import (
         episode_field_ndvi,
@@ -561,6 +562,7 @@ def field_checkpoint(
         options.whittaker_lambda if options.blend_field else None,
         blend_module.BLEND_MEASURE if options.blend_field else None,
         FIELD_EPISODE_CROP,
+        training_module.ADAPT_LONG_GAP_SHARE if options.adapt_steps else None,
         options.views,
         options.seed,
         device,
