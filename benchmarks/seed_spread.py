@@ -56,6 +56,7 @@ from core.config import DEFAULT_CHECKPOINT, Settings
 from core.cube import read_cube
 from core.evaluate import POOLED_CUBE, Protocol, evaluate
 from core.model import blend, inference, training
+from core.model.config import VIEW_COUNTS
 from core.reconstruct import ReconstructOptions
 
 TASKS = ("missing", "cloud", "gap")
@@ -124,7 +125,7 @@ def main() -> int:
         "--views",
         type=int,
         default=1,
-        choices=(1, 2, 4, 8),
+        choices=VIEW_COUNTS,
         help="the network's estimate averaged over this many views of its input (a trial)",
     )
     parser.add_argument(
