@@ -13,7 +13,9 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
 * ``ndvi_p10``, ``ndvi_p90``: the band of the field-mean NDVI (:func:`field_ndvi_band`):
   the field means of the per-pixel 10th/90th percentiles of the samples, brought toward
   ``ndvi`` by the factor the model fitted on the field's own hidden frames where it did (the
-  band fitted on the field); NaN (an empty CSV cell) unless ``samples > 1``.
+  band fitted on the field), one factor per bucket of the day's distance to clear data
+  (:func:`band_days`: <= 8, 8-20, > 20 days) where it fitted those; NaN (an empty CSV cell)
+  unless ``samples > 1``.
 * ``observed_ndvi``: mean NDVI of the clear field pixels acquired that day (every clear pixel
   of every acquisition that day counts once); NaN on days without an acquisition, and on days
   with less than :data:`OBSERVED_MIN_CLEAR_FRACTION` of the field clear: the "clear" pixels of
@@ -39,7 +41,7 @@ from __future__ import annotations
 import itertools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +51,11 @@ import xarray as xr
 from core.cube import S2_BANDS, bands_present, ndvi_band_problem, validate_cube
 from core.errors import InputError
 from core.indices import ndvi
-from core.model.blend import nearest_clear_days
+from core.model.blend import distance_bucket, nearest_clear_days
 from core.progress import portion
 from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
+    FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
     PIXELWISE_METHODS,
     ReconstructOptions,
     Reconstructor,
@@ -172,6 +175,7 @@ def ndvi_curve(
             "period, or the model, which borrows from the clear pixels around the field."
         )
     observed_ndvi, clear_fraction = _observed(cube, dates, mask)
+    away = band_days(cube, dates, mask)  # which of the curve band's factors a day takes
 
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
     fits: dict[str, object] = {}
@@ -180,7 +184,7 @@ def ndvi_curve(
         # moves the progress within the chunk; a large field's chunk takes a minute or more.
         with portion(_within(progress, chunk, dates.size)):
             result = reconstructor(cube, dates[chunk], method, options)
-        mean[chunk], p10[chunk], p90[chunk] = field_ndvi_band(result, mask)
+        mean[chunk], p10[chunk], p90[chunk] = field_ndvi_band(result, mask, away[chunk])
         fits = {k: v for k, v in result.attrs.items() if k.startswith(FIT_ATTR_PREFIXES)}
         if on_chunk is not None:
             on_chunk(dates[chunk], result)
@@ -213,6 +217,10 @@ def ndvi_curve(
     )
     if FIELD_NDVI_SCALE_ATTR in fits:
         curve.attrs["ndvi_band_scale"] = float(fits[FIELD_NDVI_SCALE_ATTR])
+    if FIELD_NDVI_SCALE_BY_DISTANCE_ATTR in fits:
+        curve.attrs["ndvi_band_scale_by_distance"] = [
+            float(v) for v in np.atleast_1d(fits[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR])
+        ]
     return curve
 
 
@@ -248,28 +256,70 @@ def partly_seen_note(curve: pd.DataFrame) -> str | None:
 
 
 def field_ndvi_band(
-    result: xr.Dataset, mask: np.ndarray
+    result: xr.Dataset, mask: np.ndarray, days: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Field-mean NDVI of each frame of a reconstruction and its p10-p90 band, (Q,) each.
 
     The band's edges are the field means of the per-pixel NDVI p10 and p90: the band of a field
     whose pixels all err together. Where the method fitted how far its field means really err
     (``FIELD_NDVI_SCALE_ATTR``, the model with the band fitted on the field), the distances
-    from the mean to the edges are scaled by that factor. NaN band without samples."""
+    from the mean to the edges are scaled by that factor; by the factor of each frame's
+    distance to clear data where it fitted one per distance too
+    (``FIELD_NDVI_SCALE_BY_DISTANCE_ATTR``) and ``days`` (Q,) gives the frames' distances
+    (:func:`band_days`). NaN band without samples."""
     mean = _field_mean(result["ndvi"].values, mask)
     if "ndvi_p10" not in result:
         nan = np.full(mean.shape, np.nan)
         return mean, nan, nan.copy()
     p10 = _field_mean(result["ndvi_p10"].values, mask)
     p90 = _field_mean(result["ndvi_p90"].values, mask)
-    scale = result.attrs.get(FIELD_NDVI_SCALE_ATTR)
+    scale = band_scale(result.attrs, days)
     if scale is not None:
-        p10, p90 = narrow_band(mean, p10, p90, float(scale))
+        p10, p90 = narrow_band(mean, p10, p90, scale)
     return mean, p10, p90
 
 
+def band_scale(attrs: Mapping[str, object], days: np.ndarray | None) -> np.ndarray | None:
+    """The factor on each frame's curve band that a reconstruction's ``attrs`` fitted (see
+    :func:`field_ndvi_band`): per frame by ``days`` (the frames' :func:`band_days`) where it
+    fitted one per distance and ``days`` is given, else the field's one factor; None where it
+    fitted none."""
+    by_distance = attrs.get(FIELD_NDVI_SCALE_BY_DISTANCE_ATTR)
+    if by_distance is not None and days is not None:
+        factors = np.asarray(by_distance, np.float64).ravel()
+        return factors[distance_bucket(np.asarray(days, np.float64))]
+    scale = attrs.get(FIELD_NDVI_SCALE_ATTR)
+    return None if scale is None else np.asarray(float(scale))
+
+
+def band_days(cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per query day, how far its reconstructed field pixels lie from data: the median over the
+    field's pixels not seen clear that day of their days to the nearest clear observation (as
+    the model's per-field fit measures its hidden frames); 0 where the whole field was seen
+    clear, inf where no pixel of it ever is. Picks the curve band's factor
+    (:func:`band_scale`)."""
+    out = np.zeros(dates.size)
+    for chunk, away in _days_away(cube, dates, mask):
+        out[chunk] = reconstructed_days(away)
+    return out
+
+
+def reconstructed_days(away: np.ndarray) -> np.ndarray:
+    """(Q,) per row of ``away`` (Q, P), the days from each of P pixels to its nearest clear
+    observation: the median over the pixels not seen clear that day (away > 0); 0 where none
+    (see :func:`band_days`)."""
+    out = np.zeros(away.shape[0])
+    for i, row in enumerate(away):
+        reconstructed = row[row > 0]
+        out[i] = np.median(reconstructed) if reconstructed.size else 0.0
+    return out
+
+
 def narrow_band(
-    mean: np.ndarray | float, low: np.ndarray | float, high: np.ndarray | float, scale: float
+    mean: np.ndarray | float,
+    low: np.ndarray | float,
+    high: np.ndarray | float,
+    scale: float | np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The band ``low``..``high`` around ``mean`` with both distances to it scaled by
     ``scale`` (an edge on the wrong side of the mean counts as on it), kept within NDVI's
@@ -354,15 +404,23 @@ DAYS_CHUNK = 64
 def _days_to_clear(cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray) -> pd.Series:
     """Per query day, the field's median of the days to each pixel's nearest clear observation
     (calendar days; a nullable integer, NA where most of the field is never clear)."""
-    clear = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)
-    days = to_days(calendar_day(cube["time_s2"].values).astype("datetime64[ns]"))
-    query = to_days(calendar_day(dates).astype("datetime64[ns]"))
     out = np.full(dates.size, np.nan)
-    for chunk in _chunks(dates.size, DAYS_CHUNK):
-        away = nearest_clear_days(clear, days, query[chunk])[:, mask]  # (Q, field pixels)
+    for chunk, away in _days_away(cube, dates, mask):
         out[chunk] = np.median(away, axis=1)  # inf (never clear) sorts last
     out[~np.isfinite(out)] = np.nan
     return pd.Series(np.round(out), dtype="Int64")
+
+
+def _days_away(
+    cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """The query days in chunks of :data:`DAYS_CHUNK`, each with its (days, field pixels) days
+    to each field pixel's nearest clear observation (calendar days; inf: never clear)."""
+    clear = cube["valid"].values.astype(bool) & np.isfinite(cube["s2"].values).any(axis=1)
+    days = to_days(calendar_day(cube["time_s2"].values).astype("datetime64[ns]"))
+    query = to_days(calendar_day(dates).astype("datetime64[ns]"))
+    for chunk in _chunks(dates.size, DAYS_CHUNK):
+        yield chunk, nearest_clear_days(clear, days, query[chunk])[:, mask]
 
 
 def _field_mean(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:

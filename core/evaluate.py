@@ -56,12 +56,11 @@ import numpy as np
 import xarray as xr
 
 from core.cube import S2_BANDS, bands_present, validate_cube
-from core.curve import curve_chunks, narrow_band
+from core.curve import band_scale, curve_chunks, narrow_band, reconstructed_days
 from core.errors import InputError
 from core.indices import can_compute_ndvi, ndvi
 from core.model.blend import DISTANCE_EDGES_DAYS, days_to_clear, distance_bucket
 from core.reconstruct import (
-    FIELD_NDVI_SCALE_ATTR,
     ReconstructOptions,
     observations,
     pinned,
@@ -800,7 +799,10 @@ def _score_task(
     days_away = None
     if distance is not None:
         days_away = np.concatenate([distance[f][scored[f]] for f in frames])
-    field = field_ndvi_scores(original, result, frames, rows, scored)
+    frame_days = None
+    if distance is not None:  # as the curve picks its band's factor (core.curve.band_days)
+        frame_days = reconstructed_days(np.stack([distance[f].ravel() for f in frames]))
+    field = field_ndvi_scores(original, result, frames, rows, scored, frame_days)
     scores = score_values(
         truth,
         pred,
@@ -823,19 +825,21 @@ def field_ndvi_scores(
     frames: Sequence[int],
     rows: Sequence[int],
     scored: np.ndarray,
+    frame_days: np.ndarray | None = None,
 ) -> dict[str, object]:
     """The field-mean NDVI figures of :class:`Scores`: per scored frame, the mean NDVI over its
     scored pixels (where truth and prediction both have one), true and reconstructed, and the
     means of the per-pixel NDVI p10 and p90 over the same pixels, narrowed as the curve does
-    where the method fitted a field-mean band (``FIELD_NDVI_SCALE_ATTR``)."""
+    where the method fitted a field-mean band (``FIELD_NDVI_SCALE_ATTR``; per frame by its
+    distance to clear data, ``frame_days`` (len(frames),), where it fitted one factor per
+    distance: :func:`core.curve.band_scale`)."""
     if not can_compute_ndvi(bands_present(original)):
         return {}
     truth_ndvi = ndvi(original["s2"].values, band_axis=1)
     errors, inside, widths, scores = [], [], [], []
     has_band = "ndvi_p10" in result
-    scale = result.attrs.get(FIELD_NDVI_SCALE_ATTR)
-    scale = None if scale is None else float(scale)
-    for f, r in zip(frames, rows, strict=True):
+    scales = band_scale(result.attrs, frame_days)
+    for i, (f, r) in enumerate(zip(frames, rows, strict=True)):
         pred = result["ndvi"].values[r]
         ok = scored[f] & np.isfinite(truth_ndvi[f]) & np.isfinite(pred)
         if not ok.any():
@@ -845,7 +849,8 @@ def field_ndvi_scores(
         if has_band:
             low = float(np.nanmean(result["ndvi_p10"].values[r][ok]))
             high = float(np.nanmean(result["ndvi_p90"].values[r][ok]))
-            if scale is not None:  # as the curve narrows it (core.curve.field_ndvi_band)
+            if scales is not None:  # as the curve narrows it (core.curve.field_ndvi_band)
+                scale = scales[i] if scales.ndim else scales
                 low, high = (float(v) for v in narrow_band(pred_mean, low, high, scale))
             inside.append(low <= true_mean <= high)
             widths.append(high - low)

@@ -83,6 +83,11 @@ class ReconstructOptions:
     (``FIELD_NDVI_SCALE_ATTR``; the NDVI curve's band), on the field's own hidden frames.
     False: the field means of the per-pixel NDVI percentiles, the band of a field whose pixels
     all err together."""
+    curve_band_by_distance: bool = True
+    """Model only, with ``fit_curve_band``: fit that factor per bucket of a day's distance to
+    clear data too (<= 8, 8-20, > 20 days; ``FIELD_NDVI_SCALE_BY_DISTANCE_ATTR``), so that the
+    curve's band is narrower next to a clear observation and wider a month from one. False: one
+    factor for every day."""
     band_by_distance: bool = False
     """Model only, with ``calibrate_field``: fit the band's width per bucket of days to the
     pixel's nearest clear observation (<= 8, 8-20, > 20) instead of once for the field, so
@@ -149,6 +154,11 @@ FIELD_NDVI_SCALE_ATTR = "model_field_ndvi_band_scale"
 """Attribute of a reconstruction whose method fitted how wide a field-mean NDVI band is: the
 factor on the distances from the field's mean NDVI to the field means of the per-pixel NDVI p10
 and p90 (see :func:`core.curve.field_ndvi_band`)."""
+
+FIELD_NDVI_SCALE_BY_DISTANCE_ATTR = "model_field_ndvi_band_scale_by_distance"
+"""Attribute of a reconstruction whose method fitted that factor per bucket of days to clear data
+too (``ReconstructOptions.curve_band_by_distance``): the factors for a day whose reconstructed
+pixels lie a median <= 8, 8-20 and > 20 days from their nearest clear observation."""
 
 
 ERROR_BAND_ATTR = "model_error_band_half_width"

@@ -50,6 +50,7 @@ from core.config import (
 from core.cube import S2_BANDS, has_s1, mask_breakdown, read_cube, single_polarization_note
 from core.curve import (
     OBSERVED_MIN_CLEAR_FRACTION,
+    band_days,
     curve_chunks,
     field_ndvi_band,
     ndvi_curve,
@@ -65,6 +66,7 @@ from core.model.config import BAND_TARGET, MIN_ADAPT_FRAMES, NARROW_BAND_COVERAG
 from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
+    FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
     NDVI_ERROR_BAND_ATTR,
     OUTSIDE_NOTED,
     ReconstructOptions,
@@ -1248,7 +1250,17 @@ def fit_notes(attrs: dict) -> list[str]:
             f"{near:.3f} within 8 days of a clear observation, +-{mid:.3f} at 8-20 days, "
             f"+-{far:.3f} further away."
         )
-    if FIELD_NDVI_SCALE_ATTR in attrs:
+    if FIELD_NDVI_SCALE_BY_DISTANCE_ATTR in attrs:
+        near, mid, far = (float(v) for v in np.atleast_1d(attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR]))
+        notes.append(
+            "NDVI curve band fitted on this field: its mean NDVI errs less than its pixels do, "
+            f"and more the farther a day is from clear data, so the curve's band is {near:.2f} x "
+            f"the field mean of the pixels' bands within 8 days of a clear observation, "
+            f"{mid:.2f} x at 8-20 days and {far:.2f} x further away: the widths that held 80 % "
+            "of its hidden frames at those distances (or all of them, where a distance had too "
+            "few)."
+        )
+    elif FIELD_NDVI_SCALE_ATTR in attrs:
         notes.append(
             "NDVI curve band fitted on this field: its mean NDVI errs less than its pixels do, "
             f"so the curve's band is {float(attrs[FIELD_NDVI_SCALE_ATTR]):.2f} x the field "
@@ -1327,7 +1339,8 @@ def _frame_view(
             masked_as = tuple(mask_breakdown(scl, not_clear[covered]))
     rgb, ndvi_img, spread = _recon_colours(frame)
     ndvi = frame["ndvi"].values
-    means, lows, highs = field_ndvi_band(frame.expand_dims("time"), covered)
+    away = band_days(cube, np.array([day], "datetime64[ns]"), covered)
+    means, lows, highs = field_ndvi_band(frame.expand_dims("time"), covered, away)
     mean = float(means[0])
     p10 = float(lows[0]) if spread is not None else math.nan
     p90 = float(highs[0]) if spread is not None else math.nan

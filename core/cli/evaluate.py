@@ -315,6 +315,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "error_band": args.error_band,
                 "ndvi_error_band": args.ndvi_error_band,
                 "fit_curve_band": args.fit_curve_band,
+                "curve_band_by_distance": args.curve_band_by_distance,
                 "blend_field": args.blend_field,
                 "smooth_days": args.smooth_days,
                 "device": args.device,

@@ -55,6 +55,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "percentiles)",
     )
     parser.add_argument(
+        "--curve-band-by-distance",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="model, with the curve band fitted: its factor per day's distance to clear data "
+        "(<= 8, 8-20, > 20 days; default: on; --no-curve-band-by-distance: one factor)",
+    )
+    parser.add_argument(
         "--ndvi-error-band",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -204,6 +211,7 @@ def options_from_args(
         adapt_steps=args.adapt_steps,
         calibrate_field=args.calibrate_field,
         fit_curve_band=args.fit_curve_band,
+        curve_band_by_distance=args.curve_band_by_distance,
         band_by_distance=args.band_by_distance,
         error_band=args.error_band,
         ndvi_error_band=args.ndvi_error_band,

@@ -216,18 +216,20 @@ def episode_field_ndvi(
     scale: float | np.ndarray,
     ndvi_half: np.ndarray | None = None,
 ) -> np.ndarray:
-    """What an NDVI curve shows, on every frame of ``episodes`` with hidden pixels: (F, 4) rows
-    of the true mean NDVI over the frame's hidden pixels, the estimate's, and the means over the
+    """What an NDVI curve shows, on every frame of ``episodes`` with hidden pixels: (F, 5) rows
+    of the true mean NDVI over the frame's hidden pixels, the estimate's, the means over the
     same pixels of the per-pixel NDVI p10 and p90: of the samples ``mean + scale * draws``, or
     with ``ndvi_half`` (half widths per distance bucket, :func:`fit_error_band`; episodes made
-    with distances) the estimate's NDVI -+ its pixel's half width, as the product makes them.
+    with distances) the estimate's NDVI -+ its pixel's half width, as the product makes them;
+    and the frame's distance to clear data: the median over those pixels of their days to the
+    nearest clear observation (NaN for episodes made without distances).
 
     ``mean``, ``draws`` (K, M) and ``truth`` are the episodes' arrays (see the module
     docstring; model units: NDVI does not see the scale), ``scale`` a number or one per value.
     A frame needs :data:`MIN_FRAME_PIXELS` hidden pixels with an NDVI (red and a NIR band)."""
-    rows: list[tuple[float, float, float, float]] = []
+    rows: list[tuple[float, float, float, float, float]] = []
     if draws.shape[0] < 2:  # no band without samples
-        return np.zeros((0, 4))
+        return np.zeros((0, 5))
     samples = mean[None] + np.asarray(scale, np.float32) * draws
     for ep, true_ndvi, est_ndvi, sample_ndvi in _episode_ndvi_maps(episodes, mean, truth, samples):
         for frame in range(true_ndvi.shape[0]):
@@ -240,15 +242,17 @@ def episode_field_ndvi(
             else:
                 half = np.asarray(ndvi_half)[distance_bucket(ep.distance[frame][ok])]
                 low, high = band_around(est_ndvi[frame][ok], half, -1.0, 1.0)  # as the output
+            days = math.nan if ep.distance is None else float(np.median(ep.distance[frame][ok]))
             rows.append(
                 (
                     float(true_ndvi[frame][ok].mean()),
                     float(est_ndvi[frame][ok].mean()),
                     float(low.mean()),
                     float(high.mean()),
+                    days,
                 )
             )
-    return np.asarray(rows, np.float64).reshape(-1, 4)
+    return np.asarray(rows, np.float64).reshape(-1, 5)
 
 
 def fit_field_ndvi_scale(rows: np.ndarray, target_coverage: float = BAND_TARGET) -> float | None:
@@ -261,10 +265,47 @@ def fit_field_ndvi_scale(rows: np.ndarray, target_coverage: float = BAND_TARGET)
     shared across the field."""
     if rows.shape[0] < MIN_FIELD_NDVI_FRAMES:
         return None
-    true, est, low, high = rows.T
+    return _curve_factor(rows, target_coverage)
+
+
+def _curve_factor(rows: np.ndarray, target_coverage: float) -> float:
+    """The smallest factor c on the distances to the band's edges that holds ``target_coverage``
+    of the ``rows``' true means (:func:`fit_field_ndvi_scale`)."""
+    true, est, low, high = rows[:, :4].T
     below, above = np.maximum(est - low, 0.0), np.maximum(high - est, 0.0)
 
     def covered(c: float) -> float:
         return float(np.mean((true >= est - c * below) & (true <= est + c * above)))
 
     return smallest_scale(covered, target_coverage)
+
+
+MIN_BUCKET_NDVI_FRAMES = 10
+"""Hidden frames with NDVI a distance bucket needs before the curve's band gets its own factor
+there (:func:`fit_field_ndvi_scale_by_distance`)."""
+
+
+def fit_field_ndvi_scale_by_distance(
+    rows: np.ndarray, target_coverage: float = BAND_TARGET
+) -> np.ndarray | None:
+    """The curve band's factor c (:func:`fit_field_ndvi_scale`) per bucket of a frame's days to
+    clear data (the fifth column of :func:`episode_field_ndvi`'s rows;
+    :data:`core.model.blend.DISTANCE_EDGES_DAYS`: <= 8, 8-20, > 20 days), each fitted on that
+    bucket's frames alone; None where the field-wide factor is (too few frames) or the rows
+    carry no distances.
+
+    The pixels' NDVI band, from the samples, is about as wide next to clear data as a month away
+    (README, "The uncertainty band"), while a field mean's error grows with the distance; so one
+    factor over-covers near data and under-covers far from it. A bucket with under
+    :data:`MIN_BUCKET_NDVI_FRAMES` frames takes the field-wide factor. A factor is never below
+    a nearer bucket's: errors do not shrink farther from data, and a bucket fitted on a dozen
+    frames can come out narrow by chance."""
+    overall = fit_field_ndvi_scale(rows, target_coverage)
+    if overall is None or rows.shape[1] < 5 or not np.isfinite(rows[:, 4]).any():
+        return None
+    bucket = distance_bucket(rows[:, 4])
+    scales = np.full(len(DISTANCE_EDGES_DAYS) + 1, overall)
+    for k in range(scales.size):
+        if (bucket == k).sum() >= MIN_BUCKET_NDVI_FRAMES:
+            scales[k] = _curve_factor(rows[bucket == k], target_coverage)
+    return np.maximum.accumulate(scales)

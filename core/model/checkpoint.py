@@ -56,6 +56,10 @@ class Checkpoint:
     field_ndvi_scale: float | None = None
     """A field's factor on its NDVI curve's band (see core.model.calibration.fit_field_ndvi_scale),
     set per request by per-field calibration; never saved."""
+    field_ndvi_scale_by_distance: np.ndarray | None = None
+    """That factor per bucket of a frame's days to clear data (core.model.blend.
+    DISTANCE_EDGES_DAYS; core.model.calibration.fit_field_ndvi_scale_by_distance), set with it
+    where asked; never saved."""
 
     source: str = ""
     """Where it was loaded from ("" for one made in this process)."""

@@ -54,6 +54,7 @@ from core.progress import beat, part
 from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
+    FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
     NDVI_ERROR_BAND_ATTR,
     Prediction,
     ReconstructOptions,
@@ -506,6 +507,9 @@ def field_checkpoint(
     - ``options.fit_curve_band`` with calibration: the factor on a field-mean NDVI band
       (``field_ndvi_scale``; :func:`core.model.calibration.fit_field_ndvi_scale`), fitted on the
       episodes' hidden frames; None with under 20 of them.
+      With ``options.curve_band_by_distance`` too, that factor per bucket of a frame's days
+      to clear data as well (``field_ndvi_scale_by_distance``;
+      :func:`core.model.calibration.fit_field_ndvi_scale_by_distance`).
     - ``options.error_band`` with calibration: the reflectance band's half widths from the
       estimate's own errors on the episodes, per band and distance bucket (``error_band``;
       :func:`core.model.calibration.fit_error_band`), fitted around the blended estimate.
@@ -527,6 +531,7 @@ def field_checkpoint(
         episode_pixel_ndvi,
         fit_error_band,
         fit_field_ndvi_scale,
+        fit_field_ndvi_scale_by_distance,
         fit_spread,
         fit_spread_by_distance,
     )
@@ -546,6 +551,8 @@ def field_checkpoint(
     by_distance = bool(calibration_k) and options.band_by_distance
     error_band = bool(calibration_k) and options.error_band
     ndvi_error_band = error_band and options.ndvi_error_band
+    fits_curve = bool(calibration_k) and options.fit_curve_band
+    curve_by_distance = fits_curve and options.curve_band_by_distance
     if options.adapt_steps == 0 and calibration_k == 0 and not options.blend_field:
         return checkpoint
     key = (
@@ -557,7 +564,8 @@ def field_checkpoint(
         by_distance,
         error_band,
         ndvi_error_band,
-        bool(calibration_k) and options.fit_curve_band,
+        fits_curve,
+        curve_by_distance,
         options.blend_field,
         options.whittaker_lambda if options.blend_field else None,
         blend_module.BLEND_MEASURE if options.blend_field else None,
@@ -604,7 +612,7 @@ def field_checkpoint(
             patch=checkpoint.config.patch,
             with_smoother=options.blend_field,
             smoother_lambda=options.whittaker_lambda,
-            with_distance=by_distance or error_band,
+            with_distance=by_distance or error_band or fits_curve,
         )
         if episodes:  # else the checkpoint's spread and no blend (see above)
             mean, linear, draws, truth = episode_predictions(
@@ -656,9 +664,15 @@ def field_checkpoint(
                 result = dataclasses.replace(
                     result, error_band=half / REFL_SCALE, ndvi_error_band=ndvi_half
                 )
-            if calibration_k and options.fit_curve_band:  # field means, on hidden frames
+            if fits_curve:  # field means, on hidden frames
                 rows = episode_field_ndvi(episodes, mean, draws, truth, scale, ndvi_half)
-                result = dataclasses.replace(result, field_ndvi_scale=fit_field_ndvi_scale(rows))
+                result = dataclasses.replace(
+                    result,
+                    field_ndvi_scale=fit_field_ndvi_scale(rows),
+                    field_ndvi_scale_by_distance=(
+                        fit_field_ndvi_scale_by_distance(rows) if curve_by_distance else None
+                    ),
+                )
     with _field_lock:
         _field[key] = (checkpoint, result)
         while len(_field) > FIELD_CACHE_SIZE:
@@ -963,6 +977,8 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
     }
     if used.field_ndvi_scale is not None:
         attrs[FIELD_NDVI_SCALE_ATTR] = float(used.field_ndvi_scale)
+    if used.field_ndvi_scale_by_distance is not None:
+        attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR] = np.round(used.field_ndvi_scale_by_distance, 4)
     if used.spread_by_distance is not None:
         attrs["model_spread_by_distance"] = np.round(used.spread_by_distance, 4)
     if used.error_band is not None:  # band by band, then bucket by bucket

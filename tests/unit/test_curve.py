@@ -9,7 +9,14 @@ import xarray as xr
 
 import core.curve
 from core.cube import S2_BANDS, read_cube
-from core.curve import CURVE_COLUMNS, curve_csv, narrow_band, ndvi_curve, write_curve_csv
+from core.curve import (
+    CURVE_COLUMNS,
+    band_days,
+    curve_csv,
+    narrow_band,
+    ndvi_curve,
+    write_curve_csv,
+)
 from core.errors import InputError
 from core.reconstruct import ReconstructOptions, reconstruct
 from core.timeline import calendar_day
@@ -83,6 +90,33 @@ def test_days_to_clear_is_the_fields_median_distance_to_clear_data(flanders) -> 
     only[2, :4] = 1
     cube["valid"].values[:] = only
     assert ndvi_curve(cube, start, end)["days_to_clear"].isna().all()
+
+
+def test_band_days_measure_the_pixels_not_seen_clear_that_day(flanders) -> None:
+    cube = flanders.isel(time_s2=slice(0, 12)).copy(deep=True)
+    acquired = _acquisition_days(cube)
+    valid = np.zeros(cube["valid"].shape, np.uint8)
+    valid[2] = 1  # the whole field clear on the third acquisition ...
+    valid[8, :3] = 1  # ... and 30 of its 100 pixels on the ninth
+    cube["valid"].values[:] = valid
+    mask = np.ones((10, 10), bool)
+    one_day = np.timedelta64(1, "D")
+    dates = np.array(
+        [acquired[2], acquired[2] + one_day, acquired[8], acquired[8] + 2 * one_day],
+        "datetime64[ns]",
+    )
+    got = band_days(cube, dates, mask)
+    # Seen whole: 0. A day later: 1. The ninth acquisition's day: its 70 pixels not seen clear
+    # are as far as the third acquisition, whatever its 30 clear ones; two days on, the median
+    # pixel (70 of 100) still counts from the third.
+    from_third = int((acquired[8] - acquired[2]).astype(int))
+    np.testing.assert_array_equal(got, [0.0, 1.0, from_third, from_third + 2])
+    # Part of the field never seen clear: its pixels are infinitely far.
+    never = valid.copy()
+    never[:, :, 5:] = 0
+    cube["valid"].values[:] = never
+    assert np.isinf(band_days(cube, dates[:1], mask)).all()  # the half never seen is the median
+    assert band_days(cube, dates[:1], np.arange(100).reshape(10, 10) % 10 < 5)[0] == 0.0
 
 
 def test_ndvi_is_the_field_mean_of_the_reconstruction(flanders) -> None:
@@ -183,6 +217,10 @@ def test_the_curve_band_is_scaled_but_stays_within_ndvi_range() -> None:
     np.testing.assert_allclose(hi, [1.0, 1.0, 1.0, 1.0])
     lo, hi = narrow_band(np.array([1.2]), np.array([1.1]), np.array([1.3]), 3.0)
     assert lo[0] <= 1.2 <= hi[0] and hi[0] == pytest.approx(1.2)
+    # A factor per value (the curve's band by distance to clear data).
+    lo, hi = narrow_band(mean[:2], low[:2], high[:2], np.array([0.5, 2.0]))
+    np.testing.assert_allclose(lo, [0.45, 0.5])
+    np.testing.assert_allclose(hi, [0.525, 1.0])
 
 
 def test_field_mask_must_fit_the_grid_and_cover_a_pixel(flanders) -> None:

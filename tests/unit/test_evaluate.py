@@ -698,7 +698,7 @@ def test_clear_distance_counts_only_what_a_method_sees() -> None:
 def test_field_ndvi_scores_are_per_frame_means_and_the_curves_band() -> None:
     from core.evaluate import field_ndvi_scores
     from core.indices import ndvi
-    from core.reconstruct import FIELD_NDVI_SCALE_ATTR
+    from core.reconstruct import FIELD_NDVI_SCALE_ATTR, FIELD_NDVI_SCALE_BY_DISTANCE_ATTR
 
     cube = _cube(np.ones((4, 3, 3), dtype=bool))
     true_ndvi = ndvi(cube["s2"].values, band_axis=1)
@@ -727,6 +727,13 @@ def test_field_ndvi_scores_are_per_frame_means_and_the_curves_band() -> None:
     assert narrowed["field_ndvi_band"] == pytest.approx(0.016, abs=1e-6)
     # (0.016 + 10 x 0.042) and (0.016 + 10 x 0.002)
     assert narrowed["field_ndvi_interval_score"] == pytest.approx((0.436 + 0.036) / 2, abs=1e-6)
+    # A factor per distance to clear data: each frame takes its own bucket's (8-20 days and
+    # <= 8 days here), the field's one factor where the frames' distances are not given.
+    result.attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR] = np.array([0.5, 2.0, 3.0])
+    by_day = field_ndvi_scores(cube, result, [1, 2], [1, 2], scored, np.array([12.0, 3.0]))
+    assert by_day["field_ndvi_band"] == pytest.approx((0.16 + 0.04) / 2, abs=1e-6)
+    assert by_day["field_ndvi_coverage"] == 1.0  # 0.05 inside +-0.08, 0.01 inside +-0.02
+    assert field_ndvi_scores(cube, result, [1, 2], [1, 2], scored) == narrowed
     without_red = cube.copy(deep=True)
     without_red["s2"][:, BAND["B04"]] = np.nan
     assert field_ndvi_scores(without_red, result, [1, 2], [1, 2], scored) == {}

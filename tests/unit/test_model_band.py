@@ -11,11 +11,13 @@ import pytest
 
 from core.model.blend import distance_bucket, nearest_clear_days
 from core.model.calibration import (
+    MIN_BUCKET_NDVI_FRAMES,
     MIN_FIELD_NDVI_FRAMES,
     MIN_SPREAD_VALUES,
     coverage,
     episode_field_ndvi,
     fit_field_ndvi_scale,
+    fit_field_ndvi_scale_by_distance,
     fit_spread,
     fit_spread_by_distance,
     smallest_scale,
@@ -173,6 +175,40 @@ def test_the_field_ndvi_factor_makes_the_band_hold_80_percent_of_frames() -> Non
     assert fit_field_ndvi_scale(rows[: MIN_FIELD_NDVI_FRAMES - 1]) is None  # too few frames
 
 
+def test_the_curve_band_gets_a_factor_per_distance_to_clear_data() -> None:
+    rng = np.random.default_rng(4)
+    n = 400
+    days = np.repeat([3.0, 12.0, 40.0], n)
+    est = rng.uniform(0.2, 0.8, days.size)
+    true = est + rng.normal(0.0, np.repeat([0.01, 0.02, 0.04], n))  # errors grow with distance
+    rows = np.stack([true, est, est - 0.06, est + 0.06, days], axis=1)  # the band does not
+    factors = fit_field_ndvi_scale_by_distance(rows)
+    assert factors is not None and factors.shape == (3,)
+    assert factors[0] < factors[1] < factors[2]
+    assert factors[2] / factors[0] == pytest.approx(4.0, rel=0.2)
+    bucket = distance_bucket(days)
+    for k in range(3):
+        inside = np.abs(true - est)[bucket == k] <= factors[k] * 0.06
+        assert inside.mean() == pytest.approx(0.8, abs=0.01)
+    # A bucket with too few frames takes the field's one factor (or a nearer bucket's, if wider).
+    few = rows[: 2 * n + MIN_BUCKET_NDVI_FRAMES - 1]
+    got = fit_field_ndvi_scale_by_distance(few)
+    assert got[2] == pytest.approx(max(fit_field_ndvi_scale(few), got[1]))
+    assert got[1] == pytest.approx(factors[1])
+    # Farther is never narrower: frames a month away that happened to err less than those a
+    # week away take the week's factor.
+    flipped = rows.copy()
+    flipped[:, 0] = est + rng.normal(0.0, np.repeat([0.04, 0.02, 0.01], n))
+    got = fit_field_ndvi_scale_by_distance(flipped)
+    assert got[0] == got[1] == got[2] == pytest.approx(fit_field_ndvi_scale(flipped[:n]))
+    # No distances (episodes made without them) or too few frames: no factors.
+    no_days = rows.copy()
+    no_days[:, 4] = np.nan
+    assert fit_field_ndvi_scale_by_distance(no_days) is None
+    assert fit_field_ndvi_scale_by_distance(rows[:, :4]) is None
+    assert fit_field_ndvi_scale_by_distance(rows[: MIN_FIELD_NDVI_FRAMES - 1]) is None
+
+
 def test_episode_field_ndvi_is_the_hidden_pixels_means_of_each_frame(cubes_dir) -> None:
     from core.indices import ndvi
     from core.model.config import TrainConfig
@@ -199,13 +235,22 @@ def test_episode_field_ndvi_is_the_hidden_pixels_means_of_each_frame(cubes_dir) 
     assert rows[0, 0] == pytest.approx(want, abs=1e-5)
     wider = episode_field_ndvi(episodes, mean, draws, truth, 4.0)
     np.testing.assert_allclose(wider[:, 3] - wider[:, 1], 2 * (rows[:, 3] - rows[:, 1]), rtol=0.05)
+    assert np.isnan(rows[:, 4]).all()  # episodes made without distances
+    # With distances: the median over the frame's hidden pixels of their days to clear data.
+    episodes = validation_episodes([series], 3, config, 0, with_distance=True)
+    rows = episode_field_ndvi(episodes, mean, draws, truth, 2.0)
+    first = episodes[0]
+    hidden = np.isfinite(ndvi(np.where(first.target, first.truth, np.nan), band_axis=1))
+    frame = int(np.flatnonzero(hidden.any(axis=(1, 2)))[0])
+    assert rows[0, 4] == pytest.approx(np.median(first.distance[frame][hidden[frame]]))
+    assert (rows[:, 4] > 0).all()  # hidden pixels are never seen clear that day
 
 
 def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
     flanders_cube, tmp_path
 ) -> None:
-    from core.curve import field_ndvi_band, ndvi_curve
-    from core.reconstruct import FIELD_NDVI_SCALE_ATTR
+    from core.curve import band_days, field_ndvi_band, ndvi_curve
+    from core.reconstruct import FIELD_NDVI_SCALE_ATTR, FIELD_NDVI_SCALE_BY_DISTANCE_ATTR
 
     cube = _crop(flanders_cube, size=16, frames=slice(0, 40))
     path = _checkpoint(tmp_path, perturb=True)
@@ -226,10 +271,19 @@ def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
     raw_high = np.nanmean(out["ndvi_p90"].values[:, mask], axis=1)
     np.testing.assert_allclose(mean - low, scale * (mean - raw_low), rtol=1e-5)
     np.testing.assert_allclose(high - mean, scale * (raw_high - mean), rtol=1e-5)
+    # The curve takes the factor of the day's distance to clear data.
+    factors = out.attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR]
+    np.testing.assert_allclose(factors, field.field_ndvi_scale_by_distance, atol=1e-4)
+    days = band_days(cube, query, mask)
+    factor = factors[distance_bucket(days)]
+    mean, low, high = field_ndvi_band(out, mask, days)
+    np.testing.assert_allclose(mean - low, factor * (mean - raw_low), rtol=1e-5)
+    np.testing.assert_allclose(high - mean, factor * (raw_high - mean), rtol=1e-5)
     day = calendar_day(query)[0]
     curve = ndvi_curve(cube, day, day, method="model", options=options, field_mask=mask)
     np.testing.assert_allclose(curve[["ndvi_p10", "ndvi_p90"]].values[0], [low[0], high[0]], 1e-5)
     assert curve.attrs["ndvi_band_scale"] == pytest.approx(scale)
+    assert curve.attrs["ndvi_band_scale_by_distance"] == pytest.approx(list(factors))
     # Without the band fitted on the field, the field means of the per-pixel percentiles.
     plain = reconstruct(cube, query, "model", dataclasses.replace(options, calibrate_field=False))
     assert FIELD_NDVI_SCALE_ATTR not in plain.attrs
@@ -238,7 +292,8 @@ def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
 
 
 def test_the_curve_band_fit_can_be_switched_off(flanders_cube, tmp_path) -> None:
-    from core.reconstruct import FIELD_NDVI_SCALE_ATTR
+    from core.curve import band_days, field_ndvi_band
+    from core.reconstruct import FIELD_NDVI_SCALE_ATTR, FIELD_NDVI_SCALE_BY_DISTANCE_ATTR
 
     cube = _crop(flanders_cube, size=16, frames=slice(0, 40))
     query = cube["time_s2"].values[[20]] + np.timedelta64(2, "D")
@@ -247,8 +302,17 @@ def test_the_curve_band_fit_can_be_switched_off(flanders_cube, tmp_path) -> None
     on = reconstruct(cube, query, "model", _options(path))
     off = reconstruct(cube, query, "model", _options(path, fit_curve_band=False))
     assert FIELD_NDVI_SCALE_ATTR in on.attrs and FIELD_NDVI_SCALE_ATTR not in off.attrs
+    assert FIELD_NDVI_SCALE_BY_DISTANCE_ATTR not in off.attrs
     for name in ("s2", "s2_p10", "s2_p90"):  # nothing else moves
         np.testing.assert_array_equal(on[name].values, off[name].values)
+    # One factor for every day: the field's, the same as with the factors by distance.
+    one = reconstruct(cube, query, "model", _options(path, curve_band_by_distance=False))
+    assert FIELD_NDVI_SCALE_BY_DISTANCE_ATTR in on.attrs
+    assert FIELD_NDVI_SCALE_BY_DISTANCE_ATTR not in one.attrs
+    assert one.attrs[FIELD_NDVI_SCALE_ATTR] == on.attrs[FIELD_NDVI_SCALE_ATTR]
+    mask = np.ones((16, 16), bool)
+    days = band_days(cube, query, mask)
+    np.testing.assert_array_equal(field_ndvi_band(one, mask, days)[1], field_ndvi_band(on, mask)[1])
 
 
 def test_smallest_scale_finds_where_a_growing_coverage_reaches_its_target() -> None:
