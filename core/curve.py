@@ -13,9 +13,9 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
 * ``ndvi_p10``, ``ndvi_p90``: the band of the field-mean NDVI (:func:`field_ndvi_band`):
   the field means of the per-pixel 10th/90th percentiles of the samples, brought toward
   ``ndvi`` by the factor the model fitted on the field's own hidden frames where it did (the
-  band fitted on the field), one factor per bucket of the day's distance to clear data
-  (:func:`band_days`: <= 8, 8-20, > 20 days) where it fitted those; NaN (an empty CSV cell)
-  unless ``samples > 1``.
+  band fitted on the field), a factor that grows with the day's distance to clear data
+  (:func:`band_days`, :func:`band_scale`) where it fitted one per distance; NaN (an empty CSV
+  cell) unless ``samples > 1``.
 * ``observed_ndvi``: mean NDVI of the clear field pixels acquired that day (every clear pixel
   of every acquisition that day counts once); NaN on days without an acquisition, and on days
   with less than :data:`OBSERVED_MIN_CLEAR_FRACTION` of the field clear: the "clear" pixels of
@@ -56,6 +56,7 @@ from core.progress import portion
 from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
     FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
+    FIELD_NDVI_SCALE_DAYS_ATTR,
     PIXELWISE_METHODS,
     ReconstructOptions,
     Reconstructor,
@@ -218,9 +219,11 @@ def ndvi_curve(
     if FIELD_NDVI_SCALE_ATTR in fits:
         curve.attrs["ndvi_band_scale"] = float(fits[FIELD_NDVI_SCALE_ATTR])
     if FIELD_NDVI_SCALE_BY_DISTANCE_ATTR in fits:
-        curve.attrs["ndvi_band_scale_by_distance"] = [
-            float(v) for v in np.atleast_1d(fits[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR])
-        ]
+        for key, attr in (
+            ("ndvi_band_scale_by_distance", FIELD_NDVI_SCALE_BY_DISTANCE_ATTR),
+            ("ndvi_band_scale_days", FIELD_NDVI_SCALE_DAYS_ATTR),
+        ):
+            curve.attrs[key] = [float(v) for v in np.atleast_1d(fits.get(attr, []))]
     return curve
 
 
@@ -282,12 +285,20 @@ def field_ndvi_band(
 def band_scale(attrs: Mapping[str, object], days: np.ndarray | None) -> np.ndarray | None:
     """The factor on each frame's curve band that a reconstruction's ``attrs`` fitted (see
     :func:`field_ndvi_band`): per frame by ``days`` (the frames' :func:`band_days`) where it
-    fitted one per distance and ``days`` is given, else the field's one factor; None where it
-    fitted none."""
+    fitted factors per distance and ``days`` is given, else the field's one factor; None where
+    it fitted none. Per distance, a day's factor is read off the line through the factors at
+    the days they stand for (``FIELD_NDVI_SCALE_DAYS_ATTR``; the nearest's before the first
+    and past the last), so the band widens smoothly away from clear data instead of in steps;
+    without those days, its bucket's factor."""
     by_distance = attrs.get(FIELD_NDVI_SCALE_BY_DISTANCE_ATTR)
     if by_distance is not None and days is not None:
         factors = np.asarray(by_distance, np.float64).ravel()
-        return factors[distance_bucket(np.asarray(days, np.float64))]
+        days = np.asarray(days, np.float64)
+        where = attrs.get(FIELD_NDVI_SCALE_DAYS_ATTR)
+        if where is None:
+            return factors[distance_bucket(days)]
+        far = np.where(np.isnan(days), np.inf, days)  # never seen clear: the farthest
+        return np.interp(far, np.asarray(where, np.float64).ravel(), factors)
     scale = attrs.get(FIELD_NDVI_SCALE_ATTR)
     return None if scale is None else np.asarray(float(scale))
 

@@ -86,8 +86,9 @@ class ReconstructOptions:
     curve_band_by_distance: bool = True
     """Model only, with ``fit_curve_band``: fit that factor per bucket of a day's distance to
     clear data too (<= 8, 8-20, > 20 days; ``FIELD_NDVI_SCALE_BY_DISTANCE_ATTR``), so that the
-    curve's band is narrower next to a clear observation and wider a month from one. False: one
-    factor for every day."""
+    curve's band is narrower next to a clear observation and wider a month from one; a day's
+    factor is read off the line through the buckets' factors at their frames' median days
+    (``FIELD_NDVI_SCALE_DAYS_ATTR``). False: one factor for every day."""
     band_by_distance: bool = False
     """Model only, with ``calibrate_field``: fit the band's width per bucket of days to the
     pixel's nearest clear observation (<= 8, 8-20, > 20) instead of once for the field, so
@@ -159,6 +160,11 @@ FIELD_NDVI_SCALE_BY_DISTANCE_ATTR = "model_field_ndvi_band_scale_by_distance"
 """Attribute of a reconstruction whose method fitted that factor per bucket of days to clear data
 too (``ReconstructOptions.curve_band_by_distance``): the factors for a day whose reconstructed
 pixels lie a median <= 8, 8-20 and > 20 days from their nearest clear observation."""
+
+FIELD_NDVI_SCALE_DAYS_ATTR = "model_field_ndvi_band_scale_days"
+"""Attribute written with ``FIELD_NDVI_SCALE_BY_DISTANCE_ATTR``: where each of its factors stands
+on the days axis (the median days to clear data of the hidden frames it was fitted on); a day's
+factor is read off the line through those points (:func:`core.curve.band_scale`)."""
 
 
 ERROR_BAND_ATTR = "model_error_band_half_width"

@@ -67,6 +67,7 @@ from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
     FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
+    FIELD_NDVI_SCALE_DAYS_ATTR,
     NDVI_ERROR_BAND_ATTR,
     OUTSIDE_NOTED,
     ReconstructOptions,
@@ -1251,14 +1252,16 @@ def fit_notes(attrs: dict) -> list[str]:
             f"+-{far:.3f} further away."
         )
     if FIELD_NDVI_SCALE_BY_DISTANCE_ATTR in attrs:
-        near, mid, far = (float(v) for v in np.atleast_1d(attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR]))
+        factors = np.atleast_1d(attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR])
+        days = np.atleast_1d(attrs.get(FIELD_NDVI_SCALE_DAYS_ATTR, [math.nan] * factors.size))
+        (c0, c1, c2), (d0, d1, d2) = factors.astype(float), days.astype(float)
         notes.append(
             "NDVI curve band fitted on this field: its mean NDVI errs less than its pixels do, "
-            f"and more the farther a day is from clear data, so the curve's band is {near:.2f} x "
-            f"the field mean of the pixels' bands within 8 days of a clear observation, "
-            f"{mid:.2f} x at 8-20 days and {far:.2f} x further away: the widths that held 80 % "
-            "of its hidden frames at those distances (or all of them, where a distance had too "
-            "few)."
+            "and more the farther a day is from clear data, so the curve's band is "
+            f"{c0:.2f} x the field mean of the pixels' bands {d0:.0f} days from a clear "
+            f"observation, {c1:.2f} x at {d1:.0f} days and {c2:.2f} x at {d2:.0f} days, in a "
+            "line between: the widths that held 80 % of its hidden frames at those distances "
+            "(within 8 days, 8-20 and further; all of them, where a distance had too few)."
         )
     elif FIELD_NDVI_SCALE_ATTR in attrs:
         notes.append(

@@ -60,6 +60,9 @@ class Checkpoint:
     """That factor per bucket of a frame's days to clear data (core.model.blend.
     DISTANCE_EDGES_DAYS; core.model.calibration.fit_field_ndvi_scale_by_distance), set with it
     where asked; never saved."""
+    field_ndvi_scale_days: np.ndarray | None = None
+    """Where each of those factors stands on the days axis (the median days of its bucket's
+    frames), set with them; never saved."""
 
     source: str = ""
     """Where it was loaded from ("" for one made in this process)."""

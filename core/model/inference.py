@@ -55,6 +55,7 @@ from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
     FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
+    FIELD_NDVI_SCALE_DAYS_ATTR,
     NDVI_ERROR_BAND_ATTR,
     Prediction,
     ReconstructOptions,
@@ -508,7 +509,8 @@ def field_checkpoint(
       (``field_ndvi_scale``; :func:`core.model.calibration.fit_field_ndvi_scale`), fitted on the
       episodes' hidden frames; None with under 20 of them.
       With ``options.curve_band_by_distance`` too, that factor per bucket of a frame's days
-      to clear data as well (``field_ndvi_scale_by_distance``;
+      to clear data as well, and where each stands on the days axis
+      (``field_ndvi_scale_by_distance``, ``field_ndvi_scale_days``;
       :func:`core.model.calibration.fit_field_ndvi_scale_by_distance`).
     - ``options.error_band`` with calibration: the reflectance band's half widths from the
       estimate's own errors on the episodes, per band and distance bucket (``error_band``;
@@ -666,12 +668,12 @@ def field_checkpoint(
                 )
             if fits_curve:  # field means, on hidden frames
                 rows = episode_field_ndvi(episodes, mean, draws, truth, scale, ndvi_half)
+                by_days = fit_field_ndvi_scale_by_distance(rows) if curve_by_distance else None
                 result = dataclasses.replace(
                     result,
                     field_ndvi_scale=fit_field_ndvi_scale(rows),
-                    field_ndvi_scale_by_distance=(
-                        fit_field_ndvi_scale_by_distance(rows) if curve_by_distance else None
-                    ),
+                    field_ndvi_scale_by_distance=None if by_days is None else by_days[0],
+                    field_ndvi_scale_days=None if by_days is None else by_days[1],
                 )
     with _field_lock:
         _field[key] = (checkpoint, result)
@@ -979,6 +981,7 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         attrs[FIELD_NDVI_SCALE_ATTR] = float(used.field_ndvi_scale)
     if used.field_ndvi_scale_by_distance is not None:
         attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR] = np.round(used.field_ndvi_scale_by_distance, 4)
+        attrs[FIELD_NDVI_SCALE_DAYS_ATTR] = np.round(used.field_ndvi_scale_days, 2)
     if used.spread_by_distance is not None:
         attrs["model_spread_by_distance"] = np.round(used.spread_by_distance, 4)
     if used.error_band is not None:  # band by band, then bucket by bucket

@@ -223,6 +223,29 @@ def test_the_curve_band_is_scaled_but_stays_within_ndvi_range() -> None:
     np.testing.assert_allclose(hi, [0.525, 1.0])
 
 
+def test_the_curve_band_factor_grows_in_a_line_with_the_days_from_data() -> None:
+    from core.curve import band_scale
+    from core.reconstruct import (
+        FIELD_NDVI_SCALE_ATTR,
+        FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
+        FIELD_NDVI_SCALE_DAYS_ATTR,
+    )
+
+    attrs = {
+        FIELD_NDVI_SCALE_ATTR: 0.4,
+        FIELD_NDVI_SCALE_BY_DISTANCE_ATTR: np.array([0.2, 0.4, 1.0]),
+        FIELD_NDVI_SCALE_DAYS_ATTR: np.array([5.0, 15.0, 35.0]),
+    }
+    days = np.array([0.0, 5.0, 10.0, 15.0, 25.0, 35.0, 90.0, np.inf, np.nan])
+    np.testing.assert_allclose(
+        band_scale(attrs, days), [0.2, 0.2, 0.3, 0.4, 0.7, 1.0, 1.0, 1.0, 1.0]
+    )
+    assert band_scale(attrs, None) == pytest.approx(0.4)  # no days: the field's one factor
+    del attrs[FIELD_NDVI_SCALE_DAYS_ATTR]  # factors without their days: each bucket's
+    np.testing.assert_allclose(band_scale(attrs, np.array([8.0, 9.0, 21.0])), [0.2, 0.4, 1.0])
+    assert band_scale({}, days) is None
+
+
 def test_field_mask_must_fit_the_grid_and_cover_a_pixel(flanders) -> None:
     with pytest.raises(InputError, match="shape"):
         ndvi_curve(flanders, "2018-04-01", "2018-04-02", field_mask=np.ones((3, 3), bool))

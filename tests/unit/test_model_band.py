@@ -11,6 +11,7 @@ import pytest
 
 from core.model.blend import distance_bucket, nearest_clear_days
 from core.model.calibration import (
+    BUCKET_DAYS,
     MIN_BUCKET_NDVI_FRAMES,
     MIN_FIELD_NDVI_FRAMES,
     MIN_SPREAD_VALUES,
@@ -182,8 +183,9 @@ def test_the_curve_band_gets_a_factor_per_distance_to_clear_data() -> None:
     est = rng.uniform(0.2, 0.8, days.size)
     true = est + rng.normal(0.0, np.repeat([0.01, 0.02, 0.04], n))  # errors grow with distance
     rows = np.stack([true, est, est - 0.06, est + 0.06, days], axis=1)  # the band does not
-    factors = fit_field_ndvi_scale_by_distance(rows)
-    assert factors is not None and factors.shape == (3,)
+    factors, where = fit_field_ndvi_scale_by_distance(rows)
+    assert factors.shape == (3,)
+    np.testing.assert_array_equal(where, [3.0, 12.0, 40.0])  # the buckets' frames' median days
     assert factors[0] < factors[1] < factors[2]
     assert factors[2] / factors[0] == pytest.approx(4.0, rel=0.2)
     bucket = distance_bucket(days)
@@ -192,14 +194,16 @@ def test_the_curve_band_gets_a_factor_per_distance_to_clear_data() -> None:
         assert inside.mean() == pytest.approx(0.8, abs=0.01)
     # A bucket with too few frames takes the field's one factor (or a nearer bucket's, if wider).
     few = rows[: 2 * n + MIN_BUCKET_NDVI_FRAMES - 1]
-    got = fit_field_ndvi_scale_by_distance(few)
+    got, _ = fit_field_ndvi_scale_by_distance(few)
     assert got[2] == pytest.approx(max(fit_field_ndvi_scale(few), got[1]))
     assert got[1] == pytest.approx(factors[1])
+    _, where = fit_field_ndvi_scale_by_distance(rows[: 2 * n])  # no frame over 20 days
+    np.testing.assert_array_equal(where, [3.0, 12.0, BUCKET_DAYS[2]])
     # Farther is never narrower: frames a month away that happened to err less than those a
     # week away take the week's factor.
     flipped = rows.copy()
     flipped[:, 0] = est + rng.normal(0.0, np.repeat([0.04, 0.02, 0.01], n))
-    got = fit_field_ndvi_scale_by_distance(flipped)
+    got, _ = fit_field_ndvi_scale_by_distance(flipped)
     assert got[0] == got[1] == got[2] == pytest.approx(fit_field_ndvi_scale(flipped[:n]))
     # No distances (episodes made without them) or too few frames: no factors.
     no_days = rows.copy()
@@ -250,7 +254,11 @@ def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
     flanders_cube, tmp_path
 ) -> None:
     from core.curve import band_days, field_ndvi_band, ndvi_curve
-    from core.reconstruct import FIELD_NDVI_SCALE_ATTR, FIELD_NDVI_SCALE_BY_DISTANCE_ATTR
+    from core.reconstruct import (
+        FIELD_NDVI_SCALE_ATTR,
+        FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
+        FIELD_NDVI_SCALE_DAYS_ATTR,
+    )
 
     cube = _crop(flanders_cube, size=16, frames=slice(0, 40))
     path = _checkpoint(tmp_path, perturb=True)
@@ -274,8 +282,10 @@ def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
     # The curve takes the factor of the day's distance to clear data.
     factors = out.attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR]
     np.testing.assert_allclose(factors, field.field_ndvi_scale_by_distance, atol=1e-4)
+    where = out.attrs[FIELD_NDVI_SCALE_DAYS_ATTR]
+    np.testing.assert_allclose(where, field.field_ndvi_scale_days, atol=0.01)
     days = band_days(cube, query, mask)
-    factor = factors[distance_bucket(days)]
+    factor = np.interp(days, where, factors)
     mean, low, high = field_ndvi_band(out, mask, days)
     np.testing.assert_allclose(mean - low, factor * (mean - raw_low), rtol=1e-5)
     np.testing.assert_allclose(high - mean, factor * (raw_high - mean), rtol=1e-5)
@@ -284,6 +294,7 @@ def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
     np.testing.assert_allclose(curve[["ndvi_p10", "ndvi_p90"]].values[0], [low[0], high[0]], 1e-5)
     assert curve.attrs["ndvi_band_scale"] == pytest.approx(scale)
     assert curve.attrs["ndvi_band_scale_by_distance"] == pytest.approx(list(factors))
+    assert curve.attrs["ndvi_band_scale_days"] == pytest.approx(list(where))
     # Without the band fitted on the field, the field means of the per-pixel percentiles.
     plain = reconstruct(cube, query, "model", dataclasses.replace(options, calibrate_field=False))
     assert FIELD_NDVI_SCALE_ATTR not in plain.attrs
