@@ -176,7 +176,8 @@ def ndvi_curve(
             "period, or the model, which borrows from the clear pixels around the field."
         )
     observed_ndvi, clear_fraction = _observed(cube, dates, mask)
-    away = band_days(cube, dates, mask)  # which of the curve band's factors a day takes
+    # per day, how far from clear data: the CSV's column, and the curve band's factor's
+    days_to_clear, away = _field_distances(cube, dates, mask)
 
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
     fits: dict[str, object] = {}
@@ -203,7 +204,7 @@ def ndvi_curve(
             "observed_ndvi": observed_ndvi,
             "clear_fraction": clear_fraction,
             "source": np.where(seen, "observed", "reconstructed"),
-            "days_to_clear": _days_to_clear(cube, dates, mask),
+            "days_to_clear": days_to_clear,
         },
         columns=list(CURVE_COLUMNS),
     )
@@ -309,10 +310,7 @@ def band_days(cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray) -> np.ndarr
     the model's per-field fit measures its hidden frames); 0 where the whole field was seen
     clear, inf where no pixel of it ever is. Picks the curve band's factor
     (:func:`band_scale`)."""
-    out = np.zeros(dates.size)
-    for chunk, away in _days_away(cube, dates, mask):
-        out[chunk] = reconstructed_days(away)
-    return out
+    return _field_distances(cube, dates, mask)[1]
 
 
 def reconstructed_days(away: np.ndarray) -> np.ndarray:
@@ -409,17 +407,22 @@ def _observed(cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray) -> tuple[np
 
 
 DAYS_CHUNK = 64
-"""Query days per pass of :func:`_days_to_clear` (it holds one (days, H, W) array at a time)."""
+"""Query days per pass of :func:`_field_distances` (it holds one (days, H, W) array at a time)."""
 
 
-def _days_to_clear(cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray) -> pd.Series:
-    """Per query day, the field's median of the days to each pixel's nearest clear observation
-    (calendar days; a nullable integer, NA where most of the field is never clear)."""
-    out = np.full(dates.size, np.nan)
+def _field_distances(
+    cube: xr.Dataset, dates: np.ndarray, mask: np.ndarray
+) -> tuple[pd.Series, np.ndarray]:
+    """Per query day, in one pass over the days to each field pixel's nearest clear observation:
+    the field's median of them (the CSV's ``days_to_clear``: calendar days, a nullable integer,
+    NA where most of the field is never clear) and :func:`band_days`."""
+    median = np.full(dates.size, np.nan)
+    reconstructed = np.zeros(dates.size)
     for chunk, away in _days_away(cube, dates, mask):
-        out[chunk] = np.median(away, axis=1)  # inf (never clear) sorts last
-    out[~np.isfinite(out)] = np.nan
-    return pd.Series(np.round(out), dtype="Int64")
+        median[chunk] = np.median(away, axis=1)  # inf (never clear) sorts last
+        reconstructed[chunk] = reconstructed_days(away)
+    median[~np.isfinite(median)] = np.nan
+    return pd.Series(np.round(median), dtype="Int64"), reconstructed
 
 
 def _days_away(
