@@ -176,7 +176,7 @@ def ndvi_curve(
             "period, or the model, which borrows from the clear pixels around the field."
         )
     observed_ndvi, clear_fraction = _observed(cube, dates, mask)
-    # per day, how far from clear data: the CSV's column, and the curve band's factor's
+    # per day, how far from clear data: the CSV's column, and what picks the band's factor
     days_to_clear, away = _field_distances(cube, dates, mask)
 
     mean, p10, p90 = (np.full(dates.size, np.nan) for _ in range(3))
