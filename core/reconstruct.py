@@ -158,8 +158,14 @@ and p90 (see :func:`core.curve.field_ndvi_band`)."""
 
 FIELD_NDVI_SCALE_BY_DISTANCE_ATTR = "model_field_ndvi_band_scale_by_distance"
 """Attribute of a reconstruction whose method fitted that factor per bucket of days to clear data
-too (``ReconstructOptions.curve_band_by_distance``): the factors for a day whose reconstructed
-pixels lie a median <= 8, 8-20 and > 20 days from their nearest clear observation."""
+too (``ReconstructOptions.curve_band_by_distance``): the factors fitted on the hidden frames
+<= 8, 8-20 and > 20 days from clear data (a frame's median over its hidden pixels). A day's
+factor is read off the line through them at ``FIELD_NDVI_SCALE_DAYS_ATTR``
+(:func:`core.curve.band_scale`)."""
+
+FIELD_NDVI_SCALE_FRAMES_ATTR = "model_field_ndvi_band_scale_frames"
+"""Attribute written with ``FIELD_NDVI_SCALE_BY_DISTANCE_ATTR``: the hidden frames each factor's
+bucket held (a bucket with under 10 takes the field's one factor)."""
 
 FIELD_NDVI_SCALE_DAYS_ATTR = "model_field_ndvi_band_scale_days"
 """Attribute written with ``FIELD_NDVI_SCALE_BY_DISTANCE_ATTR``: where each of its factors stands

@@ -62,12 +62,18 @@ from core.fetch import PERIOD_MARGIN_DAYS
 from core.field import Field
 from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
 from core.model.blend import DISTANCE_EDGES_DAYS, better_baseline_of, field_ratio
-from core.model.config import BAND_TARGET, MIN_ADAPT_FRAMES, NARROW_BAND_COVERAGE
+from core.model.config import (
+    BAND_TARGET,
+    MIN_ADAPT_FRAMES,
+    MIN_BUCKET_NDVI_FRAMES,
+    NARROW_BAND_COVERAGE,
+)
 from core.reconstruct import (
     ERROR_BAND_ATTR,
     FIELD_NDVI_SCALE_ATTR,
     FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
     FIELD_NDVI_SCALE_DAYS_ATTR,
+    FIELD_NDVI_SCALE_FRAMES_ATTR,
     NDVI_ERROR_BAND_ATTR,
     OUTSIDE_NOTED,
     ReconstructOptions,
@@ -1252,26 +1258,47 @@ def fit_notes(attrs: dict) -> list[str]:
             f"+-{far:.3f} further away."
         )
     if FIELD_NDVI_SCALE_BY_DISTANCE_ATTR in attrs:
-        factors = np.atleast_1d(attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR])
-        days = np.atleast_1d(attrs.get(FIELD_NDVI_SCALE_DAYS_ATTR, [math.nan] * factors.size))
-        (c0, c1, c2), (d0, d1, d2) = factors.astype(float), days.astype(float)
-        notes.append(
-            "NDVI curve band fitted on this field: its mean NDVI errs less than its pixels do, "
-            "and more the farther a day is from clear data, so the curve's band is "
-            f"{c0:.2f} x the field mean of the pixels' bands {d0:.0f} days from a clear "
-            f"observation, {c1:.2f} x at {d1:.0f} days and {c2:.2f} x at {d2:.0f} days, in a "
-            "line between: the widths that held 80 % of its hidden frames at those distances "
-            "(within 8 days, 8-20 and further; all of them, where a distance had too few)."
-        )
+        notes.append(_curve_band_by_distance_note(attrs))
     elif FIELD_NDVI_SCALE_ATTR in attrs:
+        factor = float(attrs[FIELD_NDVI_SCALE_ATTR])
         notes.append(
-            "NDVI curve band fitted on this field: its mean NDVI errs less than its pixels do, "
-            f"so the curve's band is {float(attrs[FIELD_NDVI_SCALE_ATTR]):.2f} x the field "
-            "mean of the pixels' bands, the width that held 80 % of its hidden frames."
+            f"NDVI curve band fitted on this field: its mean NDVI errs {_than_pixels(factor)}, "
+            f"so the curve's band is {factor:.2f} x the field mean of the pixels' bands, the "
+            "width that held 80 % of its hidden frames."
         )
     if attrs.get("model_weights_sha256"):
         notes.append(model_note(attrs))
     return notes
+
+
+def _than_pixels(factor: float) -> str:
+    """How a field mean's errors compare with its pixels' band, by the factor fitted on it."""
+    return "less than its pixels' band says" if factor < 1 else "more than its pixels' band says"
+
+
+def _curve_band_by_distance_note(attrs: dict) -> str:
+    """The fit note of a curve band fitted per distance to clear data (its factors, the days
+    they stand at and the frames each was fitted on; a bucket with too few frames says so)."""
+    factors = np.atleast_1d(attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR]).astype(float)
+    days = np.atleast_1d(attrs.get(FIELD_NDVI_SCALE_DAYS_ATTR, [math.nan] * 3)).astype(float)
+    frames = np.atleast_1d(attrs.get(FIELD_NDVI_SCALE_FRAMES_ATTR, [-1] * 3)).astype(int)
+    names = ("within 8 days", "at 8-20 days", "further away")
+    parts = []
+    for factor, day, count, name in zip(factors, days, frames, names, strict=True):
+        if 0 <= count < MIN_BUCKET_NDVI_FRAMES:
+            seen = f"{count} hidden frames {name}: too few, so the field's factor"
+            seen += " or a nearer distance's, if wider" if count else ""
+            parts.append(f"{factor:.2f} ({seen})")
+        else:
+            held = f"{count} hidden frames {name}" if count >= 0 else name
+            parts.append(f"{factor:.2f} at {day:.0f} days ({held})")
+    return (
+        "NDVI curve band fitted on this field's hidden frames, by their days from clear data: "
+        "the curve's band is the field mean of the pixels' bands scaled by "
+        + "; ".join(parts)
+        + ". Each factor is the width that held 80 % of those frames; a day between takes the "
+        "line between them."
+    )
 
 
 def checkpoint_warnings(attrs: dict) -> list[str]:

@@ -161,9 +161,9 @@ def ndvi_chart(result: SeasonResult, selected: dt.date) -> None:
 
 BAND_MEANING = (
     " The shaded band (p10-p90) is the range the field's value falls in 8 times in 10 by the "
-    "model's reckoning; fitted to the field (Settings), it widens with the days from clear "
-    "data. On a day seen whole and clear it has no width: the observation is kept as it is, "
-    "and the sensor's own error is not in the band."
+    "model's reckoning; fitted to the field (Settings), it is scaled by how far the day lies "
+    "from clear data. On a day seen whole and clear it has no width: the observation is kept "
+    "as it is, and the sensor's own error is not in the band."
 )
 
 

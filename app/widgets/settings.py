@@ -118,8 +118,8 @@ def settings_panel(settings: Settings) -> RunSettings:
             "the estimate +- the error that 80 % of those pixels stayed within, per band and "
             "distance to the nearest clear observation; the samples' spread (the NDVI band and "
             "map) is widened or narrowed to hold 80 % of them, and the NDVI curve's band (a "
-            "field mean, which errs less than single pixels) is fitted on the hidden frames, "
-            "narrower next to a clear observation and wider far from one. "
+            "field mean) is fitted on the hidden frames' means, by their days from clear "
+            "data. "
             "Otherwise the widths fitted on the training sites are used. Adds a few seconds "
             "per Run on a CPU, whatever the field size, and lets the model sample with 4 steps "
             "instead of 8 (README, 'uncertainty band').",

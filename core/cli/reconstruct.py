@@ -58,8 +58,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--curve-band-by-distance",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="model, with the curve band fitted: its factor per day's distance to clear data "
-        "(<= 8, 8-20, > 20 days; default: on; --no-curve-band-by-distance: one factor)",
+        help="model, with the curve band fitted: its factor fitted per distance to clear data "
+        "(<= 8, 8-20, > 20 days) and read off a line at each day's distance (default: on; "
+        "--no-curve-band-by-distance: one factor for every day)",
     )
     parser.add_argument(
         "--ndvi-error-band",

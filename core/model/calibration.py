@@ -24,7 +24,7 @@ import numpy as np
 
 from core.indices import ndvi
 from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket
-from core.model.config import BAND_TARGET
+from core.model.config import BAND_TARGET, MIN_BUCKET_NDVI_FRAMES
 from core.reconstruct import band_around
 
 if TYPE_CHECKING:
@@ -280,9 +280,6 @@ def _curve_factor(rows: np.ndarray, target_coverage: float) -> float:
     return smallest_scale(covered, target_coverage)
 
 
-MIN_BUCKET_NDVI_FRAMES = 10
-"""Hidden frames with NDVI a distance bucket needs before the curve's band gets its own factor
-there (:func:`fit_field_ndvi_scale_by_distance`)."""
 BUCKET_DAYS = (4.0, 14.0, 30.0)
 """Where a distance bucket without frames places its factor on the days axis (the buckets are
 <= 8, 8-20 and > 20 days)."""
@@ -290,15 +287,16 @@ BUCKET_DAYS = (4.0, 14.0, 30.0)
 
 def fit_field_ndvi_scale_by_distance(
     rows: np.ndarray, target_coverage: float = BAND_TARGET
-) -> tuple[np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The curve band's factor c (:func:`fit_field_ndvi_scale`) per bucket of a frame's days to
-    clear data (the fifth column of :func:`episode_field_ndvi`'s rows;
-    :data:`core.model.blend.DISTANCE_EDGES_DAYS`: <= 8, 8-20, > 20 days), each fitted on that
-    bucket's frames alone, and where each stands on the days axis: the median days of the
-    bucket's frames (:data:`BUCKET_DAYS` for a bucket without any). A day's factor is read off
-    the line through those points (:func:`core.curve.band_scale`), so that the band widens
-    smoothly with the distance. None where the field-wide factor is (too few frames) or the
-    rows carry no distances.
+    clear data (the fifth column of :func:`episode_field_ndvi`'s rows, inf for a frame whose
+    pixels are never seen clear; :data:`core.model.blend.DISTANCE_EDGES_DAYS`: <= 8, 8-20,
+    > 20 days), each fitted on that bucket's frames alone; where each stands on the days axis:
+    the median finite days of the bucket's frames (:data:`BUCKET_DAYS` for a bucket without
+    any); and the bucket's frame counts. A day's factor is read off the line through those
+    points (:func:`core.curve.band_scale`), so that the band's factor grows smoothly with the
+    distance. None where the field-wide factor is (too few frames) or the rows carry no
+    distances.
 
     The pixels' NDVI band, from the samples, is about as wide next to clear data as a month away
     (README, "The uncertainty band"), while a field mean's error grows with the distance; so one
@@ -310,13 +308,15 @@ def fit_field_ndvi_scale_by_distance(
     if overall is None or rows.shape[1] < 5 or not np.isfinite(rows[:, 4]).any():
         return None
     days = rows[:, 4]
-    bucket = distance_bucket(days)
+    bucket = distance_bucket(days)  # inf (never seen clear): the farthest
     scales = np.full(len(DISTANCE_EDGES_DAYS) + 1, overall)
     where = np.array(BUCKET_DAYS, np.float64)
+    frames = np.zeros(scales.size, np.int64)
     for k in range(scales.size):
-        in_bucket = (bucket == k) & np.isfinite(days)
-        if in_bucket.any():
-            where[k] = float(np.median(days[in_bucket]))
-        if in_bucket.sum() >= MIN_BUCKET_NDVI_FRAMES:
+        in_bucket = (bucket == k) & ~np.isnan(days)
+        frames[k] = in_bucket.sum()
+        if (in_bucket & np.isfinite(days)).any():
+            where[k] = float(np.median(days[in_bucket & np.isfinite(days)]))
+        if frames[k] >= MIN_BUCKET_NDVI_FRAMES:
             scales[k] = _curve_factor(rows[in_bucket], target_coverage)
-    return np.maximum.accumulate(scales), where
+    return np.maximum.accumulate(scales), where, frames

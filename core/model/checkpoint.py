@@ -63,6 +63,9 @@ class Checkpoint:
     field_ndvi_scale_days: np.ndarray | None = None
     """Where each of those factors stands on the days axis (the median days of its bucket's
     frames), set with them; never saved."""
+    field_ndvi_scale_frames: np.ndarray | None = None
+    """The hidden frames each of those factors' buckets held (under 10: the field's factor),
+    set with them; never saved."""
 
     source: str = ""
     """Where it was loaded from ("" for one made in this process)."""

@@ -11,6 +11,9 @@ VIEW_COUNTS = (1, 2, 4, 8)
 :data:`core.model.network.DIHEDRAL_VIEWS`)."""
 BAND_TARGET = 0.8
 """The p10-p90 band's coverage the calibration fits (in training, and on a field)."""
+MIN_BUCKET_NDVI_FRAMES = 10
+"""Hidden frames with NDVI a distance bucket needs before the curve's band gets its own factor
+there (:func:`core.model.calibration.fit_field_ndvi_scale_by_distance`)."""
 NARROW_BAND_COVERAGE = BAND_TARGET - 0.05
 """A checkpoint whose band held fewer of its calibration values than this at its widest is too
 narrow: ``train`` warns, and a Run that uses the checkpoint's band (not one fitted on the

@@ -56,6 +56,7 @@ from core.reconstruct import (
     FIELD_NDVI_SCALE_ATTR,
     FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
     FIELD_NDVI_SCALE_DAYS_ATTR,
+    FIELD_NDVI_SCALE_FRAMES_ATTR,
     NDVI_ERROR_BAND_ATTR,
     Prediction,
     ReconstructOptions,
@@ -674,6 +675,7 @@ def field_checkpoint(
                     field_ndvi_scale=fit_field_ndvi_scale(rows),
                     field_ndvi_scale_by_distance=None if by_days is None else by_days[0],
                     field_ndvi_scale_days=None if by_days is None else by_days[1],
+                    field_ndvi_scale_frames=None if by_days is None else by_days[2],
                 )
     with _field_lock:
         _field[key] = (checkpoint, result)
@@ -982,6 +984,7 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
     if used.field_ndvi_scale_by_distance is not None:
         attrs[FIELD_NDVI_SCALE_BY_DISTANCE_ATTR] = np.round(used.field_ndvi_scale_by_distance, 4)
         attrs[FIELD_NDVI_SCALE_DAYS_ATTR] = np.round(used.field_ndvi_scale_days, 2)
+        attrs[FIELD_NDVI_SCALE_FRAMES_ATTR] = np.asarray(used.field_ndvi_scale_frames, np.int64)
     if used.spread_by_distance is not None:
         attrs["model_spread_by_distance"] = np.round(used.spread_by_distance, 4)
     if used.error_band is not None:  # band by band, then bucket by bucket

@@ -503,8 +503,8 @@ def test_ndvi_with_the_model_says_what_it_fitted_on_the_field(es_path, es_cube, 
     assert lines[3].startswith("Accuracy measured on this field: its own clear pixels")
     assert lines[4].startswith("Samples' spread (the NDVI band and map) fitted on this field:")
     assert lines[5].startswith("Reflectance band (p10-p90) from this field's own errors")
-    assert lines[6].startswith("NDVI curve band fitted on this field:")
-    assert "days from a clear observation" in lines[6]  # a factor per distance
+    assert lines[6].startswith("NDVI curve band fitted on this field's hidden frames, by their")
+    assert "hidden frames within 8 days" in lines[6]  # a factor per distance, and its frames
     curve = out.read_text().splitlines()[1:]
     widths = [float(r.split(",")[3]) - float(r.split(",")[2]) for r in curve]
     assert min(widths) >= 0 and max(widths) > 0.01  # narrowed, and still a band

@@ -12,7 +12,6 @@ import pytest
 from core.model.blend import distance_bucket, nearest_clear_days
 from core.model.calibration import (
     BUCKET_DAYS,
-    MIN_BUCKET_NDVI_FRAMES,
     MIN_FIELD_NDVI_FRAMES,
     MIN_SPREAD_VALUES,
     coverage,
@@ -23,6 +22,7 @@ from core.model.calibration import (
     fit_spread_by_distance,
     smallest_scale,
 )
+from core.model.config import MIN_BUCKET_NDVI_FRAMES
 from core.model.features import REFL_SCALE
 from core.model.inference import (
     cached_checkpoint,
@@ -183,9 +183,10 @@ def test_the_curve_band_gets_a_factor_per_distance_to_clear_data() -> None:
     est = rng.uniform(0.2, 0.8, days.size)
     true = est + rng.normal(0.0, np.repeat([0.01, 0.02, 0.04], n))  # errors grow with distance
     rows = np.stack([true, est, est - 0.06, est + 0.06, days], axis=1)  # the band does not
-    factors, where = fit_field_ndvi_scale_by_distance(rows)
+    factors, where, frames = fit_field_ndvi_scale_by_distance(rows)
     assert factors.shape == (3,)
     np.testing.assert_array_equal(where, [3.0, 12.0, 40.0])  # the buckets' frames' median days
+    np.testing.assert_array_equal(frames, [n, n, n])
     assert factors[0] < factors[1] < factors[2]
     assert factors[2] / factors[0] == pytest.approx(4.0, rel=0.2)
     bucket = distance_bucket(days)
@@ -194,16 +195,24 @@ def test_the_curve_band_gets_a_factor_per_distance_to_clear_data() -> None:
         assert inside.mean() == pytest.approx(0.8, abs=0.01)
     # A bucket with too few frames takes the field's one factor (or a nearer bucket's, if wider).
     few = rows[: 2 * n + MIN_BUCKET_NDVI_FRAMES - 1]
-    got, _ = fit_field_ndvi_scale_by_distance(few)
+    got, _, frames = fit_field_ndvi_scale_by_distance(few)
     assert got[2] == pytest.approx(max(fit_field_ndvi_scale(few), got[1]))
     assert got[1] == pytest.approx(factors[1])
-    _, where = fit_field_ndvi_scale_by_distance(rows[: 2 * n])  # no frame over 20 days
+    assert frames[2] == MIN_BUCKET_NDVI_FRAMES - 1
+    _, where, _ = fit_field_ndvi_scale_by_distance(rows[: 2 * n])  # no frame over 20 days
     np.testing.assert_array_equal(where, [3.0, 12.0, BUCKET_DAYS[2]])
+    # Frames never seen clear (inf days) are the farthest: they count in the far bucket's fit,
+    # which stands at its finite frames' median days (or the bucket's own, with none).
+    never = rows.copy()
+    never[2 * n :, 4] = np.inf
+    got, where, frames = fit_field_ndvi_scale_by_distance(never)
+    assert frames[2] == n and got[2] == pytest.approx(factors[2])
+    assert where[2] == BUCKET_DAYS[2]
     # Farther is never narrower: frames a month away that happened to err less than those a
     # week away take the week's factor.
     flipped = rows.copy()
     flipped[:, 0] = est + rng.normal(0.0, np.repeat([0.04, 0.02, 0.01], n))
-    got, _ = fit_field_ndvi_scale_by_distance(flipped)
+    got, _, _ = fit_field_ndvi_scale_by_distance(flipped)
     assert got[0] == got[1] == got[2] == pytest.approx(fit_field_ndvi_scale(flipped[:n]))
     # No distances (episodes made without them) or too few frames: no factors.
     no_days = rows.copy()
@@ -211,6 +220,32 @@ def test_the_curve_band_gets_a_factor_per_distance_to_clear_data() -> None:
     assert fit_field_ndvi_scale_by_distance(no_days) is None
     assert fit_field_ndvi_scale_by_distance(rows[:, :4]) is None
     assert fit_field_ndvi_scale_by_distance(rows[: MIN_FIELD_NDVI_FRAMES - 1]) is None
+
+
+def test_the_curve_band_note_names_each_factor_its_days_and_its_frames() -> None:
+    from core.reconstruct import (
+        FIELD_NDVI_SCALE_ATTR,
+        FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
+        FIELD_NDVI_SCALE_DAYS_ATTR,
+        FIELD_NDVI_SCALE_FRAMES_ATTR,
+    )
+
+    attrs = {
+        FIELD_NDVI_SCALE_ATTR: 0.81,
+        FIELD_NDVI_SCALE_BY_DISTANCE_ATTR: np.array([0.66, 0.81, 3.04]),
+        FIELD_NDVI_SCALE_DAYS_ATTR: np.array([2.0, 10.0, 22.0]),
+        FIELD_NDVI_SCALE_FRAMES_ATTR: np.array([40, MIN_BUCKET_NDVI_FRAMES - 1, 12]),
+    }
+    (note,) = [n for n in fit_notes(attrs) if n.startswith("NDVI curve band")]
+    assert "0.66 at 2 days (40 hidden frames within 8 days)" in note
+    assert f"0.81 ({MIN_BUCKET_NDVI_FRAMES - 1} hidden frames at 8-20 days: too few" in note
+    assert "3.04 at 22 days (12 hidden frames further away)" in note
+    assert "errs less" not in note  # a factor over 1 says the mean errs more than that
+    # One factor: the note says which way the field mean errs against its pixels' band.
+    (one,) = [n for n in fit_notes({FIELD_NDVI_SCALE_ATTR: 0.4}) if n.startswith("NDVI curve")]
+    assert "errs less than its pixels' band says" in one and "0.40 x" in one
+    (one,) = [n for n in fit_notes({FIELD_NDVI_SCALE_ATTR: 1.3}) if n.startswith("NDVI curve")]
+    assert "errs more than its pixels' band says" in one
 
 
 def test_episode_field_ndvi_is_the_hidden_pixels_means_of_each_frame(cubes_dir) -> None:
