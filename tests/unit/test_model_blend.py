@@ -341,9 +341,9 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
     assert f"{linear:.4f} by linear interpolation" in notes[1]
     factor = field.spread_scale / out.attrs["model_checkpoint_spread_scale"]
     assert f"{factor:.2f} x the width" in notes[2]
-    curve_factor = float(again.attrs["model_field_ndvi_band_scale"])
+    near = float(again.attrs["model_field_ndvi_band_scale_by_distance"][0])
     assert notes[3].startswith("Reflectance band (p10-p90) from this field's own errors")
-    assert notes[4].startswith("NDVI curve band") and f"{curve_factor:.2f} x" in notes[4]
+    assert notes[4].startswith("NDVI curve band") and f"scaled by {near:.2f}" in notes[4]
     digest = cached_checkpoint(path, "cpu").weights_sha256
     assert notes[5].startswith(f"Model: your checkpoint {path}, weights {digest[:12]}")
     # Too short a series to fit the blend says so; the baselines say nothing.
