@@ -4,19 +4,20 @@
 
 The curve's band is the field mean of the pixels' NDVI p10-p90, narrowed by a factor fitted on
 the field's own hidden frames (``core.model.calibration.fit_field_ndvi_scale``). Since
-2026-12-05 the model also fits that factor per bucket of a frame's days to clear data
-(<= 8, 8-20, > 20; ``fit_field_ndvi_scale_by_distance``), and the curve takes the factor of
-each day's distance (``core.curve.band_days``, ``band_scale``: in steps until the second rule,
-``curve_band_line_rule.txt``, then in a line between the buckets). This script runs the yardstick (``core.evaluate``, one
-seed after another, the app's settings: K = 8, the band fitted on the field, the field blend,
-tuned 50 steps, the haze screen) on each cube with the model, and scores every scored frame's
-true field-mean NDVI (its hidden clear pixels' mean) against both bands, made from the same
-reconstruction: the one the yardstick scores (by distance) and the field's one factor. It
-prints per task and per bucket of the frame's distance the frames, how many of them each band
-holds, its mean width and its mean interval score (width + 10 x a miss's distance outside;
-lower is better), pooled over the seeds. Default cube: hu-alfold, the only held-out cube with
-red and NIR (be-flanders-c has no red). Nothing is chosen on this: the rules it answers are
-``benchmarks/candidates/curve_band_distance_rule.txt`` and ``curve_band_line_rule.txt``.
+2026-12-05 the model also fits that factor per bucket of a frame's days to clear data (<= 8,
+8-20, > 20; ``fit_field_ndvi_scale_by_distance``), and the curve takes the factor of each day's
+distance (``core.curve.band_days``, ``band_scale``: in steps until the second rule,
+``curve_band_line_rule.txt``, then in a line between the buckets). This script runs the
+yardstick (``core.evaluate``, one seed after another, the app's settings: K = 8, the band fitted
+on the field, the field blend, tuned 50 steps, the haze screen) on each cube with the model, and
+scores every scored frame's true field-mean NDVI (its hidden clear pixels' mean) against both
+bands, made from the same reconstruction: the one the yardstick scores (by distance) and the
+field's one factor. It prints per task and per bucket of the frame's distance the frames, how
+many of them each band holds, its mean width and its mean interval score (width + 10 x a miss's
+distance outside; lower is better), pooled over the seeds. Default cube: hu-alfold, the only
+held-out cube with red and NIR (be-flanders-c has no red). Nothing is chosen on this: the rules
+it answers are ``benchmarks/candidates/curve_band_distance_rule.txt`` and
+``curve_band_line_rule.txt``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import core.evaluate
+from benchmarks.seed_spread import parse_seeds
 from core.config import Settings
 from core.cube import read_cube
 from core.evaluate import Protocol, evaluate_cube
@@ -45,13 +47,6 @@ from core.reconstruct import (
 
 BUCKETS = ("<= 8 d", "8-20 d", "> 20 d")
 BANDS = ("one factor", "by distance")
-
-
-def parse_seeds(text: str) -> list[int]:
-    if "-" in text:
-        first, last = (int(v) for v in text.split("-"))
-        return list(range(first, last + 1))
-    return [int(v) for v in text.split(",")]
 
 
 def main() -> int:

@@ -72,13 +72,21 @@ def test_observed_rows_are_the_mean_of_clear_field_pixels(flanders) -> None:
     assert (not_acquired["source"] == "reconstructed").all()
 
 
-def test_days_to_clear_is_the_fields_median_distance_to_clear_data(flanders) -> None:
+def _clear_on_third_and_part_of_ninth(
+    flanders: xr.Dataset,
+) -> tuple[xr.Dataset, list[np.datetime64], np.ndarray]:
+    """Twelve acquisitions of which the field is seen whole and clear on the third, 30 of its
+    100 pixels on the ninth and nothing else: the cube, its days and its ``valid`` mask."""
     cube = flanders.isel(time_s2=slice(0, 12)).copy(deep=True)
-    acquired = _acquisition_days(cube)
     valid = np.zeros(cube["valid"].shape, np.uint8)
-    valid[2] = 1  # the whole field clear on the third acquisition ...
-    valid[8, :3] = 1  # ... and 30 of its 100 pixels on the ninth
+    valid[2] = 1
+    valid[8, :3] = 1
     cube["valid"].values[:] = valid
+    return cube, _acquisition_days(cube), valid
+
+
+def test_days_to_clear_is_the_fields_median_distance_to_clear_data(flanders) -> None:
+    cube, acquired, valid = _clear_on_third_and_part_of_ninth(flanders)
     start, end = acquired[0], acquired[-1]
     curve = ndvi_curve(cube, start, end).set_index("date")
     days = (pd.DatetimeIndex(curve.index).values.astype("datetime64[D]") - acquired[2]).astype(int)
@@ -93,12 +101,7 @@ def test_days_to_clear_is_the_fields_median_distance_to_clear_data(flanders) -> 
 
 
 def test_band_days_measure_the_pixels_not_seen_clear_that_day(flanders) -> None:
-    cube = flanders.isel(time_s2=slice(0, 12)).copy(deep=True)
-    acquired = _acquisition_days(cube)
-    valid = np.zeros(cube["valid"].shape, np.uint8)
-    valid[2] = 1  # the whole field clear on the third acquisition ...
-    valid[8, :3] = 1  # ... and 30 of its 100 pixels on the ninth
-    cube["valid"].values[:] = valid
+    cube, acquired, valid = _clear_on_third_and_part_of_ninth(flanders)
     mask = np.ones((10, 10), bool)
     one_day = np.timedelta64(1, "D")
     dates = np.array(
