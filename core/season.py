@@ -64,8 +64,8 @@ from core.grid import Grid, field_mask, grid_for_field, grid_from_cube
 from core.model.blend import DISTANCE_EDGES_DAYS, better_baseline_of, field_ratio
 from core.model.config import (
     BAND_TARGET,
-    MIN_ADAPT_FRAMES,
     MIN_BUCKET_NDVI_FRAMES,
+    MIN_CLEAR_ACQUISITIONS,
     NARROW_BAND_COVERAGE,
 )
 from core.reconstruct import (
@@ -451,12 +451,13 @@ def compute_season(
         notes.append(radar_note)
 
     options = request.options
-    if request.method == "model" and options.adapt_steps > 0 and acquired.size < MIN_ADAPT_FRAMES:
+    clear = int(cube["valid"].values.any(axis=(1, 2)).sum())  # acquisitions with clear pixels
+    if request.method == "model" and options.adapt_steps > 0 and clear < MIN_CLEAR_ACQUISITIONS:
         options = dataclasses.replace(options, adapt_steps=0)
         notes.append(
-            f"The model was not tuned to this field: tuning needs at least {MIN_ADAPT_FRAMES} "
-            f"Sentinel-2 acquisitions and this period has {acquired.size}. Choose a longer "
-            "period to tune it."
+            "The model was not tuned to this field: tuning needs at least "
+            f"{MIN_CLEAR_ACQUISITIONS} Sentinel-2 acquisitions with clear pixels and this "
+            f"period has {clear} (of {acquired.size}). Choose a longer period to tune it."
         )
 
     days = _timeline_days(acquired, first, last, request.every_days)
@@ -568,7 +569,7 @@ def run_plan(request: SeasonRequest, in_process: bool = True) -> tuple[PlannedSt
     """The stages of ``request``'s Run after its data is read, in order (the fetch's own are
     not known ahead: they depend on what the cache holds). ``in_process``: the reconstruction
     runs here, not on a cluster (whose worker makes the model's fits without reporting them).
-    A period too short to tune skips the tuning it lists (:data:`MIN_ADAPT_FRAMES`)."""
+    A period too short to tune skips the tuning it lists (:data:`MIN_CLEAR_ACQUISITIONS`)."""
     stages = []
     if request.method == "model" and in_process:
         from core.model.training import ADAPT_BEAT, MEASURE_BEAT  # torch: only for the model
@@ -1193,6 +1194,12 @@ def _nearest_training_note(attrs: dict) -> str:
 def fit_notes(attrs: dict) -> list[str]:
     """Sentences on what the model fitted on this field (from a reconstruction's attributes)."""
     notes = []
+    if attrs.get("model_tuning_skipped"):
+        notes.append(
+            f"Not tuned to this field: tuning needs at least {MIN_CLEAR_ACQUISITIONS} "
+            "Sentinel-2 acquisitions with clear pixels (it hides some and learns from the "
+            "rest), and this one has fewer; the model as trained. A longer period has more."
+        )
     if "blend_mean_weights" in attrs:
         near, mid, far = (round(100 * float(w)) for w in attrs["blend_mean_weights"])
         where = (

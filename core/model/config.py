@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-MIN_ADAPT_FRAMES = 4
-"""Fewest S2 acquisitions a cube needs for per-field tuning (``adapt_steps``)."""
+MIN_CLEAR_ACQUISITIONS = 4
+"""Fewest Sentinel-2 acquisitions with clear pixels a field needs before the model is tuned to
+it (``adapt_steps``) or its band and blend are fitted on it: each hides some of them and learns
+or measures on the rest. With fewer, every episode hides the same one or two frames: on a
+cloudy spring with one clear acquisition, the tuned network copied that frame over the season
+and the band fitted on it held the truth on 0 of 10 clear days (review 9, 2026-12-05)."""
 VIEW_COUNTS = (1, 2, 4, 8)
 """How many views of its input the network's estimate may average (``ReconstructOptions.views``;
 :data:`core.model.network.DIHEDRAL_VIEWS`)."""

@@ -35,7 +35,7 @@ from core.cube import has_s1
 from core.errors import InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint, training_overlap
-from core.model.config import MIN_ADAPT_FRAMES, ModelConfig
+from core.model.config import MIN_CLEAR_ACQUISITIONS, ModelConfig
 from core.model.features import (
     N_BANDS,
     REFL_SCALE,
@@ -584,14 +584,11 @@ def field_checkpoint(
             _field.move_to_end(key)
             return entry[1]
     series = series_from_cube(observed, "this field")
-    if options.adapt_steps > 0 and series.clear_s2.shape[0] < MIN_ADAPT_FRAMES:
-        raise InputError(
-            f"Per-field adaptation needs at least {MIN_ADAPT_FRAMES} Sentinel-2 acquisitions; "
-            f"this cube has {series.clear_s2.shape[0]}. Run without --adapt-steps or choose a "
-            "longer period."
-        )
+    # Too few clear acquisitions: not tuned, and the checkpoint's band and no blend (the
+    # output says so: field_attrs, core.season.fit_notes).
+    clear = series.clear_acquisitions
     result = checkpoint
-    if options.adapt_steps > 0:
+    if options.adapt_steps > 0 and clear >= MIN_CLEAR_ACQUISITIONS:
         model = adapt(
             checkpoint.model,
             series,
@@ -601,7 +598,7 @@ def field_checkpoint(
             device=device,
         )
         result = dataclasses.replace(result, model=model)
-    if calibration_k or options.blend_field:
+    if (calibration_k or options.blend_field) and clear >= MIN_CLEAR_ACQUISITIONS:
         beat(MEASURE_BEAT, 0, FIELD_CALIBRATION_EPISODES)  # cutting the episodes takes seconds
         crop = FIELD_EPISODE_CROP or checkpoint.train_config.crop
         episodes = validation_episodes(
@@ -974,6 +971,8 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         "model_spread_scale": float(used.spread_scale),
         "model_checkpoint_spread_scale": float(base.spread_scale),
         "model_adapt_steps": int(options.adapt_steps),
+        # Asked for and not done: too few acquisitions with clear pixels to tune on.
+        "model_tuning_skipped": int(options.adapt_steps > 0 and used.model is base.model),
         "model_calibrate_field": int(options.calibrate_field and options.samples > 1),
         # Asked for and done: a field with too few clear acquisitions keeps the checkpoint's.
         "model_band_fitted": int(used.band_fitted),

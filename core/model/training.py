@@ -75,6 +75,11 @@ class SeriesData:
     that a field fetched there is known to be one the model was trained on; None where the cube
     cannot say."""
 
+    @property
+    def clear_acquisitions(self) -> int:
+        """Acquisitions with a clear pixel (:data:`core.model.config.MIN_CLEAR_ACQUISITIONS`)."""
+        return int((self.clear_fraction > 0).sum())
+
 
 def footprints_of(series: Sequence[SeriesData]) -> list[dict[str, object]]:
     """``[{"site": ..., "bounds": [west, south, east, north]}]`` of the series that know where

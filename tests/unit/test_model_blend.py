@@ -23,12 +23,13 @@ from core.model.blend import (
     fit_blend,
     nearest_clear_days,
 )
-from core.model.config import TrainConfig
+from core.model.config import MIN_CLEAR_ACQUISITIONS, TrainConfig
 from core.model.features import REFL_SCALE
 from core.model.inference import (
     cached_checkpoint,
     clear_field_cache,
     default_steps,
+    field_attrs,
     field_checkpoint,
 )
 from core.model.network import FieldFlowNet
@@ -310,6 +311,38 @@ def test_a_series_too_short_to_fit_keeps_the_model_alone(flanders_cube, tmp_path
     options = ReconstructOptions(checkpoint=path, device="cpu", blend_field=True)
     clear_field_cache()
     assert field_checkpoint(base, short, options, 2, "cpu").blend is None
+
+
+def test_a_field_with_too_few_clear_acquisitions_is_neither_fitted_on_nor_tuned(
+    flanders_cube, tmp_path
+) -> None:
+    # Review 9: a cloudy spring with one clear acquisition among many. Every episode hid that
+    # frame, so the band "fitted on the field" held the truth on 0 of 10 clear days and the
+    # tuned network copied the frame over the season. The acquisitions with clear pixels count,
+    # not all of them.
+    path = _checkpoint(tmp_path, perturb=True)
+    base = cached_checkpoint(path, "cpu")
+    cube = _crop(flanders_cube, size=16)
+    valid = cube["valid"].values
+    clearest = np.argsort(-valid.sum(axis=(1, 2), dtype=np.int64), kind="stable")
+    options = ReconstructOptions(checkpoint=path, device="cpu", samples=8, calibrate_field=True)
+    fitted = {}
+    for kept in (1, MIN_CLEAR_ACQUISITIONS - 1, MIN_CLEAR_ACQUISITIONS):
+        few = valid.copy()
+        few[clearest[kept:]] = 0
+        cloudy = cube.assign(valid=cube["valid"].copy(data=few))
+        clear_field_cache()
+        field = field_checkpoint(base, observations(cloudy), options, 2, "cpu")
+        fitted[kept] = (field.blend is not None, field.band_fitted, field.field_ndvi_scale)
+        # Tuning asked for: done from four on; below, skipped, and the output says so.
+        tuned = dataclasses.replace(options, adapt_steps=2)
+        field = field_checkpoint(base, observations(cloudy), tuned, 2, "cpu")
+        assert (field.model is not base.model) == (kept >= MIN_CLEAR_ACQUISITIONS)
+        said = fit_notes(field_attrs(base, field, tuned))
+        skipped = [n for n in said if n.startswith("Not tuned to this field")]
+        assert len(skipped) == int(kept < MIN_CLEAR_ACQUISITIONS)
+    assert fitted[1] == fitted[MIN_CLEAR_ACQUISITIONS - 1] == (False, False, None)
+    assert fitted[MIN_CLEAR_ACQUISITIONS][:2] == (True, True)
 
 
 def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp_path) -> None:

@@ -441,6 +441,33 @@ def test_a_period_too_short_to_tune_runs_untuned_and_says_so(
     assert view.ndvi == pytest.approx(result.curve_row(dt.date(2018, 5, 2))["ndvi"], abs=1e-6)
 
 
+def test_a_period_with_too_few_clear_acquisitions_runs_untuned_and_says_so(
+    request_: SeasonRequest, flanders_cube, tmp_path: Path
+) -> None:
+    # Many acquisitions, one of them with clear pixels (review 9: tuned on its one clear frame,
+    # the network copied it over the season). The clear ones count, and the note says so.
+    days = calendar_day(flanders_cube["time_s2"].values)
+    may = (days >= np.datetime64("2018-05-01")) & (days <= np.datetime64("2018-05-31"))
+    keep = np.flatnonzero(may)
+    cube = flanders_cube.isel(time_s2=keep).copy(deep=True)
+    clearest = int(cube["valid"].values.sum(axis=(1, 2), dtype=np.int64).argmax())
+    cube["valid"].values[np.arange(keep.size) != clearest] = 0
+    path = tmp_path / "one-clear.nc"
+    cube.to_netcdf(path)
+    cloudy = dataclasses.replace(
+        request_,
+        start=dt.date(2018, 5, 1),
+        end=dt.date(2018, 5, 31),
+        method="model",
+        options=ReconstructOptions(adapt_steps=DEFAULT_ADAPT_STEPS),
+        cube_path=path,
+    )
+    result = compute_season(cloudy, Settings())
+    said = [note for note in result.notes if "not tuned to this field" in note]
+    assert said and f"with clear pixels and this period has 1 (of {keep.size})" in said[0]
+    assert result.request.options.adapt_steps == 0
+
+
 def test_a_run_on_radar_with_one_polarization_says_the_model_did_not_use_it(
     request_: SeasonRequest, flanders_cube, tmp_path: Path
 ) -> None:
