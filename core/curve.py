@@ -143,7 +143,8 @@ def ndvi_curve(
     Returns:
         DataFrame with :data:`CURVE_COLUMNS`, one row per query day; ``date`` is datetime64.
         ``attrs`` holds ``field_pixels``, ``field_clear_observations`` (clear pixel-dates of
-        the field in the whole cube), ``method`` and ``samples``.
+        the field in the whole cube), ``method``, ``samples`` and ``screened`` (what the
+        screens took out, in words; empty when none ran).
 
     Raises:
         InputError: no NDVI bands, a period outside the cube, an unusable field mask, no
@@ -153,7 +154,7 @@ def ndvi_curve(
     # one model for every chunk (a checkpoint replaced meanwhile stops the curve instead)
     options = pinned(options or ReconstructOptions(), method)
     # once for all chunks (marked, so they skip it) and the observed NDVI column
-    cube, _ = screened(cube, options)
+    cube, screening = screened(cube, options)
     present = bands_present(cube)
     if not present.any():
         raise InputError(
@@ -216,6 +217,7 @@ def ndvi_curve(
         method=method,
         samples=options.samples,
         fits=fits,
+        screened="" if screening is None else screening.summary(),
     )
     if FIELD_NDVI_SCALE_ATTR in fits:
         curve.attrs["ndvi_band_scale"] = float(fits[FIELD_NDVI_SCALE_ATTR])

@@ -324,11 +324,13 @@ def reconstruct(
 
 
 def screened(cube: xr.Dataset, options: ReconstructOptions) -> tuple[xr.Dataset, Screening | None]:
-    """``cube`` through the screens ``options`` ask for (:func:`core.screening.screen_cube`),
-    and what they took out; the cube as it is and None when none is asked for."""
-    if not (options.screen_haze or options.screen_scenes):
-        return cube, None
-    return screen_cube(cube, haze=options.screen_haze, scenes=options.screen_scenes)
+    """``cube`` through the screens ``options`` ask for and the red-floor screen, always on
+    (:func:`core.screening.screen_cube`), and what they took out; None when none was asked
+    for and the floor screen found nothing."""
+    out, screening = screen_cube(cube, haze=options.screen_haze, scenes=options.screen_scenes)
+    if options.screen_haze or options.screen_scenes or screening.count:
+        return out, screening
+    return cube, None  # unmarked, as it came
 
 
 def check_options(method: str, options: ReconstructOptions) -> None:

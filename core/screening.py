@@ -30,6 +30,19 @@ is treated as cloudy. In such mostly cloudy scenes the pixels the mask calls cle
 0.11-0.25 NDVI below the same pixels on the nearest clear day (cloud edges, thin cloud and
 shadow; ``benchmarks/partly_clear_bias.txt``), which the haze screen does not change
 (``benchmarks/candidates/sparse_scene_rule.txt``).
+
+A third screen is always on, whatever is asked (:func:`red_floor`): a clear-labelled pixel
+whose red reflectance sits at the floor, :data:`RED_FLOOR` or below, is no observation of the
+surface. The atmospheric correction took out more than the signal there (aerosol
+over-estimated, as in winter haze), and red at the floor sends NDVI to 1 whatever the near
+infrared: be-flanders-a's 2017-12-27 scene, labelled vegetation, reads NDVI 0.999 on 793 of its
+1,328 clear pixels, where the same pixels' nearest clear days read 0.91. Where
+:data:`FLOOR_SCENE_SHARE` of an acquisition's clear pixels have it, the whole scene was
+over-corrected (that scene's other 535 clear pixels read 0.97 against 0.89) and all its clear
+pixels are taken out. In the shared cubes that scene is the only one: of the other 157
+acquisitions with red and clear pixels, none has more than 0.04 % of them at the floor (four
+single pixels, each NDVI 0.998-0.999 against 0.47-0.89 on its nearest clear days;
+``benchmarks/red_floor.txt``). A cube without red is not screened.
 """
 
 from __future__ import annotations
@@ -56,6 +69,17 @@ screen (the edge of partly_clear_bias.txt's bucket above which the median bias i
 NDVI; fixed by sparse_scene_rule.txt, not searched)."""
 SHIFT_PX = 1
 """How far (pixels) a scene may be shifted against its neighbours without being screened."""
+RED_FLOOR = 0.0001
+"""Red reflectance at or below which a clear-labelled pixel is taken out (:func:`red_floor`):
+the least an L2A product of processing baseline before 04.00 stores (1 DN; 0 is no data).
+Later products store what the correction gives, negative values included, which this covers
+too."""
+FLOOR_TOLERANCE = 0.00005
+"""Half a DN: the cube stores reflectance as scaled integers, so 1 DN reads back within this."""
+FLOOR_SCENE_SHARE = 0.1
+"""An acquisition with at least this share of its clear pixels' red at the floor was
+over-corrected as a whole: all its clear pixels are taken out (the one such scene in the shared
+cubes has 60 %, the next 0.04 %; fixed by that gap, not fitted)."""
 BLUE, RED = S2_BANDS.index("B02"), S2_BANDS.index("B04")
 SCREENED_ATTR = "haze_screened"
 """A screened cube's attribute: what the screen took out, in words (:meth:`Screening.summary`).
@@ -81,11 +105,14 @@ class Screening:
     dropped: np.ndarray | None = None
     """(T, H, W) bool: the clear pixel observations of mostly cloudy acquisitions dropped by
     the scene screen (:func:`sparse_scenes`); None: that screen was not asked for."""
+    floored: np.ndarray | None = None
+    """(T, H, W) bool: clear-labelled observations with red at the floor, or in a scene
+    over-corrected as a whole (:func:`red_floor`); None: not screened."""
 
     @property
     def count(self) -> int:
         """Clear pixel observations taken out by either screen."""
-        return int(self.screened.sum()) + self.dropped_count
+        return int(self.screened.sum()) + self.dropped_count + self.floored_count
 
     @property
     def haze_count(self) -> int:
@@ -94,6 +121,10 @@ class Screening:
     @property
     def dropped_count(self) -> int:
         return 0 if self.dropped is None else int(self.dropped.sum())
+
+    @property
+    def floored_count(self) -> int:
+        return 0 if self.floored is None else int(self.floored.sum())
 
     @property
     def share(self) -> float:
@@ -107,7 +138,20 @@ class Screening:
         said = [self._haze_summary()] if self.haze else []
         if self.dropped is not None:
             said.append(self._scenes_summary())
+        if self.floored_count:  # always on: said only when it found any
+            said.append(self._floor_summary())
         return " ".join(said)
+
+    def _floor_summary(self) -> str:
+        assert self.floored is not None
+        frames = int(self.floored.any(axis=(1, 2)).sum())
+        return (
+            f"Took out {self.floored_count:,} pixel observations the scene mask called clear "
+            f"on {frames} acquisition(s) whose red reflectance sits at the floor ({RED_FLOOR} "
+            "or below), or in a scene where a tenth of the clear pixels' red does: the "
+            "atmospheric correction took out more than the signal, which sends NDVI to 1; "
+            "they are treated as cloudy."
+        )
 
     def _haze_summary(self) -> str:
         if not self.applicable:
@@ -219,6 +263,30 @@ def missed_haze(s2: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarr
     return out
 
 
+def red_floor(s2: np.ndarray, clear: np.ndarray) -> np.ndarray:
+    """The floor screen of the module docstring, one frame at a time.
+
+    Args:
+        s2: reflectance (T, B, H, W) in :data:`S2_BANDS` order (NaN: no data, absent band).
+        clear: (T, H, W) the clear observations to judge.
+
+    Returns:
+        (T, H, W) bool: clear observations whose red is at or below :data:`RED_FLOOR`, and
+        every clear observation of an acquisition where at least :data:`FLOOR_SCENE_SHARE` of
+        them are (none where red is absent: NaN is never at the floor).
+    """
+    out = np.zeros(clear.shape, dtype=bool)
+    for t in range(s2.shape[0]):
+        seen = int(clear[t].sum())
+        if not seen:
+            continue
+        with np.errstate(invalid="ignore"):
+            floor = clear[t] & (s2[t, RED] <= RED_FLOOR + FLOOR_TOLERANCE)
+        found = int(floor.sum())
+        out[t] = clear[t] if found >= FLOOR_SCENE_SHARE * seen and found else floor
+    return out
+
+
 def sparse_scenes(s2: np.ndarray, clear: np.ndarray) -> np.ndarray:
     """The scene screen of the module docstring.
 
@@ -242,29 +310,37 @@ def sparse_scenes(s2: np.ndarray, clear: np.ndarray) -> np.ndarray:
 def screen_cube(
     cube: xr.Dataset, *, haze: bool = True, scenes: bool = False
 ) -> tuple[xr.Dataset, Screening]:
-    """``cube`` with its missed haze (:func:`missed_haze`, ``haze``) and the clear pixels of
-    its mostly cloudy acquisitions (:func:`sparse_scenes`, ``scenes``) marked not valid, and
-    what was screened. The reflectance is left as it is: ``valid`` is what every reader
-    trusts. A cube screened before (:data:`SCREENED_ATTR`) is returned as it is, with that
-    screening's words."""
+    """``cube`` with its clear-labelled pixels whose red sits at the floor (:func:`red_floor`,
+    always), its missed haze (:func:`missed_haze`, ``haze``) and the clear pixels of its
+    mostly cloudy acquisitions (:func:`sparse_scenes`, ``scenes``) marked not valid, and what
+    was screened. The reflectance is left as it is: ``valid`` is what every reader trusts. A
+    cube screened before (:data:`SCREENED_ATTR`) is returned as it is, with that screening's
+    words."""
     valid = cube["valid"].values.astype(bool)
     if SCREENED_ATTR in cube.attrs:
         nothing = np.zeros(valid.shape, dtype=bool)
         return cube, Screening(nothing, int(valid.sum()), earlier=str(cube.attrs[SCREENED_ATTR]))
     s2 = cube["s2"].values
     clear = clear_observations(s2, valid)
+    floored = red_floor(s2, clear)
+    kept = valid & ~floored  # the haze screen's neighbours are real observations
     screened = (
-        missed_haze(s2, valid, to_days(cube["time_s2"].values))
+        missed_haze(s2, kept, to_days(cube["time_s2"].values))
         if haze
         else np.zeros(valid.shape, dtype=bool)
     )
-    dropped = sparse_scenes(s2, clear & ~screened) if scenes else None
+    dropped = sparse_scenes(s2, clear & ~floored & ~screened) if scenes else None
     screening = Screening(
-        screened, int(clear.sum()), applicable=can_screen(s2, clear), haze=haze, dropped=dropped
+        screened,
+        int(clear.sum()),
+        applicable=can_screen(s2, clear),
+        haze=haze,
+        dropped=dropped,
+        floored=floored,
     )
     out = cube.copy()
     if screening.count:
-        out_of = screened if dropped is None else screened | dropped
+        out_of = screened | floored if dropped is None else screened | floored | dropped
         out["valid"] = cube["valid"].copy(data=(valid & ~out_of).astype(cube["valid"].dtype))
     out.attrs[SCREENED_ATTR] = screening.summary()
     return out, screening

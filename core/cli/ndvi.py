@@ -113,6 +113,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         fit_notes,
     )
 
+    if curve.attrs.get("screened"):
+        print(curve.attrs["screened"])
     if curve.attrs["field_clear_observations"] == 0:
         print(NEVER_CLEAR_NOTE)
     if partly := partly_seen_note(curve):

@@ -30,7 +30,7 @@ from core.model.inference import (
     default_steps,
     field_checkpoint,
 )
-from core.reconstruct import ReconstructOptions, observations, reconstruct
+from core.reconstruct import ReconstructOptions, observations, reconstruct, screened
 from core.season import fit_notes
 from core.timeline import calendar_day, to_days
 from tests.unit.test_model_inference import _checkpoint, _crop, hidden_bright_and_dark
@@ -304,7 +304,8 @@ def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
     out = reconstruct(cube, query, "model", options)
     base = cached_checkpoint(path, "cpu")
     steps = default_steps(base, options)
-    field = field_checkpoint(base, observations(cube), options, steps, "cpu")
+    seen = observations(screened(cube, options)[0])  # as reconstruct sees it (the red floor)
+    field = field_checkpoint(base, seen, options, steps, "cpu")
     assert field.field_ndvi_scale is not None and field.field_ndvi_scale > 0
     scale = out.attrs[FIELD_NDVI_SCALE_ATTR]
     assert scale == pytest.approx(field.field_ndvi_scale)

@@ -10,10 +10,13 @@ from core.cube import S2_BANDS
 from core.reconstruct import ReconstructOptions, reconstruct
 from core.screening import (
     BLUISH,
+    FLOOR_SCENE_SHARE,
     NEIGHBOUR_DAYS,
+    RED_FLOOR,
     RISE,
     SPARSE_SCENE_SHARE,
     missed_haze,
+    red_floor,
     screen_cube,
     sparse_scenes,
 )
@@ -138,7 +141,7 @@ def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) 
     screened_cube, screening = screen_cube(cube)
     frame_index = int(np.argmax(screening.screened.sum(axis=(1, 2))))
     assert screening.screened[frame_index].sum() > 100
-    assert screening.summary().startswith(f"Screened out {screening.count:,} pixel observations")
+    assert f"Screened out {screening.haze_count:,} pixel observations" in screening.summary()
     # Screened once, never again: a second pass would find new spikes among what is left, and
     # a Run's later reconstructions (a download, a query date) would differ from its frames.
     again, second = screen_cube(screened_cube)
@@ -216,3 +219,50 @@ def test_the_scene_screen_on_a_real_cube_says_what_it_dropped(cubes_dir) -> None
     observed = cube["s2"].values[t][:, pixels][bands]
     np.testing.assert_array_equal(kept[:, pixels][bands], observed)
     assert not np.array_equal(redone["s2"].values[0][:, pixels][bands], observed)
+
+
+def test_red_at_the_floor_is_taken_out_and_a_scene_full_of_it_whole() -> None:
+    # Red at the floor sends NDVI to 1 whatever the near infrared: no observation of a surface.
+    s2, clear = scenes_cube([1.0, 1.0, 1.0, 0.5])
+    s2[:, S2_BANDS.index("B04")] = np.where(np.isfinite(s2[:, 0]), 0.05, np.nan)
+    red = s2[:, S2_BANDS.index("B04")].reshape(4, -1)
+    red[1, :3] = RED_FLOOR  # 3 % of a scene: those pixels alone
+    red[2, :10] = -0.002  # 10 % (a product that stores negative reflectance): the whole scene
+    red[3, 60:] = RED_FLOOR  # at the floor but not clear: nothing to take out
+    out = red_floor(s2, clear)
+    assert out.reshape(4, -1).sum(axis=1).tolist() == [0, 3, 100, 0]
+    assert FLOOR_SCENE_SHARE == 0.1
+    # A cube without red is not screened.
+    s2[:, S2_BANDS.index("B04")] = np.nan
+    assert not red_floor(s2, clear).any()
+
+
+def test_the_real_over_corrected_scene_is_taken_out_whatever_is_asked(cubes_dir) -> None:
+    from core.cube import read_cube
+
+    # be-flanders-a's 2017-12-27, labelled vegetation: red at the floor on 793 of its 1,328
+    # clear pixels, NDVI 0.999. Elsewhere four single pixels; none in the held-out cube.
+    cube = read_cube(cubes_dir / "be-flanders-a_2017-2018.nc")
+    valid = cube["valid"].values.astype(bool)
+    out, screening = screen_cube(cube, haze=False)
+    days = cube["time_s2"].values.astype("datetime64[D]")
+    t = int(np.flatnonzero(days == np.datetime64("2017-12-27"))[0])
+    np.testing.assert_array_equal(screening.floored[t], valid[t])
+    assert screening.floored_count == valid[t].sum() + 4
+    assert not out["valid"].values[t].any()
+    said = screening.summary()
+    assert said.startswith(f"Took out {screening.floored_count:,} pixel observations")
+    assert "on 5 acquisition(s)" in said and "Haze" not in said
+    held_out = read_cube(cubes_dir / "hu-alfold_2021.nc")
+    assert screen_cube(held_out, haze=False)[1].floored_count == 0
+    # No screen asked for: the floor screen still runs, and every method says what it took out.
+    crop = cube.isel(time_s2=slice(t - 2, t + 3), y=slice(0, 24), x=slice(0, 24))
+    result = reconstruct(crop, crop["time_s2"].values[2:3], "linear", ReconstructOptions())
+    assert result.attrs["haze_screen"].startswith("Took out")
+    floored = screening.floored[t, :24, :24]
+    red = result["s2"].values[0, S2_BANDS.index("B04")][floored]  # reconstructed, not kept
+    assert np.isfinite(red).mean() > 0.5 and np.nanmin(red) > 2 * RED_FLOOR
+    # Nothing at the floor, nothing asked: the cube as it came, nothing said.
+    plain = cube.isel(time_s2=slice(t + 5, t + 9), y=slice(0, 24), x=slice(0, 24))
+    clean = reconstruct(plain, plain["time_s2"].values[1:2], "linear", ReconstructOptions())
+    assert "haze_screen" not in clean.attrs
