@@ -209,6 +209,7 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         raise CubeError(f"Cube has no pixels ({ds.sizes['y']} x {ds.sizes['x']}).")
     for axis in ("x", "y"):
         _check_lattice(ds, axis)
+    ds = _north_up(ds)
     ds = _s2_in_order(_dated(_dated(ds, "time_s2"), "time_s1"))
     out = ds.copy()
     out.attrs["resolution_m"] = resolution_m
@@ -471,6 +472,19 @@ def _check_lattice(ds: xr.Dataset, axis: str) -> None:
             f"{steps.max():g}): its pixels must be evenly spaced, in one direction. Write it "
             "with core.cube (python -m core fetch makes such cubes)."
         )
+
+
+def _north_up(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with y falling and x rising (north up), as field masks, GeoTIFFs and the app's
+    pictures take a cube: a cube written south up or mirrored (xarray writes what it is given)
+    was refused at its first field outline ("not a regular north-up grid"), with nothing to
+    say what to do (review 9). Flipping the axis keeps every value at its coordinates."""
+    for axis, rising in (("y", False), ("x", True)):
+        if axis in ds.coords and ds.sizes.get(axis, 0) >= 2:
+            values = ds[axis].values
+            if (values[1] > values[0]) != rising:
+                ds = ds.isel({axis: slice(None, None, -1)})
+    return ds
 
 
 def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -459,6 +459,14 @@ def compute_season(
             f"{MIN_CLEAR_ACQUISITIONS} Sentinel-2 acquisitions with clear pixels and this "
             f"period has {clear} (of {acquired.size}). Choose a longer period to tune it."
         )
+    few = request.method == "model" and clear < MIN_CLEAR_ACQUISITIONS
+    if few and options.calibrate_field and options.samples > 1:
+        notes.append(
+            "The uncertainty band is not fitted on this field either (that needs as many "
+            "acquisitions with clear pixels): it has the width fitted on the model's training "
+            "sites, likely too narrow this far from clear data. Read the curve between the "
+            "clear views as a guess."
+        )
 
     days = _timeline_days(acquired, first, last, request.every_days)
     timeline = _timeline(cube, covered, days)
@@ -1234,7 +1242,7 @@ def fit_notes(attrs: dict) -> list[str]:
     if attrs.get("model_calibrate_field") and not attrs.get("model_band_fitted", 1):
         notes.append(
             "Uncertainty band: too few clear acquisitions to fit it on this field; the width "
-            "fitted on the model's training sites."
+            "fitted on the model's training sites, likely too narrow far from clear data."
         )
     elif attrs.get("model_calibrate_field") and "model_spread_by_distance" in attrs:
         base = float(attrs["model_checkpoint_spread_scale"])

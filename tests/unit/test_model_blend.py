@@ -386,7 +386,7 @@ def test_the_output_records_the_fits_and_the_season_says_them(flanders_cube, tmp
     assert fit_notes(alone.attrs)[:2] == [
         "Field blend: too few clear acquisitions to measure it; the model's estimate alone.",
         "Uncertainty band: too few clear acquisitions to fit it on this field; the width "
-        "fitted on the model's training sites.",
+        "fitted on the model's training sites, likely too narrow far from clear data.",
     ]  # nothing fitted, nothing claimed
     assert fit_notes(reconstruct(cube, query, "linear").attrs) == []
 

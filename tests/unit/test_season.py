@@ -466,6 +466,16 @@ def test_a_period_with_too_few_clear_acquisitions_runs_untuned_and_says_so(
     said = [note for note in result.notes if "not tuned to this field" in note]
     assert said and f"with clear pixels and this period has 1 (of {keep.size})" in said[0]
     assert result.request.options.adapt_steps == 0
+    assert not any("band is not fitted" in note for note in result.notes)  # K = 1: no band
+    banded = dataclasses.replace(
+        cloudy,
+        options=ReconstructOptions(
+            adapt_steps=DEFAULT_ADAPT_STEPS, samples=8, calibrate_field=True, steps=2
+        ),
+    )
+    result = compute_season(banded, Settings())
+    (band,) = [note for note in result.notes if "band is not fitted on this field" in note]
+    assert "likely too narrow" in band
 
 
 def test_a_run_on_radar_with_one_polarization_says_the_model_did_not_use_it(
