@@ -13,6 +13,7 @@ from core.cli.reconstruct import (
     chosen_checkpoint,
     chosen_method,
     options_from_args,
+    outside_note,
     unused_model_options,
 )
 from core.config import Settings
@@ -23,7 +24,7 @@ from core.field import OPTION_CHOICE, Field, field_from_file
 from core.grid import field_mask, share_outside
 from core.reconstruct import OUTSIDE_NOTED, imaged_part
 from core.storage import check_output_path
-from core.timeline import calendar_day, regular_dates
+from core.timeline import regular_dates
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,12 +101,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     asked = regular_dates(args.start, args.end, args.every_days).size
     if len(curve) < asked:
-        first, last = calendar_day(cube["time_s2"].values[[0, -1]])
-        print(
-            f"note: {asked - len(curve)} of the {asked} day(s) asked for lie outside the "
-            f"cube's Sentinel-2 acquisitions ({first} to {last}) and were left out; fetch a "
-            "cube for the whole period to have them."
-        )
+        print(outside_note(asked - len(curve), asked, cube))
     from core.season import (  # the app's words
         NEVER_CLEAR_NOTE,
         accuracy_headline,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 
 from core.config import Settings, checkpoint_option
 from core.cube import read_cube
@@ -24,7 +25,7 @@ from core.reconstruct import (
 )
 from core.screening import SPARSE_SCENE_SHARE
 from core.storage import check_output_path
-from core.timeline import parse_date_list, regular_dates
+from core.timeline import calendar_day, parse_date_list, regular_dates
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -265,6 +266,16 @@ def query_dates(args: argparse.Namespace) -> np.ndarray:
     return regular_dates(args.start, args.end, every)
 
 
+def outside_note(left_out: int, asked: int, cube: xr.Dataset) -> str:
+    """The note on the days of a period asked for that lie outside ``cube``'s acquisitions."""
+    first, last = calendar_day(cube["time_s2"].values[[0, -1]])
+    return (
+        f"note: {left_out} of the {asked} day(s) asked for lie outside the cube's Sentinel-2 "
+        f"acquisitions ({first} to {last}) and were left out; fetch a cube for the whole "
+        "period to have them."
+    )
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Reconstruct, write the NetCDF and print a one-line summary."""
     method = chosen_method(args, settings)
@@ -277,6 +288,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     dates = query_dates(args)
     cube = read_cube(args.cube)
+    left_out = None
+    if args.dates is None:  # a period, not dates named one by one: its days within the cube
+        first, last = calendar_day(cube["time_s2"].values[[0, -1]])
+        inside = (calendar_day(dates) >= first) & (calendar_day(dates) <= last)
+        if inside.any() and not inside.all():
+            left_out = outside_note(int((~inside).sum()), dates.size, cube)
+            dates = dates[inside]
     options = options_from_args(args, settings, keep_observed=args.keep_observed, method=method)
     result = reconstruct(cube, dates, method=method, options=options)
     path = write_reconstruction(result, args.out)
@@ -286,6 +304,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"Reconstructed {result.sizes['time']} date(s) of {height}x{width} pixels with "
         f"{method} (samples={options.samples}, observed pixels kept: {kept}) -> {path}"
     )
+    if left_out:
+        print(left_out)
     from core.season import accuracy_headline, checkpoint_warnings, fit_notes  # the app's words
 
     screened = result.attrs.get(HAZE_SCREEN_ATTR)

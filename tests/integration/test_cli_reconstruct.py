@@ -159,6 +159,21 @@ def test_ndvi_says_which_days_lie_outside_the_cube(es_path, tmp_path, capsys) ->
     assert "(2019-01-27 to 2019-12-28)" in out
 
 
+def test_reconstruct_leaves_out_the_days_of_a_period_outside_the_cube_and_says_so(
+    es_path, tmp_path, capsys
+) -> None:
+    # As ndvi does (review 9: reconstruct refused a period running a few days past the cube).
+    # Dates named one by one are still refused (test_bad_input_is_refused_with_an_actionable_line).
+    out = tmp_path / "r.nc"
+    status = main(["reconstruct", "--cube", str(es_path), "--start", "2019-01-20", "--end",
+                   "2019-02-05", "--method", "linear", "--out", str(out)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert status == 0 and printed.startswith("Reconstructed 10 date(s)")
+    assert "note: 7 of the 17 day(s) asked for lie outside the cube's Sentinel-2 " in printed
+    with xr.open_dataset(out) as result:
+        assert str(result["time"].values[0])[:10] == "2019-01-27"
+
+
 def test_ndvi_takes_a_field_outline_on_a_lonlat_cube(cubes_dir, tmp_path) -> None:
     # hu-alfold's grid is EPSG:4326 (about 20 m pixels in degrees); an outline drawn on it
     # selects the pixels whose centres it holds, as on a UTM cube.
