@@ -283,7 +283,7 @@ def red_floor(s2: np.ndarray, clear: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             floor = clear[t] & (s2[t, RED] <= RED_FLOOR + FLOOR_TOLERANCE)
         found = int(floor.sum())
-        out[t] = clear[t] if found >= FLOOR_SCENE_SHARE * seen and found else floor
+        out[t] = clear[t] if found >= FLOOR_SCENE_SHARE * seen else floor
     return out
 
 

@@ -452,20 +452,20 @@ def compute_season(
 
     options = request.options
     clear = int(cube["valid"].values.any(axis=(1, 2)).sum())  # acquisitions with clear pixels
-    if request.method == "model" and options.adapt_steps > 0 and clear < MIN_CLEAR_ACQUISITIONS:
+    few = request.method == "model" and clear < MIN_CLEAR_ACQUISITIONS
+    if few and options.adapt_steps > 0:
         options = dataclasses.replace(options, adapt_steps=0)
         notes.append(
             "The model was not tuned to this field: tuning needs at least "
             f"{MIN_CLEAR_ACQUISITIONS} Sentinel-2 acquisitions with clear pixels and this "
             f"period has {clear} (of {acquired.size}). Choose a longer period to tune it."
         )
-    few = request.method == "model" and clear < MIN_CLEAR_ACQUISITIONS
     if few and options.calibrate_field and options.samples > 1:
         notes.append(
-            "The uncertainty band is not fitted on this field either (that needs as many "
-            "acquisitions with clear pixels): it has the width fitted on the model's training "
-            "sites, likely too narrow this far from clear data. Read the curve between the "
-            "clear views as a guess."
+            "The uncertainty band is not fitted on this field (that needs at least "
+            f"{MIN_CLEAR_ACQUISITIONS} acquisitions with clear pixels): it has the width "
+            "fitted on the model's training sites, likely too narrow this far from clear data. "
+            "Read the curve between the clear views as a guess."
         )
 
     days = _timeline_days(acquired, first, last, request.every_days)
