@@ -11,7 +11,12 @@ interval score (``core.evaluate.interval_score``):
 * samples: the p10-p90 of the NDVI of the samples ``mean + s x draws``, with the spread factor
   s fitted on the reflectance as per-field calibration does (the product's band until now);
 * errors: the estimate's NDVI +- the 80th percentile of |true - estimated NDVI| on the fit
-  episodes, per distance bucket (``core.model.calibration.fit_error_band``).
+  episodes, per distance bucket (``core.model.calibration.fit_error_band``);
+* widened: the samples' band stretched to hold the estimate's NDVI where it lies outside;
+* recentred: the samples' band moved so that its median sits at the estimate's NDVI (the
+  distances from the samples' median to p10 and p90 kept), within [-1, 1].
+
+It also prints the share of pixels whose estimate lies outside the samples' band.
 
 Training cubes are in-sample for the network; the comparison is between bands.
 """
@@ -83,8 +88,24 @@ def main() -> int:
             print(f"{name}: no NDVI (red or NIR missing)")
             continue
         rows = []
-        low, high = np.percentile(ev["samples"], [10, 90], axis=0)
+        low, median, high = np.percentile(ev["samples"], [10, 50, 90], axis=0)
+        est = ev["estimate"]
+        outside = float(np.mean((est < low) | (est > high)))
         rows.append(report("samples", ev["true"], low, high, ev["distance"]))
+        rows.append(
+            report(
+                "widened", ev["true"], np.minimum(low, est), np.maximum(high, est), ev["distance"]
+            )
+        )
+        rows.append(
+            report(
+                "recentred",
+                ev["true"],
+                np.clip(est - (median - low), -1.0, 1.0),
+                np.clip(est + (high - median), -1.0, 1.0),
+                ev["distance"],
+            )
+        )
         half = fit_error_band(
             fit["estimate"], fit["true"], np.zeros(fit["true"].size, int), fit["distance"], 1
         )[0]
@@ -94,7 +115,8 @@ def main() -> int:
         )
         print(
             f"{name} K={args.samples} ({ev['true'].size} pixels; half widths "
-            f"{'/'.join(f'{v:.3f}' for v in half)}): " + " | ".join(rows),
+            f"{'/'.join(f'{v:.3f}' for v in half)}; estimate outside the samples' band "
+            f"{outside:.3f}):\n  " + "\n  ".join(rows),
             flush=True,
         )
     return 0

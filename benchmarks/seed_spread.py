@@ -177,6 +177,9 @@ def main() -> int:
     cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {label: {} for label in labels}
     ndvi_cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
     curve_cover: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
+    ndvi_score: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
+    ndvi_misses: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
+    curve_score: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
     settings = "the network alone (K = 1)" if args.network_alone else "the app's settings"
     scored = "scored on (seen ones too)" if args.include_seen else "held out"
     print(f"{scored}: {', '.join(n for n, _ in cubes)}; {settings}; pooled ratio per seed")
@@ -206,6 +209,9 @@ def main() -> int:
             ndvi[label][seed] = pooled_figures(evaluation, "ndvi_mae")
             cover[label][seed] = pooled_figures(evaluation, "coverage")
             ndvi_cover[label][seed] = pooled_figures(evaluation, "ndvi_coverage")
+            ndvi_score[label][seed] = pooled_figures(evaluation, "ndvi_interval_score")
+            ndvi_misses[label][seed] = pooled_figures(evaluation, "ndvi_band_misses_estimate")
+            curve_score[label][seed] = pooled_figures(evaluation, "field_ndvi_interval_score")
             curve_cover[label][seed] = pooled_figures(evaluation, "field_ndvi_coverage")
             ratios = [ratio(maes[label][seed], task) for task in TASKS]
             print(
@@ -245,10 +251,17 @@ def main() -> int:
             curve_ndvi = np.array(
                 [curve_cover[label][s].get((task, "model"), np.nan) for s in seeds]
             )
+            pixel_score, misses, curve_is = (
+                np.array([figures[label][s].get((task, "model"), np.nan) for s in seeds])
+                for figures in (ndvi_score, ndvi_misses, curve_score)
+            )
             summary["ratios"][f"{label} {task}"].update(  # type: ignore[index]
                 coverage=covers.round(3).tolist(),
                 ndvi_coverage=pixel_ndvi.round(3).tolist(),
                 field_ndvi_coverage=curve_ndvi.round(3).tolist(),
+                ndvi_interval_score=pixel_score.round(4).tolist(),
+                ndvi_band_misses_estimate=misses.round(4).tolist(),
+                field_ndvi_interval_score=curve_is.round(4).tolist(),
                 ndvi_model=model_ndvi.round(4).tolist(),
                 ndvi_best_baseline=best.round(4).tolist(),
             )
@@ -270,6 +283,13 @@ def main() -> int:
                     f"[{np.nanmin(pixel_ndvi):.2f} - {np.nanmax(pixel_ndvi):.2f}]; the curve's "
                     f"band (field means) {np.nanmedian(curve_ndvi):.2f} "
                     f"[{np.nanmin(curve_ndvi):.2f} - {np.nanmax(curve_ndvi):.2f}]"
+                )
+                print(
+                    f"{'':16s} {task:8s} per-pixel NDVI band interval score "
+                    f"{np.nanmedian(pixel_score):.4f} (summed over the seeds "
+                    f"{np.nansum(pixel_score):.4f}), estimate outside its band "
+                    f"{np.nanmedian(misses):.3f}; the curve band's interval score "
+                    f"{np.nanmedian(curve_is):.4f} (summed {np.nansum(curve_is):.4f})"
                 )
     labels = [*earlier, *labels]
     maes.update(earlier)

@@ -241,6 +241,7 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
                 "(time_s1, polarization, y, x)."
             )
         out["s1"] = _finite_or_nan(out["s1"])
+        _check_backscatter_scale(out["s1"].values)
         out = _s1_in_order(out)
     return out
 
@@ -440,6 +441,36 @@ def _check_reflectance_scale(s2: np.ndarray) -> None:
             "The L2A offset looks wrong: for processing baseline 04.00 and later subtract 1000 "
             "from the digital numbers once (BOA_ADD_OFFSET), then divide by 10000; or fetch "
             "the cube with 'python -m core fetch'."
+        )
+
+
+def _check_backscatter_scale(s1: np.ndarray) -> None:
+    """CubeError when ``s1`` (T, 2, H, W) is not in decibels: linear backscatter (Planetary
+    Computer's RTC gamma0 and GRD calibrated sigma0 are linear, 0 to about 1) or amplitude
+    numbers. Every method would run on it, and the model would read it as radar near 0 dB.
+
+    Land backscatter in dB is negative almost everywhere (VV about -20 to -5, VH about -28 to
+    -12; the shared cubes' medians are -14 to -13 dB, their highest frame median -10 dB),
+    and linear backscatter or amplitude is never negative, so a median above 0 tells them
+    apart with a wide margin. Judged as the reflectance scale is, on the non-zero values (0 is
+    a nodata code of integer exports, and weak linear values stored at the format's 0.01 steps
+    round to 0) of every 4th pixel of at most 16 frames."""
+    if s1.shape[0] == 0:
+        return
+    frames = s1[:: max(1, s1.shape[0] // 16), :, ::4, ::4]
+    values = frames[np.isfinite(frames) & (frames != 0)]
+    if values.size == 0:  # the sample fell on nodata only: look at every value
+        values = s1[np.isfinite(s1) & (s1 != 0)]
+    if values.size == 0:
+        return
+    median = float(np.median(values))
+    if median > 0:
+        raise CubeError(
+            f"The cube's 's1' does not look like backscatter in decibels (median {median:.3g}; "
+            "in dB land backscatter is about -25 to 0, its median well below 0). It looks "
+            "like linear backscatter (gamma0 or sigma0, 0 to about 1) or amplitude. Convert "
+            "linear values with 10 * log10(value) before writing the cube, or fetch it with "
+            "'python -m core fetch', which does."
         )
 
 

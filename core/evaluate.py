@@ -244,6 +244,9 @@ class Scores:
     """Mean width of the per-pixel NDVI band over those pixels (NDVI units)."""
     ndvi_interval_score: float | None = None
     """Mean interval score of the per-pixel NDVI band (:func:`interval_score`), NDVI units."""
+    ndvi_band_misses_estimate: float | None = None
+    """Share of those pixels whose estimated NDVI lies outside its own band: a band that does
+    not hold the value it stands around reads as contradicting it."""
     band_width: float | None = None
     """Mean width p90 - p10 of the band over the scored values (K > 1 only), reflectance."""
     interval_score: float | None = None
@@ -466,6 +469,8 @@ def score_values(
                     "ndvi_coverage": interval_coverage(lo, hi, y),
                     "ndvi_band_width": float(np.mean(hi - lo)),
                     "ndvi_interval_score": float(np.mean(interval_score(lo, hi, y))),
+                    "ndvi_band_misses_estimate": 1.0  # a float32 rounding is not a miss
+                    - interval_coverage(lo - 1e-6, hi + 1e-6, ndvi_p[banded]),
                 }
 
     coverage = width = score = None
@@ -1108,6 +1113,9 @@ def pool_scores(scores: Sequence[Scores], weighting: str) -> Scores:
         ndvi_band_width=mean([s.ndvi_band_width for s in scores], [s.n_ndvi for s in scores]),
         ndvi_interval_score=mean(
             [s.ndvi_interval_score for s in scores], [s.n_ndvi for s in scores]
+        ),
+        ndvi_band_misses_estimate=mean(
+            [s.ndvi_band_misses_estimate for s in scores], [s.n_ndvi for s in scores]
         ),
         band_width=mean([s.band_width for s in scores], n_ok),
         interval_score=mean([s.interval_score for s in scores], n_ok),

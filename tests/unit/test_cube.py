@@ -162,6 +162,31 @@ def test_digital_numbers_instead_of_reflectance_are_refused(cubes_dir) -> None:
     validate_cube(cube)  # reflectance, clouds and all, passes
 
 
+def test_linear_backscatter_instead_of_decibels_is_refused(cubes_dir, tmp_path) -> None:
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "be-flanders-a_2017-2018.nc")  # S1 in dB, median -12.7
+    linear = cube.assign(s1=10 ** (cube["s1"] / 10))  # gamma0 as Planetary Computer serves it
+    with pytest.raises(CubeError, match=r"'s1' does not look like .* decibels.*10 \* log10"):
+        validate_cube(linear)
+    with pytest.raises(CubeError, match="does not look like backscatter in decibels"):
+        write_cube(linear, tmp_path / "linear.nc")  # nothing written
+    assert not (tmp_path / "linear.nc").exists()
+    # Stored at the cube format's 0.01 dB steps (0.00 to 4.23 here); still told.
+    stepped = np.round(linear["s1"] * 100) / 100
+    path = tmp_path / "stepped.nc"
+    cube.assign(s1=stepped).to_netcdf(path)  # as another tool might write it
+    with pytest.raises(CubeError, match="does not look like backscatter in decibels"):
+        read_cube(path)
+    with pytest.raises(CubeError, match="does not look like backscatter in decibels"):
+        validate_cube(cube.assign(s1=(cube["s1"] * 0 + 250.0)))  # amplitude numbers
+    # Decibels pass, a town's bright VV and an all-missing radar too.
+    bright = cube["s1"].copy()
+    bright[:, 0] = bright[:, 0] + 12  # VV raised to a median of +3.4 dB, VH still below 0
+    validate_cube(cube.assign(s1=bright))
+    validate_cube(cube.assign(s1=cube["s1"] * np.nan))
+
+
 @pytest.mark.parametrize("code", [255, 2, np.nan])
 def test_valid_flags_other_than_zero_and_one_are_refused(code) -> None:
     from core.cube import validate_cube
