@@ -11,7 +11,8 @@ What every method may rely on, and what the contract guarantees:
 * The output holds ``s2`` (time, band, y, x) at exactly the requested dates on the input grid,
   NaN for bands the input lacks, ``ndvi`` (time, y, x) and ``observed`` (time, y, x: 1 where the
   value is a kept clear observation). With ``samples > 1`` it also holds ``s2_p10``, ``s2_p90``,
-  ``ndvi_p10`` and ``ndvi_p90``.
+  ``ndvi_p10`` and ``ndvi_p90``: bands that hold the estimate, within reflectance's floor (0)
+  and NDVI's range.
 * With ``keep_observed`` (the default), clear pixels of an acquisition on a requested calendar
   day are returned as observed.
 * A pixel that no acquisition images (reflectance NaN in every band of every acquisition,
@@ -554,12 +555,16 @@ def _assemble(
             low, high = band_around(mean, half, 0.0, np.inf)
         elif samples.shape[0] > 1:
             low, high = _nan_percentiles(samples, QUANTILES)
+            low = np.maximum(low, np.minimum(mean, 0.0))  # nor here (but holds the estimate)
         else:
             low, high = samples[0], samples[0]
         if ndvi_half is not None:  # around the estimate's NDVI, within NDVI's range
             nlow, nhigh = band_around(mean_ndvi, ndvi_half, -1.0, 1.0)
         else:
-            nlow, nhigh = _nan_percentiles(ndvi(samples, band_axis=2), QUANTILES)
+            sample_ndvi = ndvi(samples, band_axis=2)
+            nlow, nhigh = samples_band_on(
+                mean_ndvi, *_nan_percentiles(sample_ndvi, (10, 50, 90)), -1.0, 1.0
+            )
         if options.keep_samples:
             data_vars["s2_samples"] = (("sample", *dims4), samples)
         data_vars.update(
@@ -603,6 +608,30 @@ def band_around(
     low = np.maximum(centre - half, np.minimum(centre, lowest))
     high = np.minimum(centre + half, np.maximum(centre, highest))
     return low, high
+
+
+def samples_band_on(
+    centre: np.ndarray,
+    low: np.ndarray,
+    median: np.ndarray,
+    high: np.ndarray,
+    lowest: float,
+    highest: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The samples' band ``low``..``high`` moved so that their ``median`` sits at ``centre``
+    (the estimate): ``centre`` - (median - low) .. ``centre`` + (high - median), cut to
+    [``lowest``, ``highest``] but never so far that it leaves out ``centre``.
+
+    The per-pixel NDVI band: the estimate is the NDVI of the best estimate of reflectance, not
+    the median of the samples' NDVI, and the samples' own p10-p90 left it out on 2-3 % of
+    pixel-dates (review 9; up to 15 % on a field with one clear acquisition). Moved, the band
+    keeps its width and holds its estimate; held out its interval score was lower (README,
+    "The uncertainty band")."""
+    below = np.maximum(median - low, 0.0)
+    above = np.maximum(high - median, 0.0)
+    return band_around(centre, below, lowest, highest)[0], band_around(
+        centre, above, lowest, highest
+    )[1]
 
 
 def _nan_percentiles(samples: np.ndarray, percents: tuple[int, ...]) -> list[np.ndarray]:

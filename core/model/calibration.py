@@ -25,7 +25,7 @@ import numpy as np
 from core.indices import ndvi
 from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket
 from core.model.config import BAND_TARGET, MIN_BUCKET_NDVI_FRAMES
-from core.reconstruct import band_around
+from core.reconstruct import band_around, samples_band_on
 
 if TYPE_CHECKING:
     from core.model.training import Episode
@@ -218,7 +218,8 @@ def episode_field_ndvi(
 ) -> np.ndarray:
     """What an NDVI curve shows, on every frame of ``episodes`` with hidden pixels: (F, 5) rows
     of the true mean NDVI over the frame's hidden pixels, the estimate's, the means over the
-    same pixels of the per-pixel NDVI p10 and p90: of the samples ``mean + scale * draws``, or
+    same pixels of the per-pixel NDVI p10 and p90: of the samples ``mean + scale * draws``
+    moved onto the estimate (:func:`core.reconstruct.samples_band_on`), or
     with ``ndvi_half`` (half widths per distance bucket, :func:`fit_error_band`; episodes made
     with distances) the estimate's NDVI -+ its pixel's half width, as the product makes them;
     and the frame's distance to clear data: the median over those pixels of their days to the
@@ -237,8 +238,9 @@ def episode_field_ndvi(
             ok &= np.isfinite(sample_ndvi[:, frame]).all(axis=0)
             if ok.sum() < MIN_FRAME_PIXELS:
                 continue
-            if ndvi_half is None:
-                low, high = np.percentile(sample_ndvi[:, frame][:, ok], [10, 90], axis=0)
+            if ndvi_half is None:  # the samples' band on the estimate, as the output
+                edges = np.percentile(sample_ndvi[:, frame][:, ok], [10, 50, 90], axis=0)
+                low, high = samples_band_on(est_ndvi[frame][ok], *edges, -1.0, 1.0)
             else:
                 half = np.asarray(ndvi_half)[distance_bucket(ep.distance[frame][ok])]
                 low, high = band_around(est_ndvi[frame][ok], half, -1.0, 1.0)  # as the output

@@ -327,6 +327,11 @@ def test_the_per_pixel_ndvi_band_is_scored_where_ndvi_is_known() -> None:
     assert s.ndvi_band_width == pytest.approx((0.2 + 0.1 + 0.15) / 3)
     # widths + 10 x misses: 0.2; 0.1 + 10 x 0.05; 0.15 + 10 x 0.05
     assert s.ndvi_interval_score == pytest.approx((0.2 + 0.6 + 0.65) / 3)
+    assert s.ndvi_band_misses_estimate == pytest.approx(2 / 3)  # the estimate is 0.5 too
+    pred[1, BAND["B08"]] = 0.35  # estimate NDVI 0.556: inside its band, the truth still not
+    s = score_values(t, pred, present, n_frames=1, ndvi_low=low, ndvi_high=high)
+    assert s.ndvi_coverage == pytest.approx(1 / 3)
+    assert s.ndvi_band_misses_estimate == pytest.approx(1 / 3)
     assert score_values(t, pred, present, n_frames=1).ndvi_coverage is None
 
 

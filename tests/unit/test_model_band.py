@@ -92,6 +92,7 @@ def test_each_pixels_band_takes_its_distance_buckets_factor(flanders_cube, tmp_p
         half = (by_distance[bound] - by_distance["s2"]).values
         plain_half = (plain[bound] - plain["s2"]).values
         ok = np.abs(plain_half) > 1e-4
+        ok &= (plain["s2_p10"].values > 0) & (by_distance["s2_p10"].values > 0)  # not floored
         ratio = np.broadcast_to(want[:, None], half.shape)
         np.testing.assert_allclose(half[ok], plain_half[ok] * ratio[ok], rtol=1e-3, atol=1e-6)
     attrs = by_distance.attrs
@@ -366,3 +367,47 @@ def test_smallest_scale_finds_where_a_growing_coverage_reaches_its_target() -> N
     assert smallest_scale(lambda s: min(1.0, s / 10.0)) == pytest.approx(8.0, rel=1e-6)
     assert smallest_scale(lambda s: min(1.0, s / 10.0), 0.5) == pytest.approx(5.0, rel=1e-6)
     assert smallest_scale(lambda s: 1.0) == pytest.approx(0.01, rel=1e-6)  # always covered
+
+
+def test_samples_band_on_moves_the_samples_median_onto_the_estimate() -> None:
+    from core.reconstruct import samples_band_on
+
+    low, median, high = (
+        np.array([0.2, -0.9, 0.5]),
+        np.array([0.3, -0.5, 0.6]),
+        np.array([0.6, -0.4, 0.65]),
+    )
+    centre = np.array([0.45, -0.8, 0.98])
+    lo, hi = samples_band_on(centre, low, median, high, -1.0, 1.0)
+    # The distances from the median to the edges kept, around the estimate ...
+    np.testing.assert_allclose(lo[:2], [0.35, -1.0])  # ... cut at NDVI's range (-0.8 - 0.4)
+    np.testing.assert_allclose(hi, [0.75, -0.7, 1.0])  # 0.98 + 0.05 cut at 1
+    assert ((lo <= centre) & (centre <= hi)).all()
+    # An estimate outside the range is still held (never cut past it); NaN stays NaN.
+    lo, hi = samples_band_on(np.array([-0.02, np.nan]), *(np.zeros(2),) * 3, 0.0, np.inf)
+    assert lo[0] == -0.02 and hi[0] == -0.02 and np.isnan(lo[1]) and np.isnan(hi[1])
+
+
+def test_the_per_pixel_bands_hold_their_estimate(flanders_cube) -> None:
+    """The samples' NDVI band, moved onto the estimate: it holds it on every pixel and date
+    (the samples' own p10-p90 left it out on 2-3 % of them), as wide as the samples' is; the
+    reflectance band from the samples never goes below 0 where the estimate does not."""
+    from core.indices import ndvi
+
+    cube = _crop(flanders_cube, size=24)
+    times = cube["time_s2"].values
+    query = np.concatenate([times[[5, 9]], times[[9, 14]] + np.timedelta64(3, "D")])
+    options = ReconstructOptions(device="cpu", samples=8, keep_samples=True)
+    out = reconstruct(cube, query, "model", options)
+    est, low, high = (out[name].values for name in ("ndvi", "ndvi_p10", "ndvi_p90"))
+    shown = np.isfinite(est)
+    assert shown.sum() > 1000
+    assert ((low <= est) & (est <= high))[shown].all()
+    sample_ndvi = ndvi(out["s2_samples"].values, band_axis=2)
+    p10, p90 = np.percentile(sample_ndvi, [10, 90], axis=0)
+    within = shown & (low > -1) & (high < 1)  # not cut at NDVI's range
+    np.testing.assert_allclose((high - low)[within], (p90 - p10)[within], atol=1e-5)
+    assert not np.allclose(low[within], p10[within])  # moved, not the samples' own
+    s2, s2_low = out["s2"].values, out["s2_p10"].values
+    seen = np.isfinite(s2)
+    assert (s2_low[seen] >= np.minimum(s2[seen], 0.0)).all()

@@ -135,7 +135,8 @@ def test_samples_add_quantile_variables_of_zero_width_for_baselines(es_field) ->
 
 @pytest.mark.parametrize("one_missing", [True, False])
 def test_sample_quantiles_match_numpy_nanpercentile(es_field, monkeypatch, one_missing) -> None:
-    """A generative method's spread: p10/p90 per pixel, NaN-aware like np.nanpercentile; with
+    """A generative method's spread: p10/p90 per pixel, NaN-aware like np.nanpercentile (the
+    NDVI band moved onto the estimate); with
     one sample missing at one pixel, and with NaN only where a band is absent (a shortcut)."""
     rng = np.random.default_rng(0)
     holder: dict[str, np.ndarray] = {}
@@ -157,9 +158,15 @@ def test_sample_quantiles_match_numpy_nanpercentile(es_field, monkeypatch, one_m
     np.testing.assert_allclose(out["s2_p10"].values[:, present], low, rtol=1e-5)
     np.testing.assert_allclose(out["s2_p90"].values[:, present], high, rtol=1e-5)
     assert np.isnan(out["s2_p10"].values[:, _band("B02")]).all()
+    # The NDVI band is the samples' NDVI p10-p90 moved so that their median sits at the
+    # estimate's NDVI (which is not the NDVI of the samples' median).
     red, nir = samples[:, :, _band("B04")], samples[:, :, _band("B08")]
-    ndvi_low = np.nanpercentile((nir - red) / (nir + red), 10, axis=0)
-    np.testing.assert_allclose(out["ndvi_p10"].values, ndvi_low, rtol=1e-5)
+    p10, median, p90 = np.nanpercentile((nir - red) / (nir + red), [10, 50, 90], axis=0)
+    estimate = out["ndvi"].values
+    want_low, want_high = estimate - (median - p10), estimate + (p90 - median)
+    assert (want_low < -1).any()  # cut at NDVI's range
+    np.testing.assert_allclose(out["ndvi_p10"].values, np.maximum(want_low, -1), atol=1e-5)
+    np.testing.assert_allclose(out["ndvi_p90"].values, np.minimum(want_high, 1), atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["linear", "whittaker"])
