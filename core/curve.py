@@ -11,7 +11,8 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
 * ``ndvi``: mean reconstructed NDVI over the field's pixels (clear observed pixels are kept as
   observed on acquisition days, per the reconstruction contract).
 * ``ndvi_p10``, ``ndvi_p90``: the band of the field-mean NDVI (:func:`field_ndvi_band`):
-  the field means of the per-pixel 10th/90th percentiles of the samples, brought toward
+  the field means of the per-pixel NDVI bands (the samples' 10th/90th percentiles moved onto
+  the estimate, :func:`core.reconstruct.samples_band_on`), brought toward
   ``ndvi`` by the factor the model fitted on the field's own hidden frames where it did (the
   band fitted on the field), a factor that grows with the day's distance to clear data
   (:func:`band_days`, :func:`band_scale`) where it fitted one per distance; NaN (an empty CSV

@@ -11,8 +11,10 @@ What every method may rely on, and what the contract guarantees:
 * The output holds ``s2`` (time, band, y, x) at exactly the requested dates on the input grid,
   NaN for bands the input lacks, ``ndvi`` (time, y, x) and ``observed`` (time, y, x: 1 where the
   value is a kept clear observation). With ``samples > 1`` it also holds ``s2_p10``, ``s2_p90``,
-  ``ndvi_p10`` and ``ndvi_p90``: bands that hold the estimate, within reflectance's floor (0)
-  and NDVI's range.
+  ``ndvi_p10`` and ``ndvi_p90``, never below 0 reflectance nor outside NDVI's range where the
+  estimate is not. The NDVI band always holds the estimate's NDVI, and so does the reflectance
+  band fitted on the field's errors (the app's); the samples' reflectance band (no field fit,
+  or ``error_band`` off) is their p10-p90, which leaves the estimate out on about 3 % of values.
 * With ``keep_observed`` (the default), clear pixels of an acquisition on a requested calendar
   day are returned as observed.
 * A pixel that no acquisition images (reflectance NaN in every band of every acquisition,
