@@ -557,7 +557,8 @@ def _assemble(
             low, high = band_around(mean, half, 0.0, np.inf)
         elif samples.shape[0] > 1:
             low, high = _nan_percentiles(samples, QUANTILES)
-            low = np.maximum(low, np.minimum(mean, 0.0))  # nor here (but holds the estimate)
+            floor = np.minimum(mean, 0.0)  # nor here, unless the estimate is
+            low, high = np.maximum(low, floor), np.maximum(high, floor)
         else:
             low, high = samples[0], samples[0]
         if ndvi_half is not None:  # around the estimate's NDVI, within NDVI's range
@@ -677,12 +678,12 @@ def options_json(options: ReconstructOptions) -> str:
 
 VARIABLE_WORDS: dict[str, tuple[str, str]] = {
     "s2": ("1", "surface reflectance, Sentinel-2 L2A (0-1)"),
-    "s2_p10": ("1", "surface reflectance, 10th percentile"),
-    "s2_p90": ("1", "surface reflectance, 90th percentile"),
+    "s2_p10": ("1", "surface reflectance, lower edge of the p10-p90 band"),
+    "s2_p90": ("1", "surface reflectance, upper edge of the p10-p90 band"),
     "s2_samples": ("1", "surface reflectance, generated samples"),
     "ndvi": ("1", "NDVI, (NIR - red) / (NIR + red)"),
-    "ndvi_p10": ("1", "NDVI, 10th percentile"),
-    "ndvi_p90": ("1", "NDVI, 90th percentile"),
+    "ndvi_p10": ("1", "NDVI, lower edge of the p10-p90 band"),
+    "ndvi_p90": ("1", "NDVI, upper edge of the p10-p90 band"),
 }
 """Units (CF: "1", dimensionless) and long names of a reconstruction's variables."""
 

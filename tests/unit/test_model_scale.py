@@ -61,7 +61,8 @@ def test_the_band_widens_with_the_predicted_scale_and_the_estimate_does_not_move
         offset_narrow = (narrow[bound] - narrow["s2"]).values
         offset_wide = (wide[bound] - wide["s2"]).values
         ok = np.isfinite(offset_narrow) & (np.abs(offset_narrow) > 1e-4)
-        assert ok.sum() > 1000
+        ok &= wide["s2_p10"].values > 0  # not cut at the band's floor, 0 reflectance
+        assert ok.sum() > 200
         np.testing.assert_allclose(offset_wide[ok], 3.0 * offset_narrow[ok], rtol=1e-3, atol=1e-5)
 
 
