@@ -26,7 +26,8 @@ def main() -> int:
     if before["seeds"] != after["seeds"] or before["cubes"] != after["cubes"]:
         raise SystemExit("the two runs are not on the same seeds and cubes: nothing to pair")
     n = len(before["seeds"])
-    print(f"{args.before.name} -> {args.after.name}: seeds {before['seeds']}, cubes {before['cubes']}")
+    print(f"{args.before.name} -> {args.after.name}: seeds {before['seeds']}")
+    print(f"cubes {before['cubes']}")
     for key, b in before["ratios"].items():
         a = after["ratios"].get(key)
         if a is None:
@@ -53,8 +54,9 @@ def main() -> int:
         fb, fa = (np.array(r["field_ndvi_coverage"], float) for r in (b, a))
         print(
             f"  curve band interval score, summed {np.nansum(cb):.4f} -> {np.nansum(ca):.4f} "
-            f"({(np.nansum(ca) / np.nansum(cb) - 1) * 100:+.1f} %); its coverage median "
-            f"{np.nanmedian(fb):.2f} -> {np.nanmedian(fa):.2f}"
+            f"({(np.nansum(ca) / np.nansum(cb) - 1) * 100:+.1f} %), lower on "
+            f"{int((ca < cb).sum())} of {n} seeds; its coverage median {np.nanmedian(fb):.2f} "
+            f"-> {np.nanmedian(fa):.2f}, mean {np.nanmean(fb):.3f} -> {np.nanmean(fa):.3f}"
         )
     return 0
 

@@ -414,7 +414,7 @@ def _check_reflectance_scale(s2: np.ndarray) -> None:
     numbers or percent (every method would run and give numbers 10,000 or 100 x too large,
     and NDVI would look fine), or mostly negative (an offset taken away twice: NDVI would be
     empty). Judged on the non-zero values (0 is a common nodata code of integer exports) of
-    every 4th pixel of at most 16 frames, so it costs little. A few slightly negative values
+    every 4th pixel of every (T // 16)-th frame, so it costs little. A few slightly negative values
     are real L2A (water, shadow) and pass."""
     frames = s2[:: max(1, s2.shape[0] // 16), :, ::4, ::4]
     values = frames[np.isfinite(frames) & (frames != 0)]
@@ -450,11 +450,15 @@ def _check_backscatter_scale(s1: np.ndarray) -> None:
     numbers. Every method would run on it, and the model would read it as radar near 0 dB.
 
     Land backscatter in dB is negative almost everywhere (VV about -20 to -5, VH about -28 to
-    -12; the shared cubes' medians are -14 to -13 dB, their highest frame median -10 dB),
+    -12; the shared cubes' medians are -13.8 to -12.6 dB, their highest frame median -10 dB),
     and linear backscatter or amplitude is never negative, so a median above 0 tells them
     apart with a wide margin. Judged as the reflectance scale is, on the non-zero values (0 is
     a nodata code of integer exports, and weak linear values stored at the format's 0.01 steps
-    round to 0) of every 4th pixel of at most 16 frames."""
+    round to 0) of every 4th pixel of every (T // 16)-th frame (16 to 31 frames, or all).
+
+    Not caught: a linear cube whose nodata is a negative code over most of it. A dB cube of VV
+    alone over a field of strong scatterers (a town) with a median above 0 would be refused;
+    with VH present its median stays well below 0."""
     if s1.shape[0] == 0:
         return
     frames = s1[:: max(1, s1.shape[0] // 16), :, ::4, ::4]
@@ -467,10 +471,11 @@ def _check_backscatter_scale(s1: np.ndarray) -> None:
     if median > 0:
         raise CubeError(
             f"The cube's 's1' does not look like backscatter in decibels (median {median:.3g}; "
-            "in dB land backscatter is about -25 to 0, its median well below 0). It looks "
+            "in dB land backscatter is about -30 to 0, its median well below 0). It looks "
             "like linear backscatter (gamma0 or sigma0, 0 to about 1) or amplitude. Convert "
-            "linear values with 10 * log10(value) before writing the cube, or fetch it with "
-            "'python -m core fetch', which does."
+            "linear backscatter with 10 * log10(value) before writing the cube (amplitude "
+            "needs calibrating to backscatter first), or fetch it with 'python -m core fetch', "
+            "which does."
         )
 
 

@@ -84,8 +84,8 @@ class ReconstructOptions:
     fit_curve_band: bool = True
     """Model only, with ``calibrate_field``: also fit how wide the band of a field-mean NDVI is
     (``FIELD_NDVI_SCALE_ATTR``; the NDVI curve's band), on the field's own hidden frames.
-    False: the field means of the per-pixel NDVI percentiles, the band of a field whose pixels
-    all err together."""
+    False: the field means of the per-pixel NDVI bands, the band of a field whose pixels all
+    err together."""
     curve_band_by_distance: bool = True
     """Model only, with ``fit_curve_band``: fit that factor per bucket of a day's distance to
     clear data too (<= 8, 8-20, > 20 days; ``FIELD_NDVI_SCALE_BY_DISTANCE_ATTR``), so that the
@@ -103,7 +103,8 @@ class ReconstructOptions:
     nearest clear observation (split conformal; :func:`core.model.calibration.fit_error_band`).
     The samples, the NDVI bands and the curve band are unchanged. On by default: on the
     held-out cubes its interval score was 9-24 % lower than the samples' band's at the same
-    coverage (README, "The uncertainty band"); False gives the samples' p10-p90."""
+    coverage (README, "The uncertainty band"); False gives the samples' p10-p90 (never below
+    0 reflectance unless the estimate is)."""
     ndvi_error_band: bool = False
     """Model only, with ``calibrate_field`` and ``error_band``: the per-pixel NDVI band
     (ndvi_p10 / ndvi_p90, the app's uncertainty map) from the field's own NDVI errors too, per
@@ -204,7 +205,8 @@ class Prediction:
     method fits its band apart from the samples (None: the samples' p10-p90)."""
     ndvi_half: np.ndarray | None = None
     """Half width of the per-pixel NDVI band around the NDVI of ``mean``, (Q, H, W) float32,
-    where the method fits it apart from the samples (None: the p10-p90 of the samples' NDVI)."""
+    where the method fits it apart from the samples (None: the p10-p90 of the samples' NDVI,
+    moved onto the estimate, :func:`samples_band_on`)."""
     attrs: dict[str, object] = field(default_factory=dict)
     """How the method made it, for the output's attributes (numbers, strings or 1-D number
     arrays, as NetCDF holds them): e.g. the model's per-field fits."""

@@ -53,7 +53,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="model, with --calibrate-field: fit the NDVI curve's field-mean band on this "
         "cube's hidden frames (default: on; --no-fit-curve-band: field means of the per-pixel "
-        "percentiles)",
+        "NDVI bands)",
     )
     parser.add_argument(
         "--curve-band-by-distance",
@@ -83,7 +83,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="model, with --calibrate-field: the reflectance p10/p90 from the estimate's own "
         "errors on this cube's hidden clear pixels, per band and distance to clear data "
-        "(default: on; --no-error-band: the samples' percentiles)",
+        "(default: on; --no-error-band: the samples' p10/p90)",
     )
     parser.add_argument(
         "--blend-field",
