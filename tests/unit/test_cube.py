@@ -180,11 +180,23 @@ def test_linear_backscatter_instead_of_decibels_is_refused(cubes_dir, tmp_path) 
         read_cube(path)
     with pytest.raises(CubeError, match="does not look like backscatter in decibels"):
         validate_cube(cube.assign(s1=(cube["s1"] * 0 + 250.0)))  # amplitude numbers
+    coded = linear["s1"].copy()
+    coded[:, :, :, :8] = -9999.0  # an eighth of it a negative nodata code
+    with pytest.raises(CubeError, match="does not look like backscatter in decibels"):
+        validate_cube(cube.assign(s1=coded))
     # Decibels pass, a town's bright VV and an all-missing radar too.
     bright = cube["s1"].copy()
     bright[:, 0] = bright[:, 0] + 12  # VV raised to a median of +3.4 dB, VH still below 0
     validate_cube(cube.assign(s1=bright))
+    bright[:, 1] = np.nan  # VV alone (single-polarization), median +3.4 dB: 16 % below 0
+    validate_cube(cube.assign(s1=bright))
     validate_cube(cube.assign(s1=cube["s1"] * np.nan))
+    # In dB, a nodata code such as -9999 is read as missing (it was read as -9999 dB).
+    coded = cube["s1"].copy()
+    coded[0, :, 0, 0] = -9999.0
+    read = validate_cube(cube.assign(s1=coded))
+    assert np.isnan(read["s1"].values[0, :, 0, 0]).all()
+    np.testing.assert_array_equal(read["s1"].values[1:], cube["s1"].values[1:])
 
 
 @pytest.mark.parametrize("code", [255, 2, np.nan])
