@@ -14,7 +14,10 @@ interval score (``core.evaluate.interval_score``):
   episodes, per distance bucket (``core.model.calibration.fit_error_band``);
 * widened: the samples' band stretched to hold the estimate's NDVI where it lies outside;
 * recentred: the samples' band moved so that its median sits at the estimate's NDVI (the
-  distances from the samples' median to p10 and p90 kept), within [-1, 1].
+  distances from the samples' median to p10 and p90 kept), within [-1, 1];
+* fitted: the recentred band with its distances to the edges scaled by a factor per distance
+  bucket, fitted on the fit episodes to hold 80 % of their hidden pixels' NDVI
+  (``core.model.calibration.fit_pixel_ndvi_factors``).
 
 It also prints the share of pixels whose estimate lies outside the samples' band.
 
@@ -35,7 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import Settings
 from core.evaluate import interval_score
 from core.model.blend import distance_bucket, fit_blend
-from core.model.calibration import episode_pixel_ndvi, fit_error_band, fit_spread
+from core.model.calibration import (
+    episode_pixel_ndvi,
+    fit_error_band,
+    fit_pixel_ndvi_factors,
+    fit_spread,
+)
 from core.model.inference import CALIBRATED_STEPS, cached_checkpoint
 from core.model.training import blend_targets, episode_predictions, load_series, validation_episodes
 
@@ -82,7 +90,7 @@ def main() -> int:
         fit_eps, fm, fd, ft, blend = predictions(series, 0)
         eval_eps, em, ed, et, _ = predictions(series, 1, blend)
         scale = fit_spread(fm, fd, ft)
-        fit = episode_pixel_ndvi(fit_eps, fm, ft)
+        fit = episode_pixel_ndvi(fit_eps, fm, ft, scale * fd)
         ev = episode_pixel_ndvi(eval_eps, em, et, scale * ed)
         if ev["true"].size == 0:
             print(f"{name}: no NDVI (red or NIR missing)")
@@ -103,6 +111,20 @@ def main() -> int:
                 ev["true"],
                 np.clip(est - (median - low), -1.0, 1.0),
                 np.clip(est + (high - median), -1.0, 1.0),
+                ev["distance"],
+            )
+        )
+        f_low, f_median, f_high = np.percentile(fit["samples"], [10, 50, 90], axis=0)
+        factors = fit_pixel_ndvi_factors(
+            fit["true"], fit["estimate"], f_median - f_low, f_high - f_median, fit["distance"]
+        )
+        c = factors[distance_bucket(ev["distance"])]
+        rows.append(
+            report(
+                f"fitted ({'/'.join(f'{v:.2f}' for v in factors)})",
+                ev["true"],
+                np.clip(est - c * (median - low), -1.0, 1.0),
+                np.clip(est + c * (high - median), -1.0, 1.0),
                 ev["distance"],
             )
         )

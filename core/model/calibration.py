@@ -138,6 +138,39 @@ def fit_error_band(
     return half
 
 
+def fit_pixel_ndvi_factors(
+    true: np.ndarray,
+    estimate: np.ndarray,
+    below: np.ndarray,
+    above: np.ndarray,
+    distance: np.ndarray,
+    target_coverage: float = BAND_TARGET,
+) -> np.ndarray:
+    """(buckets,) factors on the per-pixel NDVI band's distances from the estimate (``below``
+    to p10, ``above`` to p90, :func:`core.reconstruct.samples_band_on`), one per bucket of
+    ``distance`` (days to the nearest clear observation), each the smallest that makes the band
+    hold ``target_coverage`` of that bucket's hidden pixels' ``true`` NDVI; a bucket with under
+    :data:`MIN_SPREAD_VALUES` pixels takes the factor fitted on all of them. Inputs are 1-D over
+    the hidden pixels with an NDVI (:func:`episode_pixel_ndvi`)."""
+    true, est, below, above = (np.asarray(a, np.float64) for a in (true, estimate, below, above))
+    bucket = distance_bucket(np.asarray(distance))
+
+    def factor(where: np.ndarray) -> float:
+        t, e, b, a = true[where], est[where], below[where], above[where]
+        return smallest_scale(
+            lambda c: float(np.mean((t >= e - c * b) & (t <= e + c * a))), target_coverage
+        )
+
+    everywhere = np.ones(true.size, bool)
+    overall = factor(everywhere) if true.size else 1.0
+    out = np.full(len(DISTANCE_EDGES_DAYS) + 1, overall)
+    for k in range(out.size):
+        cell = bucket == k
+        if cell.sum() >= MIN_SPREAD_VALUES:
+            out[k] = factor(cell)
+    return out
+
+
 def _episode_ndvi_maps(
     episodes: Sequence[Episode],
     mean: np.ndarray,
