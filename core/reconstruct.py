@@ -111,6 +111,13 @@ class ReconstructOptions:
     bucket of days to the nearest clear observation, and the curve band fitted on it. Off by
     default: held out it lowered the NDVI band's interval score by 13-40 % but over-covered
     (0.95 in the long gap; README, "The uncertainty band")."""
+    fit_ndvi_band: bool = True
+    """Model only, with ``calibrate_field`` (and not ``ndvi_error_band``): the per-pixel NDVI
+    band (the samples' p10-p90 moved onto the estimate, the app's uncertainty map) scaled per
+    bucket of days to the nearest clear observation (<= 8, 8-20, > 20) by factors fitted on the
+    field's hidden pixels to hold 80 % of them (``NDVI_BAND_FACTORS_ATTR``;
+    :func:`core.model.calibration.fit_pixel_ndvi_factors`), and the curve band fitted on it.
+    False: the samples' spread as fitted for the reflectance."""
     smooth_days: int = 2
     """Model only: a date off the acquisitions' cadence (not a whole number of 5 days from an
     acquisition) is the triangular-weighted mean of the network's estimates at it and up to
@@ -184,6 +191,10 @@ and within it per bucket of days to the nearest clear observation (<= 8, 8-20, >
 
 
 NDVI_ERROR_BAND_ATTR = "model_ndvi_error_band_half_width"
+NDVI_BAND_FACTORS_ATTR = "model_ndvi_band_factors"
+"""Attribute of a model reconstruction whose per-pixel NDVI band was fitted on the field
+(``ReconstructOptions.fit_ndvi_band``): the factors on the band's distances from the estimate
+within 8 days of a clear observation, at 8-20 days and further away."""
 """Attribute of a reconstruction whose per-pixel NDVI band came from the field's own NDVI errors:
 the half widths per bucket of days to the nearest clear observation (<= 8, 8-20, > 20)."""
 
@@ -203,6 +214,10 @@ class Prediction:
     band_half: np.ndarray | None = None
     """Half width of the reflectance band around ``mean``, (Q, B, H, W) float32, where the
     method fits its band apart from the samples (None: the samples' p10-p90)."""
+    ndvi_factor: np.ndarray | None = None
+    """Factor on the per-pixel NDVI band's distances from the estimate to its edges (the
+    samples' band moved onto it, :func:`samples_band_on`), (Q, H, W) float32, where the method
+    fitted one (None: 1)."""
     ndvi_half: np.ndarray | None = None
     """Half width of the per-pixel NDVI band around the NDVI of ``mean``, (Q, H, W) float32,
     where the method fits it apart from the samples (None: the p10-p90 of the samples' NDVI,
@@ -515,7 +530,12 @@ def _assemble(
         if samples is not None:
             samples[:, :, :, unseen] = np.nan
 
-    half = ndvi_half = None
+    half = ndvi_half = ndvi_factor = None
+    if prediction.ndvi_factor is not None and samples is not None:
+        ndvi_factor = np.asarray(prediction.ndvi_factor, np.float32)
+        if ndvi_factor.shape != (n_query, height, width):
+            shape = ndvi_factor.shape
+            raise RuntimeError(f"method {method} returned NDVI factors of shape {shape}")
     if prediction.band_half is not None and samples is not None:
         half = _writable(prediction.band_half)
         if half.shape != expected:
@@ -568,7 +588,11 @@ def _assemble(
         else:
             sample_ndvi = ndvi(samples, band_axis=2)
             nlow, nhigh = samples_band_on(
-                mean_ndvi, *_nan_percentiles(sample_ndvi, (10, 50, 90)), -1.0, 1.0
+                mean_ndvi,
+                *_nan_percentiles(sample_ndvi, (10, 50, 90)),
+                -1.0,
+                1.0,
+                1.0 if ndvi_factor is None else ndvi_factor,
             )
         if options.keep_samples:
             data_vars["s2_samples"] = (("sample", *dims4), samples)
@@ -622,9 +646,11 @@ def samples_band_on(
     high: np.ndarray,
     lowest: float,
     highest: float,
+    factor: float | np.ndarray = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The samples' band ``low``..``high`` moved so that their ``median`` sits at ``centre``
-    (the estimate): ``centre`` - (median - low) .. ``centre`` + (high - median), cut to
+    (the estimate): ``centre`` - (median - low) .. ``centre`` + (high - median), both
+    distances times ``factor`` (one per value where fitted on the field), cut to
     [``lowest``, ``highest``] but never so far that it leaves out ``centre``.
 
     The per-pixel NDVI band: the estimate is the NDVI of the best estimate of reflectance, not
@@ -632,8 +658,8 @@ def samples_band_on(
     pixel-dates (review 9; up to 15 % on a field with one clear acquisition). Moved, the band
     keeps its width and holds its estimate; held out its interval score was lower (README,
     "The uncertainty band")."""
-    below = np.maximum(median - low, 0.0)
-    above = np.maximum(high - median, 0.0)
+    below = factor * np.maximum(median - low, 0.0)
+    above = factor * np.maximum(high - median, 0.0)
     return band_around(centre, below, lowest, highest)[0], band_around(
         centre, above, lowest, highest
     )[1]

@@ -74,6 +74,7 @@ from core.reconstruct import (
     FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
     FIELD_NDVI_SCALE_DAYS_ATTR,
     FIELD_NDVI_SCALE_FRAMES_ATTR,
+    NDVI_BAND_FACTORS_ATTR,
     NDVI_ERROR_BAND_ATTR,
     OUTSIDE_NOTED,
     ReconstructOptions,
@@ -1256,8 +1257,10 @@ def fit_notes(attrs: dict) -> list[str]:
         factor = float(attrs["model_spread_scale"]) / float(attrs["model_checkpoint_spread_scale"])
         what = (
             "Samples' spread (the NDVI band and map)"
+            if ERROR_BAND_ATTR in attrs and NDVI_BAND_FACTORS_ATTR not in attrs
+            else "Samples' spread"
             if ERROR_BAND_ATTR in attrs
-            else ("Uncertainty band")
+            else "Uncertainty band"
         )
         notes.append(
             f"{what} fitted on this field: {factor:.2f} x the width fitted on the model's "
@@ -1271,6 +1274,13 @@ def fit_notes(attrs: dict) -> list[str]:
             "NDVI band and map from this field's own NDVI errors: +-"
             f"{near:.3f} within 8 days of a clear observation, +-{mid:.3f} at 8-20 days, "
             f"+-{far:.3f} further away."
+        )
+    if NDVI_BAND_FACTORS_ATTR in attrs:
+        near, mid, far = (float(v) for v in attrs[NDVI_BAND_FACTORS_ATTR])
+        notes.append(
+            "NDVI band and map fitted on this field: the samples' band x "
+            f"{near:.2f} within 8 days of a clear observation, x {mid:.2f} at 8-20 days and "
+            f"x {far:.2f} further away, the widths that held 80 % of its hidden pixels."
         )
     if FIELD_NDVI_SCALE_BY_DISTANCE_ATTR in attrs:
         notes.append(_curve_band_by_distance_note(attrs))

@@ -314,6 +314,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "band_by_distance": args.band_by_distance,
                 "error_band": args.error_band,
                 "ndvi_error_band": args.ndvi_error_band,
+                "fit_ndvi_band": args.fit_ndvi_band,
                 "fit_curve_band": args.fit_curve_band,
                 "curve_band_by_distance": args.curve_band_by_distance,
                 "blend_field": args.blend_field,

@@ -64,6 +64,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-curve-band-by-distance: one factor for every day)",
     )
     parser.add_argument(
+        "--fit-ndvi-band",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="model, with --calibrate-field: scale the per-pixel NDVI p10/p90 (the samples' "
+        "band, moved onto the estimate) per distance to clear data to hold 80 %% of this "
+        "cube's hidden pixels (default: on; --no-fit-ndvi-band: the samples' spread as "
+        "fitted for the reflectance)",
+    )
+    parser.add_argument(
         "--ndvi-error-band",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -217,6 +226,7 @@ def options_from_args(
         band_by_distance=args.band_by_distance,
         error_band=args.error_band,
         ndvi_error_band=args.ndvi_error_band,
+        fit_ndvi_band=args.fit_ndvi_band,
         blend_field=args.blend_field,
         smooth_days=args.smooth_days,
         device=args.device,

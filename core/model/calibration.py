@@ -248,11 +248,14 @@ def episode_field_ndvi(
     truth: np.ndarray,
     scale: float | np.ndarray,
     ndvi_half: np.ndarray | None = None,
+    ndvi_factors: np.ndarray | None = None,
 ) -> np.ndarray:
     """What an NDVI curve shows, on every frame of ``episodes`` with hidden pixels: (F, 5) rows
     of the true mean NDVI over the frame's hidden pixels, the estimate's, the means over the
     same pixels of the per-pixel NDVI p10 and p90: of the samples ``mean + scale * draws``
-    moved onto the estimate (:func:`core.reconstruct.samples_band_on`), or
+    moved onto the estimate (:func:`core.reconstruct.samples_band_on`; its distances times
+    the ``ndvi_factors`` of each pixel's distance bucket, :func:`fit_pixel_ndvi_factors`,
+    where given: episodes made with distances), or
     with ``ndvi_half`` (half widths per distance bucket, :func:`fit_error_band`; episodes made
     with distances) the estimate's NDVI -+ its pixel's half width, as the product makes them;
     and the frame's distance to clear data: the median over those pixels of their days to the
@@ -273,7 +276,10 @@ def episode_field_ndvi(
                 continue
             if ndvi_half is None:  # the samples' band on the estimate, as the output
                 edges = np.percentile(sample_ndvi[:, frame][:, ok], [10, 50, 90], axis=0)
-                low, high = samples_band_on(est_ndvi[frame][ok], *edges, -1.0, 1.0)
+                factor = 1.0
+                if ndvi_factors is not None:
+                    factor = np.asarray(ndvi_factors)[distance_bucket(ep.distance[frame][ok])]
+                low, high = samples_band_on(est_ndvi[frame][ok], *edges, -1.0, 1.0, factor)
             else:
                 half = np.asarray(ndvi_half)[distance_bucket(ep.distance[frame][ok])]
                 low, high = band_around(est_ndvi[frame][ok], half, -1.0, 1.0)  # as the output

@@ -49,6 +49,10 @@ class Checkpoint:
     observation; reflectance) from the estimate's errors on its own hidden clear pixels (see
     core.model.calibration.fit_error_band), set per request by per-field calibration; never
     saved."""
+    ndvi_band_factors: np.ndarray | None = None
+    """A field's factors on its per-pixel NDVI band per bucket of days to the nearest clear
+    observation (core.model.calibration.fit_pixel_ndvi_factors), set per request by per-field
+    calibration; never saved."""
     ndvi_error_band: np.ndarray | None = None
     """A field's per-pixel NDVI band half widths per bucket of days to the nearest clear
     observation, from the estimate's NDVI errors on its own hidden clear pixels, set with

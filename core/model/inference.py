@@ -57,6 +57,7 @@ from core.reconstruct import (
     FIELD_NDVI_SCALE_BY_DISTANCE_ATTR,
     FIELD_NDVI_SCALE_DAYS_ATTR,
     FIELD_NDVI_SCALE_FRAMES_ATTR,
+    NDVI_BAND_FACTORS_ATTR,
     NDVI_ERROR_BAND_ATTR,
     Prediction,
     ReconstructOptions,
@@ -535,6 +536,7 @@ def field_checkpoint(
         fit_error_band,
         fit_field_ndvi_scale,
         fit_field_ndvi_scale_by_distance,
+        fit_pixel_ndvi_factors,
         fit_spread,
         fit_spread_by_distance,
     )
@@ -554,6 +556,7 @@ def field_checkpoint(
     by_distance = bool(calibration_k) and options.band_by_distance
     error_band = bool(calibration_k) and options.error_band
     ndvi_error_band = error_band and options.ndvi_error_band
+    fits_ndvi_band = bool(calibration_k) and options.fit_ndvi_band and not ndvi_error_band
     fits_curve = bool(calibration_k) and options.fit_curve_band
     curve_by_distance = fits_curve and options.curve_band_by_distance
     if options.adapt_steps == 0 and calibration_k == 0 and not options.blend_field:
@@ -567,6 +570,7 @@ def field_checkpoint(
         by_distance,
         error_band,
         ndvi_error_band,
+        fits_ndvi_band,
         fits_curve,
         curve_by_distance,
         options.blend_field,
@@ -612,7 +616,7 @@ def field_checkpoint(
             patch=checkpoint.config.patch,
             with_smoother=options.blend_field,
             smoother_lambda=options.whittaker_lambda,
-            with_distance=by_distance or error_band or fits_curve,
+            with_distance=by_distance or error_band or fits_curve or fits_ndvi_band,
         )
         if episodes:  # else the checkpoint's spread and no blend (see above)
             mean, linear, draws, truth = episode_predictions(
@@ -664,8 +668,23 @@ def field_checkpoint(
                 result = dataclasses.replace(
                     result, error_band=half / REFL_SCALE, ndvi_error_band=ndvi_half
                 )
+            ndvi_factors = None
+            if fits_ndvi_band:  # the samples' NDVI band, moved onto the estimate, per pixel
+                pixels = episode_pixel_ndvi(episodes, mean, truth, scale * draws)
+                if pixels["true"].size:
+                    low, median, high = np.percentile(pixels["samples"], [10, 50, 90], axis=0)
+                    ndvi_factors = fit_pixel_ndvi_factors(
+                        pixels["true"],
+                        pixels["estimate"],
+                        median - low,
+                        high - median,
+                        pixels["distance"],
+                    )
+                    result = dataclasses.replace(result, ndvi_band_factors=ndvi_factors)
             if fits_curve:  # field means, on hidden frames
-                rows = episode_field_ndvi(episodes, mean, draws, truth, scale, ndvi_half)
+                rows = episode_field_ndvi(
+                    episodes, mean, draws, truth, scale, ndvi_half, ndvi_factors
+                )
                 by_days = fit_field_ndvi_scale_by_distance(rows) if curve_by_distance else None
                 result = dataclasses.replace(
                     result,
@@ -813,7 +832,9 @@ def model_method(
         mean = read_off_kernel(observed, kernel, mean)
     distance = None
     if residuals is not None and (
-        checkpoint.spread_by_distance is not None or checkpoint.error_band is not None
+        checkpoint.spread_by_distance is not None
+        or checkpoint.error_band is not None
+        or checkpoint.ndvi_band_factors is not None
     ):
         days = to_days(observed["time_s2"].values)
         distance = days_to_clear(observed["s2"].values, days, to_days(query))
@@ -829,6 +850,10 @@ def model_method(
         if np.isnan(half).any():  # a band the episodes never hid: the widest fitted
             half = np.where(np.isnan(half), np.nanmax(half), half)
         band_half = np.moveaxis(half[:, distance_bucket(distance)], 0, 1)  # (Q, B, H, W)
+    ndvi_factor = None
+    if draws is not None and checkpoint.ndvi_band_factors is not None:
+        factors = np.asarray(checkpoint.ndvi_band_factors, np.float32)
+        ndvi_factor = factors[distance_bucket(distance)]  # (Q, H, W)
     ndvi_half = None
     if band_half is not None and checkpoint.ndvi_error_band is not None:
         ndvi_half = np.asarray(checkpoint.ndvi_error_band, np.float32)[distance_bucket(distance)]
@@ -859,7 +884,12 @@ def model_method(
         bf16 = flow_in_bf16(torch.device(device).type)
         attrs["model_flow_precision"] = "bfloat16" if bf16 else "float32"
     return Prediction(
-        mean=mean, samples=draws, band_half=band_half, ndvi_half=ndvi_half, attrs=attrs
+        mean=mean,
+        samples=draws,
+        band_half=band_half,
+        ndvi_factor=ndvi_factor,
+        ndvi_half=ndvi_half,
+        attrs=attrs,
     )
 
 
@@ -990,6 +1020,8 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         attrs[ERROR_BAND_ATTR] = np.round(used.error_band.ravel(), 5)
     if used.ndvi_error_band is not None:
         attrs[NDVI_ERROR_BAND_ATTR] = np.round(used.ndvi_error_band, 5)
+    if used.ndvi_band_factors is not None:
+        attrs[NDVI_BAND_FACTORS_ATTR] = np.round(used.ndvi_band_factors, 4)
     if used.blend is not None:
         attrs.update(used.blend.attrs())
     if used.field_scores is not None:
