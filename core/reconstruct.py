@@ -111,13 +111,16 @@ class ReconstructOptions:
     bucket of days to the nearest clear observation, and the curve band fitted on it. Off by
     default: held out it lowered the NDVI band's interval score by 13-40 % but over-covered
     (0.95 in the long gap; README, "The uncertainty band")."""
-    fit_ndvi_band: bool = True
+    fit_ndvi_band: bool = False
     """Model only, with ``calibrate_field`` (and not ``ndvi_error_band``): the per-pixel NDVI
     band (the samples' p10-p90 moved onto the estimate, the app's uncertainty map) scaled per
     bucket of days to the nearest clear observation (<= 8, 8-20, > 20) by factors fitted on the
     field's hidden pixels to hold 80 % of them (``NDVI_BAND_FACTORS_ATTR``;
     :func:`core.model.calibration.fit_pixel_ndvi_factors`), and the curve band fitted on it.
-    False: the samples' spread as fitted for the reflectance."""
+    Off by default: held out (hu-alfold, ten draws) it lowered the NDVI band's interval score
+    by 20 / 16 % for missing frames and cloud removal but raised it by 11 % in the long gap,
+    whose coverage fell to 0.68, and the curve band's by 13-34 % (README, "The uncertainty
+    band"; benchmarks/candidates/ndvi_band_fitted_rule.txt)."""
     smooth_days: int = 2
     """Model only: a date off the acquisitions' cadence (not a whole number of 5 days from an
     acquisition) is the triangular-weighted mean of the network's estimates at it and up to

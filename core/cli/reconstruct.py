@@ -66,11 +66,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fit-ndvi-band",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=False,
         help="model, with --calibrate-field: scale the per-pixel NDVI p10/p90 (the samples' "
         "band, moved onto the estimate) per distance to clear data to hold 80 %% of this "
-        "cube's hidden pixels (default: on; --no-fit-ndvi-band: the samples' spread as "
-        "fitted for the reflectance)",
+        "cube's hidden pixels (default: off; held out it over-narrowed the long gap's band)",
     )
     parser.add_argument(
         "--ndvi-error-band",

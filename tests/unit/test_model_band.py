@@ -412,3 +412,76 @@ def test_the_per_pixel_bands_hold_their_estimate(flanders_cube) -> None:
     s2, s2_low = out["s2"].values, out["s2_p10"].values
     seen = np.isfinite(s2)
     assert (s2_low[seen] >= np.minimum(s2[seen], 0.0)).all()
+
+
+def test_pixel_ndvi_factors_hold_80_percent_of_each_distance_bucket() -> None:
+    from core.model.calibration import fit_pixel_ndvi_factors
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    distance = np.repeat([2.0, 12.0, 40.0], n)  # one bucket each: <= 8, 8-20, > 20 days
+    noise = rng.normal(0.0, np.repeat([0.02, 0.05, 0.1], n))
+    estimate = rng.uniform(0.2, 0.8, 3 * n)
+    true = estimate + noise
+    below = above = np.full(3 * n, 0.05)  # the samples' band: +-0.05 everywhere
+    factors = fit_pixel_ndvi_factors(true, estimate, below, above, distance)
+    want = [np.quantile(np.abs(noise[k * n : (k + 1) * n]), 0.8) / 0.05 for k in range(3)]
+    np.testing.assert_allclose(factors, want, rtol=0.01)  # narrower near data, wider far
+    for k in range(3):
+        part = slice(k * n, (k + 1) * n)
+        held = np.abs(noise[part]) <= factors[k] * 0.05
+        assert held.mean() == pytest.approx(0.8, abs=0.005)
+    # A bucket with under 200 pixels takes the factor fitted on all of them.
+    few = np.concatenate([np.arange(2 * n), np.arange(2 * n, 2 * n + 50)])
+    factors = fit_pixel_ndvi_factors(
+        true[few], estimate[few], below[few], above[few], distance[few]
+    )
+    overall = fit_pixel_ndvi_factors(
+        true[few], estimate[few], below[few], above[few], np.zeros(few.size)
+    )[0]
+    assert factors[2] == pytest.approx(overall)
+
+
+def test_the_fitted_ndvi_band_scales_each_pixels_band_by_its_buckets_factor(
+    flanders_cube, tmp_path
+) -> None:
+    """With the band fitted on the field, each pixel's NDVI band is the moved samples' band
+    with its distances times the factor of the pixel's distance bucket; the estimate, the
+    samples and the reflectance band do not move, and hidden pixels never reach the factors."""
+    from core.indices import ndvi
+    from core.reconstruct import NDVI_BAND_FACTORS_ATTR, samples_band_on
+
+    cube = _crop(flanders_cube, size=16)
+    times = cube["time_s2"].values
+    query = np.concatenate([times[[5]], times[[9, 14]] + np.timedelta64(3, "D")])
+    path = _checkpoint(tmp_path, perturb=True)
+    clear_field_cache()
+    options = dataclasses.replace(_options(path), keep_samples=True, fit_ndvi_band=True)
+    fitted = reconstruct(cube, query, "model", options)
+    plain = reconstruct(cube, query, "model", dataclasses.replace(options, fit_ndvi_band=False))
+    for name in ("s2", "s2_samples", "s2_p10", "s2_p90"):
+        np.testing.assert_array_equal(fitted[name].values, plain[name].values)
+    factors = np.asarray(fitted.attrs[NDVI_BAND_FACTORS_ATTR])
+    assert factors.shape == (3,) and NDVI_BAND_FACTORS_ATTR not in plain.attrs
+    seen = observations(screened(cube, options)[0])["s2"].values  # as the model measures days
+    distance = nearest_clear_days(np.isfinite(seen).any(axis=1), to_days(times), to_days(query))
+    edges = np.percentile(ndvi(fitted["s2_samples"].values, band_axis=2), [10, 50, 90], axis=0)
+    factor = factors[distance_bucket(distance)].astype(np.float32)
+    want = samples_band_on(fitted["ndvi"].values, *edges, -1.0, 1.0, factor)
+    shown = np.isfinite(fitted["ndvi"].values) & np.isfinite(want[0])
+    assert shown.sum() > 500
+    for got, expected in zip(("ndvi_p10", "ndvi_p90"), want, strict=True):
+        np.testing.assert_allclose(fitted[got].values[shown], expected[shown], atol=1e-4)
+    est = fitted["ndvi"].values
+    assert ((fitted["ndvi_p10"].values <= est) & (est <= fitted["ndvi_p90"].values))[shown].all()
+    (note,) = [n for n in fit_notes(fitted.attrs) if n.startswith("NDVI band and map fitted")]
+    assert f"x {factors[0]:.2f} within 8 days" in note and f"x {factors[2]:.2f} further" in note
+    # Hidden pixels' values never reach the factors.
+    bright, dark = hidden_bright_and_dark(flanders_cube)
+    clear_field_cache()
+    hidden = _options(path, fit_ndvi_band=True)
+    a = reconstruct(bright, bright["time_s2"].values[[6, 7]], "model", hidden)
+    clear_field_cache()
+    b = reconstruct(dark, dark["time_s2"].values[[6, 7]], "model", hidden)
+    np.testing.assert_array_equal(a.attrs[NDVI_BAND_FACTORS_ATTR], b.attrs[NDVI_BAND_FACTORS_ATTR])
+    np.testing.assert_array_equal(a["ndvi_p10"].values, b["ndvi_p10"].values)
