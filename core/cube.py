@@ -241,10 +241,10 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
                 "(time_s1, polarization, y, x)."
             )
         out["s1"] = _finite_or_nan(out["s1"])
-        _check_backscatter_scale(out["s1"].values)
         coded = out["s1"].values <= NODATA_BELOW_DB  # a nodata code such as -9999: missing
         if coded.any():
             out["s1"] = out["s1"].where(~coded)
+        _check_backscatter_scale(out["s1"].values)
         out = _s1_in_order(out)
     return out
 
@@ -412,17 +412,25 @@ PERCENT_MEDIAN_MAX = 100.0
 reflectance (0-100); above it as L2A digital numbers (0-10000, 1000-11000 with the offset)."""
 
 
+def _sampled_values(values: np.ndarray) -> np.ndarray:
+    """The finite, non-zero values (0 is a common nodata code of integer exports) of every
+    4th pixel of every (T // 16)-th frame of ``values`` (T, bands, H, W): 16 to 31 frames, or
+    all; every such value where that sample holds none. What the scale checks judge on, at
+    little cost."""
+    frames = values[:: max(1, values.shape[0] // 16), :, ::4, ::4]
+    kept = frames[np.isfinite(frames) & (frames != 0)]
+    if kept.size == 0:  # the sample fell on nodata only: look at every value
+        kept = values[np.isfinite(values) & (values != 0)]
+    return kept
+
+
 def _check_reflectance_scale(s2: np.ndarray) -> None:
     """CubeError when ``s2`` (T, 10, H, W) is not reflectance (0 to about 1): L2A digital
     numbers or percent (every method would run and give numbers 10,000 or 100 x too large,
     and NDVI would look fine), or mostly negative (an offset taken away twice: NDVI would be
-    empty). Judged on the non-zero values (0 is a common nodata code of integer exports) of
-    every 4th pixel of every (T // 16)-th frame, so it costs little. A few slightly negative values
-    are real L2A (water, shadow) and pass."""
-    frames = s2[:: max(1, s2.shape[0] // 16), :, ::4, ::4]
-    values = frames[np.isfinite(frames) & (frames != 0)]
-    if values.size == 0:  # the sample fell on nodata only: look at every value
-        values = s2[np.isfinite(s2) & (s2 != 0)]
+    empty). Judged on :func:`_sampled_values`. A few slightly negative values are real L2A
+    (water, shadow) and pass."""
+    values = _sampled_values(s2)
     median = float(np.median(values)) if values.size else 0.0
     if median > PERCENT_MEDIAN_MAX:
         raise CubeError(
@@ -464,17 +472,12 @@ def _check_backscatter_scale(s1: np.ndarray) -> None:
     and linear backscatter or amplitude is never negative: a median above 0 with (almost) no
     value below 0 tells them apart with a wide margin. A field of strong scatterers in dB (a
     town), even with a median above 0, keeps a good share below 0: the shared cubes' VV moved
-    to a median of +1 dB keeps 33-39 % below 0. Judged as the reflectance scale is, on the
-    non-zero values (0 is a nodata code of integer exports, and weak linear values stored at
-    the format's 0.01 steps round to 0) above -100 (no backscatter is that low in dB, while
-    -9999 is a common nodata code) of every 4th pixel of every (T // 16)-th frame (16 to 31
-    frames, or all)."""
+    to a median of +1 dB keeps 33-39 % below 0. Judged as the reflectance scale is
+    (:func:`_sampled_values`; weak linear values stored at the format's 0.01 steps round to 0),
+    with nodata codes (at or below :data:`NODATA_BELOW_DB`) already missing."""
     if s1.shape[0] == 0:
         return
-    frames = s1[:: max(1, s1.shape[0] // 16), :, ::4, ::4]
-    values = frames[np.isfinite(frames) & (frames != 0) & (frames > NODATA_BELOW_DB)]
-    if values.size == 0:  # the sample fell on nodata only: look at every value
-        values = s1[np.isfinite(s1) & (s1 != 0) & (s1 > NODATA_BELOW_DB)]
+    values = _sampled_values(s1)
     if values.size == 0:
         return
     median = float(np.median(values))

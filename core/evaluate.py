@@ -469,7 +469,8 @@ def score_values(
                     "ndvi_coverage": interval_coverage(lo, hi, y),
                     "ndvi_band_width": float(np.mean(hi - lo)),
                     "ndvi_interval_score": float(np.mean(interval_score(lo, hi, y))),
-                    "ndvi_band_misses_estimate": 1.0  # a float32 rounding is not a miss
+                    # (widened by a float32 rounding, which is not a miss)
+                    "ndvi_band_misses_estimate": 1.0
                     - interval_coverage(lo - 1e-6, hi + 1e-6, ndvi_p[banded]),
                 }
 

@@ -194,12 +194,13 @@ and within it per bucket of days to the nearest clear observation (<= 8, 8-20, >
 
 
 NDVI_ERROR_BAND_ATTR = "model_ndvi_error_band_half_width"
+"""Attribute of a reconstruction whose per-pixel NDVI band came from the field's own NDVI errors:
+the half widths per bucket of days to the nearest clear observation (<= 8, 8-20, > 20)."""
+
 NDVI_BAND_FACTORS_ATTR = "model_ndvi_band_factors"
 """Attribute of a model reconstruction whose per-pixel NDVI band was fitted on the field
 (``ReconstructOptions.fit_ndvi_band``): the factors on the band's distances from the estimate
 within 8 days of a clear observation, at 8-20 days and further away."""
-"""Attribute of a reconstruction whose per-pixel NDVI band came from the field's own NDVI errors:
-the half widths per bucket of days to the nearest clear observation (<= 8, 8-20, > 20)."""
 
 
 @dataclass(frozen=True)
@@ -633,12 +634,17 @@ def _writable(values: np.ndarray) -> np.ndarray:
 
 
 def band_around(
-    centre: np.ndarray, half: np.ndarray, lowest: float, highest: float
+    centre: np.ndarray,
+    half: np.ndarray,
+    lowest: float,
+    highest: float,
+    above: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The band ``centre`` -+ ``half``, cut to [``lowest``, ``highest``] (a quantity's range)
-    but never so far that it leaves out ``centre`` itself."""
+    """The band ``centre`` - ``half`` .. ``centre`` + ``half`` (+ ``above`` instead where
+    given: a band wider on one side), cut to [``lowest``, ``highest``] (a quantity's range) but
+    never so far that it leaves out ``centre`` itself."""
     low = np.maximum(centre - half, np.minimum(centre, lowest))
-    high = np.minimum(centre + half, np.maximum(centre, highest))
+    high = np.minimum(centre + (half if above is None else above), np.maximum(centre, highest))
     return low, high
 
 
@@ -663,9 +669,7 @@ def samples_band_on(
     "The uncertainty band")."""
     below = factor * np.maximum(median - low, 0.0)
     above = factor * np.maximum(high - median, 0.0)
-    return band_around(centre, below, lowest, highest)[0], band_around(
-        centre, above, lowest, highest
-    )[1]
+    return band_around(centre, below, lowest, highest, above)
 
 
 def _nan_percentiles(samples: np.ndarray, percents: tuple[int, ...]) -> list[np.ndarray]:

@@ -1255,13 +1255,11 @@ def fit_notes(attrs: dict) -> list[str]:
         )
     elif attrs.get("model_calibrate_field") and "model_spread_scale" in attrs:
         factor = float(attrs["model_spread_scale"]) / float(attrs["model_checkpoint_spread_scale"])
-        what = (
-            "Samples' spread (the NDVI band and map)"
-            if ERROR_BAND_ATTR in attrs and NDVI_BAND_FACTORS_ATTR not in attrs
-            else "Samples' spread"
-            if ERROR_BAND_ATTR in attrs
-            else "Uncertainty band"
-        )
+        what = "Uncertainty band"
+        if ERROR_BAND_ATTR in attrs:  # the spread makes the NDVI band only, unless fitted apart
+            what = "Samples' spread (the NDVI band and map)"
+            if NDVI_BAND_FACTORS_ATTR in attrs:  # its own note follows
+                what = "Samples' spread"
         notes.append(
             f"{what} fitted on this field: {factor:.2f} x the width fitted on the model's "
             "training sites."
