@@ -61,6 +61,8 @@ from core.stac import (
     StacClient,
     item_datetime,
     open_client,
+    read_signer,
+    renew_tokens,
     search_scenes,
 )
 from core.timeline import parse_date
@@ -404,15 +406,44 @@ def _status_of(exc: Exception) -> int | None:
     return getattr(response, "status_code", None) or (int(match.group(1)) if match else None)
 
 
-def _read_error(exc: Exception, what: str, *, skipped: Sequence[str] | None = None) -> NetworkError:
-    """A GDAL read error, or a signer's token request error, as a :mod:`core.errors` error."""
+_GENERIC_READ_ERROR = re.compile(r"(Read failed\.\s*)?See previous exception for details\.?", re.I)
+"""rasterio's outer words on a failed read, which point at an exception the user never sees."""
+
+
+def error_detail(exc: BaseException, limit: int = 300) -> str:
+    """What a read error says, for a message: the first meaningful words of its chain of causes
+    (GDAL's, naming the file) and the last (the root cause, e.g. "got 3333 bytes, expected
+    7247"), without rasterio's "See previous exception for details" and without a final
+    period. The outer error alone said only that (review 11)."""
+    said: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = _GENERIC_READ_ERROR.sub(" ", " ".join(str(current).split())).strip()
+        if text and text not in said:
+            said.append(text)
+        current = current.__cause__ or current.__context__
+    kept = said[:1] + said[-1:] if len(said) > 1 and said[-1] not in said[0] else said[:1]
+    return "; ".join(text.rstrip(". ") for text in kept)[:limit] or type(exc).__name__
+
+
+def _read_error(
+    exc: Exception,
+    what: str,
+    *,
+    skipped: Sequence[str] | None = None,
+    scene: str | None = None,
+) -> NetworkError:
+    """A GDAL read error, or a signer's token request error, as a :mod:`core.errors` error;
+    ``scene``: the id of the item whose file failed, where known."""
     status = _status_of(exc)
     if status in (401, 403):
         return AccessDeniedError(
             f"Access to the {what} imagery was refused (HTTP {status}). If the catalogue needs "
             "a key, set PC_SDK_SUBSCRIPTION_KEY."
         )
-    detail = " ".join(str(exc).split())[:200]
+    detail = error_detail(exc)
     if status in _GONE_CODES:
         many = (
             f" {len(skipped)} scene(s) were already left out for the same reason "
@@ -425,8 +456,10 @@ def _read_error(exc: Exception, what: str, *, skipped: Sequence[str] | None = No
             f"{many} The catalogue links to files it does not serve; try again later, or a "
             "shorter period that avoids those dates."
         )
+    where = f" (scene {scene})" if scene else ""
     return NetworkError(
-        f"Could not read the {what} imagery after retries: {detail}. Check your connection."
+        f"Could not read the {what} imagery after retries{where}: {detail}. Check your "
+        "connection, or try again later."
     )
 
 
@@ -478,6 +511,51 @@ def _culprit(
     return None
 
 
+def item_crs(item: pystac.Item) -> str | None:
+    """The CRS an item's rasters are in, as ``"EPSG:n"``: its ``proj:code`` or ``proj:epsg``
+    (the item's, else its first asset's that has one); None where it says neither."""
+    for fields in (item.properties, *(asset.extra_fields for asset in item.assets.values())):
+        code = fields.get("proj:code")
+        if isinstance(code, str) and code:
+            return code.upper()
+        epsg = fields.get("proj:epsg")
+        if isinstance(epsg, int) and not isinstance(epsg, bool):
+            return f"EPSG:{epsg}"
+    return None
+
+
+def read_order(
+    items: Sequence[pystac.Item], members: Sequence[int], keys: Sequence[Hashable], crs: str
+) -> list[int]:
+    """``members`` in the order their pixels are fused within a key (first valid wins): by
+    time, then the items already in the grid's ``crs`` first, then by id.
+
+    Two MGRS tiles of one datatake share its time. Near a UTM zone's edge the field's grid is
+    in one zone and the tile of the zone next to it covers the field too (the easternmost
+    tiles reach some 100 km into the next zone); by time and id alone the lower zone's tile
+    won, and its pixels, resampled a second time onto the grid, took the place of the grid's
+    own tile's (review 11: 28 % of the values changed, the 20 m bands no longer replicated)."""
+    want = crs.upper()
+    return sorted(
+        members,
+        key=lambda i: (
+            keys[i],
+            item_datetime(items[i]),
+            item_crs(items[i]) != want,
+            items[i].id,
+        ),
+    )
+
+
+def only_assets(item: pystac.Item, names: Sequence[str]) -> pystac.Item:
+    """A copy of ``item`` with only the assets ``names``: odc-stac places an item by the grids
+    of all its assets, so an asset FieldFlow never reads (``visual``, ``AOT``) whose projection
+    metadata is wrong made it miss the field and drop the scene without a word (review 11)."""
+    out = item.clone()
+    out.assets = {name: asset for name, asset in out.assets.items() if name in names}
+    return out
+
+
 def _load_partition(
     items: Sequence[pystac.Item],
     members: list[int],
@@ -500,21 +578,25 @@ def _load_partition(
     skipped) and the members it holds."""
     import odc.stac
 
-    members = list(members)
+    members = read_order(items, members, keys, grid.crs)
     attempt = 0
+    renewed = False  # the tokens asked anew after a refusal
     while members:
         part_keys = [keys[i] for i in members]
         failed.clear()
+        if signer is not None:
+            renew_tokens()  # the load signs every href now, and may take minutes
         try:
             ds = odc.stac.load(
-                [items[i] for i in members],
+                [only_assets(items[i], available) for i in members],
                 bands=list(available),
                 geobox=_geobox(grid),
                 groupby=lambda _item, _parsed, index, part_keys=part_keys: part_keys[index],
+                preserve_original_order=True,  # read_order's, within each key
                 dtype=dtype,
                 nodata=nodata,
                 resampling="nearest",
-                patch_url=signer,
+                patch_url=read_signer(signer),
                 pool=max(1, threads),
                 progress=progress if attempt == 0 else None,
                 fail_on_error=True,
@@ -529,8 +611,14 @@ def _load_partition(
                 skipped.append(f"{items[culprit].id} (HTTP {status})")
                 members.remove(culprit)
                 continue
+            if status in (401, 403) and signer is not None and not renewed:
+                # An expired token is refused like a missing key: ask for new tokens once.
+                renew_tokens(math.inf)
+                renewed = True
+                continue
             if status in (401, 403) or status in _GONE_CODES or attempt >= settings.retries:
-                raise _read_error(exc, what, skipped=skipped) from exc
+                scene = None if culprit is None else items[culprit].id
+                raise _read_error(exc, what, skipped=skipped, scene=scene) from exc
             attempt += 1
             time.sleep(min(0.5 * 2**attempt, 8.0))
             continue

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import planetary_computer
 import pystac
@@ -59,6 +59,52 @@ _load_extension_hooks()
 
 Signer = Callable[[Any], Any]
 """Signs a pystac Item/Collection/dict in place, or returns a signed copy of an href string."""
+
+SAS_QUERY_KEYS = frozenset(
+    {"st", "se", "sp", "spr", "sv", "sr", "sig", "sip", "ss", "srt", "sdd"}
+    | {"skoid", "sktid", "skt", "ske", "sks", "skv", "saoid", "suoid", "scid"}
+)
+"""Query parameters of an Azure SAS token (Planetary Computer's signed hrefs)."""
+TOKEN_MARGIN_S = 600.0
+"""A cached Planetary Computer token with less than this left is renewed before a load: a
+load signs all its hrefs at its start, and reading a season can take minutes, while
+``planetary_computer`` renews a cached token only under a minute before it expires."""
+
+
+def unsigned(href: str) -> str:
+    """``href`` without the SAS token in its query (an Azure signature: ``sig`` and ``se``);
+    an href without one, as it is."""
+    parts = urlsplit(href)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not {"sig", "se"} <= {key for key, _ in query}:
+        return href
+    kept = [(key, value) for key, value in query if key not in SAS_QUERY_KEYS]
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
+
+def read_signer(signer: Signer | None) -> Callable[[str], str] | None:
+    """What signs an href just before it is read: ``signer`` on the href without the token it
+    was given at search time. Planetary Computer's signer leaves an href that holds a token as
+    it is, so before this a fetch read with the search's token however old, and one that
+    expired meanwhile failed it as "access refused" (review 11)."""
+    if signer is None:
+        return None
+
+    def sign_at_read(href: str) -> str:
+        return str(signer(unsigned(href)))
+
+    return sign_at_read
+
+
+def renew_tokens(min_left_s: float = TOKEN_MARGIN_S) -> int:
+    """Drop the Planetary Computer tokens cached in this process that have under
+    ``min_left_s`` seconds left (``math.inf``: all), so that the next signing asks for new
+    ones; returns how many were dropped. Other catalogues' signers are not affected."""
+    cache = planetary_computer.sas.TOKEN_CACHE
+    stale = [key for key, token in list(cache.items()) if token.ttl() < min_left_s]
+    for key in stale:
+        cache.pop(key, None)
+    return len(stale)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pystac
 import pytest
 import shapely
 import xarray as xr
@@ -763,3 +764,143 @@ def test_a_short_periods_ends_are_reconstructed_from_data_on_both_sides(
     assert str(without["date"].iloc[0])[:10] == "2018-06-03"
     differs = np.abs(without["ndvi"].to_numpy() - season["ndvi"].to_numpy()[2:])
     assert differs.max() > 0.02
+
+
+# --- review 11: tiles of two zones, unused assets, tokens that expire -------------------------
+
+
+def test_a_field_near_a_zone_edge_reads_its_own_zones_tile_not_the_neighbours(
+    published_site,
+) -> None:
+    """Each acquisition is served twice, as PC serves a datatake near a UTM zone's edge: the
+    tile of the field's zone and the tile of the zone west of it (same time, the same ground,
+    resampled onto its own zone's grid). By time and id the lower zone's tile won, and the field
+    got its pixels resampled a second time (review 11: 28 % of the values changed)."""
+    from core.fetch import load_s2
+    from core.stac import S2_COLLECTION
+    from tests.support.zones import tile_in_zone
+
+    site = published_site("be-flanders-a", fresh=True, max_dates=3)
+    assert site.crs == "EPSG:32631"
+    west = [tile_in_zone(site, item, 32630) for item in site.s2_items]
+    site.stac_server.add_items({S2_COLLECTION: west})
+    settings = Settings(stac_api_url=site.stac_url, retries=0)
+    field = Field(site.field(), "zone edge")
+    result = fetch_cube(field, *period_of(site), settings=settings, threads=2, include_s1=False)
+    assert result.scenes_found[S2_COLLECTION] == 6
+    assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), *period_of(site))
+    # The west tiles alone differ on this grid: the test would see which tile won.
+    client_items = [pystac.Item.from_dict(item) for item in west]
+    _, alone, _ = load_s2(client_items, result.grid, settings=settings, threads=2)
+    assert np.nanmax(np.abs(alone - result.cube["s2"].values)) > 0.05
+
+
+def test_a_scene_whose_unread_asset_is_misplaced_is_still_read(published_site) -> None:
+    """odc-stac placed an item by all its assets' grids: one whose ``visual`` (never read) was
+    described 400 km away missed the field, and its date was dropped without a word."""
+    import copy
+
+    from core.stac import S2_COLLECTION
+
+    site = published_site("be-flanders-a", fresh=True, max_dates=3)
+    items = copy.deepcopy(site.s2_items)
+    moved = 0
+    for asset in items[1]["assets"].values():
+        if "not-published" in asset["href"] and "proj:transform" in asset:
+            asset["proj:transform"][2] += 400_000.0
+            asset["proj:bbox"][0] += 400_000.0
+            asset["proj:bbox"][2] += 400_000.0
+            moved += 1
+    assert moved >= 2  # visual, AOT, WVP, ... in PC's items
+    site.stac_server.clear_items()
+    site.stac_server.add_items({S2_COLLECTION: items, "sentinel-1-rtc": site.s1_items})
+    settings = Settings(stac_api_url=site.stac_url, retries=0)
+    field = Field(site.field(), "misplaced asset")
+    result = fetch_cube(field, *period_of(site), settings=settings, threads=2, include_s1=False)
+    assert result.frames_loaded["s2"] == 3
+    assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), *period_of(site))
+
+
+def test_a_read_that_keeps_failing_names_the_scene_and_the_cause(published_site) -> None:
+    """The message was "Read failed. See previous exception for details.. Check your
+    connection.": it named neither the scene nor what went wrong (review 11)."""
+    site = published_site("be-flanders-a", fresh=True, max_dates=2)
+    site.cog_server.faults.drop_next(1000, prefix="/sentinel2-l2/")
+    settings = Settings(stac_api_url=site.stac_url, retries=1)
+    field = Field(site.field(), "dropped")
+    with pytest.raises(NetworkError) as caught:
+        fetch_cube(field, *period_of(site), settings=settings, threads=1, include_s1=False)
+    message = str(caught.value)
+    assert "See previous exception" not in message and ".." not in message
+    assert "Empty reply from server" in message
+    assert any(f"(scene {item['id']})" in message for item in site.s2_items)
+
+
+@pytest.fixture()
+def sas_site(published_site, monkeypatch):
+    """A site whose COGs are served behind Planetary Computer SAS tokens
+    (:mod:`tests.support.sas_server`), signed by the real ``planetary_computer`` code: its
+    blob domain and token endpoint pointed at the local server, its token cache emptied."""
+    import planetary_computer
+    from planetary_computer import sas
+
+    from tests.support.sas_server import SasCogServer
+
+    site = published_site("be-flanders-a", fresh=True, max_dates=2)
+    with SasCogServer(str(site.folder)) as blobs:
+        monkeypatch.setattr(sas, "BLOB_STORAGE_DOMAIN", blobs.origin.split("//", 1)[1])
+        monkeypatch.setattr(sas, "TOKEN_CACHE", {})
+        monkeypatch.setenv("PC_SDK_SAS_URL", f"{blobs.origin}/api/sas/v1/token")
+        planetary_computer.settings.Settings.get.cache_clear()
+        moved = json.loads(json.dumps(site.items).replace(site.cog_server.url, blobs.origin))
+        site.stac_server.clear_items()
+        site.stac_server.add_items(moved)
+        try:
+            yield site, blobs
+        finally:
+            monkeypatch.undo()
+            planetary_computer.settings.Settings.get.cache_clear()
+
+
+def test_a_token_that_expires_during_a_fetch_is_renewed(sas_site) -> None:
+    """The hrefs were signed at search time and read with that token however old: one that
+    expired meanwhile failed the fetch as "access refused ... set PC_SDK_SUBSCRIPTION_KEY"
+    (review 11). Here every token given so far expires once loading starts."""
+    site, blobs = sas_site
+    expired: list[str] = []
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage.startswith("loading") and not expired:
+            blobs.control("expire", {})
+            expired.append(stage)
+
+    settings = Settings(stac_api_url=site.stac_url, retries=0)
+    field = Field(site.field(), "token expires")
+    result = fetch_cube(
+        field, *period_of(site), settings=settings, threads=1, include_s1=False,
+        progress=progress,
+    )  # fmt: skip
+    assert expired
+    assert any(e.status == 403 for e in blobs.requests)  # the old token was refused
+    assert blobs.control("issued")["issued"] >= 2  # and a new one asked for
+    assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), *period_of(site))
+
+
+def test_a_cached_token_about_to_expire_is_not_used_for_a_load(sas_site) -> None:
+    """A long-lived process (the app, a Dask worker) keeps PC's tokens; planetary_computer
+    renews one only under a minute before it expires, and a load reads for minutes."""
+    from planetary_computer import sas
+
+    site, blobs = sas_site
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)
+    stamp = soon.strftime("%Y-%m-%dT%H:%M:%SZ")
+    key = f"{blobs.origin}/api/sas/v1/token/127/sentinel2-l2"
+    sas.TOKEN_CACHE[key] = sas.SASToken(  # unknown to the server: as if it had expired
+        **{"msft:expiry": stamp, "token": f"st={stamp}&se={stamp}&sp=rl&sr=c&sig=stale"}
+    )
+    settings = Settings(stac_api_url=site.stac_url, retries=0)
+    field = Field(site.field(), "token about to expire")
+    result = fetch_cube(field, *period_of(site), settings=settings, threads=1, include_s1=False)
+    assert not [e for e in blobs.requests if e.status == 403]
+    assert "sig=stale" not in " ".join(e.request.query for e in blobs.requests)
+    assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), *period_of(site))

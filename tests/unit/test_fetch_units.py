@@ -456,3 +456,74 @@ def test_single_polarisation_scenes_load_with_nan_for_the_missing_band(cogs) -> 
     times, s1, _ = load_s1([vv_only, dual], GRID, settings=SETTINGS, signer=None, threads=1)
     assert times.size == 2
     np.testing.assert_allclose(s1[:, :, 0, 0], [[0.0, NAN], [0.0, -10.0]], atol=1e-5)
+
+
+# --- which tile a pixel comes from, and what a failed read says (review 11) ---------------
+
+
+def _item(item_id: str, when: str, **properties: object) -> pystac.Item:
+    return pystac.Item(item_id, None, None, dt.datetime.fromisoformat(when), dict(properties))
+
+
+def test_item_crs_reads_proj_code_or_epsg_of_the_item_or_its_assets() -> None:
+    from core.fetch import item_crs
+
+    assert item_crs(_item("a", "2024-04-19T10:00:00+00:00", **{"proj:code": "epsg:32631"})) == (
+        "EPSG:32631"
+    )
+    assert item_crs(_item("b", "2024-04-19T10:00:00+00:00", **{"proj:epsg": 32632})) == (
+        "EPSG:32632"
+    )
+    item = _item("c", "2024-04-19T10:00:00+00:00", **{"proj:epsg": None})
+    item.add_asset("B04", pystac.Asset("http://x/B04.tif", extra_fields={"proj:epsg": 32630}))
+    assert item_crs(item) == "EPSG:32630"
+    assert item_crs(_item("d", "2024-04-19T10:00:00+00:00")) is None
+
+
+def test_read_order_puts_a_days_tiles_in_the_grids_crs_before_the_others_at_equal_time() -> None:
+    from core.fetch import read_order
+
+    same = "2024-04-19T10:30:00+00:00"
+    items = [
+        _item("S2A_T31UGS", same, **{"proj:epsg": 32631}),  # west zone: sorts first by id
+        _item("S2A_T32ULB", same, **{"proj:epsg": 32632}),  # the grid's zone
+        _item("S2A_T31UGS_earlier", "2024-04-19T10:20:00+00:00", **{"proj:epsg": 32631}),
+        _item("S2A_T32ULB_next_day", "2024-04-20T10:30:00+00:00", **{"proj:epsg": 32632}),
+    ]
+    keys = [("d1",), ("d1",), ("d1",), ("d2",)]
+    assert read_order(items, [0, 1, 2, 3], keys, "EPSG:32632") == [2, 1, 0, 3]
+    assert read_order(items, [3, 1, 0], keys, "EPSG:32631") == [0, 1, 3]
+
+
+def test_only_assets_keeps_the_assets_read_and_leaves_the_item_as_it_was() -> None:
+    from core.fetch import only_assets
+
+    item = _item("x", "2024-04-19T10:00:00+00:00")
+    for name in ("B04", "SCL", "visual", "AOT"):
+        item.add_asset(name, pystac.Asset(f"http://x/{name}.tif"))
+    kept = only_assets(item, ("B04", "SCL", "B08"))
+    assert set(kept.assets) == {"B04", "SCL"}
+    assert set(item.assets) == {"B04", "SCL", "visual", "AOT"}
+
+
+def test_error_detail_names_the_file_and_the_root_cause_not_see_previous() -> None:
+    from core.fetch import error_detail
+
+    try:
+        try:
+            try:
+                raise OSError("TIFFFillTile:Read error at tile 0; got 3333 bytes, expected 7247")
+            except OSError as inner:
+                raise OSError("T31UES_B02_10m.tif, band 1: IReadBlock failed") from inner
+        except OSError as middle:
+            raise OSError("Read failed. See previous exception for details.") from middle
+    except OSError as outer:
+        detail = error_detail(outer)
+    assert detail == (
+        "T31UES_B02_10m.tif, band 1: IReadBlock failed; TIFFFillTile:Read error at tile 0; "
+        "got 3333 bytes, expected 7247"
+    )
+    assert error_detail(RuntimeError("CURL error: Empty reply from server.")) == (
+        "CURL error: Empty reply from server"
+    )
+    assert error_detail(RuntimeError("")) == "RuntimeError"

@@ -281,3 +281,46 @@ def test_a_url_of_another_page_of_the_api_is_named_not_a_traceback(
     message = str(caught.value)
     assert message.startswith(f"STAC_API_URL is {url!r}, which is {kind}, not the root of")
     assert "ClientTypeError" not in message and "unset it" in message
+
+
+# --- signing at read time (review 11) ------------------------------------------------------------
+
+
+def test_unsigned_takes_only_a_sas_token_out_of_an_href() -> None:
+    from core.stac import unsigned
+
+    signed = (
+        "https://x.blob.core.windows.net/sentinel2-l2/a/B04.tif?st=2026-12-05T10%3A00%3A00Z"
+        "&se=2026-12-05T11%3A00%3A00Z&sp=rl&sv=2021-06-08&sr=c&skoid=abc&sig=AbC%2Bd%3D"
+    )
+    assert unsigned(signed) == "https://x.blob.core.windows.net/sentinel2-l2/a/B04.tif"
+    assert unsigned(signed.replace("?st=", "?version=3&st=")).endswith("B04.tif?version=3")
+    plain = "http://127.0.0.1:8080/cogs/B04.tif?sp=ignored"  # no signature: as it is
+    assert unsigned(plain) == plain
+
+
+def test_the_read_signer_signs_again_with_a_fresh_token(monkeypatch) -> None:
+    """planetary_computer's signer leaves an href that holds a token as it is; the read
+    signer takes the old token out first, so the cached (or a renewed) token is used."""
+    from planetary_computer import sas
+
+    from core.stac import read_signer, renew_tokens
+
+    now = dt.datetime.now(dt.UTC)
+
+    def token(sig: str, seconds: float) -> sas.SASToken:
+        expiry = (now + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return sas.SASToken(**{"msft:expiry": expiry, "token": f"se={expiry}&sp=rl&sig={sig}"})
+
+    settings = planetary_computer.settings.Settings.get()
+    cache = {f"{settings.sas_url}/x/sentinel2-l2": token("fresh", 3000)}
+    monkeypatch.setattr(sas, "TOKEN_CACHE", cache)
+    old = "https://x.blob.core.windows.net/sentinel2-l2/a/B04.tif?se=2020-01-01T00%3A00%3A00Z&sp=rl&sig=old"
+    assert planetary_computer.sign(old) == old  # the library's own signer: unchanged
+    signed = read_signer(planetary_computer.sign_inplace)(old)
+    assert signed.endswith("B04.tif?" + cache[next(iter(cache))].token)
+    assert read_signer(None) is None
+    # Tokens with under the margin left are dropped; math.inf drops every one.
+    cache[f"{settings.sas_url}/x/sentinel1-grd"] = token("soon", 120)
+    assert renew_tokens() == 1 and list(cache) == [f"{settings.sas_url}/x/sentinel2-l2"]
+    assert renew_tokens(float("inf")) == 1 and not cache
