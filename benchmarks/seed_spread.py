@@ -180,6 +180,7 @@ def main() -> int:
     ndvi_score: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
     ndvi_misses: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
     curve_score: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
+    curve_mae: dict[str, dict[int, dict[tuple[str, str], float]]] = {x: {} for x in labels}
     settings = "the network alone (K = 1)" if args.network_alone else "the app's settings"
     scored = "scored on (seen ones too)" if args.include_seen else "held out"
     print(f"{scored}: {', '.join(n for n, _ in cubes)}; {settings}; pooled ratio per seed")
@@ -213,6 +214,7 @@ def main() -> int:
             ndvi_misses[label][seed] = pooled_figures(evaluation, "ndvi_band_misses_estimate")
             curve_score[label][seed] = pooled_figures(evaluation, "field_ndvi_interval_score")
             curve_cover[label][seed] = pooled_figures(evaluation, "field_ndvi_coverage")
+            curve_mae[label][seed] = pooled_figures(evaluation, "field_ndvi_mae")
             ratios = [ratio(maes[label][seed], task) for task in TASKS]
             print(
                 f"{seed:4d} {label:16s} "
@@ -291,6 +293,27 @@ def main() -> int:
                     f"{np.nanmedian(misses):.3f}; the curve band's interval score "
                     f"{np.nanmedian(curve_is):.4f} (summed {np.nansum(curve_is):.4f})"
                 )
+    print("\nthe curve's figure: MAE of each scored frame's field-mean NDVI (fNDVI), per method")
+    print("(the cubes with red and NIR only), summed over the seeds; seeds where the model is best")
+    for label in labels:
+        for task in TASKS:
+            per_method = {
+                m: np.array([curve_mae[label][s].get((task, m), np.nan) for s in seeds])
+                for m in (*BASELINES, "model")
+            }
+            summary["ratios"][f"{label} {task}"]["field_ndvi_mae"] = {  # type: ignore[index]
+                m: v.round(4).tolist() for m, v in per_method.items()
+            }
+            if np.isnan(per_method["model"]).all():
+                continue
+            best = np.minimum(*(per_method[m] for m in BASELINES))
+            wins = [str(int((per_method["model"] < per_method[m]).sum())) for m in BASELINES]
+            print(
+                f"{label:16s} {task:8s} "
+                + ", ".join(f"{m} {np.nansum(v):.4f}" for m, v in per_method.items())
+                + f"; the model below both on {int((per_method['model'] < best).sum())} of "
+                f"{len(seeds)}, below {', '.join(BASELINES)} on " + " / ".join(wins)
+            )
     labels = [*earlier, *labels]
     maes.update(earlier)
     if len(labels) > 1:
