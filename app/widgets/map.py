@@ -15,6 +15,7 @@ install them.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -253,14 +254,17 @@ def field_layer(
         folium.GeoJson(
             field.to_geojson(),
             style_function=lambda _feature: FIELD_STYLE,
-            tooltip=f"{field.name}: {field.area_ha:,.2f} ha",
+            tooltip=f"{html.escape(field.name)}: {field.area_ha:,.2f} ha",
         ).add_to(group)
     return group
 
 
 def _candidate_label(candidate: Candidate) -> str:
+    """The label on an upload's polygon: its name, as text (folium puts a tooltip's text into
+    the map's HTML as it is: a name from a shared file ran as a script in the page), and its
+    area."""
     area = f" ({candidate.area_ha:,.2f} ha)" if candidate.area_ha is not None else ""
-    return f"{candidate.name}{area}"
+    return f"{html.escape(candidate.name)}{area}"
 
 
 def field_map(

@@ -113,6 +113,20 @@ def test_an_uploads_polygons_are_drawn_labelled_before_the_choice() -> None:
     assert "West (6.50 ha)" in page and "East (6.50 ha)" in page and "Track" not in page
 
 
+def test_names_from_a_file_are_shown_as_text_on_the_map_never_run_as_html() -> None:
+    """folium puts a tooltip's text into the map's HTML as it is: a polygon named
+    ``<img src=x onerror=...>`` in a shared KML or GeoJSON ran its script in the page."""
+    from core.field import Field
+
+    evil = '<img src=x onerror="document.title=1">'
+    candidate = Candidate(0, f"{evil} & co", "Polygon", 6.5, outline=box(3.0, 51.0, 3.003, 51.002))
+    field = Field(box(3.01, 51.0, 3.013, 51.002), f"<b>{evil}</b>")
+    page = folium.Map().add_child(field_layer(field, None, None, [candidate])).get_root().render()
+    assert "<img src=x" not in page and "<b>" not in page
+    assert "&lt;img src=x onerror=&quot;document.title=1&quot;&gt; &amp; co (6.50 ha)" in page
+    assert "&lt;b&gt;&lt;img src=x" in page
+
+
 def test_a_short_period_gets_a_time_axis_in_days() -> None:
     # A one-day Run drew its axis in fractions of a millisecond ("23:59:59.9995"; review 4).
     from app.widgets.chart import MIN_AXIS_DAYS, _day_range
