@@ -25,6 +25,7 @@ import streamlit as st  # noqa: E402
 from app import services  # noqa: E402
 from app.config import AppConfig  # noqa: E402
 from app.state import Key, PageState, page_state, widget_value  # noqa: E402
+from app.text import plain  # noqa: E402
 from app.widgets.batch import batch_panel, start_batch  # noqa: E402
 from app.widgets.chart import ndvi_chart  # noqa: E402
 from app.widgets.downloads import downloads_row  # noqa: E402
@@ -235,7 +236,8 @@ def workspace(config: AppConfig, settings: Settings) -> None:
             else "Pick the period and press **Run**, under the dates at the foot of the sidebar "
             "(on a phone, open it with » at the top left)."
             if state.field is not None
-            else f"{pending.name} holds {len(pending.candidates)} polygons, dashed on the map: "
+            else f"{plain(pending.name)} holds {len(pending.candidates)} polygons, dashed on "
+            "the map: "
             "choose the field in the sidebar, then press **Run**; or press **Process all "
             f"{len(pending.candidates)} fields** there for every one of them."
             if pending is not None

@@ -33,6 +33,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.batch import (
+    NOT_DONE,
     UPLOAD_STAGE,
     BatchRequest,
     UploadBatch,
@@ -196,7 +197,7 @@ def start_run(request: SeasonRequest, config: Settings) -> Finished | None:
     if key in result_budget(config.result_cache_mb).keys:
         finished = _keep(key, compute, config)  # its time is an earlier Run's
         again = replace(finished.panel, headline=_headline(finished.result, again=True))
-        return replace(finished, panel=again)
+        return as_asked(replace(finished, panel=again), request)
     jobs().join(key, compute, session_id())
     return None
 
@@ -213,11 +214,25 @@ def watch_run(request: SeasonRequest, config: Settings) -> Finished | None:
     key = request.key(config.stac_api_url)
     runner = reconstructor()
     compute = _computation(request, config, runner)
+    if key in result_budget(config.result_cache_mb).keys:
+        # Kept already: another session waiting for the same Run collected it first. Joining
+        # would find no job and compute the whole Run again (review 12).
+        return as_asked(_keep(key, compute, config), request)
     job = jobs().join(key, compute, session_id(), retry_failed=False)
     if not job.done:
         _draw_progress(job, run_plan(request, in_process=runner is core_reconstruct))
         return None
-    return _keep(key, compute, config)
+    return as_asked(_keep(key, compute, config), request)
+
+
+def as_asked(finished: Finished, request: SeasonRequest) -> Finished:
+    """``finished`` as this session asked for it. Sessions asking for the same outline, period
+    and settings share one Run and its kept result (the request key leaves the field's name
+    out), whose request is the first asker's: each session sees, and names its downloads
+    after, its own field's name, not another user's (review 12)."""
+    if finished.result.request == request:
+        return finished
+    return replace(finished, result=replace(finished.result, request=request))
 
 
 def _computation(
@@ -316,20 +331,30 @@ def start_batch(
     return key
 
 
-def watch_batch(key: str) -> UploadBatch | None:
-    """Draw the batch's progress here; its outcome once it has ended (None while it runs).
+def watch_batch(
+    key: str, data: bytes, name: str, request: BatchRequest, config: Settings, only: frozenset[int]
+) -> UploadBatch | None:
+    """Draw the batch's progress here; its outcome once it has ended (None while it runs),
+    named after this session's upload (``name``).
+
+    Sessions that batch the same file with the same settings share one job (its key is the
+    file and the request), made with the first one's file name: each sees its own. Whichever
+    page sees the end first collects the job; the others read what it finished back from its
+    folder (review 12: they saw the first user's file name, and the others were told the
+    batch was gone, "was the app restarted?").
 
     Raises:
-        FieldFlowError: the file could not be read (its message), or there is no such job any
-            more.
+        FieldFlowError: the file could not be read (its message).
     """
-    return _watch(
-        key,
-        (PlannedStage(UPLOAD_STAGE, UPLOAD_STAGE),),
-        what="The batch",
-        gone="The fields are no longer being processed (was the app restarted?): press "
-        "Process all fields again; the fields done are kept and skipped.",
-    )
+    job = jobs().job(key)
+    if job is None:  # collected by another session's page, or the app restarted
+        done = upload_batch_so_far(data, name, request, settings=config, only=only)
+        return replace(done, stopped=done.count(NOT_DONE) > 0)
+    if not job.done:
+        _draw_progress(job, (PlannedStage(UPLOAD_STAGE, UPLOAD_STAGE),), what="The batch")
+        return None
+    jobs().collect(key, job)
+    return replace(job.outcome(), name=name)
 
 
 def _watch(key: str, plan: tuple[PlannedStage, ...], *, what: str, gone: str) -> Any:

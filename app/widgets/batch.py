@@ -17,6 +17,7 @@ from streamlit.delta_generator import DeltaGenerator
 
 from app import services
 from app.state import BatchJob, Key, PageState, Upload, page_state, widget_value
+from app.text import plain
 from app.widgets.settings import RunSettings
 from app.widgets.status import say_failure
 from core.batch import FAILED, NOT_DONE, OK, SKIPPED, BatchRequest, UploadBatch
@@ -102,19 +103,20 @@ def batch_panel(state: PageState, chosen: RunSettings, settings: Settings) -> No
                 state.say("error", str(exc))
             state.batch = None
             st.rerun()
-        follow_batch(job.key)
+        follow_batch(job.key, settings)
     elif state.batch_done is not None:
         batch_outcome(state, state.batch_done, current_request(chosen))
 
 
 @st.fragment(run_every=WATCH_EVERY_S)
-def follow_batch(key: str) -> None:
+def follow_batch(key: str, settings: Settings) -> None:
     """The batch's progress, redrawn on a timer; the whole page once it has ended."""
     state = page_state()
-    if state.batch is None or state.batch.key != key:
+    job = state.batch
+    if job is None or job.key != key:
         return
     try:
-        done = services.watch_batch(key)
+        done = services.watch_batch(key, job.data, job.name, job.request, settings, job.only)
         if done is None:
             return
     except Exception as exc:
@@ -185,7 +187,7 @@ def batch_outcome(state: PageState, done: UploadBatch, now: BatchRequest | None)
     """How each field went, as a table, why some failed, and the ZIP of the outputs; said to
     be for other inputs where the sidebar's period or settings have changed since."""
     box = st.container(border=True)
-    box.markdown(f"**{outcome_headline(done)}**")
+    box.markdown(f"**{plain(outcome_headline(done))}**")
     if now is not None and now != done.request:
         box.info(
             f"These are for {done.request.start} to {done.request.end} with "
@@ -195,9 +197,10 @@ def batch_outcome(state: PageState, done: UploadBatch, now: BatchRequest | None)
     box.dataframe(outcome_table(done), hide_index=True, width="stretch")
     for row in done.rows:
         if row.status == FAILED:
-            box.caption(f"{row.name} failed: {row.error}")
+            box.caption(f"{plain(row.name)} failed: {plain(row.error)}")
     if done.left_out:
-        box.caption(f"Not batched, being no polygons: {', '.join(done.left_out)}.")
+        left_out = plain(", ".join(done.left_out))
+        box.caption(f"Not batched, being no polygons: {left_out}.")
     if done.stopped and done.count(NOT_DONE):
         box.caption(
             "Stopped: the fields not done are left out of the ZIP; processing the same file "

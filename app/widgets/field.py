@@ -13,6 +13,7 @@ import streamlit as st
 
 from app import services
 from app.state import LOCATION_ZOOM, Key, PageState, Upload, widget_value
+from app.text import plain
 from app.widgets.batch import batch_offer
 from app.widgets.map import drawing_fingerprint
 from core.config import Settings
@@ -126,10 +127,13 @@ def _read_upload(
         index = polygons[0].index if polygons else None
         field = field_from_upload(data, name, index=index, max_area_ha=settings.max_area_ha)
     except FieldFlowError as exc:
-        state.upload_error = f"{name} cannot be used: {exc}"
+        state.upload_error = f"{plain(name)} cannot be used: {plain(exc)}"
         return
     state.set_field(field, f"uploaded ({name})")
-    state.say("success", f"Field '{field.name}' loaded from {name}: {field.area_ha:,.2f} ha.")
+    state.say(
+        "success",
+        f"Field '{plain(field.name)}' loaded from {plain(name)}: {field.area_ha:,.2f} ha.",
+    )
 
 
 def _choose_feature(state: PageState, settings: Settings, pending: Upload) -> None:
@@ -138,7 +142,7 @@ def _choose_feature(state: PageState, settings: Settings, pending: Upload) -> No
         for c in pending.candidates
     }
     choice = st.selectbox(
-        f"{pending.name} holds {len(labels)} polygons: which is the field?",
+        f"{plain(pending.name)} holds {len(labels)} polygons: which is the field?",
         options=list(labels),
         format_func=labels.get,
         index=None,
@@ -202,7 +206,8 @@ def _field_summary(state: PageState) -> None:
             st.info("No field yet.")  # phone this box had pushed Run below the fold
         return
     repaired = " (outline repaired)" if field.repaired else ""
-    st.success(f"**{field.name}**: {field.area_ha:,.2f} ha, {state.field_origin}{repaired}")
+    origin = plain(state.field_origin)  # "uploaded (FILE NAME)"
+    st.success(f"**{plain(field.name)}**: {field.area_ha:,.2f} ha, {origin}{repaired}")
     swapped = field_swapped_hint(field.centroid)
     if swapped is not None:  # said while the field stays: a Run would find no scenes
         st.warning(swapped)

@@ -15,7 +15,6 @@ install them.
 from __future__ import annotations
 
 import hashlib
-import html
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from streamlit_folium import st_folium
 
 from app.config import STATIC_DIR, AppConfig
 from app.state import DEFAULT_CENTER, DEFAULT_ZOOM, LOCATION_ZOOM, Key
+from app.text import tooltip_text
 from core.field import Candidate, Field
 from core.render import data_url
 
@@ -254,17 +254,16 @@ def field_layer(
         folium.GeoJson(
             field.to_geojson(),
             style_function=lambda _feature: FIELD_STYLE,
-            tooltip=f"{html.escape(field.name)}: {field.area_ha:,.2f} ha",
+            tooltip=f"{tooltip_text(field.name)}: {field.area_ha:,.2f} ha",
         ).add_to(group)
     return group
 
 
 def _candidate_label(candidate: Candidate) -> str:
-    """The label on an upload's polygon: its name, as text (folium puts a tooltip's text into
-    the map's HTML as it is: a name from a shared file ran as a script in the page), and its
-    area."""
+    """The label on an upload's polygon: its name, as text (:func:`app.text.tooltip_text`),
+    and its area."""
     area = f" ({candidate.area_ha:,.2f} ha)" if candidate.area_ha is not None else ""
-    return f"{html.escape(candidate.name)}{area}"
+    return f"{tooltip_text(candidate.name)}{area}"
 
 
 def field_map(

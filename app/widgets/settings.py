@@ -10,6 +10,7 @@ import streamlit as st
 
 from app import services
 from app.state import Key, page_state
+from app.text import plain
 from core.config import Settings, checkpoint_option, is_shipped_checkpoint
 from core.errors import FieldFlowError
 from core.model.catalog import ModelChoice, remove_model
@@ -241,9 +242,9 @@ def model_picker(settings: Settings, models: list[ModelChoice], *, enabled: bool
     )
     choice = usable[str(chosen)]
     if is_shipped_checkpoint(choice.path):
-        st.caption(choice.summary())
+        st.caption(plain(choice.summary()))
     else:
-        st.caption(f"Model: your checkpoint `{choice.path}`. {choice.summary()}")
+        st.caption(f"Model: your checkpoint `{choice.path}`. {plain(choice.summary())}")
     for warning in choice.warnings():
         st.warning(warning)
     removable = enabled and choice.origin == "folder"

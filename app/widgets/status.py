@@ -6,6 +6,7 @@ import streamlit as st
 
 from app.services import RunPanel
 from app.state import Key, PageState
+from app.text import plain
 from core.errors import FieldFlowError
 from core.fetch import PERIOD_MARGIN_DAYS
 from core.season import (
@@ -73,7 +74,7 @@ def result_summary(result: SeasonResult, state: PageState) -> None:
     clear = sum((e.clear_fraction or 0.0) >= 0.5 for e in acquisitions)
     request = result.request
     st.caption(
-        f"**{request.field.name}** ({request.field.area_ha:,.2f} ha) · "
+        f"**{plain(request.field.name)}** ({request.field.area_ha:,.2f} ha) · "
         f"{result.first_day} to {result.last_day} · {len(acquisitions)} Sentinel-2 "
         f"acquisition{'' if len(acquisitions) == 1 else 's'} ({clear} mostly clear) · "
         f"{_radar_count(result)} · method: "

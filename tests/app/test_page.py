@@ -537,6 +537,45 @@ def test_two_sessions_do_not_share_fields_or_results(open_page: OpenPage) -> Non
     assert button(second, "Run").disabled
 
 
+def test_two_sessions_running_the_same_parcel_each_see_their_own_name_and_one_run(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two users of one server run the same outline (a parcel copied from the parcel register),
+    period and settings under their own names, at the same time: they share the Run, but each
+    page shows its own field's name, not the other user's, and the second page, finding the
+    Run collected by the first, takes the kept result instead of computing it again (review
+    12: it showed the first user's name, and computed the whole Run twice)."""
+    import dataclasses
+
+    who = {"id": "alice"}
+    monkeypatch.setattr(services, "session_id", lambda: who["id"])
+    pages = {}
+    for name, user in (("Alice's parcel 17", "alice"), ("Bob's [link](https://x.example)", "bob")):
+        who["id"] = user
+        page = open_page()
+        button(page, "Demo field").click().run()
+        page.selectbox(key="method").set_value("linear").run()
+        state(page).field = dataclasses.replace(state(page).field, name=name)
+        page.run()
+        button(page, "Run").click().run()  # both wait for the one Run
+        pages[user] = page
+    assert state(pages["alice"]).running == state(pages["bob"]).running
+    key = state(pages["alice"]).running
+    who["id"] = "alice"
+    follow(pages["alice"])  # collects the Run
+    who["id"] = "bob"
+    pages["bob"].run()  # Bob's page polls: the Run is kept, no second one is started
+    assert services.jobs().job(key) is None and state(pages["bob"]).running is None
+    alice, bob = (state(pages[user]).result for user in ("alice", "bob"))
+    assert bob.curve is alice.curve  # the same Run, not a second one
+    assert alice.request.field.name == "Alice's parcel 17"
+    assert bob.request.field.name == "Bob's [link](https://x.example)"
+    captions = " ".join(texts(pages["bob"], "caption"))
+    assert "Alice" not in captions and "**Bob's \\[link\\](https\\://x.example)**" in captions
+    for page in pages.values():
+        no_exceptions(page)
+
+
 def test_kept_results_are_bounded_by_the_memory_they_hold(
     open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1119,6 +1158,44 @@ def test_every_field_of_an_upload_is_processed_at_once_and_resumed(
     # Another period in the sidebar: the table stays, said to be for the one it was made for.
     page.date_input(key="period_end").set_value(dt.date(2018, 6, 1)).run()
     assert any(t.startswith("These are for 2018-05-01 to 2018-06-15") for t in texts(page, "info"))
+
+
+def test_two_sessions_batching_the_same_file_each_get_their_own_outcome(
+    open_page: OpenPage, site: PublishedSite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two users of one server process the same farm file with the same settings: they share
+    the batch, but each page names it after its own upload, and the page that comes second,
+    after the other collected the job, reads what it finished back instead of saying the
+    batch is gone (review 12: it showed the first user's file name, and the other page said
+    "was the app restarted?")."""
+    who = {"id": "alice"}
+    monkeypatch.setattr(services, "session_id", lambda: who["id"])
+    data = farm_geojson(site)
+    pages = {}
+    for user in ("alice", "bob"):
+        who["id"] = user
+        page = open_page(site.stac_url)
+        upload(page, f"{user}-farm.geojson", data).run()
+        set_period(page, "2018-05-02", "2018-06-14")  # a period no other test batches
+        page.selectbox(key="method").set_value("linear").run()
+        button(page, "Process all 2 fields").click().run()
+        pages[user] = page
+    key = state(pages["alice"]).batch.key
+    assert state(pages["bob"]).batch.key == key  # one batch for both
+    services.jobs().job(key).wait(300)
+    for user in ("bob", "alice"):  # Bob's page collects the job, Alice's comes after
+        who["id"] = user
+        pages[user].run()
+        no_exceptions(pages[user])
+        assert not pages[user].error, texts(pages[user], "error")
+        done = state(pages[user]).batch_done
+        assert done is not None and done.name == f"{user}-farm.geojson"
+        # (read back from the batch's folder, the second page's fields are "done earlier")
+        assert done.done == 2 and not done.stopped
+        headline = [t for t in texts(pages[user], "markdown") if t.startswith("**")]
+        assert headline[0].startswith(f"**{user}\\-farm.geojson, ") or headline[0].startswith(
+            f"**{user}-farm.geojson, "
+        ), headline
 
 
 def test_a_stopped_batch_shows_what_it_finished(open_page: OpenPage, site: PublishedSite) -> None:

@@ -114,17 +114,38 @@ def test_an_uploads_polygons_are_drawn_labelled_before_the_choice() -> None:
 
 
 def test_names_from_a_file_are_shown_as_text_on_the_map_never_run_as_html() -> None:
-    """folium puts a tooltip's text into the map's HTML as it is: a polygon named
-    ``<img src=x onerror=...>`` in a shared KML or GeoJSON ran its script in the page."""
+    """folium puts a tooltip's text into the map's HTML inside a JavaScript template literal,
+    as it is: a polygon named ``<img src=x onerror=...>`` or ``${...}`` in a shared KML or
+    GeoJSON ran its script in the page (review 12; the first fix escaped HTML alone)."""
     from core.field import Field
 
     evil = '<img src=x onerror="document.title=1">'
+    script = "${(top.document.title=`PWNED`, ``)}"
     candidate = Candidate(0, f"{evil} & co", "Polygon", 6.5, outline=box(3.0, 51.0, 3.003, 51.002))
-    field = Field(box(3.01, 51.0, 3.013, 51.002), f"<b>{evil}</b>")
-    page = folium.Map().add_child(field_layer(field, None, None, [candidate])).get_root().render()
+    outline = box(3.02, 51.0, 3.023, 51.002)
+    other = Candidate(1, f"{script}Parcel \\", "Polygon", 6.5, outline=outline)
+    field = Field(box(3.01, 51.0, 3.013, 51.002), f"<b>{evil}</b> $\\frac{{a}}{{b}}$")
+    layer = field_layer(field, None, None, [candidate, other])
+    page = folium.Map().add_child(layer).get_root().render()
     assert "<img src=x" not in page and "<b>" not in page
+    assert "${(top" not in page and "`PWNED`" not in page and "Parcel \\" not in page
     assert "&lt;img src=x onerror=&quot;document.title=1&quot;&gt; &amp; co (6.50 ha)" in page
-    assert "&lt;b&gt;&lt;img src=x" in page
+    assert "&#36;{(top.document.title=&#96;PWNED&#96;, &#96;&#96;)}Parcel &#92; (6.50 ha)" in page
+    assert "&lt;b&gt;&lt;img src=x" in page and "&#36;&#92;frac{a}{b}&#36;" in page
+
+
+def test_plain_shows_a_name_as_written_in_streamlits_markdown() -> None:
+    from app.text import plain
+
+    name = ":red[**NOTICE**] [log in](https://evil.example) ![t](https://evil.example/t.png) $x$"
+    assert plain(name) == (
+        "\\:red\\[\\*\\*NOTICE\\*\\*\\] \\[log in\\](https\\://evil.example) "
+        "!\\[t\\](https\\://evil.example/t.png) \\$x\\$"
+    )
+    assert plain("www.x.example bob@x.example") == "www\\.x.example bob\\@x.example"
+    assert plain("# North") == "\\# North" and plain("- 12. field") == "\\- 12. field"
+    assert plain("12. field") == "12\\. field" and plain("North field 2.5") == "North field 2.5"
+    assert plain("a\\b_c`d") == "a\\\\b\\_c\\`d"
 
 
 def test_a_short_period_gets_a_time_axis_in_days() -> None:

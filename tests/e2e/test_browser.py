@@ -576,3 +576,40 @@ def test_a_model_for_the_region_is_trained_followed_and_chosen(page, js_errors) 
     page.get_by_text(re.compile(r"^Model: your checkpoint .*e2e-region\.pt")).wait_for()
     shot(page, "12-region-model")
     no_app_errors(page, js_errors)
+
+
+def test_names_in_an_uploaded_file_are_shown_as_written_never_run(
+    page, site: PublishedSite, tmp_path: Path, js_errors
+) -> None:
+    """A shared parcel file whose names hold script or markup (review 12): folium's tooltips
+    ran ``${...}`` and ``<img onerror>`` as script in the page, and the page's messages
+    rendered names as markdown (a live link, a fetched image, LaTeX)."""
+    script = "${(top.document.title=`PWNED`, ``)}West"
+    markup = (
+        '<img src=x onerror="top.document.title=1">East [log in](https://x.example) $y$ '
+        "www.x.example"
+    )
+    features = [
+        {"type": "Feature", "properties": {"name": name}, "geometry": mapping(site.field(inset))}
+        for name, inset in ((script, 150.0), (markup, 400.0))
+    ]
+    title = page.title()
+    doc = {"type": "FeatureCollection", "features": features}
+    upload(page, tmp_path, "shared.geojson", json.dumps(doc).encode())
+    frame = page.frame_locator(MAP_FRAME)
+    frame.get_by_text("(top.document.title=`PWNED`, ``)}West", exact=False).wait_for()
+    frame.get_by_text('<img src=x onerror="top.document.title=1">East', exact=False).wait_for()
+    page.get_by_role("combobox").first.click()  # choose the second polygon as the field
+    page.get_by_role("option", name=re.compile("East")).click()
+    wait_idle(page)
+    # (an invisible word joiner after "https" and "www" keeps markdown from linking them)
+    page.get_by_text("East [log in](https", exact=False).first.wait_for()
+    assert "$y$ www" in page.locator('[data-testid="stSidebar"]').inner_text()
+    assert page.title() == title
+    assert frame.locator('img[src="x"]').count() == 0 and page.locator('img[src="x"]').count() == 0
+    links = page.locator('a[href*="x.example"]')
+    assert links.count() == 0, links.evaluate_all(
+        "ls => ls.map(e => e.closest('[data-testid]').outerHTML.slice(0, 400))"
+    )
+    shot(page, "14-names-as-written")
+    no_app_errors(page, js_errors)
