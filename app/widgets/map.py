@@ -26,6 +26,7 @@ import shapely.geometry
 import streamlit as st
 from branca.element import MacroElement
 from folium.template import Template
+from shapely.geometry import mapping
 from streamlit_folium import st_folium
 
 from app.config import STATIC_DIR, AppConfig
@@ -236,11 +237,20 @@ def field_layer(
     candidates: Sequence[Candidate] = (),
 ) -> folium.FeatureGroup:
     """The feature group swapped into the map: the frame overlay, the field outline, and the
-    polygons of an upload the user is to choose from, each labelled with its name."""
+    polygons of an upload the user is to choose from, each labelled with its name (up to
+    :data:`MAX_LABELLED_CANDIDATES`; more are drawn as one layer of outlines, unlabelled)."""
     group = folium.FeatureGroup(name="Field")
-    for candidate in candidates:
-        if candidate.outline is None:
-            continue
+    drawn = [c for c in candidates if c.outline is not None]
+    if len(drawn) > MAX_LABELLED_CANDIDATES:
+        outlines = {
+            "type": "FeatureCollection",
+            "features": [
+                {"type": "Feature", "properties": {}, "geometry": mapping(c.outline)} for c in drawn
+            ],
+        }
+        folium.GeoJson(outlines, style_function=lambda _feature: CANDIDATE_STYLE).add_to(group)
+        drawn = []
+    for candidate in drawn:
         folium.GeoJson(
             shapely.geometry.mapping(candidate.outline),
             style_function=lambda _feature: CANDIDATE_STYLE,
@@ -257,6 +267,12 @@ def field_layer(
             tooltip=f"{tooltip_text(field.name)}: {field.area_ha:,.2f} ha",
         ).add_to(group)
     return group
+
+
+MAX_LABELLED_CANDIDATES = 200
+"""Most polygons of an upload drawn each as a layer with its name on the map. Each costs a
+layer and a tooltip on every rerun of the page: 20,000 took 11.9 s and 31 MB of HTML a rerun
+(review 12); past this they are one layer of outlines, and the sidebar's choice names them."""
 
 
 def _candidate_label(candidate: Candidate) -> str:

@@ -134,18 +134,43 @@ def test_names_from_a_file_are_shown_as_text_on_the_map_never_run_as_html() -> N
     assert "&lt;b&gt;&lt;img src=x" in page and "&#36;&#92;frac{a}{b}&#36;" in page
 
 
+def test_many_polygons_of_an_upload_are_one_layer_of_outlines_without_labels() -> None:
+    """Each labelled polygon is a layer and a tooltip on every rerun: 20,000 took 11.9 s and
+    31 MB of HTML a rerun (review 12)."""
+    from app.widgets.map import MAX_LABELLED_CANDIDATES
+
+    def page(count: int) -> str:
+        candidates = [
+            Candidate(
+                i,
+                f"P{i}",
+                "Polygon",
+                1.0,
+                outline=box(3 + i * 1e-4, 51.0, 3.00005 + i * 1e-4, 51.0001),
+            )
+            for i in range(count)
+        ]
+        return folium.Map().add_child(field_layer(None, None, None, candidates)).get_root().render()
+
+    assert page(MAX_LABELLED_CANDIDATES).count("bindTooltip") == MAX_LABELLED_CANDIDATES
+    many = page(5000)
+    assert "bindTooltip" not in many and many.count('"type": "Feature"') == 5000
+    assert len(many) < 2_000_000
+
+
 def test_plain_shows_a_name_as_written_in_streamlits_markdown() -> None:
     from app.text import plain
 
     name = ":red[**NOTICE**] [log in](https://evil.example) ![t](https://evil.example/t.png) $x$"
+    joiner = "\u2060"  # markdown links a bare URL through any escape
     assert plain(name) == (
-        "\\:red\\[\\*\\*NOTICE\\*\\*\\] \\[log in\\](https\\://evil.example) "
-        "!\\[t\\](https\\://evil.example/t.png) \\$x\\$"
+        ":red\\[\\*\\*NOTICE\\*\\*\\] \\[log in\\](https" + joiner + "://evil.example) "
+        "!\\[t\\](https" + joiner + "://evil.example/t.png) \\$x\\$"
     )
-    assert plain("www.x.example bob@x.example") == "www\\.x.example bob\\@x.example"
+    assert plain("www.x.example bob@x.example") == f"www{joiner}.x.example bob@{joiner}x.example"
     assert plain("# North") == "\\# North" and plain("- 12. field") == "\\- 12. field"
     assert plain("12. field") == "12\\. field" and plain("North field 2.5") == "North field 2.5"
-    assert plain("a\\b_c`d") == "a\\\\b\\_c\\`d"
+    assert plain("a\\b_c`d & e") == "a\\\\b\\_c\\`d \\& e"
 
 
 def test_a_short_period_gets_a_time_axis_in_days() -> None:
