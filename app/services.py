@@ -230,7 +230,7 @@ def as_asked(finished: Finished, request: SeasonRequest) -> Finished:
     and settings share one Run and its kept result (the request key leaves the field's name
     out), whose request is the first asker's: each session sees, and names its downloads
     after, its own field's name, not another user's (review 12)."""
-    if finished.result.request == request:
+    if finished.result.request.field.name == request.field.name:  # the rest is in the key
         return finished
     return replace(finished, result=replace(finished.result, request=request))
 

@@ -35,6 +35,7 @@ import io
 import json
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -53,7 +54,7 @@ from core.distributed import model_task
 from core.errors import FieldError, FieldFlowError, InputError
 from core.export import safe_file_stem
 from core.fetch import FetchResult, clear_fraction, parse_period
-from core.field import DEFAULT_MAX_AREA_HA, Field, candidates_from_file, field_from_file
+from core.field import DEFAULT_MAX_AREA_HA, Field, read_field_file
 from core.grid import field_mask
 from core.model.blend import field_ratio
 from core.progress import listening
@@ -103,6 +104,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 )
 """Columns of ``summary.csv``; see :class:`FieldRow` for their meaning."""
 _GEOJSON_SUFFIXES = (".geojson", ".json")
+LISTING_STAGE = "checking the file's fields"
+"""The stage :func:`list_fields` reports, with the features checked so far of all."""
 
 
 # --- value objects -----------------------------------------------------------------------------
@@ -330,11 +333,14 @@ def list_fields(
     id_column: str | None = None,
     layer: str | None = None,
     max_area_ha: float = DEFAULT_MAX_AREA_HA,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> list[BatchField]:
     """Every feature of a fields file, with its output folder name and checked outline.
 
     A feature that is not a usable field (a line, a self-crossing outline, too large...) is
-    kept with its :class:`~core.errors.FieldError` message, to be reported as failed.
+    kept with its :class:`~core.errors.FieldError` message, to be reported as failed. The file
+    is read once, and each feature checked from what was read (reading it again for each made
+    2,000 fields take 100 s: review 12, D8).
 
     Args:
         path: any file :func:`core.field.field_from_file` reads (GeoPackage, GeoJSON, ...).
@@ -343,11 +349,15 @@ def list_fields(
             ``feature-<index>``.
         layer: read only this layer.
         max_area_ha: largest field accepted.
+        progress: told ``(LISTING_STAGE, checked, total)`` as features are checked, from
+            ``(LISTING_STAGE, 0, total)`` once the file is read; it may raise to stop the
+            listing (a job is stopped at its progress reports, :mod:`core.jobs`).
 
     Raises:
         InputError: the file is unreadable, holds no features, or has no column ``id_column``.
     """
-    candidates = candidates_from_file(path, layer=layer)
+    source = read_field_file(path, layer=layer)
+    candidates = source.candidates()
     if not candidates:
         raise InputError(f"The fields file {path} holds no features.")
     if id_column is None:
@@ -362,16 +372,21 @@ def list_fields(
                 f"features from {path}; convert the file to GeoPackage or GeoJSON."
             )
     ids = unique_ids(labels)
+
+    def checked(done: int) -> None:
+        if progress is not None:
+            progress(LISTING_STAGE, done, len(candidates))
+
+    checked(0)
     fields = []
     for candidate, field_id in zip(candidates, ids, strict=True):
         try:
-            outline = field_from_file(
-                path, index=candidate.index, layer=layer, max_area_ha=max_area_ha
-            )
+            outline = source.field(index=candidate.index, max_area_ha=max_area_ha)
         except FieldError as exc:
             fields.append(BatchField(candidate.index, field_id, candidate.name, None, str(exc)))
         else:
             fields.append(BatchField(candidate.index, field_id, candidate.name, outline))
+        checked(len(fields))
     return fields
 
 
@@ -808,6 +823,17 @@ def write_summary(rows: Sequence[FieldRow], path: str | Path) -> Path:
 
 UPLOAD_STAGE = "processing the fields"
 """The stage a batch of an upload reports, with the fields done so far of all."""
+WAITING_STAGE = "waiting for another batch on this server to end"
+"""The stage a batch of an upload reports while another one runs in the process."""
+_IN_PROCESS_BATCH = threading.Lock()
+"""One batch of an upload at a time in a process (the app's). Each runs a Dask client in the
+process, and a client sets Dask's configuration, which is global, around its calls
+(``Client.as_current``: ``scheduler="dask.distributed"``): two batches at once, two users'
+"Process all", interleaved those settings and could leave the scheduler set with no client
+behind it, so that every later Dask computation in the process failed ("Requested
+dask.distributed scheduler but no Client active") until a restart. Seen in this project's
+tests, where two sessions' batches ran at once. Only a batch waits: a Run of one field uses
+no client in the app's process."""
 ALL_CURVES_FILE = "all_fields_ndvi.csv"
 """Every field's curve in one table, in the ZIP of a batch of an upload."""
 REQUEST_FILE = "batch.json"
@@ -930,9 +956,11 @@ def _upload_fields(
     request: BatchRequest,
     settings: Settings,
     only: Collection[int] | None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> _UploadFields:
     """The upload's fields (those at ``only``'s feature positions, when given), read from its
-    copy in :func:`upload_folder`, with messages naming the user's file, not the copy."""
+    copy in :func:`upload_folder`, with messages naming the user's file, not the copy;
+    ``progress`` is told the listing's (:func:`list_fields`)."""
     suffix = Path(name).suffix.lower()
     folder = upload_folder(settings.cache_dir, data, request)
     folder.mkdir(parents=True, exist_ok=True)
@@ -947,7 +975,7 @@ def _upload_fields(
         return text.replace(str(source), name).replace(source.name, name)
 
     try:
-        listed = list_fields(source, max_area_ha=settings.max_area_ha)
+        listed = list_fields(source, max_area_ha=settings.max_area_ha, progress=progress)
     except InputError as exc:
         raise InputError(named(str(exc))) from None
     listed = [dataclasses.replace(f, error=named(f.error)) for f in listed]
@@ -979,9 +1007,11 @@ def run_upload_batch(
 ) -> UploadBatch:
     """Every field of an uploaded fields file (those at ``only``'s feature positions, when
     given) through :func:`run_batch`, on a local cluster of ``threads`` threads in this
-    process (the app's "Process all fields"); ``progress`` is told ``(UPLOAD_STAGE, done,
-    total)`` as fields end, and may raise to stop the batch (the fields done so far stay done:
-    the same file asked again skips them, and :func:`upload_batch_so_far` reads them back).
+    process (the app's "Process all fields"); ``progress`` is told ``(LISTING_STAGE, checked,
+    total)`` while the file's features are checked (:func:`list_fields`), then
+    ``(UPLOAD_STAGE, done, total)`` as fields end, and may raise to stop the batch (the fields
+    done so far stay done: the same file asked again skips them, and
+    :func:`upload_batch_so_far` reads them back).
 
     Raises:
         InputError: the file is of no supported type, unreadable, or holds no features.
@@ -989,17 +1019,26 @@ def run_upload_batch(
     from core.distributed import local_cluster
 
     started = time.monotonic()
-    upload = _upload_fields(data, name, request, settings, only)
+    upload = _upload_fields(data, name, request, settings, only, progress)
     progress(UPLOAD_STAGE, 0, len(upload.fields))
 
     def on_row(_row: FieldRow, done: int, total: int) -> None:
         progress(UPLOAD_STAGE, done, total)
 
     threads = max(1, threads)
-    with listening(_unheard), local_cluster(1, processes=False, threads_per_worker=threads) as on:
-        rows = run_batch(
-            upload.fields, request, upload.out_dir, cluster=on, settings=settings, on_row=on_row
-        )
+    while not _IN_PROCESS_BATCH.acquire(timeout=1.0):
+        progress(WAITING_STAGE, 0, 1)  # may raise: a Stop while waiting
+    try:
+        with (
+            listening(_unheard),
+            local_cluster(1, processes=False, threads_per_worker=threads) as on,
+        ):
+            rows = run_batch(
+                upload.fields, request, upload.out_dir, cluster=on, settings=settings,
+                on_row=on_row,
+            )  # fmt: skip
+    finally:
+        _IN_PROCESS_BATCH.release()
     return _outcome(name, request, upload, rows, time.monotonic() - started)
 
 

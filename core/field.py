@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import sqlite3
 import warnings
 import zipfile
 from collections import Counter
@@ -46,7 +47,21 @@ DEFAULT_MAX_AREA_HA = 2500.0
 MAX_FILE_MB = 20.0
 """Largest outline file (or upload) accepted; a field boundary is normally a few kB."""
 MAX_UNZIPPED_MB = 100.0
-"""Largest total size of the files inside a zip or KMZ, against zip bombs."""
+"""Largest total size of the files inside a zip or KMZ, against zip bombs. A zipped shapefile
+may need more than :data:`MAX_FILE_MB` unpacked: its .dbf pads every text to its column's
+width, and a shapefile can only be uploaded zipped."""
+MAX_UNZIPPED_KML_MB = MAX_FILE_MB
+"""Largest total size of the KML documents inside a KMZ: no more than a .kml uploaded as it is
+may weigh, so that zipping lets nothing larger through (at 100 MB, a 1.6 MB KMZ unpacked to
+22 MB of KML holding 100,000 polygons, and reading it took the app to 2.3 GB: review 12, D7)."""
+MAX_FEATURES = 5000
+"""Most features a file (or upload) may hold, over the layers read. A farm's file holds tens to
+a few hundred parcels, so this leaves ten times a large farm, room for a district's batch
+(``python -m core batch``; larger ones are split), while bounding what one upload costs a
+shared server: the app drew and checked every feature, and 100,000 small polygons fit under
+the size limits (2.3 GB of memory, minutes of a core; review 12, D7). It is counted before the
+features are read: from the GeoJSON's list, the KML's placemarks, the GeoPackage's tables, the
+shapefile's header."""
 REPAIR_TOLERANCE = 0.01
 """A self-crossing outline is repaired only if that changes its area by at most this fraction."""
 KEY_GRID_DEG = 1e-7
@@ -79,6 +94,15 @@ _GEOJSON_GEOMETRY_TYPES = frozenset(
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _SHP_MAGIC = b"\x00\x00\x27\x0a"
 _LISTED_NAMES = 5
+_SQLITE_STEP = 1000
+"""SQLite virtual-machine instructions between two calls of the budget's progress handler."""
+_SQLITE_MAX_STEPS = 20_000_000
+"""Most SQLite instructions a GeoPackage's check may take (0.2 s here); its queries need a
+few thousand, whatever the file holds."""
+_SQLITE_MAX_LENGTH = 1_000_000
+"""Longest text or blob (bytes) SQLite may make while checking a GeoPackage: its names and
+types are short, and a generated column could otherwise make a value of a gigabyte."""
+_KML_PLACEMARK = re.compile(r"<(?:[A-Za-z_][\w.-]*:)?Placemark[\s/>]")
 
 
 @dataclass(frozen=True)
@@ -333,20 +357,64 @@ def field_from_file(
             command line's ``--index``/``--name``).
 
     Raises:
+        FieldError: the file is missing, too large, of an unknown type, unreadable, unsafe,
+            holds more than :data:`MAX_FEATURES` features, or no usable polygon, or several
+            without a choice.
+    """
+    return read_field_file(path, layer=layer).field(
+        index=index, name=name, max_area_ha=max_area_ha, choice=choice
+    )
+
+
+@dataclass(frozen=True)
+class FieldFile:
+    """The features of a file, read once: to list them (:meth:`candidates`) and to take any of
+    them as a :class:`Field` (:meth:`field`) without reading the file again. Build it with
+    :func:`read_field_file`."""
+
+    path: Path
+    """The file read."""
+    features: tuple[_Feature, ...]
+    """Its features in file order (every layer read), in EPSG:4326, not yet checked."""
+
+    def candidates(self) -> list[Candidate]:
+        """Every feature, for the user to pick one (as :func:`candidates_from_file`)."""
+        return _candidates(self.features)
+
+    def field(
+        self,
+        *,
+        index: int | None = None,
+        name: str | None = None,
+        max_area_ha: float = DEFAULT_MAX_AREA_HA,
+        choice: FeatureChoice = KEYWORD_CHOICE,
+    ) -> Field:
+        """The feature chosen as :func:`field_from_file` chooses it, checked.
+
+        Raises:
+            FieldError: as :func:`field_from_file`, but for reading the file.
+        """
+        return _field_from_features(
+            self.features,
+            index=index,
+            name=name,
+            origin=_file_origin(self.path),
+            default_name=self.path.stem,
+            max_area_ha=max_area_ha,
+            choice=choice,
+        )
+
+
+def read_field_file(path: str | Path, *, layer: str | None = None) -> FieldFile:
+    """Read a file's features (every layer with geometries, or only ``layer``) once, for
+    :meth:`FieldFile.field` to check any of them (what :func:`field_from_file` does for one).
+
+    Raises:
         FieldError: the file is missing, too large, of an unknown type, unreadable, unsafe, or
-            holds no usable polygon or several without a choice.
+            holds more than :data:`MAX_FEATURES` features.
     """
     p = Path(path)
-    features = _file_features(p, layer)
-    return _field_from_features(
-        features,
-        index=index,
-        name=name,
-        origin=_file_origin(p),
-        default_name=p.stem,
-        max_area_ha=max_area_ha,
-        choice=choice,
-    )
+    return FieldFile(p, tuple(_file_features(p, layer)))
 
 
 def field_from_upload(
@@ -380,7 +448,7 @@ def candidates_from_geojson(source: str | bytes | Mapping[str, Any]) -> list[Can
 
 def candidates_from_file(path: str | Path, *, layer: str | None = None) -> list[Candidate]:
     """The features of a file (every layer, or only ``layer``), for the user to pick one."""
-    return _candidates(_file_features(Path(path), layer))
+    return read_field_file(path, layer=layer).candidates()
 
 
 def candidates_from_upload(
@@ -648,6 +716,7 @@ def _geojson_features(source: str | bytes | Mapping[str, Any], origin: str) -> l
         items = doc.get("features")
         if not isinstance(items, list):
             raise FieldError(f"The {origin} FeatureCollection has no 'features' list.")
+        _check_feature_count(len(items), origin)
         if not all(isinstance(f, Mapping) for f in items):
             raise FieldError(f"The {origin} FeatureCollection has entries that are not objects.")
         raw = [(f.get("geometry"), _geojson_labels(f)) for f in items]
@@ -781,14 +850,18 @@ def _file_features(path: Path, layer: str | None) -> list[_Feature]:
 
 
 def _ogr_features(sources: Sequence[Path], layer: str | None, origin: str) -> list[_Feature]:
-    """Read every layer with geometries (or only ``layer``) of the given files with pyogrio."""
+    """Read every layer with geometries (or only ``layer``) of the given files with pyogrio,
+    once their features are counted and found no more than :data:`MAX_FEATURES`."""
     import geopandas as gpd  # heavy; only file reading needs it
     import pyogrio
     from pyogrio.errors import DataLayerError, DataSourceError
 
     available: list[tuple[Path, str]] = []
+    rows: dict[Path, dict[str, int]] = {}
     for source in sources:
         _sniff(source, origin)
+        if source.suffix.lower() == ".gpkg":  # before GDAL reads anything of it
+            rows[source] = _geopackage_rows(source, origin)
         try:
             with warnings.catch_warnings():  # GDAL's warnings reach the user as our message
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -800,21 +873,64 @@ def _ogr_features(sources: Sequence[Path], layer: str | None, origin: str) -> li
     if layer is not None and not chosen:
         names = ", ".join(f"'{n}'" for _, n in available) or "none with geometries"
         raise FieldError(f"The {origin} has no layer '{layer}'; its layers are: {names}.")
-    features: list[_Feature] = []
+    counted = 0
     for source, layer_name in chosen:
+        if source in rows:  # GDAL lists a GeoPackage's layers from gpkg_contents, as SQLite did
+            if layer_name.casefold() not in rows[source]:
+                raise FieldError(
+                    f"The {origin} has a layer '{layer_name}' that it does not list in "
+                    "gpkg_contents; FieldFlow refuses it for safety. Export the fields again."
+                )
+            counted += rows[source][layer_name.casefold()]
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                frame = gpd.read_file(source, layer=layer_name, engine="pyogrio")
+                counted += max(0, _ogr_count(source, layer_name))
+        except (DataSourceError, DataLayerError, OSError, ValueError) as exc:
+            raise FieldError(f"Cannot read the {origin}: {_gdal_reason(exc)}") from None
+    _check_feature_count(counted, origin)
+    features: list[_Feature] = []
+    for source, layer_name in chosen:
+        left = MAX_FEATURES - len(features)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                # At most one more than may come: a count a file got wrong reads no further.
+                frame = gpd.read_file(
+                    source, layer=layer_name, engine="pyogrio", max_features=left + 1
+                )
         except (DataSourceError, DataLayerError, OSError, ValueError) as exc:
             raise FieldError(
                 f"Cannot read layer '{layer_name}' of the {origin}: {_gdal_reason(exc)}"
             ) from None
+        if len(frame) > left:
+            _check_feature_count(MAX_FEATURES + 1, origin, more_than=True)
         crs = CRS.from_user_input(frame.crs) if frame.crs is not None else None
         columns = [c for c in frame.columns if c != frame.geometry.name]
         for row, geometry in zip(frame[columns].to_dict("records"), frame.geometry, strict=True):
             features.append(_Feature(_to_lonlat(geometry, crs), _labels(row), layer_name))
     return features
+
+
+def _ogr_count(source: Path, layer: str) -> int:
+    """The features of a layer as GDAL counts them without reading them (a shapefile's header,
+    a KML already parsed); -1 where it cannot tell."""
+    import pyogrio
+
+    return int(pyogrio.read_info(source, layer=layer)["features"])
+
+
+def _check_feature_count(count: int, origin: str, *, more_than: bool = False) -> None:
+    """Refuse a source of more than :data:`MAX_FEATURES` features, before they are read."""
+    if count <= MAX_FEATURES:
+        return
+    held = f"more than {MAX_FEATURES:,}" if more_than else f"{count:,}"
+    raise FieldError(
+        f"The {origin} holds {held} features; FieldFlow reads at most {MAX_FEATURES:,} from one "
+        "file (a farm's file holds tens to a few hundred fields). Split it into files of at "
+        f"most {MAX_FEATURES:,} features, or export only the fields you need."
+    )
 
 
 def _sniff(path: Path, origin: str) -> None:
@@ -828,6 +944,11 @@ def _sniff(path: Path, origin: str) -> None:
         head = handle.read(len(_SQLITE_MAGIC))
     if suffix == ".gpkg" and head != _SQLITE_MAGIC:
         raise FieldError(f"The {origin} is not a GeoPackage (it lacks the SQLite header).")
+    if suffix != ".gpkg" and head == _SQLITE_MAGIC:  # GDAL would read it as a database
+        raise FieldError(
+            f"The {origin} is a SQLite database, not a {suffix} file; a GeoPackage must be "
+            "named .gpkg."
+        )
     if suffix == ".shp" and not head.startswith(_SHP_MAGIC):
         raise FieldError(f"The {origin} is not a shapefile (.shp) (it lacks the file code 9994).")
     if suffix == ".kml":
@@ -837,6 +958,84 @@ def _sniff(path: Path, origin: str) -> None:
                 f"The {origin} declares a DOCTYPE or XML entities, which FieldFlow refuses for "
                 "safety; export the KML again from your mapping tool."
             )
+        _check_feature_count(len(_KML_PLACEMARK.findall(text)), origin)
+
+
+def _geopackage_rows(path: Path, origin: str) -> dict[str, int]:
+    """The rows of every layer a GeoPackage lists (by name, case-folded), read with SQLite
+    alone and refused unless every one is a plain table, before GDAL reads anything of it.
+
+    GDAL reads a layer as whatever ``gpkg_contents`` names: a view of a recursive query without
+    end, in a 98 kB file, kept it busy at 100 % of a core for ever, beyond any stop (review 12,
+    D6). A plain table's rows are counted in time bounded by the file's size, and SQLite's own
+    work here is bounded too (:func:`_bounded_sqlite`), whatever the file holds.
+    """
+    try:
+        with _bounded_sqlite(path, origin) as database:
+            # 'table', 'view', 'virtual' or 'shadow', as SQLite itself parsed the schema
+            listed = "SELECT type, name FROM pragma_table_list WHERE schema = 'main'"
+            kinds = {str(name).casefold(): str(kind) for kind, name in database.execute(listed)}
+            own = sorted(n for n, k in kinds.items() if n.startswith("gpkg") and k != "table")
+            if kinds.get("gpkg_contents") is None:
+                raise FieldError(
+                    f"Cannot read the {origin}: it lacks the table gpkg_contents that lists a "
+                    "GeoPackage's layers. Is it complete and really a GeoPackage?"
+                )
+            if own:
+                raise FieldError(
+                    f"The {origin} holds its GeoPackage table '{own[0]}' as a "
+                    f"{kinds[own[0]]}, which FieldFlow refuses for safety. Export the fields "
+                    "again as a GeoPackage from your mapping tool."
+                )
+            layers = [str(n) for (n,) in database.execute("SELECT table_name FROM gpkg_contents")]
+            rows = {}
+            for name in layers:
+                kind = kinds.get(name.casefold())
+                if kind != "table":
+                    what = "not in it" if kind is None else f"a {kind}, not a table"
+                    raise FieldError(
+                        f"The {origin} lists a layer '{name}' that is {what}; FieldFlow reads "
+                        "only layers stored as plain tables (a view can make reading run for "
+                        "ever). Export the fields again as a GeoPackage from your mapping tool "
+                        "(e.g. QGIS: Export > Save Features As)."
+                    )
+                quoted = '"' + name.replace('"', '""') + '"'
+                (count,) = database.execute(f"SELECT COUNT(*) FROM {quoted}").fetchone()
+                rows[name.casefold()] = int(count)
+    except sqlite3.Error as exc:
+        raise FieldError(f"Cannot read the {origin}: {_gdal_reason(exc)}") from None
+    return rows
+
+
+@contextmanager
+def _bounded_sqlite(path: Path, origin: str) -> Iterator[sqlite3.Connection]:
+    """``path`` opened read-only with SQLite, whose work is then bounded: a query is stopped
+    (``sqlite3.OperationalError``, named :class:`~core.errors.FieldError` here) after
+    :data:`_SQLITE_MAX_STEPS` instructions, and no value may grow past
+    :data:`_SQLITE_MAX_LENGTH` bytes."""
+    steps = 0
+
+    def over_budget() -> bool:
+        nonlocal steps
+        steps += _SQLITE_STEP
+        return steps > _SQLITE_MAX_STEPS
+
+    database = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        database.set_progress_handler(over_budget, _SQLITE_STEP)
+        database.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, _SQLITE_MAX_LENGTH)
+        try:
+            yield database
+        except sqlite3.OperationalError:
+            if steps > _SQLITE_MAX_STEPS:
+                raise FieldError(
+                    f"Reading the {origin} asked for more work than a field file can need, "
+                    "so it was stopped and refused for safety. Export the fields again from "
+                    "your mapping tool."
+                ) from None
+            raise
+    finally:
+        database.close()
 
 
 def _extract(archive: Path, target: Path, wanted: str, origin: str) -> list[Path]:
@@ -866,6 +1065,13 @@ def _extract(archive: Path, target: Path, wanted: str, origin: str) -> list[Path
             )
         members = [m for m in members if not _is_junk(m.filename)]
         outlines = [m for m in members if PurePosixPath(m.filename).suffix.lower() == wanted]
+        kml_mb = sum(m.file_size for m in outlines) / 1e6 if wanted == ".kml" else 0.0
+        if kml_mb > MAX_UNZIPPED_KML_MB:
+            raise FieldError(
+                f"The {origin} unpacks to {kml_mb:,.1f} MB of KML, more than the "
+                f"{MAX_UNZIPPED_KML_MB:.0f} MB accepted (as for a .kml uploaded as it is); "
+                "export only the fields' outlines."
+            )
         if not outlines:
             names = ", ".join(m.filename for m in members[:8]) or "nothing"
             if wanted == ".shp":

@@ -500,6 +500,7 @@ def test_an_upload_batch_stopped_midway_keeps_the_fields_done_and_resumes(site, 
     import zipfile
 
     from core.batch import (
+        LISTING_STAGE,
         NOT_DONE,
         OK,
         SKIPPED,
@@ -518,13 +519,14 @@ def test_an_upload_batch_stopped_midway_keeps_the_fields_done_and_resumes(site, 
 
     def stop_after_one(stage: str, done: int, total: int) -> None:
         told.append((stage, done, total))
-        if done == 1:
+        if stage == UPLOAD_STAGE and done == 1:
             raise JobCancelled()
 
     site.reset()
     with pytest.raises(JobCancelled):
         run_upload_batch(data, "farm.gpkg", request, settings=settings, progress=stop_after_one)
-    assert told == [(UPLOAD_STAGE, 0, 3), (UPLOAD_STAGE, 1, 3)]
+    listing = [(LISTING_STAGE, n, 3) for n in range(4)]
+    assert told == [*listing, (UPLOAD_STAGE, 0, 3), (UPLOAD_STAGE, 1, 3)]
     results = upload_folder(settings.cache_dir, data, request) / "results"
     finished = {p.parent.name for p in results.glob(f"*/{MARKER_FILE}")}
     assert len(finished) >= 1  # the one reported; the other thread's may have ended too
@@ -552,8 +554,9 @@ def test_an_upload_batch_stopped_midway_keeps_the_fields_done_and_resumes(site, 
 def test_an_upload_batch_reports_fields_only_not_their_inner_steps(site, tmp_path) -> None:
     """Fields run two at a time: their own steps (the model's tuning to each field) must not
     reach the job's bar, which jumped between fields (browser review), nor can a stop raised
-    there make every worker log a failed task. Only the count of fields done is told."""
-    from core.batch import UPLOAD_STAGE, run_upload_batch
+    there make every worker log a failed task. Only the features checked and the count of
+    fields done are told."""
+    from core.batch import LISTING_STAGE, UPLOAD_STAGE, run_upload_batch
     from core.progress import listening
 
     data = write_fields(tmp_path / "farm.gpkg", strips(site), list(NAMES), list(IDS)).read_bytes()
@@ -573,7 +576,8 @@ def test_an_upload_batch_reports_fields_only_not_their_inner_steps(site, tmp_pat
             only={0, 1},
         )
     assert [r.status for r in done.rows] == ["ok", "ok"] and done.left_out == (NAMES[2],)
-    assert told == [(UPLOAD_STAGE, n, 2) for n in range(3)]
+    listing = [(LISTING_STAGE, n, 3) for n in range(4)]  # every feature is checked
+    assert told == [*listing, *((UPLOAD_STAGE, n, 2) for n in range(3))]
 
 
 def test_a_model_batch_that_cannot_run_here_is_refused_before_any_fetch(
@@ -624,3 +628,45 @@ def test_curves_shorter_than_the_period_are_said(site, tmp_path: Path, monkeypat
         f"note: 1 field(s)' curves cover less than the period asked for ({earlier} to {end}): "
         f"W1 ({start} to {end})."
     ) in printed
+
+
+def test_two_upload_batches_at_once_run_one_after_the_other_and_leave_dask_as_it_was(
+    site, tmp_path
+) -> None:
+    """Two users' "Process all" at once in the app's process: each batch runs a Dask client
+    there, which sets Dask's global configuration around its calls; interleaved, the two left
+    ``scheduler="dask.distributed"`` set with no client behind it, and every later Dask
+    computation in the process failed ("no Client active": seen in this project's tests). The
+    second now waits for the first (saying so on its bar)."""
+    import threading
+
+    import dask
+
+    from core.batch import run_upload_batch
+
+    start, end = period(site)
+    request = BatchRequest(start=start, end=end, method="linear", every_days=7)
+    settings = Settings(stac_api_url=site.stac_url, cache_dir=tmp_path / "cache")
+    files = [
+        write_fields(tmp_path / f"farm{i}.gpkg", strips(site)[i:], list(NAMES[i:]), list(IDS[i:]))
+        for i in (0, 1)
+    ]
+    before = dask.config.get("scheduler", None)
+    outcomes: dict[int, object] = {}
+
+    def batch(i: int) -> None:
+        outcomes[i] = run_upload_batch(
+            files[i].read_bytes(), files[i].name, request, settings=settings,
+            progress=lambda *_: None,
+        )  # fmt: skip
+
+    threads = [threading.Thread(target=batch, args=(i,)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert set(outcomes) == {0, 1}
+    assert all(row.status == "ok" for i in (0, 1) for row in outcomes[i].rows[: 2 - i])
+    assert dask.config.get("scheduler", None) == before
+    # Dask computations in the process still work.
+    assert int(dask.array.ones(4, chunks=2).sum().compute()) == 4

@@ -61,7 +61,7 @@ from core.distributed import (
     scheduler_details,
     submit_reconstruction,
 )
-from core.errors import InputError, NoScenesError
+from core.errors import FieldError, InputError, NoScenesError
 from core.fetch import FetchResult
 from core.field import Field
 from core.grid import Grid
@@ -180,6 +180,69 @@ def test_list_fields_reads_a_geopackage_in_order_with_an_id_column(tmp_path) -> 
     assert [f.field_id for f in fields] == ["101", "102", "101-2"]
     assert [f.name for f in fields] == ["one", "two", "three"]
     assert all(f.field is not None for f in fields)
+
+
+def _parcels(path: Path) -> Path:
+    """A GeoPackage of 300 strips of FIELD's size in a row, then a ditch, a self-crossing
+    outline and one field too large for ``max_area_ha=5``: a farm's file, with its mistakes."""
+    west, south, east, north = FIELD.bounds
+    strips = [box(west + 0.002 * i, south, east + 0.002 * i, north) for i in range(300)]
+    bad = [
+        LineString([(4.0, 50.0), (4.01, 50.01)]),
+        Polygon([(4.0, 50.0), (4.01, 50.01), (4.01, 50.0), (4.0, 50.01)]),
+        box(4.0, 50.0, 4.05, 50.05),
+    ]
+    names = [f"strip {i}" for i in range(300)] + ["ditch", "bow tie", "estate"]
+    frame = gpd.GeoDataFrame({"name": names}, geometry=strips + bad, crs="EPSG:4326")
+    frame.to_file(path, layer="parcels", driver="GPKG")
+    return path
+
+
+def test_list_fields_reads_the_file_once_and_checks_each_feature_as_before(
+    tmp_path, monkeypatch
+) -> None:
+    from core.field import field_from_file
+
+    path = _parcels(tmp_path / "farm.gpkg")
+    expected = []  # what list_fields made of each feature before (review 12, D8)
+    for index in range(303):
+        try:
+            expected.append((field_from_file(path, index=index, max_area_ha=5.0), ""))
+        except FieldError as exc:
+            expected.append((None, str(exc)))
+    reads = []
+    read_file = gpd.read_file
+    monkeypatch.setattr(gpd, "read_file", lambda *a, **k: reads.append(a) or read_file(*a, **k))
+    fields = list_fields(path, max_area_ha=5.0)
+    assert len(reads) == 1  # it read the file once, not once a feature (quadratic)
+    assert [(f.field, f.error) for f in fields] == expected
+    assert [f.index for f in fields] == list(range(303))
+    assert fields[299].field_id == "strip_299" and fields[299].field.name == "strip 299"
+    assert [f.field is None for f in fields[-3:]] == [True, True, True]
+    assert "LineString" in fields[-3].error and "crosses itself" in fields[-2].error
+    assert "above the limit of 5 ha" in fields[-1].error
+
+
+def test_list_fields_reports_each_feature_checked_and_a_raise_stops_it(tmp_path) -> None:
+    from core.batch import LISTING_STAGE
+
+    path = _parcels(tmp_path / "farm.gpkg")
+    told = []
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_five(stage: str, done: int, total: int) -> None:
+        told.append((stage, done, total))
+        if done == 5:
+            raise Stop()  # as a job stopped by the page raises at its next report
+
+    with pytest.raises(Stop):
+        list_fields(path, progress=stop_at_five)
+    assert told == [(LISTING_STAGE, n, 303) for n in range(6)]
+    told.clear()
+    assert len(list_fields(path, progress=lambda *t: told.append(t))) == 303
+    assert told == [(LISTING_STAGE, n, 303) for n in range(304)]
 
 
 # --- request -----------------------------------------------------------------------------------

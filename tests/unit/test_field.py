@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tempfile
+import time
 import warnings
 import zipfile
 from contextlib import closing
@@ -746,3 +747,173 @@ def test_shapefile_without_its_index_names_the_missing_file(tmp_path: Path) -> N
     with pytest.raises(FieldError, match=r"index file \(\.shx\) is not beside it") as caught:
         field_from_file(tmp_path / "shp" / "parcel.shp")
     assert "SHAPE_RESTORE_SHX" not in str(caught.value)
+
+
+# --- what one upload may cost the server (review 12, D6 and D7) ----------------------------------
+
+
+class GdalReadIt(Exception):
+    """Raised where GDAL would have read a layer's features: on a file that should be refused
+    before, a read that may never end (or that reads everything) fails the test at once."""
+
+
+def no_read(*_args: object, **_kwargs: object) -> None:
+    raise GdalReadIt()
+
+
+@pytest.fixture
+def no_gdal_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GDAL reads no layer's features in this test (geopandas.read_file raises)."""
+    monkeypatch.setattr(gpd, "read_file", no_read)
+
+
+@pytest.fixture
+def no_gdal(monkeypatch: pytest.MonkeyPatch, no_gdal_read: None) -> None:
+    """GDAL does not even open a file in this test (pyogrio's listing and counting raise)."""
+    import pyogrio
+
+    monkeypatch.setattr(pyogrio, "list_layers", no_read)
+    monkeypatch.setattr(pyogrio, "read_info", no_read)
+
+
+def view_bomb(path: Path) -> Path:
+    """A GeoPackage whose only feature layer is a view of a recursive query without end (every
+    row the same square): GDAL read it at 100 % of a core for ever, beyond any stop."""
+    write_frame(path, ["seed"], [ha_square()], layer="seed")
+    with closing(sqlite3.connect(path)) as database:
+        database.executescript(
+            """
+            CREATE VIEW fields AS WITH RECURSIVE n(fid) AS (SELECT 1 UNION ALL SELECT fid + 1
+              FROM n) SELECT fid, 'p' || fid AS name, (SELECT geom FROM seed) AS geom FROM n;
+            INSERT INTO gpkg_contents (table_name, data_type, identifier, srs_id)
+              VALUES ('fields', 'features', 'fields', 4326);
+            INSERT INTO gpkg_geometry_columns VALUES ('fields', 'geom', 'POLYGON', 4326, 0, 0);
+            DELETE FROM gpkg_contents WHERE table_name = 'seed';
+            DELETE FROM gpkg_geometry_columns WHERE table_name = 'seed';
+            """
+        )
+    return path
+
+
+def test_a_geopackage_layer_that_is_a_view_is_refused_before_gdal_reads_it(
+    tmp_path: Path, no_gdal: None
+) -> None:
+    path = view_bomb(tmp_path / "farm.gpkg")
+    refused = r"'farm.gpkg' lists a layer 'fields' that is a view, not a table.*Export the fields"
+    with pytest.raises(FieldError, match=refused):
+        field_from_file(path)
+    with pytest.raises(FieldError, match=refused.replace("farm.gpkg", "Farm 1.gpkg")):
+        candidates_from_upload(path.read_bytes(), "Farm 1.gpkg")
+
+
+def test_a_geopackage_whose_own_tables_are_views_is_refused(tmp_path: Path, no_gdal) -> None:
+    # GDAL reads gpkg_contents as soon as it opens the file: made a view, it never opened.
+    path = write_frame(tmp_path / "farm.gpkg", ["North"], [ha_square()], layer="fields")
+    with closing(sqlite3.connect(path)) as database:
+        database.executescript(
+            """
+            ALTER TABLE gpkg_contents RENAME TO contents_kept;
+            CREATE VIEW gpkg_contents AS WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL
+              SELECT i + 1 FROM n) SELECT c.* FROM contents_kept c, n;
+            """
+        )
+    with pytest.raises(FieldError, match=r"holds its GeoPackage table 'gpkg_contents' as a view"):
+        field_from_file(path)
+
+
+def test_sqlite_itself_stops_a_query_without_end_on_an_untrusted_file(tmp_path: Path) -> None:
+    from core.field import _bounded_sqlite  # what guards every query on an uploaded GeoPackage
+
+    path = write_frame(tmp_path / "farm.gpkg", ["North"], [ha_square()])
+    endless = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT max(i) FROM n"
+    started = time.monotonic()
+    stopped = r"'farm.gpkg' asked for more work .* for safety"
+    with (
+        pytest.raises(FieldError, match=stopped),
+        _bounded_sqlite(path, "file 'farm.gpkg'") as database,
+    ):
+        assert database.execute("SELECT COUNT(*) FROM gpkg_contents").fetchone() == (1,)
+        database.execute(endless).fetchone()
+    assert time.monotonic() - started < 10.0
+    with _bounded_sqlite(path, "file 'farm.gpkg'") as database:
+        with pytest.raises(sqlite3.DataError):  # a value of a gigabyte is never made
+            database.execute("SELECT zeroblob(1000000000)").fetchone()
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            database.execute("DELETE FROM gpkg_contents")
+
+
+def squares(count: int) -> list[Polygon]:
+    """``count`` one-hectare squares in rows of 100, 50 m apart."""
+    return [
+        ha_square(east=EAST + 150.0 * (i % 100), north=NORTH + 150.0 * (i // 100))
+        for i in range(count)
+    ]
+
+
+def many_features_file(folder: Path, kind: str, count: int) -> Path:
+    """A file of ``count`` squares named p0, p1...: GeoJSON, KMZ, GeoPackage or zipped shapefile."""
+    names = [f"p{i}" for i in range(count)]
+    if kind == "geojson":
+        frame = gpd.GeoDataFrame({"name": names}, geometry=squares(count), crs="EPSG:4326")
+        path = folder / "farm.geojson"
+        path.write_text(frame.to_json())
+        return path
+    if kind == "kmz":
+        marks = "".join(
+            f"<Placemark><name>{n}</name><Polygon><outerBoundaryIs><LinearRing><coordinates>"
+            + " ".join(f"{x!r},{y!r}" for x, y in square.exterior.coords)
+            + "</coordinates></LinearRing></outerBoundaryIs></Polygon></Placemark>"
+            for n, square in zip(names, squares(count), strict=True)
+        )
+        kml = KML.split("<Document>")[0] + f"<Document>{marks}</Document></kml>"
+        return zip_files(folder / "farm.kmz", {"doc.kml": kml.encode("utf-8")})
+    if kind == "gpkg":
+        return write_frame(folder / "farm.gpkg", names, squares(count), layer="fields")
+    frame = gpd.GeoDataFrame({"name": names}, geometry=squares(count), crs="EPSG:4326")
+    (folder / "shp").mkdir()
+    frame.to_file(folder / "shp" / "farm.shp", engine="pyogrio")
+    parts = {p.name: p.read_bytes() for p in (folder / "shp").iterdir()}
+    return zip_files(folder / "farm.zip", parts)
+
+
+@pytest.mark.parametrize("kind", ["geojson", "kmz", "gpkg", "zip"])
+def test_a_file_of_more_features_than_the_cap_is_refused_before_they_are_read(
+    tmp_path: Path, no_gdal_read: None, kind: str
+) -> None:
+    path = many_features_file(tmp_path, kind, 5001)  # core.field.MAX_FEATURES: 5000
+    with pytest.raises(FieldError) as caught:
+        candidates_from_upload(path.read_bytes(), path.name)
+    assert str(caught.value) == (
+        f"The file '{path.name}' holds 5,001 features; FieldFlow reads at most 5,000 from one "
+        "file (a farm's file holds tens to a few hundred fields). Split it into files of at "
+        "most 5,000 features, or export only the fields you need."
+    )
+
+
+def test_a_file_of_as_many_features_as_the_cap_is_read(tmp_path: Path) -> None:
+    path = many_features_file(tmp_path, "gpkg", 5000)
+    candidates = candidates_from_file(path)
+    assert len(candidates) == 5000 and candidates[-1].name == "p4999"
+    assert field_from_file(path, index=4999).area_ha == pytest.approx(1.0, rel=0.005)
+
+
+def test_a_kmz_unpacks_to_no_more_kml_than_a_kml_upload_may_weigh(tmp_path: Path) -> None:
+    # A 1.6 MB KMZ held 22 MB of KML (100,000 polygons) under the 100 MB a zip may unpack to.
+    kml = kml_text(ha_square()).replace("<name>Farm</name>", f"<name>Farm{' ' * 21_000_000}</name>")
+    kmz = tmp_path / "farm.kmz"
+    with zipfile.ZipFile(kmz, "w", zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("doc.kml", kml)
+    assert kmz.stat().st_size < 100_000
+    with pytest.raises(
+        FieldError, match=r"'farm.kmz' unpacks to 21\.0 MB of KML, more than the 20 MB"
+    ):
+        field_from_file(kmz)
+
+
+def test_a_sqlite_database_under_another_extension_is_named_so(tmp_path: Path) -> None:
+    # GDAL picks its driver from the content: named .kml, a GeoPackage escaped the checks above.
+    gpkg = write_frame(tmp_path / "farm.gpkg", ["North"], [ha_square()])
+    disguised = tmp_path / "farm.kml"
+    disguised.write_bytes(gpkg.read_bytes())
+    with pytest.raises(FieldError, match=r"'farm.kml' is a SQLite database, not a \.kml file"):
+        field_from_file(disguised)
