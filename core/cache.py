@@ -184,6 +184,7 @@ class CubeCache:
                 frames_loaded={str(k): int(v) for k, v in summary["frames_loaded"].items()},
                 s1_status=str(summary["s1_status"]),
                 s1_message=str(summary["s1_message"]),
+                incomplete_scenes=tuple(str(s) for s in summary.get("incomplete_scenes", ())),
                 from_cache=True,
                 elapsed_s=0.0,
             )

@@ -114,6 +114,9 @@ class FetchResult:
     skipped_scenes: tuple[str, ...] = ()
     """Scenes left out because the server has no file for them (``"<item id> (HTTP 404)"``);
     a result with any is not cached (the server may have them next time)."""
+    incomplete_scenes: tuple[str, ...] = ()
+    """Sentinel-2 scenes whose item lacks an asset FieldFlow needs (``"<item id> (no SCL)"``,
+    ``"(no red)"``, ``"(no near infrared)"``), read as they are (see :func:`incomplete_scene`)."""
     from_cache: bool = False
     """True when the cube was served from the disk cache (see :mod:`core.cache`)."""
     elapsed_s: float = 0.0
@@ -121,14 +124,22 @@ class FetchResult:
 
     @property
     def skipped_note(self) -> str:
-        """One sentence naming the scenes left out, or ``""``."""
-        if not self.skipped_scenes:
-            return ""
-        return (
-            f"Left out {len(self.skipped_scenes)} scene(s) the server has no file for: "
-            f"{', '.join(self.skipped_scenes)} (the catalogue links to files it does not "
-            "serve; asked again later, they are tried again)."
-        )
+        """A sentence naming the scenes left out and one naming the scenes read incomplete, or
+        ``""``."""
+        said = []
+        if self.skipped_scenes:
+            said.append(
+                f"Left out {len(self.skipped_scenes)} scene(s) the server has no file for: "
+                f"{', '.join(self.skipped_scenes)} (the catalogue links to files it does not "
+                "serve; asked again later, they are tried again)."
+            )
+        if self.incomplete_scenes:
+            said.append(
+                f"{len(self.incomplete_scenes)} scene(s) lack a layer in the catalogue: "
+                f"{', '.join(self.incomplete_scenes)}. Without SCL a scene's pixels are taken "
+                "as cloudy; without red or near infrared it gives no NDVI of its own."
+            )
+        return " ".join(said)
 
     def summary(self) -> dict[str, Any]:
         """JSON-serialisable summary (everything except the cube)."""
@@ -145,6 +156,7 @@ class FetchResult:
             "frames_loaded": dict(self.frames_loaded),
             "s1_status": self.s1_status,
             "s1_message": self.s1_message,
+            "incomplete_scenes": list(self.incomplete_scenes),
             "elapsed_s": round(float(self.elapsed_s), 3),
         }
 
@@ -467,6 +479,8 @@ MAX_SKIPPED_SCENES = 3
 """Most scenes a fetch leaves out as unreadable (a broken asset link) before it gives up: more
 than a few says the catalogue or the connection is at fault, not a scene."""
 _GONE_CODES = frozenset({404, 410})
+NIR_ASSETS = ("B08", "B8A")
+"""The near-infrared assets NDVI takes (B08, else B8A)."""
 """HTTP codes for which a scene is left out instead of the fetch failing: the file is not there."""
 
 
@@ -1089,8 +1103,24 @@ def fetch_cube(
         s1_status=s1_status,
         s1_message=s1_message,
         skipped_scenes=tuple(skipped),
+        incomplete_scenes=tuple(
+            said for item in s2_items if (said := incomplete_scene(item)) is not None
+        ),
         elapsed_s=time.monotonic() - started,
     )
+
+
+def incomplete_scene(item: pystac.Item) -> str | None:
+    """``"<id> (no SCL)"`` and the like for a Sentinel-2 item that lacks an asset FieldFlow
+    needs, else None. Read as it is, such a scene was all cloudy (no SCL) or "clear" without
+    an NDVI (no red or near infrared), and nothing said so (review 11); PC's items have them
+    all, other catalogues' may not."""
+    lacking = [
+        what
+        for what, names in (("SCL", ("SCL",)), ("red", ("B04",)), ("near infrared", NIR_ASSETS))
+        if not any(name in item.assets for name in names)
+    ]
+    return f"{item.id} (no {', no '.join(lacking)})" if lacking else None
 
 
 def _geojson_text(field: Any) -> str:

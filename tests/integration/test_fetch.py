@@ -904,3 +904,33 @@ def test_a_cached_token_about_to_expire_is_not_used_for_a_load(sas_site) -> None
     assert not [e for e in blobs.requests if e.status == 403]
     assert "sig=stale" not in " ".join(e.request.query for e in blobs.requests)
     assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), *period_of(site))
+
+
+def test_scenes_lacking_a_layer_are_read_as_they_are_and_named(published_site, tmp_path) -> None:
+    """A catalogue item without SCL was read as all cloudy, and one without near infrared as
+    "clear" pixels without an NDVI, with no word (review 11). They are named now, also when
+    the cube comes back from the cache."""
+    import copy
+
+    from core.stac import S2_COLLECTION
+
+    site = published_site("be-flanders-a", fresh=True, max_dates=3)
+    items = copy.deepcopy(site.s2_items)
+    del items[0]["assets"]["SCL"]
+    for band in ("B08", "B8A"):
+        items[2]["assets"].pop(band, None)
+    site.stac_server.clear_items()
+    site.stac_server.add_items({S2_COLLECTION: items, "sentinel-1-rtc": site.s1_items})
+    settings = Settings(stac_api_url=site.stac_url, retries=0, cache_dir=tmp_path)
+    field = Field(site.field(), "incomplete")
+    for _ in range(2):  # fetched, then from the cache
+        result = fetch_cached(field, *period_of(site), settings=settings, include_s1=False)
+        assert result.incomplete_scenes == (
+            f"{items[0]['id']} (no SCL)",
+            f"{items[2]['id']} (no near infrared)",
+        )
+        assert "2 scene(s) lack a layer in the catalogue" in result.skipped_note
+        assert result.frames_loaded["s2"] == 3
+        assert not result.cube["valid"].values[0].any()  # no scene classes: not clear
+        assert np.isnan(result.cube["s2"].sel(band="B08").values[2]).all()
+    assert result.from_cache
