@@ -53,6 +53,7 @@ from core.config import Settings
 from core.cube import S2_BANDS, build_cube
 from core.errors import AccessDeniedError, FieldError, InputError, NetworkError, NoScenesError
 from core.grid import Grid, field_mask, grid_for_field
+from core.indices import NIR, NIR_NARROW, RED
 from core.land import field_swapped_hint
 from core.stac import (
     S1_COLLECTION,
@@ -479,8 +480,6 @@ MAX_SKIPPED_SCENES = 3
 """Most scenes a fetch leaves out as unreadable (a broken asset link) before it gives up: more
 than a few says the catalogue or the connection is at fault, not a scene."""
 _GONE_CODES = frozenset({404, 410})
-NIR_ASSETS = ("B08", "B8A")
-"""The near-infrared assets NDVI takes (B08, else B8A)."""
 """HTTP codes for which a scene is left out instead of the fetch failing: the file is not there."""
 
 
@@ -1117,7 +1116,11 @@ def incomplete_scene(item: pystac.Item) -> str | None:
     all, other catalogues' may not."""
     lacking = [
         what
-        for what, names in (("SCL", ("SCL",)), ("red", ("B04",)), ("near infrared", NIR_ASSETS))
+        for what, names in (
+            ("SCL", ("SCL",)),
+            ("red", (S2_BANDS[RED],)),
+            ("near infrared", (S2_BANDS[NIR], S2_BANDS[NIR_NARROW])),  # NDVI's, core.indices
+        )
         if not any(name in item.assets for name in names)
     ]
     return f"{item.id} (no {', no '.join(lacking)})" if lacking else None
