@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from core.admission import PROCESS_GATE, run_bytes
 from core.cache import BATCHES_FOLDER, fetch_cached
 from core.cog import write_frame_stack
 from core.config import DEFAULT_CHECKPOINT, Settings
@@ -509,7 +510,8 @@ def reconstruct_task(
     """Reconstruct one fetched field and write its outputs; a failure becomes a failed row.
 
     With the model, the memory it freed goes back to the system once the worker has run no
-    model task for a while (:func:`core.distributed.model_task`), not between fields."""
+    model task for a while (:func:`core.distributed.model_task`), not between fields. It
+    waits its turn among the Runs of the process it runs in (:mod:`core.admission`)."""
     started = time.perf_counter()
     result = fetched.result
     if result is None or item.field is None:
@@ -519,7 +521,10 @@ def reconstruct_task(
     fetch_stats = _fetch_stats(result)
     idle_trim = model_task() if request.method == "model" else contextlib.nullcontext()
     try:
-        with idle_trim:
+        # Its turn among the Runs of this process (the app's, when the batch runs in it) by
+        # this process's settings: together they must fit its memory (core.admission).
+        limits = Settings.from_env(check_checkpoint=False).admission
+        with PROCESS_GATE.admitted(run_bytes(result.cube.sizes), limits), idle_trim:
             row = write_field_outputs(
                 item.field, result, request, Path(folder), fingerprint, item.field_id, item.name
             )

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.admission import MEMORY_SHARE, Admission, machine_memory_bytes
 from core.errors import InputError
 
 PLANETARY_COMPUTER_STAC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
@@ -99,6 +100,17 @@ class Settings:
     models_dir: Path = field(default_factory=_default_models_dir)
     """Folder of the user's own checkpoints (``FIELDFLOW_MODELS_DIR``): every ``*.pt`` in it is
     offered beside the shipped model in the app and by name to ``--checkpoint``."""
+    max_runs: int = field(default_factory=usable_cpus)
+    """Runs the process reconstructs at once (``FIELDFLOW_MAX_RUNS``); the rest wait their
+    turn (:mod:`core.admission`). Each uses every core: by default one per core this process
+    may use."""
+    run_memory_gb: float = field(
+        default_factory=lambda: MEMORY_SHARE * machine_memory_bytes() / 1e9
+    )
+    """Memory the process's Runs may take together, by their estimates
+    (``FIELDFLOW_RUN_MEMORY_GB``): a Run that would not fit beside those running waits for
+    them (one that would not fit alone runs alone). Three quarters of the machine's (or its
+    container's) memory by default."""
     result_cache_mb: float = 4096.0
     """Memory the app's finished Runs may hold, shared by its sessions
     (``FIELDFLOW_RESULT_CACHE_MB``). The least recently used are dropped past it (a 64 px Run
@@ -150,9 +162,19 @@ class Settings:
             ("FIELDFLOW_MAX_PIXEL_DATES", "max_pixel_dates", 0.0),
             ("FIELDFLOW_RESULT_CACHE_MB", "result_cache_mb", None),
             ("FIELDFLOW_CACHE_MAX_GB", "cache_max_gb", None),
+            ("FIELDFLOW_RUN_MEMORY_GB", "run_memory_gb", 0.0),
         ):
             if env.get(name, "").strip():
                 kwargs[key] = _env_number(name, env[name], above=lowest)
+        if env.get("FIELDFLOW_MAX_RUNS", "").strip():
+            runs = _env_number("FIELDFLOW_MAX_RUNS", env["FIELDFLOW_MAX_RUNS"], above=0.0)
+            if runs != int(runs):
+                raise InputError(
+                    f"FIELDFLOW_MAX_RUNS is {env['FIELDFLOW_MAX_RUNS'].strip()!r}: give a whole "
+                    "number of Runs computed at once, 1 or more, or unset it for the default "
+                    "(one per core)."
+                )
+            kwargs["max_runs"] = int(runs)
         if env.get("FIELDFLOW_RETRIES", "").strip():
             retries = _env_number("FIELDFLOW_RETRIES", env["FIELDFLOW_RETRIES"], above=None)
             if retries != int(retries) or retries > MAX_RETRIES:
@@ -163,6 +185,11 @@ class Settings:
                 )
             kwargs["retries"] = int(retries)
         return cls(**kwargs)
+
+    @property
+    def admission(self) -> Admission:
+        """What the process's Runs may take at once (:class:`core.admission.RunGate`)."""
+        return Admission(most_runs=self.max_runs, memory_bytes=self.run_memory_gb * 1e9)
 
     @property
     def cubes_dir(self) -> Path:

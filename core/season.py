@@ -23,6 +23,7 @@ the file is exactly what the Run showed) reconstructs again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from core.admission import PROCESS_GATE, RunGate, run_bytes
 from core.baselines import MIN_WHITTAKER_OBSERVATIONS, smooth_whittaker
 from core.cache import CACHEABLE_S1_STATUS, CubeCache, fetch_cached
 from core.config import (
@@ -389,6 +391,7 @@ def compute_season(
     signer: Signer | None = None,
     cache: CubeCache | None = None,
     reconstructor: Reconstructor = reconstruct,
+    gate: RunGate = PROCESS_GATE,
 ) -> SeasonResult:
     """Fetch (or read) the cube and compute everything the viewer shows.
 
@@ -400,6 +403,8 @@ def compute_season(
         reconstructor: runs the reconstructions: in-process by default, or on a Dask cluster
             (:func:`core.distributed.reconstructor`, used by the app when
             ``DASK_SCHEDULER_ADDRESS`` is set).
+        gate: where an in-process reconstruction waits its turn (``settings.admission``);
+            the process's own by default.
 
     Raises:
         FieldFlowError subclasses: bad field or period, no scenes, network trouble, broken
@@ -487,13 +492,7 @@ def compute_season(
     n_days = int((last - first).astype(int)) + 1
     frames_drawn = f"{n_days} days and drawing {len(days)} frames ({request.method})"
     stage = RECONSTRUCTING_PREFIX + frames_drawn
-    if request.method == "model" and reconstructor is reconstruct:
-        # The model's fits on the field (tuning, error measurement) come first, inside the
-        # first chunk, and report their own steps as stages (core.progress.beat); this stage
-        # shows once the reconstruction proper starts (its tiles report as parts of a chunk).
-        report(PREPARING_STAGE, 0, 1)
-    else:  # on a cluster, the fits run on its worker and report nothing here
-        report(stage, 0, n_days)
+    here = reconstructor is reconstruct
 
     def draw(dates: np.ndarray, result: xr.Dataset) -> None:
         if not fits:
@@ -507,18 +506,30 @@ def compute_season(
                     cube, result.isel(time=qi), mask, covered, day, scale, warp, radar_of_day
                 )
 
-    curve = ndvi_curve(
-        cube,
-        first,
-        last,
-        every_days=1,
-        method=request.method,
-        options=options,  # the cube is marked screened: its chunks are not screened again
-        field_mask=covered,
-        reconstructor=reconstructor,
-        on_chunk=draw,
-        progress=lambda done, total: report(stage, done, total),
-    )
+    # In this process, the reconstruction waits its turn among the process's Runs (other
+    # users' on a shared app): together they must fit its memory (core.admission).
+    turn = gate.admitted(run_bytes(cube.sizes), settings.admission, report) if here else None
+    with turn or contextlib.nullcontext():
+        if request.method == "model" and here:
+            # The model's fits on the field (tuning, error measurement) come first, inside the
+            # first chunk, and report their own steps as stages (core.progress.beat); this
+            # stage shows once the reconstruction proper starts (its tiles report as parts of
+            # a chunk).
+            report(PREPARING_STAGE, 0, 1)
+        else:  # on a cluster, the fits run on its worker and report nothing here
+            report(stage, 0, n_days)
+        curve = ndvi_curve(
+            cube,
+            first,
+            last,
+            every_days=1,
+            method=request.method,
+            options=options,  # the cube is marked screened: its chunks are not screened again
+            field_mask=covered,
+            reconstructor=reconstructor,
+            on_chunk=draw,
+            progress=lambda done, total: report(stage, done, total),
+        )
     frames = [views[day] for day in days]  # the timeline lies within the curve's days
     notes.extend(line for line in headline if line)
     if curve.attrs.get("field_clear_observations", 1) == 0:

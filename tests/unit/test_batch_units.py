@@ -10,6 +10,7 @@ import io
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from pyproj import Transformer
 from shapely.geometry import LineString, Polygon, box, mapping
 
 from core import batch
+from core.admission import PROCESS_GATE, Admission
 from core.batch import (
     CURVE_FILE,
     FRAMES_FILE,
@@ -66,6 +68,7 @@ from core.fetch import FetchResult
 from core.field import Field
 from core.grid import Grid
 from core.reconstruct import ReconstructOptions, reconstruct
+from tests.support.waiting import until
 
 SETTINGS = Settings(stac_api_url="http://stac.test/api", cache_dir=Path("/nonexistent"))
 GRID = Grid("EPSG:32631", 10.0, x0=500000.0, y0=5600120.0, width=12, height=12)
@@ -960,3 +963,29 @@ def test_a_worker_gives_freed_memory_back_once_no_model_task_runs(monkeypatch) -
         process.memory_info().rss,
     )
     del keep
+
+
+def test_a_fields_reconstruction_waits_its_turn_among_the_processs_runs(
+    tmp_path, monkeypatch
+) -> None:
+    # In the app's process the batch's fields and the users' Runs share one gate: with one
+    # Run at a time allowed and another holding it, the field waits, then is made as usual.
+    monkeypatch.setenv("FIELDFLOW_MAX_RUNS", "1")
+    item = BatchField(0, "field", "F", FIELD)
+    fingerprint = REQUEST.fingerprint(FIELD, SETTINGS)
+    rows: list[FieldRow] = []
+    worker = threading.Thread(
+        target=lambda: rows.append(
+            reconstruct_task(Fetched(fetch_result()), item, REQUEST, str(tmp_path), fingerprint)
+        ),
+        daemon=True,
+    )
+    with PROCESS_GATE.admitted(1, Admission(most_runs=1, memory_bytes=1e12)):
+        worker.start()
+        until(lambda: PROCESS_GATE.waiting() == 1, 30.0)
+        worker.join(1.5)
+        assert worker.is_alive() and not (tmp_path / MARKER_FILE).exists()
+    worker.join(60)
+    assert [row.status for row in rows] == ["ok"]
+    assert completed_row(tmp_path, fingerprint) is not None
+    assert PROCESS_GATE.running() == 0 and PROCESS_GATE.waiting() == 0

@@ -16,6 +16,7 @@ import xarray as xr
 from PIL import Image
 
 from core import season as season_module
+from core.admission import WAITING_FOR_RUNS, RunGate
 from core.config import Settings, checkpoint_version
 from core.cube import SCL_NAMES, write_cube
 from core.curve import CURVE_COLUMNS
@@ -23,6 +24,7 @@ from core.demo import DEMO_CUBE_NAME, demo_field
 from core.errors import FieldError, InputError, NoScenesError
 from core.export import read_geotiff_bands
 from core.field import Field
+from core.jobs import JobCancelled
 from core.reconstruct import ReconstructOptions
 from core.season import (
     DEFAULT_ADAPT_STEPS,
@@ -41,6 +43,7 @@ from core.season import (
     whittaker_reference,
 )
 from core.timeline import calendar_day
+from tests.support.waiting import until
 
 START, END = dt.date(2018, 5, 1), dt.date(2018, 6, 15)
 
@@ -166,6 +169,36 @@ def test_a_model_run_reports_its_stages_in_the_order_they_happen(request_: Seaso
     assert recon[0].done == 0 and recon[-1].done == recon[-1].total
     # every chunk of it was made with the shipped checkpoint as it was at its start (pinned)
     assert job.result.request.options.checkpoint_version == checkpoint_version(None)
+
+
+def test_runs_at_once_take_turns_and_one_stopped_while_waiting_leaves_the_queue(
+    request_: SeasonRequest,
+) -> None:
+    # Two Runs on a server that computes one at a time: the second reads its cube, waits
+    # for the first, then makes what it makes alone; a third, stopped while it waits, ends
+    # at once and holds nobody up.
+    from core.jobs import JobBoard
+
+    gate, settings = RunGate(), Settings(max_runs=1)
+    short = dataclasses.replace(request_, end=dt.date(2018, 5, 20))
+    alone = compute_season(short, settings, gate=RunGate())
+    board = JobBoard()
+
+    def run(progress):
+        return compute_season(short, settings, progress=progress, gate=gate)
+
+    with gate.admitted(1, settings.admission):  # the first Run's reconstruction, under way
+        second, third = board.join("b", run, "user-2"), board.join("c", run, "user-3")
+        until(lambda: gate.waiting() == 2, 60.0)
+        assert board.leave("c", "user-3")  # its user changed an input
+        assert third.wait(10) and isinstance(third.error, JobCancelled)
+        assert gate.waiting() == 1 and not second.done
+    assert second.wait(120) and second.error is None, second.error
+    stages = list(dict.fromkeys(r.stage for r in second.reports()))
+    assert stages[0].startswith("reading the offline cube") and stages[1] == WAITING_FOR_RUNS
+    assert stages[2].startswith("reconstructing ") and len(stages) == 3
+    pd.testing.assert_frame_equal(second.result.curve, alone.curve)
+    assert gate.running() == 0 and gate.waiting() == 0
 
 
 def test_the_stages_to_come_follow_the_request(request_: SeasonRequest) -> None:
