@@ -144,6 +144,9 @@ class PageState:
     tuning: str | None = None
     """The key of the fine-tuning this session started (app.widgets.tuning), while it runs: a
     job of its own, followed from a fragment on a timer; it goes on if the page is left."""
+    made_models: set[str] = dataclasses.field(default_factory=set)
+    """The paths of the models this session's region button made: the page may remove them
+    where the server lets a page remove only its own (``FIELDFLOW_MODEL_REMOVAL=own``)."""
     batch: BatchJob | None = None
     """The batch of an uploaded file this session started ("Process all fields",
     app.widgets.batch), while it runs: a job of its own, followed from a fragment."""

@@ -69,6 +69,10 @@ MAX_RETRIES = 20
 retrying before a word (review 5)."""
 
 
+MODEL_REMOVALS = ("any", "own")
+"""The values of ``FIELDFLOW_MODEL_REMOVAL`` (:attr:`Settings.model_removal`)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """Process-wide settings. Build with :meth:`from_env`; pass explicitly, never as a global."""
@@ -111,6 +115,11 @@ class Settings:
     (``FIELDFLOW_RUN_MEMORY_GB``): a Run that would not fit beside those running waits for
     them (one that would not fit alone runs alone). Three quarters of the machine's (or its
     container's) memory by default."""
+    model_removal: str = "any"
+    """Which models of the models folder the app's page may remove (``FIELDFLOW_MODEL_REMOVAL``):
+    ``any``, or ``own``, only those the same browser session made (a server shared by people
+    who should not remove each other's models). The command line and the folder itself are not
+    bound by it."""
     result_cache_mb: float = 4096.0
     """Memory the app's finished Runs may hold, shared by its sessions
     (``FIELDFLOW_RESULT_CACHE_MB``). The least recently used are dropped past it (a 64 px Run
@@ -166,6 +175,15 @@ class Settings:
         ):
             if env.get(name, "").strip():
                 kwargs[key] = _env_number(name, env[name], above=lowest)
+        if env.get("FIELDFLOW_MODEL_REMOVAL", "").strip():
+            removal = env["FIELDFLOW_MODEL_REMOVAL"].strip().lower()
+            if removal not in MODEL_REMOVALS:
+                raise InputError(
+                    f"FIELDFLOW_MODEL_REMOVAL is {env['FIELDFLOW_MODEL_REMOVAL'].strip()!r}: give "
+                    "'any' (the page removes any model of the models folder) or 'own' (only "
+                    "those the same browser session made), or unset it for 'any'."
+                )
+            kwargs["model_removal"] = removal
         if env.get("FIELDFLOW_MAX_RUNS", "").strip():
             runs = _env_number("FIELDFLOW_MAX_RUNS", env["FIELDFLOW_MAX_RUNS"], above=0.0)
             if runs != int(runs):

@@ -247,7 +247,9 @@ def model_picker(settings: Settings, models: list[ModelChoice], *, enabled: bool
         st.caption(f"Model: your checkpoint `{choice.path}`. {plain(choice.summary())}")
     for warning in choice.warnings():
         st.warning(warning)
-    removable = enabled and choice.origin == "folder"
+    removable = enabled and choice.origin == "folder" and _removable_here(choice, settings)
+    if enabled and choice.origin == "folder" and not removable:
+        st.caption(OWN_MODELS_ONLY)
     ask = f"Remove '{choice.label}' from the models folder"
     if removable and st.checkbox(ask, key=str(Key.REMOVE_MODEL)):
         st.button(
@@ -267,7 +269,7 @@ def _unusable(models: list[ModelChoice], settings: Settings, *, enabled: bool) -
     not a checkpoint) can be removed from here, as a usable one can."""
     for number, other in enumerate(m for m in models if not m.usable):
         st.caption(f"Not offered: `{other.path.name}`. {other.problem}")
-        if enabled and other.origin == "folder":
+        if enabled and other.origin == "folder" and _removable_here(other, settings):
             st.button(
                 f"Remove {other.path.name}",
                 key=f"{Key.REMOVE_MODEL}_unusable_{number}",
@@ -277,9 +279,24 @@ def _unusable(models: list[ModelChoice], settings: Settings, *, enabled: bool) -
             )
 
 
+OWN_MODELS_ONLY = (
+    "On this server a page removes only the models it made (FIELDFLOW_MODEL_REMOVAL=own): "
+    "whoever runs the server can remove this one from the models folder."
+)
+
+
+def _removable_here(choice: ModelChoice, settings: Settings) -> bool:
+    """Whether this page may remove ``choice``, a model of the models folder: any, or
+    (``FIELDFLOW_MODEL_REMOVAL=own``) only one this session made."""
+    return settings.model_removal == "any" or str(choice.path) in page_state().made_models
+
+
 def _remove(choice: ModelChoice, settings: Settings) -> None:
     """The confirmed removal of a folder model (a button's callback: the page then redraws
     with the default model chosen)."""
+    if not _removable_here(choice, settings):  # the page is drawn so; checked again here
+        page_state().say("error", OWN_MODELS_ONLY)
+        return
     try:
         remove_model(choice.path, settings)
     except FieldFlowError as exc:

@@ -117,6 +117,7 @@ def follow_tuning(key: str) -> None:
     except Exception as exc:
         say_failure(state, exc)
     else:
+        state.made_models.add(str(tuned.choice.path))
         state.say(
             "success",
             f"Saved the model '{tuned.choice.path.stem}' ({tuned.choice.path}) in "

@@ -943,6 +943,34 @@ def test_a_model_of_the_models_folder_is_one_choice_away(
     assert not any(t.startswith("Not offered") for t in texts(page, "caption"))
 
 
+def test_a_shared_server_lets_a_page_remove_only_the_models_it_made(
+    open_page: OpenPage, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    # FIELDFLOW_MODEL_REMOVAL=own: a model someone else put in the folder (here a copy of the
+    # shipped one, and a damaged file) is offered, but this page cannot remove it, and says
+    # who can. (A model the page made itself it can: in the region button's test.)
+    import shutil
+
+    from app.widgets.settings import OWN_MODELS_ONLY
+    from core.config import DEFAULT_CHECKPOINT
+
+    models = tmp_path / "models"
+    models.mkdir()
+    theirs = models / "their-region.pt"
+    shutil.copyfile(DEFAULT_CHECKPOINT, theirs)
+    (models / "broken.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("FIELDFLOW_MODELS_DIR", str(models))
+    monkeypatch.setenv("FIELDFLOW_MODEL_REMOVAL", "own")
+    page = open_page()
+    button(page, "Demo field").click().run()
+    page.selectbox(key="model_checkpoint").set_value(str(theirs)).run()
+    no_exceptions(page)
+    assert OWN_MODELS_ONLY in texts(page, "caption")
+    assert not [c for c in page.checkbox if c.key == "remove_model"]
+    assert not [b for b in page.button if str(b.label).startswith("Remove ")]
+    assert theirs.exists() and (models / "broken.pt").exists()
+
+
 def test_haze_screening_is_an_option_that_says_what_it_took_out(
     open_page: OpenPage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1051,6 +1079,7 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
 
     models, name = tmp_path / "models", "demo-parcel-west-flanders-2018"
     monkeypatch.setenv("FIELDFLOW_MODELS_DIR", str(models))
+    monkeypatch.setenv("FIELDFLOW_MODEL_REMOVAL", "own")  # a shared server: its maker may remove it
     page = _linear_demo(open_page, monkeypatch)
     assert not [e for e in page.expander if e.label == "Make a model for this region"]
     press_run(page)
@@ -1104,6 +1133,13 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
     assert job.wait(60) and isinstance(job.error, JobCancelled)
     assert "The training was stopped; nothing was saved." in texts(page, "info")
     assert sorted(p.name for p in models.iterdir()) == [f"{name}.json", f"{name}.pt"]
+    # Made by this page: removable from it, even where a page removes only its own models.
+    page.selectbox(key="method").set_value("model").run()
+    page.selectbox(key="model_checkpoint").set_value(str(saved)).run()
+    no_exceptions(page)
+    page.checkbox(key="remove_model").check().run()
+    button(page, "Remove it for good").click().run()
+    assert not saved.exists() and f"Removed the model '{name}' ({saved})." in texts(page, "info")
 
 
 def test_every_field_of_an_upload_is_processed_at_once_and_resumed(

@@ -27,6 +27,9 @@ def test_values_are_read_and_trimmed() -> None:
             "FIELDFLOW_RESULT_CACHE_MB": "0",
             "FIELDFLOW_CACHE_MAX_GB": "2.5",
             "FIELDFLOW_MODELS_DIR": " ~/my-models ",
+            "FIELDFLOW_MODEL_REMOVAL": " Own ",
+            "FIELDFLOW_MAX_RUNS": " 3 ",
+            "FIELDFLOW_RUN_MEMORY_GB": "2.5",
         }
     )
     assert settings.models_dir == Path.home() / "my-models"  # need not exist yet
@@ -35,6 +38,8 @@ def test_values_are_read_and_trimmed() -> None:
     assert (settings.max_area_ha, settings.timeout_s, settings.retries) == (12.5, 3.0, 0)
     assert settings.max_pixel_dates == 1e6 and settings.result_cache_mb == 0.0
     assert settings.cache_max_gb == 2.5
+    assert settings.model_removal == "own" and Settings().model_removal == "any"
+    assert (settings.max_runs, settings.run_memory_gb) == (3, 2.5)
 
 
 def test_a_bare_scheme_is_kept_whole_for_the_url_check_to_name() -> None:
@@ -55,6 +60,10 @@ def test_a_bare_scheme_is_kept_whole_for_the_url_check_to_name() -> None:
         ("FIELDFLOW_RETRIES", "two", "it must be a number, 0 or more"),
         ("FIELDFLOW_RETRIES", "1.5", "give a whole number of retries"),
         ("FIELDFLOW_RETRIES", "100000", "give a whole number of retries from 0 to 20"),
+        ("FIELDFLOW_MODEL_REMOVAL", "mine", "give 'any' (the page removes any model"),
+        ("FIELDFLOW_MAX_RUNS", "2.5", "give a whole number of Runs computed at once"),
+        ("FIELDFLOW_MAX_RUNS", "0", "it must be a number above 0"),
+        ("FIELDFLOW_RUN_MEMORY_GB", "0", "it must be a number above 0"),
     ],
 )
 def test_a_wrong_value_names_the_variable_and_the_fix(name: str, value: str, said: str) -> None:
