@@ -30,8 +30,13 @@ the complete new one.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +45,10 @@ import rasterio.shutil
 import xarray as xr
 
 from core.cube import S2_BANDS
-from core.errors import CubeError, InputError
+from core.errors import CubeError, InputError, OutputError
 from core.export import frame_band_names
 from core.grid import Grid, grid_from_cube
-from core.storage import atomic_output
+from core.storage import FULL_DISK_MARGIN_BYTES, atomic_output
 
 MAX_TILE_MB = 16.0
 """Largest uncompressed tile (all bands of ``blocksize`` x ``blocksize`` pixels)."""
@@ -174,7 +179,10 @@ def write_frame_stack(
     # frames are never held twice in memory.
     with tempfile.TemporaryDirectory(prefix="fieldflow-cog-") as scratch:
         staging = Path(scratch) / "stack.tif"
-        with rasterio.open(staging, "w", **profile) as dst:
+        # GDAL only logs a block it could not write (a full temporary folder): the COG copy
+        # then read those blocks as nodata, and all-NaN frames were written as a success
+        # (review 13). Such a failure is raised here.
+        with gdal_write_failures(staging), rasterio.open(staging, "w", **profile) as dst:
             band = 0
             for ti, date in enumerate(dates):
                 for name in layers:
@@ -198,6 +206,63 @@ def write_frame_stack(
         with rasterio.open(staging) as src, atomic_output(target) as tmp:
             rasterio.shutil.copy(src, tmp, driver="COG", **options)
     return target
+
+
+GDAL_ERROR_LOGGER = "rasterio._env"
+"""Where rasterio logs the errors GDAL signals without failing the call ("GDAL signalled an
+error: err_no=1, msg='TIFFAppendToStrip:Write error at scanline 0'")."""
+
+
+class _Signalled(logging.Handler):
+    """Keeps the GDAL errors signalled in the threads that are writing a file here."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.guard = threading.Lock()
+        self.writing: dict[int, list[str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.guard:
+            kept = self.writing.get(record.thread)
+        text = record.getMessage()
+        if kept is not None and text.startswith("GDAL signalled an error"):
+            kept.append(text)
+
+
+_SIGNALLED = _Signalled()
+
+
+@contextlib.contextmanager
+def gdal_write_failures(path: Path) -> Iterator[None]:
+    """Raise, once the block has ended, an error GDAL signalled in this thread while writing
+    ``path`` but did not raise (a block it could not write is only logged, and the file then
+    reads as nodata there).
+
+    Raises:
+        OutputError: naming the folder and its cause (the disk full, when it is).
+    """
+    logger = logging.getLogger(GDAL_ERROR_LOGGER)
+    thread = threading.get_ident()
+    with _SIGNALLED.guard:
+        if _SIGNALLED not in logger.handlers:
+            logger.addHandler(_SIGNALLED)
+            if logger.getEffectiveLevel() > logging.INFO:  # rasterio logs them at INFO
+                logger.setLevel(logging.INFO)
+        messages = _SIGNALLED.writing[thread] = []
+    try:
+        yield
+    finally:
+        with _SIGNALLED.guard:
+            del _SIGNALLED.writing[thread]
+    if messages:
+        folder = path.parent.parent if path.parent.name.startswith("fieldflow-") else path.parent
+        full = shutil.disk_usage(path.parent).free < FULL_DISK_MARGIN_BYTES
+        cause = "no space left on device" if full else messages[0]
+        raise OutputError(
+            f"Could not write the frames' working copy in {folder} ({cause}); nothing was "
+            "written. Free some space there, or set TMPDIR to a folder on a larger disk, and "
+            "run again."
+        )
 
 
 def read_frame_stack(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -101,3 +101,41 @@ def test_frames_on_a_full_disk_are_said_full_not_in_libtiffs_words(
     ):
         write_frame_stack(frames, full_disk / "frames.tif", grid=grid_from_cube(cube))
     assert list(full_disk.iterdir()) == []
+
+
+def test_a_full_temporary_folder_fails_a_batch_field_instead_of_writing_blank_frames(
+    cubes_dir: Path, full_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review 13: the frame stack is staged in the temporary folder; GDAL only logged the
+    # blocks it could not write there, the COG copy read them as nodata, and the field was
+    # "ok" with all-NaN frames and a marker vouching for them (later runs skipped it).
+    import tempfile
+
+    from shapely.geometry import box
+
+    from core.batch import MARKER_FILE, BatchField, BatchRequest, Fetched, reconstruct_task
+    from core.config import Settings
+    from core.demo import to_lonlat
+    from core.fetch import FetchResult
+    from core.field import Field
+    from core.grid import grid_from_cube
+
+    cube = read_cube(cubes_dir / "it-bolzano_2022-06.nc")  # 320 x 320 px: 4.5 MB a date staged
+    grid = grid_from_cube(cube)
+    x0, y0, x1, y1 = grid.bounds
+    field = Field(to_lonlat(box(x0 + 100, y0 + 100, x1 - 100, y1 - 100), grid.crs), "F")
+    fetched = FetchResult(cube, grid, {"sentinel-2-l2a": 12}, {"s2": 12, "s1": 0}, "none", "")
+    request = BatchRequest(start="2022-06-01", end="2022-06-30", every_days=30, method="linear")
+    fingerprint = request.fingerprint(field, Settings())
+    out = tmp_path / "out"
+    monkeypatch.setattr(tempfile, "tempdir", str(full_disk))  # TMPDIR on the full disk
+    item = BatchField(0, "f", "F", field)
+    row = reconstruct_task(Fetched(fetched), item, request, str(out), fingerprint)
+    assert row.status == "failed"
+    assert row.error.startswith(
+        f"Could not write the frames' working copy in {full_disk} (no space left on device)"
+    ), row.error
+    assert not (out / MARKER_FILE).exists() and not (out / "frames.tif").exists()
+    monkeypatch.undo()  # room again: the field is made, frames and all
+    row = reconstruct_task(Fetched(fetched), item, request, str(out), fingerprint)
+    assert row.status == "ok" and (out / MARKER_FILE).exists()
