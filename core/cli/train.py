@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
-import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from core.config import Settings
-from core.errors import InputError
+from core.errors import InputError, OutputError
 from core.model.config import BAND_TARGET, NARROW_BAND_COVERAGE, ModelConfig, TrainConfig
 from core.reconstruct import SEED_LIMIT
 
@@ -140,19 +141,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from dataclasses import replace
-
-    from core.model.checkpoint import Checkpoint, save_checkpoint, training_total
-    from core.model.inference import resolve_device
-    from core.model.training import (
-        calibrate,
-        footprints_of,
-        held_out_inside,
-        load_series,
-        merged_footprints,
-        train,
-        validation_episodes,
-    )
     from core.storage import check_output_path
 
     check_numbers(args)
@@ -169,6 +157,30 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     check_output_path(args.out.with_suffix(".json"), inputs=inputs)  # the training record
     if args.log_every < 1:
         raise InputError(f"--log-every must be 1 or more, not {args.log_every}.")
+    # One training at a time writes a given file: a second one started meanwhile (another
+    # terminal, the app's region button) moved the first one's result, or the model that was
+    # there, out of the way and said it was kept (review 13).
+    with training_claim(args.out):
+        return _train_and_save(args, settings, data, paths)
+
+
+def _train_and_save(
+    args: argparse.Namespace, settings: Settings, data: str | Path, paths: list[Path]
+) -> int:
+    from dataclasses import replace
+
+    from core.model.checkpoint import Checkpoint, replace_checkpoint, training_total
+    from core.model.inference import resolve_device
+    from core.model.training import (
+        calibrate,
+        footprints_of,
+        held_out_inside,
+        load_series,
+        merged_footprints,
+        train,
+        validation_episodes,
+    )
+
     device = resolve_device(args.device)
     model_config, train_config = ModelConfig(), TrainConfig(seed=args.seed, threads=args.threads)
     if args.tiny:
@@ -341,8 +353,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     checkpoint = Checkpoint(
         model=model, train_config=train_config, spread_scale=figures["spread_scale"], record=record
     )
-    kept = _keep_previous(args.out)
-    save_checkpoint(checkpoint, args.out)
+    kept = replace_checkpoint(checkpoint, args.out)
     if kept is not None:
         print(
             f"The checkpoint that was at {args.out} is kept as {kept} (with its record); to "
@@ -359,18 +370,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _keep_previous(out: Path) -> Path | None:
-    """Move a checkpoint already at ``out`` (and its record) to ``<name>.previous.pt``, so that a
-    training never destroys the model it replaces, the shipped one included (it did, even one
-    warned worse than interpolation; review 5). Returns where it went, or None."""
-    if not out.is_file():
-        return None
-    kept = out.with_name(f"{out.stem}.previous.pt")
-    os.replace(out, kept)
-    record = out.with_suffix(".json")
-    if record.is_file():
-        os.replace(record, kept.with_suffix(".json"))
-    return kept
+@contextlib.contextmanager
+def training_claim(out: Path) -> Iterator[None]:
+    """Hold ``out`` for this training while inside: a lock on a hidden file beside it
+    (``.NAME.pt.lock``), released when the block ends or the process dies, however.
+
+    Raises:
+        InputError: another training holds it now.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not on a POSIX system: no lock
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.with_name(f".{out.name}.lock")
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole block
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot write in {out.parent} ({exc.strerror}): choose an --out you can write to."
+        ) from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"Another training is writing {out} now; wait until it has ended, or choose "
+                "another --out."
+            ) from None
+        yield  # the lock goes with the file's closing
 
 
 def check_numbers(args: argparse.Namespace) -> None:

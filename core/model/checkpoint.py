@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +15,12 @@ import torch
 import xarray as xr
 
 from core.config import DEFAULT_CHECKPOINT
-from core.errors import InputError
+from core.errors import InputError, OutputError
 from core.grid import cube_outline, distance_km, share_inside
 from core.model.blend import FieldBlend, FieldScores
 from core.model.config import ModelConfig, TrainConfig
 from core.model.network import FieldFlowNet
-from core.storage import atomic_output
+from core.storage import TEMP_PREFIX, atomic_output
 
 FORMAT_VERSION = 1
 
@@ -165,6 +166,65 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Pat
     with atomic_output(target.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(_summary(payload), indent=2, default=str), encoding="utf-8")
     return target
+
+
+PREVIOUS_SUFFIX = ".previous"
+"""Where :func:`replace_checkpoint` keeps the checkpoint it replaces: ``NAME.previous.pt``."""
+
+
+def replace_checkpoint(checkpoint: Checkpoint, path: str | os.PathLike[str]) -> Path | None:
+    """Save ``checkpoint`` at ``path``, keeping the one that was there (and its record) as
+    ``NAME.previous.pt`` (replacing an older one there); returns where, or None.
+
+    The new checkpoint is written whole beside ``path`` first: a save that fails (a full
+    disk, Ctrl-C) leaves the old one where it was, and ``path`` never lacks a checkpoint,
+    even for an instant (the old one is linked, or copied, to its new name before the new one
+    is renamed over it). Before 2026-12-05 the old one was moved aside first, and a failed save
+    left nothing at ``path`` (review 13).
+
+    Raises:
+        OutputError: the new checkpoint or the copy of the old one could not be written;
+            nothing at ``path`` changed.
+    """
+    target = Path(path)
+    record = target.with_suffix(".json")
+    staged = target.with_name(f"{TEMP_PREFIX}{target.stem}.new.pt")
+    try:
+        save_checkpoint(checkpoint, staged)
+        kept = None
+        if target.is_file():
+            kept = target.with_name(f"{target.stem}{PREVIOUS_SUFFIX}.pt")
+            _link_or_copy(target, kept)
+            if record.is_file():
+                _link_or_copy(record, kept.with_suffix(".json"))
+        os.replace(staged, target)
+        os.replace(staged.with_suffix(".json"), record)
+    except OutputError as exc:  # the new checkpoint could not be written: named as asked
+        said = str(exc).replace(str(staged.with_suffix(".json")), str(record))
+        raise OutputError(
+            f"{said.replace(str(staged), str(target))} The model that was there is untouched."
+        ) from exc
+    except OSError as exc:
+        raise OutputError(
+            f"Could not save the model at {target} ({exc.strerror or exc}); what was there is "
+            "untouched. Free some space or choose a folder you can write to, then run again."
+        ) from exc
+    finally:
+        for leftover in (staged, staged.with_suffix(".json")):
+            leftover.unlink(missing_ok=True)
+    return kept
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """``destination`` becomes a complete copy of ``source`` (a hard link where the file
+    system has them), replacing whatever was there in one rename."""
+    spare = destination.with_name(f"{TEMP_PREFIX}{destination.name}")
+    spare.unlink(missing_ok=True)
+    try:
+        os.link(source, spare)
+    except OSError:
+        shutil.copy2(source, spare)
+    os.replace(spare, destination)
 
 
 def load_checkpoint(path: str | os.PathLike[str] | None = None, device: str = "cpu") -> Checkpoint:

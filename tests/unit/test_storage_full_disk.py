@@ -8,6 +8,7 @@ is known here (/dev/full is a device, which atomic_output rightly refuses).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -27,12 +28,18 @@ FULL = r"Could not write .*: No space left on device\. Nothing partial was kept"
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A folder on a real 1 MiB file system (smaller than every file written below)."""
-    folder = tmp_path / "full"
+    with small_disk(tmp_path / "full", "1m") as folder:
+        yield folder
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """``folder`` on a real file system of ``size`` (``mount -t tmpfs``); skips without root."""
     folder.mkdir()
     if os.geteuid() != 0:
         pytest.skip("a real full disk needs root here (mount -t tmpfs)")
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
     )
     if mounted.returncode:
         pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.decode().strip()}")
@@ -40,6 +47,32 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_model_saved_over_another_on_a_full_disk_leaves_the_other_in_place(
+    tmp_path: Path,
+) -> None:
+    # Review 13: the model at --out was moved to NAME.previous.pt before the new one was
+    # saved; with no room for the new one, nothing was left at NAME.pt ("Nothing partial was
+    # kept"), and every command naming the model failed.
+    import shutil
+
+    from core.config import DEFAULT_CHECKPOINT
+    from core.model.checkpoint import replace_checkpoint
+
+    with small_disk(tmp_path / "models", "3m") as models:  # the 2 MB model, not two
+        mine = models / "flanders.pt"
+        shutil.copyfile(DEFAULT_CHECKPOINT, mine)
+        shutil.copyfile(DEFAULT_CHECKPOINT.with_suffix(".json"), mine.with_suffix(".json"))
+        before = mine.read_bytes()
+        with pytest.raises(OutputError) as raised:
+            replace_checkpoint(load_checkpoint(), mine)
+        said = str(raised.value)
+        assert said.startswith(f"Could not write {mine}: No space left on device"), said
+        assert said.endswith("The model that was there is untouched.")
+        assert mine.read_bytes() == before
+        assert sorted(p.name for p in models.iterdir()) == ["flanders.json", "flanders.pt"]
+        assert load_checkpoint(mine).weights_sha256 == load_checkpoint().weights_sha256
 
 
 def test_a_cube_on_a_full_disk_is_an_output_error_and_leaves_nothing(

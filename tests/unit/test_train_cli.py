@@ -102,6 +102,55 @@ def test_a_training_over_an_existing_checkpoint_keeps_it_as_previous(
     assert f"The checkpoint that was at {out} is kept as {kept}" in said
 
 
+def test_a_save_stopped_half_way_leaves_the_model_that_was_there(
+    base_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review 13: Ctrl-C during the save (or SIGKILL, a power cut) left the old model moved
+    # to NAME.previous.pt and nothing at NAME.pt. Now the new one is written whole first.
+    from core.model import checkpoint as checkpoint_module
+    from core.model.checkpoint import replace_checkpoint
+
+    out = tmp_path / "mine.pt"
+    out.write_bytes(base_checkpoint.read_bytes())
+    out.with_suffix(".json").write_text(base_checkpoint.with_suffix(".json").read_text())
+    before = out.read_bytes()
+    real_save = torch.save
+
+    def stopped(payload, path, *args, **kwargs) -> None:
+        real_save(payload, path, *args, **kwargs)  # written, then Ctrl-C before the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        replace_checkpoint(load_checkpoint(), out)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.json", "mine.pt"]
+    monkeypatch.undo()
+    assert replace_checkpoint(load_checkpoint(), out) == tmp_path / "mine.previous.pt"
+    assert (tmp_path / "mine.previous.pt").read_bytes() == before
+
+
+def test_two_trainings_into_one_file_the_second_is_refused_before_it_trains(
+    small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Review 13: two fine-tunes to the same --out both said the model that was there was
+    # kept as NAME.previous.pt; it was gone (the second moved the first one's result there).
+    from core.cli.train import training_claim
+
+    out = tmp_path / "mine.pt"
+    out.write_bytes(base_checkpoint.read_bytes())
+    argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data), "--out", str(out)]
+    argv += ["--holdout", "hu-alfold", "--steps", "2", "--threads", "1"]
+    with training_claim(out):  # a training under way (another terminal, the app's button)
+        assert main([*argv, "--validation-episodes", "4"]) == 2
+        said = capsys.readouterr().err
+        assert f"Another training is writing {out} now; wait until it has ended" in said
+        assert out.read_bytes() == base_checkpoint.read_bytes()
+        assert not (tmp_path / "mine.previous.pt").exists()
+    assert main([*argv, "--validation-episodes", "4"]) == 0  # once it has ended
+    assert (tmp_path / "mine.previous.pt").read_bytes() == base_checkpoint.read_bytes()
+
+
 def test_fine_tuning_refuses_to_see_the_checkpoints_holdout(
     small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
