@@ -780,6 +780,8 @@ def run_batch(
         if finished is not None:
             report(item, finished)
             continue
+        if not pending:  # the folder's tables no longer describe it until they are rewritten
+            _remove_tables(out)
         fetched = client.submit(
             fetch_task, item, request, settings, key=f"fieldflow-fetch-{item.field_id}-{run}"
         )
@@ -805,6 +807,16 @@ def run_batch(
         future.release()
         report(item, row)
     return [rows[item.index] for item in fields]
+
+
+def _remove_tables(out: Path) -> None:
+    """Remove the batch folder's tables (:data:`SUMMARY_FILE`, :data:`ALL_CURVES_FILE`)
+    before any field of it is made again: a run stopped half-way, with another period or
+    method, left them saying "ok" of fields whose files it had replaced, or with the old
+    request's curves (review 13). They are written anew when the run ends."""
+    for name in (SUMMARY_FILE, ALL_CURVES_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
 
 
 def summary_csv(rows: Sequence[FieldRow]) -> str:

@@ -249,6 +249,33 @@ def test_a_rerun_skips_every_field_without_a_request(site, first_run, tmp_path, 
         }
 
 
+def test_a_rerun_with_another_request_takes_the_old_tables_away_before_any_field(
+    site, first_run, tmp_path
+) -> None:
+    # Review 13: a run with another request stopped half-way left summary.csv saying "ok"
+    # (and all_fields_ndvi.csv holding the old curves) for fields whose files it had replaced.
+    # Now the tables go before any field is made again, and come back when the run ends.
+    fields, out, cache, _ = first_run
+    results = tmp_path / "results"
+    shutil.copytree(out, results)
+    tables = [results / batch.SUMMARY_FILE, results / batch.ALL_CURVES_FILE]
+    assert all(t.is_file() for t in tables)
+    start, end = period(site)
+    other = BatchRequest(start=start, end=end, method="linear", every_days=3)  # not 7
+    settings = Settings(stac_api_url=site.stac_url, cache_dir=cache)
+    seen: list[list[bool]] = []
+
+    def on_row(_row, _done: int, _total: int) -> None:  # as each field ends
+        seen.append([t.exists() for t in tables])
+
+    with distributed.local_cluster(1, processes=False) as cluster:
+        rows = run_batch(
+            list_fields(fields), other, results, cluster=cluster, settings=settings, on_row=on_row
+        )
+    assert [r.status for r in rows] == ["ok"] * 3
+    assert seen == [[False, False]] * 3  # a stop at any of these moments leaves no stale table
+
+
 def test_a_field_without_scenes_fails_and_partial_outputs_are_redone(
     site, first_run, tmp_path, monkeypatch
 ) -> None:
