@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,7 +161,10 @@ class CubeCache:
         """The cached result for ``key``, or None. A broken or expired entry is deleted."""
         cube_path, meta_path = self.paths(key)
         if not meta_path.is_file():
-            if cube_path.exists():  # cube without sidecar: its writer died before finishing
+            # A cube without its sidecar: its writer died before finishing, or is still
+            # hashing it (seconds for a large field; review 13 saw a live writer's cube
+            # deleted here, and the writer fail): only one untouched for an hour is dead.
+            if cube_path.exists() and time.time() - _mtime(cube_path) > IN_USE_S:
                 self.discard(key)
             return None
         try:
@@ -203,17 +207,25 @@ class CubeCache:
         """Store a result (cube first, sidecar last, each atomically); return the cube path."""
         cube_path, meta_path = self.paths(key)
         write_cube(result.cube, cube_path)
-        meta = {
-            "version": CACHE_FORMAT_VERSION,
-            "request": key.to_dict(),
-            "summary": result.summary(),
-            "cube_file": cube_path.name,
-            "cube_bytes": cube_path.stat().st_size,
-            "cube_sha256": _sha256_of(cube_path),
-            "fetched_at": (now or dt.datetime.now(dt.UTC)).isoformat(),
-        }
-        with atomic_output(meta_path) as tmp:
-            tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        try:
+            meta = {
+                "version": CACHE_FORMAT_VERSION,
+                "request": key.to_dict(),
+                "summary": result.summary(),
+                "cube_file": cube_path.name,
+                "cube_bytes": cube_path.stat().st_size,
+                "cube_sha256": _sha256_of(cube_path),
+                "fetched_at": (now or dt.datetime.now(dt.UTC)).isoformat(),
+            }
+        except FileNotFoundError:  # removed meanwhile (the folder pruned or emptied by hand):
+            return cube_path  # not cached, and the fetch goes on with the cube it holds
+        try:
+            with atomic_output(meta_path) as tmp:
+                tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        except BaseException:  # no sidecar (a full disk, a stop): the cube goes too, so that
+            with contextlib.suppress(OSError):  # "nothing partial was kept" holds and its
+                cube_path.unlink()  # space is free at once (review 13)
+            raise
         return cube_path
 
     def discard(self, key: CacheKey) -> None:
@@ -364,13 +376,24 @@ def _cube_item(meta_path: Path) -> CacheItem:
         request = json.loads(meta_path.read_text(encoding="utf-8"))["request"]
         label = f"{request['start']} to {request['end']}, field {str(request['field_key'])[:8]}"
     paths = (meta_path, cube_path) if cube_path.exists() else (meta_path,)
-    size = sum(p.stat().st_size for p in paths if p.exists())
+    size = sum(_size(p) for p in paths)
     return CacheItem("cube", paths, size, _mtime(meta_path), label)
 
 
+def _size(path: Path) -> int:
+    """A file's size, 0 once it is gone: a writer in another process renames its temporary
+    files away while the folder is listed (review 13: the listing, and so the prune after
+    each fetch, failed with FileNotFoundError while the app batched)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def _batch_item(folder: Path) -> CacheItem:
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    size = sum(p.stat().st_size for p in files)
+    # os.walk passes over what vanishes while it walks (rglob raised for it)
+    files = [Path(top) / name for top, _dirs, names in os.walk(folder) for name in names]
+    size = sum(_size(p) for p in files)
     used = max([_mtime(folder), *(_mtime(p) for p in files)])
     return CacheItem("batch", (folder,), size, used, f"batch {folder.name[:12]}")
 
@@ -406,7 +429,6 @@ def prune_cache(
     Nothing used within :data:`IN_USE_S` is removed, whatever the limits; a cube goes sidecar
     first (a reader never trusts a half-removed entry), a batch folder whole."""
     import shutil
-    import time
 
     now = time.time() if now is None else now
     items = cache_items(folder)

@@ -113,8 +113,9 @@ def test_broken_entries_are_discarded_never_returned(tmp_path: Path, damage: str
         data = bytearray(cube_path.read_bytes())
         data[len(data) * 2 // 3] ^= 0xFF
         cube_path.write_bytes(bytes(data))
-    elif damage == "delete_sidecar":
+    elif damage == "delete_sidecar":  # its writer died before the sidecar, over an hour ago
         meta_path.unlink()
+        _age([cube_path], hours=2)
     elif damage == "garbage_sidecar":
         meta_path.write_text("{not json", encoding="utf-8")
     elif damage == "other_request":
@@ -185,6 +186,45 @@ def test_writer_killed_mid_write_leaves_no_entry(tmp_path: Path) -> None:
     assert cache.remove_stale_temporaries(older_than_s=3600) == 0  # might be a live writer
     assert cache.remove_stale_temporaries(older_than_s=0) == len(leftovers)
     assert list(folder.iterdir()) == []
+
+
+def test_a_reader_leaves_a_cube_being_written_by_another_process_alone(tmp_path: Path) -> None:
+    """Review 13: between the cube's rename and its sidecar's (the cube is hashed between
+    them), a reader in another process took the live writer's cube for a dead writer's and
+    deleted it: the download was lost, and the writer failed with a traceback."""
+    folder = tmp_path / "cache"
+    script = CHILD.format(root=str(ROOT), folder=str(folder))
+    cache = CubeCache(folder)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        cube_path, meta_path = cache.paths(make_key())
+        lone = 0  # reads that found the cube without its sidecar
+        while child.poll() is None:  # as a second fetch, Run or batch field of it would
+            lone += cube_path.exists() and not meta_path.exists()
+            assert cache.get(make_key()) is None or meta_path.exists()
+        _, errors = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 0, errors
+    assert lone > 0, "the reads never fell between the cube's rename and its sidecar's"
+    assert cache.get(make_key()) is not None  # the entry is whole
+
+
+def test_a_cube_whose_sidecar_cannot_be_written_is_not_left_behind(tmp_path: Path) -> None:
+    """Review 13: a full disk with room for the cube but not its sidecar left the cube (the
+    message said "Nothing partial was kept"), and the prune kept it for an hour."""
+    from core.errors import OutputError
+
+    cache = CubeCache(tmp_path)
+    key = make_key()
+    cube_path, meta_path = cache.paths(key)
+    meta_path.mkdir()  # the sidecar cannot be written there
+    with pytest.raises(OutputError):
+        cache.put(key, make_result(), now=NOW)
+    assert not cube_path.exists()
 
 
 def _age(paths, hours: float) -> None:
