@@ -262,7 +262,14 @@ def atomic_output(path: str | os.PathLike[str], *, defer_signals: bool = False) 
         # any library's failure (GDAL's CPLE_AppDefinedError "TIFFAppendToStrip" too) with the
         # disk full is told as the disk being full
         full = isinstance(exc, Exception) and _no_space_left(target.parent)
+        gone = isinstance(exc, Exception) and not target.parent.is_dir()
         remove()
+        if gone:  # removed while being written (review 13: a traceback, or "Permission denied")
+            raise OutputError(
+                f"Could not write {target}: its folder {target.parent} was removed while the "
+                "file was being written. Nothing partial was kept; run again (the folder is "
+                "made anew)."
+            ) from exc
         if isinstance(exc, OSError) and exc.errno in _OUTPUT_ERRNOS:
             raise _output_error(target, exc) from exc
         if full:

@@ -276,6 +276,25 @@ def test_a_refused_read_is_tried_again_once_the_server_answers(published_site) -
     assert site.cog_server.requests  # read again, not answered from GDAL's memory
 
 
+def test_transfers_cut_short_are_read_again_and_the_cube_is_the_same(
+    published_site, tmp_path: Path
+) -> None:
+    """Connections closed part-way through an answer (in its headers, in the TIFF header,
+    in the pixels): each read is asked again, and the cube is the one served."""
+    site = published_site("be-flanders-a", fresh=True, max_dates=4)
+    settings = Settings(stac_api_url=site.stac_url, retries=3, cache_dir=tmp_path)
+    field = Field(site.field(), "cut")
+    start, end = period_of(site)
+    for after_bytes in (60, 400, 3000, 12000):
+        clear_gdal_http_cache()
+        site.cog_server.faults.cut_next(2, after_bytes=after_bytes, prefix="/sentinel2-l2/")
+        result = fetch_cube(field, start, end, settings=settings, threads=2, include_s1=False)
+        assert result.frames_loaded["s2"] == 4 and result.skipped_scenes == ()
+        assert_reproduces(result.cube, site.cube.drop_vars(["s1", "time_s1"]), start, end)
+    cut = [e for e in site.cog_server.requests if e.fault == "cut"]
+    assert len(cut) == 8
+
+
 def test_a_dropped_connection_is_read_again_and_a_missing_scene_is_left_out_and_named(
     published_site, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ uses it to drive a server that runs in a child process.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -95,7 +96,8 @@ class Exchange:
     bytes_sent: int
     """Body bytes sent (0 for HEAD and dropped connections)."""
     fault: str | None = None
-    """Which injected fault applied (``"fail"``, ``"deny"``, ``"drop"``, ``"delay"``), or None."""
+    """Which injected fault applied (``"fail"``, ``"deny"``, ``"drop"``, ``"delay"``, ``"cut"``:
+    then :attr:`bytes_sent` is what was announced, not what was sent), or None."""
 
     @property
     def method(self) -> str:
@@ -136,6 +138,7 @@ class _Fault:
     status: int = 503
     retry_after_s: int | None = None
     delay_s: float = 0.0
+    cut_after_bytes: int = 0
 
 
 class Faults:
@@ -166,6 +169,12 @@ class Faults:
         """Wait ``delay_s`` before answering the next ``n`` requests (to trip client time-outs)."""
         self._add(_Fault("delay", n, prefix, delay_s=delay_s))
 
+    def cut_next(self, n: int = 1, *, after_bytes: int, prefix: str = "/") -> None:
+        """Answer the next ``n`` requests under ``prefix`` (not HEAD) as usual, but close the
+        connection after the first ``after_bytes`` bytes of the answer (status line and headers
+        included, which announce the whole body): a transfer cut short mid-way."""
+        self._add(_Fault("cut", n, prefix, cut_after_bytes=after_bytes))
+
     def deny(self, prefix: str, status: int = 403) -> None:
         """Refuse every request under ``prefix`` with ``status`` until :meth:`clear`."""
         with self._lock:
@@ -183,13 +192,16 @@ class Faults:
         with self._lock:
             self._queue.append(fault)
 
-    def take(self, path: str) -> _Fault | None:
-        """The fault that answers a request for ``path`` (consuming one use), or None."""
+    def take(self, path: str, method: str = "GET") -> _Fault | None:
+        """The fault that answers a ``method`` request for ``path`` (consuming one use), or
+        None. A cut only answers a request with a body (not HEAD)."""
         with self._lock:
             for prefix, status in self._denied.items():
                 if path.startswith(prefix):
                     return _Fault("deny", 1, prefix, status)
             for fault in self._queue:
+                if fault.kind == "cut" and method == "HEAD":
+                    continue
                 if path.startswith(fault.prefix):
                     fault.remaining -= 1
                     if fault.remaining == 0:
@@ -233,13 +245,14 @@ class _Handler(BaseHTTPRequestHandler):
         if request.path.startswith(CONTROL_PREFIX):
             self._write(owner.control(request.path[len(CONTROL_PREFIX) :], request))
             return
-        fault = owner.faults.take(request.path)
+        fault = owner.faults.take(request.path, self.command)
         kind = fault.kind if fault is not None else None
         if fault is not None and fault.kind == "drop":
             self.close_connection = True
             owner._record(Exchange(request, 0, 0, "drop"))
             return
-        if fault is not None and fault.kind == "delay":
+        cut = fault.cut_after_bytes if fault is not None and fault.kind == "cut" else None
+        if fault is not None and fault.kind in ("delay", "cut"):
             time.sleep(fault.delay_s)
             fault = None
         if fault is not None:
@@ -260,15 +273,27 @@ class _Handler(BaseHTTPRequestHandler):
         entry = Exchange(request, response.status, planned, kind)
         owner._record(entry)
         try:
-            self._write(response)
+            self._write(response, cut)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (time-out)
             self.close_connection = True
             owner._replace(entry, Exchange(request, response.status, 0, kind))
 
-    def _write(self, response: Response) -> None:
-        """Send ``response`` (no body for HEAD)."""
+    def _write(self, response: Response, cut_after_bytes: int | None = None) -> None:
+        """Send ``response`` (no body for HEAD); with ``cut_after_bytes``, only that much of
+        its body, then the connection is closed (the headers announce the whole body)."""
         headers = {"Content-Type": "application/octet-stream", **response.headers}
         headers.setdefault("Content-Length", str(len(response.body)))
+        if cut_after_bytes is not None:  # counted from the answer's first byte, headers too
+            lines = [
+                f"{self.protocol_version} {response.status} {self.responses[response.status][0]}"
+            ]
+            lines += [f"{name}: {value}" for name, value in headers.items()]
+            raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+            self.wfile.write(raw[:cut_after_bytes])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self.send_response(response.status)
         for name, value in headers.items():
             self.send_header(name, value)
@@ -303,7 +328,7 @@ class LocalHTTPServer:
         """Answer one request (subclasses override)."""
         return Response.error(404, f"Nothing is served at {request.path}.")
 
-    _FAULT_OPS = frozenset({"fail_next", "drop_next", "delay_next", "deny", "clear"})
+    _FAULT_OPS = frozenset({"fail_next", "drop_next", "delay_next", "cut_next", "deny", "clear"})
 
     def control(self, command: str, request: Request) -> Response:
         """Answer a control-channel command (``requests``, ``reset``, ``faults``).

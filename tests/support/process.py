@@ -61,6 +61,10 @@ class RemoteFaults:
         """Wait ``delay_s`` before answering the next ``n`` requests."""
         self._send("delay_next", n=n, delay_s=delay_s, prefix=prefix)
 
+    def cut_next(self, n: int = 1, *, after_bytes: int, prefix: str = "/") -> None:
+        """Cut the next ``n`` answers under ``prefix`` after ``after_bytes`` bytes of body."""
+        self._send("cut_next", n=n, after_bytes=after_bytes, prefix=prefix)
+
     def deny(self, prefix: str, status: int = 403) -> None:
         """Refuse every request under ``prefix`` with ``status`` until :meth:`clear`."""
         self._send("deny", prefix=prefix, status=status)

@@ -161,3 +161,24 @@ def test_other_errors_while_writing_pass_through_unchanged(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="bad data"), atomic_output(tmp_path / "x.csv"):
         raise ValueError("bad data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_removed_while_its_file_is_written_is_said_so(tmp_path: Path) -> None:
+    # Review 13: the sidecar's rename raised a FileNotFoundError traceback, and a NetCDF
+    # write said "Permission denied" (netCDF4's word for the vanished file).
+    import shutil
+
+    from core.cube import read_cube, write_cube
+    from tests.unit.test_cache import make_result
+
+    folder = tmp_path / "cache"
+    gone = r"Could not write .*: its folder .*cache was removed while the file was being written"
+    with pytest.raises(OutputError, match=gone), atomic_output(folder / "entry.json") as tmp:
+        tmp.write_text("{}")
+        shutil.rmtree(folder)
+    cube = make_result().cube
+    with pytest.raises(OutputError, match=gone), atomic_output(folder / "cube.nc") as tmp:
+        shutil.rmtree(folder)
+        cube.to_netcdf(tmp)  # as write_cube's library call meets it
+    write_cube(cube, folder / "cube.nc")  # run again: made anew
+    assert read_cube(folder / "cube.nc").sizes == cube.sizes
