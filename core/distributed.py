@@ -31,6 +31,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -426,8 +427,26 @@ class Cluster:
     def __enter__(self) -> Cluster:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_exc: object) -> None:
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            # Stopped by Ctrl-C: the worker processes of this cluster stop at once (their
+            # files are written whole or not at all); closed politely mid-task, each logged
+            # its cancelled tasks and a traceback after the command's one line (review 13).
+            with _quiet_dask_logs():
+                self._kill_local_workers()
+                self.close()
+            return
         self.close()
+
+    def _kill_local_workers(self) -> None:
+        """SIGKILL the worker processes of the local cluster this object started, if any."""
+        nannies = getattr(self.local, "workers", {}) if self.local is not None else {}
+        for nanny in list(nannies.values()):
+            process = getattr(getattr(nanny, "process", None), "process", None)
+            pid = getattr(process, "pid", None)
+            if isinstance(pid, int) and pid != os.getpid():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -510,6 +529,35 @@ def worker_settings(path: Path = WORKER_SETTINGS_FILE) -> dict[str, Any]:
     return dict(flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {}))
 
 
+@contextlib.contextmanager
+def _quiet_dask_logs() -> Iterator[None]:
+    """Dask's loggers say nothing below CRITICAL while inside."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes started inside ignore SIGINT: they share the terminal's process group,
+    so Ctrl-C reached each of them too, and each printed its own KeyboardInterrupt traceback
+    (review 13); the command that owns them stops them. A process started with SIGINT ignored
+    keeps it so (Python installs its handler only where SIGINT is not ignored). Only the main
+    thread may change a signal's handler; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: int = 1) -> Cluster:
     """Start ``workers`` workers on this machine.
 
@@ -536,7 +584,8 @@ def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: i
         "dashboard_address": None,
     }
     try:
-        with dask.config.set(worker_settings()):  # read as the nannies are made
+        ignoring = _workers_ignore_ctrl_c() if processes else contextlib.nullcontext()
+        with dask.config.set(worker_settings()), ignoring:  # read as the nannies are made
             local = LocalCluster(processes=processes, **kwargs)
     except Exception as exc:  # a nanny that cannot start raises various types
         if not processes:

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +51,7 @@ from core.model.config import ModelConfig
 from core.model.network import FieldFlowNet
 from core.reconstruct import ReconstructOptions
 from tests.support.site import PublishedSite
+from tests.support.waiting import until
 
 NAMES = ("West strip", "Middle strip", "East strip")
 IDS = ("W-01", "M-02", "E-03")
@@ -417,6 +419,39 @@ def test_the_command_line_runs_on_worker_processes_by_default(site, first_run, t
     assert "on tcp://127.0.0.1:" in done.stdout  # worker processes talk over TCP
     assert "note:" not in done.stderr  # no fallback to threads was needed
     assert done.stdout.count(": ok in ") == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_batch_of_worker_processes_is_one_line(site, first_run, tmp_path) -> None:
+    """Ctrl-C reaches the terminal's whole process group: the worker processes each printed
+    their own KeyboardInterrupt traceback before the command's line (review 13, 4 stops of 9).
+    They ignore it now; the command stops them."""
+    fields, _out, _cache, _ = first_run
+    env = {**os.environ, "STAC_API_URL": site.stac_url, "FIELDFLOW_CACHE_DIR": str(tmp_path)}
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    site.cog_server.faults.delay_next(200, 0.2, prefix="/sentinel2-l2/")  # fetches under way
+    args = batch_args(fields, tmp_path / "out", site, local_mode="processes")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "core", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's job
+    )
+    try:
+        assert command.stdout is not None
+        assert command.stdout.readline().startswith("Batch of 3 field(s)")  # workers up
+        until(lambda: len(site.cog_server.requests) > 5, 60.0)  # reading imagery
+        os.killpg(command.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+        _, errors = command.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command.pid, signal.SIGKILL)
+    site.cog_server.faults.clear()
+    assert command.returncode == 130, errors
+    assert errors.strip().splitlines() == ["error: interrupted; nothing partial was kept."]
 
 
 def _free_port() -> int:
