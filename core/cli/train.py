@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -373,7 +374,8 @@ def _train_and_save(
 @contextlib.contextmanager
 def training_claim(out: Path) -> Iterator[None]:
     """Hold ``out`` for this training while inside: a lock on a hidden file beside it
-    (``.NAME.pt.lock``), released when the block ends or the process dies, however.
+    (``.NAME.pt.lock``, removed when the block ends), released when the block ends or the
+    process dies, however (a killed training leaves the empty file, which the next one takes).
 
     Raises:
         InputError: another training holds it now.
@@ -394,12 +396,17 @@ def training_claim(out: Path) -> Iterator[None]:
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if os.fstat(handle.fileno()).st_ino != os.stat(lock_path).st_ino:
+                raise BlockingIOError  # a lock file removed by its holder as this one opened it
+        except (BlockingIOError, FileNotFoundError):
             raise InputError(
                 f"Another training is writing {out} now; wait until it has ended, or choose "
                 "another --out."
             ) from None
-        yield  # the lock goes with the file's closing
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # while held: nothing is left in the folder
 
 
 def check_numbers(args: argparse.Namespace) -> None:
