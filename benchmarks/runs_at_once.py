@@ -86,8 +86,9 @@ def run(args: argparse.Namespace, settings: Settings, path: Path) -> int:
         f"{args.runs} Runs at once of {path.name} ({cube.sizes['y']} x {cube.sizes['x']} px), "
         f"{start} to {end} ({in_period} S2 dates in the period, {cube.sizes['time_s2']} in the "
         f"cube), model K = 8, tuned {args.adapt_steps} steps; FIELDFLOW_MAX_RUNS "
-        f"{settings.max_runs}, FIELDFLOW_RUN_MEMORY_GB {settings.run_memory_gb:.2f}; each Run's "
-        f"estimate {run_bytes(cube.sizes) / 1e9:.2f} GB",
+        f"{settings.max_runs}, FIELDFLOW_RUN_MEMORY_GB {settings.run_memory_gb:.2f}; a Run's "
+        f"estimate at most {run_bytes(cube.sizes) / 1e9:.2f} GB (the whole cube's; a Run's own "
+        "is of its field and its period's cube, smaller)",
         flush=True,
     )
     board = JobBoard()

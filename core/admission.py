@@ -28,11 +28,16 @@ WAITING_FOR_RUNS = "waiting for the Runs ahead of this one on this server"
 """The stage a Run reports while it waits; its count is the Runs ahead that have ended, of
 those ahead when it began to wait."""
 
-RUN_BYTES_PER_PIXEL_DATE = 560
-"""A Run's own peak memory per pixel-date of its cube, above the process's (Python, torch and
-the model, about 0.7 GB, shared by its Runs): 4.6 GB for 244 x 244 px over 118 days with the
-app's settings (``benchmarks/season_run_256_app.txt``); larger Runs take less per pixel-date
-(10.5 GB for 486 x 486 px, 380 bytes), so this errs on the side of waiting."""
+RUN_FIXED_BYTES = 1_500_000_000
+RUN_BYTES_PER_PIXEL = 30_000
+RUN_BYTES_PER_PIXEL_DATE = 60
+"""A Run's own peak memory, above the process's (Python, torch and the model, about 0.7 GB,
+shared by its Runs): a fixed part, a part per pixel of its field's grid (the reconstruction
+works through the period's days in chunks of at most 40, so its days add little) and one per
+pixel-date of its cube (the cube itself). Fitted to three Runs with the app's settings:
+about 2.0 GB for 117 x 117 px over 30 dates (``benchmarks/runs_at_once.txt``, one Run at a
+time), 3.9 GB for 244 x 244 px over 118 (``season_run_256_app.txt``), 9.8 GB for
+486 x 486 px over 118 (README, "Benchmarks"); the fit gives 1.9, 3.7 and 10.3 GB."""
 
 MEMORY_SHARE = 0.75
 """The share of the machine's memory its Runs may take together by default; the rest is the
@@ -68,9 +73,10 @@ class Admission:
 
 def run_bytes(sizes: Mapping[str, int]) -> int:
     """The memory a Run of a cube of ``sizes`` (its dimensions: ``y``, ``x``, ``time_s2``)
-    is expected to take at its peak: :data:`RUN_BYTES_PER_PIXEL_DATE` per pixel-date."""
-    pixel_dates = sizes.get("y", 0) * sizes.get("x", 0) * sizes.get("time_s2", 0)
-    return int(pixel_dates * RUN_BYTES_PER_PIXEL_DATE)
+    is expected to take at its peak (:data:`RUN_FIXED_BYTES` and the rest)."""
+    pixels = sizes.get("y", 0) * sizes.get("x", 0)
+    per_pixel = RUN_BYTES_PER_PIXEL + RUN_BYTES_PER_PIXEL_DATE * sizes.get("time_s2", 0)
+    return int(RUN_FIXED_BYTES + pixels * per_pixel)
 
 
 class RunGate:
