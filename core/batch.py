@@ -67,7 +67,7 @@ from core.reconstruct import (
     pinned,
     reconstruct,
 )
-from core.storage import atomic_output
+from core.storage import atomic_output, remove_stale_temporaries
 from core.timeline import calendar_day, regular_dates
 
 if TYPE_CHECKING:
@@ -759,6 +759,7 @@ def run_batch(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # hidden leftovers of writers killed over an hour ago
     rows: dict[int, FieldRow] = {}
 
     def report(item: BatchField, row: FieldRow) -> None:
@@ -776,6 +777,8 @@ def run_batch(
             continue
         fingerprint = request.fingerprint(item.field, settings)
         folder = out / item.field_id
+        if folder.is_dir():
+            remove_stale_temporaries(folder)
         finished = completed_row(folder, fingerprint)
         if finished is not None:
             report(item, finished)
