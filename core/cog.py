@@ -182,7 +182,8 @@ def write_frame_stack(
         # GDAL only logs a block it could not write (a full temporary folder): the COG copy
         # then read those blocks as nodata, and all-NaN frames were written as a success
         # (review 13). Such a failure is raised here.
-        with gdal_write_failures(staging), rasterio.open(staging, "w", **profile) as dst:
+        temporary = Path(scratch).parent  # the folder a full disk is told of
+        with gdal_write_failures(temporary), rasterio.open(staging, "w", **profile) as dst:
             band = 0
             for ti, date in enumerate(dates):
                 for name in layers:
@@ -233,10 +234,10 @@ _SIGNALLED = _Signalled()
 
 
 @contextlib.contextmanager
-def gdal_write_failures(path: Path) -> Iterator[None]:
+def gdal_write_failures(folder: Path) -> Iterator[None]:
     """Raise, once the block has ended, an error GDAL signalled in this thread while writing
-    ``path`` but did not raise (a block it could not write is only logged, and the file then
-    reads as nodata there).
+    in ``folder`` but did not raise (a block it could not write is only logged, and the file
+    then reads as nodata there).
 
     Raises:
         OutputError: naming the folder and its cause (the disk full, when it is).
@@ -255,8 +256,7 @@ def gdal_write_failures(path: Path) -> Iterator[None]:
         with _SIGNALLED.guard:
             del _SIGNALLED.writing[thread]
     if messages:
-        folder = path.parent.parent if path.parent.name.startswith("fieldflow-") else path.parent
-        full = shutil.disk_usage(path.parent).free < FULL_DISK_MARGIN_BYTES
+        full = shutil.disk_usage(folder).free < FULL_DISK_MARGIN_BYTES
         cause = "no space left on device" if full else messages[0]
         raise OutputError(
             f"Could not write the frames' working copy in {folder} ({cause}); nothing was "

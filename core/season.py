@@ -508,8 +508,8 @@ def compute_season(
 
     # In this process, the reconstruction waits its turn among the process's Runs (other
     # users' on a shared app): together they must fit its memory (core.admission).
-    turn = gate.admitted(run_bytes(cube.sizes), settings.admission, report) if here else None
-    with turn or contextlib.nullcontext():
+    turn = gate.admitted(run_bytes(cube.sizes), settings.admission, report)
+    with turn if here else contextlib.nullcontext():
         if request.method == "model" and here:
             # The model's fits on the field (tuning, error measurement) come first, inside the
             # first chunk, and report their own steps as stages (core.progress.beat); this
