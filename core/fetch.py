@@ -16,7 +16,10 @@ Choices worth knowing:
   Items of one solar day may mix baselines (tile overlaps, reprocessing), so odc-stac groups by
   *(solar day, has offset)*: pixels are fused in DN only among items of one baseline, then
   harmonised, then the groups of one day are fused as reflectance. Fusion is "first valid
-  wins" in (time, id) order, per band; DN 0 is no data.
+  wins" per band (DN 0 is no data), in time order; at equal time the tile in the grid's own
+  CRS first, then the newest processing (``s2:processing_baseline``, then
+  ``s2:generation_time``: ESA's reprocessed products replace the old ones, which fill only
+  pixels the new one lacks), then id.
 * **Every S2 acquisition is kept**, cloudy ones too (``valid`` marks clear pixels); only frames
   with no data at all over the grid are dropped.
 * **Sentinel-1** (``sentinel-1-rtc``, linear gamma0 float32, nodata -32768) is grouped by
@@ -169,6 +172,32 @@ def parse_baseline(text: object) -> tuple[int, int] | None:
     """``"04.00"`` -> ``(4, 0)``; ``None`` for a missing or unreadable value."""
     match = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", str(text)) if text is not None else None
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def processing_recency(item: pystac.Item) -> tuple[int, int, float]:
+    """How recent an S2 L2A item's processing is, higher newer: ``(baseline major, minor,
+    generation time as POSIX seconds)``, from ``s2:processing_baseline`` and
+    ``s2:generation_time`` (else an L2A id's last ``YYYYMMDDTHHMMSS``); ``-1`` / ``0.0`` for
+    what the item does not say.
+
+    PC holds some acquisitions twice, as first processed and as ESA reprocessed them (e.g.
+    02.12 and 05.00, same time and tile); the old pixels won by their id's order (review 11).
+    """
+    props = item.properties
+    major, minor = parse_baseline(props.get("s2:processing_baseline")) or (-1, -1)
+    made = 0.0
+    text = props.get("s2:generation_time")
+    with contextlib.suppress(TypeError, ValueError):
+        stamp = dt.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        made = (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)).timestamp()
+    if not made and (match := re.fullmatch(r"S2\w_MSIL2A_.*_(\d{8}T\d{6})", item.id)):
+        stamp = dt.datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+        made = stamp.timestamp()
+    return major, minor, made
+
+
+def _newest_first(recency: tuple[int, int, float]) -> tuple[int, int, float]:
+    return -recency[0], -recency[1], -recency[2]
 
 
 def has_boa_offset(properties: dict[str, Any], when: dt.datetime | None = None) -> bool:
@@ -555,7 +584,8 @@ def read_order(
     items: Sequence[pystac.Item], members: Sequence[int], keys: Sequence[Hashable], crs: str
 ) -> list[int]:
     """``members`` in the order their pixels are fused within a key (first valid wins): by
-    time, then the items already in the grid's ``crs`` first, then by id.
+    time, then the items already in the grid's ``crs`` first, then the newest processing
+    (:func:`processing_recency`), then by id.
 
     Two MGRS tiles of one datatake share its time. Near a UTM zone's edge the field's grid is
     in one zone and the tile of the zone next to it covers the field too (the easternmost
@@ -569,6 +599,7 @@ def read_order(
             keys[i],
             item_datetime(items[i]),
             item_crs(items[i]) != want,
+            _newest_first(processing_recency(items[i])),
             items[i].id,
         ),
     )
@@ -667,6 +698,8 @@ class _Frame:
     key: tuple[Any, ...]
     time: dt.datetime
     bands: dict[str, np.ndarray]
+    recency: tuple[int, int, float] = (-1, -1, 0.0)
+    """The newest :func:`processing_recency` among its items."""
 
 
 def _load(
@@ -698,7 +731,8 @@ def _load(
     is filled with ``nodata``. Items with none of ``bands`` are skipped.
 
     Returns:
-        Frames (each band (H, W)) sorted by (earliest item time, key).
+        Frames (each band (H, W)) sorted by earliest item time, then newest processing (an
+        acquisition reprocessed with another baseline is a frame of its own), then key.
     """
     partitions: dict[tuple[str, ...], list[int]] = {}
     for index, item in enumerate(items):
@@ -737,11 +771,8 @@ def _load(
                     f"odc-stac made {ds.sizes['time']} frames for {len(unique)} groups."
                 )
             for plane, key in enumerate(unique):
-                first = min(
-                    item_datetime(items[i])
-                    for i, k in zip(members, part_keys, strict=True)
-                    if k == key
-                )
+                own = [i for i, k in zip(members, part_keys, strict=True) if k == key]
+                first = min(item_datetime(items[i]) for i in own)
                 data = {
                     band: (
                         np.asarray(ds[band].values[plane])
@@ -750,8 +781,9 @@ def _load(
                     )
                     for band in bands
                 }
-                frames.append(_Frame(key=key, time=first, bands=data))
-    return sorted(frames, key=lambda frame: (frame.time, frame.key))
+                recency = max(processing_recency(items[i]) for i in own)
+                frames.append(_Frame(key=key, time=first, bands=data, recency=recency))
+    return sorted(frames, key=lambda f: (f.time, _newest_first(f.recency), f.key))
 
 
 def load_s2(
@@ -803,7 +835,7 @@ def load_s2(
             np.empty((0, len(S2_BANDS), *grid.shape), np.float32),
             np.empty((0, *grid.shape), np.uint8),
         )
-    # Harmonise each (day, baseline) frame, then fuse a day's frames in time order.
+    # Harmonise each (day, baseline) frame, then fuse a day's frames in _load's order.
     reflectance = np.stack(
         [
             harmonise_s2(np.stack([frame.bands[band] for band in S2_BANDS]), offset=frame.key[1])

@@ -953,3 +953,74 @@ def test_scenes_lacking_a_layer_are_read_as_they_are_and_named(published_site, t
         assert not result.cube["valid"].values[0].any()  # no scene classes: not clear
         assert np.isnan(result.cube["s2"].sel(band="B08").values[2]).all()
     assert result.from_cache
+
+
+@pytest.mark.parametrize(
+    ("keep_first", "older", "newer"),
+    [
+        # As first processed (02.12, no offset) and as reprocessed (05.00, +1000 DN).
+        (True, None, ("05.00", dt.datetime(2023, 5, 1, 12, tzinfo=dt.UTC))),
+        # Two reprocessings that both carry the offset, the older listed after the newer.
+        (
+            False,
+            ("04.00", dt.datetime(2022, 3, 1, 8, tzinfo=dt.UTC)),
+            ("05.00", dt.datetime(2023, 5, 1, 12, tzinfo=dt.UTC)),
+        ),
+        # One baseline, generated twice: the later generation wins.
+        (
+            False,
+            ("05.00", dt.datetime(2023, 5, 1, 12, tzinfo=dt.UTC)),
+            ("05.00", dt.datetime(2024, 2, 9, 7, tzinfo=dt.UTC)),
+        ),
+    ],
+    ids=["first-and-reprocessed", "two-reprocessings", "generated-twice"],
+)
+def test_a_reprocessed_acquisition_is_read_from_its_newest_processing(
+    published_site, keep_first, older, newer
+) -> None:
+    """PC holds some acquisitions twice, as first processed and as ESA reprocessed them
+    (same time and tile). The older product's pixels won, by the key of its baseline or by its
+    id (review 11). The newest processing now wins; the older fills only the strip the newer
+    lacks. The newer's 10 m bands carry a +0.003 tracer that tells the products apart."""
+    from core.stac import S2_COLLECTION
+    from tests.support.reprocessing import reprocessed
+
+    site = published_site("be-flanders-a", fresh=True, max_dates=3)
+    blank_m = 200
+    newest = [
+        reprocessed(site, item, baseline=newer[0], generated=newer[1], blank_m=blank_m)
+        for item in site.s2_items
+    ]
+    items = list(newest)
+    if older is not None:
+        items += [
+            reprocessed(site, item, baseline=older[0], generated=older[1], tracer_dn=0)
+            for item in site.s2_items
+        ]
+    if keep_first:
+        items = [*site.s2_items, *items]
+    site.stac_server.clear_items()
+    site.stac_server.add_items({S2_COLLECTION: items})
+    settings = Settings(stac_api_url=site.stac_url, retries=0)
+    field = Field(site.field(), "reprocessed")
+    result = fetch_cube(field, *period_of(site), settings=settings, threads=2, include_s1=False)
+    assert result.scenes_found[S2_COLLECTION] == 6 and result.frames_loaded["s2"] == 3
+
+    fetched = result.cube
+    row, col = grid_from_cube(fetched).offset_in(grid_from_cube(site.cube))
+    window = {
+        "y": slice(row, row + fetched.sizes["y"]),
+        "x": slice(col, col + fetched.sizes["x"]),
+    }
+    source = site.cube.isel(**window)
+    np.testing.assert_array_equal(fetched["time_s2"].values, source["time_s2"].values)
+    strip = fetched["y"].values > site.grid().top - blank_m  # the newest lacks these rows
+    assert 0 < strip.sum() < strip.size
+    difference = fetched["s2"].values - source["s2"].values  # (T, band, y, x)
+    for b, band in enumerate(fetched["band"].values):
+        tracer = 0.003 if band in ("B02", "B03", "B04", "B08") else 0.0
+        found = difference[:, b][np.isfinite(difference[:, b])]
+        assert found.size
+        np.testing.assert_allclose(difference[:, b][:, ~strip], tracer, atol=1e-4, equal_nan=True)
+        np.testing.assert_allclose(difference[:, b][:, strip], 0.0, atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(fetched["valid"].values, source["valid"].values)

@@ -527,3 +527,67 @@ def test_error_detail_names_the_file_and_the_root_cause_not_see_previous() -> No
         "CURL error: Empty reply from server"
     )
     assert error_detail(RuntimeError("")) == "RuntimeError"
+
+
+def test_processing_recency_reads_baseline_then_generation_time(stac_dir: Path) -> None:
+    """From a real PC item (baseline 02.12, generated 2020-10-06), and the same item as
+    reprocessed: a higher baseline is newer whatever its generation time; at one baseline the
+    later generation; without the property the id's generation stamp."""
+    from core.fetch import processing_recency
+
+    path = stac_dir / "odc-stac" / "S2B_MSIL2A_20190629T212529_R043_T06VVN_20201006T080531.json"
+    real = pystac.Item.from_file(str(path))
+    first = processing_recency(real)
+    assert first[:2] == (2, 12)
+    assert first[2] == dt.datetime(2020, 10, 6, 8, 5, 31, 830000, tzinfo=dt.UTC).timestamp()
+    again = real.clone()
+    again.properties["s2:processing_baseline"] = "05.00"
+    again.properties["s2:generation_time"] = "2019-12-01T00:00:00Z"  # odd, but the baseline rules
+    assert processing_recency(again) > first
+    later = real.clone()
+    later.properties["s2:generation_time"] = "2021-01-01T00:00:00.000Z"
+    assert processing_recency(later) > first
+    bare = real.clone()
+    del bare.properties["s2:generation_time"], bare.properties["s2:processing_baseline"]
+    assert processing_recency(bare) == (
+        -1,
+        -1,
+        dt.datetime(2020, 10, 6, 8, 5, 31, tzinfo=dt.UTC).timestamp(),
+    )
+    s1 = _item(
+        "S1A_IW_GRDH_1SDV_20210105T053213_20210105T053238_036002_04389D_rtc",
+        "2021-01-05T05:32:13+00:00",
+    )
+    assert processing_recency(s1) == (-1, -1, 0.0)
+
+
+def test_read_order_puts_the_newest_processing_of_an_acquisition_first() -> None:
+    from core.fetch import read_order
+
+    same = "2019-06-29T21:25:29+00:00"
+    base = "S2B_MSIL2A_20190629T212529_R043_T06VVN_"
+    items = [
+        _item(
+            f"{base}20201006T080531",
+            same,
+            **{"s2:processing_baseline": "02.12", "proj:epsg": 32606},
+        ),
+        _item(
+            f"{base}20230501T120000",
+            same,
+            **{"s2:processing_baseline": "05.00", "proj:epsg": 32606},
+        ),
+        _item(
+            f"{base}20240209T070000",
+            same,
+            **{"s2:processing_baseline": "05.00", "proj:epsg": 32606},
+        ),
+        _item(
+            f"{base}20240209T070000_T07",
+            same,
+            **{"s2:processing_baseline": "05.11", "proj:epsg": 32607},
+        ),
+    ]
+    keys = [("d",)] * 4
+    # the grid's own CRS first (no second resampling), then newest processing
+    assert read_order(items, [0, 1, 2, 3], keys, "EPSG:32606") == [2, 1, 0, 3]
