@@ -165,7 +165,7 @@ class CubeCache:
             # hashing it (seconds for a large field; review 13 saw a live writer's cube
             # deleted here, and the writer fail): only one untouched for an hour is dead.
             if cube_path.exists() and time.time() - _mtime(cube_path) > IN_USE_S:
-                self.discard(key)
+                self._discard_if_possible(key)
             return None
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -193,8 +193,14 @@ class CubeCache:
                 elapsed_s=0.0,
             )
         except (OSError, ValueError, KeyError, TypeError, CubeError):
-            self.discard(key)
+            self._discard_if_possible(key)
             return None
+
+    def _discard_if_possible(self, key: CacheKey) -> None:
+        """:meth:`discard`, where the folder lets it: a read-only cache keeps a broken entry,
+        which then counts as a miss (the fetch that follows says the folder is read-only)."""
+        with contextlib.suppress(OSError):
+            self.discard(key)
 
     @staticmethod
     def _expired(key: CacheKey, meta: dict[str, Any], now: dt.datetime) -> bool:
@@ -285,13 +291,6 @@ def fetch_cached(
     if not use_cache:
         return fetch_cube(field, start, end, **fetch_kwargs)
     cache = cache or CubeCache(settings.cache_dir)
-    try:  # before any request: a cache that cannot take the cube threw the download away
-        check_output_folder(cache.folder, option="The cache folder (FIELDFLOW_CACHE_DIR)")
-    except OutputError as exc:
-        raise OutputError(
-            f"{exc} Set FIELDFLOW_CACHE_DIR to a folder you can write to (on the command line, "
-            "--no-cache fetches without it)."
-        ) from exc
     key = cache_key(
         field,
         start,
@@ -302,9 +301,16 @@ def fetch_cached(
         max_cloud_cover=max_cloud_cover,
         margin_days=margin_days,
     )
-    hit = cache.get(key)
+    hit = cache.get(key)  # a read-only cache (a mount shared by a team) serves what it holds
     if hit is not None:
         return hit
+    try:  # before any request: a cache that cannot take the cube threw the download away
+        check_output_folder(cache.folder, option="The cache folder (FIELDFLOW_CACHE_DIR)")
+    except OutputError as exc:
+        raise OutputError(
+            f"{exc} Set FIELDFLOW_CACHE_DIR to a folder you can write to (on the command line, "
+            "--no-cache fetches without it)."
+        ) from exc
     cache.remove_stale_temporaries()  # leftovers of writers killed over an hour ago
     result = fetch_cube(field, start, end, **fetch_kwargs)
     if result.s1_status not in CACHEABLE_S1_STATUS or result.skipped_scenes:

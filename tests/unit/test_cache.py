@@ -336,3 +336,46 @@ def test_a_wrong_checkpoint_setting_stops_only_the_commands_that_load_a_model(
     cube = tmp_path / "cube.nc"
     assert main(["reconstruct", "--cube", str(cube), "--dates", "2023-06-01", "--out", "x"]) == 2
     assert "FIELDFLOW_CHECKPOINT is" in capsys.readouterr().err
+
+
+def test_a_read_only_cache_serves_what_it_holds_and_refuses_only_a_miss(tmp_path: Path) -> None:
+    # Review 13: a read-only cache folder (a team's shared mount) holding the very entry asked
+    # for was refused before it was looked up, "cannot write in the folder".
+    from shapely.geometry import box
+
+    from core.cache import cache_key, fetch_cached
+    from core.config import Settings
+    from core.errors import OutputError
+    from core.fetch import PERIOD_MARGIN_DAYS
+    from core.field import Field
+    from core.grid import grid_for_field
+    from tests.unit.conftest import read_only
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    settings = Settings(stac_api_url="http://127.0.0.1:9/api", cache_dir=folder, retries=0)
+    field = Field(box(3.020, 51.050, 3.023, 51.052), "plot")
+    grid = grid_for_field(field)
+    period = {"start": "2023-05-01", "end": "2023-05-31"}
+
+    def key_of(end: str) -> CacheKey:
+        return cache_key(
+            field, period["start"], end, grid=grid, settings=settings, include_s1=True,
+            max_cloud_cover=None, margin_days=PERIOD_MARGIN_DAYS,
+        )  # fmt: skip
+
+    cache = CubeCache(folder)
+    cache.put(key_of(period["end"]), make_result(grid))
+    broken_key = key_of("2023-06-30")
+    cache.put(broken_key, make_result(grid, seed=1))
+    with open(cache.paths(broken_key)[0], "ab") as cube_file:
+        cube_file.write(b"x")  # no longer the size its sidecar says
+    with read_only(folder):
+        hit = fetch_cached(field, **period, settings=settings)  # the STAC API is closed
+        assert hit.from_cache and hit.frames_loaded == {"s2": 2, "s1": 0}
+        for end in ("2023-06-30", "2023-07-31"):  # broken (kept: it cannot go), and absent
+            with pytest.raises(OutputError) as caught:
+                fetch_cached(field, period["start"], end, settings=settings)
+            said = str(caught.value)
+            assert "cannot write in the folder" in said and "--no-cache" in said, said
+    assert cache.paths(broken_key)[0].exists()

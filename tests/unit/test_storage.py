@@ -5,30 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from core.errors import OutputError
 from core.storage import TEMP_PREFIX, atomic_output, check_output_folder, check_output_path
-
-
-@pytest.fixture
-def locked(tmp_path: Path):
-    """A folder this process cannot create files in. Root ignores permission bits, so for
-    root the folder is made immutable (chattr +i), where the file system allows it."""
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    if os.geteuid() == 0:
-        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
-            pytest.skip("running as root on a file system without chattr +i")
-        yield folder
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-    else:
-        folder.chmod(0o500)
-        yield folder
-        folder.chmod(0o700)
 
 
 def test_a_new_file_in_new_folders_passes_and_creates_nothing(tmp_path: Path) -> None:
