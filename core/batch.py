@@ -52,7 +52,7 @@ from core.cog import write_frame_stack
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.curve import CURVE_COLUMNS, PARTLY_SEEN_NOTED, ndvi_curve, write_curve_csv
 from core.distributed import model_task
-from core.errors import FieldError, FieldFlowError, InputError
+from core.errors import FieldError, FieldFlowError, InputError, OutputError
 from core.export import safe_file_stem
 from core.fetch import FetchResult, clear_fraction, parse_period
 from core.field import DEFAULT_MAX_AREA_HA, Field, read_field_file
@@ -67,7 +67,7 @@ from core.reconstruct import (
     pinned,
     reconstruct,
 )
-from core.storage import atomic_output, remove_stale_temporaries
+from core.storage import atomic_output, make_folder, remove_stale_temporaries
 from core.timeline import calendar_day, regular_dates
 
 if TYPE_CHECKING:
@@ -569,9 +569,16 @@ def write_field_outputs(
         FieldError: the outline covers no pixel centre of its grid.
         FieldFlowError: as :func:`core.reconstruct.reconstruct` and :func:`core.curve.ndvi_curve`.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
+    make_folder(folder)
+    try:
         (folder / MARKER_FILE).unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a folder turned read-only: said in words, not as an errno
+        raise OutputError(
+            f"Could not write in the folder {folder} ({(exc.strerror or str(exc)).lower()}). "
+            "Choose a folder you can write to, then run again."
+        ) from exc
     cube = fetched.cube
     mask = field_mask(field, cube)
     if not mask.any():
@@ -757,8 +764,7 @@ def run_batch(
     """
     from distributed import as_completed
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir)
     remove_stale_temporaries(out)  # hidden leftovers of writers killed over an hour ago
     rows: dict[int, FieldRow] = {}
 

@@ -310,6 +310,29 @@ def _no_space_left(folder: Path) -> bool:
     return usage.f_bavail * usage.f_frsize < FULL_DISK_MARGIN_BYTES
 
 
+def make_folder(folder: str | os.PathLike[str]) -> Path:
+    """``folder`` and those above it, created where missing.
+
+    Raises:
+        OutputError: it cannot be created (a read-only disk, no permission, a file in the
+            way), said in words (review 13: a batch row read "OSError: [Errno 30] Read-only
+            file system: '...'").
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS and not isinstance(exc, FileExistsError):
+            raise
+        in_the_way = isinstance(exc, FileExistsError) or exc.errno == errno.ENOTDIR
+        reason = "a file is in the way" if in_the_way else exc.strerror
+        raise OutputError(
+            f"Could not create the folder {path} ({(reason or str(exc)).lower()}). Choose a "
+            "folder you can write to, then run again."
+        ) from exc
+    return path
+
+
 def _output_error(target: Path, exc: OSError) -> OutputError:
     return OutputError(
         f"Could not write {target}: {exc.strerror or exc}. Nothing partial was kept; free "

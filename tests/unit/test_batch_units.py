@@ -989,3 +989,24 @@ def test_a_fields_reconstruction_waits_its_turn_among_the_processs_runs(
     assert [row.status for row in rows] == ["ok"]
     assert completed_row(tmp_path, fingerprint) is not None
     assert PROCESS_GATE.running() == 0 and PROCESS_GATE.waiting() == 0
+
+
+def test_a_field_folder_that_turned_read_only_is_said_in_words(tmp_path) -> None:
+    # Review 13: the row read "failed after 0.1 s: OSError: [Errno 30] Read-only file system:
+    # '.../f0'" (the folder to make) or the marker's unlink failed the same way.
+    from tests.unit.conftest import read_only
+
+    out = tmp_path / "out"
+    done = out / "done"
+    fingerprint = REQUEST.fingerprint(FIELD, SETTINGS)
+    write_field_outputs(FIELD, fetch_result(), REQUEST, done, fingerprint, "done", "D")
+    item = BatchField(0, "new", "N", FIELD)
+    with read_only(out), read_only(done):
+        for folder in (out / "new", done):  # to make, and holding a marker to remove
+            row = reconstruct_task(
+                Fetched(fetch_result(), seconds=0.5), item, REQUEST, str(folder), fingerprint
+            )
+            assert row.status == "failed"
+            assert row.error.startswith("Could not ") and str(folder) in row.error, row.error
+            assert "Errno" not in row.error and "OSError" not in row.error
+            assert row.error.endswith("Choose a folder you can write to, then run again.")

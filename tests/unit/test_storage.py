@@ -164,3 +164,15 @@ def test_a_folder_removed_while_its_file_is_written_is_said_so(tmp_path: Path) -
         cube.to_netcdf(tmp)  # as write_cube's library call meets it
     write_cube(cube, folder / "cube.nc")  # run again: made anew
     assert read_cube(folder / "cube.nc").sizes == cube.sizes
+
+
+def test_make_folder_says_why_a_folder_cannot_be_made(tmp_path: Path, locked: Path) -> None:
+    from core.storage import make_folder
+
+    assert make_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert make_folder(tmp_path / "a") == tmp_path / "a"  # already there
+    with pytest.raises(OutputError, match=r"^Could not create the folder .*locked/new \(") as no:
+        make_folder(locked / "new")
+    assert "Errno" not in str(no.value)
+    with pytest.raises(OutputError, match=r"\(a file is in the way\)"):
+        make_folder(_a_file(tmp_path) / "sub")
