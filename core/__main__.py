@@ -6,8 +6,8 @@ import sys
 
 if __name__ == "__main__":
     try:
-        from core.cli import main
+        from core.cli import finish, main
     except KeyboardInterrupt:  # Ctrl-C while Python is still importing
         print("error: interrupted; nothing was done.", file=sys.stderr)
         sys.exit(130)
-    sys.exit(main())
+    finish(main())

@@ -16,10 +16,12 @@ import argparse
 import contextlib
 import importlib
 import importlib.util
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from core.config import Settings
 from core.errors import FieldFlowError
@@ -82,6 +84,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("error: stopped (SIGTERM); nothing partial was kept.", file=sys.stderr)
         return 143
+
+
+def finish(status: int) -> NoReturn:
+    """Exit with ``status``. Python's shutdown after a command can take seconds (worker
+    threads, Dask, torch): a Ctrl-C or SIGTERM then ended the process by the signal, without a
+    word, though the command had ended and said so (review 13: 6 of 50 stops of ``fetch``).
+    From here on such a signal ends it at once, with the command's status and one line."""
+
+    def stop(signum: int, frame: object) -> None:
+        said = "its work is complete" if status == 0 else f"it had ended with status {status}"
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            print(f"note: stopped while exiting; the command had ended, {said}.", file=sys.stderr)
+            sys.stderr.flush()
+        os._exit(status)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored by who started it
+                signal.signal(signum, stop)
+    sys.exit(status)
 
 
 class Terminated(BaseException):
