@@ -31,7 +31,7 @@ import torch
 import xarray as xr
 
 from core.config import checkpoint_version, usable_cpus
-from core.cube import has_s1
+from core.cube import has_s1, without_empty_s1
 from core.errors import InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint, training_overlap
@@ -133,6 +133,7 @@ class SeriesInputs:
 
 def prepare_series(observed: xr.Dataset, query: np.ndarray, use_s1: bool = True) -> SeriesInputs:
     """Frames of the full series for the query dates (see core.model.features)."""
+    observed = without_empty_s1(observed)
     s2, times, query_frame = frames_for_query(
         observed["s2"].values, observed["time_s2"].values, query
     )

@@ -26,7 +26,7 @@ import shapely
 import torch
 import xarray as xr
 
-from core.cube import has_s1, read_cube
+from core.cube import has_s1, read_cube, without_empty_s1
 from core.errors import InputError
 from core.grid import LonLatBounds, cube_lonlat_bounds
 from core.indices import NIR, NIR_NARROW, RED
@@ -135,6 +135,7 @@ def load_series(path: Path) -> SeriesData:
 
 def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
     """A cube (or a method's observations of one) as :class:`SeriesData`."""
+    cube = without_empty_s1(cube)
     s2 = cube["s2"].values
     valid = cube["valid"].values.astype(bool)
     clear = np.where(valid[:, None], s2, np.float32(np.nan)).astype(np.float32, copy=False)
