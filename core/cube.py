@@ -200,7 +200,12 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
         ds = _ten_bands(ds, bands)
     for attr in ("crs", "resolution_m"):
         if attr not in ds.attrs or ds.attrs[attr] is None or str(ds.attrs[attr]).strip() == "":
-            raise CubeError(f"Cube lacks the '{attr}' attribute; write it with core.cube.")
+            example = "'EPSG:32631'" if attr == "crs" else "10.0"
+            what = "its coordinates' CRS" if attr == "crs" else "its pixel size in metres"
+            raise CubeError(
+                f"Cube lacks the '{attr}' attribute ({what}). Set it, e.g. "
+                f"ds.attrs['{attr}'] = {example}, and write the cube again."
+            )
     _check_crs(str(ds.attrs["crs"]))
     resolution_m = _resolution_m(ds.attrs["resolution_m"])
     if ds.sizes["time_s2"] == 0:
@@ -607,15 +612,23 @@ def bands_present(ds: xr.Dataset) -> np.ndarray:
     return np.asarray(np.isfinite(ds["s2"]).any(dim=("time_s2", "y", "x")).values)
 
 
+def ndvi_bands_lacking(present: np.ndarray) -> list[tuple[str, str]]:
+    """What NDVI needs that a cube with these bands present (bool (10,)) lacks:
+    ``[("red", "B04"), ("near-infrared", "B08 or B8A")]`` or part of it; empty when none."""
+    held = {b for b, p in zip(S2_BANDS, present, strict=True) if p}
+    lacks = [] if "B04" in held else [("red", "B04")]
+    if "B08" not in held and "B8A" not in held:
+        lacks.append(("near-infrared", "B08 or B8A"))
+    return lacks
+
+
 def ndvi_band_problem(present: np.ndarray) -> str | None:
     """Why a cube with these bands present (bool (10,), as :func:`bands_present` gives) has no
     NDVI, naming exactly what it lacks; None when it has red (B04) and a near-infrared band
     (B08, else B8A). Absent bands do not make a cube unusable: its others can still be
     reconstructed."""
     held = [b for b, p in zip(S2_BANDS, present, strict=True) if p]
-    lacks = [] if "B04" in held else ["no red band (B04)"]
-    if "B08" not in held and "B8A" not in held:
-        lacks.append("no near-infrared band (B08 or B8A)")
+    lacks = [f"no {what} band ({names})" for what, names in ndvi_bands_lacking(present)]
     if not lacks:
         return None
     usable = (

@@ -10,7 +10,7 @@ import numpy as np
 import xarray as xr
 
 from core.config import Settings, checkpoint_option
-from core.cube import read_cube
+from core.cube import bands_present, ndvi_bands_lacking, read_cube
 from core.errors import InputError
 from core.model.catalog import named_checkpoint
 from core.reconstruct import (
@@ -25,7 +25,7 @@ from core.reconstruct import (
 )
 from core.screening import SPARSE_SCENE_SHARE
 from core.storage import check_output_path
-from core.timeline import calendar_day, parse_date_list, regular_dates
+from core.timeline import calendar_day, parse_date, parse_date_list, regular_dates
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -300,8 +300,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     left_out = None
     if args.dates is None:  # a period, not dates named one by one: its days within the cube
         first, last = calendar_day(cube["time_s2"].values[[0, -1]])
-        inside = (calendar_day(dates) >= first) & (calendar_day(dates) <= last)
-        if inside.any() and not inside.all():
+        days = calendar_day(dates)
+        inside = (days >= first) & (days <= last)
+        if not inside.any():  # said of the period (review 14: three of its days were listed)
+            every = 1 if args.every_days is None else args.every_days
+            start, end = calendar_day(np.array([parse_date(args.start), parse_date(args.end)]))
+            why = (
+                f": its days every {every} from {start} all fall outside it. Use a smaller "
+                "--every-days, or --dates."
+                if start <= last and end >= first
+                else "; pick a period inside it or fetch a cube for that period."
+            )
+            raise InputError(
+                f"No day of the period {start} to {end} lies within the cube's period "
+                f"{first} to {last}{why}"
+            )
+        if not inside.all():
             left_out = outside_note(int((~inside).sum()), dates.size, cube)
             dates = dates[inside]
     options = options_from_args(args, settings, keep_observed=args.keep_observed, method=method)
@@ -315,6 +329,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     if left_out:
         print(left_out)
+    if lacks := ndvi_bands_lacking(bands_present(cube)):  # review 14: all NaN, without a word
+        said = " and no ".join(f"{what} band ({names})" for what, names in lacks)
+        print(f"note: the cube has no {said}, so the frames' ndvi layers are empty.")
     from core.season import accuracy_headline, checkpoint_warnings, fit_notes  # the app's words
 
     screened = result.attrs.get(HAZE_SCREEN_ATTR)

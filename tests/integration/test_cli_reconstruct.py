@@ -595,3 +595,45 @@ def test_ndvi_says_when_a_baselines_curve_stands_on_part_of_the_field(
     whole = [a if a != str(path) else str(full) for a in argv]
     assert main([*whole, "--method", "linear"]) == 0
     assert "seen clear in any" not in capsys.readouterr().out
+
+
+def test_reconstruct_refuses_a_period_with_no_day_in_the_cube_naming_the_period(
+    es_path, tmp_path, capsys
+) -> None:
+    # Review 14: "Date(s) 2018-01-01, 2018-01-02, 2018-01-03 lie outside ..." (3 of 59 days,
+    # no count, no word of the period); es-field runs 2019-01-27 to 2019-12-28.
+    def refused(*period: str) -> str:
+        args = ["reconstruct", "--cube", str(es_path), "--method", "linear", *period]
+        assert main([*args, "--out", str(tmp_path / "r.nc")]) == 2
+        return capsys.readouterr().err
+
+    said = refused("--start", "2018-11-01", "--end", "2018-12-31")
+    assert said.startswith(
+        "error: No day of the period 2018-11-01 to 2018-12-31 lies within the cube's period "
+        "2019-01-27 to 2019-12-28; pick a period inside it"
+    ), said
+    said = refused("--start", "2019-01-01", "--end", "2019-02-20", "--every-days", "60")
+    assert said.startswith("error: No day of the period 2019-01-01 to 2019-02-20 lies"), said
+    assert "its days every 60 from 2019-01-01 all fall outside it. Use a smaller" in said
+    assert not (tmp_path / "r.nc").exists()
+
+
+def test_reconstruct_says_when_the_cubes_ndvi_layers_are_empty(cubes_dir, tmp_path, capsys) -> None:
+    # Review 14: be-flanders-c has no red (B04): the ndvi layers were all NaN without a word.
+    out = tmp_path / "r.nc"
+    status = main(
+        ["reconstruct", "--cube", str(cubes_dir / "be-flanders-c_2018-2019.nc"), "--method",
+         "linear", "--dates", "2019-01-02", "--out", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert "note: the cube has no red band (B04), so the frames' ndvi layers are empty." in printed
+    with xr.open_dataset(out) as result:
+        assert np.isnan(result["ndvi"].values).all()
+    main(["reconstruct", "--cube", str(es_path_of(cubes_dir)), "--method", "linear", "--dates",
+          "2019-05-02", "--out", str(tmp_path / "es.nc")])  # fmt: skip
+    assert "ndvi layers are empty" not in capsys.readouterr().out
+
+
+def es_path_of(cubes_dir: Path) -> Path:
+    return cubes_dir / ES_FIELD

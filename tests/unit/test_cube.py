@@ -243,7 +243,10 @@ def test_dates_crs_and_pixels_of_a_cube_written_elsewhere(cubes_dir) -> None:
     np.testing.assert_array_equal(as_text["time_s2"].values, np.array(days, dtype="datetime64[ns]"))
     refused = {
         "holds int64 values, not dates": cube.assign_coords(time_s2=np.arange(len(days))),
-        "Cube lacks the 'crs' attribute": cube.assign_attrs(crs=None),
+        r"Cube lacks the 'crs' attribute \(its coordinates' CRS\)\. Set it, e\.g\. "
+        r"ds\.attrs\['crs'\] = 'EPSG:32631', and write the cube again\.": cube.assign_attrs(
+            crs=None
+        ),
         "not one pyproj knows": cube.assign_attrs(crs="EPSG:99999999"),
         r"no pixels \(57 x 0\)": cube.isel(x=slice(0, 0)),
     }
