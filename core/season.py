@@ -1211,6 +1211,11 @@ def _nearest_training_note(attrs: dict) -> str:
     return f" The nearest cube the model was trained on{where} lies about {distance} away."
 
 
+SMALL_FIELD = "too few clear pixels to hide some and score them"
+"""Why a field of a few pixels gets no per-field fit, though its acquisitions are clear enough
+(review 14: told "too few clear acquisitions" with 22 clear days)."""
+
+
 def fit_notes(attrs: dict) -> list[str]:
     """Sentences on what the model fitted on this field (from a reconstruction's attributes)."""
     notes = []
@@ -1245,6 +1250,11 @@ def fit_notes(attrs: dict) -> list[str]:
             f"leans {near} % on the Whittaker smoother {where[0]}, {mid} % {where[1]} and "
             f"{far} % {where[2]}.{caveat}"
         )
+    elif attrs.get("model_blend_field") and attrs.get("model_field_too_small"):
+        notes.append(
+            f"Field blend: the field is too small to measure it on ({SMALL_FIELD}); the model's "
+            "estimate alone."
+        )
     elif attrs.get("model_blend_field"):
         notes.append(
             "Field blend: too few clear acquisitions to measure it; the model's estimate alone."
@@ -1252,9 +1262,14 @@ def fit_notes(attrs: dict) -> list[str]:
     if "model_field_mae" in attrs:
         notes.append(_field_score_note(attrs))
     if attrs.get("model_calibrate_field") and not attrs.get("model_band_fitted", 1):
+        why = (
+            f"the field is too small to fit it on ({SMALL_FIELD})"
+            if attrs.get("model_field_too_small")
+            else "too few clear acquisitions to fit it on this field"
+        )
         notes.append(
-            "Uncertainty band: too few clear acquisitions to fit it on this field; the width "
-            "fitted on the model's training sites, likely too narrow far from clear data."
+            f"Uncertainty band: {why}; the width fitted on the model's training sites, likely "
+            "too narrow far from clear data."
         )
     elif attrs.get("model_calibrate_field") and "model_spread_by_distance" in attrs:
         base = float(attrs["model_checkpoint_spread_scale"])

@@ -83,6 +83,10 @@ class Checkpoint:
     band_fitted: bool = False
     """The band was fitted on a field's own hidden clear pixels (per-field calibration found
     enough acquisitions), whatever width it found; never saved."""
+    field_too_small: bool = False
+    """The per-field fits were asked for and the field had clear acquisitions enough, but too
+    few clear pixels to hide some and score them (a field of a few pixels): nothing was
+    measured or fitted on it; never saved."""
 
     @property
     def config(self) -> ModelConfig:

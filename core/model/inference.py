@@ -619,7 +619,9 @@ def field_checkpoint(
             smoother_lambda=options.whittaker_lambda,
             with_distance=by_distance or error_band or fits_curve or fits_ndvi_band,
         )
-        if episodes:  # else the checkpoint's spread and no blend (see above)
+        if not episodes:  # a field of a few pixels: nothing to hide and score
+            result = dataclasses.replace(result, field_too_small=True)
+        else:  # else the checkpoint's spread and no blend (see above)
             mean, linear, draws, truth = episode_predictions(
                 result.model, episodes, calibration_k, steps, options.seed, device,
                 views=options.views,
@@ -1008,6 +1010,8 @@ def field_attrs(base: Checkpoint, used: Checkpoint, options: ReconstructOptions)
         # Asked for and done: a field with too few clear acquisitions keeps the checkpoint's.
         "model_band_fitted": int(used.band_fitted),
         "model_blend_field": int(options.blend_field),
+        # Asked for, and the field too small (too few clear pixels) to measure anything on.
+        "model_field_too_small": int(used.field_too_small),
     }
     if used.field_ndvi_scale is not None:
         attrs[FIELD_NDVI_SCALE_ATTR] = float(used.field_ndvi_scale)

@@ -1151,3 +1151,30 @@ def test_radar_frames_without_a_pixel_of_both_polarizations_change_nothing(
         reconstruct(some, q, "model", options)["s2"].values,
         reconstruct(kept, q, "model", options)["s2"].values,
     )
+
+
+def test_a_field_of_a_few_pixels_is_told_it_is_too_small_not_short_of_acquisitions(
+    flanders_cube, tmp_path
+) -> None:
+    # Review 14: a 3 x 3 px field with 22 clear days was told "too few clear acquisitions"
+    # for its blend and its band, and so to choose a longer period.
+    from core.season import fit_notes
+
+    path = _checkpoint(tmp_path, perturb=True)
+    options = _options(path, samples=8, calibrate_field=True, blend_field=True, seed=1)
+    cube = flanders_cube.isel(y=slice(10, 13), x=slice(10, 13), time_s2=slice(0, 60))
+    clear_days = int(cube["valid"].values.any(axis=(1, 2)).sum())
+    assert clear_days >= 10
+    q = cube["time_s2"].values[[20]] + np.timedelta64(1, "D")
+    notes = " ".join(fit_notes(reconstruct(cube, q, "model", options).attrs))
+    assert "too few clear acquisitions" not in notes, notes
+    assert "Field blend: the field is too small to measure it on (too few clear pixels" in notes
+    assert "Uncertainty band: the field is too small to fit it on" in notes
+    # a field of few clear acquisitions is still told so
+    few = flanders_cube.isel(y=slice(0, 24), x=slice(0, 24), time_s2=slice(0, 30)).copy(deep=True)
+    clear = np.flatnonzero(few["valid"].values.any(axis=(1, 2)))
+    few["valid"].values[clear[2:]] = 0
+    notes = " ".join(
+        fit_notes(reconstruct(few, few["time_s2"].values[[5]], "model", options).attrs)
+    )
+    assert "Field blend: too few clear acquisitions to measure it" in notes, notes
