@@ -26,6 +26,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -156,8 +157,21 @@ def whittaker_method(
     the smoothing, None chooses it per series by GCV."""
     values, obs_days, query_days = _method_inputs(observed, dates)
     smoothed = smooth_whittaker(values, obs_days, query_days, lam=options.whittaker_lambda)
-    # Across long gaps the smoother can swing below zero; reflectance cannot.
-    return Prediction(mean=np.maximum(smoothed, 0.0))
+    return Prediction(mean=np.maximum(smoothed, whittaker_floor(values)))
+
+
+def whittaker_floor(values: np.ndarray) -> np.ndarray:
+    """(1, B, H, W) float32: the lowest each series was observed, and never below 0.
+
+    Across a long gap the smoother can swing below every value the pixel ever showed, down to
+    0 for red, where NDVI reads exactly 1.0: 29 reconstructed pixel-dates of be-flanders-a's
+    winter did (review 14); reflectance cannot be negative and a swing below all observations
+    is the smoother's, not the ground's. Linear interpolation never leaves the range of its
+    two observations."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a series never observed: no floor
+        lowest = np.nanmin(np.asarray(values, dtype=np.float32), axis=0, keepdims=True)
+    return np.maximum(np.nan_to_num(lowest, nan=0.0), np.float32(0.0))
 
 
 def _method_inputs(

@@ -189,10 +189,13 @@ def blend_inputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """What a blend needs at the query days: the Whittaker smoother of ``values`` (T, B, H, W,
     NaN where not observed; as the ``whittaker`` method, GCV unless ``lam`` is given, and never
-    below 0) and each pixel's ``measure`` (Q, H, W; :func:`blend_key`)."""
-    from core.baselines import smooth_whittaker
+    below the lowest the pixel was observed, nor below 0: :func:`core.baselines.whittaker_floor`)
+    and each pixel's ``measure`` (Q, H, W; :func:`blend_key`)."""
+    from core.baselines import smooth_whittaker, whittaker_floor
 
-    smoother = np.maximum(smooth_whittaker(values, days, query_days, lam=lam), 0.0)
+    smoother = np.maximum(
+        smooth_whittaker(values, days, query_days, lam=lam), whittaker_floor(values)
+    )
     return smoother, blend_key(values, days, query_days, measure)
 
 
