@@ -107,6 +107,37 @@ FIT_ATTR_PREFIXES = ("model_", "blend_")
 them in its ``attrs["fits"]``, e.g. for :func:`core.season.fit_notes`)."""
 
 
+FIELD_WINDOW_MARGIN_PX = 2
+"""Pixels kept around a field's bounding box when a larger cube is cut to it
+(:func:`field_window`): the 20 m margin of the grid a fetch makes for a field
+(:func:`core.grid.grid_for_field`), so that a field's curve from a cube of a larger area is
+made as the app's Run makes it from the field's own fetch."""
+
+
+def field_window(
+    cube: xr.Dataset, mask: np.ndarray, margin_px: int = FIELD_WINDOW_MARGIN_PX
+) -> tuple[xr.Dataset, np.ndarray]:
+    """``cube`` and ``mask`` (bool (H, W), the field's pixels) cut to the field's bounding box
+    and ``margin_px`` around it; both as given where that is the whole cube, or where the
+    window holds no clear pixel (the model then borrows from the clear pixels further away).
+
+    A field's per-field fits and figures (the field blend, the band, its accuracy) are made on
+    the pixels reconstructed: on a cube of a larger area they came from the whole cube, and
+    every field of a file had the same "measured on this field" figures (review 14)."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return cube, mask
+    height, width = mask.shape
+    r0, r1 = max(int(rows[0]) - margin_px, 0), min(int(rows[-1]) + margin_px + 1, height)
+    c0, c1 = max(int(cols[0]) - margin_px, 0), min(int(cols[-1]) + margin_px + 1, width)
+    if (r0, r1, c0, c1) == (0, height, 0, width):
+        return cube, mask
+    window = cube.isel(y=slice(r0, r1), x=slice(c0, c1))
+    if not window["valid"].values.any():
+        return cube, mask
+    return window, mask[r0:r1, c0:c1]
+
+
 def ndvi_curve(
     cube: xr.Dataset,
     start: str | np.datetime64,

@@ -81,6 +81,7 @@ from core.reconstruct import (
     OUTSIDE_NOTED,
     ReconstructOptions,
     Reconstructor,
+    clear_pixels,
     imaged_pixels,
     method_choices,
     pinned,
@@ -494,10 +495,14 @@ def compute_season(
     stage = RECONSTRUCTING_PREFIX + frames_drawn
     here = reconstructor is reconstruct
 
+    # A field never seen clear: what the model measured, it measured on the pixels around it.
+    never_clear = {FIELD_NEVER_CLEAR_ATTR: int(not clear_pixels(cube, mask).any())}
+
     def draw(dates: np.ndarray, result: xr.Dataset) -> None:
         if not fits:
-            fits.extend(fit_notes(result.attrs))
-            headline.append(accuracy_headline(result.attrs))
+            attrs = {**result.attrs, **never_clear}
+            fits.extend(fit_notes(attrs))
+            headline.append(accuracy_headline(attrs))
             warned.extend(checkpoint_warnings(result.attrs))
             better.append(better_baseline(result.attrs))
         for qi, day in enumerate(calendar_day(dates)):
@@ -1088,13 +1093,31 @@ def better_baseline(attrs: dict) -> str | None:
     return compared[0]
 
 
+FIELD_NEVER_CLEAR_ATTR = "field_never_clear"
+"""Set (1) in the attributes the notes are made from when not one pixel of the field is clear
+in the period: the model's figures and fits then come from the clear pixels around it."""
+
+
+def measured_on(attrs: dict, *, headline: bool = True) -> str:
+    """Where the model's per-field figures were measured, in words: the field's own clear
+    pixels, or, for a field never seen clear, those around it (review 14: a field with no
+    clear pixel was told its "own clear pixels" were scored). ``headline=False``: the form
+    after "Accuracy measured", "on this field: its own clear pixels"."""
+    if attrs.get(FIELD_NEVER_CLEAR_ATTR):
+        around = "the clear pixels around {} (not one of its own is ever clear)"
+        return (
+            around.format("this field") if headline else "around this field: " + around.format("it")
+        )
+    return "this field's own clear pixels" if headline else "on this field: its own clear pixels"
+
+
 def accuracy_headline(attrs: dict) -> str | None:
     """One sentence on how the model did against the better baseline on the field's own hidden
     clear pixels (None where the Run did not measure it), for the page's notes."""
     if "model_field_mae" not in attrs:
         return None
     *_, name, ratio, verdict = _field_comparison(attrs)
-    said = "Measured on this field's own clear pixels, hidden in turn, the model erred"
+    said = f"Measured on {measured_on(attrs)}, hidden in turn, the model erred"
     if verdict < 0:
         line = f"{said} {100 * (1 - ratio):.0f} % less than {name}, the better simpler method."
     elif verdict == 0:
@@ -1172,7 +1195,7 @@ def _field_score_note(attrs: dict) -> str:
         else " as this Run makes it"
     )
     return (
-        "Accuracy measured on this field: its own clear pixels, hidden in turn "
+        f"Accuracy measured {measured_on(attrs, headline=False)}, hidden in turn "
         f"({int(attrs.get('model_field_mae_episodes', 0))} episodes, "
         f"{int(attrs.get('model_field_mae_values', 0)):,} values), were reconstructed with a "
         f"mean reflectance error of {model:.4f} by the model{how}, "
@@ -1216,6 +1239,16 @@ SMALL_FIELD = "too few clear pixels to hide some and score them"
 (review 14: told "too few clear acquisitions" with 22 clear days)."""
 
 
+def _too_small(attrs: dict) -> str:
+    """Why nothing was measured on a field with clear acquisitions enough."""
+    if attrs.get(FIELD_NEVER_CLEAR_ATTR):
+        return (
+            "too few clear pixels around this field to measure it on (not one of its own is "
+            "ever clear)"
+        )
+    return f"the field is too small to measure it on ({SMALL_FIELD})"
+
+
 def fit_notes(attrs: dict) -> list[str]:
     """Sentences on what the model fitted on this field (from a reconstruction's attributes)."""
     notes = []
@@ -1246,15 +1279,12 @@ def fit_notes(attrs: dict) -> list[str]:
             else ""
         )
         notes.append(
-            "Field blend: measured on this field's own clear pixels, the model's estimate "
+            f"Field blend: measured on {measured_on(attrs)}, the model's estimate "
             f"leans {near} % on the Whittaker smoother {where[0]}, {mid} % {where[1]} and "
             f"{far} % {where[2]}.{caveat}"
         )
     elif attrs.get("model_blend_field") and attrs.get("model_field_too_small"):
-        notes.append(
-            f"Field blend: the field is too small to measure it on ({SMALL_FIELD}); the model's "
-            "estimate alone."
-        )
+        notes.append(f"Field blend: {_too_small(attrs)}; the model's estimate alone.")
     elif attrs.get("model_blend_field"):
         notes.append(
             "Field blend: too few clear acquisitions to measure it; the model's estimate alone."
@@ -1263,7 +1293,7 @@ def fit_notes(attrs: dict) -> list[str]:
         notes.append(_field_score_note(attrs))
     if attrs.get("model_calibrate_field") and not attrs.get("model_band_fitted", 1):
         why = (
-            f"the field is too small to fit it on ({SMALL_FIELD})"
+            _too_small(attrs)
             if attrs.get("model_field_too_small")
             else "too few clear acquisitions to fit it on this field"
         )

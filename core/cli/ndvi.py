@@ -18,7 +18,13 @@ from core.cli.reconstruct import (
 )
 from core.config import Settings
 from core.cube import read_cube
-from core.curve import ndvi_curve, partly_seen_note, write_curve_csv
+from core.curve import (
+    FIELD_WINDOW_MARGIN_PX,
+    field_window,
+    ndvi_curve,
+    partly_seen_note,
+    write_curve_csv,
+)
 from core.errors import FieldError, InputError
 from core.field import OPTION_CHOICE, Field, field_from_file
 from core.grid import field_mask, share_outside
@@ -83,6 +89,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "Sentinel-2 acquisition of it (a swath or tile edge, or the edge of the data): "
                 "the curve, its clear shares and days to clear describe the rest of the field."
             )
+        whole = cube.sizes["y"], cube.sizes["x"]
+        cube, mask = field_window(cube, mask)
+        if (cube.sizes["y"], cube.sizes["x"]) != whole:
+            print(
+                f"note: the field and {FIELD_WINDOW_MARGIN_PX} pixels around it, "
+                f"{cube.sizes['y']} x {cube.sizes['x']} of the cube's {whole[0]} x {whole[1]} "
+                "pixels, are reconstructed (as the app does from a field's own fetch)."
+            )
     curve = ndvi_curve(
         cube,
         args.start,
@@ -103,6 +117,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if len(curve) < asked:
         print(outside_note(asked - len(curve), asked, cube))
     from core.season import (  # the app's words
+        FIELD_NEVER_CLEAR_ATTR,
         NEVER_CLEAR_NOTE,
         accuracy_headline,
         checkpoint_warnings,
@@ -115,7 +130,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(NEVER_CLEAR_NOTE)
     if partly := partly_seen_note(curve):
         print(f"note: {partly}")
-    fits = curve.attrs.get("fits", {})
+    never_clear = int(curve.attrs["field_clear_observations"] == 0)
+    fits = {**curve.attrs.get("fits", {}), FIELD_NEVER_CLEAR_ATTR: never_clear}
     for note in [accuracy_headline(fits), *fit_notes(fits)]:
         if note:
             print(note)

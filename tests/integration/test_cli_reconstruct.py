@@ -509,7 +509,8 @@ def test_ndvi_with_the_model_says_what_it_fitted_on_the_field(es_path, es_cube, 
         "--steps", "2", "--calibrate-field", "--out", out,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    note, *lines = done.stdout.splitlines()
+    assert note.startswith("note: the field and 2 pixels around it, 14 x 14 of the cube's")
     assert lines[0].startswith("Wrote 4 day(s) of NDVI")
     # The page's verdict first: es-field is a site the shipped model was trained on.
     assert lines[1].startswith("Measured on this field's own clear pixels, hidden in turn")
@@ -637,3 +638,51 @@ def test_reconstruct_says_when_the_cubes_ndvi_layers_are_empty(cubes_dir, tmp_pa
 
 def es_path_of(cubes_dir: Path) -> Path:
     return cubes_dir / ES_FIELD
+
+
+def test_ndvi_measures_a_fields_figures_on_its_own_window_of_a_larger_cube(
+    es_path, es_cube, tmp_path
+) -> None:
+    # Review 14: the field's fits and "measured on this field" figures came from the whole
+    # cube, so every field of a file had the same ones, and a field never seen clear was told
+    # its "own clear pixels" were scored.
+    def figures(field: Path, cube: Path = es_path) -> list[str]:
+        done = _cli(
+            "ndvi", "--cube", cube, "--geojson", field, "--start", "2019-05-01", "--end",
+            "2019-05-31", "--every-days", "10", "--method", "model", "--out",
+            tmp_path / "c.csv",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    def values(lines: list[str]) -> int:
+        said = next(line for line in lines if line.startswith("Accuracy measured"))
+        return int(said.split(" episodes, ")[1].split(" values")[0].replace(",", ""))
+
+    west = figures(_field_file(es_cube, tmp_path / "west.geojson"))
+    east = figures(_field_file(es_cube, tmp_path / "east.geojson", shift_m=150.0))
+    assert west[0].startswith("note: the field and 2 pixels around it, 14 x 14 of the cube's")
+    assert values(west) != values(east)  # each field's own window
+    # never clear itself: measured on the clear pixels around it (a triangle: half its window
+    # is other ground), and said so
+    from core.cube import write_cube
+    from core.field import Field
+    from core.grid import field_mask
+
+    x, y = es_cube["x"].values, es_cube["y"].values
+    to_lonlat = pyproj.Transformer.from_crs(es_cube.attrs["crs"], "EPSG:4326", always_xy=True)
+    corners = [(x[12], y[12]), (x[42], y[12]), (x[12], y[42]), (x[12], y[12])]
+    triangle = Polygon([to_lonlat.transform(*xy) for xy in corners])
+    field_path = tmp_path / "triangle.geojson"
+    field_path.write_text(json.dumps({"type": "Feature", "geometry": mapping(triangle)}))
+    cloudy = es_cube.copy(deep=True)
+    cloudy["valid"].values[:, field_mask(Field(triangle, "t"), es_cube)] = 0
+    cloudy_path = tmp_path / "cloudy.nc"
+    write_cube(cloudy, cloudy_path)
+    lines = figures(field_path, cloudy_path)
+    said = "\n".join(lines)
+    assert "this field's own clear pixels" not in said and "its own clear pixels" not in said
+    assert (
+        "Measured on the clear pixels around this field (not one of its own is ever clear)" in said
+    )
+    assert "Accuracy measured around this field: the clear pixels around it" in said

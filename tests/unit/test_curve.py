@@ -303,3 +303,28 @@ def test_the_model_moves_the_progress_within_a_chunk_of_days(cubes_dir) -> None:
     done = [d for d, _ in heard]
     assert done == sorted(done) and done[0] == 0 and done[-1] == 4
     assert {1, 2, 3} <= set(done)  # inside the one chunk of four days
+
+
+def test_a_field_window_is_its_bounding_box_and_margin_unless_nothing_there_is_clear(
+    flanders_cube,
+) -> None:
+    from core.curve import field_window
+
+    cube = flanders_cube.isel(time_s2=slice(0, 30), y=slice(0, 40), x=slice(0, 40))
+    height, width = cube.sizes["y"], cube.sizes["x"]
+    mask = np.zeros((height, width), bool)
+    mask[10:14, 20:23] = True
+    window, inside = field_window(cube, mask)
+    assert (window.sizes["y"], window.sizes["x"]) == (8, 7)
+    np.testing.assert_array_equal(window["x"].values, cube["x"].values[18:25])
+    assert inside.sum() == 12 and inside[2:6, 2:5].all()
+    # at the cube's edge the margin stops there; a field over all of it is the cube
+    mask[:] = False
+    mask[0:3, 0:2] = True
+    assert field_window(cube, mask)[0].sizes["y"] == 5
+    assert field_window(cube, np.ones((height, width), bool))[0] is cube
+    # a window with nothing clear in it: the whole cube, for the model to borrow from
+    cloudy = cube.copy(deep=True)
+    cloudy["valid"].values[:, :5, :4] = 0
+    window, inside = field_window(cloudy, mask)
+    assert window is cloudy and inside is mask
