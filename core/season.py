@@ -1239,14 +1239,14 @@ SMALL_FIELD = "too few clear pixels to hide some and score them"
 (review 14: told "too few clear acquisitions" with 22 clear days)."""
 
 
-def _too_small(attrs: dict) -> str:
-    """Why nothing was measured on a field with clear acquisitions enough."""
+def _too_small(attrs: dict, verb: str = "measure") -> str:
+    """Why nothing was measured (``verb``) on a field with clear acquisitions enough."""
     if attrs.get(FIELD_NEVER_CLEAR_ATTR):
         return (
-            "too few clear pixels around this field to measure it on (not one of its own is "
+            f"too few clear pixels around this field to {verb} it on (not one of its own is "
             "ever clear)"
         )
-    return f"the field is too small to measure it on ({SMALL_FIELD})"
+    return f"the field is too small to {verb} it on ({SMALL_FIELD})"
 
 
 def fit_notes(attrs: dict) -> list[str]:
@@ -1293,7 +1293,7 @@ def fit_notes(attrs: dict) -> list[str]:
         notes.append(_field_score_note(attrs))
     if attrs.get("model_calibrate_field") and not attrs.get("model_band_fitted", 1):
         why = (
-            _too_small(attrs)
+            _too_small(attrs, "fit")
             if attrs.get("model_field_too_small")
             else "too few clear acquisitions to fit it on this field"
         )
