@@ -66,6 +66,7 @@ from core.reconstruct import (
     imaged_part,
     pinned,
     reconstruct,
+    require_imaged,
 )
 from core.storage import atomic_output, make_folder, remove_stale_temporaries
 from core.timeline import calendar_day, regular_dates
@@ -385,7 +386,8 @@ def list_fields(
             outline = source.field(index=candidate.index, max_area_ha=max_area_ha)
         except FieldError as exc:
             fields.append(BatchField(candidate.index, field_id, candidate.name, None, str(exc)))
-        else:
+        else:  # called as the summary calls it (an unnamed one took the file's name)
+            outline = dataclasses.replace(outline, name=candidate.name)
             fields.append(BatchField(candidate.index, field_id, candidate.name, outline))
         checked(len(fields))
     return fields
@@ -409,10 +411,16 @@ def column_values(path: str | Path, column: str, *, layer: str | None = None) ->
         raise InputError(f"The fields file {path} has no column '{column}'; its columns: {names}.")
     values: list[str | None] = []
     for record in records:
-        by_key = {str(k).casefold(): v for k, v in record.items()}
-        value = by_key.get(wanted)
+        # the column as written wins; else the first whose case differs (review 15: a GeoJSON
+        # feature's own "id" member, added as "id", took the place of a column "ID")
+        keys = [k for k in record if str(k) == column.strip()] or [
+            k for k in record if str(k).casefold() == wanted
+        ]
+        value = record[keys[0]] if keys else None
         if value is None or (isinstance(value, float) and math.isnan(value)):
             values.append(None)
+        elif isinstance(value, float) and value.is_integer():
+            values.append(str(int(value)))  # an integer column with an empty value reads as float
         else:
             text = str(value).strip()
             values.append(text or None)
@@ -451,20 +459,25 @@ def _attribute_records(path: Path, layer: str | None) -> list[Mapping[str, Any]]
         for feature in features:
             properties = feature.get("properties") if isinstance(feature, dict) else None
             record = dict(properties) if isinstance(properties, dict) else {}
-            if isinstance(feature, dict) and feature.get("id") is not None:
-                record.setdefault("id", feature["id"])
+            has_id = any(str(k).casefold() == "id" for k in record)
+            if isinstance(feature, dict) and feature.get("id") is not None and not has_id:
+                record["id"] = feature["id"]
             records.append(record)
         return records
     import pyogrio
     from pyogrio.errors import DataLayerError, DataSourceError
 
+    from core.field import outline_sources
+
+    records = []
     try:
-        layers = [str(n) for n, kind in pyogrio.list_layers(path) if kind is not None]
-        chosen = layers if layer is None else [n for n in layers if n == layer]
-        records = []
-        for name in chosen:
-            frame = pyogrio.read_dataframe(path, layer=name, read_geometry=False)
-            records += frame.to_dict("records")
+        with outline_sources(path) as sources:
+            for source in sources:  # in the order the outline reader takes them
+                layers = [str(n) for n, kind in pyogrio.list_layers(source) if kind is not None]
+                chosen = layers if layer is None else [n for n in layers if n == layer]
+                for name in chosen:
+                    frame = pyogrio.read_dataframe(source, layer=name, read_geometry=False)
+                    records += frame.to_dict("records")
     except (DataSourceError, DataLayerError, OSError) as exc:
         raise InputError(f"Cannot read the attributes of {path}: {exc}") from None
     return records
@@ -515,6 +528,7 @@ def reconstruct_task(
     started = time.perf_counter()
     result = fetched.result
     if result is None or item.field is None:
+        clear_outputs(Path(folder))
         return FieldRow(
             item.field_id, item.name, FAILED, seconds=fetched.seconds, error=fetched.error
         )
@@ -529,6 +543,7 @@ def reconstruct_task(
                 item.field, result, request, Path(folder), fingerprint, item.field_id, item.name
             )
     except Exception as exc:  # reported in the summary; the other fields carry on
+        clear_outputs(Path(folder))
         return FieldRow(
             item.field_id,
             item.name,
@@ -538,6 +553,17 @@ def reconstruct_task(
             error=failure_message(exc),
         )
     return dataclasses.replace(row, seconds=fetched.seconds + time.perf_counter() - started)
+
+
+def clear_outputs(folder: Path) -> None:
+    """Remove a failed field's outputs from ``folder``, its marker first. They were made for
+    another request (its outputs for this one would have been skipped as complete): a field
+    redrawn or moved, another period, or, for unnamed fields, another field at the same place
+    in the file. Kept, its curve went into the joined table as the failed field's, and its
+    folder held another outline's frames (review 15)."""
+    for name in (MARKER_FILE, CURVE_FILE, FRAMES_FILE):
+        with contextlib.suppress(OSError):
+            (folder / name).unlink()
 
 
 def frame_dates(cube: xr.Dataset, start: str, end: str, every_days: int) -> np.ndarray:
@@ -585,6 +611,7 @@ def write_field_outputs(
         raise FieldError(
             f"The field '{name}' covers no pixel centre of its 10 m grid; outline a larger field."
         )
+    require_imaged(mask, cube, name)
     mask, outside = imaged_part(mask, cube)  # its figures over the part the imagery covers
     dates = frame_dates(cube, request.start, request.end, request.every_days)
     # The frames that fall on the curve's days are kept from the curve's own reconstruction
@@ -778,16 +805,17 @@ def run_batch(
     run = uuid.uuid4().hex[:8]
     pending = {}
     for item in fields:
+        folder = out / item.field_id
         if item.field is None:
+            clear_outputs(folder)
             report(item, FieldRow(item.field_id, item.name, FAILED, error=item.error))
             continue
         fingerprint = request.fingerprint(item.field, settings)
-        folder = out / item.field_id
         if folder.is_dir():
             remove_stale_temporaries(folder)
         finished = completed_row(folder, fingerprint)
-        if finished is not None:
-            report(item, finished)
+        if finished is not None:  # named as the file names it now (review 15: a renamed
+            report(item, dataclasses.replace(finished, name=item.name))  # field kept its old)
             continue
         if not pending:  # the folder's tables no longer describe it until they are rewritten
             _remove_tables(out)
@@ -953,8 +981,8 @@ def joined_curves(rows: Sequence[FieldRow], out_dir: Path) -> str:
     writer.writerow(["field_id", "name", *CURVE_COLUMNS])
     for row in rows:
         path = out_dir / row.field_id / CURVE_FILE
-        if not path.is_file():
-            continue
+        if row.status not in (OK, SKIPPED) or not path.is_file():
+            continue  # a failed field's folder may hold another request's curve (review 15)
         with path.open(newline="", encoding="utf-8") as handle:
             for record in csv.DictReader(handle):
                 writer.writerow([row.field_id, row.name, *(record[c] for c in CURVE_COLUMNS)])
@@ -1085,6 +1113,8 @@ def upload_batch_so_far(
         if item.field is not None:
             fingerprint = request.fingerprint(item.field, settings)
             row = completed_row(upload.out_dir / item.field_id, fingerprint)
+        if row is not None:
+            row = dataclasses.replace(row, name=item.name)
         rows.append(row or FieldRow(item.field_id, item.name, NOT_DONE))
     return _outcome(name, request, upload, rows, 0.0, stopped=True)
 

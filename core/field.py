@@ -822,6 +822,23 @@ def _file_origin(path: Path) -> str:
     return f"file '{path.name}'"
 
 
+@contextmanager
+def outline_sources(path: str | Path) -> Iterator[list[Path]]:
+    """The files GDAL reads a fields file's features from: a zipped shapefile's ``.shp`` files
+    and a KMZ's ``.kml``, wherever they lie in the archive, extracted for the block (with the
+    checks of reading it as a field file); any other file as it is. For a reader of the
+    features' attributes to see what the outline reader saw (review 15: GDAL's own ``/vsizip/``
+    finds a shapefile only at the archive's root)."""
+    source = Path(path)
+    suffix = source.suffix.lower()
+    if suffix not in (".zip", ".kmz"):
+        yield [source]
+        return
+    wanted = ".shp" if suffix == ".zip" else ".kml"
+    with TemporaryDirectory(prefix="fieldflow-zip-") as tmp:
+        yield _extract(source, Path(tmp), wanted, _file_origin(source))
+
+
 def _file_features(path: Path, layer: str | None) -> list[_Feature]:
     """Dispatch on the extension; every reader returns features in EPSG:4326."""
     origin = _file_origin(path)
@@ -840,6 +857,12 @@ def _file_features(path: Path, layer: str | None) -> list[_Feature]:
         raise FieldError(f"File not found: {path}. Check the path.")
     _check_size(path.stat().st_size, origin)
     if suffix in (".geojson", ".json"):
+        if layer is not None:  # review 15: ignored without a word
+            raise FieldError(
+                f"The {origin} is GeoJSON, which has no layers, so it has no layer '{layer}'; "
+                "leave the layer out (layers are those of a GeoPackage, KML/KMZ or zipped "
+                "shapefiles)."
+            )
         return _geojson_features(path.read_bytes(), origin)
     if suffix in (".zip", ".kmz"):
         wanted = ".shp" if suffix == ".zip" else ".kml"

@@ -40,7 +40,7 @@ import xarray as xr
 
 from core.config import DEFAULT_CHECKPOINT, checkpoint_version
 from core.cube import NETCDF_LOCK, S2_BANDS, bands_present, validate_cube
-from core.errors import InputError
+from core.errors import FieldError, InputError
 from core.indices import ndvi
 from core.model.config import VIEW_COUNTS
 from core.screening import Screening, screen_cube
@@ -457,6 +457,18 @@ def imaged_part(mask: np.ndarray, cube: xr.Dataset) -> tuple[np.ndarray, float]:
     if not covered.any():
         return mask, 1.0
     return covered, 1.0 - float(covered.sum()) / float(max(int(mask.sum()), 1))
+
+
+def require_imaged(mask: np.ndarray, cube: xr.Dataset, name: str) -> None:
+    """FieldError when no Sentinel-2 acquisition of ``cube`` images a pixel of ``mask``: the
+    field lies outside the imagery. With linear it read as clouds ("choose a longer period, or
+    the model"), and the model made an "ok" curve of blank days (review 15)."""
+    if mask.any() and not (mask & imaged_pixels(cube)).any():
+        raise FieldError(
+            f"No Sentinel-2 acquisition of the period images any pixel of the field '{name}': "
+            "it lies outside the imagery (past the edge of the data, or of a swath or tile). "
+            "Check that the outline is where the field is."
+        )
 
 
 def clear_pixels(cube: xr.Dataset, mask: np.ndarray | None = None) -> np.ndarray:

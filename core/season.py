@@ -86,6 +86,7 @@ from core.reconstruct import (
     method_choices,
     pinned,
     reconstruct,
+    require_imaged,
     screened,
 )
 from core.render import (
@@ -907,7 +908,11 @@ def imagery_cover(
     the field (over :data:`OUTSIDE_NOTED`) lies outside the imagery: past an offline cube's
     edge, or in a strip no acquisition of the period covers (a swath or tile edge). Field
     figures (clear shares, the curve) are measured over the covered pixels; measured over the
-    whole field, a field half outside had no day "mostly clear"."""
+    whole field, a field half outside had no day "mostly clear".
+
+    Raises:
+        FieldError: no acquisition images a pixel of the field (:func:`require_imaged`).
+    """
     covered = mask & imaged_pixels(cube)
     pixels = int(mask.sum())
     wanted = grid_for_field(field)
@@ -916,8 +921,7 @@ def imagery_cover(
         pixels = max(pixels, int(field_mask(field, wanted).sum()))
     except InputError:  # another CRS or lattice: only the pixels on this grid are known
         pass
-    if not covered.any():
-        return mask, None  # nothing to measure over; the reconstruction says why
+    require_imaged(mask, cube, field.name)
     outside = 1.0 - covered.sum() / pixels
     if outside <= OUTSIDE_NOTED:
         return covered, None

@@ -28,7 +28,7 @@ from core.curve import (
 from core.errors import FieldError, InputError
 from core.field import OPTION_CHOICE, Field, field_from_file
 from core.grid import field_mask, share_outside
-from core.reconstruct import OUTSIDE_NOTED, imaged_part
+from core.reconstruct import OUTSIDE_NOTED, imaged_part, require_imaged
 from core.storage import check_output_path
 from core.timeline import regular_dates
 
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "inside it); check that the cube was fetched for this field."
             )
         warn_if_partly_outside(field, cube, args.cube, args.geojson)
+        require_imaged(mask, cube, field.name)
         mask, unseen = imaged_part(mask, cube)
         if unseen > OUTSIDE_NOTED:
             print(

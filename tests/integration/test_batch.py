@@ -258,6 +258,25 @@ def test_a_rerun_skips_every_field_without_a_request(site, first_run, tmp_path, 
         }
 
 
+def test_a_field_renamed_in_the_file_is_resumed_under_its_new_name(
+    site, first_run, tmp_path, monkeypatch
+):
+    # Review 15: the skipped row, and so summary.csv and all_fields_ndvi.csv, kept the name
+    # stored with the earlier outputs.
+    _fields, out, cache, _ = first_run
+    rerun = tmp_path / "results"
+    shutil.copytree(out, rerun)
+    names = ["Grass (was maize)", *NAMES[1:]]
+    renamed = write_fields(tmp_path / "renamed.gpkg", strips(site), names, list(IDS))
+    monkeypatch.setenv("STAC_API_URL", site.stac_url)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(cache))
+    code, printed = run_cli(batch_args(renamed, rerun, site))
+    assert code == 0 and printed.count("skipped, complete from an earlier run") == 3
+    assert [r["name"] for r in read_summary(rerun)] == names
+    with (rerun / "all_fields_ndvi.csv").open() as handle:
+        assert {r["name"] for r in csv.DictReader(handle) if r["field_id"] == IDS[0]} == {names[0]}
+
+
 def test_a_rerun_with_another_request_takes_the_old_tables_away_before_any_field(
     site, first_run, tmp_path
 ) -> None:

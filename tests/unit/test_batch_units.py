@@ -1010,3 +1010,113 @@ def test_a_field_folder_that_turned_read_only_is_said_in_words(tmp_path) -> None
             assert row.error.startswith("Could not ") and str(folder) in row.error, row.error
             assert "Errno" not in row.error and "OSError" not in row.error
             assert row.error.endswith("Choose a folder you can write to, then run again.")
+
+
+# --- review 15: odd field files through batch ---------------------------------------------------
+
+
+def test_a_field_that_fails_on_a_rerun_leaves_no_other_requests_outputs_behind(tmp_path) -> None:
+    # Its old curve went into all_fields_ndvi.csv as its own, and, for unnamed fields, another
+    # field's curve under its folder.
+    from core.batch import joined_curves
+
+    out = tmp_path / "out"
+    fingerprint = REQUEST.fingerprint(FIELD, SETTINGS)
+    for field_id in ("a", "b", "c"):
+        write_field_outputs(
+            FIELD, fetch_result(), REQUEST, out / field_id, fingerprint, field_id, field_id
+        )
+    other = BatchRequest(start="2023-05-01", end="2023-05-31", every_days=3)
+    rows = [
+        reconstruct_task(
+            Fetched(None, "No scenes.", 0.1),
+            BatchField(0, "a", "A", FIELD),
+            other,
+            str(out / "a"),
+            {},
+        ),
+        reconstruct_task(
+            Fetched(fetch_result(), None, 0.1),
+            BatchField(1, "b", "B", None),
+            other,
+            str(out / "b"),
+            {},
+        ),
+        completed_row(out / "c", fingerprint),
+    ]
+    assert [r.status for r in rows] == ["failed", "failed", "skipped"]
+    for field_id in ("a", "b"):
+        assert not any(
+            (out / field_id / name).exists() for name in (MARKER_FILE, CURVE_FILE, FRAMES_FILE)
+        )
+    table = joined_curves(rows, out).splitlines()
+    assert {line.split(",")[0] for line in table[1:]} == {"c"}
+    # a failed row whose folder still holds a curve (written by hand, say) is not joined either
+    (out / "a" / CURVE_FILE).write_text((out / "c" / CURVE_FILE).read_text())
+    assert {line.split(",")[0] for line in joined_curves(rows, out).splitlines()[1:]} == {"c"}
+
+
+def test_an_id_column_wins_over_a_geojson_features_own_id_and_integers_stay_integers(
+    tmp_path,
+) -> None:
+    # geopandas' to_json writes its row index as each feature's "id": --id-column ID gave
+    # folders 0/1/2, not the column's P-17/P-18/P-21; an integer column with an empty value
+    # reads as floats and gave 101_0.
+    outline = FIELD.geometry
+    features = [_feature(outline, ID=f"P-{n}", name=f"n{n}") for n in (17, 18, 21)]
+    for index, feature in enumerate(features):
+        feature["id"] = str(index)
+    path = _write_geojson(tmp_path / "fields.geojson", features)
+    assert [f.field_id for f in list_fields(path, id_column="ID")] == ["P-17", "P-18", "P-21"]
+    assert [f.field_id for f in list_fields(path, id_column="id")] == ["P-17", "P-18", "P-21"]
+    frame = gpd.GeoDataFrame(
+        {"parcel_id": [101.0, 102.0, None]}, geometry=[outline] * 3, crs="EPSG:4326"
+    )
+    frame.to_file(tmp_path / "fields.gpkg", layer="arable", driver="GPKG")
+    ids = [f.field_id for f in list_fields(tmp_path / "fields.gpkg", id_column="parcel_id")]
+    assert ids == ["101", "102", "feature-2"]
+
+
+def test_an_id_column_of_a_zipped_shapefile_in_a_folder_of_the_zip(tmp_path) -> None:
+    # GDAL's /vsizip/ finds a shapefile at the archive's root only: the outlines were read,
+    # the column was not ("not recognized as being in a supported file format").
+    import zipfile
+
+    folder = tmp_path / "Export 2024"
+    folder.mkdir()
+    frame = gpd.GeoDataFrame(
+        {"parcel_no": ["A1", "A2"]}, geometry=[FIELD.geometry] * 2, crs="EPSG:4326"
+    )
+    frame.to_file(folder / "parcels.shp")
+    archive = tmp_path / "parcels.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for part in folder.iterdir():
+            bundle.write(part, f"Export 2024/{part.name}")
+    assert [f.field_id for f in list_fields(archive, id_column="parcel_no")] == ["A1", "A2"]
+
+
+def test_a_layer_given_for_a_geojson_is_refused_and_unnamed_fields_are_called_as_listed(
+    tmp_path,
+) -> None:
+    path = _write_geojson(tmp_path / "pA2.geojson", [_feature(FIELD.geometry)])
+    with pytest.raises(FieldError, match=r"is GeoJSON, which has no layers.*'arable'"):
+        list_fields(path, layer="arable")
+    (item,) = list_fields(path)
+    assert item.name == "feature 0" and item.field.name == "feature 0"  # not the file's 'pA2'
+
+
+def test_a_field_outside_the_imagery_fails_with_that_reason(tmp_path) -> None:
+    # The model made an "ok" curve of blank days; linear blamed clouds.
+    cube = make_cube()
+    cube["s2"].values[:] = np.nan
+    cube["valid"].values[:] = 0
+    cube["s2"].values[:, :, 0, 0] = 0.1  # imaged outside the field only
+    cube["valid"].values[:, 0, 0] = 1
+    item = BatchField(0, "out", "Outside", FIELD)
+    for method in ("linear", "model"):
+        request = dataclasses.replace(REQUEST, method=method)
+        row = reconstruct_task(
+            Fetched(fetch_result(cube), None, 0.1), item, request, str(tmp_path / method), {}
+        )
+        assert row.status == "failed", row
+        assert "images any pixel of the field 'Outside': it lies outside the imagery" in row.error
