@@ -262,3 +262,20 @@ def test_whittaker_workers_are_kept_and_a_dead_one_is_survived(flanders_cube, mo
     np.testing.assert_allclose(smooth_whittaker(values, days, query), first, **close)
     np.testing.assert_allclose(smooth_whittaker(values, days, query), first, **close)
     assert core.baselines._pools[2] is not pool
+
+
+def test_whittaker_never_swings_below_what_a_pixel_was_observed_at(flanders_cube) -> None:
+    # Review 14: across be-flanders-a's winter gaps the smoother took red to 0 on 29
+    # pixel-dates, where NDVI read exactly 1.0.
+    from core.baselines import whittaker_floor
+    from core.reconstruct import ReconstructOptions, reconstruct
+    from core.timeline import regular_dates
+
+    query = regular_dates("2017-09-01", "2018-03-01", 3)
+    result = reconstruct(flanders_cube, query, "whittaker", ReconstructOptions())
+    observed = flanders_cube["s2"].where(flanders_cube["valid"] == 1).values
+    floor = whittaker_floor(observed)[0]  # (B, H, W)
+    values = result["s2"].values
+    assert (values >= floor[None] - 1e-7)[np.isfinite(values)].all()
+    assert np.nanmin(result["s2"].sel(band="B04").values) > 0
+    assert np.nanmax(result["ndvi"].values) < 0.99

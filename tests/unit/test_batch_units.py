@@ -389,7 +389,7 @@ def test_a_failure_mid_way_leaves_no_marker_and_the_field_is_redone(tmp_path, mo
     assert row.status == "failed" and row.error == "OSError: disk full"
     assert row.scenes_s2 == 5 and row.seconds >= 1.0
     assert not (folder / MARKER_FILE).exists()  # the old marker went first
-    assert (folder / FRAMES_FILE).exists()  # a partial output, not vouched for
+    assert not (folder / FRAMES_FILE).exists()  # the partial output too (review 15)
     assert completed_row(folder, fingerprint) is None and completed_row(folder, other_print) is None
 
     monkeypatch.undo()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from core.baselines import smooth_whittaker
+from core.baselines import smooth_whittaker, whittaker_floor
 from core.model import blend as blend_module
 from core.model.blend import (
     BLEND_GRID,
@@ -275,7 +275,9 @@ def test_reconstruction_moves_mean_and_samples_by_the_fitted_weights(
     assert field.blend is not None and field.blend.weights.max() > 0
     assert field.model is base.model and field.spread_scale == base.spread_scale
     observed = cube["s2"].where(cube["valid"] == 1).values
-    smoother = np.maximum(smooth_whittaker(observed, to_days(times), to_days(query)), 0)
+    smoother = np.maximum(  # never below the lowest each pixel was seen at, nor 0
+        smooth_whittaker(observed, to_days(times), to_days(query)), whittaker_floor(observed)
+    )
     distance = nearest_clear_days(cube["valid"].values == 1, to_days(times), to_days(query))
     want = plain["s2"].values + field.blend.delta(plain["s2"].values, smoother, distance)
     kept = blended["observed"].values.astype(bool)[:, None] | ~np.isfinite(want)
