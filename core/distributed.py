@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.config import usable_cpus
 from core.errors import ClusterError, InputError
 from core.progress import check, listening
 from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
@@ -558,6 +559,22 @@ def _workers_ignore_ctrl_c() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+MAX_WORKERS_PER_CPU = 4
+"""Most local workers per usable core: beyond, they only wait on each other (and 100,000 of
+them kept Dask starting nannies for minutes without a word; review 16)."""
+
+
+def check_local_workers(workers: int, option: str = "--workers") -> None:
+    """InputError when a local cluster of ``workers`` is more than this machine can run."""
+    most = MAX_WORKERS_PER_CPU * usable_cpus()
+    if workers > most:
+        raise InputError(
+            f"{option} {workers} is more workers than this machine can run: at most {most} "
+            f"({MAX_WORKERS_PER_CPU} per usable core, {usable_cpus()} here). For more, start a "
+            "Dask cluster across machines and give its address (--scheduler)."
+        )
+
+
 def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: int = 1) -> Cluster:
     """Start ``workers`` workers on this machine.
 
@@ -577,6 +594,7 @@ def local_cluster(workers: int, *, processes: bool = True, threads_per_worker: i
             f"A local cluster needs at least 1 worker and 1 thread, not {workers} and "
             f"{threads_per_worker}."
         )
+    check_local_workers(workers)
     note = ""
     kwargs: dict[str, Any] = {
         "n_workers": workers,

@@ -28,6 +28,7 @@ from pystac_client import Client
 from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
+from pystac_client.warnings import DoesNotConformTo
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 from urllib3.util.retry import Retry
@@ -343,6 +344,12 @@ def translate_errors(url: str, tries: int, *, what: str) -> Iterator[None]:
         raise NetworkError(
             f"The answer of {url} is not a usable STAC API response (trying to {what}): "
             f"{_short(exc)}. Check STAC_API_URL."
+        ) from exc
+    except DoesNotConformTo as exc:  # a static catalogue: no /search (review 16: a traceback)
+        raise InputError(
+            f"STAC_API_URL is {url!r}, a STAC catalogue without item search (no /search), not "
+            f"a STAC API: give an API's root, e.g. {PLANETARY_COMPUTER_STAC_URL}, or unset it "
+            "to use Planetary Computer, and start again."
         ) from exc
     except NotImplementedError as exc:
         raise NetworkError(

@@ -121,6 +121,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     from core.distributed import (
         SCHEDULER_ENV,
+        check_local_workers,
         check_scheduler_address,
         connect,
         local_cluster,
@@ -137,6 +138,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             name="--scheduler" if args.scheduler else SCHEDULER_ENV,
             or_else=f", or '{LOCAL}' for a local cluster on this machine",
         )
+    if not (address and address != LOCAL):  # a local cluster: its size checked up front
+        check_local_workers(args.workers)
     check_output_folder(args.out)
     method = chosen_method(args, settings)
     resolve_method(method)  # InputError naming the choices

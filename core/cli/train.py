@@ -409,6 +409,11 @@ def training_claim(out: Path) -> Iterator[None]:
             lock_path.unlink(missing_ok=True)  # while held: nothing is left in the folder
 
 
+MAX_VALIDATION_EPISODES = 1000
+"""Most ``--validation-episodes``: review 16 measured 1.1 MB and 10 ms per episode with the tiny
+model, taken after the whole training, so a slip of a few zeros lost an hour's training."""
+
+
 def check_numbers(args: argparse.Namespace) -> None:
     """Refuse, before any cube is read, numbers the training cannot run with.
 
@@ -429,6 +434,13 @@ def check_numbers(args: argparse.Namespace) -> None:
     for flag, value in at_least_one.items():
         if value is not None and value < 1:
             raise InputError(f"{flag} must be 1 or more, not {value}.")
+    if args.validation_episodes > MAX_VALIDATION_EPISODES:  # held in memory after training
+        raise InputError(
+            f"--validation-episodes must be at most {MAX_VALIDATION_EPISODES}, not "
+            f"{args.validation_episodes}: they are cut once the training has run and held in "
+            "memory before the checkpoint is saved (about 1 MB each with the tiny model, more "
+            "with a full one); the default is 48."
+        )
     if args.threads < 0:
         raise InputError(f"--threads must be 0 (torch's default) or more, not {args.threads}.")
     if not 0 <= args.seed < SEED_LIMIT:

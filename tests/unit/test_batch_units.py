@@ -1120,3 +1120,24 @@ def test_a_field_outside_the_imagery_fails_with_that_reason(tmp_path) -> None:
         )
         assert row.status == "failed", row
         assert "images any pixel of the field 'Outside': it lies outside the imagery" in row.error
+
+
+def test_more_local_workers_than_the_machine_can_run_are_refused_before_any_work(
+    tmp_path, capsys
+) -> None:
+    # Review 16: --workers 100000 kept Dask starting nannies for minutes without a word.
+    from core.cli import main
+    from core.config import usable_cpus
+    from core.distributed import MAX_WORKERS_PER_CPU
+
+    fields = _write_geojson(tmp_path / "f.geojson", [_feature(FIELD.geometry, name="a")])
+    most = MAX_WORKERS_PER_CPU * usable_cpus()
+    out = str(tmp_path / "out")
+    args = ["batch", "--fields", str(fields), "--start", "2023-05-01", "--end", "2023-05-10",
+            "--method", "linear", "--out", out, "--scheduler", "local"]  # fmt: skip
+    started = time.monotonic()
+    assert main([*args, "--workers", "100000"]) == 2
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    assert f"--workers 100000 is more workers than this machine can run: at most {most}" in err
+    assert not (tmp_path / "out").exists()

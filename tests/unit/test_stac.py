@@ -283,6 +283,47 @@ def test_a_url_of_another_page_of_the_api_is_named_not_a_traceback(
     assert "ClientTypeError" not in message and "unset it" in message
 
 
+def test_a_static_catalogue_without_item_search_is_named_not_a_traceback() -> None:
+    # Review 16: pystac-client's DoesNotConformTo reached the user as a traceback, and each
+    # field of a batch failed with its bare name. A real HTTP server serves the catalogue.
+    import http.server
+    import json
+    import threading
+
+    from shapely.geometry import box
+
+    from core.stac import search_scenes
+
+    catalogue = {"type": "Catalog", "id": "x", "stac_version": "1.0.0", "description": "x",
+                 "links": [], "conformsTo": []}  # fmt: skip
+
+    class Static(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(catalogue).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Static)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    try:
+        client = open_client(Settings(stac_api_url=url, retries=0))
+        with pytest.raises(InputError) as caught:
+            search_scenes(client, S2_COLLECTION, box(3.0, 51.0, 3.01, 51.01),
+                          dt.date(2023, 5, 1), dt.date(2023, 5, 10))  # fmt: skip
+    finally:
+        server.shutdown()
+    message = str(caught.value)
+    assert message.startswith(f"STAC_API_URL is {url!r}, a STAC catalogue without item search")
+    assert "DoesNotConformTo" not in message and "unset it" in message
+
+
 # --- signing at read time (review 11) ------------------------------------------------------------
 
 

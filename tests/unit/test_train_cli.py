@@ -389,6 +389,7 @@ def test_a_cube_inside_a_held_out_site_under_another_name_releases_it(
         (["--steps", "0"], "--steps must be 1 or more"),
         (["--batch-size", "-1"], "--batch-size must be 1 or more"),
         (["--validation-episodes", "0"], "--validation-episodes must be 1 or more"),
+        (["--validation-episodes", "100000"], "--validation-episodes must be at most 1000"),
         (["--depth", "0"], "--depth must be 1 or more"),
         (["--threads", "-4"], "--threads must be 0"),
         (["--seed", str(10**23)], "--seed must be between 0"),
