@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from core.cli.reconstruct import (
     add_method_arguments,
+    check_model_up_front,
     chosen_checkpoint,
     chosen_method,
     options_from_args,
@@ -170,11 +171,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "--checkpoint, train one ('python -m core train') or use --method linear."
             )
         if method == "model":  # on this machine: refused now, not after every field's fetch
-            from core.model.checkpoint import load_checkpoint
-            from core.model.inference import resolve_device
-
-            resolve_device(options.device)
-            load_checkpoint(chosen_checkpoint(args, settings))
+            check_model_up_front(options.device, chosen_checkpoint(args, settings))
         cluster = local_cluster(args.workers, processes=args.local_mode == "processes")
 
     def on_row(row: FieldRow, done: int, total: int) -> None:

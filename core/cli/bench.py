@@ -24,7 +24,7 @@ from core.bench import (
     machine_description,
     results_to_dict,
 )
-from core.cli.reconstruct import chosen_checkpoint
+from core.cli.reconstruct import check_model_up_front, chosen_checkpoint
 from core.config import Settings, checkpoint_option
 from core.errors import InputError
 from core.evaluate import BASELINES
@@ -78,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the extra untimed call under tracemalloc (faster)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (model only)")
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="model only"
+    )
     parser.add_argument(
         "--checkpoint",
         type=Path,
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"(about {MAX_SIZE_PX} px a side, 2,500 ha at 10 m); bench sizes up to that."
         )
     check_options("model", ReconstructOptions(samples=args.samples, steps=args.steps))
+    if any(m not in BASELINES for m in methods):
+        check_model_up_front(args.device, chosen_checkpoint(args, settings))
     if args.json is not None:
         check_output_path(
             args.json,

@@ -25,6 +25,7 @@ import xarray as xr
 from core.cli.reconstruct import (
     add_model_arguments,
     add_screen_arguments,
+    check_model_up_front,
     chosen_checkpoint,
     options_from_args,
 )
@@ -262,6 +263,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     options = options_from_args(args, settings)
     for method in methods:
         check_options(method, options)
+    if "model" in methods:
+        check_model_up_front(options.device, chosen_checkpoint(args, settings))
     paths = cube_paths(args.cube, args.cubes_dir, settings)
     if args.json is not None:
         check_output_path(

@@ -198,6 +198,22 @@ def chosen_checkpoint(args: argparse.Namespace, settings: Settings) -> Path:
     return named_checkpoint(args.checkpoint, settings)
 
 
+def check_model_up_front(device: str, checkpoint: Path) -> None:
+    """The device and the checkpoint a model run will use, checked before any work: found
+    wrong only when the model first ran, ``evaluate`` had scored other cubes and ``bench`` run
+    every baseline case for nothing (review 16).
+
+    Raises:
+        InputError: an unknown device, cuda where no GPU is visible, or a checkpoint that
+            cannot be read.
+    """
+    from core.model.checkpoint import load_checkpoint
+    from core.model.inference import resolve_device
+
+    resolve_device(device)
+    load_checkpoint(checkpoint)
+
+
 def chosen_method(args: argparse.Namespace, settings: Settings) -> str:
     """``--method``, else the model when its checkpoint is there, else linear interpolation."""
     return args.method or default_method(chosen_checkpoint(args, settings))

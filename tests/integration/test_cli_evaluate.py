@@ -241,3 +241,35 @@ def test_seen_must_name_a_method_evaluated(cubes_dir, capsys) -> None:
         "error: --seen names 'modle', which is not among --methods (linear): give --seen "
         "METHOD=CUBE,... for a method evaluated.\n"
     )
+
+
+@pytest.mark.parametrize("command", ["evaluate", "bench"])
+def test_a_wrong_device_or_checkpoint_is_refused_before_any_cube_is_scored(
+    cubes_dir, tmp_path, command
+) -> None:
+    # Review 16: found only when the model first ran, after the baselines of other cubes (or
+    # every baseline case of bench) had run for nothing; bench then exited 1, not 2.
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a model")
+    cube = str(cubes_dir / "es-field_2019.nc")
+    runs = {
+        "evaluate": ["evaluate", "--cube", cube, "--methods", "linear,model"],
+        "bench": ["bench", "--source", cube, "--methods", "linear,model", "--sizes", "8",
+                  "--dates", "10", "--repeats", "1", "--no-trace"],
+    }  # fmt: skip
+    for extra, message in (
+        (["--checkpoint", str(bad)], f"error: Cannot read the model checkpoint {bad}"),
+        (["--device", "cuda"], "error: The device cuda was asked for"),
+    ):
+        if extra[1] == "cuda" and torch_sees_a_gpu():
+            continue
+        done = _core(*runs[command], *extra)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(message), done.stderr
+        assert "es-field_2019:" not in done.stderr and done.stdout == ""  # nothing scored
+
+
+def torch_sees_a_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
