@@ -501,10 +501,15 @@ def connect(
     try:
         client = Client(target, timeout=f"{timeout_s}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
+        local = (  # where the address came from (review 16: "unset" a variable not set)
+            "give no scheduler (on the command line, --scheduler local)"
+            if (address or "").strip()
+            else f"unset {SCHEDULER_ENV}"
+        )
         raise ClusterError(
             f"Cannot reach the Dask scheduler at {target} within {timeout_s:g} s ({exc}). Start "
-            f"it ('dask scheduler', then 'dask worker {target}'), fix the address, or unset "
-            f"{SCHEDULER_ENV} to work on this machine."
+            f"it ('dask scheduler', then 'dask worker {target}'), fix the address, or {local} "
+            "to work on this machine."
         ) from None
     prepare_workers(client)
     cluster = Cluster(client)

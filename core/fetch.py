@@ -55,6 +55,7 @@ from shapely.geometry import mapping
 from core.config import Settings
 from core.cube import S2_BANDS, build_cube
 from core.errors import AccessDeniedError, FieldError, InputError, NetworkError, NoScenesError
+from core.field import hectares
 from core.grid import Grid, field_mask, grid_for_field
 from core.indices import NIR, NIR_NARROW, RED
 from core.land import field_swapped_hint
@@ -1041,7 +1042,8 @@ def fetch_cube(
     area_ha = getattr(field, "area_ha", None)
     if area_ha is not None and area_ha > settings.max_area_ha:
         raise FieldError(
-            f"The field covers {area_ha:.0f} ha, more than the {settings.max_area_ha:.0f} ha "
+            f"The field covers {hectares(area_ha)} ha, more than the "
+            f"{hectares(settings.max_area_ha)} ha "
             "limit (FIELDFLOW_MAX_AREA_HA); draw a smaller field."
         )
     grid = grid or grid_for_field(field)

@@ -235,6 +235,12 @@ class _Feature:
     layer: str | None = None
 
 
+def hectares(value: float) -> str:
+    """An area in hectares for a message: whole hectares from 10 up, else 3 significant digits
+    (review 16: a limit of 0.0001 ha read "0 ha")."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
+
+
 # --- public constructors ------------------------------------------------------------------------
 
 
@@ -567,7 +573,7 @@ def _checked_field(
     if area_ha > max_area_ha:
         raise FieldError(
             f"The field in the {origin} is {area_ha:,.1f} ha, above the limit of "
-            f"{max_area_ha:,.0f} ha. Outline a single field (or raise FIELDFLOW_MAX_AREA_HA)."
+            f"{hectares(max_area_ha)} ha. Outline a single field (or raise FIELDFLOW_MAX_AREA_HA)."
         )
     return Field(geometry=polygonal, name=name, repaired=repaired)
 

@@ -73,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser = build_parser(selected)
             args = parser.parse_args(args_list)
             module = importlib.import_module(f"core.cli.{args.command}")
-            uses_model = getattr(module, "USES_MODEL", True)
+            # linear and Whittaker never load a model: a wrong FIELDFLOW_CHECKPOINT must not
+            # stop them (review 16)
+            baseline = getattr(args, "method", None) in ("linear", "whittaker")
+            uses_model = getattr(module, "USES_MODEL", True) and not baseline
             return int(module.run(args, Settings.from_env(check_checkpoint=uses_model)) or 0)
     except FieldFlowError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -61,6 +61,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     folder = settings.cache_dir
     cap = f"{settings.cache_max_gb:g} GB" if settings.cache_max_gb > 0 else "none"
     print(f"Cache folder: {folder} (FIELDFLOW_CACHE_DIR; size cap after each fetch: {cap})")
+    if folder.exists() and not folder.is_dir():  # review 16: "does not exist yet"
+        raise InputError(
+            f"The cache folder (FIELDFLOW_CACHE_DIR) {folder} is a file, not a folder: set "
+            "FIELDFLOW_CACHE_DIR to a folder (it is made at the first fetch)."
+        )
     if not folder.is_dir():
         print("It does not exist yet: nothing has been fetched.")
         return 0

@@ -10,8 +10,8 @@ import xarray as xr
 from core.cli.fetch import add_feature_arguments
 from core.cli.reconstruct import (
     add_method_arguments,
-    chosen_checkpoint,
     chosen_method,
+    model_checkpoint,
     options_from_args,
     outside_note,
     unused_model_options,
@@ -50,17 +50,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Compute the curve, write the CSV and print a one-line summary."""
-    if not args.geojson and (args.index is not None or args.name is not None):
-        given = "--index" if args.index is not None else "--name"
+    if not args.geojson and (
+        args.index is not None or args.name is not None or args.layer is not None
+    ):
+        given = next(
+            flag
+            for flag, value in (
+                ("--index", args.index),
+                ("--name", args.name),
+                ("--layer", args.layer),
+            )
+            if value is not None
+        )
         raise InputError(
-            f"{given} picks one feature of the --geojson file, but no --geojson was given: add "
+            f"{given} picks {'a layer' if given == '--layer' else 'one feature'} of the "
+            "--geojson file, but no --geojson was given: add "
             f"--geojson FILE, or leave {given} out to use every pixel of the cube with data."
         )
     method = chosen_method(args, settings)
     check_output_path(
         args.out,
         inputs=[args.cube, *([args.geojson] if args.geojson else [])],
-        model=chosen_checkpoint(args, settings),
+        model=model_checkpoint(args, settings, method),
         writes="CSV",
         made_by={"NetCDF": "`python -m core reconstruct`, which writes the frames"},
     )

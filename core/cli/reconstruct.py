@@ -15,6 +15,7 @@ from core.errors import InputError
 from core.model.catalog import named_checkpoint
 from core.reconstruct import (
     HAZE_SCREEN_ATTR,
+    PIXELWISE_METHODS,
     ReconstructOptions,
     available_methods,
     check_options,
@@ -162,11 +163,19 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the samples")
 
 
-def unused_model_options(args: argparse.Namespace, method: str) -> str | None:
-    """A note naming the model's own options given away from their defaults when ``method`` is
-    not the model (they change nothing then), or None."""
-    if method == "model":
-        return None
+BAND_OPTIONS = (
+    "error_band",
+    "band_by_distance",
+    "fit_ndvi_band",
+    "ndvi_error_band",
+    "fit_curve_band",
+    "curve_band_by_distance",
+)
+"""The model's options that shape the band ``--calibrate-field`` fits (with K >= 8 samples)."""
+
+
+def _given(args: argparse.Namespace, only: tuple[str, ...] | None = None) -> list[str]:
+    """The model's options given away from their defaults (``only`` these dests), as typed."""
     defaults = argparse.ArgumentParser()
     add_model_arguments(defaults)
     given = []
@@ -174,16 +183,50 @@ def unused_model_options(args: argparse.Namespace, method: str) -> str | None:
         value = getattr(args, action.dest, action.default)
         if action.dest == "help" or value == action.default:
             continue
+        if only is not None and action.dest not in only:
+            continue
         negated = value is False and len(action.option_strings) > 1  # --no-... was given
         given.append(action.option_strings[1 if negated else 0])
-    if getattr(args, "samples", 1) > 1:  # one value a pixel: p10 and p90 would equal it
-        given.insert(0, "--samples")
-    if not given:
-        return None
-    return (
-        f"note: {', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of "
-        f"the model; the {method} method ignores {'it' if len(given) == 1 else 'them'}."
-    )
+    return given
+
+
+def unused_model_options(args: argparse.Namespace, method: str) -> str | None:
+    """A note (lines) naming options given that change nothing: the model's own when ``method``
+    is not the model, ``--whittaker-lambda`` with linear interpolation, and with the model the
+    band's options without ``--calibrate-field``, or ``--calibrate-field`` with one sample
+    (review 16: each was ignored without a word); None when there are none."""
+    notes = []
+    calibrate = getattr(args, "calibrate_field", False)
+    if method == "model":
+        if calibrate and getattr(args, "samples", 1) == 1:
+            notes.append(
+                "note: --calibrate-field fits the p10-p90 band to the field, and with one "
+                "sample (--samples 1, the default here) there is no band: give --samples 8 "
+                "or more for one."
+            )
+        elif not calibrate and (band := _given(args, BAND_OPTIONS)):
+            one = len(band) == 1
+            notes.append(
+                f"note: {', '.join(band)} {'shapes' if one else 'shape'} the band fitted with "
+                f"--calibrate-field (and --samples 8 or more); without it "
+                f"{'it changes' if one else 'they change'} nothing."
+            )
+    else:
+        given = _given(args)
+        if getattr(args, "samples", 1) > 1:  # one value a pixel: p10 and p90 would equal it
+            given.insert(0, "--samples")
+        if given:
+            one = len(given) == 1
+            notes.append(
+                f"note: {', '.join(given)} {'is an option' if one else 'are options'} of the "
+                f"model; the {method} method ignores {'it' if one else 'them'}."
+            )
+        if method == "linear" and getattr(args, "whittaker_lambda", None) is not None:
+            notes.append(
+                "note: --whittaker-lambda sets the Whittaker smoother's (and the model's "
+                "blend's) smoothing; linear interpolation ignores it."
+            )
+    return "\n".join(notes) or None
 
 
 def chosen_checkpoint(args: argparse.Namespace, settings: Settings) -> Path:
@@ -196,6 +239,13 @@ def chosen_checkpoint(args: argparse.Namespace, settings: Settings) -> Path:
     if args.checkpoint is None:
         return settings.checkpoint
     return named_checkpoint(args.checkpoint, settings)
+
+
+def model_checkpoint(args: argparse.Namespace, settings: Settings, method: str) -> Path | None:
+    """:func:`chosen_checkpoint` where ``method`` loads a model; None for linear and
+    Whittaker, which never do (review 16: a wrong ``--checkpoint`` or FIELDFLOW_CHECKPOINT
+    refused their runs; ``--checkpoint`` with them is named as ignored instead)."""
+    return None if method in PIXELWISE_METHODS else chosen_checkpoint(args, settings)
 
 
 def check_model_up_front(device: str, checkpoint: Path) -> None:
@@ -215,7 +265,15 @@ def check_model_up_front(device: str, checkpoint: Path) -> None:
 
 
 def chosen_method(args: argparse.Namespace, settings: Settings) -> str:
-    """``--method``, else the model when its checkpoint is there, else linear interpolation."""
+    """``--method``, else the model when its checkpoint is there, else linear interpolation.
+
+    Raises:
+        InputError: ``--method`` given empty (an unset shell variable ran the model)."""
+    if args.method is not None and not args.method.strip():
+        raise InputError(
+            "--method is empty (an unset variable in a script?): give linear, whittaker or "
+            "model, or leave --method out for the default."
+        )
     return args.method or default_method(chosen_checkpoint(args, settings))
 
 
@@ -230,8 +288,9 @@ def options_from_args(
     baseline's samples are 1, as :func:`unused_model_options` tells the user: K copies of its
     one value would write a zero-width p10-p90 band, read as "no uncertainty" (review 6);
     ``evaluate`` leaves it out, scoring every method with the same K."""
+    chosen = model_checkpoint(args, settings, method or "model")  # evaluate: any method
     options = ReconstructOptions(
-        checkpoint=checkpoint_option(chosen_checkpoint(args, settings)),
+        checkpoint=None if chosen is None else checkpoint_option(chosen),
         samples=args.samples,
         steps=args.steps,
         adapt_steps=args.adapt_steps,
@@ -282,6 +341,9 @@ def query_dates(args: argparse.Namespace) -> np.ndarray:
         if args.start or args.end or args.every_days is not None:
             raise InputError("Give either --dates or --start/--end/--every-days, not both.")
         return parse_date_list(args.dates)
+    for flag, value in (("--start", args.start), ("--end", args.end)):
+        if value is not None and not value.strip():  # review 16: said "give --start" to it
+            raise InputError(f"{flag} is empty (an unset variable in a script?): give YYYY-MM-DD.")
     if not (args.start and args.end):
         raise InputError(
             "No query dates: give --dates YYYY-MM-DD,... or --start and --end "
@@ -307,7 +369,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     check_output_path(
         args.out,
         inputs=[args.cube],
-        model=chosen_checkpoint(args, settings),
+        model=model_checkpoint(args, settings, method),
         writes="NetCDF",
         made_by={"CSV": "`python -m core ndvi`, which writes the NDVI table"},
     )

@@ -686,3 +686,71 @@ def test_ndvi_measures_a_fields_figures_on_its_own_window_of_a_larger_cube(
         "Measured on the clear pixels around this field (not one of its own is ever clear)" in said
     )
     assert "Accuracy measured around this field: the clear pixels around it" in said
+
+
+@pytest.mark.parametrize(
+    ("extra", "note"),
+    [
+        (["--calibrate-field"], "note: --calibrate-field fits the p10-p90 band to the field, and "
+         "with one sample (--samples 1, the default here) there is no band: give --samples 8"),
+        (["--band-by-distance", "--no-error-band"], "note: --band-by-distance, --no-error-band "
+         "shape the band fitted with --calibrate-field (and --samples 8 or more); without it "
+         "they change nothing."),
+        (["--method", "linear", "--whittaker-lambda", "5"], "note: --whittaker-lambda sets the "
+         "Whittaker smoother's (and the model's blend's) smoothing; linear interpolation "
+         "ignores it."),
+    ],
+)  # fmt: skip
+def test_options_that_change_nothing_here_are_named(es_path, tmp_path, capsys, extra, note):
+    # Review 16: each ran without a word, its output as without it.
+    args = ["reconstruct", "--cube", str(es_path), "--dates", "2019-05-02", "--steps", "2"]
+    assert main([*args, *extra, "--out", str(tmp_path / "r.nc")]) == 0
+    assert note in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "said"),
+    [
+        (["reconstruct", "--method", "", "--dates", "2019-05-02"], {},
+         "error: --method is empty (an unset variable in a script?)"),
+        (["reconstruct", "--start", "", "--end", "2019-05-09"], {},
+         "error: --start is empty (an unset variable in a script?): give YYYY-MM-DD."),
+        (["ndvi", "--layer", "fields", "--start", "2019-05-01", "--end", "2019-05-09"], {},
+         "error: --layer picks a layer of the --geojson file, but no --geojson was given"),
+    ],
+)  # fmt: skip
+def test_empty_or_orphan_options_are_refused(es_path, tmp_path, capsys, argv, env, said):
+    out = tmp_path / ("c.csv" if argv[0] == "ndvi" else "r.nc")
+    assert main([*argv, "--cube", str(es_path), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith(said)
+    assert not out.exists()
+
+
+def test_a_wrong_checkpoint_setting_does_not_stop_a_baseline(es_path, tmp_path, monkeypatch):
+    # Review 16: linear and Whittaker never load a model, yet a wrong FIELDFLOW_CHECKPOINT or
+    # --checkpoint refused them; the model is still refused.
+    monkeypatch.setenv("FIELDFLOW_CHECKPOINT", str(tmp_path / "nowhere.pt"))
+    args = ["--cube", es_path, "--dates", "2019-05-02", "--out", tmp_path / "r.nc"]
+    for method in ("linear", "whittaker"):
+        done = _cli_env("reconstruct", *args, "--method", method)
+        assert done.returncode == 0, done.stderr
+    done = _cli_env("reconstruct", *args, "--method", "model")
+    assert done.returncode == 2 and "FIELDFLOW_CHECKPOINT is" in done.stderr
+    monkeypatch.delenv("FIELDFLOW_CHECKPOINT")
+    csv_out = tmp_path / "c.csv"
+    done = _cli_env("ndvi", "--cube", es_path, "--start", "2019-05-01", "--end", "2019-05-03",
+                    "--out", csv_out, "--method", "linear", "--checkpoint", "nowhere")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "note: --checkpoint is an option of the model; the linear method ignores it." in (
+        done.stderr
+    )
+
+
+def _cli_env(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``python -m core ARGS`` in a child that inherits this process's environment."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "core", *map(str, args)], cwd=REPO_ROOT, capture_output=True,
+        text=True, timeout=120, env=dict(os.environ),
+    )  # fmt: skip

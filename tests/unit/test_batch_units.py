@@ -1141,3 +1141,14 @@ def test_more_local_workers_than_the_machine_can_run_are_refused_before_any_work
     err = capsys.readouterr().err
     assert f"--workers 100000 is more workers than this machine can run: at most {most}" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreachable_scheduler_given_as_an_option_is_not_told_to_unset_a_variable() -> None:
+    # Review 16: "--scheduler tcp://127.0.0.1:9" was told to "unset DASK_SCHEDULER_ADDRESS".
+    with pytest.raises(ClusterError) as given:
+        connect("tcp://127.0.0.1:9", timeout_s=0.5, environ={})
+    assert "give no scheduler (on the command line, --scheduler local)" in str(given.value)
+    assert "unset" not in str(given.value)
+    with pytest.raises(ClusterError) as from_env:
+        connect(timeout_s=0.5, environ={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:9"})
+    assert "unset DASK_SCHEDULER_ADDRESS" in str(from_env.value)

@@ -379,3 +379,17 @@ def test_a_read_only_cache_serves_what_it_holds_and_refuses_only_a_miss(tmp_path
             said = str(caught.value)
             assert "cannot write in the folder" in said and "--no-cache" in said, said
     assert cache.paths(broken_key)[0].exists()
+
+
+def test_the_cache_command_says_a_cache_folder_that_is_a_file_is_one(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # Review 16: "It does not exist yet: nothing has been fetched", rc 0.
+    from core.cli import main
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(blocker))
+    for args in (["cache"], ["cache", "--list"], ["cache", "--prune"]):
+        assert main(args) == 2
+        assert "is a file, not a folder: set FIELDFLOW_CACHE_DIR" in capsys.readouterr().err

@@ -490,6 +490,8 @@ def test_field_over_the_limit_is_refused_with_area_and_limit() -> None:
         field_from_geojson(big)
     with pytest.raises(FieldError, match=r"is 4\.0 ha, above the limit of 3 ha"):
         field_from_geojson(shapely.to_geojson(ha_square(200.0)), max_area_ha=3.0)
+    with pytest.raises(FieldError, match=r"above the limit of 0\.25 ha"):  # "0 ha" (review 16)
+        field_from_geojson(shapely.to_geojson(ha_square(200.0)), max_area_ha=0.25)
     assert field_from_geojson(big, max_area_ha=4000.0).area_ha == pytest.approx(3600, rel=0.005)
 
 
