@@ -11,9 +11,9 @@ from core.cli.fetch import add_feature_arguments
 from core.cli.reconstruct import (
     add_method_arguments,
     chosen_method,
-    model_checkpoint,
     options_from_args,
     outside_note,
+    protected_checkpoint,
     unused_model_options,
 )
 from core.config import Settings
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     check_output_path(
         args.out,
         inputs=[args.cube, *([args.geojson] if args.geojson else [])],
-        model=model_checkpoint(args, settings, method),
+        model=protected_checkpoint(args, settings),
         writes="CSV",
         made_by={"NetCDF": "`python -m core reconstruct`, which writes the frames"},
     )

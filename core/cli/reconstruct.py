@@ -248,6 +248,15 @@ def model_checkpoint(args: argparse.Namespace, settings: Settings, method: str) 
     return None if method in PIXELWISE_METHODS else chosen_checkpoint(args, settings)
 
 
+def protected_checkpoint(args: argparse.Namespace, settings: Settings) -> Path | None:
+    """The checkpoint no output may overwrite, whatever the method (the one a model run would
+    use); None where ``--checkpoint`` names nothing there is."""
+    try:
+        return chosen_checkpoint(args, settings)
+    except InputError:
+        return None
+
+
 def check_model_up_front(device: str, checkpoint: Path) -> None:
     """The device and the checkpoint a model run will use, checked before any work: found
     wrong only when the model first ran, ``evaluate`` had scored other cubes and ``bench`` run
@@ -369,7 +378,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     check_output_path(
         args.out,
         inputs=[args.cube],
-        model=model_checkpoint(args, settings, method),
+        model=protected_checkpoint(args, settings),
         writes="NetCDF",
         made_by={"CSV": "`python -m core ndvi`, which writes the NDVI table"},
     )
