@@ -611,8 +611,8 @@ def write_field_outputs(
         raise FieldError(
             f"The field '{name}' covers no pixel centre of its 10 m grid; outline a larger field."
         )
-    require_imaged(mask, cube, name)
     mask, outside = imaged_part(mask, cube)  # its figures over the part the imagery covers
+    require_imaged(outside, name)
     dates = frame_dates(cube, request.start, request.end, request.every_days)
     # The frames that fall on the curve's days are kept from the curve's own reconstruction
     # (the two then agree, and those days are reconstructed once); the others, if any (a

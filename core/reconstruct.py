@@ -459,11 +459,12 @@ def imaged_part(mask: np.ndarray, cube: xr.Dataset) -> tuple[np.ndarray, float]:
     return covered, 1.0 - float(covered.sum()) / float(max(int(mask.sum()), 1))
 
 
-def require_imaged(mask: np.ndarray, cube: xr.Dataset, name: str) -> None:
-    """FieldError when no Sentinel-2 acquisition of ``cube`` images a pixel of ``mask``: the
-    field lies outside the imagery. With linear it read as clouds ("choose a longer period, or
-    the model"), and the model made an "ok" curve of blank days (review 15)."""
-    if mask.any() and not (mask & imaged_pixels(cube)).any():
+def require_imaged(outside: float, name: str) -> None:
+    """FieldError when ``outside``, the share of the field no Sentinel-2 acquisition images
+    (:func:`imaged_part`), is all of it: the field lies outside the imagery. With linear it
+    read as clouds ("choose a longer period, or the model"), and the model made an "ok" curve
+    of blank days (review 15)."""
+    if outside >= 1.0:
         raise FieldError(
             f"No Sentinel-2 acquisition of the period images any pixel of the field '{name}': "
             "it lies outside the imagery (past the edge of the data, or of a swath or tile). "

@@ -81,7 +81,6 @@ from core.reconstruct import (
     OUTSIDE_NOTED,
     ReconstructOptions,
     Reconstructor,
-    clear_pixels,
     imaged_pixels,
     method_choices,
     pinned,
@@ -497,7 +496,8 @@ def compute_season(
     here = reconstructor is reconstruct
 
     # A field never seen clear: what the model measured, it measured on the pixels around it.
-    never_clear = {FIELD_NEVER_CLEAR_ATTR: int(not clear_pixels(cube, mask).any())}
+    # frame by frame (a whole-cube test would double a large field's memory)
+    never_clear = {FIELD_NEVER_CLEAR_ATTR: int(not imaged_pixels(cube, clear=True)[mask].any())}
 
     def draw(dates: np.ndarray, result: xr.Dataset) -> None:
         if not fits:
@@ -921,8 +921,8 @@ def imagery_cover(
         pixels = max(pixels, int(field_mask(field, wanted).sum()))
     except InputError:  # another CRS or lattice: only the pixels on this grid are known
         pass
-    require_imaged(mask, cube, field.name)
     outside = 1.0 - covered.sum() / pixels
+    require_imaged(outside, field.name)
     if outside <= OUTSIDE_NOTED:
         return covered, None
     return covered, (

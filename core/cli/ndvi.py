@@ -93,8 +93,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 "inside it); check that the cube was fetched for this field."
             )
         warn_if_partly_outside(field, cube, args.cube, args.geojson)
-        require_imaged(mask, cube, field.name)
         mask, unseen = imaged_part(mask, cube)
+        require_imaged(unseen, field.name)
         if unseen > OUTSIDE_NOTED:
             print(
                 f"note: about {unseen:.0%} of the field's pixels in the cube are imaged by no "
