@@ -31,6 +31,7 @@ the complete new one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -209,6 +210,53 @@ def write_frame_stack(
     return target
 
 
+_LIBTIFF_HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
+"""libtiff's ``TIFFErrorHandler``: ``(module, fmt, va_list)``; the va_list is passed as a
+pointer on x86-64 and arm64 alike, and is not read here."""
+_libtiff_quieted: list[object] = []
+"""The handler given to libtiff, kept alive for as long as libtiff may call it."""
+
+
+def _log_libtiff_error(module: bytes | None, fmt: bytes | None, _args: int | None) -> None:
+    logging.getLogger(__name__).debug(
+        "libtiff: %s: %s",
+        (module or b"").decode(errors="replace"),
+        (fmt or b"").decode(errors="replace"),
+    )
+
+
+def quiet_libtiff_stderr() -> bool:
+    """Route the errors libtiff prints on its own to this module's log (DEBUG), once.
+
+    GDAL reports a failed write twice: through its own error handler, which rasterio turns
+    into an exception or a log line (what :func:`gdal_write_failures` reads), and through the
+    libtiff that GDAL links, whose process-wide default handler prints ``_tiffWriteProc: No
+    space left on device.`` on standard error, a line per block, beside the one clear line a
+    full disk gets (review 13). The first report carries everything; the second is sent to
+    the log. Best effort: where the libraries cannot be found (not Linux, GDAL built without a
+    shared libtiff) nothing changes. Returns whether the handler is in place.
+    """
+    if _libtiff_quieted:
+        return True
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    gdal = sorted({line.split()[-1] for line in maps.splitlines() if "/libgdal" in line})
+    for path in gdal:
+        try:
+            setter = ctypes.CDLL(path).TIFFSetErrorHandler  # resolved in GDAL's own libtiff
+        except (OSError, AttributeError):
+            continue
+        setter.restype = ctypes.c_void_p
+        setter.argtypes = [_LIBTIFF_HANDLER]
+        callback = _LIBTIFF_HANDLER(_log_libtiff_error)
+        setter(callback)
+        _libtiff_quieted.append(callback)
+        return True
+    return False
+
+
 GDAL_ERROR_LOGGER = "rasterio._env"
 """Where rasterio logs the errors GDAL signals without failing the call ("GDAL signalled an
 error: err_no=1, msg='TIFFAppendToStrip:Write error at scanline 0'")."""
@@ -242,6 +290,7 @@ def gdal_write_failures(folder: Path) -> Iterator[None]:
     Raises:
         OutputError: naming the folder and its cause (the disk full, when it is).
     """
+    quiet_libtiff_stderr()
     logger = logging.getLogger(GDAL_ERROR_LOGGER)
     thread = threading.get_ident()
     with _SIGNALLED.guard:

@@ -172,3 +172,41 @@ def test_a_full_temporary_folder_fails_a_batch_field_instead_of_writing_blank_fr
     monkeypatch.undo()  # room again: the field is made, frames and all
     row = reconstruct_task(Fetched(fetched), item, request, str(out), fingerprint)
     assert row.status == "ok" and (out / MARKER_FILE).exists()
+
+
+def test_frames_on_a_full_disk_print_no_raw_libtiff_lines(cubes_dir: Path, full_disk: Path) -> None:
+    # Review 13: beside the one clear error, libtiff's own default handler printed
+    # "_tiffWriteProc: No space left on device." on standard error, a line per block. Its
+    # handler is process-wide, so the write runs in a child process of its own.
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from core.cog import write_frame_stack
+        from core.cube import read_cube
+        from core.errors import OutputError
+        from core.grid import grid_from_cube
+        from core.reconstruct import reconstruct
+
+        cube = read_cube({str(cubes_dir / "it-bolzano_2022-06.nc")!r})
+        frames = reconstruct(cube, cube["time_s2"].values[:3], "linear")
+        try:
+            write_frame_stack(frames, Path({str(full_disk)!r}) / "frames.tif",
+                              grid=grid_from_cube(cube))
+        except OutputError as exc:
+            print("said:", exc)
+        """
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=300,
+    )
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.startswith("said: Could not write"), child.stdout
+    assert "_tiffWriteProc" not in child.stderr and "TIFF" not in child.stderr, child.stderr
+    assert list(full_disk.iterdir()) == []
