@@ -51,14 +51,14 @@ from core.cache import BATCHES_FOLDER, fetch_cached
 from core.cog import write_frame_stack
 from core.config import DEFAULT_CHECKPOINT, Settings
 from core.curve import CURVE_COLUMNS, PARTLY_SEEN_NOTED, ndvi_curve, write_curve_csv
-from core.distributed import model_task
-from core.errors import FieldError, FieldFlowError, InputError, OutputError
+from core.distributed import TaskCancelled, model_task, stop_when_cancelled
+from core.errors import ClusterError, FieldError, FieldFlowError, InputError, OutputError
 from core.export import safe_file_stem
 from core.fetch import FetchResult, clear_fraction, parse_period
 from core.field import DEFAULT_MAX_AREA_HA, Field, read_field_file
 from core.grid import field_mask
 from core.model.blend import field_ratio
-from core.progress import listening
+from core.progress import check, listening
 from core.reconstruct import (
     OUTSIDE_NOTED,
     PIXELWISE_METHODS,
@@ -487,29 +487,53 @@ def _attribute_records(path: Path, layer: str | None) -> list[Mapping[str, Any]]
 
 
 def failure_message(exc: BaseException) -> str:
-    """A FieldFlowError's own message; anything else as ``"TypeName: message"``."""
+    """A FieldFlowError's own message; anything else as ``"TypeName: message"``, its first
+    paragraph in one line (:func:`core.distributed.paragraph`)."""
     if isinstance(exc, FieldFlowError):
         return str(exc)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    from core.distributed import paragraph
+
+    return paragraph(exc)
 
 
-def fetch_task(item: BatchField, request: BatchRequest, settings: Settings) -> Fetched:
-    """Fetch one field's cube (through the disk cache); a failure is returned, not raised."""
+def on_worker(message: str, name_worker: bool) -> str:
+    """``message``, and with ``name_worker`` the Dask worker it comes from: on a cluster of
+    several machines a worker's own trouble (its network, its disk) reads as the user's
+    otherwise (review 17)."""
+    if not name_worker:
+        return message
+    from distributed import get_worker
+
+    try:
+        address = get_worker().address
+    except ValueError:  # not on a worker
+        return message
+    return f"{message} (on the Dask worker {address})"
+
+
+def fetch_task(
+    item: BatchField, request: BatchRequest, settings: Settings, name_worker: bool = False
+) -> Fetched:
+    """Fetch one field's cube (through the disk cache); a failure is returned, not raised.
+    With ``name_worker`` a failure names the worker it happened on."""
     started = time.perf_counter()
     if item.field is None:
         return Fetched(None, item.error)
     try:
-        result = fetch_cached(
-            item.field,
-            request.start,
-            request.end,
-            settings=settings,
-            include_s1=request.include_s1,
-            max_cloud_cover=request.max_cloud_cover,
-        )
+        with stop_when_cancelled():  # a batch stopped meanwhile: nothing more is fetched
+            result = fetch_cached(
+                item.field,
+                request.start,
+                request.end,
+                settings=settings,
+                include_s1=request.include_s1,
+                max_cloud_cover=request.max_cloud_cover,
+            )
+    except TaskCancelled:
+        raise
     except Exception as exc:  # reported in the summary; the other fields carry on
-        return Fetched(None, failure_message(exc), time.perf_counter() - started)
+        error = on_worker(failure_message(exc), name_worker)
+        return Fetched(None, error, time.perf_counter() - started)
     return Fetched(result, "", time.perf_counter() - started)
 
 
@@ -519,12 +543,18 @@ def reconstruct_task(
     request: BatchRequest,
     folder: str,
     fingerprint: Mapping[str, Any],
+    name_worker: bool = False,
 ) -> FieldRow:
-    """Reconstruct one fetched field and write its outputs; a failure becomes a failed row.
+    """Reconstruct one fetched field and write its outputs; a failure becomes a failed row
+    (naming the worker with ``name_worker``).
 
     With the model, the memory it freed goes back to the system once the worker has run no
     model task for a while (:func:`core.distributed.model_task`), not between fields. It
-    waits its turn among the Runs of the process it runs in (:mod:`core.admission`)."""
+    waits its turn among the Runs of the process it runs in (:mod:`core.admission`). A batch
+    stopped meanwhile (its futures cancelled: Ctrl-C, or the app's Stop) stops it at the next
+    step of the work, before anything is written (:func:`core.distributed.stop_when_cancelled`;
+    before review 17 the workers of a cluster went on for minutes and then wrote the outputs
+    into the folder the command had said it kept nothing partial in)."""
     started = time.perf_counter()
     result = fetched.result
     if result is None or item.field is None:
@@ -538,10 +568,16 @@ def reconstruct_task(
         # Its turn among the Runs of this process (the app's, when the batch runs in it) by
         # this process's settings: together they must fit its memory (core.admission).
         limits = Settings.from_env(check_checkpoint=False).admission
-        with PROCESS_GATE.admitted(run_bytes(result.cube.sizes), limits), idle_trim:
+        with (
+            stop_when_cancelled(),
+            PROCESS_GATE.admitted(run_bytes(result.cube.sizes), limits),
+            idle_trim,
+        ):
             row = write_field_outputs(
                 item.field, result, request, Path(folder), fingerprint, item.field_id, item.name
             )
+    except TaskCancelled:
+        raise
     except Exception as exc:  # reported in the summary; the other fields carry on
         clear_outputs(Path(folder))
         return FieldRow(
@@ -550,7 +586,7 @@ def reconstruct_task(
             FAILED,
             **fetch_stats,
             seconds=fetched.seconds + time.perf_counter() - started,
-            error=failure_message(exc),
+            error=on_worker(failure_message(exc), name_worker),
         )
     return dataclasses.replace(row, seconds=fetched.seconds + time.perf_counter() - started)
 
@@ -646,6 +682,7 @@ def write_field_outputs(
         kept.append(reconstruct(cube, rest, method=request.method, options=options))
     frames = xr.concat(kept, dim="time", combine_attrs="override").sortby("time")
     kept.clear()
+    check()  # a batch stopped meanwhile writes nothing (core.distributed.stop_when_cancelled)
     write_frame_stack(
         frames,
         folder / FRAMES_FILE,
@@ -773,6 +810,19 @@ RowCallback = Callable[[FieldRow, int, int], None]
 """``(row, done, total)``, called as each field finishes (or is skipped or refused)."""
 
 
+NoteCallback = Callable[[str], None]
+"""A sentence about the batch as a whole while it runs (the cluster has no workers...)."""
+WATCH_EVERY_S = 5.0
+"""How often :func:`run_batch` looks at the cluster while no field finishes."""
+SAY_AGAIN_S = 60.0
+"""How often a waiting batch says again that it waits."""
+POLL_S = 0.2
+"""How often :func:`run_batch` looks for finished fields."""
+GPU_GONE_S = 30.0
+"""How long the fields sent to GPU workers wait for one to come back (a killed worker's nanny
+restarts it within seconds) before they go to the other workers."""
+
+
 def run_batch(
     fields: Sequence[BatchField],
     request: BatchRequest,
@@ -781,6 +831,7 @@ def run_batch(
     cluster: Cluster,
     settings: Settings,
     on_row: RowCallback | None = None,
+    on_note: NoteCallback | None = None,
 ) -> list[FieldRow]:
     """Process every field on ``cluster``; return the rows in the order of ``fields``.
 
@@ -788,11 +839,26 @@ def run_batch(
     are failed rows at once; the rest become a fetch task and a reconstruct task each, the
     latter with higher priority (a fetched cube is consumed before more are fetched) and the
     GPU resource when :meth:`Cluster.resources_for` says so.
+
+    The paths sent to the workers are absolute (a relative ``--out`` or cache folder was taken
+    in each worker's own working folder, where the outputs went while the batch said "ok",
+    review 17), and a field is "ok" only once its outputs are seen here (a worker that does not
+    share the folder wrote them elsewhere). While no field finishes the cluster is watched:
+    with no workers running, or none offering the GPU the fields were sent to, ``on_note``
+    hears it (every :data:`SAY_AGAIN_S`); after :data:`GPU_GONE_S` without a GPU worker the
+    remaining fields go to the others.
+
+    Raises:
+        ClusterError: the scheduler was lost (the fields done are kept; a re-run skips them).
     """
     from distributed import as_completed
 
-    out = make_folder(out_dir)
+    out = make_folder(Path(out_dir).expanduser().absolute())
     remove_stale_temporaries(out)  # hidden leftovers of writers killed over an hour ago
+    settings = dataclasses.replace(
+        settings, cache_dir=Path(settings.cache_dir).expanduser().absolute()
+    )
+    request = _absolute_checkpoint(request)
     rows: dict[int, FieldRow] = {}
 
     def report(item: BatchField, row: FieldRow) -> None:
@@ -801,9 +867,30 @@ def run_batch(
             on_row(row, len(rows), len(fields))
 
     client = cluster.client
+    remote = cluster.local is None  # name the worker in a failure: it may be another machine
     resources = cluster.resources_for(request.method)
     run = uuid.uuid4().hex[:8]
-    pending = {}
+    pending: dict[Any, BatchField] = {}
+    fetches: dict[Any, Any] = {}  # reconstruction -> its fetch, held to resubmit it elsewhere
+    prints: dict[int, Mapping[str, Any]] = {}
+
+    def submit(fetched: Any, item: BatchField, wanted: Mapping[str, float] | None) -> Any:
+        final = client.submit(
+            reconstruct_task,
+            fetched,
+            item,
+            request,
+            str(out / item.field_id),
+            prints[item.index],
+            remote,
+            key=f"fieldflow-reconstruct-{item.field_id}-{run}-{uuid.uuid4().hex[:4]}",
+            resources=wanted,
+            priority=1,
+        )
+        pending[final] = item
+        fetches[final] = fetched
+        return final
+
     for item in fields:
         folder = out / item.field_id
         if item.field is None:
@@ -819,31 +906,152 @@ def run_batch(
             continue
         if not pending:  # the folder's tables no longer describe it until they are rewritten
             _remove_tables(out)
+        prints[item.index] = fingerprint
         fetched = client.submit(
-            fetch_task, item, request, settings, key=f"fieldflow-fetch-{item.field_id}-{run}"
-        )
-        final = client.submit(
-            reconstruct_task,
-            fetched,
+            fetch_task,
             item,
             request,
-            str(folder),
-            fingerprint,
-            key=f"fieldflow-reconstruct-{item.field_id}-{run}",
-            resources=resources,
-            priority=1,
+            settings,
+            remote,
+            key=f"fieldflow-fetch-{item.field_id}-{run}",
         )
-        del fetched  # the scheduler frees each cube once its reconstruction is done
-        pending[final] = item
-    for future in as_completed(list(pending), loop=client.loop):
-        item = pending.pop(future)
-        try:
-            row = future.result()
-        except Exception as exc:  # a lost worker, an unpicklable result...
-            row = FieldRow(item.field_id, item.name, FAILED, error=failure_message(exc))
-        future.release()
-        report(item, row)
+        submit(fetched, item, resources)
+    watch = _Watch(cluster, on_note)
+    finishing = as_completed(list(pending), loop=client.loop)
+    looked = time.monotonic()
+    while pending:
+        done = [f for f in finishing.next_batch(block=False) if f in pending]
+        if not done:
+            time.sleep(POLL_S)
+        for future in done:
+            item = pending.pop(future)
+            fetch = fetches.pop(future)
+            try:
+                row = future.result()
+            except Exception as exc:  # a lost worker, an unpicklable result...
+                if _scheduler_lost(client, exc):
+                    raise _lost(cluster, rows, fields) from None
+                row = FieldRow(item.field_id, item.name, FAILED, error=failure_message(exc))
+            future.release()
+            fetch.release()  # the scheduler frees the cube once nothing holds it
+            if row.status != FAILED and not (out / item.field_id / MARKER_FILE).is_file():
+                row = dataclasses.replace(row, status=FAILED, error=_not_seen(out))
+            report(item, row)
+        if done:
+            looked = time.monotonic()
+        elif pending and time.monotonic() - looked >= WATCH_EVERY_S:
+            looked = time.monotonic()
+            if watch.lost():
+                raise _lost(cluster, rows, fields)
+            if resources and watch.gpu_gone_for() >= GPU_GONE_S:
+                moved = [f for f in list(pending) if f.status == "pending"]
+                for future in moved:
+                    item, fetch = pending.pop(future), fetches.pop(future)
+                    future.cancel()
+                    future.release()
+                    finishing.add(submit(fetch, item, None))
+                resources = None
+                watch.say(
+                    "moved",
+                    f"no worker has offered a GPU for {GPU_GONE_S:g} s: the {len(moved)} "
+                    "remaining field(s) go to the other workers.",
+                )
     return [rows[item.index] for item in fields]
+
+
+def _absolute_checkpoint(request: BatchRequest) -> BatchRequest:
+    """``request`` with its checkpoint path absolute (the workers read it from the path)."""
+    checkpoint = request.options.checkpoint
+    if checkpoint is None or Path(checkpoint).is_absolute():
+        return request
+    absolute = Path(checkpoint).expanduser().absolute()
+    return dataclasses.replace(
+        request, options=dataclasses.replace(request.options, checkpoint=absolute)
+    )
+
+
+def _not_seen(out: Path) -> str:
+    return (
+        f"The worker reported the field done, but its outputs are not in {out} as seen from "
+        "this machine: the worker wrote them to its own disk. --out must be a folder every "
+        "worker of the cluster sees at the same path (shared storage)."
+    )
+
+
+CONNECTED = ("running", "newly-created")
+"""A ``distributed.Client``'s states while it has (or is about to have) its scheduler."""
+
+
+def _scheduler_lost(client: Any, exc: BaseException) -> bool:
+    """Did ``exc`` come of this client losing its scheduler?"""
+    return "scheduler-connection-lost" in str(exc) or client.status not in CONNECTED
+
+
+def _lost(
+    cluster: Cluster, rows: Mapping[int, FieldRow], fields: Sequence[BatchField]
+) -> ClusterError:
+    """The error of a batch whose scheduler is gone (review 17: every field unfinished was
+    "failed", with a Dask traceback, and the status of a field's failure)."""
+    done = sum(row.status != FAILED for row in rows.values())
+    return ClusterError(
+        f"Lost the Dask scheduler at {cluster.address}: {done} of {len(fields)} field(s) were "
+        "done and are kept. Once the scheduler and its workers are back, run the same command "
+        "again: the fields done are skipped."
+    )
+
+
+class _Watch:
+    """What :func:`run_batch` watches while no field finishes: the scheduler, its workers."""
+
+    def __init__(self, cluster: Cluster, on_note: NoteCallback | None) -> None:
+        self.cluster = cluster
+        self.on_note = on_note
+        self.said: dict[str, float] = {}
+        self.gpu_gone_since: float | None = None
+
+    def say(self, kind: str, text: str) -> None:
+        """``on_note(text)``, at most every :data:`SAY_AGAIN_S` for the same ``kind``."""
+        now = time.monotonic()
+        if now - self.said.get(kind, -math.inf) >= SAY_AGAIN_S:
+            self.said[kind] = now
+            if self.on_note is not None:
+                self.on_note(text)
+
+    def lost(self) -> bool:
+        """True when the scheduler no longer answers; says when the cluster has no workers."""
+        from core.distributed import gpu_capacity, scheduler_details, usable_workers
+
+        client = self.cluster.client
+        if client.status not in CONNECTED:
+            return True
+        try:
+            details = scheduler_details(client)
+        except Exception:  # the comm is gone
+            return True
+        address = self.cluster.address
+        if not usable_workers(details):
+            self.say(
+                "no workers",
+                f"waiting: the Dask scheduler at {address} has no workers running; start one "
+                f"with 'dask worker {address}' (the batch goes on once one joins).",
+            )
+        if gpu_capacity(details) >= 1.0:
+            self.gpu_gone_since = None
+        elif self.gpu_gone_since is None:
+            self.gpu_gone_since = time.monotonic()
+        return False
+
+    def gpu_gone_for(self) -> float:
+        """Seconds since the last look that saw a worker offering a GPU (0: one does now)."""
+        if self.gpu_gone_since is None:
+            return 0.0
+        gone = time.monotonic() - self.gpu_gone_since
+        self.say(
+            "no gpu",
+            f"waiting: no worker of the cluster offers a GPU now (for {gone:.0f} s); the "
+            f"fields sent to GPU workers go to the others if none is back within {GPU_GONE_S:g} s.",
+        )
+        return gone
 
 
 def _remove_tables(out: Path) -> None:

@@ -69,6 +69,8 @@ RESULT_TIMEOUT_S = 900.0
 WORKER_SETTINGS_FILE = Path(__file__).with_name("dask.yaml")
 """Dask configuration for worker processes (:func:`worker_settings`); the Docker image puts it in
 ``/etc/dask/``."""
+WORKER_ANSWER_S = 10.0
+"""How long :meth:`Cluster.ask_workers` waits for the workers' answers."""
 HELD_CUBES = 4
 """Cubes a :class:`Cluster` keeps on their workers between calls (the most recently used; see
 :meth:`Cluster.cube_on`)."""
@@ -136,13 +138,28 @@ def check_scheduler_address(
     return text
 
 
-def gpu_capacity(scheduler_info: Mapping[str, Any]) -> float:
-    """Total ``GPU`` resource units the workers in ``client.scheduler_info()`` advertise."""
+USABLE_STATES = frozenset({"running", "paused"})
+"""States of a worker that runs tasks, or will again (``paused``: over its memory limit for a
+while). A worker that joined but failed to start (it could not import FieldFlow's code, say)
+stays registered as ``closing`` until its heartbeat times out, minutes later (review 17)."""
+
+
+def usable_workers(scheduler_info: Mapping[str, Any]) -> dict[str, Any]:
+    """The workers of ``scheduler_info`` (:func:`scheduler_details`) that run tasks, by address."""
     workers = scheduler_info.get("workers") or {}
+    return {
+        address: worker
+        for address, worker in workers.items()
+        if str(worker.get("status", "running")) in USABLE_STATES
+    }
+
+
+def gpu_capacity(scheduler_info: Mapping[str, Any]) -> float:
+    """Total ``GPU`` resource units the usable workers in ``scheduler_info`` advertise."""
     return float(
         sum(
             float((worker.get("resources") or {}).get(GPU_RESOURCE, 0.0))
-            for worker in workers.values()
+            for worker in usable_workers(scheduler_info).values()
         )
     )
 
@@ -180,12 +197,33 @@ class ClusterInfo:
     """Workers that allocate as Dask's ``MALLOC_TRIM_THRESHOLD_`` makes them (started without
     :data:`WORKER_SETTINGS_FILE`'s settings, and :func:`restore_allocation` could not undo it,
     e.g. off glibc): the model runs about 1.6 x slower on them."""
+    not_started: tuple[str, ...] = ()
+    """``"ADDRESS (STATE)"`` of workers registered with the scheduler that run no task (they
+    failed to start, or are closing); not counted above."""
+    without_code: tuple[str, ...] = ()
+    """Addresses of usable workers that cannot run FieldFlow's code (it cannot be imported
+    there); :attr:`code_error` says why."""
+    code_error: str = ""
+    """What such a worker answered, e.g. ``"ModuleNotFoundError: No module named 'core'"``."""
+    silent: tuple[str, ...] = ()
+    """Addresses of usable workers that did not answer within :data:`WORKER_ANSWER_S`."""
 
     def describe(self) -> str:
         """E.g. ``"tcp://scheduler:8786: 3 workers, 6 threads, 1 GPU"``, and a warning when some
-        workers run without FieldFlow's settings."""
+        workers run without FieldFlow's settings, or are registered but not started."""
         gpus = f", {self.gpus:g} GPU" if self.gpus else ", no GPU workers"
         line = f"{self.address}: {self.workers} workers, {self.threads} threads{gpus}"
+        if self.not_started:
+            line += (
+                f" ({len(self.not_started)} more registered but not running: "
+                f"{', '.join(self.not_started[:3])}{', ...' if len(self.not_started) > 3 else ''};"
+                " their logs say why)"
+            )
+        if self.silent:
+            line += (
+                f" ({len(self.silent)} did not answer within {WORKER_ANSWER_S:g} s: "
+                f"{', '.join(self.silent[:3])}{', ...' if len(self.silent) > 3 else ''})"
+            )
         if self.trimming_workers:
             line += (
                 f" ({self.trimming_workers} allocate memory as Dask's MALLOC_TRIM_THRESHOLD_ "
@@ -303,16 +341,31 @@ def _malloc_trimming() -> bool:
     return "MALLOC_TRIM_THRESHOLD_" in os.environ and not _allocation_restored
 
 
+def _worker_report() -> dict[str, Any]:
+    """On a worker, for :meth:`Cluster.info`: how it allocates memory. That it answers at all
+    says it can import FieldFlow's code (this function is sent by name)."""
+    return {"trimming": _malloc_trimming()}
+
+
 def prepare_workers(client: Client) -> None:
     """Have every worker of ``client``'s cluster, present and future, run
     :func:`restore_allocation` as it starts (a worker plugin). Never raises: if the plugin
     cannot be registered, that is logged and the work still runs, more slowly."""
     from core.worker_plugin import AllocationPlugin
 
+    plugin = AllocationPlugin()
+    register = getattr(client, "_register_worker_plugin", None)  # distributed 2026.8
     try:
-        client.register_plugin(AllocationPlugin())
-    except Exception as exc:  # a warning only: the work still runs, more slowly
-        LOG.warning("Could not set up the Dask workers' memory allocation: %s", exc)
+        if register is None:
+            client.register_plugin(plugin)
+        else:  # the public call waits for every worker, without a limit: a worker that does
+            # not answer (stopped, swapping) held a connection for minutes (review 17)
+            client.sync(
+                register, plugin, plugin.name, plugin.idempotent, callback_timeout=WORKER_ANSWER_S
+            )
+    except Exception as exc:  # the work still runs, more slowly; a worker that cannot
+        # import FieldFlow (the usual cause) is said by Cluster.info's callers, in words
+        LOG.info("Could not set up the Dask workers' memory allocation: %s", exc)
 
 
 def scheduler_details(client: Client) -> dict[str, Any]:
@@ -332,12 +385,103 @@ def worker_details(cluster: Cluster, purpose: str = "") -> dict[str, Any]:
         ClusterError: it has none (``purpose``, e.g. " to train on", says for what).
     """
     details = scheduler_details(cluster.client)
-    if not details.get("workers"):
+    if not usable_workers(details):
         raise ClusterError(
             f"The Dask scheduler at {cluster.address} has no workers{purpose}; start one with "
             f"'dask worker {cluster.address}'."
         )
     return details
+
+
+PROBE_S = 5.0
+"""How long :func:`check_cluster` waits for its probe task before taking the scheduler's
+silence as a busy cluster (it would have refused the task at once)."""
+CODE_ADVICE = (
+    "Start the scheduler and every worker where FieldFlow's code and packages can be imported: "
+    "from FieldFlow's Docker image, or with FieldFlow's folder on PYTHONPATH "
+    "('PYTHONPATH=/path/to/fieldflow dask worker {address}')."
+)
+
+
+def check_cluster(cluster: Cluster, info: ClusterInfo, checkpoint: Path | None = None) -> None:
+    """Refuse, before any work is sent, a cluster that cannot run FieldFlow's tasks, in words.
+
+    Checked: every usable worker answered :meth:`Cluster.info` (it imports FieldFlow's code);
+    the scheduler takes a FieldFlow task (it unpickles every task graph, so it needs the code
+    too: without it every field failed with "Error during deserialization of the task graph.
+    This frequently", review 17); with ``checkpoint`` (a model run; None is not "no model" but
+    the caller's choice not to check), every usable worker sees that file at that path.
+
+    Args:
+        cluster: the cluster.
+        info: its :meth:`Cluster.info`, just taken.
+        checkpoint: the model checkpoint the tasks will load, absolute; the shipped one is
+            looked for in each worker's own FieldFlow.
+
+    Raises:
+        ClusterError: what is wrong, where, and what to do.
+    """
+    advice = CODE_ADVICE.format(address=info.address)
+    if info.without_code:
+        names = ", ".join(info.without_code[:3]) + (", ..." if len(info.without_code) > 3 else "")
+        raise ClusterError(
+            f"{len(info.without_code)} Dask worker(s) of {info.address} cannot run FieldFlow's "
+            f"code ({names}: {info.code_error}). {advice}"
+        )
+    _probe_scheduler(cluster, advice)
+    if checkpoint is None:
+        return
+    workers = [address for address in usable_workers(scheduler_details(cluster.client))]
+    answers, _silent = cluster.ask_workers(_has_checkpoint, workers, str(checkpoint))
+    lacking = sorted(address for address, has in answers.items() if has is False)
+    if lacking:
+        names = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
+        raise ClusterError(
+            f"The model checkpoint {checkpoint} is not on {len(lacking)} Dask worker(s) "
+            f"({names}): each worker loads it from that same path on its own machine. Put it "
+            "on storage every worker sees at that path, or give --checkpoint such a path."
+        )
+
+
+def _has_checkpoint(path: str) -> bool:
+    """On a worker: is ``path`` a file there?"""
+    return Path(path).is_file()
+
+
+def _probe_scheduler(cluster: Cluster, advice: str) -> None:
+    """Send the scheduler a FieldFlow task; a refusal is a :class:`ClusterError`."""
+    from distributed import TimeoutError as DaskTimeoutError
+
+    probe = cluster.client.submit(
+        _worker_report, key=f"fieldflow-probe-{uuid.uuid4().hex[:12]}", pure=False
+    )
+    try:
+        probe.result(timeout=PROBE_S)
+    except (TimeoutError, DaskTimeoutError):
+        pass  # taken, and waiting for a free worker: the scheduler could read it
+    except Exception as exc:
+        raise ClusterError(
+            f"The Dask scheduler at {cluster.address} cannot take FieldFlow's tasks "
+            f"({paragraph(exc)}). {advice}"
+        ) from None
+    finally:
+        probe.cancel()
+        probe.release()
+
+
+def paragraph(exc: BaseException, limit: int = 300) -> str:
+    """``"TypeName: message"`` of an exception, its first paragraph joined into one line (a
+    library's message wrapped over lines lost all but its first: "This frequently", review
+    17), cut at ``limit`` characters."""
+    lines = []
+    for line in str(exc).strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    text = " ".join(lines)
+    if len(text) > limit:
+        text = text[: limit - 3].rstrip() + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Cluster:
@@ -366,15 +510,67 @@ class Cluster:
         """Workers, threads and GPUs now connected, and how many run without FieldFlow's Dask
         settings (:data:`WORKER_SETTINGS_FILE`)."""
         details = scheduler_details(self.client)
-        workers = details.get("workers") or {}
-        trimming = self.client.run(_malloc_trimming) if workers else {}
+        workers = usable_workers(details)
+        others = sorted(set(details.get("workers") or {}) - set(workers))
+        answers, silent = self.ask_workers(_worker_report, list(workers))
+        failed = {a: v for a, v in answers.items() if isinstance(v, BaseException)}
+        first_error = next(iter(failed.values()), None)
         return ClusterInfo(
             address=self.address,
             workers=len(workers),
             threads=sum(int(w.get("nthreads", 0)) for w in workers.values()),
             gpus=gpu_capacity(details),
-            trimming_workers=sum(bool(v) for v in trimming.values()),
+            trimming_workers=sum(
+                bool(v.get("trimming")) for v in answers.values() if isinstance(v, dict)
+            ),
+            not_started=tuple(
+                f"{a} ({details['workers'][a].get('status', 'unknown')})" for a in others
+            ),
+            without_code=tuple(sorted(failed)),
+            code_error=paragraph(first_error) if first_error is not None else "",
+            silent=tuple(silent),
         )
+
+    def ask_workers(
+        self, function: Any, workers: list[str], *args: Any, timeout_s: float | None = None
+    ) -> tuple[dict[str, Any], list[str]]:
+        """``function(*args)`` on each of ``workers`` (addresses); returns (answers by address,
+        the addresses that did not answer in time). An answer is what the function returned,
+        or the exception it (or the worker, unable to unpickle it) raised.
+
+        ``client.run`` waits for every worker without a limit: one worker that joined but
+        never started kept ``batch`` waiting 8 minutes without a word (review 17). Here all
+        are asked at once for ``timeout_s`` (:data:`WORKER_ANSWER_S`); if some did not answer,
+        each is asked again alone for a second, so one silent worker does not hide the rest.
+        """
+        if not workers:
+            return {}, []
+        limit = WORKER_ANSWER_S if timeout_s is None else timeout_s
+
+        def ask(some: list[str], seconds: float) -> dict[str, Any]:
+            return dict(
+                self.client.sync(
+                    self.client._run,
+                    function,
+                    *args,
+                    workers=some,
+                    on_error="return",
+                    callback_timeout=seconds,
+                )
+            )
+
+        try:
+            return ask(workers, limit), []
+        except (TimeoutError, OSError):
+            pass
+        answers: dict[str, Any] = {}
+        silent = []
+        for address in workers:
+            try:
+                answers.update(ask([address], 1.0))
+            except (TimeoutError, OSError):
+                silent.append(address)
+        return answers, silent
 
     def resources_for(self, method: str) -> dict[str, float] | None:
         """:func:`reconstruct_resources` for the workers connected now."""
@@ -433,7 +629,7 @@ class Cluster:
             # Stopped by Ctrl-C: the worker processes of this cluster stop at once (their
             # files are written whole or not at all); closed politely mid-task, each logged
             # its cancelled tasks and a traceback after the command's one line (review 13).
-            with _quiet_dask_logs():
+            with quiet_dask_logs():
                 self._kill_local_workers()
                 self.close()
             return
@@ -476,6 +672,7 @@ def connect(
     *,
     timeout_s: float = CONNECT_TIMEOUT_S,
     environ: Mapping[str, str] | None = None,
+    warn: bool = True,
 ) -> Cluster:
     """Connect to a running scheduler.
 
@@ -483,6 +680,9 @@ def connect(
         address: e.g. ``tcp://scheduler:8786``; by default ``DASK_SCHEDULER_ADDRESS``.
         timeout_s: how long to try before giving up.
         environ: where to read ``DASK_SCHEDULER_ADDRESS`` (default ``os.environ``).
+        warn: log a warning for workers that are slow (Dask's allocation), cannot run
+            FieldFlow's code, or are not running (the app's server log); off for a caller that
+            refuses such a cluster itself (:func:`check_cluster`).
 
     Raises:
         InputError: no address given and ``DASK_SCHEDULER_ADDRESS`` unset, or the address has
@@ -513,10 +713,19 @@ def connect(
         ) from None
     prepare_workers(client)
     cluster = Cluster(client)
+    if not warn:
+        return cluster
     with contextlib.suppress(Exception):  # a warning only: never stop a connection for it
         info = cluster.info()
-        if info.trimming_workers:
+        if info.trimming_workers or info.not_started or info.silent:
             LOG.warning("Dask cluster %s", info.describe())
+        if info.without_code:
+            LOG.warning(
+                "Dask workers %s cannot run FieldFlow's code (%s). %s",
+                ", ".join(info.without_code),
+                info.code_error,
+                CODE_ADVICE.format(address=info.address),
+            )
     return cluster
 
 
@@ -536,9 +745,9 @@ def worker_settings(path: Path = WORKER_SETTINGS_FILE) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _quiet_dask_logs() -> Iterator[None]:
-    """Dask's loggers say nothing below CRITICAL while inside."""
-    logger = logging.getLogger("distributed")
+def quiet_dask_logs(name: str = "distributed") -> Iterator[None]:
+    """Dask's loggers (those under ``name``) say nothing below CRITICAL while inside."""
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
@@ -641,7 +850,7 @@ def field_worker(
     """
     from dask.base import tokenize
 
-    workers = scheduler_info.get("workers") or {}
+    workers = usable_workers(scheduler_info)
     able = sorted(
         address
         for address, worker in workers.items()

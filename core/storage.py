@@ -409,3 +409,47 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def claimed(lock_path: Path, busy: str, *, where: str = "--out") -> Iterator[None]:
+    """Hold ``lock_path`` for this process while inside: an exclusive lock on that hidden
+    file (removed when the block ends), released when the block ends or the process dies,
+    however (a killed holder leaves the empty file, which the next one takes). For one
+    writer at a time of a training's checkpoint, or of a batch's folder.
+
+    Args:
+        lock_path: the lock file (its folder is made if need be).
+        busy: the message when another process holds it.
+        where: the option naming the folder, for the message when it cannot be written.
+
+    Raises:
+        InputError: another process holds it now (``busy``).
+        OutputError: the lock file cannot be made.
+    """
+    from core.errors import InputError
+
+    try:
+        import fcntl
+    except ImportError:  # not on a POSIX system: no lock
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole block
+    except OSError as exc:
+        raise OutputError(
+            f"Cannot write in {lock_path.parent} ({exc.strerror}): choose a {where} you can "
+            "write to."
+        ) from exc
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(handle.fileno()).st_ino != os.stat(lock_path).st_ino:
+                raise BlockingIOError  # a lock file removed by its holder as this one opened it
+        except (BlockingIOError, FileNotFoundError):
+            raise InputError(busy) from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)  # while held: nothing is left in the folder

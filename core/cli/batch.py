@@ -8,20 +8,25 @@ Each field's outputs go to ``<out>/<field_id>/`` and a table of all fields to
 ``<out>/summary.csv`` (see :mod:`core.batch`). A re-run skips the fields whose outputs are
 complete. One line is printed per field as it finishes.
 
-Where it runs: ``--scheduler ADDRESS`` (or ``DASK_SCHEDULER_ADDRESS``) uses that cluster, whose
-workers must see ``--out`` and the cache folder under the same paths; otherwise a local cluster
+Where it runs: ``--scheduler ADDRESS`` (or ``DASK_SCHEDULER_ADDRESS``) uses that cluster: its
+scheduler and workers must be able to import FieldFlow's code (its Docker image, or its folder
+on ``PYTHONPATH``), and its workers must see ``--out`` (and a ``--checkpoint``) under the same
+absolute paths: this is checked before any field is sent, and a field whose outputs this
+machine cannot see is failed, not "ok". Otherwise a local cluster
 of ``--workers`` single-threaded workers starts, as processes by default (this works from a
 plain command line; where worker processes cannot start, it falls back to threads and says so)
 or as threads of this process with ``--local-mode threads``. ``--scheduler local`` ignores
 ``DASK_SCHEDULER_ADDRESS``.
 
 Exit status: 0 when every field is ok or skipped, 1 when some field failed (the summary says
-which and why), 2 for a bad command (unreadable fields file, bad dates, scheduler unreachable).
+which and why), 2 for a bad command (unreadable fields file, bad dates, scheduler unreachable
+or lost, a cluster that cannot run FieldFlow's code, another batch writing the same ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -42,6 +47,12 @@ if TYPE_CHECKING:
 
 DEFAULT_WORKERS = 2
 LOCAL = "local"
+BATCH_LOCK_FILE = ".batch.lock"
+"""Held in ``--out`` while a batch writes there: a second batch into it is refused."""
+
+
+def _absolute(path: Path) -> Path:
+    return Path(path).expanduser().absolute()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,13 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=DEFAULT_WORKERS,
+        default=None,
         help=f"workers of the local cluster (default {DEFAULT_WORKERS})",
     )
     parser.add_argument(
         "--local-mode",
         choices=("processes", "threads"),
-        default="processes",
+        default=None,
         help="local workers as processes (default) or as threads of this process",
     )
     parser.add_argument(
@@ -122,14 +133,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     from core.distributed import (
         SCHEDULER_ENV,
+        check_cluster,
         check_local_workers,
         check_scheduler_address,
         connect,
         local_cluster,
+        quiet_dask_logs,
         scheduler_address,
     )
     from core.reconstruct import check_options, resolve_method
-    from core.storage import check_output_folder
+    from core.storage import check_output_folder, claimed
 
     started = time.monotonic()
     address = args.scheduler or scheduler_address()
@@ -139,8 +152,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             name="--scheduler" if args.scheduler else SCHEDULER_ENV,
             or_else=f", or '{LOCAL}' for a local cluster on this machine",
         )
-    if not (address and address != LOCAL):  # a local cluster: its size checked up front
-        check_local_workers(args.workers)
+    remote = bool(address and address != LOCAL)
+    workers = DEFAULT_WORKERS if args.workers is None else args.workers
+    if not remote:  # a local cluster: its size checked up front
+        check_local_workers(workers)
     check_output_folder(args.out)
     method = chosen_method(args, settings)
     resolve_method(method)  # InputError naming the choices
@@ -162,34 +177,71 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         args.fields, id_column=args.id_column, layer=args.layer, max_area_ha=settings.max_area_ha
     )
 
-    if address and address != LOCAL:
-        cluster = connect(address)
-    else:
-        if method == "model" and not chosen_checkpoint(args, settings).is_file():
+    if not remote and method == "model":  # on this machine: refused now, not after every
+        if not chosen_checkpoint(args, settings).is_file():  # field's fetch
             raise InputError(
                 f"No model checkpoint at {chosen_checkpoint(args, settings)}; give "
                 "--checkpoint, train one ('python -m core train') or use --method linear."
             )
-        if method == "model":  # on this machine: refused now, not after every field's fetch
-            check_model_up_front(options.device, chosen_checkpoint(args, settings))
-        cluster = local_cluster(args.workers, processes=args.local_mode == "processes")
+        check_model_up_front(options.device, chosen_checkpoint(args, settings))
 
     def on_row(row: FieldRow, done: int, total: int) -> None:
         print(f"[{done}/{total}] {row.line()}", flush=True)
 
-    with cluster:
+    def on_note(text: str) -> None:
+        print(f"note: {text}", file=sys.stderr, flush=True)
+
+    busy = (
+        f"Another batch is writing to {args.out} now; wait until it has ended, or choose "
+        "another --out (two at once would each replace the other's fields; review 17)."
+    )
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(claimed(Path(args.out) / BATCH_LOCK_FILE, busy))
+        if remote:  # its problems are refused below, in words
+            # A scheduler lost is said in one line (run_batch raises it); its client logged it
+            # as a 20-line traceback as well, up to its close (review 17). The client's other
+            # errors reach the rows.
+            stack.enter_context(quiet_dask_logs("distributed.client"))
+            cluster = stack.enter_context(connect(address, warn=False))
+        else:
+            cluster = stack.enter_context(
+                local_cluster(workers, processes=args.local_mode != "threads")
+            )
+        info = cluster.info()
+        if remote:  # refused in words now, not as every field's failure (review 17)
+            checkpoint = request.options.checkpoint if method == "model" else None
+            check_cluster(cluster, info, _absolute(checkpoint) if checkpoint else None)
         print(
             f"Batch of {len(fields)} field(s) from {args.fields}, {request.start} to "
-            f"{request.end}, method {method}, on {cluster.info().describe()}",
+            f"{request.end}, method {method}, on {info.describe()}",
             flush=True,
         )
         if cluster.note:
-            print(f"note: {cluster.note}", file=sys.stderr)
+            on_note(cluster.note)
+        if remote and (args.workers is not None or args.local_mode is not None):
+            local_options = (("--workers", args.workers), ("--local-mode", args.local_mode))
+            given = " and ".join(option for option, value in local_options if value is not None)
+            on_note(
+                f"{given} only shape a local cluster, and change nothing on the cluster at "
+                f"{info.address}: it has the workers it was started with ({info.workers} now)."
+            )
+        if remote and not info.workers:
+            on_note(
+                f"the cluster has no workers running yet: the batch waits for one; start one "
+                f"with 'dask worker {info.address}'."
+            )
         rows = run_batch(
-            fields, request, args.out, cluster=cluster, settings=settings, on_row=on_row
+            fields,
+            request,
+            args.out,
+            cluster=cluster,
+            settings=settings,
+            on_row=on_row,
+            on_note=on_note,
         )
-    summary = write_summary(rows, Path(args.out) / SUMMARY_FILE)
-    write_joined_curves(rows, args.out)
+        # the tables, before another batch may take the folder
+        summary = write_summary(rows, Path(args.out) / SUMMARY_FILE)
+        write_joined_curves(rows, args.out)
     if trimmed := _curves_inside_the_period(rows, Path(args.out), request):
         print(
             f"note: {len(trimmed)} field(s)' curves cover less than the period asked for "

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from core.config import Settings
-from core.errors import InputError, OutputError
+from core.errors import InputError
 from core.model.config import BAND_TARGET, NARROW_BAND_COVERAGE, ModelConfig, TrainConfig
 from core.reconstruct import SEED_LIMIT
+from core.storage import claimed
 
 TINY_MODEL = {"width": 16, "depth": 1, "heads": 2, "flow_hidden": 32, "flow_layers": 1}
 """The network of ``--tiny`` (smoke tests: trains in seconds)."""
@@ -373,40 +373,17 @@ def _train_and_save(
 
 @contextlib.contextmanager
 def training_claim(out: Path) -> Iterator[None]:
-    """Hold ``out`` for this training while inside: a lock on a hidden file beside it
-    (``.NAME.pt.lock``, removed when the block ends), released when the block ends or the
-    process dies, however (a killed training leaves the empty file, which the next one takes).
+    """Hold ``out`` for this training while inside (:func:`core.storage.claimed`: a lock on
+    ``.NAME.pt.lock`` beside it).
 
     Raises:
         InputError: another training holds it now.
     """
-    try:
-        import fcntl
-    except ImportError:  # not on a POSIX system: no lock
+    busy = (
+        f"Another training is writing {out} now; wait until it has ended, or choose another --out."
+    )
+    with claimed(out.with_name(f".{out.name}.lock"), busy, where="--out"):
         yield
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.with_name(f".{out.name}.lock")
-    try:
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the whole block
-    except OSError as exc:
-        raise OutputError(
-            f"Cannot write in {out.parent} ({exc.strerror}): choose an --out you can write to."
-        ) from exc
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.fstat(handle.fileno()).st_ino != os.stat(lock_path).st_ino:
-                raise BlockingIOError  # a lock file removed by its holder as this one opened it
-        except (BlockingIOError, FileNotFoundError):
-            raise InputError(
-                f"Another training is writing {out} now; wait until it has ended, or choose "
-                "another --out."
-            ) from None
-        try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)  # while held: nothing is left in the folder
 
 
 MAX_VALIDATION_EPISODES = 1000

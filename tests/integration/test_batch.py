@@ -97,10 +97,17 @@ def read_summary(out: Path) -> list[dict[str, str]]:
 
 
 def batch_args(
-    fields: Path, out: Path, site: PublishedSite, *, local_mode: str = "threads"
+    fields: Path,
+    out: Path | str,
+    site: PublishedSite,
+    *,
+    local_mode: str = "threads",
+    scheduler: str = "local",
 ) -> list[str]:
+    """``batch`` of the fields with linear, on a local cluster of 2 workers (``local_mode``),
+    or on ``scheduler``'s cluster (no local options then: they would be said to do nothing)."""
     start, end = period(site)
-    return [
+    args = [
         "batch",
         "--fields",
         str(fields),
@@ -116,13 +123,12 @@ def batch_args(
         "linear",
         "--every-days",
         "7",
-        "--workers",
-        "2",
-        "--local-mode",
-        local_mode,
         "--scheduler",
-        "local",
+        scheduler,
     ]
+    if scheduler == "local":
+        args += ["--workers", "2", "--local-mode", local_mode]
+    return args
 
 
 @pytest.fixture(scope="module")

@@ -406,7 +406,17 @@ def test_failed_fetch_and_failures_outside_fieldflow_are_reported(tmp_path) -> N
     row = reconstruct_task(Fetched(None, message, 0.4), item, REQUEST, str(tmp_path), {})
     assert (row.status, row.error, row.seconds) == ("failed", message, 0.4)
     assert failure_message(NoScenesError(message)) == message
-    assert failure_message(ValueError("bad value\nmore detail")) == "ValueError: bad value"
+    assert failure_message(ValueError("bad value\n\nmore detail")) == "ValueError: bad value"
+    # a message wrapped over lines is kept whole (review 17: Dask's was cut mid-sentence)
+    dask_says = (
+        "Error during deserialization of the task graph. This frequently\noccurs if the "
+        "Scheduler and Client have different environments.\n\nFor more information, see ..."
+    )
+    assert failure_message(RuntimeError(dask_says)) == (
+        "RuntimeError: Error during deserialization of the task graph. This frequently occurs "
+        "if the Scheduler and Client have different environments."
+    )
+    assert len(failure_message(ValueError("x" * 1000))) == len("ValueError: ") + 300
     assert failure_message(KeyError()) == "KeyError"
 
 
@@ -1152,3 +1162,25 @@ def test_an_unreachable_scheduler_given_as_an_option_is_not_told_to_unset_a_vari
     with pytest.raises(ClusterError) as from_env:
         connect(timeout_s=0.5, environ={"DASK_SCHEDULER_ADDRESS": "tcp://127.0.0.1:9"})
     assert "unset DASK_SCHEDULER_ADDRESS" in str(from_env.value)
+
+
+def test_workers_registered_but_not_running_are_neither_counted_nor_routed_to() -> None:
+    # Review 17: a worker that failed to start (it could not import FieldFlow's code) stays
+    # registered as "closing" until its heartbeat times out; it was counted, given GPU fields
+    # and asked to answer, which held the batch for 8 minutes.
+    from core.distributed import ClusterInfo, gpu_capacity, usable_workers
+
+    identity = {  # the shape of the scheduler's identity(), as scheduler_details returns it
+        "workers": {
+            "tcp://10.0.0.1:4001": {"status": "running", "nthreads": 2, "resources": {}},
+            "tcp://10.0.0.2:4001": {"status": "closing", "nthreads": 1, "resources": {"GPU": 1}},
+            "tcp://10.0.0.3:4001": {"status": "paused", "nthreads": 1, "resources": {}},
+        }
+    }
+    assert sorted(usable_workers(identity)) == ["tcp://10.0.0.1:4001", "tcp://10.0.0.3:4001"]
+    assert gpu_capacity(identity) == 0.0
+    info = ClusterInfo("tcp://s:8786", 2, 3, 0.0, not_started=("tcp://10.0.0.2:4001 (closing)",))
+    assert info.describe() == (
+        "tcp://s:8786: 2 workers, 3 threads, no GPU workers (1 more registered but not "
+        "running: tcp://10.0.0.2:4001 (closing); their logs say why)"
+    )
