@@ -239,6 +239,7 @@ def validate_cube(ds: xr.Dataset) -> xr.Dataset:
                 "Map other codes to 0 or 1 before writing the cube (SCL: core.cube.valid_from_scl)."
             )
     out["valid"] = out["valid"].astype(np.uint8)
+    _check_clear_reflectance(out["s2"].values, out["valid"].values)
     if "s1" in out:
         if out["s1"].dims != ("time_s1", "polarization", "y", "x"):
             raise CubeError(
@@ -460,6 +461,53 @@ def _check_reflectance_scale(s2: np.ndarray) -> None:
         )
 
 
+CLEAR_MEDIAN_MIN = 0.002
+"""Below this median, a cube's clear reflectance is not reflectance: land and water lie at 0.01
+to 0.5 (the shared cubes' clear medians are 0.057 to 0.22, their 1st percentiles 0.006 to
+0.09); 10,000 times too small, it is reflectance divided by 10000 twice (review 18)."""
+CLEAR_NEGATIVE_SHARE_MAX = 0.3
+"""Above this share of clear red values (of all bands' without red) below -0.01, an L2A offset
+was taken from values that had none (before processing baseline 04.00): everything then lies
+0.1 too low and red, mostly under 0.1, goes negative (51 % of the clear red of a hu-alfold crop,
+review 18; no shared cube has any). Water and deep shadow dip below 0 in real L2A: a fifth of a
+field's red there passes."""
+
+
+def _check_clear_reflectance(s2: np.ndarray, valid: np.ndarray) -> None:
+    """CubeError when the clear pixels of ``s2`` are reflectance on a wrong scale that the
+    median of all values (clouds included, :func:`_check_reflectance_scale`) lets through:
+    divided by 10000 twice, or shifted by an offset the data did not have. Every method ran on
+    such a cube, and training saved a model of it; the commands that screen the red floor then
+    found "not one clear pixel" and blamed the clouds (review 18)."""
+    frames = slice(None, None, max(1, s2.shape[0] // 16))
+    sample = s2[frames, :, ::4, ::4]
+    clear = valid[frames, ::4, ::4].astype(bool)
+    by_band = np.moveaxis(sample, 1, -1)[clear]  # (n, bands)
+    values = by_band[np.isfinite(by_band) & (by_band != 0)]
+    if values.size < 100:  # too few clear values to judge: the other checks stand
+        return
+    red = by_band[:, S2_BANDS.index("B04")]
+    red = red[np.isfinite(red) & (red != 0)]  # red where present: dark water's SWIR may dip
+    negative = float(np.mean((red if red.size >= 100 else values) < -0.01))
+    if negative > CLEAR_NEGATIVE_SHARE_MAX:
+        raise CubeError(
+            f"{negative:.0%} of the cube's clear red (or reflectance) values are below -0.01 "
+            "(real L2A has almost none): an offset looks taken away that the data did not "
+            "have. Subtract 1000 from the digital numbers only for processing baseline 04.00 "
+            "and later "
+            "(BOA_ADD_OFFSET), then divide by 10000; or fetch the cube with 'python -m core "
+            "fetch'."
+        )
+    median = float(np.median(values))
+    if median < CLEAR_MEDIAN_MIN:
+        raise CubeError(
+            f"The cube's clear reflectance is far too small (median {median:.2g}; land and "
+            "water lie between about 0.01 and 0.5): it looks divided by 10000 twice. Divide "
+            "Sentinel-2 L2A digital numbers by 10000 once, or fetch the cube with 'python -m "
+            "core fetch'."
+        )
+
+
 NODATA_BELOW_DB = -100.0
 """Backscatter values at or below this are nodata codes (e.g. -9999), not decibels."""
 LINEAR_NEGATIVE_SHARE = 0.01
@@ -573,10 +621,37 @@ def read_cube(path: str | os.PathLike[str]) -> xr.Dataset:
     for var in loaded.variables.values():
         var.encoding = {}
     cube = validate_cube(loaded)
-    note = single_polarization_note(cube["s1"]) if has_s1(cube) else None
-    if note:  # here, not in validate_cube: once per file read
-        LOG.warning("%s: %s", p, note)
+    for note in (
+        single_polarization_note(cube["s1"]) if has_s1(cube) else None,
+        unmasked_note(cube),
+    ):
+        if note:  # here, not in validate_cube: once per file read
+            LOG.warning("%s: %s", p, note)
     return cube
+
+
+UNMASKED_FRAMES = 20
+"""From this many Sentinel-2 frames, every observation flagged clear reads as a mask never
+applied: no season of a field is clear on 20 acquisitions running, pixel for pixel."""
+
+
+def unmasked_note(cube: xr.Dataset) -> str | None:
+    """A sentence when every observation of a long cube without its scene classification is
+    flagged clear (``valid`` all 1 where there is data): the cloud mask was likely never
+    applied, and every method then takes clouds for ground (review 18: errors 10 x the usual,
+    a band fitted 2.6 x wider). A fetched cube, whose ``valid`` comes from its ``scl``, may
+    well be clear throughout in a dry season: it is left alone. None otherwise."""
+    if cube.sizes["time_s2"] < UNMASKED_FRAMES or "scl" in cube:  # SCL's mask was applied
+        return None
+    has_data = np.isfinite(cube["s2"].values).any(axis=1)
+    if not has_data.any() or not bool(cube["valid"].values.astype(bool)[has_data].all()):
+        return None
+    return (
+        f"every observation of its {cube.sizes['time_s2']} Sentinel-2 frames is flagged clear "
+        "('valid' is 1 wherever there is data): was the cloud mask applied? Clouds flagged "
+        "clear are taken for ground by every method. Build 'valid' from the scene "
+        "classification (core.cube.valid_from_scl) or another cloud mask."
+    )
 
 
 def write_cube(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:

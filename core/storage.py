@@ -97,6 +97,12 @@ def check_output_path(
             f"{option} {target} is the model checkpoint this command uses: writing it would "
             "replace the model. Choose another output file."
         )
+    if model is not None and Path(model).with_suffix(".json").resolve() == resolved:
+        raise OutputError(  # review 18: an evaluation written over the model's own record
+            f"{option} {target} is the training record of the model this command uses "
+            "(its sites, held-out sites and figures): writing it would replace the record. "
+            "Choose another output file."
+        )
     for source in inputs:
         if Path(source).resolve() == resolved:
             raise OutputError(

@@ -173,7 +173,18 @@ def cube_paths(cubes: list[Path], cubes_dir: Path | None, settings: Settings) ->
         if not found:
             raise InputError(f"No .nc cubes in {folder}.")
         paths += found
-    return list(dict.fromkeys(paths))
+    paths = list(dict.fromkeys(paths))
+    by_name: dict[str, list[Path]] = {}
+    for path in paths:
+        by_name.setdefault(path.stem, []).append(path)
+    if twins := {name: same for name, same in by_name.items() if len(same) > 1}:
+        name, same = next(iter(twins.items()))
+        raise InputError(
+            f"Two cubes named '{name}' ({', '.join(str(p) for p in same)}): a cube's rows, its "
+            "draws and the pooling go by its file name, so they would be mixed up. Give each "
+            "cube a name of its own (rename or link one), then run again."
+        )
+    return paths
 
 
 LISTED_BAD_CUBES = 5
@@ -186,7 +197,11 @@ def _cube_problem(path: Path, exc: CubeError) -> str:
     return reason if str(path) in reason else f"{path}: {reason}"
 
 
-def check_cubes(paths: list[Path], folder: Path | None) -> None:
+def check_cubes(
+    paths: list[Path],
+    folder: Path | None,
+    otherwise: str = "or give the cubes to evaluate one by one with --cube FILE",
+) -> None:
     """Read every cube once before any is evaluated, so a bad file stops the run before hours
     of work rather than after, and every bad file is named at once.
 
@@ -194,6 +209,7 @@ def check_cubes(paths: list[Path], folder: Path | None) -> None:
         paths: the cube files (:func:`cube_paths`).
         folder: the ``--cubes-dir`` folder (or the shared one) the files were listed from, or
             None when every file was given with ``--cube``.
+        otherwise: the other way out, after "move those files out of it, " (the command's).
 
     Raises:
         CubeError: names each unusable file and why; for files listed from a folder, says that
@@ -217,8 +233,7 @@ def check_cubes(paths: list[Path], folder: Path | None) -> None:
     if from_folder:
         these = "that file" if len(from_folder) == 1 else "those files"
         listing += (
-            f" The folder {folder} should hold only cubes: move {these} out of it, or give the "
-            "cubes to evaluate one by one with --cube FILE."
+            f" The folder {folder} should hold only cubes: move {these} out of it, {otherwise}."
         )
     raise CubeError(listing)
 

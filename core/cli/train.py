@@ -20,6 +20,10 @@ TINY_MODEL = {"width": 16, "depth": 1, "heads": 2, "flow_hidden": 32, "flow_laye
 """The network of ``--tiny`` (smoke tests: trains in seconds)."""
 TINY_TRAINING = {"steps": 10, "batch_size": 2, "crop": 16, "min_frames": 6, "max_frames": 8}
 
+FINE_TUNE_STEPS = 600
+"""Default ``--steps`` with ``--init``: the README's fine-tuning on a region (5-6 minutes on 2
+CPU cores); from scratch the default is :class:`TrainConfig`'s (3000: review 18 found a fine-tune
+without ``--steps`` running half an hour)."""
 FINE_TUNE_LR = 3e-4
 """Default peak learning rate with ``--init``: m5 (from m4) and the regional fine-tuning of the
 README were trained at it; the from-scratch default (1e-3) for 3 steps on one small cube
@@ -52,7 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated sites, not trained on, used to fit the uncertainty spread and to "
         "validate (default: the training sites)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"optimizer steps (default {TrainConfig.steps}; with --init {FINE_TUNE_STEPS})",
+    )
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument(
         "--lr",
@@ -155,7 +164,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(f"No cube files (*.nc) in {data}; pass --data with a folder of cubes.")
     inputs = [*paths, *([args.init] if args.init is not None else [])]
     check_output_path(args.out, inputs=inputs)
-    check_output_path(args.out.with_suffix(".json"), inputs=inputs)  # the training record
+    record = check_output_path(args.out.with_suffix(".json"), inputs=inputs)  # the record
+    if record.is_file() and not args.out.exists() and not _is_record(record):
+        raise InputError(  # review 18: an evaluation report there was replaced without a word
+            f"{record} exists and is not a model's training record (where this training writes "
+            f"its own, beside {args.out.name}): move it, or choose another --out."
+        )
     if args.log_every < 1:
         raise InputError(f"--log-every must be 1 or more, not {args.log_every}.")
     # One training at a time writes a given file: a second one started meanwhile (another
@@ -173,12 +187,15 @@ def _train_and_save(
     from core.model.checkpoint import Checkpoint, replace_checkpoint, training_total
     from core.model.inference import resolve_device
     from core.model.training import (
+        MIN_CLEAR_FRAMES,
         calibrate,
         footprints_of,
         held_out_inside,
         load_series,
         merged_footprints,
         train,
+        trainable_series,
+        unusable_reason,
         validation_episodes,
     )
 
@@ -216,6 +233,8 @@ def _train_and_save(
     model_config = replace(model_config, **{k: v for k, v in overrides.items() if v is not None})
     if args.steps is not None:
         train_config = replace(train_config, steps=args.steps)
+    elif init is not None and not args.tiny:
+        train_config = replace(train_config, steps=FINE_TUNE_STEPS)
     if args.batch_size is not None:
         train_config = replace(train_config, batch_size=args.batch_size)
     if args.lr is not None:
@@ -253,9 +272,20 @@ def _train_and_save(
     if args.field_ndvi_weight is not None:
         train_config = replace(train_config, field_ndvi_weight=args.field_ndvi_weight)
 
+    from core.cli.evaluate import check_cubes
+
+    folder = Path(data) if Path(data).is_dir() else None
+    check_cubes(paths, folder, "or train on a folder of the good ones")  # every bad one at once
     all_series = [load_series(p) for p in paths]
     sites = {s.site for s in all_series}
     init_holdout = set(init.record.get("holdout_sites", [])) if init is not None else set()
+    if absent := sorted(
+        {r.strip() for r in args.release_holdout.split(",") if r.strip()} & init_holdout - sites
+    ):  # review 18: "names unknown sites" of the checkpoint's own held-out site
+        raise InputError(
+            f"--release-holdout names {absent}, which {args.init} held out but which is not in "
+            f"--data ({sorted(sites)}): there is nothing of it to train on, so nothing to release."
+        )
     release = _site_list(args.release_holdout, sites, "--release-holdout")
     if release and init is None:
         raise InputError(
@@ -286,13 +316,44 @@ def _train_and_save(
             "No site is left to train on: every site is held out (--holdout) or kept for "
             "calibration (--calibrate-on); keep at least one for training."
         )
-    validation = [s for s in all_series if s.site in calibration_sites] or training
+    # Cubes training cannot cut an episode from (a few pixels, a season of cloud) are named
+    # and left out of training, calibration and the record alike; review 18: kept in the
+    # calibration, one left it 1 episode of 48, or none and a traceback after the training.
+    reasons = {id(s): unusable_reason(s, model_config.patch) for s in all_series}
+    calibration = [s for s in all_series if s.site in calibration_sites]
+    if unfit := [reasons[id(s)] for s in calibration if reasons[id(s)]]:
+        raise InputError(
+            f"Cannot calibrate on these cubes: {'; '.join(unfit)}. A calibration cube needs "
+            f"{MIN_CLEAR_FRAMES} Sentinel-2 frames with clear pixels and at least "
+            f"{model_config.patch} x {model_config.patch} px. Give --calibrate-on larger or "
+            "longer cubes."
+        )
+    if left_out := [reasons[id(s)] for s in training if reasons[id(s)]]:
+        print(f"warning: left out, too little to train on: {'; '.join(left_out)}", file=sys.stderr)
+    training = trainable_series(training, model_config.patch)  # InputError if none is left
+    validation = calibration or training
     print(
         f"training on {[s.site for s in training]}; calibrating on "
         f"{[s.site for s in validation]}; never used: {sorted(holdout | unseen_before)}; "
         f"device {device}",
         file=sys.stderr,
     )
+    # Cut before the training, so that a set that gives none stops it before, not after.
+    episodes = validation_episodes(
+        validation,
+        args.validation_episodes,
+        train_config,
+        seed=1234,
+        smooth_features=model_config.smooth_features,
+        whittaker_features=model_config.whittaker_features,
+        patch=model_config.patch,
+    )
+    if not episodes:
+        raise InputError(
+            f"Not one validation episode could be cut from {[s.site for s in validation]} "
+            f"(crops of {train_config.crop} px with hidden clear pixels): give larger cubes, "
+            "or others with --calibrate-on."
+        )
     started = time.time()
 
     def progress(step: int, total: int, figures: dict[str, float]) -> None:
@@ -318,15 +379,6 @@ def _train_and_save(
             seconds_before=training_total(init.record, "seconds"),
         )
     model = model.cpu()
-    episodes = validation_episodes(
-        validation,
-        args.validation_episodes,
-        train_config,
-        seed=1234,
-        smooth_features=model_config.smooth_features,
-        whittaker_features=model_config.whittaker_features,
-        patch=model_config.patch,
-    )
     figures = calibrate(model, episodes, target_coverage=BAND_TARGET, seed=train_config.seed)
     for warning in _training_warnings(figures):
         print(f"warning: {warning}", file=sys.stderr)
@@ -369,6 +421,17 @@ def _train_and_save(
         f" -> {figures['coverage_calibrated']:.2f} with spread scale {figures['spread_scale']:.2f}"
     )
     return 0
+
+
+def _is_record(path: Path) -> bool:
+    """Is ``path`` a checkpoint's training record (what ``train`` writes beside NAME.pt)?"""
+    import json
+
+    try:
+        text = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(text, dict) and {"model_config", "record"} <= set(text)
 
 
 @contextlib.contextmanager

@@ -320,6 +320,20 @@ def trained_inside(path: str | os.PathLike[str] | None) -> Callable[[xr.Dataset]
     return lambda cube: training_overlap(checkpoint, cube).trained_on
 
 
+def placed_by_record(path: str | os.PathLike[str] | None) -> Callable[[xr.Dataset], bool]:
+    """Whether the checkpoint at ``path`` records where cubes of a cube's ``site`` name lie
+    (footprints of that name) and the cube's own place can be told: :func:`training_overlap`
+    then judges it by place, and its name alone says nothing (fields fetched under one name,
+    "field" or a file's, are not one place; review 18)."""
+    checkpoint = load_checkpoint(path)
+    named = {str(e["site"]) for e in checkpoint.seen_footprints}
+
+    def test(cube: xr.Dataset) -> bool:
+        return str(cube.attrs.get("site", "")) in named and cube_outline(cube) is not None
+
+    return test
+
+
 def training_total(record: dict[str, object], key: str) -> float | None:
     """``record[key]`` plus ``record[key + "_before"]``: a fine-tuned checkpoint's training
     (``steps``, ``seconds``) with that of the checkpoint it started from; None where the record

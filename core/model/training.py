@@ -214,21 +214,29 @@ MIN_CLEAR_FRAMES = 4
 are hidden, the rest are what the network learns to reconstruct them from)."""
 
 
+def unusable_reason(series: SeriesData, patch: int) -> str:
+    """Why training cannot cut episodes from ``series`` (``"SITE is 3 x 3 px"``), or "" when
+    it can: it needs :data:`MIN_CLEAR_FRAMES` S2 frames with a clear pixel and one patch."""
+    frames = int(np.isfinite(series.clear_s2).any(axis=(1, 2, 3)).sum())
+    height, width = series.clear_s2.shape[2:]
+    if frames < MIN_CLEAR_FRAMES:
+        return f"{series.site} has {frames} Sentinel-2 frame(s) with clear pixels"
+    if min(height, width) < patch:
+        return f"{series.site} is {height} x {width} px"
+    return ""
+
+
 def trainable_series(series: Sequence[SeriesData], patch: int) -> list[SeriesData]:
-    """The series training can cut episodes from: at least :data:`MIN_CLEAR_FRAMES` S2 frames
-    with a clear pixel, at least one patch.
+    """The series training can cut episodes from (:func:`unusable_reason`).
 
     Raises:
         InputError: none is, with what each one lacks.
     """
     usable, why = [], []
     for s in series:
-        frames = int(np.isfinite(s.clear_s2).any(axis=(1, 2, 3)).sum())
-        height, width = s.clear_s2.shape[2:]
-        if frames < MIN_CLEAR_FRAMES:
-            why.append(f"{s.site} has {frames} Sentinel-2 frame(s) with clear pixels")
-        elif min(height, width) < patch:
-            why.append(f"{s.site} is {height} x {width} px")
+        reason = unusable_reason(s, patch)
+        if reason:
+            why.append(reason)
         else:
             usable.append(s)
     if not usable:
@@ -688,6 +696,11 @@ def train(
     return ema, record
 
 
+EPISODE_TRIES = 20
+"""Attempts in a row without an episode after which :func:`validation_episodes` gives up a
+series."""
+
+
 def validation_episodes(
     series: Sequence[SeriesData],
     count: int,
@@ -710,11 +723,13 @@ def validation_episodes(
     rng = np.random.default_rng(seed)
     episodes: list[Episode] = []
     usable = [s for s in series if s.clear_s2.shape[0] >= 4]
+    failed = [0] * len(usable)  # attempts in a row that gave no episode, per series
     n_gap = round(LONG_GAP_SHARE * count)
     attempts = 0
     while usable and len(episodes) < count and attempts < count * 20:
         attempts += 1
-        s = usable[len(episodes) % len(usable)]
+        turn = len(episodes) % len(usable)
+        s = usable[turn]
         n_frames = min((config.min_frames + config.max_frames) // 2, s.clear_s2.shape[0])
         ep = make_episode(
             s,
@@ -734,6 +749,11 @@ def validation_episodes(
         )
         if ep is not None:
             episodes.append(ep)
+            failed[turn] = 0
+        else:  # a series that keeps giving none leaves the turn (review 18: a 3 x 3 px cube
+            failed[turn] += 1  # in the folder took every later turn: 1 episode of 48, or none)
+            if failed[turn] >= EPISODE_TRIES:
+                del usable[turn], failed[turn]
     return episodes
 
 

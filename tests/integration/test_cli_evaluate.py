@@ -13,6 +13,7 @@ import pytest
 import xarray as xr
 
 from core.cli import main
+from core.cube import read_cube
 
 ROOT = Path(__file__).resolve().parents[2]
 CUBES = ("pt-santarem_2021.nc", "hu-alfold_2021.nc")
@@ -273,3 +274,70 @@ def torch_sees_a_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def test_a_target_is_not_judged_on_a_handful_of_pixels(cubes_dir, tmp_path, capsys) -> None:
+    # Review 18: a field of 3 x 3 px got "0.735 ok" on 4 hidden pixels, like a full cube.
+    from core.cube import write_cube
+
+    cube = read_cube(cubes_dir / "hu-alfold_2021.nc")
+    write_cube(cube.isel(y=slice(60, 63), x=slice(60, 63)), tmp_path / "px3.nc")
+    args = ["evaluate", "--cube", str(tmp_path / "px3.nc"), "--seed", "5"]
+    assert main([*args, "--methods", "linear,whittaker,model", "--steps", "2"]) == 0
+    table = capsys.readouterr().out
+    judged = [line for line in table.splitlines() if " model " in line and "n/a" not in line]
+    assert judged and all(line.rstrip().endswith("few") for line in judged), table
+    assert "few: under 100 scored pixels or 2 frames; the ratio is noise there" in table
+
+
+def test_two_cubes_of_one_name_are_refused(cubes_dir, tmp_path, capsys) -> None:
+    # Review 18: both were 'h_one' in the rows, got the same draws, and the pooled rows said
+    # "x1" without a ratio.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "field1.nc").symlink_to(cubes_dir / CUBES[0])
+    (tmp_path / "b" / "field1.nc").symlink_to(cubes_dir / CUBES[1])
+    args = ["evaluate", "--methods", "linear", "--cube", str(tmp_path / "a" / "field1.nc")]
+    assert main([*args, "--cube", str(tmp_path / "b" / "field1.nc")]) == 2
+    assert capsys.readouterr().err.startswith("error: Two cubes named 'field1' (")
+
+
+def test_the_models_own_record_is_not_written_over(cubes_dir, tmp_path, capsys) -> None:
+    # Review 18: 'evaluate --json NAME.json' replaced the training record of the model NAME.pt
+    # it evaluated (only the .pt was protected).
+    import shutil
+
+    from core.config import DEFAULT_CHECKPOINT
+
+    model = shutil.copy(DEFAULT_CHECKPOINT, tmp_path / "mine.pt")
+    shutil.copy(DEFAULT_CHECKPOINT.with_suffix(".json"), tmp_path / "mine.json")
+    before = (tmp_path / "mine.json").read_text()
+    args = ["evaluate", "--cube", str(cubes_dir / CUBES[1]), "--methods", "linear,model"]
+    assert main([*args, "--checkpoint", str(model), "--json", str(tmp_path / "mine.json")]) == 2
+    assert "is the training record of the model this command uses" in capsys.readouterr().err
+    assert (tmp_path / "mine.json").read_text() == before
+
+
+def test_a_model_is_skipped_where_it_trained_not_on_every_cube_of_that_name(
+    flanders_cube, tmp_path, capsys
+) -> None:
+    # Review 18: fields fetched from one unnamed file all carry its name as their site; a model
+    # fine-tuned on one of them was skipped on the others as "seen in training".
+    from core.cube import write_cube
+
+    data, other = tmp_path / "data", tmp_path / "other"
+    data.mkdir()
+    other.mkdir()
+    write_cube(flanders_cube.isel(y=slice(0, 32), x=slice(0, 32)).assign_attrs(site="field"),
+               data / "trained.nc")  # fmt: skip
+    write_cube(flanders_cube.isel(y=slice(32, 64), x=slice(32, 64)).assign_attrs(site="field"),
+               other / "elsewhere.nc")  # fmt: skip
+    model = tmp_path / "m.pt"
+    argv = ["train", "--tiny", "--steps", "2", "--data", str(data), "--out", str(model)]
+    assert main([*argv, "--threads", "1", "--validation-episodes", "4"]) == 0
+    out = tmp_path / "eval.json"
+    args = ["evaluate", "--methods", "linear,model", "--checkpoint", str(model), "--steps", "2"]
+    args += ["--max-size", "16", "--json", str(out), "--cube", str(data / "trained.nc")]
+    assert main([*args, "--cube", str(other / "elsewhere.nc")]) == 0
+    capsys.readouterr()
+    assert json.loads(out.read_text())["skipped_cubes"]["model"] == ["trained"]

@@ -436,3 +436,35 @@ def test_a_cube_written_south_up_or_mirrored_is_read_north_up(flanders_cube, tmp
     for name in ("s2", "valid", "s1"):
         np.testing.assert_array_equal(again[name].values, cube[name].values)
     assert grid_from_cube(again) == grid_from_cube(cube)
+
+
+def test_clear_reflectance_on_a_wrong_scale_is_refused(cubes_dir) -> None:
+    # Review 18: divided by 10000 twice, or with an offset taken from values that had none,
+    # passed the median of all values (clouds included); training saved a model of it, and
+    # every other command then said "not one clear pixel" and blamed the clouds.
+    from core.cube import validate_cube
+
+    cube = read_cube(cubes_dir / "hu-alfold_2021.nc")
+    with pytest.raises(CubeError, match=r"far too small \(median 8\.1e-06.*divided by 10000 twice"):
+        validate_cube(cube.assign(s2=cube["s2"] / 10000))
+    with pytest.raises(CubeError, match=r"\d+% of the cube's clear red .* below -0\.01"):
+        validate_cube(cube.assign(s2=cube["s2"] - 0.1))
+    validate_cube(cube.assign(s2=cube["s2"] - 0.01))  # a small offset error: L2A's own noise
+
+
+def test_a_long_cube_with_every_observation_clear_gets_a_note(
+    flanders_cube, tmp_path, caplog
+) -> None:
+    # Review 18: a 'valid' mask never applied (all 1) trained and evaluated without a word.
+    from core.cube import UNMASKED_FRAMES, write_cube
+
+    unmasked = flanders_cube.drop_vars("scl", errors="ignore")
+    unmasked = unmasked.assign(valid=xr.ones_like(unmasked["valid"]))
+    write_cube(unmasked, tmp_path / "unmasked.nc")
+    write_cube(unmasked.isel(time_s2=slice(0, UNMASKED_FRAMES - 1)), tmp_path / "short.nc")
+    with caplog.at_level("WARNING", logger="core.cube"):
+        read_cube(tmp_path / "unmasked.nc")
+        read_cube(tmp_path / "short.nc")  # a short clear run: no note
+        read_cube(tmp_path / "unmasked.nc")  # said on each read of the file
+    said = [r.getMessage() for r in caplog.records if "flagged clear" in r.getMessage()]
+    assert len(said) == 2 and "was the cloud mask applied?" in said[0]

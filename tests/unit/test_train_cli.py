@@ -447,3 +447,92 @@ def test_a_diverging_training_saves_nothing_and_says_to_lower_the_rate(
     err = capsys.readouterr().err
     assert "The training diverged at step" in err and "lower --lr" in err
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_a_cube_too_small_beside_good_ones_is_left_out_of_training_calibration_and_record(
+    flanders_cube, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Review 18: a 3 x 3 px field first in the folder ended the training, after it had run, in
+    # "ValueError: need at least one array to concatenate"; later in the folder it left the
+    # calibration 1 episode of 48, and the record named it as tuned on.
+    from core.cube import write_cube
+
+    data = tmp_path / "data"
+    data.mkdir()
+    field = flanders_cube.isel(y=slice(0, 24), x=slice(0, 24)).assign_attrs(site="field")
+    write_cube(flanders_cube.isel(y=slice(30, 33), x=slice(30, 33)).assign_attrs(site="px3"),
+               data / "a_small.nc")  # fmt: skip
+    write_cube(field, data / "b_field.nc")
+    argv = ["train", "--tiny", "--steps", "2", "--data", str(data), "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "m.pt"), "--validation-episodes", "6"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: left out, too little to train on: px3 is 3 x 3 px" in err
+    assert "training on ['field']; calibrating on ['field']" in err
+    record = load_checkpoint(tmp_path / "m.pt").record
+    assert record["tuned_sites"] == ["field"] and record["seen_sites"] == ["field"]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "b_field.nc").symlink_to(data / "b_field.nc")
+    argv[argv.index(str(data))] = str(alone)
+    assert main([*argv, "--out", str(tmp_path / "a.pt"), "--validation-episodes", "6"]) == 0
+    capsys.readouterr()  # the same six calibration episodes as without the small cube
+    assert (
+        load_checkpoint(tmp_path / "a.pt").record["validation"]["n_values"]
+        == record["validation"]["n_values"]
+    )
+    # named for calibration, it is refused before any training
+    argv[argv.index(str(alone))] = str(data)
+    assert main([*argv, "--out", str(tmp_path / "c.pt"), "--calibrate-on", "px3"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: Cannot calibrate on these cubes: px3 is 3 x 3 px. A calibration cube needs"
+    )
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_a_json_beside_the_checkpoint_that_is_no_record_is_kept(
+    small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Review 18: 'train --out X.pt' replaced an evaluation report saved as X.json, unasked.
+    report = tmp_path / "myeval.json"
+    report.write_text('{"cubes": [], "rows": []}')
+    argv = ["train", "--tiny", "--data", str(small_data), "--out", str(tmp_path / "myeval.pt")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {report} exists and is not a model's training record (where this training "
+        "writes its own, beside myeval.pt): move it, or choose another --out."
+    )
+    assert report.read_text() == '{"cubes": [], "rows": []}'
+
+
+def test_releasing_a_held_out_site_that_is_not_in_the_data_says_so(
+    small_data: Path, base_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Review 18: "names unknown sites ['hu-alfold']" of the checkpoint's own held-out site.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "es-field_2019.nc").symlink_to(small_data / "es-field_2019.nc")
+    argv = ["train", "--init", str(base_checkpoint), "--data", str(data), "--steps", "1"]
+    argv += ["--out", str(tmp_path / "r.pt"), "--release-holdout", "hu-alfold"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --release-holdout names ['hu-alfold'], which {base_checkpoint} held out but "
+        "which is not in --data (['es-field']): there is nothing of it to train on, so nothing "
+        "to release."
+    )
+
+
+def test_every_bad_file_of_the_data_folder_is_named_at_once(
+    small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Review 18: each run named one more bad file.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "es-field_2019.nc").symlink_to(small_data / "es-field_2019.nc")
+    (data / "corrupt.nc").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    (data / "notes.nc").write_text("not a cube")
+    argv = ["train", "--tiny", "--data", str(data), "--out", str(tmp_path / "m.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 2 of the 3 cube files cannot be used.")
+    assert "corrupt.nc" in err and "notes.nc" in err
+    assert err.rstrip().endswith("or train on a folder of the good ones.")
