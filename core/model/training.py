@@ -698,7 +698,7 @@ def train(
 
 EPISODE_TRIES = 20
 """Attempts in a row without an episode after which :func:`validation_episodes` gives up a
-series."""
+series that has others beside it."""
 
 
 def validation_episodes(
@@ -752,8 +752,8 @@ def validation_episodes(
             failed[turn] = 0
         else:  # a series that keeps giving none leaves the turn (review 18: a 3 x 3 px cube
             failed[turn] += 1  # in the folder took every later turn: 1 episode of 48, or none)
-            if failed[turn] >= EPISODE_TRIES:
-                del usable[turn], failed[turn]
+            if failed[turn] >= EPISODE_TRIES and len(usable) > 1:  # alone, it keeps its
+                del usable[turn], failed[turn]  # turns (a field's own episodes, as before)
     return episodes
 
 
