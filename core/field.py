@@ -480,6 +480,11 @@ def _field_from_features(
 ) -> Field:
     chosen = _choose(features, index=index, name=name, origin=origin, choice=choice)
     label = chosen.labels[0] if chosen.labels else default_name
+    if not chosen.labels and len(features) > 1:  # one of several unnamed: which one, as
+        # listed (Candidate.name); review 18: every field fetched from a file of unnamed
+        # parcels was called after the file, and their cubes could not be told apart
+        position = next(i for i, feature in enumerate(features) if feature is chosen)
+        label = f"{default_name} feature {position}"
     return _checked_field(chosen.geometry, label, origin=origin, max_area_ha=max_area_ha)
 
 

@@ -545,6 +545,17 @@ def test_geojson_file_uses_the_stem_when_features_have_no_name(tmp_path: Path) -
     assert field.area_ha == pytest.approx(1.0, rel=0.005)
 
 
+def test_one_of_several_unnamed_features_is_named_by_file_and_place(tmp_path: Path) -> None:
+    # Review 18: every field fetched from a file of unnamed parcels was called after the file,
+    # so their cubes shared one site name: no training could hold one of them out.
+    path = tmp_path / "parcels.geojson"
+    path.write_text(json.dumps(collection(*map(feature, squares(3)))), encoding="utf-8")
+    assert field_from_file(path, index=2).name == "parcels feature 2"
+    assert [c.name for c in candidates_from_file(path)] == [
+        "feature 0", "feature 1", "feature 2"
+    ]  # fmt: skip
+
+
 def test_zipped_shapefile_in_utm_is_reprojected(tmp_path: Path) -> None:
     parts = shapefile_parts(tmp_path / "shp", [utm_square(100.0)], UTM)
     assert set(parts) == {"parcel.shp", "parcel.shx", "parcel.dbf", "parcel.prj", "parcel.cpg"}
