@@ -27,8 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.radar_variants import write_variants
 from core.config import Settings
-from core.cube import read_cube, write_cube
+from core.cube import read_cube
 
 
 def main() -> int:
@@ -50,11 +51,7 @@ def main() -> int:
     offset = labelled.copy(deep=True)
     level = np.array([args.vv_db, args.vh_db], dtype=np.float32)[None, :, None, None]
     offset["s1"].values[second] += level
-    for name, variant in (("full", cube), ("labelled", labelled), ("offset", offset)):
-        folder = args.out / name / "cubes"
-        folder.mkdir(parents=True, exist_ok=True)
-        write_cube(variant, folder / f"{args.cube}.nc")
-        print(folder / f"{args.cube}.nc", flush=True)
+    write_variants(args.out, args.cube, {"full": cube, "labelled": labelled, "offset": offset})
     return 0
 
 

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -43,17 +44,18 @@ def main() -> int:
     flat["s1"].loc[{"polarization": "VH"}] = np.where(np.isfinite(vv), -20.0, np.nan)
     radar = [name for name in cube.data_vars if "time_s1" in cube[name].dims]
     no_s1 = cube.drop_vars(radar).drop_dims("time_s1", errors="ignore")
-    for name, variant in (
-        ("full", cube),
-        ("no_s1", no_s1),
-        ("vh_like_vv", like_vv),
-        ("vh_flat", flat),
-    ):
-        folder = args.out / name / "cubes"
-        folder.mkdir(parents=True, exist_ok=True)
-        write_cube(variant, folder / f"{args.cube}.nc")
-        print(folder / f"{args.cube}.nc", flush=True)
+    variants = {"full": cube, "no_s1": no_s1, "vh_like_vv": like_vv, "vh_flat": flat}
+    write_variants(args.out, args.cube, variants)
     return 0
+
+
+def write_variants(out: Path, cube_name: str, variants: dict[str, xr.Dataset]) -> None:
+    """Each variant as ``out/<name>/cubes/<cube_name>.nc`` (a ``FIELDFLOW_DATA_DIR``)."""
+    for name, variant in variants.items():
+        folder = out / name / "cubes"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_cube(variant, folder / f"{cube_name}.nc")
+        print(folder / f"{cube_name}.nc", flush=True)
 
 
 if __name__ == "__main__":
