@@ -918,7 +918,7 @@ def run_batch(
         submit(fetched, item, resources)
     watch = _Watch(cluster, on_note)
     finishing = as_completed(list(pending), loop=client.loop)
-    looked = time.monotonic()
+    looked = -math.inf  # a first look at once: a cluster without workers is said before waiting
     while pending:
         done = [f for f in finishing.next_batch(block=False) if f in pending]
         if not done:

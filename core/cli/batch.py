@@ -225,11 +225,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 f"{given} only shape a local cluster, and change nothing on the cluster at "
                 f"{info.address}: it has the workers it was started with ({info.workers} now)."
             )
-        if remote and not info.workers:
-            on_note(
-                f"the cluster has no workers running yet: the batch waits for one; start one "
-                f"with 'dask worker {info.address}'."
-            )
         rows = run_batch(
             fields,
             request,

@@ -178,9 +178,12 @@ def test_a_batch_on_a_cluster_without_workers_says_it_waits_and_goes_on_when_one
     assert running.returncode == 0, out + "".join(err)
     assert out.count(": ok in ") == 2
     assert any(
-        line.startswith("note: the cluster has no workers running yet: the batch waits")
+        line.startswith("note: waiting: the Dask scheduler at ")
+        and "has no workers running" in line
         for line in err
     ), err
+    # said once, not once by the command and again by the batch's watch
+    assert sum("no workers" in line for line in err) == 1, err
 
 
 def test_fields_sent_to_a_gpu_worker_that_leaves_go_to_the_others(
