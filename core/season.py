@@ -1063,9 +1063,9 @@ def _field_comparison(attrs: dict) -> tuple[float, float, float, str, float, int
 
 
 TRAINED_ON_TAIL = (
-    ", which flatters it here: on held-out cubes it erred 4-8 % less than the better simpler "
-    "method, and as much as that method on a region unlike its training sites (README, the model's "
-    "accuracy)."
+    ", which flatters it here: on held-out cubes this figure put it 4-8 % below the better "
+    "simpler method, and on a par with it on a region unlike its training sites (README, 'On a "
+    "region none of the training sites resembles', the field's own figure)."
 )
 """Ends the warning after the field's verdict where the model was trained on the field."""
 

@@ -38,6 +38,7 @@ from core.cli.reconstruct import (
     chosen_checkpoint,
     chosen_method,
     options_from_args,
+    unused_model_options,
 )
 from core.config import Settings
 from core.errors import InputError
@@ -163,6 +164,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(f"--max-cloud is a percentage from 0 to 100, not {args.max_cloud:g}.")
     options = options_from_args(args, settings, method=method)
     check_options(method, options)  # once, not as every field's error
+    if note := unused_model_options(args, method):  # before the fields, as reconstruct says it
+        print(note, file=sys.stderr, flush=True)  # after its one (review 20)
     request = BatchRequest(
         start=args.start,
         end=args.end,

@@ -724,6 +724,28 @@ def test_curves_shorter_than_the_period_are_said(site, tmp_path: Path, monkeypat
     ) in printed
 
 
+def test_model_options_given_to_a_baseline_batch_are_said_to_change_nothing(
+    site, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    # Review 20: reconstruct and ndvi named them in a note, batch ran without a word (its
+    # README said "as its note says").
+    fields = write_fields(tmp_path / "f.gpkg", strips(site)[:1], ["West"], ["W1"])
+    monkeypatch.setenv("STAC_API_URL", site.stac_url)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    site.reset()
+    args = [*batch_args(fields, tmp_path / "out", site), "--samples", "8", "--adapt-steps", "5"]
+    code, printed = run_cli(args)
+    assert code == 0, printed
+    err = capsys.readouterr().err
+    assert (
+        "note: --samples, --adapt-steps are options of the model; the linear method ignores "
+        "them."
+    ) in err, err
+    done = json.loads((tmp_path / "out" / "W1" / "done.json").read_text())
+    assert done["request"]["options"]["samples"] == 1
+
+
 def test_two_upload_batches_at_once_run_one_after_the_other_and_leave_dask_as_it_was(
     site, tmp_path
 ) -> None:
