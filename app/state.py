@@ -20,7 +20,7 @@ import streamlit as st
 
 from core.batch import BatchRequest, UploadBatch
 from core.demo import DemoSource
-from core.field import Candidate, Field
+from core.field import Candidate, Field, FieldFile
 from core.location import zoom_for_bounds
 from core.season import SeasonResult
 
@@ -93,6 +93,9 @@ class Upload:
     name: str
     data: bytes
     candidates: list[Candidate]
+    source: FieldFile
+    """Its features as read once (in a process of their own): the choice takes one from
+    here, not by reading the file again on every rerun."""
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,13 @@ from core.distributed import TaskCancelled, model_task, stop_when_cancelled
 from core.errors import ClusterError, FieldError, FieldFlowError, InputError, OutputError
 from core.export import safe_file_stem
 from core.fetch import FetchResult, clear_fraction, parse_period
-from core.field import DEFAULT_MAX_AREA_HA, Field, read_field_file
+from core.field import (
+    DEFAULT_MAX_AREA_HA,
+    Field,
+    FieldFile,
+    read_field_file,
+    read_field_file_apart,
+)
 from core.grid import field_mask
 from core.model.blend import field_ratio
 from core.progress import check, listening
@@ -336,6 +342,7 @@ def list_fields(
     layer: str | None = None,
     max_area_ha: float = DEFAULT_MAX_AREA_HA,
     progress: Callable[[str, int, int], None] | None = None,
+    reader: Callable[..., FieldFile] = read_field_file,
 ) -> list[BatchField]:
     """Every feature of a fields file, with its output folder name and checked outline.
 
@@ -354,11 +361,14 @@ def list_fields(
         progress: told ``(LISTING_STAGE, checked, total)`` as features are checked, from
             ``(LISTING_STAGE, 0, total)`` once the file is read; it may raise to stop the
             listing (a job is stopped at its progress reports, :mod:`core.jobs`).
+        reader: reads the file's features (``reader(path, layer=layer)``):
+            :func:`core.field.read_field_file`, or for an upload to a shared server
+            :func:`core.field.read_field_file_apart`.
 
     Raises:
         InputError: the file is unreadable, holds no features, or has no column ``id_column``.
     """
-    source = read_field_file(path, layer=layer)
+    source = reader(path, layer=layer)
     candidates = source.candidates()
     if not candidates:
         raise InputError(f"The fields file {path} holds no features.")
@@ -1237,7 +1247,12 @@ def _upload_fields(
         return text.replace(str(source), name).replace(source.name, name)
 
     try:
-        listed = list_fields(source, max_area_ha=settings.max_area_ha, progress=progress)
+        listed = list_fields(
+            source,
+            max_area_ha=settings.max_area_ha,
+            progress=progress,
+            reader=read_field_file_apart,  # a user's file, read apart from the app's process
+        )
     except InputError as exc:
         raise InputError(named(str(exc))) from None
     listed = [dataclasses.replace(f, error=named(f.error)) for f in listed]

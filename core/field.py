@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path, PurePosixPath
 from tempfile import TemporaryDirectory
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
@@ -39,6 +39,9 @@ from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.geometry.base import BaseGeometry
 
 from core.errors import FieldError
+
+if TYPE_CHECKING:
+    from core.apart import ApartError
 
 MIN_AREA_HA = 0.1
 """Smallest field accepted: below this a 10 m pixel grid holds almost nothing."""
@@ -423,6 +426,67 @@ def read_field_file(path: str | Path, *, layer: str | None = None) -> FieldFile:
     return FieldFile(p, tuple(_file_features(p, layer)))
 
 
+READ_APART_S = 60.0
+"""Longest a file's features may take to read in :func:`read_field_file_apart`, the reading
+process's start (about a second) included; the 5,000 features of a parcel register take
+well under one."""
+READ_APART_MB = 2048.0
+"""Most memory reading a file's features may take in :func:`read_field_file_apart`."""
+
+
+def read_field_file_apart(path: str | Path, *, layer: str | None = None) -> FieldFile:
+    """:func:`read_field_file` in a process of its own (:func:`core.apart.run_apart`), for
+    files from users of a shared server: one that makes the reader crash, loop or take
+    gigabytes is refused in words, and the server goes on (before 2026-12-06 the reading ran in
+    the app's own process).
+
+    Raises:
+        FieldError: as :func:`read_field_file`; also when the reading took longer than
+            :data:`READ_APART_S`, more memory than :data:`READ_APART_MB`, or crashed.
+    """
+    from core.apart import ApartError, run_apart
+
+    p = Path(path)
+    try:
+        return run_apart(
+            read_field_file, p, layer=layer, timeout_s=READ_APART_S, memory_mb=READ_APART_MB
+        )
+    except ApartError as exc:
+        raise FieldError(_given_up(exc, _file_origin(p))) from None
+
+
+def _given_up(exc: ApartError, origin: str) -> str:
+    """What to tell a user whose file's reading was given up (``exc.reason``)."""
+    redo = "Export only the fields you need, as GeoJSON or GeoPackage, and load that file instead."
+    if exc.reason == "time":
+        return f"Reading the {origin} took longer than {READ_APART_S:g} s and was stopped. {redo}"
+    if exc.reason == "memory":
+        return (
+            f"Reading the {origin} needed more than {READ_APART_MB:,.0f} MB of memory and was "
+            f"stopped. {redo}"
+        )
+    return (
+        f"The {origin} could not be read: its reader failed ({exc.detail}). The file may be "
+        f"damaged. {redo}"
+    )
+
+
+def read_upload(data: bytes, filename: str, *, layer: str | None = None) -> FieldFile:
+    """An uploaded file's features, read from its bytes in a process of its own
+    (:func:`read_field_file_apart`), for :meth:`FieldFile.candidates` and
+    :meth:`FieldFile.field`.
+
+    The bytes are written into a private temporary folder (removed afterwards) under the
+    upload's base name, so the extension picks the format and the stem is the default name.
+
+    Raises:
+        FieldError: as :func:`read_field_file_apart`; also for a lone ``.shp`` without its
+            sidecars.
+    """
+    with _uploaded(data, filename) as path:
+        return read_field_file_apart(path, layer=layer)
+
+
 def field_from_upload(
     data: bytes,
     filename: str,
@@ -433,18 +497,14 @@ def field_from_upload(
     max_area_ha: float = DEFAULT_MAX_AREA_HA,
     choice: FeatureChoice = KEYWORD_CHOICE,
 ) -> Field:
-    """Read a field from an uploaded file's bytes, as :func:`field_from_file` would.
-
-    The bytes are written into a private temporary folder (removed afterwards) under the
-    upload's base name, so the extension picks the format and the stem is the default name.
+    """Read a field from an uploaded file's bytes, as :func:`field_from_file` would, the
+    reading in a process of its own (:func:`read_upload`).
 
     Raises:
-        FieldError: as :func:`field_from_file`; also for a lone ``.shp`` without its sidecars.
+        FieldError: as :func:`field_from_file` and :func:`read_upload`.
     """
-    with _uploaded(data, filename) as path:
-        return field_from_file(
-            path, index=index, name=name, layer=layer, max_area_ha=max_area_ha, choice=choice
-        )
+    source = read_upload(data, filename, layer=layer)
+    return source.field(index=index, name=name, max_area_ha=max_area_ha, choice=choice)
 
 
 def candidates_from_geojson(source: str | bytes | Mapping[str, Any]) -> list[Candidate]:
@@ -460,9 +520,9 @@ def candidates_from_file(path: str | Path, *, layer: str | None = None) -> list[
 def candidates_from_upload(
     data: bytes, filename: str, *, layer: str | None = None
 ) -> list[Candidate]:
-    """The features of an uploaded file, for the user to pick one."""
-    with _uploaded(data, filename) as path:
-        return candidates_from_file(path, layer=layer)
+    """The features of an uploaded file, for the user to pick one (read as
+    :func:`read_upload` reads them)."""
+    return read_upload(data, filename, layer=layer).candidates()
 
 
 # --- choosing and checking ----------------------------------------------------------------------

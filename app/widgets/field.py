@@ -19,7 +19,7 @@ from app.widgets.map import drawing_fingerprint
 from core.config import Settings
 from core.demo import choose_source, demo_cube_path
 from core.errors import FieldFlowError
-from core.field import candidates_from_upload, field_from_drawing, field_from_upload
+from core.field import field_from_drawing, read_upload
 from core.land import field_swapped_hint, swapped_hint
 from core.location import parse_lat_lon
 
@@ -114,18 +114,17 @@ def _read_upload(
 ) -> None:
     """Read an upload: one polygon becomes the field, several wait for a choice."""
     try:
+        source = read_upload(data, name)  # in a process of its own, once
         polygons = [
-            c
-            for c in candidates_from_upload(data, name)
-            if c.geometry_type in ("Polygon", "MultiPolygon")
+            c for c in source.candidates() if c.geometry_type in ("Polygon", "MultiPolygon")
         ]
         if len(polygons) > 1:
-            state.pending_upload = Upload(file_id, name, data, polygons)
+            state.pending_upload = Upload(file_id, name, data, polygons, source)
             state.clear_field()  # Run waits for the choice, not runs the field before it
             state.show_candidates(polygons)
             return
         index = polygons[0].index if polygons else None
-        field = field_from_upload(data, name, index=index, max_area_ha=settings.max_area_ha)
+        field = source.field(index=index, max_area_ha=settings.max_area_ha)
     except FieldFlowError as exc:
         state.upload_error = f"{plain(name)} cannot be used: {plain(exc)}"
         return
@@ -153,9 +152,7 @@ def _choose_feature(state: PageState, settings: Settings, pending: Upload) -> No
     if choice is None:
         return
     try:
-        field = field_from_upload(
-            pending.data, pending.name, index=int(choice), max_area_ha=settings.max_area_ha
-        )
+        field = pending.source.field(index=int(choice), max_area_ha=settings.max_area_ha)
     except FieldFlowError as exc:
         st.error(str(exc))
         return

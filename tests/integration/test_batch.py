@@ -739,8 +739,7 @@ def test_model_options_given_to_a_baseline_batch_are_said_to_change_nothing(
     assert code == 0, printed
     err = capsys.readouterr().err
     assert (
-        "note: --samples, --adapt-steps are options of the model; the linear method ignores "
-        "them."
+        "note: --samples, --adapt-steps are options of the model; the linear method ignores them."
     ) in err, err
     done = json.loads((tmp_path / "out" / "W1" / "done.json").read_text())
     assert done["request"]["options"]["samples"] == 1
