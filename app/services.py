@@ -43,7 +43,7 @@ from core.batch import (
 )
 from core.config import Settings, checkpoint_version
 from core.demo import DemoPreset, demo_preset, stac_reachable
-from core.distributed import Cluster, connect, scheduler_address
+from core.distributed import SCHEDULER_ENV, Cluster, check_cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
 from core.errors import ClusterError, FieldFlowError, InputError
 from core.jobs import Job, JobBoard, Progress, Report, seconds_left, stage_spans
@@ -114,9 +114,36 @@ def model_choices(settings: Settings) -> list[ModelChoice]:
 
 
 @st.cache_resource(show_spinner="Connecting to the Dask cluster…")
+def _cluster(address: str) -> Cluster:
+    """The client of the cluster at ``address`` (``DASK_SCHEDULER_ADDRESS``), once per process
+    while it stays connected, checked once: workers and scheduler that cannot run FieldFlow's
+    code are refused in words (core.distributed.check_cluster; review 19: "no workers, start
+    one" for a worker that had started and failed to import the code)."""
+    made = connect(environ={SCHEDULER_ENV: address})  # its messages name the variable
+    try:
+        check_cluster(made, made.info())
+    except BaseException:
+        made.close()
+        raise
+    return made
+
+
 def cluster(address: str) -> Cluster:
-    """The client of the cluster at ``address``, once per process."""
-    return connect(address)
+    """:func:`_cluster`, connected anew when the kept client has lost its scheduler.
+
+    A client that loses its scheduler tries to reconnect for a few seconds, then closes
+    itself for good; kept, it failed every later Run of every session with an AttributeError
+    until the app was restarted, the scheduler back or not (review 19).
+
+    Raises:
+        ClusterError: the scheduler cannot be reached, or cannot run FieldFlow's code.
+    """
+    held = _cluster(address)
+    if not held.connected:
+        _cluster.clear()  # one scheduler per process: DASK_SCHEDULER_ADDRESS
+        held.close()
+        held = _cluster(address)
+    return held
 
 
 def reconstructor() -> Reconstructor:
@@ -130,13 +157,30 @@ def reconstructor() -> Reconstructor:
 
 
 def download_reconstructor() -> Reconstructor:
-    """Where a download made on click reconstructs: as :func:`reconstructor` (the Run's
-    cluster, whose workers hold the network tuned to the field), or in this process if that
-    cluster can no longer be reached (the file is the same, made more slowly)."""
-    try:
-        return reconstructor()
-    except ClusterError:
+    """Where a download made on click reconstructs, taken when the page is drawn: the Run's
+    cluster (whose workers hold the network tuned to the field) while its client is connected,
+    else this process (the file is the same, made more slowly). Never a new connection on a
+    redraw: a lost scheduler would hold every redraw for the connection's time-out."""
+    address = scheduler_address()
+    if not address:
         return core_reconstruct
+    try:
+        held = _cluster(address)  # kept since the Run
+    except FieldFlowError:
+        return core_reconstruct
+    return cluster_reconstructor(held) if held.connected else core_reconstruct
+
+
+def made_for_download(make: Callable[[Reconstructor], bytes], runner: Reconstructor) -> bytes:
+    """``make(runner)``, or ``make`` in this process where ``runner``'s cluster is lost while it
+    works. Before review 19 such a click gave no file and no message (the error went to the
+    server's log only), for as long as the app ran."""
+    try:
+        return make(runner)
+    except ClusterError:
+        if runner is core_reconstruct:
+            raise
+        return make(core_reconstruct)
 
 
 @st.cache_data(ttl=60, show_spinner=False)

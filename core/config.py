@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import os
 from collections.abc import Mapping
@@ -31,15 +33,31 @@ def checkpoint_option(checkpoint: Path | None) -> Path | None:
 
 
 def checkpoint_version(checkpoint: Path | None) -> str | None:
-    """Which version of the checkpoint file is on disk now, as ``"<bytes>-<mtime ns>"`` (None
-    when there is none): a checkpoint retrained or fine-tuned in place at the same path is
-    another version, so what was loaded or computed with the old one is not taken for it.
-    ``None`` is the shipped checkpoint."""
+    """Which version of the checkpoint file is on disk now, as ``"<bytes>-<SHA-256 of its
+    content, 16 hex digits>"`` (None when there is none): a checkpoint retrained or fine-tuned
+    in place at the same path is another version, so what was loaded or computed with the old
+    one is not taken for it. ``None`` is the shipped checkpoint.
+
+    By content, not by modification time (until 2026-12-06): a Dask worker with its own install
+    of FieldFlow, or its own copy of the models folder, holds the same model under another
+    time, and every model Run on it failed as "replaced while this computation was using it"
+    (review 19). The digest is read once per file state (size, time, inode)."""
+    path = Path(checkpoint or DEFAULT_CHECKPOINT)
     try:
-        stat = Path(checkpoint or DEFAULT_CHECKPOINT).stat()
+        stat = path.stat()
+        return _content_version(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     except OSError:
         return None
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+@functools.lru_cache(maxsize=64)
+def _content_version(path: str, size: int, _mtime_ns: int, _inode: int) -> str:
+    """``checkpoint_version`` of the file at ``path`` in one state of it (the cache's key)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return f"{size}-{digest.hexdigest()[:16]}"
 
 
 def usable_cpus() -> int:
@@ -149,8 +167,8 @@ class Settings:
             ("FIELDFLOW_CACHE_DIR", "cache_dir"),
             ("FIELDFLOW_MODELS_DIR", "models_dir"),
         ):
-            if env.get(name, "").strip():
-                kwargs[key] = Path(env[name].strip()).expanduser()
+            if env.get(name, "").strip():  # absolute: a Dask worker has its own working folder
+                kwargs[key] = Path(env[name].strip()).expanduser().absolute()  # (review 19)
         models_dir = kwargs.get("models_dir")
         if isinstance(models_dir, Path) and models_dir.is_file():
             raise InputError(

@@ -368,24 +368,60 @@ def prepare_workers(client: Client) -> None:
         LOG.info("Could not set up the Dask workers' memory allocation: %s", exc)
 
 
-def scheduler_details(client: Client) -> dict[str, Any]:
+def scheduler_details(client: Client, address: str = "") -> dict[str, Any]:
     """The scheduler's identity with every worker, asked for now.
 
     Not ``client.scheduler_info(n_workers=-1)``: it stores the answer on the client and returns
     the stored one, which the client's own periodic refresh (every 2 s, workers left out)
     may have replaced in between; under load the app then read "no workers" from a cluster
-    that had two (seen in the test suite, 2026-12-03)."""
+    that had two (seen in the test suite, 2026-12-03).
+
+    Raises:
+        ClusterError: the client has lost its scheduler (``address``, for the message): it
+            closes itself once it could not reconnect within its time, and was then asked
+            anyway, an AttributeError on every Run of the app until a restart (review 19).
+    """
+    if not connected(client):
+        raise ClusterError(lost_scheduler(address))
     return dict(client.sync(client.scheduler.identity, n_workers=-1))
+
+
+def connected(client: Client) -> bool:
+    """Whether ``client`` is connected to its scheduler now (not reconnecting, not closed)."""
+    return client.status == "running" and client.scheduler is not None
+
+
+def lost_scheduler(address: str = "") -> str:
+    """The message for a client that lost its scheduler (at ``address``)."""
+    at = f" at {address}" if address else ""
+    return (
+        f"Lost the connection to the Dask scheduler{at}. Start it again (or check the network "
+        "to it), then run again; work already done is kept."
+    )
 
 
 def worker_details(cluster: Cluster, purpose: str = "") -> dict[str, Any]:
     """:func:`scheduler_details` of a cluster that has workers.
 
     Raises:
-        ClusterError: it has none (``purpose``, e.g. " to train on", says for what).
+        ClusterError: it has none (``purpose``, e.g. " to train on", says for what), or has lost
+            its scheduler. Workers registered but not running are named, with the likely cause
+            (a worker that cannot import FieldFlow's code fails as it starts; review 19: "no
+            workers, start one" sent its operator to start the same one again).
     """
-    details = scheduler_details(cluster.client)
+    details = scheduler_details(cluster.client, cluster.address)
     if not usable_workers(details):
+        stuck = sorted(
+            f"{a} ({w.get('status', 'unknown')})" for a, w in (details.get("workers") or {}).items()
+        )
+        if stuck:
+            names = ", ".join(stuck[:3]) + (", ..." if len(stuck) > 3 else "")
+            raise ClusterError(
+                f"The Dask scheduler at {cluster.address} has no worker running{purpose}: "
+                f"{len(stuck)} registered but not running ({names}). A worker that cannot import "
+                "FieldFlow's code stops as it starts (its log says why). "
+                + CODE_ADVICE.format(address=cluster.address)
+            )
         raise ClusterError(
             f"The Dask scheduler at {cluster.address} has no workers{purpose}; start one with "
             f"'dask worker {cluster.address}'."
@@ -431,7 +467,8 @@ def check_cluster(cluster: Cluster, info: ClusterInfo, checkpoint: Path | None =
     _probe_scheduler(cluster, advice)
     if checkpoint is None:
         return
-    workers = [address for address in usable_workers(scheduler_details(cluster.client))]
+    details = scheduler_details(cluster.client, cluster.address)
+    workers = list(usable_workers(details))
     answers, _silent = cluster.ask_workers(_has_checkpoint, workers, str(checkpoint))
     lacking = sorted(address for address, has in answers.items() if has is False)
     if lacking:
@@ -500,16 +537,22 @@ class Cluster:
         """One sentence about how the cluster was made (e.g. a fallback to threads), or ""."""
         self._held: OrderedDict[int, _HeldCube] = OrderedDict()
         self._held_lock = threading.Lock()
+        self._address = str(client.scheduler.address)
 
     @property
     def address(self) -> str:
-        """Scheduler address."""
-        return str(self.client.scheduler.address)
+        """Scheduler address (kept: a client that lost its scheduler no longer knows it)."""
+        return self._address
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected to its scheduler now (:func:`connected`)."""
+        return connected(self.client)
 
     def info(self) -> ClusterInfo:
         """Workers, threads and GPUs now connected, and how many run without FieldFlow's Dask
         settings (:data:`WORKER_SETTINGS_FILE`)."""
-        details = scheduler_details(self.client)
+        details = scheduler_details(self.client, self.address)
         workers = usable_workers(details)
         others = sorted(set(details.get("workers") or {}) - set(workers))
         answers, silent = self.ask_workers(_worker_report, list(workers))
@@ -574,7 +617,7 @@ class Cluster:
 
     def resources_for(self, method: str) -> dict[str, float] | None:
         """:func:`reconstruct_resources` for the workers connected now."""
-        return reconstruct_resources(scheduler_details(self.client), method)
+        return reconstruct_resources(scheduler_details(self.client, self.address), method)
 
     def cube_on(self, cube: xr.Dataset, worker: str) -> Future:
         """``cube`` as data on ``worker``: sent (scattered) the first time, the same future after.
@@ -930,8 +973,14 @@ def submit_reconstruction(
             + (" (it waits for a free GPU worker)" if resources else "")
             + "; try again later or with fewer dates."
         ) from None
-    except (FutureCancelledError, KilledWorker) as exc:
-        raise ClusterError(f"The cluster lost the reconstruction ({exc}); try again.") from None
+    except (FutureCancelledError, KilledWorker, OSError) as exc:
+        if not cluster.connected:  # was "(... cancelled for reason: scheduler-connection-lost)"
+            raise ClusterError(lost_scheduler(cluster.address)) from None
+        raise ClusterError(  # was "(... cancelled for reason: already forgotten.)" (review 19)
+            f"A worker of the Dask cluster at {cluster.address} was lost during the "
+            f"reconstruction ({paragraph(exc, 120)}): it stopped or was restarted. Run again: "
+            "another worker, or the same once restarted, takes it."
+        ) from None
     finally:
         future.release()
 

@@ -39,7 +39,9 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     )
     middle.download_button(
         f"{day:%b %d} frame (GeoTIFF)",  # the full date did not fit at 1280 px: "(Ge..."
-        data=lambda: frame_geotiff_for_day(result, day, runner),
+        data=lambda: services.made_for_download(
+            lambda on: frame_geotiff_for_day(result, day, on), runner
+        ),
         file_name=f"{stem}_{day:%Y%m%d}_{result.request.method}.tif",
         mime="image/tiff",
         on_click="ignore",
@@ -51,7 +53,9 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     refusal = season_file_refusal(result)
     season.download_button(
         f"All {len(result.timeline)} frames (NetCDF)",
-        data=b"" if refusal else lambda: season_netcdf(result, runner),
+        data=b""
+        if refusal
+        else lambda: services.made_for_download(lambda on: season_netcdf(result, on), runner),
         file_name=f"{stem}_frames_{period}_{result.request.method}.nc",
         mime="application/x-netcdf",
         on_click="ignore",

@@ -111,12 +111,34 @@ def loaded_checkpoint(path: str | None, device: str, version: str | None) -> Che
         checkpoint = load_checkpoint(path, device=device)
         if checkpoint_version(file) == version:
             return checkpoint
+    what = f"The model checkpoint {path or 'shipped in assets/'}"
+    here = _this_worker()
+    if checkpoint_version(file) is None:
+        raise InputError(
+            f"{what} was replaced or removed while this computation was using it, or is not at "
+            f"that path {here or 'on this machine'}. On a Dask cluster every worker must see the "
+            "app's models folder at the same path (shared storage, or the same folder on each "
+            "machine); once it is there, run it again."
+        )
     raise InputError(
-        f"The model checkpoint {path or 'shipped in assets/'} was replaced or removed while this "
-        "computation was using it (retrained, copied over or deleted at that path), so its "
-        "remaining parts cannot be made with the same model. Run it again: it will use the new "
-        "checkpoint from the start."
+        f"{what} was replaced or removed while this computation was using it (retrained, copied "
+        "over or deleted at that path), so its remaining parts cannot be made with the same "
+        "model; or the file at that path "
+        f"{here or 'here'} is another model than the one the computation began with (a Dask "
+        "worker with another install of FieldFlow, or another copy of the models folder: give "
+        "every worker the app's models). Run it again: it will use the checkpoint as it is then "
+        "from the start."
     )
+
+
+def _this_worker() -> str | None:
+    """ "on the cluster's worker NAME" inside a Dask worker's task, else None."""
+    try:
+        from distributed import get_worker
+
+        return f"on the cluster's worker {get_worker().name}"
+    except (ImportError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import pytest
 from distributed import LocalCluster
 
 from tests.app.test_page import OpenPage, button, no_exceptions, press_run, state, texts
+from tests.support.dask_processes import DaskProcesses
+from tests.support.waiting import until
 
 
 @pytest.fixture
@@ -89,3 +91,93 @@ def test_a_model_for_the_region_is_trained_on_the_cluster(
         if finish == "memory"
     }
     assert any(key.startswith("fieldflow-tuning-") for key in finished), finished
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """A scheduler and one worker started as separate processes, as on a cluster of one's own."""
+    with DaskProcesses(tmp_path / "dask") as cluster:
+        cluster.worker("w1")
+        cluster.wait_for_workers(1)
+        yield cluster
+
+
+def _run_with(page, method: str) -> None:
+    page.selectbox(key="method").set_value(method).run()
+    press_run(page)
+    no_exceptions(page)
+
+
+def test_a_lost_scheduler_is_said_and_the_next_run_reconnects_once_it_is_back(
+    open_page: OpenPage, processes: DaskProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review 19: the app kept the client that had closed itself after losing its scheduler;
+    # every later Run of every session failed with "AttributeError ('NoneType' object has no
+    # attribute 'identity')" until the app was restarted, the scheduler back or not.
+    from app import services
+
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", processes.address)
+    page = open_page()
+    button(page, "Demo field").click().run()
+    _run_with(page, "linear")
+    assert not page.error, texts(page, "error")
+    assert state(page).result is not None
+    held = services.cluster(processes.address)
+
+    processes.kill_scheduler()
+    until(lambda: not held.connected, timeout_s=60)  # its reconnection window has passed
+    _run_with(page, "whittaker")  # while it is down: said in words, naming the variable
+    errors = texts(page, "error")
+    assert any(
+        f"Cannot reach the Dask scheduler at {processes.address}" in t
+        and "unset DASK_SCHEDULER_ADDRESS" in t
+        for t in errors
+    ), errors
+
+    processes.start_scheduler()  # back, on the same address, with a worker
+    processes.worker("w2")
+    processes.wait_for_workers(1)
+    _run_with(page, "whittaker")
+    assert not page.error, texts(page, "error")
+    assert state(page).result is not None
+    assert state(page).result.request.method == "whittaker"
+    assert services.cluster(processes.address).connected
+
+
+def test_a_worker_that_cannot_import_fieldflow_is_named_not_called_missing(
+    open_page: OpenPage, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review 19: "has no workers; start one with 'dask worker ...'" for a worker that had
+    # started and stopped as it failed to import FieldFlow's code: the advice repeated it.
+    with DaskProcesses(tmp_path / "dask") as cluster:
+        cluster.worker("bare", fieldflow=False)
+        cluster.wait_for_workers(1)  # it fails once the app registers FieldFlow's plugin
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.address)
+        page = open_page()
+        button(page, "Demo field").click().run()
+        _run_with(page, "linear")
+    errors = texts(page, "error")
+    assert any("PYTHONPATH" in t and "FieldFlow" in t for t in errors), errors
+    assert not any("has no workers; start one" in t for t in errors), errors
+    assert state(page).result is None
+
+
+def test_a_download_whose_cluster_is_lost_is_made_in_this_process(flanders_cube) -> None:
+    # Review 19: a frame's GeoTIFF or the season's NetCDF, made on click on the Run's cluster,
+    # gave no file and no message once the cluster was gone (its error reached the server's
+    # log only). It is made here instead, the same file.
+    from app import services
+    from core.distributed import local_cluster
+    from core.distributed import reconstructor as cluster_reconstructor
+    from core.reconstruct import reconstruct
+
+    cube = flanders_cube.isel(y=slice(0, 16), x=slice(0, 16), time_s2=slice(0, 12))
+    dates = cube["time_s2"].values[[3, 4]]
+
+    def make(on) -> bytes:
+        return on(cube, dates, "linear")["s2"].values.tobytes()
+
+    with local_cluster(1, processes=False) as lost:
+        runner = cluster_reconstructor(lost)
+    assert not lost.connected
+    assert services.made_for_download(make, runner) == make(reconstruct)

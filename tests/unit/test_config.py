@@ -81,6 +81,24 @@ def test_a_models_folder_that_is_a_file_is_named(tmp_path: Path) -> None:
     assert Settings.from_env({"FIELDFLOW_MODELS_DIR": str(tmp_path)}).models_dir == tmp_path
 
 
+def test_relative_folders_are_made_absolute_where_they_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Review 19: a relative FIELDFLOW_MODELS_DIR reached a Dask worker as it was, and the
+    # worker looked for the region's new model in its own working folder.
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env(
+        {
+            "FIELDFLOW_MODELS_DIR": "relmodels",
+            "FIELDFLOW_CACHE_DIR": "cache",
+            "FIELDFLOW_DATA_DIR": "../data",
+        }
+    )
+    assert settings.models_dir == tmp_path / "relmodels"
+    assert settings.cache_dir == tmp_path / "cache"
+    assert settings.data_dir == tmp_path / ".." / "data"
+
+
 def test_a_checkpoint_of_ones_own_is_read_and_a_missing_one_named(tmp_path: Path) -> None:
     mine = tmp_path / "mine.pt"
     mine.write_bytes(b"weights")

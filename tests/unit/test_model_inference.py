@@ -1178,3 +1178,37 @@ def test_a_field_of_a_few_pixels_is_told_it_is_too_small_not_short_of_acquisitio
         fit_notes(reconstruct(few, few["time_s2"].values[[5]], "model", options).attrs)
     )
     assert "Field blend: too few clear acquisitions to measure it" in notes, notes
+
+
+def test_a_copy_of_the_same_checkpoint_elsewhere_is_the_same_version(tmp_path) -> None:
+    """A Dask worker with its own install of FieldFlow (or its own copy of the models folder)
+    holds the same file under another modification time: it is the same model, and a Run
+    pinned to it on the app's machine is made with it there (review 19: every model Run on
+    such a worker failed as "replaced while this computation was using it"). Another model
+    at that path is refused, and the message names that cause too."""
+    import shutil
+
+    from core.config import checkpoint_version
+    from core.model.inference import cached_checkpoint
+
+    path = Path(_checkpoint(tmp_path, perturb=True))
+    copy = tmp_path / "elsewhere" / path.name
+    copy.parent.mkdir()
+    shutil.copyfile(path, copy)
+    stat = os.stat(copy)
+    os.utime(copy, ns=(stat.st_atime_ns, stat.st_mtime_ns + 7 * 10**9))
+    assert os.stat(copy).st_mtime_ns != os.stat(path).st_mtime_ns
+    version = checkpoint_version(path)
+    assert checkpoint_version(copy) == version
+    loaded_checkpoint.cache_clear()
+    assert cached_checkpoint(str(copy), "cpu", version).weights_sha256 == (
+        cached_checkpoint(str(path), "cpu").weights_sha256
+    )
+    _replace_checkpoint(str(copy), seed=3)
+    loaded_checkpoint.cache_clear()  # a process that had not loaded it (a worker joining)
+    assert checkpoint_version(copy) != version
+    with pytest.raises(InputError, match="another model than the one the computation began"):
+        cached_checkpoint(str(copy), "cpu", version)
+    copy.unlink()
+    with pytest.raises(InputError, match="or is not at that path on this machine"):
+        cached_checkpoint(str(copy), "cpu", version)
