@@ -141,9 +141,19 @@ def cluster(address: str) -> Cluster:
     held = _cluster(address)
     if not held.connected:
         _cluster.clear()  # one scheduler per process: DASK_SCHEDULER_ADDRESS
+        _connected().pop(address, None)
         held.close()
         held = _cluster(address)
+    _connected()[address] = held
     return held
+
+
+@st.cache_resource(show_spinner=False)
+def _connected() -> dict[str, Cluster]:
+    """The clusters :func:`cluster` has handed out, by address: for a caller that must not
+    connect (a page drawn while the scheduler is down would wait for each connection's
+    time-out)."""
+    return {}
 
 
 def reconstructor() -> Reconstructor:
@@ -162,13 +172,8 @@ def download_reconstructor() -> Reconstructor:
     else this process (the file is the same, made more slowly). Never a new connection on a
     redraw: a lost scheduler would hold every redraw for the connection's time-out."""
     address = scheduler_address()
-    if not address:
-        return core_reconstruct
-    try:
-        held = _cluster(address)  # kept since the Run
-    except FieldFlowError:
-        return core_reconstruct
-    return cluster_reconstructor(held) if held.connected else core_reconstruct
+    held = _connected().get(address) if address else None  # kept since the Run, if any
+    return cluster_reconstructor(held) if held and held.connected else core_reconstruct
 
 
 def made_for_download(make: Callable[[Reconstructor], bytes], runner: Reconstructor) -> bytes:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import usable_cpus
 from core.errors import ClusterError, InputError
-from core.progress import check, listening
+from core.progress import beat, check, listening
 from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
 
 if TYPE_CHECKING:
@@ -65,7 +65,18 @@ CONNECT_TIMEOUT_S = 5.0
 CHECK_EVERY_S = 0.5
 """How often a wait for a cluster's result lets a cancelled Run stop (core.progress.check)."""
 RESULT_TIMEOUT_S = 900.0
-"""Default time :func:`submit_reconstruction` waits for its result."""
+"""Default time :func:`submit_reconstruction` waits for its result, once a worker has taken
+it (the time it waits its turn is not counted)."""
+QUEUE_LOOK_S = 5.0
+"""How often :func:`submit_reconstruction` asks whether a worker has taken its task."""
+QUEUED_STAGE = (
+    "reconstructing on the Dask cluster: waiting for a free worker (its workers are busy, with "
+    "other Runs or a model being trained for a region)"
+)
+"""The stage a Run reports while its reconstruction waits its turn on the cluster (it begins
+as the Run's reconstructing stage does, core.season.RECONSTRUCTING_PREFIX: the stages still to
+come are those after it). Before review 19 such a Run sat at "0 of 46" without a word for as
+long as a region's training held the only worker, and the wait counted against its limit."""
 WORKER_SETTINGS_FILE = Path(__file__).with_name("dask.yaml")
 """Dask configuration for worker processes (:func:`worker_settings`); the Docker image puts it in
 ``/etc/dask/``."""
@@ -954,6 +965,7 @@ def submit_reconstruction(
         key=f"fieldflow-reconstruct-{uuid.uuid4().hex[:12]}",
     )
     deadline = time.monotonic() + timeout_s
+    looked, queued = time.monotonic(), False
     try:
         while True:  # in short waits: a Run cancelled meanwhile stops here (core.progress.check)
             wait_s = min(CHECK_EVERY_S, max(0.0, deadline - time.monotonic()))
@@ -962,6 +974,16 @@ def submit_reconstruction(
             except (TimeoutError, DaskTimeoutError):
                 if time.monotonic() >= deadline:
                     raise
+            now = time.monotonic()
+            if now - looked >= QUEUE_LOOK_S:  # waiting its turn? said, and not counted
+                taken = "done" if future.done() else _taken_by(cluster, future.key)
+                if taken is None:
+                    deadline += now - looked
+                    if not queued:
+                        beat(QUEUED_STAGE, 0, 1)
+                elif queued:
+                    beat(f"reconstructing on the Dask cluster's worker {taken}", 0, 1)
+                queued, looked = taken is None, now
             try:
                 check()
             except BaseException:  # no longer wanted: the worker's task stops at its next step
@@ -983,6 +1005,28 @@ def submit_reconstruction(
         ) from None
     finally:
         future.release()
+
+
+def _taken_by(cluster: Cluster, key: str) -> str | None:
+    """The worker executing task ``key`` now; None while it waits its turn, at the scheduler
+    or in a worker's queue (the scheduler hands a worker more tasks than it has threads, so
+    "processing" there is not "executing"). Where it cannot be told, "unknown": never a wait."""
+    try:
+        processing = cluster.client.processing()
+    except Exception:
+        return "unknown"
+    worker = next((w for w, keys in processing.items() if key in keys), None)
+    if worker is None:
+        return None
+    answers, _silent = cluster.ask_workers(_executing, [worker], key, timeout_s=2.0)
+    return None if answers.get(worker) is False else worker
+
+
+def _executing(key: str, dask_worker: Any = None) -> bool:
+    """On a worker: whether task ``key`` runs there now (Dask passes ``dask_worker``)."""
+    state = getattr(dask_worker, "state", None)
+    running = [*getattr(state, "executing", ()), *getattr(state, "long_running", ())]
+    return any(task.key == key for task in running)
 
 
 def reconstruct_on_worker(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from distributed import LocalCluster
 
@@ -115,6 +117,7 @@ def test_a_lost_scheduler_is_said_and_the_next_run_reconnects_once_it_is_back(
     # every later Run of every session failed with "AttributeError ('NoneType' object has no
     # attribute 'identity')" until the app was restarted, the scheduler back or not.
     from app import services
+    from core.reconstruct import reconstruct
 
     monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", processes.address)
     page = open_page()
@@ -126,6 +129,9 @@ def test_a_lost_scheduler_is_said_and_the_next_run_reconnects_once_it_is_back(
 
     processes.kill_scheduler()
     until(lambda: not held.connected, timeout_s=60)  # its reconnection window has passed
+    started = time.monotonic()  # the page drawn meanwhile makes its downloads here, at once
+    assert services.download_reconstructor() is reconstruct
+    assert time.monotonic() - started < 1.0
     _run_with(page, "whittaker")  # while it is down: said in words, naming the variable
     errors = texts(page, "error")
     assert any(

@@ -640,6 +640,29 @@ def threads_cluster():
         yield cluster
 
 
+def test_a_reconstruction_waiting_its_turn_on_the_cluster_says_so_and_is_not_timed(
+    monkeypatch,
+) -> None:
+    # Review 19: a Run queued behind a region's training on the only worker sat at "0 of 46"
+    # without a word for minutes, and the wait counted against its 900 s limit.
+    from core import distributed
+    from core.progress import CHECK, PART, listening
+
+    monkeypatch.setattr(distributed, "QUEUE_LOOK_S", 0.5)
+    cube = make_cube()
+    dates = np.array(["2023-05-04", "2023-05-12"], dtype="datetime64[ns]")
+    heard: list[str] = []
+    with local_cluster(1, processes=False, threads_per_worker=1) as cluster:
+        busy = cluster.client.submit(time.sleep, 4.0, pure=False)  # the only thread, taken
+        with listening(lambda what, _done, _total: heard.append(what)):
+            remote = submit_reconstruction(cluster, cube, dates, "linear", timeout_s=2.0)
+        assert busy.done()
+    xr.testing.assert_identical(remote, reconstruct(cube, dates, "linear"))
+    stages = [what for what in heard if what not in (CHECK, PART)]
+    assert stages[0] == distributed.QUEUED_STAGE, heard
+    assert stages[-1].startswith("reconstructing on the Dask cluster's worker "), stages
+
+
 def test_submit_reconstruction_matches_a_local_call_and_passes_errors_back(threads_cluster):
     cube = make_cube()
     dates = np.array(["2023-05-04", "2023-05-12"], dtype="datetime64[ns]")
