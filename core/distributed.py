@@ -30,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
+import queue
 import signal
 import threading
 import time
@@ -44,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.config import usable_cpus
 from core.errors import ClusterError, InputError
-from core.progress import beat, check, listening
+from core.progress import beat, check, copied_to, listening
 from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
 
 if TYPE_CHECKING:
@@ -67,6 +69,11 @@ CHECK_EVERY_S = 0.5
 RESULT_TIMEOUT_S = 900.0
 """Default time :func:`submit_reconstruction` waits for its result, once a worker has taken
 it (the time it waits its turn is not counted)."""
+PROGRESS_TOPIC = "fieldflow-progress"
+"""The Dask event topic a worker's reconstruction tells its progress on (:func:`told_to_client`),
+as ``(task key, stage, done, total)``; one topic for all (the scheduler keeps a log per topic)."""
+PROGRESS_EVERY_S = 0.5
+"""Least time between two progress events of one stage sent by a worker."""
 QUEUE_LOOK_S = 5.0
 """How often :func:`submit_reconstruction` asks whether a worker has taken its task."""
 QUEUED_STAGE = (
@@ -549,6 +556,8 @@ class Cluster:
         self._held: OrderedDict[int, _HeldCube] = OrderedDict()
         self._held_lock = threading.Lock()
         self._address = str(client.scheduler.address)
+        self._told: dict[str, queue.SimpleQueue] = {}
+        self._subscribed = False
 
     @property
     def address(self) -> str:
@@ -625,6 +634,33 @@ class Cluster:
             except (TimeoutError, OSError):
                 silent.append(address)
         return answers, silent
+
+    @contextlib.contextmanager
+    def progress_of(self, key: str) -> Iterator[queue.SimpleQueue]:
+        """While inside, the progress task ``key`` tells (:func:`told_to_client`) arrives in
+        the queue yielded, as ``(stage, done, total)``. One subscription per client, shared by
+        the tasks of every caller (a client has one handler per topic)."""
+        told: queue.SimpleQueue = queue.SimpleQueue()
+        with self._held_lock:
+            if not self._subscribed:
+                self.client.subscribe_topic(PROGRESS_TOPIC, self._heard)
+                self._subscribed = True
+            self._told[key] = told
+        try:
+            yield told
+        finally:
+            with self._held_lock:
+                self._told.pop(key, None)
+
+    def _heard(self, event: tuple[float, Any]) -> None:
+        """The client's handler of :data:`PROGRESS_TOPIC` events (in its event loop)."""
+        try:
+            key, what, done, total = event[1]
+        except (TypeError, ValueError):
+            return
+        told = self._told.get(key)
+        if told is not None:
+            told.put((str(what), int(done), int(total)))
 
     def resources_for(self, method: str) -> dict[str, float] | None:
         """:func:`reconstruct_resources` for the workers connected now."""
@@ -953,58 +989,76 @@ def submit_reconstruction(
     resources = reconstruct_resources(details, method)
     worker = field_worker(details, cube, resources)
     cube_future = cluster.cube_on(cube, worker)
-    future = client.submit(
-        reconstruct_on_worker,
-        cube_future,
-        dates,
-        method,
-        options or ReconstructOptions(),
-        resources=resources,
-        workers=[worker],
-        allow_other_workers=True,
-        key=f"fieldflow-reconstruct-{uuid.uuid4().hex[:12]}",
-    )
+    key = f"fieldflow-reconstruct-{uuid.uuid4().hex[:12]}"
+    with cluster.progress_of(key) as told:  # the worker's own stages, told as they pass
+        future = client.submit(
+            reconstruct_on_worker,
+            cube_future,
+            dates,
+            method,
+            options or ReconstructOptions(),
+            resources=resources,
+            workers=[worker],
+            allow_other_workers=True,
+            key=key,
+        )
+        try:
+            return _result(cluster, future, told, timeout_s)
+        except (TimeoutError, DaskTimeoutError):
+            raise ClusterError(
+                f"The cluster returned no reconstruction within {timeout_s:g} s"
+                + (" (it waits for a free GPU worker)" if resources else "")
+                + "; try again later or with fewer dates."
+            ) from None
+        except (FutureCancelledError, KilledWorker, OSError) as exc:
+            if not cluster.connected:  # was "(... cancelled for reason: scheduler-connection-lost)"
+                raise ClusterError(lost_scheduler(cluster.address)) from None
+            raise ClusterError(  # was "(... cancelled for reason: already forgotten.)" (review 19)
+                f"A worker of the Dask cluster at {cluster.address} was lost during the "
+                f"reconstruction ({paragraph(exc, 120)}): it stopped or was restarted. Run again: "
+                "another worker, or the same once restarted, takes it."
+            ) from None
+        finally:
+            future.release()
+
+
+def _result(cluster: Cluster, future: Future, told: queue.SimpleQueue, timeout_s: float) -> Any:
+    """``future``'s result, awaited in short waits: a Run cancelled meanwhile stops here
+    (core.progress.check), the worker's own stages (``told``) are passed on as they come, and
+    a wait for a free worker is said and not counted against ``timeout_s``.
+
+    Raises:
+        TimeoutError: no result within ``timeout_s`` of a worker's time.
+    """
+    from distributed import TimeoutError as DaskTimeoutError
+
     deadline = time.monotonic() + timeout_s
     looked, queued = time.monotonic(), False
-    try:
-        while True:  # in short waits: a Run cancelled meanwhile stops here (core.progress.check)
-            wait_s = min(CHECK_EVERY_S, max(0.0, deadline - time.monotonic()))
-            try:
-                return future.result(timeout=wait_s)
-            except (TimeoutError, DaskTimeoutError):
-                if time.monotonic() >= deadline:
-                    raise
-            now = time.monotonic()
-            if now - looked >= QUEUE_LOOK_S:  # waiting its turn? said, and not counted
-                taken = "done" if future.done() else _taken_by(cluster, future.key)
-                if taken is None:
-                    deadline += now - looked
-                    if not queued:
-                        beat(QUEUED_STAGE, 0, 1)
-                elif queued:
-                    beat(f"reconstructing on the Dask cluster's worker {taken}", 0, 1)
-                queued, looked = taken is None, now
-            try:
-                check()
-            except BaseException:  # no longer wanted: the worker's task stops at its next step
-                future.cancel()
-                raise
-    except (TimeoutError, DaskTimeoutError):
-        raise ClusterError(
-            f"The cluster returned no reconstruction within {timeout_s:g} s"
-            + (" (it waits for a free GPU worker)" if resources else "")
-            + "; try again later or with fewer dates."
-        ) from None
-    except (FutureCancelledError, KilledWorker, OSError) as exc:
-        if not cluster.connected:  # was "(... cancelled for reason: scheduler-connection-lost)"
-            raise ClusterError(lost_scheduler(cluster.address)) from None
-        raise ClusterError(  # was "(... cancelled for reason: already forgotten.)" (review 19)
-            f"A worker of the Dask cluster at {cluster.address} was lost during the "
-            f"reconstruction ({paragraph(exc, 120)}): it stopped or was restarted. Run again: "
-            "another worker, or the same once restarted, takes it."
-        ) from None
-    finally:
-        future.release()
+    while True:
+        wait_s = min(CHECK_EVERY_S, max(0.0, deadline - time.monotonic()))
+        try:
+            return future.result(timeout=wait_s)
+        except (TimeoutError, DaskTimeoutError):
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+        while not told.empty():  # e.g. tuning the model to the field, on the worker
+            beat(*told.get_nowait())
+            queued = False
+        now = time.monotonic()
+        if now - looked >= QUEUE_LOOK_S:  # waiting its turn? said, and not counted
+            taken = "done" if future.done() else _taken_by(cluster, future.key)
+            if taken is None:
+                deadline += now - looked
+                if not queued:
+                    beat(QUEUED_STAGE, 0, 1)
+            elif queued:
+                beat(f"reconstructing on the Dask cluster's worker {taken}", 0, 1)
+            queued, looked = taken is None, now
+        try:
+            check()
+        except BaseException:  # no longer wanted: the worker's task stops at its next step
+            future.cancel()
+            raise
 
 
 def _taken_by(cluster: Cluster, key: str) -> str | None:
@@ -1041,11 +1095,40 @@ def reconstruct_on_worker(
     and puts the count back afterwards, for the worker's other tasks (a batch's fields run
     side by side, one thread each).
     """
-    with stop_when_cancelled():
+    with stop_when_cancelled(), told_to_client():
         if method not in GPU_METHODS:
             return reconstruct(cube, dates, method, options)
         with model_task(), worker_torch_threads():
             return reconstruct(cube, dates, method, options)
+
+
+@contextlib.contextmanager
+def told_to_client() -> Iterator[None]:
+    """Inside a Dask task: its named progress beats (tuning the model to the field, measuring
+    its error there) are sent to the client as :data:`PROGRESS_TOPIC` events, at most one per
+    :data:`PROGRESS_EVERY_S` a stage (and its last step), where the Run's page shows them
+    (review 19: a Run on a cluster sat at "0 of N" for the 35-45 s of its tuning). Outside a
+    task, nothing changes."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+        key = worker.get_current_task()
+    except ValueError:
+        yield
+        return
+    last: dict[str, float] = {}
+
+    def send(what: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last.get(what, -math.inf) < PROGRESS_EVERY_S:
+            return
+        last[what] = now
+        with contextlib.suppress(Exception):  # progress only: never stop the work for it
+            worker.log_event(PROGRESS_TOPIC, (key, what, done, total))
+
+    with copied_to(send):
+        yield
 
 
 class TaskCancelled(Exception):

@@ -136,6 +136,23 @@ def listening(listener: Beat) -> Iterator[None]:
 
 
 @contextmanager
+def copied_to(send: Beat) -> Iterator[None]:
+    """While inside, named beats (not :func:`part` or :func:`check`) also go to ``send`` (e.g.
+    on to the process that waits for this work); every beat still goes on to the listener
+    outside, which may raise to stop the work."""
+    outer = _listener.get()
+
+    def listener(what: str, done: int, total: int) -> None:
+        if what not in (PART, CHECK):
+            send(what, done, total)
+        if outer is not None:
+            outer(what, done, total)
+
+    with listening(listener):
+        yield
+
+
+@contextmanager
 def portion(share: Callable[[float], None]) -> Iterator[None]:
     """While inside, :func:`part` beats go to ``share`` as the fraction done (0 to 1) of the
     piece of work inside; named beats go on to the listener outside, as before."""

@@ -522,8 +522,8 @@ def compute_season(
             # stage shows once the reconstruction proper starts (its tiles report as parts of
             # a chunk).
             report(PREPARING_STAGE, 0, 1)
-        else:  # on a cluster, the fits run on its worker and report nothing here
-            report(stage, 0, n_days)
+        else:  # on a cluster, the fits run on its worker, whose steps come back as they pass
+            report(stage, 0, n_days)  # (core.distributed.told_to_client)
         curve = ndvi_curve(
             cube,
             first,
@@ -594,7 +594,8 @@ class PlannedStage:
 def run_plan(request: SeasonRequest, in_process: bool = True) -> tuple[PlannedStage, ...]:
     """The stages of ``request``'s Run after its data is read, in order (the fetch's own are
     not known ahead: they depend on what the cache holds). ``in_process``: the reconstruction
-    runs here, not on a cluster (whose worker makes the model's fits without reporting them).
+    runs here, not on a cluster (whose worker makes the model's fits, told as they pass but not
+    planned: how many it makes there depends on what the worker has kept).
     A period too short to tune skips the tuning it lists (:data:`MIN_CLEAR_ACQUISITIONS`)."""
     stages = []
     if request.method == "model" and in_process:
