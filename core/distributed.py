@@ -983,6 +983,7 @@ def submit_reconstruction(
     from distributed import KilledWorker
     from distributed import TimeoutError as DaskTimeoutError
     from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
 
     client = cluster.client
     details = worker_details(cluster)
@@ -1010,7 +1011,7 @@ def submit_reconstruction(
                 + (" (it waits for a free GPU worker)" if resources else "")
                 + "; try again later or with fewer dates."
             ) from None
-        except (FutureCancelledError, KilledWorker, OSError) as exc:
+        except (FutureCancelledError, KilledWorker, CommClosedError) as exc:
             if not cluster.connected:  # was "(... cancelled for reason: scheduler-connection-lost)"
                 raise ClusterError(lost_scheduler(cluster.address)) from None
             raise ClusterError(  # was "(... cancelled for reason: already forgotten.)" (review 19)
