@@ -660,7 +660,10 @@ def test_a_reconstruction_waiting_its_turn_on_the_cluster_says_so_and_is_not_tim
     xr.testing.assert_identical(remote, reconstruct(cube, dates, "linear"))
     stages = [what for what in heard if what not in (CHECK, PART)]
     assert stages[0] == distributed.QUEUED_STAGE, heard
-    assert stages[-1].startswith("reconstructing on the Dask cluster's worker "), stages
+    # and, where a look falls while the worker runs it (not always: linear is quick), which
+    # worker took it
+    worker = "reconstructing on the Dask cluster's worker "
+    assert all(s == distributed.QUEUED_STAGE or s.startswith(worker) for s in stages), stages
 
 
 def test_submit_reconstruction_matches_a_local_call_and_passes_errors_back(threads_cluster):
