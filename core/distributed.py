@@ -39,7 +39,7 @@ import time
 import uuid
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -433,11 +433,10 @@ def worker_details(cluster: Cluster, purpose: str = "") -> dict[str, Any]:
             f"{a} ({w.get('status', 'unknown')})" for a, w in (details.get("workers") or {}).items()
         )
         if stuck:
-            names = ", ".join(stuck[:3]) + (", ..." if len(stuck) > 3 else "")
             raise ClusterError(
                 f"The Dask scheduler at {cluster.address} has no worker running{purpose}: "
-                f"{len(stuck)} registered but not running ({names}). A worker that cannot import "
-                "FieldFlow's code stops as it starts (its log says why). "
+                f"{len(stuck)} registered but not running ({_first_three(stuck)}). A worker that "
+                "cannot import FieldFlow's code stops as it starts (its log says why). "
                 + CODE_ADVICE.format(address=cluster.address)
             )
         raise ClusterError(
@@ -477,10 +476,9 @@ def check_cluster(cluster: Cluster, info: ClusterInfo, checkpoint: Path | None =
     """
     advice = CODE_ADVICE.format(address=info.address)
     if info.without_code:
-        names = ", ".join(info.without_code[:3]) + (", ..." if len(info.without_code) > 3 else "")
         raise ClusterError(
             f"{len(info.without_code)} Dask worker(s) of {info.address} cannot run FieldFlow's "
-            f"code ({names}: {info.code_error}). {advice}"
+            f"code ({_first_three(info.without_code)}: {info.code_error}). {advice}"
         )
     _probe_scheduler(cluster, advice)
     if checkpoint is None:
@@ -490,12 +488,17 @@ def check_cluster(cluster: Cluster, info: ClusterInfo, checkpoint: Path | None =
     answers, _silent = cluster.ask_workers(_has_checkpoint, workers, str(checkpoint))
     lacking = sorted(address for address, has in answers.items() if has is False)
     if lacking:
-        names = ", ".join(lacking[:3]) + (", ..." if len(lacking) > 3 else "")
         raise ClusterError(
             f"The model checkpoint {checkpoint} is not on {len(lacking)} Dask worker(s) "
-            f"({names}): each worker loads it from that same path on its own machine. Put it "
-            "on storage every worker sees at that path, or give --checkpoint such a path."
+            f"({_first_three(lacking)}): each worker loads it from that same path on its own "
+            "machine. Put it on storage every worker sees at that path, or give --checkpoint such "
+            "a path."
         )
+
+
+def _first_three(names: Sequence[str]) -> str:
+    """``names`` for a message: the first three, then "..." when there are more."""
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _has_checkpoint(path: str) -> bool:
