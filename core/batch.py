@@ -35,6 +35,7 @@ import io
 import json
 import math
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -86,6 +87,9 @@ the fetch's margin either side of the period changed every field's ends, 2026-12
 CURVE_FILE = "ndvi.csv"
 FRAMES_FILE = "frames.tif"
 MARKER_FILE = "done.json"
+EARLIER_FOLDER = "earlier"
+"""Where a failed field's folder keeps the complete outputs of an earlier request
+(:func:`clear_outputs`)."""
 SUMMARY_FILE = "summary.csv"
 OUTPUT_FILES: tuple[str, ...] = (CURVE_FILE, FRAMES_FILE)
 """Files the marker vouches for."""
@@ -568,9 +572,13 @@ def reconstruct_task(
     started = time.perf_counter()
     result = fetched.result
     if result is None or item.field is None:
-        clear_outputs(Path(folder))
+        kept = _cleared(Path(folder))
         return FieldRow(
-            item.field_id, item.name, FAILED, seconds=fetched.seconds, error=fetched.error
+            item.field_id,
+            item.name,
+            FAILED,
+            seconds=fetched.seconds,
+            error=_and_kept(fetched.error, kept),
         )
     fetch_stats = _fetch_stats(result)
     idle_trim = model_task() if request.method == "model" else contextlib.nullcontext()
@@ -589,27 +597,99 @@ def reconstruct_task(
     except TaskCancelled:
         raise
     except Exception as exc:  # reported in the summary; the other fields carry on
-        clear_outputs(Path(folder))
+        kept = _cleared(Path(folder))
         return FieldRow(
             item.field_id,
             item.name,
             FAILED,
             **fetch_stats,
             seconds=fetched.seconds + time.perf_counter() - started,
-            error=on_worker(failure_message(exc), name_worker),
+            error=_and_kept(on_worker(failure_message(exc), name_worker), kept),
         )
     return dataclasses.replace(row, seconds=fetched.seconds + time.perf_counter() - started)
 
 
-def clear_outputs(folder: Path) -> None:
-    """Remove a failed field's outputs from ``folder``, its marker first. They were made for
-    another request (its outputs for this one would have been skipped as complete): a field
-    redrawn or moved, another period, or, for unnamed fields, another field at the same place
-    in the file. Kept, its curve went into the joined table as the failed field's, and its
-    folder held another outline's frames (review 15)."""
+def clear_outputs(folder: Path) -> str:
+    """Clear a failed field's folder of outputs; return a sentence for its row's error when
+    an earlier run's outputs are kept aside (else "").
+
+    Outputs there were made for another request (its outputs for this one would have been
+    skipped as complete): a field redrawn or moved, another period, or, for unnamed fields,
+    another field at the same place in the file. Kept in place, its curve went into the
+    joined table as the failed field's, and its folder held another outline's frames
+    (review 15). Complete ones (with their marker) go to :data:`EARLIER_FOLDER`, where a later
+    run of their own request finds them again (:func:`restore_earlier`); a failure, often a
+    passing one (a server down, a full disk), no longer deletes a season's results. Partial
+    ones, without a marker, are removed."""
+    set_aside(folder)
+    kept = folder / EARLIER_FOLDER / MARKER_FILE
+    if not kept.is_file():
+        return ""
+    return (
+        f" The outputs of an earlier run in its folder, for another request, are kept in "
+        f"{folder / EARLIER_FOLDER} (its {MARKER_FILE} says which); a run of that request "
+        "takes them back."
+    )
+
+
+def _cleared(folder: Path) -> str:
+    """:func:`clear_outputs` for a failed row: a folder it cannot clear (read-only, gone) is
+    left as it is, the row's own error said, not this one."""
+    try:
+        return clear_outputs(folder)
+    except OSError:
+        return ""
+
+
+def _and_kept(error: str | None, kept: str) -> str:
+    """A failed row's error, then :func:`clear_outputs`' sentence (if any)."""
+    if not kept or not error:
+        return (error or "") + kept.lstrip()
+    return error + ("" if error.rstrip().endswith((".", "!", "?")) else ".") + kept
+
+
+def set_aside(folder: Path) -> None:
+    """Move complete outputs of another request (``done.json`` and its files) into
+    :data:`EARLIER_FOLDER`, replacing what it held; remove partial ones (no marker).
+
+    The marker moves first and comes back last (:func:`restore_earlier`): a marker never
+    vouches for files that are not beside it (they are checked by size and hash too)."""
+    marker = folder / MARKER_FILE
+    if not marker.is_file():
+        for name in (CURVE_FILE, FRAMES_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+        return
+    earlier = folder / EARLIER_FOLDER
+    if earlier.exists():
+        _remove_earlier(folder)
+    earlier.mkdir()
     for name in (MARKER_FILE, CURVE_FILE, FRAMES_FILE):
-        with contextlib.suppress(OSError):
-            (folder / name).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(folder / name, earlier / name)
+
+
+def restore_earlier(folder: Path, fingerprint: Mapping[str, Any]) -> bool:
+    """Put the outputs kept in :data:`EARLIER_FOLDER` back when they are complete for this
+    request (a run after a failed one of another request asks for them again); return
+    whether it did."""
+    earlier = folder / EARLIER_FOLDER
+    if completed_row(earlier, fingerprint) is None:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        (folder / MARKER_FILE).unlink()  # a stale one, were there one, vouches for nothing
+    for name in (CURVE_FILE, FRAMES_FILE, MARKER_FILE):
+        os.replace(earlier / name, folder / name)
+    _remove_earlier(folder)
+    return True
+
+
+def _remove_earlier(folder: Path) -> None:
+    """Remove :data:`EARLIER_FOLDER`, its marker first."""
+    earlier = folder / EARLIER_FOLDER
+    with contextlib.suppress(FileNotFoundError):
+        (earlier / MARKER_FILE).unlink()
+    shutil.rmtree(earlier, ignore_errors=True)
 
 
 def frame_dates(cube: xr.Dataset, start: str, end: str, every_days: int) -> np.ndarray:
@@ -643,9 +723,7 @@ def write_field_outputs(
     """
     make_folder(folder)
     try:
-        (folder / MARKER_FILE).unlink()
-    except FileNotFoundError:
-        pass
+        set_aside(folder)
     except OSError as exc:  # a folder turned read-only: said in words, not as an errno
         raise OutputError(
             f"Could not write in the folder {folder} ({(exc.strerror or str(exc)).lower()}). "
@@ -719,6 +797,7 @@ def write_field_outputs(
         **measured,
     )
     write_marker(folder, fingerprint, row)
+    _remove_earlier(folder)  # the field's outputs are this request's now
     return row
 
 
@@ -904,12 +983,16 @@ def run_batch(
     for item in fields:
         folder = out / item.field_id
         if item.field is None:
-            clear_outputs(folder)
-            report(item, FieldRow(item.field_id, item.name, FAILED, error=item.error))
+            kept = _cleared(folder)
+            report(
+                item, FieldRow(item.field_id, item.name, FAILED, error=_and_kept(item.error, kept))
+            )
             continue
         fingerprint = request.fingerprint(item.field, settings)
         if folder.is_dir():
             remove_stale_temporaries(folder)
+            if completed_row(folder, fingerprint) is None:
+                restore_earlier(folder, fingerprint)
         finished = completed_row(folder, fingerprint)
         if finished is not None:  # named as the file names it now (review 15: a renamed
             report(item, dataclasses.replace(finished, name=item.name))  # field kept its old)

@@ -310,6 +310,56 @@ def test_a_rerun_with_another_request_takes_the_old_tables_away_before_any_field
     assert seen == [[False, False]] * 3  # a stop at any of these moments leaves no stale table
 
 
+def test_a_failed_rerun_of_another_request_keeps_the_earlier_outputs_and_gives_them_back(
+    site, first_run, tmp_path, monkeypatch
+) -> None:
+    # Until 2026-12-06 a field that failed deleted its folder's outputs of another request
+    # (review 15 had them out of the joined table): a season's results lost to a server down
+    # or a period the imagery does not cover. They are now kept aside, out of the tables,
+    # and a run of their own request takes them back without fetching.
+    fields, out, cache, _ = first_run
+    results = tmp_path / "results"
+    shutil.copytree(out, results)
+    start, end = period(site)
+    year_before = [str(np.datetime64(day) - np.timedelta64(365, "D")) for day in (start, end)]
+    args = batch_args(fields, results, site)
+    args[args.index("--start") + 1], args[args.index("--end") + 1] = year_before
+    monkeypatch.setenv("STAC_API_URL", site.stac_url)
+    monkeypatch.setenv("FIELDFLOW_CACHE_DIR", str(cache))
+    site.reset()
+    code, printed = run_cli(args)
+    assert code == 1, printed
+    rows = read_summary(results)
+    assert [r["status"] for r in rows] == ["failed"] * 3
+    for field_id, row in zip(IDS, rows, strict=True):
+        folder = results / field_id
+        assert row["error"].startswith("No Sentinel-2 scenes cover the field between")
+        assert row["error"].endswith(
+            f"The outputs of an earlier run in its folder, for another request, are kept in "
+            f"{folder / 'earlier'} (its done.json says which); a run of that request takes "
+            "them back."
+        )
+        assert sorted(p.name for p in folder.iterdir()) == ["earlier"]
+        for name in ("done.json", "frames.tif", "ndvi.csv"):
+            assert (folder / "earlier" / name).read_bytes() == (out / field_id / name).read_bytes()
+    with (results / "all_fields_ndvi.csv").open() as handle:
+        assert list(csv.DictReader(handle)) == []  # the kept curves are not this request's
+
+    # The first request again: nothing fetched, every field skipped with its own outputs.
+    site.reset()
+    code, printed = run_cli(batch_args(fields, results, site))
+    assert code == 0, printed
+    assert printed.count("skipped, complete from an earlier run") == 3
+    assert site.stac_server.requests == [] and site.cog_server.requests == []
+    for field_id in IDS:
+        folder = results / field_id
+        assert sorted(p.name for p in folder.iterdir()) == ["done.json", "frames.tif", "ndvi.csv"]
+        for name in ("done.json", "frames.tif", "ndvi.csv"):
+            assert (folder / name).read_bytes() == (out / field_id / name).read_bytes()
+    joined = "all_fields_ndvi.csv"
+    assert (results / joined).read_text() == (out / joined).read_text()
+
+
 def test_a_field_without_scenes_fails_and_partial_outputs_are_redone(
     site, first_run, tmp_path, monkeypatch
 ) -> None:

@@ -386,10 +386,11 @@ def test_a_failure_mid_way_leaves_no_marker_and_the_field_is_redone(tmp_path, mo
     row = reconstruct_task(
         Fetched(fetch_result(), seconds=1.0), item, other, str(folder), other_print
     )
-    assert row.status == "failed" and row.error == "OSError: disk full"
+    assert row.status == "failed" and row.error.startswith("OSError: disk full. The outputs of")
     assert row.scenes_s2 == 5 and row.seconds >= 1.0
     assert not (folder / MARKER_FILE).exists()  # the old marker went first
-    assert not (folder / FRAMES_FILE).exists()  # the partial output too (review 15)
+    assert not (folder / FRAMES_FILE).exists()  # the partial output too (review 15), and
+    assert completed_row(folder / "earlier", fingerprint) is not None  # the old ones kept
     assert completed_row(folder, fingerprint) is None and completed_row(folder, other_print) is None
 
     monkeypatch.undo()
@@ -1103,15 +1104,42 @@ def test_a_field_that_fails_on_a_rerun_leaves_no_other_requests_outputs_behind(t
         completed_row(out / "c", fingerprint),
     ]
     assert [r.status for r in rows] == ["failed", "failed", "skipped"]
-    for field_id in ("a", "b"):
+    for field_id, row in zip(("a", "b"), rows, strict=False):
         assert not any(
             (out / field_id / name).exists() for name in (MARKER_FILE, CURVE_FILE, FRAMES_FILE)
         )
+        # kept aside since 2026-12-06, out of the tables, and said
+        assert completed_row(out / field_id / "earlier", fingerprint) is not None
+        assert f"are kept in {out / field_id / 'earlier'}" in row.error
     table = joined_curves(rows, out).splitlines()
     assert {line.split(",")[0] for line in table[1:]} == {"c"}
     # a failed row whose folder still holds a curve (written by hand, say) is not joined either
     (out / "a" / CURVE_FILE).write_text((out / "c" / CURVE_FILE).read_text())
     assert {line.split(",")[0] for line in joined_curves(rows, out).splitlines()[1:]} == {"c"}
+
+
+def test_outputs_set_aside_are_replaced_by_newer_ones_and_partial_ones_are_not_kept(
+    tmp_path,
+) -> None:
+    from core.batch import EARLIER_FOLDER, clear_outputs, restore_earlier
+
+    folder = tmp_path / "f"
+    first = REQUEST.fingerprint(FIELD, SETTINGS)
+    later = BatchRequest(start="2023-05-01", end="2023-05-22", every_days=2)
+    second = later.fingerprint(FIELD, SETTINGS)
+    write_field_outputs(FIELD, fetch_result(), REQUEST, folder, first, "f", "F")
+    assert clear_outputs(folder)  # a failure of another request keeps them aside ...
+    write_field_outputs(FIELD, fetch_result(), later, folder, second, "f", "F")
+    assert not (folder / EARLIER_FOLDER).exists()  # ... until that request succeeds
+    assert clear_outputs(folder)  # failing again keeps the newer ones, not both
+    assert completed_row(folder / EARLIER_FOLDER, second) is not None
+    assert not restore_earlier(folder, first)  # the first request's are gone
+    assert restore_earlier(folder, second) and completed_row(folder, second) is not None
+    assert not (folder / EARLIER_FOLDER).exists()
+    # a run killed half-way (frames written, no marker) leaves nothing to keep
+    (folder / MARKER_FILE).unlink()
+    assert clear_outputs(folder) == ""
+    assert sorted(p.name for p in folder.iterdir()) == []
 
 
 def test_an_id_column_wins_over_a_geojson_features_own_id_and_integers_stay_integers(
