@@ -277,6 +277,9 @@ def _train_and_save(
     folder = Path(data) if Path(data).is_dir() else None
     check_cubes(paths, folder, "or train on a folder of the good ones")  # every bad one at once
     all_series = [load_series(p) for p in paths]
+    for series in all_series:
+        if series.floored:
+            print(f"note: {series.site}: {series.floored}", file=sys.stderr)
     sites = {s.site for s in all_series}
     init_holdout = set(init.record.get("holdout_sites", [])) if init is not None else set()
     if absent := sorted(
@@ -399,6 +402,7 @@ def _train_and_save(
         holdout_sites=sorted((holdout | unseen_before) - set(overlapped)),
         seen_inside_holdout=overlapped,
         tuned_sites=sorted({s.site for s in validation}),
+        red_floor_screened={s.site: s.floored for s in [*training, *validation] if s.floored},
         seen_footprints=seen_now,
         validation=figures,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -45,6 +45,7 @@ from core.model.features import (
 from core.model.flow import path_point, sample_tau, velocity_target
 from core.model.network import FieldFlowNet
 from core.progress import beat
+from core.screening import screen_cube
 from core.storage import signals_deferred
 
 Progress = Callable[[int, int, dict[str, float]], None]
@@ -74,6 +75,9 @@ class SeriesData:
     """Where the cube lies (west, south, east, north in degrees), recorded in a checkpoint so
     that a field fetched there is known to be one the model was trained on; None where the cube
     cannot say."""
+    floored: str = ""
+    """What the red-floor screen took out of the cube's clear pixels, in words
+    (:func:`load_series`); "" where it took nothing."""
 
     @property
     def clear_acquisitions(self) -> int:
@@ -128,9 +132,16 @@ def held_out_inside(
 
 
 def load_series(path: Path) -> SeriesData:
-    """Read a cube file into :class:`SeriesData`."""
-    cube = read_cube(path)
-    return series_from_cube(cube, str(cube.attrs.get("site", path.stem)))
+    """Read a cube file into :class:`SeriesData`, with the screen every reconstruction has
+    (:func:`core.screening.red_floor`): clear-labelled pixels whose red sits at the
+    reflectance floor, NDVI 1 whatever grows there, are neither context nor truth (until
+    2026-12-06 training took them as both; the shipped model was trained so, on one such
+    scene of be-flanders-a). The haze screen, an option of a reconstruction, is not applied."""
+    cube, screening = screen_cube(read_cube(path), haze=False)
+    series = series_from_cube(cube, str(cube.attrs.get("site", path.stem)))
+    if screening.floored_count:
+        series = dataclasses.replace(series, floored=screening.summary())
+    return series
 
 
 def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:

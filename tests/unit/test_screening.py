@@ -266,3 +266,19 @@ def test_the_real_over_corrected_scene_is_taken_out_whatever_is_asked(cubes_dir)
     plain = cube.isel(time_s2=slice(t + 5, t + 9), y=slice(0, 24), x=slice(0, 24))
     clean = reconstruct(plain, plain["time_s2"].values[1:2], "linear", ReconstructOptions())
     assert "haze_screen" not in clean.attrs
+
+
+def test_training_reads_a_cube_without_its_red_at_the_floor(cubes_dir) -> None:
+    from core.cube import read_cube
+    from core.model.training import load_series
+
+    # Until 2026-12-06 `train` took the over-corrected scene (NDVI 0.999) as context and truth
+    # while every reconstruction took it out.
+    path = cubes_dir / "be-flanders-a_2017-2018.nc"
+    floored = screen_cube(read_cube(path), haze=False)[1].floored
+    series = load_series(path)
+    assert series.floored.startswith(f"Took out {int(floored.sum()):,} pixel observations")
+    assert np.isnan(series.clear_s2.transpose(1, 0, 2, 3)[:, floored]).all()
+    kept = read_cube(path)["valid"].values.astype(bool) & ~floored
+    assert np.isfinite(series.clear_s2.transpose(1, 0, 2, 3)[3][kept]).all()  # the rest kept
+    assert load_series(cubes_dir / "hu-alfold_2021.nc").floored == ""

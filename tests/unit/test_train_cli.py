@@ -468,7 +468,11 @@ def test_a_cube_too_small_beside_good_ones_is_left_out_of_training_calibration_a
     err = capsys.readouterr().err
     assert "warning: left out, too little to train on: px3 is 3 x 3 px" in err
     assert "training on ['field']; calibrating on ['field']" in err
+    # the over-corrected 2017-12-27 scene, screened as every reconstruction screens it
+    for site in ("field", "px3"):
+        assert f"note: {site}: Took out " in err and "sits at the floor" in err
     record = load_checkpoint(tmp_path / "m.pt").record
+    assert list(record["red_floor_screened"]) == ["field"]  # px3 was not used
     assert record["tuned_sites"] == ["field"] and record["seen_sites"] == ["field"]
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -483,8 +487,12 @@ def test_a_cube_too_small_beside_good_ones_is_left_out_of_training_calibration_a
     # named for calibration, it is refused before any training
     argv[argv.index(str(alone))] = str(data)
     assert main([*argv, "--out", str(tmp_path / "c.pt"), "--calibrate-on", "px3"]) == 2
-    assert capsys.readouterr().err.startswith(
-        "error: Cannot calibrate on these cubes: px3 is 3 x 3 px. A calibration cube needs"
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(
+            "error: Cannot calibrate on these cubes: px3 is 3 x 3 px. A calibration cube needs"
+        )
     )
     assert not (tmp_path / "c.pt").exists()
 
