@@ -74,7 +74,11 @@ def mask_breakdown(
     total = scl.size
     if total == 0:
         return []
-    classes = np.where(np.isin(scl, CLEAR_SCL_CLASSES), -1, scl)[masked]
+    # In float: a fetched cube's classes are uint8, where -1 read back as 255 and every
+    # screened pixel was named "class 255" (review 22); a class NaN is no data.
+    as_read = np.asarray(scl, dtype=np.float64)
+    classes = np.where(np.isin(as_read, CLEAR_SCL_CLASSES), -1.0, as_read)[masked]
+    classes = np.where(np.isnan(classes), -1.0, classes)
     values, counts = np.unique(classes, return_counts=True)
     names = [
         SCL_NAMES.get(int(v), f"class {int(v)}") if v >= 0 else "haze or no data" for v in values

@@ -385,14 +385,22 @@ def test_s1_with_one_polarization_is_read_and_the_unused_model_input_said(
 def test_the_mask_is_told_by_scene_class_largest_first() -> None:
     # Sen2Cor's classes over ten pixels: the masked ones are named by class; a pixel the
     # classification calls clear but masked (the haze screen) is named as such; under 1 % none.
-    scl = np.array([4, 4, 4, 9, 9, 3, 8, 5, 7, 4])
+    # In every dtype a cube holds its classes in: a fetched cube's are uint8, where the
+    # screened pixel was named "class 255" (review 22).
     masked = np.array([0, 0, 1, 1, 1, 1, 1, 0, 1, 0], dtype=bool)
-    assert mask_breakdown(scl, masked) == [
-        ("cloud (high probability)", 0.2),
-        ("haze or no data", 0.1),
-        ("cloud shadow", 0.1),
-        ("unclassified", 0.1),
-        ("cloud (medium probability)", 0.1),
+    for dtype in (np.int64, np.uint8, np.int16, np.float32):
+        scl = np.array([4, 4, 4, 9, 9, 3, 8, 5, 7, 4], dtype=dtype)
+        assert mask_breakdown(scl, masked) == [
+            ("cloud (high probability)", 0.2),
+            ("haze or no data", 0.1),
+            ("cloud shadow", 0.1),
+            ("unclassified", 0.1),
+            ("cloud (medium probability)", 0.1),
+        ], dtype
+    no_class = np.array([np.nan, 9.0])  # a class missing: no data
+    assert mask_breakdown(no_class, np.array([True, True])) == [
+        ("haze or no data", 0.5),
+        ("cloud (high probability)", 0.5),
     ]
     assert mask_breakdown(scl, np.zeros(10, dtype=bool)) == []
     assert mask_breakdown(np.full(1000, 9), np.arange(1000) < 5) == []  # 0.5 %: left out
