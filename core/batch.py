@@ -76,7 +76,7 @@ from core.reconstruct import (
     require_imaged,
 )
 from core.storage import atomic_output, make_folder, remove_stale_temporaries
-from core.timeline import calendar_day, regular_dates
+from core.timeline import calendar_day, regular_dates, require_acquisitions_around
 
 if TYPE_CHECKING:
     from core.distributed import Cluster
@@ -737,6 +737,12 @@ def write_field_outputs(
         )
     mask, outside = imaged_part(mask, cube)  # its figures over the part the imagery covers
     require_imaged(outside, name)
+    require_acquisitions_around(  # a cube from the cache may hold none in the period either
+        calendar_day(cube["time_s2"].values),
+        np.datetime64(request.start, "D"),
+        np.datetime64(request.end, "D"),
+        "of the field",
+    )
     dates = frame_dates(cube, request.start, request.end, request.every_days)
     # The frames that fall on the curve's days are kept from the curve's own reconstruction
     # (the two then agree, and those days are reconstructed once); the others, if any (a

@@ -70,7 +70,7 @@ from core.stac import (
     renew_tokens,
     search_scenes,
 )
-from core.timeline import parse_date
+from core.timeline import parse_date, require_acquisitions_around
 
 if TYPE_CHECKING:
     from odc.geo.geobox import GeoBox
@@ -1064,6 +1064,13 @@ def fetch_cube(
             f"No Sentinel-2 scenes{cloud_text} cover the field between {first} and {last}. "
             + _no_scenes_advice(first, last, max_cloud_cover, field)
         )
+    searched = f"of the field (searched from {before} to {after})"
+    require_acquisitions_around(
+        [item.datetime.date() for item in s2_items if item.datetime is not None],
+        np.datetime64(first),
+        np.datetime64(last),
+        searched,
+    )  # before any read: a period past the imagery's end was fetched, then refused
     check_request_size(grid, s2_items, before, after, settings.max_pixel_dates, margin_days)
     scenes = {S2_COLLECTION: len(s2_items)}
     skipped: list[str] = []
@@ -1081,6 +1088,9 @@ def fetch_cube(
             f"{len(s2_items)} Sentinel-2 scenes were found between {before} and {after}, but "
             "none has data over the field. Try a wider period."
         )
+    require_acquisitions_around(
+        times.astype("datetime64[D]"), np.datetime64(first), np.datetime64(last), searched
+    )  # those with data over the field
 
     s1_times = s1 = orbit = None
     if not include_s1:

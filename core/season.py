@@ -99,7 +99,7 @@ from core.render import (
     uncertainty_colours,
 )
 from core.stac import Signer, StacClient
-from core.timeline import calendar_day, regular_dates, to_days
+from core.timeline import calendar_day, regular_dates, require_acquisitions_around, to_days
 
 GRID_EVERY_DAYS = 5
 """Spacing of the regular query dates added to the acquisitions."""
@@ -383,6 +383,26 @@ class SeasonResult:
 # --- the computation ------------------------------------------------------------------------
 
 
+def cover_note(first: np.datetime64, last: np.datetime64, request: SeasonRequest) -> str:
+    """The note of a Run whose frames and curve cover less than its period: the side(s) cut
+    and the acquisition each is cut at (review 22: it named "the first and last Sentinel-2
+    acquisitions of the period" where only the end was cut and the start was no acquisition)."""
+    where = (
+        f"in the offline cube {request.cube_path.name}"
+        if request.cube_path is not None  # its own dates, not all Sentinel-2 has
+        else "of the field"
+    )
+    cut = []
+    if first > np.datetime64(request.start, "D"):
+        cut.append(f"the first Sentinel-2 acquisition {where} is from {first}")
+    if last < np.datetime64(request.end, "D"):
+        cut.append(f"the last {'' if cut else f'Sentinel-2 acquisition {where} '}is from {last}")
+    return (
+        f"Frames and the curve cover {first} to {last}: {' and '.join(cut)} (nothing can be "
+        "reconstructed outside the acquisitions)."
+    )
+
+
 def compute_season(
     request: SeasonRequest,
     settings: Settings,
@@ -435,6 +455,14 @@ def compute_season(
             screened_note = screening.summary()
     covered, outside_note = imagery_cover(request.field, grid, mask, cube)
     acquired = calendar_day(cube["time_s2"].values)
+    require_acquisitions_around(
+        acquired,
+        np.datetime64(request.start, "D"),
+        np.datetime64(request.end, "D"),
+        f"in the offline cube {request.cube_path.name}"
+        if request.cube_path is not None
+        else "of the field",
+    )
     first = max(np.datetime64(request.start, "D"), acquired.min())
     last = min(np.datetime64(request.end, "D"), acquired.max())
     notes = list(origin.notes)
@@ -443,15 +471,7 @@ def compute_season(
     if screened_note:
         notes.append(screened_note)
     if first > np.datetime64(request.start, "D") or last < np.datetime64(request.end, "D"):
-        held = (
-            f"the offline cube {request.cube_path.name} holds in the period"
-            if request.cube_path is not None  # its own dates, not all Sentinel-2 has
-            else "of the period"
-        )
-        notes.append(
-            f"Frames and the curve cover {first} to {last}: the first and last Sentinel-2 "
-            f"acquisitions {held} (nothing can be reconstructed outside them)."
-        )
+        notes.append(cover_note(first, last, request))
 
     radar_note = single_polarization_note(cube["s1"]) if has_s1(cube) else None
     if request.method == "model" and radar_note:

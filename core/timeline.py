@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from core.errors import InputError
+from core.errors import InputError, NoScenesError
 
 DAY_NS = np.int64(86_400 * 10**9)
 YEARS = (1900, 2199)
@@ -73,6 +73,44 @@ def regular_dates(
     span = int((last - first).astype(np.int64))
     step = min(int(every_days), span + 1)  # a step past the period's end: its first day alone
     return np.arange(first, last + np.timedelta64(1, "D"), step).astype("datetime64[ns]")
+
+
+def require_acquisitions_around(
+    days: Iterable[np.datetime64], first: np.datetime64, last: np.datetime64, found: str
+) -> None:
+    """Refuse a period the acquisitions all lie on one side of: frames and the curve run
+    between the first and last acquisition, so there is nothing to reconstruct in it. A
+    period with acquisitions on both sides and none inside (a few days between two passes)
+    is fine.
+
+    Args:
+        days: the acquisitions' days (calendar days, UTC).
+        first, last: the period's first and last day.
+        found: where the acquisitions were found, to end "... Sentinel-2 acquisition ..."
+            ("of the field found on Planetary Computer", "in the cube x.nc").
+
+    Raises:
+        NoScenesError: saying on which side they lie and which period would do. Before
+            review 22 the app said "The period ends (2018-08-27) before it starts
+            (2018-08-29); swap the dates" of a period ordered right, after the imagery's end.
+    """
+    acquired = np.asarray(sorted(np.datetime64(d, "D") for d in days), dtype="datetime64[D]")
+    first, last = np.datetime64(first, "D"), np.datetime64(last, "D")
+    if acquired.size == 0 or (acquired[-1] >= first and acquired[0] <= last):
+        return
+    if acquired[-1] < first:
+        raise NoScenesError(
+            f"No Sentinel-2 acquisition {found} falls on or after {first}: the latest is from "
+            f"{acquired[-1]}, before the period {first} to {last} starts, and nothing can be "
+            "reconstructed after the last acquisition. Choose a period that starts on or "
+            f"before {acquired[-1]} (a scene is published a day or more after it is taken)."
+        )
+    raise NoScenesError(
+        f"No Sentinel-2 acquisition {found} falls on or before {last}: the earliest is from "
+        f"{acquired[0]}, after the period {first} to {last} ends, and nothing can be "
+        "reconstructed before the first acquisition. Choose a period that ends on or after "
+        f"{acquired[0]}."
+    )
 
 
 def to_days(times: np.ndarray) -> np.ndarray:

@@ -245,7 +245,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"note: {len(trimmed)} field(s)' curves cover less than the period asked for "
             f"({request.start} to {request.end}): {', '.join(trimmed[:5])}"
             f"{', ...' if len(trimmed) > 5 else ''}. A curve runs from the field's first to its "
-            "last Sentinel-2 acquisition of the period: nothing is reconstructed outside them."
+            "last Sentinel-2 acquisition, those of the month fetched either side of the period "
+            "included: nothing is reconstructed outside them."
         )
     counts = {status: sum(r.status == status for r in rows) for status in ("ok", "skipped")}
     failed = sum(r.status == FAILED for r in rows)

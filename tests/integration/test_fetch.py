@@ -31,7 +31,7 @@ from core.cli import main
 from core.config import Settings
 from core.cube import read_cube, valid_from_scl
 from core.curve import ndvi_curve
-from core.errors import InputError, NetworkError
+from core.errors import InputError, NetworkError, NoScenesError
 from core.fetch import PERIOD_MARGIN_DAYS, clear_gdal_http_cache, fetch_cube, searched_period
 from core.field import Field
 from core.grid import field_mask, grid_for_field, grid_from_cube
@@ -783,6 +783,40 @@ def test_a_short_periods_ends_are_reconstructed_from_data_on_both_sides(
     assert str(without["date"].iloc[0])[:10] == "2018-06-03"
     differs = np.abs(without["ndvi"].to_numpy() - season["ndvi"].to_numpy()[2:])
     assert differs.max() > 0.02
+
+
+def test_a_period_all_acquisitions_lie_on_one_side_of_is_refused_before_any_read(
+    published_site,
+) -> None:
+    # Review 22: a period after the imagery's last acquisition (found only in the margin) was
+    # fetched, then the app said "The period ends (2018-08-27) before it starts (2018-08-29);
+    # swap the dates" and batch "... or fetch a cube for that period".
+    site = published_site("be-flanders-a", start="2018-05-01", end="2018-07-31")
+    field = Field(site.field(150.0), "short")
+    settings = Settings(stac_api_url=site.stac_url, retries=1)
+    days = np.unique(site.s2_times().astype("datetime64[D]"))
+    one_day = np.timedelta64(1, "D")
+    after = (str(days[-1] + 2 * one_day), str(days[-1] + 20 * one_day))
+    before = (str(days[0] - 20 * one_day), str(days[0] - 2 * one_day))
+    for (first, last), said in (
+        (after, f"the latest is from {days[-1]}, before the period {after[0]} to {after[1]}"),
+        (before, f"the earliest is from {days[0]}, after the period {before[0]} to {before[1]}"),
+    ):
+        site.reset()
+        with pytest.raises(NoScenesError) as caught:
+            fetch_cube(field, first, last, settings=settings, include_s1=False)
+        assert str(caught.value).startswith("No Sentinel-2 acquisition of the field (searched")
+        assert said in str(caught.value), str(caught.value)
+        assert site.cog_server.requests == []  # refused before a single range read
+    # A few days between two passes, none inside: acquisitions on both sides, reconstructed.
+    gaps = np.diff(days).astype(int)
+    wide = int(np.argmax(gaps))
+    assert gaps[wide] >= 4
+    start, end = str(days[wide] + one_day), str(days[wide + 1] - one_day)
+    fetched = fetch_cube(field, start, end, settings=settings, include_s1=False)
+    mask = field_mask(field, grid_for_field(field))
+    curve = ndvi_curve(fetched.cube, start, end, field_mask=mask)
+    assert len(curve) == gaps[wide] - 1 and curve["ndvi"].notna().all()
 
 
 # --- review 11: tiles of two zones, unused assets, tokens that expire -------------------------
