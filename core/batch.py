@@ -74,6 +74,7 @@ from core.reconstruct import (
     pinned,
     reconstruct,
     require_imaged,
+    screened,
 )
 from core.storage import atomic_output, make_folder, remove_stale_temporaries
 from core.timeline import calendar_day, regular_dates, require_acquisitions_around
@@ -750,6 +751,10 @@ def write_field_outputs(
     wanted = set(calendar_day(dates))
     # the curve and the frames from one model (a checkpoint replaced meanwhile stops the field)
     options = pinned(request.options, request.method)
+    # Screened once, here: the curve, the frames and the row's clear fraction all see it (the
+    # row's clear_fraction_mean was the unscreened cube's, 0.521 against its CSV's 0.504,
+    # review 22); a screened cube is not screened again.
+    cube = screened(cube, options)[0]
     kept: list[xr.Dataset] = []
     measured: dict[str, Any] = {}
 
@@ -783,6 +788,7 @@ def write_field_outputs(
         grid=fetched.grid,
         tags={"FIELD_ID": field_id, "FIELD": name},
         field_mask=mask,
+        acquired_days=calendar_day(cube["time_s2"].values),
     )
     del frames
     write_curve_csv(curve, folder / CURVE_FILE)
@@ -828,12 +834,14 @@ def _fetch_stats(result: FetchResult) -> dict[str, Any]:
     }
 
 
-def _period_mean(fractions: np.ndarray, cube: xr.Dataset, request: BatchRequest) -> float:
+def _period_mean(fractions: np.ndarray, cube: xr.Dataset, request: BatchRequest) -> float | None:
     """Mean of per-acquisition ``fractions`` over the acquisitions within the period (the
-    cube also holds the fetch's margin either side, core.fetch.PERIOD_MARGIN_DAYS)."""
+    cube also holds the fetch's margin either side, core.fetch.PERIOD_MARGIN_DAYS); None
+    when the period holds none (a few days between two passes: it was the margin's mean,
+    review 22)."""
     days = calendar_day(cube["time_s2"].values)
     inside = (days >= np.datetime64(request.start, "D")) & (days <= np.datetime64(request.end, "D"))
-    return float(np.mean(fractions[inside] if inside.any() else fractions))
+    return float(np.mean(fractions[inside])) if inside.any() else None
 
 
 def _most_days(days: Any) -> int | None:

@@ -7,7 +7,9 @@ sampled), so band ``k`` (1-based) holds date ``(k - 1) // L`` and layer ``(k - 1
 ``L`` layers per date. Every band is named in its description (``"2019-05-03 B04"``) and tagged
 ``DATE``, ``NAME`` and ``OBSERVED_FRACTION`` (share of the field's pixels, or of the grid's
 when no field is given, that are kept clear observations on that day: with the field it is the
-NDVI CSV's ``clear_fraction``); the file's tags list ``DATES``, ``LAYERS``,
+NDVI CSV's ``clear_fraction``; where the writer knows the acquisition days, as ``batch`` does,
+also ``ACQUIRED`` "yes" or "no", and a day with no acquisition has no ``OBSERVED_FRACTION``,
+as the CSV's is empty); the file's tags list ``DATES``, ``LAYERS``,
 ``LAYERS_PER_DATE`` and ``OBSERVED_FRACTION_OF`` ("field" or "grid"), plus the method, site,
 source and licence of the reconstruction. One file
 per field keeps a batch folder small and opens as a time stack in QGIS, GDAL or rioxarray;
@@ -37,7 +39,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,7 @@ def write_frame_stack(
     tags: dict[str, str] | None = None,
     blocksize: int | None = None,
     field_mask: np.ndarray | None = None,
+    acquired_days: Collection[np.datetime64] | None = None,
 ) -> Path:
     """Write a reconstruction's frames as one COG (layout in the module docstring).
 
@@ -113,6 +116,10 @@ def write_frame_stack(
         field_mask: (H, W) bool, the field's pixels on the grid: ``OBSERVED_FRACTION`` is
             then the share of them kept clear, as the NDVI CSV's ``clear_fraction``; None:
             the share of the grid's pixels.
+        acquired_days: the calendar days with a Sentinel-2 acquisition in the reconstructed
+            cube: each band is then tagged ``ACQUIRED`` ("yes" or "no"), and a date with no
+            acquisition has no ``OBSERVED_FRACTION`` (as the CSV's ``clear_fraction`` is
+            empty there; it read 0.0000, as an acquisition all cloud does, review 22).
 
     Returns:
         The path written.
@@ -146,6 +153,17 @@ def write_frame_stack(
         count, max(grid.width, grid.height), band_interleaved=band_interleaved
     )
     observed = _observed_fractions(result, field_mask)
+    acquired = (
+        None if acquired_days is None else {str(np.datetime64(d, "D")) for d in acquired_days}
+    )
+    told = [
+        {"OBSERVED_FRACTION": f"{observed[ti]:.4f}"}
+        if acquired is None
+        else {"ACQUIRED": "yes", "OBSERVED_FRACTION": f"{observed[ti]:.4f}"}
+        if date in acquired
+        else {"ACQUIRED": "no"}
+        for ti, date in enumerate(dates)
+    ]
 
     meta = {
         "DATES": ",".join(dates),
@@ -191,9 +209,7 @@ def write_frame_stack(
                     band += 1
                     dst.write(_layer(result, name, ti), band)
                     dst.set_band_description(band, f"{date} {name}")
-                    dst.update_tags(
-                        band, DATE=date, NAME=name, OBSERVED_FRACTION=f"{observed[ti]:.4f}"
-                    )
+                    dst.update_tags(band, DATE=date, NAME=name, **told[ti])
             dst.update_tags(**meta)
         options = {
             "COMPRESS": "DEFLATE",

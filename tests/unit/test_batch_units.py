@@ -1142,6 +1142,39 @@ def test_outputs_set_aside_are_replaced_by_newer_ones_and_partial_ones_are_not_k
     assert sorted(p.name for p in folder.iterdir()) == []
 
 
+def test_the_rows_clear_fraction_and_the_frames_tags_are_the_csvs(tmp_path) -> None:
+    # Review 22: clear_fraction_mean was the unscreened cube's (0.521 against its CSV's 0.504),
+    # the margin's mean for a period without an acquisition, and frames.tif tagged a day with
+    # no acquisition OBSERVED_FRACTION 0.0000, as an acquisition all cloud.
+    cube = make_cube()
+    red = cube["s2"].values[0, 2]  # B04 of 05-02 at the reflectance floor on half the grid:
+    red[:6] = 0.0001  # the whole scene over-corrected, screened as every reconstruction does
+    field = Field(lonlat_box(500001.0, 5600001.0, 500119.0, 5600119.0), "Whole grid")
+    fingerprint = REQUEST.fingerprint(field, SETTINGS)
+    row = write_field_outputs(field, fetch_result(cube), REQUEST, tmp_path, fingerprint, "f", "F")
+    with (tmp_path / CURVE_FILE).open() as handle:
+        told = [float(r["clear_fraction"]) for r in csv.DictReader(handle) if r["clear_fraction"]]
+    assert told == [0.0, 1.0, 0.0, 1.0]  # 05-02 screened, 05-12 all cloud
+    assert row.clear_fraction_mean == pytest.approx(np.mean(told))
+    with rasterio.open(tmp_path / FRAMES_FILE) as src:
+        dates = src.tags()["DATES"].split(",")
+        layers = int(src.tags()["LAYERS_PER_DATE"])
+        tags = {date: src.tags(layers * i + 1) for i, date in enumerate(dates)}
+    assert tags["2023-05-12"] == {
+        "DATE": "2023-05-12", "NAME": "B02", "ACQUIRED": "yes", "OBSERVED_FRACTION": "0.0000"
+    }  # fmt: skip
+    assert tags["2023-05-11"] == {"DATE": "2023-05-11", "NAME": "B02", "ACQUIRED": "no"}
+    assert tags["2023-05-02"]["OBSERVED_FRACTION"] == "0.0000"
+    # A period of a few days between two passes: no clear fraction of its own to average.
+    between = BatchRequest(start="2023-05-08", end="2023-05-10", every_days=1)
+    fingerprint = between.fingerprint(field, SETTINGS)
+    row = write_field_outputs(
+        field, fetch_result(cube), between, tmp_path / "b", fingerprint, "b", "B"
+    )
+    assert row.status == "ok" and row.clear_fraction_mean is None
+    assert "% clear" not in row.line()
+
+
 def test_an_id_column_wins_over_a_geojson_features_own_id_and_integers_stay_integers(
     tmp_path,
 ) -> None:
