@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import select
 import signal
 import sys
 import threading
@@ -87,6 +88,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("error: stopped (SIGTERM); nothing partial was kept.", file=sys.stderr)
         return 143
+    except BrokenPipeError:
+        # The reader of the output went away (`| head -1`): end quietly, as a command killed
+        # by SIGPIPE does (review 22: a traceback). One from elsewhere (a socket) is raised.
+        if not _output_gone():
+            raise
+        return 128 + signal.SIGPIPE
+
+
+def _output_gone() -> bool:
+    """Whether standard output's reader has gone; if so it is pointed at the null device,
+    so that Python's own flush at exit says nothing either."""
+    try:
+        sys.stdout.flush()
+        gone = _reader_closed(sys.stdout.fileno())  # a failed write drops what it held
+    except BrokenPipeError:
+        gone = True
+    except (OSError, ValueError):  # closed, or no file (replaced by a test's buffer)
+        return False
+    if gone:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return gone
+
+
+def _reader_closed(fd: int) -> bool:
+    """Whether ``fd`` is a pipe whose reading end is closed (poll says POLLERR)."""
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def finish(status: int) -> NoReturn:
@@ -103,6 +135,7 @@ def finish(status: int) -> NoReturn:
             sys.stderr.flush()
         os._exit(status)
 
+    _output_gone()  # the last lines, still buffered, to a reader gone meanwhile: quietly
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored by who started it

@@ -15,6 +15,7 @@ from core.cli.reconstruct import (
     outside_note,
     protected_checkpoint,
     unused_model_options,
+    wider_cube_note,
 )
 from core.config import Settings
 from core.cube import read_cube
@@ -128,6 +129,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     asked = regular_dates(args.start, args.end, args.every_days).size
     if len(curve) < asked:
         print(outside_note(asked - len(curve), asked, cube))
+    if wider := wider_cube_note(cube, args.start, args.end, method):
+        print(wider)
     from core.season import (  # the app's words
         FIELD_NEVER_CLEAR_ATTR,
         NEVER_CLEAR_NOTE,

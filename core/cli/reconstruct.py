@@ -372,6 +372,32 @@ def outside_note(left_out: int, asked: int, cube: xr.Dataset) -> str:
     )
 
 
+def wider_cube_note(cube: xr.Dataset, start: str, end: str, method: str) -> str | None:
+    """The note of an ``ndvi`` whose cube holds acquisitions beyond the period and the margin
+    a fetch takes either side (:data:`core.fetch.PERIOD_MARGIN_DAYS`), with a method that
+    uses all of them: its values then differ from the app's and ``batch``'s for the same
+    period, which fetch the period alone (review 22: Whittaker up to 0.052 NDVI, median 0.016,
+    on a four-month cube for a six-week period; linear, which uses the acquisitions either
+    side of a day only, agrees)."""
+    if method == "linear":
+        return None
+    from core.fetch import PERIOD_MARGIN_DAYS
+
+    margin = np.timedelta64(PERIOD_MARGIN_DAYS, "D")
+    days = calendar_day(cube["time_s2"].values)
+    first, last = np.datetime64(start, "D") - margin, np.datetime64(end, "D") + margin
+    if not ((days < first) | (days > last)).any():
+        return None
+    name = "the Whittaker smoother" if method == "whittaker" else "the model"
+    return (
+        f"note: the cube's acquisitions run from {days[0]} to {days[-1]}, beyond the period and "
+        f"the {PERIOD_MARGIN_DAYS} days either side a fetch for it takes; {name} uses all of "
+        "them, so this curve differs from the app's and batch's for the same period (a few "
+        "hundredths of NDVI), which fetch those days only. For theirs, fetch the period "
+        "(python -m core fetch) and run on that cube."
+    )
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Reconstruct, write the NetCDF and print a one-line summary."""
     method = chosen_method(args, settings)

@@ -737,6 +737,12 @@ def test_dates_outside_the_images_are_taken_and_said_not_silently_dropped(
     captions = texts(page, "caption")
     assert "Sentinel-2 images begin on 2015-06-23: the days before it have none." in captions
     assert any(c.startswith("The days after today have no images yet") for c in captions)
+    days = (ahead - dt.date(2014, 1, 1)).days + 1
+    assert f"Run: 2014-01-01 to {ahead} ({days} days)." in captions  # what Run runs
+    set_period(page, "1999-05-01", "1998-05-01")  # the command line's years, in either order
+    assert "Run: 1999-05-01 to 1998-05-01, which ends before it starts: swap the dates." in texts(
+        page, "caption"
+    )
 
 
 def test_a_running_runs_panel_lists_its_stages_and_what_is_to_come(
