@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -176,10 +176,15 @@ def download_reconstructor() -> Reconstructor:
     return cluster_reconstructor(held) if held and held.connected else core_reconstruct
 
 
-def made_for_download(make: Callable[[Reconstructor], bytes], runner: Reconstructor) -> bytes:
+T = TypeVar("T")
+
+
+def made_for_download(make: Callable[[Reconstructor], T], runner: Reconstructor) -> T:
     """``make(runner)``, or ``make`` in this process where ``runner``'s cluster is lost while it
     works. Before review 19 such a click gave no file and no message (the error went to the
-    server's log only), for as long as the app ran."""
+    server's log only), for as long as the app ran; a day asked for in "Query date" waited 5 s
+    for a connection and said "Cannot reach the Dask scheduler", even a day whose frame the
+    page held (review 21)."""
     try:
         return make(runner)
     except ClusterError:
@@ -540,5 +545,7 @@ def gpu_here() -> bool:
 @st.cache_data(max_entries=64, show_spinner="Reconstructing that day…")
 def day_view(result_key: str, day: dt.date, _result: SeasonResult) -> DayView:
     """One day of a result, reconstructed on demand (cached per result and day)."""
-    del result_key
-    return core_day_view(_result, day, reconstructor())
+    del result_key  # where downloads are made: the Run's cluster while connected, else here
+    return made_for_download(
+        lambda runner: core_day_view(_result, day, runner), download_reconstructor()
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
@@ -132,6 +133,20 @@ def test_a_lost_scheduler_is_said_and_the_next_run_reconnects_once_it_is_back(
     started = time.monotonic()  # the page drawn meanwhile makes its downloads here, at once
     assert services.download_reconstructor() is reconstruct
     assert time.monotonic() - started < 1.0
+    # Review 21: "Query date" waited 5 s for a connection and said "Cannot reach the Dask
+    # scheduler", even for a day whose frame the page held. A timeline day is shown at once,
+    # another is made here.
+    result = state(page).result
+    for day in (result.days[1], result.first_day + dt.timedelta(days=1)):
+        started = time.monotonic()
+        page.date_input(key="query_date").set_value(day).run()
+        no_exceptions(page)
+        assert not page.error, texts(page, "error")
+        assert page.metric[0].label == f"Field NDVI on {day.isoformat()}"
+        assert page.metric[0].value == f"{result.curve_row(day)['ndvi']:.3f}"
+        if day in result.days:
+            assert time.monotonic() - started < 4.0  # the page's redraw, no connection
+    assert result.first_day + dt.timedelta(days=1) not in result.days
     _run_with(page, "whittaker")  # while it is down: said in words, naming the variable
     errors = texts(page, "error")
     assert any(
