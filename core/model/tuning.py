@@ -293,8 +293,9 @@ def _tune_on_cluster(
     from distributed import KilledWorker
     from distributed import TimeoutError as DaskTimeoutError
     from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
 
-    from core.distributed import reconstruct_resources, worker_details
+    from core.distributed import paragraph, reconstruct_resources, worker_details
 
     client = cluster.client
     # a GPU worker where one is offered, as the model's reconstructions ask for
@@ -313,11 +314,17 @@ def _tune_on_cluster(
             if latest is not None:
                 stage, done, total = str(latest[0]), int(latest[1]), int(latest[2])
             progress(stage, done, total)
-    except (FutureCancelledError, KilledWorker) as exc:
+    except (FutureCancelledError, KilledWorker, CommClosedError) as exc:
+        if not cluster.connected:  # review 21: it blamed the worker's memory, in Dask's words
+            raise ClusterError(
+                f"Lost the connection to the Dask scheduler at {cluster.address} during the "
+                "fine-tuning; nothing was saved. Start the scheduler again (or check the "
+                "network to it), then make the model again."
+            ) from None
         raise ClusterError(
-            f"The cluster lost the fine-tuning ({type(exc).__name__}: {exc}); nothing was "
-            "saved. Its worker may have run out of memory: try it from a Run of a smaller "
-            "field or a shorter period, or on a worker with more memory."
+            f"The cluster lost the fine-tuning ({type(exc).__name__}: {paragraph(exc, 120)}); "
+            "nothing was saved. Its worker may have run out of memory: try it from a Run of a "
+            "smaller field or a shorter period, or on a worker with more memory."
         ) from None
     except BaseException:  # stopped: the worker's next report ends the command
         future.cancel()

@@ -224,3 +224,43 @@ def test_a_training_stopped_on_a_worker_ends_there_and_leaves_nothing(
     assert not out.parent.exists() or not any(out.parent.iterdir())
     # and the worker is free for the next task at once
     assert worker_process.client.submit(sum, [1, 2], pure=False).result(timeout=10) == 3
+
+
+def test_a_scheduler_lost_during_a_training_on_the_cluster_is_said_as_such(
+    flanders_cube, tmp_path: Path
+) -> None:
+    # Review 21: "The cluster lost the fine-tuning (FutureCancelledError: ... cancelled for
+    # reason: scheduler-connection-lost ...); ... Its worker may have run out of memory: try it
+    # from a Run of a smaller field": Dask's words, and advice that changes nothing.
+    from core.distributed import connect
+    from core.errors import ClusterError
+    from tests.support.dask_processes import DaskProcesses
+
+    out = tmp_path / "models" / "lost.pt"
+    with DaskProcesses(tmp_path / "dask") as processes:
+        processes.worker("w1")
+        processes.wait_for_workers(1)
+        cluster = connect(processes.address)
+        try:
+
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage == TRAINING_STAGE and done >= 5 and processes.scheduler is not None:
+                    processes.kill_scheduler()
+
+            cube = flanders_cube.isel(time_s2=slice(0, 30), time_s1=slice(0, 40))
+            with pytest.raises(ClusterError) as caught:
+                tune_for_region(
+                    RegionTuning(DEFAULT_CHECKPOINT, out, steps=2000),
+                    cube.isel(y=slice(0, 24), x=slice(0, 24)),
+                    progress,
+                    cluster=cluster,
+                )
+        finally:
+            cluster.close()
+    said = str(caught.value)
+    assert said.startswith(
+        f"Lost the connection to the Dask scheduler at {processes.address} during the "
+        "fine-tuning; nothing was saved."
+    ), said
+    assert "memory" not in said and "FutureCancelledError" not in said
+    assert not out.exists()
