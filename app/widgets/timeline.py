@@ -13,7 +13,7 @@ import streamlit as st
 
 from app import services
 from app.state import Key, forget_widget, set_widget_value, widget_value
-from app.widgets.period import DATE_FORMAT
+from app.widgets.period import DATE_FORMAT, EARLIEST, LATEST
 from core.errors import FieldFlowError
 from core.render import colour_bar
 from core.season import WHOLLY_CLEAR_FRACTION, DayView, FrameView, SeasonResult
@@ -95,13 +95,14 @@ def query_panel(result: SeasonResult) -> None:
     """The "Query date" picker: any day of the period, its frame and the field's NDVI."""
     if not isinstance(widget_value(Key.QUERY), dt.date):
         set_widget_value(Key.QUERY, default_day(result))
-    request = result.request
-    # Bounded by the period asked for, not the acquisitions: a day typed between the two was
-    # refused by the box with a bare "outside allowed range" while the old figure stayed.
+    # The inputs' widest bounds, as the period's: a day typed outside the bounds shows in the
+    # box while the page keeps the old one (bounded by the period, review 22; by the
+    # acquisitions before, with a bare "outside allowed range"). Outside the frames, the
+    # nearest is shown and said.
     day = st.date_input(
         "Query date",
-        min_value=min(request.start, result.first_day),
-        max_value=max(request.end, result.last_day),
+        min_value=EARLIEST,
+        max_value=LATEST,
         key=str(Key.QUERY),
         format=DATE_FORMAT,
         help=f"Any day from {result.first_day} to {result.last_day} (the period, within the "
@@ -110,14 +111,16 @@ def query_panel(result: SeasonResult) -> None:
     if not isinstance(day, dt.date):
         return
     if not result.first_day <= day <= result.last_day:
-        if day < result.first_day:
-            nearest, which = result.first_day, "before the first"
+        nearest = result.first_day if day < result.first_day else result.last_day
+        if result.request.start <= day <= result.request.end:
+            why = (
+                "nothing can be reconstructed "
+                f"{'before the first' if day < result.first_day else 'after the last'} "
+                "acquisition"
+            )
         else:
-            nearest, which = result.last_day, "after the last"
-        st.caption(
-            f"{day} lies outside the acquisitions: nothing can be reconstructed {which} one, "
-            f"so {nearest} is shown."
-        )
+            why = f"it lies outside the period, {result.request.start} to {result.request.end}"
+        st.caption(f"{day} has no frame: {why}, so {nearest} is shown.")
         day = nearest
     try:
         view = services.day_view(result.key, day, result)

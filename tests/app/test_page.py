@@ -256,6 +256,16 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     page.date_input(key="query_date").set_value(result.request.start).run()
     no_exceptions(page)
     assert page.metric[0].label == f"Field NDVI on {result.request.start.isoformat()}"
+    # A day outside the period (review 22: the box showed it while the old day stayed): the
+    # nearest frame, and why.
+    later = result.request.end + dt.timedelta(days=400)
+    page.date_input(key="query_date").set_value(later).run()
+    no_exceptions(page)
+    assert page.metric[0].label == f"Field NDVI on {result.last_day.isoformat()}"
+    assert (
+        f"{later} has no frame: it lies outside the period, {result.request.start} to "
+        f"{result.request.end}, so {result.last_day} is shown."
+    ) in texts(page, "caption")
 
     # The CSV offered is core's CSV of the daily curve.
     labels = [node.proto.label for node in page.get("download_button")]
