@@ -790,7 +790,11 @@ def connect(
             f"No Dask scheduler given: pass its address (tcp://host:8786) or set {SCHEDULER_ENV}."
         )
     given = "The Dask scheduler address" if (address or "").strip() else SCHEDULER_ENV
-    target = check_scheduler_address(target, name=given)
+    target = check_scheduler_address(  # review 21: the way out of the variable, said
+        target,
+        name=given,
+        or_else="" if (address or "").strip() else f"; or unset {given} to work on this machine",
+    )
     try:
         client = Client(target, timeout=f"{timeout_s}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
