@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.config import usable_cpus
-from core.errors import ClusterError, InputError
+from core.errors import CheckpointChanged, ClusterError, InputError
 from core.progress import beat, check, copied_to, listening
 from core.reconstruct import ReconstructOptions, Reconstructor, reconstruct
 
@@ -965,6 +965,28 @@ def field_worker(
     return able[int(tokenize(coords)[:12], 16) % len(able)]
 
 
+def other_model_on_worker(cluster: Cluster, options: ReconstructOptions | None) -> str | None:
+    """The message for a worker whose checkpoint is not the version a Run pinned while this
+    process's file still is: the worker holds another model at that path, and running again
+    changes nothing (review 21: the worker's message led with "replaced or removed while this
+    computation was using it" and ended "Run it again"). None where this file changed too."""
+    from core.config import checkpoint_version
+
+    if options is None or options.checkpoint_version is None:
+        return None
+    path = Path(options.checkpoint) if options.checkpoint else None
+    if checkpoint_version(path) != options.checkpoint_version:
+        return None
+    shown = options.checkpoint or "shipped in assets/"
+    return (
+        f"A worker of the Dask cluster at {cluster.address} holds another model at the path of "
+        f"the model checkpoint {shown} than this app does (a worker with another install of "
+        "FieldFlow, or another copy of the models folder), so the model cannot run there. Give "
+        "every worker the app's models (the same FieldFlow install, and the app's models folder "
+        "shared at the same path), then run again; until then linear and Whittaker run."
+    )
+
+
 def submit_reconstruction(
     cluster: Cluster,
     cube: xr.Dataset,
@@ -1018,6 +1040,11 @@ def submit_reconstruction(
                 + (" (it waits for a free GPU worker)" if resources else "")
                 + "; try again later or with fewer dates."
             ) from None
+        except CheckpointChanged:
+            other = other_model_on_worker(cluster, options)
+            if other is None:  # replaced here too: the worker's message says so
+                raise
+            raise InputError(other) from None
         except (FutureCancelledError, KilledWorker, CommClosedError) as exc:
             if not cluster.connected:  # was "(... cancelled for reason: scheduler-connection-lost)"
                 raise ClusterError(lost_scheduler(cluster.address)) from None

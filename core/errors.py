@@ -16,6 +16,11 @@ class InputError(FieldFlowError, ValueError):
     """Something the user gave us (a file, a date, an option) is not usable."""
 
 
+class CheckpointChanged(InputError):
+    """The model checkpoint at a path is no longer the version a computation pinned (replaced
+    meanwhile, or another model at that path on a cluster's worker)."""
+
+
 class FieldError(InputError):
     """The field outline is not a usable polygon."""
 

@@ -32,7 +32,7 @@ import xarray as xr
 
 from core.config import checkpoint_version, usable_cpus
 from core.cube import has_s1, without_empty_s1
-from core.errors import InputError
+from core.errors import CheckpointChanged, InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint, training_overlap
 from core.model.config import MIN_CLEAR_ACQUISITIONS, ModelConfig
@@ -120,7 +120,7 @@ def loaded_checkpoint(path: str | None, device: str, version: str | None) -> Che
             "app's models folder at the same path (shared storage, or the same folder on each "
             "machine); once it is there, run it again."
         )
-    raise InputError(
+    raise CheckpointChanged(
         f"{what} was replaced or removed while this computation was using it (retrained, copied "
         "over or deleted at that path), so its remaining parts cannot be made with the same "
         "model; or the file at that path "

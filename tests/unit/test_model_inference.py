@@ -1212,3 +1212,41 @@ def test_a_copy_of_the_same_checkpoint_elsewhere_is_the_same_version(tmp_path) -
     copy.unlink()
     with pytest.raises(InputError, match="or is not at that path on this machine"):
         cached_checkpoint(str(copy), "cpu", version)
+
+
+def test_a_worker_holding_another_model_at_the_path_is_told_as_such_not_as_replaced(
+    flanders_cube, tmp_path
+) -> None:
+    """Review 21: a worker whose own install of FieldFlow ships another model: every model Run
+    failed with "... was replaced or removed while this computation was using it ... Run it
+    again", though nothing had been replaced and running again gave the same. This app's file
+    is still the version the Run pinned, so the worker's copy is named as the cause."""
+    import shutil
+
+    from core.config import DEFAULT_CHECKPOINT, REPO_ROOT
+    from core.distributed import connect, submit_reconstruction
+    from core.reconstruct import pinned
+    from tests.support.dask_processes import DaskProcesses
+
+    install = tmp_path / "install"  # the worker's own FieldFlow, another model in its assets
+    shutil.copytree(REPO_ROOT / "core", install / "core", ignore=shutil.ignore_patterns("__py*"))
+    (install / "assets").mkdir()
+    _replace_checkpoint(str(install / "assets" / DEFAULT_CHECKPOINT.name), seed=5)
+    cube = flanders_cube.isel(y=slice(0, 16), x=slice(0, 16), time_s2=slice(0, 12))
+    cube = cube.isel(time_s1=slice(0, 12))
+    options = pinned(ReconstructOptions(samples=1), "model")
+    with DaskProcesses(tmp_path / "dask") as processes:
+        processes.worker("own", fieldflow=False, env={"PYTHONPATH": str(install)})
+        processes.wait_for_workers(1)
+        cluster = connect(processes.address)
+        try:
+            with pytest.raises(InputError) as caught:
+                submit_reconstruction(cluster, cube, cube["time_s2"].values[3:5], "model", options)
+        finally:
+            cluster.close()
+    said = str(caught.value)
+    assert said.startswith(
+        f"A worker of the Dask cluster at {processes.address} holds another model at the path "
+        "of the model checkpoint shipped in assets/ than this app does"
+    ), said
+    assert "replaced or removed while" not in said and "Run it again" not in said
