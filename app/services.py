@@ -176,6 +176,17 @@ def download_reconstructor() -> Reconstructor:
     return cluster_reconstructor(held) if held and held.connected else core_reconstruct
 
 
+def cluster_lost() -> bool:
+    """Whether the app computes on a Dask cluster (``DASK_SCHEDULER_ADDRESS``) whose client is
+    not connected now: files made on click are then made in this process
+    (:func:`download_reconstructor`). Never connects."""
+    address = scheduler_address()
+    if not address:
+        return False
+    held = _connected().get(address)
+    return held is None or not held.connected
+
+
 T = TypeVar("T")
 
 

@@ -536,14 +536,16 @@ def compute_season(
     # users' on a shared app): together they must fit its memory (core.admission).
     turn = gate.admitted(run_bytes(cube.sizes), settings.admission, report)
     with turn if here else contextlib.nullcontext():
-        if request.method == "model" and here:
+        if request.method == "model":
             # The model's fits on the field (tuning, error measurement) come first, inside the
-            # first chunk, and report their own steps as stages (core.progress.beat); this
-            # stage shows once the reconstruction proper starts (its tiles report as parts of
-            # a chunk).
+            # first chunk, and report their own steps as stages (core.progress.beat; from a
+            # cluster's worker as they pass, core.distributed.told_to_client); this stage
+            # shows once the reconstruction proper starts (its tiles report as parts of a
+            # chunk). On a cluster it was opened first, and shown done above the tuning
+            # (review 21).
             report(PREPARING_STAGE, 0, 1)
-        else:  # on a cluster, the fits run on its worker, whose steps come back as they pass
-            report(stage, 0, n_days)  # (core.distributed.told_to_client)
+        else:
+            report(stage, 0, n_days)
         curve = ndvi_curve(
             cube,
             first,

@@ -29,6 +29,15 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     st.caption("Downloads")
     left, middle, season, right = st.columns(4)
     runner = services.download_reconstructor()  # the files are made as the Run's frames were
+    if result.request.method == "model" and services.cluster_lost():
+        # Review 21: one such GeoTIFF took past the browser's 3 minutes on a loaded machine,
+        # and the page said only "Request timed out".
+        st.caption(
+            "The Dask cluster this Run was made on cannot be reached: a frame's GeoTIFF or the "
+            "NetCDF is made here instead, the model tuned to the field again first, which can "
+            "take minutes (the browser gives up on a file after 3). With the cluster back, run "
+            "again for quick files."
+        )
     left.download_button(
         "NDVI curve (CSV)",
         data=curve_csv(result.curve),

@@ -127,9 +127,11 @@ def test_a_lost_scheduler_is_said_and_the_next_run_reconnects_once_it_is_back(
     assert not page.error, texts(page, "error")
     assert state(page).result is not None
     held = services.cluster(processes.address)
+    assert not services.cluster_lost()
 
     processes.kill_scheduler()
     until(lambda: not held.connected, timeout_s=60)  # its reconnection window has passed
+    assert services.cluster_lost()  # a model Run's downloads then say they are made here
     started = time.monotonic()  # the page drawn meanwhile makes its downloads here, at once
     assert services.download_reconstructor() is reconstruct
     assert time.monotonic() - started < 1.0

@@ -171,6 +171,31 @@ def test_a_model_run_reports_its_stages_in_the_order_they_happen(request_: Seaso
     assert job.result.request.options.checkpoint_version == checkpoint_version(None)
 
 
+def test_a_model_run_on_a_cluster_reports_its_stages_in_the_order_they_happen(
+    request_: SeasonRequest,
+) -> None:
+    # Review 21: on a cluster the reconstruction's stage was opened first, then shown done
+    # ("reconstructing 46 days ... (2.0 s)") above the tuning its worker told.
+    from core.distributed import local_cluster
+    from core.distributed import reconstructor as cluster_reconstructor
+    from core.jobs import JobBoard
+    from core.model.training import ADAPT_BEAT
+
+    options = ReconstructOptions(samples=1, adapt_steps=4, blend_field=False)
+    short = dataclasses.replace(request_, end=dt.date(2018, 5, 20), method="model", options=options)
+    with local_cluster(1, processes=False) as cluster:
+        on = cluster_reconstructor(cluster)
+        job = JobBoard().join(
+            "run", lambda p: compute_season(short, Settings(), progress=p, reconstructor=on), "me"
+        )
+        assert job.wait(300) and job.error is None, job.error
+    stages = list(dict.fromkeys(r.stage for r in job.reports()))
+    assert stages[1] == season_module.PREPARING_STAGE, stages
+    assert ADAPT_BEAT in stages
+    recon = [i for i, stage in enumerate(stages) if stage.startswith("reconstructing ")]
+    assert recon and recon[0] > stages.index(ADAPT_BEAT), stages
+
+
 def test_runs_at_once_take_turns_and_one_stopped_while_waiting_leaves_the_queue(
     request_: SeasonRequest,
 ) -> None:
