@@ -169,7 +169,8 @@ def reconstructor() -> Reconstructor:
 def download_reconstructor() -> Reconstructor:
     """Where a download made on click reconstructs, taken when the page is drawn: the Run's
     cluster (whose workers hold the network tuned to the field) while its client is connected,
-    else this process (the file is the same, made more slowly). Never a new connection on a
+    else this process (the same estimate, made more slowly, with the model tuned to the field
+    again; a sampled band from other random draws). Never a new connection on a
     redraw: a lost scheduler would hold every redraw for the connection's time-out."""
     address = scheduler_address()
     held = _connected().get(address) if address else None  # kept since the Run, if any
