@@ -129,8 +129,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     asked = regular_dates(args.start, args.end, args.every_days).size
     if len(curve) < asked:
         print(outside_note(asked - len(curve), asked, cube))
-    if wider := wider_cube_note(cube, args.start, args.end, method):
-        print(wider)
     from core.season import (  # the app's words
         FIELD_NEVER_CLEAR_ATTR,
         NEVER_CLEAR_NOTE,
@@ -152,6 +150,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(note)
     for warning in checkpoint_warnings(fits):
         print(f"warning: {warning}", file=sys.stderr)
+    if wider := wider_cube_note(cube, args.start, args.end, method):  # after its verdict
+        print(wider)
     if note := unused_model_options(args, method):
         print(note, file=sys.stderr)
     return 0
