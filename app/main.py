@@ -71,7 +71,8 @@ def main() -> None:
         field_panel(state, settings)
         run_clicked = period_panel(state) or state.run_requested
         state.run_requested = False
-        run_settings = settings_panel(settings)
+        offline = state.demo_source is not None and state.demo_source.mode == "offline"
+        run_settings = settings_panel(settings, offline=offline)
     batch_started = state.batch_requested
     if batch_started:
         start_batch(state, run_settings, settings)
@@ -109,14 +110,17 @@ def current_request(state: PageState, chosen: RunSettings) -> SeasonRequest | No
     if state.field is None or not isinstance(start, dt.date) or not isinstance(end, dt.date):
         return None
     demo = state.demo_source
+    offline = demo is not None and demo.mode == "offline"
     return SeasonRequest(
         field=state.field,
         start=start,
         end=end,
         method=chosen.method,
         options=chosen.options,
-        max_cloud_cover=chosen.max_cloud_cover,
-        cube_path=demo.cube_path if demo is not None and demo.mode == "offline" else None,
+        # the offline cube keeps every scene: a limit there changed nothing but the result's
+        # key, a new computation of the same result (review 23)
+        max_cloud_cover=None if offline else chosen.max_cloud_cover,
+        cube_path=demo.cube_path if offline else None,
     )
 
 

@@ -82,8 +82,8 @@ def frame_geotiff(frame: xr.Dataset, grid: Grid, *, tags: dict[str, str] | None 
     meta = {"units": "reflectance (0-1); NDVI (-1..1)"}
     if "time" in frame.coords:
         meta["date"] = str(np.datetime64(frame["time"].values, "D"))
-    for key in ("method", "site", "source", "license"):
-        if key in frame.attrs:
+    for key in ("method", "samples", "site", "source", "license", "options_json"):
+        if key in frame.attrs:  # options_json: every setting that made it (review 23)
             meta[key] = str(frame.attrs[key])
     meta.update(tags or {})
     with MemoryFile() as memory:

@@ -693,14 +693,29 @@ def season_frames(result: SeasonResult, reconstructor: Reconstructor = reconstru
     frames = _curve_days(result, [result.curve_index(day) for day in result.days], reconstructor)
     frames["field"] = (("y", "x"), result.mask.astype(np.uint8))
     frames["acquired"] = ("time", np.array([e.acquired for e in result.timeline], np.uint8))
-    field = result.request.field
-    frames.attrs.update(
-        field=field.name,
-        field_key=field.key,
-        period=f"{result.first_day.isoformat()}/{result.last_day.isoformat()}",
-        data_source=result.source,
-    )
+    frames.attrs.update(request_record(result))
     return frames
+
+
+def cloud_limit_text(max_cloud_cover: float | None) -> str:
+    """A request's scene cloud limit in words, for files and the page."""
+    if max_cloud_cover is None:
+        return "none: every scene kept"
+    return f"{max_cloud_cover:g} %: scenes whose whole-tile cloud cover is above it skipped"
+
+
+def request_record(result: SeasonResult) -> dict[str, str]:
+    """What made a season's files beyond the reconstruction's own attributes (method,
+    ``options_json``): the field, the period, the data and the scene cloud limit (review 23:
+    a file made with a 30 % limit could not be told from one with every scene)."""
+    field = result.request.field
+    return {
+        "field": field.name,
+        "field_key": field.key,
+        "period": f"{result.first_day.isoformat()}/{result.last_day.isoformat()}",
+        "data_source": result.source,
+        "scene_cloud_limit": cloud_limit_text(result.request.max_cloud_cover),
+    }
 
 
 SEASON_FILE_MAX_MB = 500.0
@@ -812,8 +827,7 @@ def frame_geotiff_for_day(
 ) -> bytes:
     """The reconstructed frame of ``day`` as GeoTIFF bytes on the season's grid."""
     frame = reconstruct_day(result, day, reconstructor)
-    tags = {"field": result.request.field.name, "field_key": result.request.field.key}
-    return frame_geotiff(frame, result.grid, tags=tags)
+    return frame_geotiff(frame, result.grid, tags=request_record(result))
 
 
 # --- methods and the model ------------------------------------------------------------------

@@ -47,8 +47,9 @@ class RunSettings:
     fine-tuned from."""
 
 
-def settings_panel(settings: Settings) -> RunSettings:
-    """Draw the panel (in an expander) and return the chosen settings."""
+def settings_panel(settings: Settings, *, offline: bool = False) -> RunSettings:
+    """Draw the panel (in an expander) and return the chosen settings (``offline``: the field
+    is the offline demo cube's, whose scenes no cloud limit skips)."""
     with st.expander("Settings", expanded=False):
         models = services.model_choices(settings)
         usable = [m for m in models if m.usable]
@@ -178,7 +179,13 @@ def settings_panel(settings: Settings) -> RunSettings:
             key=str(Key.MAX_CLOUD),
             help="Skip scenes whose whole-tile cloud cover is above this. 100 keeps every "
             "scene: cloudy scenes often still see the field.",
+            disabled=offline,
         )
+        if offline:
+            st.caption(
+                "The offline demo cube keeps every scene: it holds no scene's cloud cover, so "
+                "the limit applies only to scenes fetched from the STAC API."
+            )
         st.text_input("STAC API (STAC_API_URL)", value=settings.stac_api_url, disabled=True)
         st.caption(
             f"Cube cache: `{settings.cache_dir}` · shared data: `{settings.data_dir}` · "

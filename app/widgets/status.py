@@ -79,6 +79,11 @@ def result_summary(result: SeasonResult, state: PageState) -> None:
         f"acquisition{'' if len(acquisitions) == 1 else 's'} ({clear} mostly clear) · "
         f"{_radar_count(result)} · method: "
         f"{request.method} · data: {result.source}"
+        + (
+            ""  # review 23: a series with scenes skipped read as a complete one
+            if request.max_cloud_cover is None
+            else f" · scenes over {request.max_cloud_cover:g} % cloud cover skipped"
+        )
     )
     for warning in result.warnings:  # the model itself is suspect: not a note among others
         st.warning(warning)

@@ -314,6 +314,16 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     assert not page.get("plotly_chart")
     assert any("press Run" in t for t in texts(page, "info"))
 
+    # A scene cloud limit is said on the result's line (review 23: a series with scenes
+    # skipped read as a complete one).
+    assert not any("cloud cover skipped" in t for t in texts(page, "caption"))
+    page.selectbox(key="method").set_value("linear")  # quick: the line is what is checked
+    page.slider(key="max_cloud_cover").set_value(30).run()
+    press_run(page)
+    no_exceptions(page)
+    assert state(page).result.request.max_cloud_cover == 30.0
+    assert any(" · scenes over 30 % cloud cover skipped" in t for t in texts(page, "caption"))
+
 
 def test_a_run_missing_radar_for_a_passing_reason_is_not_kept_and_run_again_gets_it(
     open_page: OpenPage, site: PublishedSite
@@ -1304,3 +1314,20 @@ def test_a_stopped_batch_shows_what_it_finished(open_page: OpenPage, site: Publi
     assert any(t.startswith("No field was done: the ZIP holds") for t in texts(page, "caption"))
     job.wait(300)  # the fields under way end (their outputs kept), then the job stops
     assert job.cancelled
+
+
+def test_the_offline_demo_cube_takes_no_cloud_limit_and_says_so(open_page: OpenPage) -> None:
+    # Review 23: on the offline cube the limit changed nothing but the result's key (a new
+    # computation of the same result) and was said nowhere.
+    page = open_page()
+    page.slider(key="max_cloud_cover").set_value(30).run()  # set before the demo is chosen
+    button(page, "Demo field").click().run()  # STAC unreachable: the demo goes offline
+    page.selectbox(key="method").set_value("linear").run()
+    no_exceptions(page)
+    assert page.slider(key="max_cloud_cover").proto.disabled
+    captions = texts(page, "caption")
+    assert any(t.startswith("The offline demo cube keeps every scene") for t in captions)
+    press_run(page)
+    result: SeasonResult = state(page).result
+    assert result is not None and result.request.max_cloud_cover is None
+    assert not any("cloud cover skipped" in t for t in texts(page, "caption"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import json
 import re
 from pathlib import Path
 
@@ -280,6 +281,19 @@ def test_geotiff_for_a_day_is_on_the_season_grid(season) -> None:
     assert bands.shape == (11, *result.grid.shape)
     assert info["crs"] == result.grid.crs
     assert info["tags"]["field_key"] == result.request.field.key
+    # What made it (review 23: no cloud limit, no samples, no settings): every setting, the
+    # period, the data and the scene cloud limit, as the season's NetCDF holds them.
+    recorded = json.loads(info["tags"]["options_json"])
+    assert recorded["samples"] == result.request.options.samples and "screen_haze" in recorded
+    assert info["tags"]["scene_cloud_limit"] == "none: every scene kept"
+    assert info["tags"]["period"] == f"{result.first_day}/{result.last_day}"
+    limited = dataclasses.replace(
+        result, request=dataclasses.replace(result.request, max_cloud_cover=30.0)
+    )
+    _, info = read_geotiff_bands(frame_geotiff_for_day(limited, result.days[3]))
+    said = "30 %: scenes whose whole-tile cloud cover is above it skipped"
+    assert info["tags"]["scene_cloud_limit"] == said
+    assert season_frames(limited).attrs["scene_cloud_limit"] == said
 
 
 def test_the_season_file_holds_every_frame_of_the_slider_as_the_run_made_it(
