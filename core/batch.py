@@ -1257,7 +1257,10 @@ def upload_folder(cache_dir: Path, data: bytes, request: BatchRequest) -> Path:
     content and request, so that the same file asked again resumes (finished fields are
     skipped) and two sessions' batches with other settings never share outputs."""
     digest = hashlib.sha256(data)
-    digest.update(repr(request).encode("utf-8"))
+    # the device left out, as the fingerprint leaves it: a GPU's results are the CPU's (review
+    # 23: the same file with Device cpu, then auto, was made again in another folder)
+    anywhere = dataclasses.replace(request.options, device="auto")
+    digest.update(repr(dataclasses.replace(request, options=anywhere)).encode("utf-8"))
     return Path(cache_dir) / BATCHES_FOLDER / digest.hexdigest()[:20]
 
 

@@ -82,8 +82,10 @@ def frame_geotiff(frame: xr.Dataset, grid: Grid, *, tags: dict[str, str] | None 
     meta = {"units": "reflectance (0-1); NDVI (-1..1)"}
     if "time" in frame.coords:
         meta["date"] = str(np.datetime64(frame["time"].values, "D"))
-    for key in ("method", "samples", "site", "source", "license", "options_json"):
-        if key in frame.attrs:  # options_json: every setting that made it (review 23)
+    made_by = ("method", "samples", "site", "source", "license", "options_json")
+    model = ("model_checkpoint", "model_weights_sha256", "model_steps")
+    for key in (*made_by, *model):  # every setting and the model that made it (review 23)
+        if key in frame.attrs:
             meta[key] = str(frame.attrs[key])
     meta.update(tags or {})
     with MemoryFile() as memory:

@@ -41,7 +41,7 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
     left.download_button(
         "NDVI curve (CSV)",
         data=curve_csv(result.curve),
-        file_name=f"{stem}_ndvi_{period}.csv",
+        file_name=f"{stem}_ndvi_{period}_{result.request.method}.csv",  # as the .tif, .nc
         mime="text/csv",
         on_click="ignore",
         icon=":material/download:",

@@ -192,7 +192,8 @@ def _demo(state: PageState, settings: Settings) -> None:
         "Use the offline demo cube",
         key=str(Key.OFFLINE_DEMO),
         help="Read the demo from the shared cube file instead of the STAC API (used "
-        "automatically when the STAC API does not answer).",
+        "automatically when the STAC API does not answer). Taken when Demo field is pressed: "
+        "press it again after changing this.",
     )
 
 

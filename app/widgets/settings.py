@@ -199,6 +199,12 @@ def settings_panel(settings: Settings, *, offline: bool = False) -> RunSettings:
             "leave the band unfitted)."
         )
         samples = MIN_CALIBRATION_SAMPLES
+    if is_model:  # review 23: a number typed past a box's bounds stays in the box, outlined
+        # red, while the page keeps the old one; this says which the Run takes
+        st.caption(
+            f"A Run takes: {model_settings_text(samples, int(steps) or None, int(adapt))} "
+            "(a number outlined red is outside its box's range and not taken)."
+        )
     options = ReconstructOptions(
         samples=samples if is_model else 1,
         steps=int(steps) or None if is_model else None,
@@ -313,3 +319,12 @@ def _remove(choice: ModelChoice, settings: Settings) -> None:
     if st.session_state.get(str(Key.MODEL)) == str(choice.path):
         st.session_state.pop(str(Key.MODEL), None)
     page_state().say("info", f"Removed the model '{choice.label}' ({choice.path}).")
+
+
+def model_settings_text(samples: int, steps: int | None, adapt_steps: int) -> str:
+    """The model's sampling and tuning in words: "8 samples, the default ODE steps, tuned to
+    the field in 50 steps"."""
+    drawn = f"{samples} sample{'s' if samples != 1 else ''}"
+    ode = "the default ODE steps" if steps is None else f"{steps} ODE steps"
+    tuned = f"tuned to the field in {adapt_steps} steps" if adapt_steps else "not tuned"
+    return f"{drawn}, {ode}, {tuned}"

@@ -7,10 +7,12 @@ import streamlit as st
 from app.services import RunPanel
 from app.state import Key, PageState
 from app.text import plain
+from app.widgets.settings import model_settings_text
 from core.errors import FieldFlowError
 from core.fetch import PERIOD_MARGIN_DAYS
 from core.season import (
     BASELINE_NAMES,
+    SeasonRequest,
     SeasonResult,
     method_choices,
 )
@@ -68,6 +70,15 @@ def _radar_count(result: SeasonResult) -> str:
     return f"{frames} Sentinel-1 frame{'s' if frames > 1 else ''} ({margin})"
 
 
+def _model_settings(request: SeasonRequest) -> str:
+    """ " (8 samples, the default ODE steps, tuned ...)" for a model Run, as it ran (review 23:
+    nothing on the result said them)."""
+    if request.method != "model":
+        return ""
+    options = request.options
+    return f" ({model_settings_text(options.samples, options.steps, options.adapt_steps)})"
+
+
 def result_summary(result: SeasonResult, state: PageState) -> None:
     """One line on what the result holds, its notes, and (folded) what the model fitted."""
     acquisitions = [e for e in result.timeline if e.acquired]
@@ -78,7 +89,7 @@ def result_summary(result: SeasonResult, state: PageState) -> None:
         f"{result.first_day} to {result.last_day} · {len(acquisitions)} Sentinel-2 "
         f"acquisition{'' if len(acquisitions) == 1 else 's'} ({clear} mostly clear) · "
         f"{_radar_count(result)} · method: "
-        f"{request.method} · data: {result.source}"
+        f"{request.method}{_model_settings(request)} · data: {result.source}"
         + (
             ""  # review 23: a series with scenes skipped read as a complete one
             if request.max_cloud_cover is None

@@ -35,7 +35,7 @@ from core.cube import has_s1, without_empty_s1
 from core.errors import CheckpointChanged, InputError
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint, training_overlap
-from core.model.config import MIN_CLEAR_ACQUISITIONS, ModelConfig
+from core.model.config import CALIBRATED_STEPS, MIN_CLEAR_ACQUISITIONS, ModelConfig
 from core.model.features import (
     N_BANDS,
     REFL_SCALE,
@@ -723,13 +723,6 @@ def field_checkpoint(
         while len(_field) > FIELD_CACHE_SIZE:
             _field.popitem(last=False)
     return result
-
-
-CALIBRATED_STEPS = 4
-"""Euler steps of a request whose band is fitted on the field and that names no step count.
-Calibration refits the width at any step count, and with it 4 steps gave the held-out band of
-8 (coverage and CRPS; benchmarks/candidates/calibrated_steps_rule.txt) in two thirds of the
-time of an app Run's daily curve."""
 
 
 def default_steps(checkpoint: Checkpoint, options: ReconstructOptions) -> int:

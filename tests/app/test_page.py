@@ -89,10 +89,16 @@ def _quick_model_run(page: AppTest, checkpoint) -> tuple[SeasonResult, str]:
 
     page.number_input(key="samples").set_value(1)
     page.number_input(key="adapt_steps").set_value(0).run()
+    # what a Run takes, said beside the boxes and on the result (review 23: a number typed
+    # past a box's bounds stays in it while the page keeps the old one)
+    takes = "A Run takes: 1 sample, the default ODE steps, not tuned (a number outlined red"
+    assert any(t.startswith(takes) for t in texts(page, "caption"))
     press_run(page)
     no_exceptions(page)
     result = state(page).result
     assert result is not None and result.request.options.checkpoint == checkpoint
+    line = "method: model (1 sample, the default ODE steps, not tuned) · data:"
+    assert any(line in t for t in texts(page, "caption"))
     return result, load_checkpoint(checkpoint).weights_sha256
 
 

@@ -358,8 +358,22 @@ def test_request_key_names_what_changes_the_result(request_: SeasonRequest) -> N
         {"method": "whittaker"},
         {"options": ReconstructOptions(samples=4)},
         {"max_cloud_cover": 50.0},
+        {"options": ReconstructOptions(samples=8, calibrate_field=True, steps=8)},
     ):
         assert dataclasses.replace(request_, **change).key("http://stac") != key
+    # Review 23: settings that name the same computation are the same result, shown again:
+    # the device (a GPU's result is the CPU's), the steps a fitted band takes by default, and
+    # a band fitted on one sample (none is drawn).
+    model = dataclasses.replace(request_, method="model")
+    fitted = ReconstructOptions(samples=8, calibrate_field=True)
+    for same, other in (
+        (fitted, dataclasses.replace(fitted, device="cpu")),
+        (fitted, dataclasses.replace(fitted, steps=4)),
+        (ReconstructOptions(samples=1), ReconstructOptions(samples=1, calibrate_field=True)),
+    ):
+        assert dataclasses.replace(model, options=same).key("s") == dataclasses.replace(
+            model, options=other
+        ).key("s")
 
 
 def test_offline_cube_period_without_scenes_and_field_outside(request_: SeasonRequest) -> None:
