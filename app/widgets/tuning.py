@@ -93,6 +93,10 @@ def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Pat
         help="Fine-tuning steps (4 training windows each). Measured on a Flanders field: "
         "150 steps (2.4 min) bought 40-55 % of what 600 did; 1200 no more than 600.",
     )
+    st.caption(  # review 23: 99999 typed stayed in the box while 600 were trained
+        f"A training takes {int(steps)} steps (a number outlined red is outside 1-"
+        f"{MAX_STEPS} and not taken)."
+    )
     if st.button("Train a model for this region", key=str(Key.TUNE_START)):
         try:
             tuning = RegionTuning(base, model_target(str(name), settings), int(steps))

@@ -1120,7 +1120,10 @@ def test_a_model_for_the_region_is_made_from_the_page_and_offered(
     assert any("(the shipped model) on this field's cube" in t for t in texts(page, "markdown"))
     # The demo's whole season: as many acquisitions as the gain was measured on, no caveat.
     assert not any("gives the training more" in t for t in texts(page, "caption"))
-    page.number_input(key="tune_steps").set_value(3)
+    page.number_input(key="tune_steps").set_value(3).run()
+    assert "A training takes 3 steps (a number outlined red is outside 1-5000 and not taken)." in (
+        texts(page, "caption")
+    )
     button(page, "Train a model for this region").click().run()
     key = state(page).tuning
     assert key == f"tune:{models / f'{name}.pt'}"
