@@ -46,6 +46,7 @@ from core.demo import DemoPreset, demo_preset, stac_reachable
 from core.distributed import SCHEDULER_ENV, Cluster, check_cluster, connect, scheduler_address
 from core.distributed import reconstructor as cluster_reconstructor
 from core.errors import ClusterError, FieldFlowError, InputError
+from core.fetch import PERIOD_MARGIN_DAYS
 from core.jobs import Job, JobBoard, Progress, Report, seconds_left, stage_spans
 from core.memory import MIB, MemoryBudget
 from core.model.catalog import ModelChoice, describe_model, model_files
@@ -541,7 +542,8 @@ def _headline(result: SeasonResult, *, again: bool = False) -> str:
     dates, s2, s1 = len(result.timeline), frames.get("s2", 0), frames.get("s1", 0)
     return (
         f"{took}: {dates} date{'' if dates == 1 else 's'} from {s2} Sentinel-2 and {s1} "
-        f"Sentinel-1 frame{'' if s1 == 1 else 's'} ({result.source})."
+        f"Sentinel-1 frame{'' if s1 == 1 else 's'} of the period and the {PERIOD_MARGIN_DAYS} "
+        f"days either side ({result.source})."
     )
 
 

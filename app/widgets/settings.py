@@ -13,6 +13,7 @@ from app.state import Key, page_state
 from app.text import plain
 from core.config import Settings, checkpoint_option, is_shipped_checkpoint
 from core.errors import FieldFlowError
+from core.fetch import PERIOD_MARGIN_DAYS
 from core.model.catalog import ModelChoice, remove_model
 from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions, default_method
 from core.screening import BLUISH, NEIGHBOUR_DAYS, RISE, SPARSE_SCENE_SHARE
@@ -107,8 +108,9 @@ def settings_panel(settings: Settings, *, offline: bool = False) -> RunSettings:
             "removal and long gaps from 0.845 / 0.850 / 0.920 to 0.832 / 0.837 / 0.899 x the "
             "better baseline, better on 8, 8 and 6 draws of 10 (README, 'per-field tuning'); "
             "100 steps: 0.828 / 0.829 / 0.895, about 25 s more on 2 CPU cores. "
-            "Needs at least 4 Sentinel-2 acquisitions in the period; with fewer the Run goes "
-            "on untuned and says so.",
+            "Needs at least 4 Sentinel-2 acquisitions with clear pixels in the period and the "
+            f"{PERIOD_MARGIN_DAYS} days fetched either side; with fewer the Run goes on "
+            "untuned and says so.",
         )
         calibrate_field = st.checkbox(
             "Fit the uncertainty band to this field",

@@ -15,6 +15,7 @@ from app.widgets.status import say_failure
 from core.config import Settings, is_shipped_checkpoint
 from core.distributed import scheduler_address
 from core.errors import FieldFlowError
+from core.fetch import PERIOD_MARGIN_DAYS
 from core.model.tuning import MAX_STEPS, REGION_STEPS, RegionTuning, model_target, suggested_name
 from core.progress import duration_text
 from core.season import SeasonResult
@@ -61,7 +62,8 @@ def _offer(state: PageState, result: SeasonResult, settings: Settings, base: Pat
     st.markdown(
         f"Fine-tune the model chosen in *Settings → Model* ({which}) on this field's "
         f"cube ({result.frames_loaded.get('s2', 0)} Sentinel-2 and "
-        f"{result.frames_loaded.get('s1', 0)} Sentinel-1 acquisitions) and save it in the "
+        f"{result.frames_loaded.get('s1', 0)} Sentinel-1 acquisitions, the period's and the "
+        f"{PERIOD_MARGIN_DAYS} days either side) and save it in the "
         f"models folder (`{settings.models_dir}`), where *Model* then offers it for the "
         "region's other fields. Measured once (README, 'Your own model for your region'): "
         "a model without Flanders fields, fine-tuned so on the demo field's Run, erred about "

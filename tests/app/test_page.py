@@ -29,7 +29,7 @@ from app.widgets.settings import SCREEN_HAZE_BY_DEFAULT
 from core import season as season_module
 from core.admission import PROCESS_GATE, WAITING_FOR_RUNS, Admission
 from core.curve import CURVE_COLUMNS, curve_csv
-from core.fetch import clear_gdal_http_cache
+from core.fetch import PERIOD_MARGIN_DAYS, clear_gdal_http_cache
 from core.jobs import JobCancelled
 from core.season import DEFAULT_ADAPT_STEPS, TRAINED_ON_TAIL, SeasonResult
 from tests.support.site import PublishedSite
@@ -312,6 +312,9 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     assert state(page).result is result  # the one cached object, not an unpickled copy
     replayed = "**Shown again, nothing recomputed (computed earlier in "
     assert any(t.startswith(replayed) for t in texts(page, "markdown"))
+    # the frames counted are the period's and the margin's (review 23: three counts, unsaid)
+    margin = f"Sentinel-1 frames of the period and the {PERIOD_MARGIN_DAYS} days either side ("
+    assert any(margin in t for t in texts(page, "markdown"))
     assert site.stac_server.requests == [] and site.cog_server.requests == []
 
     # A new period makes the result stale: it is dropped until the next Run.
