@@ -1257,11 +1257,15 @@ def upload_folder(cache_dir: Path, data: bytes, request: BatchRequest) -> Path:
     content and request, so that the same file asked again resumes (finished fields are
     skipped) and two sessions' batches with other settings never share outputs."""
     digest = hashlib.sha256(data)
-    # the device left out, as the fingerprint leaves it: a GPU's results are the CPU's (review
-    # 23: the same file with Device cpu, then auto, was made again in another folder)
-    anywhere = dataclasses.replace(request.options, device="auto")
-    digest.update(repr(dataclasses.replace(request, options=anywhere)).encode("utf-8"))
+    digest.update(repr(same_outputs(request)).encode("utf-8"))
     return Path(cache_dir) / BATCHES_FOLDER / digest.hexdigest()[:20]
+
+
+def same_outputs(request: BatchRequest) -> BatchRequest:
+    """``request`` as the outputs it makes: the device left out, as the fingerprint leaves it
+    (a GPU's results are the CPU's; review 23: the same file with Device cpu, then auto, was
+    made again in another folder, and its earlier outputs were called stale)."""
+    return dataclasses.replace(request, options=dataclasses.replace(request.options, device="auto"))
 
 
 def outputs_archive(

@@ -20,7 +20,15 @@ from app.state import BatchJob, Key, PageState, Upload, page_state, widget_value
 from app.text import plain
 from app.widgets.settings import RunSettings
 from app.widgets.status import say_failure
-from core.batch import FAILED, NOT_DONE, OK, SKIPPED, BatchRequest, UploadBatch
+from core.batch import (
+    FAILED,
+    NOT_DONE,
+    OK,
+    SKIPPED,
+    BatchRequest,
+    UploadBatch,
+    same_outputs,
+)
 from core.config import Settings
 from core.errors import FieldFlowError
 from core.export import safe_file_stem
@@ -188,7 +196,7 @@ def batch_outcome(state: PageState, done: UploadBatch, now: BatchRequest | None)
     be for other inputs where the sidebar's period or settings have changed since."""
     box = st.container(border=True)
     box.markdown(f"**{plain(outcome_headline(done))}**")
-    if now is not None and now != done.request:
+    if now is not None and same_outputs(now) != same_outputs(done.request):
         box.info(
             f"These are for {done.request.start} to {done.request.end} with "
             f"{done.request.method} and its settings then; the sidebar now asks for something "

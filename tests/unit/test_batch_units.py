@@ -1295,3 +1295,17 @@ def test_workers_registered_but_not_running_are_neither_counted_nor_routed_to() 
         "tcp://s:8786: 2 workers, 3 threads, no GPU workers (1 more registered but not "
         "running: tcp://10.0.0.2:4001 (closing); their logs say why)"
     )
+
+
+def test_the_device_names_no_other_outputs_of_an_upload() -> None:
+    # Review 23: with only Device changed (auto, then cpu) "Process all" made the same outputs
+    # again in another folder and called the earlier ones stale.
+    from core.batch import same_outputs, upload_folder
+
+    auto = BatchRequest(start="2023-05-01", end="2023-05-31", method="model")
+    cpu = dataclasses.replace(auto, options=dataclasses.replace(auto.options, device="cpu"))
+    assert same_outputs(auto) == same_outputs(cpu) and auto != cpu
+    assert upload_folder(Path("/c"), b"x", auto) == upload_folder(Path("/c"), b"x", cpu)
+    other = dataclasses.replace(auto, options=dataclasses.replace(auto.options, samples=8))
+    assert same_outputs(other) != same_outputs(auto)
+    assert upload_folder(Path("/c"), b"x", other) != upload_folder(Path("/c"), b"x", auto)
