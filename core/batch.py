@@ -738,8 +738,9 @@ def write_field_outputs(
         )
     mask, outside = imaged_part(mask, cube)  # its figures over the part the imagery covers
     require_imaged(outside, name)
+    acquired = calendar_day(cube["time_s2"].values)
     require_acquisitions_around(  # a cube from the cache may hold none in the period either
-        calendar_day(cube["time_s2"].values),
+        acquired,
         np.datetime64(request.start, "D"),
         np.datetime64(request.end, "D"),
         "of the field",
@@ -788,7 +789,7 @@ def write_field_outputs(
         grid=fetched.grid,
         tags={"FIELD_ID": field_id, "FIELD": name},
         field_mask=mask,
-        acquired_days=calendar_day(cube["time_s2"].values),
+        acquired_days=acquired,
     )
     del frames
     write_curve_csv(curve, folder / CURVE_FILE)

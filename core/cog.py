@@ -156,14 +156,13 @@ def write_frame_stack(
     acquired = (
         None if acquired_days is None else {str(np.datetime64(d, "D")) for d in acquired_days}
     )
-    told = [
-        {"OBSERVED_FRACTION": f"{observed[ti]:.4f}"}
-        if acquired is None
-        else {"ACQUIRED": "yes", "OBSERVED_FRACTION": f"{observed[ti]:.4f}"}
-        if date in acquired
-        else {"ACQUIRED": "no"}
-        for ti, date in enumerate(dates)
-    ]
+    told: list[dict[str, str]] = []  # each date's band tags
+    for ti, date in enumerate(dates):
+        fraction = {"OBSERVED_FRACTION": f"{observed[ti]:.4f}"}
+        if acquired is None:
+            told.append(fraction)
+        else:
+            told.append({"ACQUIRED": "yes", **fraction} if date in acquired else {"ACQUIRED": "no"})
 
     meta = {
         "DATES": ",".join(dates),

@@ -789,18 +789,19 @@ def connect(
         raise InputError(
             f"No Dask scheduler given: pass its address (tcp://host:8786) or set {SCHEDULER_ENV}."
         )
-    given = "The Dask scheduler address" if (address or "").strip() else SCHEDULER_ENV
+    named = bool((address or "").strip())  # given, not read from the environment
+    given = "The Dask scheduler address" if named else SCHEDULER_ENV
     target = check_scheduler_address(  # review 21: the way out of the variable, said
         target,
         name=given,
-        or_else="" if (address or "").strip() else f"; or unset {given} to work on this machine",
+        or_else="" if named else f"; or unset {given} to work on this machine",
     )
     try:
         client = Client(target, timeout=f"{timeout_s}s", set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         local = (  # where the address came from (review 16: "unset" a variable not set)
             "give no scheduler (on the command line, --scheduler local)"
-            if (address or "").strip()
+            if named
             else f"unset {SCHEDULER_ENV}"
         )
         raise ClusterError(

@@ -400,15 +400,13 @@ class SeasonResult:
 # --- the computation ------------------------------------------------------------------------
 
 
-def cover_note(first: np.datetime64, last: np.datetime64, request: SeasonRequest) -> str:
+def cover_note(
+    first: np.datetime64, last: np.datetime64, request: SeasonRequest, where: str
+) -> str:
     """The note of a Run whose frames and curve cover less than its period: the side(s) cut
-    and the acquisition each is cut at (review 22: it named "the first and last Sentinel-2
+    and the acquisition each is cut at, ``where`` saying where the acquisitions are ("of the
+    field", "in the offline cube x.nc"; review 22: it named "the first and last Sentinel-2
     acquisitions of the period" where only the end was cut and the start was no acquisition)."""
-    where = (
-        f"in the offline cube {request.cube_path.name}"
-        if request.cube_path is not None  # its own dates, not all Sentinel-2 has
-        else "of the field"
-    )
     cut = []
     if first > np.datetime64(request.start, "D"):
         cut.append(f"the first Sentinel-2 acquisition {where} is from {first}")
@@ -472,13 +470,13 @@ def compute_season(
             screened_note = screening.summary()
     covered, outside_note = imagery_cover(request.field, grid, mask, cube)
     acquired = calendar_day(cube["time_s2"].values)
-    require_acquisitions_around(
-        acquired,
-        np.datetime64(request.start, "D"),
-        np.datetime64(request.end, "D"),
+    where = (
         f"in the offline cube {request.cube_path.name}"
-        if request.cube_path is not None
-        else "of the field",
+        if request.cube_path is not None  # its own dates, not all Sentinel-2 has
+        else "of the field"
+    )
+    require_acquisitions_around(
+        acquired, np.datetime64(request.start, "D"), np.datetime64(request.end, "D"), where
     )
     first = max(np.datetime64(request.start, "D"), acquired.min())
     last = min(np.datetime64(request.end, "D"), acquired.max())
@@ -488,7 +486,7 @@ def compute_season(
     if screened_note:
         notes.append(screened_note)
     if first > np.datetime64(request.start, "D") or last < np.datetime64(request.end, "D"):
-        notes.append(cover_note(first, last, request))
+        notes.append(cover_note(first, last, request, where))
 
     radar_note = single_polarization_note(cube["s1"]) if has_s1(cube) else None
     if request.method == "model" and radar_note:

@@ -87,7 +87,7 @@ def require_acquisitions_around(
         days: the acquisitions' days (calendar days, UTC).
         first, last: the period's first and last day.
         found: where the acquisitions were found, to end "... Sentinel-2 acquisition ..."
-            ("of the field found on Planetary Computer", "in the cube x.nc").
+            ("of the field (searched from ... to ...)", "in the offline cube x.nc").
 
     Raises:
         NoScenesError: saying on which side they lie and which period would do. Before

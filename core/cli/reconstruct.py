@@ -376,9 +376,9 @@ def wider_cube_note(cube: xr.Dataset, start: str, end: str, method: str) -> str 
     """The note of an ``ndvi`` whose cube holds acquisitions beyond the period and the margin
     a fetch takes either side (:data:`core.fetch.PERIOD_MARGIN_DAYS`), with a method that
     uses all of them: its values then differ from the app's and ``batch``'s for the same
-    period, which fetch the period alone (review 22: Whittaker up to 0.052 NDVI, median 0.016,
-    on a four-month cube for a six-week period; linear, which uses the acquisitions either
-    side of a day only, agrees)."""
+    period, which fetch the period and that margin only (review 22: Whittaker up to 0.052
+    NDVI, median 0.016, on a four-month cube for a six-week period; linear, which uses the
+    acquisitions either side of a day only, agrees)."""
     if method == "linear":
         return None
     from core.fetch import PERIOD_MARGIN_DAYS

@@ -1238,12 +1238,8 @@ def test_a_worker_holding_another_model_at_the_path_is_told_as_such_not_as_repla
     with DaskProcesses(tmp_path / "dask") as processes:
         processes.worker("own", fieldflow=False, env={"PYTHONPATH": str(install)})
         processes.wait_for_workers(1)
-        cluster = connect(processes.address)
-        try:
-            with pytest.raises(InputError) as caught:
-                submit_reconstruction(cluster, cube, cube["time_s2"].values[3:5], "model", options)
-        finally:
-            cluster.close()
+        with connect(processes.address) as cluster, pytest.raises(InputError) as caught:
+            submit_reconstruction(cluster, cube, cube["time_s2"].values[3:5], "model", options)
     said = str(caught.value)
     assert said.startswith(
         f"A worker of the Dask cluster at {processes.address} holds another model at the path "

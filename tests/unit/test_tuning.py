@@ -237,26 +237,22 @@ def test_a_scheduler_lost_during_a_training_on_the_cluster_is_said_as_such(
     from tests.support.dask_processes import DaskProcesses
 
     out = tmp_path / "models" / "lost.pt"
+    cube = flanders_cube.isel(time_s2=slice(0, 30), time_s1=slice(0, 40), y=slice(0, 24))
     with DaskProcesses(tmp_path / "dask") as processes:
         processes.worker("w1")
         processes.wait_for_workers(1)
-        cluster = connect(processes.address)
-        try:
 
-            def progress(stage: str, done: int, total: int) -> None:
-                if stage == TRAINING_STAGE and done >= 5 and processes.scheduler is not None:
-                    processes.kill_scheduler()
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == TRAINING_STAGE and done >= 5 and processes.scheduler is not None:
+                processes.kill_scheduler()
 
-            cube = flanders_cube.isel(time_s2=slice(0, 30), time_s1=slice(0, 40))
-            with pytest.raises(ClusterError) as caught:
-                tune_for_region(
-                    RegionTuning(DEFAULT_CHECKPOINT, out, steps=2000),
-                    cube.isel(y=slice(0, 24), x=slice(0, 24)),
-                    progress,
-                    cluster=cluster,
-                )
-        finally:
-            cluster.close()
+        with connect(processes.address) as cluster, pytest.raises(ClusterError) as caught:
+            tune_for_region(
+                RegionTuning(DEFAULT_CHECKPOINT, out, steps=2000),
+                cube.isel(x=slice(0, 24)),
+                progress,
+                cluster=cluster,
+            )
     said = str(caught.value)
     assert said.startswith(
         f"Lost the connection to the Dask scheduler at {processes.address} during the "
