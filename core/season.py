@@ -196,13 +196,19 @@ class TimelineDate:
     """A Sentinel-2 acquisition exists that day (clear or cloudy)."""
     clear_fraction: float | None
     """Fraction of the field's pixels seen clear that day; None without an acquisition."""
+    cloud_limit: float | None = None
+    """The request's scene cloud limit (percent) where it skipped scenes of the search, else
+    None: a day without an acquisition may then have had a scene that the limit skipped."""
 
     @property
     def label(self) -> str:
         """E.g. ``"2018-05-03 · S2 clear (98%)"``, ``"2018-10-28 · S2 partly clear (62%)"``,
-        ``"2018-05-08 · S2 cloudy (12% clear)"`` or ``"2018-05-05 · no acquisition"``."""
+        ``"2018-05-08 · S2 cloudy (12% clear)"``, ``"2018-05-05 · no acquisition"`` or, under a
+        scene cloud limit, ``"2018-05-05 · no acquisition under the 30% cloud limit"``."""
         if not self.acquired:
-            return f"{self.day.isoformat()} · no acquisition"
+            limit = self.cloud_limit
+            limit = "" if limit is None else f" under the {limit:g}% cloud limit"
+            return f"{self.day.isoformat()} · no acquisition{limit}"
         clear = self.clear_fraction or 0.0
         if clear < OBSERVED_MIN_CLEAR_FRACTION:
             return f"{self.day.isoformat()} · S2 cloudy ({clear:.0%} clear)"
@@ -511,7 +517,10 @@ def compute_season(
         )
 
     days = _timeline_days(acquired, first, last, request.every_days)
-    timeline = _timeline(cube, covered, days)
+    # the offline cube keeps every scene (no scene cloud cover to apply a limit to)
+    limited = request.cube_path is None and request.max_cloud_cover is not None
+    cloud_limit = request.max_cloud_cover if limited and request.max_cloud_cover < 100 else None
+    timeline = _timeline(cube, covered, days, cloud_limit)
     scale = display_scale(grid.shape)
     warp = LonLatWarp.for_grid(grid)
     radar, radar_of_day = _radar(cube, covered, days, scale)
@@ -1019,14 +1028,16 @@ def _timeline_days(
     return np.unique(np.concatenate([inside, regular]).astype("datetime64[D]"))
 
 
-def _timeline(cube: xr.Dataset, mask: np.ndarray, days: np.ndarray) -> tuple[TimelineDate, ...]:
+def _timeline(
+    cube: xr.Dataset, mask: np.ndarray, days: np.ndarray, cloud_limit: float | None
+) -> tuple[TimelineDate, ...]:
     acquired = calendar_day(cube["time_s2"].values)
     valid = cube["valid"].values
     entries = []
     for day in days:
         hits = np.flatnonzero(acquired == day)
         clear = float(valid[hits][:, mask].astype(bool).any(axis=0).mean()) if hits.size else None
-        entries.append(TimelineDate(_to_date(day), bool(hits.size), clear))
+        entries.append(TimelineDate(_to_date(day), bool(hits.size), clear, cloud_limit))
     return tuple(entries)
 
 

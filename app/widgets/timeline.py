@@ -16,7 +16,7 @@ from app.state import Key, forget_widget, set_widget_value, widget_value
 from app.widgets.period import DATE_FORMAT, EARLIEST, LATEST
 from core.errors import FieldFlowError
 from core.render import colour_bar
-from core.season import WHOLLY_CLEAR_FRACTION, DayView, FrameView, SeasonResult
+from core.season import WHOLLY_CLEAR_FRACTION, DayView, FrameView, SeasonResult, TimelineDate
 
 CLEAR_ENOUGH = 0.5
 FRAME_MIN_WIDTH_PX = 140
@@ -75,7 +75,7 @@ def frames_row(result: SeasonResult, index: int) -> None:
     sampled = frame.uncertainty_png is not None
     grid = st.grid(5 if sampled else 4, min_column_width=FRAME_MIN_WIDTH_PX)
     with grid.cell():
-        _raw(frame)
+        _raw(frame, result.timeline[index])
     with grid.cell():
         _picture(frame.rgb_png, _recon_caption(result, frame), "Reconstructed true colour")
         if frame.blank_fraction >= 0.005:
@@ -159,9 +159,13 @@ def query_panel(result: SeasonResult) -> None:
         _picture(view.ndvi_png, "NDVI", "Query date NDVI")
 
 
-def _raw(frame: FrameView) -> None:
+def _raw(frame: FrameView, entry: TimelineDate) -> None:
     if frame.raw_png is None:
-        st.info(f"No Sentinel-2 acquisition on {frame.day.isoformat()}.")
+        limit = entry.cloud_limit
+        st.info(
+            f"No Sentinel-2 acquisition on {frame.day.isoformat()}"
+            + ("." if limit is None else f" under the {limit:g}% scene cloud limit.")
+        )
         return
     clear = frame.clear_fraction or 0.0
     masked = "; ".join(f"{name} {share:.0%}" for name, share in frame.masked_as)

@@ -332,6 +332,12 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     no_exceptions(page)
     assert state(page).result.request.max_cloud_cover == 30.0
     assert any(" · scenes over 30 % cloud cover skipped" in t for t in texts(page, "caption"))
+    # ... and a day without a kept acquisition is not called a day without one (a scene the
+    # limit skipped may lie there).
+    result = state(page).result
+    empty = [e for e in result.timeline if not e.acquired]
+    assert empty
+    assert all(e.label.endswith("no acquisition under the 30% cloud limit") for e in empty)
 
 
 def test_a_run_missing_radar_for_a_passing_reason_is_not_kept_and_run_again_gets_it(

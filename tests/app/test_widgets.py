@@ -101,6 +101,8 @@ def test_a_partly_clear_day_tells_its_observation_from_the_fields_value() -> Non
         "2018-10-28 · S2 cloudy (12% clear)",
     ]
     assert TimelineDate(dt.date(2018, 10, 29), False, None).label.endswith("no acquisition")
+    limited = TimelineDate(dt.date(2018, 10, 29), False, None, cloud_limit=30.0)
+    assert limited.label == "2018-10-29 · no acquisition under the 30% cloud limit"
 
 
 def test_an_uploads_polygons_are_drawn_labelled_before_the_choice() -> None:
