@@ -82,9 +82,10 @@ from core.timeline import calendar_day, regular_dates, require_acquisitions_arou
 if TYPE_CHECKING:
     from core.distributed import Cluster
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bump when the outputs for the same request change; older markers then count as stale (3:
-the fetch's margin either side of the period changed every field's ends, 2026-12-05)."""
+the fetch's margin either side of the period changed every field's ends, 2026-12-05; 4: the
+curve's ``band`` column, 2026-12-06)."""
 CURVE_FILE = "ndvi.csv"
 FRAMES_FILE = "frames.tif"
 MARKER_FILE = "done.json"
@@ -1307,8 +1308,9 @@ def joined_curves(rows: Sequence[FieldRow], out_dir: Path) -> str:
         if row.status not in (OK, SKIPPED) or not path.is_file():
             continue  # a failed field's folder may hold another request's curve (review 15)
         with path.open(newline="", encoding="utf-8") as handle:
-            for record in csv.DictReader(handle):
-                writer.writerow([row.field_id, row.name, *(record[c] for c in CURVE_COLUMNS)])
+            for record in csv.DictReader(handle):  # .get: a curve written before a column
+                values = (record.get(c, "") for c in CURVE_COLUMNS)
+                writer.writerow([row.field_id, row.name, *values])
     return buffer.getvalue()
 
 

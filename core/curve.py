@@ -35,6 +35,11 @@ Columns of the curve (:data:`CURVE_COLUMNS`):
   pixels of the days from that day to the pixel's nearest clear observation, in whole days
   (0 where the pixel was seen clear that day); empty when most of the field is never seen
   clear. The model's errors grow with it (README, "The uncertainty band").
+* ``band``: what ``ndvi_p10``..``ndvi_p90`` is (review 24: the file did not say):
+  ``"fitted"``, the band fitted on the field's own hidden frames (the app's); ``"unfitted"``,
+  the field mean of the pixels' bands as they are, the band of a field whose pixels all err
+  together (a field's mean usually errs less: its pixels' errors partly cancel; where the
+  fit ran it was mostly narrower); empty where there is no band.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ CURVE_COLUMNS: tuple[str, ...] = (
     "clear_fraction",
     "source",
     "days_to_clear",
+    "band",
 )
 OBSERVED_MIN_CLEAR_FRACTION = 0.5
 """A day counts as "observed" when at least this fraction of the field was seen clear."""
@@ -238,6 +244,7 @@ def ndvi_curve(
             "clear_fraction": clear_fraction,
             "source": np.where(seen, "observed", "reconstructed"),
             "days_to_clear": days_to_clear,
+            "band": np.where(np.isfinite(p10) & np.isfinite(p90), band_kind(fits), ""),
         },
         columns=list(CURVE_COLUMNS),
     )
@@ -260,6 +267,13 @@ def ndvi_curve(
         ):
             curve.attrs[key] = [float(v) for v in np.atleast_1d(fits.get(attr, []))]
     return curve
+
+
+def band_kind(fits: Mapping[str, object]) -> str:
+    """The curve's ``band`` column where a band exists: ``"fitted"`` where the reconstruction's
+    ``fits`` (its attributes) hold a curve band fitted on the field, else ``"unfitted"``."""
+    fitted = FIELD_NDVI_SCALE_ATTR in fits or FIELD_NDVI_SCALE_BY_DISTANCE_ATTR in fits
+    return "fitted" if fitted else "unfitted"
 
 
 PARTLY_SEEN_NOTED = 0.99

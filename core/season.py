@@ -1412,6 +1412,18 @@ def fit_notes(attrs: dict) -> list[str]:
             f"so the curve's band is {factor:.2f} x the field mean of the pixels' bands, the "
             "width that held 80 % of its hidden frames."
         )
+    elif int(attrs.get("model_samples", 0)) > 1:
+        why = (
+            "too few of its frames could be hidden to fit it, or its fit was turned off"
+            if attrs.get("model_calibrate_field")
+            else "that is the fit of the uncertainty band to the field, off here"
+        )
+        notes.append(
+            f"NDVI curve band not fitted on this field ({why}): it is the field mean of the "
+            "pixels' p10-p90 bands, the band of a field whose pixels all err together. A "
+            "field's mean usually errs less (its pixels' errors partly cancel), so read the "
+            'band as wide; the CSV\'s band column says "unfitted".'
+        )
     if attrs.get("model_weights_sha256"):
         notes.append(model_note(attrs))
     return notes

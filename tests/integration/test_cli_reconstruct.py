@@ -142,7 +142,7 @@ def test_ndvi_writes_the_field_curve(es_path, es_cube, tmp_path) -> None:
     text = _linear_curve_of_outline(es_path, es_cube, field, period, slice(20, 30), slice(20, 30))
     lines = text.splitlines()
     assert lines[0] == (
-        "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source,days_to_clear"
+        "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source,days_to_clear,band"
     )
     assert len(lines) == 32 and lines[1].startswith("2019-05-01,")
 

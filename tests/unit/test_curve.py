@@ -276,13 +276,14 @@ def test_csv_has_iso_dates_four_decimals_and_empty_cells(tmp_path) -> None:
             "clear_fraction": [1.0, np.nan],
             "source": ["observed", "reconstructed"],
             "days_to_clear": pd.array([0, pd.NA], dtype="Int64"),
+            "band": ["", ""],
         }
     )
     path = write_curve_csv(curve, tmp_path / "out" / "curve.csv")
     assert path.read_text().splitlines() == [
-        "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source,days_to_clear",
-        "2019-05-03,0.1235,,,0.1200,1.0000,observed,0",
-        "2019-05-04,0.5000,,,,,reconstructed,",
+        "date,ndvi,ndvi_p10,ndvi_p90,observed_ndvi,clear_fraction,source,days_to_clear,band",
+        "2019-05-03,0.1235,,,0.1200,1.0000,observed,0,",
+        "2019-05-04,0.5000,,,,,reconstructed,,",
     ]
     assert curve_csv(curve) == path.read_text()
     assert [p.name for p in path.parent.iterdir()] == ["curve.csv"]  # no temporary left

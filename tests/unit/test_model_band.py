@@ -333,11 +333,31 @@ def test_the_curve_and_the_frames_narrow_the_field_band_by_the_fitted_factor(
     assert curve.attrs["ndvi_band_scale"] == pytest.approx(scale)
     assert curve.attrs["ndvi_band_scale_by_distance"] == pytest.approx(list(factors))
     assert curve.attrs["ndvi_band_scale_days"] == pytest.approx(list(where))
+    # The CSV and the notes say which band it is (review 24: neither did).
+    assert list(curve["band"]) == ["fitted"]
+    assert not any("band not fitted" in n for n in fit_notes(out.attrs))
     # Without the band fitted on the field, the field means of the per-pixel percentiles.
-    plain = reconstruct(cube, query, "model", dataclasses.replace(options, calibrate_field=False))
+    unfitted = dataclasses.replace(options, calibrate_field=False)
+    plain = reconstruct(cube, query, "model", unfitted)
     assert FIELD_NDVI_SCALE_ATTR not in plain.attrs
     _, low, _ = field_ndvi_band(plain, mask)
     np.testing.assert_allclose(low, np.nanmean(plain["ndvi_p10"].values[:, mask], axis=1), 1e-6)
+    curve = ndvi_curve(cube, day, day, method="model", options=unfitted, field_mask=mask)
+    assert list(curve["band"]) == ["unfitted"]
+    said = [n for n in fit_notes(plain.attrs) if n.startswith("NDVI curve band not fitted")]
+    assert len(said) == 1 and "(that is the fit of the uncertainty band" in said[0]
+    # One sample: no band, and nothing said of one.
+    single = reconstruct(cube, query, "model", dataclasses.replace(unfitted, samples=1))
+    assert not any("band not fitted" in n for n in fit_notes(single.attrs))
+    curve = ndvi_curve(
+        cube,
+        day,
+        day,
+        method="model",
+        options=dataclasses.replace(unfitted, samples=1),
+        field_mask=mask,
+    )
+    assert list(curve["band"]) == [""]
 
 
 def test_the_curve_band_fit_can_be_switched_off(flanders_cube, tmp_path) -> None:
