@@ -2,9 +2,10 @@
 
 Every picture is made from the reconstruction's arrays with fixed scales, so two dates can be
 compared by eye (no per-image stretch): reflectance 0 to :data:`RGB_WHITE_REFLECTANCE` is dark
-to white, NDVI :data:`NDVI_RANGE` runs red-yellow-green, the uncertainty (NDVI p90 - p10) runs
-dark blue to yellow over :data:`UNCERTAINTY_RANGE`, and Sentinel-1 VV over :data:`VV_DB_RANGE`
-dB is dark to light grey. Pixels without data are drawn in :data:`NO_DATA_RGB`.
+to white, NDVI :data:`NDVI_RANGE` runs cream-tan-green (light to dark), the uncertainty
+(NDVI p90 - p10) runs dark blue to yellow over :data:`UNCERTAINTY_RANGE`, and Sentinel-1 VV
+over :data:`VV_DB_RANGE` dB is dark to light grey. Pixels without data are drawn in
+:data:`NO_DATA_RGB`.
 
 Small grids are enlarged by whole-pixel repetition (:func:`display_scale`), so a 10 m pixel
 stays a crisp square; the field outline (cyan) and the cloud-mask outline (magenta) are drawn on
@@ -49,15 +50,19 @@ DISPLAY_PX = 320
 MAX_SCALE = 16
 
 NDVI_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
-    (0.0, (165, 0, 38)),
-    (0.2, (215, 48, 39)),
-    (0.35, (253, 174, 97)),
-    (0.5, (254, 224, 139)),
-    (0.65, (166, 217, 106)),
-    (0.8, (26, 152, 80)),
-    (1.0, (0, 104, 55)),
+    (0.0, (252, 248, 232)),
+    (0.25, (236, 216, 160)),
+    (0.4, (217, 210, 100)),
+    (0.55, (166, 200, 90)),
+    (0.7, (90, 170, 80)),
+    (0.85, (30, 120, 60)),
+    (1.0, (0, 68, 27)),
 )
-"""Red-yellow-green ramp, positions as fractions of :data:`NDVI_RANGE`."""
+"""Cream-tan-yellow-green ramp, positions as fractions of :data:`NDVI_RANGE`, its lightness
+falling all the way (CIELAB L* 97 / 87 / 83 / 76 / 63 / 44 / 24): bare soil light, a dense
+crop dark, in every colour vision. The red-yellow-green ramp before it (ColorBrewer RdYlGn,
+until 2026-12-06) gave both ends the same lightness, so under red-green colour blindness
+(about 1 man in 12) bare soil and a dense crop were the same dark olive (review 25)."""
 UNCERTAINTY_STOPS: tuple[tuple[float, tuple[int, int, int]], ...] = (
     (0.0, (68, 1, 84)),
     (0.25, (59, 82, 139)),
@@ -121,7 +126,7 @@ def colour_ramp(
 
 
 def ndvi_colours(ndvi: np.ndarray) -> np.ndarray:
-    """NDVI (H, W) -> uint8 (H, W, 3) on the red-yellow-green ramp."""
+    """NDVI (H, W) -> uint8 (H, W, 3) on the cream-tan-green ramp (:data:`NDVI_STOPS`)."""
     return colour_ramp(ndvi, NDVI_RANGE, NDVI_STOPS)
 
 

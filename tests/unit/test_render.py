@@ -71,8 +71,19 @@ def test_colour_ramp_interpolates_between_stops_and_clips() -> None:
 
 def test_ndvi_and_radar_scales_run_the_right_way() -> None:
     low, high = ndvi_colours(np.array([0.0, 0.9]))
-    assert low[0] > low[1]  # bare soil red
+    assert low[0] > low[2] and low.sum() > high.sum()  # bare soil light tan
     assert high[1] > high[0]  # dense vegetation green
+    # Lightness falls all along the ramp, in normal and in red-green colour-blind vision
+    # (review 25: with the red-yellow-green ramp bare soil and a dense crop looked alike).
+    colours = ndvi_colours(np.linspace(-0.2, 1.0, 61)).astype(np.float64) / 255
+    linear = np.where(colours <= 0.04045, colours / 12.92, ((colours + 0.055) / 1.055) ** 2.4)
+    deutan = np.array(  # Machado et al. (2009), deuteranopia, severity 1
+        [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+         [-0.011820, 0.042940, 0.968881]]
+    )  # fmt: skip
+    for rgb in (linear, np.clip(linear @ deutan.T, 0, 1)):
+        luminance = rgb @ np.array([0.2126, 0.7152, 0.0722])
+        assert (np.diff(luminance) < 0).all()
     grey = radar_grey(np.array([-30.0, -12.5, 5.0]))
     assert grey[:, 0].tolist() == [0, 128, 255]
     assert (grey[:, 0] == grey[:, 1]).all() and (grey[:, 1] == grey[:, 2]).all()
