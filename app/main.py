@@ -32,7 +32,7 @@ from app.widgets.downloads import downloads_row  # noqa: E402
 from app.widgets.field import accept_drawing, field_panel  # noqa: E402
 from app.widgets.map import field_map  # noqa: E402
 from app.widgets.period import period_panel  # noqa: E402
-from app.widgets.screen import fold_sidebar_if_covering  # noqa: E402
+from app.widgets.screen import fold_sidebar_if_covering, page_style  # noqa: E402
 from app.widgets.settings import RunSettings, settings_panel  # noqa: E402
 from app.widgets.status import (  # noqa: E402
     result_summary,
@@ -60,6 +60,7 @@ WATCH_EVERY_S = 0.5  # how often a Run's progress is redrawn while it computes (
 def main() -> None:
     """Build the page."""
     st.set_page_config(page_title="FieldFlow", page_icon="🌾", layout="wide")
+    page_style()
     state = page_state()
     try:
         settings = services.settings()
@@ -85,8 +86,11 @@ def main() -> None:
     # the map keeps its place in the page, so the browser never remounts it (a remount would
     # lose the view and any drawing not yet sent).
     with st.container():
-        if run_clicked or batch_started or state.fold_requested:
-            fold_sidebar_if_covering()  # on a phone, the progress, result or map come into view
+        # on a phone, the progress, result, map or a refusal of a sidebar control come into
+        # view (review 25: Go to's refusal and the demo's note lay under the sidebar)
+        refused = any(m.kind == "error" for m in state.messages)
+        if run_clicked or batch_started or state.fold_requested or refused:
+            fold_sidebar_if_covering()
             state.fold_requested = False
         if run_clicked:
             start_run(state, request, settings)
@@ -248,7 +252,8 @@ def workspace(config: AppConfig, settings: Settings) -> None:
             else "Draw the field with the polygon or rectangle tool (left edge of the map; "
             "the round button under them goes to where you stand), upload its outline, or "
             "press **Demo field** in the sidebar (on a phone, open it with » at the top left); "
-            "then press **Run**."
+            "then press **Run**. Drawing needs a mouse or a finger; with the keyboard alone, "
+            "upload the field's outline (GeoJSON, KML, KMZ, a zipped shapefile or GeoPackage)."
         )
         return
     st.radio(

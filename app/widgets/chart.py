@@ -119,7 +119,10 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
         yref="paper",
         text=selected.isoformat(),
         showarrow=False,
-        yanchor="bottom",
+        # inside the plot's top edge: above it, the date hid under the tool bar (which a touch
+        # screen always shows) near the period's end (review 25)
+        yanchor="top",
+        bgcolor="rgba(255,255,255,0.8)",
         font={"color": SELECTED_COLOUR},
     )
     fig.update_layout(
@@ -131,6 +134,11 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
         hovermode="closest",
         clickmode="event+select",
     )
+    # NDVI's axis stays put (review 25: on a phone, where a drag pans, a swipe up the chart
+    # moved the y axis to -1.3..-0.2 and the curve out of sight); the days can still be zoomed
+    # and panned. (A drag over the chart cannot scroll the page: Streamlit turns a chart whose
+    # points can be clicked to dragmode "pan" whatever the layout says.)
+    fig.update_yaxes(fixedrange=True)
     return fig
 
 
@@ -155,8 +163,20 @@ def ndvi_chart(result: SeasonResult, selected: dt.date) -> None:
         on_select=on_select,
         selection_mode="points",
         config={"displaylogo": False},
+        alt=chart_alt(result),
     )
     st.caption(NDVI_SCALE + (BAND_MEANING if np.isfinite(result.curve["ndvi_p10"]).any() else ""))
+
+
+def chart_alt(result: SeasonResult) -> str:
+    """What the chart shows, for a screen reader (review 25: it had no name), and where the
+    same values are as text."""
+    band = " with its p10-p90 band" if np.isfinite(result.curve["ndvi_p10"]).any() else ""
+    return (
+        f"Chart of the field's NDVI by day, {result.first_day} to {result.last_day}{band}, "
+        "the clear observations as points. The same values are in the NDVI curve (CSV) "
+        "download; the Query date reads any one day."
+    )
 
 
 BAND_MEANING = (

@@ -150,6 +150,99 @@ class LocateButton(MacroElement):
         self.timeout_ms = LOCATE_TIMEOUT_S * 1000
 
 
+class PageFirstGestures(MacroElement):
+    """The page scrolls over the map; the map moves on a deliberate gesture (review 25: on a
+    phone a one-finger swipe over the 480 px map panned it instead of scrolling the page, and
+    at 200 % zoom the mouse wheel over it zoomed it, so a user scrolling to the results got
+    stuck on the map and lost the field from view).
+
+    - Mouse wheel: scrolls the page; Ctrl (or Cmd) + wheel zooms the map, as on a web page's
+      embedded map; a plain wheel over the map says so for a moment. The +/- buttons and a
+      double click zoom as before.
+    - Touch screens: one finger scrolls the page, two fingers move and zoom the map
+      (Leaflet's pinch); a one-finger swipe over the map says so. While a shape is being
+      drawn the map takes every touch, so taps and drags draw.
+    - A mouse drags the map as before, on a laptop with a touch screen too.
+    """
+
+    _template = Template(
+        """
+        {% macro script(this, kwargs) %}
+        (function () {
+          var map = {{ this._parent.get_name() }};
+          var box = map.getContainer();
+          map.scrollWheelZoom.disable();
+          var hint = L.DomUtil.create("div", "fieldflow-gesture-hint", box);
+          hint.setAttribute("role", "status");
+          hint.style.cssText = "position: absolute; left: 50%; top: 50%; z-index: 1000; " +
+            "transform: translate(-50%, -50%); background: rgba(0,0,0,0.72); color: #fff; " +
+            "padding: 6px 10px; border-radius: 4px; font: 14px sans-serif; max-width: 80%; " +
+            "text-align: center; pointer-events: none; display: none";
+          var timer = null, drawing = false, lastZoom = 0;
+          function say(text) {
+            hint.textContent = text;
+            hint.style.display = "block";
+            clearTimeout(timer);
+            timer = setTimeout(function () { hint.style.display = "none"; }, 1500);
+          }
+          var mac = /Mac|iPhone|iPad/.test(navigator.platform || "");
+          box.addEventListener("wheel", function (event) {
+            if (event.ctrlKey || event.metaKey) {
+              event.preventDefault();
+              var now = Date.now();
+              if (now - lastZoom < 200) return;  // a trackpad sends many small steps
+              lastZoom = now;
+              map.setZoomAround(map.mouseEventToContainerPoint(event),
+                                map.getZoom() + (event.deltaY < 0 ? 1 : -1));
+            } else {
+              say((mac ? "\u2318" : "Ctrl") + " + scroll zooms the map");
+            }
+          }, {passive: false});
+          // While a shape is drawn the map takes every touch (a rectangle is drawn by a drag).
+          map.on("draw:drawstart", function () {
+            drawing = true;
+            box.style.touchAction = "none";
+          });
+          map.on("draw:drawstop", function () {
+            drawing = false;
+            box.style.touchAction = "";
+          });
+          if (!L.Browser.touch) return;  // no touch screen: the mouse drags as before
+          // A touch screen: the browser decides at a touch's start whether it scrolls the page
+          // (the container's touch-action, which Leaflet's dragging sets to none), so dragging
+          // rests off and is turned on only while a mouse is over the map (a laptop with a
+          // touch screen); two fingers move and zoom the map through Leaflet's pinch.
+          map.dragging.disable();
+          // (pointerenter, not pointerover: that fires on every element the pointer crosses,
+          // and turned dragging back on in the middle of drawing a rectangle, which then
+          // moved the map instead; a drawing tool turns dragging off and back on itself)
+          box.addEventListener("pointerenter", function (event) {
+            if (event.pointerType === "mouse" && !drawing) map.dragging.enable();
+          });
+          box.addEventListener("pointerleave", function (event) {
+            if (event.pointerType === "mouse" && !drawing) map.dragging.disable();
+          });
+          function touch(event) {
+            if (drawing) return;
+            if (event.touches.length > 1) {
+              event.preventDefault();
+              hint.style.display = "none";
+            } else if (event.type === "touchmove") {
+              say("Use two fingers to move the map");
+            }
+          }
+          box.addEventListener("touchstart", touch, {passive: false});
+          box.addEventListener("touchmove", touch, {passive: false});
+        })();
+        {% endmacro %}
+        """
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._name = "PageFirstGestures"
+
+
 def vendored_assets_present() -> bool:
     """True when every file of :data:`VENDOR_FILES` is in the static folder."""
     return all((STATIC_DIR / path).is_file() for path in VENDOR_FILES.values())
@@ -225,6 +318,7 @@ def base_map(config: AppConfig) -> folium.Map:
     ).add_to(fmap)
     OneDrawingAtATime(draw).add_to(fmap)
     LocateButton(LOCATION_ZOOM).add_to(fmap)
+    PageFirstGestures().add_to(fmap)
     if vendored_assets_present():
         localize_assets(fmap)
     return fmap

@@ -1,5 +1,5 @@
 """What the page does for a small screen (a phone): the sidebar that covers the results is
-folded when they come.
+folded when they come; and the page's own style rules (:func:`page_style`).
 
 On a screen narrower than Streamlit's breakpoint the sidebar is drawn over the page instead of
 beside it; pressing Run there left the progress and then the result hidden behind the sidebar
@@ -38,3 +38,22 @@ def fold_sidebar_if_covering() -> None:
         FOLD_COVERING_SIDEBAR.replace("<script>", f"<script>/* {calls} */", 1),
         unsafe_allow_javascript=True,
     )
+
+
+PAGE_STYLE = """
+<style>
+/* A folded sidebar is out of the keyboard's and a screen reader's way: Streamlit only slides
+   it off screen, and Tab walked through its 15-25 controls with no focus to be seen. */
+[data-testid="stSidebar"][data-collapsed="true"] { visibility: hidden; }
+/* Captions carry much of the page's essential text (the period, each frame's figures, the
+   hints): at Streamlit's 60 % opacity they read at 3.9:1 against white, under the 4.5:1 that
+   text needs (and washed out first outdoors); at 75 %, about 6:1. */
+[data-testid="stCaptionContainer"] { opacity: 0.75; }
+</style>
+"""
+"""Review 25's folded-sidebar and caption-contrast findings, as style rules."""
+
+
+def page_style() -> None:
+    """Add :data:`PAGE_STYLE` to the page (a style element takes no space)."""
+    st.html(PAGE_STYLE)

@@ -52,19 +52,69 @@ def select_day(result: SeasonResult, day: dt.date) -> None:
     set_widget_value(Key.QUERY, min(max(day, result.first_day), result.last_day))
 
 
+SLIDER_STYLE = (
+    f"<style>.st-key-{Key.DATE} [data-testid='stSliderTickBar'] {{ display: none; }}</style>"
+)
+"""The slider's end labels left out: the period's two ends, each with its long label, did not
+fit half a phone's width, wrapped and ran under the frames (review 25); the selected date's
+label stays, and the period's ends are in the Run's headline."""
+
+
+def step_targets(result: SeasonResult, day: dt.date) -> dict[str, dt.date | None]:
+    """The dates the step buttons go to from ``day``: the timeline's previous and next date,
+    and the previous and next mostly clear acquisition; None where there is none."""
+    days = result.days
+    index = days.index(day) if day in days else result.index_of(day)
+    clear = [e.day for e in result.timeline if (e.clear_fraction or 0.0) >= CLEAR_ENOUGH]
+    return {
+        "previous clear": max((d for d in clear if d < days[index]), default=None),
+        "previous": days[index - 1] if index > 0 else None,
+        "next": days[index + 1] if index + 1 < len(days) else None,
+        "next clear": min((d for d in clear if d > days[index]), default=None),
+    }
+
+
+STEP_LABELS = {
+    "previous clear": "« Clear",
+    "previous": "‹ Previous",
+    "next": "Next ›",
+    "next clear": "Clear »",
+}
+STEP_HELP = {
+    "previous clear": "The previous mostly clear acquisition",
+    "previous": "The previous date of the timeline",
+    "next": "The next date of the timeline",
+    "next clear": "The next mostly clear acquisition",
+}
+
+
 def date_slider(result: SeasonResult) -> int:
-    """The "Date" slider over the timeline; returns the selected index."""
+    """The "Date" slider over the timeline, with buttons that step it (review 25: on a phone
+    a year's dates lie a few pixels apart, too close for a finger); returns the selected
+    index."""
     labels = {entry.day: entry.label for entry in result.timeline}
     if widget_value(Key.DATE) not in labels:
         set_widget_value(Key.DATE, default_day(result))
+    st.html(SLIDER_STYLE)
     day = st.select_slider(
         "Date",
         options=result.days,
         format_func=lambda d: labels[d],
         key=str(Key.DATE),
         help="Every Sentinel-2 acquisition (clear and cloudy) and a date every "
-        f"{result.request.every_days} days. Nothing is recomputed when you move it.",
+        f"{result.request.every_days} days. Nothing is recomputed when you move it. The "
+        "buttons below step it a date at a time, or to the previous or next clear view.",
     )
+    row = st.container(horizontal=True, gap="small")
+    for name, target in step_targets(result, day).items():
+        row.button(
+            STEP_LABELS[name],
+            key=f"step_{name.replace(' ', '_')}",
+            help=STEP_HELP[name] + (f" ({target.isoformat()})." if target else ": none."),
+            disabled=target is None,
+            on_click=set_widget_value,
+            args=(Key.DATE, target),
+        )
     return result.days.index(day)
 
 

@@ -26,6 +26,7 @@ from streamlit.testing.v1 import AppTest
 from app import services
 from app.state import PageState
 from app.widgets.settings import SCREEN_HAZE_BY_DEFAULT
+from app.widgets.timeline import CLEAR_ENOUGH
 from core import season as season_module
 from core.admission import PROCESS_GATE, WAITING_FOR_RUNS, Admission
 from core.curve import CURVE_COLUMNS, curve_csv
@@ -246,6 +247,24 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert any(
         t.startswith(f"No Sentinel-2 acquisition on {grid_day}") for t in texts(page, "info")
     )
+    # The step buttons (review 25: on a phone a finger could not pick a date on the slider):
+    # a date at a time, and to the next or previous mostly clear acquisition.
+    clear = [e.day for e in result.timeline if (e.clear_fraction or 0.0) >= CLEAR_ENOUGH]
+    day = next(d for d in result.days if d not in clear and clear[0] < d < clear[-1])
+    page.select_slider(key="timeline_date").set_value(day).run()
+    at = result.days.index(day)
+    button(page, "Next ›").click().run()
+    assert page.select_slider(key="timeline_date").value == result.days[at + 1]
+    button(page, "‹ Previous").click().run()
+    assert page.select_slider(key="timeline_date").value == day
+    button(page, "Clear »").click().run()
+    assert page.select_slider(key="timeline_date").value == min(d for d in clear if d > day)
+    page.select_slider(key="timeline_date").set_value(day).run()
+    button(page, "« Clear").click().run()
+    assert page.select_slider(key="timeline_date").value == max(d for d in clear if d < day)
+    page.select_slider(key="timeline_date").set_value(result.days[0]).run()
+    assert button(page, "‹ Previous").disabled and not button(page, "Next ›").disabled
+    no_exceptions(page)
 
     # Query date: any day, its NDVI from the daily curve.
     query = result.first_day + dt.timedelta(days=40)

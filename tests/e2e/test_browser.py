@@ -379,6 +379,35 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     assert boxes[2]["y"] > boxes[0]["y"] + boxes[0]["height"]  # the next row
     assert boxes[0]["width"] < 390 / 2
     shot(phone, "10-phone")
+    # A one-finger swipe up over the map scrolls the page and leaves the map where it was
+    # (review 25: it panned the map, and the page stayed stuck on it).
+    main = phone.locator('[data-testid="stMain"]')
+    # Playwright's clicks above moved a mouse pointer, which a phone has not: off the map (over
+    # it, a mouse drags the map, as on a laptop with a touch screen).
+    phone.mouse.move(1, 1)
+    main.evaluate("m => m.scrollTo(0, 0)")
+    top = phone.locator(MAP_FRAME).bounding_box()["y"]
+    main.evaluate("(m, by) => m.scrollTo(0, by)", top - 100)  # the map's top 100 px down
+    time.sleep(0.5)
+    frame = phone.locator(MAP_FRAME).element_handle().content_frame()
+    centre = frame.evaluate("() => window.map.getCenter()")
+    box = phone.locator(MAP_FRAME).bounding_box()
+    before = main.evaluate("m => m.scrollTop")
+    swipe_up(phone, box["x"] + box["width"] / 2, box["y"] + 300, 250)
+    assert main.evaluate("m => m.scrollTop") > before + 100
+    assert frame.evaluate("() => window.map.getCenter()") == centre
+    # A swipe up the NDVI chart keeps its NDVI axis (review 25: it panned the curve out of
+    # sight). It does not scroll the page: Streamlit makes a clickable chart's drag a pan.
+    chart = phone.locator(".js-plotly-plot").first
+    chart.scroll_into_view_if_needed()
+    top = chart.bounding_box()["y"]
+    main.evaluate("(m, by) => m.scrollTo(0, m.scrollTop + by)", top - 100)
+    time.sleep(0.5)
+    y_range = chart.evaluate("c => c.layout.yaxis.range.slice()")
+    box = chart.bounding_box()
+    swipe_up(phone, box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6, 200)
+    assert chart.evaluate("c => c.layout.yaxis.range.slice()") == y_range
+    assert phone.get_by_role("figure", name="Chart of the field's NDVI by day").count() == 1
     # Go to moves the map, which the open sidebar covers on a phone: it folds too (review 4).
     phone.locator('[data-testid="stExpandSidebarButton"]').click()
     assert sidebar.get_attribute("data-collapsed") == "false"
@@ -392,6 +421,56 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     )
     no_app_errors(phone, js_errors)
     context.close()
+
+
+def swipe_up(page, x: float, y: float, distance: float, steps: int = 8) -> None:
+    """A one-finger swipe up, as a finger on a touch screen (CDP touch events)."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+    for i in range(1, steps + 1):
+        point = {"x": x, "y": y - distance * i / steps}
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
+        time.sleep(0.03)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    time.sleep(0.8)
+    cdp.detach()
+
+
+def test_the_wheel_over_the_map_scrolls_the_page_and_ctrl_wheel_zooms_it(page, js_errors) -> None:
+    """Review 25: in a short window (200 % zoom) the map filled the view and the wheel over it
+    zoomed it out, so the page could not be scrolled past it."""
+    page.set_viewport_size({"width": 900, "height": 560})
+    box = map_box(page)
+    main = page.locator('[data-testid="stMain"]')
+    frame = page.locator(MAP_FRAME).element_handle().content_frame()
+    frame.wait_for_function("() => window.map && window.map.getZoom() !== undefined")
+    zoom = frame.evaluate("() => window.map.getZoom()")
+    main.evaluate("m => m.scrollTo(0, 0)")
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + min(box["height"], 300) / 2)
+    before = main.evaluate("m => m.scrollTop")
+    for _ in range(3):
+        page.mouse.wheel(0, 200)
+        time.sleep(0.3)
+    time.sleep(0.5)
+    assert main.evaluate("m => m.scrollTop") > before + 50
+    assert frame.evaluate("() => window.map.getZoom()") == zoom
+    hint = frame.locator(".fieldflow-gesture-hint").text_content()
+    assert hint == "Ctrl + scroll zooms the map"
+    # Ctrl + wheel zooms the map, and leaves the page where it is.
+    box = page.locator(MAP_FRAME).bounding_box()
+    x, y = box["x"] + box["width"] / 2, max(box["y"], 0) + 60  # on the map's visible part
+    assert y < box["y"] + box["height"]
+    page.mouse.move(x, y)
+    scrolled = main.evaluate("m => m.scrollTop")
+    cdp = page.context.new_cdp_session(page)
+    cdp.send(
+        "Input.dispatchMouseEvent",
+        {"type": "mouseWheel", "x": x, "y": y, "deltaX": 0, "deltaY": -100, "modifiers": 2},
+    )  # modifiers 2: Ctrl
+    cdp.detach()
+    wait_map_zoom(page, zoom + 1)
+    assert main.evaluate("m => m.scrollTop") == scrolled
+    no_app_errors(page, js_errors)
 
 
 def test_my_location_takes_the_map_to_the_device_and_a_refusal_is_said(
