@@ -419,6 +419,20 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
         "() => document.querySelector('[data-testid=\"stSidebar\"]')"
         ".getAttribute('data-collapsed') === 'true'"
     )
+    # Folded, it is out of the Tab order (review 25: Tab walked through its controls unseen).
+    assert sidebar.evaluate("s => getComputedStyle(s).visibility") == "hidden"
+    # A refusal of Go to folds it too, so that it is seen (review 25: it lay under the sidebar).
+    phone.locator('[data-testid="stExpandSidebarButton"]').click()
+    box = phone.get_by_role("textbox", name="Go to (lat, lon)")
+    box.fill("Kortrijk")
+    box.press("Enter")
+    refusal = phone.get_by_text("Cannot read 'Kortrijk' as a location")
+    refusal.wait_for()
+    wait_idle(phone)
+    phone.wait_for_function(
+        "() => document.querySelector('[data-testid=\"stSidebar\"]')"
+        ".getAttribute('data-collapsed') === 'true'"
+    )
     no_app_errors(phone, js_errors)
     context.close()
 
