@@ -793,9 +793,13 @@ def write_reconstruction(result: xr.Dataset, path: str | os.PathLike[str]) -> Pa
     """Write a reconstruction dataset to NetCDF atomically (float32, compressed), georeferenced
     for GIS (:func:`georeferenced`), its variables described (:func:`described`)."""
     result = described(georeferenced(result))
-    encoding = {
+    # CF's name for what it follows, and no fill value on the coordinates (review 24: a GIS
+    # reads x and y with _FillValue NaN as coordinates that may be missing)
+    result.attrs["Conventions"] = "CF-1.8"
+    encoding: dict[str, dict] = {
         name: {"zlib": True, "complevel": 4} for name in result.data_vars if name != "spatial_ref"
     }
+    encoding.update({name: {"_FillValue": None} for name in ("x", "y") if name in result.coords})
     target = Path(path)
     with atomic_output(target, defer_signals=True) as tmp, NETCDF_LOCK:
         result.to_netcdf(tmp, engine="netcdf4", encoding=encoding)

@@ -94,6 +94,9 @@ def test_reconstruct_writes_the_requested_dates(es_path, es_cube, tmp_path) -> N
         assert written["x"].attrs["units"] == "m"  # a UTM cube
         assert written["observed"].attrs["flag_meanings"] == "reconstructed observed_clear"
         assert json.loads(written.attrs["options_json"])["seed"] == 0
+        # CF's name, and coordinates without a fill value (review 24).
+        assert written.attrs["Conventions"] == "CF-1.8"
+        assert all("_FillValue" not in written[c].encoding for c in ("x", "y"))
 
 
 def test_reconstruct_regular_dates_with_samples_and_no_kept_observations(es_path, tmp_path) -> None:
