@@ -225,6 +225,8 @@ class RunPanel:
 
     headline: str
     stages: tuple[str, ...]
+    stopped: bool = False
+    """The Run was stopped before its end (its headline says while doing what)."""
 
 
 @dataclass(frozen=True)
@@ -525,7 +527,7 @@ def _season(key: str, _compute: Callable[[Progress], SeasonResult]) -> Finished:
     if job.error is not None:  # raised, and nothing is kept
         stage = reports[-1].stage if reports else "starting"
         stages = _stage_lines(reports, ended, "stopped")
-        raise RunStopped(job.error, RunPanel(f"Stopped while {stage}.", stages))
+        raise RunStopped(job.error, RunPanel(f"Stopped while {stage}.", stages, stopped=True))
     result = job.outcome()
     return Finished(result, RunPanel(_headline(result), _stage_lines(reports, ended, "done")))
 

@@ -48,7 +48,10 @@ def run_panel(panel: RunPanel) -> None:
     below is what the user came for; on a laptop's screen the stages had pushed it out of
     sight)."""
     box = st.container(border=True)
-    box.markdown(f"**{panel.headline}**")
+    # A status (success; a stop is an alert, warning), which a screen reader reads out when it
+    # appears (review 25: the Run's end was a plain paragraph, and nothing told a user who
+    # cannot see the page that it had come).
+    (box.warning if panel.stopped else box.success)(panel.headline)
     if panel.stages:
         with box.expander(f"Its stages ({len(panel.stages)})"):
             for stage in panel.stages:

@@ -329,11 +329,11 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     press_run(page)
     assert state(page).result.key == result.key
     assert state(page).result is result  # the one cached object, not an unpickled copy
-    replayed = "**Shown again, nothing recomputed (computed earlier in "
-    assert any(t.startswith(replayed) for t in texts(page, "markdown"))
+    replayed = "Shown again, nothing recomputed (computed earlier in "
+    assert any(t.startswith(replayed) for t in texts(page, "success"))
     # the frames counted are the period's and the margin's (review 23: three counts, unsaid)
     margin = f"Sentinel-1 frames of the period and the {PERIOD_MARGIN_DAYS} days either side ("
-    assert any(margin in t for t in texts(page, "markdown"))
+    assert any(margin in t for t in texts(page, "success") + texts(page, "markdown"))
     assert site.stac_server.requests == [] and site.cog_server.requests == []
 
     # A new period makes the result stale: it is dropped until the next Run.
@@ -719,7 +719,7 @@ def test_a_run_computes_apart_from_the_page_and_stops_when_its_inputs_change(
     no_exceptions(page)
     result = state(page).result
     assert result is not None and result.key == key and job.result is result  # not restarted
-    assert any(t.startswith("**Computed in") for t in texts(page, "markdown"))
+    assert any(t.startswith("Computed in") for t in texts(page, "success"))
     # Each stage it went through, done, with the time it took.
     lines = [t for t in texts(page, "caption") if t.startswith("✓ ")]
     assert [re.sub(r" \([\d.]+ s\)$", "", t) for t in lines] == [
@@ -767,7 +767,7 @@ def test_a_failed_run_says_why_and_where_it_stopped(
     details = [e for e in page.expander if e.label == "Technical details"]
     assert details and [x.message for x in details[0].exception] == ["a bug"]  # folded
     assert len(page.exception) == 1
-    assert any(t == "**Stopped while starting.**" for t in texts(page, "markdown"))
+    assert any(t == "Stopped while starting." for t in texts(page, "warning"))
     assert state(page).result is None and state(page).running is None
 
 

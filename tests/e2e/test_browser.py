@@ -365,6 +365,8 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     # The demo test may have run the same request: then its result is shown again.
     headline = phone.get_by_text(re.compile(r"^(Computed in|Shown again)"))
     headline.wait_for(timeout=RUN_TIMEOUT_MS)
+    # a status, which a screen reader reads out as it comes (review 25: a plain paragraph)
+    assert phone.get_by_role("status").filter(has=headline).count() == 1
     phone.get_by_role("img", name="Reconstructed true colour").wait_for()
     wait_idle(phone)
     assert sidebar.get_attribute("data-collapsed") == "true"
