@@ -43,6 +43,9 @@ VV_DB_RANGE: tuple[float, float] = (-25.0, 0.0)
 NO_DATA_RGB: tuple[int, int, int] = (64, 64, 64)
 FIELD_RGB: tuple[int, int, int] = (0, 229, 255)
 """Colour of the field outline (cyan)."""
+FIELD_HALO_RGB: tuple[int, int, int] = (25, 25, 25)
+"""Colour of the line just outside the field outline: with it the outline shows on light and
+dark pictures alike (review 26: on the NDVI ramp's cream, bare soil, cyan read at 1.4:1)."""
 CLOUD_RGB: tuple[int, int, int] = (255, 0, 255)
 """Colour of the cloud-mask outline (magenta)."""
 DISPLAY_PX = 320
@@ -214,7 +217,8 @@ def picture(
     field_mask: np.ndarray | None = None,
     cloud_mask: np.ndarray | None = None,
 ) -> bytes:
-    """An enlarged PNG of a coloured frame with the cloud (magenta) and field (cyan) outlines.
+    """An enlarged PNG of a coloured frame with the cloud (magenta) and field (cyan, a dark line
+    just outside it) outlines.
 
     Args:
         colours: uint8 (H, W, 3), e.g. from :func:`true_colour`.
@@ -227,7 +231,10 @@ def picture(
         outlines.append((cloud_mask, CLOUD_RGB))
     if field_mask is not None:
         outlines.append((field_mask, FIELD_RGB))
-    return png_bytes(draw_outlines(colours, scale, outlines))
+    big = draw_outlines(colours, scale, outlines)
+    if field_mask is not None and np.any(field_mask):
+        big[outline(~np.asarray(field_mask, dtype=bool), scale, 1)] = FIELD_HALO_RGB
+    return png_bytes(big)
 
 
 # --- map overlays ---------------------------------------------------------------------------

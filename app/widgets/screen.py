@@ -43,8 +43,10 @@ def fold_sidebar_if_covering() -> None:
 PAGE_STYLE = """
 <style>
 /* A folded sidebar is out of the keyboard's and a screen reader's way: Streamlit only slides
-   it off screen, and Tab walked through its 15-25 controls with no focus to be seen. */
-[data-testid="stSidebar"][data-collapsed="true"] { visibility: hidden; }
+   it off screen, and Tab walked through its 15-25 controls with no focus to be seen. Its
+   descendants too: Streamlit sets the help buttons' tooltip targets visible (review 26). */
+[data-testid="stSidebar"][data-collapsed="true"],
+[data-testid="stSidebar"][data-collapsed="true"] * { visibility: hidden !important; }
 /* Captions carry much of the page's essential text (the period, each frame's figures, the
    hints): at Streamlit's 60 % opacity they read at 3.9:1 against white, under the 4.5:1 that
    text needs (and washed out first outdoors); at 75 %, about 6:1. */

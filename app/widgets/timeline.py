@@ -75,11 +75,13 @@ def step_targets(result: SeasonResult, day: dt.date) -> dict[str, dt.date | None
 
 
 STEP_LABELS = {
-    "previous clear": "« Clear",
+    "previous clear": "« Previous clear",
     "previous": "‹ Previous",
     "next": "Next ›",
-    "next clear": "Clear »",
+    "next clear": "Next clear »",
 }
+"""Each says where it goes (review 26: "« Clear" and "Clear »" were both read as "Clear",
+beside the sidebar's "Clear field")."""
 STEP_HELP = {
     "previous clear": "The previous mostly clear acquisition",
     "previous": "The previous date of the timeline",

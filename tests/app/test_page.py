@@ -257,10 +257,10 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert page.select_slider(key="timeline_date").value == result.days[at + 1]
     button(page, "‹ Previous").click().run()
     assert page.select_slider(key="timeline_date").value == day
-    button(page, "Clear »").click().run()
+    button(page, "Next clear »").click().run()
     assert page.select_slider(key="timeline_date").value == min(d for d in clear if d > day)
     page.select_slider(key="timeline_date").set_value(day).run()
-    button(page, "« Clear").click().run()
+    button(page, "« Previous clear").click().run()
     assert page.select_slider(key="timeline_date").value == max(d for d in clear if d < day)
     page.select_slider(key="timeline_date").set_value(result.days[0]).run()
     assert button(page, "‹ Previous").disabled and not button(page, "Next ›").disabled

@@ -421,8 +421,14 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
         "() => document.querySelector('[data-testid=\"stSidebar\"]')"
         ".getAttribute('data-collapsed') === 'true'"
     )
-    # Folded, it is out of the Tab order (review 25: Tab walked through its controls unseen).
+    # Folded, it is out of the Tab order (review 25: Tab walked through its controls unseen),
+    # its help buttons too (review 26).
     assert sidebar.evaluate("s => getComputedStyle(s).visibility") == "hidden"
+    shown = sidebar.evaluate(
+        "s => [...s.querySelectorAll('button, input, [tabindex]')]"
+        ".filter(e => getComputedStyle(e).visibility !== 'hidden').length"
+    )
+    assert shown == 0
     # A refusal of Go to folds it too, so that it is seen (review 25: it lay under the sidebar).
     phone.locator('[data-testid="stExpandSidebarButton"]').click()
     box = phone.get_by_role("textbox", name="Go to (lat, lon)")

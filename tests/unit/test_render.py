@@ -14,6 +14,7 @@ from core.errors import InputError
 from core.grid import Grid
 from core.render import (
     CLOUD_RGB,
+    FIELD_HALO_RGB,
     FIELD_RGB,
     NO_DATA_RGB,
     RGB_GAMMA,
@@ -127,6 +128,9 @@ def test_picture_draws_cloud_then_field_outline_on_the_enlarged_frame() -> None:
     assert tuple(image[3, 3]) == FIELD_RGB  # field corner: field drawn over the cloud line
     assert tuple(image[0, 5]) == CLOUD_RGB  # right edge of the cloud, top row
     assert tuple(image[0, 11]) == (100, 100, 100)
+    # a dark line just outside the field, so that its outline shows on light ground too
+    assert tuple(image[2, 4]) == tuple(image[9, 4]) == FIELD_HALO_RGB
+    assert tuple(image[4, 2]) == tuple(image[4, 9]) == FIELD_HALO_RGB
 
 
 def test_png_and_data_url_round_trip() -> None:
