@@ -253,7 +253,7 @@ def workspace(config: AppConfig, settings: Settings) -> None:
             "the round button under them goes to where you stand), upload its outline, or "
             "press **Demo field** in the sidebar (on a phone, open it with » at the top left); "
             "then press **Run**. Drawing needs a mouse or a finger; with the keyboard alone, "
-            "upload the field's outline (GeoJSON, KML, KMZ, a zipped shapefile or GeoPackage)."
+            "type the field's corners in the sidebar or upload its outline."
         )
         return
     st.radio(

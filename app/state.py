@@ -39,6 +39,7 @@ class Key(StrEnum):
     """Widget keys: every widget with a key uses one of these."""
 
     LOCATION = "location_text"
+    CORNERS = "corners_text"
     UPLOAD = "upload_file"
     UPLOAD_CHOICE = "upload_choice"
     OFFLINE_DEMO = "offline_demo"

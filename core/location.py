@@ -55,6 +55,50 @@ def parse_lat_lon(text: str) -> tuple[float, float]:
     return lat, lon
 
 
+MAX_CORNERS = 500
+"""Most corners a typed field may have (a field walked with a GPS and written down)."""
+
+
+def parse_corners(text: str) -> list[tuple[float, float]]:
+    """Read a field's corners typed one per line (or separated by ``;``), each as
+    :func:`parse_lat_lon` reads a point: ``"51.05, 3.02"`` or ``51°03'N 3°01'E``. The first
+    corner may be typed again at the end.
+
+    Returns:
+        ``[(lat, lon), ...]``, at least three different corners, in the order typed.
+
+    Raises:
+        InputError: too few or too many corners, or a corner that cannot be read (named by
+            its number and text).
+    """
+    parts = [part.strip() for part in re.split(r"[;\n]+", text or "") if part.strip()]
+    if len(parts) > MAX_CORNERS:
+        raise InputError(
+            f"{len(parts)} corners typed; at most {MAX_CORNERS}. Upload a file of the outline "
+            "instead."
+        )
+    corners = []
+    for number, part in enumerate(parts, start=1):
+        try:
+            corners.append(parse_lat_lon(part))
+        except InputError as exc:
+            raise InputError(f"Corner {number} ('{part[:40]}'): {exc}") from None
+    if len(corners) > 3 and corners[0] == corners[-1]:
+        corners = corners[:-1]  # the ring closed by typing the first corner again
+    if len(set(corners)) < 3:
+        raise InputError(
+            f"A field needs at least 3 different corners; {len(set(corners))} typed. Type one "
+            f"corner per line, latitude first, {_EXAMPLES}."
+        )
+    return corners
+
+
+def corners_polygon(corners: list[tuple[float, float]]) -> dict[str, object]:
+    """The GeoJSON polygon (lon/lat, closed) of :func:`parse_corners`' corners."""
+    ring = [[lon, lat] for lat, lon in corners]
+    return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+
+
 def _degrees_minutes_seconds(text: str) -> tuple[float, float]:
     """``(lat, lon)`` from two coordinates in degrees [minutes [seconds]] with a hemisphere
     letter before or after each (or a degree sign, then latitude first)."""

@@ -21,7 +21,7 @@ from core.demo import choose_source, demo_cube_path
 from core.errors import FieldFlowError
 from core.field import field_from_drawing, read_upload
 from core.land import field_swapped_hint, swapped_hint
-from core.location import parse_lat_lon
+from core.location import corners_polygon, parse_corners, parse_lat_lon
 
 UPLOAD_TYPES = ["geojson", "json", "zip", "kml", "kmz", "gpkg"]
 
@@ -29,8 +29,12 @@ UPLOAD_TYPES = ["geojson", "json", "zip", "kml", "kmz", "gpkg"]
 def field_panel(state: PageState, settings: Settings) -> None:
     """The sidebar section "Field"."""
     st.subheader("1 · Field")
-    st.caption("Draw it on the map (polygon or rectangle tool), upload it, or try the demo.")
+    st.caption(
+        "Draw it on the map (polygon or rectangle tool), type its corners, upload it, or try "
+        "the demo."
+    )
     _location_box(state)
+    _corners_box(state, settings)
     _upload(state, settings)
     _demo(state, settings)
     _field_summary(state)
@@ -80,6 +84,42 @@ def _location_box(state: PageState) -> None:
         "Place names are not looked up.",
         on_change=go,
     )
+
+
+def _corners_box(state: PageState, settings: Settings) -> None:
+    """The field typed as its corners: the way to a field of one's own without drawing (with
+    the keyboard alone, review 25; or from corners walked with a GPS)."""
+
+    def use() -> None:
+        text = str(widget_value(Key.CORNERS, "") or "")
+        try:
+            drawing = corners_polygon(parse_corners(text))
+            field = field_from_drawing(
+                drawing, name="Typed field", max_area_ha=settings.max_area_ha
+            )
+        except FieldFlowError as exc:
+            state.say("error", f"The corners typed cannot be used: {exc}")
+            return
+        state.set_field(field, "typed corners")
+        state.fold_requested = True  # on a phone, the field on the map lies under the sidebar
+        area = f"{field.area_ha:,.2f} ha"
+        state.say("success", f"Field typed: {area}. Pick the period and press Run.")
+        lon, lat = field.centroid
+        swapped = swapped_hint(lat, lon)
+        if swapped is not None:
+            state.say("warning", f"The field's centre, {swapped}: type latitude first.")
+
+    with st.expander("Type the field's corners"):
+        st.text_area(
+            "Corners (lat, lon), one per line",
+            key=str(Key.CORNERS),
+            placeholder="51.0501, 3.0201\n51.0503, 3.0224\n51.0489, 3.0226\n51.0487, 3.0203",
+            help="Each corner as in Go to: latitude first, decimal degrees or degrees and "
+            "minutes with N/S/E/W; one per line (or separated by ';'), in order around the "
+            "field. For a field of your own without drawing: with the keyboard alone, or from "
+            "corners walked with a GPS.",
+        )
+        st.button("Use these corners", on_click=use)
 
 
 def _upload(state: PageState, settings: Settings) -> None:

@@ -303,6 +303,32 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert table["date"].iloc[0] == result.first_day.isoformat()
 
 
+def test_a_field_typed_as_its_corners_is_the_uploaded_fields_twin(
+    open_page: OpenPage, site: PublishedSite
+) -> None:
+    # Review 25: with the keyboard alone a field of one's own could only be uploaded.
+    page = open_page(site.stac_url)
+    upload(page, "north.geojson", site_field_geojson(site)).run()
+    uploaded = state(page).field
+    corners = list(site.field(150.0).exterior.coords)[:-1]
+    typed = "\n".join(f"{lat:.7f}, {lon:.7f}" for lon, lat in corners)
+    page.text_area(key="corners_text").set_value(typed).run()
+    button(page, "Use these corners").click().run()
+    no_exceptions(page)
+    field = state(page).field
+    assert field.name == "Typed field" and state(page).field_origin == "typed corners"
+    assert field.area_ha == pytest.approx(uploaded.area_ha, rel=1e-4)
+    said = f"Field typed: {field.area_ha:,.2f} ha."
+    assert any(t.startswith(said) for t in texts(page, "success"))
+    # A corner that cannot be read is named, and the field stays.
+    page.text_area(key="corners_text").set_value(typed + "\nKortrijk").run()
+    button(page, "Use these corners").click().run()
+    no_exceptions(page)
+    (error,) = texts(page, "error")
+    assert error.startswith(f"The corners typed cannot be used: Corner {len(corners) + 1} ")
+    assert state(page).field is field
+
+
 def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     open_page: OpenPage, site: PublishedSite
 ) -> None:

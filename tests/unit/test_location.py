@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from core.errors import InputError
-from core.location import MAX_ZOOM, MIN_ZOOM, parse_lat_lon, zoom_for_bounds
+from core.location import (
+    MAX_CORNERS,
+    MAX_ZOOM,
+    MIN_ZOOM,
+    corners_polygon,
+    parse_corners,
+    parse_lat_lon,
+    zoom_for_bounds,
+)
 
 
 @pytest.mark.parametrize(
@@ -57,3 +67,31 @@ def test_zoom_for_bounds_fits_a_field_and_the_world() -> None:
     assert zoom_for_bounds(field, width_px=3200, height_px=1920) == 17
     assert zoom_for_bounds((-180.0, -80.0, 180.0, 80.0)) == MIN_ZOOM
     assert zoom_for_bounds((3.0, 51.0, 3.0, 51.0)) == MAX_ZOOM  # a point
+
+
+def test_parse_corners_reads_one_corner_a_line_and_drops_a_closing_repeat() -> None:
+    typed = "51.0501, 3.0201\n51°03'01\"N 3°01'21\"E\n\n51.0489, 3.0226 ; 51.0501, 3.0201"
+    corners = parse_corners(typed)
+    assert len(corners) == 3
+    assert corners[0] == (51.0501, 3.0201)
+    assert corners[1] == pytest.approx((51 + 3 / 60 + 1 / 3600, 3 + 1 / 60 + 21 / 3600))
+    polygon = corners_polygon(corners)
+    ring = polygon["coordinates"][0]
+    assert ring[0] == ring[-1] == [3.0201, 51.0501]  # lon, lat, closed
+    assert len(ring) == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "at least 3 different corners; 0 typed"),
+        ("51.05, 3.02\n51.06, 3.03", "at least 3 different corners; 2 typed"),
+        ("51.05, 3.02\n51.05, 3.02\n51.05, 3.02\n51.06, 3.03", "2 typed"),
+        ("51.05, 3.02\nKortrijk\n51.06, 3.03", "Corner 2 ('Kortrijk'): "),
+        ("51.05, 3.02\n95.0, 3.03\n51.06, 3.04", "Corner 2 ('95.0, 3.03'): Latitude 95 is out"),
+        ("51.05, 3.02\n" * (MAX_CORNERS + 1), "at most 500"),
+    ],
+)
+def test_parse_corners_refuses_with_a_hint(text: str, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_corners(text)
