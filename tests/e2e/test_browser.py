@@ -246,6 +246,28 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
     no_app_errors(page, js_errors)
 
 
+def test_a_field_is_typed_as_its_corners_with_the_keyboard_alone(
+    page, site: PublishedSite, js_errors
+) -> None:
+    """Review 25: drawing needs a mouse or a finger; the corners box gives a field of one's
+    own by keyboard: no click from here on."""
+    corners = list(site.field(150.0).exterior.coords)[:-1]
+    expander = page.locator("summary", has_text="Type the field's corners")
+    expander.focus()
+    page.keyboard.press("Enter")
+    box = page.get_by_role("textbox", name="Corners (lat, lon), one per line")
+    box.focus()
+    for lon, lat in corners:
+        page.keyboard.type(f"{lat:.7f}, {lon:.7f}")
+        page.keyboard.press("Enter")
+    page.keyboard.press("Control+Enter")  # Streamlit's text area takes its value
+    wait_idle(page)
+    page.get_by_role("button", name="Use these corners").focus()
+    page.keyboard.press("Enter")
+    page.get_by_text("Field typed:").wait_for()
+    no_app_errors(page, js_errors)
+
+
 def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_errors) -> None:
     feature = {
         "type": "Feature",
