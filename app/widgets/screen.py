@@ -59,3 +59,33 @@ PAGE_STYLE = """
 def page_style() -> None:
     """Add :data:`PAGE_STYLE` to the page (a style element takes no space)."""
     st.html(PAGE_STYLE)
+
+
+MAP_NAME = (
+    "Field map: draw the field with the polygon or rectangle tool; the field and the selected "
+    "frame are shown on it"
+)
+NAME_THE_MAP = """
+<script>
+(() => {
+  const name = "MAP_NAME";
+  const label = () => {
+    for (const frame of document.querySelectorAll('iframe[title="streamlit_folium.st_folium"]')) {
+      if (frame.getAttribute("aria-label") !== name) frame.setAttribute("aria-label", name);
+    }
+  };
+  label();
+  new MutationObserver(label).observe(document.body, {childList: true, subtree: true});
+})();
+</script>
+""".replace("MAP_NAME", MAP_NAME)
+"""Names the map's frame for screen readers (review 25: it was read as
+"streamlit_folium.st_folium", the component's title, which the page cannot set): an
+``aria-label``, set again whenever the map is drawn anew. The same HTML in every run, so the
+browser mounts it once."""
+
+
+def name_the_map() -> None:
+    """Give the map's frame :data:`MAP_NAME` (:data:`NAME_THE_MAP`); call it at the page's
+    foot (the element takes a line)."""
+    st.html(NAME_THE_MAP, unsafe_allow_javascript=True)

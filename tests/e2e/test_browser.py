@@ -23,6 +23,7 @@ from playwright.sync_api import expect
 from shapely.geometry import mapping
 
 from app.state import LOCATION_ZOOM
+from app.widgets.screen import MAP_NAME
 from core.cube import S2_BANDS
 from core.curve import CURVE_COLUMNS
 from core.export import read_geotiff_bands
@@ -485,6 +486,12 @@ def test_the_wheel_over_the_map_scrolls_the_page_and_ctrl_wheel_zooms_it(page, j
     zoomed it out, so the page could not be scrolled past it."""
     page.set_viewport_size({"width": 900, "height": 560})
     box = map_box(page)
+    # the map's frame has a name a screen reader can read (review 25)
+    page.wait_for_function(
+        "n => document.querySelector('iframe[title=\"streamlit_folium.st_folium\"]')"
+        ".getAttribute('aria-label') === n",
+        arg=MAP_NAME,
+    )
     main = page.locator('[data-testid="stMain"]')
     frame = page.locator(MAP_FRAME).element_handle().content_frame()
     frame.wait_for_function("() => window.map && window.map.getZoom() !== undefined")
