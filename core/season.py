@@ -518,8 +518,8 @@ def compute_season(
 
     days = _timeline_days(acquired, first, last, request.every_days)
     # the offline cube keeps every scene (no scene cloud cover to apply a limit to)
-    limited = request.cube_path is None and request.max_cloud_cover is not None
-    cloud_limit = request.max_cloud_cover if limited and request.max_cloud_cover < 100 else None
+    limit = None if request.cube_path is not None else request.max_cloud_cover
+    cloud_limit = limit if limit is not None and limit < 100 else None
     timeline = _timeline(cube, covered, days, cloud_limit)
     scale = display_scale(grid.shape)
     warp = LonLatWarp.for_grid(grid)

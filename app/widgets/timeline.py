@@ -27,9 +27,14 @@ QUERY_MIN_WIDTH_PX = 110
 """The same for the Query date's two pictures, in the chart's side column."""
 
 
+def clear_days(result: SeasonResult) -> list[dt.date]:
+    """The timeline's dates with a mostly clear acquisition, in order."""
+    return [e.day for e in result.timeline if (e.clear_fraction or 0.0) >= CLEAR_ENOUGH]
+
+
 def default_day(result: SeasonResult) -> dt.date:
     """The most recent date with a mostly clear acquisition, else the last date."""
-    clear = [e.day for e in result.timeline if (e.clear_fraction or 0.0) >= CLEAR_ENOUGH]
+    clear = clear_days(result)
     return clear[-1] if clear else result.timeline[-1].day
 
 
@@ -61,16 +66,17 @@ label stays, and the period's ends are in the Run's headline."""
 
 
 def step_targets(result: SeasonResult, day: dt.date) -> dict[str, dt.date | None]:
-    """The dates the step buttons go to from ``day``: the timeline's previous and next date,
-    and the previous and next mostly clear acquisition; None where there is none."""
+    """The dates the step buttons go to from ``day`` (a timeline date): the timeline's previous
+    and next date, and the previous and next mostly clear acquisition; None where there is
+    none."""
     days = result.days
-    index = days.index(day) if day in days else result.index_of(day)
-    clear = [e.day for e in result.timeline if (e.clear_fraction or 0.0) >= CLEAR_ENOUGH]
+    index = days.index(day)
+    clear = clear_days(result)
     return {
-        "previous clear": max((d for d in clear if d < days[index]), default=None),
+        "previous clear": max((d for d in clear if d < day), default=None),
         "previous": days[index - 1] if index > 0 else None,
         "next": days[index + 1] if index + 1 < len(days) else None,
-        "next clear": min((d for d in clear if d > days[index]), default=None),
+        "next clear": min((d for d in clear if d > day), default=None),
     }
 
 
