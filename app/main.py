@@ -32,7 +32,11 @@ from app.widgets.downloads import downloads_row  # noqa: E402
 from app.widgets.field import accept_drawing, field_panel  # noqa: E402
 from app.widgets.map import field_map  # noqa: E402
 from app.widgets.period import period_panel  # noqa: E402
-from app.widgets.screen import fold_sidebar_if_covering, name_the_map, page_style  # noqa: E402
+from app.widgets.screen import (  # noqa: E402
+    fold_sidebar_if_covering,
+    page_scripts,
+    page_style,
+)
 from app.widgets.settings import RunSettings, settings_panel  # noqa: E402
 from app.widgets.status import (  # noqa: E402
     result_summary,
@@ -106,7 +110,7 @@ def main() -> None:
         batch_panel(state, run_settings, settings)
     workspace(AppConfig.from_env(), settings)
     tuning_panel(state, settings, run_settings)
-    name_the_map()
+    page_scripts()
 
 
 def current_request(state: PageState, chosen: RunSettings) -> SeasonRequest | None:

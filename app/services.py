@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -73,6 +74,8 @@ from core.season import (
 PROGRESS_PANEL_PX = 290
 """Height of a running Run's panel: its headline, bar and up to :data:`SHOWN_STAGES` stage
 lines, what is to come and the time so far, on a laptop-wide page."""
+PROGRESS_KEY_PREFIX = "progress_"
+"""A job's progress panel has a key that starts so (the page reads each new stage out)."""
 TUNING_PREFIX = "tune:"
 """Job keys of fine-tunings begin so (Runs' are request keys)."""
 BATCH_PREFIX = "batch:"
@@ -476,7 +479,9 @@ def _draw_progress(job: Job, plan: tuple[PlannedStage, ...], what: str = "The Ru
     reports = job.reports()
     # A fixed height: the panel sits above the map, and a panel that grew line by line moved
     # the map under a user drawing on it during the Run.
-    panel = st.container(border=True, height=PROGRESS_PANEL_PX)
+    # Keyed, so that the page's script reads each new stage out (app.widgets.screen).
+    key = PROGRESS_KEY_PREFIX + re.sub(r"\W+", "_", what.lower()).strip("_")
+    panel = st.container(border=True, height=PROGRESS_PANEL_PX, key=key)
     if not reports:
         panel.markdown("**Starting…**")
         panel.progress(0.0, text="starting…")

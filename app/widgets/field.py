@@ -30,8 +30,8 @@ def field_panel(state: PageState, settings: Settings) -> None:
     """The sidebar section "Field"."""
     st.subheader("1 · Field")
     st.caption(
-        "Draw it on the map (polygon or rectangle tool), type its corners, upload it, or try "
-        "the demo."
+        "Draw it on the map (polygon or rectangle tool), type its corners, upload it "
+        "(GeoJSON, zipped shapefile, KML/KMZ or GeoPackage), or try the demo."
     )
     _location_box(state)
     _corners_box(state, settings)

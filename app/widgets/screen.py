@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.services import PROGRESS_KEY_PREFIX
+from app.state import Key
+
 FOLD_COVERING_SIDEBAR = """
 <script>
 (() => {
@@ -85,7 +88,109 @@ NAME_THE_MAP = """
 browser mounts it once."""
 
 
-def name_the_map() -> None:
-    """Give the map's frame :data:`MAP_NAME` (:data:`NAME_THE_MAP`); call it at the page's
-    foot (the element takes a line)."""
-    st.html(NAME_THE_MAP, unsafe_allow_javascript=True)
+KEEP_FOCUS = """
+<script>
+(() => {
+  if (window.__fieldflowKeepFocus) return;
+  window.__fieldflowKeepFocus = true;
+  const FOCUSABLE = 'button, input, textarea, select, [tabindex="0"]';
+  const keyOf = (el) => {
+    const box = el && el.closest ? el.closest('[class*="st-key-"]') : null;
+    return box ? [...box.classList].find((c) => c.startsWith("st-key-")) : null;
+  };
+  const boxOf = (key) => document.querySelector("." + CSS.escape(key));
+  let kept = null;  // the keyed element that holds the focus, or last held it
+  let place = 0;  // which of its controls (an uploader has its help button, then Upload)
+  let lostAt = 0;
+  document.addEventListener("focusin", (e) => {
+    kept = keyOf(e.target);
+    const box = kept ? boxOf(kept) : null;
+    place = box ? Math.max(0, [...box.querySelectorAll(FOCUSABLE)].indexOf(e.target)) : 0;
+    lostAt = 0;
+  }, true);
+  // A pointer put down elsewhere than on a control: the user moved away; nothing is given back.
+  document.addEventListener("pointerdown", (e) => {
+    if (!(e.target.closest && e.target.closest(FOCUSABLE))) kept = null;
+  }, true);
+  const usable = (el) => !el.disabled && el.getAttribute("aria-disabled") !== "true"
+    && el.checkVisibility({visibilityProperty: true})
+    && !(el.matches('input[type="file"]'));
+  const target = () => {
+    const box = boxOf(kept);
+    if (box) {
+      const own = [...box.querySelectorAll(FOCUSABLE)];
+      if (own[place] && usable(own[place])) return own[place];
+      const first = own.find(usable);
+      if (first) return first;
+    }
+    // A step button that became disabled (Next at the last date): the slider it steps.
+    if (kept.startsWith("st-key-step_")) {
+      const slider = document.querySelector('.st-key-DATE_KEY input[type="range"]');
+      if (slider && usable(slider)) return slider;
+    }
+    return null;
+  };
+  const restore = () => {
+    const active = document.activeElement;
+    // Lost: on the body, or still on a control that was disabled or taken out (the browser
+    // moves it to the body only when it next draws the page, with no more changes to see).
+    const lost = !active || active === document.body || active.disabled || !active.isConnected;
+    // Not when the focus left the page (Tab past its end, another window): no trap.
+    if (!kept || !document.hasFocus() || !lost) {
+      lostAt = 0;
+      return;
+    }
+    const now = Date.now();
+    if (!lostAt) lostAt = now;
+    if (now - lostAt > 5000) { kept = null; return; }  // the control is gone for good
+    const el = target();
+    if (el) el.focus({preventScroll: true});
+  };
+  // A job's stages read out as they come (review 25: a screen reader heard nothing of a Run
+  // until its end): each new headline of a progress panel goes to one polite live region of
+  // the page's own, there from the start (a region drawn anew with its text is not read).
+  const says = document.createElement("div");
+  says.id = "fieldflow-says";
+  says.setAttribute("role", "status");
+  says.style.cssText = "position:absolute;width:1px;height:1px;overflow:hidden;"
+    + "clip-path:inset(50%);white-space:nowrap;";
+  document.body.appendChild(says);
+  const heard = new Map();
+  const announce = () => {
+    for (const panel of document.querySelectorAll('[class*="st-key-PROGRESS_PREFIX"]')) {
+      const key = keyOf(panel);
+      const head = panel.querySelector("strong");
+      const text = head ? head.textContent.trim() : "";
+      if (text && heard.get(key) !== text) {
+        heard.set(key, text);
+        says.textContent = text;
+      }
+    }
+  };
+  let queued = false;
+  new MutationObserver(() => {
+    if (queued) return;
+    queued = true;
+    requestAnimationFrame(() => { queued = false; restore(); announce(); });
+    setTimeout(restore, 300);  // once more, after the browser has moved a lost focus
+  }).observe(document.body, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ["disabled"],
+  });
+})();
+</script>
+""".replace("DATE_KEY", str(Key.DATE)).replace("PROGRESS_PREFIX", PROGRESS_KEY_PREFIX)
+"""Keeps the keyboard's place when the page is redrawn (reviews 25 and 26): a rerun that
+replaces the control that had the focus, or disables it, threw the focus to the page's top, so
+the next Tab started again at "Skip to main content". When the focus falls to the page's body,
+it goes back to the same control (matched by its key) as it is drawn again, or, for a step
+button that became disabled (Next at the last date), to the Date slider. Nothing is given back
+after a pointer was put down elsewhere, nor into a folded sidebar, nor 5 s after the control
+went. And each new stage of a job's progress (a Run, a training, a batch) is read out by a
+screen reader: its headline is copied into a polite live region (``#fieldflow-says``)."""
+
+
+def page_scripts() -> None:
+    """Name the map's frame (:data:`NAME_THE_MAP`) and keep the keyboard's place
+    (:data:`KEEP_FOCUS`); call it at the page's foot (the element takes a line). The same HTML
+    in every run, so the browser mounts it once."""
+    st.html(NAME_THE_MAP + KEEP_FOCUS, unsafe_allow_javascript=True)

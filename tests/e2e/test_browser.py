@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import re
 import time
@@ -138,12 +139,18 @@ def draw_polygon(page, offsets_px: list[tuple[float, float]]) -> None:
         time.sleep(0.2)
 
 
-def run(page) -> None:
-    """Press Run and wait for this run's results (the progress panel says "Computed in")."""
+def run(page, again: bool = False) -> None:
+    """Press Run and wait for this run's results (the progress panel says "Computed in", or
+    with ``again`` also "Shown again", a Run kept from another session)."""
     wait_idle(page)  # no stale results of an earlier run left on screen
     page.get_by_role("button", name="Run").click()
     page.mouse.move(5, 5)  # no hover tooltips over the sidebar afterwards
-    page.get_by_text("Computed in").wait_for(timeout=RUN_TIMEOUT_MS)
+    headline = re.compile(r"^(Computed in|Shown again)") if again else "Computed in"
+    try:
+        page.get_by_text(headline).wait_for(timeout=RUN_TIMEOUT_MS)
+    except PlaywrightTimeoutError:
+        shot(page, "run-timed-out")
+        raise
     page.get_by_role("img", name="Reconstructed true colour").wait_for(timeout=RUN_TIMEOUT_MS)
     page.locator('[data-testid="stPlotlyChart"]').wait_for()
     wait_idle(page)
@@ -192,7 +199,19 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
     assert re.search(r"Drawn field: [\d.]+ ha, drawn on the map", summary.inner_text())
     shot(page, "1-drawn")
 
+    # What a screen reader is told as the Run goes (review 25: nothing until its end).
+    page.evaluate(
+        """() => {
+          const says = document.getElementById('fieldflow-says');
+          window.saidLog = [];
+          new MutationObserver(() => window.saidLog.push(says.textContent))
+            .observe(says, {childList: true, characterData: true, subtree: true});
+        }"""
+    )
     run(page)
+    said = page.evaluate("window.saidLog")
+    assert len(said) >= 2 and said[0] == "Starting…" and all(s.endswith("…") for s in said)
+    assert all(a != b for a, b in itertools.pairwise(said))  # each stage once
     shot(page, "2-results")
     line = page.get_by_text(re.compile(r"^Drawn field \(.*Sentinel-2 acquisitions"))
     assert "15 Sentinel-2 acquisitions" in line.inner_text()
@@ -312,6 +331,71 @@ def test_uploaded_geojson_runs(page, site: PublishedSite, tmp_path: Path, js_err
     field = field_from_geojson(Path(info.value.path()).read_bytes())
     assert field.name == "Upload test"
     assert field.area_ha == pytest.approx(Field(site.field(inset_m=120), "x").area_ha, rel=1e-4)
+    no_app_errors(page, js_errors)
+
+
+def focus_in(page, key: str) -> bool:
+    """Whether the keyboard's focus is in the element with Streamlit key ``key``."""
+    return page.evaluate("key => !!document.activeElement.closest('.st-key-' + key)", key)
+
+
+def test_the_keyboard_keeps_its_place_when_the_page_is_redrawn(
+    page, site: PublishedSite, tmp_path: Path, js_errors
+) -> None:
+    """Reviews 25 and 26: an upload by keyboard, and a step button that became disabled,
+    threw the focus to the page's top, so the next Tab started again at the first control."""
+    feature = {
+        "type": "Feature",
+        "properties": {"name": "Keyboard test"},
+        "geometry": mapping(site.field(inset_m=120)),
+    }
+    path = tmp_path / "keyboard.geojson"
+    path.write_bytes(json.dumps(feature).encode())
+    upload_button = page.get_by_test_id("stFileUploaderDropzone").get_by_test_id(
+        "stBaseButton-secondary"
+    )
+    for attempt in range(3):  # a rerun of the page after it loads may redraw the button
+        wait_idle(page)
+        upload_button.focus()
+        try:
+            with page.expect_file_chooser(timeout=10_000) as chooser:
+                page.keyboard.press("Enter")
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 2:
+                raise
+    chooser.value.set_files(str(path))
+    page.get_by_text("Field 'Keyboard test' loaded from keyboard.geojson").wait_for()
+    wait_idle(page)
+    page.wait_for_function("() => document.activeElement !== document.body", timeout=5_000)
+    assert focus_in(page, "upload_file")
+    # where the Upload button was: the file's own Remove button, not the help before it
+    name = page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert name == "Remove keyboard.geojson"
+    set_period(page, *SITE_WINDOW.values())
+    run(page, again=True)  # the same request as the upload test's: its Run may be kept
+    # The slider starts at the last clear view: "Next clear »" is disabled there.
+    later = page.get_by_role("button", name="Next clear »")
+    assert later.is_disabled()
+    slider = page.get_by_role("slider", name="Date")
+    start = slider.get_attribute("aria-valuetext")
+    page.get_by_role("button", name="« Previous clear").focus()
+    page.keyboard.press("Enter")
+    wait_idle(page)
+    assert slider.get_attribute("aria-valuetext") != start
+    assert focus_in(page, "step_previous_clear")  # an enabled button keeps the focus
+    later.focus()
+    page.keyboard.press("Enter")  # back at the last clear view: the button is disabled
+    wait_idle(page)
+    assert slider.get_attribute("aria-valuetext") == start and later.is_disabled()
+    page.wait_for_function("() => document.activeElement !== document.body", timeout=5_000)
+    assert focus_in(page, "timeline_date")  # the slider it steps, not the page's top
+    page.keyboard.press("ArrowLeft")  # and the keyboard goes on from there
+    wait_idle(page)
+    assert slider.get_attribute("aria-valuetext") != start
+    # The colour bars have no fullscreen button (review 25); the frames keep theirs.
+    assert page.get_by_role("button", name=re.compile("Fullscreen: .* colour scale")).count() == 0
+    assert page.locator('[class*="st-key-legend_"] img').count() >= 2
     no_app_errors(page, js_errors)
 
 
