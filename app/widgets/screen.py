@@ -108,6 +108,10 @@ KEEP_FOCUS = """
     place = box ? Math.max(0, [...box.querySelectorAll(FOCUSABLE)].indexOf(e.target)) : 0;
     lostAt = 0;
   }, true);
+  // The focus went into a frame (the map): a pointer put down there is not seen here.
+  window.addEventListener("blur", () => setTimeout(() => {
+    if (document.activeElement && document.activeElement.tagName === "IFRAME") kept = null;
+  }, 0));
   // A pointer put down elsewhere than on a control: the user moved away; nothing is given back.
   document.addEventListener("pointerdown", (e) => {
     if (!(e.target.closest && e.target.closest(FOCUSABLE))) kept = null;
@@ -184,9 +188,10 @@ replaces the control that had the focus, or disables it, threw the focus to the 
 the next Tab started again at "Skip to main content". When the focus falls to the page's body,
 it goes back to the same control (matched by its key) as it is drawn again, or, for a step
 button that became disabled (Next at the last date), to the Date slider. Nothing is given back
-after a pointer was put down elsewhere, nor into a folded sidebar, nor 5 s after the control
-went. And each new stage of a job's progress (a Run, a training, a batch) is read out by a
-screen reader: its headline is copied into a polite live region (``#fieldflow-says``)."""
+after a pointer was put down elsewhere (the map's frame included), nor into a folded sidebar,
+nor 5 s after the control went. And each new stage of a job's progress (a Run, a training, a
+batch) is read out by a screen reader: its headline is copied into a polite live region
+(``#fieldflow-says``)."""
 
 
 def page_scripts() -> None:
