@@ -54,9 +54,12 @@ PAGE_STYLE = """
    hints): at Streamlit's 60 % opacity they read at 3.9:1 against white, under the 4.5:1 that
    text needs (and washed out first outdoors); at 75 %, about 6:1. */
 [data-testid="stCaptionContainer"] { opacity: 0.75; }
+/* A colour bar under the frames has no fullscreen button (review 25: two pointless Tab stops a
+   result, "Fullscreen: NDVI colour scale"); the frames keep theirs. */
+[class*="st-key-legend_"] [data-testid="stElementToolbar"] { display: none; }
 </style>
 """
-"""Review 25's folded-sidebar and caption-contrast findings, as style rules."""
+"""Review 25's folded-sidebar, caption-contrast and colour-bar findings, as style rules."""
 
 
 def page_style() -> None:

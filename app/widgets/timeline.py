@@ -299,15 +299,7 @@ def _picture(png: bytes, caption: str, alt: str) -> None:
     st.image(png, caption=caption, alt=alt, width="stretch", output_format="PNG")
 
 
-LEGEND_STYLE = (
-    "<style>[class*='st-key-legend_'] [data-testid='stElementToolbar'] { display: none; }</style>"
-)
-"""A colour bar has no fullscreen button (review 25: two pointless Tab stops a result,
-"Fullscreen: NDVI colour scale"); the frames keep theirs."""
-
-
 def _legend(kind: str, low: str, name: str, high: str) -> None:
-    with st.container(key=f"legend_{kind}"):
-        st.html(LEGEND_STYLE)
+    with st.container(key=f"legend_{kind}"):  # no fullscreen button (app.widgets.screen)
         st.image(colour_bar(kind), alt=f"{name} colour scale", width="stretch", output_format="PNG")
         st.caption(f"{low} ← {name} → {high}")
