@@ -348,6 +348,12 @@ def cube_lonlat_bounds(cube: xr.Dataset) -> LonLatBounds | None:
     return bounds if all(math.isfinite(v) for v in bounds) else None
 
 
+def cube_latitude(cube: xr.Dataset) -> float | None:
+    """The latitude of a cube's centre in degrees; None where it cannot be placed."""
+    bounds = cube_lonlat_bounds(cube)
+    return None if bounds is None else (bounds[1] + bounds[3]) / 2
+
+
 def cube_outline(cube: xr.Dataset) -> BaseGeometry | None:
     """The field a cube was fetched for (its ``field_geojson`` attribute, EPSG:4326), or the
     cube's whole footprint where it has no readable outline; None where neither is known."""

@@ -1319,6 +1319,16 @@ def _too_small(attrs: dict, verb: str = "measure") -> str:
 def fit_notes(attrs: dict) -> list[str]:
     """Sentences on what the model fitted on this field (from a reconstruction's attributes)."""
     notes = []
+    if "model_season_shift_days" in attrs:
+        latitude = abs(float(attrs.get("model_field_latitude", 0.0)))
+        notes.append(
+            f"Seasons: this field lies at {latitude:.1f} degrees S, south of the Tropic of "
+            "Capricorn, where the seasons run half a year from the north's. The model reads "
+            "each date half a year on (its training does the same with such cubes), so a field "
+            "green in January enters as a northern field green in July would. The shipped "
+            "model's training sites are all north of the tropic, and this was measured only on "
+            "northern cubes moved south (README, the seasons south of the tropics)."
+        )
     if attrs.get("model_tuning_skipped"):
         notes.append(
             f"Not tuned to this field: tuning needs at least {MIN_CLEAR_ACQUISITIONS} "

@@ -10,7 +10,8 @@ Per S2 frame and pixel the model gets (channel order of :func:`s2_channels`):
   clear observations only, so at a clear training frame it shows how the frame departs from
   the trend (with ordinary interpolation the model only ever sees the frame itself there);
 * which bands the cube has x 10;
-* days to the previous and next clear observation (log-scaled), day of year (sin, cos);
+* days to the previous and next clear observation (log-scaled), day of year (sin, cos; half a
+  year on south of the Tropic of Capricorn, :func:`season_day_of_year`);
 * with ``ModelConfig.smooth_features``: a *leave-one-out* Gaussian-kernel smoother in time
   x 10 bands (bandwidth :data:`SMOOTH_BANDWIDTH_DAYS`): an average of every other clear
   observation nearby, so a long gap between two noisy frames is not bridged by those two
@@ -411,9 +412,38 @@ def frames_for_query(
     return all_s2, all_times, query_index
 
 
-def times_to_days_and_doy(times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) datetime64 -> (days since 1970, day of year), both float64."""
-    return to_days(times), day_of_year(times)
+SOUTHERN_SEASON_LATITUDE = -23.44
+"""South of this latitude (the Tropic of Capricorn) a date's day of year is read half a year on
+(:func:`season_day_of_year`)."""
+HALF_YEAR_DAYS = 365.25 / 2
+
+
+def in_southern_seasons(latitude: float | None) -> bool:
+    """Whether a place at ``latitude`` (degrees; None: unknown) has the southern temperate
+    seasons, half a year from the northern ones."""
+    return latitude is not None and latitude < SOUTHERN_SEASON_LATITUDE
+
+
+def season_day_of_year(times: np.ndarray, latitude: float | None = None) -> np.ndarray:
+    """The day of year (1..366, float64) the network reads for each time: the calendar's, and
+    half a year on south of the Tropic of Capricorn. Every training site of the shipped model
+    lies north of it, so the network learnt the seasons of the north from the day of year: a
+    field at 35 degrees S is green in what it takes for winter. Read half a year on, its season
+    enters as a northern field's would (README, the model: the seasons south of the tropics).
+    The tropics keep the calendar: their seasons follow the rains, and a training site lies
+    there (tz-arusha, 3 degrees S)."""
+    doy = day_of_year(times)
+    if in_southern_seasons(latitude):
+        doy = (doy - 1.0 + HALF_YEAR_DAYS) % 365.25 + 1.0
+    return doy
+
+
+def times_to_days_and_doy(
+    times: np.ndarray, latitude: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) datetime64 -> (days since 1970, the season's day of year at ``latitude``: see
+    :func:`season_day_of_year`), both float64."""
+    return to_days(times), season_day_of_year(times, latitude)
 
 
 @contextlib.contextmanager

@@ -33,15 +33,18 @@ import xarray as xr
 from core.config import checkpoint_version, usable_cpus
 from core.cube import has_s1, without_empty_s1
 from core.errors import CheckpointChanged, InputError
+from core.grid import cube_latitude
 from core.model.blend import blend_inputs, days_to_clear, distance_bucket
 from core.model.checkpoint import Checkpoint, load_checkpoint, training_overlap
 from core.model.config import CALIBRATED_STEPS, MIN_CLEAR_ACQUISITIONS, ModelConfig
 from core.model.features import (
+    HALF_YEAR_DAYS,
     N_BANDS,
     REFL_SCALE,
     Frames,
     WindowInputs,
     frames_for_query,
+    in_southern_seasons,
     s1_anomalies,
     select_frames,
     series_inputs,
@@ -159,11 +162,12 @@ def prepare_series(observed: xr.Dataset, query: np.ndarray, use_s1: bool = True)
     s2, times, query_frame = frames_for_query(
         observed["s2"].values, observed["time_s2"].values, query
     )
-    days, doy = times_to_days_and_doy(times)
+    latitude = cube_latitude(observed)
+    days, doy = times_to_days_and_doy(times, latitude)
     height, width = s2.shape[2:]
     if use_s1 and has_s1(observed):
         s1 = s1_anomalies(observed["s1"].values)
-        s1_days, s1_doy = times_to_days_and_doy(observed["time_s1"].values)
+        s1_days, s1_doy = times_to_days_and_doy(observed["time_s1"].values, latitude)
         if "orbit_state" in observed.coords:
             ascending = np.char.lower(observed["orbit_state"].values.astype(str)) == "ascending"
         else:
@@ -898,6 +902,10 @@ def model_method(
     if overlap.nearest_km is not None:
         attrs["model_nearest_training_km"] = round(overlap.nearest_km, 1)
         attrs["model_nearest_training_site"] = overlap.nearest_site or ""
+    latitude = cube_latitude(observed)
+    if in_southern_seasons(latitude):
+        attrs["model_season_shift_days"] = HALF_YEAR_DAYS
+        attrs["model_field_latitude"] = round(float(latitude), 2)
     if draws is not None:
         bf16 = flow_in_bf16(torch.device(device).type)
         attrs["model_flow_precision"] = "bfloat16" if bf16 else "float32"
