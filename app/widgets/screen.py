@@ -57,9 +57,21 @@ PAGE_STYLE = """
 /* A colour bar under the frames has no fullscreen button (review 25: two pointless Tab stops a
    result, "Fullscreen: NDVI colour scale"); the frames keep theirs. */
 [class*="st-key-legend_"] [data-testid="stElementToolbar"] { display: none; }
+/* On a touch screen, no target under 24 px (WCAG 2.5.8; review 25: the help buttons were
+   16 px, the date's month and day 18 x 20, "Choose date" 24 x 16, a checkbox's row 21 px high).
+   The help buttons grow into their margins, so nothing moves. */
+@media (pointer: coarse) {
+  [data-testid="stTooltipHoverTarget"] > button {
+    padding: 8px !important; margin: -8px !important;
+  }
+  [data-testid="stCheckbox"] label { min-height: 32px; align-items: center; }
+  [data-testid="stDateInput"] [role="spinbutton"] { padding: 8px 5px; }
+  [data-testid="stDateInputCalendarButton"] { min-width: 32px; min-height: 32px; }
+}
 </style>
 """
-"""Review 25's folded-sidebar, caption-contrast and colour-bar findings, as style rules."""
+"""Review 25's folded-sidebar, caption-contrast, colour-bar and touch-target findings, as style
+rules."""
 
 
 def page_style() -> None:

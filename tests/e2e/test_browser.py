@@ -553,6 +553,73 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     context.close()
 
 
+SMALL_TARGETS = """() => [...document.querySelectorAll(
+    '[data-testid=stSidebar] button, [data-testid=stSidebar] [role=spinbutton], '
+    + '[data-testid=stSidebar] [data-testid=stCheckbox] label')]
+  .filter((e) => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; })
+  .map((e) => { const r = e.getBoundingClientRect();
+    return [(e.getAttribute('aria-label') || e.innerText || '').slice(0, 40),
+            Math.round(r.width), Math.round(r.height)]; })
+  .filter(([, w, h]) => w < 24 || h < 24)"""
+MAP_TOOLS = """() => [...document.querySelectorAll('.leaflet-top.leaflet-left .leaflet-bar a')]
+  .map((e) => { const r = e.getBoundingClientRect();
+    return [e.title, Math.round(r.width), Math.round(r.height)]; })"""
+
+
+def test_on_a_touch_screen_no_target_is_under_a_fingers_size(
+    browser, app_url: str, js_errors
+) -> None:
+    """Review 25: the sidebar's help buttons were 16 px, the date's month and day 18 x 20,
+    "Choose date" 24 x 16, the map's tools 30 px. On a touch screen every sidebar control is
+    24 px or more (WCAG 2.5.8), the map's tools 44 px or more; under a mouse nothing changes."""
+    tools = {}
+    for touch in (True, False):
+        context = browser.new_context(
+            viewport={"width": 390, "height": 844} if touch else {"width": 1280, "height": 900},
+            is_mobile=touch,
+            has_touch=touch,
+        )
+        tab = context.new_page()
+        tab.set_default_timeout(30_000)
+        tab.on("pageerror", lambda exc: js_errors.append(str(exc)))
+        tab.goto(app_url, wait_until="domcontentloaded")
+        if touch:  # a phone starts with the sidebar folded
+            tab.get_by_text("open it with » at the top left").wait_for()
+            tab.locator('[data-testid="stExpandSidebarButton"]').click()
+        tab.get_by_role("button", name="Demo field").wait_for()
+        tab.get_by_text("Settings", exact=True).click()  # its controls drawn too
+        tab.get_by_label("Samples", exact=True).wait_for()
+        wait_idle(tab)
+        small = tab.evaluate(SMALL_TARGETS)
+        frame = tab.frame_locator(MAP_FRAME)
+        frame.locator(".leaflet-draw-draw-polygon").wait_for()
+        tools[touch] = frame.locator("body").evaluate(MAP_TOOLS)
+        if touch:
+            shot(tab, "14-touch-targets")
+            assert small == [], small
+            tab.locator('[data-testid="stSidebarCollapseButton"] button').click()
+            frame.locator(".leaflet-draw-draw-polygon").tap()
+            cancel = frame.get_by_text("Cancel", exact=True)
+            cancel.wait_for()
+            actions = frame.locator("body").evaluate(
+                """() => [window.innerWidth, ...[...document.querySelectorAll(
+                    '.leaflet-draw-actions a')].filter((a) => a.offsetParent)
+                    .map((a) => a.getBoundingClientRect())
+                    .map((r) => [Math.round(r.right), Math.round(r.height)])]"""
+            )
+            width, *boxes = actions
+            assert boxes and all(h >= 44 for _, h in boxes), actions
+            assert boxes[-1][0] <= width, actions  # Cancel within the map, not cut off
+            cancel.tap()
+        else:
+            assert small, "the mouse's page keeps Streamlit's sizes"  # the rules are touch's
+        context.close()
+    assert len(tools[True]) >= 5, tools  # zoom in / out, polygon, rectangle, delete, locate
+    assert all(w >= 44 and h >= 44 for _, w, h in tools[True]), tools[True]
+    assert all(w == 30 and h == 30 for _, w, h in tools[False]), tools[False]
+    assert not js_errors, js_errors
+
+
 def swipe_up(page, x: float, y: float, distance: float, steps: int = 8) -> None:
     """A one-finger swipe up, as a finger on a touch screen (CDP touch events)."""
     cdp = page.context.new_cdp_session(page)
