@@ -185,6 +185,7 @@ def _train_and_save(
     from dataclasses import replace
 
     from core.model.checkpoint import Checkpoint, replace_checkpoint, training_total
+    from core.model.features import in_southern_seasons
     from core.model.inference import resolve_device
     from core.model.training import (
         MIN_CLEAR_FRAMES,
@@ -280,6 +281,18 @@ def _train_and_save(
     for series in all_series:
         if series.floored:
             print(f"note: {series.site}: {series.floored}", file=sys.stderr)
+    southern = sorted(
+        s.site
+        for s in all_series
+        if s.bounds is not None and in_southern_seasons((s.bounds[1] + s.bounds[3]) / 2)
+    )
+    for site in southern:
+        print(
+            f"note: {site} lies south of the Tropic of Capricorn: its dates are read half a year "
+            "on, so its seasons line up with the north's (README, the seasons south of the "
+            "tropics)",
+            file=sys.stderr,
+        )
     sites = {s.site for s in all_series}
     init_holdout = set(init.record.get("holdout_sites", [])) if init is not None else set()
     if absent := sorted(
@@ -403,6 +416,7 @@ def _train_and_save(
         seen_inside_holdout=overlapped,
         tuned_sites=sorted({s.site for s in validation}),
         red_floor_screened={s.site: s.floored for s in [*training, *validation] if s.floored},
+        southern_season_sites=southern,
         seen_footprints=seen_now,
         validation=figures,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

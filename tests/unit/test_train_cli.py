@@ -544,3 +544,26 @@ def test_every_bad_file_of_the_data_folder_is_named_at_once(
     assert err.startswith("error: 2 of the 3 cube files cannot be used.")
     assert "corrupt.nc" in err and "notes.nc" in err
     assert err.rstrip().endswith("or train on a folder of the good ones.")
+
+
+def test_a_cube_south_of_the_tropic_is_trained_on_with_its_dates_half_a_year_on(
+    cubes_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training reads a southern cube's dates as inference does (README, the seasons south of
+    the tropics), says so, and records which sites it read so."""
+    import numpy as np
+
+    folder = tmp_path / "cubes"
+    folder.mkdir()
+    south = read_cube(cubes_dir / "es-field_2019.nc")
+    south.attrs.update(crs="EPSG:32730", site="es-field-south")  # the same northing, ~48 deg S
+    south = south.assign_coords(time_s2=south["time_s2"].values + np.timedelta64(182, "D"))
+    south.to_netcdf(folder / "es-field-south.nc")
+    (folder / "pt-santarem_2021.nc").symlink_to(cubes_dir / "pt-santarem_2021.nc")
+    out = tmp_path / "south.pt"
+    argv = ["train", "--tiny", "--data", str(folder), "--out", str(out), "--threads", "1"]
+    assert main([*argv, "--validation-episodes", "2"]) == 0
+    said = capsys.readouterr().err
+    assert "note: es-field-south lies south of the Tropic of Capricorn" in said
+    assert "pt-santarem lies south" not in said
+    assert load_checkpoint(out).record["southern_season_sites"] == ["es-field-south"]
