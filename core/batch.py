@@ -65,6 +65,7 @@ from core.field import (
 )
 from core.grid import field_mask
 from core.model.blend import field_ratio
+from core.model.features import in_southern_seasons
 from core.progress import check, listening
 from core.reconstruct import (
     OUTSIDE_NOTED,
@@ -185,6 +186,8 @@ class BatchRequest:
             payload["checkpoint_sha256"] = checkpoint_sha256(
                 self.options.checkpoint or DEFAULT_CHECKPOINT
             )
+            if in_southern_seasons(field.centroid[1]):  # read half a year on since 2026-12-06
+                payload["southern_seasons"] = True
         return json.loads(json.dumps(payload))
 
 

@@ -292,6 +292,17 @@ def test_a_model_retrained_in_place_is_another_request(tmp_path: Path) -> None:
     assert "checkpoint_sha256" not in linear.fingerprint(FIELD, SETTINGS)
 
 
+def test_a_southern_fields_model_outputs_are_made_again_since_its_seasons_are_read_anew() -> None:
+    """Since 2026-12-06 the model reads a field's dates half a year on south of the Tropic of
+    Capricorn: its earlier outputs are stale; a northern field's, or a baseline's, are not."""
+    south = Field(box(-60.5, -34.6, -60.49, -34.59), "Pampa")
+    model = BatchRequest(start="2023-05-01", end="2023-05-31", method="model")
+    assert model.fingerprint(south, SETTINGS)["southern_seasons"] is True
+    assert "southern_seasons" not in model.fingerprint(FIELD, SETTINGS)
+    linear = BatchRequest(start="2023-05-01", end="2023-05-31", method="linear")
+    assert "southern_seasons" not in linear.fingerprint(south, SETTINGS)
+
+
 def test_frame_dates_are_acquisitions_plus_regular_days_inside_the_cube_period() -> None:
     days = frame_dates(make_cube(), "2023-05-01", "2023-05-31", 10)
     # regular: 05-01 (before the first acquisition), 05-11, 05-21, 05-31 (after the last)

@@ -15,7 +15,7 @@ from core.model.features import (
     season_day_of_year,
     times_to_days_and_doy,
 )
-from core.model.inference import prepare_series
+from core.model.inference import observed_fingerprint, prepare_series
 from core.model.training import series_from_cube
 from core.reconstruct import ReconstructOptions, reconstruct
 from core.season import fit_notes
@@ -110,3 +110,10 @@ def test_the_shipped_model_reconstructs_a_field_moved_south_as_it_does_in_the_no
     notes = fit_notes(south.attrs)
     assert any(n.startswith("Seasons: this field lies at 39.") for n in notes), notes
     assert not any(n.startswith("Seasons") for n in fit_notes(original.attrs))
+
+
+def test_a_field_tuned_in_the_north_is_not_taken_for_the_same_field_moved_south(flanders_c) -> None:
+    """The per-field cache of tuned networks is keyed by what tuning reads, the season too."""
+    later = moved_south(flanders_c).assign_attrs(crs=flanders_c.attrs["crs"])
+    assert observed_fingerprint(later) != observed_fingerprint(moved_south(flanders_c))
+    assert observed_fingerprint(flanders_c) == observed_fingerprint(flanders_c.copy(deep=True))
