@@ -37,15 +37,14 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from seed_spread import BASELINES, HELD_OUT, TASKS, parse_seeds  # beside this script
+
 from core.config import Settings
 from core.cube import read_cube
 from core.evaluate import POOLED_CUBE, Protocol, evaluate
 from core.grid import cube_latitude
 from core.reconstruct import ReconstructOptions
 
-TASKS = ("missing", "cloud", "gap")
-BASELINES = ("linear", "whittaker")
-HELD_OUT = ("be-flanders-c_2018-2019", "hu-alfold_2021")
 HALF_YEAR = np.timedelta64(182, "D")
 VARIANTS = ("as is", "half a year later", "moved south")
 
@@ -69,13 +68,6 @@ def moved_south(cube: xr.Dataset) -> xr.Dataset:
     else:
         raise SystemExit(f"Cannot move a cube in {crs} south.")
     return cube
-
-
-def parse_seeds(text: str) -> list[int]:
-    if "-" in text:
-        first, last = (int(v) for v in text.split("-"))
-        return list(range(first, last + 1))
-    return [int(v) for v in text.split(",")]
 
 
 def main() -> int:

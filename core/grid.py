@@ -348,10 +348,14 @@ def cube_lonlat_bounds(cube: xr.Dataset) -> LonLatBounds | None:
     return bounds if all(math.isfinite(v) for v in bounds) else None
 
 
+def bounds_latitude(bounds: LonLatBounds | None) -> float | None:
+    """The latitude of the middle of ``bounds`` in degrees; None for None."""
+    return None if bounds is None else (bounds[1] + bounds[3]) / 2
+
+
 def cube_latitude(cube: xr.Dataset) -> float | None:
     """The latitude of a cube's centre in degrees; None where it cannot be placed."""
-    bounds = cube_lonlat_bounds(cube)
-    return None if bounds is None else (bounds[1] + bounds[3]) / 2
+    return bounds_latitude(cube_lonlat_bounds(cube))
 
 
 def cube_outline(cube: xr.Dataset) -> BaseGeometry | None:

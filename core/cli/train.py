@@ -184,6 +184,7 @@ def _train_and_save(
 ) -> int:
     from dataclasses import replace
 
+    from core.grid import bounds_latitude
     from core.model.checkpoint import Checkpoint, replace_checkpoint, training_total
     from core.model.features import in_southern_seasons
     from core.model.inference import resolve_device
@@ -281,11 +282,7 @@ def _train_and_save(
     for series in all_series:
         if series.floored:
             print(f"note: {series.site}: {series.floored}", file=sys.stderr)
-    southern = sorted(
-        s.site
-        for s in all_series
-        if s.bounds is not None and in_southern_seasons((s.bounds[1] + s.bounds[3]) / 2)
-    )
+    southern = sorted(s.site for s in all_series if in_southern_seasons(bounds_latitude(s.bounds)))
     for site in southern:
         print(
             f"note: {site} lies south of the Tropic of Capricorn: its dates are read half a year "

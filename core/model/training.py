@@ -28,7 +28,7 @@ import xarray as xr
 
 from core.cube import has_s1, read_cube, without_empty_s1
 from core.errors import InputError
-from core.grid import LonLatBounds, cube_latitude, cube_lonlat_bounds
+from core.grid import LonLatBounds, bounds_latitude, cube_lonlat_bounds
 from core.indices import NIR, NIR_NARROW, RED
 from core.model.calibration import coverage, fit_spread
 from core.model.config import ModelConfig, TrainConfig
@@ -155,7 +155,8 @@ def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
     # and per-field tuning and calibration would find no real cloud mask to borrow.
     footprint = np.isfinite(s2).any(axis=(0, 1))
     fraction = valid.sum(axis=(1, 2)) / max(int(footprint.sum()), 1)
-    latitude = cube_latitude(cube)
+    bounds = cube_lonlat_bounds(cube)
+    latitude = bounds_latitude(bounds)
     days, doy = times_to_days_and_doy(cube["time_s2"].values, latitude)
     if has_s1(cube):
         s1 = np.asarray(cube["s1"].values, dtype=np.float32)
@@ -183,7 +184,7 @@ def series_from_cube(cube: xr.Dataset, site: str) -> SeriesData:
         s1_days=s1_days,
         s1_doy=s1_doy,
         s1_ascending=asc,
-        bounds=cube_lonlat_bounds(cube),
+        bounds=bounds,
     )
 
 
