@@ -518,6 +518,16 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     swipe_up(phone, box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6, 200)
     assert chart.evaluate("c => c.layout.yaxis.range.slice()") == y_range
     assert phone.get_by_role("figure", name="Chart of the field's NDVI by day").count() == 1
+    # A tap on an observed point selects its date, as a click does (reviews 25 and 26: a tap
+    # selected nothing, plotly picks the point a mouse hovers and a finger hovers none).
+    slider = phone.get_by_role("slider", name="Date")
+    before = slider.get_attribute("aria-valuetext")
+    points = chart.evaluate(OBSERVED_POINTS)
+    assert len(points) >= 2
+    day, x, y = next(p for p in points if p[0] != before)
+    phone.touchscreen.tap(x, y)
+    expect(slider).to_have_attribute("aria-valuetext", re.compile("^" + day), timeout=60_000)
+    wait_idle(phone)
     # Go to moves the map, which the open sidebar covers on a phone: it folds too (review 4).
     phone.locator('[data-testid="stExpandSidebarButton"]').click()
     assert sidebar.get_attribute("data-collapsed") == "false"
@@ -551,6 +561,18 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     )
     no_app_errors(phone, js_errors)
     context.close()
+
+
+OBSERVED_POINTS = """(c) => {
+  const i = c.data.findIndex((t) => t.name === 'Observed (its clear pixels)');
+  const group = c.querySelectorAll('.scatterlayer .trace')[i];
+  return [...group.querySelectorAll('path.point')].map((p, k) => {
+    const r = p.getBoundingClientRect();
+    return [new Date(c.calcdata[i][k].x).toISOString().slice(0, 10),
+            r.x + r.width / 2, r.y + r.height / 2];
+  }).filter(([, x, y]) => y > 120 && y < window.innerHeight - 20 && x > 20);
+}"""
+"""The chart's observed points in view, as [date, x, y] (the tool bar's row left out)."""
 
 
 SMALL_TARGETS = """() => [...document.querySelectorAll(
