@@ -136,8 +136,9 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
     )
     # NDVI's axis stays put (review 25: on a phone, where a drag pans, a swipe up the chart
     # moved the y axis to -1.3..-0.2 and the curve out of sight); the days can still be zoomed
-    # and panned. (A drag over the chart cannot scroll the page: Streamlit turns a chart whose
-    # points can be clicked to dragmode "pan" whatever the layout says.)
+    # and panned. (Streamlit turns a chart whose points can be clicked to dragmode "pan"
+    # whatever the layout says; on a touch screen the page keeps a finger from it, so that a
+    # swipe scrolls the page and a tap selects: app.widgets.screen.CHART_TOUCH.)
     fig.update_yaxes(fixedrange=True)
     return fig
 

@@ -209,32 +209,30 @@ batch) is read out by a screen reader: its headline is copied into a polite live
 (``#fieldflow-says``)."""
 
 
-TAP_A_CHART_POINT = """
+CHART_TOUCH = """
 <script>
 (() => {
-  if (window.__fieldflowChartTap) return;
-  window.__fieldflowChartTap = true;
-  // Plotly picks the point a mouse hovers, and a finger hovers none: hover where the finger
-  // comes down, before plotly takes the touch, so that a tap selects as a click does.
+  if (window.__fieldflowChartTouch) return;
+  window.__fieldflowChartTouch = true;
+  // A finger on a chart's plot area is the page's: plotly would take it as a pan (Streamlit
+  // sets a clickable chart's drag to pan) and hold the page still under it. Kept from plotly,
+  // a swipe scrolls the page, and a tap comes to plotly as the browser's own mouse events,
+  // hover and click, which select the point under the finger as a mouse's click does.
   document.addEventListener("touchstart", (e) => {
-    const drag = e.target.closest ? e.target.closest(".js-plotly-plot .nsewdrag") : null;
-    if (!drag || e.touches.length !== 1) return;
-    const touch = e.touches[0];
-    drag.dispatchEvent(new MouseEvent("mousemove", {
-      clientX: touch.clientX, clientY: touch.clientY, bubbles: true, cancelable: true,
-    }));
+    if (e.target.closest && e.target.closest(".js-plotly-plot .nsewdrag")) e.stopPropagation();
   }, {capture: true, passive: true});
 })();
 </script>
 """
-"""A tap on a chart's point selects it (reviews 25 and 26: on a phone a tap selected nothing).
-Plotly selects on a click the point its hover found; a touch screen sends no hover, so the
-point under a finger is hovered when it comes down (which also shows its value)."""
+"""A finger on a chart scrolls the page and a tap selects a point (reviews 25 and 26: on a
+phone a swipe over the chart panned its days, so the 380 px chart could not be scrolled past,
+and a tap selected nothing). The days are still zoomed and panned with the chart's tool bar
+and a mouse."""
 
 
 def page_scripts() -> None:
     """Name the map's frame (:data:`NAME_THE_MAP`), keep the keyboard's place
-    (:data:`KEEP_FOCUS`) and let a tap select a chart's point (:data:`TAP_A_CHART_POINT`);
+    (:data:`KEEP_FOCUS`) and give a finger on a chart to the page (:data:`CHART_TOUCH`);
     call it at the page's foot (the element takes a line). The same HTML in every run, so the
     browser mounts it once."""
-    st.html(NAME_THE_MAP + KEEP_FOCUS + TAP_A_CHART_POINT, unsafe_allow_javascript=True)
+    st.html(NAME_THE_MAP + KEEP_FOCUS + CHART_TOUCH, unsafe_allow_javascript=True)

@@ -506,17 +506,23 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     swipe_up(phone, box["x"] + box["width"] / 2, box["y"] + 300, 250)
     assert main.evaluate("m => m.scrollTop") > before + 100
     assert frame.evaluate("() => window.map.getCenter()") == centre
-    # A swipe up the NDVI chart keeps its NDVI axis (review 25: it panned the curve out of
-    # sight). It does not scroll the page: Streamlit makes a clickable chart's drag a pan.
+    # A swipe up the NDVI chart scrolls the page and leaves the chart as it was (review 25: it
+    # panned the curve out of sight; review 26: the page could not be scrolled over the chart,
+    # and a slanted swipe panned the selected date out of it).
     chart = phone.locator(".js-plotly-plot").first
     chart.scroll_into_view_if_needed()
     top = chart.bounding_box()["y"]
     main.evaluate("(m, by) => m.scrollTo(0, m.scrollTop + by)", top - 100)
     time.sleep(0.5)
-    y_range = chart.evaluate("c => c.layout.yaxis.range.slice()")
+    ranges = "c => [c._fullLayout.xaxis.range.slice(), c._fullLayout.yaxis.range.slice()]"
+    shown_ranges = chart.evaluate(ranges)
     box = chart.bounding_box()
-    swipe_up(phone, box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6, 200)
-    assert chart.evaluate("c => c.layout.yaxis.range.slice()") == y_range
+    before = main.evaluate("m => m.scrollTop")
+    swipe_up(phone, box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.6, 200, drift=40)
+    assert main.evaluate("m => m.scrollTop") > before + 100
+    assert chart.evaluate(ranges) == shown_ranges
+    main.evaluate("(m, by) => m.scrollTo(0, by)", before)
+    time.sleep(0.5)
     assert phone.get_by_role("figure", name="Chart of the field's NDVI by day").count() == 1
     # A tap on an observed point selects its date, as a click does (reviews 25 and 26: a tap
     # selected nothing, plotly picks the point a mouse hovers and a finger hovers none).
@@ -642,12 +648,13 @@ def test_on_a_touch_screen_no_target_is_under_a_fingers_size(
     assert not js_errors, js_errors
 
 
-def swipe_up(page, x: float, y: float, distance: float, steps: int = 8) -> None:
-    """A one-finger swipe up, as a finger on a touch screen (CDP touch events)."""
+def swipe_up(page, x: float, y: float, distance: float, steps: int = 8, drift: float = 0.0) -> None:
+    """A one-finger swipe up, as a finger on a touch screen (CDP touch events); ``drift`` px
+    to the right on the way, as a thumb's slanted swipe."""
     cdp = page.context.new_cdp_session(page)
     cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
     for i in range(1, steps + 1):
-        point = {"x": x, "y": y - distance * i / steps}
+        point = {"x": x + drift * i / steps, "y": y - distance * i / steps}
         cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
         time.sleep(0.03)
     cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
