@@ -230,9 +230,34 @@ and a tap selected nothing). The days are still zoomed and panned with the chart
 and a mouse."""
 
 
+SLIDER_NAME = """
+<script>
+(() => {
+  if (window.__fieldflowSliderName) return;
+  window.__fieldflowSliderName = true;
+  // Streamlit's slider is labelled by itself (its aria-label) and by its label: "Date Date".
+  const name = () => {
+    for (const input of document.querySelectorAll('input[type="range"][aria-labelledby]')) {
+      const ids = input.getAttribute("aria-labelledby").split(/\\s+/);
+      const others = ids.filter((id) => id && id !== input.id);
+      if (others.length && others.length < ids.length) {
+        input.setAttribute("aria-labelledby", others.join(" "));
+      }
+    }
+  };
+  name();
+  new MutationObserver(name).observe(document.body, {childList: true, subtree: true});
+})();
+</script>
+"""
+"""A slider's name is read once (reviews 25 and 26: "Date Date", the input's own
+``aria-label`` and its label both named in its ``aria-labelledby``)."""
+
+
 def page_scripts() -> None:
     """Name the map's frame (:data:`NAME_THE_MAP`), keep the keyboard's place
-    (:data:`KEEP_FOCUS`) and give a finger on a chart to the page (:data:`CHART_TOUCH`);
+    (:data:`KEEP_FOCUS`), give a finger on a chart to the page (:data:`CHART_TOUCH`) and name
+    a slider once (:data:`SLIDER_NAME`);
     call it at the page's foot (the element takes a line). The same HTML in every run, so the
     browser mounts it once."""
-    st.html(NAME_THE_MAP + KEEP_FOCUS + CHART_TOUCH, unsafe_allow_javascript=True)
+    st.html(NAME_THE_MAP + KEEP_FOCUS + CHART_TOUCH + SLIDER_NAME, unsafe_allow_javascript=True)
