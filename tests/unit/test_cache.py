@@ -78,6 +78,47 @@ def test_key_digest_is_stable_and_sensitive() -> None:
     assert json.loads(json.dumps(key.to_dict())) == key.to_dict()
 
 
+def test_a_request_s_key_holds_everything_that_changes_what_is_fetched() -> None:
+    """:func:`core.cache.cache_key`, from a request as the app and the command line make it:
+    a cube fetched under one cloud limit, STAC API, margin or set of sensors is never served
+    for another (the digest test above builds the keys by hand and cannot see this)."""
+    from shapely.geometry import box
+
+    from core.cache import cache_key
+    from core.config import Settings
+    from core.field import Field
+
+    field = Field(box(3.020, 51.050, 3.023, 51.052), "plot")
+    settings = Settings(stac_api_url="http://127.0.0.1:1/api")
+
+    def key(**changes: object) -> str:
+        options: dict[str, object] = {"grid": GRID, "settings": settings}
+        options.update(changes)
+        return cache_key(field, "2023-05-01", "2023-05-31", **options).digest  # type: ignore[arg-type]
+
+    base = key()
+    assert key() == base
+    assert (
+        cache_key(field, dt.date(2023, 5, 1), "2023-05-31", grid=GRID, settings=settings).digest
+        == base
+    )
+    other_api = Settings(stac_api_url="http://127.0.0.1:2/api")
+    for change in (
+        {"max_cloud_cover": 20.0},
+        {"settings": other_api},
+        {"margin_days": 0},
+        {"include_s1": False},
+        {"grid": Grid("EPSG:32631", 10.0, x0=500010.0, y0=5600040.0, width=4, height=4)},
+    ):
+        assert key(**change) != base, change
+    assert key(max_cloud_cover=20) == key(max_cloud_cover=20.0)  # the same limit, written two ways
+    renamed = Field(box(3.020, 51.050, 3.023, 51.052), "another name")
+    same = cache_key(renamed, "2023-05-01", "2023-05-31", grid=GRID, settings=settings)
+    assert same.digest == base  # the outline counts, not the name
+    moved = Field(box(3.021, 51.050, 3.024, 51.052), "plot")
+    assert cache_key(moved, "2023-05-01", "2023-05-31", grid=GRID, settings=settings).digest != base
+
+
 def test_round_trip_keeps_cube_and_summary(tmp_path: Path) -> None:
     cache = CubeCache(tmp_path)
     key = make_key()
@@ -138,6 +179,15 @@ def test_recent_periods_expire_after_a_day(tmp_path: Path) -> None:
     assert cache.get(open_key, now=NOW + dt.timedelta(hours=2)) is not None
     assert cache.get(open_key, now=later) is None
     assert cache.get(closed_key, now=later + dt.timedelta(days=400)) is not None
+    # A period that ended 20 days before the fetch, fetched with 30 days after it: the fetch
+    # reached the last week, whose scenes may still come, so it expires as an open one.
+    margin_key = make_key(end="2023-12-21", margin_days=30)
+    no_margin_key = make_key(end="2023-12-21", margin_days=0)
+    cache.put(margin_key, make_result(), now=NOW)
+    cache.put(no_margin_key, make_result(), now=NOW)
+    assert cache.get(margin_key, now=NOW + dt.timedelta(hours=2)) is not None
+    assert cache.get(margin_key, now=later) is None
+    assert cache.get(no_margin_key, now=later) is not None
 
 
 CHILD = textwrap.dedent(
