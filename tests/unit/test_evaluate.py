@@ -390,6 +390,45 @@ def test_evaluate_scores_every_task_and_method_with_ratios() -> None:
     assert "cube-a" in table and POOLED_PIXEL in table
 
 
+def test_only_pixels_clear_in_the_original_are_scored() -> None:
+    """The yardstick scores a hidden pixel only where the original saw it clear (review 28:
+    scoring every hidden pixel, clouds charged as truth, passed every test). Here each frame
+    holds two cloudy pixels reading an absurd 5.0: every task's pixel count is its hidden pixels
+    that were clear, and the figures do not move when the clouds read 0.5 instead."""
+    n_t, size = 24, 6
+    valid = np.ones((n_t, size, size), dtype=bool)
+    t = np.arange(n_t)
+    valid[t, t % size, (2 * t + 1) % size] = False
+    valid[t, (t + 3) % size, (5 * t) % size] = False
+    valid[2::4, :, : size // 2] = False  # frames to lend the cloud task their masks
+
+    def cube_with_clouds(reading: float) -> xr.Dataset:
+        cube = _cube(valid)
+        cloudy = np.broadcast_to(~valid[:, None], cube["s2"].shape) & np.isfinite(cube["s2"].values)
+        cube["s2"].values[cloudy] = reading
+        return cube
+
+    protocol = Protocol(max_size=None)
+    cube = cube_with_clouds(5.0)
+    plan = plan_tasks(cube, "cube", protocol)
+    expected, hidden = {}, 0
+    for task in plan.sets():
+        if task.hidden is not None:
+            frames = list(task.frames)
+            expected[task.task] = int((task.hidden & valid)[frames].sum())
+            hidden += int(task.hidden[frames].sum())
+    assert set(expected) == {"missing", "cloud", "gap"}
+    assert sum(expected.values()) < hidden  # clouds were among the hidden pixels
+    figures = []
+    for reading in (5.0, 0.5):
+        result = evaluate([("cube", cube_with_clouds(reading))], ["linear"], protocol)
+        rows = {row.task: row.scores for row in result.rows}
+        assert {task: rows[task].n_pixels for task in expected} == expected
+        figures.append({task: (rows[task].mae, rows[task].rmse) for task in expected})
+        assert all(rows[task].mae < 0.05 for task in expected)  # 5.0 in any would be 0.1+
+    assert figures[0] == figures[1]
+
+
 def test_linear_is_exact_on_a_linear_series() -> None:
     """The hand-made reflectance is linear in time and acquired at midnight (the evaluation
     queries calendar days), so linear interpolation recovers every hidden pixel exactly, except
@@ -722,6 +761,12 @@ def test_field_ndvi_scores_are_per_frame_means_and_the_curves_band() -> None:
     got = field_ndvi_scores(cube, result, [1, 2], [1, 2], scored)
     assert got["n_field_ndvi"] == 2
     assert got["field_ndvi_mae"] == pytest.approx((0.05 + 0.01) / 2, abs=1e-6)
+    # A scored pixel the method left without NDVI is left out of both means (review 28).
+    gap = result.copy(deep=True)
+    gap["ndvi"].values[1, 0, 0] = np.nan
+    with_gap = field_ndvi_scores(cube, gap, [1, 2], [1, 2], scored)
+    assert with_gap["n_field_ndvi"] == 2
+    assert with_gap["field_ndvi_mae"] == pytest.approx((0.05 + 0.01) / 2, abs=1e-6)
     assert got["field_ndvi_coverage"] == 0.5  # 0.05 off is outside +-0.04, 0.01 inside
     assert got["field_ndvi_band"] == pytest.approx(0.08, abs=1e-6)
     # widths 0.08, plus 10 x the one miss's 0.01: (0.18 + 0.08) / 2
