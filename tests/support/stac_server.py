@@ -420,6 +420,8 @@ class StacApp(LocalHTTPServer):
             c: collection_template(self.stac_dir, c) for c in (S2_COLLECTION, S1_COLLECTION)
         }
         self._landing = landing_template(self.stac_dir)
+        self.honours_query = True
+        """False: searches ignore the ``query`` extension, as some STAC APIs do."""
 
     @property
     def url(self) -> str:
@@ -431,6 +433,9 @@ class StacApp(LocalHTTPServer):
             return Response.json(200, {"added": self.catalog.add(request.json())})
         if command == "clear-items":
             self.catalog.clear()
+            return Response.json(200, {"ok": True})
+        if command == "honour-query":
+            self.honours_query = bool(request.json()["on"])
             return Response.json(200, {"ok": True})
         return super().control(command, request)
 
@@ -537,6 +542,8 @@ class StacApp(LocalHTTPServer):
         return self._page(params, request, "/search")
 
     def _page(self, params: SearchParams, request: Request, suffix: str) -> Response:
+        if not self.honours_query:
+            params = dataclasses.replace(params, query=None)
         hits = self.catalog.search(params)
         start = 0
         if params.token:
@@ -619,6 +626,10 @@ class StacServer(ServerProcess):
     def clear_items(self) -> None:
         """Serve no items."""
         self.control("clear-items", {})
+
+    def honour_query(self, on: bool) -> None:
+        """Whether searches apply the ``query`` extension (off: as an API that ignores it)."""
+        self.control("honour-query", {"on": bool(on)})
 
     def searches(self) -> list[Exchange]:
         """Logged ``/search`` requests, oldest first."""

@@ -51,10 +51,17 @@ def test_geotiff_of_a_sampled_frame_carries_the_ndvi_band(small_cube: xr.Dataset
     day = np.array(["2018-05-05"], dtype="datetime64[ns]")
     frame = reconstruct(small_cube, day, "linear", ReconstructOptions(samples=2)).isel(time=0)
     assert frame_band_names(frame)[-3:] == ["NDVI", "NDVI_p10", "NDVI_p90"]
+    # linear's band has no width (p10 = p90 = NDVI): widen it here, so that each layer can be
+    # told from the others (review 28: p10 and p90 written swapped passed)
+    frame["ndvi_p10"] = frame["ndvi"] - 0.1
+    frame["ndvi_p90"] = frame["ndvi"] + 0.2
     bands, info = read_geotiff_bands(frame_geotiff(frame, grid_from_cube(small_cube)))
     assert bands.shape[0] == 13
-    assert info["names"][-2:] == ["NDVI_p10", "NDVI_p90"]
+    assert info["names"][-3:] == ["NDVI", "NDVI_p10", "NDVI_p90"]
+    np.testing.assert_array_equal(bands[:10], frame["s2"].values)
+    np.testing.assert_array_equal(bands[10], frame["ndvi"].values)
     np.testing.assert_array_equal(bands[11], frame["ndvi_p10"].values)
+    np.testing.assert_array_equal(bands[12], frame["ndvi_p90"].values)
 
 
 def test_geotiff_refuses_several_dates_and_a_foreign_grid(small_cube: xr.Dataset) -> None:

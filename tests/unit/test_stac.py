@@ -98,6 +98,38 @@ def test_search_filters_period_place_and_cloud_cover(stac: StacServer) -> None:
     assert search_scenes(client, S1_COLLECTION, FIELD, *period) == []
 
 
+def test_a_server_that_ignores_the_query_extension_cannot_slip_cloudy_scenes_through(
+    stac: StacServer,
+) -> None:
+    """Some STAC APIs ignore ``query``: the answer is filtered again by the client (review 28:
+    the test server always applied it, so dropping that filter passed)."""
+    stac.add_items(
+        {
+            S2_COLLECTION: [
+                s2_item(1, dt.datetime(2023, 3, 5, 10), cloud=10.0),
+                s2_item(4, dt.datetime(2023, 3, 11, 10), cloud=95.0),
+                s2_item(5, dt.datetime(2023, 3, 12, 10), cloud=80.0),
+            ]
+        }
+    )
+    client = open_client(settings_for(stac), backoff_factor=0)
+    query = {"eo:cloud_cover": {"lte": 80.0}}
+    stac.honour_query(False)
+    try:
+        answer = client.catalog.search(
+            collections=[S2_COLLECTION],
+            intersects=FIELD.__geo_interface__,
+            datetime="2023-03-01/2023-03-31",
+            query=query,
+        ).items()
+        assert sorted(i.id[-1] for i in answer) == ["1", "4", "5"]  # the server ignored it
+        period = (dt.date(2023, 3, 1), dt.date(2023, 3, 31))
+        kept = search_scenes(client, S2_COLLECTION, FIELD, *period, max_cloud_cover=80)
+        assert [i.id[-1] for i in kept] == ["1", "5"]
+    finally:
+        stac.honour_query(True)
+
+
 def test_503_twice_then_success_is_retried_on_post(stac: StacServer) -> None:
     stac.add_items({S2_COLLECTION: [s2_item(0, dt.datetime(2023, 3, 5, 10))]})
     client = open_client(settings_for(stac, retries=2), backoff_factor=0)
