@@ -72,6 +72,51 @@ def test_observed_rows_are_the_mean_of_clear_field_pixels(flanders) -> None:
     assert (not_acquired["source"] == "reconstructed").all()
 
 
+def _a_whole_clear_acquisition(flanders: xr.Dataset) -> int:
+    seen = flanders["valid"].values.reshape(flanders.sizes["time_s2"], -1).mean(axis=1)
+    return int(np.flatnonzero(seen == 1.0)[2])
+
+
+def test_a_day_seen_by_two_acquisitions_counts_what_either_saw_clear(flanders) -> None:
+    """Two acquisitions of one day (two tiles, or two passes), each clear on another half of
+    the field: the day is seen whole (review 28: no test had such a day, and "clear in every
+    acquisition of the day" passed); its observed NDVI is the mean over both halves."""
+    t = _a_whole_clear_acquisition(flanders)
+    first = flanders.isel(time_s2=[t]).copy(deep=True)
+    second = first.copy(deep=True)
+    second["time_s2"] = first["time_s2"].values + np.timedelta64(1, "h")
+    second["s2"].values[:, RED] *= 1.2  # the second pass reads redder: another NDVI
+    first["valid"].values[:, :, :5] = 0
+    second["valid"].values[:, :, 5:] = 0
+    others = flanders.isel(time_s2=[i for i in range(flanders.sizes["time_s2"]) if i != t])
+    two = xr.concat([others, first, second], dim="time_s2", data_vars="minimal")
+    two = two.sortby("time_s2")
+    day = str(first["time_s2"].values[0].astype("datetime64[D]"))
+    row = ndvi_curve(two, day, day).iloc[0]
+    assert row["clear_fraction"] == 1.0
+    assert row["source"] == "observed"
+    halves = []
+    for cube, side in ((first, slice(5, None)), (second, slice(None, 5))):
+        red, nir = cube["s2"].values[0, RED][:, side], cube["s2"].values[0, NIR][:, side]
+        halves.append((nir - red) / (nir + red))
+    assert row["observed_ndvi"] == pytest.approx(np.mean(np.concatenate(halves)), abs=1e-6)
+
+
+def test_a_day_seen_exactly_half_clear_is_observed(flanders) -> None:
+    """At least half the field clear is an observation (OBSERVED_MIN_CLEAR_FRACTION), the
+    half itself included (review 28: "more than half" passed)."""
+    t = _a_whole_clear_acquisition(flanders)
+    cube = flanders.copy(deep=True)
+    cube["valid"].values[t, :, :5] = 0  # 50 of the 100 field pixels
+    day = str(cube["time_s2"].values[t].astype("datetime64[D]"))
+    row = ndvi_curve(cube, day, day).iloc[0]
+    assert row["clear_fraction"] == 0.5
+    assert row["source"] == "observed" and np.isfinite(row["observed_ndvi"])
+    cube["valid"].values[t, 0, 5] = 0  # 49
+    row = ndvi_curve(cube, day, day).iloc[0]
+    assert row["source"] == "reconstructed" and np.isnan(row["observed_ndvi"])
+
+
 def _clear_on_third_and_part_of_ninth(
     flanders: xr.Dataset,
 ) -> tuple[xr.Dataset, list[np.datetime64], np.ndarray]:
