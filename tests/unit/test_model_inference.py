@@ -24,7 +24,7 @@ from core.model.checkpoint import (
     weights_digest,
 )
 from core.model.config import ModelConfig, TrainConfig
-from core.model.features import S1_CHANNELS, s2_channel_count
+from core.model.features import N_BANDS, S1_CHANNELS, s2_channel_count
 from core.model.inference import (
     clear_field_cache,
     frames_unseen,
@@ -843,6 +843,28 @@ def test_tuning_and_calibration_work_on_a_field_whose_side_is_not_a_whole_patch(
     query = cube["time_s2"].values[[4]] + np.timedelta64(1, "D")
     out = reconstruct(cube, query, "model", dataclasses.replace(options, steps=2))
     assert out["s2_p90"].shape[-2:] == (13, 17)
+
+
+def test_a_training_episode_s_hidden_pixels_never_reach_its_inputs(cubes_dir) -> None:
+    """What an episode scores is what it hid: wherever its truth holds a value, the network's
+    input reads the pixel as not clear and holds no reflectance there (review 28: leaving the
+    hidden pixels in the inputs was caught only by a band test, by its side effects)."""
+    series = load_series(cubes_dir / "be-flanders-a_2017-2018.nc")
+    episodes = seen = 0
+    for seed in range(8):
+        episode = make_episode(series, 10, 16, np.random.default_rng(seed), 0.0, long_gap=None)
+        if episode is None:
+            continue
+        episodes += 1
+        hidden = np.isfinite(episode.truth).any(axis=1)  # (T, H, W), as the network sees them
+        assert hidden.any()
+        channels = episode.inputs.s2
+        clear_flag = channels[:, N_BANDS]
+        assert (clear_flag[hidden] == 0).all()
+        assert (channels[:, :N_BANDS].transpose(1, 0, 2, 3)[:, hidden] == 0).all()
+        seen += int((clear_flag[~hidden] == 1).sum())
+    assert episodes >= 6
+    assert seen > 0  # what was not hidden is still seen
 
 
 def test_long_gap_can_be_forced_for_stratified_episodes(cubes_dir) -> None:
