@@ -17,6 +17,7 @@ from pathlib import Path
 import dask
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import xarray as xr
@@ -1126,6 +1127,13 @@ def test_a_field_that_fails_on_a_rerun_leaves_no_other_requests_outputs_behind(t
         assert f"are kept in {out / field_id / 'earlier'}" in row.error
     table = joined_curves(rows, out).splitlines()
     assert {line.split(",")[0] for line in table[1:]} == {"c"}
+    # each of c's values under its own column, as in its own ndvi.csv (review 28: the columns
+    # rotated under the header passed here)
+    joined = pd.read_csv(io.StringIO(joined_curves(rows, out)), dtype=str, keep_default_na=False)
+    own = pd.read_csv(out / "c" / CURVE_FILE, dtype=str, keep_default_na=False)
+    assert list(joined.columns) == ["field_id", "name", *own.columns]
+    assert (joined["name"] == "c").all()
+    pd.testing.assert_frame_equal(joined[list(own.columns)], own)
     # a failed row whose folder still holds a curve (written by hand, say) is not joined either
     (out / "a" / CURVE_FILE).write_text((out / "c" / CURVE_FILE).read_text())
     assert {line.split(",")[0] for line in joined_curves(rows, out).splitlines()[1:]} == {"c"}
