@@ -40,6 +40,26 @@ def test_solvers_transport_noise_to_the_analytic_map(solver, steps, tol) -> None
     assert torch.allclose(x1, MU + SIGMA * z, atol=tol)
 
 
+def test_each_solver_asks_the_velocity_at_its_scheme_s_times() -> None:
+    """dx/dtau = 2 tau from x = 0: explicit Euler (the velocity at each step's start) ends at
+    1 - 1/steps exactly, Heun (the trapezoid of both ends) at 1 exactly (review 29: Euler read
+    at each step's end passed the tolerance of the transport test above)."""
+    seen: list[float] = []
+
+    def ramp(x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        seen.append(float(tau[0]))
+        return (2 * tau).view(-1, 1).expand_as(x)
+
+    x0 = torch.zeros(3, 1, dtype=torch.float64)
+    end = euler_solve(ramp, x0, 4)
+    assert seen == [0.0, 0.25, 0.5, 0.75]
+    assert torch.allclose(end, torch.full_like(x0, 0.75))
+    seen.clear()
+    end = heun_solve(ramp, x0, 4)
+    assert seen == [0.0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
+    assert torch.allclose(end, torch.ones_like(x0))
+
+
 def test_heun_beats_euler_at_equal_steps() -> None:
     z = torch.linspace(-2, 2, 9)[:, None]
     exact = MU + SIGMA * z

@@ -601,6 +601,21 @@ def test_device_selection() -> None:
             resolve_device("cuda")
 
 
+@pytest.mark.parametrize("visible", [True, False])
+def test_auto_picks_the_gpu_exactly_when_one_is_visible(monkeypatch, visible) -> None:
+    """The choice itself, on a machine with or without a GPU (review 29: "auto" never picking
+    the GPU passed here, where none is visible). Only what torch reports is set; the choice is
+    the product's code."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: visible)
+    assert resolve_device("auto") == ("cuda" if visible else "cpu")
+    assert resolve_device("cpu") == "cpu"
+    if visible:
+        assert resolve_device("cuda") == "cuda"
+    else:
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
 @pytest.mark.gpu
 def test_model_runs_on_cuda(flanders_cube, tmp_path) -> None:
     path = _checkpoint(tmp_path, perturb=True)
@@ -944,6 +959,25 @@ def test_samples_keep_their_spread_where_tiles_overlap(flanders_cube, tmp_path) 
     assert overlap / single == pytest.approx(1.0, abs=0.12)
     # The mean is the ramp-weighted blend, and the samples sit around it.
     np.testing.assert_allclose(samples.mean(axis=0), out["s2"].values, atol=spread.max())
+
+
+def test_a_tile_s_blend_weight_falls_towards_each_of_its_edges() -> None:
+    """Over ``overlap`` pixels from every edge the weight falls linearly (1/4, 2/4, 3/4 for 3
+    pixels), 1 inside; so across two tiles' overlap one fades out as the other fades in
+    (review 29: a ramp rising again at the far edges passed every test)."""
+    from core.model.inference import blend_weights
+
+    weights = blend_weights(10, 12, 3)
+    assert weights.shape == (10, 12)
+    row = weights[5]
+    np.testing.assert_allclose(row, [0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    np.testing.assert_allclose(weights[:, 6], [0.25, 0.5, 0.75, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    np.testing.assert_array_equal(weights, weights[::-1, ::-1])
+    # two tiles of 12 px overlapping by 3: across the overlap the first's share falls
+    first, second = blend_weights(1, 12, 3)[0, 9:], blend_weights(1, 12, 3)[0, :3]
+    share = first / (first + second)
+    assert np.all(np.diff(share) < 0)
+    assert blend_weights(4, 4, 0).min() == 1.0  # no overlap: all 1
 
 
 def test_each_pixel_takes_its_samples_from_the_tile_it_is_deepest_in() -> None:
