@@ -270,6 +270,21 @@ def test_request_validates_and_normalises_and_its_fingerprint_ignores_the_device
     assert cpu.fingerprint(FIELD, SETTINGS) == gpu.fingerprint(FIELD, SETTINGS)
     other = BatchRequest(start="2023-05-01", end="2023-05-31", method="whittaker")
     assert other.fingerprint(FIELD, SETTINGS) != cpu.fingerprint(FIELD, SETTINGS)
+    # each of what makes the outputs makes another fingerprint, so that a resumed batch does
+    # not keep a field's outputs made for another (review 29: the cloud limit left out passed)
+    base = cpu.fingerprint(FIELD, SETTINGS)
+    for change in (
+        {"max_cloud_cover": 20.0},
+        {"include_s1": False},
+        {"every_days": 3},
+        {"curve_every_days": 2},
+        {"end": "2023-06-30"},
+        {"options": ReconstructOptions(samples=4)},
+    ):
+        changed = dataclasses.replace(cpu, **change)
+        assert changed.fingerprint(FIELD, SETTINGS) != base, change
+    elsewhere = dataclasses.replace(SETTINGS, stac_api_url="http://other.test/api")
+    assert cpu.fingerprint(FIELD, elsewhere) != base
     fingerprint = cpu.fingerprint(FIELD, SETTINGS)
     assert fingerprint == json.loads(json.dumps(fingerprint))  # plain JSON, compares after I/O
     assert fingerprint["field_key"] == FIELD.key

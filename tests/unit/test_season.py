@@ -359,6 +359,9 @@ def test_request_key_names_what_changes_the_result(request_: SeasonRequest) -> N
         {"options": ReconstructOptions(samples=4)},
         {"max_cloud_cover": 50.0},
         {"options": ReconstructOptions(samples=8, calibrate_field=True, steps=8)},
+        {"include_s1": not request_.include_s1},  # review 29: left out, it passed
+        {"every_days": request_.every_days + 1},
+        {"field": Field(shapely.affinity.translate(request_.field.geometry, 1e-4), "x")},
     ):
         assert dataclasses.replace(request_, **change).key("http://stac") != key
     # Review 23: settings that name the same computation are the same result, shown again:
