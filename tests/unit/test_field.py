@@ -495,6 +495,15 @@ def test_field_over_the_limit_is_refused_with_area_and_limit() -> None:
     assert field_from_geojson(big, max_area_ha=4000.0).area_ha == pytest.approx(3600, rel=0.005)
 
 
+@pytest.mark.parametrize(("lon", "lat"), [(3.0, 95.0), (3.0, -95.0), (185.0, 51.0), (-185.0, 51.0)])
+def test_coordinates_past_the_poles_or_the_antimeridian_are_refused(lon, lat) -> None:
+    """Latitude past +-90 or longitude past +-180 is no place on Earth (review 29: the
+    latitude's check could go, and no test saw it)."""
+    square = shapely.box(lon, lat, lon + 0.001, lat + 0.001)
+    with pytest.raises(FieldError, match=r"out of range for longitude/latitude"):
+        field_from_geojson(shapely.to_geojson(square))
+
+
 def test_projected_coordinates_without_crs_are_refused() -> None:
     with pytest.raises(
         FieldError,
