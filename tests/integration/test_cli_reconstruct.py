@@ -343,6 +343,10 @@ HUGE_DAYS = str(10**8)
             ["reconstruct", "--dates", "2019-05-01", "--whittaker-lambda", "-5"],
             "--whittaker-lambda must be a positive number",
         ),
+        (  # zero smooths nothing: the raw observations (review 29: accepted unseen)
+            ["reconstruct", "--dates", "2019-05-01", "--whittaker-lambda", "0"],
+            "--whittaker-lambda must be a positive number",
+        ),
         (["ndvi", "--start", "2019-05-01", "--end", "2019-04-01"], "ends (2019-04-01) before"),
         (["ndvi", "--start", "2021-01-01", "--end", "2021-02-01"], "does not overlap"),
     ],
