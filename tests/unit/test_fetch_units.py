@@ -591,3 +591,59 @@ def test_read_order_puts_the_newest_processing_of_an_acquisition_first() -> None
     keys = [("d",)] * 4
     # the grid's own CRS first (no second resampling), then newest processing
     assert read_order(items, [0, 1, 2, 3], keys, "EPSG:32606") == [2, 1, 0, 3]
+
+
+def test_the_searched_days_take_the_margin_either_side_and_never_pass_today() -> None:
+    """Review 29: searching past today was not seen by any test (the shared periods are old)."""
+    from core.fetch import searched_period
+
+    first, last = dt.date(2018, 5, 1), dt.date(2018, 6, 15)
+    assert searched_period(first, last, 30) == (dt.date(2018, 4, 1), dt.date(2018, 7, 15))
+    assert searched_period(first, last, 0) == (first, last)
+    today = dt.date.today()
+    recent = today - dt.timedelta(days=10)
+    assert searched_period(recent - dt.timedelta(days=20), recent, 30)[1] == today
+    later = today + dt.timedelta(days=3)  # a period running on past today keeps its end
+    assert searched_period(recent, later, 30)[1] == later
+
+
+def _items_on(days: list[dt.date], assets: tuple[str, ...] = ()) -> list[pystac.Item]:
+    return [
+        pystac.Item(
+            f"S2_{day:%Y%m%d}",
+            geometry=None,
+            bbox=None,
+            datetime=dt.datetime.combine(day, dt.time(10, 30)),
+            properties={},
+            assets={name: pystac.Asset(f"http://x/{name}.tif") for name in assets},
+        )
+        for day in days
+    ]
+
+
+def test_a_request_too_large_is_told_how_long_a_period_would_fit_its_margins_left_out() -> None:
+    """100 x 100 px, 20 acquisition days found over 160 searched days (a 100-day period and 30
+    days either side): 2e5 pixel-dates against 1.5e5 allowed fit 120 searched days, of which
+    the margins take 60: a period of about 60 days fits (review 29: the advice without the
+    margins, 120, passed)."""
+    from core.fetch import check_request_size
+
+    grid = Grid("EPSG:32631", 10.0, x0=500000.0, y0=5600000.0, width=100, height=100)
+    first = dt.date(2018, 3, 2)  # the searched span: the period and its margins
+    last = first + dt.timedelta(days=159)
+    days = [first + dt.timedelta(days=8 * i) for i in range(20)]
+    check_request_size(grid, _items_on(days), first, last, most=2e5, margin_days=30)  # fits
+    with pytest.raises(InputError, match=r"about 60 days fit for this field"):
+        check_request_size(grid, _items_on(days), first, last, most=1.5e5, margin_days=30)
+
+
+def test_a_scene_with_the_narrow_near_infrared_band_only_is_complete() -> None:
+    """NDVI takes B08 or B8A (core.indices): a scene with B8A and no B08 lacks nothing; one with
+    neither lacks the near infrared (review 29: B8A not counted passed)."""
+    from core.fetch import incomplete_scene
+
+    day = [dt.date(2018, 5, 1)]
+    assert incomplete_scene(_items_on(day, ("SCL", "B04", "B8A"))[0]) is None
+    assert incomplete_scene(_items_on(day, ("SCL", "B04", "B08"))[0]) is None
+    assert incomplete_scene(_items_on(day, ("SCL", "B04"))[0]) == "S2_20180501 (no near infrared)"
+    assert incomplete_scene(_items_on(day, ("B08",))[0]) == "S2_20180501 (no SCL, no red)"
