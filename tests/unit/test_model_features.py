@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -219,3 +221,66 @@ def test_whittaker_channels_bridge_a_gap_with_a_curve_not_a_chord() -> None:
 def test_checkpoints_from_before_the_whittaker_channels_load_without_them() -> None:
     old = {k: v for k, v in ModelConfig().to_dict().items() if k != "whittaker_features"}
     assert ModelConfig.from_dict(old).whittaker_features is False
+
+
+def test_a_pixel_never_seen_is_filled_with_its_band_s_mean_over_the_observations() -> None:
+    """Not over the interpolation, whose values depend on which dates are asked for (review 29:
+    the mean over the interpolation passed)."""
+    from core.model.features import fill_missing
+
+    observed = np.full((3, 10, 2, 2), np.nan, np.float32)
+    observed[0, :, 0, 0] = 0.2
+    observed[2, :, 0, 0] = 0.4
+    interp = np.full_like(observed, np.nan)
+    interp[:, :, 0, 0] = 0.9  # a value the observations never had
+    present = np.ones(10, bool)
+    present[9] = False
+    filled = fill_missing(interp, present, observed)
+    np.testing.assert_allclose(filled[:, :9, 1, 1], 0.3)  # the observations' mean
+    np.testing.assert_array_equal(filled[:, 9, 1, 1], 0.0)  # an absent band: 0
+    np.testing.assert_allclose(filled[:, :, 0, 0], 0.9)  # what was interpolated is kept
+
+
+def test_a_radar_pixel_missing_one_polarisation_counts_as_not_seen() -> None:
+    """VV-VH needs both: a pixel with VV and no VH is read as no radar, all its anomalies 0
+    (review 29: counting it seen passed)."""
+    from core.model.features import s1_channels
+
+    values, days = _series(6)
+    s1 = np.full((2, 3, 4, 5), 1.5, np.float32)
+    s1[0, 1, 0, 0] = np.nan  # VH missing on one pixel of the first frame
+    s1[1, :, 2, 3] = np.nan  # nothing on one pixel of the second
+    frames = dataclasses.replace(
+        _frames(values, days),
+        s1=s1,
+        s1_days=np.array([10.0, 20.0]),
+        s1_doy=np.array([10.0, 20.0]),
+        s1_ascending=np.array([True, False]),
+    )
+    channels = s1_channels(frames)
+    has = channels[:, 3]
+    assert has[0, 0, 0] == 0 and has[1, 2, 3] == 0
+    assert has.sum() == 2 * 4 * 5 - 2
+    np.testing.assert_array_equal(channels[0, :3, 0, 0], 0.0)
+    assert (channels[0, :3, 1, 1] != 0).all()
+
+
+def test_a_window_takes_the_radar_within_its_span_and_the_margin_on_both_sides() -> None:
+    """Review 29: dropping the margin after the window's last date passed."""
+    from core.model.features import series_inputs, window_inputs
+
+    values, days = _series(12)
+    s1_days = np.arange(-20.0, 330.0, 6.0)
+    n = s1_days.size
+    frames = dataclasses.replace(
+        _frames(values, days),
+        s1=np.zeros((n, 3, 4, 5), np.float32),
+        s1_days=s1_days,
+        s1_doy=s1_days % 365,
+        s1_ascending=np.zeros(n, bool),
+    )
+    window = window_inputs(series_inputs(frames), 3, 8, 10.0)
+    lo, hi = days[3] - 10.0, days[7] + 10.0
+    np.testing.assert_array_equal(window.s1_days, s1_days[(s1_days >= lo) & (s1_days <= hi)])
+    assert window.s1_days.min() < days[3] and window.s1_days.max() > days[7]
+    assert window.s1.shape[0] == window.s1_days.size
