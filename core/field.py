@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import sqlite3
 import warnings
 import zipfile
@@ -1175,9 +1176,22 @@ def _extract(archive: Path, target: Path, wanted: str, origin: str) -> list[Path
             raise FieldError(f"The {origin} holds no {wanted} file (it contains: {names}). {hint}")
         if wanted == ".shp":  # GDAL's own message names a temporary path and a config option
             _check_indexes(outlines, members, origin)
+        # A shapefile's parts named in another case than its .shp (PARCEL.shp beside
+        # parcel.shx, as tools blind to case leave them) are unpacked under the .shp's own
+        # name, where GDAL looks for them here.
+        own_names = {
+            _shapefile_stem(m).lower(): _shapefile_stem(m) for m in outlines if wanted == ".shp"
+        }
         try:
             for member in members:
-                bundle.extract(member, target)
+                stem = own_names.get(_shapefile_stem(member).lower())
+                if stem is None or stem == _shapefile_stem(member):
+                    bundle.extract(member, target)
+                    continue
+                path = target / (stem + PurePosixPath(member.filename).suffix)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with bundle.open(member) as source, path.open("wb") as copy:
+                    shutil.copyfileobj(source, copy)
         except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
             raise FieldError(
                 f"Cannot unpack the {origin} ({exc}); is it damaged or password-protected?"
@@ -1185,13 +1199,18 @@ def _extract(archive: Path, target: Path, wanted: str, origin: str) -> list[Path
     return [target / m.filename for m in outlines]
 
 
+def _shapefile_stem(member: zipfile.ZipInfo) -> str:
+    """A member's path without its suffix (``export/PARCEL`` for ``export/PARCEL.shp``)."""
+    return PurePosixPath(member.filename).with_suffix("").as_posix()
+
+
 def _check_indexes(
     outlines: Sequence[zipfile.ZipInfo], members: Sequence[zipfile.ZipInfo], origin: str
 ) -> None:
     """Refuse a zipped .shp whose .shx (the index GDAL cannot read it without) is missing."""
 
-    def stem(member: zipfile.ZipInfo) -> str:
-        return PurePosixPath(member.filename).with_suffix("").as_posix().lower()
+    def stem(member: zipfile.ZipInfo) -> str:  # in any case: see _extract's renaming
+        return _shapefile_stem(member).lower()
 
     indexes = {stem(m) for m in members if PurePosixPath(m.filename).suffix.lower() == ".shx"}
     for outline in outlines:

@@ -584,6 +584,21 @@ def test_zip_made_on_a_mac_ignores_resource_forks(tmp_path: Path) -> None:
     assert field.area_ha == pytest.approx(1.0, rel=0.005)
 
 
+def test_zip_whose_shapefile_parts_differ_in_case_is_read(tmp_path: Path) -> None:
+    """PARCEL.shp beside parcel.shx, .dbf and .prj, as tools blind to case (Windows) leave
+    them: read as one shapefile (review 29: before, GDAL here found no index beside it)."""
+    parts = shapefile_parts(tmp_path / "shp", [ha_square()], "EPSG:4326")
+    files = {("PARCEL.shp" if n.endswith(".shp") else n): b for n, b in parts.items()}
+    field = field_from_file(zip_files(tmp_path / "windows.zip", files))
+    assert field.area_ha == pytest.approx(1.0, rel=0.005)
+    assert field.name == "Parcel 7"  # from the .dbf
+    nested = {f"export/{n}": b for n, b in files.items()}
+    assert field_from_file(zip_files(tmp_path / "nested.zip", nested)).name == "Parcel 7"
+    without_index = {n: b for n, b in files.items() if not n.endswith(".shx")}
+    with pytest.raises(FieldError, match=r"holds PARCEL\.shp but not its index file"):
+        field_from_file(zip_files(tmp_path / "no-index.zip", without_index))
+
+
 def test_shapefile_read_directly(tmp_path: Path) -> None:
     path = write_frame(tmp_path / "plots.shp", ["A", "B"], [ha_square(), ha_square(300.0)])
     assert field_from_file(path, name="b").area_ha == pytest.approx(9.0, rel=0.005)
