@@ -348,6 +348,12 @@ def test_the_cache_command_lists_and_prunes(tmp_path: Path, capsys, monkeypatch)
     assert "Holds 2 fetched cube(s)" in said and "2023-03-01 to 2023-10-31" in said
     assert main(["cache", "--max-gb", "1"]) == 2
     assert "add --prune" in capsys.readouterr().err
+    # a negative limit is refused before anything goes (review 29: without the check,
+    # --max-gb -1 emptied the cache)
+    for option in ("--max-gb", "--older-than-days"):
+        assert main(["cache", "--prune", option, "-1"]) == 2
+        assert f"{option} must be 0 or more" in capsys.readouterr().err
+        assert all(cache.paths(key)[0].is_file() for key in keys)  # (a get would touch them)
     assert main(["cache", "--prune", "--older-than-days", "7"]) == 0
     said = capsys.readouterr().out
     assert "Removed 1 fetched cube(s)" in said and "Kept 1 fetched cube(s)" in said

@@ -263,6 +263,9 @@ def test_fine_tuning_takes_the_model_config_from_the_checkpoint(
     assert "--spectral-jitter must be between 0 and 1" in capsys.readouterr().err
     assert main([*argv, "--date-jitter", "1.5"]) == 2
     assert "--date-jitter must be between 0 and 1" in capsys.readouterr().err
+    for share in ("1.5", "-0.1"):  # review 29: the upper bound could go unseen
+        assert main([*argv, "--unseen-share", share]) == 2
+        assert "--unseen-share must be between 0 and 1" in capsys.readouterr().err
     assert main([*argv, "--ndvi-weight", "-1"]) == 2
     assert "--ndvi-weight must be 0 or more" in capsys.readouterr().err
     assert main([*argv, "--log-every", "0"]) == 2
