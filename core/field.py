@@ -1179,16 +1179,19 @@ def _extract(archive: Path, target: Path, wanted: str, origin: str) -> list[Path
         # A shapefile's parts named in another case than its .shp (PARCEL.shp beside
         # parcel.shx, as tools blind to case leave them) are unpacked under the .shp's own
         # name, where GDAL looks for them here.
-        own_names = {
-            _shapefile_stem(m).lower(): _shapefile_stem(m) for m in outlines if wanted == ".shp"
-        }
+        own_names = (
+            {_shapefile_stem(m).lower(): _shapefile_stem(m) for m in outlines}
+            if wanted == ".shp"
+            else {}
+        )
         try:
             for member in members:
-                stem = own_names.get(_shapefile_stem(member).lower())
-                if stem is None or stem == _shapefile_stem(member):
+                stem = _shapefile_stem(member)
+                own = own_names.get(stem.lower(), stem)
+                if own == stem:
                     bundle.extract(member, target)
                     continue
-                path = target / (stem + PurePosixPath(member.filename).suffix)
+                path = target / (own + PurePosixPath(member.filename).suffix)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with bundle.open(member) as source, path.open("wb") as copy:
                     shutil.copyfileobj(source, copy)

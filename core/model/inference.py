@@ -499,7 +499,6 @@ def observed_fingerprint(observed: xr.Dataset) -> str:
     S2 dates, where present the S1 series, and whether the dates are read half a year on (south
     of the Tropic of Capricorn). Hidden or cloudy pixels' values are not in it."""
     digest = hashlib.blake2b(digest_size=16)
-    # and whether its dates are read half a year on (the seasons south of the tropics)
     digest.update(b"south" if in_southern_seasons(cube_latitude(observed)) else b"")
     names = ["s2", "time_s2"] + (["s1", "time_s1"] if has_s1(observed) else [])
     for name in names:
