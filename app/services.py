@@ -547,10 +547,13 @@ def _headline(result: SeasonResult, *, again: bool = False) -> str:
         else f"Computed in {result.elapsed_s:.1f} s"
     )
     dates, s2, s1 = len(result.timeline), frames.get("s2", 0), frames.get("s1", 0)
+    # review 30: "87 dates" was nowhere explained, and its Sentinel-2 count (with the margins)
+    # differed from the summary's (the period's) without saying so
     return (
-        f"{took}: {dates} date{'' if dates == 1 else 's'} from {s2} Sentinel-2 and {s1} "
-        f"Sentinel-1 frame{'' if s1 == 1 else 's'} of the period and the {PERIOD_MARGIN_DAYS} "
-        f"days either side ({result.source})."
+        f"{took}: {dates} date{'' if dates == 1 else 's'} on the slider (the period's "
+        f"acquisitions and a date every {result.request.every_days} days), reconstructed from "
+        f"{s2} Sentinel-2 and {s1} Sentinel-1 frame{'' if s1 == 1 else 's'} of the period and "
+        f"the {PERIOD_MARGIN_DAYS} days either side ({result.source})."
     )
 
 

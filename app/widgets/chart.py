@@ -14,13 +14,27 @@ import streamlit as st
 from app.state import Key, widget_value
 from app.widgets.timeline import NDVI_SCALE, select_day
 from core.curve import OBSERVED_MIN_CLEAR_FRACTION
-from core.season import SeasonResult
+from core.season import WHOLLY_CLEAR_FRACTION, SeasonResult
 
+CLEAR_NAME = f"Clear ({WHOLLY_CLEAR_FRACTION:.0%}+ of the field seen)"
+PARTLY_NAME = (
+    f"Partly clear ({OBSERVED_MIN_CLEAR_FRACTION * 100:.0f}-{WHOLLY_CLEAR_FRACTION:.0%}): "
+    "its clear part's mean"
+)
+CLOUDY_NAME = f"Cloudy (under {OBSERVED_MIN_CLEAR_FRACTION:.0%} seen clear)"
+"""The legend's names of the acquisitions' points, with the thresholds the slider's labels and
+the summary's "mostly clear" use (review 30: four words for overlapping things, and their
+thresholds nowhere on the page)."""
 CURVE_COLOUR = "#1a9850"
 BAND_COLOUR = "rgba(26, 152, 80, 0.18)"
 OBSERVED_COLOUR = "#08306b"
 CLOUDY_COLOUR = "#8c8c8c"
 REFERENCE_COLOUR = "#d95f02"
+PARTLY_MARKER = {
+    "color": "rgba(255, 255, 255, 0.9)",
+    "size": 8,
+    "line": {"color": OBSERVED_COLOUR, "width": 2},
+}
 SELECTED_COLOUR = "#e7298a"
 
 
@@ -61,33 +75,45 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
             line={"color": CURVE_COLOUR, "width": 2},
             marker={"size": 3},
             name=f"Reconstructed ({result.request.method})",
-            text=[_distance_text(d) for d in curve["days_to_clear"]],
-            hovertemplate="%{x|%Y-%m-%d}: NDVI %{y:.3f}<br>%{text}<extra></extra>",
+            text=[
+                _hover_text(*row)
+                for row in zip(
+                    curve["days_to_clear"],
+                    curve["clear_fraction"],
+                    curve["ndvi_p10"],
+                    curve["ndvi_p90"],
+                    strict=True,
+                )
+            ],
+            hovertemplate="%{x|%Y-%m-%d}: NDVI %{y:.3f}%{text}<extra></extra>",
         )
     )
-    acquired = curve[np.isfinite(curve["clear_fraction"])]
-    clear = acquired[acquired["clear_fraction"] >= OBSERVED_MIN_CLEAR_FRACTION]
-    clear = clear[np.isfinite(clear["observed_ndvi"])]
-    cloudy = acquired.drop(clear.index)
-    fig.add_trace(
-        go.Scatter(
-            x=pd.to_datetime(clear["date"]),
-            y=clear["observed_ndvi"],
-            mode="markers",
-            marker={"color": OBSERVED_COLOUR, "size": 8},
-            name="Observed (its clear pixels)",
-            customdata=np.round(clear["clear_fraction"].to_numpy() * 100),
-            hovertemplate="%{x|%Y-%m-%d}: observed %{y:.3f} on the %{customdata:.0f} % of the "
-            "field seen clear<extra></extra>",
+    whole, partly, cloudy = acquisition_points(curve)
+    for days, name, marker in (
+        (whole, CLEAR_NAME, {"color": OBSERVED_COLOUR, "size": 8}),
+        # hollow: the mean of the part seen, not the field's value (review 30: the demo's
+        # 2018-10-28, 62 % clear, read as a green-up to 0.70 on a field half bare)
+        (partly, PARTLY_NAME, PARTLY_MARKER),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=pd.to_datetime(days["date"]),
+                y=days["observed_ndvi"],
+                mode="markers",
+                marker=marker,
+                name=name,
+                customdata=np.round(days["clear_fraction"].to_numpy() * 100),
+                hovertemplate="%{x|%Y-%m-%d}: observed %{y:.3f}, the mean of the %{customdata:.0f}"
+                " % of the field seen clear<extra></extra>",
+            )
         )
-    )
     fig.add_trace(
         go.Scatter(
             x=pd.to_datetime(cloudy["date"]),
             y=cloudy["ndvi"],
             mode="markers",
             marker={"color": CLOUDY_COLOUR, "size": 8, "symbol": "x"},
-            name="Cloudy acquisition",
+            name=CLOUDY_NAME,
             customdata=np.round(cloudy["clear_fraction"].to_numpy() * 100),
             hovertemplate="%{x|%Y-%m-%d}: cloudy (%{customdata:.0f} % clear)<extra></extra>",
         )
@@ -141,6 +167,17 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
     # swipe scrolls the page and a tap selects: app.widgets.screen.CHART_TOUCH.)
     fig.update_yaxes(fixedrange=True)
     return fig
+
+
+def acquisition_points(curve: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
+    """The curve's acquisition days, as the chart draws them: clear (its observation a point),
+    partly clear (its clear part's observation a hollow point) and cloudy (the field's value
+    a cross; also a day at least half clear with no NDVI observed)."""
+    acquired = curve[np.isfinite(curve["clear_fraction"])]
+    seen = acquired[acquired["clear_fraction"] >= OBSERVED_MIN_CLEAR_FRACTION]
+    seen = seen[np.isfinite(seen["observed_ndvi"])]
+    whole = seen[seen["clear_fraction"] >= WHOLLY_CLEAR_FRACTION]
+    return whole, seen.drop(whole.index), acquired.drop(seen.index)
 
 
 def ndvi_chart(result: SeasonResult, selected: dt.date) -> None:
@@ -211,6 +248,20 @@ def _distance_text(days: object) -> str:
     if int(days) == 0:
         return "seen clear that day"
     return f"nearest clear observation {int(days)} d away"
+
+
+def _hover_text(days: object, clear: float, low: float, high: float) -> str:
+    """What the curve's hover says under a day's value (from its second line on): its band,
+    and how much of the field was seen that day or how far it is from clear data (review 30:
+    a 62 % clear day read "seen clear that day", and the band was in no hover)."""
+    lines = []
+    if np.isfinite(low) and np.isfinite(high):
+        lines.append(f"p10-p90 {low:.3f}-{high:.3f}")
+    if np.isfinite(clear) and OBSERVED_MIN_CLEAR_FRACTION <= clear < WHOLLY_CLEAR_FRACTION:
+        lines.append(f"{clear:.0%} of the field seen clear that day, the rest reconstructed")
+    else:
+        lines.append(_distance_text(days))
+    return "".join(f"<br>{line}" for line in lines)
 
 
 MIN_AXIS_DAYS = 7

@@ -8,6 +8,7 @@ from app.services import RunPanel
 from app.state import Key, PageState
 from app.text import plain
 from app.widgets.settings import model_settings_text
+from core.curve import OBSERVED_MIN_CLEAR_FRACTION
 from core.errors import FieldFlowError
 from core.fetch import PERIOD_MARGIN_DAYS
 from core.season import (
@@ -69,7 +70,7 @@ def _radar_count(result: SeasonResult) -> str:
     frames = result.frames_loaded.get("s1", 0)
     if not frames:
         return "no Sentinel-1 frames"
-    margin = f"from {PERIOD_MARGIN_DAYS} days either side of the period too, as Sentinel-2's"
+    margin = f"the period's and the {PERIOD_MARGIN_DAYS} days either side"
     return f"{frames} Sentinel-1 frame{'s' if frames > 1 else ''} ({margin})"
 
 
@@ -85,12 +86,13 @@ def _model_settings(request: SeasonRequest) -> str:
 def result_summary(result: SeasonResult, state: PageState) -> None:
     """One line on what the result holds, its notes, and (folded) what the model fitted."""
     acquisitions = [e for e in result.timeline if e.acquired]
-    clear = sum((e.clear_fraction or 0.0) >= 0.5 for e in acquisitions)
+    clear = sum((e.clear_fraction or 0.0) >= OBSERVED_MIN_CLEAR_FRACTION for e in acquisitions)
     request = result.request
     st.caption(
         f"**{plain(request.field.name)}** ({request.field.area_ha:,.2f} ha) · "
         f"{result.first_day} to {result.last_day} · {len(acquisitions)} Sentinel-2 "
-        f"acquisition{'' if len(acquisitions) == 1 else 's'} ({clear} mostly clear) · "
+        f"acquisition{'' if len(acquisitions) == 1 else 's'} in the period ({clear} with half "
+        "the field or more seen clear) · "
         f"{_radar_count(result)} · method: "
         f"{request.method}{_model_settings(request)} · data: {result.source}"
         + (

@@ -15,7 +15,7 @@ from app import services
 from app.state import Key, forget_widget, set_widget_value, widget_value
 from app.widgets.period import DATE_FORMAT, EARLIEST, LATEST
 from core.errors import FieldFlowError
-from core.render import colour_bar
+from core.render import UNCERTAINTY_RANGE, colour_bar
 from core.season import WHOLLY_CLEAR_FRACTION, DayView, FrameView, SeasonResult, TimelineDate
 
 CLEAR_ENOUGH = 0.5
@@ -89,10 +89,10 @@ STEP_LABELS = {
 """Each says where it goes (review 26: "« Clear" and "Clear »" were both read as "Clear",
 beside the sidebar's "Clear field")."""
 STEP_HELP = {
-    "previous clear": "The previous mostly clear acquisition",
+    "previous clear": "The previous acquisition with half the field or more seen clear",
     "previous": "The previous date of the timeline",
     "next": "The next date of the timeline",
-    "next clear": "The next mostly clear acquisition",
+    "next clear": "The next acquisition with half the field or more seen clear",
 }
 
 
@@ -144,7 +144,9 @@ def frames_row(result: SeasonResult, index: int) -> None:
     if sampled:
         with grid.cell():
             _picture(frame.uncertainty_png, "Uncertainty: NDVI p90 − p10", "Uncertainty")
-            _legend("uncertainty", "0", "p90 − p10", "0.3")
+            # the ramp's top colour is every spread from its end up (review 30: "0.3" read as
+            # the largest, where a cloudy day's pixels reach 0.6)
+            _legend("uncertainty", "0", "p90 − p10", f"{UNCERTAINTY_RANGE[1]:g} or more")
     with grid.cell():
         _radar(result, index)
 

@@ -360,6 +360,13 @@ def test_uploaded_field_is_fetched_run_twice_and_reset_by_a_new_period(
     # the frames counted are the period's and the margin's (review 23: three counts, unsaid)
     margin = f"Sentinel-1 frames of the period and the {PERIOD_MARGIN_DAYS} days either side ("
     assert any(margin in t for t in texts(page, "success") + texts(page, "markdown"))
+    # and say which is which (review 30: the headline's Sentinel-2 count, with the margins,
+    # and the summary's, the period's, differed without a word; the slider's count was unsaid)
+    slider = f"{len(result.timeline)} dates on the slider (the period's acquisitions and a date "
+    assert any(slider in t for t in texts(page, "success"))
+    acquired = sum(e.acquired for e in result.timeline)
+    summary = f"{acquired} Sentinel-2 acquisitions in the period ("
+    assert any(summary in t for t in texts(page, "caption"))
     assert site.stac_server.requests == [] and site.cog_server.requests == []
 
     # A new period makes the result stale: it is dropped until the next Run.

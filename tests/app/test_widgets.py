@@ -83,6 +83,46 @@ def test_the_curves_hover_says_how_far_the_day_is_from_clear_data() -> None:
     ]
 
 
+def test_the_charts_points_and_hover_tell_clear_partly_clear_and_cloudy_days_apart() -> None:
+    # Review 30: the demo's 2018-10-28, 62 % clear, was drawn as the clear days are (its clear
+    # part's NDVI 0.702 read as a green-up of a field half bare, 0.509), and its hover said
+    # "seen clear that day"; no hover gave the band.
+    import pandas as pd
+
+    from app.widgets.chart import (
+        CLEAR_NAME,
+        CLOUDY_NAME,
+        PARTLY_NAME,
+        _hover_text,
+        acquisition_points,
+    )
+
+    nan = float("nan")
+    curve = pd.DataFrame(
+        {
+            "date": pd.date_range("2018-10-26", periods=5).date,
+            "ndvi": [0.52, 0.51, 0.509, 0.50, 0.49],
+            "observed_ndvi": [0.51, nan, 0.702, nan, nan],
+            "clear_fraction": [0.96, nan, 0.62, 0.49, 0.5],
+        }
+    )
+    whole, partly, cloudy = acquisition_points(curve)
+    assert list(whole.index) == [0] and list(partly.index) == [2]
+    assert list(cloudy.index) == [3, 4]  # under half clear; half clear with no NDVI observed
+    assert (CLEAR_NAME, PARTLY_NAME, CLOUDY_NAME) == (
+        "Clear (95%+ of the field seen)",
+        "Partly clear (50-95%): its clear part's mean",
+        "Cloudy (under 50% seen clear)",
+    )
+    assert _hover_text(0, 0.62, 0.46, 0.55) == (
+        "<br>p10-p90 0.460-0.550<br>62% of the field seen clear that day, the rest reconstructed"
+    )
+    assert _hover_text(0, 0.96, 0.51, 0.51) == "<br>p10-p90 0.510-0.510<br>seen clear that day"
+    assert _hover_text(10, nan, nan, nan) == "<br>nearest clear observation 10 d away"
+    cloudy_day = "<br>p10-p90 0.400-0.600<br>nearest clear observation 4 d away"
+    assert _hover_text(4, 0.3, 0.4, 0.6) == cloudy_day
+
+
 def test_a_partly_clear_day_tells_its_observation_from_the_fields_value() -> None:
     # The demo's 2018-10-28: 62 % clear, the clear pixels' NDVI 0.702, the field's 0.515 (its
     # cloudy, bare part reconstructed). Both had read as "observed".

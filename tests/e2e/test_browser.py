@@ -445,6 +445,8 @@ def test_demo_field_live_then_offline(page, js_errors) -> None:
     page.get_by_text("Demo data: the offline cube be-flanders-a_2017-2018.nc").wait_for()
     run(page)
     assert page.get_by_text("data: offline cube be-flanders-a_2017-2018.nc").count() == 1
+    # the uncertainty's colour bar says its top colour goes on past its end (review 30)
+    assert page.get_by_text("0 ← p90 − p10 → 0.3 or more").count() == 1
     page.get_by_text("NDVI", exact=True).first.click()  # map layer: NDVI
     wait_idle(page)
     shot(page, "6-demo-offline")
@@ -580,7 +582,7 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
 
 
 OBSERVED_POINTS = """(c) => {
-  const i = c.data.findIndex((t) => t.name === 'Observed (its clear pixels)');
+  const i = c.data.findIndex((t) => t.name.startsWith('Clear ('));
   const group = c.querySelectorAll('.scatterlayer .trace')[i];
   return [...group.querySelectorAll('path.point')].map((p, k) => {
     const r = p.getBoundingClientRect();
