@@ -14,6 +14,7 @@ import streamlit as st
 from app.state import Key, widget_value
 from app.widgets.timeline import NDVI_SCALE, select_day
 from core.curve import OBSERVED_MIN_CLEAR_FRACTION
+from core.phenology import MIN_AMPLITUDE, Crossing, SeasonMarks, season_marks
 from core.season import WHOLLY_CLEAR_FRACTION, SeasonResult
 
 CLEAR_NAME = f"Clear ({WHOLLY_CLEAR_FRACTION:.0%}+ of the field seen)"
@@ -204,6 +205,58 @@ def ndvi_chart(result: SeasonResult, selected: dt.date) -> None:
         alt=chart_alt(result),
     )
     st.caption(NDVI_SCALE + (BAND_MEANING if np.isfinite(result.curve["ndvi_p10"]).any() else ""))
+    marks = season_marks(result.curve)
+    if marks is not None:
+        st.markdown(season_text(marks))
+
+
+EDGE_DAYS = 5
+"""A peak this close to the period's start or end (Sentinel-2's revisit) is said to be there."""
+
+
+def season_text(marks: SeasonMarks) -> str:
+    """The season's peak, green-up and decline in a line, with the windows the band allows
+    (review 30: the page answered none of an agronomist's first questions)."""
+
+    def short(day: dt.date) -> str:
+        return day.strftime("%m-%d")
+
+    def crossing(name: str, mark: Crossing | None, moving: str) -> str:
+        if mark is None:
+            return f"{name}: none in the period"
+        window = (
+            ""
+            if mark.earliest == mark.latest
+            else f", between {short(mark.earliest)} and {short(mark.latest)} by the band"
+        )
+        away = mark.days_to_clear
+        data = (
+            ""
+            if away is None
+            else ", seen clear that day"
+            if away == 0
+            else f", {away} d from clear data"
+        )
+        return f"{name} **{mark.day}** ({moving} {mark.low:.2f}{window}{data})"
+
+    band = (
+        f", p10-p90 {marks.peak_low:.2f}-{marks.peak_high:.2f}"
+        if np.isfinite(marks.peak_low) and marks.peak_high > marks.peak_low
+        else ""
+    )
+    seen = "observed" if marks.peak_observed else "reconstructed"
+    if (marks.peak_day - marks.first_day).days <= EDGE_DAYS:
+        seen += "; at the period's start: the crop may have peaked before it"
+    elif (marks.last_day - marks.peak_day).days <= EDGE_DAYS:
+        seen += "; at the period's end: the crop may still be growing"
+    return (
+        f"**Season**: peak **{marks.peak:.2f}** on **{marks.peak_day}** ({seen}{band}); "
+        + crossing("green-up", marks.green_up, "half-way up from")
+        + "; "
+        + crossing("decline", marks.decline, "half-way down to")
+        + f". Half-way dates, as TIMESAT's; a rise or fall under {MIN_AMPLITUDE:g} NDVI is not "
+        "counted; with two crops in the period, the one with the higher peak."
+    )
 
 
 def chart_alt(result: SeasonResult) -> str:

@@ -241,3 +241,31 @@ def test_the_batch_table_says_outside_imagery_only_where_a_field_has_some() -> N
     straddling = FieldRow("c", "C", "ok", 8, 0, "none", 5, 0.5, outside_imagery=0.25)
     table = outcome_table(done(inside, older, straddling))
     assert list(table["Outside the imagery"]) == ["0%", "", "25%"]
+
+
+def test_the_season_line_gives_the_dates_their_windows_and_what_they_rest_on() -> None:
+    # Review 30: nothing on the page answered green-up, peak or harvest.
+    import datetime as dt
+
+    from app.widgets.chart import season_text
+    from core.phenology import Crossing, SeasonMarks
+
+    def date(month: int, day: int) -> dt.date:
+        return dt.date(2018, month, day)
+
+    up = Crossing(date(6, 12), date(6, 8), date(6, 17), 0.5, 0.19, 9)
+    down = Crossing(date(9, 11), date(9, 11), date(9, 11), 0.51, 0.22, 0)
+    marks = SeasonMarks(date(6, 30), 0.8093, 0.78, 0.83, True, up, down, date(3, 5), date(10, 31))
+    assert season_text(marks).startswith(
+        "**Season**: peak **0.81** on **2018-06-30** (observed, p10-p90 0.78-0.83); "
+        "green-up **2018-06-12** (half-way up from 0.19, between 06-08 and 06-17 by the band, "
+        "9 d from clear data); decline **2018-09-11** (half-way down to 0.22, seen clear that "
+        "day). Half-way dates"
+    )
+    early = SeasonMarks(
+        date(3, 8), 0.65, float("nan"), float("nan"), False, None, down, date(3, 5), date(9, 30)
+    )
+    assert (
+        "(reconstructed; at the period's start: the crop may have peaked before it); "
+        "green-up: none in the period; decline" in season_text(early)
+    )
