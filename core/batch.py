@@ -66,6 +66,7 @@ from core.field import (
 from core.grid import field_mask
 from core.model.blend import field_ratio
 from core.model.features import in_southern_seasons
+from core.phenology import SeasonMarks, season_marks
 from core.progress import check, listening
 from core.reconstruct import (
     OUTSIDE_NOTED,
@@ -112,6 +113,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "days_to_clear_max",
     "ndvi_peak_date",
     "ndvi_peak",
+    "green_up_date",
+    "decline_date",
     "model_vs_baseline",
     "model_trained_here",
     "seconds",
@@ -271,6 +274,13 @@ class FieldRow:
     its own clear observations (the model fills the rest from their neighbours)."""
     method: str = ""
     """The reconstruction method, for :meth:`line`'s words on :attr:`seen_fraction`."""
+    green_up_date: str = ""
+    """The day the curve, rising to its peak, passes half-way from its low before the peak
+    (:func:`core.phenology.season_marks`); empty where it rises less than 0.1 NDVI in the
+    period."""
+    decline_date: str = ""
+    """The day the curve first falls through half-way from its peak to its low after it;
+    empty where it falls less than 0.1 NDVI in the period."""
 
     def record(self) -> dict[str, str]:
         """The row as CSV cells (empty for missing values)."""
@@ -296,6 +306,8 @@ class FieldRow:
             else str(self.days_to_clear_max),
             "ndvi_peak_date": self.ndvi_peak_date,
             "ndvi_peak": number(self.ndvi_peak, 4),
+            "green_up_date": self.green_up_date,
+            "decline_date": self.decline_date,
             "model_vs_baseline": number(self.model_vs_baseline, 3),
             "model_trained_here": ""
             if self.model_trained_here is None
@@ -321,6 +333,10 @@ class FieldRow:
             details.append(f"at most {self.days_to_clear_max} d from clear data")
         if self.ndvi_peak is not None:
             details.append(f"NDVI peak {self.ndvi_peak:.2f} on {self.ndvi_peak_date}")
+        if self.green_up_date:
+            details.append(f"green-up {self.green_up_date}")
+        if self.decline_date:
+            details.append(f"decline {self.decline_date}")
         if self.model_vs_baseline is not None:
             trained = ", trained here" if self.model_trained_here else ""
             details.append(f"model {self.model_vs_baseline:.2f} x the better baseline{trained}")
@@ -797,7 +813,7 @@ def write_field_outputs(
     )
     del frames
     write_curve_csv(curve, folder / CURVE_FILE)
-    peak_date, peak = _peak(curve["date"].to_numpy(), curve["ndvi"].to_numpy())
+    season = season_marks(curve)
     row = FieldRow(
         field_id,
         name,
@@ -809,8 +825,7 @@ def write_field_outputs(
         seen_fraction=round(float(curve.attrs["field_seen_share"]), 4),
         method=request.method,
         days_to_clear_max=_most_days(curve["days_to_clear"]),
-        ndvi_peak_date=peak_date,
-        ndvi_peak=peak,
+        **_season_cells(season),
         **measured,
     )
     write_marker(folder, fingerprint, row)
@@ -855,12 +870,16 @@ def _most_days(days: Any) -> int | None:
     return int(known.max()) if len(known) else None
 
 
-def _peak(dates: np.ndarray, values: np.ndarray) -> tuple[str, float | None]:
-    values = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(values).any():
-        return "", None
-    best = int(np.nanargmax(values))
-    return str(np.datetime64(dates[best], "D")), float(values[best])
+def _season_cells(season: SeasonMarks | None) -> dict[str, Any]:
+    """A field row's peak, green-up and decline (nothing where the curve has no value)."""
+    if season is None:
+        return {}
+    return {
+        "ndvi_peak_date": season.peak_day.isoformat(),
+        "ndvi_peak": season.peak,
+        "green_up_date": "" if season.green_up is None else season.green_up.day.isoformat(),
+        "decline_date": "" if season.decline is None else season.decline.day.isoformat(),
+    }
 
 
 # --- resuming ----------------------------------------------------------------------------------

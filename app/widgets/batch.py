@@ -171,6 +171,8 @@ def outcome_table(done: UploadBatch) -> pd.DataFrame:
             "Most days from clear data": [number(r.days_to_clear_max, "{:.0f}") for r in rows],
             "NDVI peak": [number(r.ndvi_peak, "{:.2f}") for r in rows],
             "Peak date": [r.ndvi_peak_date for r in rows],
+            "Green-up": [r.green_up_date for r in rows],
+            "Decline": [r.decline_date for r in rows],
             "Model error / better baseline's": [
                 number(r.model_vs_baseline, "{:.2f}") for r in rows
             ],

@@ -368,6 +368,15 @@ def test_outputs_are_correct_and_the_marker_is_written_last(tmp_path, monkeypatc
     # NDVI rises with the date (both bands +0.01): (0.33 - 0.08) / 0.41 ~ 0.6098 is lower,
     # so the peak is on the first day.
     assert (row.ndvi_peak_date, round(row.ndvi_peak, 4)) == ("2023-05-02", 0.7143)
+    # ... and it falls 0.10 over the period, past the 0.1 a decline needs: half-way down on
+    # the first day at or under the level; no green-up before a peak on the first day
+    values = [float(r["ndvi"]) for r in curve]
+    level = (max(values) + min(values)) / 2
+    assert max(values) - min(values) > 0.1
+    assert row.green_up_date == ""
+    falls = [r["date"] for r, v in zip(curve, values, strict=True) if v <= level]
+    assert row.decline_date == falls[0]
+    assert row.record()["decline_date"] == row.decline_date
     assert completed_row(folder, fingerprint) == FieldRow(
         **{**row.__dict__, "status": "skipped", "seconds": 0.0}
     )
@@ -513,6 +522,7 @@ def test_summary_rows_and_lines() -> None:
             0.81234,
             4.26,
             days_to_clear_max=12,
+            green_up_date="2023-06-02",
         ),
         FieldRow("east", "East", "skipped", 8, None, "skipped", 17, 0.5, "2023-07-03", 0.8),
         FieldRow("far", "Far", "failed", seconds=0.35, error="No scenes, try later."),
@@ -533,6 +543,8 @@ def test_summary_rows_and_lines() -> None:
         "days_to_clear_max": "12",
         "ndvi_peak_date": "2023-07-01",
         "ndvi_peak": "0.8123",
+        "green_up_date": "2023-06-02",
+        "decline_date": "",
         "model_vs_baseline": "",
         "model_trained_here": "",
         "seconds": "4.3",
@@ -542,14 +554,14 @@ def test_summary_rows_and_lines() -> None:
     assert table[2]["error"] == "No scenes, try later." and table[2]["frames"] == ""
     assert rows[0].line() == (
         "west: ok in 4.3 s (8 S2 / 6 S1 scenes, 17 frames, 46% clear, at most 12 d from clear "
-        "data, NDVI peak 0.81 on 2023-07-01)"
+        "data, NDVI peak 0.81 on 2023-07-01, green-up 2023-06-02)"
     )
     # With the model: how it did on the field's own pixels, and whether it was trained there.
     modelled = dataclasses.replace(rows[0], model_vs_baseline=0.9213, model_trained_here=1)
     assert modelled.record()["model_vs_baseline"] == "0.921"
     assert modelled.record()["model_trained_here"] == "1"
     assert modelled.line().endswith(
-        "NDVI peak 0.81 on 2023-07-01, model 0.92 x the better baseline, trained here)"
+        "green-up 2023-06-02, model 0.92 x the better baseline, trained here)"
     )
     assert model_measures({"model_trained_on_site": 0}) == {"model_trained_here": 0}
     measures = model_measures(
