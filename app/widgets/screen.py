@@ -289,10 +289,42 @@ SLIDER_NAME = """
 ``aria-label`` and its label both named in its ``aria-labelledby``)."""
 
 
+DATE_ENTER = """
+<script>
+(() => {
+  if (window.__fieldflowDateEnter) return;
+  window.__fieldflowDateEnter = true;
+  // Streamlit takes a typed date when its field loses the focus: Enter, which takes a text
+  // field's, did nothing. Enter now takes the date and leaves the focus where it was.
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || e.isComposing || !e.target.closest) return;
+    const part = e.target.closest('[data-testid="stDateInput"] [role="spinbutton"]');
+    if (!part) return;
+    // The page's focus keeper (KEEP_FOCUS) would hand the focus straight back, before
+    // Streamlit has seen it leave: it is told the user moved away, and the focus comes back
+    // to the same part once the date is taken.
+    document.body.dispatchEvent(new PointerEvent("pointerdown", {bubbles: true}));
+    part.blur();
+    setTimeout(() => {
+      if (part.isConnected && document.activeElement === document.body) {
+        part.focus({preventScroll: true});
+      }
+    }, 300);
+  }, true);
+})();
+</script>
+"""
+"""Enter in a date field takes the date typed (review 30: a Query date typed and entered
+changed nothing until the user clicked elsewhere)."""
+
+
 def page_scripts() -> None:
     """Name the map's frame (:data:`NAME_THE_MAP`), keep the keyboard's place
-    (:data:`KEEP_FOCUS`), give a finger on a chart to the page (:data:`CHART_TOUCH`) and name
-    a slider once (:data:`SLIDER_NAME`);
+    (:data:`KEEP_FOCUS`), give a finger on a chart to the page (:data:`CHART_TOUCH`), name
+    a slider once (:data:`SLIDER_NAME`) and let Enter take a typed date (:data:`DATE_ENTER`);
     call it at the page's foot (the element takes a line). The same HTML in every run, so the
     browser mounts it once."""
-    st.html(NAME_THE_MAP + KEEP_FOCUS + CHART_TOUCH + SLIDER_NAME, unsafe_allow_javascript=True)
+    st.html(
+        NAME_THE_MAP + KEEP_FOCUS + CHART_TOUCH + SLIDER_NAME + DATE_ENTER,
+        unsafe_allow_javascript=True,
+    )

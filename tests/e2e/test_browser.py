@@ -235,10 +235,19 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
     assert overlay.get_attribute("src") != before_overlay
     shot(page, "3-slider-moved")
 
-    # Query date: any day of the period, with the field's NDVI.
+    # Query date: any day of the period, with the field's NDVI. Enter takes a typed date and
+    # leaves the keyboard there (review 30: nothing happened until a click elsewhere).
+    metric = page.locator('[data-testid="stMetric"]')
+    entered = dt.date(2018, 5, 28)
+    page.get_by_role("spinbutton", name="year, Query date").click()
+    page.keyboard.type(entered.strftime("%Y%m%d"))
+    page.keyboard.press("Enter")
+    expect(metric).to_contain_text(f"Field NDVI on {entered.isoformat()}", timeout=60_000)
+    wait_idle(page)
+    focused = page.evaluate("() => document.activeElement.getAttribute('aria-label')")
+    assert focused.endswith(", Query date"), focused
     query = dt.date(2018, 5, 23)
     set_date(page, "Query date", query)
-    metric = page.locator('[data-testid="stMetric"]')
     # The rerun that takes the new date may start after wait_idle looked (a loaded machine).
     expect(metric).to_contain_text(f"Field NDVI on {query.isoformat()}", timeout=60_000)
     value = float(page.locator('[data-testid="stMetricValue"]').inner_text())
