@@ -18,6 +18,17 @@ from core.season import (
     season_netcdf,
 )
 
+CSV_COLUMNS = (
+    "One row a day (the UTC day). **ndvi**: the field's mean NDVI; **ndvi_p10**, "
+    "**ndvi_p90**: its band, 8 times in 10 inside; **observed_ndvi**: the mean NDVI of the "
+    "pixels seen clear, on days half the field or more was; **clear_fraction**: the share of "
+    "the field seen clear (empty: no acquisition that day); **source**: observed (half the "
+    "field or more seen clear that day; the rest of it is still reconstructed) or "
+    "reconstructed; **days_to_clear**: the field's median days to its nearest clear "
+    "observation; **band**: fitted (on this field's own hidden frames) or unfitted."
+)
+"""The CSV button's help (review 30: nothing said what the columns were)."""
+
 
 def downloads_row(result: SeasonResult, day: dt.date) -> None:
     """Four download buttons for ``result`` and the selected ``day``."""
@@ -45,6 +56,7 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
         mime="text/csv",
         on_click="ignore",
         icon=":material/download:",
+        help=CSV_COLUMNS,
     )
     middle.download_button(
         f"{day:%b %d} frame (GeoTIFF)",  # the full date did not fit at 1280 px: "(Ge..."
@@ -57,7 +69,9 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
         icon=":material/download:",
         help=f"The frame of {day.isoformat()}, the slider's date: ten reflectance bands, "
         "NDVI (and its p10/p90 when sampled), float32, on the "
-        f"field's grid ({result.grid.crs}, {result.grid.resolution_m:g} m).",
+        f"field's grid ({result.grid.crs}, {result.grid.resolution_m:g} m). It covers the "
+        "field's bounding box and 2 pixels around it, not the field alone; its p10/p90 are "
+        "each pixel's, wider than the field mean's band of the chart and the CSV.",
     )
     refusal = season_file_refusal(result)
     season.download_button(

@@ -269,3 +269,11 @@ def test_the_season_line_gives_the_dates_their_windows_and_what_they_rest_on() -
         "(reconstructed; at the period's start: the crop may have peaked before it); "
         "green-up: none in the period; decline" in season_text(early)
     )
+
+
+def test_the_csv_buttons_help_names_every_column_of_the_file() -> None:
+    # Review 30: nothing said what the CSV's columns were; a column added later is named too.
+    from app.widgets.downloads import CSV_COLUMNS
+    from core.curve import CURVE_COLUMNS
+
+    assert [c for c in CURVE_COLUMNS if c != "date" and f"**{c}**" not in CSV_COLUMNS] == []
