@@ -253,8 +253,10 @@ CHART_TOUCH = """
   // sets a clickable chart's drag to pan) and hold the page still under it. Kept from plotly,
   // a swipe scrolls the page, and a tap comes to plotly as the browser's own mouse events,
   // hover and click, which select the point under the finger as a mouse's click does.
+  // The axes' bands too: a swipe starting on the days' labels panned the days and held the
+  // page still as well.
   document.addEventListener("touchstart", (e) => {
-    if (e.target.closest && e.target.closest(".js-plotly-plot .nsewdrag")) e.stopPropagation();
+    if (e.target.closest && e.target.closest(".js-plotly-plot .draglayer")) e.stopPropagation();
   }, {capture: true, passive: true});
 })();
 </script>

@@ -537,7 +537,17 @@ def test_on_a_phone_the_result_comes_into_view(browser, app_url: str, js_errors)
     shown_ranges = chart.evaluate(ranges)
     box = chart.bounding_box()
     before = main.evaluate("m => m.scrollTop")
-    swipe_up(phone, box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.6, 200, drift=40)
+    plot = chart.locator(".nsewdrag").bounding_box()  # the plot area, over the legend
+    x, y = plot["x"] + plot["width"] * 0.4, plot["y"] + plot["height"] * 0.8
+    swipe_up(phone, x, y, 200, drift=40)
+    assert main.evaluate("m => m.scrollTop") > before + 100
+    assert chart.evaluate(ranges) == shown_ranges
+    # ... and so does one starting on the days' labels (it panned the days, and the page
+    # stayed: the axis has its own drag band)
+    main.evaluate("(m, by) => m.scrollTo(0, by)", before)
+    time.sleep(0.5)
+    axis = chart.locator(".xtick").first.bounding_box()
+    swipe_up(phone, plot["x"] + plot["width"] * 0.5, axis["y"] + axis["height"] / 2, 200, drift=40)
     assert main.evaluate("m => m.scrollTop") > before + 100
     assert chart.evaluate(ranges) == shown_ranges
     main.evaluate("(m, by) => m.scrollTo(0, by)", before)
