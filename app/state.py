@@ -59,6 +59,8 @@ class Key(StrEnum):
     MAX_CLOUD = "max_cloud_cover"
     DATE = "timeline_date"
     QUERY = "query_date"
+    QUERY_TIFF = "query_geotiff"
+    SLIDER_TIFF = "slider_geotiff"
     OVERLAY = "map_overlay"
     REFERENCE = "show_reference"
     CHART = "ndvi_chart"

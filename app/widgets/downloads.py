@@ -9,6 +9,7 @@ import datetime as dt
 import streamlit as st
 
 from app import services
+from app.state import Key
 from core.curve import curve_csv
 from core.export import field_geojson, safe_file_stem
 from core.season import (
@@ -28,6 +29,29 @@ CSV_COLUMNS = (
     "observation; **band**: fitted (on this field's own hidden frames) or unfitted."
 )
 """The CSV button's help (review 30: nothing said what the columns were)."""
+
+
+def frame_button(result: SeasonResult, day: dt.date, label: str, which: str, key: Key) -> None:
+    """The GeoTIFF of ``day``'s frame (``which``: what chose the day), made when clicked by
+    reconstructing the curve's chunk of days that holds it."""
+    runner = services.download_reconstructor()
+    st.download_button(
+        label,
+        data=lambda: services.made_for_download(
+            lambda on: frame_geotiff_for_day(result, day, on), runner
+        ),
+        file_name=f"{safe_file_stem(result.request.field.name)}_{day:%Y%m%d}_"
+        f"{result.request.method}.tif",
+        mime="image/tiff",
+        on_click="ignore",
+        icon=":material/download:",
+        key=str(key),
+        help=f"The frame of {day.isoformat()}, {which}: ten reflectance bands, "
+        "NDVI (and its p10/p90 when sampled), float32, on the "
+        f"field's grid ({result.grid.crs}, {result.grid.resolution_m:g} m). It covers the "
+        "field's bounding box and 2 pixels around it, not the field alone; its p10/p90 are "
+        "each pixel's, wider than the field mean's band of the chart and the CSV.",
+    )
 
 
 def downloads_row(result: SeasonResult, day: dt.date) -> None:
@@ -58,21 +82,11 @@ def downloads_row(result: SeasonResult, day: dt.date) -> None:
         icon=":material/download:",
         help=CSV_COLUMNS,
     )
-    middle.download_button(
-        f"{day:%b %d} frame (GeoTIFF)",  # the full date did not fit at 1280 px: "(Ge..."
-        data=lambda: services.made_for_download(
-            lambda on: frame_geotiff_for_day(result, day, on), runner
-        ),
-        file_name=f"{stem}_{day:%Y%m%d}_{result.request.method}.tif",
-        mime="image/tiff",
-        on_click="ignore",
-        icon=":material/download:",
-        help=f"The frame of {day.isoformat()}, the slider's date: ten reflectance bands, "
-        "NDVI (and its p10/p90 when sampled), float32, on the "
-        f"field's grid ({result.grid.crs}, {result.grid.resolution_m:g} m). It covers the "
-        "field's bounding box and 2 pixels around it, not the field alone; its p10/p90 are "
-        "each pixel's, wider than the field mean's band of the chart and the CSV.",
-    )
+    with middle:
+        # the full date did not fit at 1280 px: "(Ge..."
+        frame_button(
+            result, day, f"{day:%b %d} frame (GeoTIFF)", "the slider's date", Key.SLIDER_TIFF
+        )
     refusal = season_file_refusal(result)
     season.download_button(
         f"All {len(result.timeline)} frames (NetCDF)",

@@ -13,6 +13,7 @@ import streamlit as st
 
 from app import services
 from app.state import Key, forget_widget, set_widget_value, widget_value
+from app.widgets.downloads import frame_button
 from app.widgets.period import DATE_FORMAT, EARLIEST, LATEST
 from core.errors import FieldFlowError
 from core.render import UNCERTAINTY_RANGE, colour_bar
@@ -217,6 +218,8 @@ def query_panel(result: SeasonResult) -> None:
         _picture(view.rgb_png, "Reconstructed", "Query date true colour")
     with pair.cell():
         _picture(view.ndvi_png, "NDVI", "Query date NDVI")
+    # review 30: a day looked up could not be downloaded; the row below gives the slider's
+    frame_button(result, day, f"{day:%b %d} (GeoTIFF)", "the Query date", Key.QUERY_TIFF)
 
 
 def _raw(frame: FrameView, entry: TimelineDate) -> None:

@@ -293,10 +293,14 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     ) in texts(page, "caption")
 
     # The CSV offered is core's CSV of the daily curve.
-    labels = [node.proto.label for node in page.get("download_button")]
+    # (the first: the Query date's frame, review 30: a day looked up could not be downloaded)
+    buttons = page.get("download_button")
+    labels = [node.proto.label for node in buttons]
+    assert labels[0] == f"{result.last_day:%b %d} (GeoTIFF)"
+    labels, buttons = labels[1:], buttons[1:]
     assert labels[0] == "NDVI curve (CSV)" and "GeoTIFF" in labels[1] and "GeoJSON" in labels[3]
     assert labels[2] == f"All {len(result.timeline)} frames (NetCDF)"
-    assert page.get("download_button")[0].proto.url.endswith(".csv")
+    assert buttons[0].proto.url.endswith(".csv")
     table = pd.read_csv(io.StringIO(curve_csv(result.curve)))
     assert list(table.columns) == list(CURVE_COLUMNS)
     assert len(table) == (result.last_day - result.first_day).days + 1

@@ -251,6 +251,10 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
     # The rerun that takes the new date may start after wait_idle looked (a loaded machine).
     expect(metric).to_contain_text(f"Field NDVI on {query.isoformat()}", timeout=60_000)
     value = float(page.locator('[data-testid="stMetricValue"]').inner_text())
+    # The day looked up can be downloaded (review 30: only the slider's day could).
+    with page.expect_download() as info:
+        page.get_by_role("button", name=f"{query:%b %d} (GeoTIFF)").click()
+    assert read_geotiff_bands(Path(info.value.path()).read_bytes())[1]["tags"]["date"] == str(query)
 
     # Clicking a clear observation on the chart selects its date (slider and query date).
     chart = page.locator('[data-testid="stPlotlyChart"]')
