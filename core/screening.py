@@ -142,6 +142,18 @@ class Screening:
             said.append(self._floor_summary())
         return " ".join(said)
 
+    def headline(self) -> str:
+        """What the screens did, in one plain sentence for the top of a Run's notes (review
+        30: the summary's tests, thresholds and bands came first of all a Run said); the
+        summary says how."""
+        if self.earlier or not self.count:
+            return self.summary()
+        return (
+            f"{self.count:,} pixel observations the scene mask called clear ({self.share:.1%} "
+            "of them) were taken for haze or cloud it missed, or for no view of the ground, "
+            "and are reconstructed, not kept as observed (how: in the details below)."
+        )
+
     def _floor_summary(self) -> str:
         assert self.floored is not None
         frames = int(self.floored.any(axis=(1, 2)).sum())

@@ -472,8 +472,10 @@ def compute_season(
         usual = screening.applicable or not screening.haze
         if usual and screening.share < NOTEWORTHY_SCREENED_SHARE:
             folded.append(screening.summary())
-        else:
-            screened_note = screening.summary()
+        else:  # said plainly among the notes, and how among the details
+            screened_note = screening.headline()
+            if screened_note != screening.summary():
+                folded.append(screening.summary())
     covered, outside_note = imagery_cover(request.field, grid, mask, cube)
     acquired = calendar_day(cube["time_s2"].values)
     where = (

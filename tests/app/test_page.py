@@ -211,8 +211,11 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert options.calibrate_field and options.samples > 1  # the app's defaults
     # Clouds the scene mask missed are screened out by default, and the Run says how many.
     assert options.screen_haze == SCREEN_HAZE_BY_DEFAULT
-    screened = [n for n in result.notes if n.startswith("Screened out ")]
+    # (plainly among the notes, and how among the folded details: review 30)
+    screened = [n for n in result.notes if "were taken for haze or cloud it missed" in n]
     assert len(screened) == int(SCREEN_HAZE_BY_DEFAULT), result.notes
+    how = [f for f in result.fits if f.startswith("Screened out ")]
+    assert len(how) == int(SCREEN_HAZE_BY_DEFAULT), result.fits
     assert page.get("plotly_chart"), "the NDVI chart is missing"
     # What the model fitted is folded away, not among the notes above the map.
     assert any(f.startswith("Reflectance band (p10-p90)") for f in result.fits)
@@ -1081,8 +1084,10 @@ def test_haze_screening_is_an_option_that_says_what_it_took_out(
     no_exceptions(page)
     result = state(page).result
     assert result is not None and result.request.options.screen_haze
-    (said,) = [n for n in result.notes if n.startswith("Screened")]
+    (note,) = [n for n in result.notes if "were taken for haze or cloud it missed" in n]
+    (said,) = [f for f in result.fits if f.startswith("Screened")]
     assert said.startswith("Screened out ") and "treated as cloudy" in said, said
+    assert note.startswith(f"{int(said.split()[2].replace(',', '')):,} pixel observations")
     from core.screening import SCREENED_ATTR
 
     # the Run's own cube is the screened one: what its frames and the curve's "observed" read

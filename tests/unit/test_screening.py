@@ -142,11 +142,19 @@ def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) 
     frame_index = int(np.argmax(screening.screened.sum(axis=(1, 2))))
     assert screening.screened[frame_index].sum() > 100
     assert f"Screened out {screening.haze_count:,} pixel observations" in screening.summary()
+    # the page's notes say it in one plain sentence, with the share of all clear observations
+    assert screening.headline() == (
+        f"{screening.count:,} pixel observations the scene mask called clear "
+        f"({screening.count / screening.clear_before:.1%} of them) were taken for haze or "
+        "cloud it missed, or for no view of the ground, and are reconstructed, not kept as "
+        "observed (how: in the details below)."
+    )
     # Screened once, never again: a second pass would find new spikes among what is left, and
     # a Run's later reconstructions (a download, a query date) would differ from its frames.
     again, second = screen_cube(screened_cube)
     assert again is screened_cube and second.count == 0
     assert second.summary() == screening.summary()
+    assert second.headline() == screening.summary()  # nothing new taken out: what was said
     np.testing.assert_array_equal(screened_cube["s2"].values, cube["s2"].values)
     date = cube["time_s2"].values[frame_index : frame_index + 1]
     out = reconstruct(cube, date, method, ReconstructOptions(screen_haze=True))["s2"].values[0]
