@@ -473,9 +473,9 @@ def compute_season(
         if usual and screening.share < NOTEWORTHY_SCREENED_SHARE:
             folded.append(screening.summary())
         else:  # said plainly among the notes, and how among the details
-            screened_note = screening.headline()
-            if screened_note != screening.summary():
-                folded.append(screening.summary())
+            screened_note, how = screening.headline(), screening.summary()
+            if screened_note != how:
+                folded.append(how)
     covered, outside_note = imagery_cover(request.field, grid, mask, cube)
     acquired = calendar_day(cube["time_s2"].values)
     where = (

@@ -8,7 +8,7 @@ from app.services import RunPanel
 from app.state import Key, PageState
 from app.text import plain
 from app.widgets.settings import model_settings_text
-from core.curve import OBSERVED_MIN_CLEAR_FRACTION
+from app.widgets.timeline import clear_days
 from core.errors import FieldFlowError
 from core.fetch import PERIOD_MARGIN_DAYS
 from core.season import (
@@ -86,7 +86,7 @@ def _model_settings(request: SeasonRequest) -> str:
 def result_summary(result: SeasonResult, state: PageState) -> None:
     """One line on what the result holds, its notes, and (folded) what the model fitted."""
     acquisitions = [e for e in result.timeline if e.acquired]
-    clear = sum((e.clear_fraction or 0.0) >= OBSERVED_MIN_CLEAR_FRACTION for e in acquisitions)
+    clear = len(clear_days(result))
     request = result.request
     st.caption(
         f"**{plain(request.field.name)}** ({request.field.area_ha:,.2f} ha) · "

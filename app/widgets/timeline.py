@@ -15,11 +15,14 @@ from app import services
 from app.state import Key, forget_widget, set_widget_value, widget_value
 from app.widgets.downloads import frame_button
 from app.widgets.period import DATE_FORMAT, EARLIEST, LATEST
+from core.curve import OBSERVED_MIN_CLEAR_FRACTION
 from core.errors import FieldFlowError
 from core.render import UNCERTAINTY_RANGE, colour_bar
 from core.season import WHOLLY_CLEAR_FRACTION, DayView, FrameView, SeasonResult, TimelineDate
 
-CLEAR_ENOUGH = 0.5
+CLEAR_ENOUGH = OBSERVED_MIN_CLEAR_FRACTION
+"""An acquisition with this share of the field seen clear or more is one "Next clear" goes to,
+and is counted in the result's summary: the chart's clear and partly clear points."""
 FRAME_MIN_WIDTH_PX = 140
 """The narrowest a frame of the row is drawn before the row wraps: five fit beside the sidebar
 on a laptop, two on a phone (where Streamlit's columns would stack them one a row, 1,800 px of
