@@ -143,6 +143,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Sentinel-2's 5-day cadence, where most days of a daily curve lie (0: never)",
     )
     parser.add_argument(
+        "--season-dropout",
+        type=float,
+        default=None,
+        help="probability that a training episode's day of year is withheld, so that the "
+        "network also learns to read a series without its training sites' calendars (0: never)",
+    )
+    parser.add_argument(
         "--spectral-jitter",
         type=float,
         default=None,
@@ -267,6 +274,13 @@ def _train_and_save(
         if not 0 <= args.date_jitter <= 1:
             raise InputError(f"--date-jitter must be between 0 and 1, not {args.date_jitter}.")
         train_config = replace(train_config, date_jitter=args.date_jitter)
+
+    if args.season_dropout is not None:
+        if not 0 <= args.season_dropout <= 1:
+            raise InputError(
+                f"--season-dropout must be between 0 and 1, not {args.season_dropout}."
+            )
+        train_config = replace(train_config, season_dropout=args.season_dropout)
 
     if args.ndvi_weight is not None:
         train_config = replace(train_config, ndvi_weight=args.ndvi_weight)

@@ -108,6 +108,20 @@ class Checkpoint:
         return [dict(e) for e in entries if isinstance(e, dict) and len(e.get("bounds", [])) == 4]
 
 
+def with_config(checkpoint: Checkpoint, config: ModelConfig) -> Checkpoint:
+    """The same weights under another :class:`ModelConfig` whose changes leave every weight's
+    shape as it is (``day_of_year``: the calendar withheld), with the same training record."""
+    model = FieldFlowNet(config)
+    model.load_state_dict(checkpoint.model.state_dict())
+    model.eval()
+    return Checkpoint(
+        model=model,
+        train_config=checkpoint.train_config,
+        spread_scale=checkpoint.spread_scale,
+        record=dict(checkpoint.record),
+    )
+
+
 TRAINED_SHARE = 0.01
 """A field with at least this share of its area inside the cubes a checkpoint was trained or
 tuned on counts as one it was trained on (below it: a sliver along a shared edge)."""

@@ -76,6 +76,12 @@ class ModelConfig:
     Off by default: the one checkpoint trained with it (m7, README) made the band follow the
     error better but did not improve held-out CRPS enough to ship. Checkpoints written before
     this option existed have it off."""
+    day_of_year: bool = True
+    """The network reads each date's day of year (sine and cosine channels of every S2 and S1
+    token). False withholds it everywhere the network runs (inference, per-field tuning,
+    calibration, training): those channels are 0, as in the episodes a training with
+    ``TrainConfig.season_dropout`` gives no calendar. Checkpoints written before this option
+    existed read it."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -129,6 +135,11 @@ class TrainConfig:
     date_jitter: float = 0.0
     """Probability that a hidden frame with no observation left is moved 1-2 days, off
     Sentinel-2's 5-day cadence, where most dates of a daily curve lie (0: never)."""
+    season_dropout: float = 0.0
+    """Probability that a training episode's day of year is withheld (the day-of-year channels
+    of all its S2 and S1 tokens 0), so that the network learns to read a series without its
+    training sites' calendars as well as with them (0: never;
+    benchmarks/candidates/season_dropout_rule.txt)."""
     heads_only: bool = False
     """Train only the scale and flow heads (the trunk and the mean head stay as initialised, so
     the best estimate is the initial checkpoint's; the spread is learned on top of it)."""

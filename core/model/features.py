@@ -48,6 +48,8 @@ S1_MARGIN_DAYS = 12.0
 N_BANDS = 10
 S2_CHANNELS = 3 * N_BANDS + 5
 """S2 channels without the smoother features."""
+S2_SEASON_CHANNELS = slice(3 * N_BANDS + 3, 3 * N_BANDS + 5)
+"""The day of year's sine and cosine among the S2 channels (both 0 where it is withheld)."""
 S2_SMOOTH_CHANNELS = N_BANDS + 1
 """Channels the smoother features add."""
 S2_WHITTAKER_CHANNELS = N_BANDS
@@ -56,6 +58,8 @@ GAP_PREV_CHANNEL = 3 * N_BANDS + 1
 """Index of the S2 channel holding the (log-scaled) days to the previous clear observation; the
 next channel holds the days to the next one (see :func:`gap_days`)."""
 S1_CHANNELS = 7
+S1_SEASON_CHANNELS = slice(S1_CHANNELS - 2, S1_CHANNELS)
+"""The day of year's sine and cosine among the S1 channels (both 0 where it is withheld)."""
 SMOOTH_BANDWIDTH_DAYS = 20.0
 """Standard deviation of the smoother's Gaussian kernel in time."""
 SMOOTH_REACH = 3.0
@@ -297,6 +301,14 @@ def fill_missing(interp: np.ndarray, band_present: np.ndarray, observed: np.ndar
     return np.where(np.isfinite(interp), interp, band_mean[None, :, None, None]).astype(np.float32)
 
 
+def season_channels(doy: np.ndarray) -> np.ndarray:
+    """(T,) day of year -> (T, 2) float32 sine and cosine; a NaN day (withheld, as
+    ``TrainConfig.season_dropout`` does) gives 0 and 0, a point off the unit circle."""
+    angle = 2 * np.pi * np.asarray(doy, np.float64) / 365.25
+    pair = np.stack([np.sin(angle), np.cos(angle)], axis=1)
+    return np.nan_to_num(pair, nan=0.0).astype(np.float32)
+
+
 def s2_channels(
     frames: Frames,
     smooth_features: bool = False,
@@ -327,8 +339,7 @@ def s2_channels(
     present = np.broadcast_to(
         frames.band_present.astype(np.float32)[None, :, None, None], (n, N_BANDS, height, width)
     )
-    angle = 2 * np.pi * frames.doy / 365.25
-    seasonal = np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)
+    seasonal = season_channels(frames.doy)
     seasonal = np.broadcast_to(seasonal[:, :, None, None], (n, 2, height, width))
     parts = [
         obs,
@@ -362,10 +373,9 @@ def s1_channels(frames: Frames) -> np.ndarray:
         return np.zeros((0, S1_CHANNELS, height, width), dtype=np.float32)
     has = np.isfinite(s1).all(axis=1, keepdims=True)
     anomalies = np.where(has, np.nan_to_num(s1, nan=0.0), 0.0) / S1_SCALE_DB
-    angle = 2 * np.pi * frames.s1_doy / 365.25
-    per_frame = np.stack(
-        [frames.s1_ascending.astype(np.float32), np.sin(angle), np.cos(angle)], axis=1
-    ).astype(np.float32)
+    per_frame = np.concatenate(
+        [frames.s1_ascending.astype(np.float32)[:, None], season_channels(frames.s1_doy)], axis=1
+    )
     per_frame = np.broadcast_to(per_frame[:, :, None, None], (n, 3, height, width))
     return np.concatenate([anomalies, has.astype(np.float32), per_frame], axis=1).astype(np.float32)
 

@@ -31,7 +31,13 @@ from torch import nn
 
 from core.errors import InputError
 from core.model.config import VIEW_COUNTS, ModelConfig
-from core.model.features import N_BANDS, S1_CHANNELS, s2_channel_count
+from core.model.features import (
+    N_BANDS,
+    S1_CHANNELS,
+    S1_SEASON_CHANNELS,
+    S2_SEASON_CHANNELS,
+    s2_channel_count,
+)
 
 INITIAL_LOG_SCALE = math.log(0.15)
 """Initial log scale of the residual, model units (0.15 = reflectance error 0.03)."""
@@ -333,6 +339,11 @@ class FieldFlowNet(nn.Module):
             features (E, T, P, D).
         """
         t2 = s2.shape[1]
+        if not self.config.day_of_year:  # withheld: as a training episode without its calendar
+            s2 = s2.clone()
+            s2[:, :, S2_SEASON_CHANNELS] = 0.0
+            s1 = s1.clone()
+            s1[:, :, S1_SEASON_CHANNELS] = 0.0
         tokens = self.s2_embed(self.patchify(s2)) + self.modality[0]
         days = s2_days
         if s1.shape[1] > 0:

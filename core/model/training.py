@@ -279,6 +279,7 @@ def make_episode(
     unseen_share: float = 0.0,
     date_jitter: float = 0.0,
     whittaker_features: bool = False,
+    season_dropout: float = 0.0,
 ) -> Episode | None:
     """Cut a random window and crop of ``series`` and hide observations (see module docstring).
 
@@ -293,7 +294,9 @@ def make_episode(
     asked for with no acquisition. ``date_jitter``: the probability that a frame left with no
     observation at all is moved 1 or 2 days (earlier or later, never past its neighbours), so
     that hidden frames do not all lie on Sentinel-2's 5-day cadence, as most dates a daily curve
-    asks for do not; its truth is then the acquisition 1-2 days off. ``smooth_features``,
+    asks for do not; its truth is then the acquisition 1-2 days off. ``season_dropout``: the
+    probability that the episode's day of year is withheld (NaN, so its channels are 0) on
+    every S2 and S1 frame; at 0 no random number is drawn for it. ``smooth_features``,
     ``whittaker_features``: the model's optional input channels (:class:`ModelConfig`).
 
     As at inference, the interpolation features come from the whole (subsampled) series, not
@@ -351,6 +354,9 @@ def make_episode(
     if date_jitter > 0:
         # A child generator: the episode's other draws (crop, masks, rotation) stay as without.
         jitter_blank_dates(days, doy, inputs, window, date_jitter, rng.spawn(1)[0])
+    no_calendar = season_dropout > 0 and rng.random() < season_dropout
+    if no_calendar:
+        doy[:] = np.nan
     band_present = series.band_present
     if rng.random() < band_dropout:  # drop some bands, so unseen band sets still work
         present = np.flatnonzero(band_present)
@@ -369,7 +375,7 @@ def make_episode(
         band_present=band_present,
         s1=s1_anomalies(series.s1[:, :, ys, xs])[s1_keep],
         s1_days=series.s1_days[s1_keep],
-        s1_doy=series.s1_doy[s1_keep],
+        s1_doy=np.full(s1_keep.size, np.nan) if no_calendar else series.s1_doy[s1_keep],
         s1_ascending=series.s1_ascending[s1_keep],
     )
     k = int(rng.integers(0, 4))
@@ -661,6 +667,7 @@ def train(
                 whittaker_features=model_config.whittaker_features,
                 unseen_share=config.unseen_share,
                 date_jitter=config.date_jitter,
+                season_dropout=config.season_dropout,
             )
             if ep is not None and (
                 not episodes or ep.inputs.s2.shape == episodes[0].inputs.s2.shape

@@ -3,20 +3,28 @@ of the Tropic of Capricorn, so a southern field's season enters as a northern on
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from core.config import DEFAULT_CHECKPOINT
 from core.cube import read_cube
 from core.grid import cube_latitude
+from core.model.checkpoint import load_checkpoint, save_checkpoint, with_config
 from core.model.features import (
     HALF_YEAR_DAYS,
+    S1_SEASON_CHANNELS,
+    S2_SEASON_CHANNELS,
     SOUTHERN_SEASON_LATITUDE,
+    s1_channels,
+    s2_channels,
+    season_channels,
     season_day_of_year,
     times_to_days_and_doy,
 )
 from core.model.inference import observed_fingerprint, prepare_series
-from core.model.training import series_from_cube
+from core.model.training import make_episode, series_from_cube
 from core.reconstruct import ReconstructOptions, reconstruct
 from core.season import fit_notes
 
@@ -117,3 +125,92 @@ def test_a_field_tuned_in_the_north_is_not_taken_for_the_same_field_moved_south(
     later = moved_south(flanders_c).assign_attrs(crs=flanders_c.attrs["crs"])
     assert observed_fingerprint(later) != observed_fingerprint(moved_south(flanders_c))
     assert observed_fingerprint(flanders_c) == observed_fingerprint(flanders_c.copy(deep=True))
+
+
+def test_season_channels_are_the_day_of_year_s_sine_and_cosine_or_zero_when_withheld() -> None:
+    doy = np.array([1.0, 91.3, np.nan, 274.0])
+    pair = season_channels(doy)
+    assert pair.shape == (4, 2) and pair.dtype == np.float32
+    angle = 2 * np.pi * doy[[0, 1, 3]] / 365.25
+    np.testing.assert_allclose(pair[[0, 1, 3], 0], np.sin(angle), atol=1e-6)
+    np.testing.assert_allclose(pair[[0, 1, 3], 1], np.cos(angle), atol=1e-6)
+    np.testing.assert_array_equal(pair[2], [0.0, 0.0])  # withheld: off the unit circle
+
+
+def test_the_season_channel_slices_hold_the_day_of_year(flanders_c) -> None:
+    query = flanders_c["time_s2"].values[[2, 7]]
+    frames = prepare_series(flanders_c, query).frames
+    s2, _ = s2_channels(frames, smooth_features=True)
+    s1 = s1_channels(frames)
+    assert frames.s1.shape[0] > 0
+    np.testing.assert_array_equal(s2[:, S2_SEASON_CHANNELS, 0, 0], season_channels(frames.doy))
+    np.testing.assert_array_equal(s1[:, S1_SEASON_CHANNELS, 0, 0], season_channels(frames.s1_doy))
+
+
+def test_season_dropout_withholds_an_episode_s_whole_calendar_and_nothing_else(flanders_c) -> None:
+    series = series_from_cube(flanders_c, "c")
+    kwargs = dict(smooth_features=True, long_gap=True)
+    withheld = kept = 0
+    for seed in range(12):
+        plain = make_episode(series, 12, 16, np.random.default_rng(seed), 0.0, **kwargs)
+        zero = make_episode(
+            series, 12, 16, np.random.default_rng(seed), 0.0, season_dropout=0.0, **kwargs
+        )
+        if plain is None:
+            continue
+        # At 0 no random number is drawn for it: the episode is exactly the one without.
+        np.testing.assert_array_equal(zero.inputs.s2, plain.inputs.s2)
+        np.testing.assert_array_equal(zero.truth, plain.truth)
+        always = make_episode(
+            series, 12, 16, np.random.default_rng(seed), 0.0, season_dropout=1.0, **kwargs
+        )
+        assert np.all(always.inputs.s2[:, S2_SEASON_CHANNELS] == 0)
+        assert always.inputs.s1.shape[0] > 0
+        assert np.all(always.inputs.s1[:, S1_SEASON_CHANNELS] == 0)
+        # Against an episode that draws the same numbers and keeps its calendar: the same
+        # window, crop, hidden pixels and every other channel.
+        rarely = make_episode(
+            series, 12, 16, np.random.default_rng(seed), 0.0, season_dropout=1e-12, **kwargs
+        )
+        assert np.any(rarely.inputs.s2[:, S2_SEASON_CHANNELS] != 0)
+        np.testing.assert_array_equal(always.truth, rarely.truth)
+        others = np.ones(always.inputs.s2.shape[1], bool)
+        others[S2_SEASON_CHANNELS] = False
+        np.testing.assert_array_equal(always.inputs.s2[:, others], rarely.inputs.s2[:, others])
+        np.testing.assert_array_equal(always.inputs.s1[:, :-2], rarely.inputs.s1[:, :-2])
+        half = make_episode(
+            series, 12, 16, np.random.default_rng(seed), 0.0, season_dropout=0.5, **kwargs
+        )
+        if half is not None:
+            if np.all(half.inputs.s2[:, S2_SEASON_CHANNELS] == 0):
+                withheld += 1
+            else:
+                kept += 1
+    assert withheld >= 2 and kept >= 2
+
+
+def test_a_network_without_the_calendar_answers_the_same_half_a_year_later(
+    flanders_c, tmp_path
+) -> None:
+    """``ModelConfig.day_of_year`` False: the dates' distances are all the network reads of
+    time, so the same series half a year later gets the same answer (the shipped network's
+    differs, see above)."""
+    shipped = load_checkpoint(DEFAULT_CHECKPOINT)
+    path = tmp_path / "no-calendar.pt"
+    save_checkpoint(with_config(shipped, replace(shipped.config, day_of_year=False)), path)
+    assert load_checkpoint(path).config.day_of_year is False
+    assert shipped.config.day_of_year is True  # checkpoints from before the option read it
+    query = flanders_c["time_s2"].values[[3, 8, 12]]
+    later_cube = moved_south(flanders_c).assign_attrs(crs=flanders_c.attrs["crs"])
+    hidden = ~flanders_c["valid"].sel(time_s2=query).values.astype(bool)
+    moved = {}
+    for name, checkpoint in (("shipped", DEFAULT_CHECKPOINT), ("withheld", str(path))):
+        options = ReconstructOptions(
+            checkpoint=checkpoint, device="cpu", blend_field=False, smooth_days=0
+        )
+        original = reconstruct(flanders_c, query, "model", options)
+        later = reconstruct(later_cube, query + HALF_YEAR, "model", options)
+        cells = np.broadcast_to(hidden[:, None], original["s2"].shape) & np.isfinite(original["s2"])
+        moved[name] = np.abs(later["s2"].values - original["s2"].values)[cells].mean()
+    assert moved["shipped"] > 0.002
+    assert moved["withheld"] < 1e-5

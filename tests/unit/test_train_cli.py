@@ -60,7 +60,7 @@ def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_record(
     argv = ["train", "--init", str(base_checkpoint), "--data", str(small_data), "--out", str(out)]
     argv += ["--holdout", "hu-alfold", "--steps", "3", "--lr", "1e-4", "--threads", "1"]
     argv += ["--spectral-jitter", "0.1", "--field-ndvi-weight", "2", "--date-jitter", "0.5"]
-    argv += ["--ndvi-weight", "1.5"]
+    argv += ["--ndvi-weight", "1.5", "--season-dropout", "0.5"]
     assert main([*argv, "--validation-episodes", "4"]) == 0
     base, tuned = load_checkpoint(base_checkpoint), load_checkpoint(out)
     assert tuned.config == base.config
@@ -71,6 +71,7 @@ def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_record(
     assert tuned.train_config.field_ndvi_weight == pytest.approx(2.0)
     assert tuned.train_config.ndvi_weight == pytest.approx(1.5)
     assert tuned.train_config.date_jitter == pytest.approx(0.5)
+    assert tuned.train_config.season_dropout == pytest.approx(0.5)
     assert "field_ndvi" in tuned.record["final_losses"]  # the term was trained on
     assert "hu-alfold" not in tuned.seen_sites
     assert tuned.seen_footprints == base.seen_footprints  # the same sites, recorded once
@@ -263,6 +264,8 @@ def test_fine_tuning_takes_the_model_config_from_the_checkpoint(
     assert "--spectral-jitter must be between 0 and 1" in capsys.readouterr().err
     assert main([*argv, "--date-jitter", "1.5"]) == 2
     assert "--date-jitter must be between 0 and 1" in capsys.readouterr().err
+    assert main([*argv, "--season-dropout", "1.5"]) == 2
+    assert "--season-dropout must be between 0 and 1" in capsys.readouterr().err
     for share in ("1.5", "-0.1"):  # review 29: the upper bound could go unseen
         assert main([*argv, "--unseen-share", share]) == 2
         assert "--unseen-share must be between 0 and 1" in capsys.readouterr().err
