@@ -37,10 +37,21 @@ PARTLY_MARKER = {
     "line": {"color": OBSERVED_COLOUR, "width": 2},
 }
 SELECTED_COLOUR = "#e7298a"
+QUERY_COLOUR = "#5e3c99"
+QUERY_NAME = "Query date"
+"""The legend's name of the Query date's point (review 30: a day looked up there showed
+nowhere on the chart, whose line is the slider's date)."""
 
 
-def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool) -> go.Figure:
-    """The chart for ``result`` with a vertical line on ``selected``."""
+def ndvi_figure(
+    result: SeasonResult,
+    selected: dt.date,
+    *,
+    show_reference: bool,
+    query: dt.date | None = None,
+) -> go.Figure:
+    """The chart for ``result`` with a vertical line on ``selected`` (the slider's date) and,
+    where ``query`` is another day of the curve, a dotted line and a point on it there."""
     curve = result.curve
     dates = pd.to_datetime(curve["date"])
     fig = go.Figure()
@@ -130,16 +141,10 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
                 hoverinfo="skip",
             )
         )
+    if query is not None and query != selected:
+        _mark_query(fig, curve, query)
     stamp = pd.Timestamp(selected)
-    fig.add_shape(
-        type="line",
-        x0=stamp,
-        x1=stamp,
-        y0=0,
-        y1=1,
-        yref="paper",
-        line={"color": SELECTED_COLOUR, "width": 2},
-    )
+    _day_line(fig, stamp, {"color": SELECTED_COLOUR, "width": 2})
     fig.add_annotation(
         x=stamp,
         y=1,
@@ -170,6 +175,45 @@ def ndvi_figure(result: SeasonResult, selected: dt.date, *, show_reference: bool
     return fig
 
 
+def _day_line(fig: go.Figure, stamp: pd.Timestamp, line: dict[str, object]) -> None:
+    """A vertical line over the whole plot's height on ``stamp``."""
+    fig.add_shape(type="line", x0=stamp, x1=stamp, y0=0, y1=1, yref="paper", line=line)
+
+
+def _mark_query(fig: go.Figure, curve: pd.DataFrame, query: dt.date) -> None:
+    """The Query date's day on the chart: a dotted line and a point on the curve, where the
+    day is one of the curve's (its value is the one the Query date shows)."""
+    row = curve[pd.to_datetime(curve["date"]) == pd.Timestamp(query)]
+    if row.empty or not np.isfinite(row["ndvi"].iloc[0]):
+        return
+    stamp = pd.Timestamp(query)
+    _day_line(fig, stamp, {"color": QUERY_COLOUR, "width": 1.5, "dash": "dot"})
+    fig.add_trace(
+        go.Scatter(
+            x=[stamp],
+            y=[float(row["ndvi"].iloc[0])],
+            mode="markers",
+            marker={
+                "color": "rgba(255, 255, 255, 0.9)",
+                "size": 12,
+                "symbol": "diamond",
+                "line": {"color": QUERY_COLOUR, "width": 2},
+            },
+            name=QUERY_NAME,
+            hovertemplate="%{x|%Y-%m-%d} (Query date): NDVI %{y:.3f}<extra></extra>",
+        )
+    )
+
+
+def query_on_chart(result: SeasonResult) -> dt.date | None:
+    """The Query date's day as its panel shows it (a day outside the frames: the nearest
+    one), or None before one is chosen."""
+    day = widget_value(Key.QUERY)
+    if not isinstance(day, dt.date):
+        return None
+    return min(max(day, result.first_day), result.last_day)
+
+
 def acquisition_points(curve: pd.DataFrame) -> tuple[pd.DataFrame, ...]:
     """The curve's acquisition days, as the chart draws them: clear (its observation a point),
     partly clear (its clear part's observation a hollow point) and cloudy (the field's value
@@ -197,7 +241,7 @@ def ndvi_chart(result: SeasonResult, selected: dt.date) -> None:
             select_day(result, day)
 
     st.plotly_chart(
-        ndvi_figure(result, selected, show_reference=show_reference),
+        ndvi_figure(result, selected, show_reference=show_reference, query=query_on_chart(result)),
         key=str(Key.CHART),
         on_select=on_select,
         selection_mode="points",

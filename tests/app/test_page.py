@@ -25,6 +25,7 @@ from streamlit.testing.v1 import AppTest
 
 from app import services
 from app.state import PageState
+from app.widgets.chart import QUERY_NAME
 from app.widgets.settings import SCREEN_HAZE_BY_DEFAULT
 from app.widgets.timeline import CLEAR_ENOUGH
 from core import season as season_module
@@ -277,6 +278,13 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     metric = page.metric[0]
     assert metric.label == f"Field NDVI on {query.isoformat()}"
     assert metric.value == f"{expected:.3f}"
+    # ... and on the chart, a point on the curve and a dotted line there (review 30: the day
+    # looked up showed nowhere on it; its line is the slider's date).
+    figure = json.loads(page.get("plotly_chart")[0].proto.spec)
+    (point,) = [t for t in figure["data"] if t.get("name") == QUERY_NAME]
+    assert point["x"][0].startswith(query.isoformat()) and point["y"] == [expected]
+    dotted = [s for s in figure["layout"]["shapes"] if s["line"].get("dash") == "dot"]
+    assert [s["x0"][:10] for s in dotted] == [query.isoformat()]
     # The period's first day has a value: the demo keeps a fetch's margin either side, so
     # 2018-03-01 lies between acquisitions (until 2026-12-05 the first image of the period,
     # on 03-05, was the first day, and the days before it had none; review 6).

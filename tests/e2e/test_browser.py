@@ -251,6 +251,12 @@ def test_draw_run_browse_query_and_download(page, site: PublishedSite, js_errors
     # The rerun that takes the new date may start after wait_idle looked (a loaded machine).
     expect(metric).to_contain_text(f"Field NDVI on {query.isoformat()}", timeout=60_000)
     value = float(page.locator('[data-testid="stMetricValue"]').inner_text())
+    # ... and is marked on the chart (review 30: it showed nowhere there): one point in the
+    # Query date's colour (#5e3c99) on its day.
+    query_point = page.locator(
+        '[data-testid="stPlotlyChart"] path.point[style*="rgb(94, 60, 153)"]'
+    )
+    expect(query_point).to_have_count(1, timeout=30_000)
     # The day looked up can be downloaded (review 30: only the slider's day could).
     with page.expect_download() as info:
         page.get_by_role("button", name=f"{query:%b %d} (GeoTIFF)").click()
