@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.state import Key, widget_value
-from app.widgets.timeline import NDVI_SCALE, select_day
+from app.widgets.timeline import NDVI_SCALE, select_day, within_frames
 from core.curve import OBSERVED_MIN_CLEAR_FRACTION
 from core.phenology import MIN_AMPLITUDE, Crossing, SeasonMarks, season_marks
 from core.season import WHOLLY_CLEAR_FRACTION, SeasonResult
@@ -209,9 +209,7 @@ def query_on_chart(result: SeasonResult) -> dt.date | None:
     """The Query date's day as its panel shows it (a day outside the frames: the nearest
     one), or None before one is chosen."""
     day = widget_value(Key.QUERY)
-    if not isinstance(day, dt.date):
-        return None
-    return min(max(day, result.first_day), result.last_day)
+    return within_frames(result, day) if isinstance(day, dt.date) else None
 
 
 def acquisition_points(curve: pd.DataFrame) -> tuple[pd.DataFrame, ...]:

@@ -55,10 +55,16 @@ def forget_selection() -> None:
         forget_widget(key)
 
 
+def within_frames(result: SeasonResult, day: dt.date) -> dt.date:
+    """``day``, or the nearest day with a frame where it lies outside them (what the Query
+    date shows for it)."""
+    return min(max(day, result.first_day), result.last_day)
+
+
 def select_day(result: SeasonResult, day: dt.date) -> None:
     """Select ``day``: the slider goes to the nearest timeline date, the query date to the day."""
     set_widget_value(Key.DATE, result.days[result.index_of(day)])
-    set_widget_value(Key.QUERY, min(max(day, result.first_day), result.last_day))
+    set_widget_value(Key.QUERY, within_frames(result, day))
 
 
 SLIDER_STYLE = (
@@ -175,7 +181,7 @@ def query_panel(result: SeasonResult) -> None:
     if not isinstance(day, dt.date):
         return
     if not result.first_day <= day <= result.last_day:
-        nearest = result.first_day if day < result.first_day else result.last_day
+        nearest = within_frames(result, day)
         if result.request.start <= day <= result.request.end:
             why = (
                 "nothing can be reconstructed "

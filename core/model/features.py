@@ -48,7 +48,7 @@ S1_MARGIN_DAYS = 12.0
 N_BANDS = 10
 S2_CHANNELS = 3 * N_BANDS + 5
 """S2 channels without the smoother features."""
-S2_SEASON_CHANNELS = slice(3 * N_BANDS + 3, 3 * N_BANDS + 5)
+S2_SEASON_CHANNELS = slice(S2_CHANNELS - 2, S2_CHANNELS)
 """The day of year's sine and cosine among the S2 channels (both 0 where it is withheld)."""
 S2_SMOOTH_CHANNELS = N_BANDS + 1
 """Channels the smoother features add."""
