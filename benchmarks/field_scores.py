@@ -7,7 +7,8 @@ checkpoint (default: the shipped one) and tuning steps (default 50, the app's). 
 two dates of the whole cube with the app's model settings (K = 8, the band fitted on the
 field, the field blend) and prints the field's own scores that every model Run records
 (:func:`core.model.blend.field_scores`: the model, the network alone, Whittaker and linear on
-the field's clear pixels hidden in turn), their ratio and the Run's note. Compare the ratio with
+the field's clear pixels hidden in turn; in NDVI too, per pixel and on each hidden date's
+mean, where the cube has red and NIR), their ratio and the Run's note. Compare the ratio with
 the yardstick's on the same cube (``benchmarks/seed_spread.py``).
 """
 
@@ -59,6 +60,16 @@ def main() -> int:
             f"{model / min(whittaker, linear):.3f}",
             flush=True,
         )
+        if "model_field_ndvi_mae" in attrs:  # a cube with red and NIR
+            pixel = ", ".join(f"{v:.4f}" for v in attrs["model_field_ndvi_mae"])
+            mean = attrs.get("model_field_mean_ndvi_mae")
+            dates = "" if mean is None else ", ".join(f"{v:.4f}" for v in mean)
+            print(
+                f"  NDVI MAE (model, Whittaker, linear): per pixel {pixel} on "
+                f"{int(attrs['model_field_ndvi_pixels']):,} pixels; a hidden date's mean "
+                f"{dates or 'not scored'} on {int(attrs['model_field_ndvi_frames'])} dates",
+                flush=True,
+            )
         print("  page: " + str(accuracy_headline(attrs)), flush=True)
         print("  " + next(n for n in fit_notes(attrs) if n.startswith("Accuracy")), flush=True)
     return 0

@@ -64,7 +64,7 @@ from core.field import (
     read_field_file_apart,
 )
 from core.grid import field_mask
-from core.model.blend import field_ratio
+from core.model.blend import better_baseline_of, field_ratio
 from core.model.features import in_southern_seasons
 from core.phenology import SeasonMarks, season_marks
 from core.progress import check, listening
@@ -116,6 +116,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "green_up_date",
     "decline_date",
     "model_vs_baseline",
+    "model_ndvi_vs_baseline",
     "model_trained_here",
     "seconds",
     "error",
@@ -261,6 +262,10 @@ class FieldRow:
     the better of linear interpolation and the Whittaker smoother's (below 1: the model did
     better on this field; core.model.blend.field_scores). None for a baseline, or where the
     Run could not measure it."""
+    model_ndvi_vs_baseline: float | None = None
+    """With the model: the same for the mean NDVI of the field's hidden dates, the points of
+    its curve (review 30: a model better in reflectance can be worse there). None for a
+    baseline, a cube without red or NIR, or too few hidden dates (under 10)."""
     model_trained_here: int | None = None
     """With the model: 1 where it was trained on this field's place (the measure above then
     flatters it), 0 where not; None for a baseline."""
@@ -309,6 +314,7 @@ class FieldRow:
             "green_up_date": self.green_up_date,
             "decline_date": self.decline_date,
             "model_vs_baseline": number(self.model_vs_baseline, 3),
+            "model_ndvi_vs_baseline": number(self.model_ndvi_vs_baseline, 3),
             "model_trained_here": ""
             if self.model_trained_here is None
             else str(self.model_trained_here),
@@ -339,7 +345,14 @@ class FieldRow:
             details.append(f"decline {self.decline_date}")
         if self.model_vs_baseline is not None:
             trained = ", trained here" if self.model_trained_here else ""
-            details.append(f"model {self.model_vs_baseline:.2f} x the better baseline{trained}")
+            curve = (
+                ""
+                if self.model_ndvi_vs_baseline is None
+                else f", {self.model_ndvi_vs_baseline:.2f} x on the NDVI curve"
+            )
+            details.append(
+                f"model {self.model_vs_baseline:.2f} x the better baseline{curve}{trained}"
+            )
         if self.status == SKIPPED:
             return f"{self.field_id}: skipped, complete from an earlier run ({', '.join(details)})"
         return f"{self.field_id}: ok in {self.seconds:.1f} s ({', '.join(details)})"
@@ -835,7 +848,8 @@ def write_field_outputs(
 
 def model_measures(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """A model reconstruction's word on the field (its attributes): the ratio of its error on
-    the field's own hidden clear pixels to the better baseline's, and whether it was trained
+    the field's own hidden clear pixels to the better baseline's, in reflectance and in the
+    NDVI of the hidden dates' means (where it had red and NIR), and whether it was trained
     there; nothing for a baseline's."""
     measures: dict[str, Any] = {}
     if "model_trained_on_site" in attrs:
@@ -843,6 +857,12 @@ def model_measures(attrs: Mapping[str, Any]) -> dict[str, Any]:
     compared = field_ratio(attrs)
     if compared is not None and math.isfinite(compared[1]):
         measures["model_vs_baseline"] = round(compared[1], 4)
+    curve = attrs.get("model_field_mean_ndvi_mae")
+    if curve is not None:
+        model, whittaker, linear = (float(v) for v in np.asarray(curve, np.float64))
+        ratio = better_baseline_of(model, whittaker, linear)[1]
+        if math.isfinite(ratio):
+            measures["model_ndvi_vs_baseline"] = round(ratio, 4)
     return measures
 
 

@@ -176,6 +176,9 @@ def outcome_table(done: UploadBatch) -> pd.DataFrame:
             "Model error / better baseline's": [
                 number(r.model_vs_baseline, "{:.2f}") for r in rows
             ],
+            "The same on the NDVI curve": [
+                number(r.model_ndvi_vs_baseline, "{:.2f}") for r in rows
+            ],
             "Seconds": [number(r.seconds, "{:.1f}") if r.status == OK else "" for r in rows],
         }
     )
@@ -183,6 +186,8 @@ def outcome_table(done: UploadBatch) -> pd.DataFrame:
         table = table.drop(columns="Outside the imagery")
     if all(r.model_vs_baseline is None for r in rows):
         table = table.drop(columns="Model error / better baseline's")
+    if all(r.model_ndvi_vs_baseline is None for r in rows):
+        table = table.drop(columns="The same on the NDVI curve")
     return table
 
 

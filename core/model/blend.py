@@ -239,6 +239,40 @@ def _best_weight(model: np.ndarray, smoother: np.ndarray, truth: np.ndarray) -> 
     return float(BLEND_GRID[int(np.argmin(errors))])
 
 
+NDVI_METHODS = ("model", "whittaker", "linear")
+"""The methods :class:`NdviScores` holds figures of, in their order."""
+MIN_NDVI_FRAMES = 10
+"""Hidden frames a field's mean-NDVI error needs (fewer would say little)."""
+
+
+@dataclass(frozen=True)
+class NdviScores:
+    """How the methods did in NDVI, the index the curve shows, on a field's hidden clear pixels
+    (the values :class:`FieldScores` scores, where a pixel's red and NIR were both hidden):
+    mean absolute NDVI errors of the model (its cross-fitted blend), Whittaker and linear
+    (:data:`NDVI_METHODS`' order), per pixel and on each hidden frame's mean."""
+
+    pixel: tuple[float, ...]
+    """MAE of each hidden pixel's NDVI."""
+    pixels: int
+    """Hidden pixels scored (those every method gives an NDVI)."""
+    frame_mean: tuple[float, ...] | None
+    """MAE of each hidden frame's mean NDVI over its hidden pixels, the error of a point of
+    the field's curve; None with under :data:`MIN_NDVI_FRAMES` frames."""
+    frames: int
+    """Hidden frames of an episode with enough pixels to take their mean."""
+
+    def attrs(self) -> dict[str, object]:
+        attrs: dict[str, object] = {
+            "model_field_ndvi_mae": np.round(self.pixel, 4),
+            "model_field_ndvi_pixels": int(self.pixels),
+            "model_field_ndvi_frames": int(self.frames),
+        }
+        if self.frame_mean is not None:
+            attrs["model_field_mean_ndvi_mae"] = np.round(self.frame_mean, 4)
+        return attrs
+
+
 @dataclass(frozen=True)
 class FieldScores:
     """How the methods did on a field's own clear pixels, hidden in turn (the episodes its blend
@@ -263,6 +297,9 @@ class FieldScores:
     (:data:`DISTANCE_EDGES_DAYS`: a frame or two missing, a cloudy spell, a long gap); NaN MAEs
     where a bucket has no values. None where the values' distances were not given."""
 
+    ndvi: NdviScores | None = None
+    """The same methods' NDVI errors on the hidden pixels (None: none had red and NIR)."""
+
     def attrs(self) -> dict[str, object]:
         attrs: dict[str, object] = {
             "model_field_mae": np.round([self.model, self.network, self.whittaker, self.linear], 5),
@@ -272,6 +309,8 @@ class FieldScores:
         }
         if self.by_distance is not None:  # flat: attributes hold 1-D arrays only
             attrs["model_field_mae_by_distance"] = np.round(self.by_distance, 5).ravel()
+        if self.ndvi is not None:
+            attrs.update(self.ndvi.attrs())
         return attrs
 
 
@@ -291,6 +330,42 @@ def field_ratio(attrs: Mapping[str, Any]) -> tuple[str, float] | None:
     return better_baseline_of(model, whittaker, linear)
 
 
+def cross_fitted_blend(
+    network: np.ndarray,
+    smoother: np.ndarray,
+    truth: np.ndarray,
+    band: np.ndarray,
+    key: np.ndarray,
+    episode: np.ndarray,
+    measure: str = "distance",
+) -> np.ndarray | None:
+    """The network's estimate of each hidden value blended with the smoother by weights fitted
+    on the *other* half of the episodes (odd episodes fit the even ones' weights and the other
+    way round), so that no value is scored by weights fitted on it; NaN where a method or the
+    truth has no value. 1-D arrays as :func:`fit_blend` takes them, ``episode`` the episode
+    each value comes from. None where one half has no value every method has."""
+    usable = _usable(network, smoother, truth)
+    half = episode % 2 == 1
+    blended = np.full(network.shape, np.nan, np.float64)
+    for scored in (half, ~half):
+        fit_on = usable & ~scored
+        at = usable & scored
+        if not fit_on.any() or not at.any():
+            return None
+        blend = fit_blend(
+            network[fit_on], smoother[fit_on], truth[fit_on], band[fit_on], key[fit_on], measure
+        )
+        blended[at] = network[at] + blend.delta_values(network[at], smoother[at], band[at], key[at])
+    return blended
+
+
+def _usable(*arrays: np.ndarray) -> np.ndarray:
+    usable = np.ones(arrays[0].shape, bool)
+    for values in arrays:
+        usable &= np.isfinite(values)
+    return usable
+
+
 def field_scores(
     network: np.ndarray,
     smoother: np.ndarray,
@@ -302,27 +377,23 @@ def field_scores(
     measure: str = "distance",
     scale: float = 1.0,
     tuned: bool = False,
+    blended: np.ndarray | None = None,
 ) -> FieldScores | None:
     """Score the model, the network alone and both baselines on the same hidden values (1-D,
     one entry per value, as :func:`fit_blend` takes them; ``linear``: linear interpolation
     of the visible values; ``episode``: the episode each value comes from). The model's blend
-    is cross-fitted: fitted on the odd episodes to score the even ones, and the other way
-    round. Errors divided by ``scale`` (the arrays' units per reflectance unit). None where
+    is cross-fitted (:func:`cross_fitted_blend`; pass ``blended`` where it was made already).
+    Errors divided by ``scale`` (the arrays' units per reflectance unit). None where
     one half has no values every method has. ``tuned``: ``network`` is the network before a
     tuning the Run's model had (recorded as ``before_tuning``)."""
-    usable = np.isfinite(network) & np.isfinite(smoother) & np.isfinite(linear)
-    usable &= np.isfinite(truth)
+    if blended is None:
+        blended = cross_fitted_blend(network, smoother, truth, band, key, episode, measure)
+    if blended is None:
+        return None
+    usable = _usable(blended, smoother, linear, truth)
     half = episode % 2 == 1
-    blended = np.full(network.shape, np.nan, np.float64)
-    for scored in (half, ~half):
-        fit_on = usable & ~scored
-        if not fit_on.any() or not (usable & scored).any():
-            return None
-        blend = fit_blend(
-            network[fit_on], smoother[fit_on], truth[fit_on], band[fit_on], key[fit_on], measure
-        )
-        at = usable & scored
-        blended[at] = network[at] + blend.delta_values(network[at], smoother[at], band[at], key[at])
+    if not (usable & half).any() or not (usable & ~half).any():
+        return None
 
     def mae(values: np.ndarray, where: np.ndarray = usable) -> float:
         if not where.any():

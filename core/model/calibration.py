@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.indices import ndvi
-from core.model.blend import DISTANCE_EDGES_DAYS, distance_bucket
+from core.model.blend import DISTANCE_EDGES_DAYS, MIN_NDVI_FRAMES, NdviScores, distance_bucket
 from core.model.config import BAND_TARGET, MIN_BUCKET_NDVI_FRAMES
 from core.reconstruct import band_around, samples_band_on
 
@@ -180,25 +180,61 @@ def _episode_ndvi_maps(
     """Per episode: the NDVI maps of ``truth`` and ``mean`` (T, H, W) and, with ``samples``
     (K, M), of each sample (K, T, H, W), from the episodes' 1-D value arrays (NaN where a
     value was not hidden)."""
+    arrays = (truth, mean) if samples is None else (truth, mean, samples)
+    for ep, maps in _episode_ndvi(episodes, *arrays):
+        yield ep, maps[0], maps[1], None if samples is None else maps[2]
+
+
+def _episode_ndvi(
+    episodes: Sequence[Episode], *arrays: np.ndarray
+) -> Iterator[tuple[Episode, list[np.ndarray]]]:
+    """Per episode: the NDVI maps ((..., T, H, W), NaN where red or NIR was not hidden) of each
+    of ``arrays``, 1-D value arrays of the episodes or (K, M) stacks of them."""
     offset = 0
     for ep in episodes:
         target = ep.target
         n = int(target.sum())
         part = slice(offset, offset + n)
         offset += n
-
-        def scatter(values: np.ndarray, target: np.ndarray = target) -> np.ndarray:
+        maps = []
+        for values in arrays:
             out = np.full(values.shape[:-1] + target.shape, np.nan, np.float32)
-            out[..., target] = values
-            return out
+            out[..., target] = values[..., part]
+            maps.append(ndvi(out, band_axis=out.ndim - 3))
+        yield ep, maps
 
-        sample_ndvi = None if samples is None else ndvi(scatter(samples[:, part]), band_axis=2)
-        yield (
-            ep,
-            ndvi(scatter(truth[part]), band_axis=1),
-            ndvi(scatter(mean[part]), band_axis=1),
-            sample_ndvi,
-        )
+
+def field_ndvi_scores(
+    episodes: Sequence[Episode], estimates: Sequence[np.ndarray], truth: np.ndarray
+) -> NdviScores | None:
+    """The NDVI errors of ``estimates`` (model, Whittaker, linear: 1-D value arrays of
+    ``episodes`` as ``truth``, NaN where one has no value) on the pixels every one of them gives
+    an NDVI, per pixel and on each hidden frame's mean over them (frames with
+    :data:`MIN_FRAME_PIXELS` such pixels); None where no pixel has one (no red or NIR)."""
+    errors: list[list[np.ndarray]] = [[] for _ in estimates]
+    frame_errors: list[list[float]] = [[] for _ in estimates]
+    for _ep, (true_ndvi, *est_ndvi) in _episode_ndvi(episodes, truth, *estimates):
+        ok = np.isfinite(true_ndvi)
+        for est in est_ndvi:
+            ok &= np.isfinite(est)
+        for i, est in enumerate(est_ndvi):
+            errors[i].append(np.abs(est[ok] - true_ndvi[ok]))
+        for frame in range(true_ndvi.shape[0]):
+            at = ok[frame]
+            if at.sum() < MIN_FRAME_PIXELS:
+                continue
+            truth_mean = float(true_ndvi[frame][at].mean())
+            for i, est in enumerate(est_ndvi):
+                frame_errors[i].append(abs(float(est[frame][at].mean()) - truth_mean))
+    pixels = int(sum(e.size for e in errors[0])) if errors[0] else 0
+    if pixels == 0:
+        return None
+    frames = len(frame_errors[0])
+    per_pixel = tuple(float(np.concatenate(e).mean()) for e in errors)
+    per_frame = (
+        tuple(float(np.mean(e)) for e in frame_errors) if frames >= MIN_NDVI_FRAMES else None
+    )
+    return NdviScores(pixel=per_pixel, pixels=pixels, frame_mean=per_frame, frames=frames)
 
 
 def episode_pixel_ndvi(

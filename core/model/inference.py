@@ -558,10 +558,11 @@ def field_checkpoint(
     """
     from core.model import blend as blend_module
     from core.model import training as training_module
-    from core.model.blend import field_scores, fit_blend
+    from core.model.blend import cross_fitted_blend, field_scores, fit_blend
     from core.model.calibration import (
         episode_field_ndvi,
         episode_pixel_ndvi,
+        field_ndvi_scores,
         fit_error_band,
         fit_field_ndvi_scale,
         fit_field_ndvi_scale_by_distance,
@@ -665,10 +666,17 @@ def field_checkpoint(
                         checkpoint.model, episodes, 1, 1, options.seed, device, report=False,
                         views=options.views,
                     )[0]  # fmt: skip
+                episode_of = target_episodes(episodes)
+                blended = cross_fitted_blend(
+                    network, smoother, truth, band, blend_at, episode_of, measure
+                )
                 scores = field_scores(
-                    network, smoother, linear, truth, band, blend_at, target_episodes(episodes),
-                    measure, REFL_SCALE, tuned=options.adapt_steps > 0,
+                    network, smoother, linear, truth, band, blend_at, episode_of,
+                    measure, REFL_SCALE, tuned=options.adapt_steps > 0, blended=blended,
                 )  # fmt: skip
+                if scores is not None and blended is not None:  # the curve's index too
+                    in_ndvi = field_ndvi_scores(episodes, (blended, smoother, linear), truth)
+                    scores = dataclasses.replace(scores, ndvi=in_ndvi)
                 blend = fit_blend(mean, smoother, truth, band, blend_at, measure)
                 mean = mean + blend.delta_values(mean, smoother, band, blend_at)
                 result = dataclasses.replace(result, blend=blend, field_scores=scores)

@@ -228,7 +228,10 @@ def test_demo_offline_run_slider_query_date_and_csv(open_page: OpenPage) -> None
     assert line.endswith(
         " The model was trained on this place's own data (be-flanders-a)" + TRAINED_ON_TAIL
     )
+    # and in NDVI, the curve's index, of the network before its tuning (review 30, M5)
+    assert " In NDVI, the index the curve shows, its network before its tuning" in line
     assert any(f.startswith("Accuracy measured on this field") for f in result.fits)
+    assert any(" In NDVI, on the " in f for f in result.fits)
 
     # The slider covers every acquisition and the 5-day grid; moving it changes the frames.
     slider = page.select_slider(key="timeline_date")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import folium
@@ -227,7 +228,7 @@ def test_a_short_period_gets_a_time_axis_in_days() -> None:
     assert _day_range(day, day + dt.timedelta(days=30)) == {}  # Plotly's own range
 
 
-def test_the_batch_table_says_outside_imagery_only_where_a_field_has_some() -> None:
+def test_the_batch_table_gives_outside_imagery_and_the_models_ratios_only_where_measured() -> None:
     from app.widgets.batch import outcome_table
     from core.batch import BatchRequest, FieldRow, UploadBatch
 
@@ -241,6 +242,12 @@ def test_the_batch_table_says_outside_imagery_only_where_a_field_has_some() -> N
     straddling = FieldRow("c", "C", "ok", 8, 0, "none", 5, 0.5, outside_imagery=0.25)
     table = outcome_table(done(inside, older, straddling))
     assert list(table["Outside the imagery"]) == ["0%", "", "25%"]
+    # The model's ratio on the NDVI curve beside its reflectance one, where a field has it.
+    assert "The same on the NDVI curve" not in table.columns
+    modelled = dataclasses.replace(inside, model_vs_baseline=0.92, model_ndvi_vs_baseline=1.09)
+    table = outcome_table(done(modelled, older))
+    assert list(table["Model error / better baseline's"]) == ["0.92", ""]
+    assert list(table["The same on the NDVI curve"]) == ["1.09", ""]
 
 
 def test_the_season_line_gives_the_dates_their_windows_and_what_they_rest_on() -> None:

@@ -464,6 +464,9 @@ def test_model_reconstructions_go_to_the_gpu_worker_which_loads_the_model_once(
         # and it survives in the marker a re-run reads
         marker = json.loads((tmp_path / "out" / row.field_id / MARKER_FILE).read_text())
         assert marker["row"]["model_vs_baseline"] == row.model_vs_baseline
+        # and in NDVI on the curve's points (the cube has red and NIR)
+        assert row.model_ndvi_vs_baseline is not None and 0.3 < row.model_ndvi_vs_baseline < 5
+        assert marker["row"]["model_ndvi_vs_baseline"] == row.model_ndvi_vs_baseline
     # the worker (in this process) gave the model's freed memory back once idle
     deadline = time.monotonic() + 10
     while distributed.idle_trims == trims and time.monotonic() < deadline:

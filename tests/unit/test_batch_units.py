@@ -546,6 +546,7 @@ def test_summary_rows_and_lines() -> None:
         "green_up_date": "2023-06-02",
         "decline_date": "",
         "model_vs_baseline": "",
+        "model_ndvi_vs_baseline": "",
         "model_trained_here": "",
         "seconds": "4.3",
         "error": "",
@@ -562,6 +563,12 @@ def test_summary_rows_and_lines() -> None:
     assert modelled.record()["model_trained_here"] == "1"
     assert modelled.line().endswith(
         "green-up 2023-06-02, model 0.92 x the better baseline, trained here)"
+    )
+    # and on the NDVI curve's points, where the Run measured them (review 30)
+    curved = dataclasses.replace(modelled, model_ndvi_vs_baseline=1.0876)
+    assert curved.record()["model_ndvi_vs_baseline"] == "1.088"
+    assert curved.line().endswith(
+        "model 0.92 x the better baseline, 1.09 x on the NDVI curve, trained here)"
     )
     assert model_measures({"model_trained_on_site": 0}) == {"model_trained_here": 0}
     measures = model_measures(
