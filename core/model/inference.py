@@ -913,7 +913,8 @@ def model_method(
         attrs["model_nearest_training_km"] = round(overlap.nearest_km, 1)
         attrs["model_nearest_training_site"] = overlap.nearest_site or ""
     latitude = cube_latitude(observed)
-    if in_southern_seasons(latitude):
+    if in_southern_seasons(latitude) and base.config.day_of_year:  # a network without the
+        # calendar (ModelConfig.day_of_year False) reads no season: nothing was shifted
         attrs["model_season_shift_days"] = HALF_YEAR_DAYS
         attrs["model_field_latitude"] = round(float(latitude), 2)
     if draws is not None:

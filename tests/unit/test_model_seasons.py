@@ -215,3 +215,9 @@ def test_a_network_without_the_calendar_answers_the_same_half_a_year_later(
         moved[name] = np.abs(later["s2"].values - original["s2"].values)[cells].mean()
     assert moved["shipped"] > 0.002
     assert moved["withheld"] < 1e-5
+    # South of the tropics such a network gets no note that its dates were read half a year
+    # on: it reads no dates' seasons at all.
+    options = ReconstructOptions(checkpoint=str(path), device="cpu", blend_field=False)
+    south = reconstruct(moved_south(flanders_c), query + HALF_YEAR, "model", options)
+    assert "model_season_shift_days" not in south.attrs
+    assert not any(n.startswith("Seasons") for n in fit_notes(south.attrs))
