@@ -1217,7 +1217,7 @@ def accuracy_headline(attrs: dict) -> str | None:
     said = f"Measured on {measured_on(attrs)}, hidden in turn, the model erred"
     how, prep = _how_much(ratio, verdict)
     name += " in reflectance" if "model_field_ndvi_mae" in attrs else ""
-    line = f"{said} {how} {prep} {name}, the better simpler method"
+    line = f"{said} {how} {prep} {name}, the better simpler method{_range_words(attrs)}"
     if verdict < 0:
         line += "."
     elif verdict == 0:
@@ -1226,6 +1226,25 @@ def accuracy_headline(attrs: dict) -> str | None:
         line += ": on this field choose it (Settings, Reconstruction method)."
     far = _far_warning(attrs) if verdict <= 0 else ""
     return line + far + _ndvi_headline(attrs, verdict) + trained_on_note(attrs)
+
+
+def _range_words(attrs: dict) -> str:
+    """How far the field's figure rests on which of its pixels were hidden, in words (" (between
+    2 and 6 % less, depending on ...)"; :attr:`core.model.blend.FieldScores.ratio_range`); ""
+    where the Run did not record it."""
+    if "model_field_mae_ratio_range" not in attrs:
+        return ""
+    low, high = (round(100 * float(v)) for v in attrs["model_field_mae_ratio_range"])  # %
+    if low == high:
+        between = f"{100 - low} % less" if low < 100 else f"{low - 100} % more"
+        between = "as much" if low == 100 else between
+    elif high <= 100:
+        between = f"between {100 - high} and {100 - low} % less"
+    elif low >= 100:
+        between = f"between {low - 100} and {high - 100} % more"
+    else:
+        between = f"between {100 - low} % less and {high - 100} % more"
+    return f" ({between}, depending on which of its clear pixels are hidden)"
 
 
 def _how_much(ratio: float, verdict: int) -> tuple[str, str]:
@@ -1351,7 +1370,20 @@ def _field_score_note(attrs: dict) -> str:
         f"{int(attrs.get('model_field_mae_values', 0)):,} values), were reconstructed with a "
         f"mean reflectance error of {model:.4f} by the model{how}, "
         f"{whittaker:.4f} by the Whittaker smoother and {linear:.4f} by linear interpolation: "
-        f"{said}.{_by_distance_note(attrs)}{_ndvi_note(attrs)}{_nearest_training_note(attrs)}"
+        f"{said}.{_range_note(attrs)}{_by_distance_note(attrs)}{_ndvi_note(attrs)}"
+        f"{_nearest_training_note(attrs)}"
+    )
+
+
+def _range_note(attrs: dict) -> str:
+    """The model's error over the better baseline's with the episodes resampled, p10-p90."""
+    if "model_field_mae_ratio_range" not in attrs:
+        return ""
+    low, high = (float(v) for v in attrs["model_field_mae_ratio_range"])
+    return (
+        f" With the episodes resampled, the model's error over the better baseline's ranged "
+        f"from {low:.3f} to {high:.3f} (p10-p90): how much the figure rests on which pixels "
+        "were hidden."
     )
 
 

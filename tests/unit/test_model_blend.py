@@ -22,6 +22,7 @@ from core.model.blend import (
     bucket_of,
     clear_span_days,
     distance_bucket,
+    episode_ratio_range,
     field_scores,
     fit_blend,
     nearest_clear_days,
@@ -226,6 +227,12 @@ def test_field_scores_cross_fit_the_blend_and_score_every_method_on_the_same_val
         assert row[3] == pytest.approx(np.abs(linear - truth)[at].mean() / 2.0)
     assert scores.by_distance[2, 2] == 0  # the smoother is exact far from clear data
     assert scores.attrs()["model_field_mae_by_distance"].shape == (12,)
+    # and how much the figure rests on the episodes drawn (the test above)
+    low, high = scores.ratio_range
+    assert low < scores.model / min(scores.whittaker, scores.linear) < high
+    np.testing.assert_allclose(
+        scores.attrs()["model_field_mae_ratio_range"], (low, high), atol=1e-4
+    )
     # Cross-fitted: a blend fitted on every value would know each value's own error. Here the
     # smoother is exact on the odd episodes only, which the even ones cannot learn from.
     odd = episode % 2 == 1
@@ -237,6 +244,32 @@ def test_field_scores_cross_fit_the_blend_and_score_every_method_on_the_same_val
     # One episode: nothing to fit the blend on for scoring it.
     one = np.zeros(n, np.intp)
     assert field_scores(network, smoother, linear, truth, band, distance, one) is None
+
+
+def test_the_field_figures_range_resamples_whole_episodes() -> None:
+    # be-flanders-a's figure read 0.78-0.87 over five seeds of its 24 episodes (2026-12-07):
+    # a Run's one draw says how much its figure rests on which pixels were hidden.
+    rng = np.random.default_rng(0)
+    episode = np.repeat(np.arange(24), 100)
+    base = rng.uniform(0.01, 0.05, episode.size)
+    # Every episode the same ratio (0.9 of the smoother's, linear worse): no spread at all.
+    same = episode_ratio_range([0.9 * base, base, 2 * base], episode)
+    assert same == pytest.approx((0.9, 0.9))
+    # Half the episodes the model does far better, half worse: the range holds both sides,
+    # and the ratio on all of them lies inside it.
+    good = episode % 2 == 0
+    model = np.where(good, 0.5 * base, 1.3 * base)
+    low, high = episode_ratio_range([model, base, 2 * base], episode)
+    ratio = model.sum() / base.sum()
+    assert low < ratio < high and low < 0.9 and high > 0.9 - 0.001
+    # Values are resampled with their episodes, not one by one: spreading each episode's
+    # values over one pixel-sized episode each would narrow the range.
+    one_each = np.arange(episode.size)
+    narrow = episode_ratio_range([model, base, 2 * base], one_each)
+    assert narrow[1] - narrow[0] < 0.5 * (high - low)
+    assert episode_ratio_range([model, base, 2 * base], np.zeros_like(episode)) is None
+    # The same seed, the same range: a Run's note does not change from one Run to the next.
+    assert episode_ratio_range([model, base, 2 * base], episode) == (low, high)
 
 
 def test_blend_targets_line_up_with_the_models_predictions(cubes_dir) -> None:
@@ -549,6 +582,18 @@ def test_the_headline_gives_the_ndvi_errors_and_where_the_curve_does_better_else
     )
     (note,) = [n for n in fit_notes(pixels) if n.startswith("Accuracy measured")]
     assert note.endswith("per pixel; 7 hidden dates were too few to score their means.")
+    # How much the figure rests on which pixels were hidden (episodes resampled), where the
+    # Run recorded it: words on the page, figures in the note.
+    ranged = {**attrs, "model_field_mae_ratio_range": np.array([0.945, 0.98])}
+    assert accuracy_headline(ranged).startswith(
+        "Measured on this field's own clear pixels, hidden in turn, the model erred 4 % less "
+        "than linear interpolation in reflectance, the better simpler method (between 2 and 6 % "
+        "less, depending on which of its clear pixels are hidden). In NDVI"
+    )
+    (note,) = [n for n in fit_notes(ranged) if n.startswith("Accuracy measured")]
+    assert "the better baseline's ranged from 0.945 to 0.980 (p10-p90)" in note
+    straddling = {**attrs, "model_field_mae_ratio_range": np.array([0.97, 1.03])}
+    assert "(between 3 % less and 3 % more, depending on" in accuracy_headline(straddling)
     # Worse in reflectance already: the line says to choose that method; no second advice.
     worse = {**attrs, "model_field_mae": np.array([0.0360, 0.0350, 0.0330, 0.0340])}
     assert accuracy_headline(worse).count("Settings, Reconstruction method") == 1
