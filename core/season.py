@@ -1244,7 +1244,7 @@ def _range_words(attrs: dict) -> str:
         between = f"between {low - 100} and {high - 100} % more"
     else:
         between = f"between {100 - low} % less and {high - 100} % more"
-    return f" ({between}, depending on which of its clear pixels are hidden)"
+    return f" ({between}, depending on which clear pixels are hidden)"
 
 
 def _how_much(ratio: float, verdict: int) -> tuple[str, str]:

@@ -588,7 +588,7 @@ def test_the_headline_gives_the_ndvi_errors_and_where_the_curve_does_better_else
     assert accuracy_headline(ranged).startswith(
         "Measured on this field's own clear pixels, hidden in turn, the model erred 4 % less "
         "than linear interpolation in reflectance, the better simpler method (between 2 and 6 % "
-        "less, depending on which of its clear pixels are hidden). In NDVI"
+        "less, depending on which clear pixels are hidden). In NDVI"
     )
     (note,) = [n for n in fit_notes(ranged) if n.startswith("Accuracy measured")]
     assert "the better baseline's ranged from 0.945 to 0.980 (p10-p90)" in note
