@@ -3,7 +3,8 @@
     python benchmarks/hazy_scene_probe.py [--window 64] [CUBE ...]
 
 Exploratory (review 30's H1: a hazy acquisition the screen let through dipped the curve). Each
-shared cube with blue and red is screened as the app does (:func:`core.screening.screen_cube`),
+shared cube with blue and red is screened as the app did before this probe
+(:func:`core.screening.screen_cube` without ``nearby``, the extension the probe led to),
 then cut into windows of ``--window`` pixels, about a field's cube. For every window and
 acquisition with clear pixels left after the screen, the share of its clear pixels the haze
 screen took out is set beside what its remaining clear pixels read against the chord of the
@@ -28,7 +29,7 @@ from core.config import Settings
 from core.cube import read_cube
 from core.indices import ndvi
 from core.model.features import bracketing_indices
-from core.screening import BLUE, NEIGHBOUR_DAYS, RED, can_screen, clear_observations, screen_cube
+from core.screening import BLUE, NEIGHBOUR_DAYS, can_screen, clear_observations, screen_cube
 from core.timeline import to_days
 
 BUCKETS = ((0.0, 0.0), (1e-9, 0.02), (0.02, 0.10), (0.10, 0.25), (0.25, 0.50), (0.50, 1.0))
@@ -44,7 +45,7 @@ def rows_of(path: Path, window: int) -> list[tuple[str, str, int, float, float, 
     clear = clear_observations(s2, valid)
     if not can_screen(s2, clear):
         return []
-    screened_cube, screening = screen_cube(cube)
+    screened_cube, screening = screen_cube(cube, nearby=False)  # the spike screen alone
     kept = screened_cube["valid"].values.astype(bool) & clear
     days = to_days(cube["time_s2"].values)
     index = ndvi(s2, band_axis=1)
@@ -60,17 +61,22 @@ def rows_of(path: Path, window: int) -> list[tuple[str, str, int, float, float, 
         near &= (days[t] - days[before] <= NEIGHBOUR_DAYS) & (
             days[after] - days[t] <= NEIGHBOUR_DAYS
         )
-        weight = np.where(near, (days[t] - days[before]) / np.maximum(days[after] - days[before], 1e-9), 0)
-
-        def chord(values: np.ndarray) -> np.ndarray:
-            return values[before, rows, cols] * (1 - weight) + values[after, rows, cols] * weight
-
-        blue_rise = s2[t, BLUE] - chord(s2[:, BLUE])
-        ndvi_diff = index[t] - chord(index)
+        span = np.maximum(days[after] - days[before], 1e-9)
+        weight = np.where(near, (days[t] - days[before]) / span, 0)
+        blue = s2[:, BLUE]
+        blue_rise = s2[t, BLUE] - (
+            blue[before, rows, cols] * (1 - weight) + blue[after, rows, cols] * weight
+        )
+        ndvi_diff = index[t] - (
+            index[before, rows, cols] * (1 - weight) + index[after, rows, cols] * weight
+        )
         day = str(cube["time_s2"].values[t])[:10]
-        for k, (y, x) in enumerate(
-            (y, x) for y in range(0, h - window + 1, window) for x in range(0, w - window + 1, window)
-        ):
+        corners = [
+            (y, x)
+            for y in range(0, h - window + 1, window)
+            for x in range(0, w - window + 1, window)
+        ]
+        for k, (y, x) in enumerate(corners):
             box = (slice(y, y + window), slice(x, x + window))
             was = int(clear[t][box].sum())
             taken = int(screening.screened[t][box].sum())
@@ -103,7 +109,9 @@ def main() -> int:
     )
     share = np.array([r[3] for r in found])
     for lo, hi in BUCKETS:
-        pick = [r for r, s in zip(found, share) if (s == 0 if hi == 0 else lo <= s <= hi)]
+        pick = [
+            r for r, s in zip(found, share, strict=True) if (s == 0 if hi == 0 else lo <= s <= hi)
+        ]
         if not pick:
             print(f"screened {lo:.0%}-{hi:.0%}: none")
             continue
@@ -117,7 +125,10 @@ def main() -> int:
         )
         if lo >= 0.02:
             for r in sorted(pick, key=lambda r: -r[3]):
-                print(f"    {r[0]} {r[1]} window {r[2]}: screened {r[3]:.0%}, blue {r[4]:+.4f}, NDVI {r[5]:+.3f}")
+                print(
+                    f"    {r[0]} {r[1]} window {r[2]}: screened {r[3]:.0%}, "
+                    f"blue {r[4]:+.4f}, NDVI {r[5]:+.3f}"
+                )
     return 0
 
 

@@ -143,6 +143,10 @@ class ReconstructOptions:
     acquisition under :data:`core.screening.SPARSE_SCENE_SHARE` clear (after the haze screen,
     when that is on; :func:`core.screening.sparse_scenes`). Off by default. Screened once with
     ``screen_haze``, as that is (:func:`screened`)."""
+    screen_haze_nearby: bool = True
+    """With ``screen_haze``: the screen takes the clear pixels left around the haze it found
+    too (:func:`core.screening.haze_nearby`). On by default; off only to measure it
+    (``benchmarks/candidates/haze_nearby_rule.txt``)."""
     views: int = 1
     """Model only: the network's estimate averaged over this many views of its input (1, 2, 4
     or 8 of the square's turns and mirror images; :meth:`core.model.network.FieldFlowNet.
@@ -351,7 +355,12 @@ def screened(cube: xr.Dataset, options: ReconstructOptions) -> tuple[xr.Dataset,
     """``cube`` through the screens ``options`` ask for and the red-floor screen, always on
     (:func:`core.screening.screen_cube`), and what they took out; None when none was asked
     for and the floor screen found nothing."""
-    out, screening = screen_cube(cube, haze=options.screen_haze, scenes=options.screen_scenes)
+    out, screening = screen_cube(
+        cube,
+        haze=options.screen_haze,
+        scenes=options.screen_scenes,
+        nearby=options.screen_haze_nearby,
+    )
     if options.screen_haze or options.screen_scenes or screening.count:
         return out, screening
     return cube, None  # unmarked, as it came

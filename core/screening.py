@@ -23,6 +23,15 @@ as many after it, and
 A cube without blue (B02) or red (B04) is not screened: without them haze cannot be told from
 soil. One pass, no dilation; the thresholds were fixed by the rule, not fitted on any cube.
 
+Around the haze it finds, the screen also takes the clear pixels it left (:func:`haze_nearby`,
+on with it unless asked otherwise; rule ``benchmarks/candidates/haze_nearby_rule.txt``): where
+it took at least :data:`NEARBY_SHARE` of an acquisition's clear pixels within
+:data:`NEARBY_PX` pixels of one, that one is treated as cloudy too. The spike test asks a rise
+of :data:`RISE` in every band, and thinner haze around the thick part passes it: in the shared
+cubes, the clear pixels left in a 32 px window where the screen took 2 % or more read bluer
+than their own chord by a median 0.035-0.06, against 0.0009 or less where it took less
+(``benchmarks/hazy_scene_probe.txt``; review 30 saw such a day dip the field's curve).
+
 A second screen, asked for on its own (:func:`screen_cube`'s ``scenes``), takes out whole
 acquisitions: where under :data:`SPARSE_SCENE_SHARE` of the pixels an acquisition images in the
 cube are clear (after the haze screen, when that is on), every one of its clear-labelled pixels
@@ -51,7 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
-from scipy.ndimage import maximum_filter
+from scipy.ndimage import maximum_filter, uniform_filter
 
 from core.cube import S2_BANDS
 from core.model.features import bracketing_indices
@@ -63,6 +72,12 @@ NEIGHBOUR_DAYS = 30.0
 """The farthest a clear observation of the same pixel may lie on either side."""
 BLUISH = 0.8
 """The least rise in blue, as a share of the rise in red, of a screened observation."""
+NEARBY_PX = 16
+"""How far (pixels, either way) :func:`haze_nearby` looks around a clear pixel: the 32 px
+windows of ``hazy_scene_probe.py``, about a 10 ha field (fixed by its rule, not tuned)."""
+NEARBY_SHARE = 0.02
+"""The share of an acquisition's clear pixels around a clear pixel that the haze screen must
+have taken for that pixel to be taken too (the probe's bucket edge, fixed by its rule)."""
 SPARSE_SCENE_SHARE = 0.25
 """An acquisition with a smaller share of its imaged pixels clear is dropped whole by the scene
 screen (the edge of partly_clear_bias.txt's bucket above which the median bias is under 0.05
@@ -108,15 +123,24 @@ class Screening:
     floored: np.ndarray | None = None
     """(T, H, W) bool: clear-labelled observations with red at the floor, or in a scene
     over-corrected as a whole (:func:`red_floor`); None: not screened."""
+    nearby: np.ndarray | None = None
+    """(T, H, W) bool: the clear observations left around screened haze and taken with it
+    (:func:`haze_nearby`); None: not asked for."""
 
     @property
     def count(self) -> int:
         """Clear pixel observations taken out by either screen."""
-        return int(self.screened.sum()) + self.dropped_count + self.floored_count
+        return (
+            int(self.screened.sum()) + self.nearby_count + self.dropped_count + self.floored_count
+        )
 
     @property
     def haze_count(self) -> int:
         return int(self.screened.sum())
+
+    @property
+    def nearby_count(self) -> int:
+        return 0 if self.nearby is None else int(self.nearby.sum())
 
     @property
     def dropped_count(self) -> int:
@@ -175,13 +199,21 @@ class Screening:
             return "Screened for haze the scene mask missed: none found."
         frames = int(self.screened.any(axis=(1, 2)).sum())
         share = self.haze_count / self.clear_before
-        return (
+        said = (
             f"Screened out {self.haze_count:,} pixel observations the scene mask called clear "
             f"({share:.1%} of them, on {frames} acquisition(s)): brighter than the pixel's "
             f"clear observations on both sides by over {RISE} reflectance in every band, blue "
             "rising with red, as haze and thin cloud are; they are treated as cloudy: "
             "reconstructed, not kept as observed."
         )
+        if self.nearby_count:
+            said += (
+                f" So are the {self.nearby_count:,} clear ones around them (within {NEARBY_PX} "
+                f"pixels of where the screen took {NEARBY_SHARE:.0%} or more of an "
+                "acquisition's clear pixels): thinner haze, too faint for that test, but bluer "
+                "than their own series."
+            )
+        return said
 
     def _scenes_summary(self) -> str:
         assert self.dropped is not None
@@ -275,6 +307,33 @@ def missed_haze(s2: np.ndarray, valid: np.ndarray, days: np.ndarray) -> np.ndarr
     return out
 
 
+def haze_nearby(screened: np.ndarray, clear: np.ndarray) -> np.ndarray:
+    """The clear observations left around screened haze (module docstring), one frame at a
+    time.
+
+    Args:
+        screened: (T, H, W) what :func:`missed_haze` took.
+        clear: (T, H, W) the clear observations it judged (``screened`` among them).
+
+    Returns:
+        (T, H, W) bool: the clear observations not in ``screened`` for which, in the square of
+        ``2 * NEARBY_PX + 1`` pixels centred on them (cut at the edge), ``screened`` holds at
+        least :data:`NEARBY_SHARE` of the acquisition's clear observations.
+    """
+    out = np.zeros(clear.shape, dtype=bool)
+    size = 2 * NEARBY_PX + 1
+    for t in range(clear.shape[0]):
+        if not screened[t].any():
+            continue
+        # Window sums as means over the same square: their ratio is the share, the edge's
+        # zeros cancel. float64: a sum of a thousand 0/1 values stays exact enough.
+        taken = uniform_filter(screened[t].astype(np.float64), size=size, mode="constant")
+        seen = uniform_filter(clear[t].astype(np.float64), size=size, mode="constant")
+        # A small tolerance: the filter's running sums leave ~1e-16 of rounding.
+        out[t] = clear[t] & ~screened[t] & (taken >= NEARBY_SHARE * seen - 1e-12)
+    return out
+
+
 def red_floor(s2: np.ndarray, clear: np.ndarray) -> np.ndarray:
     """The floor screen of the module docstring, one frame at a time.
 
@@ -320,10 +379,11 @@ def sparse_scenes(s2: np.ndarray, clear: np.ndarray) -> np.ndarray:
 
 
 def screen_cube(
-    cube: xr.Dataset, *, haze: bool = True, scenes: bool = False
+    cube: xr.Dataset, *, haze: bool = True, scenes: bool = False, nearby: bool = True
 ) -> tuple[xr.Dataset, Screening]:
     """``cube`` with its clear-labelled pixels whose red sits at the floor (:func:`red_floor`,
-    always), its missed haze (:func:`missed_haze`, ``haze``) and the clear pixels of its
+    always), its missed haze (:func:`missed_haze`, ``haze``) and the clear pixels left around
+    it (:func:`haze_nearby`, ``haze`` and ``nearby``) and the clear pixels of its
     mostly cloudy acquisitions (:func:`sparse_scenes`, ``scenes``) marked not valid, and what
     was screened. The reflectance is left as it is: ``valid`` is what every reader trusts. A
     cube screened before (:data:`SCREENED_ATTR`) is returned as it is, with that screening's
@@ -341,7 +401,9 @@ def screen_cube(
         if haze
         else np.zeros(valid.shape, dtype=bool)
     )
-    dropped = sparse_scenes(s2, clear & ~floored & ~screened) if scenes else None
+    around = haze_nearby(screened, clear & ~floored) if haze and nearby else None
+    out_of = screened | floored if around is None else screened | floored | around
+    dropped = sparse_scenes(s2, clear & ~out_of) if scenes else None
     screening = Screening(
         screened,
         int(clear.sum()),
@@ -349,10 +411,11 @@ def screen_cube(
         haze=haze,
         dropped=dropped,
         floored=floored,
+        nearby=around,
     )
     out = cube.copy()
     if screening.count:
-        out_of = screened | floored if dropped is None else screened | floored | dropped
+        out_of = out_of if dropped is None else out_of | dropped
         out["valid"] = cube["valid"].copy(data=(valid & ~out_of).astype(cube["valid"].dtype))
     out.attrs[SCREENED_ATTR] = screening.summary()
     return out, screening
