@@ -24,7 +24,7 @@ from core.reconstruct import (
     with_samples,
     write_reconstruction,
 )
-from core.screening import SPARSE_SCENE_SHARE
+from core.screening import NEARBY_PX, NEARBY_SHARE, SPARSE_SCENE_SHARE
 from core.storage import check_output_path
 from core.timeline import calendar_day, parse_date, parse_date_list, regular_dates
 
@@ -130,8 +130,9 @@ def add_screen_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="every method: treat as cloudy the clear-labelled pixels that look like haze the "
         "scene mask missed: a spike over the pixel's clear observations on both sides in every "
-        "band, blue rising with red (core.screening; imagery without B02 and B04 is not "
-        "screened)",
+        "band, blue rising with red, and the clear pixels around such haze, where it took "
+        f"{NEARBY_SHARE * 100:.0f}%% or more of a scene's clear pixels within {NEARBY_PX} pixels "
+        "(thinner haze; core.screening; imagery without B02 and B04 is not screened)",
     )
     parser.add_argument(
         "--screen-scenes",

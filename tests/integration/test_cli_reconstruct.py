@@ -15,7 +15,7 @@ import pytest
 import xarray as xr
 from shapely.geometry import Polygon, box, mapping
 
-from core.cli import main
+from core.cli import COMMANDS, main
 from core.config import REPO_ROOT
 from core.cube import read_cube
 from core.curve import curve_csv, ndvi_curve
@@ -806,3 +806,16 @@ def test_ndvi_on_a_cube_wider_than_the_period_says_why_the_smoother_differs_from
     assert "the Whittaker smoother uses all of them" in said["whittaker", "2021-05-01"]
     assert note not in said["linear", "2021-05-01"]
     assert note not in said["whittaker", "2021-04-01"]
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_prints_its_help(command: str, capsys) -> None:
+    """argparse formats help text with %: a stray one (a share written as "2%") made
+    `--help` a traceback, caught on 2026-12-07 before it shipped."""
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"usage: python -m core {command}")
+    if command in ("reconstruct", "ndvi", "batch", "evaluate"):
+        assert "--screen-haze" in said

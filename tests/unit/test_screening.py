@@ -11,10 +11,13 @@ from core.reconstruct import ReconstructOptions, reconstruct
 from core.screening import (
     BLUISH,
     FLOOR_SCENE_SHARE,
+    NEARBY_PX,
+    NEARBY_SHARE,
     NEIGHBOUR_DAYS,
     RED_FLOOR,
     RISE,
     SPARSE_SCENE_SHARE,
+    haze_nearby,
     missed_haze,
     red_floor,
     screen_cube,
@@ -161,11 +164,85 @@ def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) 
     plain = reconstruct(cube, date, method, ReconstructOptions())["s2"].values[0]
     observed = cube["s2"].values[frame_index]
     hazy = screening.screened[frame_index]
-    kept = cube["valid"].values[frame_index].astype(bool) & ~hazy
+    around = screening.nearby[frame_index]
+    assert around.sum() > 100  # thinner haze left around it, taken too
+    kept = cube["valid"].values[frame_index].astype(bool) & ~hazy & ~around
     bands = np.isfinite(observed).any(axis=(1, 2))
     np.testing.assert_array_equal(plain[:, hazy][bands], observed[:, hazy][bands])
     assert np.abs(out[:, hazy][bands] - observed[:, hazy][bands]).mean() > RISE
+    np.testing.assert_array_equal(plain[:, around][bands], observed[:, around][bands])
+    assert not np.array_equal(out[:, around][bands], observed[:, around][bands])
     np.testing.assert_array_equal(out[:, kept][bands], observed[:, kept][bands])
+    # Asked not to, the screen keeps the pixels around the haze as observed.
+    spike_only = ReconstructOptions(screen_haze=True, screen_haze_nearby=False)
+    alone = reconstruct(cube, date, method, spike_only)["s2"].values[0]
+    np.testing.assert_array_equal(alone[:, around][bands], observed[:, around][bands])
+    assert np.abs(alone[:, hazy][bands] - observed[:, hazy][bands]).mean() > RISE
+
+
+def test_the_clear_pixels_around_screened_haze_are_taken_with_it() -> None:
+    size = 2 * NEARBY_PX + 1
+    clear = np.ones((3, 80, 80), dtype=bool)
+    screened = np.zeros_like(clear)
+    screened[0, 10:15, 10:15] = True  # 25 of a window's up to 1,089 clear pixels: over 2 %
+    screened[2, 40, 40] = True  # a single pixel: never 2 % of a full window
+    around = haze_nearby(screened, clear)
+    assert not around[1].any() and not around[2].any()  # nothing screened, or too little
+    assert not (around & screened).any()  # what the screen took is not counted twice
+    # Taken: clear pixels whose window holds the whole patch (25 of 1,089: 2.3 %), or most of
+    # it where the cube's edge cuts the window (25 of 289); left: one that sees a row of it
+    # (5 of 957) and one too far to see any.
+    assert around[0, 0, 0] and around[0, 10 + NEARBY_PX, 10 + NEARBY_PX]
+    assert not around[0, 14 + NEARBY_PX, 12] and not around[0, 79, 79]
+    # The share is of the acquisition's clear pixels in the window: cloud does not dilute it.
+    one = np.zeros((1, size, size), dtype=bool)
+    one[0, 0, :22] = True  # 22 of the 1,089 pixels of the centre's window: 2.02 %
+    full = np.ones_like(one)
+    assert haze_nearby(one, full)[0, NEARBY_PX, NEARBY_PX]
+    one[0, 0, 21] = False  # 21: 1.93 %
+    assert not haze_nearby(one, full)[0, NEARBY_PX, NEARBY_PX]
+    mostly_cloudy = np.zeros_like(one)
+    mostly_cloudy[0, :2, :] = True  # 66 clear pixels, 21 of them screened
+    mostly_cloudy[0, NEARBY_PX, NEARBY_PX] = True
+    assert haze_nearby(one, mostly_cloudy)[0, NEARBY_PX, NEARBY_PX]
+    assert not haze_nearby(one, mostly_cloudy)[0, NEARBY_PX + 1, NEARBY_PX]  # cloudy: not judged
+    assert NEARBY_SHARE == 0.02
+
+
+def test_the_real_haze_is_taken_with_its_surroundings_and_nothing_where_there_is_none(
+    cubes_dir,
+) -> None:
+    """The probe's finding (hazy_scene_probe.txt), on the pixels the extension takes: they
+    read bluer than their own series, as thin haze does; a cube without haze loses none."""
+    from core.cube import read_cube
+    from core.model.features import bracketing_indices
+    from core.timeline import to_days
+
+    cube = read_cube(cubes_dir / "be-flanders-a_2017-2018.nc")
+    out, screening = screen_cube(cube)
+    spike_only, alone = screen_cube(cube, nearby=False)
+    np.testing.assert_array_equal(alone.screened, screening.screened)  # the same spikes
+    assert alone.nearby is None and screening.nearby_count > 1000
+    np.testing.assert_array_equal(
+        out["valid"].values.astype(bool),
+        spike_only["valid"].values.astype(bool) & ~screening.nearby,
+    )
+    assert screening.count == alone.count + screening.nearby_count
+    assert f"So are the {screening.nearby_count:,} clear ones around them" in screening.summary()
+    # Blue against the chord of the same pixel's observations the screen kept.
+    kept = out["valid"].values.astype(bool)
+    s2, days = cube["s2"].values, to_days(cube["time_s2"].values)
+    prev, nxt = bracketing_indices(kept, exclusive=True)
+    t, y, x = np.nonzero(screening.nearby & (prev >= 0) & (nxt < len(days)))
+    before, after = prev[t, y, x], nxt[t, y, x]
+    weight = (days[t] - days[before]) / (days[after] - days[before])
+    blue = S2_BANDS.index("B02")
+    chord = s2[before, blue, y, x] * (1 - weight) + s2[after, blue, y, x] * weight
+    assert np.median(s2[t, blue, y, x] - chord) > 0.02
+    # hu-alfold's 17 screened pixels are scattered: nothing around them is taken.
+    _, none = screen_cube(read_cube(cubes_dir / "hu-alfold_2021.nc"))
+    assert none.haze_count > 0 and none.nearby_count == 0
+    assert "So are" not in none.summary()
 
 
 def scenes_cube(shares: list[float], imaged: list[float] | None = None) -> tuple:
