@@ -3,7 +3,7 @@ differ by more than that.
 
     python benchmarks/seed_spread.py [--seeds 0-9] [--checkpoint A.pt --checkpoint B.pt ...]
         [--adapt-steps N] [--field-episodes N] [--field-crop PX] [--blend-by span]
-        [--screen-haze [--no-haze-nearby]] [--screen-scenes] [--screened-truth] [--include-seen]
+        [--screen-haze [--haze-nearby]] [--screen-scenes] [--screened-truth] [--include-seen]
         [--against EARLIER.json]
         [--network-alone] [--views N] [--adapt-gap-share S] [--cube CUBE ...] [--json OUT.json]
 
@@ -110,10 +110,11 @@ def main() -> int:
         "inputs (core.screening.sparse_scenes)",
     )
     parser.add_argument(
-        "--no-haze-nearby",
+        "--haze-nearby",
         action="store_true",
-        help="with --screen-haze: leave the clear pixels around screened haze "
-        "(core.screening.haze_nearby; to measure it)",
+        help="with --screen-haze: the clear pixels around screened haze too "
+        "(core.screening.haze_nearby; haze_nearby_rule.txt's runs, made while it was on by "
+        "default, gave --no-haze-nearby for the runs without it)",
     )
     parser.add_argument(
         "--include-seen",
@@ -167,7 +168,7 @@ def main() -> int:
         + (f"+crop{args.field_crop}" if args.field_crop is not None else "")
         + (f"+{args.blend_by}" if args.blend_by is not None else "")
         + ("+screen" if args.screen_haze else "")
-        + ("-nearby" if args.screen_haze and args.no_haze_nearby else "")
+        + ("+nearby" if args.screen_haze and args.haze_nearby else "")
         + ("+scenes" if args.screen_scenes else "")
         + ("+cleantruth" if args.screened_truth else "")
         + ("+alone" if args.network_alone else "")
@@ -203,7 +204,7 @@ def main() -> int:
                 adapt_steps=args.adapt_steps,
                 screen_haze=args.screen_haze,
                 screen_scenes=args.screen_scenes,
-                screen_haze_nearby=not args.no_haze_nearby,
+                screen_haze_nearby=args.haze_nearby,
                 views=args.views,
             )
             protocol = Protocol(seed=seed, screened_truth=args.screened_truth)

@@ -952,7 +952,9 @@ def evaluate_cube(
     if plan.gap.applicable:
         runs.append([plan.gap])
 
-    truth = screen_cube(cube)[0] if protocol.screened_truth else cube
+    # The truth leaves out what the inputs' screen calls haze, its surroundings too when asked.
+    nearby = options.screen_haze_nearby
+    truth = screen_cube(cube, nearby=nearby)[0] if protocol.screened_truth else cube
     rows: dict[tuple[str, str], Row] = {}
     for task_sets in runs:
         hidden = np.logical_or.reduce([s.hidden for s in task_sets])

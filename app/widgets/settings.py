@@ -16,7 +16,7 @@ from core.errors import FieldFlowError
 from core.fetch import PERIOD_MARGIN_DAYS
 from core.model.catalog import ModelChoice, remove_model
 from core.reconstruct import MIN_CALIBRATION_SAMPLES, ReconstructOptions, default_method
-from core.screening import BLUISH, NEARBY_PX, NEARBY_SHARE, NEIGHBOUR_DAYS, RISE, SPARSE_SCENE_SHARE
+from core.screening import BLUISH, NEIGHBOUR_DAYS, RISE, SPARSE_SCENE_SHARE
 from core.season import default_adapt_steps, method_choices
 
 METHOD_HELP = {
@@ -149,10 +149,7 @@ def settings_panel(settings: Settings, *, offline: bool = False) -> RunSettings:
             f"{NEIGHBOUR_DAYS:.0f} days on both sides, with blue rising at least "
             f"{BLUISH:g} x as much as red: haze and thin cloud. A harvest that stays bright, "
             "soil or straw (red rises more than blue) and parcel edges shifted by a pixel are "
-            "left alone. Around such haze, where it is "
-            f"{NEARBY_SHARE:.0%} or more of the clear pixels within {NEARBY_PX} pixels, the "
-            "other clear pixels go too: thinner haze, too faint for the test but bluer than "
-            "their own series. They are then reconstructed instead of shown as observed, and the "
+            "left alone. They are then reconstructed instead of shown as observed, and the "
             "frames as acquired show them as cloud. Every method; imagery without blue and "
             "red is not screened. On by default: on the one shared site with haze to find it "
             "lowered the model's error in two tasks of three (README, evaluation protocol).",

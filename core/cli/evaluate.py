@@ -321,6 +321,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             data["whittaker_lambda"] = args.whittaker_lambda
         if args.screen_haze:  # every method's inputs were screened (the truth was not)
             data["screen_haze"] = True
+        if args.screen_haze_nearby:  # and the clear pixels around that haze
+            data["screen_haze_nearby"] = True
         if args.screen_scenes:
             data["screen_scenes"] = True
         if "model" in methods:  # what the model's figures depend on besides the protocol

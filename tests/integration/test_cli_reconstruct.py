@@ -286,6 +286,29 @@ def test_model_options_given_to_another_method_are_said_to_be_ignored(
     assert "options of the model" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["reconstruct", "ndvi"])
+def test_the_pixels_around_screened_haze_are_screened_only_when_asked_with_the_haze(
+    cubes_dir, tmp_path, capsys, command
+) -> None:
+    """--screen-haze-nearby (off: haze_nearby_rule.txt failed) adds the clear pixels around
+    the haze --screen-haze finds; alone it would change nothing, and is refused in words."""
+    flanders = cubes_dir / "be-flanders-a_2017-2018.nc"
+    period = ["--start", "2018-07-10", "--end", "2018-07-16"]
+    when = ["--dates", "2018-07-13"] if command == "reconstruct" else period
+    argv = [command, "--cube", str(flanders), *when, "--method", "linear"]
+    assert main([*argv, "--out", str(tmp_path / "x"), "--screen-haze-nearby"]) == 2
+    said = capsys.readouterr().err
+    assert "--screen-haze-nearby takes the clear pixels around the haze --screen-haze" in said
+    assert "give --screen-haze too" in said and not (tmp_path / "x").exists()
+    assert main([*argv, "--out", str(tmp_path / "a"), "--screen-haze"]) == 0
+    spikes = capsys.readouterr().out  # what the screen took is said with the result
+    assert "Screened out " in spikes and "So are the" not in spikes
+    assert main([*argv, "--out", str(tmp_path / "b"), "--screen-haze", "--screen-haze-nearby"]) == 0
+    both = capsys.readouterr().out
+    assert "Screened out " in both and "clear ones around them" in both
+    assert (tmp_path / "a").read_bytes() != (tmp_path / "b").read_bytes()
+
+
 def test_a_folder_given_as_the_cube_is_called_a_folder(tmp_path, capsys) -> None:
     argv = ["reconstruct", "--cube", str(tmp_path), "--dates", "2019-05-01", "--method", "linear"]
     assert main([*argv, "--out", str(tmp_path / "r.nc")]) == 2

@@ -141,7 +141,7 @@ def test_the_real_haze_is_screened_and_the_real_harvests_are_not(cubes_dir) -> N
 @pytest.mark.parametrize("method", ["linear", "whittaker"])
 def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) -> None:
     cube = flanders_cube.isel(time_s2=slice(55, 80))
-    screened_cube, screening = screen_cube(cube)
+    screened_cube, screening = screen_cube(cube, nearby=True)
     frame_index = int(np.argmax(screening.screened.sum(axis=(1, 2))))
     assert screening.screened[frame_index].sum() > 100
     assert f"Screened out {screening.haze_count:,} pixel observations" in screening.summary()
@@ -160,7 +160,8 @@ def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) 
     assert second.headline() == screening.summary()  # nothing new taken out: what was said
     np.testing.assert_array_equal(screened_cube["s2"].values, cube["s2"].values)
     date = cube["time_s2"].values[frame_index : frame_index + 1]
-    out = reconstruct(cube, date, method, ReconstructOptions(screen_haze=True))["s2"].values[0]
+    around_too = ReconstructOptions(screen_haze=True, screen_haze_nearby=True)
+    out = reconstruct(cube, date, method, around_too)["s2"].values[0]
     plain = reconstruct(cube, date, method, ReconstructOptions())["s2"].values[0]
     observed = cube["s2"].values[frame_index]
     hazy = screening.screened[frame_index]
@@ -173,9 +174,8 @@ def test_a_screened_pixel_is_reconstructed_not_kept(flanders_cube, method: str) 
     np.testing.assert_array_equal(plain[:, around][bands], observed[:, around][bands])
     assert not np.array_equal(out[:, around][bands], observed[:, around][bands])
     np.testing.assert_array_equal(out[:, kept][bands], observed[:, kept][bands])
-    # Asked not to, the screen keeps the pixels around the haze as observed.
-    spike_only = ReconstructOptions(screen_haze=True, screen_haze_nearby=False)
-    alone = reconstruct(cube, date, method, spike_only)["s2"].values[0]
+    # Not asked for (the default: it failed its rule), the pixels around the haze are kept.
+    alone = reconstruct(cube, date, method, ReconstructOptions(screen_haze=True))["s2"].values[0]
     np.testing.assert_array_equal(alone[:, around][bands], observed[:, around][bands])
     assert np.abs(alone[:, hazy][bands] - observed[:, hazy][bands]).mean() > RISE
 
@@ -219,8 +219,8 @@ def test_the_real_haze_is_taken_with_its_surroundings_and_nothing_where_there_is
     from core.timeline import to_days
 
     cube = read_cube(cubes_dir / "be-flanders-a_2017-2018.nc")
-    out, screening = screen_cube(cube)
-    spike_only, alone = screen_cube(cube, nearby=False)
+    out, screening = screen_cube(cube, nearby=True)
+    spike_only, alone = screen_cube(cube)  # off unless asked: it failed its rule
     np.testing.assert_array_equal(alone.screened, screening.screened)  # the same spikes
     assert alone.nearby is None and screening.nearby_count > 1000
     np.testing.assert_array_equal(
@@ -240,9 +240,10 @@ def test_the_real_haze_is_taken_with_its_surroundings_and_nothing_where_there_is
     chord = s2[before, blue, y, x] * (1 - weight) + s2[after, blue, y, x] * weight
     assert np.median(s2[t, blue, y, x] - chord) > 0.02
     # hu-alfold's 17 screened pixels are scattered: nothing around them is taken.
-    _, none = screen_cube(read_cube(cubes_dir / "hu-alfold_2021.nc"))
+    _, none = screen_cube(read_cube(cubes_dir / "hu-alfold_2021.nc"), nearby=True)
     assert none.haze_count > 0 and none.nearby_count == 0
     assert "So are" not in none.summary()
+    assert not ReconstructOptions().screen_haze_nearby  # haze_nearby_rule.txt: failed
 
 
 def scenes_cube(shares: list[float], imaged: list[float] | None = None) -> tuple:
