@@ -829,3 +829,30 @@ def test_a_checkpoint_replaced_during_an_evaluation_stops_it(tmp_path) -> None:
             progress=replace_after_the_first,
         )
     assert len(scored) == 1  # the first cube was scored, with the first model only
+
+
+def test_the_screened_truth_leaves_out_what_the_inputs_screen_calls_haze(cubes_dir) -> None:
+    """--screened-truth scores the same draws on fewer pixels: without the haze the screen
+    finds, and without its surroundings too where the inputs' screen takes them
+    (haze_nearby_rule.txt); a truth that kept them would score the very haze taken out."""
+    from core.cube import read_cube
+    from core.evaluate import evaluate_cube
+    from core.reconstruct import ReconstructOptions
+
+    cube = read_cube(cubes_dir / "be-flanders-a_2017-2018.nc")
+
+    def scored(screened_truth: bool, nearby: bool = False) -> dict[str, tuple[int, int]]:
+        protocol = Protocol(seed=0, screened_truth=screened_truth)
+        options = ReconstructOptions(screen_haze=True, screen_haze_nearby=nearby)
+        _, rows = evaluate_cube("flanders", cube, ["linear"], protocol, options)
+        return {r.task: (r.scores.n_frames, r.scores.n_pixels) for r in rows if r.scores}
+
+    every, spikes, around = scored(False), scored(True), scored(True, nearby=True)
+    assert every.keys() == spikes.keys() == around.keys() and len(every) == 3
+    for task in every:
+        assert every[task][0] == spikes[task][0] == around[task][0]  # the same frames drawn
+        assert every[task][1] >= spikes[task][1] >= around[task][1], task
+    # a task's frames may hold no haze (this draw's cloud removal holds none of its
+    # surroundings), the draws together do
+    total = [sum(n for _, n in got.values()) for got in (every, spikes, around)]
+    assert total[0] > total[1] > total[2], total
