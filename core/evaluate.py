@@ -125,9 +125,10 @@ class Protocol:
     values, score the same either way."""
     screened_truth: bool = False
     """Score only the hidden pixels that are not themselves haze the scene mask missed
-    (:func:`core.screening.screen_cube` of the whole cube): the truth without the haze
-    labelled clear. The draws are the same either way. False scores every hidden pixel
-    the scene mask calls clear."""
+    (:func:`core.screening.screen_cube` of the whole cube, with the pixels around that haze
+    too where the options' ``screen_haze_nearby`` takes them from the inputs): the truth
+    without the haze labelled clear. The draws are the same either way. False scores every
+    hidden pixel the scene mask calls clear."""
     in_chunks: bool = False
     """Reconstruct the query days in the calls an app Run makes for its daily curve
     (:func:`core.curve.curve_chunks`: at most 40 days per call) instead of in one call, so that
@@ -952,7 +953,7 @@ def evaluate_cube(
     if plan.gap.applicable:
         runs.append([plan.gap])
 
-    # The truth leaves out what the inputs' screen calls haze, its surroundings too when asked.
+    # The truth leaves out the haze, and its surroundings where the inputs' screen takes them.
     nearby = options.screen_haze_nearby
     truth = screen_cube(cube, nearby=nearby)[0] if protocol.screened_truth else cube
     rows: dict[tuple[str, str], Row] = {}

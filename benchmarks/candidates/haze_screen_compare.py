@@ -6,32 +6,20 @@ the draws without and with the screen, from the four haze_screen_*.json beside t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from paired import per_seed_maes, print_paired
 
 HERE = Path(__file__).resolve().parent
 
 
-def maes(name: str) -> dict[str, dict[str, float]]:
-    data = json.loads((HERE / f"haze_screen_{name}.json").read_text())
-    ((_, per_seed),) = data["maes"].items()
-    return per_seed
-
-
 def main() -> None:
     for cube in ("be-flanders-a", "hu-alfold"):
-        without, with_screen = maes(cube), maes(f"{cube}_screen")
+        without = per_seed_maes(HERE / f"haze_screen_{cube}.json")
+        with_screen = per_seed_maes(HERE / f"haze_screen_{cube}_screen.json")
         seeds = sorted(without, key=int)
         print(f"{cube}: mean MAE over seeds {','.join(seeds)} (screened truth), without -> with")
-        for task in ("missing", "cloud", "gap"):
-            said = []
-            for method in ("linear", "whittaker", "model"):
-                a = sum(without[s][f"{task} {method}"] for s in seeds)
-                b = sum(with_screen[s][f"{task} {method}"] for s in seeds)
-                n = len(seeds)
-                said.append(f"{method} {a / n:.5f} -> {b / n:.5f} ({100 * (b / a - 1):+.1f} %)")
-            won = sum(with_screen[s][f"{task} model"] < without[s][f"{task} model"] for s in seeds)
-            print(f"  {task:8s} " + "; ".join(said) + f"; model better on {won} of {len(seeds)}")
+        print_paired(without, with_screen, seeds)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,16 @@ the draws without and with the screen, from the sparse_scene_*.json beside this 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from paired import per_seed_maes, print_paired
 
 HERE = Path(__file__).resolve().parent
 
 
 def maes(name: str) -> dict[str, dict[str, float]] | None:
     path = HERE / f"sparse_scene_{name}.json"
-    if not path.is_file():
-        return None
-    ((_, per_seed),) = json.loads(path.read_text())["maes"].items()
-    return per_seed
+    return per_seed_maes(path) if path.is_file() else None
 
 
 def main() -> None:
@@ -28,15 +26,7 @@ def main() -> None:
             continue
         seeds = sorted(set(without) & set(with_screen), key=int)
         print(f"{cube}: MAE summed over seeds {','.join(seeds)}, without -> with the scene screen")
-        for task in ("missing", "cloud", "gap"):
-            said = []
-            for method in ("linear", "whittaker", "model"):
-                a = sum(without[s][f"{task} {method}"] for s in seeds)
-                b = sum(with_screen[s][f"{task} {method}"] for s in seeds)
-                n = len(seeds)
-                said.append(f"{method} {a / n:.5f} -> {b / n:.5f} ({100 * (b / a - 1):+.1f} %)")
-            won = sum(with_screen[s][f"{task} model"] < without[s][f"{task} model"] for s in seeds)
-            print(f"  {task:8s} " + "; ".join(said) + f"; model better on {won} of {len(seeds)}")
+        print_paired(without, with_screen, seeds)
 
 
 if __name__ == "__main__":

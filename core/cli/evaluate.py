@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--screened-truth",
         action="store_true",
         help="score only the hidden pixels that are not themselves haze the scene mask missed "
-        "(core.screening; the draws are the same)",
+        "(core.screening; with --screen-haze-nearby, nor the pixels around it; the draws are "
+        "the same)",
     )
     parser.add_argument(
         "--exclude-seen",
